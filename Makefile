@@ -1,0 +1,113 @@
+# Retail inventory streaming platform — the targets people use. `make help` lists them.
+# Native targets need nothing but this repo: `make setup` installs the venv, jars and MinIO into .cache/.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+REPO := $(abspath .)
+CACHE ?= $(REPO)/.cache
+VENV := $(CACHE)/venv
+PY := $(VENV)/bin/python
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+export RETAIL_CACHE_DIR := $(CACHE)
+export PYSPARK_PYTHON := $(PY)
+export PYSPARK_DRIVER_PYTHON := $(PY)
+export PATH := $(VENV)/bin:$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# make load-test RATE=<events/s> DURATION=<s> STORES=<n>
+RATE ?= 500
+DURATION ?= 60
+STORES ?= 5
+DATE ?= $(shell date -u -d yesterday +%F)
+EVENTS ?= 50000
+COMPOSE := docker compose
+
+.PHONY: help setup venv demo test test-unit test-integration up down logs ps local-up local-down local-status \
+        migrate topics produce stream airflow nightly load-test bench-stream bench-forecast compose-check clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP) ## Create/refresh the Python venv (pinned deps) under .cache/venv
+
+setup: $(STAMP) ## Install everything: venv, Kafka + Spark connector jars (Maven Central), MinIO (go install)
+	$(PY) -m stack.cli setup
+
+demo: setup ## Main job: native stack, replay real POS data + simulated events -> Kafka -> Spark -> ClickHouse + lake, summary
+	$(PY) -m stack.demo
+
+test: setup ## Run the whole test suite (unit + integration against real Kafka, Spark, MinIO, chDB)
+	$(PY) -m pytest -q
+
+test-unit: setup ## Unit tests only
+	$(PY) -m pytest -q -m "not integration"
+
+local-up: setup ## Start the native stack (Kafka KRaft broker, MinIO)
+	$(PY) -m stack.cli up
+
+local-down: ## Stop the native stack
+	$(PY) -m stack.cli down
+
+local-status: ## Health of the native services
+	$(PY) -m stack.cli status
+
+migrate: setup ## Apply ClickHouse migrations (clickhouse/migrations, idempotent)
+	$(PY) -m stack.cli migrate
+
+topics: local-up ## Create the Kafka topics (idempotent)
+	$(PY) -m producers.cli topics
+
+produce: topics ## Run the POS simulator (synthetic); ARGS="--stores 5 --skus 50 ..."
+	$(PY) -m producers.cli synthetic $(ARGS)
+
+stream: local-up ## Run the Spark Structured Streaming job continuously (Ctrl-C stops it)
+	$(PY) -m streaming.job run $(ARGS)
+
+airflow: setup ## Airflow standalone (UI) with our DAGs on the native stack
+	$(PY) -m stack.airflow standalone
+
+nightly: setup ## Run daily_etl, demand_forecast_training, batch_predictions for DATE=YYYY-MM-DD (airflow dags test)
+	$(PY) -m stack.airflow nightly --date $(DATE)
+
+load-test: local-up ## Fixed-rate load: RATE=<events/s> DURATION=<s> STORES=<n> -> reports/load-test.json
+	$(PY) -m streaming.bench load --rate $(RATE) --duration $(DURATION) --stores $(STORES) --out reports/load-test.json
+
+bench-stream: local-up ## Streaming benchmark -> reports/bench-stream.json
+	$(PY) -m streaming.bench stream --events $(EVENTS) --out reports/bench-stream.json
+
+bench-forecast: setup ## GBT vs seasonal-naive on M5 + UCI -> reports/bench-forecast.json
+	$(PY) -m ml.bench --out reports/bench-forecast.json
+
+compose-check: setup ## Validate docker-compose.yml (Compose Specification schema + consistency tests)
+	$(PY) -m pytest -q tests/test_compose.py
+
+define need_docker
+	@docker info >/dev/null 2>&1 || { echo "'make $@' needs a running Docker engine (none found). Use the native stack: make local-up / make demo."; exit 2; }
+endef
+
+up: ## docker compose up -d (needs Docker)
+	$(need_docker)
+	$(COMPOSE) up -d
+
+down: ## docker compose down (needs Docker)
+	$(need_docker)
+	$(COMPOSE) down
+
+logs: ## docker compose logs -f (needs Docker)
+	$(need_docker)
+	$(COMPOSE) logs -f
+
+ps: ## docker compose ps (needs Docker)
+	$(need_docker)
+	$(COMPOSE) ps
+
+clean: ## Stop native services and remove local state (keeps the install cache)
+	-$(PY) -m stack.cli down
+	rm -rf $(CACHE)/state reports/*.tmp

@@ -1,0 +1,71 @@
+"""Event contracts: the Avro schemas in ``producers/schemas/*.avsc`` are the single source of truth.
+
+Producers validate every record here before sending; the Spark job derives its parse schema from the
+same files (``streaming.schema``). Unknown fields are rejected (fastavro lets them pass).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema
+from fastavro.validation import ValidationError as _AvroValidationError
+from fastavro.validation import validate
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+#: event type -> (schema file stem, topic suffix)
+EVENT_TYPES: dict[str, str] = {
+    "sales_transaction": "sales-transactions",
+    "inventory_update": "inventory-updates",
+    "price_change": "price-changes",
+    "customer_event": "customer-events",
+    "restock_alert": "restock-alerts",
+}
+#: topic suffix -> partitions
+TOPIC_PARTITIONS: dict[str, int] = {
+    "sales-transactions": 3, "inventory-updates": 3, "price-changes": 2,
+    "customer-events": 1, "restock-alerts": 1, "dead-letter": 1,
+}
+DEAD_LETTER = "dead-letter"
+
+
+class ContractError(ValueError):
+    """A record does not satisfy its event contract; ``str(err)`` is the reason."""
+
+
+@functools.lru_cache(maxsize=None)
+def raw_schema(event_type: str) -> dict[str, Any]:
+    """The JSON of ``schemas/<event_type>.avsc``. Raises KeyError for an unknown event type."""
+    if event_type not in EVENT_TYPES:
+        raise KeyError(f"unknown event type {event_type!r}; known: {sorted(EVENT_TYPES)}")
+    return json.loads((SCHEMA_DIR / f"{event_type}.avsc").read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def parsed_schema(event_type: str):
+    """fastavro-parsed schema of an event type."""
+    return parse_schema(raw_schema(event_type))
+
+
+def field_names(event_type: str) -> list[str]:
+    """Field names in schema order."""
+    return [f["name"] for f in raw_schema(event_type)["fields"]]
+
+
+def validate_event(event_type: str, record: dict[str, Any]) -> None:
+    """Validate one record against its Avro schema; unknown fields are rejected.
+
+    Raises:
+        ContractError: with a reason naming the field(s).
+    """
+    extra = set(record) - set(field_names(event_type))
+    if extra:
+        raise ContractError(f"unknown field(s) {sorted(extra)} for {event_type}")
+    try:
+        validate(record, parsed_schema(event_type), raise_errors=True)
+    except _AvroValidationError as exc:
+        raise ContractError(f"{event_type} fails its Avro schema: {exc}") from None

@@ -1,0 +1,96 @@
+"""The data lake: MinIO/S3 (via pyarrow's S3FileSystem) or a local folder, chosen by LAKE_URL.
+
+Layout (bucket = first path component): ``raw-data/<event type>/year=YYYY/month=MM/day=DD/*.parquet``,
+``models/demand-forecast/v<N>/``, ``features/...``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from stack.settings import Settings, get_settings
+
+
+class Lake:
+    """Access to the lake's buckets through one pyarrow FileSystem.
+
+    Paths handed to and returned by this class are *lake paths* ``"<bucket>/<key>"``.
+    """
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        s = self.settings
+        if s.lake_is_s3:
+            s.require("lake_access_key", "lake_secret_key")
+            u = urlparse(s.lake_url)
+            self.fs: pafs.FileSystem = pafs.S3FileSystem(
+                access_key=s.lake_access_key, secret_key=s.lake_secret_key,
+                endpoint_override=u.netloc, scheme=u.scheme, region=s.lake_region,
+                allow_bucket_creation=True,
+            )
+            self.root = ""
+        else:
+            p = urlparse(s.lake_url).path if s.lake_url.startswith("file://") else s.lake_url
+            self.fs = pafs.LocalFileSystem()
+            self.root = str(Path(p).resolve())
+
+    def path(self, *parts: str) -> str:
+        """Filesystem path for a lake path, e.g. ``path('raw-data', 'sales')``."""
+        rel = "/".join(p.strip("/") for p in parts if p)
+        return f"{self.root}/{rel}" if self.root else rel
+
+    def ensure_buckets(self) -> None:
+        """Create the raw, models and features buckets (idempotent)."""
+        for b in (self.settings.lake_raw_bucket, self.settings.lake_models_bucket,
+                  self.settings.lake_features_bucket):
+            self.fs.create_dir(self.path(b), recursive=True)
+
+    def write_table(self, table: pa.Table, *parts: str) -> str:
+        """Write ``table`` as one Parquet file at lake path ``parts`` (overwrites: idempotent by name)."""
+        path = self.path(*parts)
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        pq.write_table(table, path, filesystem=self.fs, compression="zstd")
+        return path
+
+    def exists(self, *parts: str) -> bool:
+        """True when the lake path exists (file or folder)."""
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def dataset(self, *parts: str) -> ds.Dataset | None:
+        """A hive-partitioned Parquet dataset under a lake path, or None when it does not exist."""
+        if not self.exists(*parts):
+            return None
+        return ds.dataset(self.path(*parts), filesystem=self.fs, format="parquet", partitioning="hive")
+
+    def read_table(self, *parts: str, filter=None, columns=None) -> pa.Table | None:
+        """Read a dataset (optionally filtered, pyarrow.compute expression) or None when absent."""
+        d = self.dataset(*parts)
+        if d is None:
+            return None
+        return d.to_table(filter=filter, columns=columns)
+
+    def list_files(self, *parts: str) -> list[str]:
+        """Every file under a lake path (recursive), [] when absent."""
+        if not self.exists(*parts):
+            return []
+        sel = pafs.FileSelector(self.path(*parts), recursive=True)
+        return sorted(i.path for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File)
+
+    def delete_dir(self, *parts: str) -> None:
+        """Remove a lake folder and its content (no error when absent)."""
+        if self.exists(*parts):
+            self.fs.delete_dir(self.path(*parts))
+
+
+@functools.lru_cache(maxsize=1)
+def get_lake() -> Lake:
+    """Process-wide :class:`Lake` from :func:`stack.settings.get_settings`."""
+    return Lake()

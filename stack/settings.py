@@ -1,0 +1,182 @@
+"""The platform's one settings module.
+
+Every component (producers, streaming job, DAGs, ML jobs, native stack scripts) reads its hosts,
+ports, paths and credentials from here, and only from here. Values come from environment
+variables (prefix-free names, documented in the README's configuration table), then from an
+optional ``.env`` file in the working directory, then from ``$RETAIL_CACHE_DIR/local.env``
+(written once by ``python -m stack.cli setup`` with generated local credentials), then from the
+defaults below. Defaults describe the *native local stack*; the compose stack overrides them.
+
+Bad configuration fails fast: :func:`get_settings` raises :class:`ConfigError` whose message
+names the offending environment variable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Repository root (the folder holding this package's parent).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("RETAIL_CACHE_DIR", REPO_ROOT / ".cache")).resolve()
+
+
+class ConfigError(ValueError):
+    """Raised when a setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Platform configuration. Field name == environment variable name (case-insensitive)."""
+
+    model_config = SettingsConfigDict(
+        env_file=(str(_default_cache_dir() / "local.env"), ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # ---- paths -----------------------------------------------------------------------------
+    retail_cache_dir: Path = Field(default_factory=_default_cache_dir,
+                                   description="Cache for venv, jars, MinIO binary and local stack state.")
+    retail_state_dir: Path | None = Field(default=None,
+                                          description="Data of the native stack (Kafka logs, MinIO data, chDB, checkpoints). Default: $RETAIL_CACHE_DIR/state.")
+
+    # ---- Kafka ------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(default="localhost:9092", description="Kafka bootstrap servers, host:port[,host:port].")
+    kafka_controller_port: int = Field(default=9093, description="Native broker's KRaft controller port.")
+    kafka_version: str = Field(default="4.1.1", description="Native broker version (must match stack/kafka/pom.xml).")
+    kafka_heap: str = Field(default="512m", description="Native broker JVM heap (-Xmx).")
+    kafka_topic_prefix: str = Field(default="retail-", description="Prefix of every platform topic.")
+    kafka_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, description="Topic retention (default 7 days).")
+
+    # ---- ClickHouse -------------------------------------------------------------------------
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="chdb:///abs/path for the embedded engine (default: chdb://$RETAIL_STATE_DIR/chdb) "
+                    "or http(s)://user:password@host:8123 for a server.")
+    clickhouse_database: str = Field(default="retail", description="ClickHouse database of the platform.")
+
+    # ---- Lake (MinIO / S3 or a local folder) --------------------------------------------------
+    lake_url: str | None = Field(
+        default=None,
+        description="http(s)://host:port of MinIO/S3 (buckets raw-data, models, features) or a local folder "
+                    "path / file:// URL. Default: the native MinIO at http://localhost:$MINIO_PORT.")
+    lake_access_key: str | None = Field(default=None, description="Lake access key (S3 lakes only).")
+    lake_secret_key: str | None = Field(default=None, description="Lake secret key (S3 lakes only).")
+    lake_region: str = Field(default="us-east-1", description="S3 region name for the lake.")
+    lake_raw_bucket: str = Field(default="raw-data", description="Bucket of raw events.")
+    lake_models_bucket: str = Field(default="models", description="Bucket of trained models.")
+    lake_features_bucket: str = Field(default="features", description="Bucket of feature sets and reference data.")
+
+    # ---- native MinIO server ------------------------------------------------------------------
+    minio_version: str = Field(default="v0.0.0-20260212201848-7aac2a2c5b7c",
+                               description="Go module version of github.com/minio/minio built by setup.")
+    minio_port: int = Field(default=9000, description="Native MinIO API port.")
+    minio_console_port: int = Field(default=9001, description="Native MinIO console port.")
+    minio_root_user: str | None = Field(default=None, description="Native MinIO root user (generated into local.env by setup).")
+    minio_root_password: str | None = Field(default=None, description="Native MinIO root password (generated into local.env by setup).")
+
+    # ---- Spark --------------------------------------------------------------------------------
+    spark_master: str = Field(default="local[2]", description="Spark master URL.")
+    spark_version: str = Field(default="4.0.0", description="Spark version; the Kafka connector uses the same.")
+    spark_driver_memory: str = Field(default="2g", description="Spark driver memory.")
+    spark_shuffle_partitions: int = Field(default=4, description="spark.sql.shuffle.partitions.")
+    spark_checkpoint_dir: str | None = Field(default=None, description="Durable checkpoint root. Default: $RETAIL_STATE_DIR/checkpoints.")
+
+    # ---- Streaming semantics -----------------------------------------------------------------
+    stream_window: str = Field(default="5 minutes", description="Tumbling event-time window length.")
+    stream_watermark: str = Field(default="10 minutes", description="Watermark delay (allowed lateness).")
+    stream_trigger_seconds: float = Field(default=5.0, description="Micro-batch trigger interval, seconds.")
+    stream_max_offsets_per_trigger: int = Field(default=200_000, description="Kafka maxOffsetsPerTrigger.")
+    stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
+    stream_max_event_age_days: int = Field(default=36500, description="Events older than this (vs now) are quarantined as absurd.")
+    stream_max_future_minutes: int = Field(default=60, description="Events more than this in the future are quarantined.")
+    risk_high_hours: float = Field(default=24.0, description="Hours of cover below which stock-out risk is HIGH.")
+    risk_medium_hours: float = Field(default=72.0, description="Hours of cover below which stock-out risk is MEDIUM.")
+
+    # ---- Airflow ------------------------------------------------------------------------------
+    etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
+    training_schedule: str = Field(default="0 2 * * *", description="Cron schedule of demand_forecast_training.")
+    predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
+    store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")
+    service_level: float = Field(default=0.95, description="Target cycle service level for safety stock.")
+    lead_time_days: int = Field(default=3, description="Supplier lead time in days.")
+    weather_file: str | None = Field(default=None, description="Optional CSV (date, country, temp_c, precip_mm) of daily weather.")
+
+    # ---- validators ---------------------------------------------------------------------------
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, v: str) -> str:
+        for part in v.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {v!r}")
+        return v
+
+    @field_validator("service_level")
+    @classmethod
+    def _check_service_level(cls, v: float) -> float:
+        if not 0.5 <= v < 1:
+            raise ValueError("must be in [0.5, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _derive(self) -> "Settings":
+        if self.retail_state_dir is None:
+            self.retail_state_dir = self.retail_cache_dir / "state"
+        if self.clickhouse_url is None:
+            self.clickhouse_url = f"chdb://{self.retail_state_dir / 'chdb'}"
+        scheme = urlparse(self.clickhouse_url).scheme
+        if scheme not in ("chdb", "http", "https"):
+            raise ValueError(f"CLICKHOUSE_URL must start with chdb://, http:// or https://, got {self.clickhouse_url!r}")
+        if self.lake_url is None:
+            self.lake_url = f"http://localhost:{self.minio_port}"
+        if self.spark_checkpoint_dir is None:
+            self.spark_checkpoint_dir = str(self.retail_state_dir / "checkpoints")
+        return self
+
+    # ---- derived helpers ----------------------------------------------------------------------
+    @property
+    def lake_is_s3(self) -> bool:
+        """True when the lake is an S3 endpoint (MinIO), False for a local folder."""
+        return urlparse(self.lake_url).scheme in ("http", "https")
+
+    def require(self, *names: str) -> None:
+        """Fail fast unless every named setting is set.
+
+        Raises:
+            ConfigError: naming the first missing environment variable.
+        """
+        for name in names:
+            if getattr(self, name) in (None, ""):
+                raise ConfigError(f"setting {name.upper()} is required but not set "
+                                  f"(export it, or run `python -m stack.cli setup` to generate local credentials)")
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical name, e.g. ``topic('sales-transactions')``."""
+        return f"{self.kafka_topic_prefix}{name}"
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; call ``get_settings.cache_clear()`` after changing env).
+
+    Raises:
+        ConfigError: a setting is invalid; the message names the environment variable.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:  # translate to a message naming the variable
+        msgs = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+            msgs.append(f"{loc.upper()}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(msgs)) from None
