@@ -49,5 +49,17 @@ def migrate() -> None:
         typer.echo(f"applied {name}")
 
 
+@app.command("config-table")
+def config_table() -> None:
+    """Print the README's configuration table (every environment variable of the settings module)."""
+    from stack.settings import Settings
+
+    typer.echo("| variable | default | meaning |\n|---|---|---|")
+    for name, field in Settings.model_fields.items():
+        default = None if field.default_factory is not None else field.default
+        default = "(derived)" if default is None else f"`{default}`"
+        typer.echo(f"| `{name.upper()}` | {default} | {field.description or ''} |")
+
+
 if __name__ == "__main__":
     app()

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
+        env_ignore_empty=True,  # VAR= (empty, e.g. compose's ${VAR:-}) means "not set": default applies
     )
 
     # ---- paths -----------------------------------------------------------------------------
@@ -110,6 +111,12 @@ class Settings(BaseSettings):
     service_level: float = Field(default=0.95, description="Target cycle service level for safety stock.")
     lead_time_days: int = Field(default=3, description="Supplier lead time in days.")
     weather_file: str | None = Field(default=None, description="Optional CSV (date, country, temp_c, precip_mm) of daily weather.")
+    order_cost: float = Field(default=50.0, description="Fixed cost per replenishment order (EOQ's S), currency.")
+    holding_cost_rate: float = Field(default=0.25, description="Yearly holding cost as a fraction of unit cost (EOQ's H = rate * unit cost).")
+    forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (5 days apart).")
+    forecast_train_window_days: int = Field(default=365, description="Forecast training window, days of targets before the origin.")
+    forecast_gbt_max_iter: int = Field(default=40, description="GBTRegressor maxIter (trees).")
+    forecast_gbt_max_depth: int = Field(default=5, description="GBTRegressor maxDepth.")
 
     # ---- validators ---------------------------------------------------------------------------
     @field_validator("kafka_bootstrap_servers")

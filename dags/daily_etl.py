@@ -1,0 +1,103 @@
+"""daily_etl: raw events in the lake -> ClickHouse star schema, one UTC day per run.
+
+extract -> transform -> load -> quality_check (logic in :mod:`ml.etl`). Tasks exchange data through
+Parquet staging files in the lake (``features/staging/daily_etl/date=YYYY-MM-DD/``) and only small
+XComs (counts), so each task can run in its own process (LocalExecutor) or all in one
+(``airflow dags test`` / ``dag.test()``). Only load and quality_check open ClickHouse; they use the
+one-slot ``chdb`` pool because chDB allows one process per data path.
+
+Schedule: ETL_SCHEDULE (default 08:00 UTC daily) as a data-interval cron timetable; the run processes
+the UTC date of its logical date (the start of its interval = the previous day). Re-running a date
+replaces its fact partitions (idempotent). A failed data-quality check fails the run without retries
+(AirflowFailException): retrying cannot fix bad data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pendulum
+from airflow.sdk import dag, get_current_context, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from stack.airflow import CHDB_POOL, DEFAULT_ARGS, target_date
+from stack.settings import get_settings
+
+
+def _day():
+    return target_date(get_current_context()["logical_date"])
+
+
+@contextlib.contextmanager
+def _fail_fast_on_bad_data():
+    """Bad data (ml.etl.EtlError, incl. DataQualityError) fails the task at once (no retries: a retry
+    cannot fix it); other errors (lake or ClickHouse unavailable) are retried per default_args."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ml.etl import EtlError
+
+    try:
+        yield
+    except EtlError as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@dag(
+    dag_id="daily_etl",
+    schedule=CronDataIntervalTimetable(get_settings().etl_schedule, timezone="UTC"),
+    start_date=pendulum.datetime(2009, 12, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["etl", "star-schema", "clickhouse", "nightly"],
+    doc_md=__doc__,
+)
+def daily_etl():
+    @task
+    def extract() -> dict:
+        """Snapshot the day's raw partitions and reference data into lake staging."""
+        from ml import etl
+
+        with _fail_fast_on_bad_data():
+            return etl.extract(_day())
+
+    @task
+    def transform(extracted: dict) -> dict:
+        """Deduplicate, build fact/dim rows, stage them as Parquet."""
+        from ml import etl
+
+        with _fail_fast_on_bad_data():
+            return etl.transform(_day())
+
+    @task(pool=CHDB_POOL)
+    def load(transformed: dict) -> dict:
+        """Upsert dims, replace the date's fact partitions in ClickHouse."""
+        import datetime as dt
+
+        from ml import etl
+
+        started = dt.datetime.now(dt.timezone.utc)
+        try:
+            with _fail_fast_on_bad_data():
+                return {**etl.load(_day()), "started_at": started.isoformat()}
+        except Exception as exc:  # record the failed load in etl_runs, then fail the task
+            with contextlib.suppress(Exception):
+                etl.record_run(etl._client(), etl._db(), _day(), "failed", "load", started, message=repr(exc),
+                               dag_run_id=get_current_context()["run_id"])
+            raise
+
+    @task(pool=CHDB_POOL)
+    def quality_check(loaded: dict) -> dict:
+        """Reconcile fact_sales with the raw lake exactly; record the run in etl_runs."""
+        import datetime as dt
+
+        from ml import etl
+
+        with _fail_fast_on_bad_data():
+            return etl.quality_check(_day(), dt.datetime.fromisoformat(loaded["started_at"]),
+                                     dag_run_id=get_current_context()["run_id"])
+
+    quality_check(load(transform(extract())))
+
+
+daily_etl()

@@ -1,0 +1,179 @@
+"""Benchmark of the demand forecaster on real data: ``python -m ml.bench --out reports/bench-forecast.json``.
+
+Runs the *same* code as the nightly training (:func:`ml.forecast.train_and_evaluate`: features,
+rolling-origin backtest, final fit) on
+
+* **M5 tiny** (``../shared/data/m5_walmart_tiny``): 28 Walmart items x 10 stores, daily units and weekly
+  prices 2011-01-29..2015-10-31; the M5 calendar supplies per-state SNAP days (``snap``), any event
+  (``event``) and National events as ``holiday``; price drops are the promotion proxy.
+* **UCI Online Retail** (``../shared/data/uci_online_retail/daily_sku_country.csv.gz``): the United
+  Kingdom market (92 % of rows; "store" = country), the ``--uci-top`` product SKUs with the most units
+  sold (postage / manual / fee codes excluded); demand = ``units_sold`` (returns excluded), price =
+  ``avg_unit_price_gbp``; holiday = England & Wales bank holidays from ``calendar_uk.csv``. Series with
+  no line on a day have zero demand that day (the file lists non-zero rows only). Top-N is chosen on
+  the whole slice, a mild selection effect that does not favour either model.
+
+The M5 section also evaluates the slow-moving classifier (:mod:`ml.slow_moving`) against the README's
+hand labels of the 28 items and its 182-day hold-out stability.
+
+The report holds, per dataset: WAPE, MAE, RMSE, RMSSE per horizon day 1..7 (and 0 = all) for the GBT and
+for seasonal naive, interval coverage, backtest origins, rows, series and fit times.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from ml.forecast import ForecastConfig, get_spark, train_and_evaluate
+from ml.slow_moving import evaluate_against_labels, parse_m5_labels, stability
+from stack.settings import REPO_ROOT
+
+DEFAULT_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+NON_PRODUCT = r"^(POST|DOT|M|m|D|C2|BANK CHARGES|AMAZONFEE|CRUK|PADS|B|S|ADJUST.*|TEST.*|gift_0001_.*|DCGS.*)$"
+
+
+def load_m5(folder: Path, stores: list[str] | None = None, items: list[str] | None = None,
+            start: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """M5 tiny -> (daily demand table, calendar of known-in-advance flags per store x date).
+
+    Args:
+        stores, items: optional subsets; start: optional first date kept (YYYY-MM-DD).
+    Raises:
+        FileNotFoundError: the folder lacks sales_daily.csv.gz or calendar.csv.
+    """
+    folder = Path(folder)
+    for f in ("sales_daily.csv.gz", "calendar.csv"):
+        if not (folder / f).exists():
+            raise FileNotFoundError(f"{folder / f} not found (M5 tiny slice)")
+    s = pd.read_csv(folder / "sales_daily.csv.gz", usecols=["date", "store_id", "state_id", "item_id", "units", "sell_price"],
+                    parse_dates=["date"])
+    if stores:
+        s = s[s["store_id"].isin(stores)]
+    if items:
+        s = s[s["item_id"].isin(items)]
+    if start:
+        s = s[s["date"] >= pd.Timestamp(start)]
+    daily = s.rename(columns={"item_id": "product_id", "sell_price": "price"})[
+        ["date", "store_id", "product_id", "units", "price"]]
+    cal = pd.read_csv(folder / "calendar.csv", parse_dates=["date"])
+    store_state = s[["store_id", "state_id"]].drop_duplicates()
+    rows = []
+    for store, state in store_state.itertuples(index=False):
+        c = pd.DataFrame({
+            "date": cal["date"], "store_id": store,
+            "snap": cal[f"snap_{state}"].astype("int8"),
+            "event": (cal["event_name_1"].notna() | cal["event_name_2"].notna()).astype("int8"),
+            "holiday": ((cal["event_type_1"] == "National") | (cal["event_type_2"] == "National")).astype("int8"),
+        })
+        rows.append(c)
+    return daily, pd.concat(rows, ignore_index=True)
+
+
+def load_uci(folder: Path, top_n: int = 100, country: str = "United Kingdom") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """UCI daily_sku_country -> (daily demand table of the top-N SKUs in ``country``, holiday calendar)."""
+    folder = Path(folder)
+    f = folder / "daily_sku_country.csv.gz"
+    if not f.exists():
+        raise FileNotFoundError(f"{f} not found (UCI Online Retail slice)")
+    d = pd.read_csv(f, parse_dates=["date"], dtype={"stock_code": str})
+    d = d[(d["country"] == country) & ~d["stock_code"].str.match(NON_PRODUCT)]
+    top = d.groupby("stock_code")["units_sold"].sum().nlargest(top_n).index
+    d = d[d["stock_code"].isin(top)]
+    daily = pd.DataFrame({"date": d["date"], "store_id": d["country"], "product_id": d["stock_code"],
+                          "units": d["units_sold"].clip(lower=0).astype("float64"),
+                          "price": d["avg_unit_price_gbp"]})
+    cal = pd.read_csv(folder / "calendar_uk.csv", parse_dates=["date"])
+    calendar = pd.DataFrame({"date": cal["date"], "holiday": cal["is_bank_holiday_eng"].astype("int8")})
+    return daily, calendar
+
+
+def run_dataset(spark, name: str, daily: pd.DataFrame, calendar: pd.DataFrame, cfg: ForecastConfig,
+                default_country: str | None) -> dict:
+    """Train + backtest one dataset; returns its JSON-able report section."""
+    t0 = time.perf_counter()
+    res = train_and_evaluate(spark, daily, cfg, calendar=calendar, default_country=default_country,
+                             log=lambda m: print(f"[{name}] {m}", flush=True))
+    total = time.perf_counter() - t0
+    bt = res["backtest"]
+    m = bt.metrics
+    per_h = {}
+    for model in ("gbt", "seasonal_naive"):
+        mm = m[m["model"] == model].set_index("h")
+        per_h[model] = {
+            str(int(h)): {k: (None if pd.isna(r[k]) else round(float(r[k]), 4)) for k in ("wape", "mae", "rmse", "rmsse")}
+            for h, r in mm.iterrows()}
+    g_all = m[(m["model"] == "gbt") & (m["h"] == 0)].iloc[0]
+    feats = res["features"]
+    return {
+        "series": int(feats.groupby(["store_id", "product_id"]).ngroups),
+        "daily_rows": int(feats["units"].notna().sum()),
+        "date_range": [str(feats.loc[feats["units"].notna(), "date"].min().date()),
+                       str(feats.loc[feats["units"].notna(), "date"].max().date())],
+        "backtest_origins": [str(o.date()) for o in bt.origins],
+        "backtest_train_rows": bt.train_rows,
+        "backtest_test_rows": int(len(bt.predictions)),
+        "backtest_fit_seconds": [round(x, 1) for x in bt.fit_seconds],
+        "final_train_rows": int(res["train_rows"]),
+        "final_fit_seconds": round(res["fit_seconds"], 1),
+        "total_seconds": round(total, 1),
+        "metrics": per_h,
+        "gbt_beats_seasonal_naive_wape": bool(
+            g_all["wape"] < m[(m["model"] == "seasonal_naive") & (m["h"] == 0)].iloc[0]["wape"]),
+        "interval_coverage_leave_one_origin_out": {"80": round(float(g_all["coverage80"]), 4),
+                                                   "95": round(float(g_all["coverage95"]), 4)},
+    }
+
+
+app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
+
+
+@app.command()
+def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json", help="JSON report path."),
+         data: Path = typer.Option(DEFAULT_DATA, help="Folder holding m5_walmart_tiny/ and uci_online_retail/."),
+         uci_top: int = typer.Option(100, help="UCI: number of top UK SKUs."),
+         n_origins: int = typer.Option(4, help="Backtest origins."),
+         origin_step_days: int = typer.Option(5, help="Days between backtest origins (not a multiple of 7, so every horizon is scored on several weekdays)."),
+         train_window_days: int = typer.Option(365, help="Training window (target days)."),
+         max_iter: int = typer.Option(40, help="GBT trees."),
+         max_depth: int = typer.Option(5, help="GBT depth."),
+         datasets: str = typer.Option("m5,uci", help="Comma list of datasets to run.")) -> None:
+    """Run the benchmark and write the JSON report."""
+    cfg = ForecastConfig(n_origins=n_origins, origin_step_days=origin_step_days, train_window_days=train_window_days,
+                         max_iter=max_iter, max_depth=max_depth)
+    spark = get_spark("bench-forecast", shuffle_partitions=cfg.shuffle_partitions)
+    report = {"generated_at": pd.Timestamp.now(tz="UTC").isoformat(), "config": json.loads(cfg.to_json()),
+              "spark_master": spark.sparkContext.master, "python": platform.python_version(),
+              "metrics_note": "h=0 pools horizons 1..7; WAPE=sum|e|/sum y; RMSSE per series scaled by the "
+                              "in-sample one-step naive MSE, unweighted mean over series", "datasets": {}}
+    try:
+        names = [x.strip() for x in datasets.split(",") if x.strip()]
+        if "m5" in names:
+            daily, cal = load_m5(data / "m5_walmart_tiny")
+            report["datasets"]["m5_walmart_tiny"] = run_dataset(spark, "m5", daily, cal, cfg, default_country=None)
+            on_sale = daily[daily["price"].notna() | (daily["units"] > 0)]
+            labels = parse_m5_labels(data / "m5_walmart_tiny" / "README.md")
+            report["slow_moving_m5"] = {"against_readme_labels": evaluate_against_labels(on_sale, labels),
+                                        "holdout_stability_182d": stability(on_sale, window_days=182)}
+        if "uci" in names:
+            daily, cal = load_uci(data / "uci_online_retail", top_n=uci_top)
+            report["datasets"]["uci_online_retail_uk_top%d" % uci_top] = run_dataset(
+                spark, "uci", daily, cal, cfg, default_country=None)
+    finally:
+        spark.stop()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    for name, sec in report["datasets"].items():
+        g, n = sec["metrics"]["gbt"]["0"], sec["metrics"]["seasonal_naive"]["0"]
+        print(f"{name}: GBT WAPE {g['wape']:.3f} RMSSE {g['rmsse']:.3f} | seasonal naive WAPE {n['wape']:.3f} "
+              f"RMSSE {n['rmsse']:.3f} | rows {sec['daily_rows']:,} | {sec['total_seconds']} s")
+    print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,749 @@
+"""Nightly ETL: raw events in the lake -> ClickHouse star schema (``clickhouse/migrations/010_star_schema.sql``).
+
+Run by ``dags/daily_etl.py`` as four tasks; every task reads its input from the lake and writes its
+output to the lake or ClickHouse, so tasks exchange only small XComs (paths and counts):
+
+1. :func:`extract` snapshots the day's raw partitions
+   ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/*.parquet`` (sales_transaction, inventory_update)
+   and the reference data ``raw-data/reference/{products,stores}`` into
+   ``features/staging/daily_etl/date=YYYY-MM-DD/raw_*.parquet`` (deterministic names: a re-run overwrites).
+2. :func:`transform` (pure functions below) deduplicates events on their event id, builds the fact
+   and dimension rows and stages them as Parquet next to the snapshot.
+3. :func:`load` (the only task besides 4 that opens ClickHouse) upserts the dimensions
+   (ReplacingMergeTree), replaces the date's ``fact_sales`` / ``fact_inventory`` partition atomically
+   (``ALTER TABLE ... REPLACE PARTITION ... FROM <table>_staging``; ``DROP PARTITION`` when the day is
+   empty) and computes safety stock from the trailing fact_sales.
+4. :func:`quality_check` re-reads the raw lake partition independently and requires fact_sales to
+   reconcile *exactly* (rows, units, revenue) plus referential integrity; it records the run in
+   ``etl_runs`` and raises :class:`DataQualityError` on any mismatch.
+
+Conventions
+-----------
+* The ETL date is a UTC calendar date (event time is epoch-ms UTC); ``date_key`` = YYYYMMDD.
+* Money is exact: a line amount is ``round(quantity * price, 4)`` computed as an integer number of
+  1/10000 currency units (``*_e4`` columns in staging) and stored as ``Decimal(18, 4)``.
+* Returns and cancellations are sales lines with ``quantity < 0``; they keep their sign, so revenue,
+  cost and profit of a return are negative and sums are net. ``is_return`` flags them.
+* Price at time of sale = ``unit_price`` of the event; cost = ``quantity * dim_product.unit_cost``
+  (NULL when the SKU has no reference data); profit = revenue - cost.
+* Surrogate keys are deterministic hashes of the natural keys (:func:`surrogate_key`), so dims and facts
+  can be built in any order and re-runs produce the same keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import math
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SALES = "sales_transaction"
+INVENTORY = "inventory_update"
+EVENT_ID = {SALES: "transaction_id", INVENTORY: "inventory_id", "price_change": "price_change_id",
+            "customer_event": "event_id", "restock_alert": "alert_id"}
+#: trailing window of daily demand used for the fallback safety stock
+SAFETY_STOCK_WINDOW_DAYS = 28
+#: ISO-3166-2 subdivision used for a bare country code's holidays (``holidays`` has no England-only
+#: bank holidays for plain "GB": Easter Monday and the Summer bank holiday need subdiv ENG).
+DEFAULT_SUBDIVISIONS = {"GB": "ENG"}
+STAGING_PREFIX = "staging/daily_etl"
+
+PRODUCT_COLUMNS = ["product_key", "sku", "product_name", "category", "sub_category", "brand", "supplier",
+                   "unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity", "is_known"]
+STORE_COLUMNS = ["store_key", "store_id", "store_name", "city", "country", "country_code", "region", "is_known"]
+
+
+class EtlError(RuntimeError):
+    """The ETL cannot run (missing input, bad data shape); the message says what and where."""
+
+
+class DataQualityError(EtlError):
+    """The loaded star schema does not reconcile with the lake; ``failures`` lists each failed check."""
+
+    def __init__(self, day: dt.date, failures: list[str]):
+        self.day, self.failures = day, failures
+        super().__init__(f"daily_etl data-quality check failed for {day.isoformat()}: " + "; ".join(failures))
+
+
+# ------------------------------------------------------------------------------------------ keys --
+def date_key(day: dt.date) -> int:
+    """YYYYMMDD integer of a date, e.g. 2011-08-29 -> 20110829."""
+    return day.year * 10000 + day.month * 100 + day.day
+
+
+def surrogate_key(natural_key: str) -> int:
+    """Deterministic UInt64 surrogate key: first 8 bytes (big-endian) of BLAKE2b(natural_key, utf-8)."""
+    return int.from_bytes(hashlib.blake2b(str(natural_key).encode(), digest_size=8).digest(), "big")
+
+
+def _keys(values: pd.Series) -> pd.Series:
+    uniq = {v: surrogate_key(v) for v in pd.unique(values)}
+    return values.map(uniq).astype("uint64")
+
+
+def amount_e4(quantity: pd.Series, price: pd.Series) -> pd.Series:
+    """Line amount ``round(quantity * price, 4)`` as Int64 ten-thousandths (NA where price is NA).
+
+    Rounding is half-to-even on the float product (numpy.rint); the integer result makes sums exact.
+    """
+    prod = quantity.astype("float64") * price.astype("float64")
+    out = np.rint(prod * 10000.0)
+    return pd.Series(out, index=quantity.index).astype("Int64")
+
+
+def e4_to_decimal(v: int | None) -> Decimal | None:
+    """Ten-thousandths -> Decimal with 4 places (None stays None)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return None
+    return Decimal(int(v)).scaleb(-4)
+
+
+# ----------------------------------------------------------------------------------- transforms --
+def deduplicate(events: pd.DataFrame, id_column: str) -> tuple[pd.DataFrame, int]:
+    """Keep one row per event id (at-least-once delivery and replays repeat events).
+
+    The kept row is the first ingested copy: order by (``ingested_at``, ``kafka_partition``,
+    ``kafka_offset``) when those columns exist, else by input order.
+
+    Args:
+        events: raw events, one row per delivered copy.
+        id_column: the event id column (e.g. ``transaction_id``).
+
+    Returns:
+        (deduplicated frame with a fresh RangeIndex, number of dropped duplicate rows).
+
+    Raises:
+        EtlError: the id column is missing or holds nulls.
+    """
+    if id_column not in events.columns:
+        raise EtlError(f"event id column {id_column!r} missing; columns: {list(events.columns)}")
+    if events[id_column].isna().any():
+        raise EtlError(f"{int(events[id_column].isna().sum())} events have a null {id_column}")
+    order = [c for c in ("ingested_at", "kafka_partition", "kafka_offset") if c in events.columns]
+    ev = events.sort_values(order, kind="stable") if order else events
+    out = ev.drop_duplicates(subset=[id_column], keep="first").reset_index(drop=True)
+    return out, len(events) - len(out)
+
+
+def events_of_day(events: pd.DataFrame, day: dt.date, ts_column: str = "timestamp") -> tuple[pd.DataFrame, int]:
+    """Rows whose event time (UTC) falls on ``day``; returns (rows, number of rows outside the day).
+
+    Rows outside the day are misfiled in the partition (they belong to another date's partition) and
+    are left out and counted, never loaded twice.
+    """
+    if events.empty:
+        return events, 0
+    ts = pd.to_datetime(events[ts_column], utc=True)
+    mask = (ts.dt.date == day).to_numpy()
+    return events.loc[mask].reset_index(drop=True), int((~mask).sum())
+
+
+def build_dim_product(products: pd.DataFrame | None, skus_seen: pd.Series) -> pd.DataFrame:
+    """dim_product rows: every reference product (is_known=1) plus a placeholder (is_known=0, unknown
+    attributes, NULL unit_cost) for each SKU seen in events but absent from the reference data.
+
+    Args:
+        products: ``raw-data/reference/products`` (product_id, product_name, category, sub_category,
+            brand, supplier, unit_cost, unit_price, shelf_life_days, reorder_point, storage_capacity) or None.
+        skus_seen: SKUs (product_id) of the day's events.
+
+    Returns: frame with :data:`PRODUCT_COLUMNS`, one row per SKU.
+    """
+    if products is not None and not products.empty:
+        p = products.drop_duplicates("product_id", keep="last").rename(columns={"product_id": "sku"}).copy()
+        p["is_known"] = 1
+    else:
+        p = pd.DataFrame({"sku": pd.Series(dtype="object"), "is_known": pd.Series(dtype="int64")})
+    missing = sorted(set(skus_seen.dropna().astype(str)) - set(p["sku"].astype(str)))
+    if missing:
+        p = pd.concat([p, pd.DataFrame({"sku": missing, "product_name": "", "is_known": 0})], ignore_index=True)
+    for col in PRODUCT_COLUMNS:
+        if col not in p.columns:
+            p[col] = None
+    p["sku"] = p["sku"].astype(str)
+    for col in ("product_name", "category", "sub_category", "brand", "supplier"):
+        p[col] = p[col].fillna("unknown" if col != "product_name" else "").astype(str)
+    for col in ("unit_cost", "unit_price"):
+        p[col] = pd.to_numeric(p[col], errors="coerce").astype("float64")
+    for col in ("shelf_life_days", "reorder_point", "storage_capacity"):
+        p[col] = pd.to_numeric(p[col], errors="coerce").round().astype("Int64")
+    p["product_key"] = _keys(p["sku"])
+    p["is_known"] = p["is_known"].astype("uint8")
+    return p[PRODUCT_COLUMNS].reset_index(drop=True)
+
+
+def build_dim_store(stores: pd.DataFrame | None, store_ids_seen: pd.Series, default_country: str) -> pd.DataFrame:
+    """dim_store rows: reference stores (is_known=1) plus placeholders for stores seen only in events
+    (country_code = ``default_country``). Returns frame with :data:`STORE_COLUMNS`."""
+    if stores is not None and not stores.empty:
+        s = stores.drop_duplicates("store_id", keep="last").copy()
+        s["is_known"] = 1
+    else:
+        s = pd.DataFrame({"store_id": pd.Series(dtype="object"), "is_known": pd.Series(dtype="int64")})
+    missing = sorted(set(store_ids_seen.dropna().astype(str)) - set(s["store_id"].astype(str)))
+    if missing:
+        s = pd.concat([s, pd.DataFrame({"store_id": missing, "store_name": missing, "is_known": 0})],
+                      ignore_index=True)
+    for col in STORE_COLUMNS:
+        if col not in s.columns:
+            s[col] = None
+    s["store_id"] = s["store_id"].astype(str)
+    s["country_code"] = s["country_code"].fillna(default_country).astype(str).str.upper()
+    for col in ("store_name", "city", "country", "region"):
+        s[col] = s[col].fillna("").astype(str)
+    s["store_key"] = _keys(s["store_id"])
+    s["is_known"] = s["is_known"].astype("uint8")
+    return s[STORE_COLUMNS].reset_index(drop=True)
+
+
+def _country_holidays(code: str, years: list[int]):
+    import holidays
+
+    country, _, subdiv = code.upper().partition("-")
+    subdiv = subdiv or DEFAULT_SUBDIVISIONS.get(country)
+    try:
+        return holidays.country_holidays(country, subdiv=subdiv, years=years)
+    except NotImplementedError:
+        log.warning("holidays package has no calendar for %r; treating it as having no holidays", code)
+        return {}
+
+
+def build_dim_date(days: list[dt.date], country_codes: list[str], default_country: str) -> pd.DataFrame:
+    """dim_date rows, one per date (not per country).
+
+    ``is_holiday``/``holiday_name`` are for ``default_country`` (STORE_COUNTRY_DEFAULT, recorded in
+    ``holiday_country``); ``holiday_countries``/``holiday_names`` list every country of
+    ``country_codes`` (the stores' countries) where the date is a public holiday, so a fact row's
+    own-country flag is ``has(d.holiday_countries, s.country_code)``. Holidays come from the PyPI
+    ``holidays`` package; a bare "GB" uses the England & Wales bank holidays (subdivision ENG);
+    "GB-SCT"-style ISO-3166-2 codes select another subdivision.
+
+    day_of_week is ISO (1 = Monday .. 7 = Sunday); is_weekend = Saturday or Sunday.
+    """
+    days = sorted(set(days))
+    codes = sorted({c.upper() for c in country_codes} | {default_country.upper()})
+    years = sorted({d.year for d in days})
+    cal = {c: _country_holidays(c, years) for c in codes}
+    rows = []
+    for d in days:
+        names = {c: str(cal[c].get(d)) for c in codes if d in cal[c]}
+        rows.append({
+            "date_key": date_key(d), "date": d, "day_of_week": d.isoweekday(), "day_name": d.strftime("%A"),
+            "day_of_month": d.day, "week_of_year": d.isocalendar()[1], "month": d.month,
+            "month_name": d.strftime("%B"), "quarter": (d.month - 1) // 3 + 1, "year": d.year,
+            "is_weekend": int(d.isoweekday() >= 6),
+            "is_holiday": int(default_country.upper() in names), "holiday_name": names.get(default_country.upper(), ""),
+            "holiday_country": default_country.upper(),
+            "holiday_countries": sorted(names), "holiday_names": names,
+        })
+    return pd.DataFrame(rows)
+
+
+def calendar_days(day: dt.date) -> list[dt.date]:
+    """Dates whose dim_date rows a run upserts: the whole calendar year of ``day`` and of ``day + 31``
+    (so forecasts up to a month ahead find their dates). Rows are deterministic: upserting is idempotent."""
+    first = dt.date(day.year, 1, 1)
+    last = dt.date((day + dt.timedelta(days=31)).year, 12, 31)
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def build_fact_sales(sales: pd.DataFrame, dim_product: pd.DataFrame, day: dt.date) -> pd.DataFrame:
+    """fact_sales rows from deduplicated sales_transaction events of one day.
+
+    Args:
+        sales: deduplicated events (transaction_id, store_id, product_id, quantity, unit_price,
+            timestamp, customer_id, payment_method, invoice_id).
+        dim_product: output of :func:`build_dim_product` (for unit_cost).
+        day: the ETL date (UTC) -> date_key.
+
+    Returns:
+        One row per line: sale_id, date_key, event_time, product_key, store_key, invoice_id,
+        customer_id, payment_method, quantity (signed), unit_price, revenue_e4, cost_e4, profit_e4
+        (Int64 ten-thousandths; cost/profit NA when unit_cost is unknown), is_return.
+
+    Raises:
+        EtlError: a line has quantity 0 or a negative/NaN price (contract violations that the
+        streaming job should have quarantined).
+    """
+    if sales.empty:
+        return pd.DataFrame(columns=["sale_id", "date_key", "event_time", "product_key", "store_key", "invoice_id",
+                                     "customer_id", "payment_method", "quantity", "unit_price", "revenue_e4",
+                                     "cost_e4", "profit_e4", "is_return"])
+    bad = sales["quantity"].eq(0) | sales["unit_price"].isna() | sales["unit_price"].lt(0)
+    if bad.any():
+        raise EtlError(f"{int(bad.sum())} sales lines violate the contract (quantity 0 or price < 0/null), "
+                       f"e.g. {sales.loc[bad, 'transaction_id'].head(3).tolist()}")
+    cost = sales["product_id"].astype(str).map(dim_product.set_index("sku")["unit_cost"])
+    f = pd.DataFrame({
+        "sale_id": sales["transaction_id"].astype(str),
+        "date_key": date_key(day),
+        "event_time": pd.to_datetime(sales["timestamp"], utc=True),
+        "product_key": _keys(sales["product_id"].astype(str)),
+        "store_key": _keys(sales["store_id"].astype(str)),
+        "invoice_id": sales["invoice_id"] if "invoice_id" in sales else None,
+        "customer_id": sales["customer_id"] if "customer_id" in sales else None,
+        "payment_method": (sales["payment_method"] if "payment_method" in sales else "UNKNOWN"),
+        "quantity": sales["quantity"].astype("int32"),
+        "unit_price": sales["unit_price"].astype("float64"),
+    })
+    f["payment_method"] = f["payment_method"].fillna("UNKNOWN").astype(str)
+    f["revenue_e4"] = amount_e4(f["quantity"], f["unit_price"])
+    f["cost_e4"] = amount_e4(f["quantity"], cost)
+    f["profit_e4"] = f["revenue_e4"] - f["cost_e4"]
+    f["is_return"] = (f["quantity"] < 0).astype("uint8")
+    return f.reset_index(drop=True)
+
+
+def closing_stock(updates: pd.DataFrame) -> pd.DataFrame:
+    """Closing stock per store x SKU from the day's deduplicated inventory_update events.
+
+    The closing stock is ``new_quantity`` of the last update by event time (ties: Kafka offset; one
+    store x SKU always lands in one partition because the key is ``store_id|product_id``).
+    reorder_point is the last non-null reorder_point of the day (NA when none).
+
+    Returns: store_id, product_id, closing_stock, last_update_time, reorder_point.
+    """
+    cols = ["store_id", "product_id", "closing_stock", "last_update_time", "reorder_point"]
+    if updates.empty:
+        return pd.DataFrame(columns=cols)
+    order = ["timestamp"] + [c for c in ("kafka_offset",) if c in updates.columns]
+    u = updates.sort_values(order, kind="stable")
+    last = u.groupby(["store_id", "product_id"], sort=True).tail(1).set_index(["store_id", "product_id"])
+    rp = u.dropna(subset=["reorder_point"]).groupby(["store_id", "product_id"])["reorder_point"].last() \
+        if "reorder_point" in u else pd.Series(dtype="float64")
+    out = pd.DataFrame({
+        "closing_stock": last["new_quantity"].astype("int64"),
+        "last_update_time": pd.to_datetime(last["timestamp"], utc=True),
+    })
+    out["reorder_point"] = rp.reindex(out.index).astype("float64")
+    return out.reset_index()[cols]
+
+
+def carry_forward(today: pd.DataFrame, previous: pd.DataFrame) -> pd.DataFrame:
+    """Combine the day's closing stock with the previous snapshot (carried forward when no update).
+
+    Args:
+        today: store_key, product_key, closing_stock, last_update_time, reorder_point (the day's updates).
+        previous: the latest earlier fact_inventory snapshot: store_key, product_key, closing_stock,
+            last_update_time, reorder_point (may be empty).
+
+    Returns: the union of both key sets; today's rows win (is_carried_forward=0), otherwise the
+    previous row with is_carried_forward=1. A day's update without reorder_point keeps the previous one.
+    """
+    key = ["store_key", "product_key"]
+    cols = key + ["closing_stock", "last_update_time", "reorder_point"]
+    t = today[cols].copy()
+    t["is_carried_forward"] = 0
+    if previous is None or previous.empty:
+        return t.reset_index(drop=True)
+    p = previous[cols].copy()
+    p["is_carried_forward"] = 1
+    prev_rp = p.set_index(key)["reorder_point"]
+    t_idx = pd.MultiIndex.from_frame(t[key])
+    t["reorder_point"] = t["reorder_point"].where(t["reorder_point"].notna(),
+                                                  pd.Series(prev_rp.reindex(t_idx).to_numpy(), index=t.index))
+    p = p[~pd.MultiIndex.from_frame(p[key]).isin(t_idx)]
+    return pd.concat([t, p], ignore_index=True).sort_values(key).reset_index(drop=True)
+
+
+def demand_sigma(daily_units: pd.DataFrame, days: list[int]) -> pd.DataFrame:
+    """Sample standard deviation (ddof=1) of daily units sold per store x SKU over ``days``.
+
+    Args:
+        daily_units: store_key, product_key, date_key, units (days without sales may be absent: they
+            count as 0).
+        days: the date_keys of the window (every day counts, zero-filled).
+
+    Returns: store_key, product_key, sigma_daily, mean_daily (NaN sigma when fewer than 2 days).
+    """
+    key = ["store_key", "product_key"]
+    if daily_units.empty:
+        return pd.DataFrame(columns=key + ["sigma_daily", "mean_daily"])
+    wide = daily_units.pivot_table(index=key, columns="date_key", values="units", aggfunc="sum", fill_value=0)
+    wide = wide.reindex(columns=days, fill_value=0)
+    sigma = wide.std(axis=1, ddof=1) if len(days) >= 2 else pd.Series(np.nan, index=wide.index)
+    return pd.DataFrame({"sigma_daily": sigma, "mean_daily": wide.mean(axis=1)}).reset_index()
+
+
+def safety_stock_formula(sigma_daily: pd.Series | float, service_level: float, lead_time_days: float):
+    """Safety stock = z(service level) x sigma_daily x sqrt(lead time in days).
+
+    Classic formula for normally distributed i.i.d. daily demand and a fixed lead time (Silver, Pyke &
+    Peterson, *Inventory Management and Production Planning and Scheduling*, 3rd ed., ch. 7; z is the
+    standard normal quantile of the cycle service level, e.g. z(0.95) = 1.645). Units: units of stock.
+    """
+    from scipy.stats import norm
+
+    z = float(norm.ppf(service_level))
+    return z * sigma_daily * math.sqrt(lead_time_days)
+
+
+def safety_stock(sigma_daily: pd.Series, service_level: float, lead_time_days: float) -> tuple[pd.Series, str]:
+    """Safety stock per row, from :mod:`ml.optimize` when it provides ``safety_stock`` (shared with the
+    stock optimisation), else :func:`safety_stock_formula`. Returns (values, method name)."""
+    try:
+        from ml import optimize  # owned by the ML helper; optional
+        fn = getattr(optimize, "safety_stock")
+    except (ImportError, AttributeError):
+        return safety_stock_formula(sigma_daily, service_level, lead_time_days), "z*sigma_28d*sqrt(L)"
+    values = sigma_daily.map(lambda s: float(fn(sigma_daily=s, service_level=service_level,
+                                                 lead_time_days=lead_time_days)) if pd.notna(s) else np.nan)
+    return values, "ml.optimize.safety_stock(sigma_28d)"
+
+
+# ----------------------------------------------------------------------------------------- I/O ---
+def _staging(day: dt.date, name: str) -> tuple[str, str]:
+    from stack.settings import get_settings
+
+    return get_settings().lake_features_bucket, f"{STAGING_PREFIX}/date={day.isoformat()}/{name}.parquet"
+
+
+def _lake():
+    from stack.lake import Lake
+    from stack.settings import get_settings
+
+    return Lake(get_settings())
+
+
+def read_raw_day(lake, event_type: str, day: dt.date) -> pd.DataFrame:
+    """All rows of the raw partition ``raw-data/<event_type>/year=YYYY/month=MM/day=DD`` (empty frame
+    when the partition does not exist). Timestamps are timezone-aware UTC."""
+    bucket = lake.settings.lake_raw_bucket
+    part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+    t = lake.read_table(bucket, part)
+    if t is None:
+        log.warning("no raw partition %s/%s", bucket, part)
+        return pd.DataFrame()
+    df = t.to_pandas()
+    return df.drop(columns=[c for c in ("year", "month", "day") if c in df.columns])
+
+
+def read_reference(lake, name: str) -> pd.DataFrame | None:
+    """``raw-data/reference/<name>`` (products or stores) or None when absent."""
+    t = lake.read_table(lake.settings.lake_raw_bucket, f"reference/{name}")
+    return None if t is None else t.to_pandas()
+
+
+def _write(lake, df: pd.DataFrame, day: dt.date, name: str) -> str:
+    import pyarrow as pa
+
+    return lake.write_table(pa.Table.from_pandas(df, preserve_index=False), *_staging(day, name))
+
+
+def _read(lake, day: dt.date, name: str) -> pd.DataFrame:
+    t = lake.read_table(*_staging(day, name))
+    if t is None:
+        raise EtlError(f"staging file {'/'.join(_staging(day, name))} is missing: run the upstream task first")
+    return t.to_pandas()
+
+
+def extract(day: dt.date) -> dict[str, Any]:
+    """Snapshot the day's raw sales and inventory partitions and the reference data into staging.
+
+    Returns: {"raw_sales_rows", "raw_inventory_rows", "products", "stores"} counts (XCom-sized).
+    """
+    lake = _lake()
+    out = {}
+    for event_type, name in ((SALES, "raw_sales"), (INVENTORY, "raw_inventory")):
+        df = read_raw_day(lake, event_type, day)
+        _write(lake, df, day, name)
+        out[f"{name}_rows"] = len(df)
+    for name in ("products", "stores"):
+        ref = read_reference(lake, name)
+        if ref is None:
+            log.warning("reference data raw-data/reference/%s missing: dimension rows will be placeholders", name)
+            ref = pd.DataFrame()
+        _write(lake, ref, day, f"ref_{name}")
+        out[name] = len(ref)
+    log.info("extract %s: %s", day, out)
+    return out
+
+
+def transform(day: dt.date) -> dict[str, Any]:
+    """Deduplicate and build the fact/dimension rows of ``day`` from the extract snapshot; stage them.
+
+    Returns: counts {"sales_lines", "duplicate_sales", "misfiled_sales", "inventory_rows",
+    "duplicate_inventory", "products", "stores"}.
+    """
+    from stack.settings import get_settings
+
+    s = get_settings()
+    lake = _lake()
+    raw_sales, raw_inv = _read(lake, day, "raw_sales"), _read(lake, day, "raw_inventory")
+    products, stores = _read(lake, day, "ref_products"), _read(lake, day, "ref_stores")
+    sales, dup_s = deduplicate(raw_sales, EVENT_ID[SALES]) if not raw_sales.empty else (raw_sales, 0)
+    sales, misfiled_s = events_of_day(sales, day)
+    inv, dup_i = deduplicate(raw_inv, EVENT_ID[INVENTORY]) if not raw_inv.empty else (raw_inv, 0)
+    inv, misfiled_i = events_of_day(inv, day)
+
+    seen_skus = pd.concat([sales.get("product_id", pd.Series(dtype=object)),
+                           inv.get("product_id", pd.Series(dtype=object))])
+    seen_stores = pd.concat([sales.get("store_id", pd.Series(dtype=object)),
+                             inv.get("store_id", pd.Series(dtype=object))])
+    dim_product = build_dim_product(products if not products.empty else None, seen_skus)
+    dim_store = build_dim_store(stores if not stores.empty else None, seen_stores, s.store_country_default)
+    dim_date = build_dim_date(calendar_days(day), dim_store["country_code"].tolist(), s.store_country_default)
+    fact = build_fact_sales(sales, dim_product, day)
+    closing = closing_stock(inv)
+    if not closing.empty:
+        closing["store_key"] = _keys(closing["store_id"].astype(str))
+        closing["product_key"] = _keys(closing["product_id"].astype(str))
+    else:
+        closing = closing.assign(store_key=pd.Series(dtype="uint64"), product_key=pd.Series(dtype="uint64"))
+    for name, df in (("fact_sales", fact), ("dim_product", dim_product), ("dim_store", dim_store),
+                     ("dim_date", dim_date), ("inventory_closing", closing)):
+        _write(lake, df, day, name)
+    out = {"sales_lines": len(fact), "duplicate_sales": dup_s, "misfiled_sales": misfiled_s,
+           "inventory_rows": len(closing), "duplicate_inventory": dup_i, "misfiled_inventory": misfiled_i,
+           "products": len(dim_product), "stores": len(dim_store)}
+    log.info("transform %s: %s", day, out)
+    return out
+
+
+# ------------------------------------------------------------------------------ ClickHouse load --
+def _client():
+    from stack.ch import get_client
+
+    return get_client()
+
+
+def _db() -> str:
+    from stack.settings import get_settings
+
+    return get_settings().clickhouse_database
+
+
+def _replace_partition(client, db: str, table: str, dk: int, df: pd.DataFrame) -> None:
+    """Atomically replace partition ``dk`` of ``table`` with ``df`` via ``<table>_staging``."""
+    client.command(f"ALTER TABLE {db}.{table}_staging DROP PARTITION {dk}")
+    if df.empty:
+        client.command(f"ALTER TABLE {db}.{table} DROP PARTITION {dk}")
+        return
+    client.insert_df(f"{db}.{table}_staging", df)
+    client.command(f"ALTER TABLE {db}.{table} REPLACE PARTITION {dk} FROM {db}.{table}_staging")
+    client.command(f"ALTER TABLE {db}.{table}_staging DROP PARTITION {dk}")
+
+
+def _nullable(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns with None for NA (clickhouse-connect inserts Nullable columns from None)."""
+    out = df.copy()
+    for c in out.columns:
+        if str(out[c].dtype) in ("Int64", "Int32", "UInt32", "Float64", "object"):
+            out[c] = out[c].astype(object).where(out[c].notna(), None)
+    return out
+
+
+def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
+    """Load the staged rows of ``day`` into ClickHouse (idempotent: dims upserted, fact partitions replaced).
+
+    fact_inventory = the day's closing stock carried forward over the latest earlier fact_inventory
+    snapshot (:func:`carry_forward`); reorder_point from the events, else the carried value, else
+    dim_product.reorder_point; safety_stock from the trailing :data:`SAFETY_STOCK_WINDOW_DAYS` days of
+    fact_sales units sold (days before the first loaded date are not counted) via :func:`safety_stock`.
+
+    Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows"}.
+    """
+    from stack.settings import get_settings
+
+    s = get_settings()
+    lake, client, db, dk = _lake(), _client(), _db(), date_key(day)
+    if migrate:
+        from stack.ch import migrate as run_migrations
+
+        run_migrations(s)
+    dim_product, dim_store = _read(lake, day, "dim_product"), _read(lake, day, "dim_store")
+    dim_date, fact = _read(lake, day, "dim_date"), _read(lake, day, "fact_sales")
+    closing = _read(lake, day, "inventory_closing")
+
+    # dims: placeholders (is_known=0) never overwrite reference rows (ReplacingMergeTree(is_known))
+    client.insert_df(f"{db}.dim_product", _nullable(dim_product))
+    client.insert_df(f"{db}.dim_store", dim_store)
+    dd = dim_date.copy()
+    dd["date"] = pd.to_datetime(dd["date"]).dt.date
+    dd["holiday_countries"] = dd["holiday_countries"].map(list)
+    dd["holiday_names"] = dd["holiday_names"].map(lambda m: dict(m) if isinstance(m, dict) else dict(list(m or [])))
+    client.insert_df(f"{db}.dim_date", dd)
+
+    # fact_sales
+    fs = fact.copy()
+    for c in ("revenue", "cost", "profit"):
+        fs[c] = fs.pop(f"{c}_e4").map(e4_to_decimal) if len(fs) else pd.Series(dtype=object)
+    fs = _nullable(fs)
+    _replace_partition(client, db, "fact_sales", dk, fs)
+
+    # fact_inventory
+    prev = client.query_df(
+        f"SELECT store_key, product_key, closing_stock, last_update_time, reorder_point FROM {db}.fact_inventory "
+        f"WHERE date_key = (SELECT max(date_key) FROM {db}.fact_inventory WHERE date_key < {dk})")
+    inv = carry_forward(closing, prev)
+    if not inv.empty:
+        pr = dim_product.set_index("product_key")["reorder_point"]
+        fallback = pd.Series(inv["product_key"].map(pr).to_numpy(dtype="float64", na_value=np.nan), index=inv.index)
+        inv["reorder_point"] = inv["reorder_point"].astype("float64").fillna(fallback)
+        first = client.query(f"SELECT min(date_key) FROM {db}.fact_sales").result_rows[0][0] or dk
+        window = [date_key(day - dt.timedelta(days=i)) for i in range(SAFETY_STOCK_WINDOW_DAYS - 1, -1, -1)]
+        window = [k for k in window if k >= first]
+        daily = client.query_df(
+            f"SELECT store_key, product_key, date_key, toInt64(sumIf(quantity, quantity > 0)) AS units "
+            f"FROM {db}.fact_sales WHERE date_key >= {window[0]} AND date_key <= {dk} "
+            f"GROUP BY store_key, product_key, date_key")
+        sig = demand_sigma(daily, window)
+        inv = inv.merge(sig, on=["store_key", "product_key"], how="left")
+        inv["safety_stock"], method = safety_stock(inv["sigma_daily"].astype("float64"), s.service_level,
+                                                    s.lead_time_days)
+        inv["safety_stock_method"] = method
+        today_units = fact.groupby(["store_key", "product_key"]).agg(
+            units_sold=("quantity", lambda q: int(q[q > 0].sum())),
+            units_returned=("quantity", lambda q: int(-q[q < 0].sum()))).reset_index() if len(fact) else None
+        if today_units is not None:
+            inv = inv.merge(today_units, on=["store_key", "product_key"], how="left")
+        for c in ("units_sold", "units_returned"):
+            inv[c] = inv.get(c, pd.Series(0, index=inv.index)).fillna(0).astype("int64")
+        inv["date_key"] = dk
+        inv["closing_stock"] = inv["closing_stock"].astype("int64")
+        inv["below_reorder_point"] = (inv["closing_stock"] <= inv["reorder_point"].fillna(-np.inf)).astype("uint8")
+        inv["last_update_time"] = pd.to_datetime(inv["last_update_time"], utc=True)
+        inv = inv[["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward", "last_update_time",
+                   "units_sold", "units_returned", "reorder_point", "safety_stock", "safety_stock_method",
+                   "below_reorder_point"]]
+        inv["is_carried_forward"] = inv["is_carried_forward"].astype("uint8")
+        inv = _nullable(inv)
+    _replace_partition(client, db, "fact_inventory", dk, inv)
+    out = {"fact_sales_rows": len(fs), "fact_inventory_rows": len(inv), "dim_product_rows": len(dim_product),
+           "dim_store_rows": len(dim_store), "dim_date_rows": len(dim_date)}
+    log.info("load %s: %s", day, out)
+    return out
+
+
+# ------------------------------------------------------------------------------- quality checks --
+@dataclass
+class LakeTotals:
+    """Independent expectation for one day from the raw lake: deduplicated sales lines."""
+
+    raw_rows: int
+    lines: int
+    units_net: int
+    units_sold: int
+    units_returned: int
+    revenue: Decimal
+    duplicates: int
+    extra: dict = field(default_factory=dict)
+
+
+def lake_sales_totals(lake, day: dt.date) -> LakeTotals:
+    """Re-read ``raw-data/sales_transaction`` for ``day`` straight from the lake (not the staging files)
+    and total the deduplicated lines whose UTC event date is ``day``: rows, signed units, units sold
+    (quantity > 0), units returned, revenue (sum of round(quantity*unit_price, 4), exact)."""
+    raw = read_raw_day(lake, SALES, day)
+    if raw.empty:
+        return LakeTotals(0, 0, 0, 0, 0, Decimal("0.0000"), 0)
+    uniq = raw.drop_duplicates("transaction_id")
+    uniq = uniq[pd.to_datetime(uniq["timestamp"], utc=True).dt.date == day]
+    q = uniq["quantity"].astype("int64")
+    e4 = int(np.rint(q.to_numpy(dtype="float64") * uniq["unit_price"].to_numpy(dtype="float64") * 10000).sum())
+    return LakeTotals(len(raw), len(uniq), int(q.sum()), int(q[q > 0].sum()), int(-q[q < 0].sum()),
+                      Decimal(e4).scaleb(-4), len(raw) - int(raw["transaction_id"].nunique()))
+
+
+def star_sales_totals(client, db: str, day: dt.date) -> dict[str, Any]:
+    """Totals of the loaded fact_sales partition of ``day`` (rows, distinct ids, units, revenue, orphans)."""
+    dk = date_key(day)
+    r = client.query(
+        f"SELECT count(), uniqExact(sale_id), toInt64(sum(quantity)), toInt64(sumIf(quantity, quantity > 0)), "
+        f"toInt64(-sumIf(quantity, quantity < 0)), toDecimal128(sum(revenue), 4) "
+        f"FROM {db}.fact_sales WHERE date_key = {dk}").result_rows[0]
+    orphans = client.query(
+        f"SELECT countIf(product_key NOT IN (SELECT product_key FROM {db}.dim_product)), "
+        f"countIf(store_key NOT IN (SELECT store_key FROM {db}.dim_store)) FROM {db}.fact_sales WHERE date_key = {dk}"
+    ).result_rows[0]
+    inv = client.query(
+        f"SELECT count(), uniqExact(store_key, product_key), countIf(closing_stock < 0) "
+        f"FROM {db}.fact_inventory WHERE date_key = {dk}").result_rows[0]
+    has_date = client.query(f"SELECT count() FROM {db}.dim_date WHERE date_key = {dk}").result_rows[0][0]
+    return {"rows": r[0], "distinct_ids": r[1], "units_net": r[2], "units_sold": r[3], "units_returned": r[4],
+            "revenue": Decimal(r[5] or 0).quantize(Decimal("0.0001")), "orphan_products": orphans[0],
+            "orphan_stores": orphans[1], "inventory_rows": inv[0], "inventory_keys": inv[1],
+            "negative_stock": inv[2], "dim_date_rows": has_date}
+
+
+def reconcile(expected: LakeTotals, actual: dict[str, Any]) -> list[str]:
+    """Failed checks (empty = pass): exact equality of rows, units (net, sold, returned) and revenue;
+    unique sale ids; no fact row without its product/store dimension; unique, non-negative inventory
+    rows; the date present in dim_date."""
+    fails = []
+    for name, exp, act in (("rows", expected.lines, actual["rows"]),
+                           ("units_net", expected.units_net, actual["units_net"]),
+                           ("units_sold", expected.units_sold, actual["units_sold"]),
+                           ("units_returned", expected.units_returned, actual["units_returned"]),
+                           ("revenue", expected.revenue, actual["revenue"])):
+        if exp != act:
+            fails.append(f"fact_sales {name} = {act} but the deduplicated lake has {exp}")
+    if actual["distinct_ids"] != actual["rows"]:
+        fails.append(f"fact_sales has {actual['rows'] - actual['distinct_ids']} duplicate sale_id rows")
+    if actual["orphan_products"] or actual["orphan_stores"]:
+        fails.append(f"fact_sales rows without dimension: {actual['orphan_products']} product, "
+                     f"{actual['orphan_stores']} store")
+    if actual["inventory_keys"] != actual["inventory_rows"]:
+        fails.append("fact_inventory has duplicate store x product rows")
+    if actual["negative_stock"]:
+        fails.append(f"fact_inventory has {actual['negative_stock']} negative closing_stock rows")
+    if actual["dim_date_rows"] == 0:
+        fails.append("dim_date has no row for the date")
+    return fails
+
+
+def record_run(client, db: str, day: dt.date, status: str, stage: str, started_at: dt.datetime,
+               expected: LakeTotals | None = None, actual: dict | None = None, message: str = "",
+               dag_run_id: str = "", inventory_rows: int = 0) -> str:
+    """Append one row to ``etl_runs`` (an audit log: every run, successful or not). Returns the run id."""
+    run_id = uuid.uuid4().hex
+    row = {
+        "run_id": run_id, "dag_run_id": dag_run_id, "date_key": date_key(day), "started_at": started_at,
+        "finished_at": dt.datetime.now(dt.timezone.utc), "status": status, "stage": stage,
+        "raw_sales_rows": expected.raw_rows if expected else 0,
+        "duplicate_sales_rows": expected.duplicates if expected else 0,
+        "fact_sales_rows": int(actual["rows"]) if actual else 0,
+        "fact_inventory_rows": int(actual["inventory_rows"]) if actual else inventory_rows,
+        "units_net": int(actual["units_net"]) if actual else 0,
+        "revenue": actual["revenue"] if actual else Decimal(0), "message": message[:10000],
+    }
+    client.insert_df(f"{db}.etl_runs", pd.DataFrame([row]))
+    return run_id
+
+
+def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_id: str = "") -> dict[str, Any]:
+    """Reconcile the loaded star schema with the raw lake for ``day`` and record the run in etl_runs.
+
+    Returns: the actual totals (revenue as a string) when every check passes.
+
+    Raises:
+        DataQualityError: listing every failed check (the run is recorded with status 'failed').
+    """
+    started_at = started_at or dt.datetime.now(dt.timezone.utc)
+    client, db = _client(), _db()
+    expected = lake_sales_totals(_lake(), day)
+    actual = star_sales_totals(client, db, day)
+    fails = reconcile(expected, actual)
+    if fails:
+        err = DataQualityError(day, fails)
+        record_run(client, db, day, "failed", "quality_check", started_at, expected, actual, str(err), dag_run_id)
+        raise err
+    record_run(client, db, day, "success", "quality_check", started_at, expected, actual,
+               f"{expected.duplicates} duplicate raw rows dropped", dag_run_id)
+    return {**actual, "revenue": str(actual["revenue"]), "duplicates": expected.duplicates}
+
+
+def run_day(day: dt.date) -> dict[str, Any]:
+    """extract -> transform -> load -> quality_check in this process (for scripts; the DAG runs the same steps)."""
+    started = dt.datetime.now(dt.timezone.utc)
+    return {"extract": extract(day), "transform": transform(day), "load": load(day),
+            "quality_check": quality_check(day, started)}

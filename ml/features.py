@@ -1,0 +1,316 @@
+"""Feature engineering for daily demand forecasting (pure pandas, no I/O).
+
+Input: a *daily demand table*, one row per (date, store_id, product_id) with
+
+============  ==========================================================================
+column        meaning
+============  ==========================================================================
+date          calendar day (anything ``pd.to_datetime`` accepts; normalised to midnight)
+store_id      store (or market) key, string
+product_id    SKU key, string
+units         units demanded that day, >= 0 (returns are not negative demand)
+price         unit selling price that day (NaN allowed: forward/back filled per series)
+promo         optional 0/1 promotion flag; absent -> proxy "price drop" (price < 98 % of
+              the highest price of the previous 28 days)
+holiday       optional 0/1; absent -> public holiday of ``country_code`` (``holidays`` pkg)
+event         optional 0/1 special event (e.g. M5 calendar events)
+snap          optional 0/1 SNAP day (M5), a promotion-like demand driver
+country_code  optional ISO-3166 alpha-2 of the store (for holidays and weather)
+============  ==========================================================================
+
+Output of :func:`build_daily_features`: the *daily feature table* ``features_daily``, one row per
+series x day, where **row d holds only information known at the end of day d-1** (the row's forecast
+origin is d-1) plus *known-in-advance covariates of day d* (calendar, holiday, event, SNAP, planned
+price/promotion, weather forecast):
+
+* demand history (strictly before d): ``lag_1, lag_7, lag_14, lag_28`` (y_{d-k}); rolling mean and
+  standard deviation over 7, 14, 30, 90 days ending at d-1 (``rmean_w``, ``rstd_w``); share of
+  zero-demand days over 28 days (``zero_share_28``); ``days_since_sale`` (days since the last day with
+  demand > 0, up to d-1, capped at 365);
+* covariates of d: ``dow`` (0 = Monday), ``month``, ``season`` (0 winter .. 3 autumn, meteorological,
+  northern hemisphere), ``day_of_month``, ``is_weekend``, ``price``, ``price_change_7``
+  (price_d / price_{d-7} - 1), ``price_rel_28`` (price_d / mean price over the 28 days up to d-1),
+  ``promo``, ``holiday``, ``event``, ``snap``, and ``temp_c``, ``precip_mm`` when a weather table is
+  given.
+
+Missing days inside a series' *active range* (first day on sale, i.e. first non-missing price or
+first positive demand, up to the last day of the table) are filled with zero demand; ``extend_days``
+appends future rows (``units`` NaN) so that forecasts can be made for the next days.
+
+Direct multi-horizon supervision (:func:`make_supervised`): for origin t and horizon h in 1..H the
+target is y_{t+h}; the demand-history features come from row t+1 (all <= t), the covariates and
+the seasonal lags ``lag_7``/``lag_14`` come from the target row t+h (y_{t+h-7}, y_{t+h-14}, both <= t
+because h <= 7), and ``h`` itself is a feature: one global GBT model for all horizons (see
+:mod:`ml.forecast`). No feature of a row with origin t depends on demand after t — tested in
+``tests/test_ml_features.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["store_id", "product_id"]
+LAGS = (1, 7, 14, 28)
+WINDOWS = (7, 14, 30, 90)
+MAX_HORIZON = 7
+
+#: demand-history features: taken from the origin row t+1 (information <= t).
+HISTORY_COLUMNS = (
+    ["lag_1", "lag_28"]
+    + [f"rmean_{w}" for w in WINDOWS]
+    + [f"rstd_{w}" for w in WINDOWS]
+    + ["zero_share_28", "days_since_sale"]
+)
+#: horizon-safe seasonal lags, taken from the target row (y_{t+h-7}, y_{t+h-14}, <= t for h <= 7).
+SEASONAL_COLUMNS = ["lag_7", "lag_14"]
+#: known-in-advance covariates of the target day.
+COVARIATE_COLUMNS = [
+    "dow", "month", "season", "day_of_month", "is_weekend",
+    "price", "price_change_7", "price_rel_28", "promo", "holiday", "event", "snap",
+]
+WEATHER_COLUMNS = ["temp_c", "precip_mm"]
+OPTIONAL_FLAGS = ("promo", "holiday", "event", "snap")
+
+
+def feature_columns(df: pd.DataFrame | None = None) -> list[str]:
+    """Model input columns of a supervised table, in a fixed order (weather only when present)."""
+    cols = ["h"] + HISTORY_COLUMNS + SEASONAL_COLUMNS + COVARIATE_COLUMNS
+    if df is not None:
+        cols += [c for c in WEATHER_COLUMNS if c in df.columns]
+    return cols
+
+
+def _season(month: pd.Series) -> pd.Series:
+    """Meteorological season (northern hemisphere): 0 = Dec-Feb, 1 = Mar-May, 2 = Jun-Aug, 3 = Sep-Nov."""
+    return ((month % 12) // 3).astype("int8")
+
+
+def validate_daily(daily: pd.DataFrame) -> pd.DataFrame:
+    """Check and normalise a daily demand table (copy).
+
+    Raises:
+        ValueError: a required column is missing, a key is null, units are negative or non-numeric,
+            or (date, store_id, product_id) is not unique. The message names the problem and counts rows.
+    """
+    required = ["date", "store_id", "product_id", "units", "price"]
+    missing = [c for c in required if c not in daily.columns]
+    if missing:
+        raise ValueError(f"daily demand table lacks column(s) {missing}; has {list(daily.columns)}")
+    df = daily.copy()
+    df["date"] = pd.to_datetime(df["date"]).dt.normalize()
+    for k in KEYS:
+        if df[k].isna().any():
+            raise ValueError(f"{int(df[k].isna().sum())} row(s) with null {k}")
+        df[k] = df[k].astype(str)
+    df["units"] = pd.to_numeric(df["units"], errors="raise").astype("float64")
+    neg = df["units"] < 0
+    if neg.any():
+        raise ValueError(f"{int(neg.sum())} row(s) with negative units (returns must not be netted into demand)")
+    df["price"] = pd.to_numeric(df["price"], errors="coerce").astype("float64")
+    dup = df.duplicated(["date", *KEYS])
+    if dup.any():
+        raise ValueError(f"{int(dup.sum())} duplicate (date, store_id, product_id) row(s); aggregate first")
+    return df
+
+
+def complete_series(daily: pd.DataFrame, end_date=None, extend_days: int = 0) -> pd.DataFrame:
+    """Gap-free daily series per (store_id, product_id).
+
+    Each series spans from its first active day (first non-missing price or first positive demand)
+    to ``end_date`` (default: the table's last date); missing days get ``units = 0``. Then
+    ``extend_days`` future days are appended with ``units = NaN`` (to be forecast). Price is
+    forward- then back-filled within the series (future rows keep the last known price: the planned
+    price); the optional 0/1 flags are filled with 0 (``holiday``/``event``/``snap`` are
+    date-level and re-derived per date for future rows where the input gives them per date).
+
+    Returns:
+        DataFrame sorted by store_id, product_id, date with a RangeIndex.
+    """
+    df = validate_daily(daily)
+    end = pd.Timestamp(end_date).normalize() if end_date is not None else df["date"].max()
+    df = df[df["date"] <= end]
+    active = df[(df["units"] > 0) | df["price"].notna()]
+    starts = active.groupby(KEYS, observed=True)["date"].min()
+    if starts.empty:
+        raise ValueError("no active series: every row has zero units and no price")
+    last = end + pd.Timedelta(days=extend_days)
+    pieces = []
+    for (store, product), start in starts.items():
+        dates = pd.date_range(start, last, freq="D")
+        pieces.append(pd.DataFrame({"store_id": store, "product_id": product, "date": dates}))
+    grid = pd.concat(pieces, ignore_index=True)
+    out = grid.merge(df, on=["store_id", "product_id", "date"], how="left")
+    known = out["date"] <= end
+    out.loc[known, "units"] = out.loc[known, "units"].fillna(0.0)
+    out.loc[~known, "units"] = np.nan
+    out = out.sort_values(["store_id", "product_id", "date"], kind="mergesort").reset_index(drop=True)
+    g = out.groupby(KEYS, sort=False, observed=True)
+    out["price"] = g["price"].ffill()
+    out["price"] = out.groupby(KEYS, sort=False, observed=True)["price"].bfill()
+    for flag in OPTIONAL_FLAGS:
+        if flag in out.columns:
+            out[flag] = pd.to_numeric(out[flag], errors="coerce").fillna(0).astype("int8")
+    if "country_code" in df.columns:
+        cc = df.dropna(subset=["country_code"]).groupby("store_id")["country_code"].first()
+        out["country_code"] = out["store_id"].map(cc)
+    return out
+
+
+def holiday_flags(dates: pd.Series, country_codes: pd.Series | None, default_country: str | None) -> pd.Series:
+    """0/1 public-holiday flag per row from the ``holidays`` package (country per row, else default).
+
+    Unknown country codes give 0 (no holiday calendar) rather than an error.
+    """
+    import holidays as hol
+
+    cc = (country_codes if country_codes is not None else pd.Series(default_country, index=dates.index))
+    cc = cc.fillna(default_country) if default_country else cc
+    years = list(range(int(dates.dt.year.min()), int(dates.dt.year.max()) + 1))
+    out = np.zeros(len(dates), dtype="int8")
+    d = dates.dt.date.to_numpy()
+    for code in pd.unique(cc.dropna()):
+        try:
+            cal = hol.country_holidays(str(code), years=years)
+        except NotImplementedError:
+            continue
+        mask = (cc == code).to_numpy()
+        out[mask] = np.fromiter((x in cal for x in d[mask]), dtype="int8", count=int(mask.sum()))
+    return pd.Series(out, index=dates.index, dtype="int8")
+
+
+def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int = MAX_HORIZON,
+                         default_country: str | None = "GB", weather: pd.DataFrame | None = None,
+                         calendar: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The daily feature table (see module docstring for every column and its time reference).
+
+    Args:
+        daily: daily demand table (see module docstring).
+        end_date: last day with known demand (default: max date of ``daily``).
+        extend_days: future days appended for forecasting (units NaN), default 7.
+        default_country: ISO code for holidays of stores without ``country_code``; None = no holidays
+            unless the input has a ``holiday`` column.
+        weather: optional (date, country_code, temp_c, precip_mm) table, joined on the day.
+        calendar: optional known-in-advance flags per date (columns date, [store_id], any of
+            holiday/event/snap/promo); they override the daily table's flags and cover the future rows.
+
+    Returns:
+        DataFrame: store_id, product_id, date, units, every feature column; sorted, RangeIndex.
+    """
+    df = complete_series(daily, end_date=end_date, extend_days=extend_days)
+    if calendar is not None:
+        cal = calendar.copy()
+        cal["date"] = pd.to_datetime(cal["date"]).dt.normalize()
+        on = ["date"] + (["store_id"] if "store_id" in cal.columns else [])
+        flags = [c for c in OPTIONAL_FLAGS if c in cal.columns]
+        if not flags:
+            raise ValueError(f"calendar needs at least one of {OPTIONAL_FLAGS}; has {list(cal.columns)}")
+        if "store_id" in cal.columns:
+            cal["store_id"] = cal["store_id"].astype(str)
+        df = df.drop(columns=[c for c in flags if c in df.columns]).merge(
+            cal[on + flags].drop_duplicates(on), on=on, how="left")
+        df[flags] = df[flags].fillna(0).astype("int8")
+        df = df.sort_values(["store_id", "product_id", "date"], kind="mergesort").reset_index(drop=True)
+    g = df.groupby(KEYS, sort=False, observed=True)
+    y = df["units"]
+    # ---- demand history: strictly before d ----
+    for k in LAGS:
+        df[f"lag_{k}"] = g["units"].shift(k)
+    prev = g["units"].shift(1)
+    gp = prev.groupby([df["store_id"], df["product_id"]], sort=False)
+    for w in WINDOWS:
+        df[f"rmean_{w}"] = gp.transform(lambda s, w=w: s.rolling(w, min_periods=1).mean())
+        df[f"rstd_{w}"] = gp.transform(lambda s, w=w: s.rolling(w, min_periods=2).std()).fillna(0.0)
+    df["zero_share_28"] = (prev == 0).astype("float64").where(prev.notna()).groupby(
+        [df["store_id"], df["product_id"]], sort=False).transform(lambda s: s.rolling(28, min_periods=1).mean())
+    # days since last sale up to d-1
+    sold_day = df["date"].where(y > 0)
+    last_sale = sold_day.groupby([df["store_id"], df["product_id"]], sort=False).transform(
+        lambda s: s.ffill().shift(1))
+    first_day = g["date"].transform("min")
+    ref = last_sale.fillna(first_day - pd.Timedelta(days=1))
+    df["days_since_sale"] = ((df["date"] - ref).dt.days - 1).clip(lower=0, upper=365).astype("float64")
+    # ---- covariates of d ----
+    df["dow"] = df["date"].dt.dayofweek.astype("int8")
+    df["month"] = df["date"].dt.month.astype("int8")
+    df["season"] = _season(df["month"])
+    df["day_of_month"] = df["date"].dt.day.astype("int8")
+    df["is_weekend"] = (df["dow"] >= 5).astype("int8")
+    price = df["price"]
+    df["price_change_7"] = (price / g["price"].shift(7) - 1.0).replace([np.inf, -np.inf], np.nan).fillna(0.0)
+    pmean = g["price"].transform(lambda s: s.shift(1).rolling(28, min_periods=1).mean())
+    df["price_rel_28"] = (price / pmean).replace([np.inf, -np.inf], np.nan).fillna(1.0)
+    if "promo" not in df.columns:
+        pmax = g["price"].transform(lambda s: s.shift(1).rolling(28, min_periods=1).max())
+        df["promo"] = (price < 0.98 * pmax).astype("int8")
+    if "holiday" not in df.columns:
+        if default_country is None and "country_code" not in df.columns:
+            df["holiday"] = np.int8(0)
+        else:
+            df["holiday"] = holiday_flags(df["date"], df.get("country_code"), default_country)
+    for flag in ("event", "snap"):
+        if flag not in df.columns:
+            df[flag] = np.int8(0)
+    if weather is not None:
+        w = weather.copy()
+        need = {"date", "temp_c", "precip_mm"}
+        if not need <= set(w.columns):
+            raise ValueError(f"weather table needs columns {sorted(need)} (+ optional country_code); has {list(w.columns)}")
+        w["date"] = pd.to_datetime(w["date"]).dt.normalize()
+        on = ["date"]
+        if "country_code" in w.columns:
+            if "country_code" not in df.columns:
+                df["country_code"] = default_country
+            on.append("country_code")
+        df = df.merge(w[on + ["temp_c", "precip_mm"]].drop_duplicates(on), on=on, how="left")
+        df = df.sort_values(["store_id", "product_id", "date"], kind="mergesort").reset_index(drop=True)
+    df["price"] = df["price"].fillna(0.0)
+    return df
+
+
+def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, MAX_HORIZON + 1),
+                    min_target_date=None, max_origin=None) -> pd.DataFrame:
+    """Direct multi-horizon rows: one per (series, origin t, horizon h) with target y_{t+h}.
+
+    Args:
+        features: output of :func:`build_daily_features` (gap-free per series, sorted).
+        horizons: horizons in days, each in 1..7 (the seasonal lags need h <= 7).
+        min_target_date: keep rows whose target date is >= this (bounds the training window).
+        max_origin: keep rows whose origin is <= this.
+
+    Returns:
+        DataFrame with store_id, product_id, origin, date (= target date), h, y (target, NaN for the
+        future), ``seasonal_naive`` (y_{t+h-7}, the baseline) and :func:`feature_columns`.
+        Rows whose origin row lies before the series start are dropped.
+
+    Raises:
+        ValueError: a horizon outside 1..7.
+    """
+    hs = list(horizons)
+    if any(h < 1 or h > MAX_HORIZON for h in hs):
+        raise ValueError(f"horizons must be within 1..{MAX_HORIZON}, got {hs}")
+    g = features.groupby(KEYS, sort=False, observed=True)
+    base_cols = ["store_id", "product_id", "date", "units"] + SEASONAL_COLUMNS + COVARIATE_COLUMNS + [
+        c for c in WEATHER_COLUMNS if c in features.columns]
+    mask_all = pd.Series(True, index=features.index)
+    if min_target_date is not None:
+        mask_all &= features["date"] >= pd.Timestamp(min_target_date)
+    out = []
+    for h in hs:
+        hist = g[HISTORY_COLUMNS].shift(h - 1)  # the origin row t+1 seen from target row t+h
+        valid = g.cumcount() >= h  # origin t = d - h must lie within the series (row index >= h)
+        part = features[base_cols].copy()
+        part[HISTORY_COLUMNS] = hist
+        part["h"] = np.int8(h)
+        part["origin"] = part["date"] - pd.Timedelta(days=h)
+        m = mask_all & valid
+        if max_origin is not None:
+            m &= part["origin"] <= pd.Timestamp(max_origin)
+        out.append(part[m])
+    sup = pd.concat(out, ignore_index=True).rename(columns={"units": "y"})
+    sup["seasonal_naive"] = sup["lag_7"]
+    sup[HISTORY_COLUMNS + SEASONAL_COLUMNS] = sup[HISTORY_COLUMNS + SEASONAL_COLUMNS].fillna(0.0)
+    sup["seasonal_naive"] = sup["seasonal_naive"].fillna(0.0)
+    return sup

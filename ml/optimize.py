@@ -1,0 +1,175 @@
+"""Stock optimisation: safety stock, reorder point, economic order quantity, stock-out risk (pure).
+
+Policy: continuous review (s, Q) — when the inventory position falls to the reorder point s = ROP, order
+Q units (Silver, Pyke & Thomas, "Inventory and Production Management in Supply Chains", 4th ed., CRC
+Press 2017, ch. 6; Chopra & Meindl, "Supply Chain Management: Strategy, Planning, and Operation", 6th
+ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs in currency.
+
+* Safety stock, fixed lead time:     SS = z * sigma_d * sqrt(L)
+  with lead-time variability:        SS = z * sqrt(L * sigma_d^2 + d_bar^2 * sigma_L^2)
+  (Chopra & Meindl eq. 12.13; Silver et al. sec. 6.10), z = Phi^-1(cycle service level).
+* Reorder point:                     ROP = d_bar * L + SS                     (Chopra & Meindl eq. 12.5)
+* Economic order quantity:           EOQ = sqrt(2 * D * S / H)               (Harris 1913, "How many parts
+  to make at once", Factory 10(2); Silver et al. sec. 4.2), D annual demand, S cost per order,
+  H = holding rate * unit cost per unit and year.
+* Order quantity when IP <= ROP:     Q = max(EOQ, ROP - IP), then bounded by free storage capacity
+  (capacity - stock) and by shelf life (no more than can sell before expiry: d_bar * shelf_life - stock),
+  rounded up to whole units; Q = 0 when IP > ROP.
+* Days until stock-out:              stock / d_bar (capped at 999; 999 when d_bar = 0).
+* Stock-out risk:                    HIGH when stock <= d_bar * L (runs out before a replenishment
+  ordered now can arrive), MODERATE when stock <= ROP (inside the safety-stock buffer), else LOW.
+
+sigma_d should be the standard deviation of the *forecast error* per day (Silver et al. sec. 6.4), here
+derived from the 80 % prediction interval of the forecast: sigma_d = (upper80 - lower80) / (2 * 1.2816).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+Z80 = float(norm.ppf(0.90))  # half-width of a central 80 % normal interval in sigmas (1.2816)
+MAX_DAYS = 999.0
+
+
+def z_value(service_level: float) -> float:
+    """z = Phi^-1(service level) of the standard normal (cycle service level, e.g. 0.95 -> 1.6449).
+
+    Raises:
+        ValueError: service level outside (0, 1).
+    """
+    if not 0 < service_level < 1:
+        raise ValueError(f"service level must be in (0, 1), got {service_level}")
+    return float(norm.ppf(service_level))
+
+
+def safety_stock(sigma_d, lead_time_days, service_level: float, mean_demand=0.0, sigma_lead_time=0.0):
+    """Safety stock in units: z * sqrt(L * sigma_d^2 + d_bar^2 * sigma_L^2) (= z sigma_d sqrt(L) when sigma_L = 0).
+
+    Args: sigma_d (units/day), lead_time_days L, service_level (cycle service level), mean_demand d_bar
+    (units/day), sigma_lead_time sigma_L (days). Scalars or numpy arrays.
+    Raises:
+        ValueError: negative sigma or lead time.
+    """
+    sd, L = np.asarray(sigma_d, dtype=float), np.asarray(lead_time_days, dtype=float)
+    if (sd < 0).any() or (L < 0).any() or np.any(np.asarray(sigma_lead_time) < 0):
+        raise ValueError("sigma_d, lead time and sigma_lead_time must be >= 0")
+    var = L * sd ** 2 + np.asarray(mean_demand, dtype=float) ** 2 * np.asarray(sigma_lead_time, dtype=float) ** 2
+    out = z_value(service_level) * np.sqrt(var)
+    return float(out) if out.ndim == 0 else out
+
+
+def reorder_point(mean_demand, lead_time_days, safety):
+    """ROP = d_bar * L + SS, in units."""
+    out = np.asarray(mean_demand, dtype=float) * np.asarray(lead_time_days, dtype=float) + np.asarray(safety, dtype=float)
+    return float(out) if out.ndim == 0 else out
+
+
+def eoq(annual_demand, order_cost, holding_cost_per_unit_year):
+    """EOQ = sqrt(2 D S / H) in units (Harris 1913). 0 when D = 0.
+
+    Raises:
+        ValueError: H <= 0 or S < 0 or D < 0.
+    """
+    D, S, H = (np.asarray(x, dtype=float) for x in (annual_demand, order_cost, holding_cost_per_unit_year))
+    if (H <= 0).any() or (S < 0).any() or (D < 0).any():
+        raise ValueError("EOQ needs annual demand >= 0, order cost >= 0 and holding cost > 0")
+    out = np.sqrt(2.0 * D * S / H)
+    return float(out) if out.ndim == 0 else out
+
+
+def days_until_stockout(stock, mean_demand):
+    """stock / d_bar in days (capped at 999; 999 when demand is 0; 0 when stock <= 0)."""
+    st, d = np.asarray(stock, dtype=float), np.asarray(mean_demand, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(d > 0, np.clip(st, 0, None) / d, MAX_DAYS)
+    out = np.minimum(out, MAX_DAYS)
+    return float(out) if out.ndim == 0 else out
+
+
+def stockout_risk(stock, mean_demand, lead_time_days, rop):
+    """'HIGH' when stock <= d_bar * L, 'MODERATE' when stock <= ROP, else 'LOW' (see module docstring)."""
+    st = np.asarray(stock, dtype=float)
+    lt_demand = np.asarray(mean_demand, dtype=float) * np.asarray(lead_time_days, dtype=float)
+    out = np.where(st <= lt_demand, "HIGH", np.where(st <= np.asarray(rop, dtype=float), "MODERATE", "LOW"))
+    return str(out) if out.ndim == 0 else out
+
+
+def order_quantity(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None):
+    """Units to order now: 0 when IP = stock + on_order > ROP, else max(EOQ, ROP - IP) bounded by
+    ``storage_capacity - stock`` and ``mean_demand * shelf_life_days - stock`` (None/NaN = no bound),
+    never negative, rounded up to whole units."""
+    st = np.asarray(stock, dtype=float)
+    ip = st + np.asarray(on_order, dtype=float)
+    r = np.asarray(rop, dtype=float)
+    q = np.maximum(np.asarray(eoq_units, dtype=float), r - ip)
+    if storage_capacity is not None:
+        cap = np.asarray(storage_capacity, dtype=float)
+        q = np.where(np.isnan(cap), q, np.minimum(q, cap - st))
+    if shelf_life_days is not None:
+        sl = np.asarray(shelf_life_days, dtype=float)
+        sellable = np.asarray(mean_demand, dtype=float) * sl - st
+        q = np.where(np.isnan(sl), q, np.minimum(q, sellable))
+    q = np.where(ip <= r, np.ceil(np.clip(q, 0, None) - 1e-9), 0.0)
+    return float(q) if q.ndim == 0 else q
+
+
+def sigma_from_interval(lower80, upper80):
+    """Daily forecast-error sigma from an 80 % interval: (upper80 - lower80) / (2 * 1.2816)."""
+    return (np.asarray(upper80, dtype=float) - np.asarray(lower80, dtype=float)) / (2 * Z80)
+
+
+def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: float, order_cost: float,
+              holding_cost_rate: float, sigma_lead_time: float = 0.0) -> pd.DataFrame:
+    """Reorder recommendations for every row (store x SKU).
+
+    Args:
+        inputs: columns store_id, product_id, stock (units on hand), mean_demand (forecast units/day),
+            sigma_d (forecast-error sigma, units/day), unit_cost; optional on_order, storage_capacity,
+            shelf_life_days, lead_time_days (per row; overrides the argument).
+        lead_time_days: supplier lead time L (days); service_level: cycle service level;
+        order_cost: S per order; holding_cost_rate: yearly holding cost as a fraction of unit cost.
+    Returns:
+        inputs + safety_stock, reorder_point, eoq, reorder_qty, reorder_needed (0/1),
+        days_until_stockout, stockout_risk, service_level, lead_time_days.
+    Raises:
+        ValueError: a required column is missing or unit_cost <= 0.
+    """
+    need = ["store_id", "product_id", "stock", "mean_demand", "sigma_d", "unit_cost"]
+    miss = [c for c in need if c not in inputs.columns]
+    if miss:
+        raise ValueError(f"recommend() input lacks column(s) {miss}")
+    df = inputs.copy()
+    if (df["unit_cost"] <= 0).any():
+        bad = df.loc[df["unit_cost"] <= 0, ["store_id", "product_id"]].head(3).to_dict("records")
+        raise ValueError(f"unit_cost must be > 0 for EOQ holding cost; e.g. {bad}")
+    L = df["lead_time_days"].astype(float) if "lead_time_days" in df.columns else pd.Series(float(lead_time_days), index=df.index)
+    on_order = df["on_order"].fillna(0.0) if "on_order" in df.columns else 0.0
+    d = df["mean_demand"].clip(lower=0).astype(float)
+    df["safety_stock"] = safety_stock(df["sigma_d"].clip(lower=0).to_numpy(float), L.to_numpy(), service_level,
+                                      d.to_numpy(), sigma_lead_time)
+    df["reorder_point"] = reorder_point(d.to_numpy(), L.to_numpy(), df["safety_stock"].to_numpy())
+    df["eoq"] = eoq(d.to_numpy() * 365.0, order_cost, holding_cost_rate * df["unit_cost"].to_numpy(float))
+    df["reorder_qty"] = order_quantity(
+        df["stock"].to_numpy(float), np.asarray(on_order, dtype=float), df["reorder_point"].to_numpy(),
+        df["eoq"].to_numpy(), d.to_numpy(),
+        df["storage_capacity"].to_numpy(float) if "storage_capacity" in df.columns else None,
+        df["shelf_life_days"].to_numpy(float) if "shelf_life_days" in df.columns else None)
+    df["reorder_needed"] = ((df["stock"] + on_order) <= df["reorder_point"]).astype("uint8")
+    df["days_until_stockout"] = days_until_stockout(df["stock"].to_numpy(float), d.to_numpy())
+    df["stockout_risk"] = stockout_risk(df["stock"].to_numpy(float), d.to_numpy(), L.to_numpy(),
+                                        df["reorder_point"].to_numpy())
+    df["service_level"] = float(service_level)
+    df["lead_time_days"] = L
+    return df
+
+
+def inputs_from_forecast(pred: pd.DataFrame) -> pd.DataFrame:
+    """Per (store_id, product_id): mean_demand = mean daily point forecast over the horizon and
+    sigma_d = mean daily sigma from the 80 % intervals (:func:`sigma_from_interval`)."""
+    p = pred.assign(sigma=sigma_from_interval(pred["lower80"], pred["upper80"]))
+    g = p.groupby(["store_id", "product_id"], as_index=False).agg(mean_demand=("yhat", "mean"),
+                                                                  sigma_d=("sigma", "mean"))
+    return g
+

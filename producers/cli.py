@@ -1,0 +1,253 @@
+"""POS producer CLI: topic admin, synthetic simulator and UCI Online Retail replay.
+
+    python -m producers.cli topics
+    python -m producers.cli synthetic --stores 3 --skus 50 --events-per-min-per-store 200 \\
+        --duration-minutes 30 --seed 42 [--realtime] [--invalid-rate 0.001]
+    python -m producers.cli replay --path producers/data/uci_online_retail_sample.csv.gz \\
+        [--speed 60] [--keep-dates] [--limit 1000] [--invalid-rate 0.001]
+    python -m producers.cli sample --src ../shared/data/uci_online_retail/transactions.csv.gz
+
+Both generators write the reference data (products, stores) to the lake, create the topics
+(idempotent), publish with a rich progress display (events/s, sent, failed, dead-lettered) and print
+the final counts as JSON (exit code 1 when any delivery failed). The same is available in-process:
+:func:`run_synthetic`, :func:`run_replay` return the counts dict.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stack.settings import Settings, get_settings
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
+err_console = Console(stderr=True)
+
+DEFAULT_SAMPLE = Path(__file__).resolve().parent / "data" / "uci_online_retail_sample.csv.gz"
+
+
+class Pacer:
+    """Emission pacing by event time: with ``speed`` X an event-time gap of g ms is emitted after
+    g / X wall-clock ms (X = 1: real time). ``speed=None`` = as fast as possible (no sleeping)."""
+
+    def __init__(self, speed: float | None):
+        if speed is not None and not speed > 0:
+            raise ValueError("speed must be > 0")
+        self.speed = speed
+        self._t0: int | None = None
+        self._w0 = 0.0
+
+    def wait(self, ts_ms: int) -> None:
+        """Sleep until the wall-clock time at which event time ``ts_ms`` is due."""
+        if self.speed is None:
+            return
+        if self._t0 is None:
+            self._t0, self._w0 = ts_ms, time.monotonic()
+            return
+        ahead = self._w0 + (ts_ms - self._t0) / 1000 / self.speed - time.monotonic()
+        if ahead > 0.005:
+            time.sleep(ahead)
+
+
+def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, speed: float | None = None,
+                   t_start: int | None = None, t_end: int | None = None, progress: bool = True,
+                   label: str = "publishing") -> dict[str, Any]:
+    """Send every event through ``publisher`` (an :class:`~producers.kafka_io.EventPublisher`), paced by
+    :class:`Pacer`; show progress by event time between ``t_start`` and ``t_end`` (epoch ms).
+
+    Returns {"events", "elapsed_s", "events_per_s", **publisher.counts} after a flush.
+    """
+    pacer = Pacer(speed)
+    n = 0
+    t0 = time.monotonic()
+    total = (t_end - t_start) if (t_start is not None and t_end is not None and t_end > t_start) else None
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+               TextColumn("{task.fields[rate]:>8.0f} ev/s  sent={task.fields[sent]}  "
+                          "failed={task.fields[failed]}  dead-lettered={task.fields[dlq]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=err_console, disable=not progress, transient=False) as bar:
+        task = bar.add_task(label, total=total or 1, rate=0.0, sent=0, failed=0, dlq=0)
+        last = t0
+
+        def refresh(ts: int | None) -> None:
+            c = publisher.counts
+            el = max(time.monotonic() - t0, 1e-9)
+            done = (ts - t_start) if (total and ts is not None) else 0
+            bar.update(task, completed=min(done, total) if total else 0, rate=n / el, sent=c["sent"],
+                       failed=c["failed"], dlq=c["dead_lettered"])
+
+        ts = None
+        for event_type, record in events:
+            ts = record.get("timestamp") if isinstance(record, dict) else None
+            if isinstance(ts, int):
+                pacer.wait(ts)
+            publisher.publish(event_type, record)
+            n += 1
+            if n % 1000 == 0 and time.monotonic() - last > 0.25:
+                last = time.monotonic()
+                refresh(ts if isinstance(ts, int) else None)
+        publisher.flush()
+        if total:
+            bar.update(task, completed=total)
+        refresh(None if not total else t_end)
+    elapsed = time.monotonic() - t0
+    return {"events": n, "elapsed_s": round(elapsed, 3), "events_per_s": round(n / max(elapsed, 1e-9), 1),
+            **publisher.counts}
+
+
+def _write_reference(settings: Settings, products, stores) -> dict[str, str]:
+    from producers.catalog import write_reference
+    from stack.lake import Lake
+
+    lake = Lake(settings)
+    lake.ensure_buckets()
+    return write_reference(lake, products, stores)
+
+
+def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: int = 50,
+                  events_per_min_per_store: float = 200.0, duration_minutes: float = 30.0, seed: int = 42,
+                  start: datetime | None = None, realtime: bool = False, invalid_rate: float = 0.0,
+                  write_reference: bool = True, create_topics: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Run the synthetic simulator into Kafka and return the counts.
+
+    ``start`` defaults to now (``realtime``) or now - duration (as fast as possible, so that event
+    times end near now). Returns {"mode", "config", "topics", "reference", "generator", "invalid_injected",
+    "published": {events, sent, delivered, failed, dead_lettered, ...}}.
+    """
+    from producers.admin import ensure_topics
+    from producers.invalid import inject_invalid
+    from producers.kafka_io import EventPublisher
+    from producers.simulator import SimConfig, Simulator, to_ms
+
+    s = settings or get_settings()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    if start is None:
+        start = now if realtime else now - timedelta(minutes=duration_minutes)
+    cfg = SimConfig(n_stores=stores, n_skus=skus, events_per_min_per_store=events_per_min_per_store,
+                    duration_minutes=duration_minutes, seed=seed, start=start)
+    sim = Simulator(cfg)
+    out: dict[str, Any] = {"mode": "synthetic", "config": {
+        "stores": stores, "skus": skus, "events_per_min_per_store": events_per_min_per_store,
+        "duration_minutes": duration_minutes, "seed": seed, "start": start.isoformat(), "realtime": realtime,
+        "invalid_rate": invalid_rate}}
+    out["topics"] = ensure_topics(s) if create_topics else None
+    out["reference"] = _write_reference(s, sim.products, sim.stores) if write_reference else None
+    injected: dict[str, int] = {}
+    t_start = to_ms(start)
+    with EventPublisher(s, client_id="retail-pos-simulator") as pub:
+        out["published"] = publish_events(
+            inject_invalid(sim.events(), invalid_rate, seed=seed, counter=injected), pub,
+            speed=1.0 if realtime else None, t_start=t_start,
+            t_end=t_start + int(duration_minutes * 60_000), progress=progress, label="synthetic")
+    out["generator"] = sim.stats.as_dict()
+    out["invalid_injected"] = injected
+    return out
+
+
+def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMPLE, *, speed: float | None = None,
+               keep_dates: bool = False, limit: int | None = None, end_at: datetime | None = None,
+               invalid_rate: float = 0.0, seed: int = 2012, write_reference: bool = True,
+               create_topics: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Replay the UCI Online Retail log at ``path`` into Kafka and return the counts.
+
+    Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
+    events per type, ...), "invalid_injected", "published": {...}}.
+    Raises FileNotFoundError / ValueError for a missing or malformed file.
+    """
+    from producers.admin import ensure_topics
+    from producers.invalid import inject_invalid
+    from producers.kafka_io import EventPublisher
+    from producers.replay import Replay, ReplayConfig, load_transactions
+
+    s = settings or get_settings()
+    df = load_transactions(path, limit=limit)
+    rep = Replay(df, ReplayConfig(keep_dates=keep_dates, end_at=end_at, seed=seed))
+    out: dict[str, Any] = {"mode": "replay", "config": {
+        "path": str(path), "speed": speed, "keep_dates": keep_dates, "limit": limit, "invalid_rate": invalid_rate}}
+    out["topics"] = ensure_topics(s) if create_topics else None
+    out["reference"] = _write_reference(s, rep.products, rep.stores) if write_reference else None
+    injected: dict[str, int] = {}
+    valid_ts = rep.ts[rep.kind != "skip"]
+    with EventPublisher(s, client_id="retail-pos-replay") as pub:
+        out["published"] = publish_events(
+            inject_invalid(rep.events(), invalid_rate, seed=seed, counter=injected), pub, speed=speed,
+            t_start=int(valid_ts.min()) if len(valid_ts) else None,
+            t_end=int(valid_ts.max()) if len(valid_ts) else None, progress=progress, label="replay")
+    out["generator"] = rep.stats.as_dict()
+    out["invalid_injected"] = injected
+    return out
+
+
+def _finish(result: dict[str, Any]) -> None:
+    typer.echo(json.dumps(result, indent=2, default=str))
+    pub = result.get("published") or {}
+    if pub.get("failed") or pub.get("pending"):
+        err_console.print(f"[red]{pub.get('failed')} deliveries failed, {pub.get('pending')} pending")
+        raise typer.Exit(1)
+
+
+@app.command()
+def topics() -> None:
+    """Create the platform topics (idempotent) and print what was created vs already existed."""
+    from producers.admin import ensure_topics
+
+    typer.echo(json.dumps(ensure_topics(get_settings()), indent=2))
+
+
+@app.command()
+def synthetic(
+    stores: int = typer.Option(3, help="Number of stores N."),
+    skus: int = typer.Option(50, help="Number of SKUs M."),
+    events_per_min_per_store: float = typer.Option(200.0, help="POS lines per store per minute at an average hour (100-500 typical)."),
+    duration_minutes: float = typer.Option(30.0, help="Simulated event-time span, minutes."),
+    seed: int = typer.Option(42, help="Random seed (same seed + start -> same events)."),
+    start: Optional[datetime] = typer.Option(None, help="First event time (UTC). Default: now (realtime) or now - duration."),
+    realtime: bool = typer.Option(False, "--realtime", help="Pace emission to the wall clock (default: as fast as possible)."),
+    invalid_rate: float = typer.Option(0.0, help="Fraction of extra, deliberately invalid records (dead-letter demo)."),
+    no_reference: bool = typer.Option(False, "--no-reference", help="Do not write the reference data to the lake."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+) -> None:
+    """Synthetic POS stream: seeded Faker catalogue, seasonality, consistent stock."""
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=timezone.utc)
+    _finish(run_synthetic(get_settings(), stores=stores, skus=skus, events_per_min_per_store=events_per_min_per_store,
+                          duration_minutes=duration_minutes, seed=seed, start=start, realtime=realtime,
+                          invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet))
+
+
+@app.command()
+def replay(
+    path: Path = typer.Option(DEFAULT_SAMPLE, help="UCI Online Retail transactions CSV(.gz)."),
+    speed: Optional[float] = typer.Option(None, help="Event-time speed-up factor (1 = real time). Default: as fast as possible."),
+    keep_dates: bool = typer.Option(False, "--keep-dates", help="Keep the original event dates (default: shift so the replay ends now)."),
+    limit: Optional[int] = typer.Option(None, help="Replay only the first N rows."),
+    invalid_rate: float = typer.Option(0.0, help="Fraction of extra, deliberately invalid records (dead-letter demo)."),
+    no_reference: bool = typer.Option(False, "--no-reference", help="Do not write the reference data to the lake."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+) -> None:
+    """Replay real POS transactions (UCI Online Retail) with simulated stock, price and customer events."""
+    _finish(run_replay(get_settings(), path, speed=speed, keep_dates=keep_dates, limit=limit,
+                       invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet))
+
+
+@app.command()
+def sample(
+    src: Path = typer.Option(..., help="Full transactions.csv.gz (../shared/data/uci_online_retail/)."),
+    dst: Path = typer.Option(DEFAULT_SAMPLE, help="Output sample path."),
+    rows: int = typer.Option(130_000, help="Approximate number of trailing rows to keep."),
+) -> None:
+    """Cut the shipped sample: the last ~N rows of the UCI log, whole invoices, reproducible gzip."""
+    from producers.replay import cut_sample
+
+    typer.echo(json.dumps(cut_sample(src, dst, rows), indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,468 @@
+"""Replay of the UCI Online Retail transaction log as POS events (real sales, simulated stock).
+
+Input: the CSV(.gz) described in ``../shared/data/uci_online_retail/README.md`` (columns invoice,
+line_no, stock_code, description, quantity, unit_price, invoice_ts (UK local time), customer_id,
+country, source), sorted by invoice_ts. The repo ships an attributed sample, ``producers/data/``.
+
+Mapping (per CSV row, in file order = event-time order):
+
+* **store**: the customer's country is the store/market: ``store_id = "UCI-" + ISO-3166 alpha-2``
+  (``United Kingdom`` -> ``UCI-GB``, ``EIRE`` -> ``UCI-IE``, ``RSA`` -> ``UCI-ZA``; the non-countries use
+  user-assigned codes: ``European Community`` -> ``EU``, ``Channel Islands`` -> ``XC``, ``West Indies``
+  -> ``XW``, ``Unspecified`` -> ``ZZ``; an unknown country -> ``UCI-X-<SLUG>`` with code ``ZZ``).
+* **product**: ``product_id = stock_code``; **transaction_id** ``<invoice>-<line_no>``, ``invoice_id`` the
+  invoice; ``customer_id`` as string or null; ``payment_method = ONLINE`` (an online retailer).
+* **event time**: invoice_ts read as Europe/London local time -> epoch ms UTC; shifted by one constant so
+  the last row of the replay lands at ``end_at`` (default: now), which keeps the original spacing;
+  ``keep_dates=True`` keeps the original instants.
+
+Row decisions (counted in :attr:`ReplayStats.skipped` / ``rows_by_kind``; nothing vanishes silently):
+
+=====================================================  ======================================================
+row                                                    decision
+=====================================================  ======================================================
+invoice starting with ``A`` (bad-debt adjustment)      skipped, counted as ``A_INVOICE``
+non-product stock code (POST, DOT, M, m, D, C2, S, B,  skipped, counted per stock code
+BANK CHARGES, AMAZONFEE, CRUK, PADS, ADJUST*, TEST*,
+gift_0001_*, DCGS*, or any code that is not 5 digits
+plus an optional letter suffix, e.g. SP1002, GIFT)
+quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`` / ``NEGATIVE_PRICE`` / ``UNPARSEABLE``
+``C`` invoice, quantity < 0                            return: sales line with the negative quantity, and an
+                                                       inventory ``RETURN`` of +|q|
+``C`` invoice, quantity > 0 (1 row in the source)      skipped, ``C_POSITIVE_QUANTITY``
+other invoice, quantity < 0 (all have price 0)         stock write-off, not a sale: inventory ``WASTE`` when the
+                                                       note says damaged/broken/wet/thrown away/..., else
+                                                       ``ADJUSTMENT`` (missing, ?, sold elsewhere); capped at
+                                                       the stock on hand
+other invoice, quantity > 0, price 0, and the          stock found: inventory ``ADJUSTMENT`` +q, not a sale
+description is empty or a lower-case note ("found")
+other invoice, quantity > 0                            sale (price 0 allowed: free samples)
+=====================================================  ======================================================
+
+Simulated stock, consistent with the replayed sales (per store x SKU):
+average daily demand ``d`` = units sold in the replayed slice / its span in days (>= 1);
+reorder point ``ROP = ceil(d * (lead + safety days)) + 1`` (lead = ``restock_lead_hours``, safety 2 days),
+capacity ``max(3 * ROP, ceil(14 * d), largest sale line of the pair in the slice, 10)``. At the first row of a store x SKU an ``OPENING`` stock of
+capacity units is emitted. A sale lowers stock (``SALE``); when stock falls below ROP one replenishment
+order is placed and arrives ``restock_lead_hours`` later (event time) as a ``RESTOCK`` up to capacity.
+A sale larger than the stock on hand is real and is kept: an expedited ``RESTOCK`` just before it raises
+stock to ``max(capacity, q)`` (counted as ``expedited_restocks``), so stock is never negative.
+
+Simulated extra events: a ``customer_event`` STORE_VISIT per sale invoice with a customer id, and a
+``price_change`` (reason ``OBSERVED``) whenever a store x SKU sells at a list price (the price of
+lines of fewer than 12 units) different from its previous one.
+
+Products reference: product_name = most frequent description; category / sub_category by keyword
+rules on the description (:data:`CATEGORY_RULES`); brand and supplier synthetic but deterministic (CRC32 of
+the stock code into seeded Faker company pools); unit_price = median price of its sale lines with
+price > 0; ``unit_cost = UNIT_COST_FRACTION (0.6) * unit_price`` (assumed 40 % gross margin; the data
+has no costs); shelf_life_days by sub-category; reorder_point / storage_capacity = the maximum over stores.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import heapq
+import io
+import math
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from producers.catalog import PRODUCTS_SCHEMA, STORES_SCHEMA, company_pool
+
+UNIT_COST_FRACTION = 0.6
+SAFETY_DAYS = 2.0
+LIST_PRICE_MAX_QTY = 12
+
+NON_PRODUCT_CODES = {"POST", "DOT", "M", "m", "D", "C2", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS", "B", "S"}
+NON_PRODUCT_PREFIXES = ("ADJUST", "TEST", "gift_0001_", "DCGS")
+PRODUCT_CODE = re.compile(r"^\d{5}[A-Za-z]{0,3}$")
+WASTE_NOTE = re.compile(r"damag|broken|smash|crush|wet|rust|thrown|mould|mold|crack|faulty|dirty|rotten|"
+                        r"smudg|unsaleable|destroyed|water", re.I)
+
+#: country as written in the UCI data -> (ISO-3166 alpha-2 or user-assigned code, region)
+COUNTRIES: dict[str, tuple[str, str]] = {
+    "United Kingdom": ("GB", "Northern Europe"), "EIRE": ("IE", "Northern Europe"),
+    "Channel Islands": ("XC", "Northern Europe"), "Iceland": ("IS", "Northern Europe"),
+    "Norway": ("NO", "Northern Europe"), "Sweden": ("SE", "Northern Europe"),
+    "Finland": ("FI", "Northern Europe"), "Denmark": ("DK", "Northern Europe"),
+    "Lithuania": ("LT", "Northern Europe"),
+    "France": ("FR", "Western Europe"), "Germany": ("DE", "Western Europe"),
+    "Netherlands": ("NL", "Western Europe"), "Belgium": ("BE", "Western Europe"),
+    "Switzerland": ("CH", "Western Europe"), "Austria": ("AT", "Western Europe"),
+    "Spain": ("ES", "Southern Europe"), "Portugal": ("PT", "Southern Europe"),
+    "Italy": ("IT", "Southern Europe"), "Greece": ("GR", "Southern Europe"),
+    "Malta": ("MT", "Southern Europe"), "Cyprus": ("CY", "Southern Europe"),
+    "Poland": ("PL", "Eastern Europe"), "Czech Republic": ("CZ", "Eastern Europe"),
+    "European Community": ("EU", "Europe (unspecified)"),
+    "USA": ("US", "North America"), "Canada": ("CA", "North America"), "Bermuda": ("BM", "North America"),
+    "West Indies": ("XW", "Caribbean"), "Brazil": ("BR", "South America"),
+    "Australia": ("AU", "Oceania"), "Japan": ("JP", "Asia"), "Korea": ("KR", "Asia"),
+    "Singapore": ("SG", "Asia"), "Hong Kong": ("HK", "Asia"), "Thailand": ("TH", "Asia"),
+    "Israel": ("IL", "Middle East"), "Lebanon": ("LB", "Middle East"), "Bahrain": ("BH", "Middle East"),
+    "Saudi Arabia": ("SA", "Middle East"), "United Arab Emirates": ("AE", "Middle East"),
+    "RSA": ("ZA", "Africa"), "Nigeria": ("NG", "Africa"),
+    "Unspecified": ("ZZ", "Unknown"),
+}
+#: ordered keyword rules on the upper-cased description -> (category, sub_category, shelf_life_days)
+CATEGORY_RULES: list[tuple[str, str, str, int]] = [
+    (r"CHRISTMAS|XMAS|ADVENT|SANTA|REINDEER|SNOWFLAKE", "Seasonal", "Christmas", 3650),
+    (r"EASTER|HALLOWEEN|VALENTINE", "Seasonal", "Other Seasonal", 3650),
+    (r"CANDLE|T-LIGHT|TEA LIGHT|INCENSE", "Home Decor", "Candles", 1825),
+    (r"LIGHT|LANTERN|LAMP", "Home Decor", "Lighting", 3650),
+    (r"FRAME|CLOCK|MIRROR|CUSHION|DOORMAT|SIGN|WALL ART|PLAQUE|VASE|ORNAMENT|HEART", "Home Decor", "Decorations", 3650),
+    (r"MUG|CUP|PLATE|BOWL|TEAPOT|TEA SET|JUG|GLASS|CAKE STAND|CUTLERY|NAPKIN|TRAY|JAR|TIN|LUNCH BOX|BOTTLE|"
+     r"BAKING|CAKE CASES|COASTER|APRON|TEA TOWEL|KITCHEN", "Kitchen & Dining", "Kitchenware", 3650),
+    (r"SWEET|CHOCOLATE|BISCUIT|CANDY|JAM", "Food", "Confectionery", 365),
+    (r"BAG|PURSE|WALLET|TOTE", "Bags & Accessories", "Bags", 3650),
+    (r"NECKLACE|EARRING|BRACELET|RING|BROOCH|HAIR|JEWEL|CHARM", "Bags & Accessories", "Jewellery", 3650),
+    (r"CARD|WRAP|PAPER|NOTEBOOK|PEN|PENCIL|STICKER|ENVELOPE|TAPE|RIBBON|GIFT TAG|DIARY|CALENDAR",
+     "Stationery & Gift Wrap", "Stationery", 1825),
+    (r"TOY|GAME|DOLL|PLAYHOUSE|SPACEBOY|JIGSAW|PUZZLE|TEDDY|BALLOON|KIT|SKITTLES|CHILDS|CHILDRENS",
+     "Toys & Games", "Toys", 3650),
+    (r"GARDEN|PLANT|FLOWER|BIRD|WATERING|SEED|HERB", "Garden", "Garden", 3650),
+    (r"BOX|BASKET|STORAGE|HOOK|HANGER|PEG", "Home Storage", "Storage", 3650),
+]
+
+
+def classify_code(stock_code: str) -> str | None:
+    """None for a product code, else the skip key (the code itself) for a non-product code."""
+    code = (stock_code or "").strip()
+    if code in NON_PRODUCT_CODES or code.startswith(NON_PRODUCT_PREFIXES) or not PRODUCT_CODE.match(code):
+        return code or "EMPTY_CODE"
+    return None
+
+
+def store_for_country(country: str) -> tuple[str, str, str]:
+    """UCI country -> (store_id, country_code, region); deterministic, see module docstring."""
+    name = (country or "").strip()
+    if name in COUNTRIES:
+        code, region = COUNTRIES[name]
+        return f"UCI-{code}", code, region
+    slug = re.sub(r"[^A-Z0-9]+", "", name.upper())[:12] or "UNKNOWN"
+    return f"UCI-X-{slug}", "ZZ", "Unknown"
+
+
+def categorize(description: str) -> tuple[str, str, int]:
+    """(category, sub_category, shelf_life_days) by the first matching :data:`CATEGORY_RULES` rule."""
+    d = (description or "").upper()
+    for pattern, cat, sub, shelf in CATEGORY_RULES:
+        if re.search(rf"\b(?:{pattern})(?:S|ES)?\b", d):
+            return cat, sub, shelf
+    return "Gifts & Misc", "General Gifts", 3650
+
+
+def load_transactions(path: str | Path, limit: int | None = None) -> pd.DataFrame:
+    """Read the UCI CSV(.gz) (text columns as str, missing description / customer as None).
+
+    Raises:
+        FileNotFoundError: no such file; ValueError: a required column is missing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"UCI transaction log not found: {path}")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=limit)
+    need = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
+            "customer_id", "country"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
+    return df
+
+
+def london_to_utc_ms(ts: pd.Series) -> np.ndarray:
+    """``YYYY-MM-DD HH:MM:SS`` UK local time -> epoch ms UTC (int64). DST-ambiguous times as GMT;
+    unparseable -> -1."""
+    t = pd.to_datetime(ts, format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    loc = t.dt.tz_localize("Europe/London", ambiguous=np.zeros(len(t), dtype=bool), nonexistent="shift_forward")
+    utc = loc.dt.tz_convert("UTC").dt.tz_localize(None)
+    out = utc.to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    out[t.isna().to_numpy()] = -1
+    return out
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Replay options. ``end_at`` (UTC) is where the last row lands unless ``keep_dates``; default now."""
+
+    keep_dates: bool = False
+    end_at: datetime | None = None
+    restock_lead_hours: float = 24.0
+    customer_events: bool = True
+    price_observations: bool = True
+    seed: int = 2012
+
+
+@dataclass
+class ReplayStats:
+    """Counters of one replay: rows read, rows by decision, skipped rows per code/reason, events."""
+
+    rows: int = 0
+    rows_by_kind: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    events: Counter = field(default_factory=Counter)
+    inventory_reasons: Counter = field(default_factory=Counter)
+    expedited_restocks: int = 0
+    capped_writeoffs: int = 0
+    time_shift_ms: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),
+                "skipped_total": int(sum(self.skipped.values())), "events": dict(self.events),
+                "inventory_reasons": dict(self.inventory_reasons),
+                "expedited_restocks": self.expedited_restocks, "capped_writeoffs": self.capped_writeoffs,
+                "time_shift_ms": self.time_shift_ms}
+
+
+def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: (kind, skip_key). kind in sale / return / writeoff / found / skip (see module table)."""
+    inv = df["invoice"].str.strip()
+    code = df["stock_code"]
+    qty = pd.to_numeric(df["quantity"], errors="coerce")
+    price = pd.to_numeric(df["unit_price"], errors="coerce")
+    desc = df["description"].fillna("").str.strip()
+    code_skip = code.map(classify_code)
+    kind = np.full(len(df), "sale", dtype=object)
+    key = np.full(len(df), None, dtype=object)
+    is_c = inv.str.startswith("C").to_numpy()
+    note = ((desc == "") | desc.str.contains(r"[a-z?]", regex=True)).to_numpy()
+    q, p = qty.to_numpy(), price.to_numpy()
+    kind[(q < 0) & ~is_c] = "writeoff"
+    kind[(q > 0) & ~is_c & (p == 0) & note] = "found"
+    kind[(q < 0) & is_c] = "return"
+    rules = [  # applied last-to-first so that the first matching rule wins
+        ((q > 0) & is_c, "C_POSITIVE_QUANTITY"),
+        (p < 0, "NEGATIVE_PRICE"),
+        (q == 0, "ZERO_QUANTITY"),
+        (np.isnan(q) | np.isnan(p) | (q != np.round(q)), "UNPARSEABLE"),
+        (code_skip.notna().to_numpy(), None),
+        (inv.str.startswith("A").to_numpy(), "A_INVOICE"),
+    ]
+    for mask, reason in rules:
+        kind[mask] = "skip"
+        key[mask] = code_skip.to_numpy()[mask] if reason is None else reason
+    return kind, key
+
+
+class Replay:
+    """Turns a UCI transaction frame into POS events (see module docstring).
+
+    Attributes after construction: ``products`` and ``stores`` reference frames (catalog schema);
+    after iterating :meth:`events`: ``stats`` (:class:`ReplayStats`).
+    """
+
+    def __init__(self, df: pd.DataFrame, config: ReplayConfig | None = None):
+        self.config = config or ReplayConfig()
+        self.df = df.reset_index(drop=True)
+        self.stats = ReplayStats()
+        self._prepare()
+
+    # --------------------------------------------------------------------------- preparation
+    def _prepare(self) -> None:
+        df, cfg = self.df, self.config
+        self.kind, self.skip_key = classify_rows(df)
+        ts = london_to_utc_ms(df["invoice_ts"])
+        bad_ts = ts < 0
+        self.kind[bad_ts] = "skip"
+        self.skip_key[bad_ts] = "UNPARSEABLE"
+        valid_ts = ts[~bad_ts]
+        if cfg.keep_dates or len(valid_ts) == 0:
+            shift = 0
+        else:
+            end = cfg.end_at or datetime.now(timezone.utc)
+            if end.tzinfo is None:
+                end = end.replace(tzinfo=timezone.utc)
+            shift = int(end.timestamp() * 1000) - int(valid_ts.max())
+        self.shift_ms = shift
+        self.ts = ts + shift
+        self.qty = pd.to_numeric(df["quantity"], errors="coerce").fillna(0).astype(np.int64).to_numpy()
+        self.price = pd.to_numeric(df["unit_price"], errors="coerce").fillna(0.0).to_numpy()
+        stores = df["country"].map(lambda c: store_for_country(c)[0])
+        self.store_ids = stores.to_numpy()
+        self.codes = df["stock_code"].str.strip().to_numpy()
+
+        # per store x SKU sizing from average daily demand over the slice
+        use = self.kind != "skip"
+        span_days = max(1.0, (valid_ts.max() - valid_ts.min()) / 86_400_000) if len(valid_ts) else 1.0
+        sales = pd.DataFrame({"store": self.store_ids[use], "sku": self.codes[use],
+                              "units": np.where(self.kind[use] == "sale", self.qty[use], 0)})
+        grp = sales.groupby(["store", "sku"], sort=False)["units"]
+        demand = grp.sum() / span_days
+        largest = grp.max().to_numpy()
+        lead_days = cfg.restock_lead_hours / 24
+        rop = np.ceil(demand.to_numpy() * (lead_days + SAFETY_DAYS)).astype(np.int64) + 1
+        cap = np.maximum.reduce([3 * rop, np.ceil(14 * demand.to_numpy()).astype(np.int64), largest,
+                                 np.full(len(rop), 10, dtype=np.int64)])
+        self.rop = dict(zip(demand.index, rop.tolist()))
+        self.cap = dict(zip(demand.index, cap.tolist()))
+        self.products = self._products(pd.DataFrame({"store": demand.index.get_level_values(0),
+                                                     "sku": demand.index.get_level_values(1),
+                                                     "rop": rop, "cap": cap}))
+        self.stores = self._stores()
+
+    def _products(self, sizing: pd.DataFrame) -> pd.DataFrame:
+        df = self.df[self.kind != "skip"]
+        codes = df["stock_code"].str.strip()
+        desc = df["description"].fillna("").str.strip()
+        named = pd.DataFrame({"sku": codes, "desc": desc})[desc.str.len().gt(0) & ~desc.str.contains(r"[a-z?]")]
+        name = named.groupby("sku")["desc"].agg(lambda s: s.value_counts().index[0])
+        sale = (self.kind[self.kind != "skip"] == "sale")
+        price = pd.to_numeric(df["unit_price"], errors="coerce")
+        med = price[sale & (price > 0).to_numpy()].groupby(codes[sale & (price > 0).to_numpy()]).median()
+        size = sizing.groupby("sku").agg(rop=("rop", "max"), cap=("cap", "max"))
+        brands = company_pool(self.config.seed, 40, salt=11)
+        suppliers = company_pool(self.config.seed, 15, salt=12)
+        rows = []
+        for sku in sorted(set(codes)):
+            nm = name.get(sku, sku)
+            cat, sub, shelf = categorize(nm)
+            up = float(round(med.get(sku, 0.0), 2)) if not math.isnan(med.get(sku, 0.0)) else 0.0
+            h = zlib.crc32(sku.encode())
+            rows.append({"product_id": sku, "product_name": nm, "category": cat, "sub_category": sub,
+                         "brand": brands[h % len(brands)], "supplier": suppliers[(h // 97) % len(suppliers)],
+                         "unit_cost": round(UNIT_COST_FRACTION * up, 2), "unit_price": up,
+                         "shelf_life_days": shelf,
+                         "reorder_point": int(size["rop"].get(sku, 2)),
+                         "storage_capacity": int(size["cap"].get(sku, 10))})
+        return pd.DataFrame(rows, columns=PRODUCTS_SCHEMA.names)
+
+    def _stores(self) -> pd.DataFrame:
+        rows = []
+        for country in sorted(set(self.df["country"])):
+            sid, code, region = store_for_country(country)
+            rows.append({"store_id": sid, "store_name": f"Online Retail UK - {country} market",
+                         "city": "London" if code == "GB" else None, "country": country,
+                         "country_code": code, "region": region})
+        return pd.DataFrame(rows, columns=STORES_SCHEMA.names).drop_duplicates("store_id")
+
+    # --------------------------------------------------------------------------- events
+    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(event_type, record)`` in event-time order; fills :attr:`stats`."""
+        st = self.stats = ReplayStats(rows=len(self.df), time_shift_ms=self.shift_ms)
+        lead_ms = int(self.config.restock_lead_hours * 3_600_000)
+        stock: dict[tuple[str, str], int] = {}
+        pending: set[tuple[str, str]] = set()
+        restocks: list[tuple[int, int, str, str]] = []
+        last_price: dict[tuple[str, str], float] = {}
+        n_restock = Counter()
+        seq = 0
+        visited: set[str] = set()
+        df = self.df
+        inv_col = df["invoice"].str.strip().to_numpy()
+        line_col = df["line_no"].to_numpy()
+        cust_col = df["customer_id"].str.strip().to_numpy()
+        desc_col = df["description"].fillna("").to_numpy()
+
+        def count(et: str, rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            st.events[et] += 1
+            if et == "inventory_update":
+                st.inventory_reasons[rec["reason"]] += 1
+            return et, rec
+
+        def inv(key, change: int, reason: str, ts: int, iid: str):
+            stock[key] = stock.get(key, 0) + change
+            return count("inventory_update", {
+                "inventory_id": iid, "store_id": key[0], "product_id": key[1], "quantity_change": int(change),
+                "new_quantity": int(stock[key]), "reason": reason,
+                "reorder_point": int(self.rop.get(key, 2)), "timestamp": int(ts)})
+
+        def restock_to(key, level: int, ts: int):
+            n_restock[key] += 1
+            return inv(key, level - stock[key], "RESTOCK", ts, f"RST-{key[0]}-{key[1]}-{n_restock[key]}")
+
+        def maybe_order(key, ts: int):
+            nonlocal seq
+            if stock[key] < self.rop.get(key, 2) and key not in pending:
+                pending.add(key)
+                seq += 1
+                heapq.heappush(restocks, (ts + lead_ms, seq, key[0], key[1]))
+
+        for i in range(len(df)):
+            kind = self.kind[i]
+            st.rows_by_kind[kind] += 1
+            if kind == "skip":
+                st.skipped[self.skip_key[i]] += 1
+                continue
+            ts = int(self.ts[i])
+            while restocks and restocks[0][0] <= ts:
+                due, _, s_, k_ = heapq.heappop(restocks)
+                key_ = (s_, k_)
+                pending.discard(key_)
+                cap_ = self.cap.get(key_, 10)
+                if stock[key_] < cap_:
+                    yield restock_to(key_, cap_, due)
+            key = (self.store_ids[i], self.codes[i])
+            if key not in stock:
+                yield inv(key, self.cap.get(key, 10), "OPENING", ts, f"OPEN-{key[0]}-{key[1]}")
+            q = int(self.qty[i])
+            invoice, line = inv_col[i], line_col[i]
+            tid = f"{invoice}-{line}"
+            cid = cust_col[i] or None
+            if kind in ("sale", "return"):
+                if kind == "sale" and self.config.customer_events and cid and invoice not in visited:
+                    visited.add(invoice)
+                    yield count("customer_event", {
+                        "event_id": f"VISIT-{invoice}", "customer_id": cid, "store_id": key[0],
+                        "event_type": "STORE_VISIT", "product_id": None, "timestamp": ts})
+                price = float(self.price[i])
+                if kind == "sale" and self.config.price_observations and q < LIST_PRICE_MAX_QTY and price > 0:
+                    old = last_price.get(key)
+                    if old is not None and abs(old - price) > 1e-9:
+                        yield count("price_change", {
+                            "price_change_id": f"OBS-{tid}", "store_id": key[0], "product_id": key[1],
+                            "old_price": old, "new_price": price, "reason": "OBSERVED", "timestamp": ts})
+                    last_price[key] = price
+                if kind == "sale" and q > stock[key]:
+                    st.expedited_restocks += 1
+                    yield restock_to(key, max(self.cap.get(key, 10), q), ts)
+                yield count("sales_transaction", {
+                    "transaction_id": tid, "store_id": key[0], "product_id": key[1], "quantity": q,
+                    "unit_price": price, "timestamp": ts, "customer_id": cid, "payment_method": "ONLINE",
+                    "invoice_id": invoice})
+                yield inv(key, -q, "SALE" if kind == "sale" else "RETURN", ts, f"{tid}-INV")
+            elif kind == "writeoff":
+                change = max(q, -stock[key])
+                if change != q:
+                    st.capped_writeoffs += 1
+                if change != 0:
+                    reason = "WASTE" if WASTE_NOTE.search(desc_col[i] or "") else "ADJUSTMENT"
+                    yield inv(key, change, reason, ts, f"{tid}-INV")
+            elif kind == "found":
+                yield inv(key, q, "ADJUSTMENT", ts, f"{tid}-INV")
+            maybe_order(key, ts)
+
+
+# ------------------------------------------------------------------------------------- sample
+def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000) -> dict[str, Any]:
+    """Write the last ~``n_rows`` data rows of ``src`` (UCI CSV.gz) to ``dst`` byte for byte.
+
+    The cut starts at the first timestamp change at or after ``total - n_rows`` so that no invoice is
+    split; gzip mtime 0 makes the output reproducible. Returns {"rows", "first_ts", "last_ts", "bytes"}.
+    """
+    with gzip.open(src, "rt", encoding="utf-8", newline="") as fh:
+        lines = fh.readlines()
+    header, body = lines[0], lines[1:]
+    start = max(0, len(body) - n_rows)
+
+    def ts_of(line: str) -> str:
+        return next(csv.reader(io.StringIO(line)))[6]
+
+    first = ts_of(body[start])
+    while start > 0 and start < len(body) and ts_of(body[start - 1]) == first:
+        start += 1
+        first = ts_of(body[start])
+    out = body[start:]
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+        gz.write((header + "".join(out)).encode("utf-8"))
+    return {"rows": len(out), "first_ts": ts_of(out[0]), "last_ts": ts_of(out[-1]), "bytes": dst.stat().st_size}

@@ -1,0 +1,333 @@
+"""Airflow on the native stack: environment, metadata DB, standalone UI, nightly runs; shared DAG conventions.
+
+CLI (typer): ``python -m stack.airflow {env,init,standalone,nightly}``
+
+* ``env`` prints the environment as ``export`` lines (``eval "$(python -m stack.airflow env)"``).
+* ``init`` runs ``airflow db migrate`` and creates the one-slot ``chdb`` pool.
+* ``standalone`` = init + ``airflow standalone`` (API server + UI, scheduler, DAG processor, triggerer)
+  with our dags folder; waits for ``/api/v2/monitor/health``, prints the UI URL and where the generated
+  admin password is, and stops cleanly on Ctrl-C / SIGTERM (it forwards SIGINT to Airflow's parent
+  process: SIGTERM orphans or hangs its children).
+* ``nightly --date YYYY-MM-DD`` runs ``airflow dags test`` for daily_etl, demand_forecast_training and
+  batch_predictions in sequence (each DAG whose file exists in dags/), stopping at the first failure.
+
+The environment: AIRFLOW_HOME = $RETAIL_STATE_DIR/airflow (SQLite metadata DB), dags folder = <repo>/dags,
+no example DAGs, parallelism 4 (2-core machine), ``spark_default`` connection from SPARK_MASTER,
+the venv's bin on PATH (pyspark's ``spark-submit``), the repo on PYTHONPATH.
+
+This module is imported by DAG files (for :data:`DEFAULT_ARGS`, :data:`CHDB_POOL`, :func:`target_date`):
+it imports only the standard library and :mod:`stack.settings` at import time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from stack.settings import REPO_ROOT, Settings, get_settings
+
+# ------------------------------------------------------------------------- DAG conventions --------
+#: owner of every platform DAG
+OWNER = "retail-data-platform"
+#: one-slot pool for tasks that open ClickHouse: chDB allows one process per data path
+CHDB_POOL = "chdb"
+#: default_args of every platform DAG: retries >= 2 with exponential back-off
+DEFAULT_ARGS = {
+    "owner": OWNER,
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": dt.timedelta(minutes=20),
+}
+#: DAGs run by ``nightly``, in order (file dags/<dag_id>.py)
+NIGHTLY_DAGS = ("daily_etl", "demand_forecast_training", "batch_predictions")
+DAGS_FOLDER = REPO_ROOT / "dags"
+
+
+def target_date(logical_date) -> dt.date:
+    """The UTC calendar date a run processes: the UTC date of its logical date.
+
+    With ``CronDataIntervalTimetable`` the 08:00 run on day D+1 has logical date D 08:00 (its data
+    interval's start) and ``airflow dags test <dag> D`` has logical date D 00:00: both process day D.
+
+    Raises:
+        ValueError: the run has no logical date.
+    """
+    if logical_date is None:
+        raise ValueError("this DAG needs a logical date: trigger it with one "
+                         "(e.g. `airflow dags test <dag> YYYY-MM-DD`)")
+    return logical_date.astimezone(dt.timezone.utc).date()
+
+
+# ------------------------------------------------------------------------------ environment --------
+def airflow_home(s: Settings | None = None) -> Path:
+    """$RETAIL_STATE_DIR/airflow."""
+    s = s or get_settings()
+    return Path(s.retail_state_dir) / "airflow"
+
+
+def spark_connection(master: str) -> dict:
+    """The ``spark_default`` connection (JSON form of AIRFLOW_CONN_SPARK_DEFAULT) for a master URL.
+
+    ``local[N]`` -> host ``local[N]``; ``spark://h:7077`` -> host ``spark://h``, port 7077.
+    """
+    conn: dict = {"conn_type": "spark", "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"}}
+    u = urlparse(master)
+    if u.scheme in ("spark", "k8s") and u.port:
+        conn.update(host=f"{u.scheme}://{u.hostname}", port=u.port)
+    else:
+        conn["host"] = master
+    return conn
+
+
+def airflow_env(s: Settings | None = None, home: Path | None = None, port: int | None = None) -> dict[str, str]:
+    """Environment variables for every Airflow process of the platform (added to os.environ by callers)."""
+    s = s or get_settings()
+    home = Path(home or airflow_home(s))
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_connection(s.spark_master)),
+        "PATH": venv_bin + (os.pathsep + path if path else ""),
+        "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+    if port:
+        env["AIRFLOW__API__PORT"] = str(port)
+        env["AIRFLOW__API__BASE_URL"] = f"http://localhost:{port}"
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, env={**os.environ, **env}, text=True, capture_output=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def _airflow() -> str:
+    exe = Path(sys.executable).parent / "airflow"
+    return str(exe) if exe.exists() else "airflow"
+
+
+def init(s: Settings | None = None, home: Path | None = None) -> Path:
+    """``airflow db migrate`` (idempotent) and the ``chdb`` pool (1 slot). Returns AIRFLOW_HOME."""
+    env = airflow_env(s, home)
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    _run([_airflow(), "db", "migrate"], env)
+    _run([_airflow(), "pools", "set", CHDB_POOL, "1", "ClickHouse (chDB) writers: one process per data path"], env)
+    return Path(env["AIRFLOW_HOME"])
+
+
+def configure_in_process(home: Path, s: Settings | None = None) -> None:
+    """For tests running DAGs with ``dag.test()`` in the current process (chDB already open here):
+    set the Airflow environment, create the SQLite metadata DB and the ``chdb`` pool.
+
+    Must run before the first ``import airflow`` of the process when possible; when Airflow is already
+    imported, its configuration is kept (its AIRFLOW_HOME stays in force) and the DB is still created.
+    """
+    env = airflow_env(s, home)
+    env.pop("PATH"), env.pop("PYTHONPATH")
+    if "airflow" not in sys.modules:
+        os.environ.update(env)
+    else:
+        for k in ("AIRFLOW_CONN_SPARK_DEFAULT", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
+            os.environ[k] = env[k]
+    Path(home).mkdir(parents=True, exist_ok=True)
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    from airflow.models.pool import Pool
+    from airflow.utils import db
+
+    db.initdb()
+    Pool.create_or_update_pool(CHDB_POOL, 1, "ClickHouse (chDB) writers", include_deferred=False)
+
+
+# ---------------------------------------------------------------------------- standalone -------------
+def health(port: int) -> dict | None:
+    """JSON of ``GET /api/v2/monitor/health`` or None when the API server does not answer."""
+    import httpx
+
+    try:
+        r = httpx.get(f"http://localhost:{port}/api/v2/monitor/health", timeout=2)
+        return r.json() if r.status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+def password_file(home: Path) -> Path:
+    """Where ``airflow standalone`` (simple auth manager) writes the generated admin password."""
+    return Path(home) / "simple_auth_manager_passwords.json.generated"
+
+
+def api_token(port: int, home: Path, username: str = "admin") -> str:
+    """A JWT for the REST API of a standalone Airflow (simple auth manager): POST /auth/token with the
+    generated admin password; use it as ``Authorization: Bearer <token>``."""
+    import httpx
+
+    password = json.loads(password_file(home).read_text())[username]
+    r = httpx.post(f"http://localhost:{port}/auth/token", json={"username": username, "password": password},
+                   timeout=10)
+    r.raise_for_status()
+    return r.json()["access_token"]
+
+
+def start_standalone(s: Settings | None = None, port: int = 8080, timeout: float = 180,
+                     log_path: Path | None = None) -> subprocess.Popen:
+    """init, then start ``airflow standalone`` in its own session and wait until healthy.
+
+    Raises:
+        RuntimeError: not healthy within ``timeout`` seconds (the process is stopped; see the log).
+    """
+    s = s or get_settings()
+    home = init(s)
+    env = {**os.environ, **airflow_env(s, home, port)}
+    log_path = log_path or home / "standalone.log"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([_airflow(), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    (home / "standalone.pid").write_text(str(proc.pid))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        h = health(port)
+        if h and all(v.get("status") == "healthy" for k, v in h.items() if isinstance(v, dict) and "status" in v
+                     and k in ("metadatabase", "scheduler")):
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(1)
+    stop_standalone(proc)
+    raise RuntimeError(f"airflow standalone not healthy on port {port} within {timeout:.0f}s; log {log_path}")
+
+
+def stop_standalone(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """SIGINT to the standalone parent (it shuts its children down), then SIGTERM/SIGKILL to its process
+    group if it has not exited within ``timeout``. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    try:  # children that outlived the parent (same session)
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    return proc.returncode
+
+
+# ------------------------------------------------------------------------------ nightly --------------
+def available_dags(names=NIGHTLY_DAGS) -> list[str]:
+    """The DAG ids of ``names`` whose file dags/<dag_id>.py exists."""
+    return [n for n in names if (DAGS_FOLDER / f"{n}.py").exists()]
+
+
+def dags_test(dag_id: str, day: dt.date, s: Settings | None = None, home: Path | None = None) -> float:
+    """``airflow dags test <dag_id> <day>`` in a subprocess (streams its output). Returns seconds taken.
+
+    Raises:
+        RuntimeError: the DAG run failed.
+    """
+    env = {**os.environ, **airflow_env(s, home)}
+    t0 = time.time()
+    r = subprocess.run([_airflow(), "dags", "test", dag_id, day.isoformat()], env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"airflow dags test {dag_id} {day} failed (exit {r.returncode})")
+    return time.time() - t0
+
+
+def nightly(day: dt.date, s: Settings | None = None) -> dict[str, float]:
+    """init, then run each available nightly DAG for ``day`` in order. Returns {dag_id: seconds}."""
+    s = s or get_settings()
+    home = init(s)
+    return {d: dags_test(d, day, s, home) for d in available_dags()}
+
+
+# ---------------------------------------------------------------------------------- CLI ---------------
+def _cli():
+    import typer
+
+    app = typer.Typer(help="Airflow on the native stack (dags folder, SQLite metadata DB under RETAIL_STATE_DIR).",
+                      no_args_is_help=True, pretty_exceptions_enable=False)
+
+    @app.command("env")
+    def env_cmd() -> None:
+        """Print the Airflow environment as shell export lines."""
+        import shlex
+
+        for k, v in airflow_env().items():
+            typer.echo(f"export {k}={shlex.quote(v)}")
+
+    @app.command("init")
+    def init_cmd() -> None:
+        """airflow db migrate + the chdb pool."""
+        typer.echo(f"AIRFLOW_HOME={init()} ready")
+
+    @app.command("standalone")
+    def standalone_cmd(port: int = typer.Option(8080, help="API server / UI port.")) -> None:
+        """Start airflow standalone; Ctrl-C (or SIGTERM) stops it cleanly."""
+        s = get_settings()
+        proc = start_standalone(s, port)
+        home = airflow_home(s)
+        typer.echo(f"Airflow UI: http://localhost:{port}  (user admin; password in {password_file(home)})")
+        typer.echo(f"REST API: POST http://localhost:{port}/auth/token {{username, password}} -> Bearer token")
+        typer.echo(f"DAGs are paused at creation: unpause them in the UI. Log: {home / 'standalone.log'}")
+        stopping = {"flag": False}
+
+        def _stop(*_):
+            stopping["flag"] = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            while not stopping["flag"] and proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        code = stop_standalone(proc)
+        typer.echo(f"airflow standalone stopped (exit {code})")
+
+    @app.command("nightly")
+    def nightly_cmd(date: str = typer.Option(..., "--date", help="UTC date YYYY-MM-DD to process.")) -> None:
+        """Run daily_etl, demand_forecast_training, batch_predictions for DATE with `airflow dags test`."""
+        try:
+            day = dt.date.fromisoformat(date)
+        except ValueError:
+            raise typer.BadParameter(f"--date must be YYYY-MM-DD, got {date!r}") from None
+        present = available_dags()
+        missing = [d for d in NIGHTLY_DAGS if d not in present]
+        if missing:
+            typer.echo(f"note: no DAG file for {missing} in {DAGS_FOLDER}; running {present}")
+        timings = nightly(day)
+        typer.echo(json.dumps({"date": day.isoformat(), "seconds": {k: round(v, 1) for k, v in timings.items()}}))
+
+    return app
+
+
+def main() -> None:
+    """Entry point of ``python -m stack.airflow``."""
+    _cli()()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""``python -m stack.entrypoint <role> [args...]``: the one entrypoint of the platform image, a role per service.
+
+Every role dispatches to the *same native command* the native stack and its tests run, so what the
+compose stack starts is what CI exercises::
+
+    producer               python -m producers.cli <args>          (POS simulator / replay)
+    topics                 python -m producers.cli topics <args>   (idempotent topic creation)
+    stream                 python -m streaming.job run <args>      (Spark Structured Streaming driver)
+    migrate                python -m stack.cli migrate             (ClickHouse migrations, idempotent)
+    load-test              python -m streaming.bench load <args>   (fixed-rate load test, JSON report)
+    airflow-init           airflow db migrate + admin password file for the simple auth manager
+    airflow-api-server     airflow api-server <args>
+    airflow-scheduler      airflow scheduler <args>
+    airflow-dag-processor  airflow dag-processor <args>
+    airflow-triggerer      airflow triggerer <args>
+
+Extra arguments are appended to the native command (``--help`` therefore prints the native help).
+Two meta commands serve the container runtime:
+
+* ``python -m stack.entrypoint --dry-run <role> [args]`` prints the resolved argv as JSON and exits 0.
+* ``python -m stack.entrypoint healthcheck <role>`` exits 0 when the role's process is healthy (used by
+  compose healthchecks: the image has no curl).
+
+Configuration contract. Each role declares the *settings groups* it needs; a group is the set of
+:class:`stack.settings.Settings` fields with given prefixes, derived from ``Settings.model_fields`` (so a
+new setting is covered automatically). :func:`required_env` gives the environment variables a container
+of that role must receive; ``tests/test_compose.py`` checks docker-compose.yml against it. With
+``RETAIL_ENTRYPOINT_STRICT=1`` (set in the image) a role refuses to start when one of them is missing and
+names it, instead of silently falling back to the defaults of the *native* stack (e.g. localhost:9092).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from stack.settings import Settings
+
+# ------------------------------------------------------------------------------ settings groups --
+#: Settings only the *native* stack uses (it runs its own broker and MinIO); containers never need them.
+NATIVE_ONLY: frozenset[str] = frozenset({
+    "kafka_controller_port", "kafka_version", "kafka_heap",
+    "minio_version", "minio_port", "minio_console_port", "minio_root_user", "minio_root_password",
+})
+
+#: group name -> field-name prefixes. Every Settings field must fall in exactly one group or NATIVE_ONLY.
+GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
+    "paths": ("retail_",),
+    "kafka": ("kafka_",),
+    "clickhouse": ("clickhouse_",),
+    "lake": ("lake_",),
+    "spark": ("spark_",),
+    "streaming": ("stream_", "risk_"),
+    "batch": ("etl_", "training_", "predictions_", "store_country_", "service_level", "lead_time_",
+              "weather_", "order_cost", "holding_cost_", "forecast_"),
+}
+
+
+def settings_group(group: str) -> list[str]:
+    """Settings field names (lower case) of one group, in declaration order.
+
+    Raises:
+        KeyError: unknown group name.
+    """
+    prefixes = GROUP_PREFIXES[group]
+    return [f for f in Settings.model_fields if f not in NATIVE_ONLY and f.startswith(prefixes)]
+
+
+#: Settings whose ``None`` default means "feature off" (not derived): compose passes them as ``${VAR:-}``
+#: (an empty value counts as unset, see ``env_ignore_empty`` in stack.settings), the strict check skips them.
+OPTIONAL_SETTINGS: frozenset[str] = frozenset({"predictions_schedule", "weather_file"})
+
+
+def unclassified_settings() -> list[str]:
+    """Settings fields in no group and not NATIVE_ONLY (must be empty; a test enforces it)."""
+    grouped = {f for g in GROUP_PREFIXES for f in settings_group(g)}
+    return [f for f in Settings.model_fields if f not in grouped and f not in NATIVE_ONLY]
+
+
+# ------------------------------------------------------------------------------------- roles --
+#: Environment every Airflow component of the compose stack needs besides our settings.
+AIRFLOW_ENV: tuple[str, ...] = (
+    "AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW__CORE__EXECUTOR",
+    "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
+    "AIRFLOW_CONN_SPARK_DEFAULT", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON",
+)
+_AIRFLOW_GROUPS = ("paths", "clickhouse", "lake", "spark", "batch")
+
+
+@dataclass(frozen=True)
+class Role:
+    """One service role: the native command it runs and the configuration it needs."""
+
+    name: str
+    argv: tuple[str, ...]
+    description: str
+    groups: tuple[str, ...] = ()
+    extra_env: tuple[str, ...] = ()
+    long_running: bool = True
+    runner: Callable[[list[str]], int] | None = field(default=None, compare=False)
+
+
+def _airflow_init(args: list[str]) -> int:
+    """``airflow db migrate``, the DAGs' ClickHouse pool, and the simple auth manager's admin password file.
+
+    Env: AIRFLOW_ADMIN_USER, AIRFLOW_ADMIN_PASSWORD (required), and
+    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE (the file the api-server reads; JSON {user: password}).
+    Idempotent: re-running migrates nothing new and rewrites the same file.
+    """
+    if "--help" in args or "-h" in args:
+        print("usage: python -m stack.entrypoint airflow-init\n\n"
+              "Migrates the Airflow metadata database (airflow db migrate), creates the DAGs' ClickHouse pool\n"
+              "(AIRFLOW_CLICKHOUSE_POOL_SLOTS slots, default 4 for a server, 1 for chDB), writes the admin user's\n"
+              "password (AIRFLOW_ADMIN_USER / AIRFLOW_ADMIN_PASSWORD) into\n"
+              "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE for the simple auth manager.")
+        return 0
+    missing = [v for v in ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD",
+                           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE") if not os.environ.get(v)]
+    if missing:
+        print(f"airflow-init: required environment variable(s) not set: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    rc = subprocess.call([_airflow_exe(), "db", "migrate"])
+    if rc != 0:
+        return rc
+    # the DAGs' ClickHouse tasks run in this pool (stack.airflow.CHDB_POOL): one slot for the embedded
+    # engine (one process per data path), AIRFLOW_CLICKHOUSE_POOL_SLOTS (default 4) for a server
+    from stack.airflow import CHDB_POOL
+
+    server = not (os.environ.get("CLICKHOUSE_URL") or "chdb://").startswith("chdb://")
+    slots = os.environ.get("AIRFLOW_CLICKHOUSE_POOL_SLOTS") or ("4" if server else "1")
+    rc = subprocess.call([_airflow_exe(), "pools", "set", CHDB_POOL, slots, "ClickHouse writers of the DAGs"])
+    if rc != 0:
+        return rc
+    path = Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({os.environ["AIRFLOW_ADMIN_USER"]: os.environ["AIRFLOW_ADMIN_PASSWORD"]}))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    print(f"airflow-init: metadata database migrated; admin user {os.environ['AIRFLOW_ADMIN_USER']!r} written to {path}")
+    return 0
+
+
+def _airflow_exe() -> str:
+    """The ``airflow`` script next to this interpreter (the venv's), else the one on PATH."""
+    cand = Path(sys.executable).parent / "airflow"
+    return str(cand) if cand.exists() else (shutil.which("airflow") or "airflow")
+
+
+PY = "{python}"  # placeholder replaced by sys.executable when resolving
+AIRFLOW = "{airflow}"
+
+ROLES: dict[str, Role] = {r.name: r for r in (
+    Role("producer", (PY, "-m", "producers.cli"), "POS event producers (synthetic simulator or UCI replay)",
+         groups=("kafka", "lake")),
+    Role("topics", (PY, "-m", "producers.cli", "topics"), "create the platform's topics idempotently",
+         groups=("kafka",), long_running=False),
+    Role("stream", (PY, "-m", "streaming.job", "run"), "Spark Structured Streaming driver",
+         groups=("paths", "kafka", "clickhouse", "lake", "spark", "streaming"),
+         extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")),
+    Role("migrate", (PY, "-m", "stack.cli", "migrate"), "apply ClickHouse migrations (idempotent)",
+         groups=("clickhouse",), long_running=False),
+    Role("load-test", (PY, "-m", "streaming.bench", "load"), "fixed-rate load test writing a JSON report",
+         groups=("kafka", "clickhouse", "lake", "streaming"), long_running=False),
+    Role("airflow-init", (), "migrate the Airflow metadata DB and create the admin user",
+         extra_env=AIRFLOW_ENV + ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD"), long_running=False,
+         runner=_airflow_init),
+    Role("airflow-api-server", (AIRFLOW, "api-server"), "Airflow REST API and UI",
+         groups=_AIRFLOW_GROUPS, extra_env=AIRFLOW_ENV),
+    Role("airflow-scheduler", (AIRFLOW, "scheduler"), "Airflow scheduler (LocalExecutor runs the tasks)",
+         groups=_AIRFLOW_GROUPS, extra_env=AIRFLOW_ENV),
+    Role("airflow-dag-processor", (AIRFLOW, "dag-processor"), "Airflow DAG processor",
+         groups=_AIRFLOW_GROUPS, extra_env=AIRFLOW_ENV),
+    Role("airflow-triggerer", (AIRFLOW, "triggerer"), "Airflow triggerer",
+         groups=_AIRFLOW_GROUPS, extra_env=AIRFLOW_ENV),
+)}
+
+
+def required_env(role: str) -> list[str]:
+    """Environment variables a container running ``role`` must receive (settings upper-cased + extras).
+
+    Raises:
+        KeyError: unknown role.
+    """
+    r = ROLES[role]
+    names = [f.upper() for g in r.groups for f in settings_group(g)]
+    return list(dict.fromkeys(names + list(r.extra_env)))
+
+
+def resolve(role: str, args: list[str]) -> list[str]:
+    """The native argv a role runs, with ``args`` appended.
+
+    Raises:
+        KeyError: unknown role (message lists the known ones).
+    """
+    if role not in ROLES:
+        raise KeyError(f"unknown role {role!r}; known roles: {', '.join(ROLES)}")
+    r = ROLES[role]
+    if r.runner is not None:
+        return [sys.executable, "-m", "stack.entrypoint", role, *args]
+    subst = {PY: sys.executable, AIRFLOW: _airflow_exe()}
+    return [subst.get(a, a) for a in r.argv] + list(args)
+
+
+# ------------------------------------------------------------------------------- healthchecks --
+def _http_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=5).status_code < 400
+    except httpx.HTTPError:
+        return False
+
+
+def _tcp_ok(hostport: str) -> bool:
+    host, _, port = hostport.strip().rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def _cmdline_running(needle: str) -> bool:
+    """True when a process of this container (other than ourselves) has ``needle`` in its command line."""
+    me = os.getpid()
+    for p in Path("/proc").glob("[0-9]*"):
+        if int(p.name) == me:
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd:
+            return True
+    return False
+
+
+def _airflow_job_alive(job: str) -> bool:
+    return subprocess.call([_airflow_exe(), "jobs", "check", "--job-type", job, "--local"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
+
+
+def _producer_healthy() -> bool:
+    from stack.settings import get_settings
+
+    return _cmdline_running("producers.cli") and _tcp_ok(get_settings().kafka_bootstrap_servers.split(",")[0])
+
+
+#: role -> probe of that role's process in *this* container (compose healthchecks call these):
+#: * airflow-api-server: ``GET http://localhost:8080/api/v2/monitor/health`` answers 2xx;
+#: * airflow-scheduler: its health server ``GET http://localhost:8974/health`` answers 2xx
+#:   (AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True);
+#: * airflow-dag-processor / airflow-triggerer: ``airflow jobs check --local`` finds a live job on this host;
+#: * stream: the Spark driver UI ``http://localhost:4040/api/v1/applications`` answers;
+#: * producer: the producer process runs and the first Kafka bootstrap server accepts TCP connections.
+HEALTHCHECKS: dict[str, Callable[[], bool]] = {
+    "airflow-api-server": lambda: _http_ok("http://localhost:8080/api/v2/monitor/health"),
+    "airflow-scheduler": lambda: _http_ok("http://localhost:8974/health"),
+    "airflow-dag-processor": lambda: _airflow_job_alive("DagProcessorJob"),
+    "airflow-triggerer": lambda: _airflow_job_alive("TriggererJob"),
+    "stream": lambda: _http_ok("http://localhost:4040/api/v1/applications"),
+    "producer": _producer_healthy,
+}
+
+
+def healthcheck(role: str) -> bool:
+    """Health of a long-running role in this container (see :data:`HEALTHCHECKS`).
+
+    Raises:
+        KeyError: the role has no healthcheck (it is a one-shot role).
+    """
+    if role not in HEALTHCHECKS:
+        raise KeyError(f"role {role!r} has no healthcheck (long-running roles: {', '.join(HEALTHCHECKS)})")
+    return HEALTHCHECKS[role]()
+
+
+# ------------------------------------------------------------------------------------- main --
+def _usage() -> str:
+    lines = ["usage: python -m stack.entrypoint [--dry-run] <role> [args...]",
+             "       python -m stack.entrypoint healthcheck <role>", "", "roles:"]
+    lines += [f"  {r.name:<22} {r.description}" for r in ROLES.values()]
+    return "\n".join(lines)
+
+
+def check_env(role: str, environ: dict[str, str] | None = None) -> list[str]:
+    """Names from :func:`required_env` missing (unset or empty) in ``environ`` (default os.environ)."""
+    env = os.environ if environ is None else environ
+    optional = {f.upper() for f in OPTIONAL_SETTINGS}
+    return [v for v in required_env(role) if v not in env or (not env[v] and v not in optional)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch; returns an exit code (``exec`` replaces this process for native commands)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "healthcheck":
+        if len(argv) != 2:
+            print("usage: python -m stack.entrypoint healthcheck <role>", file=sys.stderr)
+            return 2
+        try:
+            ok = healthcheck(argv[1])
+        except KeyError as exc:
+            print(exc.args[0], file=sys.stderr)
+            return 2
+        print("healthy" if ok else "unhealthy")
+        return 0 if ok else 1
+    dry = argv[0] == "--dry-run"
+    if dry:
+        argv = argv[1:]
+        if not argv:
+            print(_usage(), file=sys.stderr)
+            return 2
+    role, args = argv[0], argv[1:]
+    try:
+        cmd = resolve(role, args)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    if dry:
+        print(json.dumps({"role": role, "argv": cmd, "required_env": required_env(role)}))
+        return 0
+    is_help = "--help" in args or "-h" in args
+    if os.environ.get("RETAIL_ENTRYPOINT_STRICT") == "1" and not is_help:
+        missing = check_env(role)
+        if missing:
+            print(f"role {role}: required environment variable(s) not set: {', '.join(missing)} "
+                  "(see .env.example and docker-compose.yml)", file=sys.stderr)
+            return 2
+    r = ROLES[role]
+    if r.runner is not None:
+        return r.runner(args)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(cmd[0], cmd)  # never returns
+    return 0  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

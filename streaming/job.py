@@ -1,0 +1,277 @@
+"""The streaming job: Kafka -> Spark Structured Streaming -> lake + ClickHouse (+ restock alerts to Kafka).
+
+Usage::
+
+    python -m streaming.job run                      # continuous, processing-time trigger (STREAM_TRIGGER_SECONDS)
+    python -m streaming.job run --available-now      # drain everything available, then stop (demo, tests)
+    python -m streaming.job run --timeout 600        # stop after 600 s
+
+In-process API (the demo, tests and benchmarks): :func:`run_stream` (blocking) or :class:`StreamingJob`
+(``start`` / ``await_available_now`` / ``stop``).
+
+Two streaming queries share one SparkSession (Spark's own Kafka source, ``spark-sql-kafka-0-10`` jars from
+:func:`stack.local.spark_kafka_jars`):
+
+* ``raw``: all input topics (sales, inventory, price changes, customer events) -> validation -> lake Parquet +
+  ``quarantine_events`` (:meth:`streaming.sinks.StreamSinks.raw_batch`). Checkpoint ``<SPARK_CHECKPOINT_DIR>/raw``.
+* ``windows``: valid sales + inventory updates -> watermark (STREAM_WATERMARK) -> tumbling windows
+  (STREAM_WINDOW) per store x SKU in *update* output mode -> ClickHouse upserts, store windows, alerts
+  (:meth:`streaming.sinks.StreamSinks.windows_batch`). Checkpoint ``<SPARK_CHECKPOINT_DIR>/windows``.
+
+Late data: an event whose event time is behind the watermark (max event time seen in earlier micro-batches
+minus STREAM_WATERMARK) is dropped by Spark from the window aggregates (counted in the query progress as
+``numRowsDroppedByWatermark``) but still lands in the lake through the ``raw`` query.
+
+Delivery semantics: Kafka offsets and state are checkpointed; foreachBatch writes are idempotent (see
+:mod:`streaming.sinks`), so a micro-batch re-run after a crash/restart does not double count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from producers.contracts import EVENT_TYPES
+from stack.settings import Settings, get_settings
+from streaming import transforms as TR
+from streaming.sinks import INPUT_EVENT_TYPES, StreamSinks
+
+log = logging.getLogger(__name__)
+QUERY_NAMES = ("raw", "windows")
+
+
+def build_spark(settings: Settings | None = None):
+    """The job's SparkSession (getOrCreate): SPARK_MASTER, SPARK_DRIVER_MEMORY, SPARK_SHUFFLE_PARTITIONS, the
+    Kafka connector jars, UTC session time zone, UI disabled, Arrow for toPandas. Sets PYSPARK_PYTHON /
+    PYSPARK_DRIVER_PYTHON to this interpreter so Python workers import the same packages.
+
+    Raises:
+        stack.local.StackError: connector jars cannot be resolved / pyspark version mismatch.
+    """
+    from pyspark.sql import SparkSession
+
+    from stack.local import spark_kafka_jars
+
+    s = settings or get_settings()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    jars = spark_kafka_jars(s)
+    spark = (SparkSession.builder.appName("retail-streaming").master(s.spark_master)
+             .config("spark.jars", ",".join(jars))
+             .config("spark.driver.memory", s.spark_driver_memory)
+             .config("spark.sql.shuffle.partitions", str(s.spark_shuffle_partitions))
+             .config("spark.ui.enabled", "false")
+             .config("spark.sql.session.timeZone", "UTC")
+             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+             .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
+             .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+             .getOrCreate())
+    spark.sparkContext.setLogLevel("WARN")
+    jvm = spark.sparkContext._jvm
+    try:
+        jvm.java.lang.Class.forName("org.apache.spark.sql.kafka010.KafkaSourceProvider", False,
+                                    jvm.org.apache.spark.util.Utils.getContextOrSparkClassLoader())
+    except Exception:
+        from stack.local import StackError
+
+        raise StackError("the Spark driver JVM of this process was started without the Kafka connector: the first "
+                         "SparkSession of a process fixes the driver classpath; create it with "
+                         "streaming.job.build_spark() (or pass spark.jars=stack.local.spark_kafka_jars())") from None
+    return spark
+
+
+def checkpoint_path(settings: Settings, query: str) -> str:
+    """Checkpoint folder of a query: ``<SPARK_CHECKPOINT_DIR>/<query>`` (created)."""
+    root = settings.spark_checkpoint_dir
+    if "://" not in root:
+        Path(root, query).mkdir(parents=True, exist_ok=True)
+    return f"{root.rstrip('/')}/{query}"
+
+
+class StreamingJob:
+    """The two streaming queries of the platform on one SparkSession.
+
+    Args:
+        settings: platform settings (default :func:`get_settings`).
+        spark: an existing SparkSession (default :func:`build_spark`).
+        migrate: apply the ClickHouse migrations and create the Kafka topics before starting (idempotent).
+    """
+
+    def __init__(self, settings: Settings | None = None, spark=None, migrate: bool = True):
+        self.s = settings or get_settings()
+        self.spark = spark or build_spark(self.s)
+        if migrate:
+            from stack.ch import migrate as ch_migrate
+
+            ch_migrate(self.s)
+            try:
+                from producers.admin import ensure_topics
+            except ImportError:  # producers package not installed: topics must already exist
+                ensure_topics = None
+            if ensure_topics:
+                ensure_topics(self.s)
+        self.sinks = StreamSinks(self.s)
+        self.queries: dict[str, Any] = {}
+        self.started_at: float | None = None
+
+    def _source(self, topics: list[str]):
+        s = self.s
+        return (self.spark.readStream.format("kafka")
+                .option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
+                .option("subscribe", ",".join(topics))
+                .option("startingOffsets", s.stream_starting_offsets)
+                .option("maxOffsetsPerTrigger", str(s.stream_max_offsets_per_trigger))
+                .option("failOnDataLoss", "false")
+                .load())
+
+    def start(self, available_now: bool = False, trigger_seconds: float | None = None) -> dict[str, Any]:
+        """Start both queries. ``available_now``: process everything available at start, then stop; otherwise
+        a processing-time trigger of ``trigger_seconds`` (default STREAM_TRIGGER_SECONDS).
+
+        Returns:
+            {query name: StreamingQuery}.
+        """
+        s = self.s
+        trig = ({"availableNow": True} if available_now
+                else {"processingTime": f"{trigger_seconds or s.stream_trigger_seconds} seconds"})
+        topics = {et: s.topic(EVENT_TYPES[et]) for et in INPUT_EVENT_TYPES}
+        lim = {"max_age_days": s.stream_max_event_age_days, "max_future_minutes": s.stream_max_future_minutes}
+
+        raw = TR.kafka_frame(self._source(list(topics.values())))
+        self.queries["raw"] = (raw.writeStream.queryName("raw").foreachBatch(self.sinks.raw_batch)
+                               .option("checkpointLocation", checkpoint_path(s, "raw")).trigger(**trig).start())
+
+        k = TR.kafka_frame(self._source([topics["sales_transaction"], topics["inventory_update"]]))
+        facts = TR.inventory_facts(TR.valid_events(k, "sales_transaction", topics["sales_transaction"], **lim),
+                                   TR.valid_events(k, "inventory_update", topics["inventory_update"], **lim))
+        win = TR.window_metrics(facts, s.stream_window, s.stream_watermark)
+        self.queries["windows"] = (win.writeStream.queryName("windows").outputMode("update")
+                                   .foreachBatch(self.sinks.windows_batch)
+                                   .option("checkpointLocation", checkpoint_path(s, "windows"))
+                                   .trigger(**trig).start())
+        self.started_at = time.time()
+        return self.queries
+
+    def await_available_now(self, timeout: float | None = None) -> None:
+        """Wait until both available-now queries finish.
+
+        Raises:
+            TimeoutError: not finished within ``timeout`` seconds (queries are left running; call stop()).
+            pyspark.errors.StreamingQueryException: a query failed.
+        """
+        deadline = None if timeout is None else time.time() + timeout
+        for name, q in self.queries.items():
+            left = None if deadline is None else max(1.0, deadline - time.time())
+            done = q.awaitTermination(left) if left is not None else q.awaitTermination()
+            if done is False:
+                raise TimeoutError(f"streaming query {name!r} did not drain within {timeout} s")
+            exc = q.exception()
+            if exc is not None:
+                raise exc
+
+    def await_any(self, timeout: float | None = None) -> None:
+        """Block until a query terminates (raises its error) or ``timeout`` seconds pass."""
+        deadline = None if timeout is None else time.time() + timeout
+        while deadline is None or time.time() < deadline:
+            for name, q in self.queries.items():
+                if not q.isActive:
+                    exc = q.exception()
+                    if exc is not None:
+                        raise exc
+                    return
+            time.sleep(0.5)
+
+    def processed_offsets(self, query: str = "windows") -> dict[str, dict[str, int]]:
+        """{topic: {partition: next offset}} committed by the last micro-batch of ``query`` (from lastProgress)."""
+        q = self.queries.get(query)
+        prog = q.lastProgress if q is not None else None
+        if not prog:
+            return {}
+        end = prog["sources"][0].get("endOffset") or {}
+        if isinstance(end, str):
+            end = json.loads(end)
+        return {t: {str(p): int(o) for p, o in parts.items()} for t, parts in end.items()}
+
+    def stop(self) -> None:
+        """Stop every query (idempotent) and flush the alert producer."""
+        for q in self.queries.values():
+            try:
+                if q.isActive:
+                    q.stop()
+            except Exception as exc:  # keep stopping the others
+                log.warning("stopping query %s: %s", q.name, exc)
+        self.sinks.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Summary: batches and rows per query, dropped-by-watermark rows, alerts sent, wall time."""
+        out: dict[str, Any] = {"alerts_sent": self.sinks.alerts_sent,
+                               "seconds": None if self.started_at is None else round(time.time() - self.started_at, 2)}
+        for name in QUERY_NAMES:
+            logs = [b for b in self.sinks.batch_log if b["query"] == name]
+            q = self.queries.get(name)
+            dropped = 0
+            if q is not None:
+                for p in q.recentProgress:
+                    for op in p.get("stateOperators", []) or []:
+                        dropped += int(op.get("numRowsDroppedByWatermark", 0) or 0)
+            out[name] = {"batches": len(logs), "input_rows": sum(b["input_rows"] for b in logs),
+                         "output_rows": sum(b["output_rows"] for b in logs)}
+            if name == "windows":
+                out[name]["rows_dropped_by_watermark"] = dropped
+        return out
+
+
+def run_stream(settings: Settings | None = None, available_now: bool = True, timeout: float | None = None,
+               trigger_seconds: float | None = None, spark=None) -> dict[str, Any]:
+    """Run the streaming job in this process and return :meth:`StreamingJob.stats`.
+
+    ``available_now=True`` drains what is in Kafka and returns; otherwise runs until ``timeout`` seconds pass
+    (None: until interrupted or a query fails). Queries are always stopped on return (``finally``); the
+    SparkSession is kept for reuse (``build_spark(...).stop()`` ends it).
+    """
+    job = StreamingJob(settings, spark=spark)
+    try:
+        job.start(available_now=available_now, trigger_seconds=trigger_seconds)
+        if available_now:
+            job.await_available_now(timeout)
+        else:
+            job.await_any(timeout)
+        return job.stats()
+    finally:
+        job.stop()
+
+
+app = typer.Typer(help="Spark Structured Streaming job of the retail platform.", no_args_is_help=True)
+
+
+@app.callback()
+def _main() -> None:
+    """Spark Structured Streaming job of the retail platform."""
+
+
+@app.command()
+def run(available_now: bool = typer.Option(False, "--available-now", help="Drain what is available, then stop."),
+        timeout: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+        trigger_seconds: Optional[float] = typer.Option(None, help="Processing-time trigger (default STREAM_TRIGGER_SECONDS).")) -> None:
+    """Run the streaming queries (raw events -> lake + quarantine; windows -> ClickHouse + alerts)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = get_settings()
+    spark = build_spark(s)
+    try:
+        stats = run_stream(s, available_now=available_now, timeout=timeout, trigger_seconds=trigger_seconds, spark=spark)
+        typer.echo(json.dumps(stats, indent=2))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: queries stopped")
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    app()

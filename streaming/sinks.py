@@ -1,0 +1,382 @@
+"""foreachBatch sinks of the streaming job (run in the Spark driver = the process that owns the chDB client).
+
+Two queries, two sinks:
+
+* :meth:`StreamSinks.raw_batch` (query ``raw``, all input topics): parse + validate every record; valid events
+  -> the lake as Parquet ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/batch-<batchId>.parquet``
+  (day of the event time, UTC; deterministic names so a replayed micro-batch overwrites its own files);
+  invalid records -> ClickHouse ``quarantine_events`` (keyed by topic/partition/offset) with the reason and
+  the raw payload. Late events are *not* dropped here: the lake holds every valid event.
+* :meth:`StreamSinks.windows_batch` (query ``windows``, update output mode): the windows updated by the
+  micro-batch are enriched (:func:`streaming.transforms.enrich_windows`) with the recent history read back
+  from ClickHouse, upserted into ``sales_metrics_5m``; the touched (store, window) pairs are recomputed into
+  ``store_metrics_5m``; restock episodes are detected (:func:`streaming.transforms.restock_episodes`) and new
+  alerts go to Kafka ``retail-restock-alerts`` (Avro-validated), ClickHouse ``restock_alerts`` and the lake;
+  finally ``inventory_levels`` (latest stock + episode state) is upserted.
+
+Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
+files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
+sent to Kafka again. Ordering inside :meth:`windows_batch` (alerts before ``inventory_levels``) makes a crash
+in between re-send an alert with the same id rather than lose it (Kafka side: at-least-once, consumers dedupe
+by ``alert_id``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from producers.contracts import EVENT_TYPES, validate_event
+from stack.settings import Settings
+from streaming import schema as S
+from streaming import transforms as TR
+
+log = logging.getLogger(__name__)
+
+#: event types read from Kafka by the job (restock alerts are produced by it)
+INPUT_EVENT_TYPES = ["sales_transaction", "inventory_update", "price_change", "customer_event"]
+
+
+def lake_arrow_schema(event_type: str) -> pa.Schema:
+    """Arrow schema of a raw lake file: contract fields (timestamp-millis as ``timestamp[ms, UTC]``, enums as
+    strings) + ``ingested_at`` (timestamp[ms, UTC]), ``kafka_partition`` (int32), ``kafka_offset`` (int64)."""
+    out = []
+    for f in S.fields(event_type):
+        if f.timestamp_millis:
+            t = pa.timestamp("ms", tz="UTC")
+        elif f.enum_symbols:
+            t = pa.string()
+        else:
+            t = {"string": pa.string(), "integer": pa.int32(), "long": pa.int64(), "double": pa.float64(),
+                 "float": pa.float32(), "boolean": pa.bool_()}[f.spark_type.typeName()]
+        out.append(pa.field(f.name, t, nullable=f.nullable))
+    out += [pa.field("ingested_at", pa.timestamp("ms", tz="UTC")), pa.field("kafka_partition", pa.int32()),
+            pa.field("kafka_offset", pa.int64())]
+    return pa.schema(out)
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class StreamSinks:
+    """Holds the clients of the sinks (ClickHouse, lake, Kafka producer for alerts) and the batch log.
+
+    Args:
+        settings: platform settings.
+        client: clickhouse-connect client (default :func:`stack.ch.get_client`).
+        lake: :class:`stack.lake.Lake` (default :func:`stack.lake.get_lake`).
+
+    Attributes:
+        batch_log: list of {"query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"}
+            (epoch seconds), appended after each micro-batch's writes are visible (used for freshness).
+        alerts_sent: number of restock alerts sent to Kafka by this process.
+    """
+
+    def __init__(self, settings: Settings, client=None, lake=None):
+        from stack.ch import get_client
+        from stack.lake import Lake
+
+        self.s = settings
+        self.db = settings.clickhouse_database
+        self.ch = client or get_client(settings)
+        self.lake = lake or Lake(settings)
+        self._ch_lock = threading.RLock()  # the two queries' batches run in different threads
+        self._producer = None
+        self.batch_log: list[dict[str, Any]] = []
+        self.alerts_sent = 0
+        self.window_len_hours = TR.window_hours(settings.stream_window)
+        self._reorder_points: dict[str, int] | None = None
+        self.topics = {settings.topic(EVENT_TYPES[et]): et for et in INPUT_EVENT_TYPES}
+
+    # ----------------------------------------------------------------------------------- helpers --
+    def _insert_df(self, table: str, df: pd.DataFrame) -> None:
+        if len(df):
+            with self._ch_lock:
+                self.ch.insert_df(f"{self.db}.{table}", df)
+
+    def _query(self, sql: str, parameters: dict | None = None) -> pd.DataFrame:
+        with self._ch_lock:
+            return self.ch.query_arrow(sql.replace("{db}", self.db), parameters=parameters or {}).to_pandas()
+
+    def _log_batch(self, query: str, batch_id: int, input_rows: int, output_rows: int, started: float) -> None:
+        rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
+               "output_rows": int(output_rows), "started_at": started, "committed_at": time.time()}
+        self.batch_log.append(rec)
+        self._insert_df("stream_batches", pd.DataFrame([{
+            **rec, "started_at": pd.Timestamp(started, unit="s", tz="UTC"),
+            "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC")}]))
+
+    def producer(self):
+        """Lazily created kafka-python producer for restock alerts (acks=all, JSON values)."""
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.s.kafka_bootstrap_servers.split(","), acks="all", retries=5,
+                linger_ms=10, key_serializer=lambda k: k.encode(),
+                value_serializer=lambda v: json.dumps(v, separators=(",", ":")).encode())
+        return self._producer
+
+    def close(self) -> None:
+        """Flush and close the alert producer."""
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close()
+            self._producer = None
+
+    def reorder_points(self) -> dict[str, int]:
+        """product_id -> reorder point from the reference catalogue in the lake
+        (``raw-data/reference/products/products.parquet``), {} when absent; read once."""
+        if self._reorder_points is None:
+            try:
+                t = self.lake.read_table(self.s.lake_raw_bucket, "reference", "products",
+                                         columns=["product_id", "reorder_point"])
+            except Exception as exc:  # an unreadable catalogue must not stop the stream
+                log.warning("reference products unreadable: %s", exc)
+                t = None
+            self._reorder_points = ({} if t is None else
+                                    {p: int(r) for p, r in zip(t["product_id"].to_pylist(), t["reorder_point"].to_pylist())
+                                     if r is not None})
+        return self._reorder_points
+
+    # --------------------------------------------------------------------------------- raw query --
+    def validated(self, kafka_df: DataFrame, event_type: str, topic: str) -> DataFrame:
+        """:func:`streaming.transforms.validate_events` of one topic's rows with the configured limits."""
+        parsed = TR.parse_events(kafka_df.filter(F.col("topic") == topic), event_type)
+        return TR.validate_events(parsed, event_type, max_age_days=self.s.stream_max_event_age_days,
+                                  max_future_minutes=self.s.stream_max_future_minutes)
+
+    def raw_batch(self, df: DataFrame, batch_id: int) -> None:
+        """foreachBatch of the raw query: lake Parquet for valid events, ``quarantine_events`` for invalid ones.
+
+        Args:
+            df: micro-batch in :func:`streaming.transforms.kafka_frame` shape.
+            batch_id: Spark's micro-batch id (names the lake files).
+        """
+        started = time.time()
+        now_ms = int(started * 1000)
+        df = df.persist()
+        n_in = n_valid = 0
+        quarantine: list[pd.DataFrame] = []
+        try:
+            for topic, et in self.topics.items():
+                cols = [*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON]
+                tbl = self.validated(df, et, topic).select(*cols).toArrow()
+                if tbl.num_rows == 0:
+                    continue
+                n_in += tbl.num_rows
+                bad = pc.is_valid(tbl[TR.REASON])
+                valid = tbl.filter(pc.invert(bad))
+                invalid = tbl.filter(bad)
+                n_valid += valid.num_rows
+                self._write_raw(et, valid, batch_id, now_ms)
+                if invalid.num_rows:
+                    q = invalid.select(["topic", "partition", "offset", "kafka_timestamp", TR.REASON, "value"]).to_pandas()
+                    q = q.rename(columns={"value": "raw_payload", TR.REASON: "reason"})
+                    q["raw_payload"] = q["raw_payload"].fillna("")
+                    q.insert(0, "event_type", et)
+                    q["batch_id"] = int(batch_id)
+                    q["ingested_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
+                    q["partition"] = q["partition"].astype("int32")
+                    quarantine.append(q)
+            if quarantine:
+                self._insert_df("quarantine_events", pd.concat(quarantine, ignore_index=True))
+        finally:
+            df.unpersist()
+        self._log_batch("raw", batch_id, n_in, n_valid, started)
+
+    def _write_raw(self, event_type: str, valid: pa.Table, batch_id: int, now_ms: int) -> None:
+        """Write valid events of one type, one file per event day: ``batch-<batchId>.parquet``."""
+        if valid.num_rows == 0:
+            return
+        schema = lake_arrow_schema(event_type)
+        cols = {}
+        for f in schema:
+            if f.name == "ingested_at":
+                cols[f.name] = pa.array([now_ms] * valid.num_rows, pa.int64()).cast(f.type)
+            elif f.name == "kafka_partition":
+                cols[f.name] = valid["partition"].cast(pa.int32())
+            elif f.name == "kafka_offset":
+                cols[f.name] = valid["offset"].cast(pa.int64())
+            elif pa.types.is_timestamp(f.type):
+                cols[f.name] = valid[f.name].cast(pa.int64()).cast(f.type)
+            else:
+                cols[f.name] = valid[f.name].cast(f.type)
+        out = pa.table(cols, schema=schema)
+        day = pc.strftime(out["timestamp"], format="%Y-%m-%d")
+        for d in pc.unique(day).to_pylist():
+            part = out.filter(pc.equal(day, d)).sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+            y, m, dd = d.split("-")
+            self.lake.write_table(part, self.s.lake_raw_bucket, event_type, f"year={y}", f"month={m}", f"day={dd}",
+                                  f"batch-{batch_id}.parquet")
+
+    # ----------------------------------------------------------------------------- windows query --
+    def windows_batch(self, df: DataFrame, batch_id: int) -> None:
+        """foreachBatch of the windows query (update mode): upsert enriched windows, store windows, alerts and
+        inventory levels. ``df``: :func:`streaming.transforms.window_metrics` rows updated by the batch."""
+        started = time.time()
+        batch = df.toArrow().to_pandas()
+        if batch.empty:
+            self._log_batch("windows", batch_id, 0, 0, started)
+            return
+        for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):
+            batch[c] = pd.to_datetime(batch[c], utc=True)
+        now_ms = int(started * 1000)
+        version = now_ms
+        stores = sorted(batch["store_id"].unique().tolist())
+        lo = batch["window_start"].min() - pd.Timedelta(hours=24)
+        hi = batch["window_start"].max()
+        history = self._sku_history(stores, lo, hi)
+        enriched = TR.enrich_windows(batch, history, window_len_hours=self.window_len_hours,
+                                     risk_high_hours=self.s.risk_high_hours,
+                                     risk_medium_hours=self.s.risk_medium_hours,
+                                     reorder_points=self.reorder_points())
+        out = enriched[["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned",
+                        "revenue", "transaction_count", "inventory_update_count", "window_stock",
+                        "window_stock_time", "stock_level", "reorder_point", "sales_velocity", "hours_of_cover",
+                        "stockout_risk", "anomaly_score", "last_event_time"]].copy()
+        out["window_stock"] = pd.array([None if pd.isna(x) else int(x) for x in out["window_stock"]], dtype="Int64")
+        out["batch_id"] = int(batch_id)
+        out["version"] = version
+        out["updated_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
+        self._insert_df("sales_metrics_5m", out)
+        self._store_windows(enriched, batch_id, version, now_ms)
+        self._alerts_and_levels(enriched, batch_id, version, now_ms)
+        self._log_batch("windows", batch_id, len(batch), len(out), started)
+
+    def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
+        """Stored windows of ``stores`` with lo <= window_start <= hi, plus per store x SKU an *anchor*: the
+        latest window before lo (its carried stock_level / reorder_point), so stock carries forward from
+        before the horizon."""
+        p = {"stores": stores, "lo": lo.to_pydatetime(), "hi": hi.to_pydatetime()}
+        recent = self._query(
+            "SELECT window_start, store_id, product_id, units_sold, window_stock, reorder_point "
+            "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start >= %(lo)s "
+            "AND window_start <= %(hi)s", p)
+        anchor = self._query(
+            "SELECT window_start, store_id, product_id, units_sold, stock_level AS window_stock, reorder_point "
+            "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start < %(lo)s "
+            "ORDER BY window_start DESC LIMIT 1 BY store_id, product_id", p)
+        h = pd.concat([x for x in (anchor, recent) if len(x)], ignore_index=True) if len(recent) or len(anchor) else recent
+        if len(h):
+            h["window_start"] = pd.to_datetime(h["window_start"], utc=True)
+        return h
+
+    def _store_windows(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
+        pairs = enriched[["store_id", "window_start"]].drop_duplicates()
+        stores = sorted(pairs["store_id"].unique().tolist())
+        p = {"stores": stores, "lo": pairs["window_start"].min().to_pydatetime(),
+             "hi": pairs["window_start"].max().to_pydatetime(),
+             "hlo": (pairs["window_start"].min() - pd.Timedelta(hours=24)).to_pydatetime()}
+        skus = self._query(
+            "SELECT window_start, window_end, store_id, product_id, units_sold, units_returned, revenue, "
+            "transaction_count, stockout_risk FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s "
+            "AND window_start >= %(lo)s AND window_start <= %(hi)s", p)
+        skus["window_start"] = pd.to_datetime(skus["window_start"], utc=True)
+        skus = skus.merge(pairs, on=["store_id", "window_start"])
+        hist = self._query(
+            "SELECT window_start, store_id, units_sold FROM {db}.store_metrics_5m FINAL WHERE store_id IN %(stores)s "
+            "AND window_start >= %(hlo)s AND window_start <= %(hi)s", p)
+        if len(hist):
+            hist["window_start"] = pd.to_datetime(hist["window_start"], utc=True)
+        st = TR.store_windows(skus, hist, window_len_hours=self.window_len_hours)
+        st["batch_id"] = int(batch_id)
+        st["version"] = version
+        st["updated_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
+        self._insert_df("store_metrics_5m", st)
+
+    def _alerts_and_levels(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
+        stores = sorted(enriched["store_id"].unique().tolist())
+        prior = self._query("SELECT * FROM {db}.inventory_levels FINAL WHERE store_id IN %(stores)s",
+                            {"stores": stores})
+        state: dict[tuple[str, str], dict] = {}
+        prior_rows: dict[tuple[str, str], dict] = {}
+        for r in prior.to_dict("records"):
+            key = (r["store_id"], r["product_id"])
+            prior_rows[key] = r
+            state[key] = {"in_episode": bool(r["in_episode"]),
+                          "episode_start": None if pd.isna(r["episode_start"]) else int(pd.Timestamp(r["episode_start"]).timestamp() * 1000),
+                          "last_window_start": None if pd.isna(r["last_window_start"]) else int(pd.Timestamp(r["last_window_start"]).timestamp() * 1000)}
+        alerts, new_state = TR.restock_episodes(enriched, state, high_hours=self.s.risk_high_hours,
+                                                medium_hours=self.s.risk_medium_hours,
+                                                lead_time_days=self.s.lead_time_days, now_ms=now_ms)
+        if alerts:
+            self._emit_alerts(alerts, batch_id, now_ms)
+        # latest stock per key: the newest window with an in-window stock, unless the stored one is newer
+        rows = []
+        for key, grp in enriched.sort_values("window_start").groupby(TR.WINDOW_KEY, sort=False):
+            p = prior_rows.get(key, {})
+            stock, stock_time = p.get("stock_level"), p.get("stock_time")
+            rop = p.get("reorder_point")
+            with_stock = grp[grp["window_stock"].notna()]
+            if len(with_stock):
+                last = with_stock.iloc[-1]
+                t = pd.Timestamp(last["window_stock_time"])
+                if stock_time is None or pd.isna(stock_time) or t >= pd.Timestamp(stock_time):
+                    stock, stock_time = int(last["window_stock"]), t
+            rops = grp["reorder_point"].dropna()
+            if len(rops):
+                rop = int(rops.iloc[-1])
+            st = new_state[key]
+            rows.append({"store_id": key[0], "product_id": key[1],
+                         "stock_level": None if stock is None or pd.isna(stock) else int(stock),
+                         "stock_time": None if stock_time is None or pd.isna(stock_time) else pd.Timestamp(stock_time),
+                         "reorder_point": None if rop is None or pd.isna(rop) else int(rop),
+                         "in_episode": int(st["in_episode"]),
+                         "episode_start": None if st["episode_start"] is None else pd.Timestamp(st["episode_start"], unit="ms", tz="UTC"),
+                         "last_window_start": None if st["last_window_start"] is None else pd.Timestamp(st["last_window_start"], unit="ms", tz="UTC"),
+                         "batch_id": int(batch_id), "version": version,
+                         "updated_at": pd.Timestamp(now_ms, unit="ms", tz="UTC")})
+        lv = pd.DataFrame(rows)
+        for c in ("stock_level", "reorder_point"):
+            lv[c] = pd.array(lv[c].tolist(), dtype="Int64")
+        for c in ("stock_time", "episode_start", "last_window_start"):
+            lv[c] = pd.to_datetime(lv[c], utc=True)
+        self._insert_df("inventory_levels", lv)
+
+    def _emit_alerts(self, alerts: list[dict], batch_id: int, now_ms: int) -> None:
+        """Validate against the restock_alert contract, send the ones not yet recorded to Kafka (flush),
+        then record all in ClickHouse and the lake."""
+        for a in alerts:
+            validate_event("restock_alert", a)
+        known = set(self._query("SELECT alert_id FROM {db}.restock_alerts WHERE alert_id IN %(ids)s",
+                                {"ids": [a["alert_id"] for a in alerts]})["alert_id"].tolist())
+        new = [a for a in alerts if a["alert_id"] not in known]
+        if not new:
+            return
+        topic = self.s.topic(EVENT_TYPES["restock_alert"])
+        prod = self.producer()
+        futures = [prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a) for a in new]
+        prod.flush()
+        for f in futures:
+            f.get(timeout=30)  # raises on a failed delivery: the batch fails and is retried, nothing lost
+        self.alerts_sent += len(new)
+        df = pd.DataFrame(new)
+        ch = df.drop(columns=["timestamp"]).assign(
+            window_end=pd.to_datetime(df["window_end"], unit="ms", utc=True),
+            alert_time=pd.to_datetime(df["timestamp"], unit="ms", utc=True),
+            hours_of_cover=pd.array(df["hours_of_cover"].tolist(), dtype="Float64"),
+            batch_id=int(batch_id), ingested_at=pd.Timestamp(now_ms, unit="ms", tz="UTC"))
+        self._insert_df("restock_alerts", ch)
+        schema = lake_arrow_schema("restock_alert")
+        cols = {f.name: pa.array(df[f.name].tolist(), pa.int64()).cast(f.type) if pa.types.is_timestamp(f.type)
+                else pa.array(df[f.name].tolist(), f.type) for f in schema
+                if f.name not in ("ingested_at", "kafka_partition", "kafka_offset")}
+        cols["ingested_at"] = pa.array([now_ms] * len(df), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+        cols["kafka_partition"] = pa.nulls(len(df), pa.int32())
+        cols["kafka_offset"] = pa.nulls(len(df), pa.int64())
+        tbl = pa.table(cols, schema=schema)
+        d = _utc(now_ms)
+        self.lake.write_table(tbl, self.s.lake_raw_bucket, "restock_alert", f"year={d:%Y}", f"month={d:%m}",
+                              f"day={d:%d}", f"alerts-batch-{batch_id}.parquet")

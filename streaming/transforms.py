@@ -1,0 +1,471 @@
+"""Pure transforms of the streaming job: Spark DataFrame -> DataFrame (work on streaming *and* static frames)
+and pandas functions for the per-micro-batch enrichment. No I/O here; everything is unit-testable.
+
+Pipeline (shapes):
+
+1. :func:`kafka_frame`: Kafka source rows -> ``topic, partition, offset, kafka_timestamp, value`` (value as
+   UTF-8 string).
+2. :func:`parse_events`: -> + one column per Avro field (typed from the contract, :mod:`streaming.schema`)
+   + ``_corrupt_record`` (Spark's PERMISSIVE JSON parse) + ``_keys`` (top-level JSON keys).
+3. :func:`validate_events`: -> + ``invalid_reason`` (NULL when valid, else every failed rule joined by ``"; "``) +
+   ``event_time`` (TimestampType, UTC, from the ``timestamp`` epoch-ms field). :func:`split_valid` splits.
+4. :func:`inventory_facts` (valid sales + valid inventory updates, one row per event) ->
+   :func:`window_metrics`: 5-minute tumbling event-time windows per store x SKU.
+5. :func:`enrich_windows` (pandas, per micro-batch, with the recent history read from ClickHouse):
+   last known stock, sales velocity, hours of cover, stock-out risk, anomaly z-score.
+6. :func:`store_windows` (pandas): per-store windows from the per-SKU windows.
+7. :func:`restock_episodes` (pandas): one restock alert per store x SKU low-stock episode.
+
+Metric definitions (also in the README):
+
+* ``units_sold`` = sum of ``quantity`` over sales lines with quantity > 0; ``units_returned`` = sum of
+  ``-quantity`` over lines with quantity < 0 (returns); ``transaction_count`` = number of POS lines
+  (sales and returns) in the window.
+* ``revenue`` = sum(quantity x unit_price) over all lines (returns have negative quantity, so they are
+  subtracted), computed in ``DECIMAL(38,4)`` (exact; the price is taken at 4 decimals) and converted to a
+  float once at the end, so it is independent of summation order.
+* ``sales_velocity`` = units_sold / window length in hours (units/hour; x12 for 5-minute windows).
+* ``stock_level`` = ``new_quantity`` of the latest inventory update (by event time, ties by Kafka offset)
+  in the window; a window without an update carries forward the stock of the latest earlier window of the
+  same store x SKU that had one (NULL when none is known yet).
+* ``hours_of_cover`` = stock_level / sales_velocity; NULL when the velocity is 0 (no sales: infinite cover)
+  or the stock is unknown.
+* ``stockout_risk``: ``UNKNOWN`` without a known stock; ``HIGH`` when stock <= 0 or cover <
+  RISK_HIGH_HOURS; ``MEDIUM`` when cover < RISK_MEDIUM_HOURS; else ``LOW`` (also when velocity is 0).
+* ``anomaly_score`` = (units_sold - mean) / std over the same store x SKU's previous windows *with
+  activity* (up to ``lookback`` = 12, within ``horizon`` = 24 h before the window), population standard
+  deviation (ddof = 0); 0 when fewer than 3 previous windows or std = 0. Rounded to 6 decimals.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Iterable
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from streaming import schema as S
+
+#: columns every parsed/validated frame carries from Kafka
+KAFKA_COLUMNS = ["topic", "partition", "offset", "kafka_timestamp", "value"]
+CORRUPT = "_corrupt_record"
+KEYS = "_keys"
+#: validation result column (not "reason": inventory updates and price changes have a field of that name)
+REASON = "invalid_reason"
+
+#: per event type: explicit business rules (column condition that is TRUE when the rule is violated, reason)
+RULES: dict[str, list[tuple[str, str]]] = {
+    "sales_transaction": [
+        ("quantity = 0", "quantity must not be 0"),
+        ("unit_price < 0 OR isnan(unit_price) OR unit_price = double('inf')", "unit_price must be a finite number >= 0"),
+    ],
+    "inventory_update": [
+        ("new_quantity < 0", "new_quantity must be >= 0"),
+        ("reorder_point < 0", "reorder_point must be >= 0"),
+    ],
+    "price_change": [
+        ("old_price < 0 OR isnan(old_price) OR old_price = double('inf')", "old_price must be a finite number >= 0"),
+        ("new_price < 0 OR isnan(new_price) OR new_price = double('inf')", "new_price must be a finite number >= 0"),
+    ],
+    "customer_event": [],
+    "restock_alert": [],
+}
+
+
+# ------------------------------------------------------------------------------------------ parse --
+def kafka_frame(df: DataFrame) -> DataFrame:
+    """Kafka source rows (``key, value`` binary, ``topic, partition, offset, timestamp``) ->
+    ``topic, partition, offset, kafka_timestamp, value`` with ``value`` decoded as a UTF-8 string."""
+    return df.select("topic", "partition", "offset", F.col("timestamp").alias("kafka_timestamp"),
+                     F.col("value").cast("string").alias("value"))
+
+
+def parse_events(df: DataFrame, event_type: str) -> DataFrame:
+    """Parse the JSON ``value`` of one event type with the schema derived from its Avro contract.
+
+    Args:
+        df: frame with at least :data:`KAFKA_COLUMNS` (rows of other topics must be filtered out before).
+        event_type: a key of ``producers.contracts.EVENT_TYPES``.
+
+    Returns:
+        ``KAFKA_COLUMNS`` + one column per contract field (NULL when absent or not of the contract type)
+        + ``_corrupt_record`` (the raw value when Spark's PERMISSIVE parse failed, i.e. malformed JSON or a
+        field whose JSON type does not match) + ``_keys`` (array of top-level JSON keys, NULL when the value
+        is not a JSON object).
+    """
+    st = S.struct_type(event_type).add(T.StructField(CORRUPT, T.StringType(), True))
+    parsed = F.from_json(F.col("value"), st, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
+    return (df.select(*KAFKA_COLUMNS, parsed.alias("_p"), F.json_object_keys("value").alias(KEYS))
+              .select(*KAFKA_COLUMNS, *[F.col(f"_p.{n}").alias(n) for n in S.field_names(event_type)],
+                      F.col(f"_p.{CORRUPT}").alias(CORRUPT), KEYS))
+
+
+def _now_ms(now: datetime | None) -> Column:
+    if now is None:
+        return F.unix_millis(F.current_timestamp())
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    return F.lit(int(now.timestamp() * 1000)).cast("long")
+
+
+def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, max_future_minutes: int,
+                    now: datetime | None = None) -> DataFrame:
+    """Apply the contract and the business rules to a :func:`parse_events` frame.
+
+    Rules, each adding a reason: malformed JSON / not a JSON object; a field not matching its Avro type;
+    a required (non-nullable) field missing; unknown top-level fields (the contract rejects them); an
+    enum value outside the Avro symbols; a ``timestamp-millis`` older than ``max_age_days`` or more than
+    ``max_future_minutes`` in the future relative to ``now`` (default: the micro-batch's
+    ``current_timestamp()``); the per-type rules of :data:`RULES` (quantity != 0, unit_price >= 0,
+    new_quantity >= 0, prices finite and >= 0).
+
+    Returns:
+        the input columns + ``invalid_reason`` (STRING, NULL when valid) + ``event_time`` (TIMESTAMP, NULL when the
+        timestamp is absent or out of range).
+    """
+    now_ms = _now_ms(now)
+    lo = now_ms - F.lit(max_age_days * 86_400_000).cast("long")
+    hi = now_ms + F.lit(max_future_minutes * 60_000).cast("long")
+    names = S.field_names(event_type)
+    checks: list[Column] = [
+        F.when(F.col(KEYS).isNull(), F.lit("malformed JSON: value is not a JSON object")),
+        F.when(F.col(KEYS).isNotNull() & F.col(CORRUPT).isNotNull(),
+               F.lit("type mismatch: a field does not match its Avro type")),
+    ]
+    for f in S.required_fields(event_type):
+        checks.append(F.when(F.col(KEYS).isNotNull() & F.col(f).isNull()
+                             & ~F.array_contains(F.col(KEYS), f), F.lit(f"missing required field {f}")))
+        checks.append(F.when(F.array_contains(F.col(KEYS), f) & F.col(f).isNull() & F.col(CORRUPT).isNull(),
+                             F.lit(f"required field {f} is null")))
+    unknown = F.array_except(F.col(KEYS), F.array(*[F.lit(n) for n in names]))
+    checks.append(F.when(F.size(unknown) > 0, F.concat(F.lit("unknown field(s): "), F.array_join(unknown, ","))))
+    for f, symbols in S.enum_fields(event_type).items():
+        checks.append(F.when(F.col(f).isNotNull() & ~F.col(f).isin(*symbols),
+                             F.concat(F.lit(f"invalid {f} '"), F.col(f), F.lit("'"))))
+    for f in S.timestamp_fields(event_type):
+        checks.append(F.when(F.col(f) < lo, F.lit(f"{f} older than STREAM_MAX_EVENT_AGE_DAYS={max_age_days}")))
+        checks.append(F.when(F.col(f) > hi,
+                             F.lit(f"{f} more than STREAM_MAX_FUTURE_MINUTES={max_future_minutes} in the future")))
+    for cond, reason in RULES.get(event_type, []):
+        checks.append(F.when(F.coalesce(F.expr(cond), F.lit(False)), F.lit(reason)))
+    reason = F.concat_ws("; ", F.array_compact(F.array(*checks)))
+    ts = F.col("timestamp")
+    event_time = F.when(ts.isNotNull() & (ts >= lo) & (ts <= hi), F.timestamp_millis(ts))
+    return (parsed.withColumn(REASON, F.when(reason != "", reason))
+                  .withColumn("event_time", event_time))
+
+
+def split_valid(validated: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(valid rows, invalid rows) of a :func:`validate_events` frame, split on ``invalid_reason IS NULL``."""
+    return validated.filter(F.col(REASON).isNull()), validated.filter(F.col(REASON).isNotNull())
+
+
+def valid_events(kafka_df: DataFrame, event_type: str, topic: str, *, max_age_days: int,
+                 max_future_minutes: int, now: datetime | None = None) -> DataFrame:
+    """Convenience: filter ``kafka_df`` (:func:`kafka_frame` shape) to ``topic``, parse, validate, keep valid."""
+    v = validate_events(parse_events(kafka_df.filter(F.col("topic") == topic), event_type), event_type,
+                        max_age_days=max_age_days, max_future_minutes=max_future_minutes, now=now)
+    return split_valid(v)[0]
+
+
+# ---------------------------------------------------------------------------------------- windows --
+FACT_COLUMNS = ["store_id", "product_id", "event_time", "is_sale", "quantity", "unit_price",
+                "new_quantity", "reorder_point", "partition", "offset"]
+
+
+def inventory_facts(valid_sales: DataFrame, valid_inventory: DataFrame) -> DataFrame:
+    """One row per valid sales line or inventory update, in a common shape (:data:`FACT_COLUMNS`):
+    sales carry quantity/unit_price, inventory updates carry new_quantity/reorder_point (others NULL)."""
+    sales = valid_sales.select("store_id", "product_id", "event_time", F.lit(True).alias("is_sale"),
+                               F.col("quantity").cast("int").alias("quantity"),
+                               F.col("unit_price").cast("double").alias("unit_price"),
+                               F.lit(None).cast("int").alias("new_quantity"),
+                               F.lit(None).cast("int").alias("reorder_point"), "partition", "offset")
+    inv = valid_inventory.select("store_id", "product_id", "event_time", F.lit(False).alias("is_sale"),
+                                 F.lit(None).cast("int").alias("quantity"), F.lit(None).cast("double").alias("unit_price"),
+                                 F.col("new_quantity").cast("int").alias("new_quantity"),
+                                 F.col("reorder_point").cast("int").alias("reorder_point"), "partition", "offset")
+    return sales.unionByName(inv)
+
+
+def window_metrics(facts: DataFrame, window: str, watermark: str | None = None) -> DataFrame:
+    """Tumbling event-time windows per store x SKU.
+
+    Args:
+        facts: :func:`inventory_facts` frame (streaming or static).
+        window: window length, e.g. ``"5 minutes"`` (STREAM_WINDOW).
+        watermark: allowed lateness, e.g. ``"10 minutes"`` (STREAM_WATERMARK); None for static frames.
+            Events older than the watermark are dropped from the aggregates by Spark (they still reach
+            the lake through the raw query).
+
+    Returns:
+        ``window_start, window_end, store_id, product_id, units_sold, units_returned, revenue (DOUBLE from an
+        exact DECIMAL sum), transaction_count, inventory_update_count, window_stock (latest new_quantity in
+        the window or NULL), window_stock_time, reorder_point (latest non-NULL in the window),
+        last_event_time``.
+    """
+    if watermark:
+        facts = facts.withWatermark("event_time", watermark)
+    sale = F.col("is_sale")
+    qty = F.col("quantity")
+    order = F.struct("event_time", "partition", "offset")
+    line_rev = F.col("unit_price").cast("decimal(18,4)") * qty
+    return (facts.groupBy(F.window("event_time", window).alias("w"), "store_id", "product_id")
+            .agg(F.coalesce(F.sum(F.when(sale & (qty > 0), qty)), F.lit(0)).cast("long").alias("units_sold"),
+                 F.coalesce(F.sum(F.when(sale & (qty < 0), -qty)), F.lit(0)).cast("long").alias("units_returned"),
+                 F.sum(F.when(sale, line_rev)).alias("_rev"),
+                 F.count(F.when(sale, F.lit(1))).alias("transaction_count"),
+                 F.count(F.when(~sale, F.lit(1))).alias("inventory_update_count"),
+                 F.max_by(F.col("new_quantity"), F.when(~sale, order)).alias("window_stock"),
+                 F.max(F.when(~sale, F.col("event_time"))).alias("window_stock_time"),
+                 F.max_by(F.col("reorder_point"), F.when(~sale & F.col("reorder_point").isNotNull(), order))
+                  .alias("reorder_point"),
+                 F.max("event_time").alias("last_event_time"))
+            .select(F.col("w.start").alias("window_start"), F.col("w.end").alias("window_end"),
+                    "store_id", "product_id", "units_sold", "units_returned",
+                    F.coalesce(F.col("_rev").cast("double"), F.lit(0.0)).alias("revenue"),
+                    "transaction_count", "inventory_update_count", "window_stock", "window_stock_time",
+                    "reorder_point", "last_event_time"))
+
+
+def window_hours(window: str) -> float:
+    """Length of a Spark interval string in hours, e.g. ``"5 minutes"`` -> 0.0833.
+
+    Raises:
+        ValueError: for a string that is not ``<number> <unit>`` with unit seconds/minutes/hours/days.
+    """
+    parts = window.strip().split()
+    units = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
+    if len(parts) != 2:
+        raise ValueError(f"window {window!r}: expected '<number> <unit>' (STREAM_WINDOW)")
+    unit = parts[1].lower().rstrip("s")
+    if unit not in units:
+        raise ValueError(f"window {window!r}: unit must be seconds, minutes, hours or days (STREAM_WINDOW)")
+    return float(parts[0]) * units[unit]
+
+
+# ------------------------------------------------------------------------ pandas: derived metrics --
+def hours_of_cover(stock: float | None, velocity: float) -> float | None:
+    """stock / velocity in hours; None when the stock is unknown or the velocity is <= 0 (infinite cover)."""
+    if stock is None or (isinstance(stock, float) and math.isnan(stock)) or velocity is None or velocity <= 0:
+        return None
+    return float(stock) / float(velocity)
+
+
+def stockout_risk(stock: float | None, cover: float | None, high_hours: float, medium_hours: float) -> str:
+    """Stock-out risk class: UNKNOWN (no stock known), HIGH (stock <= 0 or cover < high_hours), MEDIUM
+    (cover < medium_hours), else LOW (including no sales = infinite cover)."""
+    if stock is None or (isinstance(stock, float) and math.isnan(stock)):
+        return "UNKNOWN"
+    if stock <= 0:
+        return "HIGH"
+    if cover is None or (isinstance(cover, float) and math.isnan(cover)):
+        return "LOW"
+    if cover < high_hours:
+        return "HIGH"
+    if cover < medium_hours:
+        return "MEDIUM"
+    return "LOW"
+
+
+def zscore(value: float, previous: Iterable[float], min_count: int = 3) -> float:
+    """(value - mean(previous)) / std(previous), population std (ddof = 0); 0.0 when fewer than
+    ``min_count`` previous values or std == 0. Rounded to 6 decimals."""
+    prev = [float(x) for x in previous]
+    if len(prev) < min_count:
+        return 0.0
+    mean = sum(prev) / len(prev)
+    std = math.sqrt(sum((x - mean) ** 2 for x in prev) / len(prev))
+    if std == 0:
+        return 0.0
+    return round((float(value) - mean) / std, 6)
+
+
+WINDOW_KEY = ["store_id", "product_id"]
+
+
+def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
+                   risk_high_hours: float, risk_medium_hours: float, lookback: int = 12,
+                   horizon_hours: float = 24.0, reorder_points: dict[str, int] | None = None) -> pd.DataFrame:
+    """Add last known stock, velocity, cover, risk and anomaly score to the windows of one micro-batch.
+
+    Args:
+        batch: :func:`window_metrics` rows emitted by the micro-batch (window_start as UTC timestamps).
+        history: rows already stored for the same store x SKU (columns ``window_start, store_id,
+            product_id, units_sold, window_stock, reorder_point``); rows with the same key and window as a
+            batch row are ignored (the batch is newer). May be None/empty.
+        window_len_hours: window length in hours (:func:`window_hours`).
+        risk_high_hours, risk_medium_hours: RISK_HIGH_HOURS / RISK_MEDIUM_HOURS.
+        lookback, horizon_hours: anomaly baseline = up to ``lookback`` previous windows with activity
+            within ``horizon_hours`` before the window.
+        reorder_points: product_id -> reorder point fallback (reference data) when no inventory update
+            carried one.
+
+    Returns:
+        the batch rows (same order of columns, sorted by store, product, window) + ``stock_level``
+        (Int, nullable), ``sales_velocity`` (units/hour), ``hours_of_cover`` (nullable), ``stockout_risk``,
+        ``anomaly_score``; ``reorder_point`` carried forward like the stock.
+    """
+    b = batch.copy()
+    b["_in_batch"] = True
+    if history is not None and len(history):
+        h = history[["window_start", "store_id", "product_id", "units_sold", "window_stock", "reorder_point"]].copy()
+        h["_in_batch"] = False
+        h = h.merge(b[["window_start", "store_id", "product_id"]], how="left", indicator=True,
+                    on=["window_start", "store_id", "product_id"])
+        h = h[h["_merge"] == "left_only"].drop(columns="_merge")
+        allw = pd.concat([b, h], ignore_index=True)
+    else:
+        allw = b
+    allw = allw.sort_values(["store_id", "product_id", "window_start"], kind="mergesort").reset_index(drop=True)
+    g = allw.groupby(WINDOW_KEY, sort=False)
+    allw["stock_level"] = g["window_stock"].ffill()
+    allw["reorder_point"] = g["reorder_point"].ffill()
+    if reorder_points:
+        fallback = allw["product_id"].map(reorder_points)
+        allw["reorder_point"] = allw["reorder_point"].where(allw["reorder_point"].notna(), fallback)
+    scores = []
+    horizon = pd.Timedelta(hours=horizon_hours)
+    for _, grp in allw.groupby(WINDOW_KEY, sort=False):
+        ws = grp["window_start"].tolist()
+        units = grp["units_sold"].tolist()
+        inb = grp["_in_batch"].tolist()
+        for i in range(len(grp)):
+            if not inb[i]:
+                scores.append(None)
+                continue
+            prev = [units[j] for j in range(max(0, i - lookback), i) if ws[j] >= ws[i] - horizon]
+            scores.append(zscore(units[i], prev))
+    allw["anomaly_score"] = scores
+    out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
+    out["sales_velocity"] = out["units_sold"].astype(float) / window_len_hours
+    stock = [None if pd.isna(x) else int(x) for x in out["stock_level"]]
+    out["stock_level"] = pd.array(stock, dtype="Int64")
+    out["reorder_point"] = pd.array([None if pd.isna(x) else int(x) for x in out["reorder_point"]], dtype="Int64")
+    cover = [hours_of_cover(s, v) for s, v in zip(stock, out["sales_velocity"])]
+    out["hours_of_cover"] = pd.array(cover, dtype="Float64")
+    out["stockout_risk"] = [stockout_risk(s, c, risk_high_hours, risk_medium_hours) for s, c in zip(stock, cover)]
+    out["anomaly_score"] = out["anomaly_score"].astype(float)
+    return out
+
+
+def store_windows(sku_windows: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
+                  lookback: int = 12, horizon_hours: float = 24.0) -> pd.DataFrame:
+    """Per-store windows from the *complete* per-SKU windows of the affected (store, window) pairs.
+
+    Args:
+        sku_windows: every store x SKU row (enriched) of the (store, window) pairs to recompute.
+        history: stored per-store rows (``window_start, store_id, units_sold``) for the anomaly baseline.
+
+    Returns:
+        ``window_start, window_end, store_id, units_sold, units_returned, revenue, transaction_count,
+        sku_count, skus_high_risk, sales_velocity, anomaly_score`` (z-score of the store's units against its
+        previous windows, same rule as :func:`enrich_windows`).
+    """
+    agg = (sku_windows.assign(_high=(sku_windows["stockout_risk"] == "HIGH").astype(int))
+           .groupby(["window_start", "window_end", "store_id"], as_index=False)
+           .agg(units_sold=("units_sold", "sum"), units_returned=("units_returned", "sum"),
+                revenue=("revenue", "sum"), transaction_count=("transaction_count", "sum"),
+                sku_count=("product_id", "nunique"), skus_high_risk=("_high", "sum")))
+    agg["sales_velocity"] = agg["units_sold"].astype(float) / window_len_hours
+    agg["_in_batch"] = True
+    if history is not None and len(history):
+        h = history[["window_start", "store_id", "units_sold"]].copy()
+        h = h.merge(agg[["window_start", "store_id"]], how="left", indicator=True, on=["window_start", "store_id"])
+        h = h[h["_merge"] == "left_only"].drop(columns="_merge")
+        h["_in_batch"] = False
+        allw = pd.concat([agg, h], ignore_index=True)
+    else:
+        allw = agg
+    allw = allw.sort_values(["store_id", "window_start"], kind="mergesort").reset_index(drop=True)
+    scores = []
+    horizon = pd.Timedelta(hours=horizon_hours)
+    for _, grp in allw.groupby("store_id", sort=False):
+        ws, units, inb = grp["window_start"].tolist(), grp["units_sold"].tolist(), grp["_in_batch"].tolist()
+        for i in range(len(grp)):
+            prev = [units[j] for j in range(max(0, i - lookback), i) if ws[j] >= ws[i] - horizon]
+            scores.append(zscore(units[i], prev) if inb[i] else None)
+    allw["anomaly_score"] = scores
+    out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
+    out["anomaly_score"] = out["anomaly_score"].astype(float)
+    return out
+
+
+def alert_priority(stock: int, cover: float | None, high_hours: float, medium_hours: float) -> str:
+    """CRITICAL when out of stock, HIGH when cover < high_hours, MEDIUM when < medium_hours, else LOW."""
+    if stock <= 0:
+        return "CRITICAL"
+    if cover is not None and not (isinstance(cover, float) and math.isnan(cover)):
+        if cover < high_hours:
+            return "HIGH"
+        if cover < medium_hours:
+            return "MEDIUM"
+    return "LOW"
+
+
+def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_time_days: int) -> int:
+    """Order-up-to quantity: S - stock with S = 2 x reorder point + expected demand over the lead time
+    (velocity x 24 x lead_time_days), at least 1."""
+    target = 2 * reorder_point + math.ceil(max(velocity, 0.0) * 24 * lead_time_days)
+    return max(1, int(target - stock))
+
+
+def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], *, high_hours: float,
+                     medium_hours: float, lead_time_days: int, now_ms: int) -> tuple[list[dict], dict]:
+    """Detect the start of low-stock episodes: one alert per store x SKU episode, not per window.
+
+    An episode starts at the first window (in window order) whose ``stock_level`` is strictly below its
+    ``reorder_point`` while the SKU was not already in an episode; it ends at a window whose stock is
+    strictly above the reorder point (stock == reorder point keeps the current state: hysteresis).
+    Windows older than the last window already evaluated for the key are skipped (late updates do not
+    reopen or close episodes), so re-processing a micro-batch against the state it produced emits nothing
+    new.
+
+    Args:
+        windows: enriched windows (:func:`enrich_windows`).
+        state: (store_id, product_id) -> {"in_episode": bool, "episode_start": ms|None,
+            "last_window_start": ms|None}; not modified.
+        now_ms: alert ``timestamp`` (epoch ms).
+
+    Returns:
+        (alerts as dicts matching the ``restock_alert`` contract, new state for the keys seen).
+        ``alert_id`` = ``"<store_id>|<product_id>|<episode start window, epoch ms>"`` (deterministic).
+    """
+    alerts: list[dict] = []
+    new_state: dict[tuple[str, str], dict] = {}
+    w = windows.sort_values(["store_id", "product_id", "window_start"], kind="mergesort")
+    for key, grp in w.groupby(WINDOW_KEY, sort=False):
+        st = dict(state.get(key, {"in_episode": False, "episode_start": None, "last_window_start": None}))
+        for r in grp.itertuples(index=False):
+            ws = int(pd.Timestamp(r.window_start).timestamp() * 1000)
+            if st["last_window_start"] is not None and ws < st["last_window_start"]:
+                continue
+            st["last_window_start"] = ws
+            stock, rop = r.stock_level, r.reorder_point
+            if pd.isna(stock) or pd.isna(rop):
+                continue
+            stock, rop = int(stock), int(rop)
+            if not st["in_episode"] and stock < rop:
+                cover = None if pd.isna(r.hours_of_cover) else float(r.hours_of_cover)
+                st["in_episode"], st["episode_start"] = True, ws
+                alerts.append({
+                    "alert_id": f"{key[0]}|{key[1]}|{ws}", "store_id": key[0], "product_id": key[1],
+                    "current_stock": stock, "reorder_point": rop,
+                    "recommended_quantity": recommended_quantity(stock, rop, float(r.sales_velocity), lead_time_days),
+                    "sales_velocity": float(r.sales_velocity), "hours_of_cover": cover,
+                    "priority": alert_priority(stock, cover, high_hours, medium_hours),
+                    "window_end": int(pd.Timestamp(r.window_end).timestamp() * 1000), "timestamp": now_ms,
+                })
+            elif st["in_episode"] and stock > rop:
+                st["in_episode"], st["episode_start"] = False, None
+        new_state[key] = st
+    return alerts, new_state
+
+
+def utc_now_ms() -> int:
+    """Current wall time, epoch milliseconds UTC."""
+    return int(datetime.now(timezone.utc).timestamp() * 1000)

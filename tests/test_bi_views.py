@@ -1,0 +1,260 @@
+"""The Power BI views of clickhouse/migrations/030_bi_views.sql on the real ClickHouse engine (chDB).
+
+Runs every migration into a fresh database of the session's chDB path (``native_stack``: chDB allows one
+path per process), checks that every view the Power BI dataset uses exists and is queryable, and that the
+views' figures equal an independent pandas computation over the same rows: daily sales aggregation,
+ReplacingMergeTree deduplication (FINAL), days of cover, forecast accuracy (WAPE, bias, coverage), the
+"latest run" filters and the current-inventory join.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VIEWS_SQL = REPO / "clickhouse" / "migrations" / "030_bi_views.sql"
+DATASET_MD = REPO / "powerbi" / "dataset.md"
+UTC = dt.timezone.utc
+
+pytestmark = pytest.mark.integration
+
+
+def view_names() -> list[str]:
+    return re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)", VIEWS_SQL.read_text())
+
+
+@pytest.fixture(scope="module")
+def bi(native_stack):
+    """(client, database): all migrations applied to a fresh database, twice (idempotence)."""
+    from stack.ch import get_client, migrate
+
+    db = f"bi_{uuid.uuid4().hex[:8]}"
+    first = migrate(native_stack, database=db)
+    second = migrate(native_stack, database=db)
+    assert first == second and "030_bi_views.sql" in first
+    client = get_client(native_stack, db)
+    yield client, db
+    client.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def q(client, sql: str) -> pd.DataFrame:
+    return client.query_df(sql)
+
+
+def test_every_view_exists_and_is_queryable(bi):
+    client, db = bi
+    names = view_names()
+    assert len(names) >= 15
+    tables = set(client.query(f"SELECT name FROM system.tables WHERE database = '{db}' AND engine = 'View'")
+                 .result_columns[0])
+    assert set(names) <= tables
+    for v in names:
+        cols = client.query(f"DESCRIBE TABLE {db}.{v}").result_columns[0]
+        assert cols, v
+        client.query(f"SELECT * FROM {db}.{v} LIMIT 1")
+
+
+def test_dataset_definition_uses_only_existing_views_and_columns(bi):
+    """powerbi/dataset.md lists each table as `v_name(col, col, ...)`: all must exist in ClickHouse."""
+    client, db = bi
+    text = DATASET_MD.read_text()
+    specs = re.findall(r"^\| `(v_\w+)` \| [^|]* \| ([^|]+) \|", text, re.M)
+    assert len(specs) >= 10
+    for view, cols in specs:
+        have = set(client.query(f"DESCRIBE TABLE {db}.{view}").result_columns[0])
+        wanted = {c.strip(" `") for c in cols.split(",") if c.strip()}
+        assert wanted <= have, f"{view}: {sorted(wanted - have)} not in the view"
+
+
+def test_sales_daily_and_fact_sales_match_pandas(bi):
+    client, db = bi
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(400):
+        day = dt.date(2026, 1, 1 + int(rng.integers(0, 3)))
+        qty = int(rng.choice([-2, -1, 1, 2, 3, 5]))
+        price = float(rng.choice([1.25, 2.5, 9.99]))
+        revenue = Decimal(str(round(qty * price, 4)))
+        has_cost = rng.random() > 0.1
+        cost = Decimal(str(round(qty * price * 0.6, 4))) if has_cost else None
+        rows.append([f"s{i}", day.year * 10000 + day.month * 100 + day.day,
+                     dt.datetime(day.year, day.month, day.day, 10, tzinfo=UTC),
+                     int(rng.integers(1, 4)), int(rng.integers(1, 3)), "CARD", qty, price, revenue, cost,
+                     None if cost is None else revenue - cost, int(qty < 0)])
+    cols = ["sale_id", "date_key", "event_time", "product_key", "store_key", "payment_method", "quantity",
+            "unit_price", "revenue", "cost", "profit", "is_return"]
+    client.insert("fact_sales", rows, column_names=cols, database=db)
+    src = pd.DataFrame(rows, columns=cols)
+    src["rev"] = src["revenue"].astype(float)
+    src["cst"] = src["cost"].map(lambda v: np.nan if v is None else float(v))
+    src["prf"] = src["profit"].map(lambda v: np.nan if v is None else float(v))
+    exp = src.groupby(["date_key", "store_key", "product_key"]).agg(
+        units_sold=("quantity", lambda s: s[s > 0].sum()), units_returned=("quantity", lambda s: -s[s < 0].sum()),
+        net_units=("quantity", "sum"), revenue=("rev", "sum"), cost=("cst", lambda s: s.fillna(0).sum()),
+        profit=("prf", lambda s: s.fillna(0).sum()), pos_lines=("sale_id", "count"),
+        return_lines=("is_return", "sum")).reset_index()
+    exp["revenue_with_cost"] = src[src["cst"].notna()].groupby(["date_key", "store_key", "product_key"])["rev"] \
+        .sum().reindex(pd.MultiIndex.from_frame(exp[["date_key", "store_key", "product_key"]])).fillna(0).to_numpy()
+    got = q(client, f"SELECT * FROM {db}.v_sales_daily ORDER BY date_key, store_key, product_key")
+    assert len(got) == len(exp)
+    for c in ["units_sold", "units_returned", "net_units", "pos_lines", "return_lines"]:
+        assert got[c].astype(int).tolist() == exp[c].astype(int).tolist(), c
+    for c in ["revenue", "cost", "profit", "revenue_with_cost"]:
+        np.testing.assert_allclose(got[c].to_numpy(float), exp[c].to_numpy(float), rtol=0, atol=1e-6, err_msg=c)
+    lines = q(client, f"SELECT sale_id, units_sold, units_returned, cost FROM {db}.v_fact_sales ORDER BY sale_id")
+    assert len(lines) == len(rows)
+    assert int(lines["units_sold"].sum()) == int(src.loc[src.quantity > 0, "quantity"].sum())
+    assert int(lines["cost"].isna().sum()) == int(src["cst"].isna().sum())
+
+
+def test_dimensions_are_deduplicated_with_final(bi):
+    client, db = bi
+    cols = ["product_key", "sku", "product_name", "category", "sub_category", "brand", "supplier", "is_known"]
+    client.insert("dim_product", [[11, "SKU-1", "placeholder", "", "", "", "", 0]], column_names=cols, database=db)
+    client.insert("dim_product", [[11, "SKU-1", "Tea 80 bags", "Grocery", "Tea", "Acme", "Acme Ltd", 1]],
+                  column_names=cols, database=db)
+    got = q(client, f"SELECT sku, product_name, is_known FROM {db}.v_dim_product WHERE product_key = 11")
+    assert got.to_dict("records") == [{"sku": "SKU-1", "product_name": "Tea 80 bags", "is_known": 1}]
+
+
+def test_days_of_cover_matches_a_trailing_28_day_mean(bi):
+    client, db = bi
+    rng = np.random.default_rng(3)
+    days = [dt.date(2026, 2, 1) + dt.timedelta(days=i) for i in range(40)]
+    sold = rng.integers(0, 9, size=len(days))
+    sold[:3] = 0  # no sales yet: days of cover undefined (NULL)
+    stock = rng.integers(0, 60, size=len(days))
+    cols = ["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward", "units_sold",
+            "units_returned", "reorder_point", "safety_stock", "safety_stock_method", "below_reorder_point"]
+    rows = [[d.year * 10000 + d.month * 100 + d.day, 5, 9, int(s), 0, int(u), 0, 20.0, 5.0, "sigma", int(s < 20)]
+            for d, s, u in zip(days, stock, sold)]
+    client.insert("fact_inventory", rows, column_names=cols, database=db)
+    got = q(client, f"SELECT date_key, days_of_cover, is_stockout, avg_daily_units_28d FROM {db}.v_fact_inventory "
+                    f"WHERE store_key = 5 AND product_key = 9 ORDER BY date_key")
+    mean28 = pd.Series(sold, dtype=float).rolling(28, min_periods=1).mean()
+    expected = np.where(mean28 > 0, stock / mean28.where(mean28 > 0), np.nan)
+    np.testing.assert_allclose(got["avg_daily_units_28d"].to_numpy(float), mean28.to_numpy(), atol=1e-9)
+    np.testing.assert_allclose(got["days_of_cover"].to_numpy(float), expected, atol=1e-9)
+    assert got["is_stockout"].tolist() == [int(s <= 0) for s in stock]
+
+
+def _metrics_row(store, sku, start, units, velocity, cover, risk, z, version):
+    ws = start
+    return [ws, ws + dt.timedelta(minutes=5), store, sku, units, 0, units * 2.0, units, 0, None, None, 40, 10,
+            velocity, cover, risk, z, ws, 1, version, ws]
+
+
+METRIC_COLS = ["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned", "revenue",
+               "transaction_count", "inventory_update_count", "window_stock", "window_stock_time", "stock_level",
+               "reorder_point", "sales_velocity", "hours_of_cover", "stockout_risk", "anomaly_score",
+               "last_event_time", "batch_id", "version", "updated_at"]
+
+
+def test_live_metrics_final_and_current_inventory(bi):
+    client, db = bi
+    t0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    client.insert("sales_metrics_5m", [
+        _metrics_row("S1", "P1", t0, 4, 48.0, 10.0, "HIGH", 0.5, 1),
+        _metrics_row("S1", "P1", t0, 6, 72.0, 5.0, "HIGH", 3.5, 2),      # replayed batch, newer version
+        _metrics_row("S1", "P1", t0 + dt.timedelta(minutes=5), 1, 12.0, 80.0, "LOW", -0.2, 1),
+    ], column_names=METRIC_COLS, database=db)
+    live = q(client, f"SELECT window_start, units_sold, is_anomaly, date_key FROM {db}.v_live_sku_metrics "
+                     f"WHERE store_id = 'S1' ORDER BY window_start")
+    assert live["units_sold"].tolist() == [6, 1]
+    assert live["is_anomaly"].tolist() == [1, 0]
+    assert live["date_key"].tolist() == [20260301, 20260301]
+    client.insert("inventory_levels", [["S1", "P1", 12, t0, 40, 1, t0, t0, 1, 1, t0],
+                                       ["S1", "P2", 0, t0, 40, 1, t0, None, 1, 1, t0]],
+                  column_names=["store_id", "product_id", "stock_level", "stock_time", "reorder_point", "in_episode",
+                                "episode_start", "last_window_start", "batch_id", "version", "updated_at"],
+                  database=db)
+    cur = q(client, f"SELECT product_id, stock_level, sales_velocity, hours_of_cover, stockout_risk, is_stockout "
+                    f"FROM {db}.v_current_inventory WHERE store_id = 'S1' ORDER BY product_id")
+    p1, p2 = cur.to_dict("records")
+    assert (p1["stock_level"], p1["sales_velocity"], p1["hours_of_cover"], p1["stockout_risk"], p1["is_stockout"]) \
+        == (12, 12.0, 80.0, "LOW", 0)   # the latest window's values
+    assert p2["is_stockout"] == 1 and p2["stockout_risk"] == ""   # no window yet for P2
+
+
+def test_forecast_accuracy_and_latest_filters_match_pandas(bi):
+    client, db = bi
+    rng = np.random.default_rng(11)
+    origin_old, origin_new = dt.date(2026, 4, 1), dt.date(2026, 4, 8)
+    frows, actual = [], {}
+    for origin in (origin_old, origin_new):
+        for sku in ("A", "B"):
+            for h in range(1, 8):
+                target = origin + dt.timedelta(days=h)
+                yhat = float(rng.uniform(2, 10))
+                frows.append([origin, target, h, "S1", sku, yhat, yhat - 2, yhat + 2, yhat - 4, yhat + 4, 3, origin,
+                              dt.datetime(2026, 4, 9, tzinfo=UTC)])
+                if target <= dt.date(2026, 4, 10):           # demand known up to 10 April
+                    actual[(sku, target)] = float(rng.integers(0, 12))
+    client.insert("forecast_predictions", frows, database=db, column_names=[
+        "forecast_origin", "target_date", "horizon", "store_id", "product_id", "yhat", "lower80", "upper80",
+        "lower95", "upper95", "model_version", "run_date", "created_at"])
+    feat_cols = ["date", "store_id", "product_id", "units", "run_date", "computed_at"]
+    feats = [[d, "S1", sku, u, d, dt.datetime(2026, 4, 10, tzinfo=UTC)] for (sku, d), u in actual.items()]
+    feats.append([dt.date(2026, 4, 11), "S1", "A", float("nan"), dt.date(2026, 4, 11),
+                  dt.datetime(2026, 4, 10, tzinfo=UTC)])   # future row: NaN demand, must be ignored
+    client.insert("features_daily", feats, column_names=feat_cols, database=db)
+
+    f = pd.DataFrame(frows, columns=["origin", "target", "h", "store", "sku", "yhat", "l80", "u80", "l95", "u95",
+                                     "v", "run", "created"])
+    f["actual"] = [actual.get((s, t), np.nan) for s, t in zip(f.sku, f.target)]
+    f = f.dropna(subset=["actual"])
+    wape = (f.yhat - f.actual).abs().sum() / f.actual.sum()
+    bias = (f.yhat - f.actual).sum() / f.actual.sum()
+    cov80 = ((f.actual >= f.l80) & (f.actual <= f.u80)).mean()
+    got = q(client, f"SELECT sum(abs_error_units) / sum(actual_units) AS wape, "
+                    f"sum(error_units) / sum(actual_units) AS bias, avg(within_80) AS cov80, count() AS n "
+                    f"FROM {db}.v_forecast_accuracy").iloc[0]
+    assert int(got["n"]) == len(f)
+    assert got["wape"] == pytest.approx(wape, abs=1e-12)
+    assert got["bias"] == pytest.approx(bias, abs=1e-12)
+    assert got["cov80"] == pytest.approx(cov80, abs=1e-12)
+    latest = q(client, f"SELECT DISTINCT forecast_origin FROM {db}.v_forecast_latest")
+    assert [pd.Timestamp(x).date() for x in latest["forecast_origin"]] == [origin_new]
+
+    rcols = ["as_of_date", "store_id", "product_id", "stock", "mean_daily_demand", "sigma_daily", "lead_time_days",
+             "service_level", "safety_stock", "reorder_point", "eoq", "reorder_qty", "reorder_needed",
+             "days_until_stockout", "stockout_risk", "unit_cost", "model_version", "run_date", "created_at"]
+    client.insert("reorder_recommendations", [
+        [origin_old, "S1", "A", 5.0, 2.0, 1.0, 3.0, 0.95, 2.85, 8.85, 20.0, 30.0, 1, 2.5, "HIGH", 1.5, 3, origin_old,
+         dt.datetime(2026, 4, 2, tzinfo=UTC)],
+        [origin_new, "S1", "A", 40.0, 2.0, 1.0, 3.0, 0.95, 2.85, 8.85, 20.0, 0.0, 0, 20.0, "LOW", 1.5, 3, origin_new,
+         dt.datetime(2026, 4, 9, tzinfo=UTC)],
+        [origin_new, "S1", "B", 3.0, 4.0, 2.0, 3.0, 0.95, 5.7, 17.7, 20.0, 25.0, 1, 0.75, "HIGH", 2.0, 3, origin_new,
+         dt.datetime(2026, 4, 9, tzinfo=UTC)]], column_names=rcols, database=db)
+    ro = q(client, f"SELECT product_id, reorder_value FROM {db}.v_reorder_latest ORDER BY product_id")
+    assert ro["product_id"].tolist() == ["A", "B"]
+    assert ro["reorder_value"].tolist() == [0.0, 50.0]
+
+
+def test_model_metrics_carry_the_champion_flag(bi):
+    client, db = bi
+    now = dt.datetime(2026, 4, 9, tzinfo=UTC)
+    client.insert("model_registry", [["demand-forecast", 1, dt.date(2026, 4, 1), now, "models/demand-forecast/v1",
+                                      0.40, 0.50, "{}", 0, None, now],
+                                     ["demand-forecast", 2, dt.date(2026, 4, 8), now, "models/demand-forecast/v2",
+                                      0.30, 0.50, "{}", 1, now, now]],
+                  column_names=["model_name", "version", "run_date", "trained_at", "path", "backtest_wape",
+                                "seasonal_naive_wape", "metrics", "is_champion", "promoted_at", "updated_at"],
+                  database=db)
+    client.insert("ml_model_metrics", [["demand-forecast", v, dt.date(2026, 4, 8), m, "wape", h, val, "platform", now]
+                                       for v, m, h, val in [(2, "gbt", 1, 0.3), (2, "seasonal_naive", 1, 0.5),
+                                                            (1, "gbt", 1, 0.4)]],
+                  column_names=["model_name", "model_version", "run_date", "model", "metric", "horizon", "value",
+                                "dataset", "computed_at"], database=db)
+    got = q(client, f"SELECT model_version, model, is_champion FROM {db}.v_model_metrics ORDER BY model_version, model")
+    assert got.values.tolist() == [[1, "gbt", 0], [2, "gbt", 1], [2, "seasonal_naive", 1]]
+    reg = q(client, f"SELECT version, wape_improvement FROM {db}.v_model_registry ORDER BY version")
+    assert reg["wape_improvement"].tolist() == pytest.approx([0.2, 0.4])

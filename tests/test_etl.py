@@ -1,0 +1,151 @@
+"""Unit tests of the pure ETL transforms in ml/etl.py (no services)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml import etl
+
+DAY = dt.date(2011, 8, 29)  # Late Summer Bank Holiday (England & Wales), a Monday
+
+
+def ts(h: int, m: int = 0, day: dt.date = DAY) -> pd.Timestamp:
+    return pd.Timestamp(dt.datetime(day.year, day.month, day.day, h, m, tzinfo=dt.timezone.utc))
+
+
+def sales(rows):
+    cols = ["transaction_id", "store_id", "product_id", "quantity", "unit_price", "timestamp", "customer_id",
+            "payment_method", "invoice_id", "ingested_at", "kafka_partition", "kafka_offset"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_date_and_surrogate_keys_are_deterministic():
+    assert etl.date_key(DAY) == 20110829
+    k = etl.surrogate_key("85048")
+    assert k == etl.surrogate_key("85048") and 0 <= k < 2**64
+    assert k != etl.surrogate_key("85049")
+
+
+def test_deduplicate_keeps_first_ingested_copy():
+    df = sales([
+        ["t1", "S1", "P1", 2, 1.5, ts(9), None, "CARD", "i1", ts(10), 0, 7],   # replayed later copy
+        ["t1", "S1", "P1", 2, 1.5, ts(9), None, "CARD", "i1", ts(9, 1), 0, 3],  # first copy
+        ["t2", "S1", "P2", 1, 4.0, ts(9), None, "CASH", "i1", ts(9, 1), 0, 4],
+    ])
+    out, dropped = etl.deduplicate(df, "transaction_id")
+    assert dropped == 1
+    assert sorted(out["transaction_id"]) == ["t1", "t2"]
+    assert out.loc[out.transaction_id == "t1", "kafka_offset"].item() == 3
+
+
+def test_deduplicate_rejects_null_ids():
+    df = sales([[None, "S1", "P1", 2, 1.5, ts(9), None, "CARD", "i1", ts(10), 0, 7]])
+    with pytest.raises(etl.EtlError, match="null transaction_id"):
+        etl.deduplicate(df, "transaction_id")
+
+
+def test_events_of_day_drops_and_counts_misfiled_rows():
+    df = sales([["t1", "S1", "P1", 1, 1.0, ts(23, 59), None, "CARD", None, ts(10), 0, 1],
+                 ["t2", "S1", "P1", 1, 1.0, ts(0, 0, DAY + dt.timedelta(days=1)), None, "CARD", None, ts(10), 0, 2]])
+    out, misfiled = etl.events_of_day(df, DAY)
+    assert list(out["transaction_id"]) == ["t1"] and misfiled == 1
+
+
+def test_fact_sales_returns_cost_profit_exact():
+    products = pd.DataFrame({"product_id": ["P1", "P2"], "product_name": ["a", "b"], "category": ["c", "c"],
+                             "unit_cost": [0.7, 2.5], "shelf_life_days": [365, 30]})
+    df = sales([
+        ["t1", "S1", "P1", 3, 0.1, ts(9), "c1", "CARD", "i1", ts(9), 0, 1],
+        ["t2", "S1", "P2", -2, 4.25, ts(10), "c1", "CARD", "C1", ts(10), 0, 2],  # a return
+        ["t3", "S2", "P9", 5, 1.0, ts(11), None, None, None, ts(11), 1, 1],  # SKU without reference data
+    ])
+    dim = etl.build_dim_product(products, df["product_id"])
+    f = etl.build_fact_sales(df, dim, DAY).set_index("sale_id")
+    # revenue = quantity * price at time of sale, exact to 1/10000: 3 * 0.1 = 0.3 (not 0.30000000000000004)
+    assert f.loc["t1", "revenue_e4"] == 3000 and f.loc["t1", "cost_e4"] == 21000 - 0  # 3 * 0.7 = 2.1
+    assert f.loc["t1", "profit_e4"] == 3000 - 21000
+    assert f.loc["t2", "is_return"] == 1 and f.loc["t2", "revenue_e4"] == -85000
+    assert f.loc["t2", "cost_e4"] == -50000 and f.loc["t2", "profit_e4"] == -35000
+    assert f.loc["t1", "is_return"] == 0
+    assert pd.isna(f.loc["t3", "cost_e4"]) and pd.isna(f.loc["t3", "profit_e4"])
+    assert f.loc["t3", "payment_method"] == "UNKNOWN"
+    assert (f["date_key"] == 20110829).all()
+    assert f.loc["t3", "product_key"] == etl.surrogate_key("P9")
+    assert etl.e4_to_decimal(int(f["revenue_e4"].sum())) == Decimal("-8.2000") + Decimal("5")
+    # the unknown SKU gets a placeholder dimension row that never overrides reference rows
+    p9 = dim.set_index("sku").loc["P9"]
+    assert p9["is_known"] == 0 and pd.isna(p9["unit_cost"])
+    assert dim.set_index("sku").loc["P1", "is_known"] == 1
+
+
+def test_fact_sales_rejects_contract_violations():
+    dim = etl.build_dim_product(None, pd.Series(["P1"]))
+    df = sales([["t1", "S1", "P1", 0, 1.0, ts(9), None, "CARD", None, ts(9), 0, 1]])
+    with pytest.raises(etl.EtlError, match="violate the contract"):
+        etl.build_fact_sales(df, dim, DAY)
+
+
+def test_dim_date_uk_bank_holiday_weekend_and_other_countries():
+    days = [DAY, dt.date(2011, 8, 27), dt.date(2011, 8, 30), dt.date(2011, 7, 14), dt.date(2011, 4, 29)]
+    d = etl.build_dim_date(days, ["FR", "GB"], "GB").set_index("date_key")
+    bh = d.loc[20110829]
+    assert bh["is_holiday"] == 1 and "Bank Holiday" in bh["holiday_name"]
+    assert bh["is_weekend"] == 0 and bh["day_of_week"] == 1 and bh["quarter"] == 3 and bh["month"] == 8
+    sat = d.loc[20110827]
+    assert sat["is_weekend"] == 1 and sat["is_holiday"] == 0 and sat["day_of_week"] == 6
+    assert d.loc[20110830, "is_holiday"] == 0 and d.loc[20110830, "holiday_countries"] == []
+    # 14 July is a French public holiday but not a British one
+    assert d.loc[20110714, "is_holiday"] == 0 and d.loc[20110714, "holiday_countries"] == ["FR"]
+    # the royal wedding bank holiday
+    assert d.loc[20110429, "is_holiday"] == 1
+    assert len(etl.calendar_days(dt.date(2011, 12, 15))) == 365 + 366  # 2011 and 2012
+
+
+def test_closing_stock_last_update_and_carry_forward():
+    upd = pd.DataFrame({
+        "inventory_id": ["a", "b", "c"], "store_id": ["S1", "S1", "S2"], "product_id": ["P1", "P1", "P1"],
+        "quantity_change": [-1, 10, -2], "new_quantity": [4, 14, 7], "reason": ["SALE", "RESTOCK", "SALE"],
+        "reorder_point": [5, None, None], "timestamp": [ts(9), ts(15), ts(11)], "kafka_offset": [1, 2, 1]})
+    c = etl.closing_stock(upd).set_index(["store_id", "product_id"])
+    assert c.loc[("S1", "P1"), "closing_stock"] == 14       # the last update of the day wins
+    assert c.loc[("S1", "P1"), "reorder_point"] == 5        # the last non-null reorder point
+    assert math.isnan(c.loc[("S2", "P1"), "reorder_point"])
+    today = pd.DataFrame({"store_key": [1, 2], "product_key": [10, 10], "closing_stock": [14, 7],
+                          "last_update_time": [ts(15), ts(11)], "reorder_point": [5.0, np.nan]})
+    prev = pd.DataFrame({"store_key": [2, 3], "product_key": [10, 10], "closing_stock": [9, 3],
+                         "last_update_time": [ts(8), ts(8)], "reorder_point": [6.0, 2.0]})
+    out = etl.carry_forward(today, prev).set_index(["store_key", "product_key"])
+    assert len(out) == 3
+    assert out.loc[(2, 10), "closing_stock"] == 7 and out.loc[(2, 10), "is_carried_forward"] == 0
+    assert out.loc[(2, 10), "reorder_point"] == 6.0        # kept from the previous snapshot
+    assert out.loc[(3, 10), "closing_stock"] == 3 and out.loc[(3, 10), "is_carried_forward"] == 1
+
+
+def test_safety_stock_hand_computed():
+    # 4-day window, one SKU sells 2, 0 (absent), 4, 2 -> mean 2, sample sigma = sqrt(8/3)
+    daily = pd.DataFrame({"store_key": [1, 1, 1], "product_key": [7, 7, 7], "date_key": [1, 3, 4], "units": [2, 4, 2]})
+    sig = etl.demand_sigma(daily, [1, 2, 3, 4])
+    assert sig["sigma_daily"].item() == pytest.approx(math.sqrt(8 / 3))
+    ss = etl.safety_stock_formula(sig["sigma_daily"].item(), 0.95, 4)
+    assert ss == pytest.approx(1.6448536269514722 * math.sqrt(8 / 3) * 2)
+
+
+def test_reconcile_reports_every_mismatch():
+    exp = etl.LakeTotals(raw_rows=5, lines=4, units_net=10, units_sold=12, units_returned=2,
+                         revenue=Decimal("12.3400"), duplicates=1)
+    ok = {"rows": 4, "distinct_ids": 4, "units_net": 10, "units_sold": 12, "units_returned": 2,
+          "revenue": Decimal("12.3400"), "orphan_products": 0, "orphan_stores": 0, "inventory_rows": 2,
+          "inventory_keys": 2, "negative_stock": 0, "dim_date_rows": 1}
+    assert etl.reconcile(exp, ok) == []
+    bad = {**ok, "revenue": Decimal("12.3401"), "rows": 5, "distinct_ids": 4, "orphan_stores": 1}
+    fails = etl.reconcile(exp, bad)
+    assert any("revenue" in f for f in fails) and any("rows = 5" in f for f in fails)
+    assert any("duplicate sale_id" in f for f in fails) and any("without dimension" in f for f in fails)
+    err = etl.DataQualityError(DAY, fails)
+    assert "2011-08-29" in str(err) and "revenue" in str(err)

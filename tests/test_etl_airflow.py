@@ -1,0 +1,323 @@
+"""daily_etl run for real with ``dag.test()`` against the native stack (MinIO lake + chDB).
+
+The ``native_stack`` fixture already opened chDB in this pytest process, and chDB allows one process
+per path, so the DAG runs *in-process* (``dag.test()`` runs every task in the calling process).
+
+Raw events are built from real UCI Online Retail lines (``../shared/data/uci_online_retail``) and
+written in the streaming job's exact raw layout (``raw-data/<event_type>/year=/month=/day=/batch-<n>.parquet``,
+Avro fields + ingested_at/kafka_partition/kafka_offset), including replayed duplicates. Every assertion
+compares the star schema with an independent pandas/Decimal computation over the Parquet files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
+DAY1, DAY2, DAY3 = dt.date(2011, 8, 24), dt.date(2011, 8, 25), dt.date(2011, 8, 26)
+COUNTRY_CODES = {"United Kingdom": "GB", "France": "FR", "Germany": "DE", "EIRE": "IE", "Spain": "ES",
+                 "Netherlands": "NL", "Belgium": "BE", "Switzerland": "CH", "Portugal": "PT", "Italy": "IT",
+                 "Norway": "NO", "Australia": "AU", "Sweden": "SE", "Finland": "FI", "Denmark": "DK"}
+NOT_IN_REFERENCE = {"POST", "M", "DOT"}  # SKUs left out of the product master data -> placeholder rows
+SALES_SCHEMA = pa.schema([
+    ("transaction_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
+    ("quantity", pa.int32()), ("unit_price", pa.float64()), ("timestamp", pa.timestamp("ms", tz="UTC")),
+    ("customer_id", pa.string()), ("payment_method", pa.string()), ("invoice_id", pa.string()),
+    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+INV_SCHEMA = pa.schema([
+    ("inventory_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
+    ("quantity_change", pa.int32()), ("new_quantity", pa.int32()), ("reason", pa.string()),
+    ("reorder_point", pa.int32()), ("timestamp", pa.timestamp("ms", tz="UTC")),
+    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+
+
+def store_id(country: str) -> str:
+    return "UCI-" + re.sub(r"[^A-Z0-9]+", "-", country.upper()).strip("-")
+
+
+# ------------------------------------------------------------------------------ raw data builder --
+@pytest.fixture(scope="module")
+def uci_days(shared_data) -> pd.DataFrame:
+    """UCI lines of DAY1..DAY3 as sales_transaction events (UK local time -> UTC)."""
+    src = shared_data / "uci_online_retail" / "transactions.csv.gz"
+    if not src.exists():
+        pytest.skip(f"{src} missing")
+    df = pd.read_csv(src, dtype={"invoice": str, "stock_code": str, "customer_id": "Int64", "description": str})
+    df = df[df["invoice_ts"].str[:10].isin([d.isoformat() for d in (DAY1, DAY2, DAY3)])]
+    df = df[~df["invoice"].str.startswith("A") & (df["quantity"] != 0) & (df["unit_price"] >= 0)]
+    ts = pd.to_datetime(df["invoice_ts"]).dt.tz_localize("Europe/London").dt.tz_convert("UTC")
+    ev = pd.DataFrame({
+        "transaction_id": df["invoice"] + "-" + df["line_no"].astype(str),
+        "store_id": df["country"].map(store_id), "product_id": df["stock_code"],
+        "quantity": df["quantity"].astype("int32"), "unit_price": df["unit_price"].astype("float64"),
+        "timestamp": ts, "customer_id": df["customer_id"].astype("string").astype(object).where(
+            df["customer_id"].notna(), None),
+        "payment_method": "ONLINE", "invoice_id": df["invoice"],
+        "country": df["country"], "description": df["description"].fillna(""),
+    }).reset_index(drop=True)
+    ev["day"] = ev["timestamp"].dt.date
+    return ev
+
+
+def _write_raw(lake, event_type: str, day: dt.date, batches: dict[int, pd.DataFrame], schema: pa.Schema):
+    part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+    lake.delete_dir("raw-data", part)
+    for batch_id, df in batches.items():
+        t = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+        lake.write_table(t, "raw-data", part, f"batch-{batch_id}.parquet")
+
+
+def land_day(lake, ev: pd.DataFrame, day: dt.date, seed: int) -> None:
+    """Write the day's sales and synthetic inventory updates in the raw layout, with ~8 % of the sales
+    lines replayed (same event, later ingestion) in a second micro-batch file."""
+    rng = np.random.default_rng(seed)
+    s = ev[ev["day"] == day].copy().reset_index(drop=True)
+    s["kafka_partition"] = (s["store_id"].str.len() + s["product_id"].str.len()) % 3
+    s["kafka_offset"] = np.arange(len(s)) + seed * 100_000
+    s["ingested_at"] = s["timestamp"] + pd.Timedelta(seconds=2)
+    half = len(s) // 2
+    replay = s.sample(frac=0.08, random_state=seed).copy()
+    replay["ingested_at"] = replay["ingested_at"] + pd.Timedelta(minutes=30)
+    _write_raw(lake, "sales_transaction", day, {1: s.iloc[:half], 2: s.iloc[half:], 3: replay}, SALES_SCHEMA)
+    # inventory: one update per sale line, stock running down from an opening level; SKUs of every
+    # 5th store x SKU get no update on this day (-> carried forward on the next day)
+    s = s.sort_values(["timestamp", "kafka_offset"])
+    keys = s[["store_id", "product_id"]].drop_duplicates()
+    keep = keys.sample(frac=0.8, random_state=seed + 1)
+    s = s.merge(keep, on=["store_id", "product_id"])
+    opening = s.groupby(["store_id", "product_id"])["quantity"].transform(lambda q: int(q.clip(lower=0).sum()) + 50)
+    new_q = opening - s.groupby(["store_id", "product_id"])["quantity"].cumsum()
+    inv = pd.DataFrame({
+        "inventory_id": "inv-" + s["transaction_id"], "store_id": s["store_id"], "product_id": s["product_id"],
+        "quantity_change": (-s["quantity"]).astype("int32"), "new_quantity": new_q.astype("int32"),
+        "reason": np.where(s["quantity"] > 0, "SALE", "RETURN"),
+        "reorder_point": pd.array(rng.choice([20, None], len(s)), dtype="Int32"),
+        "timestamp": s["timestamp"] + pd.Timedelta(milliseconds=1), "ingested_at": s["ingested_at"],
+        "kafka_partition": s["kafka_partition"], "kafka_offset": s["kafka_offset"]})
+    _write_raw(lake, "inventory_update", day, {1: inv, 2: inv.head(25)}, INV_SCHEMA)  # 25 replayed updates
+
+
+def land_reference(lake, ev: pd.DataFrame) -> None:
+    prices = ev.groupby("product_id").agg(name=("description", "last"), price=("unit_price", "median")).reset_index()
+    prices = prices[~prices["product_id"].isin(NOT_IN_REFERENCE)]
+    products = pd.DataFrame({
+        "product_id": prices["product_id"], "product_name": prices["name"], "category": "giftware",
+        "sub_category": "home", "brand": "UCI", "supplier": "UCI supplier",
+        "unit_cost": (prices["price"] * 0.6).round(2), "unit_price": prices["price"], "shelf_life_days": 3650,
+        "reorder_point": 20, "storage_capacity": 5000})
+    countries = sorted(ev["country"].unique())
+    stores = pd.DataFrame({"store_id": [store_id(c) for c in countries], "store_name": countries, "city": "",
+                           "country": countries, "country_code": [COUNTRY_CODES.get(c, "GB") for c in countries],
+                           "region": "EU"})
+    lake.write_table(pa.Table.from_pandas(products, preserve_index=False), "raw-data", "reference/products/products.parquet")
+    lake.write_table(pa.Table.from_pandas(stores, preserve_index=False), "raw-data", "reference/stores/stores.parquet")
+
+
+# ---------------------------------------------------------------------------- independent truth --
+def raw_files(lake, event_type: str, day: dt.date) -> pd.DataFrame:
+    """Every Parquet file of the raw partition, read one by one with pyarrow (no ml.etl code)."""
+    part = f"raw-data/{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+    files = lake.list_files(part)
+    return pd.concat([pq.read_table(f, filesystem=lake.fs).to_pandas() for f in files], ignore_index=True)
+
+
+def truth_sales(lake, day: dt.date) -> pd.DataFrame:
+    df = raw_files(lake, "sales_transaction", day).drop_duplicates("transaction_id")
+    df["revenue"] = [Decimal(int(q)) * Decimal(repr(float(p))) for q, p in zip(df["quantity"], df["unit_price"])]
+    return df
+
+
+def star(client, db: str, sql: str) -> pd.DataFrame:
+    return client.query_df(sql.replace("{db}", db))
+
+
+def table_fingerprint(client, db: str) -> dict:
+    """Row count and column sums of every star-schema table (dims read FINAL)."""
+    fp = {}
+    for t, cols, final in (("fact_sales", "sum(quantity), sum(revenue), sum(cost), sum(profit), sum(is_return)", ""),
+                           ("fact_inventory", "sum(closing_stock), sum(reorder_point), sum(safety_stock), "
+                                              "sum(is_carried_forward), sum(units_sold)", ""),
+                           ("dim_product", "sum(product_key % 1000003), sum(unit_cost), sum(is_known)", "FINAL"),
+                           ("dim_store", "sum(store_key % 1000003), sum(is_known)", "FINAL"),
+                           ("dim_date", "sum(date_key), sum(is_holiday), sum(length(holiday_countries))", "FINAL")):
+        fp[t] = client.query(f"SELECT count(), {cols} FROM {db}.{t} {final}").result_rows[0]
+        fp[t + "_rows_raw"] = client.query(f"SELECT count() FROM {db}.{t}").result_rows[0][0] if not final else None
+    return fp
+
+
+# ------------------------------------------------------------------------------------- fixtures --
+@pytest.fixture(scope="module")
+def etl_dag(native_stack, tmp_path_factory):
+    """Airflow metadata DB (SQLite) in a temp AIRFLOW_HOME, and the daily_etl DAG object."""
+    from stack.airflow import DAGS_FOLDER, configure_in_process
+
+    configure_in_process(tmp_path_factory.mktemp("airflow-home"), native_stack)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER / "daily_etl.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["daily_etl"]
+
+
+@pytest.fixture(scope="module")
+def landed(native_stack, uci_days):
+    from stack.lake import Lake
+
+    lake = Lake(native_stack)
+    land_reference(lake, uci_days)
+    for i, d in enumerate((DAY1, DAY2, DAY3)):
+        land_day(lake, uci_days, d, seed=i + 1)
+    return lake
+
+
+def run(dag, day: dt.date):
+    from airflow.utils.state import DagRunState
+
+    dr = dag.test(logical_date=dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc))
+    return dr, dr.state == DagRunState.SUCCESS
+
+
+# ---------------------------------------------------------------------------------------- tests --
+def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, native_stack):
+    from stack.ch import get_client
+
+    client, db, lake = get_client(native_stack), native_stack.clickhouse_database, landed
+    for d in (DAY1, DAY2):
+        dr, ok = run(etl_dag, d)
+        assert ok, f"daily_etl {d} ended {dr.state}"
+
+    for d in (DAY1, DAY2):
+        dk = int(d.strftime("%Y%m%d"))
+        truth = truth_sales(lake, d)
+        raw_rows = len(raw_files(lake, "sales_transaction", d))
+        assert raw_rows > len(truth) > 500  # replayed duplicates exist and were dropped
+        got = star(client, db, f"SELECT count() n, sum(quantity) units, sumIf(quantity, quantity < 0) ret, "
+                               f"countIf(is_return = 1) n_ret, toString(sum(revenue)) rev FROM {{db}}.fact_sales "
+                               f"WHERE date_key = {dk}").iloc[0]
+        assert got["n"] == len(truth)
+        assert got["units"] == truth["quantity"].sum()
+        assert got["ret"] == truth.loc[truth.quantity < 0, "quantity"].sum() < 0
+        assert got["n_ret"] == (truth["quantity"] < 0).sum()
+        assert Decimal(got["rev"]) == sum(truth["revenue"], Decimal(0))  # exact, to the 1/10000
+        # per store x SKU units and revenue through the dimensions' natural keys
+        per = star(client, db, f"""
+            SELECT s.store_id, p.sku, sum(f.quantity) AS units, toString(sum(f.revenue)) AS rev
+            FROM {{db}}.fact_sales f
+            JOIN (SELECT * FROM {{db}}.dim_product FINAL) p ON p.product_key = f.product_key
+            JOIN (SELECT * FROM {{db}}.dim_store FINAL) s ON s.store_key = f.store_key
+            WHERE f.date_key = {dk} GROUP BY s.store_id, p.sku""").set_index(["store_id", "sku"])
+        exp = truth.groupby(["store_id", "product_id"]).agg(units=("quantity", "sum"), rev=("revenue", "sum"))
+        assert len(per) == len(exp)
+        joined = exp.join(per, how="inner", rsuffix="_star")
+        assert len(joined) == len(exp)
+        assert (joined["units"] == joined["units_star"]).all()
+        assert (joined["rev"] == joined["rev_star"].map(Decimal)).all()
+        # cost = quantity * unit_cost of the product master data (NULL for SKUs without it), profit = revenue - cost
+        ref = lake.read_table("raw-data", "reference/products").to_pandas().set_index("product_id")["unit_cost"]
+        known = truth[truth["product_id"].isin(ref.index)]
+        exp_cost = sum((Decimal(int(q)) * Decimal(repr(float(ref[p]))) for q, p in
+                        zip(known["quantity"], known["product_id"])), Decimal(0))
+        c = star(client, db, f"SELECT toString(sum(cost)) cost, "
+                             f"toString(sumIf(revenue, cost IS NOT NULL) - sum(profit)) rc, "
+                             f"countIf(cost IS NULL) n_null FROM {{db}}.fact_sales WHERE date_key = {dk}").iloc[0]
+        assert Decimal(c["cost"]) == exp_cost
+        assert Decimal(c["rc"]) == exp_cost  # profit = revenue - cost, line by line
+        assert c["n_null"] == (~truth["product_id"].isin(ref.index)).sum() > 0
+
+    # fact_inventory: last new_quantity of the day; store x SKU without an update carried forward
+    inv1 = raw_files(lake, "inventory_update", DAY1).drop_duplicates("inventory_id").sort_values("timestamp")
+    inv2 = raw_files(lake, "inventory_update", DAY2).drop_duplicates("inventory_id").sort_values("timestamp")
+    close1 = inv1.groupby(["store_id", "product_id"])["new_quantity"].last()
+    close2 = inv2.groupby(["store_id", "product_id"])["new_quantity"].last()
+    exp2 = pd.concat([close2, close1[~close1.index.isin(close2.index)]])
+    fi = star(client, db, """
+        SELECT f.date_key, s.store_id, p.sku AS product_id, f.closing_stock, f.is_carried_forward, f.safety_stock,
+               f.reorder_point
+        FROM {db}.fact_inventory f
+        JOIN (SELECT * FROM {db}.dim_product FINAL) p ON p.product_key = f.product_key
+        JOIN (SELECT * FROM {db}.dim_store FINAL) s ON s.store_key = f.store_key""")
+    got1 = fi[fi.date_key == 20110824].set_index(["store_id", "product_id"])["closing_stock"]
+    got2 = fi[fi.date_key == 20110825].set_index(["store_id", "product_id"])
+    assert got1.sort_index().equals(close1.astype("int64").sort_index())
+    assert got2["closing_stock"].sort_index().equals(exp2.astype("int64").sort_index())
+    assert got2["is_carried_forward"].sum() == (~close1.index.isin(close2.index)).sum() > 0
+    assert (got2["safety_stock"].dropna() >= 0).all() and got2["safety_stock"].notna().any()
+    assert (got2["reorder_point"] == 20).all()
+
+    # dim_date: the calendar year, with the England & Wales bank holiday of 29 Aug 2011
+    dd = star(client, db, "SELECT date_key, is_holiday, is_weekend, day_of_week FROM {db}.dim_date FINAL "
+                          "WHERE date_key IN (20110824, 20110827, 20110829)").set_index("date_key")
+    assert dd.loc[20110829, "is_holiday"] == 1 and dd.loc[20110827, "is_weekend"] == 1
+    assert dd.loc[20110824, "is_holiday"] == 0 and dd.loc[20110824, "day_of_week"] == 3
+
+    runs = star(client, db, "SELECT date_key, status FROM {db}.etl_runs")
+    assert set(runs[runs.status == "success"].date_key) == {20110824, 20110825}
+
+    # re-running both dates leaves every table unchanged
+    before = table_fingerprint(client, db)
+    for d in (DAY1, DAY2):
+        assert run(etl_dag, d)[1]
+    assert table_fingerprint(client, db) == before
+    runs = star(client, db, "SELECT date_key, status FROM {db}.etl_runs")
+    assert (runs.status == "success").sum() == 4  # etl_runs is the audit log: one row per run
+
+
+def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
+    """A file that lands in the day's raw partition after the load makes the star schema disagree with
+    the lake: the quality check fails the run (no retries) and records why; a full re-run repairs it."""
+    from airflow.utils.state import TaskInstanceState
+
+    from ml import etl
+    from stack.ch import get_client
+
+    client, db, lake = get_client(native_stack), native_stack.clickhouse_database, landed
+    assert run(etl_dag, DAY3)[1]
+    late = raw_files(lake, "sales_transaction", DAY3).head(3).copy()
+    late["transaction_id"] = late["transaction_id"] + "-late"
+    late["quantity"] = 7
+    lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                     "raw-data", "sales_transaction/year=2011/month=08/day=26/batch-99.parquet")
+
+    with pytest.raises(etl.DataQualityError) as err:
+        etl.quality_check(DAY3)
+    msg = str(err.value)
+    assert "2011-08-26" in msg and "rows" in msg and "units_net" in msg and "revenue" in msg
+
+    # through Airflow: keep the stale load (mark extract/transform/load success), run the check
+    dr = etl_dag.test(logical_date=dt.datetime(2011, 8, 26, tzinfo=dt.timezone.utc),
+                      mark_success_pattern="extract|transform|load")
+    ti = next(t for t in dr.get_task_instances() if t.task_id == "quality_check")
+    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 1  # failed fast, not retried
+    failed = star(client, db, "SELECT message FROM {db}.etl_runs WHERE date_key = 20110826 AND status = 'failed'")
+    assert len(failed) == 2 and failed["message"].str.contains("deduplicated lake has").all()
+
+    # the full run picks the late lines up and reconciles
+    assert run(etl_dag, DAY3)[1]
+    n = client.query("SELECT count() FROM {db}.fact_sales WHERE date_key = 20110826".replace("{db}", db)).result_rows[0][0]
+    assert n == len(truth_sales(lake, DAY3))
+
+
+def test_contract_violation_fails_transform_fast(etl_dag, landed, native_stack):
+    """A raw line breaking the contract (quantity 0) fails the run in transform with a clear reason."""
+    from airflow.utils.state import TaskInstanceState
+
+    day = dt.date(2011, 8, 28)
+    bad = raw_files(landed, "sales_transaction", DAY3).head(2).copy()
+    bad["timestamp"] = pd.Timestamp("2011-08-28 10:00", tz="UTC")
+    bad["quantity"] = [0, 1]
+    _write_raw(landed, "sales_transaction", day, {1: bad}, SALES_SCHEMA)
+    dr, ok = run(etl_dag, day)
+    assert not ok
+    states = {t.task_id: (t.state, t.try_number) for t in dr.get_task_instances()}
+    assert states["transform"] == (TaskInstanceState.FAILED, 1)
+    assert states["load"][0] == TaskInstanceState.UPSTREAM_FAILED

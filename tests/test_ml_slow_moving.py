@@ -1,0 +1,54 @@
+"""Syntetos-Boylan classification and the slow-moving flag on hand-computed series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.slow_moving import classify, classify_series, parse_m5_labels, stability
+
+
+def test_classes_hand_computed():
+    # smooth: demand every day (ADI = 1), sizes 4,6 -> mean 5, pop. std 1 -> CV^2 = 0.04
+    adi, cv2, cls = classify_series([4, 6] * 10)
+    assert (adi, cls) == (1.0, "smooth") and cv2 == pytest.approx(0.04)
+    # erratic: every day, sizes 1,9 -> mean 5, std 4 -> CV^2 = 0.64 >= 0.49
+    adi, cv2, cls = classify_series([1, 9] * 10)
+    assert cls == "erratic" and cv2 == pytest.approx(0.64)
+    # intermittent: one sale of 3 every 3 days -> ADI = 3, CV^2 = 0
+    adi, cv2, cls = classify_series([0, 0, 3] * 10)
+    assert (adi, cv2, cls) == (3.0, 0.0, "intermittent")
+    # lumpy: sales 1 and 9 every 3 days -> ADI = 3, CV^2 = 0.64
+    adi, cv2, cls = classify_series([0, 0, 1, 0, 0, 9] * 5)
+    assert adi == 3.0 and cls == "lumpy"
+    assert classify_series([0, 0, 0])[2] == "no_demand"
+
+
+def test_classify_frame_slow_flag_and_recency():
+    dates = pd.date_range("2024-01-01", periods=60, freq="D")
+    fast = pd.DataFrame({"date": dates, "store_id": "S", "product_id": "FAST", "units": 5.0})
+    # slow: a single sale on day 1 -> mean 1/60 < 0.5, last sale 59 days before the end
+    slow = pd.DataFrame({"date": dates[:1], "store_id": "S", "product_id": "SLOW", "units": [1.0]})
+    out = classify(pd.concat([fast, slow]), window_days=60).set_index("product_id")
+    assert out.loc["FAST", "is_slow_moving"] == 0 and out.loc["FAST", "demand_class"] == "smooth"
+    assert out.loc["SLOW", "is_slow_moving"] == 1 and out.loc["SLOW", "days_since_last_sale"] == 59
+    assert out.loc["SLOW", "n_days"] == 60 and out.loc["SLOW", "mean_daily_demand"] == pytest.approx(1 / 60)
+    with pytest.raises(ValueError):
+        classify(fast.drop(columns=["units"]))
+
+
+def test_stability_of_a_stationary_pattern_is_one():
+    dates = pd.date_range("2024-01-01", periods=120, freq="D")
+    d = pd.DataFrame({"date": dates, "store_id": "S", "product_id": "P", "units": np.tile([0, 0, 3], 40)})
+    st = stability(d, window_days=60)
+    assert st == {"class_agreement": 1.0, "slow_flag_agreement": 1.0, "n_series": 1}
+
+
+def test_m5_readme_labels(shared_data):
+    readme = shared_data / "m5_walmart_tiny" / "README.md"
+    if not readme.exists():
+        pytest.skip("M5 README absent")
+    labels = parse_m5_labels(readme)
+    assert len(labels) == 28 and pd.Series(labels).value_counts().to_dict() == {
+        "smooth": 7, "intermittent": 7, "lumpy": 7, "erratic": 7}

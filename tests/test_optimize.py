@@ -1,0 +1,113 @@
+"""Stock optimisation against a hand-computed example (numbers and arithmetic in the comments)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml import optimize as opt
+
+# Hand-computed example
+#   mean demand d = 20 units/day, forecast-error sigma_d = 5 units/day, lead time L = 4 days,
+#   cycle service level 95 %  -> z = Phi^-1(0.95) = 1.644854
+#   SS  = z * sigma_d * sqrt(L) = 1.644854 * 5 * 2 = 16.44854 units
+#   ROP = d * L + SS = 20 * 4 + 16.44854 = 96.44854 units
+#   with lead-time sigma 1 day: SS = z * sqrt(L sigma_d^2 + d^2 sigma_L^2) = 1.644854 * sqrt(4*25 + 400*1)
+#                                  = 1.644854 * sqrt(500) = 1.644854 * 22.36068 = 36.78010
+#   EOQ: D = 20 * 365 = 7300 units/year, S = 50 per order, H = 25 % * 8.00 = 2.00 per unit-year
+#        EOQ = sqrt(2 * 7300 * 50 / 2) = sqrt(365000) = 604.1523 units
+#   stock 60, nothing on order: IP = 60 <= ROP -> order max(EOQ, ROP - IP) = 604.15,
+#        bounded by storage capacity 500 - 60 = 440 and shelf life 14 days: 20 * 14 - 60 = 220 -> 220
+#   days until stock-out = 60 / 20 = 3.0 <= L = 4 -> stock 60 <= d * L = 80 -> HIGH
+D, SIGMA, L, SL = 20.0, 5.0, 4.0, 0.95
+
+
+def test_z_value():
+    assert opt.z_value(0.95) == pytest.approx(1.644854, abs=1e-6)
+    assert opt.z_value(0.5) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        opt.z_value(1.0)
+
+
+def test_safety_stock_and_reorder_point_hand_computed():
+    ss = opt.safety_stock(SIGMA, L, SL)
+    assert ss == pytest.approx(16.44854, abs=1e-4)
+    assert opt.reorder_point(D, L, ss) == pytest.approx(96.44854, abs=1e-4)
+
+
+def test_safety_stock_with_lead_time_variability():
+    ss = opt.safety_stock(SIGMA, L, SL, mean_demand=D, sigma_lead_time=1.0)
+    assert ss == pytest.approx(36.78010, abs=1e-4)
+    with pytest.raises(ValueError):
+        opt.safety_stock(-1.0, L, SL)
+
+
+def test_eoq_hand_computed():
+    assert opt.eoq(7300, 50, 0.25 * 8.0) == pytest.approx(604.1523, abs=1e-3)
+    assert opt.eoq(0, 50, 2.0) == 0.0
+    with pytest.raises(ValueError):
+        opt.eoq(100, 50, 0.0)
+
+
+def test_order_quantity_bounds():
+    rop = 96.44854
+    # shelf life binds: 220
+    assert opt.order_quantity(60, 0, rop, 604.1523, D, storage_capacity=500, shelf_life_days=14) == 220
+    # storage binds when shelf life is long: 500 - 60 = 440
+    assert opt.order_quantity(60, 0, rop, 604.1523, D, storage_capacity=500, shelf_life_days=365) == 440
+    # no bounds: EOQ rounded up: 605
+    assert opt.order_quantity(60, 0, rop, 604.1523, D) == 605
+    # inventory position above ROP (60 on hand + 40 on order = 100 > 96.4): nothing to order
+    assert opt.order_quantity(60, 40, rop, 604.1523, D) == 0
+    # stock above what can sell before expiry: never negative
+    assert opt.order_quantity(90, 0, rop, 604.1523, 1.0, shelf_life_days=14) == 0
+
+
+def test_days_until_stockout_and_risk():
+    assert opt.days_until_stockout(60, 20) == pytest.approx(3.0)
+    assert opt.days_until_stockout(60, 0) == opt.MAX_DAYS
+    assert opt.stockout_risk(60, D, L, 96.44854) == "HIGH"      # 60 <= 80
+    assert opt.stockout_risk(90, D, L, 96.44854) == "MODERATE"  # 80 < 90 <= 96.4
+    assert opt.stockout_risk(120, D, L, 96.44854) == "LOW"
+
+
+def test_recommend_frame_matches_hand_computed():
+    inp = pd.DataFrame([
+        {"store_id": "S1", "product_id": "P1", "stock": 60.0, "mean_demand": D, "sigma_d": SIGMA, "unit_cost": 8.0,
+         "storage_capacity": 500.0, "shelf_life_days": 14.0},
+        {"store_id": "S1", "product_id": "P2", "stock": 120.0, "mean_demand": D, "sigma_d": SIGMA, "unit_cost": 8.0,
+         "storage_capacity": np.nan, "shelf_life_days": np.nan},
+    ])
+    out = opt.recommend(inp, lead_time_days=L, service_level=SL, order_cost=50.0, holding_cost_rate=0.25)
+    r = out.iloc[0]
+    assert r["safety_stock"] == pytest.approx(16.44854, abs=1e-4)
+    assert r["reorder_point"] == pytest.approx(96.44854, abs=1e-4)
+    assert r["eoq"] == pytest.approx(604.1523, abs=1e-3)
+    assert r["reorder_qty"] == 220 and r["reorder_needed"] == 1
+    assert r["days_until_stockout"] == pytest.approx(3.0) and r["stockout_risk"] == "HIGH"
+    r2 = out.iloc[1]
+    assert r2["reorder_qty"] == 0 and r2["reorder_needed"] == 0 and r2["stockout_risk"] == "LOW"
+    assert r2["days_until_stockout"] == pytest.approx(6.0)
+
+
+def test_recommend_rejects_bad_input():
+    with pytest.raises(ValueError, match="lacks column"):
+        opt.recommend(pd.DataFrame({"store_id": ["a"]}), lead_time_days=3, service_level=0.95,
+                      order_cost=1, holding_cost_rate=0.2)
+    bad = pd.DataFrame([{"store_id": "a", "product_id": "b", "stock": 1.0, "mean_demand": 1.0, "sigma_d": 1.0,
+                         "unit_cost": 0.0}])
+    with pytest.raises(ValueError, match="unit_cost"):
+        opt.recommend(bad, lead_time_days=3, service_level=0.95, order_cost=1, holding_cost_rate=0.2)
+
+
+def test_sigma_from_interval_inverts_normal_interval():
+    # a normal N(10, 2^2) has 80 % interval 10 -/+ 1.2816 * 2
+    lo, hi = 10 - 1.2815516 * 2, 10 + 1.2815516 * 2
+    assert float(opt.sigma_from_interval(lo, hi)) == pytest.approx(2.0, abs=1e-6)
+    pred = pd.DataFrame({"store_id": ["s"] * 2, "product_id": ["p"] * 2, "yhat": [4.0, 6.0],
+                         "lower80": [lo, lo], "upper80": [hi, hi]})
+    agg = opt.inputs_from_forecast(pred)
+    assert agg.loc[0, "mean_demand"] == 5.0 and math.isclose(agg.loc[0, "sigma_d"], 2.0, abs_tol=1e-6)

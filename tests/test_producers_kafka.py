@@ -1,0 +1,175 @@
+"""Integration: producers against the real native Kafka broker (and MinIO for the reference data).
+
+Topics are created twice (idempotent, partitions and retention checked); a mix of valid and invalid
+events is published; everything is consumed back with kafka-python and compared with an independent
+expectation built from the same events: every valid event exactly once on its topic (same key, same
+partition for one store x SKU, in order), every invalid one on the dead-letter topic with its reason,
+delivery counters matching.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+from producers.contracts import DEAD_LETTER, EVENT_TYPES, TOPIC_PARTITIONS, ContractError, validate_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def kafka_settings(native_stack):
+    """The stack's settings with a topic prefix of this module's own: other suites sharing the broker
+    cannot add records to the topics compared here."""
+    import uuid
+
+    return native_stack.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-"})
+
+
+def consume_all(settings, topic: str) -> list:
+    """Every record of ``topic`` from the beginning to the current end offsets (no consumer group)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=10_000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        out = []
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            batch = consumer.poll(timeout_ms=2000)
+            if not batch and all(consumer.position(tp) >= end[tp] for tp in parts):
+                break
+            for recs in batch.values():
+                out.extend(recs)
+        return out
+    finally:
+        consumer.close()
+
+
+def test_topics_are_created_idempotently(kafka_settings):
+    from producers.admin import describe_topics, ensure_topics
+
+    s = kafka_settings
+    first = ensure_topics(s)
+    second = ensure_topics(s)
+    names = sorted(s.topic(t) for t in TOPIC_PARTITIONS)
+    assert sorted(first["created"] + first["existed"]) == names
+    assert second == {"created": [], "existed": names}
+    desc = describe_topics(s)
+    assert {t: d["partitions"] for t, d in desc.items()} == {s.topic(t): n for t, n in TOPIC_PARTITIONS.items()}
+    assert {d["retention.ms"] for d in desc.values()} == {str(s.kafka_retention_ms)}
+
+
+def test_publish_valid_and_invalid_events_round_trip(kafka_settings):
+    from producers.admin import ensure_topics
+    from producers.invalid import inject_invalid
+    from producers.kafka_io import EventPublisher, event_key
+    from producers.simulator import SimConfig, Simulator
+
+    s = kafka_settings
+    ensure_topics(s)
+    sim = Simulator(SimConfig(n_stores=2, n_skus=6, events_per_min_per_store=100, duration_minutes=15, seed=5,
+                              customer_event_prob=0.2, price_changes_per_store_hour=20,
+                              start=datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)))
+    events = list(inject_invalid(sim.events(), 0.03, seed=9))
+    events.append(("no_such_event", {"store_id": "S001", "product_id": "X"}))
+    events.append(("sales_transaction", ["not", "a", "dict"]))
+
+    expected: dict[str, list] = defaultdict(list)   # topic -> valid records in publish order
+    expected_dlq: list[tuple[str, object, str]] = []
+    for et, rec in events:
+        try:
+            if et not in EVENT_TYPES:
+                raise ContractError(f"unknown event type {et!r}")
+            if not isinstance(rec, dict):
+                raise ContractError("record must be a JSON object")
+            validate_event(et, rec)
+            expected[s.topic(EVENT_TYPES[et])].append(rec)
+        except ContractError as exc:
+            expected_dlq.append((et, rec, str(exc)))
+    assert len(expected_dlq) >= 10 and sum(map(len, expected.values())) > 1000
+
+    with EventPublisher(s) as pub:
+        flags = [pub.publish(et, rec) for et, rec in events]
+    c = pub.counts
+    n_valid = sum(map(len, expected.values()))
+    assert flags.count(True) == c["sent"] == n_valid
+    assert flags.count(False) == c["dead_lettered"] == len(expected_dlq)
+    assert c["failed"] == 0 and c["pending"] == 0
+    assert c["delivered"] == n_valid + len(expected_dlq)
+
+    for et_topic in {s.topic(t) for t in EVENT_TYPES.values()} - {s.topic("restock-alerts")}:
+        got = consume_all(s, et_topic)
+        want = expected.get(et_topic, [])
+        assert c["by_topic_delivered"].get(et_topic, 0) == len(got) == len(want)
+        values = [json.loads(m.value) for m in got]
+        id_field = next(iter(want[0])) if want else None
+        assert Counter(v[id_field] for v in values) == Counter(r[id_field] for r in want)  # exactly once
+        assert sorted(values, key=lambda v: v[id_field]) == sorted(want, key=lambda r: r[id_field])
+        # keys: one key -> one partition, and the key's records keep publish order within it
+        et = next(k for k, v in EVENT_TYPES.items() if s.topic(v) == et_topic)
+        part_of_key: dict[str, set] = defaultdict(set)
+        by_key_got: dict[str, list] = defaultdict(list)
+        for m, v in zip(got, values):
+            assert m.key.decode() == event_key(et, v)
+            part_of_key[m.key].add(m.partition)
+            by_key_got[m.key.decode()].append(v[id_field])
+        assert all(len(p) == 1 for p in part_of_key.values())
+        by_key_want: dict[str, list] = defaultdict(list)
+        for r in want:
+            by_key_want[event_key(et, r)].append(r[id_field])
+        assert dict(by_key_got) == dict(by_key_want)
+        if TOPIC_PARTITIONS[EVENT_TYPES[et]] > 1:
+            assert len({m.partition for m in got}) > 1  # the keys do spread over the partitions
+
+    dlq = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert c["by_topic_delivered"][s.topic(DEAD_LETTER)] == len(dlq) == len(expected_dlq)
+    got_dlq = sorted((d["event_type"], json.dumps(d["payload"], sort_keys=True), d["reason"]) for d in dlq)
+    want_dlq = sorted((et, json.dumps(rec, sort_keys=True), reason) for et, rec, reason in expected_dlq)
+    for (get, gp, gr), (wet, wp, wr) in zip(got_dlq, want_dlq):
+        assert (get, gp) == (wet, wp)
+        assert gr.startswith(wr[:30]) and gr  # the validation error travels with the record
+    assert all(isinstance(d["failed_at"], int) and d["failed_at"] > 0 for d in dlq)
+
+
+def test_run_replay_in_process_writes_reference_and_counts(kafka_settings):
+    """The orchestrator's entry point: replay a slice of the shipped sample end to end."""
+    import pyarrow.parquet as pq
+
+    from producers.cli import DEFAULT_SAMPLE, run_replay
+    from producers.replay import Replay, ReplayConfig, load_transactions
+    from stack.lake import Lake
+
+    s = kafka_settings
+    end = datetime.now(timezone.utc)
+    result = run_replay(s, DEFAULT_SAMPLE, limit=2000, end_at=end, invalid_rate=0.01, progress=False)
+    rep = Replay(load_transactions(DEFAULT_SAMPLE, limit=2000), ReplayConfig(end_at=end))
+    events = list(rep.events())
+    pub = result["published"]
+    assert pub["sent"] == len(events) == sum(result["generator"]["events"].values())
+    assert pub["dead_lettered"] == sum(result["invalid_injected"].values()) > 0
+    assert pub["failed"] == 0 and pub["delivered"] == pub["sent"] + pub["dead_lettered"]
+    assert result["generator"]["skipped"] == dict(rep.stats.skipped)
+
+    lake = Lake(s)
+    prods = pq.read_table(result["reference"]["products"], filesystem=lake.fs).to_pandas()
+    stores = pq.read_table(result["reference"]["stores"], filesystem=lake.fs).to_pandas()
+    assert set(rep.products.product_id) <= set(prods.product_id)
+    merged = prods.set_index("product_id").loc[rep.products.product_id].reset_index()
+    pd.testing.assert_frame_equal(merged, rep.products.reset_index(drop=True), check_dtype=False)
+    assert set(rep.stores.store_id) <= set(stores.store_id)
+    assert stores.set_index("store_id").loc["UCI-GB", "country_code"] == "GB"
+
+    sales = consume_all(s, s.topic("sales-transactions"))
+    ids = Counter(json.loads(m.value)["transaction_id"] for m in sales)
+    replay_ids = [r["transaction_id"] for et, r in events if et == "sales_transaction"]
+    assert all(ids[t] == 1 for t in replay_ids)
+    # Kafka record timestamps are send times (CreateTime), event time is in the payload
+    assert all(abs(m.timestamp - end.timestamp() * 1000) < 3_600_000 for m in sales)

@@ -1,0 +1,229 @@
+"""Unit tests of the streaming job's pure transforms on static DataFrames (no Kafka, no ClickHouse)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from producers.contracts import field_names
+from streaming import schema as S
+from streaming import transforms as TR
+
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
+NOW_MS = int(NOW.timestamp() * 1000)
+LIM = {"max_age_days": 30, "max_future_minutes": 60, "now": NOW}
+
+
+@pytest.fixture(scope="module")
+def spark():
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from streaming.job import build_spark
+
+    # the job's own session (with the Kafka connector jars): the first session of a process fixes the driver
+    # classpath, and the end-to-end test in the same pytest process needs the connector. Not stopped here.
+    return build_spark()
+
+
+def kafka_rows(spark, topic: str, values: list):
+    rows = [(topic, 0, i, NOW, v if isinstance(v, str) else json.dumps(v)) for i, v in enumerate(values)]
+    return spark.createDataFrame(rows, "topic string, partition int, offset long, kafka_timestamp timestamp, value string")
+
+
+def sale(i, store="S1", sku="P1", qty=2, price=2.5, ts=NOW_MS - 3_600_000, **kw):
+    r = {"transaction_id": f"t{i}", "store_id": store, "product_id": sku, "quantity": qty, "unit_price": price,
+         "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": None}
+    r.update(kw)
+    return r
+
+
+def inv(i, store="S1", sku="P1", newq=10, ts=NOW_MS - 3_600_000, rop=5):
+    return {"inventory_id": f"i{i}", "store_id": store, "product_id": sku, "quantity_change": -1,
+            "new_quantity": newq, "reason": "SALE", "reorder_point": rop, "timestamp": ts}
+
+
+# ------------------------------------------------------------------------------------------ schema --
+def test_schema_is_derived_from_the_avro_contract():
+    st = S.struct_type("sales_transaction")
+    assert [f.name for f in st.fields] == field_names("sales_transaction")
+    types = {f.name: f.dataType.typeName() for f in st.fields}
+    assert types == {"transaction_id": "string", "store_id": "string", "product_id": "string", "quantity": "integer",
+                     "unit_price": "double", "timestamp": "long", "customer_id": "string",
+                     "payment_method": "string", "invoice_id": "string"}
+    assert S.timestamp_fields("sales_transaction") == ["timestamp"]
+    assert "customer_id" not in S.required_fields("sales_transaction")
+    assert "quantity" in S.required_fields("sales_transaction")
+    assert S.enum_fields("inventory_update")["reason"][:2] == ("SALE", "RESTOCK")
+    for et in ("inventory_update", "price_change", "customer_event", "restock_alert"):
+        assert [f.name for f in S.struct_type(et).fields] == field_names(et)
+
+
+# -------------------------------------------------------------------------------------- validation --
+def test_validation_reasons(spark):
+    values = [
+        sale(0),                                            # valid
+        sale(1, qty=0),                                     # quantity 0
+        sale(2, price=-1.0),                                # negative price
+        sale(3, ts=NOW_MS + 2 * 3_600_000),                 # 2 h in the future
+        sale(4, ts=NOW_MS - 40 * 86_400_000),               # older than 30 days
+        "{not json",                                        # malformed
+        sale(6, payment_method="BITCOIN"),                  # bad enum
+        {k: v for k, v in sale(7).items() if k != "store_id"},  # missing required field
+        sale(8, extra_field=1),                             # unknown field
+        sale(9, qty="many"),                                # type mismatch
+        sale(10, qty=-3),                                   # a return: valid
+    ]
+    df = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", values), "sales_transaction"),
+                            "sales_transaction", **LIM)
+    got = {r["offset"]: r[TR.REASON] for r in df.select("offset", TR.REASON).collect()}
+    assert got[0] is None and got[10] is None
+    assert got[1] == "quantity must not be 0"
+    assert got[2] == "unit_price must be a finite number >= 0"
+    assert got[3] == "timestamp more than STREAM_MAX_FUTURE_MINUTES=60 in the future"
+    assert got[4] == "timestamp older than STREAM_MAX_EVENT_AGE_DAYS=30"
+    assert got[5].startswith("malformed JSON")
+    assert got[6] == "invalid payment_method 'BITCOIN'"
+    assert got[7] == "missing required field store_id"
+    assert got[8] == "unknown field(s): extra_field"
+    assert got[9].startswith("type mismatch")
+    valid, invalid = TR.split_valid(df)
+    assert valid.count() == 2 and invalid.count() == 9
+    ev = {r["offset"]: r["event_time"] for r in valid.select("offset", "event_time").collect()}
+    assert ev[0] == datetime.fromtimestamp((NOW_MS - 3_600_000) / 1000, tz=timezone.utc).replace(tzinfo=None)
+
+
+def test_inventory_rules(spark):
+    df = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", [inv(0), inv(1, newq=-1), inv(2, rop=None)]),
+                                            "inventory_update"), "inventory_update", **LIM)
+    got = {r["offset"]: r[TR.REASON] for r in df.collect()}
+    assert got == {0: None, 1: "new_quantity must be >= 0", 2: None}
+
+
+# ----------------------------------------------------------------------------------------- windows --
+def test_window_metrics_math(spark):
+    base = NOW_MS - 3_600_000  # 11:00:00 -> window [11:00, 11:05)
+    sales = [sale(0, qty=2, price=2.55, ts=base + 10_000), sale(1, qty=3, price=0.1, ts=base + 20_000),
+             sale(2, qty=-1, price=2.55, ts=base + 30_000),                   # return
+             sale(3, qty=4, price=1.0, ts=base + 300_000),                    # next window
+             sale(4, store="S2", qty=1, price=9.99, ts=base + 1_000)]
+    invs = [inv(0, newq=20, ts=base + 5_000), inv(1, newq=17, ts=base + 25_000), inv(2, newq=18, ts=base + 31_000),
+            inv(3, newq=3, ts=base + 600_000)]                               # third window, no sales
+    k = kafka_rows(spark, "s", sales).unionByName(kafka_rows(spark, "i", invs))
+    facts = TR.inventory_facts(TR.valid_events(k, "sales_transaction", "s", **LIM),
+                               TR.valid_events(k, "inventory_update", "i", **LIM))
+    w = {(r["store_id"], r["window_start"]): r.asDict()
+         for r in TR.window_metrics(facts, "5 minutes").collect()}
+    t0 = datetime(2026, 1, 15, 11, 0)
+    first = w[("S1", t0)]
+    assert first["window_end"] == t0 + timedelta(minutes=5)
+    assert (first["units_sold"], first["units_returned"], first["transaction_count"]) == (5, 1, 3)
+    assert first["revenue"] == 2.85  # exact decimal sum: 5.10 + 0.30 - 2.55
+    assert first["window_stock"] == 18 and first["inventory_update_count"] == 3 and first["reorder_point"] == 5
+    second = w[("S1", t0 + timedelta(minutes=5))]
+    assert (second["units_sold"], second["revenue"], second["window_stock"]) == (4, 4.0, None)
+    third = w[("S1", t0 + timedelta(minutes=10))]
+    assert (third["units_sold"], third["transaction_count"], third["window_stock"]) == (0, 0, 3)
+    assert w[("S2", t0)]["revenue"] == 9.99
+    assert len(w) == 4
+
+
+def test_window_hours():
+    assert TR.window_hours("5 minutes") == pytest.approx(1 / 12)
+    assert TR.window_hours("1 hour") == 1.0
+    with pytest.raises(ValueError, match="STREAM_WINDOW"):
+        TR.window_hours("5 fortnights")
+
+
+# ---------------------------------------------------------------------------- derived (pandas) --
+def test_cover_and_risk_thresholds():
+    assert TR.hours_of_cover(24, 12.0) == 2.0
+    assert TR.hours_of_cover(24, 0.0) is None            # no sales: infinite cover -> NULL
+    assert TR.hours_of_cover(None, 3.0) is None
+    assert TR.stockout_risk(10, 23.9, 24, 72) == "HIGH"
+    assert TR.stockout_risk(10, 24.0, 24, 72) == "MEDIUM"
+    assert TR.stockout_risk(10, 71.9, 24, 72) == "MEDIUM"
+    assert TR.stockout_risk(10, 72.0, 24, 72) == "LOW"
+    assert TR.stockout_risk(10, None, 24, 72) == "LOW"   # velocity 0
+    assert TR.stockout_risk(0, None, 24, 72) == "HIGH"   # out of stock
+    assert TR.stockout_risk(None, None, 24, 72) == "UNKNOWN"
+
+
+def test_zscore():
+    assert TR.zscore(10, [1, 2]) == 0.0                   # fewer than 3 previous windows
+    assert TR.zscore(10, [4, 4, 4]) == 0.0                # std 0
+    # previous 2,4,6: mean 4, population std sqrt(8/3)
+    assert TR.zscore(8, [2, 4, 6]) == round(4 / (8 / 3) ** 0.5, 6)
+    assert TR.zscore(4, [2, 4, 6]) == 0.0
+
+
+def _win(ws_min, units, stock=None, rop=None, store="S1", sku="P1"):
+    ws = pd.Timestamp("2026-01-15 10:00", tz="UTC") + pd.Timedelta(minutes=ws_min)
+    return {"window_start": ws, "window_end": ws + pd.Timedelta(minutes=5), "store_id": store, "product_id": sku,
+            "units_sold": units, "units_returned": 0, "revenue": float(units), "transaction_count": units,
+            "inventory_update_count": 0 if stock is None else 1, "window_stock": stock,
+            "window_stock_time": ws if stock is not None else pd.NaT, "reorder_point": rop, "last_event_time": ws}
+
+
+def test_enrich_windows_carry_forward_velocity_cover_and_zscore():
+    hist = pd.DataFrame([_win(0, 2, stock=100, rop=10), _win(5, 4), _win(10, 6)])
+    batch = pd.DataFrame([_win(15, 8), _win(20, 12, stock=6), _win(0, 1, store="S2")])
+    out = TR.enrich_windows(batch, hist, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72)
+    r = out.set_index(["store_id", "window_start"])
+    a = r.loc[("S1", pd.Timestamp("2026-01-15 10:15", tz="UTC"))]
+    assert a["stock_level"] == 100 and a["reorder_point"] == 10         # carried forward from history
+    assert a["sales_velocity"] == 96.0                                  # 8 units / (1/12 h)
+    assert a["hours_of_cover"] == pytest.approx(100 / 96)
+    assert a["stockout_risk"] == "HIGH"
+    assert a["anomaly_score"] == TR.zscore(8, [2, 4, 6])
+    b = r.loc[("S1", pd.Timestamp("2026-01-15 10:20", tz="UTC"))]
+    assert b["stock_level"] == 6 and b["anomaly_score"] == TR.zscore(12, [2, 4, 6, 8])
+    c = r.loc[("S2", pd.Timestamp("2026-01-15 10:00", tz="UTC"))]
+    assert pd.isna(c["stock_level"]) and c["stockout_risk"] == "UNKNOWN" and c["anomaly_score"] == 0.0
+    assert len(out) == 3                                                # history rows are not returned
+
+
+def test_enrich_windows_batch_overrides_history_and_reference_rop():
+    hist = pd.DataFrame([_win(0, 99, stock=1)])
+    batch = pd.DataFrame([_win(0, 3, stock=50)])
+    out = TR.enrich_windows(batch, hist, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72,
+                            reorder_points={"P1": 7})
+    assert out.loc[0, "stock_level"] == 50 and out.loc[0, "units_sold"] == 3 and out.loc[0, "reorder_point"] == 7
+
+
+def test_store_windows():
+    sku = pd.DataFrame([_win(0, 3), _win(0, 5, sku="P2"), _win(5, 1)])
+    sku["stockout_risk"] = ["HIGH", "LOW", "HIGH"]
+    out = TR.store_windows(sku, None, window_len_hours=1 / 12).set_index("window_start")
+    first = out.loc[pd.Timestamp("2026-01-15 10:00", tz="UTC")]
+    assert (first["units_sold"], first["sku_count"], first["skus_high_risk"], first["sales_velocity"]) == (8, 2, 1, 96.0)
+
+
+def test_restock_alert_once_per_episode():
+    stocks = [20, 8, 4, 0, 10, 12, 9, 3]   # rop 10: below at 8 (episode 1), ==10 keeps, 12 ends, 9 starts episode 2
+    w = pd.DataFrame([_win(5 * i, 2, stock=s, rop=10) for i, s in enumerate(stocks)])
+    enriched = TR.enrich_windows(w, None, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72)
+    alerts, state = TR.restock_episodes(enriched, {}, high_hours=24, medium_hours=72, lead_time_days=3, now_ms=NOW_MS)
+    assert [a["current_stock"] for a in alerts] == [8, 9]
+    first_ws = int(pd.Timestamp("2026-01-15 10:05", tz="UTC").timestamp() * 1000)
+    assert alerts[0]["alert_id"] == f"S1|P1|{first_ws}"
+    assert alerts[0]["priority"] == "HIGH"            # 8 units at 24 units/h = 0.33 h of cover
+    assert state[("S1", "P1")]["in_episode"] is True
+    # replaying the same windows against the state they produced emits nothing new
+    again, state2 = TR.restock_episodes(enriched, state, high_hours=24, medium_hours=72, lead_time_days=3, now_ms=NOW_MS)
+    assert again == [] and state2 == state
+    from producers.contracts import validate_event
+
+    for a in alerts:
+        validate_event("restock_alert", a)
+
+
+def test_alert_priority_and_recommendation():
+    assert TR.alert_priority(0, 0.0, 24, 72) == "CRITICAL"
+    assert TR.alert_priority(5, 30.0, 24, 72) == "MEDIUM"
+    assert TR.alert_priority(5, None, 24, 72) == "LOW"
+    assert TR.recommended_quantity(4, 10, 1.0, 3) == 2 * 10 + 72 - 4
