@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import math
 import uuid
@@ -388,16 +389,17 @@ def safety_stock_formula(sigma_daily: pd.Series | float, service_level: float, l
 
 
 def safety_stock(sigma_daily: pd.Series, service_level: float, lead_time_days: float) -> tuple[pd.Series, str]:
-    """Safety stock per row, from :mod:`ml.optimize` when it provides ``safety_stock`` (shared with the
-    stock optimisation), else :func:`safety_stock_formula`. Returns (values, method name)."""
+    """Safety stock per row (units) with the stock optimisation's own function
+    ``ml.optimize.safety_stock(sigma_d, lead_time_days, service_level)`` (same formula with a fixed lead
+    time), so the ETL and the reorder recommendations agree; :func:`safety_stock_formula` when
+    ml.optimize is unavailable. NaN sigma (fewer than 2 days of history) gives NaN. Returns (values, method)."""
+    sd = sigma_daily.astype("float64")
     try:
-        from ml import optimize  # owned by the ML helper; optional
-        fn = getattr(optimize, "safety_stock")
-    except (ImportError, AttributeError):
-        return safety_stock_formula(sigma_daily, service_level, lead_time_days), "z*sigma_28d*sqrt(L)"
-    values = sigma_daily.map(lambda s: float(fn(sigma_daily=s, service_level=service_level,
-                                                 lead_time_days=lead_time_days)) if pd.notna(s) else np.nan)
-    return values, "ml.optimize.safety_stock(sigma_28d)"
+        from ml.optimize import safety_stock as optimize_safety_stock  # owned by the ML helper
+    except ImportError:
+        return safety_stock_formula(sd, service_level, lead_time_days), "z*sigma_28d*sqrt(L)"
+    values = optimize_safety_stock(sd.to_numpy(), lead_time_days, service_level)
+    return pd.Series(np.asarray(values, dtype="float64"), index=sd.index), "ml.optimize.safety_stock(sigma_28d)"
 
 
 # ----------------------------------------------------------------------------------------- I/O ---
@@ -440,10 +442,11 @@ def _write(lake, df: pd.DataFrame, day: dt.date, name: str) -> str:
 
 
 def _read(lake, day: dt.date, name: str) -> pd.DataFrame:
-    t = lake.read_table(*_staging(day, name))
-    if t is None:
+    import pyarrow.parquet as pq
+
+    if not lake.exists(*_staging(day, name)):
         raise EtlError(f"staging file {'/'.join(_staging(day, name))} is missing: run the upstream task first")
-    return t.to_pandas()
+    return pq.read_table(lake.path(*_staging(day, name)), filesystem=lake.fs).to_pandas()
 
 
 def extract(day: dt.date) -> dict[str, Any]:
@@ -499,6 +502,7 @@ def transform(day: dt.date) -> dict[str, Any]:
         closing["product_key"] = _keys(closing["product_id"].astype(str))
     else:
         closing = closing.assign(store_key=pd.Series(dtype="uint64"), product_key=pd.Series(dtype="uint64"))
+    dim_date["holiday_names"] = dim_date["holiday_names"].map(json.dumps)
     for name, df in (("fact_sales", fact), ("dim_product", dim_product), ("dim_store", dim_store),
                      ("dim_date", dim_date), ("inventory_closing", closing)):
         _write(lake, df, day, name)
@@ -570,7 +574,7 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     dd = dim_date.copy()
     dd["date"] = pd.to_datetime(dd["date"]).dt.date
     dd["holiday_countries"] = dd["holiday_countries"].map(list)
-    dd["holiday_names"] = dd["holiday_names"].map(lambda m: dict(m) if isinstance(m, dict) else dict(list(m or [])))
+    dd["holiday_names"] = dd["holiday_names"].map(json.loads)  # staged as JSON text (Parquet has no open map)
     client.insert_df(f"{db}.dim_date", dd)
 
     # fact_sales

@@ -209,7 +209,9 @@ class BenchStack:
         from streaming.job import StreamingJob, build_spark
 
         self.s = s
-        get_client(s).command(f"DROP DATABASE IF EXISTS {s.clickhouse_database}")  # recreated by migrate
+        admin = get_client(s, database="default")  # not the bench database: a client is bound to its database
+        admin.command(f"DROP DATABASE IF EXISTS {s.clickhouse_database}")
+        admin.command(f"CREATE DATABASE {s.clickhouse_database}")
         ensure_topics(s)
         self.spark = build_spark(s)
         self.listener = ProgressListener()
@@ -282,7 +284,8 @@ def environment(s: Settings) -> dict[str, Any]:
     import kafka
     import pyspark
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            "platform": platform.platform(), "python": platform.python_version(),
             "pyspark": pyspark.__version__, "kafka_python": kafka.__version__, "spark_master": s.spark_master,
             "shuffle_partitions": s.spark_shuffle_partitions, "trigger_seconds": s.stream_trigger_seconds,
             "kafka": s.kafka_bootstrap_servers, "clickhouse": s.clickhouse_url.split("://")[0]}
@@ -364,6 +367,7 @@ def bench_stream(events: int = 50_000, stores: int = 10, skus: int = 100, trigge
                 "freshness_clickhouse_ms": pct(fresh_ch), "freshness_lake_ms": pct(fresh_lake),
                 "windows_batches": sum(1 for b in bl if b["query"] == "windows" and b["committed_at"] >= t_first),
                 "first_measured_batch": first_batch,
+                "batches": [b for b in bl if b["committed_at"] >= t_first],
             },
             "method": ("producer_only: same kafka-python client/settings to a scratch topic, first send -> flush. "
                        "end_to_end: after a warm-up, N events sent as fast as possible while the in-process "

@@ -109,13 +109,15 @@ class StreamSinks:
         with self._ch_lock:
             return self.ch.query_arrow(sql.replace("{db}", self.db), parameters=parameters or {}).to_pandas()
 
-    def _log_batch(self, query: str, batch_id: int, input_rows: int, output_rows: int, started: float) -> None:
+    def _log_batch(self, query: str, batch_id: int, input_rows: int, output_rows: int, started: float,
+                   phases: dict[str, float] | None = None) -> None:
         rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
                "output_rows": int(output_rows), "started_at": started, "committed_at": time.time()}
-        self.batch_log.append(rec)
         self._insert_df("stream_batches", pd.DataFrame([{
             **rec, "started_at": pd.Timestamp(started, unit="s", tz="UTC"),
             "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC")}]))
+        rec["phases_s"] = {k: round(v, 3) for k, v in (phases or {}).items()}
+        self.batch_log.append(rec)
 
     def producer(self):
         """Lazily created kafka-python producer for restock alerts (acks=all, JSON values)."""
@@ -166,35 +168,45 @@ class StreamSinks:
         """
         started = time.time()
         now_ms = int(started * 1000)
-        df = df.persist()
         n_in = n_valid = 0
         quarantine: list[pd.DataFrame] = []
-        try:
-            for topic, et in self.topics.items():
-                cols = [*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON]
-                tbl = self.validated(df, et, topic).select(*cols).toArrow()
-                if tbl.num_rows == 0:
-                    continue
-                n_in += tbl.num_rows
-                bad = pc.is_valid(tbl[TR.REASON])
-                valid = tbl.filter(pc.invert(bad))
-                invalid = tbl.filter(bad)
-                n_valid += valid.num_rows
-                self._write_raw(et, valid, batch_id, now_ms)
-                if invalid.num_rows:
-                    q = invalid.select(["topic", "partition", "offset", "kafka_timestamp", TR.REASON, "value"]).to_pandas()
-                    q = q.rename(columns={"value": "raw_payload", TR.REASON: "reason"})
-                    q["raw_payload"] = q["raw_payload"].fillna("")
-                    q.insert(0, "event_type", et)
-                    q["batch_id"] = int(batch_id)
-                    q["ingested_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
-                    q["partition"] = q["partition"].astype("int32")
-                    quarantine.append(q)
-            if quarantine:
-                self._insert_df("quarantine_events", pd.concat(quarantine, ignore_index=True))
-        finally:
-            df.unpersist()
-        self._log_batch("raw", batch_id, n_in, n_valid, started)
+        ph = {"spark": 0.0, "lake": 0.0, "clickhouse": 0.0}
+        # one Spark action for all topics: the per-type validated frames are unioned by name (fields of the same
+        # name have the same type in every contract), collected once, and split again by topic in Arrow
+        frames = [self.validated(df, et, topic).select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON)
+                  for topic, et in self.topics.items()]
+        union = frames[0]
+        for f in frames[1:]:
+            union = union.unionByName(f, allowMissingColumns=True)
+        t = time.time()
+        whole = union.toArrow()
+        ph["spark"] += time.time() - t
+        for topic, et in self.topics.items():
+            tbl = whole.filter(pc.equal(whole["topic"], topic))
+            if tbl.num_rows == 0:
+                continue
+            n_in += tbl.num_rows
+            bad = pc.is_valid(tbl[TR.REASON])
+            valid = tbl.filter(pc.invert(bad))
+            invalid = tbl.filter(bad)
+            n_valid += valid.num_rows
+            t = time.time()
+            self._write_raw(et, valid, batch_id, now_ms)
+            ph["lake"] += time.time() - t
+            if invalid.num_rows:
+                q = invalid.select(["topic", "partition", "offset", "kafka_timestamp", TR.REASON, "value"]).to_pandas()
+                q = q.rename(columns={"value": "raw_payload", TR.REASON: "reason"})
+                q["raw_payload"] = q["raw_payload"].fillna("")
+                q.insert(0, "event_type", et)
+                q["batch_id"] = int(batch_id)
+                q["ingested_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
+                q["partition"] = q["partition"].astype("int32")
+                quarantine.append(q)
+        t = time.time()
+        if quarantine:
+            self._insert_df("quarantine_events", pd.concat(quarantine, ignore_index=True))
+        ph["clickhouse"] += time.time() - t
+        self._log_batch("raw", batch_id, n_in, n_valid, started, ph)
 
     def _write_raw(self, event_type: str, valid: pa.Table, batch_id: int, now_ms: int) -> None:
         """Write valid events of one type, one file per event day: ``batch-<batchId>.parquet``."""
@@ -227,6 +239,7 @@ class StreamSinks:
         inventory levels. ``df``: :func:`streaming.transforms.window_metrics` rows updated by the batch."""
         started = time.time()
         batch = df.toArrow().to_pandas()
+        ph = {"spark": time.time() - started}
         if batch.empty:
             self._log_batch("windows", batch_id, 0, 0, started)
             return
@@ -237,7 +250,10 @@ class StreamSinks:
         stores = sorted(batch["store_id"].unique().tolist())
         lo = batch["window_start"].min() - pd.Timedelta(hours=24)
         hi = batch["window_start"].max()
+        t = time.time()
         history = self._sku_history(stores, lo, hi)
+        ph["history"] = time.time() - t
+        t = time.time()
         enriched = TR.enrich_windows(batch, history, window_len_hours=self.window_len_hours,
                                      risk_high_hours=self.s.risk_high_hours,
                                      risk_medium_hours=self.s.risk_medium_hours,
@@ -250,10 +266,17 @@ class StreamSinks:
         out["batch_id"] = int(batch_id)
         out["version"] = version
         out["updated_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
+        ph["enrich"] = time.time() - t
+        t = time.time()
         self._insert_df("sales_metrics_5m", out)
+        ph["insert"] = time.time() - t
+        t = time.time()
         self._store_windows(enriched, batch_id, version, now_ms)
+        ph["store_windows"] = time.time() - t
+        t = time.time()
         self._alerts_and_levels(enriched, batch_id, version, now_ms)
-        self._log_batch("windows", batch_id, len(batch), len(out), started)
+        ph["alerts_levels"] = time.time() - t
+        self._log_batch("windows", batch_id, len(batch), len(out), started, ph)
 
     def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
         """Stored windows of ``stores`` with lo <= window_start <= hi, plus per store x SKU an *anchor*: the

@@ -233,7 +233,8 @@ def test_clickhouse_users_match_compose(compose):
         assert var in ch_env and "${" in ch_env[var]
     db = env_of(our_services(compose)["migrate"])["CLICKHOUSE_DATABASE"]
     assert [q.text for q in users["bi_reader"].find("grants")] == [f"GRANT SELECT ON {db}.*"]
-    assert [q.text for q in users["platform_writer"].find("grants")] == [f"GRANT ALL ON {db}.*"]
+    assert [q.text for q in users["platform_writer"].find("grants")] == [f"GRANT ALL ON {db}.*",
+                                                                          f"GRANT ALL ON {db}_bench.*"]
     profile = root.find("profiles").find(users["bi_reader"].find("profile").text)
     assert profile.find("readonly").text in ("1", "2")
     assert "platform_writer:" in env_of(our_services(compose)["migrate"])["CLICKHOUSE_URL"]

@@ -49,3 +49,43 @@ def test_airflow_init_role_migrates_creates_pool_and_admin(tmp_path):
     r = subprocess.run([sys.executable, "-m", "stack.entrypoint", "airflow-init"], env=bad, cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "AIRFLOW_ADMIN_PASSWORD" in r.stderr
+
+
+MC = REPO / ".cache" / "bin" / "mc" / "mc"
+
+
+@pytest.mark.integration
+def test_minio_init_script_grants_least_privilege(native_stack, tmp_path):
+    """stack/docker/minio/minio-init.sh run with the real `mc` against the real (native) MinIO, twice:
+    the platform key can read/write objects in the lake buckets, create/delete only the scratch bucket,
+    and cannot create other buckets."""
+    if not MC.exists():
+        pytest.skip(f"MinIO client not built at {MC} (go install github.com/minio/mc)")
+    from minio import Minio
+    from minio.error import S3Error
+
+    s = native_stack
+    key, secret = "platform-" + os.urandom(3).hex(), "pw-" + os.urandom(12).hex()
+    env = {"PATH": f"{MC.parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "MINIO_URL": s.lake_url, "MINIO_ROOT_USER": s.minio_root_user,
+           "MINIO_ROOT_PASSWORD": s.minio_root_password, "LAKE_ACCESS_KEY": key, "LAKE_SECRET_KEY": secret}
+    for _ in range(2):
+        r = subprocess.run(["sh", str(REPO / "stack" / "docker" / "minio" / "minio-init.sh")], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+    host = s.lake_url.split("://", 1)[1]
+    user = Minio(host, access_key=key, secret_key=secret, secure=False)
+    import io
+
+    user.put_object("raw-data", "probe/x.txt", io.BytesIO(b"ok"), 2)
+    assert user.get_object("raw-data", "probe/x.txt").read() == b"ok"
+    user.remove_object("raw-data", "probe/x.txt")
+    with pytest.raises(S3Error) as err:
+        user.make_bucket("not-allowed-" + os.urandom(3).hex())
+    assert err.value.code == "AccessDenied"
+    with pytest.raises(S3Error):
+        user.remove_bucket("models")
+    if user.bucket_exists("bench-raw-data"):
+        user.remove_bucket("bench-raw-data")
+    user.make_bucket("bench-raw-data")
+    user.remove_bucket("bench-raw-data")

@@ -134,6 +134,9 @@ def test_safety_stock_hand_computed():
     assert sig["sigma_daily"].item() == pytest.approx(math.sqrt(8 / 3))
     ss = etl.safety_stock_formula(sig["sigma_daily"].item(), 0.95, 4)
     assert ss == pytest.approx(1.6448536269514722 * math.sqrt(8 / 3) * 2)
+    # the ETL's per-row safety stock (ml.optimize when present) agrees with the formula; NaN sigma stays NaN
+    vals, method = etl.safety_stock(pd.Series([sig["sigma_daily"].item(), np.nan]), 0.95, 4)
+    assert vals.iloc[0] == pytest.approx(ss) and math.isnan(vals.iloc[1]) and "sigma_28d" in method
 
 
 def test_reconcile_reports_every_mismatch():

@@ -48,10 +48,14 @@ def store_id(country: str) -> str:
 # ------------------------------------------------------------------------------ raw data builder --
 @pytest.fixture(scope="module")
 def uci_days(shared_data) -> pd.DataFrame:
-    """UCI lines of DAY1..DAY3 as sales_transaction events (UK local time -> UTC)."""
     src = shared_data / "uci_online_retail" / "transactions.csv.gz"
     if not src.exists():
         pytest.skip(f"{src} missing")
+    return uci_events(src)
+
+
+def uci_events(src: Path) -> pd.DataFrame:
+    """UCI lines of DAY1..DAY3 as sales_transaction events (UK local time -> UTC)."""
     df = pd.read_csv(src, dtype={"invoice": str, "stock_code": str, "customer_id": "Int64", "description": str})
     df = df[df["invoice_ts"].str[:10].isin([d.isoformat() for d in (DAY1, DAY2, DAY3)])]
     df = df[~df["invoice"].str.startswith("A") & (df["quantity"] != 0) & (df["unit_price"] >= 0)]
@@ -166,7 +170,10 @@ def etl_dag(native_stack, tmp_path_factory):
 
     bag = DagBag(dag_folder=str(DAGS_FOLDER / "daily_etl.py"))
     assert not bag.import_errors, bag.import_errors
-    return bag.dags["daily_etl"]
+    dag = bag.dags["daily_etl"]
+    for t in dag.tasks:  # an unexpected error fails at once here instead of waiting for retry delays
+        t.retries = 0
+    return dag
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +222,8 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
             FROM {{db}}.fact_sales f
             JOIN (SELECT * FROM {{db}}.dim_product FINAL) p ON p.product_key = f.product_key
             JOIN (SELECT * FROM {{db}}.dim_store FINAL) s ON s.store_key = f.store_key
-            WHERE f.date_key = {dk} GROUP BY s.store_id, p.sku""").set_index(["store_id", "sku"])
+            WHERE f.date_key = {dk} GROUP BY s.store_id, p.sku""").rename(columns={"sku": "product_id"}) \
+            .set_index(["store_id", "product_id"])
         exp = truth.groupby(["store_id", "product_id"]).agg(units=("quantity", "sum"), rev=("revenue", "sum"))
         assert len(per) == len(exp)
         joined = exp.join(per, how="inner", rsuffix="_star")

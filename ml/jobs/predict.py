@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, meta, quantiles = load_model_version(lake, version)
         cols = meta["feature_columns"]
-        for c in cols:
-            if c not in feats.columns:
-                raise SystemExit(f"feature table lacks column {c!r} the model v{version} was trained on")
+        missing = [c for c in cols if c != "h" and c not in feats.columns]  # h is added per forecast row
+        if missing:
+            raise SystemExit(f"feature table lacks column(s) {missing} the model v{version} was trained on")
         pred = forecast(spark, model, feats, quantiles, meta["bucket_edges"], cols)
     finally:
         spark.stop()

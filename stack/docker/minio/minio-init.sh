@@ -1,14 +1,17 @@
 #!/bin/sh
 # Runs once in the minio/mc container (service minio-init) after MinIO is healthy. Idempotent.
 #  * buckets of the lake: $LAKE_BUCKETS (raw-data models features)
-#  * a least-privilege policy `retail-platform` (object read/write/delete + list on those buckets only,
-#    no bucket creation/deletion, no admin) attached to the platform's access key LAKE_ACCESS_KEY.
+#  * a least-privilege policy `retail-platform` attached to the platform's access key LAKE_ACCESS_KEY:
+#    object read/write/delete + list on those buckets only (no bucket creation/deletion, no admin), plus
+#    bucket create/delete on the scratch buckets $LAKE_SCRATCH_BUCKETS (the load test's bench-raw-data).
 set -eu
 : "${MINIO_ROOT_USER:?MINIO_ROOT_USER is required}"
 : "${MINIO_ROOT_PASSWORD:?MINIO_ROOT_PASSWORD is required}"
 : "${LAKE_ACCESS_KEY:?LAKE_ACCESS_KEY is required}"
 : "${LAKE_SECRET_KEY:?LAKE_SECRET_KEY is required}"
 BUCKETS="${LAKE_BUCKETS:-raw-data models features}"
+# scratch buckets the platform may create and delete itself (streaming.bench's load test)
+SCRATCH_BUCKETS="${LAKE_SCRATCH_BUCKETS:-bench-raw-data}"
 MINIO_URL="${MINIO_URL:-http://minio:9000}"
 
 mc alias set local "$MINIO_URL" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" > /dev/null
@@ -19,6 +22,11 @@ for b in $BUCKETS; do
   resources="$resources\"arn:aws:s3:::$b\",\"arn:aws:s3:::$b/*\","
 done
 resources="${resources%,}"
+scratch=""
+for b in $SCRATCH_BUCKETS; do
+  scratch="$scratch\"arn:aws:s3:::$b\",\"arn:aws:s3:::$b/*\","
+done
+scratch="${scratch%,}"
 
 policy=/tmp/retail-platform-policy.json
 cat > "$policy" <<JSON
@@ -31,6 +39,13 @@ cat > "$policy" <<JSON
                  "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
                  "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
       "Resource": [$resources]
+    },
+    {
+      "Effect": "Allow",
+      "Action": ["s3:CreateBucket", "s3:DeleteBucket", "s3:GetBucketLocation", "s3:ListBucket",
+                 "s3:ListBucketMultipartUploads", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                 "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+      "Resource": [$scratch]
     }
   ]
 }
