@@ -337,21 +337,21 @@ class StreamSinks:
         if alerts:
             self._emit_alerts(alerts, batch_id, now_ms)
         # latest stock per key: the newest window with an in-window stock, unless the stored one is newer
+        srt = enriched.sort_values("window_start", kind="mergesort")
+        last_stock = (srt[srt["window_stock"].notna()].groupby(TR.WINDOW_KEY)[["window_stock", "window_stock_time"]]
+                      .last().to_dict("index"))
+        last_rop = srt[srt["reorder_point"].notna()].groupby(TR.WINDOW_KEY)["reorder_point"].last().to_dict()
         rows = []
-        for key, grp in enriched.sort_values("window_start").groupby(TR.WINDOW_KEY, sort=False):
+        for key, st in new_state.items():
             p = prior_rows.get(key, {})
             stock, stock_time = p.get("stock_level"), p.get("stock_time")
             rop = p.get("reorder_point")
-            with_stock = grp[grp["window_stock"].notna()]
-            if len(with_stock):
-                last = with_stock.iloc[-1]
-                t = pd.Timestamp(last["window_stock_time"])
+            if key in last_stock:
+                t = pd.Timestamp(last_stock[key]["window_stock_time"])
                 if stock_time is None or pd.isna(stock_time) or t >= pd.Timestamp(stock_time):
-                    stock, stock_time = int(last["window_stock"]), t
-            rops = grp["reorder_point"].dropna()
-            if len(rops):
-                rop = int(rops.iloc[-1])
-            st = new_state[key]
+                    stock, stock_time = int(last_stock[key]["window_stock"]), t
+            if key in last_rop:
+                rop = int(last_rop[key])
             rows.append({"store_id": key[0], "product_id": key[1],
                          "stock_level": None if stock is None or pd.isna(stock) else int(stock),
                          "stock_time": None if stock_time is None or pd.isna(stock_time) else pd.Timestamp(stock_time),

@@ -285,6 +285,28 @@ def zscore(value: float, previous: Iterable[float], min_count: int = 3) -> float
     return round((float(value) - mean) / std, 6)
 
 
+def _grouped_zscores(keys: list, ws_ns: list[int], units: list, in_batch: list[bool], lookback: int,
+                     horizon_ns: int) -> list[float | None]:
+    """z-scores (:func:`zscore`) of rows sorted by (key, window): each row against the previous <= lookback
+    rows of the same key within ``horizon_ns``; None for rows not in the batch."""
+    out: list[float | None] = []
+    g0 = 0
+    for i in range(len(keys)):
+        if i and keys[i] != keys[i - 1]:
+            g0 = i
+        if not in_batch[i]:
+            out.append(None)
+            continue
+        prev = [units[j] for j in range(max(g0, i - lookback), i) if ws_ns[j] >= ws_ns[i] - horizon_ns]
+        out.append(zscore(units[i], prev))
+    return out
+
+
+def _ns(series: pd.Series) -> list[int]:
+    """UTC timestamps -> int nanoseconds since the epoch."""
+    return pd.to_datetime(series, utc=True).dt.as_unit("ns").astype("int64").tolist()
+
+
 WINDOW_KEY = ["store_id", "product_id"]
 
 
@@ -328,18 +350,9 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     if reorder_points:
         fallback = allw["product_id"].map(reorder_points)
         allw["reorder_point"] = allw["reorder_point"].where(allw["reorder_point"].notna(), fallback)
-    scores = []
-    horizon = pd.Timedelta(hours=horizon_hours)
-    for _, grp in allw.groupby(WINDOW_KEY, sort=False):
-        ws = grp["window_start"].tolist()
-        units = grp["units_sold"].tolist()
-        inb = grp["_in_batch"].tolist()
-        for i in range(len(grp)):
-            if not inb[i]:
-                scores.append(None)
-                continue
-            prev = [units[j] for j in range(max(0, i - lookback), i) if ws[j] >= ws[i] - horizon]
-            scores.append(zscore(units[i], prev))
+    keys = list(zip(allw["store_id"], allw["product_id"]))
+    scores = _grouped_zscores(keys, _ns(allw["window_start"]), allw["units_sold"].tolist(),
+                              allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
     out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
     out["sales_velocity"] = out["units_sold"].astype(float) / window_len_hours
@@ -382,13 +395,8 @@ def store_windows(sku_windows: pd.DataFrame, history: pd.DataFrame | None, *, wi
     else:
         allw = agg
     allw = allw.sort_values(["store_id", "window_start"], kind="mergesort").reset_index(drop=True)
-    scores = []
-    horizon = pd.Timedelta(hours=horizon_hours)
-    for _, grp in allw.groupby("store_id", sort=False):
-        ws, units, inb = grp["window_start"].tolist(), grp["units_sold"].tolist(), grp["_in_batch"].tolist()
-        for i in range(len(grp)):
-            prev = [units[j] for j in range(max(0, i - lookback), i) if ws[j] >= ws[i] - horizon]
-            scores.append(zscore(units[i], prev) if inb[i] else None)
+    scores = _grouped_zscores(allw["store_id"].tolist(), _ns(allw["window_start"]), allw["units_sold"].tolist(),
+                              allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
     out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
     out["anomaly_score"] = out["anomaly_score"].astype(float)
@@ -438,31 +446,36 @@ def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], 
     alerts: list[dict] = []
     new_state: dict[tuple[str, str], dict] = {}
     w = windows.sort_values(["store_id", "product_id", "window_start"], kind="mergesort")
-    for key, grp in w.groupby(WINDOW_KEY, sort=False):
-        st = dict(state.get(key, {"in_episode": False, "episode_start": None, "last_window_start": None}))
-        for r in grp.itertuples(index=False):
-            ws = int(pd.Timestamp(r.window_start).timestamp() * 1000)
-            if st["last_window_start"] is not None and ws < st["last_window_start"]:
-                continue
-            st["last_window_start"] = ws
-            stock, rop = r.stock_level, r.reorder_point
-            if pd.isna(stock) or pd.isna(rop):
-                continue
-            stock, rop = int(stock), int(rop)
-            if not st["in_episode"] and stock < rop:
-                cover = None if pd.isna(r.hours_of_cover) else float(r.hours_of_cover)
-                st["in_episode"], st["episode_start"] = True, ws
-                alerts.append({
-                    "alert_id": f"{key[0]}|{key[1]}|{ws}", "store_id": key[0], "product_id": key[1],
-                    "current_stock": stock, "reorder_point": rop,
-                    "recommended_quantity": recommended_quantity(stock, rop, float(r.sales_velocity), lead_time_days),
-                    "sales_velocity": float(r.sales_velocity), "hours_of_cover": cover,
-                    "priority": alert_priority(stock, cover, high_hours, medium_hours),
-                    "window_end": int(pd.Timestamp(r.window_end).timestamp() * 1000), "timestamp": now_ms,
-                })
-            elif st["in_episode"] and stock > rop:
-                st["in_episode"], st["episode_start"] = False, None
-        new_state[key] = st
+    ws_ms = [x // 1_000_000 for x in _ns(w["window_start"])]
+    we_ms = [x // 1_000_000 for x in _ns(w["window_end"])]
+    cols = zip(w["store_id"].tolist(), w["product_id"].tolist(), ws_ms, we_ms, w["stock_level"].tolist(),
+               w["reorder_point"].tolist(), w["hours_of_cover"].tolist(), w["sales_velocity"].tolist())
+    st: dict | None = None
+    key = None
+    for store, product, ws, we, stock, rop, cover, velocity in cols:
+        if (store, product) != key:
+            key = (store, product)
+            st = dict(state.get(key, {"in_episode": False, "episode_start": None, "last_window_start": None}))
+            new_state[key] = st
+        if st["last_window_start"] is not None and ws < st["last_window_start"]:
+            continue
+        st["last_window_start"] = ws
+        if pd.isna(stock) or pd.isna(rop):
+            continue
+        stock, rop = int(stock), int(rop)
+        if not st["in_episode"] and stock < rop:
+            cover = None if pd.isna(cover) else float(cover)
+            st["in_episode"], st["episode_start"] = True, ws
+            alerts.append({
+                "alert_id": f"{store}|{product}|{ws}", "store_id": store, "product_id": product,
+                "current_stock": stock, "reorder_point": rop,
+                "recommended_quantity": recommended_quantity(stock, rop, float(velocity), lead_time_days),
+                "sales_velocity": float(velocity), "hours_of_cover": cover,
+                "priority": alert_priority(stock, cover, high_hours, medium_hours),
+                "window_end": we, "timestamp": now_ms,
+            })
+        elif st["in_episode"] and stock > rop:
+            st["in_episode"], st["episode_start"] = False, None
     return alerts, new_state
 
 
