@@ -9,6 +9,10 @@ batch_size 16384, linger_ms 10, JSON values, string keys). Every record is valid
 * invalid -> the dead-letter topic ``settings.topic("dead-letter")`` as JSON
   ``{event_type, reason, payload, failed_at}`` (failed_at epoch ms UTC). Nothing is dropped silently.
 
+Kafka record timestamps are the send time (CreateTime); the event time travels in the payload's
+``timestamp`` field (replayed 2011 times would otherwise expire at once under the 7-day retention,
+and the broker rejects timestamps more than ``log.message.timestamp.after.max.ms`` in the future).
+
 Delivery is asynchronous; broker acknowledgements are counted by callbacks (``delivered``) and errors
 by errbacks (``failed``). After :meth:`EventPublisher.flush` (called by :meth:`close` / on context exit)
 ``delivered + failed == sent + dead_lettered`` holds.

@@ -127,17 +127,32 @@ def _state(s: Settings) -> Path:
     return d
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; reaps it when it is our exited child, and treats zombies as dead."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child (started by another process)
+        pass
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _pid(s: Settings, name: str) -> int | None:
     f = _state(s) / f"{name}.pid"
     if not f.exists():
         return None
     pid = int(f.read_text().strip() or 0)
-    try:
-        os.kill(pid, 0)
+    if pid and _alive(pid):
         return pid
-    except (ProcessLookupError, PermissionError):
-        f.unlink(missing_ok=True)
-        return None
+    f.unlink(missing_ok=True)
+    return None
 
 
 def _spawn(s: Settings, name: str, cmd: list[str], env: dict | None = None) -> int:
@@ -265,13 +280,12 @@ def stop(name: str, s: Settings | None = None, timeout: float = 30) -> bool:
     os.killpg(pid, signal.SIGTERM)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-            time.sleep(0.3)
-        except ProcessLookupError:
+        if not _alive(pid):
             break
+        time.sleep(0.3)
     else:
         os.killpg(pid, signal.SIGKILL)
+        _alive(pid)
     (_state(s) / f"{name}.pid").unlink(missing_ok=True)
     return True
 

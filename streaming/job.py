@@ -144,7 +144,7 @@ class StreamingJob:
         topics = {et: s.topic(EVENT_TYPES[et]) for et in INPUT_EVENT_TYPES}
         lim = {"max_age_days": s.stream_max_event_age_days, "max_future_minutes": s.stream_max_future_minutes}
 
-        raw = TR.kafka_frame(self._source(list(topics.values())))
+        raw = self.sinks.raw_frame(TR.kafka_frame(self._source(list(topics.values()))))
         self.queries["raw"] = (raw.writeStream.queryName("raw").foreachBatch(self.sinks.raw_batch)
                                .option("checkpointLocation", checkpoint_path(s, "raw")).trigger(**trig).start())
 

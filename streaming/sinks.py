@@ -159,11 +159,26 @@ class StreamSinks:
         return TR.validate_events(parsed, event_type, max_age_days=self.s.stream_max_event_age_days,
                                   max_future_minutes=self.s.stream_max_future_minutes)
 
+    def raw_frame(self, kafka_df: DataFrame) -> DataFrame:
+        """The raw query's frame: every input topic parsed and validated, unioned by name (fields of the same name
+        have the same type in every contract; a type's missing fields are NULL). Built once on the streaming
+        frame, so a micro-batch costs one Spark job and no per-batch plan building.
+
+        Returns:
+            ``KAFKA_COLUMNS`` + the union of the contract fields + ``invalid_reason``.
+        """
+        frames = [self.validated(kafka_df, et, topic).select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON)
+                  for topic, et in self.topics.items()]
+        union = frames[0]
+        for f in frames[1:]:
+            union = union.unionByName(f, allowMissingColumns=True)
+        return union
+
     def raw_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the raw query: lake Parquet for valid events, ``quarantine_events`` for invalid ones.
 
         Args:
-            df: micro-batch in :func:`streaming.transforms.kafka_frame` shape.
+            df: micro-batch of :meth:`raw_frame` (validated events of every input topic).
             batch_id: Spark's micro-batch id (names the lake files).
         """
         started = time.time()
@@ -171,15 +186,8 @@ class StreamSinks:
         n_in = n_valid = 0
         quarantine: list[pd.DataFrame] = []
         ph = {"spark": 0.0, "lake": 0.0, "clickhouse": 0.0}
-        # one Spark action for all topics: the per-type validated frames are unioned by name (fields of the same
-        # name have the same type in every contract), collected once, and split again by topic in Arrow
-        frames = [self.validated(df, et, topic).select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON)
-                  for topic, et in self.topics.items()]
-        union = frames[0]
-        for f in frames[1:]:
-            union = union.unionByName(f, allowMissingColumns=True)
         t = time.time()
-        whole = union.toArrow()
+        whole = df.toArrow()
         ph["spark"] += time.time() - t
         for topic, et in self.topics.items():
             tbl = whole.filter(pc.equal(whole["topic"], topic))

@@ -235,10 +235,10 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
         known = truth[truth["product_id"].isin(ref.index)]
         exp_cost = sum((Decimal(int(q)) * Decimal(repr(float(ref[p]))) for q, p in
                         zip(known["quantity"], known["product_id"])), Decimal(0))
-        c = star(client, db, f"SELECT toString(sum(cost)) cost, "
+        c = star(client, db, f"SELECT toString(sum(cost)) total_cost, "
                              f"toString(sumIf(revenue, cost IS NOT NULL) - sum(profit)) rc, "
                              f"countIf(cost IS NULL) n_null FROM {{db}}.fact_sales WHERE date_key = {dk}").iloc[0]
-        assert Decimal(c["cost"]) == exp_cost
+        assert Decimal(c["total_cost"]) == exp_cost
         assert Decimal(c["rc"]) == exp_cost  # profit = revenue - cost, line by line
         assert c["n_null"] == (~truth["product_id"].isin(ref.index)).sum() > 0
 
