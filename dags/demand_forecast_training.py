@@ -41,9 +41,14 @@ def demand_forecast_training():
     @task(pool=CHDB_POOL)
     def build_features() -> dict:
         """Daily demand from the star schema -> feature table in ClickHouse and the lake."""
-        from ml.pipeline import build_features as run
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return run(target_date(get_current_context()["logical_date"]))
+        from ml.pipeline import InsufficientData, build_features as run
+
+        try:
+            return run(target_date(get_current_context()["logical_date"]))
+        except InsufficientData as exc:  # too little history: fail now, a retry cannot fix it
+            raise AirflowFailException(str(exc)) from exc
 
     train_gbt = SparkSubmitOperator(
         task_id="train_gbt",

@@ -29,6 +29,12 @@ from ml.features import build_daily_features
 from ml.forecast import MODEL_PREFIX, list_versions, read_meta
 
 log = logging.getLogger(__name__)
+#: minimum days of demand history for training: 7 days of backtest targets + 7 days before the last origin
+MIN_HISTORY_DAYS = 14
+
+
+class InsufficientData(ValueError):
+    """The star schema does not hold enough demand history (a retry cannot fix it)."""
 MODEL_NAME = "demand-forecast"
 FEATURE_TABLE_COLUMNS = [
     "date", "store_id", "product_id", "units", "lag_1", "lag_7", "lag_14", "lag_28",
@@ -119,14 +125,19 @@ def build_features(run_date: dt.date, settings=None) -> dict:
     and the lake (``features/daily/run_date=<d>/features.parquet`` + ``latest.json``).
 
     Raises:
-        ValueError: no sales in fact_sales up to the date (run daily_etl first).
+        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
     """
     s, client, db, lake = _ctx(settings)
     daily = load_daily_demand(client, db, run_date)
     if daily.empty:
-        raise ValueError(f"no sales in {db}.fact_sales up to {run_date}: run daily_etl first")
+        raise InsufficientData(f"no sales in {db}.fact_sales up to {run_date}: run daily_etl first")
     # the last day with sales (<= run_date): a day the ETL has not loaded yet must not become zero demand
     end = min(pd.Timestamp(run_date), daily["date"].max())
+    span = int((end - daily["date"].min()).days) + 1
+    if span < MIN_HISTORY_DAYS:
+        raise InsufficientData(
+            f"{db}.fact_sales covers {span} day(s) ({daily['date'].min().date()}..{end.date()}); the rolling-origin "
+            f"backtest needs at least {MIN_HISTORY_DAYS}: run daily_etl for the earlier dates first (backfill)")
     feats = build_daily_features(daily, end_date=end, default_country=s.store_country_default,
                                  weather=read_weather(s.weather_file), extend_days=7)
     out = feats.copy()

@@ -17,9 +17,8 @@ intermittent   >= 1.32           < 0.49
 lumpy          >= 1.32           >= 0.49
 =============  ================  ==================
 
-Series with fewer than 2 demand days are ``lumpy`` when they have one (ADI huge, CV^2 undefined ->
-treated as 0 -> ``intermittent``; we follow the ADI: one sale in the window is intermittent) and
-``no_demand`` when they have none.
+A series with a single demand day has an undefined CV^2, taken as 0 (so it is ``intermittent`` unless
+it sold on most days); a series without any demand in the window is ``no_demand``.
 
 Slow-moving flag: mean daily demand < ``slow_rate`` (default 0.5 units/day) **or** no sale in the last
 ``stale_days`` (default 28) days. Both are conventional inventory-review thresholds, configurable.

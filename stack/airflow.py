@@ -102,7 +102,7 @@ def airflow_env(s: Settings | None = None, home: Path | None = None, port: int |
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_connection(s.spark_master)),
-        "PATH": venv_bin + (os.pathsep + path if path else ""),
+        "PATH": path if path.split(os.pathsep)[0] == venv_bin else venv_bin + (os.pathsep + path if path else ""),
         "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else ""),
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,

@@ -262,6 +262,8 @@ def run(available_now: bool = typer.Option(False, "--available-now", help="Drain
         trigger_seconds: Optional[float] = typer.Option(None, help="Processing-time trigger (default STREAM_TRIGGER_SECONDS).")) -> None:
     """Run the streaming queries (raw events -> lake + quarantine; windows -> ClickHouse + alerts)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     s = get_settings()
     spark = build_spark(s)
     try:

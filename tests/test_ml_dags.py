@@ -28,9 +28,14 @@ ML_DAGS = ("demand_forecast_training", "batch_predictions")
 # -------------------------------------------------------------------------------- rule tests ----
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory):
-    home = tmp_path_factory.mktemp("af-rules")
-    os.environ.setdefault("AIRFLOW_HOME", str(home))
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    # the platform's Airflow environment (dags folder, no examples) unless Airflow is already configured in
+    # this process: dag.test() later syncs the configured dags folder, so it must be ours
+    if "airflow" not in sys.modules:
+        from stack.airflow import airflow_env
+
+        env = airflow_env(home=tmp_path_factory.mktemp("af-rules"))
+        env.pop("PATH"), env.pop("PYTHONPATH")
+        os.environ.update(env)
     from airflow.dag_processing.dagbag import DagBag
 
     bags = {d: DagBag(dag_folder=str(REPO / "dags" / f"{d}.py")) for d in ML_DAGS}
@@ -165,7 +170,11 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
 
     from stack.ch import get_client
 
+    from ml.pipeline import InsufficientData, build_features
+
     client, db = get_client(native_stack), native_stack.clickhouse_database
+    with pytest.raises(InsufficientData, match="no sales"):  # empty star schema: clear error, nothing written
+        build_features(DAY, native_stack)
     demand = synthetic_demand()
     seed_star_schema(client, db, demand)
     n_series = len(STORES) * len(SKUS)
@@ -189,7 +198,7 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
 
     # re-running the date's ClickHouse-writing tasks keeps one version and does not duplicate rows
     # (the train job re-uses the version of its run date: ml.pipeline.version_for_run)
-    from ml.pipeline import build_features, register_model
+    from ml.pipeline import register_model
 
     n_metrics = len(m)
     build_features(DAY, native_stack)

@@ -1,0 +1,131 @@
+"""DagBag import test and rule tests for every DAG in dags/.
+
+The DAG folder is parsed in a *fresh subprocess* (so this pytest process's Airflow configuration and
+chDB state do not matter) with the network and the engines made unavailable: every socket connect
+raises, CLICKHOUSE_URL points below a regular file (chDB cannot open it) and LAKE_URL at a closed port.
+A DAG file that does I/O at import therefore fails to import or is caught by the probes below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DAGS = REPO / "dags"
+
+PROBE = r"""
+import json, socket, sys
+attempts = []
+def _deny(self, address, *a, **k):
+    attempts.append(repr(address))
+    raise OSError("network disabled while parsing DAG files")
+socket.socket.connect = _deny
+socket.socket.connect_ex = lambda self, address: (attempts.append(repr(address)), 111)[1]
+before = set(sys.modules)
+from airflow.dag_processing.dagbag import DagBag
+airflow_loaded = set(sys.modules)
+bag = DagBag(dag_folder=sys.argv[1])
+loaded_by_dags = set(sys.modules) - airflow_loaded
+out = {"import_errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()}, "dags": {},
+       "socket_attempts": attempts,
+       "engines_imported": sorted(m for m in loaded_by_dags if m.split(".")[0] in
+                                  ("chdb", "clickhouse_connect", "pyspark", "kafka", "minio"))}
+for dag_id, dag in bag.dags.items():
+    out["dags"][dag_id] = {
+        "fileloc": dag.fileloc, "catchup": dag.catchup, "tags": sorted(dag.tags or []),
+        "owner": dag.owner, "schedule": str(getattr(dag.timetable, "summary", dag.timetable)),
+        "max_active_runs": dag.max_active_runs, "doc": bool(dag.doc_md or dag.description),
+        "tasks": {t.task_id: {"retries": t.retries, "owner": t.owner, "pool": t.pool} for t in dag.tasks},
+    }
+print("@@JSON@@" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory) -> dict:
+    """Parse dags/ in a subprocess with network and engines unavailable; returns the probe's JSON."""
+    tmp = tmp_path_factory.mktemp("dagbag")
+    blocker = tmp / "not-a-dir"
+    blocker.write_text("chDB cannot create a data path below a regular file")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({
+        "AIRFLOW_HOME": str(tmp / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PYTHONPATH": str(REPO),
+        "CLICKHOUSE_URL": f"chdb://{blocker}/chdb", "LAKE_URL": "http://127.0.0.1:9",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "RETAIL_STATE_DIR": str(tmp / "state"),
+    })
+    r = subprocess.run([sys.executable, "-c", PROBE, str(DAGS)], env=env, capture_output=True, text=True,
+                       cwd=tmp, timeout=300)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("@@JSON@@")), None)
+    assert r.returncode == 0 and line, f"DagBag probe failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return json.loads(line[len("@@JSON@@"):])
+
+
+def test_dagbag_imports_without_errors(parsed):
+    assert parsed["import_errors"] == {}
+    assert "daily_etl" in parsed["dags"]
+    # every .py file in dags/ defines at least one DAG (helpers live in importable packages)
+    files = {Path(d["fileloc"]).name for d in parsed["dags"].values()}
+    assert files == {p.name for p in DAGS.glob("*.py")}
+
+
+def test_no_io_at_import(parsed):
+    assert parsed["socket_attempts"] == [], "a DAG file opened a network connection while being parsed"
+    assert parsed["engines_imported"] == [], "DAG files must import engine clients inside tasks only"
+
+
+def test_every_dag_follows_the_rules(parsed):
+    assert parsed["dags"], "no DAGs parsed"
+    for dag_id, d in parsed["dags"].items():
+        assert d["catchup"] is False, f"{dag_id}: catchup must be off"
+        assert d["tags"], f"{dag_id}: tags missing"
+        assert d["owner"] and d["owner"] != "airflow", f"{dag_id}: owner not set"
+        assert d["doc"], f"{dag_id}: no doc_md/description"
+        assert d["tasks"], f"{dag_id}: no tasks"
+        for task_id, t in d["tasks"].items():
+            assert t["retries"] >= 2, f"{dag_id}.{task_id}: retries {t['retries']} < 2"
+            assert t["owner"] and t["owner"] != "airflow", f"{dag_id}.{task_id}: owner not set"
+
+
+def test_daily_etl_shape(parsed):
+    d = parsed["dags"]["daily_etl"]
+    assert set(d["tasks"]) == {"extract", "transform", "load", "quality_check"}
+    assert d["schedule"] == "0 8 * * *"  # ETL_SCHEDULE default
+    assert d["max_active_runs"] == 1
+    # tasks that open ClickHouse share the one-slot chdb pool (chDB: one process per data path)
+    assert d["tasks"]["load"]["pool"] == d["tasks"]["quality_check"]["pool"] == "chdb"
+    assert d["tasks"]["extract"]["pool"] != "chdb"
+
+
+def test_stack_airflow_environment():
+    """The environment every Airflow process gets (AIRFLOW_HOME, dags folder, Spark connection, PATH)."""
+    from stack.airflow import DAGS_FOLDER, airflow_env, spark_connection, target_date
+    from stack.settings import get_settings
+
+    s = get_settings()
+    env = airflow_env(s)
+    assert env["AIRFLOW_HOME"] == str(Path(s.retail_state_dir) / "airflow")
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(DAGS_FOLDER) == str(DAGS)
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False" and env["AIRFLOW__CORE__PARALLELISM"] == "4"
+    assert json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])["host"] == s.spark_master or s.spark_master.startswith("spark://")
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert (Path(env["PATH"].split(os.pathsep)[0]) / "spark-submit").exists()
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
+    assert spark_connection("spark://spark-master:7077") == {
+        "conn_type": "spark", "host": "spark://spark-master", "port": 7077,
+        "extra": {"deploy-mode": "client", "spark-binary": "spark-submit"}}
+    assert spark_connection("local[2]")["host"] == "local[2]"
+    import datetime as dt
+
+    assert target_date(dt.datetime(2011, 8, 29, 8, 0, tzinfo=dt.timezone.utc)) == dt.date(2011, 8, 29)
+    # a non-UTC logical date is converted first: 00:30 in London (BST) is the previous UTC day
+    bst = dt.timezone(dt.timedelta(hours=1))
+    assert target_date(dt.datetime(2011, 8, 30, 0, 30, tzinfo=bst)) == dt.date(2011, 8, 29)
+    with pytest.raises(ValueError, match="logical date"):
+        target_date(None)
