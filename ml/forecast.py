@@ -117,6 +117,12 @@ def get_spark(app_name: str = "demand-forecast", master: str | None = None, shuf
         s = get_settings()
         master = s.spark_master
         b = b.config("spark.driver.memory", s.spark_driver_memory)
+    if not launched_by_submit:
+        # The first SparkSession of a process fixes the driver classpath: include the Kafka connector so a
+        # streaming query started later in the same process (tests, demo) still finds its source.
+        from stack.local import spark_kafka_jars
+
+        b = b.config("spark.jars", ",".join(spark_kafka_jars()))
     if master:
         b = b.master(master)
     spark = (b.config("spark.sql.shuffle.partitions", str(shuffle_partitions))

@@ -201,7 +201,7 @@ def start_standalone(s: Settings | None = None, port: int = 8080, timeout: float
     log_path = log_path or home / "standalone.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen([_airflow(), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_default_sigint)
     (home / "standalone.pid").write_text(str(proc.pid))
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -214,6 +214,21 @@ def start_standalone(s: Settings | None = None, port: int = 8080, timeout: float
         time.sleep(1)
     stop_standalone(proc)
     raise RuntimeError(f"airflow standalone not healthy on port {port} within {timeout:.0f}s; log {log_path}")
+
+
+def _default_sigint() -> None:
+    # a background job of a non-interactive shell starts with SIGINT ignored, and children inherit
+    # that: airflow standalone would then ignore the SIGINT that stops it cleanly
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def stop_standalone(proc: subprocess.Popen, timeout: float = 60) -> int:
@@ -230,10 +245,14 @@ def stop_standalone(proc: subprocess.Popen, timeout: float = 60) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    try:  # children that outlived the parent (same session)
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    deadline = time.time() + 20  # children that outlive the parent (same process group)
+    while _group_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group_alive(proc.pid):
+            break
+        os.killpg(proc.pid, sig)
+        time.sleep(5)
     return proc.returncode
 
 
@@ -299,11 +318,9 @@ def _cli():
             stopping["flag"] = True
 
         signal.signal(signal.SIGTERM, _stop)
-        try:
-            while not stopping["flag"] and proc.poll() is None:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+        signal.signal(signal.SIGINT, _stop)  # explicit: also when started with SIGINT ignored
+        while not stopping["flag"] and proc.poll() is None:
+            time.sleep(1)
         code = stop_standalone(proc)
         typer.echo(f"airflow standalone stopped (exit {code})")
 

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,29 @@ def clickhouse_summary(s: Settings) -> dict[str, Any]:
     }
 
 
+def publish_pos_glitches(s: Settings, at: datetime) -> dict[str, int]:
+    """Publish records that satisfy the Avro contract but break the business rules (quantity 0, negative
+    price, an event time decades away), as a misconfigured till would; the stream must quarantine them.
+
+    Returns {kind: count sent}.
+    """
+    from producers.kafka_io import EventPublisher
+
+    ms = int(at.timestamp() * 1000)
+    base = {"store_id": "UCI-GB", "product_id": "85123A", "customer_id": None, "payment_method": "CARD",
+            "invoice_id": "GLITCH"}
+    glitches = {
+        "zero_quantity": {**base, "transaction_id": "glitch-qty0", "quantity": 0, "unit_price": 2.55, "timestamp": ms},
+        "negative_price": {**base, "transaction_id": "glitch-price", "quantity": 1, "unit_price": -2.55, "timestamp": ms},
+        "absurd_timestamp": {**base, "transaction_id": "glitch-ts", "quantity": 1, "unit_price": 2.55,
+                             "timestamp": ms + 20 * 365 * 86_400_000},
+    }
+    with EventPublisher(s, client_id="retail-pos-glitch") as pub:
+        for rec in glitches.values():
+            pub.publish("sales_transaction", rec)
+    return {k: 1 for k in glitches}
+
+
 def _print(summary: dict[str, Any]) -> None:
     ch, lake, rep = summary["clickhouse"], summary["lake"], summary["producers"]
     t = Table(title="Demo summary (read back from ClickHouse and the lake)")
@@ -113,9 +138,12 @@ def _print(summary: dict[str, Any]) -> None:
     console.print(t)
 
 
-def run_demo(sample: Path | None = None, synthetic_minutes: float = 30.0, invalid_rate: float = 0.001,
-             keep_stack: bool = False) -> dict[str, Any]:
+def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, invalid_rate: float = 0.001,
+             keep_stack: bool = False, fresh: bool = True) -> dict[str, Any]:
     """Run the whole demo (see module docstring) and return the summary dict.
+
+    ``fresh`` (default) stops the native services and deletes the Kafka, MinIO, chDB and checkpoint folders of RETAIL_STATE_DIR first (the Makefile points it
+    at ``.cache/demo-state``, apart from ``make local-up``'s state), so re-runs do not accumulate data.
 
     Raises:
         stack.local.StackError: a native service failed to start (message names the log).
@@ -125,7 +153,12 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 30.0, invali
     from streaming.job import StreamingJob, build_spark
 
     s = get_settings()
-    console.rule("starting the native stack (Kafka KRaft, MinIO)")
+    if fresh:
+        # A demo starts from empty topics, lake, checkpoints and ClickHouse so its summary is about this run.
+        local.down(s)
+        for part in ("kafka", "minio", "chdb", "checkpoints"):
+            shutil.rmtree(Path(s.retail_state_dir) / part, ignore_errors=True)
+    console.rule(f"starting the native stack (Kafka KRaft, MinIO) with state in {s.retail_state_dir}")
     local.up(s)
     spark = None
     try:
@@ -135,10 +168,16 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 30.0, invali
         job.start(available_now=False)
         produced: dict[str, Any] = {}
 
+        # Event time is one timeline: the replay ends `synthetic_minutes` ago and the simulator continues
+        # from there to now, so neither is behind the other's watermark.
+        handover = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=synthetic_minutes)
+
         def produce() -> None:
-            produced["replay"] = run_replay(s, sample or DEFAULT_SAMPLE, invalid_rate=invalid_rate)
+            produced["replay"] = run_replay(s, sample or DEFAULT_SAMPLE, invalid_rate=invalid_rate, end_at=handover)
             produced["synthetic"] = run_synthetic(s, stores=3, skus=40, events_per_min_per_store=200,
-                                                  duration_minutes=synthetic_minutes, invalid_rate=invalid_rate)
+                                                  duration_minutes=synthetic_minutes, start=handover,
+                                                  invalid_rate=invalid_rate)
+            produced["glitches"] = publish_pos_glitches(s, handover + timedelta(minutes=synthetic_minutes / 2))
 
         producer = threading.Thread(target=produce, name="producers")
         producer.start()
@@ -162,7 +201,8 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 30.0, invali
         stream_stats["drain_seconds"] = round(time.time() - t0, 1)
         summary = {"producers": produced, "stream": stream_stats,
                    "clickhouse": clickhouse_summary(s), "lake": lake_counts(s)}
-        sales_pub = sum(p["generator"]["events"].get("sales_transaction", 0) for p in produced.values())
+        sales_pub = sum(produced[k]["generator"]["events"].get("sales_transaction", 0)
+                        for k in ("replay", "synthetic"))
         lake_sales = summary["lake"]["sales_transaction"]
         summary["checks"] = {"sales_published_valid": sales_pub, "lake_sales_rows": lake_sales["rows"],
                              "lake_sales_distinct_ids": lake_sales["distinct_ids"]}
@@ -181,11 +221,12 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 30.0, invali
 
 
 def main(sample: Path = typer.Option(None, help="UCI transactions CSV(.gz) to replay (default: the shipped sample)."),
-         synthetic_minutes: float = typer.Option(30.0, help="Simulated minutes of synthetic traffic."),
+         synthetic_minutes: float = typer.Option(180.0, help="Simulated minutes of synthetic traffic."),
          invalid_rate: float = typer.Option(0.001, help="Fraction of deliberately invalid records (dead-letter path)."),
-         keep_stack: bool = typer.Option(False, help="Leave Kafka and MinIO running afterwards.")) -> None:
+         keep_stack: bool = typer.Option(False, help="Leave Kafka and MinIO running afterwards."),
+         fresh: bool = typer.Option(True, help="Start from an empty RETAIL_STATE_DIR.")) -> None:
     """Run the end-to-end demo on the native stack."""
-    run_demo(sample, synthetic_minutes, invalid_rate, keep_stack)
+    run_demo(sample, synthetic_minutes, invalid_rate, keep_stack, fresh)
 
 
 if __name__ == "__main__":

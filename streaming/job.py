@@ -68,6 +68,7 @@ def build_spark(settings: Settings | None = None):
              .config("spark.driver.memory", s.spark_driver_memory)
              .config("spark.sql.shuffle.partitions", str(s.spark_shuffle_partitions))
              .config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
