@@ -41,7 +41,7 @@ setup: $(STAMP) ## Install everything: venv, Kafka + Spark connector jars (Maven
 	$(PY) -m stack.cli setup
 
 demo: setup ## Main job: native stack, replay real POS data + simulated events -> Kafka -> Spark -> ClickHouse + lake, summary
-	RETAIL_STATE_DIR=$${RETAIL_STATE_DIR:-$(CACHE)/demo-state} $(PY) -m stack.demo
+	$(PY) -m stack.demo
 
 test: setup ## Run the whole test suite (unit + integration against real Kafka, Spark, MinIO, chDB)
 	$(PY) -m pytest -q

@@ -142,8 +142,9 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
              keep_stack: bool = False, fresh: bool = True) -> dict[str, Any]:
     """Run the whole demo (see module docstring) and return the summary dict.
 
-    ``fresh`` (default) stops the native services and deletes the Kafka, MinIO, chDB and checkpoint folders of RETAIL_STATE_DIR first (the Makefile points it
-    at ``.cache/demo-state``, apart from ``make local-up``'s state), so re-runs do not accumulate data.
+    ``fresh`` (default) stops the native services and deletes the Kafka, MinIO, chDB and checkpoint folders of
+    RETAIL_STATE_DIR first, so re-runs do not accumulate data; what the demo lands stays there for
+    ``make nightly`` and for inspection.
 
     Raises:
         stack.local.StackError: a native service failed to start (message names the log).

@@ -35,8 +35,8 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def native_stack(tmp_path_factory):
-    """Real Kafka + MinIO on free ports, a fresh chDB database; yields the Settings in force."""
+def native_services(tmp_path_factory):
+    """Real Kafka + MinIO on free ports and a chDB path for the whole session; yields the Settings in force."""
     from stack import local
     from stack.settings import get_settings
 
@@ -64,9 +64,6 @@ def native_stack(tmp_path_factory):
     s = get_settings()
     try:
         local.up(s)
-        from stack.ch import migrate
-
-        migrate(s)
         yield s
     finally:
         local.down(s)
@@ -79,4 +76,37 @@ def native_stack(tmp_path_factory):
         get_settings.cache_clear()
         from stack.lake import get_lake
 
+        get_lake.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def native_stack(native_services):
+    """The session's native services with a fresh ClickHouse database and fresh lake buckets for this test
+    module (clickhouse-connect's layout: a fresh database per run), migrations applied; yields the Settings.
+
+    chDB allows one data path per process, so modules are isolated by database, not by path.
+    """
+    from stack.ch import migrate
+    from stack.lake import Lake, get_lake
+    from stack.settings import get_settings
+
+    tag = uuid.uuid4().hex[:8]
+    env = {"CLICKHOUSE_DATABASE": f"test_{tag}", "LAKE_RAW_BUCKET": f"raw-{tag}",
+           "LAKE_MODELS_BUCKET": f"models-{tag}", "LAKE_FEATURES_BUCKET": f"features-{tag}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    get_lake.cache_clear()
+    s = get_settings()
+    try:
+        Lake(s).ensure_buckets()
+        migrate(s)
+        yield s
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
         get_lake.cache_clear()

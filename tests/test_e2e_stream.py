@@ -213,7 +213,7 @@ def ch_windows(client, db):
 
 
 def lake_ids(lake, event_type, id_col):
-    t = lake.read_table("raw-data", event_type)
+    t = lake.read_table(lake.settings.lake_raw_bucket, event_type)
     return [] if t is None else t[id_col].to_pylist()
 
 
@@ -328,7 +328,7 @@ def test_stream_end_to_end(native_stack):
     assert {(r.store_id, r.product_id): int(r.stock_level) for r in levels.itertuples()} == last_stock
 
     # ---- crash/restart: re-process the last micro-batch of both queries from the checkpoint -----------
-    lake_files = sorted(lake.list_files("raw-data"))
+    lake_files = sorted(lake.list_files(lake.settings.lake_raw_bucket))
     cp = Path(s.spark_checkpoint_dir)
     for name in ("raw", "windows"):
         rewind(cp / name, 0)  # batch 0 held all the data: re-run it
@@ -337,7 +337,7 @@ def test_stream_end_to_end(native_stack):
     assert stats2["windows"]["output_rows"] == len(exp)
     assert_windows_match(client, db, exp)
     assert_lake_once(lake, valid)
-    assert sorted(lake.list_files("raw-data")) == lake_files
+    assert sorted(lake.list_files(lake.settings.lake_raw_bucket)) == lake_files
     assert client.query_df(f"SELECT count() AS n FROM {db}.quarantine_events FINAL")["n"][0] == len(invalid)
     assert sorted(client.query_df(f"SELECT alert_id FROM {db}.restock_alerts FINAL")["alert_id"]) == want_alerts
     assert sorted(alerts_in_kafka(s)) == want_alerts, "no alert re-sent on replay"

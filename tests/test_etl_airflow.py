@@ -75,10 +75,10 @@ def uci_events(src: Path) -> pd.DataFrame:
 
 def _write_raw(lake, event_type: str, day: dt.date, batches: dict[int, pd.DataFrame], schema: pa.Schema):
     part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
-    lake.delete_dir("raw-data", part)
+    lake.delete_dir(lake.settings.lake_raw_bucket, part)
     for batch_id, df in batches.items():
         t = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
-        lake.write_table(t, "raw-data", part, f"batch-{batch_id}.parquet")
+        lake.write_table(t, lake.settings.lake_raw_bucket, part, f"batch-{batch_id}.parquet")
 
 
 def land_day(lake, ev: pd.DataFrame, day: dt.date, seed: int) -> None:
@@ -123,14 +123,14 @@ def land_reference(lake, ev: pd.DataFrame) -> None:
     stores = pd.DataFrame({"store_id": [store_id(c) for c in countries], "store_name": countries, "city": "",
                            "country": countries, "country_code": [COUNTRY_CODES.get(c, "GB") for c in countries],
                            "region": "EU"})
-    lake.write_table(pa.Table.from_pandas(products, preserve_index=False), "raw-data", "reference/products/products.parquet")
-    lake.write_table(pa.Table.from_pandas(stores, preserve_index=False), "raw-data", "reference/stores/stores.parquet")
+    lake.write_table(pa.Table.from_pandas(products, preserve_index=False), lake.settings.lake_raw_bucket, "reference/products/products.parquet")
+    lake.write_table(pa.Table.from_pandas(stores, preserve_index=False), lake.settings.lake_raw_bucket, "reference/stores/stores.parquet")
 
 
 # ---------------------------------------------------------------------------- independent truth --
 def raw_files(lake, event_type: str, day: dt.date) -> pd.DataFrame:
     """Every Parquet file of the raw partition, read one by one with pyarrow (no ml.etl code)."""
-    part = f"raw-data/{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+    part = f"{lake.settings.lake_raw_bucket}/{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
     files = lake.list_files(part)
     return pd.concat([pq.read_table(f, filesystem=lake.fs).to_pandas() for f in files], ignore_index=True)
 
@@ -231,7 +231,7 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
         assert (joined["units"] == joined["units_star"]).all()
         assert (joined["rev"] == joined["rev_star"].map(Decimal)).all()
         # cost = quantity * unit_cost of the product master data (NULL for SKUs without it), profit = revenue - cost
-        ref = lake.read_table("raw-data", "reference/products").to_pandas().set_index("product_id")["unit_cost"]
+        ref = lake.read_table(lake.settings.lake_raw_bucket, "reference/products").to_pandas().set_index("product_id")["unit_cost"]
         known = truth[truth["product_id"].isin(ref.index)]
         exp_cost = sum((Decimal(int(q)) * Decimal(repr(float(ref[p]))) for q, p in
                         zip(known["quantity"], known["product_id"])), Decimal(0))
@@ -299,7 +299,7 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     late["transaction_id"] = late["transaction_id"] + "-late"
     late["quantity"] = 7
     lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
-                     "raw-data", "sales_transaction/year=2011/month=08/day=26/batch-99.parquet")
+                     lake.settings.lake_raw_bucket, "sales_transaction/year=2011/month=08/day=26/batch-99.parquet")
 
     with pytest.raises(etl.DataQualityError) as err:
         etl.quality_check(DAY3)
