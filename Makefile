@@ -20,6 +20,7 @@ RATE ?= 500
 DURATION ?= 60
 STORES ?= 5
 DATE ?= $(shell date -u -d yesterday +%F)
+BACKFILL ?= 20
 EVENTS ?= 50000
 COMPOSE := docker compose
 
@@ -73,8 +74,8 @@ stream: local-up ## Run the Spark Structured Streaming job continuously (Ctrl-C 
 airflow: setup ## Airflow standalone (UI) with our DAGs on the native stack
 	$(PY) -m stack.airflow standalone
 
-nightly: setup ## Run daily_etl, demand_forecast_training, batch_predictions for DATE=YYYY-MM-DD (airflow dags test)
-	$(PY) -m stack.airflow nightly --date $(DATE)
+nightly: setup ## daily_etl for BACKFILL days before DATE, then daily_etl, demand_forecast_training, batch_predictions for DATE (airflow dags test)
+	$(PY) -m stack.airflow nightly --date $(DATE) --backfill-days $(BACKFILL)
 
 load-test: local-up ## Fixed-rate load: RATE=<events/s> DURATION=<s> STORES=<n> -> reports/load-test.json
 	$(PY) -m streaming.bench load --rate $(RATE) --duration $(DURATION) --stores $(STORES) --out reports/load-test.json

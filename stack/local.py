@@ -232,7 +232,9 @@ def start_kafka(s: Settings | None = None, timeout: float = 90) -> None:
     java = shutil.which("java") or "java"
     cp = f"{libs}/*"
     if not (d / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # a leading '-' would be parsed as an option (as Kafka's Uuid avoids)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         r = subprocess.run([java, "-cp", cp, f"-Dlog4j2.configurationFile={log4j}", "kafka.tools.StorageTool",
                             "format", "-t", cluster_id, "-c", str(props), "--standalone"],
                            capture_output=True, text=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+SHARED_DATA = Path(os.environ.get("RETAIL_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
 
 
 def free_port() -> int:
@@ -28,7 +28,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (real UCI and M5 data); tests needing it skip with a reason when absent."""
+    """``../shared/data`` or $RETAIL_SHARED_DATA (real UCI and M5 data); tests needing it skip with a reason
+    when absent."""
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data folder {SHARED_DATA} not present")
     return SHARED_DATA

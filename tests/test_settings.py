@@ -58,3 +58,19 @@ def test_local_folder_lake(monkeypatch, tmp_path):
     lake.write_table(pa.table({"a": [1, 2]}), "raw-data", "x", "year=2024", "part.parquet")  # overwrite
     assert lake.read_table("raw-data", "x").num_rows == 2
 
+
+
+def test_readme_documents_every_setting():
+    """The README's configuration table lists every environment variable the settings module reads."""
+    from stack.settings import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
+    assert not missing, f"README lacks configuration rows for {missing}: run python -m stack.cli config-table"
+
+
+def test_readme_and_ci_run_the_same_test_command():
+    from stack.settings import REPO_ROOT
+
+    assert "make test" in (REPO_ROOT / "README.md").read_text()
+    assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()
