@@ -25,7 +25,7 @@ EVENTS ?= 50000
 COMPOSE := docker compose
 
 .PHONY: help setup venv demo test test-unit test-integration up down logs ps local-up local-down local-status \
-        migrate topics produce stream airflow nightly load-test bench-stream bench-forecast compose-check clean
+        migrate topics produce stream airflow nightly load-test bench-stream bench-forecast compose-check compose-tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -87,7 +87,10 @@ bench-forecast: setup ## GBT vs seasonal-naive on M5 + UCI -> reports/bench-fore
 	$(PY) -m ml.bench --out reports/bench-forecast.json
 
 compose-check: setup ## Validate docker-compose.yml (Compose Specification schema + consistency tests)
-	$(PY) -m pytest -q tests/test_compose.py
+	$(PY) -m pytest -q tests/test_compose.py tests/test_compose_entrypoint.py
+
+compose-tools: ## Build the Docker Compose CLI and MinIO client from the Go module proxy (for compose-check)
+	sh stack/docker/build-tools.sh
 
 define need_docker
 	@docker info >/dev/null 2>&1 || { echo "'make $@' needs a running Docker engine (none found). Use the native stack: make local-up / make demo."; exit 2; }
