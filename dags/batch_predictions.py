@@ -29,7 +29,7 @@ _s = get_settings()
 def _run_date():
     """UTC date of the logical date; asset-triggered runs (no logical date) use their run_after."""
     ctx = get_current_context()
-    return target_date(ctx["logical_date"] or ctx["dag_run"].run_after)
+    return target_date(ctx.get("logical_date") or ctx["dag_run"].run_after)
 
 
 @dag(

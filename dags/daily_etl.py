@@ -25,7 +25,7 @@ from stack.settings import get_settings
 
 
 def _day():
-    return target_date(get_current_context()["logical_date"])
+    return target_date(get_current_context().get("logical_date"))
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ def demand_forecast_training():
         from ml.pipeline import InsufficientData, build_features as run
 
         try:
-            return run(target_date(get_current_context()["logical_date"]))
+            return run(target_date(get_current_context().get("logical_date")))
         except InsufficientData as exc:  # too little history: fail now, a retry cannot fix it
             raise AirflowFailException(str(exc)) from exc
 
@@ -67,7 +67,7 @@ def demand_forecast_training():
         """Backtest metrics -> ml_model_metrics; version -> model_registry; promote if it beats the champion."""
         from ml.pipeline import register_model as run
 
-        return run(target_date(get_current_context()["logical_date"]))
+        return run(target_date(get_current_context().get("logical_date")))
 
     build_features() >> train_gbt >> register_model()
 
