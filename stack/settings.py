@@ -105,7 +105,7 @@ class Settings(BaseSettings):
 
     # ---- Airflow ------------------------------------------------------------------------------
     etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
-    training_schedule: str = Field(default="0 2 * * *", description="Cron schedule of demand_forecast_training.")
+    training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")
     service_level: float = Field(default=0.95, description="Target cycle service level for safety stock.")
