@@ -12,6 +12,7 @@ MC_VERSION="${MC_VERSION:-v0.0.0-20250313080218-cf909e1063a9}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 command -v go > /dev/null || { echo "Go is not on PATH (needed to build the compose tools)" >&2; exit 1; }
 export CGO_ENABLED=0
+mkdir -p "$ROOT/.cache/bin"
 
 OUT="$ROOT/.cache/bin/compose/docker-compose"
 if [ -x "$OUT" ]; then
