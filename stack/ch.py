@@ -37,18 +37,14 @@ def get_client(settings: Settings | None = None, database: str | None = None) ->
     if u.scheme == "chdb":
         Path(u.path).mkdir(parents=True, exist_ok=True)
         client = clickhouse_connect.get_client(dsn=f"chdb://{u.path}")
+        client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     else:
-        client = clickhouse_connect.get_client(
-            host=u.hostname, port=u.port or (8443 if u.scheme == "https" else 8123),
-            username=unquote(u.username or "default"), password=unquote(u.password or ""),
-            secure=u.scheme == "https")
-    client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    if u.scheme != "chdb":
-        client.close()
-        client = clickhouse_connect.get_client(
-            host=u.hostname, port=u.port or (8443 if u.scheme == "https" else 8123),
-            username=unquote(u.username or "default"), password=unquote(u.password or ""),
-            secure=u.scheme == "https", database=db)
+        server = dict(host=u.hostname, port=u.port or (8443 if u.scheme == "https" else 8123),
+                      username=unquote(u.username or "default"), password=unquote(u.password or ""),
+                      secure=u.scheme == "https")
+        with clickhouse_connect.get_client(**server) as bootstrap:  # the database may not exist yet
+            bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        client = clickhouse_connect.get_client(**server, database=db)
     _clients[key] = client
     return client
 
