@@ -53,7 +53,6 @@ def native_services(tmp_path_factory):
         "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
         "SPARK_MASTER": "local[2]",
     }
-    env.pop("LAKE_URL", None)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     os.environ.pop("LAKE_URL", None)
