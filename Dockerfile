@@ -1,10 +1,10 @@
 # syntax=docker/dockerfile:1
-# The platform image: our code (producers, streaming, ml, dags, stack) with the *same pinned packages*
-# as the native venv (stack/docker/requirements.lock, generated from it), a Java 17 runtime for Spark,
+# The platform image: our code (core, contracts, producers, streaming, etl, ml, dags, ops, chserver) with the *same pinned packages*
+# as the native venv (ops/docker/requirements.lock, generated from it), a Java 17 runtime for Spark,
 # and the Spark Kafka connector jars resolved from Maven Central at build time.
-# One image, one entrypoint, a role per service:  python -m stack.entrypoint <role> [args]
+# One image, one entrypoint, a role per service:  python -m ops.entrypoint <role> [args]
 # Roles: producer, topics, stream, migrate, load-test, airflow-init, airflow-api-server,
-#        airflow-scheduler, airflow-dag-processor, airflow-triggerer   (see stack/entrypoint.py)
+#        airflow-scheduler, airflow-dag-processor, airflow-triggerer   (see ops/entrypoint.py)
 
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 ARG MAVEN_IMAGE=maven:3.9.9-eclipse-temurin-17
@@ -14,7 +14,7 @@ ARG SPARK_VERSION=4.0.0
 FROM ${MAVEN_IMAGE} AS jars
 ARG SPARK_VERSION
 WORKDIR /build
-COPY stack/maven-settings.xml stack/spark/pom.xml ./
+COPY ops/maven-settings.xml ops/spark/pom.xml ./
 RUN mvn -q -B -s maven-settings.xml -f pom.xml dependency:copy-dependencies \
         -DoutputDirectory=/opt/retail-cache/spark-kafka-${SPARK_VERSION} -DincludeScope=runtime \
         -Dspark.version=${SPARK_VERSION} -Dmaven.repo.local=/build/m2 \
@@ -24,7 +24,7 @@ RUN mvn -q -B -s maven-settings.xml -f pom.xml dependency:copy-dependencies \
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
-COPY stack/docker/requirements.lock /tmp/requirements.lock
+COPY ops/docker/requirements.lock /tmp/requirements.lock
 RUN /opt/venv/bin/pip install --no-deps -r /tmp/requirements.lock \
  && /opt/venv/bin/pip check
 
@@ -65,7 +65,11 @@ COPY --from=jars --chown=retail:retail /opt/retail-cache /opt/retail-cache
 WORKDIR /opt/retail
 # The source tree itself (REPO_ROOT = /opt/retail: migrations, Avro schemas, dags found as natively).
 COPY --chown=retail:retail pyproject.toml ./
-COPY --chown=retail:retail stack ./stack
+COPY --chown=retail:retail core ./core
+COPY --chown=retail:retail contracts ./contracts
+COPY --chown=retail:retail ops ./ops
+COPY --chown=retail:retail etl ./etl
+COPY --chown=retail:retail chserver ./chserver
 COPY --chown=retail:retail producers ./producers
 COPY --chown=retail:retail streaming ./streaming
 COPY --chown=retail:retail ml ./ml
@@ -75,5 +79,5 @@ COPY --chown=retail:retail clickhouse ./clickhouse
 USER retail
 # Spark driver UI (stream), Airflow API/UI, scheduler health server
 EXPOSE 4040 8080 8974
-ENTRYPOINT ["python", "-m", "stack.entrypoint"]
+ENTRYPOINT ["python", "-m", "ops.entrypoint"]
 CMD ["--help"]

@@ -39,10 +39,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create/refresh the Python venv (pinned deps) under .cache/venv
 
 setup: $(STAMP) ## Install everything: venv, Kafka + Spark connector jars (Maven Central), MinIO (go install)
-	$(PY) -m stack.cli setup
+	$(PY) -m ops.cli setup
 
 demo: setup ## Main job: native stack, replay real POS data + simulated events -> Kafka -> Spark -> ClickHouse + lake, summary
-	$(PY) -m stack.demo
+	$(PY) -m ops.demo
 
 test: setup ## Run the whole test suite (unit + integration against real Kafka, Spark, MinIO, chDB)
 	$(PY) -m pytest -q
@@ -51,16 +51,16 @@ test-unit: setup ## Unit tests only
 	$(PY) -m pytest -q -m "not integration"
 
 local-up: setup ## Start the native stack (Kafka KRaft broker, MinIO)
-	$(PY) -m stack.cli up
+	$(PY) -m ops.cli up
 
 local-down: ## Stop the native stack
-	$(PY) -m stack.cli down
+	$(PY) -m ops.cli down
 
 local-status: ## Health of the native services
-	$(PY) -m stack.cli status
+	$(PY) -m ops.cli status
 
 migrate: setup ## Apply ClickHouse migrations (clickhouse/migrations, idempotent)
-	$(PY) -m stack.cli migrate
+	$(PY) -m ops.cli migrate
 
 topics: local-up ## Create the Kafka topics (idempotent)
 	$(PY) -m producers.cli topics
@@ -72,25 +72,25 @@ stream: local-up ## Run the Spark Structured Streaming job continuously (Ctrl-C 
 	$(PY) -m streaming.job run $(ARGS)
 
 airflow: setup ## Airflow standalone (UI) with our DAGs on the native stack
-	$(PY) -m stack.airflow standalone
+	$(PY) -m ops.airflow standalone
 
 nightly: setup ## daily_etl for BACKFILL days before DATE, then daily_etl, demand_forecast_training, batch_predictions for DATE (airflow dags test)
-	$(PY) -m stack.airflow nightly --date $(DATE) --backfill-days $(BACKFILL)
+	$(PY) -m ops.airflow nightly --date $(DATE) --backfill-days $(BACKFILL)
 
 load-test: local-up ## Fixed-rate load: RATE=<events/s> DURATION=<s> STORES=<n> -> reports/load-test.json
-	$(PY) -m streaming.bench load --rate $(RATE) --duration $(DURATION) --stores $(STORES) --out reports/load-test.json
+	$(PY) -m ops.bench_stream load --rate $(RATE) --duration $(DURATION) --stores $(STORES) --out reports/load-test.json
 
 bench-stream: local-up ## Streaming benchmark -> reports/bench-stream.json
-	$(PY) -m streaming.bench stream --events $(EVENTS) --out reports/bench-stream.json
+	$(PY) -m ops.bench_stream stream --events $(EVENTS) --out reports/bench-stream.json
 
 bench-forecast: setup ## GBT vs seasonal-naive on M5 + UCI -> reports/bench-forecast.json
-	$(PY) -m ml.bench --out reports/bench-forecast.json
+	$(PY) -m ops.bench_forecast --out reports/bench-forecast.json
 
 compose-check: setup ## Validate docker-compose.yml (Compose Specification schema + consistency tests)
 	$(PY) -m pytest -q tests/test_compose.py tests/test_compose_entrypoint.py
 
 compose-tools: ## Build the Docker Compose CLI and MinIO client from the Go module proxy (for compose-check)
-	sh stack/docker/build-tools.sh
+	sh ops/docker/build-tools.sh
 
 define need_docker
 	@docker info >/dev/null 2>&1 || { echo "'make $@' needs a running Docker engine (none found). Use the native stack: make local-up / make demo."; exit 2; }
@@ -113,5 +113,5 @@ ps: ## docker compose ps (needs Docker)
 	$(COMPOSE) ps
 
 clean: ## Stop native services and remove local state (keeps the install cache)
-	-$(PY) -m stack.cli down
+	-$(PY) -m ops.cli down
 	rm -rf $(CACHE)/state reports/*.tmp

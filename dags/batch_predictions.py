@@ -20,8 +20,8 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from stack.airflow import CHDB_POOL, DEFAULT_ARGS, target_date
-from stack.settings import REPO_ROOT, get_settings
+from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
+from core.settings import REPO_ROOT, get_settings
 
 _s = get_settings()
 
@@ -55,21 +55,21 @@ def batch_predictions():
               "spark.ui.enabled": "false"},
     )
 
-    @task(pool=CHDB_POOL)
+    @task(pool=CLICKHOUSE_POOL)
     def load_predictions() -> dict:
         """Lake forecasts -> forecast_predictions (checked: all horizons, ordered intervals)."""
         from ml.pipeline import load_predictions as run
 
         return run(_run_date())
 
-    @task(pool=CHDB_POOL)
+    @task(pool=CLICKHOUSE_POOL)
     def optimise_stock(loaded: dict) -> dict:
         """Forecasts + closing stock + product master -> reorder_recommendations."""
         from ml.pipeline import optimise_stock as run
 
         return run(_run_date())
 
-    @task(pool=CHDB_POOL)
+    @task(pool=CLICKHOUSE_POOL)
     def classify_skus(optimised: dict) -> dict:
         """Syntetos-Boylan classes and slow-moving flags -> sku_classification (+ evaluation metrics)."""
         from ml.pipeline import classify_skus as run

@@ -1,10 +1,10 @@
 """daily_etl: raw events in the lake -> ClickHouse star schema, one UTC day per run.
 
-extract -> transform -> load -> quality_check (logic in :mod:`ml.etl`). Tasks exchange data through
+extract -> transform -> load -> quality_check (logic in :mod:`etl.star_schema`). Tasks exchange data through
 Parquet staging files in the lake (``features/staging/daily_etl/date=YYYY-MM-DD/``) and only small
 XComs (counts), so each task can run in its own process (LocalExecutor) or all in one
 (``airflow dags test`` / ``dag.test()``). Only load and quality_check open ClickHouse; they use the
-one-slot ``chdb`` pool because chDB allows one process per data path.
+``clickhouse`` pool (core.dagconf).
 
 Schedule: ETL_SCHEDULE (default 08:00 UTC daily) as a data-interval cron timetable; the run processes
 the UTC date of its logical date (the start of its interval = the previous day). Re-running a date
@@ -20,8 +20,8 @@ import pendulum
 from airflow.sdk import dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from stack.airflow import CHDB_POOL, DEFAULT_ARGS, target_date
-from stack.settings import get_settings
+from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
+from core.settings import get_settings
 
 
 def _day():
@@ -30,11 +30,11 @@ def _day():
 
 @contextlib.contextmanager
 def _fail_fast_on_bad_data():
-    """Bad data (ml.etl.EtlError, incl. DataQualityError) fails the task at once (no retries: a retry
+    """Bad data (etl.star_schema.EtlError, incl. DataQualityError) fails the task at once (no retries: a retry
     cannot fix it); other errors (lake or ClickHouse unavailable) are retried per default_args."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ml.etl import EtlError
+    from etl.star_schema import EtlError
 
     try:
         yield
@@ -69,7 +69,7 @@ def daily_etl():
         with _fail_fast_on_bad_data():
             return etl.transform(_day())
 
-    @task(pool=CHDB_POOL)
+    @task(pool=CLICKHOUSE_POOL)
     def load(transformed: dict) -> dict:
         """Upsert dims, replace the date's fact partitions in ClickHouse."""
         import datetime as dt
@@ -86,7 +86,7 @@ def daily_etl():
                                dag_run_id=get_current_context()["run_id"])
             raise
 
-    @task(pool=CHDB_POOL)
+    @task(pool=CLICKHOUSE_POOL)
     def quality_check(loaded: dict | None) -> dict:
         """Reconcile fact_sales with the raw lake exactly; record the run in etl_runs."""
         import datetime as dt

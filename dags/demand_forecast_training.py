@@ -20,8 +20,8 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from stack.airflow import CHDB_POOL, DEFAULT_ARGS, target_date
-from stack.settings import REPO_ROOT, get_settings
+from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
+from core.settings import REPO_ROOT, get_settings
 
 CHAMPION_ASSET = Asset("demand_forecast_champion")
 _s = get_settings()
@@ -38,7 +38,7 @@ _s = get_settings()
     doc_md=__doc__,
 )
 def demand_forecast_training():
-    @task(pool=CHDB_POOL)
+    @task(pool=CLICKHOUSE_POOL)
     def build_features() -> dict:
         """Daily demand from the star schema -> feature table in ClickHouse and the lake."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -62,7 +62,7 @@ def demand_forecast_training():
               "spark.ui.enabled": "false"},
     )
 
-    @task(pool=CHDB_POOL, outlets=[CHAMPION_ASSET])
+    @task(pool=CLICKHOUSE_POOL, outlets=[CHAMPION_ASSET])
     def register_model() -> dict:
         """Backtest metrics -> ml_model_metrics; version -> model_registry; promote if it beats the champion."""
         from ml.pipeline import register_model as run

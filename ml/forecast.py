@@ -103,37 +103,11 @@ class BacktestResult:
 # Spark
 # --------------------------------------------------------------------------------------------
 def get_spark(app_name: str = "demand-forecast", master: str | None = None, shuffle_partitions: int = 2):
-    """A SparkSession for MLlib (local master from the argument, else SPARK_MASTER unless launched by
-    spark-submit, which sets ``spark.master``). Sets PYSPARK_PYTHON to this interpreter when unset."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
+    """A SparkSession for MLlib (no Kafka connector): :func:`core.spark.build_spark`; the master from the
+    argument, else SPARK_MASTER unless launched by spark-submit (which sets ``spark.master``)."""
+    from core.spark import build_spark
 
-    b = SparkSession.builder.appName(app_name)
-    launched_by_submit = "PYSPARK_GATEWAY_PORT" in os.environ or bool(os.environ.get("SPARK_ENV_LOADED"))
-    if master is None and not launched_by_submit:
-        from stack.settings import get_settings
-
-        s = get_settings()
-        master = s.spark_master
-        b = b.config("spark.driver.memory", s.spark_driver_memory)
-    if not launched_by_submit:
-        # The first SparkSession of a process fixes the driver classpath: include the Kafka connector so a
-        # streaming query started later in the same process (tests, demo) still finds its source.
-        from stack.local import spark_kafka_jars
-
-        b = b.config("spark.jars", ",".join(spark_kafka_jars()))
-    if master:
-        b = b.master(master)
-    spark = (b.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-             .config("spark.default.parallelism", str(shuffle_partitions))
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.session.timeZone", "UTC")
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+    return build_spark(app_name, kafka=False, master=master, shuffle_partitions=shuffle_partitions)
 
 
 def _to_spark(spark, pdf: pd.DataFrame, cols: list[str]):

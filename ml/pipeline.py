@@ -49,9 +49,9 @@ def _now() -> dt.datetime:
 
 
 def _ctx(settings=None):
-    from stack.ch import get_client
-    from stack.lake import Lake
-    from stack.settings import get_settings
+    from core.clickhouse import get_client
+    from core.lake import Lake
+    from core.settings import get_settings
 
     s = settings or get_settings()
     return s, get_client(s), s.clickhouse_database, Lake(s)

@@ -158,7 +158,7 @@ def write_reference(lake, products_df: pd.DataFrame, stores_df: pd.DataFrame, me
     synthetic catalogue and the UCI replay catalogue can coexist; ``merge=False`` replaces the file.
 
     Args:
-        lake: a :class:`stack.lake.Lake`.
+        lake: a :class:`core.lake.Lake`.
     Returns:
         {"products": path, "stores": path} filesystem paths written.
     """

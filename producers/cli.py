@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stack.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 err_console = Console(stderr=True)
@@ -59,7 +59,7 @@ class Pacer:
 def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, speed: float | None = None,
                    t_start: int | None = None, t_end: int | None = None, progress: bool = True,
                    label: str = "publishing") -> dict[str, Any]:
-    """Send every event through ``publisher`` (an :class:`~producers.kafka_io.EventPublisher`), paced by
+    """Send every event through ``publisher`` (an :class:`~core.kafka.EventPublisher`), paced by
     :class:`Pacer`; show progress by event time between ``t_start`` and ``t_end`` (epoch ms).
 
     Returns {"events", "elapsed_s", "events_per_s", **publisher.counts} after a flush.
@@ -104,7 +104,7 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
 
 def _write_reference(settings: Settings, products, stores) -> dict[str, str]:
     from producers.catalog import write_reference
-    from stack.lake import Lake
+    from core.lake import Lake
 
     lake = Lake(settings)
     lake.ensure_buckets()
@@ -121,9 +121,9 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
     times end near now). Returns {"mode", "config", "topics", "reference", "generator", "invalid_injected",
     "published": {events, sent, delivered, failed, dead_lettered, ...}}.
     """
-    from producers.admin import ensure_topics
+    from core.kafka_admin import ensure_topics
     from producers.invalid import inject_invalid
-    from producers.kafka_io import EventPublisher
+    from core.kafka import EventPublisher
     from producers.simulator import SimConfig, Simulator, to_ms
 
     s = settings or get_settings()
@@ -161,9 +161,9 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     events per type, ...), "invalid_injected", "published": {...}}.
     Raises FileNotFoundError / ValueError for a missing or malformed file.
     """
-    from producers.admin import ensure_topics
+    from core.kafka_admin import ensure_topics
     from producers.invalid import inject_invalid
-    from producers.kafka_io import EventPublisher
+    from core.kafka import EventPublisher
     from producers.replay import Replay, ReplayConfig, load_transactions
 
     s = settings or get_settings()
@@ -196,7 +196,7 @@ def _finish(result: dict[str, Any]) -> None:
 @app.command()
 def topics() -> None:
     """Create the platform topics (idempotent) and print what was created vs already existed."""
-    from producers.admin import ensure_topics
+    from core.kafka_admin import ensure_topics
 
     typer.echo(json.dumps(ensure_topics(get_settings()), indent=2))
 

@@ -10,7 +10,7 @@ import copy
 import random
 from typing import Any, Iterable, Iterator
 
-from producers.contracts import field_names
+from contracts import field_names
 
 #: event type -> (an enum field, a numeric field, a required string field)
 _FIELDS = {

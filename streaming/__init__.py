@@ -3,5 +3,5 @@ inventory metrics in ClickHouse, quarantine of invalid events, and restock alert
 
 Modules: :mod:`streaming.schema` (Spark schemas derived from the Avro contracts), :mod:`streaming.transforms`
 (pure DataFrame transforms), :mod:`streaming.sinks` (idempotent foreachBatch sinks), :mod:`streaming.job`
-(SparkSession, queries, CLI) and :mod:`streaming.bench` (benchmark and load test).
+(SparkSession, queries, CLI) and :mod:`ops.bench_stream` (benchmark and load test).
 """

@@ -10,7 +10,7 @@ In-process API (the demo, tests and benchmarks): :func:`run_stream` (blocking) o
 (``start`` / ``await_available_now`` / ``stop``).
 
 Two streaming queries share one SparkSession (Spark's own Kafka source, ``spark-sql-kafka-0-10`` jars from
-:func:`stack.local.spark_kafka_jars`):
+:func:`core.spark.spark_kafka_jars`):
 
 * ``raw``: all input topics (sales, inventory, price changes, customer events) -> validation -> lake Parquet +
   ``quarantine_events`` (:meth:`streaming.sinks.StreamSinks.raw_batch`). Checkpoint ``<SPARK_CHECKPOINT_DIR>/raw``.
@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
+import signal
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from producers.contracts import EVENT_TYPES
-from stack.settings import Settings, get_settings
+from contracts import EVENT_TYPES
+from core.settings import Settings, get_settings
 from streaming import transforms as TR
 from streaming.sinks import INPUT_EVENT_TYPES, StreamSinks
 
@@ -48,44 +47,10 @@ QUERY_NAMES = ("raw", "windows")
 
 
 def build_spark(settings: Settings | None = None):
-    """The job's SparkSession (getOrCreate): SPARK_MASTER, SPARK_DRIVER_MEMORY, SPARK_SHUFFLE_PARTITIONS, the
-    Kafka connector jars, UTC session time zone, UI disabled, Arrow for toPandas. Sets PYSPARK_PYTHON /
-    PYSPARK_DRIVER_PYTHON to this interpreter so Python workers import the same packages.
+    """The streaming job's SparkSession: :func:`core.spark.build_spark` with the Kafka connector."""
+    from core.spark import build_spark as _build
 
-    Raises:
-        stack.local.StackError: connector jars cannot be resolved / pyspark version mismatch.
-    """
-    from pyspark.sql import SparkSession
-
-    from stack.local import spark_kafka_jars
-
-    s = settings or get_settings()
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    jars = spark_kafka_jars(s)
-    spark = (SparkSession.builder.appName("retail-streaming").master(s.spark_master)
-             .config("spark.jars", ",".join(jars))
-             .config("spark.driver.memory", s.spark_driver_memory)
-             .config("spark.sql.shuffle.partitions", str(s.spark_shuffle_partitions))
-             .config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.session.timeZone", "UTC")
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
-             .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("WARN")
-    jvm = spark.sparkContext._jvm
-    try:
-        jvm.java.lang.Class.forName("org.apache.spark.sql.kafka010.KafkaSourceProvider", False,
-                                    jvm.org.apache.spark.util.Utils.getContextOrSparkClassLoader())
-    except Exception:
-        from stack.local import StackError
-
-        raise StackError("the Spark driver JVM of this process was started without the Kafka connector: the first "
-                         "SparkSession of a process fixes the driver classpath; create it with "
-                         "streaming.job.build_spark() (or pass spark.jars=stack.local.spark_kafka_jars())") from None
-    return spark
+    return _build("retail-streaming", kafka=True, settings=settings)
 
 
 def checkpoint_path(settings: Settings, query: str) -> str:
@@ -109,11 +74,11 @@ class StreamingJob:
         self.s = settings or get_settings()
         self.spark = spark or build_spark(self.s)
         if migrate:
-            from stack.ch import migrate as ch_migrate
+            from core.clickhouse import migrate as ch_migrate
 
             ch_migrate(self.s)
             try:
-                from producers.admin import ensure_topics
+                from core.kafka_admin import ensure_topics
             except ImportError:  # producers package not installed: topics must already exist
                 ensure_topics = None
             if ensure_topics:
@@ -200,10 +165,22 @@ class StreamingJob:
             end = json.loads(end)
         return {t: {str(p): int(o) for p, o in parts.items()} for t, parts in end.items()}
 
-    def stop(self) -> None:
-        """Stop every query (idempotent) and flush the alert producer."""
+    def stop(self, grace_seconds: float = 120.0) -> None:
+        """Stop every query between micro-batches (idempotent), then flush the alert producer.
+
+        ``StreamingQuery.stop()`` interrupts a running micro-batch; inside ``foreachBatch`` the interrupt
+        surfaces as a Py4J error whose (long) text Spark's ``StreamExecution.isInterruptionException`` matches
+        with a backtracking regex, which overflows the JVM stack (the ``java.lang.StackOverflowError`` with
+        1,000+ ``java.util.regex`` frames; SPARK-39218/SPARK-48717). So each query is stopped only once its
+        current trigger has finished (``status['isTriggerActive']`` false), waiting up to ``grace_seconds``;
+        the next processing-time trigger is seconds away, so ``stop()`` lands between batches. Nothing is lost
+        either way: an interrupted batch is not committed and is re-run from the checkpoint.
+        """
         for q in self.queries.values():
             try:
+                deadline = time.time() + grace_seconds
+                while q.isActive and q.status.get("isTriggerActive") and time.time() < deadline:
+                    time.sleep(0.05)
                 if q.isActive:
                     q.stop()
             except Exception as exc:  # keep stopping the others
@@ -266,6 +243,11 @@ def run(available_now: bool = typer.Option(False, "--available-now", help="Drain
     for noisy in ("kafka", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     s = get_settings()
+
+    def _sigterm(*_):  # the supervisor's stop signal: leave through the finally blocks (queries stopped cleanly)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _sigterm)
     spark = build_spark(s)
     try:
         stats = run_stream(s, available_now=available_now, timeout=timeout, trigger_seconds=trigger_seconds, spark=spark)

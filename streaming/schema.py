@@ -1,4 +1,4 @@
-"""Spark schemas derived from the Avro event contracts (``producers/schemas/*.avsc``).
+"""Spark schemas derived from the Avro event contracts (``contracts/schemas/*.avsc``).
 
 The Avro files are the single source of truth; nothing here repeats a field list. Mapping:
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from pyspark.sql import types as T
 
-from producers.contracts import EVENT_TYPES, raw_schema
+from contracts import EVENT_TYPES, raw_schema
 
 _PRIMITIVES: dict[str, T.DataType] = {
     "string": T.StringType(), "int": T.IntegerType(), "long": T.LongType(), "float": T.FloatType(),

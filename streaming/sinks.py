@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from producers.contracts import EVENT_TYPES, validate_event
-from stack.settings import Settings
+from contracts import EVENT_TYPES, validate_event
+from core.settings import Settings
 from streaming import schema as S
 from streaming import transforms as TR
 
@@ -74,8 +74,8 @@ class StreamSinks:
 
     Args:
         settings: platform settings.
-        client: clickhouse-connect client (default :func:`stack.ch.get_client`).
-        lake: :class:`stack.lake.Lake` (default :func:`stack.lake.get_lake`).
+        client: clickhouse-connect client (default :func:`core.clickhouse.get_client`).
+        lake: :class:`core.lake.Lake` (default :func:`core.lake.get_lake`).
 
     Attributes:
         batch_log: list of {"query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"}
@@ -84,8 +84,8 @@ class StreamSinks:
     """
 
     def __init__(self, settings: Settings, client=None, lake=None):
-        from stack.ch import get_client
-        from stack.lake import Lake
+        from core.clickhouse import get_client
+        from core.lake import Lake
 
         self.s = settings
         self.db = settings.clickhouse_database
@@ -120,14 +120,11 @@ class StreamSinks:
         self.batch_log.append(rec)
 
     def producer(self):
-        """Lazily created kafka-python producer for restock alerts (acks=all, JSON values)."""
+        """Lazily created producer for restock alerts (:func:`core.kafka.make_producer`)."""
         if self._producer is None:
-            from kafka import KafkaProducer
+            from core.kafka import make_producer
 
-            self._producer = KafkaProducer(
-                bootstrap_servers=self.s.kafka_bootstrap_servers.split(","), acks="all", retries=5,
-                linger_ms=10, key_serializer=lambda k: k.encode(),
-                value_serializer=lambda v: json.dumps(v, separators=(",", ":")).encode())
+            self._producer = make_producer(self.s, client_id="retail-restock-alerts")
         return self._producer
 
     def close(self) -> None:

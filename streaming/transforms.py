@@ -89,7 +89,7 @@ def parse_events(df: DataFrame, event_type: str) -> DataFrame:
 
     Args:
         df: frame with at least :data:`KAFKA_COLUMNS` (rows of other topics must be filtered out before).
-        event_type: a key of ``producers.contracts.EVENT_TYPES``.
+        event_type: a key of ``contracts.EVENT_TYPES``.
 
     Returns:
         ``KAFKA_COLUMNS`` + one column per contract field (NULL when absent or not of the contract type)

@@ -1,9 +1,9 @@
 """Shared fixtures.
 
-``native_stack`` (session scope) starts the *real* native services on free ports with a fresh state
-folder: the Kafka broker (KRaft), the MinIO server, and points CLICKHOUSE_URL at a chDB path of its
-own with a fresh database per run (chDB allows one path per process, so the whole session shares it).
-Everything it starts is stopped in its finalizer.
+``native_services`` (session scope) starts the *real* native services under the supervisor (ops.local), on
+free ports with a fresh state folder: the Kafka broker (KRaft), the MinIO server and the ClickHouse HTTP
+endpoint over chDB (``chserver``); every test talks to ClickHouse over HTTP as platform_writer (the default
+CLICKHOUSE_URL). Everything it starts is stopped in its finalizer, which checks no port stays bound.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def native_services(tmp_path_factory):
-    """Real Kafka + MinIO on free ports and a chDB path for the whole session; yields the Settings in force."""
-    from stack import local
-    from stack.settings import get_settings
+    """Real Kafka, MinIO and the ClickHouse endpoint on free ports for the whole session; yields the Settings."""
+    from ops import local
+    from core.settings import get_settings
 
     state = tmp_path_factory.mktemp("stack-state")
     env = {
@@ -48,22 +48,23 @@ def native_services(tmp_path_factory):
         "KAFKA_CONTROLLER_PORT": str(free_port()),
         "MINIO_PORT": str(free_port()),
         "MINIO_CONSOLE_PORT": str(free_port()),
-        "CLICKHOUSE_URL": f"chdb://{state / 'chdb'}",
+        "CLICKHOUSE_HTTP_PORT": str(free_port()),
+        "AIRFLOW_PORT": str(free_port()),
         "CLICKHOUSE_DATABASE": f"test_{uuid.uuid4().hex[:8]}",
         "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
         "SPARK_MASTER": "local[2]",
     }
-    old = {k: os.environ.get(k) for k in env}
+    old = {k: os.environ.get(k) for k in (*env, "CLICKHOUSE_URL", "LAKE_URL")}
     os.environ.update(env)
-    os.environ.pop("LAKE_URL", None)
+    for k in ("CLICKHOUSE_URL", "LAKE_URL"):  # derived: the session's endpoint and MinIO
+        os.environ.pop(k, None)
+    get_settings.cache_clear()
+    local.ensure_local_env(get_settings())
     get_settings.cache_clear()
     s = get_settings()
     os.environ["LAKE_URL"] = s.lake_url
-    local.ensure_local_env(s)
-    get_settings.cache_clear()
-    s = get_settings()
     try:
-        local.up(s)
+        local.up(s, ["kafka", "minio", "clickhouse"])
         yield s
     finally:
         local.down(s)
@@ -72,23 +73,21 @@ def native_services(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        os.environ.pop("LAKE_URL", None)
         get_settings.cache_clear()
-        from stack.lake import get_lake
+        from core.clickhouse import reset_clients
+        from core.lake import get_lake
 
+        reset_clients()
         get_lake.cache_clear()
 
 
 @pytest.fixture(scope="module")
 def native_stack(native_services):
     """The session's native services with a fresh ClickHouse database and fresh lake buckets for this test
-    module (clickhouse-connect's layout: a fresh database per run), migrations applied; yields the Settings.
-
-    chDB allows one data path per process, so modules are isolated by database, not by path.
-    """
-    from stack.ch import migrate
-    from stack.lake import Lake, get_lake
-    from stack.settings import get_settings
+    module (clickhouse-connect's layout: a fresh database per run), migrations applied; yields the Settings."""
+    from core.clickhouse import migrate
+    from core.lake import Lake, get_lake
+    from core.settings import get_settings
 
     tag = uuid.uuid4().hex[:8]
     env = {"CLICKHOUSE_DATABASE": f"test_{tag}", "LAKE_RAW_BUCKET": f"raw-{tag}",

@@ -34,7 +34,7 @@ def view_names() -> list[str]:
 @pytest.fixture(scope="module")
 def bi(native_stack):
     """(client, database): all migrations applied to a fresh database, twice (idempotence)."""
-    from stack.ch import get_client, migrate
+    from core.clickhouse import get_client, migrate
 
     db = f"bi_{uuid.uuid4().hex[:8]}"
     first = migrate(native_stack, database=db)

@@ -4,7 +4,7 @@
   when the real Compose CLI is present (built from the Go module proxy into .cache/bin/compose),
   ``docker-compose config`` must accept the file too.
 * every service of our image gets every environment variable its role needs (derived from
-  ``stack.settings.Settings.model_fields`` through ``stack.entrypoint.required_env``);
+  ``core.settings.Settings.model_fields`` through ``ops.entrypoint.required_env``);
 * no secret literal: secrets are interpolated from .env, and each required variable is in .env.example;
 * every image (compose and Dockerfile) is pinned to a version;
 * every long-running service has a healthcheck; one-shot services are the ones others wait for;
@@ -26,15 +26,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stack import entrypoint
-from stack.settings import Settings
+from ops import entrypoint
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "Dockerfile"
-LOCK = REPO / "stack" / "docker" / "requirements.lock"
-USERS_XML = REPO / "stack" / "docker" / "clickhouse" / "users.d" / "platform-users.xml"
+LOCK = REPO / "ops" / "docker" / "requirements.lock"
+USERS_XML = REPO / "ops" / "docker" / "clickhouse" / "users.d" / "platform-users.xml"
 COMPOSE_CLI = REPO / ".cache" / "bin" / "compose" / "docker-compose"
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -142,7 +142,7 @@ def test_each_service_of_our_image_gets_the_env_its_role_needs(compose):
 
 def test_settings_load_from_each_service_environment(compose, monkeypatch):
     """The resolved environment of every service parses with the real Settings (validators included)."""
-    from stack.settings import get_settings
+    from core.settings import get_settings
 
     for name, svc in our_services(compose).items():
         env = {k: interpolate_defaults(v) for k, v in env_of(svc).items()}
@@ -199,7 +199,7 @@ def test_compose_pass_through_defaults_equal_the_settings_defaults(compose):
 def test_strict_entrypoint_names_a_missing_variable():
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
     env["RETAIL_ENTRYPOINT_STRICT"] = "1"
-    r = subprocess.run([sys.executable, "-m", "stack.entrypoint", "migrate"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ops.entrypoint", "migrate"], capture_output=True,
                        text=True, env=env, cwd=REPO)
     assert r.returncode == 2
     assert "CLICKHOUSE_URL" in r.stderr and "CLICKHOUSE_DATABASE" in r.stderr
@@ -292,10 +292,10 @@ def test_dockerfile_runs_non_root_with_the_entrypoint():
     text = DOCKERFILE.read_text()
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
-    assert 'ENTRYPOINT ["python", "-m", "stack.entrypoint"]' in text
+    assert 'ENTRYPOINT ["python", "-m", "ops.entrypoint"]' in text
     assert "openjdk-17-jre" in text
     assert "requirements.lock" in text
-    for pkg in ("stack", "producers", "streaming", "ml", "dags", "clickhouse"):
+    for pkg in ("core", "contracts", "ops", "etl", "chserver", "producers", "streaming", "ml", "dags", "clickhouse"):
         assert re.search(rf"^COPY .*\b{pkg} \./{pkg}$", text, re.M), f"{pkg}/ not copied into the image"
     assert ".env" in (REPO / ".dockerignore").read_text().split()
 
@@ -346,7 +346,7 @@ def test_healthcheck_probes_report_a_real_endpoint(monkeypatch):
         srv.server_close()
     assert not entrypoint._http_ok(f"http://127.0.0.1:{port}/")
     assert not entrypoint._tcp_ok(f"127.0.0.1:{port}")
-    r = subprocess.run([sys.executable, "-m", "stack.entrypoint", "healthcheck", "migrate"],
+    r = subprocess.run([sys.executable, "-m", "ops.entrypoint", "healthcheck", "migrate"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "no healthcheck" in r.stderr
 
@@ -375,12 +375,12 @@ def test_every_command_of_our_image_is_an_implemented_role(compose):
 
 def test_dry_run_resolves_every_role():
     for role in entrypoint.ROLES:
-        r = subprocess.run([sys.executable, "-m", "stack.entrypoint", "--dry-run", role],
+        r = subprocess.run([sys.executable, "-m", "ops.entrypoint", "--dry-run", role],
                            capture_output=True, text=True, cwd=REPO)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["role"] == role and out["argv"][0] and out["required_env"] == entrypoint.required_env(role)
-    r = subprocess.run([sys.executable, "-m", "stack.entrypoint", "no-such-role"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "ops.entrypoint", "no-such-role"], capture_output=True, text=True)
     assert r.returncode == 2 and "known roles" in r.stderr
 
 
@@ -392,7 +392,7 @@ def test_every_service_command_runs_natively_with_help(compose, tmp_path):
         cmd = [interpolate_defaults(str(a)) for a in svc["command"]]
         env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
         env.pop("RETAIL_ENTRYPOINT_STRICT", None)
-        r = subprocess.run([sys.executable, "-m", "stack.entrypoint", *cmd, "--help"], capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "ops.entrypoint", *cmd, "--help"], capture_output=True,
                            text=True, env=env, cwd=REPO, timeout=300)
         return name, cmd, r
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.integration
 @pytest.mark.airflow
 def test_airflow_init_role_migrates_creates_pool_and_admin(tmp_path):
-    from stack.airflow import CHDB_POOL
+    from ops.airflow import CHDB_POOL
 
     home = tmp_path / "airflow"
     pwfile = tmp_path / "auth" / "passwords.json"
@@ -34,7 +34,7 @@ def test_airflow_init_role_migrates_creates_pool_and_admin(tmp_path):
         "CLICKHOUSE_URL": "http://platform_writer:x@clickhouse:8123",   # a server: 4 pool slots
     })
     for attempt in range(2):
-        r = subprocess.run([sys.executable, "-m", "stack.entrypoint", "airflow-init"], env=env, cwd=REPO,
+        r = subprocess.run([sys.executable, "-m", "ops.entrypoint", "airflow-init"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (attempt, r.stdout[-2000:], r.stderr[-3000:])
     assert json.loads(pwfile.read_text()) == {"ops": "s3cret-Pw"}
@@ -46,7 +46,7 @@ def test_airflow_init_role_migrates_creates_pool_and_admin(tmp_path):
     assert int(by_name[CHDB_POOL]["slots"]) == 4
     # without the admin variables the role fails fast and names them
     bad = {k: v for k, v in env.items() if k != "AIRFLOW_ADMIN_PASSWORD"}
-    r = subprocess.run([sys.executable, "-m", "stack.entrypoint", "airflow-init"], env=bad, cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "ops.entrypoint", "airflow-init"], env=bad, cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "AIRFLOW_ADMIN_PASSWORD" in r.stderr
 
@@ -56,7 +56,7 @@ MC = REPO / ".cache" / "bin" / "mc" / "mc"
 
 @pytest.mark.integration
 def test_minio_init_script_grants_least_privilege(native_stack, tmp_path):
-    """stack/docker/minio/minio-init.sh run with the real `mc` against the real (native) MinIO, twice:
+    """ops/docker/minio/minio-init.sh run with the real `mc` against the real (native) MinIO, twice:
     the platform key can read/write objects in the lake buckets, create/delete only the scratch bucket,
     and cannot create other buckets."""
     if not MC.exists():
@@ -70,7 +70,7 @@ def test_minio_init_script_grants_least_privilege(native_stack, tmp_path):
            "MINIO_URL": s.lake_url, "MINIO_ROOT_USER": s.minio_root_user,
            "MINIO_ROOT_PASSWORD": s.minio_root_password, "LAKE_ACCESS_KEY": key, "LAKE_SECRET_KEY": secret}
     for _ in range(2):
-        r = subprocess.run(["sh", str(REPO / "stack" / "docker" / "minio" / "minio-init.sh")], env=env,
+        r = subprocess.run(["sh", str(REPO / "ops" / "docker" / "minio" / "minio-init.sh")], env=env,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
     host = s.lake_url.split("://", 1)[1]

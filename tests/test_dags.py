@@ -98,15 +98,16 @@ def test_daily_etl_shape(parsed):
     assert set(d["tasks"]) == {"extract", "transform", "load", "quality_check"}
     assert d["schedule"] == "0 8 * * *"  # ETL_SCHEDULE default
     assert d["max_active_runs"] == 1
-    # tasks that open ClickHouse share the one-slot chdb pool (chDB: one process per data path)
-    assert d["tasks"]["load"]["pool"] == d["tasks"]["quality_check"]["pool"] == "chdb"
-    assert d["tasks"]["extract"]["pool"] != "chdb"
+    # tasks that open ClickHouse share the clickhouse pool (core.dagconf.CLICKHOUSE_POOL)
+    assert d["tasks"]["load"]["pool"] == d["tasks"]["quality_check"]["pool"] == "clickhouse"
+    assert d["tasks"]["extract"]["pool"] != "clickhouse"
 
 
 def test_stack_airflow_environment():
     """The environment every Airflow process gets (AIRFLOW_HOME, dags folder, Spark connection, PATH)."""
-    from stack.airflow import DAGS_FOLDER, airflow_env, spark_connection, target_date
-    from stack.settings import get_settings
+    from core.dagconf import target_date
+    from ops.airflow import DAGS_FOLDER, airflow_env, spark_connection
+    from core.settings import get_settings
 
     s = get_settings()
     env = airflow_env(s)

@@ -122,7 +122,7 @@ def produce(settings, valid, invalid=()):
     """Send with kafka-python (key store|sku, customer events key customer_id); invalid payloads raw."""
     from kafka import KafkaProducer
 
-    from producers.contracts import EVENT_TYPES, validate_event
+    from contracts import EVENT_TYPES, validate_event
 
     p = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), acks="all", linger_ms=10)
     meta = {}
@@ -288,9 +288,9 @@ def rewind(checkpoint: Path, to_batch: int) -> None:
 
 # ------------------------------------------------------------------------------------------- test --
 def test_stream_end_to_end(native_stack):
-    from producers.admin import ensure_topics
-    from stack.ch import get_client
-    from stack.lake import get_lake
+    from core.kafka_admin import ensure_topics
+    from core.clickhouse import get_client
+    from core.lake import get_lake
     from streaming.job import build_spark, run_stream
 
     s = native_stack

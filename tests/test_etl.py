@@ -1,4 +1,4 @@
-"""Unit tests of the pure ETL transforms in ml/etl.py (no services)."""
+"""Unit tests of the pure ETL transforms in etl/star_schema.py (no services)."""
 
 from __future__ import annotations
 

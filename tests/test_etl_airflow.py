@@ -129,7 +129,7 @@ def land_reference(lake, ev: pd.DataFrame) -> None:
 
 # ---------------------------------------------------------------------------- independent truth --
 def raw_files(lake, event_type: str, day: dt.date) -> pd.DataFrame:
-    """Every Parquet file of the raw partition, read one by one with pyarrow (no ml.etl code)."""
+    """Every Parquet file of the raw partition, read one by one with pyarrow (no etl.star_schema code)."""
     part = f"{lake.settings.lake_raw_bucket}/{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
     files = lake.list_files(part)
     return pd.concat([pq.read_table(f, filesystem=lake.fs).to_pandas() for f in files], ignore_index=True)
@@ -163,7 +163,7 @@ def table_fingerprint(client, db: str) -> dict:
 @pytest.fixture(scope="module")
 def etl_dag(native_stack, tmp_path_factory):
     """Airflow metadata DB (SQLite) in a temp AIRFLOW_HOME, and the daily_etl DAG object."""
-    from stack.airflow import DAGS_FOLDER, configure_in_process
+    from ops.airflow import DAGS_FOLDER, configure_in_process
 
     configure_in_process(tmp_path_factory.mktemp("airflow-home"), native_stack)
     from airflow.dag_processing.dagbag import DagBag
@@ -178,7 +178,7 @@ def etl_dag(native_stack, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def landed(native_stack, uci_days):
-    from stack.lake import Lake
+    from core.lake import Lake
 
     lake = Lake(native_stack)
     land_reference(lake, uci_days)
@@ -196,7 +196,7 @@ def run(dag, day: dt.date):
 
 # ---------------------------------------------------------------------------------------- tests --
 def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, native_stack):
-    from stack.ch import get_client
+    from core.clickhouse import get_client
 
     client, db, lake = get_client(native_stack), native_stack.clickhouse_database, landed
     for d in (DAY1, DAY2):
@@ -291,7 +291,7 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     from airflow.utils.state import TaskInstanceState
 
     from ml import etl
-    from stack.ch import get_client
+    from core.clickhouse import get_client
 
     client, db, lake = get_client(native_stack), native_stack.clickhouse_database, landed
     assert run(etl_dag, DAY3)[1]

@@ -31,7 +31,7 @@ def dagbag(tmp_path_factory):
     # the platform's Airflow environment (dags folder, no examples) unless Airflow is already configured in
     # this process: dag.test() later syncs the configured dags folder, so it must be ours
     if "airflow" not in sys.modules:
-        from stack.airflow import airflow_env
+        from ops.airflow import airflow_env
 
         env = airflow_env(home=tmp_path_factory.mktemp("af-rules"))
         env.pop("PATH"), env.pop("PYTHONPATH")
@@ -138,7 +138,7 @@ def seed_star_schema(client, db: str, demand: pd.DataFrame) -> None:
 
 @pytest.fixture(scope="module")
 def ml_dags(native_stack, tmp_path_factory):
-    from stack.airflow import DAGS_FOLDER, configure_in_process
+    from ops.airflow import DAGS_FOLDER, configure_in_process
 
     configure_in_process(tmp_path_factory.mktemp("airflow-home-ml"), native_stack)
     os.environ.update({"FORECAST_GBT_MAX_ITER": "8", "FORECAST_GBT_MAX_DEPTH": "4",
@@ -168,7 +168,7 @@ def _run(dag, day):
 def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     from scipy.stats import norm
 
-    from stack.ch import get_client
+    from core.clickhouse import get_client
 
     from ml.pipeline import InsufficientData, build_features
 

@@ -17,7 +17,7 @@ STORES = ["CA_1", "CA_3", "TX_2", "WI_1"]
 
 @pytest.fixture(scope="module")
 def m5(shared_data):
-    from ml.bench import load_m5
+    from ops.bench_forecast import load_m5
 
     folder = shared_data / "m5_walmart_tiny"
     if not (folder / "sales_daily.csv.gz").exists():
@@ -102,8 +102,8 @@ def test_forecast_every_active_series_and_ordered_intervals(spark, trained, m5):
 
 def test_model_roundtrip_through_lake(spark, trained, tmp_path):
     from ml.forecast import forecast, list_versions, load_model_version, save_model_version
-    from stack.lake import Lake
-    from stack.settings import Settings
+    from core.lake import Lake
+    from core.settings import Settings
 
     cfg, res = trained
     bt = res["backtest"]

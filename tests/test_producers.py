@@ -14,9 +14,9 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from producers.contracts import ContractError, validate_event
+from contracts import ContractError, validate_event
 from producers.invalid import CORRUPTIONS, corrupt, inject_invalid
-from producers.kafka_io import dead_letter_record, event_key, serialize_value
+from core.kafka import dead_letter_record, event_key, serialize_value
 from producers.replay import (
     Replay, ReplayConfig, categorize, classify_code, classify_rows, cut_sample, load_transactions,
     london_to_utc_ms, store_for_country,

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from producers.contracts import DEAD_LETTER, EVENT_TYPES, TOPIC_PARTITIONS, ContractError, validate_event
+from contracts import DEAD_LETTER, EVENT_TYPES, TOPIC_PARTITIONS, ContractError, validate_event
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def consume_all(settings, topic: str) -> list:
 
 
 def test_topics_are_created_idempotently(kafka_settings):
-    from producers.admin import describe_topics, ensure_topics
+    from core.kafka_admin import describe_topics, ensure_topics
 
     s = kafka_settings
     first = ensure_topics(s)
@@ -68,9 +68,9 @@ def test_topics_are_created_idempotently(kafka_settings):
 
 
 def test_publish_valid_and_invalid_events_round_trip(kafka_settings):
-    from producers.admin import ensure_topics
+    from core.kafka_admin import ensure_topics
     from producers.invalid import inject_invalid
-    from producers.kafka_io import EventPublisher, event_key
+    from core.kafka import EventPublisher, event_key
     from producers.simulator import SimConfig, Simulator
 
     s = kafka_settings
@@ -145,7 +145,7 @@ def test_run_replay_in_process_writes_reference_and_counts(kafka_settings):
 
     from producers.cli import DEFAULT_SAMPLE, run_replay
     from producers.replay import Replay, ReplayConfig, load_transactions
-    from stack.lake import Lake
+    from core.lake import Lake
 
     s = kafka_settings
     end = datetime.now(timezone.utc)

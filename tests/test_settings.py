@@ -2,7 +2,7 @@
 
 import pytest
 
-from stack.settings import ConfigError, Settings, get_settings
+from core.settings import ConfigError, Settings, get_settings
 
 
 @pytest.fixture(autouse=True)
@@ -17,8 +17,12 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("MINIO_PORT", "9123")
+    monkeypatch.setenv("CLICKHOUSE_HTTP_PORT", "8124")
+    monkeypatch.setenv("CLICKHOUSE_WRITER_PASSWORD", "w/r+it@r")
     s = get_settings()
-    assert s.clickhouse_url == f"chdb://{tmp_path / 'chdb'}"
+    # one client path: the native endpoint over HTTP as platform_writer, password URL-quoted
+    assert s.clickhouse_url == "http://platform_writer:w%2Fr%2Bit%40r@localhost:8124"
+    assert s.clickhouse_chdb_path == tmp_path / "chdb"
     assert s.lake_url == "http://localhost:9123"
     assert s.spark_checkpoint_dir == str(tmp_path / "checkpoints")
     assert s.lake_is_s3
@@ -49,7 +53,7 @@ def test_local_folder_lake(monkeypatch, tmp_path):
     monkeypatch.setenv("LAKE_URL", str(tmp_path / "lake"))
     s = get_settings()
     assert not s.lake_is_s3
-    from stack.lake import Lake
+    from core.lake import Lake
     import pyarrow as pa
 
     lake = Lake(s)
@@ -62,15 +66,15 @@ def test_local_folder_lake(monkeypatch, tmp_path):
 
 def test_readme_documents_every_setting():
     """The README's configuration table lists every environment variable the settings module reads."""
-    from stack.settings import REPO_ROOT
+    from core.settings import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text()
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
-    assert not missing, f"README lacks configuration rows for {missing}: run python -m stack.cli config-table"
+    assert not missing, f"README lacks configuration rows for {missing}: run python -m ops.cli config-table"
 
 
 def test_readme_and_ci_run_the_same_test_command():
-    from stack.settings import REPO_ROOT
+    from core.settings import REPO_ROOT
 
     assert "make test" in (REPO_ROOT / "README.md").read_text()
     assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.bench import freshness_ms, pct, targets_of
+from ops.bench_stream import freshness_ms, pct, targets_of
 
 
 def test_freshness_maps_each_event_to_the_first_batch_covering_its_offset():

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from producers.contracts import field_names
+from contracts import field_names
 from streaming import schema as S
 from streaming import transforms as TR
 
@@ -216,7 +216,7 @@ def test_restock_alert_once_per_episode():
     # replaying the same windows against the state they produced emits nothing new
     again, state2 = TR.restock_episodes(enriched, state, high_hours=24, medium_hours=72, lead_time_days=3, now_ms=NOW_MS)
     assert again == [] and state2 == state
-    from producers.contracts import validate_event
+    from contracts import validate_event
 
     for a in alerts:
         validate_event("restock_alert", a)

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ml.forecast import MODEL_PREFIX, forecast, get_spark, load_model_version
     from ml.pipeline import read_features
-    from stack.lake import Lake
-    from stack.settings import get_settings
+    from core.lake import Lake
+    from core.settings import get_settings
 
     s = get_settings()
     lake = Lake(s)

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # launched as a file by spark-submit: make the re
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stack.settings import get_settings
+    from core.settings import get_settings
 
     s = get_settings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ml.forecast import ForecastConfig, get_spark, list_versions, save_model_version, train_and_evaluate
     from ml.pipeline import read_features, version_for_run
-    from stack.lake import Lake
+    from core.lake import Lake
 
     lake = Lake(s)
     cfg = ForecastConfig(n_origins=a.n_origins, train_window_days=a.train_window_days, max_iter=a.max_iter,

@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from stack.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 
 class Lake:
@@ -92,5 +92,5 @@ class Lake:
 
 @functools.lru_cache(maxsize=1)
 def get_lake() -> Lake:
-    """Process-wide :class:`Lake` from :func:`stack.settings.get_settings`."""
+    """Process-wide :class:`Lake` from :func:`core.settings.get_settings`."""
     return Lake()

@@ -1,6 +1,6 @@
 """Idempotent creation of the platform's Kafka topics (KafkaAdminClient).
 
-Topics (partitions from :data:`producers.contracts.TOPIC_PARTITIONS`, names ``settings.topic(suffix)``):
+Topics (partitions from :data:`contracts.TOPIC_PARTITIONS`, names ``settings.topic(suffix)``):
 retail-sales-transactions (3), retail-inventory-updates (3), retail-price-changes (2),
 retail-customer-events (1), retail-restock-alerts (1), retail-dead-letter (1); replication factor 1
 (single-node broker; override with ``replication_factor``), ``retention.ms = KAFKA_RETENTION_MS``
@@ -14,8 +14,8 @@ from typing import Any
 from kafka.admin import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
-from producers.contracts import TOPIC_PARTITIONS
-from stack.settings import Settings, get_settings
+from contracts import TOPIC_PARTITIONS
+from core.settings import Settings, get_settings
 
 
 def topic_specs(settings: Settings | None = None) -> dict[str, dict[str, Any]]:

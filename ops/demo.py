@@ -24,16 +24,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stack import local
-from stack.settings import REPO_ROOT, Settings, get_settings
+from ops import local
+from core.settings import REPO_ROOT, Settings, get_settings
 
 console = Console()
 
 
 def lake_counts(s: Settings) -> dict[str, dict[str, int]]:
     """Rows, distinct event ids and Parquet files per raw event type in the lake."""
-    from producers.contracts import EVENT_TYPES, field_names
-    from stack.lake import Lake
+    from contracts import EVENT_TYPES, field_names
+    from core.lake import Lake
 
     lake = Lake(s)
     out: dict[str, dict[str, int]] = {}
@@ -50,7 +50,7 @@ def lake_counts(s: Settings) -> dict[str, dict[str, int]]:
 
 def clickhouse_summary(s: Settings) -> dict[str, Any]:
     """Aggregates read back from ClickHouse (FINAL: deduplicated view of the idempotent tables)."""
-    from stack.ch import get_client
+    from core.clickhouse import get_client
 
     c = get_client(s)
     db = s.clickhouse_database
@@ -92,7 +92,7 @@ def publish_pos_glitches(s: Settings, at: datetime) -> dict[str, int]:
 
     Returns {kind: count sent}.
     """
-    from producers.kafka_io import EventPublisher
+    from core.kafka import EventPublisher
 
     ms = int(at.timestamp() * 1000)
     base = {"store_id": "UCI-GB", "product_id": "85123A", "customer_id": None, "payment_method": "CARD",
@@ -147,7 +147,7 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
     ``make nightly`` and for inspection.
 
     Raises:
-        stack.local.StackError: a native service failed to start (message names the log).
+        ops.local.StackError: a native service failed to start (message names the log).
         RuntimeError: the stream dropped or duplicated sales (lake ids vs published count differ).
     """
     from producers.cli import DEFAULT_SAMPLE, run_replay, run_synthetic

@@ -1,4 +1,4 @@
-"""``python -m stack.entrypoint <role> [args...]``: the one entrypoint of the platform image, a role per service.
+"""``python -m ops.entrypoint <role> [args...]``: the one entrypoint of the platform image, a role per service.
 
 Every role dispatches to the *same native command* the native stack and its tests run, so what the
 compose stack starts is what CI exercises::
@@ -6,8 +6,8 @@ compose stack starts is what CI exercises::
     producer               python -m producers.cli <args>          (POS simulator / replay)
     topics                 python -m producers.cli topics <args>   (idempotent topic creation)
     stream                 python -m streaming.job run <args>      (Spark Structured Streaming driver)
-    migrate                python -m stack.cli migrate             (ClickHouse migrations, idempotent)
-    load-test              python -m streaming.bench load <args>   (fixed-rate load test, JSON report)
+    migrate                python -m ops.cli migrate             (ClickHouse migrations, idempotent)
+    load-test              python -m ops.bench_stream load <args>   (fixed-rate load test, JSON report)
     airflow-init           airflow db migrate + admin password file for the simple auth manager
     airflow-api-server     airflow api-server <args>
     airflow-scheduler      airflow scheduler <args>
@@ -17,12 +17,12 @@ compose stack starts is what CI exercises::
 Extra arguments are appended to the native command (``--help`` therefore prints the native help).
 Two meta commands serve the container runtime:
 
-* ``python -m stack.entrypoint --dry-run <role> [args]`` prints the resolved argv as JSON and exits 0.
-* ``python -m stack.entrypoint healthcheck <role>`` exits 0 when the role's process is healthy (used by
+* ``python -m ops.entrypoint --dry-run <role> [args]`` prints the resolved argv as JSON and exits 0.
+* ``python -m ops.entrypoint healthcheck <role>`` exits 0 when the role's process is healthy (used by
   compose healthchecks: the image has no curl).
 
 Configuration contract. Each role declares the *settings groups* it needs; a group is the set of
-:class:`stack.settings.Settings` fields with given prefixes, derived from ``Settings.model_fields`` (so a
+:class:`core.settings.Settings` fields with given prefixes, derived from ``Settings.model_fields`` (so a
 new setting is covered automatically). :func:`required_env` gives the environment variables a container
 of that role must receive; ``tests/test_compose.py`` checks docker-compose.yml against it. With
 ``RETAIL_ENTRYPOINT_STRICT=1`` (set in the image) a role refuses to start when one of them is missing and
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stack.settings import Settings
+from core.settings import Settings
 
 # ------------------------------------------------------------------------------ settings groups --
 #: Settings only the *native* stack uses (it runs its own broker and MinIO); containers never need them.
@@ -74,7 +74,7 @@ def settings_group(group: str) -> list[str]:
 
 
 #: Settings whose ``None`` default means "feature off" (not derived): compose passes them as ``${VAR:-}``
-#: (an empty value counts as unset, see ``env_ignore_empty`` in stack.settings), the strict check skips them.
+#: (an empty value counts as unset, see ``env_ignore_empty`` in core.settings), the strict check skips them.
 OPTIONAL_SETTINGS: frozenset[str] = frozenset({"predictions_schedule", "weather_file"})
 
 
@@ -117,7 +117,7 @@ def _airflow_init(args: list[str]) -> int:
     Idempotent: re-running migrates nothing new and rewrites the same file.
     """
     if "--help" in args or "-h" in args:
-        print("usage: python -m stack.entrypoint airflow-init\n\n"
+        print("usage: python -m ops.entrypoint airflow-init\n\n"
               "Migrates the Airflow metadata database (airflow db migrate), creates the DAGs' ClickHouse pool\n"
               "(AIRFLOW_CLICKHOUSE_POOL_SLOTS slots, default 4 for a server, 1 for chDB), writes the admin user's\n"
               "password (AIRFLOW_ADMIN_USER / AIRFLOW_ADMIN_PASSWORD) into\n"
@@ -131,13 +131,13 @@ def _airflow_init(args: list[str]) -> int:
     rc = subprocess.call([_airflow_exe(), "db", "migrate"])
     if rc != 0:
         return rc
-    # the DAGs' ClickHouse tasks run in this pool (stack.airflow.CHDB_POOL): one slot for the embedded
+    # the DAGs' ClickHouse tasks run in this pool (ops.airflow.CLICKHOUSE_POOL): one slot for the embedded
     # engine (one process per data path), AIRFLOW_CLICKHOUSE_POOL_SLOTS (default 4) for a server
-    from stack.airflow import CHDB_POOL
+    from core.dagconf import CLICKHOUSE_POOL, clickhouse_pool_slots
 
-    server = not (os.environ.get("CLICKHOUSE_URL") or "chdb://").startswith("chdb://")
-    slots = os.environ.get("AIRFLOW_CLICKHOUSE_POOL_SLOTS") or ("4" if server else "1")
-    rc = subprocess.call([_airflow_exe(), "pools", "set", CHDB_POOL, slots, "ClickHouse writers of the DAGs"])
+    slots = str(clickhouse_pool_slots(os.environ.get("CLICKHOUSE_URL") or "chdb://",
+                                      os.environ.get("AIRFLOW_CLICKHOUSE_POOL_SLOTS")))
+    rc = subprocess.call([_airflow_exe(), "pools", "set", CLICKHOUSE_POOL, slots, "ClickHouse writers of the DAGs"])
     if rc != 0:
         return rc
     path = Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
@@ -167,9 +167,9 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("stream", (PY, "-m", "streaming.job", "run"), "Spark Structured Streaming driver",
          groups=("paths", "kafka", "clickhouse", "lake", "spark", "streaming"),
          extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")),
-    Role("migrate", (PY, "-m", "stack.cli", "migrate"), "apply ClickHouse migrations (idempotent)",
+    Role("migrate", (PY, "-m", "ops.cli", "migrate"), "apply ClickHouse migrations (idempotent)",
          groups=("clickhouse",), long_running=False),
-    Role("load-test", (PY, "-m", "streaming.bench", "load"), "fixed-rate load test writing a JSON report",
+    Role("load-test", (PY, "-m", "ops.bench_stream", "load"), "fixed-rate load test writing a JSON report",
          groups=("paths", "kafka", "clickhouse", "lake", "spark", "streaming"),
          extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"), long_running=False),
     Role("airflow-init", (), "migrate the Airflow metadata DB and create the admin user",
@@ -207,7 +207,7 @@ def resolve(role: str, args: list[str]) -> list[str]:
         raise KeyError(f"unknown role {role!r}; known roles: {', '.join(ROLES)}")
     r = ROLES[role]
     if r.runner is not None:
-        return [sys.executable, "-m", "stack.entrypoint", role, *args]
+        return [sys.executable, "-m", "ops.entrypoint", role, *args]
     subst = {PY: sys.executable, AIRFLOW: _airflow_exe()}
     return [subst.get(a, a) for a in r.argv] + list(args)
 
@@ -252,7 +252,7 @@ def _airflow_job_alive(job: str) -> bool:
 
 
 def _producer_healthy() -> bool:
-    from stack.settings import get_settings
+    from core.settings import get_settings
 
     return _cmdline_running("producers.cli") and _tcp_ok(get_settings().kafka_bootstrap_servers.split(",")[0])
 
@@ -287,8 +287,8 @@ def healthcheck(role: str) -> bool:
 
 # ------------------------------------------------------------------------------------- main --
 def _usage() -> str:
-    lines = ["usage: python -m stack.entrypoint [--dry-run] <role> [args...]",
-             "       python -m stack.entrypoint healthcheck <role>", "", "roles:"]
+    lines = ["usage: python -m ops.entrypoint [--dry-run] <role> [args...]",
+             "       python -m ops.entrypoint healthcheck <role>", "", "roles:"]
     lines += [f"  {r.name:<22} {r.description}" for r in ROLES.values()]
     return "\n".join(lines)
 
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     if argv[0] == "healthcheck":
         if len(argv) != 2:
-            print("usage: python -m stack.entrypoint healthcheck <role>", file=sys.stderr)
+            print("usage: python -m ops.entrypoint healthcheck <role>", file=sys.stderr)
             return 2
         try:
             ok = healthcheck(argv[1])

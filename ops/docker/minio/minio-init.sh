@@ -10,7 +10,7 @@ set -eu
 : "${LAKE_ACCESS_KEY:?LAKE_ACCESS_KEY is required}"
 : "${LAKE_SECRET_KEY:?LAKE_SECRET_KEY is required}"
 BUCKETS="${LAKE_BUCKETS:-raw-data models features}"
-# scratch buckets the platform may create and delete itself (streaming.bench's load test)
+# scratch buckets the platform may create and delete itself (ops.bench_stream's load test)
 SCRATCH_BUCKETS="${LAKE_SCRATCH_BUCKETS:-bench-raw-data}"
 MINIO_URL="${MINIO_URL:-http://minio:9000}"
 

@@ -1,9 +1,9 @@
 """Airflow on the native stack: environment, metadata DB, standalone UI, nightly runs; shared DAG conventions.
 
-CLI (typer): ``python -m stack.airflow {env,init,standalone,nightly}``
+CLI (typer): ``python -m ops.airflow {env,init,standalone,nightly}``
 
-* ``env`` prints the environment as ``export`` lines (``eval "$(python -m stack.airflow env)"``).
-* ``init`` runs ``airflow db migrate`` and creates the one-slot ``chdb`` pool.
+* ``env`` prints the environment as ``export`` lines (``eval "$(python -m ops.airflow env)"``).
+* ``init`` runs ``airflow db migrate`` and creates the DAGs' ``clickhouse`` pool.
 * ``standalone`` = init + ``airflow standalone`` (API server + UI, scheduler, DAG processor, triggerer)
   with our dags folder; waits for ``/api/v2/monitor/health``, prints the UI URL and where the generated
   admin password is, and stops cleanly on Ctrl-C / SIGTERM (it forwards SIGINT to Airflow's parent
@@ -15,8 +15,7 @@ The environment: AIRFLOW_HOME = $RETAIL_STATE_DIR/airflow (SQLite metadata DB), 
 no example DAGs, parallelism 4 (2-core machine), ``spark_default`` connection from SPARK_MASTER,
 the venv's bin on PATH (pyspark's ``spark-submit``), the repo on PYTHONPATH.
 
-This module is imported by DAG files (for :data:`DEFAULT_ARGS`, :data:`CHDB_POOL`, :func:`target_date`):
-it imports only the standard library and :mod:`stack.settings` at import time.
+DAG files import their conventions from :mod:`core.dagconf`, never from here.
 """
 
 from __future__ import annotations
@@ -31,39 +30,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from stack.settings import REPO_ROOT, Settings, get_settings
+from core.settings import REPO_ROOT, Settings, get_settings
+from core.dagconf import CLICKHOUSE_POOL, clickhouse_pool_slots
 
-# ------------------------------------------------------------------------- DAG conventions --------
-#: owner of every platform DAG
-OWNER = "retail-data-platform"
-#: one-slot pool for tasks that open ClickHouse: chDB allows one process per data path
-CHDB_POOL = "chdb"
-#: default_args of every platform DAG: retries >= 2 with exponential back-off
-DEFAULT_ARGS = {
-    "owner": OWNER,
-    "retries": 2,
-    "retry_delay": dt.timedelta(minutes=2),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": dt.timedelta(minutes=20),
-}
 #: DAGs run by ``nightly``, in order (file dags/<dag_id>.py)
 NIGHTLY_DAGS = ("daily_etl", "demand_forecast_training", "batch_predictions")
 DAGS_FOLDER = REPO_ROOT / "dags"
 
-
-def target_date(logical_date) -> dt.date:
-    """The UTC calendar date a run processes: the UTC date of its logical date.
-
-    With ``CronDataIntervalTimetable`` the 08:00 run on day D+1 has logical date D 08:00 (its data
-    interval's start) and ``airflow dags test <dag> D`` has logical date D 00:00: both process day D.
-
-    Raises:
-        ValueError: the run has no logical date.
-    """
-    if logical_date is None:
-        raise ValueError("this DAG needs a logical date: trigger it with one "
-                         "(e.g. `airflow dags test <dag> YYYY-MM-DD`)")
-    return logical_date.astimezone(dt.timezone.utc).date()
 
 
 # ------------------------------------------------------------------------------ environment --------
@@ -126,17 +99,18 @@ def _airflow() -> str:
 
 
 def init(s: Settings | None = None, home: Path | None = None) -> Path:
-    """``airflow db migrate`` (idempotent) and the ``chdb`` pool (1 slot). Returns AIRFLOW_HOME."""
+    """``airflow db migrate`` (idempotent) and the ``clickhouse`` pool. Returns AIRFLOW_HOME."""
     env = airflow_env(s, home)
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     _run([_airflow(), "db", "migrate"], env)
-    _run([_airflow(), "pools", "set", CHDB_POOL, "1", "ClickHouse (chDB) writers: one process per data path"], env)
+    _run([_airflow(), "pools", "set", CLICKHOUSE_POOL, str(clickhouse_pool_slots((s or get_settings()).clickhouse_url)),
+          "ClickHouse tasks of the DAGs"], env)
     return Path(env["AIRFLOW_HOME"])
 
 
 def configure_in_process(home: Path, s: Settings | None = None) -> None:
     """For tests running DAGs with ``dag.test()`` in the current process (chDB already open here):
-    set the Airflow environment, create the SQLite metadata DB and the ``chdb`` pool.
+    set the Airflow environment, create the SQLite metadata DB and the ``clickhouse`` pool.
 
     Must run before the first ``import airflow`` of the process when possible; when Airflow is already
     imported, its configuration is kept (its AIRFLOW_HOME stays in force) and the DB is still created.
@@ -156,7 +130,8 @@ def configure_in_process(home: Path, s: Settings | None = None) -> None:
     from airflow.utils import db
 
     db.initdb()
-    Pool.create_or_update_pool(CHDB_POOL, 1, "ClickHouse (chDB) writers", include_deferred=False)
+    Pool.create_or_update_pool(CLICKHOUSE_POOL, clickhouse_pool_slots((s or get_settings()).clickhouse_url),
+                                "ClickHouse tasks of the DAGs", include_deferred=False)
 
 
 # ---------------------------------------------------------------------------- standalone -------------
@@ -280,30 +255,24 @@ def nightly(day: dt.date, s: Settings | None = None, backfill_days: int = 0) -> 
     """init, then ``daily_etl`` for the ``backfill_days`` dates before ``day`` (the forecast needs history),
     then each available nightly DAG for ``day`` in order, all with ``airflow dags test``.
 
-    Starts the native MinIO when the lake is S3 and it is not running (and stops it afterwards).
+    Starts the native MinIO and ClickHouse endpoint under the supervisor when they are not running.
     Returns {"<dag_id> <date>": seconds}.
 
     Raises:
         RuntimeError: a DAG run failed (later DAGs are not run).
     """
-    from stack import local
+    from ops import local
 
     s = s or get_settings()
-    started = s.lake_is_s3 and not local.minio_healthy(s)
-    if started:
-        local.start_minio(s)
-    try:
-        home = init(s)
-        timings: dict[str, float] = {}
-        for back in range(backfill_days, 0, -1):
-            d = day - dt.timedelta(days=back)
-            timings[f"daily_etl {d}"] = dags_test("daily_etl", d, s, home)
-        for dag_id in available_dags():
-            timings[f"{dag_id} {day}"] = dags_test(dag_id, day, s, home)
-        return timings
-    finally:
-        if started:
-            local.stop("minio", s)
+    local.up(s, ["minio", "clickhouse"])  # no-op when they run; the supervisor keeps them for later use
+    home = init(s)
+    timings: dict[str, float] = {}
+    for back in range(backfill_days, 0, -1):
+        d = day - dt.timedelta(days=back)
+        timings[f"daily_etl {d}"] = dags_test("daily_etl", d, s, home)
+    for dag_id in available_dags():
+        timings[f"{dag_id} {day}"] = dags_test(dag_id, day, s, home)
+    return timings
 
 
 # ---------------------------------------------------------------------------------- CLI ---------------
@@ -323,7 +292,7 @@ def _cli():
 
     @app.command("init")
     def init_cmd() -> None:
-        """airflow db migrate + the chdb pool."""
+        """airflow db migrate + the clickhouse pool."""
         typer.echo(f"AIRFLOW_HOME={init()} ready")
 
     @app.command("standalone")
@@ -367,7 +336,7 @@ def _cli():
 
 
 def main() -> None:
-    """Entry point of ``python -m stack.airflow``."""
+    """Entry point of ``python -m ops.airflow``."""
     _cli()()
 
 

@@ -2,7 +2,7 @@
 
 :class:`EventPublisher` wraps a kafka-python ``KafkaProducer`` (acks='all', retries, idempotence,
 batch_size 16384, linger_ms 10, JSON values, string keys). Every record is validated against its Avro contract
-(:func:`producers.contracts.validate_event`) *before* it is sent:
+(:func:`contracts.validate_event`) *before* it is sent:
 
 * valid -> topic ``settings.topic(EVENT_TYPES[event_type])``, key ``store_id|product_id``
   (customer events: ``customer_id``) so one SKU at one store stays in one partition, in order;
@@ -31,8 +31,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.serializer import Serializer
 
-from producers.contracts import DEAD_LETTER, EVENT_TYPES, ContractError, validate_event
-from stack.settings import Settings, get_settings
+from contracts import DEAD_LETTER, EVENT_TYPES, ContractError, validate_event
+from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,24 @@ class StrKeySerializer(Serializer):
         return None if data is None else str(data).encode("utf-8")
 
 
+def make_producer(settings: Settings | None = None, *, client_id: str = "retail-producer",
+                  **overrides: Any) -> KafkaProducer:
+    """The platform's one Kafka producer configuration: :data:`PRODUCER_DEFAULTS` (acks=all, idempotence),
+    UTF-8 string keys, compact JSON values, KAFKA_BOOTSTRAP_SERVERS.
+
+    Args:
+        settings: default :func:`get_settings`.
+        client_id: Kafka client id.
+        **overrides: keyword overrides of :data:`PRODUCER_DEFAULTS` (e.g. a larger ``batch_size`` for bulk sends).
+    Raises:
+        kafka.errors.NoBrokersAvailable: the bootstrap servers cannot be reached.
+    """
+    s = settings or get_settings()
+    return KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), client_id=client_id,
+                         key_serializer=StrKeySerializer(), value_serializer=JsonValueSerializer(),
+                         **{**PRODUCER_DEFAULTS, **overrides})
+
+
 def event_key(event_type: str, record: dict[str, Any]) -> str | None:
     """Partition key: ``customer_id`` for customer events, else ``"store_id|product_id"``.
 
@@ -119,14 +137,7 @@ class EventPublisher:
     def __init__(self, settings: Settings | None = None, *, client_id: str = "retail-producer",
                  **producer_overrides: Any):
         self.settings = settings or get_settings()
-        cfg = {**PRODUCER_DEFAULTS, **producer_overrides}
-        self._producer = KafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers.split(","),
-            client_id=client_id,
-            key_serializer=StrKeySerializer(),
-            value_serializer=JsonValueSerializer(),
-            **cfg,
-        )
+        self._producer = make_producer(self.settings, client_id=client_id, **producer_overrides)
         self._lock = threading.Lock()
         self.sent = 0
         self.dead_lettered = 0

@@ -1,4 +1,4 @@
-"""Benchmark of the demand forecaster on real data: ``python -m ml.bench --out reports/bench-forecast.json``.
+"""Benchmark of the demand forecaster on real data: ``python -m ops.bench_forecast --out reports/bench-forecast.json``.
 
 Runs the *same* code as the nightly training (:func:`ml.forecast.train_and_evaluate`: features,
 rolling-origin backtest, final fit) on
@@ -32,7 +32,7 @@ import typer
 
 from ml.forecast import ForecastConfig, get_spark, train_and_evaluate
 from ml.slow_moving import evaluate_against_labels, parse_m5_labels, stability
-from stack.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 
 DEFAULT_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
 NON_PRODUCT = r"^(POST|DOT|M|m|D|C2|BANK CHARGES|AMAZONFEE|CRUK|PADS|B|S|ADJUST.*|TEST.*|gift_0001_.*|DCGS.*)$"

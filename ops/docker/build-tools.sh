@@ -5,7 +5,7 @@
 #    `docker-compose config` on docker-compose.yml. `go install .../compose/v2/cmd@...` is refused (the
 #    module's go.mod has exclude directives), so the module is built as the main module. ~11 min on 2 cores.
 #  * the MinIO client mc -> .cache/bin/mc/mc: tests/test_compose_entrypoint.py runs
-#    stack/docker/minio/minio-init.sh with it against the native MinIO. ~4 min on 2 cores.
+#    ops/docker/minio/minio-init.sh with it against the native MinIO. ~4 min on 2 cores.
 set -eu
 COMPOSE_VERSION="${COMPOSE_VERSION:-v2.40.3}"
 MC_VERSION="${MC_VERSION:-v0.0.0-20250313080218-cf909e1063a9}"

@@ -404,14 +404,14 @@ def safety_stock(sigma_daily: pd.Series, service_level: float, lead_time_days: f
 
 # ----------------------------------------------------------------------------------------- I/O ---
 def _staging(day: dt.date, name: str) -> tuple[str, str]:
-    from stack.settings import get_settings
+    from core.settings import get_settings
 
     return get_settings().lake_features_bucket, f"{STAGING_PREFIX}/date={day.isoformat()}/{name}.parquet"
 
 
 def _lake():
-    from stack.lake import Lake
-    from stack.settings import get_settings
+    from core.lake import Lake
+    from core.settings import get_settings
 
     return Lake(get_settings())
 
@@ -477,7 +477,7 @@ def transform(day: dt.date) -> dict[str, Any]:
     Returns: counts {"sales_lines", "duplicate_sales", "misfiled_sales", "inventory_rows",
     "duplicate_inventory", "products", "stores"}.
     """
-    from stack.settings import get_settings
+    from core.settings import get_settings
 
     s = get_settings()
     lake = _lake()
@@ -515,13 +515,13 @@ def transform(day: dt.date) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ ClickHouse load --
 def _client():
-    from stack.ch import get_client
+    from core.clickhouse import get_client
 
     return get_client()
 
 
 def _db() -> str:
-    from stack.settings import get_settings
+    from core.settings import get_settings
 
     return get_settings().clickhouse_database
 
@@ -556,12 +556,12 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
 
     Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows"}.
     """
-    from stack.settings import get_settings
+    from core.settings import get_settings
 
     s = get_settings()
     lake, client, db, dk = _lake(), _client(), _db(), date_key(day)
     if migrate:
-        from stack.ch import migrate as run_migrations
+        from core.clickhouse import migrate as run_migrations
 
         run_migrations(s)
     dim_product, dim_store = _read(lake, day, "dim_product"), _read(lake, day, "dim_store")

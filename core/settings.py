@@ -4,7 +4,7 @@ Every component (producers, streaming job, DAGs, ML jobs, native stack scripts) 
 ports, paths and credentials from here, and only from here. Values come from environment
 variables (prefix-free names, documented in the README's configuration table), then from an
 optional ``.env`` file in the working directory, then from ``$RETAIL_CACHE_DIR/local.env``
-(written once by ``python -m stack.cli setup`` with generated local credentials), then from the
+(written once by ``python -m ops.cli setup`` with generated local credentials), then from the
 defaults below. Defaults describe the *native local stack*; the compose stack overrides them.
 
 Bad configuration fails fast: :func:`get_settings` raises :class:`ConfigError` whose message
@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # ---- Kafka ------------------------------------------------------------------------------
     kafka_bootstrap_servers: str = Field(default="localhost:9092", description="Kafka bootstrap servers, host:port[,host:port].")
     kafka_controller_port: int = Field(default=9093, description="Native broker's KRaft controller port.")
-    kafka_version: str = Field(default="4.1.1", description="Native broker version (must match stack/kafka/pom.xml).")
+    kafka_version: str = Field(default="4.1.1", description="Native broker version (must match ops/kafka/pom.xml).")
     kafka_heap: str = Field(default="512m", description="Native broker JVM heap (-Xmx).")
     kafka_topic_prefix: str = Field(default="retail-", description="Prefix of every platform topic.")
     kafka_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, description="Topic retention (default 7 days).")
@@ -61,9 +61,17 @@ class Settings(BaseSettings):
     # ---- ClickHouse -------------------------------------------------------------------------
     clickhouse_url: str | None = Field(
         default=None,
-        description="chdb:///abs/path for the embedded engine (default: chdb://$RETAIL_STATE_DIR/chdb) "
-                    "or http(s)://user:password@host:8123 for a server.")
+        description="http(s)://user:password@host:port of a ClickHouse HTTP interface (default: the native endpoint, "
+                    "http://platform_writer:$CLICKHOUSE_WRITER_PASSWORD@localhost:$CLICKHOUSE_HTTP_PORT) or chdb:///abs/path "
+                    "to open the embedded engine in this process (single-process use only).")
     clickhouse_database: str = Field(default="retail", description="ClickHouse database of the platform.")
+    clickhouse_http_host: str = Field(default="127.0.0.1", description="Native stack: address the ClickHouse HTTP endpoint (chserver, over chDB) listens on.")
+    clickhouse_http_port: int = Field(default=8123, description="Port of the ClickHouse HTTP interface (native endpoint and compose's server).")
+    clickhouse_chdb_path: Path | None = Field(default=None, description="Native stack: chDB data folder the HTTP endpoint owns. Default: $RETAIL_STATE_DIR/chdb.")
+    clickhouse_admin_password: str | None = Field(default=None, description="Password of ClickHouse user `admin` (generated into local.env by setup).")
+    clickhouse_writer_password: str | None = Field(default=None, description="Password of ClickHouse user `platform_writer`, used by the default CLICKHOUSE_URL (generated into local.env by setup).")
+    clickhouse_bi_password: str | None = Field(default=None, description="Password of the read-only ClickHouse user `bi_reader` (dashboards, Power BI; generated into local.env by setup).")
+    clickhouse_max_body_mb: int = Field(default=512, description="Native endpoint: largest accepted request body (MiB, after decompression).")
 
     # ---- Lake (MinIO / S3 or a local folder) --------------------------------------------------
     lake_url: str | None = Field(
@@ -104,6 +112,7 @@ class Settings(BaseSettings):
     risk_medium_hours: float = Field(default=72.0, description="Hours of cover below which stock-out risk is MEDIUM.")
 
     # ---- Airflow ------------------------------------------------------------------------------
+    airflow_port: int = Field(default=8080, description="Native stack: port of the Airflow API server / UI (service `airflow`).")
     etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
     training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
@@ -139,8 +148,11 @@ class Settings(BaseSettings):
     def _derive(self) -> "Settings":
         if self.retail_state_dir is None:
             self.retail_state_dir = self.retail_cache_dir / "state"
+        if self.clickhouse_chdb_path is None:
+            self.clickhouse_chdb_path = self.retail_state_dir / "chdb"
         if self.clickhouse_url is None:
-            self.clickhouse_url = f"chdb://{self.retail_state_dir / 'chdb'}"
+            pw = quote(self.clickhouse_writer_password or "", safe="")
+            self.clickhouse_url = f"http://platform_writer:{pw}@localhost:{self.clickhouse_http_port}"
         scheme = urlparse(self.clickhouse_url).scheme
         if scheme not in ("chdb", "http", "https"):
             raise ValueError(f"CLICKHOUSE_URL must start with chdb://, http:// or https://, got {self.clickhouse_url!r}")
@@ -165,7 +177,14 @@ class Settings(BaseSettings):
         for name in names:
             if getattr(self, name) in (None, ""):
                 raise ConfigError(f"setting {name.upper()} is required but not set "
-                                  f"(export it, or run `python -m stack.cli setup` to generate local credentials)")
+                                  f"(export it, or run `python -m ops.cli setup` to generate local credentials)")
+
+    def clickhouse_users(self) -> dict[str, tuple[str | None, bool]]:
+        """The endpoint's users: ``{name: (password, readonly)}``; ``admin`` and ``platform_writer`` may write,
+        ``bi_reader`` is read-only (ClickHouse's readonly=1). There is no passwordless ``default`` user."""
+        return {"admin": (self.clickhouse_admin_password, False),
+                "platform_writer": (self.clickhouse_writer_password, False),
+                "bi_reader": (self.clickhouse_bi_password, True)}
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical name, e.g. ``topic('sales-transactions')``."""

@@ -1,4 +1,4 @@
-"""Event contracts: the Avro schemas in ``producers/schemas/*.avsc`` are the single source of truth.
+"""Event contracts: the Avro schemas in ``contracts/schemas/*.avsc`` are the single source of truth.
 
 Producers validate every record here before sending; the Spark job derives its parse schema from the
 same files (``streaming.schema``). Unknown fields are rejected (fastavro lets them pass).

@@ -2,11 +2,11 @@
 
 Usage::
 
-    python -m streaming.bench stream --events 50000 --out reports/bench-stream.json
-    python -m streaming.bench load --rate 500 --duration 60 --stores 10 --out reports/load-test.json
+    python -m ops.bench_stream stream --events 50000 --out reports/bench-stream.json
+    python -m ops.bench_stream load --rate 500 --duration 60 --stores 10 --out reports/load-test.json
 
 Both run against the *configured* stack (KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL, LAKE_URL; the native stack
-by default: ``python -m stack.cli up`` first) but in an isolated namespace so they never mix with the
+by default: ``python -m ops.cli up`` first) but in an isolated namespace so they never mix with the
 platform's data: topics prefixed ``bench<run>-``, ClickHouse database ``<CLICKHOUSE_DATABASE>_bench``
 (recreated), lake bucket ``bench-raw-data`` and a temporary checkpoint folder (all removed afterwards except
 the database, kept for inspection). The streaming job runs *in this process* (its queries run in Spark's
@@ -15,7 +15,7 @@ threads), so the driver can read chDB and the query progress directly.
 Events come from :class:`producers.simulator.Simulator` (valid records of every contract, stock consistent
 with sales), with ``timestamp`` replaced by the wall-clock send time so that event time ~ produce time.
 They are sent with kafka-python using the platform's producer settings
-(:data:`producers.kafka_io.PRODUCER_DEFAULTS`: acks=all, linger 10 ms, batch 16384).
+(:data:`core.kafka.PRODUCER_DEFAULTS`: acks=all, linger 10 ms, batch 16384).
 
 Measurement method
 ------------------
@@ -52,7 +52,7 @@ from typing import Any, Iterator
 import numpy as np
 import typer
 
-from stack.settings import REPO_ROOT, Settings, get_settings
+from core.settings import REPO_ROOT, Settings, get_settings
 
 app = typer.Typer(help="Benchmark and load test of the streaming spine.", no_args_is_help=True)
 WINDOW_TOPICS = ("sales-transactions", "inventory-updates")
@@ -84,15 +84,10 @@ def event_source(stores: int, skus: int, seed: int = 42) -> Iterator[tuple[str, 
 
 
 def make_producer(s: Settings):
-    """kafka-python producer with the platform's settings, JSON values, string keys."""
-    from kafka import KafkaProducer
+    """The platform's Kafka producer (:func:`core.kafka.make_producer`)."""
+    from core.kafka import make_producer as _make
 
-    from producers.kafka_io import PRODUCER_DEFAULTS
-
-    return KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","),
-                         key_serializer=lambda k: k.encode(),
-                         value_serializer=lambda v: json.dumps(v, separators=(",", ":")).encode(),
-                         **PRODUCER_DEFAULTS)
+    return _make(s, client_id="retail-bench")
 
 
 def _key(et: str, rec: dict) -> str:
@@ -118,7 +113,7 @@ class SendLog:
 
 def send(producer, s: Settings, et: str, rec: dict, log: SendLog) -> None:
     """Send one event (timestamp := now) to its topic, recording delivery in ``log``."""
-    from producers.contracts import EVENT_TYPES
+    from contracts import EVENT_TYPES
 
     rec = dict(rec, timestamp=int(time.time() * 1000))
     try:
@@ -204,8 +199,8 @@ class BenchStack:
     """Isolated topics/database/lake bucket + the in-process streaming job and a progress listener."""
 
     def __init__(self, s: Settings):
-        from producers.admin import ensure_topics
-        from stack.ch import get_client
+        from core.kafka_admin import ensure_topics
+        from core.clickhouse import get_client
         from streaming.job import StreamingJob, build_spark
 
         self.s = s
@@ -255,14 +250,14 @@ class BenchStack:
                 pass
             shutil.rmtree(self.s.spark_checkpoint_dir, ignore_errors=True)
             try:
-                from stack.lake import Lake
+                from core.lake import Lake
 
                 Lake(self.s).delete_dir(self.s.lake_raw_bucket)
             except Exception:
                 pass
             if drop_topics:
                 try:
-                    from producers.admin import admin_client, topic_specs
+                    from core.kafka_admin import admin_client, topic_specs
 
                     a = admin_client(self.s)
                     a.delete_topics(list(topic_specs(self.s)) + [self.s.topic("bench-producer")])
@@ -307,7 +302,7 @@ def bench_stream(events: int = 50_000, stores: int = 10, skus: int = 100, trigge
 
     Returns the report dict (also see :func:`write_report`).
     """
-    from producers.admin import admin_client
+    from core.kafka_admin import admin_client
 
     s = bench_settings(settings, trigger_seconds)
     src = event_source(stores, skus)

@@ -1,0 +1,98 @@
+"""ClickHouse access through clickhouse-connect, by CLICKHOUSE_URL: an HTTP interface (the native endpoint
+over chDB, ``python -m chserver``, or a ClickHouse server) or, for single-process use, the embedded chDB engine.
+
+Clients open lazily, never at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from core.settings import REPO_ROOT, ConfigError, Settings, get_settings
+
+MIGRATIONS_DIR = REPO_ROOT / "clickhouse" / "migrations"
+_clients: dict[tuple[str, str], Client] = {}
+
+
+def get_client(settings: Settings | None = None, database: str | None = None, *, readonly: bool = False) -> Client:
+    """A clickhouse-connect client for CLICKHOUSE_URL, created once per process, URL, database and role.
+
+    ``http(s)://user:pw@host:port`` talks to a ClickHouse HTTP interface: the native stack's endpoint
+    (``python -m chserver``, the one process owning the chDB data) or compose's ClickHouse server.
+    ``chdb:///abs/path`` opens the embedded engine in this process (single-process use only: chDB locks
+    the path). The database is created when missing (writer clients only).
+
+    Args:
+        readonly: connect as ``bi_reader`` (CLICKHOUSE_BI_PASSWORD) instead of the URL's user; the server
+            refuses this client's writes and setting changes (readonly=1). HTTP URLs only.
+    Raises:
+        ConfigError: CLICKHOUSE_URL names no password, or ``readonly`` without CLICKHOUSE_BI_PASSWORD.
+        clickhouse_connect.driver.exceptions.DatabaseError: the server refused (e.g. code 516, wrong password).
+    """
+    s = settings or get_settings()
+    db = database or s.clickhouse_database
+    key = (s.clickhouse_url, db, readonly)
+    if key in _clients:
+        return _clients[key]
+    u = urlparse(s.clickhouse_url)
+    if u.scheme == "chdb":
+        Path(u.path).mkdir(parents=True, exist_ok=True)
+        client = clickhouse_connect.get_client(dsn=f"chdb://{u.path}")
+        client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    else:
+        user, password = unquote(u.username or ""), unquote(u.password or "")
+        if readonly:
+            s.require("clickhouse_bi_password")
+            user, password = "bi_reader", s.clickhouse_bi_password
+        if not user or not password:
+            raise ConfigError("CLICKHOUSE_URL names no user or password (and CLICKHOUSE_WRITER_PASSWORD is not set): "
+                              "run `make setup` to generate local credentials, or set CLICKHOUSE_URL")
+        server = dict(host=u.hostname, port=u.port or (8443 if u.scheme == "https" else 8123),
+                      username=user, password=password, secure=u.scheme == "https")
+        if not readonly:
+            with clickhouse_connect.get_client(**server) as bootstrap:  # the database may not exist yet
+                bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        client = clickhouse_connect.get_client(**server, database=db)
+    _clients[key] = client
+    return client
+
+
+def reset_clients() -> None:
+    """Close and forget every cached client (after a change of settings, e.g. in tests)."""
+    for c in _clients.values():
+        try:
+            c.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection must not fail the caller
+            pass
+    _clients.clear()
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a migration file into statements on ``;`` at line ends (comments ``--`` removed)."""
+    sql = re.sub(r"--[^\n]*", "", sql)
+    return [s.strip() for s in re.split(r";\s*(?:\n|$)", sql) if s.strip()]
+
+
+def migrate(settings: Settings | None = None, database: str | None = None) -> list[str]:
+    """Apply ``clickhouse/migrations/NNN_*.sql`` in order; idempotent (every statement uses IF NOT EXISTS
+    or CREATE OR REPLACE). ``{db}`` in a file is replaced by the database name.
+
+    Returns the applied file names. A ``schema_migrations`` table records each file and its checksum.
+    """
+    s = settings or get_settings()
+    db = database or s.clickhouse_database
+    client = get_client(s, db)
+    client.command(f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+                   "(name String, applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY name")
+    applied = []
+    for f in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        for stmt in split_statements(f.read_text().replace("{db}", db)):
+            client.command(stmt)
+        client.command(f"INSERT INTO {db}.schema_migrations (name) VALUES ('{f.name}')")
+        applied.append(f.name)
+    return applied

@@ -1,0 +1,46 @@
+"""Conventions shared by every platform DAG (owner, retries, the ClickHouse pool, the date a run processes).
+
+Imported by the DAG files at parse time: standard library only, nothing that opens a connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+#: owner of every platform DAG
+OWNER = "retail-data-platform"
+#: Airflow pool of the tasks that read or write ClickHouse. Through the HTTP endpoint (native stack) or a
+#: server (compose) several tasks may run at once; the pool's slot count (AIRFLOW_CLICKHOUSE_POOL_SLOTS, 4 by
+#: default; 1 when CLICKHOUSE_URL is chdb://, since chDB allows one process per data path) bounds them.
+CLICKHOUSE_POOL = "clickhouse"
+#: default_args of every platform DAG: retries >= 2 with exponential back-off
+DEFAULT_ARGS = {
+    "owner": OWNER,
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": dt.timedelta(minutes=20),
+}
+
+
+def target_date(logical_date) -> dt.date:
+    """The UTC calendar date a run processes: the UTC date of its logical date.
+
+    With ``CronDataIntervalTimetable`` the 08:00 run on day D+1 has logical date D 08:00 (its data
+    interval's start) and ``airflow dags test <dag> D`` has logical date D 00:00: both process day D.
+
+    Raises:
+        ValueError: the run has no logical date.
+    """
+    if logical_date is None:
+        raise ValueError("this DAG needs a logical date: trigger it with one "
+                         "(e.g. `airflow dags test <dag> YYYY-MM-DD`)")
+    return logical_date.astimezone(dt.timezone.utc).date()
+
+
+def clickhouse_pool_slots(clickhouse_url: str | None, configured: str | int | None = None) -> int:
+    """Slots of :data:`CLICKHOUSE_POOL`: ``configured`` (AIRFLOW_CLICKHOUSE_POOL_SLOTS) when given, else 1 for
+    an embedded ``chdb://`` URL (one process per data path) and 4 for an HTTP endpoint or server."""
+    if configured not in (None, ""):
+        return int(configured)
+    return 1 if (clickhouse_url or "").startswith("chdb://") else 4

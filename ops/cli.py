@@ -1,0 +1,80 @@
+"""``python -m ops.cli``: set up, start, inspect and stop the native local stack; apply migrations."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from ops import local
+from core.settings import get_settings
+
+app = typer.Typer(help="Native stack under supervisord: Kafka (KRaft), MinIO, ClickHouse endpoint (chDB), streaming, Airflow.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.command()
+def setup(minio: bool = typer.Option(True, help="Also build the MinIO server.")) -> None:
+    """Resolve jars (Kafka broker, Spark Kafka connector), build MinIO, write local credentials."""
+    from ops import install
+
+    install.setup(get_settings(), minio=minio)
+    typer.echo("native stack artefacts ready")
+
+
+@app.command()
+def up(services: Optional[list[str]] = typer.Argument(None, help="Services to start (default: all), with their dependencies.")) -> None:
+    """Start the native services under supervisord in dependency order; wait until each is healthy."""
+    local.up(None, services)
+    typer.echo(json.dumps(local.status(get_settings()), indent=2))
+
+
+@app.command()
+def down() -> None:
+    """Stop the native services."""
+    local.down(get_settings())
+    typer.echo("stopped")
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="JSON instead of a table.")) -> None:
+    """Each service's supervisor state, pid, uptime, health and endpoint; exit 1 unless all are healthy."""
+    st = local.status(get_settings())
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("service", "state", "pid", "uptime", "healthy", "endpoint")
+        for name, row in st.items():
+            table.add_row(name, row["state"], str(row["pid"] or "-"), f"{row['uptime_s']} s",
+                          "yes" if row["healthy"] else "NO", row["endpoint"])
+        Console().print(table)
+    raise typer.Exit(0 if all(r["healthy"] for r in st.values()) else 1)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply clickhouse/migrations in order (idempotent)."""
+    from core.clickhouse import migrate as run
+
+    for name in run(get_settings()):
+        typer.echo(f"applied {name}")
+
+
+@app.command("config-table")
+def config_table() -> None:
+    """Print the README's configuration table (every environment variable of the settings module)."""
+    from core.settings import Settings
+
+    typer.echo("| variable | default | meaning |\n|---|---|---|")
+    for name, field in Settings.model_fields.items():
+        default = None if field.default_factory is not None else field.default
+        default = "(derived)" if default is None else f"`{default}`"
+        typer.echo(f"| `{name.upper()}` | {default} | {field.description or ''} |")
+
+
+if __name__ == "__main__":
+    app()

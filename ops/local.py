@@ -1,0 +1,257 @@
+"""The native stack under a real process supervisor (supervisord, from PyPI), no Docker.
+
+One supervisord per state folder (``$RETAIL_STATE_DIR/supervisord.conf``, socket ``supervisor.sock``) runs one
+program per service, named as in ``docker-compose.yml`` (:data:`ops.services.SERVICES`): kafka, minio,
+clickhouse, streaming, airflow. Programs restart automatically (``autorestart``); each logs to
+``$RETAIL_STATE_DIR/logs/<name>.log``. Programs do not autostart: :func:`up` starts them in dependency order
+and waits for each one's health check (tenacity) before starting the next, applies the ClickHouse
+migrations once ``clickhouse`` is healthy, creates the topics once ``kafka`` is, and the lake's buckets once
+``minio`` is. :func:`down` stops every program (SIGTERM to its process group, SIGKILL after the program's
+``stopwaitsecs``), shuts supervisord down and waits until the ports are free.
+
+``supervisorctl -c $RETAIL_STATE_DIR/supervisord.conf status|restart <name>|tail -f <name>`` works too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+
+from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
+
+from core.settings import Settings, get_settings
+from ops import services as svc
+from ops.install import StackError, ensure_local_env, setup  # noqa: F401  (setup re-exported for the CLI)
+
+#: seconds a program must stay up to count as started, and to wait after SIGTERM before SIGKILL
+_PROGRAM = {
+    "kafka": {"startsecs": 3, "stopwaitsecs": 20, "stopsignal": "TERM"},
+    "minio": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
+    "clickhouse": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
+    "streaming": {"startsecs": 15, "stopwaitsecs": 40, "stopsignal": "TERM"},
+    "airflow": {"startsecs": 10, "stopwaitsecs": 30, "stopsignal": "INT"},  # SIGINT: standalone's clean stop
+}
+_TIMEOUT = {"kafka": 90, "minio": 60, "clickhouse": 60, "streaming": 120, "airflow": 240}
+
+
+def conf_path(s: Settings) -> Path:
+    """``$RETAIL_STATE_DIR/supervisord.conf``."""
+    return svc.state_dir(s) / "supervisord.conf"
+
+
+def socket_path(s: Settings) -> Path:
+    """supervisord's unix socket (short path: unix sockets allow ~107 bytes)."""
+    return svc.state_dir(s) / "supervisor.sock"
+
+
+def write_conf(s: Settings) -> Path:
+    """Write supervisord's configuration for this state folder; returns its path."""
+    d = svc.state_dir(s)
+    logs = d / "logs"
+    py = sys.executable
+    lines = [
+        "[unix_http_server]", f"file={socket_path(s)}", "chmod=0700", "",
+        "[supervisord]", f"logfile={logs / 'supervisord.log'}", f"pidfile={d / 'supervisord.pid'}",
+        f"childlogdir={logs}", "logfile_maxbytes=10MB", "loglevel=info", f"directory={Path.cwd()}", "",
+        "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+        "[supervisorctl]", f"serverurl=unix://{socket_path(s)}", "",
+    ]
+    for name in svc.SERVICES:
+        p = _PROGRAM[name]
+        lines += [
+            f"[program:{name}]", f"command={py} -m ops.services run {name}", "autostart=false", "autorestart=true",
+            f"startsecs={p['startsecs']}", "startretries=3", f"stopsignal={p['stopsignal']}",
+            f"stopwaitsecs={p['stopwaitsecs']}", "stopasgroup=true", "killasgroup=true", "redirect_stderr=true",
+            f"stdout_logfile={logs / (name + '.log')}", "stdout_logfile_maxbytes=50MB", "stdout_logfile_backups=2", "",
+        ]
+    path = conf_path(s)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def rpc(s: Settings) -> xmlrpc.client.ServerProxy:
+    """An XML-RPC proxy to this state folder's supervisord (``proxy.supervisor.*``)."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    return xmlrpc.client.ServerProxy("http://127.0.0.1",
+                                     transport=SupervisorTransport(None, None, f"unix://{socket_path(s)}"))
+
+
+def supervisord_running(s: Settings) -> bool:
+    """True when this state folder's supervisord answers."""
+    if not socket_path(s).exists():
+        return False
+    try:
+        return rpc(s).supervisor.getState()["statename"] == "RUNNING"
+    except (OSError, xmlrpc.client.Error):
+        return False
+
+
+def _wait(check, timeout: float, what: str, log: Path | None = None) -> None:
+    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.5), retry=retry_if_result(lambda ok: not ok))
+    def _poll() -> bool:
+        return bool(check())
+
+    try:
+        _poll()
+    except RetryError:
+        tail = log.read_text(errors="replace")[-2500:] if log and log.exists() else ""
+        raise StackError(f"{what} not ready within {timeout:.0f}s" + (f"; log {log}:\n{tail}" if log else "")) from None
+
+
+def start_supervisord(s: Settings) -> None:
+    """Start this state folder's supervisord (it daemonises) unless it runs; wait until it answers."""
+    if supervisord_running(s):
+        return
+    socket_path(s).unlink(missing_ok=True)
+    conf = write_conf(s)
+    r = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+                       capture_output=True, text=True, env=os.environ.copy())
+    if r.returncode != 0:
+        raise StackError(f"supervisord failed to start: {r.stderr[-2000:]}")
+    _wait(lambda: supervisord_running(s), 20, "supervisord", svc.state_dir(s) / "logs" / "supervisord.log")
+
+
+def _info(s: Settings, name: str) -> dict:
+    return rpc(s).supervisor.getProcessInfo(name)
+
+
+def healthy(name: str, s: Settings) -> bool:
+    """A service's health: its own check, and for ``streaming`` the supervisor's RUNNING state."""
+    check = svc.HEALTH.get(name)
+    if check is not None:
+        return check(s)
+    try:
+        return _info(s, name)["statename"] == "RUNNING"
+    except (OSError, xmlrpc.client.Error):
+        return False
+
+
+def _after_start(name: str, s: Settings) -> None:
+    """One-off set-up once a service is healthy (idempotent)."""
+    if name == "clickhouse":
+        from core.clickhouse import migrate
+
+        migrate(s)
+    elif name == "kafka":
+        from core.kafka_admin import ensure_topics
+
+        ensure_topics(s)
+    elif name == "minio" and s.lake_is_s3:
+        from core.lake import Lake
+
+        Lake(s).ensure_buckets()
+
+
+def start(name: str, s: Settings | None = None) -> None:
+    """Start one service under the supervisor (its dependencies first) and wait until it is healthy.
+
+    Raises:
+        StackError: it (or a dependency) did not become healthy in time; the message carries its log's tail.
+    """
+    s = s or get_settings()
+    for dep in svc.DEPENDS.get(name, ()):
+        start(dep, s)
+    start_supervisord(s)
+    if _info(s, name)["statename"] not in ("RUNNING", "STARTING"):
+        try:
+            rpc(s).supervisor.startProcess(name, False)
+        except xmlrpc.client.Fault as exc:
+            if "ALREADY_STARTED" not in exc.faultString:
+                raise StackError(f"supervisor could not start {name}: {exc.faultString}") from None
+    log = svc.state_dir(s) / "logs" / f"{name}.log"
+
+    def ok() -> bool:
+        state = _info(s, name)["statename"]
+        if state in ("FATAL", "EXITED", "BACKOFF") and not healthy(name, s):
+            if state == "FATAL":
+                raise StackError(f"{name} failed to start (supervisor state FATAL); log {log}:\n"
+                                 + (log.read_text(errors='replace')[-2500:] if log.exists() else ""))
+            return False
+        return healthy(name, s)
+
+    _wait(ok, _TIMEOUT[name], f"service {name} at {svc.endpoint(name, s)}", log)
+    _after_start(name, s)
+
+
+def up(s: Settings | None = None, services: list[str] | tuple[str, ...] | None = None) -> None:
+    """Start ``services`` (default: all, :data:`ops.services.SERVICES`) in dependency order, each healthy
+    before the next starts. Idempotent: a running healthy service is left alone.
+
+    Raises:
+        StackError: a service did not become healthy; names it and shows its log's tail.
+    """
+    if s is None:
+        ensure_local_env(get_settings())
+        s = get_settings()
+    for name in services or svc.SERVICES:
+        start(name, s)
+
+
+def status(s: Settings | None = None) -> dict[str, dict]:
+    """Every service: {state (supervisor), pid, uptime_s, healthy, endpoint, log}."""
+    s = s or get_settings()
+    running = supervisord_running(s)
+    out = {}
+    for name in svc.SERVICES:
+        info = _info(s, name) if running else {"statename": "STOPPED (no supervisord)", "pid": 0}
+        up_s = (info.get("now", 0) - info.get("start", 0)) if info.get("pid") else 0
+        out[name] = {"state": info["statename"], "pid": info.get("pid") or None, "uptime_s": up_s,
+                     "healthy": healthy(name, s) if info.get("pid") else False,
+                     "endpoint": svc.endpoint(name, s), "log": str(svc.state_dir(s) / "logs" / f"{name}.log")}
+    return out
+
+
+def stop(name: str, s: Settings | None = None) -> bool:
+    """Stop one service (its process group). Returns True when it was running."""
+    s = s or get_settings()
+    if not supervisord_running(s):
+        return False
+    if _info(s, name)["statename"] not in ("RUNNING", "STARTING", "BACKOFF"):
+        return False
+    rpc(s).supervisor.stopProcess(name, True)
+    return True
+
+
+def _ports(name: str, s: Settings) -> list[tuple[str, int]]:
+    host = svc.kafka_host_port(s)[0]
+    return {"kafka": [(host, svc.kafka_host_port(s)[1]), (host, s.kafka_controller_port)],
+            "minio": [("localhost", s.minio_port), ("localhost", s.minio_console_port)],
+            "clickhouse": [(s.clickhouse_http_host, s.clickhouse_http_port)],
+            "airflow": [("localhost", s.airflow_port)]}.get(name, [])
+
+
+def down(s: Settings | None = None, timeout: float = 90) -> None:
+    """Stop every service (reverse start order), shut supervisord down, wait until our ports are free.
+
+    Raises:
+        StackError: a port is still bound after ``timeout`` seconds (names it).
+    """
+    s = s or get_settings()
+    ports: list[tuple[str, int]] = []
+    if supervisord_running(s):
+        proxy = rpc(s)
+        for name in reversed(svc.SERVICES):
+            try:
+                if proxy.supervisor.getProcessInfo(name)["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+                    ports += _ports(name, s)
+                    proxy.supervisor.stopProcess(name, True)
+            except xmlrpc.client.Fault:
+                pass
+        pidfile = svc.state_dir(s) / "supervisord.pid"
+        pid = int(pidfile.read_text()) if pidfile.exists() else None
+        try:
+            proxy.supervisor.shutdown()
+        except (OSError, xmlrpc.client.Error):
+            pass
+        if pid:
+            _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "supervisord shutdown")
+    busy = lambda: [p for p in ports if svc.port_open(*p)]  # noqa: E731
+    try:
+        _wait(lambda: not busy(), timeout, "native stack shutdown")
+    except StackError:
+        raise StackError(f"ports still bound after down: {busy()}") from None

@@ -1,0 +1,200 @@
+"""The native stack's services: how each one runs in the foreground and how its health is checked.
+
+``python -m ops.services run <name>`` is the command the supervisor (:mod:`ops.local`) starts for each
+program; it prepares what the service needs, then replaces itself (``exec``) with the real server so the
+supervisor signals the server itself. Names match ``docker-compose.yml``:
+
+=============  ===============================================================  =================================
+service        process                                                          healthy when
+=============  ===============================================================  =================================
+kafka          Apache Kafka broker, KRaft (jars from Maven Central)             a metadata request is answered
+minio          MinIO server (built by ``go install``)                           ``/minio/health/live`` is 200
+clickhouse     ClickHouse HTTP interface over chDB (``python -m chserver``)     ``GET /ping`` answers ``Ok.``
+streaming      Spark Structured Streaming job (``python -m streaming.job run``)  running >= its start time
+airflow        ``airflow standalone`` (API server/UI, scheduler, DAG processor) ``/api/v2/monitor/health``
+=============  ===============================================================  =================================
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from core.settings import Settings, get_settings
+
+#: start order (dependencies first); the supervisor's program names
+SERVICES: tuple[str, ...] = ("kafka", "minio", "clickhouse", "streaming", "airflow")
+#: what each service needs healthy before it starts
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "streaming": ("kafka", "minio", "clickhouse"),
+    "airflow": ("minio", "clickhouse"),
+}
+
+
+def state_dir(s: Settings) -> Path:
+    """$RETAIL_STATE_DIR, with its ``logs/`` folder created."""
+    d = Path(s.retail_state_dir)
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def kafka_host_port(s: Settings) -> tuple[str, int]:
+    """(host, port) of the first bootstrap server."""
+    host, _, port = s.kafka_bootstrap_servers.split(",")[0].rpartition(":")
+    return host, int(port)
+
+
+def port_open(host: str, port: int) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+# ------------------------------------------------------------------------------------------ health --
+def kafka_healthy(s: Settings) -> bool:
+    """True when the broker answers a metadata request."""
+    from kafka import KafkaAdminClient
+
+    if not port_open(*kafka_host_port(s)):
+        return False
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, request_timeout_ms=3000)
+        admin.list_topics()
+        admin.close()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+        return False
+
+
+def minio_healthy(s: Settings) -> bool:
+    """True when MinIO's liveness endpoint answers 200."""
+    try:
+        return httpx.get(f"http://localhost:{s.minio_port}/minio/health/live", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def clickhouse_healthy(s: Settings) -> bool:
+    """True when the ClickHouse HTTP interface answers ``GET /ping`` with ``Ok.``."""
+    try:
+        r = httpx.get(f"http://{s.clickhouse_http_host}:{s.clickhouse_http_port}/ping", timeout=1)
+        return r.status_code == 200 and r.text.strip() == "Ok."
+    except httpx.HTTPError:
+        return False
+
+
+def airflow_healthy(s: Settings) -> bool:
+    """True when Airflow's API server reports the metadata DB and the scheduler healthy."""
+    try:
+        r = httpx.get(f"http://localhost:{s.airflow_port}/api/v2/monitor/health", timeout=2)
+        h = r.json() if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return False
+    return all(h.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler"))
+
+
+HEALTH = {"kafka": kafka_healthy, "minio": minio_healthy, "clickhouse": clickhouse_healthy,
+          "airflow": airflow_healthy, "streaming": None}  # streaming: the supervisor's RUNNING state
+
+
+def endpoint(name: str, s: Settings) -> str:
+    """Where a service answers (for status output)."""
+    return {"kafka": s.kafka_bootstrap_servers, "minio": f"http://localhost:{s.minio_port}",
+            "clickhouse": f"http://{s.clickhouse_http_host}:{s.clickhouse_http_port}",
+            "airflow": f"http://localhost:{s.airflow_port}", "streaming": s.spark_checkpoint_dir}.get(name, "")
+
+
+# --------------------------------------------------------------------------------------------- run --
+def _kafka_argv(s: Settings) -> list[str]:
+    from ops.install import StackError, kafka_libs
+
+    host, port = kafka_host_port(s)
+    libs = kafka_libs(s)
+    d = state_dir(s) / "kafka"
+    d.mkdir(parents=True, exist_ok=True)
+    props = d / "server.properties"
+    props.write_text("\n".join([
+        "process.roles=broker,controller", "node.id=1",
+        f"controller.quorum.bootstrap.servers={host}:{s.kafka_controller_port}",
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{s.kafka_controller_port}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        "controller.listener.names=CONTROLLER", "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={d / 'data'}", "num.partitions=1", "auto.create.topics.enable=false",
+        "offsets.topic.replication.factor=1", "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1", "group.initial.rebalance.delay.ms=0",
+        f"log.retention.ms={s.kafka_retention_ms}", "",
+    ]))
+    log4j = d / "log4j2.properties"
+    log4j.write_text("status = warn\nappender.console.type = Console\nappender.console.name = STDOUT\n"
+                     "appender.console.layout.type = PatternLayout\nappender.console.layout.pattern = [%d] %p %m (%c)%n\n"
+                     "rootLogger.level = WARN\nrootLogger.appenderRef.stdout.ref = STDOUT\n"
+                     "logger.server.name = kafka.server.KafkaRaftServer\nlogger.server.level = INFO\n")
+    java = shutil.which("java") or "java"
+    cp = f"{libs}/*"
+    if not (d / "data" / "meta.properties").exists():
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # a leading '-' would be parsed as an option (as Kafka's Uuid avoids)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        r = subprocess.run([java, "-cp", cp, f"-Dlog4j2.configurationFile={log4j}", "kafka.tools.StorageTool",
+                            "format", "-t", cluster_id, "-c", str(props), "--standalone"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise StackError(f"formatting the KRaft log dir failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
+    return [java, f"-Xmx{s.kafka_heap}", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={log4j}",
+            "-cp", cp, "kafka.Kafka", str(props)]
+
+
+def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, extra environment) of a service's foreground process.
+
+    Raises:
+        ConfigError: a setting the service needs is missing (named).
+        KeyError: unknown service name.
+    """
+    s = s or get_settings()
+    py = sys.executable
+    if name == "kafka":
+        return _kafka_argv(s), {}
+    if name == "minio":
+        from ops.install import minio_binary
+
+        s.require("minio_root_user", "minio_root_password")
+        data = state_dir(s) / "minio"
+        data.mkdir(parents=True, exist_ok=True)
+        return ([str(minio_binary(s)), "server", str(data), "--address", f"localhost:{s.minio_port}",
+                 "--console-address", f"localhost:{s.minio_console_port}", "--quiet"],
+                {"MINIO_ROOT_USER": s.minio_root_user, "MINIO_ROOT_PASSWORD": s.minio_root_password,
+                 "MINIO_BROWSER": "on"})
+    if name == "clickhouse":
+        s.require("clickhouse_admin_password", "clickhouse_writer_password", "clickhouse_bi_password")
+        return [py, "-m", "chserver"], {}
+    if name == "streaming":
+        return [py, "-m", "streaming.job", "run"], {"PYSPARK_PYTHON": py, "PYSPARK_DRIVER_PYTHON": py}
+    if name == "airflow":
+        from ops.airflow import airflow_env, init
+
+        home = init(s)
+        return [str(Path(py).parent / "airflow"), "standalone"], airflow_env(s, home, s.airflow_port)
+    raise KeyError(f"unknown service {name!r}; services: {', '.join(SERVICES)}")
+
+
+def run(name: str) -> None:
+    """Prepare service ``name`` and replace this process with it (never returns)."""
+    argv, env = argv_env(name)
+    os.execvpe(argv[0], argv, {**os.environ, **env})
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "run":
+        sys.exit(f"usage: python -m ops.services run {{{'|'.join(SERVICES)}}}")
+    run(sys.argv[2])
