@@ -15,6 +15,8 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 export PATH := $(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+# make local-up SERVICES="kafka clickhouse" starts a subset (with dependencies)
+SERVICES ?=
 # make load-test RATE=<events/s> DURATION=<s> STORES=<n>
 RATE ?= 500
 DURATION ?= 60
@@ -24,8 +26,8 @@ BACKFILL ?= 20
 EVENTS ?= 50000
 COMPOSE := docker compose
 
-.PHONY: help setup venv demo test test-unit test-integration up down logs ps local-up local-down local-status \
-        migrate topics produce stream airflow nightly load-test bench-stream bench-forecast compose-check compose-tools clean
+.PHONY: help setup venv demo test test-unit up down logs ps local-up local-down local-status \
+        migrate topics produce stream airflow nightly load-test bench-stream bench-forecast bench-clickhouse compose-check compose-tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -50,38 +52,46 @@ test: setup ## Run the whole test suite (unit + integration against real Kafka, 
 test-unit: setup ## Unit tests only
 	$(PY) -m pytest -q -m "not integration"
 
-local-up: setup ## Start the native stack (Kafka KRaft broker, MinIO)
-	$(PY) -m ops.cli up
+local-up: setup ## Start every native service under supervisord (kafka, minio, clickhouse, streaming, airflow), wait until healthy
+	$(PY) -m ops.cli up $(SERVICES)
 
-local-down: ## Stop the native stack
+local-down: ## Stop every native service and supervisord (no process or port left)
 	$(PY) -m ops.cli down
 
-local-status: ## Health of the native services
+local-status: ## Each native service: supervisor state, pid, uptime, health, endpoint
 	$(PY) -m ops.cli status
 
 migrate: setup ## Apply ClickHouse migrations (clickhouse/migrations, idempotent)
 	$(PY) -m ops.cli migrate
 
-topics: local-up ## Create the Kafka topics (idempotent)
+topics: setup ## Create the Kafka topics (idempotent; starts kafka when needed)
+	$(PY) -m ops.cli up kafka
 	$(PY) -m producers.cli topics
 
 produce: topics ## Run the POS simulator (synthetic); ARGS="--stores 5 --skus 50 ..."
 	$(PY) -m producers.cli synthetic $(ARGS)
 
-stream: local-up ## Run the Spark Structured Streaming job continuously (Ctrl-C stops it)
+stream: setup ## Run the Spark Structured Streaming job in the foreground (Ctrl-C stops it); the supervised one: make local-up
+	$(PY) -m ops.cli up kafka minio clickhouse
 	$(PY) -m streaming.job run $(ARGS)
 
-airflow: setup ## Airflow standalone (UI) with our DAGs on the native stack
-	$(PY) -m ops.airflow standalone
+airflow: setup ## Airflow (standalone: UI, scheduler, DAG processor) under the supervisor, with minio + clickhouse
+	$(PY) -m ops.cli up airflow
+	@echo "Airflow UI: http://localhost:$${AIRFLOW_PORT:-8080} (user admin; password: .cache/state/airflow/simple_auth_manager_passwords.json.generated); make local-down stops it"
 
 nightly: setup ## daily_etl for BACKFILL days before DATE, then daily_etl, demand_forecast_training, batch_predictions for DATE (airflow dags test)
 	$(PY) -m ops.airflow nightly --date $(DATE) --backfill-days $(BACKFILL)
 
-load-test: local-up ## Fixed-rate load: RATE=<events/s> DURATION=<s> STORES=<n> -> reports/load-test.json
+load-test: setup ## Fixed-rate load: RATE=<events/s> DURATION=<s> STORES=<n> -> reports/load-test.json
+	$(PY) -m ops.cli up kafka minio clickhouse
 	$(PY) -m ops.bench_stream load --rate $(RATE) --duration $(DURATION) --stores $(STORES) --out reports/load-test.json
 
-bench-stream: local-up ## Streaming benchmark -> reports/bench-stream.json
+bench-stream: setup ## Streaming benchmark -> reports/bench-stream.json
+	$(PY) -m ops.cli up kafka minio clickhouse
 	$(PY) -m ops.bench_stream stream --events $(EVENTS) --out reports/bench-stream.json
+
+bench-clickhouse: setup ## ClickHouse HTTP endpoint vs direct chDB: BI query p50/p95, insert rows/s -> reports/bench-clickhouse.json
+	$(PY) -m ops.bench_clickhouse --out reports/bench-clickhouse.json
 
 bench-forecast: setup ## GBT vs seasonal-naive on M5 + UCI -> reports/bench-forecast.json
 	$(PY) -m ops.bench_forecast --out reports/bench-forecast.json
@@ -96,9 +106,9 @@ define need_docker
 	@docker info >/dev/null 2>&1 || { echo "'make $@' needs a running Docker engine (none found). Use the native stack: make local-up / make demo."; exit 2; }
 endef
 
-up: ## docker compose up -d (needs Docker)
+up: ## docker compose up -d --build (needs Docker)
 	$(need_docker)
-	$(COMPOSE) up -d
+	$(COMPOSE) up -d --build
 
 down: ## docker compose down (needs Docker)
 	$(need_docker)

@@ -56,7 +56,7 @@ def daily_etl():
     @task
     def extract() -> dict:
         """Snapshot the day's raw partitions and reference data into lake staging."""
-        from ml import etl
+        from etl import star_schema as etl
 
         with _fail_fast_on_bad_data():
             return etl.extract(_day())
@@ -64,7 +64,7 @@ def daily_etl():
     @task
     def transform(extracted: dict) -> dict:
         """Deduplicate, build fact/dim rows, stage them as Parquet."""
-        from ml import etl
+        from etl import star_schema as etl
 
         with _fail_fast_on_bad_data():
             return etl.transform(_day())
@@ -74,7 +74,7 @@ def daily_etl():
         """Upsert dims, replace the date's fact partitions in ClickHouse."""
         import datetime as dt
 
-        from ml import etl
+        from etl import star_schema as etl
 
         started = dt.datetime.now(dt.timezone.utc)
         try:
@@ -91,7 +91,7 @@ def daily_etl():
         """Reconcile fact_sales with the raw lake exactly; record the run in etl_runs."""
         import datetime as dt
 
-        from ml import etl
+        from etl import star_schema as etl
 
         with _fail_fast_on_bad_data():
             started = dt.datetime.fromisoformat(loaded["started_at"]) if loaded else None  # None: load not run here

@@ -1,13 +1,17 @@
-"""``make demo``: the platform end to end on the native stack, in one process.
+"""``make demo``: the platform running as one on the native stack, under the supervisor.
 
-1. Start the real Kafka broker (KRaft) and MinIO; apply the ClickHouse migrations (chDB, this process).
-2. Start the Spark Structured Streaming job (processing-time trigger) in this process.
-3. Replay real POS transactions (the shipped UCI Online Retail sample, >= 100,000 product lines) together
-   with the inventory updates, price observations and customer events the replay derives from them, plus a
-   short synthetic simulator run (Faker catalogue, separate stores) — through Kafka, while the job runs.
-4. Drain what is left with an available-now pass from the same checkpoints, stop the queries.
-5. Print a summary read back from ClickHouse and from the lake, and write it to ``reports/demo-summary.json``.
-6. Stop every process it started (also on error or Ctrl-C).
+1. Start every native service under supervisord (``ops.local``): Kafka (KRaft), MinIO, the ClickHouse HTTP
+   endpoint over chDB (migrations applied), the Spark Structured Streaming job, Airflow (standalone).
+2. While the supervised stream runs, replay real POS transactions (the shipped UCI Online Retail sample,
+   >= 100,000 product lines) with the inventory updates, price observations and customer events derived from
+   them, then a synthetic simulator run (Faker catalogue) and three POS glitches the stream must quarantine.
+3. At the same time: ``daily_etl`` (Airflow, ``airflow dags test``) loads a replayed day into the star schema
+   once the stream has landed it, and 4 dashboard clients query the BI views through the endpoint as the
+   read-only ``bi_reader``, in a loop.
+4. Wait until the stream has caught up with every topic (checkpoint offsets = end offsets), then print a
+   summary read back from ClickHouse and the lake, with how long each concurrent part took, and write it to
+   ``reports/demo-summary.json``.
+5. Stop every service (unless ``--keep-stack``); the data stays in ``.cache/state`` for ``make nightly``.
 """
 
 from __future__ import annotations
@@ -132,102 +136,244 @@ def _print(summary: dict[str, Any]) -> None:
     ]
     rows += [(f"lake raw-data/{et}", f"{v['rows']:,} rows, {v['distinct_ids']:,} ids, {v['files']} files")
              for et, v in lake.items()]
-    rows.append(("stream wall time (s)", str(summary["stream"].get("seconds"))))
+    tm, etl, bi = summary["timings_s"], summary["daily_etl"], summary["bi_queries"]
+    rows += [
+        ("platform up (5 services healthy)", f"{tm['platform_up_s']} s"),
+        ("replay published / stream caught up", f"{tm['replay_publish_s']} s / +{tm['stream_catch_up_after_replay_s']} s"),
+        ("stream busy (t from start)", f"{tm['stream_window'][0]} .. {tm['stream_window'][1]} s"),
+        (f"daily_etl for {etl.get('date')}", f"{'ok' if etl.get('ok') else 'FAILED'} in {etl.get('seconds')} s "
+                                              f"(t {etl.get('window')})"),
+        (f"BI queries as bi_reader ({bi['clients']} clients)", f"{bi['queries']} ok, {bi['errors']} errors, p50 "
+                                                               f"{bi['p50_s']} s, p95 {bi['p95_s']} s"),
+        ("overlap with the stream: daily_etl / BI", f"{summary['checks']['overlap']['etl_during_stream']} s / "
+                                                    f"{summary['checks']['overlap']['bi_during_stream']} s"),
+    ]
     for r in rows:
         t.add_row(*r)
     console.print(t)
 
 
+#: the dashboards' queries of the demo's BI clients (views of clickhouse/migrations/030_bi_views.sql)
+BI_QUERIES = {
+    "live_sku": "SELECT * FROM {db}.v_live_sku_metrics ORDER BY window_start DESC LIMIT 200",
+    "live_store": "SELECT * FROM {db}.v_live_store_metrics ORDER BY window_start DESC LIMIT 200",
+    "current_inventory": "SELECT * FROM {db}.v_current_inventory ORDER BY hours_of_cover LIMIT 200",
+    "restock_alerts": "SELECT * FROM {db}.v_restock_alerts ORDER BY alert_time DESC LIMIT 200",
+    "quarantine": "SELECT * FROM {db}.v_quarantine_summary",
+    "sales_daily": "SELECT * FROM {db}.v_sales_daily ORDER BY date_key DESC LIMIT 200",
+}
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))], 4)
+
+
+class BIClients:
+    """``n`` dashboard clients querying :data:`BI_QUERIES` in a loop as ``bi_reader`` until stopped; records
+    each query's latency (s) and errors."""
+
+    def __init__(self, s: Settings, n: int = 4):
+        self.s, self.n = s, n
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.started = self.ended = 0.0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _loop(self, i: int) -> None:
+        import clickhouse_connect
+        from urllib.parse import urlparse
+
+        u = urlparse(self.s.clickhouse_url)
+        client = clickhouse_connect.get_client(host=u.hostname, port=u.port or 8123, username="bi_reader",
+                                               password=self.s.clickhouse_bi_password,
+                                               database=self.s.clickhouse_database)
+        names = list(BI_QUERIES)
+        k = i
+        while not self._stop.is_set():
+            sql = BI_QUERIES[names[k % len(names)]].format(db=self.s.clickhouse_database)
+            t0 = time.perf_counter()
+            try:
+                client.query(sql)
+                self.latencies.append(time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the loop goes on
+                self.errors.append(f"{names[k % len(names)]}: {str(exc)[:200]}")
+            k += 1
+            self._stop.wait(0.5)
+        client.close()
+
+    def start(self) -> None:
+        """Start the client threads."""
+        self.started = time.time()
+        self._threads = [threading.Thread(target=self._loop, args=(i,), name=f"bi-{i}", daemon=True)
+                         for i in range(self.n)]
+        for th in self._threads:
+            th.start()
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the clients; returns {clients, queries, errors, p50_s, p95_s, seconds, first_errors}."""
+        self._stop.set()
+        for th in self._threads:
+            th.join(30)
+        self.ended = time.time()
+        return {"clients": self.n, "queries": len(self.latencies), "errors": len(self.errors),
+                "p50_s": _pct(self.latencies, 0.5), "p95_s": _pct(self.latencies, 0.95),
+                "seconds": round(self.ended - self.started, 1), "first_errors": self.errors[:5]}
+
+
+def wait_caught_up(s: Settings, timeout: float, what: str = "stream") -> float:
+    """Wait until the supervised stream's checkpoints reach the topics' end offsets; returns the seconds waited.
+
+    Raises:
+        TimeoutError: still behind after ``timeout`` seconds (the message gives the lag per query).
+    """
+    from ops.streamstate import job_queries, lag
+
+    t0 = time.time()
+    queries = job_queries(s)
+    while True:
+        behind = lag(s, queries)
+        if not any(behind.values()):
+            return time.time() - t0
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"{what} still behind after {timeout:.0f} s: {behind} records")
+        time.sleep(2)
+
+
+def busiest_replayed_day(s: Settings, before: datetime):
+    """The UTC date before ``before`` with the most POS lines in ClickHouse's windows (None if none)."""
+    from core.clickhouse import get_client
+
+    rows = get_client(s).query(
+        f"SELECT toDate(window_start) AS d, sum(transaction_count) AS n FROM {s.clickhouse_database}.sales_metrics_5m "
+        f"WHERE window_start < toDateTime('{before:%Y-%m-%d} 00:00:00', 'UTC') GROUP BY d ORDER BY n DESC LIMIT 1").result_rows
+    return rows[0][0] if rows else None
+
+
 def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, invalid_rate: float = 0.001,
-             keep_stack: bool = False, fresh: bool = True) -> dict[str, Any]:
+             keep_stack: bool = False, fresh: bool = True, bi_clients: int = 4,
+             services: list[str] | None = None) -> dict[str, Any]:
     """Run the whole demo (see module docstring) and return the summary dict.
 
     ``fresh`` (default) stops the native services and deletes the Kafka, MinIO, chDB and checkpoint folders of
-    RETAIL_STATE_DIR first, so re-runs do not accumulate data; what the demo lands stays there for
-    ``make nightly`` and for inspection.
+    RETAIL_STATE_DIR first, so re-runs do not accumulate data.
 
     Raises:
-        ops.local.StackError: a native service failed to start (message names the log).
-        RuntimeError: the stream dropped or duplicated sales (lake ids vs published count differ).
+        ops.install.StackError: a native service failed to start (message names the log).
+        RuntimeError: the stream dropped or duplicated sales, daily_etl failed, or a BI query failed.
     """
+    from ops.airflow import dags_test, init as airflow_init
     from producers.cli import DEFAULT_SAMPLE, run_replay, run_synthetic
-    from streaming.job import StreamingJob, build_spark
 
     s = get_settings()
     if fresh:
-        # A demo starts from empty topics, lake, checkpoints and ClickHouse so its summary is about this run.
         local.down(s)
         for part in ("kafka", "minio", "chdb", "checkpoints"):
             shutil.rmtree(Path(s.retail_state_dir) / part, ignore_errors=True)
-    console.rule(f"starting the native stack (Kafka KRaft, MinIO) with state in {s.retail_state_dir}")
-    local.up(s)
-    spark = None
+    console.rule(f"starting the platform under supervisord (state in {s.retail_state_dir})")
+    t0 = time.time()
+    local.up(None, services)
+    s = get_settings()
+    timings: dict[str, Any] = {"platform_up_s": round(time.time() - t0, 1)}
+    console.print(local.status(s) and "services healthy: " + ", ".join(n for n, r in local.status(s).items() if r["healthy"]))
+    bi = BIClients(s, bi_clients)
+    etl: dict[str, Any] = {}
     try:
-        spark = build_spark(s)
-        job = StreamingJob(s, spark=spark)  # migrates ClickHouse, creates topics
-        console.rule("streaming job running; replaying real POS data through Kafka")
-        job.start(available_now=False)
         produced: dict[str, Any] = {}
-
-        # Event time is one timeline: the replay ends `synthetic_minutes` ago and the simulator continues
-        # from there to now, so neither is behind the other's watermark.
         handover = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=synthetic_minutes)
+        console.rule("replaying real POS data through Kafka; the supervised stream, BI clients and daily_etl run at once")
+        bi.start()
+        t_pub = time.time()
+        produced["replay"] = run_replay(s, sample or DEFAULT_SAMPLE, invalid_rate=invalid_rate, end_at=handover)
+        timings["replay_publish_s"] = round(time.time() - t_pub, 1)
+        # daily_etl needs the replayed day in the lake: start it once the stream has caught up with the replay
+        timings["stream_catch_up_after_replay_s"] = round(wait_caught_up(s, 900, "stream after the replay"), 1)
+        day = busiest_replayed_day(s, handover)
+        home = airflow_init(s)
 
-        def produce() -> None:
-            produced["replay"] = run_replay(s, sample or DEFAULT_SAMPLE, invalid_rate=invalid_rate, end_at=handover)
-            produced["synthetic"] = run_synthetic(s, stores=3, skus=40, events_per_min_per_store=200,
-                                                  duration_minutes=synthetic_minutes, start=handover,
-                                                  invalid_rate=invalid_rate)
-            produced["glitches"] = publish_pos_glitches(s, handover + timedelta(minutes=synthetic_minutes / 2))
+        def run_etl() -> None:
+            t = time.time()
+            etl["date"] = str(day)
+            try:
+                etl["seconds"] = round(dags_test("daily_etl", day, s, home), 1)
+                etl["ok"] = True
+            except Exception as exc:  # noqa: BLE001 - reported in the summary and fails the demo below
+                etl["ok"], etl["error"] = False, str(exc)[-1500:]
+                etl["seconds"] = round(time.time() - t, 1)
+            etl["window"] = [round(t - t0, 1), round(time.time() - t0, 1)]
 
-        producer = threading.Thread(target=produce, name="producers")
-        producer.start()
-        while producer.is_alive():
-            producer.join(2)
-            for q in job.queries.values():
-                if not q.isActive and q.exception() is not None:
-                    raise q.exception()
-        if "synthetic" not in produced:
-            raise RuntimeError("the producers did not finish; see the errors above")
-        job.stop()
-        console.rule("draining the rest of the topics (available-now from the same checkpoints)")
-        t0 = time.time()
-        job = StreamingJob(s, spark=spark, migrate=False)
-        try:
-            job.start(available_now=True)
-            job.await_available_now()
-            stream_stats = job.stats()
-        finally:
-            job.stop()
-        stream_stats["drain_seconds"] = round(time.time() - t0, 1)
-        summary = {"producers": produced, "stream": stream_stats,
-                   "clickhouse": clickhouse_summary(s), "lake": lake_counts(s)}
+        etl_thread = threading.Thread(target=run_etl, name="daily_etl")
+        etl_thread.start()
+        t_syn = time.time()
+        produced["synthetic"] = run_synthetic(s, stores=3, skus=40, events_per_min_per_store=200,
+                                              duration_minutes=synthetic_minutes, start=handover,
+                                              invalid_rate=invalid_rate)
+        produced["glitches"] = publish_pos_glitches(s, handover + timedelta(minutes=synthetic_minutes / 2))
+        timings["synthetic_publish_s"] = round(time.time() - t_syn, 1)
+        timings["stream_drain_s"] = round(wait_caught_up(s, 900, "stream after the simulator"), 1)
+        timings["stream_window"] = [round(t_pub - t0, 1), round(time.time() - t0, 1)]
+        etl_thread.join()
+        bi_stats = bi.stop()
+        bi_stats["window"] = [round(bi.started - t0, 1), round(bi.ended - t0, 1)]
+        summary = {"producers": produced, "timings_s": timings, "daily_etl": etl, "bi_queries": bi_stats,
+                   "stream": stream_batches(s), "clickhouse": clickhouse_summary(s), "lake": lake_counts(s)}
         sales_pub = sum(produced[k]["generator"]["events"].get("sales_transaction", 0)
                         for k in ("replay", "synthetic"))
         lake_sales = summary["lake"]["sales_transaction"]
         summary["checks"] = {"sales_published_valid": sales_pub, "lake_sales_rows": lake_sales["rows"],
-                             "lake_sales_distinct_ids": lake_sales["distinct_ids"]}
+                             "lake_sales_distinct_ids": lake_sales["distinct_ids"],
+                             "overlap": {"etl_during_stream": _overlap(etl.get("window"), timings["stream_window"]),
+                                         "bi_during_stream": _overlap(bi_stats["window"], timings["stream_window"])}}
         out = REPO_ROOT / "reports" / "demo-summary.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(summary, indent=2, default=str))
         _print(summary)
         console.print(f"full summary: {out}")
+        problems = []
+        if not etl.get("ok"):
+            problems.append(f"daily_etl failed: {etl.get('error')}")
+        if bi_stats["errors"]:
+            problems.append(f"{bi_stats['errors']} BI queries failed: {bi_stats['first_errors']}")
+        if lake_sales["distinct_ids"] != lake_sales["rows"]:
+            problems.append(f"lake holds duplicate sales ({lake_sales['rows']} rows, {lake_sales['distinct_ids']} ids)")
+        if problems:
+            raise RuntimeError("; ".join(problems))
         return summary
     finally:
-        if spark is not None:
-            spark.stop()
+        bi.stop()
         if not keep_stack:
-            console.rule("stopping the native stack")
+            console.rule("stopping the platform")
             local.down(s)
+
+
+def _overlap(a, b) -> float:
+    """Seconds two [start, end] intervals overlap (0 when either is missing)."""
+    if not a or not b:
+        return 0.0
+    return round(max(0.0, min(a[1], b[1]) - max(a[0], b[0])), 1)
+
+
+def stream_batches(s: Settings) -> dict[str, Any]:
+    """Micro-batches the supervised job recorded in ``stream_batches``: count, input rows, seconds per query."""
+    from core.clickhouse import get_client
+
+    rows = get_client(s).query(
+        f"SELECT query, count(), sum(input_rows), sum(output_rows), round(sum(dateDiff('millisecond', started_at, "
+        f"committed_at)) / 1000, 1) FROM {s.clickhouse_database}.stream_batches FINAL GROUP BY query").result_rows
+    return {r[0]: {"batches": r[1], "input_rows": r[2], "output_rows": r[3], "busy_seconds": r[4]} for r in rows}
 
 
 def main(sample: Path = typer.Option(None, help="UCI transactions CSV(.gz) to replay (default: the shipped sample)."),
          synthetic_minutes: float = typer.Option(180.0, help="Simulated minutes of synthetic traffic."),
          invalid_rate: float = typer.Option(0.001, help="Fraction of deliberately invalid records (dead-letter path)."),
-         keep_stack: bool = typer.Option(False, help="Leave Kafka and MinIO running afterwards."),
-         fresh: bool = typer.Option(True, help="Start from an empty RETAIL_STATE_DIR.")) -> None:
+         keep_stack: bool = typer.Option(False, help="Leave the platform running afterwards (make local-down stops it)."),
+         fresh: bool = typer.Option(True, help="Start from an empty RETAIL_STATE_DIR."),
+         bi_clients: int = typer.Option(4, help="Dashboard clients querying the BI views during the run.")) -> None:
     """Run the end-to-end demo on the native stack."""
-    run_demo(sample, synthetic_minutes, invalid_rate, keep_stack, fresh)
+    run_demo(sample, synthetic_minutes, invalid_rate, keep_stack, fresh, bi_clients)
 
 
 if __name__ == "__main__":

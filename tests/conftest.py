@@ -109,3 +109,19 @@ def native_stack(native_services):
                 os.environ[k] = v
         get_settings.cache_clear()
         get_lake.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The pytest process's one SparkSession, with the Kafka connector (core.spark.build_spark(kafka=True)):
+    the first session of a process fixes the driver classpath, so streaming tests and MLlib tests share it
+    (MLlib code's own builder, kafka=False, then returns this session). Stopped at the end of the session."""
+    import sys
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from core.spark import build_spark
+
+    session = build_spark("retail-tests", kafka=True, master="local[2]", shuffle_partitions=2)
+    yield session
+    session.stop()

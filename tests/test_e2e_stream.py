@@ -287,17 +287,16 @@ def rewind(checkpoint: Path, to_batch: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- test --
-def test_stream_end_to_end(native_stack):
+def test_stream_end_to_end(native_stack, spark):
     from core.kafka_admin import ensure_topics
     from core.clickhouse import get_client
     from core.lake import get_lake
-    from streaming.job import build_spark, run_stream
+    from streaming.job import run_stream
 
     s = native_stack
     ensure_topics(s)
     valid, invalid, t0, t_end = make_events()
     meta = produce(s, valid, invalid)
-    spark = build_spark(s)
     client, lake, db = get_client(s), get_lake(), s.clickhouse_database
 
     # ---- first drain ---------------------------------------------------------------------------------
@@ -358,4 +357,3 @@ def test_stream_end_to_end(native_stack):
     assert_windows_match(client, db, exp)           # aggregates unchanged: late events dropped
     assert_lake_once(lake, valid + late)            # ... but they are in the lake
     assert stats3["windows"]["rows_dropped_by_watermark"] == len(late)
-    spark.stop()

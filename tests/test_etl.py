@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import etl
+from etl import star_schema as etl
 
 DAY = dt.date(2011, 8, 29)  # Late Summer Bank Holiday (England & Wales), a Monday
 

@@ -290,7 +290,7 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     the lake: the quality check fails the run (no retries) and records why; a full re-run repairs it."""
     from airflow.utils.state import TaskInstanceState
 
-    from ml import etl
+    from etl import star_schema as etl
     from core.clickhouse import get_client
 
     client, db, lake = get_client(native_stack), native_stack.clickhouse_database, landed

@@ -26,15 +26,6 @@ def m5(shared_data):
 
 
 @pytest.fixture(scope="module")
-def spark():
-    from ml.forecast import get_spark
-
-    s = get_spark("test-ml-forecast", master="local[2]", shuffle_partitions=2)
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
 def trained(spark, m5):
     from ml.forecast import ForecastConfig, train_and_evaluate
 

@@ -19,17 +19,6 @@ NOW_MS = int(NOW.timestamp() * 1000)
 LIM = {"max_age_days": 30, "max_future_minutes": 60, "now": NOW}
 
 
-@pytest.fixture(scope="module")
-def spark():
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from streaming.job import build_spark
-
-    # the job's own session (with the Kafka connector jars): the first session of a process fixes the driver
-    # classpath, and the end-to-end test in the same pytest process needs the connector. Not stopped here.
-    return build_spark()
-
-
 def kafka_rows(spark, topic: str, values: list):
     rows = [(topic, 0, i, NOW, v if isinstance(v, str) else json.dumps(v)) for i, v in enumerate(values)]
     return spark.createDataFrame(rows, "topic string, partition int, offset long, kafka_timestamp timestamp, value string")
