@@ -292,7 +292,8 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
         # daily_etl needs the replayed day in the lake: start it once the stream has caught up with the replay
         timings["stream_catch_up_after_replay_s"] = round(wait_caught_up(s, 900, "stream after the replay"), 1)
         day = busiest_replayed_day(s, handover)
-        home = airflow_init(s)
+        # its own AIRFLOW_HOME: the supervised standalone Airflow keeps its SQLite metadata DB to itself
+        home = airflow_init(s, Path(s.retail_state_dir) / "airflow-cli")
 
         def run_etl() -> None:
             t = time.time()

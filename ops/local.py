@@ -33,7 +33,9 @@ _PROGRAM = {
     "minio": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
     "clickhouse": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
     "streaming": {"startsecs": 15, "stopwaitsecs": 40, "stopsignal": "TERM"},
-    "airflow": {"startsecs": 10, "stopwaitsecs": 30, "stopsignal": "INT"},  # SIGINT: standalone's clean stop
+    # SIGINT to the standalone parent only: it stops its components itself (signalling the whole group at once
+    # left it waiting for them until SIGKILL); the group is SIGKILLed after stopwaitsecs
+    "airflow": {"startsecs": 10, "stopwaitsecs": 30, "stopsignal": "INT", "stopasgroup": "false"},
 }
 _TIMEOUT = {"kafka": 90, "minio": 60, "clickhouse": 60, "streaming": 120, "airflow": 240}
 
@@ -65,7 +67,7 @@ def write_conf(s: Settings) -> Path:
         lines += [
             f"[program:{name}]", f"command={py} -m ops.services run {name}", "autostart=false", "autorestart=true",
             f"startsecs={p['startsecs']}", "startretries=3", f"stopsignal={p['stopsignal']}",
-            f"stopwaitsecs={p['stopwaitsecs']}", "stopasgroup=true", "killasgroup=true", "redirect_stderr=true",
+            f"stopwaitsecs={p['stopwaitsecs']}", f"stopasgroup={p.get('stopasgroup', 'true')}", "killasgroup=true", "redirect_stderr=true",
             f"stdout_logfile={logs / (name + '.log')}", "stdout_logfile_maxbytes=50MB", "stdout_logfile_backups=2", "",
         ]
     path = conf_path(s)
