@@ -1,0 +1,288 @@
+"""The Starlette application speaking ClickHouse's HTTP interface (https://clickhouse.com/docs/interfaces/http).
+
+* ``GET /ping``, ``GET /`` (no query), ``GET /replicas_status``: ``Ok.``
+* the query in the ``query`` URL parameter and/or the body (POST: URL query, newline, body, as ClickHouse
+  concatenates them); ``INSERT ... FORMAT <fmt>`` followed by data in any input format chDB reads (Native,
+  RowBinary[WithNamesAndTypes], Arrow, ArrowStream, Parquet, CSV[WithNames], TSV, JSONEachRow, Values, ...);
+* URL parameters ``database``, ``default_format``, ``query_id``, ``session_id`` (accepted; settings never outlive
+  a request), ``param_<name>`` (``{name:Type}`` placeholders, bound by the engine), ``user``/``password``, and
+  every other parameter as a query setting for that request only (an unknown one: code 115 UNKNOWN_SETTING);
+* headers ``X-ClickHouse-Format``, ``X-ClickHouse-Timezone``, ``X-ClickHouse-Query-Id``,
+  ``X-ClickHouse-Summary``, ``X-ClickHouse-Server-Display-Name``; HTTP compression both ways: request bodies in
+  gzip, deflate, br, zstd or lz4 (``Content-Encoding``), responses compressed per ``Accept-Encoding`` when
+  ``enable_http_compression=1``;
+* authentication as ClickHouse does it: basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key``, or
+  ``user``/``password`` parameters; users from settings (``admin``, ``platform_writer``, read-only
+  ``bi_reader``), no passwordless ``default`` user; wrong credentials: 516 AUTHENTICATION_FAILED (403);
+* errors as a server returns them: the status ClickHouse maps the code to, header
+  ``X-ClickHouse-Exception-Code``, body ``Code: N. DB::Exception: ... (NAME) (version ...)``; never a traceback.
+
+GET requests run with ``readonly=2`` (as ClickHouse); ``bi_reader`` always with ``readonly=1``.
+Not supported (clear error): ClickHouse's native ``compress=1``/``decompress=1`` block compression, and
+multi-statement bodies (one statement per request, as ClickHouse).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import hmac
+import json
+import logging
+import re
+import uuid
+import zlib
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from chserver.engine import ClickHouseError, Engine
+from core.settings import Settings, get_settings
+
+log = logging.getLogger("chserver")
+
+#: URL parameters that are part of the HTTP protocol, not query settings
+TRANSPORT_PARAMS = {"query", "database", "default_format", "query_id", "session_id", "session_timeout",
+                    "session_check", "user", "password", "quota_key", "compress", "decompress", "buffer_size",
+                    "wait_end_of_query", "enable_http_compression", "send_progress_in_http_headers",
+                    "http_headers_progress_interval_ms", "client_protocol_version", "role", "stacktrace",
+                    "close_session", "http_zlib_compression_level", "extremes"}
+#: ClickHouse error names -> HTTP status (src/Server/HTTP/exceptionCodeToHTTPStatus.cpp)
+_BAD_REQUEST = {"BAD_ARGUMENTS", "CANNOT_COMPILE_REGEXP", "CANNOT_PARSE_TEXT", "CANNOT_PARSE_ESCAPE_SEQUENCE",
+                "CANNOT_PARSE_QUOTED_STRING", "CANNOT_PARSE_DATE", "CANNOT_PARSE_DATETIME", "CANNOT_PARSE_NUMBER",
+                "CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING", "CANNOT_PARSE_IPV4", "CANNOT_PARSE_IPV6",
+                "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "CANNOT_PARSE_UUID", "DUPLICATE_COLUMN", "ILLEGAL_COLUMN",
+                "UNKNOWN_ELEMENT_IN_AST", "UNKNOWN_TYPE_OF_AST_NODE", "THERE_IS_NO_COLUMN", "TOO_DEEP_AST",
+                "TOO_BIG_AST", "UNEXPECTED_AST_STRUCTURE", "SYNTAX_ERROR", "INCORRECT_DATA", "TYPE_MISMATCH",
+                "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE", "UNKNOWN_COMPRESSION_METHOD", "CANNOT_DECOMPRESS"}
+_NOT_FOUND = {"UNKNOWN_TABLE", "UNKNOWN_FUNCTION", "UNKNOWN_IDENTIFIER", "UNKNOWN_TYPE", "UNKNOWN_STORAGE",
+              "UNKNOWN_DATABASE", "UNKNOWN_SETTING", "UNKNOWN_DIRECTION_OF_SORTING", "UNKNOWN_AGGREGATE_FUNCTION",
+              "UNKNOWN_FORMAT", "UNKNOWN_DATABASE_ENGINE", "UNKNOWN_TYPE_OF_QUERY", "UNKNOWN_ROLE"}
+_FORBIDDEN = {"UNKNOWN_USER", "WRONG_PASSWORD", "AUTHENTICATION_FAILED", "SET_NON_GRANTED_ROLE", "ACCESS_DENIED"}
+_CONTENT_TYPES = {"tabseparated": "text/tab-separated-values; charset=UTF-8", "tsv": "text/tab-separated-values; charset=UTF-8",
+                  "csv": "text/csv; charset=UTF-8; header=absent", "csvwithnames": "text/csv; charset=UTF-8; header=present",
+                  "json": "application/json; charset=UTF-8", "jsoncompact": "application/json; charset=UTF-8",
+                  "jsoneachrow": "application/x-ndjson; charset=UTF-8", "xml": "application/xml; charset=UTF-8",
+                  "pretty": "text/plain; charset=UTF-8", "prettycompact": "text/plain; charset=UTF-8"}
+_INSERT_RE = re.compile(rb"^\s*(INSERT\s+INTO\s+.*?)\s+FORMAT\s+([A-Za-z0-9_]+)[ \t]*(?:\r?\n)?", re.I | re.S)
+_FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.I)
+
+
+def http_status(err: ClickHouseError) -> int:
+    """The HTTP status a ClickHouse server answers for an error (by the error's name)."""
+    if err.name == "REQUIRED_PASSWORD":
+        return 401
+    if err.name in _FORBIDDEN:
+        return 403
+    if err.name in _BAD_REQUEST:
+        return 400
+    if err.name in _NOT_FOUND:
+        return 404
+    return {"QUERY_IS_TOO_LARGE": 413, "NOT_IMPLEMENTED": 501, "TIMEOUT_EXCEEDED": 408}.get(err.name, 500)
+
+
+def decompress(body: bytes, encoding: str) -> bytes:
+    """Undo a request's ``Content-Encoding`` (gzip, deflate, br, zstd, lz4 = LZ4 frame; identity).
+
+    Raises:
+        ClickHouseError: unknown method (UNKNOWN_COMPRESSION_METHOD) or corrupt data (CANNOT_DECOMPRESS).
+    """
+    enc = (encoding or "").strip().lower()
+    if enc in ("", "identity", "none"):
+        return body
+    try:
+        if enc in ("gzip", "x-gzip"):
+            return gzip.decompress(body)
+        if enc == "deflate":
+            return zlib.decompress(body)
+        if enc == "br":
+            import brotli  # optional: only when installed
+
+            return brotli.decompress(body)
+        if enc == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        if enc in ("lz4", "lz4_frame"):
+            import lz4.frame
+
+            return lz4.frame.decompress(body)
+    except ImportError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - corrupt input is the client's error
+        raise ClickHouseError(271, f"Code: 271. DB::Exception: Cannot decompress {enc} request body: {exc}. "
+                                   "(CANNOT_DECOMPRESS)", "CANNOT_DECOMPRESS") from None
+    raise ClickHouseError(55, f"Code: 55. DB::Exception: Unknown HTTP compression method: {enc}. "
+                              "(UNKNOWN_COMPRESSION_METHOD)", "UNKNOWN_COMPRESSION_METHOD")
+
+
+def compress(data: bytes, accept: str) -> tuple[bytes, str | None]:
+    """Compress a response with the first method of ``Accept-Encoding`` we support; (data, encoding or None)."""
+    for item in (accept or "").split(","):
+        enc = item.split(";")[0].strip().lower()
+        if enc in ("gzip", "x-gzip"):
+            return gzip.compress(data, compresslevel=3), "gzip"
+        if enc == "deflate":
+            return zlib.compress(data, 3), "deflate"
+        if enc == "zstd":
+            import zstandard
+
+            return zstandard.ZstdCompressor(level=3).compress(data), "zstd"
+        if enc == "lz4":
+            import lz4.frame
+
+            return lz4.frame.compress(data), "lz4"
+    return data, None
+
+
+class Server:
+    """Request handling over one :class:`Engine`; users from :meth:`Settings.clickhouse_users`."""
+
+    def __init__(self, settings: Settings, engine: Engine):
+        self.s = settings
+        self.engine = engine
+        self.users = settings.clickhouse_users()
+        self.max_body = settings.clickhouse_max_body_mb * 1024 * 1024
+
+    # ------------------------------------------------------------------------------------ helpers --
+    def error(self, err: ClickHouseError, query_id: str) -> Response:
+        msg = err.message if "(version" in err.message else f"{err.message} (version {self.engine.version} (chDB))"
+        return Response(msg.rstrip("\n") + "\n", status_code=http_status(err), media_type="text/plain; charset=UTF-8",
+                        headers={"X-ClickHouse-Exception-Code": str(err.code), "X-ClickHouse-Query-Id": query_id,
+                                 "X-ClickHouse-Timezone": self.engine.timezone,
+                                 "X-ClickHouse-Server-Display-Name": "chserver"})
+
+    def authenticate(self, request: Request) -> tuple[str, bool]:
+        """(user, readonly) of the request.
+
+        Raises:
+            ClickHouseError: 516 AUTHENTICATION_FAILED for no, unknown or wrong credentials.
+        """
+        q = request.query_params
+        user = password = None
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:]).decode("utf-8").partition(":")
+            except Exception:  # noqa: BLE001 - a malformed header is a failed login
+                user, password = "", ""
+        if request.headers.get("x-clickhouse-user") is not None:
+            user, password = request.headers.get("x-clickhouse-user"), request.headers.get("x-clickhouse-key", "")
+        if "user" in q:
+            user, password = q.get("user"), q.get("password", "")
+        user = user or "default"
+        known = self.users.get(user)
+        if not known or not known[0] or not hmac.compare_digest((password or "").encode(), known[0].encode()):
+            raise ClickHouseError(516, f"Code: 516. DB::Exception: {user}: Authentication failed: password is "
+                                       "incorrect, or there is no user with such name. (AUTHENTICATION_FAILED)",
+                                  "AUTHENTICATION_FAILED")
+        return user, known[1]
+
+    # ------------------------------------------------------------------------------------- routes --
+    async def ping(self, request: Request) -> Response:
+        return Response("Ok.\n", media_type="text/plain; charset=UTF-8")
+
+    async def query(self, request: Request) -> Response:
+        q = request.query_params
+        query_id = q.get("query_id") or str(uuid.uuid4())
+        if request.method == "GET" and "query" not in q:
+            return Response("Ok.\n", media_type="text/plain; charset=UTF-8")
+        try:
+            user, readonly = self.authenticate(request)
+            if q.get("compress") == "1" or q.get("decompress") == "1":
+                raise ClickHouseError(48, "Code: 48. DB::Exception: ClickHouse's native HTTP block compression "
+                                          "(compress=1/decompress=1) is not supported by this endpoint; use HTTP "
+                                          "compression (Content-Encoding / Accept-Encoding). (NOT_IMPLEMENTED)",
+                                      "NOT_IMPLEMENTED")
+            length = int(request.headers.get("content-length") or 0)
+            if length > self.max_body:
+                raise ClickHouseError(202, f"Code: 202. DB::Exception: Request body of {length} bytes exceeds "
+                                           f"CLICKHOUSE_MAX_BODY_MB. (QUERY_IS_TOO_LARGE)", "QUERY_IS_TOO_LARGE")
+            body = decompress(await request.body(), request.headers.get("content-encoding", ""))
+            if len(body) > self.max_body:
+                raise ClickHouseError(202, "Code: 202. DB::Exception: Decompressed request body exceeds "
+                                           "CLICKHOUSE_MAX_BODY_MB. (QUERY_IS_TOO_LARGE)", "QUERY_IS_TOO_LARGE")
+            text = q.get("query", "").encode()
+            if request.method == "POST" and body:
+                text = text + b"\n" + body if text else body
+            insert_data = insert_format = None
+            m = _INSERT_RE.match(text[:1 << 16])
+            if m:
+                sql = m.group(1).decode("utf-8", "replace")
+                insert_format = m.group(2).decode()
+                insert_data = text[m.end():]
+                fmt = "TabSeparated"
+            else:
+                try:
+                    sql = text.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise ClickHouseError(62, "Code: 62. DB::Exception: Syntax error: the query is not valid UTF-8. "
+                                              "(SYNTAX_ERROR)", "SYNTAX_ERROR") from None
+                if not sql:
+                    raise ClickHouseError(62, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", "SYNTAX_ERROR")
+                fm = _FORMAT_RE.search(sql)
+                fmt = fm.group(1) if fm else (q.get("default_format") or "TabSeparated")
+            params = {k[6:]: v for k, v in q.items() if k.startswith("param_")}
+            settings = {k: v for k, v in q.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
+            role = "ro1" if readonly else ("ro2" if request.method == "GET" else "rw")
+            res = await run_in_threadpool(self.engine.execute, sql, fmt, role=role, database=q.get("database"),
+                                          settings=settings, params=params, insert_data=insert_data,
+                                          insert_format=insert_format)
+        except ClickHouseError as err:
+            return self.error(err, query_id)
+        except Exception as exc:  # noqa: BLE001 - never a traceback to the client; logged here
+            log.exception("internal error")
+            return self.error(ClickHouseError(1001, f"Code: 1001. DB::Exception: {type(exc).__name__}: {exc}. "
+                                                    "(STD_EXCEPTION)", "STD_EXCEPTION"), query_id)
+        summary = {"read_rows": str(res.rows_read), "read_bytes": str(res.bytes_read),
+                   "written_rows": str(res.rows_written), "written_bytes": str(res.bytes_written),
+                   "total_rows_to_read": str(res.rows_read), "result_rows": "0", "result_bytes": str(len(res.data)),
+                   "elapsed_ns": str(int(res.elapsed_s * 1e9))}
+        headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": self.engine.timezone,
+                   "X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":")),
+                   "X-ClickHouse-Server-Display-Name": "chserver"}
+        if q.get("session_id"):
+            headers["X-ClickHouse-Session-Id"] = q["session_id"]
+        data = res.data
+        if q.get("enable_http_compression") == "1" and data:
+            data, enc = compress(data, request.headers.get("accept-encoding", ""))
+            if enc:
+                headers["Content-Encoding"] = enc
+        media = _CONTENT_TYPES.get(fmt.lower(), "application/octet-stream" if not fmt.lower().startswith(("tsv", "tabseparated", "csv", "json", "pretty", "vertical", "markdown", "xml")) else "text/plain; charset=UTF-8")
+        return Response(data, media_type=media, headers=headers)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Starlette:
+    """The ASGI application. Opens chDB at CLICKHOUSE_CHDB_PATH on startup (unless ``engine`` is given) and
+    closes it on shutdown.
+
+    Raises:
+        ConfigError: a user's password is missing (names CLICKHOUSE_*_PASSWORD).
+    """
+    s = settings or get_settings()
+    s.require("clickhouse_admin_password", "clickhouse_writer_password", "clickhouse_bi_password")
+    state: dict = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state["engine"] = engine or Engine(s.clickhouse_chdb_path)
+        state["server"] = Server(s, state["engine"])
+        yield
+        if engine is None:
+            state["engine"].close()
+
+    async def ping(request):
+        return await state["server"].ping(request)
+
+    async def query(request):
+        return await state["server"].query(request)
+
+    return Starlette(routes=[Route("/ping", ping, methods=["GET", "HEAD"]),
+                             Route("/replicas_status", ping, methods=["GET"]),
+                             Route("/", query, methods=["GET", "POST"]),
+                             Route("/query", query, methods=["GET", "POST"])],
+                     lifespan=lifespan)

@@ -1,0 +1,226 @@
+"""chDB behind a lock: the one place of the endpoint that runs queries.
+
+chDB runs one query at a time per process (NOTES: two single-thread 0.65 s queries from two threads took
+1.21 s), so :class:`Engine` serialises every call with one lock. A request's latency is therefore its wait in
+the queue plus its own execution time: a long nightly query delays a dashboard's query by up to its own
+duration. Keep batch queries chunked.
+
+Three chDB connections share the data path, each with its own session settings:
+
+* ``rw``: users who may write (``admin``, ``platform_writer``) on POST;
+* ``ro2``: the same users on GET requests, ``readonly=2`` (reads and setting changes only, as ClickHouse does
+  for GET);
+* ``ro1``: the read-only user ``bi_reader``, ``readonly=1``: the engine itself refuses its writes, DDL and any
+  setting change (code 164 READONLY), which it cannot undo.
+
+Per-request state never leaks: the current database is set with ``USE`` before each query, and each request's
+settings are applied with ``SET`` and reset to ``DEFAULT`` after it, all under the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import chdb
+
+#: input formats whose data carries no types: the target columns' structure is passed to ``file()``
+_UNTYPED_INPUT = {"rowbinary", "rowbinarywithnames", "csv", "csvwithnames", "tsv", "tabseparated",
+                  "tsvwithnames", "tabseparatedwithnames", "tsvraw", "tabseparatedraw", "jsoneachrow",
+                  "jsoncompacteachrow", "jsonstringseachrow", "values", "customseparated", "jsonlines", "ndjson"}
+_NAME_RE = re.compile(r"\(([A-Z_]+)\)(?:\s*\(version [^)]*\))?\s*$")
+_CODE_RE = re.compile(r"Code:\s*(\d+)")
+
+
+class ClickHouseError(Exception):
+    """A ClickHouse exception: ``code`` (ClickHouse error code), ``name`` (e.g. ``SYNTAX_ERROR``), ``message``
+    (``Code: N. DB::Exception: ... (NAME)``)."""
+
+    def __init__(self, code: int, message: str, name: str = ""):
+        super().__init__(message)
+        self.code, self.message, self.name = code, message, name
+
+    @classmethod
+    def from_chdb(cls, exc: BaseException) -> "ClickHouseError":
+        """Parse chDB's exception text (``Code: N. DB::Exception: ... (NAME)``)."""
+        text = str(exc).strip()
+        m = _CODE_RE.search(text)
+        code = int(m.group(1)) if m else 1002  # UNKNOWN_EXCEPTION
+        n = _NAME_RE.search(text)
+        if not m:
+            text = f"Code: {code}. DB::Exception: {text}. (UNKNOWN_EXCEPTION)"
+        return cls(code, text, n.group(1) if n else "UNKNOWN_EXCEPTION")
+
+
+@dataclass
+class Result:
+    """A query's output bytes and counters (rows/bytes read and written, elapsed seconds)."""
+
+    data: bytes
+    rows_read: int = 0
+    bytes_read: int = 0
+    rows_written: int = 0
+    bytes_written: int = 0
+    elapsed_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def quote_string(value: str) -> str:
+    """A ClickHouse single-quoted string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_ident(name: str) -> str:
+    """A ClickHouse back-quoted identifier."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+class Engine:
+    """The chDB data path of this process, behind one lock.
+
+    Args:
+        path: chDB data folder (created).
+    Raises:
+        ClickHouseError: chDB cannot open the path (e.g. another process holds it).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.tmp = Path(tempfile.mkdtemp(prefix="chserver-"))
+        try:
+            self.rw = chdb.connect(str(self.path))
+            self.ro2 = chdb.connect(str(self.path))
+            self.ro1 = chdb.connect(str(self.path))
+            self.ro2.query("SET readonly = 2")
+            self.ro1.query("SET readonly = 1")
+        except Exception as exc:  # noqa: BLE001 - chDB raises its own types
+            raise ClickHouseError.from_chdb(exc) from None
+        self.version = self.rw.query("SELECT version()", "TSV").bytes().decode().strip()
+        self.timezone = self.rw.query("SELECT timezone()", "TSV").bytes().decode().strip()
+        self.queue_wait_s = 0.0  # total seconds requests waited for the lock
+        self._pending: str | None = None
+
+    def close(self) -> None:
+        """Close the connections (chDB flushes its data) and remove temporary files."""
+        for conn in (self.ro1, self.ro2, self.rw):
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing at shutdown must not raise
+                pass
+        for f in self.tmp.glob("*"):
+            f.unlink(missing_ok=True)
+        self.tmp.rmdir()
+
+    # ------------------------------------------------------------------------------------------------
+    def _conn(self, role: str):
+        return {"rw": self.rw, "ro2": self.ro2, "ro1": self.ro1}[role]
+
+    def execute(self, sql: str, fmt: str, *, role: str = "rw", database: str | None = None,
+                settings: dict[str, str] | None = None, params: dict[str, str] | None = None,
+                insert_data: bytes | None = None, insert_format: str | None = None) -> Result:
+        """Run one statement and return its output in ``fmt``.
+
+        Args:
+            sql: the statement (for an INSERT with data: ``INSERT INTO t [(cols)] [SETTINGS ...]`` without FORMAT).
+            fmt: output format name (a FORMAT clause in ``sql`` wins, as in ClickHouse).
+            role: ``rw``, ``ro2`` (GET: readonly=2) or ``ro1`` (bi_reader: readonly=1).
+            database: current database for the statement.
+            settings: query settings (applied with SET for this statement only).
+            params: query parameters ``{name: value as text}`` for ``{name:Type}`` placeholders.
+            insert_data, insert_format: the body of an INSERT and its format.
+        Raises:
+            ClickHouseError: the engine's error, unchanged (code and message).
+        """
+        conn = self._conn(role)
+        t_wait = time.perf_counter()
+        with self.lock:
+            self.queue_wait_s += time.perf_counter() - t_wait
+            applied: list[str] = []
+            try:
+                if database:
+                    conn.query(f"USE {quote_ident(database)}")
+                for k, v in (settings or {}).items():
+                    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                        raise ClickHouseError(115, f"Code: 115. DB::Exception: Unknown setting '{k}'. (UNKNOWN_SETTING)",
+                                              "UNKNOWN_SETTING")
+                    conn.query(f"SET {k} = {quote_string(v)}")
+                    applied.append(k)
+                if insert_data is not None:
+                    sql = self._insert_from_file(conn, sql, insert_data, insert_format or "TabSeparated", database)
+                t0 = time.perf_counter()
+                res = conn.query(sql, fmt, params=params or None) if params else conn.query(sql, fmt)
+                elapsed = time.perf_counter() - t0
+                return Result(data=res.bytes() or b"", rows_read=_int(res, "rows_read"),
+                              bytes_read=_int(res, "bytes_read"), rows_written=_int(res, "rows_written"),
+                              bytes_written=_int(res, "bytes_written"), elapsed_s=elapsed)
+            except ClickHouseError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - chDB's errors become ClickHouse errors
+                raise ClickHouseError.from_chdb(exc) from None
+            finally:
+                self.cleanup()
+                for k in applied:
+                    try:
+                        conn.query(f"SET {k} = DEFAULT")
+                    except Exception:  # noqa: BLE001 - a setting that could be set can be reset
+                        pass
+
+    def _insert_from_file(self, conn, sql: str, data: bytes, fmt: str, database: str | None) -> str:
+        """``INSERT INTO t [(cols)] [SETTINGS ...]`` + data -> ``INSERT ... SELECT * FROM file(tmp, fmt, structure)``."""
+        m = re.match(r"\s*INSERT\s+INTO\s+(?:TABLE\s+)?((?:`[^`]+`|[\w.]+)(?:\.(?:`[^`]+`|\w+))?)\s*(\(([^)]*)\))?\s*(.*)$",
+                     sql, re.I | re.S)
+        if not m:
+            raise ClickHouseError(62, "Code: 62. DB::Exception: Syntax error: expected INSERT INTO <table> [(columns)] "
+                                      "FORMAT <format> followed by data. (SYNTAX_ERROR)", "SYNTAX_ERROR")
+        table, cols_sql, rest = m.group(1), m.group(3), m.group(4).strip()
+        if rest and not re.match(r"SETTINGS\b", rest, re.I):
+            raise ClickHouseError(62, f"Code: 62. DB::Exception: Syntax error: unexpected '{rest[:60]}' before the "
+                                      "data of an INSERT. (SYNTAX_ERROR)", "SYNTAX_ERROR")
+        parts = [p.strip("` ") for p in re.split(r"\.(?=(?:[^`]*`[^`]*`)*[^`]*$)", table)]
+        db, tbl = (parts[0], parts[1]) if len(parts) == 2 else (database or "default", parts[0])
+        structure = ""
+        if fmt.lower() in _UNTYPED_INPUT or fmt.lower().startswith("rowbinary"):
+            rows = conn.query(
+                f"SELECT name, type FROM system.columns WHERE database = {quote_string(db)} AND table = {quote_string(tbl)} "
+                "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS', 'EPHEMERAL') ORDER BY position", "TSV"
+            ).bytes().decode().splitlines()
+            types = dict(r.split("\t", 1) for r in rows if "\t" in r)
+            if not types:
+                raise ClickHouseError(60, f"Code: 60. DB::Exception: Table {db}.{tbl} does not exist. (UNKNOWN_TABLE)",
+                                      "UNKNOWN_TABLE")
+            wanted = [c.strip().strip("`") for c in cols_sql.split(",")] if cols_sql else list(types)
+            missing = [c for c in wanted if c not in types]
+            if missing:
+                raise ClickHouseError(16, f"Code: 16. DB::Exception: No such column {missing[0]} in table {db}.{tbl}. "
+                                          "(NO_SUCH_COLUMN_IN_TABLE)", "NO_SUCH_COLUMN_IN_TABLE")
+            structure = ", " + quote_string(", ".join(f"{quote_ident(c)} {types[c]}" for c in wanted))
+        fd, path = tempfile.mkstemp(dir=self.tmp, suffix="." + fmt.lower())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        self._pending = path
+        cols = f" ({cols_sql})" if cols_sql else ""
+        settings = f" {rest}" if rest else ""
+        return (f"INSERT INTO {quote_ident(db)}.{quote_ident(tbl)}{cols}{settings} "
+                f"SELECT * FROM file({quote_string(path)}, {quote_string(fmt)}{structure})")
+
+    def cleanup(self) -> None:
+        """Remove the temporary data file of the last INSERT (called under the lock)."""
+        p = getattr(self, "_pending", None)
+        if p:
+            Path(p).unlink(missing_ok=True)
+            self._pending = None
+
+
+def _int(res, attr: str) -> int:
+    try:
+        v = getattr(res, attr)
+        return int(v() if callable(v) else v)
+    except Exception:  # noqa: BLE001 - counters are best effort
+        return 0
