@@ -98,6 +98,7 @@ class Engine:
             self.rw = chdb.connect(str(self.path))
             self.ro2 = chdb.connect(str(self.path))
             self.ro1 = chdb.connect(str(self.path))
+            self.rw.query("CREATE DATABASE IF NOT EXISTS default")
             self.ro2.query("SET readonly = 2")
             self.ro1.query("SET readonly = 1")
         except Exception as exc:  # noqa: BLE001 - chDB raises its own types
@@ -144,8 +145,7 @@ class Engine:
             self.queue_wait_s += time.perf_counter() - t_wait
             applied: list[str] = []
             try:
-                if database:
-                    conn.query(f"USE {quote_ident(database)}")
+                conn.query(f"USE {quote_ident(database or 'default')}")  # never the previous request's
                 for k, v in (settings or {}).items():
                     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
                         raise ClickHouseError(115, f"Code: 115. DB::Exception: Unknown setting '{k}'. (UNKNOWN_SETTING)",

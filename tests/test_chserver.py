@@ -1,0 +1,351 @@
+"""The ClickHouse HTTP endpoint over chDB (``python -m chserver``) against what a ClickHouse server answers.
+
+A real server process on a free port with a fresh chDB path; clients are clickhouse-connect and plain HTTP
+(httpx). Expected answers are ClickHouse's documented behaviour (status codes from
+src/Server/HTTP/exceptionCodeToHTTPStatus.cpp, error codes 516/164/62/60/115, ``Ok.`` on /ping), not this
+implementation's own output.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+ROWS = [(1, "alpha", 1.5), (2, "beta, \"quoted\"", -2.25), (3, "gamma\ttab", 0.0)]
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory):
+    """(base URL, {user: password}) of a fresh endpoint process; stopped (port freed) at the end."""
+    state = tmp_path_factory.mktemp("chserver")
+    port = free_port()
+    users = {"admin": secrets.token_urlsafe(12), "platform_writer": secrets.token_urlsafe(12),
+             "bi_reader": secrets.token_urlsafe(12)}
+    env = {**os.environ, "CLICKHOUSE_CHDB_PATH": str(state / "chdb"), "CLICKHOUSE_HTTP_PORT": str(port),
+           "CLICKHOUSE_HTTP_HOST": "127.0.0.1", "RETAIL_STATE_DIR": str(state),
+           "CLICKHOUSE_ADMIN_PASSWORD": users["admin"], "CLICKHOUSE_WRITER_PASSWORD": users["platform_writer"],
+           "CLICKHOUSE_BI_PASSWORD": users["bi_reader"], "CLICKHOUSE_MAX_BODY_MB": "8"}
+    log = open(state / "chserver.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "chserver"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(base + "/ping", timeout=1).text == "Ok.\n":
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("endpoint did not answer /ping: " + (state / "chserver.log").read_text())
+        w = httpx.post(base, auth=("platform_writer", users["platform_writer"]),
+                       content="CREATE DATABASE IF NOT EXISTS t")
+        assert w.status_code == 200, w.text
+        yield base, users, port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+        import socket
+
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, "port still bound after the endpoint stopped"
+
+
+def _w(users):
+    return ("platform_writer", users["platform_writer"])
+
+
+def _post(base, auth, sql, data: bytes | None = None, **params):
+    if data is None:
+        return httpx.post(base, auth=auth, params=params, content=sql.encode(), timeout=60)
+    return httpx.post(base, auth=auth, params={"query": sql, **params}, content=data, timeout=60)
+
+
+def _table(base, users, name, engine="MergeTree ORDER BY id"):
+    r = _post(base, _w(users), f"CREATE OR REPLACE TABLE t.{name} (id UInt32, name String, v Float64) ENGINE = {engine}")
+    assert r.status_code == 200, r.text
+
+
+def _rows(base, users, name):
+    r = _post(base, _w(users), f"SELECT id, name, v FROM t.{name} ORDER BY id FORMAT JSONCompact")
+    assert r.status_code == 200, r.text
+    return [tuple(x) for x in r.json()["data"]]
+
+
+# ------------------------------------------------------------------------------------------ basics --
+def test_ping_root_and_version(endpoint):
+    base, users, _ = endpoint
+    assert httpx.get(base + "/ping").text == "Ok.\n"
+    assert httpx.get(base + "/").text == "Ok.\n"
+    r = httpx.get(base, params={"query": "SELECT 1 + 1"}, auth=_w(users))
+    assert (r.status_code, r.text) == (200, "2\n")
+    assert r.headers["X-ClickHouse-Format"] == "TabSeparated"
+    assert r.headers["X-ClickHouse-Timezone"] in ("UTC", "Etc/UTC")
+    summary = json.loads(r.headers["X-ClickHouse-Summary"])
+    assert set(summary) >= {"read_rows", "read_bytes", "written_rows", "written_bytes", "elapsed_ns"}
+    assert all(isinstance(v, str) for v in summary.values())
+
+
+def test_query_id_database_default_format_and_params(endpoint):
+    base, users, _ = endpoint
+    r = httpx.get(base, auth=_w(users), params={"query": "SELECT currentDatabase() AS db, {n:UInt8} * 2 AS x, {s:String} AS s",
+                                                "database": "t", "default_format": "JSONEachRow", "query_id": "q-42",
+                                                "param_n": "21", "param_s": "it's"})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-ClickHouse-Query-Id"] == "q-42"
+    assert r.headers["X-ClickHouse-Format"] == "JSONEachRow"
+    assert json.loads(r.text) == {"db": "t", "x": 42, "s": "it's"}
+    # the query in the URL and the body together (POST): ClickHouse concatenates them
+    r = httpx.post(base, auth=_w(users), params={"query": "SELECT 40 +"}, content=b"2")
+    assert r.text == "42\n"
+    # the database of one request does not leak into the next
+    assert httpx.get(base, auth=_w(users), params={"query": "SELECT currentDatabase()"}).text.strip() != "t"
+
+
+def test_auth_ways_and_failures(endpoint):
+    base, users, _ = endpoint
+    q = {"query": "SELECT 7"}
+    assert httpx.get(base, params=q, headers={"X-ClickHouse-User": "admin", "X-ClickHouse-Key": users["admin"]}).text == "7\n"
+    assert httpx.get(base, params={**q, "user": "bi_reader", "password": users["bi_reader"]}).text == "7\n"
+    for kw in ({}, {"auth": ("platform_writer", "wrong")}, {"auth": ("default", "")}, {"auth": ("nobody", "x")}):
+        r = httpx.get(base, params=q, **kw)
+        assert r.status_code == 403 and r.headers["X-ClickHouse-Exception-Code"] == "516", (kw, r.text)
+        assert r.text.startswith("Code: 516. DB::Exception:") and "AUTHENTICATION_FAILED" in r.text
+
+
+def test_errors_as_a_server_returns_them(endpoint):
+    base, users, _ = endpoint
+    cases = [("SELEC 1", 62, 400), ("SELECT * FROM t.no_such_table", 60, 404), ("SELECT 1", 115, 404)]
+    for sql, code, status in cases:
+        params = {"no_such_setting_xyz": "1"} if code == 115 else {}
+        r = _post(base, _w(users), sql, **params)
+        assert (r.status_code, r.headers["X-ClickHouse-Exception-Code"]) == (status, str(code)), r.text
+        assert r.text.startswith(f"Code: {code}. DB::Exception:") and "Traceback" not in r.text
+        assert httpx.get(base + "/ping").text == "Ok.\n"  # still serving
+    # a GET request is read-only (ClickHouse: readonly=2 for GET)
+    r = httpx.get(base, auth=_w(users), params={"query": "CREATE TABLE t.g (a UInt8) ENGINE = Memory"})
+    assert r.headers["X-ClickHouse-Exception-Code"] == "164"
+    # bad bodies: corrupt gzip, unknown encoding, too large, not UTF-8
+    r = httpx.post(base, auth=_w(users), content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "Code: 271" in r.text
+    r = httpx.post(base, auth=_w(users), content=b"SELECT 1", headers={"Content-Encoding": "snappy-x"})
+    assert "Code: 55" in r.text
+    r = httpx.post(base, auth=_w(users), content=b"\xff\xfe SELECT")
+    assert r.status_code == 400 and "Code: 62" in r.text
+    r = httpx.post(base, auth=_w(users), params={"query": "INSERT INTO t.big FORMAT CSV"}, content=b"x" * (9 << 20))
+    assert r.status_code == 413 and "Code: 202" in r.text
+
+
+def test_bi_reader_is_readonly_1(endpoint):
+    base, users, _ = endpoint
+    _table(base, users, "ro")
+    bi = ("bi_reader", users["bi_reader"])
+    for sql in ("INSERT INTO t.ro VALUES (1, 'x', 1)", "CREATE TABLE t.ro2 (a UInt8) ENGINE = Memory",
+                "DROP TABLE t.ro", "ALTER TABLE t.ro DELETE WHERE 1", "SET readonly = 0", "SET max_threads = 1"):
+        r = _post(base, bi, sql)
+        assert r.headers.get("X-ClickHouse-Exception-Code") == "164", (sql, r.status_code, r.text)
+    r = _post(base, bi, "SELECT 1", max_threads="1")  # a setting in the URL is a setting change too
+    assert r.headers.get("X-ClickHouse-Exception-Code") == "164", r.text
+    r = _post(base, bi, "SELECT count() FROM t.ro")
+    assert (r.status_code, r.text) == (200, "0\n")
+    # the writer's connection is unaffected
+    assert _post(base, _w(users), "INSERT INTO t.ro VALUES (1, 'x', 1)").status_code == 200
+
+
+# ------------------------------------------------------------------------------------- input formats --
+def _encode(fmt: str) -> bytes:
+    df = pd.DataFrame(ROWS, columns=["id", "name", "v"]).astype({"id": "uint32"})
+    if fmt in ("CSV", "CSVWithNames"):
+        return df.to_csv(index=False, header=fmt == "CSVWithNames").encode()
+    if fmt in ("TabSeparated", "TabSeparatedWithNames"):
+        lines = ["id\tname\tv"] if fmt.endswith("Names") else []
+        lines += [f"{i}\t{n.replace(chr(9), chr(92) + 't')}\t{v}" for i, n, v in ROWS]  # TSV escapes a tab as \t
+        return ("\n".join(lines) + "\n").encode()
+    if fmt == "JSONEachRow":
+        return df.to_json(orient="records", lines=True).encode()
+    if fmt == "Values":
+        return ", ".join(f"({i}, '{n.replace(chr(39), chr(92) + chr(39))}', {v})" for i, n, v in ROWS).encode()
+    if fmt == "Parquet":
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+        return buf.getvalue()
+    if fmt in ("Arrow", "ArrowStream"):
+        t = pa.Table.from_pandas(df, preserve_index=False)
+        buf = io.BytesIO()
+        writer = (pa.ipc.new_file if fmt == "Arrow" else pa.ipc.new_stream)(buf, t.schema)
+        writer.write_table(t)
+        writer.close()
+        return buf.getvalue()
+    raise ValueError(fmt)
+
+
+def _rowbinary() -> bytes:
+    import struct
+
+    out = b""
+    for i, n, v in ROWS:
+        b = n.encode()
+        out += struct.pack("<I", i) + bytes([len(b)]) + b + struct.pack("<d", v)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["CSV", "CSVWithNames", "TabSeparated", "TabSeparatedWithNames", "JSONEachRow",
+                                 "Values", "Parquet", "Arrow", "ArrowStream", "RowBinary", "Native",
+                                 "RowBinaryWithNamesAndTypes"])
+def test_insert_each_input_format_round_trips(endpoint, fmt):
+    base, users, _ = endpoint
+    name = f"in_{fmt.lower()}"
+    _table(base, users, name)
+    if fmt in ("Native", "RowBinaryWithNamesAndTypes"):  # produced by the engine itself, as a server would
+        data = _post(base, _w(users), "SELECT * FROM values('id UInt32, name String, v Float64', "
+                     + ", ".join(f"({i}, '{n.replace(chr(39), chr(92) + chr(39))}', {v})" for i, n, v in ROWS)
+                     + f") FORMAT {fmt}").content
+    elif fmt == "RowBinary":
+        data = _rowbinary()
+    else:
+        data = _encode(fmt)
+    r = _post(base, _w(users), f"INSERT INTO t.{name} (id, name, v) FORMAT {fmt}", data)
+    assert r.status_code == 200, r.text
+    assert json.loads(r.headers["X-ClickHouse-Summary"])["written_rows"] == str(len(ROWS))
+    assert _rows(base, users, name) == [tuple(x) for x in ROWS]
+
+
+def test_insert_with_format_in_the_body(endpoint):
+    base, users, _ = endpoint
+    _table(base, users, "body")
+    r = httpx.post(base, auth=_w(users), content=b"INSERT INTO t.body FORMAT CSV\n" + _encode("CSV"))
+    assert r.status_code == 200, r.text
+    assert _rows(base, users, "body") == [tuple(x) for x in ROWS]
+
+
+@pytest.mark.parametrize("fmt", ["RowBinaryWithNamesAndTypes", "ODBCDriver2", "Native", "Arrow", "JSONCompact"])
+def test_output_formats_odbc_and_binary(endpoint, fmt):
+    base, users, _ = endpoint
+    r = httpx.get(base, auth=_w(users), params={"query": "SELECT 1::UInt8 AS a, 'x' AS b", "default_format": fmt})
+    assert r.status_code == 200 and r.headers["X-ClickHouse-Format"] == fmt
+    if fmt == "RowBinaryWithNamesAndTypes":  # LEB128 column count, names, types, then the row
+        assert r.content == b"\x02\x01a\x01b\x05UInt8\x06String\x01\x01x"
+    elif fmt == "ODBCDriver2":  # Int32 count, then (name, type) per column as Int32-length strings, then rows
+        assert r.content[:4] == (2).to_bytes(4, "little") and b"UInt8" in r.content and b"String" in r.content
+    elif fmt == "Arrow":
+        assert pa.ipc.open_file(io.BytesIO(r.content)).read_all().to_pydict() == {"a": [1], "b": ["x"]}
+    elif fmt == "JSONCompact":
+        assert r.json()["data"] == [[1, "x"]]
+    else:
+        assert r.content and b"UInt8" in r.content
+
+
+# ------------------------------------------------------------------------------------- compression --
+@pytest.mark.parametrize("enc", ["gzip", "zstd", "lz4", "deflate"])
+def test_compressed_request_bodies(endpoint, enc):
+    import zlib
+
+    import lz4.frame
+    import zstandard
+
+    base, users, _ = endpoint
+    name = f"c_{enc}"
+    _table(base, users, name)
+    raw = _encode("CSV")
+    body = {"gzip": gzip.compress, "zstd": zstandard.ZstdCompressor().compress, "lz4": lz4.frame.compress,
+            "deflate": zlib.compress}[enc](raw)
+    r = httpx.post(base, auth=_w(users), params={"query": f"INSERT INTO t.{name} FORMAT CSV"}, content=body,
+                   headers={"Content-Encoding": enc})
+    assert r.status_code == 200, r.text
+    assert _rows(base, users, name) == [tuple(x) for x in ROWS]
+
+
+def test_compressed_responses_only_when_asked(endpoint):
+    base, users, _ = endpoint
+    q = {"query": "SELECT number FROM numbers(1000)"}
+    with httpx.Client(auth=_w(users)) as c:
+        plain = c.get(base, params=q, headers={"Accept-Encoding": "gzip"})
+        assert "content-encoding" not in plain.headers  # enable_http_compression not set
+        r = c.get(base, params={**q, "enable_http_compression": "1"}, headers={"Accept-Encoding": "gzip"})
+        assert r.headers["content-encoding"] == "gzip"
+        assert r.text == plain.text == "".join(f"{i}\n" for i in range(1000))
+
+
+# ---------------------------------------------------------------------------------- clickhouse-connect --
+def test_clickhouse_connect_end_to_end(endpoint):
+    import clickhouse_connect
+
+    base, users, port = endpoint
+    c = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="platform_writer",
+                                      password=users["platform_writer"], database="t")
+    c.command("CREATE OR REPLACE TABLE t.cc (id UInt32, ts DateTime64(3, 'UTC'), price Decimal(18, 2), "
+              "qty Nullable(Int64), sku LowCardinality(String)) ENGINE = MergeTree ORDER BY id "
+              "SETTINGS non_replicated_deduplication_window = 100")
+    df = pd.DataFrame({"id": [1, 2, 3], "ts": pd.to_datetime(["2024-01-01 10:00:00", "2024-01-02 00:00:00", "2024-01-03 00:00:00"], utc=True),
+                       "price": [1.5, 2.25, 3.0], "qty": [None, 4, -1], "sku": ["a", "b", "a"]})
+    c.insert_df("cc", df)
+    c.insert_arrow("cc", pa.Table.from_pandas(df.assign(id=df["id"] + 10), preserve_index=False))
+    got = c.query_df("SELECT * FROM cc ORDER BY id")
+    assert got["id"].tolist() == [1, 2, 3, 11, 12, 13]
+    assert [None if pd.isna(x) else int(x) for x in got["qty"]] == [None, 4, -1] * 2
+    arrow = c.query_arrow("SELECT id, ts FROM cc WHERE id = 1")
+    assert str(arrow.schema.field("ts").type.tz) == "UTC"
+    assert c.query("SELECT sum(price) FROM cc WHERE sku = {s:String}", parameters={"s": "a"}).result_rows[0][0] == 9
+    assert c.query("SELECT %(x)s * 2", parameters={"x": 21}).result_rows == [(42,)]
+    assert c.command("SELECT count() FROM cc") == 6
+    # idempotent retries: the same insert_deduplication_token twice lands once
+    for _ in range(2):
+        c.insert_df("cc", df.assign(id=df["id"] + 100), settings={"insert_deduplication_token": "batch-7"})
+    assert c.command("SELECT count() FROM cc") == 9
+    ro = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="bi_reader", password=users["bi_reader"],
+                                       database="t")
+    assert ro.query("SELECT count() FROM cc").result_rows == [(9,)]
+    with pytest.raises(Exception, match="164"):
+        ro.command("INSERT INTO cc (id) VALUES (99)")
+
+
+def test_concurrent_clients_get_correct_results(endpoint):
+    import clickhouse_connect
+
+    base, users, port = endpoint
+    _table(base, users, "conc")
+
+    def work(k: int) -> list[int]:
+        c = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="platform_writer",
+                                          password=users["platform_writer"], database="t")
+        out = []
+        for i in range(20):
+            if i % 4 == 0:
+                c.insert_df("conc", pd.DataFrame({"id": [k * 1000 + i], "name": [f"w{k}"], "v": [float(i)]}))
+            out.append(c.query("SELECT {k:UInt32} * 1000 + {i:UInt32}", parameters={"k": k, "i": i}).result_rows[0][0])
+        c.close()
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    assert results == [[k * 1000 + i for i in range(20)] for k in range(8)]
+    assert _post(base, _w(users), "SELECT count() FROM t.conc").text == "40\n"
+
+
+def test_missing_password_fails_fast_naming_the_variable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKHOUSE_")}
+    env.update({"RETAIL_CACHE_DIR": str(tmp_path), "RETAIL_STATE_DIR": str(tmp_path), "CLICKHOUSE_HTTP_PORT": str(free_port()),
+                "CLICKHOUSE_ADMIN_PASSWORD": "a", "CLICKHOUSE_WRITER_PASSWORD": "w"})
+    r = subprocess.run([sys.executable, "-m", "chserver"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "CLICKHOUSE_BI_PASSWORD" in r.stderr and "Traceback" not in r.stderr
+    assert not Path(tmp_path, "chdb").exists()
