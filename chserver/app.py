@@ -28,6 +28,7 @@ import base64
 import contextlib
 import gzip
 import hmac
+import io
 import json
 import logging
 import re
@@ -103,14 +104,22 @@ def decompress(body: bytes, encoding: str) -> bytes:
             import brotli  # optional: only when installed
 
             return brotli.decompress(body)
-        if enc == "zstd":
+        if enc == "zstd":  # clients send one frame per block: read across all frames
             import zstandard
 
-            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
-        if enc in ("lz4", "lz4_frame"):
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True) as r:
+                return r.read()
+        if enc in ("lz4", "lz4_frame"):  # concatenated LZ4 frames (clickhouse-connect: one per block)
             import lz4.frame
 
-            return lz4.frame.decompress(body)
+            out, rest = [], body
+            while rest:
+                d = lz4.frame.LZ4FrameDecompressor()
+                out.append(d.decompress(rest))
+                if not d.eof:
+                    raise ValueError("truncated LZ4 frame")
+                rest = d.unused_data
+            return b"".join(out)
     except ImportError:
         pass
     except Exception as exc:  # noqa: BLE001 - corrupt input is the client's error

@@ -30,17 +30,32 @@ def committed_offsets(checkpoint_root: str | Path, query: str) -> dict[str, dict
     return out
 
 
-def end_offsets(s: Settings, topics: list[str]) -> dict[str, dict[int, int]]:
-    """{topic: {partition: end offset}} from the broker."""
+def end_offsets(s: Settings, topics: list[str], timeout: float = 30.0) -> dict[str, dict[int, int]]:
+    """{topic: {partition: end offset}} from the broker.
+
+    Raises:
+        TimeoutError: a topic's partitions are unknown to the broker after ``timeout`` seconds.
+    """
+    import time
+
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), client_id="retail-progress")
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in (c.partitions_for_topic(t) or ())]
-        return_: dict[str, dict[int, int]] = {}
-        for tp, off in c.end_offsets(tps).items():
-            return_.setdefault(tp.topic, {})[tp.partition] = off
-        return return_
+        deadline = time.time() + timeout
+        parts: dict[str, set[int]] = {}
+        while True:
+            c.topics()  # fetches cluster metadata; partitions_for_topic answers None until it has
+            parts = {t: c.partitions_for_topic(t) for t in topics}
+            if all(parts.values()):
+                break
+            if time.time() > deadline:
+                raise TimeoutError(f"partitions unknown for {[t for t, p in parts.items() if not p]}")
+            time.sleep(0.2)
+        out: dict[str, dict[int, int]] = {}
+        for tp, off in c.end_offsets([TopicPartition(t, p) for t, ps in parts.items() for p in ps]).items():
+            out.setdefault(tp.topic, {})[tp.partition] = off
+        return out
     finally:
         c.close()
 

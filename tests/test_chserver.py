@@ -349,3 +349,31 @@ def test_missing_password_fails_fast_naming_the_variable(tmp_path):
     assert r.returncode == 2
     assert "CLICKHOUSE_BI_PASSWORD" in r.stderr and "Traceback" not in r.stderr
     assert not Path(tmp_path, "chdb").exists()
+
+
+def test_large_inserts_in_many_compressed_blocks(endpoint):
+    """clickhouse-connect sends a large insert as many Native blocks, each its own LZ4 (or zstd) frame: every
+    frame must land (a first version kept only the first 16,384 rows)."""
+    import clickhouse_connect
+    import lz4.frame
+    import zstandard
+
+    base, users, port = endpoint
+    n = 100_000
+    for comp in ("lz4", "zstd", "gzip"):
+        c = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="platform_writer",
+                                          password=users["platform_writer"], database="t", compress=comp)
+        c.command("CREATE OR REPLACE TABLE t.many (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
+        c.insert_df("many", pd.DataFrame({"id": range(n), "s": [f"r{i}" for i in range(n)]}))
+        assert [int(x) for x in c.command("SELECT count(), sum(id) FROM many")] == [n, n * (n - 1) // 2], comp
+        c.close()
+    # and by hand: two frames concatenated in one body
+    _table(base, users, "frames")
+    a, b = _encode("CSV").split(b"\n", 2)[:2], _encode("CSV").split(b"\n", 2)[2]
+    head = b"\n".join(a) + b"\n"
+    for enc, f in (("lz4", lz4.frame.compress), ("zstd", zstandard.ZstdCompressor().compress)):
+        _post(base, _w(users), "TRUNCATE TABLE t.frames")
+        r = httpx.post(base, auth=_w(users), params={"query": "INSERT INTO t.frames FORMAT CSV"},
+                       content=f(head) + f(b), headers={"Content-Encoding": enc})
+        assert r.status_code == 200, r.text
+        assert _rows(base, users, "frames") == [tuple(x) for x in ROWS], enc

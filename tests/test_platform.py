@@ -199,7 +199,9 @@ def test_replay_while_daily_etl_and_bi_clients_run(platform):
     exp = _expected_windows(events)
     key = ["store_id", "product_id", "ws"]
     m = got.merge(exp, on=key, how="outer", suffixes=("", "_exp"), indicator=True)
-    assert (m["_merge"] == "both").all(), m[m["_merge"] != "both"][key + ["_merge"]].head()
+    bad = m[m["_merge"] != "both"]
+    assert bad.empty, (f"{len(bad)} of {len(m)} windows differ ({bad['_merge'].value_counts().to_dict()}); "
+                       f"e.g.\n{bad.head(10).to_string()}\nClickHouse ws range {got['ws'].min()}..{got['ws'].max()}")
     for c in ("units_sold", "units_returned", "transaction_count", "inventory_update_count"):
         assert (m[c].astype(int) == m[f"{c}_exp"].astype(int)).all(), c
     assert (m["revenue"].round(2) == m["revenue_exp"].round(2)).all()
