@@ -77,7 +77,7 @@ COPY --chown=retail:retail dags ./dags
 COPY --chown=retail:retail clickhouse ./clickhouse
 
 USER retail
-# Spark driver UI (stream), Airflow API/UI, scheduler health server
-EXPOSE 4040 8080 8974
+# Airflow API/UI, scheduler health server (the streaming job runs without a Spark UI: heartbeat healthcheck)
+EXPOSE 8080 8974
 ENTRYPOINT ["python", "-m", "ops.entrypoint"]
 CMD ["--help"]

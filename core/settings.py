@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     stream_max_offsets_per_trigger: int = Field(default=200_000, description="Kafka maxOffsetsPerTrigger.")
     stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
     stream_max_event_age_days: int = Field(default=36500, description="Events older than this (vs now) are quarantined as absurd.")
+    stream_heartbeat_max_age_s: float = Field(default=60.0, description="The streaming job counts as healthy while its heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat, touched every second while both queries run) is younger than this (seconds).")
     stream_max_future_minutes: int = Field(default=60, description="Events more than this in the future are quarantined.")
     risk_high_hours: float = Field(default=24.0, description="Hours of cover below which stock-out risk is HIGH.")
     risk_medium_hours: float = Field(default=72.0, description="Hours of cover below which stock-out risk is MEDIUM.")

@@ -44,10 +44,14 @@ from typing import Callable
 from core.settings import Settings
 
 # ------------------------------------------------------------------------------ settings groups --
-#: Settings only the *native* stack uses (it runs its own broker and MinIO); containers never need them.
+#: Settings only the *native* stack uses (it runs its own broker, MinIO, ClickHouse endpoint over chDB and
+#: Airflow under the supervisor); containers never need them (compose's ClickHouse server gets its users'
+#: passwords itself, our containers reach it through CLICKHOUSE_URL).
 NATIVE_ONLY: frozenset[str] = frozenset({
     "kafka_controller_port", "kafka_version", "kafka_heap",
     "minio_version", "minio_port", "minio_console_port", "minio_root_user", "minio_root_password",
+    "clickhouse_http_host", "clickhouse_http_port", "clickhouse_chdb_path", "clickhouse_admin_password",
+    "clickhouse_writer_password", "clickhouse_bi_password", "clickhouse_max_body_mb", "airflow_port",
 })
 
 #: group name -> field-name prefixes. Every Settings field must fall in exactly one group or NATIVE_ONLY.
@@ -251,6 +255,13 @@ def _airflow_job_alive(job: str) -> bool:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
 
 
+def _stream_healthy() -> bool:
+    from core.settings import get_settings
+    from streaming.job import stream_healthy
+
+    return stream_healthy(get_settings())
+
+
 def _producer_healthy() -> bool:
     from core.settings import get_settings
 
@@ -262,14 +273,15 @@ def _producer_healthy() -> bool:
 #: * airflow-scheduler: its health server ``GET http://localhost:8974/health`` answers 2xx
 #:   (AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True);
 #: * airflow-dag-processor / airflow-triggerer: ``airflow jobs check --local`` finds a live job on this host;
-#: * stream: the Spark driver UI ``http://localhost:4040/api/v1/applications`` answers;
+#: * stream: the job's heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat), touched every second while both
+#:   streaming queries are active, is younger than STREAM_HEARTBEAT_MAX_AGE_S (the job runs without a Spark UI);
 #: * producer: the producer process runs and the first Kafka bootstrap server accepts TCP connections.
 HEALTHCHECKS: dict[str, Callable[[], bool]] = {
     "airflow-api-server": lambda: _http_ok("http://localhost:8080/api/v2/monitor/health"),
     "airflow-scheduler": lambda: _http_ok("http://localhost:8974/health"),
     "airflow-dag-processor": lambda: _airflow_job_alive("DagProcessorJob"),
     "airflow-triggerer": lambda: _airflow_job_alive("TriggererJob"),
-    "stream": lambda: _http_ok("http://localhost:4040/api/v1/applications"),
+    "stream": lambda: _stream_healthy(),
     "producer": _producer_healthy,
 }
 

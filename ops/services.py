@@ -10,7 +10,7 @@ service        process                                                          
 kafka          Apache Kafka broker, KRaft (jars from Maven Central)             a metadata request is answered
 minio          MinIO server (built by ``go install``)                           ``/minio/health/live`` is 200
 clickhouse     ClickHouse HTTP interface over chDB (``python -m chserver``)     ``GET /ping`` answers ``Ok.``
-streaming      Spark Structured Streaming job (``python -m streaming.job run``)  running >= its start time
+streaming      Spark Structured Streaming job (``python -m streaming.job run``)  its heartbeat file is fresh
 airflow        ``airflow standalone`` (API server/UI, scheduler, DAG processor) ``/api/v2/monitor/health``
 =============  ===============================================================  =================================
 """
@@ -102,8 +102,15 @@ def airflow_healthy(s: Settings) -> bool:
     return all(h.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler"))
 
 
+def streaming_healthy(s: Settings) -> bool:
+    """True while the streaming job's heartbeat is fresh (both queries active; :func:`streaming.job.stream_healthy`)."""
+    from streaming.job import stream_healthy
+
+    return stream_healthy(s)
+
+
 HEALTH = {"kafka": kafka_healthy, "minio": minio_healthy, "clickhouse": clickhouse_healthy,
-          "airflow": airflow_healthy, "streaming": None}  # streaming: the supervisor's RUNNING state
+          "airflow": airflow_healthy, "streaming": streaming_healthy}
 
 
 def endpoint(name: str, s: Settings) -> str:

@@ -377,3 +377,24 @@ def test_large_inserts_in_many_compressed_blocks(endpoint):
                        content=f(head) + f(b), headers={"Content-Encoding": enc})
         assert r.status_code == 200, r.text
         assert _rows(base, users, "frames") == [tuple(x) for x in ROWS], enc
+
+
+def test_odbc_driver_request_shape_as_bi_reader(endpoint):
+    """What ClickHouse's ODBC driver sends (clickhouse-odbc: POST, chunked body, Basic auth, database,
+    default_format=ODBCDriver2, session_id, param_<name>), as the read-only bi_reader."""
+    base, users, _ = endpoint
+    _table(base, users, "odbc")
+    _post(base, _w(users), "INSERT INTO t.odbc VALUES (1, 'a', 1.5), (2, 'b', 2.5)")
+
+    def chunks():
+        yield b"SELECT name, v FROM odbc "
+        yield b"WHERE id = {id:UInt32}"
+
+    r = httpx.post(base, auth=("bi_reader", users["bi_reader"]), content=chunks(),
+                   params={"database": "t", "default_format": "ODBCDriver2", "session_id": "odbc-1", "param_id": "2"},
+                   headers={"User-Agent": "clickhouse-odbc/1.2.1"})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-ClickHouse-Format"] == "ODBCDriver2"
+    body = r.content
+    assert body[:4] == (2).to_bytes(4, "little")  # two columns
+    assert b"name" in body and b"Float64" in body and b"b" in body and b"2.5" in body

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.integration
 @pytest.mark.airflow
 def test_airflow_init_role_migrates_creates_pool_and_admin(tmp_path):
-    from ops.airflow import CHDB_POOL
+    from core.dagconf import CLICKHOUSE_POOL
 
     home = tmp_path / "airflow"
     pwfile = tmp_path / "auth" / "passwords.json"
@@ -43,7 +43,7 @@ def test_airflow_init_role_migrates_creates_pool_and_admin(tmp_path):
                            env=env, capture_output=True, text=True, timeout=300)
     assert pools.returncode == 0, pools.stderr[-2000:]
     by_name = {p["pool"]: p for p in json.loads(pools.stdout)}
-    assert int(by_name[CHDB_POOL]["slots"]) == 4
+    assert int(by_name[CLICKHOUSE_POOL]["slots"]) == 4
     # without the admin variables the role fails fast and names them
     bad = {k: v for k, v in env.items() if k != "AIRFLOW_ADMIN_PASSWORD"}
     r = subprocess.run([sys.executable, "-m", "ops.entrypoint", "airflow-init"], env=bad, cwd=REPO,
