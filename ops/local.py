@@ -32,7 +32,9 @@ _PROGRAM = {
     "kafka": {"startsecs": 3, "stopwaitsecs": 20, "stopsignal": "TERM"},
     "minio": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
     "clickhouse": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
-    "streaming": {"startsecs": 15, "stopwaitsecs": 40, "stopsignal": "TERM"},
+    # SIGTERM to the Python driver only: it stops the queries between micro-batches, then SparkSession.stop()
+    # ends its JVM (signalling the group killed the JVM under the driver's feet: Py4J errors at stop)
+    "streaming": {"startsecs": 15, "stopwaitsecs": 60, "stopsignal": "TERM", "stopasgroup": "false"},
     # SIGINT to the standalone parent only: it stops its components itself (signalling the whole group at once
     # left it waiting for them until SIGKILL); the group is SIGKILLed after stopwaitsecs
     "airflow": {"startsecs": 10, "stopwaitsecs": 30, "stopsignal": "INT", "stopasgroup": "false"},

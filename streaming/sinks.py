@@ -44,6 +44,8 @@ from streaming import transforms as TR
 log = logging.getLogger(__name__)
 
 #: event types read from Kafka by the job (restock alerts are produced by it)
+#: alert ids per look-up query: ~30 bytes each, so a query stays far below ClickHouse's max_query_size (256 KiB)
+ALERT_ID_CHUNK = 2_000
 INPUT_EVENT_TYPES = ["sales_transaction", "inventory_update", "price_change", "customer_event"]
 
 
@@ -378,8 +380,11 @@ class StreamSinks:
         then record all in ClickHouse and the lake."""
         for a in alerts:
             validate_event("restock_alert", a)
-        known = set(self._query("SELECT alert_id FROM {db}.restock_alerts WHERE alert_id IN %(ids)s",
-                                {"ids": [a["alert_id"] for a in alerts]})["alert_id"].tolist())
+        ids = [a["alert_id"] for a in alerts]
+        known: set[str] = set()
+        for i in range(0, len(ids), ALERT_ID_CHUNK):  # bounded IN lists: a query stays under max_query_size
+            known |= set(self._query("SELECT alert_id FROM {db}.restock_alerts WHERE alert_id IN %(ids)s",
+                                     {"ids": ids[i:i + ALERT_ID_CHUNK]})["alert_id"].tolist())
         new = [a for a in alerts if a["alert_id"] not in known]
         if not new:
             return
