@@ -8,6 +8,7 @@ CLICKHOUSE_URL). Everything it starts is stopped in its finalizer, which checks 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -35,13 +36,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def native_services(tmp_path_factory):
-    """Real Kafka, MinIO and the ClickHouse endpoint on free ports for the whole session; yields the Settings."""
-    from ops import local
+@contextlib.contextmanager
+def platform_settings(state: Path, **extra: str):
+    """The environment of a native platform whose state lives in ``state`` and whose services listen on free
+    ports (CLICKHOUSE_URL and LAKE_URL derived: the endpoint and MinIO of that platform); yields its Settings
+    and restores the environment, settings cache and client caches afterwards."""
+    from core.clickhouse import reset_clients
+    from core.lake import get_lake
     from core.settings import get_settings
+    from ops import local
 
-    state = tmp_path_factory.mktemp("stack-state")
     env = {
         "RETAIL_STATE_DIR": str(state),
         "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{free_port()}",
@@ -50,35 +54,46 @@ def native_services(tmp_path_factory):
         "MINIO_CONSOLE_PORT": str(free_port()),
         "CLICKHOUSE_HTTP_PORT": str(free_port()),
         "AIRFLOW_PORT": str(free_port()),
-        "CLICKHOUSE_DATABASE": f"test_{uuid.uuid4().hex[:8]}",
         "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
         "SPARK_MASTER": "local[2]",
+        **extra,
     }
     old = {k: os.environ.get(k) for k in (*env, "CLICKHOUSE_URL", "LAKE_URL")}
     os.environ.update(env)
-    for k in ("CLICKHOUSE_URL", "LAKE_URL"):  # derived: the session's endpoint and MinIO
+    for k in ("CLICKHOUSE_URL", "LAKE_URL"):
         os.environ.pop(k, None)
     get_settings.cache_clear()
     local.ensure_local_env(get_settings())
     get_settings.cache_clear()
-    s = get_settings()
-    os.environ["LAKE_URL"] = s.lake_url
+    os.environ["LAKE_URL"] = get_settings().lake_url
+    get_settings.cache_clear()
+    reset_clients()
+    get_lake.cache_clear()
     try:
-        local.up(s, ["kafka", "minio", "clickhouse"])
-        yield s
+        yield get_settings()
     finally:
-        local.down(s)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
         get_settings.cache_clear()
-        from core.clickhouse import reset_clients
-        from core.lake import get_lake
-
         reset_clients()
         get_lake.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def native_services(tmp_path_factory):
+    """Real Kafka, MinIO and the ClickHouse endpoint on free ports for the whole session; yields the Settings."""
+    from ops import local
+
+    with platform_settings(tmp_path_factory.mktemp("stack-state"),
+                           CLICKHOUSE_DATABASE=f"test_{uuid.uuid4().hex[:8]}") as s:
+        try:
+            local.up(s, ["kafka", "minio", "clickhouse"])
+            yield s
+        finally:
+            local.down(s)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import free_port
+from conftest import platform_settings
 
 pytestmark = pytest.mark.integration
 
@@ -50,53 +50,16 @@ def _platform_pids(state: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     """Every native service up under supervisord, in a fresh state folder and on free ports; yields Settings."""
-    from core.clickhouse import reset_clients
-    from core.lake import get_lake
-    from core.settings import get_settings
     from ops import local
 
-    state = tmp_path_factory.mktemp("platform")
-    env = {
-        "RETAIL_STATE_DIR": str(state),
-        "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{free_port()}",
-        "KAFKA_CONTROLLER_PORT": str(free_port()),
-        "MINIO_PORT": str(free_port()),
-        "MINIO_CONSOLE_PORT": str(free_port()),
-        "CLICKHOUSE_HTTP_PORT": str(free_port()),
-        "AIRFLOW_PORT": str(free_port()),
-        "CLICKHOUSE_DATABASE": "retail",
-        "LAKE_RAW_BUCKET": "raw-data", "LAKE_MODELS_BUCKET": "models", "LAKE_FEATURES_BUCKET": "features",
-        "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
-        "SPARK_MASTER": "local[2]",
-        "STREAM_TRIGGER_SECONDS": "2",
-    }
-    keys = (*env, "CLICKHOUSE_URL", "LAKE_URL")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(env)
-    for k in ("CLICKHOUSE_URL", "LAKE_URL"):
-        os.environ.pop(k, None)
-    get_settings.cache_clear()
-    local.ensure_local_env(get_settings())
-    get_settings.cache_clear()
-    s = get_settings()
-    os.environ["LAKE_URL"] = s.lake_url
-    get_settings.cache_clear()
-    reset_clients()
-    get_lake.cache_clear()
-    s = get_settings()
-    try:
-        local.up(s)
-        yield s
-    finally:
-        local.down(s)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        reset_clients()
-        get_lake.cache_clear()
+    with platform_settings(tmp_path_factory.mktemp("platform"), CLICKHOUSE_DATABASE="retail",
+                           LAKE_RAW_BUCKET="raw-data", LAKE_MODELS_BUCKET="models", LAKE_FEATURES_BUCKET="features",
+                           STREAM_TRIGGER_SECONDS="2") as s:
+        try:
+            local.up(s)
+            yield s
+        finally:
+            local.down(s)
 
 
 def test_every_service_healthy_under_the_supervisor(platform):
