@@ -77,11 +77,24 @@ RULES: dict[str, list[tuple[str, str]]] = {
 
 
 # ------------------------------------------------------------------------------------------ parse --
+#: prefix of a ``value`` whose Kafka bytes were not valid UTF-8: the bytes follow in base64 (never lost)
+NOT_UTF8_PREFIX = "base64:"
+
+
 def kafka_frame(df: DataFrame) -> DataFrame:
     """Kafka source rows (``key, value`` binary, ``topic, partition, offset, timestamp``) ->
-    ``topic, partition, offset, kafka_timestamp, value`` with ``value`` decoded as a UTF-8 string."""
+    ``topic, partition, offset, kafka_timestamp, value`` with ``value`` decoded as a UTF-8 string.
+
+    A value that is not valid UTF-8 becomes ``"base64:" + base64(bytes)`` (valid UTF-8, so Arrow and pandas can
+    carry it to the quarantine with its raw bytes; :func:`validate_events` gives the reason). A null value
+    (tombstone) stays NULL.
+    """
+    raw = F.col("value")
+    text = raw.cast("string")
+    value = F.when(raw.isNull(), F.lit(None).cast("string")).when(F.is_valid_utf8(text), text) \
+             .otherwise(F.concat(F.lit(NOT_UTF8_PREFIX), F.base64(raw)))
     return df.select("topic", "partition", "offset", F.col("timestamp").alias("kafka_timestamp"),
-                     F.col("value").cast("string").alias("value"))
+                     value.alias("value"))
 
 
 def parse_events(df: DataFrame, event_type: str) -> DataFrame:
@@ -116,7 +129,8 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
                     now: datetime | None = None) -> DataFrame:
     """Apply the contract and the business rules to a :func:`parse_events` frame.
 
-    Rules, each adding a reason: malformed JSON / not a JSON object; a field not matching its Avro type;
+    Rules, each adding a reason: a null value; a value that is not valid UTF-8 (see :func:`kafka_frame`);
+    malformed JSON / not a JSON object; a field not matching its Avro type;
     a required (non-nullable) field missing; unknown top-level fields (the contract rejects them); an
     enum value outside the Avro symbols; a ``timestamp-millis`` older than ``max_age_days`` or more than
     ``max_future_minutes`` in the future relative to ``now`` (default: the micro-batch's
@@ -132,7 +146,11 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     hi = now_ms + F.lit(max_future_minutes * 60_000).cast("long")
     names = S.field_names(event_type)
     checks: list[Column] = [
-        F.when(F.col(KEYS).isNull(), F.lit("malformed JSON: value is not a JSON object")),
+        F.when(F.col("value").isNull(), F.lit("null value (tombstone)")),
+        F.when(F.col("value").startswith(NOT_UTF8_PREFIX),
+               F.lit("value is not valid UTF-8 (raw bytes kept as base64)")),
+        F.when(F.col(KEYS).isNull() & F.col("value").isNotNull() & ~F.col("value").startswith(NOT_UTF8_PREFIX),
+               F.lit("malformed JSON: value is not a JSON object")),
         F.when(F.col(KEYS).isNotNull() & F.col(CORRUPT).isNotNull(),
                F.lit("type mismatch: a field does not match its Avro type")),
     ]

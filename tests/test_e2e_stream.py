@@ -17,6 +17,7 @@ streaming.transforms):
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import random
@@ -105,6 +106,8 @@ def make_events(seed: int = 7):
         ("sales_transaction", {**base, "transaction_id": "BAD-ANCIENT", "timestamp": -5_364_662_400_000},
          "older than STREAM_MAX_EVENT_AGE_DAYS"),
         ("sales_transaction", '{"transaction_id": "BAD-JSON", "store_id": ', "malformed JSON"),
+        ("sales_transaction", b"\xff", "value is not valid UTF-8"),              # a poison pill: not UTF-8
+        ("inventory_update", b'{"inventory_id": "\xe9"}', "value is not valid UTF-8"),
         ("sales_transaction", {**base, "transaction_id": "BAD-ENUM", "payment_method": "BARTER"}, "invalid payment_method"),
         ("sales_transaction", {**base, "transaction_id": "BAD-EXTRA", "coupon": "X"}, "unknown field(s): coupon"),
         ("inventory_update", {"inventory_id": "BAD-NEGSTOCK", "store_id": "S001", "product_id": "P001",
@@ -131,8 +134,8 @@ def produce(settings, valid, invalid=()):
         key = rec["customer_id"] if et == "customer_event" else f"{rec['store_id']}|{rec['product_id']}"
         p.send(settings.topic(EVENT_TYPES[et]), key=key.encode(), value=json.dumps(rec).encode())
     for et, payload, _ in invalid:
-        value = payload if isinstance(payload, str) else json.dumps(payload)
-        md = p.send(settings.topic(EVENT_TYPES[et]), key=b"S001|P001", value=value.encode()).get(timeout=30)
+        value = payload if isinstance(payload, bytes) else (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+        md = p.send(settings.topic(EVENT_TYPES[et]), key=b"S001|P001", value=value).get(timeout=30)
         meta[(md.topic, md.partition, md.offset)] = (et, payload)
     p.flush()
     p.close()
@@ -312,7 +315,10 @@ def test_stream_end_to_end(native_stack, spark):
         et, payload = meta[(r.topic, r.partition, r.offset)]
         reason = next(x[2] for x in invalid if x[1] is payload)
         assert r.event_type == et and reason in r.reason, (r.reason, reason)
-        assert r.raw_payload == (payload if isinstance(payload, str) else json.dumps(payload))
+        if isinstance(payload, bytes):  # not UTF-8: the raw bytes are kept, in base64
+            assert r.raw_payload == "base64:" + base64.b64encode(payload).decode()
+        else:
+            assert r.raw_payload == (payload if isinstance(payload, str) else json.dumps(payload))
 
     want_alerts = expected_alert_ids(exp)
     assert any(a.startswith("S003|P009|") for a in want_alerts)

@@ -216,3 +216,28 @@ def test_alert_priority_and_recommendation():
     assert TR.alert_priority(5, 30.0, 24, 72) == "MEDIUM"
     assert TR.alert_priority(5, None, 24, 72) == "LOW"
     assert TR.recommended_quantity(4, 10, 1.0, 3) == 2 * 10 + 72 - 4
+
+
+def test_any_kafka_bytes_reach_the_quarantine_with_a_reason(spark):
+    """Poison pills: a value that is not UTF-8 (a lone 0xFF, truncated multi-byte, Latin-1 JSON), a null value
+    (tombstone) and an empty value parse to quarantine reasons, and the frame converts to Arrow and pandas (the
+    path that used to stop the stream with 'ArrowException: ... Wrapping ... failed')."""
+    import base64
+
+    from streaming.sinks import StreamSinks  # noqa: F401  (the sink's own conversion path is Arrow -> pandas)
+
+    payloads = [b"\xff", b'{"transaction_id": "\xe9t\xe9"}', b"\xe2\x82", None, b"",
+                json.dumps(sale(1)).encode()]
+    rows = [("t", 0, i, datetime.now(timezone.utc), v) for i, v in enumerate(payloads)]
+    kdf = spark.createDataFrame(rows, "topic string, partition int, offset long, timestamp timestamp, value binary")
+    frame = TR.kafka_frame(kdf)
+    out = TR.validate_events(TR.parse_events(frame, "sales_transaction"), "sales_transaction",
+                             max_age_days=36500, max_future_minutes=60)
+    pdf = out.select("offset", "value", TR.REASON).toArrow().to_pandas().sort_values("offset")
+    reasons = pdf[TR.REASON].tolist()
+    for i in (0, 1, 2):
+        assert reasons[i].startswith("value is not valid UTF-8"), reasons[i]
+        assert pdf["value"].iloc[i] == TR.NOT_UTF8_PREFIX + base64.b64encode(payloads[i]).decode()
+    assert reasons[3].startswith("null value") and pdf["value"].iloc[3] is None
+    assert reasons[4].startswith("malformed JSON")
+    assert reasons[5] is None  # a valid sale stays valid
