@@ -65,10 +65,54 @@ def validate_event(event_type: str, record: dict[str, Any]) -> None:
     extra = set(record) - set(field_names(event_type))
     if extra:
         raise ContractError(f"unknown field(s) {sorted(extra)} for {event_type}")
-    if validate(record, parsed_schema(event_type), raise_errors=False):
-        return  # fast path (~3x): raise_errors=True builds an exception per union branch tried
-    try:
-        validate(record, parsed_schema(event_type), raise_errors=True)
-    except _AvroValidationError as exc:
-        raise ContractError(f"{event_type} fails its Avro schema: {exc}") from None
-    raise ContractError(f"{event_type} fails its Avro schema")  # fastavro gave no detail
+    if not validate(record, parsed_schema(event_type), raise_errors=False):
+        try:  # slow path only for the reason (~3x): raise_errors=True builds an exception per union branch
+            validate(record, parsed_schema(event_type), raise_errors=True)
+        except _AvroValidationError as exc:
+            raise ContractError(f"{event_type} fails its Avro schema: {exc}") from None
+        raise ContractError(f"{event_type} fails its Avro schema")  # fastavro gave no detail
+    problems = rule_violations(event_type, record)
+    if problems:
+        raise ContractError("; ".join(problems))
+
+
+#: rules beside the Avro schemas, shared by the producers (dead-letter topic) and the stream (quarantine,
+#: ``streaming.transforms.validate_events``): ids of input events are non-empty, at most ID_MAX_CHARS characters
+#: and free of control/format characters (Unicode categories Cc, Cf); event times are not before 2000-01-01.
+ID_MAX_CHARS = 64
+MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; the UCI replay's 2009-2011 dates stay valid
+#: event types the rules apply to (the platform's own restock alerts are built from checked ids)
+RULE_TYPES = ("sales_transaction", "inventory_update", "price_change", "customer_event")
+
+
+def id_fields(event_type: str) -> list[str]:
+    """The string fields named ``*_id`` of an event type (e.g. ``transaction_id, store_id, product_id``)."""
+    out = []
+    for f in raw_schema(event_type)["fields"]:
+        types = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        if f["name"].endswith("_id") and "string" in types:
+            out.append(f["name"])
+    return out
+
+
+def rule_violations(event_type: str, record: dict[str, Any]) -> list[str]:
+    """Reasons a schema-valid record breaks the shared id and event-time rules ([] when none)."""
+    import unicodedata
+
+    if event_type not in RULE_TYPES:
+        return []
+    out = []
+    for name in id_fields(event_type):
+        v = record.get(name)
+        if v is None:
+            continue
+        if not v.strip():
+            out.append(f"{name} is empty")
+        elif len(v) > ID_MAX_CHARS:
+            out.append(f"{name} longer than {ID_MAX_CHARS} characters")
+        elif any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
+            out.append(f"{name} contains control characters")
+    ts = record.get("timestamp")
+    if isinstance(ts, int) and ts < MIN_EVENT_TIME_MS:
+        out.append("timestamp before 2000-01-01")
+    return out

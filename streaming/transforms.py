@@ -48,6 +48,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from contracts import ID_MAX_CHARS, MIN_EVENT_TIME_MS, RULE_TYPES, id_fields
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -161,6 +162,15 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
                              F.lit(f"required field {f} is null")))
     unknown = F.array_except(F.col(KEYS), F.array(*[F.lit(n) for n in names]))
     checks.append(F.when(F.size(unknown) > 0, F.concat(F.lit("unknown field(s): "), F.array_join(unknown, ","))))
+    if event_type in RULE_TYPES:  # the id and event-time rules shared with the producers (contracts)
+        for f in id_fields(event_type):
+            checks.append(F.when(F.col(f).isNotNull() & (F.length(F.trim(F.col(f))) == 0), F.lit(f"{f} is empty")))
+            checks.append(F.when(F.length(F.col(f)) > ID_MAX_CHARS,
+                                 F.lit(f"{f} longer than {ID_MAX_CHARS} characters")))
+            checks.append(F.when(F.col(f).rlike(r"[\p{Cc}\p{Cf}]"), F.lit(f"{f} contains control characters")))
+        for f in S.timestamp_fields(event_type):
+            checks.append(F.when(F.col(f) < F.lit(MIN_EVENT_TIME_MS).cast("long"),
+                                 F.lit(f"{f} before 2000-01-01")))
     for f, symbols in S.enum_fields(event_type).items():
         checks.append(F.when(F.col(f).isNotNull() & ~F.col(f).isin(*symbols),
                              F.concat(F.lit(f"invalid {f} '"), F.col(f), F.lit("'"))))

@@ -241,3 +241,28 @@ def test_any_kafka_bytes_reach_the_quarantine_with_a_reason(spark):
     assert reasons[3].startswith("null value") and pdf["value"].iloc[3] is None
     assert reasons[4].startswith("malformed JSON")
     assert reasons[5] is None  # a valid sale stays valid
+
+
+BAD_IDS = [("", "store_id is empty"), ("   ", "store_id is empty"), ("S\x001", "store_id contains control characters"),
+           ("S\u200b1", "store_id contains control characters"), ("S" * 65, "store_id longer than 64 characters")]
+
+
+def test_id_and_event_time_rules_match_the_producers(spark):
+    """The stream and the producers apply the same rules from ``contracts`` (an oracle per side): ids non-empty,
+    <= 64 characters, no control/format characters; event time not before 2000-01-01 (-1 ms = 1969 rejected,
+    the replay's 2010 dates kept)."""
+    from contracts import ContractError, validate_event
+
+    recs = [sale(i, store=sid) for i, (sid, _) in enumerate(BAD_IDS)]
+    recs += [sale(10, ts=-1), sale(11, ts=1_291_161_600_000), sale(12, store="S" * 64)]  # 1969; 2010-12-01; 64 chars
+    want = [r for _, r in BAD_IDS] + ["timestamp before 2000-01-01", None, None]
+    out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", recs), "sales_transaction"), "sales_transaction",
+                             max_age_days=36500 * 2, max_future_minutes=60).toPandas().sort_values("offset")
+    for rec, reason, got in zip(recs, want, out[TR.REASON].tolist()):
+        if reason is None:
+            assert got is None, got
+            validate_event("sales_transaction", rec)  # the producers accept it too
+        else:
+            assert got is not None and reason in got, (reason, got)
+            with pytest.raises(ContractError, match=reason.split(" ")[-1]):
+                validate_event("sales_transaction", rec)
