@@ -126,7 +126,7 @@ def test_auth_ways_and_failures(endpoint):
     q = {"query": "SELECT 7"}
     assert httpx.get(base, params=q, headers={"X-ClickHouse-User": "admin", "X-ClickHouse-Key": users["admin"]}).text == "7\n"
     assert httpx.get(base, params={**q, "user": "bi_reader", "password": users["bi_reader"]}).text == "7\n"
-    for kw in ({}, {"auth": ("platform_writer", "wrong")}, {"auth": ("default", "")}, {"auth": ("nobody", "x")}):
+    for kw in ({}, {"auth": ("platform_writer", secrets.token_urlsafe(12))}, {"auth": ("default", "")}, {"auth": ("nobody", "x")}):
         r = httpx.get(base, params=q, **kw)
         assert r.status_code == 403 and r.headers["X-ClickHouse-Exception-Code"] == "516", (kw, r.text)
         assert r.text.startswith("Code: 516. DB::Exception:") and "AUTHENTICATION_FAILED" in r.text
@@ -344,7 +344,8 @@ def test_concurrent_clients_get_correct_results(endpoint):
 def test_missing_password_fails_fast_naming_the_variable(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKHOUSE_")}
     env.update({"RETAIL_CACHE_DIR": str(tmp_path), "RETAIL_STATE_DIR": str(tmp_path), "CLICKHOUSE_HTTP_PORT": str(free_port()),
-                "CLICKHOUSE_ADMIN_PASSWORD": "a", "CLICKHOUSE_WRITER_PASSWORD": "w"})
+                "CLICKHOUSE_ADMIN_PASSWORD": secrets.token_urlsafe(12),
+                "CLICKHOUSE_WRITER_PASSWORD": secrets.token_urlsafe(12)})
     r = subprocess.run([sys.executable, "-m", "chserver"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "CLICKHOUSE_BI_PASSWORD" in r.stderr and "Traceback" not in r.stderr

@@ -25,19 +25,20 @@ def test_airflow_init_role_migrates_creates_pool_and_admin(tmp_path):
     home = tmp_path / "airflow"
     pwfile = tmp_path / "auth" / "passwords.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    admin_pw, writer_pw = "pw-" + os.urandom(12).hex(), "pw-" + os.urandom(12).hex()
     env.update({
         "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW_ADMIN_USER": "ops", "AIRFLOW_ADMIN_PASSWORD": "s3cret-Pw",
+        "AIRFLOW_ADMIN_USER": "ops", "AIRFLOW_ADMIN_PASSWORD": admin_pw,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pwfile),
-        "CLICKHOUSE_URL": "http://platform_writer:x@clickhouse:8123",   # a server: 4 pool slots
+        "CLICKHOUSE_URL": f"http://platform_writer:{writer_pw}@clickhouse:8123",   # a server: 4 pool slots
     })
     for attempt in range(2):
         r = subprocess.run([sys.executable, "-m", "ops.entrypoint", "airflow-init"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (attempt, r.stdout[-2000:], r.stderr[-3000:])
-    assert json.loads(pwfile.read_text()) == {"ops": "s3cret-Pw"}
+    assert json.loads(pwfile.read_text()) == {"ops": admin_pw}
     assert oct(pwfile.stat().st_mode & 0o777) == oct(0o600)
     pools = subprocess.run([str(Path(sys.executable).parent / "airflow"), "pools", "list", "--output", "json"],
                            env=env, capture_output=True, text=True, timeout=300)

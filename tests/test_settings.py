@@ -1,5 +1,7 @@
 """The settings module: defaults derive from the state folder, bad configuration fails fast naming the variable."""
 
+import secrets
+
 import pytest
 
 from core.settings import ConfigError, Settings, get_settings
@@ -18,10 +20,11 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("MINIO_PORT", "9123")
     monkeypatch.setenv("CLICKHOUSE_HTTP_PORT", "8124")
-    monkeypatch.setenv("CLICKHOUSE_WRITER_PASSWORD", "w/r+it@r")
+    token = secrets.token_urlsafe(12)  # [A-Za-z0-9_-]: left as is by URL quoting
+    monkeypatch.setenv("CLICKHOUSE_WRITER_PASSWORD", token + "/+@")
     s = get_settings()
     # one client path: the native endpoint over HTTP as platform_writer, password URL-quoted
-    assert s.clickhouse_url == "http://platform_writer:w%2Fr%2Bit%40r@localhost:8124"
+    assert s.clickhouse_url == f"http://platform_writer:{token}%2F%2B%40@localhost:8124"
     assert s.clickhouse_chdb_path == tmp_path / "chdb"
     assert s.lake_url == "http://localhost:9123"
     assert s.spark_checkpoint_dir == str(tmp_path / "checkpoints")
