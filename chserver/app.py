@@ -69,6 +69,8 @@ _CONTENT_TYPES = {"tabseparated": "text/tab-separated-values; charset=UTF-8", "t
                   "json": "application/json; charset=UTF-8", "jsoncompact": "application/json; charset=UTF-8",
                   "jsoneachrow": "application/x-ndjson; charset=UTF-8", "xml": "application/xml; charset=UTF-8",
                   "pretty": "text/plain; charset=UTF-8", "prettycompact": "text/plain; charset=UTF-8"}
+#: prefixes of the other text output formats (TSV/CSV/JSON variants, Pretty*, Vertical, Markdown, XML)
+_TEXT_PREFIXES = ("tsv", "tabseparated", "csv", "json", "pretty", "vertical", "markdown", "xml")
 _INSERT_RE = re.compile(rb"^\s*(INSERT\s+INTO\s+.*?)\s+FORMAT\s+([A-Za-z0-9_]+)[ \t]*(?:\r?\n)?", re.I | re.S)
 _FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.I)
 
@@ -84,6 +86,15 @@ def http_status(err: ClickHouseError) -> int:
     if err.name in _NOT_FOUND:
         return 404
     return {"QUERY_IS_TOO_LARGE": 413, "NOT_IMPLEMENTED": 501, "TIMEOUT_EXCEEDED": 408}.get(err.name, 500)
+
+
+def content_type(fmt: str) -> str:
+    """The Content-Type of a response in output format ``fmt``: the server's for the common formats, plain text
+    for other text formats, ``application/octet-stream`` for binary ones (Native, RowBinary, Arrow, Parquet...)."""
+    f = fmt.lower()
+    if f in _CONTENT_TYPES:
+        return _CONTENT_TYPES[f]
+    return "text/plain; charset=UTF-8" if f.startswith(_TEXT_PREFIXES) else "application/octet-stream"
 
 
 def decompress(body: bytes, encoding: str) -> bytes:
@@ -261,8 +272,7 @@ class Server:
             data, enc = compress(data, request.headers.get("accept-encoding", ""))
             if enc:
                 headers["Content-Encoding"] = enc
-        media = _CONTENT_TYPES.get(fmt.lower(), "application/octet-stream" if not fmt.lower().startswith(("tsv", "tabseparated", "csv", "json", "pretty", "vertical", "markdown", "xml")) else "text/plain; charset=UTF-8")
-        return Response(data, media_type=media, headers=headers)
+        return Response(data, media_type=content_type(fmt), headers=headers)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Starlette:

@@ -24,7 +24,7 @@ import re
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import chdb
@@ -67,7 +67,6 @@ class Result:
     rows_written: int = 0
     bytes_written: int = 0
     elapsed_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def quote_string(value: str) -> str:
@@ -105,8 +104,6 @@ class Engine:
             raise ClickHouseError.from_chdb(exc) from None
         self.version = self.rw.query("SELECT version()", "TSV").bytes().decode().strip()
         self.timezone = self.rw.query("SELECT timezone()", "TSV").bytes().decode().strip()
-        self.queue_wait_s = 0.0  # total seconds requests waited for the lock
-        self._pending: str | None = None
 
     def close(self) -> None:
         """Close the connections (chDB flushes its data) and remove temporary files."""
@@ -140,10 +137,9 @@ class Engine:
             ClickHouseError: the engine's error, unchanged (code and message).
         """
         conn = self._conn(role)
-        t_wait = time.perf_counter()
         with self.lock:
-            self.queue_wait_s += time.perf_counter() - t_wait
             applied: list[str] = []
+            data_file: str | None = None
             try:
                 conn.query(f"USE {quote_ident(database or 'default')}")  # never the previous request's
                 for k, v in (settings or {}).items():
@@ -153,7 +149,8 @@ class Engine:
                     conn.query(f"SET {k} = {quote_string(v)}")
                     applied.append(k)
                 if insert_data is not None:
-                    sql = self._insert_from_file(conn, sql, insert_data, insert_format or "TabSeparated", database)
+                    sql, data_file = self._insert_from_file(conn, sql, insert_data, insert_format or "TabSeparated",
+                                                            database)
                 t0 = time.perf_counter()
                 res = conn.query(sql, fmt, params=params or None) if params else conn.query(sql, fmt)
                 elapsed = time.perf_counter() - t0
@@ -165,15 +162,17 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - chDB's errors become ClickHouse errors
                 raise ClickHouseError.from_chdb(exc) from None
             finally:
-                self.cleanup()
+                if data_file:
+                    Path(data_file).unlink(missing_ok=True)
                 for k in applied:
                     try:
                         conn.query(f"SET {k} = DEFAULT")
                     except Exception:  # noqa: BLE001 - a setting that could be set can be reset
                         pass
 
-    def _insert_from_file(self, conn, sql: str, data: bytes, fmt: str, database: str | None) -> str:
-        """``INSERT INTO t [(cols)] [SETTINGS ...]`` + data -> ``INSERT ... SELECT * FROM file(tmp, fmt, structure)``."""
+    def _insert_from_file(self, conn, sql: str, data: bytes, fmt: str, database: str | None) -> tuple[str, str]:
+        """``INSERT INTO t [(cols)] [SETTINGS ...]`` + data -> (``INSERT ... SELECT * FROM file(tmp, fmt, structure)``,
+        the temporary file holding the data, which the caller removes)."""
         m = re.match(r"\s*INSERT\s+INTO\s+(?:TABLE\s+)?((?:`[^`]+`|[\w.]+)(?:\.(?:`[^`]+`|\w+))?)\s*(\(([^)]*)\))?\s*(.*)$",
                      sql, re.I | re.S)
         if not m:
@@ -204,18 +203,10 @@ class Engine:
         fd, path = tempfile.mkstemp(dir=self.tmp, suffix="." + fmt.lower())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        self._pending = path
         cols = f" ({cols_sql})" if cols_sql else ""
         settings = f" {rest}" if rest else ""
         return (f"INSERT INTO {quote_ident(db)}.{quote_ident(tbl)}{cols}{settings} "
-                f"SELECT * FROM file({quote_string(path)}, {quote_string(fmt)}{structure})")
-
-    def cleanup(self) -> None:
-        """Remove the temporary data file of the last INSERT (called under the lock)."""
-        p = getattr(self, "_pending", None)
-        if p:
-            Path(p).unlink(missing_ok=True)
-            self._pending = None
+                f"SELECT * FROM file({quote_string(path)}, {quote_string(fmt)}{structure})"), path
 
 
 def _int(res, attr: str) -> int:

@@ -20,7 +20,18 @@ _clients: dict[tuple[str, str], Client] = {}
 
 
 def get_client(settings: Settings | None = None, database: str | None = None, *, readonly: bool = False) -> Client:
-    """A clickhouse-connect client for CLICKHOUSE_URL, created once per process, URL, database and role.
+    """The process's clickhouse-connect client for CLICKHOUSE_URL, database and role: :func:`new_client`, created
+    once per process, URL, database and role (the same arguments, errors and behaviour)."""
+    s = settings or get_settings()
+    db = database or s.clickhouse_database
+    key = (s.clickhouse_url, db, readonly)
+    if key not in _clients:
+        _clients[key] = new_client(s, db, readonly=readonly)
+    return _clients[key]
+
+
+def new_client(settings: Settings | None = None, database: str | None = None, *, readonly: bool = False) -> Client:
+    """A new clickhouse-connect client for CLICKHOUSE_URL (for a thread of its own; :func:`get_client` shares one).
 
     ``http(s)://user:pw@host:port`` talks to a ClickHouse HTTP interface: the native stack's endpoint
     (``python -m chserver``, the one process owning the chDB data) or compose's ClickHouse server.
@@ -36,30 +47,25 @@ def get_client(settings: Settings | None = None, database: str | None = None, *,
     """
     s = settings or get_settings()
     db = database or s.clickhouse_database
-    key = (s.clickhouse_url, db, readonly)
-    if key in _clients:
-        return _clients[key]
     u = urlparse(s.clickhouse_url)
     if u.scheme == "chdb":
         Path(u.path).mkdir(parents=True, exist_ok=True)
         client = clickhouse_connect.get_client(dsn=f"chdb://{u.path}")
         client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    else:
-        user, password = unquote(u.username or ""), unquote(u.password or "")
-        if readonly:
-            s.require("clickhouse_bi_password")
-            user, password = "bi_reader", s.clickhouse_bi_password
-        if not user or not password:
-            raise ConfigError("CLICKHOUSE_URL names no user or password (and CLICKHOUSE_WRITER_PASSWORD is not set): "
-                              "run `make setup` to generate local credentials, or set CLICKHOUSE_URL")
-        server = dict(host=u.hostname, port=u.port or (8443 if u.scheme == "https" else 8123),
-                      username=user, password=password, secure=u.scheme == "https")
-        if not readonly:
-            with clickhouse_connect.get_client(**server) as bootstrap:  # the database may not exist yet
-                bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-        client = clickhouse_connect.get_client(**server, database=db)
-    _clients[key] = client
-    return client
+        return client
+    user, password = unquote(u.username or ""), unquote(u.password or "")
+    if readonly:
+        s.require("clickhouse_bi_password")
+        user, password = "bi_reader", s.clickhouse_bi_password
+    if not user or not password:
+        raise ConfigError("CLICKHOUSE_URL names no user or password (and CLICKHOUSE_WRITER_PASSWORD is not set): "
+                          "run `make setup` to generate local credentials, or set CLICKHOUSE_URL")
+    server = dict(host=u.hostname, port=u.port or (8443 if u.scheme == "https" else 8123),
+                  username=user, password=password, secure=u.scheme == "https")
+    if not readonly:
+        with clickhouse_connect.get_client(**server) as bootstrap:  # the database may not exist yet
+            bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    return clickhouse_connect.get_client(**server, database=db)
 
 
 def reset_clients() -> None:

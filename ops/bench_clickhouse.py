@@ -4,7 +4,7 @@ Both sides get the same work on a fresh chDB path of their own: insert ``--rows`
 fact (``window_start, store_id, product_id, units, revenue``; 1,000 stores x 500 SKUs) with clickhouse-connect ``insert_df`` in chunks
 of ``--chunk`` rows, then query a BI view (units and revenue per store over the last day) and the top 20 SKUs ``--runs`` times. Direct chDB runs in a child process (chDB allows one data path per process); the
 endpoint runs as ``python -m chserver`` on a free port. Writes a JSON report (rows/s, p50/p95/max latency in
-seconds, the ratios, cores, date).
+milliseconds, the ratios, cores, date).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import multiprocessing as mp
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import typer
+
+from ops.bench_stream import pct
+from ops.services import free_port
 
 DDL = ("CREATE TABLE IF NOT EXISTS bench.windows (window_start DateTime('UTC'), store_id String, product_id String, "
        "units Int64, revenue Decimal(18, 2)) ENGINE = MergeTree ORDER BY (store_id, product_id, window_start)")
@@ -50,11 +52,6 @@ def make_chunk(i: int, n: int, stores: int = 1000, skus: int = 500) -> pd.DataFr
     })
 
 
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))], 5)
-
-
 def workload(client, rows: int, chunk: int, runs: int) -> dict:
     """Insert then query through one clickhouse-connect client; returns the measurements."""
     client.command("CREATE DATABASE IF NOT EXISTS bench")
@@ -73,8 +70,8 @@ def workload(client, rows: int, chunk: int, runs: int) -> dict:
             t = time.perf_counter()
             client.query(sql)
             lat.append(time.perf_counter() - t)
-        out[name] = {"runs": runs, "p50_s": _pct(lat, 0.5), "p95_s": _pct(lat, 0.95), "max_s": round(max(lat), 5),
-                     "mean_s": round(statistics.mean(lat), 5)}
+        out[name] = {"runs": runs, "latency_ms": pct(np.array(lat) * 1000),
+                     "mean_ms": round(statistics.mean(lat) * 1000, 2)}
     return out
 
 
@@ -82,12 +79,6 @@ def _direct(path: str, rows: int, chunk: int, runs: int, q) -> None:
     import clickhouse_connect
 
     q.put(workload(clickhouse_connect.get_client(dsn=f"chdb://{path}"), rows, chunk, runs))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(rows: int = 1_000_000, chunk: int = 100_000, runs: int = 50) -> dict:
@@ -102,7 +93,7 @@ def run(rows: int = 1_000_000, chunk: int = 100_000, runs: int = 50) -> dict:
     p.start()
     direct = q.get()
     p.join()
-    port, pw = _free_port(), secrets.token_urlsafe(12)
+    port, pw = free_port(), secrets.token_urlsafe(12)
     env = {**os.environ, "CLICKHOUSE_CHDB_PATH": str(tmp / "endpoint"), "CLICKHOUSE_HTTP_PORT": str(port),
            "CLICKHOUSE_ADMIN_PASSWORD": pw, "CLICKHOUSE_WRITER_PASSWORD": pw, "CLICKHOUSE_BI_PASSWORD": pw,
            "RETAIL_STATE_DIR": str(tmp)}
@@ -126,8 +117,8 @@ def run(rows: int = 1_000_000, chunk: int = 100_000, runs: int = 50) -> dict:
         "rows": rows, "chunk_rows": chunk, "runs": runs, "direct_chdb": direct, "http_endpoint": endpoint,
         "ratios_endpoint_vs_direct": {
             "insert_rows_per_s": round(endpoint["insert_rows_per_s"] / direct["insert_rows_per_s"], 3),
-            **{f"{k}_p50": round(endpoint[k]["p50_s"] / direct[k]["p50_s"], 3) for k in QUERIES},
-            **{f"{k}_p95": round(endpoint[k]["p95_s"] / direct[k]["p95_s"], 3) for k in QUERIES}},
+            **{f"{k}_{q}": round(endpoint[k]["latency_ms"][q] / direct[k]["latency_ms"][q], 3)
+               for k in QUERIES for q in ("p50", "p95")}},
     }
     return report
 
@@ -144,7 +135,8 @@ def main(out: Path = typer.Option(Path("reports/bench-clickhouse.json"), help="J
     typer.echo(f"{'':24}{'direct chDB':>14}{'HTTP endpoint':>16}")
     typer.echo(f"{'insert rows/s':24}{d['insert_rows_per_s']:>14,}{e['insert_rows_per_s']:>16,}")
     for k in QUERIES:
-        typer.echo(f"{k + ' p50 / p95 (s)':24}{d[k]['p50_s']:>7} / {d[k]['p95_s']:<6}{e[k]['p50_s']:>8} / {e[k]['p95_s']}")
+        dl, el = d[k]["latency_ms"], e[k]["latency_ms"]
+        typer.echo(f"{k + ' p50 / p95 (ms)':24}{dl['p50']:>7} / {dl['p95']:<6}{el['p50']:>8} / {el['p95']}")
     typer.echo(f"report: {out}")
 
 

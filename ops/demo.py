@@ -24,11 +24,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ops import local
+from ops.bench_stream import pct
 from core.settings import REPO_ROOT, Settings, get_settings
 
 console = Console()
@@ -144,7 +146,7 @@ def _print(summary: dict[str, Any]) -> None:
         (f"daily_etl for {etl.get('date')}", f"{'ok' if etl.get('ok') else 'FAILED'} in {etl.get('seconds')} s "
                                               f"(t {etl.get('window')})"),
         (f"BI queries as bi_reader ({bi['clients']} clients)", f"{bi['queries']} ok, {bi['errors']} errors, p50 "
-                                                               f"{bi['p50_s']} s, p95 {bi['p95_s']} s"),
+                                                               f"{bi['latency_ms']['p50']} ms, p95 {bi['latency_ms']['p95']} ms"),
         ("overlap with the stream: daily_etl / BI", f"{summary['checks']['overlap']['etl_during_stream']} s / "
                                                     f"{summary['checks']['overlap']['bi_during_stream']} s"),
     ]
@@ -164,13 +166,6 @@ BI_QUERIES = {
 }
 
 
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))], 4)
-
-
 class BIClients:
     """``n`` dashboard clients querying :data:`BI_QUERIES` in a loop as ``bi_reader`` until stopped; records
     each query's latency (s) and errors."""
@@ -184,13 +179,9 @@ class BIClients:
         self._threads: list[threading.Thread] = []
 
     def _loop(self, i: int) -> None:
-        import clickhouse_connect
-        from urllib.parse import urlparse
+        from core.clickhouse import new_client
 
-        u = urlparse(self.s.clickhouse_url)
-        client = clickhouse_connect.get_client(host=u.hostname, port=u.port or 8123, username="bi_reader",
-                                               password=self.s.clickhouse_bi_password,
-                                               database=self.s.clickhouse_database)
+        client = new_client(self.s, readonly=True)  # one client per thread, as bi_reader
         names = list(BI_QUERIES)
         k = i
         while not self._stop.is_set():
@@ -214,13 +205,14 @@ class BIClients:
             th.start()
 
     def stop(self) -> dict[str, Any]:
-        """Stop the clients; returns {clients, queries, errors, p50_s, p95_s, seconds, first_errors}."""
+        """Stop the clients; returns {clients, queries, errors, latency_ms (:func:`ops.bench_stream.pct`), seconds,
+        first_errors}."""
         self._stop.set()
         for th in self._threads:
             th.join(30)
         self.ended = time.time()
         return {"clients": self.n, "queries": len(self.latencies), "errors": len(self.errors),
-                "p50_s": _pct(self.latencies, 0.5), "p95_s": _pct(self.latencies, 0.95),
+                "latency_ms": pct(np.array(self.latencies) * 1000),
                 "seconds": round(self.ended - self.started, 1), "first_errors": self.errors[:5]}
 
 
@@ -278,7 +270,7 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
     local.up(None, services)
     s = get_settings()
     timings: dict[str, Any] = {"platform_up_s": round(time.time() - t0, 1)}
-    console.print(local.status(s) and "services healthy: " + ", ".join(n for n, r in local.status(s).items() if r["healthy"]))
+    console.print("services healthy: " + ", ".join(n for n, r in local.status(s).items() if r["healthy"]))
     bi = BIClients(s, bi_clients)
     etl: dict[str, Any] = {}
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import xmlrpc.client
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_
 
 from core.settings import Settings, get_settings
 from ops import services as svc
-from ops.install import StackError, ensure_local_env, setup  # noqa: F401  (setup re-exported for the CLI)
+from ops.install import StackError, ensure_local_env
 
 #: seconds a program must stay up to count as started, and to wait after SIGTERM before SIGKILL
 _PROGRAM = {
@@ -125,14 +124,8 @@ def _info(s: Settings, name: str) -> dict:
 
 
 def healthy(name: str, s: Settings) -> bool:
-    """A service's health: its own check, and for ``streaming`` the supervisor's RUNNING state."""
-    check = svc.HEALTH.get(name)
-    if check is not None:
-        return check(s)
-    try:
-        return _info(s, name)["statename"] == "RUNNING"
-    except (OSError, xmlrpc.client.Error):
-        return False
+    """A service's health: its check in :data:`ops.services.HEALTH`."""
+    return svc.HEALTH[name](s)
 
 
 def _after_start(name: str, s: Settings) -> None:
@@ -151,15 +144,21 @@ def _after_start(name: str, s: Settings) -> None:
         Lake(s).ensure_buckets()
 
 
-def start(name: str, s: Settings | None = None) -> None:
+def start(name: str, s: Settings | None = None, done: set[str] | None = None) -> None:
     """Start one service under the supervisor (its dependencies first) and wait until it is healthy.
 
+    Args:
+        done: services already brought up (and set up) by this caller; they are skipped, so :func:`up` starts and
+            migrates each service once although several depend on it.
     Raises:
         StackError: it (or a dependency) did not become healthy in time; the message carries its log's tail.
     """
     s = s or get_settings()
+    done = set() if done is None else done
+    if name in done:
+        return
     for dep in svc.DEPENDS.get(name, ()):
-        start(dep, s)
+        start(dep, s, done)
     start_supervisord(s)
     if _info(s, name)["statename"] not in ("RUNNING", "STARTING"):
         try:
@@ -180,6 +179,7 @@ def start(name: str, s: Settings | None = None) -> None:
 
     _wait(ok, _TIMEOUT[name], f"service {name} at {svc.endpoint(name, s)}", log)
     _after_start(name, s)
+    done.add(name)
 
 
 def up(s: Settings | None = None, services: list[str] | tuple[str, ...] | None = None) -> None:
@@ -192,8 +192,9 @@ def up(s: Settings | None = None, services: list[str] | tuple[str, ...] | None =
     if s is None:
         ensure_local_env(get_settings())
         s = get_settings()
+    done: set[str] = set()
     for name in services or svc.SERVICES:
-        start(name, s)
+        start(name, s, done)
 
 
 def status(s: Settings | None = None) -> dict[str, dict]:
@@ -208,17 +209,6 @@ def status(s: Settings | None = None) -> dict[str, dict]:
                      "healthy": healthy(name, s) if info.get("pid") else False,
                      "endpoint": svc.endpoint(name, s), "log": str(svc.state_dir(s) / "logs" / f"{name}.log")}
     return out
-
-
-def stop(name: str, s: Settings | None = None) -> bool:
-    """Stop one service (its process group). Returns True when it was running."""
-    s = s or get_settings()
-    if not supervisord_running(s):
-        return False
-    if _info(s, name)["statename"] not in ("RUNNING", "STARTING", "BACKOFF"):
-        return False
-    rpc(s).supervisor.stopProcess(name, True)
-    return True
 
 
 def _ports(name: str, s: Settings) -> list[tuple[str, int]]:

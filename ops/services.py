@@ -52,6 +52,13 @@ def kafka_host_port(s: Settings) -> tuple[str, int]:
     return host, int(port)
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now (tests and benchmarks start services on it)."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
 def port_open(host: str, port: int) -> bool:
     """True when something accepts TCP connections on host:port."""
     with socket.socket() as sock:

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
+from ops.services import free_port  # noqa: F401  (test modules import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RETAIL_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
 
 
-def free_port() -> int:
-    """An unused TCP port on localhost."""
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
