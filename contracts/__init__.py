@@ -32,6 +32,12 @@ TOPIC_PARTITIONS: dict[str, int] = {
 }
 DEAD_LETTER = "dead-letter"
 
+#: Stock-out risk vocabulary shared by the stream (hours of cover), the batch stock optimisation (stock
+#: against lead-time demand and reorder point) and every dashboard: worst first. UNKNOWN only where no
+#: stock level is known yet (stream).
+RISK_HIGH, RISK_MEDIUM, RISK_LOW, RISK_UNKNOWN = "HIGH", "MEDIUM", "LOW", "UNKNOWN"
+RISK_LEVELS: tuple[str, ...] = (RISK_HIGH, RISK_MEDIUM, RISK_LOW, RISK_UNKNOWN)
+
 
 class ContractError(ValueError):
     """A record does not satisfy its event contract; ``str(err)`` is the reason."""

@@ -17,7 +17,7 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   rounded up to whole units; Q = 0 when IP > ROP.
 * Days until stock-out:              stock / d_bar (capped at 999; 999 when d_bar = 0).
 * Stock-out risk:                    HIGH when stock <= d_bar * L (runs out before a replenishment
-  ordered now can arrive), MODERATE when stock <= ROP (inside the safety-stock buffer), else LOW.
+  ordered now can arrive), MEDIUM when stock <= ROP (inside the safety-stock buffer), else LOW.
 
 sigma_d should be the standard deviation of the *forecast error* per day (Silver et al. sec. 6.4), here
 derived from the 80 % prediction interval of the forecast: sigma_d = (upper80 - lower80) / (2 * 1.2816).
@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
+
+from contracts import RISK_HIGH, RISK_LOW, RISK_MEDIUM
 
 Z80 = float(norm.ppf(0.90))  # half-width of a central 80 % normal interval in sigmas (1.2816)
 MAX_DAYS = 999.0
@@ -89,10 +91,10 @@ def days_until_stockout(stock, mean_demand):
 
 
 def stockout_risk(stock, mean_demand, lead_time_days, rop):
-    """'HIGH' when stock <= d_bar * L, 'MODERATE' when stock <= ROP, else 'LOW' (see module docstring)."""
+    """'HIGH' when stock <= d_bar * L, 'MEDIUM' when stock <= ROP, else 'LOW' (see module docstring)."""
     st = np.asarray(stock, dtype=float)
     lt_demand = np.asarray(mean_demand, dtype=float) * np.asarray(lead_time_days, dtype=float)
-    out = np.where(st <= lt_demand, "HIGH", np.where(st <= np.asarray(rop, dtype=float), "MODERATE", "LOW"))
+    out = np.where(st <= lt_demand, RISK_HIGH, np.where(st <= np.asarray(rop, dtype=float), RISK_MEDIUM, RISK_LOW))
     return str(out) if out.ndim == 0 else out
 
 

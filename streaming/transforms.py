@@ -48,7 +48,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from contracts import ID_MAX_CHARS, MIN_EVENT_TIME_MS, RULE_TYPES, id_fields
+from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, RISK_HIGH, RISK_LOW, RISK_MEDIUM, RISK_UNKNOWN, RULE_TYPES,
+                       id_fields)
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -288,16 +289,16 @@ def stockout_risk(stock: float | None, cover: float | None, high_hours: float, m
     """Stock-out risk class: UNKNOWN (no stock known), HIGH (stock <= 0 or cover < high_hours), MEDIUM
     (cover < medium_hours), else LOW (including no sales = infinite cover)."""
     if stock is None or (isinstance(stock, float) and math.isnan(stock)):
-        return "UNKNOWN"
+        return RISK_UNKNOWN
     if stock <= 0:
-        return "HIGH"
+        return RISK_HIGH
     if cover is None or (isinstance(cover, float) and math.isnan(cover)):
-        return "LOW"
+        return RISK_LOW
     if cover < high_hours:
-        return "HIGH"
+        return RISK_HIGH
     if cover < medium_hours:
-        return "MEDIUM"
-    return "LOW"
+        return RISK_MEDIUM
+    return RISK_LOW
 
 
 def zscore(value: float, previous: Iterable[float], min_count: int = 3) -> float:

@@ -70,7 +70,7 @@ def test_days_until_stockout_and_risk():
     assert opt.days_until_stockout(60, 20) == pytest.approx(3.0)
     assert opt.days_until_stockout(60, 0) == opt.MAX_DAYS
     assert opt.stockout_risk(60, D, L, 96.44854) == "HIGH"      # 60 <= 80
-    assert opt.stockout_risk(90, D, L, 96.44854) == "MODERATE"  # 80 < 90 <= 96.4
+    assert opt.stockout_risk(90, D, L, 96.44854) == "MEDIUM"  # 80 < 90 <= 96.4
     assert opt.stockout_risk(120, D, L, 96.44854) == "LOW"
 
 

@@ -110,7 +110,7 @@ CREATE TABLE IF NOT EXISTS {db}.reorder_recommendations (
     reorder_qty         Float64,                 -- bounded by storage capacity and shelf life
     reorder_needed      UInt8,
     days_until_stockout Float64,                 -- capped at 999
-    stockout_risk       LowCardinality(String),  -- HIGH | MODERATE | LOW
+    stockout_risk       LowCardinality(String),  -- HIGH | MEDIUM | LOW (contracts.RISK_LEVELS)
     storage_capacity    Nullable(Float64),
     shelf_life_days     Nullable(Float64),
     unit_cost           Float64,
