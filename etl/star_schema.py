@@ -537,6 +537,29 @@ def _replace_partition(client, db: str, table: str, dk: int, df: pd.DataFrame) -
     client.command(f"ALTER TABLE {db}.{table}_staging DROP PARTITION {dk}")
 
 
+#: fact_sales_daily (daily grain per store x SKU, read by the dashboards) from one fact_sales partition
+_DAILY_SQL = """
+INSERT INTO {db}.fact_sales_daily_staging
+SELECT s.date_key, s.store_key, s.product_key,
+       sum(if(s.quantity > 0, s.quantity, 0)), sum(if(s.quantity < 0, -s.quantity, 0)), sum(s.quantity),
+       sum(toFloat64(s.revenue)), sum(ifNull(toFloat64(s.cost), 0)), sum(ifNull(toFloat64(s.profit), 0)),
+       sumIf(toFloat64(s.revenue), s.cost IS NOT NULL), count(), countIf(s.is_return = 1)
+FROM {db}.fact_sales AS s WHERE s.date_key = {dk}
+GROUP BY s.date_key, s.store_key, s.product_key"""
+
+
+def rebuild_sales_daily(client, db: str, dk: int) -> None:
+    """Replace partition ``dk`` (YYYYMMDD) of ``fact_sales_daily`` with the aggregate of the same
+    ``fact_sales`` partition (staging + REPLACE PARTITION: a re-run replaces, never adds)."""
+    client.command(f"ALTER TABLE {db}.fact_sales_daily_staging DROP PARTITION {dk}")
+    client.command(_DAILY_SQL.format(db=db, dk=dk))
+    if not client.query(f"SELECT count() FROM {db}.fact_sales_daily_staging WHERE date_key = {dk}").result_rows[0][0]:
+        client.command(f"ALTER TABLE {db}.fact_sales_daily DROP PARTITION {dk}")
+        return
+    client.command(f"ALTER TABLE {db}.fact_sales_daily REPLACE PARTITION {dk} FROM {db}.fact_sales_daily_staging")
+    client.command(f"ALTER TABLE {db}.fact_sales_daily_staging DROP PARTITION {dk}")
+
+
 def _nullable(df: pd.DataFrame) -> pd.DataFrame:
     """Object columns with None for NA (clickhouse-connect inserts Nullable columns from None)."""
     out = df.copy()
@@ -583,6 +606,7 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
         fs[c] = fs.pop(f"{c}_e4").map(e4_to_decimal) if len(fs) else pd.Series(dtype=object)
     fs = _nullable(fs)
     _replace_partition(client, db, "fact_sales", dk, fs)
+    rebuild_sales_daily(client, db, dk)
 
     # fact_inventory
     prev = client.query_df(

@@ -62,6 +62,38 @@ def test_every_view_exists_and_is_queryable(bi):
         client.query(f"SELECT * FROM {db}.{v} LIMIT 1")
 
 
+def test_views_expose_bi_friendly_types(bi):
+    """Keys and counts are Int64 (Power BI loads UInt64 as binary); no view column is UInt32/UInt64."""
+    client, db = bi
+    bad, keys = [], 0
+    for v in view_names():
+        for name, typ, *_ in client.query(f"DESCRIBE TABLE {db}.{v}").result_rows:
+            if "UInt32" in typ or "UInt64" in typ:
+                bad.append((v, name, typ))
+            if name.endswith("_key") or name in ("model_version", "version", "events", "pos_lines"):
+                keys += 1
+                if typ.replace("Nullable(", "").rstrip(")") != "Int64":
+                    bad.append((v, name, typ))
+    assert keys >= 20 and not bad, bad
+
+
+def test_surrogate_keys_keep_their_relationships(bi):
+    """reinterpretAsInt64 maps UInt64 keys above Int64's maximum one-to-one: fact rows still find their dims."""
+    client, db = bi
+    big = 2 ** 63 + 12345                       # a hash-derived key above Int64's maximum
+    client.insert("dim_store", [[big, "S-BIG", "Big store", 1]], column_names=["store_key", "store_id", "store_name",
+                                                                             "is_known"], database=db)
+    client.insert("fact_sales", [["big-1", 19990101, dt.datetime(1999, 1, 1, tzinfo=UTC), 1, big, "CARD", 2, 1.5,
+                                  Decimal("3.0"), None, None, 0]],
+                  column_names=["sale_id", "date_key", "event_time", "product_key", "store_key", "payment_method",
+                                "quantity", "unit_price", "revenue", "cost", "profit", "is_return"], database=db)
+    got = client.query(f"SELECT d.store_id, f.store_key FROM {db}.v_fact_sales AS f "
+                       f"INNER JOIN {db}.v_dim_store AS d ON f.store_key = d.store_key "
+                       f"WHERE f.sale_id = 'big-1'").result_rows
+    assert got == [("S-BIG", big - 2 ** 64)]
+    client.command(f"ALTER TABLE {db}.fact_sales DROP PARTITION 19990101")
+
+
 def test_dataset_definition_uses_only_existing_views_and_columns(bi):
     """powerbi/dataset.md lists each table as `v_name(col, col, ...)`: all must exist in ClickHouse."""
     client, db = bi
@@ -93,6 +125,11 @@ def test_sales_daily_and_fact_sales_match_pandas(bi):
             "unit_price", "revenue", "cost", "profit", "is_return"]
     client.insert("fact_sales", rows, column_names=cols, database=db)
     src = pd.DataFrame(rows, columns=cols)
+    from etl.star_schema import rebuild_sales_daily
+
+    for _ in range(2):   # the nightly ETL's step; a re-run replaces the day's partition, never adds to it
+        for dk in sorted(src["date_key"].unique()):
+            rebuild_sales_daily(client, db, int(dk))
     src["rev"] = src["revenue"].astype(float)
     src["cst"] = src["cost"].map(lambda v: np.nan if v is None else float(v))
     src["prf"] = src["profit"].map(lambda v: np.nan if v is None else float(v))
@@ -181,7 +218,10 @@ def test_live_metrics_final_and_current_inventory(bi):
     p1, p2 = cur.to_dict("records")
     assert (p1["stock_level"], p1["sales_velocity"], p1["hours_of_cover"], p1["stockout_risk"], p1["is_stockout"]) \
         == (12, 12.0, 80.0, "LOW", 0)   # the latest window's values
-    assert p2["is_stockout"] == 1 and p2["stockout_risk"] == ""   # no window yet for P2
+    assert p2["is_stockout"] == 1 and p2["stockout_risk"] == "UNKNOWN"   # no window yet for P2
+    latest = q(client, f"SELECT window_start, units_sold FROM {db}.sku_window_latest FINAL "
+                       f"WHERE store_id = 'S1' AND product_id = 'P1'")
+    assert latest["units_sold"].tolist() == [1] and len(latest) == 1   # one row per series: the newest window
 
 
 def test_forecast_accuracy_and_latest_filters_match_pandas(bi):
