@@ -27,7 +27,7 @@ EVENTS ?= 50000
 COMPOSE := docker compose
 
 .PHONY: help setup venv demo test test-unit up down logs ps local-up local-down local-status \
-        migrate topics produce stream airflow nightly load-test bench-stream bench-forecast bench-clickhouse compose-check compose-tools clean
+        migrate topics produce stream dashboard airflow nightly load-test bench-stream bench-bi bench-forecast bench-clickhouse compose-check compose-tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -75,6 +75,10 @@ stream: setup ## Run the Spark Structured Streaming job in the foreground (Ctrl-
 	$(PY) -m ops.cli up kafka minio clickhouse
 	$(PY) -m streaming.job run $(ARGS)
 
+dashboard: setup ## Live browser dashboard (Streamlit) at http://localhost:$${DASHBOARD_PORT:-8501}, under the supervisor with clickhouse
+	$(PY) -m ops.cli up dashboard
+	@echo "Dashboard: http://localhost:$${DASHBOARD_PORT:-8501} (four pages; reads ClickHouse as bi_reader); make local-down stops it"
+
 airflow: setup ## Airflow (standalone: UI, scheduler, DAG processor) under the supervisor, with minio + clickhouse
 	$(PY) -m ops.cli up airflow
 	@echo "Airflow UI: http://localhost:$${AIRFLOW_PORT:-8080} (user admin; password: .cache/state/airflow/simple_auth_manager_passwords.json.generated); make local-down stops it"
@@ -92,6 +96,9 @@ bench-stream: setup ## Streaming benchmark -> reports/bench-stream.json
 
 bench-clickhouse: setup ## ClickHouse HTTP endpoint vs direct chDB: BI query p50/p95, insert rows/s -> reports/bench-clickhouse.json
 	$(PY) -m ops.bench_clickhouse --out reports/bench-clickhouse.json
+
+bench-bi: setup ## Every dashboard query at chain scale (1,000 stores x 500 SKUs, 1 year of facts, 10 M window rows) -> reports/bench-bi.json + .html
+	$(PY) -m ops.bench_bi $(ARGS)
 
 bench-forecast: setup ## GBT vs seasonal-naive on M5 + UCI -> reports/bench-forecast.json
 	$(PY) -m ops.bench_forecast --out reports/bench-forecast.json

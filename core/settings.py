@@ -114,6 +114,8 @@ class Settings(BaseSettings):
 
     # ---- Airflow ------------------------------------------------------------------------------
     airflow_port: int = Field(default=8080, description="Native stack: port of the Airflow API server / UI (service `airflow`).")
+    dashboard_port: int = Field(default=8501, ge=1, le=65535, description="Port of the live browser dashboard (Streamlit, service `dashboard`).")
+    dashboard_refresh_s: float = Field(default=5.0, gt=0, le=10, description="Seconds between refreshes of the dashboard's live sections (at most 10).")
     etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
     training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
@@ -123,7 +125,9 @@ class Settings(BaseSettings):
     weather_file: str | None = Field(default=None, description="Optional CSV (date, country, temp_c, precip_mm) of daily weather.")
     order_cost: float = Field(default=50.0, description="Fixed cost per replenishment order (EOQ's S), currency.")
     holding_cost_rate: float = Field(default=0.25, description="Yearly holding cost as a fraction of unit cost (EOQ's H = rate * unit cost).")
-    forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (5 days apart).")
+    forecast_horizon: int = Field(default=14, ge=1, le=28, description="Forecast horizon in days (1..28): backtest, intervals and the batch predictions.")
+    forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (FORECAST_ORIGIN_STEP_DAYS apart).")
+    forecast_origin_step_days: int = Field(default=30, ge=1, description="Days between backtest origins (not a multiple of 7, so each horizon falls on several weekdays).")
     forecast_train_window_days: int = Field(default=365, description="Forecast training window, days of targets before the origin.")
     forecast_gbt_max_iter: int = Field(default=40, description="GBTRegressor maxIter (trees).")
     forecast_gbt_max_depth: int = Field(default=5, description="GBTRegressor maxDepth.")

@@ -8,6 +8,7 @@ compose stack starts is what CI exercises::
     stream                 python -m streaming.job run <args>      (Spark Structured Streaming driver)
     migrate                python -m ops.cli migrate             (ClickHouse migrations, idempotent)
     load-test              python -m ops.bench_stream load <args>   (fixed-rate load test, JSON report)
+    dashboard              python -m dashboard <args>              (live browser dashboard, Streamlit)
     airflow-init           airflow db migrate + admin password file for the simple auth manager
     airflow-api-server     airflow api-server <args>
     airflow-scheduler      airflow scheduler <args>
@@ -46,7 +47,8 @@ from core.settings import Settings
 # ------------------------------------------------------------------------------ settings groups --
 #: Settings only the *native* stack uses (it runs its own broker, MinIO, ClickHouse endpoint over chDB and
 #: Airflow under the supervisor); containers never need them (compose's ClickHouse server gets its users'
-#: passwords itself, our containers reach it through CLICKHOUSE_URL).
+#: passwords itself, our containers reach it through CLICKHOUSE_URL), except the dashboard, which receives
+#: the read-only ``bi_reader`` password explicitly (its role's ``extra_env``) and no writer credential.
 NATIVE_ONLY: frozenset[str] = frozenset({
     "kafka_controller_port", "kafka_version", "kafka_heap",
     "minio_version", "minio_port", "minio_console_port", "minio_root_user", "minio_root_password",
@@ -62,6 +64,7 @@ GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
     "lake": ("lake_",),
     "spark": ("spark_",),
     "streaming": ("stream_", "risk_"),
+    "dashboard": ("dashboard_",),
     "batch": ("etl_", "training_", "predictions_", "store_country_", "service_level", "lead_time_",
               "weather_", "order_cost", "holding_cost_", "forecast_"),
 }
@@ -176,6 +179,8 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("load-test", (PY, "-m", "ops.bench_stream", "load"), "fixed-rate load test writing a JSON report",
          groups=("paths", "kafka", "clickhouse", "lake", "spark", "streaming"),
          extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"), long_running=False),
+    Role("dashboard", (PY, "-m", "dashboard"), "live browser dashboard (Streamlit) reading ClickHouse as bi_reader",
+         groups=("clickhouse", "dashboard"), extra_env=("CLICKHOUSE_BI_PASSWORD",)),
     Role("airflow-init", (), "migrate the Airflow metadata DB and create the admin user",
          extra_env=AIRFLOW_ENV + ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD"), long_running=False,
          runner=_airflow_init),
@@ -275,7 +280,8 @@ def _producer_healthy() -> bool:
 #: * airflow-dag-processor / airflow-triggerer: ``airflow jobs check --local`` finds a live job on this host;
 #: * stream: the job's heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat), touched every second while both
 #:   streaming queries are active, is younger than STREAM_HEARTBEAT_MAX_AGE_S (the job runs without a Spark UI);
-#: * producer: the producer process runs and the first Kafka bootstrap server accepts TCP connections.
+#: * producer: the producer process runs and the first Kafka bootstrap server accepts TCP connections;
+#: * dashboard: Streamlit's ``GET http://localhost:8501/_stcore/health`` answers 2xx.
 HEALTHCHECKS: dict[str, Callable[[], bool]] = {
     "airflow-api-server": lambda: _http_ok("http://localhost:8080/api/v2/monitor/health"),
     "airflow-scheduler": lambda: _http_ok("http://localhost:8974/health"),
@@ -283,6 +289,7 @@ HEALTHCHECKS: dict[str, Callable[[], bool]] = {
     "airflow-triggerer": lambda: _airflow_job_alive("TriggererJob"),
     "stream": lambda: _stream_healthy(),
     "producer": _producer_healthy,
+    "dashboard": lambda: _http_ok("http://localhost:8501/_stcore/health"),
 }
 
 

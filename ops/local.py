@@ -2,7 +2,7 @@
 
 One supervisord per state folder (``$RETAIL_STATE_DIR/supervisord.conf``, socket ``supervisor.sock``) runs one
 program per service, named as in ``docker-compose.yml`` (:data:`ops.services.SERVICES`): kafka, minio,
-clickhouse, streaming, airflow. Programs restart automatically (``autorestart``); each logs to
+clickhouse, streaming, airflow, dashboard. Programs restart automatically (``autorestart``); each logs to
 ``$RETAIL_STATE_DIR/logs/<name>.log``. Programs do not autostart: :func:`up` starts them in dependency order
 and waits for each one's health check (tenacity) before starting the next, applies the ClickHouse
 migrations once ``clickhouse`` is healthy, creates the topics once ``kafka`` is, and the lake's buckets once
@@ -14,6 +14,7 @@ migrations once ``clickhouse`` is healthy, creates the topics once ``kafka`` is,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -37,8 +38,9 @@ _PROGRAM = {
     # SIGINT to the standalone parent only: it stops its components itself (signalling the whole group at once
     # left it waiting for them until SIGKILL); the group is SIGKILLed after stopwaitsecs
     "airflow": {"startsecs": 10, "stopwaitsecs": 30, "stopsignal": "INT", "stopasgroup": "false"},
+    "dashboard": {"startsecs": 3, "stopwaitsecs": 10, "stopsignal": "TERM"},
 }
-_TIMEOUT = {"kafka": 90, "minio": 60, "clickhouse": 60, "streaming": 120, "airflow": 240}
+_TIMEOUT = {"kafka": 90, "minio": 60, "clickhouse": 60, "streaming": 120, "airflow": 240, "dashboard": 60}
 
 
 def conf_path(s: Settings) -> Path:
@@ -216,7 +218,7 @@ def _ports(name: str, s: Settings) -> list[tuple[str, int]]:
     return {"kafka": [(host, svc.kafka_host_port(s)[1]), (host, s.kafka_controller_port)],
             "minio": [("localhost", s.minio_port), ("localhost", s.minio_console_port)],
             "clickhouse": [(s.clickhouse_http_host, s.clickhouse_http_port)],
-            "airflow": [("localhost", s.airflow_port)]}.get(name, [])
+            "airflow": [("localhost", s.airflow_port)], "dashboard": [("localhost", s.dashboard_port)]}.get(name, [])
 
 
 def down(s: Settings | None = None, timeout: float = 90) -> None:
@@ -249,3 +251,52 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
         _wait(lambda: not busy(), timeout, "native stack shutdown")
     except StackError:
         raise StackError(f"ports still bound after down: {busy()}") from None
+
+
+@contextlib.contextmanager
+def platform_settings(state: Path, **extra: str):
+    """The environment of a native platform whose state lives in ``state`` and whose services listen on free
+    ports (CLICKHOUSE_URL and LAKE_URL derived: the endpoint and MinIO of that platform); yields its Settings
+    and restores the environment, settings cache and client caches afterwards (tests, benchmarks).
+
+    Args:
+        state: the platform's RETAIL_STATE_DIR (created by the services as needed).
+        extra: more environment variables (e.g. CLICKHOUSE_DATABASE) for this platform.
+    """
+    from core.clickhouse import reset_clients
+    from core.lake import get_lake
+    env = {
+        "RETAIL_STATE_DIR": str(state),
+        "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{svc.free_port()}",
+        "KAFKA_CONTROLLER_PORT": str(svc.free_port()),
+        "MINIO_PORT": str(svc.free_port()),
+        "MINIO_CONSOLE_PORT": str(svc.free_port()),
+        "CLICKHOUSE_HTTP_PORT": str(svc.free_port()),
+        "AIRFLOW_PORT": str(svc.free_port()),
+        "DASHBOARD_PORT": str(svc.free_port()),
+        "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
+        "SPARK_MASTER": "local[2]",
+        **extra,
+    }
+    old = {k: os.environ.get(k) for k in (*env, "CLICKHOUSE_URL", "LAKE_URL")}
+    os.environ.update(env)
+    for k in ("CLICKHOUSE_URL", "LAKE_URL"):
+        os.environ.pop(k, None)
+    get_settings.cache_clear()
+    ensure_local_env(get_settings())
+    get_settings.cache_clear()
+    os.environ["LAKE_URL"] = get_settings().lake_url
+    get_settings.cache_clear()
+    reset_clients()
+    get_lake.cache_clear()
+    try:
+        yield get_settings()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+        reset_clients()
+        get_lake.cache_clear()

@@ -12,6 +12,7 @@ minio          MinIO server (built by ``go install``)                           
 clickhouse     ClickHouse HTTP interface over chDB (``python -m chserver``)     ``GET /ping`` answers ``Ok.``
 streaming      Spark Structured Streaming job (``python -m streaming.job run``)  its heartbeat file is fresh
 airflow        ``airflow standalone`` (API server/UI, scheduler, DAG processor) ``/api/v2/monitor/health``
+dashboard      live browser dashboard, Streamlit (``python -m dashboard``)      ``/_stcore/health`` is ``ok``
 =============  ===============================================================  =================================
 """
 
@@ -31,11 +32,12 @@ import httpx
 from core.settings import Settings, get_settings
 
 #: start order (dependencies first); the supervisor's program names
-SERVICES: tuple[str, ...] = ("kafka", "minio", "clickhouse", "streaming", "airflow")
+SERVICES: tuple[str, ...] = ("kafka", "minio", "clickhouse", "streaming", "airflow", "dashboard")
 #: what each service needs healthy before it starts
 DEPENDS: dict[str, tuple[str, ...]] = {
     "streaming": ("kafka", "minio", "clickhouse"),
     "airflow": ("minio", "clickhouse"),
+    "dashboard": ("clickhouse",),
 }
 
 
@@ -116,7 +118,16 @@ def streaming_healthy(s: Settings) -> bool:
     return stream_healthy(s)
 
 
-HEALTH = {"kafka": kafka_healthy, "minio": minio_healthy, "clickhouse": clickhouse_healthy,
+def dashboard_healthy(s: Settings) -> bool:
+    """True when Streamlit's health endpoint answers ``ok``."""
+    try:
+        r = httpx.get(f"http://localhost:{s.dashboard_port}/_stcore/health", timeout=2)
+        return r.status_code == 200 and r.text.strip() == "ok"
+    except httpx.HTTPError:
+        return False
+
+
+HEALTH = {"dashboard": dashboard_healthy, "kafka": kafka_healthy, "minio": minio_healthy, "clickhouse": clickhouse_healthy,
           "airflow": airflow_healthy, "streaming": streaming_healthy}
 
 
@@ -124,7 +135,8 @@ def endpoint(name: str, s: Settings) -> str:
     """Where a service answers (for status output)."""
     return {"kafka": s.kafka_bootstrap_servers, "minio": f"http://localhost:{s.minio_port}",
             "clickhouse": f"http://{s.clickhouse_http_host}:{s.clickhouse_http_port}",
-            "airflow": f"http://localhost:{s.airflow_port}", "streaming": s.spark_checkpoint_dir}.get(name, "")
+            "airflow": f"http://localhost:{s.airflow_port}", "streaming": s.spark_checkpoint_dir,
+            "dashboard": f"http://localhost:{s.dashboard_port}"}.get(name, "")
 
 
 # --------------------------------------------------------------------------------------------- run --
@@ -199,6 +211,11 @@ def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str,
 
         home = init(s)
         return [str(Path(py).parent / "airflow"), "standalone"], airflow_env(s, home, s.airflow_port)
+    if name == "dashboard":
+        from dashboard.__main__ import command
+
+        s.require("clickhouse_bi_password")
+        return command(s.dashboard_port), {}
     raise KeyError(f"unknown service {name!r}; services: {', '.join(SERVICES)}")
 
 

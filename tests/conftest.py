@@ -8,13 +8,13 @@ CLICKHOUSE_URL). Everything it starts is stopped in its finalizer, which checks 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from pathlib import Path
 
 import pytest
 
+from ops.local import platform_settings  # noqa: F401  (test modules import it from here)
 from ops.services import free_port  # noqa: F401  (test modules import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,52 +30,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data folder {SHARED_DATA} not present")
     return SHARED_DATA
-
-
-@contextlib.contextmanager
-def platform_settings(state: Path, **extra: str):
-    """The environment of a native platform whose state lives in ``state`` and whose services listen on free
-    ports (CLICKHOUSE_URL and LAKE_URL derived: the endpoint and MinIO of that platform); yields its Settings
-    and restores the environment, settings cache and client caches afterwards."""
-    from core.clickhouse import reset_clients
-    from core.lake import get_lake
-    from core.settings import get_settings
-    from ops import local
-
-    env = {
-        "RETAIL_STATE_DIR": str(state),
-        "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{free_port()}",
-        "KAFKA_CONTROLLER_PORT": str(free_port()),
-        "MINIO_PORT": str(free_port()),
-        "MINIO_CONSOLE_PORT": str(free_port()),
-        "CLICKHOUSE_HTTP_PORT": str(free_port()),
-        "AIRFLOW_PORT": str(free_port()),
-        "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
-        "SPARK_MASTER": "local[2]",
-        **extra,
-    }
-    old = {k: os.environ.get(k) for k in (*env, "CLICKHOUSE_URL", "LAKE_URL")}
-    os.environ.update(env)
-    for k in ("CLICKHOUSE_URL", "LAKE_URL"):
-        os.environ.pop(k, None)
-    get_settings.cache_clear()
-    local.ensure_local_env(get_settings())
-    get_settings.cache_clear()
-    os.environ["LAKE_URL"] = get_settings().lake_url
-    get_settings.cache_clear()
-    reset_clients()
-    get_lake.cache_clear()
-    try:
-        yield get_settings()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        reset_clients()
-        get_lake.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,10 @@ def test_settings_load_from_each_service_environment(compose, monkeypatch):
             monkeypatch.setenv(k, v)
         get_settings.cache_clear()
         s = get_settings()
-        if "CLICKHOUSE_URL" in env:
+        if name == "dashboard":   # least privilege: no writer credential, bi_reader's password only
+            assert s.clickhouse_url == "http://clickhouse:8123" and s.clickhouse_bi_password
+            assert not any("WRITER" in k or "ADMIN" in k or k.startswith(("LAKE_", "KAFKA_")) for k in env)
+        elif "CLICKHOUSE_URL" in env:
             assert s.clickhouse_url.startswith("http://platform_writer:"), name
             assert s.clickhouse_database == "retail"
         if "LAKE_URL" in env:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 LOCK = Path(__file__).with_name("requirements.lock")
 #: test-only tools (not installed in the image)
-DEV_ONLY = {"pytest", "pytest-timeout", "check-jsonschema", "iniconfig"}
+DEV_ONLY = {"pytest", "pytest-timeout", "check-jsonschema", "iniconfig", "selenium", "pyflakes", "hypothesis",
+            "detect-secrets", "pbi-parsers"}
 #: image-only packages: Airflow's metadata DB is PostgreSQL in compose (SQLite natively)
 IMAGE_ONLY = ["psycopg2-binary==2.9.13"]
 

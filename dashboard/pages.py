@@ -1,0 +1,377 @@
+"""The dashboard's four pages (executive, store manager, inventory analyst, data quality & ML).
+
+Every number comes from :mod:`dashboard.queries` through one read-only ``bi_reader`` client. A page whose data
+is missing says what to run instead of showing an error; a failing query shows its message, never a traceback.
+Headline numbers are ``st.metric`` cards whose labels the browser tests look up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import queries as Q
+
+log = logging.getLogger(__name__)
+
+RISK_COLOURS = {"HIGH": "#d62728", "MEDIUM": "#ff9f0e", "LOW": "#2ca02c", "UNKNOWN": "#9a9a9a",
+                "CRITICAL": "#7f0000"}
+NO_LIVE = ("No live data yet. Start the platform with `make local-up` and send events: `make demo` "
+           "(replays real POS data) or `make produce`.")
+NO_NIGHTLY = ("No nightly data yet. The star schema fills when `daily_etl` runs: `make demo` loads one day, "
+              "`make nightly` loads DATE and BACKFILL days before it.")
+NO_ML = ("No forecasts yet. Train and predict with `make nightly` (demand_forecast_training, then "
+         "batch_predictions).")
+
+
+@dataclass
+class Context:
+    """What every page needs: the bi_reader client, database, known stores, star-schema date range, refresh."""
+
+    client: object
+    db: str
+    stores: list[str]
+    first_day: dt.date | None
+    last_day: dt.date | None
+    refresh_s: float
+
+
+@st.cache_resource(show_spinner=False)
+def _client(url: str, db: str):
+    from core.clickhouse import new_client
+    from core.settings import get_settings
+
+    return new_client(get_settings(), db, readonly=True)
+
+
+def context() -> Context | None:
+    """The page context, or None after showing what to fix (settings missing, ClickHouse unreachable)."""
+    from core.settings import ConfigError, get_settings
+
+    try:
+        s = get_settings()
+        client = _client(s.clickhouse_url, s.clickhouse_database)
+        first, last = Q.data_range(client, s.clickhouse_database)
+        stores = Q.stores(client, s.clickhouse_database)
+    except ConfigError as exc:
+        st.error(f"Configuration: {exc}")
+        return None
+    except Exception as exc:  # noqa: BLE001 - shown to the user instead of a traceback
+        st.error("ClickHouse is not reachable or not migrated yet. Start the platform with `make local-up` "
+                 f"(or `make migrate`). Details: {str(exc)[:300]}")
+        log.warning("dashboard context failed: %s", exc)
+        return None
+    st.session_state["ctx"] = Context(client, s.clickhouse_database, stores, first, last, s.dashboard_refresh_s)
+    return st.session_state["ctx"]
+
+
+def set_filters(store: str, start: dt.date | None, end: dt.date | None) -> None:
+    """Remember the sidebar's filters for the page about to run."""
+    st.session_state["filters"] = Q.Filters(store=store or "", start=start, end=end)
+
+
+def parse_day(text: str | None) -> dt.date | None:
+    """YYYY-MM-DD -> date; None for a missing or malformed value (a bad URL parameter is ignored)."""
+    try:
+        return dt.date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _ctx() -> Context | None:
+    return st.session_state.get("ctx")
+
+
+def _filters(**extra) -> Q.Filters:
+    f = st.session_state.get("filters") or Q.Filters()
+    return Q.Filters(**{**f.__dict__, **extra})
+
+
+def fetch(name: str, filters: Q.Filters | None = None) -> pd.DataFrame | None:
+    """Run dashboard query ``name``; None (after an on-page message) when the query fails."""
+    ctx = _ctx()
+    try:
+        return Q.run(ctx.client, ctx.db, name, filters or _filters())
+    except Exception as exc:  # noqa: BLE001 - one failing panel must not take the page down
+        st.warning(f"`{name}` could not be read: {str(exc)[:300]}")
+        log.warning("query %s failed: %s", name, exc)
+        return None
+
+
+def num(x, digits: int = 0) -> str:
+    """A number as the cards show it: thousands separators, ``digits`` decimals; '–' for missing."""
+    if x is None or (isinstance(x, float) and pd.isna(x)):
+        return "–"
+    return f"{float(x):,.{digits}f}"
+
+
+def _pct_delta(now, before) -> str | None:
+    if before is None or pd.isna(before) or not before:
+        return None
+    return f"{(float(now) - float(before)) / abs(float(before)) * 100:+.1f} % vs same period last week"
+
+
+def _scope() -> str:
+    f = _filters()
+    return f"store {f.store}" if f.store else "all stores"
+
+
+def safe(page):
+    """Run a page so that an unexpected error shows as a message with what to do, never as a traceback."""
+    import functools
+
+    @functools.wraps(page)
+    def run() -> None:
+        try:
+            page()
+        except Exception as exc:  # noqa: BLE001 - the user sees a message; the log keeps the traceback
+            if type(exc).__module__.startswith("streamlit"):   # rerun / stop signals are Streamlit's own
+                raise
+            log.exception("page %s failed", page.__name__)
+            st.error(f"This page could not be drawn ({type(exc).__name__}: {str(exc)[:200]}). Check that the "
+                     "platform runs (`make local-status`); the dashboard log has the details.")
+    return run
+
+
+# ----------------------------------------------------------------------------------------- pages --
+@safe
+def executive() -> None:
+    """Revenue, units and trend against the same period last week; top stores and categories; live strip."""
+    st.title("Executive")
+    ctx = _ctx()
+    if ctx is None:
+        return
+    _live_strip()
+    f = _filters()
+    if ctx.last_day is None or f.start is None:
+        st.info(NO_NIGHTLY)
+        return
+    st.subheader(f"{f.start} to {f.end} · {_scope()} (nightly star schema)")
+    k = fetch("exec_kpis")
+    if k is None or k.empty:
+        return
+    r = k.iloc[0]
+    c = st.columns(4)
+    c[0].metric("Revenue", num(r["revenue"], 2), _pct_delta(r["revenue"], r["revenue_prev_week"]))
+    c[1].metric("Units sold", num(r["units"]), _pct_delta(r["units"], r["units_prev_week"]))
+    margin = r["profit"] / r["revenue_with_cost"] * 100 if r["revenue_with_cost"] else None
+    c[2].metric("Gross margin %", num(margin, 1))
+    c[3].metric("Stores selling", num(r["stores"]))
+    trend = fetch("exec_trend")
+    if trend is not None and not trend.empty:
+        trend["date"] = pd.to_datetime(trend["date_key"].astype(str), format="%Y%m%d")
+        cur = trend[trend["date_key"] >= Q.date_key(f.start)]
+        prev = trend[trend["date_key"] <= Q.date_key(f.end - dt.timedelta(days=7))].copy()
+        prev["date"] = prev["date"] + pd.Timedelta(days=7)
+        fig = go.Figure([go.Scatter(x=cur["date"], y=cur["revenue"], name="revenue", mode="lines+markers"),
+                         go.Scatter(x=prev["date"], y=prev["revenue"], name="same day last week",
+                                    mode="lines+markers", line=dict(dash="dot"))])
+        fig.update_layout(title="Daily revenue vs the same day last week", height=330, margin=dict(t=40, b=10))
+        st.plotly_chart(fig, use_container_width=True)
+    left, right = st.columns(2)
+    top = fetch("exec_top_stores")
+    if top is not None and not top.empty:
+        left.plotly_chart(px.bar(top, x="revenue", y="store_id", orientation="h", title="Top stores by revenue",
+                                 hover_data=["store_name", "units"]).update_yaxes(autorange="reversed")
+                          .update_layout(height=360), use_container_width=True)
+    cats = fetch("exec_top_categories")
+    if cats is not None and not cats.empty:
+        right.plotly_chart(px.bar(cats, x="revenue", y="category", orientation="h",
+                                  title="Top categories by revenue").update_yaxes(autorange="reversed")
+                           .update_layout(height=360), use_container_width=True)
+
+
+def _live_strip() -> None:
+    @st.fragment(run_every=_ctx().refresh_s)
+    def strip() -> None:
+        live = fetch("exec_live")
+        if live is None:
+            return
+        r = live.iloc[0] if not live.empty else None
+        if r is None or pd.isna(r["latest_window_end"]) or r["transactions"] in (None, 0):
+            st.info(NO_LIVE)
+            return
+        st.subheader(f"Live: 24 hours up to {pd.Timestamp(r['latest_window_end']):%Y-%m-%d %H:%M} UTC · {_scope()}")
+        c = st.columns(3)
+        c[0].metric("Live revenue (24 h)", num(r["revenue"], 2))
+        c[1].metric("Live units sold (24 h)", num(r["units"]))
+        c[2].metric("Live transactions (24 h)", num(r["transactions"]))
+    strip()
+
+
+@safe
+def store_manager() -> None:
+    """Live stock-out risk per SKU, hours of cover, restock alerts by priority, anomalies, risk heatmap."""
+    st.title("Store manager")
+    if _ctx() is None:
+        return
+
+    @st.fragment(run_every=_ctx().refresh_s)
+    def live() -> None:
+        counts = fetch("store_risk_counts")
+        if counts is None:
+            return
+        if counts.empty:
+            st.info(NO_LIVE)
+            return
+        st.caption(f"{_scope()} · refreshed {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC")
+        by = counts.set_index("stockout_risk")
+        alerts = fetch("store_alert_counts")
+        anomalies = fetch("store_anomalies")
+        c = st.columns(4)
+        c[0].metric("SKUs at high risk", num(by["skus"].get("HIGH", 0)))
+        c[1].metric("SKUs out of stock", num(counts["out_of_stock"].sum()))
+        c[2].metric("Restock alerts (7 days)", num(0 if alerts is None else alerts["alerts"].sum()))
+        c[3].metric("Anomalies (24 h)", num(0 if anomalies is None else len(anomalies)))
+        left, right = st.columns([3, 2])
+        risk = fetch("store_risk")
+        if risk is not None and not risk.empty:
+            left.markdown("**Stock-out risk per SKU** (lowest hours of cover first)")
+            left.dataframe(risk, hide_index=True, use_container_width=True, height=320,
+                           column_config={"hours_of_cover": st.column_config.NumberColumn(format="%.1f h"),
+                                          "sales_velocity": st.column_config.NumberColumn("units/h", format="%.2f")})
+        if alerts is not None and not alerts.empty:
+            right.plotly_chart(px.bar(alerts, x="priority", y="alerts", color="priority",
+                                      color_discrete_map=RISK_COLOURS, title="Restock alerts by priority (7 days)",
+                                      category_orders={"priority": ["CRITICAL", "HIGH", "MEDIUM", "LOW"]})
+                               .update_layout(height=320, showlegend=False), use_container_width=True)
+        trend = fetch("store_trend")
+        if trend is not None and not trend.empty:
+            st.plotly_chart(px.line(trend, x="window_start", y=["revenue", "units"],
+                                    title="Sales per 5-minute window (last 24 h)").update_layout(height=300),
+                            use_container_width=True)
+        heat = fetch("risk_heatmap")
+        if heat is not None and not heat.empty:
+            grid = heat.assign(share=heat["high_risk_skus"] / heat["skus"]).pivot_table(
+                index="store_id", columns="category", values="share", fill_value=0)
+            st.plotly_chart(px.imshow(grid, color_continuous_scale="Reds", zmin=0, zmax=1, aspect="auto",
+                                      labels=dict(color="share of SKUs at HIGH risk"),
+                                      title="Stock-out risk: share of SKUs at HIGH risk, store × category")
+                            .update_layout(height=max(300, 22 * len(grid) + 120)), use_container_width=True)
+        a1, a2 = st.columns(2)
+        al = fetch("store_alerts")
+        if al is not None and not al.empty:
+            a1.markdown("**Restock alerts** (highest priority first)")
+            a1.dataframe(al, hide_index=True, use_container_width=True, height=280)
+        if anomalies is not None and not anomalies.empty:
+            a2.markdown("**Anomalies** (|z| ≥ 3 against the SKU's previous 24 h)")
+            a2.dataframe(anomalies, hide_index=True, use_container_width=True, height=280)
+    live()
+
+
+@safe
+def inventory_analyst() -> None:
+    """Forecast against actual with 80/95 % bands, reorder recommendations, slow movers."""
+    st.title("Inventory analyst")
+    if _ctx() is None:
+        return
+    series = fetch("forecast_series_list")
+    if series is None:
+        return
+    reorder = fetch("reorder")
+    if series.empty and (reorder is None or reorder.empty):
+        st.info(NO_ML)
+        return
+    c = st.columns(4)
+    c[0].metric("Forecast series", num(len(series)))
+    need = reorder[reorder["reorder_needed"] == 1] if reorder is not None else pd.DataFrame()
+    c[1].metric("SKUs needing reorder", num(len(need)))
+    c[2].metric("Recommended reorder units", num(need["reorder_qty"].sum() if len(need) else 0))
+    c[3].metric("Recommended reorder value", num(need["reorder_value"].sum() if len(need) else 0, 2))
+    if not series.empty:
+        labels = [f"{r.store_id} · {r.product_id}" for r in series.itertuples()]
+        pick = st.selectbox("Series (store · SKU), largest forecast first", range(len(labels)),
+                            format_func=lambda i: labels[i], key="series")
+        store, product = series.iloc[pick]["store_id"], series.iloc[pick]["product_id"]
+        _fan_chart(store, product)
+        acc = fetch("forecast_vs_actual")
+        if acc is not None and not acc.empty:
+            st.markdown("**Forecast against actual by horizon** (every scored forecast; coverage of the 80 / 95 % "
+                        "intervals)")
+            st.dataframe(acc, hide_index=True, use_container_width=True)
+    if reorder is not None and not reorder.empty:
+        st.markdown("**Reorder recommendations** (reorder point = lead-time demand + safety stock)")
+        st.dataframe(reorder, hide_index=True, use_container_width=True, height=300)
+    slow = fetch("slow_movers")
+    if slow is not None and not slow.empty:
+        left, right = st.columns([3, 2])
+        left.markdown(f"**Slow movers** ({len(slow)} shown)")
+        left.dataframe(slow, hide_index=True, use_container_width=True, height=300)
+        right.plotly_chart(px.scatter(slow, x="adi", y="cv2", color="demand_class", hover_data=["product_id"],
+                                      title="Syntetos-Boylan classes (ADI 1.32, CV² 0.49)")
+                           .add_vline(x=1.32, line_dash="dot").add_hline(y=0.49, line_dash="dot")
+                           .update_layout(height=300), use_container_width=True)
+
+
+def _fan_chart(store: str, product: str) -> None:
+    f = _filters(store=store, product=product)
+    fc, hist = fetch("forecast_fan", f), fetch("demand_history", f)
+    if fc is None or fc.empty:
+        return
+    fig = go.Figure()
+    x = list(fc["target_date"]) + list(fc["target_date"])[::-1]
+    fig.add_trace(go.Scatter(x=x, y=list(fc["upper95"]) + list(fc["lower95"])[::-1], fill="toself",
+                             fillcolor="rgba(31,119,180,0.15)", line=dict(width=0), name="95 % interval"))
+    fig.add_trace(go.Scatter(x=x, y=list(fc["upper80"]) + list(fc["lower80"])[::-1], fill="toself",
+                             fillcolor="rgba(31,119,180,0.3)", line=dict(width=0), name="80 % interval"))
+    fig.add_trace(go.Scatter(x=fc["target_date"], y=fc["yhat"], name="forecast", line=dict(color="#1f77b4")))
+    if hist is not None and not hist.empty:
+        fig.add_trace(go.Scatter(x=hist["date"], y=hist["units"], name="actual", line=dict(color="#333")))
+    fig.update_layout(title=f"Demand forecast, {store} · {product} (origin {fc['forecast_origin'].iloc[0]})",
+                      height=360, yaxis_title="units per day")
+    st.plotly_chart(fig, use_container_width=True)
+
+
+@safe
+def quality_ml() -> None:
+    """Quarantined and dead-lettered events by reason, stream micro-batches, ETL reconciliation, backtest
+    metrics against the baselines, interval coverage."""
+    st.title("Data quality & ML")
+    if _ctx() is None:
+        return
+    q = fetch("dq_quarantine")
+    stream = fetch("dq_stream")
+    c = st.columns(4)
+    total = 0 if q is None else int(q["events"].sum())
+    dead = 0 if q is None or q.empty else int(q.loc[q["topic"].str.endswith("dead-letter"), "events"].sum())
+    c[0].metric("Quarantined events", num(total - dead))
+    c[1].metric("Dead-lettered events", num(dead))
+    c[2].metric("Micro-batches committed", num(0 if stream is None else stream["micro_batches"].sum()))
+    etl = fetch("dq_etl")
+    c[3].metric("ETL runs (last 30)", num(0 if etl is None else len(etl)))
+    if q is not None and not q.empty:
+        st.plotly_chart(px.bar(q, x="events", y="reason", color="event_type", orientation="h",
+                               title="Rejected events by reason (stream quarantine and producers' dead-letter "
+                                     "topic)").update_layout(height=320), use_container_width=True)
+    elif q is not None:
+        st.info("Nothing quarantined or dead-lettered yet.")
+    if stream is not None and not stream.empty:
+        st.markdown("**Streaming micro-batches**")
+        st.dataframe(stream, hide_index=True, use_container_width=True)
+    if etl is not None and not etl.empty:
+        st.markdown("**Nightly ETL reconciliation** (raw lake rows, duplicates removed, facts loaded)")
+        st.dataframe(etl, hide_index=True, use_container_width=True)
+    else:
+        st.info(NO_NIGHTLY)
+    bt = fetch("ml_backtest")
+    if bt is None or bt.empty:
+        st.info(NO_ML)
+        return
+    metric = st.selectbox("Backtest metric", sorted(bt["metric"].unique()), key="metric")
+    sel = bt[(bt["metric"] == metric) & (bt["horizon"] > 0)]
+    st.plotly_chart(px.line(sel, x="horizon", y="value", color="model", markers=True,
+                            title=f"Backtest {metric} by horizon: model against the baselines")
+                    .update_layout(height=320), use_container_width=True)
+    pooled = bt[bt["horizon"] == 0].pivot_table(index="model", columns="metric", values="value")
+    st.markdown("**Pooled over horizons** (coverage80 / coverage95 = share of actuals inside the intervals)")
+    st.dataframe(pooled, use_container_width=True)
+    reg = fetch("ml_registry")
+    if reg is not None and not reg.empty:
+        st.markdown("**Model registry**")
+        st.dataframe(reg, hide_index=True, use_container_width=True)
