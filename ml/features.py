@@ -37,11 +37,11 @@ Missing days inside a series' *active range* (first day on sale, i.e. first non-
 first positive demand, up to the last day of the table) are filled with zero demand; ``extend_days``
 appends future rows (``units`` NaN) so that forecasts can be made for the next days.
 
-Direct multi-horizon supervision (:func:`make_supervised`): for origin t and horizon h in 1..H the
-target is y_{t+h}; the demand-history features come from row t+1 (all <= t), the covariates and
-the seasonal lags ``lag_7``/``lag_14`` come from the target row t+h (y_{t+h-7}, y_{t+h-14}, both <= t
-because h <= 7), and ``h`` itself is a feature: one global GBT model for all horizons (see
-:mod:`ml.forecast`). No feature of a row with origin t depends on demand after t — tested in
+Direct multi-horizon supervision (:func:`make_supervised`): for origin t and horizon h in 1..H
+(H <= 28) the target is y_{t+h}; the demand-history features come from row t+1 (all <= t), the
+covariates from the target row t+h, the seasonal lags from the last same-weekday days <= t
+(y_{t+h-7k}, k = ceil(h/7)), and ``h`` itself is a feature: one global GBT model for all horizons
+(see :mod:`ml.forecast`). No feature of a row with origin t depends on demand after t — tested in
 ``tests/test_ml_features.py``.
 """
 
@@ -55,16 +55,22 @@ import pandas as pd
 KEYS = ["store_id", "product_id"]
 LAGS = (1, 7, 14, 28)
 WINDOWS = (7, 14, 30, 90)
-MAX_HORIZON = 7
+#: longest forecast horizon in days (the M5 protocol); the DAG's default is FORECAST_HORIZON (14).
+MAX_HORIZON = 28
+DEFAULT_HORIZON = 14
+SEASON = 7  # weekly seasonality of daily retail demand
+#: floor of the series level (units/day) that scales the GBT's target and history features
+LEVEL_FLOOR = 0.1
 
-#: demand-history features: taken from the origin row t+1 (information <= t).
+#: demand-history features of the feature table: taken from the origin row t+1 (information <= t).
 HISTORY_COLUMNS = (
     ["lag_1", "lag_28"]
     + [f"rmean_{w}" for w in WINDOWS]
     + [f"rstd_{w}" for w in WINDOWS]
     + ["zero_share_28", "days_since_sale"]
 )
-#: horizon-safe seasonal lags, taken from the target row (y_{t+h-7}, y_{t+h-14}, <= t for h <= 7).
+#: the feature table's lags y_{d-7}, y_{d-14} (horizon-safe only for h <= 7: the supervised table uses
+#: seas_lag_1/seas_lag_2 instead).
 SEASONAL_COLUMNS = ["lag_7", "lag_14"]
 #: known-in-advance covariates of the target day.
 COVARIATE_COLUMNS = [
@@ -73,11 +79,24 @@ COVARIATE_COLUMNS = [
 ]
 WEATHER_COLUMNS = ["temp_c", "precip_mm"]
 OPTIONAL_FLAGS = ("promo", "holiday", "event", "snap")
+#: history / seasonal columns of the supervised table that enter the model divided by ``level`` (n_<col>)
+NORMALISED_SOURCES = [
+    "lag_1", "lag_28", "rmean_7", "rmean_14", "rmean_28", "rmean_30", "rmean_365",
+    "rstd_7", "rstd_30", "rstd_90", "seas_lag_1", "seas_lag_2", "seas_mean_4", "seas_mean_52",
+]
+#: feature-table columns :func:`make_supervised` reads (besides the keys, date and units)
+STORED_COLUMNS = HISTORY_COLUMNS + COVARIATE_COLUMNS
 
 
 def feature_columns(df: pd.DataFrame | None = None) -> list[str]:
-    """Model input columns of a supervised table, in a fixed order (weather only when present)."""
-    cols = ["h"] + HISTORY_COLUMNS + SEASONAL_COLUMNS + COVARIATE_COLUMNS
+    """Model input columns of a supervised table, in a fixed order (weather only when present).
+
+    All are known at the origin t: scale-free history (``n_*`` = value / level), the level itself
+    (units/day), intermittency (zero share, days since sale), item/store trends, the horizon ``h``
+    and the target day's known-in-advance covariates.
+    """
+    cols = (["h", "level"] + [f"n_{c}" for c in NORMALISED_SOURCES]
+            + ["zero_share_28", "days_since_sale", "item_trend", "store_trend"] + COVARIATE_COLUMNS)
     if df is not None:
         cols += [c for c in WEATHER_COLUMNS if c in df.columns]
     return cols
@@ -181,7 +200,7 @@ def holiday_flags(dates: pd.Series, country_codes: pd.Series | None, default_cou
     return pd.Series(out, index=dates.index, dtype="int8")
 
 
-def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int = MAX_HORIZON,
+def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int = DEFAULT_HORIZON,
                          default_country: str | None = "GB", weather: pd.DataFrame | None = None,
                          calendar: pd.DataFrame | None = None) -> pd.DataFrame:
     """The daily feature table (see module docstring for every column and its time reference).
@@ -189,7 +208,7 @@ def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int
     Args:
         daily: daily demand table (see module docstring).
         end_date: last day with known demand (default: max date of ``daily``).
-        extend_days: future days appended for forecasting (units NaN), default 7.
+        extend_days: future days appended for forecasting (units NaN), default 14 (>= the horizon).
         default_country: ISO code for holidays of stores without ``country_code``; None = no holidays
             unless the input has a ``holiday`` column.
         weather: optional (date, country_code, temp_c, precip_mm) table, joined on the day.
@@ -270,47 +289,158 @@ def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int
     return df
 
 
+def _series_positions(features: pd.DataFrame) -> np.ndarray:
+    """0-based position of each row within its series (the table is sorted and gap-free per series)."""
+    return features.groupby(KEYS, sort=False, observed=True).cumcount().to_numpy()
+
+
+def _trailing_mean(units: np.ndarray, pos: np.ndarray, w: int) -> np.ndarray:
+    """Mean of the ``w`` values strictly before each row within its series (fewer at the series start;
+    NaN at its first row). ``units`` NaN (future) rows never enter a window that ends before them."""
+    u = np.nan_to_num(units, nan=0.0)
+    c = np.cumsum(u)
+    prev = c - u  # sum of every value of the table before the row
+    start = np.arange(len(u)) - pos  # index of the series' first row
+    lo = np.maximum(np.arange(len(u)) - w, start)  # first row of the window
+    before_lo = np.where(lo > 0, c[np.maximum(lo - 1, 0)], 0.0)  # sum of every value before it
+    n = np.minimum(pos, w).astype("float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (prev - before_lo) / n, np.nan)
+
+
+def _same_weekday_mean(units: np.ndarray, pos: np.ndarray, idx: np.ndarray, weeks: int) -> np.ndarray:
+    """Mean of units at rows idx, idx-7, ..., idx-7*(weeks-1) that lie within the series (NaN if none)."""
+    acc = np.zeros(len(idx))
+    cnt = np.zeros(len(idx))
+    for m in range(weeks):
+        j = idx - SEASON * m
+        ok = (pos[np.maximum(idx, 0)] - SEASON * m >= 0) & (idx >= 0)
+        v = np.where(ok, units[np.clip(j, 0, len(units) - 1)], 0.0)
+        acc += np.nan_to_num(v)
+        cnt += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, acc / cnt, np.nan)
+
+
+def group_trailing_mean(features: pd.DataFrame, by: str, w: int) -> pd.Series:
+    """Mean over the rows sharing ``by`` (e.g. product_id: across stores) and date of the series' trailing
+    ``w``-day mean strictly before the day: an item- or store-level demand level known at d-1."""
+    pos = _series_positions(features)
+    rm = pd.Series(_trailing_mean(features["units"].to_numpy("float64"), pos, w), index=features.index)
+    return rm.groupby([features[by], features["date"]], sort=False, observed=True).transform("mean")
+
+
 def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, MAX_HORIZON + 1),
-                    min_target_date=None, max_origin=None) -> pd.DataFrame:
+                    min_target_date=None, max_origin=None, *, origins: Iterable | None = None,
+                    sample_per_target: int | None = None, seed: int = 42) -> pd.DataFrame:
     """Direct multi-horizon rows: one per (series, origin t, horizon h) with target y_{t+h}.
 
+    Rows are gathered by position (the feature table is gap-free and sorted per series), so only the
+    requested (target day, h) pairs are materialised: ``origins`` for evaluation and forecasting,
+    ``sample_per_target`` horizons per target day for training (a full cross product at 28 horizons
+    would be 28 x the table).
+
+    Per row, with target row i (day t+h), origin t and k = ceil(h / 7):
+
+    * history (<= t) from the origin row t+1 of the feature table: :data:`HISTORY_COLUMNS`, plus
+      ``rmean_28`` (trailing 28-day mean, the ``trailing_mean_28`` baseline), ``rmean_365`` and the
+      item-level (across stores) and store-level (across items) 7- and 28-day means;
+    * seasonal lags on the target's weekday, all <= t: ``seas_lag_1`` = y_{t+h-7k} (the
+      ``seasonal_naive`` baseline), ``seas_lag_2`` = y_{t+h-7k-7}, ``seas_mean_4`` / ``seas_mean_52``
+      = mean of the last 4 / 52 same-weekday values up to t;
+    * known-in-advance covariates of the target day (:data:`COVARIATE_COLUMNS`, weather);
+    * ``level`` = max(rmean_90, 0.1) units/day (history) and the history/seasonal columns divided by
+      it (``n_*``, scale-free, see :mod:`ml.forecast`), ``item_trend`` / ``store_trend`` (7-day over
+      28-day mean of the item across stores / of the store across items), ``h``.
+
     Args:
-        features: output of :func:`build_daily_features` (gap-free per series, sorted).
-        horizons: horizons in days, each in 1..7 (the seasonal lags need h <= 7).
+        features: output of :func:`build_daily_features` (gap-free per series, sorted by store_id,
+            product_id, date). Only its stored columns are read.
+        horizons: horizons in days, each in 1..MAX_HORIZON (28).
         min_target_date: keep rows whose target date is >= this (bounds the training window).
         max_origin: keep rows whose origin is <= this.
+        origins: only rows of these origins (target days origin+1..origin+max(horizons)).
+        sample_per_target: draw this many horizons per target day (seeded), instead of all.
+        seed: seed of that draw.
 
     Returns:
         DataFrame with store_id, product_id, origin, date (= target date), h, y (target, NaN for the
-        future), ``seasonal_naive`` (y_{t+h-7}, the baseline) and :func:`feature_columns`.
-        Rows whose origin row lies before the series start are dropped.
+        future), the baselines ``seasonal_naive`` and ``trailing_mean_28`` (units) and
+        :func:`feature_columns`. Rows whose origin lies before the series start are dropped.
 
     Raises:
-        ValueError: a horizon outside 1..7.
+        ValueError: a horizon outside 1..MAX_HORIZON.
     """
-    hs = list(horizons)
-    if any(h < 1 or h > MAX_HORIZON for h in hs):
+    hs = sorted(set(int(h) for h in horizons))
+    if not hs or hs[0] < 1 or hs[-1] > MAX_HORIZON:
         raise ValueError(f"horizons must be within 1..{MAX_HORIZON}, got {hs}")
-    g = features.groupby(KEYS, sort=False, observed=True)
-    base_cols = ["store_id", "product_id", "date", "units"] + SEASONAL_COLUMNS + COVARIATE_COLUMNS + [
-        c for c in WEATHER_COLUMNS if c in features.columns]
-    mask_all = pd.Series(True, index=features.index)
-    if min_target_date is not None:
-        mask_all &= features["date"] >= pd.Timestamp(min_target_date)
-    out = []
-    for h in hs:
-        hist = g[HISTORY_COLUMNS].shift(h - 1)  # the origin row t+1 seen from target row t+h
-        valid = g.cumcount() >= h  # origin t = d - h must lie within the series (row index >= h)
-        part = features[base_cols].copy()
-        part[HISTORY_COLUMNS] = hist
-        part["h"] = np.int8(h)
-        part["origin"] = part["date"] - pd.Timedelta(days=h)
-        m = mask_all & valid
-        if max_origin is not None:
-            m &= part["origin"] <= pd.Timestamp(max_origin)
-        out.append(part[m])
-    sup = pd.concat(out, ignore_index=True).rename(columns={"units": "y"})
-    sup["seasonal_naive"] = sup["lag_7"]
-    sup[HISTORY_COLUMNS + SEASONAL_COLUMNS] = sup[HISTORY_COLUMNS + SEASONAL_COLUMNS].fillna(0.0)
-    sup["seasonal_naive"] = sup["seasonal_naive"].fillna(0.0)
-    return sup
+    f = features.reset_index(drop=True)
+    pos = _series_positions(f)
+    dates = f["date"].to_numpy("datetime64[ns]")
+    n = len(f)
+    if origins is not None:
+        tidx_l, h_l = [], []
+        ol = pd.to_datetime(pd.Series(list(origins))).to_numpy("datetime64[ns]")
+        for o in ol:
+            h_all = ((dates - o) // np.timedelta64(1, "D")).astype("int64")
+            m = np.isin(h_all, hs)
+            tidx_l.append(np.flatnonzero(m))
+            h_l.append(h_all[m])
+        tidx = np.concatenate(tidx_l) if tidx_l else np.zeros(0, "int64")
+        h = np.concatenate(h_l) if h_l else np.zeros(0, "int64")
+    else:
+        cand = np.arange(n)
+        if min_target_date is not None:
+            cand = cand[dates[cand] >= np.datetime64(pd.Timestamp(min_target_date))]
+        if sample_per_target is not None and sample_per_target < len(hs):
+            rng = np.random.default_rng(seed)
+            k = int(sample_per_target)
+            draws = np.argsort(rng.random((len(cand), len(hs))), axis=1)[:, :k]
+            tidx = np.repeat(cand, k)
+            h = np.asarray(hs)[draws.ravel()]
+        else:
+            tidx = np.repeat(cand, len(hs))
+            h = np.tile(np.asarray(hs), len(cand))
+    keep = pos[tidx] >= h  # origin t = d - h lies within the series
+    if min_target_date is not None and origins is not None:
+        keep &= dates[tidx] >= np.datetime64(pd.Timestamp(min_target_date))
+    if max_origin is not None:
+        keep &= dates[tidx] - h.astype("timedelta64[D]") <= np.datetime64(pd.Timestamp(max_origin))
+    tidx, h = tidx[keep], h[keep].astype("int64")
+    hidx = tidx - h + 1  # origin row t+1: its history columns hold information <= t
+    units = f["units"].to_numpy("float64")
+    k = -(-h // SEASON)
+    sidx = tidx - SEASON * k  # y_{t+h-7k}, the last same-weekday value <= t
+
+    out = pd.DataFrame({"store_id": f["store_id"].to_numpy()[tidx], "product_id": f["product_id"].to_numpy()[tidx],
+                        "date": dates[tidx], "h": h.astype("int8")})
+    out["origin"] = out["date"] - pd.to_timedelta(h, unit="D")
+    out["y"] = units[tidx]
+    for c in HISTORY_COLUMNS:
+        out[c] = f[c].to_numpy("float64")[hidx]
+    extra = {"rmean_28": _trailing_mean(units, pos, 28), "rmean_365": _trailing_mean(units, pos, 365)}
+    for by, name in (("product_id", "item"), ("store_id", "store")):
+        for w in (7, 28):
+            extra[f"{name}_rmean_{w}"] = group_trailing_mean(f, by, w).to_numpy("float64")
+    for c, v in extra.items():
+        out[c] = v[hidx]
+    out["seas_lag_1"] = np.where(pos[tidx] >= SEASON * k, units[np.maximum(sidx, 0)], np.nan)
+    out["seas_lag_2"] = np.where(pos[tidx] >= SEASON * (k + 1), units[np.maximum(sidx - SEASON, 0)], np.nan)
+    out["seas_mean_4"] = _same_weekday_mean(units, pos, np.where(pos[tidx] >= SEASON * k, sidx, -1), 4)
+    out["seas_mean_52"] = _same_weekday_mean(units, pos, np.where(pos[tidx] >= SEASON * k, sidx, -1), 52)
+    for c in COVARIATE_COLUMNS + [c for c in WEATHER_COLUMNS if c in f.columns]:
+        out[c] = f[c].to_numpy()[tidx]
+    fill = HISTORY_COLUMNS + list(extra)
+    out[fill] = out[fill].fillna(0.0)
+    for c in ("seas_lag_1", "seas_lag_2", "seas_mean_4", "seas_mean_52"):
+        out[c] = out[c].fillna(out["rmean_28"])  # too short a history: the trailing mean
+    out["seasonal_naive"] = out["seas_lag_1"]
+    out["trailing_mean_28"] = out["rmean_28"]
+    out["level"] = np.maximum(out["rmean_90"], LEVEL_FLOOR)
+    for c in NORMALISED_SOURCES:
+        out[f"n_{c}"] = out[c] / out["level"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name in ("item", "store"):
+            r = out[f"{name}_rmean_7"] / out[f"{name}_rmean_28"]
+            out[f"{name}_trend"] = r.replace([np.inf, -np.inf], np.nan).fillna(1.0)
+    return out.sort_values(["origin", "store_id", "product_id", "h"], kind="mergesort").reset_index(drop=True)

@@ -1,52 +1,59 @@
-"""Demand forecasting with Spark MLlib's GBTRegressor: rolling-origin backtest, intervals, model I/O.
+"""Demand forecasting: Spark MLlib GBTRegressor against three baselines, rolling-origin backtest,
+split-conformal intervals per horizon, champion selection, model I/O.
 
-Model design (direct multi-horizon, one global model)
-------------------------------------------------------
-One ``pyspark.ml`` pipeline (VectorAssembler -> GBTRegressor, squared loss) is trained for all
-series and all horizons h = 1..7; **h is a feature**. Each training row is (series, origin t, h) with
-target y_{t+h} and features known at t (see :mod:`ml.features`: demand history up to t, horizon-safe
-seasonal lags y_{t+h-7}, y_{t+h-14}, known-in-advance covariates of the target day). A global model
-with the horizon as a feature shares strength across horizons and needs one fit instead of seven.
-To keep a fit tractable on 2 cores, each (series, target day) contributes **one** training row with a
-horizon drawn uniformly from 1..7 (seeded), over a window of ``train_window_days`` target days before
-the origin; the full 7 rows per origin are used for evaluation and prediction.
+Models (each forecasts h = 1..H days ahead of an origin t, H = ``ForecastConfig.horizon`` <= 28)
+------------------------------------------------------------------------------------------------
+* ``gbt``: one global ``pyspark.ml`` pipeline (VectorAssembler -> GBTRegressor, squared loss) for all
+  series and horizons, **h is a feature** (direct multi-horizon). Each training row is (series, origin
+  t, h) with target y_{t+h} and features known at t (:func:`ml.features.make_supervised`); to keep a
+  fit tractable each (series, target day) contributes ``rows_per_target`` rows with horizons drawn
+  from 1..H (seeded). With ``target="scaled"`` (default) the label is y_{t+h} / level and the
+  history features are divided by the same level (level = max(90-day mean at t, 0.1) units/day), rows
+  weighted by the level, so one model serves slow and fast movers alike and the weighted squared loss,
+  sum level * (y/level - yhat/level)^2 = sum (y - yhat)^2 / level, sits between the unit-scale loss
+  (dominated by the fastest series) and RMSSE's per-series scaling; the forecast is level * prediction.
+* ``seasonal_naive``: y_{t+h-7k}, k = ceil(h/7) (the last same-weekday value <= t).
+* ``trailing_mean_28``: mean of y_{t-27..t}, flat over the horizon.
+* ``statsforecast``: per-series statistical model from Nixtla's statsforecast, refitted at every origin
+  on the last ``stats_window_days`` days: ``CrostonOptimized`` for intermittent series (average
+  inter-demand interval ADI >= 1.32, Syntetos & Boylan 2005, JORS 56(5)) and ``AutoETS`` with weekly
+  season (Hyndman et al. 2008, "Forecasting with Exponential Smoothing") otherwise.
 
 Rolling-origin backtest (never a random split)
 ----------------------------------------------
-Origins o_k = T - 7 - k * ``origin_step_days`` for k = 0..n_origins-1 (T = last day with known demand;
-default step 5 days, not a multiple of 7, so each horizon day is scored on several weekdays — with a
-weekly step horizon h would always fall on the same weekday, e.g. a closed Saturday).
-For each origin the model is trained only on rows whose target day is <= o_k and predicts o_k+1..o_k+7
-(Tashman 2000, "Out-of-sample tests of forecasting accuracy", IJF 16(4)). The baseline is the
-**seasonal naive** forecast y_{t+h-7} (the value 7 days before the target day).
+Origins o_k = T - H - k * ``origin_step_days``, k = n_origins-1..0 (T = last day with known demand).
+The step is not a multiple of 7 so horizons fall on several weekdays, and with e.g. 6 origins 61 days
+apart the origins span the last year (seasons, holidays) instead of its last weeks. For each origin every
+model sees only data <= o_k and forecasts o_k+1..o_k+H (Tashman 2000, "Out-of-sample tests of
+forecasting accuracy", IJF 16(4)).
 
-Metrics per horizon day (pooled over series and origins) and over all horizons (h = 0):
+Metrics per model and horizon day (pooled over series and origins) and over all horizons (h = 0):
 
-* WAPE = sum |y - yhat| / sum y;
-* MAE = mean |y - yhat|; RMSE = sqrt(mean (y - yhat)^2);
-* RMSSE (Hyndman & Koehler 2006, "Another look at measures of forecast accuracy", IJF 22(4); the M5
-  variant): per series sqrt( mean_h (y - yhat)^2 / s ), s = mean of squared one-step naive differences
-  (y_t - y_{t-1})^2 over the series' in-sample history up to the origin; then the unweighted mean over
-  series with s > 0.
+* WAPE = sum |y - yhat| / sum y;  MAE = mean |y - yhat|;  RMSE = sqrt(mean (y - yhat)^2);
+* RMSSE (Hyndman & Koehler 2006, IJF 22(4); as in M5, Makridakis et al. 2022, IJF 38(4)): per series
+  sqrt( mean over its rows (y - yhat)^2 / s ), s = mean of squared one-step differences
+  (y_t - y_{t-1})^2 of the series **from its first non-zero sale** up to the row's origin; then the
+  unweighted mean over series with s > 0.
 
-Prediction intervals (empirical, from backtest residuals)
----------------------------------------------------------
-Residuals e = y - yhat of the backtest are grouped by horizon h and by a demand-level bucket (quartiles
-of the 30-day rolling mean at the origin, so slow movers get narrow and fast movers wide intervals).
-The 80 % interval is yhat + [q_0.10, q_0.90] and the 95 % interval yhat + [q_0.025, q_0.975] of the
-group's residuals, with q_0.025 <= min(q_0.10, 0) and q_0.975 >= max(q_0.90, 0) enforced so that
-lower95 <= lower80 <= point <= upper80 <= upper95, and every bound clipped at 0 (demand >= 0). This is
-the "empirical residual quantile" method (Hyndman & Athanasopoulos, "Forecasting: Principles and
-Practice", 3rd ed., sec. 5.5, bootstrapped/empirical intervals). Coverage is checked leave-one-origin-out
-(quantiles from the other origins, coverage on the held-out origin) and reported as ``coverage80`` /
-``coverage95``.
+Prediction intervals: split-conformal per horizon
+-------------------------------------------------
+For each model the backtest residuals e = y - yhat are grouped by horizon h and demand-level bucket
+(quartiles of the 30-day mean at the origin). The bounds are yhat + q_lo, yhat + q_hi with q_lo / q_hi the
+finite-sample conformal quantiles of the group's residuals (levels floor((n+1) a/2)/n and
+ceil((n+1)(1-a/2))/n; Vovk et al. 2005; Lei et al. 2018, JASA 113(523), "split conformal"), a = 0.2 / 0.05,
+with lower95 <= lower80 <= 0 <= upper80 <= upper95 enforced and the bounds clipped at 0 (demand >= 0).
+Coverage is measured honestly, leave-one-origin-out (quantiles from the other origins, hits on the
+held-out one), per horizon and pooled (``coverage80`` / ``coverage95`` in the metrics table).
+
+Champion / challenger: :func:`select_champion` — the best baseline (lowest pooled WAPE) is the default;
+the GBT replaces it only when it is lower in both WAPE and RMSSE on the same backtest.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,11 +61,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from ml.features import KEYS, MAX_HORIZON, build_daily_features, feature_columns, make_supervised
+from ml.features import (DEFAULT_HORIZON, KEYS, MAX_HORIZON, SEASON, build_daily_features, feature_columns,
+                         make_supervised)
 
 QUANTILES = {"lower95": 0.025, "lower80": 0.10, "upper80": 0.90, "upper95": 0.975}
 N_LEVEL_BUCKETS = 4
 MIN_TRAIN_ROWS = 50
+MIN_GROUP_RESIDUALS = 20
+BASELINES = ("seasonal_naive", "trailing_mean_28", "statsforecast")
+MODELS = ("gbt",) + BASELINES
+ADI_INTERMITTENT = 1.32  # Syntetos & Boylan (2005) cut-off of the average inter-demand interval
 
 
 class InsufficientHistory(ValueError):
@@ -67,20 +79,35 @@ class InsufficientHistory(ValueError):
 
 @dataclass
 class ForecastConfig:
-    """Training / backtest settings (all durations in days)."""
+    """Training / backtest settings (durations in days)."""
 
-    horizon: int = MAX_HORIZON
+    horizon: int = DEFAULT_HORIZON  # 1..28
     n_origins: int = 4
-    origin_step_days: int = 5  # not a multiple of 7: each horizon is scored on several weekdays
+    origin_step_days: int = 30  # not a multiple of 7: each horizon is scored on several weekdays
     train_window_days: int = 365
-    rows_per_target: int = 1  # horizons sampled per (series, target day) for training; 7 = all
-    max_iter: int = 40
-    max_depth: int = 5
+    rows_per_target: int = 1  # horizons sampled per (series, target day) for training
+    max_iter: int = 60
+    max_depth: int = 6
     step_size: float = 0.1
     subsampling_rate: float = 0.8
     max_bins: int = 32
+    min_instances_per_node: int = 20
     seed: int = 42
     shuffle_partitions: int = 2
+    target: str = "scaled"  # "scaled": y / level, rows weighted by level ** weight_power; "raw": units, unweighted
+    weight_power: float = 1.0
+    stats_window_days: int = 365  # history the statsforecast baseline is fitted on at each origin
+    baselines: tuple = BASELINES
+
+    def __post_init__(self):
+        if not 1 <= self.horizon <= MAX_HORIZON:
+            raise ValueError(f"horizon must be within 1..{MAX_HORIZON}, got {self.horizon}")
+        if self.target not in ("scaled", "raw"):
+            raise ValueError(f"target must be 'scaled' or 'raw', got {self.target!r}")
+        self.baselines = tuple(self.baselines)
+        unknown = set(self.baselines) - set(BASELINES)
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {sorted(unknown)}; known: {BASELINES}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -88,15 +115,23 @@ class ForecastConfig:
 
 @dataclass
 class BacktestResult:
-    """Backtest output: row-level predictions, metrics table, interval quantiles, timing."""
+    """Backtest output.
 
-    predictions: pd.DataFrame  # store_id, product_id, origin, date, h, y, yhat, seasonal_naive, level_bucket
-    metrics: pd.DataFrame  # model, h, wape, mae, rmse, rmsse, n, coverage80, coverage95
-    quantiles: pd.DataFrame  # h, level_bucket, lower95, lower80, upper80, upper95
+    predictions: one row per (series, origin, h): store_id, product_id, origin, date, h, y,
+        level_bucket, rmean_30 and one point-forecast column (units) per model.
+    metrics: model, h (0 = pooled), wape, mae, rmse, rmsse, n, sum_y, coverage80, coverage95.
+    quantiles: model, h, level_bucket, lower95, lower80, upper80, upper95 (additive residual bounds, units).
+    """
+
+    predictions: pd.DataFrame
+    metrics: pd.DataFrame
+    quantiles: pd.DataFrame
     bucket_edges: list[float]
     origins: list[pd.Timestamp]
     fit_seconds: list[float] = field(default_factory=list)
     train_rows: list[int] = field(default_factory=list)
+    baseline_seconds: dict = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,16 +145,21 @@ def get_spark(app_name: str = "demand-forecast", master: str | None = None, shuf
     return build_spark(app_name, kafka=False, master=master, shuffle_partitions=shuffle_partitions)
 
 
-def _to_spark(spark, pdf: pd.DataFrame, cols: list[str]):
-    data = pdf[cols].astype("float64")
-    return spark.createDataFrame(data)
+def _label(rows: pd.DataFrame, cfg: ForecastConfig) -> tuple[pd.Series, pd.Series]:
+    """(label, weight) of training rows for the configured target."""
+    if cfg.target == "scaled":
+        return rows["y"] / rows["level"], rows["level"] ** cfg.weight_power
+    return rows["y"], pd.Series(1.0, index=rows.index)
 
 
 def fit_gbt(spark, train: pd.DataFrame, cfg: ForecastConfig, cols: list[str]):
-    """Fit the VectorAssembler -> GBTRegressor pipeline on ``train`` (pandas, column ``y`` = target).
+    """Fit the VectorAssembler -> GBTRegressor pipeline on ``train``.
 
+    Args:
+        train: supervised rows (:func:`ml.features.make_supervised`) with target ``y`` (units) and ``level``.
+        cols: feature columns.
     Returns:
-        pyspark.ml.PipelineModel.
+        pyspark.ml.PipelineModel predicting the label of ``cfg.target`` (see :func:`predict_gbt`).
     Raises:
         ValueError: no training rows.
     """
@@ -129,81 +169,162 @@ def fit_gbt(spark, train: pd.DataFrame, cfg: ForecastConfig, cols: list[str]):
 
     if train.empty:
         raise ValueError("no training rows (series too short for the training window?)")
-    sdf = _to_spark(spark, train, cols + ["y"]).repartition(cfg.shuffle_partitions).cache()
+    data = train[cols].astype("float64").copy()
+    data["label"], data["weight"] = _label(train, cfg)
+    sdf = spark.createDataFrame(data).repartition(cfg.shuffle_partitions).cache()
     pipe = Pipeline(stages=[
         VectorAssembler(inputCols=cols, outputCol="features", handleInvalid="keep"),
-        GBTRegressor(featuresCol="features", labelCol="y", predictionCol="yhat", maxIter=cfg.max_iter,
-                     maxDepth=cfg.max_depth, stepSize=cfg.step_size, subsamplingRate=cfg.subsampling_rate,
-                     maxBins=cfg.max_bins, seed=cfg.seed, lossType="squared"),
+        GBTRegressor(featuresCol="features", labelCol="label", weightCol="weight", predictionCol="yhat",
+                     maxIter=cfg.max_iter, maxDepth=cfg.max_depth, stepSize=cfg.step_size,
+                     subsamplingRate=cfg.subsampling_rate, maxBins=cfg.max_bins,
+                     minInstancesPerNode=cfg.min_instances_per_node, seed=cfg.seed, lossType="squared"),
     ])
     model = pipe.fit(sdf)
     sdf.unpersist()
     return model
 
 
-def predict_gbt(spark, model, rows: pd.DataFrame, cols: list[str]) -> np.ndarray:
-    """Point forecasts (units, clipped at 0) for ``rows`` in their order."""
+def predict_gbt(spark, model, rows: pd.DataFrame, cols: list[str], target: str = "scaled") -> np.ndarray:
+    """Point forecasts in units (clipped at 0) for supervised ``rows`` in their order, shape (len(rows),).
+
+    ``target`` is the one the model was trained with: "scaled" multiplies the prediction by ``level``.
+    """
     if rows.empty:
         return np.zeros(0)
     data = rows[cols].astype("float64").copy()
     data["_row"] = np.arange(len(data), dtype="float64")
-    out = model.transform(spark.createDataFrame(data)).select("_row", "yhat").toPandas()
-    out = out.sort_values("_row")
-    return np.clip(out["yhat"].to_numpy(dtype="float64"), 0.0, None)
+    out = model.transform(spark.createDataFrame(data)).select("_row", "yhat").toPandas().sort_values("_row")
+    yhat = out["yhat"].to_numpy(dtype="float64")
+    if target == "scaled":
+        yhat = yhat * rows["level"].to_numpy(dtype="float64")
+    return np.clip(yhat, 0.0, None)
 
 
 # --------------------------------------------------------------------------------------------
-# training rows, metrics, intervals (pure pandas)
+# statistical baseline (statsforecast)
 # --------------------------------------------------------------------------------------------
-def training_rows(sup: pd.DataFrame, origin, cfg: ForecastConfig) -> pd.DataFrame:
-    """Rows whose target day is in (origin - train_window_days, origin], sampled to
-    ``rows_per_target`` horizons per (series, target day) with a seeded draw."""
+def statsforecast_baseline(features: pd.DataFrame, origin, horizon: int, window_days: int = 365) -> pd.DataFrame:
+    """Per-series statsforecast forecasts from ``origin``: CrostonOptimized for intermittent series
+    (ADI >= 1.32 over the window, or no sale), AutoETS(season_length=7) otherwise.
+
+    Args:
+        features: daily feature table (uses store_id, product_id, date, units).
+        origin: last day of history used; horizon: days ahead (1..28); window_days: history fitted.
+    Returns:
+        DataFrame store_id, product_id, origin, h (1..horizon), statsforecast (units >= 0), one row per
+        series with at least one known day in the window.
+    """
+    from statsforecast import StatsForecast
+    from statsforecast.models import AutoETS, CrostonOptimized
+
     o = pd.Timestamp(origin)
-    m = (sup["date"] <= o) & (sup["date"] > o - pd.Timedelta(days=cfg.train_window_days)) & sup["y"].notna()
-    tr = sup[m]
-    if cfg.rows_per_target >= cfg.horizon:
-        return tr
-    rng = np.random.default_rng(cfg.seed)
-    # one uniform key per row; keep the rows_per_target smallest keys per (series, day)
-    key = pd.Series(rng.random(len(tr)), index=tr.index)
-    rank = key.groupby([tr["store_id"], tr["product_id"], tr["date"]], sort=False).rank(method="first")
-    return tr[rank <= cfg.rows_per_target]
+    f = features[(features["date"] <= o) & (features["date"] > o - pd.Timedelta(days=window_days))
+                 & features["units"].notna()]
+    if f.empty:
+        return pd.DataFrame(columns=["store_id", "product_id", "origin", "h", "statsforecast"])
+    df = pd.DataFrame({"unique_id": f["store_id"].astype(str) + "\x1f" + f["product_id"].astype(str),
+                       "ds": f["date"].to_numpy(), "y": f["units"].to_numpy("float64")})
+    st = df.groupby("unique_id", sort=False)["y"].agg(n="size", nz=lambda s: int((s > 0).sum()))
+    intermittent = (st["nz"] == 0) | (st["n"] / st["nz"].clip(lower=1) >= ADI_INTERMITTENT) | (st["n"] < 2 * SEASON)
+    parts = []
+    for ids, model in ((st.index[intermittent], CrostonOptimized()), (st.index[~intermittent], AutoETS(season_length=SEASON))):
+        if len(ids) == 0:
+            continue
+        sf = StatsForecast(models=[model], freq="D", n_jobs=1)
+        fc = sf.forecast(df=df[df["unique_id"].isin(ids)], h=horizon)
+        fc = fc.reset_index() if "unique_id" not in fc.columns else fc
+        name = [c for c in fc.columns if c not in ("unique_id", "ds", "index")][0]
+        parts.append(pd.DataFrame({"unique_id": fc["unique_id"].to_numpy(), "ds": pd.to_datetime(fc["ds"]),
+                                   "statsforecast": fc[name].to_numpy("float64")}))
+    out = pd.concat(parts, ignore_index=True)
+    key = out["unique_id"].str.split("\x1f", n=1, expand=True)
+    out["store_id"], out["product_id"] = key[0], key[1]
+    out["origin"] = o
+    out["h"] = ((out["ds"] - o).dt.days).astype("int64")
+    out["statsforecast"] = np.clip(np.nan_to_num(out["statsforecast"].to_numpy(), nan=0.0), 0.0, None)
+    return out[["store_id", "product_id", "origin", "h", "statsforecast"]]
 
 
+def add_baselines(rows: pd.DataFrame, features: pd.DataFrame, origins, cfg: ForecastConfig,
+                  timings: dict | None = None) -> pd.DataFrame:
+    """Add one column per configured baseline (units) to supervised rows of the given origins.
+
+    ``seasonal_naive`` and ``trailing_mean_28`` are already columns of :func:`ml.features.make_supervised`;
+    ``statsforecast`` is fitted per origin (series it cannot fit get the trailing mean).
+    """
+    out = rows
+    if "statsforecast" in cfg.baselines:
+        t0 = time.perf_counter()
+        sf = pd.concat([statsforecast_baseline(features, o, cfg.horizon, cfg.stats_window_days) for o in origins],
+                       ignore_index=True)
+        out = out.drop(columns=["statsforecast"], errors="ignore").merge(
+            sf, on=["store_id", "product_id", "origin", "h"], how="left")
+        out["statsforecast"] = out["statsforecast"].fillna(out["trailing_mean_28"])
+        if timings is not None:
+            timings["statsforecast"] = timings.get("statsforecast", 0.0) + time.perf_counter() - t0
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# metrics and intervals (pure pandas / numpy)
+# --------------------------------------------------------------------------------------------
 def naive_scales(features: pd.DataFrame, origin) -> pd.Series:
-    """RMSSE scale per series: mean of (y_t - y_{t-1})^2 over days <= origin (Hyndman & Koehler 2006)."""
+    """RMSSE scale per series, indexed by (store_id, product_id): mean of (y_t - y_{t-1})^2 over the days
+    from the series' first non-zero sale up to ``origin`` (M5's scaling; NaN when it never sold)."""
     f = features[(features["date"] <= pd.Timestamp(origin)) & features["units"].notna()]
+    sold = (f["units"] > 0).groupby([f["store_id"], f["product_id"]], sort=False, observed=True).cummax()
+    f = f[sold]
     d = f.groupby(KEYS, sort=False, observed=True)["units"].diff()
     return (d ** 2).groupby([f["store_id"], f["product_id"]], observed=True).mean().rename("scale")
 
 
-def metrics_table(pred: pd.DataFrame, scales: pd.DataFrame) -> pd.DataFrame:
-    """WAPE, MAE, RMSE, RMSSE per model (``gbt`` from column yhat, ``seasonal_naive``) and horizon.
+def metric_values(y: np.ndarray, yhat: np.ndarray, series: np.ndarray, scale: np.ndarray) -> dict:
+    """WAPE, MAE, RMSE, RMSSE of one forecast set.
 
     Args:
-        pred: rows with store_id, product_id, origin, h, y, yhat, seasonal_naive.
-        scales: store_id, product_id, origin, scale (in-sample naive one-step MSE).
+        y, yhat: actuals and point forecasts (units), shape (n,).
+        series: series label per row, shape (n,) (RMSSE averages per series).
+        scale: RMSSE scale per row (in-sample one-step naive MSE of its series at its origin), shape (n,).
+    Returns:
+        dict wape (NaN when sum y = 0), mae, rmse, rmsse (unweighted mean over series with scale > 0), n, sum_y.
+    """
+    y, yhat, scale = (np.asarray(a, dtype="float64") for a in (y, yhat, scale))
+    e = y - yhat
+    sum_y = float(y.sum())
+    ok = scale > 0
+    if ok.any():
+        per = pd.Series(e[ok] ** 2 / scale[ok]).groupby(np.asarray(series)[ok]).mean()
+        rmsse = float(np.sqrt(per).mean())
+    else:
+        rmsse = float("nan")
+    n = len(y)
+    return {"wape": float(np.abs(e).sum() / sum_y) if sum_y > 0 else float("nan"),
+            "mae": float(np.abs(e).mean()) if n else float("nan"),
+            "rmse": float(np.sqrt((e ** 2).mean())) if n else float("nan"),
+            "rmsse": rmsse, "n": n, "sum_y": sum_y}
+
+
+def metrics_table(pred: pd.DataFrame, scales: pd.DataFrame, models=None) -> pd.DataFrame:
+    """WAPE, MAE, RMSE, RMSSE per model and horizon.
+
+    Args:
+        pred: rows with store_id, product_id, origin, h, y and one point-forecast column per model.
+        scales: store_id, product_id, origin, scale (in-sample naive one-step MSE, from the first sale).
+        models: model columns (default: those of :data:`MODELS` present in ``pred``).
     Returns:
         DataFrame model, h (0 = all horizons), wape, mae, rmse, rmsse, n, sum_y.
     """
+    models = [m for m in (models or MODELS) if m in pred.columns]
     p = pred.merge(scales, on=["store_id", "product_id", "origin"], how="left")
+    sid = (p["store_id"].astype(str) + "\x1f" + p["product_id"].astype(str)).to_numpy()
+    scale = p["scale"].fillna(0.0).to_numpy()
+    hs = p["h"].to_numpy()
     rows = []
-    for model, col in (("gbt", "yhat"), ("seasonal_naive", "seasonal_naive")):
-        e = p["y"] - p[col]
-        p = p.assign(_ae=e.abs(), _se=e ** 2)
-        p["_sse"] = p["_se"] / p["scale"]
-        for h in [0] + sorted(p["h"].unique().tolist()):
-            q = p if h == 0 else p[p["h"] == h]
-            sum_y = float(q["y"].sum())
-            ok = q[q["scale"] > 0]
-            per_series = ok.groupby(["store_id", "product_id"], observed=True)["_sse"].mean()
-            rows.append({
-                "model": model, "h": int(h),
-                "wape": float(q["_ae"].sum() / sum_y) if sum_y > 0 else float("nan"),
-                "mae": float(q["_ae"].mean()), "rmse": float(np.sqrt(q["_se"].mean())),
-                "rmsse": float(np.sqrt(per_series).mean()) if len(per_series) else float("nan"),
-                "n": int(len(q)), "sum_y": sum_y,
-            })
+    for model in models:
+        for h in [0] + sorted(np.unique(hs).tolist()):
+            m = np.ones(len(p), bool) if h == 0 else hs == h
+            rows.append({"model": model, "h": int(h),
+                         **metric_values(p["y"].to_numpy()[m], p[model].to_numpy()[m], sid[m], scale[m])})
     return pd.DataFrame(rows)
 
 
@@ -212,150 +333,269 @@ def level_bucket(level: pd.Series, edges: list[float]) -> pd.Series:
     return pd.Series(np.searchsorted(np.asarray(edges), level.to_numpy(), side="right"), index=level.index).astype("int8")
 
 
-def residual_quantiles(pred: pd.DataFrame) -> pd.DataFrame:
-    """Empirical residual quantiles per (h, level_bucket) with the monotone fix (module docstring).
+def conformal_bounds(e: np.ndarray, alpha: float) -> tuple[float, float]:
+    """Split-conformal lower/upper residual quantiles for a (1 - alpha) two-sided interval.
 
-    Groups with fewer than 20 residuals fall back to the horizon's pooled quantiles.
+    Args:
+        e: calibration residuals y - yhat (units), shape (n,), n >= 1.
+        alpha: miscoverage, e.g. 0.2 for an 80 % interval.
+    Returns:
+        (q_lo, q_hi): the floor((n+1) alpha/2)-th and ceil((n+1)(1-alpha/2))-th smallest residuals
+        (clamped to the sample range), so that P(q_lo <= e_new <= q_hi) >= 1 - alpha for an exchangeable
+        new residual (Lei et al. 2018, JASA 113(523)).
     """
-    e = pred.assign(e=pred["y"] - pred["yhat"])
+    s = np.sort(np.asarray(e, dtype="float64"))
+    n = len(s)
+    k_hi = min(n, math.ceil((n + 1) * (1 - alpha / 2)))
+    k_lo = max(1, math.floor((n + 1) * (alpha / 2)))
+    return float(s[k_lo - 1]), float(s[k_hi - 1])
 
-    def q(s: pd.Series) -> pd.Series:
-        return pd.Series({k: float(s.quantile(v)) for k, v in QUANTILES.items()})
 
-    by_h = e.groupby("h")["e"].apply(q).unstack()
-    grp = e.groupby(["h", "level_bucket"])["e"]
-    res = grp.apply(q).unstack()
-    counts = grp.size()
-    small = counts[counts < 20].index
-    for idx in small:
-        res.loc[idx] = by_h.loc[idx[0]]
-    # fill absent buckets with the horizon's pooled values
-    full = pd.MultiIndex.from_product([sorted(e["h"].unique()), range(N_LEVEL_BUCKETS)], names=["h", "level_bucket"])
-    res = res.reindex(full)
-    for (h, b) in res.index[res.isna().any(axis=1)]:
-        res.loc[(h, b)] = by_h.loc[h]
+def _bounds_row(e: np.ndarray) -> dict:
+    lo80, hi80 = conformal_bounds(e, 0.20)
+    lo95, hi95 = conformal_bounds(e, 0.05)
+    return {"lower95": lo95, "lower80": lo80, "upper80": hi80, "upper95": hi95}
+
+
+def residual_quantiles(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
+    """Split-conformal residual bounds per (h, level_bucket) for the point column ``point``.
+
+    Groups with fewer than :data:`MIN_GROUP_RESIDUALS` residuals (or absent) use the horizon's pooled
+    residuals. Monotone: lower95 <= lower80 <= 0 <= upper80 <= upper95.
+
+    Returns:
+        DataFrame h, level_bucket, lower95, lower80, upper80, upper95 (units, added to the point forecast).
+    """
+    e = (pred["y"] - pred[point]).to_numpy("float64")
+    h = pred["h"].to_numpy()
+    b = pred["level_bucket"].to_numpy()
+    rows = []
+    for hh in sorted(np.unique(h).tolist()):
+        mh = h == hh
+        pooled = _bounds_row(e[mh])
+        for bb in range(N_LEVEL_BUCKETS):
+            m = mh & (b == bb)
+            r = _bounds_row(e[m]) if m.sum() >= MIN_GROUP_RESIDUALS else pooled
+            rows.append({"h": int(hh), "level_bucket": bb, **r})
+    res = pd.DataFrame(rows)
     res["lower80"] = res["lower80"].clip(upper=0.0)
     res["upper80"] = res["upper80"].clip(lower=0.0)
     res["lower95"] = np.minimum(res["lower95"], res["lower80"])
     res["upper95"] = np.maximum(res["upper95"], res["upper80"])
-    return res.reset_index()
+    return res
 
 
 def apply_intervals(pred: pd.DataFrame, quantiles: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
-    """Add lower95, lower80, upper80, upper95 (units, >= 0) to rows with h, level_bucket and ``point``."""
-    out = pred.drop(columns=[c for c in QUANTILES if c in pred.columns]).merge(
-        quantiles, on=["h", "level_bucket"], how="left")
+    """Add lower95, lower80, upper80, upper95 (units, >= 0) to rows with h, level_bucket and ``point``.
+
+    ``quantiles``: output of :func:`residual_quantiles` (one model's rows)."""
+    q = quantiles.drop(columns=["model"], errors="ignore")
+    out = pred.drop(columns=[c for c in QUANTILES if c in pred.columns]).merge(q, on=["h", "level_bucket"], how="left")
     for c in QUANTILES:
         out[c] = np.clip(out[point] + out[c].fillna(0.0), 0.0, None)
     return out
 
 
-def _coverage(pred: pd.DataFrame) -> tuple[float, float]:
-    """Leave-one-origin-out coverage of the 80 % and 95 % intervals."""
+def interval_hits(pred: pd.DataFrame, point: str) -> pd.DataFrame:
+    """Leave-one-origin-out interval hits: for each origin, bounds calibrated on the other origins.
+
+    Returns:
+        DataFrame h, hit80, hit95 (0/1 per backtest row); empty with fewer than 2 origins.
+    """
     origins = sorted(pred["origin"].unique())
     if len(origins) < 2:
-        return float("nan"), float("nan")
-    hits80 = hits95 = n = 0
+        return pd.DataFrame(columns=["h", "hit80", "hit95"])
+    parts = []
     for o in origins:
-        q = residual_quantiles(pred[pred["origin"] != o])
-        t = apply_intervals(pred[pred["origin"] == o], q)
-        hits80 += int(((t["y"] >= t["lower80"]) & (t["y"] <= t["upper80"])).sum())
-        hits95 += int(((t["y"] >= t["lower95"]) & (t["y"] <= t["upper95"])).sum())
-        n += len(t)
-    return hits80 / n, hits95 / n
+        q = residual_quantiles(pred[pred["origin"] != o], point)
+        t = apply_intervals(pred[pred["origin"] == o], q, point)
+        parts.append(pd.DataFrame({"h": t["h"].to_numpy(),
+                                   "hit80": ((t["y"] >= t["lower80"]) & (t["y"] <= t["upper80"])).to_numpy(int),
+                                   "hit95": ((t["y"] >= t["lower95"]) & (t["y"] <= t["upper95"])).to_numpy(int)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def add_coverage(metrics: pd.DataFrame, pred: pd.DataFrame, models) -> pd.DataFrame:
+    """coverage80 / coverage95 columns (leave-one-origin-out, per model and h; h = 0 pooled)."""
+    out = metrics.copy()
+    out["coverage80"] = np.nan
+    out["coverage95"] = np.nan
+    for m in models:
+        hits = interval_hits(pred, m)
+        if hits.empty:
+            continue
+        by_h = hits.groupby("h")[["hit80", "hit95"]].mean()
+        by_h.loc[0] = hits[["hit80", "hit95"]].mean()
+        sel = out["model"] == m
+        out.loc[sel, "coverage80"] = out.loc[sel, "h"].map(by_h["hit80"]).to_numpy()
+        out.loc[sel, "coverage95"] = out.loc[sel, "h"].map(by_h["hit95"]).to_numpy()
+    return out
+
+
+def select_champion(metrics: pd.DataFrame, candidate: str = "gbt") -> dict:
+    """Champion among the backtest's models: the best baseline (lowest pooled WAPE), replaced by
+    ``candidate`` only when the candidate's pooled WAPE **and** RMSSE are both lower.
+
+    Returns:
+        dict champion (model name), best_baseline, reason, and the pooled wape/rmsse per model.
+    """
+    allm = metrics[metrics["h"] == 0].set_index("model")
+    base = [b for b in BASELINES if b in allm.index and pd.notna(allm.loc[b, "wape"])]
+    if not base:
+        raise ValueError("metrics hold no baseline")
+    best = min(base, key=lambda b: (allm.loc[b, "wape"], allm.loc[b, "rmsse"]))
+    bw, br = float(allm.loc[best, "wape"]), float(allm.loc[best, "rmsse"])
+    out = {"best_baseline": best, "wape": {m: float(allm.loc[m, "wape"]) for m in allm.index},
+           "rmsse": {m: float(allm.loc[m, "rmsse"]) for m in allm.index}}
+    if candidate in allm.index:
+        cw, cr = float(allm.loc[candidate, "wape"]), float(allm.loc[candidate, "rmsse"])
+        if cw < bw and cr < br:
+            return {**out, "champion": candidate, "reason": f"{candidate} WAPE {cw:.4f} < {bw:.4f} and RMSSE "
+                                                            f"{cr:.4f} < {br:.4f} of {best}"}
+        return {**out, "champion": best, "reason": f"{candidate} WAPE {cw:.4f} / RMSSE {cr:.4f} does not beat "
+                                                   f"{best} {bw:.4f} / {br:.4f}"}
+    return {**out, "champion": best, "reason": f"no {candidate}: best baseline {best}"}
 
 
 # --------------------------------------------------------------------------------------------
 # backtest, final fit, forecast
 # --------------------------------------------------------------------------------------------
+def last_known_day(features: pd.DataFrame) -> pd.Timestamp:
+    """T: the last day with known demand in the feature table."""
+    return features.loc[features["units"].notna(), "date"].max()
+
+
 def backtest_origins(features: pd.DataFrame, cfg: ForecastConfig) -> list[pd.Timestamp]:
     """Origins T - horizon - k * origin_step_days, k = n_origins-1..0 (oldest first)."""
-    T = features.loc[features["units"].notna(), "date"].max()
+    T = last_known_day(features)
     return [T - pd.Timedelta(days=cfg.horizon + k * cfg.origin_step_days) for k in range(cfg.n_origins - 1, -1, -1)]
 
 
-def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print) -> BacktestResult:
-    """Rolling-origin backtest of the GBT against seasonal naive (see module docstring).
+def training_table(features: pd.DataFrame, first_origin, last_origin, cfg: ForecastConfig) -> pd.DataFrame:
+    """Supervised training rows with target days in (first_origin - train_window_days, last_origin],
+    ``rows_per_target`` sampled horizons per (series, target day); missing features filled with 0."""
+    sup = make_supervised(features, range(1, cfg.horizon + 1),
+                          min_target_date=pd.Timestamp(first_origin) - pd.Timedelta(days=cfg.train_window_days - 1),
+                          sample_per_target=cfg.rows_per_target, seed=cfg.seed)
+    sup = sup[(sup["date"] <= pd.Timestamp(last_origin)) & sup["y"].notna()]
+    cols = feature_columns(sup)
+    sup[cols] = sup[cols].fillna(0.0)
+    return sup
+
+
+def training_rows(sup: pd.DataFrame, origin, cfg: ForecastConfig) -> pd.DataFrame:
+    """Rows of a training table whose target day is in (origin - train_window_days, origin]."""
+    o = pd.Timestamp(origin)
+    return sup[(sup["date"] <= o) & (sup["date"] > o - pd.Timedelta(days=cfg.train_window_days)) & sup["y"].notna()]
+
+
+def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with_gbt: bool = True) -> BacktestResult:
+    """Rolling-origin backtest of the GBT and the baselines (see module docstring).
 
     Args:
         features: daily feature table from :func:`ml.features.build_daily_features`.
+        with_gbt: False scores the baselines only (no Spark needed).
     Returns:
         :class:`BacktestResult`.
+    Raises:
+        InsufficientHistory: no origin has enough training rows.
     """
     origins = backtest_origins(features, cfg)
-    first = origins[0] - pd.Timedelta(days=cfg.train_window_days)
-    sup = make_supervised(features, range(1, cfg.horizon + 1), min_target_date=first)
-    cols = feature_columns(sup)
-    sup[cols] = sup[cols].fillna(0.0)
+    cols = feature_columns(features)
+    sup = training_table(features, origins[0], origins[-1], cfg) if with_gbt else None
+    test = make_supervised(features, range(1, cfg.horizon + 1), origins=origins)
+    test = test[test["y"].notna()]
+    test[cols[1:]] = test[cols[1:]].fillna(0.0)
     preds, scales, fit_s, n_train, used = [], [], [], [], []
     for o in origins:
-        tr = training_rows(sup, o, cfg)
-        if len(tr) < MIN_TRAIN_ROWS:
-            log(f"backtest origin {o.date()} skipped: {len(tr)} training rows < {MIN_TRAIN_ROWS} (history too short)")
+        te = test[test["origin"] == o].copy()
+        if with_gbt:
+            tr = training_rows(sup, o, cfg)
+            if len(tr) < MIN_TRAIN_ROWS or te.empty:
+                log(f"backtest origin {o.date()} skipped: {len(tr)} training rows < {MIN_TRAIN_ROWS} (history too short)")
+                continue
+            t0 = time.perf_counter()
+            model = fit_gbt(spark, tr, cfg, cols)
+            fit_s.append(time.perf_counter() - t0)
+            n_train.append(len(tr))
+            te["gbt"] = predict_gbt(spark, model, te, cols, cfg.target)
+            log(f"backtest origin {o.date()}: train rows {len(tr):,}, fit {fit_s[-1]:.1f} s, test rows {len(te):,}")
+        elif te.empty:
             continue
         used.append(o)
-        t0 = time.perf_counter()
-        model = fit_gbt(spark, tr, cfg, cols)
-        fit_s.append(time.perf_counter() - t0)
-        n_train.append(len(tr))
-        te = sup[(sup["origin"] == o) & sup["y"].notna()].copy()
-        te["yhat"] = predict_gbt(spark, model, te, cols)
         preds.append(te)
         sc = naive_scales(features, o).reset_index()
         sc["origin"] = o
         scales.append(sc)
-        log(f"backtest origin {o.date()}: train rows {len(tr):,}, fit {fit_s[-1]:.1f} s, test rows {len(te):,}")
     if not preds:
         raise InsufficientHistory(
             f"no backtest origin has {MIN_TRAIN_ROWS}+ training rows: the demand history is too short "
-            f"(need more than {cfg.horizon} days of known demand before the first origin {origins[-1].date()})")
-    origins = used
+            f"(need more than {cfg.horizon} days of known demand before the first origin {origins[0].date()})")
     pred = pd.concat(preds, ignore_index=True)
+    timings: dict = {}
+    pred = add_baselines(pred, features, used, cfg, timings)
+    models = (["gbt"] if with_gbt else []) + list(cfg.baselines)
     edges = [float(x) for x in np.quantile(pred["rmean_30"], [0.25, 0.5, 0.75])]
     pred["level_bucket"] = level_bucket(pred["rmean_30"], edges)
-    metrics = metrics_table(pred, pd.concat(scales, ignore_index=True))
-    cov80, cov95 = _coverage(pred)
-    metrics["coverage80"] = np.where(metrics["model"] == "gbt", cov80, np.nan)
-    metrics["coverage95"] = np.where(metrics["model"] == "gbt", cov95, np.nan)
-    keep = ["store_id", "product_id", "origin", "date", "h", "y", "yhat", "seasonal_naive", "level_bucket", "rmean_30"]
-    return BacktestResult(pred[keep], metrics, residual_quantiles(pred), edges, origins, fit_s, n_train)
+    metrics = metrics_table(pred, pd.concat(scales, ignore_index=True), models)
+    metrics = add_coverage(metrics, pred, models)
+    quantiles = pd.concat([residual_quantiles(pred, m).assign(model=m) for m in models], ignore_index=True)
+    keep = ["store_id", "product_id", "origin", "date", "h", "y", *models, "level_bucket", "rmean_30"]
+    return BacktestResult(pred[keep], metrics, quantiles[["model", "h", "level_bucket", *QUANTILES]], edges, used,
+                          fit_s, n_train, timings, models)
 
 
 def train_final(spark, features: pd.DataFrame, cfg: ForecastConfig):
-    """Fit on every row whose target day is within the training window before the last known day."""
-    T = features.loc[features["units"].notna(), "date"].max()
-    sup = make_supervised(features, range(1, cfg.horizon + 1),
-                          min_target_date=T - pd.Timedelta(days=cfg.train_window_days))
-    cols = feature_columns(sup)
-    sup[cols] = sup[cols].fillna(0.0)
-    tr = training_rows(sup, T, cfg)
+    """Fit the GBT on the training window before the last known day T.
+
+    Returns:
+        (PipelineModel, feature columns, training rows).
+    """
+    T = last_known_day(features)
+    tr = training_table(features, T, T, cfg)
+    cols = feature_columns(features)
     return fit_gbt(spark, tr, cfg, cols), cols, len(tr)
 
 
 def forecast(spark, model, features: pd.DataFrame, quantiles: pd.DataFrame, bucket_edges: list[float],
-             cols: list[str], horizon: int = MAX_HORIZON) -> pd.DataFrame:
-    """7-day forecasts with intervals from the last known day T for every active series.
+             cols: list[str], horizon: int = DEFAULT_HORIZON, model_name: str = "gbt",
+             target: str = "scaled", stats_window_days: int = 365) -> pd.DataFrame:
+    """Forecasts h = 1..horizon from the last known day T, with conformal intervals, for every active series.
 
     A series is *active* when it has a row at T (it is on sale). Requires the feature table to be
     extended past T (``extend_days >= horizon``).
 
+    Args:
+        model: the GBT PipelineModel (unused, may be None, when ``model_name`` is a baseline).
+        quantiles: interval bounds of :class:`BacktestResult` (rows of ``model_name`` are used when it
+            has a ``model`` column).
+        model_name: "gbt" or a baseline of :data:`BASELINES` (the champion).
     Returns:
         DataFrame store_id, product_id, origin (T), date (target day), h, yhat, lower95, lower80,
         upper80, upper95 (units).
     Raises:
-        ValueError: the feature table has no future rows for some horizon.
+        ValueError: the feature table has no future rows for some horizon, or an unknown model.
     """
-    T = features.loc[features["units"].notna(), "date"].max()
-    sup = make_supervised(features, range(1, horizon + 1), min_target_date=T + pd.Timedelta(days=1))
-    rows = sup[sup["origin"] == T].copy()
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; known: {MODELS}")
+    T = last_known_day(features)
+    rows = make_supervised(features, range(1, horizon + 1), origins=[T])
     hs = set(rows["h"].unique())
     if hs != set(range(1, horizon + 1)):
         raise ValueError(f"feature table has no future rows for horizons {sorted(set(range(1, horizon + 1)) - hs)}; "
                          "build it with extend_days >= horizon")
-    rows[cols] = rows[cols].fillna(0.0)
-    rows["yhat"] = predict_gbt(spark, model, rows, cols)
+    rows[cols[1:]] = rows[cols[1:]].fillna(0.0)
+    if model_name == "gbt":
+        rows["yhat"] = predict_gbt(spark, model, rows, cols, target)
+    elif model_name == "statsforecast":
+        cfg = ForecastConfig(horizon=horizon, stats_window_days=stats_window_days, baselines=("statsforecast",))
+        rows = add_baselines(rows, features, [T], cfg)
+        rows["yhat"] = rows["statsforecast"]
+    else:
+        rows["yhat"] = rows[model_name]
     rows["level_bucket"] = level_bucket(rows["rmean_30"], bucket_edges)
-    out = apply_intervals(rows, quantiles)
+    q = quantiles[quantiles["model"] == model_name] if "model" in quantiles.columns else quantiles
+    out = apply_intervals(rows, q)
     return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES]].sort_values(
         ["store_id", "product_id", "h"]).reset_index(drop=True)
 
@@ -447,13 +687,16 @@ def load_model_version(lake, version: int):
     return model, meta, q
 
 
-def train_and_evaluate(spark, daily: pd.DataFrame, cfg: ForecastConfig, *, calendar=None, weather=None,
+def train_and_evaluate(spark, daily: pd.DataFrame | None, cfg: ForecastConfig, *, calendar=None, weather=None,
                        default_country: str | None = "GB", features: pd.DataFrame | None = None, log=print) -> dict:
     """The one training path used by the spark-submit job, the DAG and the benchmark.
 
-    Builds features (unless given), runs the rolling-origin backtest, fits the final model on the
-    latest window. Returns a dict with keys features, backtest (:class:`BacktestResult`), model, cols,
-    train_rows, fit_seconds, backtest_seconds.
+    Builds features (unless given), runs the rolling-origin backtest of the GBT and the baselines, picks
+    the champion of this backtest (:func:`select_champion`) and fits the final GBT on the latest window.
+
+    Returns:
+        dict with keys features, backtest (:class:`BacktestResult`), selection (dict of
+        :func:`select_champion`), model, cols, train_rows, fit_seconds, backtest_seconds.
     """
     if features is None:
         features = build_daily_features(daily, calendar=calendar, weather=weather, default_country=default_country,
@@ -463,6 +706,7 @@ def train_and_evaluate(spark, daily: pd.DataFrame, cfg: ForecastConfig, *, calen
     t1 = time.perf_counter()
     model, cols, n = train_final(spark, features, cfg)
     t2 = time.perf_counter()
-    log(f"final model: {n:,} rows, fit {t2 - t1:.1f} s")
-    return {"features": features, "backtest": bt, "model": model, "cols": cols, "train_rows": n,
+    sel = select_champion(bt.metrics)
+    log(f"final model: {n:,} rows, fit {t2 - t1:.1f} s; champion of this backtest: {sel['champion']} ({sel['reason']})")
+    return {"features": features, "backtest": bt, "selection": sel, "model": model, "cols": cols, "train_rows": n,
             "fit_seconds": t2 - t1, "backtest_seconds": t1 - t0}

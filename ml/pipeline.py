@@ -8,8 +8,8 @@ open ClickHouse and exchange data through the lake:
   ``features/daily/latest.json`` points at the newest one;
 * ``models/demand-forecast/v<N>/`` — Spark model, ``metrics.parquet``, ``intervals.parquet``, ``meta.json``
   (train job); ``models/demand-forecast/champion.json`` — the promoted version (register_model);
-* ``models/demand-forecast/predictions/latest.parquet`` (+ ``origin=YYYY-MM-DD/``) — 7-day forecasts
-  with intervals (predict job).
+* ``models/demand-forecast/predictions/latest.parquet`` (+ ``origin=YYYY-MM-DD/``) — FORECAST_HORIZON-day
+  forecasts with intervals from the champion (the GBT or a baseline; predict job).
 
 Every ClickHouse write goes to a ReplacingMergeTree keyed on its natural key (see
 ``clickhouse/migrations/020_ml.sql``), so re-running a task replaces rows instead of adding them.
@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ml.features import build_daily_features
+from ml.features import DEFAULT_HORIZON, build_daily_features
 from ml.forecast import MODEL_PREFIX, list_versions, read_meta
 
 log = logging.getLogger(__name__)
-#: minimum days of demand history for training: 7 days of backtest targets + 7 days before the last origin
+#: minimum days of demand history for training (the backtest also needs FORECAST_HORIZON days of targets)
 MIN_HISTORY_DAYS = 14
 
 
@@ -139,7 +139,7 @@ def build_features(run_date: dt.date, settings=None) -> dict:
             f"{db}.fact_sales covers {span} day(s) ({daily['date'].min().date()}..{end.date()}); the rolling-origin "
             f"backtest needs at least {MIN_HISTORY_DAYS}: run daily_etl for the earlier dates first (backfill)")
     feats = build_daily_features(daily, end_date=end, default_country=s.store_country_default,
-                                 weather=read_weather(s.weather_file), extend_days=7)
+                                 weather=read_weather(s.weather_file), extend_days=s.forecast_horizon)
     out = feats.copy()
     for c in ("temp_c", "precip_mm"):
         if c not in out.columns:
@@ -194,19 +194,60 @@ def metrics_rows(metrics: pd.DataFrame, version: int, run_date: dt.date, dataset
 
 
 def current_champion(client, db: str) -> dict | None:
-    """The registry's champion row (latest state), or None."""
-    df = client.query_df(f"SELECT version, backtest_wape, path FROM {db}.model_registry FINAL "
+    """The registry's champion row (latest state): version, model, backtest_wape, backtest_rmsse, path; or None."""
+    df = client.query_df(f"SELECT version, model, backtest_wape, backtest_rmsse, path FROM {db}.model_registry FINAL "
                          f"WHERE model_name = '{MODEL_NAME}' AND is_champion = 1 ORDER BY version DESC LIMIT 1")
     return None if df.empty else df.iloc[0].to_dict()
 
 
-def register_model(run_date: dt.date, settings=None) -> dict:
-    """Task ``register_model``: load the run's backtest metrics into ml_model_metrics, add the version to
-    model_registry, and promote it to champion only when its backtest WAPE (GBT, all horizons) is lower
-    than the champion's (the first model is promoted). Writes ``models/demand-forecast/champion.json``.
+def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None) -> dict:
+    """Champion / challenger rule (pure): which model of run ``version`` serves, and is it promoted?
 
-    Note: champion and challenger WAPEs come from their own backtests (origins of their training dates);
-    with nightly retraining the windows overlap by all but a day.
+    The run's challenger is :func:`ml.forecast.select_champion` of its backtest: the GBT when its pooled
+    WAPE and RMSSE are both below the best baseline's, else that best baseline. Then:
+
+    * no champion yet: the challenger is promoted (so the first champion is the best baseline unless
+      the GBT beats it);
+    * the champion is this version (re-run): it stays champion with the challenger's model;
+    * the champion is a baseline: it is scored on this run's backtest too, so the challenger is promoted
+      when it beats that baseline there in WAPE and RMSSE (or is the same baseline: re-calibrated);
+    * the champion is an older GBT: the challenger is promoted when its WAPE and RMSSE are below the
+      champion's recorded backtest figures (backtests of consecutive runs share all but their newest days).
+
+    Returns:
+        dict model (the challenger's model name), wape, rmsse, promote (bool), reason, selection.
+    """
+    from ml.forecast import select_champion
+
+    sel = select_champion(metrics)
+    model = sel["champion"]
+    wape, rmsse = sel["wape"][model], sel["rmsse"][model]
+    out = {"model": model, "wape": wape, "rmsse": rmsse, "selection": sel}
+    if champion is None:
+        return {**out, "promote": True, "reason": f"no champion yet: {model} ({sel['reason']})"}
+    cv, cm = int(champion["version"]), str(champion.get("model") or "gbt")
+    if cv == int(version):
+        return {**out, "promote": True, "reason": "already champion (re-run)"}
+    if cm != "gbt" and cm in sel["wape"]:
+        if cm == model:
+            return {**out, "promote": True, "reason": f"champion baseline {cm} is again the best: re-calibrated v{version}"}
+        cw, cr = sel["wape"][cm], sel["rmsse"][cm]
+        where = "on this backtest"
+    else:
+        cw, cr = float(champion["backtest_wape"]), float(champion.get("backtest_rmsse", float("nan")))
+        where = "recorded"
+    beats = wape < cw and (not np.isfinite(cr) or rmsse < cr)
+    verdict = "<" if beats else "does not beat"
+    return {**out, "promote": bool(beats),
+            "reason": f"{model} WAPE {wape:.4f} / RMSSE {rmsse:.4f} {verdict} champion v{cv} {cm} ({where}) "
+                      f"{cw:.4f} / {cr:.4f}"}
+
+
+def register_model(run_date: dt.date, settings=None) -> dict:
+    """Task ``register_model``: load the run's backtest metrics (GBT and every baseline) into
+    ml_model_metrics, add the version to model_registry with the model it would serve, and promote it per
+    :func:`decide_promotion` (champion / challenger). Writes ``models/demand-forecast/champion.json``
+    ({version, model}): the predict job forecasts with that model (the GBT, or a baseline).
 
     Raises:
         FileNotFoundError: the training job wrote no model for this run date.
@@ -220,22 +261,17 @@ def register_model(run_date: dt.date, settings=None) -> dict:
     metrics = lake.read_table(s.lake_models_bucket, MODEL_PREFIX, f"v{v}", "metrics.parquet").to_pandas()
     client.insert_df(f"{db}.ml_model_metrics", metrics_rows(metrics, v, run_date))
     allm = metrics[metrics["h"] == 0].set_index("model")
-    wape, naive = float(allm.loc["gbt", "wape"]), float(allm.loc["seasonal_naive", "wape"])
+    naive = float(allm.loc["seasonal_naive", "wape"])
     champ = current_champion(client, db)
+    d = decide_promotion(metrics, v, champ)
+    promote, reason, model = d["promote"], d["reason"], d["model"]
     now = _now()
-    if champ is not None and int(champ["version"]) == v:
-        promote, reason = True, "already champion (re-run)"
-    elif champ is None:
-        promote, reason = True, "no champion yet"
-    elif wape < float(champ["backtest_wape"]):
-        promote, reason = True, f"WAPE {wape:.4f} < champion v{int(champ['version'])} {float(champ['backtest_wape']):.4f}"
-    else:
-        promote, reason = False, f"WAPE {wape:.4f} >= champion v{int(champ['version'])} {float(champ['backtest_wape']):.4f}"
     base = {"model_name": MODEL_NAME, "run_date": run_date, "metrics": json.dumps({
-        "backtest": metrics.to_dict("records"), "meta": meta}, default=str)}
-    rows = [{**base, "version": v, "trained_at": pd.Timestamp(meta["trained_at"]).to_pydatetime(),
-             "path": meta["path"], "backtest_wape": wape, "seasonal_naive_wape": naive,
-             "is_champion": int(promote), "promoted_at": now if promote else None, "updated_at": now}]
+        "backtest": metrics.to_dict("records"), "selection": d["selection"], "meta": meta}, default=str)}
+    rows = [{**base, "version": v, "model": model, "trained_at": pd.Timestamp(meta["trained_at"]).to_pydatetime(),
+             "path": meta["path"], "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"],
+             "seasonal_naive_wape": naive, "is_champion": int(promote), "promoted_at": now if promote else None,
+             "updated_at": now}]
     if promote and champ is not None and int(champ["version"]) != v:
         old = client.query_df(f"SELECT * FROM {db}.model_registry FINAL WHERE model_name = '{MODEL_NAME}' "
                               f"AND version = {int(champ['version'])}").iloc[0].to_dict()
@@ -243,14 +279,16 @@ def register_model(run_date: dt.date, settings=None) -> dict:
         rows.append(old)
     df = pd.DataFrame(rows)
     df["promoted_at"] = df["promoted_at"].astype(object).where(df["promoted_at"].notna(), None)
-    client.insert_df(f"{db}.model_registry", df[["model_name", "version", "run_date", "trained_at", "path",
-                                                 "backtest_wape", "seasonal_naive_wape", "metrics", "is_champion",
-                                                 "promoted_at", "updated_at"]])
+    client.insert_df(f"{db}.model_registry", df[["model_name", "version", "model", "run_date", "trained_at", "path",
+                                                 "backtest_wape", "backtest_rmsse", "seasonal_naive_wape", "metrics",
+                                                 "is_champion", "promoted_at", "updated_at"]])
     if promote:
-        _write_json(lake, {"version": v, "path": meta["path"], "promoted_at": now.isoformat(), "backtest_wape": wape},
+        _write_json(lake, {"version": v, "model": model, "path": meta["path"], "promoted_at": now.isoformat(),
+                           "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"]},
                     s.lake_models_bucket, MODEL_PREFIX, "champion.json")
-    log.info("model v%s: %s -> %s", v, reason, "promoted" if promote else "kept challenger")
-    return {"version": v, "promoted": promote, "reason": reason, "wape": wape, "seasonal_naive_wape": naive}
+    log.info("model v%s (%s): %s -> %s", v, model, reason, "promoted" if promote else "kept challenger")
+    return {"version": v, "model": model, "promoted": promote, "reason": reason, "wape": d["wape"],
+            "rmsse": d["rmsse"], "seasonal_naive_wape": naive}
 
 
 # -------------------------------------------------------------------------------- predictions ------
@@ -271,14 +309,15 @@ def read_predictions(lake) -> pd.DataFrame:
 
 def load_predictions(run_date: dt.date, settings=None) -> dict:
     """Task ``load_predictions``: lake predictions -> forecast_predictions, after checking that every
-    active store x SKU has horizons 1..7 and lower95 <= lower80 <= yhat <= upper80 <= upper95.
+    active store x SKU has horizons 1..H (H = the champion's horizon, FORECAST_HORIZON when trained
+    with it) and lower95 <= lower80 <= yhat <= upper80 <= upper95.
 
     Raises:
         ValueError: a series lacks a horizon or an interval is out of order.
     """
     s, client, db, lake = _ctx(settings)
     p = read_predictions(lake)
-    check_predictions(p)
+    check_predictions(p, horizon=int(p["horizon"].max()))
     rows = p[PRED_COLUMNS].copy()
     rows["run_date"] = run_date
     rows["created_at"] = _now()
@@ -287,7 +326,7 @@ def load_predictions(run_date: dt.date, settings=None) -> dict:
             "forecast_origin": str(rows["forecast_origin"].iloc[0]), "model_version": int(rows["model_version"].iloc[0])}
 
 
-def check_predictions(p: pd.DataFrame, horizon: int = 7) -> None:
+def check_predictions(p: pd.DataFrame, horizon: int = DEFAULT_HORIZON) -> None:
     """Raise ValueError unless every series has horizons 1..horizon and the intervals are ordered."""
     hs = p.groupby(["store_id", "product_id"])["horizon"].agg(lambda x: sorted(x.tolist()))
     bad = hs[hs.map(lambda x: x != list(range(1, horizon + 1)))]

@@ -82,46 +82,72 @@ def test_holidays_from_package_for_country():
 
 def test_no_leakage_features_at_origin_ignore_later_data():
     rng = np.random.default_rng(0)
-    vals = rng.poisson(5, 200).astype(float)
+    vals = rng.poisson(5, 240).astype(float)
     t = pd.Timestamp("2024-01-01") + pd.Timedelta(days=150)  # forecast origin
     a = toy(vals)
     b = a.copy()
     after = b["date"] > t
     b.loc[after, "units"] = rng.poisson(50, int(after.sum()))  # completely different future
     b.loc[after, "price"] = 2.0  # known-in-advance covariates identical
-    sa = make_supervised(build_daily_features(a, default_country=None))
-    sb = make_supervised(build_daily_features(b, default_country=None))
-    cols = feature_columns(sa) + ["seasonal_naive"]
-    ra = sa[sa["origin"] == t].sort_values("h").reset_index(drop=True)
-    rb = sb[sb["origin"] == t].sort_values("h").reset_index(drop=True)
-    assert len(ra) == 7
-    pd.testing.assert_frame_equal(ra[cols], rb[cols])
-    assert not np.allclose(ra["y"], rb["y"])  # the targets (after t) differ, the features do not
+    # a second series in the same store and of the same item: the item/store-level features must not leak either
+    a = pd.concat([a, toy(vals[::-1].copy(), store="S2")], ignore_index=True)
+    b = pd.concat([b, a[a["store_id"] == "S2"]], ignore_index=True)
+    b.loc[(b["store_id"] == "S2") & (b["date"] > t), "units"] = 99.0
+    sa = make_supervised(build_daily_features(a, default_country=None, extend_days=28), origins=[t])
+    sb = make_supervised(build_daily_features(b, default_country=None, extend_days=28), origins=[t])
+    cols = feature_columns(sa) + ["seasonal_naive", "trailing_mean_28"]
+    assert len(sa) == 2 * 28 and sorted(sa["h"].unique()) == list(range(1, 29))
+    pd.testing.assert_frame_equal(sa[cols], sb[cols])
+    assert not np.allclose(sa["y"], sb["y"])  # the targets (after t) differ, the features do not
 
 
 def test_supervised_alignment_against_direct_computation():
-    vals = np.arange(100, dtype=float)
+    vals = np.arange(200, dtype=float)
     sup = make_supervised(build_daily_features(toy(vals), default_country=None))
-    t = pd.Timestamp("2024-01-01") + pd.Timedelta(days=60)  # y_t = 60
+    t = pd.Timestamp("2024-01-01") + pd.Timedelta(days=100)  # y_t = 100
     rows = sup[sup["origin"] == t].set_index("h")
-    for h in range(1, 8):
-        assert rows.loc[h, "y"] == 60 + h                  # target y_{t+h}
-        assert rows.loc[h, "lag_1"] == 60                  # last observed value y_t
-        assert rows.loc[h, "rmean_7"] == np.mean(np.arange(54, 61))
-        assert rows.loc[h, "seasonal_naive"] == 60 + h - 7  # y_{t+h-7} <= y_t
-        assert rows.loc[h, "lag_14"] == 60 + h - 14
+    assert sorted(rows.index) == list(range(1, 29))
+    for h in range(1, 29):
+        k = -(-h // 7)
+        assert rows.loc[h, "y"] == 100 + h                       # target y_{t+h}
+        assert rows.loc[h, "lag_1"] == 100                       # last observed value y_t
+        assert rows.loc[h, "rmean_7"] == np.mean(np.arange(94, 101))
+        assert rows.loc[h, "trailing_mean_28"] == np.mean(np.arange(73, 101))
+        assert rows.loc[h, "rmean_365"] == np.mean(np.arange(0, 101))  # shorter history: all of it
+        assert rows.loc[h, "seasonal_naive"] == 100 + h - 7 * k  # last same-weekday value <= t
+        assert rows.loc[h, "seas_lag_2"] == 100 + h - 7 * k - 7
+        assert rows.loc[h, "seas_mean_4"] == np.mean([100 + h - 7 * (k + m) for m in range(4)])
+        assert rows.loc[h, "level"] == np.mean(np.arange(11, 101))  # rmean_90
+        assert rows.loc[h, "n_lag_1"] == pytest.approx(100 / rows.loc[h, "level"])
         assert rows.loc[h, "date"] == t + pd.Timedelta(days=h)
+        assert rows.loc[h, "dow"] == (t + pd.Timedelta(days=h)).dayofweek
     assert set(HISTORY_COLUMNS) <= set(sup.columns)
 
 
-def test_future_rows_for_forecast():
-    sup = make_supervised(build_daily_features(toy(np.ones(50)), default_country=None, extend_days=7))
+def test_item_and_store_levels_average_other_series_history():
+    a = toy(np.full(60, 2.0), store="S1", product="P1")
+    b = toy(np.full(60, 6.0), store="S2", product="P1")
+    c = toy(np.full(60, 10.0), store="S1", product="P2")
+    sup = make_supervised(build_daily_features(pd.concat([a, b, c]), default_country=None),
+                          origins=[pd.Timestamp("2024-02-15")], horizons=[1])
+    r = sup.set_index(["store_id", "product_id"])
+    assert r.loc[("S1", "P1"), "item_rmean_28"] == 4.0 and r.loc[("S1", "P1"), "store_rmean_28"] == 6.0
+    assert r.loc[("S1", "P1"), "item_trend"] == 1.0
+
+
+def test_future_rows_for_forecast_and_sampling():
+    f = build_daily_features(toy(np.ones(50)), default_country=None, extend_days=7)
+    sup = make_supervised(f, horizons=range(1, 8))
     T = pd.Timestamp("2024-01-01") + pd.Timedelta(days=49)
     fut = sup[sup["origin"] == T]
     assert sorted(fut["h"]) == list(range(1, 8)) and fut["y"].isna().all()
     assert (fut["lag_1"] == 1).all() and (fut["rmean_7"] == 1).all()
     with pytest.raises(ValueError):
-        make_supervised(build_daily_features(toy(np.ones(10)), default_country=None), horizons=[8])
+        make_supervised(f, horizons=[29])
+    one = make_supervised(f, horizons=range(1, 8), sample_per_target=1, seed=1)
+    assert one["date"].is_unique and 45 <= len(one) <= 56  # at most one horizon per target day (drawn h beyond the
+    # series start are dropped)
+    assert one["h"].nunique() > 1
 
 
 def test_weather_joined_on_day_and_country():

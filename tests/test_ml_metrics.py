@@ -1,4 +1,8 @@
-"""Forecast metrics, interval construction and prediction checks (pure pandas, hand-computed)."""
+"""Forecast metrics, conformal intervals, champion selection and prediction checks (pure pandas / numpy).
+
+The metric functions are checked against hand computations and against an independent implementation,
+Nixtla's ``utilsforecast.losses`` (installed with statsforecast).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.forecast import (apply_intervals, backtest_origins, ForecastConfig, metrics_table, naive_scales,
-                         residual_quantiles, training_rows)
-from ml.features import build_daily_features, make_supervised
-from ml.pipeline import check_predictions, metrics_rows
+from ml.features import build_daily_features
+from ml.forecast import (ForecastConfig, apply_intervals, backtest_origins, conformal_bounds, interval_hits,
+                         metrics_table, naive_scales, residual_quantiles, select_champion, training_rows,
+                         training_table)
+from ml.pipeline import check_predictions, decide_promotion, metrics_rows
 
 
 def test_metrics_hand_computed():
     o = pd.Timestamp("2024-01-10")
     pred = pd.DataFrame({"store_id": "S", "product_id": "P", "origin": o, "h": [1, 2],
-                         "y": [10.0, 0.0], "yhat": [8.0, 2.0], "seasonal_naive": [10.0, 5.0]})
+                         "y": [10.0, 0.0], "gbt": [8.0, 2.0], "seasonal_naive": [10.0, 5.0]})
     scales = pd.DataFrame({"store_id": ["S"], "product_id": ["P"], "origin": [o], "scale": [4.0]})
     m = metrics_table(pred, scales).set_index(["model", "h"])
     # GBT: |e| = 2, 2 -> WAPE 4/10; MAE 2; RMSE sqrt(8/2) = 2; RMSSE sqrt(mean(4, 4) / 4) = 1
@@ -29,35 +34,94 @@ def test_metrics_hand_computed():
         (0.5, 2.5, math.sqrt(12.5), math.sqrt(12.5 / 4)))
     assert m.loc[("gbt", 1), "wape"] == pytest.approx(0.2)
     assert math.isnan(m.loc[("gbt", 2), "wape"])  # no demand at h=2: WAPE undefined, not infinite
+    assert set(m.index.get_level_values("model")) == {"gbt", "seasonal_naive"}  # absent models are skipped
 
 
-def test_naive_scale_uses_only_in_sample_days():
-    f = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=5, freq="D"), "store_id": "S", "product_id": "P",
-                      "units": [1.0, 3.0, 2.0, 100.0, np.nan]})
-    # up to 2024-01-03: diffs 2, -1 -> (4 + 1) / 2 = 2.5 (the 100 after the origin is ignored)
-    assert naive_scales(f, "2024-01-03").iloc[0] == pytest.approx(2.5)
+def test_naive_scale_starts_at_first_sale_and_uses_only_in_sample_days():
+    f = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=7, freq="D"), "store_id": "S", "product_id": "P",
+                      "units": [0.0, 0.0, 1.0, 3.0, 2.0, 100.0, np.nan]})
+    # from the first sale (2024-01-03) up to 2024-01-05: diffs 2, -1 -> (4 + 1) / 2 = 2.5; the leading zeros
+    # and the 100 after the origin are ignored
+    assert naive_scales(f, "2024-01-05").iloc[0] == pytest.approx(2.5)
+    never = f.assign(units=0.0, product_id="Q")
+    assert naive_scales(pd.concat([f, never]), "2024-01-05").index.tolist() == [("S", "P")]
+
+
+def _random_panel(seed=3, n_series=6, days=120):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_series):
+        lam = rng.uniform(0.2, 20)
+        u = rng.poisson(lam, days).astype(float)
+        u[: rng.integers(0, 15)] = 0.0  # leading zeros before the first sale
+        rows.append(pd.DataFrame({"date": pd.date_range("2024-01-01", periods=days, freq="D"), "store_id": f"S{i % 2}",
+                                  "product_id": f"P{i}", "units": u, "price": 1.0}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_wape_and_rmsse_match_utilsforecast():
+    from utilsforecast.losses import rmsse, wape
+
+    daily = _random_panel()
+    origin = pd.Timestamp("2024-03-31")
+    rng = np.random.default_rng(5)
+    test = daily[(daily["date"] > origin) & (daily["date"] <= origin + pd.Timedelta(days=28))].copy()
+    test["h"] = (test["date"] - origin).dt.days
+    test["origin"] = origin
+    test["y"] = test["units"]
+    test["gbt"] = np.clip(test["y"] + rng.normal(0, 2, len(test)), 0, None)
+    test["seasonal_naive"] = rng.poisson(5, len(test)).astype(float)
+    sc = naive_scales(daily, origin).reset_index().assign(origin=origin)
+    ours = metrics_table(test, sc).set_index(["model", "h"])
+    # utilsforecast: per-series RMSSE with the one-step naive scale (seasonality 1) of the training data, which
+    # starts at the series' first non-zero sale as in M5
+    train = daily[daily["date"] <= origin]
+    first = train[train["units"] > 0].groupby("product_id")["date"].min()
+    train = train[train["date"] >= train["product_id"].map(first)]
+    uf = test.assign(unique_id=test["product_id"], ds=test["date"], cutoff=origin)
+    tr = train.assign(unique_id=train["product_id"], ds=train["date"], y=train["units"])[["unique_id", "ds", "y"]]
+    for model in ("gbt", "seasonal_naive"):
+        r = rmsse(uf[["unique_id", "ds", "cutoff", "y", model]], models=[model], seasonality=1, train_df=tr)
+        assert ours.loc[(model, 0), "rmsse"] == pytest.approx(float(r[model].mean()), rel=1e-9)
+        pooled = uf.assign(unique_id="all")[["unique_id", "ds", "cutoff", "y", model]]
+        assert ours.loc[(model, 0), "wape"] == pytest.approx(float(wape(pooled, models=[model])[model].iloc[0]), rel=1e-9)
+        h3 = uf[uf["h"] == 3].assign(unique_id="all")[["unique_id", "ds", "cutoff", "y", model]]
+        assert ours.loc[(model, 3), "wape"] == pytest.approx(float(wape(h3, models=[model])[model].iloc[0]), rel=1e-9)
 
 
 def test_training_rows_never_reach_past_origin_and_sample_one_horizon():
-    d = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=60, freq="D"), "store_id": "S",
-                      "product_id": "P", "units": np.arange(60.0), "price": 1.0})
-    sup = make_supervised(build_daily_features(d, default_country=None))
-    cfg = ForecastConfig(train_window_days=20)
-    o = pd.Timestamp("2024-02-10")
-    tr = training_rows(sup, o, cfg)
+    d = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=90, freq="D"), "store_id": "S",
+                      "product_id": "P", "units": np.arange(90.0), "price": 1.0})
+    f = build_daily_features(d, default_country=None)
+    cfg = ForecastConfig(horizon=14, train_window_days=20)
+    o = pd.Timestamp("2024-03-10")
+    tr = training_rows(training_table(f, o, o, cfg), o, cfg)
     assert tr["date"].max() <= o and tr["date"].min() > o - pd.Timedelta(days=20)
     assert len(tr) == 20 and tr["date"].is_unique  # one sampled horizon per target day
-    assert len(training_rows(sup, o, ForecastConfig(train_window_days=20, rows_per_target=7))) == 20 * 7
-    f = build_daily_features(d, default_country=None)
-    origins = backtest_origins(f, ForecastConfig(n_origins=3, origin_step_days=5))
-    assert origins == [pd.Timestamp("2024-02-29") - pd.Timedelta(days=7 + k) for k in (10, 5, 0)]
+    assert (tr["origin"] < tr["date"]).all() and tr["h"].between(1, 14).all()
+    all_h = training_rows(training_table(f, o, o, ForecastConfig(horizon=14, train_window_days=20, rows_per_target=14)),
+                          o, cfg)
+    assert len(all_h) == 20 * 14
+    origins = backtest_origins(f, ForecastConfig(horizon=14, n_origins=3, origin_step_days=30))
+    assert origins == [pd.Timestamp("2024-03-30") - pd.Timedelta(days=14 + k) for k in (60, 30, 0)]
+    with pytest.raises(ValueError, match="horizon"):
+        ForecastConfig(horizon=29)
 
 
-def test_intervals_are_ordered_and_nonnegative():
+def test_conformal_bounds_finite_sample_ranks():
+    e = np.arange(1.0, 101.0)  # residuals 1..100
+    # 80 %: ranks floor(101 * 0.1) = 10 and ceil(101 * 0.9) = 91; 95 %: floor(2.525) = 2, ceil(98.475) = 99
+    assert conformal_bounds(e, 0.2) == (10.0, 91.0)
+    assert conformal_bounds(e[::-1], 0.05) == (2.0, 99.0)
+    assert conformal_bounds(np.array([3.0, 1.0]), 0.05) == (1.0, 3.0)  # tiny samples: clamped to the range
+
+
+def test_intervals_are_ordered_nonnegative_and_calibrated():
     rng = np.random.default_rng(1)
-    n = 400
-    bt = pd.DataFrame({"h": rng.integers(1, 8, n), "level_bucket": rng.integers(0, 4, n),
-                       "y": rng.poisson(5, n).astype(float), "yhat": rng.normal(5, 1, n)})
+    n = 6000
+    bt = pd.DataFrame({"origin": rng.integers(0, 6, n), "h": rng.integers(1, 8, n), "level_bucket": rng.integers(0, 4, n),
+                       "yhat": 50.0})
+    bt["y"] = bt["yhat"] + rng.normal(0, 1 + bt["level_bucket"], n)  # exchangeable, heteroscedastic by bucket
     q = residual_quantiles(bt)
     assert len(q) == 7 * 4
     assert (q["lower95"] <= q["lower80"]).all() and (q["lower80"] <= 0).all()
@@ -66,16 +130,50 @@ def test_intervals_are_ordered_and_nonnegative():
     out = apply_intervals(rows, q)
     assert ((out["lower95"] <= out["lower80"]) & (out["lower80"] <= out["yhat"]) & (out["yhat"] <= out["upper80"])
             & (out["upper80"] <= out["upper95"]) & (out["lower95"] >= 0)).all()
-    # the 80 % bounds are the h/bucket residual quantiles added to the point forecast
     e = bt[(bt["h"] == 3) & (bt["level_bucket"] == 3)].eval("y - yhat")
-    if len(e) >= 20:
-        assert out.loc[2, "upper80"] == pytest.approx(9.0 + max(e.quantile(0.9), 0.0))
+    assert out.loc[2, "upper80"] == pytest.approx(9.0 + conformal_bounds(e.to_numpy(), 0.2)[1])
+    hits = interval_hits(bt, "yhat")  # leave-one-origin-out coverage is close to nominal
+    assert hits["hit80"].mean() == pytest.approx(0.80, abs=0.03)
+    assert hits["hit95"].mean() == pytest.approx(0.95, abs=0.02)
+
+
+def _metrics(w: dict, r: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"model": m, "h": 0, "wape": w[m], "rmsse": r[m]} for m in w])
+
+
+def test_select_champion_best_baseline_unless_gbt_beats_it_in_both():
+    w = {"gbt": 0.40, "seasonal_naive": 0.50, "trailing_mean_28": 0.42, "statsforecast": 0.43}
+    r = {"gbt": 0.82, "seasonal_naive": 1.0, "trailing_mean_28": 0.80, "statsforecast": 0.79}
+    s = select_champion(_metrics(w, r))
+    assert s["best_baseline"] == "trailing_mean_28" and s["champion"] == "trailing_mean_28"  # RMSSE not beaten
+    r["gbt"] = 0.75
+    assert select_champion(_metrics(w, r))["champion"] == "gbt"
+
+
+def test_decide_promotion_rules():
+    w = {"gbt": 0.45, "seasonal_naive": 0.50, "trailing_mean_28": 0.42, "statsforecast": 0.43}
+    r = {"gbt": 0.90, "seasonal_naive": 1.0, "trailing_mean_28": 0.80, "statsforecast": 0.79}
+    m = _metrics(w, r)
+    first = decide_promotion(m, 1, None)  # first run: the best baseline becomes champion
+    assert first["promote"] and first["model"] == "trailing_mean_28"
+    champ = {"version": 1, "model": "trailing_mean_28", "backtest_wape": 0.42, "backtest_rmsse": 0.80}
+    again = decide_promotion(m, 2, champ)  # the same baseline is the best again: re-calibrated
+    assert again["promote"] and again["model"] == "trailing_mean_28"
+    w2, r2 = {**w, "gbt": 0.36}, {**r, "gbt": 0.70}
+    win = decide_promotion(_metrics(w2, r2), 3, champ)  # the GBT beats the champion baseline on this backtest
+    assert win["promote"] and win["model"] == "gbt"
+    gchamp = {"version": 3, "model": "gbt", "backtest_wape": 0.36, "backtest_rmsse": 0.70}
+    worse = decide_promotion(_metrics({**w2, "gbt": 0.38}, {**r2, "gbt": 0.69}), 4, gchamp)
+    assert worse["model"] == "gbt" and not worse["promote"]  # WAPE above the champion's recorded 0.36
+    rerun = decide_promotion(_metrics(w2, r2), 3, gchamp)
+    assert rerun["promote"] and "re-run" in rerun["reason"]
 
 
 def test_check_predictions_rejects_gaps_and_disorder():
-    good = pd.DataFrame({"store_id": "S", "product_id": "P", "horizon": range(1, 8), "yhat": 2.0,
+    good = pd.DataFrame({"store_id": "S", "product_id": "P", "horizon": range(1, 15), "yhat": 2.0,
                          "lower95": 0.0, "lower80": 1.0, "upper80": 3.0, "upper95": 4.0})
-    check_predictions(good)
+    check_predictions(good)  # default horizon: 14
+    check_predictions(good[good["horizon"] <= 7], horizon=7)
     with pytest.raises(ValueError, match="horizons"):
         check_predictions(good[good["horizon"] != 4])
     bad = good.copy()

@@ -49,9 +49,9 @@ CREATE TABLE IF NOT EXISTS {db}.ml_model_metrics (
     model_name      LowCardinality(String),      -- 'demand-forecast' | 'slow-moving'
     model_version   UInt32,                      -- 0 when the metric is not tied to a saved model
     run_date        Date,
-    model           LowCardinality(String),      -- 'gbt' | 'seasonal_naive' | 'syntetos-boylan'
+    model           LowCardinality(String),      -- gbt | seasonal_naive | trailing_mean_28 | statsforecast | syntetos-boylan
     metric          LowCardinality(String),      -- wape | mae | rmse | rmsse | coverage80 | coverage95 | n | ...
-    horizon         UInt8,                       -- days ahead 1..7; 0 = pooled over horizons / not applicable
+    horizon         UInt8,                       -- days ahead 1..28; 0 = pooled over horizons / not applicable
     value           Float64,
     dataset         LowCardinality(String),      -- 'platform' or a benchmark data set
     computed_at     DateTime64(3, 'UTC')
@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS {db}.model_registry (
     run_date            Date,
     trained_at          DateTime64(3, 'UTC'),
     path                String,                  -- lake path models/demand-forecast/v<N>
-    backtest_wape       Float64,                 -- GBT, pooled over horizons 1..7
+    backtest_wape       Float64,                 -- pooled over horizons of the model this version serves (see below)
     seasonal_naive_wape Float64,
     metrics             String,                  -- JSON: per-horizon metrics, config, rows, timings
     is_champion         UInt8,
@@ -74,11 +74,11 @@ CREATE TABLE IF NOT EXISTS {db}.model_registry (
 ) ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (model_name, version);
 
--- 7-day forecasts per store x SKU x horizon with empirical 80 % / 95 % intervals (backtest residual quantiles).
+-- Forecasts per store x SKU x horizon from the champion with split-conformal 80 % / 95 % intervals (backtest residuals).
 CREATE TABLE IF NOT EXISTS {db}.forecast_predictions (
     forecast_origin Date,                        -- last day with known demand
     target_date     Date,
-    horizon         UInt8,                       -- 1..7
+    horizon         UInt8,                       -- 1..FORECAST_HORIZON (<= 28)
     store_id        String,
     product_id      String,
     yhat            Float64,                     -- units
@@ -136,3 +136,9 @@ CREATE TABLE IF NOT EXISTS {db}.sku_classification (
     created_at           DateTime64(3, 'UTC')
 ) ENGINE = ReplacingMergeTree(created_at)
 ORDER BY (store_id, product_id, as_of_date);
+
+-- Champion / challenger (issue 11): the model of a version that serves when it is champion ('gbt' or a
+-- baseline: 'seasonal_naive' | 'trailing_mean_28' | 'statsforecast') and its pooled backtest RMSSE;
+-- backtest_wape is that model's pooled WAPE. Horizons run 1..FORECAST_HORIZON (<= 28) from here on.
+ALTER TABLE {db}.model_registry ADD COLUMN IF NOT EXISTS model LowCardinality(String) DEFAULT 'gbt' AFTER version;
+ALTER TABLE {db}.model_registry ADD COLUMN IF NOT EXISTS backtest_rmsse Float64 DEFAULT nan AFTER backtest_wape;

@@ -1,10 +1,11 @@
-"""spark-submit application: 7-day forecasts with 80 % / 95 % intervals from the champion model.
+"""spark-submit application: forecasts with 80 % / 95 % intervals from the champion model.
 
     spark-submit --master local[2] ml/jobs/predict.py --features latest
 
-Loads ``models/demand-forecast/champion.json`` -> version N, the Spark model and its interval quantiles
-from ``models/demand-forecast/v<N>/``, forecasts horizons 1..7 for every active store x SKU of the
-feature table (:func:`ml.forecast.forecast`) and writes
+Loads ``models/demand-forecast/champion.json`` -> version N and the champion's model name (the GBT or a
+baseline: seasonal naive, trailing 28-day mean, statsforecast), the Spark model and the interval bounds
+from ``models/demand-forecast/v<N>/``, forecasts horizons 1..H (the version's horizon) for every active
+store x SKU of the feature table with that model (:func:`ml.forecast.forecast`) and writes
 ``models/demand-forecast/predictions/origin=YYYY-MM-DD/predictions.parquet`` and ``.../latest.parquet``
 (overwritten: idempotent). Never opens ClickHouse; ``load_predictions`` in the DAG loads them.
 """
@@ -24,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--features", default="latest", help="lake path of the feature table, or 'latest'")
     ap.add_argument("--version", type=int, default=None, help="model version (default: the champion)")
+    ap.add_argument("--model", default=None, help="gbt or a baseline (default: the champion's model, else gbt)")
     a = ap.parse_args(argv)
 
     import pyarrow as pa
 
+    from ml.features import STORED_COLUMNS
     from ml.forecast import MODEL_PREFIX, forecast, get_spark, load_model_version
     from ml.pipeline import read_features
     from core.lake import Lake
@@ -36,21 +39,26 @@ def main(argv: list[str] | None = None) -> int:
     s = get_settings()
     lake = Lake(s)
     bucket = s.lake_models_bucket
-    version = a.version
+    version, model_name = a.version, a.model
     if version is None:
         if not lake.exists(bucket, MODEL_PREFIX, "champion.json"):
             raise SystemExit(f"no champion model: {bucket}/{MODEL_PREFIX}/champion.json missing (run demand_forecast_training)")
         with lake.fs.open_input_stream(lake.path(bucket, MODEL_PREFIX, "champion.json")) as f:
-            version = int(json.loads(f.read().decode())["version"])
+            champ = json.loads(f.read().decode())
+        version, model_name = int(champ["version"]), model_name or champ.get("model", "gbt")
+    model_name = model_name or "gbt"
     feats = read_features(lake, a.features)
     spark = get_spark("demand-forecast-predict", shuffle_partitions=2)
     try:
         model, meta, quantiles = load_model_version(lake, version)
         cols = meta["feature_columns"]
-        missing = [c for c in cols if c != "h" and c not in feats.columns]  # h is added per forecast row
+        missing = [c for c in STORED_COLUMNS if c not in feats.columns]  # make_supervised derives the rest
         if missing:
-            raise SystemExit(f"feature table lacks column(s) {missing} the model v{version} was trained on")
-        pred = forecast(spark, model, feats, quantiles, meta["bucket_edges"], cols)
+            raise SystemExit(f"feature table lacks column(s) {missing} the model v{version} needs")
+        cfg = meta.get("config", {})
+        pred = forecast(spark, model, feats, quantiles, meta["bucket_edges"], cols, horizon=int(meta.get("horizon", 7)),
+                        model_name=model_name, target=meta.get("target", "raw"),
+                        stats_window_days=int(cfg.get("stats_window_days", 365)))
     finally:
         spark.stop()
     out = pred.rename(columns={"origin": "forecast_origin", "date": "target_date", "h": "horizon"})
@@ -60,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     origin = str(out["forecast_origin"].iloc[0].date())
     lake.write_table(table, bucket, MODEL_PREFIX, "predictions", f"origin={origin}", "predictions.parquet")
     lake.write_table(table, bucket, MODEL_PREFIX, "predictions", "latest.parquet")
-    print(f"model v{version}: {len(out):,} forecasts for {out.groupby(['store_id', 'product_id']).ngroups} series "
+    print(f"model v{version} ({model_name}): {len(out):,} forecasts for {out.groupby(['store_id', 'product_id']).ngroups} series "
           f"from origin {origin}", flush=True)
     return 0
 

@@ -1,10 +1,11 @@
-"""spark-submit application: train the demand forecaster (GBT) with a rolling-origin backtest.
+"""spark-submit application: train the demand forecaster (GBT) with a rolling-origin backtest against the baselines.
 
     spark-submit --master local[2] ml/jobs/train.py --features latest --run-date 2011-08-31
 
 Reads the daily feature table from the lake (``--features``: a lake path such as
 ``features/daily/run_date=YYYY-MM-DD`` or ``latest``), runs :func:`ml.forecast.train_and_evaluate`, and
-saves the model with its backtest metrics and interval quantiles to ``models/demand-forecast/v<N>/``.
+saves the model with its backtest metrics and interval bounds of every model (GBT, seasonal naive, trailing
+28-day mean, statsforecast) to ``models/demand-forecast/v<N>/``; horizon FORECAST_HORIZON.
 N = the version already holding this run date (a re-run overwrites it: idempotent) or the highest + 1.
 Never opens ClickHouse; ``register_model`` in the DAG loads the metrics and promotes.
 """
@@ -12,6 +13,7 @@ Never opens ClickHouse; ``register_model`` in the DAG loads the metrics and prom
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--features", default="latest", help="lake path of the feature table, or 'latest'")
     ap.add_argument("--run-date", required=True, help="logical date of the DAG run (YYYY-MM-DD)")
+    ap.add_argument("--horizon", type=int, default=s.forecast_horizon)
     ap.add_argument("--n-origins", type=int, default=s.forecast_backtest_origins)
+    ap.add_argument("--origin-step-days", type=int, default=s.forecast_origin_step_days)
     ap.add_argument("--train-window-days", type=int, default=s.forecast_train_window_days)
     ap.add_argument("--max-iter", type=int, default=s.forecast_gbt_max_iter)
     ap.add_argument("--max-depth", type=int, default=s.forecast_gbt_max_depth)
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from core.lake import Lake
 
     lake = Lake(s)
-    cfg = ForecastConfig(n_origins=a.n_origins, train_window_days=a.train_window_days, max_iter=a.max_iter,
+    cfg = ForecastConfig(horizon=a.horizon, n_origins=a.n_origins, origin_step_days=a.origin_step_days,
+                         train_window_days=a.train_window_days, max_iter=a.max_iter,
                          max_depth=a.max_depth, shuffle_partitions=min(s.spark_shuffle_partitions, 2))
     feats = read_features(lake, a.features)
     spark = get_spark("demand-forecast-train", shuffle_partitions=cfg.shuffle_partitions)
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         known = feats["units"].notna()
         meta = {
             "run_date": a.run_date, "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
-            "features_path": a.features, "config": cfg.__dict__, "feature_columns": res["cols"],
+            "features_path": a.features, "config": json.loads(cfg.to_json()), "feature_columns": res["cols"],
+            "horizon": cfg.horizon, "target": cfg.target, "selection": res["selection"],
             "bucket_edges": bt.bucket_edges, "backtest_origins": [str(o.date()) for o in bt.origins],
             "backtest_train_rows": bt.train_rows, "backtest_fit_seconds": bt.fit_seconds,
             "final_train_rows": res["train_rows"], "final_fit_seconds": res["fit_seconds"],
@@ -62,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         path = save_model_version(lake, res["model"], version, meta, bt.quantiles, bt.metrics)
         g = bt.metrics[(bt.metrics["h"] == 0)].set_index("model")["wape"]
-        print(f"saved model v{version} to {path}: backtest WAPE gbt {g['gbt']:.4f} vs seasonal naive "
-              f"{g['seasonal_naive']:.4f}", flush=True)
+        print(f"saved model v{version} to {path}: backtest WAPE " + ", ".join(f"{m} {w:.4f}" for m, w in g.items())
+              + f"; best of this backtest: {res['selection']['champion']}", flush=True)
     finally:
         spark.stop()
     return 0
