@@ -504,7 +504,7 @@ def test_every_bound_field_exists_in_the_model(model):
 def engine(tmp_path_factory):
     """The ClickHouse HTTP endpoint (service ``clickhouse`` of the native supervisor, chDB behind it) on free
     ports with a fresh state; a fresh database with every migration; yields (settings, database)."""
-    from conftest import platform_settings
+    from ops.local import platform_settings
     from core.clickhouse import migrate
     from ops import local
 
