@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,10 @@ def field_names(event_type: str) -> list[str]:
     return [f["name"] for f in raw_schema(event_type)["fields"]]
 
 
-def validate_event(event_type: str, record: dict[str, Any]) -> None:
-    """Validate one record against its Avro schema; unknown fields are rejected.
+def validate_event(event_type: str, record: dict[str, Any], *, now_ms: int | None = None,
+                   max_future_minutes: int | None = None) -> None:
+    """Validate one record against its Avro schema (unknown fields rejected), then :func:`rule_violations`
+    (ids, event time within [2000-01-01, now + STREAM_MAX_FUTURE_MINUTES], numeric bounds).
 
     Raises:
         ContractError: with a reason naming the field(s).
@@ -77,18 +80,92 @@ def validate_event(event_type: str, record: dict[str, Any]) -> None:
         except _AvroValidationError as exc:
             raise ContractError(f"{event_type} fails its Avro schema: {exc}") from None
         raise ContractError(f"{event_type} fails its Avro schema")  # fastavro gave no detail
-    problems = rule_violations(event_type, record)
+    problems = rule_violations(event_type, record, now_ms=now_ms, max_future_minutes=max_future_minutes)
     if problems:
         raise ContractError("; ".join(problems))
 
 
 #: rules beside the Avro schemas, shared by the producers (dead-letter topic) and the stream (quarantine,
-#: ``streaming.transforms.validate_events``): ids of input events are non-empty, at most ID_MAX_CHARS characters
-#: and free of control/format characters (Unicode categories Cc, Cf); event times are not before 2000-01-01.
+#: ``streaming.transforms.validate_events``), one definition each:
+#:
+#: * ids (``*_id`` string fields) of input events are non-empty, at most ID_MAX_CHARS characters and free of
+#:   control/format characters (Unicode categories Cc, Cf);
+#: * event times (``timestamp``, epoch ms UTC) are not before MIN_EVENT_TIME_MS (2000-01-01) and not more than
+#:   ``STREAM_MAX_FUTURE_MINUTES`` (core.settings) after *now*;
+#: * numbers lie within :data:`NUMERIC_BOUNDS` (units / currency units below), finite, quantity of a POS line != 0;
+#: * a JSON value has each top-level key once (:func:`parse_json_object`; the stream: ``duplicate JSON key(s)``).
 ID_MAX_CHARS = 64
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; the UCI replay's 2009-2011 dates stay valid
 #: event types the rules apply to (the platform's own restock alerts are built from checked ids)
 RULE_TYPES = ("sales_transaction", "inventory_update", "price_change", "customer_event")
+
+#: largest |quantity| of one POS line, units (the full UCI log's largest line is 80,995 units)
+QUANTITY_MAX = 100_000
+#: largest stock figure, units: new_quantity, |quantity_change| and reorder_point of an inventory update
+STOCK_MAX = 10_000_000
+#: largest price per unit, store currency units (unit_price of a sale, old/new price of a price change)
+PRICE_MAX = 100_000.0
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Closed range ``[lo, hi]`` of a numeric field (NaN and +-inf are outside every range).
+
+    Attributes:
+        field: contract field name.
+        lo, hi: inclusive bounds in ``unit``.
+        unit: unit of the field (``"units"`` = items of stock, ``"currency units"`` = store currency per unit).
+        nonzero: 0 is not allowed either (a POS line of quantity 0 is no sale and no return).
+    """
+
+    field: str
+    lo: float
+    hi: float
+    unit: str
+    nonzero: bool = False
+
+    @property
+    def reason(self) -> str:
+        """Reason of a value outside the range, e.g. ``unit_price must be within [0, 100000] currency units``."""
+        return f"{self.field} must be within [{_num(self.lo)}, {_num(self.hi)}] {self.unit}"
+
+    @property
+    def zero_reason(self) -> str:
+        return f"{self.field} must not be 0"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+#: event type -> numeric bounds, checked by producers (:func:`rule_violations`) and stream alike
+NUMERIC_BOUNDS: dict[str, tuple[Bound, ...]] = {
+    "sales_transaction": (Bound("quantity", -QUANTITY_MAX, QUANTITY_MAX, "units", nonzero=True),
+                          Bound("unit_price", 0, PRICE_MAX, "currency units")),
+    "inventory_update": (Bound("quantity_change", -STOCK_MAX, STOCK_MAX, "units"),
+                         Bound("new_quantity", 0, STOCK_MAX, "units"),
+                         Bound("reorder_point", 0, STOCK_MAX, "units")),
+    "price_change": (Bound("old_price", 0, PRICE_MAX, "currency units"),
+                     Bound("new_price", 0, PRICE_MAX, "currency units")),
+    "customer_event": (),
+}
+
+
+def future_reason(field: str, max_future_minutes: int) -> str:
+    """Reason of an event time more than ``max_future_minutes`` ahead of now (same text in producers and stream)."""
+    return f"{field} more than STREAM_MAX_FUTURE_MINUTES={max_future_minutes} in the future"
+
+
+def duplicate_keys_reason(keys: list[str]) -> str:
+    """Reason of a JSON object with repeated top-level keys (``keys``: each repeated key once, in order)."""
+    return "duplicate JSON key(s): " + ",".join(keys)
+
+
+def default_max_future_minutes() -> int:
+    """``STREAM_MAX_FUTURE_MINUTES`` from the platform settings (the stream reads the same setting)."""
+    from core.settings import get_settings
+
+    return int(get_settings().stream_max_future_minutes)
 
 
 def id_fields(event_type: str) -> list[str]:
@@ -101,8 +178,17 @@ def id_fields(event_type: str) -> list[str]:
     return out
 
 
-def rule_violations(event_type: str, record: dict[str, Any]) -> list[str]:
-    """Reasons a schema-valid record breaks the shared id and event-time rules ([] when none)."""
+def rule_violations(event_type: str, record: dict[str, Any], *, now_ms: int | None = None,
+                    max_future_minutes: int | None = None) -> list[str]:
+    """Reasons a schema-valid record breaks the shared id, event-time and numeric rules ([] when none).
+
+    Args:
+        now_ms: "now" for the upper event-time bound, epoch ms UTC (default: the wall clock).
+        max_future_minutes: allowed lead of an event time over now, minutes (default: the setting
+            ``STREAM_MAX_FUTURE_MINUTES``, :func:`default_max_future_minutes`).
+    """
+    import math
+    import time
     import unicodedata
 
     if event_type not in RULE_TYPES:
@@ -119,6 +205,70 @@ def rule_violations(event_type: str, record: dict[str, Any]) -> list[str]:
         elif any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
             out.append(f"{name} contains control characters")
     ts = record.get("timestamp")
-    if isinstance(ts, int) and ts < MIN_EVENT_TIME_MS:
-        out.append("timestamp before 2000-01-01")
+    if isinstance(ts, int):
+        if ts < MIN_EVENT_TIME_MS:
+            out.append("timestamp before 2000-01-01")
+        if max_future_minutes is None:
+            max_future_minutes = default_max_future_minutes()
+        now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        if ts > now + max_future_minutes * 60_000:
+            out.append(future_reason("timestamp", max_future_minutes))
+    for b in NUMERIC_BOUNDS.get(event_type, ()):
+        v = record.get(b.field)
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue  # absent/null optional field, or a type error the Avro schema reports
+        if not (math.isfinite(v) and b.lo <= v <= b.hi):
+            out.append(b.reason)
+        elif b.nonzero and v == 0:
+            out.append(b.zero_reason)
     return out
+
+
+def parse_json_object(raw: bytes | str) -> dict[str, Any]:
+    """Decode one Kafka value the way the stream does, strictly: UTF-8, RFC 8259 JSON (no NaN/Infinity), a JSON
+    object, each key once at every level (``json.loads`` would keep the last of repeated keys silently).
+
+    Raises:
+        ContractError: ``value is not valid UTF-8``, ``malformed JSON: ...``, ``value is not a JSON object`` or
+            :func:`duplicate_keys_reason`.
+    """
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ContractError("value is not valid UTF-8") from None
+    dups: list[str] = []
+
+    def pairs(items):
+        seen: dict[str, Any] = {}
+        for k, v in items:
+            if k in seen and k not in dups:
+                dups.append(k)
+            seen[k] = v
+        return seen
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(raw, object_pairs_hook=pairs, parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ContractError(f"malformed JSON: {str(exc)[:200]}") from None
+    if not isinstance(value, dict):
+        raise ContractError("malformed JSON: value is not a JSON object")
+    if dups:
+        raise ContractError(duplicate_keys_reason(dups))
+    return value
+
+
+def check_payload(event_type: str, raw: bytes | str, *, now_ms: int | None = None,
+                  max_future_minutes: int | None = None) -> dict[str, Any]:
+    """A raw Kafka value of ``event_type`` -> the record, after :func:`parse_json_object` and
+    :func:`validate_event` (producers route a ContractError to the dead-letter topic).
+
+    Raises:
+        ContractError: the reason.
+    """
+    record = parse_json_object(raw)
+    validate_event(event_type, record, now_ms=now_ms, max_future_minutes=max_future_minutes)
+    return record

@@ -108,7 +108,9 @@ class Settings(BaseSettings):
     stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
     stream_max_event_age_days: int = Field(default=36500, description="Events older than this (vs now) are quarantined as absurd.")
     stream_heartbeat_max_age_s: float = Field(default=60.0, description="The streaming job counts as healthy while its heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat, touched every second while both queries run) is younger than this (seconds).")
-    stream_max_future_minutes: int = Field(default=60, description="Events more than this in the future are quarantined.")
+    stream_max_future_minutes: int = Field(default=60, ge=0, description="Events whose event time is more than this many minutes after now are rejected: dead-lettered by the producers, quarantined by the stream (contracts.rule_violations).")
+    stream_sink_retry_seconds: float = Field(default=3600.0, ge=0, description="A micro-batch whose writes fail for an infrastructure reason (ClickHouse, lake or Kafka unreachable) is retried with exponential backoff for up to this many seconds, then the query fails (restart resumes from the checkpoint).")
+    stream_sink_retry_max_wait_s: float = Field(default=30.0, gt=0, description="Longest wait between two retries of a micro-batch's writes (seconds; backoff 0.5 s doubling up to this).")
     risk_high_hours: float = Field(default=24.0, description="Hours of cover below which stock-out risk is HIGH.")
     risk_medium_hours: float = Field(default=72.0, description="Hours of cover below which stock-out risk is MEDIUM.")
 

@@ -48,8 +48,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, RISK_HIGH, RISK_LOW, RISK_MEDIUM, RISK_UNKNOWN, RULE_TYPES,
-                       id_fields)
+from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, NUMERIC_BOUNDS, RISK_HIGH, RISK_LOW, RISK_MEDIUM,
+                       RISK_UNKNOWN, RULE_TYPES, duplicate_keys_reason, future_reason, id_fields)
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -58,25 +58,6 @@ CORRUPT = "_corrupt_record"
 KEYS = "_keys"
 #: validation result column (not "reason": inventory updates and price changes have a field of that name)
 REASON = "invalid_reason"
-
-#: per event type: explicit business rules (column condition that is TRUE when the rule is violated, reason)
-RULES: dict[str, list[tuple[str, str]]] = {
-    "sales_transaction": [
-        ("quantity = 0", "quantity must not be 0"),
-        ("unit_price < 0 OR isnan(unit_price) OR unit_price = double('inf')", "unit_price must be a finite number >= 0"),
-    ],
-    "inventory_update": [
-        ("new_quantity < 0", "new_quantity must be >= 0"),
-        ("reorder_point < 0", "reorder_point must be >= 0"),
-    ],
-    "price_change": [
-        ("old_price < 0 OR isnan(old_price) OR old_price = double('inf')", "old_price must be a finite number >= 0"),
-        ("new_price < 0 OR isnan(new_price) OR new_price = double('inf')", "new_price must be a finite number >= 0"),
-    ],
-    "customer_event": [],
-    "restock_alert": [],
-}
-
 
 # ------------------------------------------------------------------------------------------ parse --
 #: prefix of a ``value`` whose Kafka bytes were not valid UTF-8: the bytes follow in base64 (never lost)
@@ -136,8 +117,10 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     a required (non-nullable) field missing; unknown top-level fields (the contract rejects them); an
     enum value outside the Avro symbols; a ``timestamp-millis`` older than ``max_age_days`` or more than
     ``max_future_minutes`` in the future relative to ``now`` (default: the micro-batch's
-    ``current_timestamp()``); the per-type rules of :data:`RULES` (quantity != 0, unit_price >= 0,
-    new_quantity >= 0, prices finite and >= 0).
+    ``current_timestamp()``); a top-level JSON key given more than once; the numeric bounds of
+    ``contracts.NUMERIC_BOUNDS`` (quantity != 0 and |quantity| <= QUANTITY_MAX units, prices finite in
+    [0, PRICE_MAX] currency units, stock figures in [0, STOCK_MAX] units). Reasons of the shared rules are the
+    producers' texts (``contracts.rule_violations``).
 
     Returns:
         the input columns + ``invalid_reason`` (STRING, NULL when valid) + ``event_time`` (TIMESTAMP, NULL when the
@@ -161,6 +144,10 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
                              & ~F.array_contains(F.col(KEYS), f), F.lit(f"missing required field {f}")))
         checks.append(F.when(F.array_contains(F.col(KEYS), f) & F.col(f).isNull() & F.col(CORRUPT).isNull(),
                              F.lit(f"required field {f} is null")))
+    # a key repeated at the top level (Spark's parse and Python's json.loads keep the last copy silently):
+    # json_object_keys lists every occurrence, so the check costs no second parse
+    dups = F.array_distinct(F.filter(F.col(KEYS), lambda x, i: F.array_position(F.col(KEYS), x) != i + 1))
+    checks.append(F.when(F.size(dups) > 0, F.concat(F.lit(duplicate_keys_reason([])), F.array_join(dups, ","))))
     unknown = F.array_except(F.col(KEYS), F.array(*[F.lit(n) for n in names]))
     checks.append(F.when(F.size(unknown) > 0, F.concat(F.lit("unknown field(s): "), F.array_join(unknown, ","))))
     if event_type in RULE_TYPES:  # the id and event-time rules shared with the producers (contracts)
@@ -177,10 +164,13 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
                              F.concat(F.lit(f"invalid {f} '"), F.col(f), F.lit("'"))))
     for f in S.timestamp_fields(event_type):
         checks.append(F.when(F.col(f) < lo, F.lit(f"{f} older than STREAM_MAX_EVENT_AGE_DAYS={max_age_days}")))
-        checks.append(F.when(F.col(f) > hi,
-                             F.lit(f"{f} more than STREAM_MAX_FUTURE_MINUTES={max_future_minutes} in the future")))
-    for cond, reason in RULES.get(event_type, []):
-        checks.append(F.when(F.coalesce(F.expr(cond), F.lit(False)), F.lit(reason)))
+        checks.append(F.when(F.col(f) > hi, F.lit(future_reason(f, max_future_minutes))))
+    for b in NUMERIC_BOUNDS.get(event_type, ()):  # the numeric bounds of the contracts (producers check the same)
+        c = F.col(b.field).cast("double")
+        checks.append(F.when(c.isNotNull() & (F.isnan(c) | (c < F.lit(float(b.lo))) | (c > F.lit(float(b.hi)))),
+                             F.lit(b.reason)))
+        if b.nonzero:
+            checks.append(F.when(c == 0, F.lit(b.zero_reason)))
     reason = F.concat_ws("; ", F.array_compact(F.array(*checks)))
     ts = F.col("timestamp")
     event_time = F.when(ts.isNotNull() & (ts >= lo) & (ts <= hi), F.timestamp_millis(ts))
@@ -202,26 +192,32 @@ def valid_events(kafka_df: DataFrame, event_type: str, topic: str, *, max_age_da
 
 
 # ---------------------------------------------------------------------------------------- windows --
-FACT_COLUMNS = ["store_id", "product_id", "event_time", "is_sale", "quantity", "unit_price",
+FACT_COLUMNS = ["store_id", "product_id", "event_time", "is_sale", "event_id", "quantity", "unit_price",
                 "new_quantity", "reorder_point", "partition", "offset"]
+#: the event id of each input event type (first field of its contract)
+EVENT_ID = {"sales_transaction": "transaction_id", "inventory_update": "inventory_id",
+            "price_change": "price_change_id", "customer_event": "event_id"}
 
 
 def inventory_facts(valid_sales: DataFrame, valid_inventory: DataFrame) -> DataFrame:
     """One row per valid sales line or inventory update, in a common shape (:data:`FACT_COLUMNS`):
-    sales carry quantity/unit_price, inventory updates carry new_quantity/reorder_point (others NULL)."""
+    sales carry quantity/unit_price, inventory updates carry new_quantity/reorder_point (others NULL);
+    ``event_id`` = transaction_id / inventory_id (the deduplication key with ``is_sale``)."""
     sales = valid_sales.select("store_id", "product_id", "event_time", F.lit(True).alias("is_sale"),
+                               F.col("transaction_id").alias("event_id"),
                                F.col("quantity").cast("int").alias("quantity"),
                                F.col("unit_price").cast("double").alias("unit_price"),
                                F.lit(None).cast("int").alias("new_quantity"),
                                F.lit(None).cast("int").alias("reorder_point"), "partition", "offset")
     inv = valid_inventory.select("store_id", "product_id", "event_time", F.lit(False).alias("is_sale"),
+                                 F.col("inventory_id").alias("event_id"),
                                  F.lit(None).cast("int").alias("quantity"), F.lit(None).cast("double").alias("unit_price"),
                                  F.col("new_quantity").cast("int").alias("new_quantity"),
                                  F.col("reorder_point").cast("int").alias("reorder_point"), "partition", "offset")
     return sales.unionByName(inv)
 
 
-def window_metrics(facts: DataFrame, window: str, watermark: str | None = None) -> DataFrame:
+def window_metrics(facts: DataFrame, window: str, watermark: str | None = None, dedup: bool = True) -> DataFrame:
     """Tumbling event-time windows per store x SKU.
 
     Args:
@@ -230,6 +226,10 @@ def window_metrics(facts: DataFrame, window: str, watermark: str | None = None) 
         watermark: allowed lateness, e.g. ``"10 minutes"`` (STREAM_WATERMARK); None for static frames.
             Events older than the watermark are dropped from the aggregates by Spark (they still reach
             the lake through the raw query).
+        dedup: with a watermark, count each event id once: a sales line / inventory update whose id was seen
+            within the watermark (``dropDuplicatesWithinWatermark`` on ``is_sale, event_id``; state kept until
+            the watermark passes the first copy's event time + the delay) is dropped, the first copy counts.
+            Per micro-batch counts: the query progress' ``numDroppedDuplicateRows``.
 
     Returns:
         ``window_start, window_end, store_id, product_id, units_sold, units_returned, revenue (DOUBLE from an
@@ -239,6 +239,8 @@ def window_metrics(facts: DataFrame, window: str, watermark: str | None = None) 
     """
     if watermark:
         facts = facts.withWatermark("event_time", watermark)
+        if dedup:
+            facts = facts.dropDuplicatesWithinWatermark(["is_sale", "event_id"])
     sale = F.col("is_sale")
     qty = F.col("quantity")
     order = F.struct("event_time", "partition", "offset")
@@ -506,6 +508,45 @@ def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], 
         elif st["in_episode"] and stock > rop:
             st["in_episode"], st["episode_start"] = False, None
     return alerts, new_state
+
+
+def closed_window_stock(windows: pd.DataFrame, anchors: dict[tuple[str, str], int] | None, *,
+                        window_len_hours: float, reorder_points: dict[str, int] | None = None) -> pd.DataFrame:
+    """The inputs of :func:`restock_episodes` for *closed* windows (window_end at or behind the watermark, so no
+    event can change them any more), computed from final values only, so the result does not depend on how the
+    input was cut into micro-batches.
+
+    Args:
+        windows: closed windows of some store x SKU pairs: ``window_start, window_end`` (UTC timestamps),
+            ``store_id, product_id, units_sold, window_stock`` (latest in-window stock, units, nullable),
+            ``reorder_point`` (units, nullable).
+        anchors: (store_id, product_id) -> stock (units) of the latest closed window with an in-window stock
+            before these windows (the carry-forward start), or None.
+        window_len_hours: window length, hours.
+        reorder_points: product_id -> reorder point fallback (reference catalogue).
+
+    Returns:
+        the windows sorted by store, product, window_start + ``stock_level`` (carried forward, nullable),
+        ``reorder_point`` (carried forward, fallback), ``sales_velocity`` (units/hour), ``hours_of_cover``.
+    """
+    w = windows.sort_values(["store_id", "product_id", "window_start"], kind="mergesort").reset_index(drop=True)
+    if w.empty:
+        return w.assign(stock_level=[], sales_velocity=[], hours_of_cover=[])
+    keys = list(zip(w["store_id"], w["product_id"]))
+    stock = w["window_stock"].astype("Float64")
+    first = pd.Series([i == 0 or keys[i] != keys[i - 1] for i in range(len(w))])
+    anchor = pd.Series([(anchors or {}).get(k) for k in keys], dtype="Float64")
+    # carry forward inside each key, starting from the anchor at the key's first window
+    seeded = stock.where(stock.notna() | ~first, anchor)
+    w["stock_level"] = seeded.groupby(pd.Series(keys, dtype=object).astype(str)).ffill()
+    rop = w["reorder_point"].astype("Float64").groupby(pd.Series(keys, dtype=object).astype(str)).ffill()
+    if reorder_points:
+        rop = rop.where(rop.notna(), w["product_id"].map(reorder_points).astype("Float64"))
+    w["reorder_point"] = rop
+    w["sales_velocity"] = w["units_sold"].astype(float) / window_len_hours
+    w["hours_of_cover"] = [hours_of_cover(None if pd.isna(s) else float(s), v)
+                           for s, v in zip(w["stock_level"], w["sales_velocity"])]
+    return w
 
 
 def utc_now_ms() -> int:

@@ -72,7 +72,7 @@ def test_validation_reasons(spark):
     got = {r["offset"]: r[TR.REASON] for r in df.select("offset", TR.REASON).collect()}
     assert got[0] is None and got[10] is None
     assert got[1] == "quantity must not be 0"
-    assert got[2] == "unit_price must be a finite number >= 0"
+    assert got[2] == "unit_price must be within [0, 100000] currency units"
     assert got[3] == "timestamp more than STREAM_MAX_FUTURE_MINUTES=60 in the future"
     assert got[4] == "timestamp older than STREAM_MAX_EVENT_AGE_DAYS=30"
     assert got[5].startswith("malformed JSON")
@@ -90,7 +90,7 @@ def test_inventory_rules(spark):
     df = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", [inv(0), inv(1, newq=-1), inv(2, rop=None)]),
                                             "inventory_update"), "inventory_update", **LIM)
     got = {r["offset"]: r[TR.REASON] for r in df.collect()}
-    assert got == {0: None, 1: "new_quantity must be >= 0", 2: None}
+    assert got == {0: None, 1: "new_quantity must be within [0, 10000000] units", 2: None}
 
 
 # ----------------------------------------------------------------------------------------- windows --
@@ -266,3 +266,52 @@ def test_id_and_event_time_rules_match_the_producers(spark):
             assert got is not None and reason in got, (reason, got)
             with pytest.raises(ContractError, match=reason.split(" ")[-1]):
                 validate_event("sales_transaction", rec)
+
+
+def test_bounds_future_and_duplicate_keys_match_the_producers(spark):
+    """Numeric bounds (contracts.NUMERIC_BOUNDS), the event-time upper bound (now + STREAM_MAX_FUTURE_MINUTES) and
+    duplicate JSON keys: the stream's reason equals the producers' (contracts.check_payload) for every payload,
+    and a payload valid for one side is valid for the other."""
+    from contracts import ContractError, check_payload
+
+    ok_ts = NOW_MS - 3_600_000
+    payloads = [json.dumps(r) for r in [
+        sale(0, qty=100_000), sale(1, qty=-100_000), sale(2, qty=100_001), sale(3, qty=-100_001),
+        sale(4, price=100_000.0), sale(5, price=100_000.01), sale(6, price=0.0), sale(7, price=1e308),
+        sale(8, ts=NOW_MS + 59 * 60_000), sale(9, ts=NOW_MS + 61 * 60_000),
+        sale(10, ts=1_262_304_000_000),                                  # 2010-01-01: the replay's dates stay valid
+    ]] + [
+        '{"transaction_id": "d1", "transaction_id": "d2", "store_id": "S1", "product_id": "P1", "quantity": 1, '
+        f'"unit_price": 1.0, "timestamp": {ok_ts}, "customer_id": null, "payment_method": "CARD", "invoice_id": null}}',
+        '{"transaction_id": "d3", "store_id": "S1", "product_id": "P1", "quantity": 1, "quantity": 5, "unit_price": 1.0, '
+        f'"timestamp": {ok_ts}, "customer_id": null, "payment_method": "CARD", "invoice_id": null, "invoice_id": null}}',
+    ]
+    out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", payloads), "sales_transaction"), "sales_transaction",
+                             max_age_days=36500, max_future_minutes=60, now=NOW).toPandas().sort_values("offset")
+    stream = out[TR.REASON].tolist()
+    producer = []
+    for p in payloads:
+        try:
+            check_payload("sales_transaction", p, now_ms=NOW_MS, max_future_minutes=60)
+            producer.append(None)
+        except ContractError as exc:
+            producer.append(str(exc))
+    assert stream == producer
+    assert stream[:2] == [None, None] and stream[4] is None and stream[6] is None and stream[8] is None
+    assert stream[10] is None
+    assert stream[2] == stream[3] == "quantity must be within [-100000, 100000] units"
+    assert stream[5] == stream[7] == "unit_price must be within [0, 100000] currency units"
+    assert stream[9] == "timestamp more than STREAM_MAX_FUTURE_MINUTES=60 in the future"
+    assert stream[11] == "duplicate JSON key(s): transaction_id"
+    assert stream[12] == "duplicate JSON key(s): quantity,invoice_id"
+
+
+def test_inventory_facts_carry_the_event_id(spark):
+    """inventory_facts carries the event id that the streaming dedup keys on (is_sale, event_id)."""
+    base = NOW_MS - 3_600_000
+    k = kafka_rows(spark, "t", [sale(0, ts=base + 1000), sale(0, ts=base + 2000), inv(0, ts=base + 3000)])
+    sales = TR.valid_events(k, "sales_transaction", "t", **LIM)
+    invs = TR.valid_events(kafka_rows(spark, "u", [inv(0, ts=base + 3000)]), "inventory_update", "u", **LIM)
+    facts = TR.inventory_facts(sales, invs)
+    assert facts.columns == TR.FACT_COLUMNS
+    assert sorted(r["event_id"] for r in facts.collect()) == ["i0", "t0", "t0"]
