@@ -357,8 +357,8 @@ def test_relationships_form_a_star_without_ambiguity(model):
     for (ft, tt), fc in star.items():
         assert any(r["from"] == (ft, fc) and r["to"][0] == tt for r in model.relationships), (ft, tt)
     related = {r["from"][0] for r in model.relationships}
-    assert related == {t for t in model.tables if t.startswith("v_") and t not in dims} - {"v_model_metrics",
-                                                                                         "v_model_registry"}
+    standalone = {"v_model_metrics", "v_model_registry", "v_stream_batches"}
+    assert related == {t for t in model.tables if t.startswith("v_") and t not in dims} - standalone
 
 
 def test_date_table_is_marked(model):
@@ -799,6 +799,9 @@ def known_data(engine, writer):
         "as_of_date", "store_id", "product_id", "stock", "mean_daily_demand", "sigma_daily", "lead_time_days",
         "service_level", "safety_stock", "reorder_point", "eoq", "reorder_qty", "reorder_needed",
         "days_until_stockout", "stockout_risk", "unit_cost", "model_version", "run_date"])
+    w.insert("stream_batches", [[q, b, 100 * b + i, 90 * b, ts(2026, 1, 21, 11, b), ts(2026, 1, 21, 11, b, 2 + i)]
+                                for i, q in enumerate(("raw", "windows")) for b in range(1, 4)],
+             column_names=["query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"])
     w.insert("sku_classification", classes, column_names=[
         "as_of_date", "store_id", "product_id", "window_days", "adi", "cv2", "demand_class", "mean_daily_demand",
         "days_since_last_sale", "is_slow_moving", "run_date"])
@@ -1191,6 +1194,9 @@ TWINS: dict[str, str] = {
     "Interval Coverage 80%": agg("v_forecast_accuracy", "avgOrNull(within_80)"),
     "Interval Coverage 95%": agg("v_forecast_accuracy", "avgOrNull(within_95)"),
     "Forecast Units Next 7 Days": agg("v_forecast_latest", "sumOrNull(yhat)"),
+    "Actual Units": agg("v_demand_history", "sumOrNull(units)"),
+    "Stream Input Rows": agg("v_stream_batches", "sumOrNull(input_rows)"),
+    "Last Stream Batch": agg("v_stream_batches", "maxOrNull(committed_at)"),
     "Backtest WAPE GBT": agg("v_model_metrics", "avgOrNull(value)",
                              "metric = 'wape' AND model = 'gbt' AND model_name = 'demand-forecast'"),
     "Backtest WAPE Seasonal Naive": agg("v_model_metrics", "avgOrNull(value)",
