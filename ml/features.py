@@ -61,6 +61,8 @@ DEFAULT_HORIZON = 14
 SEASON = 7  # weekly seasonality of daily retail demand
 #: floor of the series level (units/day) that scales the GBT's target and history features
 LEVEL_FLOOR = 0.1
+#: the series level: weighted mean of trailing means at the origin (units/day), floored at LEVEL_FLOOR
+LEVEL_WEIGHTS = {"rmean_90": 1.0}
 
 #: demand-history features of the feature table: taken from the origin row t+1 (information <= t).
 HISTORY_COLUMNS = (
@@ -436,7 +438,7 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
         out[c] = out[c].fillna(out["rmean_28"])  # too short a history: the trailing mean
     out["seasonal_naive"] = out["seas_lag_1"]
     out["trailing_mean_28"] = out["rmean_28"]
-    out["level"] = np.maximum(out["rmean_90"], LEVEL_FLOOR)
+    out["level"] = np.maximum(sum(w * out[c] for c, w in LEVEL_WEIGHTS.items()), LEVEL_FLOOR)
     for c in NORMALISED_SOURCES:
         out[f"n_{c}"] = out[c] / out["level"]
     with np.errstate(invalid="ignore", divide="ignore"):

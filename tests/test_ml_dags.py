@@ -91,6 +91,7 @@ DAY = dt.date(2024, 6, 30)
 STORES = {"ST-1": 11, "ST-2": 12, "ST-3": 13}
 SKUS = {"SKU-A": (20.0, 8.0, 4.0), "SKU-B": (5.0, 3.0, 1.0), "SKU-C": (1.0, 10.0, 6.0), "SKU-D": (0.2, 30.0, 15.0)}
 N_DAYS = 120
+H = 14  # FORECAST_HORIZON's default
 
 
 def synthetic_demand() -> pd.DataFrame:
@@ -182,9 +183,9 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     _run(ml_dags["demand_forecast_training"], DAY)
     q = lambda sql: client.query_df(sql.replace("{db}", db))  # noqa: E731
     feats = q("SELECT * FROM {db}.features_daily FINAL")
-    # each series runs from its first sale to DAY, + 7 future days
+    # each series runs from its first sale to DAY, + FORECAST_HORIZON (14) future days
     first = demand[demand["units"] > 0].groupby(["store_id", "product_id"])["date"].min()
-    n_feature_rows = int(sum((pd.Timestamp(DAY) - f).days + 1 + 7 for f in first))
+    n_feature_rows = int(sum((pd.Timestamp(DAY) - f).days + 1 + H for f in first))
     assert len(feats) == n_feature_rows
     known = feats[feats["units"].notna()]
     assert known["units"].sum() == demand["units"].sum()  # the return line is not demand
@@ -192,9 +193,16 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert reg[["version", "is_champion"]].values.tolist() == [[1, 1]]
     m = q("SELECT model, metric, horizon, value FROM {db}.ml_model_metrics FINAL WHERE model_name = 'demand-forecast'")
     wape = m[m["metric"] == "wape"]
-    assert set(wape["model"]) == {"gbt", "seasonal_naive"} and sorted(wape["horizon"].unique()) == list(range(8))
-    assert reg["backtest_wape"].iloc[0] == pytest.approx(
-        wape[(wape["model"] == "gbt") & (wape["horizon"] == 0)]["value"].iloc[0])
+    assert set(wape["model"]) == {"gbt", "seasonal_naive", "trailing_mean_28", "statsforecast"}
+    assert sorted(wape["horizon"].unique()) == list(range(H + 1))
+    # champion / challenger: the first champion is the best baseline unless the GBT beats it in WAPE and RMSSE
+    pooled = m[m["horizon"] == 0].pivot(index="model", columns="metric", values="value")
+    best = pooled.drop(index="gbt")["wape"].idxmin()
+    gbt_wins = (pooled.loc["gbt", "wape"] < pooled.loc[best, "wape"]) and (pooled.loc["gbt", "rmsse"] < pooled.loc[best, "rmsse"])
+    champion = "gbt" if gbt_wins else best
+    assert reg["model"].iloc[0] == champion
+    assert reg["backtest_wape"].iloc[0] == pytest.approx(pooled.loc[champion, "wape"])
+    assert reg["backtest_rmsse"].iloc[0] == pytest.approx(pooled.loc[champion, "rmsse"])
 
     # re-running the date's ClickHouse-writing tasks keeps one version and does not duplicate rows
     # (the train job re-uses the version of its run date: ml.pipeline.version_for_run)
@@ -203,15 +211,15 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     n_metrics = len(m)
     build_features(DAY, native_stack)
     again = register_model(DAY, native_stack)
-    assert again["version"] == 1 and again["promoted"]
+    assert again["version"] == 1 and again["promoted"] and again["model"] == champion
     assert q("SELECT count() AS n FROM {db}.model_registry FINAL")["n"].iloc[0] == 1
     assert len(q("SELECT * FROM {db}.ml_model_metrics FINAL WHERE model_name = 'demand-forecast'")) == n_metrics
     assert len(q("SELECT * FROM {db}.features_daily FINAL")) == n_feature_rows
 
     _run(ml_dags["batch_predictions"], DAY)
     p = q("SELECT * FROM {db}.forecast_predictions FINAL")
-    assert len(p) == n_series * 7
-    assert p.groupby(["store_id", "product_id"])["horizon"].apply(sorted).map(lambda h: h == list(range(1, 8))).all()
+    assert len(p) == n_series * H
+    assert p.groupby(["store_id", "product_id"])["horizon"].apply(sorted).map(lambda h: h == list(range(1, H + 1))).all()
     assert (p["forecast_origin"].astype(str) == str(DAY)).all()
     assert ((p["lower95"] <= p["lower80"]) & (p["lower80"] <= p["yhat"]) & (p["yhat"] <= p["upper80"])
             & (p["upper80"] <= p["upper95"])).all()

@@ -1,7 +1,8 @@
-"""Real Spark MLlib GBT on a subset of M5: backtest beats seasonal naive; forecasts complete and ordered.
+"""Real Spark MLlib GBT and the statsforecast baseline on a subset of M5: every model is backtested and scored,
+forecasts come from the champion (GBT or baseline), complete and ordered; the model round-trips through the lake.
 
-Subset for < ~4 min on 2 cores: 4 stores x 28 items (112 series), 180-day training window, 2 backtest
-origins, 20 trees. The seasonal-naive WAPE is recomputed independently from the raw table.
+Subset for a few minutes on 2 cores: 4 stores x 28 items (112 series) from 2014-06, 14-day horizon, 2 origins
+30 days apart, 180-day training window, 15 trees. The baselines are recomputed independently from the raw table.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 STORES = ["CA_1", "CA_3", "TX_2", "WI_1"]
+H = 14
 
 
 @pytest.fixture(scope="module")
@@ -30,65 +32,80 @@ def trained(spark, m5):
     from ml.forecast import ForecastConfig, train_and_evaluate
 
     daily, cal = m5
-    cfg = ForecastConfig(n_origins=2, origin_step_days=7, train_window_days=180, max_iter=20, max_depth=5)
+    cfg = ForecastConfig(horizon=H, n_origins=2, origin_step_days=30, train_window_days=180, max_iter=15,
+                         max_depth=5, stats_window_days=180)
     return cfg, train_and_evaluate(spark, daily, cfg, calendar=cal, default_country=None, log=print)
 
 
-def test_backtest_gbt_beats_seasonal_naive(trained):
+def test_backtest_scores_every_model_and_gbt_beats_seasonal_naive(trained):
     cfg, res = trained
     m = res["backtest"].metrics
-    wape = m[m["h"] == 0].set_index("model")["wape"]
-    rmsse = m[m["h"] == 0].set_index("model")["rmsse"]
-    print(m.round(4).to_string())
-    assert wape["gbt"] < wape["seasonal_naive"]
-    assert rmsse["gbt"] < rmsse["seasonal_naive"]
-    assert sorted(m.loc[m["model"] == "gbt", "h"]) == list(range(0, 8))
+    print(m[m["h"] == 0].round(4).to_string())
+    assert set(m["model"]) == {"gbt", "seasonal_naive", "trailing_mean_28", "statsforecast"}
+    assert (m.groupby("model")["h"].apply(sorted).map(lambda hs: hs == list(range(0, H + 1)))).all()
+    pooled = m[m["h"] == 0].set_index("model")
+    assert pooled["wape"]["gbt"] < pooled["wape"]["seasonal_naive"]
+    assert pooled["rmsse"]["gbt"] < pooled["rmsse"]["seasonal_naive"]
+    assert pooled[["coverage80", "coverage95"]].notna().all().all()
+    assert (pooled["coverage95"] >= pooled["coverage80"]).all()
+    assert res["selection"]["champion"] in pooled.index
 
 
-def test_backtest_is_time_based_and_naive_matches_independent_computation(trained, m5):
+def test_backtest_is_time_based_and_baselines_match_independent_computation(trained, m5):
     cfg, res = trained
     bt = res["backtest"]
     daily, _ = m5
-    y = daily.assign(date=pd.to_datetime(daily["date"])).set_index(["store_id", "product_id", "date"])["units"]
-    # origins are 7 days apart and end 7 days before the last known day
-    last = pd.to_datetime(daily["date"]).max()
-    assert bt.origins == [last - pd.Timedelta(days=14), last - pd.Timedelta(days=7)]
-    # every evaluated target lies after its origin, within 7 days
+    d = daily.assign(date=pd.to_datetime(daily["date"]))
+    y = d.set_index(["store_id", "product_id", "date"])["units"]
+    last = d["date"].max()
+    assert bt.origins == [last - pd.Timedelta(days=H + 30), last - pd.Timedelta(days=H)]
     p = bt.predictions
-    assert ((p["date"] - p["origin"]).dt.days == p["h"]).all() and p["h"].between(1, 7).all()
-    # seasonal naive WAPE recomputed from the raw table: sum |y_{o+h} - y_{o+h-7}| / sum y_{o+h}
-    num = den = 0.0
-    for o in bt.origins:
-        for h in range(1, 8):
-            t, s = o + pd.Timedelta(days=h), o + pd.Timedelta(days=h - 7)
-            for (st, pr) in p[["store_id", "product_id"]].drop_duplicates().itertuples(index=False):
-                yt = y.get((st, pr, t), 0.0)
-                ys = y.get((st, pr, s), 0.0)
-                num += abs(yt - ys)
+    assert ((p["date"] - p["origin"]).dt.days == p["h"]).all() and p["h"].between(1, H).all()
+    assert len(p) == 2 * H * p[["store_id", "product_id"]].drop_duplicates().shape[0]
+    # seasonal naive y_{o+h-7k} and the trailing mean of y_{o-27..o}, from the raw table
+    series = p[["store_id", "product_id"]].drop_duplicates().itertuples(index=False)
+    num_sn = num_tm = den = 0.0
+    for st, pr in series:
+        for o in bt.origins:
+            tm = np.mean([y.get((st, pr, o - pd.Timedelta(days=j)), 0.0) for j in range(28)])
+            for h in range(1, H + 1):
+                k = -(-h // 7)
+                yt = y.get((st, pr, o + pd.Timedelta(days=h)), 0.0)
+                num_sn += abs(yt - y.get((st, pr, o + pd.Timedelta(days=h - 7 * k)), 0.0))
+                num_tm += abs(yt - tm)
                 den += yt
-    m = bt.metrics
-    assert m[(m["model"] == "seasonal_naive") & (m["h"] == 0)]["wape"].iloc[0] == pytest.approx(num / den, rel=1e-9)
+    m = bt.metrics.set_index(["model", "h"])
+    assert m.loc[("seasonal_naive", 0), "wape"] == pytest.approx(num_sn / den, rel=1e-9)
+    assert m.loc[("trailing_mean_28", 0), "wape"] == pytest.approx(num_tm / den, rel=1e-9)
+    assert (p["statsforecast"] >= 0).all() and np.isfinite(p["statsforecast"]).all()
 
 
-def test_forecast_every_active_series_and_ordered_intervals(spark, trained, m5):
+@pytest.mark.parametrize("model_name", ["gbt", "trailing_mean_28", "statsforecast"])
+def test_forecast_from_champion_every_active_series_and_ordered_intervals(spark, trained, m5, model_name):
     from ml.forecast import forecast
 
     cfg, res = trained
     bt = res["backtest"]
     daily, _ = m5
-    pred = forecast(spark, res["model"], res["features"], bt.quantiles, bt.bucket_edges, res["cols"])
+    pred = forecast(spark, res["model"], res["features"], bt.quantiles, bt.bucket_edges, res["cols"], horizon=H,
+                    model_name=model_name, target=cfg.target, stats_window_days=cfg.stats_window_days)
     last = pd.to_datetime(daily["date"]).max()
     d = daily.assign(date=pd.to_datetime(daily["date"]))
     active = d[(d["date"] <= last) & (d["price"].notna() | (d["units"] > 0))][["store_id", "product_id"]].drop_duplicates()
     got = pred[["store_id", "product_id"]].drop_duplicates()
     assert set(map(tuple, got.to_numpy())) == set(map(tuple, active.to_numpy()))
     per = pred.groupby(["store_id", "product_id"])["h"].apply(lambda s: sorted(s.tolist()))
-    assert (per.map(lambda hs: hs == list(range(1, 8)))).all()
+    assert (per.map(lambda hs: hs == list(range(1, H + 1)))).all()
     assert (pred["origin"] == last).all() and ((pred["date"] - pred["origin"]).dt.days == pred["h"]).all()
     assert (pred["lower95"] <= pred["lower80"]).all() and (pred["lower80"] <= pred["yhat"]).all()
     assert (pred["yhat"] <= pred["upper80"]).all() and (pred["upper80"] <= pred["upper95"]).all()
     assert (pred["lower95"] >= 0).all() and np.isfinite(pred["yhat"]).all()
     assert (pred["upper95"] > pred["lower95"]).any()  # intervals are not degenerate
+    if model_name == "trailing_mean_28":  # the baseline's point forecast: mean of the last 28 days, flat
+        y = d.set_index(["store_id", "product_id", "date"])["units"]
+        st, pr = got.iloc[0]
+        tm = np.mean([y.get((st, pr, last - pd.Timedelta(days=j)), 0.0) for j in range(28)])
+        assert pred[(pred["store_id"] == st) & (pred["product_id"] == pr)]["yhat"].to_numpy() == pytest.approx(tm)
 
 
 def test_model_roundtrip_through_lake(spark, trained, tmp_path):
@@ -104,6 +121,6 @@ def test_model_roundtrip_through_lake(spark, trained, tmp_path):
     path = save_model_version(lake, res["model"], 1, meta, bt.quantiles, bt.metrics)
     assert path == "models/demand-forecast/v1" and list_versions(lake) == [1]
     model, meta2, q = load_model_version(lake, 1)
-    a = forecast(spark, res["model"], res["features"], bt.quantiles, bt.bucket_edges, res["cols"])
-    b = forecast(spark, model, res["features"], q, meta2["bucket_edges"], meta2["feature_columns"])
+    a = forecast(spark, res["model"], res["features"], bt.quantiles, bt.bucket_edges, res["cols"], horizon=H)
+    b = forecast(spark, model, res["features"], q, meta2["bucket_edges"], meta2["feature_columns"], horizon=H)
     pd.testing.assert_frame_equal(a, b)
