@@ -47,7 +47,7 @@ RP = PBI / "RetailInventory.Report"
 SCHEMAS = (REPO / ".." / "shared" / "schemas" / "microsoft-fabric").resolve()
 FABRIC_URL = "https://developer.microsoft.com/json-schemas/fabric/"
 UTC = dt.timezone.utc
-NOW = dt.datetime(2026, 1, 21, 18, 7, 30)  # UTCNOW() of the DAX interpreter and now() of the SQL twins
+NOW = dt.datetime(2026, 1, 22, 9, 37, 30)  # UTCNOW() of the DAX interpreter and now() of the SQL twins
 
 
 # =================================================================================================== TMDL --
@@ -584,6 +584,19 @@ def test_model_covers_every_view_column(model, reader):
         have = [row[0] for row in reader.query(f"DESCRIBE TABLE {table}").result_rows]
         declared = [c.props["sourceColumn"] for c in model.tables[table].kids("column")]
         assert set(have) - set(declared) <= left_out.get(table, set()), (table, set(have) - set(declared))
+
+
+#: views of 030_bi_views.sql deliberately not imported, with the reason
+VIEWS_LEFT_OUT = {"v_fact_sales": "one row per POS line (millions): v_sales_daily carries the same figures per day"}
+
+
+def test_model_covers_every_bi_view(model):
+    """A view added to clickhouse/migrations/030_bi_views.sql shows up here until the model imports it or
+    VIEWS_LEFT_OUT says why not."""
+    views = set(re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)",
+                           (REPO / "clickhouse" / "migrations" / "030_bi_views.sql").read_text()))
+    assert views - set(odbc_tables(model)) == set(VIEWS_LEFT_OUT)
+    assert set(odbc_tables(model)) <= views
 
 
 def test_one_sides_of_relationships_are_unique(model, reader, known_data):
