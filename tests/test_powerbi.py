@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -201,12 +202,28 @@ def model() -> Model:
     return load_model()
 
 
+@functools.lru_cache(maxsize=None)
+def parse_m(text: str):
+    """pbi-parsers' M (Power Query) AST, parsed once per text (the parser takes ~0.5 s per partition)."""
+    from pbi_parsers import pq
+
+    return pq.to_ast(text)
+
+
+@functools.lru_cache(maxsize=None)
+def parse_dax(text: str):
+    """pbi-parsers' DAX AST, parsed once per text; None when the text is not DAX."""
+    from pbi_parsers import dax
+
+    return dax.to_ast(text)
+
+
+@functools.lru_cache(maxsize=None)
 def odbc_sql(partition_source: str) -> str:
     """The SQL text of the ``Odbc.Query(connection, sql)`` call in an M expression (parsed with pbi-parsers)."""
-    from pbi_parsers import pq
     from pbi_parsers.pq.exprs import FunctionExpression, LiteralStringExpression
 
-    ast = pq.to_ast(partition_source)
+    ast = parse_m(partition_source)
     calls = [f for f in ast.find_all(FunctionExpression)
              if ".".join(t.text for t in f.name.name_parts) == "Odbc.Query"]
     assert len(calls) == 1, partition_source
@@ -311,12 +328,11 @@ def test_tmdl_parser_reads_the_whole_model(model):
 
 
 def test_parameters_and_every_partition_use_them(model):
-    from pbi_parsers import pq
     from pbi_parsers.pq.exprs import IdentifierExpression
 
     params = {}
     for name, e in model.expressions.items():
-        assert pq.to_ast(e.value) is not None, name
+        assert parse_m(e.value) is not None, name
         m = re.search(r'meta \[IsParameterQuery=true, Type="(\w+)"', e.value)
         assert m, f"{name} is not a parameter"
         params[name] = m.group(1)
@@ -325,7 +341,7 @@ def test_parameters_and_every_partition_use_them(model):
     assert set(sql) == {t for t in model.tables if t.startswith("v_")}
     for t in sql:
         src = model.tables[t].kids("partition")[0].props["source"]
-        ids = {".".join(tok.text for tok in i.name_parts) for i in pq.to_ast(src).find_all(IdentifierExpression)}
+        ids = {".".join(tok.text for tok in i.name_parts) for i in parse_m(src).find_all(IdentifierExpression)}
         assert {"Server", "Port", "Database"} <= ids, t
         assert "driver={ClickHouse ODBC Driver (Unicode)}" in src, t
         assert re.fullmatch(rf"SELECT [\w, ]+ FROM {t}", sql[t]), sql[t]
@@ -333,7 +349,7 @@ def test_parameters_and_every_partition_use_them(model):
         for p in n.kids("partition"):
             assert p.props.get("mode") == "import", (t, "the ODBC connector imports")
             if p.value == "m":
-                assert pq.to_ast(p.props["source"]) is not None, t
+                assert parse_m(p.props["source"]) is not None, t
 
 
 def test_relationships_form_a_star_without_ambiguity(model):
@@ -370,11 +386,10 @@ def test_date_table_is_marked(model):
 
 def dax_refs(expr: str) -> tuple[set[tuple[str, str]], set[str], set[str]]:
     """(columns, measures, tables) named by a DAX expression, parsed with pbi-parsers."""
-    from pbi_parsers import dax
     from pbi_parsers.dax.exprs import (ColumnExpression, IdentifierExpression, MeasureExpression, TableExpression,
                                        VariableExpression)
 
-    ast = dax.to_ast(expr)
+    ast = parse_dax(expr)
     assert ast is not None, expr
     cols = {(unquote(c.table.text), c.column.text[1:-1]) for c in ast.find_all(ColumnExpression)}
     meas = {m.name.text[1:-1] for m in ast.find_all(MeasureExpression)}
@@ -567,6 +582,7 @@ def test_type_mapping_rejects_uint64():
     assert compatible("dateTime", "DateTime64(3, 'UTC')") and compatible("string", "LowCardinality(String)")
 
 
+@pytest.mark.integration
 def test_every_source_query_returns_the_declared_columns_and_types(model, reader, known_data):
     for table, sql in odbc_tables(model).items():
         r = reader.query(sql)
@@ -577,6 +593,7 @@ def test_every_source_query_returns_the_declared_columns_and_types(model, reader
         assert r.row_count > 0, f"{table}: the known dataset left it empty"
 
 
+@pytest.mark.integration
 def test_model_covers_every_view_column(model, reader):
     """A column added to a view shows up here until the model declares it (or lists it as left out)."""
     left_out: dict[str, set[str]] = {}
@@ -599,6 +616,7 @@ def test_model_covers_every_bi_view(model):
     assert set(odbc_tables(model)) <= views
 
 
+@pytest.mark.integration
 def test_one_sides_of_relationships_are_unique(model, reader, known_data):
     for r in model.relationships:
         tt, tc = r["to"]
@@ -607,6 +625,7 @@ def test_one_sides_of_relationships_are_unique(model, reader, known_data):
         assert total == distinct and nulls == 0, (tt, tc)
 
 
+@pytest.mark.integration
 def test_bi_reader_cannot_write(reader, writer):
     from clickhouse_connect.driver.exceptions import DatabaseError
 
@@ -911,9 +930,7 @@ class Dax:
         return self.ev(self.measures[name], ctx)
 
     def ev(self, expr, ctx, row=None, env=None):
-        from pbi_parsers import dax
-
-        node = dax.to_ast(expr) if isinstance(expr, str) else expr
+        node = parse_dax(expr) if isinstance(expr, str) else expr
         return self._ev(node, ctx, row, env or {})
 
     def _ev(self, n, ctx, row, env):
@@ -1305,6 +1322,7 @@ def test_every_measure_has_a_sql_twin(model):
     assert set(TWINS) == set(model.measures())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("context", ["whole model", "S002, 15-21 Jan 2026", "role Store Manager"])
 def test_dax_measures_agree_with_their_sql_twins(model, model_data, reader, context):
     (label, (ctx, user)), = [(k, v) for k, v in contexts(model, model_data).items() if k.startswith(context)]
@@ -1327,6 +1345,7 @@ def test_dax_measures_agree_with_their_sql_twins(model, model_data, reader, cont
     assert len(blank) <= 3, f"{label}: the known dataset leaves too many measures BLANK: {blank}"
 
 
+@pytest.mark.integration
 def test_store_manager_sees_only_their_store(model, model_data, reader):
     user, store = store_manager_rows(model)[0]
     engine = Dax(model, model_data, user=user)
@@ -1342,9 +1361,9 @@ def test_store_manager_sees_only_their_store(model, model_data, reader):
     assert same(engine.measure("Revenue", ctx), revenue)
 
 
-def test_interpreter_refuses_right_associated_chains(model, model_data):
+def test_interpreter_refuses_right_associated_chains(model):
     """pbi-parsers reads ``1 - 2 + 3`` as ``1 - (2 + 3)``: the interpreter refuses rather than answer -4."""
-    engine = Dax(model, model_data)
+    engine = Dax(model, {})
     assert engine.ev("1 - ( 2 + 3 )", {}) == -4
     with pytest.raises(AssertionError, match="associates"):
         engine.ev("1 - 2 + 3", {})
