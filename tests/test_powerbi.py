@@ -323,7 +323,7 @@ def test_tmdl_parser_reads_the_whole_model(model):
     for t, n in model.tables.items():
         assert n.kids("partition"), f"{t} has no partition"
         for c in n.kids("column"):
-            assert c.props.get("dataType") in {"int64", "double", "string", "dateTime", "boolean", "decimal"}, (t, c.name)
+            assert c.props.get("dataType") in TMDL_TYPES, (t, c.name)
             assert c.props.get("sourceColumn"), (t, c.name)
 
 
@@ -401,12 +401,14 @@ def dax_refs(expr: str) -> tuple[set[tuple[str, str]], set[str], set[str]]:
     return cols, meas, tabs
 
 
+TMDL_TYPES = {"int64", "double", "string", "dateTime", "boolean", "decimal"}
+AGG_NAMES = {0: "Sum", 1: "Avg", 4: "Max"}  # QueryAggregateFunction values used by the report
 DAX_KEYWORDS = {"SECOND", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "QUARTER", "YEAR"}
 
 
 def test_every_measure_parses_and_names_existing_fields(model):
     measures = model.measures()
-    for name, (home, expr) in measures.items():
+    for name, (_home, expr) in measures.items():
         cols, meas, tabs = dax_refs(expr)
         for t, c in cols:
             assert c in model.columns(t), f"[{name}] names {t}[{c}]"
@@ -451,7 +453,7 @@ def report_pages() -> list[tuple[dict, list[dict]]]:
         page = json.loads((d / "page.json").read_text())
         assert page["name"] == name
         visuals = [json.loads(v.read_text()) for v in sorted((d / "visuals").glob("*/visual.json"))]
-        for v, f in zip(visuals, sorted((d / "visuals").glob("*/visual.json"))):
+        for v, f in zip(visuals, sorted((d / "visuals").glob("*/visual.json")), strict=True):
             assert v["name"] == f.parent.name
         out.append((page, visuals))
     folders = {p.name for p in (RP / "definition" / "pages").iterdir() if p.is_dir()}
@@ -509,7 +511,7 @@ def test_every_bound_field_exists_in_the_model(model):
                 for proj in role["projections"]:
                     (kind, entity, prop), = bound_fields(proj["field"])
                     agg = proj["field"].get("Aggregation")
-                    want = f"{entity}.{prop}" if not agg else f"{ {0: 'Sum', 1: 'Avg', 4: 'Max'}[agg['Function']]}({entity}.{prop})"
+                    want = f"{AGG_NAMES[agg['Function']]}({entity}.{prop})" if agg else f"{entity}.{prop}"
                     assert proj["queryRef"] == want, proj
     assert n >= 100
 
@@ -588,7 +590,7 @@ def test_every_source_query_returns_the_declared_columns_and_types(model, reader
         r = reader.query(sql)
         declared = [(c.props["sourceColumn"], c.props["dataType"]) for c in model.tables[table].kids("column")]
         assert list(r.column_names) == [c for c, _ in declared], table
-        for (col, tmdl_type), ch in zip(declared, r.column_types):
+        for (col, tmdl_type), ch in zip(declared, r.column_types, strict=True):
             assert compatible(tmdl_type, ch.name), f"{table}.{col}: ClickHouse {ch.name} into TMDL {tmdl_type}"
         assert r.row_count > 0, f"{table}: the known dataset left it empty"
 
@@ -597,7 +599,7 @@ def test_every_source_query_returns_the_declared_columns_and_types(model, reader
 def test_model_covers_every_view_column(model, reader):
     """A column added to a view shows up here until the model declares it (or lists it as left out)."""
     left_out: dict[str, set[str]] = {}
-    for table, sql in odbc_tables(model).items():
+    for table in odbc_tables(model):
         have = [row[0] for row in reader.query(f"DESCRIBE TABLE {table}").result_rows]
         declared = [c.props["sourceColumn"] for c in model.tables[table].kids("column")]
         assert set(have) - set(declared) <= left_out.get(table, set()), (table, set(have) - set(declared))
@@ -693,7 +695,7 @@ def known_data(engine, writer):
     lines, n = [], 0
     for d in DAYS:
         for _, sk, *_ in STORES:
-            for sku, pk, *_r, cost, price in PRODUCTS:
+            for _sku, pk, *_r, cost, price in PRODUCTS:
                 for _ in range(rng.randint(0, 3)):
                     q = rng.choice([-1, 1, 1, 2, 3, 5])
                     rev = Decimal(str(round(q * price, 4)))
@@ -735,7 +737,8 @@ def known_data(engine, writer):
                         units += u
                         z = rng.choice([0.1, -0.5, 1.2, 3.4, -4.0])
                         cover = None if u == 0 else round(rng.uniform(1, 40), 2)
-                        risk = "UNKNOWN" if cover is None else ("HIGH" if cover < 8 else "MEDIUM" if cover < 24 else "LOW")
+                        risk = ("UNKNOWN" if cover is None
+                                else "HIGH" if cover < 8 else "MEDIUM" if cover < 24 else "LOW")
                         sku_rows.append([start, start + dt.timedelta(minutes=5), s, sku, u, 0, u * price, u, 1,
                                          rng.randint(0, 40), rng.randint(0, 40), 10, u * 12.0, cover, risk, z,
                                          start + dt.timedelta(minutes=4), 1, 1, start])
@@ -754,7 +757,8 @@ def known_data(engine, writer):
     for s, *_ in STORES:
         for sku, *_ in PRODUCTS:
             lvl = rng.choice([None, 0, 4, 12, 50])
-            levels.append([s, sku, lvl, None if lvl is None else ts(2026, 1, 21, 11, 3), 10, int(lvl is not None and lvl < 10),
+            levels.append([s, sku, lvl, None if lvl is None else ts(2026, 1, 21, 11, 3), 10,
+                           int(lvl is not None and lvl < 10),
                            1, 1, ts(2026, 1, 21, 11, 4)])
     w.insert("inventory_levels", levels, column_names=["store_id", "product_id", "stock_level", "stock_time",
                                                        "reorder_point", "in_episode", "batch_id", "version",
@@ -823,7 +827,8 @@ def known_data(engine, writer):
                 days_left = round(rng.uniform(0.5, 30), 2)
                 reorder.append([as_of, s, sku, float(rng.randint(0, 40)), 2.5, 1.1, 3.0, 0.95, 4.2, 11.7, 30.0,
                                 float(rng.randint(10, 40)) if need else 0.0, int(need), days_left,
-                                "HIGH" if days_left < 3 else "MEDIUM" if days_left < 7 else "LOW", cost or 0.0, 2, as_of])
+                                "HIGH" if days_left < 3 else "MEDIUM" if days_left < 7 else "LOW", cost or 0.0, 2,
+                                as_of])
                 classes.append([as_of, s, sku, 56, round(rng.uniform(1, 3), 3), round(rng.uniform(0.1, 1), 3),
                                 rng.choice(["smooth", "intermittent", "lumpy", "erratic"]), 1.5,
                                 rng.randint(0, 30), int(rng.random() < 0.4), as_of])
@@ -875,10 +880,6 @@ def model_data(model, reader, known_data) -> dict[str, pd.DataFrame]:
 
 
 # ======================================================================================= DAX interpreter --
-class Blank:
-    pass
-
-
 @dataclass
 class Tab:
     """A table value: rows (a DataFrame) of ``table`` (for RELATED) — or a one-column list of values."""
@@ -917,7 +918,8 @@ class Dax:
         mask = pd.Series(True, index=df.index)
         for (t, c), vals in ctx.items():
             if t == table:
-                mask &= pd.Series(df.index.isin(list(vals)), index=df.index) if c == "__rows__" else df[c].isin(list(vals))
+                keep = df.index.isin(list(vals)) if c == "__rows__" else df[c].isin(list(vals))
+                mask &= pd.Series(keep, index=df.index)
         for r in self.rels:
             (ft, fc), (tt, tc) = r["from"], r["to"]
             if ft == table and any(t == tt for t, _ in ctx):
@@ -1032,8 +1034,6 @@ class Dax:
         return Tab("__dates__", pd.DataFrame({self.date_col: sorted(dates)}))
 
     def call(self, f, args, ctx, row, env):
-        from pbi_parsers.dax import exprs as X
-
         ev = lambda a, c=ctx, r=row: self._ev(a, c, r, env)  # noqa: E731
         if f in ("SUM", "AVERAGE", "MAX", "MEDIAN", "DISTINCTCOUNT"):
             _, _, s = self.column_values(args[0], ctx)
@@ -1183,7 +1183,8 @@ TWINS: dict[str, str] = {
     "Cost of Goods Sold": sales("sumOrNull(cost)"),
     "Gross Profit": sales("sumOrNull(profit)"),
     "Gross Margin %": DIV("{{Gross Profit}}", sales("sumOrNull(revenue_with_cost)")),
-    "Revenue LY": sales("sumOrNull(revenue)", dates="date IN (SELECT addYears(date, -1) FROM v_dim_date WHERE <<DATES>>)"),
+    "Revenue LY": sales("sumOrNull(revenue)",
+                        dates="date IN (SELECT addYears(date, -1) FROM v_dim_date WHERE <<DATES>>)"),
     "Revenue YoY %": DIV(SUB("{{Revenue}}", "{{Revenue LY}}"), "{{Revenue LY}}"),
     "Revenue Previous Week": sales("sumOrNull(revenue)",
                                    dates="date IN (SELECT addDays(date, -7) FROM v_dim_date WHERE <<DATES>>)"),
@@ -1229,8 +1230,9 @@ TWINS: dict[str, str] = {
     "Last Stream Batch": agg("v_stream_batches", "maxOrNull(committed_at)"),
     "Backtest WAPE GBT": agg("v_model_metrics", "avgOrNull(value)",
                              "metric = 'wape' AND model = 'gbt' AND model_name = 'demand-forecast'"),
-    "Backtest WAPE Seasonal Naive": agg("v_model_metrics", "avgOrNull(value)",
-                                        "metric = 'wape' AND model = 'seasonal_naive' AND model_name = 'demand-forecast'"),
+    "Backtest WAPE Seasonal Naive": agg(
+        "v_model_metrics", "avgOrNull(value)",
+        "metric = 'wape' AND model = 'seasonal_naive' AND model_name = 'demand-forecast'"),
     "WAPE Improvement vs Naive": SUB("1", DIV("{{Backtest WAPE GBT}}", "{{Backtest WAPE Seasonal Naive}}")),
     "Backtest RMSSE GBT": agg("v_model_metrics", "avgOrNull(value)",
                               "metric = 'rmsse' AND model = 'gbt' AND model_name = 'demand-forecast'"),
