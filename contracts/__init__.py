@@ -88,7 +88,7 @@ def validate_event(event_type: str, record: dict[str, Any], *, now_ms: int | Non
 #: rules beside the Avro schemas, shared by the producers (dead-letter topic) and the stream (quarantine,
 #: ``streaming.transforms.validate_events``), one definition each:
 #:
-#: * ids (``*_id`` string fields) of input events are non-empty, at most ID_MAX_CHARS characters and free of
+#: * ids (``*_id`` string fields) of input events are not blank (white space / control characters only), at most ID_MAX_CHARS characters and free of
 #:   control/format characters (Unicode categories Cc, Cf);
 #: * event times (``timestamp``, epoch ms UTC) are not before MIN_EVENT_TIME_MS (2000-01-01) and not more than
 #:   ``STREAM_MAX_FUTURE_MINUTES`` (core.settings) after *now*;
@@ -198,8 +198,8 @@ def rule_violations(event_type: str, record: dict[str, Any], *, now_ms: int | No
         v = record.get(name)
         if v is None:
             continue
-        if not v.strip():
-            out.append(f"{name} is empty")
+        if all(ch.isspace() or unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc") for ch in v):
+            out.append(f"{name} is empty")  # nothing but white space / control characters (stream: [\p{Z}\p{Cc}]*)
         elif len(v) > ID_MAX_CHARS:
             out.append(f"{name} longer than {ID_MAX_CHARS} characters")
         elif any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):

@@ -75,6 +75,45 @@ def checkpoint_path(settings: Settings, query: str) -> str:
     return f"{root.rstrip('/')}/{query}"
 
 
+def dropped_duplicates(progress: dict | Any) -> int:
+    """Event ids dropped as duplicates by one micro-batch: the sum of ``numDroppedDuplicateRows`` over the
+    progress' state operators (``dropDuplicatesWithinWatermark``); ``progress`` is a progress dict or
+    a ``StreamingQueryProgress``."""
+    ops = progress.get("stateOperators", []) if isinstance(progress, dict) else progress.stateOperators
+    total = 0
+    for op in ops or []:
+        cm = op.get("customMetrics", {}) if isinstance(op, dict) else op.customMetrics
+        total += int((cm or {}).get("numDroppedDuplicateRows", 0) or 0)
+    return total
+
+
+def _duplicates_listener(job: "StreamingJob"):
+    """A StreamingQueryListener that records each committed micro-batch's duplicate count of the job's queries
+    (:meth:`streaming.sinks.StreamSinks.record_duplicates`: log line + ``stream_batches.duplicates_dropped``)."""
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    class DuplicatesListener(StreamingQueryListener):
+        def onQueryStarted(self, event):
+            pass
+
+        def onQueryIdle(self, event):
+            pass
+
+        def onQueryTerminated(self, event):
+            pass
+
+        def onQueryProgress(self, event):
+            p = event.progress
+            if str(p.id) not in job.query_ids or p.name not in QUERY_NAMES:
+                return
+            try:
+                job.sinks.record_duplicates(p.name, p.batchId, dropped_duplicates(p))
+            except Exception as exc:  # monitoring must never stop the stream
+                log.warning("recording duplicates of %s batch %s: %s", p.name, p.batchId, exc)
+
+    return DuplicatesListener()
+
+
 class StreamingJob:
     """The two streaming queries of the platform on one SparkSession.
 
@@ -99,7 +138,9 @@ class StreamingJob:
                 ensure_topics(self.s)
         self.sinks = StreamSinks(self.s)
         self.queries: dict[str, Any] = {}
+        self.query_ids: set[str] = set()
         self.started_at: float | None = None
+        self._listener = None
 
     def _source(self, topics: list[str]):
         s = self.s
@@ -124,6 +165,9 @@ class StreamingJob:
         topics = {et: s.topic(EVENT_TYPES[et]) for et in INPUT_EVENT_TYPES}
         lim = {"max_age_days": s.stream_max_event_age_days, "max_future_minutes": s.stream_max_future_minutes}
 
+        if self._listener is None:
+            self._listener = _duplicates_listener(self)
+            self.spark.streams.addListener(self._listener)
         raw = self.sinks.raw_frame(TR.kafka_frame(self._source(list(topics.values()))))
         self.queries["raw"] = (raw.writeStream.queryName("raw").foreachBatch(self.sinks.raw_batch)
                                .option("checkpointLocation", checkpoint_path(s, "raw")).trigger(**trig).start())
@@ -136,6 +180,7 @@ class StreamingJob:
                                    .foreachBatch(self.sinks.windows_batch)
                                    .option("checkpointLocation", checkpoint_path(s, "windows"))
                                    .trigger(**trig).start())
+        self.query_ids = {str(q.id) for q in self.queries.values()}
         self.started_at = time.time()
         return self.queries
 
@@ -206,22 +251,30 @@ class StreamingJob:
                     q.stop()
             except Exception as exc:  # keep stopping the others
                 log.warning("stopping query %s: %s", q.name, exc)
+        if self._listener is not None:
+            try:
+                self.spark.streams.removeListener(self._listener)
+            except Exception as exc:
+                log.warning("removing the duplicates listener: %s", exc)
+            self._listener = None
         self.sinks.close()
 
     def stats(self) -> dict[str, Any]:
-        """Summary: batches and rows per query, dropped-by-watermark rows, alerts sent, wall time."""
-        out: dict[str, Any] = {"alerts_sent": self.sinks.alerts_sent,
+        """Summary: batches and rows per query, duplicates dropped (event ids seen again within the watermark,
+        from the query progress), dropped-by-watermark rows, alerts sent, sink retries, wall time."""
+        out: dict[str, Any] = {"alerts_sent": self.sinks.alerts_sent, "sink_retries": self.sinks.retries,
                                "seconds": None if self.started_at is None else round(time.time() - self.started_at, 2)}
         for name in QUERY_NAMES:
             logs = [b for b in self.sinks.batch_log if b["query"] == name]
             q = self.queries.get(name)
-            dropped = 0
+            dropped = dups = 0
             if q is not None:
                 for p in q.recentProgress:
-                    for op in p.get("stateOperators", []) or []:
+                    dups += dropped_duplicates(p)
+                    for op in p.get("stateOperators", []) or []:  # a row dropped by one never reaches the next
                         dropped += int(op.get("numRowsDroppedByWatermark", 0) or 0)
             out[name] = {"batches": len(logs), "input_rows": sum(b["input_rows"] for b in logs),
-                         "output_rows": sum(b["output_rows"] for b in logs)}
+                         "output_rows": sum(b["output_rows"] for b in logs), "duplicates_dropped": dups}
             if name == "windows":
                 out[name]["rows_dropped_by_watermark"] = dropped
         return out

@@ -110,6 +110,12 @@ def timestamp_fields(event_type: str) -> list[str]:
     return [f.name for f in fields(event_type) if f.timestamp_millis]
 
 
+def string_fields(event_type: str) -> list[str]:
+    """Names of ``string`` fields (not enums: their symbol check rejects any other value)."""
+    return [f.name for f in fields(event_type)
+            if isinstance(f.spark_type, T.StringType) and not f.enum_symbols]
+
+
 def enum_fields(event_type: str) -> dict[str, tuple[str, ...]]:
     """Enum field name -> allowed symbols."""
     return {f.name: f.enum_symbols for f in fields(event_type) if f.enum_symbols}

@@ -71,6 +71,37 @@ def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) means a service is unreachable or failing rather
+    than a bug: connection refused/reset, timeouts, socket and S3 I/O errors (pyarrow raises OSError),
+    clickhouse-connect's OperationalError, HTTP transport errors, Kafka errors, a 5xx status."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+    from kafka.errors import KafkaError
+
+    try:
+        import urllib3.exceptions as u3
+        transport: tuple[type, ...] = (u3.HTTPError,)
+    except ImportError:  # pragma: no cover
+        transport = ()
+    try:
+        import httpx
+        transport += (httpx.TransportError,)
+    except ImportError:  # pragma: no cover
+        pass
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ConnectionError, TimeoutError, OSError, OperationalError, KafkaError) + transport):
+            return True
+        msg = str(e)
+        if any(t in msg for t in ("Connection refused", "Connection reset", "timed out", "Service Unavailable",
+                                  "HTTP 502", "HTTP 503", "HTTP 504", "Max retries exceeded")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class StreamSinks:
     """Holds the clients of the sinks (ClickHouse, lake, Kafka producer for alerts) and the batch log.
 
@@ -80,9 +111,11 @@ class StreamSinks:
         lake: :class:`core.lake.Lake` (default :func:`core.lake.get_lake`).
 
     Attributes:
-        batch_log: list of {"query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"}
-            (epoch seconds), appended after each micro-batch's writes are visible (used for freshness).
+        batch_log: list of {"query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"
+            (epoch seconds), "duplicates_dropped", "alerts_closed_until" (epoch ms or None)}, appended after each
+            micro-batch's writes are visible (used for freshness).
         alerts_sent: number of restock alerts sent to Kafka by this process.
+        retries: number of waits before a retried write (infrastructure errors, :meth:`retrying`).
     """
 
     def __init__(self, settings: Settings, client=None, lake=None):
@@ -94,6 +127,8 @@ class StreamSinks:
         self.ch = client or get_client(settings)
         self.lake = lake or Lake(settings)
         self._ch_lock = threading.RLock()  # the two queries' batches run in different threads
+        self._log_lock = threading.Lock()
+        self.retries = 0
         self._producer = None
         self.batch_log: list[dict[str, Any]] = []
         self.alerts_sent = 0
@@ -112,14 +147,65 @@ class StreamSinks:
             return self.ch.query_arrow(sql.replace("{db}", self.db), parameters=parameters or {}).to_pandas()
 
     def _log_batch(self, query: str, batch_id: int, input_rows: int, output_rows: int, started: float,
-                   phases: dict[str, float] | None = None) -> None:
+                   phases: dict[str, float] | None = None, alerts_closed_until: int | None = None) -> None:
         rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
-               "output_rows": int(output_rows), "started_at": started, "committed_at": time.time()}
-        self._insert_df("stream_batches", pd.DataFrame([{
-            **rec, "started_at": pd.Timestamp(started, unit="s", tz="UTC"),
-            "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC")}]))
+               "output_rows": int(output_rows), "started_at": started, "committed_at": time.time(),
+               "alerts_closed_until": alerts_closed_until, "duplicates_dropped": 0}
+        self._insert_df("stream_batches", self._batch_row(rec))
         rec["phases_s"] = {k: round(v, 3) for k, v in (phases or {}).items()}
-        self.batch_log.append(rec)
+        with self._log_lock:
+            self.batch_log.append(rec)
+
+    @staticmethod
+    def _batch_row(rec: dict[str, Any]) -> pd.DataFrame:
+        """One ``stream_batches`` row of a batch-log record."""
+        until = rec.get("alerts_closed_until")
+        return pd.DataFrame([{
+            "query": rec["query"], "batch_id": rec["batch_id"], "input_rows": rec["input_rows"],
+            "output_rows": rec["output_rows"], "started_at": pd.Timestamp(rec["started_at"], unit="s", tz="UTC"),
+            "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC"),
+            "duplicates_dropped": int(rec.get("duplicates_dropped") or 0),
+            "alerts_closed_until": pd.Series([None if until is None else pd.Timestamp(until, unit="ms", tz="UTC")],
+                                             dtype="datetime64[ms, UTC]")[0]}])
+
+    def record_duplicates(self, query: str, batch_id: int, duplicates: int) -> None:
+        """Record the event ids dropped as duplicates by a committed micro-batch (from the query progress'
+        ``numDroppedDuplicateRows``): logged, kept in :attr:`batch_log` and written to ``stream_batches``
+        (the batch's row is re-inserted with the count; same version, so the later row wins)."""
+        with self._log_lock:
+            rec = next((r for r in reversed(self.batch_log)
+                        if r["query"] == query and r["batch_id"] == int(batch_id)), None)
+            if rec is not None:
+                rec["duplicates_dropped"] = int(duplicates)
+        if duplicates:
+            log.warning("query %s micro-batch %d: %d duplicate event id(s) dropped (seen again within "
+                        "STREAM_WATERMARK=%s)", query, batch_id, duplicates, self.s.stream_watermark)
+        if rec is not None and duplicates:
+            self.retrying(f"{query} micro-batch {batch_id} duplicate count",
+                          self._insert_df, "stream_batches", self._batch_row(rec))
+
+    # --------------------------------------------------------------------------------- retries --
+    def retrying(self, what: str, fn, *args, **kwargs):
+        """Call ``fn(*args, **kwargs)``; on an infrastructure error (:func:`is_infrastructure_error`: ClickHouse,
+        lake or Kafka unreachable) wait with exponential backoff (0.5 s doubling, at most
+        STREAM_SINK_RETRY_MAX_WAIT_S) and call it again, logging what it waits for, for up to
+        STREAM_SINK_RETRY_SECONDS; then the error propagates (the query fails; a restart resumes from the
+        checkpoint, nothing is lost). Every write of a micro-batch is idempotent, so a repeat writes nothing twice.
+        Other errors propagate at once (they are bugs, not data: data is validated before any write)."""
+        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+        def before_sleep(rs) -> None:
+            self.retries += 1
+            exc = rs.outcome.exception()
+            log.warning("%s: infrastructure error (%s: %s); waiting %.1f s before attempt %d",
+                        what, type(exc).__name__, str(exc)[:300], rs.next_action.sleep, rs.attempt_number + 1)
+
+        for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
+                                wait=wait_exponential(multiplier=0.5, min=0.5, max=self.s.stream_sink_retry_max_wait_s),
+                                stop=stop_after_delay(self.s.stream_sink_retry_seconds),
+                                before_sleep=before_sleep, reraise=True):
+            with attempt:
+                return fn(*args, **kwargs)
 
     def producer(self):
         """Lazily created producer for restock alerts (:func:`core.kafka.make_producer`)."""
@@ -163,31 +249,43 @@ class StreamSinks:
         have the same type in every contract; a type's missing fields are NULL). Built once on the streaming
         frame, so a micro-batch costs one Spark job and no per-batch plan building.
 
+        Valid events are deduplicated by (topic, event id) within STREAM_WATERMARK of *arrival* (the micro-batch
+        time, ``current_timestamp()``, as the watermark column: a processing-time watermark never makes a row
+        late, so late events still reach the lake while a copy re-sent within the watermark is dropped). Invalid
+        records are never deduplicated (each offset is quarantined).
+
         Returns:
-            ``KAFKA_COLUMNS`` + the union of the contract fields + ``invalid_reason``.
+            ``KAFKA_COLUMNS`` + the union of the contract fields + ``invalid_reason`` + ``event_key`` (the event id).
         """
-        frames = [self.validated(kafka_df, et, topic).select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON)
+        frames = [self.validated(kafka_df, et, topic)
+                  .select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON, F.col(TR.EVENT_ID[et]).alias("event_key"))
                   for topic, et in self.topics.items()]
         union = frames[0]
         for f in frames[1:]:
             union = union.unionByName(f, allowMissingColumns=True)
-        return union
+        valid = (union.filter(F.col(TR.REASON).isNull()).withColumn("_arrived", F.current_timestamp())
+                 .withWatermark("_arrived", self.s.stream_watermark)
+                 .dropDuplicatesWithinWatermark(["topic", "event_key"]).drop("_arrived"))
+        return valid.unionByName(union.filter(F.col(TR.REASON).isNotNull()))
 
     def raw_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the raw query: lake Parquet for valid events, ``quarantine_events`` for invalid ones.
+        The writes are retried on infrastructure errors (:meth:`retrying`); data never raises here.
 
         Args:
             df: micro-batch of :meth:`raw_frame` (validated events of every input topic).
             batch_id: Spark's micro-batch id (names the lake files).
         """
         started = time.time()
+        whole = df.toArrow()
+        spark_s = time.time() - started
+        self.retrying(f"raw micro-batch {batch_id}", self._raw_writes, whole, batch_id, started, spark_s)
+
+    def _raw_writes(self, whole: pa.Table, batch_id: int, started: float, spark_s: float) -> None:
         now_ms = int(started * 1000)
         n_in = n_valid = 0
         quarantine: list[pd.DataFrame] = []
-        ph = {"spark": 0.0, "lake": 0.0, "clickhouse": 0.0}
-        t = time.time()
-        whole = df.toArrow()
-        ph["spark"] += time.time() - t
+        ph = {"spark": spark_s, "lake": 0.0, "clickhouse": 0.0}
         for topic, et in self.topics.items():
             tbl = whole.filter(pc.equal(whole["topic"], topic))
             if tbl.num_rows == 0:
@@ -243,17 +341,26 @@ class StreamSinks:
     # ----------------------------------------------------------------------------- windows query --
     def windows_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the windows query (update mode): upsert enriched windows, store windows, alerts and
-        inventory levels. ``df``: :func:`streaming.transforms.window_metrics` rows updated by the batch."""
+        inventory levels. ``df``: :func:`streaming.transforms.window_metrics` rows updated by the batch. The
+        writes are retried on infrastructure errors (:meth:`retrying`)."""
         started = time.time()
         batch = df.toArrow().to_pandas()
-        ph = {"spark": time.time() - started}
-        if batch.empty:
-            self._log_batch("windows", batch_id, 0, 0, started)
-            return
-        for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):
-            batch[c] = pd.to_datetime(batch[c], utc=True)
+        spark_s = time.time() - started
+        self.retrying(f"windows micro-batch {batch_id}", self._windows_writes, batch, batch_id, started, spark_s)
+
+    def _windows_writes(self, batch: pd.DataFrame, batch_id: int, started: float, spark_s: float) -> None:
+        ph = {"spark": spark_s}
         now_ms = int(started * 1000)
         version = now_ms
+        if batch.empty:
+            t = time.time()
+            until = self._closed_window_alerts(batch_id, now_ms)
+            ph["alerts"] = time.time() - t
+            self._log_batch("windows", batch_id, 0, 0, started, ph, alerts_closed_until=until)
+            return
+        batch = batch.copy()
+        for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):
+            batch[c] = pd.to_datetime(batch[c], utc=True)
         stores = sorted(batch["store_id"].unique().tolist())
         lo = batch["window_start"].min() - pd.Timedelta(hours=24)
         hi = batch["window_start"].max()
@@ -281,9 +388,10 @@ class StreamSinks:
         self._store_windows(enriched, batch_id, version, now_ms)
         ph["store_windows"] = time.time() - t
         t = time.time()
-        self._alerts_and_levels(enriched, batch_id, version, now_ms)
+        until = self._closed_window_alerts(batch_id, now_ms)
+        self._levels(enriched, batch_id, version, now_ms)
         ph["alerts_levels"] = time.time() - t
-        self._log_batch("windows", batch_id, len(batch), len(out), started, ph)
+        self._log_batch("windows", batch_id, len(batch), len(out), started, ph, alerts_closed_until=until)
 
     def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
         """Stored windows of ``stores`` with lo <= window_start <= hi, plus per store x SKU an *anchor*: the
@@ -326,30 +434,108 @@ class StreamSinks:
         st["updated_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
         self._insert_df("store_metrics_5m", st)
 
-    def _alerts_and_levels(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
-        stores = sorted(enriched["store_id"].unique().tolist())
-        prior = self._query("SELECT * FROM {db}.inventory_levels FINAL WHERE store_id IN %(stores)s",
-                            {"stores": stores})
+    @staticmethod
+    def _ms(ts) -> int | None:
+        return None if ts is None or pd.isna(ts) else int(pd.Timestamp(ts).timestamp() * 1000)
+
+    def _episode_state(self, keys_sql: str, p: dict) -> tuple[dict, dict]:
+        """(state for :func:`streaming.transforms.restock_episodes`, stored inventory_levels rows) by key."""
+        prior = self._query(f"SELECT * FROM {{db}}.inventory_levels FINAL WHERE {keys_sql}", p)
         state: dict[tuple[str, str], dict] = {}
-        prior_rows: dict[tuple[str, str], dict] = {}
+        rows: dict[tuple[str, str], dict] = {}
         for r in prior.to_dict("records"):
             key = (r["store_id"], r["product_id"])
-            prior_rows[key] = r
-            state[key] = {"in_episode": bool(r["in_episode"]),
-                          "episode_start": None if pd.isna(r["episode_start"]) else int(pd.Timestamp(r["episode_start"]).timestamp() * 1000),
-                          "last_window_start": None if pd.isna(r["last_window_start"]) else int(pd.Timestamp(r["last_window_start"]).timestamp() * 1000)}
-        alerts, new_state = TR.restock_episodes(enriched, state, high_hours=self.s.risk_high_hours,
+            rows[key] = r
+            state[key] = {"in_episode": bool(r["in_episode"]), "episode_start": self._ms(r["episode_start"]),
+                          "last_window_start": self._ms(r["last_window_start"])}
+        return state, rows
+
+    def _closed_window_alerts(self, batch_id: int, now_ms: int) -> int | None:
+        """Restock episodes over the windows *closed* since the previous micro-batch, so the alerts (ids,
+        episodes, priorities) do not depend on micro-batch boundaries.
+
+        A window is closed once its end is at or behind ``max event time counted so far - STREAM_WATERMARK``
+        (the watermark the next micro-batch drops late events by): no event can change it any more. Each
+        micro-batch evaluates the windows with ``previous bound < window_end <= bound`` (the previous bound is
+        the latest ``stream_batches.alerts_closed_until`` of an earlier batch, so a re-run batch evaluates the
+        same windows), with the stock carried forward from the latest earlier closed window, and updates the
+        episode state in ``inventory_levels``. The windows of the last ``STREAM_WATERMARK`` + window length of
+        event time are evaluated when later events close them.
+
+        Returns:
+            the bound used (epoch ms), or the previous one (None before any event).
+        """
+        m = self._query("SELECT max(last_event_time) AS m FROM {db}.sales_metrics_5m")
+        prev_df = self._query("SELECT max(alerts_closed_until) AS p FROM {db}.stream_batches FINAL "
+                              "WHERE query = 'windows' AND batch_id < %(b)s", {"b": int(batch_id)})
+        prev = self._ms(prev_df["p"].iloc[0]) if len(prev_df) else None
+        if not len(m) or pd.isna(m["m"].iloc[0]):
+            return prev
+        bound = self._ms(m["m"].iloc[0]) - int(TR.window_hours(self.s.stream_watermark) * 3_600_000)
+        if prev is not None and bound <= prev:
+            return prev
+        p = {"lo": _utc(prev if prev is not None else 0), "hi": _utc(bound)}
+        closed = self._query(
+            "SELECT window_start, window_end, store_id, product_id, units_sold, window_stock, reorder_point "
+            "FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s", p)
+        if closed.empty:
+            return bound
+        for c in ("window_start", "window_end"):
+            closed[c] = pd.to_datetime(closed[c], utc=True)
+        stores = sorted(closed["store_id"].unique().tolist())
+        p["stores"] = stores
+        anchors_df = self._query(
+            "SELECT store_id, product_id, argMax(window_stock, window_start) AS stock FROM {db}.sales_metrics_5m FINAL "
+            "WHERE store_id IN %(stores)s AND window_end <= %(lo)s AND window_stock IS NOT NULL "
+            "GROUP BY store_id, product_id", p) if prev is not None else pd.DataFrame()
+        anchors = {(r.store_id, r.product_id): int(r.stock) for r in anchors_df.itertuples()}
+        windows = TR.closed_window_stock(closed, anchors, window_len_hours=self.window_len_hours,
+                                         reorder_points=self.reorder_points())
+        state, rows = self._episode_state("store_id IN %(stores)s", {"stores": stores})
+        alerts, new_state = TR.restock_episodes(windows, state, high_hours=self.s.risk_high_hours,
                                                 medium_hours=self.s.risk_medium_hours,
                                                 lead_time_days=self.s.lead_time_days, now_ms=now_ms)
         if alerts:
             self._emit_alerts(alerts, batch_id, now_ms)
-        # latest stock per key: the newest window with an in-window stock, unless the stored one is newer
+        # the episode state is written after the alerts: a crash in between re-sends the same alert ids
+        out = []
+        for key, st in new_state.items():
+            r = rows.get(key, {})
+            out.append(self._level_row(key, r.get("stock_level"), r.get("stock_time"), r.get("reorder_point"), st,
+                                       batch_id, now_ms))
+        self._insert_levels(out)
+        return bound
+
+    def _level_row(self, key, stock, stock_time, rop, st: dict, batch_id: int, now_ms: int) -> dict:
+        return {"store_id": key[0], "product_id": key[1],
+                "stock_level": None if stock is None or pd.isna(stock) else int(stock),
+                "stock_time": None if stock_time is None or pd.isna(stock_time) else pd.Timestamp(stock_time),
+                "reorder_point": None if rop is None or pd.isna(rop) else int(rop),
+                "in_episode": int(st["in_episode"]),
+                "episode_start": None if st["episode_start"] is None else pd.Timestamp(st["episode_start"], unit="ms", tz="UTC"),
+                "last_window_start": None if st["last_window_start"] is None else pd.Timestamp(st["last_window_start"], unit="ms", tz="UTC"),
+                "batch_id": int(batch_id), "version": now_ms, "updated_at": pd.Timestamp(now_ms, unit="ms", tz="UTC")}
+
+    def _insert_levels(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        lv = pd.DataFrame(rows)
+        for c in ("stock_level", "reorder_point"):
+            lv[c] = pd.array([None if x is None or pd.isna(x) else int(x) for x in lv[c]], dtype="Int64")
+        for c in ("stock_time", "episode_start", "last_window_start"):
+            lv[c] = pd.to_datetime(lv[c], utc=True)
+        self._insert_df("inventory_levels", lv)
+
+    def _levels(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
+        """Latest known stock per store x SKU of the batch (``inventory_levels``), keeping the episode state."""
+        stores = sorted(enriched["store_id"].unique().tolist())
+        state, prior_rows = self._episode_state("store_id IN %(stores)s", {"stores": stores})
         srt = enriched.sort_values("window_start", kind="mergesort")
         last_stock = (srt[srt["window_stock"].notna()].groupby(TR.WINDOW_KEY)[["window_stock", "window_stock_time"]]
                       .last().to_dict("index"))
         last_rop = srt[srt["reorder_point"].notna()].groupby(TR.WINDOW_KEY)["reorder_point"].last().to_dict()
         rows = []
-        for key, st in new_state.items():
+        for key in sorted(set(zip(enriched["store_id"], enriched["product_id"]))):
             p = prior_rows.get(key, {})
             stock, stock_time = p.get("stock_level"), p.get("stock_time")
             rop = p.get("reorder_point")
@@ -359,21 +545,9 @@ class StreamSinks:
                     stock, stock_time = int(last_stock[key]["window_stock"]), t
             if key in last_rop:
                 rop = int(last_rop[key])
-            rows.append({"store_id": key[0], "product_id": key[1],
-                         "stock_level": None if stock is None or pd.isna(stock) else int(stock),
-                         "stock_time": None if stock_time is None or pd.isna(stock_time) else pd.Timestamp(stock_time),
-                         "reorder_point": None if rop is None or pd.isna(rop) else int(rop),
-                         "in_episode": int(st["in_episode"]),
-                         "episode_start": None if st["episode_start"] is None else pd.Timestamp(st["episode_start"], unit="ms", tz="UTC"),
-                         "last_window_start": None if st["last_window_start"] is None else pd.Timestamp(st["last_window_start"], unit="ms", tz="UTC"),
-                         "batch_id": int(batch_id), "version": version,
-                         "updated_at": pd.Timestamp(now_ms, unit="ms", tz="UTC")})
-        lv = pd.DataFrame(rows)
-        for c in ("stock_level", "reorder_point"):
-            lv[c] = pd.array(lv[c].tolist(), dtype="Int64")
-        for c in ("stock_time", "episode_start", "last_window_start"):
-            lv[c] = pd.to_datetime(lv[c], utc=True)
-        self._insert_df("inventory_levels", lv)
+            st = state.get(key, {"in_episode": False, "episode_start": None, "last_window_start": None})
+            rows.append(self._level_row(key, stock, stock_time, rop, st, batch_id, now_ms))
+        self._insert_levels(rows)
 
     def _emit_alerts(self, alerts: list[dict], batch_id: int, now_ms: int) -> None:
         """Validate against the restock_alert contract, send the ones not yet recorded to Kafka (flush),

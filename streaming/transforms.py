@@ -94,7 +94,9 @@ def parse_events(df: DataFrame, event_type: str) -> DataFrame:
         is not a JSON object).
     """
     st = S.struct_type(event_type).add(T.StructField(CORRUPT, T.StringType(), True))
-    parsed = F.from_json(F.col("value"), st, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
+    # allowSingleQuotes off: JSON strings are double-quoted (RFC 8259), as for the producers' json.loads
+    parsed = F.from_json(F.col("value"), st, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT,
+                                              "allowSingleQuotes": "false"})
     return (df.select(*KAFKA_COLUMNS, parsed.alias("_p"), F.json_object_keys("value").alias(KEYS))
               .select(*KAFKA_COLUMNS, *[F.col(f"_p.{n}").alias(n) for n in S.field_names(event_type)],
                       F.col(f"_p.{CORRUPT}").alias(CORRUPT), KEYS))
@@ -150,9 +152,19 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     checks.append(F.when(F.size(dups) > 0, F.concat(F.lit(duplicate_keys_reason([])), F.array_join(dups, ","))))
     unknown = F.array_except(F.col(KEYS), F.array(*[F.lit(n) for n in names]))
     checks.append(F.when(F.size(unknown) > 0, F.concat(F.lit("unknown field(s): "), F.array_join(unknown, ","))))
+    # Spark's JSON parser turns any non-string JSON value of a string field into its JSON text ({"store_id": 5}
+    # -> "5"); the contract (and the producers' Avro check) wants a JSON string: the key must be followed by a
+    # double quote in the raw value (a quote cannot occur unescaped inside a JSON string, so only keys match)
+    # (the regex runs only where the parsed text could be a JSON number, boolean, object or array)
+    for f in S.string_fields(event_type):
+        c = F.col(f)
+        maybe_not_string = F.substring(c, 1, 1).isin(*"-0123456789{[") | c.isin("true", "false")
+        checks.append(F.when(c.isNotNull() & F.col(CORRUPT).isNull() & maybe_not_string
+                             & ~F.col("value").rlike(f'"{f}"\\s*:\\s*"'),
+                             F.lit(f"type mismatch: {f} is not a JSON string")))
     if event_type in RULE_TYPES:  # the id and event-time rules shared with the producers (contracts)
         for f in id_fields(event_type):
-            checks.append(F.when(F.col(f).isNotNull() & (F.length(F.trim(F.col(f))) == 0), F.lit(f"{f} is empty")))
+            checks.append(F.when(F.col(f).rlike(r"^[\p{Z}\p{Cc}]*$"), F.lit(f"{f} is empty")))
             checks.append(F.when(F.length(F.col(f)) > ID_MAX_CHARS,
                                  F.lit(f"{f} longer than {ID_MAX_CHARS} characters")))
             checks.append(F.when(F.col(f).rlike(r"[\p{Cc}\p{Cf}]"), F.lit(f"{f} contains control characters")))

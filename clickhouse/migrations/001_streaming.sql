@@ -1,4 +1,4 @@
--- Streaming tables (owner: streaming/). Idempotent: every statement is CREATE ... IF NOT EXISTS.
+-- Streaming tables (owner: streaming/). Idempotent: every statement is CREATE ... IF NOT EXISTS or ADD COLUMN IF NOT EXISTS.
 -- Writes are idempotent through ReplacingMergeTree: a micro-batch re-processed after a restart from the
 -- checkpoint writes rows with the same sorting key, so reading with FINAL (or after a merge) shows each
 -- window / quarantined offset / alert once. `version` = write wall time in ms (the latest write wins).
@@ -121,3 +121,9 @@ CREATE TABLE IF NOT EXISTS {db}.stream_batches
 )
 ENGINE = ReplacingMergeTree(committed_at)
 ORDER BY (query, batch_id);
+
+-- Per micro-batch: event ids dropped as duplicates (seen again within STREAM_WATERMARK; from the query progress)
+-- and, for the windows query, the event-time bound up to which windows are closed and evaluated for restock
+-- alerts (alerts do not depend on micro-batch boundaries). Idempotent: ADD COLUMN IF NOT EXISTS.
+ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS duplicates_dropped Int64 DEFAULT 0;
+ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS alerts_closed_until Nullable(DateTime64(3, 'UTC'));
