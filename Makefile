@@ -46,7 +46,8 @@ setup: $(STAMP) ## Install everything: venv, Kafka + Spark connector jars (Maven
 demo: setup ## Main job: native stack, replay real POS data + simulated events -> Kafka -> Spark -> ClickHouse + lake, summary
 	$(PY) -m ops.demo
 
-test: setup ## Run the whole test suite (unit + integration against real Kafka, Spark, MinIO, chDB)
+test: setup ## Run the whole test suite (unit + integration against real Kafka, Spark, MinIO, chDB, headless Chromium)
+	$(PY) -m ops.cli setup --browser
 	$(PY) -m pytest -q
 
 test-unit: setup ## Unit tests only

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from dataclasses import dataclass
 
 import pandas as pd
@@ -42,12 +43,18 @@ class Context:
     refresh_s: float
 
 
-@st.cache_resource(show_spinner=False)
-def _client(url: str, db: str):
-    from core.clickhouse import new_client
-    from core.settings import get_settings
+_local = threading.local()
 
-    return new_client(get_settings(), db, readonly=True)
+
+def _client(s):
+    """This thread's bi_reader client: Streamlit runs sessions and fragments in threads of their own, and a
+    clickhouse-connect client (one HTTP session) must not run two queries at once."""
+    key = (s.clickhouse_url, s.clickhouse_database, s.clickhouse_http_port)
+    if getattr(_local, "key", None) != key:
+        from core.clickhouse import new_client
+
+        _local.client, _local.key = new_client(s, s.clickhouse_database, readonly=True), key
+    return _local.client
 
 
 def context() -> Context | None:
@@ -56,7 +63,7 @@ def context() -> Context | None:
 
     try:
         s = get_settings()
-        client = _client(s.clickhouse_url, s.clickhouse_database)
+        client = _client(s)
         first, last = Q.data_range(client, s.clickhouse_database)
         stores = Q.stores(client, s.clickhouse_database)
     except ConfigError as exc:
@@ -95,9 +102,11 @@ def _filters(**extra) -> Q.Filters:
 
 def fetch(name: str, filters: Q.Filters | None = None) -> pd.DataFrame | None:
     """Run dashboard query ``name``; None (after an on-page message) when the query fails."""
+    from core.settings import get_settings
+
     ctx = _ctx()
     try:
-        return Q.run(ctx.client, ctx.db, name, filters or _filters())
+        return Q.run(_client(get_settings()), ctx.db, name, filters or _filters())
     except Exception as exc:  # noqa: BLE001 - one failing panel must not take the page down
         st.warning(f"`{name}` could not be read: {str(exc)[:300]}")
         log.warning("query %s failed: %s", name, exc)
@@ -189,6 +198,7 @@ def executive() -> None:
 
 def _live_strip() -> None:
     @st.fragment(run_every=_ctx().refresh_s)
+    @safe
     def strip() -> None:
         live = fetch("exec_live")
         if live is None:
@@ -213,6 +223,7 @@ def store_manager() -> None:
         return
 
     @st.fragment(run_every=_ctx().refresh_s)
+    @safe
     def live() -> None:
         counts = fetch("store_risk_counts")
         if counts is None:

@@ -65,7 +65,7 @@ QUERIES: dict[str, tuple[str, str]] = {
         WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND {STORE_PRED}"""),
     # -------------------------------------------------------------------------- store manager --
     "store_risk": ("store", f"""
-        SELECT product_id, stock_level, reorder_point, sales_velocity, hours_of_cover, stockout_risk,
+        SELECT store_id, product_id, stock_level, reorder_point, sales_velocity, hours_of_cover, stockout_risk,
                anomaly_score, last_window_start, stock_time
         FROM {{db}}.v_current_inventory
         WHERE {STORE_PRED}
@@ -83,7 +83,7 @@ QUERIES: dict[str, tuple[str, str]] = {
             GROUP BY store_id ORDER BY countIf(stockout_risk = 'HIGH') DESC, store_id LIMIT 25)
         GROUP BY store_id, category"""),
     "store_alerts": ("store", f"""
-        SELECT alert_time, product_id, priority, current_stock, reorder_point, recommended_quantity,
+        SELECT alert_time, store_id, product_id, priority, current_stock, reorder_point, recommended_quantity,
                hours_of_cover
         FROM {{db}}.v_restock_alerts
         WHERE alert_time > (SELECT max(alert_time) FROM {{db}}.restock_alerts) - INTERVAL 7 DAY AND {STORE_PRED}
@@ -94,7 +94,7 @@ QUERIES: dict[str, tuple[str, str]] = {
         WHERE alert_time > (SELECT max(alert_time) FROM {{db}}.restock_alerts) - INTERVAL 7 DAY AND {STORE_PRED}
         GROUP BY priority"""),
     "store_anomalies": ("store", f"""
-        SELECT window_start, product_id, units_sold, anomaly_score, stock_level, stockout_risk
+        SELECT window_start, store_id, product_id, units_sold, anomaly_score, stock_level, stockout_risk
         FROM {{db}}.v_live_sku_metrics
         WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND is_anomaly = 1 AND {STORE_PRED}
         ORDER BY abs(anomaly_score) DESC LIMIT 100"""),
@@ -195,7 +195,12 @@ def run(client, db: str, name: str, filters: Filters | None = None) -> pd.DataFr
     Returns: a DataFrame with the query's columns (0 rows when there is no data).
     Raises: clickhouse_connect.driver.exceptions.DatabaseError on a server error; KeyError for an unknown name.
     """
-    return client.query_df(sql(name, db), parameters=(filters or Filters()).params())
+    text, params = sql(name, db), (filters or Filters()).params()
+    r = client.query(text, parameters=params)
+    cols = list(r.column_names)
+    if not cols:   # an empty result may come without a header block: take the names from DESCRIBE
+        cols = [row[0] for row in client.query(f"DESCRIBE ({text})", parameters=params).result_rows]
+    return pd.DataFrame(r.result_rows, columns=cols)
 
 
 def data_range(client, db: str) -> tuple[dt.date | None, dt.date | None]:

@@ -169,8 +169,8 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
     n_series = n_st * n_sk
     day0 = pd.Timestamp(end_day, tz=UTC)
     per_window = max(1, size.window_rows // 288)
-    stock = rng.integers(-2, 200, n_series)
-    rop = rng.integers(5, 40, n_series)
+    stock = rng.integers(-2, 2500, n_series)
+    rop = rng.integers(50, 400, n_series)
     chunk: list[pd.DataFrame] = []
     for w in range(288):
         ws = day0 + pd.Timedelta(minutes=5 * w)
@@ -208,7 +208,7 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         "last_window_start": None, "batch_id": np.int64(0), "version": np.uint64(1), "updated_at": now}))
     low = np.flatnonzero(stock <= rop)
     alerts = low[rng.random(len(low)) < 0.5]
-    cover = stock[alerts] / 12.0
+    cover = stock[alerts] / 6.0
     prio = np.where(stock[alerts] <= 0, "CRITICAL", np.where(cover < 24, "HIGH", np.where(cover < 72, "MEDIUM", "LOW")))
     at = now - pd.to_timedelta(rng.integers(0, 7 * 86400, len(alerts)), "s")
     ld.insert("restock_alerts", pd.DataFrame({

@@ -15,11 +15,14 @@ app = typer.Typer(help="Native stack under supervisord: Kafka (KRaft), MinIO, Cl
 
 
 @app.command()
-def setup(minio: bool = typer.Option(True, help="Also build the MinIO server.")) -> None:
+def setup(minio: bool = typer.Option(True, help="Also build the MinIO server."),
+          browser: bool = typer.Option(False, help="Also install headless Chromium (Debian packages; browser tests).")) -> None:
     """Resolve jars (Kafka broker, Spark Kafka connector), build MinIO, write local credentials."""
     from ops import install
 
     install.setup(get_settings(), minio=minio)
+    if browser:
+        typer.echo("headless browser: " + " ".join(install.browser()))
     typer.echo("native stack artefacts ready")
 
 

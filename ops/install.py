@@ -109,6 +109,35 @@ def ensure_local_env(s: Settings | None = None) -> Path:
     return path
 
 
+#: Debian packages of the headless browser the dashboard's browser tests drive (Selenium)
+BROWSER_PACKAGES = ("chromium", "chromium-driver")
+
+
+def browser() -> tuple[str, str]:
+    """(chromium, chromedriver) paths; installs Debian's ``chromium`` and ``chromium-driver`` with apt-get when
+    missing (``apt-get update`` first; needs root).
+
+    Raises:
+        StackError: not installed and apt-get is unavailable or fails (the message says what to install).
+    """
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if all(found):
+        return found  # type: ignore[return-value]
+    apt = shutil.which("apt-get")
+    if not apt or os.geteuid() != 0:
+        raise StackError(f"headless Chromium is missing: install the Debian packages {' '.join(BROWSER_PACKAGES)} "
+                         "(apt-get install, as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", *BROWSER_PACKAGES]):
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            raise StackError(f"{' '.join(cmd)} failed:\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}")
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if not all(found):
+        raise StackError(f"apt-get installed {BROWSER_PACKAGES} but chromium/chromedriver are not on PATH")
+    return found  # type: ignore[return-value]
+
+
 def setup(s: Settings | None = None, minio: bool = True) -> None:
     """Resolve every artefact of the native stack (idempotent, cached under RETAIL_CACHE_DIR)."""
     s = s or get_settings()

@@ -1,0 +1,289 @@
+"""The live dashboard in a real browser: headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by
+Selenium) opens each page of the real Streamlit server (``python -m dashboard``) against the native ClickHouse
+endpoint loaded with a known synthetic chain (``ops.bench_bi.load_chain``, through the real tables).
+
+The headline numbers the pages show are compared with an independent pandas computation over the generated
+rows (not with the dashboard's own queries); a store filter changes them; screenshots go to
+``reports/screenshots/`` (ignored by git). ``bi_reader``, the dashboard's user, cannot write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+END = dt.date(2026, 11, 30)
+SHOTS = REPO / "reports" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def chain(native_stack):
+    """The known data set, loaded once into this module's fresh database; returns load_chain's dict."""
+    from core.clickhouse import get_client
+    from ops.bench_bi import ChainSize, load_chain
+
+    size = ChainSize(stores=5, skus=12, days=21, window_rows=2880, forecast_series=15, horizons=14, seed=11)
+    return load_chain(get_client(native_stack), native_stack.clickhouse_database, size, END, collect=True)
+
+
+@pytest.fixture(scope="module")
+def dashboard(native_stack, chain):
+    """The real Streamlit server on a free port (same command as the supervisor's ``dashboard`` program); yields
+    its base URL; stopped in the finalizer, which checks the port is free again."""
+    import httpx
+
+    from ops.services import port_open
+
+    port = free_port()
+    env = {**os.environ, "DASHBOARD_PORT": str(port), "DASHBOARD_REFRESH_S": "2"}
+    log = open(Path(native_stack.retail_state_dir) / "logs" / "dashboard-test.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://localhost:{port}/_stcore/health", timeout=1).text.strip() == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, f"dashboard exited: {Path(log.name).read_text()[-2000:]}"
+            time.sleep(0.5)
+        else:
+            pytest.fail("dashboard did not become healthy in 60 s")
+        yield f"http://localhost:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+        assert not port_open("localhost", port)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Selenium (chromedriver from Debian)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    from ops.install import browser as find_browser
+
+    chromium, driver = find_browser()
+    opts = Options()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,2200"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(driver), options=opts)
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+def open_page(browser, url: str, wait_for: list[str], shot: str, timeout: float = 60) -> dict[str, str]:
+    """Open ``url``; wait until every metric label in ``wait_for`` shows a value; screenshot; return
+    {metric label: value text}. Fails with the page text when a label does not appear."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(url)
+    deadline = time.time() + timeout
+    metrics: dict[str, str] = {}
+    while time.time() < deadline:
+        metrics = {}
+        for m in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
+            try:
+                label = m.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip()
+                value = m.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
+            except Exception:  # noqa: BLE001 - the element re-rendered between the two lookups
+                continue
+            metrics[label] = value
+        if all(metrics.get(w) for w in wait_for):
+            break
+        time.sleep(0.5)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / f"{shot}.png"))
+    assert all(metrics.get(w) for w in wait_for), f"{url}: metrics {metrics}; page text: {body[:1500]}"
+    assert "Traceback" not in body, body[:2000]
+    return metrics
+
+
+def value(text: str) -> float:
+    """A card's number: '1,234.50' -> 1234.5."""
+    return float(text.replace(",", ""))
+
+
+def frames(chain) -> dict[str, pd.DataFrame]:
+    return chain["frames"]
+
+
+# ---------------------------------------------------------------------------- independent oracle --
+def expected_sales(chain, store: str, start: dt.date, end: dt.date) -> tuple[float, int]:
+    """Revenue and units sold (quantity > 0) of fact_sales in [start, end] for one store ('' = all)."""
+    f = frames(chain)
+    fs = f["fact_sales"].merge(f["dim_store"][["store_key", "store_id"]], on="store_key")
+    dk = lambda d: d.year * 10000 + d.month * 100 + d.day  # noqa: E731
+    sel = fs[(fs["date_key"].astype(int) >= dk(start)) & (fs["date_key"].astype(int) <= dk(end))]
+    if store:
+        sel = sel[sel["store_id"] == store]
+    return float(sel["revenue"].sum()), int(sel.loc[sel["quantity"] > 0, "quantity"].sum())
+
+
+def expected_high_risk(chain, store: str) -> int:
+    """SKUs whose newest window says HIGH (series without a window are UNKNOWN), for one store ('' = all)."""
+    w = frames(chain)["sales_metrics_5m"]
+    latest = w.sort_values("window_start").groupby(["store_id", "product_id"]).tail(1)
+    inv = frames(chain)["inventory_levels"].merge(latest[["store_id", "product_id", "stockout_risk"]],
+                                                  on=["store_id", "product_id"], how="left")
+    if store:
+        inv = inv[inv["store_id"] == store]
+    return int((inv["stockout_risk"] == "HIGH").sum())
+
+
+def recent_alerts(chain) -> pd.DataFrame:
+    """Alerts of the 7 days up to the newest alert."""
+    a = frames(chain)["restock_alerts"]
+    return a[a["alert_time"] > a["alert_time"].max() - pd.Timedelta(days=7)]
+
+
+# ------------------------------------------------------------------------------------------ tests --
+def test_executive_page_shows_the_star_schema_totals_and_the_store_filter_changes_them(dashboard, browser, chain):
+    start = END - dt.timedelta(days=6)
+    q = f"?start={start}&end={END}"
+    all_m = open_page(browser, f"{dashboard}/{q}", ["Revenue", "Units sold", "Live revenue (24 h)"], "executive")
+    rev, units = expected_sales(chain, "", start, END)
+    assert value(all_m["Revenue"]) == pytest.approx(rev, abs=0.006)
+    assert value(all_m["Units sold"]) == units
+    live = frames(chain)["sales_metrics_5m"]
+    assert value(all_m["Live revenue (24 h)"]) == pytest.approx(live["revenue"].sum(), abs=0.006)
+
+    store = chain["stores"][2]
+    one = open_page(browser, f"{dashboard}/{q}&store={store}", ["Revenue", "Units sold"], "executive-store")
+    rev_s, units_s = expected_sales(chain, store, start, END)
+    assert value(one["Revenue"]) == pytest.approx(rev_s, abs=0.006)
+    assert value(one["Units sold"]) == units_s
+    assert units_s < units and value(one["Units sold"]) != value(all_m["Units sold"])
+
+
+def test_store_manager_page_shows_live_risk_alerts_and_anomalies(dashboard, browser, chain):
+    labels = ["SKUs at high risk", "SKUs out of stock", "Restock alerts (7 days)", "Anomalies (24 h)"]
+    all_m = open_page(browser, f"{dashboard}/store", labels, "store-manager")
+    assert value(all_m["SKUs at high risk"]) == expected_high_risk(chain, "")
+    inv = frames(chain)["inventory_levels"]
+    assert value(all_m["SKUs out of stock"]) == int((inv["stock_level"] <= 0).sum())
+    assert value(all_m["Restock alerts (7 days)"]) == len(recent_alerts(chain))
+    w = frames(chain)["sales_metrics_5m"]
+    assert value(all_m["Anomalies (24 h)"]) == min(100, int((w["anomaly_score"].abs() >= 3).sum()))
+
+    counts = {s: expected_high_risk(chain, s) for s in chain["stores"]}
+    store = max(counts, key=counts.get)
+    assert counts[store] != sum(counts.values())
+    one = open_page(browser, f"{dashboard}/store?store={store}", labels, "store-manager-store")
+    assert value(one["SKUs at high risk"]) == counts[store]
+    alerts = recent_alerts(chain)
+    assert value(one["Restock alerts (7 days)"]) == int((alerts["store_id"] == store).sum())
+
+
+def test_inventory_analyst_page_shows_forecasts_and_the_reorder_plan(dashboard, browser, chain):
+    labels = ["Forecast series", "SKUs needing reorder", "Recommended reorder units"]
+    m = open_page(browser, f"{dashboard}/analyst", labels, "inventory-analyst")
+    fc = frames(chain)["forecast_predictions"]
+    latest = fc[fc["forecast_origin"] == fc["forecast_origin"].max()]
+    assert value(m["Forecast series"]) == len(latest.groupby(["store_id", "product_id"]))
+    ro = frames(chain)["reorder_recommendations"]
+    need = ro[ro["reorder_needed"] == 1]
+    assert value(m["SKUs needing reorder"]) == len(need)
+    assert value(m["Recommended reorder units"]) == pytest.approx(round(need["reorder_qty"].sum()), abs=0.5)
+    from selenium.webdriver.common.by import By
+
+    assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), "the forecast fan chart is missing"
+
+
+def test_quality_page_shows_quarantine_stream_etl_and_backtest(dashboard, browser, chain):
+    labels = ["Quarantined events", "Micro-batches committed", "ETL runs (last 30)"]
+    m = open_page(browser, f"{dashboard}/quality", labels, "quality-ml")
+    assert value(m["Quarantined events"]) == len(frames(chain)["quarantine_events"])
+    assert value(m["Micro-batches committed"]) == len(frames(chain)["stream_batches"])
+    assert value(m["ETL runs (last 30)"]) == min(30, len(frames(chain)["etl_runs"]))
+    from selenium.webdriver.common.by import By
+
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "Backtest" in text and "seasonal_naive" in text
+
+
+def test_a_page_without_data_explains_what_to_run(native_stack, browser, tmp_path):
+    """An empty database: every page says what to run, none shows a traceback."""
+    import httpx
+
+    from core.clickhouse import migrate
+    from ops.services import port_open
+    from selenium.webdriver.common.by import By
+
+    db = f"empty_{os.getpid()}"
+    migrate(native_stack, database=db)
+    port = free_port()
+    env = {**os.environ, "DASHBOARD_PORT": str(port), "CLICKHOUSE_DATABASE": db}
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"http://localhost:{port}/_stcore/health", timeout=1).text.strip() == "ok":
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        for page, hint in (("", "make local-up"), ("store", "make demo"), ("analyst", "make nightly"),
+                           ("quality", "make nightly")):
+            browser.get(f"http://localhost:{port}/{page}")
+            deadline, text = time.time() + 40, ""
+            while time.time() < deadline and hint not in text:
+                time.sleep(0.5)
+                text = browser.find_element(By.TAG_NAME, "body").text
+            assert hint in text and "Traceback" not in text, f"/{page}: {text[:1500]}"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert not port_open("localhost", port)
+
+
+def test_bi_reader_cannot_write(native_stack, chain):
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from core.clickhouse import new_client
+
+    bi = new_client(native_stack, readonly=True)
+    db = native_stack.clickhouse_database
+    assert bi.query(f"SELECT count() FROM {db}.v_dim_store").result_rows[0][0] == len(chain["stores"])
+    for stmt in (f"INSERT INTO {db}.dim_store (store_key, store_id) VALUES (1, 'X')",
+                 f"CREATE TABLE {db}.evil (x Int8) ENGINE = Memory", f"DROP TABLE {db}.dim_store",
+                 f"ALTER TABLE {db}.dim_store DELETE WHERE 1"):
+        with pytest.raises(DatabaseError):
+            bi.command(stmt)
+    assert bi.query(f"SELECT count() FROM {db}.v_dim_store").result_rows[0][0] == len(chain["stores"])
+    bi.close()
+
+
+def test_bench_loader_rows_match_what_clickhouse_holds(native_stack, chain):
+    """The loader's bookkeeping (used by the benchmark report) equals the tables' row counts."""
+    from core.clickhouse import get_client
+
+    c = get_client(native_stack)
+    db = native_stack.clickhouse_database
+    for table in ("fact_sales", "sales_metrics_5m", "inventory_levels", "forecast_predictions"):
+        assert c.query(f"SELECT count() FROM {db}.{table}").result_rows[0][0] == chain["rows"][table], table
+    daily = frames(chain)["fact_sales"].groupby(["date_key", "store_key", "product_key"]).size()
+    assert chain["rows"]["fact_sales_daily"] == len(daily)
+    assert np.isclose(c.query(f"SELECT sum(revenue) FROM {db}.v_sales_daily").result_rows[0][0],
+                      frames(chain)["fact_sales"]["revenue"].sum())
