@@ -98,7 +98,8 @@ def publish_pos_glitches(s: Settings, at: datetime) -> dict[str, int]:
 
     Returns {kind: count sent}.
     """
-    from core.kafka import EventPublisher
+    from contracts import EVENT_TYPES
+    from core.kafka import make_producer
 
     ms = int(at.timestamp() * 1000)
     base = {"store_id": "UCI-GB", "product_id": "85123A", "customer_id": None, "payment_method": "CARD",
@@ -109,9 +110,15 @@ def publish_pos_glitches(s: Settings, at: datetime) -> dict[str, int]:
         "absurd_timestamp": {**base, "transaction_id": "glitch-ts", "quantity": 1, "unit_price": 2.55,
                              "timestamp": ms + 20 * 365 * 86_400_000},
     }
-    with EventPublisher(s, client_id="retail-pos-glitch") as pub:
+    # sent straight to the topic, as a till that bypasses the platform's producer would: the EventPublisher
+    # applies the same rules (contracts.rule_violations) and would dead-letter them instead
+    prod = make_producer(s, client_id="retail-pos-glitch")
+    try:
         for rec in glitches.values():
-            pub.publish("sales_transaction", rec)
+            prod.send(s.topic(EVENT_TYPES["sales_transaction"]), key=f"{rec['store_id']}|{rec['product_id']}",
+                      value=rec).get(timeout=30)
+    finally:
+        prod.close()
     return {k: 1 for k in glitches}
 
 

@@ -238,6 +238,21 @@ def replay(
 
 
 @app.command()
+def jsonl(
+    path: Path = typer.Argument(..., help="JSON Lines file, one raw event value per line."),
+    event_type: str = typer.Option(..., help="Contract of every line, e.g. sales_transaction."),
+) -> None:
+    """Publish raw JSON values (e.g. a POS gateway's export) with the stream's checks (strict JSON, each key once,
+    contract, ids, event time, numeric bounds); failing lines go to the dead-letter topic with the reason."""
+    from core.kafka import EventPublisher
+    from producers.raw import publish_file
+
+    with EventPublisher(get_settings(), client_id="retail-jsonl") as pub:
+        counts = publish_file(pub, event_type, path)
+    typer.echo(json.dumps({**counts, "published": pub.counts}, indent=2))
+
+
+@app.command()
 def sample(
     src: Path = typer.Option(..., help="Full transactions.csv.gz (../shared/data/uci_online_retail/)."),
     dst: Path = typer.Option(DEFAULT_SAMPLE, help="Output sample path."),

@@ -1,0 +1,165 @@
+"""The shared validation rules of ``contracts`` (used by the producers and, as Spark expressions, by the stream):
+numeric bounds, event time <= now + STREAM_MAX_FUTURE_MINUTES, strict JSON with each key once; the producers'
+raw-JSON path dead-letters what breaks them. (The stream's side: tests/test_streaming_transforms.py compares
+reasons record by record; tests/test_fuzz_stream.py does so over 10,000 generated payloads.)"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+
+from contracts import (NUMERIC_BOUNDS, PRICE_MAX, QUANTITY_MAX, STOCK_MAX, ContractError, check_payload,
+                       parse_json_object, rule_violations, validate_event)
+
+NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def sale(**kw) -> dict:
+    r = {"transaction_id": "T1", "store_id": "S1", "product_id": "P1", "quantity": 1, "unit_price": 2.5,
+         "timestamp": NOW_MS - 60_000, "customer_id": None, "payment_method": "CARD", "invoice_id": None}
+    r.update(kw)
+    return r
+
+
+def reasons(rec: dict, et: str = "sales_transaction", minutes: int = 60) -> list[str]:
+    return rule_violations(et, rec, now_ms=NOW_MS, max_future_minutes=minutes)
+
+
+@pytest.mark.parametrize("field,value,ok", [
+    ("quantity", QUANTITY_MAX, True), ("quantity", -QUANTITY_MAX, True), ("quantity", QUANTITY_MAX + 1, False),
+    ("quantity", -QUANTITY_MAX - 1, False), ("quantity", 0, False),
+    ("unit_price", 0.0, True), ("unit_price", PRICE_MAX, True), ("unit_price", PRICE_MAX + 0.01, False),
+    ("unit_price", -0.01, False), ("unit_price", float("nan"), False), ("unit_price", float("inf"), False),
+])
+def test_sales_bounds(field, value, ok):
+    got = reasons(sale(**{field: value}))
+    assert (got == []) is ok, got
+    if not ok:
+        assert got[0].startswith(field + " must")
+
+
+def test_inventory_and_price_bounds_are_documented_with_units():
+    inv = {"inventory_id": "I1", "store_id": "S1", "product_id": "P1", "quantity_change": -STOCK_MAX,
+           "new_quantity": STOCK_MAX, "reason": "SALE", "reorder_point": None, "timestamp": NOW_MS}
+    assert reasons(inv, "inventory_update") == []
+    assert reasons({**inv, "new_quantity": -1}, "inventory_update") == ["new_quantity must be within [0, 10000000] units"]
+    assert reasons({**inv, "reorder_point": STOCK_MAX + 1}, "inventory_update") == \
+        ["reorder_point must be within [0, 10000000] units"]
+    pc = {"price_change_id": "C1", "store_id": "S1", "product_id": "P1", "old_price": 1.0, "new_price": 1e9,
+          "reason": "MARKDOWN", "timestamp": NOW_MS}
+    assert reasons(pc, "price_change") == ["new_price must be within [0, 100000] currency units"]
+    for bounds in NUMERIC_BOUNDS.values():
+        for b in bounds:
+            assert b.unit in ("units", "currency units") and b.lo <= 0 < b.hi
+
+
+def test_event_time_window_from_2000_to_now_plus_future_minutes():
+    assert reasons(sale(timestamp=NOW_MS + 60 * 60_000)) == []
+    assert reasons(sale(timestamp=NOW_MS + 60 * 60_000 + 1)) == ["timestamp more than STREAM_MAX_FUTURE_MINUTES=60 in the future"]
+    assert reasons(sale(timestamp=NOW_MS + 10 * 60_000), minutes=5) == \
+        ["timestamp more than STREAM_MAX_FUTURE_MINUTES=5 in the future"]
+    assert reasons(sale(timestamp=-1)) == ["timestamp before 2000-01-01"]
+    assert reasons(sale(timestamp=1_291_161_600_000)) == []  # 2010-12-01, a UCI date
+
+
+def test_the_future_bound_defaults_to_the_setting(monkeypatch):
+    from core.settings import get_settings
+
+    now = int(time.time() * 1000)
+    rec = sale(timestamp=now + 30 * 60_000)
+    monkeypatch.setenv("STREAM_MAX_FUTURE_MINUTES", "10")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ContractError, match="STREAM_MAX_FUTURE_MINUTES=10"):
+            validate_event("sales_transaction", rec)
+        monkeypatch.setenv("STREAM_MAX_FUTURE_MINUTES", "45")
+        get_settings.cache_clear()
+        validate_event("sales_transaction", rec)
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["-5", "soon"])
+def test_a_bad_future_setting_fails_fast_naming_the_variable(monkeypatch, value):
+    from core.settings import ConfigError, get_settings
+
+    monkeypatch.setenv("STREAM_MAX_FUTURE_MINUTES", value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="STREAM_MAX_FUTURE_MINUTES"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_uci_replay_keeps_its_2009_2011_dates():
+    from producers.cli import DEFAULT_SAMPLE
+    from producers.replay import Replay, ReplayConfig, load_transactions
+
+    rep = Replay(load_transactions(DEFAULT_SAMPLE, limit=3000), ReplayConfig(keep_dates=True, seed=1))
+    bad = Counter()
+    n = 0
+    for et, rec in rep.events():
+        n += 1
+        try:
+            validate_event(et, rec)
+        except ContractError as exc:
+            bad[str(exc)[:80]] += 1
+    assert n > 3000 and not bad, bad
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b'{"a": 1, "a": 2}', "duplicate JSON key(s): a"),
+    ('{"a": 1, "b": {"c": 1, "c": 2}, "b": 3}', "duplicate JSON key(s): c,b"),
+    (b"\xff{}", "value is not valid UTF-8"),
+    ('{"a": NaN}', "malformed JSON"),
+    ("{'a': 1}", "malformed JSON"),
+    ("[1, 2]", "malformed JSON: value is not a JSON object"),
+    ("", "malformed JSON"),
+    ("[" * 100_000, "malformed JSON"),
+])
+def test_parse_json_object_is_strict(raw, reason):
+    with pytest.raises(ContractError) as exc:
+        parse_json_object(raw)
+    assert str(exc.value).startswith(reason)
+
+
+def test_check_payload_accepts_a_valid_value():
+    assert check_payload("sales_transaction", json.dumps(sale()).encode(), now_ms=NOW_MS, max_future_minutes=60) == sale()
+
+
+class FakePublisher:
+    """Stands in for core.kafka.EventPublisher: records what would be sent."""
+
+    def __init__(self):
+        from core.settings import get_settings
+
+        self.settings = get_settings()
+        self.sent, self.dead = [], []
+
+    def publish(self, event_type, record):
+        validate_event(event_type, record)
+        self.sent.append(record)
+        return True
+
+    def dead_letter(self, event_type, payload, reason):
+        self.dead.append((payload, reason))
+
+
+def test_producers_dead_letter_duplicate_keys_and_bad_bytes(tmp_path):
+    from producers.raw import publish_file
+
+    now = int(time.time() * 1000)
+    good = json.dumps(sale(timestamp=now)).encode()
+    dup = good[:-1] + b', "quantity": 7}'
+    path = tmp_path / "pos.jsonl"
+    path.write_bytes(b"\n".join([good, dup, b"\xfe\xff", json.dumps(sale(quantity=0, timestamp=now)).encode(), b""]))
+    pub = FakePublisher()
+    assert publish_file(pub, "sales_transaction", path) == {"published": 1, "dead_lettered": 3}
+    assert pub.sent == [sale(timestamp=now)]
+    assert [r for _, r in pub.dead] == ["duplicate JSON key(s): quantity", "value is not valid UTF-8",
+                                        "quantity must not be 0"]
+    assert pub.dead[1][0] == "base64:/v8="
