@@ -101,7 +101,7 @@ bench-clickhouse: setup ## ClickHouse HTTP endpoint vs direct chDB: BI query p50
 bench-bi: setup ## Every dashboard query at chain scale (1,000 stores x 500 SKUs, 1 year of facts, 10 M window rows) -> reports/bench-bi.json + .html
 	$(PY) -m ops.bench_bi $(ARGS)
 
-bench-forecast: setup ## GBT vs seasonal-naive on M5 + UCI -> reports/bench-forecast.json
+bench-forecast: setup ## GBT vs seasonal naive, trailing 28-day mean and statsforecast on M5 (28 days) + UCI -> reports/bench-forecast.json
 	$(PY) -m ops.bench_forecast --out reports/bench-forecast.json
 
 compose-check: setup ## Validate docker-compose.yml (Compose Specification schema + consistency tests)

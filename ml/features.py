@@ -62,7 +62,7 @@ SEASON = 7  # weekly seasonality of daily retail demand
 #: floor of the series level (units/day) that scales the GBT's target and history features
 LEVEL_FLOOR = 0.1
 #: the series level: weighted mean of trailing means at the origin (units/day), floored at LEVEL_FLOOR
-LEVEL_WEIGHTS = {"rmean_90": 1.0}
+LEVEL_WEIGHTS = {"rmean_28": 1.0}
 
 #: demand-history features of the feature table: taken from the origin row t+1 (information <= t).
 HISTORY_COLUMNS = (
@@ -351,7 +351,7 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
       ``seasonal_naive`` baseline), ``seas_lag_2`` = y_{t+h-7k-7}, ``seas_mean_4`` / ``seas_mean_52``
       = mean of the last 4 / 52 same-weekday values up to t;
     * known-in-advance covariates of the target day (:data:`COVARIATE_COLUMNS`, weather);
-    * ``level`` = max(rmean_90, 0.1) units/day (history) and the history/seasonal columns divided by
+    * ``level`` = max(rmean_28, 0.1) units/day (history) and the history/seasonal columns divided by
       it (``n_*``, scale-free, see :mod:`ml.forecast`), ``item_trend`` / ``store_trend`` (7-day over
       28-day mean of the item across stores / of the store across items), ``h``.
 

@@ -8,10 +8,13 @@ Models (each forecasts h = 1..H days ahead of an origin t, H = ``ForecastConfig.
   t, h) with target y_{t+h} and features known at t (:func:`ml.features.make_supervised`); to keep a
   fit tractable each (series, target day) contributes ``rows_per_target`` rows with horizons drawn
   from 1..H (seeded). With ``target="scaled"`` (default) the label is y_{t+h} / level and the
-  history features are divided by the same level (level = max(90-day mean at t, 0.1) units/day), rows
-  weighted by the level, so one model serves slow and fast movers alike and the weighted squared loss,
-  sum level * (y/level - yhat/level)^2 = sum (y - yhat)^2 / level, sits between the unit-scale loss
+  history features are divided by the same level (level = max(trailing 28-day mean at t, 0.1)
+  units/day), rows weighted by the level, so one model serves slow and fast movers alike, boosting
+  starts from (about) the trailing-mean baseline, and the weighted squared loss
+  sum level * (y/level - yhat/level)^2 = sum (y - yhat)^2 / level sits between the unit-scale loss
   (dominated by the fastest series) and RMSSE's per-series scaling; the forecast is level * prediction.
+  Measured on M5 (3 origins, 28 days): level = 90-day mean gave WAPE 0.400 / RMSSE 0.820, the 28-day
+  mean 0.398 / 0.809; weights level^0.5 were worse (0.402 / 0.824) than level^1.
 * ``seasonal_naive``: y_{t+h-7k}, k = ceil(h/7) (the last same-weekday value <= t).
 * ``trailing_mean_28``: mean of y_{t-27..t}, flat over the horizon.
 * ``statsforecast``: per-series statistical model from Nixtla's statsforecast, refitted at every origin
@@ -91,7 +94,7 @@ class ForecastConfig:
     step_size: float = 0.1
     subsampling_rate: float = 0.8
     max_bins: int = 32
-    min_instances_per_node: int = 20
+    min_instances_per_node: int = 50
     seed: int = 42
     shuffle_partitions: int = 2
     target: str = "scaled"  # "scaled": y / level, rows weighted by level ** weight_power; "raw": units, unweighted

@@ -117,7 +117,7 @@ def test_supervised_alignment_against_direct_computation():
         assert rows.loc[h, "seasonal_naive"] == 100 + h - 7 * k  # last same-weekday value <= t
         assert rows.loc[h, "seas_lag_2"] == 100 + h - 7 * k - 7
         assert rows.loc[h, "seas_mean_4"] == np.mean([100 + h - 7 * (k + m) for m in range(4)])
-        assert rows.loc[h, "level"] == np.mean(np.arange(11, 101))  # rmean_90
+        assert rows.loc[h, "level"] == np.mean(np.arange(73, 101))  # the trailing 28-day mean
         assert rows.loc[h, "n_lag_1"] == pytest.approx(100 / rows.loc[h, "level"])
         assert rows.loc[h, "date"] == t + pd.Timedelta(days=h)
         assert rows.loc[h, "dow"] == (t + pd.Timedelta(days=h)).dayofweek
