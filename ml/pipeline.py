@@ -200,7 +200,7 @@ def current_champion(client, db: str) -> dict | None:
     return None if df.empty else df.iloc[0].to_dict()
 
 
-def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None) -> dict:
+def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None, horizon: int | None = None) -> dict:
     """Champion / challenger rule (pure): which model of run ``version`` serves, and is it promoted?
 
     The run's challenger is :func:`ml.forecast.select_champion` of its backtest: the GBT when its pooled
@@ -209,6 +209,9 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None)
     * no champion yet: the challenger is promoted (so the first champion is the best baseline unless
       the GBT beats it);
     * the champion is this version (re-run): it stays champion with the challenger's model;
+    * the champion was trained for another horizon (``champion["horizon"]`` != ``horizon``, e.g. after
+      FORECAST_HORIZON changed): its backtest is not comparable and it cannot serve the horizon, so the
+      challenger is promoted;
     * the champion is a baseline: it is scored on this run's backtest too, so the challenger is promoted
       when it beats that baseline there in WAPE and RMSSE (or is the same baseline: re-calibrated);
     * the champion is an older GBT: the challenger is promoted when its WAPE and RMSSE are below the
@@ -228,6 +231,10 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None)
     cv, cm = int(champion["version"]), str(champion.get("model") or "gbt")
     if cv == int(version):
         return {**out, "promote": True, "reason": "already champion (re-run)"}
+    ch = champion.get("horizon")
+    if horizon is not None and ch is not None and int(ch) != int(horizon):
+        return {**out, "promote": True, "reason": f"champion v{cv} forecasts {int(ch)} days, this run {int(horizon)}: "
+                                                  f"{model} replaces it"}
     if cm != "gbt" and cm in sel["wape"]:
         if cm == model:
             return {**out, "promote": True, "reason": f"champion baseline {cm} is again the best: re-calibrated v{version}"}
@@ -263,7 +270,12 @@ def register_model(run_date: dt.date, settings=None) -> dict:
     allm = metrics[metrics["h"] == 0].set_index("model")
     naive = float(allm.loc["seasonal_naive", "wape"])
     champ = current_champion(client, db)
-    d = decide_promotion(metrics, v, champ)
+    if champ is not None:  # the champion's horizon (models before issue 11 forecast 7 days)
+        try:
+            champ["horizon"] = int(read_meta(lake, int(champ["version"])).get("horizon", 7))
+        except (FileNotFoundError, OSError):
+            champ["horizon"] = None
+    d = decide_promotion(metrics, v, champ, horizon=int(meta.get("horizon", 7)))
     promote, reason, model = d["promote"], d["reason"], d["model"]
     now = _now()
     base = {"model_name": MODEL_NAME, "run_date": run_date, "metrics": json.dumps({

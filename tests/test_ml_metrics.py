@@ -167,6 +167,10 @@ def test_decide_promotion_rules():
     assert worse["model"] == "gbt" and not worse["promote"]  # WAPE above the champion's recorded 0.36
     rerun = decide_promotion(_metrics(w2, r2), 3, gchamp)
     assert rerun["promote"] and "re-run" in rerun["reason"]
+    # a champion trained for another horizon (e.g. a 7-day model before FORECAST_HORIZON=14) is replaced
+    old7 = {**gchamp, "horizon": 7, "backtest_wape": 0.10, "backtest_rmsse": 0.10}
+    assert not decide_promotion(_metrics(w2, r2), 5, old7)["promote"]
+    assert decide_promotion(_metrics(w2, r2), 5, old7, horizon=14)["promote"]
 
 
 def test_check_predictions_rejects_gaps_and_disorder():
