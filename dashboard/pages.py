@@ -219,8 +219,12 @@ def _live_strip() -> None:
 def store_manager() -> None:
     """Live stock-out risk per SKU, hours of cover, restock alerts by priority, anomalies, risk heatmap."""
     st.title("Store manager")
-    if _ctx() is None:
+    ctx = _ctx()
+    if ctx is None:
         return
+    if not _filters().store and ctx.stores:   # a store manager's page is about one store
+        st.session_state["filters"] = _filters(store=ctx.stores[0])
+        st.caption(f"No store chosen in the sidebar: showing {ctx.stores[0]}.")
 
     @st.fragment(run_every=_ctx().refresh_s)
     @safe

@@ -31,7 +31,10 @@ LIVE_ANCHOR = "(SELECT max(window_start) FROM {db}.sku_window_latest)"
 IN_RANGE = "date_key BETWEEN {start:Int64} AND {end:Int64}"
 IN_PREV = "date_key BETWEEN {prev_start:Int64} AND {prev_end:Int64}"
 
-#: name -> (page, SQL). ``{db}`` is the database; ``{x:Type}`` are query parameters.
+#: name -> (scope, SQL). ``{db}`` is the database; ``{x:Type}`` are query parameters. Scope: the page it serves
+#: (``executive``, ``analyst``, ``quality``: any store or all stores; ``store``: one store, the store manager's
+#: page always has one; ``chain``: across stores whatever the filter, e.g. the risk heatmap of the 25 stores
+#: with the most SKUs at HIGH risk, read from the one-row-per-series ``sku_window_latest``).
 QUERIES: dict[str, tuple[str, str]] = {
     # ------------------------------------------------------------------------------ executive --
     "exec_kpis": ("executive", f"""
@@ -74,12 +77,12 @@ QUERIES: dict[str, tuple[str, str]] = {
     "store_risk_counts": ("store", f"""
         SELECT stockout_risk, toInt64(count()) AS skus, toInt64(countIf(is_stockout = 1)) AS out_of_stock
         FROM {{db}}.v_current_inventory WHERE {STORE_PRED} GROUP BY stockout_risk"""),
-    "risk_heatmap": ("store", f"""
-        SELECT c.store_id AS store_id, if(p.category = '', '(unknown)', p.category) AS category,
-               toInt64(countIf(c.stockout_risk = 'HIGH')) AS high_risk_skus, toInt64(count()) AS skus
-        FROM {{db}}.v_current_inventory AS c LEFT JOIN {{db}}.v_dim_product AS p ON c.product_id = p.sku
-        WHERE c.store_id IN (
-            SELECT store_id FROM {{db}}.v_current_inventory WHERE {STORE_PRED}
+    "risk_heatmap": ("chain", """
+        SELECT s.store_id AS store_id, if(p.category = '', '(unknown)', p.category) AS category,
+               toInt64(countIf(s.stockout_risk = 'HIGH')) AS high_risk_skus, toInt64(count()) AS skus
+        FROM {db}.sku_window_latest AS s FINAL LEFT JOIN {db}.v_dim_product AS p ON s.product_id = p.sku
+        WHERE s.store_id IN (
+            SELECT store_id FROM {db}.sku_window_latest FINAL
             GROUP BY store_id ORDER BY countIf(stockout_risk = 'HIGH') DESC, store_id LIMIT 25)
         GROUP BY store_id, category"""),
     "store_alerts": ("store", f"""

@@ -179,21 +179,23 @@ def test_executive_page_shows_the_star_schema_totals_and_the_store_filter_change
 
 def test_store_manager_page_shows_live_risk_alerts_and_anomalies(dashboard, browser, chain):
     labels = ["SKUs at high risk", "SKUs out of stock", "Restock alerts (7 days)", "Anomalies (24 h)"]
+    first = chain["stores"][0]   # no store chosen: the page shows the first store and says so
     all_m = open_page(browser, f"{dashboard}/store", labels, "store-manager")
-    assert value(all_m["SKUs at high risk"]) == expected_high_risk(chain, "")
+    assert value(all_m["SKUs at high risk"]) == expected_high_risk(chain, first)
     inv = frames(chain)["inventory_levels"]
-    assert value(all_m["SKUs out of stock"]) == int((inv["stock_level"] <= 0).sum())
-    assert value(all_m["Restock alerts (7 days)"]) == len(recent_alerts(chain))
+    assert value(all_m["SKUs out of stock"]) == int(((inv["stock_level"] <= 0) & (inv["store_id"] == first)).sum())
+    alerts = recent_alerts(chain)
+    assert value(all_m["Restock alerts (7 days)"]) == int((alerts["store_id"] == first).sum())
     w = frames(chain)["sales_metrics_5m"]
-    assert value(all_m["Anomalies (24 h)"]) == min(100, int((w["anomaly_score"].abs() >= 3).sum()))
+    anomalous = (w["anomaly_score"].abs() >= 3) & (w["store_id"] == first)
+    assert value(all_m["Anomalies (24 h)"]) == min(100, int(anomalous.sum()))
 
     counts = {s: expected_high_risk(chain, s) for s in chain["stores"]}
-    store = max(counts, key=counts.get)
-    assert counts[store] != sum(counts.values())
+    store = max((s for s in counts if s != chain["stores"][0]), key=counts.get)
     one = open_page(browser, f"{dashboard}/store?store={store}", labels, "store-manager-store")
     assert value(one["SKUs at high risk"]) == counts[store]
-    alerts = recent_alerts(chain)
     assert value(one["Restock alerts (7 days)"]) == int((alerts["store_id"] == store).sum())
+    assert [one[k] for k in labels] != [all_m[k] for k in labels]   # the store filter changed what is shown
 
 
 def test_inventory_analyst_page_shows_forecasts_and_the_reorder_plan(dashboard, browser, chain):
