@@ -220,8 +220,8 @@ def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json",
             print(f"  {model:18s} WAPE {r['wape']:.4f} RMSSE {r['rmsse']:.4f} coverage80 {r['coverage80']} "
                   f"coverage95 {r['coverage95']}")
         c = sec["comparison"]
-        print(f"  GBT vs best baseline ({c['best_baseline_wape']}): WAPE -{100 * c['vs_best_baseline']['wape_reduction']:.1f} %, "
-              f"vs {c['best_baseline_rmsse']} RMSSE -{100 * c['vs_best_rmsse_baseline']['rmsse_reduction']:.1f} %; "
+        print(f"  GBT vs best baseline ({c['best_baseline_wape']}): WAPE {-100 * c['vs_best_baseline']['wape_reduction']:+.1f} %, "
+              f"vs {c['best_baseline_rmsse']} RMSSE {-100 * c['vs_best_rmsse_baseline']['rmsse_reduction']:+.1f} %; "
               f"champion {sec['champion_selection']['champion']}")
     print(f"report: {out}")
 
