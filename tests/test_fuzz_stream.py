@@ -1,0 +1,256 @@
+"""Property-based fuzzing of the stream (issue 10, part 6): Hypothesis generates >= 10,000 malformed and edge-case
+Kafka values for the four input topics (arbitrary bytes and text, JSON of the wrong shape, wrong types, nulls,
+missing/unknown fields, duplicate keys, ids that are huge, empty or hold control characters, extreme and
+non-finite numbers, bad timestamps), plus a few near the broker's 1 MB limit and tombstones. They are sent in
+bulk with 300 known-valid sales interleaved, then the real stream (real Kafka, Spark, ClickHouse endpoint, MinIO)
+drains everything once (available-now) and must:
+
+* stay up (no query error);
+* account for every record: each offset is in the lake (valid) or in ``quarantine_events`` with a non-empty
+  reason, or was dropped as a duplicate event id (counted in the query progress); nothing twice;
+* agree with the producers' validation (``contracts.check_payload``, the same rules) record by record;
+* count every valid sale in the windows (the 300 known ones and the fuzz records that happen to be valid).
+
+Per Hypothesis example the producer side is checked too: ``check_payload`` returns a record or raises
+``ContractError``, never anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+N_FUZZ = 10_000
+N_VALID = 300
+INPUT_TYPES = ["sales_transaction", "inventory_update", "price_change", "customer_event"]
+NOW_MS = int(datetime.now(timezone.utc).timestamp() * 1000)
+BASE_TS = NOW_MS - 2 * 3_600_000
+
+
+def base_record(event_type: str, i: int) -> dict:
+    """A valid record of each input type (ids made unique by ``i``)."""
+    ts = BASE_TS - i
+    return {
+        "sales_transaction": {"transaction_id": f"F{i}", "store_id": "S1", "product_id": "P1", "quantity": 2,
+                              "unit_price": 1.25, "timestamp": ts, "customer_id": None, "payment_method": "CARD",
+                              "invoice_id": None},
+        "inventory_update": {"inventory_id": f"FI{i}", "store_id": "S1", "product_id": "P1", "quantity_change": -1,
+                             "new_quantity": 9, "reason": "SALE", "reorder_point": 5, "timestamp": ts},
+        "price_change": {"price_change_id": f"FP{i}", "store_id": "S1", "product_id": "P1", "old_price": 1.0,
+                         "new_price": 0.9, "reason": "PROMOTION", "timestamp": ts},
+        "customer_event": {"event_id": f"FC{i}", "customer_id": "C1", "store_id": "S1", "event_type": "STORE_VISIT",
+                           "product_id": None, "timestamp": ts},
+    }[event_type]
+
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
+                         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30))
+json_values = st.recursive(json_scalars, lambda c: st.one_of(st.lists(c, max_size=3),
+                                                            st.dictionaries(st.text(max_size=5), c, max_size=3)),
+                           max_leaves=6)
+ids = st.one_of(st.text(max_size=80), st.just(""), st.just("   "), st.text(min_size=65, max_size=300),
+                st.sampled_from(["S\x001", "S\u200b1", "\ufeffS1", "S\n", "\x7f", "é" * 64, "S" * 64]))
+numbers = st.one_of(st.integers(min_value=-(2 ** 64), max_value=2 ** 64),
+                    st.sampled_from([0, -1, 100_000, 100_001, -100_001, 10_000_000, 10_000_001, 2 ** 31 - 1, 2 ** 31,
+                                     -(2 ** 31) - 1, 0.5, -0.0, 1e308, -1e308, 1e-320]),
+                    st.floats(allow_nan=True, allow_infinity=True))
+timestamps = st.one_of(st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1),
+                       st.sampled_from([-1, 0, 946_684_799_999, 946_684_800_000, 1_291_161_600_000,
+                                        NOW_MS + 59 * 60_000, NOW_MS + 180 * 60_000, 2 ** 53]),
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=25))
+
+
+def render(rec: dict, dup: str | None = None, dup_value=None) -> str:
+    """JSON text of ``rec`` (NaN/Infinity tokens allowed: invalid JSON to a strict parser), optionally with the
+    key ``dup`` repeated (value ``dup_value``) after the others."""
+    text = json.dumps(rec, allow_nan=True)
+    if dup is None:
+        return text
+    extra = f"{json.dumps(dup)}: {json.dumps(dup_value, allow_nan=True)}"
+    return text[:-1] + (", " if len(rec) else "") + extra + "}"
+
+
+@st.composite
+def payloads(draw) -> tuple[str, bytes | None]:
+    """(event type, Kafka value bytes or None for a tombstone)."""
+    et = draw(st.sampled_from(INPUT_TYPES))
+    kind = draw(st.sampled_from(["bytes", "text", "json_value", "mutate", "mutate", "mutate", "mutate", "dup_key",
+                                 "valid", "tombstone"]))
+    if kind == "tombstone":
+        return et, None
+    if kind == "bytes":
+        return et, draw(st.binary(max_size=200))
+    if kind == "text":
+        return et, draw(st.text(max_size=200)).encode("utf-8", "surrogatepass")
+    if kind == "json_value":
+        return et, json.dumps(draw(json_values), allow_nan=True).encode()
+    rec = base_record(et, draw(st.integers(min_value=0, max_value=10 ** 9)))
+    if kind == "dup_key":
+        key = draw(st.sampled_from(list(rec)))
+        return et, render(rec, key, draw(st.one_of(st.just(rec[key]), json_values))).encode()
+    if kind == "mutate":
+        for _ in range(draw(st.integers(min_value=1, max_value=3))):
+            field = draw(st.sampled_from(list(rec) + ["coupon"]))
+            how = draw(st.sampled_from(["drop", "null", "wrong", "id", "number", "timestamp"]))
+            if how == "drop":
+                rec.pop(field, None)
+            elif how == "null":
+                rec[field] = None
+            elif how == "wrong":
+                rec[field] = draw(json_values)
+            elif how == "id":
+                rec[field] = draw(ids)
+            elif how == "number":
+                rec[field] = draw(numbers)
+            else:
+                rec["timestamp"] = draw(timestamps)
+    return et, render(rec).encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def variants(draw) -> list[tuple[str, bytes | None]]:
+    """One :func:`payloads` value and three edge cases derived from it with drawn positions: cut short, one byte
+    replaced (often breaking UTF-8 or the JSON), and the JSON text with a key repeated or trailing data."""
+    et, value = draw(payloads())
+    if value is None:
+        return [(et, None), (et, b""), (et, b"null"), (et, b"{}")]
+    cut = draw(st.integers(min_value=0, max_value=max(0, len(value) - 1)))
+    pos = draw(st.integers(min_value=0, max_value=max(0, len(value) - 1)))
+    byte = draw(st.integers(min_value=0, max_value=255))
+    flipped = value[:pos] + bytes([byte]) + value[pos + 1:] if value else bytes([byte])
+    tail = draw(st.sampled_from([b"}", b' "x"', b', "timestamp": 1}', b"\x00", b" ", b"{}"]))
+    extra = value[:-1] + b', "' + draw(st.sampled_from([b"store_id", b"timestamp", b"quantity", b"zz"])) + \
+        b'": 0}' if value.endswith(b"}") else value + tail
+    return [(et, value), (et, value[:cut]), (et, flipped), (et, extra)]
+
+
+class _Enough(Exception):
+    """Raised inside the Hypothesis test once ``n`` distinct payloads are collected (ends generation early)."""
+
+
+def generate(n: int) -> list[tuple[str, bytes | None]]:
+    """Run Hypothesis over :func:`variants` until ``n`` *distinct* payloads are collected (4 per example keeps
+    Hypothesis' per-example cost at a quarter); each is checked on the producer side (``contracts.check_payload``
+    returns or raises ContractError only)."""
+    from contracts import ContractError, check_payload
+
+    out: dict[tuple[str, bytes | None], None] = {}
+
+    @hsettings(max_examples=n, database=None, deadline=None, derandomize=True, print_blob=False,
+               suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @given(variants())
+    def collect(batch):
+        for et, value in batch:
+            if value is not None:
+                try:
+                    check_payload(et, value, now_ms=NOW_MS, max_future_minutes=60)
+                except ContractError:
+                    pass
+            out[(et, value)] = None
+        if len(out) >= n:
+            raise _Enough
+
+    try:
+        collect()
+    except _Enough:
+        pass
+    return list(out)
+
+
+def edge_cases() -> list[tuple[str, bytes | None]]:
+    """Values Hypothesis does not reach in a CI budget: near the broker's 1 MB limit, a 1 MB id."""
+    rng = random.Random(5)
+    big_id = dict(base_record("sales_transaction", 1), transaction_id="X" * 900_000)
+    return [("sales_transaction", rng.randbytes(900_000)), ("inventory_update", json.dumps(big_id).encode()),
+            ("price_change", b"{" * 100_000), ("customer_event", b"[" * 50_000 + b"]" * 50_000),
+            ("sales_transaction", b"\x00" * 1000), ("sales_transaction", b""),
+            ("inventory_update", b'{"inventory_id": "\xed\xa0\x80"}')]  # an encoded surrogate: not UTF-8
+
+
+def test_fuzzed_payloads_are_all_accounted_for_and_valid_events_all_count(native_stack, spark):
+    from kafka import KafkaProducer
+
+    from contracts import EVENT_TYPES, ContractError, check_payload
+    from core.clickhouse import get_client
+    from core.lake import Lake
+    from streaming.job import run_stream
+    from streaming.transforms import EVENT_ID
+    from tests.test_streaming_guarantees import namespace
+
+    s = namespace(native_stack, f"fz{uuid.uuid4().hex[:6]}", stream_max_future_minutes=60)
+    fuzz = generate(N_FUZZ) + edge_cases()
+    assert len(fuzz) >= N_FUZZ
+    valid = [("sales_transaction", json.dumps(dict(base_record("sales_transaction", 0), transaction_id=f"VALID-{i}",
+                                                   timestamp=BASE_TS + i * 1000)).encode()) for i in range(N_VALID)]
+    step = len(fuzz) // N_VALID
+    sent = []
+    for i, v in enumerate(valid):  # the valid sales interleaved with the fuzz
+        sent += fuzz[i * step:(i + 1) * step] + [v]
+    sent += fuzz[N_VALID * step:]
+
+    p = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all", linger_ms=20,
+                      max_request_size=1_048_000)
+    futs = [(et, value, p.send(s.topic(EVENT_TYPES[et]), key=None if i % 7 == 0 else b"k", value=value))
+            for i, (et, value) in enumerate(sent)]
+    p.flush()
+    where = {}
+    for et, value, f in futs:
+        md = f.get(timeout=60)
+        where[(md.topic, md.partition, md.offset)] = (et, value)
+    p.close()
+    assert len(where) == len(sent)
+
+    stats = run_stream(s, available_now=True, timeout=900, spark=spark)  # raises if a query failed
+    assert stats["raw"]["input_rows"] + stats["raw"]["duplicates_dropped"] == len(sent)
+
+    client, db = get_client(s), s.clickhouse_database
+    q = client.query_df(f"SELECT topic, partition, offset, reason FROM {db}.quarantine_events FINAL")
+    quarantined = {(r.topic, int(r.partition), int(r.offset)): r.reason for r in q.itertuples()}
+    assert all(r.strip() for r in quarantined.values()), "every quarantined record has a reason"
+    lake = Lake(s)
+    in_lake: dict[tuple, str] = {}
+    for et in INPUT_TYPES:
+        t = lake.read_table(s.lake_raw_bucket, et)
+        if t is None:
+            continue
+        topic = s.topic(EVENT_TYPES[et])
+        for part, off, eid in zip(t["kafka_partition"].to_pylist(), t["kafka_offset"].to_pylist(),
+                                  t[EVENT_ID[et]].to_pylist()):
+            assert (topic, part, off) not in in_lake, "a record twice in the lake"
+            in_lake[(topic, part, off)] = eid
+    assert not set(in_lake) & set(quarantined), "a record both valid and quarantined"
+    accounted = len(in_lake) + len(quarantined)
+    assert accounted + stats["raw"]["duplicates_dropped"] == len(sent)
+    assert set(in_lake) | set(quarantined) <= set(where)
+
+    # the producers' rules agree record by record (a clock minutes later than NOW_MS changes no outcome: the
+    # generated event times are far from the future bound); of the copies of one valid id, the lake holds one
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for key, (et, value) in where.items():
+        try:
+            rec = None if value is None else check_payload(et, value, now_ms=NOW_MS, max_future_minutes=60)
+        except ContractError:
+            rec = None
+        if rec is None:
+            assert key in quarantined, (et, value[:200] if value else value, "valid for the stream, not the producers")
+        else:
+            assert key not in quarantined, (et, value[:200], quarantined.get(key))
+            groups.setdefault((key[0], rec[EVENT_ID[et]]), []).append(key)
+    for (topic, eid), keys in groups.items():
+        assert sum(k in in_lake for k in keys) == 1, (topic, eid, len(keys))
+    assert sum(len(k) - 1 for k in groups.values()) == stats["raw"]["duplicates_dropped"]
+    valid_sales = {eid for (topic, eid) in groups if topic == s.topic(EVENT_TYPES["sales_transaction"])}
+    assert {f"VALID-{i}" for i in range(N_VALID)} <= valid_sales
+    n_windows = int(client.command(f"SELECT toInt64(sum(transaction_count)) FROM {db}.sales_metrics_5m FINAL"))
+    assert n_windows == len(valid_sales), "every valid sale counts once in the windows"
+    assert math.isfinite(float(client.command(f"SELECT sum(revenue) FROM {db}.sales_metrics_5m FINAL")))
