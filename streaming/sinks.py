@@ -125,6 +125,7 @@ class StreamSinks:
         self.s = settings
         self.db = settings.clickhouse_database
         self.ch = client or get_client(settings)
+        self._own_client = client is None  # replaced by a fresh one after an infrastructure error
         self.lake = lake or Lake(settings)
         self._ch_lock = threading.RLock()  # the two queries' batches run in different threads
         self._log_lock = threading.Lock()
@@ -185,6 +186,17 @@ class StreamSinks:
                           self._insert_df, "stream_batches", self._batch_row(rec))
 
     # --------------------------------------------------------------------------------- retries --
+    def _reset_client(self) -> None:
+        """A new ClickHouse client (new HTTP session): a request cut by an outage can leave clickhouse-connect's
+        session marked busy, and every later query on it fails with "concurrent queries within the same session"."""
+        if not self._own_client:
+            return
+        from core.clickhouse import new_client
+
+        fresh = new_client(self.s)
+        with self._ch_lock:
+            self.ch = fresh
+
     def retrying(self, what: str, fn, *args, **kwargs):
         """Call ``fn(*args, **kwargs)``; on an infrastructure error (:func:`is_infrastructure_error`: ClickHouse,
         lake or Kafka unreachable) wait with exponential backoff (0.5 s doubling, at most
@@ -205,6 +217,8 @@ class StreamSinks:
                                 stop=stop_after_delay(self.s.stream_sink_retry_seconds),
                                 before_sleep=before_sleep, reraise=True):
             with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self._reset_client()  # raises (and is retried) while ClickHouse is still unreachable
                 return fn(*args, **kwargs)
 
     def producer(self):
