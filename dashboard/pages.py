@@ -243,7 +243,8 @@ def store_manager() -> None:
         c[0].metric("SKUs at high risk", num(by["skus"].get("HIGH", 0)))
         c[1].metric("SKUs out of stock", num(counts["out_of_stock"].sum()))
         c[2].metric("Restock alerts (7 days)", num(0 if alerts is None else alerts["alerts"].sum()))
-        c[3].metric("Anomalies (24 h)", num(0 if anomalies is None else len(anomalies)))
+        n_anom = fetch("store_anomaly_count")
+        c[3].metric("Anomalies (24 h)", num(None if n_anom is None else n_anom["anomalies"].iloc[0]))
         left, right = st.columns([3, 2])
         risk = fetch("store_risk")
         if risk is not None and not risk.empty:
@@ -293,15 +294,17 @@ def inventory_analyst() -> None:
     if series.empty and (reorder is None or reorder.empty):
         st.info(NO_ML)
         return
-    c = st.columns(4)
-    c[0].metric("Forecast series", num(len(series)))
-    need = reorder[reorder["reorder_needed"] == 1] if reorder is not None else pd.DataFrame()
-    c[1].metric("SKUs needing reorder", num(len(need)))
-    c[2].metric("Recommended reorder units", num(need["reorder_qty"].sum() if len(need) else 0))
-    c[3].metric("Recommended reorder value", num(need["reorder_value"].sum() if len(need) else 0, 2))
+    tot = fetch("analyst_totals")
+    if tot is not None and not tot.empty:
+        t = tot.iloc[0]
+        c = st.columns(4)
+        c[0].metric("Forecast series", num(t["forecast_series"]))
+        c[1].metric("SKUs needing reorder", num(t["skus_to_reorder"]))
+        c[2].metric("Recommended reorder units", num(t["reorder_units"]))
+        c[3].metric("Recommended reorder value", num(t["reorder_value"], 2))
     if not series.empty:
         labels = [f"{r.store_id} · {r.product_id}" for r in series.itertuples()]
-        pick = st.selectbox("Series (store · SKU), largest forecast first", range(len(labels)),
+        pick = st.selectbox(f"Series (store · SKU), the {len(series)} largest forecasts", range(len(labels)),
                             format_func=lambda i: labels[i], key="series")
         store, product = series.iloc[pick]["store_id"], series.iloc[pick]["product_id"]
         _fan_chart(store, product)
@@ -311,14 +314,16 @@ def inventory_analyst() -> None:
                         "intervals)")
             st.dataframe(acc, hide_index=True, use_container_width=True)
     if reorder is not None and not reorder.empty:
-        st.markdown("**Reorder recommendations** (reorder point = lead-time demand + safety stock)")
+        st.markdown(f"**Reorder recommendations** (reorder point = lead-time demand + safety stock; the {len(reorder)} "
+                    "most urgent)")
         st.dataframe(reorder, hide_index=True, use_container_width=True, height=300)
     slow = fetch("slow_movers")
     if slow is not None and not slow.empty:
         left, right = st.columns([3, 2])
         left.markdown(f"**Slow movers** ({len(slow)} shown)")
         left.dataframe(slow, hide_index=True, use_container_width=True, height=300)
-        right.plotly_chart(px.scatter(slow, x="adi", y="cv2", color="demand_class", hover_data=["product_id"],
+        shown = slow[slow["adi"] <= 365]   # no_demand series have an unbounded inter-demand interval
+        right.plotly_chart(px.scatter(shown, x="adi", y="cv2", color="demand_class", hover_data=["product_id"],
                                       title="Syntetos-Boylan classes (ADI 1.32, CV² 0.49)")
                            .add_vline(x=1.32, line_dash="dot").add_hline(y=0.49, line_dash="dot")
                            .update_layout(height=300), use_container_width=True)

@@ -101,6 +101,9 @@ QUERIES: dict[str, tuple[str, str]] = {
         FROM {{db}}.v_live_sku_metrics
         WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND is_anomaly = 1 AND {STORE_PRED}
         ORDER BY abs(anomaly_score) DESC LIMIT 100"""),
+    "store_anomaly_count": ("store", f"""
+        SELECT toInt64(count()) AS anomalies FROM {{db}}.v_live_sku_metrics
+        WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND is_anomaly = 1 AND {STORE_PRED}"""),
     "store_trend": ("store", f"""
         SELECT m.window_start AS window_start, sum(m.revenue) AS revenue, sum(m.units_sold) AS units,
                toInt64(sum(m.skus_high_risk)) AS skus_high_risk
@@ -108,6 +111,13 @@ QUERIES: dict[str, tuple[str, str]] = {
         WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND {STORE_PRED}
         GROUP BY window_start ORDER BY window_start"""),
     # ---------------------------------------------------------------------- inventory analyst --
+    "analyst_totals": ("analyst", f"""
+        SELECT (SELECT toInt64(uniqExact(store_id, product_id)) FROM {{db}}.v_forecast_latest WHERE {STORE_PRED})
+                   AS forecast_series,
+               toInt64(countIf(r.reorder_needed = 1)) AS skus_to_reorder,
+               sumIf(r.reorder_qty, r.reorder_needed = 1) AS reorder_units,
+               sumIf(r.reorder_value, r.reorder_needed = 1) AS reorder_value
+        FROM {{db}}.v_reorder_latest AS r WHERE {STORE_PRED}"""),
     "forecast_series_list": ("analyst", f"""
         SELECT store_id, product_id, sum(yhat) AS forecast_units
         FROM {{db}}.v_forecast_latest WHERE {STORE_PRED}

@@ -619,7 +619,7 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
         inv["reorder_point"] = inv["reorder_point"].astype("float64").fillna(fallback)
         first = client.query(f"SELECT min(date_key) FROM {db}.fact_sales").result_rows[0][0] or dk
         window = [date_key(day - dt.timedelta(days=i)) for i in range(SAFETY_STOCK_WINDOW_DAYS - 1, -1, -1)]
-        window = [k for k in window if k >= first]
+        window = [k for k in window if k >= min(first, dk)]   # a day without sales before the first loaded one
         daily = client.query_df(
             f"SELECT store_key, product_key, date_key, toInt64(sumIf(quantity, quantity > 0)) AS units "
             f"FROM {db}.fact_sales WHERE date_key >= {window[0]} AND date_key <= {dk} "

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -162,20 +163,10 @@ def _print(summary: dict[str, Any]) -> None:
     console.print(t)
 
 
-#: the dashboards' queries of the demo's BI clients (views of clickhouse/migrations/030_bi_views.sql)
-BI_QUERIES = {
-    "live_sku": "SELECT * FROM {db}.v_live_sku_metrics ORDER BY window_start DESC LIMIT 200",
-    "live_store": "SELECT * FROM {db}.v_live_store_metrics ORDER BY window_start DESC LIMIT 200",
-    "current_inventory": "SELECT * FROM {db}.v_current_inventory ORDER BY hours_of_cover LIMIT 200",
-    "restock_alerts": "SELECT * FROM {db}.v_restock_alerts ORDER BY alert_time DESC LIMIT 200",
-    "quarantine": "SELECT * FROM {db}.v_quarantine_summary",
-    "sales_daily": "SELECT * FROM {db}.v_sales_daily ORDER BY date_key DESC LIMIT 200",
-}
-
-
 class BIClients:
-    """``n`` dashboard clients querying :data:`BI_QUERIES` in a loop as ``bi_reader`` until stopped; records
-    each query's latency (s) and errors."""
+    """``n`` dashboard clients running the live dashboard's own queries (:data:`dashboard.queries.QUERIES`, all
+    stores, the last 7 days of star-schema data) in a loop as ``bi_reader`` until stopped; records each query's
+    latency (s) and errors."""
 
     def __init__(self, s: Settings, n: int = 4):
         self.s, self.n = s, n
@@ -188,14 +179,20 @@ class BIClients:
     def _loop(self, i: int) -> None:
         from core.clickhouse import new_client
 
+        from dashboard import queries as Q
+
         client = new_client(self.s, readonly=True)  # one client per thread, as bi_reader
-        names = list(BI_QUERIES)
+        db = self.s.clickhouse_database
+        names = list(Q.QUERIES)
+        filters = Q.Filters()
         k = i
         while not self._stop.is_set():
-            sql = BI_QUERIES[names[k % len(names)]].format(db=self.s.clickhouse_database)
             t0 = time.perf_counter()
             try:
-                client.query(sql)
+                if k % len(names) == 0:   # follow the data: the star schema fills while the demo runs
+                    last = Q.data_range(client, db)[1]
+                    filters = Q.Filters(start=last - timedelta(days=6) if last else None, end=last)
+                Q.run(client, db, names[k % len(names)], filters)
                 self.latencies.append(time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001 - counted and reported, the loop goes on
                 self.errors.append(f"{names[k % len(names)]}: {str(exc)[:200]}")
@@ -252,13 +249,67 @@ def busiest_replayed_day(s: Settings, before: datetime):
     return rows[0][0] if rows else None
 
 
+def replayed_days(s: Settings, before: datetime) -> list:
+    """UTC dates before ``before`` that have 5-minute windows in ClickHouse, ascending."""
+    from core.clickhouse import get_client
+
+    rows = get_client(s).query(
+        f"SELECT DISTINCT toDate(window_start) AS d FROM {s.clickhouse_database}.sales_metrics_5m "
+        f"WHERE window_start < toDateTime('{before:%Y-%m-%d} 00:00:00', 'UTC') ORDER BY d").result_rows
+    return [r[0] for r in rows]
+
+
+#: training settings of the demo's nightly run: two backtest origins over the replayed history, fewer trees
+DEMO_TRAINING = {"FORECAST_BACKTEST_ORIGINS": "2", "FORECAST_TRAIN_WINDOW_DAYS": "90", "FORECAST_GBT_MAX_ITER": "20"}
+#: days of replayed history the demo loads into the star schema before training (the newest ones)
+DEMO_HISTORY_DAYS = 60
+
+
+def nightly_ml(s: Settings, days: list, day, home: Path) -> dict[str, Any]:
+    """The batch side of the demo after its ``daily_etl`` run for ``day``: the star schema for the other replayed
+    ``days`` in this process with the DAG's own task functions (extract, transform, load, quality_check; the
+    forecast needs history, and ``airflow dags test`` per day would take about 30 s each), then
+    ``demand_forecast_training`` and ``batch_predictions`` for ``day`` with ``airflow dags test``.
+
+    Returns: {"backfill_days", "backfill_s", "<dag_id>_s", "ok", "error"}.
+    """
+    from etl import star_schema as etl_mod
+    from ops.airflow import dags_test
+
+    # a demo-sized training run (the DAG's own code; these are settings, see the README's configuration table)
+    for k, v in DEMO_TRAINING.items():
+        os.environ.setdefault(k, v)
+    get_settings.cache_clear()
+    out: dict[str, Any] = {"backfill_days": 0, "ok": False}
+    t = time.time()
+    try:
+        for d in days:
+            if d == day:
+                continue
+            etl_mod.extract(d)
+            etl_mod.transform(d)
+            started = datetime.now(timezone.utc)
+            etl_mod.load(d, migrate=False)
+            etl_mod.quality_check(d, started, dag_run_id="demo-backfill")
+            out["backfill_days"] += 1
+        out["backfill_s"] = round(time.time() - t, 1)
+        for dag_id in ("demand_forecast_training", "batch_predictions"):
+            out[f"{dag_id}_s"] = round(dags_test(dag_id, day, s, home), 1)
+        out["ok"] = True
+    except Exception as exc:  # noqa: BLE001 - reported in the summary and fails the demo
+        out["error"] = str(exc)[-1500:]
+    return out
+
+
 def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, invalid_rate: float = 0.001,
              keep_stack: bool = False, fresh: bool = True, bi_clients: int = 4,
-             services: list[str] | None = None) -> dict[str, Any]:
+             services: list[str] | None = None, ml: bool = True) -> dict[str, Any]:
     """Run the whole demo (see module docstring) and return the summary dict.
 
     ``fresh`` (default) stops the native services and deletes the Kafka, MinIO, chDB and checkpoint folders of
-    RETAIL_STATE_DIR first, so re-runs do not accumulate data.
+    RETAIL_STATE_DIR first, so re-runs do not accumulate data. ``ml``: after the stream, load the other replayed
+    days and train + predict (:func:`nightly_ml`), so the dashboard's analyst page has forecasts. When the
+    platform was already running (``make local-up``), it is left running afterwards, as with ``keep_stack``.
 
     Raises:
         ops.install.StackError: a native service failed to start (message names the log).
@@ -268,6 +319,7 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
     from producers.cli import DEFAULT_SAMPLE, run_replay, run_synthetic
 
     s = get_settings()
+    keep_stack = keep_stack or local.supervisord_running(s)
     if fresh:
         local.down(s)
         for part in ("kafka", "minio", "chdb", "checkpoints"):
@@ -316,6 +368,10 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
         timings["stream_drain_s"] = round(wait_caught_up(s, 900, "stream after the simulator"), 1)
         timings["stream_window"] = [round(t_pub - t0, 1), round(time.time() - t0, 1)]
         etl_thread.join()
+        if ml and etl.get("ok"):
+            console.rule("nightly batch: the other replayed days into the star schema, then training and predictions")
+            etl["ml"] = nightly_ml(s, [d for d in replayed_days(s, handover) if d <= day][-DEMO_HISTORY_DAYS:], day, home)
+            timings["nightly_ml_s"] = round(sum(v for k, v in etl["ml"].items() if k.endswith("_s")), 1)
         bi_stats = bi.stop()
         bi_stats["window"] = [round(bi.started - t0, 1), round(bi.ended - t0, 1)]
         summary = {"producers": produced, "timings_s": timings, "daily_etl": etl, "bi_queries": bi_stats,
@@ -335,6 +391,8 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
         problems = []
         if not etl.get("ok"):
             problems.append(f"daily_etl failed: {etl.get('error')}")
+        if ml and not etl.get("ml", {}).get("ok"):
+            problems.append(f"training / predictions failed: {etl.get('ml', {}).get('error')}")
         if bi_stats["errors"]:
             problems.append(f"{bi_stats['errors']} BI queries failed: {bi_stats['first_errors']}")
         if lake_sales["distinct_ids"] != lake_sales["rows"]:
@@ -347,6 +405,9 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
         if not keep_stack:
             console.rule("stopping the platform")
             local.down(s)
+        else:
+            console.print(f"platform left running: dashboard http://localhost:{s.dashboard_port}, "
+                          f"Airflow http://localhost:{s.airflow_port}; make local-down stops it")
 
 
 def _overlap(a, b) -> float:
@@ -371,9 +432,10 @@ def main(sample: Path = typer.Option(None, help="UCI transactions CSV(.gz) to re
          invalid_rate: float = typer.Option(0.001, help="Fraction of deliberately invalid records (dead-letter path)."),
          keep_stack: bool = typer.Option(False, help="Leave the platform running afterwards (make local-down stops it)."),
          fresh: bool = typer.Option(True, help="Start from an empty RETAIL_STATE_DIR."),
-         bi_clients: int = typer.Option(4, help="Dashboard clients querying the BI views during the run.")) -> None:
+         bi_clients: int = typer.Option(4, help="Dashboard clients querying the BI views during the run."),
+         ml: bool = typer.Option(True, help="Load every replayed day, then train and predict (analyst dashboard).")) -> None:
     """Run the end-to-end demo on the native stack."""
-    run_demo(sample, synthetic_minutes, invalid_rate, keep_stack, fresh, bi_clients)
+    run_demo(sample, synthetic_minutes, invalid_rate, keep_stack, fresh, bi_clients, ml=ml)
 
 
 if __name__ == "__main__":

@@ -295,6 +295,14 @@ def test_model_metrics_carry_the_champion_flag(bi):
                   column_names=["model_name", "model_version", "run_date", "model", "metric", "horizon", "value",
                                 "dataset", "computed_at"], database=db)
     got = q(client, f"SELECT model_version, model, is_champion FROM {db}.v_model_metrics ORDER BY model_version, model")
-    assert got.values.tolist() == [[1, "gbt", 0], [2, "gbt", 1], [2, "seasonal_naive", 1]]
+    # the champion version serves predictions with one model (model_registry.model, 'gbt' by default)
+    assert got.values.tolist() == [[1, "gbt", 0], [2, "gbt", 1], [2, "seasonal_naive", 0]]
+    client.insert("model_registry", [["demand-forecast", 2, "seasonal_naive", dt.date(2026, 4, 8), now, "p", 0.3, 0.5,
+                                      "{}", 1, now, now + dt.timedelta(seconds=1)]],
+                  column_names=["model_name", "version", "model", "run_date", "trained_at", "path", "backtest_wape",
+                                "seasonal_naive_wape", "metrics", "is_champion", "promoted_at", "updated_at"],
+                  database=db)
+    got = q(client, f"SELECT model_version, model, is_champion FROM {db}.v_model_metrics ORDER BY model_version, model")
+    assert got.values.tolist() == [[1, "gbt", 0], [2, "gbt", 0], [2, "seasonal_naive", 1]]
     reg = q(client, f"SELECT version, wape_improvement FROM {db}.v_model_registry ORDER BY version")
     assert reg["wape_improvement"].tolist() == pytest.approx([0.2, 0.4])

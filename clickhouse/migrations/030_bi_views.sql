@@ -139,13 +139,15 @@ INNER JOIN
     SELECT store_id, product_id, date, units FROM {db}.features_daily FINAL WHERE NOT isNaN(units)
 ) AS a ON f.store_id = a.store_id AND f.product_id = a.product_id AND f.target_date = a.date;
 
--- backtest metrics in long form (model x metric x horizon), with the registry's champion flag
+-- backtest metrics in long form (model x metric x horizon); is_champion = 1 for the model (GBT or a baseline) the
+-- champion version serves predictions with (model_registry.model; '' for versions registered before that column)
 CREATE OR REPLACE VIEW {db}.v_model_metrics AS
 SELECT m.model_name AS model_name, toInt64(m.model_version) AS model_version, m.run_date AS run_date,
        toInt64(toYYYYMMDD(m.run_date)) AS date_key, m.model AS model, m.metric AS metric, m.horizon AS horizon,
-       m.value AS value, m.dataset AS dataset, ifNull(r.is_champion, 0) AS is_champion
+       m.value AS value, m.dataset AS dataset,
+       toUInt8(ifNull(r.is_champion, 0) = 1 AND r.model IN (m.model, '')) AS is_champion   -- the model serving
 FROM (SELECT * FROM {db}.ml_model_metrics FINAL) AS m
-LEFT JOIN (SELECT model_name, version, is_champion FROM {db}.model_registry FINAL) AS r
+LEFT JOIN (SELECT model_name, version, is_champion, model FROM {db}.model_registry FINAL) AS r
     ON m.model_name = r.model_name AND m.model_version = r.version;
 
 CREATE OR REPLACE VIEW {db}.v_model_registry AS
