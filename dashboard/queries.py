@@ -78,13 +78,19 @@ QUERIES: dict[str, tuple[str, str]] = {
         SELECT stockout_risk, toInt64(count()) AS skus, toInt64(countIf(is_stockout = 1)) AS out_of_stock
         FROM {{db}}.v_current_inventory WHERE {STORE_PRED} GROUP BY stockout_risk"""),
     "risk_heatmap": ("chain", """
-        SELECT s.store_id AS store_id, if(p.category = '', '(unknown)', p.category) AS category,
-               toInt64(countIf(s.stockout_risk = 'HIGH')) AS high_risk_skus, toInt64(count()) AS skus
-        FROM {db}.sku_window_latest AS s FINAL LEFT JOIN {db}.v_dim_product AS p ON s.product_id = p.sku
-        WHERE s.store_id IN (
-            SELECT store_id FROM {db}.sku_window_latest FINAL
-            GROUP BY store_id ORDER BY countIf(stockout_risk = 'HIGH') DESC, store_id LIMIT 25)
-        GROUP BY store_id, category"""),
+        SELECT store_id, category, high_risk_skus, skus FROM (
+            SELECT store_id, category, high_risk_skus, skus,
+                   dense_rank() OVER (ORDER BY store_high DESC, store_id) AS store_rank
+            FROM (
+                SELECT store_id, category, high_risk_skus, skus,
+                       sum(high_risk_skus) OVER (PARTITION BY store_id) AS store_high
+                FROM (
+                    SELECT s.store_id AS store_id, if(p.category = '', '(unknown)', p.category) AS category,
+                           toInt64(countIf(s.stockout_risk = 'HIGH')) AS high_risk_skus, toInt64(count()) AS skus
+                    FROM {db}.sku_window_latest AS s FINAL
+                    LEFT JOIN {db}.v_dim_product AS p ON s.product_id = p.sku
+                    GROUP BY store_id, category)))
+        WHERE store_rank <= 25"""),
     "store_alerts": ("store", f"""
         SELECT alert_time, store_id, product_id, priority, current_stock, reorder_point, recommended_quantity,
                hours_of_cover

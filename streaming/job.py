@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 import typer
 
-from contracts import EVENT_TYPES
+from contracts import DEAD_LETTER, EVENT_TYPES
 from core.settings import Settings, get_settings
 from streaming import transforms as TR
 from streaming.sinks import INPUT_EVENT_TYPES, StreamSinks
@@ -168,7 +168,7 @@ class StreamingJob:
         if self._listener is None:
             self._listener = _duplicates_listener(self)
             self.spark.streams.addListener(self._listener)
-        raw = self.sinks.raw_frame(TR.kafka_frame(self._source(list(topics.values()))))
+        raw = self.sinks.raw_frame(TR.kafka_frame(self._source([*topics.values(), s.topic(DEAD_LETTER)])))
         self.queries["raw"] = (raw.writeStream.queryName("raw").foreachBatch(self.sinks.raw_batch)
                                .option("checkpointLocation", checkpoint_path(s, "raw")).trigger(**trig).start())
 

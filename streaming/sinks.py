@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from contracts import EVENT_TYPES, validate_event
+from contracts import DEAD_LETTER, EVENT_TYPES, validate_event
 from core.settings import Settings
 from streaming import schema as S
 from streaming import transforms as TR
@@ -136,6 +136,7 @@ class StreamSinks:
         self.window_len_hours = TR.window_hours(settings.stream_window)
         self._reorder_points: dict[str, int] | None = None
         self.topics = {settings.topic(EVENT_TYPES[et]): et for et in INPUT_EVENT_TYPES}
+        self.dead_letter_topic = settings.topic(DEAD_LETTER)
 
     # ----------------------------------------------------------------------------------- helpers --
     def _insert_df(self, table: str, df: pd.DataFrame) -> None:
@@ -269,7 +270,9 @@ class StreamSinks:
         records are never deduplicated (each offset is quarantined).
 
         Returns:
-            ``KAFKA_COLUMNS`` + the union of the contract fields + ``invalid_reason`` + ``event_key`` (the event id).
+            ``KAFKA_COLUMNS`` + the union of the contract fields + ``invalid_reason`` + ``event_key`` (the event id)
+            + ``dead_letter_type``: the records of the producers' dead-letter topic come along as rejected rows
+            (:func:`streaming.transforms.dead_letter_frame`), so ``quarantine_events`` counts them too.
         """
         frames = [self.validated(kafka_df, et, topic)
                   .select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON, F.col(TR.EVENT_ID[et]).alias("event_key"))
@@ -280,7 +283,9 @@ class StreamSinks:
         valid = (union.filter(F.col(TR.REASON).isNull()).withColumn("_arrived", F.current_timestamp())
                  .withWatermark("_arrived", self.s.stream_watermark)
                  .dropDuplicatesWithinWatermark(["topic", "event_key"]).drop("_arrived"))
-        return valid.unionByName(union.filter(F.col(TR.REASON).isNotNull()))
+        rejected = union.filter(F.col(TR.REASON).isNotNull()).unionByName(
+            TR.dead_letter_frame(kafka_df, self.dead_letter_topic), allowMissingColumns=True)
+        return valid.unionByName(rejected, allowMissingColumns=True)
 
     def raw_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the raw query: lake Parquet for valid events, ``quarantine_events`` for invalid ones.
@@ -321,6 +326,17 @@ class StreamSinks:
                 q["ingested_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
                 q["partition"] = q["partition"].astype("int32")
                 quarantine.append(q)
+        dead = whole.filter(pc.equal(whole["topic"], self.dead_letter_topic))
+        if dead.num_rows:   # producers' dead-letter records: quarantined with the producer's reason and type
+            n_in += dead.num_rows
+            q = dead.select(["dead_letter_type", "topic", "partition", "offset", "kafka_timestamp", TR.REASON,
+                             "value"]).to_pandas()
+            q = q.rename(columns={"dead_letter_type": "event_type", "value": "raw_payload", TR.REASON: "reason"})
+            q["raw_payload"] = q["raw_payload"].fillna("")
+            q["batch_id"] = int(batch_id)
+            q["ingested_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
+            q["partition"] = q["partition"].astype("int32")
+            quarantine.append(q)
         t = time.time()
         if quarantine:
             self._insert_df("quarantine_events", pd.concat(quarantine, ignore_index=True))

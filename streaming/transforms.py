@@ -80,6 +80,28 @@ def kafka_frame(df: DataFrame) -> DataFrame:
                      value.alias("value"))
 
 
+#: quarantine reason prefix of the records the producers dead-lettered (their own reason follows)
+DEAD_LETTER_PREFIX = "dead-lettered by producer: "
+#: ``event_type`` of a dead-letter record whose JSON names none (not JSON, or no such field)
+DEAD_LETTER_UNKNOWN_TYPE = "unknown"
+
+
+def dead_letter_frame(df: DataFrame, topic: str) -> DataFrame:
+    """The producers' dead-letter records (``core.kafka.dead_letter_record`` JSON: event_type, reason, payload)
+    of ``topic`` -> ``KAFKA_COLUMNS`` + ``invalid_reason`` (:data:`DEAD_LETTER_PREFIX` + the producer's reason, or
+    a note that the record is not such a document) + ``dead_letter_type`` (its event type or
+    :data:`DEAD_LETTER_UNKNOWN_TYPE`). Every record is kept, so the quarantine counts what was dead-lettered.
+    """
+    v = F.col("value")
+    reason = F.get_json_object(v, "$.reason")
+    et = F.get_json_object(v, "$.event_type")
+    return (df.filter(F.col("topic") == topic)
+            .select(*KAFKA_COLUMNS,
+                    F.concat(F.lit(DEAD_LETTER_PREFIX),
+                             F.coalesce(reason, F.lit("(record is not a dead-letter document)"))).alias(REASON),
+                    F.coalesce(et, F.lit(DEAD_LETTER_UNKNOWN_TYPE)).alias("dead_letter_type")))
+
+
 def parse_events(df: DataFrame, event_type: str) -> DataFrame:
     """Parse the JSON ``value`` of one event type with the schema derived from its Avro contract.
 

@@ -142,6 +142,24 @@ def produce(settings, valid, invalid=()):
     return meta
 
 
+def produce_dead_letters(settings) -> list[tuple[str, str, str]]:
+    """Two records on the dead-letter topic: a producer's dead-letter document and bytes that are not one.
+    Returns the expected quarantine rows [(event_type, reason, raw_payload)] in offset order."""
+    from kafka import KafkaProducer
+
+    from core.kafka import dead_letter_record
+    from streaming.transforms import DEAD_LETTER_PREFIX
+
+    doc = json.dumps(dead_letter_record("sales_transaction", {"transaction_id": "T-DLQ"}, "missing field store_id",
+                                        failed_at_ms=1_700_000_000_000))
+    p = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), acks="all")
+    for v in (doc.encode(), b"not a dead-letter document"):
+        p.send(settings.topic("dead-letter"), value=v).get(timeout=30)
+    p.close()
+    return [("sales_transaction", DEAD_LETTER_PREFIX + "missing field store_id", doc),
+            ("unknown", DEAD_LETTER_PREFIX + "(record is not a dead-letter document)", "not a dead-letter document")]
+
+
 # ------------------------------------------------------------------------- independent expectation --
 def expected_windows(valid):
     """Per store x SKU x 5-minute window, computed with plain pandas/Decimal from the produced events."""
@@ -304,17 +322,22 @@ def test_stream_end_to_end(native_stack, spark):
     ensure_topics(s)
     valid, invalid, t0, t_end = make_events()
     meta = produce(s, valid, invalid)
+    dead = produce_dead_letters(s)
     client, lake, db = get_client(s), get_lake(), s.clickhouse_database
 
     # ---- first drain ---------------------------------------------------------------------------------
     stats1 = run_stream(s, available_now=True, timeout=600, spark=spark)
-    assert stats1["raw"]["input_rows"] == len(valid) + len(invalid)
+    assert stats1["raw"]["input_rows"] == len(valid) + len(invalid) + len(dead)
     exp = expected_windows(valid)
     assert_windows_match(client, db, exp)
     assert_lake_once(lake, valid)
 
     q = client.query_df(f"SELECT topic, partition, offset, event_type, reason, raw_payload FROM {db}.quarantine_events FINAL")
-    assert len(q) == len(invalid)
+    assert len(q) == len(invalid) + len(dead)
+    # the producers' dead-letter records are counted in the quarantine with their own reason and event type
+    dl = q[q["topic"] == s.topic("dead-letter")].sort_values("offset")
+    assert [(r.event_type, r.reason, r.raw_payload) for r in dl.itertuples()] == dead
+    q = q[q["topic"] != s.topic("dead-letter")]
     for r in q.itertuples():
         et, payload = meta[(r.topic, r.partition, r.offset)]
         reason = next(x[2] for x in invalid if x[1] is payload)
@@ -343,12 +366,12 @@ def test_stream_end_to_end(native_stack, spark):
     for name in ("raw", "windows"):
         rewind(cp / name, 0)  # batch 0 held all the data: re-run it
     stats2 = run_stream(s, available_now=True, timeout=600, spark=spark)
-    assert stats2["raw"]["input_rows"] == len(valid) + len(invalid), "batch 0 must have been re-processed"
+    assert stats2["raw"]["input_rows"] == len(valid) + len(invalid) + len(dead), "batch 0 must have been re-processed"
     assert stats2["windows"]["output_rows"] == len(exp)
     assert_windows_match(client, db, exp)
     assert_lake_once(lake, valid)
     assert sorted(lake.list_files(lake.settings.lake_raw_bucket)) == lake_files
-    assert client.query_df(f"SELECT count() AS n FROM {db}.quarantine_events FINAL")["n"][0] == len(invalid)
+    assert client.query_df(f"SELECT count() AS n FROM {db}.quarantine_events FINAL")["n"][0] == len(invalid) + len(dead)
     assert sorted(client.query_df(f"SELECT alert_id FROM {db}.restock_alerts FINAL")["alert_id"]) == want_alerts
     assert sorted(alerts_in_kafka(s)) == want_alerts, "no alert re-sent on replay"
 
