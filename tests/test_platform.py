@@ -68,10 +68,13 @@ def test_every_service_healthy_under_the_supervisor(platform):
     from ops import local
 
     st = local.status(platform)
-    assert set(st) == {"kafka", "minio", "clickhouse", "streaming", "airflow"}
-    assert all(r["state"] == "RUNNING" and r["healthy"] and r["pid"] for r in st.values()), st
+    assert set(st) == {"kafka", "minio", "clickhouse", "streaming", "airflow", "dashboard"}
+    sick = {n: r for n, r in st.items() if not (r["state"] == "RUNNING" and r["healthy"] and r["pid"])}
+    assert not sick, sick
     r = httpx.get(f"http://localhost:{platform.clickhouse_http_port}/ping")
     assert (r.status_code, r.text) == (200, "Ok.\n")
+    r = httpx.get(f"http://localhost:{platform.dashboard_port}/_stcore/health")   # the supervised dashboard
+    assert (r.status_code, r.text.strip()) == (200, "ok")
 
 
 def _replay_events(end_at: datetime) -> tuple[list[tuple[str, dict]], dict]:
