@@ -177,7 +177,7 @@ def start(name: str, s: Settings | None = None, done: set[str] | None = None) ->
                 raise StackError(f"{name} failed to start (supervisor state FATAL); log {log}:\n"
                                  + (log.read_text(errors='replace')[-2500:] if log.exists() else ""))
             return False
-        return healthy(name, s)
+        return state == "RUNNING" and healthy(name, s)   # RUNNING: up for the program's startsecs too
 
     _wait(ok, _TIMEOUT[name], f"service {name} at {svc.endpoint(name, s)}", log)
     _after_start(name, s)
