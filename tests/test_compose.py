@@ -222,7 +222,7 @@ def test_no_secret_literals_and_required_vars_documented(compose):
     example = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
                if line and not line.startswith("#") and "=" in line}
     assert required <= example, f"required but not in .env.example: {sorted(required - example)}"
-    assert {"CLICKHOUSE_BI_PASSWORD", "LAKE_SECRET_KEY", "AIRFLOW_FERNET_KEY"} <= required
+    assert {"CLICKHOUSE_BI_PASSWORD", "LAKE_STREAM_SECRET_KEY", "AIRFLOW_FERNET_KEY"} <= required
     ignored = (REPO / ".gitignore").read_text().split()
     assert ".env" in ignored
 
@@ -242,6 +242,42 @@ def test_clickhouse_users_match_compose(compose):
     profile = root.find("profiles").find(users["bi_reader"].find("profile").text)
     assert profile.find("readonly").text == "1"  # no writes, no DDL, no setting changes
     assert "platform_writer:" in env_of(our_services(compose)["migrate"])["CLICKHOUSE_URL"]
+
+
+def test_each_lake_service_has_its_own_key_and_policy(compose):
+    """Lake least privilege, statically (tests/test_compose_entrypoint.py checks the policies on a real MinIO):
+    every service with LAKE_URL gets LAKE_ACCESS_KEY / LAKE_SECRET_KEY from its own LAKE_<SERVICE>_* variables,
+    minio-init creates a user for exactly those services with ops/docker/minio/policies/lake-<service>.json
+    (valid S3 policy JSON, Allow statements only, no admin or wildcard action), nobody but MinIO and minio-init
+    sees the root account, and the dashboard has no lake access."""
+    svcs = compose["services"]
+    init = env_of(svcs["minio-init"])
+    lake_services = init["LAKE_SERVICES"].split()
+    policy_dir = REPO / "ops" / "docker" / "minio" / "policies"
+    assert sorted(p.stem for p in policy_dir.glob("lake-*.json")) == sorted(f"lake-{s}" for s in lake_services)
+    for svc in lake_services:
+        doc = json.loads((policy_dir / f"lake-{svc}.json").read_text())
+        assert doc["Version"] == "2012-10-17" and doc["Statement"]
+        for st in doc["Statement"]:
+            assert st["Effect"] == "Allow"
+            assert all(a.startswith("s3:") and "*" not in a for a in st["Action"]), (svc, st["Action"])
+            assert all(r.startswith("arn:aws:s3:::") and r != "arn:aws:s3:::*" for r in st["Resource"]), svc
+        for kind in ("ACCESS", "SECRET"):
+            assert f"${{LAKE_{svc.upper()}_{kind}_KEY:?" in init[f"LAKE_{svc.upper()}_{kind}_KEY"]
+    used = {}
+    for name, svc in svcs.items():
+        env = env_of(svc)
+        if name not in ("minio", "minio-init"):
+            assert not any(k.startswith("MINIO_ROOT") or "MINIO_ROOT" in v for k, v in env.items()), name
+        if "LAKE_URL" in env:
+            m = re.fullmatch(r"\$\{LAKE_([A-Z]+)_ACCESS_KEY:\?[^}]*\}", env["LAKE_ACCESS_KEY"])
+            assert m, f"{name}: LAKE_ACCESS_KEY must come from its own LAKE_<SERVICE>_ACCESS_KEY"
+            assert f"${{LAKE_{m.group(1)}_SECRET_KEY:?" in env["LAKE_SECRET_KEY"], name
+            used[name] = m.group(1).lower()
+    assert not any(k.startswith("LAKE_") for k in env_of(svcs["dashboard"])), "the dashboard has no lake access"
+    assert used["streaming"] == "stream" and used["producer"] == "producer" and used["load-test"] == "loadtest"
+    assert {v for k, v in used.items() if k.startswith("airflow")} == {"airflow"}
+    assert set(used.values()) == set(lake_services)
 
 
 # ------------------------------------------------------------------------------------- (c) pins --

@@ -1,63 +1,61 @@
 #!/bin/sh
 # Runs once in the minio/mc container (service minio-init) after MinIO is healthy. Idempotent.
 #  * buckets of the lake: $LAKE_BUCKETS (raw-data models features)
-#  * a least-privilege policy `retail-platform` attached to the platform's access key LAKE_ACCESS_KEY:
-#    object read/write/delete + list on those buckets only (no bucket creation/deletion, no admin), plus
-#    bucket create/delete on the scratch buckets $LAKE_SCRATCH_BUCKETS (the load test's bench-raw-data).
+#  * one MinIO user and one least-privilege policy per service that touches the lake ($LAKE_SERVICES):
+#    the policy is ops/docker/minio/policies/lake-<service>.json (S3 policy language; $POLICY_DIR), the user's
+#    keys come from LAKE_<SERVICE>_ACCESS_KEY / LAKE_<SERVICE>_SECRET_KEY (required, never in the repo):
+#      producer  raw-data read/write (reference files, upsert), existence check of models/features
+#      stream    raw-data read/write (events, alerts, reference read), nothing else
+#      airflow   raw-data read-only; models and features read/write/delete (ETL staging, features, models)
+#      loadtest  the scratch bucket bench-raw-data only (create/delete it and its objects), existence checks
+#    No service gets bucket creation on the lake buckets, admin rights or the root credentials; the dashboard
+#    has no lake access at all. tests/test_compose_entrypoint.py runs this script with the real `mc` against
+#    a real MinIO and checks each user's allowed and refused operations.
+# Exit status: 0 when every bucket, policy and user is in place; non-zero (with the message of `mc`, or
+# "<VAR> is required") otherwise.
 set -eu
 : "${MINIO_ROOT_USER:?MINIO_ROOT_USER is required}"
 : "${MINIO_ROOT_PASSWORD:?MINIO_ROOT_PASSWORD is required}"
-: "${LAKE_ACCESS_KEY:?LAKE_ACCESS_KEY is required}"
-: "${LAKE_SECRET_KEY:?LAKE_SECRET_KEY is required}"
 BUCKETS="${LAKE_BUCKETS:-raw-data models features}"
-# scratch buckets the platform may create and delete itself (ops.bench_stream's load test)
-SCRATCH_BUCKETS="${LAKE_SCRATCH_BUCKETS:-bench-raw-data}"
+SERVICES="${LAKE_SERVICES:-producer stream airflow loadtest}"
+POLICY_DIR="${POLICY_DIR:-$(cd "$(dirname "$0")" && pwd)/policies}"
 MINIO_URL="${MINIO_URL:-http://minio:9000}"
+
+# every service's keys and policy file first: fail before changing anything, naming the missing variable
+seen=" "
+for svc in $SERVICES; do
+  up=$(echo "$svc" | tr '[:lower:]-' '[:upper:]_')
+  eval "key=\${LAKE_${up}_ACCESS_KEY:-}"
+  eval "secret=\${LAKE_${up}_SECRET_KEY:-}"
+  [ -n "$key" ] || { echo "LAKE_${up}_ACCESS_KEY is required" >&2; exit 2; }
+  [ -n "$secret" ] || { echo "LAKE_${up}_SECRET_KEY is required" >&2; exit 2; }
+  [ -f "$POLICY_DIR/lake-$svc.json" ] || { echo "policy file $POLICY_DIR/lake-$svc.json is missing" >&2; exit 2; }
+  case "$seen" in
+    *" $key "*) echo "LAKE_${up}_ACCESS_KEY repeats another service's key: each service needs its own" >&2; exit 2 ;;
+  esac
+  seen="$seen$key "
+done
 
 mc alias set local "$MINIO_URL" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" > /dev/null
 
-resources=""
 for b in $BUCKETS; do
   mc mb --ignore-existing "local/$b"
-  resources="$resources\"arn:aws:s3:::$b\",\"arn:aws:s3:::$b/*\","
 done
-resources="${resources%,}"
-scratch=""
-for b in $SCRATCH_BUCKETS; do
-  scratch="$scratch\"arn:aws:s3:::$b\",\"arn:aws:s3:::$b/*\","
+
+for svc in $SERVICES; do
+  up=$(echo "$svc" | tr '[:lower:]-' '[:upper:]_')
+  eval "key=\${LAKE_${up}_ACCESS_KEY}"
+  eval "secret=\${LAKE_${up}_SECRET_KEY}"
+  policy="lake-$svc"
+  # create (or update) the policy and the user; attaching an already attached policy is not an error here
+  mc admin policy create local "$policy" "$POLICY_DIR/$policy.json"
+  mc admin user add local "$key" "$secret"
+  if ! out=$(mc admin policy attach local "$policy" --user "$key" 2>&1); then
+    case "$out" in
+      *"already"*) echo "policy $policy already attached to $key" ;;
+      *) echo "$out" >&2; exit 1 ;;
+    esac
+  fi
+  echo "minio-init: user $key has policy $policy"
 done
-scratch="${scratch%,}"
-
-policy=/tmp/retail-platform-policy.json
-cat > "$policy" <<JSON
-{
-  "Version": "2012-10-17",
-  "Statement": [
-    {
-      "Effect": "Allow",
-      "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads",
-                 "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
-                 "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-      "Resource": [$resources]
-    },
-    {
-      "Effect": "Allow",
-      "Action": ["s3:CreateBucket", "s3:DeleteBucket", "s3:GetBucketLocation", "s3:ListBucket",
-                 "s3:ListBucketMultipartUploads", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
-                 "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-      "Resource": [$scratch]
-    }
-  ]
-}
-JSON
-
-# create (or update) the policy and the user; attaching an already attached policy is not an error here
-mc admin policy create local retail-platform "$policy"
-mc admin user add local "$LAKE_ACCESS_KEY" "$LAKE_SECRET_KEY"
-if ! out=$(mc admin policy attach local retail-platform --user "$LAKE_ACCESS_KEY" 2>&1); then
-  case "$out" in
-    *"already"*) echo "policy retail-platform already attached to $LAKE_ACCESS_KEY" ;;
-    *) echo "$out" >&2; exit 1 ;;
-  esac
-fi
-echo "minio-init: buckets [$BUCKETS] ready; user $LAKE_ACCESS_KEY has policy retail-platform"
+echo "minio-init: buckets [$BUCKETS] ready; services [$SERVICES] have their own keys"
