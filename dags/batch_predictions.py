@@ -1,9 +1,10 @@
-"""batch_predictions: champion model -> 7-day forecasts with intervals -> stock optimisation -> SKU classes.
+"""batch_predictions: champion model -> FORECAST_HORIZON-day forecasts with intervals -> stock optimisation -> SKU classes.
 
 predict (SparkSubmitOperator, ``conn_id='spark_default'``, application ``ml/jobs/predict.py``: the champion
 of ``models/demand-forecast/champion.json`` on the latest feature table; writes Parquet to the lake, never
-opens chDB) -> load_predictions (``forecast_predictions``: every active store x SKU x horizon 1..7 with
-80 % / 95 % intervals) -> optimise_stock (``reorder_recommendations``: safety stock, reorder point, EOQ
+opens chDB) -> load_predictions (``forecast_predictions``: every active store x SKU x horizon 1..H with
+80 % / 95 % intervals; H = the champion's horizon, the setting FORECAST_HORIZON (1..28, 14 by default) when
+it was trained) -> optimise_stock (``reorder_recommendations``: safety stock, reorder point, EOQ
 bounded by storage and shelf life, days until stock-out, risk) -> classify_skus (``sku_classification``
 + the classifier's hold-out stability in ``ml_model_metrics``). Logic: :mod:`ml.pipeline`.
 
