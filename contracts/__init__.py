@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,18 @@ def parsed_schema(event_type: str):
 
 def field_names(event_type: str) -> list[str]:
     """Field names in schema order."""
-    return [f["name"] for f in raw_schema(event_type)["fields"]]
+    return list(_field_names(event_type))
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(event_type: str) -> tuple[str, ...]:
+    return tuple(f["name"] for f in raw_schema(event_type)["fields"])
+
+
+@functools.lru_cache(maxsize=None)
+def _field_set(event_type: str) -> frozenset[str]:
+    """Field names as a set, computed once per event type (the unknown-field check runs per record)."""
+    return frozenset(_field_names(event_type))
 
 
 def validate_event(event_type: str, record: dict[str, Any], *, now_ms: int | None = None,
@@ -71,9 +85,12 @@ def validate_event(event_type: str, record: dict[str, Any], *, now_ms: int | Non
     Raises:
         ContractError: with a reason naming the field(s).
     """
-    extra = set(record) - set(field_names(event_type))
-    if extra:
+    known = _field_set(event_type)
+    if not known.issuperset(record):
+        extra = set(record) - known
         raise ContractError(f"unknown field(s) {sorted(extra)} for {event_type}")
+    # the schema is parsed once per event type (parsed_schema is cached); fastavro's compiled validator
+    # runs on every record: the contract applies to each one, there is no sampling
     if not validate(record, parsed_schema(event_type), raise_errors=False):
         try:  # slow path only for the reason (~3x): raise_errors=True builds an exception per union branch
             validate(record, parsed_schema(event_type), raise_errors=True)
@@ -170,12 +187,36 @@ def default_max_future_minutes() -> int:
 
 def id_fields(event_type: str) -> list[str]:
     """The string fields named ``*_id`` of an event type (e.g. ``transaction_id, store_id, product_id``)."""
+    return list(_id_fields(event_type))
+
+
+@functools.lru_cache(maxsize=None)
+def _id_fields(event_type: str) -> tuple[str, ...]:
     out = []
     for f in raw_schema(event_type)["fields"]:
         types = f["type"] if isinstance(f["type"], list) else [f["type"]]
         if f["name"].endswith("_id") and "string" in types:
             out.append(f["name"])
-    return out
+    return tuple(out)
+
+
+def _id_problem(name: str, v: str) -> str | None:
+    """The id rule's reason for value ``v`` of field ``name``, or None (see :func:`rule_violations`)."""
+    if v.isascii() and v.isprintable():
+        # fast path, same verdicts: printable ASCII holds no Cc/Cf character and its only Z-category
+        # character is the space (Zs); the general loop below decides every other string
+        if not v.strip(" "):
+            return f"{name} is empty"
+        if len(v) > ID_MAX_CHARS:
+            return f"{name} longer than {ID_MAX_CHARS} characters"
+        return None
+    if all(ch.isspace() or unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc") for ch in v):
+        return f"{name} is empty"  # nothing but white space / control characters (stream: [\p{Z}\p{Cc}]*)
+    if len(v) > ID_MAX_CHARS:
+        return f"{name} longer than {ID_MAX_CHARS} characters"
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
+        return f"{name} contains control characters"
+    return None
 
 
 def rule_violations(event_type: str, record: dict[str, Any], *, now_ms: int | None = None,
@@ -187,23 +228,16 @@ def rule_violations(event_type: str, record: dict[str, Any], *, now_ms: int | No
         max_future_minutes: allowed lead of an event time over now, minutes (default: the setting
             ``STREAM_MAX_FUTURE_MINUTES``, :func:`default_max_future_minutes`).
     """
-    import math
-    import time
-    import unicodedata
-
     if event_type not in RULE_TYPES:
         return []
     out = []
-    for name in id_fields(event_type):
+    for name in _id_fields(event_type):
         v = record.get(name)
         if v is None:
             continue
-        if all(ch.isspace() or unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc") for ch in v):
-            out.append(f"{name} is empty")  # nothing but white space / control characters (stream: [\p{Z}\p{Cc}]*)
-        elif len(v) > ID_MAX_CHARS:
-            out.append(f"{name} longer than {ID_MAX_CHARS} characters")
-        elif any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
-            out.append(f"{name} contains control characters")
+        problem = _id_problem(name, v)
+        if problem is not None:
+            out.append(problem)
     ts = record.get("timestamp")
     if isinstance(ts, int):
         if ts < MIN_EVENT_TIME_MS:

@@ -1,8 +1,8 @@
 """Publishing events to Kafka with contract validation and a dead-letter queue.
 
 :class:`EventPublisher` wraps a kafka-python ``KafkaProducer`` (acks='all', retries, idempotence,
-batch_size 16384, linger_ms 10, JSON values, string keys). Every record is validated against its Avro contract
-(:func:`contracts.validate_event`) *before* it is sent:
+batch_size 16384, linger_ms 10, JSON values, string keys; :data:`BULK_OVERRIDES` for as-fast-as-possible sends).
+Every record is validated against its Avro contract (:func:`contracts.validate_event`) *before* it is sent:
 
 * valid -> topic ``settings.topic(EVENT_TYPES[event_type])``, key ``store_id|product_id``
   (customer events: ``customer_id``) so one SKU at one store stays in one partition, in order;
@@ -16,12 +16,18 @@ and the broker rejects timestamps more than ``log.message.timestamp.after.max.ms
 Delivery is asynchronous; broker acknowledgements are counted by callbacks (``delivered``) and errors
 by errbacks (``failed``). After :meth:`EventPublisher.flush` (called by :meth:`close` / on context exit)
 ``delivered + failed == sent + dead_lettered`` holds.
+
+Per-record cost (issue 9, part 3; profiled with cProfile): valid records are serialised with orjson
+(:func:`serialize_fast`, same JSON value as the stdlib's), partitions come from a per-key cache of Kafka's murmur2
+(:class:`CachedKeyPartitioner`, same partition as the default partitioner), topics are looked up once, and bulk sends use larger batches
+(:data:`BULK_OVERRIDES`) so the sender thread wakes up less often.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -29,7 +35,13 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.serializer import Serializer
+
+try:  # orjson: ~10x faster JSON; the stdlib stays the reference and the fallback
+    import orjson
+except ImportError:  # pragma: no cover - pinned in pyproject.toml
+    orjson = None
 
 from contracts import DEAD_LETTER, EVENT_TYPES, ContractError, validate_event
 from core.settings import Settings, get_settings
@@ -66,11 +78,101 @@ def serialize_value(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=_json_default).encode("utf-8")
 
 
+#: bulk-send overrides of :data:`PRODUCER_DEFAULTS` (simulator and replay as fast as possible, benchmarks):
+#: 256 KiB batches and 50 ms linger fill a batch per partition with ~1,000 events instead of ~60, so the
+#: sender thread (which competes with the producing thread for the GIL) runs per batch far less often.
+#: acks=all and idempotence are unchanged. Paced (real-time) sends keep linger 10 ms for freshness.
+BULK_OVERRIDES: dict[str, Any] = {"batch_size": 262144, "linger_ms": 50}
+
+_ORJSON_OPTS = 0 if orjson is None else (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                                         | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def _has_nonfinite(obj: Any) -> bool:
+    """True when a float NaN/inf occurs anywhere in ``obj`` (dicts, lists, tuples; float subclasses too)."""
+    t = type(obj)
+    if t is dict:
+        values = obj.values()
+    elif t is list or t is tuple:
+        values = obj
+    elif isinstance(obj, float):
+        return not math.isfinite(obj)
+    else:
+        return False
+    for v in values:  # a plain loop: this runs once per record
+        tv = type(v)
+        if tv is float:
+            if v - v != 0.0:  # NaN - NaN and inf - inf are NaN; finite - itself is 0.0
+                return True
+        elif tv is dict or tv is list or tv is tuple or (tv is not str and tv is not int and isinstance(v, float)):
+            if _has_nonfinite(v):
+                return True
+    return False
+
+
+def serialize_fast(value: Any) -> bytes:
+    """The JSON value of :func:`serialize_value`, through orjson when it gives the same value.
+
+    Same decoded JSON as the stdlib path: datetimes, dataclasses and subclasses of builtins go to the same
+    ``default`` (``str``), tuples/sets become lists. Non-ASCII text is written as UTF-8 instead of ``\\u``
+    escapes (same value). The stdlib path is taken for what orjson would write differently or refuses:
+    NaN/inf (stdlib writes ``NaN``, orjson ``null``), non-string keys, integers beyond 64 bits, lone surrogates.
+    """
+    if orjson is None or _has_nonfinite(value):
+        return serialize_value(value)
+    try:
+        return orjson.dumps(value, default=_json_default, option=_ORJSON_OPTS)
+    except (orjson.JSONEncodeError, TypeError):
+        return serialize_value(value)
+
+
+class Encoded:
+    """A value already serialised to its JSON bytes (``.data``): :class:`JsonValueSerializer` sends those bytes."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
 class JsonValueSerializer(Serializer):
-    """kafka-python value serializer: :func:`serialize_value`."""
+    """kafka-python value serializer: :func:`serialize_fast` (same JSON value as :func:`serialize_value`);
+    :class:`Encoded` bytes pass through unchanged."""
 
     def serialize(self, topic, headers, data):
-        return None if data is None else serialize_value(data)
+        if data is None:
+            return None
+        if type(data) is Encoded:
+            return data.data
+        return serialize_fast(data)
+
+
+class CachedKeyPartitioner(DefaultPartitioner):
+    """kafka-python's default partitioner (murmur2 of the key bytes, positive, modulo the partition count;
+    random among available partitions for a null key) with the pure-Python murmur2 computed once per key.
+
+    The keys are ``store|sku`` (or customer ids): a bounded set, so the cache is cleared when it reaches
+    :attr:`MAX_KEYS`. The partition of a key is exactly the default partitioner's (Kafka's Java client too).
+    """
+
+    MAX_KEYS = 200_000
+
+    def __init__(self):
+        self._hash: dict[bytes, int] = {}
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        if serialized_key is None:
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        parts = cluster.partitions_for_topic(topic)
+        if parts is None:
+            raise ValueError("Topic %s not found in ClusterMetadata" % (topic,))
+        h = self._hash.get(serialized_key)
+        if h is None:
+            if len(self._hash) >= self.MAX_KEYS:
+                self._hash.clear()
+            h = self._hash[serialized_key] = murmur2(serialized_key) & 0x7fffffff
+        n = len(parts)
+        return sorted(parts)[h % n] if n else None
 
 
 class StrKeySerializer(Serializer):
@@ -95,7 +197,7 @@ def make_producer(settings: Settings | None = None, *, client_id: str = "retail-
     s = settings or get_settings()
     return KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), client_id=client_id,
                          key_serializer=StrKeySerializer(), value_serializer=JsonValueSerializer(),
-                         **{**PRODUCER_DEFAULTS, **overrides})
+                         **{"partitioner": CachedKeyPartitioner(), **PRODUCER_DEFAULTS, **overrides})
 
 
 def event_key(event_type: str, record: dict[str, Any]) -> str | None:
@@ -147,11 +249,13 @@ class EventPublisher:
         self.dead_letter_reasons: Counter[str] = Counter()
         self.errors: list[str] = []  # first few delivery errors, for the final report
         self.dead_letter_topic = self.settings.topic(DEAD_LETTER)
+        self._topics = {et: self.settings.topic(t) for et, t in EVENT_TYPES.items()}
+        self._max_future = int(self.settings.stream_max_future_minutes)
         self._closed = False
 
     # ------------------------------------------------------------------ callbacks (sender thread)
     def _on_success(self, metadata) -> None:
-        with self._lock:
+        with self._lock:  # kept: a callback added to an already completed future runs in the caller's thread
             self.delivered += 1
             self.by_topic_delivered[metadata.topic] += 1
 
@@ -190,17 +294,16 @@ class EventPublisher:
                 raise ContractError(f"unknown event type {event_type!r}")
             if not isinstance(record, dict):
                 raise ContractError(f"record must be a JSON object, got {type(record).__name__}")
-            validate_event(event_type, record)
+            validate_event(event_type, record, max_future_minutes=self._max_future)
         except ContractError as exc:
             self.dead_letter(event_type, record, str(exc))
             return False
-        with self._lock:
-            self.sent += 1
+        self.sent += 1  # one writer: the publishing thread
         # The Kafka record timestamp stays the producer's send time (CreateTime), not the event time:
         # replayed 2011 event times would fall out of the 7-day retention at once, future ones are
         # rejected by the broker (log.message.timestamp.after.max.ms), and send time is what
         # freshness (produce -> visible) is measured from. Event time travels in the payload.
-        self._send(self.topic_for(event_type), event_key(event_type, record), record, None)
+        self._send(self._topics[event_type], event_key(event_type, record), Encoded(serialize_fast(record)), None)
         return True
 
     def dead_letter(self, event_type: str, payload: Any, reason: str) -> None:
@@ -208,8 +311,9 @@ class EventPublisher:
         with self._lock:
             self.dead_lettered += 1
             self.dead_letter_reasons[reason[:120]] += 1
+        # stdlib JSON, byte for byte as before (NaN, \\u escapes): dead letters are rare, and read back raw
         self._send(self.dead_letter_topic, event_key(event_type, payload),
-                   dead_letter_record(event_type, payload, reason), None)
+                   Encoded(serialize_value(dead_letter_record(event_type, payload, reason))), None)
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every buffered record is acknowledged or failed (callbacks have run)."""

@@ -3,6 +3,7 @@
     python -m producers.cli topics
     python -m producers.cli synthetic --stores 3 --skus 50 --events-per-min-per-store 200 \\
         --duration-minutes 30 --seed 42 [--realtime] [--invalid-rate 0.001]
+    python -m producers.cli synthetic --stores 1000 --events-per-min-per-store 500 --realtime --processes 2
     python -m producers.cli replay --path producers/data/uci_online_retail_sample.csv.gz \\
         [--speed 60] [--keep-dates] [--limit 1000] [--invalid-rate 0.001]
     python -m producers.cli sample --src ../shared/data/uci_online_retail/transactions.csv.gz
@@ -19,7 +20,7 @@ import json
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import typer
 from rich.console import Console
@@ -58,9 +59,10 @@ class Pacer:
 
 def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, speed: float | None = None,
                    t_start: int | None = None, t_end: int | None = None, progress: bool = True,
-                   label: str = "publishing") -> dict[str, Any]:
+                   label: str = "publishing", on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Send every event through ``publisher`` (an :class:`~core.kafka.EventPublisher`), paced by
     :class:`Pacer`; show progress by event time between ``t_start`` and ``t_end`` (epoch ms).
+    ``on_progress(n)`` (optional) is called with the number of events handed over so far, every 1,000 events.
 
     Returns {"events", "elapsed_s", "events_per_s", **publisher.counts} after a flush.
     """
@@ -90,10 +92,14 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
                 pacer.wait(ts)
             publisher.publish(event_type, record)
             n += 1
+            if n % 1000 == 0 and on_progress is not None:
+                on_progress(n)
             if n % 1000 == 0 and time.monotonic() - last > 0.25:
                 last = time.monotonic()
                 refresh(ts if isinstance(ts, int) else None)
         publisher.flush()
+        if on_progress is not None:
+            on_progress(n)
         if total:
             bar.update(task, completed=total)
         refresh(None if not total else t_end)
@@ -111,14 +117,157 @@ def _write_reference(settings: Settings, products, stores) -> dict[str, str]:
     return write_reference(lake, products, stores)
 
 
+def producer_overrides(paced: bool) -> dict[str, Any]:
+    """KafkaProducer overrides of a run: none when paced to the wall clock (linger 10 ms keeps events fresh),
+    :data:`core.kafka.BULK_OVERRIDES` (larger batches, longer linger) when sending as fast as possible."""
+    from core.kafka import BULK_OVERRIDES
+
+    return {} if paced else dict(BULK_OVERRIDES)
+
+
+def split_stores(n_stores: int, processes: int) -> list[list[int]]:
+    """Disjoint store index sets, one per process, round-robin (``[[0, 2, 4], [1, 3]]`` for 5 stores, 2
+    processes): every event of one store (so of one store|sku key) comes from one process, in order."""
+    if processes < 1:
+        raise ValueError("processes must be >= 1")
+    if processes > n_stores:
+        raise ValueError(f"--processes {processes} > --stores {n_stores}: each process needs a store of its own")
+    return [list(range(i, n_stores, processes)) for i in range(processes)]
+
+
+def merge_published(parts: list[dict[str, Any]], elapsed_s: float) -> dict[str, Any]:
+    """Sum of the processes' delivery reports: counters added, per-topic / per-reason counts merged, the first
+    20 errors kept; ``events_per_s`` = all events / wall time of the whole run, ``per_process`` keeps each."""
+    from collections import Counter
+
+    out: dict[str, Any] = {"events": 0, "sent": 0, "dead_lettered": 0, "delivered": 0, "failed": 0, "pending": 0}
+    by_topic: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    errors: list[str] = []
+    for p in parts:
+        for k in out:
+            out[k] += int(p.get(k) or 0)
+        by_topic.update(p.get("by_topic_delivered") or {})
+        reasons.update(p.get("dead_letter_reasons") or {})
+        errors.extend(p.get("errors") or [])
+    out.update({"elapsed_s": round(elapsed_s, 3), "events_per_s": round(out["events"] / max(elapsed_s, 1e-9), 1),
+                "by_topic_delivered": dict(by_topic), "dead_letter_reasons": dict(reasons), "errors": errors[:20],
+                "per_process": [{k: p.get(k) for k in ("process", "stores", "events", "elapsed_s", "events_per_s",
+                                                        "delivered", "failed", "pending", "cpu_s")} for p in parts]})
+    return out
+
+
+_WORKER_COUNTER = None  # shared array of events handed over per process (set in each worker process)
+
+
+def _init_worker(counter) -> None:
+    global _WORKER_COUNTER
+    _WORKER_COUNTER = counter
+
+
+def _synthetic_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """One process of ``synthetic --processes N``: its stores' events through its own producer.
+    Returns {"published": counts + process/cpu, "generator", "invalid_injected"}."""
+    import os
+    from dataclasses import replace
+
+    from core.kafka import EventPublisher
+    from producers.invalid import inject_invalid
+    from producers.simulator import Simulator
+
+    i, cfg, s = job["process"], job["config"], job["settings"]
+    sim = Simulator(replace(cfg, n_stores=len(job["stores"]), stream=i + 1), products=job["products"],
+                    stores=job["stores"])
+    counter = _WORKER_COUNTER
+
+    def report(n: int) -> None:
+        if counter is not None:
+            counter[i] = n
+
+    injected: dict[str, int] = {}
+    c0 = time.process_time()
+    with EventPublisher(s, client_id=f"retail-pos-simulator-{i}", **producer_overrides(job["realtime"])) as pub:
+        published = publish_events(
+            inject_invalid(sim.events(), job["invalid_rate"], seed=job["seed"] + i + 1, counter=injected), pub,
+            speed=1.0 if job["realtime"] else None, progress=False, on_progress=report)
+    published.update({"process": i, "pid": os.getpid(), "stores": list(job["stores"]["store_id"]),
+                      "cpu_s": round(time.process_time() - c0, 3)})
+    return {"published": published, "generator": sim.stats.as_dict(), "invalid_injected": injected}
+
+
+def _sum_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Key-wise sum of nested count dicts (the generators' stats)."""
+    out: dict[str, Any] = {}
+    for d in dicts:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out[k] = _sum_dicts([out.get(k, {}), v])
+            else:
+                out[k] = out.get(k, 0) + v
+    return out
+
+
+def _run_parallel(s: Settings, cfg, sim, *, processes: int, realtime: bool, invalid_rate: float, seed: int,
+                  progress: bool) -> dict[str, Any]:
+    """Run ``processes`` simulator processes (spawned; each its own producer) over disjoint store sets and
+    merge their reports. A process that dies or raises is reported in ``worker_errors`` (the CLI exits 1)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold client threads
+    counter = ctx.Array("q", processes, lock=False)  # inherited by the workers (initializer), read for progress
+    jobs = [{"process": i, "config": cfg, "settings": s, "products": sim.products,
+             "stores": sim.stores.iloc[idx].reset_index(drop=True), "realtime": realtime,
+             "invalid_rate": invalid_rate, "seed": seed}
+            for i, idx in enumerate(split_stores(cfg.n_stores, processes))]
+    results: list[dict[str, Any] | None] = [None] * processes
+    worker_errors: list[str] = []
+    t0 = time.monotonic()
+    with ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_init_worker,
+                             initargs=(counter,)) as pool:
+        futs = {pool.submit(_synthetic_worker, j): j["process"] for j in jobs}
+        columns = [TextColumn("[bold]{task.description}"), TextColumn("{task.fields[n]} events"),
+                   TextColumn("{task.fields[rate]:>8.0f} ev/s"), TextColumn("{task.fields[done]}/" + str(processes)
+                                                                        + " processes done"), TimeElapsedColumn()]
+        with Progress(*columns, console=err_console, disable=not progress) as bar:
+            task = bar.add_task(f"synthetic x{processes}", total=1, n=0, rate=0.0, done=0)
+            pending = set(futs)
+            while pending:
+                done = {f for f in pending if f.done()}
+                for f in done:
+                    i = futs[f]
+                    try:
+                        results[i] = f.result()
+                    except Exception as exc:  # a process that raised or died: reported, not hidden
+                        worker_errors.append(f"process {i}: {exc!r}")
+                pending -= done
+                n = sum(counter)
+                bar.update(task, n=n, rate=n / max(time.monotonic() - t0, 1e-9), done=processes - len(pending))
+                if pending:
+                    time.sleep(0.25)
+    elapsed = time.monotonic() - t0
+    ok = [r for r in results if r is not None]
+    published = merge_published([r["published"] for r in ok], elapsed)
+    published["worker_errors"] = worker_errors
+    if worker_errors:
+        published["failed"] += 1  # at least one process' records are unaccounted for: the run failed
+    return {"published": published, "generator": _sum_dicts([r["generator"] for r in ok]),
+            "invalid_injected": _sum_dicts([r["invalid_injected"] for r in ok])}
+
+
 def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: int = 50,
                   events_per_min_per_store: float = 200.0, duration_minutes: float = 30.0, seed: int = 42,
                   start: datetime | None = None, realtime: bool = False, invalid_rate: float = 0.0,
-                  write_reference: bool = True, create_topics: bool = True, progress: bool = True) -> dict[str, Any]:
+                  write_reference: bool = True, create_topics: bool = True, progress: bool = True,
+                  processes: int = 1) -> dict[str, Any]:
     """Run the synthetic simulator into Kafka and return the counts.
 
     ``start`` defaults to now (``realtime``) or now - duration (as fast as possible, so that event
-    times end near now). Returns {"mode", "config", "topics", "reference", "generator", "invalid_injected",
+    times end near now). As fast as possible, the producer uses :data:`core.kafka.BULK_OVERRIDES`.
+    ``processes`` > 1 spreads the stores (so the rate: stores x events per minute) over that many spawned
+    simulator processes, each with its own producer and a disjoint set of stores (one store|sku key stays in
+    one process, in order); their reports are summed (``published.per_process`` keeps each).
+    Returns {"mode", "config", "topics", "reference", "generator", "invalid_injected",
     "published": {events, sent, delivered, failed, dead_lettered, ...}}.
     """
     from core.kafka_admin import ensure_topics
@@ -127,6 +276,7 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
     from producers.simulator import SimConfig, Simulator, to_ms
 
     s = settings or get_settings()
+    split_stores(stores, processes)  # validates before anything is sent
     now = datetime.now(timezone.utc).replace(microsecond=0)
     if start is None:
         start = now if realtime else now - timedelta(minutes=duration_minutes)
@@ -136,12 +286,16 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
     out: dict[str, Any] = {"mode": "synthetic", "config": {
         "stores": stores, "skus": skus, "events_per_min_per_store": events_per_min_per_store,
         "duration_minutes": duration_minutes, "seed": seed, "start": start.isoformat(), "realtime": realtime,
-        "invalid_rate": invalid_rate}}
+        "invalid_rate": invalid_rate, "processes": processes}}
     out["topics"] = ensure_topics(s) if create_topics else None
     out["reference"] = _write_reference(s, sim.products, sim.stores) if write_reference else None
+    if processes > 1:
+        out.update(_run_parallel(s, cfg, sim, processes=processes, realtime=realtime, invalid_rate=invalid_rate,
+                                 seed=seed, progress=progress))
+        return out
     injected: dict[str, int] = {}
     t_start = to_ms(start)
-    with EventPublisher(s, client_id="retail-pos-simulator") as pub:
+    with EventPublisher(s, client_id="retail-pos-simulator", **producer_overrides(realtime)) as pub:
         out["published"] = publish_events(
             inject_invalid(sim.events(), invalid_rate, seed=seed, counter=injected), pub,
             speed=1.0 if realtime else None, t_start=t_start,
@@ -175,7 +329,7 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     out["reference"] = _write_reference(s, rep.products, rep.stores) if write_reference else None
     injected: dict[str, int] = {}
     valid_ts = rep.ts[rep.kind != "skip"]
-    with EventPublisher(s, client_id="retail-pos-replay") as pub:
+    with EventPublisher(s, client_id="retail-pos-replay", **producer_overrides(speed is not None)) as pub:
         out["published"] = publish_events(
             inject_invalid(rep.events(), invalid_rate, seed=seed, counter=injected), pub, speed=speed,
             t_start=int(valid_ts.min()) if len(valid_ts) else None,
@@ -188,8 +342,9 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
 def _finish(result: dict[str, Any]) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
     pub = result.get("published") or {}
-    if pub.get("failed") or pub.get("pending"):
-        err_console.print(f"[red]{pub.get('failed')} deliveries failed, {pub.get('pending')} pending")
+    if pub.get("failed") or pub.get("pending") or pub.get("worker_errors"):
+        err_console.print(f"[red]{pub.get('failed')} deliveries failed, {pub.get('pending')} pending"
+                          + (f", process errors: {pub['worker_errors']}" if pub.get("worker_errors") else ""))
         raise typer.Exit(1)
 
 
@@ -213,13 +368,16 @@ def synthetic(
     invalid_rate: float = typer.Option(0.0, help="Fraction of extra, deliberately invalid records (dead-letter demo)."),
     no_reference: bool = typer.Option(False, "--no-reference", help="Do not write the reference data to the lake."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    processes: int = typer.Option(1, min=1, help="Simulator processes sharing the stores (and so the rate) "
+                                                 "disjointly, each with its own Kafka producer; reports summed."),
 ) -> None:
     """Synthetic POS stream: seeded Faker catalogue, seasonality, consistent stock."""
     if start is not None and start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
     _finish(run_synthetic(get_settings(), stores=stores, skus=skus, events_per_min_per_store=events_per_min_per_store,
                           duration_minutes=duration_minutes, seed=seed, start=start, realtime=realtime,
-                          invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet))
+                          invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet,
+                          processes=processes))
 
 
 @app.command()

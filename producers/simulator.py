@@ -91,6 +91,10 @@ class SimConfig:
     price_changes_per_store_hour: float = 4.0
     waste_per_store_hour: float = 3.0
     adjustments_per_store_hour: float = 2.0
+    #: index of one of several parallel generators (``producers.cli synthetic --processes N``): a non-zero
+    #: stream draws its demand and its ids from random streams of its own (ids never collide across
+    #: processes); the catalogue, popularity and stock sizing still follow ``seed``. 0 = the single stream.
+    stream: int = 0
 
     def __post_init__(self):
         if self.n_stores < 1 or self.n_skus < 1:
@@ -99,6 +103,8 @@ class SimConfig:
             raise ValueError("events_per_min_per_store must be > 0 (typical 100-500)")
         if not self.duration_minutes > 0:
             raise ValueError("duration_minutes must be > 0")
+        if self.stream < 0:
+            raise ValueError("stream must be >= 0")
         lo, hi = self.restock_lead_minutes
         if not 1 <= lo <= hi:
             raise ValueError("restock_lead_minutes must be (lo, hi) with 1 <= lo <= hi")
@@ -175,10 +181,11 @@ class Simulator:
         """Yield ``(event_type, record)`` in event-time order (ties keep generation order)."""
         cfg = self.config
         self.stats = SimStats()
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(cfg.seed if cfg.stream == 0 else [cfg.seed, 2, cfg.stream])
         start_ms = to_ms(cfg.start)
         end_ms = start_ms + int(round(cfg.duration_minutes * 60_000))
-        idrng = random.Random(f"{cfg.seed}:{start_ms}")  # ids unique per (seed, start), deterministic
+        # ids unique per (seed, start, stream), deterministic
+        idrng = random.Random(f"{cfg.seed}:{start_ms}" if cfg.stream == 0 else f"{cfg.seed}:{start_ms}:{cfg.stream}")
 
         def new_id() -> str:
             return str(uuid.UUID(int=idrng.getrandbits(128), version=4))

@@ -359,3 +359,119 @@ def test_shipped_sample(tmp_path, shared_data):
     assert info["rows"] == len(df)
     with gzip.open(out, "rt") as fh:
         assert fh.readline().startswith("invoice,line_no,stock_code")
+
+
+# ------------------------------------------------------------- producer fast path (issue 9, part 3)
+def test_fast_serialisation_gives_the_stdlib_json_value():
+    from dataclasses import dataclass
+
+    from core.kafka import serialize_fast
+
+    @dataclass
+    class D:
+        x: int
+
+    docs = [dict(SALE), {"a": 1.5, "when": datetime(2026, 1, 1), "t": (1, 2), "raw": b"x", "text": "é€",
+                         "nested": [{"k": None, "f": -0.0, "big": 1e300}], "dc": D(3)},
+            {1: "non-str key"}, {"huge": 2 ** 70}, {"surrogate": "\ud800"}]
+    for doc in docs:
+        assert json.loads(serialize_fast(doc)) == json.loads(serialize_value(doc))
+    for bad in ({"q": float("nan")}, {"n": [1, {"x": float("-inf")}]}):
+        assert serialize_fast(bad) == serialize_value(bad)  # stdlib bytes (NaN / -Infinity), not orjson's null
+
+
+def test_cached_partitioner_picks_the_default_partitioners_partition():
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from core.kafka import CachedKeyPartitioner
+
+    class Cluster:
+        def __init__(self, n):
+            self.parts = set(range(n))
+
+        def topics(self):
+            return {"t"}
+
+        def partitions_for_topic(self, topic):
+            return self.parts if topic == "t" else None
+
+        def available_partitions_for_topic(self, topic):
+            return self.parts
+
+    cached, default = CachedKeyPartitioner(), DefaultPartitioner()
+    for n in (1, 2, 3, 7):
+        c = Cluster(n)
+        for i in range(300):
+            k = f"S{i % 13:03d}|SKU{i:05d}".encode()
+            for _ in range(2):  # second call from the cache
+                assert cached.partition("t", None, k, None, None, c) == default.partition("t", None, k, None, None, c)
+    assert cached.partition("t", None, None, None, None, Cluster(3)) in {0, 1, 2}
+    with pytest.raises(ValueError):
+        cached.partition("unknown", None, b"k", None, None, Cluster(3))
+
+
+def test_id_rule_fast_path_agrees_with_the_general_rule():
+    import unicodedata
+
+    from contracts import ID_MAX_CHARS, _id_problem
+
+    def general(name, v):
+        if all(ch.isspace() or unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc") for ch in v):
+            return f"{name} is empty"
+        if len(v) > ID_MAX_CHARS:
+            return f"{name} longer than {ID_MAX_CHARS} characters"
+        if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
+            return f"{name} contains control characters"
+        return None
+
+    values = ["", " ", "   ", "S001", " S001 ", "a" * ID_MAX_CHARS, "a" * (ID_MAX_CHARS + 1), " " * 70, "a\tb",
+              "\t", "a\x00", "\x7f", "x\u200by", "\u00a0", "\u2028", "é", "C000123", "~!@#$%^&*()_+{}|:<>?",
+              "a" * 65 + "\x01"] + [chr(c) for c in range(0, 0x250)]
+    for v in values:
+        assert _id_problem("store_id", v) == general("store_id", v), repr(v)
+
+
+def test_store_split_is_disjoint_and_covers_every_store():
+    from producers.cli import split_stores
+
+    parts = split_stores(10, 3)
+    assert sorted(i for p in parts for i in p) == list(range(10))
+    assert all(set(a).isdisjoint(b) for a in parts for b in parts if a is not b)
+    assert split_stores(3, 1) == [[0, 1, 2]]
+    with pytest.raises(ValueError):
+        split_stores(2, 3)
+
+
+def test_merged_delivery_report_sums_every_process():
+    from producers.cli import merge_published
+
+    a = {"process": 0, "events": 10, "sent": 9, "dead_lettered": 1, "delivered": 10, "failed": 0, "pending": 0,
+         "by_topic_delivered": {"t1": 6, "dlq": 1, "t2": 3}, "dead_letter_reasons": {"r": 1}, "errors": [],
+         "elapsed_s": 1.0, "events_per_s": 10.0}
+    b = {"process": 1, "events": 5, "sent": 5, "dead_lettered": 0, "delivered": 3, "failed": 2, "pending": 0,
+         "by_topic_delivered": {"t1": 3}, "dead_letter_reasons": {}, "errors": ["E1", "E2"],
+         "elapsed_s": 2.0, "events_per_s": 2.5}
+    m = merge_published([a, b], elapsed_s=2.5)
+    assert (m["events"], m["sent"], m["dead_lettered"], m["delivered"], m["failed"]) == (15, 14, 1, 13, 2)
+    assert m["by_topic_delivered"] == {"t1": 9, "dlq": 1, "t2": 3} and m["errors"] == ["E1", "E2"]
+    assert m["events_per_s"] == 6.0 and [p["process"] for p in m["per_process"]] == [0, 1]
+
+
+def test_parallel_streams_keep_the_catalogue_and_never_share_ids():
+    from dataclasses import replace
+
+    cfg = SimConfig(n_stores=4, n_skus=10, events_per_min_per_store=50, duration_minutes=20, seed=3)
+    full = Simulator(cfg)
+    base = list(Simulator(cfg).events())
+    assert list(Simulator(replace(cfg, stream=0)).events()) == base  # stream 0 = the single-process stream
+    ids, stores = [], []
+    for i, idx in enumerate(([0, 2], [1, 3])):
+        sub = full.stores.iloc[idx].reset_index(drop=True)
+        sim = Simulator(replace(cfg, n_stores=2, stream=i + 1), products=full.products, stores=sub)
+        evs = list(sim.events())
+        stores.append({r["store_id"] for _, r in evs})
+        ids += [next(iter(r.values())) for _, r in evs]
+        for et, r in evs:
+            validate_event(et, r)
+    assert stores == [{"S001", "S003"}, {"S002", "S004"}]
+    assert len(ids) == len(set(ids))

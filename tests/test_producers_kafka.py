@@ -173,3 +173,36 @@ def test_run_replay_in_process_writes_reference_and_counts(kafka_settings):
     assert all(ids[t] == 1 for t in replay_ids)
     # Kafka record timestamps are send times (CreateTime), event time is in the payload
     assert all(abs(m.timestamp - end.timestamp() * 1000) < 3_600_000 for m in sales)
+
+
+def test_synthetic_over_two_processes_delivers_every_event_once(kafka_settings):
+    """``synthetic --processes 2``: disjoint stores per process, summed report, every event once on its topic,
+    each store|sku key's events in event-time order in one partition, dead letters counted."""
+    import uuid
+
+    from producers.cli import run_synthetic
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-mp-"})
+    result = run_synthetic(s, stores=4, skus=15, events_per_min_per_store=60, duration_minutes=10, seed=5,
+                           invalid_rate=0.01, write_reference=False, progress=False, processes=2)
+    pub = result["published"]
+    assert pub["worker_errors"] == [] and pub["failed"] == 0 and pub["pending"] == 0
+    assert pub["delivered"] == pub["sent"] + pub["dead_lettered"] == pub["events"]
+    assert pub["dead_lettered"] == sum(result["invalid_injected"].values()) > 0
+    assert pub["sent"] == sum(result["generator"]["events"].values())
+    per = pub["per_process"]
+    assert len(per) == 2 and set(per[0]["stores"]).isdisjoint(per[1]["stores"])
+    assert set(per[0]["stores"]) | set(per[1]["stores"]) == {"S001", "S002", "S003", "S004"}
+    for et, n in result["generator"]["events"].items():
+        got = consume_all(s, s.topic(EVENT_TYPES[et]))
+        values = [json.loads(m.value) for m in got]
+        id_field = next(iter(values[0]))
+        assert len(got) == n == len({v[id_field] for v in values})  # every event once, ids distinct
+        if et in ("sales_transaction", "inventory_update"):
+            by_key: dict[bytes, list] = defaultdict(list)
+            for m, v in zip(got, values):
+                by_key[m.key].append((m.partition, v["timestamp"]))
+            for rows in by_key.values():
+                assert len({p for p, _ in rows}) == 1
+                assert [t for _, t in rows] == sorted(t for _, t in rows)
+    assert len(consume_all(s, s.topic(DEAD_LETTER))) == pub["dead_lettered"]
