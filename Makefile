@@ -24,10 +24,12 @@ STORES ?= 5
 DATE ?= $(shell date -u -d yesterday +%F)
 BACKFILL ?= 20
 EVENTS ?= 50000
+# make chaos CHAOS=short (the CI version) | full
+CHAOS ?= full
 COMPOSE := docker compose
 
 .PHONY: help setup venv demo test test-unit up down logs ps local-up local-down local-status \
-        migrate topics produce stream dashboard airflow nightly load-test bench-stream bench-bi bench-forecast bench-clickhouse compose-check compose-tools clean
+        migrate topics produce stream dashboard airflow nightly load-test bench-stream bench-bi bench-forecast bench-clickhouse chaos compose-check compose-tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -94,6 +96,9 @@ load-test: setup ## Fixed-rate load: RATE=<events/s> DURATION=<s> STORES=<n> -> 
 bench-stream: setup ## Streaming benchmark -> reports/bench-stream.json
 	$(PY) -m ops.cli up kafka minio clickhouse
 	$(PY) -m ops.bench_stream stream --events $(EVENTS) --out reports/bench-stream.json
+
+chaos: setup ## Chaos suite on its own native platform: kill -9 stream/broker, ClickHouse + MinIO outages while producing -> reports/chaos.json (CHAOS=full|short)
+	$(PY) -m ops.chaos run --profile $(CHAOS) --out reports/chaos.json
 
 bench-clickhouse: setup ## ClickHouse HTTP endpoint vs direct chDB: BI query p50/p95, insert rows/s -> reports/bench-clickhouse.json
 	$(PY) -m ops.bench_clickhouse --out reports/bench-clickhouse.json
