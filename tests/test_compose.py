@@ -322,7 +322,7 @@ def test_image_installs_the_same_pins_as_pyproject():
     for dep in deps:
         m = re.match(r"([A-Za-z0-9_.\-]+)\s*(==\s*([\w.]+))?", dep)
         name = m.group(1).lower().replace("_", "-")
-        assert name in lock, f"{name} of pyproject.toml missing from {LOCK.name} (python -m stack.docker.lock)"
+        assert name in lock, f"{name} of pyproject.toml missing from {LOCK.name} (python -m ops.docker.lock)"
         if m.group(3):
             assert lock[name] == m.group(3), f"{name}: pyproject pins {m.group(3)}, lock has {lock[name]}"
     assert "psycopg2-binary" in lock  # Airflow's PostgreSQL metadata DB in compose
