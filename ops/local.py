@@ -40,7 +40,7 @@ _PROGRAM = {
     "airflow": {"startsecs": 10, "stopwaitsecs": 30, "stopsignal": "INT", "stopasgroup": "false"},
     "dashboard": {"startsecs": 3, "stopwaitsecs": 10, "stopsignal": "TERM"},
 }
-_TIMEOUT = {"kafka": 90, "minio": 60, "clickhouse": 60, "streaming": 120, "airflow": 240, "dashboard": 60}
+_TIMEOUT = {"kafka": 90, "minio": 60, "clickhouse": 60, "streaming": 300, "airflow": 240, "dashboard": 60}
 
 
 def conf_path(s: Settings) -> Path:
