@@ -24,6 +24,9 @@ STORES ?= 5
 DATE ?= $(shell date -u -d yesterday +%F)
 BACKFILL ?= 20
 EVENTS ?= 50000
+# make bench-stream MODE=backlog EVENTS=1000000 PROFILE=1: pre-load, then time the drain; PROFILE=1 samples CPU per process
+MODE ?= sustained
+PROFILE ?=
 # make chaos CHAOS=short (the CI version) | full
 CHAOS ?= full
 COMPOSE := docker compose
@@ -93,9 +96,10 @@ load-test: setup ## Fixed-rate load: RATE=<events/s> DURATION=<s> STORES=<n> -> 
 	$(PY) -m ops.cli up kafka minio clickhouse
 	$(PY) -m ops.bench_stream load --rate $(RATE) --duration $(DURATION) --stores $(STORES) --out reports/load-test.json
 
-bench-stream: setup ## Streaming benchmark -> reports/bench-stream.json
+bench-stream: setup ## Streaming benchmark -> reports/bench-stream.json; MODE=backlog -> reports/bench-stream-backlog.json (+ .html); PROFILE=1: CPU per process
 	$(PY) -m ops.cli up kafka minio clickhouse
-	$(PY) -m ops.bench_stream stream --events $(EVENTS) --out reports/bench-stream.json
+	$(PY) -m ops.bench_stream stream --mode $(MODE) --events $(EVENTS) $(if $(filter-out 0 no false,$(PROFILE)),--profile,) \
+		--out reports/bench-stream$(if $(filter backlog,$(MODE)),-backlog,).json
 
 chaos: setup ## Chaos suite on its own native platform: kill -9 stream/broker, ClickHouse + MinIO outages while producing -> reports/chaos.json (CHAOS=full|short)
 	$(PY) -m ops.chaos run --profile $(CHAOS) --out reports/chaos.json

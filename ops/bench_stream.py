@@ -3,6 +3,7 @@
 Usage::
 
     python -m ops.bench_stream stream --events 50000 --out reports/bench-stream.json
+    python -m ops.bench_stream stream --mode backlog --events 1000000 --profile   # -> reports/bench-stream-backlog.json
     python -m ops.bench_stream load --rate 500 --duration 60 --stores 10 --out reports/load-test.json
 
 Both run against the *configured* stack (KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL, LAKE_URL; the native stack
@@ -30,6 +31,12 @@ Measurement method
   feed the windows).
 * **Sustained end-to-end rate**: N / (last event visible - first event sent), after a warm-up that is not
   counted (the first micro-batch includes the query start-up).
+* **Backlog drain** (``--mode backlog``): N events are pre-loaded into the bench topics (producer alone,
+  measured), then the job starts and each query's drain time is taken when its committed micro-batches reach the
+  topics' end offsets; the report breaks each query's micro-batch time down by Spark's ``durationMs`` phases and
+  our foreachBatch phases (:func:`batch_breakdown`) and charts the drain (:func:`chart`).
+* **CPU per process** (``--profile``): :class:`CpuProfiler` samples psutil CPU times of the producer, the Spark
+  JVM and its Python workers, the broker, the ClickHouse endpoint and MinIO (found by their listening ports).
 * **Consumer lag** (load test): every second, sum over partitions of Kafka end offset minus the offset the
   ``windows`` query has processed (its last progress' end offsets).
 """
@@ -47,7 +54,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import typer
@@ -125,6 +132,26 @@ def send(producer, s: Settings, et: str, rec: dict, log: SendLog) -> None:
     fut.add_errback(log.err)
 
 
+#: Spark's micro-batch phases (query progress ``durationMs``), in the order they run
+DURATION_KEYS = ("latestOffset", "getBatch", "queryPlanning", "addBatch", "walCommit", "commitOffsets",
+                 "triggerExecution")
+
+
+def progress_detail(p: dict[str, Any]) -> dict[str, Any]:
+    """The parts of one query progress (its JSON as a dict) the backlog report keeps: input rows, rows/s,
+    ``durationMs`` (ms per phase), and per state operator rows total/updated, state memory and the time spent
+    in state updates, removals and commit (ms)."""
+    ops = []
+    for op in p.get("stateOperators") or []:
+        ops.append({k: op.get(k) for k in ("operatorName", "numRowsTotal", "numRowsUpdated", "numRowsRemoved",
+                                           "memoryUsedBytes", "allUpdatesTimeMs", "allRemovalsTimeMs",
+                                           "commitTimeMs", "numRowsDroppedByWatermark") if k in op})
+    return {"numInputRows": int(p.get("numInputRows") or 0),
+            "processedRowsPerSecond": p.get("processedRowsPerSecond"),
+            "durationMs": {k: int(v) for k, v in (p.get("durationMs") or {}).items()},
+            "stateOperators": ops, "timestamp": p.get("timestamp")}
+
+
 class ProgressListener:
     """Collects every micro-batch's end offsets per query (a pyspark StreamingQueryListener)."""
 
@@ -134,6 +161,7 @@ class ProgressListener:
         class _L(StreamingQueryListener):
             def __init__(self):
                 self.progress: dict[tuple[str, int], dict[str, dict[str, int]]] = {}
+                self.details: dict[tuple[str, int], dict[str, Any]] = {}  # progress_detail of each batch
                 self.lock = threading.Lock()
 
             def onQueryStarted(self, event):
@@ -146,9 +174,14 @@ class ProgressListener:
                     end = json.loads(end) if isinstance(end, str) else (end or {})
                 except Exception:
                     end = {}
+                try:
+                    detail = progress_detail(json.loads(p.json))
+                except Exception:
+                    detail = {}
                 with self.lock:
                     self.progress[(p.name, int(p.batchId))] = {t: {int(k): int(v) for k, v in parts.items()}
                                                                for t, parts in end.items()}
+                    self.details[(p.name, int(p.batchId))] = detail
 
             def onQueryIdle(self, event):
                 pass
@@ -297,8 +330,10 @@ def write_report(report: dict, out: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------- stream --
 def bench_stream(events: int = 50_000, stores: int = 10, skus: int = 100, trigger_seconds: float = 1.0,
-                 warmup: int = 1_000, timeout: float = 900, settings: Settings | None = None) -> dict[str, Any]:
+                 warmup: int = 1_000, timeout: float = 900, settings: Settings | None = None,
+                 profile: bool = False) -> dict[str, Any]:
     """Bare producer rate, then sustained end-to-end rate and freshness (see module docstring).
+    ``profile``: CPU seconds per component (:class:`CpuProfiler`) per phase in ``report["cpu"]``.
 
     Returns the report dict (also see :func:`write_report`).
     """
@@ -307,6 +342,7 @@ def bench_stream(events: int = 50_000, stores: int = 10, skus: int = 100, trigge
     s = bench_settings(settings, trigger_seconds)
     src = event_source(stores, skus)
     stack = BenchStack(s)
+    prof = CpuProfiler(s) if profile else None
     try:
         # 1. bare producer rate (same client + settings, scratch topic, nothing consuming)
         from kafka.admin import NewTopic
@@ -317,6 +353,8 @@ def bench_stream(events: int = 50_000, stores: int = 10, skus: int = 100, trigge
         batch = [next(src) for _ in range(events)]
         p = make_producer(s)
         log0 = SendLog()
+        if prof:
+            prof.start("producer_only")
         t0 = time.time()
         for et, rec in batch:
             rec = dict(rec, timestamp=int(time.time() * 1000))
@@ -325,6 +363,8 @@ def bench_stream(events: int = 50_000, stores: int = 10, skus: int = 100, trigge
         producer_s = time.time() - t0
 
         # 2. end to end: start the job, warm up (not counted), then the measured burst
+        if prof:
+            prof.mark("end_to_end")
         stack.start()
         wlog = SendLog()
         for _ in range(warmup):
@@ -374,8 +414,13 @@ def bench_stream(events: int = 50_000, stores: int = 10, skus: int = 100, trigge
         }
         report["ratio_end_to_end_vs_producer"] = round(report["end_to_end"]["events_per_s"]
                                                        / report["producer_only"]["events_per_s"], 3)
+        if prof:
+            prof.stop()
+            report["cpu"] = prof.report()
         return report
     finally:
+        if prof:
+            prof.stop()
         stack.close()
 
 
@@ -491,21 +536,483 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
         stack.close()
 
 
+# ------------------------------------------------------------------------------------ cpu profile --
+def _port(url: str | None, default: int | None = None) -> int | None:
+    """TCP port of ``host:port`` or ``scheme://host:port/...`` (None when none can be read)."""
+    if not url:
+        return default
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url if "://" in url else f"tcp://{url.split(',')[0]}")
+        return u.port or default
+    except ValueError:
+        return default
+
+
+class CpuProfiler:
+    """Samples CPU seconds (user + system, children included) per component with psutil, once per ``interval``.
+
+    Components: ``producer`` (this process while only it sends: the pre-load phase), ``spark_driver_python``
+    (this process during the drain: foreachBatch sinks, pandas/Arrow, the ClickHouse and lake clients),
+    ``spark_jvm`` (the JVM this process launched: Kafka source, parse, state store, shuffle), ``spark_python_workers``
+    (Python workers under the JVM), ``kafka_broker``, ``clickhouse_endpoint`` and ``minio`` (the processes
+    listening on the configured ports), ``machine_other`` (CPU the machine spent outside them: other users'
+    jobs on a shared machine) and ``machine_total``. :meth:`mark` starts a named phase; :meth:`report` gives
+    CPU seconds per component per phase, average cores busy, and a per-interval series for the chart.
+    """
+
+    def __init__(self, s: Settings, interval: float = 1.0):
+        import psutil
+
+        self.psutil = psutil
+        self.interval = interval
+        self.me = psutil.Process()
+        ports = {"kafka_broker": _port(s.kafka_bootstrap_servers, 9092),
+                 "clickhouse_endpoint": _port(s.clickhouse_url) if (s.clickhouse_url or "").startswith("http") else None,
+                 "minio": _port(s.lake_url) if (s.lake_url or "").startswith("http") else None}
+        self.services: dict[str, Any] = {}
+        try:
+            listening = {c.laddr.port: c.pid for c in psutil.net_connections(kind="tcp")
+                         if c.status == psutil.CONN_LISTEN and c.pid}
+        except (psutil.AccessDenied, OSError):
+            listening = {}
+        for name, port in ports.items():
+            pid = listening.get(port) if port else None
+            if pid:
+                try:
+                    self.services[name] = psutil.Process(pid)
+                except psutil.NoSuchProcess:
+                    pass
+        self.samples: list[dict[str, Any]] = []
+        self.phases: list[tuple[str, int]] = []  # (phase name, index of its first sample)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_cpu: dict[int, float] = {}  # pid -> cpu seconds, kept for processes that ended
+
+    def _proc_cpu(self, p) -> float:
+        try:
+            c = p.cpu_times()
+            v = c.user + c.system
+        except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+            return self._last_cpu.get(p.pid, 0.0)
+        self._last_cpu[p.pid] = v
+        return v
+
+    def _tree(self, p) -> list:
+        try:
+            return [p] + p.children(recursive=True)
+        except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+            return [p]
+
+    def sample(self) -> dict[str, Any]:
+        """One reading: cumulative CPU seconds per component (process trees), the machine's busy seconds."""
+        out: dict[str, float] = {}
+        mine = self._tree(self.me)
+        jvms = [c for c in mine[1:] if "java" in (c.name() or "").lower()]
+        jvm_tree = {c.pid for j in jvms for c in self._tree(j)}
+        py_workers = [c for c in mine[1:] if c.pid in jvm_tree and c not in jvms]
+        out["this_process"] = self._proc_cpu(self.me)
+        out["spark_jvm"] = sum(self._proc_cpu(j) for j in jvms)
+        out["spark_python_workers"] = sum(self._proc_cpu(w) for w in py_workers)
+        out["this_other_children"] = sum(self._proc_cpu(c) for c in mine[1:] if c.pid not in jvm_tree)
+        for name, proc in self.services.items():
+            out[name] = sum(self._proc_cpu(c) for c in self._tree(proc))
+        ct = self.psutil.cpu_times()
+        out["machine_total"] = ct.user + ct.system + getattr(ct, "nice", 0.0) + getattr(ct, "irq", 0.0) \
+            + getattr(ct, "softirq", 0.0) + getattr(ct, "steal", 0.0)
+        # processes that ended between samples (python workers) keep their last reading in _last_cpu only when
+        # they are still listed; a finished worker's CPU is then missing: counted under machine_other instead
+        return {"t": time.time(), "cpu": out, "load": os.getloadavg()}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(self.sample())
+
+    def start(self, phase: str = "start") -> "CpuProfiler":
+        self.samples.append(self.sample())
+        self.phases.append((phase, 0))
+        self._thread = threading.Thread(target=self._run, name="cpu-profiler", daemon=True)
+        self._thread.start()
+        return self
+
+    def mark(self, phase: str) -> None:
+        """Start phase ``phase`` now (the previous one ends)."""
+        self.samples.append(self.sample())
+        self.phases.append((phase, len(self.samples) - 1))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.samples.append(self.sample())
+
+    def report(self) -> dict[str, Any]:
+        """{"components", "phases": {name: {"seconds", "cpu_s": {...}, "cores_busy": {...}, "load_1m"}},
+        "series": [{"t", "cores": {...}}]} (``this_process`` is named after the phase: producer in pre-load /
+        producer phases, spark_driver_python otherwise)."""
+        def named(phase: str, d: dict[str, float]) -> dict[str, float]:
+            d = dict(d)
+            own = d.pop("this_process", 0.0)
+            d["producer" if "produc" in phase or "preload" in phase else "spark_driver_python"] = own
+            known = sum(v for k, v in d.items() if k != "machine_total")
+            d["machine_other"] = max(0.0, d.get("machine_total", 0.0) - known)
+            return {k: round(v, 2) for k, v in d.items()}
+
+        phases: dict[str, Any] = {}
+        bounds = self.phases + [("end", len(self.samples) - 1)]
+        for (name, i0), (_, i1) in zip(bounds, bounds[1:]):
+            if i1 <= i0:
+                continue
+            a, b = self.samples[i0], self.samples[i1]
+            dt = b["t"] - a["t"]
+            delta = named(name, {k: b["cpu"].get(k, 0.0) - a["cpu"].get(k, 0.0) for k in b["cpu"]})
+            loads = [s["load"][0] for s in self.samples[i0:i1 + 1]]
+            phases[name] = {"seconds": round(dt, 2), "cpu_s": delta,
+                            "cores_busy": {k: round(v / dt, 2) for k, v in delta.items()} if dt > 0 else {},
+                            "load_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2),
+                                        "mean": round(float(np.mean(loads)), 2)}}
+        series = []
+        phase_at = {i: n for n, i in self.phases}
+        cur = self.phases[0][0] if self.phases else ""
+        for i, (a, b) in enumerate(zip(self.samples, self.samples[1:])):
+            cur = phase_at.get(i, cur)
+            dt = b["t"] - a["t"]
+            if dt <= 0:
+                continue
+            d = named(cur, {k: b["cpu"].get(k, 0.0) - a["cpu"].get(k, 0.0) for k in b["cpu"]})
+            series.append({"t": round(b["t"] - self.samples[0]["t"], 2), "phase": cur,
+                           "cores": {k: round(v / dt, 3) for k, v in d.items()}})
+        return {"interval_s": self.interval, "cpus": os.cpu_count(),
+                "service_pids": {k: p.pid for k, p in self.services.items()}, "phases": phases, "series": series,
+                "method": ("psutil cpu_times (user+system) of each process tree, sampled every interval; services "
+                           "found by their listening port; machine_other = machine busy time (psutil.cpu_times) "
+                           "minus the components: other jobs sharing the machine")}
+
+
+# -------------------------------------------------------------------------------------- backlog --
+class CountLog:
+    """Delivery counters only (no per-event rows: a backlog run sends millions)."""
+
+    def __init__(self):
+        self.delivered = 0
+        self.errors: list[str] = []
+        self.failed = 0
+        self.lock = threading.Lock()
+
+    def ok(self, md) -> None:
+        with self.lock:
+            self.delivered += 1
+
+    def err(self, exc) -> None:
+        with self.lock:
+            self.failed += 1
+            if len(self.errors) < 20:
+                self.errors.append(repr(exc))
+
+
+def end_offsets(s: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> Kafka end offset (next offset) for every partition of ``topics``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    cons = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(cons.partitions_for_topic(t) or [])]
+        return {(tp.topic, tp.partition): int(o) for tp, o in cons.end_offsets(tps).items()}
+    finally:
+        cons.close()
+
+
+def drain_curve(progress: dict, batch_log: list[dict], query: str, topics: set[str], t0: float,
+                total: int) -> list[dict[str, Any]]:
+    """Drain progress of ``query``: per committed micro-batch, seconds since ``t0``, events covered (sum over
+    partitions of ``topics`` of the batch's end offsets, running maximum) and the fraction of ``total``."""
+    commits = {b["batch_id"]: b["committed_at"] for b in batch_log if b["query"] == query}
+    rows, best = [], {}
+    for bid in sorted(b for (q, b) in progress if q == query and b in commits):
+        for tp, parts in progress[(query, bid)].items():
+            if tp in topics:
+                for p, o in parts.items():
+                    best[(tp, p)] = max(best.get((tp, p), 0), o)
+        done = sum(best.values())
+        rows.append({"batch_id": bid, "t": round(commits[bid] - t0, 3), "events": done,
+                     "fraction": round(done / total, 4) if total else None})
+    return rows
+
+
+def batch_breakdown(details: dict, batch_log: list[dict], query: str, skip_first: bool = True) -> dict[str, Any]:
+    """Where ``query``'s micro-batch time goes: per Spark ``durationMs`` phase and per sink phase (our
+    ``phases_s``: spark = the foreachBatch's ``toArrow``, i.e. the whole Spark plan: Kafka fetch, parse,
+    validation, state store, shuffle; then lake / ClickHouse / history / enrich / insert ...), the total seconds,
+    share of triggerExecution, and the mean / p50 / p95 per batch. The first batch (query start-up) is reported
+    apart when ``skip_first``."""
+    bids = sorted(b for (q, b) in details if q == query)
+    first = bids[0] if bids else None
+    if skip_first and len(bids) > 1:
+        bids = bids[1:]
+    logs = {b["batch_id"]: b for b in batch_log if b["query"] == query}
+
+    def stats(vals: list[float]) -> dict[str, float]:
+        a = np.array(vals, dtype=float)
+        return {"total_s": round(float(a.sum()), 3), "mean_s": round(float(a.mean()), 3),
+                "p50_s": round(float(np.percentile(a, 50)), 3), "p95_s": round(float(np.percentile(a, 95)), 3),
+                "max_s": round(float(a.max()), 3)}
+
+    spark: dict[str, Any] = {}
+    keys = [k for k in DURATION_KEYS if any(k in details[(query, b)].get("durationMs", {}) for b in bids)]
+    keys += sorted({k for b in bids for k in details[(query, b)].get("durationMs", {})} - set(keys))
+    trig = sum(details[(query, b)].get("durationMs", {}).get("triggerExecution", 0) for b in bids) / 1000
+    for k in keys:
+        st = stats([details[(query, b)].get("durationMs", {}).get(k, 0) / 1000 for b in bids])
+        st["share_of_trigger"] = round(st["total_s"] / trig, 3) if trig else None
+        spark[k] = st
+    sinks: dict[str, Any] = {}
+    sink_keys = sorted({k for b in bids if b in logs for k in (logs[b].get("phases_s") or {})})
+    for k in sink_keys:
+        st = stats([(logs[b].get("phases_s") or {}).get(k, 0.0) for b in bids if b in logs])
+        st["share_of_trigger"] = round(st["total_s"] / trig, 3) if trig else None
+        sinks[k] = st
+    rows = [details[(query, b)].get("numInputRows", 0) for b in bids]
+    state: dict[str, Any] = {}
+    for b in bids:
+        for op in details[(query, b)].get("stateOperators", []):
+            agg = state.setdefault(op.get("operatorName") or "state", {"allUpdatesTimeMs": 0, "allRemovalsTimeMs": 0,
+                                                                       "commitTimeMs": 0, "max_numRowsTotal": 0,
+                                                                       "max_memoryUsedBytes": 0})
+            for k in ("allUpdatesTimeMs", "allRemovalsTimeMs", "commitTimeMs"):
+                agg[k] += int(op.get(k) or 0)
+            agg["max_numRowsTotal"] = max(agg["max_numRowsTotal"], int(op.get("numRowsTotal") or 0))
+            agg["max_memoryUsedBytes"] = max(agg["max_memoryUsedBytes"], int(op.get("memoryUsedBytes") or 0))
+    out = {"batches": len(bids), "input_rows": int(sum(rows)),
+           "rows_per_batch": {"mean": round(float(np.mean(rows)), 1), "max": int(max(rows))} if rows else None,
+           "trigger_execution_s": round(trig, 3),
+           "rows_per_s_of_trigger": round(sum(rows) / trig, 1) if trig else None,
+           "spark_duration": spark, "sink_phases": sinks, "state_operators": state}
+    if skip_first and first is not None and first not in bids:
+        out["first_batch"] = {"batch_id": first, **details[(query, first)],
+                              "sink_phases_s": (logs.get(first) or {}).get("phases_s")}
+    return out
+
+
+def preload(s: Settings, events: int, stores: int, skus: int, bulk: bool = True) -> dict[str, Any]:
+    """Send ``events`` simulator events (timestamp := send time) to the bench topics with the platform's
+    producer (:data:`core.kafka.BULK_OVERRIDES` when ``bulk``), nothing consuming; returns the measured rate."""
+    from contracts import EVENT_TYPES
+    from core.kafka import BULK_OVERRIDES
+    from core.kafka import make_producer as _make
+
+    src = event_source(stores, skus, seed=7)
+    p = _make(s, client_id="retail-bench-preload", **(BULK_OVERRIDES if bulk else {}))
+    log = CountLog()
+    topic = {et: s.topic(t) for et, t in EVENT_TYPES.items()}
+    c0, t0 = time.process_time(), time.time()
+    sent = 0
+    for et, rec in src:
+        rec["timestamp"] = int(time.time() * 1000)  # the generator's own dict: no copy needed
+        if sent and sent % 100_000 == 0:
+            typer.echo(f"preload {sent:,}/{events:,} events, {sent / (time.time() - t0):,.0f} ev/s", err=True)
+        try:
+            fut = p.send(topic[et], key=_key(et, rec), value=rec)
+        except Exception as exc:  # buffer full / metadata timeout: counted
+            log.err(exc)
+        else:
+            fut.add_callback(log.ok).add_errback(log.err)
+        sent += 1
+        if sent >= events:
+            break
+    p.flush()
+    dt, cpu = time.time() - t0, time.process_time() - c0
+    p.close()
+    return {"events": sent, "delivered": log.delivered, "errors": log.failed, "error_samples": log.errors[:5],
+            "seconds": round(dt, 3), "events_per_s": round(log.delivered / dt, 1),
+            "producer_cpu_s": round(cpu, 2), "events_per_cpu_s": round(log.delivered / cpu, 1) if cpu else None,
+            "settings": {**({"batch_size": 16384, "linger_ms": 10}), **(BULK_OVERRIDES if bulk else {}),
+                         "acks": "all", "enable_idempotence": True}}
+
+
+def bench_backlog(events: int = 1_000_000, stores: int = 10, skus: int = 100, trigger_seconds: float = 1.0,
+                  timeout: float = 3600, profile: bool = False, settings: Settings | None = None) -> dict[str, Any]:
+    """Backlog mode: pre-load the bench topics with ``events`` events (producer alone, measured), then start
+    the streaming job and time it draining everything into ClickHouse (``windows``) and the lake (``raw``).
+
+    Returns the report: ``preload`` (producer rate), ``drain`` (seconds and events/s per query, with and
+    without the first micro-batch's start-up), ``breakdown`` (per query: Spark ``durationMs`` phases, our sinks'
+    phases, state operators), ``drain_curve`` per query, ``cpu`` (with ``profile``), environment.
+    """
+    s = bench_settings(settings, trigger_seconds)
+    stack = BenchStack(s)
+    prof = CpuProfiler(s) if profile else None
+    try:
+        env0 = environment(s)
+        if prof:
+            prof.start("preload")
+        pre = preload(s, events, stores, skus)
+        raw_topics = [s.topic(t) for t in RAW_TOPICS]
+        win_topics = [s.topic(t) for t in WINDOW_TOPICS]
+        ends = end_offsets(s, raw_topics)
+        total_raw = sum(ends.values())
+        total_win = sum(o for (tp, _), o in ends.items() if tp in win_topics)
+        if prof:
+            prof.mark("drain")
+        t0 = time.time()
+        stack.start()
+        targets = {"raw": {k: v for k, v in ends.items() if v > 0},
+                   "windows": {k: v for k, v in ends.items() if k[0] in win_topics and v > 0}}
+        done_at: dict[str, float] = {}
+        deadline = t0 + timeout
+        next_note = t0 + 10
+        while len(done_at) < 2:
+            if time.time() > deadline:
+                raise TimeoutError(f"the backlog was not drained within {timeout:.0f} s")
+            for q in ("raw", "windows"):
+                if q not in done_at and stack.covered(q, targets[q]):
+                    done_at[q] = time.time()
+            if time.time() >= next_note:  # progress on stderr: a 1 M run drains for minutes
+                next_note += 10
+                left = {q: sum(max(0, o - stack.listener.latest(q).get(tp, {}).get(p, 0))
+                               for (tp, p), o in targets[q].items()) for q in ("raw", "windows")}
+                typer.echo(f"drain t={time.time() - t0:.0f}s events left: {left}", err=True)
+            stack.job.await_any(0.0)
+            time.sleep(0.2)
+        if prof:
+            prof.stop()
+        bl = list(stack.job.sinks.batch_log)
+        with stack.listener.lock:
+            prog = dict(stack.listener.progress)
+            details = dict(stack.listener.details)
+        curves = {"raw": drain_curve(prog, bl, "raw", set(raw_topics), t0, total_raw),
+                  "windows": drain_curve(prog, bl, "windows", set(win_topics), t0, total_win)}
+        drain: dict[str, Any] = {}
+        for q, total in (("raw", total_raw), ("windows", total_win)):
+            sec = done_at[q] - t0
+            c = curves[q]
+            first = c[0] if c else None
+            steady = None
+            if first and len(c) > 1 and done_at[q] > t0 + first["t"] and total > first["events"]:
+                steady = round((total - first["events"]) / (done_at[q] - (t0 + first["t"])), 1)
+            drain[q] = {"events": total, "seconds": round(sec, 2), "events_per_s": round(total / sec, 1),
+                        "first_batch": first, "events_per_s_after_first_batch": steady,
+                        "batches": sum(1 for b in bl if b["query"] == q)}
+        both = max(done_at.values()) - t0
+        report = {
+            "benchmark": "bench-stream", "mode": "backlog", "generated_at": datetime.now(timezone.utc).isoformat(),
+            "events": events, "stores": stores, "skus": skus,
+            "preload": pre,
+            "drain": {"events": total_raw, "seconds_both_queries": round(both, 2),
+                      "events_per_s_both_queries": round(total_raw / both, 1), **drain,
+                      "max_offsets_per_trigger": s.stream_max_offsets_per_trigger},
+            "breakdown": {q: batch_breakdown(details, bl, q) for q in ("raw", "windows")},
+            "drain_curve": curves,
+            "batches": bl,
+            "method": ("preload: the platform's kafka-python producer (BULK_OVERRIDES, acks=all, idempotence) sends "
+                       "N simulator events (timestamp = send time) to the bench topics, nothing consuming; rate = "
+                       "delivered / (first send -> flush). drain: then the in-process streaming job (StreamingJob, "
+                       "processing-time trigger, startingOffsets earliest) starts; a query has drained when its "
+                       "committed micro-batches' end offsets (StreamingQueryListener) reach the Kafka end offsets "
+                       "of its topics; rate = events / (job start -> drained), start-up included; "
+                       "events_per_s_after_first_batch leaves out the first micro-batch (query start-up). "
+                       "breakdown: Spark query progress durationMs per phase and our foreachBatch phases "
+                       "(batch_log phases_s) summed over the batches after the first."),
+            "environment": env0, "environment_end": environment(s),
+        }
+        if prof:
+            report["cpu"] = prof.report()
+        return report
+    finally:
+        if prof:
+            prof.stop()
+        stack.close()
+
+
+# ------------------------------------------------------------------------------------------ chart --
+def chart(report: dict[str, Any], path: Path) -> Path:
+    """Self-contained HTML chart (plotly, as bench-bi): drain progress per query over time (backlog mode) and,
+    with --profile, cores busy per component over time."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cpu = report.get("cpu")
+    rows = 2 if cpu else 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=False, vertical_spacing=0.12,
+                        subplot_titles=["drain progress: events covered by committed micro-batches"]
+                        + (["CPU: cores busy per component (psutil)"] if cpu else []))
+    for q, c in (report.get("drain_curve") or {}).items():
+        fig.add_trace(go.Scatter(x=[r["t"] for r in c], y=[r["events"] for r in c], mode="lines+markers",
+                                 name=f"{q} query (events drained)"), row=1, col=1)
+    if report.get("drain"):
+        fig.add_hline(y=report["drain"]["events"], line_dash="dot", annotation_text="backlog", row=1, col=1)
+    fig.update_xaxes(title_text="seconds since the streaming job started", row=1, col=1)
+    fig.update_yaxes(title_text="events", row=1, col=1)
+    if cpu:
+        series = cpu["series"]
+        names = sorted({k for r in series for k in r["cores"]} - {"machine_total"})
+        for k in names:
+            fig.add_trace(go.Scatter(x=[r["t"] for r in series], y=[r["cores"].get(k, 0) for r in series],
+                                     stackgroup="cpu", name=k), row=2, col=1)
+        fig.update_xaxes(title_text="seconds since the profile started (pre-load, then drain)", row=2, col=1)
+        fig.update_yaxes(title_text="cores", row=2, col=1)
+    env = report.get("environment") or {}
+    fig.update_layout(title=f"bench-stream {report.get('mode', '')}: {report.get('events'):,} events, "
+                            f"{env.get('cpus')} cores, load {env.get('load_average_1_5_15')}",
+                      height=420 * rows, template="plotly_white")
+    path = Path(path)
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True)
+    return path
+
+
 @app.callback()
 def _main() -> None:
     """Benchmark and load test of the streaming spine."""
 
 
+def summary(rep: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a report (printed by the CLI)."""
+    if rep.get("mode") == "backlog":
+        out = {"preload": {k: rep["preload"][k] for k in ("events", "delivered", "errors", "seconds", "events_per_s",
+                                                          "events_per_cpu_s")},
+               "drain": {k: v for k, v in rep["drain"].items()},
+               "breakdown": {q: {"trigger_execution_s": b["trigger_execution_s"],
+                                 "spark_duration_total_s": {k: v["total_s"] for k, v in b["spark_duration"].items()},
+                                 "sink_phases_total_s": {k: v["total_s"] for k, v in b["sink_phases"].items()}}
+                             for q, b in rep["breakdown"].items()}}
+    else:
+        out = {k: rep[k] for k in ("producer_only", "end_to_end", "ratio_end_to_end_vs_producer")}
+        out["end_to_end"] = {k: v for k, v in out["end_to_end"].items() if k != "batches"}
+    if rep.get("cpu"):
+        out["cpu_s"] = {ph: v["cpu_s"] for ph, v in rep["cpu"]["phases"].items()}
+    out["load_average_1_5_15"] = rep["environment"]["load_average_1_5_15"]
+    return out
+
+
 @app.command("stream")
-def stream_cmd(events: int = typer.Option(50_000, help="Events per phase."),
-               out: Path = typer.Option(Path("reports/bench-stream.json"), help="JSON report path."),
+def stream_cmd(events: int = typer.Option(50_000, help="Events per phase (sustained) / pre-loaded (backlog)."),
+               out: Optional[Path] = typer.Option(None, help="JSON report path (default reports/bench-stream.json, "
+                                                             "backlog: reports/bench-stream-backlog.json)."),
                stores: int = 10, skus: int = 100,
-               trigger_seconds: float = typer.Option(1.0, help="Processing-time trigger of the job.")) -> None:
-    """Bare producer rate vs sustained end-to-end rate and p50/p95 freshness -> JSON report."""
-    rep = bench_stream(events=events, stores=stores, skus=skus, trigger_seconds=trigger_seconds)
+               trigger_seconds: float = typer.Option(1.0, help="Processing-time trigger of the job."),
+               mode: str = typer.Option("sustained", help="sustained: producer rate, then end to end while producing; "
+                                                          "backlog: pre-load N events, then time the drain."),
+               profile: bool = typer.Option(False, "--profile", help="Sample CPU seconds per process (psutil) into "
+                                                                     "the report.")) -> None:
+    """Bare producer rate vs sustained end-to-end rate and p50/p95 freshness, or (``--mode backlog``) the drain of
+    a pre-loaded backlog with where each micro-batch's time goes -> JSON report (+ .html chart for backlog or
+    --profile)."""
+    if mode not in ("sustained", "backlog"):
+        raise typer.BadParameter("--mode must be sustained or backlog")
+    if out is None:
+        out = Path("reports/bench-stream-backlog.json" if mode == "backlog" else "reports/bench-stream.json")
+    if mode == "backlog":
+        rep = bench_backlog(events=events, stores=stores, skus=skus, trigger_seconds=trigger_seconds, profile=profile)
+    else:
+        rep = bench_stream(events=events, stores=stores, skus=skus, trigger_seconds=trigger_seconds, profile=profile)
     path = write_report(rep, out)
-    typer.echo(json.dumps({k: rep[k] for k in ("producer_only", "end_to_end", "ratio_end_to_end_vs_producer")}, indent=2))
+    typer.echo(json.dumps(summary(rep), indent=2))
     typer.echo(f"report: {path}")
+    if mode == "backlog" or profile:
+        typer.echo(f"chart: {chart(rep, path.with_suffix('.html'))}")
 
 
 @app.command("load")

@@ -30,3 +30,73 @@ def test_targets_and_percentiles():
     p = pct(np.arange(1, 101, dtype=float))
     assert (p["p50"], p["max"], p["n"]) == (50.5, 100.0, 100)
     assert pct(np.array([]))["p50"] is None
+
+
+# ------------------------------------------------------------- backlog mode and CPU profile (issue 9, 1-2)
+def _progress_json(rows: int, add_ms: int, trig_ms: int) -> dict:
+    return {"numInputRows": rows, "processedRowsPerSecond": 10.0, "timestamp": "2026-12-02T00:00:00Z",
+            "durationMs": {"latestOffset": 5, "getBatch": 0, "queryPlanning": 20, "addBatch": add_ms,
+                           "walCommit": 7, "commitOffsets": 3, "triggerExecution": trig_ms},
+            "stateOperators": [{"operatorName": "stateStoreSave", "numRowsTotal": 40, "numRowsUpdated": 4,
+                                "memoryUsedBytes": 1000, "allUpdatesTimeMs": 11, "allRemovalsTimeMs": 1,
+                                "commitTimeMs": 2, "customMetrics": {"ignored": 1}}]}
+
+
+def test_progress_detail_keeps_durations_and_state_operators():
+    from ops.bench_stream import progress_detail
+
+    d = progress_detail(_progress_json(100, 800, 1000))
+    assert d["numInputRows"] == 100 and d["durationMs"]["addBatch"] == 800
+    assert d["stateOperators"] == [{"operatorName": "stateStoreSave", "numRowsTotal": 40, "numRowsUpdated": 4,
+                                    "memoryUsedBytes": 1000, "allUpdatesTimeMs": 11, "allRemovalsTimeMs": 1,
+                                    "commitTimeMs": 2}]
+
+
+def test_drain_curve_and_breakdown_shape():
+    from ops.bench_stream import DURATION_KEYS, batch_breakdown, drain_curve, progress_detail
+
+    progress = {("raw", 0): {"s": {0: 50, 1: 40}}, ("raw", 1): {"s": {0: 100, 1: 60}},
+                ("raw", 2): {"s": {0: 100, 1: 100}}}
+    log = [{"query": "raw", "batch_id": b, "committed_at": 10.0 + 2 * b,
+            "phases_s": {"spark": 0.5 + b, "lake": 0.25, "clickhouse": 0.0}} for b in range(3)]
+    curve = drain_curve(progress, log, "raw", {"s"}, t0=9.0, total=200)
+    assert [(r["batch_id"], r["t"], r["events"], r["fraction"]) for r in curve] == \
+        [(0, 1.0, 90, 0.45), (1, 3.0, 160, 0.8), (2, 5.0, 200, 1.0)]
+    details = {("raw", b): progress_detail(_progress_json(r, 800, 1000)) for b, r in ((0, 90), (1, 70), (2, 40))}
+    bd = batch_breakdown(details, log, "raw")
+    assert bd["batches"] == 2 and bd["input_rows"] == 110 and bd["first_batch"]["batch_id"] == 0
+    assert list(bd["spark_duration"]) == list(DURATION_KEYS)
+    assert bd["spark_duration"]["addBatch"]["total_s"] == 1.6
+    assert bd["spark_duration"]["addBatch"]["share_of_trigger"] == 0.8
+    assert bd["sink_phases"]["spark"]["total_s"] == 4.0 and set(bd["sink_phases"]) == {"spark", "lake", "clickhouse"}
+    assert bd["state_operators"]["stateStoreSave"]["allUpdatesTimeMs"] == 22
+    assert bd["trigger_execution_s"] == 2.0 and bd["rows_per_s_of_trigger"] == 55.0
+
+
+def test_cpu_profile_report_shape(tmp_path):
+    """A real profiler over a short busy loop: phases, components, series (no timing assertions)."""
+    import time
+
+    from core.settings import get_settings
+    from ops.bench_stream import CpuProfiler, chart
+
+    prof = CpuProfiler(get_settings(), interval=0.05).start("preload")
+    t = time.process_time()
+    while time.process_time() - t < 0.2:
+        pass
+    prof.mark("drain")
+    time.sleep(0.15)
+    prof.stop()
+    rep = prof.report()
+    assert set(rep["phases"]) == {"preload", "drain"}
+    assert "producer" in rep["phases"]["preload"]["cpu_s"] and "spark_driver_python" in rep["phases"]["drain"]["cpu_s"]
+    for ph in rep["phases"].values():
+        assert {"spark_jvm", "spark_python_workers", "machine_total", "machine_other"} <= set(ph["cpu_s"])
+        assert all(v >= 0 for v in ph["cpu_s"].values()) and ph["seconds"] > 0
+    assert rep["phases"]["preload"]["cpu_s"]["producer"] > 0
+    assert rep["series"] and {"t", "phase", "cores"} <= set(rep["series"][0])
+    report = {"mode": "backlog", "events": 200, "environment": {"cpus": 2, "load_average_1_5_15": [0, 0, 0]},
+              "drain": {"events": 200}, "drain_curve": {"raw": [{"t": 1.0, "events": 90}, {"t": 3.0, "events": 200}]},
+              "cpu": rep}
+    out = chart(report, tmp_path / "bench.html")
+    assert out.exists() and "plotly" in out.read_text()[:5000].lower()
