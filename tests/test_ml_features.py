@@ -124,6 +124,19 @@ def test_supervised_alignment_against_direct_computation():
     assert set(HISTORY_COLUMNS) <= set(sup.columns)
 
 
+def test_level_is_trailing_mean_floored_for_slow_movers():
+    from ml.features import LEVEL_FLOOR
+
+    vals = np.zeros(120)
+    vals[[10, 50, 95]] = 1.0  # 1 unit in the 28 days before origin 100: mean 1/28 < floor
+    sup = make_supervised(build_daily_features(toy(vals), default_country=None), horizons=[1, 5])
+    rows = sup[sup["origin"] == pd.Timestamp("2024-01-01") + pd.Timedelta(days=100)]
+    assert len(rows) == 2
+    assert rows["trailing_mean_28"].tolist() == pytest.approx([1 / 28] * 2)
+    assert (rows["level"] == LEVEL_FLOOR).all() and 0 < LEVEL_FLOOR <= 1
+    assert rows["n_rmean_28"].tolist() == pytest.approx([1 / 28 / LEVEL_FLOOR] * 2)
+
+
 def test_item_and_store_levels_average_other_series_history():
     a = toy(np.full(60, 2.0), store="S1", product="P1")
     b = toy(np.full(60, 6.0), store="S2", product="P1")

@@ -14,8 +14,8 @@ import pytest
 
 from ml.features import build_daily_features
 from ml.forecast import (ForecastConfig, apply_intervals, backtest_origins, conformal_bounds, interval_hits,
-                         metrics_table, naive_scales, residual_quantiles, select_champion, training_rows,
-                         training_table)
+                         metrics_table, naive_scales, residual_quantiles, select_champion, shrink_to_mean,
+                         training_rows, training_table)
 from ml.pipeline import check_predictions, decide_promotion, metrics_rows
 
 
@@ -192,3 +192,14 @@ def test_metrics_rows_long_format():
     assert sorted(zip(rows["model"], rows["metric"], rows["value"])) == [
         ("gbt", "rmsse", 1.0), ("gbt", "wape", 0.4), ("seasonal_naive", "wape", 0.5)]
     assert (rows["model_version"] == 3).all() and (rows["model_name"] == "demand-forecast").all()
+
+
+def test_shrinkage_toward_trailing_mean_weights_by_90_day_mean():
+    rows = pd.DataFrame({"rmean_90": [0.0, 0.5, 1.5, 49.5], "rmean_28": [0.2, 1.0, 2.0, 40.0]})
+    gbt = np.array([1.0, 3.0, 4.0, 50.0])
+    got = shrink_to_mean(gbt, rows, 0.5)
+    # weight of the model m / (m + k): 0 (never sold in 90 days), 1/2, 3/4, 0.99
+    assert got == pytest.approx([0.2, 0.5 * 3 + 0.5 * 1.0, 0.75 * 4 + 0.25 * 2.0, 0.99 * 50 + 0.01 * 40])
+    assert shrink_to_mean(gbt, rows, 0.0) is gbt  # k = 0: no shrinkage
+    with pytest.raises(ValueError, match="shrink_k"):
+        ForecastConfig(shrink_k=-1)
