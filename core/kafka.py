@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 #: producer defaults required by the platform (issue 2, part 2); overridable per instance
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
-    "retries": 5,
+    # retry until delivery_timeout_ms: a broker restart or leader move is waited out, not reported as lost
+    "retries": 2**31 - 1,
     "batch_size": 16384,
     "linger_ms": 10,
     "retry_backoff_ms": 200,
@@ -60,7 +61,12 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable_idempotence": True,
     "max_in_flight_requests_per_connection": 5,
     "request_timeout_ms": 30000,
+    # the buffering bound while the broker cannot be reached: send() blocks up to max_block_ms when the
+    # buffer (buffer_memory, 32 MB) is full or the topic's metadata is unknown, then raises; a buffered
+    # record not acknowledged within delivery_timeout_ms (2 min) fails its future. Both are counted and
+    # reported (EventPublisher.failed / errors), never dropped silently.
     "max_block_ms": 30000,
+    "delivery_timeout_ms": 120000,
 }
 
 
