@@ -1,15 +1,16 @@
 """daily_etl: raw events in the lake -> ClickHouse star schema, one UTC day per run.
 
-extract -> transform -> load -> quality_check (logic in :mod:`etl.star_schema`). Tasks exchange data through
-Parquet staging files in the lake (``features/staging/daily_etl/date=YYYY-MM-DD/``) and only small
-XComs (counts), so each task can run in its own process (LocalExecutor) or all in one
-(``airflow dags test`` / ``dag.test()``). Only load and quality_check open ClickHouse; they use the
-``clickhouse`` pool (core.dagconf).
+build_facts -> load -> quality_check. ``build_facts`` is a Spark job (SparkSubmitOperator on ``spark_default``,
+application ``etl/jobs/daily_facts.py``, logic in :mod:`etl.spark_facts`): the day's raw events -> deduplicated
+fact_sales lines, fact_sales_daily and closing stock in Spark, dimensions in pandas, staged as Parquet in the lake
+(``features/staging/daily_etl/date=YYYY-MM-DD/``). ``load`` and ``quality_check`` (logic in
+:mod:`etl.star_schema`) open ClickHouse and use the ``clickhouse`` pool (core.dagconf); tasks exchange only
+small XComs (counts). The Spark job never opens ClickHouse.
 
 Schedule: ETL_SCHEDULE (default 08:00 UTC daily) as a data-interval cron timetable; the run processes
 the UTC date of its logical date (the start of its interval = the previous day). Re-running a date
-replaces its fact partitions (idempotent). A failed data-quality check fails the run without retries
-(AirflowFailException): retrying cannot fix bad data.
+replaces its fact partitions (idempotent). A failed data-quality check, or raw data breaking the contract
+(the Spark job's exit 3), fails the run without retries (AirflowFailException): retrying cannot fix bad data.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ import pendulum
 from airflow.sdk import dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+import sys
+
 from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
 from core.settings import get_settings
+from etl.operators import DailyFactsSubmitOperator
+
+_s = get_settings()
 
 
 def _day():
@@ -44,7 +50,7 @@ def _fail_fast_on_bad_data():
 
 @dag(
     dag_id="daily_etl",
-    schedule=CronDataIntervalTimetable(get_settings().etl_schedule, timezone="UTC"),
+    schedule=CronDataIntervalTimetable(_s.etl_schedule, timezone="UTC"),
     start_date=pendulum.datetime(2009, 12, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -53,24 +59,16 @@ def _fail_fast_on_bad_data():
     doc_md=__doc__,
 )
 def daily_etl():
-    @task
-    def extract() -> dict:
-        """Snapshot the day's raw partitions and reference data into lake staging."""
-        from etl import star_schema as etl
-
-        with _fail_fast_on_bad_data():
-            return etl.extract(_day())
-
-    @task
-    def transform(extracted: dict) -> dict:
-        """Deduplicate, build fact/dim rows, stage them as Parquet."""
-        from etl import star_schema as etl
-
-        with _fail_fast_on_bad_data():
-            return etl.transform(_day())
+    build_facts = DailyFactsSubmitOperator(
+        task_id="build_facts",
+        conf={"spark.sql.shuffle.partitions": str(_s.spark_shuffle_partitions),
+              "spark.driver.memory": _s.spark_driver_memory,
+              "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
+              "spark.ui.enabled": "false"},
+    )
 
     @task(pool=CLICKHOUSE_POOL)
-    def load(transformed: dict) -> dict:
+    def load() -> dict:
         """Upsert dims, replace the date's fact partitions in ClickHouse."""
         import datetime as dt
 
@@ -97,7 +95,9 @@ def daily_etl():
             started = dt.datetime.fromisoformat(loaded["started_at"]) if loaded else None  # None: load not run here
             return etl.quality_check(_day(), started, dag_run_id=get_current_context()["run_id"])
 
-    quality_check(load(transform(extract())))
+    loaded = load()
+    build_facts >> loaded
+    quality_check(loaded)
 
 
 daily_etl()

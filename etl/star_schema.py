@@ -1,19 +1,21 @@
 """Nightly ETL: raw events in the lake -> ClickHouse star schema (``clickhouse/migrations/010_star_schema.sql``).
 
-Run by ``dags/daily_etl.py`` as four tasks; every task reads its input from the lake and writes its
+Run by ``dags/daily_etl.py`` as three tasks; every task reads its input from the lake and writes its
 output to the lake or ClickHouse, so tasks exchange only small XComs (paths and counts):
 
-1. :func:`extract` snapshots the day's raw partitions
-   ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/*.parquet`` (sales_transaction, inventory_update)
-   and the reference data ``raw-data/reference/{products,stores}`` into
-   ``features/staging/daily_etl/date=YYYY-MM-DD/raw_*.parquet`` (deterministic names: a re-run overwrites).
-2. :func:`transform` (pure functions below) deduplicates events on their event id, builds the fact
-   and dimension rows and stages them as Parquet next to the snapshot.
-3. :func:`load` (the only task besides 4 that opens ClickHouse) upserts the dimensions
-   (ReplacingMergeTree), replaces the date's ``fact_sales`` / ``fact_inventory`` partition atomically
+1. ``build_facts``: the Spark job ``etl/jobs/daily_facts.py`` (:mod:`etl.spark_facts`) reads the day's raw
+   partitions ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/*.parquet`` (sales_transaction,
+   inventory_update), deduplicates events on their event id, builds the fact rows (fact_sales lines,
+   fact_sales_daily, closing stock) in Spark and the dimension rows with the pandas builders below, and stages
+   them as Parquet in ``features/staging/daily_etl/date=YYYY-MM-DD/`` (deterministic names: a re-run overwrites).
+   :func:`extract` + :func:`transform` are the same step in pandas, in-process (scripts, :func:`run_day`;
+   tests use them as a second implementation).
+2. :func:`load` (the only task besides 3 that opens ClickHouse) upserts the dimensions
+   (ReplacingMergeTree), replaces the date's ``fact_sales`` / ``fact_sales_daily`` / ``fact_inventory``
+   partition atomically
    (``ALTER TABLE ... REPLACE PARTITION ... FROM <table>_staging``; ``DROP PARTITION`` when the day is
    empty) and computes safety stock from the trailing fact_sales.
-4. :func:`quality_check` re-reads the raw lake partition independently and requires fact_sales to
+3. :func:`quality_check` re-reads the raw lake partition independently and requires fact_sales to
    reconcile *exactly* (rows, units, revenue) plus referential integrity; it records the run in
    ``etl_runs`` and raises :class:`DataQualityError` on any mismatch.
 
@@ -503,6 +505,8 @@ def transform(day: dt.date) -> dict[str, Any]:
     else:
         closing = closing.assign(store_key=pd.Series(dtype="uint64"), product_key=pd.Series(dtype="uint64"))
     dim_date["holiday_names"] = dim_date["holiday_names"].map(json.dumps)
+    if lake.exists(*_staging(day, "fact_sales_daily")):  # a Spark run's aggregate would be stale now
+        lake.fs.delete_file(lake.path(*_staging(day, "fact_sales_daily")))
     for name, df in (("fact_sales", fact), ("dim_product", dim_product), ("dim_store", dim_store),
                      ("dim_date", dim_date), ("inventory_closing", closing)):
         _write(lake, df, day, name)
@@ -606,7 +610,12 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
         fs[c] = fs.pop(f"{c}_e4").map(e4_to_decimal) if len(fs) else pd.Series(dtype=object)
     fs = _nullable(fs)
     _replace_partition(client, db, "fact_sales", dk, fs)
-    rebuild_sales_daily(client, db, dk)
+    if lake.exists(*_staging(day, "fact_sales_daily")):   # built by the Spark job (etl.spark_facts)
+        daily_rows = _read(lake, day, "fact_sales_daily")
+        _replace_partition(client, db, "fact_sales_daily", dk, daily_rows)
+    else:                                                  # the pandas transform: aggregate in ClickHouse
+        daily_rows = None
+        rebuild_sales_daily(client, db, dk)
 
     # fact_inventory
     prev = client.query_df(
@@ -629,9 +638,14 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
         inv["safety_stock"], method = safety_stock(inv["sigma_daily"].astype("float64"), s.service_level,
                                                     s.lead_time_days)
         inv["safety_stock_method"] = method
-        today_units = fact.groupby(["store_key", "product_key"]).agg(
-            units_sold=("quantity", lambda q: int(q[q > 0].sum())),
-            units_returned=("quantity", lambda q: int(-q[q < 0].sum()))).reset_index() if len(fact) else None
+        if daily_rows is not None:
+            today_units = daily_rows[["store_key", "product_key", "units_sold", "units_returned"]] \
+                if len(daily_rows) else None
+        else:
+            q = fact["quantity"].astype("int64")
+            today_units = fact.assign(units_sold=q.clip(lower=0), units_returned=(-q).clip(lower=0)).groupby(
+                ["store_key", "product_key"], as_index=False)[["units_sold", "units_returned"]].sum() \
+                if len(fact) else None
         if today_units is not None:
             inv = inv.merge(today_units, on=["store_key", "product_key"], how="left")
         for c in ("units_sold", "units_returned"):

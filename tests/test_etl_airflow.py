@@ -318,9 +318,9 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     msg = str(err.value)
     assert "2011-08-26" in msg and "rows" in msg and "units_net" in msg and "revenue" in msg
 
-    # through Airflow: keep the stale load (mark extract/transform/load success), run the check
+    # through Airflow: keep the stale load (mark build_facts/load success), run the check
     dr = etl_dag.test(logical_date=dt.datetime(2011, 8, 26, tzinfo=dt.timezone.utc),
-                      mark_success_pattern="extract|transform|load")
+                      mark_success_pattern="build_facts|load")
     ti = next(t for t in dr.get_task_instances() if t.task_id == "quality_check")
     assert ti.state == TaskInstanceState.FAILED and ti.try_number == 1  # failed fast, not retried
     failed = star(client, db, "SELECT message FROM {db}.etl_runs WHERE date_key = 20110826 AND status = 'failed'")
@@ -333,7 +333,8 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
 
 
 def test_contract_violation_fails_transform_fast(etl_dag, landed, native_stack):
-    """A raw line breaking the contract (quantity 0) fails the run in transform with a clear reason."""
+    """A raw line breaking the contract (quantity 0) fails the run in the Spark job (build_facts) at once,
+    without retries, with a clear reason."""
     from airflow.utils.state import TaskInstanceState
 
     day = dt.date(2011, 8, 28)
@@ -341,8 +342,13 @@ def test_contract_violation_fails_transform_fast(etl_dag, landed, native_stack):
     bad["timestamp"] = pd.Timestamp("2011-08-28 10:00", tz="UTC")
     bad["quantity"] = [0, 1]
     _write_raw(landed, "sales_transaction", day, {1: bad}, SALES_SCHEMA)
-    dr, ok = run(etl_dag, day)
+    facts = etl_dag.get_task("build_facts")
+    facts.retries = 2   # as deployed: the bad-data failure must not be retried (a retry would wait 2 min here)
+    try:
+        dr, ok = run(etl_dag, day)
+    finally:
+        facts.retries = 0
     assert not ok
     states = {t.task_id: (t.state, t.try_number) for t in dr.get_task_instances()}
-    assert states["transform"] == (TaskInstanceState.FAILED, 1)
+    assert states["build_facts"] == (TaskInstanceState.FAILED, 1)
     assert states["load"][0] == TaskInstanceState.UPSTREAM_FAILED

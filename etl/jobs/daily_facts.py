@@ -1,0 +1,52 @@
+"""spark-submit application: one UTC day of raw lake events -> staged fact rows of the star schema.
+
+    spark-submit --master local[2] etl/jobs/daily_facts.py --date 2011-08-29
+
+Runs :func:`etl.spark_facts.build_day` (dedup, day filter, contract check, fact_sales lines, fact_sales_daily,
+closing stock in Spark; dimensions in pandas) and stages the results under
+``features/staging/daily_etl/date=YYYY-MM-DD/`` for the ``load`` task of ``daily_etl``. Never opens ClickHouse.
+Exit 0 on success; exit 3 after staging ``facts_error`` when the day's data breaks the contract (the DAG's
+operator then fails the task without retries); any other error exits non-zero and is retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # launched as a file by spark-submit: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+#: exit status for bad data (contract violations): retrying cannot fix it
+EXIT_BAD_DATA = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--date", required=True, help="UTC date to process (YYYY-MM-DD)")
+    a = ap.parse_args(argv)
+    day = dt.date.fromisoformat(a.date)
+
+    from core.spark import build_spark
+    from etl import star_schema as etl
+    from etl import spark_facts as sf
+
+    lake = etl._lake()
+    sf.clear_error(lake, day)
+    spark = build_spark("daily-etl-facts")
+    try:
+        out = sf.build_day(spark, day, lake)
+    except etl.EtlError as exc:
+        sf.write_json(lake, day, sf.ERROR_NAME, {"date": a.date, "error": type(exc).__name__, "message": str(exc)})
+        print(f"daily_facts {a.date}: bad data: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_DATA
+    finally:
+        spark.stop()
+    print(f"daily_facts {a.date}: {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""The heavy part of the nightly ETL as Spark DataFrame code: one UTC day of raw events -> fact rows.
+
+Run by the spark-submit application ``etl/jobs/daily_facts.py`` (the ``build_facts`` task of ``daily_etl``,
+SparkSubmitOperator on ``spark_default``: ``local[2]`` natively, the compose Spark cluster with
+``SPARK_MASTER=spark://spark-master:7077``) and, in-process, by the demo's backfill and ``make bench-nightly``:
+:func:`build_day` takes any SparkSession.
+
+What runs where
+---------------
+* **Spark** (per event row, JVM only, no Python UDFs, so executors of the compose cluster need nothing but
+  Spark): deduplication on event ids (first ingested copy), the day filter (UTC event date; misfiled rows
+  counted), the contract check, the fact_sales lines (keys, exact ``*_e4`` money, cost from the product
+  master, returns), the daily store x SKU aggregate ``fact_sales_daily`` and the closing stock per store x SKU
+  (last update of the day).
+* **pandas** (dimension-sized): the distinct SKUs and stores seen (collected from Spark) become ``dim_product``
+  / ``dim_store`` with :mod:`etl.star_schema`'s own builders (BLAKE2b surrogate keys), broadcast back to Spark
+  as key maps; ``dim_date`` from the ``holidays`` calendar.
+* **The lake** is read and written through :class:`core.lake.Lake` (pyarrow on the driver, as the ML jobs do:
+  pyspark ships no S3A connector). The raw partition goes to Spark as Arrow; the results come back with
+  ``toArrow`` and are staged as one Parquet file each under ``features/staging/daily_etl/date=YYYY-MM-DD/``,
+  exactly the files :func:`etl.star_schema.load` reads (plus ``fact_sales_daily``).
+
+Surrogate keys are UInt64; Spark has no unsigned type, so they travel as the same 64 bits in a signed long
+(:func:`to_signed` / :func:`to_unsigned`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl import star_schema as etl
+
+log = logging.getLogger(__name__)
+
+#: staged file with the job's counts (read by the DAG's load task and the benchmark)
+RESULT_NAME = "facts_result"
+#: staged file written when the day's data breaks the contract (the operator fails the task without retries)
+ERROR_NAME = "facts_error"
+KEY = ["store_key", "product_key"]
+
+
+def to_signed(keys: pd.Series) -> pd.Series:
+    """UInt64 surrogate keys -> the same 64 bits as Int64 (Spark's LongType)."""
+    return pd.Series(keys.to_numpy(dtype="uint64").view("int64"), index=keys.index)
+
+
+def to_unsigned(arr: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Int64 from Spark -> the UInt64 surrogate key (bit-preserving cast)."""
+    return pc.cast(arr, pa.uint64(), safe=False)
+
+
+# ------------------------------------------------------------------------------------------ reads --
+def read_raw_arrow(lake, event_type: str, day: dt.date) -> pa.Table | None:
+    """The raw partition ``raw-data/<event_type>/year=/month=/day=`` as one Arrow table with ``_row`` (input
+    order: file name, then row; the tie-break of the deduplication), or None when absent or empty."""
+    bucket = lake.settings.lake_raw_bucket
+    part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+    t = lake.read_table(bucket, part)
+    if t is None or t.num_rows == 0:
+        log.warning("no raw rows in %s/%s", bucket, part)
+        return None
+    t = t.drop_columns([c for c in ("year", "month", "day") if c in t.column_names])
+    return t.append_column("_row", pa.array(np.arange(t.num_rows, dtype="int64")))
+
+
+def to_spark(spark, table: pa.Table):
+    """Arrow table -> Spark DataFrame (Arrow transfer; timestamps stay UTC instants)."""
+    return spark.createDataFrame(table)
+
+
+# ------------------------------------------------------------------------------------- transforms --
+def deduplicate(df, id_column: str):
+    """One row per event id, the first ingested copy: order by ``ingested_at``, ``kafka_partition``,
+    ``kafka_offset`` (those present), then ``_row`` (null ids are refused earlier, on the Arrow table).
+
+    Raises:
+        EtlError: the id column is missing.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if id_column not in df.columns:
+        raise etl.EtlError(f"event id column {id_column!r} missing; columns: {df.columns}")
+    order = [c for c in ("ingested_at", "kafka_partition", "kafka_offset", "_row") if c in df.columns]
+    w = Window.partitionBy(id_column).orderBy(*[F.col(c).asc_nulls_last() for c in order])
+    return df.withColumn("_copy", F.row_number().over(w)).filter("_copy = 1").drop("_copy")
+
+
+def of_day(df, day: dt.date, ts_column: str = "timestamp"):
+    """Rows whose UTC event date is ``day`` (the session time zone is UTC: core.spark)."""
+    from pyspark.sql import functions as F
+
+    return df.filter(F.to_date(F.col(ts_column)) == F.lit(day))
+
+
+def check_contract(sales) -> None:
+    """Raise EtlError when a line has quantity 0 or a negative/null price (the stream should have
+    quarantined it), naming up to 3 of them."""
+    from pyspark.sql import functions as F
+
+    bad = sales.filter((F.col("quantity") == 0) | F.col("unit_price").isNull() | (F.col("unit_price") < 0)
+                       | F.isnan("unit_price"))
+    n = bad.count()
+    if n:
+        ids = [r[0] for r in bad.select("transaction_id").limit(3).collect()]
+        raise etl.EtlError(f"{n} sales lines violate the contract (quantity 0 or price < 0/null), e.g. {ids}")
+
+
+def _amount_e4(q, price):
+    """round(quantity * price, 4) as a long of 1/10000 units: rint (half-to-even) of the double product, the
+    same IEEE arithmetic as :func:`etl.star_schema.amount_e4`; null when price is null."""
+    from pyspark.sql import functions as F
+
+    return F.rint(q.cast("double") * price * F.lit(10000.0)).cast("long")
+
+
+def fact_sales(sales, products, stores, dk: int):
+    """fact_sales lines (the columns of :func:`etl.star_schema.build_fact_sales`, keys as signed longs).
+
+    Args:
+        sales: deduplicated sales of the day (Spark).
+        products: Spark frame sku, product_key (signed), unit_cost (broadcast).
+        stores: Spark frame store_id, store_key (signed) (broadcast).
+    """
+    from pyspark.sql import functions as F
+
+    s = sales.withColumn("product_id", F.col("product_id").cast("string")) \
+             .withColumn("store_id", F.col("store_id").cast("string"))
+    s = s.join(F.broadcast(products.withColumnRenamed("sku", "product_id")), "product_id", "left") \
+         .join(F.broadcast(stores), "store_id", "left")
+    q, price = F.col("quantity"), F.col("unit_price").cast("double")
+    opt = {c: (F.col(c).cast("string") if c in sales.columns else F.lit(None).cast("string"))
+           for c in ("invoice_id", "customer_id", "payment_method")}
+    rev = _amount_e4(q, price)
+    uc = F.col("unit_cost").cast("double")
+    cost = _amount_e4(q, F.when(F.isnan(uc), F.lit(None).cast("double")).otherwise(uc))
+    return s.select(
+        F.col("transaction_id").cast("string").alias("sale_id"), F.lit(dk).cast("long").alias("date_key"),
+        F.col("timestamp").alias("event_time"), "product_key", "store_key",
+        opt["invoice_id"].alias("invoice_id"), opt["customer_id"].alias("customer_id"),
+        F.coalesce(opt["payment_method"], F.lit("UNKNOWN")).alias("payment_method"),
+        q.cast("int").alias("quantity"), price.alias("unit_price"),
+        rev.alias("revenue_e4"), cost.alias("cost_e4"), (rev - cost).alias("profit_e4"),
+        (q < 0).cast("int").alias("is_return"))
+
+
+def sales_daily(fact):
+    """fact_sales_daily rows (daily grain per store x SKU) from fact_sales lines: units sold / returned / net,
+    revenue, cost and profit (exact integer sums of the 1/10000 amounts, then one division; unknown cost
+    counts 0), revenue of the lines with a known cost, POS lines, return lines."""
+    from pyspark.sql import functions as F
+
+    q = F.col("quantity")
+    return fact.groupBy("date_key", "store_key", "product_key").agg(
+        F.sum(F.when(q > 0, q).otherwise(0)).cast("long").alias("units_sold"),
+        F.sum(F.when(q < 0, -q).otherwise(0)).cast("long").alias("units_returned"),
+        F.sum(q).cast("long").alias("net_units"),
+        (F.sum("revenue_e4") / F.lit(10000.0)).alias("revenue"),
+        (F.coalesce(F.sum("cost_e4"), F.lit(0)) / F.lit(10000.0)).alias("cost"),
+        (F.coalesce(F.sum("profit_e4"), F.lit(0)) / F.lit(10000.0)).alias("profit"),
+        (F.coalesce(F.sum(F.when(F.col("cost_e4").isNotNull(), F.col("revenue_e4"))), F.lit(0))
+         / F.lit(10000.0)).alias("revenue_with_cost"),
+        F.count(F.lit(1)).cast("long").alias("pos_lines"),
+        F.sum("is_return").cast("long").alias("return_lines"))
+
+
+def closing_stock(updates, products, stores):
+    """Closing stock per store x SKU: ``new_quantity`` of the day's last update by event time (ties: Kafka
+    offset, then ingestion order), its time, and the last non-null reorder_point (null when none)."""
+    from pyspark.sql import functions as F
+
+    order = [c for c in ("timestamp", "kafka_offset", "ingested_at", "kafka_partition", "_row") if c in updates.columns]
+    o = F.struct(*[F.col(c) for c in order])
+    has_rp = "reorder_point" in updates.columns
+    rp = F.max_by(F.col("reorder_point"), F.when(F.col("reorder_point").isNotNull(), o)) if has_rp else F.lit(None)
+    u = updates.withColumn("product_id", F.col("product_id").cast("string")) \
+               .withColumn("store_id", F.col("store_id").cast("string"))
+    c = u.groupBy("store_id", "product_id").agg(
+        F.max_by(F.col("new_quantity"), o).cast("long").alias("closing_stock"),
+        F.max_by(F.col("timestamp"), o).alias("last_update_time"),
+        rp.cast("double").alias("reorder_point"))
+    return c.join(F.broadcast(products.select(F.col("sku").alias("product_id"), "product_key")), "product_id", "left") \
+            .join(F.broadcast(stores), "store_id", "left")
+
+
+def _check_raw(table: pa.Table, id_column: str) -> None:
+    """Null or missing event ids fail the run (checked on the Arrow table, no Spark action)."""
+    if id_column not in table.column_names:
+        raise etl.EtlError(f"event id column {id_column!r} missing; columns: {table.column_names}")
+    nulls = table[id_column].null_count
+    if nulls:
+        raise etl.EtlError(f"{nulls} events have a null {id_column}")
+
+
+def _raw_breaks_contract(table: pa.Table) -> bool:
+    """Whether any raw sales row (before dedup and day filter) has quantity 0 or a negative/null/NaN price."""
+    q, p = table["quantity"], table["unit_price"]
+    bad = pc.or_(pc.equal(q, 0), pc.or_(pc.less(p, 0), pc.is_nan(p)))
+    return bool(pc.any(pc.fill_null(bad, True)).as_py())
+
+
+def _dedup_of_day(df, id_column: str, day: dt.date):
+    """(deduplicated rows of the day, cached; deduplicated rows of any day; of the day) in one Spark action."""
+    from pyspark.sql import functions as F
+
+    ded = deduplicate(df, id_column).withColumn("_of_day", F.to_date(F.col("timestamp")) == F.lit(day)).cache()
+    counts = dict(ded.groupBy("_of_day").count().collect())
+    return ded.filter("_of_day").drop("_of_day"), int(sum(counts.values())), int(counts.get(True, 0))
+
+
+# --------------------------------------------------------------------------------------- the day --
+def _empty(name: str) -> pd.DataFrame:
+    if name == "fact_sales":
+        return etl.build_fact_sales(pd.DataFrame(), pd.DataFrame(), dt.date(2000, 1, 1))
+    if name == "fact_sales_daily":
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in (
+            "date_key", "store_key", "product_key", "units_sold", "units_returned", "net_units")} |
+            {c: pd.Series(dtype="float64") for c in ("revenue", "cost", "profit", "revenue_with_cost")} |
+            {"pos_lines": pd.Series(dtype="int64"), "return_lines": pd.Series(dtype="int64")})
+    return etl.closing_stock(pd.DataFrame()).assign(store_key=pd.Series(dtype="uint64"),
+                                                    product_key=pd.Series(dtype="uint64"))
+
+
+def _arrow_out(df, key_cols=("store_key", "product_key"), uint8=("is_return",)) -> pa.Table:
+    t = df.toArrow()
+    for c in key_cols:
+        if c in t.column_names:
+            t = t.set_column(t.column_names.index(c), c, to_unsigned(t[c]))
+    for c in uint8:
+        if c in t.column_names:
+            t = t.set_column(t.column_names.index(c), c, pc.cast(t[c], pa.uint8()))
+    return t
+
+
+def _stage(lake, day: dt.date, name: str, table: pa.Table | pd.DataFrame) -> str:
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    return lake.write_table(table, *etl._staging(day, name))
+
+
+def write_json(lake, day: dt.date, name: str, obj: dict) -> None:
+    lake.write_table(pa.table({"json": [json.dumps(obj, default=str)]}), *etl._staging(day, name))
+
+
+def read_json(lake, day: dt.date, name: str) -> dict | None:
+    """A staged JSON record (result or error of the job), None when absent."""
+    import pyarrow.parquet as pq
+
+    if not lake.exists(*etl._staging(day, name)):
+        return None
+    return json.loads(pq.read_table(lake.path(*etl._staging(day, name)), filesystem=lake.fs)["json"][0].as_py())
+
+
+def clear_error(lake, day: dt.date) -> None:
+    """Remove the day's staged error record (before a new run of the job)."""
+    path = lake.path(*etl._staging(day, ERROR_NAME))
+    if lake.exists(*etl._staging(day, ERROR_NAME)):
+        lake.fs.delete_file(path)
+
+
+def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
+    """Raw lake events of ``day`` -> staged fact_sales, fact_sales_daily, inventory_closing, dim_product,
+    dim_store, dim_date (+ ``facts_result`` with the counts). Idempotent: the staged files are overwritten.
+
+    Returns: counts {"raw_sales_rows", "sales_lines", "duplicate_sales", "misfiled_sales", "raw_inventory_rows",
+    "inventory_rows", "duplicate_inventory", "misfiled_inventory", "daily_rows", "products", "stores",
+    "seconds"}.
+
+    Raises:
+        EtlError: contract violations (quantity 0, price < 0 or null) or null event ids.
+    """
+    from pyspark.sql import functions as F
+
+    from core.settings import get_settings
+
+    s = settings or get_settings()
+    lake = lake or etl._lake()
+    t0 = time.perf_counter()
+    dk = etl.date_key(day)
+    raw_s, raw_i = read_raw_arrow(lake, etl.SALES, day), read_raw_arrow(lake, etl.INVENTORY, day)
+    out: dict[str, Any] = {"date": day.isoformat(), "raw_sales_rows": raw_s.num_rows if raw_s else 0,
+                           "raw_inventory_rows": raw_i.num_rows if raw_i else 0}
+    sales = inv = None
+    seen = []
+    if raw_s is not None:
+        _check_raw(raw_s, etl.EVENT_ID[etl.SALES])
+        sales, n_ded, out["sales_lines"] = _dedup_of_day(to_spark(spark, raw_s), etl.EVENT_ID[etl.SALES], day)
+        out["duplicate_sales"], out["misfiled_sales"] = raw_s.num_rows - n_ded, n_ded - out["sales_lines"]
+        if _raw_breaks_contract(raw_s):   # only then the exact check on the day's deduplicated lines (an action)
+            check_contract(sales)
+        seen.append(sales.select(F.col("store_id").cast("string"), F.col("product_id").cast("string")))
+    if raw_i is not None:
+        _check_raw(raw_i, etl.EVENT_ID[etl.INVENTORY])
+        inv, n_ded_i, n_inv = _dedup_of_day(to_spark(spark, raw_i), etl.EVENT_ID[etl.INVENTORY], day)
+        out["duplicate_inventory"], out["misfiled_inventory"] = raw_i.num_rows - n_ded_i, n_ded_i - n_inv
+        seen.append(inv.select(F.col("store_id").cast("string"), F.col("product_id").cast("string")))
+    for k in ("sales_lines", "duplicate_sales", "misfiled_sales", "duplicate_inventory", "misfiled_inventory"):
+        out.setdefault(k, 0)
+
+    # dimensions: dimension-sized, in pandas with the ETL's own builders
+    pairs = seen[0].unionByName(seen[1]) if len(seen) == 2 else (seen[0] if seen else None)
+    if pairs is not None:   # one action: the distinct store x SKU pairs (dimension-sized)
+        pairs_pd = pairs.distinct().toPandas()
+        skus, store_ids = pd.Series(pairs_pd["product_id"].unique()), pd.Series(pairs_pd["store_id"].unique())
+    else:
+        skus = store_ids = pd.Series(dtype=object)
+    products, stores_ref = etl.read_reference(lake, "products"), etl.read_reference(lake, "stores")
+    dim_product = etl.build_dim_product(products if products is not None and not products.empty else None, skus)
+    dim_store = etl.build_dim_store(stores_ref if stores_ref is not None and not stores_ref.empty else None,
+                                    store_ids, s.store_country_default)
+    dim_date = etl.build_dim_date(etl.calendar_days(day), dim_store["country_code"].tolist(), s.store_country_default)
+    dim_date["holiday_names"] = dim_date["holiday_names"].map(json.dumps)
+    pmap = spark.createDataFrame(pd.DataFrame({"sku": dim_product["sku"].astype(str),
+                                               "product_key": to_signed(dim_product["product_key"]),
+                                               "unit_cost": dim_product["unit_cost"].astype("float64")}))
+    smap = spark.createDataFrame(pd.DataFrame({"store_id": dim_store["store_id"].astype(str),
+                                               "store_key": to_signed(dim_store["store_key"])}))
+
+    if sales is not None:
+        fact = fact_sales(sales, pmap, smap, dk).cache()
+        fact_t = _arrow_out(fact)
+        daily_t = _arrow_out(sales_daily(fact), uint8=())
+        fact.unpersist()
+    else:
+        fact_t, daily_t = pa.Table.from_pandas(_empty("fact_sales"), preserve_index=False), _empty("fact_sales_daily")
+    closing_t = _arrow_out(closing_stock(inv, pmap, smap).select(
+        "store_id", "product_id", "closing_stock", "last_update_time", "reorder_point", "store_key", "product_key"),
+        uint8=()) if inv is not None else _empty("inventory_closing")
+    for name, tab in (("fact_sales", fact_t), ("fact_sales_daily", daily_t), ("inventory_closing", closing_t),
+                      ("dim_product", dim_product), ("dim_store", dim_store), ("dim_date", dim_date)):
+        _stage(lake, day, name, tab)
+    out.update(inventory_rows=len(closing_t), daily_rows=len(daily_t), products=len(dim_product),
+               stores=len(dim_store), seconds=round(time.perf_counter() - t0, 2))
+    spark.catalog.clearCache()
+    write_json(lake, day, RESULT_NAME, out)
+    log.info("build_day %s: %s", day, out)
+    return out

@@ -1,0 +1,268 @@
+"""The Spark fact job (etl/spark_facts.py, etl/jobs/daily_facts.py) against an independent plain computation.
+
+A known day of raw events is written in the streaming job's raw layout into a lake in a local folder
+(``LAKE_URL`` = a temp directory: no MinIO needed): sales with replayed copies (later ingestion), rows misfiled
+from the next day, returns, SKUs and stores without reference data, prices whose float product needs rounding,
+null customer/payment, inventory updates with ties in event time and null reorder points. The expected facts
+are computed here line by line with plain Python (dict of first copies, ``decimal`` money, ``hashlib`` keys),
+not with etl.star_schema's pandas code, and compared with what the job staged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import subprocess
+import sys
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DAY = dt.date(2011, 8, 29)
+UTC = dt.timezone.utc
+SALES_SCHEMA = pa.schema([
+    ("transaction_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
+    ("quantity", pa.int32()), ("unit_price", pa.float64()), ("timestamp", pa.timestamp("ms", tz="UTC")),
+    ("customer_id", pa.string()), ("payment_method", pa.string()), ("invoice_id", pa.string()),
+    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+INV_SCHEMA = pa.schema([
+    ("inventory_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
+    ("quantity_change", pa.int32()), ("new_quantity", pa.int32()), ("reason", pa.string()),
+    ("reorder_point", pa.int32()), ("timestamp", pa.timestamp("ms", tz="UTC")),
+    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+
+
+def key(natural: str) -> int:
+    return int.from_bytes(hashlib.blake2b(natural.encode(), digest_size=8).digest(), "big")
+
+
+def dk(d: dt.date) -> int:
+    return int(d.strftime("%Y%m%d"))
+
+
+@pytest.fixture(scope="module")
+def local_lake(tmp_path_factory):
+    """Settings with LAKE_URL = a local folder (buckets created); restores the environment afterwards."""
+    from core.lake import Lake, get_lake
+    from core.settings import get_settings
+
+    root = tmp_path_factory.mktemp("lake")
+    env = {"LAKE_URL": str(root), "LAKE_RAW_BUCKET": "raw-data", "LAKE_FEATURES_BUCKET": "features",
+           "LAKE_MODELS_BUCKET": "models"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear(), get_lake.cache_clear()
+    lake = Lake(get_settings())
+    lake.ensure_buckets()
+    yield lake
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    get_settings.cache_clear(), get_lake.cache_clear()
+
+
+def write_raw(lake, event_type: str, day: dt.date, files: dict[str, list[dict]], schema: pa.Schema) -> None:
+    part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+    lake.delete_dir("raw-data", part)
+    for name, rows in files.items():
+        lake.write_table(pa.Table.from_pylist(rows, schema=schema), "raw-data", part, name)
+
+
+def make_day(seed: int = 11):
+    """Raw sales + inventory rows of DAY (and a few misfiled from DAY+1), reference products/stores."""
+    rng = np.random.default_rng(seed)
+    stores = [f"S{i}" for i in range(6)]            # S5 has no reference row
+    skus = [f"P{i:03d}" for i in range(40)]         # P035..P039 have no reference row
+    base = dt.datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
+    sales, offset = [], 0
+    for i in range(3000):
+        ts = base + dt.timedelta(seconds=int(rng.integers(0, 86400)))
+        if i % 250 == 0:
+            ts = base + dt.timedelta(days=1, seconds=int(rng.integers(0, 3600)))   # misfiled: tomorrow's event
+        q = int(rng.choice([1, 2, 3, 5, 12, -1, -4], p=[.4, .2, .15, .1, .05, .07, .03]))
+        price = float(rng.choice([0.1, 0.29, 1.15, 2.55, 4.95, 10.0, 0.0, 33.33]))
+        offset += 1
+        sales.append({"transaction_id": f"T{i:05d}", "store_id": stores[int(rng.integers(0, 6))],
+                      "product_id": skus[int(rng.integers(0, 40))], "quantity": q, "unit_price": price,
+                      "timestamp": ts, "customer_id": None if i % 7 == 0 else f"C{i % 97}",
+                      "payment_method": None if i % 11 == 0 else "CARD", "invoice_id": f"I{i // 3}",
+                      "ingested_at": ts + dt.timedelta(seconds=2), "kafka_partition": i % 3, "kafka_offset": offset})
+    replay = []
+    for r in sales[::13]:                              # replayed later with a different (wrong) quantity
+        replay.append({**r, "quantity": r["quantity"] * 10 or 1, "ingested_at": r["ingested_at"] + dt.timedelta(hours=1),
+                       "kafka_offset": r["kafka_offset"] + 100_000})
+    inv, offset = [], 0
+    for i in range(2000):
+        st, sk = stores[int(rng.integers(0, 6))], skus[int(rng.integers(0, 40))]
+        ts = base + dt.timedelta(minutes=int(rng.integers(0, 1440)))   # minute grain: ties in event time
+        offset += 1
+        inv.append({"inventory_id": f"V{i:05d}", "store_id": st, "product_id": sk, "quantity_change": -1,
+                    "new_quantity": int(rng.integers(0, 500)), "reason": "SALE",
+                    "reorder_point": None if rng.random() < 0.5 else int(rng.integers(5, 50)), "timestamp": ts,
+                    "ingested_at": ts + dt.timedelta(seconds=1), "kafka_partition": 0, "kafka_offset": offset})
+    inv_replay = [{**r, "new_quantity": 9999, "ingested_at": r["ingested_at"] + dt.timedelta(hours=2),
+                   "kafka_offset": r["kafka_offset"] + 50_000} for r in inv[::17]]
+    products = pd.DataFrame({"product_id": skus[:35], "product_name": [f"n{s}" for s in skus[:35]], "category": "c",
+                             "sub_category": "s", "brand": "b", "supplier": "x",
+                             "unit_cost": [round(0.05 + 0.37 * i, 2) for i in range(35)],
+                             "unit_price": 1.0, "shelf_life_days": 30, "reorder_point": 10, "storage_capacity": 500})
+    stores_ref = pd.DataFrame({"store_id": stores[:5], "store_name": stores[:5], "city": "", "country": "UK",
+                               "country_code": "GB", "region": "EU"})
+    return sales, replay, inv, inv_replay, products, stores_ref
+
+
+def expected(sales, replay, inv, inv_replay, products):
+    """Plain computation of the day's facts (first ingested copy, exact decimal money, blake2b keys)."""
+    first: dict[str, dict] = {}
+    for r in sorted(sales + replay, key=lambda r: (r["ingested_at"], r["kafka_partition"], r["kafka_offset"])):
+        first.setdefault(r["transaction_id"], r)
+    cost = {p: Decimal(repr(c)) for p, c in zip(products["product_id"], products["unit_cost"])}
+    lines = {}
+    for tid, r in first.items():
+        if r["timestamp"].date() != DAY:
+            continue
+        q = Decimal(r["quantity"])
+        rev = (q * Decimal(repr(r["unit_price"]))).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
+        c = (q * cost[r["product_id"]]).quantize(Decimal("0.0001"), ROUND_HALF_EVEN) if r["product_id"] in cost else None
+        lines[tid] = {"store_key": key(r["store_id"]), "product_key": key(r["product_id"]), "quantity": r["quantity"],
+                      "revenue": rev, "cost": c, "profit": None if c is None else rev - c,
+                      "is_return": int(r["quantity"] < 0), "payment_method": r["payment_method"] or "UNKNOWN",
+                      "customer_id": r["customer_id"], "event_time": r["timestamp"], "unit_price": r["unit_price"]}
+    daily: dict[tuple, dict] = {}
+    for ln in lines.values():
+        d = daily.setdefault((ln["store_key"], ln["product_key"]), {"units_sold": 0, "units_returned": 0, "net_units": 0,
+                                                                    "revenue": Decimal(0), "pos_lines": 0, "return_lines": 0})
+        d["units_sold"] += max(ln["quantity"], 0)
+        d["units_returned"] += max(-ln["quantity"], 0)
+        d["net_units"] += ln["quantity"]
+        d["revenue"] += ln["revenue"]
+        d["pos_lines"] += 1
+        d["return_lines"] += ln["is_return"]
+    firsti: dict[str, dict] = {}
+    for r in sorted(inv + inv_replay, key=lambda r: (r["ingested_at"], r["kafka_partition"], r["kafka_offset"])):
+        firsti.setdefault(r["inventory_id"], r)
+    closing: dict[tuple, dict] = {}
+    for r in sorted(firsti.values(), key=lambda r: (r["timestamp"], r["kafka_offset"])):
+        k = (key(r["store_id"]), key(r["product_id"]))
+        prev = closing.get(k, {})
+        closing[k] = {"closing_stock": r["new_quantity"], "last_update_time": r["timestamp"],
+                      "reorder_point": r["reorder_point"] if r["reorder_point"] is not None else prev.get("reorder_point")}
+    return lines, daily, closing, len(sales) + len(replay) - len(first)
+
+
+def staged(lake, name: str) -> pd.DataFrame:
+    return pq.read_table(lake.path("features", f"staging/daily_etl/date={DAY}/{name}.parquet"), filesystem=lake.fs).to_pandas()
+
+
+def test_spark_facts_equal_an_independent_computation(local_lake, spark):
+    from etl import spark_facts as sf
+
+    sales, replay, inv, inv_replay, products, stores_ref = make_day()
+    write_raw(local_lake, "sales_transaction", DAY, {"batch-1.parquet": sales[:1500], "batch-2.parquet": sales[1500:],
+                                                     "batch-3.parquet": replay}, SALES_SCHEMA)
+    write_raw(local_lake, "inventory_update", DAY, {"batch-1.parquet": inv, "batch-2.parquet": inv_replay}, INV_SCHEMA)
+    local_lake.write_table(pa.Table.from_pandas(products, preserve_index=False), "raw-data", "reference/products/p.parquet")
+    local_lake.write_table(pa.Table.from_pandas(stores_ref, preserve_index=False), "raw-data", "reference/stores/s.parquet")
+    lines, daily, closing, dups = expected(sales, replay, inv, inv_replay, products)
+
+    out = sf.build_day(spark, DAY, local_lake)
+    assert out["sales_lines"] == len(lines) > 2500
+    assert out["duplicate_sales"] == dups == len(replay)
+    assert out["misfiled_sales"] == 12                          # i % 250 == 0 for i < 3000
+    assert out["duplicate_inventory"] == len(inv_replay)
+
+    f = staged(local_lake, "fact_sales").set_index("sale_id")
+    assert set(f.index) == set(lines) and f.index.is_unique
+    assert (f["date_key"] == dk(DAY)).all()
+    for tid, e in lines.items():
+        g = f.loc[tid]
+        assert (int(g["store_key"]), int(g["product_key"])) == (e["store_key"], e["product_key"]), tid
+        assert int(g["quantity"]) == e["quantity"] and int(g["is_return"]) == e["is_return"]
+        assert Decimal(int(g["revenue_e4"])).scaleb(-4) == e["revenue"], tid
+        if e["cost"] is None:
+            assert pd.isna(g["cost_e4"]) and pd.isna(g["profit_e4"]), tid
+        else:
+            assert Decimal(int(g["cost_e4"])).scaleb(-4) == e["cost"], tid
+            assert Decimal(int(g["profit_e4"])).scaleb(-4) == e["profit"], tid
+        assert g["payment_method"] == e["payment_method"] and g["unit_price"] == e["unit_price"]
+        assert (None if pd.isna(g["customer_id"]) else g["customer_id"]) == e["customer_id"]
+        assert pd.Timestamp(g["event_time"]) == pd.Timestamp(e["event_time"])
+    assert f["cost_e4"].isna().sum() == sum(e["cost"] is None for e in lines.values()) > 0
+
+    d = staged(local_lake, "fact_sales_daily")
+    assert len(d) == len(daily)
+    for r in d.itertuples():
+        e = daily[(int(r.store_key), int(r.product_key))]
+        assert (r.units_sold, r.units_returned, r.net_units, r.pos_lines, r.return_lines) == (
+            e["units_sold"], e["units_returned"], e["net_units"], e["pos_lines"], e["return_lines"])
+        assert abs(r.revenue - float(e["revenue"])) < 1e-6
+
+    c = staged(local_lake, "inventory_closing")
+    assert len(c) == len(closing) and out["inventory_rows"] == len(closing)
+    for r in c.itertuples():
+        e = closing[(int(r.store_key), int(r.product_key))]
+        assert r.closing_stock == e["closing_stock"] != 9999
+        assert pd.Timestamp(r.last_update_time) == pd.Timestamp(e["last_update_time"])
+        assert (pd.isna(r.reorder_point) and e["reorder_point"] is None) or r.reorder_point == e["reorder_point"]
+
+    # dimensions: reference rows + placeholders for what the events name without master data
+    p = staged(local_lake, "dim_product").set_index("sku")
+    assert p.loc["P039", "is_known"] == 0 and p.loc["P001", "is_known"] == 1
+    assert int(p.loc["P039", "product_key"]) == key("P039")
+    s = staged(local_lake, "dim_store").set_index("store_id")
+    assert s.loc["S5", "is_known"] == 0 and int(s.loc["S0", "store_key"]) == key("S0")
+
+    # the pandas transform of etl.star_schema (the in-process path) agrees on the fact lines too
+    from etl import star_schema as etl
+
+    raw = pd.concat([pd.DataFrame(sales + replay)], ignore_index=True)
+    ded, _ = etl.deduplicate(raw, "transaction_id")
+    day_rows, _ = etl.events_of_day(ded, DAY)
+    pf = etl.build_fact_sales(day_rows, etl.build_dim_product(products, day_rows["product_id"]), DAY).set_index("sale_id")
+    j = pf[["revenue_e4", "cost_e4"]].join(f[["revenue_e4", "cost_e4"]], rsuffix="_spark")
+    assert (j["revenue_e4"].astype("int64") == j["revenue_e4_spark"].astype("int64")).all()
+    assert (j["cost_e4"].fillna(-1).astype("int64") == j["cost_e4_spark"].fillna(-1).astype("int64")).all()
+
+    # idempotent: a re-run stages the same rows
+    sf.build_day(spark, DAY, local_lake)
+    assert staged(local_lake, "fact_sales").sort_values("sale_id").reset_index(drop=True).equals(
+        f.reset_index().sort_values("sale_id").reset_index(drop=True)[staged(local_lake, "fact_sales").columns])
+
+
+def test_empty_day_and_contract_violation(local_lake, spark):
+    from etl import spark_facts as sf
+    from etl.star_schema import EtlError
+
+    empty = DAY - dt.timedelta(days=5)
+    out = sf.build_day(spark, empty, local_lake)
+    assert out["sales_lines"] == 0 and out["inventory_rows"] == 0
+    bad_day = DAY - dt.timedelta(days=1)
+    ts = dt.datetime(bad_day.year, bad_day.month, bad_day.day, 10, tzinfo=UTC)
+    rows = [{"transaction_id": f"B{i}", "store_id": "S0", "product_id": "P001", "quantity": q, "unit_price": 1.0,
+             "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": "I", "ingested_at": ts,
+             "kafka_partition": 0, "kafka_offset": i} for i, q in enumerate([0, 1, 2])]
+    write_raw(local_lake, "sales_transaction", bad_day, {"batch-1.parquet": rows}, SALES_SCHEMA)
+    with pytest.raises(EtlError, match="1 sales lines violate the contract.*B0"):
+        sf.build_day(spark, bad_day, local_lake)
+
+
+def test_spark_submit_job_exit_codes(local_lake):
+    """The spark-submit application: exit 0 and staged facts for a good day, exit 3 and a staged error record
+    for a day breaking the contract (the DAG's operator fails that task without retries)."""
+    from etl import spark_facts as sf
+
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    submit = str(Path(sys.executable).parent / "spark-submit")
+    app = str(REPO / "etl" / "jobs" / "daily_facts.py")
+    bad_day = DAY - dt.timedelta(days=1)
+    r = subprocess.run([submit, "--master", "local[1]", "--conf", "spark.ui.enabled=false", app,
+                        "--date", bad_day.isoformat()], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr[-3000:]
+    err = sf.read_json(local_lake, bad_day, sf.ERROR_NAME)
+    assert err and "violate the contract" in err["message"]
