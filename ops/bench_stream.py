@@ -198,12 +198,17 @@ class ProgressListener:
 
 
 def freshness_ms(sent: list[tuple[str, int, int, int]], batch_log: list[dict], progress: dict, query: str,
-                 topics: set[str]) -> np.ndarray:
+                 topics: set[str], with_times: bool = False):
     """Per delivered event on ``topics``: visible time (commit of the first ``query`` batch covering its offset)
-    minus produce time, in ms. Events not yet covered are left out."""
+    minus produce time, in ms. Events not yet covered are left out.
+
+    Returns:
+        an array of freshness (ms); with ``with_times``, the pair (freshness ms, produce time epoch ms) of
+        equal-length arrays.
+    """
     commits = {b["batch_id"]: b["committed_at"] for b in batch_log if b["query"] == query}
     batches = sorted(b for (q, b) in progress if q == query and b in commits)
-    out = []
+    out, times = [], []
     by_tp: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for t, p, o, ts in sent:
         if t in topics:
@@ -217,7 +222,37 @@ def freshness_ms(sent: list[tuple[str, int, int, int]], batch_log: list[dict], p
         idx = np.searchsorted(ends, offs, side="right")
         ok = idx < len(ends)
         out.append(at[idx[ok]] - tss[ok])
-    return np.concatenate(out) if out else np.array([])
+        times.append(tss[ok])
+    fresh = np.concatenate(out) if out else np.array([])
+    if with_times:
+        return fresh, (np.concatenate(times) if times else np.array([]))
+    return fresh
+
+
+def freshness_series(fresh: np.ndarray, produced_ms: np.ndarray, t0: float, bin_s: float = 10.0) -> list[dict]:
+    """p50/p95 freshness (ms) of the events produced in each ``bin_s``-second bin, ``t`` = bin start in seconds
+    since ``t0`` (epoch s). Returns [{"t", "p50", "p95", "n"}] in time order, empty bins left out."""
+    if len(fresh) == 0:
+        return []
+    b = np.floor((produced_ms / 1000.0 - t0) / bin_s).astype(np.int64)
+    out = []
+    for k in np.unique(b):
+        f = fresh[b == k]
+        out.append({"t": round(float(k * bin_s), 1), "p50": round(float(np.percentile(f, 50)), 1),
+                    "p95": round(float(np.percentile(f, 95)), 1), "n": int(len(f))})
+    return out
+
+
+def lag_trend(series: list[dict], start_s: float, end_s: float) -> dict[str, float | int | None]:
+    """Least-squares slope of consumer lag (events/s) over samples with ``start_s <= t <= end_s``, and the lag's
+    mean/max there; a slope near 0 means the lag stays bounded (no growth)."""
+    pts = [(r["t"], r["lag"]) for r in series if start_s <= r["t"] <= end_s]
+    if len(pts) < 3:
+        return {"from_s": start_s, "to_s": end_s, "slope_events_per_s": None, "mean": None, "max": None, "n": len(pts)}
+    x, y = np.array(pts, dtype=float).T
+    slope = float(np.polyfit(x, y, 1)[0])
+    return {"from_s": round(start_s, 1), "to_s": round(end_s, 1), "slope_events_per_s": round(slope, 2),
+            "mean": round(float(y.mean()), 1), "max": int(y.max()), "n": len(pts)}
 
 
 def pct(a: np.ndarray) -> dict[str, float | None]:
@@ -443,6 +478,7 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
     stack = BenchStack(s)
     console = Console(stderr=True)
     lag_series: list[dict[str, Any]] = []
+    prof = CpuProfiler(s)
     try:
         stack.start()
         p = make_producer(s)
@@ -476,6 +512,7 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
         t0 = time.time()
         next_sample = t0
         lag = 0
+        prof.start("producing")
         with Live(table(0, 0), console=console, refresh_per_second=4, transient=not show) as live:
             while True:
                 now = time.time()
@@ -495,6 +532,7 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
                     time.sleep(min(0.005, 1.0 / rate))
             p.flush()
             t_end = time.time()
+            prof.mark("drain")
             targets = {"windows": targets_of(log.rows, set(win_topics))}
             deadline = time.time() + drain_timeout
             while time.time() < deadline and not stack.covered("windows", targets["windows"]):
@@ -508,11 +546,17 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
             lag = lag_now()
             lag_series.append({"t": round(time.time() - t0, 2), "lag": lag, "sent": sent})
             live.update(table(time.time() - t0, lag))
+        prof.stop()
         p.close()
         cons.close()
-        fresh = freshness_ms(log.rows, stack.job.sinks.batch_log, dict(stack.listener.progress), "windows",
-                             set(win_topics))
+        progress = dict(stack.listener.progress)
+        fresh, produced = freshness_ms(log.rows, stack.job.sinks.batch_log, progress, "windows", set(win_topics),
+                                       with_times=True)
+        raw_topics = {s.topic(x) for x in RAW_TOPICS}
+        fresh_lake, produced_lake = freshness_ms(log.rows, stack.job.sinks.batch_log, progress, "raw", raw_topics,
+                                                 with_times=True)
         lags = [x["lag"] for x in lag_series]
+        steady_from = max(0.0, min(duration, t_end - t0) - 240.0)  # the last 4 minutes of producing (or all)
         report = {
             "benchmark": "load-test", "generated_at": datetime.now(timezone.utc).isoformat(),
             "target_rate": rate, "duration_s": duration, "stores": stores, "skus": skus,
@@ -524,6 +568,11 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
                              "mean": round(float(np.mean(lags)), 1) if lags else None,
                              "final": lags[-1] if lags else None, "series": lag_series},
             "freshness_clickhouse_ms": pct(fresh),
+            "freshness_lake_ms": pct(fresh_lake),
+            "lag_trend_last_240s": lag_trend(lag_series, steady_from, t_end - t0),
+            "freshness_series": {"clickhouse": freshness_series(fresh, produced, t0),
+                                 "lake": freshness_series(fresh_lake, produced_lake, t0)},
+            "cpu": prof.report(),
             "windows_batches": sum(1 for b in stack.job.sinks.batch_log[n_warm_batches:] if b["query"] == "windows"),
             "batches": stack.job.sinks.batch_log[n_warm_batches:],
             "method": ("after a warm-up of 1,000 events (not measured), a fixed-rate loop (events due = elapsed x rate) sending simulator events with kafka-python; "
@@ -533,7 +582,50 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
         }
         return report
     finally:
+        prof.stop()
         stack.close()
+
+
+def load_chart(report: dict[str, Any], path: Path) -> Path:
+    """Self-contained HTML chart of a load test (plotly): offered vs achieved rate (events/s, per second),
+    consumer lag (events), p50/p95 freshness into ClickHouse and the lake per 10 s of produce time (seconds), and
+    cores busy per component (psutil) over time."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=4, cols=1, vertical_spacing=0.07,
+                        subplot_titles=["offered vs achieved rate (events/s)", "consumer lag (events, windows query)",
+                                        "freshness: produce -> visible (s)", "CPU: cores busy per component"])
+    lag = report["consumer_lag"]["series"]
+    ts = [r["t"] for r in lag]
+    sent = [r["sent"] for r in lag]
+    rates = [(b - a) / max(tb - ta, 1e-9) for a, b, ta, tb in zip(sent, sent[1:], ts, ts[1:])]
+    fig.add_trace(go.Scatter(x=ts[1:], y=rates, name="achieved (sent per second)", mode="lines"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[0, report["duration_s"]], y=[report["target_rate"]] * 2, name="offered",
+                             mode="lines", line={"dash": "dot"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=ts, y=[r["lag"] for r in lag], name="lag", mode="lines"), row=2, col=1)
+    for dest, series in report.get("freshness_series", {}).items():
+        for q in ("p50", "p95"):
+            fig.add_trace(go.Scatter(x=[r["t"] for r in series], y=[r[q] / 1000 for r in series],
+                                     name=f"{dest} {q}", mode="lines+markers"), row=3, col=1)
+    fig.add_hline(y=5, line_dash="dot", annotation_text="goal ClickHouse p95 5 s", row=3, col=1)
+    cpu = (report.get("cpu") or {}).get("series") or []
+    t_cpu0 = cpu[0]["t"] if cpu else 0
+    for k in sorted({k for r in cpu for k in r["cores"]} - {"machine_total"}):
+        fig.add_trace(go.Scatter(x=[r["t"] - t_cpu0 for r in cpu], y=[r["cores"].get(k, 0) for r in cpu],
+                                 stackgroup="cpu", name=k), row=4, col=1)
+    for r in range(1, 5):
+        fig.update_xaxes(title_text="seconds since producing started", row=r, col=1)
+    env = report.get("environment") or {}
+    fig.update_layout(title=f"load test: {report['target_rate']:g} events/s offered for {report['duration_s']:g} s, "
+                            f"{report['stores']} stores; {env.get('cpus')} cores, load {env.get('load_average_1_5_15')}",
+                      height=1500, template="plotly_white")
+    path = Path(path)
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True)
+    return path
 
 
 # ------------------------------------------------------------------------------------ cpu profile --
@@ -1025,10 +1117,13 @@ def load_cmd(rate: float = typer.Option(..., help="Target events/s (RATE)."),
     """Fixed-rate load with a live display; report achieved rate, lag over time, freshness, errors."""
     rep = load_test(rate=rate, duration=duration, stores=stores, skus=skus, trigger_seconds=trigger_seconds)
     path = write_report(rep, out)
-    summary = {k: v for k, v in rep.items() if k not in ("consumer_lag", "environment", "method")}
+    summary = {k: v for k, v in rep.items()
+               if k not in ("consumer_lag", "environment", "method", "batches", "freshness_series", "cpu")}
     summary["consumer_lag"] = {k: v for k, v in rep["consumer_lag"].items() if k != "series"}
+    summary["cpu_s"] = {ph: v["cpu_s"] for ph, v in rep["cpu"]["phases"].items()}
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"report: {path}")
+    typer.echo(f"chart: {load_chart(rep, path.with_suffix('.html'))}")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,29 @@ def test_cpu_profile_report_shape(tmp_path):
               "cpu": rep}
     out = chart(report, tmp_path / "bench.html")
     assert out.exists() and "plotly" in out.read_text()[:5000].lower()
+
+
+# ---------------------------------------------------------------------- load test series (issue 9, part 4)
+def test_freshness_series_bins_by_produce_time_and_lag_trend_fits_a_line(tmp_path):
+    from ops.bench_stream import freshness_series, lag_trend, load_chart
+
+    t0 = 1_000.0
+    produced = np.array([1_000_000.0 + i * 100 for i in range(200)])  # 20 s of events, 10 per second
+    fresh = np.where(produced < 1_010_000, 1_000.0, 3_000.0)          # first 10 s: 1 s, then 3 s
+    fresh[5] = 9_000.0
+    s = freshness_series(fresh, produced, t0, bin_s=10.0)
+    assert [r["t"] for r in s] == [0.0, 10.0] and [r["n"] for r in s] == [100, 100]
+    assert s[0]["p50"] == 1000.0 and s[0]["p95"] == np.percentile(fresh[:100], 95) and s[1]["p95"] == 3000.0
+    assert freshness_series(np.array([]), np.array([]), t0) == []
+    flat = [{"t": float(i), "lag": 50 + (i % 2)} for i in range(100)]
+    growing = [{"t": float(i), "lag": 7 * i} for i in range(100)]
+    assert abs(lag_trend(flat, 40, 99)["slope_events_per_s"]) < 0.05
+    g = lag_trend(growing, 40, 99)
+    assert g["slope_events_per_s"] == 7.0 and g["max"] == 693 and g["n"] == 60
+    assert lag_trend(flat, 200, 300)["slope_events_per_s"] is None
+    report = {"target_rate": 100.0, "duration_s": 99, "stores": 2, "environment": {"cpus": 2},
+              "consumer_lag": {"series": [dict(r, sent=100 * i) for i, r in enumerate(flat)]},
+              "freshness_series": {"clickhouse": s, "lake": s},
+              "cpu": {"series": [{"t": 0.0, "cores": {"spark_jvm": 1.0}}, {"t": 1.0, "cores": {"spark_jvm": 1.2}}]}}
+    out = load_chart(report, tmp_path / "load.html")
+    assert out.exists() and "freshness" in out.read_text()
