@@ -133,6 +133,19 @@ def comparison(metrics: pd.DataFrame, goal: float = 0.10) -> dict:
             "goal_met": bool(vs_best["wape_reduction"] >= goal and red(best_rmsse)["rmsse_reduction"] >= goal)}
 
 
+def hindsight_reference(bt, features: pd.DataFrame) -> dict:
+    """Pooled WAPE / RMSSE of a clairvoyant flat forecast: each (series, origin) gets the mean of its own actual
+    demand over the horizon. Not a model (it reads the future): it shows how far knowing the exact level alone
+    would get below the trailing mean, i.e. how much of a goal needs within-horizon patterns (weekday, events)."""
+    from ml.forecast import metrics_table, naive_scales
+
+    p = bt.predictions.copy()
+    p["hindsight_flat_mean"] = p.groupby(["store_id", "product_id", "origin"])["y"].transform("mean")
+    sc = pd.concat([naive_scales(features, o).reset_index().assign(origin=o) for o in bt.origins], ignore_index=True)
+    r = metrics_table(p, sc, ["hindsight_flat_mean"]).query("h == 0").iloc[0]
+    return {"wape": round(float(r["wape"]), 4), "rmsse": round(float(r["rmsse"]), 4)}
+
+
 def run_dataset(spark, name: str, daily: pd.DataFrame, calendar: pd.DataFrame, cfg: ForecastConfig,
                 default_country: str | None) -> dict:
     """Features + backtest (GBT and baselines) + final fit of one dataset; returns its JSON-able report section."""
@@ -165,6 +178,7 @@ def run_dataset(spark, name: str, daily: pd.DataFrame, calendar: pd.DataFrame, c
                    for k, r in pooled.iterrows()},
         "metrics": model_table(m),
         "comparison": comparison(m),
+        "reference_hindsight_flat_mean": hindsight_reference(bt, feats),
         "champion_selection": {k: v for k, v in res["selection"].items() if k in ("champion", "best_baseline", "reason")},
     }
 

@@ -203,3 +203,17 @@ def test_shrinkage_toward_trailing_mean_weights_by_90_day_mean():
     assert shrink_to_mean(gbt, rows, 0.0) is gbt  # k = 0: no shrinkage
     with pytest.raises(ValueError, match="shrink_k"):
         ForecastConfig(shrink_k=-1)
+
+
+def test_bench_hindsight_reference_is_the_flat_mean_of_the_actuals():
+    from types import SimpleNamespace
+
+    from ops.bench_forecast import hindsight_reference
+
+    o = pd.Timestamp("2024-01-04")
+    feats = pd.DataFrame({"store_id": "S", "product_id": "P", "date": pd.date_range("2024-01-01", periods=4),
+                          "units": [0.0, 2.0, 4.0, 2.0]})  # scale from the first sale: diffs 2, -2 -> 4
+    pred = pd.DataFrame({"store_id": "S", "product_id": "P", "origin": o, "h": [1, 2], "y": [1.0, 3.0]})
+    r = hindsight_reference(SimpleNamespace(predictions=pred, origins=[o]), feats)
+    # flat forecast 2: |e| = 1, 1 -> WAPE 2/4; RMSSE sqrt(mean(1, 1) / 4) = 0.5
+    assert r == {"wape": 0.5, "rmsse": 0.5}
