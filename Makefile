@@ -115,6 +115,11 @@ bench-bi: setup ## Every dashboard query at chain scale (1,000 stores x 500 SKUs
 bench-forecast: setup ## GBT vs seasonal naive, trailing 28-day mean and statsforecast on M5 (28 days) + UCI -> reports/bench-forecast.json
 	$(PY) -m ops.bench_forecast --out reports/bench-forecast.json
 
+# make bench-nightly ARGS="--series 1000 --series 10000 --origins 2 --trees 20"
+.PHONY: bench-nightly
+bench-nightly: setup ## Whole nightly batch (Spark ETL -> features -> training + backtest -> predictions -> reorder) at 1,000 and 10,000 series x 1 year -> reports/bench-nightly.json + .html
+	$(PY) -m ops.bench_nightly $(ARGS)
+
 compose-check: setup ## Validate docker-compose.yml (Compose Specification schema + consistency tests)
 	$(PY) -m pytest -q tests/test_compose.py tests/test_compose_entrypoint.py
 
