@@ -119,6 +119,10 @@ def read_weather(path: str | None) -> pd.DataFrame | None:
     return w.rename(columns={"country": "country_code"})
 
 
+#: rows per features_daily insert request (~100 MB of request body at ~200 bytes a row)
+FEATURE_INSERT_ROWS = 500_000
+
+
 # ----------------------------------------------------------------------------------- training ------
 def build_features(run_date: dt.date, settings=None) -> dict:
     """Task ``build_features``: demand up to ``run_date`` -> feature table -> ClickHouse features_daily
@@ -151,7 +155,11 @@ def build_features(run_date: dt.date, settings=None) -> dict:
     rows["precip_mm"] = rows["precip_mm"].astype(object).where(rows["precip_mm"].notna(), None)
     rows["run_date"] = run_date
     rows["computed_at"] = _now()
-    client.insert_df(f"{db}.features_daily", rows, settings={"max_partitions_per_insert_block": 0})  # monthly parts
+    # in slices, so one request stays far below the endpoint's body limit (CLICKHOUSE_MAX_BODY_MB) at chain scale;
+    # features_daily is a ReplacingMergeTree, so a re-run (or a retried slice) replaces rather than adds
+    for i in range(0, len(rows), FEATURE_INSERT_ROWS):
+        client.insert_df(f"{db}.features_daily", rows.iloc[i:i + FEATURE_INSERT_ROWS],
+                         settings={"max_partitions_per_insert_block": 0})  # monthly parts
     bucket = s.lake_features_bucket
     key = f"run_date={run_date.isoformat()}"
     lake.write_table(pa.Table.from_pandas(out, preserve_index=False), bucket, "daily", key, "features.parquet")
