@@ -13,6 +13,8 @@ as supervised processes.
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -55,7 +57,8 @@ def test_producer_reports_what_it_could_not_deliver_while_the_broker_is_down(nat
     from ops import local
     from producers.simulator import SimConfig, Simulator
 
-    s = native_services
+    # topics of its own: the session's shared topics are read from the earliest offset by other modules' streams
+    s = native_services.model_copy(update={"kafka_topic_prefix": f"bound{uuid.uuid4().hex[:6]}-"})
     ensure_topics(s)
     events = [e for e in Simulator(SimConfig(n_stores=1, n_skus=5, duration_minutes=30, seed=3)).events()
               if e[0] in ("sales_transaction", "inventory_update")][:40]
