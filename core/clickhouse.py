@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from core.settings import REPO_ROOT, ConfigError, Settings, get_settings
+from core.settings import BI_USER, REPO_ROOT, ConfigError, Settings, get_settings
 
 MIGRATIONS_DIR = REPO_ROOT / "clickhouse" / "migrations"
 _clients: dict[tuple[str, str], Client] = {}
@@ -56,7 +56,8 @@ def new_client(settings: Settings | None = None, database: str | None = None, *,
     user, password = unquote(u.username or ""), unquote(u.password or "")
     if readonly:
         s.require("clickhouse_bi_password")
-        user, password = "bi_reader", s.clickhouse_bi_password
+        user = BI_USER
+        password = s.clickhouse_bi_password  # from the environment (CLICKHOUSE_BI_PASSWORD)
     if not user or not password:
         raise ConfigError("CLICKHOUSE_URL names no user or password (and CLICKHOUSE_WRITER_PASSWORD is not set): "
                           "run `make setup` to generate local credentials, or set CLICKHOUSE_URL")

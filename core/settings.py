@@ -33,6 +33,10 @@ class ConfigError(ValueError):
     """Raised when a setting is missing or invalid; the message names the environment variable."""
 
 
+#: name of the read-only ClickHouse user (dashboards, Power BI); its password is CLICKHOUSE_BI_PASSWORD
+BI_USER = "bi_reader"
+
+
 class Settings(BaseSettings):
     """Platform configuration. Field name == environment variable name (case-insensitive)."""
 
@@ -191,7 +195,7 @@ class Settings(BaseSettings):
         ``bi_reader`` is read-only (ClickHouse's readonly=1). There is no passwordless ``default`` user."""
         return {"admin": (self.clickhouse_admin_password, False),
                 "platform_writer": (self.clickhouse_writer_password, False),
-                "bi_reader": (self.clickhouse_bi_password, True)}
+                BI_USER: (self.clickhouse_bi_password, True)}
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical name, e.g. ``topic('sales-transactions')``."""
