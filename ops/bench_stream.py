@@ -586,6 +586,18 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
         stack.close()
 
 
+# ------------------------------------------------------------------------------------------ chart --
+def write_html(fig, path: Path) -> Path:
+    """Write a plotly figure as a self-contained HTML file (a relative ``path`` is under the repository root);
+    returns the absolute path."""
+    path = Path(path)
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True)
+    return path
+
+
 def load_chart(report: dict[str, Any], path: Path) -> Path:
     """Self-contained HTML chart of a load test (plotly): offered vs achieved rate (events/s, per second),
     consumer lag (events), p50/p95 freshness into ClickHouse and the lake per 10 s of produce time (seconds), and
@@ -620,12 +632,7 @@ def load_chart(report: dict[str, Any], path: Path) -> Path:
     fig.update_layout(title=f"load test: {report['target_rate']:g} events/s offered for {report['duration_s']:g} s, "
                             f"{report['stores']} stores; {env.get('cpus')} cores, load {env.get('load_average_1_5_15')}",
                       height=1500, template="plotly_white")
-    path = Path(path)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True)
-    return path
+    return write_html(fig, path)
 
 
 # ------------------------------------------------------------------------------------ cpu profile --
@@ -1047,12 +1054,7 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     fig.update_layout(title=f"bench-stream {report.get('mode', '')}: {report.get('events'):,} events, "
                             f"{env.get('cpus')} cores, load {env.get('load_average_1_5_15')}",
                       height=420 * rows, template="plotly_white")
-    path = Path(path)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True)
-    return path
+    return write_html(fig, path)
 
 
 @app.callback()
