@@ -365,8 +365,7 @@ def account(s: Settings, ledger: Ledger) -> dict[str, Any]:
                    "failed_but_in_lake": len(got & failed_ids)}
     db = s.clickhouse_database
     sales = ledger.delivered["sales_transaction"]
-    out["sales_transaction"]["clickhouse_window_transactions"] = _scalar(
-        s, f"SELECT toInt64(sum(transaction_count)) FROM {db}.sales_metrics_5m FINAL")
+    out["sales_transaction"]["clickhouse_window_transactions"] = window_total(s)
     out["windows"] = compare_windows(clickhouse_windows(s), expected_windows(sales, ledger.delivered["inventory_update"]))
     out["quarantined"] = _scalar(s, f"SELECT count() FROM {db}.quarantine_events FINAL")
     return out
@@ -375,7 +374,7 @@ def account(s: Settings, ledger: Ledger) -> dict[str, Any]:
 def drained(s: Settings, ledger: Ledger) -> bool:
     """True when ClickHouse's windows count every delivered sale and the lake holds every delivered id."""
     try:
-        n = _scalar(s, f"SELECT toInt64(sum(transaction_count)) FROM {s.clickhouse_database}.sales_metrics_5m FINAL")
+        n = window_total(s)
         if n < len(ledger.delivered["sales_transaction"]):
             return False
         return all(len(set(lake_ids(s, et))) >= len(ledger.delivered[et]) for et in ID_FIELD)
