@@ -48,20 +48,11 @@ import pyarrow as pa
 import typer
 
 from core.settings import REPO_ROOT
+from streaming.sinks import lake_arrow_schema
 
 UTC = dt.timezone.utc
 GOAL_SECONDS = 600.0
 STAGES = ("etl", "features", "training", "predictions", "reorder")
-SALES_SCHEMA = pa.schema([
-    ("transaction_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
-    ("quantity", pa.int32()), ("unit_price", pa.float64()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-    ("customer_id", pa.string()), ("payment_method", pa.string()), ("invoice_id", pa.string()),
-    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
-INV_SCHEMA = pa.schema([
-    ("inventory_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
-    ("quantity_change", pa.int32()), ("new_quantity", pa.int32()), ("reason", pa.string()),
-    ("reorder_point", pa.int32()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
 
 
 def shape(series: int) -> tuple[int, int]:
@@ -163,7 +154,7 @@ def generate(s, series: int, end_day: dt.date, days: int, seed: int = 7) -> dict
     replay = sales.sample(frac=0.02, random_state=seed).assign(ingested_at=lambda x: x["ingested_at"] + pd.Timedelta(hours=1))
     part = f"year={end_day.year:04d}/month={end_day.month:02d}/day={end_day.day:02d}"
     for name, df in (("batch-1.parquet", sales), ("batch-2.parquet", replay)):
-        lake.write_table(pa.Table.from_pandas(df, schema=SALES_SCHEMA, preserve_index=False), raw,
+        lake.write_table(pa.Table.from_pandas(df, schema=lake_arrow_schema("sales_transaction"), preserve_index=False), raw,
                          f"sales_transaction/{part}", name)
     cum = sales.groupby(["store_id", "product_id"])["quantity"].cumsum().to_numpy()
     inv = pd.DataFrame({
@@ -172,7 +163,7 @@ def generate(s, series: int, end_day: dt.date, days: int, seed: int = 7) -> dict
         "reason": "SALE", "reorder_point": np.int32(20), "timestamp": sales["timestamp"] + pd.Timedelta(milliseconds=1),
         "ingested_at": sales["ingested_at"], "kafka_partition": sales["kafka_partition"],
         "kafka_offset": sales["kafka_offset"]})
-    lake.write_table(pa.Table.from_pandas(inv, schema=INV_SCHEMA, preserve_index=False), raw,
+    lake.write_table(pa.Table.from_pandas(inv, schema=lake_arrow_schema("inventory_update"), preserve_index=False), raw,
                      f"inventory_update/{part}", "batch-1.parquet")
     return {"stores": n_st, "skus": n_sk, "series": n, "days": days, "seconds": round(time.perf_counter() - t0, 1),
             "rows": {**ld.rows, "raw sales_transaction": len(sales) + len(replay), "raw inventory_update": len(inv)},
