@@ -12,6 +12,7 @@ import os
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from ops.local import platform_settings  # noqa: F401  (test modules import it from here)
@@ -19,6 +20,18 @@ from ops.services import free_port  # noqa: F401  (test modules import it from h
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RETAIL_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
+#: Arrow schemas of raw lake files as the ETL tests write them (ids etc. nullable, so a test can write a contract
+#: violation the ETL must catch); the stream's own is streaming.sinks.lake_arrow_schema
+SALES_SCHEMA = pa.schema([
+    ("transaction_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
+    ("quantity", pa.int32()), ("unit_price", pa.float64()), ("timestamp", pa.timestamp("ms", tz="UTC")),
+    ("customer_id", pa.string()), ("payment_method", pa.string()), ("invoice_id", pa.string()),
+    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+INV_SCHEMA = pa.schema([
+    ("inventory_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
+    ("quantity_change", pa.int32()), ("new_quantity", pa.int32()), ("reason", pa.string()),
+    ("reorder_point", pa.int32()), ("timestamp", pa.timestamp("ms", tz="UTC")),
+    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
 
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import INV_SCHEMA, SALES_SCHEMA
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -29,16 +30,6 @@ COUNTRY_CODES = {"United Kingdom": "GB", "France": "FR", "Germany": "DE", "EIRE"
                  "Netherlands": "NL", "Belgium": "BE", "Switzerland": "CH", "Portugal": "PT", "Italy": "IT",
                  "Norway": "NO", "Australia": "AU", "Sweden": "SE", "Finland": "FI", "Denmark": "DK"}
 NOT_IN_REFERENCE = {"POST", "M", "DOT"}  # SKUs left out of the product master data -> placeholder rows
-SALES_SCHEMA = pa.schema([
-    ("transaction_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
-    ("quantity", pa.int32()), ("unit_price", pa.float64()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-    ("customer_id", pa.string()), ("payment_method", pa.string()), ("invoice_id", pa.string()),
-    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
-INV_SCHEMA = pa.schema([
-    ("inventory_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
-    ("quantity_change", pa.int32()), ("new_quantity", pa.int32()), ("reason", pa.string()),
-    ("reorder_point", pa.int32()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
 
 
 def store_id(country: str) -> str:

@@ -23,20 +23,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import INV_SCHEMA, SALES_SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = dt.date(2011, 8, 29)
 UTC = dt.timezone.utc
-SALES_SCHEMA = pa.schema([
-    ("transaction_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
-    ("quantity", pa.int32()), ("unit_price", pa.float64()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-    ("customer_id", pa.string()), ("payment_method", pa.string()), ("invoice_id", pa.string()),
-    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
-INV_SCHEMA = pa.schema([
-    ("inventory_id", pa.string()), ("store_id", pa.string()), ("product_id", pa.string()),
-    ("quantity_change", pa.int32()), ("new_quantity", pa.int32()), ("reason", pa.string()),
-    ("reorder_point", pa.int32()), ("timestamp", pa.timestamp("ms", tz="UTC")),
-    ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
 
 
 def key(natural: str) -> int:
