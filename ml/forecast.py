@@ -62,6 +62,7 @@ the GBT replaces it only when it is lower in both WAPE and RMSSE on the same bac
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -700,6 +701,30 @@ def read_meta(lake, version: int) -> dict:
     """meta.json of model version N."""
     with lake.fs.open_input_stream(lake.path(lake.settings.lake_models_bucket, MODEL_PREFIX, f"v{version}", "meta.json")) as f:
         return json.loads(f.read().decode())
+
+
+def model_shrink_k(meta: dict, log=None) -> float:
+    """The credibility constant ``shrink_k`` (units/day, >= 0) a saved model was trained and backtested with.
+
+    Read from the model's meta.json: the top-level ``shrink_k`` (written by ``ml/jobs/train.py`` since the
+    predict job honours it), else ``config.shrink_k`` (the ForecastConfig dump). Models saved before either
+    existed fall back to :data:`SHRINK_K` (the default they were trained with), reported through ``log``
+    (a ``logging``-style callable taking one message; default: this module's logger, level WARNING).
+
+    Raises:
+        ValueError: the stored value is negative or not a number.
+    """
+    for where, value in (("meta.shrink_k", meta.get("shrink_k")),
+                         ("meta.config.shrink_k", (meta.get("config") or {}).get("shrink_k"))):
+        if value is not None:
+            k = float(value)
+            if not k >= 0:
+                raise ValueError(f"model v{meta.get('version', '?')}: {where} = {value!r} is not a number >= 0")
+            return k
+    msg = (f"model v{meta.get('version', '?')} has no shrink_k in its meta.json (saved before it was recorded): "
+           f"using the default SHRINK_K = {SHRINK_K}")
+    (log or logging.getLogger(__name__).warning)(msg)
+    return SHRINK_K
 
 
 def load_model_version(lake, version: int):

@@ -4,7 +4,8 @@
 
 Loads ``models/demand-forecast/champion.json`` -> version N and the champion's model name (the GBT or a
 baseline: seasonal naive, trailing 28-day mean, statsforecast), the Spark model and the interval bounds
-from ``models/demand-forecast/v<N>/``, forecasts horizons 1..H (the version's horizon) for every active
+from ``models/demand-forecast/v<N>/``, forecasts horizons 1..H (the version's horizon; the GBT with the
+version's ``target`` and ``shrink_k`` from meta.json, :func:`ml.forecast.model_shrink_k`) for every active
 store x SKU of the feature table with that model (:func:`ml.forecast.forecast`) and writes
 ``models/demand-forecast/predictions/origin=YYYY-MM-DD/predictions.parquet`` and ``.../latest.parquet``
 (overwritten: idempotent). Never opens ClickHouse; ``load_predictions`` in the DAG loads them.
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
 
     from ml.features import STORED_COLUMNS
-    from ml.forecast import MODEL_PREFIX, forecast, get_spark, load_model_version
+    from ml.forecast import MODEL_PREFIX, forecast, get_spark, load_model_version, model_shrink_k
     from ml.pipeline import read_features
     from core.lake import Lake
     from core.settings import get_settings
@@ -56,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise SystemExit(f"feature table lacks column(s) {missing} the model v{version} needs")
         cfg = meta.get("config", {})
+        # the shrinkage the model was backtested (and its intervals calibrated) with; older models: the default
+        shrink_k = model_shrink_k(meta, log=lambda m: print(f"WARNING {m}", file=sys.stderr, flush=True))
         pred = forecast(spark, model, feats, quantiles, meta["bucket_edges"], cols, horizon=int(meta.get("horizon", 7)),
                         model_name=model_name, target=meta.get("target", "raw"),
-                        stats_window_days=int(cfg.get("stats_window_days", 365)))
+                        stats_window_days=int(cfg.get("stats_window_days", 365)), shrink_k=shrink_k)
     finally:
         spark.stop()
     out = pred.rename(columns={"origin": "forecast_origin", "date": "target_date", "h": "horizon"})
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     origin = str(out["forecast_origin"].iloc[0].date())
     lake.write_table(table, bucket, MODEL_PREFIX, "predictions", f"origin={origin}", "predictions.parquet")
     lake.write_table(table, bucket, MODEL_PREFIX, "predictions", "latest.parquet")
-    print(f"model v{version} ({model_name}): {len(out):,} forecasts for {out.groupby(['store_id', 'product_id']).ngroups} series "
+    print(f"model v{version} ({model_name}, shrink_k {shrink_k}): {len(out):,} forecasts for {out.groupby(['store_id', 'product_id']).ngroups} series "
           f"from origin {origin}", flush=True)
     return 0
 

@@ -5,7 +5,9 @@
 Reads the daily feature table from the lake (``--features``: a lake path such as
 ``features/daily/run_date=YYYY-MM-DD`` or ``latest``), runs :func:`ml.forecast.train_and_evaluate`, and
 saves the model with its backtest metrics and interval bounds of every model (GBT, seasonal naive, trailing
-28-day mean, statsforecast) to ``models/demand-forecast/v<N>/``; horizon FORECAST_HORIZON.
+28-day mean, statsforecast) to ``models/demand-forecast/v<N>/``; horizon FORECAST_HORIZON. meta.json records
+what the predict job must reuse: ``horizon``, ``target``, ``shrink_k`` (the GBT's credibility shrinkage the
+backtest scored and the intervals were calibrated with), ``feature_columns``, ``bucket_edges``.
 N = the version already holding this run date (a re-run overwrites it: idempotent) or the highest + 1.
 Never opens ClickHouse; ``register_model`` in the DAG loads the metrics and promotes.
 """
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-window-days", type=int, default=s.forecast_train_window_days)
     ap.add_argument("--max-iter", type=int, default=s.forecast_gbt_max_iter)
     ap.add_argument("--max-depth", type=int, default=s.forecast_gbt_max_depth)
+    ap.add_argument("--shrink-k", type=float, default=None,
+                    help="credibility shrinkage toward the trailing mean, units/day (default ml.forecast.SHRINK_K); "
+                         "stored in meta.json, the predict job uses the same")
     a = ap.parse_args(argv)
 
     import pandas as pd
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     lake = Lake(s)
     cfg = ForecastConfig(horizon=a.horizon, n_origins=a.n_origins, origin_step_days=a.origin_step_days,
                          train_window_days=a.train_window_days, max_iter=a.max_iter,
-                         max_depth=a.max_depth, shuffle_partitions=min(s.spark_shuffle_partitions, 2))
+                         max_depth=a.max_depth, shuffle_partitions=min(s.spark_shuffle_partitions, 2),
+                         **({} if a.shrink_k is None else {"shrink_k": a.shrink_k}))
     feats = read_features(lake, a.features)
     spark = get_spark("demand-forecast-train", shuffle_partitions=cfg.shuffle_partitions)
     try:
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "run_date": a.run_date, "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "features_path": a.features, "config": json.loads(cfg.to_json()), "feature_columns": res["cols"],
-            "horizon": cfg.horizon, "target": cfg.target, "selection": res["selection"],
+            "horizon": cfg.horizon, "target": cfg.target, "shrink_k": cfg.shrink_k, "selection": res["selection"],
             "bucket_edges": bt.bucket_edges, "backtest_origins": [str(o.date()) for o in bt.origins],
             "backtest_train_rows": bt.train_rows, "backtest_fit_seconds": bt.fit_seconds,
             "final_train_rows": res["train_rows"], "final_fit_seconds": res["fit_seconds"],

@@ -1,0 +1,124 @@
+"""The ML spark-submit jobs (ml/jobs/train.py, ml/jobs/predict.py) on a lake in a local folder (no MinIO, no
+ClickHouse: the jobs never open it): the credibility shrinkage ``shrink_k`` a model is trained with is stored in
+its meta.json and the predict job forecasts with it, not with the module default.
+
+Data: 6 store x SKU series of 100 days of seeded Poisson demand with a weekend uplift (one slow mover, so the
+shrinkage toward the trailing mean matters), features from ``ml.features.build_daily_features``. The train job
+runs with ``--shrink-k 3``; its predictions are compared with an in-process :func:`ml.forecast.forecast` of the
+same saved model with k = 3 (equal) and with the default k (different: the test can tell them apart).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DAY = dt.date(2024, 6, 30)
+H = 7
+SHRINK = 3.0
+
+
+@pytest.fixture(scope="module")
+def local_lake(tmp_path_factory):
+    """Settings with LAKE_URL = a local folder (buckets created) and a small GBT; restores the environment."""
+    from core.lake import Lake, get_lake
+    from core.settings import get_settings
+
+    root = tmp_path_factory.mktemp("lake")
+    env = {"LAKE_URL": str(root), "LAKE_RAW_BUCKET": "raw-data", "LAKE_FEATURES_BUCKET": "features",
+           "LAKE_MODELS_BUCKET": "models", "FORECAST_HORIZON": str(H), "FORECAST_GBT_MAX_ITER": "5",
+           "FORECAST_GBT_MAX_DEPTH": "3", "FORECAST_BACKTEST_ORIGINS": "2", "FORECAST_TRAIN_WINDOW_DAYS": "60"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear(), get_lake.cache_clear()
+    lake = Lake(get_settings())
+    lake.ensure_buckets()
+    yield lake
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    get_settings.cache_clear(), get_lake.cache_clear()
+
+
+def demand() -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    dates = pd.date_range(DAY - dt.timedelta(days=99), DAY, freq="D")
+    rows = []
+    for st in ("S1", "S2"):
+        for sku, rate, price in (("A", 12.0, 3.0), ("B", 2.0, 9.5), ("C", 0.3, 40.0)):
+            lam = rate * np.where(dates.dayofweek >= 5, 1.7, 1.0)
+            rows.append(pd.DataFrame({"date": dates, "store_id": st, "product_id": sku,
+                                      "units": rng.poisson(lam).astype(float), "price": price}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def submit(app: str, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    exe = str(Path(sys.executable).parent / "spark-submit")
+    return subprocess.run([exe, "--master", "local[2]", "--conf", "spark.ui.enabled=false", str(REPO / app), *args],
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_model_shrink_k_from_meta_and_logged_fallback():
+    from ml.forecast import SHRINK_K, model_shrink_k
+
+    seen = []
+    assert model_shrink_k({"shrink_k": 1.25, "config": {"shrink_k": 9.0}}, log=seen.append) == 1.25
+    assert model_shrink_k({"config": {"shrink_k": 0.0}}, log=seen.append) == 0.0   # 0 = no shrinkage, not "absent"
+    assert seen == []
+    assert model_shrink_k({"version": 4, "config": {"horizon": 7}}, log=seen.append) == SHRINK_K
+    assert len(seen) == 1 and "v4" in seen[0] and "no shrink_k" in seen[0] and str(SHRINK_K) in seen[0]
+    with pytest.raises(ValueError, match="shrink_k"):
+        model_shrink_k({"shrink_k": -1})
+    with pytest.raises(ValueError, match="shrink_k"):
+        model_shrink_k({"shrink_k": float("nan")})
+
+
+@pytest.mark.integration
+def test_train_stores_shrink_k_and_predict_uses_it(local_lake, spark):
+    import pyarrow as pa
+
+    from ml.features import build_daily_features
+    from ml.forecast import MODEL_PREFIX, SHRINK_K, forecast, load_model_version, read_meta
+    from ml.pipeline import _write_json, read_features
+
+    assert SHRINK_K != SHRINK
+    feats = build_daily_features(demand(), default_country=None, extend_days=H)
+    key = f"run_date={DAY.isoformat()}"
+    local_lake.write_table(pa.Table.from_pandas(feats, preserve_index=False), "features", "daily", key, "features.parquet")
+    _write_json(local_lake, {"run_date": DAY.isoformat(), "path": f"features/daily/{key}"}, "features", "daily",
+                "latest.json")
+
+    r = submit("ml/jobs/train.py", ["--features", f"features/daily/{key}", "--run-date", DAY.isoformat(),
+                                    "--shrink-k", str(SHRINK)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = read_meta(local_lake, 1)
+    assert meta["shrink_k"] == SHRINK and meta["config"]["shrink_k"] == SHRINK and meta["horizon"] == H
+    # serve the GBT (whatever this tiny backtest selected): the shrinkage only applies to it
+    _write_json(local_lake, {"version": 1, "model": "gbt"}, "models", MODEL_PREFIX, "champion.json")
+
+    r = submit("ml/jobs/predict.py", ["--features", "latest"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"shrink_k {SHRINK}" in r.stdout and "no shrink_k" not in r.stderr
+    got = local_lake.read_table("models", MODEL_PREFIX, "predictions", "latest.parquet").to_pandas()
+    got = got.sort_values(["store_id", "product_id", "horizon"]).reset_index(drop=True)
+    assert len(got) == 6 * H and (got["model_version"] == 1).all()
+
+    model, meta2, q = load_model_version(local_lake, 1)
+    f = read_features(local_lake, "latest")
+    args = (spark, model, f, q, meta2["bucket_edges"], meta2["feature_columns"])
+    kw = {"horizon": H, "model_name": "gbt", "target": meta2["target"]}
+    want = forecast(*args, **kw, shrink_k=SHRINK)
+    default = forecast(*args, **kw, shrink_k=SHRINK_K)
+    np.testing.assert_allclose(got["yhat"].to_numpy(), want["yhat"].to_numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["upper95"].to_numpy(), want["upper95"].to_numpy(), rtol=1e-9, atol=1e-12)
+    # the default k gives other forecasts (mostly on the slow mover C, whose GBT weight m / (m + k) moves most)
+    diff = np.abs(got["yhat"].to_numpy() - default["yhat"].to_numpy())
+    assert diff.max() > 1e-3, diff.max()
