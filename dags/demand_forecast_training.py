@@ -1,14 +1,20 @@
-"""demand_forecast_training: features -> Spark MLlib GBT with rolling-origin backtest -> registry/promotion.
+"""demand_forecast_training: features (Spark) -> Spark MLlib GBT with rolling-origin backtest -> registry/promotion.
 
-build_features (Python, owns ClickHouse: fact_sales + dims -> ``features_daily`` and the lake Parquet
-``features/daily/run_date=<d>/``) -> train_gbt (SparkSubmitOperator, ``conn_id='spark_default'``,
-application ``ml/jobs/train.py``: backtest vs seasonal naive, model to ``models/demand-forecast/v<N>/``;
-the subprocess never opens chDB) -> register_model (Python: metrics -> ``ml_model_metrics``, version ->
-``model_registry``, promoted to champion only when its backtest WAPE beats the champion's; emits the
-``demand_forecast_champion`` asset that schedules ``batch_predictions``). Logic: :mod:`ml.pipeline`.
+extract_demand (Python, owns ClickHouse: daily demand per store x SKU from fact_sales + dims, staged in the lake
+under ``features/staging/build_features/run_date=<d>/``) -> build_features (SparkSubmitOperator on
+``spark_default``, application ``ml/jobs/build_features.py``, logic in :mod:`ml.spark_features`: the gap-free
+series, lags, rolling statistics, calendar, price and holiday covariates as DataFrame code; holidays and the
+optional weather file as small pandas dimensions, broadcast-joined; writes the lake Parquet
+``features/daily/run_date=<d>/``) -> load_features (Python: that table -> ``features_daily``, a
+ReplacingMergeTree, then ``features/daily/latest.json``) -> train_gbt (SparkSubmitOperator, application
+``ml/jobs/train.py``: backtest vs the baselines, model to ``models/demand-forecast/v<N>/``) -> register_model
+(Python: metrics -> ``ml_model_metrics``, version -> ``model_registry``, champion / challenger promotion; emits
+the ``demand_forecast_champion`` asset that schedules ``batch_predictions``). The Spark jobs never open chDB.
+Logic: :mod:`ml.pipeline`.
 
 Schedule: TRAINING_SCHEDULE (cron, UTC, data-interval timetable); the run processes the UTC date of its
-logical date. Re-running a date overwrites that date's model version and replaces its rows.
+logical date. Re-running a date overwrites that date's staged files, feature table and model version and
+replaces its rows.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
 from core.settings import REPO_ROOT, get_settings
+from ml.operators import FeaturesSubmitOperator
 
 CHAMPION_ASSET = Asset("demand_forecast_champion")
 _s = get_settings()
@@ -39,23 +46,36 @@ _s = get_settings()
 )
 def demand_forecast_training():
     @task(pool=CLICKHOUSE_POOL)
-    def build_features() -> dict:
-        """Daily demand from the star schema -> feature table in ClickHouse and the lake."""
+    def extract_demand() -> dict:
+        """Daily demand from the star schema -> staged in the lake for the Spark feature job."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ml.pipeline import InsufficientData, build_features as run
+        from ml.pipeline import InsufficientData, stage_demand
 
         try:
-            return run(target_date(get_current_context().get("logical_date")))
+            return stage_demand(target_date(get_current_context().get("logical_date")))
         except InsufficientData as exc:  # too little history: fail now, a retry cannot fix it
             raise AirflowFailException(str(exc)) from exc
+
+    spark_conf = {"spark.sql.shuffle.partitions": str(_s.spark_shuffle_partitions),
+                  "spark.driver.memory": _s.spark_driver_memory,
+                  "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
+                  "spark.ui.enabled": "false"}
+    build_features = FeaturesSubmitOperator(task_id="build_features", conf=spark_conf)
+
+    @task(pool=CLICKHOUSE_POOL)
+    def load_features() -> dict:
+        """The Spark job's feature table -> ClickHouse features_daily (idempotent) and latest.json."""
+        from ml.pipeline import load_features as run
+
+        return run(target_date(get_current_context().get("logical_date")))
 
     train_gbt = SparkSubmitOperator(
         task_id="train_gbt",
         conn_id="spark_default",
         application=str(REPO_ROOT / "ml" / "jobs" / "train.py"),
-        application_args=["--features", "{{ ti.xcom_pull(task_ids='build_features')['lake_path'] }}",
-                          "--run-date", "{{ ti.xcom_pull(task_ids='build_features')['run_date'] }}"],
+        application_args=["--features", "{{ ti.xcom_pull(task_ids='load_features')['lake_path'] }}",
+                          "--run-date", "{{ ti.xcom_pull(task_ids='load_features')['run_date'] }}"],
         name="demand-forecast-train",
         conf={"spark.sql.shuffle.partitions": "2", "spark.driver.memory": _s.spark_driver_memory,
               "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
@@ -69,7 +89,8 @@ def demand_forecast_training():
 
         return run(target_date(get_current_context().get("logical_date")))
 
-    build_features() >> train_gbt >> register_model()
+    loaded = load_features()
+    extract_demand() >> build_features >> loaded >> train_gbt >> register_model()
 
 
 demand_forecast_training()

@@ -1,10 +1,12 @@
 """Task logic of the ML DAGs (``demand_forecast_training``, ``batch_predictions``); the DAG files stay thin.
 
 Process model (chDB allows one process per data path): the Python tasks here own the ClickHouse client;
-the Spark jobs (:mod:`ml.jobs.train`, :mod:`ml.jobs.predict`, run by spark-submit in a subprocess) never
+the Spark jobs (:mod:`ml.jobs.build_features`, :mod:`ml.jobs.train`, :mod:`ml.jobs.predict`, run by spark-submit in a subprocess) never
 open ClickHouse and exchange data through the lake:
 
-* ``features/daily/run_date=YYYY-MM-DD/features.parquet`` — the daily feature table (build_features),
+* ``features/daily/run_date=YYYY-MM-DD/features.parquet`` — the daily feature table (the Spark job
+  ``ml/jobs/build_features.py`` between :func:`stage_demand` and :func:`load_features` in the DAG; in-process
+  scripts use the pandas :func:`build_features`),
   ``features/daily/latest.json`` points at the newest one;
 * ``models/demand-forecast/v<N>/`` — Spark model, ``metrics.parquet``, ``intervals.parquet``, ``meta.json``
   (train job); ``models/demand-forecast/champion.json`` — the promoted version (register_model);
@@ -124,24 +126,79 @@ FEATURE_INSERT_ROWS = 500_000
 
 
 # ----------------------------------------------------------------------------------- training ------
-def build_features(run_date: dt.date, settings=None) -> dict:
-    """Task ``build_features``: demand up to ``run_date`` -> feature table -> ClickHouse features_daily
-    and the lake (``features/daily/run_date=<d>/features.parquet`` + ``latest.json``).
+def demand_for_features(client, db: str, run_date: dt.date) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """Daily demand up to ``run_date`` (:func:`load_daily_demand`) and the last day with known demand: the
+    last day with sales on or before ``run_date`` (a day the ETL has not loaded yet must not become zero demand).
+
+    Returns:
+        (daily demand table, end day as a midnight Timestamp).
 
     Raises:
         InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
     """
-    s, client, db, lake = _ctx(settings)
     daily = load_daily_demand(client, db, run_date)
     if daily.empty:
         raise InsufficientData(f"no sales in {db}.fact_sales up to {run_date}: run daily_etl first")
-    # the last day with sales (<= run_date): a day the ETL has not loaded yet must not become zero demand
     end = min(pd.Timestamp(run_date), daily["date"].max())
     span = int((end - daily["date"].min()).days) + 1
     if span < MIN_HISTORY_DAYS:
         raise InsufficientData(
             f"{db}.fact_sales covers {span} day(s) ({daily['date'].min().date()}..{end.date()}); the rolling-origin "
             f"backtest needs at least {MIN_HISTORY_DAYS}: run daily_etl for the earlier dates first (backfill)")
+    return daily, end
+
+
+def insert_features(client, db: str, out: pd.DataFrame, run_date: dt.date) -> int:
+    """Insert a feature table (:data:`FEATURE_TABLE_COLUMNS`; ``temp_c`` / ``precip_mm`` may be absent) into
+    ``features_daily`` with ``run_date`` and ``computed_at``, in slices of FEATURE_INSERT_ROWS rows so one
+    request stays far below the endpoint's body limit (CLICKHOUSE_MAX_BODY_MB) at chain scale. Idempotent:
+    features_daily is a ReplacingMergeTree on (store_id, product_id, date), so a re-run (or a retried slice)
+    replaces rather than adds. Returns the rows inserted."""
+    rows = out.copy()
+    for c in ("temp_c", "precip_mm"):
+        if c not in rows.columns:
+            rows[c] = np.nan
+    rows = rows[FEATURE_TABLE_COLUMNS]
+    rows["date"] = pd.to_datetime(rows["date"]).dt.date
+    rows["temp_c"] = rows["temp_c"].astype(object).where(rows["temp_c"].notna(), None)
+    rows["precip_mm"] = rows["precip_mm"].astype(object).where(rows["precip_mm"].notna(), None)
+    rows["run_date"] = run_date
+    rows["computed_at"] = _now()
+    for i in range(0, len(rows), FEATURE_INSERT_ROWS):
+        client.insert_df(f"{db}.features_daily", rows.iloc[i:i + FEATURE_INSERT_ROWS],
+                         settings={"max_partitions_per_insert_block": 0})  # monthly parts
+    return len(rows)
+
+
+def _point_latest(lake, run_date: dt.date) -> str:
+    """Write ``features/daily/latest.json`` -> the run's feature table; returns its lake path."""
+    bucket = lake.settings.lake_features_bucket
+    key = f"run_date={run_date.isoformat()}"
+    _write_json(lake, {"run_date": run_date.isoformat(), "path": f"{bucket}/daily/{key}"}, bucket, "daily", "latest.json")
+    return f"{bucket}/daily/{key}"
+
+
+def _summary(out: pd.DataFrame, lake_path: str, run_date: dt.date) -> dict:
+    known = out["units"].notna()
+    return {"rows": int(len(out)), "series": int(out.groupby(["store_id", "product_id"]).ngroups),
+            "last_date": str(pd.Timestamp(out.loc[known, "date"].max()).date()), "lake_path": lake_path,
+            "run_date": run_date.isoformat()}
+
+
+def build_features(run_date: dt.date, settings=None) -> dict:
+    """In-process (pandas) feature building, for scripts and the benchmark: demand up to ``run_date`` ->
+    :func:`ml.features.build_daily_features` -> ClickHouse features_daily and the lake
+    (``features/daily/run_date=<d>/features.parquet`` + ``latest.json``). The DAG runs the same table as a
+    Spark job instead (:func:`stage_demand` -> ``ml/jobs/build_features.py`` -> :func:`load_features`).
+
+    Returns:
+        dict rows, series, last_date, lake_path, run_date.
+
+    Raises:
+        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
+    """
+    s, client, db, lake = _ctx(settings)
+    daily, end = demand_for_features(client, db, run_date)
     feats = build_daily_features(daily, end_date=end, default_country=s.store_country_default,
                                  weather=read_weather(s.weather_file), extend_days=s.forecast_horizon)
     out = feats.copy()
@@ -149,25 +206,56 @@ def build_features(run_date: dt.date, settings=None) -> dict:
         if c not in out.columns:
             out[c] = np.nan
     out = out[FEATURE_TABLE_COLUMNS]
-    rows = out.copy()
-    rows["date"] = rows["date"].dt.date
-    rows["temp_c"] = rows["temp_c"].astype(object).where(rows["temp_c"].notna(), None)
-    rows["precip_mm"] = rows["precip_mm"].astype(object).where(rows["precip_mm"].notna(), None)
-    rows["run_date"] = run_date
-    rows["computed_at"] = _now()
-    # in slices, so one request stays far below the endpoint's body limit (CLICKHOUSE_MAX_BODY_MB) at chain scale;
-    # features_daily is a ReplacingMergeTree, so a re-run (or a retried slice) replaces rather than adds
-    for i in range(0, len(rows), FEATURE_INSERT_ROWS):
-        client.insert_df(f"{db}.features_daily", rows.iloc[i:i + FEATURE_INSERT_ROWS],
-                         settings={"max_partitions_per_insert_block": 0})  # monthly parts
+    insert_features(client, db, out, run_date)
     bucket = s.lake_features_bucket
     key = f"run_date={run_date.isoformat()}"
     lake.write_table(pa.Table.from_pandas(out, preserve_index=False), bucket, "daily", key, "features.parquet")
-    _write_json(lake, {"run_date": run_date.isoformat(), "path": f"{bucket}/daily/{key}"}, bucket, "daily", "latest.json")
-    known = out["units"].notna()
-    return {"rows": int(len(out)), "series": int(out.groupby(["store_id", "product_id"]).ngroups),
-            "last_date": str(out.loc[known, "date"].max().date()), "lake_path": f"{bucket}/daily/{key}",
-            "run_date": run_date.isoformat()}
+    return _summary(out, _point_latest(lake, run_date), run_date)
+
+
+def stage_demand(run_date: dt.date, settings=None) -> dict:
+    """Task ``extract_demand`` of the Spark feature path: daily demand up to ``run_date`` from the star schema
+    -> ``features/staging/build_features/run_date=<d>/demand.parquet`` (date, store_id, product_id, units,
+    price, country_code) and ``params.json`` (end_date = the last day with known demand, extend_days =
+    FORECAST_HORIZON, default_country = STORE_COUNTRY_DEFAULT) for ``ml/jobs/build_features.py``. Overwrites:
+    idempotent.
+
+    Returns:
+        dict run_date, end_date, demand_rows, series.
+
+    Raises:
+        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
+    """
+    from ml import spark_features as sf
+
+    s, client, db, lake = _ctx(settings)
+    daily, end = demand_for_features(client, db, run_date)
+    params = sf.stage_inputs(lake, run_date, daily, end, s.forecast_horizon, s.store_country_default)
+    return {"run_date": run_date.isoformat(), "end_date": params["end_date"], "demand_rows": int(len(daily)),
+            "series": int(daily.groupby(["store_id", "product_id"]).ngroups)}
+
+
+def load_features(run_date: dt.date, settings=None) -> dict:
+    """Task ``load_features``: the Spark job's feature table ``features/daily/run_date=<d>/features.parquet``
+    -> ClickHouse features_daily (:func:`insert_features`, idempotent), then ``features/daily/latest.json``
+    points at it (only once ClickHouse holds it, as in :func:`build_features`).
+
+    Returns:
+        dict rows, series, last_date, lake_path, run_date (``lake_path`` is the train job's ``--features``).
+
+    Raises:
+        FileNotFoundError: the Spark job wrote no feature table for the date.
+    """
+    from ml import spark_features as sf
+
+    s, client, db, lake = _ctx(settings)
+    parts = sf.features_path(lake, run_date)
+    t = lake.read_table(*parts)
+    if t is None:
+        raise FileNotFoundError(f"no feature table at {'/'.join(parts)}: the build_features Spark job did not run")
+    out = t.to_pandas()
+    insert_features(client, db, out, run_date)
+    return _summary(out, _point_latest(lake, run_date), run_date)
 
 
 def read_features(lake, path: str) -> pd.DataFrame:

@@ -52,14 +52,22 @@ def test_dag_rules(dagbag, dag_id):
     assert dag.catchup is False and dag.max_active_runs == 1
     for t in dag.tasks:
         assert t.retries >= 2, f"{dag_id}.{t.task_id} retries {t.retries}"
-    spark = [t for t in dag.tasks if type(t).__name__ == "SparkSubmitOperator"]
-    assert len(spark) == 1 and spark[0]._conn_id == "spark_default"
-    assert Path(spark[0].application).is_file()
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    # the Spark jobs: features + training, predictions; each on spark_default, none in the ClickHouse pool
+    spark = {t.task_id: t for t in dag.tasks if isinstance(t, SparkSubmitOperator)}
+    assert set(spark) == {"demand_forecast_training": {"build_features", "train_gbt"},
+                          "batch_predictions": {"predict"}}[dag_id]
+    for t in spark.values():
+        assert t._conn_id == "spark_default" and Path(t.application).is_file() and t.pool != "clickhouse"
 
 
 def test_dag_order_and_schedules(dagbag):
     tr = dagbag["demand_forecast_training"].dags["demand_forecast_training"]
-    assert tr.get_task("build_features").downstream_task_ids == {"train_gbt"}
+    assert tr.get_task("extract_demand").downstream_task_ids == {"build_features"}
+    assert tr.get_task("build_features").downstream_task_ids == {"load_features"}
+    assert tr.get_task("load_features").downstream_task_ids == {"train_gbt"}
+    assert tr.get_task("build_features").application.endswith("ml/jobs/build_features.py")
     assert tr.get_task("train_gbt").downstream_task_ids == {"register_model"}
     assert [a.name for a in tr.get_task("register_model").outlets] == ["demand_forecast_champion"]
     bp = dagbag["batch_predictions"].dags["batch_predictions"]
@@ -189,6 +197,22 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert len(feats) == n_feature_rows
     known = feats[feats["units"].notna()]
     assert known["units"].sum() == demand["units"].sum()  # the return line is not demand
+    # features_daily came from the Spark job (build_features); the pandas feature code on the same demand
+    # is the reference, column by column
+    from ml.features import build_daily_features
+    from ml.pipeline import FEATURE_TABLE_COLUMNS, load_daily_demand
+
+    ref = build_daily_features(load_daily_demand(client, db, DAY), end_date=pd.Timestamp(DAY), extend_days=H,
+                               default_country=native_stack.store_country_default)
+    got = feats.sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
+    assert len(ref) == len(got)
+    assert pd.to_datetime(got["date"]).tolist() == ref["date"].tolist()
+    for c in FEATURE_TABLE_COLUMNS[1:-2]:
+        g, w = got[c].to_numpy(), ref[c].to_numpy()
+        if c in ("store_id", "product_id"):
+            assert g.tolist() == w.tolist(), c
+        else:
+            np.testing.assert_allclose(g.astype("float64"), w.astype("float64"), rtol=1e-9, atol=1e-9, err_msg=c)
     reg = q("SELECT * FROM {db}.model_registry FINAL")
     assert reg[["version", "is_champion"]].values.tolist() == [[1, 1]]
     m = q("SELECT model, metric, horizon, value FROM {db}.ml_model_metrics FINAL WHERE model_name = 'demand-forecast'")

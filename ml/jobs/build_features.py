@@ -1,0 +1,62 @@
+"""spark-submit application: the staged daily demand of a run date -> the daily feature table in the lake.
+
+    spark-submit --master local[2] ml/jobs/build_features.py --run-date 2011-08-31
+
+Runs :func:`ml.spark_features.build_run`: reads the demand and parameters the ``extract_demand`` task of
+``demand_forecast_training`` staged under ``features/staging/build_features/run_date=YYYY-MM-DD/`` (daily demand
+per store x SKU from ClickHouse, the last day with known demand, FORECAST_HORIZON, STORE_COUNTRY_DEFAULT),
+builds the feature table as Spark DataFrame code (holidays and the optional WEATHER_FILE as small pandas
+dimensions, broadcast-joined) and writes ``features/daily/run_date=YYYY-MM-DD/features.parquet`` and the staged
+``features_result.json`` (overwritten: idempotent). Never opens ClickHouse; the ``load_features`` task inserts
+the table into ``features_daily``.
+Exit 0 on success; exit 3 after staging ``features_error.json`` when the staged demand breaks the contract
+(negative units, duplicates, null keys, no active series: the DAG's operator fails the task without retries);
+any other error exits non-zero and is retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # launched as a file by spark-submit: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+#: exit status for bad data: retrying cannot fix it
+EXIT_BAD_DATA = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-date", required=True, help="logical date of the DAG run (YYYY-MM-DD)")
+    a = ap.parse_args(argv)
+    day = dt.date.fromisoformat(a.run_date)
+
+    from core.lake import Lake
+    from core.settings import get_settings
+    from core.spark import build_spark
+    from ml import spark_features as sf
+    from ml.pipeline import read_weather
+
+    s = get_settings()
+    lake = Lake(s)
+    sf.clear_error(lake, day)
+    weather = read_weather(s.weather_file)
+    spark = build_spark("demand-features", shuffle_partitions=s.spark_shuffle_partitions)
+    try:
+        out = sf.build_run(spark, lake, day, weather=weather)
+    except sf.FeatureError as exc:
+        sf.write_json(lake, {"run_date": a.run_date, "error": type(exc).__name__, "message": str(exc)},
+                      *sf.staging(lake, day, sf.ERROR_NAME))
+        print(f"build_features {a.run_date}: bad data: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_DATA
+    finally:
+        spark.stop()
+    print(f"build_features {a.run_date}: {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The Spark feature job (ml/spark_features.py, ml/jobs/build_features.py) against the pandas feature code.
+
+The pandas :func:`ml.features.build_daily_features` is the independent oracle: on a small realistic daily
+demand table both must give the same feature table, column by column (same rows and order, the same nulls,
+floats equal to 1e-9, flags exactly). The table has 3 stores x 4 SKUs with
+* gaps (days without a row: zero demand), a series whose first rows have demand but no price (back fill),
+  rows with zero units and a price, a price of 0 (undefined price ratios), promotions (price drops);
+* demand from sale lines with returns (a day's returns never net into demand: the ``units`` column is the
+  sum of sold quantities, as ``ml.pipeline.load_daily_demand`` computes it; a day with only a return is a
+  row with units 0 and no price);
+* a series that is never active (zero units, no price: dropped), rows after the end date (ignored);
+* stores in GB, the US, an unknown country code and without one (the default country), over Good Friday,
+  the May bank holidays, Memorial Day and Juneteenth;
+* in a second variant weather per country and input promo / snap flags, no default country.
+The spark-submit job is run on a lake in a local folder (no MinIO, no ClickHouse: the job never opens it), for
+good staged data (exit 0, the feature table and result record) and for a contract violation (exit 3, an error
+record).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+END = dt.date(2024, 6, 10)
+FIRST = dt.date(2024, 2, 1)
+H = 14
+
+
+def sale_lines(seed: int = 3) -> pd.DataFrame:
+    """Sale lines (date, store_id, product_id, quantity, unit_price) with returns (negative quantities)."""
+    rng = np.random.default_rng(seed)
+    days = pd.date_range(FIRST, END + dt.timedelta(days=3), freq="D")  # 3 days after END: ignored
+    lines = []
+    plan = {("S1", "A"): (6.0, 2.5, 0.95), ("S1", "B"): (0.4, 12.0, 0.6), ("S1", "C"): (2.0, 4.0, 0.9),
+            ("S2", "A"): (5.0, 2.6, 0.9), ("S2", "D"): (1.2, 7.5, 0.8), ("S3", "A"): (3.0, 2.4, 0.85),
+            ("S3", "B"): (0.2, 11.0, 0.5), ("S4", "C"): (1.5, 4.2, 0.9)}
+    for (st, sku), (rate, price, p_row) in plan.items():
+        start = 0 if (st, sku) != ("S2", "D") else 40                 # a series starting later
+        for i, d in enumerate(days[start:]):
+            if rng.random() > p_row:                                   # gap: no row that day
+                continue
+            p = price * (0.8 if d.dayofweek == 4 and d.day > 14 else 1.0)  # Friday promotions in the 2nd half
+            q = int(rng.poisson(rate * (1.6 if d.dayofweek >= 5 else 1.0)))
+            for _ in range(q):
+                lines.append((d, st, sku, 1, p))
+            if rng.random() < 0.06:                                    # a return, on its own or with sales
+                lines.append((d, st, sku, -int(rng.integers(1, 3)), p))
+    return pd.DataFrame(lines, columns=["date", "store_id", "product_id", "quantity", "unit_price"])
+
+
+def daily_demand(lines: pd.DataFrame) -> pd.DataFrame:
+    """The daily demand table as ml.pipeline.load_daily_demand builds it: units = sold quantity (returns
+    excluded), price = revenue / units of the sold lines (null when none), country_code of the store."""
+    sold = lines.assign(q=lines["quantity"].clip(lower=0),
+                        rev=lines["quantity"].clip(lower=0) * lines["unit_price"])
+    g = sold.groupby(["date", "store_id", "product_id"], as_index=False).agg(units=("q", "sum"), rev=("rev", "sum"))
+    g["units"] = g["units"].astype("float64")
+    g["price"] = (g["rev"] / g["units"].where(g["units"] > 0)).astype("float64")
+    g = g.drop(columns="rev")
+    # a series that is never active: zero units and no price (dropped by both implementations)
+    g = pd.concat([g, pd.DataFrame({"date": pd.to_datetime([FIRST, END]), "store_id": "S4", "product_id": "Z",
+                                    "units": 0.0, "price": np.nan})], ignore_index=True)
+    # a free day of S1/C in March (price 0: the price ratios of the next days are undefined)
+    free = g[(g["store_id"] == "S1") & (g["product_id"] == "C") & (g["units"] > 0) & (g["date"].dt.month == 3)].index[0]
+    g.loc[free, "price"] = 0.0
+    # S3/B's first day has demand but no price (back-filled from the next priced day)
+    first = g[(g["store_id"] == "S3") & (g["product_id"] == "B") & (g["units"] > 0)].index[0]
+    g.loc[first, "price"] = np.nan
+    cc = {"S1": "GB", "S2": "US", "S3": None, "S4": "XX"}             # XX: no holiday calendar
+    g["country_code"] = g["store_id"].map(cc)
+    return g.sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def demand() -> pd.DataFrame:
+    d = daily_demand(sale_lines())
+    assert (d["units"] == 0).any() and d["price"].isna().any() and (d["price"] == 0).any()
+    assert (d["date"].dt.date > END).any()
+    return d
+
+
+def spark_table(spark, demand: pd.DataFrame, **kw) -> pd.DataFrame:
+    from ml import spark_features as sf
+
+    sdf = spark.createDataFrame(sf.demand_arrow(pa.Table.from_pandas(demand, preserve_index=False)))
+    return sf.to_arrow(sf.build_features_df(spark, sdf, **kw)).to_pandas()
+
+
+def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Column by column: identical keys and order, identical nulls, floats to 1e-9, integers exactly."""
+    from ml.spark_features import BYTE_COLUMNS, OUTPUT_COLUMNS
+
+    assert len(got) == len(want) > 0
+    assert list(got.columns) == OUTPUT_COLUMNS
+    for c in OUTPUT_COLUMNS:
+        g = got[c].reset_index(drop=True)
+        w = want[c].reset_index(drop=True) if c in want.columns else pd.Series(np.nan, index=g.index)
+        if c in ("date", "store_id", "product_id"):
+            assert g.tolist() == w.tolist(), c
+        elif c in BYTE_COLUMNS:
+            assert g.dtype == np.int8 and w.dtype == np.int8, (c, g.dtype, w.dtype)
+            assert (g.to_numpy() == w.to_numpy()).all(), (c, int((g != w).sum()))
+        else:
+            gv, wv = g.to_numpy(dtype="float64"), w.to_numpy(dtype="float64")
+            assert (np.isnan(gv) == np.isnan(wv)).all(), (c, int((np.isnan(gv) != np.isnan(wv)).sum()))
+            np.testing.assert_allclose(gv, wv, rtol=1e-9, atol=1e-9, err_msg=c)
+
+
+def test_spark_features_equal_pandas_with_holidays(spark, demand):
+    from ml.features import build_daily_features
+
+    want = build_daily_features(demand, end_date=pd.Timestamp(END), extend_days=H, default_country="GB")
+    got = spark_table(spark, demand, end_date=END, extend_days=H, default_country="GB")
+    assert_same_table(got, want)
+    # the table is what it claims, independently of both implementations
+    keys = ["store_id", "product_id"]
+    assert ("S4", "Z") not in set(map(tuple, got[keys].drop_duplicates().to_numpy()))
+    assert got.groupby(keys).size().min() > H and (got["date"].max() == pd.Timestamp(END + dt.timedelta(days=H)))
+    known = got[got["units"].notna()]
+    assert known["date"].max() == pd.Timestamp(END) and got[got["date"] > pd.Timestamp(END)]["units"].isna().all()
+    src = demand[demand["date"] <= pd.Timestamp(END)]
+    assert known["units"].sum() == src["units"].sum()                # zero-filled gaps add nothing
+    s1a = got[(got["store_id"] == "S1") & (got["product_id"] == "A")].set_index("date")
+    # UK-wide holidays on a GB store (Good Friday, early May and spring bank holidays; Easter Monday is not
+    # UK-wide), the US ones on a US store
+    gb = ["2024-03-29", "2024-05-06", "2024-05-27"]
+    assert s1a.loc[pd.to_datetime(gb), "holiday"].tolist() == [1, 1, 1]
+    assert s1a["holiday"].sum() == 3
+    s2a = got[(got["store_id"] == "S2") & (got["product_id"] == "A")].set_index("date")
+    assert s2a.loc[pd.to_datetime(["2024-05-27", "2024-06-19"]), "holiday"].tolist() == [1, 1]  # Memorial, Juneteenth
+    assert got[got["store_id"] == "S4"]["holiday"].sum() == 0          # unknown country: no calendar
+    s3 = got[got["store_id"] == "S3"].set_index("date")
+    assert s3.loc[pd.to_datetime(gb), "holiday"].eq(1).all()           # no country code: the default (GB)
+    # lag_7 and rmean_7 of a row, recomputed from the source rows
+    d = pd.Timestamp("2024-04-20")
+    y = src[(src["store_id"] == "S1") & (src["product_id"] == "A")].set_index("date")["units"]
+    assert s1a.loc[d, "lag_7"] == y.get(d - pd.Timedelta(days=7), 0.0)
+    assert s1a.loc[d, "rmean_7"] == pytest.approx(sum(y.get(d - pd.Timedelta(days=k), 0.0) for k in range(1, 8)) / 7)
+
+
+def test_spark_features_equal_pandas_with_weather_and_flags(spark, demand):
+    from ml.features import build_daily_features
+
+    d = demand.copy()
+    d["promo"] = (d["date"].dt.dayofweek == 4).astype(int)
+    d["snap"] = ((d["date"].dt.day <= 10) & (d["store_id"] == "S2")).astype(int)
+    dates = pd.date_range(FIRST, END + dt.timedelta(days=5), freq="D")   # weather forecast ends before the horizon
+    weather = pd.concat([pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "country_code": c,
+                                       "temp_c": 5 + 10 * np.sin(np.arange(len(dates)) / 20) + o,
+                                       "precip_mm": (np.arange(len(dates)) % 5) * 0.7})
+                         for c, o in (("GB", 0.0), ("US", 4.5))], ignore_index=True)
+    want = build_daily_features(d, end_date=pd.Timestamp(END), extend_days=H, default_country=None, weather=weather)
+    got = spark_table(spark, d, end_date=END, extend_days=H, default_country=None, weather=weather)
+    assert_same_table(got, want)
+    # no default country: holidays only for the stores with a country calendar (S1 GB, S2 US), none for S3 / S4
+    assert got.groupby("store_id")["holiday"].sum().gt(0).to_dict() == {"S1": True, "S2": True, "S3": False, "S4": False}
+    assert got["promo"].sum() > 0 and got["snap"].sum() > 0
+    assert got["temp_c"].notna().any() and got["temp_c"].isna().any()  # S3/S4 have no weather, nor the last days
+
+
+def test_contract_violations_are_named(spark, demand):
+    from ml import spark_features as sf
+
+    def build(df):
+        sdf = spark.createDataFrame(sf.demand_arrow(pa.Table.from_pandas(df, preserve_index=False)))
+        return sf.build_features_df(spark, sdf, end_date=END, extend_days=H)
+
+    neg = demand.copy()
+    neg.loc[neg.index[:3], "units"] = -1.0
+    with pytest.raises(sf.FeatureError, match="3 row.s. with negative units"):
+        build(neg)
+    with pytest.raises(sf.FeatureError, match="2 duplicate"):
+        build(pd.concat([demand, demand.iloc[5:7]], ignore_index=True))
+    with pytest.raises(sf.FeatureError, match="lacks column"):
+        sf.demand_arrow(pa.Table.from_pandas(demand.drop(columns="price")))
+
+
+@pytest.fixture(scope="module")
+def local_lake(tmp_path_factory):
+    """Settings with LAKE_URL = a local folder (buckets created); restores the environment afterwards."""
+    from core.lake import Lake, get_lake
+    from core.settings import get_settings
+
+    root = tmp_path_factory.mktemp("lake")
+    env = {"LAKE_URL": str(root), "LAKE_RAW_BUCKET": "raw-data", "LAKE_FEATURES_BUCKET": "features",
+           "LAKE_MODELS_BUCKET": "models"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear(), get_lake.cache_clear()
+    lake = Lake(get_settings())
+    lake.ensure_buckets()
+    yield lake
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    get_settings.cache_clear(), get_lake.cache_clear()
+
+
+def test_spark_submit_job_writes_the_feature_table_and_exit_codes(local_lake, demand):
+    """The spark-submit application on staged inputs: exit 0 with the feature table (equal to the pandas one) at
+    ``features/daily/run_date=<d>/`` and a result record, re-run identical; exit 3 and an error record for
+    staged demand breaking the contract."""
+    from ml import spark_features as sf
+    from ml.features import build_daily_features
+    from ml.pipeline import read_features
+
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    submit = str(Path(sys.executable).parent / "spark-submit")
+    app = str(REPO / "ml" / "jobs" / "build_features.py")
+
+    def run(day):
+        return subprocess.run([submit, "--master", "local[2]", "--conf", "spark.ui.enabled=false", app,
+                               "--run-date", day.isoformat()], env=env, capture_output=True, text=True, timeout=900)
+
+    sf.stage_inputs(local_lake, END, demand, END, H, "GB")
+    r = run(END)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = sf.read_json(local_lake, *sf.staging(local_lake, END, sf.RESULT_NAME))
+    want = build_daily_features(demand, end_date=pd.Timestamp(END), extend_days=H, default_country="GB")
+    assert res["rows"] == len(want) and res["series"] == 8 and res["last_date"] == END.isoformat()
+    assert res["lake_path"] == f"features/daily/run_date={END}"
+    t = pq.read_table(local_lake.path(*sf.features_path(local_lake, END)))   # the file itself
+    assert t.schema.field("date").type == pa.timestamp("ns") and t.schema.field("dow").type == pa.int8()
+    assert_same_table(t.to_pandas(), want)
+    # what the train job reads (ml.pipeline.read_features) is the pandas path's table too
+    f = read_features(local_lake, res["lake_path"])
+    assert f["date"].dtype == "datetime64[ns]" and len(f) == len(want)
+
+    bad_day = END - dt.timedelta(days=1)
+    bad = demand.copy()
+    bad.loc[bad.index[0], "units"] = -2.0
+    sf.stage_inputs(local_lake, bad_day, bad, bad_day, H, "GB")
+    r = run(bad_day)
+    assert r.returncode == 3, r.stderr[-3000:]
+    err = sf.read_json(local_lake, *sf.staging(local_lake, bad_day, sf.ERROR_NAME))
+    assert err["error"] == "FeatureError" and "1 row(s) with negative units" in err["message"]
+    assert not local_lake.exists(*sf.features_path(local_lake, bad_day))
