@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlparse
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -108,7 +109,8 @@ class Settings(BaseSettings):
     stream_window: str = Field(default="5 minutes", description="Tumbling event-time window length.")
     stream_watermark: str = Field(default="10 minutes", description="Watermark delay (allowed lateness).")
     stream_trigger_seconds: float = Field(default=5.0, description="Micro-batch trigger interval, seconds.")
-    stream_max_offsets_per_trigger: int = Field(default=200_000, description="Kafka maxOffsetsPerTrigger.")
+    stream_max_offsets_per_trigger: int = Field(default=200_000, description="Kafka maxOffsetsPerTrigger of each topic's source (the job reads one source per topic): at most this many records per topic and micro-batch.")
+    stream_state_store: Literal["rocksdb", "hdfs"] = Field(default="rocksdb", description="Streaming state store (deduplication and window state): rocksdb = Spark's RocksDB provider with changelog checkpointing, hdfs = Spark's default in-heap provider. New checkpoints only.")
     stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
     stream_max_event_age_days: int = Field(default=36500, description="Events older than this (vs now) are quarantined as absurd.")
     stream_heartbeat_max_age_s: float = Field(default=60.0, description="The streaming job counts as healthy while its heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat, touched every second while both queries run) is younger than this (seconds).")

@@ -153,48 +153,29 @@ def progress_detail(p: dict[str, Any]) -> dict[str, Any]:
 
 
 class ProgressListener:
-    """Collects every micro-batch's end offsets per query (a pyspark StreamingQueryListener)."""
+    """Collects every micro-batch's end offsets and :func:`progress_detail` per query; fed by the streaming job's
+    progress poller (``StreamingJob.progress_callbacks``, :class:`streaming.job.ProgressPoller`)."""
 
-    def __new__(cls):
-        from pyspark.sql.streaming import StreamingQueryListener
+    def __init__(self):
+        self.progress: dict[tuple[str, int], dict[str, dict[int, int]]] = {}
+        self.details: dict[tuple[str, int], dict[str, Any]] = {}  # progress_detail of each batch
+        self.lock = threading.Lock()
 
-        class _L(StreamingQueryListener):
-            def __init__(self):
-                self.progress: dict[tuple[str, int], dict[str, dict[str, int]]] = {}
-                self.details: dict[tuple[str, int], dict[str, Any]] = {}  # progress_detail of each batch
-                self.lock = threading.Lock()
+    def on_progress(self, name: str, p: dict[str, Any]) -> None:
+        """Record one batch's progress (Spark's progress JSON as a dict)."""
+        from streaming.job import source_end_offsets
 
-            def onQueryStarted(self, event):
-                pass
+        end = source_end_offsets(p)
+        detail = progress_detail(p)
+        with self.lock:
+            self.progress[(name, int(p["batchId"]))] = {t: {int(k): int(v) for k, v in parts.items()}
+                                                        for t, parts in end.items()}
+            self.details[(name, int(p["batchId"]))] = detail
 
-            def onQueryProgress(self, event):
-                p = event.progress
-                try:
-                    end = p.sources[0].endOffset if p.sources else None
-                    end = json.loads(end) if isinstance(end, str) else (end or {})
-                except Exception:
-                    end = {}
-                try:
-                    detail = progress_detail(json.loads(p.json))
-                except Exception:
-                    detail = {}
-                with self.lock:
-                    self.progress[(p.name, int(p.batchId))] = {t: {int(k): int(v) for k, v in parts.items()}
-                                                               for t, parts in end.items()}
-                    self.details[(p.name, int(p.batchId))] = detail
-
-            def onQueryIdle(self, event):
-                pass
-
-            def onQueryTerminated(self, event):
-                pass
-
-            def latest(self, query: str) -> dict[str, dict[int, int]]:
-                with self.lock:
-                    ids = [b for (q, b) in self.progress if q == query]
-                    return self.progress[(query, max(ids))] if ids else {}
-
-        return _L()
+    def latest(self, query: str) -> dict[str, dict[int, int]]:
+        with self.lock:
+            ids = [b for (q, b) in self.progress if q == query]
+            return self.progress[(query, max(ids))] if ids else {}
 
 
 def freshness_ms(sent: list[tuple[str, int, int, int]], batch_log: list[dict], progress: dict, query: str,
@@ -278,8 +259,8 @@ class BenchStack:
         ensure_topics(s)
         self.spark = build_spark(s)
         self.listener = ProgressListener()
-        self.spark.streams.addListener(self.listener)
         self.job = StreamingJob(s, spark=self.spark)
+        self.job.progress_callbacks.append(self.listener.on_progress)
 
     def start(self) -> None:
         self.job.start(available_now=False, trigger_seconds=self.s.stream_trigger_seconds)
@@ -312,10 +293,6 @@ class BenchStack:
         try:
             self.job.stop()
         finally:
-            try:
-                self.spark.streams.removeListener(self.listener)
-            except Exception:
-                pass
             shutil.rmtree(self.s.spark_checkpoint_dir, ignore_errors=True)
             try:
                 from core.lake import Lake

@@ -10,7 +10,8 @@ In-process API (the demo, tests and benchmarks): :func:`run_stream` (blocking) o
 (``start`` / ``await_available_now`` / ``stop``).
 
 Two streaming queries share one SparkSession (Spark's own Kafka source, ``spark-sql-kafka-0-10`` jars from
-:func:`core.spark.spark_kafka_jars`):
+:func:`core.spark.spark_kafka_jars`, one source per topic so each record is fetched once per query; state in
+RocksDB by default, STREAM_STATE_STORE):
 
 * ``raw``: all input topics (sales, inventory, price changes, customer events) -> validation -> lake Parquet +
   ``quarantine_events`` (:meth:`streaming.sinks.StreamSinks.raw_batch`). Checkpoint ``<SPARK_CHECKPOINT_DIR>/raw``.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -51,6 +53,41 @@ def build_spark(settings: Settings | None = None):
     from core.spark import build_spark as _build
 
     return _build("retail-streaming", kafka=True, settings=settings)
+
+
+#: ``spark.sql.streaming.stateStore.providerClass`` per STREAM_STATE_STORE
+STATE_STORE_PROVIDERS = {
+    "rocksdb": "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+    "hdfs": "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider",
+}
+
+
+def state_store_conf(settings: Settings) -> dict[str, str]:
+    """Spark SQL confs of the streaming state store chosen by STREAM_STATE_STORE.
+
+    ``rocksdb``: Spark's RocksDB provider (state off the JVM heap, in native memory and local SST files) with
+    changelog checkpointing (each micro-batch uploads only its changes); ``hdfs``: Spark's default in-heap
+    provider (a full map per version in the JVM heap). A query keeps the provider it started with: the choice is
+    recorded in its checkpoint, so changing the setting applies to new checkpoints only.
+    """
+    conf = {"spark.sql.streaming.stateStore.providerClass": STATE_STORE_PROVIDERS[settings.stream_state_store]}
+    if settings.stream_state_store == "rocksdb":
+        conf["spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled"] = "true"
+    return conf
+
+
+def source_end_offsets(progress: dict | Any) -> dict[str, dict[str, int]]:
+    """{topic: {partition: next offset}} of a query progress (dict or ``StreamingQueryProgress``), merged over
+    all its sources (the job reads one Kafka source per topic)."""
+    sources = progress.get("sources", []) if isinstance(progress, dict) else progress.sources
+    out: dict[str, dict[str, int]] = {}
+    for src in sources or []:
+        end = src.get("endOffset") if isinstance(src, dict) else src.endOffset
+        if isinstance(end, str):
+            end = json.loads(end)
+        for t, parts in (end or {}).items():
+            out.setdefault(t, {}).update({str(p): int(o) for p, o in parts.items()})
+    return out
 
 
 def heartbeat_path(settings: Settings) -> Path:
@@ -87,31 +124,77 @@ def dropped_duplicates(progress: dict | Any) -> int:
     return total
 
 
-def _duplicates_listener(job: "StreamingJob"):
-    """A StreamingQueryListener that records each committed micro-batch's duplicate count of the job's queries
-    (:meth:`streaming.sinks.StreamSinks.record_duplicates`: log line + ``stream_batches.duplicates_dropped``)."""
-    from pyspark.sql.streaming import StreamingQueryListener
+def last_progress(query) -> dict[str, Any] | None:
+    """The last micro-batch progress of a ``StreamingQuery`` as a dict (Spark's own JSON), or None before the first.
 
-    class DuplicatesListener(StreamingQueryListener):
-        def onQueryStarted(self, event):
-            pass
+    Read as one JSON string from the JVM. PySpark's ``StreamingQuery.lastProgress`` / ``recentProgress`` and a Python
+    ``StreamingQueryListener`` convert the JVM object field by field; each Java collection they iterate ends in a
+    ``NoSuchElementException`` that PySpark's exception hook inspects with about 13 ``is_instance_of`` calls, each
+    a failed class lookup through every jar of the classpath: a JFR profile of a 2,000 events/s load test put
+    about a fifth of the Spark JVM's task CPU in the listener thread's class lookups.
+    """
+    p = query._jsq.lastProgress()
+    return json.loads(p.json()) if p is not None else None
 
-        def onQueryIdle(self, event):
-            pass
 
-        def onQueryTerminated(self, event):
-            pass
+def recent_progress(query) -> list[dict[str, Any]]:
+    """The query's recent progress (the last ``spark.sql.streaming.numRecentProgressUpdates``) as dicts, oldest
+    first; read as JSON strings like :func:`last_progress`."""
+    arr = query._jsq.recentProgress()
+    return [json.loads(arr[i].json()) for i in range(len(arr))]
 
-        def onQueryProgress(self, event):
-            p = event.progress
-            if str(p.id) not in job.query_ids or p.name not in QUERY_NAMES:
-                return
-            try:
-                job.sinks.record_duplicates(p.name, p.batchId, dropped_duplicates(p))
-            except Exception as exc:  # monitoring must never stop the stream
-                log.warning("recording duplicates of %s batch %s: %s", p.name, p.batchId, exc)
 
-    return DuplicatesListener()
+class ProgressPoller:
+    """Follows the queries' micro-batch progress from a daemon thread (every ``interval_s`` seconds) and calls
+    each ``callback(query name, progress dict)`` once per new batch id, in batch order (a gap since the last
+    poll is filled from :func:`recent_progress`). Used instead of a Python ``StreamingQueryListener`` (see
+    :func:`last_progress` for why). :meth:`stop` polls one last time, so the batches of a finished query are
+    all delivered.
+    """
+
+    def __init__(self, queries: dict[str, Any], callbacks: list, interval_s: float = 0.5):
+        self.queries, self.callbacks, self.interval_s = queries, callbacks, interval_s
+        self.seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress-poller", daemon=True)
+
+    def start(self) -> "ProgressPoller":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def poll(self) -> None:
+        """Deliver the progress of every batch completed since the last poll (errors are logged, never raised)."""
+        with self._lock:
+            for name, q in list(self.queries.items()):
+                try:
+                    last = last_progress(q)
+                    if last is None or int(last["batchId"]) <= self.seen.get(name, -1):
+                        continue
+                    seen, b = self.seen.get(name, -1), int(last["batchId"])
+                    new = {b: last}
+                    if b > seen + 1:
+                        new.update({int(p["batchId"]): p for p in recent_progress(q) if seen < int(p["batchId"]) < b})
+                    self.seen[name] = b
+                except Exception as exc:  # a stopped session: nothing more to deliver
+                    log.debug("progress of %s: %s", name, exc)
+                    continue
+                for bid in sorted(new):
+                    for cb in self.callbacks:
+                        try:
+                            cb(name, new[bid])
+                        except Exception as exc:  # monitoring must never stop the stream
+                            log.warning("progress callback for %s batch %s: %s", name, bid, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.poll()
 
 
 class StreamingJob:
@@ -140,7 +223,14 @@ class StreamingJob:
         self.queries: dict[str, Any] = {}
         self.query_ids: set[str] = set()
         self.started_at: float | None = None
-        self._listener = None
+        #: callbacks(query name, progress dict) called once per micro-batch (:class:`ProgressPoller`); the job's
+        #: own records each batch's duplicate count (``stream_batches.duplicates_dropped`` + log line)
+        self.progress_callbacks: list = [self._record_duplicates]
+        self._poller: ProgressPoller | None = None
+
+    def _record_duplicates(self, name: str, progress: dict[str, Any]) -> None:
+        if name in QUERY_NAMES:
+            self.sinks.record_duplicates(name, int(progress["batchId"]), dropped_duplicates(progress))
 
     def _source(self, topics: list[str]):
         s = self.s
@@ -165,16 +255,18 @@ class StreamingJob:
         topics = {et: s.topic(EVENT_TYPES[et]) for et in INPUT_EVENT_TYPES}
         lim = {"max_age_days": s.stream_max_event_age_days, "max_future_minutes": s.stream_max_future_minutes}
 
-        if self._listener is None:
-            self._listener = _duplicates_listener(self)
-            self.spark.streams.addListener(self._listener)
-        raw = self.sinks.raw_frame(TR.kafka_frame(self._source([*topics.values(), s.topic(DEAD_LETTER)])))
+        for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)
+            self.spark.conf.set(key, value)
+        # one Kafka source per topic: each record is fetched and decoded once per query (a single multi-topic
+        # source filtered per branch was scanned once per branch: 9 times per micro-batch in the raw query)
+        raw = self.sinks.raw_frame({t: TR.kafka_frame(self._source([t]))
+                                    for t in [*topics.values(), s.topic(DEAD_LETTER)]})
         self.queries["raw"] = (raw.writeStream.queryName("raw").foreachBatch(self.sinks.raw_batch)
                                .option("checkpointLocation", checkpoint_path(s, "raw")).trigger(**trig).start())
 
-        k = TR.kafka_frame(self._source([topics["sales_transaction"], topics["inventory_update"]]))
-        facts = TR.inventory_facts(TR.valid_events(k, "sales_transaction", topics["sales_transaction"], **lim),
-                                   TR.valid_events(k, "inventory_update", topics["inventory_update"], **lim))
+        sales, inv = (TR.kafka_frame(self._source([topics[et]])) for et in ("sales_transaction", "inventory_update"))
+        facts = TR.inventory_facts(TR.valid_events(sales, "sales_transaction", topics["sales_transaction"], **lim),
+                                   TR.valid_events(inv, "inventory_update", topics["inventory_update"], **lim))
         win = TR.window_metrics(facts, s.stream_window, s.stream_watermark)
         self.queries["windows"] = (win.writeStream.queryName("windows").outputMode("update")
                                    .foreachBatch(self.sinks.windows_batch)
@@ -182,6 +274,7 @@ class StreamingJob:
                                    .trigger(**trig).start())
         self.query_ids = {str(q.id) for q in self.queries.values()}
         self.started_at = time.time()
+        self._poller = ProgressPoller(self.queries, self.progress_callbacks).start()
         return self.queries
 
     def await_available_now(self, timeout: float | None = None) -> None:
@@ -223,13 +316,10 @@ class StreamingJob:
     def processed_offsets(self, query: str = "windows") -> dict[str, dict[str, int]]:
         """{topic: {partition: next offset}} committed by the last micro-batch of ``query`` (from lastProgress)."""
         q = self.queries.get(query)
-        prog = q.lastProgress if q is not None else None
+        prog = last_progress(q) if q is not None else None
         if not prog:
             return {}
-        end = prog["sources"][0].get("endOffset") or {}
-        if isinstance(end, str):
-            end = json.loads(end)
-        return {t: {str(p): int(o) for p, o in parts.items()} for t, parts in end.items()}
+        return source_end_offsets(prog)
 
     def stop(self, grace_seconds: float = 120.0) -> None:
         """Stop every query between micro-batches (idempotent), then flush the alert producer.
@@ -251,30 +341,32 @@ class StreamingJob:
                     q.stop()
             except Exception as exc:  # keep stopping the others
                 log.warning("stopping query %s: %s", q.name, exc)
-        if self._listener is not None:
-            try:
-                self.spark.streams.removeListener(self._listener)
-            except Exception as exc:
-                log.warning("removing the duplicates listener: %s", exc)
-            self._listener = None
+        if self._poller is not None:  # after the queries stopped: the last poll sees their final batches
+            self._poller.stop()
+            self._poller = None
         self.sinks.close()
 
     def stats(self) -> dict[str, Any]:
         """Summary: batches and rows per query, duplicates dropped (event ids seen again within the watermark,
-        from the query progress), dropped-by-watermark rows, alerts sent, sink retries, wall time."""
+        from the query progress), dropped-by-watermark rows, alerts sent, sink retries, wall time.
+        ``source_rows``: Kafka records the query's sources read (progress ``numInputRows``, over the last
+        ``spark.sql.streaming.numRecentProgressUpdates`` batches): each record is read once per query, so it
+        equals the records of the topics the query reads."""
         out: dict[str, Any] = {"alerts_sent": self.sinks.alerts_sent, "sink_retries": self.sinks.retries,
                                "seconds": None if self.started_at is None else round(time.time() - self.started_at, 2)}
         for name in QUERY_NAMES:
             logs = [b for b in self.sinks.batch_log if b["query"] == name]
             q = self.queries.get(name)
-            dropped = dups = 0
+            dropped = dups = read = 0
             if q is not None:
-                for p in q.recentProgress:
+                for p in recent_progress(q):
                     dups += dropped_duplicates(p)
+                    read += int(p.get("numInputRows", 0) or 0)
                     for op in p.get("stateOperators", []) or []:  # a row dropped by one never reaches the next
                         dropped += int(op.get("numRowsDroppedByWatermark", 0) or 0)
             out[name] = {"batches": len(logs), "input_rows": sum(b["input_rows"] for b in logs),
-                         "output_rows": sum(b["output_rows"] for b in logs), "duplicates_dropped": dups}
+                         "output_rows": sum(b["output_rows"] for b in logs), "duplicates_dropped": dups,
+                         "source_rows": read}
             if name == "windows":
                 out[name]["rows_dropped_by_watermark"] = dropped
         return out

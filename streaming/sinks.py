@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -259,33 +260,40 @@ class StreamSinks:
         return TR.validate_events(parsed, event_type, max_age_days=self.s.stream_max_event_age_days,
                                   max_future_minutes=self.s.stream_max_future_minutes)
 
-    def raw_frame(self, kafka_df: DataFrame) -> DataFrame:
+    def raw_frame(self, kafka: DataFrame | Mapping[str, DataFrame]) -> DataFrame:
         """The raw query's frame: every input topic parsed and validated, unioned by name (fields of the same name
         have the same type in every contract; a type's missing fields are NULL). Built once on the streaming
         frame, so a micro-batch costs one Spark job and no per-batch plan building.
 
+        Args:
+            kafka: {topic: :func:`streaming.transforms.kafka_frame` of that topic} for every input topic and the
+                dead-letter topic (the job's one source per topic), or one frame holding all of them (each branch
+                then filters its topic).
+
         Valid events are deduplicated by (topic, event id) within STREAM_WATERMARK of *arrival* (the micro-batch
         time, ``current_timestamp()``, as the watermark column: a processing-time watermark never makes a row
         late, so late events still reach the lake while a copy re-sent within the watermark is dropped). Invalid
-        records are never deduplicated (each offset is quarantined).
+        records are never deduplicated (each offset is quarantined): they pass the same deduplication under a key
+        of their own (``NUL`` + partition:offset, which no valid id can equal: ids with control characters are
+        invalid), so the frame has no valid/invalid split and each source is scanned once per micro-batch.
 
         Returns:
             ``KAFKA_COLUMNS`` + the union of the contract fields + ``invalid_reason`` + ``event_key`` (the event id)
             + ``dead_letter_type``: the records of the producers' dead-letter topic come along as rejected rows
             (:func:`streaming.transforms.dead_letter_frame`), so ``quarantine_events`` counts them too.
         """
-        frames = [self.validated(kafka_df, et, topic)
-                  .select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON, F.col(TR.EVENT_ID[et]).alias("event_key"))
-                  for topic, et in self.topics.items()]
-        union = frames[0]
-        for f in frames[1:]:
-            union = union.unionByName(f, allowMissingColumns=True)
-        valid = (union.filter(F.col(TR.REASON).isNull()).withColumn("_arrived", F.current_timestamp())
-                 .withWatermark("_arrived", self.s.stream_watermark)
-                 .dropDuplicatesWithinWatermark(["topic", "event_key"]).drop("_arrived"))
-        rejected = union.filter(F.col(TR.REASON).isNotNull()).unionByName(
-            TR.dead_letter_frame(kafka_df, self.dead_letter_topic), allowMissingColumns=True)
-        return valid.unionByName(rejected, allowMissingColumns=True)
+        frame = (lambda t: kafka[t]) if isinstance(kafka, Mapping) else (lambda t: kafka)
+        union = TR.dead_letter_frame(frame(self.dead_letter_topic), self.dead_letter_topic)
+        for topic, et in self.topics.items():
+            union = union.unionByName(
+                self.validated(frame(topic), et, topic)
+                .select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON, F.col(TR.EVENT_ID[et]).alias("event_key")),
+                allowMissingColumns=True)
+        own_key = F.format_string("\u0000%d:%d", F.col("partition"), F.col("offset"))
+        return (union.withColumn("_dedup_key", F.when(F.col(TR.REASON).isNull(), F.col("event_key")).otherwise(own_key))
+                .withColumn("_arrived", F.current_timestamp())
+                .withWatermark("_arrived", self.s.stream_watermark)
+                .dropDuplicatesWithinWatermark(["topic", "_dedup_key"]).drop("_arrived", "_dedup_key"))
 
     def raw_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the raw query: lake Parquet for valid events, ``quarantine_events`` for invalid ones.
