@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     stream_window: str = Field(default="5 minutes", description="Tumbling event-time window length.")
     stream_watermark: str = Field(default="10 minutes", description="Watermark delay (allowed lateness).")
     stream_trigger_seconds: float = Field(default=5.0, description="Micro-batch trigger interval, seconds.")
-    stream_max_offsets_per_trigger: int = Field(default=200_000, description="Kafka maxOffsetsPerTrigger of each topic's source (the job reads one source per topic): at most this many records per topic and micro-batch.")
+    stream_max_offsets_per_trigger: int = Field(default=200_000, description="Kafka maxOffsetsPerTrigger: at most this many records per micro-batch from each of the raw query's sources (one per topic) and from the windows query's source (sales + inventory updates together).")
     stream_state_store: Literal["rocksdb", "hdfs"] = Field(default="rocksdb", description="Streaming state store (deduplication and window state): rocksdb = Spark's RocksDB provider with changelog checkpointing, hdfs = Spark's default in-heap provider. New checkpoints only.")
     stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
     stream_max_event_age_days: int = Field(default=36500, description="Events older than this (vs now) are quarantined as absurd.")
