@@ -23,7 +23,7 @@ Measurement method
 * **Bare producer rate**: the same client and settings send N pre-generated events to a scratch topic; rate =
   N / (time from the first ``send`` to the end of ``flush``), JSON serialisation included.
 * **Freshness** (produce -> visible in ClickHouse) of an event = commit time of the first ``windows``
-  micro-batch whose end offset (Spark query progress, via a StreamingQueryListener) on the event's partition
+  micro-batch whose end offset (Spark query progress, polled by ``streaming.job.ProgressPoller``) on the event's partition
   is past the event's offset, minus the event's produce time (the Kafka record timestamp = CreateTime set by
   the producer at ``send``). The commit time is taken in the foreachBatch right after the ClickHouse inserts
   returned, so the rows are visible to any reader at that instant. Lake freshness is measured the same way on
