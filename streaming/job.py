@@ -220,7 +220,6 @@ class StreamingJob:
                 ensure_topics(self.s)
         self.sinks = StreamSinks(self.s)
         self.queries: dict[str, Any] = {}
-        self.query_ids: set[str] = set()
         self.started_at: float | None = None
         #: callbacks(query name, progress dict) called once per micro-batch (:class:`ProgressPoller`); the job's
         #: own records each batch's duplicate count (``stream_batches.duplicates_dropped`` + log line)
@@ -276,7 +275,6 @@ class StreamingJob:
                                    .foreachBatch(self.sinks.windows_batch)
                                    .option("checkpointLocation", checkpoint_path(s, "windows"))
                                    .trigger(**trig).start())
-        self.query_ids = {str(q.id) for q in self.queries.values()}
         self.started_at = time.time()
         self._poller = ProgressPoller(self.queries, self.progress_callbacks).start()
         return self.queries
