@@ -8,6 +8,7 @@ CLICKHOUSE_URL). Everything it starts is stopped in its finalizer, which checks 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -34,6 +35,34 @@ INV_SCHEMA = pa.schema([
     ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
 
 
+@contextlib.contextmanager
+def local_lake_env(root: Path, **extra_env: str):
+    """Settings with LAKE_URL = the local folder ``root`` (buckets created) and ``extra_env`` set; yields the
+    Lake and restores the environment afterwards. The fixture factory behind :func:`local_lake`: a test module
+    needing more settings (e.g. FORECAST_*) defines its own module fixture with it."""
+    from core.lake import Lake, get_lake
+    from core.settings import get_settings
+
+    env = {"LAKE_URL": str(root), "LAKE_RAW_BUCKET": "raw-data", "LAKE_FEATURES_BUCKET": "features",
+           "LAKE_MODELS_BUCKET": "models", **extra_env}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear(), get_lake.cache_clear()
+    try:
+        lake = Lake(get_settings())
+        lake.ensure_buckets()
+        yield lake
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        get_settings.cache_clear(), get_lake.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def local_lake(tmp_path_factory):
+    """Settings with LAKE_URL = a local folder (buckets created); restores the environment afterwards."""
+    with local_lake_env(tmp_path_factory.mktemp("lake")) as lake:
+        yield lake
 
 
 @pytest.fixture(scope="session")

@@ -38,26 +38,6 @@ def dk(d: dt.date) -> int:
     return int(d.strftime("%Y%m%d"))
 
 
-@pytest.fixture(scope="module")
-def local_lake(tmp_path_factory):
-    """Settings with LAKE_URL = a local folder (buckets created); restores the environment afterwards."""
-    from core.lake import Lake, get_lake
-    from core.settings import get_settings
-
-    root = tmp_path_factory.mktemp("lake")
-    env = {"LAKE_URL": str(root), "LAKE_RAW_BUCKET": "raw-data", "LAKE_FEATURES_BUCKET": "features",
-           "LAKE_MODELS_BUCKET": "models"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear(), get_lake.cache_clear()
-    lake = Lake(get_settings())
-    lake.ensure_buckets()
-    yield lake
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    get_settings.cache_clear(), get_lake.cache_clear()
-
-
 def write_raw(lake, event_type: str, day: dt.date, files: dict[str, list[dict]], schema: pa.Schema) -> None:
     part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
     lake.delete_dir("raw-data", part)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import local_lake_env
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = dt.date(2024, 6, 30)
@@ -29,22 +30,10 @@ SHRINK = 3.0
 @pytest.fixture(scope="module")
 def local_lake(tmp_path_factory):
     """Settings with LAKE_URL = a local folder (buckets created) and a small GBT; restores the environment."""
-    from core.lake import Lake, get_lake
-    from core.settings import get_settings
-
-    root = tmp_path_factory.mktemp("lake")
-    env = {"LAKE_URL": str(root), "LAKE_RAW_BUCKET": "raw-data", "LAKE_FEATURES_BUCKET": "features",
-           "LAKE_MODELS_BUCKET": "models", "FORECAST_HORIZON": str(H), "FORECAST_GBT_MAX_ITER": "5",
-           "FORECAST_GBT_MAX_DEPTH": "3", "FORECAST_BACKTEST_ORIGINS": "2", "FORECAST_TRAIN_WINDOW_DAYS": "60"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear(), get_lake.cache_clear()
-    lake = Lake(get_settings())
-    lake.ensure_buckets()
-    yield lake
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    get_settings.cache_clear(), get_lake.cache_clear()
+    with local_lake_env(tmp_path_factory.mktemp("lake"), FORECAST_HORIZON=str(H), FORECAST_GBT_MAX_ITER="5",
+                        FORECAST_GBT_MAX_DEPTH="3", FORECAST_BACKTEST_ORIGINS="2",
+                        FORECAST_TRAIN_WINDOW_DAYS="60") as lake:
+        yield lake
 
 
 def demand() -> pd.DataFrame:

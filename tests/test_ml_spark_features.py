@@ -188,26 +188,6 @@ def test_contract_violations_are_named(spark, demand):
         sf.demand_arrow(pa.Table.from_pandas(demand.drop(columns="price")))
 
 
-@pytest.fixture(scope="module")
-def local_lake(tmp_path_factory):
-    """Settings with LAKE_URL = a local folder (buckets created); restores the environment afterwards."""
-    from core.lake import Lake, get_lake
-    from core.settings import get_settings
-
-    root = tmp_path_factory.mktemp("lake")
-    env = {"LAKE_URL": str(root), "LAKE_RAW_BUCKET": "raw-data", "LAKE_FEATURES_BUCKET": "features",
-           "LAKE_MODELS_BUCKET": "models"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear(), get_lake.cache_clear()
-    lake = Lake(get_settings())
-    lake.ensure_buckets()
-    yield lake
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    get_settings.cache_clear(), get_lake.cache_clear()
-
-
 def test_spark_submit_job_writes_the_feature_table_and_exit_codes(local_lake, demand):
     """The spark-submit application on staged inputs: exit 0 with the feature table (equal to the pandas one) at
     ``features/daily/run_date=<d>/`` and a result record, re-run identical; exit 3 and an error record for
