@@ -315,3 +315,28 @@ def test_inventory_facts_carry_the_event_id(spark):
     facts = TR.inventory_facts(sales, invs)
     assert facts.columns == TR.FACT_COLUMNS
     assert sorted(r["event_id"] for r in facts.collect()) == ["i0", "t0", "t0"]
+
+
+def test_event_time_rules_use_the_records_kafka_timestamp(spark):
+    """Without ``now`` the age and future bounds are relative to each record's Kafka timestamp (the producer's send
+    time), so a record gets the same verdict whenever the stream processes it: an event sent in 2020 one hour
+    after it happened stays valid in 2026, one sent 31 days after it happened is too old, one 2 h ahead of its send
+    time is in the future; a record without a timestamp (Kafka's -1) is not range-checked and keeps its event time."""
+    sent = datetime(2020, 3, 1, 12, 0, tzinfo=timezone.utc)
+    sent_ms = int(sent.timestamp() * 1000)
+    no_ts = datetime.fromtimestamp(-0.001, timezone.utc)
+    cases = [(sent, sale(0, ts=sent_ms - 3_600_000), None),
+             (sent, sale(1, ts=sent_ms - 31 * 86_400_000), "timestamp older than STREAM_MAX_EVENT_AGE_DAYS=30"),
+             (sent, sale(2, ts=sent_ms + 120 * 60_000), "in the future"),
+             (no_ts, sale(3, ts=sent_ms - 400 * 86_400_000), None)]
+    rows = [("t", 0, i, kts, json.dumps(v)) for i, (kts, v, _) in enumerate(cases)]
+    df = spark.createDataFrame(rows, "topic string, partition int, offset long, kafka_timestamp timestamp, value string")
+    out = TR.validate_events(TR.parse_events(df, "sales_transaction"), "sales_transaction",
+                             max_age_days=30, max_future_minutes=60).toPandas().sort_values("offset")
+    for (_, rec, want), got, et in zip(cases, out[TR.REASON].tolist(), out["event_time"].tolist()):
+        if want is None:
+            assert got is None, got
+            assert int(pd.Timestamp(et).tz_localize("UTC").timestamp() * 1000) == rec["timestamp"]
+        else:
+            assert got is not None and want in got, (want, got)
+            assert pd.isna(et)
