@@ -11,23 +11,19 @@ operator then fails the task without retries); any other error exits non-zero an
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # launched as a file by spark-submit: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-#: exit status for bad data (contract violations): retrying cannot fix it
-EXIT_BAD_DATA = 3
+from core.jobs import EXIT_BAD_DATA, bad_data, parse_job_date  # noqa: E402  (after the bootstrap)
+
+__all__ = ["EXIT_BAD_DATA", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--date", required=True, help="UTC date to process (YYYY-MM-DD)")
-    a = ap.parse_args(argv)
-    day = dt.date.fromisoformat(a.date)
+    date, day = parse_job_date(argv, __doc__, "--date", "UTC date to process (YYYY-MM-DD)")
 
     from core.spark import build_spark
     from etl import star_schema as etl
@@ -39,12 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = sf.build_day(spark, day, lake)
     except etl.EtlError as exc:
-        sf.write_json(lake, day, sf.ERROR_NAME, {"date": a.date, "error": type(exc).__name__, "message": str(exc)})
-        print(f"daily_facts {a.date}: bad data: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_DATA
+        sf.write_json(lake, day, sf.ERROR_NAME, {"date": date, "error": type(exc).__name__, "message": str(exc)})
+        return bad_data("daily_facts", date, exc)
     finally:
         spark.stop()
-    print(f"daily_facts {a.date}: {out}", flush=True)
+    print(f"daily_facts {date}: {out}", flush=True)
     return 0
 
 

@@ -16,23 +16,19 @@ any other error exits non-zero and is retried.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # launched as a file by spark-submit: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-#: exit status for bad data: retrying cannot fix it
-EXIT_BAD_DATA = 3
+from core.jobs import EXIT_BAD_DATA, bad_data, parse_job_date  # noqa: E402  (after the bootstrap)
+
+__all__ = ["EXIT_BAD_DATA", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-date", required=True, help="logical date of the DAG run (YYYY-MM-DD)")
-    a = ap.parse_args(argv)
-    day = dt.date.fromisoformat(a.run_date)
+    run_date, day = parse_job_date(argv, __doc__, "--run-date", "logical date of the DAG run (YYYY-MM-DD)")
 
     from core.lake import Lake
     from core.settings import get_settings
@@ -48,13 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = sf.build_run(spark, lake, day, weather=weather)
     except sf.FeatureError as exc:
-        sf.write_json(lake, {"run_date": a.run_date, "error": type(exc).__name__, "message": str(exc)},
+        sf.write_json(lake, {"run_date": run_date, "error": type(exc).__name__, "message": str(exc)},
                       *sf.staging(lake, day, sf.ERROR_NAME))
-        print(f"build_features {a.run_date}: bad data: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_DATA
+        return bad_data("build_features", run_date, exc)
     finally:
         spark.stop()
-    print(f"build_features {a.run_date}: {out}", flush=True)
+    print(f"build_features {run_date}: {out}", flush=True)
     return 0
 
 
