@@ -1,10 +1,16 @@
-"""The Airflow operator of the ETL's Spark job (imported by ``dags/daily_etl.py`` at parse time: no engines here).
+"""The Airflow operators of the platform's dated Spark jobs (imported by the DAG files at parse time: no engines
+here).
 
-:class:`DailyFactsSubmitOperator` is the Spark provider's ``SparkSubmitOperator`` (connection ``spark_default``:
-``local[2]`` natively, ``spark://spark-master:7077`` in compose) running ``etl/jobs/daily_facts.py`` for the
-UTC date of the run's logical date. When the job reports bad data (a staged ``facts_error`` record, exit 3) the
-task fails at once without retries (``AirflowFailException``: a retry cannot fix the data); any other failure
-(Spark or the lake unavailable) is retried per the DAG's default_args.
+:class:`StagedSparkSubmitOperator` is the one parameterised base: the Spark provider's ``SparkSubmitOperator``
+(connection ``spark_default``: ``local[2]`` natively, ``spark://spark-master:7077`` in compose) running a
+spark-submit application of :mod:`core.jobs` for the UTC date of the run's logical date. When the job reports
+bad data (a staged error record, exit 3) the task fails at once without retries (``AirflowFailException``: a
+retry cannot fix the data); any other failure (Spark or the lake unavailable) is retried per the DAG's
+default_args. Returns the job's staged result record as the task's XCom.
+
+:class:`DailyFactsSubmitOperator` runs the ETL's ``etl/jobs/daily_facts.py``; ``ml.operators`` subclasses the
+base for the feature job. The base lives here, not in ``core`` (the base package stays free of Airflow) and ``ml``
+builds on ``etl`` (the features are built from the ETL's star schema).
 """
 
 from __future__ import annotations
@@ -16,31 +22,60 @@ from core.settings import REPO_ROOT
 APPLICATION = str(REPO_ROOT / "etl" / "jobs" / "daily_facts.py")
 
 
-class DailyFactsSubmitOperator(SparkSubmitOperator):
-    """spark-submit of the ETL's fact job for the run's UTC date (``--date`` set at execution)."""
+class StagedSparkSubmitOperator(SparkSubmitOperator):
+    """spark-submit of a dated job for the run's UTC date (``date_flag`` set at execution); the job stages its
+    result and error records in the lake. A subclass sets :attr:`job_application`, :attr:`job_name`,
+    :attr:`date_flag`, :attr:`job_module` and says where the records are (:meth:`read_record`)."""
+
+    #: the spark-submit application (path), its Spark app name and its date option
+    job_application: str
+    job_name: str
+    date_flag: str
+    #: the job's logic module, imported at execution: ``clear_error(lake, day)``, ``ERROR_NAME``, ``RESULT_NAME``
+    job_module: str
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("application", APPLICATION)
+        kwargs.setdefault("application", self.job_application)
         kwargs.setdefault("conn_id", "spark_default")
-        kwargs.setdefault("name", "daily-etl-facts")
+        kwargs.setdefault("name", self.job_name)
         super().__init__(**kwargs)
 
+    @staticmethod
+    def read_record(sf, lake, day, name: str) -> dict | None:
+        """The staged record ``name`` of the run for ``day`` (``sf``: the :attr:`job_module`), None when absent."""
+        raise NotImplementedError
+
     def execute(self, context):
+        import importlib
+
         from airflow.sdk.exceptions import AirflowFailException
 
         from core.dagconf import target_date
-        from etl import spark_facts as sf
-        from etl import star_schema as etl
+        from core.lake import Lake
 
+        sf = importlib.import_module(self.job_module)
         day = target_date(context.get("logical_date"))
-        self.application_args = ["--date", day.isoformat()]
-        lake = etl._lake()
+        self.application_args = [self.date_flag, day.isoformat()]
+        lake = Lake()
         sf.clear_error(lake, day)
         try:
             super().execute(context)
         except Exception as exc:
-            err = sf.read_json(lake, day, sf.ERROR_NAME)
+            err = self.read_record(sf, lake, day, sf.ERROR_NAME)
             if err:
                 raise AirflowFailException(f"{err['error']}: {err['message']}") from exc
             raise
-        return sf.read_json(lake, day, sf.RESULT_NAME)
+        return self.read_record(sf, lake, day, sf.RESULT_NAME)
+
+
+class DailyFactsSubmitOperator(StagedSparkSubmitOperator):
+    """spark-submit of the ETL's fact job for the run's UTC date (``--date`` set at execution)."""
+
+    job_application = APPLICATION
+    job_name = "daily-etl-facts"
+    date_flag = "--date"
+    job_module = "etl.spark_facts"
+
+    @staticmethod
+    def read_record(sf, lake, day, name: str) -> dict | None:
+        return sf.read_json(lake, day, name)
