@@ -35,6 +35,7 @@ import typer
 
 from contracts import RISK_HIGH, RISK_LOW, RISK_MEDIUM
 from ops.bench_stream import pct
+from ops.charts import write_html
 
 UTC = dt.timezone.utc
 CATEGORIES = ["Grocery", "Dairy", "Bakery", "Beverages", "Household", "Personal care", "Frozen", "Snacks"]
@@ -375,7 +376,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
                       title=f"Dashboard queries, p95 over {report['runs_per_query']} runs: {sz['stores']} stores x "
                             f"{sz['skus']} SKUs, {sz['days']} days of facts, {report['load']['rows'].get('sales_metrics_5m', 0):,} "
                             f"window rows ({report['cores']} cores, {report['date'][:10]})")
-    fig.write_html(path, include_plotlyjs=True)
+    write_html(fig, Path(path).absolute())   # a relative path is under the working directory, as the JSON report
 
 
 def main(out: Path = typer.Option(Path("reports/bench-bi.json"), help="JSON report path (chart beside it, .html)."),

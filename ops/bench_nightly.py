@@ -50,6 +50,7 @@ import pyarrow as pa
 import typer
 
 from core.settings import REPO_ROOT
+from ops.charts import write_html
 from streaming.sinks import lake_arrow_schema
 
 UTC = dt.timezone.utc
@@ -316,7 +317,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     fig.update_layout(barmode="stack", yaxis_title="seconds",
                       title=f"Nightly batch per stage ({report['days']} days of history; {report['cores']} cores, "
                             f"{report['date'][:10]}; training: {report['training_settings']})")
-    fig.write_html(path, include_plotlyjs=True)
+    write_html(fig, Path(path).absolute())   # a relative path is under the working directory, as the JSON report
 
 
 def main(out: Path = typer.Option(Path("reports/bench-nightly.json"), help="JSON report (chart beside it, .html)."),

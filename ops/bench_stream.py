@@ -60,6 +60,7 @@ import numpy as np
 import typer
 
 from core.settings import REPO_ROOT, Settings, get_settings
+from ops.charts import write_html
 
 app = typer.Typer(help="Benchmark and load test of the streaming spine.", no_args_is_help=True)
 WINDOW_TOPICS = ("sales-transactions", "inventory-updates")
@@ -564,17 +565,6 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
 
 
 # ------------------------------------------------------------------------------------------ chart --
-def write_html(fig, path: Path) -> Path:
-    """Write a plotly figure as a self-contained HTML file (a relative ``path`` is under the repository root);
-    returns the absolute path."""
-    path = Path(path)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True)
-    return path
-
-
 def load_chart(report: dict[str, Any], path: Path) -> Path:
     """Self-contained HTML chart of a load test (plotly): offered vs achieved rate (events/s, per second),
     consumer lag (events), p50/p95 freshness into ClickHouse and the lake per 10 s of produce time (seconds), and
