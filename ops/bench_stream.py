@@ -237,6 +237,11 @@ def lag_trend(series: list[dict], start_s: float, end_s: float) -> dict[str, flo
             "mean": round(float(y.mean()), 1), "max": int(y.max()), "n": len(pts)}
 
 
+def _s(ms: float | None) -> float | None:
+    """Milliseconds -> seconds (None stays None)."""
+    return None if ms is None else round(ms / 1000.0, 2)
+
+
 def pct(a: np.ndarray) -> dict[str, float | None]:
     """p50/p95/p99/max of an array (ms, rounded), Nones when empty."""
     if len(a) == 0:
@@ -558,6 +563,13 @@ def load_test(rate: float, duration: float, stores: int, skus: int = 100, trigge
                        "query's last progress, sampled every second; freshness as in bench-stream."),
             "environment": environment(s),
         }
+        report["goals"] = [goal("achieved rate >= 8,000 events/s at RATE=8300", report["achieved_rate"], 8000),
+                           goal("lag bounded: slope over the last 240 s <= 0 events/s",
+                                report["lag_trend_last_240s"].get("slope_events_per_s"), 0.0, higher_is_better=False),
+                           goal("freshness p95 into ClickHouse <= 5 s", _s(report["freshness_clickhouse_ms"]["p95"]),
+                                5.0, higher_is_better=False),
+                           goal("freshness p95 into the lake <= 10 s", _s(report["freshness_lake_ms"]["p95"]), 10.0,
+                                higher_is_better=False)]
         return report
     finally:
         prof.stop()
@@ -738,6 +750,8 @@ class CpuProfiler:
                             "cores_busy": {k: round(v / dt, 2) for k, v in delta.items()} if dt > 0 else {},
                             "load_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2),
                                         "mean": round(float(np.mean(loads)), 2)}}
+            if dt > 0 and delta.get("machine_total", 0) > 0:
+                phases[name]["bound"] = cpu_bound(phases[name], os.cpu_count() or 1)
         series = []
         phase_at = {i: n for n, i in self.phases}
         cur = self.phases[0][0] if self.phases else ""
@@ -754,6 +768,45 @@ class CpuProfiler:
                 "method": ("psutil cpu_times (user+system) of each process tree, sampled every interval; services "
                            "found by their listening port; machine_other = machine busy time (psutil.cpu_times) "
                            "minus the components: other jobs sharing the machine")}
+
+
+def cpu_bound(phase: dict[str, Any], cpus: int, saturated_at: float = 0.85) -> dict[str, Any]:
+    """Which component bounds a phase, from its CPU profile (one entry of :meth:`CpuProfiler.report` ``phases``).
+
+    ``phase["cpu_s"]``: CPU seconds per component (``machine_total`` = the machine's busy seconds, ``machine_other``
+    = the rest); ``phase["seconds"]``: wall seconds. Returns ``{"machine_cores_busy", "cpus", "utilisation"
+    (machine busy / cores, 0..1), "cpu_saturated" (utilisation >= saturated_at), "top_component", "top_share"
+    (its share of the machine's busy seconds), "shares" (every component's share, largest first), "verdict"}``.
+    A saturated machine whose largest consumer is one of our components is bound by that component's CPU; an
+    unsaturated one is bound by something else (waits: I/O, locks, the trigger), which the verdict says.
+    Raises ValueError for a phase without wall time or CPU figures.
+    """
+    cpu_s = phase.get("cpu_s") or {}
+    wall = float(phase.get("seconds") or 0.0)
+    total = float(cpu_s.get("machine_total") or 0.0)
+    if wall <= 0 or total <= 0 or cpus <= 0:
+        raise ValueError(f"phase needs seconds > 0, cpu_s.machine_total > 0 and cpus > 0: {phase!r}, cpus={cpus}")
+    parts = {k: float(v) for k, v in cpu_s.items() if k != "machine_total" and float(v) > 0}
+    shares = dict(sorted(((k, round(v / total, 3)) for k, v in parts.items()), key=lambda kv: -kv[1]))
+    top = next(iter(shares), None)
+    busy = total / wall
+    util = busy / cpus
+    saturated = util >= saturated_at
+    if saturated and top and top != "machine_other":
+        verdict = f"CPU-bound: the machine is {util:.0%} busy and {top} takes {shares[top]:.0%} of it"
+    elif saturated:
+        verdict = f"CPU-bound by other jobs on the machine ({shares[top]:.0%} of the busy time outside the platform)"
+    else:
+        verdict = f"not CPU-saturated ({util:.0%} busy): the bound is waiting (I/O, trigger, locks), not CPU"
+    return {"machine_cores_busy": round(busy, 2), "cpus": cpus, "utilisation": round(util, 3),
+            "cpu_saturated": saturated, "top_component": top, "top_share": shares.get(top) if top else None,
+            "shares": shares, "verdict": verdict}
+
+
+def goal(name: str, measured: float | None, target: float, higher_is_better: bool = True) -> dict[str, Any]:
+    """One goal of issue 9 as reported: ``{"goal", "target", "measured", "met"}`` (``met`` False when unmeasured)."""
+    met = measured is not None and (measured >= target if higher_is_better else measured <= target)
+    return {"goal": name, "target": target, "measured": measured, "met": bool(met)}
 
 
 # -------------------------------------------------------------------------------------- backlog --
@@ -981,6 +1034,10 @@ def bench_backlog(events: int = 1_000_000, stores: int = 10, skus: int = 100, tr
                        "(batch_log phases_s) summed over the batches after the first."),
             "environment": env0, "environment_end": environment(s),
         }
+        report["goals"] = [goal("backlog drained >= 20,000 events/s (both queries, start-up included)",
+                                report["drain"]["events_per_s_both_queries"], 20000),
+                           goal("bare producer >= 15,000 events/s (acks=all, idempotence)", pre["events_per_s"],
+                                15000)]
         if prof:
             report["cpu"] = prof.report()
         return report
@@ -1044,6 +1101,9 @@ def summary(rep: dict[str, Any]) -> dict[str, Any]:
         out["end_to_end"] = {k: v for k, v in out["end_to_end"].items() if k != "batches"}
     if rep.get("cpu"):
         out["cpu_s"] = {ph: v["cpu_s"] for ph, v in rep["cpu"]["phases"].items()}
+        out["bound"] = {ph: v["bound"]["verdict"] for ph, v in rep["cpu"]["phases"].items() if "bound" in v}
+    if rep.get("goals"):
+        out["goals"] = rep["goals"]
     out["load_average_1_5_15"] = rep["environment"]["load_average_1_5_15"]
     return out
 
@@ -1090,6 +1150,7 @@ def load_cmd(rate: float = typer.Option(..., help="Target events/s (RATE)."),
                if k not in ("consumer_lag", "environment", "method", "batches", "freshness_series", "cpu")}
     summary["consumer_lag"] = {k: v for k, v in rep["consumer_lag"].items() if k != "series"}
     summary["cpu_s"] = {ph: v["cpu_s"] for ph, v in rep["cpu"]["phases"].items()}
+    summary["bound"] = {ph: v["bound"]["verdict"] for ph, v in rep["cpu"]["phases"].items() if "bound" in v}
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"report: {path}")
     typer.echo(f"chart: {load_chart(rep, path.with_suffix('.html'))}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ops.bench_stream import freshness_ms, pct, targets_of
 
@@ -126,3 +127,30 @@ def test_freshness_series_bins_by_produce_time_and_lag_trend_fits_a_line(tmp_pat
               "cpu": {"series": [{"t": 0.0, "cores": {"spark_jvm": 1.0}}, {"t": 1.0, "cores": {"spark_jvm": 1.2}}]}}
     out = load_chart(report, tmp_path / "load.html")
     assert out.exists() and "freshness" in out.read_text()
+
+
+def test_cpu_bound_names_the_component_that_saturates_the_machine():
+    from ops.bench_stream import cpu_bound, goal
+
+    # 100 s on 2 cores, 190 CPU-s busy: the JVM's 150 s are 79 % of it
+    phase = {"seconds": 100.0, "cpu_s": {"spark_jvm": 150.0, "producer": 30.0, "kafka_broker": 8.0,
+                                         "machine_other": 2.0, "minio": 0.0, "machine_total": 190.0}}
+    b = cpu_bound(phase, cpus=2)
+    assert b["cpu_saturated"] and b["top_component"] == "spark_jvm"
+    assert b["machine_cores_busy"] == 1.9 and b["utilisation"] == 0.95
+    assert b["top_share"] == round(150 / 190, 3) and list(b["shares"]) == ["spark_jvm", "producer", "kafka_broker",
+                                                                           "machine_other"]
+    assert "spark_jvm" in b["verdict"] and b["verdict"].startswith("CPU-bound")
+    # half idle: not CPU-bound, whatever the largest consumer
+    idle = cpu_bound({"seconds": 100.0, "cpu_s": {"spark_jvm": 90.0, "machine_total": 100.0}}, cpus=2)
+    assert not idle["cpu_saturated"] and idle["verdict"].startswith("not CPU-saturated")
+    # saturated by somebody else's jobs
+    other = cpu_bound({"seconds": 10.0, "cpu_s": {"spark_jvm": 2.0, "machine_other": 17.0, "machine_total": 19.0}},
+                      cpus=2)
+    assert other["top_component"] == "machine_other" and "other jobs" in other["verdict"]
+    with pytest.raises(ValueError, match="seconds"):
+        cpu_bound({"seconds": 0, "cpu_s": {"machine_total": 1.0}}, cpus=2)
+
+    assert goal("rate", 8197.6, 8000) == {"goal": "rate", "target": 8000, "measured": 8197.6, "met": True}
+    assert goal("p95", 46.6, 5.0, higher_is_better=False)["met"] is False
+    assert goal("p95", None, 5.0, higher_is_better=False)["met"] is False
