@@ -249,6 +249,8 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
                        "detail": {"spark_submit_s": round(train_s, 1), "register_s": round(time.perf_counter() - t1, 1),
                                   "backtest_fit_seconds": meta.get("backtest_fit_seconds"),
                                   "final_fit_seconds": meta.get("final_fit_seconds"),
+                                  "backtest_seconds": meta.get("backtest_seconds"),
+                                  "backtest_baseline_seconds": meta.get("backtest_baseline_seconds"),
                                   "backtest_train_rows": meta.get("backtest_train_rows"),
                                   "final_train_rows": meta.get("final_train_rows"),
                                   "origins": meta.get("backtest_origins"),

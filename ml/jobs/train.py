@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             "bucket_edges": bt.bucket_edges, "backtest_origins": [str(o.date()) for o in bt.origins],
             "backtest_train_rows": bt.train_rows, "backtest_fit_seconds": bt.fit_seconds,
             "final_train_rows": res["train_rows"], "final_fit_seconds": res["fit_seconds"],
+            "backtest_seconds": res["backtest_seconds"],
+            "backtest_baseline_seconds": {k: round(v, 2) for k, v in (bt.baseline_seconds or {}).items()},
             "last_known_date": str(feats.loc[known, "date"].max().date()),
             "series": int(feats.groupby(["store_id", "product_id"]).ngroups),
             "total_seconds": time.perf_counter() - t0,
