@@ -117,9 +117,10 @@ bench-forecast: setup ## GBT vs seasonal naive, trailing 28-day mean and statsfo
 	$(PY) -m ops.bench_forecast --out reports/bench-forecast.json
 
 # make bench-nightly ARGS="--series 1000 --series 10000 --origins 2 --trees 20"
+# (Spark driver 8 GB unless SPARK_DRIVER_MEMORY says otherwise: the 10,000-series GBT fit needs more than 2 GB)
 .PHONY: bench-nightly
 bench-nightly: setup ## Whole nightly batch (Spark ETL -> features -> training + backtest -> predictions -> reorder) at 1,000 and 10,000 series x 1 year -> reports/bench-nightly.json + .html
-	$(PY) -m ops.bench_nightly $(ARGS)
+	SPARK_DRIVER_MEMORY=$(or $(SPARK_DRIVER_MEMORY),8g) $(PY) -m ops.bench_nightly $(ARGS)
 
 compose-check: setup ## Validate docker-compose.yml (Compose Specification schema + consistency tests)
 	$(PY) -m pytest -q tests/test_compose.py tests/test_compose_entrypoint.py
