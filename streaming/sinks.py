@@ -87,7 +87,10 @@ def _utc(ms: int) -> datetime:
 def is_infrastructure_error(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it was raised from) means a service is unreachable or failing rather
     than a bug: connection refused/reset, timeouts, socket and S3 I/O errors (pyarrow raises OSError),
-    clickhouse-connect's OperationalError, HTTP transport errors, Kafka errors, a 5xx status."""
+    clickhouse-connect's OperationalError, HTTP transport errors, Kafka errors, a 5xx status, and
+    clickhouse-connect's "concurrent queries within the same session" (a request cut by an outage leaves the
+    client's session marked busy; the sinks serialise their ClickHouse calls, so it is never real concurrency:
+    :meth:`StreamSinks.retrying` then replaces the client)."""
     from clickhouse_connect.driver.exceptions import OperationalError
     from kafka.errors import KafkaError
 
@@ -109,7 +112,8 @@ def is_infrastructure_error(exc: BaseException) -> bool:
             return True
         msg = str(e)
         if any(t in msg for t in ("Connection refused", "Connection reset", "timed out", "Service Unavailable",
-                                  "HTTP 502", "HTTP 503", "HTTP 504", "Max retries exceeded")):
+                                  "HTTP 502", "HTTP 503", "HTTP 504", "Max retries exceeded",
+                                  "concurrent queries within the same session")):
             return True
         e = e.__cause__ or e.__context__
     return False

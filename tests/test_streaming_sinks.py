@@ -36,3 +36,15 @@ def test_many_alerts_in_one_batch_stay_under_max_query_size(native_stack):
         sinks.close()
     n = get_client(s).command(f"SELECT uniqExact(alert_id) FROM {s.clickhouse_database}.restock_alerts FINAL")
     assert int(n) == 12_000
+
+
+def test_a_clickhouse_session_left_busy_by_an_outage_is_retried_not_fatal():
+    from clickhouse_connect.driver.exceptions import ProgrammingError
+
+    from streaming.sinks import is_infrastructure_error
+
+    busy = ProgrammingError("Attempt to execute concurrent queries within the same session. Please use a separate "
+                            "client instance per thread/process.")
+    assert is_infrastructure_error(busy)
+    assert not is_infrastructure_error(ProgrammingError("Unrecognized column 'x' in table t"))
+    assert not is_infrastructure_error(ValueError("bad data"))
