@@ -799,7 +799,7 @@ def cpu_bound(phase: dict[str, Any], cpus: int, saturated_at: float = 0.85) -> d
     else:
         verdict = f"not CPU-saturated ({util:.0%} busy): the bound is waiting (I/O, trigger, locks), not CPU"
     return {"machine_cores_busy": round(busy, 2), "cpus": cpus, "utilisation": round(util, 3),
-            "cpu_saturated": saturated, "top_component": top, "top_share": shares.get(top) if top else None,
+            "cpu_saturated": saturated, "top_component": top, "top_share": shares.get(top),
             "shares": shares, "verdict": verdict}
 
 
@@ -1086,6 +1086,14 @@ def _main() -> None:
     """Benchmark and load test of the streaming spine."""
 
 
+def cpu_summary(cpu: dict[str, Any]) -> dict[str, Any]:
+    """The headline of a :meth:`CpuProfiler.report`: ``{"cpu_s": {phase: {component: s}}, "bound": {phase:
+    verdict}}`` (printed by both CLI commands)."""
+    phases = cpu["phases"]
+    return {"cpu_s": {ph: v["cpu_s"] for ph, v in phases.items()},
+            "bound": {ph: v["bound"]["verdict"] for ph, v in phases.items() if "bound" in v}}
+
+
 def summary(rep: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of a report (printed by the CLI)."""
     if rep.get("mode") == "backlog":
@@ -1100,8 +1108,7 @@ def summary(rep: dict[str, Any]) -> dict[str, Any]:
         out = {k: rep[k] for k in ("producer_only", "end_to_end", "ratio_end_to_end_vs_producer")}
         out["end_to_end"] = {k: v for k, v in out["end_to_end"].items() if k != "batches"}
     if rep.get("cpu"):
-        out["cpu_s"] = {ph: v["cpu_s"] for ph, v in rep["cpu"]["phases"].items()}
-        out["bound"] = {ph: v["bound"]["verdict"] for ph, v in rep["cpu"]["phases"].items() if "bound" in v}
+        out.update(cpu_summary(rep["cpu"]))
     if rep.get("goals"):
         out["goals"] = rep["goals"]
     out["load_average_1_5_15"] = rep["environment"]["load_average_1_5_15"]
@@ -1149,8 +1156,7 @@ def load_cmd(rate: float = typer.Option(..., help="Target events/s (RATE)."),
     summary = {k: v for k, v in rep.items()
                if k not in ("consumer_lag", "environment", "method", "batches", "freshness_series", "cpu")}
     summary["consumer_lag"] = {k: v for k, v in rep["consumer_lag"].items() if k != "series"}
-    summary["cpu_s"] = {ph: v["cpu_s"] for ph, v in rep["cpu"]["phases"].items()}
-    summary["bound"] = {ph: v["bound"]["verdict"] for ph, v in rep["cpu"]["phases"].items() if "bound" in v}
+    summary.update(cpu_summary(rep["cpu"]))
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"report: {path}")
     typer.echo(f"chart: {load_chart(rep, path.with_suffix('.html'))}")

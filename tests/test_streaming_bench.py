@@ -154,4 +154,3 @@ def test_cpu_bound_names_the_component_that_saturates_the_machine():
     assert goal("rate", 8197.6, 8000) == {"goal": "rate", "target": 8000, "measured": 8197.6, "met": True}
     assert goal("p95", 46.6, 5.0, higher_is_better=False)["met"] is False
     assert goal("p95", None, 5.0, higher_is_better=False)["met"] is False
-
