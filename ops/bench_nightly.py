@@ -254,6 +254,7 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
                                   "backtest_train_rows": meta.get("backtest_train_rows"),
                                   "final_train_rows": meta.get("final_train_rows"),
                                   "origins": meta.get("backtest_origins"),
+                                  "backtest_series": meta.get("backtest_series"),
                                   "model": {k: reg.get(k) for k in ("version", "model", "promoted", "wape")}}}
     _tick(progress, out)
 
@@ -344,6 +345,7 @@ def main(out: Path = typer.Option(Path("reports/bench-nightly.json"), help="JSON
         "cores": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "spark_master": st.spark_master, "days": days, "night": day.isoformat(), "goal_seconds": GOAL_SECONDS,
         "training_settings": {"horizon": st.forecast_horizon, "origins": st.forecast_backtest_origins,
+                              "backtest_series": st.forecast_backtest_series, "stats_jobs": st.forecast_stats_jobs,
                               "origin_step_days": st.forecast_origin_step_days, "trees": st.forecast_gbt_max_iter,
                               "depth": st.forecast_gbt_max_depth, "train_window_days": st.forecast_train_window_days},
         "runs": []}

@@ -124,3 +124,27 @@ def test_model_roundtrip_through_lake(spark, trained, tmp_path):
     a = forecast(spark, res["model"], res["features"], bt.quantiles, bt.bucket_edges, res["cols"], horizon=H)
     b = forecast(spark, model, res["features"], q, meta2["bucket_edges"], meta2["feature_columns"], horizon=H)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_backtest_on_a_series_sample_and_parallel_statsforecast_match_the_serial_fit(trained):
+    """FORECAST_BACKTEST_SERIES: the backtest scores exactly the sampled series; FORECAST_STATS_JOBS: the
+    statsforecast baseline fitted in 2 processes equals the 1-process fit."""
+    from dataclasses import replace
+
+    from ml.forecast import backtest, sample_series, statsforecast_baseline
+
+    cfg, res = trained
+    feats = res["features"]
+    small = replace(cfg, backtest_series=12, stats_jobs=2)
+    bt = backtest(None, feats, small, with_gbt=False)
+    want = sample_series(feats, 12, cfg.seed)[["store_id", "product_id"]].drop_duplicates()
+    got = bt.predictions[["store_id", "product_id"]].drop_duplicates()
+    assert len(want) == 12 and set(map(tuple, got.to_numpy())) == set(map(tuple, want.to_numpy()))
+    assert set(bt.metrics["model"]) == set(cfg.baselines)
+    sub = sample_series(feats, 12, cfg.seed)
+    one = statsforecast_baseline(sub, bt.origins[-1], H, cfg.stats_window_days, n_jobs=1)
+    two = statsforecast_baseline(sub, bt.origins[-1], H, cfg.stats_window_days, n_jobs=2)
+    key = ["store_id", "product_id", "h"]
+    one, two = (x.sort_values(key).reset_index(drop=True) for x in (one, two))
+    assert len(one) == 12 * H
+    pd.testing.assert_frame_equal(one, two)

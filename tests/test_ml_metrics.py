@@ -217,3 +217,30 @@ def test_bench_hindsight_reference_is_the_flat_mean_of_the_actuals():
     r = hindsight_reference(SimpleNamespace(predictions=pred, origins=[o]), feats)
     # flat forecast 2: |e| = 1, 1 -> WAPE 2/4; RMSSE sqrt(mean(1, 1) / 4) = 0.5
     assert r == {"wape": 0.5, "rmsse": 0.5}
+
+
+def test_sample_series_is_a_stable_bottom_k_hash_sample_of_whole_series():
+    from ml.forecast import sample_series
+
+    days = pd.date_range("2024-01-01", periods=3)
+    keys = [(f"S{i % 7}", f"P{i}") for i in range(50)]
+    f = pd.DataFrame([(s, p, d, float(i)) for i, (s, p) in enumerate(keys) for d in days],
+                     columns=["store_id", "product_id", "date", "units"])
+    got = sample_series(f, 10, seed=42)
+    chosen = set(map(tuple, got[["store_id", "product_id"]].drop_duplicates().to_numpy()))
+    assert len(chosen) == 10 and len(got) == 30  # whole series: every day of each chosen one
+    # independent oracle: the 10 keys with the smallest seeded hashes, each hashed on its own
+    h = {k: int(pd.util.hash_pandas_object(pd.DataFrame([k], columns=["store_id", "product_id"]), index=False,
+                                           hash_key="0000000000000042").iloc[0]) for k in keys}
+    assert chosen == set(sorted(keys, key=h.get)[:10])
+    # a series leaving the chain changes the sample by at most that series; another seed, another sample
+    gone = sorted(chosen)[0]
+    rest = f[~((f["store_id"] == gone[0]) & (f["product_id"] == gone[1]))]
+    again = set(map(tuple, sample_series(rest, 10, seed=42)[["store_id", "product_id"]].drop_duplicates().to_numpy()))
+    assert len(again - chosen) == 1 and chosen - again == {gone}
+    assert set(map(tuple, sample_series(f, 10, seed=7)[["store_id", "product_id"]].drop_duplicates().to_numpy())) != chosen
+    assert sample_series(f, 0) is f and sample_series(f, 50) is f  # 0 = all; n >= series: unchanged
+    with pytest.raises(ValueError, match="backtest_series"):
+        ForecastConfig(backtest_series=-1)
+    with pytest.raises(ValueError, match="stats_jobs"):
+        ForecastConfig(stats_jobs=0)

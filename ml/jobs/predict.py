@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         shrink_k = model_shrink_k(meta, log=lambda m: print(f"WARNING {m}", file=sys.stderr, flush=True))
         pred = forecast(spark, model, feats, quantiles, meta["bucket_edges"], cols, horizon=int(meta.get("horizon", 7)),
                         model_name=model_name, target=meta.get("target", "raw"),
-                        stats_window_days=int(cfg.get("stats_window_days", 365)), shrink_k=shrink_k)
+                        stats_window_days=int(cfg.get("stats_window_days", 365)), shrink_k=shrink_k,
+                        stats_jobs=s.forecast_stats_jobs)
     finally:
         spark.stop()
     out = pred.rename(columns={"origin": "forecast_origin", "date": "target_date", "h": "horizon"})

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-window-days", type=int, default=s.forecast_train_window_days)
     ap.add_argument("--max-iter", type=int, default=s.forecast_gbt_max_iter)
     ap.add_argument("--max-depth", type=int, default=s.forecast_gbt_max_depth)
+    ap.add_argument("--backtest-series", type=int, default=s.forecast_backtest_series,
+                    help="backtest on at most this many series (seeded sample; 0 = all)")
+    ap.add_argument("--stats-jobs", type=int, default=s.forecast_stats_jobs,
+                    help="processes fitting the statsforecast baseline (-1 = all cores)")
     ap.add_argument("--shrink-k", type=float, default=None,
                     help="credibility shrinkage toward the trailing mean, units/day (default ml.forecast.SHRINK_K); "
                          "stored in meta.json, the predict job uses the same")
@@ -51,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     lake = Lake(s)
     cfg = ForecastConfig(horizon=a.horizon, n_origins=a.n_origins, origin_step_days=a.origin_step_days,
                          train_window_days=a.train_window_days, max_iter=a.max_iter,
-                         max_depth=a.max_depth, shuffle_partitions=min(s.spark_shuffle_partitions, 2),
+                         max_depth=a.max_depth, backtest_series=a.backtest_series, stats_jobs=a.stats_jobs,
+                         shuffle_partitions=min(s.spark_shuffle_partitions, 2),
                          **({} if a.shrink_k is None else {"shrink_k": a.shrink_k}))
     feats = read_features(lake, a.features)
     spark = get_spark("demand-forecast-train", shuffle_partitions=cfg.shuffle_partitions)
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_date": a.run_date, "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "features_path": a.features, "config": json.loads(cfg.to_json()), "feature_columns": res["cols"],
             "horizon": cfg.horizon, "target": cfg.target, "shrink_k": cfg.shrink_k, "selection": res["selection"],
+            "backtest_series": int(bt.predictions.groupby(["store_id", "product_id"]).ngroups),
             "bucket_edges": bt.bucket_edges, "backtest_origins": [str(o.date()) for o in bt.origins],
             "backtest_train_rows": bt.train_rows, "backtest_fit_seconds": bt.fit_seconds,
             "final_train_rows": res["train_rows"], "final_fit_seconds": res["fit_seconds"],
