@@ -36,7 +36,8 @@ def new_client(settings: Settings | None = None, database: str | None = None, *,
     ``http(s)://user:pw@host:port`` talks to a ClickHouse HTTP interface: the native stack's endpoint
     (``python -m chserver``, the one process owning the chDB data) or compose's ClickHouse server.
     ``chdb:///abs/path`` opens the embedded engine in this process (single-process use only: chDB locks
-    the path). The database is created when missing (writer clients only).
+    the path). The database is created when missing (writer clients only). HTTP clients run without a
+    session (each request stands alone), so a request cut by an outage never leaves the client unusable.
 
     Args:
         readonly: connect as ``bi_reader`` (CLICKHOUSE_BI_PASSWORD) instead of the URL's user; the server
@@ -61,8 +62,11 @@ def new_client(settings: Settings | None = None, database: str | None = None, *,
     if not user or not password:
         raise ConfigError("CLICKHOUSE_URL names no user or password (and CLICKHOUSE_WRITER_PASSWORD is not set): "
                           "run `make setup` to generate local credentials, or set CLICKHOUSE_URL")
+    # no HTTP session: nothing here relies on session state (settings travel with each query), and a session
+    # id makes clickhouse-connect refuse a client's next query while it thinks the previous one is running:
+    # after a request cut by an outage, every later query failed "concurrent queries within the same session"
     server = dict(host=u.hostname, port=u.port or (8443 if u.scheme == "https" else 8123),
-                  username=user, password=password, secure=u.scheme == "https")
+                  username=user, password=password, secure=u.scheme == "https", autogenerate_session_id=False)
     if not readonly:
         with clickhouse_connect.get_client(**server) as bootstrap:  # the database may not exist yet
             bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {db}")

@@ -88,9 +88,10 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it was raised from) means a service is unreachable or failing rather
     than a bug: connection refused/reset, timeouts, socket and S3 I/O errors (pyarrow raises OSError),
     clickhouse-connect's OperationalError, HTTP transport errors, Kafka errors, a 5xx status, and
-    clickhouse-connect's "concurrent queries within the same session" (a request cut by an outage leaves the
-    client's session marked busy; the sinks serialise their ClickHouse calls, so it is never real concurrency:
-    :meth:`StreamSinks.retrying` then replaces the client)."""
+    clickhouse-connect's "concurrent queries within the same session" (a request cut by an outage leaves a
+    session client marked busy; :func:`core.clickhouse.new_client` opens none, but a client handed in may; the
+    sinks serialise their ClickHouse calls, so it is never real concurrency: :meth:`StreamSinks.retrying` then
+    replaces the client)."""
     from clickhouse_connect.driver.exceptions import OperationalError
     from kafka.errors import KafkaError
 

@@ -399,3 +399,18 @@ def test_odbc_driver_request_shape_as_bi_reader(endpoint):
     body = r.content
     assert body[:4] == (2).to_bytes(4, "little")  # two columns
     assert b"name" in body and b"Float64" in body and b"b" in body and b"2.5" in body
+
+
+def test_platform_clients_open_no_http_session(endpoint):
+    """core.clickhouse.new_client sends no session_id: no request depends on another, so a request cut by an
+    outage cannot leave the client refusing its next query ("concurrent queries within the same session")."""
+    from core.clickhouse import new_client
+    from core.settings import Settings
+
+    base, users, port = endpoint
+    s = Settings(clickhouse_url=f"http://platform_writer:{users['platform_writer']}@127.0.0.1:{port}",
+                 clickhouse_database="t", clickhouse_bi_password=users["bi_reader"])
+    for c in (new_client(s), new_client(s, readonly=True)):
+        assert "session_id" not in c.params
+        assert [c.command(f"SELECT {i}") for i in range(3)] == [0, 1, 2]
+        c.close()
