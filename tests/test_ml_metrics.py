@@ -244,3 +244,22 @@ def test_sample_series_is_a_stable_bottom_k_hash_sample_of_whole_series():
         ForecastConfig(backtest_series=-1)
     with pytest.raises(ValueError, match="stats_jobs"):
         ForecastConfig(stats_jobs=0)
+
+
+def test_bench_hindsight_weekday_reference_is_exact_when_only_the_level_changes():
+    from types import SimpleNamespace
+
+    from ops.bench_forecast import hindsight_weekday_reference
+
+    shape = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 3.0, 5.0])  # Mon..Sun, mean 2
+    hist = pd.date_range("2024-01-01", periods=28)  # a Monday; 4 whole weeks
+    o = hist[-1]
+    feats = pd.DataFrame({"store_id": "S", "product_id": "P", "date": hist, "units": np.tile(shape, 4)})
+    fut = pd.date_range(o + pd.Timedelta(days=1), periods=14)
+    y = 3.0 * np.tile(shape, 2)  # the level triples, the weekly shape stays
+    pred = pd.DataFrame({"store_id": "S", "product_id": "P", "origin": o, "date": fut, "h": range(1, 15), "y": y})
+    assert hindsight_weekday_reference(SimpleNamespace(predictions=pred, origins=[o]), feats) == {"wape": 0.0,
+                                                                                               "rmsse": 0.0}
+    # a series that never sold gets index 1 on every weekday: the flat hindsight mean (6 units/day)
+    r = hindsight_weekday_reference(SimpleNamespace(predictions=pred, origins=[o]), feats.assign(units=0.0))
+    assert r["wape"] == round(float(np.abs(y - 6.0).sum() / y.sum()), 4) and r["wape"] > 0
