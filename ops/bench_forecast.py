@@ -138,12 +138,17 @@ def hindsight_reference(bt, features: pd.DataFrame) -> dict:
     """Pooled WAPE / RMSSE of a clairvoyant flat forecast: each (series, origin) gets the mean of its own actual
     demand over the horizon. Not a model (it reads the future): it shows how far knowing the exact level alone
     would get below the trailing mean, i.e. how much of a goal needs within-horizon patterns (weekday, events)."""
-    from ml.forecast import metrics_table, naive_scales
-
     p = bt.predictions.copy()
     p["hindsight_flat_mean"] = p.groupby(["store_id", "product_id", "origin"])["y"].transform("mean")
-    sc = pd.concat([naive_scales(features, o).reset_index().assign(origin=o) for o in bt.origins], ignore_index=True)
-    r = metrics_table(p, sc, ["hindsight_flat_mean"]).query("h == 0").iloc[0]
+    return _pooled(p, "hindsight_flat_mean", features, bt.origins)
+
+
+def _pooled(pred: pd.DataFrame, column: str, features: pd.DataFrame, origins) -> dict:
+    """Pooled (all horizons) WAPE / RMSSE of the forecast ``column`` of backtest rows, M5-scaled at each origin."""
+    from ml.forecast import metrics_table, naive_scales
+
+    sc = pd.concat([naive_scales(features, o).reset_index().assign(origin=o) for o in origins], ignore_index=True)
+    r = metrics_table(pred, sc, [column]).query("h == 0").iloc[0]
     return {"wape": round(float(r["wape"]), 4), "rmsse": round(float(r["rmsse"]), 4)}
 
 
@@ -153,7 +158,6 @@ def hindsight_weekday_reference(bt, features: pd.DataFrame, weeks: int = 52) -> 
     (mean on that weekday / overall mean; 1 when the series did not sell). Only the level reads the future:
     the gap to :func:`hindsight_reference` is what the weekday pattern is worth once the level is known."""
     from ml.features import KEYS
-    from ml.forecast import metrics_table, naive_scales
 
     p = bt.predictions.copy()
     p["dow"] = p["date"].dt.dayofweek
@@ -169,9 +173,7 @@ def hindsight_weekday_reference(bt, features: pd.DataFrame, weeks: int = 52) -> 
     p = p.merge(pd.concat(idx, ignore_index=True), on=KEYS + ["origin", "dow"], how="left")
     p["hindsight_mean_x_weekday"] = (p.groupby(KEYS + ["origin"])["y"].transform("mean")
                                      * p["index"].fillna(1.0))
-    sc = pd.concat([naive_scales(features, o).reset_index().assign(origin=o) for o in bt.origins], ignore_index=True)
-    r = metrics_table(p, sc, ["hindsight_mean_x_weekday"]).query("h == 0").iloc[0]
-    return {"wape": round(float(r["wape"]), 4), "rmsse": round(float(r["rmsse"]), 4)}
+    return _pooled(p, "hindsight_mean_x_weekday", features, bt.origins)
 
 
 def run_dataset(spark, name: str, daily: pd.DataFrame, calendar: pd.DataFrame, cfg: ForecastConfig,
