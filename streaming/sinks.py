@@ -87,11 +87,9 @@ def _utc(ms: int) -> datetime:
 def is_infrastructure_error(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it was raised from) means a service is unreachable or failing rather
     than a bug: connection refused/reset, timeouts, socket and S3 I/O errors (pyarrow raises OSError),
-    clickhouse-connect's OperationalError, HTTP transport errors, Kafka errors, a 5xx status, and
-    clickhouse-connect's "concurrent queries within the same session" (a request cut by an outage leaves a
-    session client marked busy; :func:`core.clickhouse.new_client` opens none, but a client handed in may; the
-    sinks serialise their ClickHouse calls, so it is never real concurrency: :meth:`StreamSinks.retrying` then
-    replaces the client)."""
+    clickhouse-connect's OperationalError, HTTP transport errors, Kafka errors, a 5xx status. (A request cut by
+    an outage cannot leave the sinks' client refusing queries as a busy session: :func:`core.clickhouse.new_client`
+    opens no session.)"""
     from clickhouse_connect.driver.exceptions import OperationalError
     from kafka.errors import KafkaError
 
@@ -113,8 +111,7 @@ def is_infrastructure_error(exc: BaseException) -> bool:
             return True
         msg = str(e)
         if any(t in msg for t in ("Connection refused", "Connection reset", "timed out", "Service Unavailable",
-                                  "HTTP 502", "HTTP 503", "HTTP 504", "Max retries exceeded",
-                                  "concurrent queries within the same session")):
+                                  "HTTP 502", "HTTP 503", "HTTP 504", "Max retries exceeded")):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -206,8 +203,8 @@ class StreamSinks:
 
     # --------------------------------------------------------------------------------- retries --
     def _reset_client(self) -> None:
-        """A new ClickHouse client (new HTTP session): a request cut by an outage can leave clickhouse-connect's
-        session marked busy, and every later query on it fails with "concurrent queries within the same session"."""
+        """A new ClickHouse client (and connection pool) before a retry, so no connection the outage broke is
+        reused; a client handed to the constructor is kept."""
         if not self._own_client:
             return
         from core.clickhouse import new_client

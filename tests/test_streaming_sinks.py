@@ -38,13 +38,19 @@ def test_many_alerts_in_one_batch_stay_under_max_query_size(native_stack):
     assert int(n) == 12_000
 
 
-def test_a_clickhouse_session_left_busy_by_an_outage_is_retried_not_fatal():
+def test_sinks_client_has_no_session_and_only_infrastructure_errors_are_retried(native_stack):
+    """A request cut by an outage once left the sinks' client refusing every later query ("concurrent queries
+    within the same session"): the client they open has no session. Bugs are not retried."""
     from clickhouse_connect.driver.exceptions import ProgrammingError
 
-    from streaming.sinks import is_infrastructure_error
+    from streaming.sinks import StreamSinks, is_infrastructure_error
 
-    busy = ProgrammingError("Attempt to execute concurrent queries within the same session. Please use a separate "
-                            "client instance per thread/process.")
-    assert is_infrastructure_error(busy)
+    sinks = StreamSinks(native_stack)
+    try:
+        assert "session_id" not in sinks.ch.params
+        sinks._reset_client()  # the retry path's fresh client
+        assert "session_id" not in sinks.ch.params
+    finally:
+        sinks.close()
     assert not is_infrastructure_error(ProgrammingError("Unrecognized column 'x' in table t"))
     assert not is_infrastructure_error(ValueError("bad data"))
