@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (FORECAST_ORIGIN_STEP_DAYS apart).")
     forecast_origin_step_days: int = Field(default=30, ge=1, description="Days between backtest origins (not a multiple of 7, so each horizon falls on several weekdays).")
     forecast_backtest_series: int = Field(default=2000, ge=0, description="Backtest (GBT refits + baselines + scores) on at most this many store x SKU series, a seeded bottom-k hash sample stable across nights; 0 = all. The final model trains on every series.")
+    forecast_max_train_rows: int = Field(default=1_000_000, ge=0, description="Each GBT fit (backtest refits and the final model) on a seeded uniform sample of at most this many training rows (series x target day); 0 = all. Bounds the fit's time at chain scale; raise it with the Spark cluster.")
     forecast_stats_jobs: int = Field(default=-1, ge=-1, description="Processes fitting the statsforecast baseline in the training driver (-1 = all its cores).")
     forecast_train_window_days: int = Field(default=365, description="Forecast training window, days of targets before the origin.")
     forecast_gbt_max_iter: int = Field(default=40, description="GBTRegressor maxIter (trees).")

@@ -123,6 +123,7 @@ class ForecastConfig:
     stats_window_days: int = 365  # history the statsforecast baseline is fitted on at each origin
     stats_jobs: int = 1  # statsforecast processes (n_jobs; -1 = all cores)
     backtest_series: int = 0  # backtest on at most this many series (seeded hash sample); 0 = all
+    max_train_rows: int = 0  # each GBT fit on a seeded uniform sample of at most this many rows; 0 = all
     baselines: tuple = BASELINES
 
     def __post_init__(self):
@@ -132,6 +133,8 @@ class ForecastConfig:
             raise ValueError(f"shrink_k must be >= 0, got {self.shrink_k}")
         if self.backtest_series < 0:
             raise ValueError(f"backtest_series must be >= 0 (0 = all series), got {self.backtest_series}")
+        if self.max_train_rows < 0:
+            raise ValueError(f"max_train_rows must be >= 0 (0 = all rows), got {self.max_train_rows}")
         if self.stats_jobs == 0 or self.stats_jobs < -1:
             raise ValueError(f"stats_jobs must be -1 (all cores) or >= 1, got {self.stats_jobs}")
         if self.target not in ("scaled", "raw"):
@@ -533,6 +536,22 @@ def sample_series(features: pd.DataFrame, n: int, seed: int = 42) -> pd.DataFram
     return features.merge(chosen, on=KEYS, how="inner")
 
 
+def cap_training_rows(train: pd.DataFrame, max_rows: int, seed: int = 42) -> pd.DataFrame:
+    """At most ``max_rows`` rows of ``train``: a seeded uniform sample without replacement, kept in the input
+    order; ``max_rows = 0`` or at least ``len(train)`` returns ``train`` unchanged.
+
+    Bounds a GBT fit's cost at chain scale (MLlib's boosting passes over every row once per tree level, so a
+    fit costs about rows x trees x depth). A uniform row sample leaves the expected weighted squared loss
+    unchanged up to a constant factor, so it trades only variance: every series, weekday and season keeps
+    its share of rows. Rows are (series, target day, horizon) samples already (``rows_per_target``), so this
+    is the same subsampling one level further (cf. Friedman 2002, "Stochastic gradient boosting", CSDA 38(4)).
+    """
+    if max_rows <= 0 or len(train) <= max_rows:
+        return train
+    pick = np.sort(np.random.default_rng(seed).choice(len(train), size=max_rows, replace=False))
+    return train.iloc[pick]
+
+
 def backtest_origins(features: pd.DataFrame, cfg: ForecastConfig) -> list[pd.Timestamp]:
     """Origins T - horizon - k * origin_step_days, k = n_origins-1..0 (oldest first)."""
     T = last_known_day(features)
@@ -585,6 +604,7 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
             if len(tr) < MIN_TRAIN_ROWS or te.empty:
                 log(f"backtest origin {o.date()} skipped: {len(tr)} training rows < {MIN_TRAIN_ROWS} (history too short)")
                 continue
+            tr = cap_training_rows(tr, cfg.max_train_rows, cfg.seed)
             t0 = time.perf_counter()
             model = fit_gbt(spark, tr, cfg, cols)
             fit_s.append(time.perf_counter() - t0)
@@ -617,13 +637,14 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
 
 
 def train_final(spark, features: pd.DataFrame, cfg: ForecastConfig):
-    """Fit the GBT on the training window before the last known day T.
+    """Fit the GBT on the training window before the last known day T (on at most ``cfg.max_train_rows`` of
+    its rows, :func:`cap_training_rows`).
 
     Returns:
-        (PipelineModel, feature columns, training rows).
+        (PipelineModel, feature columns, rows fitted on).
     """
     T = last_known_day(features)
-    tr = training_table(features, T, T, cfg)
+    tr = cap_training_rows(training_table(features, T, T, cfg), cfg.max_train_rows, cfg.seed)
     cols = feature_columns(features)
     return fit_gbt(spark, tr, cfg, cols), cols, len(tr)
 

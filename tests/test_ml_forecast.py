@@ -148,3 +148,22 @@ def test_backtest_on_a_series_sample_and_parallel_statsforecast_match_the_serial
     one, two = (x.sort_values(key).reset_index(drop=True) for x in (one, two))
     assert len(one) == 12 * H
     pd.testing.assert_frame_equal(one, two)
+
+
+def test_gbt_fits_on_at_most_max_train_rows(spark, trained):
+    """FORECAST_MAX_TRAIN_ROWS: the final fit (and each backtest refit) uses a seeded sample of that many rows."""
+    from dataclasses import replace
+
+    from ml.forecast import forecast, train_final
+
+    cfg, res = trained
+    assert res["train_rows"] > 600
+    model, cols, n = train_final(spark, res["features"], replace(cfg, max_train_rows=600))
+    assert n == 600
+    bt = res["backtest"]
+    full, capped = (forecast(spark, m, res["features"], bt.quantiles, bt.bucket_edges, cols, horizon=H,
+                             target=cfg.target, stats_window_days=cfg.stats_window_days)
+                    for m in (res["model"], model))
+    key = ["store_id", "product_id", "h"]
+    assert full[key].equals(capped[key]) and np.isfinite(capped["yhat"]).all() and (capped["yhat"] >= 0).all()
+    assert not np.allclose(full["yhat"], capped["yhat"])  # another model, fitted on the 600-row sample

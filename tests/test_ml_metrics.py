@@ -246,6 +246,24 @@ def test_sample_series_is_a_stable_bottom_k_hash_sample_of_whole_series():
         ForecastConfig(stats_jobs=0)
 
 
+def test_cap_training_rows_is_a_seeded_uniform_sample_in_input_order():
+    from ml.forecast import cap_training_rows
+
+    n = 20_000
+    t = pd.DataFrame({"i": np.arange(n), "wd": np.arange(n) % 7, "y": np.arange(n) % 5 * 1.0})
+    got = cap_training_rows(t, 5_000, seed=42)
+    assert len(got) == 5_000 and got["i"].is_unique and got["i"].is_monotonic_increasing  # no repeats, order kept
+    assert got.equals(cap_training_rows(t, 5_000, seed=42))  # deterministic: the same rows every night
+    assert not got["i"].equals(cap_training_rows(t, 5_000, seed=7)["i"])
+    # uniform: every weekday keeps ~1/7 of the sample (binomial sd ~ 25 rows of 714) and the label mean holds
+    share = got["wd"].value_counts(normalize=True)
+    assert len(share) == 7 and (share - 1 / 7).abs().max() < 0.02
+    assert abs(got["y"].mean() - t["y"].mean()) < 0.05
+    assert cap_training_rows(t, 0) is t and cap_training_rows(t, n) is t  # 0 = all; cap >= rows: unchanged
+    with pytest.raises(ValueError, match="max_train_rows"):
+        ForecastConfig(max_train_rows=-1)
+
+
 def test_bench_hindsight_weekday_reference_is_exact_when_only_the_level_changes():
     from types import SimpleNamespace
 

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-depth", type=int, default=s.forecast_gbt_max_depth)
     ap.add_argument("--backtest-series", type=int, default=s.forecast_backtest_series,
                     help="backtest on at most this many series (seeded sample; 0 = all)")
+    ap.add_argument("--max-train-rows", type=int, default=s.forecast_max_train_rows,
+                    help="each GBT fit on a seeded sample of at most this many rows (0 = all)")
     ap.add_argument("--stats-jobs", type=int, default=s.forecast_stats_jobs,
                     help="processes fitting the statsforecast baseline (-1 = all cores)")
     ap.add_argument("--shrink-k", type=float, default=None,
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ForecastConfig(horizon=a.horizon, n_origins=a.n_origins, origin_step_days=a.origin_step_days,
                          train_window_days=a.train_window_days, max_iter=a.max_iter,
                          max_depth=a.max_depth, backtest_series=a.backtest_series, stats_jobs=a.stats_jobs,
+                         max_train_rows=a.max_train_rows,
                          shuffle_partitions=min(s.spark_shuffle_partitions, 2),
                          **({} if a.shrink_k is None else {"shrink_k": a.shrink_k}))
     feats = read_features(lake, a.features)
