@@ -346,6 +346,7 @@ def main(out: Path = typer.Option(Path("reports/bench-nightly.json"), help="JSON
         "spark_master": st.spark_master, "days": days, "night": day.isoformat(), "goal_seconds": GOAL_SECONDS,
         "training_settings": {"horizon": st.forecast_horizon, "origins": st.forecast_backtest_origins,
                               "backtest_series": st.forecast_backtest_series, "stats_jobs": st.forecast_stats_jobs,
+                              "max_train_rows": st.forecast_max_train_rows,
                               "origin_step_days": st.forecast_origin_step_days, "trees": st.forecast_gbt_max_iter,
                               "depth": st.forecast_gbt_max_depth, "train_window_days": st.forecast_train_window_days},
         "runs": []}
