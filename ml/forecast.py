@@ -40,7 +40,10 @@ At chain scale the backtest runs on a seeded sample of at most ``backtest_series
 (:func:`sample_series`, FORECAST_BACKTEST_SERIES, 2,000 in the DAG): its GBT refits, the per-series
 statsforecast fits and the scores then cost the same at 10,000 or 1,000,000 series, while the final model
 still trains on every series. A pooled WAPE over 2,000 series x H days x origins has a sampling error of a
-fraction of a percent, well below the gaps between the models it ranks.
+fraction of a percent, well below the gaps between the models it ranks. Each GBT fit (refits and the final
+model) uses at most ``max_train_rows`` rows (:func:`cap_training_rows`, FORECAST_MAX_TRAIN_ROWS, 1,000,000 in
+the DAG), a seeded uniform row sample: on a 10,000-series chain the final fit drops from 241 to 79 s, and a
+backtest whose refits keep ~90 rows per series (as the final fit does there) scores WAPE +0.3 %.
 
 Metrics per model and horizon day (pooled over series and origins) and over all horizons (h = 0):
 
