@@ -546,8 +546,9 @@ def cap_training_rows(train: pd.DataFrame, max_rows: int, seed: int = 42) -> pd.
     Bounds a GBT fit's cost at chain scale (MLlib's boosting passes over every row once per tree level, so
     beyond a fixed start-up cost of ~15-20 s on 2 cores a fit grows with rows x trees x depth). A uniform
     row sample leaves the expected weighted squared loss unchanged up to a constant factor, so it trades only
-    variance: every series, weekday and season keeps its share of rows. Rows are (series, target day, horizon) samples already (``rows_per_target``), so this
-    is the same subsampling one level further (cf. Friedman 2002, "Stochastic gradient boosting", CSDA 38(4)).
+    variance: every series, weekday and season keeps its share of rows. Rows are (series, target day,
+    horizon) samples already (``rows_per_target``), so this is the same subsampling one level further
+    (cf. Friedman 2002, "Stochastic gradient boosting", CSDA 38(4)).
     """
     if max_rows <= 0 or len(train) <= max_rows:
         return train
