@@ -151,7 +151,9 @@ def test_backtest_on_a_series_sample_and_parallel_statsforecast_match_the_serial
 
 
 def test_gbt_fits_on_at_most_max_train_rows(spark, trained):
-    """FORECAST_MAX_TRAIN_ROWS: the final fit (and each backtest refit) uses a seeded sample of that many rows."""
+    """FORECAST_MAX_TRAIN_ROWS: the final fit uses a seeded sample of that many rows and still forecasts every
+    series and horizon. (The backtest refits call the same cap_training_rows; the sample itself is checked in
+    test_ml_metrics.)"""
     from dataclasses import replace
 
     from ml.forecast import forecast, train_final
