@@ -162,7 +162,9 @@ def complete_series(demand, end_date: dt.date, extend_days: int = DEFAULT_HORIZO
     out = out.withColumn("units", F.when(F.col("date") <= end, F.coalesce(F.col("units"), F.lit(0.0)))
                          .otherwise(F.lit(None).cast("double")))
     ffill = F.last("price", ignorenulls=True).over(_series_window(_unbounded_preceding(), 0))
-    bfill = F.first("price", ignorenulls=True).over(_series_window(0, _unbounded_following()))
+    # where the forward fill is null every earlier price is null, so the next price is the series' first one:
+    # a whole-partition frame (one pass), not a shrinking d..unbounded-following frame (recomputed per row)
+    bfill = F.first("price", ignorenulls=True).over(_series_window(_unbounded_preceding(), _unbounded_following()))
     out = out.withColumn("price", F.coalesce(ffill, bfill))
     for c in flags:
         out = out.withColumn(c, F.coalesce(F.col(c).cast("int"), F.lit(0)))
@@ -241,12 +243,29 @@ def add_features(series, *, holidays=None, weather=None, default_country: str | 
 
     w = _series_window()
     u, p, d = F.col("units"), F.col("price"), F.col("date")
+    # trailing-window statistics over rows d-n..d-1 as differences of running sums (O(1) per row; a sliding
+    # frame of n rows recomputes its aggregate over the whole frame for every row): running sums up to and
+    # including each row first, then window = running(d-1) - running(d-n-1), from two lags
+    run = _series_window(_unbounded_preceding(), 0)
+    pz = F.coalesce(p, F.lit(0.0))
+    series = series.withColumns({
+        "_su": F.coalesce(F.sum(u).over(run), F.lit(0.0)), "_su2": F.coalesce(F.sum(u * u).over(run), F.lit(0.0)),
+        "_nu": F.count(u).over(run), "_nz": F.sum((u == 0).cast("long")).over(run),
+        "_sp": F.sum(pz).over(run), "_np": F.count(p).over(run)})
+
+    def trailing(col: str, n: int):
+        """sum of the running column's increments over rows d-n..d-1 (0 before the series' start)."""
+        return F.lag(col, 1, 0).over(w) - F.lag(col, n + 1, 0).over(w)
+
     cols = {f"lag_{k}": F.lag(u, k).over(w) for k in LAGS}
     for n in WINDOWS:
-        frame = _series_window(-n, -1)
-        cols[f"rmean_{n}"] = F.avg(u).over(frame)
-        cols[f"rstd_{n}"] = F.when(F.count(u).over(frame) >= 2, F.stddev_samp(u).over(frame)).otherwise(F.lit(0.0))
-    cols["zero_share_28"] = F.avg((u == 0).cast("double")).over(_series_window(-ZERO_SHARE_WINDOW, -1))
+        cnt, sm, sm2 = trailing("_nu", n), trailing("_su", n), trailing("_su2", n)
+        cols[f"rmean_{n}"] = F.when(cnt > 0, sm / F.when(cnt > 0, cnt))
+        # sample variance = (n S2 - S^2) / (n (n - 1)): exact for integer units; clipped at 0 against rounding
+        var = (cnt * sm2 - sm * sm) / F.when(cnt >= 2, cnt * (cnt - 1))
+        cols[f"rstd_{n}"] = F.when(cnt >= 2, F.sqrt(F.greatest(var, F.lit(0.0)))).otherwise(F.lit(0.0))
+    n28 = trailing("_nu", ZERO_SHARE_WINDOW)
+    cols["zero_share_28"] = F.when(n28 > 0, trailing("_nz", ZERO_SHARE_WINDOW) / F.when(n28 > 0, n28))
     last_sale = F.max(F.when(u > 0, d)).over(_series_window(_unbounded_preceding(), -1))
     first_day = F.min(d).over(_series_window(_unbounded_preceding(), _unbounded_following()))
     ref = F.coalesce(last_sale, F.date_sub(first_day, 1))
@@ -256,7 +275,8 @@ def add_features(series, *, holidays=None, weather=None, default_country: str | 
     p7 = F.lag(p, 7).over(w)
     ok7 = p.isNotNull() & p7.isNotNull() & (p7 != 0)
     cols["price_change_7"] = F.when(ok7, p / F.when(ok7, p7) - F.lit(1.0)).otherwise(F.lit(0.0))
-    cols["price_rel_28"] = _ratio_or(p, F.avg(p).over(price_frame), 1.0)
+    np28 = trailing("_np", PRICE_WINDOW)
+    cols["price_rel_28"] = _ratio_or(p, F.when(np28 > 0, trailing("_sp", PRICE_WINDOW) / F.when(np28 > 0, np28)), 1.0)
     if "promo" not in series.columns:
         pmax = F.max(p).over(price_frame)
         cols["promo"] = F.coalesce(p < F.lit(PROMO_PRICE_SHARE) * pmax, F.lit(False)).cast("int")
