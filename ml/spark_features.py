@@ -11,9 +11,13 @@ What runs where
 * **Spark** (per series x day, JVM only, no Python UDFs, so executors of the compose cluster need nothing but
   Spark): validation, the gap-free grid per series (``sequence`` + ``explode``, first active day to the last
   day + ``extend_days``), the zero fill of missing days, price forward/back fill, lags, rolling means / standard
-  deviations / zero share / price mean and max over trailing windows (window functions partitioned by
-  store x SKU, ordered by date, frames of rows — exact because the grid has no gaps), days since the last sale,
-  calendar covariates, promotion proxy.
+  deviations / zero share / price mean over trailing windows (window functions partitioned by store x SKU,
+  ordered by date, counted in rows — exact because the grid has no gaps — as differences of running sums, one
+  pass per series instead of a sliding frame re-aggregated for every row), the price max (sliding frame), days
+  since the last sale, calendar covariates, promotion proxy.
+  Precision of the running sums: integer units give exact sums; fractional units are shifted by the series'
+  rounded mean before summing, which keeps the standard deviations within 7e-7 relative of a two-pass
+  computation even at a level 40,000 standard deviations above zero (``tests/test_ml_spark_features.py``).
 * **pandas** (dimension-sized, broadcast-joined): public holidays per (date, country) for the grid's date range
   and the stores' countries (:func:`ml.features.holiday_flags`, the ``holidays`` package), and the optional
   weather table (WEATHER_FILE).
@@ -246,10 +250,17 @@ def add_features(series, *, holidays=None, weather=None, default_country: str | 
     # trailing-window statistics over rows d-n..d-1 as differences of running sums (O(1) per row; a sliding
     # frame of n rows recomputes its aggregate over the whole frame for every row): running sums up to and
     # including each row first, then window = running(d-1) - running(d-n-1), from two lags
+    # Units are summed shifted by the series' rounded mean c (variance is shift-invariant, and the window mean
+    # adds c back): running sums of squares then stay near the variance's scale instead of the level's, so
+    # the difference n S2 - S^2 does not cancel catastrophically for fractional units at a high level; integer
+    # units stay integers (exact sums).
     run = _series_window(_unbounded_preceding(), 0)
+    series = series.withColumn("_c", F.coalesce(F.round(F.avg(u).over(
+        _series_window(_unbounded_preceding(), _unbounded_following()))), F.lit(0.0)))
+    uc = u - F.col("_c")
     pz = F.coalesce(p, F.lit(0.0))
     series = series.withColumns({
-        "_su": F.coalesce(F.sum(u).over(run), F.lit(0.0)), "_su2": F.coalesce(F.sum(u * u).over(run), F.lit(0.0)),
+        "_su": F.coalesce(F.sum(uc).over(run), F.lit(0.0)), "_su2": F.coalesce(F.sum(uc * uc).over(run), F.lit(0.0)),
         "_nu": F.count(u).over(run), "_nz": F.sum((u == 0).cast("long")).over(run),
         "_sp": F.sum(pz).over(run), "_np": F.count(p).over(run)})
 
@@ -260,7 +271,7 @@ def add_features(series, *, holidays=None, weather=None, default_country: str | 
     cols = {f"lag_{k}": F.lag(u, k).over(w) for k in LAGS}
     for n in WINDOWS:
         cnt, sm, sm2 = trailing("_nu", n), trailing("_su", n), trailing("_su2", n)
-        cols[f"rmean_{n}"] = F.when(cnt > 0, sm / F.when(cnt > 0, cnt))
+        cols[f"rmean_{n}"] = F.when(cnt > 0, F.col("_c") + sm / F.when(cnt > 0, cnt))
         # sample variance = (n S2 - S^2) / (n (n - 1)): exact for integer units; clipped at 0 against rounding
         var = (cnt * sm2 - sm * sm) / F.when(cnt >= 2, cnt * (cnt - 1))
         cols[f"rstd_{n}"] = F.when(cnt >= 2, F.sqrt(F.greatest(var, F.lit(0.0)))).otherwise(F.lit(0.0))
