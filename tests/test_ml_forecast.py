@@ -148,6 +148,13 @@ def test_backtest_on_a_series_sample_and_parallel_statsforecast_match_the_serial
     one, two = (x.sort_values(key).reset_index(drop=True) for x in (one, two))
     assert len(one) == 12 * H
     pd.testing.assert_frame_equal(one, two)
+    # the AutoETS model space reaches statsforecast: without season ("ANN", simple exponential smoothing) every
+    # series' forecast is flat over the horizon; with an additive weekly season ("ANA") the non-intermittent
+    # (AutoETS) series' forecasts are not
+    flat = statsforecast_baseline(sub, bt.origins[-1], H, cfg.stats_window_days, ets_model="ANN")
+    weekly = statsforecast_baseline(sub, bt.origins[-1], H, cfg.stats_window_days, ets_model="ANA")
+    spread = lambda x: x.groupby(["store_id", "product_id"])["statsforecast"].agg(lambda v: v.max() - v.min())
+    assert (spread(flat) < 1e-9).all() and (spread(weekly) > 1e-6).sum() >= 3
 
 
 def test_gbt_fits_on_at_most_max_train_rows(spark, trained):

@@ -244,6 +244,10 @@ def test_sample_series_is_a_stable_bottom_k_hash_sample_of_whole_series():
         ForecastConfig(backtest_series=-1)
     with pytest.raises(ValueError, match="stats_jobs"):
         ForecastConfig(stats_jobs=0)
+    for bad in ("ZZ", "ZZZZ", "XNZ", "ZAd", "znz", None):
+        with pytest.raises(ValueError, match="ets_model"):
+            ForecastConfig(ets_model=bad)
+    assert ForecastConfig().ets_model == "ZNZ" and ForecastConfig(ets_model="MAM").ets_model == "MAM"
 
 
 def test_cap_training_rows_is_a_seeded_uniform_sample_in_input_order():
