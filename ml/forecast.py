@@ -310,7 +310,8 @@ def statsforecast_baseline(features: pd.DataFrame, origin, horizon: int, window_
     st = df.groupby("unique_id", sort=False)["y"].agg(n="size", nz=lambda s: int((s > 0).sum()))
     intermittent = (st["nz"] == 0) | (st["n"] / st["nz"].clip(lower=1) >= ADI_INTERMITTENT) | (st["n"] < 2 * SEASON)
     parts = []
-    for ids, model in ((st.index[intermittent], CrostonOptimized()), (st.index[~intermittent], AutoETS(season_length=SEASON, model=check_ets_model(ets_model)))):
+    ets = AutoETS(season_length=SEASON, model=check_ets_model(ets_model))
+    for ids, model in ((st.index[intermittent], CrostonOptimized()), (st.index[~intermittent], ets)):
         if len(ids) == 0:
             continue
         sf = StatsForecast(models=[model], freq="D", n_jobs=n_jobs)

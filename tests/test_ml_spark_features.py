@@ -170,6 +170,7 @@ def test_spark_features_equal_pandas_with_weather_and_flags(spark, demand):
     assert got["promo"].sum() > 0 and got["snap"].sum() > 0
     assert got["temp_c"].notna().any() and got["temp_c"].isna().any()  # S3/S4 have no weather, nor the last days
 
+
 def window_oracle(units: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, sample standard deviation (0 with < 2 values) and zero share of units[d-n..d-1] per row d, NaN
     skipped: a plain two-pass numpy loop over each window (independent of pandas' and Spark's algorithms)."""
