@@ -209,9 +209,9 @@ def holiday_dimension(dates: pd.Series, countries: list[str]) -> pd.DataFrame:
     return d
 
 
-def _ratio_or(num, den, default: float):
-    """num / den, or ``default`` where den is 0 or null or num is null (pandas: inf and NaN -> default; Spark's
-    ANSI mode would raise on a division by zero)."""
+def _ratio_or(num, den, default: float | None):
+    """num / den, or ``default`` (None = null) where den is 0 or null or num is null (pandas: inf and NaN ->
+    default; Spark's ANSI mode would raise on a division by zero)."""
     from pyspark.sql import functions as F
 
     ok = num.isNotNull() & den.isNotNull() & (den != 0)
@@ -271,25 +271,24 @@ def add_features(series, *, holidays=None, weather=None, default_country: str | 
     cols = {f"lag_{k}": F.lag(u, k).over(w) for k in LAGS}
     for n in WINDOWS:
         cnt, sm, sm2 = trailing("_nu", n), trailing("_su", n), trailing("_su2", n)
-        cols[f"rmean_{n}"] = F.when(cnt > 0, F.col("_c") + sm / F.when(cnt > 0, cnt))
+        cols[f"rmean_{n}"] = F.col("_c") + _ratio_or(sm, cnt, None)
         # sample variance = (n S2 - S^2) / (n (n - 1)): exact for integer units; clipped at 0 against rounding
         var = (cnt * sm2 - sm * sm) / F.when(cnt >= 2, cnt * (cnt - 1))
         cols[f"rstd_{n}"] = F.when(cnt >= 2, F.sqrt(F.greatest(var, F.lit(0.0)))).otherwise(F.lit(0.0))
-    n28 = trailing("_nu", ZERO_SHARE_WINDOW)
-    cols["zero_share_28"] = F.when(n28 > 0, trailing("_nz", ZERO_SHARE_WINDOW) / F.when(n28 > 0, n28))
+    cols["zero_share_28"] = _ratio_or(trailing("_nz", ZERO_SHARE_WINDOW), trailing("_nu", ZERO_SHARE_WINDOW),
+                                      None)
     last_sale = F.max(F.when(u > 0, d)).over(_series_window(_unbounded_preceding(), -1))
     first_day = F.min(d).over(_series_window(_unbounded_preceding(), _unbounded_following()))
     ref = F.coalesce(last_sale, F.date_sub(first_day, 1))
     cols["days_since_sale"] = F.least(F.greatest(F.datediff(d, ref) - 1, F.lit(0)),
                                       F.lit(MAX_DAYS_SINCE_SALE)).cast("double")
-    price_frame = _series_window(-PRICE_WINDOW, -1)
     p7 = F.lag(p, 7).over(w)
     ok7 = p.isNotNull() & p7.isNotNull() & (p7 != 0)
     cols["price_change_7"] = F.when(ok7, p / F.when(ok7, p7) - F.lit(1.0)).otherwise(F.lit(0.0))
-    np28 = trailing("_np", PRICE_WINDOW)
-    cols["price_rel_28"] = _ratio_or(p, F.when(np28 > 0, trailing("_sp", PRICE_WINDOW) / F.when(np28 > 0, np28)), 1.0)
+    pmean = _ratio_or(trailing("_sp", PRICE_WINDOW), trailing("_np", PRICE_WINDOW), None)
+    cols["price_rel_28"] = _ratio_or(p, pmean, 1.0)
     if "promo" not in series.columns:
-        pmax = F.max(p).over(price_frame)
+        pmax = F.max(p).over(_series_window(-PRICE_WINDOW, -1))  # a sliding frame: max has no running form
         cols["promo"] = F.coalesce(p < F.lit(PROMO_PRICE_SHARE) * pmax, F.lit(False)).cast("int")
     df = series.withColumns(cols)
 
