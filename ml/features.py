@@ -294,6 +294,14 @@ def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int
     return df
 
 
+def sample_positions(n: int, k: int, seed: int = 42) -> np.ndarray:
+    """Sorted positions of a seeded uniform sample of ``k`` of ``n`` rows without replacement, shape (k,)
+    (all ``n`` when ``k`` is 0 or >= n): the same positions for the same (n, k, seed) every night."""
+    if k <= 0 or k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
 def _series_positions(features: pd.DataFrame) -> np.ndarray:
     """0-based position of each row within its series (the table is sorted and gap-free per series)."""
     return features.groupby(KEYS, sort=False, observed=True).cumcount().to_numpy()
@@ -313,31 +321,40 @@ def _trailing_mean(units: np.ndarray, pos: np.ndarray, w: int) -> np.ndarray:
         return np.where(n > 0, (prev - before_lo) / n, np.nan)
 
 
-def _same_weekday_mean(units: np.ndarray, pos: np.ndarray, idx: np.ndarray, weeks: int) -> np.ndarray:
-    """Mean of units at rows idx, idx-7, ..., idx-7*(weeks-1) that lie within the series (NaN if none)."""
-    acc = np.zeros(len(idx))
-    cnt = np.zeros(len(idx))
-    for m in range(weeks):
-        j = idx - SEASON * m
-        ok = (pos[np.maximum(idx, 0)] - SEASON * m >= 0) & (idx >= 0)
-        v = np.where(ok, units[np.clip(j, 0, len(units) - 1)], 0.0)
-        acc += np.nan_to_num(v)
-        cnt += ok
+def _weekday_running_sum(units: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Running sum of ``units`` over the same weekday within each series (NaN counts 0), shape (n,):
+    c[i] = units[i] + c[i - 7] while row i - 7 is in the series."""
+    key = (np.arange(len(units)) - pos) * SEASON + pos % SEASON  # (series' first row, weekday) -> one group
+    return pd.Series(np.nan_to_num(units, nan=0.0)).groupby(key, sort=False).cumsum().to_numpy()
+
+
+def _same_weekday_mean(wsum: np.ndarray, pos: np.ndarray, idx: np.ndarray, weeks: int) -> np.ndarray:
+    """Mean of units at rows idx, idx-7, ..., idx-7*(weeks-1) that lie within the series (NaN if none, or if
+    idx < 0), from their :func:`_weekday_running_sum` ``wsum``: one difference per row instead of ``weeks``
+    gathers."""
+    i = np.maximum(idx, 0)
+    n = np.where(idx >= 0, np.minimum(weeks, pos[i] // SEASON + 1), 0)
+    full = pos[i] >= SEASON * weeks  # the window lies within the series: subtract the sum before it
+    total = wsum[i] - np.where(full, wsum[np.maximum(i - SEASON * weeks, 0)], 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(cnt > 0, acc / cnt, np.nan)
+        return np.where(n > 0, total / n, np.nan)
 
 
-def group_trailing_mean(features: pd.DataFrame, by: str, w: int) -> pd.Series:
+def group_trailing_mean(features: pd.DataFrame, by: str, w: int, pos: np.ndarray | None = None) -> pd.Series:
     """Mean over the rows sharing ``by`` (e.g. product_id: across stores) and date of the series' trailing
-    ``w``-day mean strictly before the day: an item- or store-level demand level known at d-1."""
-    pos = _series_positions(features)
+    ``w``-day mean strictly before the day: an item- or store-level demand level known at d-1.
+
+    ``pos``: the rows' positions within their series (:func:`_series_positions`), if the caller has them.
+    """
+    pos = _series_positions(features) if pos is None else pos
     rm = pd.Series(_trailing_mean(features["units"].to_numpy("float64"), pos, w), index=features.index)
     return rm.groupby([features[by], features["date"]], sort=False, observed=True).transform("mean")
 
 
 def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, MAX_HORIZON + 1),
                     min_target_date=None, max_origin=None, *, origins: Iterable | None = None,
-                    sample_per_target: int | None = None, seed: int = 42) -> pd.DataFrame:
+                    sample_per_target: int | None = None, seed: int = 42, max_target_date=None,
+                    known_only: bool = False, max_rows: int = 0) -> pd.DataFrame:
     """Direct multi-horizon rows: one per (series, origin t, horizon h) with target y_{t+h}.
 
     Rows are gathered by position (the feature table is gap-free and sorted per series), so only the
@@ -366,7 +383,12 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
         max_origin: keep rows whose origin is <= this.
         origins: only rows of these origins (target days origin+1..origin+max(horizons)).
         sample_per_target: draw this many horizons per target day (seeded), instead of all.
-        seed: seed of that draw.
+        seed: seed of that draw and of ``max_rows``' sample.
+        max_target_date: keep rows whose target date is <= this.
+        known_only: keep only rows whose target ``y`` is known (training rows).
+        max_rows: keep a seeded uniform sample of at most this many rows (0 = all), drawn before the rows'
+            features are gathered: the rows :func:`sample_positions` picks from the full output (same
+            filters, same order, same seed), at the cost of gathering only them.
 
     Returns:
         DataFrame with store_id, product_id, origin, date (= target date), h, y (target, NaN for the
@@ -411,9 +433,19 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
         keep &= dates[tidx] >= np.datetime64(pd.Timestamp(min_target_date))
     if max_origin is not None:
         keep &= dates[tidx] - h.astype("timedelta64[D]") <= np.datetime64(pd.Timestamp(max_origin))
+    if max_target_date is not None:
+        keep &= dates[tidx] <= np.datetime64(pd.Timestamp(max_target_date))
     tidx, h = tidx[keep], h[keep].astype("int64")
-    hidx = tidx - h + 1  # origin row t+1: its history columns hold information <= t
     units = f["units"].to_numpy("float64")
+    if known_only:
+        known = ~np.isnan(units[tidx])
+        tidx, h = tidx[known], h[known]
+    if 0 < max_rows < len(tidx):
+        # the output's order (origin, series, h; the table is sorted by store_id, product_id, date), then the sample
+        order = np.lexsort((h, tidx - pos[tidx], dates[tidx] - h.astype("timedelta64[D]")))
+        sel = order[sample_positions(len(tidx), max_rows, seed)]
+        tidx, h = tidx[sel], h[sel]
+    hidx = tidx - h + 1  # origin row t+1: its history columns hold information <= t
     k = -(-h // SEASON)
     sidx = tidx - SEASON * k  # y_{t+h-7k}, the last same-weekday value <= t
 
@@ -426,13 +458,14 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
     extra = {"rmean_28": _trailing_mean(units, pos, 28), "rmean_365": _trailing_mean(units, pos, 365)}
     for by, name in (("product_id", "item"), ("store_id", "store")):
         for w in (7, 28):
-            extra[f"{name}_rmean_{w}"] = group_trailing_mean(f, by, w).to_numpy("float64")
+            extra[f"{name}_rmean_{w}"] = group_trailing_mean(f, by, w, pos).to_numpy("float64")
     for c, v in extra.items():
         out[c] = v[hidx]
     out["seas_lag_1"] = np.where(pos[tidx] >= SEASON * k, units[np.maximum(sidx, 0)], np.nan)
     out["seas_lag_2"] = np.where(pos[tidx] >= SEASON * (k + 1), units[np.maximum(sidx - SEASON, 0)], np.nan)
-    out["seas_mean_4"] = _same_weekday_mean(units, pos, np.where(pos[tidx] >= SEASON * k, sidx, -1), 4)
-    out["seas_mean_52"] = _same_weekday_mean(units, pos, np.where(pos[tidx] >= SEASON * k, sidx, -1), 52)
+    wsum, last = _weekday_running_sum(units, pos), np.where(pos[tidx] >= SEASON * k, sidx, -1)
+    out["seas_mean_4"] = _same_weekday_mean(wsum, pos, last, 4)
+    out["seas_mean_52"] = _same_weekday_mean(wsum, pos, last, 52)
     for c in COVARIATE_COLUMNS + [c for c in WEATHER_COLUMNS if c in f.columns]:
         out[c] = f[c].to_numpy()[tidx]
     fill = HISTORY_COLUMNS + list(extra)

@@ -86,7 +86,7 @@ import numpy as np
 import pandas as pd
 
 from ml.features import (DEFAULT_HORIZON, KEYS, MAX_HORIZON, SEASON, build_daily_features, feature_columns,
-                         make_supervised)
+                         make_supervised, sample_positions)
 
 QUANTILES = {"lower95": 0.025, "lower80": 0.10, "upper80": 0.90, "upper95": 0.975}
 N_LEVEL_BUCKETS = 4
@@ -582,8 +582,7 @@ def cap_training_rows(train: pd.DataFrame, max_rows: int, seed: int = 42) -> pd.
     """
     if max_rows <= 0 or len(train) <= max_rows:
         return train
-    pick = np.sort(np.random.default_rng(seed).choice(len(train), size=max_rows, replace=False))
-    return train.iloc[pick]
+    return train.iloc[sample_positions(len(train), max_rows, seed)]
 
 
 def backtest_origins(features: pd.DataFrame, cfg: ForecastConfig) -> list[pd.Timestamp]:
@@ -592,13 +591,18 @@ def backtest_origins(features: pd.DataFrame, cfg: ForecastConfig) -> list[pd.Tim
     return [T - pd.Timedelta(days=cfg.horizon + k * cfg.origin_step_days) for k in range(cfg.n_origins - 1, -1, -1)]
 
 
-def training_table(features: pd.DataFrame, first_origin, last_origin, cfg: ForecastConfig) -> pd.DataFrame:
-    """Supervised training rows with target days in (first_origin - train_window_days, last_origin],
-    ``rows_per_target`` sampled horizons per (series, target day); missing features filled with 0."""
+def training_table(features: pd.DataFrame, first_origin, last_origin, cfg: ForecastConfig,
+                   max_rows: int = 0) -> pd.DataFrame:
+    """Supervised training rows with known targets on days in (first_origin - train_window_days, last_origin],
+    ``rows_per_target`` sampled horizons per (series, target day); missing features filled with 0.
+
+    ``max_rows`` > 0: only the rows ``cap_training_rows(table, max_rows, cfg.seed)`` keeps of the full table,
+    without gathering the others (the final fit at chain scale: 1 M of 3.55 M rows).
+    """
     sup = make_supervised(features, range(1, cfg.horizon + 1),
                           min_target_date=pd.Timestamp(first_origin) - pd.Timedelta(days=cfg.train_window_days - 1),
-                          sample_per_target=cfg.rows_per_target, seed=cfg.seed)
-    sup = sup[(sup["date"] <= pd.Timestamp(last_origin)) & sup["y"].notna()]
+                          sample_per_target=cfg.rows_per_target, seed=cfg.seed, max_target_date=last_origin,
+                          known_only=True, max_rows=max_rows)
     cols = feature_columns(sup)
     sup[cols] = sup[cols].fillna(0.0)
     return sup
@@ -672,13 +676,13 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
 
 def train_final(spark, features: pd.DataFrame, cfg: ForecastConfig):
     """Fit the GBT on the training window before the last known day T (on at most ``cfg.max_train_rows`` of
-    its rows, :func:`cap_training_rows`).
+    its rows, the sample :func:`cap_training_rows` takes, drawn before the rows are gathered).
 
     Returns:
         (PipelineModel, feature columns, rows fitted on).
     """
     T = last_known_day(features)
-    tr = cap_training_rows(training_table(features, T, T, cfg), cfg.max_train_rows, cfg.seed)
+    tr = training_table(features, T, T, cfg, max_rows=cfg.max_train_rows)
     cols = feature_columns(features)
     return fit_gbt(spark, tr, cfg, cols), cols, len(tr)
 

@@ -117,11 +117,31 @@ def test_supervised_alignment_against_direct_computation():
         assert rows.loc[h, "seasonal_naive"] == 100 + h - 7 * k  # last same-weekday value <= t
         assert rows.loc[h, "seas_lag_2"] == 100 + h - 7 * k - 7
         assert rows.loc[h, "seas_mean_4"] == np.mean([100 + h - 7 * (k + m) for m in range(4)])
+        assert rows.loc[h, "seas_mean_52"] == np.mean([v for m in range(52) if (v := 100 + h - 7 * (k + m)) >= 0])
         assert rows.loc[h, "level"] == np.mean(np.arange(73, 101))  # the trailing 28-day mean
         assert rows.loc[h, "n_lag_1"] == pytest.approx(100 / rows.loc[h, "level"])
         assert rows.loc[h, "date"] == t + pd.Timedelta(days=h)
         assert rows.loc[h, "dow"] == (t + pd.Timedelta(days=h)).dayofweek
     assert set(HISTORY_COLUMNS) <= set(sup.columns)
+
+
+def test_same_weekday_means_stay_within_each_series():
+    """seas_mean_4 / seas_mean_52 against a direct list of same-weekday values, for two series back to back in
+    the table: a long one (the 52-week window lies inside it) and a short one starting later (the window is
+    cut at its first day, never reaching into the previous series)."""
+    long_vals, short_vals = np.arange(500, dtype=float), 1000.0 + np.arange(120, dtype=float)
+    f = build_daily_features(pd.concat([toy(long_vals, product="P1"), toy(short_vals, start="2025-01-01", product="P2")]),
+                             default_country=None)
+    sup = make_supervised(f).set_index(["product_id", "origin", "h"])
+    for product, vals, start, t in (("P1", long_vals, "2024-01-01", 450), ("P2", short_vals, "2025-01-01", 60)):
+        origin = pd.Timestamp(start) + pd.Timedelta(days=t)
+        for h in (1, 7, 8, 28):
+            k = -(-h // 7)
+            same = [vals[d] for m in range(52) if (d := t + h - 7 * (k + m)) >= 0]
+            row = sup.loc[(product, origin, h)]
+            assert row["seas_mean_52"] == pytest.approx(np.mean(same), rel=1e-12)
+            assert row["seas_mean_4"] == pytest.approx(np.mean(same[:4]), rel=1e-12)
+    assert len(same) < 52  # the short series' window was cut at its start
 
 
 def test_level_is_trailing_mean_floored_for_slow_movers():

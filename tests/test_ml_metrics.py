@@ -268,6 +268,26 @@ def test_cap_training_rows_is_a_seeded_uniform_sample_in_input_order():
         ForecastConfig(max_train_rows=-1)
 
 
+def test_training_table_samples_before_gathering_the_rows_cap_training_rows_would_keep():
+    """The final fit's table at chain scale: ``training_table(..., max_rows)`` draws its sample before gathering
+    features; it must be exactly the rows the two-step path (whole table, then :func:`cap_training_rows`) keeps,
+    in the same order, with the same values."""
+    from ml.forecast import cap_training_rows
+
+    # series of different lengths (starts), so origin, series and horizon all decide the order
+    panel = pd.concat([p.iloc[i * 9:] for i, (_, p) in enumerate(_random_panel(seed=5, n_series=8, days=150)
+                                                                   .groupby("product_id"))])
+    f = build_daily_features(panel, default_country=None, extend_days=14)
+    cfg = ForecastConfig(horizon=14, train_window_days=60, rows_per_target=3)
+    T = f.loc[f["units"].notna(), "date"].max()
+    whole = training_table(f, T - pd.Timedelta(days=20), T, cfg)
+    assert whole["y"].notna().all() and whole["date"].max() == T and len(whole) > 1_000
+    for k in (1, 500, len(whole) - 1):
+        got = training_table(f, T - pd.Timedelta(days=20), T, cfg, max_rows=k)
+        pd.testing.assert_frame_equal(got, cap_training_rows(whole, k, cfg.seed).reset_index(drop=True))
+    pd.testing.assert_frame_equal(training_table(f, T - pd.Timedelta(days=20), T, cfg, max_rows=len(whole)), whole)
+
+
 def test_bench_hindsight_weekday_reference_is_exact_when_only_the_level_changes():
     from types import SimpleNamespace
 
