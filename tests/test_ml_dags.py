@@ -204,15 +204,19 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
 
     ref = build_daily_features(load_daily_demand(client, db, DAY), end_date=pd.Timestamp(DAY), extend_days=H,
                                default_country=native_stack.store_country_default)
-    got = feats.sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
-    assert len(ref) == len(got)
-    assert pd.to_datetime(got["date"]).tolist() == ref["date"].tolist()
-    for c in FEATURE_TABLE_COLUMNS[1:-2]:
-        g, w = got[c].to_numpy(), ref[c].to_numpy()
-        if c in ("store_id", "product_id"):
-            assert g.tolist() == w.tolist(), c
-        else:
-            np.testing.assert_allclose(g.astype("float64"), w.astype("float64"), rtol=1e-9, atol=1e-9, err_msg=c)
+
+    def same_as_ref(feats: pd.DataFrame) -> None:
+        got = feats.sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
+        assert len(ref) == len(got)
+        assert pd.to_datetime(got["date"]).tolist() == ref["date"].tolist()
+        for c in FEATURE_TABLE_COLUMNS[1:-2]:
+            g, w = got[c].to_numpy(), ref[c].to_numpy()
+            if c in ("store_id", "product_id"):
+                assert g.tolist() == w.tolist(), c
+            else:  # NaN (future units, short-history lags) must stay NaN: equal_nan
+                np.testing.assert_allclose(g.astype("float64"), w.astype("float64"), rtol=1e-9, atol=1e-9, err_msg=c)
+
+    same_as_ref(feats)
     reg = q("SELECT * FROM {db}.model_registry FINAL")
     assert reg[["version", "is_champion"]].values.tolist() == [[1, 1]]
     m = q("SELECT model, metric, horizon, value FROM {db}.ml_model_metrics FINAL WHERE model_name = 'demand-forecast'")
@@ -239,6 +243,7 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert q("SELECT count() AS n FROM {db}.model_registry FINAL")["n"].iloc[0] == 1
     assert len(q("SELECT * FROM {db}.ml_model_metrics FINAL WHERE model_name = 'demand-forecast'")) == n_metrics
     assert len(q("SELECT * FROM {db}.features_daily FINAL")) == n_feature_rows
+    same_as_ref(q("SELECT * FROM {db}.features_daily FINAL"))  # now the in-process (pandas) table's insert
 
     _run(ml_dags["batch_predictions"], DAY)
     p = q("SELECT * FROM {db}.forecast_predictions FINAL")
