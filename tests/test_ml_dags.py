@@ -242,8 +242,9 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert again["version"] == 1 and again["promoted"] and again["model"] == champion
     assert q("SELECT count() AS n FROM {db}.model_registry FINAL")["n"].iloc[0] == 1
     assert len(q("SELECT * FROM {db}.ml_model_metrics FINAL WHERE model_name = 'demand-forecast'")) == n_metrics
-    assert len(q("SELECT * FROM {db}.features_daily FINAL")) == n_feature_rows
-    same_as_ref(q("SELECT * FROM {db}.features_daily FINAL"))  # now the in-process (pandas) table's insert
+    feats = q("SELECT * FROM {db}.features_daily FINAL")
+    assert len(feats) == n_feature_rows
+    same_as_ref(feats)  # now the in-process (pandas) table's insert
 
     _run(ml_dags["batch_predictions"], DAY)
     p = q("SELECT * FROM {db}.forecast_predictions FINAL")
