@@ -832,6 +832,17 @@ def model_shrink_k(meta: dict, log=None) -> float:
     return SHRINK_K
 
 
+def model_ets_model(meta: dict) -> str:
+    """The AutoETS model space (:func:`check_ets_model`) a saved model's statsforecast baseline was backtested
+    with: ``config.ets_model`` of its meta.json, else :data:`LEGACY_ETS_MODEL` ("ZZZ", what models saved before
+    it was recorded used), so a model serving the statsforecast baseline forecasts as it was chosen.
+
+    Raises:
+        ValueError: the stored value is not an AutoETS model string (the message names ``ets_model``).
+    """
+    return check_ets_model((meta.get("config") or {}).get("ets_model", LEGACY_ETS_MODEL))
+
+
 def load_model_version(lake, version: int):
     """(PipelineModel, meta dict, interval quantiles DataFrame) of version N (needs an active SparkSession)."""
     from pyspark.ml import PipelineModel

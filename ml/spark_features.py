@@ -282,9 +282,7 @@ def add_features(series, *, holidays=None, weather=None, default_country: str | 
     ref = F.coalesce(last_sale, F.date_sub(first_day, 1))
     cols["days_since_sale"] = F.least(F.greatest(F.datediff(d, ref) - 1, F.lit(0)),
                                       F.lit(MAX_DAYS_SINCE_SALE)).cast("double")
-    p7 = F.lag(p, 7).over(w)
-    ok7 = p.isNotNull() & p7.isNotNull() & (p7 != 0)
-    cols["price_change_7"] = F.when(ok7, p / F.when(ok7, p7) - F.lit(1.0)).otherwise(F.lit(0.0))
+    cols["price_change_7"] = F.coalesce(_ratio_or(p, F.lag(p, 7).over(w), None) - F.lit(1.0), F.lit(0.0))
     pmean = _ratio_or(trailing("_sp", PRICE_WINDOW), trailing("_np", PRICE_WINDOW), None)
     cols["price_rel_28"] = _ratio_or(p, pmean, 1.0)
     if "promo" not in series.columns:

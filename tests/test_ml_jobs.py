@@ -70,6 +70,17 @@ def test_model_shrink_k_from_meta_and_logged_fallback():
         model_shrink_k({"shrink_k": float("nan")})
 
 
+def test_model_ets_model_from_meta_else_the_legacy_space():
+    from ml.forecast import ETS_MODEL, LEGACY_ETS_MODEL, model_ets_model
+
+    assert LEGACY_ETS_MODEL != ETS_MODEL
+    assert model_ets_model({"config": {"ets_model": "ANA"}}) == "ANA"
+    assert model_ets_model({"config": {"horizon": 14}}) == LEGACY_ETS_MODEL   # saved before it was recorded
+    assert model_ets_model({}) == LEGACY_ETS_MODEL
+    with pytest.raises(ValueError, match="ets_model"):
+        model_ets_model({"config": {"ets_model": "ZZ"}})
+
+
 @pytest.mark.integration
 def test_train_stores_shrink_k_and_predict_uses_it(local_lake, spark):
     import pyarrow as pa

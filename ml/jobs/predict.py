@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
 
     from ml.features import STORED_COLUMNS
-    from ml.forecast import LEGACY_ETS_MODEL, MODEL_PREFIX, forecast, get_spark, load_model_version, model_shrink_k
+    from ml.forecast import MODEL_PREFIX, forecast, get_spark, load_model_version, model_ets_model, model_shrink_k
     from ml.pipeline import read_features
     from core.lake import Lake
     from core.settings import get_settings
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         pred = forecast(spark, model, feats, quantiles, meta["bucket_edges"], cols, horizon=int(meta.get("horizon", 7)),
                         model_name=model_name, target=meta.get("target", "raw"),
                         stats_window_days=int(cfg.get("stats_window_days", 365)), shrink_k=shrink_k,
-                        stats_jobs=s.forecast_stats_jobs, ets_model=cfg.get("ets_model", LEGACY_ETS_MODEL))
+                        stats_jobs=s.forecast_stats_jobs, ets_model=model_ets_model(meta))
     finally:
         spark.stop()
     out = pred.rename(columns={"origin": "forecast_origin", "date": "target_date", "h": "horizon"})
