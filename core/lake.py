@@ -46,6 +46,12 @@ class Lake:
         rel = "/".join(p.strip("/") for p in parts if p)
         return f"{self.root}/{rel}" if self.root else rel
 
+    def spark_uri(self, *parts: str) -> str:
+        """URI of a lake path for Spark: ``s3a://<bucket>/<key>`` on an S3 lake (Spark sessions built with
+        ``core.spark.build_spark(..., lake=True)``), ``file://<folder>/<bucket>/<key>`` on a local-folder lake."""
+        p = self.path(*parts)
+        return f"file://{p}" if self.root else f"s3a://{p}"
+
     def ensure_buckets(self) -> None:
         """Create the raw, models and features buckets (idempotent)."""
         for b in (self.settings.lake_raw_bucket, self.settings.lake_models_bucket,

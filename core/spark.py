@@ -44,13 +44,67 @@ def spark_kafka_jars(s: Settings | None = None) -> list[str]:
     return sorted(str(p) for p in jars if p.name.rsplit("-", 1)[0] not in have)
 
 
+def hadoop_version() -> str:
+    """The Hadoop version pyspark ships (from its ``hadoop-client-api-<version>.jar``): hadoop-aws must match it.
+
+    Raises:
+        ConfigError: pyspark's jars folder holds no hadoop-client-api jar.
+    """
+    import pyspark
+
+    api = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    if not api:
+        raise ConfigError("pyspark ships no hadoop-client-api jar: cannot tell which hadoop-aws (S3A) to use")
+    return api[-1].name[len("hadoop-client-api-"):-len(".jar")]
+
+
+def s3a_connector_dir(s: Settings | None = None) -> Path:
+    """Folder holding hadoop-aws (S3A) and the AWS SDK modules it needs (filled by ``make setup``)."""
+    s = s or get_settings()
+    return Path(s.retail_cache_dir) / f"spark-s3a-{hadoop_version()}-{s.awssdk_version}"
+
+
+def spark_s3a_jars(s: Settings | None = None) -> list[str]:
+    """Paths of hadoop-aws and its AWS SDK v2 modules (``ops/spark/s3a-pom.xml``).
+
+    Raises:
+        ConfigError: the jars were never resolved (``make setup`` resolves them).
+    """
+    out = s3a_connector_dir(s)
+    jars = sorted(str(p) for p in out.glob("*.jar")) if out.exists() else []
+    if not jars:
+        raise ConfigError(f"Spark's S3A connector is missing from {out} (RETAIL_CACHE_DIR): run `make setup`")
+    return jars
+
+
+def s3a_conf(s: Settings | None = None) -> dict[str, str]:
+    """Spark properties that point S3A (``s3a://bucket/key``) at the lake of LAKE_URL: endpoint, path-style
+    access (MinIO), TLS by the URL's scheme, region LAKE_REGION, static keys LAKE_ACCESS_KEY / LAKE_SECRET_KEY.
+    Empty for a local-folder lake (Spark reads it as files).
+
+    Raises:
+        ConfigError: an S3 lake without LAKE_ACCESS_KEY or LAKE_SECRET_KEY (named).
+    """
+    s = s or get_settings()
+    if not s.lake_is_s3:
+        return {}
+    s.require("lake_access_key", "lake_secret_key")
+    h = "spark.hadoop.fs.s3a."
+    return {h + "endpoint": s.lake_url, h + "endpoint.region": s.lake_region, h + "path.style.access": "true",
+            h + "connection.ssl.enabled": str(s.lake_url.startswith("https")).lower(),
+            h + "access.key": s.lake_access_key, h + "secret.key": s.lake_secret_key,
+            h + "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"}
+
+
 def build_spark(app_name: str, *, kafka: bool = False, settings: Settings | None = None,
-                master: str | None = None, shuffle_partitions: int | None = None):
+                master: str | None = None, shuffle_partitions: int | None = None, lake: bool = False):
     """The process's SparkSession (``getOrCreate``).
 
     Args:
         app_name: Spark application name.
         kafka: add the Kafka connector jars and check the driver JVM can load the Kafka source.
+        lake: add the S3A connector jars and :func:`s3a_conf`, so ``s3a://<bucket>/<key>``
+            (:meth:`core.lake.Lake.spark_uri`) reads and writes the lake from Spark, executors included.
         settings: defaults to :func:`core.settings.get_settings`.
         master: Spark master URL; default SPARK_MASTER, unless launched by ``spark-submit`` (which sets it).
         shuffle_partitions: ``spark.sql.shuffle.partitions``; default SPARK_SHUFFLE_PARTITIONS.
@@ -59,7 +113,8 @@ def build_spark(app_name: str, *, kafka: bool = False, settings: Settings | None
         ``pyspark.sql.SparkSession`` with UTC session time zone, UI off, Arrow for ``toPandas``.
 
     Raises:
-        ConfigError: the Kafka connector is missing or the session was created earlier without it.
+        ConfigError: the Kafka connector is missing or the session was created earlier without it; the S3A
+            connector is missing (``lake=True``).
     """
     from pyspark.sql import SparkSession
 
@@ -73,8 +128,12 @@ def build_spark(app_name: str, *, kafka: bool = False, settings: Settings | None
         b = b.master(master or s.spark_master).config("spark.driver.memory", s.spark_driver_memory)
     elif master:
         b = b.master(master)
-    if kafka and not launched_by_submit:
-        b = b.config("spark.jars", ",".join(spark_kafka_jars(s)))
+    jars = (spark_kafka_jars(s) if kafka else []) + (spark_s3a_jars(s) if lake and s.lake_is_s3 else [])
+    if jars and not launched_by_submit:
+        b = b.config("spark.jars", ",".join(jars))
+    if lake:
+        for k, v in s3a_conf(s).items():
+            b = b.config(k, v)
     spark = (b.config("spark.sql.shuffle.partitions", str(parts))
              .config("spark.default.parallelism", str(parts))
              .config("spark.ui.enabled", "false")

@@ -138,11 +138,23 @@ def browser() -> tuple[str, str]:
     return found  # type: ignore[return-value]
 
 
+def spark_s3a_jars(s: Settings | None = None) -> list[str]:
+    """Resolve Hadoop's S3A connector (hadoop-aws of pyspark's Hadoop version) and the AWS SDK modules it uses
+    (``ops/spark/s3a-pom.xml``, AWSSDK_VERSION) from Maven Central once; return its jars."""
+    from core.spark import hadoop_version, s3a_connector_dir, spark_s3a_jars as jars
+
+    s = s or get_settings()
+    _mvn_copy(OPS_DIR / "spark" / "s3a-pom.xml", s3a_connector_dir(s), s.retail_cache_dir,
+              [f"-Dhadoop.version={hadoop_version()}", f"-Dawssdk.version={s.awssdk_version}"])
+    return jars(s)
+
+
 def setup(s: Settings | None = None, minio: bool = True) -> None:
     """Resolve every artefact of the native stack (idempotent, cached under RETAIL_CACHE_DIR)."""
     s = s or get_settings()
     ensure_local_env(s)
     kafka_libs(s)
     spark_kafka_jars(s)
+    spark_s3a_jars(s)
     if minio:
         minio_binary(s)
