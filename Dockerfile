@@ -9,16 +9,26 @@
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 ARG MAVEN_IMAGE=maven:3.9.9-eclipse-temurin-17
 ARG SPARK_VERSION=4.0.0
+# Hadoop of pyspark SPARK_VERSION (its hadoop-client-api jar) and the AWS SDK modules of hadoop-aws (SPARK_AWSSDK_VERSION)
+ARG HADOOP_VERSION=3.4.1
+ARG SPARK_AWSSDK_VERSION=2.29.52
 
 # ---- stage 1: Spark's Kafka connector + transitive jars (same resolution as the native stack) ------
 FROM ${MAVEN_IMAGE} AS jars
 ARG SPARK_VERSION
+ARG HADOOP_VERSION
+ARG SPARK_AWSSDK_VERSION
 WORKDIR /build
-COPY ops/maven-settings.xml ops/spark/pom.xml ./
+COPY ops/maven-settings.xml ops/spark/pom.xml ops/spark/s3a-pom.xml ./
 RUN mvn -q -B -s maven-settings.xml -f pom.xml dependency:copy-dependencies \
         -DoutputDirectory=/opt/retail-cache/spark-kafka-${SPARK_VERSION} -DincludeScope=runtime \
         -Dspark.version=${SPARK_VERSION} -Dmaven.repo.local=/build/m2 \
  && ls /opt/retail-cache/spark-kafka-${SPARK_VERSION}/*.jar > /dev/null
+# Spark's S3A connector for the lake (core.spark.build_spark(lake=True)): ~10 MB, not the SDK's 558 MB bundle
+RUN mvn -q -B -s maven-settings.xml -f s3a-pom.xml dependency:copy-dependencies \
+        -DoutputDirectory=/opt/retail-cache/spark-s3a-${HADOOP_VERSION}-${SPARK_AWSSDK_VERSION} -DincludeScope=runtime \
+        -Dhadoop.version=${HADOOP_VERSION} -Dawssdk.version=${SPARK_AWSSDK_VERSION} -Dmaven.repo.local=/build/m2 \
+ && ls /opt/retail-cache/spark-s3a-${HADOOP_VERSION}-${SPARK_AWSSDK_VERSION}/hadoop-aws-${HADOOP_VERSION}.jar > /dev/null
 
 # ---- stage 2: the virtualenv with the locked packages ----------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     # ---- Spark --------------------------------------------------------------------------------
     spark_master: str = Field(default="local[2]", description="Spark master URL.")
     spark_version: str = Field(default="4.0.0", description="Spark version; the Kafka connector uses the same.")
-    awssdk_version: str = Field(default="2.29.52", description="AWS SDK v2 modules (s3, s3-transfer-manager, sts) resolved with hadoop-aws for Spark's S3A lake access (ops/spark/s3a-pom.xml).")
+    spark_awssdk_version: str = Field(default="2.29.52", description="AWS SDK v2 modules (s3, s3-transfer-manager, sts) resolved with hadoop-aws for Spark's S3A lake access (ops/spark/s3a-pom.xml).")
     spark_driver_memory: str = Field(default="2g", description="Spark driver memory.")
     spark_shuffle_partitions: int = Field(default=4, description="spark.sql.shuffle.partitions.")
     spark_checkpoint_dir: str | None = Field(default=None, description="Durable checkpoint root. Default: $RETAIL_STATE_DIR/checkpoints.")

@@ -61,7 +61,7 @@ def hadoop_version() -> str:
 def s3a_connector_dir(s: Settings | None = None) -> Path:
     """Folder holding hadoop-aws (S3A) and the AWS SDK modules it needs (filled by ``make setup``)."""
     s = s or get_settings()
-    return Path(s.retail_cache_dir) / f"spark-s3a-{hadoop_version()}-{s.awssdk_version}"
+    return Path(s.retail_cache_dir) / f"spark-s3a-{hadoop_version()}-{s.spark_awssdk_version}"
 
 
 def spark_s3a_jars(s: Settings | None = None) -> list[str]:

@@ -145,7 +145,7 @@ def spark_s3a_jars(s: Settings | None = None) -> list[str]:
 
     s = s or get_settings()
     _mvn_copy(OPS_DIR / "spark" / "s3a-pom.xml", s3a_connector_dir(s), s.retail_cache_dir,
-              [f"-Dhadoop.version={hadoop_version()}", f"-Dawssdk.version={s.awssdk_version}"])
+              [f"-Dhadoop.version={hadoop_version()}", f"-Dawssdk.version={s.spark_awssdk_version}"])
     return jars(s)
 
 

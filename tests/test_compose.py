@@ -28,6 +28,7 @@ import yaml
 
 from ops import entrypoint
 from core.settings import Settings
+from core.spark import hadoop_version
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -308,6 +309,8 @@ def test_versions_agree_across_native_and_compose(compose):
     assert svc["spark-master"]["image"] == svc["spark-worker"]["image"] == f"apache/spark:{s['spark_version'].default}"
     args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(), re.M))
     assert args["SPARK_VERSION"] == s["spark_version"].default
+    assert args["SPARK_AWSSDK_VERSION"] == s["spark_awssdk_version"].default
+    assert args["HADOOP_VERSION"] == hadoop_version()   # hadoop-aws must match pyspark's Hadoop
     assert args["PYTHON_IMAGE"].startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}.")
 
 
