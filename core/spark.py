@@ -2,8 +2,11 @@
 
 ``build_spark(app, kafka=True)`` adds Spark's Kafka connector (``spark-sql-kafka-0-10`` of exactly the installed
 pyspark version, resolved from Maven Central by ``ops.install`` into ``$RETAIL_CACHE_DIR/spark-kafka-<version>``);
-MLlib jobs call it with ``kafka=False`` and need no connector. The first SparkSession of a process fixes the
-driver classpath: a process that will run streaming queries must create its session with ``kafka=True`` first.
+MLlib jobs call it with ``kafka=False`` and need no connector. ``lake=True`` adds Hadoop's S3A connector
+(``hadoop-aws`` and the AWS SDK modules it calls, resolved into ``$RETAIL_CACHE_DIR/spark-s3a-<hadoop>-<sdk>``) and
+points it at LAKE_URL, so Spark reads and writes ``s3a://<bucket>/<key>``. The first SparkSession of a process fixes
+the driver classpath: a process that will run streaming queries must create its session with ``kafka=True`` first;
+under ``spark-submit`` the connectors' jars come from its ``--jars`` (the builder cannot add them to a running JVM).
 
 This module reads settings only; it never runs a build tool or starts a service.
 """
@@ -103,8 +106,9 @@ def build_spark(app_name: str, *, kafka: bool = False, settings: Settings | None
     Args:
         app_name: Spark application name.
         kafka: add the Kafka connector jars and check the driver JVM can load the Kafka source.
-        lake: add the S3A connector jars and :func:`s3a_conf`, so ``s3a://<bucket>/<key>``
-            (:meth:`core.lake.Lake.spark_uri`) reads and writes the lake from Spark, executors included.
+        lake: add the S3A connector jars (not under spark-submit: pass :func:`spark_s3a_jars` as ``--jars``) and
+            :func:`s3a_conf`, so ``s3a://<bucket>/<key>`` (:meth:`core.lake.Lake.spark_uri`) reads and writes the
+            lake from Spark, executors included.
         settings: defaults to :func:`core.settings.get_settings`.
         master: Spark master URL; default SPARK_MASTER, unless launched by ``spark-submit`` (which sets it).
         shuffle_partitions: ``spark.sql.shuffle.partitions``; default SPARK_SHUFFLE_PARTITIONS.

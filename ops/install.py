@@ -140,7 +140,7 @@ def browser() -> tuple[str, str]:
 
 def spark_s3a_jars(s: Settings | None = None) -> list[str]:
     """Resolve Hadoop's S3A connector (hadoop-aws of pyspark's Hadoop version) and the AWS SDK modules it uses
-    (``ops/spark/s3a-pom.xml``, AWSSDK_VERSION) from Maven Central once; return its jars."""
+    (``ops/spark/s3a-pom.xml``, SPARK_AWSSDK_VERSION) from Maven Central once; return its jars."""
     from core.spark import hadoop_version, s3a_connector_dir, spark_s3a_jars as jars
 
     s = s or get_settings()
