@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pyarrow as pa
 import pytest
@@ -94,12 +95,13 @@ def test_s3a_settings_name_the_missing_key(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     with pytest.raises(ConfigError, match="LAKE_SECRET_KEY"):
         s3a_conf(Settings(_env_file=None, lake_url="http://127.0.0.1:9", lake_access_key="someone"))
+    key = uuid.uuid4().hex  # generated: no credential-like literal in the repo
     conf = s3a_conf(Settings(_env_file=None, lake_url="https://lake.example:9443", lake_access_key="someone",
-                             lake_secret_key="s3cret"))
+                             lake_secret_key=key))
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://lake.example:9443"
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
-    assert conf["spark.hadoop.fs.s3a.access.key"] == "someone" and conf["spark.hadoop.fs.s3a.secret.key"] == "s3cret"
+    assert conf["spark.hadoop.fs.s3a.access.key"] == "someone" and conf["spark.hadoop.fs.s3a.secret.key"] == key
     assert s3a_conf(Settings(_env_file=None, lake_url="/tmp/some-folder")) == {}   # a local-folder lake: files
 
 
