@@ -132,9 +132,10 @@ def build_spark(app_name: str, *, kafka: bool = False, settings: Settings | None
         b = b.master(master or s.spark_master).config("spark.driver.memory", s.spark_driver_memory)
     elif master:
         b = b.master(master)
-    jars = (spark_kafka_jars(s) if kafka else []) + (spark_s3a_jars(s) if lake and s.lake_is_s3 else [])
-    if jars and not launched_by_submit:
-        b = b.config("spark.jars", ",".join(jars))
+    if not launched_by_submit:  # under spark-submit the jars come from --jars: not looked up here
+        jars = (spark_kafka_jars(s) if kafka else []) + (spark_s3a_jars(s) if lake and s.lake_is_s3 else [])
+        if jars:
+            b = b.config("spark.jars", ",".join(jars))
     if lake:
         for k, v in s3a_conf(s).items():
             b = b.config(k, v)

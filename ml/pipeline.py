@@ -162,9 +162,8 @@ def insert_features(client, db: str, out, run_date: dt.date) -> int:
     values (NaN or null) land as NaN in the Float64 columns (future ``units``, short-history lags) and as NULL
     in the Nullable weather columns. Returns the rows inserted.
     """
-    if isinstance(out, pd.DataFrame):  # only the table's columns are converted
-        out = pa.Table.from_pandas(out[[c for c in FEATURE_TABLE_COLUMNS if c in out.columns]], preserve_index=False)
-    table = out
+    table = (pa.Table.from_pandas(out[[c for c in FEATURE_TABLE_COLUMNS if c in out.columns]], preserve_index=False)
+             if isinstance(out, pd.DataFrame) else out)  # of a pandas frame, only the table's columns are converted
     n = table.num_rows
     for c in ("temp_c", "precip_mm"):
         if c not in table.column_names:
