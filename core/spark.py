@@ -39,12 +39,20 @@ def spark_kafka_jars(s: Settings | None = None) -> list[str]:
     if pyspark.__version__ != s.spark_version:
         raise ConfigError(f"SPARK_VERSION={s.spark_version} but pyspark {pyspark.__version__} is installed: "
                           "the Kafka connector must match the installed Spark exactly")
-    out = kafka_connector_dir(s)
-    jars = list(out.glob("*.jar")) if out.exists() else []
-    if not jars:
-        raise ConfigError(f"Spark's Kafka connector is missing from {out} (RETAIL_CACHE_DIR): run `make setup`")
     have = {p.name.rsplit("-", 1)[0] for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
-    return sorted(str(p) for p in jars if p.name.rsplit("-", 1)[0] not in have)
+    return [j for j in _connector_jars(kafka_connector_dir(s), "Kafka") if Path(j).name.rsplit("-", 1)[0] not in have]
+
+
+def _connector_jars(folder: Path, what: str) -> list[str]:
+    """The sorted jar paths in a connector's folder.
+
+    Raises:
+        ConfigError: the folder holds no jar (never resolved: ``make setup``).
+    """
+    jars = sorted(str(p) for p in folder.glob("*.jar")) if folder.exists() else []
+    if not jars:
+        raise ConfigError(f"Spark's {what} connector is missing from {folder} (RETAIL_CACHE_DIR): run `make setup`")
+    return jars
 
 
 def hadoop_version() -> str:
@@ -73,11 +81,19 @@ def spark_s3a_jars(s: Settings | None = None) -> list[str]:
     Raises:
         ConfigError: the jars were never resolved (``make setup`` resolves them).
     """
-    out = s3a_connector_dir(s)
-    jars = sorted(str(p) for p in out.glob("*.jar")) if out.exists() else []
-    if not jars:
-        raise ConfigError(f"Spark's S3A connector is missing from {out} (RETAIL_CACHE_DIR): run `make setup`")
-    return jars
+    return _connector_jars(s3a_connector_dir(s), "S3A")
+
+
+def connector_jars(s: Settings | None = None, *, kafka: bool = False, lake: bool = False) -> list[str]:
+    """The jars a Spark application needs beyond pyspark's own: the Kafka connector (``kafka``) and, when
+    LAKE_URL is S3 (not a folder), the S3A connector (``lake``). What :func:`build_spark` adds in-process and what
+    a ``spark-submit`` launch passes as ``--jars`` (the DAGs' operators, the benchmarks).
+
+    Raises:
+        ConfigError: a needed connector was never resolved.
+    """
+    s = s or get_settings()
+    return (spark_kafka_jars(s) if kafka else []) + (spark_s3a_jars(s) if lake and s.lake_is_s3 else [])
 
 
 def s3a_conf(s: Settings | None = None) -> dict[str, str]:
@@ -106,7 +122,7 @@ def build_spark(app_name: str, *, kafka: bool = False, settings: Settings | None
     Args:
         app_name: Spark application name.
         kafka: add the Kafka connector jars and check the driver JVM can load the Kafka source.
-        lake: add the S3A connector jars (not under spark-submit: pass :func:`spark_s3a_jars` as ``--jars``) and
+        lake: add the S3A connector jars (not under spark-submit: pass :func:`connector_jars` as ``--jars``) and
             :func:`s3a_conf`, so ``s3a://<bucket>/<key>`` (:meth:`core.lake.Lake.spark_uri`) reads and writes the
             lake from Spark, executors included.
         settings: defaults to :func:`core.settings.get_settings`.
@@ -133,7 +149,7 @@ def build_spark(app_name: str, *, kafka: bool = False, settings: Settings | None
     elif master:
         b = b.master(master)
     if not launched_by_submit:  # under spark-submit the jars come from --jars: not looked up here
-        jars = (spark_kafka_jars(s) if kafka else []) + (spark_s3a_jars(s) if lake and s.lake_is_s3 else [])
+        jars = connector_jars(s, kafka=kafka, lake=lake)
         if jars:
             b = b.config("spark.jars", ",".join(jars))
     if lake:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import sys
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
 from core.settings import REPO_ROOT, get_settings
+from etl.operators import LakeSparkSubmitOperator
 
 _s = get_settings()
 
@@ -45,7 +45,7 @@ def _run_date():
     doc_md=__doc__,
 )
 def batch_predictions():
-    predict = SparkSubmitOperator(
+    predict = LakeSparkSubmitOperator(   # reads the champion model from the lake through Spark
         task_id="predict",
         conn_id="spark_default",
         application=str(REPO_ROOT / "ml" / "jobs" / "predict.py"),

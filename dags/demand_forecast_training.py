@@ -22,12 +22,12 @@ from __future__ import annotations
 import sys
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
 from core.settings import REPO_ROOT, get_settings
+from etl.operators import LakeSparkSubmitOperator
 from ml.operators import FeaturesSubmitOperator
 
 CHAMPION_ASSET = Asset("demand_forecast_champion")
@@ -70,7 +70,7 @@ def demand_forecast_training():
 
         return run(target_date(get_current_context().get("logical_date")))
 
-    train_gbt = SparkSubmitOperator(
+    train_gbt = LakeSparkSubmitOperator(   # writes the model to the lake from Spark (S3A jars on an S3 lake)
         task_id="train_gbt",
         conn_id="spark_default",
         application=str(REPO_ROOT / "ml" / "jobs" / "train.py"),

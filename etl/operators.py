@@ -8,6 +8,9 @@ bad data (a staged error record, exit 3) the task fails at once without retries 
 retry cannot fix the data); any other failure (Spark or the lake unavailable) is retried per the DAG's
 default_args. Returns the job's staged result record as the task's XCom.
 
+:class:`LakeSparkSubmitOperator` (the base of the staged ones, used as is for the training and prediction jobs)
+adds the S3A connector's jars for applications whose Spark reads or writes the lake.
+
 :class:`DailyFactsSubmitOperator` runs the ETL's ``etl/jobs/daily_facts.py``; ``ml.operators`` subclasses the
 base for the feature job. The base lives here, not in ``core`` (the base package stays free of Airflow) and ``ml``
 builds on ``etl`` (the features are built from the ETL's star schema).
@@ -22,7 +25,24 @@ from core.settings import REPO_ROOT
 APPLICATION = str(REPO_ROOT / "etl" / "jobs" / "daily_facts.py")
 
 
-class StagedSparkSubmitOperator(SparkSubmitOperator):
+class LakeSparkSubmitOperator(SparkSubmitOperator):
+    """The Spark provider's ``SparkSubmitOperator`` for an application whose Spark reads or writes the lake itself
+    (``s3a://``: :meth:`core.lake.Lake.spark_uri`): on an S3 lake the S3A connector's jars go in ``--jars``
+    (:func:`core.spark.connector_jars`, looked up at execution on the worker, not when the DAG is parsed), so the
+    driver and the cluster's executors can load it. Jars given explicitly are kept."""
+
+    #: whether the application reads or writes the lake from Spark (a subclass may say no)
+    reads_lake: bool = True
+
+    def execute(self, context):
+        if self.reads_lake and not self.jars:
+            from core.spark import connector_jars
+
+            self.jars = ",".join(connector_jars(lake=True)) or None
+        return super().execute(context)
+
+
+class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
     """spark-submit of a dated job for the run's UTC date (``date_flag`` set at execution); the job stages its
     result and error records in the lake. A subclass sets :attr:`job_application`, :attr:`job_name`,
     :attr:`date_flag`, :attr:`job_module` and says where the records are (:meth:`read_record`)."""
@@ -33,6 +53,8 @@ class StagedSparkSubmitOperator(SparkSubmitOperator):
     date_flag: str
     #: the job's logic module, imported at execution: ``clear_error(lake, day)``, ``ERROR_NAME``, ``RESULT_NAME``
     job_module: str
+    #: a staged job whose Spark reads the lake says so (its staged records go through pyarrow either way)
+    reads_lake: bool = False
 
     def __init__(self, **kwargs):
         kwargs.setdefault("application", self.job_application)
@@ -75,6 +97,7 @@ class DailyFactsSubmitOperator(StagedSparkSubmitOperator):
     job_name = "daily-etl-facts"
     date_flag = "--date"
     job_module = "etl.spark_facts"
+    reads_lake = True   # the raw partition (read_raw)
 
     @staticmethod
     def read_record(sf, lake, day, name: str) -> dict | None:

@@ -15,10 +15,11 @@ What runs where
 * **pandas** (dimension-sized): the distinct SKUs and stores seen (collected from Spark) become ``dim_product``
   / ``dim_store`` with :mod:`etl.star_schema`'s own builders (BLAKE2b surrogate keys), broadcast back to Spark
   as key maps; ``dim_date`` from the ``holidays`` calendar.
-* **The lake** is read and written through :class:`core.lake.Lake` (pyarrow on the driver, as the ML jobs do:
-  pyspark ships no S3A connector). The raw partition goes to Spark as Arrow; the results come back with
-  ``toArrow`` and are staged as one Parquet file each under ``features/staging/daily_etl/date=YYYY-MM-DD/``,
-  exactly the files :func:`etl.star_schema.load` reads (plus ``fact_sales_daily``).
+* **The lake**: Spark reads the day's raw partition itself (:func:`read_raw`; ``s3a://`` through Hadoop's S3A
+  connector on MinIO/S3, so the cluster's executors read the files, or ``file://`` on a folder lake). The results
+  (dimension- and day-sized) come back with ``toArrow`` and are staged through :class:`core.lake.Lake` (pyarrow)
+  as one Parquet file each under ``features/staging/daily_etl/date=YYYY-MM-DD/``, exactly the files
+  :func:`etl.star_schema.load` reads (plus ``fact_sales_daily``).
 
 Surrogate keys are UInt64; Spark has no unsigned type, so they travel as the same 64 bits in a signed long
 (:func:`to_signed` / :func:`to_unsigned`).
@@ -32,7 +33,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,28 +59,47 @@ def to_unsigned(arr: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
 
 
 # ------------------------------------------------------------------------------------------ reads --
-def read_raw_arrow(lake, event_type: str, day: dt.date) -> pa.Table | None:
-    """The raw partition ``raw-data/<event_type>/year=/month=/day=`` as one Arrow table with ``_row`` (input
-    order: file name, then row; the tie-break of the deduplication), or None when absent or empty."""
+def read_raw(spark, lake, event_type: str, day: dt.date):
+    """The raw partition ``raw-data/<event_type>/year=/month=/day=`` read by Spark from the lake
+    (:meth:`core.lake.Lake.spark_uri`: ``s3a://`` on MinIO/S3, ``file://`` on a folder lake; executors read the
+    files themselves), every file's columns merged, plus ``_file`` and ``_row`` (the row's file and its index
+    in it: the input order, the last tie-break of the deduplication). None when the partition has no Parquet file.
+    """
+    from pyspark.sql import functions as F
+
     bucket = lake.settings.lake_raw_bucket
     part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
-    t = lake.read_table(bucket, part)
-    if t is None or t.num_rows == 0:
-        log.warning("no raw rows in %s/%s", bucket, part)
+    if not any(f.endswith(".parquet") for f in lake.list_files(bucket, part)):
+        log.warning("no raw files in %s/%s", bucket, part)
         return None
-    t = t.drop_columns([c for c in ("year", "month", "day") if c in t.column_names])
-    return t.append_column("_row", pa.array(np.arange(t.num_rows, dtype="int64")))
+    df = spark.read.option("mergeSchema", "true").parquet(lake.spark_uri(bucket, part))
+    df = df.drop(*[c for c in ("year", "month", "day") if c in df.columns])
+    return df.select("*", F.col("_metadata.file_path").alias("_file"), F.col("_metadata.row_index").alias("_row"))
 
 
-def to_spark(spark, table: pa.Table):
-    """Arrow table -> Spark DataFrame (Arrow transfer; timestamps stay UTC instants)."""
-    return spark.createDataFrame(table)
+def raw_counts(df, id_column: str, contract: bool) -> dict[str, int]:
+    """One Spark action over the raw rows (before deduplication and the day filter): ``rows``, ``null_ids``
+    (events without ``id_column``) and, with ``contract``, ``bad`` (sales rows with quantity 0 or a
+    negative/null/NaN price; only then the exact check runs on the day's deduplicated lines).
+
+    Raises:
+        EtlError: ``id_column`` is missing.
+    """
+    from pyspark.sql import functions as F
+
+    if id_column not in df.columns:
+        raise etl.EtlError(f"event id column {id_column!r} missing; columns: {df.columns}")
+    aggs = [F.count(F.lit(1)).alias("rows"), F.count_if(F.col(id_column).isNull()).alias("null_ids")]
+    if contract:
+        p = F.col("unit_price").cast("double")
+        aggs.append(F.count_if(F.coalesce((F.col("quantity") == 0) | (p < 0) | F.isnan(p), F.lit(True))).alias("bad"))
+    return {k: int(v or 0) for k, v in df.agg(*aggs).first().asDict().items()}
 
 
 # ------------------------------------------------------------------------------------- transforms --
 def deduplicate(df, id_column: str):
     """One row per event id, the first ingested copy: order by ``ingested_at``, ``kafka_partition``,
-    ``kafka_offset`` (those present), then ``_row`` (null ids are refused earlier, on the Arrow table).
+    ``kafka_offset`` (those present), then ``_file``, ``_row`` (null ids are refused earlier: :func:`raw_counts`).
 
     Raises:
         EtlError: the id column is missing.
@@ -90,7 +109,7 @@ def deduplicate(df, id_column: str):
 
     if id_column not in df.columns:
         raise etl.EtlError(f"event id column {id_column!r} missing; columns: {df.columns}")
-    order = [c for c in ("ingested_at", "kafka_partition", "kafka_offset", "_row") if c in df.columns]
+    order = [c for c in ("ingested_at", "kafka_partition", "kafka_offset", "_file", "_row") if c in df.columns]
     w = Window.partitionBy(id_column).orderBy(*[F.col(c).asc_nulls_last() for c in order])
     return df.withColumn("_copy", F.row_number().over(w)).filter("_copy = 1").drop("_copy")
 
@@ -178,7 +197,8 @@ def closing_stock(updates, products, stores):
     offset, then ingestion order), its time, and the last non-null reorder_point (null when none)."""
     from pyspark.sql import functions as F
 
-    order = [c for c in ("timestamp", "kafka_offset", "ingested_at", "kafka_partition", "_row") if c in updates.columns]
+    order = [c for c in ("timestamp", "kafka_offset", "ingested_at", "kafka_partition", "_file", "_row")
+             if c in updates.columns]
     o = F.struct(*[F.col(c) for c in order])
     has_rp = "reorder_point" in updates.columns
     rp = F.max_by(F.col("reorder_point"), F.when(F.col("reorder_point").isNotNull(), o)) if has_rp else F.lit(None)
@@ -192,20 +212,9 @@ def closing_stock(updates, products, stores):
             .join(F.broadcast(stores), "store_id", "left")
 
 
-def _check_raw(table: pa.Table, id_column: str) -> None:
-    """Null or missing event ids fail the run (checked on the Arrow table, no Spark action)."""
-    if id_column not in table.column_names:
-        raise etl.EtlError(f"event id column {id_column!r} missing; columns: {table.column_names}")
-    nulls = table[id_column].null_count
-    if nulls:
-        raise etl.EtlError(f"{nulls} events have a null {id_column}")
-
-
-def _raw_breaks_contract(table: pa.Table) -> bool:
-    """Whether any raw sales row (before dedup and day filter) has quantity 0 or a negative/null/NaN price."""
-    q, p = table["quantity"], table["unit_price"]
-    bad = pc.or_(pc.equal(q, 0), pc.or_(pc.less(p, 0), pc.is_nan(p)))
-    return bool(pc.any(pc.fill_null(bad, True)).as_py())
+def _refuse_null_ids(counts: dict[str, int], id_column: str) -> None:
+    if counts["null_ids"]:
+        raise etl.EtlError(f"{counts['null_ids']} events have a null {id_column}")
 
 
 def _dedup_of_day(df, id_column: str, day: dt.date):
@@ -286,22 +295,25 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
     lake = lake or etl._lake()
     t0 = time.perf_counter()
     dk = etl.date_key(day)
-    raw_s, raw_i = read_raw_arrow(lake, etl.SALES, day), read_raw_arrow(lake, etl.INVENTORY, day)
-    out: dict[str, Any] = {"date": day.isoformat(), "raw_sales_rows": raw_s.num_rows if raw_s else 0,
-                           "raw_inventory_rows": raw_i.num_rows if raw_i else 0}
+    raw_s, raw_i = read_raw(spark, lake, etl.SALES, day), read_raw(spark, lake, etl.INVENTORY, day)
+    out: dict[str, Any] = {"date": day.isoformat(), "raw_sales_rows": 0, "raw_inventory_rows": 0}
     sales = inv = None
     seen = []
     if raw_s is not None:
-        _check_raw(raw_s, etl.EVENT_ID[etl.SALES])
-        sales, n_ded, out["sales_lines"] = _dedup_of_day(to_spark(spark, raw_s), etl.EVENT_ID[etl.SALES], day)
-        out["duplicate_sales"], out["misfiled_sales"] = raw_s.num_rows - n_ded, n_ded - out["sales_lines"]
-        if _raw_breaks_contract(raw_s):   # only then the exact check on the day's deduplicated lines (an action)
+        n = raw_counts(raw_s, etl.EVENT_ID[etl.SALES], contract=True)
+        _refuse_null_ids(n, etl.EVENT_ID[etl.SALES])
+        sales, n_ded, out["sales_lines"] = _dedup_of_day(raw_s, etl.EVENT_ID[etl.SALES], day)
+        out["raw_sales_rows"] = n["rows"]
+        out["duplicate_sales"], out["misfiled_sales"] = n["rows"] - n_ded, n_ded - out["sales_lines"]
+        if n["bad"]:   # only then the exact check on the day's deduplicated lines (an action)
             check_contract(sales)
         seen.append(sales.select(F.col("store_id").cast("string"), F.col("product_id").cast("string")))
     if raw_i is not None:
-        _check_raw(raw_i, etl.EVENT_ID[etl.INVENTORY])
-        inv, n_ded_i, n_inv = _dedup_of_day(to_spark(spark, raw_i), etl.EVENT_ID[etl.INVENTORY], day)
-        out["duplicate_inventory"], out["misfiled_inventory"] = raw_i.num_rows - n_ded_i, n_ded_i - n_inv
+        n = raw_counts(raw_i, etl.EVENT_ID[etl.INVENTORY], contract=False)
+        _refuse_null_ids(n, etl.EVENT_ID[etl.INVENTORY])
+        inv, n_ded_i, n_inv = _dedup_of_day(raw_i, etl.EVENT_ID[etl.INVENTORY], day)
+        out["raw_inventory_rows"] = n["rows"]
+        out["duplicate_inventory"], out["misfiled_inventory"] = n["rows"] - n_ded_i, n_ded_i - n_inv
         seen.append(inv.select(F.col("store_id").cast("string"), F.col("product_id").cast("string")))
     for k in ("sales_lines", "duplicate_sales", "misfiled_sales", "duplicate_inventory", "misfiled_inventory"):
         out.setdefault(k, 0)

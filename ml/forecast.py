@@ -77,8 +77,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -202,12 +200,14 @@ class BacktestResult:
 # --------------------------------------------------------------------------------------------
 # Spark
 # --------------------------------------------------------------------------------------------
-def get_spark(app_name: str = "demand-forecast", master: str | None = None, shuffle_partitions: int = 2):
+def get_spark(app_name: str = "demand-forecast", master: str | None = None, shuffle_partitions: int = 2,
+              lake: bool = False):
     """A SparkSession for MLlib (no Kafka connector): :func:`core.spark.build_spark`; the master from the
-    argument, else SPARK_MASTER unless launched by spark-submit (which sets ``spark.master``)."""
+    argument, else SPARK_MASTER unless launched by spark-submit (which sets ``spark.master``); ``lake``: Spark
+    reads and writes the lake itself (models: :func:`save_model_version`, :func:`load_model_version`)."""
     from core.spark import build_spark
 
-    return build_spark(app_name, kafka=False, master=master, shuffle_partitions=shuffle_partitions)
+    return build_spark(app_name, kafka=False, master=master, shuffle_partitions=shuffle_partitions, lake=lake)
 
 
 def _label(rows: pd.DataFrame, cfg: ForecastConfig) -> tuple[pd.Series, pd.Series]:
@@ -756,34 +756,13 @@ def list_versions(lake) -> list[int]:
     return sorted(out)
 
 
-def upload_dir(lake, local_dir: str, *parts: str) -> str:
-    """Copy a local folder into the lake path ``parts`` (replacing it). Returns the lake fs path."""
-    import pyarrow.fs as pafs
-
-    dest = lake.path(*parts)
-    lake.delete_dir(*parts)
-    lake.fs.create_dir(dest, recursive=True)
-    pafs.copy_files(local_dir, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=lake.fs)
-    return dest
-
-
-def download_dir(lake, local_dir: str, *parts: str) -> str:
-    """Copy the lake folder ``parts`` to ``local_dir``; returns ``local_dir``."""
-    import pyarrow.fs as pafs
-
-    if not lake.exists(*parts):
-        raise FileNotFoundError(f"lake path {'/'.join(parts)} does not exist")
-    os.makedirs(local_dir, exist_ok=True)
-    pafs.copy_files(lake.path(*parts), local_dir, source_filesystem=lake.fs, destination_filesystem=pafs.LocalFileSystem())
-    return local_dir
-
-
 def save_model_version(lake, model, version: int, meta: dict, quantiles: pd.DataFrame,
                        metrics: pd.DataFrame) -> str:
     """Save the Spark model, interval quantiles, metrics and meta.json to ``models/demand-forecast/v<N>/``.
 
-    The Spark model is written to a local temp folder first (Spark has no S3A connector here) and the
-    folder uploaded through the lake's pyarrow filesystem; meta.json is written last as the commit marker.
+    Spark writes the model itself to :meth:`core.lake.Lake.spark_uri` (``s3a://`` on MinIO/S3: the session needs
+    ``build_spark(..., lake=True)``; on a cluster the executors write the trees' parts, which a driver-local
+    folder would lose); the rest through the lake's pyarrow filesystem; meta.json last as the commit marker.
     Returns the lake path ``models/demand-forecast/v<N>``.
     """
     import pyarrow as pa
@@ -791,9 +770,7 @@ def save_model_version(lake, model, version: int, meta: dict, quantiles: pd.Data
     bucket = lake.settings.lake_models_bucket
     vdir = f"v{version}"
     lake.delete_dir(bucket, MODEL_PREFIX, vdir)
-    with tempfile.TemporaryDirectory(prefix="gbt-") as tmp:
-        model.write().overwrite().save(os.path.join(tmp, "spark_model"))
-        upload_dir(lake, os.path.join(tmp, "spark_model"), bucket, MODEL_PREFIX, vdir, "spark_model")
+    model.write().overwrite().save(lake.spark_uri(bucket, MODEL_PREFIX, vdir, "spark_model"))
     lake.write_table(pa.Table.from_pandas(quantiles, preserve_index=False), bucket, MODEL_PREFIX, vdir, "intervals.parquet")
     lake.write_table(pa.Table.from_pandas(metrics, preserve_index=False), bucket, MODEL_PREFIX, vdir, "metrics.parquet")
     meta = {**meta, "version": version, "path": f"{bucket}/{MODEL_PREFIX}/{vdir}"}
@@ -844,14 +821,19 @@ def model_ets_model(meta: dict) -> str:
 
 
 def load_model_version(lake, version: int):
-    """(PipelineModel, meta dict, interval quantiles DataFrame) of version N (needs an active SparkSession)."""
+    """(PipelineModel, meta dict, interval quantiles DataFrame) of version N (needs an active SparkSession; on an
+    S3 lake one built with ``lake=True``: Spark reads the model from :meth:`core.lake.Lake.spark_uri`).
+
+    Raises:
+        FileNotFoundError: version N has no model in the lake.
+    """
     from pyspark.ml import PipelineModel
 
     bucket = lake.settings.lake_models_bucket
     meta = read_meta(lake, version)
-    tmp = tempfile.mkdtemp(prefix="gbt-load-")
-    download_dir(lake, os.path.join(tmp, "spark_model"), bucket, MODEL_PREFIX, f"v{version}", "spark_model")
-    model = PipelineModel.load(os.path.join(tmp, "spark_model"))
+    if not lake.exists(bucket, MODEL_PREFIX, f"v{version}", "spark_model"):
+        raise FileNotFoundError(f"lake path {bucket}/{MODEL_PREFIX}/v{version}/spark_model does not exist")
+    model = PipelineModel.load(lake.spark_uri(bucket, MODEL_PREFIX, f"v{version}", "spark_model"))
     q = lake.read_table(bucket, MODEL_PREFIX, f"v{version}", "intervals.parquet").to_pandas()
     return model, meta, q
 

@@ -174,14 +174,18 @@ def generate(s, series: int, end_day: dt.date, days: int, seed: int = 7) -> dict
             "zero_days_share": round(float((units == 0).mean()), 3)}
 
 
-def spark_submit(app: str, args: list[str], s) -> float:
-    """``spark-submit --master SPARK_MASTER <app> <args>`` as the DAG's SparkSubmitOperator runs it; seconds.
+def spark_submit(app: str, args: list[str], s, lake: bool = False) -> float:
+    """``spark-submit --master SPARK_MASTER <app> <args>`` as the DAG's SparkSubmitOperator runs it (``lake``:
+    with the S3A connector's jars, :func:`core.spark.connector_jars`); seconds.
 
     Raises:
         RuntimeError: the application failed (its output tail in the message).
     """
+    from core.spark import connector_jars
+
     exe = str(Path(sys.executable).parent / "spark-submit")
-    cmd = [exe, "--master", s.spark_master, "--conf", "spark.ui.enabled=false",
+    jars = connector_jars(s, lake=lake)
+    cmd = [exe, *(["--jars", ",".join(jars)] if jars else []), "--master", s.spark_master, "--conf", "spark.ui.enabled=false",
            "--conf", f"spark.driver.memory={s.spark_driver_memory}",
            "--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}",
            str(REPO_ROOT / app), *args]
@@ -205,7 +209,7 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
 
     t0 = time.perf_counter()
-    submit = spark_submit("etl/jobs/daily_facts.py", ["--date", day.isoformat()], s)
+    submit = spark_submit("etl/jobs/daily_facts.py", ["--date", day.isoformat()], s, lake=True)
     job = spark_facts.read_json(etl._lake(), day, spark_facts.RESULT_NAME) or {}
     t1 = time.perf_counter()
     loaded = etl.load(day, migrate=False)

@@ -290,7 +290,7 @@ def nightly_ml(s: Settings, days: list, day, home: Path) -> dict[str, Any]:
         for d in days:
             if d == day:
                 continue
-            spark = spark or build_spark("demo-etl-backfill")   # one session for every day (the DAG's Spark job code)
+            spark = spark or build_spark("demo-etl-backfill", lake=True)   # one session for every day (the DAG's Spark job code)
             spark_facts.build_day(spark, d)
             started = datetime.now(timezone.utc)
             etl_mod.load(d, migrate=False)

@@ -116,3 +116,21 @@ def test_lake_spark_uri_by_lake_kind(tmp_path, monkeypatch):
             f"file://{tmp_path.resolve()}/raw-data/sales/date=2026-12-01"
     finally:
         get_settings.cache_clear()
+
+
+def test_connector_jars_by_lake_kind(tmp_path):
+    """What a spark-submit launch gets as --jars: the S3A connector only for an S3 lake, a clear error when it was
+    never resolved, nothing for a folder lake (Spark reads file:// itself)."""
+    from core.settings import Settings, get_settings
+    from core.spark import connector_jars
+
+    key = uuid.uuid4().hex
+    s3 = dict(_env_file=None, lake_url="http://127.0.0.1:9", lake_access_key="someone", lake_secret_key=key)
+    assert connector_jars(Settings(_env_file=None, lake_url=str(tmp_path), retail_cache_dir=str(tmp_path)),
+                          lake=True) == []
+    with pytest.raises(ConfigError, match="S3A connector is missing.*make setup"):
+        connector_jars(Settings(**s3, retail_cache_dir=str(tmp_path)), lake=True)
+    jars = connector_jars(Settings(**s3, retail_cache_dir=get_settings().retail_cache_dir), lake=True)
+    names = [os.path.basename(j) for j in jars]
+    assert any(n.startswith("hadoop-aws-") for n in names) and any(n.startswith("s3-2.") for n in names), names
+    assert connector_jars(Settings(**s3, retail_cache_dir=str(tmp_path))) == []   # lake=False: none looked up

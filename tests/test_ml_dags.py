@@ -60,6 +60,11 @@ def test_dag_rules(dagbag, dag_id):
                           "batch_predictions": {"predict"}}[dag_id]
     for t in spark.values():
         assert t._conn_id == "spark_default" and Path(t.application).is_file() and t.pool != "clickhouse"
+    # the jobs whose Spark writes or reads the model in the lake get the S3A connector's jars at execution
+    from etl.operators import LakeSparkSubmitOperator
+
+    lake_jobs = {k for k, t in spark.items() if isinstance(t, LakeSparkSubmitOperator) and t.reads_lake}
+    assert lake_jobs == {"demand_forecast_training": {"train_gbt"}, "batch_predictions": {"predict"}}[dag_id]
 
 
 def test_dag_order_and_schedules(dagbag):

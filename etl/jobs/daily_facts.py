@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lake = etl._lake()
     sf.clear_error(lake, day)
-    spark = build_spark("daily-etl-facts")
+    spark = build_spark("daily-etl-facts", lake=True)   # reads the raw partition through S3A
     try:
         out = sf.build_day(spark, day, lake)
     except etl.EtlError as exc:

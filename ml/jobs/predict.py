@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         version, model_name = int(champ["version"]), model_name or champ.get("model", "gbt")
     model_name = model_name or "gbt"
     feats = read_features(lake, a.features)
-    spark = get_spark("demand-forecast-predict", shuffle_partitions=2)
+    spark = get_spark("demand-forecast-predict", shuffle_partitions=2, lake=True)   # reads the model through S3A
     try:
         model, meta, quantiles = load_model_version(lake, version)
         cols = meta["feature_columns"]

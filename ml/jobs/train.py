@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                          shuffle_partitions=min(s.spark_shuffle_partitions, 2),
                          **({} if a.shrink_k is None else {"shrink_k": a.shrink_k}))
     feats = read_features(lake, a.features)
-    spark = get_spark("demand-forecast-train", shuffle_partitions=cfg.shuffle_partitions)
+    spark = get_spark("demand-forecast-train", shuffle_partitions=cfg.shuffle_partitions, lake=True)
     try:
         t0 = time.perf_counter()
         res = train_and_evaluate(spark, None, cfg, features=feats, log=lambda m: print(m, flush=True))
