@@ -440,10 +440,12 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
     if known_only:
         known = ~np.isnan(units[tidx])
         tidx, h = tidx[known], h[known]
+    # the output's order, set once here: origin, series (the table is sorted by store_id, product_id, date, so a
+    # series' first row index orders store_id, product_id), h; then the sample keeps that order
+    order = np.lexsort((h, tidx - pos[tidx], dates[tidx] - h.astype("timedelta64[D]")))
+    tidx, h = tidx[order], h[order]
     if 0 < max_rows < len(tidx):
-        # the output's order (origin, series, h; the table is sorted by store_id, product_id, date), then the sample
-        order = np.lexsort((h, tidx - pos[tidx], dates[tidx] - h.astype("timedelta64[D]")))
-        sel = order[sample_positions(len(tidx), max_rows, seed)]
+        sel = sample_positions(len(tidx), max_rows, seed)
         tidx, h = tidx[sel], h[sel]
     hidx = tidx - h + 1  # origin row t+1: its history columns hold information <= t
     k = -(-h // SEASON)
@@ -481,4 +483,4 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
         for name in ("item", "store"):
             r = out[f"{name}_rmean_7"] / out[f"{name}_rmean_28"]
             out[f"{name}_trend"] = r.replace([np.inf, -np.inf], np.nan).fillna(1.0)
-    return out.sort_values(["origin", "store_id", "product_id", "h"], kind="mergesort").reset_index(drop=True)
+    return out
