@@ -64,17 +64,49 @@ def read_raw(spark, lake, event_type: str, day: dt.date):
     (:meth:`core.lake.Lake.spark_uri`: ``s3a://`` on MinIO/S3, ``file://`` on a folder lake; executors read the
     files themselves), every file's columns merged, plus ``_file`` and ``_row`` (the row's file and its index
     in it: the input order, the last tie-break of the deduplication). None when the partition has no Parquet file.
+
+    Files written under different contract versions are merged: a column added later is null in the older files;
+    a column whose type was widened (Avro's promotions: int -> long -> float -> double) is read as the widest type
+    (:func:`unified_schema`; Spark's own schema merge refuses any type change).
+
+    Raises:
+        EtlError: two files of the partition hold the same column with incompatible types (e.g. string and long).
     """
     from pyspark.sql import functions as F
 
     bucket = lake.settings.lake_raw_bucket
     part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
-    if not any(f.endswith(".parquet") for f in lake.list_files(bucket, part)):
+    files = [f for f in lake.list_files(bucket, part) if f.endswith(".parquet")]
+    if not files:
         log.warning("no raw files in %s/%s", bucket, part)
         return None
-    df = spark.read.option("mergeSchema", "true").parquet(lake.spark_uri(bucket, part))
+    uri = lake.spark_uri(bucket, part)
+    try:
+        df = spark.read.option("mergeSchema", "true").parquet(uri)
+    except Exception as exc:   # pyspark's wrapper of the JVM error; only a failed schema merge is handled here
+        if "CANNOT_MERGE_SCHEMAS" not in str(exc):
+            raise
+        df = spark.read.schema(unified_schema(lake, files, f"{bucket}/{part}")).parquet(uri)
     df = df.drop(*[c for c in ("year", "month", "day") if c in df.columns])
     return df.select("*", F.col("_metadata.file_path").alias("_file"), F.col("_metadata.row_index").alias("_row"))
+
+
+def unified_schema(lake, files: list[str], where: str):
+    """The Spark schema of Parquet ``files`` (lake filesystem paths) read together: their footers' schemas unified
+    by pyarrow's permissive promotion (int32 + int64 -> int64, int + double -> double, a missing column nullable).
+    Only the footers are read, on the driver.
+
+    Raises:
+        EtlError: a column has incompatible types across the files (named, with ``where``).
+    """
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    schemas = [pq.read_schema(f, filesystem=lake.fs).remove_metadata() for f in files]
+    try:
+        return from_arrow_schema(pa.unify_schemas(schemas, promote_options="permissive"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise etl.EtlError(f"raw files in {where} cannot be read together: {exc}") from None
 
 
 def raw_counts(df, id_column: str, contract: bool) -> dict[str, int]:

@@ -127,8 +127,8 @@ def expected(sales, replay, inv, inv_replay, products):
     return lines, daily, closing, len(sales) + len(replay) - len(first)
 
 
-def staged(lake, name: str) -> pd.DataFrame:
-    return pq.read_table(lake.path("features", f"staging/daily_etl/date={DAY}/{name}.parquet"), filesystem=lake.fs).to_pandas()
+def staged(lake, name: str, day: dt.date = DAY) -> pd.DataFrame:
+    return pq.read_table(lake.path("features", f"staging/daily_etl/date={day}/{name}.parquet"), filesystem=lake.fs).to_pandas()
 
 
 def test_spark_facts_equal_an_independent_computation(local_lake, spark):
@@ -237,3 +237,57 @@ def test_spark_submit_job_exit_codes(local_lake):
     assert r.returncode == 3, r.stderr[-3000:]
     err = sf.read_json(local_lake, bad_day, sf.ERROR_NAME)
     assert err and "violate the contract" in err["message"]
+
+
+def test_raw_files_of_two_contract_versions(local_lake, spark):
+    """A day whose raw files were written under two contract versions: quantity widened int -> long (an Avro
+    promotion) and a column added. Spark's own schema merge refuses that; the job reads the widest types, the new
+    column null in the old file, and dedups exact copies by input order (file, then row). Incompatible types
+    (string vs long) fail the run naming the column."""
+    from etl import spark_facts as sf
+    from etl import star_schema as etl
+    from etl.star_schema import EtlError
+
+    day = DAY - dt.timedelta(days=3)
+    ts = dt.datetime(day.year, day.month, day.day, 9, tzinfo=UTC)
+
+    def row(i, q, **kw):
+        return {"transaction_id": f"V{i}", "store_id": "S0", "product_id": f"P00{i % 3}", "quantity": q,
+                "unit_price": 2.5, "timestamp": ts + dt.timedelta(minutes=i), "customer_id": None,
+                "payment_method": "CARD", "invoice_id": f"I{i}", "ingested_at": ts, "kafka_partition": 0,
+                "kafka_offset": 0, **kw}
+
+    old = [row(i, i + 1) for i in range(6)]
+    new_schema = SALES_SCHEMA.set(SALES_SCHEMA.get_field_index("quantity"), pa.field("quantity", pa.int64())) \
+                             .append(pa.field("channel", pa.string()))
+    new = [row(i, 40_000 + i, channel="web") for i in range(6, 10)]
+    copy = [row(2, 99)]          # same id, same ingestion metadata as old's V2, in a later file: not kept
+    part = f"sales_transaction/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+    local_lake.delete_dir("raw-data", part)
+    local_lake.write_table(pa.Table.from_pylist(old, schema=SALES_SCHEMA), "raw-data", part, "batch-1.parquet")
+    local_lake.write_table(pa.Table.from_pylist(new, schema=new_schema), "raw-data", part, "batch-2.parquet")
+    local_lake.write_table(pa.Table.from_pylist(copy, schema=SALES_SCHEMA), "raw-data", part, "batch-3.parquet")
+
+    raw = sf.read_raw(spark, local_lake, "sales_transaction", day)
+    assert dict(raw.dtypes)["quantity"] == "bigint" and dict(raw.dtypes)["channel"] == "string"
+    got = {r["transaction_id"] + "@" + r["_file"].rsplit("/", 1)[-1]: (r["quantity"], r["channel"])
+           for r in raw.collect()}
+    assert got == {**{f"V{i}@batch-1.parquet": (i + 1, None) for i in range(6)},
+                   **{f"V{i}@batch-2.parquet": (40_000 + i, "web") for i in range(6, 10)},
+                   "V2@batch-3.parquet": (99, None)}
+
+    out = sf.build_day(spark, day, local_lake)
+    assert (out["raw_sales_rows"], out["sales_lines"], out["duplicate_sales"]) == (11, 10, 1)
+    f = staged(local_lake, "fact_sales", day).set_index("sale_id")
+    quantities = {f"V{i}": (i + 1 if i < 6 else 40_000 + i) for i in range(10)}   # V2: batch-1's copy, 3
+    assert {k: int(v) for k, v in f["quantity"].items()} == quantities
+    assert int(f["revenue_e4"].astype("int64").sum()) == sum(q * 25_000 for q in quantities.values())
+    assert len(etl.read_raw_day(local_lake, "sales_transaction", day)) == 11   # the reconciliation's reader too
+
+    bad_day = day - dt.timedelta(days=1)
+    bpart = f"sales_transaction/year={bad_day.year:04d}/month={bad_day.month:02d}/day={bad_day.day:02d}"
+    local_lake.write_table(pa.Table.from_pylist(old, schema=SALES_SCHEMA), "raw-data", bpart, "batch-1.parquet")
+    text = SALES_SCHEMA.set(SALES_SCHEMA.get_field_index("quantity"), pa.field("quantity", pa.string()))
+    local_lake.write_table(pa.Table.from_pylist([row(7, "7")], schema=text), "raw-data", bpart, "batch-2.parquet")
+    with pytest.raises(EtlError, match="cannot be read together.*quantity"):
+        sf.build_day(spark, bad_day, local_lake)
