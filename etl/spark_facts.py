@@ -115,12 +115,13 @@ def raw_counts(df, id_column: str, contract: bool) -> dict[str, int]:
     negative/null/NaN price; only then the exact check runs on the day's deduplicated lines).
 
     Raises:
-        EtlError: ``id_column`` is missing.
+        EtlError: ``id_column`` (or, with ``contract``, ``quantity`` / ``unit_price``) is missing.
     """
     from pyspark.sql import functions as F
 
-    if id_column not in df.columns:
-        raise etl.EtlError(f"event id column {id_column!r} missing; columns: {df.columns}")
+    for c in [id_column] + (["quantity", "unit_price"] if contract else []):
+        if c not in df.columns:
+            raise etl.EtlError(f"{'event id ' if c == id_column else ''}column {c!r} missing; columns: {df.columns}")
     aggs = [F.count(F.lit(1)).alias("rows"), F.count_if(F.col(id_column).isNull()).alias("null_ids")]
     if contract:
         p = F.col("unit_price").cast("double")

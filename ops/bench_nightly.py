@@ -240,7 +240,7 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
     _tick(progress, out)
 
     t0 = time.perf_counter()
-    train_s = spark_submit("ml/jobs/train.py", ["--features", feats["lake_path"], "--run-date", day.isoformat()], s)
+    train_s = spark_submit("ml/jobs/train.py", ["--features", feats["lake_path"], "--run-date", day.isoformat()], s, lake=True)
     t1 = time.perf_counter()
     reg = pipeline.register_model(day)
     from core.lake import Lake
@@ -263,7 +263,7 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
     _tick(progress, out)
 
     t0 = time.perf_counter()
-    pred_s = spark_submit("ml/jobs/predict.py", ["--features", "latest"], s)
+    pred_s = spark_submit("ml/jobs/predict.py", ["--features", "latest"], s, lake=True)
     lp = pipeline.load_predictions(day)
     out["predictions"] = {"seconds": round(time.perf_counter() - t0, 1), "rows": lp["rows"],
                           "detail": {"spark_submit_s": round(pred_s, 1), "series": lp["series"],

@@ -291,3 +291,20 @@ def test_raw_files_of_two_contract_versions(local_lake, spark):
     local_lake.write_table(pa.Table.from_pylist([row(7, "7")], schema=text), "raw-data", bpart, "batch-2.parquet")
     with pytest.raises(EtlError, match="cannot be read together.*quantity"):
         sf.build_day(spark, bad_day, local_lake)
+
+
+def test_raw_counts_and_missing_columns(spark):
+    """raw_counts over raw rows: rows, null ids, contract-breaking rows (quantity 0, price negative, NaN or null),
+    and a clear error naming a missing column."""
+    from etl import spark_facts as sf
+    from etl.star_schema import EtlError
+
+    df = spark.createDataFrame(
+        [("T1", 1, 2.0), (None, 2, 1.0), ("T3", 0, 1.0), ("T4", 1, -0.5), ("T5", 1, float("nan")), ("T6", 3, None),
+         ("T7", None, 1.0)], "transaction_id string, quantity int, unit_price double")
+    assert sf.raw_counts(df, "transaction_id", contract=True) == {"rows": 7, "null_ids": 1, "bad": 5}
+    assert sf.raw_counts(df, "transaction_id", contract=False) == {"rows": 7, "null_ids": 1}
+    with pytest.raises(EtlError, match="column 'unit_price' missing"):
+        sf.raw_counts(df.drop("unit_price"), "transaction_id", contract=True)
+    with pytest.raises(EtlError, match="event id column 'inventory_id' missing"):
+        sf.raw_counts(df, "inventory_id", contract=False)
