@@ -176,3 +176,22 @@ def test_gbt_fits_on_at_most_max_train_rows(spark, trained):
     key = ["store_id", "product_id", "h"]
     assert full[key].equals(capped[key]) and np.isfinite(capped["yhat"]).all() and (capped["yhat"] >= 0).all()
     assert not np.allclose(full["yhat"], capped["yhat"])  # another model, fitted on the 600-row sample
+
+
+def test_label_cap_bounds_what_the_gbt_learns(spark, trained):
+    """ForecastConfig.label_cap reaches the MLlib fit: with the scaled label capped at 0.5 the model's scaled
+    forecasts stay near 0.5 (boosting may overshoot a little), while the default model (cap 2) forecasts over
+    twice that on the busy days this M5 subset has."""
+    from dataclasses import replace
+
+    from ml.forecast import predict_gbt, train_final, training_table
+
+    cfg, res = trained
+    feats = res["features"]
+    capped_model, cols, _ = train_final(spark, feats, replace(cfg, label_cap=0.5))
+    rows = training_table(feats, feats["date"].max(), feats["date"].max(), cfg, max_rows=3000)
+    level = rows["level"].to_numpy()
+    assert (rows["y"] / rows["level"]).max() > 3  # the cap bites on this data
+    capped = predict_gbt(spark, capped_model, rows, cols, "scaled", shrink_k=0.0) / level
+    free = predict_gbt(spark, res["model"], rows, cols, "scaled", shrink_k=0.0) / level
+    assert capped.max() <= 0.5 * 1.1 and free.max() > 2 * 0.5

@@ -205,6 +205,21 @@ def test_shrinkage_toward_trailing_mean_weights_by_90_day_mean():
         ForecastConfig(shrink_k=-1)
 
 
+def test_scaled_label_is_capped_and_weighted_by_level():
+    from ml.forecast import _label
+
+    rows = pd.DataFrame({"y": [0.0, 1.0, 9.0, 50.0], "level": [0.3, 2.0, 1.0, 10.0]})
+    label, weight = _label(rows, ForecastConfig(label_cap=3.0))
+    assert label.tolist() == pytest.approx([0.0, 0.5, 3.0, 3.0])  # y / level = 0, 0.5, 9, 5 -> capped at 3
+    assert weight.tolist() == pytest.approx([0.3, 2.0, 1.0, 10.0])
+    assert _label(rows, ForecastConfig(label_cap=0.0))[0].tolist() == pytest.approx([0.0, 0.5, 9.0, 5.0])
+    raw, w1 = _label(rows, ForecastConfig(target="raw", label_cap=3.0))  # the cap is of the scaled label only
+    assert raw.tolist() == [0.0, 1.0, 9.0, 50.0] and (w1 == 1.0).all()
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="label_cap"):
+            ForecastConfig(label_cap=bad)
+
+
 def test_bench_hindsight_reference_is_the_flat_mean_of_the_actuals():
     from types import SimpleNamespace
 
