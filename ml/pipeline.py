@@ -294,7 +294,7 @@ def version_for_run(lake, run_date: str) -> int | None:
 def metrics_rows(metrics: pd.DataFrame, version: int, run_date: dt.date, dataset: str = "platform",
                  model_name: str = MODEL_NAME) -> pd.DataFrame:
     """Wide backtest metrics (model, h, wape, ...) -> long ml_model_metrics rows."""
-    cols = [c for c in ("wape", "mae", "rmse", "rmsse", "n", "coverage80", "coverage95") if c in metrics.columns]
+    cols = [c for c in ("wape", "mae", "rmse", "rmsse", "bias", "n", "coverage80", "coverage95") if c in metrics.columns]
     long = metrics.melt(id_vars=["model", "h"], value_vars=cols, var_name="metric", value_name="value").dropna(subset=["value"])
     return pd.DataFrame({"model_name": model_name, "model_version": int(version), "run_date": run_date,
                          "model": long["model"], "metric": long["metric"], "horizon": long["h"].astype("uint8"),

@@ -102,8 +102,8 @@ def load_uci(folder: Path, top_n: int = 100, country: str = "United Kingdom") ->
 
 
 def model_table(metrics: pd.DataFrame) -> dict:
-    """Metrics table -> {model: {h: {wape, mae, rmse, rmsse, coverage80, coverage95}}} (h "0" = pooled)."""
-    keys = ("wape", "mae", "rmse", "rmsse", "coverage80", "coverage95")
+    """Metrics table -> {model: {h: {wape, mae, rmse, rmsse, bias, coverage80, coverage95}}} (h "0" = pooled)."""
+    keys = ("wape", "mae", "rmse", "rmsse", "bias", "coverage80", "coverage95")
     out = {}
     for model, mm in metrics.groupby("model", sort=False):
         out[model] = {str(int(r["h"])): {k: (None if pd.isna(r[k]) else round(float(r[k]), 4)) for k in keys}
@@ -186,7 +186,7 @@ def run_dataset(spark, name: str, daily: pd.DataFrame, calendar: pd.DataFrame, c
     bt = res["backtest"]
     m = bt.metrics
     feats = res["features"]
-    pooled = m[m["h"] == 0].set_index("model")[["wape", "mae", "rmse", "rmsse", "coverage80", "coverage95"]]
+    pooled = m[m["h"] == 0].set_index("model")[["wape", "mae", "rmse", "rmsse", "bias", "coverage80", "coverage95"]]
     return {
         "config": json.loads(cfg.to_json()),
         "series": int(feats.groupby(["store_id", "product_id"]).ngroups),
@@ -263,8 +263,8 @@ def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json",
     for name, sec in report["datasets"].items():
         print(f"{name} (h 1..{sec['config']['horizon']}, {len(sec['backtest_origins'])} origins): {sec['total_seconds']} s")
         for model, r in sec["pooled"].items():
-            print(f"  {model:18s} WAPE {r['wape']:.4f} RMSSE {r['rmsse']:.4f} coverage80 {r['coverage80']} "
-                  f"coverage95 {r['coverage95']}")
+            print(f"  {model:18s} WAPE {r['wape']:.4f} RMSSE {r['rmsse']:.4f} bias {r['bias']:+.4f} "
+                  f"coverage80 {r['coverage80']} coverage95 {r['coverage95']}")
         c = sec["comparison"]
         print(f"  GBT vs best baseline ({c['best_baseline_wape']}): WAPE {-100 * c['vs_best_baseline']['wape_reduction']:+.1f} %, "
               f"vs {c['best_baseline_rmsse']} RMSSE {-100 * c['vs_best_rmsse_baseline']['rmsse_reduction']:+.1f} %; "

@@ -178,20 +178,29 @@ def test_gbt_fits_on_at_most_max_train_rows(spark, trained):
     assert not np.allclose(full["yhat"], capped["yhat"])  # another model, fitted on the 600-row sample
 
 
-def test_label_cap_bounds_what_the_gbt_learns(spark, trained):
-    """ForecastConfig.label_cap reaches the MLlib fit: with the scaled label capped at 0.5 the model's scaled
+def test_label_cap_bounds_what_the_gbt_learns_and_the_mass_is_restored(spark, trained):
+    """ForecastConfig.label_cap reaches the MLlib fit: with the scaled label capped at 0.5 the GBT stage's scaled
     forecasts stay near 0.5 (boosting may overshoot a little), while the default model (cap 2) forecasts over
-    twice that on the busy days this M5 subset has."""
+    twice that on the busy days this M5 subset has. The model's last stage multiplies by the mass ratio of
+    :func:`cap_correction`, recomputed here from the rows: in sample the total forecast meets the total demand."""
     from dataclasses import replace
 
-    from ml.forecast import predict_gbt, train_final, training_table
+    from ml.forecast import fit_gbt, predict_gbt, training_table
 
     cfg, res = trained
     feats = res["features"]
-    capped_model, cols, _ = train_final(spark, feats, replace(cfg, label_cap=0.5))
-    rows = training_table(feats, feats["date"].max(), feats["date"].max(), cfg, max_rows=3000)
-    level = rows["level"].to_numpy()
-    assert (rows["y"] / rows["level"]).max() > 3  # the cap bites on this data
-    capped = predict_gbt(spark, capped_model, rows, cols, "scaled", shrink_k=0.0) / level
-    free = predict_gbt(spark, res["model"], rows, cols, "scaled", shrink_k=0.0) / level
-    assert capped.max() <= 0.5 * 1.1 and free.max() > 2 * 0.5
+    T = feats.loc[feats["units"].notna(), "date"].max()
+    rows = training_table(feats, T, T, cfg)
+    level, y = rows["level"].to_numpy(), rows["y"].to_numpy()
+    assert (y / level).max() > 3  # the cap bites on this data
+    factor = y.sum() / np.minimum(y, 0.5 * level).sum()  # independent of cap_correction
+    assert factor > 1.5
+    capped_model = fit_gbt(spark, rows, replace(cfg, label_cap=0.5), res["cols"])
+    sdf = spark.createDataFrame(rows[res["cols"]].astype("float64"))
+    out = capped_model.transform(sdf).select("yhat_capped", "yhat").toPandas()
+    assert out["yhat_capped"].max() <= 0.5 * 1.1
+    assert np.allclose(out["yhat"], out["yhat_capped"] * factor, rtol=1e-9)
+    total = (out["yhat"].to_numpy() * level).sum()
+    assert abs(total / y.sum() - 1) < 0.03  # in sample, up to the 0.8 row subsampling of each tree
+    free = predict_gbt(spark, res["model"], rows, res["cols"], "scaled", shrink_k=0.0) / level
+    assert free.max() > 2 * 0.5

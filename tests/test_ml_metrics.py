@@ -33,6 +33,9 @@ def test_metrics_hand_computed():
     assert (n["wape"], n["mae"], n["rmse"], n["rmsse"]) == pytest.approx(
         (0.5, 2.5, math.sqrt(12.5), math.sqrt(12.5 / 4)))
     assert m.loc[("gbt", 1), "wape"] == pytest.approx(0.2)
+    # bias = total forecast / total demand - 1: (8 + 2) / 10 - 1 = 0; seasonal naive 15 / 10 - 1 = 0.5; h=1: 8/10 - 1
+    assert (g["bias"], n["bias"], m.loc[("gbt", 1), "bias"]) == pytest.approx((0.0, 0.5, -0.2))
+    assert math.isnan(m.loc[("gbt", 2), "bias"])
     assert math.isnan(m.loc[("gbt", 2), "wape"])  # no demand at h=2: WAPE undefined, not infinite
     assert set(m.index.get_level_values("model")) == {"gbt", "seasonal_naive"}  # absent models are skipped
 
@@ -206,7 +209,7 @@ def test_shrinkage_toward_trailing_mean_weights_by_90_day_mean():
 
 
 def test_scaled_label_is_capped_and_weighted_by_level():
-    from ml.forecast import _label
+    from ml.forecast import _label, cap_correction
 
     rows = pd.DataFrame({"y": [0.0, 1.0, 9.0, 50.0], "level": [0.3, 2.0, 1.0, 10.0]})
     label, weight = _label(rows, ForecastConfig(label_cap=3.0))
@@ -215,6 +218,11 @@ def test_scaled_label_is_capped_and_weighted_by_level():
     assert _label(rows, ForecastConfig(label_cap=0.0))[0].tolist() == pytest.approx([0.0, 0.5, 9.0, 5.0])
     raw, w1 = _label(rows, ForecastConfig(target="raw", label_cap=3.0))  # the cap is of the scaled label only
     assert raw.tolist() == [0.0, 1.0, 9.0, 50.0] and (w1 == 1.0).all()
+    # mass restored after the cap: sum y / sum min(y, 3 * level) = 60 / (0 + 1 + 3 + 30)
+    assert cap_correction(rows, ForecastConfig(label_cap=3.0)) == pytest.approx(60 / 34)
+    assert cap_correction(rows, ForecastConfig(label_cap=0.0)) == 1.0
+    assert cap_correction(rows, ForecastConfig(target="raw", label_cap=3.0)) == 1.0
+    assert cap_correction(rows.assign(y=0.0), ForecastConfig(label_cap=3.0)) == 1.0  # no demand: nothing to restore
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="label_cap"):
             ForecastConfig(label_cap=bad)
