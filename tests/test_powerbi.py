@@ -1236,6 +1236,8 @@ TWINS: dict[str, str] = {
     "WAPE Improvement vs Naive": SUB("1", DIV("{{Backtest WAPE GBT}}", "{{Backtest WAPE Seasonal Naive}}")),
     "Backtest RMSSE GBT": agg("v_model_metrics", "avgOrNull(value)",
                               "metric = 'rmsse' AND model = 'gbt' AND model_name = 'demand-forecast'"),
+    "Backtest Bias GBT": agg("v_model_metrics", "avgOrNull(value)",
+                             "metric = 'bias' AND model = 'gbt' AND model_name = 'demand-forecast'"),
     "Champion Version": agg("v_model_registry", "maxOrNull(version)", "is_champion = 1"),
     "SKUs Needing Reorder": agg("v_reorder_latest", "sumOrNull(reorder_needed)"),
     "Recommended Reorder Units": agg("v_reorder_latest", "sumOrNull(reorder_qty)"),
