@@ -810,6 +810,9 @@ def known_data(engine, writer):
                 for h in range(1, 8):
                     mm.append(["demand-forecast", version, run, model_kind, metric, h, round(rng.uniform(0.2, 0.9), 4),
                                "platform"])
+            for h in range(1, 8):  # signed, without drawing from rng (the other tables' values stay as they were)
+                bias = round(-0.06 + 0.01 * h + 0.1 * version, 4)
+                mm.append(["demand-forecast", version, run, model_kind, "bias", h, bias, "platform"])
     mm.append(["other-model", 2, dt.date(2026, 1, 14), "gbt", "wape", 1, 9.0, "platform"])
     w.insert("ml_model_metrics", mm, column_names=["model_name", "model_version", "run_date", "model", "metric",
                                                    "horizon", "value", "dataset"])
