@@ -59,8 +59,11 @@ class Lake:
             self.fs.create_dir(self.path(b), recursive=True)
 
     def write_table(self, table: pa.Table, *parts: str) -> str:
-        """Write ``table`` as one Parquet file at lake path ``parts`` (overwrites: idempotent by name)."""
+        """Write ``table`` as one Parquet file at lake path ``parts`` (overwrites: idempotent by name; a folder of
+        Parquet files at that path, e.g. Spark's output of an earlier run, is replaced)."""
         path = self.path(*parts)
+        if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
         parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         pq.write_table(table, path, filesystem=self.fs, compression="zstd")

@@ -1,11 +1,11 @@
 """demand_forecast_training: features (Spark) -> Spark MLlib GBT with rolling-origin backtest -> registry/promotion.
 
-extract_demand (Python, owns ClickHouse: daily demand per store x SKU from fact_sales + dims, staged in the lake
-under ``features/staging/build_features/run_date=<d>/``) -> build_features (SparkSubmitOperator on
+extract_demand (Python, owns ClickHouse: daily demand per store x SKU from fact_sales + dims, encoded as Parquet
+by ClickHouse and copied to the lake under ``features/staging/build_features/run_date=<d>/``) -> build_features (SparkSubmitOperator on
 ``spark_default``, application ``ml/jobs/build_features.py``, logic in :mod:`ml.spark_features`: the gap-free
 series, lags, rolling statistics, calendar, price and holiday covariates as DataFrame code; holidays and the
-optional weather file as small pandas dimensions, broadcast-joined; writes the lake Parquet
-``features/daily/run_date=<d>/``) -> load_features (Python: that table -> ``features_daily``, a
+optional weather file as small pandas dimensions, broadcast-joined; Spark reads the staged demand and writes the
+lake Parquet ``features/daily/run_date=<d>/`` itself) -> load_features (Python: that table -> ``features_daily``, a
 ReplacingMergeTree, then ``features/daily/latest.json``) -> train_gbt (SparkSubmitOperator, application
 ``ml/jobs/train.py``: backtest vs the baselines, model to ``models/demand-forecast/v<N>/``) -> register_model
 (Python: metrics -> ``ml_model_metrics``, version -> ``model_registry``, champion / challenger promotion; emits

@@ -24,6 +24,7 @@ class FeaturesSubmitOperator(StagedSparkSubmitOperator):
     job_name = "demand-features"
     date_flag = "--run-date"
     job_module = "ml.spark_features"
+    reads_lake = True   # the staged demand and the feature table go through S3A on an S3 lake
 
     @staticmethod
     def read_record(sf, lake, day, name: str) -> dict | None:

@@ -4,9 +4,9 @@ Process model (chDB allows one process per data path): the Python tasks here own
 the Spark jobs (:mod:`ml.jobs.build_features`, :mod:`ml.jobs.train`, :mod:`ml.jobs.predict`, run by spark-submit in a subprocess) never
 open ClickHouse and exchange data through the lake:
 
-* ``features/daily/run_date=YYYY-MM-DD/features.parquet`` — the daily feature table (the Spark job
-  ``ml/jobs/build_features.py`` between :func:`stage_demand` and :func:`load_features` in the DAG; in-process
-  scripts use the pandas :func:`build_features`),
+* ``features/daily/run_date=YYYY-MM-DD/features.parquet`` — the daily feature table (a folder of Parquet files
+  written by the Spark job ``ml/jobs/build_features.py`` between :func:`stage_demand` and :func:`load_features`
+  in the DAG; one file from the in-process pandas :func:`build_features`),
   ``features/daily/latest.json`` points at the newest one;
 * ``models/demand-forecast/v<N>/`` — Spark model, ``metrics.parquet``, ``intervals.parquet``, ``meta.json``
   (train job); ``models/demand-forecast/champion.json`` — the promoted version (register_model);
@@ -75,35 +75,44 @@ def _read_json(lake, *parts: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------- demand ------
-def load_daily_demand(client, db: str, end_date: dt.date | None = None) -> pd.DataFrame:
-    """Daily demand per store x SKU x day from the star schema (fact_sales joined to dim_store/dim_product).
+def demand_sql(db: str, end_date: dt.date | None = None) -> str:
+    """The daily demand query (ClickHouse SQL, no FORMAT clause): one row per day x store x SKU with sales in
+    ``db.fact_sales`` (up to ``end_date`` inclusive when given), joined to dim_store / dim_product.
 
-    units = sum of quantity of sale lines (``is_return = 0``; returns are not negative demand);
-    price = revenue / units of those lines (the realised price of the day; days without sales get the
-    series' last price in :mod:`ml.features`); country_code from dim_store (holidays).
-
-    Returns:
-        DataFrame date, store_id, product_id, units, price, country_code (empty when no sales).
+    Columns: ``date`` Date; ``store_id``, ``product_id`` String; ``units`` Float64 = sum of quantity of sale lines
+    (``is_return = 0``; returns are not negative demand), at least 0; ``price`` Nullable(Float64) = revenue /
+    units of those lines (the realised price of the day; null without units); ``country_code`` Nullable(String)
+    from dim_store (null when blank). Ordered by store_id, product_id, date.
     """
     where = f"WHERE f.date_key <= {int(end_date.strftime('%Y%m%d'))}" if end_date else ""
-    sql = f"""
+    return f"""
         SELECT makeDate(intDiv(f.date_key, 10000), intDiv(f.date_key, 100) % 100, f.date_key % 100) AS date,
                s.store_id AS store_id, p.sku AS product_id,
-               toFloat64(sumIf(f.quantity, f.is_return = 0)) AS units,
+               greatest(toFloat64(sumIf(f.quantity, f.is_return = 0)), 0) AS units,
                sumIf(toFloat64(f.revenue), f.is_return = 0) / nullIf(sumIf(f.quantity, f.is_return = 0), 0) AS price,
-               any(s.country_code) AS country_code
+               nullIf(any(s.country_code), '') AS country_code
         FROM {db}.fact_sales AS f
         INNER JOIN (SELECT store_key, store_id, country_code FROM {db}.dim_store FINAL) AS s ON f.store_key = s.store_key
         INNER JOIN (SELECT product_key, sku FROM {db}.dim_product FINAL) AS p ON f.product_key = p.product_key
         {where}
         GROUP BY date, store_id, product_id
         ORDER BY store_id, product_id, date"""
-    df = client.query_df(sql)
+
+
+def load_daily_demand(client, db: str, end_date: dt.date | None = None) -> pd.DataFrame:
+    """Daily demand per store x SKU x day from the star schema (:func:`demand_sql`) as a pandas frame, for the
+    in-process path (:func:`build_features`) and tests; the DAG stages the same rows as Parquet without pandas
+    (:func:`stage_demand`). Days without sales get the series' last price in :mod:`ml.features`.
+
+    Returns:
+        DataFrame date (datetime64), store_id, product_id, units, price, country_code (NaN when unknown);
+        empty with those columns when there are no sales.
+    """
+    df = client.query_df(demand_sql(db, end_date))
     if df.empty:
         return pd.DataFrame(columns=["date", "store_id", "product_id", "units", "price", "country_code"])
     df["date"] = pd.to_datetime(df["date"])
-    df["units"] = df["units"].clip(lower=0)
-    df["country_code"] = df["country_code"].replace("", np.nan)
+    df["country_code"] = df["country_code"].astype(object).where(df["country_code"].notna(), np.nan)
     return df
 
 
@@ -127,9 +136,30 @@ FEATURE_INSERT_ROWS = 500_000
 
 
 # ----------------------------------------------------------------------------------- training ------
+def history_end(first: dt.date | None, last: dt.date | None, run_date: dt.date, db: str) -> pd.Timestamp:
+    """The last day with known demand, min(run_date, last day with sales): a day the ETL has not loaded yet must
+    not become zero demand. ``first`` / ``last``: the first and last days with sales up to ``run_date``.
+
+    Returns:
+        the end day as a midnight Timestamp.
+
+    Raises:
+        InsufficientData: no sales (``first`` is None), or fewer than MIN_HISTORY_DAYS days of history.
+    """
+    if first is None or pd.isna(first):
+        raise InsufficientData(f"no sales in {db}.fact_sales up to {run_date}: run daily_etl first")
+    end = min(pd.Timestamp(run_date), pd.Timestamp(last))
+    span = int((end - pd.Timestamp(first)).days) + 1
+    if span < MIN_HISTORY_DAYS:
+        raise InsufficientData(
+            f"{db}.fact_sales covers {span} day(s) ({pd.Timestamp(first).date()}..{end.date()}); the rolling-origin "
+            f"backtest needs at least {MIN_HISTORY_DAYS}: run daily_etl for the earlier dates first (backfill)")
+    return end
+
+
 def demand_for_features(client, db: str, run_date: dt.date) -> tuple[pd.DataFrame, pd.Timestamp]:
-    """Daily demand up to ``run_date`` (:func:`load_daily_demand`) and the last day with known demand: the
-    last day with sales on or before ``run_date`` (a day the ETL has not loaded yet must not become zero demand).
+    """Daily demand up to ``run_date`` (:func:`load_daily_demand`) and the last day with known demand
+    (:func:`history_end`).
 
     Returns:
         (daily demand table, end day as a midnight Timestamp).
@@ -138,15 +168,8 @@ def demand_for_features(client, db: str, run_date: dt.date) -> tuple[pd.DataFram
         InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
     """
     daily = load_daily_demand(client, db, run_date)
-    if daily.empty:
-        raise InsufficientData(f"no sales in {db}.fact_sales up to {run_date}: run daily_etl first")
-    end = min(pd.Timestamp(run_date), daily["date"].max())
-    span = int((end - daily["date"].min()).days) + 1
-    if span < MIN_HISTORY_DAYS:
-        raise InsufficientData(
-            f"{db}.fact_sales covers {span} day(s) ({daily['date'].min().date()}..{end.date()}); the rolling-origin "
-            f"backtest needs at least {MIN_HISTORY_DAYS}: run daily_etl for the earlier dates first (backfill)")
-    return daily, end
+    first, last = (daily["date"].min(), daily["date"].max()) if len(daily) else (None, None)
+    return daily, history_end(first, last, run_date, db)
 
 
 def insert_features(client, db: str, out, run_date: dt.date) -> int:
@@ -227,24 +250,36 @@ def build_features(run_date: dt.date, settings=None) -> dict:
 
 def stage_demand(run_date: dt.date, settings=None) -> dict:
     """Task ``extract_demand`` of the Spark feature path: daily demand up to ``run_date`` from the star schema
-    -> ``features/staging/build_features/run_date=<d>/demand.parquet`` (date, store_id, product_id, units,
-    price, country_code) and ``params.json`` (end_date = the last day with known demand, extend_days =
-    FORECAST_HORIZON, default_country = STORE_COUNTRY_DEFAULT) for ``ml/jobs/build_features.py``. Overwrites:
-    idempotent.
+    (:func:`demand_sql`) -> ``features/staging/build_features/run_date=<d>/demand.parquet`` and ``params.json``
+    (end_date = the last day with known demand, extend_days = FORECAST_HORIZON, default_country =
+    STORE_COUNTRY_DEFAULT) for ``ml/jobs/build_features.py``. ClickHouse encodes the rows as Parquet itself
+    (``FORMAT Parquet`` over HTTP) and the response is copied to the lake in 1 MiB chunks: no row passes
+    through pandas or Arrow in the Airflow worker, whose memory stays flat with the chain's size. A first
+    aggregate query over the same rows gives the history's extent for the checks. Overwrites: idempotent.
 
     Returns:
-        dict run_date, end_date, demand_rows, series.
+        dict run_date, end_date, demand_rows, series, staged_bytes.
 
     Raises:
         InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
     """
+    import shutil
+
     from ml import spark_features as sf
 
     s, client, db, lake = _ctx(settings)
-    daily, end = demand_for_features(client, db, run_date)
-    params = sf.stage_inputs(lake, run_date, daily, end, s.forecast_horizon, s.store_country_default)
-    return {"run_date": run_date.isoformat(), "end_date": params["end_date"], "demand_rows": int(len(daily)),
-            "series": int(daily.groupby(["store_id", "product_id"]).ngroups)}
+    sql = demand_sql(db, run_date)
+    rows, series, first, last = client.query(
+        f"SELECT count(), uniqExact(store_id, product_id), min(date), max(date) FROM ({sql})").result_rows[0]
+    end = history_end(first if rows else None, last, run_date, db)
+    parts = sf.staging(lake, run_date, sf.DEMAND_NAME)
+    path = lake.path(*parts)
+    lake.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with client.raw_stream(sql, fmt="Parquet") as src, lake.fs.open_output_stream(path) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    params = sf.write_params(lake, run_date, end, s.forecast_horizon, s.store_country_default)
+    return {"run_date": run_date.isoformat(), "end_date": params["end_date"], "demand_rows": int(rows),
+            "series": int(series), "staged_bytes": lake.fs.get_file_info(path).size}
 
 
 def load_features(run_date: dt.date, settings=None) -> dict:
@@ -271,14 +306,16 @@ def load_features(run_date: dt.date, settings=None) -> dict:
 
 
 def read_features(lake, path: str) -> pd.DataFrame:
-    """Feature table from a lake path (``latest`` resolves ``features/daily/latest.json``)."""
+    """Feature table from a lake path (``latest`` resolves ``features/daily/latest.json``): a file or a folder of
+    Parquet files (the Spark job's), sorted by store_id, product_id, date, ``date`` as datetime64[ns]; the
+    weather columns are dropped when entirely null."""
     if path == "latest":
         path = _read_json(lake, lake.settings.lake_features_bucket, "daily", "latest.json")["path"]
     t = lake.read_table(path)
     if t is None:
         raise FileNotFoundError(f"feature table {path} not found in the lake (run build_features first)")
     df = t.to_pandas()
-    df["date"] = pd.to_datetime(df["date"])
+    df["date"] = pd.to_datetime(df["date"]).astype("datetime64[ns]")   # date32 (Spark job) or timestamp (pandas)
     drop = [c for c in ("temp_c", "precip_mm") if c in df.columns and df[c].isna().all()]
     return df.drop(columns=drop).sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
 

@@ -74,6 +74,19 @@ class FeatureError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ input --
+def _demand_kinds(columns) -> list[tuple[str, str]]:
+    """(column, kind) of the daily demand columns present in ``columns``, in contract order; kind is ``date``,
+    ``string``, ``double`` or ``int`` (the flags). Raises FeatureError when a required column is missing."""
+    columns = list(columns)
+    missing = [c for c in DEMAND_COLUMNS if c not in columns]
+    if missing:
+        raise FeatureError(f"daily demand table lacks column(s) {missing}; has {columns}")
+    kinds = {"date": "date", "store_id": "string", "product_id": "string", "country_code": "string",
+             "units": "double", "price": "double"}
+    return [(c, kinds.get(c, "int")) for c in DEMAND_COLUMNS + [c for c in ("country_code", *OPTIONAL_FLAGS)
+                                                                if c in columns]]
+
+
 def demand_arrow(table: pa.Table) -> pa.Table:
     """Normalise a daily demand Arrow table for Spark: ``date`` to date32 (a timestamp is cut to its day),
     keys and ``country_code`` to string, ``units`` / ``price`` to float64, flags to int32; other columns dropped.
@@ -81,25 +94,31 @@ def demand_arrow(table: pa.Table) -> pa.Table:
     Raises:
         FeatureError: a required column is missing (the message lists the table's columns).
     """
-    missing = [c for c in DEMAND_COLUMNS if c not in table.column_names]
-    if missing:
-        raise FeatureError(f"daily demand table lacks column(s) {missing}; has {table.column_names}")
+    arrow_type = {"date": pa.date32(), "string": pa.string(), "double": pa.float64(), "int": pa.int32()}
     cols, names = [], []
-    for c in DEMAND_COLUMNS + [c for c in ("country_code", *OPTIONAL_FLAGS) if c in table.column_names]:
+    for c, kind in _demand_kinds(table.column_names):
         a = table[c]
-        if c == "date":
-            if pa.types.is_timestamp(a.type) and a.type.tz is not None:
-                a = pc.local_timestamp(a)  # the day in the timestamp's own zone, as pandas' normalize()
-            a = pc.cast(a, pa.date32())
-        elif c in ("store_id", "product_id", "country_code"):
-            a = pc.cast(a, pa.string())
-        elif c in ("units", "price"):
-            a = pc.cast(a, pa.float64())
-        else:
-            a = pc.cast(a, pa.int32())
-        cols.append(a)
+        if kind == "date" and pa.types.is_timestamp(a.type) and a.type.tz is not None:
+            a = pc.local_timestamp(a)  # the day in the timestamp's own zone, as pandas' normalize()
+        cols.append(pc.cast(a, arrow_type[kind]))
         names.append(c)
     return pa.table(cols, names=names)
+
+
+def read_demand(spark, uri: str):
+    """The staged daily demand Parquet (a file or a folder of files) at ``uri`` (``s3a://`` or ``file://``,
+    :meth:`core.lake.Lake.spark_uri`), read by Spark itself (executors included), with the types of
+    :func:`demand_arrow`: ``date`` DateType (a timestamp is cut to its day in the session time zone, UTC),
+    keys and ``country_code`` string, ``units`` / ``price`` double, flags int; other columns dropped.
+
+    Raises:
+        FeatureError: a required column is missing (the message lists the file's columns).
+    """
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(uri)
+    return df.select(*[(F.to_date(F.col(c)) if kind == "date" else F.col(c).cast(kind)).alias(c)
+                       for c, kind in _demand_kinds(df.columns)])
 
 
 def validate(demand) -> None:
@@ -405,6 +424,38 @@ def to_arrow(features) -> pa.Table:
     return pa.table(cols, names=OUTPUT_COLUMNS)
 
 
+def write_features(features, uri: str) -> dict[str, Any]:
+    """Write a feature DataFrame as Parquet under ``uri`` (a folder, ``s3a://`` or ``file://``) from Spark itself,
+    so the table never passes through the driver, and describe what was written.
+
+    The folder is replaced (``overwrite``: a re-run leaves one copy). Columns :data:`OUTPUT_COLUMNS`: ``date``
+    date32, the flags int8, the rest float64 / string; one file per shuffle partition, each holding whole series
+    sorted by store_id, product_id, date (the windows' hash partitioning by series is kept: no extra shuffle).
+
+    Returns:
+        dict rows, series, first_date, last_date (last day with known units), ISO dates; read back from the
+        written files (one scan), so they describe the table as stored.
+
+    Raises:
+        FeatureError: the table is empty (no active series); nothing is left at ``uri``.
+    """
+    from pyspark.sql import functions as F
+
+    (features.select(*OUTPUT_COLUMNS).sortWithinPartitions(*KEYS, "date")
+     .write.mode("overwrite").option("compression", "zstd").parquet(uri))
+    spark = features.sparkSession
+    r = spark.read.parquet(uri).agg(
+        F.count(F.lit(1)).alias("rows"), F.countDistinct(*KEYS).alias("series"), F.min("date").alias("first"),
+        F.max(F.when(F.col("units").isNotNull(), F.col("date"))).alias("last")).collect()[0]
+    if not r["rows"]:
+        jvm = spark.sparkContext._jvm
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+        raise FeatureError("no active series: every row has zero units and no price")
+    return {"rows": int(r["rows"]), "series": int(r["series"]), "first_date": r["first"].isoformat(),
+            "last_date": r["last"].isoformat() if r["last"] else None}
+
+
 # ---------------------------------------------------------------------------------- lake staging --
 STAGING_PREFIX = "staging/build_features"
 DEMAND_NAME = "demand"
@@ -421,7 +472,9 @@ def staging(lake, run_date: dt.date, name: str) -> tuple[str, str]:
 
 
 def features_path(lake, run_date: dt.date) -> tuple[str, str, str, str]:
-    """Lake path of the run's feature table: ``features/daily/run_date=<d>/features.parquet`` (as parts)."""
+    """Lake path of the run's feature table: ``features/daily/run_date=<d>/features.parquet`` (as parts); the Spark
+    job writes it as a folder of Parquet files (:func:`write_features`), the in-process pandas path as one file;
+    :meth:`core.lake.Lake.read_table` reads either."""
     return lake.settings.lake_features_bucket, "daily", f"run_date={run_date.isoformat()}", "features.parquet"
 
 
@@ -452,6 +505,12 @@ def stage_inputs(lake, run_date: dt.date, daily: pd.DataFrame, end_date: dt.date
     """
     table = demand_arrow(pa.Table.from_pandas(daily, preserve_index=False))
     lake.write_table(table, *staging(lake, run_date, DEMAND_NAME))
+    return write_params(lake, run_date, end_date, extend_days, default_country)
+
+
+def write_params(lake, run_date: dt.date, end_date, extend_days: int, default_country: str | None) -> dict:
+    """Stage the job's ``params.json`` for ``run_date`` (end_date = last day with known demand, any date-like;
+    extend_days = future days; default_country). Overwrites: idempotent. Returns the parameters written."""
     params = {"run_date": run_date.isoformat(), "end_date": pd.Timestamp(end_date).date().isoformat(),
               "extend_days": int(extend_days), "default_country": default_country}
     write_json(lake, params, *staging(lake, run_date, PARAMS_NAME))
@@ -466,8 +525,9 @@ def clear_error(lake, run_date: dt.date) -> None:
 
 def build_run(spark, lake, run_date: dt.date, weather: pd.DataFrame | None = None) -> dict[str, Any]:
     """The spark-submit job's work: the staged demand and parameters of ``run_date`` (written by
-    :func:`ml.pipeline.stage_demand`) -> the feature table at ``features/daily/run_date=<d>/features.parquet``
-    (overwritten: idempotent) and a result record (staged ``features_result.json``).
+    :func:`ml.pipeline.stage_demand`), read by Spark (:func:`read_demand`) -> the feature table at
+    ``features/daily/run_date=<d>/features.parquet``, written by Spark (:func:`write_features`; overwritten:
+    idempotent) and a result record (staged ``features_result.json``). Neither table passes through the driver.
 
     Returns:
         dict rows, series, first_date, last_date (last day with known demand), end_date, lake_path, run_date,
@@ -479,24 +539,18 @@ def build_run(spark, lake, run_date: dt.date, weather: pd.DataFrame | None = Non
     """
     t0 = time.perf_counter()
     params = read_json(lake, *staging(lake, run_date, PARAMS_NAME))
-    demand_t = lake.read_table(*staging(lake, run_date, DEMAND_NAME))
-    if params is None or demand_t is None:
+    if params is None or not lake.exists(*staging(lake, run_date, DEMAND_NAME)):
         raise FileNotFoundError(f"nothing staged under {'/'.join(staging(lake, run_date, PARAMS_NAME)[:1])}/"
                                 f"{STAGING_PREFIX}/run_date={run_date} (run the extract_demand task first)")
-    demand = spark.createDataFrame(demand_arrow(demand_t))
+    demand = read_demand(spark, lake.spark_uri(*staging(lake, run_date, DEMAND_NAME)))
     feats = build_features_df(spark, demand, end_date=dt.date.fromisoformat(params["end_date"]),
                               extend_days=int(params["extend_days"]), default_country=params.get("default_country"),
                               weather=weather)
-    table = to_arrow(feats)
-    spark.catalog.clearCache()
     parts = features_path(lake, run_date)
-    lake.write_table(table, *parts)
-    known = pc.filter(table["date"], pc.is_valid(table["units"]))
-    series = table.select(["store_id", "product_id"]).group_by(["store_id", "product_id"]).aggregate([]).num_rows
-    out = {"rows": table.num_rows, "series": series, "first_date": str(pc.min(table["date"]).as_py().date()),
-           "last_date": str(pc.max(known).as_py().date()), "end_date": params["end_date"],
-           "lake_path": "/".join(parts[:3]), "run_date": run_date.isoformat(),
-           "seconds": round(time.perf_counter() - t0, 2)}
+    written = write_features(feats, lake.spark_uri(*parts))
+    spark.catalog.clearCache()
+    out = {**written, "end_date": params["end_date"], "lake_path": "/".join(parts[:3]),
+           "run_date": run_date.isoformat(), "seconds": round(time.perf_counter() - t0, 2)}
     write_json(lake, out, *staging(lake, run_date, RESULT_NAME))
     log.info("build_features %s: %s", run_date, out)
     return out

@@ -225,7 +225,7 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
     t0 = time.perf_counter()   # the DAG's three tasks: extract_demand -> build_features (Spark) -> load_features
     staged = pipeline.stage_demand(day)
     t1 = time.perf_counter()
-    feat_s = spark_submit("ml/jobs/build_features.py", ["--run-date", day.isoformat()], s)
+    feat_s = spark_submit("ml/jobs/build_features.py", ["--run-date", day.isoformat()], s, lake=True)
     from core.lake import Lake
     from ml import spark_features
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,11 +61,13 @@ def test_dag_rules(dagbag, dag_id):
                           "batch_predictions": {"predict"}}[dag_id]
     for t in spark.values():
         assert t._conn_id == "spark_default" and Path(t.application).is_file() and t.pool != "clickhouse"
-    # the jobs whose Spark writes or reads the model in the lake get the S3A connector's jars at execution
+    # the jobs whose Spark reads or writes the lake (staged demand and feature table, model) get the S3A
+    # connector's jars at execution
     from etl.operators import LakeSparkSubmitOperator
 
     lake_jobs = {k for k, t in spark.items() if isinstance(t, LakeSparkSubmitOperator) and t.reads_lake}
-    assert lake_jobs == {"demand_forecast_training": {"train_gbt"}, "batch_predictions": {"predict"}}[dag_id]
+    assert lake_jobs == {"demand_forecast_training": {"build_features", "train_gbt"},
+                         "batch_predictions": {"predict"}}[dag_id]
 
 
 def test_dag_order_and_schedules(dagbag):
@@ -222,6 +225,19 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
                 np.testing.assert_allclose(g.astype("float64"), w.astype("float64"), rtol=1e-9, atol=1e-9, err_msg=c)
 
     same_as_ref(feats)
+    # the demand extract_demand staged is ClickHouse's own Parquet encoding; it holds the rows query_df decodes
+    from core.lake import Lake
+    from ml import spark_features as sf
+
+    lake = Lake(native_stack)
+    staged = lake.read_table(*sf.staging(lake, DAY, sf.DEMAND_NAME))
+    staged = staged.drop_columns([c for c in staged.column_names if c == "run_date"])   # the path's hive key
+    assert staged.schema.field("date").type == pa.date32()
+    staged = staged.to_pandas().assign(date=lambda d: pd.to_datetime(d["date"]))
+    pd.testing.assert_frame_equal(staged.reset_index(drop=True), load_daily_demand(client, db, DAY),
+                                  check_dtype=False)
+    sold = demand[demand["units"] > 0]
+    assert len(staged) == len(sold) and staged["units"].sum() == sold["units"].sum()
     reg = q("SELECT * FROM {db}.model_registry FINAL")
     assert reg[["version", "is_champion"]].values.tolist() == [[1, 1]]
     m = q("SELECT model, metric, horizon, value FROM {db}.ml_model_metrics FINAL WHERE model_name = 'demand-forecast'")

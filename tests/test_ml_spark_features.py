@@ -259,18 +259,34 @@ def test_spark_submit_job_writes_the_feature_table_and_exit_codes(local_lake, de
                                "--run-date", day.isoformat()], env=env, capture_output=True, text=True, timeout=900)
 
     sf.stage_inputs(local_lake, END, demand, END, H, "GB")
-    r = run(END)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = sf.read_json(local_lake, *sf.staging(local_lake, END, sf.RESULT_NAME))
     want = build_daily_features(demand, end_date=pd.Timestamp(END), extend_days=H, default_country="GB")
-    assert res["rows"] == len(want) and res["series"] == 8 and res["last_date"] == END.isoformat()
-    assert res["lake_path"] == f"features/daily/run_date={END}"
-    t = pq.read_table(local_lake.path(*sf.features_path(local_lake, END)))   # the file itself
-    assert t.schema.field("date").type == pa.timestamp("ns") and t.schema.field("dow").type == pa.int8()
-    assert_same_table(t.to_pandas(), want)
+    folder = local_lake.path(*sf.features_path(local_lake, END))
+    # a single file left at the path by the in-process pandas path is replaced by the job's folder
+    local_lake.write_table(pa.table({"x": [1]}), *sf.features_path(local_lake, END))
+    listings = []
+    for attempt in range(2):   # a re-run replaces the folder: the same files, the same table, nothing twice
+        r = run(END)
+        assert r.returncode == 0, r.stderr[-3000:]
+        res = sf.read_json(local_lake, *sf.staging(local_lake, END, sf.RESULT_NAME))
+        assert res["rows"] == len(want) and res["series"] == 8 and res["last_date"] == END.isoformat()
+        assert res["first_date"] == want["date"].min().date().isoformat()
+        assert res["lake_path"] == f"features/daily/run_date={END}"
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))   # written by Spark's executors
+        listings.append(files)
+        pieces = [pq.read_table(os.path.join(folder, f)) for f in files]
+        assert all(t.schema.field("date").type == pa.date32() and t.schema.field("dow").type == pa.int8()
+                   for t in pieces)
+        for t in pieces:   # whole series per file, each sorted by store_id, product_id, date
+            keys = t.select(["store_id", "product_id", "date"]).to_pandas()
+            assert keys.equals(keys.sort_values(["store_id", "product_id", "date"]).reset_index(drop=True))
+        got = pa.concat_tables(pieces).to_pandas().sort_values(["store_id", "product_id", "date"])
+        got["date"] = pd.to_datetime(got["date"]).astype("datetime64[ns]")
+        assert_same_table(got, want)
+    assert len(listings[0]) == len(listings[1]) >= 1
     # what the train job reads (ml.pipeline.read_features) is the pandas path's table too
     f = read_features(local_lake, res["lake_path"])
     assert f["date"].dtype == "datetime64[ns]" and len(f) == len(want)
+    assert_same_table(f.reindex(columns=sf.OUTPUT_COLUMNS), want)
 
     bad_day = END - dt.timedelta(days=1)
     bad = demand.copy()

@@ -6,8 +6,9 @@ Runs :func:`ml.spark_features.build_run`: reads the demand and parameters the ``
 ``demand_forecast_training`` staged under ``features/staging/build_features/run_date=YYYY-MM-DD/`` (daily demand
 per store x SKU from ClickHouse, the last day with known demand, FORECAST_HORIZON, STORE_COUNTRY_DEFAULT),
 builds the feature table as Spark DataFrame code (holidays and the optional WEATHER_FILE as small pandas
-dimensions, broadcast-joined) and writes ``features/daily/run_date=YYYY-MM-DD/features.parquet`` and the staged
-``features_result.json`` (overwritten: idempotent). Never opens ClickHouse; the ``load_features`` task inserts
+dimensions, broadcast-joined) and writes ``features/daily/run_date=YYYY-MM-DD/features.parquet`` (a folder of
+Parquet files) and the staged ``features_result.json`` (overwritten: idempotent). Spark reads and writes both tables
+itself (``s3a://`` on MinIO/S3, ``file://`` on a folder lake), so neither passes through the driver. Never opens ClickHouse; the ``load_features`` task inserts
 the table into ``features_daily``.
 Exit 0 on success; exit 3 after staging ``features_error.json`` when the staged demand breaks the contract
 (negative units, duplicates, null keys, no active series: the DAG's operator fails the task without retries);
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     lake = Lake(s)
     sf.clear_error(lake, day)
     weather = read_weather(s.weather_file)
-    spark = build_spark("demand-features", shuffle_partitions=s.spark_shuffle_partitions)
+    # reads the staged demand and writes the feature table through S3A (file:// on a folder lake)
+    spark = build_spark("demand-features", shuffle_partitions=s.spark_shuffle_partitions, lake=True)
     try:
         out = sf.build_run(spark, lake, day, weather=weather)
     except sf.FeatureError as exc:
