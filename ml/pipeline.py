@@ -172,7 +172,7 @@ def demand_for_features(client, db: str, run_date: dt.date) -> tuple[pd.DataFram
     return daily, history_end(first, last, run_date, db)
 
 
-def insert_features(client, db: str, out, run_date: dt.date) -> int:
+def insert_features(client, db: str, out, run_date: dt.date, computed_at: dt.datetime | None = None) -> int:
     """Insert a feature table (:data:`FEATURE_TABLE_COLUMNS`; ``temp_c`` / ``precip_mm`` may be absent) into
     ``features_daily`` with ``run_date`` and ``computed_at``, in slices of FEATURE_INSERT_ROWS rows so one
     request stays far below the endpoint's body limit (CLICKHOUSE_MAX_BODY_MB) at chain scale. Idempotent:
@@ -183,7 +183,8 @@ def insert_features(client, db: str, out, run_date: dt.date) -> int:
     sent as ``FORMAT Arrow``, which ClickHouse parses and casts to the table's types itself: 3.78 M rows in
     12.5 s against 27.6 s through ``insert_df`` (which encodes every value in Python), the same rows. Missing
     values (NaN or null) land as NaN in the Float64 columns (future ``units``, short-history lags) and as NULL
-    in the Nullable weather columns. Returns the rows inserted.
+    in the Nullable weather columns. ``computed_at`` (UTC; default now) is the ReplacingMergeTree's version:
+    a caller inserting one table in several calls passes one value. Returns the rows inserted.
     """
     table = (pa.Table.from_pandas(out[[c for c in FEATURE_TABLE_COLUMNS if c in out.columns]], preserve_index=False)
              if isinstance(out, pd.DataFrame) else out)  # of a pandas frame, only the table's columns are converted
@@ -198,7 +199,7 @@ def insert_features(client, db: str, out, run_date: dt.date) -> int:
     if not pa.types.is_date32(table.schema.field("date").type):
         table = table.set_column(0, "date", table.column("date").cast(pa.timestamp("ms")).cast(pa.date32()))
     table = (table.append_column("run_date", pa.repeat(pa.scalar(run_date, pa.date32()), n))
-             .append_column("computed_at", pa.repeat(pa.scalar(_now(), pa.timestamp("ms", tz="UTC")), n)))
+             .append_column("computed_at", pa.repeat(pa.scalar(computed_at or _now(), pa.timestamp("ms", tz="UTC")), n)))
     for i in range(0, n, FEATURE_INSERT_ROWS):
         client.insert_arrow(f"{db}.features_daily", table.slice(i, FEATURE_INSERT_ROWS),
                             settings={"max_partitions_per_insert_block": 0})  # monthly parts
@@ -287,22 +288,38 @@ def load_features(run_date: dt.date, settings=None) -> dict:
     -> ClickHouse features_daily (:func:`insert_features`, idempotent), then ``features/daily/latest.json``
     points at it (only once ClickHouse holds it, as in :func:`build_features`).
 
+    The rows stored (the files' footers) are first reconciled with the job's result record
+    (``features_result.json``, counted by Spark from the written files), so a partial or foreign table inserts
+    nothing; then the table is read in batches of at most FEATURE_INSERT_ROWS rows, each inserted as it arrives,
+    so the worker holds one batch, not the table; every row of the load carries the same ``computed_at``. The
+    record's series and last_date are returned.
+
     Returns:
         dict rows, series, last_date, lake_path, run_date (``lake_path`` is the train job's ``--features``).
 
     Raises:
-        FileNotFoundError: the Spark job wrote no feature table for the date.
+        FileNotFoundError: the Spark job wrote no feature table or no result record for the date.
+        RuntimeError: the table's rows differ from the job's record (a partial or foreign table).
     """
     from ml import spark_features as sf
 
     s, client, db, lake = _ctx(settings)
     parts = sf.features_path(lake, run_date)
-    t = lake.read_table(*parts)
-    if t is None:
-        raise FileNotFoundError(f"no feature table at {'/'.join(parts)}: the build_features Spark job did not run")
-    insert_features(client, db, t, run_date)
-    return _summary(t.select(["store_id", "product_id", "date", "units"]).to_pandas(), _point_latest(lake, run_date),
-                    run_date)
+    d = lake.dataset(*parts)
+    record = sf.read_json(lake, *sf.staging(lake, run_date, sf.RESULT_NAME))
+    if d is None or record is None:
+        raise FileNotFoundError(f"no feature table or result record for {run_date} at {'/'.join(parts)}: the "
+                                f"build_features Spark job did not run")
+    stored = d.count_rows()   # from the files' footers: checked before anything is inserted
+    if stored != record["rows"]:
+        raise RuntimeError(f"{'/'.join(parts)} holds {stored} rows, the build_features job wrote {record['rows']}: "
+                           f"re-run build_features for {run_date}")
+    at, n = _now(), 0
+    for batch in d.to_batches(batch_size=FEATURE_INSERT_ROWS):
+        if batch.num_rows:
+            n += insert_features(client, db, pa.Table.from_batches([batch]), run_date, computed_at=at)
+    return {"rows": n, "series": int(record["series"]), "last_date": record["last_date"],
+            "lake_path": _point_latest(lake, run_date), "run_date": run_date.isoformat()}
 
 
 def read_features(lake, path: str) -> pd.DataFrame:

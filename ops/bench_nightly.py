@@ -235,6 +235,7 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
     feats = pipeline.load_features(day)
     out["features"] = {"seconds": round(time.perf_counter() - t0, 1), "rows": feats["rows"],
                        "detail": {"series": feats["series"], "demand_rows": staged["demand_rows"],
+                                  "staged_demand_bytes": staged["staged_bytes"],
                                   "extract_s": round(t1 - t0, 1), "spark_submit_s": round(feat_s, 1),
                                   "spark_job_s": job.get("seconds"), "load_s": round(time.perf_counter() - t2, 1)}}
     _tick(progress, out)
