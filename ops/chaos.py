@@ -65,6 +65,10 @@ ID_FIELD = {"sales_transaction": "transaction_id", "inventory_update": "inventor
             "price_change": "price_change_id", "customer_event": "event_id"}
 
 
+#: price changes per store and simulated hour in the chaos traffic (the simulator's default is 4)
+PRICE_CHANGES_PER_STORE_HOUR = 240.0
+
+
 @dataclass(frozen=True)
 class Profile:
     """Fault plan: stream kills, broker kills, ClickHouse and MinIO outage seconds, producer rate (events/s)."""
@@ -126,7 +130,10 @@ class FixedRateProducer(threading.Thread):
         from ops.bench_stream import event_source
 
         self.s, self.rate = s, rate
-        self.src = event_source(stores, skus, seed=seed)
+        # every event type must be in the ledger whatever the hour: at the simulator's 4 price changes per store-hour
+        # a short run covers only 5-10 simulated minutes of 5 stores (1-3 price changes expected, none at all on
+        # 2026-12-04 13:31 UTC with seed 5), so this source changes prices 60x as often (~4 per store-minute)
+        self.src = event_source(stores, skus, seed=seed, price_changes_per_store_hour=PRICE_CHANGES_PER_STORE_HOUR)
         self.ledger = Ledger()
         self._halt = threading.Event()
         self.error: BaseException | None = None
