@@ -424,9 +424,10 @@ def to_arrow(features) -> pa.Table:
     return pa.table(cols, names=OUTPUT_COLUMNS)
 
 
-def write_features(features, uri: str) -> dict[str, Any]:
-    """Write a feature DataFrame as Parquet under ``uri`` (a folder, ``s3a://`` or ``file://``) from Spark itself,
-    so the table never passes through the driver, and describe what was written.
+def write_features(features, lake, parts: tuple[str, ...]) -> dict[str, Any]:
+    """Write a feature DataFrame as Parquet under the lake path ``parts`` (a folder; Spark reaches it at
+    :meth:`core.lake.Lake.spark_uri`, ``s3a://`` or ``file://``) from Spark itself, so the table never passes
+    through the driver, and describe what was written.
 
     The folder is replaced (``overwrite``: a re-run leaves one copy). Columns :data:`OUTPUT_COLUMNS`: ``date``
     date32, the flags int8, the rest float64 / string; one file per shuffle partition, each holding whole series
@@ -437,20 +438,18 @@ def write_features(features, uri: str) -> dict[str, Any]:
         written files (one scan), so they describe the table as stored.
 
     Raises:
-        FeatureError: the table is empty (no active series); nothing is left at ``uri``.
+        FeatureError: the table is empty (no active series); nothing is left at ``parts``.
     """
     from pyspark.sql import functions as F
 
+    uri = lake.spark_uri(*parts)
     (features.select(*OUTPUT_COLUMNS).sortWithinPartitions(*KEYS, "date")
      .write.mode("overwrite").option("compression", "zstd").parquet(uri))
-    spark = features.sparkSession
-    r = spark.read.parquet(uri).agg(
+    r = features.sparkSession.read.parquet(uri).agg(
         F.count(F.lit(1)).alias("rows"), F.countDistinct(*KEYS).alias("series"), F.min("date").alias("first"),
         F.max(F.when(F.col("units").isNotNull(), F.col("date"))).alias("last")).collect()[0]
     if not r["rows"]:
-        jvm = spark.sparkContext._jvm
-        path = jvm.org.apache.hadoop.fs.Path(uri)
-        path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+        lake.delete_dir(*parts)
         raise FeatureError("no active series: every row has zero units and no price")
     return {"rows": int(r["rows"]), "series": int(r["series"]), "first_date": r["first"].isoformat(),
             "last_date": r["last"].isoformat() if r["last"] else None}
@@ -547,7 +546,7 @@ def build_run(spark, lake, run_date: dt.date, weather: pd.DataFrame | None = Non
                               extend_days=int(params["extend_days"]), default_country=params.get("default_country"),
                               weather=weather)
     parts = features_path(lake, run_date)
-    written = write_features(feats, lake.spark_uri(*parts))
+    written = write_features(feats, lake, parts)
     spark.catalog.clearCache()
     out = {**written, "end_date": params["end_date"], "lake_path": "/".join(parts[:3]),
            "run_date": run_date.isoformat(), "seconds": round(time.perf_counter() - t0, 2)}

@@ -242,6 +242,21 @@ def test_contract_violations_are_named(spark, demand):
         sf.demand_arrow(pa.Table.from_pandas(demand.drop(columns="price")))
 
 
+def test_write_features_leaves_nothing_for_an_empty_table(spark, local_lake, demand):
+    """No active series (every day zero units, no price, no country for holidays): write_features raises and
+    removes what Spark wrote, so no empty table is left for load_features."""
+    from ml import spark_features as sf
+
+    dead = demand.drop(columns="country_code").assign(units=0.0, price=np.nan)
+    sdf = spark.createDataFrame(sf.demand_arrow(pa.Table.from_pandas(dead, preserve_index=False)))
+    feats = sf.build_features_df(spark, sdf, end_date=END, extend_days=H, default_country=None)
+    day = END - dt.timedelta(days=40)
+    parts = sf.features_path(local_lake, day)
+    with pytest.raises(sf.FeatureError, match="no active series"):
+        sf.write_features(feats, local_lake, parts)
+    assert not local_lake.exists(*parts)
+
+
 def test_spark_submit_job_writes_the_feature_table_and_exit_codes(local_lake, demand):
     """The spark-submit application on staged inputs: exit 0 with the feature table (equal to the pandas one) at
     ``features/daily/run_date=<d>/`` and a result record, re-run identical; exit 3 and an error record for
