@@ -82,16 +82,14 @@ def bench_settings(base: Settings | None = None, trigger_seconds: float = 1.0) -
     })
 
 
-def event_source(stores: int, skus: int, seed: int = 42,
-                 price_changes_per_store_hour: float = 4.0) -> Iterator[tuple[str, dict[str, Any]]]:
+def event_source(stores: int, skus: int, seed: int = 42, **sim: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """Endless valid events from the POS simulator (stores x skus), in its event-time order, simulated from now
-    (so the sales rate follows the hour's seasonality); ``price_changes_per_store_hour`` as in
-    :class:`producers.simulator.SimConfig`."""
+    (so the sales rate follows the hour's seasonality); ``sim``: other :class:`producers.simulator.SimConfig`
+    fields (e.g. ``price_changes_per_store_hour``), its defaults otherwise."""
     from producers.simulator import SimConfig, Simulator
 
     cfg = SimConfig(n_stores=stores, n_skus=skus, events_per_min_per_store=400.0, duration_minutes=10_000_000,
-                    seed=seed, start=datetime.now(timezone.utc),
-                    price_changes_per_store_hour=price_changes_per_store_hour)
+                    seed=seed, start=datetime.now(timezone.utc), **sim)
     return Simulator(cfg).events()
 
 
