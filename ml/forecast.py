@@ -60,7 +60,9 @@ forecasting accuracy", IJF 16(4)).
 At chain scale the backtest runs on a seeded sample of at most ``backtest_series`` series
 (:func:`sample_series`, FORECAST_BACKTEST_SERIES, 2,000 in the DAG): its GBT refits, the per-series
 statsforecast fits and the scores then cost the same at 10,000 or 1,000,000 series, while the final model
-still trains on every series. A pooled WAPE over 2,000 series x H days x origins has a sampling error of a
+still trains on every series: its rows are built and fitted in Spark (:func:`train_final`,
+:mod:`ml.spark_supervised`), never collected, while the backtest works on its sample in pandas. A pooled
+WAPE over 2,000 series x H days x origins has a sampling error of a
 fraction of a percent, well below the gaps between the models it ranks. Each GBT fit (refits and the final
 model) uses at most ``max_train_rows`` rows (:func:`cap_training_rows`, FORECAST_MAX_TRAIN_ROWS, 1,000,000 in
 the DAG), a seeded uniform row sample: on a 10,000-series chain the final 20-tree fit drops from 153 to 77 s, and a
@@ -271,16 +273,23 @@ def fit_gbt(spark, train: pd.DataFrame, cfg: ForecastConfig, cols: list[str]):
     Raises:
         ValueError: no training rows.
     """
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import SQLTransformer, VectorAssembler
-    from pyspark.ml.regression import GBTRegressor
-
     if train.empty:
         raise ValueError("no training rows (series too short for the training window?)")
     data = train[cols].astype("float64").copy()
     data["label"], data["weight"] = _label(train, cfg)
     factor = cap_correction(train, cfg)
-    sdf = spark.createDataFrame(data).repartition(cfg.shuffle_partitions).cache()
+    return _fit_pipeline(spark.createDataFrame(data), cfg, cols, factor)
+
+
+def _fit_pipeline(data, cfg: ForecastConfig, cols: list[str], factor: float, prepared: bool = False):
+    """Fit VectorAssembler -> GBTRegressor (-> ``yhat`` = factor x ``yhat_capped``) on a Spark DataFrame with the
+    feature columns ``cols``, ``label`` and ``weight``, repartitioned to ``cfg.shuffle_partitions`` and cached
+    for the fit's passes unless ``prepared`` (the caller did both and unpersists it)."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import SQLTransformer, VectorAssembler
+    from pyspark.ml.regression import GBTRegressor
+
+    sdf = data if prepared else data.repartition(cfg.shuffle_partitions).cache()
     stages = [
         VectorAssembler(inputCols=cols, outputCol="features", handleInvalid="keep"),
         GBTRegressor(featuresCol="features", labelCol="label", weightCol="weight",
@@ -292,9 +301,54 @@ def fit_gbt(spark, train: pd.DataFrame, cfg: ForecastConfig, cols: list[str]):
     if factor != 1.0:
         stages.append(SQLTransformer(
             statement=f"SELECT *, yhat_capped * CAST('{factor!r}' AS DOUBLE) AS yhat FROM __THIS__"))
-    model = Pipeline(stages=stages).fit(sdf)
-    sdf.unpersist()
-    return model
+    try:
+        return Pipeline(stages=stages).fit(sdf)
+    finally:
+        if not prepared:
+            sdf.unpersist()
+
+
+def _zero_filled(c: str):
+    """Spark column ``c`` as double with null and NaN read as 0 (the supervised tables' missing features)."""
+    from pyspark.sql import functions as F
+
+    x = F.col(c).cast("double")
+    return F.when(x.isNull() | F.isnan(x), F.lit(0.0)).otherwise(x).alias(c)
+
+
+def fit_gbt_frame(rows, cfg: ForecastConfig, cols: list[str]):
+    """:func:`fit_gbt` on supervised rows as a Spark DataFrame (:func:`ml.spark_supervised.supervised_frame`),
+    never collected: the label, weight (:func:`_label`) and cap correction (:func:`cap_correction`) as Spark
+    expressions, feature columns' null / NaN as 0 (as :func:`training_table` fills them).
+
+    Returns:
+        (PipelineModel, rows fitted on).
+    Raises:
+        ValueError: no training rows.
+    """
+    from pyspark.sql import functions as F
+
+    zero = _zero_filled
+    y, level = F.col("y"), F.col("level")
+    if cfg.target == "scaled":
+        label, weight = y / level, F.pow(level, F.lit(float(cfg.weight_power)))
+        if cfg.label_cap > 0:
+            label = F.least(label, F.lit(float(cfg.label_cap)))
+    else:
+        label, weight = y, F.lit(1.0)
+    data = rows.select(*[zero(c) for c in cols], label.alias("label"), weight.alias("weight"),
+                       (F.least(y, F.lit(float(cfg.label_cap)) * level) if cfg.label_cap > 0 else y).alias("_capped"),
+                       y.alias("_y")).repartition(cfg.shuffle_partitions).cache()
+    try:
+        n, total, capped = data.agg(F.count("*"), F.sum("_y"), F.sum("_capped")).first()
+        if not n:
+            raise ValueError("no training rows (series too short for the training window?)")
+        factor = 1.0
+        if cfg.target == "scaled" and cfg.label_cap > 0 and capped and capped > 0:
+            factor = float(total / capped)
+        return _fit_pipeline(data, cfg, cols, factor, prepared=True), int(n)
+    finally:
+        data.unpersist()
 
 
 def shrink_to_mean(yhat: np.ndarray, rows: pd.DataFrame, k: float) -> np.ndarray:
@@ -320,7 +374,13 @@ def predict_gbt(spark, model, rows: pd.DataFrame, cols: list[str], target: str =
     data = rows[cols].astype("float64").copy()
     data["_row"] = np.arange(len(data), dtype="float64")
     out = model.transform(spark.createDataFrame(data)).select("_row", "yhat").toPandas().sort_values("_row")
-    yhat = out["yhat"].to_numpy(dtype="float64")
+    return served_forecast(out["yhat"].to_numpy(dtype="float64"), rows, target, shrink_k)
+
+
+def served_forecast(yhat: np.ndarray, rows: pd.DataFrame, target: str = "scaled",
+                    shrink_k: float = SHRINK_K) -> np.ndarray:
+    """The GBT pipeline's output ``yhat`` for ``rows`` (same order) as served point forecasts in units, shape
+    (len(rows),): times ``level`` for the "scaled" target, then :func:`shrink_to_mean`, clipped at 0."""
     if target == "scaled":
         yhat = yhat * rows["level"].to_numpy(dtype="float64")
     return np.clip(shrink_to_mean(yhat, rows, shrink_k), 0.0, None)
@@ -612,12 +672,18 @@ def sample_series(features: pd.DataFrame, n: int, seed: int = 42) -> pd.DataFram
     "Summarizing data using bottom-k sketches", PODC). The backtest uses it to bound its cost at chain scale:
     pooled WAPE over thousands of series has a sampling error far below the differences between models.
     """
-    keys = features[KEYS].drop_duplicates()
+    chosen = sample_keys(features[KEYS].drop_duplicates(), n, seed)
+    return features if chosen is None else features.merge(chosen, on=KEYS, how="inner")
+
+
+def sample_keys(keys: pd.DataFrame, n: int, seed: int = 42) -> pd.DataFrame | None:
+    """The :func:`sample_series` choice from the distinct (store_id, product_id) ``keys`` alone: at most ``n``
+    rows of ``keys``, or None when ``n = 0`` or ``keys`` has at most ``n`` rows (take every series). Lets a
+    caller holding the table in Spark collect only the chosen series."""
     if n <= 0 or len(keys) <= n:
-        return features
-    h = pd.util.hash_pandas_object(keys.astype(str), index=False, hash_key=f"{seed:016d}"[:16])
-    chosen = keys.iloc[np.argsort(h.to_numpy(), kind="stable")[:n]]
-    return features.merge(chosen, on=KEYS, how="inner")
+        return None
+    h = pd.util.hash_pandas_object(keys[KEYS].astype(str), index=False, hash_key=f"{seed:016d}"[:16])
+    return keys[KEYS].iloc[np.argsort(h.to_numpy(), kind="stable")[:n]]
 
 
 def cap_training_rows(train: pd.DataFrame, max_rows: int, seed: int = 42) -> pd.DataFrame:
@@ -648,7 +714,8 @@ def training_table(features: pd.DataFrame, first_origin, last_origin, cfg: Forec
     ``rows_per_target`` sampled horizons per (series, target day); missing features filled with 0.
 
     ``max_rows`` > 0: only the rows ``cap_training_rows(table, max_rows, cfg.seed)`` keeps of the full table,
-    without gathering the others (the final fit at chain scale: 1 M of 3.55 M rows).
+    without gathering the others (the pandas form of the final fit's sample; :func:`train_final` draws its own in
+    Spark, :func:`ml.spark_supervised.supervised_frame`).
     """
     sup = make_supervised(features, range(1, cfg.horizon + 1),
                           min_target_date=pd.Timestamp(first_origin) - pd.Timedelta(days=cfg.train_window_days - 1),
@@ -725,17 +792,35 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
                           fit_s, n_train, timings, models)
 
 
-def train_final(spark, features: pd.DataFrame, cfg: ForecastConfig):
-    """Fit the GBT on the training window before the last known day T (on at most ``cfg.max_train_rows`` of
-    its rows, the sample :func:`cap_training_rows` takes, drawn before the rows are gathered).
+def train_final(spark, features, cfg: ForecastConfig):
+    """Fit the GBT on the training window before the last known day T, on every series, with Spark: the rows
+    (:func:`ml.spark_supervised.supervised_frame`, ``rows_per_target`` seeded horizons per series x target day)
+    are gathered and fitted as a Spark DataFrame (:func:`fit_gbt_frame`), never collected to the driver; at most
+    ``cfg.max_train_rows`` of them, a seeded bottom-k hash sample drawn before the features are gathered.
 
+    Args:
+        features: the daily feature table as a Spark DataFrame (the train job reads it from the lake) or as
+            pandas (in-process callers; handed to Spark here).
     Returns:
         (PipelineModel, feature columns, rows fitted on).
+    Raises:
+        ValueError: no training rows.
     """
-    T = last_known_day(features)
-    tr = training_table(features, T, T, cfg, max_rows=cfg.max_train_rows)
-    cols = feature_columns(features)
-    return fit_gbt(spark, tr, cfg, cols), cols, len(tr)
+    from ml.spark_supervised import last_known_date, lookup_table, supervised_frame
+
+    sdf = spark.createDataFrame(features) if isinstance(features, pd.DataFrame) else features
+    T = pd.Timestamp(last_known_date(sdf))
+    cols = feature_columns(sdf)
+    look = lookup_table(sdf).persist()  # read by the sample's pass and by the rows' three parts
+    try:
+        rows = supervised_frame(sdf, range(1, cfg.horizon + 1),
+                                min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1), max_target_date=T,
+                                sample_per_target=cfg.rows_per_target, seed=cfg.seed, known_only=True,
+                                max_rows=cfg.max_train_rows, lookup=look)
+        model, n = fit_gbt_frame(rows, cfg, cols)
+    finally:
+        look.unpersist()
+    return model, cols, n
 
 
 def forecast(spark, model, features: pd.DataFrame, quantiles: pd.DataFrame, bucket_edges: list[float],
@@ -748,6 +833,9 @@ def forecast(spark, model, features: pd.DataFrame, quantiles: pd.DataFrame, buck
     extended past T (``extend_days >= horizon``).
 
     Args:
+        features: the feature table, pandas or a Spark DataFrame (the predict job's, read from the lake: the
+            rows are then built and the GBT applied in Spark, and only series x horizon rows reach pandas;
+            a statsforecast champion still collects every series' units).
         model: the GBT PipelineModel (unused, may be None, when ``model_name`` is a baseline).
         quantiles: interval bounds of :class:`BacktestResult` (rows of ``model_name`` are used when it
             has a ``model`` column).
@@ -762,15 +850,25 @@ def forecast(spark, model, features: pd.DataFrame, quantiles: pd.DataFrame, buck
     """
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; known: {MODELS}")
-    T = last_known_day(features)
-    rows = make_supervised(features, range(1, horizon + 1), origins=[T])
+    if isinstance(features, pd.DataFrame):
+        T = last_known_day(features)
+        rows = make_supervised(features, range(1, horizon + 1), origins=[T])
+    else:  # a Spark feature table: the forecast rows are built (and the GBT applied) in Spark
+        rows = _forecast_rows(model if model_name == "gbt" else None, features, horizon, cols)
+        T = rows["origin"].iloc[0] if len(rows) else None
+        if model_name == "statsforecast":  # per-series fits in pandas: the history of every series
+            from ml.pipeline import collect_series
+
+            features = collect_series(features.select(*KEYS, "date", "units"), None)
     hs = set(rows["h"].unique())
     if hs != set(range(1, horizon + 1)):
         raise ValueError(f"feature table has no future rows for horizons {sorted(set(range(1, horizon + 1)) - hs)}; "
                          "build it with extend_days >= horizon")
-    rows[cols[1:]] = rows[cols[1:]].fillna(0.0)
+    fill = [c for c in cols[1:] if c in rows.columns]  # the Spark rows bring only what is used below
+    rows[fill] = rows[fill].fillna(0.0)
     if model_name == "gbt":
-        rows["yhat"] = predict_gbt(spark, model, rows, cols, target, shrink_k)
+        rows["yhat"] = (served_forecast(rows.pop("_gbt").to_numpy(dtype="float64"), rows, target, shrink_k)
+                        if "_gbt" in rows.columns else predict_gbt(spark, model, rows, cols, target, shrink_k))
     elif model_name == "statsforecast":
         cfg = ForecastConfig(horizon=horizon, stats_window_days=stats_window_days, baselines=("statsforecast",),
                              stats_jobs=stats_jobs, ets_model=ets_model)
@@ -783,6 +881,26 @@ def forecast(spark, model, features: pd.DataFrame, quantiles: pd.DataFrame, buck
     out = apply_intervals(rows, q)
     return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES]].sort_values(
         ["store_id", "product_id", "h"]).reset_index(drop=True)
+
+
+def _forecast_rows(model, features, horizon: int, cols: list[str]) -> pd.DataFrame:
+    """Forecast rows from the last known day T of a Spark feature table, h = 1..horizon, built in Spark
+    (:func:`ml.spark_supervised.supervised_frame`) and, when ``model`` is given, with the GBT pipeline's raw output
+    in ``_gbt`` (:func:`served_forecast` turns it into units); only the columns :func:`forecast` needs reach pandas
+    (series x horizon rows), sorted by store_id, product_id, h."""
+    from ml.spark_supervised import last_known_date, supervised_frame
+
+    T = pd.Timestamp(last_known_date(features))
+    rows = supervised_frame(features, range(1, horizon + 1), origins=[T])
+    keep = [*KEYS, "origin", "date", "h", "level", "rmean_28", "rmean_30", "rmean_90", *BASELINES[:2]]
+    if model is not None:
+        rows = model.transform(rows.select(*keep, *[_zero_filled(c) for c in cols if c not in keep]))
+        rows = rows.withColumnRenamed("yhat", "_gbt").select(*keep, "_gbt")
+    out = rows.select(*keep, *(["_gbt"] if model is not None else [])).toPandas()
+    for c in ("origin", "date"):
+        out[c] = pd.to_datetime(out[c]).astype("datetime64[ns]")
+    out["h"] = out["h"].astype("int8")  # as make_supervised gives it
+    return out.sort_values([*KEYS, "h"]).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -890,11 +1008,14 @@ def load_model_version(lake, version: int):
 
 
 def train_and_evaluate(spark, daily: pd.DataFrame | None, cfg: ForecastConfig, *, calendar=None, weather=None,
-                       default_country: str | None = "GB", features: pd.DataFrame | None = None, log=print) -> dict:
+                       default_country: str | None = "GB", features: pd.DataFrame | None = None, log=print,
+                       final_features=None) -> dict:
     """The one training path used by the spark-submit job, the DAG and the benchmark.
 
     Builds features (unless given), runs the rolling-origin backtest of the GBT and the baselines, picks
-    the champion of this backtest (:func:`select_champion`) and fits the final GBT on the latest window.
+    the champion of this backtest (:func:`select_champion`) and fits the final GBT on the latest window
+    (:func:`train_final`) of ``final_features`` (the whole table as a Spark DataFrame, when ``features`` holds
+    only the backtest's series), else of ``features``.
 
     Returns:
         dict with keys features, backtest (:class:`BacktestResult`), selection (dict of
@@ -906,7 +1027,7 @@ def train_and_evaluate(spark, daily: pd.DataFrame | None, cfg: ForecastConfig, *
     t0 = time.perf_counter()
     bt = backtest(spark, features, cfg, log=log)
     t1 = time.perf_counter()
-    model, cols, n = train_final(spark, features, cfg)
+    model, cols, n = train_final(spark, features if final_features is None else final_features, cfg)
     t2 = time.perf_counter()
     sel = select_champion(bt.metrics)
     log(f"final model: {n:,} rows, fit {t2 - t1:.1f} s; champion of this backtest: {sel['champion']} ({sel['reason']})")

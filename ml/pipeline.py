@@ -326,8 +326,7 @@ def read_features(lake, path: str) -> pd.DataFrame:
     """Feature table from a lake path (``latest`` resolves ``features/daily/latest.json``): a file or a folder of
     Parquet files (the Spark job's), sorted by store_id, product_id, date, ``date`` as datetime64[ns]; the
     weather columns are dropped when entirely null."""
-    if path == "latest":
-        path = _read_json(lake, lake.settings.lake_features_bucket, "daily", "latest.json")["path"]
+    path = features_location(lake, path)
     t = lake.read_table(path)
     if t is None:
         raise FileNotFoundError(f"feature table {path} not found in the lake (run build_features first)")
@@ -335,6 +334,55 @@ def read_features(lake, path: str) -> pd.DataFrame:
     df["date"] = pd.to_datetime(df["date"]).astype("datetime64[ns]")   # date32 (Spark job) or timestamp (pandas)
     drop = [c for c in ("temp_c", "precip_mm") if c in df.columns and df[c].isna().all()]
     return df.drop(columns=drop).sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
+
+
+def features_location(lake, path: str) -> str:
+    """The lake path of a feature table (``latest`` resolves ``features/daily/latest.json``)."""
+    if path == "latest":
+        path = _read_json(lake, lake.settings.lake_features_bucket, "daily", "latest.json")["path"]
+    return path
+
+
+def read_features_frame(spark, lake, path: str):
+    """The feature table as a Spark DataFrame read by Spark itself (``s3a://`` or ``file://``, never through the
+    driver) from a table's path, a run folder holding ``features.parquet``, or ``latest``: the columns of :func:`read_features` (``date`` a DateType, the weather columns dropped when entirely
+    null, one aggregate pass), unordered.
+
+    Raises:
+        FileNotFoundError: no table at the path.
+    """
+    from pyspark.sql import functions as F
+
+    path = features_location(lake, path)
+    if not lake.exists(path):
+        raise FileNotFoundError(f"feature table {path} not found in the lake (run build_features first)")
+    if not path.endswith(".parquet") and lake.exists(path, "features.parquet"):  # a run folder: its table
+        path = f"{path}/features.parquet"
+    # a table the in-process pandas path wrote has nanosecond timestamps, which Spark refuses: read them as
+    # nanoseconds since the epoch and take the UTC day (the Spark job writes dates)
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    df = spark.read.parquet(lake.spark_uri(path))
+    day = (F.date_from_unix_date(F.floor(F.col("date") / F.lit(86_400 * 10**9)).cast("int"))
+           if dict(df.dtypes)["date"] == "bigint" else F.to_date("date"))
+    df = df.withColumn("date", day)
+    weather = [c for c in ("temp_c", "precip_mm") if c in df.columns]
+    if weather:
+        known = df.agg(*[F.count(c).alias(c) for c in weather]).first().asDict()
+        df = df.drop(*[c for c in weather if not known[c]])
+    return df
+
+
+def collect_series(features, keys: pd.DataFrame | None) -> pd.DataFrame:
+    """The rows of the series ``keys`` (store_id, product_id; None = every series) of a Spark feature table as
+    pandas, as :func:`read_features` gives them: sorted by store_id, product_id, date, ``date`` datetime64[ns]."""
+    from pyspark.sql import functions as F
+
+    if keys is not None:
+        chosen = features.sparkSession.createDataFrame(keys[["store_id", "product_id"]].astype(str))
+        features = features.join(F.broadcast(chosen), ["store_id", "product_id"], "inner")
+    df = features.toPandas()
+    df["date"] = pd.to_datetime(df["date"]).astype("datetime64[ns]")
+    return df.sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
 
 
 def version_for_run(lake, run_date: str) -> int | None:

@@ -96,7 +96,7 @@ def _group(by: str):
 
 def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None, max_target_date=None,
                      max_origin=None, origins: Iterable | None = None, sample_per_target: int | None = None,
-                     seed: int = 42, known_only: bool = False):
+                     seed: int = 42, known_only: bool = False, max_rows: int = 0, lookup=None):
     """Direct multi-horizon rows, one per (series, origin t, horizon h) with target y_{t+h}: the Spark form of
     :func:`ml.features.make_supervised` (same rows, same columns, same values; see there for each column).
 
@@ -113,6 +113,11 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
             (not the pandas form's draw: its numpy generator depends on the row order).
         seed: seed of that draw.
         known_only: keep only rows whose target ``y`` is known.
+        max_rows: keep exactly ``min(max_rows, rows)`` rows (0 = all), a seeded uniform sample without
+            replacement drawn before the features are gathered: the rows with the smallest seeded hashes of
+            (store_id, product_id, date, h) (bottom-k; Cohen & Kaplan 2007, PODC), the same on every run and
+            partitioning. One extra pass over the target rows (count and k-th hash, longs only).
+        lookup: :func:`lookup_table` of ``features``, when the caller has it (e.g. cached for several calls).
 
     Returns:
         Spark DataFrame with the columns of ``make_supervised``: store_id, product_id, date (target day, date),
@@ -130,7 +135,7 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
     if sample_per_target is not None and sample_per_target < 1:
         raise ValueError(f"sample_per_target must be >= 1, got {sample_per_target}")
     weather = [c for c in WEATHER_COLUMNS if c in features.columns]
-    look = lookup_table(features).cache()
+    look = lookup_table(features) if lookup is None else lookup
     d = F.col("date")
     tgt = look.select(*KEYS, "date", "_pos", F.col("_u").alias("y"), *COVARIATE_COLUMNS, *weather)
     if origins is not None:
@@ -155,6 +160,12 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
         tgt = tgt.filter(d <= F.lit(_as_date(max_target_date)))
     if known_only:
         tgt = tgt.filter(F.col("y").isNotNull())
+    if max_rows > 0:
+        tgt = tgt.withColumn("_r", F.xxhash64(F.lit(seed + 1), *[F.col(k) for k in KEYS], d, F.col("h")))
+        n, kth = tgt.select("_r").orderBy("_r").limit(int(max_rows)).agg(F.count("*"), F.max("_r")).first()
+        if n >= max_rows:  # more rows than max_rows: keep the bottom max_rows hashes
+            tgt = tgt.filter(F.col("_r") <= F.lit(kth))
+        tgt = tgt.drop("_r")
     k = F.ceil(F.col("h") / SEASON)
     tgt = tgt.withColumns({"origin": F.date_sub(d, F.col("h")), "_hd": F.date_sub(d, F.col("h") - 1),
                            "_sd": F.date_sub(d, (SEASON * k).cast("int"))}).drop("_pos")
@@ -178,6 +189,21 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
         num, den = F.col(f"{name}_rmean_7"), F.col(f"{name}_rmean_28")
         out = out.withColumn(f"{name}_trend", F.when(den != 0, num / F.when(den != 0, den)).otherwise(F.lit(1.0)))
     return out
+
+
+def last_known_date(features) -> dt.date:
+    """T: the last day with known (non-null, non-NaN) units of a Spark feature table.
+
+    Raises:
+        ValueError: no day has known units.
+    """
+    from pyspark.sql import functions as F
+
+    u = _known("units")
+    t = features.agg(F.max(F.when(u.isNotNull(), F.to_date("date")))).first()[0]
+    if t is None:
+        raise ValueError("the feature table has no day with known units")
+    return t
 
 
 def spark_dates(spark, days: list[dt.date], name: str):

@@ -204,3 +204,39 @@ def test_label_cap_bounds_what_the_gbt_learns_and_the_mass_is_restored(spark, tr
     assert abs(total / y.sum() - 1) < 0.03  # in sample, up to the 0.8 row subsampling of each tree
     free = predict_gbt(spark, res["model"], rows, res["cols"], "scaled", shrink_k=0.0) / level
     assert free.max() > 2 * 0.5
+
+
+def test_final_fit_in_spark_trains_on_the_pandas_rows_and_restores_their_mass(spark, trained):
+    """train_final builds its rows in Spark (ml.spark_supervised): with every horizon per target day it fits on
+    exactly the rows of the pandas training_table, and the cap correction its model carries is the pandas
+    cap_correction of those rows."""
+    import re
+    from dataclasses import replace
+
+    from ml.forecast import cap_correction, train_final, training_table
+
+    cfg, res = trained
+    feats = res["features"]
+    every_h = replace(cfg, rows_per_target=H, max_iter=2)
+    T = feats.loc[feats["units"].notna(), "date"].max()
+    rows = training_table(feats, T, T, every_h)
+    model, cols, n = train_final(spark, spark.createDataFrame(feats), every_h)
+    assert n == len(rows) and cols == res["cols"]
+    factor = float(re.search(r"CAST\('([0-9.e+-]+)'", model.stages[-1].getStatement()).group(1))
+    assert factor == pytest.approx(cap_correction(rows, every_h), rel=1e-12) and factor > 1
+
+
+def test_forecasts_from_a_spark_feature_table_equal_the_pandas_path(spark, trained):
+    """The predict job hands forecast() the feature table as a Spark DataFrame: the rows are built and the GBT
+    applied in Spark. Forecasts and intervals must equal those of the pandas path for the GBT and the baselines."""
+    from ml.forecast import forecast
+
+    cfg, res = trained
+    bt, feats = res["backtest"], res["features"]
+    sdf = spark.createDataFrame(feats)
+    for name in ("gbt", "seasonal_naive", "statsforecast"):
+        kw = dict(horizon=H, model_name=name, target=cfg.target, stats_window_days=cfg.stats_window_days)
+        want = forecast(spark, res["model"], feats, bt.quantiles, bt.bucket_edges, res["cols"], **kw)
+        got = forecast(spark, res["model"], sdf, bt.quantiles, bt.bucket_edges, res["cols"], **kw)
+        assert len(got) == len(want) == want.groupby(["store_id", "product_id"]).ngroups * H, name
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, atol=1e-9, obj=name)

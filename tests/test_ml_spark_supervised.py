@@ -129,3 +129,24 @@ def test_bad_horizons_raise(spark, features):
         supervised_frame(sdf, [0, 3])
     with pytest.raises(ValueError, match="sample_per_target"):
         supervised_frame(sdf, [1, 2], sample_per_target=0)
+
+
+@pytest.mark.parametrize("dates", ["timestamp_ns", "date32"])
+def test_read_features_frame_gives_the_pandas_readers_table(spark, features, local_lake, dates):
+    """The train and predict jobs read the feature table with Spark (ml.pipeline.read_features_frame): from a run
+    folder, a table the pandas path wrote (nanosecond timestamps, which Spark's Parquet reader refuses) or the
+    Spark job's (dates). Collected, it equals what the pandas reader (read_features) gives."""
+    from ml.pipeline import collect_series, read_features, read_features_frame
+
+    t = features.assign(date=features["date"].dt.date) if dates == "date32" else features
+    local_lake.write_table(pa.Table.from_pandas(t, preserve_index=False), "features", "daily",
+                           f"run_date={dates}", "features.parquet")
+    path = f"features/daily/run_date={dates}"
+    sdf = read_features_frame(spark, local_lake, path)
+    assert dict(sdf.dtypes)["date"] == "date"
+    got = collect_series(sdf, None)
+    want = read_features(local_lake, path)
+    pd.testing.assert_frame_equal(got, want[got.columns], check_dtype=False)
+    assert got["date"].max() == END + pd.Timedelta(days=14)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_features_frame(spark, local_lake, "features/daily/run_date=1999-01-01")

@@ -6,7 +6,8 @@ Loads ``models/demand-forecast/champion.json`` -> version N and the champion's m
 baseline: seasonal naive, trailing 28-day mean, statsforecast), the Spark model and the interval bounds
 from ``models/demand-forecast/v<N>/``, forecasts horizons 1..H (the version's horizon; the GBT with the
 version's ``target`` and ``shrink_k`` from meta.json, :func:`ml.forecast.model_shrink_k`) for every active
-store x SKU of the feature table with that model (:func:`ml.forecast.forecast`) and writes
+store x SKU of the feature table with that model (:func:`ml.forecast.forecast`; Spark reads the table and builds
+the forecast rows, the GBT scores them in Spark, and only series x horizon rows reach pandas) and writes
 ``models/demand-forecast/predictions/origin=YYYY-MM-DD/predictions.parquet`` and ``.../latest.parquet``
 (overwritten: idempotent). Never opens ClickHouse; ``load_predictions`` in the DAG loads them.
 """
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ml.features import STORED_COLUMNS
     from ml.forecast import MODEL_PREFIX, forecast, get_spark, load_model_version, model_ets_model, model_shrink_k
-    from ml.pipeline import read_features
+    from ml.pipeline import read_features_frame
     from core.lake import Lake
     from core.settings import get_settings
 
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             champ = json.loads(f.read().decode())
         version, model_name = int(champ["version"]), model_name or champ.get("model", "gbt")
     model_name = model_name or "gbt"
-    feats = read_features(lake, a.features)
     spark = get_spark("demand-forecast-predict", shuffle_partitions=2, lake=True)   # reads the model through S3A
     try:
+        feats = read_features_frame(spark, lake, a.features)  # Spark reads the table: it never passes the driver
         model, meta, quantiles = load_model_version(lake, version)
         cols = meta["feature_columns"]
         missing = [c for c in STORED_COLUMNS if c not in feats.columns]  # make_supervised derives the rest

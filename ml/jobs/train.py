@@ -2,8 +2,11 @@
 
     spark-submit --master local[2] ml/jobs/train.py --features latest --run-date 2011-08-31
 
-Reads the daily feature table from the lake (``--features``: a lake path such as
-``features/daily/run_date=YYYY-MM-DD`` or ``latest``), runs :func:`ml.forecast.train_and_evaluate`, and
+Spark reads the daily feature table from the lake (``--features``: a lake path such as
+``features/daily/run_date=YYYY-MM-DD`` or ``latest``; ``s3a://`` / ``file://``). Only the backtest's series
+(FORECAST_BACKTEST_SERIES, the seeded hash sample of :func:`ml.forecast.sample_keys`) are collected to pandas;
+the final GBT's rows are built and fitted on every series in Spark (:func:`ml.forecast.train_final`). It runs
+:func:`ml.forecast.train_and_evaluate` and
 saves the model with its backtest metrics and interval bounds of every model (GBT, seasonal naive, trailing
 28-day mean, statsforecast) to ``models/demand-forecast/v<N>/``; horizon FORECAST_HORIZON. meta.json records
 what the predict job must reuse: ``horizon``, ``target``, ``shrink_k`` (the GBT's credibility shrinkage the
@@ -50,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from ml.forecast import ForecastConfig, get_spark, list_versions, save_model_version, train_and_evaluate
-    from ml.pipeline import read_features, version_for_run
+    from ml.features import KEYS
+    from ml.forecast import (ForecastConfig, get_spark, list_versions, sample_keys, save_model_version,
+                             train_and_evaluate)
+    from ml.pipeline import collect_series, read_features_frame, version_for_run
+    from ml.spark_supervised import last_known_date
     from core.lake import Lake
 
     lake = Lake(s)
@@ -61,14 +67,19 @@ def main(argv: list[str] | None = None) -> int:
                          max_train_rows=a.max_train_rows,
                          shuffle_partitions=min(s.spark_shuffle_partitions, 2),
                          **({} if a.shrink_k is None else {"shrink_k": a.shrink_k}))
-    feats = read_features(lake, a.features)
     spark = get_spark("demand-forecast-train", shuffle_partitions=cfg.shuffle_partitions, lake=True)
     try:
         t0 = time.perf_counter()
-        res = train_and_evaluate(spark, None, cfg, features=feats, log=lambda m: print(m, flush=True))
+        # the whole table stays in Spark (the final fit); only the backtest's series come to pandas
+        table = read_features_frame(spark, lake, a.features)
+        keys = table.select(*KEYS).distinct().toPandas()
+        feats = collect_series(table, sample_keys(keys, cfg.backtest_series, cfg.seed))
+        print(f"features {a.features}: {len(keys):,} series; backtest on {feats.groupby(KEYS).ngroups:,} "
+              f"({len(feats):,} rows in pandas)", flush=True)
+        res = train_and_evaluate(spark, None, cfg, features=feats, final_features=table,
+                                 log=lambda m: print(m, flush=True))
         bt = res["backtest"]
         version = version_for_run(lake, a.run_date) or (max(list_versions(lake), default=0) + 1)
-        known = feats["units"].notna()
         meta = {
             "run_date": a.run_date, "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "features_path": a.features, "config": json.loads(cfg.to_json()), "feature_columns": res["cols"],
@@ -79,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             "final_train_rows": res["train_rows"], "final_fit_seconds": res["fit_seconds"],
             "backtest_seconds": res["backtest_seconds"],
             "backtest_baseline_seconds": {k: round(v, 2) for k, v in (bt.baseline_seconds or {}).items()},
-            "last_known_date": str(feats.loc[known, "date"].max().date()),
-            "series": int(feats.groupby(["store_id", "product_id"]).ngroups),
+            "last_known_date": str(last_known_date(table)),
+            "series": len(keys),
             "total_seconds": time.perf_counter() - t0,
         }
         path = save_model_version(lake, res["model"], version, meta, bt.quantiles, bt.metrics)
