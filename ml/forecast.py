@@ -806,20 +806,18 @@ def train_final(spark, features, cfg: ForecastConfig):
     Raises:
         ValueError: no training rows.
     """
-    from ml.spark_supervised import last_known_date, lookup_table, supervised_frame
+    from ml.spark_supervised import last_known_date, supervised_frame
 
     sdf = spark.createDataFrame(features) if isinstance(features, pd.DataFrame) else features
     T = pd.Timestamp(last_known_date(sdf))
     cols = feature_columns(sdf)
-    look = lookup_table(sdf).persist()  # read by the sample's pass and by the rows' three parts
-    try:
-        rows = supervised_frame(sdf, range(1, cfg.horizon + 1),
-                                min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1), max_target_date=T,
-                                sample_per_target=cfg.rows_per_target, seed=cfg.seed, known_only=True,
-                                max_rows=cfg.max_train_rows, lookup=look)
-        model, n = fit_gbt_frame(rows, cfg, cols)
-    finally:
-        look.unpersist()
+    # not cached: each use of the table's window columns reads only the columns it needs (caching the whole wide
+    # table cost more at 10,000 series: 73.6 s against 47.3 s for the sample and the rows)
+    rows = supervised_frame(sdf, range(1, cfg.horizon + 1),
+                            min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1), max_target_date=T,
+                            sample_per_target=cfg.rows_per_target, seed=cfg.seed, known_only=True,
+                            max_rows=cfg.max_train_rows)
+    model, n = fit_gbt_frame(rows, cfg, cols)
     return model, cols, n
 
 

@@ -345,8 +345,9 @@ def features_location(lake, path: str) -> str:
 
 def read_features_frame(spark, lake, path: str):
     """The feature table as a Spark DataFrame read by Spark itself (``s3a://`` or ``file://``, never through the
-    driver) from a table's path, a run folder holding ``features.parquet``, or ``latest``: the columns of :func:`read_features` (``date`` a DateType, the weather columns dropped when entirely
-    null, one aggregate pass), unordered.
+    driver) from a table's path, a run folder holding ``features.parquet``, or ``latest``: the columns of
+    :func:`read_features` (``date`` a DateType, the weather columns dropped when entirely null, one aggregate
+    pass), unordered.
 
     Raises:
         FileNotFoundError: no table at the path.

@@ -12,7 +12,8 @@ exactly when the series is at least k days old at d):
 
 * target rows (day d, horizon h): the feature table's row d (its covariates, ``y`` = units of d);
 * history known at the origin t = d - h: the row of day t + 1 (one join): :data:`ml.features.HISTORY_COLUMNS`,
-  trailing 28- and 365-day means (``rmean_28``, ``rmean_365``), item- and store-level 7- and 28-day means;
+  trailing 28- and 365-day means (``rmean_28``, ``rmean_365``); item- and store-level 7- and 28-day means from
+  per-(SKU or store, day) aggregates (:func:`group_means`, dimension-sized: two small joins);
 * seasonal values on the target's weekday: the row of day d - 7k, k = ceil(h / 7) (one join): its units
   (``seas_lag_1``), the units 7 days before it (``seas_lag_2``), the mean of the last 4 / 52 same-weekday
   values up to it (``seas_mean_4`` / ``seas_mean_52``).
@@ -57,10 +58,8 @@ def _as_date(value) -> dt.date:
 def lookup_table(features):
     """The feature table with the per-row values the supervised rows look up (one row per series x day).
 
-    Adds, in units/day: ``_rm28`` / ``_rm365`` (mean of the 28 / 365 rows strictly before the row within its
-    series, fewer at its start, null at its first row), the item- and store-level means of :data:`GROUP_MEANS`
-    (mean over the rows of that product / store and date of the series' trailing w-day mean, nulls skipped),
-    ``_u`` (units, null when unknown), ``_u7`` (units 7 rows before), ``_sm4`` / ``_sm52`` (mean of the
+    Adds, in units/day: ``_rm7`` / ``_rm28`` / ``_rm365`` (mean of the 7 / 28 / 365 rows strictly before the row
+    within its series, fewer at its start, null at its first row), ``_u`` (units, null when unknown), ``_u7`` (units 7 rows before), ``_sm4`` / ``_sm52`` (mean of the
     row's and the previous 3 / 51 same-weekday rows' units, unknown counting 0) and ``_pos`` (0-based row
     within the series).
     """
@@ -83,15 +82,18 @@ def lookup_table(features):
     n_same = F.floor(F.col("_pos") / SEASON) + 1  # same-weekday rows up to and including this one
     for k in (4, 52):
         df = df.withColumn(f"_sm{k}", (F.col("_ws") - F.lag("_ws", k, 0.0).over(wd)) / F.least(n_same, F.lit(k)))
-    for name, by, n in GROUP_MEANS:
-        df = df.withColumn(name, F.avg(f"_rm{n}").over(_group(by)))
     return df
 
 
-def _group(by: str):
-    from pyspark.sql import Window
+def group_means(lookup, by: str):
+    """Item- or store-level demand levels per (``by``, date): the mean over the rows sharing them of the series'
+    trailing 7- and 28-day means (nulls skipped), as the :data:`GROUP_MEANS` columns of ``by``; one row per
+    (``by``, date), a dimension-sized table (SKUs or stores x days) that an aggregate builds without moving the
+    feature table's rows."""
+    from pyspark.sql import functions as F
 
-    return Window.partitionBy(by, "date")
+    names = [(name, n) for name, b, n in GROUP_MEANS if b == by]
+    return lookup.groupBy(by, "date").agg(*[F.avg(f"_rm{n}").alias(name) for name, n in names])
 
 
 def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None, max_target_date=None,
@@ -172,12 +174,14 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
 
     extra = ["rmean_28", "rmean_365"] + [name for name, _, _ in GROUP_MEANS]
     hist = look.select(*KEYS, F.col("date").alias("_hd"), *[_known(c).alias(c) for c in HISTORY_COLUMNS],
-                       F.col("_rm28").alias("rmean_28"), F.col("_rm365").alias("rmean_365"),
-                       *[name for name, _, _ in GROUP_MEANS])
+                       F.col("_rm28").alias("rmean_28"), F.col("_rm365").alias("rmean_365"))
     seas = look.select(*KEYS, F.col("date").alias("_sd"), F.col("_u").alias("seas_lag_1"),
                        F.col("_u7").alias("seas_lag_2"), F.col("_sm4").alias("seas_mean_4"),
                        F.col("_sm52").alias("seas_mean_52"))
-    out = tgt.join(hist, [*KEYS, "_hd"], "inner").join(seas, [*KEYS, "_sd"], "left").drop("_hd", "_sd")
+    out = tgt.join(hist, [*KEYS, "_hd"], "inner").join(seas, [*KEYS, "_sd"], "left")
+    for by in ("product_id", "store_id"):  # levels of the item across stores, of the store across items, at t
+        out = out.join(group_means(look, by).withColumnRenamed("date", "_hd"), [by, "_hd"], "left")
+    out = out.drop("_hd", "_sd")
     out = out.withColumns({c: F.coalesce(F.col(c), F.lit(0.0)) for c in HISTORY_COLUMNS + extra})
     out = out.withColumns({c: F.coalesce(F.col(c), F.col("rmean_28"))
                            for c in ("seas_lag_1", "seas_lag_2", "seas_mean_4", "seas_mean_52")})
