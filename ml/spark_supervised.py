@@ -59,9 +59,9 @@ def lookup_table(features):
     """The feature table with the per-row values the supervised rows look up (one row per series x day).
 
     Adds, in units/day: ``_rm7`` / ``_rm28`` / ``_rm365`` (mean of the 7 / 28 / 365 rows strictly before the row
-    within its series, fewer at its start, null at its first row), ``_u`` (units, null when unknown), ``_u7`` (units 7 rows before), ``_sm4`` / ``_sm52`` (mean of the
-    row's and the previous 3 / 51 same-weekday rows' units, unknown counting 0) and ``_pos`` (0-based row
-    within the series).
+    within its series, fewer at its start, null at its first row), ``_u`` (units, null when unknown), ``_u7``
+    (units 7 rows before), ``_sm4`` / ``_sm52`` (mean of the row's and the previous 3 / 51 same-weekday rows'
+    units, unknown counting 0) and ``_pos`` (0-based row within the series).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -98,7 +98,7 @@ def group_means(lookup, by: str):
 
 def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None, max_target_date=None,
                      max_origin=None, origins: Iterable | None = None, sample_per_target: int | None = None,
-                     seed: int = 42, known_only: bool = False, max_rows: int = 0, lookup=None):
+                     seed: int = 42, known_only: bool = False, max_rows: int = 0):
     """Direct multi-horizon rows, one per (series, origin t, horizon h) with target y_{t+h}: the Spark form of
     :func:`ml.features.make_supervised` (same rows, same columns, same values; see there for each column).
 
@@ -119,7 +119,6 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
             replacement drawn before the features are gathered: the rows with the smallest seeded hashes of
             (store_id, product_id, date, h) (bottom-k; Cohen & Kaplan 2007, PODC), the same on every run and
             partitioning. One extra pass over the target rows (count and k-th hash, longs only).
-        lookup: :func:`lookup_table` of ``features``, when the caller has it (e.g. cached for several calls).
 
     Returns:
         Spark DataFrame with the columns of ``make_supervised``: store_id, product_id, date (target day, date),
@@ -137,7 +136,7 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
     if sample_per_target is not None and sample_per_target < 1:
         raise ValueError(f"sample_per_target must be >= 1, got {sample_per_target}")
     weather = [c for c in WEATHER_COLUMNS if c in features.columns]
-    look = lookup_table(features) if lookup is None else lookup
+    look = lookup_table(features)  # not cached: each use below reads only the columns it needs
     d = F.col("date")
     tgt = look.select(*KEYS, "date", "_pos", F.col("_u").alias("y"), *COVARIATE_COLUMNS, *weather)
     if origins is not None:
