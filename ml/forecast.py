@@ -821,7 +821,7 @@ def train_final(spark, features, cfg: ForecastConfig):
     return model, cols, n
 
 
-def forecast(spark, model, features: pd.DataFrame, quantiles: pd.DataFrame, bucket_edges: list[float],
+def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list[float],
              cols: list[str], horizon: int = DEFAULT_HORIZON, model_name: str = "gbt",
              target: str = "scaled", stats_window_days: int = 365, shrink_k: float = SHRINK_K,
              stats_jobs: int = 1, ets_model: str = ETS_MODEL) -> pd.DataFrame:
