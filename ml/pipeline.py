@@ -331,9 +331,15 @@ def read_features(lake, path: str) -> pd.DataFrame:
     if t is None:
         raise FileNotFoundError(f"feature table {path} not found in the lake (run build_features first)")
     df = t.to_pandas()
-    df["date"] = pd.to_datetime(df["date"]).astype("datetime64[ns]")   # date32 (Spark job) or timestamp (pandas)
     drop = [c for c in ("temp_c", "precip_mm") if c in df.columns and df[c].isna().all()]
-    return df.drop(columns=drop).sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
+    return _feature_frame(df.drop(columns=drop))
+
+
+def _feature_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A feature table read into pandas as the forecasting code expects it: ``date`` datetime64[ns] (from date32,
+    the Spark job's, or a timestamp, the pandas path's), sorted by store_id, product_id, date, a RangeIndex."""
+    df["date"] = pd.to_datetime(df["date"]).astype("datetime64[ns]")
+    return df.sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
 
 
 def features_location(lake, path: str) -> str:
@@ -381,9 +387,7 @@ def collect_series(features, keys: pd.DataFrame | None) -> pd.DataFrame:
     if keys is not None:
         chosen = features.sparkSession.createDataFrame(keys[["store_id", "product_id"]].astype(str))
         features = features.join(F.broadcast(chosen), ["store_id", "product_id"], "inner")
-    df = features.toPandas()
-    df["date"] = pd.to_datetime(df["date"]).astype("datetime64[ns]")
-    return df.sort_values(["store_id", "product_id", "date"]).reset_index(drop=True)
+    return _feature_frame(features.toPandas())
 
 
 def version_for_run(lake, run_date: str) -> int | None:

@@ -29,16 +29,11 @@ from collections.abc import Iterable
 
 from ml.features import (COVARIATE_COLUMNS, HISTORY_COLUMNS, KEYS, LEVEL_FLOOR, LEVEL_WEIGHTS, MAX_HORIZON,
                          NORMALISED_SOURCES, SEASON, WEATHER_COLUMNS)
+from ml.spark_features import _ratio_or, _series_window
 
 #: group-level trailing means (name, grouping key, window in days) of :func:`ml.features.make_supervised`
 GROUP_MEANS = [(f"{name}_rmean_{w}", by, w) for by, name in (("product_id", "item"), ("store_id", "store"))
                for w in (7, 28)]
-
-
-def _window(*partition: str):
-    from pyspark.sql import Window
-
-    return Window.partitionBy(*partition).orderBy("date")
 
 
 def _known(col: str):
@@ -66,10 +61,10 @@ def lookup_table(features):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    w = _window(*KEYS)
+    w = _series_window()
     df = features.withColumn("date", F.to_date("date")).withColumn("_u", _known("units"))
     df = df.withColumns({"_pos": F.row_number().over(w) - 1, "_u0": F.coalesce(F.col("_u"), F.lit(0.0))})
-    df = df.withColumn("_cs", F.sum("_u0").over(w.rowsBetween(Window.unboundedPreceding, 0)))
+    df = df.withColumn("_cs", F.sum("_u0").over(_series_window(Window.unboundedPreceding, 0)))
 
     def trailing_mean(n: int):
         s = F.lag("_cs", 1, 0.0).over(w) - F.lag("_cs", n + 1, 0.0).over(w)
@@ -77,7 +72,7 @@ def lookup_table(features):
 
     df = df.withColumns({"_rm7": trailing_mean(7), "_rm28": trailing_mean(28), "_rm365": trailing_mean(365),
                          "_u7": F.lag("_u", SEASON).over(w), "_wd": F.col("_pos") % SEASON})
-    wd = _window(*KEYS, "_wd")  # the series' rows on one weekday (every 7th row: the grid is gap-free)
+    wd = Window.partitionBy(*KEYS, "_wd").orderBy("date")  # the series' rows on one weekday (every 7th row)
     df = df.withColumn("_ws", F.sum("_u0").over(wd.rowsBetween(Window.unboundedPreceding, 0)))
     n_same = F.floor(F.col("_pos") / SEASON) + 1  # same-weekday rows up to and including this one
     for k in (4, 52):
@@ -190,7 +185,7 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
     out = out.withColumns({f"n_{c}": F.col(c) / F.col("level") for c in NORMALISED_SOURCES})
     for name in ("item", "store"):
         num, den = F.col(f"{name}_rmean_7"), F.col(f"{name}_rmean_28")
-        out = out.withColumn(f"{name}_trend", F.when(den != 0, num / F.when(den != 0, den)).otherwise(F.lit(1.0)))
+        out = out.withColumn(f"{name}_trend", _ratio_or(num, den, 1.0))
     return out
 
 
