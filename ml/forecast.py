@@ -117,6 +117,9 @@ SHRINK_K = 0.5
 LABEL_CAP = 2.0
 
 
+#: series per driver chunk of a statsforecast champion fitted from a Spark table (:func:`statsforecast_chunked`)
+STATS_CHUNK_SERIES = 5_000
+
 #: AutoETS model space of the statsforecast baseline (error, trend, season; Z = chosen by AICc, N = none)
 ETS_MODEL = "ZNZ"
 #: what models trained before ``ets_model`` was recorded were backtested with
@@ -437,6 +440,51 @@ def statsforecast_baseline(features: pd.DataFrame, origin, horizon: int, window_
     return out[["store_id", "product_id", "origin", "h", "statsforecast"]]
 
 
+def statsforecast_chunked(features, origin, horizon: int, window_days: int = 365, n_jobs: int = 1,
+                          ets_model: str = ETS_MODEL, chunk_series: int = STATS_CHUNK_SERIES) -> pd.DataFrame:
+    """:func:`statsforecast_baseline` over a Spark feature table, a bounded part of it in the driver at a time.
+
+    Only the fitting window of each series (days ``origin - window_days + 1 .. origin`` with known units) is read,
+    and it comes to pandas in chunks of about ``chunk_series`` series (xxhash64 of store_id, product_id
+    modulo the number of chunks), each fitted and dropped before the next: the driver holds one chunk's history and
+    every chunk's forecasts (series x horizon rows). The series are independent, so the result equals
+    :func:`statsforecast_baseline` on the whole table (``tests/test_ml_forecast.py`` checks it).
+
+    Args:
+        features: Spark DataFrame with store_id, product_id, date (date), units (double, null = unknown).
+        origin: last day of history; horizon: days ahead; window_days, n_jobs, ets_model: as
+            :func:`statsforecast_baseline`.
+        chunk_series: series per chunk (>= 1); one Spark scan of the window per chunk.
+    Returns:
+        DataFrame store_id, product_id, origin, h, statsforecast (units >= 0), rows in no particular order.
+    Raises:
+        ValueError: chunk_series < 1.
+    """
+    from pyspark.sql import functions as F
+
+    if chunk_series < 1:
+        raise ValueError(f"chunk_series must be >= 1, got {chunk_series}")
+    o = pd.Timestamp(origin)
+    start = (o - pd.Timedelta(days=window_days - 1)).date()
+    hist = (features.where((F.col("date") >= F.lit(start)) & (F.col("date") <= F.lit(o.date()))
+                           & F.col("units").isNotNull())
+            .select(*KEYS, "date", "units"))
+    n_series = hist.select(*KEYS).distinct().count()
+    chunks = max(1, math.ceil(n_series / chunk_series))
+    chunk_of = F.pmod(F.xxhash64(*KEYS), F.lit(chunks))
+    parts = []
+    for c in range(chunks):
+        part = (hist if chunks == 1 else hist.where(chunk_of == c)).toPandas()
+        part["date"] = pd.to_datetime(part["date"]).astype("datetime64[ns]")
+        fc = statsforecast_baseline(part, o, horizon, window_days, n_jobs, ets_model)
+        del part
+        if len(fc):  # a hash chunk may hold no series
+            parts.append(fc)
+    if not parts:
+        return statsforecast_baseline(pd.DataFrame(columns=[*KEYS, "date", "units"]), o, horizon)
+    return pd.concat(parts, ignore_index=True)
+
+
 def add_baselines(rows: pd.DataFrame, features: pd.DataFrame, origins, cfg: ForecastConfig,
                   timings: dict | None = None) -> pd.DataFrame:
     """Add one column per configured baseline (units) to supervised rows of the given origins.
@@ -447,8 +495,8 @@ def add_baselines(rows: pd.DataFrame, features: pd.DataFrame, origins, cfg: Fore
     out = rows
     if "statsforecast" in cfg.baselines:
         t0 = time.perf_counter()
-        sf = pd.concat([statsforecast_baseline(features, o, cfg.horizon, cfg.stats_window_days, cfg.stats_jobs,
-                                               cfg.ets_model)
+        fit = statsforecast_baseline if isinstance(features, pd.DataFrame) else statsforecast_chunked
+        sf = pd.concat([fit(features, o, cfg.horizon, cfg.stats_window_days, cfg.stats_jobs, cfg.ets_model)
                         for o in origins],
                        ignore_index=True)
         out = out.drop(columns=["statsforecast"], errors="ignore").merge(
@@ -833,7 +881,7 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
     Args:
         features: the feature table, pandas or a Spark DataFrame (the predict job's, read from the lake: the
             rows are then built and the GBT applied in Spark, and only series x horizon rows reach pandas;
-            a statsforecast champion still collects every series' units).
+            a statsforecast champion fits its window of each series in the driver, :func:`statsforecast_chunked`).
         model: the GBT PipelineModel (unused, may be None, when ``model_name`` is a baseline).
         quantiles: interval bounds of :class:`BacktestResult` (rows of ``model_name`` are used when it
             has a ``model`` column).
@@ -854,10 +902,6 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
     else:  # a Spark feature table: the forecast rows are built (and the GBT applied) in Spark
         rows = _forecast_rows(model if model_name == "gbt" else None, features, horizon, cols)
         T = rows["origin"].iloc[0] if len(rows) else None
-        if model_name == "statsforecast":  # per-series fits in pandas: the history of every series
-            from ml.pipeline import collect_series
-
-            features = collect_series(features.select(*KEYS, "date", "units"), None)
     hs = set(rows["h"].unique())
     if hs != set(range(1, horizon + 1)):
         raise ValueError(f"feature table has no future rows for horizons {sorted(set(range(1, horizon + 1)) - hs)}; "

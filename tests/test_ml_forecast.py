@@ -240,3 +240,28 @@ def test_forecasts_from_a_spark_feature_table_equal_the_pandas_path(spark, train
         got = forecast(spark, res["model"], sdf, bt.quantiles, bt.bucket_edges, res["cols"], **kw)
         assert len(got) == len(want) == want.groupby(["store_id", "product_id"]).ngroups * H, name
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, atol=1e-9, obj=name)
+
+
+def test_statsforecast_from_a_spark_table_in_chunks_equals_one_pandas_fit(spark, trained):
+    """A statsforecast champion served from the Spark table fits its series chunk by chunk in the driver
+    (statsforecast_chunked): the forecasts must equal statsforecast_baseline on the whole pandas table, whatever the
+    chunking, since each series is fitted on its own. The table's ``date`` is a Spark date, as the predict job reads
+    it."""
+    from pyspark.sql import functions as F
+
+    from ml.forecast import last_known_day, statsforecast_baseline, statsforecast_chunked
+
+    cfg, res = trained
+    feats = res["features"]
+    sdf = spark.createDataFrame(feats).withColumn("date", F.to_date("date"))
+    T = last_known_day(feats)
+    keys = ["store_id", "product_id", "origin", "h"]
+    want = statsforecast_baseline(feats, T, H, cfg.stats_window_days).sort_values(keys).reset_index(drop=True)
+    n_series = feats[feats["units"].notna()].groupby(["store_id", "product_id"]).ngroups
+    assert len(want) == n_series * H and want["statsforecast"].ge(0).all()
+    for chunk in (n_series, 7, 2):  # one chunk, a few, ~n/2 chunks (some may be empty)
+        got = statsforecast_chunked(sdf, T, H, cfg.stats_window_days, chunk_series=chunk)
+        got = got.sort_values(keys).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, atol=1e-9, obj=f"chunk {chunk}")
+    with pytest.raises(ValueError, match="chunk_series"):
+        statsforecast_chunked(sdf, T, H, chunk_series=0)
