@@ -199,6 +199,7 @@ class ForecastConfig:
             raise ValueError(f"unknown baseline(s) {sorted(unknown)}; known: {BASELINES}")
 
     def to_json(self) -> str:
+        """The configuration as a JSON object string (every field, keys sorted), as stored in a model's meta.json."""
         return json.dumps(asdict(self), sort_keys=True)
 
 
@@ -357,7 +358,19 @@ def fit_gbt_frame(rows, cfg: ForecastConfig, cols: list[str]):
 def shrink_to_mean(yhat: np.ndarray, rows: pd.DataFrame, k: float) -> np.ndarray:
     """Credibility shrinkage of point forecasts toward the trailing 28-day mean:
     w * yhat + (1 - w) * rmean_28 with w = rmean_90 / (rmean_90 + k) (both history columns of ``rows``,
-    known at the origin); k = 0 returns ``yhat``."""
+    known at the origin); k = 0 returns ``yhat``.
+
+    The weight has the form of Bühlmann's credibility factor Z = n / (n + K) (Bühlmann & Gisler 2005, "A Course
+    in Credibility Theory and its Applications", Springer, ch. 3), with the series' 90-day mean demand in the
+    role of the volume n: slow series lean on their trailing mean, fast ones on the model.
+
+    Args:
+        yhat: point forecasts (units/day), shape (n,), aligned with ``rows``.
+        rows: supervised rows with ``rmean_28`` and ``rmean_90`` (units/day).
+        k: credibility constant in units/day (:data:`SHRINK_K`); <= 0 disables the shrinkage.
+    Returns:
+        float64 array of shape (n,), units/day; w = 0 (the trailing mean) where rmean_90 is 0.
+    """
     if k <= 0:
         return yhat
     m = rows["rmean_90"].to_numpy(dtype="float64")
@@ -574,7 +587,11 @@ def metrics_table(pred: pd.DataFrame, scales: pd.DataFrame, models=None) -> pd.D
 
 
 def level_bucket(level: pd.Series, edges: list[float]) -> pd.Series:
-    """Bucket index 0..len(edges) of the demand level (30-day rolling mean at the origin)."""
+    """Bucket index 0..len(edges) of the demand level (30-day rolling mean at the origin, units/day).
+
+    ``edges`` are ascending level cut points in units/day (the backtest's quartiles, :class:`BacktestResult`
+    ``bucket_edges``); a level equal to an edge goes to the bucket above it. Returns int8, same index as ``level``.
+    """
     return pd.Series(np.searchsorted(np.asarray(edges), level.to_numpy(), side="right"), index=level.index).astype("int8")
 
 
