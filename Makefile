@@ -61,7 +61,7 @@ test: setup ## Run the whole test suite (unit + integration against real Kafka, 
 test-unit: setup ## Unit tests only
 	$(PY) -m pytest -q -m "not integration"
 
-local-up: setup ## Start every native service under supervisord (kafka, minio, clickhouse, streaming, airflow), wait until healthy
+local-up: setup ## Start every native service under supervisord (kafka, minio, clickhouse, streaming, airflow, dashboard), wait until healthy
 	$(PY) -m ops.cli up $(SERVICES)
 
 local-down: ## Stop every native service and supervisord (no process or port left)
