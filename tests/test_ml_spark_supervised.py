@@ -70,14 +70,31 @@ def test_forecast_origins_equal_pandas(spark, features):
     from ml.features import make_supervised
     from ml.spark_supervised import supervised_frame
 
-    origins = [END - pd.Timedelta(days=61), END - pd.Timedelta(days=28), END]
+    # END - 14: six days into the short series (S2/C, from END - 19), where its seasonal lags fall before its start
+    short_origin = END - pd.Timedelta(days=14)
+    origins = [END - pd.Timedelta(days=61), END - pd.Timedelta(days=28), short_origin, END]
     want = make_supervised(features, range(1, 29), origins=origins)
     sdf = spark.createDataFrame(features)  # unknown units arrive as NaN
     got = to_pandas(supervised_frame(sdf, range(1, 29), origins=origins))
     assert_same_rows(got, want)
-    # independently of both: the short series has no seasonal lag 4 weeks back, so the trailing mean stands in
-    short = got[(got["store_id"] == "S2") & (got["product_id"] == "C") & (got["h"] == 28)]
-    assert len(short) == 0 or (short["seas_lag_1"] == short["rmean_28"]).all()
+    # independently of both, from the feature table: with fewer than 28 days of history the trailing mean is the
+    # mean of all of them, and it stands in for a seasonal value whose day falls before the series start
+    units = features[(features["store_id"] == "S2") & (features["product_id"] == "C")].set_index("date")["units"]
+    start = units.index.min()
+    assert start == END - pd.Timedelta(days=19)
+    short = got[(got["store_id"] == "S2") & (got["product_id"] == "C") & (got["origin"] == short_origin)]
+    assert sorted(short["h"]) == list(range(1, 29))
+    rmean = units[units.index <= short_origin].mean()
+    assert rmean > 0  # a fallback to 0 would not pass for the trailing mean
+    np.testing.assert_allclose(short["rmean_28"], rmean, rtol=1e-12)
+    lag1 = short["date"] - pd.to_timedelta(7 * (-(-short["h"].astype(int) // 7)), unit="D")  # y_{t+h-7k}
+    before = lag1 < start
+    assert before.any() and (~before).any()
+    for c in ("seas_lag_1", "seasonal_naive", "seas_mean_4", "seas_mean_52"):
+        np.testing.assert_allclose(short.loc[before, c], rmean, rtol=1e-12, err_msg=c)
+    np.testing.assert_allclose(short.loc[~before, "seas_lag_1"], units.loc[lag1[~before]].to_numpy(), rtol=1e-12)
+    assert (lag1 - pd.Timedelta(days=7) < start).all()  # y_{t+h-7k-7}: before the start for every horizon here
+    np.testing.assert_allclose(short["seas_lag_2"], rmean, rtol=1e-12)
     future = got[got["origin"] == END]
     assert future["y"].isna().all() and set(future["h"]) == set(range(1, 15))  # 14 future days
 
