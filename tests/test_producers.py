@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from contracts import ContractError, validate_event
+from contracts import ContractError, check_payload, rule_violations, validate_event
 from producers.invalid import CORRUPTIONS, corrupt, inject_invalid
 from core.kafka import dead_letter_record, event_key, serialize_value
 from producers.replay import (
@@ -30,7 +30,15 @@ SALE = {"transaction_id": "t1", "store_id": "S001", "product_id": "SKU00001", "q
 
 # ----------------------------------------------------------------------------------- contracts
 def test_valid_sale_passes():
-    validate_event("sales_transaction", dict(SALE))
+    rec = dict(SALE)
+    assert validate_event("sales_transaction", rec) is None  # no error, and the record is not rewritten
+    assert rec == SALE
+    assert rule_violations("sales_transaction", rec) == []
+    assert check_payload("sales_transaction", json.dumps(SALE).encode()) == SALE  # the raw value -> this record
+    # the pass is not vacuous: at its own event time with no allowed lead it passes, 1 ms earlier it is in the future
+    validate_event("sales_transaction", rec, now_ms=SALE["timestamp"], max_future_minutes=0)
+    with pytest.raises(ContractError, match="timestamp"):
+        validate_event("sales_transaction", rec, now_ms=SALE["timestamp"] - 1, max_future_minutes=0)
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -265,9 +273,13 @@ def test_replay_row_decisions_on_a_crafted_slice():
     assert rep.stats.skipped == {"POST": 1, "A_INVOICE": 1}
     prices = [r for et, r in events if et == "price_change"]
     assert [(r["old_price"], r["new_price"], r["reason"]) for r in prices] == [(12.75, 10.95, "OBSERVED")]
-    # the 500-unit French order is larger than the opening stock of a tiny market: expedited restock first
+    # the 500-unit French order: capacity covers the pair's largest sale line in the slice (and 14 days of its
+    # demand), the OPENING stock is that capacity, so no expedited RESTOCK is needed before the sale
     fr = [r for et, r in events if r.get("store_id") == "UCI-FR" and et == "inventory_update"]
-    assert [r["reason"] for r in fr] == ["OPENING", "SALE"] or [r["reason"] for r in fr] == ["OPENING", "RESTOCK", "SALE"]
+    assert [r["reason"] for r in fr] == ["OPENING", "SALE"]
+    assert fr[0]["new_quantity"] == rep.cap[("UCI-FR", "85123A")] >= 500
+    assert fr[1]["quantity_change"] == -500 and fr[1]["new_quantity"] == fr[0]["new_quantity"] - 500
+    assert rep.stats.expedited_restocks == 0
     assert min(r["new_quantity"] for et, r in events if et == "inventory_update") >= 0
     ts0 = int(datetime(2011, 1, 10, 9, tzinfo=timezone.utc).timestamp() * 1000)
     assert sales[0]["timestamp"] == ts0  # keep_dates: January = GMT = UTC
