@@ -24,9 +24,7 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
 
 pytestmark = pytest.mark.integration
 

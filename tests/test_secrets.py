@@ -13,9 +13,8 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
-detect_secrets = pytest.importorskip("detect_secrets")
+from detect_secrets.core import baseline
+from detect_secrets.core.secrets_collection import SecretsCollection
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = REPO / ".secrets.baseline"
@@ -25,9 +24,6 @@ BINARY = (".gz", ".parquet", ".png", ".jpg", ".pbix", ".zip", ".jar", ".ico")
 def _scan(files: list[str]):
     """detect-secrets' scan of ``files`` (relative to the working directory) with the baseline's plugins and
     filters; returns the baseline's SecretsCollection and the scan's."""
-    from detect_secrets.core import baseline
-    from detect_secrets.core.secrets_collection import SecretsCollection
-
     data = json.loads(BASELINE.read_text())
     known = baseline.load(data, filename=str(BASELINE))  # also configures plugins and filters from the baseline
     found = SecretsCollection()  # paths relative to the working directory (= root), as in the baseline
