@@ -170,6 +170,14 @@ class Server:
 
     # ------------------------------------------------------------------------------------ helpers --
     def error(self, err: ClickHouseError, query_id: str) -> Response:
+        """The HTTP response of a failed request, as a ClickHouse server sends it.
+
+        Body: ``err.message`` (`` (version <chDB version> (chDB))`` appended when it names no version) ending in
+        one newline, ``text/plain``; status :func:`http_status` of the error's name (e.g. 400 SYNTAX_ERROR, 403
+        AUTHENTICATION_FAILED, 404 UNKNOWN_TABLE, 500 otherwise); headers ``X-ClickHouse-Exception-Code`` (the
+        numeric code), ``X-ClickHouse-Query-Id`` (``query_id``), ``X-ClickHouse-Timezone`` and
+        ``X-ClickHouse-Server-Display-Name``. Never raises for a well-formed ``err``.
+        """
         msg = err.message if "(version" in err.message else f"{err.message} (version {self.engine.version} (chDB))"
         return Response(msg.rstrip("\n") + "\n", status_code=http_status(err), media_type="text/plain; charset=UTF-8",
                         headers={"X-ClickHouse-Exception-Code": str(err.code), "X-ClickHouse-Query-Id": query_id,
@@ -204,9 +212,45 @@ class Server:
 
     # ------------------------------------------------------------------------------------- routes --
     async def ping(self, request: Request) -> Response:
+        """``GET``/``HEAD /ping`` and ``GET /replicas_status``: ``Ok.`` + newline, status 200, ``text/plain``.
+        No authentication and no engine call (a liveness probe, as ClickHouse's)."""
         return Response("Ok.\n", media_type="text/plain; charset=UTF-8")
 
     async def query(self, request: Request) -> Response:
+        """``GET``/``POST`` on ``/`` and ``/query``: run one statement (ClickHouse HTTP interface,
+        https://clickhouse.com/docs/interfaces/http).
+
+        * ``GET`` without a ``query`` parameter: ``Ok.`` (200), no authentication (as ClickHouse).
+        * The statement: the ``query`` URL parameter, and for ``POST`` the body appended after a newline (body only
+          when there is no parameter; a ``GET``'s body is ignored). ``INSERT ... FORMAT <fmt>`` followed by data:
+          the data (the rest of the text) is handed to the engine in that input format. Any other statement
+          answers in the format of its trailing ``FORMAT <fmt>`` clause, else ``default_format``, else
+          ``TabSeparated``.
+        * Authentication: :meth:`authenticate` (basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key``, or
+          ``user``/``password`` parameters; the later source wins). Role passed to the engine: ``ro1``
+          (readonly=1) for a read-only user, ``ro2`` (readonly=2) for other users' ``GET``, ``rw`` for their
+          ``POST``.
+        * Parameters: ``database``; ``param_<name>`` -> query parameters; every parameter not in
+          :data:`TRANSPORT_PARAMS` -> a setting of this request only; ``query_id`` (default a new UUID4);
+          ``session_id`` echoed as ``X-ClickHouse-Session-Id`` (no session state is kept);
+          ``enable_http_compression=1`` compresses the response per ``Accept-Encoding`` (:func:`compress`).
+        * Request body: decompressed per ``Content-Encoding`` (:func:`decompress`); at most
+          ``CLICKHOUSE_MAX_BODY_MB`` MiB both as sent (``Content-Length``) and after decompression.
+
+        Returns:
+            200: the result bytes, ``Content-Type`` :func:`content_type` of the format, headers
+            ``X-ClickHouse-Format``, ``-Timezone``, ``-Query-Id``, ``-Summary`` (JSON: rows and bytes read and
+            written, ``elapsed_ns``) and ``-Server-Display-Name``.
+
+        Errors are answered, never raised: :meth:`error` with the status :func:`http_status` gives the error's
+        name. 403: AUTHENTICATION_FAILED (516; no, unknown or wrong credentials), ACCESS_DENIED. 400:
+        SYNTAX_ERROR (62; empty or non-UTF-8 query, the engine's parse errors), UNKNOWN_COMPRESSION_METHOD (55),
+        CANNOT_DECOMPRESS (271), the CANNOT_PARSE_* and type errors. 404: the UNKNOWN_* errors (table, setting
+        (115), format, database, ...). 413: QUERY_IS_TOO_LARGE (202; body over the limit). 501: NOT_IMPLEMENTED
+        (48; ``compress=1``/``decompress=1``). 408: TIMEOUT_EXCEEDED. 500: any other engine error (e.g. 164
+        READONLY, a read-only user's write) and any other exception (logged with its traceback here, answered
+        as 1001 STD_EXCEPTION without it).
+        """
         q = request.query_params
         query_id = q.get("query_id") or str(uuid.uuid4())
         if request.method == "GET" and "query" not in q:

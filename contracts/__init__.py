@@ -57,12 +57,20 @@ def raw_schema(event_type: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def parsed_schema(event_type: str):
-    """fastavro-parsed schema of an event type."""
+    """fastavro-parsed schema of an event type (cached per type).
+
+    Raises:
+        KeyError: an unknown event type (not in :data:`EVENT_TYPES`; from :func:`raw_schema`).
+    """
     return parse_schema(raw_schema(event_type))
 
 
 def field_names(event_type: str) -> list[str]:
-    """Field names in schema order."""
+    """Field names of an event type's schema, in schema order (a new list per call).
+
+    Raises:
+        KeyError: an unknown event type (not in :data:`EVENT_TYPES`; from :func:`raw_schema`).
+    """
     return list(_field_names(event_type))
 
 
@@ -148,6 +156,8 @@ class Bound:
 
     @property
     def zero_reason(self) -> str:
+        """Reason of a value 0 where :attr:`nonzero` forbids it, e.g. ``quantity must not be 0`` (producers:
+        :func:`rule_violations`; stream: ``streaming.transforms``). The text does not depend on ``nonzero``."""
         return f"{self.field} must not be 0"
 
 
@@ -186,7 +196,12 @@ def default_max_future_minutes() -> int:
 
 
 def id_fields(event_type: str) -> list[str]:
-    """The string fields named ``*_id`` of an event type (e.g. ``transaction_id, store_id, product_id``)."""
+    """The fields named ``*_id`` whose type is or includes ``string`` (nullable ids too), in schema order, of an
+    event type (e.g. ``transaction_id, store_id, product_id``); a new list per call.
+
+    Raises:
+        KeyError: an unknown event type (not in :data:`EVENT_TYPES`; from :func:`raw_schema`).
+    """
     return list(_id_fields(event_type))
 
 

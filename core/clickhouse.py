@@ -90,10 +90,26 @@ def split_statements(sql: str) -> list[str]:
 
 
 def migrate(settings: Settings | None = None, database: str | None = None) -> list[str]:
-    """Apply ``clickhouse/migrations/NNN_*.sql`` in order; idempotent (every statement uses IF NOT EXISTS
-    or CREATE OR REPLACE). ``{db}`` in a file is replaced by the database name.
+    """Apply every ``clickhouse/migrations/*.sql`` file, in file-name order, on every call. ``{db}`` in a file is
+    replaced by the database name; statements are split by :func:`split_statements` and run one by one.
 
-    Returns the applied file names. A ``schema_migrations`` table records each file and its checksum.
+    Nothing is skipped: each call re-runs every statement of every file, which is safe because each one is
+    idempotent (``CREATE ... IF NOT EXISTS``, ``CREATE OR REPLACE``, ``ALTER TABLE ... ADD COLUMN IF NOT
+    EXISTS``, and backfill ``INSERT ... SELECT`` that only add rows not present yet). After a file has run, a row
+    (``name`` = file name, ``applied_at`` = now) is inserted into ``<db>.schema_migrations`` (created when
+    missing; ReplacingMergeTree ordered by name: after merges, or read with FINAL, the latest row per file): when
+    each file last ran. No checksum is stored, and the table is never read to decide what runs.
+
+    Args:
+        settings: default :func:`get_settings`.
+        database: default CLICKHOUSE_DATABASE.
+    Returns:
+        the names of all the files run (every migration file), in order.
+    Raises:
+        ConfigError: CLICKHOUSE_URL names no user or password (:func:`new_client`).
+        clickhouse_connect.driver.exceptions.DatabaseError: a statement fails; what ran before it (earlier files,
+            earlier statements of its file) stays applied, and its file is not recorded. Its subclass
+            OperationalError: the server cannot be reached.
     """
     s = settings or get_settings()
     db = database or s.clickhouse_database

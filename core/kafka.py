@@ -146,6 +146,14 @@ class JsonValueSerializer(Serializer):
     :class:`Encoded` bytes pass through unchanged."""
 
     def serialize(self, topic, headers, data):
+        """The value bytes of a record (kafka-python's ``Serializer`` interface; ``topic`` and ``headers``
+        unused): None for None (a null value), ``data.data`` unchanged for an :class:`Encoded`, else compact UTF-8
+        JSON of :func:`serialize_fast`.
+
+        Raises:
+            TypeError: a dict key JSON cannot take (e.g. a tuple).
+            RecursionError: a circular or too deeply nested value.
+        """
         if data is None:
             return None
         if type(data) is Encoded:
@@ -167,6 +175,14 @@ class CachedKeyPartitioner(DefaultPartitioner):
         self._hash: dict[bytes, int] = {}
 
     def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        """The partition id (int) of a record: for a key, ``sorted(partitions)[(murmur2(key bytes) & 0x7fffffff)
+        % n]`` with n the topic's partition count (the hash cached per key bytes), None when the topic has no
+        partition; for a null key, the default partitioner's random choice among the available partitions (all
+        when none is available). ``key``, ``value`` and ``serialized_value`` are unused.
+
+        Raises:
+            ValueError: ``topic`` is not in the cluster metadata (the default partitioner's message).
+        """
         if serialized_key is None:
             return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
         parts = cluster.partitions_for_topic(topic)
@@ -185,6 +201,11 @@ class StrKeySerializer(Serializer):
     """kafka-python key serializer: UTF-8 of ``str(key)``; None stays None (round-robin partition)."""
 
     def serialize(self, topic, headers, data):
+        """The key bytes: UTF-8 of ``str(data)``, None for None (``topic``, ``headers`` unused).
+
+        Raises:
+            UnicodeEncodeError: the key's text holds a lone surrogate.
+        """
         return None if data is None else str(data).encode("utf-8")
 
 
@@ -291,7 +312,13 @@ class EventPublisher:
 
         Returns:
             True when sent to its topic, False when it was routed to the dead-letter topic
-            (contract violation or unknown event type; the reason travels with it).
+            (contract violation or unknown event type; the reason travels with it). Either way the send is
+            asynchronous: a delivery failure shows in ``failed`` / ``errors`` (:attr:`counts`), and a send the
+            producer refuses (a ``KafkaError``, e.g. no topic metadata or no buffer space within ``max_block_ms``,
+            30 s by default, which the call may block for) is counted as failed, not raised.
+
+        Raises:
+            RuntimeError: the publisher is closed (:meth:`close`).
         """
         if self._closed:
             raise RuntimeError("EventPublisher is closed")
@@ -322,7 +349,14 @@ class EventPublisher:
                    Encoded(serialize_value(dead_letter_record(event_type, payload, reason))), None)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until every buffered record is acknowledged or failed (callbacks have run)."""
+        """Block until every buffered record is acknowledged or failed (callbacks have run).
+
+        Args:
+            timeout: seconds; None waits without limit. kafka-python applies it to each pending batch in turn,
+                so the whole flush can take longer.
+        Raises:
+            kafka.errors.KafkaTimeoutError: a batch was not completed within ``timeout``.
+        """
         self._producer.flush(timeout=timeout)
 
     @property
@@ -339,7 +373,16 @@ class EventPublisher:
             }
 
     def close(self, timeout: float | None = 60) -> None:
-        """Flush, then close the producer (idempotent)."""
+        """Flush, then close the producer (idempotent: a closed publisher returns at once).
+
+        Args:
+            timeout: seconds for the flush and again for the producer's own close (which flushes once more and
+                waits for its sender thread); None waits without limit. Default 60 s.
+        Raises:
+            kafka.errors.KafkaTimeoutError: records still pending after ``timeout``. The producer is closed
+                anyway (its sender stopped) unless its own flush times out too; then the publisher stays open and
+                ``close`` may be called again.
+        """
         if self._closed:
             return
         try:

@@ -19,7 +19,13 @@ from core.settings import Settings, get_settings
 
 
 def topic_specs(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """{topic name: {"num_partitions", "configs"}} of every platform topic."""
+    """{topic name: {"num_partitions": int, "configs": {"retention.ms": KAFKA_RETENTION_MS as str}}} of every
+    platform topic (:data:`contracts.TOPIC_PARTITIONS`). Computed from the settings only: no broker is contacted.
+
+    Raises:
+        ConfigError: only when ``settings`` is None and the environment's settings are invalid
+            (:func:`core.settings.get_settings`).
+    """
     s = settings or get_settings()
     return {s.topic(suffix): {"num_partitions": n, "configs": {"retention.ms": str(s.kafka_retention_ms)}}
             for suffix, n in TOPIC_PARTITIONS.items()}
@@ -64,7 +70,15 @@ def ensure_topics(settings: Settings | None = None, replication_factor: int = 1)
 
 
 def describe_topics(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """{topic: {"partitions": n, "retention.ms": str | None}} for the platform topics that exist."""
+    """{topic: {"partitions": n, "retention.ms": str | None}} for the platform topics that exist ({} when none
+    does); topics of other names are not listed. ``retention.ms`` is the broker's effective value (ms, as text).
+
+    Raises:
+        kafka.errors.KafkaTimeoutError: the bootstrap servers cannot be reached within the admin client's
+            ``bootstrap_timeout_ms`` (30 s by default; kafka-python 3 raises this, not NoBrokersAvailable).
+        kafka.errors.KafkaError: the broker fails a metadata or describe request.
+        ConfigError: ``settings`` is None and the environment's settings are invalid.
+    """
     from kafka.admin import ConfigResource, ConfigResourceType
 
     s = settings or get_settings()

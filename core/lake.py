@@ -22,6 +22,18 @@ class Lake:
     """Access to the lake's buckets through one pyarrow FileSystem.
 
     Paths handed to and returned by this class are *lake paths* ``"<bucket>/<key>"``.
+
+    LAKE_URL's scheme picks the storage: ``http://`` or ``https://`` -> S3 (MinIO) through
+    ``pyarrow.fs.S3FileSystem`` at that host:port (endpoint override, TLS by the scheme, region LAKE_REGION, keys
+    LAKE_ACCESS_KEY / LAKE_SECRET_KEY, buckets created on demand); ``file:///path`` or anything else (a plain
+    path, relative ones resolved against the working directory) -> that local folder through
+    ``pyarrow.fs.LocalFileSystem``, buckets as sub-folders. Nothing is contacted when constructed.
+
+    Args:
+        settings: default :func:`core.settings.get_settings`.
+    Raises:
+        ConfigError: an S3 lake without LAKE_ACCESS_KEY or LAKE_SECRET_KEY (the message names the variable);
+            also an invalid environment when ``settings`` is None.
     """
 
     def __init__(self, settings: Settings | None = None):
@@ -59,8 +71,14 @@ class Lake:
             self.fs.create_dir(self.path(b), recursive=True)
 
     def write_table(self, table: pa.Table, *parts: str) -> str:
-        """Write ``table`` as one Parquet file at lake path ``parts`` (overwrites: idempotent by name; a folder of
-        Parquet files at that path, e.g. Spark's output of an earlier run, is replaced)."""
+        """Write ``table`` as one Parquet file (zstd) at lake path ``parts`` (overwrites: idempotent by name; a
+        folder of Parquet files at that path, e.g. Spark's output of an earlier run, is replaced). Parent folders
+        are created. Returns the filesystem path written (:meth:`path`).
+
+        Raises:
+            OSError: the storage refuses or cannot be reached (pyarrow's errors: e.g. S3 endpoint down, access
+                denied, no permission on the folder).
+        """
         path = self.path(*parts)
         if self.fs.get_file_info(path).type == pafs.FileType.Directory:
             self.fs.delete_dir(path)
@@ -80,7 +98,15 @@ class Lake:
         return ds.dataset(self.path(*parts), filesystem=self.fs, format="parquet", partitioning="hive")
 
     def read_table(self, *parts: str, filter=None, columns=None) -> pa.Table | None:
-        """Read a dataset (optionally filtered, pyarrow.compute expression) or None when absent."""
+        """Read the Parquet dataset at a lake path (a file, or a folder of files with hive partitions such as
+        ``year=2011``) as one table, optionally filtered (a ``pyarrow.compute`` expression) and reduced to
+        ``columns``; None when the path does not exist.
+
+        Raises:
+            pyarrow.ArrowInvalid (a ValueError): a file that is not Parquet, files with conflicting schemas, or a
+                ``filter`` / ``columns`` naming a column the dataset lacks.
+            OSError: the storage refuses or cannot be reached.
+        """
         d = self.dataset(*parts)
         if d is None:
             return None
@@ -101,5 +127,11 @@ class Lake:
 
 @functools.lru_cache(maxsize=1)
 def get_lake() -> Lake:
-    """Process-wide :class:`Lake` from :func:`core.settings.get_settings`."""
+    """Process-wide :class:`Lake` from :func:`core.settings.get_settings` (created on the first call, cached;
+    S3 or local folder by LAKE_URL's scheme, see :class:`Lake`).
+
+    Raises:
+        ConfigError: an S3 lake without LAKE_ACCESS_KEY or LAKE_SECRET_KEY, or invalid settings (nothing is
+            cached then: the next call tries again).
+    """
     return Lake()

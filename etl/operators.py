@@ -35,6 +35,17 @@ class LakeSparkSubmitOperator(SparkSubmitOperator):
     reads_lake: bool = True
 
     def execute(self, context):
+        """Run spark-submit (the provider's ``SparkSubmitOperator.execute``) after setting ``--jars`` to the S3A
+        connector's jars when :attr:`reads_lake` and no jars were given (none on a folder lake: then left unset).
+
+        Returns:
+            what the provider's ``execute`` returns (None).
+
+        Raises:
+            ConfigError: an S3 lake whose S3A connector jars were never resolved (:func:`core.spark.connector_jars`).
+            AirflowException: spark-submit failed (non-zero exit status, e.g. the application's),
+                from the provider; the task is retried per the DAG's default_args.
+        """
         if self.reads_lake and not self.jars:
             from core.spark import connector_jars
 
@@ -68,6 +79,22 @@ class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
         raise NotImplementedError
 
     def execute(self, context):
+        """Run the job for the run's UTC date and return its staged result record.
+
+        Sets ``application_args`` to ``[date_flag, <UTC date of the logical date>]``, removes the date's staged
+        error record (``clear_error``), runs spark-submit (:meth:`LakeSparkSubmitOperator.execute`), then reads
+        the staged ``RESULT_NAME`` record.
+
+        Returns:
+            the result record (dict, the task's XCom), or None when the job staged none.
+
+        Raises:
+            ValueError: the run has no logical date (:func:`core.dagconf.target_date`).
+            AirflowFailException: spark-submit failed and the job staged an error record (bad data: exit 3);
+                message ``<error>: <message>`` of the record; the task fails without retries.
+            Exception: spark-submit failed without an error record (the provider's ``AirflowException``,
+                re-raised), or the lake is unavailable: retried per the DAG's default_args.
+        """
         import importlib
 
         from airflow.sdk.exceptions import AirflowFailException
@@ -101,4 +128,7 @@ class DailyFactsSubmitOperator(StagedSparkSubmitOperator):
 
     @staticmethod
     def read_record(sf, lake, day, name: str) -> dict | None:
+        """The staged record ``name`` (``facts_result`` / ``facts_error``) of ``day``:
+        :func:`etl.spark_facts.read_json`, a ``<name>.parquet`` under ``features/staging/daily_etl/date=<day>/``;
+        None when absent."""
         return sf.read_json(lake, day, name)

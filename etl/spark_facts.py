@@ -290,6 +290,16 @@ def _stage(lake, day: dt.date, name: str, table: pa.Table | pd.DataFrame) -> str
 
 
 def write_json(lake, day: dt.date, name: str, obj: dict) -> None:
+    """Stage ``obj`` (the job's result or error record) for ``day`` as ``<name>.parquet`` in the ETL's staging
+    folder ``features/staging/daily_etl/date=YYYY-MM-DD/`` (bucket LAKE_FEATURES_BUCKET): one row, one string
+    column ``json`` holding ``json.dumps(obj, default=str)`` (values JSON cannot hold, e.g. dates, become their
+    ``str``). Overwrites; :func:`read_json` reads it back.
+
+    Raises:
+        TypeError: a dict key JSON cannot take (e.g. a tuple).
+        ValueError: a circular reference in ``obj``.
+        OSError: the lake cannot be written (:meth:`core.lake.Lake.write_table`).
+    """
     lake.write_table(pa.table({"json": [json.dumps(obj, default=str)]}), *etl._staging(day, name))
 
 

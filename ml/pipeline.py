@@ -120,7 +120,10 @@ def read_weather(path: str | None) -> pd.DataFrame | None:
     """WEATHER_FILE CSV (date, country [ISO-2], temp_c, precip_mm) -> weather table, or None when unset.
 
     Raises:
-        ValueError: the file lacks a column (the message names WEATHER_FILE).
+        ValueError: the file lacks a column (the message names WEATHER_FILE); ``pandas.errors.EmptyDataError``
+            (a ValueError) for an empty file.
+        FileNotFoundError: no file at ``path`` (pandas' own error: it names the path, not WEATHER_FILE);
+            another OSError, e.g. IsADirectoryError, for a path that cannot be read as a file.
     """
     if not path:
         return None

@@ -216,6 +216,16 @@ class ReplayStats:
     time_shift_ms: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The counters as plain JSON-ready types (Counters become dicts; the CLI prints it as ``generator``).
+
+        Keys: ``rows`` (rows of the source slice), ``rows_by_kind`` (rows per decision: sale, return, writeoff,
+        found, skip), ``skipped`` (skipped rows per skip code, e.g. ``A_INVOICE``, ``ZERO_QUANTITY`` or the stock
+        code), ``skipped_total`` (their sum), ``events`` (records generated per event type, before any contract
+        check or send), ``inventory_reasons`` (inventory updates per reason: OPENING, SALE, RETURN, RESTOCK,
+        WASTE, ADJUSTMENT), ``expedited_restocks`` (sales larger than the stock on hand, preceded by an
+        immediate RESTOCK), ``capped_writeoffs`` (write-offs cut to the stock on hand), ``time_shift_ms`` (ms
+        added to every source time, 0 with ``keep_dates``). Filled while :meth:`Replay.events` is iterated.
+        """
         return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),
                 "skipped_total": int(sum(self.skipped.values())), "events": dict(self.events),
                 "inventory_reasons": dict(self.inventory_reasons),

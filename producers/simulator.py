@@ -121,6 +121,15 @@ class SimStats:
     restock_orders: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The counters as a JSON-ready dict (copies; the CLI prints it as ``generator``).
+
+        Keys: ``events`` (records generated per event type, before any contract check or send),
+        ``inventory_reasons`` (inventory updates per reason: OPENING, SALE, RETURN, RESTOCK, WASTE, ADJUSTMENT),
+        ``lost_sales`` (sale intents dropped because the store had none of the SKU in stock), ``capped_sales``
+        (sales cut to the stock on hand), ``restock_orders`` (replenishment orders placed when stock fell below
+        the reorder point; each arrives later as a RESTOCK, if within the run). Filled while the simulator's
+        ``events()`` is iterated (reset at its start).
+        """
         return {"events": dict(self.events), "inventory_reasons": dict(self.inventory_reasons),
                 "lost_sales": self.lost_sales, "capped_sales": self.capped_sales,
                 "restock_orders": self.restock_orders}

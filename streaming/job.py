@@ -159,6 +159,12 @@ class ProgressPoller:
         self._thread = threading.Thread(target=self._run, name="progress-poller", daemon=True)
 
     def start(self) -> "ProgressPoller":
+        """Start the daemon thread ``progress-poller``, which calls :meth:`poll` every ``interval_s`` seconds
+        (first poll one interval after the start) until :meth:`stop`. Returns ``self`` (for chaining).
+
+        Raises:
+            RuntimeError: called a second time (a thread starts only once), also after :meth:`stop`.
+        """
         self._thread.start()
         return self
 
@@ -190,6 +196,11 @@ class ProgressPoller:
                             log.warning("progress callback for %s batch %s: %s", name, bid, exc)
 
     def stop(self) -> None:
+        """Stop the polling thread (waits for it at most 10 s, e.g. for a poll in progress), then :meth:`poll`
+        once more in the calling thread so every batch completed so far is delivered. Errors of the queries or
+        callbacks are logged, not raised (see :meth:`poll`); calling it again, or before :meth:`start`, only
+        polls.
+        """
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)

@@ -50,6 +50,7 @@ from pyspark.sql import types as T
 
 from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, NUMERIC_BOUNDS, RISK_HIGH, RISK_LOW, RISK_MEDIUM,
                        RISK_UNKNOWN, RULE_TYPES, duplicate_keys_reason, future_reason, id_fields)
+from core.settings import interval_hours
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -315,20 +316,15 @@ def window_metrics(facts: DataFrame, window: str, watermark: str | None = None, 
                     "reorder_point", "last_event_time"))
 
 
-def window_hours(window: str) -> float:
-    """Length of a Spark interval string in hours, e.g. ``"5 minutes"`` -> 0.0833.
+def window_hours(window: str, variable: str = "STREAM_WINDOW") -> float:
+    """Length of a Spark interval string in hours, e.g. ``"5 minutes"`` -> 0.0833: the settings' parser
+    (:func:`core.settings.interval_hours`, which validates STREAM_WINDOW and STREAM_WATERMARK at load).
 
     Raises:
-        ValueError: for a string that is not ``<number> <unit>`` with unit seconds/minutes/hours/days.
+        ValueError: naming ``variable``, for a string that is not ``<number> <unit>`` (number >= 0) with unit
+            seconds/minutes/hours/days.
     """
-    parts = window.strip().split()
-    units = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
-    if len(parts) != 2:
-        raise ValueError(f"window {window!r}: expected '<number> <unit>' (STREAM_WINDOW)")
-    unit = parts[1].lower().rstrip("s")
-    if unit not in units:
-        raise ValueError(f"window {window!r}: unit must be seconds, minutes, hours or days (STREAM_WINDOW)")
-    return float(parts[0]) * units[unit]
+    return interval_hours(window, variable)
 
 
 # ------------------------------------------------------------------------ pandas: derived metrics --
@@ -499,8 +495,32 @@ def alert_priority(stock: int, cover: float | None, high_hours: float, medium_ho
 
 
 def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_time_days: int) -> int:
-    """Order-up-to quantity: S - stock with S = 2 x reorder point + expected demand over the lead time
-    (velocity x 24 x lead_time_days), at least 1."""
+    """Units to order for a restock alert: ``max(1, S - stock)`` with the order-up-to level
+    ``S = 2 * reorder_point + ceil(max(velocity, 0) * 24 * lead_time_days)``, i.e. twice the reorder point plus
+    the demand over the supplier lead time at the current sales rate.
+
+    Args:
+        stock: stock on hand, units (the window's ``stock_level``).
+        reorder_point: units (from the inventory updates, else the product reference).
+        velocity: sales rate, units/hour (the window's ``sales_velocity``: units sold / window length in hours);
+            a negative value counts as 0.
+        lead_time_days: supplier lead time, days (LEAD_TIME_DAYS).
+    Returns:
+        the quantity, units (int, >= 1).
+    Raises:
+        ValueError: ``velocity`` is NaN.
+        OverflowError: ``velocity`` is infinite.
+
+    Source: the shape of the (s, S) order-up-to policy of Silver, Pyke & Thomas (2017), "Inventory and Production
+    Management in Supply Chains", 4th ed., CRC Press, ch. 6: when the stock position falls to the reorder point s,
+    order up to S. Here s is the reorder point (:func:`restock_episodes` alerts once per episode, at stock < s) and
+    the order is S minus stock. S itself is this platform's heuristic, not the book's: it is not derived from
+    ordering and holding costs (a common simple choice there is S = s + Q with Q an economic order quantity); the
+    lead-time demand is added on top of a reorder point that already covers demand over a lead time (the
+    producers size it so), so S - s = reorder point + lead-time demand; the demand is the current window's rate,
+    not a forecast; and the order is taken from stock on hand, not from the inventory position (the stream does
+    not know what is on order).
+    """
     target = 2 * reorder_point + math.ceil(max(velocity, 0.0) * 24 * lead_time_days)
     return max(1, int(target - stock))
 

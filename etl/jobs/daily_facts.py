@@ -23,6 +23,30 @@ __all__ = ["EXIT_BAD_DATA", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build and stage the fact rows of one UTC day (the module docstring's job).
+
+    Args:
+        argv: command-line arguments without the program name (default ``sys.argv[1:]``): ``--date YYYY-MM-DD``,
+            required, the UTC calendar date to process.
+
+    Reads the day's raw partitions ``raw-data/sales_transaction/`` and ``raw-data/inventory_update/``
+    (``year=/month=/day=``) with Spark and the reference data ``raw-data/reference/{products,stores}``; first
+    removes a ``facts_error`` record left by an earlier run. Writes (overwriting) ``fact_sales``,
+    ``fact_sales_daily``, ``inventory_closing``, ``dim_product``, ``dim_store``, ``dim_date`` and the counts
+    ``facts_result`` (:func:`etl.spark_facts.build_day`) as Parquet under
+    ``features/staging/daily_etl/date=YYYY-MM-DD/``; on bad data, ``facts_error`` (``{"date", "error",
+    "message"}``) there. Prints ``daily_facts <date>: <counts>`` on stdout; the SparkSession is stopped either way.
+
+    Returns:
+        0 on success; :data:`EXIT_BAD_DATA` (3) when the day breaks the contract (``etl.star_schema.EtlError``:
+        reported on stderr after staging ``facts_error``). The caller exits with it (``sys.exit(main())``).
+
+    Raises:
+        SystemExit: status 2 (argparse) when ``--date`` is missing.
+        ValueError: a malformed ``--date``.
+        Exception: anything else (``ConfigError``, the lake or Spark unavailable) propagates: the process exits
+            with status 1 and the DAG's operator retries the task.
+    """
     date, day = parse_job_date(argv, __doc__, "--date", "UTC date to process (YYYY-MM-DD)")
 
     from core.spark import build_spark

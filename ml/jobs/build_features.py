@@ -29,6 +29,33 @@ __all__ = ["EXIT_BAD_DATA", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build the feature table of one run date (the module docstring's job).
+
+    Args:
+        argv: command-line arguments without the program name (default ``sys.argv[1:]``): ``--run-date
+            YYYY-MM-DD``, required, the logical date of the DAG run.
+
+    First removes a ``features_error.json`` left by an earlier run, then reads WEATHER_FILE when set
+    (:func:`ml.pipeline.read_weather`, before Spark starts) and, with Spark, ``params.json`` and
+    ``demand.parquet`` staged under ``features/staging/build_features/run_date=YYYY-MM-DD/``. Writes
+    (overwriting) ``features/daily/run_date=YYYY-MM-DD/features.parquet`` (a folder of Parquet files) and
+    ``features_result.json`` in the staging folder (:func:`ml.spark_features.build_run`); on bad data,
+    ``features_error.json`` there (``{"run_date", "error", "message"}``). ``features/daily/latest.json`` is not
+    touched (``load_features`` moves it). Prints ``build_features <run date>: <result>`` on stdout; the
+    SparkSession is stopped either way.
+
+    Returns:
+        0 on success; :data:`EXIT_BAD_DATA` (3) when the staged demand breaks the contract
+        (``ml.spark_features.FeatureError``: reported on stderr after staging ``features_error.json``). The
+        caller exits with it (``sys.exit(main())``).
+
+    Raises:
+        SystemExit: status 2 (argparse) when ``--run-date`` is missing.
+        ValueError: a malformed ``--run-date``, or a WEATHER_FILE without the needed columns.
+        FileNotFoundError: nothing staged for the run date, or WEATHER_FILE does not exist.
+        Exception: anything else (``ConfigError``, the lake or Spark unavailable) propagates. Each of these ends
+            the process with status 1; the DAG's operator retries the task (no error record is staged).
+    """
     run_date, day = parse_job_date(argv, __doc__, "--run-date", "logical date of the DAG run (YYYY-MM-DD)")
 
     from core.lake import Lake

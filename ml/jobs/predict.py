@@ -24,6 +24,38 @@ if __package__ in (None, ""):  # launched as a file by spark-submit: make the re
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Forecast every active series of a feature table with one saved model (the module docstring's job).
+
+    Args:
+        argv: command-line arguments without the program name (default ``sys.argv[1:]``): ``--features`` (lake
+            path of the feature table, or ``latest``: the table ``features/daily/latest.json`` points at; default
+            ``latest``), ``--version N`` (default: the champion's version from
+            ``models/demand-forecast/champion.json``), ``--model`` (``gbt`` or a baseline; default the champion's
+            model when the version comes from champion.json, else ``gbt``).
+
+    Reads champion.json (without ``--version``), the feature table (Spark) and version N's ``meta.json``,
+    ``spark_model/`` and ``intervals.parquet`` under ``models/demand-forecast/v<N>/``. Writes (overwriting) the
+    forecasts (``store_id``, ``product_id``, ``forecast_origin``, ``target_date``, ``horizon`` 1..H, ``yhat``,
+    ``lower80``/``upper80``, ``lower95``/``upper95`` in units, ``model_version``) to
+    ``models/demand-forecast/predictions/origin=YYYY-MM-DD/predictions.parquet`` and
+    ``.../predictions/latest.parquet`` (bucket LAKE_MODELS_BUCKET), after the SparkSession is stopped. Prints a
+    summary line on stdout; shrinkage warnings go to stderr.
+
+    Returns:
+        0 on success (the caller exits with it: ``sys.exit(main())``).
+
+    Raises:
+        SystemExit: status 1 with a message when there is no champion.json (and no ``--version``) or the feature
+            table lacks a stored feature column (:data:`ml.features.STORED_COLUMNS`); status 2 (argparse) on a bad
+            option.
+        FileNotFoundError: no feature table at ``--features``, no ``latest.json``, or version N has no
+            ``spark_model``.
+        OSError: version N has no ``meta.json`` (FileNotFoundError on a folder lake).
+        ValueError: an unknown ``--model``, or the table has no future rows for a horizon
+            (:func:`ml.forecast.forecast`).
+        Exception: anything else (``ConfigError``, the lake or Spark unavailable) propagates. Every failure ends
+            the process with a non-zero status, which the DAG's operator retries.
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--features", default="latest", help="lake path of the feature table, or 'latest'")
     ap.add_argument("--version", type=int, default=None, help="model version (default: the champion)")

@@ -28,6 +28,38 @@ if __package__ in (None, ""):  # launched as a file by spark-submit: make the re
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Backtest and train the forecaster on one feature table and save it as a model version (the module
+    docstring's job).
+
+    Args:
+        argv: command-line arguments without the program name (default ``sys.argv[1:]``): ``--features`` (lake
+            path of the feature table, or ``latest``; default ``latest``), ``--run-date`` (required; stored as
+            given in meta.json and used to find the version to overwrite, not parsed as a date), and overrides
+            of the settings' defaults: ``--horizon`` (days, FORECAST_HORIZON), ``--n-origins``,
+            ``--origin-step-days``, ``--train-window-days`` (days), ``--max-iter``, ``--max-depth`` (GBT),
+            ``--backtest-series`` (0 = all), ``--max-train-rows`` (0 = all), ``--stats-jobs`` (-1 = all cores),
+            ``--shrink-k`` (units/day; default :data:`ml.forecast.SHRINK_K`). The settings are read before the
+            arguments are parsed, so even ``--help`` needs valid settings.
+
+    Reads the feature table with Spark (``latest``: the table ``features/daily/latest.json`` points at) and the
+    existing versions' meta.json. Writes version N (:func:`ml.forecast.save_model_version`: its folder
+    ``models/demand-forecast/v<N>/`` replaced by ``spark_model/``, ``intervals.parquet``, ``metrics.parquet`` and
+    ``meta.json`` last; bucket LAKE_MODELS_BUCKET). champion.json is not touched (``register_model`` promotes).
+    Prints progress and a WAPE summary on stdout; the SparkSession is stopped either way.
+
+    Returns:
+        0 on success (the caller exits with it: ``sys.exit(main())``).
+
+    Raises:
+        SystemExit: status 2 (argparse) when ``--run-date`` is missing or an option is malformed.
+        FileNotFoundError: no feature table at ``--features`` (or no ``latest.json``).
+        ValueError: an invalid setting of :class:`ml.forecast.ForecastConfig` (e.g. horizon outside
+            1..MAX_HORIZON, negative ``--shrink-k``), a table without a day of known units, or no training rows;
+            ``ml.forecast.InsufficientHistory`` (a ValueError) when no backtest origin has enough history.
+        Exception: anything else (``ConfigError``, the lake or Spark unavailable) propagates. Every failure ends
+            the process with a non-zero status, which the DAG's operator retries; no version is written before
+            training has finished.
+    """
     from core.settings import get_settings
 
     s = get_settings()
