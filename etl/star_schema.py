@@ -34,6 +34,7 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -664,6 +665,30 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
            "dim_store_rows": len(dim_store), "dim_date_rows": len(dim_date)}
     log.info("load %s: %s", day, out)
     return out
+
+
+def load_recorded(day: dt.date, dag_run_id: str = "") -> dict[str, Any]:
+    """:func:`load` as the ``load`` task of ``daily_etl`` runs it: the start time travels with the result (for
+    :func:`quality_check`), and a failed load is recorded in ``etl_runs`` before the error propagates.
+
+    Args:
+        day: the UTC date to load.
+        dag_run_id: the Airflow run id stored with a failed run ("" outside Airflow).
+    Returns:
+        :func:`load`'s counts plus ``started_at`` (ISO 8601, UTC: when this call started).
+    Raises:
+        Exception: whatever :func:`load` raises (e.g. :class:`EtlError` for a missing staged file, ClickHouse or
+            lake errors), unchanged, after a row with status ``failed``, stage ``load`` and ``repr`` of the
+            error as message was appended to ``etl_runs`` (:func:`record_run`). Recording is best effort: an
+            error while recording (e.g. ClickHouse down) is suppressed, so the load's error is the one raised.
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    try:
+        return {**load(day), "started_at": started.isoformat()}
+    except Exception as exc:  # record the failed load in etl_runs, then let the caller fail
+        with contextlib.suppress(Exception):
+            record_run(_client(), _db(), day, "failed", "load", started, message=repr(exc), dag_run_id=dag_run_id)
+        raise
 
 
 # ------------------------------------------------------------------------------- quality checks --
