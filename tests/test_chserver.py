@@ -62,8 +62,14 @@ def endpoint(tmp_path_factory):
         yield base, users, port
     finally:
         proc.terminate()
-        proc.wait(30)
-        log.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # it must stop on SIGTERM: kill it (no process left), then fail
+            proc.kill()
+            proc.wait()
+            pytest.fail("the endpoint did not stop within 30 s of SIGTERM (killed)")
+        finally:
+            log.close()
         import socket
 
         with socket.socket() as sock:

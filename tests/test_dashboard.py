@@ -28,6 +28,18 @@ END = dt.date(2026, 11, 30)
 SHOTS = REPO / "reports" / "screenshots"
 
 
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM the dashboard; one still running ``timeout`` s later is killed (no process left) and the test fails:
+    Streamlit must stop on SIGTERM (the supervisor's stop signal)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the dashboard did not stop within {timeout:g} s of SIGTERM (killed)")
+
+
 @pytest.fixture(scope="module")
 def chain(native_stack):
     """The known data set, loaded once into this module's fresh database; returns load_chain's dict."""
@@ -65,9 +77,10 @@ def dashboard(native_stack, chain):
             pytest.fail("dashboard did not become healthy in 60 s")
         yield f"http://localhost:{port}"
     finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
+        try:
+            stop(proc)
+        finally:
+            log.close()
         assert not port_open("localhost", port)
 
 
@@ -255,8 +268,7 @@ def test_a_page_without_data_explains_what_to_run(native_stack, browser, tmp_pat
                 text = browser.find_element(By.TAG_NAME, "body").text
             assert hint in text and "Traceback" not in text, f"/{page}: {text[:1500]}"
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop(proc)
     assert not port_open("localhost", port)
 
 
