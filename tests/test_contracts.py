@@ -132,7 +132,7 @@ def test_check_payload_accepts_a_valid_value():
 
 
 class FakePublisher:
-    """Stands in for core.kafka.EventPublisher: records what would be sent."""
+    """Stands in for core.kafka.EventPublisher in a unit test: records what would be sent or dead-lettered."""
 
     def __init__(self):
         from core.settings import get_settings
@@ -150,6 +150,9 @@ class FakePublisher:
 
 
 def test_producers_dead_letter_duplicate_keys_and_bad_bytes(tmp_path):
+    """Unit test of publish_file's line decisions (publish, or dead-letter with which payload and reason) with a
+    fake publisher; the same through the real EventPublisher and broker, read back from the topics:
+    test_producers_kafka.py::test_publish_file_of_raw_lines_to_the_real_broker."""
     from producers.raw import publish_file
 
     now = int(time.time() * 1000)

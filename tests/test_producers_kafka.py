@@ -10,6 +10,7 @@ delivery counters matching.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
@@ -136,6 +137,51 @@ def test_publish_valid_and_invalid_events_round_trip(kafka_settings):
     for (get, gp, gr), (wet, wp, wr) in zip(got_dlq, want_dlq):
         assert (get, gp) == (wet, wp)
         assert gr.startswith(wr[:30]) and gr  # the validation error travels with the record
+    assert all(isinstance(d["failed_at"], int) and d["failed_at"] > 0 for d in dlq)
+
+
+def test_publish_file_of_raw_lines_to_the_real_broker(kafka_settings, tmp_path):
+    """producers.raw.publish_file with the real EventPublisher and broker (the integration twin of
+    test_contracts.py's unit test of the line decisions): valid lines are on their topic once, with their key;
+    a duplicate-key object, bytes that are not UTF-8 and a line breaking the contract are on the dead-letter
+    topic, in file order, each with its payload and reason; an empty line is skipped."""
+    import uuid
+
+    from core.kafka import EventPublisher, event_key
+    from core.kafka_admin import ensure_topics
+    from producers.raw import publish_file
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-raw-"})
+    ensure_topics(s)
+    now = int(time.time() * 1000)
+
+    def sale(i: int, **kw) -> dict:
+        return {"transaction_id": f"RAW{i}", "store_id": "S001", "product_id": f"SKU0000{i}", "quantity": i,
+                "unit_price": 2.5, "timestamp": now - 60_000, "customer_id": None, "payment_method": "CARD",
+                "invoice_id": None, **kw}
+
+    valid = [sale(1), sale(2, customer_id="C7", payment_method="CASH")]
+    dup = json.dumps(sale(3)).encode()[:-1] + b', "quantity": 7}'
+    zero = json.dumps(sale(4, quantity=0)).encode()
+    path = tmp_path / "pos.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(valid[0]).encode(), dup, b"\xfe\xff", b"", zero,
+                                  json.dumps(valid[1]).encode()]) + b"\n")
+    with EventPublisher(s, client_id="raw-file-test") as pub:
+        assert publish_file(pub, "sales_transaction", path) == {"published": 2, "dead_lettered": 3}
+    c = pub.counts
+    assert c["sent"] == 2 and c["dead_lettered"] == 3
+    assert c["delivered"] == 5 and c["failed"] == 0 and c["pending"] == 0
+
+    got = consume_all(s, s.topic(EVENT_TYPES["sales_transaction"]))
+    values = sorted((json.loads(m.value) for m in got), key=lambda v: v["transaction_id"])
+    assert values == valid
+    assert sorted(m.key.decode() for m in got) == sorted(event_key("sales_transaction", r) for r in valid)
+
+    dlq = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert [(d["event_type"], d["payload"], d["reason"]) for d in dlq] == [
+        ("sales_transaction", dup.decode(), "duplicate JSON key(s): quantity"),
+        ("sales_transaction", "base64:/v8=", "value is not valid UTF-8"),
+        ("sales_transaction", zero.decode(), "quantity must not be 0")]
     assert all(isinstance(d["failed_at"], int) and d["failed_at"] > 0 for d in dlq)
 
 
