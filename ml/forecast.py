@@ -111,6 +111,8 @@ MIN_GROUP_RESIDUALS = 20
 BASELINES = ("seasonal_naive", "trailing_mean_28", "statsforecast")
 MODELS = ("gbt",) + BASELINES
 ADI_INTERMITTENT = 1.32  # Syntetos & Boylan (2005) cut-off of the average inter-demand interval
+#: fewest demand days in its window for a per-series statsforecast fit (:func:`statsforecast_baseline`)
+MIN_DEMAND_DAYS = 3
 #: credibility constant of the GBT's shrinkage toward the trailing 28-day mean (see the module docstring)
 SHRINK_K = 0.5
 #: cap of the scaled training label y / level (see the module docstring); 0 = uncapped
@@ -406,33 +408,61 @@ def served_forecast(yhat: np.ndarray, rows: pd.DataFrame, target: str = "scaled"
 # statistical baseline (statsforecast)
 # --------------------------------------------------------------------------------------------
 def statsforecast_baseline(features: pd.DataFrame, origin, horizon: int, window_days: int = 365,
-                           n_jobs: int = 1, ets_model: str = ETS_MODEL) -> pd.DataFrame:
+                           n_jobs: int = 1, ets_model: str = ETS_MODEL, data_start=None) -> pd.DataFrame:
     """Per-series statsforecast forecasts from ``origin``: CrostonOptimized for intermittent series
-    (ADI >= 1.32 over the window, or no sale), AutoETS(season_length=7) otherwise.
+    (ADI >= 1.32 over the window), AutoETS(season_length=7) otherwise.
+
+    The feature table starts each series at its first sale, so a series first sold inside the window would
+    reach the model with a sale on its first day; Croston's first inter-demand interval is then 1 day and a
+    series with one order forecasts that whole order every day (measured on the demo's replayed data: total
+    forecast 5.2x the demand, WAPE 5.43 against the trailing mean's 1.76). Two rules keep the models on what
+    they can estimate:
+
+    * days from ``data_start`` (the first day the table records, or the window start if later) to the series'
+      first row are zero demand: the chain recorded no sale of it there;
+    * a series with fewer than :data:`MIN_DEMAND_DAYS` (3) demand days in the window gets no forecast here (two
+      inter-demand intervals are the least Croston's smoothing can estimate); callers give it the trailing
+      28-day mean, as for any series statsforecast cannot fit (:func:`add_baselines`).
+
+    Measured (statsforecast alone; WAPE / RMSSE / total-forecast bias): the demo's data (7,623 series, 2 origins,
+    14 days) 5.432 / 2.987 / +416 % before, 1.729 / 1.273 / +36 % after (trailing mean 1.755 / 1.263 / +42 %);
+    UCI top-100 (4 origins, 14 days) 1.302 / 0.448 / +19 % before, 1.200 / 0.448 / +9 % after; M5 (6 origins, 28
+    days, series with their leading zeros) 0.4742 / 0.7795 before, 0.4741 / 0.7782 after.
 
     Args:
         features: daily feature table (uses store_id, product_id, date, units).
         origin: last day of history used; horizon: days ahead (1..28); window_days: history fitted.
+        data_start: first day the chain's data covers (default: the first day with known units in
+            ``features``); :func:`statsforecast_chunked` passes the whole table's.
         n_jobs: processes statsforecast fits the series in (its ``n_jobs``; -1 = all cores). AutoETS's
             optimiser is ~0.1 s of CPU per series-year here, so it scales with the cores (1,000 series:
             46 s with 1, 22 s with 2 on 2 cores, inside a running Spark driver, with the full "ZZZ" space).
         ets_model: AutoETS's model space (:data:`ETS_MODEL`, see the module docstring).
     Returns:
         DataFrame store_id, product_id, origin, h (1..horizon), statsforecast (units >= 0), one row per
-        series with at least one known day in the window.
+        series with at least :data:`MIN_DEMAND_DAYS` demand days in the window.
     """
     from statsforecast import StatsForecast
     from statsforecast.models import AutoETS, CrostonOptimized
 
     o = pd.Timestamp(origin)
-    f = features[(features["date"] <= o) & (features["date"] > o - pd.Timedelta(days=window_days))
-                 & features["units"].notna()]
+    empty = pd.DataFrame(columns=["store_id", "product_id", "origin", "h", "statsforecast"])
+    known = features[features["units"].notna()]
+    if known.empty:
+        return empty
+    first_day = pd.Timestamp(known["date"].min() if data_start is None else data_start)
+    start = max(first_day, o - pd.Timedelta(days=window_days - 1))
+    f = known.loc[(known["date"] <= o) & (known["date"] >= start), [*KEYS, "date", "units"]]
     if f.empty:
-        return pd.DataFrame(columns=["store_id", "product_id", "origin", "h", "statsforecast"])
+        return empty
+    f = pd.concat([_leading_zeros(f, start), f], ignore_index=True).sort_values([*KEYS, "date"], kind="stable")
     df = pd.DataFrame({"unique_id": f["store_id"].astype(str) + "\x1f" + f["product_id"].astype(str),
                        "ds": f["date"].to_numpy(), "y": f["units"].to_numpy("float64")})
     st = df.groupby("unique_id", sort=False)["y"].agg(n="size", nz=lambda s: int((s > 0).sum()))
-    intermittent = (st["nz"] == 0) | (st["n"] / st["nz"].clip(lower=1) >= ADI_INTERMITTENT) | (st["n"] < 2 * SEASON)
+    st = st[st["nz"] >= MIN_DEMAND_DAYS]
+    if st.empty:
+        return empty
+    intermittent = (st["n"] / st["nz"] >= ADI_INTERMITTENT) | (st["n"] < 2 * SEASON)
     parts = []
     ets = AutoETS(season_length=SEASON, model=check_ets_model(ets_model))
     for ids, model in ((st.index[intermittent], CrostonOptimized()), (st.index[~intermittent], ets)):
@@ -451,6 +481,22 @@ def statsforecast_baseline(features: pd.DataFrame, origin, horizon: int, window_
     out["h"] = ((out["ds"] - o).dt.days).astype("int64")
     out["statsforecast"] = np.clip(np.nan_to_num(out["statsforecast"].to_numpy(), nan=0.0), 0.0, None)
     return out[["store_id", "product_id", "origin", "h", "statsforecast"]]
+
+
+def _leading_zeros(f: pd.DataFrame, start: pd.Timestamp) -> pd.DataFrame:
+    """Zero-demand rows (store_id, product_id, date, units = 0) for the days from ``start`` to the day before each
+    series' first row in ``f``; none for series starting at ``start``."""
+    first = f.groupby(KEYS, sort=False)["date"].min()
+    gap = (first - start).dt.days.to_numpy()
+    has = gap > 0
+    n = gap[has]
+    if not len(n):
+        return f.iloc[0:0]
+    idx = np.repeat(np.flatnonzero(has), n)
+    offset = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    return pd.DataFrame({"store_id": first.index.get_level_values(0)[idx],
+                         "product_id": first.index.get_level_values(1)[idx],
+                         "date": start + pd.to_timedelta(offset, unit="D"), "units": 0.0})
 
 
 def statsforecast_chunked(features, origin, horizon: int, window_days: int = 365, n_jobs: int = 1,
@@ -478,9 +524,12 @@ def statsforecast_chunked(features, origin, horizon: int, window_days: int = 365
     if chunk_series < 1:
         raise ValueError(f"chunk_series must be >= 1, got {chunk_series}")
     o = pd.Timestamp(origin)
+    known = features.where(F.col("units").isNotNull())
+    data_start = known.agg(F.min("date")).first()[0]  # the whole table's first day (statsforecast_baseline)
+    if data_start is None:
+        return statsforecast_baseline(pd.DataFrame(columns=[*KEYS, "date", "units"]), o, horizon)
     start = (o - pd.Timedelta(days=window_days - 1)).date()
-    hist = (features.where((F.col("date") >= F.lit(start)) & (F.col("date") <= F.lit(o.date()))
-                           & F.col("units").isNotNull())
+    hist = (known.where((F.col("date") >= F.lit(start)) & (F.col("date") <= F.lit(o.date())))
             .select(*KEYS, "date", "units"))
     n_series = hist.select(*KEYS).distinct().count()
     chunks = max(1, math.ceil(n_series / chunk_series))
@@ -489,7 +538,7 @@ def statsforecast_chunked(features, origin, horizon: int, window_days: int = 365
     for c in range(chunks):
         part = (hist if chunks == 1 else hist.where(chunk_of == c)).toPandas()
         part["date"] = pd.to_datetime(part["date"]).astype("datetime64[ns]")
-        fc = statsforecast_baseline(part, o, horizon, window_days, n_jobs, ets_model)
+        fc = statsforecast_baseline(part, o, horizon, window_days, n_jobs, ets_model, data_start=data_start)
         del part
         if len(fc):  # a hash chunk may hold no series
             parts.append(fc)

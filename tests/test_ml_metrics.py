@@ -328,3 +328,49 @@ def test_bench_hindsight_weekday_reference_is_exact_when_only_the_level_changes(
     # a series that never sold gets index 1 on every weekday: the flat hindsight mean (6 units/day)
     r = hindsight_weekday_reference(SimpleNamespace(predictions=pred, origins=[o]), feats.assign(units=0.0))
     assert r["wape"] == round(float(np.abs(y - 6.0).sum() / y.sum()), 4) and r["wape"] > 0
+
+
+def test_statsforecast_pads_days_before_a_series_first_sale_and_leaves_few_demand_series_to_the_mean():
+    """The feature table starts each series at its first sale. statsforecast_baseline fits every series from the
+    table's first day (zero demand before its first row) and gives no forecast to a series with fewer than 3 demand
+    days; the fits are checked against statsforecast's own models on hand-padded arrays."""
+    from statsforecast.models import AutoETS, CrostonOptimized
+
+    from ml.forecast import MIN_DEMAND_DAYS, statsforecast_baseline
+
+    days = pd.date_range("2024-01-01", periods=120, freq="D")
+    o, H = days[-1], 7
+    rng = np.random.default_rng(3)
+
+    def series(pid, first, units):
+        return pd.DataFrame({"store_id": "S", "product_id": pid, "date": days[first:], "units": units})
+
+    one_order = np.zeros(120 - 80); one_order[0] = 720.0           # a single order on its first day
+    two_orders = np.zeros(120 - 60); two_orders[[0, 30]] = [50.0, 40.0]
+    sparse = np.zeros(120 - 40); sparse[[0, 20, 45, 70]] = [30.0, 12.0, 25.0, 18.0]   # 4 demands, ADI 20 days
+    regular = rng.poisson(5.0, 120).astype(float) + 1.0                                 # from the first day, daily
+    feats = pd.concat([series("ONE", 80, one_order), series("TWO", 60, two_orders), series("SPARSE", 40, sparse),
+                       series("REG", 0, regular)], ignore_index=True)
+    # a future row (unknown units) is ignored
+    feats = pd.concat([feats, pd.DataFrame({"store_id": ["S"], "product_id": ["REG"],
+                                            "date": [o + pd.Timedelta(days=1)], "units": [np.nan]})])
+    got = statsforecast_baseline(feats, o, H, window_days=365)
+    assert MIN_DEMAND_DAYS == 3
+    assert set(got["product_id"]) == {"SPARSE", "REG"}          # ONE (1 demand) and TWO (2) are left to the mean
+    assert sorted(got["h"].unique()) == list(range(1, H + 1)) and len(got) == 2 * H
+
+    padded = np.concatenate([np.zeros(40), sparse])             # zeros from the table's first day
+    want_sparse = CrostonOptimized().forecast(y=padded, h=H)["mean"]
+    got_sparse = got[got["product_id"] == "SPARSE"].sort_values("h")["statsforecast"].to_numpy()
+    np.testing.assert_allclose(got_sparse, np.clip(want_sparse, 0, None), rtol=1e-9)
+    # without the padding Croston's first interval would be 1 day: a forecast ~1.9x higher here
+    unpadded = CrostonOptimized().forecast(y=sparse, h=H)["mean"]
+    assert unpadded[0] > 1.5 * want_sparse[0]
+    want_reg = AutoETS(season_length=7, model="ZNZ").forecast(y=regular, h=H)["mean"]
+    got_reg = got[got["product_id"] == "REG"].sort_values("h")["statsforecast"].to_numpy()
+    np.testing.assert_allclose(got_reg, np.clip(want_reg, 0, None), rtol=1e-6)
+    # data_start: the table's first day is given (the Spark path passes the whole table's); later than the series'
+    # start it only bounds the padding, so ``SPARSE`` from day 40 is fitted on its own 80 days
+    late = statsforecast_baseline(feats, o, H, window_days=365, data_start=days[40])
+    got_late = late[late["product_id"] == "SPARSE"].sort_values("h")["statsforecast"].to_numpy()
+    np.testing.assert_allclose(got_late, unpadded, rtol=1e-9)
