@@ -49,6 +49,9 @@ Models (each forecasts h = 1..H days ahead of an origin t, H = ``ForecastConfig.
   origins "ZZZ" 0.4742 / 0.8852 in 69.0 s, "ZNZ" 0.4742 / 0.8850 in 11.8 s; its 6 tuning origins 0.4664 /
   0.8238 in 66.0 s vs 0.4658 / 0.8234 in 9.9 s; UCI's 4 origins 1.3031 / 0.5232 in 7.1 s vs 1.3021 / 0.5231 in
   1.2 s. Models trained before this setting existed recorded no ``ets_model`` and are served with "ZZZ".
+  Each series is fitted from the table's first day (zero demand before its first sale) and needs
+  :data:`MIN_DEMAND_DAYS` demand days in the window, else it gets the trailing mean (see
+  :func:`statsforecast_baseline`: without these rules Croston forecast a single order every day).
 
 Rolling-origin backtest (never a random split)
 ----------------------------------------------
