@@ -45,6 +45,16 @@ def write_raw(lake, event_type: str, day: dt.date, files: dict[str, list[dict]],
         lake.write_table(pa.Table.from_pylist(rows, schema=schema), "raw-data", part, name)
 
 
+def write_small_day(lake, day: dt.date, quantities: list[int], prefix: str) -> list[str]:
+    """One raw sales file of ``day``: a line per quantity (ids ``<prefix><i>``, 10:00 UTC); returns the ids."""
+    ts = dt.datetime(day.year, day.month, day.day, 10, tzinfo=UTC)
+    rows = [{"transaction_id": f"{prefix}{i}", "store_id": "S0", "product_id": "P001", "quantity": q,
+             "unit_price": 1.0, "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": "I",
+             "ingested_at": ts, "kafka_partition": 0, "kafka_offset": i} for i, q in enumerate(quantities)]
+    write_raw(lake, "sales_transaction", day, {"batch-1.parquet": rows}, SALES_SCHEMA)
+    return [r["transaction_id"] for r in rows]
+
+
 def make_day(seed: int = 11):
     """Raw sales + inventory rows of DAY (and a few misfiled from DAY+1), reference products/stores."""
     rng = np.random.default_rng(seed)
@@ -214,11 +224,7 @@ def test_empty_day_and_contract_violation(local_lake, spark):
     out = sf.build_day(spark, empty, local_lake)
     assert out["sales_lines"] == 0 and out["inventory_rows"] == 0
     bad_day = DAY - dt.timedelta(days=1)
-    ts = dt.datetime(bad_day.year, bad_day.month, bad_day.day, 10, tzinfo=UTC)
-    rows = [{"transaction_id": f"B{i}", "store_id": "S0", "product_id": "P001", "quantity": q, "unit_price": 1.0,
-             "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": "I", "ingested_at": ts,
-             "kafka_partition": 0, "kafka_offset": i} for i, q in enumerate([0, 1, 2])]
-    write_raw(local_lake, "sales_transaction", bad_day, {"batch-1.parquet": rows}, SALES_SCHEMA)
+    write_small_day(local_lake, bad_day, [0, 1, 2], "B")  # B0: quantity 0 breaks the contract
     with pytest.raises(EtlError, match="1 sales lines violate the contract.*B0"):
         sf.build_day(spark, bad_day, local_lake)
 
@@ -231,12 +237,28 @@ def test_spark_submit_job_exit_codes(local_lake):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     submit = str(Path(sys.executable).parent / "spark-submit")
     app = str(REPO / "etl" / "jobs" / "daily_facts.py")
+
+    def run(day: dt.date) -> subprocess.CompletedProcess:
+        return subprocess.run([submit, "--master", "local[1]", "--conf", "spark.ui.enabled=false", app,
+                               "--date", day.isoformat()], env=env, capture_output=True, text=True, timeout=600)
+
+    good_day = DAY - dt.timedelta(days=2)
+    ids = write_small_day(local_lake, good_day, [1, 2, -1], "G")
+    r = run(good_day)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sf.read_json(local_lake, good_day, sf.ERROR_NAME) is None
+    res = sf.read_json(local_lake, good_day, sf.RESULT_NAME)
+    assert res and res["date"] == good_day.isoformat() and res["sales_lines"] == 3, res
+    f = staged(local_lake, "fact_sales", good_day)
+    assert sorted(f["sale_id"]) == ids and (f["date_key"] == dk(good_day)).all()
+
     bad_day = DAY - dt.timedelta(days=1)
-    r = subprocess.run([submit, "--master", "local[1]", "--conf", "spark.ui.enabled=false", app,
-                        "--date", bad_day.isoformat()], env=env, capture_output=True, text=True, timeout=600)
+    write_small_day(local_lake, bad_day, [0, 1, 2], "B")  # the day of test_empty_day_and_contract_violation
+    r = run(bad_day)
     assert r.returncode == 3, r.stderr[-3000:]
     err = sf.read_json(local_lake, bad_day, sf.ERROR_NAME)
-    assert err and "violate the contract" in err["message"]
+    assert err and err["date"] == bad_day.isoformat() and "violate the contract" in err["message"], err
+    assert "B0" in err["message"]
 
 
 def test_raw_files_of_two_contract_versions(local_lake, spark):
