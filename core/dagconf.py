@@ -1,11 +1,16 @@
 """Conventions shared by every platform DAG (owner, retries, the ClickHouse pool, the date a run processes).
 
-Imported by the DAG files at parse time: standard library only, nothing that opens a connection.
+Imported by the DAG files at parse time: standard library only at import, nothing that opens a connection
+(:func:`clickhouse_pool_slots` reads the settings when called).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 #: owner of every platform DAG
 OWNER = "retail-data-platform"
@@ -38,9 +43,18 @@ def target_date(logical_date) -> dt.date:
     return logical_date.astimezone(dt.timezone.utc).date()
 
 
-def clickhouse_pool_slots(clickhouse_url: str | None, configured: str | int | None = None) -> int:
-    """Slots of :data:`CLICKHOUSE_POOL`: ``configured`` (AIRFLOW_CLICKHOUSE_POOL_SLOTS) when given, else 1 for
-    an embedded ``chdb://`` URL (one process per data path) and 4 for an HTTP endpoint or server."""
-    if configured not in (None, ""):
-        return int(configured)
-    return 1 if (clickhouse_url or "").startswith("chdb://") else 4
+def clickhouse_pool_slots(s: Settings | None = None) -> int:
+    """Slots of :data:`CLICKHOUSE_POOL`: AIRFLOW_CLICKHOUSE_POOL_SLOTS when set (validated by the settings: an
+    integer >= 1), else 1 for an embedded ``chdb://`` CLICKHOUSE_URL (one process per data path) and 4 for an
+    HTTP endpoint or server.
+
+    Raises:
+        core.settings.ConfigError: a setting is invalid (``s`` not given); the message names the variable.
+    """
+    if s is None:
+        from core.settings import get_settings
+
+        s = get_settings()
+    if s.airflow_clickhouse_pool_slots is not None:
+        return s.airflow_clickhouse_pool_slots
+    return 1 if (s.clickhouse_url or "").startswith("chdb://") else 4

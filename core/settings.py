@@ -14,12 +14,13 @@ names the offending environment variable.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlparse
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Repository root (the folder holding this package's parent).
@@ -36,6 +37,42 @@ class ConfigError(ValueError):
 
 #: name of the read-only ClickHouse user (dashboards, Power BI); its password is CLICKHOUSE_BI_PASSWORD
 BI_USER = "bi_reader"
+#: name of the ClickHouse user that writes (default CLICKHOUSE_URL); its password is CLICKHOUSE_WRITER_PASSWORD
+WRITER_USER = "platform_writer"
+
+#: Spark interval units accepted by :func:`interval_hours` -> hours per unit
+_INTERVAL_UNITS = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
+
+
+def interval_hours(value: str, variable: str = "STREAM_WINDOW") -> float:
+    """Length of a Spark interval string in hours, e.g. ``"5 minutes"`` -> 0.0833 (the parser of STREAM_WINDOW
+    and STREAM_WATERMARK, used by the settings' validation and by the streaming job).
+
+    Raises:
+        ValueError: naming ``variable``, for a string that is not ``<number> <unit>`` with a finite number >= 0
+            and unit seconds/minutes/hours/days (singular or plural).
+    """
+    parts = str(value).strip().split()
+    if len(parts) != 2:
+        raise ValueError(f"{variable}: interval {value!r}: expected '<number> <unit>', e.g. '5 minutes'")
+    unit = parts[1].lower().rstrip("s")
+    if unit not in _INTERVAL_UNITS:
+        raise ValueError(f"{variable}: interval {value!r}: unit must be seconds, minutes, hours or days")
+    try:
+        number = float(parts[0])
+    except ValueError:
+        raise ValueError(f"{variable}: interval {value!r}: {parts[0]!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{variable}: interval {value!r}: the number must be finite and >= 0")
+    return number * _INTERVAL_UNITS[unit]
+
+
+@functools.lru_cache(maxsize=1)
+def _holiday_countries() -> dict[str, list[str]]:
+    """{country code: its subdivision codes} of the ``holidays`` package (imported on first use)."""
+    import holidays
+
+    return holidays.list_supported_countries()
 
 
 class Settings(BaseSettings):
@@ -57,7 +94,8 @@ class Settings(BaseSettings):
 
     # ---- Kafka ------------------------------------------------------------------------------
     kafka_bootstrap_servers: str = Field(default="localhost:9092", description="Kafka bootstrap servers, host:port[,host:port].")
-    kafka_controller_port: int = Field(default=9093, description="Native broker's KRaft controller port.")
+    kafka_controller_port: int = Field(default=9093, ge=1, le=65535,
+                                       description="Native broker's KRaft controller port.")
     kafka_version: str = Field(default="4.1.1", description="Native broker version (must match ops/kafka/pom.xml).")
     kafka_heap: str = Field(default="512m", description="Native broker JVM heap (-Xmx).")
     kafka_topic_prefix: str = Field(default="retail-", description="Prefix of every platform topic.")
@@ -71,7 +109,9 @@ class Settings(BaseSettings):
                     "to open the embedded engine in this process (single-process use only).")
     clickhouse_database: str = Field(default="retail", description="ClickHouse database of the platform.")
     clickhouse_http_host: str = Field(default="127.0.0.1", description="Native stack: address the ClickHouse HTTP endpoint (chserver, over chDB) listens on.")
-    clickhouse_http_port: int = Field(default=8123, description="Port of the ClickHouse HTTP interface (native endpoint and compose's server).")
+    clickhouse_http_port: int = Field(
+        default=8123, ge=1, le=65535,
+        description="Port of the ClickHouse HTTP interface (native endpoint and compose's server).")
     clickhouse_chdb_path: Path | None = Field(default=None, description="Native stack: chDB data folder the HTTP endpoint owns. Default: $RETAIL_STATE_DIR/chdb.")
     clickhouse_admin_password: str | None = Field(default=None, description="Password of ClickHouse user `admin` (generated into local.env by setup).")
     clickhouse_writer_password: str | None = Field(default=None, description="Password of ClickHouse user `platform_writer`, used by the default CLICKHOUSE_URL (generated into local.env by setup).")
@@ -93,8 +133,8 @@ class Settings(BaseSettings):
     # ---- native MinIO server ------------------------------------------------------------------
     minio_version: str = Field(default="v0.0.0-20260212201848-7aac2a2c5b7c",
                                description="Go module version of github.com/minio/minio built by setup.")
-    minio_port: int = Field(default=9000, description="Native MinIO API port.")
-    minio_console_port: int = Field(default=9001, description="Native MinIO console port.")
+    minio_port: int = Field(default=9000, ge=1, le=65535, description="Native MinIO API port.")
+    minio_console_port: int = Field(default=9001, ge=1, le=65535, description="Native MinIO console port.")
     minio_root_user: str | None = Field(default=None, description="Native MinIO root user (generated into local.env by setup).")
     minio_root_password: str | None = Field(default=None, description="Native MinIO root password (generated into local.env by setup).")
 
@@ -103,13 +143,13 @@ class Settings(BaseSettings):
     spark_version: str = Field(default="4.0.0", description="Spark version; the Kafka connector uses the same.")
     spark_awssdk_version: str = Field(default="2.29.52", description="AWS SDK v2 modules (s3, s3-transfer-manager, sts) resolved with hadoop-aws for Spark's S3A lake access (ops/spark/s3a-pom.xml).")
     spark_driver_memory: str = Field(default="2g", description="Spark driver memory.")
-    spark_shuffle_partitions: int = Field(default=4, description="spark.sql.shuffle.partitions.")
+    spark_shuffle_partitions: int = Field(default=4, ge=1, description="spark.sql.shuffle.partitions.")
     spark_checkpoint_dir: str | None = Field(default=None, description="Durable checkpoint root. Default: $RETAIL_STATE_DIR/checkpoints.")
 
     # ---- Streaming semantics -----------------------------------------------------------------
     stream_window: str = Field(default="5 minutes", description="Tumbling event-time window length.")
     stream_watermark: str = Field(default="10 minutes", description="Watermark delay (allowed lateness).")
-    stream_trigger_seconds: float = Field(default=5.0, description="Micro-batch trigger interval, seconds.")
+    stream_trigger_seconds: float = Field(default=5.0, gt=0, description="Micro-batch trigger interval, seconds.")
     stream_max_offsets_per_trigger: int = Field(default=200_000, description="Kafka maxOffsetsPerTrigger: at most this many records per micro-batch from each of the raw query's sources (one per topic) and from the windows query's source (sales + inventory updates together).")
     stream_state_store: Literal["rocksdb", "hdfs"] = Field(default="rocksdb", description="Streaming state store (deduplication and window state): rocksdb = Spark's RocksDB provider with changelog checkpointing, hdfs = Spark's default in-heap provider. New checkpoints only.")
     stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
@@ -122,18 +162,30 @@ class Settings(BaseSettings):
     risk_medium_hours: float = Field(default=72.0, description="Hours of cover below which stock-out risk is MEDIUM.")
 
     # ---- Airflow ------------------------------------------------------------------------------
-    airflow_port: int = Field(default=8080, description="Native stack: port of the Airflow API server / UI (service `airflow`).")
+    airflow_port: int = Field(default=8080, ge=1, le=65535,
+                              description="Native stack: port of the Airflow API server / UI (service `airflow`).")
+    airflow_clickhouse_pool_slots: int | None = Field(
+        default=None, ge=1,
+        description="Slots of the DAGs' Airflow pool `clickhouse` (tasks reading or writing ClickHouse at once; "
+                    "python -m ops.entrypoint airflow-init, ops.airflow init). Default: 1 when CLICKHOUSE_URL is "
+                    "chdb:// (one process per data path), else 4.")
     dashboard_port: int = Field(default=8501, ge=1, le=65535, description="Port of the live browser dashboard (Streamlit, service `dashboard`).")
+    dashboard_host: str = Field(
+        default="127.0.0.1", min_length=1,
+        description="Address the live browser dashboard (Streamlit) listens on: this machine only by default; "
+                    "compose sets 0.0.0.0 (all interfaces of the container, for its published port).")
     dashboard_refresh_s: float = Field(default=5.0, gt=0, le=10, description="Seconds between refreshes of the dashboard's live sections (at most 10).")
     etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
     training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")
     service_level: float = Field(default=0.95, description="Target cycle service level for safety stock.")
-    lead_time_days: int = Field(default=3, description="Supplier lead time in days.")
+    lead_time_days: int = Field(default=3, ge=0, description="Supplier lead time in days.")
     weather_file: str | None = Field(default=None, description="Optional CSV (date, country, temp_c, precip_mm) of daily weather.")
-    order_cost: float = Field(default=50.0, description="Fixed cost per replenishment order (EOQ's S), currency.")
-    holding_cost_rate: float = Field(default=0.25, description="Yearly holding cost as a fraction of unit cost (EOQ's H = rate * unit cost).")
+    order_cost: float = Field(default=50.0, gt=0, description="Fixed cost per replenishment order (EOQ's S), currency.")
+    holding_cost_rate: float = Field(
+        default=0.25, gt=0,
+        description="Yearly holding cost as a fraction of unit cost (EOQ's H = rate * unit cost).")
     forecast_horizon: int = Field(default=14, ge=1, le=28, description="Forecast horizon in days (1..28): backtest, intervals and the batch predictions.")
     forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (FORECAST_ORIGIN_STEP_DAYS apart).")
     forecast_origin_step_days: int = Field(default=30, ge=1, description="Days between backtest origins (not a multiple of 7, so each horizon falls on several weekdays).")
@@ -141,8 +193,8 @@ class Settings(BaseSettings):
     forecast_max_train_rows: int = Field(default=1_000_000, ge=0, description="Each GBT fit (backtest refits and the final model) on a seeded uniform sample of at most this many training rows (series x target day); 0 = all. Bounds the fit's time at chain scale; raise it with the Spark cluster.")
     forecast_stats_jobs: int = Field(default=-1, ge=-1, description="Processes fitting the statsforecast baseline in the training driver (-1 = all its cores).")
     forecast_train_window_days: int = Field(default=365, description="Forecast training window, days of targets before the origin.")
-    forecast_gbt_max_iter: int = Field(default=40, description="GBTRegressor maxIter (trees).")
-    forecast_gbt_max_depth: int = Field(default=5, description="GBTRegressor maxDepth.")
+    forecast_gbt_max_iter: int = Field(default=40, ge=1, description="GBTRegressor maxIter (trees).")
+    forecast_gbt_max_depth: int = Field(default=5, ge=1, description="GBTRegressor maxDepth.")
 
     # ---- validators ---------------------------------------------------------------------------
     @field_validator("kafka_bootstrap_servers")
@@ -161,6 +213,55 @@ class Settings(BaseSettings):
             raise ValueError("must be in [0.5, 1)")
         return v
 
+    @field_validator("lake_url")
+    @classmethod
+    def _check_lake_url(cls, v: str | None) -> str | None:
+        # core.lake treats anything but http(s) as a local folder: s3://bucket or minio:9000 would silently
+        # write below the working directory, so only the forms it understands pass
+        if v is None:
+            return v
+        u = urlparse(v)
+        if u.scheme in ("http", "https"):
+            if not u.hostname:
+                raise ValueError(f"LAKE_URL {v!r}: an http(s) lake URL needs a host, e.g. http://localhost:9000")
+        elif u.scheme == "file":
+            if u.netloc not in ("", "localhost") or not u.path.startswith("/"):
+                raise ValueError(f"LAKE_URL {v!r}: a file URL needs an absolute path, e.g. file:///data/lake")
+        elif u.scheme or not v.startswith("/"):
+            raise ValueError(f"LAKE_URL {v!r}: expected http://host:port, https://host:port, file:///abs/path "
+                             "or an absolute folder path")
+        return v
+
+    @field_validator("stream_window", "stream_watermark")
+    @classmethod
+    def _check_interval(cls, v: str, info: ValidationInfo) -> str:
+        hours = interval_hours(v, info.field_name.upper())  # the streaming job's parser (streaming.transforms)
+        if info.field_name == "stream_window" and hours <= 0:
+            raise ValueError(f"STREAM_WINDOW {v!r}: the window length must be > 0")
+        return v
+
+    @field_validator("store_country_default")
+    @classmethod
+    def _check_country(cls, v: str) -> str:
+        # the forms etl.star_schema looks up: "GB" or an ISO 3166-2 subdivision such as "GB-SCT"
+        country, _, subdiv = v.strip().upper().partition("-")
+        supported = _holiday_countries()
+        if country not in supported:
+            raise ValueError(f"STORE_COUNTRY_DEFAULT {v!r}: not a country code the holidays package supports "
+                             "(holidays.list_supported_countries(), e.g. GB, US, DE)")
+        if subdiv and subdiv not in supported[country]:
+            raise ValueError(f"STORE_COUNTRY_DEFAULT {v!r}: {country} has no subdivision {subdiv!r} in the holidays "
+                             f"package (known: {', '.join(supported[country]) or 'none'})")
+        return v.strip().upper()
+
+    @model_validator(mode="after")
+    def _check_risk_hours(self) -> "Settings":
+        if not self.risk_high_hours < self.risk_medium_hours:
+            raise ValueError(f"RISK_HIGH_HOURS ({self.risk_high_hours}) must be below RISK_MEDIUM_HOURS "
+                             f"({self.risk_medium_hours}): below the first stock-out risk is HIGH, below the second "
+                             "MEDIUM")
+        return self
+
     @model_validator(mode="after")
     def _derive(self) -> "Settings":
         if self.retail_state_dir is None:
@@ -169,7 +270,7 @@ class Settings(BaseSettings):
             self.clickhouse_chdb_path = self.retail_state_dir / "chdb"
         if self.clickhouse_url is None:
             pw = quote(self.clickhouse_writer_password or "", safe="")
-            self.clickhouse_url = f"http://platform_writer:{pw}@localhost:{self.clickhouse_http_port}"
+            self.clickhouse_url = f"http://{WRITER_USER}:{pw}@localhost:{self.clickhouse_http_port}"
         scheme = urlparse(self.clickhouse_url).scheme
         if scheme not in ("chdb", "http", "https"):
             raise ValueError(f"CLICKHOUSE_URL must start with chdb://, http:// or https://, got {self.clickhouse_url!r}")
@@ -200,7 +301,7 @@ class Settings(BaseSettings):
         """The endpoint's users: ``{name: (password, readonly)}``; ``admin`` and ``platform_writer`` may write,
         ``bi_reader`` is read-only (ClickHouse's readonly=1). There is no passwordless ``default`` user."""
         return {"admin": (self.clickhouse_admin_password, False),
-                "platform_writer": (self.clickhouse_writer_password, False),
+                WRITER_USER: (self.clickhouse_writer_password, False),
                 BI_USER: (self.clickhouse_bi_password, True)}
 
     def topic(self, name: str) -> str:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 from urllib.parse import urlparse
 
 from core.settings import REPO_ROOT, Settings, get_settings
@@ -103,7 +104,7 @@ def init(s: Settings | None = None, home: Path | None = None) -> Path:
     env = airflow_env(s, home)
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     _run([_airflow(), "db", "migrate"], env)
-    _run([_airflow(), "pools", "set", CLICKHOUSE_POOL, str(clickhouse_pool_slots((s or get_settings()).clickhouse_url)),
+    _run([_airflow(), "pools", "set", CLICKHOUSE_POOL, str(clickhouse_pool_slots(s or get_settings())),
           "ClickHouse tasks of the DAGs"], env)
     return Path(env["AIRFLOW_HOME"])
 
@@ -130,7 +131,7 @@ def configure_in_process(home: Path, s: Settings | None = None) -> None:
     from airflow.utils import db
 
     db.initdb()
-    Pool.create_or_update_pool(CLICKHOUSE_POOL, clickhouse_pool_slots((s or get_settings()).clickhouse_url),
+    Pool.create_or_update_pool(CLICKHOUSE_POOL, clickhouse_pool_slots(s or get_settings()),
                                 "ClickHouse tasks of the DAGs", include_deferred=False)
 
 
@@ -163,14 +164,16 @@ def api_token(port: int, home: Path, username: str = "admin") -> str:
     return r.json()["access_token"]
 
 
-def start_standalone(s: Settings | None = None, port: int = 8080, timeout: float = 180,
+def start_standalone(s: Settings | None = None, port: int | None = None, timeout: float = 180,
                      log_path: Path | None = None) -> subprocess.Popen:
-    """init, then start ``airflow standalone`` in its own session and wait until healthy.
+    """init, then start ``airflow standalone`` in its own session (on ``port``, default AIRFLOW_PORT) and wait
+    until healthy.
 
     Raises:
         RuntimeError: not healthy within ``timeout`` seconds (the process is stopped; see the log).
     """
     s = s or get_settings()
+    port = port or s.airflow_port
     home = init(s)
     env = {**os.environ, **airflow_env(s, home, port)}
     log_path = log_path or home / "standalone.log"
@@ -296,9 +299,11 @@ def _cli():
         typer.echo(f"AIRFLOW_HOME={init()} ready")
 
     @app.command("standalone")
-    def standalone_cmd(port: int = typer.Option(8080, help="API server / UI port.")) -> None:
+    def standalone_cmd(port: Optional[int] = typer.Option(None, help="API server / UI port (default: AIRFLOW_PORT, "
+                                                                     "8080).")) -> None:
         """Start airflow standalone; Ctrl-C (or SIGTERM) stops it cleanly."""
         s = get_settings()
+        port = port or s.airflow_port
         proc = start_standalone(s, port)
         home = airflow_home(s)
         typer.echo(f"Airflow UI: http://localhost:{port}  (user admin; password in {password_file(home)})")

@@ -20,11 +20,14 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import typer
+from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
+from core.settings import WRITER_USER, get_settings
 from ops.bench_stream import pct
 from ops.services import free_port
 
@@ -81,10 +84,48 @@ def _direct(path: str, rows: int, chunk: int, runs: int, q) -> None:
     q.put(workload(clickhouse_connect.get_client(dsn=f"chdb://{path}"), rows, chunk, runs))
 
 
-def run(rows: int = 1_000_000, chunk: int = 100_000, runs: int = 50) -> dict:
-    """Both measurements in one run; returns the report."""
-    import clickhouse_connect
+def wait_ready(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll ``check`` every ``interval`` seconds until it returns true.
+
+    Raises:
+        TimeoutError: ``check`` stayed false for ``timeout`` seconds; the message names ``what``.
+    """
+    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(interval), retry=retry_if_result(lambda ok: not ok))
+    def _poll() -> bool:
+        return bool(check())
+
+    try:
+        _poll()
+    except RetryError:
+        raise TimeoutError(f"{what} not ready within {timeout:.0f} s") from None
+
+
+def _ping(url: str) -> bool:
     import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _exited(proc: subprocess.Popen) -> bool:
+    return proc.poll() is not None
+
+
+def _connect_host(host: str) -> str:
+    """Address a client on this machine dials for a server bound to ``host`` (wildcard -> loopback)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+
+
+def run(rows: int = 1_000_000, chunk: int = 100_000, runs: int = 50) -> dict:
+    """Both measurements in one run; returns the report.
+
+    Raises:
+        TimeoutError: the endpoint did not answer ``/ping`` within 60 s.
+        RuntimeError: the endpoint exited before answering.
+    """
+    import clickhouse_connect
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ch-"))
     ctx = mp.get_context("spawn")
@@ -94,20 +135,20 @@ def run(rows: int = 1_000_000, chunk: int = 100_000, runs: int = 50) -> dict:
     direct = q.get()
     p.join()
     port, pw = free_port(), secrets.token_urlsafe(12)
+    bind = get_settings().clickhouse_http_host   # the endpoint listens on CLICKHOUSE_HTTP_HOST
     env = {**os.environ, "CLICKHOUSE_CHDB_PATH": str(tmp / "endpoint"), "CLICKHOUSE_HTTP_PORT": str(port),
+           "CLICKHOUSE_HTTP_HOST": bind,
            "CLICKHOUSE_ADMIN_PASSWORD": pw, "CLICKHOUSE_WRITER_PASSWORD": pw, "CLICKHOUSE_BI_PASSWORD": pw,
            "RETAIL_STATE_DIR": str(tmp)}
     srv = subprocess.Popen([sys.executable, "-m", "chserver"], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        client = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="platform_writer", password=pw)
+        host = _connect_host(bind)
+        wait_ready(lambda: _ping(f"http://{host}:{port}/ping") or _exited(srv),
+                   timeout=60, what=f"the ClickHouse HTTP endpoint (python -m chserver) on {host}:{port}")
+        if srv.poll() is not None:
+            raise RuntimeError(f"python -m chserver exited with code {srv.returncode} before answering /ping")
+        client = clickhouse_connect.get_client(host=host, port=port, username=WRITER_USER, password=pw)
         endpoint = workload(client, rows, chunk, runs)
     finally:
         srv.terminate()

@@ -49,6 +49,7 @@ from core.settings import Settings
 #: Airflow under the supervisor); containers never need them (compose's ClickHouse server gets its users'
 #: passwords itself, our containers reach it through CLICKHOUSE_URL), except the dashboard, which receives
 #: the read-only ``bi_reader`` password explicitly (its role's ``extra_env``) and no writer credential.
+#: (The airflow-api-server healthcheck probes AIRFLOW_PORT's default, 8080: the port compose starts it on.)
 NATIVE_ONLY: frozenset[str] = frozenset({
     "kafka_controller_port", "kafka_version", "kafka_heap",
     "minio_version", "minio_port", "minio_console_port", "minio_root_user", "minio_root_password",
@@ -65,6 +66,7 @@ GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
     "spark": ("spark_",),
     "streaming": ("stream_", "risk_"),
     "dashboard": ("dashboard_",),
+    "airflow": ("airflow_",),   # airflow_port is NATIVE_ONLY: AIRFLOW_CLICKHOUSE_POOL_SLOTS (airflow-init)
     "batch": ("etl_", "training_", "predictions_", "store_country_", "service_level", "lead_time_",
               "weather_", "order_cost", "holding_cost_", "forecast_"),
 }
@@ -80,9 +82,11 @@ def settings_group(group: str) -> list[str]:
     return [f for f in Settings.model_fields if f not in NATIVE_ONLY and f.startswith(prefixes)]
 
 
-#: Settings whose ``None`` default means "feature off" (not derived): compose passes them as ``${VAR:-}``
-#: (an empty value counts as unset, see ``env_ignore_empty`` in core.settings), the strict check skips them.
-OPTIONAL_SETTINGS: frozenset[str] = frozenset({"predictions_schedule", "weather_file"})
+#: Settings whose ``None`` default means "feature off" or "derived without a native default" (the pool's slots
+#: follow CLICKHOUSE_URL): compose passes them as ``${VAR:-}`` (an empty value counts as unset, see
+#: ``env_ignore_empty`` in core.settings), the strict check skips them.
+OPTIONAL_SETTINGS: frozenset[str] = frozenset({"predictions_schedule", "weather_file",
+                                                "airflow_clickhouse_pool_slots"})
 
 
 def unclassified_settings() -> list[str]:
@@ -120,14 +124,16 @@ def _airflow_init(args: list[str]) -> int:
     """``airflow db migrate``, the DAGs' ClickHouse pool, and the simple auth manager's admin password file.
 
     Env: AIRFLOW_ADMIN_USER, AIRFLOW_ADMIN_PASSWORD (required), and
-    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE (the file the api-server reads; JSON {user: password}).
+    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE (the file the api-server reads; JSON {user: password});
+    the settings CLICKHOUSE_URL and AIRFLOW_CLICKHOUSE_POOL_SLOTS (the pool's slots,
+    :func:`core.dagconf.clickhouse_pool_slots`).
     Idempotent: re-running migrates nothing new and rewrites the same file.
     """
     if "--help" in args or "-h" in args:
         print("usage: python -m ops.entrypoint airflow-init\n\n"
               "Migrates the Airflow metadata database (airflow db migrate), creates the DAGs' ClickHouse pool\n"
-              "(AIRFLOW_CLICKHOUSE_POOL_SLOTS slots, default 4 for a server, 1 for chDB), writes the admin user's\n"
-              "password (AIRFLOW_ADMIN_USER / AIRFLOW_ADMIN_PASSWORD) into\n"
+              "(AIRFLOW_CLICKHOUSE_POOL_SLOTS slots, default from CLICKHOUSE_URL: 4 for a server, 1 for chdb://),\n"
+              "writes the admin user's password (AIRFLOW_ADMIN_USER / AIRFLOW_ADMIN_PASSWORD) into\n"
               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE for the simple auth manager.")
         return 0
     missing = [v for v in ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD",
@@ -138,12 +144,16 @@ def _airflow_init(args: list[str]) -> int:
     rc = subprocess.call([_airflow_exe(), "db", "migrate"])
     if rc != 0:
         return rc
-    # the DAGs' ClickHouse tasks run in this pool (ops.airflow.CLICKHOUSE_POOL): one slot for the embedded
-    # engine (one process per data path), AIRFLOW_CLICKHOUSE_POOL_SLOTS (default 4) for a server
+    # the DAGs' ClickHouse tasks run in this pool (ops.airflow.CLICKHOUSE_POOL): AIRFLOW_CLICKHOUSE_POOL_SLOTS,
+    # else one slot for the embedded engine (one process per data path) and 4 for a server (core.dagconf)
     from core.dagconf import CLICKHOUSE_POOL, clickhouse_pool_slots
+    from core.settings import ConfigError, get_settings
 
-    slots = str(clickhouse_pool_slots(os.environ.get("CLICKHOUSE_URL") or "chdb://",
-                                      os.environ.get("AIRFLOW_CLICKHOUSE_POOL_SLOTS")))
+    try:
+        slots = str(clickhouse_pool_slots(get_settings()))
+    except ConfigError as exc:
+        print(f"airflow-init: {exc}", file=sys.stderr)
+        return 2
     rc = subprocess.call([_airflow_exe(), "pools", "set", CLICKHOUSE_POOL, slots, "ClickHouse writers of the DAGs"])
     if rc != 0:
         return rc
@@ -182,6 +192,7 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("dashboard", (PY, "-m", "dashboard"), "live browser dashboard (Streamlit) reading ClickHouse as bi_reader",
          groups=("clickhouse", "dashboard"), extra_env=("CLICKHOUSE_BI_PASSWORD",)),
     Role("airflow-init", (), "migrate the Airflow metadata DB and create the admin user",
+         groups=("clickhouse", "airflow"),   # the pool's slots: AIRFLOW_CLICKHOUSE_POOL_SLOTS, else from CLICKHOUSE_URL
          extra_env=AIRFLOW_ENV + ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD"), long_running=False,
          runner=_airflow_init),
     Role("airflow-api-server", (AIRFLOW, "api-server"), "Airflow REST API and UI",
@@ -273,23 +284,63 @@ def _producer_healthy() -> bool:
     return _cmdline_running("producers.cli") and _tcp_ok(get_settings().kafka_bootstrap_servers.split(",")[0])
 
 
+#: Airflow's own configuration of the scheduler's health server port, and Airflow's default for it
+SCHEDULER_HEALTH_PORT_ENV = "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"
+SCHEDULER_HEALTH_PORT_DEFAULT = 8974
+
+
+def scheduler_health_port(environ: dict[str, str] | None = None) -> int:
+    """Port of the scheduler's health server: AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT (the
+    scheduler reads the same variable), else Airflow's default 8974.
+
+    Raises:
+        ValueError: the variable is not a port number (1..65535); the message names it.
+    """
+    raw = (os.environ if environ is None else environ).get(SCHEDULER_HEALTH_PORT_ENV, "").strip()
+    if not raw:
+        return SCHEDULER_HEALTH_PORT_DEFAULT
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ValueError(f"{SCHEDULER_HEALTH_PORT_ENV} must be a port number (1..65535), got {raw!r}")
+    return int(raw)
+
+
+def _local_host(host: str) -> str:
+    """Where a probe in the same container reaches a server bound to ``host`` (wildcard -> localhost)."""
+    return "localhost" if host in ("", "0.0.0.0", "::", "[::]") else host
+
+
+def _api_server_healthy() -> bool:
+    from core.settings import get_settings
+
+    return _http_ok(f"http://localhost:{get_settings().airflow_port}/api/v2/monitor/health")
+
+
+def _dashboard_healthy() -> bool:
+    from core.settings import get_settings
+
+    s = get_settings()
+    return _http_ok(f"http://{_local_host(s.dashboard_host)}:{s.dashboard_port}/_stcore/health")
+
+
 #: role -> probe of that role's process in *this* container (compose healthchecks call these):
-#: * airflow-api-server: ``GET http://localhost:8080/api/v2/monitor/health`` answers 2xx;
-#: * airflow-scheduler: its health server ``GET http://localhost:8974/health`` answers 2xx
-#:   (AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True);
+#: * airflow-api-server: ``GET http://localhost:$AIRFLOW_PORT/api/v2/monitor/health`` answers 2xx (AIRFLOW_PORT's
+#:   default 8080 is the port compose starts the api-server on);
+#: * airflow-scheduler: its health server ``GET http://localhost:<port>/health`` answers 2xx
+#:   (AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True; port :func:`scheduler_health_port`, default 8974);
 #: * airflow-dag-processor / airflow-triggerer: ``airflow jobs check --local`` finds a live job on this host;
 #: * stream: the job's heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat), touched every second while both
 #:   streaming queries are active, is younger than STREAM_HEARTBEAT_MAX_AGE_S (the job runs without a Spark UI);
 #: * producer: the producer process runs and the first Kafka bootstrap server accepts TCP connections;
-#: * dashboard: Streamlit's ``GET http://localhost:8501/_stcore/health`` answers 2xx.
+#: * dashboard: Streamlit's ``GET http://<DASHBOARD_HOST>:$DASHBOARD_PORT/_stcore/health`` answers 2xx
+#:   (localhost when DASHBOARD_HOST is 0.0.0.0, as in compose).
 HEALTHCHECKS: dict[str, Callable[[], bool]] = {
-    "airflow-api-server": lambda: _http_ok("http://localhost:8080/api/v2/monitor/health"),
-    "airflow-scheduler": lambda: _http_ok("http://localhost:8974/health"),
+    "airflow-api-server": _api_server_healthy,
+    "airflow-scheduler": lambda: _http_ok(f"http://localhost:{scheduler_health_port()}/health"),
     "airflow-dag-processor": lambda: _airflow_job_alive("DagProcessorJob"),
     "airflow-triggerer": lambda: _airflow_job_alive("TriggererJob"),
     "stream": lambda: _stream_healthy(),
     "producer": _producer_healthy,
-    "dashboard": lambda: _http_ok("http://localhost:8501/_stcore/health"),
+    "dashboard": _dashboard_healthy,
 }
 
 
@@ -334,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as exc:
             print(exc.args[0], file=sys.stderr)
             return 2
+        except ValueError as exc:   # ConfigError, a bad Airflow port variable: names the variable
+            print(f"unhealthy: {exc}", file=sys.stderr)
+            return 1
         print("healthy" if ok else "unhealthy")
         return 0 if ok else 1
     dry = argv[0] == "--dry-run"

@@ -50,6 +50,7 @@ from pyspark.sql import types as T
 
 from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, NUMERIC_BOUNDS, RISK_HIGH, RISK_LOW, RISK_MEDIUM,
                        RISK_UNKNOWN, RULE_TYPES, duplicate_keys_reason, future_reason, id_fields)
+from core.settings import interval_hours
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -315,20 +316,15 @@ def window_metrics(facts: DataFrame, window: str, watermark: str | None = None, 
                     "reorder_point", "last_event_time"))
 
 
-def window_hours(window: str) -> float:
-    """Length of a Spark interval string in hours, e.g. ``"5 minutes"`` -> 0.0833.
+def window_hours(window: str, variable: str = "STREAM_WINDOW") -> float:
+    """Length of a Spark interval string in hours, e.g. ``"5 minutes"`` -> 0.0833: the settings' parser
+    (:func:`core.settings.interval_hours`, which validates STREAM_WINDOW and STREAM_WATERMARK at load).
 
     Raises:
-        ValueError: for a string that is not ``<number> <unit>`` with unit seconds/minutes/hours/days.
+        ValueError: naming ``variable``, for a string that is not ``<number> <unit>`` (number >= 0) with unit
+            seconds/minutes/hours/days.
     """
-    parts = window.strip().split()
-    units = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
-    if len(parts) != 2:
-        raise ValueError(f"window {window!r}: expected '<number> <unit>' (STREAM_WINDOW)")
-    unit = parts[1].lower().rstrip("s")
-    if unit not in units:
-        raise ValueError(f"window {window!r}: unit must be seconds, minutes, hours or days (STREAM_WINDOW)")
-    return float(parts[0]) * units[unit]
+    return interval_hours(window, variable)
 
 
 # ------------------------------------------------------------------------ pandas: derived metrics --

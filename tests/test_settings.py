@@ -37,12 +37,141 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     ("CLICKHOUSE_URL", "mysql://x", "CLICKHOUSE_URL"),
     ("MINIO_PORT", "not-a-number", "MINIO_PORT"),
     ("SERVICE_LEVEL", "1.5", "SERVICE_LEVEL"),
+    # LAKE_URL: only http(s)://host, file:///abs or an absolute folder (core.lake writes anything else locally)
+    ("LAKE_URL", "s3://bucket", "LAKE_URL"),
+    ("LAKE_URL", "minio:9000", "LAKE_URL"),
+    ("LAKE_URL", "relative/lake", "LAKE_URL"),
+    ("LAKE_URL", "file://relative/lake", "LAKE_URL"),
+    ("LAKE_URL", "http://", "LAKE_URL"),
+    # ports 1..65535
+    ("KAFKA_CONTROLLER_PORT", "0", "KAFKA_CONTROLLER_PORT"),
+    ("CLICKHOUSE_HTTP_PORT", "65536", "CLICKHOUSE_HTTP_PORT"),
+    ("MINIO_PORT", "0", "MINIO_PORT"),
+    ("MINIO_CONSOLE_PORT", "-1", "MINIO_CONSOLE_PORT"),
+    ("AIRFLOW_PORT", "70000", "AIRFLOW_PORT"),
+    ("DASHBOARD_PORT", "0", "DASHBOARD_PORT"),
+    # bounds of the batch and streaming knobs
+    ("LEAD_TIME_DAYS", "-1", "LEAD_TIME_DAYS"),
+    ("ORDER_COST", "0", "ORDER_COST"),
+    ("HOLDING_COST_RATE", "0", "HOLDING_COST_RATE"),
+    ("HOLDING_COST_RATE", "-0.25", "HOLDING_COST_RATE"),
+    ("SPARK_SHUFFLE_PARTITIONS", "0", "SPARK_SHUFFLE_PARTITIONS"),
+    ("STREAM_TRIGGER_SECONDS", "0", "STREAM_TRIGGER_SECONDS"),
+    ("FORECAST_GBT_MAX_ITER", "0", "FORECAST_GBT_MAX_ITER"),
+    ("FORECAST_GBT_MAX_DEPTH", "0", "FORECAST_GBT_MAX_DEPTH"),
+    ("AIRFLOW_CLICKHOUSE_POOL_SLOTS", "0", "AIRFLOW_CLICKHOUSE_POOL_SLOTS"),
+    ("AIRFLOW_CLICKHOUSE_POOL_SLOTS", "four", "AIRFLOW_CLICKHOUSE_POOL_SLOTS"),
+    # interval strings, parsed as the streaming job parses them
+    ("STREAM_WINDOW", "5 fortnights", "STREAM_WINDOW"),
+    ("STREAM_WINDOW", "five minutes", "STREAM_WINDOW"),
+    ("STREAM_WINDOW", "5minutes", "STREAM_WINDOW"),
+    ("STREAM_WINDOW", "0 minutes", "STREAM_WINDOW"),
+    ("STREAM_WATERMARK", "10", "STREAM_WATERMARK"),
+    ("STREAM_WATERMARK", "-1 minutes", "STREAM_WATERMARK"),
+    # a country (or ISO 3166-2 subdivision) the holidays package has a calendar for
+    ("STORE_COUNTRY_DEFAULT", "XX", "STORE_COUNTRY_DEFAULT"),
+    ("STORE_COUNTRY_DEFAULT", "GB-XYZ", "STORE_COUNTRY_DEFAULT"),
 ])
 def test_bad_configuration_names_the_variable(monkeypatch, var, value, needle):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError) as err:
         get_settings()
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("high,medium", [("72", "24"), ("24", "24")])
+def test_risk_thresholds_must_be_ordered(monkeypatch, high, medium):
+    monkeypatch.setenv("RISK_HIGH_HOURS", high)
+    monkeypatch.setenv("RISK_MEDIUM_HOURS", medium)
+    with pytest.raises(ConfigError) as err:
+        get_settings()
+    assert "RISK_HIGH_HOURS" in str(err.value) and "RISK_MEDIUM_HOURS" in str(err.value)
+
+
+def test_valid_edge_values_are_accepted(monkeypatch, tmp_path):
+    """The validations reject only what the code cannot use: these forms keep working."""
+    for url in (str(tmp_path / "lake"), f"file://{tmp_path}/lake", "https://lake.example:9443", "http://minio:9000"):
+        assert Settings(_env_file=None, lake_url=url).lake_url == url
+    s = Settings(_env_file=None, lead_time_days=0, stream_watermark="0 seconds", stream_window="1 hour",
+                 store_country_default="gb-sct", risk_high_hours=0, risk_medium_hours=0.5,
+                 airflow_clickhouse_pool_slots=1)
+    assert s.lead_time_days == 0 and s.store_country_default == "GB-SCT" and s.airflow_clickhouse_pool_slots == 1
+    defaults = Settings(_env_file=None)
+    assert defaults.dashboard_host == "127.0.0.1" and defaults.airflow_clickhouse_pool_slots is None
+
+
+def test_interval_parser_is_shared_with_the_stream():
+    from core.settings import interval_hours
+    from streaming.transforms import window_hours
+
+    assert interval_hours("5 minutes") == window_hours("5 minutes") == pytest.approx(1 / 12)
+    assert interval_hours("2 days", "STREAM_WATERMARK") == 48.0
+    with pytest.raises(ValueError, match="STREAM_WATERMARK"):
+        window_hours("ten minutes", "STREAM_WATERMARK")
+
+
+def test_clickhouse_pool_slots_follow_the_setting(monkeypatch, tmp_path):
+    """AIRFLOW_CLICKHOUSE_POOL_SLOTS when set, else 1 for chdb:// and 4 for an HTTP endpoint (core.dagconf)."""
+    from core.dagconf import clickhouse_pool_slots
+
+    assert clickhouse_pool_slots(Settings(_env_file=None, clickhouse_url=f"chdb://{tmp_path}/chdb")) == 1
+    assert clickhouse_pool_slots(Settings(_env_file=None, clickhouse_url="http://u:p@clickhouse:8123")) == 4
+    assert clickhouse_pool_slots(Settings(_env_file=None, clickhouse_url=f"chdb://{tmp_path}/chdb",
+                                          airflow_clickhouse_pool_slots=3)) == 3
+    monkeypatch.setenv("AIRFLOW_CLICKHOUSE_POOL_SLOTS", "2")
+    assert clickhouse_pool_slots() == 2   # get_settings()
+    get_settings.cache_clear()
+    monkeypatch.setenv("AIRFLOW_CLICKHOUSE_POOL_SLOTS", "-2")
+    with pytest.raises(ConfigError, match="AIRFLOW_CLICKHOUSE_POOL_SLOTS"):
+        clickhouse_pool_slots()
+
+
+def test_scheduler_health_port_names_the_airflow_variable():
+    from ops.entrypoint import SCHEDULER_HEALTH_PORT_ENV, scheduler_health_port
+
+    assert scheduler_health_port({}) == 8974
+    assert scheduler_health_port({SCHEDULER_HEALTH_PORT_ENV: "9100"}) == 9100
+    for bad in ("http", "0", "70000"):
+        with pytest.raises(ValueError, match=SCHEDULER_HEALTH_PORT_ENV):
+            scheduler_health_port({SCHEDULER_HEALTH_PORT_ENV: bad})
+
+
+def test_services_listen_and_probe_where_the_settings_say(monkeypatch):
+    """The dashboard binds DASHBOARD_HOST (127.0.0.1 unless configured); the healthchecks probe the configured
+    ports of the dashboard and the Airflow API server instead of fixed ones."""
+    import http.server
+    import threading
+
+    from dashboard.__main__ import command
+    from ops import entrypoint
+
+    cmd = command(8600)
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8600"
+    assert command(8600, "0.0.0.0")[cmd.index("--server.address") + 1] == "0.0.0.0"
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        monkeypatch.setenv("DASHBOARD_PORT", str(port))
+        monkeypatch.setenv("DASHBOARD_HOST", "127.0.0.1")
+        monkeypatch.setenv("AIRFLOW_PORT", str(port))
+        get_settings.cache_clear()
+        assert entrypoint.healthcheck("dashboard") and entrypoint.healthcheck("airflow-api-server")
+        monkeypatch.setenv(entrypoint.SCHEDULER_HEALTH_PORT_ENV, str(port))
+        assert entrypoint.healthcheck("airflow-scheduler")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert not entrypoint.healthcheck("dashboard")
 
 
 def test_require_names_missing_setting(monkeypatch, tmp_path):
