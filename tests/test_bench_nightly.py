@@ -5,8 +5,10 @@ rows agree with the chain it generated; no timing is asserted (the benchmark mea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +23,42 @@ REPO = Path(__file__).resolve().parent.parent
 SERIES = 40
 
 
-def test_bench_nightly_small_chain(tmp_path):
+def stop_platforms(tmp: Path) -> None:
+    """Stop what a killed benchmark left running: its platform's supervisord daemonises (a session of its own, out
+    of reach of the benchmark's process group) in ``<TMPDIR>/bench-nightly-*`` (ops.bench_nightly.run_size);
+    :func:`ops.local.down` stops its programs and shuts it down."""
+    from core.settings import get_settings
+    from ops import local
+    from ops.install import StackError
+
+    for conf in tmp.glob("bench-nightly-*/supervisord.conf"):
+        s = get_settings().model_copy(update={"retail_state_dir": conf.parent})
+        # down's last step waits for the ports of *these* settings, not the killed run's (unknown here): its
+        # processes are stopped by then, so a port check failing on unrelated ports is ignored
+        with contextlib.suppress(StackError):
+            local.down(s, timeout=10)
+
+
+def test_bench_nightly_small_chain(tmp_path, tmp_path_factory):
     out = tmp_path / "bench-nightly.json"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    r = subprocess.run([sys.executable, "-m", "ops.bench_nightly", "--series", str(SERIES), "--days", "150",
-                        "--origins", "2", "--trees", "5", "--end-day", "2026-06-30", "--out", str(out)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    tmp = tmp_path_factory.mktemp("bn")  # the benchmark's TMPDIR (its state dir: short, for supervisord's socket)
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "ops.bench_nightly", "--series", str(SERIES), "--days", "150",
+                             "--origins", "2", "--trees", "5", "--end-day", "2026-06-30", "--out", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the benchmark and its spark-submit children
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # a process outside the group still holds the pipes
+            proc.wait()
+            stdout, stderr = "", "(no output: the pipes are still held open)"
+        stop_platforms(tmp)
+        pytest.fail("bench_nightly did not finish in 1200 s (killed):\n" + stdout[-3000:] + stderr[-5000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
     report = json.loads(out.read_text())
     assert out.with_suffix(".html").is_file()
     assert report["night"] == "2026-06-30" and report["training_settings"]["origins"] == 2
@@ -35,7 +66,8 @@ def test_bench_nightly_small_chain(tmp_path):
     assert run["series"] == SERIES and not run.get("partial")
     st = run["stages"]
     assert list(st) == list(STAGES)
-    assert all(st[k]["seconds"] > 0 for k in STAGES)
+    # seconds are measured, not checked: present, a float (round(..., 1)), not negative (0.0 on a fast machine)
+    assert all(isinstance(st[k]["seconds"], float) and st[k]["seconds"] >= 0 for k in STAGES), st
     raw_sales = run["data"]["rows"]["raw sales_transaction"]
     etl = st["etl"]["detail"]
     # every raw event falls on the night's day: fact lines = raw lines - replayed copies (reconciled with the lake)
