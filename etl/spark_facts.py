@@ -374,11 +374,14 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
                                     store_ids, s.store_country_default)
     dim_date = etl.build_dim_date(etl.calendar_days(day), dim_store["country_code"].tolist(), s.store_country_default)
     dim_date["holiday_names"] = dim_date["holiday_names"].map(json.dumps)
+    # explicit schemas: on an empty day with no reference data yet the maps are empty and Spark cannot infer one
     pmap = spark.createDataFrame(pd.DataFrame({"sku": dim_product["sku"].astype(str),
                                                "product_key": to_signed(dim_product["product_key"]),
-                                               "unit_cost": dim_product["unit_cost"].astype("float64")}))
+                                               "unit_cost": dim_product["unit_cost"].astype("float64")}),
+                                 schema="sku string, product_key long, unit_cost double")
     smap = spark.createDataFrame(pd.DataFrame({"store_id": dim_store["store_id"].astype(str),
-                                               "store_key": to_signed(dim_store["store_key"])}))
+                                               "store_key": to_signed(dim_store["store_key"])}),
+                                 schema="store_id string, store_key long")
 
     if sales is not None:
         fact = fact_sales(sales, pmap, smap, dk).cache()
