@@ -449,7 +449,7 @@ def statsforecast_baseline(features: pd.DataFrame, origin, horizon: int, window_
     from statsforecast.models import AutoETS, CrostonOptimized
 
     o = pd.Timestamp(origin)
-    empty = pd.DataFrame(columns=["store_id", "product_id", "origin", "h", "statsforecast"])
+    empty = _no_forecasts()
     known = features[features["units"].notna()]
     if known.empty:
         return empty
@@ -484,6 +484,11 @@ def statsforecast_baseline(features: pd.DataFrame, origin, horizon: int, window_
     out["h"] = ((out["ds"] - o).dt.days).astype("int64")
     out["statsforecast"] = np.clip(np.nan_to_num(out["statsforecast"].to_numpy(), nan=0.0), 0.0, None)
     return out[["store_id", "product_id", "origin", "h", "statsforecast"]]
+
+
+def _no_forecasts() -> pd.DataFrame:
+    """The empty result of :func:`statsforecast_baseline` (its columns, no rows)."""
+    return pd.DataFrame(columns=["store_id", "product_id", "origin", "h", "statsforecast"])
 
 
 def _leading_zeros(f: pd.DataFrame, start: pd.Timestamp) -> pd.DataFrame:
@@ -524,30 +529,30 @@ def statsforecast_chunked(features, origin, horizon: int, window_days: int = 365
     """
     from pyspark.sql import functions as F
 
+    from ml.pipeline import collect_series
+
     if chunk_series < 1:
         raise ValueError(f"chunk_series must be >= 1, got {chunk_series}")
     o = pd.Timestamp(origin)
     known = features.where(F.col("units").isNotNull())
-    data_start = known.agg(F.min("date")).first()[0]  # the whole table's first day (statsforecast_baseline)
-    if data_start is None:
-        return statsforecast_baseline(pd.DataFrame(columns=[*KEYS, "date", "units"]), o, horizon)
     start = (o - pd.Timedelta(days=window_days - 1)).date()
-    hist = (known.where((F.col("date") >= F.lit(start)) & (F.col("date") <= F.lit(o.date())))
-            .select(*KEYS, "date", "units"))
-    n_series = hist.select(*KEYS).distinct().count()
+    in_window = (F.col("date") >= F.lit(start)) & (F.col("date") <= F.lit(o.date()))
+    # one pass: the whole table's first day (statsforecast_baseline's data_start) and the window's series
+    data_start, n_series = known.agg(
+        F.min("date"), F.countDistinct(F.when(in_window, F.struct(*KEYS)))).first()
+    if not n_series:
+        return _no_forecasts()
+    hist = known.where(in_window).select(*KEYS, "date", "units")
     chunks = max(1, math.ceil(n_series / chunk_series))
     chunk_of = F.pmod(F.xxhash64(*KEYS), F.lit(chunks))
     parts = []
     for c in range(chunks):
-        part = (hist if chunks == 1 else hist.where(chunk_of == c)).toPandas()
-        part["date"] = pd.to_datetime(part["date"]).astype("datetime64[ns]")
+        part = collect_series(hist if chunks == 1 else hist.where(chunk_of == c), None)
         fc = statsforecast_baseline(part, o, horizon, window_days, n_jobs, ets_model, data_start=data_start)
         del part
         if len(fc):  # a hash chunk may hold no series
             parts.append(fc)
-    if not parts:
-        return statsforecast_baseline(pd.DataFrame(columns=[*KEYS, "date", "units"]), o, horizon)
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True) if parts else _no_forecasts()
 
 
 def add_baselines(rows: pd.DataFrame, features: pd.DataFrame, origins, cfg: ForecastConfig,
