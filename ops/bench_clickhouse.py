@@ -20,16 +20,14 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import typer
-from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
 from core.settings import WRITER_USER, get_settings
 from ops.bench_stream import pct
-from ops.services import free_port
+from ops.services import free_port, local_address, wait_until
 
 DDL = ("CREATE TABLE IF NOT EXISTS bench.windows (window_start DateTime('UTC'), store_id String, product_id String, "
        "units Int64, revenue Decimal(18, 2)) ENGINE = MergeTree ORDER BY (store_id, product_id, window_start)")
@@ -84,22 +82,6 @@ def _direct(path: str, rows: int, chunk: int, runs: int, q) -> None:
     q.put(workload(clickhouse_connect.get_client(dsn=f"chdb://{path}"), rows, chunk, runs))
 
 
-def wait_ready(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll ``check`` every ``interval`` seconds until it returns true.
-
-    Raises:
-        TimeoutError: ``check`` stayed false for ``timeout`` seconds; the message names ``what``.
-    """
-    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(interval), retry=retry_if_result(lambda ok: not ok))
-    def _poll() -> bool:
-        return bool(check())
-
-    try:
-        _poll()
-    except RetryError:
-        raise TimeoutError(f"{what} not ready within {timeout:.0f} s") from None
-
-
 def _ping(url: str) -> bool:
     import httpx
 
@@ -111,11 +93,6 @@ def _ping(url: str) -> bool:
 
 def _exited(proc: subprocess.Popen) -> bool:
     return proc.poll() is not None
-
-
-def _connect_host(host: str) -> str:
-    """Address a client on this machine dials for a server bound to ``host`` (wildcard -> loopback)."""
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
 def run(rows: int = 1_000_000, chunk: int = 100_000, runs: int = 50) -> dict:
@@ -143,9 +120,9 @@ def run(rows: int = 1_000_000, chunk: int = 100_000, runs: int = 50) -> dict:
     srv = subprocess.Popen([sys.executable, "-m", "chserver"], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.STDOUT)
     try:
-        host = _connect_host(bind)
-        wait_ready(lambda: _ping(f"http://{host}:{port}/ping") or _exited(srv),
-                   timeout=60, what=f"the ClickHouse HTTP endpoint (python -m chserver) on {host}:{port}")
+        host = local_address(bind)
+        wait_until(lambda: _ping(f"http://{host}:{port}/ping") or _exited(srv), timeout=60,
+                   what=f"the ClickHouse HTTP endpoint (python -m chserver) on {host}:{port}", interval=0.2)
         if srv.poll() is not None:
             raise RuntimeError(f"python -m chserver exited with code {srv.returncode} before answering /ping")
         client = clickhouse_connect.get_client(host=host, port=port, username=WRITER_USER, password=pw)

@@ -55,6 +55,7 @@ import pandas as pd
 import typer
 
 from core.settings import Settings
+from ops.services import wait_until
 
 app = typer.Typer(help="Chaos suite of the streaming platform (faults while producing; lost/duplicated per type).",
                   no_args_is_help=True)
@@ -185,16 +186,6 @@ def _info(s: Settings, name: str) -> dict:
     return local.rpc(s).supervisor.getProcessInfo(name)
 
 
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` every 0.5 s; returns the seconds it took. Raises TimeoutError naming ``what``."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if check():
-            return time.time() - t0
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not within {timeout:.0f} s")
-
-
 def stream_processing_since(s: Settings, t: float) -> bool:
     """True when the supervised streaming job runs a process started after ``t`` (epoch s) and that process
     has touched its heartbeat (both of its queries active)."""
@@ -221,7 +212,7 @@ def resumed(s: Settings, timeout: float = 300) -> float:
         except Exception:  # noqa: BLE001  (endpoint still starting)
             return False
 
-    return _wait(grew, timeout, "new sales in ClickHouse after the fault")
+    return wait_until(grew, timeout, "new sales in ClickHouse after the fault")
 
 
 def kill_group(s: Settings, name: str) -> int:
@@ -240,7 +231,7 @@ def fault_kill_stream(s: Settings, rng: random.Random) -> dict[str, Any]:
     time.sleep(rng.uniform(1.0, 12.0))
     t = time.time()
     pid = kill_group(s, "streaming")
-    rec = _wait(lambda: stream_processing_since(s, t), 240, "the streaming job to run again after kill -9")
+    rec = wait_until(lambda: stream_processing_since(s, t), 240, "the streaming job to run again after kill -9")
     return {"fault": "kill -9 streaming", "pid": pid, "new_pid": _info(s, "streaming")["pid"],
             "recovered_s": round(rec, 1)}
 
@@ -251,7 +242,7 @@ def fault_kill_broker(s: Settings, rng: random.Random) -> dict[str, Any]:
     from ops import services as svc
 
     pid = kill_group(s, "kafka")
-    rec = _wait(lambda: _info(s, "kafka")["statename"] == "RUNNING" and _info(s, "kafka")["pid"] != pid
+    rec = wait_until(lambda: _info(s, "kafka")["statename"] == "RUNNING" and _info(s, "kafka")["pid"] != pid
                 and svc.kafka_healthy(s), 180, "the Kafka broker to restart after kill -9")
     return {"fault": "kill -9 kafka", "pid": pid, "new_pid": _info(s, "kafka")["pid"], "recovered_s": round(rec, 1)}
 
@@ -438,7 +429,7 @@ def run_chaos(profile: Profile, seed: int = 11, state: Path | None = None, drain
             t_drain = time.time()
             ok_drain = True
             try:
-                _wait(lambda: drained(s, prod.ledger), drain_timeout, "the stream to drain")
+                wait_until(lambda: drained(s, prod.ledger), drain_timeout, "the stream to drain")
             except TimeoutError:
                 ok_drain = False
             time.sleep(3 * float(env["STREAM_TRIGGER_SECONDS"]))  # later micro-batches could only add duplicates

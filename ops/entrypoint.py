@@ -304,11 +304,6 @@ def scheduler_health_port(environ: dict[str, str] | None = None) -> int:
     return int(raw)
 
 
-def _local_host(host: str) -> str:
-    """Where a probe in the same container reaches a server bound to ``host`` (wildcard -> localhost)."""
-    return "localhost" if host in ("", "0.0.0.0", "::", "[::]") else host
-
-
 def _api_server_healthy() -> bool:
     from core.settings import get_settings
 
@@ -318,8 +313,10 @@ def _api_server_healthy() -> bool:
 def _dashboard_healthy() -> bool:
     from core.settings import get_settings
 
+    from ops.services import local_address
+
     s = get_settings()
-    return _http_ok(f"http://{_local_host(s.dashboard_host)}:{s.dashboard_port}/_stcore/health")
+    return _http_ok(f"http://{local_address(s.dashboard_host)}:{s.dashboard_port}/_stcore/health")
 
 
 #: role -> probe of that role's process in *this* container (compose healthchecks call these):

@@ -21,8 +21,6 @@ import sys
 import xmlrpc.client
 from pathlib import Path
 
-from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
-
 from core.settings import Settings, get_settings
 from ops import services as svc
 from ops.install import StackError, ensure_local_env
@@ -97,13 +95,9 @@ def supervisord_running(s: Settings) -> bool:
 
 
 def _wait(check, timeout: float, what: str, log: Path | None = None) -> None:
-    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.5), retry=retry_if_result(lambda ok: not ok))
-    def _poll() -> bool:
-        return bool(check())
-
     try:
-        _poll()
-    except RetryError:
+        svc.wait_until(check, timeout, what)
+    except TimeoutError:
         tail = log.read_text(errors="replace")[-2500:] if log and log.exists() else ""
         raise StackError(f"{what} not ready within {timeout:.0f}s" + (f"; log {log}:\n{tail}" if log else "")) from None
 

@@ -24,10 +24,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
 from core.settings import Settings, get_settings
 
@@ -59,6 +62,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.5) -> float:
+    """Poll ``check`` every ``interval`` seconds (tenacity) until it returns a true value.
+
+    Returns:
+        the seconds waited.
+    Raises:
+        TimeoutError: ``check`` stayed false for ``timeout`` seconds; the message names ``what``.
+        Exception: whatever ``check`` raises, at once.
+    """
+    t0 = time.monotonic()
+
+    @retry(stop=stop_after_delay(timeout), wait=wait_fixed(interval), retry=retry_if_result(lambda ok: not ok))
+    def _poll() -> bool:
+        return bool(check())
+
+    try:
+        _poll()
+    except RetryError:
+        raise TimeoutError(f"{what} not within {timeout:.0f} s") from None
+    return time.monotonic() - t0
+
+
+def local_address(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host`` (a wildcard address -> localhost)."""
+    return "localhost" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
 def port_open(host: str, port: int) -> bool:
