@@ -235,7 +235,7 @@ class Settings(BaseSettings):
     @field_validator("stream_window", "stream_watermark")
     @classmethod
     def _check_interval(cls, v: str, info: ValidationInfo) -> str:
-        hours = interval_hours(v, info.field_name.upper())  # the streaming job's parser (streaming.transforms)
+        hours = interval_hours(v, info.field_name.upper())  # the streaming job parses them with it too (streaming.sinks)
         if info.field_name == "stream_window" and hours <= 0:
             raise ValueError(f"STREAM_WINDOW {v!r}: the window length must be > 0")
         return v

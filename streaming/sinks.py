@@ -38,7 +38,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from contracts import DEAD_LETTER, EVENT_TYPES, validate_event
-from core.settings import Settings
+from core.settings import Settings, interval_hours
 from streaming import schema as S
 from streaming import transforms as TR
 
@@ -148,7 +148,7 @@ class StreamSinks:
         self._producer = None
         self.batch_log: list[dict[str, Any]] = []
         self.alerts_sent = 0
-        self.window_len_hours = TR.window_hours(settings.stream_window)
+        self.window_len_hours = interval_hours(settings.stream_window, "STREAM_WINDOW")
         self._reorder_points: dict[str, int] | None = None
         self.topics = {settings.topic(EVENT_TYPES[et]): et for et in INPUT_EVENT_TYPES}
         self.dead_letter_topic = settings.topic(DEAD_LETTER)
@@ -523,7 +523,7 @@ class StreamSinks:
         prev = self._ms(prev_df["p"].iloc[0]) if len(prev_df) else None
         if not len(m) or pd.isna(m["m"].iloc[0]):
             return prev
-        bound = self._ms(m["m"].iloc[0]) - int(TR.window_hours(self.s.stream_watermark) * 3_600_000)
+        bound = self._ms(m["m"].iloc[0]) - int(interval_hours(self.s.stream_watermark, "STREAM_WATERMARK") * 3_600_000)
         if prev is not None and bound <= prev:
             return prev
         p = {"lo": _utc(prev if prev is not None else 0), "hi": _utc(bound)}

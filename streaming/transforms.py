@@ -50,7 +50,6 @@ from pyspark.sql import types as T
 
 from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, NUMERIC_BOUNDS, RISK_HIGH, RISK_LOW, RISK_MEDIUM,
                        RISK_UNKNOWN, RULE_TYPES, duplicate_keys_reason, future_reason, id_fields)
-from core.settings import interval_hours
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -316,17 +315,6 @@ def window_metrics(facts: DataFrame, window: str, watermark: str | None = None, 
                     "reorder_point", "last_event_time"))
 
 
-def window_hours(window: str, variable: str = "STREAM_WINDOW") -> float:
-    """Length of a Spark interval string in hours, e.g. ``"5 minutes"`` -> 0.0833: the settings' parser
-    (:func:`core.settings.interval_hours`, which validates STREAM_WINDOW and STREAM_WATERMARK at load).
-
-    Raises:
-        ValueError: naming ``variable``, for a string that is not ``<number> <unit>`` (number >= 0) with unit
-            seconds/minutes/hours/days.
-    """
-    return interval_hours(window, variable)
-
-
 # ------------------------------------------------------------------------ pandas: derived metrics --
 def hours_of_cover(stock: float | None, velocity: float) -> float | None:
     """stock / velocity in hours; None when the stock is unknown or the velocity is <= 0 (infinite cover)."""
@@ -399,7 +387,7 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
         history: rows already stored for the same store x SKU (columns ``window_start, store_id,
             product_id, units_sold, window_stock, reorder_point``); rows with the same key and window as a
             batch row are ignored (the batch is newer). May be None/empty.
-        window_len_hours: window length in hours (:func:`window_hours`).
+        window_len_hours: window length in hours (:func:`core.settings.interval_hours` of STREAM_WINDOW).
         risk_high_hours, risk_medium_hours: RISK_HIGH_HOURS / RISK_MEDIUM_HOURS.
         lookback, horizon_hours: anomaly baseline = up to ``lookback`` previous windows with activity
             within ``horizon_hours`` before the window.

@@ -100,14 +100,16 @@ def test_valid_edge_values_are_accepted(monkeypatch, tmp_path):
     assert defaults.dashboard_host == "127.0.0.1" and defaults.airflow_clickhouse_pool_slots is None
 
 
-def test_interval_parser_is_shared_with_the_stream():
+def test_interval_parser():
     from core.settings import interval_hours
-    from streaming.transforms import window_hours
 
-    assert interval_hours("5 minutes") == window_hours("5 minutes") == pytest.approx(1 / 12)
+    assert interval_hours("5 minutes") == pytest.approx(1 / 12)
+    assert interval_hours("1 hour") == 1.0
     assert interval_hours("2 days", "STREAM_WATERMARK") == 48.0
+    with pytest.raises(ValueError, match="STREAM_WINDOW"):
+        interval_hours("5 fortnights")
     with pytest.raises(ValueError, match="STREAM_WATERMARK"):
-        window_hours("ten minutes", "STREAM_WATERMARK")
+        interval_hours("ten minutes", "STREAM_WATERMARK")
 
 
 def test_clickhouse_pool_slots_follow_the_setting(monkeypatch, tmp_path):

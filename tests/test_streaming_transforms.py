@@ -121,13 +121,6 @@ def test_window_metrics_math(spark):
     assert len(w) == 4
 
 
-def test_window_hours():
-    assert TR.window_hours("5 minutes") == pytest.approx(1 / 12)
-    assert TR.window_hours("1 hour") == 1.0
-    with pytest.raises(ValueError, match="STREAM_WINDOW"):
-        TR.window_hours("5 fortnights")
-
-
 # ---------------------------------------------------------------------------- derived (pandas) --
 def test_cover_and_risk_thresholds():
     assert TR.hours_of_cover(24, 12.0) == 2.0
