@@ -61,6 +61,7 @@ import typer
 
 from core.settings import REPO_ROOT, Settings, get_settings
 from ops.charts import write_html
+from ops.services import wait_until
 
 app = typer.Typer(help="Benchmark and load test of the streaming spine.", no_args_is_help=True)
 WINDOW_TOPICS = ("sales-transactions", "inventory-updates")
@@ -289,13 +290,12 @@ class BenchStack:
 
     def wait_covered(self, targets_by_query: dict[str, dict[tuple[str, int], int]], timeout: float) -> float:
         """Block until every query covers its targets; returns the time it happened (raises TimeoutError)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if all(self.covered(q, t) for q, t in targets_by_query.items()):
-                return time.time()
+        def covered() -> bool:
             self.job.await_any(0.0)  # raises if a query died
-            time.sleep(0.1)
-        raise TimeoutError(f"the streaming queries did not catch up within {timeout:.0f} s")
+            return all(self.covered(q, t) for q, t in targets_by_query.items())
+
+        wait_until(covered, timeout, "the streaming queries' catch-up", interval=0.1)
+        return time.time()
 
     def close(self, drop_topics: bool = True) -> None:
         try:

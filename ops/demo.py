@@ -32,6 +32,7 @@ from rich.table import Table
 
 from ops import local
 from ops.bench_stream import pct
+from ops.services import wait_until
 from core.settings import REPO_ROOT, Settings, get_settings
 
 console = Console()
@@ -228,15 +229,17 @@ def wait_caught_up(s: Settings, timeout: float, what: str = "stream") -> float:
     """
     from ops.streamstate import job_queries, lag
 
-    t0 = time.time()
     queries = job_queries(s)
-    while True:
-        behind = lag(s, queries)
-        if not any(behind.values()):
-            return time.time() - t0
-        if time.time() - t0 > timeout:
-            raise TimeoutError(f"{what} still behind after {timeout:.0f} s: {behind} records")
-        time.sleep(2)
+    behind: dict[str, int] = {}
+
+    def caught_up() -> bool:
+        behind.update(lag(s, queries))
+        return not any(behind.values())
+
+    try:
+        return wait_until(caught_up, timeout, what, interval=2)
+    except TimeoutError:
+        raise TimeoutError(f"{what} still behind after {timeout:.0f} s: {behind} records") from None
 
 
 def busiest_replayed_day(s: Settings, before: datetime):

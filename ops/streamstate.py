@@ -36,22 +36,23 @@ def end_offsets(s: Settings, topics: list[str], timeout: float = 30.0) -> dict[s
     Raises:
         TimeoutError: a topic's partitions are unknown to the broker after ``timeout`` seconds.
     """
-    import time
-
     from kafka import KafkaConsumer, TopicPartition
+
+    from ops.services import wait_until
 
     c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), client_id="retail-progress")
     try:
-        deadline = time.time() + timeout
-        parts: dict[str, set[int]] = {}
-        while True:
+        parts: dict[str, set[int] | None] = {}
+
+        def known() -> bool:
             c.topics()  # fetches cluster metadata; partitions_for_topic answers None until it has
-            parts = {t: c.partitions_for_topic(t) for t in topics}
-            if all(parts.values()):
-                break
-            if time.time() > deadline:
-                raise TimeoutError(f"partitions unknown for {[t for t, p in parts.items() if not p]}")
-            time.sleep(0.2)
+            parts.update({t: c.partitions_for_topic(t) for t in topics})
+            return all(parts.values())
+
+        try:
+            wait_until(known, timeout, "topic partitions", interval=0.2)
+        except TimeoutError:
+            raise TimeoutError(f"partitions unknown for {[t for t, p in parts.items() if not p]}") from None
         out: dict[str, dict[int, int]] = {}
         for tp, off in c.end_offsets([TopicPartition(t, p) for t, ps in parts.items() for p in ps]).items():
             out.setdefault(tp.topic, {})[tp.partition] = off
