@@ -7,15 +7,46 @@ Layout (bucket = first path component): ``raw-data/<event type>/year=YYYY/month=
 from __future__ import annotations
 
 import functools
+import json
+import math
+import numbers
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from core.settings import Settings, get_settings
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) as None, numpy scalars as Python values, tuples as lists."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, np.generic):   # numpy scalars (float32, int64, bool_, datetime64) as Python values
+        value = value.item()
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    return value
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON text (RFC 8259): NaN and infinities become ``null`` (Python's ``json`` would write
+    the tokens ``NaN`` / ``Infinity``, which strict parsers, ClickHouse's ``JSONExtract*`` among them, refuse);
+    numpy numbers become JSON numbers; anything else JSON cannot hold (dates, timestamps, paths) becomes its
+    ``str``."""
+    return json.dumps(_strict(obj), indent=indent, default=str, allow_nan=False)
 
 
 class Lake:
@@ -118,6 +149,30 @@ class Lake:
             return []
         sel = pafs.FileSelector(self.path(*parts), recursive=True)
         return sorted(i.path for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File)
+
+    def write_json(self, obj: Any, *parts: str) -> str:
+        """Write ``obj`` as a JSON file (:func:`json_text`, indented) at lake path ``parts``; overwrites, parent
+        folders are created. Returns the filesystem path written.
+
+        Raises:
+            OSError: the storage refuses or cannot be reached.
+        """
+        path = self.path(*parts)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path) as f:
+            f.write(json_text(obj, indent=2).encode())
+        return path
+
+    def read_json(self, *parts: str) -> Any:
+        """The JSON file at lake path ``parts`` (as :meth:`write_json` wrote it), or None when it does not exist.
+
+        Raises:
+            json.JSONDecodeError (a ValueError): the file is not JSON. OSError: the storage cannot be reached.
+        """
+        if not self.exists(*parts):
+            return None
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return json.loads(f.read().decode())
 
     def delete_dir(self, *parts: str) -> None:
         """Remove a lake folder and its content (no error when absent)."""

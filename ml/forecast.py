@@ -1059,15 +1059,21 @@ def save_model_version(lake, model, version: int, meta: dict, quantiles: pd.Data
     lake.write_table(pa.Table.from_pandas(quantiles, preserve_index=False), bucket, MODEL_PREFIX, vdir, "intervals.parquet")
     lake.write_table(pa.Table.from_pandas(metrics, preserve_index=False), bucket, MODEL_PREFIX, vdir, "metrics.parquet")
     meta = {**meta, "version": version, "path": f"{bucket}/{MODEL_PREFIX}/{vdir}"}
-    with lake.fs.open_output_stream(lake.path(bucket, MODEL_PREFIX, vdir, "meta.json")) as f:
-        f.write(json.dumps(meta, indent=2, default=str).encode())
+    lake.write_json(meta, bucket, MODEL_PREFIX, vdir, "meta.json")
     return meta["path"]
 
 
 def read_meta(lake, version: int) -> dict:
-    """meta.json of model version N."""
-    with lake.fs.open_input_stream(lake.path(lake.settings.lake_models_bucket, MODEL_PREFIX, f"v{version}", "meta.json")) as f:
-        return json.loads(f.read().decode())
+    """meta.json of model version N (a dict).
+
+    Raises:
+        FileNotFoundError: version N has no meta.json. OSError: the lake cannot be reached.
+    """
+    parts = (lake.settings.lake_models_bucket, MODEL_PREFIX, f"v{version}", "meta.json")
+    meta = lake.read_json(*parts)
+    if meta is None:
+        raise FileNotFoundError(f"lake file {'/'.join(parts)} not found")
+    return meta
 
 
 def model_shrink_k(meta: dict, log=None) -> float:

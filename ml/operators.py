@@ -29,6 +29,6 @@ class FeaturesSubmitOperator(StagedSparkSubmitOperator):
     @staticmethod
     def read_record(sf, lake, day, name: str) -> dict | None:
         """The staged record ``name`` (``features_result`` / ``features_error``) of run date ``day``:
-        :func:`ml.spark_features.read_json` of ``features/staging/build_features/run_date=<day>/<name>.json``; None
-        when absent."""
-        return sf.read_json(lake, *sf.staging(lake, day, name))
+        the JSON file ``features/staging/build_features/run_date=<day>/<name>.json`` (:meth:`core.lake.Lake.read_json`);
+        None when absent."""
+        return lake.read_json(*sf.staging(lake, day, name))

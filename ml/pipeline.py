@@ -20,7 +20,6 @@ Every ClickHouse write goes to a ReplacingMergeTree keyed on its natural key (se
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 
 import numpy as np
@@ -28,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.lake import json_text
 from ml.features import DEFAULT_HORIZON, build_daily_features
 from ml.forecast import MODEL_PREFIX, list_versions, read_meta
 
@@ -58,20 +58,6 @@ def _ctx(settings=None):
 
     s = settings or get_settings()
     return s, get_client(s), s.clickhouse_database, Lake(s)
-
-
-def _write_json(lake, obj: dict, *parts: str) -> None:
-    path = lake.path(*parts)
-    lake.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with lake.fs.open_output_stream(path) as f:
-        f.write(json.dumps(obj, indent=2, default=str).encode())
-
-
-def _read_json(lake, *parts: str) -> dict:
-    if not lake.exists(*parts):
-        raise FileNotFoundError(f"lake file {'/'.join(parts)} not found")
-    with lake.fs.open_input_stream(lake.path(*parts)) as f:
-        return json.loads(f.read().decode())
 
 
 # ------------------------------------------------------------------------------------- demand ------
@@ -213,7 +199,7 @@ def _point_latest(lake, run_date: dt.date) -> str:
     """Write ``features/daily/latest.json`` -> the run's feature table; returns its lake path."""
     bucket = lake.settings.lake_features_bucket
     key = f"run_date={run_date.isoformat()}"
-    _write_json(lake, {"run_date": run_date.isoformat(), "path": f"{bucket}/daily/{key}"}, bucket, "daily", "latest.json")
+    lake.write_json({"run_date": run_date.isoformat(), "path": f"{bucket}/daily/{key}"}, bucket, "daily", "latest.json")
     return f"{bucket}/daily/{key}"
 
 
@@ -309,7 +295,7 @@ def load_features(run_date: dt.date, settings=None) -> dict:
     s, client, db, lake = _ctx(settings)
     parts = sf.features_path(lake, run_date)
     d = lake.dataset(*parts)
-    record = sf.read_json(lake, *sf.staging(lake, run_date, sf.RESULT_NAME))
+    record = lake.read_json(*sf.staging(lake, run_date, sf.RESULT_NAME))
     if d is None or record is None:
         raise FileNotFoundError(f"no feature table or result record for {run_date} at {'/'.join(parts)}: the "
                                 f"build_features Spark job did not run")
@@ -348,7 +334,10 @@ def _feature_frame(df: pd.DataFrame) -> pd.DataFrame:
 def features_location(lake, path: str) -> str:
     """The lake path of a feature table (``latest`` resolves ``features/daily/latest.json``)."""
     if path == "latest":
-        path = _read_json(lake, lake.settings.lake_features_bucket, "daily", "latest.json")["path"]
+        latest = lake.read_json(lake.settings.lake_features_bucket, "daily", "latest.json")
+        if latest is None:
+            raise FileNotFoundError(f"lake file {lake.settings.lake_features_bucket}/daily/latest.json not found")
+        path = latest["path"]
     return path
 
 
@@ -496,8 +485,8 @@ def register_model(run_date: dt.date, settings=None) -> dict:
     d = decide_promotion(metrics, v, champ, horizon=int(meta.get("horizon", 7)))
     promote, reason, model = d["promote"], d["reason"], d["model"]
     now = _now()
-    base = {"model_name": MODEL_NAME, "run_date": run_date, "metrics": json.dumps({
-        "backtest": metrics.to_dict("records"), "selection": d["selection"], "meta": meta}, default=str)}
+    base = {"model_name": MODEL_NAME, "run_date": run_date, "metrics": json_text({
+        "backtest": metrics.to_dict("records"), "selection": d["selection"], "meta": meta})}
     rows = [{**base, "version": v, "model": model, "trained_at": pd.Timestamp(meta["trained_at"]).to_pydatetime(),
              "path": meta["path"], "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"],
              "seasonal_naive_wape": naive, "is_champion": int(promote), "promoted_at": now if promote else None,
@@ -513,7 +502,7 @@ def register_model(run_date: dt.date, settings=None) -> dict:
                                                  "backtest_wape", "backtest_rmsse", "seasonal_naive_wape", "metrics",
                                                  "is_champion", "promoted_at", "updated_at"]])
     if promote:
-        _write_json(lake, {"version": v, "model": model, "path": meta["path"], "promoted_at": now.isoformat(),
+        lake.write_json({"version": v, "model": model, "path": meta["path"], "promoted_at": now.isoformat(),
                            "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"]},
                     s.lake_models_bucket, MODEL_PREFIX, "champion.json")
     log.info("model v%s (%s): %s -> %s", v, model, reason, "promoted" if promote else "kept challenger")

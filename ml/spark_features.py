@@ -37,7 +37,6 @@ d. Types: ``date`` DateType; ``units``, lags, rolling statistics, ``days_since_s
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from typing import Any
@@ -477,22 +476,6 @@ def features_path(lake, run_date: dt.date) -> tuple[str, str, str, str]:
     return lake.settings.lake_features_bucket, "daily", f"run_date={run_date.isoformat()}", "features.parquet"
 
 
-def write_json(lake, obj: dict, bucket: str, key: str) -> None:
-    """Write ``obj`` as JSON to the lake path ``bucket/key`` (overwrites)."""
-    path = lake.path(bucket, key)
-    lake.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with lake.fs.open_output_stream(path) as f:
-        f.write(json.dumps(obj, indent=2, default=str).encode())
-
-
-def read_json(lake, bucket: str, key: str) -> dict | None:
-    """A JSON file of the lake, or None when absent."""
-    if not lake.exists(bucket, key):
-        return None
-    with lake.fs.open_input_stream(lake.path(bucket, key)) as f:
-        return json.loads(f.read().decode())
-
-
 def stage_inputs(lake, run_date: dt.date, daily: pd.DataFrame, end_date: dt.date, extend_days: int,
                  default_country: str | None) -> dict:
     """Stage the job's inputs for ``run_date``: the daily demand table (:data:`DEMAND_COLUMNS` + country_code,
@@ -512,7 +495,7 @@ def write_params(lake, run_date: dt.date, end_date, extend_days: int, default_co
     extend_days = future days; default_country). Overwrites: idempotent. Returns the parameters written."""
     params = {"run_date": run_date.isoformat(), "end_date": pd.Timestamp(end_date).date().isoformat(),
               "extend_days": int(extend_days), "default_country": default_country}
-    write_json(lake, params, *staging(lake, run_date, PARAMS_NAME))
+    lake.write_json(params, *staging(lake, run_date, PARAMS_NAME))
     return params
 
 
@@ -537,7 +520,7 @@ def build_run(spark, lake, run_date: dt.date, weather: pd.DataFrame | None = Non
         FeatureError: the staged demand breaks the contract.
     """
     t0 = time.perf_counter()
-    params = read_json(lake, *staging(lake, run_date, PARAMS_NAME))
+    params = lake.read_json(*staging(lake, run_date, PARAMS_NAME))
     if params is None or not lake.exists(*staging(lake, run_date, DEMAND_NAME)):
         raise FileNotFoundError(f"nothing staged under {'/'.join(staging(lake, run_date, PARAMS_NAME)[:1])}/"
                                 f"{STAGING_PREFIX}/run_date={run_date} (run the extract_demand task first)")
@@ -550,6 +533,6 @@ def build_run(spark, lake, run_date: dt.date, weather: pd.DataFrame | None = Non
     spark.catalog.clearCache()
     out = {**written, "end_date": params["end_date"], "lake_path": "/".join(parts[:3]),
            "run_date": run_date.isoformat(), "seconds": round(time.perf_counter() - t0, 2)}
-    write_json(lake, out, *staging(lake, run_date, RESULT_NAME))
+    lake.write_json(out, *staging(lake, run_date, RESULT_NAME))
     log.info("build_features %s: %s", run_date, out)
     return out

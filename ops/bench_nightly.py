@@ -230,7 +230,7 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
     from ml import spark_features
 
     lake = Lake(s)
-    job = spark_features.read_json(lake, *spark_features.staging(lake, day, spark_features.RESULT_NAME)) or {}
+    job = lake.read_json(*spark_features.staging(lake, day, spark_features.RESULT_NAME)) or {}
     t2 = time.perf_counter()
     feats = pipeline.load_features(day)
     out["features"] = {"seconds": round(time.perf_counter() - t0, 1), "rows": feats["rows"],

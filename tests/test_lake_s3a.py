@@ -134,3 +134,30 @@ def test_connector_jars_by_lake_kind(tmp_path):
     names = [os.path.basename(j) for j in jars]
     assert any(n.startswith("hadoop-aws-") for n in names) and any(n.startswith("s3-2.") for n in names), names
     assert connector_jars(Settings(**s3, retail_cache_dir=str(tmp_path))) == []   # lake=False: none looked up
+
+
+def test_lake_json_files_are_strict_json(local_lake):
+    """JSON written to the lake (model meta, registry metrics, staged job records) holds no NaN/Infinity tokens:
+    a strict parser reads it, with non-finite numbers as null; numpy numbers stay numbers; absent files read as
+    None."""
+    import datetime as dt
+
+    import numpy as np
+
+    from core.lake import json_text
+
+    def strict(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    obj = {"wape": float("nan"), "per_h": [float("inf"), -float("inf"), 1.5, (np.float32("nan"), np.float64(2.5))],
+           "n": np.int64(3), "ok": np.bool_(True), "flag": True, "day": dt.date(2026, 12, 4), "none": None}
+    want = {"wape": None, "per_h": [None, None, 1.5, [None, 2.5]], "n": 3, "ok": True, "flag": True,
+            "day": "2026-12-04", "none": None}
+    assert json.loads(json_text(obj), parse_constant=strict) == want
+    path = local_lake.write_json(obj, "models", "demand-forecast", "v9", "meta.json")
+    with open(path) as f:
+        assert json.loads(f.read(), parse_constant=strict) == want
+    assert local_lake.read_json("models", "demand-forecast", "v9", "meta.json") == want
+    assert local_lake.read_json("models", "demand-forecast", "v9", "absent.json") is None
+    with pytest.raises(ValueError, match="NaN"):
+        json.loads(json.dumps({"wape": float("nan")}), parse_constant=strict)   # what json.dumps alone writes

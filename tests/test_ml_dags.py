@@ -242,11 +242,11 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     from ml.pipeline import load_features
 
     rec_parts = sf.staging(lake, DAY, sf.RESULT_NAME)
-    record = sf.read_json(lake, *rec_parts)
-    sf.write_json(lake, {**record, "rows": record["rows"] + 1}, *rec_parts)
+    record = lake.read_json(*rec_parts)
+    lake.write_json({**record, "rows": record["rows"] + 1}, *rec_parts)
     with pytest.raises(RuntimeError, match=f"holds {record['rows']} rows, the build_features job wrote"):
         load_features(DAY, native_stack)
-    sf.write_json(lake, record, *rec_parts)
+    lake.write_json(record, *rec_parts)
     assert load_features(DAY, native_stack)["rows"] == n_feature_rows   # a re-load replaces: count below
     reg = q("SELECT * FROM {db}.model_registry FINAL")
     assert reg[["version", "is_champion"]].values.tolist() == [[1, 1]]

@@ -87,14 +87,14 @@ def test_train_stores_shrink_k_and_predict_uses_it(local_lake, spark):
 
     from ml.features import build_daily_features
     from ml.forecast import MODEL_PREFIX, SHRINK_K, forecast, load_model_version, read_meta
-    from ml.pipeline import _write_json, read_features
+    from ml.pipeline import read_features
 
     assert SHRINK_K != SHRINK
     feats = build_daily_features(demand(), default_country=None, extend_days=H)
     key = f"run_date={DAY.isoformat()}"
     local_lake.write_table(pa.Table.from_pandas(feats, preserve_index=False), "features", "daily", key, "features.parquet")
-    _write_json(local_lake, {"run_date": DAY.isoformat(), "path": f"features/daily/{key}"}, "features", "daily",
-                "latest.json")
+    local_lake.write_json({"run_date": DAY.isoformat(), "path": f"features/daily/{key}"}, "features", "daily",
+                          "latest.json")
 
     r = submit("ml/jobs/train.py", ["--features", f"features/daily/{key}", "--run-date", DAY.isoformat(),
                                     "--shrink-k", str(SHRINK)])
@@ -102,7 +102,7 @@ def test_train_stores_shrink_k_and_predict_uses_it(local_lake, spark):
     meta = read_meta(local_lake, 1)
     assert meta["shrink_k"] == SHRINK and meta["config"]["shrink_k"] == SHRINK and meta["horizon"] == H
     # serve the GBT (whatever this tiny backtest selected): the shrinkage only applies to it
-    _write_json(local_lake, {"version": 1, "model": "gbt"}, "models", MODEL_PREFIX, "champion.json")
+    local_lake.write_json({"version": 1, "model": "gbt"}, "models", MODEL_PREFIX, "champion.json")
 
     r = submit("ml/jobs/predict.py", ["--features", "latest"])
     assert r.returncode == 0, r.stderr[-3000:]

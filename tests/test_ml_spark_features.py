@@ -282,7 +282,7 @@ def test_spark_submit_job_writes_the_feature_table_and_exit_codes(local_lake, de
     for attempt in range(2):   # a re-run replaces the folder: the same files, the same table, nothing twice
         r = run(END)
         assert r.returncode == 0, r.stderr[-3000:]
-        res = sf.read_json(local_lake, *sf.staging(local_lake, END, sf.RESULT_NAME))
+        res = local_lake.read_json(*sf.staging(local_lake, END, sf.RESULT_NAME))
         assert res["rows"] == len(want) and res["series"] == 8 and res["last_date"] == END.isoformat()
         assert res["first_date"] == want["date"].min().date().isoformat()
         assert res["lake_path"] == f"features/daily/run_date={END}"
@@ -309,6 +309,6 @@ def test_spark_submit_job_writes_the_feature_table_and_exit_codes(local_lake, de
     sf.stage_inputs(local_lake, bad_day, bad, bad_day, H, "GB")
     r = run(bad_day)
     assert r.returncode == 3, r.stderr[-3000:]
-    err = sf.read_json(local_lake, *sf.staging(local_lake, bad_day, sf.ERROR_NAME))
+    err = local_lake.read_json(*sf.staging(local_lake, bad_day, sf.ERROR_NAME))
     assert err["error"] == "FeatureError" and "1 row(s) with negative units" in err["message"]
     assert not local_lake.exists(*sf.features_path(local_lake, bad_day))

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = sf.build_run(spark, lake, day, weather=weather)
     except sf.FeatureError as exc:
-        sf.write_json(lake, {"run_date": run_date, "error": type(exc).__name__, "message": str(exc)},
-                      *sf.staging(lake, day, sf.ERROR_NAME))
+        lake.write_json({"run_date": run_date, "error": type(exc).__name__, "message": str(exc)},
+                        *sf.staging(lake, day, sf.ERROR_NAME))
         return bad_data("build_features", run_date, exc)
     finally:
         spark.stop()

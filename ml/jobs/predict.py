@@ -15,7 +15,6 @@ the forecast rows, the GBT scores them in Spark, and only series x horizon rows 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -49,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             table lacks a stored feature column (:data:`ml.features.STORED_COLUMNS`); status 2 (argparse) on a bad
             option.
         FileNotFoundError: no feature table at ``--features``, no ``latest.json``, or version N has no
-            ``spark_model``.
-        OSError: version N has no ``meta.json`` (FileNotFoundError on a folder lake).
+            ``spark_model`` or no ``meta.json``.
+        OSError: the lake cannot be reached.
         ValueError: an unknown ``--model``, or the table has no future rows for a horizon
             (:func:`ml.forecast.forecast`).
         Exception: anything else (``ConfigError``, the lake or Spark unavailable) propagates. Every failure ends
@@ -75,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     bucket = s.lake_models_bucket
     version, model_name = a.version, a.model
     if version is None:
-        if not lake.exists(bucket, MODEL_PREFIX, "champion.json"):
+        champ = lake.read_json(bucket, MODEL_PREFIX, "champion.json")
+        if champ is None:
             raise SystemExit(f"no champion model: {bucket}/{MODEL_PREFIX}/champion.json missing (run demand_forecast_training)")
-        with lake.fs.open_input_stream(lake.path(bucket, MODEL_PREFIX, "champion.json")) as f:
-            champ = json.loads(f.read().decode())
         version, model_name = int(champ["version"]), model_name or champ.get("model", "gbt")
     model_name = model_name or "gbt"
     spark = get_spark("demand-forecast-predict", shuffle_partitions=2, lake=True)   # reads the model through S3A
