@@ -209,6 +209,10 @@ def build_dim_store(stores: pd.DataFrame | None, store_ids_seen: pd.Series, defa
     return s[STORE_COLUMNS].reset_index(drop=True)
 
 
+#: country codes already reported as having no calendar (warned once per process, not once per loaded day)
+_NO_CALENDAR: set[str] = set()
+
+
 def _country_holidays(code: str, years: list[int]):
     import holidays
 
@@ -217,7 +221,9 @@ def _country_holidays(code: str, years: list[int]):
     try:
         return holidays.country_holidays(country, subdiv=subdiv, years=years)
     except NotImplementedError:
-        log.warning("holidays package has no calendar for %r; treating it as having no holidays", code)
+        if code not in _NO_CALENDAR:
+            _NO_CALENDAR.add(code)
+            log.warning("holidays package has no calendar for %r; treating it as having no holidays", code)
         return {}
 
 
