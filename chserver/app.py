@@ -9,8 +9,8 @@
   every other parameter as a query setting for that request only (an unknown one: code 115 UNKNOWN_SETTING);
 * headers ``X-ClickHouse-Format``, ``X-ClickHouse-Timezone``, ``X-ClickHouse-Query-Id``,
   ``X-ClickHouse-Summary``, ``X-ClickHouse-Server-Display-Name``; HTTP compression both ways: request bodies in
-  gzip, deflate, br, zstd or lz4 (``Content-Encoding``), responses compressed per ``Accept-Encoding`` when
-  ``enable_http_compression=1``;
+  gzip, deflate, zstd or lz4 (``Content-Encoding``; bounded while decompressing), responses compressed per
+  ``Accept-Encoding`` when ``enable_http_compression=1``;
 * authentication as ClickHouse does it: basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key``, or
   ``user``/``password`` parameters; users from settings (``admin``, ``platform_writer``, read-only
   ``bi_reader``), no passwordless ``default`` user; wrong credentials: 516 AUTHENTICATION_FAILED (403);
@@ -97,47 +97,110 @@ def content_type(fmt: str) -> str:
     return "text/plain; charset=UTF-8" if f.startswith(_TEXT_PREFIXES) else "application/octet-stream"
 
 
-def decompress(body: bytes, encoding: str) -> bytes:
-    """Undo a request's ``Content-Encoding`` (gzip, deflate, br, zstd, lz4 = LZ4 frame; identity).
+def too_large(what: str) -> ClickHouseError:
+    """QUERY_IS_TOO_LARGE (202, HTTP 413) for a request body over CLICKHOUSE_MAX_BODY_MB; ``what`` says which."""
+    return ClickHouseError(202, f"Code: 202. DB::Exception: {what} exceeds CLICKHOUSE_MAX_BODY_MB. "
+                                "(QUERY_IS_TOO_LARGE)", "QUERY_IS_TOO_LARGE")
+
+
+def _inflate(body: bytes, wbits: int, limit: int | None, members: bool) -> bytes:
+    """zlib/gzip data -> bytes, producing at most ``limit`` + 1 bytes before giving up (a 10 MB gzip body can
+    expand to 10 GB: never held). ``members``: concatenated gzip members, as ``gzip.decompress`` reads them."""
+    out: list[bytes] = []
+    size, rest = 0, body
+    while True:
+        d = zlib.decompressobj(wbits)
+        chunk = d.decompress(rest, 0 if limit is None else limit + 1 - size)
+        size += len(chunk)
+        out.append(chunk)
+        if limit is not None and size > limit:
+            raise too_large("Decompressed request body")
+        if not d.eof:
+            raise ValueError("compressed data ended before the end-of-stream marker")
+        rest = d.unused_data
+        if not members or not rest.strip(b"\0"):
+            if rest.strip(b"\0"):
+                raise ValueError(f"{len(rest)} bytes of trailing data after the compressed stream")
+            return b"".join(out)
+
+
+def decompress(body: bytes, encoding: str, limit: int | None = None) -> bytes:
+    """Undo a request's ``Content-Encoding`` (gzip, deflate, zstd, lz4 = LZ4 frames; identity), producing at most
+    ``limit`` bytes (None: no bound). The bound holds while decompressing: a small body that would expand past it
+    (a decompression bomb) is refused after ``limit`` + 1 bytes, never expanded in memory.
 
     Raises:
-        ClickHouseError: unknown method (UNKNOWN_COMPRESSION_METHOD) or corrupt data (CANNOT_DECOMPRESS).
+        ClickHouseError: unknown method (55 UNKNOWN_COMPRESSION_METHOD), corrupt or truncated data
+            (271 CANNOT_DECOMPRESS), output over ``limit`` (202 QUERY_IS_TOO_LARGE).
     """
     enc = (encoding or "").strip().lower()
     if enc in ("", "identity", "none"):
         return body
+    cap = None if limit is None else limit + 1
     try:
         if enc in ("gzip", "x-gzip"):
-            return gzip.decompress(body)
+            return _inflate(body, 16 + zlib.MAX_WBITS, limit, members=True)
         if enc == "deflate":
-            return zlib.decompress(body)
-        if enc == "br":
-            import brotli  # optional: only when installed
-
-            return brotli.decompress(body)
+            return _inflate(body, zlib.MAX_WBITS, limit, members=False)
         if enc == "zstd":  # clients send one frame per block: read across all frames
             import zstandard
 
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True) as r:
-                return r.read()
+            dctx, out, size = zstandard.ZstdDecompressor(), [], 0
+            with dctx.stream_reader(io.BytesIO(body), read_across_frames=True) as r:
+                while chunk := r.read(1 << 20):
+                    size += len(chunk)
+                    out.append(chunk)
+                    if cap is not None and size >= cap:
+                        raise too_large("Decompressed request body")
+            rest = body   # the reader stops silently at a truncated frame: check each frame ends (output <= limit)
+            while rest:
+                d = dctx.decompressobj()
+                d.decompress(rest)
+                if not d.eof:
+                    raise ValueError("truncated zstd frame")
+                rest = d.unused_data
+            return b"".join(out)
         if enc in ("lz4", "lz4_frame"):  # concatenated LZ4 frames (clickhouse-connect: one per block)
             import lz4.frame
 
-            out, rest = [], body
+            out, size, rest = [], 0, body
             while rest:
                 d = lz4.frame.LZ4FrameDecompressor()
-                out.append(d.decompress(rest))
+                chunk = d.decompress(rest, max_length=-1 if cap is None else cap - size)
+                size += len(chunk)
+                out.append(chunk)
+                if cap is not None and size >= cap:
+                    raise too_large("Decompressed request body")
                 if not d.eof:
                     raise ValueError("truncated LZ4 frame")
                 rest = d.unused_data
             return b"".join(out)
-    except ImportError:
-        pass
+    except ClickHouseError:
+        raise
     except Exception as exc:  # noqa: BLE001 - corrupt input is the client's error
         raise ClickHouseError(271, f"Code: 271. DB::Exception: Cannot decompress {enc} request body: {exc}. "
                                    "(CANNOT_DECOMPRESS)", "CANNOT_DECOMPRESS") from None
     raise ClickHouseError(55, f"Code: 55. DB::Exception: Unknown HTTP compression method: {enc}. "
                               "(UNKNOWN_COMPRESSION_METHOD)", "UNKNOWN_COMPRESSION_METHOD")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, read as it streams in and refused once over ``limit`` bytes (``Content-Length`` is
+    checked first; a chunked body without one is bounded the same way).
+
+    Raises:
+        ClickHouseError: 202 QUERY_IS_TOO_LARGE.
+    """
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise too_large(f"Request body of {length} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"Request body of more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def compress(data: bytes, accept: str) -> tuple[bytes, str | None]:
@@ -234,8 +297,9 @@ class Server:
           :data:`TRANSPORT_PARAMS` -> a setting of this request only; ``query_id`` (default a new UUID4);
           ``session_id`` echoed as ``X-ClickHouse-Session-Id`` (no session state is kept);
           ``enable_http_compression=1`` compresses the response per ``Accept-Encoding`` (:func:`compress`).
-        * Request body: decompressed per ``Content-Encoding`` (:func:`decompress`); at most
-          ``CLICKHOUSE_MAX_BODY_MB`` MiB both as sent (``Content-Length``) and after decompression.
+        * Request body: read as it streams in (:func:`read_body`) and decompressed per ``Content-Encoding``
+          (:func:`decompress`); at most ``CLICKHOUSE_MAX_BODY_MB`` MiB both as sent and after decompression, both
+          bounds held while reading and decompressing (a decompression bomb is refused, never expanded).
 
         Returns:
             200: the result bytes, ``Content-Type`` :func:`content_type` of the format, headers
@@ -262,14 +326,8 @@ class Server:
                                           "(compress=1/decompress=1) is not supported by this endpoint; use HTTP "
                                           "compression (Content-Encoding / Accept-Encoding). (NOT_IMPLEMENTED)",
                                       "NOT_IMPLEMENTED")
-            length = int(request.headers.get("content-length") or 0)
-            if length > self.max_body:
-                raise ClickHouseError(202, f"Code: 202. DB::Exception: Request body of {length} bytes exceeds "
-                                           f"CLICKHOUSE_MAX_BODY_MB. (QUERY_IS_TOO_LARGE)", "QUERY_IS_TOO_LARGE")
-            body = decompress(await request.body(), request.headers.get("content-encoding", ""))
-            if len(body) > self.max_body:
-                raise ClickHouseError(202, "Code: 202. DB::Exception: Decompressed request body exceeds "
-                                           "CLICKHOUSE_MAX_BODY_MB. (QUERY_IS_TOO_LARGE)", "QUERY_IS_TOO_LARGE")
+            body = decompress(await read_body(request, self.max_body), request.headers.get("content-encoding", ""),
+                              self.max_body)
             text = q.get("query", "").encode()
             if request.method == "POST" and body:
                 text = text + b"\n" + body if text else body

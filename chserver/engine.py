@@ -11,7 +11,10 @@ Three chDB connections share the data path, each with its own session settings:
 * ``ro2``: the same users on GET requests, ``readonly=2`` (reads and setting changes only, as ClickHouse does
   for GET);
 * ``ro1``: the read-only user ``bi_reader``, ``readonly=1``: the engine itself refuses its writes, DDL and any
-  setting change (code 164 READONLY), which it cannot undo.
+  setting change (code 164 READONLY), which it cannot undo. Before that, the connection takes the limits of the
+  compose server's ``bi_readonly`` profile (:data:`USERS_XML`: ``max_execution_time``, ``max_result_rows``,
+  ``result_overflow_mode``, ``max_memory_usage``), so a BI query holds the engine's one lock for at most
+  ``max_execution_time`` seconds, as on the ClickHouse server.
 
 Per-request state never leaks: the current database is set with ``USE`` before each query, and each request's
 settings are applied with ``SET`` and reset to ``DEFAULT`` after it, all under the lock.
@@ -24,10 +27,18 @@ import re
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import chdb
+
+from core.settings import REPO_ROOT
+
+#: the compose ClickHouse server's users and profiles: the one definition of bi_reader's limits on both stacks
+USERS_XML = REPO_ROOT / "ops" / "docker" / "clickhouse" / "users.d" / "platform-users.xml"
+#: the profile of ``bi_reader`` in :data:`USERS_XML`
+BI_PROFILE = "bi_readonly"
 
 #: input formats whose data carries no types: the target columns' structure is passed to ``file()``
 _UNTYPED_INPUT = {"rowbinary", "rowbinarywithnames", "csv", "csvwithnames", "tsv", "tabseparated",
@@ -79,16 +90,38 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
+def profile_settings(users_xml: str | Path = USERS_XML, profile: str = BI_PROFILE) -> dict[str, str]:
+    """The settings of a settings profile in a ClickHouse users file (``<clickhouse><profiles><name><setting>value``),
+    ``readonly`` excluded: ``{setting: value as text}``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: the file is not XML or has no such profile.
+    """
+    try:
+        root = ET.parse(users_xml).getroot()
+    except ET.ParseError as exc:
+        raise ValueError(f"{users_xml}: not XML: {exc}") from None
+    node = root.find(f"profiles/{profile}")
+    if node is None:
+        raise ValueError(f"{users_xml}: no settings profile {profile!r}")
+    return {child.tag: (child.text or "").strip() for child in node if child.tag != "readonly"}
+
+
 class Engine:
     """The chDB data path of this process, behind one lock.
 
     Args:
         path: chDB data folder (created).
+        bi_settings: settings of the ``ro1`` connection (bi_reader) applied before ``readonly=1`` locks them;
+            default :func:`profile_settings` of :data:`BI_PROFILE` in :data:`USERS_XML`.
     Raises:
-        ClickHouseError: chDB cannot open the path (e.g. another process holds it).
+        ClickHouseError: chDB cannot open the path (e.g. another process holds it) or refuses a setting.
+        FileNotFoundError, ValueError: ``bi_settings`` not given and :data:`USERS_XML` missing or without the
+            profile.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, bi_settings: dict[str, str] | None = None):
+        bi_settings = profile_settings() if bi_settings is None else bi_settings
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
@@ -99,6 +132,8 @@ class Engine:
             self.ro1 = chdb.connect(str(self.path))
             self.rw.query("CREATE DATABASE IF NOT EXISTS default")
             self.ro2.query("SET readonly = 2")
+            for k, v in bi_settings.items():
+                self.ro1.query(f"SET {k} = {quote_string(v)}")
             self.ro1.query("SET readonly = 1")
         except Exception as exc:  # noqa: BLE001 - chDB raises its own types
             raise ClickHouseError.from_chdb(exc) from None

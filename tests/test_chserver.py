@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -175,6 +176,73 @@ def test_bi_reader_is_readonly_1(endpoint):
     assert (r.status_code, r.text) == (200, "0\n")
     # the writer's connection is unaffected
     assert _post(base, _w(users), "INSERT INTO t.ro VALUES (1, 'x', 1)").status_code == 200
+
+
+def test_bi_reader_has_the_compose_servers_profile_limits(endpoint):
+    """bi_reader runs with the limits of the compose server's bi_readonly profile (users.d XML, read here with a
+    regex, not the endpoint's parser), cannot lift them, and hits them: a result over max_result_rows fails with
+    TOO_MANY_ROWS_OR_BYTES, a query past max_execution_time fails with TIMEOUT_EXCEEDED; the lock is free after.
+    The writer has none of them."""
+    import re
+
+    xml = (REPO / "ops/docker/clickhouse/users.d/platform-users.xml").read_text()
+    block = re.search(r"<bi_readonly>(.*?)</bi_readonly>", xml, re.S).group(1)
+    profile = dict(re.findall(r"<(\w+)>([^<]*)</\1>", block))
+    assert {"max_execution_time", "max_result_rows", "max_memory_usage"} <= set(profile), profile
+    base, users, _ = endpoint
+    bi = ("bi_reader", users["bi_reader"])
+    names = sorted(profile)
+    sql = "SELECT " + ", ".join(f"toString(getSetting('{n}'))" for n in names) + " FORMAT JSONCompact"
+    got = _post(base, bi, sql).json()["data"][0]
+    assert dict(zip(names, got)) == profile
+    writer = _post(base, _w(users), sql).json()["data"][0]
+    assert dict(zip(names, writer))["max_execution_time"] in ("0", "0.")
+    r = _post(base, bi, "SELECT 1", max_execution_time="0")
+    assert r.headers.get("X-ClickHouse-Exception-Code") == "164", r.text
+    rows = int(profile["max_result_rows"])
+    r = _post(base, bi, f"SELECT number FROM system.numbers LIMIT {rows + 1} FORMAT Null")
+    assert r.headers.get("X-ClickHouse-Exception-Code") == "396" and "TOO_MANY_ROWS_OR_BYTES" in r.text, r.text
+    assert _post(base, bi, f"SELECT count() FROM (SELECT number FROM system.numbers LIMIT {rows + 1})").text == \
+        f"{rows + 1}\n"                                  # the limit is on the result, not on what is read
+
+
+def test_a_bi_query_past_max_execution_time_releases_the_engine(tmp_path):
+    """In its own process (one chDB per process): an Engine whose bi_reader connection has max_execution_time = 1
+    stops an endless BI query with TIMEOUT_EXCEEDED (159), and the next query of any role runs."""
+    code = textwrap.dedent("""
+        import json, sys, time
+        from chserver.engine import ClickHouseError, Engine
+        eng = Engine(sys.argv[1], bi_settings={"max_execution_time": "1"})
+        t0 = time.perf_counter()
+        try:
+            eng.execute("SELECT count() FROM system.numbers", "TSV", role="ro1")
+            err = None
+        except ClickHouseError as exc:
+            err = [exc.code, exc.name]
+        took = time.perf_counter() - t0
+        after = eng.execute("SELECT 41 + 1", "TSV", role="rw").data.decode().strip()
+        eng.close()
+        print(json.dumps({"err": err, "took": took, "after": after}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "chdb")], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["err"] == [159, "TIMEOUT_EXCEEDED"] and out["after"] == "42", out
+
+
+def test_profile_settings_read_and_fail_clearly(tmp_path):
+    from chserver.engine import profile_settings
+
+    f = tmp_path / "users.xml"
+    f.write_text("<clickhouse><profiles><p><readonly>1</readonly><max_execution_time>7</max_execution_time>"
+                 "</p></profiles></clickhouse>")
+    assert profile_settings(f, "p") == {"max_execution_time": "7"}
+    with pytest.raises(ValueError, match="no settings profile 'q'"):
+        profile_settings(f, "q")
+    f.write_text("<clickhouse><profiles>")
+    with pytest.raises(ValueError, match="not XML"):
+        profile_settings(f, "p")
 
 
 # ------------------------------------------------------------------------------------- input formats --
@@ -420,3 +488,99 @@ def test_platform_clients_open_no_http_session(endpoint):
         assert "session_id" not in c.params
         assert [c.command(f"SELECT {i}") for i in range(3)] == [0, 1, 2]
         c.close()
+
+
+# ------------------------------------------------------------------------------- bounded bodies --
+def _bomb(enc: str, size: int) -> bytes:
+    """``size`` zero bytes compressed with ``enc``, built in 1 MiB steps (never held whole)."""
+    import zlib
+
+    import lz4.frame
+    import zstandard
+
+    block = bytes(1 << 20)
+    if enc in ("gzip", "deflate"):
+        c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS if enc == "gzip" else zlib.MAX_WBITS)
+        return b"".join(c.compress(block) for _ in range(size >> 20)) + c.flush()
+    if enc == "zstd":
+        c = zstandard.ZstdCompressor().compressobj()
+        return b"".join(c.compress(block) for _ in range(size >> 20)) + c.flush()
+    c = lz4.frame.LZ4FrameCompressor()
+    return c.begin() + b"".join(c.compress(block) for _ in range(size >> 20)) + c.flush()
+
+
+@pytest.mark.parametrize("enc", ["gzip", "deflate", "zstd", "lz4"])
+def test_decompression_is_bounded_while_it_runs(enc):
+    """A 256 MiB bomb against a 1 MiB limit is refused (202) with Python's peak allocation far below 256 MiB;
+    bodies within the limit round-trip, concatenated members / frames included; corrupt or truncated data is
+    271; with no limit the bomb expands whole (the bound is what stops it)."""
+    import tracemalloc
+
+    from chserver.app import decompress
+    from chserver.engine import ClickHouseError
+
+    bomb = _bomb(enc, 256 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ClickHouseError) as err:
+            decompress(bomb, enc, limit=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.code == 202 and "CLICKHOUSE_MAX_BODY_MB" in err.value.message
+    assert peak < 16 << 20, peak
+    exact = _bomb(enc, 1 << 20)
+    assert decompress(exact, enc, limit=1 << 20) == bytes(1 << 20)      # exactly at the limit: accepted
+    with pytest.raises(ClickHouseError, match="QUERY_IS_TOO_LARGE"):
+        decompress(exact, enc, limit=(1 << 20) - 1)
+    if enc != "deflate":                                                 # zlib streams have no members
+        two = _bomb(enc, 1 << 20) + _bomb(enc, 2 << 20)
+        assert decompress(two, enc, limit=3 << 20) == bytes(3 << 20)
+    with pytest.raises(ClickHouseError) as err:
+        decompress(exact[: len(exact) // 2], enc, limit=1 << 20)
+    assert err.value.code == 271, err.value.message
+    assert len(decompress(_bomb(enc, 32 << 20), enc)) == 32 << 20
+
+
+def _peak_rss(port: int) -> int:
+    """Peak resident set (VmHWM, bytes) of the process listening on ``port``."""
+    import psutil
+
+    pid = next(c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+               and c.status == psutil.CONN_LISTEN)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+def test_bombs_and_oversized_streams_are_refused_and_the_server_stays_up(endpoint):
+    """512 MiB decompression bombs in each encoding and a 12 MiB chunked body: 413 each, nothing inserted, the
+    server's peak memory grows by far less than one bomb's expansion, and a body within the limits still lands."""
+    base, users, port = endpoint                  # CLICKHOUSE_MAX_BODY_MB=8
+    peak_before = _peak_rss(port)
+    r = _post(base, _w(users), "CREATE OR REPLACE TABLE t.bomb (id UInt32) ENGINE = Memory")
+    assert r.status_code == 200, r.text
+    for enc in ("gzip", "zstd", "lz4", "deflate"):
+        r = httpx.post(base, auth=_w(users), params={"query": "INSERT INTO t.bomb FORMAT CSV"},
+                       content=_bomb(enc, 512 << 20), headers={"Content-Encoding": enc}, timeout=60)
+        assert r.status_code == 413 and "Code: 202" in r.text, (enc, r.text)
+        assert httpx.get(base + "/ping").text == "Ok.\n"
+
+    def chunks():                                 # no Content-Length: 12 MiB sent chunked
+        for _ in range(12):
+            yield b"1\n" * (1 << 19)
+
+    r = httpx.post(base, auth=_w(users), params={"query": "INSERT INTO t.bomb FORMAT CSV"}, content=chunks(),
+                   timeout=60)
+    assert "content-length" not in {k.lower() for k in r.request.headers} and r.status_code == 413, r.text
+    assert "Code: 202" in r.text
+    assert _post(base, _w(users), "SELECT count() FROM t.bomb").text == "0\n"
+    assert _peak_rss(port) - peak_before < 128 << 20, (peak_before, _peak_rss(port))
+    # within the limits both ways: 4 MiB gzip-compressed CSV expands to 4 MiB and lands
+    body = b"7\n" * (2 << 20)
+    r = httpx.post(base, auth=_w(users), params={"query": "INSERT INTO t.bomb FORMAT CSV"},
+                   content=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    assert _post(base, _w(users), "SELECT count(), sum(id) FROM t.bomb").text.split() == [str(2 << 20),
+                                                                                       str(7 * (2 << 20))]
