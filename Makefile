@@ -51,8 +51,8 @@ venv: $(STAMP) ## Create/refresh the Python venv (pinned deps) under .cache/venv
 setup: $(STAMP) ## Install everything: venv, Kafka + Spark connector jars (Maven Central), MinIO (go install)
 	$(PY) -m ops.cli setup
 
-demo: setup ## Main job: native stack, replay real POS data + simulated events -> Kafka -> Spark -> ClickHouse + lake, summary
-	$(PY) -m ops.demo
+demo: setup ## Main job: native stack, replay real POS data + simulated events -> Kafka -> Spark -> ClickHouse + lake, summary; ARGS="--sample FILE ..."
+	$(PY) -m ops.demo $(ARGS)
 
 test: setup ## Run the whole test suite (unit + integration against real Kafka, Spark, MinIO, chDB, headless Chromium)
 	$(PY) -m ops.cli setup --browser
