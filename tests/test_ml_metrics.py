@@ -374,3 +374,24 @@ def test_statsforecast_pads_days_before_a_series_first_sale_and_leaves_few_deman
     late = statsforecast_baseline(feats, o, H, window_days=365, data_start=days[40])
     got_late = late[late["product_id"] == "SPARSE"].sort_values("h")["statsforecast"].to_numpy()
     np.testing.assert_allclose(got_late, unpadded, rtol=1e-9)
+
+
+def test_statsforecast_workers_are_not_forked_from_the_caller():
+    """The statsforecast pool's workers come from a forkserver, never from the calling process: a fork of a Spark
+    driver (py4j threads holding locks) hung the suite on 2026-12-04. Their parent is not this process, and the
+    pooled fit equals the in-process one."""
+    import os
+
+    from statsforecast.models import CrostonOptimized
+
+    from ml.forecast import _stats_forecast, _stats_pool
+
+    with _stats_pool(2) as pool:
+        parents = {pool.submit(os.getppid).result() for _ in range(4)}
+        rng = np.random.default_rng(3)
+        df = pd.DataFrame({"unique_id": np.repeat(["a", "b"], 60),
+                           "ds": np.tile(pd.date_range("2026-01-01", periods=60, freq="D"), 2),
+                           "y": rng.poisson(0.4, 120).astype("float64")})
+        pooled = pool.submit(_stats_forecast, CrostonOptimized(), df, 7).result()
+    assert os.getpid() not in parents and len(parents) == 1
+    pd.testing.assert_frame_equal(pooled, _stats_forecast(CrostonOptimized(), df, 7))
