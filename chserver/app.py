@@ -118,10 +118,10 @@ def _inflate(body: bytes, wbits: int, limit: int | None, members: bool) -> bytes
         if not d.eof:
             raise ValueError("compressed data ended before the end-of-stream marker")
         rest = d.unused_data
-        if not members or not rest.strip(b"\0"):
-            if rest.strip(b"\0"):
-                raise ValueError(f"{len(rest)} bytes of trailing data after the compressed stream")
+        if not rest.strip(b"\0"):       # zero padding after the last stream is ignored
             return b"".join(out)
+        if not members:
+            raise ValueError(f"{len(rest)} bytes of trailing data after the compressed stream")
 
 
 def decompress(body: bytes, encoding: str, limit: int | None = None) -> bytes:

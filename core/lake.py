@@ -163,13 +163,16 @@ class Lake:
             f.write(json_text(obj, indent=2).encode())
         return path
 
-    def read_json(self, *parts: str) -> Any:
+    def read_json(self, *parts: str, required: bool = False) -> Any:
         """The JSON file at lake path ``parts`` (as :meth:`write_json` wrote it), or None when it does not exist.
 
         Raises:
+            FileNotFoundError: ``required`` and the file does not exist (the message names the lake path).
             json.JSONDecodeError (a ValueError): the file is not JSON. OSError: the storage cannot be reached.
         """
         if not self.exists(*parts):
+            if required:
+                raise FileNotFoundError(f"lake file {'/'.join(parts)} not found")
             return None
         with self.fs.open_input_stream(self.path(*parts)) as f:
             return json.loads(f.read().decode())

@@ -1102,11 +1102,7 @@ def read_meta(lake, version: int) -> dict:
     Raises:
         FileNotFoundError: version N has no meta.json. OSError: the lake cannot be reached.
     """
-    parts = (lake.settings.lake_models_bucket, MODEL_PREFIX, f"v{version}", "meta.json")
-    meta = lake.read_json(*parts)
-    if meta is None:
-        raise FileNotFoundError(f"lake file {'/'.join(parts)} not found")
-    return meta
+    return lake.read_json(lake.settings.lake_models_bucket, MODEL_PREFIX, f"v{version}", "meta.json", required=True)
 
 
 def model_shrink_k(meta: dict, log=None) -> float:

@@ -334,10 +334,7 @@ def _feature_frame(df: pd.DataFrame) -> pd.DataFrame:
 def features_location(lake, path: str) -> str:
     """The lake path of a feature table (``latest`` resolves ``features/daily/latest.json``)."""
     if path == "latest":
-        latest = lake.read_json(lake.settings.lake_features_bucket, "daily", "latest.json")
-        if latest is None:
-            raise FileNotFoundError(f"lake file {lake.settings.lake_features_bucket}/daily/latest.json not found")
-        path = latest["path"]
+        path = lake.read_json(lake.settings.lake_features_bucket, "daily", "latest.json", required=True)["path"]
     return path
 
 

@@ -159,5 +159,7 @@ def test_lake_json_files_are_strict_json(local_lake):
         assert json.loads(f.read(), parse_constant=strict) == want
     assert local_lake.read_json("models", "demand-forecast", "v9", "meta.json") == want
     assert local_lake.read_json("models", "demand-forecast", "v9", "absent.json") is None
+    with pytest.raises(FileNotFoundError, match="models/demand-forecast/v9/absent.json"):
+        local_lake.read_json("models", "demand-forecast", "v9", "absent.json", required=True)
     with pytest.raises(ValueError, match="NaN"):
         json.loads(json.dumps({"wape": float("nan")}), parse_constant=strict)   # what json.dumps alone writes
