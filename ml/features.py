@@ -307,16 +307,24 @@ def _series_positions(features: pd.DataFrame) -> np.ndarray:
     return features.groupby(KEYS, sort=False, observed=True).cumcount().to_numpy()
 
 
-def _trailing_mean(units: np.ndarray, pos: np.ndarray, w: int) -> np.ndarray:
-    """Mean of the ``w`` values strictly before each row within its series (fewer at the series start;
-    NaN at its first row). ``units`` NaN (future) rows never enter a window that ends before them."""
+def _trailing_mean(units: np.ndarray, pos: np.ndarray, w: int, age: np.ndarray | None = None) -> np.ndarray:
+    """Mean of the ``w`` days strictly before each row within its series, shape (n,), units/day.
+
+    Days before the series' first row (its first sale) count as zero demand back to the first day the data
+    covers: the divisor is min(age, w), ``age`` being the row's days since that first day (the series' own row
+    count ``pos`` when ``age`` is None or smaller). NaN where the divisor is 0 (a row on the data's first day).
+    Dividing by the days since the first sale instead (M5's convention for the RMSSE scale) overstates the level
+    of a series first sold inside the window, since that window starts on a sale by construction: on the UCI log
+    (``python -m ops.young_series``) the trailing 28-day mean's WAPE was 1.906 that way and 1.532 padded.
+    ``units`` NaN (future) rows never enter a window that ends before them."""
     u = np.nan_to_num(units, nan=0.0)
     c = np.cumsum(u)
     prev = c - u  # sum of every value of the table before the row
     start = np.arange(len(u)) - pos  # index of the series' first row
     lo = np.maximum(np.arange(len(u)) - w, start)  # first row of the window
     before_lo = np.where(lo > 0, c[np.maximum(lo - 1, 0)], 0.0)  # sum of every value before it
-    n = np.minimum(pos, w).astype("float64")
+    days = pos if age is None else np.maximum(age, pos)
+    n = np.minimum(days, w).astype("float64")
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, (prev - before_lo) / n, np.nan)
 
@@ -340,21 +348,33 @@ def _same_weekday_mean(wsum: np.ndarray, pos: np.ndarray, idx: np.ndarray, weeks
         return np.where(n > 0, total / n, np.nan)
 
 
-def group_trailing_mean(features: pd.DataFrame, by: str, w: int, pos: np.ndarray | None = None) -> pd.Series:
+def _days_since(dates: np.ndarray, data_start) -> np.ndarray:
+    """Whole days from ``data_start`` (default: the earliest of ``dates``) to each of ``dates`` (datetime64[ns]),
+    int64 of shape (n,)."""
+    if len(dates) == 0:
+        return np.zeros(0, "int64")
+    start = dates.min() if data_start is None else np.datetime64(pd.Timestamp(data_start), "ns")
+    return ((dates - start) // np.timedelta64(1, "D")).astype("int64")
+
+
+def group_trailing_mean(features: pd.DataFrame, by: str, w: int, pos: np.ndarray | None = None,
+                        age: np.ndarray | None = None) -> pd.Series:
     """Mean over the rows sharing ``by`` (e.g. product_id: across stores) and date of the series' trailing
     ``w``-day mean strictly before the day: an item- or store-level demand level known at d-1.
 
-    ``pos``: the rows' positions within their series (:func:`_series_positions`), if the caller has them.
+    ``pos``: the rows' positions within their series (:func:`_series_positions`), if the caller has them;
+    ``age``: their days since the data's first day (:func:`_trailing_mean`; default: the table's first day).
     """
     pos = _series_positions(features) if pos is None else pos
-    rm = pd.Series(_trailing_mean(features["units"].to_numpy("float64"), pos, w), index=features.index)
+    age = _days_since(features["date"].to_numpy("datetime64[ns]"), None) if age is None else age
+    rm = pd.Series(_trailing_mean(features["units"].to_numpy("float64"), pos, w, age), index=features.index)
     return rm.groupby([features[by], features["date"]], sort=False, observed=True).transform("mean")
 
 
 def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, MAX_HORIZON + 1),
                     min_target_date=None, max_origin=None, *, origins: Iterable | None = None,
                     sample_per_target: int | None = None, seed: int = 42, max_target_date=None,
-                    known_only: bool = False, max_rows: int = 0) -> pd.DataFrame:
+                    known_only: bool = False, max_rows: int = 0, data_start=None) -> pd.DataFrame:
     """Direct multi-horizon rows: one per (series, origin t, horizon h) with target y_{t+h}.
 
     Rows are gathered by position (the feature table is gap-free and sorted per series), so only the
@@ -366,7 +386,8 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
 
     * history (<= t) from the origin row t+1 of the feature table: :data:`HISTORY_COLUMNS`, plus
       ``rmean_28`` (trailing 28-day mean, the ``trailing_mean_28`` baseline), ``rmean_365`` and the
-      item-level (across stores) and store-level (across items) 7- and 28-day means;
+      item-level (across stores) and store-level (across items) 7- and 28-day means; these count the days
+      before a series' first sale as zero demand back to ``data_start`` (:func:`_trailing_mean`);
     * seasonal lags on the target's weekday, all <= t: ``seas_lag_1`` = y_{t+h-7k} (the
       ``seasonal_naive`` baseline), ``seas_lag_2`` = y_{t+h-7k-7}, ``seas_mean_4`` / ``seas_mean_52``
       = mean of the last 4 / 52 same-weekday values up to t;
@@ -389,6 +410,8 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
         max_rows: keep a seeded uniform sample of at most this many rows (0 = all), drawn before the rows'
             features are gathered: the rows :func:`sample_positions` picks from the full output (same
             filters, same order, same seed), at the cost of gathering only them.
+        data_start: the first day the chain's data covers (default: the table's first day); pass it when
+            ``features`` holds a sample of the series.
 
     Returns:
         DataFrame with store_id, product_id, origin, date (= target date), h, y (target, NaN for the
@@ -457,10 +480,11 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
     out["y"] = units[tidx]
     for c in HISTORY_COLUMNS:
         out[c] = f[c].to_numpy("float64")[hidx]
-    extra = {"rmean_28": _trailing_mean(units, pos, 28), "rmean_365": _trailing_mean(units, pos, 365)}
+    age = _days_since(dates, data_start)
+    extra = {"rmean_28": _trailing_mean(units, pos, 28, age), "rmean_365": _trailing_mean(units, pos, 365, age)}
     for by, name in (("product_id", "item"), ("store_id", "store")):
         for w in (7, 28):
-            extra[f"{name}_rmean_{w}"] = group_trailing_mean(f, by, w, pos).to_numpy("float64")
+            extra[f"{name}_rmean_{w}"] = group_trailing_mean(f, by, w, pos, age).to_numpy("float64")
     for c, v in extra.items():
         out[c] = v[hidx]
     out["seas_lag_1"] = np.where(pos[tidx] >= SEASON * k, units[np.maximum(sidx, 0)], np.nan)

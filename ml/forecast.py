@@ -39,7 +39,8 @@ Models (each forecasts h = 1..H days ahead of an origin t, H = ``ForecastConfig.
   (power 1.5, log link) 0.4090 / 0.7516, Poisson 0.4152 / 0.7553, absolute loss 0.4027 / 0.7581, against
   squared 0.4216 / 0.7559 and the cap 2 0.4044 / 0.7548: the cap gets about what the robust losses get.
 * ``seasonal_naive``: y_{t+h-7k}, k = ceil(h/7) (the last same-weekday value <= t).
-* ``trailing_mean_28``: mean of y_{t-27..t}, flat over the horizon.
+* ``trailing_mean_28``: mean of y_{t-27..t}, flat over the horizon; days before a series' first sale are zero
+  demand back to the data's first day (:func:`ml.features._trailing_mean`).
 * ``statsforecast``: per-series statistical model from Nixtla's statsforecast, refitted at every origin
   on the last ``stats_window_days`` days: ``CrostonOptimized`` for intermittent series (average
   inter-demand interval ADI >= 1.32, Syntetos & Boylan 2005, JORS 56(5)) and ``AutoETS`` with weekly
@@ -864,15 +865,16 @@ def backtest_origins(features: pd.DataFrame, cfg: ForecastConfig) -> list[pd.Tim
 
 
 def training_table(features: pd.DataFrame, first_origin, last_origin, cfg: ForecastConfig,
-                   max_rows: int = 0) -> pd.DataFrame:
+                   max_rows: int = 0, data_start=None) -> pd.DataFrame:
     """Supervised training rows with known targets on days in (first_origin - train_window_days, last_origin],
     ``rows_per_target`` sampled horizons per (series, target day); missing features filled with 0.
 
     ``max_rows`` > 0: only the rows ``cap_training_rows(table, max_rows, cfg.seed)`` keeps of the full table,
     without gathering the others (the pandas form of the final fit's sample; :func:`train_final` draws its own in
-    Spark, :func:`ml.spark_supervised.supervised_frame`).
+    Spark, :func:`ml.spark_supervised.supervised_frame`). ``data_start``: as in
+    :func:`ml.features.make_supervised`.
     """
-    sup = make_supervised(features, range(1, cfg.horizon + 1),
+    sup = make_supervised(features, range(1, cfg.horizon + 1), data_start=data_start,
                           min_target_date=pd.Timestamp(first_origin) - pd.Timedelta(days=cfg.train_window_days - 1),
                           sample_per_target=cfg.rows_per_target, seed=cfg.seed, max_target_date=last_origin,
                           known_only=True, max_rows=max_rows)
@@ -900,11 +902,12 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
     Raises:
         InsufficientHistory: no origin has enough training rows.
     """
+    start = features["date"].min()  # the chain's first day, whichever series the sample keeps
     features = sample_series(features, cfg.backtest_series, cfg.seed)
     origins = backtest_origins(features, cfg)
     cols = feature_columns(features)
-    sup = training_table(features, origins[0], origins[-1], cfg) if with_gbt else None
-    test = make_supervised(features, range(1, cfg.horizon + 1), origins=origins)
+    sup = training_table(features, origins[0], origins[-1], cfg, data_start=start) if with_gbt else None
+    test = make_supervised(features, range(1, cfg.horizon + 1), origins=origins, data_start=start)
     test = test[test["y"].notna()]
     test[cols[1:]] = test[cols[1:]].fillna(0.0)
     preds, scales, fit_s, n_train, used = [], [], [], [], []

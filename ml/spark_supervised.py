@@ -50,11 +50,13 @@ def _as_date(value) -> dt.date:
     return pd.Timestamp(value).date()
 
 
-def lookup_table(features):
+def lookup_table(features, data_start: dt.date):
     """The feature table with the per-row values the supervised rows look up (one row per series x day).
 
-    Adds, in units/day: ``_rm7`` / ``_rm28`` / ``_rm365`` (mean of the 7 / 28 / 365 rows strictly before the row
-    within its series, fewer at its start, null at its first row), ``_u`` (units, null when unknown), ``_u7``
+    Adds, in units/day: ``_rm7`` / ``_rm28`` / ``_rm365`` (sum of the 7 / 28 / 365 rows strictly before the row
+    within its series over min(days since ``data_start``, window), at least its row count: the days before the
+    series' first sale count as zero demand, :func:`ml.features._trailing_mean`; null where that divisor is 0),
+    ``_u`` (units, null when unknown), ``_u7``
     (units 7 rows before), ``_sm4`` / ``_sm52`` (mean of the row's and the previous 3 / 51 same-weekday rows'
     units, unknown counting 0) and ``_pos`` (0-based row within the series).
     """
@@ -66,9 +68,11 @@ def lookup_table(features):
     df = df.withColumns({"_pos": F.row_number().over(w) - 1, "_u0": F.coalesce(F.col("_u"), F.lit(0.0))})
     df = df.withColumn("_cs", F.sum("_u0").over(_series_window(Window.unboundedPreceding, 0)))
 
+    days = F.greatest(F.datediff(F.col("date"), F.lit(data_start)), F.col("_pos"))
+
     def trailing_mean(n: int):
         s = F.lag("_cs", 1, 0.0).over(w) - F.lag("_cs", n + 1, 0.0).over(w)
-        return F.when(F.col("_pos") > 0, s / F.least(F.col("_pos"), F.lit(n)))
+        return F.when(days > 0, s / F.least(days, F.lit(n)))
 
     df = df.withColumns({"_rm7": trailing_mean(7), "_rm28": trailing_mean(28), "_rm365": trailing_mean(365),
                          "_u7": F.lag("_u", SEASON).over(w), "_wd": F.col("_pos") % SEASON})
@@ -93,7 +97,7 @@ def group_means(lookup, by: str):
 
 def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None, max_target_date=None,
                      max_origin=None, origins: Iterable | None = None, sample_per_target: int | None = None,
-                     seed: int = 42, known_only: bool = False, max_rows: int = 0):
+                     seed: int = 42, known_only: bool = False, max_rows: int = 0, data_start=None):
     """Direct multi-horizon rows, one per (series, origin t, horizon h) with target y_{t+h}: the Spark form of
     :func:`ml.features.make_supervised` (same rows, same columns, same values; see there for each column).
 
@@ -114,6 +118,8 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
             replacement drawn before the features are gathered: the rows with the smallest seeded hashes of
             (store_id, product_id, date, h) (bottom-k; Cohen & Kaplan 2007, PODC), the same on every run and
             partitioning. One extra pass over the target rows (count and k-th hash, longs only).
+        data_start: the first day the chain's data covers (default: the table's first day, one aggregate over
+            its ``date`` column); the trailing means count days before a series' first sale from there as 0.
 
     Returns:
         Spark DataFrame with the columns of ``make_supervised``: store_id, product_id, date (target day, date),
@@ -131,7 +137,9 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
     if sample_per_target is not None and sample_per_target < 1:
         raise ValueError(f"sample_per_target must be >= 1, got {sample_per_target}")
     weather = [c for c in WEATHER_COLUMNS if c in features.columns]
-    look = lookup_table(features)  # not cached: each use below reads only the columns it needs
+    if data_start is None:
+        data_start = features.agg(F.min(F.to_date("date"))).first()[0]
+    look = lookup_table(features, _as_date(data_start))  # not cached: each use below reads only the columns it needs
     d = F.col("date")
     tgt = look.select(*KEYS, "date", "_pos", F.col("_u").alias("y"), *COVARIATE_COLUMNS, *weather)
     if origins is not None:

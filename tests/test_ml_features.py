@@ -168,6 +168,40 @@ def test_item_and_store_levels_average_other_series_history():
     assert r.loc[("S1", "P1"), "item_trend"] == 1.0
 
 
+def test_trailing_means_count_days_before_a_first_sale_as_zero_back_to_the_data_start():
+    """A series first sold 40 days into the data (B) and one sold from its first day (A): the trailing means divide
+    the window's sum by min(window, days since the data's first day), as a day-by-day loop computes them."""
+    rng = np.random.default_rng(3)
+    a = toy(rng.poisson(3.0, 80), product="A")
+    b = toy(rng.poisson(2.0, 40) + 1, start="2024-02-10", product="B")  # first sale 2024-02-10, day 40
+    start = pd.Timestamp("2024-01-01")
+    feats = build_daily_features(pd.concat([a, b]), default_country=None)
+    origins = [start + pd.Timedelta(days=d) for d in (10, 45, 60, 79)]
+    sup = make_supervised(feats, horizons=[1, 3], origins=origins).set_index(["product_id", "origin", "h"])
+    history = {p: d.set_index("date")["units"] for p, d in (("A", a), ("B", b))}
+
+    def loop_mean(p, origin, w):
+        total = sum(history[p].get(origin - pd.Timedelta(days=i), 0.0) for i in range(w))
+        return total / min(w, (origin - start).days + 1)
+
+    checked = 0
+    for (p, o, h), row in sup.iterrows():
+        assert row["rmean_28"] == pytest.approx(loop_mean(p, o, 28), rel=1e-12), (p, o, h)
+        assert row["rmean_365"] == pytest.approx(loop_mean(p, o, 365), rel=1e-12), (p, o, h)
+        assert row["trailing_mean_28"] == row["rmean_28"]
+        checked += 1
+    assert checked == 2 * 4 + 2 * 3  # B has no rows at the origin before its first sale
+    young = sup.loc[("B", origins[1], 1), "rmean_28"]  # 6 days after B's first sale
+    assert young == pytest.approx(history["B"].iloc[:6].sum() / 28) and young < history["B"].iloc[:6].mean()
+    # the backtest's sample of series passes the chain's first day: B alone then gets the same own levels (the
+    # store-level means differ: A is no longer in the store)
+    own = ["rmean_28", "rmean_365", "trailing_mean_28", "level", "item_rmean_28"]
+    alone = make_supervised(feats[feats["product_id"] == "B"], horizons=[1, 3], origins=origins, data_start=start)
+    pd.testing.assert_frame_equal(alone.set_index(["product_id", "origin", "h"])[own], sup.loc[["B"], own])
+    bare = make_supervised(feats[feats["product_id"] == "B"], horizons=[1], origins=[origins[1]])
+    assert bare["rmean_28"].iloc[0] == pytest.approx(history["B"].iloc[:6].mean())  # its own first day
+
+
 def test_future_rows_for_forecast_and_sampling():
     f = build_daily_features(toy(np.ones(50)), default_country=None, extend_days=7)
     sup = make_supervised(f, horizons=range(1, 8))

@@ -77,14 +77,17 @@ def test_forecast_origins_equal_pandas(spark, features):
     sdf = spark.createDataFrame(features)  # unknown units arrive as NaN
     got = to_pandas(supervised_frame(sdf, range(1, 29), origins=origins))
     assert_same_rows(got, want)
-    # independently of both, from the feature table: with fewer than 28 days of history the trailing mean is the
-    # mean of all of them, and it stands in for a seasonal value whose day falls before the series start
+    # independently of both, from the feature table: a series first sold 6 days before the origin, 540 days into
+    # the data, has a trailing mean over the 28 calendar days up to the origin, the 22 days before its first sale
+    # counting as zero demand; it stands in for a seasonal value whose day falls before the series start
     units = features[(features["store_id"] == "S2") & (features["product_id"] == "C")].set_index("date")["units"]
     start = units.index.min()
     assert start == END - pd.Timedelta(days=19)
     short = got[(got["store_id"] == "S2") & (got["product_id"] == "C") & (got["origin"] == short_origin)]
     assert sorted(short["h"]) == list(range(1, 29))
-    rmean = units[units.index <= short_origin].mean()
+    window = pd.date_range(short_origin - pd.Timedelta(days=27), short_origin, freq="D")
+    rmean = units.reindex(window, fill_value=0.0).mean()
+    assert rmean < units[units.index <= short_origin].mean()  # not the mean since the first sale
     assert rmean > 0  # a fallback to 0 would not pass for the trailing mean
     np.testing.assert_allclose(short["rmean_28"], rmean, rtol=1e-12)
     lag1 = short["date"] - pd.to_timedelta(7 * (-(-short["h"].astype(int) // 7)), unit="D")  # y_{t+h-7k}
