@@ -192,8 +192,14 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     client, db = get_client(native_stack), native_stack.clickhouse_database
     with pytest.raises(InsufficientData, match="no sales"):  # empty star schema: clear error, nothing written
         build_features(DAY, native_stack)
+    from ops.demo import short_history  # the demo's skip rule is the training's own check
+
+    assert "no sales" in short_history(native_stack, DAY)
     demand = synthetic_demand()
     seed_star_schema(client, db, demand)
+    assert short_history(native_stack, DAY) is None
+    first = pd.Timestamp(demand["date"].min()).date()
+    assert short_history(native_stack, first + dt.timedelta(days=5)).startswith(f"{db}.fact_sales covers 6 day(s)")
     n_series = len(STORES) * len(SKUS)
 
     _run(ml_dags["demand_forecast_training"], DAY)
