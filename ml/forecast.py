@@ -889,7 +889,8 @@ def training_rows(sup: pd.DataFrame, origin, cfg: ForecastConfig) -> pd.DataFram
     return sup[(sup["date"] <= o) & (sup["date"] > o - pd.Timedelta(days=cfg.train_window_days)) & sup["y"].notna()]
 
 
-def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with_gbt: bool = True) -> BacktestResult:
+def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with_gbt: bool = True,
+             data_start=None) -> BacktestResult:
     """Rolling-origin backtest of the GBT and the baselines (see module docstring).
 
     Args:
@@ -897,12 +898,14 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
             ``cfg.backtest_series`` > 0 the backtest (GBT fits, baselines, scores, interval quantiles) runs on
             that many series of it (:func:`sample_series`).
         with_gbt: False scores the baselines only (no Spark needed).
+        data_start: the first day the chain's data covers (:func:`ml.features.make_supervised`; default: the
+            first day of ``features`` before the sample is drawn); pass it when ``features`` already holds a sample.
     Returns:
         :class:`BacktestResult`.
     Raises:
         InsufficientHistory: no origin has enough training rows.
     """
-    start = features["date"].min()  # the chain's first day, whichever series the sample keeps
+    start = features["date"].min() if data_start is None else data_start  # before the sample is drawn
     features = sample_series(features, cfg.backtest_series, cfg.seed)
     origins = backtest_origins(features, cfg)
     cols = feature_columns(features)
@@ -950,7 +953,7 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
                           fit_s, n_train, timings, models)
 
 
-def train_final(spark, features, cfg: ForecastConfig):
+def train_final(spark, features, cfg: ForecastConfig, span=None):
     """Fit the GBT on the training window before the last known day T, on every series, with Spark: the rows
     (:func:`ml.spark_supervised.supervised_frame`, ``rows_per_target`` seeded horizons per series x target day)
     are gathered and fitted as a Spark DataFrame (:func:`fit_gbt_frame`), never collected to the driver; at most
@@ -959,22 +962,24 @@ def train_final(spark, features, cfg: ForecastConfig):
     Args:
         features: the daily feature table as a Spark DataFrame (the train job reads it from the lake) or as
             pandas (in-process callers; handed to Spark here).
+        span: its :func:`ml.spark_supervised.table_span`, when the caller has it.
     Returns:
         (PipelineModel, feature columns, rows fitted on).
     Raises:
         ValueError: no training rows.
     """
-    from ml.spark_supervised import last_known_date, supervised_frame
+    from ml.spark_supervised import supervised_frame, table_span
 
     sdf = spark.createDataFrame(features) if isinstance(features, pd.DataFrame) else features
-    T = pd.Timestamp(last_known_date(sdf))
+    start, T = span or table_span(sdf)
+    T = pd.Timestamp(T)
     cols = feature_columns(sdf)
     # not cached: each use of the table's window columns reads only the columns it needs (caching the whole wide
     # table cost more at 10,000 series: 73.6 s against 47.3 s for the sample and the rows)
     rows = supervised_frame(sdf, range(1, cfg.horizon + 1),
                             min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1), max_target_date=T,
                             sample_per_target=cfg.rows_per_target, seed=cfg.seed, known_only=True,
-                            max_rows=cfg.max_train_rows)
+                            max_rows=cfg.max_train_rows, data_start=start)
     model, n = fit_gbt_frame(rows, cfg, cols)
     return model, cols, n
 
@@ -1040,10 +1045,10 @@ def _forecast_rows(model, features, horizon: int, cols: list[str]) -> pd.DataFra
     (:func:`ml.spark_supervised.supervised_frame`) and, when ``model`` is given, with the GBT pipeline's raw output
     in ``_gbt`` (:func:`served_forecast` turns it into units); only the columns :func:`forecast` needs reach pandas
     (series x horizon rows), sorted by store_id, product_id, h."""
-    from ml.spark_supervised import last_known_date, supervised_frame
+    from ml.spark_supervised import supervised_frame, table_span
 
-    T = pd.Timestamp(last_known_date(features))
-    rows = supervised_frame(features, range(1, horizon + 1), origins=[T])
+    start, T = table_span(features)
+    rows = supervised_frame(features, range(1, horizon + 1), origins=[T], data_start=start)
     keep = [*KEYS, "origin", "date", "h", "level", "rmean_28", "rmean_30", "rmean_90", *BASELINES[:2]]
     if model is not None:
         rows = model.transform(rows.select(*keep, *[_zero_filled(c) for c in cols if c not in keep]))
@@ -1171,19 +1176,28 @@ def train_and_evaluate(spark, daily: pd.DataFrame | None, cfg: ForecastConfig, *
     (:func:`train_final`) of ``final_features`` (the whole table as a Spark DataFrame, when ``features`` holds
     only the backtest's series), else of ``features``.
 
+    The backtest's series are scored with the first day of ``final_features`` as the chain's (when given), so a
+    sample of series gets the trailing means the final model's rows get.
+
     Returns:
         dict with keys features, backtest (:class:`BacktestResult`), selection (dict of
-        :func:`select_champion`), model, cols, train_rows, fit_seconds, backtest_seconds.
+        :func:`select_champion`), model, cols, train_rows, fit_seconds, backtest_seconds, and span (the
+        :func:`ml.spark_supervised.table_span` of ``final_features``; None without it).
     """
     if features is None:
         features = build_daily_features(daily, calendar=calendar, weather=weather, default_country=default_country,
                                         extend_days=cfg.horizon)
+    span = None
+    if final_features is not None:
+        from ml.spark_supervised import table_span
+
+        span = table_span(final_features)
     t0 = time.perf_counter()
-    bt = backtest(spark, features, cfg, log=log)
+    bt = backtest(spark, features, cfg, log=log, data_start=span[0] if span else None)
     t1 = time.perf_counter()
-    model, cols, n = train_final(spark, features if final_features is None else final_features, cfg)
+    model, cols, n = train_final(spark, features if final_features is None else final_features, cfg, span)
     t2 = time.perf_counter()
     sel = select_champion(bt.metrics)
     log(f"final model: {n:,} rows, fit {t2 - t1:.1f} s; champion of this backtest: {sel['champion']} ({sel['reason']})")
     return {"features": features, "backtest": bt, "selection": sel, "model": model, "cols": cols, "train_rows": n,
-            "fit_seconds": t2 - t1, "backtest_seconds": t1 - t0}
+            "fit_seconds": t2 - t1, "backtest_seconds": t1 - t0, "span": span}

@@ -197,8 +197,9 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
     return out
 
 
-def last_known_date(features) -> dt.date:
-    """T: the last day with known (non-null, non-NaN) units of a Spark feature table.
+def table_span(features) -> tuple[dt.date, dt.date]:
+    """(the first day of a Spark feature table, T: its last day with known (non-null, non-NaN) units), from one
+    aggregate: the ``data_start`` of :func:`supervised_frame` and the origin of the final fit and the forecasts.
 
     Raises:
         ValueError: no day has known units.
@@ -206,10 +207,10 @@ def last_known_date(features) -> dt.date:
     from pyspark.sql import functions as F
 
     u = _known("units")
-    t = features.agg(F.max(F.when(u.isNotNull(), F.to_date("date")))).first()[0]
+    first, t = features.agg(F.min(F.to_date("date")), F.max(F.when(u.isNotNull(), F.to_date("date")))).first()
     if t is None:
         raise ValueError("the feature table has no day with known units")
-    return t
+    return first, t
 
 
 def spark_dates(spark, days: list[dt.date], name: str):

@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     from ml.forecast import (ForecastConfig, get_spark, list_versions, sample_keys, save_model_version,
                              train_and_evaluate)
     from ml.pipeline import collect_series, read_features_frame, version_for_run
-    from ml.spark_supervised import last_known_date
     from core.lake import Lake
 
     lake = Lake(s)
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_train_rows": res["train_rows"], "final_fit_seconds": res["fit_seconds"],
             "backtest_seconds": res["backtest_seconds"],
             "backtest_baseline_seconds": {k: round(v, 2) for k, v in (bt.baseline_seconds or {}).items()},
-            "last_known_date": str(last_known_date(table)),
+            "last_known_date": str(res["span"][1]),
             "series": len(keys),
             "total_seconds": time.perf_counter() - t0,
         }
