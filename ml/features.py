@@ -307,12 +307,12 @@ def _series_positions(features: pd.DataFrame) -> np.ndarray:
     return features.groupby(KEYS, sort=False, observed=True).cumcount().to_numpy()
 
 
-def _trailing_mean(units: np.ndarray, pos: np.ndarray, w: int, age: np.ndarray | None = None) -> np.ndarray:
+def _trailing_mean(units: np.ndarray, pos: np.ndarray, w: int, age: np.ndarray) -> np.ndarray:
     """Mean of the ``w`` days strictly before each row within its series, shape (n,), units/day.
 
     Days before the series' first row (its first sale) count as zero demand back to the first day the data
     covers: the divisor is min(age, w), ``age`` being the row's days since that first day (the series' own row
-    count ``pos`` when ``age`` is None or smaller). NaN where the divisor is 0 (a row on the data's first day).
+    count ``pos`` when ``age`` is smaller). NaN where the divisor is 0 (a row on the data's first day).
     Dividing by the days since the first sale instead (M5's convention for the RMSSE scale) overstates the level
     of a series first sold inside the window, since that window starts on a sale by construction: on the UCI log
     (``python -m ops.young_series``) the trailing 28-day mean's WAPE was 1.906 that way and 1.532 padded.
@@ -323,8 +323,7 @@ def _trailing_mean(units: np.ndarray, pos: np.ndarray, w: int, age: np.ndarray |
     start = np.arange(len(u)) - pos  # index of the series' first row
     lo = np.maximum(np.arange(len(u)) - w, start)  # first row of the window
     before_lo = np.where(lo > 0, c[np.maximum(lo - 1, 0)], 0.0)  # sum of every value before it
-    days = pos if age is None else np.maximum(age, pos)
-    n = np.minimum(days, w).astype("float64")
+    n = np.minimum(np.maximum(age, pos), w).astype("float64")
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, (prev - before_lo) / n, np.nan)
 

@@ -330,11 +330,11 @@ def nightly_ml(s: Settings, days: list, day, home: Path) -> dict[str, Any]:
         if spark is not None:
             spark.stop()
             spark = None
-        out["skipped"] = short_history(s, day)
-        if out["skipped"]:
-            console.print(f"[yellow]training and predictions skipped:[/] {out['skipped']}")
+        reason = short_history(s, day)
+        if reason:
+            out["skipped"] = reason
+            console.print(f"[yellow]training and predictions skipped:[/] {reason}")
         else:
-            del out["skipped"]
             for dag_id in ("demand_forecast_training", "batch_predictions"):
                 out[f"{dag_id}_s"] = round(dags_test(dag_id, day, s, home), 1)
         out["ok"] = True
