@@ -307,9 +307,11 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
 
 def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMPLE, *, speed: float | None = None,
                keep_dates: bool = False, limit: int | None = None, end_at: datetime | None = None,
-               invalid_rate: float = 0.0, seed: int = 2012, write_reference: bool = True,
+               align: str = "day", invalid_rate: float = 0.0, seed: int = 2012, write_reference: bool = True,
                create_topics: bool = True, progress: bool = True) -> dict[str, Any]:
     """Replay the UCI Online Retail log at ``path`` into Kafka and return the counts.
+
+    ``end_at`` / ``align``: where the replayed dates end, see :class:`producers.replay.ReplayConfig`.
 
     Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
     events per type, ...), "invalid_injected", "published": {...}}.
@@ -322,9 +324,10 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
 
     s = settings or get_settings()
     df = load_transactions(path, limit=limit)
-    rep = Replay(df, ReplayConfig(keep_dates=keep_dates, end_at=end_at, seed=seed))
+    rep = Replay(df, ReplayConfig(keep_dates=keep_dates, end_at=end_at, align=align, seed=seed))
     out: dict[str, Any] = {"mode": "replay", "config": {
-        "path": str(path), "speed": speed, "keep_dates": keep_dates, "limit": limit, "invalid_rate": invalid_rate}}
+        "path": str(path), "speed": speed, "keep_dates": keep_dates, "align": align, "limit": limit,
+        "invalid_rate": invalid_rate}}
     out["topics"] = ensure_topics(s) if create_topics else None
     out["reference"] = _write_reference(s, rep.products, rep.stores) if write_reference else None
     injected: dict[str, int] = {}
@@ -385,13 +388,20 @@ def replay(
     path: Path = typer.Option(DEFAULT_SAMPLE, help="UCI Online Retail transactions CSV(.gz)."),
     speed: Optional[float] = typer.Option(None, help="Event-time speed-up factor (1 = real time). Default: as fast as possible."),
     keep_dates: bool = typer.Option(False, "--keep-dates", help="Keep the original event dates (default: shift so the replay ends now)."),
+    align: str = typer.Option("day", help="Shift the dates by whole days (time of day kept, a trading day stays "
+                                          "one date; the replay ends within the last 24 h), weeks (weekday kept "
+                                          "too; within the last 7 days), or none (ends now)."),
     limit: Optional[int] = typer.Option(None, help="Replay only the first N rows."),
     invalid_rate: float = typer.Option(0.0, help="Fraction of extra, deliberately invalid records (dead-letter demo)."),
     no_reference: bool = typer.Option(False, "--no-reference", help="Do not write the reference data to the lake."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
 ) -> None:
     """Replay real POS transactions (UCI Online Retail) with simulated stock, price and customer events."""
-    _finish(run_replay(get_settings(), path, speed=speed, keep_dates=keep_dates, limit=limit,
+    from producers.replay import ALIGN_MS
+
+    if align not in ALIGN_MS:
+        raise typer.BadParameter(f"--align must be one of {sorted(ALIGN_MS)}, got {align!r}")
+    _finish(run_replay(get_settings(), path, speed=speed, keep_dates=keep_dates, limit=limit, align=align,
                        invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet))
 
 

@@ -285,14 +285,35 @@ def test_replay_row_decisions_on_a_crafted_slice():
     assert sales[0]["timestamp"] == ts0  # keep_dates: January = GMT = UTC
 
 
-def test_replay_shift_keeps_spacing_and_ends_at_end_at():
-    end = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+@pytest.mark.parametrize("align", ["week", "day", "none"])
+@pytest.mark.parametrize("end", [datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc),   # a Sunday noon
+                                 datetime(2026, 11, 25, 6, 30, 15, tzinfo=timezone.utc)])
+def test_replay_shift_keeps_spacing_and_aligns(align, end):
     kept = [r for et, r in _small_replay(keep_dates=True).events() if et == "sales_transaction"]
-    shifted = [r for et, r in _small_replay(end_at=end).events() if et == "sales_transaction"]
+    rep = _small_replay(end_at=end, align=align)
+    shifted = [r for et, r in rep.events() if et == "sales_transaction"]
     d_kept = [b["timestamp"] - a["timestamp"] for a, b in zip(kept, kept[1:])]
     d_shift = [b["timestamp"] - a["timestamp"] for a, b in zip(shifted, shifted[1:])]
     assert d_kept == d_shift
-    assert shifted[-1]["timestamp"] == int(end.timestamp() * 1000)
+    utc = lambda r: datetime.fromtimestamp(r["timestamp"] / 1000, timezone.utc)  # noqa: E731
+    last, end_ms = shifted[-1]["timestamp"], int(end.timestamp() * 1000)
+    if align == "none":
+        assert last == end_ms
+        return
+    unit = timedelta(days=7 if align == "week" else 1)
+    # the latest instant at or before end_at a whole number of units from the original: within one unit of it
+    assert end - unit < utc(shifted[-1]) <= end
+    for a, b in zip(kept, shifted):
+        assert (utc(b) - utc(a)) % unit == timedelta(0)
+        assert utc(b).time() == utc(a).time()        # the time of day is kept, so each trading day stays one date
+        if align == "week":
+            assert utc(b).weekday() == utc(a).weekday()
+    assert rep.stats.as_dict()["time_shift_ms"] % (unit // timedelta(milliseconds=1)) == 0
+
+
+def test_replay_align_refuses_an_unknown_value():
+    with pytest.raises(ValueError, match="align must be one of"):
+        ReplayConfig(align="month")
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +362,11 @@ def test_replay_on_real_data(uci_slice):
     ids = list(by_id)
     gaps = [(by_id[b]["timestamp"] - by_id[a]["timestamp"], src[b] - src[a]) for a, b in zip(ids, ids[1:])]
     assert all(x == y for x, y in gaps)
-    assert max(r["timestamp"] for r in sales) == int(end.timestamp() * 1000)
+    # whole days (the default align): every sale keeps its UTC time of day, the newest lands in the day before end
+    day_ms, end_ms = 86_400_000, int(end.timestamp() * 1000)
+    shift = {by_id[i]["timestamp"] - src[i] for i in ids}
+    assert len(shift) == 1 and next(iter(shift)) % day_ms == 0
+    assert end_ms - day_ms < max(r["timestamp"] for r in sales) <= end_ms
 
     # stock chain never negative and consistent
     level: dict = {}
