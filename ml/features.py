@@ -302,6 +302,20 @@ def sample_positions(n: int, k: int, seed: int = 42) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
+def sorted_by_series(features: pd.DataFrame) -> pd.DataFrame:
+    """``features`` in the order the positional gathers of :func:`make_supervised` assume (store_id, product_id,
+    date ascending): the same object when it already is, else a sorted copy with a RangeIndex.
+
+    A table read back from a store without an ORDER BY (e.g. ClickHouse's ``features_daily``) arrives in any
+    order, and gathering by position would then mix the series' lags and trailing means silently. Measured on the
+    November 2010 demo's table read from ``features_daily`` (230,239 rows; the demo's training settings, one
+    origin, 14 days): backtest WAPE GBT 1.839 / seasonal naive 1.572 unsorted against 1.230 / 1.595 sorted.
+    """
+    if len(features) < 2 or pd.MultiIndex.from_frame(features[[*KEYS, "date"]]).is_monotonic_increasing:
+        return features
+    return features.sort_values([*KEYS, "date"], kind="stable").reset_index(drop=True)
+
+
 def _series_positions(features: pd.DataFrame) -> np.ndarray:
     """0-based position of each row within its series (the table is sorted and gap-free per series)."""
     return features.groupby(KEYS, sort=False, observed=True).cumcount().to_numpy()
@@ -396,8 +410,8 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
       28-day mean of the item across stores / of the store across items), ``h``.
 
     Args:
-        features: output of :func:`build_daily_features` (gap-free per series, sorted by store_id,
-            product_id, date). Only its stored columns are read.
+        features: output of :func:`build_daily_features` (gap-free per series; sorted by store_id,
+            product_id, date here when it is not, :func:`sorted_by_series`). Only its stored columns are read.
         horizons: horizons in days, each in 1..MAX_HORIZON (28).
         min_target_date: keep rows whose target date is >= this (bounds the training window).
         max_origin: keep rows whose origin is <= this.
@@ -423,7 +437,7 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
     hs = sorted(set(int(h) for h in horizons))
     if not hs or hs[0] < 1 or hs[-1] > MAX_HORIZON:
         raise ValueError(f"horizons must be within 1..{MAX_HORIZON}, got {hs}")
-    f = features.reset_index(drop=True)
+    f = sorted_by_series(features).reset_index(drop=True)
     pos = _series_positions(f)
     dates = f["date"].to_numpy("datetime64[ns]")
     n = len(f)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ml.features import (HISTORY_COLUMNS, build_daily_features, complete_series, feature_columns,
-                         make_supervised, validate_daily)
+                         make_supervised, sorted_by_series, validate_daily)
 
 
 def toy(values, start="2024-01-01", store="S1", product="P1", price=2.0):
@@ -200,6 +200,23 @@ def test_trailing_means_count_days_before_a_first_sale_as_zero_back_to_the_data_
     pd.testing.assert_frame_equal(alone.set_index(["product_id", "origin", "h"])[own], sup.loc[["B"], own])
     bare = make_supervised(feats[feats["product_id"] == "B"], horizons=[1], origins=[origins[1]])
     assert bare["rmean_28"].iloc[0] == pytest.approx(history["B"].iloc[:6].mean())  # its own first day
+
+
+def test_a_table_in_any_row_order_gives_the_rows_of_the_sorted_one():
+    """make_supervised gathers by position: a feature table read back unordered (ClickHouse without ORDER BY) must
+    give the same rows as the sorted table, not lags mixed across series."""
+    rng = np.random.default_rng(5)
+    daily = pd.concat([toy(rng.poisson(lam, 70), store=s, product=p)
+                       for lam, s, p in ((1.0, "S1", "P1"), (4.0, "S1", "P2"), (9.0, "S2", "P1"))])
+    feats = build_daily_features(daily, default_country=None)
+    assert sorted_by_series(feats) is feats   # already sorted: no copy
+    shuffled = feats.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    assert not shuffled[["store_id", "product_id", "date"]].equals(feats[["store_id", "product_id", "date"]])
+    pd.testing.assert_frame_equal(sorted_by_series(shuffled), feats.reset_index(drop=True))
+    kw = {"horizons": [1, 7], "origins": [pd.Timestamp("2024-02-20"), pd.Timestamp("2024-03-01")]}
+    want, got = make_supervised(feats, **kw), make_supervised(shuffled, **kw)
+    assert len(want) == 2 * 2 * 3
+    pd.testing.assert_frame_equal(got, want)
 
 
 def test_future_rows_for_forecast_and_sampling():

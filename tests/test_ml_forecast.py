@@ -157,6 +157,28 @@ def test_backtest_on_a_series_sample_and_parallel_statsforecast_match_the_serial
     assert (spread(flat) < 1e-9).all() and (spread(weekly) > 1e-6).sum() >= 3
 
 
+def test_backtest_takes_every_series_when_the_table_is_within_the_row_cap(trained):
+    """A feature table of at most FORECAST_MAX_TRAIN_ROWS known rows is backtested on every series (its refits
+    then see the rows the final model learns from); above the cap, or without one, the sample bounds it."""
+    from dataclasses import replace
+
+    from ml.forecast import backtest, backtest_sample_size
+
+    cfg, res = trained
+    feats = res["features"]
+    known = int(feats["units"].notna().sum())
+    assert backtest_sample_size(known, replace(cfg, backtest_series=12, max_train_rows=known)) == 0
+    assert backtest_sample_size(known, replace(cfg, backtest_series=12, max_train_rows=known - 1)) == 12
+    assert backtest_sample_size(known, replace(cfg, backtest_series=12, max_train_rows=0)) == 12
+    assert backtest_sample_size(known, replace(cfg, backtest_series=0, max_train_rows=10)) == 0
+    series = lambda bt: set(map(tuple, bt.predictions[["store_id", "product_id"]].drop_duplicates().to_numpy()))  # noqa: E731
+    within = backtest(None, feats, replace(cfg, backtest_series=12, max_train_rows=known), with_gbt=False)
+    every = backtest(None, feats, replace(cfg, backtest_series=0), with_gbt=False)
+    above = backtest(None, feats, replace(cfg, backtest_series=12, max_train_rows=known - 1), with_gbt=False)
+    assert series(within) == series(every) and len(series(every)) > 12
+    assert len(series(above)) == 12
+
+
 def test_gbt_fits_on_at_most_max_train_rows(spark, trained):
     """FORECAST_MAX_TRAIN_ROWS: the final fit uses a seeded sample of that many rows and still forecasts every
     series and horizon. (The backtest refits call the same cap_training_rows; the sample itself is checked in

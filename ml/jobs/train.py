@@ -4,7 +4,8 @@
 
 Spark reads the daily feature table from the lake (``--features``: a lake path such as
 ``features/daily/run_date=YYYY-MM-DD`` or ``latest``; ``s3a://`` / ``file://``). Only the backtest's series
-(FORECAST_BACKTEST_SERIES, the seeded hash sample of :func:`ml.forecast.sample_keys`) are collected to pandas;
+(FORECAST_BACKTEST_SERIES, the seeded hash sample of :func:`ml.forecast.sample_keys`; every series when the table
+holds at most FORECAST_MAX_TRAIN_ROWS known rows, :func:`ml.forecast.backtest_sample_size`) are collected to pandas;
 the final GBT's rows are built and fitted on every series in Spark (:func:`ml.forecast.train_final`). It runs
 :func:`ml.forecast.train_and_evaluate` and
 saves the model with its backtest metrics and interval bounds of every model (GBT, seasonal naive, trailing
@@ -84,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     import pandas as pd
+    from pyspark.sql import functions as F
 
     from ml.features import KEYS
-    from ml.forecast import (ForecastConfig, get_spark, list_versions, sample_keys, save_model_version,
-                             train_and_evaluate)
+    from ml.forecast import (ForecastConfig, backtest_sample_size, get_spark, list_versions, sample_keys,
+                             save_model_version, train_and_evaluate)
     from ml.pipeline import collect_series, read_features_frame, version_for_run
     from core.lake import Lake
 
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         # the whole table stays in Spark (the final fit); only the backtest's series come to pandas
         table = read_features_frame(spark, lake, a.features)
         keys = table.select(*KEYS).distinct().toPandas()
-        feats = collect_series(table, sample_keys(keys, cfg.backtest_series, cfg.seed))
+        known = table.where(F.col("units").isNotNull()).count()   # every series within the row cap (see the function)
+        feats = collect_series(table, sample_keys(keys, backtest_sample_size(known, cfg), cfg.seed))
         print(f"features {a.features}: {len(keys):,} series; backtest on {feats.groupby(KEYS).ngroups:,} "
               f"({len(feats):,} rows in pandas)", flush=True)
         res = train_and_evaluate(spark, None, cfg, features=feats, final_features=table,
