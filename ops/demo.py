@@ -7,8 +7,8 @@
    them, then a synthetic simulator run (Faker catalogue) and three POS glitches the stream must quarantine.
 3. At the same time: ``daily_etl`` (Airflow, ``airflow dags test``) loads the newest complete replayed day (the
    last UTC date before the handover to the simulator; none in a sample of a few hours: skipped with the reason)
-   into the star schema once the stream has landed it, and 4 dashboard clients query the BI views through the endpoint as the
-   read-only ``bi_reader``, in a loop.
+   into the star schema once the stream has landed it, and 4 dashboard clients query the BI views through the
+   endpoint as the read-only ``bi_reader``, in a loop.
 4. Wait until the stream has caught up with every topic (checkpoint offsets = end offsets), then print a
    summary read back from ClickHouse and the lake, with how long each concurrent part took, and write it to
    ``reports/demo-summary.json``.

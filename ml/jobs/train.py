@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         # the whole table stays in Spark (the final fit); only the backtest's series come to pandas
         table = read_features_frame(spark, lake, a.features)
-        keys = table.select(*KEYS).distinct().toPandas()
-        known = table.where(F.col("units").isNotNull()).count()   # every series within the row cap (see the function)
-        feats = collect_series(table, sample_keys(keys, backtest_sample_size(known, cfg), cfg.seed))
+        # one pass: the series and their known rows (every series is backtested within the row cap, see the function)
+        keys = table.groupBy(*KEYS).agg(F.count("units").alias("known")).toPandas()
+        n = backtest_sample_size(int(keys["known"].sum()), cfg)
+        feats = collect_series(table, sample_keys(keys[KEYS], n, cfg.seed))
         print(f"features {a.features}: {len(keys):,} series; backtest on {feats.groupby(KEYS).ngroups:,} "
               f"({len(feats):,} rows in pandas)", flush=True)
         res = train_and_evaluate(spark, None, cfg, features=feats, final_features=table,
