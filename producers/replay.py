@@ -18,11 +18,11 @@ Mapping (per CSV row, in file order = event-time order):
   UTC time of day, so a trading day (the UK shop trades 07:00-20:00) stays one calendar date. ``align="week"``
   shifts by whole weeks (the weekday kept too; the last row within the 7 days before ``end_at``),
   ``align="none"`` lands the last row exactly at ``end_at`` (the days then split wherever the shift puts them).
-  Why it matters: a shift of 12 h splits each trading day over two dates; on November 2010 (the UCI log per
-  country x SKU, the demo's training settings, one origin, 14 days ahead) the GBT's backtest WAPE / RMSSE /
-  total forecast over demand was 1.237-1.319 / 0.745-0.756 / +47-57 % on whole days shifted by 0, 1, 3 or 7 days
-  and 1.472 / 0.739 / +77 % with the 12 h split (trailing 28-day mean 1.398 / 0.783 / +40 %, and 1.402 / 0.747
-  split): on split days the GBT lost to the trailing mean (``python -m ops.replay_alignment``).
+  Why it matters: a shift of 12 h splits each trading day over two dates. On November 2010 (the UCI log per
+  country x SKU, the platform's backtest at the demo's training settings, one origin, 14 days ahead, GBT seeds
+  42 / 1 / 2; ``python -m ops.replay_alignment``) the GBT's WAPE was 1.204-1.268 on whole days shifted by 0, 1 or
+  3 days (total forecast +43-52 % over the demand) and 1.533-1.653 with the 12 h split (+83-99 %), against the
+  trailing 28-day mean's 1.389 and 1.393: on split days the GBT lost to it with every seed.
   ``keep_dates=True`` keeps the original instants.
 
 Row decisions (counted in :attr:`ReplayStats.skipped` / ``rows_by_kind``; nothing vanishes silently):
