@@ -1194,7 +1194,7 @@ def load_model_version(lake, version: int):
 
 def train_and_evaluate(spark, daily: pd.DataFrame | None, cfg: ForecastConfig, *, calendar=None, weather=None,
                        default_country: str | None = "GB", features: pd.DataFrame | None = None, log=print,
-                       final_features=None) -> dict:
+                       final_features=None, span=None) -> dict:
     """The one training path used by the spark-submit job, the DAG and the benchmark.
 
     Builds features (unless given), runs the rolling-origin backtest of the GBT and the baselines, picks
@@ -1203,7 +1203,8 @@ def train_and_evaluate(spark, daily: pd.DataFrame | None, cfg: ForecastConfig, *
     only the backtest's series), else of ``features``.
 
     The backtest's series are scored with the first day of ``final_features`` as the chain's (when given), so a
-    sample of series gets the trailing means the final model's rows get.
+    sample of series gets the trailing means the final model's rows get. ``span``: the
+    :func:`ml.spark_supervised.table_span` of ``final_features`` when the caller has it (computed here otherwise).
 
     Returns:
         dict with keys features, backtest (:class:`BacktestResult`), selection (dict of
@@ -1213,8 +1214,7 @@ def train_and_evaluate(spark, daily: pd.DataFrame | None, cfg: ForecastConfig, *
     if features is None:
         features = build_daily_features(daily, calendar=calendar, weather=weather, default_country=default_country,
                                         extend_days=cfg.horizon)
-    span = None
-    if final_features is not None:
+    if span is None and final_features is not None:
         from ml.spark_supervised import table_span
 
         span = table_span(final_features)

@@ -197,6 +197,14 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
     return out
 
 
+def _span_aggregates():
+    """The aggregate columns ``first`` (first day) and ``last`` (last day with known units) of a feature table."""
+    from pyspark.sql import functions as F
+
+    u = _known("units")
+    return F.min(F.to_date("date")).alias("first"), F.max(F.when(u.isNotNull(), F.to_date("date"))).alias("last")
+
+
 def table_span(features) -> tuple[dt.date, dt.date]:
     """(the first day of a Spark feature table, T: its last day with known (non-null, non-NaN) units), from one
     aggregate: the ``data_start`` of :func:`supervised_frame` and the origin of the final fit and the forecasts.
@@ -204,13 +212,26 @@ def table_span(features) -> tuple[dt.date, dt.date]:
     Raises:
         ValueError: no day has known units.
     """
-    from pyspark.sql import functions as F
-
-    u = _known("units")
-    first, t = features.agg(F.min(F.to_date("date")), F.max(F.when(u.isNotNull(), F.to_date("date")))).first()
+    first, t = features.agg(*_span_aggregates()).first()
     if t is None:
         raise ValueError("the feature table has no day with known units")
     return first, t
+
+
+def series_summary(features):
+    """One aggregate per series of a Spark feature table, for the train job: (pandas DataFrame store_id, product_id,
+    ``known`` = its rows with known (non-null, non-NaN) units; the table's :func:`table_span`).
+
+    Raises:
+        ValueError: no day has known units.
+    """
+    from pyspark.sql import functions as F
+
+    per = features.groupBy(*KEYS).agg(F.count(_known("units")).alias("known"), *_span_aggregates()).toPandas()
+    last = per["last"].dropna()   # a series without known units has none
+    if last.empty:
+        raise ValueError("the feature table has no day with known units")
+    return per[[*KEYS, "known"]], (per["first"].min(), last.max())
 
 
 def spark_dates(spark, days: list[dt.date], name: str):

@@ -417,7 +417,7 @@ def run_demo(sample: Path | None = None, synthetic_minutes: float = 180.0, inval
         etl_thread.join()
         if ml and etl.get("ok") and day is not None:
             console.rule("nightly batch: the other replayed days into the star schema, then training and predictions")
-            etl["ml"] = nightly_ml(s, [d for d in replayed_days(s, handover) if d <= day][-DEMO_HISTORY_DAYS:], day, home)
+            etl["ml"] = nightly_ml(s, complete[-DEMO_HISTORY_DAYS:], day, home)   # complete ends with day
             timings["nightly_ml_s"] = round(sum(v for k, v in etl["ml"].items() if k.endswith("_s")), 1)
         bi_stats = bi.stop()
         bi_stats["window"] = [round(bi.started - t0, 1), round(bi.ended - t0, 1)]

@@ -397,10 +397,12 @@ def replay(
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
 ) -> None:
     """Replay real POS transactions (UCI Online Retail) with simulated stock, price and customer events."""
-    from producers.replay import ALIGN_MS
+    from producers.replay import ReplayConfig
 
-    if align not in ALIGN_MS:
-        raise typer.BadParameter(f"--align must be one of {sorted(ALIGN_MS)}, got {align!r}")
+    try:
+        ReplayConfig(align=align)   # its own check, reported as a bad option before anything is read
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--align") from None
     _finish(run_replay(get_settings(), path, speed=speed, keep_dates=keep_dates, limit=limit, align=align,
                        invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet))
 

@@ -141,6 +141,22 @@ def test_sampled_horizons_are_a_deterministic_subset(spark, features):
     assert_same_rows(a, full.merge(a[SORT], on=SORT))
 
 
+def test_series_summary_counts_known_rows_and_gives_the_table_span(spark, features):
+    """The train job's one aggregate: per series the rows with known units (NaN from pandas counts as unknown, as
+    the 14 future days per series are), and the same (first day, last known day) as table_span."""
+    from ml.spark_supervised import series_summary, table_span
+
+    sdf = spark.createDataFrame(features)
+    keys, span = series_summary(sdf)
+    want = features.groupby(["store_id", "product_id"])["units"].count()   # pandas' count skips NaN
+    got = keys.set_index(["store_id", "product_id"])["known"]
+    pd.testing.assert_series_equal(got.sort_index(), want.sort_index(), check_names=False, check_dtype=False)
+    assert span == table_span(sdf)
+    assert span == (features["date"].min().date(), END.date())
+    with pytest.raises(ValueError, match="no day with known units"):
+        series_summary(spark.createDataFrame(features[features["units"].isna()]))
+
+
 def test_bad_horizons_raise(spark, features):
     from ml.spark_supervised import supervised_frame
 

@@ -85,12 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     import pandas as pd
-    from pyspark.sql import functions as F
-
     from ml.features import KEYS
     from ml.forecast import (ForecastConfig, backtest_sample_size, get_spark, list_versions, sample_keys,
                              save_model_version, train_and_evaluate)
     from ml.pipeline import collect_series, read_features_frame, version_for_run
+    from ml.spark_supervised import series_summary
     from core.lake import Lake
 
     lake = Lake(s)
@@ -105,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         # the whole table stays in Spark (the final fit); only the backtest's series come to pandas
         table = read_features_frame(spark, lake, a.features)
-        # one pass: the series and their known rows (every series is backtested within the row cap, see the function)
-        keys = table.groupBy(*KEYS).agg(F.count("units").alias("known")).toPandas()
+        # one pass: the series, their known rows (every series is backtested within the row cap) and the table's span
+        keys, span = series_summary(table)
         n = backtest_sample_size(int(keys["known"].sum()), cfg)
         feats = collect_series(table, sample_keys(keys[KEYS], n, cfg.seed))
         print(f"features {a.features}: {len(keys):,} series; backtest on {feats.groupby(KEYS).ngroups:,} "
               f"({len(feats):,} rows in pandas)", flush=True)
-        res = train_and_evaluate(spark, None, cfg, features=feats, final_features=table,
+        res = train_and_evaluate(spark, None, cfg, features=feats, final_features=table, span=span,
                                  log=lambda m: print(m, flush=True))
         bt = res["backtest"]
         version = version_for_run(lake, a.run_date) or (max(list_versions(lake), default=0) + 1)
