@@ -366,11 +366,12 @@ def carry_forward(today: pd.DataFrame, previous: pd.DataFrame) -> pd.DataFrame:
 
 
 def demand_sigma(daily_units: pd.DataFrame, days: list[int]) -> pd.DataFrame:
-    """Sample standard deviation (ddof=1) of daily units sold per store x SKU over ``days``.
+    """Sample standard deviation (ddof=1) of daily demand per store x SKU over ``days``.
 
     Args:
-        daily_units: store_key, product_key, date_key, units (days without sales may be absent: they
-            count as 0).
+        daily_units: store_key, product_key, date_key, units (units/day: the ``demand_daily`` view's units sold
+            less same-day order cancellations, ``clickhouse/migrations/015_demand.sql``; days without sales may be
+            absent: they count as 0).
         days: the date_keys of the window (every day counts, zero-filled).
 
     Returns: store_key, product_key, sigma_daily, mean_daily (NaN sigma when fewer than 2 days).
@@ -586,7 +587,8 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     fact_inventory = the day's closing stock carried forward over the latest earlier fact_inventory
     snapshot (:func:`carry_forward`); reorder_point from the events, else the carried value, else
     dim_product.reorder_point; safety_stock from the trailing :data:`SAFETY_STOCK_WINDOW_DAYS` days of
-    fact_sales units sold (days before the first loaded date are not counted) via :func:`safety_stock`.
+    demand (the ``demand_daily`` view: fact_sales units sold less same-day order cancellations; days before the
+    first loaded date are not counted) via :func:`safety_stock`.
 
     Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows"}.
     """
@@ -637,9 +639,8 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
         window = [date_key(day - dt.timedelta(days=i)) for i in range(SAFETY_STOCK_WINDOW_DAYS - 1, -1, -1)]
         window = [k for k in window if k >= min(first, dk)]   # a day without sales before the first loaded one
         daily = client.query_df(
-            f"SELECT store_key, product_key, date_key, toInt64(sumIf(quantity, quantity > 0)) AS units "
-            f"FROM {db}.fact_sales WHERE date_key >= {window[0]} AND date_key <= {dk} "
-            f"GROUP BY store_key, product_key, date_key")
+            f"SELECT store_key, product_key, date_key, units FROM {db}.demand_daily "   # 015_demand.sql
+            f"WHERE date_key >= {window[0]} AND date_key <= {dk}")
         sig = demand_sigma(daily, window)
         inv = inv.merge(sig, on=["store_key", "product_key"], how="left")
         inv["safety_stock"], method = safety_stock(inv["sigma_daily"].astype("float64"), s.service_level,

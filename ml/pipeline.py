@@ -62,26 +62,24 @@ def _ctx(settings=None):
 
 # ------------------------------------------------------------------------------------- demand ------
 def demand_sql(db: str, end_date: dt.date | None = None) -> str:
-    """The daily demand query (ClickHouse SQL, no FORMAT clause): one row per day x store x SKU with sales in
-    ``db.fact_sales`` (up to ``end_date`` inclusive when given), joined to dim_store / dim_product.
+    """The daily demand query (ClickHouse SQL, no FORMAT clause): one row per day x store x SKU with a line in
+    ``db.fact_sales`` (up to ``end_date`` inclusive when given), from the ``demand_daily`` view
+    (``clickhouse/migrations/015_demand.sql``) joined to dim_store / dim_product.
 
-    Columns: ``date`` Date; ``store_id``, ``product_id`` String; ``units`` Float64 = sum of quantity of sale lines
-    (``is_return = 0``; returns are not negative demand), at least 0; ``price`` Nullable(Float64) = revenue /
-    units of those lines (the realised price of the day; null without units); ``country_code`` Nullable(String)
-    from dim_store (null when blank). Ordered by store_id, product_id, date.
+    Columns: ``date`` Date; ``store_id``, ``product_id`` String; ``units`` Float64 = units sold less the units of
+    orders cancelled the same day (the view's ``units``; returns are not negative demand), at least 0; ``price``
+    Nullable(Float64) = revenue / units of the day's sale lines (the realised price; null without sale lines);
+    ``country_code`` Nullable(String) from dim_store (null when blank). Ordered by store_id, product_id, date.
     """
-    where = f"WHERE f.date_key <= {int(end_date.strftime('%Y%m%d'))}" if end_date else ""
+    where = f"WHERE d.date_key <= {int(end_date.strftime('%Y%m%d'))}" if end_date else ""
     return f"""
-        SELECT makeDate(intDiv(f.date_key, 10000), intDiv(f.date_key, 100) % 100, f.date_key % 100) AS date,
-               s.store_id AS store_id, p.sku AS product_id,
-               greatest(toFloat64(sumIf(f.quantity, f.is_return = 0)), 0) AS units,
-               sumIf(toFloat64(f.revenue), f.is_return = 0) / nullIf(sumIf(f.quantity, f.is_return = 0), 0) AS price,
-               nullIf(any(s.country_code), '') AS country_code
-        FROM {db}.fact_sales AS f
-        INNER JOIN (SELECT store_key, store_id, country_code FROM {db}.dim_store FINAL) AS s ON f.store_key = s.store_key
-        INNER JOIN (SELECT product_key, sku FROM {db}.dim_product FINAL) AS p ON f.product_key = p.product_key
+        SELECT makeDate(intDiv(d.date_key, 10000), intDiv(d.date_key, 100) % 100, d.date_key % 100) AS date,
+               s.store_id AS store_id, p.sku AS product_id, toFloat64(d.units) AS units,
+               d.revenue_sold / nullIf(d.units_sold, 0) AS price, nullIf(s.country_code, '') AS country_code
+        FROM {db}.demand_daily AS d
+        INNER JOIN (SELECT store_key, store_id, country_code FROM {db}.dim_store FINAL) AS s ON d.store_key = s.store_key
+        INNER JOIN (SELECT product_key, sku FROM {db}.dim_product FINAL) AS p ON d.product_key = p.product_key
         {where}
-        GROUP BY date, store_id, product_id
         ORDER BY store_id, product_id, date"""
 
 

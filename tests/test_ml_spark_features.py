@@ -6,8 +6,8 @@ floats equal to 1e-9, flags exactly). The table has 3 stores x 4 SKUs with
 * gaps (days without a row: zero demand), a series whose first rows have demand but no price (back fill),
   rows with zero units and a price, a price of 0 (undefined price ratios), promotions (price drops);
 * demand from sale lines with returns (a day's returns never net into demand: the ``units`` column is the
-  sum of sold quantities, as ``ml.pipeline.load_daily_demand`` computes it; a day with only a return is a
-  row with units 0 and no price);
+  sum of sold quantities, as ``ml.pipeline.load_daily_demand`` computes it for lines without a customer, whose
+  same-day cancellations cannot be matched; a day with only a return is a row with units 0 and no price);
 * a series that is never active (zero units, no price: dropped), rows after the end date (ignored);
 * stores in GB, the US, an unknown country code and without one (the default country), over Good Friday,
   the May bank holidays, Memorial Day and Juneteenth;
@@ -62,8 +62,8 @@ def sale_lines(seed: int = 3) -> pd.DataFrame:
 
 
 def daily_demand(lines: pd.DataFrame) -> pd.DataFrame:
-    """The daily demand table as ml.pipeline.load_daily_demand builds it: units = sold quantity (returns
-    excluded), price = revenue / units of the sold lines (null when none), country_code of the store."""
+    """The daily demand table as ml.pipeline.load_daily_demand builds it for lines without a customer: units =
+    sold quantity (returns excluded), price = revenue / units of the sold lines (null when none), country_code of the store."""
     sold = lines.assign(q=lines["quantity"].clip(lower=0),
                         rev=lines["quantity"].clip(lower=0) * lines["unit_price"])
     g = sold.groupby(["date", "store_id", "product_id"], as_index=False).agg(units=("q", "sum"), rev=("rev", "sum"))

@@ -62,6 +62,7 @@ GRANT SELECT ON retail.v_fact_sales TO store_manager;
 GRANT SELECT ON retail.v_sales_daily TO store_manager;
 GRANT SELECT ON retail.fact_inventory TO store_manager;
 GRANT SELECT ON retail.fact_sales TO store_manager;
+GRANT SELECT ON retail.demand_daily TO store_manager;
 GRANT SELECT ON retail.fact_sales_daily TO store_manager;
 
 -- a manager sees their own mapping rows only
@@ -116,6 +117,8 @@ CREATE ROW POLICY OR REPLACE store_manager_scope ON retail.fact_inventory FOR SE
 CREATE ROW POLICY OR REPLACE store_manager_scope ON retail.fact_sales FOR SELECT
     USING store_key IN (SELECT store_key FROM retail.dim_store WHERE store_id IN (SELECT store_id FROM retail_access.store_managers WHERE user_name = currentUser())) TO store_manager;
 CREATE ROW POLICY OR REPLACE store_manager_scope ON retail.fact_sales_daily FOR SELECT
+    USING store_key IN (SELECT store_key FROM retail.dim_store WHERE store_id IN (SELECT store_id FROM retail_access.store_managers WHERE user_name = currentUser())) TO store_manager;
+CREATE ROW POLICY OR REPLACE store_manager_scope ON retail.demand_daily FOR SELECT
     USING store_key IN (SELECT store_key FROM retail.dim_store WHERE store_id IN (SELECT store_id FROM retail_access.store_managers WHERE user_name = currentUser())) TO store_manager;
 CREATE ROW POLICY OR REPLACE store_manager_scope ON retail.v_fact_inventory FOR SELECT
     USING store_key IN (SELECT reinterpretAsInt64(store_key) FROM retail.dim_store WHERE store_id IN (SELECT store_id FROM retail_access.store_managers WHERE user_name = currentUser())) TO store_manager;
