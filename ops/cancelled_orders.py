@@ -1,9 +1,9 @@
 """What netting same-day order cancellations out of demand changes, on the real UCI log, through ClickHouse's own view.
 
 The UCI transaction log (``../shared/data/uci_online_retail/transactions.csv.gz``) becomes fact_sales lines as
-the replay classifies them (:func:`producers.replay.classify_rows`: sale and return lines; country = store,
-customer_id as given, anonymous = NULL), in a throwaway chDB database with the platform's migrations
-(``010_star_schema.sql``, ``015_demand.sql``). Its ``demand_daily`` view gives per day x store x SKU the units sold
+the replay classifies them (:func:`producers.replay.classify_rows`: sale and return lines; country = store, the
+replay's product ids, customer_id as given, anonymous = NULL), in a throwaway chDB database with the platform's
+migrations (``010_star_schema.sql``, ``015_demand.sql``). Its ``demand_daily`` view gives per day x store x SKU the units sold
 and the units of orders cancelled the same day (see the view). Then at origins 28 days apart each store x SKU with
 a line in the 28 days up to the origin is forecast flat for the next ``horizon`` days by its trailing 28-day mean,
 computed from the units sold (``gross``) or from the units less the cancelled ones (``net``), and scored against
@@ -34,9 +34,9 @@ MIGRATIONS = ("010_star_schema.sql", "015_demand.sql")
 
 
 def fact_lines(path: Path) -> pd.DataFrame:
-    """The log's sale and return lines as fact_sales columns (keys are codes of country and stock code; the
-    date is the log's own, UK local)."""
-    from producers.replay import classify_rows, load_transactions
+    """The log's sale and return lines as fact_sales columns (keys are codes of the country and of the replay's
+    product id, :func:`producers.replay.product_ids`; the date is the log's own, UK local)."""
+    from producers.replay import classify_rows, load_transactions, product_ids
 
     df = load_transactions(path)
     kind, _ = classify_rows(df)
@@ -46,7 +46,7 @@ def fact_lines(path: Path) -> pd.DataFrame:
     price = df["unit_price"].astype("float64")
     return pd.DataFrame({
         "sale_id": df["invoice"] + "-" + df["line_no"], "date_key": ts.dt.strftime("%Y%m%d").astype("uint32"),
-        "event_time": ts, "product_key": pd.factorize(df["stock_code"])[0].astype("uint64"),
+        "event_time": ts, "product_key": pd.factorize(product_ids(df["stock_code"]))[0].astype("uint64"),
         "store_key": pd.factorize(df["country"])[0].astype("uint64"),
         "customer_id": df["customer_id"].str.strip().replace("", None), "payment_method": "ONLINE",
         "quantity": q, "unit_price": price, "revenue": (q * price).round(4), "is_return": (q < 0).astype("uint8")})

@@ -10,8 +10,13 @@ Mapping (per CSV row, in file order = event-time order):
   (``United Kingdom`` -> ``UCI-GB``, ``EIRE`` -> ``UCI-IE``, ``RSA`` -> ``UCI-ZA``; the non-countries use
   user-assigned codes: ``European Community`` -> ``EU``, ``Channel Islands`` -> ``XC``, ``West Indies``
   -> ``XW``, ``Unspecified`` -> ``ZZ``; an unknown country -> ``UCI-X-<SLUG>`` with code ``ZZ``).
-* **product**: ``product_id = stock_code``; **transaction_id** ``<invoice>-<line_no>``, ``invoice_id`` the
-  invoice; ``customer_id`` as string or null; ``payment_method = ONLINE`` (an online retailer).
+* **product**: ``product_id = stock_code`` upper-cased: the development log writes 157 product codes in both
+  cases, one product each (``85123A`` and ``85123a`` are both "WHITE HANGING HEART T-LIGHT HOLDER"; 144 of the 156
+  pairs with descriptions share the most frequent one, the other 12 name the same item differently, e.g. "CUBIC
+  MUG PINK POLKA DOT" / "POLKADOT"), so its 2,660 lines of lower-case codes would otherwise be SKUs of their own,
+  splitting a product's demand, stock and forecasts in two (:func:`classify_code` reads the code as written).
+  **transaction_id** ``<invoice>-<line_no>``, ``invoice_id`` the invoice; ``customer_id`` as string or null;
+  ``payment_method = ONLINE`` (an online retailer).
 * **event time**: invoice_ts read as Europe/London local time -> epoch ms UTC; shifted by one constant, which
   keeps the original spacing. By default (``align="day"``) the constant is a whole number of days, the most that
   lands the last row at or before ``end_at`` (default: now; so within the 24 h before it): every row keeps its
@@ -149,6 +154,11 @@ def classify_code(stock_code: str) -> str | None:
     if code in NON_PRODUCT_CODES or code.startswith(NON_PRODUCT_PREFIXES) or not PRODUCT_CODE.match(code):
         return code or "EMPTY_CODE"
     return None
+
+
+def product_ids(stock_codes: pd.Series) -> pd.Series:
+    """The platform's product_id of each UCI stock code: stripped and upper-cased (see the module docstring)."""
+    return stock_codes.str.strip().str.upper()
 
 
 def store_for_country(country: str) -> tuple[str, str, str]:
@@ -323,7 +333,7 @@ class Replay:
         self.price = pd.to_numeric(df["unit_price"], errors="coerce").fillna(0.0).to_numpy()
         stores = df["country"].map(lambda c: store_for_country(c)[0])
         self.store_ids = stores.to_numpy()
-        self.codes = df["stock_code"].str.strip().to_numpy()
+        self.codes = product_ids(df["stock_code"]).to_numpy()
 
         # per store x SKU sizing from average daily demand over the slice
         use = self.kind != "skip"
@@ -346,7 +356,7 @@ class Replay:
 
     def _products(self, sizing: pd.DataFrame) -> pd.DataFrame:
         df = self.df[self.kind != "skip"]
-        codes = df["stock_code"].str.strip()
+        codes = product_ids(df["stock_code"])
         desc = df["description"].fillna("").str.strip()
         named = pd.DataFrame({"sku": codes, "desc": desc})[desc.str.len().gt(0) & ~desc.str.contains(r"[a-z?]")]
         name = named.groupby("sku")["desc"].agg(lambda s: s.value_counts().index[0])

@@ -285,6 +285,27 @@ def test_replay_row_decisions_on_a_crafted_slice():
     assert sales[0]["timestamp"] == ts0  # keep_dates: January = GMT = UTC
 
 
+def test_a_stock_code_written_in_either_case_is_one_product():
+    """The log writes some codes in both cases (85123A / 85123a: one product): one product_id, one catalogue row,
+    one stock per store (one OPENING, the second sale drawn from the first's stock)."""
+    text = SMALL.splitlines()[0] + "\n" + "\n".join([
+        "600001,1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2.55,2011-01-10 09:00:00,17850,United Kingdom,x",
+        "600002,1,85123a,WHITE HANGING HEART T-LIGHT HOLDER,4,2.55,2011-01-10 10:00:00,17850,United Kingdom,x",
+        "600003,1, 85123a ,WHITE HANGING HEART T-LIGHT HOLDER,2,2.55,2011-01-11 10:00:00,,United Kingdom,x"]) + "\n"
+    rep = Replay(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), ReplayConfig(keep_dates=True))
+    events = list(rep.events())
+    for et, r in events:
+        validate_event(et, r)
+    assert [r["product_id"] for et, r in events if et == "sales_transaction"] == ["85123A"] * 3
+    assert rep.products["product_id"].tolist() == ["85123A"]
+    inv = [r for et, r in events if et == "inventory_update"]
+    assert {r["product_id"] for r in inv} == {"85123A"} and [r["reason"] for r in inv].count("OPENING") == 1
+    sales = [r for r in inv if r["reason"] == "SALE"]
+    assert [r["new_quantity"] for r in sales] == [inv[0]["new_quantity"] - 6, inv[0]["new_quantity"] - 10,
+                                                  inv[0]["new_quantity"] - 12]
+    assert set(rep.rop) == {("UCI-GB", "85123A")}
+
+
 @pytest.mark.parametrize("align", ["week", "day", "none"])
 @pytest.mark.parametrize("end", [datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc),   # a Sunday noon
                                  datetime(2026, 11, 25, 6, 30, 15, tzinfo=timezone.utc)])
