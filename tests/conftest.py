@@ -35,6 +35,28 @@ INV_SCHEMA = pa.schema([
     ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
 
 
+def cancelled_units(lines, keys: list[str], time: str = "event_time"):
+    """Units of orders cancelled the same day per ``keys`` (which include the day), the independent oracle of the
+    ``demand_daily`` view: within keys x customer x |quantity| the lines in time order (a sale before a return at
+    the same instant), each return line matched one by one to a sale line still open. Lines without a customer
+    (None, NaN or '') never match. ``lines``: pandas frame with ``keys``, ``customer_id``, ``quantity`` (< 0 for a
+    return) and ``time``. Returns a dict {keys tuple: units}, only keys with a cancellation."""
+    out: dict[tuple, int] = {}
+    named = lines[lines["customer_id"].fillna("").astype(str) != ""].assign(
+        _size=lambda d: d["quantity"].abs(), _ret=lambda d: d["quantity"] < 0)
+    for key, g in named.groupby([*keys, "customer_id", "_size"]):
+        open_sales = matched = 0
+        for ret in g.sort_values([time, "_ret"], kind="stable")["_ret"]:
+            if not ret:
+                open_sales += 1
+            elif open_sales:
+                open_sales, matched = open_sales - 1, matched + 1
+        if matched:
+            k = tuple(key[:len(keys)])
+            out[k] = out.get(k, 0) + matched * int(key[-1])
+    return out
+
+
 @contextlib.contextmanager
 def local_lake_env(root: Path, **extra_env: str):
     """Settings with LAKE_URL = the local folder ``root`` (buckets created) and ``extra_env`` set; yields the

@@ -17,6 +17,7 @@ from decimal import Decimal
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cancelled_units
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +43,12 @@ def random_lines(seed: int = 11, n: int = 3_000) -> pd.DataFrame:
 
 
 def oracle(lines: pd.DataFrame) -> pd.DataFrame:
-    """Per date x store x SKU: units_sold, units_cancelled (one-by-one matching in time order), units,
-    revenue_sold; sorted by store, SKU, date."""
-    cancelled: dict[tuple, int] = {}
-    named = lines[lines["customer_id"].fillna("") != ""].assign(size=lambda d: d["quantity"].abs())
-    for key, g in named.groupby(["date", "store_key", "product_key", "customer_id", "size"]):
-        open_sales = matched = 0
-        for r in g.sort_values(["event_time", "is_return"], kind="stable").itertuples():
-            if not r.is_return:
-                open_sales += 1
-            elif open_sales:
-                open_sales, matched = open_sales - 1, matched + 1
-        cancelled[key[:3]] = cancelled.get(key[:3], 0) + matched * key[4]
+    """Per date x store x SKU: units_sold, units_cancelled (:func:`conftest.cancelled_units`, one-by-one
+    matching in time order), units, revenue_sold; sorted by store, SKU, date."""
+    keys = ["date", "store_key", "product_key"]
+    cancelled = cancelled_units(lines, keys)
     sold = lines.assign(q=lines["quantity"].clip(lower=0), rev=lines["quantity"].clip(lower=0) * lines["unit_price"])
-    out = sold.groupby(["date", "store_key", "product_key"], as_index=False).agg(units_sold=("q", "sum"),
-                                                                                  revenue_sold=("rev", "sum"))
+    out = sold.groupby(keys, as_index=False).agg(units_sold=("q", "sum"), revenue_sold=("rev", "sum"))
     out["units_cancelled"] = [cancelled.get(k, 0) for k in zip(out["date"], out["store_key"], out["product_key"])]
     out["units"] = out["units_sold"] - out["units_cancelled"]
     return out.sort_values(["store_key", "product_key", "date"]).reset_index(drop=True)

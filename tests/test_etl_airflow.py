@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import INV_SCHEMA, SALES_SCHEMA
+from conftest import INV_SCHEMA, SALES_SCHEMA, cancelled_units
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -221,6 +221,20 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
         assert len(joined) == len(exp)
         assert (joined["units"] == joined["units_star"]).all()
         assert (joined["rev"] == joined["rev_star"].map(Decimal)).all()
+        # demand_daily (the forecasts' demand): units sold less the orders the same customer cancelled that day,
+        # against the independent matching of the lake's lines (the real log cancels 2 such lines on DAY1)
+        dem = star(client, db, f"""
+            SELECT s.store_id, p.sku AS product_id, d.units_sold, d.units_cancelled, d.units
+            FROM {{db}}.demand_daily d
+            JOIN (SELECT * FROM {{db}}.dim_product FINAL) p ON p.product_key = d.product_key
+            JOIN (SELECT * FROM {{db}}.dim_store FINAL) s ON s.store_key = d.store_key
+            WHERE d.date_key = {dk}""").set_index(["store_id", "product_id"])
+        cancelled = cancelled_units(truth, ["store_id", "product_id"], time="timestamp")
+        assert {k: int(v) for k, v in dem["units_cancelled"].items() if v} == cancelled
+        assert (sum(cancelled.values()) > 0) == (d == DAY1)
+        sold = truth[truth["quantity"] > 0].groupby(["store_id", "product_id"])["quantity"].sum()
+        assert (dem["units_sold"] == sold.reindex(dem.index, fill_value=0)).all()
+        assert (dem["units"] == dem["units_sold"] - dem["units_cancelled"]).all()
         # cost = quantity * unit_cost of the product master data (NULL for SKUs without it), profit = revenue - cost
         ref = lake.read_table(lake.settings.lake_raw_bucket, "reference/products").to_pandas().set_index("product_id")["unit_cost"]
         known = truth[truth["product_id"].isin(ref.index)]
