@@ -1,15 +1,16 @@
 """What netting same-day order cancellations out of demand changes, on the real UCI log, through ClickHouse's own view.
 
-The UCI transaction log (``../shared/data/uci_online_retail/transactions.csv.gz``) becomes fact_sales lines as
-the replay classifies them (:func:`producers.replay.classify_rows`: sale and return lines; country = store, the
+The UCI transaction log (``../shared/data/uci_online_retail/transactions.csv.gz``) becomes fact_sales lines as the
+replay classifies them (:func:`producers.replay.classify_rows`: sale and return lines; country = store, the
 replay's product ids, customer_id as given, anonymous = NULL), in a throwaway chDB database with the platform's
-migrations (``010_star_schema.sql``, ``015_demand.sql``). Its ``demand_daily`` view gives per day x store x SKU the units sold
-and the units of orders cancelled the same day (see the view). Then at origins 28 days apart each store x SKU with
-a line in the 28 days up to the origin is forecast flat for the next ``horizon`` days by its trailing 28-day mean,
-computed from the units sold (``gross``) or from the units less the cancelled ones (``net``), and scored against
-either as the truth: WAPE = sum |y - f| / sum y and bias = sum f / sum y - 1 (Hyndman & Athanasopoulos 2021,
-"Forecasting: principles and practice", 3rd ed., section 5.8), over all of them and over those with a cancellation
-in their 28 days.
+migrations (``010_star_schema.sql``, ``015_demand.sql``); chDB serves one data path per process, so this runs as
+its own process, not beside the platform's endpoint in one. Its ``demand_daily`` view gives per day x store x SKU
+the units sold and the units of orders cancelled the same day (see the view). Then at origins 28 days apart each
+store x SKU with a line in the 28 days up to the origin is forecast flat for the next ``horizon`` days by its
+trailing 28-day mean, computed from the units sold (``gross``) or from the units less the cancelled ones (``net``),
+and scored against either as the truth: WAPE = sum |y - f| / sum y and bias = sum f / sum y - 1 (Hyndman &
+Athanasopoulos 2021, "Forecasting: principles and practice", 3rd ed., section 5.8), over all of them and over those
+with a cancellation in their 28 days.
 
 Output (stdout and ``reports/cancelled-orders.json``): the cancelled lines and units, the largest ones, the scores.
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import typer
 
 from core.settings import REPO_ROOT
@@ -73,8 +75,6 @@ def demand_daily(lines: pd.DataFrame) -> pd.DataFrame:
                     f"SETTINGS max_partitions_per_insert_block = 0")
             out = s.query("SELECT date_key, store_key, product_key, units_sold, units_cancelled, units "
                           "FROM m.demand_daily", "Arrow")
-            import pyarrow as pa
-
             return pa.ipc.open_file(pa.py_buffer(out.bytes())).read_all().to_pandas()
         finally:
             s.close()
