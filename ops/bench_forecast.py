@@ -7,12 +7,14 @@ rolling-origin backtest of the GBT and the baselines seasonal naive, trailing 28
 * **M5 tiny** (``../shared/data/m5_walmart_tiny``): 28 Walmart items x 10 stores, daily units and weekly
   prices 2011-01-29..2015-10-31; the M5 calendar supplies per-state SNAP days (``snap``), any event
   (``event``) and National events as ``holiday``; price drops are the promotion proxy.
-* **UCI Online Retail** (``../shared/data/uci_online_retail/daily_sku_country.csv.gz``): the United
-  Kingdom market (92 % of rows; "store" = country), the ``--uci-top`` product SKUs with the most units
-  sold (postage / manual / fee codes excluded); demand = ``units_sold`` (returns excluded), price =
-  ``avg_unit_price_gbp``; holiday = England & Wales bank holidays from ``calendar_uk.csv``. Series with
-  no line on a day have zero demand that day (the file lists non-zero rows only). Top-N is chosen on
-  the whole slice, a mild selection effect that does not favour either model.
+* **UCI Online Retail** (``../shared/data/uci_online_retail/transactions.csv.gz``): the United
+  Kingdom market (92 % of rows; "store" = country), the ``--uci-top`` products with the most demand;
+  demand and price as the platform reads the log (:mod:`ops.uci_demand`: the replay's products, so no
+  postage / manual / fee codes and one product per stock code whatever its case; units sold less orders
+  cancelled the same day, through ClickHouse's ``demand_daily`` view; price = revenue / units sold);
+  holiday = England & Wales bank holidays from ``calendar_uk.csv``. Series with no line on a day have
+  zero demand that day. Top-N is chosen on the whole slice, a mild selection effect that does not
+  favour either model.
 
 The M5 section also evaluates the slow-moving classifier (:mod:`ml.slow_moving`) against the README's
 hand labels of the 28 items and its 182-day hold-out stability.
@@ -43,7 +45,6 @@ from ml.slow_moving import evaluate_against_labels, parse_m5_labels, stability
 from core.settings import REPO_ROOT
 
 DEFAULT_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
-NON_PRODUCT = r"^(POST|DOT|M|m|D|C2|BANK CHARGES|AMAZONFEE|CRUK|PADS|B|S|ADJUST.*|TEST.*|gift_0001_.*|DCGS.*)$"
 
 
 def load_m5(folder: Path, stores: list[str] | None = None, items: list[str] | None = None,
@@ -84,21 +85,27 @@ def load_m5(folder: Path, stores: list[str] | None = None, items: list[str] | No
 
 
 def load_uci(folder: Path, top_n: int = 100, country: str = "United Kingdom") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """UCI daily_sku_country -> (daily demand table of the top-N SKUs in ``country``, holiday calendar)."""
+    """UCI transaction log -> (daily demand table of the top-N products in ``country``, holiday calendar).
+
+    Demand is the platform's (:func:`ops.uci_demand.daily_demand`: the ``demand_daily`` view, units sold less the
+    units of orders cancelled the same day, per the replay's product ids); top-N by that demand over the whole
+    slice. Returns (DataFrame date, store_id, product_id, units, price; DataFrame date, holiday).
+    Raises FileNotFoundError: the folder lacks transactions.csv.gz or calendar_uk.csv.
+    """
+    from ops.uci_demand import daily_demand
+    from producers.replay import load_transactions
+
     folder = Path(folder)
-    f = folder / "daily_sku_country.csv.gz"
-    if not f.exists():
-        raise FileNotFoundError(f"{f} not found (UCI Online Retail slice)")
-    d = pd.read_csv(f, parse_dates=["date"], dtype={"stock_code": str})
-    d = d[(d["country"] == country) & ~d["stock_code"].str.match(NON_PRODUCT)]
-    top = d.groupby("stock_code")["units_sold"].sum().nlargest(top_n).index
-    d = d[d["stock_code"].isin(top)]
-    daily = pd.DataFrame({"date": d["date"], "store_id": d["country"], "product_id": d["stock_code"],
-                          "units": d["units_sold"].clip(lower=0).astype("float64"),
-                          "price": d["avg_unit_price_gbp"]})
-    cal = pd.read_csv(folder / "calendar_uk.csv", parse_dates=["date"])
+    cal_file = folder / "calendar_uk.csv"
+    if not cal_file.exists():
+        raise FileNotFoundError(f"{cal_file} not found (UCI Online Retail slice)")
+    tx = load_transactions(folder / "transactions.csv.gz")
+    d = daily_demand(tx[tx["country"] == country])
+    top = d.groupby("product_id")["units"].sum().nlargest(top_n).index
+    daily = d.loc[d["product_id"].isin(top), ["date", "store_id", "product_id", "units", "price"]]
+    cal = pd.read_csv(cal_file, parse_dates=["date"])
     calendar = pd.DataFrame({"date": cal["date"], "holiday": cal["is_bank_holiday_eng"].astype("int8")})
-    return daily, calendar
+    return daily.reset_index(drop=True), calendar
 
 
 def model_table(metrics: pd.DataFrame) -> dict:

@@ -1,11 +1,9 @@
 """What netting same-day order cancellations out of demand changes, on the real UCI log, through ClickHouse's own view.
 
-The UCI transaction log (``../shared/data/uci_online_retail/transactions.csv.gz``) becomes fact_sales lines as the
-replay classifies them (:func:`producers.replay.classify_rows`: sale and return lines; country = store, the
-replay's product ids, customer_id as given, anonymous = NULL), in a throwaway chDB database with the platform's
-migrations (``010_star_schema.sql``, ``015_demand.sql``); chDB serves one data path per process, so this runs as
-its own process, not beside the platform's endpoint in one. Its ``demand_daily`` view gives per day x store x SKU
-the units sold and the units of orders cancelled the same day (see the view). Then at origins 28 days apart each
+The UCI transaction log (``../shared/data/uci_online_retail/transactions.csv.gz``) goes through the platform's
+``demand_daily`` view as :mod:`ops.uci_demand` does it (the replay's sale and return lines, country = store, the
+replay's product ids, in a throwaway chDB database of a child process), which gives per day x store x SKU the units
+sold and the units of orders cancelled the same day (see the view). Then at origins 28 days apart each
 store x SKU with a line in the 28 days up to the origin is forecast flat for the next ``horizon`` days by its
 trailing 28-day mean, computed from the units sold (``gross``) or from the units less the cancelled ones (``net``),
 and scored against either as the truth: WAPE = sum |y - f| / sum y and bias = sum f / sum y - 1 (Hyndman &
@@ -20,64 +18,16 @@ Output (stdout and ``reports/cancelled-orders.json``): the cancelled lines and u
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import typer
 
 from core.settings import REPO_ROOT
 
 WINDOW = 28
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "uci_online_retail" / "transactions.csv.gz"
-MIGRATIONS = ("010_star_schema.sql", "015_demand.sql")
-
-
-def fact_lines(path: Path) -> pd.DataFrame:
-    """The log's sale and return lines as fact_sales columns (keys are codes of the country and of the replay's
-    product id, :func:`producers.replay.product_ids`; the date is the log's own, UK local)."""
-    from producers.replay import classify_rows, load_transactions, product_ids
-
-    df = load_transactions(path)
-    kind, _ = classify_rows(df)
-    df = df[np.isin(kind, ["sale", "return"])].reset_index(drop=True)
-    ts = pd.to_datetime(df["invoice_ts"], format="%Y-%m-%d %H:%M:%S")
-    q = df["quantity"].astype("int32")
-    price = df["unit_price"].astype("float64")
-    return pd.DataFrame({
-        "sale_id": df["invoice"] + "-" + df["line_no"], "date_key": ts.dt.strftime("%Y%m%d").astype("uint32"),
-        "event_time": ts, "product_key": pd.factorize(product_ids(df["stock_code"]))[0].astype("uint64"),
-        "store_key": pd.factorize(df["country"])[0].astype("uint64"),
-        "customer_id": df["customer_id"].str.strip().replace("", None), "payment_method": "ONLINE",
-        "quantity": q, "unit_price": price, "revenue": (q * price).round(4), "is_return": (q < 0).astype("uint8")})
-
-
-def demand_daily(lines: pd.DataFrame) -> pd.DataFrame:
-    """``lines`` through the platform's ``demand_daily`` view in a throwaway chDB database: date_key, store_key,
-    product_key, units_sold, units_cancelled, units."""
-    from chdb import session
-
-    from core.clickhouse import MIGRATIONS_DIR, split_statements
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "lines.parquet"
-        lines.to_parquet(src, index=False)
-        s = session.Session(str(Path(tmp) / "chdb"))
-        try:
-            s.query("CREATE DATABASE m")
-            for name in MIGRATIONS:
-                for stmt in split_statements((MIGRATIONS_DIR / name).read_text().replace("{db}", "m")):
-                    s.query(stmt)
-            cols = ", ".join(lines.columns)
-            s.query(f"INSERT INTO m.fact_sales ({cols}) SELECT {cols} FROM file('{src}', Parquet) "
-                    f"SETTINGS max_partitions_per_insert_block = 0")
-            out = s.query("SELECT date_key, store_key, product_key, units_sold, units_cancelled, units "
-                          "FROM m.demand_daily", "Arrow")
-            return pa.ipc.open_file(pa.py_buffer(out.bytes())).read_all().to_pandas()
-        finally:
-            s.close()
 
 
 def compare(daily: pd.DataFrame, origins: pd.DatetimeIndex, horizon: int) -> pd.DataFrame:
@@ -121,8 +71,11 @@ def main(data: Path = typer.Option(DEFAULT_DATA, help="UCI transactions.csv(.gz)
          horizon: int = typer.Option(14, min=1, help="Days forecast after each origin."),
          out: Path = typer.Option(REPO_ROOT / "reports" / "cancelled-orders.json", help="JSON report.")) -> None:
     """Print and write the comparison (see the module docstring)."""
-    lines = fact_lines(data)
-    daily = demand_daily(lines)
+    from ops.uci_demand import fact_lines, view_demand
+    from producers.replay import load_transactions
+
+    lines, _, _ = fact_lines(load_transactions(data))
+    daily = view_demand(lines)
     origins = pd.date_range(first, last, freq=f"{WINDOW}D")
     table = compare(daily, origins, horizon)
     top = daily.nlargest(5, "units_cancelled")

@@ -3,8 +3,9 @@
 The replay (``producers.replay``) moves the log's instants by one constant. Shifted by whole days (``align="day"``,
 the default) each trading day stays one date; shifted to the exact second before a start time (``align="none"``,
 the demo's behaviour before 2026-12-05), a UTC day holds the end of one trading day and the start of the next,
-wherever the start time puts the cut. This aggregates one month of ``transactions.csv.gz`` to daily units sold per
-country x SKU (the replay's own row decisions: sale lines only) on the dates of each shift, then runs the
+wherever the start time puts the cut. This aggregates one month of ``transactions.csv.gz`` to the platform's daily
+demand per country x product (:mod:`ops.uci_demand`: the replay's lines and products, units sold less orders
+cancelled the same date, through ClickHouse's ``demand_daily`` view) on the dates of each shift, then runs the
 platform's backtest on it (pandas features, the demo's training settings: 14 days ahead, 2 origins of which the
 ones with history are scored, a 90-day training window, 20 trees) and reports WAPE / RMSSE / bias per model and
 shift (Hyndman & Athanasopoulos 2021, "Forecasting: principles and practice", 3rd ed., section 5.8; RMSSE as M5).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import typer
 
@@ -30,29 +32,26 @@ DEMO_CONFIG = {"horizon": 14, "n_origins": 2, "train_window_days": 90, "max_iter
 
 
 def daily_demand(tx: pd.DataFrame, shift_hours: float) -> pd.DataFrame:
-    """Daily units sold per country x SKU after moving every line's UTC instant by ``shift_hours``.
+    """The platform's daily demand per country x product after moving every line's UTC instant by ``shift_hours``.
 
     Args:
         tx: UCI transaction lines (:func:`producers.replay.load_transactions` columns, text as str).
         shift_hours: hours added to each line's instant (Europe/London local time read as UTC, see
-            :func:`producers.replay.london_to_utc_ms`) before its date is taken.
+            :func:`producers.replay.london_to_utc_ms`) before its date is taken; lines without an instant are
+            left out.
     Returns:
-        DataFrame date (datetime64, UTC date after the shift), store_id (country), product_id (stock code),
-        units (float64 > 0), price (revenue / units, GBP): one row per date x country x SKU with a sale line, as the
-        replay classifies lines (:func:`producers.replay.classify_rows`, kind ``sale``).
+        DataFrame date (datetime64, UTC date after the shift), store_id (country), product_id (the replay's
+        product id), units (float64: units sold less orders cancelled the same date), price (revenue / units sold,
+        GBP): :func:`ops.uci_demand.daily_demand` on the shifted dates, one row per date x country x product with a
+        sale or return line as the replay classifies them.
     """
-    from producers.replay import classify_rows, london_to_utc_ms
+    from ops.uci_demand import daily_demand as platform_demand
+    from producers.replay import london_to_utc_ms
 
-    kind, _ = classify_rows(tx)
     ms = london_to_utc_ms(tx["invoice_ts"])
-    keep = (kind == "sale") & (ms >= 0)
-    t = tx.loc[keep, ["country", "stock_code"]].copy()
-    t["units"] = pd.to_numeric(tx.loc[keep, "quantity"]).astype("float64")
-    t["revenue"] = t["units"] * pd.to_numeric(tx.loc[keep, "unit_price"]).astype("float64")
-    t["date"] = (pd.to_datetime(ms[keep], unit="ms") + pd.Timedelta(hours=shift_hours)).normalize()
-    d = t.groupby(["date", "country", "stock_code"], as_index=False)[["units", "revenue"]].sum()
-    return pd.DataFrame({"date": d["date"], "store_id": d["country"], "product_id": d["stock_code"],
-                         "units": d["units"], "price": d["revenue"] / d["units"]})
+    dates = (pd.to_datetime(np.where(ms >= 0, ms, np.nan), unit="ms") + pd.Timedelta(hours=shift_hours)).normalize()
+    d = platform_demand(tx, dates)
+    return d[["date", "store_id", "product_id", "units", "price"]]
 
 
 def run(data: Path, month: str, shifts: list[float], seeds: list[int] = (42,), spark=None) -> dict:

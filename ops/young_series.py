@@ -3,8 +3,9 @@
 The feature table starts each store x SKU series at its first sale (M5's convention), so the trailing 28-day mean
 of a series first sold fewer than 28 days ago averages only the days since that sale, which began with a sale. This
 measures that trailing mean against the same sum over all 28 days (days before the first sale as zero demand) on
-``daily_sku_country.csv.gz`` of ``../shared/data/uci_online_retail`` (country = store): at origins 28 days apart,
-each series with a sale in the 28 days up to the origin is forecast flat for the next ``horizon`` days.
+the platform's daily demand of ``transactions.csv.gz`` of ``../shared/data/uci_online_retail`` (country = store;
+:mod:`ops.uci_demand`: the replay's products, units sold less orders cancelled the same day): at origins 28 days
+apart, each series with demand in the 28 days up to the origin is forecast flat for the next ``horizon`` days.
 
 Output (stdout and ``reports/young-series.json``): per method (``first_sale``, ``padded``) and series group
 (``all`` active series, ``young``: first sold fewer than 28 days before the origin) the series-origins ``n``,
@@ -26,21 +27,24 @@ import typer
 from core.settings import REPO_ROOT
 
 WINDOW = 28
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "uci_online_retail" / "daily_sku_country.csv.gz"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "uci_online_retail" / "transactions.csv.gz"
 
 
 def daily_matrix(path: Path) -> tuple[np.ndarray, pd.DatetimeIndex]:
-    """(units sold, shape (series, days), float64; the calendar days) of a UCI daily file: one row per country x
-    stock code, every day from the file's first to its last date, 0 where the file has no row.
+    """(demand, shape (series, days), float64 units; the calendar days) of a UCI transaction log: one row per
+    country x product with demand, every day from the first to the last day with demand, 0 where there is none.
+    Demand as the platform reads it (:func:`ops.uci_demand.daily_demand`).
 
     Raises:
-        FileNotFoundError: no such file. KeyError: a column ``date``, ``country``, ``stock_code`` or
-            ``units_sold`` is missing.
+        FileNotFoundError: no such file. ValueError: a column of the UCI format is missing.
     """
-    d = pd.read_csv(path, parse_dates=["date"], usecols=["date", "country", "stock_code", "units_sold"])
-    d = d[d["units_sold"] > 0]
+    from ops.uci_demand import daily_demand
+    from producers.replay import load_transactions
+
+    d = daily_demand(load_transactions(path))
+    d = d[d["units"] > 0]
     days = pd.date_range(d["date"].min(), d["date"].max(), freq="D")
-    piv = d.pivot_table(index=["country", "stock_code"], columns="date", values="units_sold", aggfunc="sum",
+    piv = d.pivot_table(index=["store_id", "product_id"], columns="date", values="units", aggfunc="sum",
                         fill_value=0).reindex(columns=days, fill_value=0)
     return piv.to_numpy(dtype="float64"), days
 
@@ -79,7 +83,7 @@ def compare(units: np.ndarray, days: pd.DatetimeIndex, origins: pd.DatetimeIndex
     return g[["n", "wape", "bias"]]
 
 
-def main(data: Path = typer.Option(DEFAULT_DATA, help="UCI daily_sku_country.csv(.gz)."),
+def main(data: Path = typer.Option(DEFAULT_DATA, help="UCI transactions.csv(.gz)."),
          first: str = typer.Option("2010-09-01", help="First origin (last day of history)."),
          last: str = typer.Option("2011-08-17", help="No origin after this day."),
          horizon: int = typer.Option(14, min=1, help="Days forecast after each origin."),
