@@ -148,3 +148,21 @@ def test_cancelled_orders_comparison_scores_by_hand():
         assert (g["n"], n["n"]) == (1, 1)
         assert g["wape"] == pytest.approx(2.0) and g["bias"] == pytest.approx(2.0)
         assert n["wape"] == pytest.approx(1.0) and n["bias"] == pytest.approx(1.0)
+
+
+def test_revenue_is_summed_exactly(native_stack):
+    """revenue_sold is the exact Decimal sum, converted once: ten sale lines of 0.10 make 1.0, where Float64
+    addition makes 0.9999999999999999 (and sums in thread order, so a price's last bits varied between runs)."""
+    from core.clickhouse import get_client
+
+    client = get_client(native_stack)
+    db = native_stack.clickhouse_database
+    t0 = dt.datetime(2024, 5, 6, 10, 0, tzinfo=dt.timezone.utc)
+    rows = [[f"R{i}", 20240506, t0 + dt.timedelta(minutes=i), 31, 4, None, "CASH", 1, 0.1, Decimal("0.1"), 0]
+            for i in range(10)]
+    client.insert(f"{db}.fact_sales", rows, column_names=["sale_id", "date_key", "event_time", "product_key",
+                                                          "store_key", "customer_id", "payment_method", "quantity",
+                                                          "unit_price", "revenue", "is_return"])
+    got = client.query(f"SELECT units_sold, revenue_sold FROM {db}.demand_daily "
+                       f"WHERE store_key = 4 AND product_key = 31").result_rows
+    assert got == [(10, 1.0)]
