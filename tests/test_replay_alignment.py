@@ -7,6 +7,8 @@ import pytest
 
 from ops.replay_alignment import daily_demand
 
+pytestmark = pytest.mark.integration  # the demand_daily view on the real engine (chDB, ops.uci_demand)
+
 COLS = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts", "customer_id",
         "country", "source"]
 ROWS = [  # November: GMT, so London time = UTC

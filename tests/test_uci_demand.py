@@ -13,6 +13,8 @@ from conftest import cancelled_units
 from ops.uci_demand import daily_demand
 from producers.replay import classify_rows, load_transactions
 
+pytestmark = pytest.mark.integration  # the real engine (chDB) in a child process
+
 COLS = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts", "customer_id",
         "country"]
 ROWS = [
