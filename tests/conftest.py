@@ -44,7 +44,9 @@ def cancelled_units(lines, keys: list[str], time: str = "event_time"):
     out: dict[tuple, int] = {}
     named = lines[lines["customer_id"].fillna("").astype(str) != ""].assign(
         _size=lambda d: d["quantity"].abs(), _ret=lambda d: d["quantity"] < 0)
-    for key, g in named.groupby([*keys, "customer_id", "_size"]):
+    group = [*keys, "customer_id", "_size"]
+    named = named[named.groupby(group, dropna=False)["_ret"].transform("any")]  # no return: nothing to match
+    for key, g in named.groupby(group):
         open_sales = matched = 0
         for ret in g.sort_values([time, "_ret"], kind="stable")["_ret"]:
             if not ret:
