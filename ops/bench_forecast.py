@@ -237,11 +237,13 @@ def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json",
          train_window_days: int = typer.Option(365, help="Training window (target days)."),
          max_iter: int = typer.Option(ForecastConfig.max_iter, help="GBT trees."),
          max_depth: int = typer.Option(ForecastConfig.max_depth, help="GBT depth."),
+         seed: int = typer.Option(ForecastConfig.seed, help="Seed of the GBT and of its seeded samples (horizon "
+                                  "per target day, row cap, backtest series); the baselines ignore it."),
          datasets: str = typer.Option("m5,uci", help="Comma list of datasets to run.")) -> None:
     """Run the benchmark and write the JSON report."""
     cfg = ForecastConfig(horizon=horizon, n_origins=n_origins, origin_step_days=origin_step_days,
                          train_window_days=train_window_days, max_iter=max_iter, max_depth=max_depth,
-                         stats_jobs=-1)
+                         seed=seed, stats_jobs=-1)
     spark = get_spark("bench-forecast", shuffle_partitions=cfg.shuffle_partitions)
     report = {"generated_at": pd.Timestamp.now(tz="UTC").isoformat(), "spark_master": spark.sparkContext.master,
               "cores": os.cpu_count(), "python": platform.python_version(),
