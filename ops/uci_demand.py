@@ -2,16 +2,17 @@
 
 The platform learns from ClickHouse's ``demand_daily`` view (``clickhouse/migrations/015_demand.sql``): units sold
 less the units of orders cancelled the same day, per day x store x SKU. The studies that read the UCI transaction
-log without the platform (``make bench-forecast``'s UCI section, ``ops.replay_alignment``, ``ops.cancelled_orders``)
+log without the platform (``make bench-forecast``'s UCI section, ``ops.young_series``, ``ops.replay_alignment``,
+``ops.cancelled_orders``)
 take their demand from the same view, so that they measure what the platform forecasts:
 
 * the log's lines are classified as the replay does (:func:`producers.replay.classify_rows`: sale and return lines
   only; non-product codes, write-offs and ``A`` invoices left out), keyed by country (= store) and the replay's
   product id (:func:`producers.replay.product_ids`: stock code stripped and upper-cased), customer as given
   (anonymous = NULL);
-* they go through the view's own SQL in a throwaway chDB database with the platform's migrations
-  (``010_star_schema.sql``, ``015_demand.sql``). chDB serves one data path per process, so that database lives in
-  a child process of its own: the caller may hold another chDB path (a test session, the native ClickHouse endpoint).
+* they go through the view's own SQL in a throwaway chDB database set up by the platform's own migration run
+  (:func:`core.clickhouse.migrate`). chDB serves one data path per process, so that database lives in a child
+  process of its own: the caller may hold another chDB path (a test session, the native ClickHouse endpoint).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import pandas as pd
 
 from core.settings import REPO_ROOT
 
-MIGRATIONS = ("010_star_schema.sql", "015_demand.sql")
 VIEW_COLUMNS = ["date_key", "store_key", "product_key", "units_sold", "units_cancelled", "units", "revenue_sold"]
 
 
@@ -67,25 +67,21 @@ def fact_lines(tx: pd.DataFrame, dates=None) -> tuple[pd.DataFrame, pd.Index, pd
 
 
 def _run_view(src: str, dst: str, columns: list[str]) -> None:
-    """Child process: Parquet fact lines ``src`` through ``demand_daily`` in a throwaway chDB database -> ``dst``."""
-    from chdb import session
+    """Child process: Parquet fact lines ``src`` through ``demand_daily`` in a throwaway chDB database (every
+    migration, :func:`core.clickhouse.migrate`) -> ``dst``."""
+    import pyarrow.parquet as pq
 
-    from core.clickhouse import MIGRATIONS_DIR, split_statements
+    from core.clickhouse import get_client, migrate
+    from core.settings import Settings
 
-    s = session.Session(str(Path(dst).parent / "chdb"))
-    try:
-        s.query("CREATE DATABASE m")
-        for name in MIGRATIONS:
-            for stmt in split_statements((MIGRATIONS_DIR / name).read_text().replace("{db}", "m")):
-                s.query(stmt)
-        exact = {"revenue_e4": "toDecimal64(revenue_e4, 4) / 10000"}  # Int64 1/10000 GBP -> Decimal(18, 4)
-        cols = ", ".join(c.removesuffix("_e4") for c in columns)
-        s.query(f"INSERT INTO m.fact_sales ({cols}) SELECT {', '.join(exact.get(c, c) for c in columns)} "
-                f"FROM file('{src}', Parquet) "
-                f"SETTINGS max_partitions_per_insert_block = 0")
-        s.query(f"SELECT {', '.join(VIEW_COLUMNS)} FROM m.demand_daily INTO OUTFILE '{dst}' FORMAT Parquet")
-    finally:
-        s.close()
+    settings = Settings(clickhouse_url=f"chdb://{Path(dst).parent / 'chdb'}")
+    migrate(settings, "m")
+    client = get_client(settings, "m")
+    exact = {"revenue_e4": "toDecimal64(revenue_e4, 4) / 10000"}  # Int64 1/10000 GBP -> Decimal(18, 4)
+    cols = ", ".join(c.removesuffix("_e4") for c in columns)
+    client.command(f"INSERT INTO m.fact_sales ({cols}) SELECT {', '.join(exact.get(c, c) for c in columns)} "
+                   f"FROM file('{src}', Parquet) SETTINGS max_partitions_per_insert_block = 0")
+    pq.write_table(client.query_arrow(f"SELECT {', '.join(VIEW_COLUMNS)} FROM m.demand_daily"), dst)
 
 
 def view_demand(lines: pd.DataFrame) -> pd.DataFrame:
