@@ -82,6 +82,12 @@ COVARIATE_COLUMNS = [
     "dow", "month", "season", "day_of_month", "is_weekend",
     "price", "price_change_7", "price_rel_28", "promo", "holiday", "event", "snap",
 ]
+#: the covariates built from the price (:func:`build_daily_features`). The platform's price is the price paid
+#: (``demand_daily``: revenue / units sold), so a day's price exists only when something sold that day, and a bulk
+#: order changes it: the target day's price tells whether and how much sold. The supervised rows therefore take
+#: these from the origin row t (the price known then, carried forward) unless the prices are a list published
+#: ahead, e.g. M5's weekly sell prices, given for the forecast horizon (``prices_known_ahead``).
+PRICE_COLUMNS = ["price", "price_change_7", "price_rel_28", "promo"]
 WEATHER_COLUMNS = ["temp_c", "precip_mm"]
 OPTIONAL_FLAGS = ("promo", "holiday", "event", "snap")
 #: history / seasonal columns of the supervised table that enter the model divided by ``level`` (n_<col>)
@@ -387,7 +393,8 @@ def group_trailing_mean(features: pd.DataFrame, by: str, w: int, pos: np.ndarray
 def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, MAX_HORIZON + 1),
                     min_target_date=None, max_origin=None, *, origins: Iterable | None = None,
                     sample_per_target: int | None = None, seed: int = 42, max_target_date=None,
-                    known_only: bool = False, max_rows: int = 0, data_start=None) -> pd.DataFrame:
+                    known_only: bool = False, max_rows: int = 0, data_start=None,
+                    prices_known_ahead: bool = False) -> pd.DataFrame:
     """Direct multi-horizon rows: one per (series, origin t, horizon h) with target y_{t+h}.
 
     Rows are gathered by position (the feature table is gap-free and sorted per series), so only the
@@ -404,7 +411,8 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
     * seasonal lags on the target's weekday, all <= t: ``seas_lag_1`` = y_{t+h-7k} (the
       ``seasonal_naive`` baseline), ``seas_lag_2`` = y_{t+h-7k-7}, ``seas_mean_4`` / ``seas_mean_52``
       = mean of the last 4 / 52 same-weekday values up to t;
-    * known-in-advance covariates of the target day (:data:`COVARIATE_COLUMNS`, weather);
+    * known-in-advance covariates of the target day (:data:`COVARIATE_COLUMNS`, weather), except the price
+      columns (:data:`PRICE_COLUMNS`), which come from the origin row t unless ``prices_known_ahead``;
     * ``level`` = max(rmean_28, LEVEL_FLOOR) units/day (history) and the history/seasonal columns divided by
       it (``n_*``, scale-free, see :mod:`ml.forecast`), ``item_trend`` / ``store_trend`` (7-day over
       28-day mean of the item across stores / of the store across items), ``h``.
@@ -425,6 +433,8 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
             filters, same order, same seed), at the cost of gathering only them.
         data_start: the first day the chain's data covers (default: the table's first day); pass it when
             ``features`` holds a sample of the series.
+        prices_known_ahead: take :data:`PRICE_COLUMNS` from the target day (a price list published for the
+            horizon) instead of the origin (the price paid, known only up to t; the default).
 
     Returns:
         DataFrame with store_id, product_id, origin, date (= target date), h, y (target, NaN for the
@@ -505,8 +515,9 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
     wsum, last = _weekday_running_sum(units, pos), np.where(pos[tidx] >= SEASON * k, sidx, -1)
     out["seas_mean_4"] = _same_weekday_mean(wsum, pos, last, 4)
     out["seas_mean_52"] = _same_weekday_mean(wsum, pos, last, 52)
+    oidx = tidx - h  # the origin row t (within the series: pos >= h above)
     for c in COVARIATE_COLUMNS + [c for c in WEATHER_COLUMNS if c in f.columns]:
-        out[c] = f[c].to_numpy()[tidx]
+        out[c] = f[c].to_numpy()[oidx if c in PRICE_COLUMNS and not prices_known_ahead else tidx]
     fill = HISTORY_COLUMNS + list(extra)
     out[fill] = out[fill].fillna(0.0)
     for c in ("seas_lag_1", "seas_lag_2", "seas_mean_4", "seas_mean_52"):

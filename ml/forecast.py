@@ -183,6 +183,9 @@ class ForecastConfig:
     backtest_series: int = 0  # backtest on at most this many series (seeded hash sample); 0 = all
     max_train_rows: int = 0  # each GBT fit on a seeded uniform sample of at most this many rows; 0 = all
     baselines: tuple = BASELINES
+    #: the price covariates of the target day (a price list published for the horizon, e.g. M5's sell prices)
+    #: instead of the origin's; False for the platform, whose price is the price paid (ml.features.PRICE_COLUMNS)
+    prices_known_ahead: bool = False
 
     def __post_init__(self):
         if not 1 <= self.horizon <= MAX_HORIZON:
@@ -901,7 +904,7 @@ def training_table(features: pd.DataFrame, first_origin, last_origin, cfg: Forec
     sup = make_supervised(features, range(1, cfg.horizon + 1), data_start=data_start,
                           min_target_date=pd.Timestamp(first_origin) - pd.Timedelta(days=cfg.train_window_days - 1),
                           sample_per_target=cfg.rows_per_target, seed=cfg.seed, max_target_date=last_origin,
-                          known_only=True, max_rows=max_rows)
+                          known_only=True, max_rows=max_rows, prices_known_ahead=cfg.prices_known_ahead)
     cols = feature_columns(sup)
     sup[cols] = sup[cols].fillna(0.0)
     return sup
@@ -936,7 +939,8 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
     origins = backtest_origins(features, cfg)
     cols = feature_columns(features)
     sup = training_table(features, origins[0], origins[-1], cfg, data_start=start) if with_gbt else None
-    test = make_supervised(features, range(1, cfg.horizon + 1), origins=origins, data_start=start)
+    test = make_supervised(features, range(1, cfg.horizon + 1), origins=origins, data_start=start,
+                           prices_known_ahead=cfg.prices_known_ahead)
     test = test[test["y"].notna()]
     test[cols[1:]] = test[cols[1:]].fillna(0.0)
     preds, scales, fit_s, n_train, used = [], [], [], [], []
@@ -1005,7 +1009,7 @@ def train_final(spark, features, cfg: ForecastConfig, span=None):
     rows = supervised_frame(sdf, range(1, cfg.horizon + 1),
                             min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1), max_target_date=T,
                             sample_per_target=cfg.rows_per_target, seed=cfg.seed, known_only=True,
-                            max_rows=cfg.max_train_rows, data_start=start)
+                            max_rows=cfg.max_train_rows, data_start=start, prices_known_ahead=cfg.prices_known_ahead)
     model, n = fit_gbt_frame(rows, cfg, cols)
     return model, cols, n
 
@@ -1013,7 +1017,7 @@ def train_final(spark, features, cfg: ForecastConfig, span=None):
 def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list[float],
              cols: list[str], horizon: int = DEFAULT_HORIZON, model_name: str = "gbt",
              target: str = "scaled", stats_window_days: int = 365, shrink_k: float = SHRINK_K,
-             stats_jobs: int = 1, ets_model: str = ETS_MODEL) -> pd.DataFrame:
+             stats_jobs: int = 1, ets_model: str = ETS_MODEL, prices_known_ahead: bool = False) -> pd.DataFrame:
     """Forecasts h = 1..horizon from the last known day T, with conformal intervals, for every active series.
 
     A series is *active* when it has a row at T (it is on sale). Requires the feature table to be
@@ -1029,6 +1033,7 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
         model_name: "gbt" or a baseline of :data:`BASELINES` (the champion).
         stats_jobs: processes for the statsforecast champion (:func:`statsforecast_baseline`'s ``n_jobs``).
         ets_model: its AutoETS model space (the one it was backtested with).
+        prices_known_ahead: as the model was trained (:func:`model_prices_known_ahead`).
     Returns:
         DataFrame store_id, product_id, origin (T), date (target day), h, yhat, lower95, lower80,
         upper80, upper95 (units).
@@ -1039,9 +1044,9 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
         raise ValueError(f"unknown model {model_name!r}; known: {MODELS}")
     if isinstance(features, pd.DataFrame):
         T = last_known_day(features)
-        rows = make_supervised(features, range(1, horizon + 1), origins=[T])
+        rows = make_supervised(features, range(1, horizon + 1), origins=[T], prices_known_ahead=prices_known_ahead)
     else:  # a Spark feature table: the forecast rows are built (and the GBT applied) in Spark
-        rows = _forecast_rows(model if model_name == "gbt" else None, features, horizon, cols)
+        rows = _forecast_rows(model if model_name == "gbt" else None, features, horizon, cols, prices_known_ahead)
         T = rows["origin"].iloc[0] if len(rows) else None
     hs = set(rows["h"].unique())
     if hs != set(range(1, horizon + 1)):
@@ -1066,7 +1071,7 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
         ["store_id", "product_id", "h"]).reset_index(drop=True)
 
 
-def _forecast_rows(model, features, horizon: int, cols: list[str]) -> pd.DataFrame:
+def _forecast_rows(model, features, horizon: int, cols: list[str], prices_known_ahead: bool = False) -> pd.DataFrame:
     """Forecast rows from the last known day T of a Spark feature table, h = 1..horizon, built in Spark
     (:func:`ml.spark_supervised.supervised_frame`) and, when ``model`` is given, with the GBT pipeline's raw output
     in ``_gbt`` (:func:`served_forecast` turns it into units); only the columns :func:`forecast` needs reach pandas
@@ -1074,7 +1079,8 @@ def _forecast_rows(model, features, horizon: int, cols: list[str]) -> pd.DataFra
     from ml.spark_supervised import supervised_frame, table_span
 
     start, T = table_span(features)
-    rows = supervised_frame(features, range(1, horizon + 1), origins=[T], data_start=start)
+    rows = supervised_frame(features, range(1, horizon + 1), origins=[T], data_start=start,
+                            prices_known_ahead=prices_known_ahead)
     keep = [*KEYS, "origin", "date", "h", "level", "rmean_28", "rmean_30", "rmean_90", *BASELINES[:2]]
     if model is not None:
         rows = model.transform(rows.select(*keep, *[_zero_filled(c) for c in cols if c not in keep]))
@@ -1172,6 +1178,13 @@ def model_ets_model(meta: dict) -> str:
         ValueError: the stored value is not an AutoETS model string (the message names ``ets_model``).
     """
     return check_ets_model((meta.get("config") or {}).get("ets_model", LEGACY_ETS_MODEL))
+
+
+def model_prices_known_ahead(meta: dict) -> bool:
+    """Whether a saved model was trained on the target day's price covariates: ``config.prices_known_ahead`` of its
+    meta.json, else True (models saved before 2026-12-05 took them from the target day), so the forecast rows are
+    built as its training rows were."""
+    return bool((meta.get("config") or {}).get("prices_known_ahead", True))
 
 
 def load_model_version(lake, version: int):

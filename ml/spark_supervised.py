@@ -28,6 +28,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from ml.features import (COVARIATE_COLUMNS, HISTORY_COLUMNS, KEYS, LEVEL_FLOOR, LEVEL_WEIGHTS, MAX_HORIZON,
+                         PRICE_COLUMNS,
                          NORMALISED_SOURCES, SEASON, WEATHER_COLUMNS)
 from ml.spark_features import _ratio_or, _series_window
 
@@ -58,7 +59,8 @@ def lookup_table(features, data_start: dt.date):
     series' first sale count as zero demand, :func:`ml.features._trailing_mean`; null where that divisor is 0),
     ``_u`` (units, null when unknown), ``_u7``
     (units 7 rows before), ``_sm4`` / ``_sm52`` (mean of the row's and the previous 3 / 51 same-weekday rows'
-    units, unknown counting 0) and ``_pos`` (0-based row within the series).
+    units, unknown counting 0), ``_pos`` (0-based row within the series) and ``_o_<c>`` (the previous row's
+    :data:`ml.features.PRICE_COLUMNS`: on the row after an origin t, the price columns at t).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -75,7 +77,8 @@ def lookup_table(features, data_start: dt.date):
         return F.when(days > 0, s / F.least(days, F.lit(n)))
 
     df = df.withColumns({"_rm7": trailing_mean(7), "_rm28": trailing_mean(28), "_rm365": trailing_mean(365),
-                         "_u7": F.lag("_u", SEASON).over(w), "_wd": F.col("_pos") % SEASON})
+                         "_u7": F.lag("_u", SEASON).over(w), "_wd": F.col("_pos") % SEASON,
+                         **{f"_o_{c}": F.lag(c, 1).over(w) for c in PRICE_COLUMNS}})
     wd = Window.partitionBy(*KEYS, "_wd").orderBy("date")  # the series' rows on one weekday (every 7th row)
     df = df.withColumn("_ws", F.sum("_u0").over(wd.rowsBetween(Window.unboundedPreceding, 0)))
     n_same = F.floor(F.col("_pos") / SEASON) + 1  # same-weekday rows up to and including this one
@@ -97,7 +100,8 @@ def group_means(lookup, by: str):
 
 def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None, max_target_date=None,
                      max_origin=None, origins: Iterable | None = None, sample_per_target: int | None = None,
-                     seed: int = 42, known_only: bool = False, max_rows: int = 0, data_start=None):
+                     seed: int = 42, known_only: bool = False, max_rows: int = 0, data_start=None,
+                     prices_known_ahead: bool = False):
     """Direct multi-horizon rows, one per (series, origin t, horizon h) with target y_{t+h}: the Spark form of
     :func:`ml.features.make_supervised` (same rows, same columns, same values; see there for each column).
 
@@ -120,6 +124,8 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
             partitioning. One extra pass over the target rows (count and k-th hash, longs only).
         data_start: the first day the chain's data covers (default: the table's first day, one aggregate over
             its ``date`` column); the trailing means count days before a series' first sale from there as 0.
+        prices_known_ahead: the price columns of the target day instead of the origin's
+            (:func:`ml.features.make_supervised`).
 
     Returns:
         Spark DataFrame with the columns of ``make_supervised``: store_id, product_id, date (target day, date),
@@ -141,7 +147,9 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
         data_start = features.agg(F.min(F.to_date("date"))).first()[0]
     look = lookup_table(features, _as_date(data_start))  # not cached: each use below reads only the columns it needs
     d = F.col("date")
-    tgt = look.select(*KEYS, "date", "_pos", F.col("_u").alias("y"), *COVARIATE_COLUMNS, *weather)
+    at_target = [c for c in COVARIATE_COLUMNS if prices_known_ahead or c not in PRICE_COLUMNS]
+    at_origin = [] if prices_known_ahead else [F.col(f"_o_{c}").alias(c) for c in PRICE_COLUMNS]
+    tgt = look.select(*KEYS, "date", "_pos", F.col("_u").alias("y"), *at_target, *weather)
     if origins is not None:
         ol = spark_dates(look.sparkSession, [_as_date(o) for o in origins], "origin")
         tgt = tgt.crossJoin(F.broadcast(ol)).withColumn("h", F.datediff(d, F.col("origin")))
@@ -176,7 +184,7 @@ def supervised_frame(features, horizons: Iterable[int], *, min_target_date=None,
 
     extra = ["rmean_28", "rmean_365"] + [name for name, _, _ in GROUP_MEANS]
     hist = look.select(*KEYS, F.col("date").alias("_hd"), *[_known(c).alias(c) for c in HISTORY_COLUMNS],
-                       F.col("_rm28").alias("rmean_28"), F.col("_rm365").alias("rmean_365"))
+                       F.col("_rm28").alias("rmean_28"), F.col("_rm365").alias("rmean_365"), *at_origin)
     seas = look.select(*KEYS, F.col("date").alias("_sd"), F.col("_u").alias("seas_lag_1"),
                        F.col("_u7").alias("seas_lag_2"), F.col("_sm4").alias("seas_mean_4"),
                        F.col("_sm52").alias("seas_mean_52"))

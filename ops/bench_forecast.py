@@ -6,12 +6,16 @@ rolling-origin backtest of the GBT and the baselines seasonal naive, trailing 28
 
 * **M5 tiny** (``../shared/data/m5_walmart_tiny``): 28 Walmart items x 10 stores, daily units and weekly
   prices 2011-01-29..2015-10-31; the M5 calendar supplies per-state SNAP days (``snap``), any event
-  (``event``) and National events as ``holiday``; price drops are the promotion proxy.
+  (``event``) and National events as ``holiday``; price drops are the promotion proxy. The price covariates are
+  the target day's (``ForecastConfig.prices_known_ahead``): M5's weekly sell prices are a price list, given on
+  days without sales, and the competition's price file covered the forecast days too (``sell_prices``, weekly
+  per store x item), so they are known ahead; ``--m5-prices-at-origin`` takes them as known at the origin instead.
 * **UCI Online Retail** (``../shared/data/uci_online_retail/transactions.csv.gz``): the United
   Kingdom market (92 % of rows; "store" = country), the ``--uci-top`` products with the most demand;
   demand and price as the platform reads the log (:mod:`ops.uci_demand`: the replay's products, so no
   postage / manual / fee codes and one product per stock code whatever its case; units sold less orders
-  cancelled the same day, through ClickHouse's ``demand_daily`` view; price = revenue / units sold);
+  cancelled the same day, through ClickHouse's ``demand_daily`` view; price = revenue / units sold, the price
+  paid, so its covariates are taken at the origin as on the platform);
   holiday = England & Wales bank holidays from ``calendar_uk.csv``. Series with no line on a day have
   zero demand that day. Top-N is chosen on the whole slice, a mild selection effect that does not
   favour either model.
@@ -239,6 +243,9 @@ def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json",
          max_depth: int = typer.Option(ForecastConfig.max_depth, help="GBT depth."),
          seed: int = typer.Option(ForecastConfig.seed, help="Seed of the GBT and of its seeded samples (horizon "
                                   "per target day, row cap, backtest series); the baselines ignore it."),
+         m5_prices_at_origin: bool = typer.Option(
+             False, "--m5-prices-at-origin", help="M5: price covariates as known at the origin, as for the platform's "
+             "price paid, instead of M5's sell prices of the target day (published for the horizon in M5)."),
          datasets: str = typer.Option("m5,uci", help="Comma list of datasets to run.")) -> None:
     """Run the benchmark and write the JSON report."""
     cfg = ForecastConfig(horizon=horizon, n_origins=n_origins, origin_step_days=origin_step_days,
@@ -255,7 +262,8 @@ def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json",
         names = [x.strip() for x in datasets.split(",") if x.strip()]
         if "m5" in names:
             daily, cal = load_m5(data / "m5_walmart_tiny")
-            report["datasets"]["m5_walmart_tiny"] = run_dataset(spark, "m5", daily, cal, cfg, default_country=None)
+            m5cfg = replace(cfg, prices_known_ahead=not m5_prices_at_origin)
+            report["datasets"]["m5_walmart_tiny"] = run_dataset(spark, "m5", daily, cal, m5cfg, default_country=None)
             on_sale = daily[daily["price"].notna() | (daily["units"] > 0)]
             labels = parse_m5_labels(data / "m5_walmart_tiny" / "README.md")
             report["slow_moving_m5"] = {"against_readme_labels": evaluate_against_labels(on_sale, labels),

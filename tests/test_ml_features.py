@@ -88,7 +88,8 @@ def test_no_leakage_features_at_origin_ignore_later_data():
     b = a.copy()
     after = b["date"] > t
     b.loc[after, "units"] = rng.poisson(50, int(after.sum()))  # completely different future
-    b.loc[after, "price"] = 2.0  # known-in-advance covariates identical
+    # and prices paid after t (the platform's price is revenue / units: it reveals the sales of its day)
+    b.loc[after, "price"] = rng.choice([1.0, 1.5, 3.0], int(after.sum()))
     # a second series in the same store and of the same item: the item/store-level features must not leak either
     a = pd.concat([a, toy(vals[::-1].copy(), store="S2")], ignore_index=True)
     b = pd.concat([b, a[a["store_id"] == "S2"]], ignore_index=True)
@@ -99,6 +100,13 @@ def test_no_leakage_features_at_origin_ignore_later_data():
     assert len(sa) == 2 * 28 and sorted(sa["h"].unique()) == list(range(1, 29))
     pd.testing.assert_frame_equal(sa[cols], sb[cols])
     assert not np.allclose(sa["y"], sb["y"])  # the targets (after t) differ, the features do not
+    assert (sa["price"] == 2.0).all()
+    # a price list published ahead (M5's sell prices): the target day's price is a legitimate input
+    fb = build_daily_features(b, default_country=None, extend_days=28)
+    ahead = make_supervised(fb, origins=[t], prices_known_ahead=True).set_index(["store_id", "date"])
+    want = fb.set_index(["store_id", "date"]).loc[ahead.index, "price"]
+    np.testing.assert_array_equal(ahead["price"].to_numpy(), want.to_numpy())
+    assert not (ahead.loc["S1", "price"] == 2.0).all()
 
 
 def test_supervised_alignment_against_direct_computation():

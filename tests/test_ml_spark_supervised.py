@@ -77,6 +77,9 @@ def test_forecast_origins_equal_pandas(spark, features):
     sdf = spark.createDataFrame(features)  # unknown units arrive as NaN
     got = to_pandas(supervised_frame(sdf, range(1, 29), origins=origins))
     assert_same_rows(got, want)
+    ahead = make_supervised(features, range(1, 29), origins=origins, prices_known_ahead=True)
+    assert_same_rows(to_pandas(supervised_frame(sdf, range(1, 29), origins=origins, prices_known_ahead=True)), ahead)
+    assert not np.array_equal(ahead["price_rel_28"].to_numpy(), want["price_rel_28"].to_numpy())  # the two differ
     # independently of both, from the feature table: a series first sold 6 days before the origin, 540 days into
     # the data, has a trailing mean over the 28 calendar days up to the origin, the 22 days before its first sale
     # counting as zero demand; it stands in for a seasonal value whose day falls before the series start

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
 
     from ml.features import STORED_COLUMNS
-    from ml.forecast import MODEL_PREFIX, forecast, get_spark, load_model_version, model_ets_model, model_shrink_k
+    from ml.forecast import (MODEL_PREFIX, forecast, get_spark, load_model_version, model_ets_model,
+                             model_prices_known_ahead, model_shrink_k)
     from ml.pipeline import read_features_frame
     from core.lake import Lake
     from core.settings import get_settings
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         pred = forecast(spark, model, feats, quantiles, meta["bucket_edges"], cols, horizon=int(meta.get("horizon", 7)),
                         model_name=model_name, target=meta.get("target", "raw"),
                         stats_window_days=int(cfg.get("stats_window_days", 365)), shrink_k=shrink_k,
-                        stats_jobs=s.forecast_stats_jobs, ets_model=model_ets_model(meta))
+                        stats_jobs=s.forecast_stats_jobs, ets_model=model_ets_model(meta),
+                        prices_known_ahead=model_prices_known_ahead(meta))
     finally:
         spark.stop()
     out = pred.rename(columns={"origin": "forecast_origin", "date": "target_date", "h": "horizon"})
