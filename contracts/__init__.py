@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -97,6 +98,9 @@ def validate_event(event_type: str, record: dict[str, Any], *, now_ms: int | Non
     if not known.issuperset(record):
         extra = set(record) - known
         raise ContractError(f"unknown field(s) {sorted(extra)} for {event_type}")
+    pre = _pre_avro_problems(event_type, record)
+    if pre:
+        raise ContractError("; ".join(pre))
     # the schema is parsed once per event type (parsed_schema is cached); fastavro's compiled validator
     # runs on every record: the contract applies to each one, there is no sampling
     if not validate(record, parsed_schema(event_type), raise_errors=False):
@@ -114,7 +118,8 @@ def validate_event(event_type: str, record: dict[str, Any], *, now_ms: int | Non
 #: ``streaming.transforms.validate_events``), one definition each:
 #:
 #: * ids (``*_id`` string fields) of input events are not blank (white space / control characters only), at most ID_MAX_CHARS characters and free of
-#:   control/format characters (Unicode categories Cc, Cf);
+#:   control/format characters (Unicode categories Cc, Cf) and unpaired surrogates (Cs; a JSON value holding one is
+#:   rejected whole, :data:`LONE_SURROGATE_REASON`);
 #: * event times (``timestamp``, epoch ms UTC) are not before MIN_EVENT_TIME_MS (2000-01-01) and not more than
 #:   ``STREAM_MAX_FUTURE_MINUTES`` (core.settings) after *now*;
 #: * numbers lie within :data:`NUMERIC_BOUNDS` (units / currency units below), finite, quantity of a POS line != 0;
@@ -178,6 +183,38 @@ NUMERIC_BOUNDS: dict[str, tuple[Bound, ...]] = {
 }
 
 
+def _pre_avro_problems(event_type: str, record: dict[str, Any]) -> list[str]:
+    """Problems the Avro check would hide or mis-state, found before it runs.
+
+    * An event time (``timestamp-millis`` field) that is not an integer: fastavro accepts a ``datetime`` there
+      and converts it, so the event-time rules would be skipped and the JSON sent would hold a text the stream
+      (and :func:`check_payload`) rejects: ``timestamp must be an integer (epoch ms UTC), got datetime``.
+    * A number outside its :data:`NUMERIC_BOUNDS` range that Avro's ``int`` cannot hold either (beyond 32 bits):
+      fastavro's message (``... expected int``) reads as if the value were not an integer; the range's own
+      reason (``quantity must be within [-100000, 100000] units``) says what is wrong.
+    """
+    out = []
+    for f in _timestamp_fields(event_type):
+        v = record.get(f)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            out.append(f"{f} must be an integer (epoch ms UTC), got {type(v).__name__}")
+    for b in NUMERIC_BOUNDS.get(event_type, ()):
+        v = record.get(b.field)
+        if isinstance(v, int) and not isinstance(v, bool) and not -2 ** 31 <= v < 2 ** 31 and not b.lo <= v <= b.hi:
+            out.append(b.reason)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _timestamp_fields(event_type: str) -> tuple[str, ...]:
+    out = []
+    for f in raw_schema(event_type)["fields"]:
+        for t in f["type"] if isinstance(f["type"], list) else [f["type"]]:
+            if isinstance(t, dict) and t.get("logicalType") == "timestamp-millis":
+                out.append(f["name"])
+    return tuple(out)
+
+
 def future_reason(field: str, max_future_minutes: int) -> str:
     """Reason of an event time more than ``max_future_minutes`` ahead of now (same text in producers and stream)."""
     return f"{field} more than STREAM_MAX_FUTURE_MINUTES={max_future_minutes} in the future"
@@ -231,6 +268,8 @@ def _id_problem(name: str, v: str) -> str | None:
         return f"{name} longer than {ID_MAX_CHARS} characters"
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
         return f"{name} contains control characters"
+    if _SURROGATE.search(v):
+        return f"{name} contains an unpaired UTF-16 surrogate"
     return None
 
 
@@ -307,7 +346,42 @@ def parse_json_object(raw: bytes | str) -> dict[str, Any]:
         raise ContractError("malformed JSON: value is not a JSON object")
     if dups:
         raise ContractError(duplicate_keys_reason(dups))
+    if ("\\u" in raw or not raw.isascii()) and _holds_surrogate(value):
+        raise ContractError(LONE_SURROGATE_REASON)
     return value
+
+
+#: a code point U+D800..U+DFFF: in a decoded Python str always an unpaired surrogate (json.loads joins a
+#: high + low escape pair into one code point)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: reason of a JSON value holding a \uD800-\uDFFF escape that is not half of a surrogate pair. RFC 8259 section
+#: 8.2 leaves such a string's meaning unpredictable: json.loads keeps the lone code point (which UTF-8 cannot
+#: encode: a Kafka key built from it fails), Spark turns it into "?" (so two distinct ids would become one and
+#: the stream's dedup would drop one). Producers and stream both reject it (``streaming.transforms``: the same
+#: rule on the raw text, :data:`SURROGATE_ESCAPE_PAIR` / :data:`SURROGATE_ESCAPE`).
+LONE_SURROGATE_REASON = "value holds an unpaired UTF-16 surrogate (\\uD800-\\uDFFF escape)"
+#: Java / Python regex of a JSON high + low surrogate escape pair (removed before :data:`SURROGATE_ESCAPE` is
+#: searched; escaped backslashes are removed first, so every remaining backslash starts an escape)
+SURROGATE_ESCAPE_PAIR = r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+#: Java / Python regex of any JSON surrogate escape
+SURROGATE_ESCAPE = r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+
+
+def _holds_surrogate(value: Any) -> bool:
+    """Whether a decoded JSON value holds a surrogate code point in any key or string, at any depth (iterative:
+    json.loads' own nesting limit is the only bound)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def check_payload(event_type: str, raw: bytes | str, *, now_ms: int | None = None,

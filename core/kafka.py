@@ -201,12 +201,10 @@ class StrKeySerializer(Serializer):
     """kafka-python key serializer: UTF-8 of ``str(key)``; None stays None (round-robin partition)."""
 
     def serialize(self, topic, headers, data):
-        """The key bytes: UTF-8 of ``str(data)``, None for None (``topic``, ``headers`` unused).
-
-        Raises:
-            UnicodeEncodeError: the key's text holds a lone surrogate.
-        """
-        return None if data is None else str(data).encode("utf-8")
+        """The key bytes: UTF-8 of ``str(data)``, None for None (``topic``, ``headers`` unused). A lone surrogate
+        (only in the key of a dead letter: the contracts reject it in ids) is written as its 3 bytes
+        (``surrogatepass``), so the record is still sent; strict UTF-8 would raise and stop the publisher."""
+        return None if data is None else str(data).encode("utf-8", "surrogatepass")
 
 
 def make_producer(settings: Settings | None = None, *, client_id: str = "retail-producer",
@@ -296,7 +294,9 @@ class EventPublisher:
     def _send(self, topic: str, key: str | None, value: dict[str, Any], timestamp_ms: int | None) -> None:
         try:
             fut = self._producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
-        except KafkaError as exc:  # e.g. metadata timeout, buffer exhausted: counted, not hidden
+        except (KafkaError, ValueError, TypeError, RecursionError) as exc:
+            # e.g. metadata timeout, buffer exhausted, a record too large, a key or value the serializers cannot
+            # encode: counted as failed (the command exits non-zero, `errors` names it), not raised mid-stream
             self._on_error(exc)
             return
         fut.add_callback(self._on_success)

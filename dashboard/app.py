@@ -10,8 +10,6 @@ Filters (sidebar, shared by every page, mirrored in the URL so a view can be boo
 
 from __future__ import annotations
 
-import datetime as dt
-
 import streamlit as st
 
 from dashboard import pages
@@ -35,11 +33,9 @@ if ctx is not None:
         store = st.selectbox("Store", options, index=options.index(wanted) if wanted in options else 0,
                              format_func=lambda v: v or "All stores", key="store")
         lo, hi = ctx.first_day, ctx.last_day
-        default_end = _d if (_d := pages.parse_day(qp.get("end"))) else hi
-        default_start = _d if (_d := pages.parse_day(qp.get("start"))) else (
-            max(lo, hi - dt.timedelta(days=6)) if hi else None)
         if hi:
-            picked = st.date_input("Date range (nightly star schema)", (default_start, default_end),
+            default = pages.url_range(pages.parse_day(qp.get("start")), pages.parse_day(qp.get("end")), lo, hi)
+            picked = st.date_input("Date range (nightly star schema)", default,
                                    min_value=lo, max_value=hi, key="dates")
             start, end = (picked + (picked[0],))[:2] if isinstance(picked, tuple) else (picked, picked)
         else:

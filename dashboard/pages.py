@@ -91,6 +91,17 @@ def parse_day(text: str | None) -> dt.date | None:
         return None
 
 
+def url_range(start: dt.date | None, end: dt.date | None, lo: dt.date, hi: dt.date,
+              default_days: int = 7) -> tuple[dt.date, dt.date]:
+    """The date range to preselect from a URL's ``start`` / ``end`` (either may be None: the last
+    ``default_days`` days up to ``hi``), clipped to the data's [lo, hi] and put in order: a bookmarked range
+    from before a re-replay moved the dates must not stop the page (Streamlit's date input refuses a value
+    outside its bounds)."""
+    end = min(max(end or hi, lo), hi)
+    start = min(max(start or max(lo, hi - dt.timedelta(days=default_days - 1)), lo), hi)
+    return (start, end) if start <= end else (end, start)
+
+
 def _ctx() -> Context | None:
     return st.session_state.get("ctx")
 

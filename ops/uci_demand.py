@@ -46,19 +46,20 @@ def fact_lines(tx: pd.DataFrame, dates=None) -> tuple[pd.DataFrame, pd.Index, pd
         is_return.
     """
     from etl.star_schema import amount_e4
-    from producers.replay import classify_rows, product_ids
+    from producers.replay import classify_rows, invoice_ids, product_ids
 
     ts = pd.to_datetime(tx["invoice_ts"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
     day = ts.dt.normalize() if dates is None else pd.Series(pd.to_datetime(np.asarray(dates)), index=tx.index)
     kind, _ = classify_rows(tx)
     keep = np.isin(kind, ["sale", "return"]) & day.notna().to_numpy() & ts.notna().to_numpy()
     df, ts, day = tx[keep], ts[keep], day[keep]
-    q = df["quantity"].astype("int32")
-    price = df["unit_price"].astype("float64")
+    q = pd.to_numeric(df["quantity"]).astype("int32")   # whole numbers within contracts.QUANTITY_MAX (classify_rows)
+    price = pd.to_numeric(df["unit_price"]).astype("float64")
     product_key, products = pd.factorize(product_ids(df["stock_code"]))
     store_key, stores = pd.factorize(df["country"])
     lines = pd.DataFrame({
-        "sale_id": df["invoice"] + "-" + df["line_no"], "date_key": day.dt.strftime("%Y%m%d").astype("uint32"),
+        "sale_id": invoice_ids(df["invoice"]) + "-" + df["line_no"].str.strip(),
+        "date_key": day.dt.strftime("%Y%m%d").astype("uint32"),
         "event_time": ts, "product_key": product_key.astype("uint64"), "store_key": store_key.astype("uint64"),
         "customer_id": df["customer_id"].str.strip().replace("", None), "payment_method": "ONLINE",
         "quantity": q, "unit_price": price, "revenue_e4": amount_e4(q, price).astype("int64"),

@@ -419,7 +419,7 @@ def jsonl(
 
     with EventPublisher(get_settings(), client_id="retail-jsonl") as pub:
         counts = publish_file(pub, event_type, path)
-    typer.echo(json.dumps({**counts, "published": pub.counts}, indent=2))
+    _finish({"lines": counts, "published": pub.counts})  # exits 1 when a delivery failed
 
 
 @app.command()

@@ -41,6 +41,9 @@ BANK CHARGES, AMAZONFEE, CRUK, PADS, ADJUST*, TEST*,
 gift_0001_*, DCGS*, or any code that is not 5 digits
 plus an optional letter suffix, e.g. SP1002, GIFT)
 quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`` / ``NEGATIVE_PRICE`` / ``UNPARSEABLE``
+quantity or price beyond the contracts' bounds         skipped: ``QUANTITY_OUT_OF_RANGE`` / ``PRICE_OUT_OF_RANGE``
+invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case)
+(invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
 ``C`` invoice, quantity < 0                            return: sales line with the negative quantity, and an
                                                        inventory ``RETURN`` of +|q|
 ``C`` invoice, quantity > 0 (1 row in the source)      skipped, ``C_POSITIVE_QUANTITY``
@@ -91,6 +94,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from contracts import PRICE_MAX, QUANTITY_MAX, STOCK_MAX
 from producers.catalog import PRODUCTS_SCHEMA, STORES_SCHEMA, company_pool
 
 UNIT_COST_FRACTION = 0.6
@@ -267,12 +271,28 @@ class ReplayStats:
                 "time_shift_ms": self.time_shift_ms}
 
 
+def invoice_ids(invoices: pd.Series) -> pd.Series:
+    """The replay's invoice id of each row: stripped and upper-cased (a ``c`` prefix is a cancellation too)."""
+    return invoices.fillna("").str.strip().str.upper()
+
+
 def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: (kind, skip_key). kind in sale / return / writeoff / found / skip (see module table)."""
-    inv = df["invoice"].str.strip()
+    """Per row: (kind, skip_key). kind in sale / return / writeoff / found / skip (see module table).
+
+    Beyond the table, rows the contracts could not carry are skipped with their own key rather than sent half
+    (a sale dead-lettered while its stock update goes out): |quantity| > ``contracts.QUANTITY_MAX``
+    (``QUANTITY_OUT_OF_RANGE``), a price that is not finite or above ``contracts.PRICE_MAX``
+    (``PRICE_OUT_OF_RANGE``), an invoice that is not digits with an optional ``C`` / ``A`` prefix
+    (``UNKNOWN_INVOICE``), a line number that is not a whole number (``UNPARSEABLE``), and a repeated
+    (invoice, line_no), the log's key (``DUPLICATE_LINE``: the first is kept; its event ids would repeat).
+    """
+    inv = invoice_ids(df["invoice"])
     code = df["stock_code"]
     qty = pd.to_numeric(df["quantity"], errors="coerce")
     price = pd.to_numeric(df["unit_price"], errors="coerce")
+    line = df["line_no"].fillna("").str.strip()
+    bad_line = ~line.str.fullmatch(r"[0-9]+").to_numpy()
+    dup = (inv + "-" + line).duplicated(keep="first").to_numpy() & ~bad_line
     desc = df["description"].fillna("").str.strip()
     code_skip = code.map(classify_code)
     kind = np.full(len(df), "sale", dtype=object)
@@ -283,14 +303,19 @@ def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     kind[(q < 0) & ~is_c] = "writeoff"
     kind[(q > 0) & ~is_c & (p == 0) & note] = "found"
     kind[(q < 0) & is_c] = "return"
-    rules = [  # applied last-to-first so that the first matching rule wins
-        ((q > 0) & is_c, "C_POSITIVE_QUANTITY"),
-        (p < 0, "NEGATIVE_PRICE"),
-        (q == 0, "ZERO_QUANTITY"),
-        (np.isnan(q) | np.isnan(p) | (q != np.round(q)), "UNPARSEABLE"),
-        (code_skip.notna().to_numpy(), None),
-        (inv.str.startswith("A").to_numpy(), "A_INVOICE"),
-    ]
+    with np.errstate(invalid="ignore"):
+        rules = [  # each later rule overrides the earlier ones: the last matching rule names the skip
+            ((q > 0) & is_c, "C_POSITIVE_QUANTITY"),
+            (p < 0, "NEGATIVE_PRICE"),
+            (q == 0, "ZERO_QUANTITY"),
+            (np.abs(q) > QUANTITY_MAX, "QUANTITY_OUT_OF_RANGE"),
+            (np.isinf(p) | (p > PRICE_MAX), "PRICE_OUT_OF_RANGE"),
+            (np.isnan(q) | np.isnan(p) | (np.isfinite(q) & (q != np.round(q))) | bad_line, "UNPARSEABLE"),
+            (code_skip.notna().to_numpy(), None),
+            (~inv.str.fullmatch(r"[CA]?[0-9]+").to_numpy(), "UNKNOWN_INVOICE"),
+            (inv.str.startswith("A").to_numpy(), "A_INVOICE"),
+            (dup, "DUPLICATE_LINE"),
+        ]
     for mask, reason in rules:
         kind[mask] = "skip"
         key[mask] = code_skip.to_numpy()[mask] if reason is None else reason
@@ -329,14 +354,14 @@ class Replay:
             shift -= shift % ALIGN_MS[cfg.align]   # floor to whole weeks / days: the last row at or before end
         self.shift_ms = shift
         self.ts = ts + shift
-        self.qty = pd.to_numeric(df["quantity"], errors="coerce").fillna(0).astype(np.int64).to_numpy()
-        self.price = pd.to_numeric(df["unit_price"], errors="coerce").fillna(0.0).to_numpy()
+        use = self.kind != "skip"  # skipped rows may hold anything (inf, 1e20): 0 there, never cast
+        self.qty = np.where(use, pd.to_numeric(df["quantity"], errors="coerce").to_numpy("float64"), 0).astype(np.int64)
+        self.price = np.where(use, pd.to_numeric(df["unit_price"], errors="coerce").to_numpy("float64"), 0.0)
         stores = df["country"].map(lambda c: store_for_country(c)[0])
         self.store_ids = stores.to_numpy()
         self.codes = product_ids(df["stock_code"]).to_numpy()
 
         # per store x SKU sizing from average daily demand over the slice
-        use = self.kind != "skip"
         span_days = max(1.0, (valid_ts.max() - valid_ts.min()) / 86_400_000) if len(valid_ts) else 1.0
         sales = pd.DataFrame({"store": self.store_ids[use], "sku": self.codes[use],
                               "units": np.where(self.kind[use] == "sale", self.qty[use], 0)})
@@ -347,6 +372,7 @@ class Replay:
         rop = np.ceil(demand.to_numpy() * (lead_days + SAFETY_DAYS)).astype(np.int64) + 1
         cap = np.maximum.reduce([3 * rop, np.ceil(14 * demand.to_numpy()).astype(np.int64), largest,
                                  np.full(len(rop), 10, dtype=np.int64)])
+        rop, cap = np.minimum(rop, STOCK_MAX // 4), np.minimum(cap, STOCK_MAX // 2)  # stock stays within the contract
         self.rop = dict(zip(demand.index, rop.tolist()))
         self.cap = dict(zip(demand.index, cap.tolist()))
         self.products = self._products(pd.DataFrame({"store": demand.index.get_level_values(0),
@@ -402,7 +428,7 @@ class Replay:
         seq = 0
         visited: set[str] = set()
         df = self.df
-        inv_col = df["invoice"].str.strip().to_numpy()
+        inv_col = invoice_ids(df["invoice"]).to_numpy()
         line_col = df["line_no"].to_numpy()
         cust_col = df["customer_id"].str.strip().to_numpy()
         desc_col = df["description"].fillna("").to_numpy()
@@ -491,7 +517,11 @@ def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000) -> dict[
     """Write the last ~``n_rows`` data rows of ``src`` (UCI CSV.gz) to ``dst`` byte for byte.
 
     The cut starts at the first timestamp change at or after ``total - n_rows`` so that no invoice is
-    split; gzip mtime 0 makes the output reproducible. Returns {"rows", "first_ts", "last_ts", "bytes"}.
+    split (when the whole tail shares one timestamp, the cut moves back to that timestamp's first row instead);
+    gzip mtime 0 makes the output reproducible. Returns {"rows", "first_ts", "last_ts", "bytes"}.
+
+    Raises:
+        ValueError: ``src`` has no data rows.
     """
     with gzip.open(src, "rt", encoding="utf-8", newline="") as fh:
         lines = fh.readlines()
@@ -501,10 +531,16 @@ def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000) -> dict[
     def ts_of(line: str) -> str:
         return next(csv.reader(io.StringIO(line)))[6]
 
+    if not body:
+        raise ValueError(f"{src}: no data rows")
     first = ts_of(body[start])
-    while start > 0 and start < len(body) and ts_of(body[start - 1]) == first:
+    while 0 < start < len(body) and ts_of(body[start - 1]) == first:
         start += 1
-        first = ts_of(body[start])
+        if start < len(body):
+            first = ts_of(body[start])
+    if start == len(body):  # the tail is one timestamp (one invoice's time): keep it whole, from its first line
+        while start > 0 and ts_of(body[start - 1]) == first:
+            start -= 1
     out = body[start:]
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

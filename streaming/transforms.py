@@ -49,7 +49,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, NUMERIC_BOUNDS, RISK_HIGH, RISK_LOW, RISK_MEDIUM,
-                       RISK_UNKNOWN, RULE_TYPES, duplicate_keys_reason, future_reason, id_fields)
+                       LONE_SURROGATE_REASON, RISK_UNKNOWN, RULE_TYPES, SURROGATE_ESCAPE, SURROGATE_ESCAPE_PAIR,
+                       duplicate_keys_reason, future_reason, id_fields)
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -174,6 +175,12 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
                F.lit("malformed JSON: value is not a JSON object")),
         F.when(F.col(KEYS).isNotNull() & F.col(CORRUPT).isNotNull(),
                F.lit("type mismatch: a field does not match its Avro type")),
+        # an unpaired \uD800-\uDFFF escape, which Spark's parse turns into "?" (contracts.LONE_SURROGATE_REASON):
+        # on the raw text, escaped backslashes removed first (left to right, as a JSON parser pairs them), then
+        # the escape pairs; any surrogate escape left is unpaired. instr first: most values hold no \u at all
+        F.when(F.col(KEYS).isNotNull() & (F.instr(F.col("value"), "\\u") > 0)
+               & F.regexp_replace(F.regexp_replace(F.col("value"), r"\\\\", "__"), SURROGATE_ESCAPE_PAIR, "")
+                  .rlike(SURROGATE_ESCAPE), F.lit(LONE_SURROGATE_REASON)),
     ]
     for f in S.required_fields(event_type):
         checks.append(F.when(F.col(KEYS).isNotNull() & F.col(f).isNull()

@@ -166,3 +166,55 @@ def test_producers_dead_letter_duplicate_keys_and_bad_bytes(tmp_path):
     assert [r for _, r in pub.dead] == ["duplicate JSON key(s): quantity", "value is not valid UTF-8",
                                         "quantity must not be 0"]
     assert pub.dead[1][0] == "base64:/v8="
+
+
+@pytest.mark.parametrize("text,lone", [
+    ('"S\\ud800"', True), ('"S\\udc00x"', True), ('"S\\uD83D\\uDE00"', False), ('"S\\\\ud800"', False),
+    ('"S\\\\\\ud800"', True), ('"\\ud800\\ud800\\udc00"', True), ('"\\ud83d\\ude00\\udc00"', True),
+    ('"S\\u0041"', False),
+])
+def test_an_unpaired_surrogate_escape_is_rejected(text, lone):
+    """A JSON string holding a \\uD800-\\uDFFF escape that is not half of a pair is rejected whole (Spark would read
+    it as "?", json.loads keeps a code point UTF-8 cannot encode); a pair, an escaped backslash before "ud800"
+    and other escapes are fine. The stream's rule on the raw text gives the same verdicts
+    (tests/test_streaming_transforms.py)."""
+    from contracts import LONE_SURROGATE_REASON
+
+    raw = json.dumps(sale(store_id="S")).replace('"store_id": "S"', f'"store_id": {text}')
+    if lone:
+        with pytest.raises(ContractError, match="unpaired UTF-16 surrogate"):
+            check_payload("sales_transaction", raw.encode(), now_ms=NOW_MS, max_future_minutes=60)
+        with pytest.raises(ContractError) as exc:
+            check_payload("sales_transaction", raw.encode(), now_ms=NOW_MS, max_future_minutes=60)
+        assert str(exc.value) == LONE_SURROGATE_REASON
+    else:
+        assert check_payload("sales_transaction", raw.encode(), now_ms=NOW_MS, max_future_minutes=60)["store_id"] \
+            == json.loads(text)
+    # a record built in Python (the publisher's path) holding the code point itself
+    with pytest.raises(ContractError, match="store_id contains an unpaired UTF-16 surrogate"):
+        validate_event("sales_transaction", sale(store_id="S\ud800"), now_ms=NOW_MS, max_future_minutes=60)
+
+
+def test_event_times_must_be_integers_and_big_numbers_name_their_range():
+    """fastavro accepts a datetime for timestamp-millis (and would skip the event-time rules, then send a text the
+    stream rejects); a number beyond 32 bits gets the range's reason, not Avro's "expected int"."""
+    from datetime import datetime, timezone
+
+    for ts in (datetime(2100, 1, 1, tzinfo=timezone.utc), datetime(2020, 1, 1), 1.5e12, "1767225600000"):
+        with pytest.raises(ContractError, match="timestamp must be an integer"):
+            validate_event("sales_transaction", sale(timestamp=ts), now_ms=NOW_MS, max_future_minutes=60)
+    with pytest.raises(ContractError) as exc:
+        validate_event("sales_transaction", sale(quantity=2 ** 40), now_ms=NOW_MS, max_future_minutes=60)
+    assert str(exc.value) == f"quantity must be within [-{QUANTITY_MAX}, {QUANTITY_MAX}] units"
+    with pytest.raises(ContractError, match=r"new_quantity must be within \[0, 10000000\] units"):
+        validate_event("inventory_update", {"inventory_id": "I1", "store_id": "S1", "product_id": "P1",
+                                            "quantity_change": -1, "new_quantity": -(2 ** 40), "reason": "SALE",
+                                            "reorder_point": 5, "timestamp": NOW_MS - 1000},
+                       now_ms=NOW_MS, max_future_minutes=60)
+
+
+def test_a_dead_letter_key_with_a_lone_surrogate_is_still_encoded():
+    from core.kafka import StrKeySerializer
+
+    assert StrKeySerializer().serialize("t", None, "S\ud800|P1") == b"S\xed\xa0\x80|P1"
+    assert StrKeySerializer().serialize("t", None, None) is None

@@ -301,3 +301,16 @@ def test_bench_loader_rows_match_what_clickhouse_holds(native_stack, chain):
     assert chain["rows"]["fact_sales_daily"] == len(daily)
     assert np.isclose(c.query(f"SELECT sum(revenue) FROM {db}.v_sales_daily").result_rows[0][0],
                       frames(chain)["fact_sales"]["revenue"].sum())
+
+
+def test_url_range_is_clipped_to_the_data_and_ordered():
+    """A bookmarked range from before a re-replay (or a hand-edited URL) preselects a range within the data."""
+    from dashboard.pages import url_range
+
+    lo, hi = dt.date(2026, 10, 1), dt.date(2026, 11, 30)
+    assert url_range(None, None, lo, hi) == (dt.date(2026, 11, 24), hi)            # the last 7 days
+    assert url_range(dt.date(2000, 1, 1), None, lo, hi) == (lo, hi)
+    assert url_range(None, dt.date(2030, 6, 1), lo, hi) == (dt.date(2026, 11, 24), hi)
+    assert url_range(dt.date(2026, 11, 10), dt.date(2026, 11, 2), lo, hi) == (dt.date(2026, 11, 2), dt.date(2026, 11, 10))
+    assert url_range(dt.date(2031, 1, 1), dt.date(2032, 1, 1), lo, hi) == (hi, hi)
+    assert url_range(None, None, hi, hi) == (hi, hi)                                # one day of data

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from contracts import ContractError, check_payload, rule_violations, validate_event
+from contracts import STOCK_MAX, ContractError, check_payload, rule_violations, validate_event
 from producers.invalid import CORRUPTIONS, corrupt, inject_invalid
 from core.kafka import dead_letter_record, event_key, serialize_value
 from producers.replay import (
@@ -533,3 +533,54 @@ def test_parallel_streams_keep_the_catalogue_and_never_share_ids():
             validate_event(et, r)
     assert stores == [{"S001", "S003"}, {"S002", "S004"}]
     assert len(ids) == len(set(ids))
+
+
+MALFORMED = """invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country,source
+600001,1,22423,REGENCY CAKESTAND 3 TIER,4,12.75,2011-03-01 10:00:00,17850,United Kingdom,x
+600001,1,22423,REGENCY CAKESTAND 3 TIER,4,12.75,2011-03-01 10:00:00,17850,United Kingdom,x
+600002,1,22423,REGENCY CAKESTAND 3 TIER,150000,12.75,2011-03-01 10:05:00,17850,United Kingdom,x
+600003,1,22423,REGENCY CAKESTAND 3 TIER,12345678901234,12.75,2011-03-01 10:06:00,17850,United Kingdom,x
+600004,1,22423,REGENCY CAKESTAND 3 TIER,1e20,12.75,2011-03-01 10:07:00,17850,United Kingdom,x
+600005,1,22423,REGENCY CAKESTAND 3 TIER,inf,12.75,2011-03-01 10:08:00,17850,United Kingdom,x
+600006,1,22423,REGENCY CAKESTAND 3 TIER,2,inf,2011-03-01 10:09:00,17850,United Kingdom,x
+600007,1,22423,REGENCY CAKESTAND 3 TIER,2,250000,2011-03-01 10:10:00,17850,United Kingdom,x
+c600008,1,22423,REGENCY CAKESTAND 3 TIER,-2,12.75,2011-03-01 10:11:00,17850,United Kingdom,x
+X600009,1,22423,REGENCY CAKESTAND 3 TIER,-2,12.75,2011-03-01 10:12:00,17850,United Kingdom,x
+600010,,22423,REGENCY CAKESTAND 3 TIER,1,12.75,2011-03-01 10:13:00,17850,United Kingdom,x
+600011,1,22423,REGENCY CAKESTAND 3 TIER,1,12.75,2011-03-01 10:14:00,17850,United Kingdom,x
+"""
+
+
+def test_malformed_rows_are_skipped_with_a_reason_and_the_rest_replayed():
+    """Rows the contracts could not carry are skipped whole, each with its own key, before the stock is sized: a
+    huge or non-finite quantity or price, an invoice of unknown form, a line without a number, a repeated
+    (invoice, line_no). A lower-case ``c`` invoice is a cancellation. Every event that is sent passes its
+    contract, and the stock stays consistent with the sales that are."""
+    df = pd.read_csv(io.StringIO(MALFORMED), dtype=str, keep_default_na=False)
+    rep = Replay(df, ReplayConfig(keep_dates=True))
+    events = list(rep.events())
+    for et, r in events:
+        validate_event(et, r)
+    assert rep.stats.skipped == {"DUPLICATE_LINE": 1, "QUANTITY_OUT_OF_RANGE": 4, "PRICE_OUT_OF_RANGE": 2,
+                                 "UNKNOWN_INVOICE": 1, "UNPARSEABLE": 1}
+    sales = [(r["transaction_id"], r["quantity"]) for et, r in events if et == "sales_transaction"]
+    assert sales == [("600001-1", 4), ("C600008-1", -2), ("600011-1", 1)]
+    inv = [(r["reason"], r["quantity_change"], r["new_quantity"]) for et, r in events if et == "inventory_update"]
+    opening = inv[0][1]
+    assert inv[0][0] == "OPENING" and opening <= STOCK_MAX
+    assert [i[:2] for i in inv[1:]] == [("SALE", -4), ("RETURN", 2), ("SALE", -1)]
+    assert inv[-1][2] == opening - 4 + 2 - 1
+
+
+def test_cut_sample_keeps_a_tail_of_one_timestamp_whole(tmp_path):
+    header = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country,source\n"
+    rows = ["1,1,22423,A,1,1.0,2011-01-01 10:00:00,,United Kingdom,x\n",
+            "2,1,22423,A,1,1.0,2011-01-01 11:00:00,,United Kingdom,x\n",
+            "2,2,22423,A,1,1.0,2011-01-01 11:00:00,,United Kingdom,x\n"]
+    src = tmp_path / "src.csv.gz"
+    with gzip.open(src, "wt") as fh:
+        fh.write(header + "".join(rows))
+    out = cut_sample(src, tmp_path / "one.csv.gz", n_rows=1)
+    assert out["rows"] == 2 and out["first_ts"] == out["last_ts"] == "2011-01-01 11:00:00"
+    assert cut_sample(src, tmp_path / "two.csv.gz", n_rows=2)["rows"] == 2
+    assert cut_sample(src, tmp_path / "all.csv.gz", n_rows=10)["rows"] == 3

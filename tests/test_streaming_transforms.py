@@ -333,3 +333,29 @@ def test_event_time_rules_use_the_records_kafka_timestamp(spark):
         else:
             assert got is not None and want in got, (want, got)
             assert pd.isna(et)
+
+
+def test_unpaired_surrogate_escapes_are_quarantined_as_the_producers_reject_them(spark):
+    """Spark reads an unpaired \\uD800-\\uDFFF escape as "?" (two distinct ids would become one and the dedup would
+    drop one): the stream quarantines the value with the producers' reason, and keeps pairs (an emoji), an escaped
+    backslash before "ud800" and other escapes, record by record as contracts.check_payload decides."""
+    from contracts import LONE_SURROGATE_REASON, ContractError, check_payload
+
+    texts = ['"S\\ud800"', '"S\\udc00x"', '"S\\uD83D\\uDE00"', '"S\\\\ud800"', '"S\\\\\\ud800"',
+             '"\\ud800\\ud800\\udc00"', '"\\ud83d\\ude00\\udc00"', '"S\\u0041"']
+    payloads = [json.dumps(sale(i, store="S")).replace('"store_id": "S"', f'"store_id": {t}')
+                for i, t in enumerate(texts)]
+    out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", payloads), "sales_transaction"), "sales_transaction",
+                             **LIM).toPandas().sort_values("offset")
+    stream = out[TR.REASON].tolist()
+    producer = []
+    for p in payloads:
+        try:
+            check_payload("sales_transaction", p, now_ms=NOW_MS, max_future_minutes=60)
+            producer.append(None)
+        except ContractError as exc:
+            producer.append(str(exc))
+    assert stream == producer
+    assert stream == [LONE_SURROGATE_REASON, LONE_SURROGATE_REASON, None, None, LONE_SURROGATE_REASON,
+                      LONE_SURROGATE_REASON, LONE_SURROGATE_REASON, None]
+    assert out["store_id"].tolist()[2:4] == ["S\U0001F600", "S\\ud800"]
