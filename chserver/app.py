@@ -4,7 +4,8 @@
 * the query in the ``query`` URL parameter and/or the body (POST: URL query, newline, body, as ClickHouse
   concatenates them); ``INSERT ... FORMAT <fmt>`` followed by data in any input format chDB reads (Native,
   RowBinary[WithNamesAndTypes], Arrow, ArrowStream, Parquet, CSV[WithNames], TSV, JSONEachRow, Values, ...);
-* URL parameters ``database``, ``default_format``, ``query_id``, ``session_id`` (accepted; settings never outlive
+* URL parameters ``database``, ``default_format`` (or the headers ``X-ClickHouse-Database`` / ``-Format``, which win
+  over them, as on a server), ``query_id``, ``session_id`` (accepted; settings never outlive
   a request), ``param_<name>`` (``{name:Type}`` placeholders, bound by the engine), ``user``/``password``, and
   every other parameter as a query setting for that request only (an unknown one: code 115 UNKNOWN_SETTING);
 * headers ``X-ClickHouse-Format``, ``X-ClickHouse-Timezone``, ``X-ClickHouse-Query-Id``,
@@ -71,7 +72,11 @@ _CONTENT_TYPES = {"tabseparated": "text/tab-separated-values; charset=UTF-8", "t
                   "pretty": "text/plain; charset=UTF-8", "prettycompact": "text/plain; charset=UTF-8"}
 #: prefixes of the other text output formats (TSV/CSV/JSON variants, Pretty*, Vertical, Markdown, XML)
 _TEXT_PREFIXES = ("tsv", "tabseparated", "csv", "json", "pretty", "vertical", "markdown", "xml")
-_INSERT_RE = re.compile(rb"^\s*(INSERT\s+INTO\s+.*?)\s+FORMAT\s+([A-Za-z0-9_]+)[ \t]*(?:\r?\n)?", re.I | re.S)
+#: ``INSERT INTO <table> [(columns)] [SETTINGS ...] FORMAT <name>`` and the data after it: the FORMAT clause only
+#: where ClickHouse's grammar puts it (a word "format" in a VALUES string or a SELECT is no clause)
+_INSERT_RE = re.compile(rb"^\s*(INSERT\s+INTO\s+(?:TABLE\s+)?(?:`[^`]+`|[\w.]+)(?:\.(?:`[^`]+`|\w+))?\s*"
+                        rb"(?:\([^)]*\))?(?:\s*SETTINGS\s+[^()'\n]*?)?)\s+FORMAT\s+([A-Za-z0-9_]+)[ \t]*(?:\r?\n)?",
+                        re.I | re.S)
 _FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.I)
 
 
@@ -347,11 +352,13 @@ class Server:
                 if not sql:
                     raise ClickHouseError(62, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", "SYNTAX_ERROR")
                 fm = _FORMAT_RE.search(sql)
-                fmt = fm.group(1) if fm else (q.get("default_format") or "TabSeparated")
+                fmt = fm.group(1) if fm else (request.headers.get("x-clickhouse-format") or q.get("default_format")
+                                              or "TabSeparated")
             params = {k[6:]: v for k, v in q.items() if k.startswith("param_")}
             settings = {k: v for k, v in q.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
             role = "ro1" if readonly else ("ro2" if request.method == "GET" else "rw")
-            res = await run_in_threadpool(self.engine.execute, sql, fmt, role=role, database=q.get("database"),
+            database = request.headers.get("x-clickhouse-database") or q.get("database")  # the header wins
+            res = await run_in_threadpool(self.engine.execute, sql, fmt, role=role, database=database,
                                           settings=settings, params=params, insert_data=insert_data,
                                           insert_format=insert_format)
         except ClickHouseError as err:

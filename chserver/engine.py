@@ -17,7 +17,10 @@ Three chDB connections share the data path, each with its own session settings:
   ``max_execution_time`` seconds, as on the ClickHouse server.
 
 Per-request state never leaks: the current database is set with ``USE`` before each query, and each request's
-settings are applied with ``SET`` and reset to ``DEFAULT`` after it, all under the lock.
+settings (URL parameters, and those a ``SET`` statement changed: without a session, ClickHouse keeps them for
+that one request) are reset to ``DEFAULT`` after it, all under the lock. A setting that cannot be reset (after a
+request's ``readonly=1`` no setting can change) costs the connection: it is replaced by a fresh one with its
+role's settings (:meth:`Engine._restore`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ BI_PROFILE = "bi_readonly"
 _UNTYPED_INPUT = {"rowbinary", "rowbinarywithnames", "csv", "csvwithnames", "tsv", "tabseparated",
                   "tsvwithnames", "tabseparatedwithnames", "tsvraw", "tabseparatedraw", "jsoneachrow",
                   "jsoncompacteachrow", "jsonstringseachrow", "values", "customseparated", "jsonlines", "ndjson"}
-_NAME_RE = re.compile(r"\(([A-Z_]+)\)(?:\s*\(version [^)]*\))?\s*$")
+_NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]*)\)(?:\s*\(version [^)]*\))?\s*$")  # e.g. CANNOT_PARSE_IPV4
+#: a statement that changes session settings (SET / SET ROLE ...): outside a session it must not outlive its request
+_SET_RE = re.compile(r"\s*SET\b", re.I)
 _CODE_RE = re.compile(r"Code:\s*(\d+)")
 
 
@@ -126,17 +131,13 @@ class Engine:
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.tmp = Path(tempfile.mkdtemp(prefix="chserver-"))
+        self.bi_settings = dict(bi_settings)
         try:
-            self.rw = chdb.connect(str(self.path))
-            self.ro2 = chdb.connect(str(self.path))
-            self.ro1 = chdb.connect(str(self.path))
+            self.rw, self.ro2, self.ro1 = self._open("rw"), self._open("ro2"), self._open("ro1")
             self.rw.query("CREATE DATABASE IF NOT EXISTS default")
-            self.ro2.query("SET readonly = 2")
-            for k, v in bi_settings.items():
-                self.ro1.query(f"SET {k} = {quote_string(v)}")
-            self.ro1.query("SET readonly = 1")
         except Exception as exc:  # noqa: BLE001 - chDB raises its own types
             raise ClickHouseError.from_chdb(exc) from None
+        self.reopened = 0  # connections replaced because a request's settings could not be undone
         self.version = self.rw.query("SELECT version()", "TSV").bytes().decode().strip()
         self.timezone = self.rw.query("SELECT timezone()", "TSV").bytes().decode().strip()
 
@@ -154,6 +155,41 @@ class Engine:
     # ------------------------------------------------------------------------------------------------
     def _conn(self, role: str):
         return {"rw": self.rw, "ro2": self.ro2, "ro1": self.ro1}[role]
+
+    def _open(self, role: str):
+        """A new chDB connection to the data path with ``role``'s session settings (``ro2``: readonly=2; ``ro1``:
+        the BI profile, then readonly=1, which locks them)."""
+        conn = chdb.connect(str(self.path))
+        if role == "ro2":
+            conn.query("SET readonly = 2")
+        elif role == "ro1":
+            for k, v in self.bi_settings.items():
+                conn.query(f"SET {k} = {quote_string(v)}")
+            conn.query("SET readonly = 1")
+        return conn
+
+    def _changed_settings(self, conn) -> dict[str, str]:
+        return dict(line.split("\t", 1) for line in conn.query(
+            "SELECT name, value FROM system.settings WHERE changed", "TSV").bytes().decode().splitlines()
+            if "\t" in line)
+
+    def _restore(self, role: str, conn, keys: list[str]) -> None:
+        """Undo a request's settings on ``role``'s shared connection; when one cannot be undone (a request's
+        ``readonly=1`` forbids changing settings, ``readonly`` included) the connection is replaced by a fresh one
+        with the role's own settings, so no request's settings outlive it."""
+        try:
+            for k in keys:
+                conn.query(f"SET {k} = DEFAULT")
+            return
+        except Exception:  # noqa: BLE001 - chDB raises its own types: the way out is a new connection
+            pass
+        fresh = self._open(role)
+        setattr(self, role, fresh)
+        self.reopened += 1
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - the old handle is dropped either way
+            pass
 
     def execute(self, sql: str, fmt: str, *, role: str = "rw", database: str | None = None,
                 settings: dict[str, str] | None = None, params: dict[str, str] | None = None,
@@ -186,8 +222,14 @@ class Engine:
                 if insert_data is not None:
                     sql, data_file = self._insert_from_file(conn, sql, insert_data, insert_format or "TabSeparated",
                                                             database)
+                before = self._changed_settings(conn) if _SET_RE.match(sql) else None
                 t0 = time.perf_counter()
-                res = conn.query(sql, fmt, params=params or None) if params else conn.query(sql, fmt)
+                try:
+                    res = conn.query(sql, fmt, params=params or None) if params else conn.query(sql, fmt)
+                finally:
+                    if before is not None:  # ClickHouse over HTTP without a session: a SET lasts one request
+                        after = self._changed_settings(conn)
+                        applied += [k for k, v in after.items() if before.get(k) != v and k not in applied]
                 elapsed = time.perf_counter() - t0
                 return Result(data=res.bytes() or b"", rows_read=_int(res, "rows_read"),
                               bytes_read=_int(res, "bytes_read"), rows_written=_int(res, "rows_written"),
@@ -199,11 +241,8 @@ class Engine:
             finally:
                 if data_file:
                     Path(data_file).unlink(missing_ok=True)
-                for k in applied:
-                    try:
-                        conn.query(f"SET {k} = DEFAULT")
-                    except Exception:  # noqa: BLE001 - a setting that could be set can be reset
-                        pass
+                if applied:
+                    self._restore(role, conn, applied)
 
     def _insert_from_file(self, conn, sql: str, data: bytes, fmt: str, database: str | None) -> tuple[str, str]:
         """``INSERT INTO t [(cols)] [SETTINGS ...]`` + data -> (``INSERT ... SELECT * FROM file(tmp, fmt, structure)``,

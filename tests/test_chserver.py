@@ -162,6 +162,31 @@ def test_errors_as_a_server_returns_them(endpoint):
     assert r.status_code == 413 and "Code: 202" in r.text
 
 
+def test_a_requests_settings_never_outlive_it(endpoint):
+    """Writers share one connection: a request's readonly=1 (which forbids undoing any setting) and a SET
+    statement (ClickHouse without a session: one request) must not reach the next request."""
+    base, users, _ = endpoint
+    w = _w(users)
+    _table(base, users, "st")
+    r = _post(base, w, "INSERT INTO t.st VALUES (1, 'a', 1.5)", readonly="1")
+    assert r.headers.get("X-ClickHouse-Exception-Code") == "164", r.text  # that request is read-only
+    assert _post(base, w, "SELECT 1", readonly="1").text == "1\n"
+    r = _post(base, w, "INSERT INTO t.st VALUES (2, 'wrong format of file', 2.5)")  # "format": no FORMAT clause
+    assert r.status_code == 200, r.text
+    assert _rows(base, users, "st") == [(2, "wrong format of file", 2.5)]
+    assert _post(base, w, "SET max_result_rows = 1, result_overflow_mode = 'break'").status_code == 200
+    r = _post(base, w, "SELECT number FROM numbers(3)")
+    assert (r.status_code, r.text) == (200, "0\n1\n2\n"), r.text
+    # the database and format headers (they win over the URL parameters, as on a server)
+    r = httpx.post(base, auth=w, params={"database": "default", "default_format": "TSV"},
+                   headers={"X-ClickHouse-Database": "t", "X-ClickHouse-Format": "JSONEachRow"},
+                   content=b"SELECT currentDatabase() AS db")
+    assert (json.loads(r.text), r.headers["X-ClickHouse-Format"]) == ({"db": "t"}, "JSONEachRow")
+    # an error name with digits keeps its status (400, not 500)
+    r = _post(base, w, "SELECT toIPv4('abc')")
+    assert r.status_code == 400 and r.text.rstrip().endswith(")") and "CANNOT_PARSE_IPV4" in r.text, r.text
+
+
 def test_bi_reader_is_readonly_1(endpoint):
     base, users, _ = endpoint
     _table(base, users, "ro")
