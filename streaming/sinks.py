@@ -602,18 +602,42 @@ class StreamSinks:
         self._insert_levels(rows)
 
     def _emit_alerts(self, alerts: list[dict], batch_id: int, now_ms: int) -> None:
-        """Validate against the restock_alert contract, send the ones not yet recorded to Kafka (flush),
-        then record all in ClickHouse and the lake."""
+        """Validate against the restock_alert contract; send the ones not yet recorded in ClickHouse to Kafka
+        (flush) and record them there; then write the batch's alerts to the lake.
+
+        The lake file is named by the micro-batch id under the day of the batch's first window end (event time),
+        so a retried batch writes the same file. It is written whenever it is missing, also when ClickHouse knows
+        every alert already: a batch that failed after the insert (e.g. MinIO down) would otherwise never reach the
+        lake. A batch with new alerts rewrites it whole."""
         for a in alerts:
             validate_event("restock_alert", a)
+        if not alerts:
+            return
         ids = [a["alert_id"] for a in alerts]
         known: set[str] = set()
         for i in range(0, len(ids), ALERT_ID_CHUNK):  # bounded IN lists: a query stays under max_query_size
             known |= set(self._query("SELECT alert_id FROM {db}.restock_alerts WHERE alert_id IN %(ids)s",
                                      {"ids": ids[i:i + ALERT_ID_CHUNK]})["alert_id"].tolist())
         new = [a for a in alerts if a["alert_id"] not in known]
-        if not new:
+        d = _utc(int(min(a["window_end"] for a in alerts)))
+        where = (self.s.lake_raw_bucket, "restock_alert", f"year={d:%Y}", f"month={d:%m}", f"day={d:%d}",
+                 f"alerts-batch-{batch_id}.parquet")
+        if new:
+            self._send_and_record_alerts(new, batch_id, now_ms)
+        elif self.lake.exists(*where):
             return
+        df = pd.DataFrame(alerts)
+        schema = lake_arrow_schema("restock_alert")
+        cols = {f.name: pa.array(df[f.name].tolist(), pa.int64()).cast(f.type) if pa.types.is_timestamp(f.type)
+                else pa.array(df[f.name].tolist(), f.type) for f in schema
+                if f.name not in ("ingested_at", "kafka_partition", "kafka_offset")}
+        cols["ingested_at"] = pa.array([now_ms] * len(df), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+        cols["kafka_partition"] = pa.nulls(len(df), pa.int32())
+        cols["kafka_offset"] = pa.nulls(len(df), pa.int64())
+        self.lake.write_table(pa.table(cols, schema=schema), *where)
+
+    def _send_and_record_alerts(self, new: list[dict], batch_id: int, now_ms: int) -> None:
+        """Send alerts to the restock-alerts topic, each delivery awaited, then insert them into ``restock_alerts``."""
         topic = self.s.topic(EVENT_TYPES["restock_alert"])
         prod = self.producer()
         futures = [prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a) for a in new]
@@ -628,14 +652,3 @@ class StreamSinks:
             hours_of_cover=pd.array(df["hours_of_cover"].tolist(), dtype="Float64"),
             batch_id=int(batch_id), ingested_at=pd.Timestamp(now_ms, unit="ms", tz="UTC"))
         self._insert_df("restock_alerts", ch)
-        schema = lake_arrow_schema("restock_alert")
-        cols = {f.name: pa.array(df[f.name].tolist(), pa.int64()).cast(f.type) if pa.types.is_timestamp(f.type)
-                else pa.array(df[f.name].tolist(), f.type) for f in schema
-                if f.name not in ("ingested_at", "kafka_partition", "kafka_offset")}
-        cols["ingested_at"] = pa.array([now_ms] * len(df), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        cols["kafka_partition"] = pa.nulls(len(df), pa.int32())
-        cols["kafka_offset"] = pa.nulls(len(df), pa.int64())
-        tbl = pa.table(cols, schema=schema)
-        d = _utc(now_ms)
-        self.lake.write_table(tbl, self.s.lake_raw_bucket, "restock_alert", f"year={d:%Y}", f"month={d:%m}",
-                              f"day={d:%d}", f"alerts-batch-{batch_id}.parquet")

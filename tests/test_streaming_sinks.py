@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -42,8 +43,11 @@ def alert_ids_in_kafka(s) -> list[str]:
 def test_many_alerts_in_one_batch_stay_under_max_query_size(native_stack):
     """12,000 alerts in one micro-batch (~360 KB of ids: one IN list would exceed ClickHouse's 256 KiB
     max_query_size, as the demo's first batch did); a re-run of the same batch sends and records nothing new."""
+    import pyarrow.parquet as pq
+
     from core.clickhouse import get_client
     from core.kafka_admin import ensure_topics
+    from core.lake import Lake
     from streaming.sinks import StreamSinks
 
     s = native_stack
@@ -56,6 +60,17 @@ def test_many_alerts_in_one_batch_stay_under_max_query_size(native_stack):
         assert sinks.alerts_sent == 12_000
         sinks._emit_alerts(alerts, batch_id=1, now_ms=now)  # a retried micro-batch
         assert sinks.alerts_sent == 12_000
+        # a retry after the ClickHouse insert but before the lake write (MinIO down): the lake still gets the batch
+        d = datetime.fromtimestamp(min(a["window_end"] for a in alerts) / 1000, timezone.utc)
+        where = (s.lake_raw_bucket, "restock_alert", f"year={d:%Y}", f"month={d:%m}", f"day={d:%d}",
+                 "alerts-batch-1.parquet")
+        lake = Lake(s)
+        assert lake.exists(*where)
+        lake.fs.delete_file(lake.path(*where))
+        sinks._emit_alerts(alerts, batch_id=1, now_ms=now + 60_000)
+        assert sinks.alerts_sent == 12_000
+        got = pq.read_table(lake.path(*where), filesystem=lake.fs).column("alert_id").to_pylist()
+        assert sorted(got) == sorted(a["alert_id"] for a in alerts)
     finally:
         sinks.close()
     want = {a["alert_id"] for a in alerts}
