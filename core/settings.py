@@ -64,6 +64,9 @@ def interval_hours(value: str, variable: str = "STREAM_WINDOW") -> float:
         raise ValueError(f"{variable}: interval {value!r}: {parts[0]!r} is not a number") from None
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{variable}: interval {value!r}: the number must be finite and >= 0")
+    if unit != "second" and not number.is_integer():  # Spark's interval strings take fractions of seconds only
+        raise ValueError(f"{variable}: interval {value!r}: only seconds may be fractional (Spark), e.g. "
+                         f"'{int(number * 60 * _INTERVAL_UNITS[unit] * 60)} seconds'")
     return number * _INTERVAL_UNITS[unit]
 
 
@@ -105,8 +108,9 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(
         default=None,
         description="http(s)://user:password@host:port of a ClickHouse HTTP interface (default: the native endpoint, "
-                    "http://platform_writer:$CLICKHOUSE_WRITER_PASSWORD@localhost:$CLICKHOUSE_HTTP_PORT) or chdb:///abs/path "
-                    "to open the embedded engine in this process (single-process use only).")
+                    "http://platform_writer:$CLICKHOUSE_WRITER_PASSWORD@$CLICKHOUSE_HTTP_HOST:$CLICKHOUSE_HTTP_PORT, "
+                    "a wildcard host as 127.0.0.1) or chdb:///abs/path to open the embedded engine in this process "
+                    "(single-process use only).")
     clickhouse_database: str = Field(default="retail", description="ClickHouse database of the platform.")
     clickhouse_http_host: str = Field(default="127.0.0.1", description="Native stack: address the ClickHouse HTTP endpoint (chserver, over chDB) listens on.")
     clickhouse_http_port: int = Field(
@@ -116,7 +120,7 @@ class Settings(BaseSettings):
     clickhouse_admin_password: str | None = Field(default=None, description="Password of ClickHouse user `admin` (generated into local.env by setup).")
     clickhouse_writer_password: str | None = Field(default=None, description="Password of ClickHouse user `platform_writer`, used by the default CLICKHOUSE_URL (generated into local.env by setup).")
     clickhouse_bi_password: str | None = Field(default=None, description="Password of the read-only ClickHouse user `bi_reader` (dashboards, Power BI; generated into local.env by setup).")
-    clickhouse_max_body_mb: int = Field(default=512, description="Native endpoint: largest accepted request body (MiB, after decompression).")
+    clickhouse_max_body_mb: int = Field(default=512, ge=1, description="Native endpoint: largest accepted request body (MiB, after decompression).")
 
     # ---- Lake (MinIO / S3 or a local folder) --------------------------------------------------
     lake_url: str | None = Field(
@@ -150,11 +154,11 @@ class Settings(BaseSettings):
     stream_window: str = Field(default="5 minutes", description="Tumbling event-time window length.")
     stream_watermark: str = Field(default="10 minutes", description="Watermark delay (allowed lateness).")
     stream_trigger_seconds: float = Field(default=5.0, gt=0, description="Micro-batch trigger interval, seconds.")
-    stream_max_offsets_per_trigger: int = Field(default=200_000, description="Kafka maxOffsetsPerTrigger: at most this many records per micro-batch from each of the raw query's sources (one per topic) and from the windows query's source (sales + inventory updates together).")
+    stream_max_offsets_per_trigger: int = Field(default=200_000, ge=1, description="Kafka maxOffsetsPerTrigger: at most this many records per micro-batch from each of the raw query's sources (one per topic) and from the windows query's source (sales + inventory updates together).")
     stream_state_store: Literal["rocksdb", "hdfs"] = Field(default="rocksdb", description="Streaming state store (deduplication and window state): rocksdb = Spark's RocksDB provider with changelog checkpointing, hdfs = Spark's default in-heap provider. New checkpoints only.")
     stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
-    stream_max_event_age_days: int = Field(default=36500, description="Events older than this (vs the Kafka record timestamp, the producer's send time) are quarantined as absurd.")
-    stream_heartbeat_max_age_s: float = Field(default=60.0, description="The streaming job counts as healthy while its heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat, touched every second while both queries run) is younger than this (seconds).")
+    stream_max_event_age_days: int = Field(default=36500, ge=1, description="Events older than this (vs the Kafka record timestamp, the producer's send time) are quarantined as absurd.")
+    stream_heartbeat_max_age_s: float = Field(default=60.0, gt=0, description="The streaming job counts as healthy while its heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat, touched every second while both queries run) is younger than this (seconds).")
     stream_max_future_minutes: int = Field(default=60, ge=0, description="Events whose event time is more than this many minutes ahead are rejected: dead-lettered by the producers (ahead of the send time), quarantined by the stream (ahead of the Kafka record timestamp, i.e. the send time) (contracts.rule_violations).")
     stream_sink_retry_seconds: float = Field(default=3600.0, ge=0, description="A micro-batch whose writes fail for an infrastructure reason (ClickHouse, lake or Kafka unreachable) is retried with exponential backoff for up to this many seconds, then the query fails (restart resumes from the checkpoint).")
     stream_sink_retry_max_wait_s: float = Field(default=30.0, gt=0, description="Longest wait between two retries of a micro-batch's writes (seconds; backoff 0.5 s doubling up to this).")
@@ -270,7 +274,10 @@ class Settings(BaseSettings):
             self.clickhouse_chdb_path = self.retail_state_dir / "chdb"
         if self.clickhouse_url is None:
             pw = quote(self.clickhouse_writer_password or "", safe="")
-            self.clickhouse_url = f"http://{WRITER_USER}:{pw}@localhost:{self.clickhouse_http_port}"
+            host = self.clickhouse_http_host.strip("[]")
+            host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # a wildcard address: this machine
+            host = f"[{host}]" if ":" in host else host
+            self.clickhouse_url = f"http://{WRITER_USER}:{pw}@{host}:{self.clickhouse_http_port}"
         scheme = urlparse(self.clickhouse_url).scheme
         if scheme not in ("chdb", "http", "https"):
             raise ValueError(f"CLICKHOUSE_URL must start with chdb://, http:// or https://, got {self.clickhouse_url!r}")

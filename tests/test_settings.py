@@ -24,7 +24,7 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("CLICKHOUSE_WRITER_PASSWORD", token + "/+@")
     s = get_settings()
     # one client path: the native endpoint over HTTP as platform_writer, password URL-quoted
-    assert s.clickhouse_url == f"http://platform_writer:{token}%2F%2B%40@localhost:8124"
+    assert s.clickhouse_url == f"http://platform_writer:{token}%2F%2B%40@127.0.0.1:8124"  # CLICKHOUSE_HTTP_HOST
     assert s.clickhouse_chdb_path == tmp_path / "chdb"
     assert s.lake_url == "http://localhost:9123"
     assert s.spark_checkpoint_dir == str(tmp_path / "checkpoints")
@@ -68,6 +68,11 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     ("STREAM_WINDOW", "0 minutes", "STREAM_WINDOW"),
     ("STREAM_WATERMARK", "10", "STREAM_WATERMARK"),
     ("STREAM_WATERMARK", "-1 minutes", "STREAM_WATERMARK"),
+    ("STREAM_WINDOW", "2.5 minutes", "STREAM_WINDOW"),                  # Spark: only seconds may be fractional
+    ("STREAM_MAX_EVENT_AGE_DAYS", "0", "STREAM_MAX_EVENT_AGE_DAYS"),    # would quarantine every event
+    ("STREAM_MAX_OFFSETS_PER_TRIGGER", "0", "STREAM_MAX_OFFSETS_PER_TRIGGER"),
+    ("CLICKHOUSE_MAX_BODY_MB", "0", "CLICKHOUSE_MAX_BODY_MB"),
+    ("STREAM_HEARTBEAT_MAX_AGE_S", "-5", "STREAM_HEARTBEAT_MAX_AGE_S"),
     # a country (or ISO 3166-2 subdivision) the holidays package has a calendar for
     ("STORE_COUNTRY_DEFAULT", "XX", "STORE_COUNTRY_DEFAULT"),
     ("STORE_COUNTRY_DEFAULT", "GB-XYZ", "STORE_COUNTRY_DEFAULT"),
@@ -98,6 +103,12 @@ def test_valid_edge_values_are_accepted(monkeypatch, tmp_path):
     assert s.lead_time_days == 0 and s.store_country_default == "GB-SCT" and s.airflow_clickhouse_pool_slots == 1
     defaults = Settings(_env_file=None)
     assert defaults.dashboard_host == "127.0.0.1" and defaults.airflow_clickhouse_pool_slots is None
+    assert Settings(_env_file=None, stream_window="90.5 seconds").stream_window == "90.5 seconds"
+    # the default CLICKHOUSE_URL reaches the endpoint where CLICKHOUSE_HTTP_HOST says it listens
+    for host, want in (("10.9.8.7", "10.9.8.7"), ("0.0.0.0", "127.0.0.1"), ("::1", "[::1]")):
+        url = Settings(_env_file=None, clickhouse_url=None, clickhouse_http_host=host, clickhouse_http_port=8125,
+                       clickhouse_writer_password="pw").clickhouse_url
+        assert url == f"http://platform_writer:pw@{want}:8125"
 
 
 def test_interval_parser():
