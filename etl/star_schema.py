@@ -643,6 +643,8 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
             f"WHERE date_key >= {window[0]} AND date_key <= {dk}")
         sig = demand_sigma(daily, window)
         inv = inv.merge(sig, on=["store_key", "product_key"], how="left")
+        if len(window) >= 2:  # a stocked SKU without demand in the window: sigma 0 (every day 0), not unknown
+            inv["sigma_daily"] = inv["sigma_daily"].astype("float64").fillna(0.0)
         inv["safety_stock"], method = safety_stock(inv["sigma_daily"].astype("float64"), s.service_level,
                                                     s.lead_time_days)
         inv["safety_stock_method"] = method

@@ -32,7 +32,8 @@ from ml.features import DEFAULT_HORIZON, build_daily_features
 from ml.forecast import MODEL_PREFIX, list_versions, read_meta
 
 log = logging.getLogger(__name__)
-#: minimum days of demand history for training (the backtest also needs FORECAST_HORIZON days of targets)
+#: minimum days of demand history before the last backtest origin (which lies FORECAST_HORIZON days before the
+#: last known day): the history check asks for MIN_HISTORY_DAYS + the horizon
 MIN_HISTORY_DAYS = 14
 
 
@@ -123,28 +124,35 @@ FEATURE_INSERT_ROWS = 500_000
 
 
 # ----------------------------------------------------------------------------------- training ------
-def history_end(first: dt.date | None, last: dt.date | None, run_date: dt.date, db: str) -> pd.Timestamp:
+def history_end(first: dt.date | None, last: dt.date | None, run_date: dt.date, db: str,
+                horizon: int = DEFAULT_HORIZON) -> pd.Timestamp:
     """The last day with known demand, min(run_date, last day with sales): a day the ETL has not loaded yet must
-    not become zero demand. ``first`` / ``last``: the first and last days with sales up to ``run_date``.
+    not become zero demand. ``first`` / ``last``: the first and last days with sales up to ``run_date``;
+    ``horizon``: the forecast horizon in days (FORECAST_HORIZON), by which the last backtest origin precedes that
+    end.
 
     Returns:
         the end day as a midnight Timestamp.
 
     Raises:
-        InsufficientData: no sales (``first`` is None), or fewer than MIN_HISTORY_DAYS days of history.
+        InsufficientData: no sales (``first`` is None), or fewer than MIN_HISTORY_DAYS + ``horizon`` days of
+            history (checked here, before features are built, rather than by the training job after them).
     """
     if first is None or pd.isna(first):
         raise InsufficientData(f"no sales in {db}.fact_sales up to {run_date}: run daily_etl first")
     end = min(pd.Timestamp(run_date), pd.Timestamp(last))
     span = int((end - pd.Timestamp(first)).days) + 1
-    if span < MIN_HISTORY_DAYS:
+    need = MIN_HISTORY_DAYS + int(horizon)
+    if span < need:
         raise InsufficientData(
             f"{db}.fact_sales covers {span} day(s) ({pd.Timestamp(first).date()}..{end.date()}); the rolling-origin "
-            f"backtest needs at least {MIN_HISTORY_DAYS}: run daily_etl for the earlier dates first (backfill)")
+            f"backtest needs at least {need} ({MIN_HISTORY_DAYS} before its last origin + FORECAST_HORIZON={horizon}): "
+            "run daily_etl for the earlier dates first (backfill)")
     return end
 
 
-def demand_for_features(client, db: str, run_date: dt.date) -> tuple[pd.DataFrame, pd.Timestamp]:
+def demand_for_features(client, db: str, run_date: dt.date,
+                        horizon: int = DEFAULT_HORIZON) -> tuple[pd.DataFrame, pd.Timestamp]:
     """Daily demand up to ``run_date`` (:func:`load_daily_demand`) and the last day with known demand
     (:func:`history_end`).
 
@@ -152,11 +160,11 @@ def demand_for_features(client, db: str, run_date: dt.date) -> tuple[pd.DataFram
         (daily demand table, end day as a midnight Timestamp).
 
     Raises:
-        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
+        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS + FORECAST_HORIZON days.
     """
     daily = load_daily_demand(client, db, run_date)
     first, last = (daily["date"].min(), daily["date"].max()) if len(daily) else (None, None)
-    return daily, history_end(first, last, run_date, db)
+    return daily, history_end(first, last, run_date, db, horizon)
 
 
 def insert_features(client, db: str, out, run_date: dt.date, computed_at: dt.datetime | None = None) -> int:
@@ -218,10 +226,10 @@ def build_features(run_date: dt.date, settings=None) -> dict:
         dict rows, series, last_date, lake_path, run_date.
 
     Raises:
-        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
+        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS + FORECAST_HORIZON days.
     """
     s, client, db, lake = _ctx(settings)
-    daily, end = demand_for_features(client, db, run_date)
+    daily, end = demand_for_features(client, db, run_date, s.forecast_horizon)
     feats = build_daily_features(daily, end_date=end, default_country=s.store_country_default,
                                  weather=read_weather(s.weather_file), extend_days=s.forecast_horizon)
     out = feats.copy()
@@ -249,7 +257,7 @@ def stage_demand(run_date: dt.date, settings=None) -> dict:
         dict run_date, end_date, demand_rows, series, staged_bytes.
 
     Raises:
-        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS days.
+        InsufficientData: no sales in fact_sales up to the date, or fewer than MIN_HISTORY_DAYS + FORECAST_HORIZON days.
     """
     import shutil
 
@@ -259,7 +267,7 @@ def stage_demand(run_date: dt.date, settings=None) -> dict:
     sql = demand_sql(db, run_date)
     rows, series, first, last = client.query(
         f"SELECT count(), uniqExact(store_id, product_id), min(date), max(date) FROM ({sql})").result_rows[0]
-    end = history_end(first if rows else None, last, run_date, db)
+    end = history_end(first if rows else None, last, run_date, db, s.forecast_horizon)
     parts = sf.staging(lake, run_date, sf.DEMAND_NAME)
     path = lake.path(*parts)
     lake.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -615,14 +623,19 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
 
 def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> dict:
     """Task ``classify_skus``: Syntetos-Boylan classes + slow-moving flag per store x SKU on the demand up
-    to ``run_date`` -> sku_classification; hold-out stability -> ml_model_metrics (model_name 'slow-moving')."""
+    to ``run_date`` -> sku_classification; hold-out stability -> ml_model_metrics (model_name 'slow-moving').
+
+    The classification ends at the last day with sales up to ``run_date`` (as the training's
+    :func:`history_end`): a run triggered the day after the last loaded day (``batch_predictions`` runs on the
+    champion asset) would otherwise count that unloaded day as zero demand for every series (one more day since
+    the last sale, a higher ADI, the stale flag a day early). Rows keep ``as_of_date = run_date``."""
     from ml.slow_moving import classify, stability
 
     s, client, db, lake = _ctx(settings)
     daily = load_daily_demand(client, db, run_date)
     if daily.empty:
         raise ValueError(f"no sales in {db}.fact_sales up to {run_date}")
-    end = pd.Timestamp(run_date)
+    end = min(pd.Timestamp(run_date), pd.Timestamp(daily["date"].max()))
     cls = classify(daily, end_date=end, window_days=window_days)
     now = _now()
     out = cls.assign(as_of_date=run_date, window_days=window_days, run_date=run_date, created_at=now)

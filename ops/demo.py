@@ -277,7 +277,7 @@ def short_history(s: Settings, day) -> str | None:
     rows, first, last = get_client(s).query(
         f"SELECT count(), min(date), max(date) FROM ({demand_sql(db, day)})").result_rows[0]
     try:
-        history_end(first if rows else None, last, day, db)
+        history_end(first if rows else None, last, day, db, s.forecast_horizon)
     except InsufficientData as exc:
         return str(exc)
     return None

@@ -194,9 +194,13 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
         dr, ok = run(etl_dag, d)
         assert ok, f"daily_etl {d} ended {dr.state}"
 
+    demand_by_day = {}  # the oracle's demand per (store_id, product_id): units sold less same-day cancellations
     for d in (DAY1, DAY2):
         dk = int(d.strftime("%Y%m%d"))
         truth = truth_sales(lake, d)
+        sold_d = truth[truth["quantity"] > 0].groupby(["store_id", "product_id"])["quantity"].sum()
+        canc_d = pd.Series(cancelled_units(truth, ["store_id", "product_id"], time="timestamp"), dtype="float64")
+        demand_by_day[d] = sold_d.astype("float64").sub(canc_d.reindex(sold_d.index, fill_value=0.0))
         raw_rows = len(raw_files(lake, "sales_transaction", d))
         assert raw_rows > len(truth) > 500  # replayed duplicates exist and were dropped
         got = star(client, db, f"SELECT count() n, sum(quantity) units, sumIf(quantity, quantity < 0) ret, "
@@ -266,7 +270,16 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
     assert {k: int(v) for k, v in got1.items()} == {k: int(v) for k, v in close1.items()}
     assert {k: int(v) for k, v in got2["closing_stock"].items()} == {k: int(v) for k, v in exp2.items()}
     assert got2["is_carried_forward"].sum() == (~close1.index.isin(close2.index)).sum() > 0
-    assert (got2["safety_stock"].dropna() >= 0).all() and got2["safety_stock"].notna().any()
+    # safety stock = z(SERVICE_LEVEL) x sigma of daily demand over the window (here DAY1..DAY2, the days loaded; a
+    # day without demand counts 0) x sqrt(LEAD_TIME_DAYS), recomputed from the lake for every store x SKU row
+    from statistics import NormalDist
+
+    both = pd.concat(demand_by_day, axis=1).reindex(got2.index).fillna(0.0)
+    z = NormalDist().inv_cdf(native_stack.service_level)
+    want_ss = z * both.std(axis=1, ddof=1) * np.sqrt(native_stack.lead_time_days)
+    np.testing.assert_allclose(got2["safety_stock"].astype("float64").to_numpy(), want_ss.to_numpy(), rtol=1e-6,
+                               atol=1e-6)
+    assert (want_ss > 0).sum() > 10 and (want_ss == 0).sum() > 0  # both kinds of rows are checked
     # reorder point from the events, else carried, else the product master data; SKUs without master
     # data and without an event reorder point stay NULL
     assert (got2["rop"].dropna() == 20).all()

@@ -289,3 +289,19 @@ def test_statsforecast_from_a_spark_table_in_chunks_equals_one_pandas_fit(spark,
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, atol=1e-9, obj=f"chunk {chunk}")
     with pytest.raises(ValueError, match="chunk_series"):
         statsforecast_chunked(sdf, T, H, chunk_series=0)
+
+
+def test_history_check_asks_for_the_horizon_before_the_last_backtest_origin():
+    """The training DAG's history check fails before the features are built when the demand history cannot hold
+    the backtest: MIN_HISTORY_DAYS (14) before the last origin, which lies FORECAST_HORIZON days before the end."""
+    import datetime as dt
+
+    from ml.pipeline import InsufficientData, history_end
+
+    first, run = dt.date(2026, 1, 1), dt.date(2026, 3, 1)
+    assert history_end(first, dt.date(2026, 1, 28), run, "db", horizon=14) == pd.Timestamp("2026-01-28")  # 28 days
+    with pytest.raises(InsufficientData, match=r"covers 27 day\(s\).*at least 28 .*FORECAST_HORIZON=14"):
+        history_end(first, dt.date(2026, 1, 27), run, "db", horizon=14)
+    with pytest.raises(InsufficientData, match="at least 42"):
+        history_end(first, dt.date(2026, 2, 10), run, "db", horizon=28)   # 41 days: enough for 14, not for 28
+    assert history_end(first, dt.date(2026, 3, 20), run, "db", horizon=7) == pd.Timestamp(run)  # not past run_date
