@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def test_bench_nightly_small_chain(tmp_path, tmp_path_factory):
                              "--origins", "2", "--trees", "5", "--end-day", "2026-06-30", "--out", str(out)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    t0 = time.monotonic()
     try:
         stdout, stderr = proc.communicate(timeout=1200)
     except subprocess.TimeoutExpired:
@@ -59,6 +61,7 @@ def test_bench_nightly_small_chain(tmp_path, tmp_path_factory):
         stop_platforms(tmp)
         pytest.fail("bench_nightly did not finish in 1200 s (killed):\n" + stdout[-3000:] + stderr[-5000:])
     assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+    wall = time.monotonic() - t0  # this test's own clock around the whole benchmark
     report = json.loads(out.read_text())
     assert out.with_suffix(".html").is_file()
     assert report["night"] == "2026-06-30" and report["training_settings"]["origins"] == 2
@@ -66,8 +69,9 @@ def test_bench_nightly_small_chain(tmp_path, tmp_path_factory):
     assert run["series"] == SERIES and not run.get("partial")
     st = run["stages"]
     assert list(st) == list(STAGES)
-    # seconds are measured, not checked: present, a float (round(..., 1)), not negative (0.0 on a fast machine)
-    assert all(isinstance(st[k]["seconds"], float) and st[k]["seconds"] >= 0 for k in STAGES), st
+    # seconds are measured, not checked against a goal; in seconds, they fit in the benchmark's run as this test
+    # timed it (the night is the stages' sum; data generation, platform start and stop come on top)
+    assert all(st[k]["seconds"] >= 0 for k in STAGES) and run["night_seconds"] + run["data"]["seconds"] <= wall, st
     raw_sales = run["data"]["rows"]["raw sales_transaction"]
     etl = st["etl"]["detail"]
     # every raw event falls on the night's day: fact lines = raw lines - replayed copies (reconciled with the lake)

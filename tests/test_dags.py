@@ -114,7 +114,11 @@ def test_stack_airflow_environment():
     assert env["AIRFLOW_HOME"] == str(Path(s.retail_state_dir) / "airflow")
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(DAGS_FOLDER) == str(DAGS)
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False" and env["AIRFLOW__CORE__PARALLELISM"] == "4"
-    assert json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])["host"] == s.spark_master or s.spark_master.startswith("spark://")
+    from ops.airflow import spark_connection
+
+    assert json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"]) == spark_connection(s.spark_master)
+    assert spark_connection("local[2]")["host"] == "local[2]"
+    assert spark_connection("spark://spark-master:7077")["host"] in ("spark://spark-master", "spark://spark-master:7077")
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert (Path(env["PATH"].split(os.pathsep)[0]) / "spark-submit").exists()
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
