@@ -202,10 +202,15 @@ def insert_features(client, db: str, out, run_date: dt.date, computed_at: dt.dat
 
 
 def _point_latest(lake, run_date: dt.date) -> str:
-    """Write ``features/daily/latest.json`` -> the run's feature table; returns its lake path."""
+    """Point ``features/daily/latest.json`` at the run's feature table unless it points at a newer run already (a
+    re-run or backfill of an older date must not move "latest" back: the predictions read it); returns the run's
+    table's lake path either way."""
     bucket = lake.settings.lake_features_bucket
     key = f"run_date={run_date.isoformat()}"
-    lake.write_json({"run_date": run_date.isoformat(), "path": f"{bucket}/daily/{key}"}, bucket, "daily", "latest.json")
+    current = lake.read_json(bucket, "daily", "latest.json") or {}
+    if str(current.get("run_date", "")) <= run_date.isoformat():
+        lake.write_json({"run_date": run_date.isoformat(), "path": f"{bucket}/daily/{key}"}, bucket, "daily",
+                        "latest.json")
     return f"{bucket}/daily/{key}"
 
 

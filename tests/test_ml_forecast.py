@@ -305,3 +305,21 @@ def test_history_check_asks_for_the_horizon_before_the_last_backtest_origin():
     with pytest.raises(InsufficientData, match="at least 42"):
         history_end(first, dt.date(2026, 2, 10), run, "db", horizon=28)   # 41 days: enough for 14, not for 28
     assert history_end(first, dt.date(2026, 3, 20), run, "db", horizon=7) == pd.Timestamp(run)  # not past run_date
+
+
+def test_latest_features_pointer_only_moves_forward(tmp_path):
+    """Re-running the training DAG for an older date (a clear or a backfill) writes that date's table but leaves
+    features/daily/latest.json on the newest run, which the predictions read."""
+    import datetime as dt
+
+    from core.lake import Lake
+    from core.settings import Settings
+    from ml.pipeline import _point_latest
+
+    lake = Lake(Settings(_env_file=None, lake_url=str(tmp_path / "lake")))
+    bucket = lake.settings.lake_features_bucket
+    assert _point_latest(lake, dt.date(2026, 12, 4)).endswith("run_date=2026-12-04")
+    assert _point_latest(lake, dt.date(2026, 11, 20)).endswith("run_date=2026-11-20")   # its own table's path
+    assert lake.read_json(bucket, "daily", "latest.json")["run_date"] == "2026-12-04"
+    _point_latest(lake, dt.date(2026, 12, 5))
+    assert lake.read_json(bucket, "daily", "latest.json")["run_date"] == "2026-12-05"
