@@ -24,6 +24,20 @@ def kafka_rows(spark, topic: str, values: list):
     return spark.createDataFrame(rows, "topic string, partition int, offset long, kafka_timestamp timestamp, value string")
 
 
+def producer_reasons(payloads: list[str], event_type: str = "sales_transaction") -> list[str | None]:
+    """The producers' verdict per payload (contracts.check_payload at NOW, 60 future minutes): None or the reason."""
+    from contracts import ContractError, check_payload
+
+    out: list[str | None] = []
+    for p in payloads:
+        try:
+            check_payload(event_type, p, now_ms=NOW_MS, max_future_minutes=60)
+            out.append(None)
+        except ContractError as exc:
+            out.append(str(exc))
+    return out
+
+
 def sale(i, store="S1", sku="P1", qty=2, price=2.5, ts=NOW_MS - 3_600_000, **kw):
     r = {"transaction_id": f"t{i}", "store_id": store, "product_id": sku, "quantity": qty, "unit_price": price,
          "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": None}
@@ -265,8 +279,6 @@ def test_bounds_future_and_duplicate_keys_match_the_producers(spark):
     """Numeric bounds (contracts.NUMERIC_BOUNDS), the event-time upper bound (now + STREAM_MAX_FUTURE_MINUTES) and
     duplicate JSON keys: the stream's reason equals the producers' (contracts.check_payload) for every payload,
     and a payload valid for one side is valid for the other."""
-    from contracts import ContractError, check_payload
-
     ok_ts = NOW_MS - 3_600_000
     payloads = [json.dumps(r) for r in [
         sale(0, qty=100_000), sale(1, qty=-100_000), sale(2, qty=100_001), sale(3, qty=-100_001),
@@ -282,14 +294,7 @@ def test_bounds_future_and_duplicate_keys_match_the_producers(spark):
     out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", payloads), "sales_transaction"), "sales_transaction",
                              max_age_days=36500, max_future_minutes=60, now=NOW).toPandas().sort_values("offset")
     stream = out[TR.REASON].tolist()
-    producer = []
-    for p in payloads:
-        try:
-            check_payload("sales_transaction", p, now_ms=NOW_MS, max_future_minutes=60)
-            producer.append(None)
-        except ContractError as exc:
-            producer.append(str(exc))
-    assert stream == producer
+    assert stream == producer_reasons(payloads)
     assert stream[:2] == [None, None] and stream[4] is None and stream[6] is None and stream[8] is None
     assert stream[10] is None
     assert stream[2] == stream[3] == "quantity must be within [-100000, 100000] units"
@@ -339,7 +344,7 @@ def test_unpaired_surrogate_escapes_are_quarantined_as_the_producers_reject_them
     """Spark reads an unpaired \\uD800-\\uDFFF escape as "?" (two distinct ids would become one and the dedup would
     drop one): the stream quarantines the value with the producers' reason, and keeps pairs (an emoji), an escaped
     backslash before "ud800" and other escapes, record by record as contracts.check_payload decides."""
-    from contracts import LONE_SURROGATE_REASON, ContractError, check_payload
+    from contracts import LONE_SURROGATE_REASON
 
     texts = ['"S\\ud800"', '"S\\udc00x"', '"S\\uD83D\\uDE00"', '"S\\\\ud800"', '"S\\\\\\ud800"',
              '"\\ud800\\ud800\\udc00"', '"\\ud83d\\ude00\\udc00"', '"S\\u0041"']
@@ -348,14 +353,7 @@ def test_unpaired_surrogate_escapes_are_quarantined_as_the_producers_reject_them
     out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", payloads), "sales_transaction"), "sales_transaction",
                              **LIM).toPandas().sort_values("offset")
     stream = out[TR.REASON].tolist()
-    producer = []
-    for p in payloads:
-        try:
-            check_payload("sales_transaction", p, now_ms=NOW_MS, max_future_minutes=60)
-            producer.append(None)
-        except ContractError as exc:
-            producer.append(str(exc))
-    assert stream == producer
+    assert stream == producer_reasons(payloads)
     assert stream == [LONE_SURROGATE_REASON, LONE_SURROGATE_REASON, None, None, LONE_SURROGATE_REASON,
                       LONE_SURROGATE_REASON, LONE_SURROGATE_REASON, None]
     assert out["store_id"].tolist()[2:4] == ["S\U0001F600", "S\\ud800"]
