@@ -384,7 +384,11 @@ class Replay:
         df = self.df[self.kind != "skip"]
         codes = product_ids(df["stock_code"])
         desc = df["description"].fillna("").str.strip()
-        named = pd.DataFrame({"sku": codes, "desc": desc})[desc.str.len().gt(0) & ~desc.str.contains(r"[a-z?]")]
+        # a note ("found", "damaged?", "Dotcom sales") has a "?" or more lower- than upper-case letters; a product
+        # name is upper case, units aside ("BAG 250g SWIRLY MARBLES", "POLYESTER FILLER PAD 45x45cm": 16 products of
+        # the development log were named by their code while any lower-case letter excluded a description)
+        note = desc.str.contains("?", regex=False) | (desc.str.count(r"[a-z]") > desc.str.count(r"[A-Z]"))
+        named = pd.DataFrame({"sku": codes, "desc": desc})[desc.str.len().gt(0) & ~note]
         name = named.groupby("sku")["desc"].agg(lambda s: s.value_counts().index[0])
         sale = (self.kind[self.kind != "skip"] == "sale")
         price = pd.to_numeric(df["unit_price"], errors="coerce")

@@ -584,3 +584,19 @@ def test_cut_sample_keeps_a_tail_of_one_timestamp_whole(tmp_path):
     assert out["rows"] == 2 and out["first_ts"] == out["last_ts"] == "2011-01-01 11:00:00"
     assert cut_sample(src, tmp_path / "two.csv.gz", n_rows=2)["rows"] == 2
     assert cut_sample(src, tmp_path / "all.csv.gz", n_rows=10)["rows"] == 3
+
+
+def test_product_names_keep_lower_case_units_but_not_notes():
+    csv = MALFORMED.splitlines()[0] + "\n" + "\n".join([
+        "600101,1,21704,BAG 250g SWIRLY MARBLES,2,0.85,2011-03-01 10:00:00,17850,United Kingdom,x",
+        "600102,1,21704,BAG 250g SWIRLY MARBLES,2,0.85,2011-03-01 11:00:00,17850,United Kingdom,x",
+        "600103,1,21704,found,5,0.0,2011-03-01 12:00:00,,United Kingdom,x",
+        "600104,1,21704,found,5,0.0,2011-03-01 12:10:00,,United Kingdom,x",
+        "600105,1,21704,found,5,0.0,2011-03-01 12:20:00,,United Kingdom,x",
+        "600106,1,22423,damaged?,-1,0.0,2011-03-01 12:30:00,,United Kingdom,x",
+        "600107,1,22423,Dotcom sales,-1,0.0,2011-03-01 12:40:00,,United Kingdom,x",
+    ]) + "\n"
+    rep = Replay(pd.read_csv(io.StringIO(csv), dtype=str, keep_default_na=False), ReplayConfig(keep_dates=True))
+    names = rep.products.set_index("product_id")["product_name"]
+    assert names["21704"] == "BAG 250g SWIRLY MARBLES"   # the notes are more frequent, but notes
+    assert names["22423"] == "22423"                      # only notes: named by its code
