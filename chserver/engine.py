@@ -25,6 +25,7 @@ role's settings (:meth:`Engine._restore`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -260,11 +261,16 @@ class Engine:
         db, tbl = (parts[0], parts[1]) if len(parts) == 2 else (database or "default", parts[0])
         structure = ""
         if fmt.lower() in _UNTYPED_INPUT or fmt.lower().startswith("rowbinary"):
-            rows = conn.query(
-                f"SELECT name, type FROM system.columns WHERE database = {quote_string(db)} AND table = {quote_string(tbl)} "
-                "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS', 'EPHEMERAL') ORDER BY position", "TSV"
-            ).bytes().decode().splitlines()
-            types = dict(r.split("\t", 1) for r in rows if "\t" in r)
+            rows = [json.loads(line) for line in conn.query(
+                f"SELECT name, type, default_kind, default_expression FROM system.columns WHERE database = "
+                f"{quote_string(db)} AND table = {quote_string(tbl)} "
+                "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS', 'EPHEMERAL') ORDER BY position", "JSONCompactEachRow"
+            ).bytes().decode().splitlines() if line.strip()]
+            types = {name: typ for name, typ, _, _ in rows}
+            # a field the data omits (JSONEachRow, CSVWithNames, ...) takes the column's DEFAULT, as a server's
+            # INSERT ... FORMAT does: the structure carries the DEFAULT expressions (whole-table inserts; with a
+            # column list the expressions could name columns outside it)
+            defaults = {name: expr for name, _, kind, expr in rows if kind == "DEFAULT" and expr} if not cols_sql else {}
             if not types:
                 raise ClickHouseError(60, f"Code: 60. DB::Exception: Table {db}.{tbl} does not exist. (UNKNOWN_TABLE)",
                                       "UNKNOWN_TABLE")
@@ -273,7 +279,8 @@ class Engine:
             if missing:
                 raise ClickHouseError(16, f"Code: 16. DB::Exception: No such column {missing[0]} in table {db}.{tbl}. "
                                           "(NO_SUCH_COLUMN_IN_TABLE)", "NO_SUCH_COLUMN_IN_TABLE")
-            structure = ", " + quote_string(", ".join(f"{quote_ident(c)} {types[c]}" for c in wanted))
+            structure = ", " + quote_string(", ".join(
+                f"{quote_ident(c)} {types[c]}" + (f" DEFAULT {defaults[c]}" if c in defaults else "") for c in wanted))
         fd, path = tempfile.mkstemp(dir=self.tmp, suffix="." + fmt.lower())
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -188,6 +188,21 @@ def test_a_requests_settings_never_outlive_it(endpoint):
     assert r.status_code == 400 and r.text.rstrip().endswith(")") and "CANNOT_PARSE_IPV4" in r.text, r.text
 
 
+def test_omitted_fields_take_the_columns_defaults(endpoint):
+    """INSERT ... FORMAT JSONEachRow / CSVWithNames without some fields: those columns take their DEFAULT
+    expressions (a server's input_format_defaults_for_omitted_fields), not the type's zero."""
+    base, users, _ = endpoint
+    r = _post(base, _w(users), "CREATE OR REPLACE TABLE t.dflt (a UInt8, b String, c UInt8 DEFAULT 7, "
+                               "d String DEFAULT concat(b, '!')) ENGINE = MergeTree ORDER BY a")
+    assert r.status_code == 200, r.text
+    r = _post(base, _w(users), "INSERT INTO t.dflt FORMAT JSONEachRow", b'{"a": 1, "b": "y"}\n{"a": 2, "b": "z", "c": 3}\n')
+    assert r.status_code == 200, r.text
+    r = _post(base, _w(users), "INSERT INTO t.dflt FORMAT CSVWithNames", b'a,b,d\n3,w,own\n')
+    assert r.status_code == 200, r.text
+    r = _post(base, _w(users), "SELECT a, b, c, d FROM t.dflt ORDER BY a FORMAT JSONCompact")
+    assert [tuple(x) for x in r.json()["data"]] == [(1, "y", 7, "y!"), (2, "z", 3, "z!"), (3, "w", 7, "own")]
+
+
 def test_bi_reader_is_readonly_1(endpoint):
     base, users, _ = endpoint
     _table(base, users, "ro")
