@@ -588,7 +588,9 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     snapshot (:func:`carry_forward`); reorder_point from the events, else the carried value, else
     dim_product.reorder_point; safety_stock from the trailing :data:`SAFETY_STOCK_WINDOW_DAYS` days of
     demand (the ``demand_daily`` view: fact_sales units sold less same-day order cancellations; days before the
-    first loaded date are not counted) via :func:`safety_stock`.
+    first loaded date are not counted) via :func:`safety_stock`. Both read the days loaded before, so days load
+    in date order; a day loaded before earlier days (a backfill behind it) is loaded again after them (the demo
+    does, ``ops.demo.nightly_ml``).
 
     Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows"}.
     """
