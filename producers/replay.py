@@ -25,9 +25,10 @@ Mapping (per CSV row, in file order = event-time order):
   ``align="none"`` lands the last row exactly at ``end_at`` (the days then split wherever the shift puts them).
   Why it matters: a shift of 12 h splits each trading day over two dates. On November 2010 (the UCI log per
   country x SKU, the platform's backtest at the demo's training settings, one origin, 14 days ahead, GBT seeds
-  42 / 1 / 2; ``python -m ops.replay_alignment``) the GBT's WAPE was 1.204-1.268 on whole days shifted by 0, 1 or
-  3 days (total forecast +43-52 % over the demand) and 1.533-1.653 with the 12 h split (+83-99 %), against the
-  trailing 28-day mean's 1.389 and 1.393: on split days the GBT lost to it with every seed.
+  42 / 1 / 2; ``python -m ops.replay_alignment``, 2026-12-05) the GBT's WAPE was 1.263-1.449 on whole days shifted
+  by 0, 1 or 3 days (total forecast +42-66 % over the demand; below the trailing mean in 7 of 9 runs) and
+  1.484-1.551 with the 12 h split (+72-81 %), against the trailing 28-day mean's 1.391 and 1.396: on split days the
+  GBT lost to it with every seed.
   ``keep_dates=True`` keeps the original instants.
 
 Row decisions (counted in :attr:`ReplayStats.skipped` / ``rows_by_kind``; nothing vanishes silently):
