@@ -46,7 +46,7 @@ def fact_lines(tx: pd.DataFrame, dates=None) -> tuple[pd.DataFrame, pd.Index, pd
         is_return.
     """
     from etl.star_schema import amount_e4
-    from producers.replay import classify_rows, invoice_ids, product_ids
+    from producers.replay import classify_rows, product_ids, transaction_ids
 
     ts = pd.to_datetime(tx["invoice_ts"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
     day = ts.dt.normalize() if dates is None else pd.Series(pd.to_datetime(np.asarray(dates)), index=tx.index)
@@ -58,7 +58,7 @@ def fact_lines(tx: pd.DataFrame, dates=None) -> tuple[pd.DataFrame, pd.Index, pd
     product_key, products = pd.factorize(product_ids(df["stock_code"]))
     store_key, stores = pd.factorize(df["country"])
     lines = pd.DataFrame({
-        "sale_id": invoice_ids(df["invoice"]) + "-" + df["line_no"].str.strip(),
+        "sale_id": transaction_ids(df),
         "date_key": day.dt.strftime("%Y%m%d").astype("uint32"),
         "event_time": ts, "product_key": product_key.astype("uint64"), "store_key": store_key.astype("uint64"),
         "customer_id": df["customer_id"].str.strip().replace("", None), "payment_method": "ONLINE",

@@ -277,6 +277,12 @@ def invoice_ids(invoices: pd.Series) -> pd.Series:
     return invoices.fillna("").str.strip().str.upper()
 
 
+def transaction_ids(df: pd.DataFrame) -> pd.Series:
+    """The ``transaction_id`` of each row, ``<invoice>-<line_no>`` (:func:`invoice_ids`, the line number stripped
+    as :func:`classify_rows` reads it): the replay's sales events and the fact lines of :mod:`ops.uci_demand`."""
+    return invoice_ids(df["invoice"]) + "-" + df["line_no"].fillna("").str.strip()
+
+
 def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per row: (kind, skip_key). kind in sale / return / writeoff / found / skip (see module table).
 
@@ -434,7 +440,7 @@ class Replay:
         visited: set[str] = set()
         df = self.df
         inv_col = invoice_ids(df["invoice"]).to_numpy()
-        line_col = df["line_no"].to_numpy()
+        tid_col = transaction_ids(df).to_numpy()
         cust_col = df["customer_id"].str.strip().to_numpy()
         desc_col = df["description"].fillna("").to_numpy()
 
@@ -480,8 +486,7 @@ class Replay:
             if key not in stock:
                 yield inv(key, self.cap.get(key, 10), "OPENING", ts, f"OPEN-{key[0]}-{key[1]}")
             q = int(self.qty[i])
-            invoice, line = inv_col[i], line_col[i]
-            tid = f"{invoice}-{line}"
+            invoice, tid = inv_col[i], tid_col[i]
             cid = cust_col[i] or None
             if kind in ("sale", "return"):
                 if kind == "sale" and self.config.customer_events and cid and invoice not in visited:
