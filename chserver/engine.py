@@ -138,7 +138,6 @@ class Engine:
             self.rw.query("CREATE DATABASE IF NOT EXISTS default")
         except Exception as exc:  # noqa: BLE001 - chDB raises its own types
             raise ClickHouseError.from_chdb(exc) from None
-        self.reopened = 0  # connections replaced because a request's settings could not be undone
         self.version = self.rw.query("SELECT version()", "TSV").bytes().decode().strip()
         self.timezone = self.rw.query("SELECT timezone()", "TSV").bytes().decode().strip()
 
@@ -186,7 +185,6 @@ class Engine:
             pass
         fresh = self._open(role)
         setattr(self, role, fresh)
-        self.reopened += 1
         try:
             conn.close()
         except Exception:  # noqa: BLE001 - the old handle is dropped either way
