@@ -257,7 +257,7 @@ class Engine:
                                       "data of an INSERT. (SYNTAX_ERROR)", "SYNTAX_ERROR")
         parts = [p.strip("` ") for p in re.split(r"\.(?=(?:[^`]*`[^`]*`)*[^`]*$)", table)]
         db, tbl = (parts[0], parts[1]) if len(parts) == 2 else (database or "default", parts[0])
-        structure = ""
+        structure, select = "", "*"   # select: the file's columns to insert, in the INSERT's order
         if fmt.lower() in _UNTYPED_INPUT or fmt.lower().startswith("rowbinary"):
             rows = [json.loads(line) for line in conn.query(
                 f"SELECT name, type, default_kind, default_expression FROM system.columns WHERE database = "
@@ -265,10 +265,6 @@ class Engine:
                 "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS', 'EPHEMERAL') ORDER BY position", "JSONCompactEachRow"
             ).bytes().decode().splitlines() if line.strip()]
             types = {name: typ for name, typ, _, _ in rows}
-            # a field the data omits (JSONEachRow, CSVWithNames, ...) takes the column's DEFAULT, as a server's
-            # INSERT ... FORMAT does: the structure carries the DEFAULT expressions (whole-table inserts; with a
-            # column list the expressions could name columns outside it)
-            defaults = {name: expr for name, _, kind, expr in rows if kind == "DEFAULT" and expr} if not cols_sql else {}
             if not types:
                 raise ClickHouseError(60, f"Code: 60. DB::Exception: Table {db}.{tbl} does not exist. (UNKNOWN_TABLE)",
                                       "UNKNOWN_TABLE")
@@ -277,15 +273,42 @@ class Engine:
             if missing:
                 raise ClickHouseError(16, f"Code: 16. DB::Exception: No such column {missing[0]} in table {db}.{tbl}. "
                                           "(NO_SUCH_COLUMN_IN_TABLE)", "NO_SUCH_COLUMN_IN_TABLE")
+            # a field the data omits (JSONEachRow, CSVWithNames, ...) or leaves empty (CSV) takes the column's
+            # DEFAULT, as a server's INSERT ... FORMAT does (input_format_defaults_for_omitted_fields): the
+            # structure carries the DEFAULT expressions. A format that names its fields reads every column, so an
+            # expression may name a column outside the INSERT's list; the SELECT then keeps the listed ones (the
+            # others are not written: the table computes their own DEFAULTs). A positional format's structure is
+            # the list itself: an expression naming a column outside it is left out (the type's zero).
+            defaults = {name: expr for name, _, kind, expr in rows if kind == "DEFAULT" and expr}
+            read = list(types) if cols_sql and _names_fields(fmt) else wanted
+            outside = set(types) - set(read)
             structure = ", " + quote_string(", ".join(
-                f"{quote_ident(c)} {types[c]}" + (f" DEFAULT {defaults[c]}" if c in defaults else "") for c in wanted))
+                f"{quote_ident(c)} {types[c]}"
+                + (f" DEFAULT {defaults[c]}" if c in defaults and not _names_any(defaults[c], outside) else "")
+                for c in read))
+            if read != wanted:   # a bare column list would prune the file's columns a DEFAULT reads: read all
+                select = ", ".join(f"__row.{read.index(c) + 1}" for c in wanted)
         fd, path = tempfile.mkstemp(dir=self.tmp, suffix="." + fmt.lower())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         cols = f" ({cols_sql})" if cols_sql else ""
         settings = f" {rest}" if rest else ""
         return (f"INSERT INTO {quote_ident(db)}.{quote_ident(tbl)}{cols}{settings} "
-                f"SELECT * FROM file({quote_string(path)}, {quote_string(fmt)}{structure})"), path
+                + (f"SELECT * FROM file({quote_string(path)}, {quote_string(fmt)}{structure})" if select == "*" else
+                   f"SELECT {select} FROM (SELECT tuple(*) AS __row FROM file({quote_string(path)}, "
+                   f"{quote_string(fmt)}{structure}))")), path
+
+
+def _names_fields(fmt: str) -> bool:
+    """Whether an input format names its fields (JSON objects, ``...WithNames...``), so a row may omit some."""
+    f = fmt.lower()
+    return "withnames" in f or f in ("jsoneachrow", "jsonlines", "ndjson", "jsonstringseachrow")
+
+
+def _names_any(expr: str, columns: set[str]) -> bool:
+    """Whether a DEFAULT expression names any of ``columns`` (identifiers, back-quoted or bare; a word inside a
+    string literal counts too, which only leaves a DEFAULT out)."""
+    return any((a or b) in columns for a, b in re.findall(r"`([^`]+)`|\b([A-Za-z_]\w*)\b", expr))
 
 
 def _int(res, attr: str) -> int:

@@ -202,6 +202,20 @@ def test_omitted_fields_take_the_columns_defaults(endpoint):
     r = _post(base, _w(users), "SELECT a, b, c, d FROM t.dflt ORDER BY a FORMAT JSONCompact")
     assert [tuple(x) for x in r.json()["data"]] == [(1, "y", 7, "y!"), (2, "z", 3, "z!"), (3, "w", 7, "own")]
 
+    # with a column list too: a listed field the data omits takes its DEFAULT, even one naming an unlisted column
+    # (d from b's own DEFAULT); an unlisted column takes the table's DEFAULT; an empty CSV field its column's
+    r = _post(base, _w(users), "CREATE OR REPLACE TABLE t.dflt2 (a UInt8, b String DEFAULT 'bee', c UInt8 DEFAULT 7, "
+                               "d String DEFAULT concat(b, '!')) ENGINE = MergeTree ORDER BY a")
+    assert r.status_code == 200, r.text
+    for sql, body in (("INSERT INTO t.dflt2 (a, d) FORMAT JSONEachRow", b'{"a": 1}\n{"a": 2, "d": "own"}\n'),
+                      ("INSERT INTO t.dflt2 (`a`, c, d) FORMAT CSVWithNames", b'a,c\n3,4\n'),
+                      ("INSERT INTO t.dflt2 (a, c) FORMAT CSV", b'4,\n5,9\n')):
+        r = _post(base, _w(users), sql, body)
+        assert r.status_code == 200, (sql, r.text)
+    r = _post(base, _w(users), "SELECT a, b, c, d FROM t.dflt2 ORDER BY a FORMAT JSONCompact")
+    assert [tuple(x) for x in r.json()["data"]] == [(1, "bee", 7, "bee!"), (2, "bee", 7, "own"), (3, "bee", 4, "bee!"),
+                                                    (4, "bee", 7, "bee!"), (5, "bee", 9, "bee!")]
+
 
 def test_bi_reader_is_readonly_1(endpoint):
     base, users, _ = endpoint
