@@ -7,7 +7,8 @@ series, lags, rolling statistics, calendar, price and holiday covariates as Data
 optional weather file as small pandas dimensions, broadcast-joined; Spark reads the staged demand and writes the
 lake Parquet ``features/daily/run_date=<d>/`` itself) -> load_features (Python: that table -> ``features_daily``, a
 ReplacingMergeTree, then ``features/daily/latest.json``) -> train_gbt (SparkSubmitOperator, application
-``ml/jobs/train.py``: backtest vs the baselines, model to ``models/demand-forecast/v<N>/``) -> register_model
+``ml/jobs/train.py``: backtest vs the baselines, model to ``models/demand-forecast/v<N>/``; a feature table too
+short for any backtest origin fails the task without retries) -> register_model
 (Python: metrics -> ``ml_model_metrics``, version -> ``model_registry``, champion / challenger promotion; emits
 the ``demand_forecast_champion`` asset that schedules ``batch_predictions``). The Spark jobs never open chDB.
 Logic: :mod:`ml.pipeline`.
@@ -26,9 +27,8 @@ from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
-from core.settings import REPO_ROOT, get_settings
-from etl.operators import LakeSparkSubmitOperator
-from ml.operators import FeaturesSubmitOperator
+from core.settings import get_settings
+from ml.operators import FeaturesSubmitOperator, TrainSubmitOperator
 
 CHAMPION_ASSET = Asset("demand_forecast_champion")
 _s = get_settings()
@@ -70,13 +70,9 @@ def demand_forecast_training():
 
         return run(target_date(get_current_context().get("logical_date")))
 
-    train_gbt = LakeSparkSubmitOperator(   # writes the model to the lake from Spark (S3A jars on an S3 lake)
+    train_gbt = TrainSubmitOperator(   # writes the model to the lake from Spark; too little history fails at once
         task_id="train_gbt",
-        conn_id="spark_default",
-        application=str(REPO_ROOT / "ml" / "jobs" / "train.py"),
-        application_args=["--features", "{{ ti.xcom_pull(task_ids='load_features')['lake_path'] }}",
-                          "--run-date", "{{ ti.xcom_pull(task_ids='load_features')['run_date'] }}"],
-        name="demand-forecast-train",
+        application_args=["--features", "{{ ti.xcom_pull(task_ids='load_features')['lake_path'] }}"],
         conf={"spark.sql.shuffle.partitions": "2", "spark.driver.memory": _s.spark_driver_memory,
               "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
               "spark.ui.enabled": "false"},

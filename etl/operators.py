@@ -81,7 +81,8 @@ class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
     def execute(self, context):
         """Run the job for the run's UTC date and return its staged result record.
 
-        Sets ``application_args`` to ``[date_flag, <UTC date of the logical date>]``, removes the date's staged
+        Appends ``[date_flag, <UTC date of the logical date>]`` to the task's ``application_args`` (none for the
+        dated jobs, ``--features <path>`` for training), removes the date's staged
         error record (``clear_error``), runs spark-submit (:meth:`LakeSparkSubmitOperator.execute`), then reads
         the staged ``RESULT_NAME`` record.
 
@@ -104,7 +105,8 @@ class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
 
         sf = importlib.import_module(self.job_module)
         day = target_date(context.get("logical_date"))
-        self.application_args = [self.date_flag, day.isoformat()]
+        # arguments the task was given (templated, e.g. a path from an upstream XCom) come first
+        self.application_args = [*(self.application_args or []), self.date_flag, day.isoformat()]
         lake = Lake()
         sf.clear_error(lake, day)
         try:

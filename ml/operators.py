@@ -1,5 +1,5 @@
-"""The Airflow operator of the feature-building Spark job (imported by ``dags/demand_forecast_training.py`` at
-parse time: no engines here).
+"""The Airflow operators of the feature-building and training Spark jobs (imported by
+``dags/demand_forecast_training.py`` at parse time: no engines here).
 
 :class:`FeaturesSubmitOperator` is :class:`etl.operators.StagedSparkSubmitOperator` (the Spark provider's
 ``SparkSubmitOperator`` on connection ``spark_default``) running ``ml/jobs/build_features.py`` for the UTC date of
@@ -7,6 +7,9 @@ the run's logical date, like :class:`etl.operators.DailyFactsSubmitOperator`. Wh
 staged ``features_error.json``, exit 3) the task fails at once without retries (``AirflowFailException``); any
 other failure (Spark or the lake unavailable) is retried per the DAG's default_args. Returns the job's result
 record (rows, series, lake_path, run_date, ...) as the task's XCom.
+
+:class:`TrainSubmitOperator` runs ``ml/jobs/train.py`` the same way: a feature table too short to train on
+(``train_error.json`` staged, exit 3) fails the task at once; its XCom is the job's ``train_result.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from core.settings import REPO_ROOT
 from etl.operators import StagedSparkSubmitOperator
 
 APPLICATION = str(REPO_ROOT / "ml" / "jobs" / "build_features.py")
+TRAIN_APPLICATION = str(REPO_ROOT / "ml" / "jobs" / "train.py")
 
 
 class FeaturesSubmitOperator(StagedSparkSubmitOperator):
@@ -31,4 +35,22 @@ class FeaturesSubmitOperator(StagedSparkSubmitOperator):
         """The staged record ``name`` (``features_result`` / ``features_error``) of run date ``day``:
         the JSON file ``features/staging/build_features/run_date=<day>/<name>.json`` (:meth:`core.lake.Lake.read_json`);
         None when absent."""
+        return lake.read_json(*sf.staging(lake, day, name))
+
+
+class TrainSubmitOperator(StagedSparkSubmitOperator):
+    """spark-submit of the training job for the run's UTC date (``--run-date`` appended at execution to the
+    task's ``application_args``, e.g. ``["--features", <lake path>]``)."""
+
+    job_application = TRAIN_APPLICATION
+    job_name = "demand-forecast-train"
+    date_flag = "--run-date"
+    job_module = "ml.train_records"
+    reads_lake = True   # the feature table and the model go through S3A on an S3 lake
+
+    @staticmethod
+    def read_record(sf, lake, day, name: str) -> dict | None:
+        """The staged record ``name`` (``train_result`` / ``train_error``) of run date ``day``: the JSON file
+        ``features/staging/train/run_date=<day>/<name>.json`` (:func:`ml.train_records.staging`); None when
+        absent."""
         return lake.read_json(*sf.staging(lake, day, name))

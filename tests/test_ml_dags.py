@@ -256,6 +256,14 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert load_features(DAY, native_stack)["rows"] == n_feature_rows   # a re-load replaces: count below
     reg = q("SELECT * FROM {db}.model_registry FINAL")
     assert reg[["version", "is_champion"]].values.tolist() == [[1, 1]]
+    # train_gbt (TrainSubmitOperator) ran the job for the run's date with load_features' table
+    from ml import train_records
+    from ml.forecast import MODELS
+
+    trained = lake.read_json(*train_records.staging(lake, DAY, train_records.RESULT_NAME))
+    assert trained["version"] == 1 and trained["run_date"] == DAY.isoformat()
+    assert trained["features_path"] == record["lake_path"] and trained["best_of_backtest"] in MODELS
+    assert not lake.exists(*train_records.staging(lake, DAY, train_records.ERROR_NAME))
     m = q("SELECT model, metric, horizon, value FROM {db}.ml_model_metrics FINAL WHERE model_name = 'demand-forecast'")
     wape = m[m["metric"] == "wape"]
     assert set(wape["model"]) == {"gbt", "seasonal_naive", "trailing_mean_28", "statsforecast"}

@@ -122,3 +122,44 @@ def test_train_stores_shrink_k_and_predict_uses_it(local_lake, spark):
     # the default k gives other forecasts (mostly on the slow mover C, whose GBT weight m / (m + k) moves most)
     diff = np.abs(got["yhat"].to_numpy() - default["yhat"].to_numpy())
     assert diff.max() > 1e-3, diff.max()
+
+
+def test_train_too_little_history_is_bad_data_and_a_rerun_clears_it(local_lake):
+    """A feature table with too little history for any backtest origin: the job exits 3 (bad data: the DAG's
+    operator fails the task without retries) after staging train_error.json with the reason, and writes no model
+    version; a re-run of the same date on a longer table removes the error record and stages its result."""
+    import pyarrow as pa
+
+    from core.jobs import EXIT_BAD_DATA
+    from ml import train_records
+    from ml.features import build_daily_features
+    from ml.forecast import list_versions
+
+    day = DAY + dt.timedelta(days=1)   # a run date of its own (the other test's model is v1)
+    before = list_versions(local_lake)
+    short = demand()
+    short = short[(short["date"] > pd.Timestamp(DAY - dt.timedelta(days=20))) & (short["product_id"] == "A")
+                  & (short["store_id"] == "S1")]
+    key = f"run_date={day.isoformat()}"
+    local_lake.write_table(pa.Table.from_pandas(build_daily_features(short, default_country=None, extend_days=H),
+                                                preserve_index=False), "features", "daily", key, "features.parquet")
+    r = submit("ml/jobs/train.py", ["--features", f"features/daily/{key}", "--run-date", day.isoformat()])
+    assert r.returncode == EXIT_BAD_DATA, (r.returncode, r.stderr[-3000:])
+    # spark-submit passes the Python driver's stderr on through its own stdout
+    assert f"train {day.isoformat()}: bad data: no backtest origin has" in r.stdout, r.stdout[-3000:]
+    err = local_lake.read_json(*train_records.staging(local_lake, day, train_records.ERROR_NAME))
+    assert err["error"] == "InsufficientHistory" and err["run_date"] == day.isoformat()
+    assert "too short" in err["message"] and list_versions(local_lake) == before
+
+    # a malformed run date is refused by the parser, naming the option
+    r = submit("ml/jobs/train.py", ["--features", f"features/daily/{key}", "--run-date", "yesterday"])
+    assert r.returncode == 2 and "--run-date" in r.stdout and "not an ISO date" in r.stdout, r.stdout[-3000:]
+
+    local_lake.write_table(pa.Table.from_pandas(build_daily_features(demand(), default_country=None, extend_days=H),
+                                                preserve_index=False), "features", "daily", key, "features.parquet")
+    r = submit("ml/jobs/train.py", ["--features", f"features/daily/{key}", "--run-date", day.isoformat()])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not local_lake.exists(*train_records.staging(local_lake, day, train_records.ERROR_NAME))
+    res = local_lake.read_json(*train_records.staging(local_lake, day, train_records.RESULT_NAME))
+    assert res["version"] == max(before, default=0) + 1 and res["series"] == 6
+    assert list_versions(local_lake) == sorted([*before, res["version"]])

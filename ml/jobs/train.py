@@ -14,11 +14,15 @@ what the predict job must reuse: ``horizon``, ``target``, ``shrink_k`` (the GBT'
 backtest scored and the intervals were calibrated with), ``feature_columns``, ``bucket_edges``.
 N = the version already holding this run date (a re-run overwrites it: idempotent) or the highest + 1.
 Never opens ClickHouse; ``register_model`` in the DAG loads the metrics and promotes.
+Exit 0 after staging ``train_result.json`` (:mod:`ml.train_records`); exit 3 after staging ``train_error.json``
+when no backtest origin has enough history (the DAG's operator fails the task without retries); any other error
+exits non-zero and is retried.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
@@ -27,6 +31,20 @@ from pathlib import Path
 if __package__ in (None, ""):  # launched as a file by spark-submit: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from core.jobs import EXIT_BAD_DATA, bad_data  # noqa: E402  (after the bootstrap)
+
+__all__ = ["EXIT_BAD_DATA", "main"]
+
+
+def _iso_date(value: str) -> str:
+    """argparse type of ``--run-date``: the value as given when it is an ISO date (YYYY-MM-DD); otherwise
+    argparse's error (exit 2) naming the option."""
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {value!r}") from None
+    return value
+
 
 def main(argv: list[str] | None = None) -> int:
     """Backtest and train the forecaster on one feature table and save it as a model version (the module
@@ -34,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Args:
         argv: command-line arguments without the program name (default ``sys.argv[1:]``): ``--features`` (lake
-            path of the feature table, or ``latest``; default ``latest``), ``--run-date`` (required; stored as
-            given in meta.json and used to find the version to overwrite, not parsed as a date), and overrides
+            path of the feature table, or ``latest``; default ``latest``), ``--run-date`` (required, YYYY-MM-DD;
+            stored as given in meta.json, used to find the version to overwrite and to stage the run's records), and overrides
             of the settings' defaults: ``--horizon`` (days, FORECAST_HORIZON), ``--n-origins``,
             ``--origin-step-days``, ``--train-window-days`` (days), ``--max-iter``, ``--max-depth`` (GBT),
             ``--backtest-series`` (0 = all), ``--max-train-rows`` (0 = all), ``--stats-jobs`` (-1 = all cores),
@@ -48,25 +66,31 @@ def main(argv: list[str] | None = None) -> int:
     ``meta.json`` last; bucket LAKE_MODELS_BUCKET). champion.json is not touched (``register_model`` promotes).
     Prints progress and a WAPE summary on stdout; the SparkSession is stopped either way.
 
+    Also stages ``train_result.json`` (version, path, the backtest's best model, series, seconds) under
+    ``features/staging/train/run_date=<d>/`` after removing a ``train_error.json`` left by an earlier run.
+
     Returns:
-        0 on success (the caller exits with it: ``sys.exit(main())``).
+        0 on success; :data:`EXIT_BAD_DATA` (3) when no backtest origin has enough history
+        (``ml.forecast.InsufficientHistory``: ``train_error.json`` staged, reported on stderr). The caller exits
+        with it: ``sys.exit(main())``.
 
     Raises:
-        SystemExit: status 2 (argparse) when ``--run-date`` is missing or an option is malformed.
+        SystemExit: status 2 (argparse) when ``--run-date`` is missing or not an ISO date, or an option is
+            malformed.
         FileNotFoundError: no feature table at ``--features`` (or no ``latest.json``).
         ValueError: an invalid setting of :class:`ml.forecast.ForecastConfig` (e.g. horizon outside
-            1..MAX_HORIZON, negative ``--shrink-k``), a table without a day of known units, or no training rows;
-            ``ml.forecast.InsufficientHistory`` (a ValueError) when no backtest origin has enough history.
-        Exception: anything else (``ConfigError``, the lake or Spark unavailable) propagates. Every failure ends
-            the process with a non-zero status, which the DAG's operator retries; no version is written before
-            training has finished.
+            1..MAX_HORIZON, negative ``--shrink-k``), a table without a day of known units, or no training rows
+            for the final fit.
+        Exception: anything else (``ConfigError``, the lake or Spark unavailable) propagates. Each ends the
+            process with a non-zero status, which the DAG's operator retries (no error record is staged); no
+            version is written before training has finished.
     """
     from core.settings import get_settings
 
     s = get_settings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--features", default="latest", help="lake path of the feature table, or 'latest'")
-    ap.add_argument("--run-date", required=True, help="logical date of the DAG run (YYYY-MM-DD)")
+    ap.add_argument("--run-date", required=True, type=_iso_date, help="logical date of the DAG run (YYYY-MM-DD)")
     ap.add_argument("--horizon", type=int, default=s.forecast_horizon)
     ap.add_argument("--n-origins", type=int, default=s.forecast_backtest_origins)
     ap.add_argument("--origin-step-days", type=int, default=s.forecast_origin_step_days)
@@ -86,13 +110,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
     from ml.features import KEYS
-    from ml.forecast import (ForecastConfig, backtest_sample_size, get_spark, list_versions, sample_keys,
-                             save_model_version, train_and_evaluate)
+    from ml import train_records
+    from ml.forecast import (ForecastConfig, InsufficientHistory, backtest_sample_size, get_spark, list_versions,
+                             sample_keys, save_model_version, train_and_evaluate)
     from ml.pipeline import collect_series, read_features_frame, version_for_run
     from ml.spark_supervised import series_summary
     from core.lake import Lake
 
     lake = Lake(s)
+    day = dt.date.fromisoformat(a.run_date)
+    train_records.clear_error(lake, day)
     cfg = ForecastConfig(horizon=a.horizon, n_origins=a.n_origins, origin_step_days=a.origin_step_days,
                          train_window_days=a.train_window_days, max_iter=a.max_iter,
                          max_depth=a.max_depth, backtest_series=a.backtest_series, stats_jobs=a.stats_jobs,
@@ -110,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         feats = collect_series(table, sample_keys(keys[KEYS], n, cfg.seed))
         print(f"features {a.features}: {len(keys):,} series; backtest on {feats.groupby(KEYS).ngroups:,} "
               f"({len(feats):,} rows in pandas)", flush=True)
-        res = train_and_evaluate(spark, None, cfg, features=feats, final_features=table, span=span,
-                                 log=lambda m: print(m, flush=True))
+        try:
+            res = train_and_evaluate(spark, None, cfg, features=feats, final_features=table, span=span,
+                                     log=lambda m: print(m, flush=True))
+        except InsufficientHistory as exc:   # the same table fails the same way: no retry
+            train_records.write_error(lake, day, exc)
+            return bad_data("train", a.run_date, exc)
         bt = res["backtest"]
         version = version_for_run(lake, a.run_date) or (max(list_versions(lake), default=0) + 1)
         meta = {
@@ -129,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             "total_seconds": time.perf_counter() - t0,
         }
         path = save_model_version(lake, res["model"], version, meta, bt.quantiles, bt.metrics)
+        train_records.write_result(lake, day, {
+            "run_date": a.run_date, "version": version, "path": path, "features_path": a.features,
+            "best_of_backtest": res["selection"]["champion"], "series": len(keys),
+            "seconds": round(time.perf_counter() - t0, 2)})
         g = bt.metrics[(bt.metrics["h"] == 0)].set_index("model")["wape"]
         print(f"saved model v{version} to {path}: backtest WAPE " + ", ".join(f"{m} {w:.4f}" for m, w in g.items())
               + f"; best of this backtest: {res['selection']['champion']}", flush=True)
