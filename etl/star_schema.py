@@ -581,18 +581,105 @@ def _nullable(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_product: pd.DataFrame,
+                    settings) -> pd.DataFrame:
+    """The fact_inventory rows of ``day`` (one per store x SKU; empty frame when nothing is stocked).
+
+    The day's closing stock (``closing``: its staged ``inventory_closing``, :func:`closing_stock`'s rows) carried
+    forward over the latest earlier fact_inventory snapshot in ClickHouse (:func:`carry_forward`); reorder_point
+    from the events, else the carried value, else ``dim_product.reorder_point`` (the day's staged dimension);
+    safety_stock from the trailing :data:`SAFETY_STOCK_WINDOW_DAYS` days of demand (the ``demand_daily`` view:
+    fact_sales units sold less same-day order cancellations; days before the first loaded date are not counted;
+    :func:`safety_stock` with SERVICE_LEVEL and LEAD_TIME_DAYS of ``settings``); units_sold / units_returned from
+    the day's ``fact_sales_daily`` partition, which must be loaded first. below_reorder_point = closing_stock <=
+    reorder_point (0 without one).
+
+    Returns:
+        DataFrame date_key, store_key, product_key, closing_stock (units), is_carried_forward, last_update_time
+        (UTC), units_sold, units_returned, reorder_point, safety_stock (units), safety_stock_method,
+        below_reorder_point: the columns of ``fact_inventory``.
+    """
+    dk = date_key(day)
+    prev = client.query_df(
+        f"SELECT store_key, product_key, closing_stock, last_update_time, reorder_point FROM {db}.fact_inventory "
+        f"WHERE date_key = (SELECT max(date_key) FROM {db}.fact_inventory WHERE date_key < {dk})")
+    inv = carry_forward(closing, prev)
+    if not inv.empty:
+        pr = dim_product.set_index("product_key")["reorder_point"]
+        fallback = pd.Series(inv["product_key"].map(pr).to_numpy(dtype="float64", na_value=np.nan), index=inv.index)
+        inv["reorder_point"] = inv["reorder_point"].astype("float64").fillna(fallback)
+        first = client.query(f"SELECT min(date_key) FROM {db}.fact_sales").result_rows[0][0] or dk
+        window = [date_key(day - dt.timedelta(days=i)) for i in range(SAFETY_STOCK_WINDOW_DAYS - 1, -1, -1)]
+        window = [k for k in window if k >= min(first, dk)]   # a day without sales before the first loaded one
+        daily = client.query_df(
+            f"SELECT store_key, product_key, date_key, units FROM {db}.demand_daily "   # 015_demand.sql
+            f"WHERE date_key >= {window[0]} AND date_key <= {dk}")
+        sig = demand_sigma(daily, window)
+        inv = inv.merge(sig, on=["store_key", "product_key"], how="left")
+        if len(window) >= 2:  # a stocked SKU without demand in the window: sigma 0 (every day 0), not unknown
+            inv["sigma_daily"] = inv["sigma_daily"].astype("float64").fillna(0.0)
+        inv["safety_stock"], method = safety_stock(inv["sigma_daily"].astype("float64"), settings.service_level,
+                                                    settings.lead_time_days)
+        inv["safety_stock_method"] = method
+        today_units = client.query_df(
+            f"SELECT store_key, product_key, units_sold, units_returned FROM {db}.fact_sales_daily "
+            f"WHERE date_key = {dk}")
+        if len(today_units):
+            inv = inv.merge(today_units, on=["store_key", "product_key"], how="left")
+        for c in ("units_sold", "units_returned"):
+            inv[c] = inv.get(c, pd.Series(0, index=inv.index)).fillna(0).astype("int64")
+        inv["date_key"] = dk
+        inv["closing_stock"] = inv["closing_stock"].astype("int64")
+        inv["below_reorder_point"] = (inv["closing_stock"] <= inv["reorder_point"].fillna(-np.inf)).astype("uint8")
+        inv["last_update_time"] = pd.to_datetime(inv["last_update_time"], utc=True)
+        inv = inv[["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward", "last_update_time",
+                   "units_sold", "units_returned", "reorder_point", "safety_stock", "safety_stock_method",
+                   "below_reorder_point"]]
+        inv["is_carried_forward"] = inv["is_carried_forward"].astype("uint8")
+        inv = _nullable(inv)
+    return inv
+
+
+def recompute_later_inventory(client, db: str, lake, day: dt.date, settings) -> dict[str, Any]:
+    """After ``day``'s fact_inventory was (re)loaded: rebuild every later day's partition already in
+    fact_inventory, in date order, from its staged ``inventory_closing`` and ``dim_product``
+    (:func:`build_inventory`), so the stock carried forward, the reorder points carried and the safety stock's
+    demand window follow the new day (a late update, a re-run, a backfill behind loaded days). Each partition is
+    replaced (idempotent); nothing to do in the usual nightly order (no later day loaded).
+
+    Returns:
+        {"later_inventory_days": days rebuilt, "later_inventory_not_rebuilt": ISO dates of later days whose staged
+        files are gone (their rows are kept as they were and a warning is logged)}.
+    """
+    keys = [r[0] for r in client.query(
+        f"SELECT DISTINCT date_key FROM {db}.fact_inventory WHERE date_key > {date_key(day)} "
+        "ORDER BY date_key").result_rows]
+    rebuilt, missing = 0, []
+    for k in keys:
+        d = dt.date(k // 10000, k // 100 % 100, k % 100)
+        if not all(lake.exists(*_staging(d, n)) for n in ("inventory_closing", "dim_product")):
+            log.warning("fact_inventory %s not rebuilt after %s: its staged files are gone", d, day)
+            missing.append(d.isoformat())
+            continue
+        inv = build_inventory(client, db, d, _read(lake, d, "inventory_closing"), _read(lake, d, "dim_product"),
+                              settings)
+        _replace_partition(client, db, "fact_inventory", k, inv)
+        rebuilt += 1
+    if keys:
+        log.info("fact_inventory after %s: %d later day(s) rebuilt, %d not", day, rebuilt, len(missing))
+    return {"later_inventory_days": rebuilt, "later_inventory_not_rebuilt": missing}
+
+
 def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     """Load the staged rows of ``day`` into ClickHouse (idempotent: dims upserted, fact partitions replaced).
 
-    fact_inventory = the day's closing stock carried forward over the latest earlier fact_inventory
-    snapshot (:func:`carry_forward`); reorder_point from the events, else the carried value, else
-    dim_product.reorder_point; safety_stock from the trailing :data:`SAFETY_STOCK_WINDOW_DAYS` days of
-    demand (the ``demand_daily`` view: fact_sales units sold less same-day order cancellations; days before the
-    first loaded date are not counted) via :func:`safety_stock`. Both read the days loaded before, so days load
-    in date order; a day loaded before earlier days (a backfill behind it) is loaded again after them (the demo
-    does, ``ops.demo.nightly_ml``).
+    fact_inventory = :func:`build_inventory` (the day's closing stock carried forward over the latest earlier
+    snapshot; reorder points; safety stock from the trailing demand). Each day reads the days before it, so the
+    later days already loaded are rebuilt after it, in date order (:func:`recompute_later_inventory`): a re-run
+    with late inventory updates, or a backfill behind loaded days, leaves no stale carried stock or safety stock.
 
-    Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows"}.
+    Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows",
+    "later_inventory_days", "later_inventory_not_rebuilt"}.
     """
     from core.settings import get_settings
 
@@ -622,58 +709,16 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     fs = _nullable(fs)
     _replace_partition(client, db, "fact_sales", dk, fs)
     if lake.exists(*_staging(day, "fact_sales_daily")):   # built by the Spark job (etl.spark_facts)
-        daily_rows = _read(lake, day, "fact_sales_daily")
-        _replace_partition(client, db, "fact_sales_daily", dk, daily_rows)
+        _replace_partition(client, db, "fact_sales_daily", dk, _read(lake, day, "fact_sales_daily"))
     else:                                                  # the pandas transform: aggregate in ClickHouse
-        daily_rows = None
         rebuild_sales_daily(client, db, dk)
 
-    # fact_inventory
-    prev = client.query_df(
-        f"SELECT store_key, product_key, closing_stock, last_update_time, reorder_point FROM {db}.fact_inventory "
-        f"WHERE date_key = (SELECT max(date_key) FROM {db}.fact_inventory WHERE date_key < {dk})")
-    inv = carry_forward(closing, prev)
-    if not inv.empty:
-        pr = dim_product.set_index("product_key")["reorder_point"]
-        fallback = pd.Series(inv["product_key"].map(pr).to_numpy(dtype="float64", na_value=np.nan), index=inv.index)
-        inv["reorder_point"] = inv["reorder_point"].astype("float64").fillna(fallback)
-        first = client.query(f"SELECT min(date_key) FROM {db}.fact_sales").result_rows[0][0] or dk
-        window = [date_key(day - dt.timedelta(days=i)) for i in range(SAFETY_STOCK_WINDOW_DAYS - 1, -1, -1)]
-        window = [k for k in window if k >= min(first, dk)]   # a day without sales before the first loaded one
-        daily = client.query_df(
-            f"SELECT store_key, product_key, date_key, units FROM {db}.demand_daily "   # 015_demand.sql
-            f"WHERE date_key >= {window[0]} AND date_key <= {dk}")
-        sig = demand_sigma(daily, window)
-        inv = inv.merge(sig, on=["store_key", "product_key"], how="left")
-        if len(window) >= 2:  # a stocked SKU without demand in the window: sigma 0 (every day 0), not unknown
-            inv["sigma_daily"] = inv["sigma_daily"].astype("float64").fillna(0.0)
-        inv["safety_stock"], method = safety_stock(inv["sigma_daily"].astype("float64"), s.service_level,
-                                                    s.lead_time_days)
-        inv["safety_stock_method"] = method
-        if daily_rows is not None:
-            today_units = daily_rows[["store_key", "product_key", "units_sold", "units_returned"]] \
-                if len(daily_rows) else None
-        else:
-            q = fact["quantity"].astype("int64")
-            today_units = fact.assign(units_sold=q.clip(lower=0), units_returned=(-q).clip(lower=0)).groupby(
-                ["store_key", "product_key"], as_index=False)[["units_sold", "units_returned"]].sum() \
-                if len(fact) else None
-        if today_units is not None:
-            inv = inv.merge(today_units, on=["store_key", "product_key"], how="left")
-        for c in ("units_sold", "units_returned"):
-            inv[c] = inv.get(c, pd.Series(0, index=inv.index)).fillna(0).astype("int64")
-        inv["date_key"] = dk
-        inv["closing_stock"] = inv["closing_stock"].astype("int64")
-        inv["below_reorder_point"] = (inv["closing_stock"] <= inv["reorder_point"].fillna(-np.inf)).astype("uint8")
-        inv["last_update_time"] = pd.to_datetime(inv["last_update_time"], utc=True)
-        inv = inv[["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward", "last_update_time",
-                   "units_sold", "units_returned", "reorder_point", "safety_stock", "safety_stock_method",
-                   "below_reorder_point"]]
-        inv["is_carried_forward"] = inv["is_carried_forward"].astype("uint8")
-        inv = _nullable(inv)
+    # fact_inventory: this day's, then every later day's already loaded (each carries the one before it forward)
+    inv = build_inventory(client, db, day, closing, dim_product, s)
     _replace_partition(client, db, "fact_inventory", dk, inv)
+    later = recompute_later_inventory(client, db, lake, day, s)
     out = {"fact_sales_rows": len(fs), "fact_inventory_rows": len(inv), "dim_product_rows": len(dim_product),
-           "dim_store_rows": len(dim_store), "dim_date_rows": len(dim_date)}
+           "dim_store_rows": len(dim_store), "dim_date_rows": len(dim_date), **later}
     log.info("load %s: %s", day, out)
     return out
 

@@ -286,8 +286,8 @@ def short_history(s: Settings, day) -> str | None:
 def nightly_ml(s: Settings, days: list, day, home: Path) -> dict[str, Any]:
     """The batch side of the demo after its ``daily_etl`` run for ``day``: the star schema for the other replayed
     ``days`` in this process with the DAG's own code (the Spark fact job's :func:`etl.spark_facts.build_day` on one
-    in-process SparkSession, then load, quality_check; then ``day`` loaded again, so its inventory snapshot carries
-    the earlier days' stock forward and its safety stock has its 28-day window; the
+    in-process SparkSession, then load, quality_check; each load rebuilds the later days already loaded, so ``day``'s
+    inventory snapshot carries the earlier days' stock forward and its safety stock has its 28-day window; the
     forecast needs history, and ``airflow dags test`` per day would take about 30 s each), then
     ``demand_forecast_training`` and ``batch_predictions`` for ``day`` with ``airflow dags test``.
 
@@ -319,14 +319,6 @@ def nightly_ml(s: Settings, days: list, day, home: Path) -> dict[str, Any]:
             etl_mod.load(d, migrate=False)
             etl_mod.quality_check(d, started, dag_run_id="demo-backfill")
             out["backfill_days"] += 1
-        if out["backfill_days"]:
-            # ``day`` was loaded (by daily_etl) before the days behind it: its fact_inventory had no previous
-            # snapshot to carry forward and a one-day safety-stock window. Loading it again now (idempotent; its
-            # Spark job's staged facts are reused) builds them from the backfilled days, as a nightly run in date
-            # order would have
-            started = datetime.now(timezone.utc)
-            etl_mod.load(day, migrate=False)
-            etl_mod.quality_check(day, started, dag_run_id="demo-backfill")
         out["backfill_s"] = round(time.time() - t, 1)
         if spark is not None:
             spark.stop()
