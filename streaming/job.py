@@ -111,6 +111,45 @@ def checkpoint_path(settings: Settings, query: str) -> str:
     return f"{root.rstrip('/')}/{query}"
 
 
+#: how many times a query's plan scans each of its Kafka sources per micro-batch (``numInputRows`` counts every
+#: scan): the windows query's one source feeds two branches (sales, inventory updates)
+SOURCE_SCANS = {"raw": 1, "windows": 2}
+
+
+def _offsets(v) -> dict:
+    return json.loads(v) if isinstance(v, str) else (v or {})
+
+
+def skipped_records(progress: dict | Any, scans: int = 1) -> int:
+    """Kafka records a micro-batch's offset ranges covered but its sources never read: records deleted from the
+    topic (retention, ``delete_records``) before the query reached them, which the Kafka source skips with a
+    warning only (``failOnDataLoss=false``, so one expired record cannot stop the stream).
+
+    Per source: sum over its partitions of endOffset - startOffset, less ``numInputRows / scans``; 0 for a source
+    without a start (a query's first batch) or with a partition its start lacks (added to the topic since). Exact
+    for the producers' topics: non-transactional, not compacted, so every offset holds one record.
+
+    Args:
+        progress: a micro-batch progress (dict of Spark's JSON, or a ``StreamingQueryProgress``).
+        scans: times the plan scans each source per batch (:data:`SOURCE_SCANS`).
+    Returns:
+        records skipped in this micro-batch (>= 0).
+    """
+    sources = progress.get("sources", []) if isinstance(progress, dict) else progress.sources
+    total = 0
+    for src in sources or []:
+        get = src.get if isinstance(src, dict) else (lambda k, _s=src: getattr(_s, k))
+        start, end = _offsets(get("startOffset")), _offsets(get("endOffset"))
+        if not start or not end:
+            continue
+        try:
+            covered = sum(int(o) - int(start[t][str(p)]) for t, parts in end.items() for p, o in parts.items())
+        except KeyError:   # a partition new since the last batch: its start is not known here
+            continue
+        total += max(0, covered - int(get("numInputRows") or 0) // max(1, scans))
+    return total
+
+
 def dropped_duplicates(progress: dict | Any) -> int:
     """Event ids dropped as duplicates by one micro-batch: the sum of ``numDroppedDuplicateRows`` over the
     progress' state operators (``dropDuplicatesWithinWatermark``); ``progress`` is a progress dict or
@@ -233,13 +272,14 @@ class StreamingJob:
         self.queries: dict[str, Any] = {}
         self.started_at: float | None = None
         #: callbacks(query name, progress dict) called once per micro-batch (:class:`ProgressPoller`); the job's
-        #: own records each batch's duplicate count (``stream_batches.duplicates_dropped`` + log line)
-        self.progress_callbacks: list = [self._record_duplicates]
+        #: own records each batch's duplicates and the Kafka records it skipped (``stream_batches`` + log line)
+        self.progress_callbacks: list = [self._record_progress]
         self._poller: ProgressPoller | None = None
 
-    def _record_duplicates(self, name: str, progress: dict[str, Any]) -> None:
+    def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
-            self.sinks.record_duplicates(name, int(progress["batchId"]), dropped_duplicates(progress))
+            self.sinks.record_duplicates(name, int(progress["batchId"]), dropped_duplicates(progress),
+                                         expired=skipped_records(progress, SOURCE_SCANS[name]))
 
     def _source(self, topics: list[str]):
         s = self.s
@@ -361,7 +401,9 @@ class StreamingJob:
 
     def stats(self) -> dict[str, Any]:
         """Summary: batches and rows per query, duplicates dropped (event ids seen again within the watermark,
-        from the query progress), dropped-by-watermark rows, alerts sent, sink retries, wall time.
+        from the query progress), Kafka records skipped because they expired before the query read them
+        (``records_expired``, :func:`skipped_records`), dropped-by-watermark rows, alerts sent, sink retries,
+        wall time.
         ``source_rows``: Kafka records the query's sources read (progress ``numInputRows``, over the last
         ``spark.sql.streaming.numRecentProgressUpdates`` batches): each record is read once per query, so it
         equals the records of the raw query's topics; the windows query's one source is scanned by its two branches
@@ -371,16 +413,17 @@ class StreamingJob:
         for name in QUERY_NAMES:
             logs = [b for b in self.sinks.batch_log if b["query"] == name]
             q = self.queries.get(name)
-            dropped = dups = read = 0
+            dropped = dups = read = expired = 0
             if q is not None:
                 for p in recent_progress(q):
                     dups += dropped_duplicates(p)
+                    expired += skipped_records(p, SOURCE_SCANS[name])
                     read += int(p.get("numInputRows", 0) or 0)
                     for op in p.get("stateOperators", []) or []:  # a row dropped by one never reaches the next
                         dropped += int(op.get("numRowsDroppedByWatermark", 0) or 0)
             out[name] = {"batches": len(logs), "input_rows": sum(b["input_rows"] for b in logs),
                          "output_rows": sum(b["output_rows"] for b in logs), "duplicates_dropped": dups,
-                         "source_rows": read}
+                         "source_rows": read, "records_expired": expired}
             if name == "windows":
                 out[name]["rows_dropped_by_watermark"] = dropped
         return out

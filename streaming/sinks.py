@@ -127,8 +127,8 @@ class StreamSinks:
 
     Attributes:
         batch_log: list of {"query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"
-            (epoch seconds), "duplicates_dropped", "alerts_closed_until" (epoch ms or None)}, appended after each
-            micro-batch's writes are visible (used for freshness).
+            (epoch seconds), "duplicates_dropped", "records_expired", "alerts_closed_until" (epoch ms or None)},
+            appended after each micro-batch's writes are visible (used for freshness).
         alerts_sent: number of restock alerts sent to Kafka by this process.
         retries: number of waits before a retried write (infrastructure errors, :meth:`retrying`).
     """
@@ -167,7 +167,7 @@ class StreamSinks:
                    phases: dict[str, float] | None = None, alerts_closed_until: int | None = None) -> None:
         rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
                "output_rows": int(output_rows), "started_at": started, "committed_at": time.time(),
-               "alerts_closed_until": alerts_closed_until, "duplicates_dropped": 0}
+               "alerts_closed_until": alerts_closed_until, "duplicates_dropped": 0, "records_expired": 0}
         self._insert_df("stream_batches", self._batch_row(rec))
         rec["phases_s"] = {k: round(v, 3) for k, v in (phases or {}).items()}
         with self._log_lock:
@@ -182,23 +182,30 @@ class StreamSinks:
             "output_rows": rec["output_rows"], "started_at": pd.Timestamp(rec["started_at"], unit="s", tz="UTC"),
             "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC"),
             "duplicates_dropped": int(rec.get("duplicates_dropped") or 0),
+            "records_expired": int(rec.get("records_expired") or 0),
             "alerts_closed_until": pd.Series([None if until is None else pd.Timestamp(until, unit="ms", tz="UTC")],
                                              dtype="datetime64[ms, UTC]")[0]}])
 
-    def record_duplicates(self, query: str, batch_id: int, duplicates: int) -> None:
-        """Record the event ids dropped as duplicates by a committed micro-batch (from the query progress'
-        ``numDroppedDuplicateRows``): logged, kept in :attr:`batch_log` and written to ``stream_batches``
-        (the batch's row is re-inserted with the count; same version, so the later row wins)."""
+    def record_duplicates(self, query: str, batch_id: int, duplicates: int, expired: int = 0) -> None:
+        """Record what the query progress of a committed micro-batch tells: the event ids dropped as duplicates
+        (``numDroppedDuplicateRows``) and the Kafka records its offset range covered but the source never read
+        (``expired``: deleted by retention first, :func:`streaming.job.skipped_records`). Logged (a warning; an
+        error for expired records, which are lost to the platform), kept in :attr:`batch_log` and written to
+        ``stream_batches`` (the batch's row is re-inserted with the counts; same version, so the later row wins)."""
         with self._log_lock:
             rec = next((r for r in reversed(self.batch_log)
                         if r["query"] == query and r["batch_id"] == int(batch_id)), None)
             if rec is not None:
-                rec["duplicates_dropped"] = int(duplicates)
+                rec["duplicates_dropped"], rec["records_expired"] = int(duplicates), int(expired)
         if duplicates:
             log.warning("query %s micro-batch %d: %d duplicate event id(s) dropped (seen again within "
                         "STREAM_WATERMARK=%s)", query, batch_id, duplicates, self.s.stream_watermark)
-        if rec is not None and duplicates:
-            self.retrying(f"{query} micro-batch {batch_id} duplicate count",
+        if expired:
+            log.error("query %s micro-batch %d: %d Kafka record(s) expired before they were read (topic retention "
+                      "shorter than the stream's lag): lost, counted in stream_batches.records_expired",
+                      query, batch_id, expired)
+        if rec is not None and (duplicates or expired):
+            self.retrying(f"{query} micro-batch {batch_id} progress counts",
                           self._insert_df, "stream_batches", self._batch_row(rec))
 
     # --------------------------------------------------------------------------------- retries --
@@ -411,12 +418,16 @@ class StreamSinks:
             self._log_batch("windows", batch_id, 0, 0, started, ph, alerts_closed_until=until)
             return
         batch = batch.copy()
+        n_input = len(batch)
         for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):
             batch[c] = pd.to_datetime(batch[c], utc=True)
+        t = time.time()
+        # a stock update for a window before later stored ones (a late update within the watermark): those
+        # windows carried the old stock, so they are evaluated again with the batch
+        batch = pd.concat([batch, self._followers(batch)], ignore_index=True)
         stores = sorted(batch["store_id"].unique().tolist())
         lo = batch["window_start"].min() - pd.Timedelta(hours=24)
         hi = batch["window_start"].max()
-        t = time.time()
         history = self._sku_history(stores, lo, hi)
         ph["history"] = time.time() - t
         t = time.time()
@@ -443,7 +454,47 @@ class StreamSinks:
         until = self._closed_window_alerts(batch_id, now_ms)
         self._levels(enriched, batch_id, version, now_ms)
         ph["alerts_levels"] = time.time() - t
-        self._log_batch("windows", batch_id, len(batch), len(out), started, ph, alerts_closed_until=until)
+        self._log_batch("windows", batch_id, n_input, len(out), started, ph, alerts_closed_until=until)
+
+    #: the window_metrics columns a stored window is read back with (:meth:`_followers`)
+    _WINDOW_COLUMNS = ["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned",
+                       "revenue", "transaction_count", "inventory_update_count", "window_stock", "window_stock_time",
+                       "last_event_time"]
+
+    def _followers(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Stored windows whose carried stock the batch changes: for each store x SKU with a stock update in the
+        batch, the stored windows after its last window in the batch, up to (not including) the next one with a
+        stock update of its own. Read back as :func:`streaming.transforms.window_metrics` rows (own
+        reorder_point None: they hold no update), so :func:`streaming.transforms.enrich_windows` carries the new
+        stock and reorder point into them and their cover and risk follow; their upsert replaces the stored row
+        (a higher version). Empty in the usual order (the batch holds each SKU's latest window).
+
+        Returns:
+            DataFrame with the batch's columns (UTC timestamps), possibly empty.
+        """
+        upd = batch.loc[batch["window_stock"].notna(), ["store_id", "product_id"]].drop_duplicates()
+        if upd.empty:
+            return batch.iloc[0:0]
+        last = batch.merge(upd, on=["store_id", "product_id"]).groupby(
+            ["store_id", "product_id"], as_index=False)["window_start"].max().rename(columns={"window_start": "_last"})
+        later = self._query(
+            f"SELECT {', '.join(self._WINDOW_COLUMNS)} FROM {{db}}.sales_metrics_5m FINAL "
+            "WHERE store_id IN %(stores)s AND product_id IN %(products)s AND window_start > %(lo)s",
+            {"stores": sorted(upd["store_id"].unique().tolist()), "products": sorted(upd["product_id"].unique().tolist()),
+             "lo": last["_last"].min().to_pydatetime()})
+        if later.empty:
+            return batch.iloc[0:0]
+        for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):
+            later[c] = pd.to_datetime(later[c], utc=True)
+        later = later.merge(last, on=["store_id", "product_id"])
+        later = later[later["window_start"] > later["_last"]].drop(columns="_last")
+        later = later.sort_values(["store_id", "product_id", "window_start"], kind="mergesort")
+        own = later["window_stock"].notna().astype(int).groupby([later["store_id"], later["product_id"]]).cumsum()
+        later = later[own == 0].copy()
+        later["reorder_point"] = None
+        if len(later):
+            log.info("windows: %d stored window(s) after a late stock update evaluated again", len(later))
+        return later[list(batch.columns)].astype(batch.dtypes.to_dict(), errors="ignore")
 
     def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
         """Stored windows of ``stores`` with lo <= window_start <= hi, plus per store x SKU an *anchor*: the

@@ -229,3 +229,109 @@ def test_clickhouse_outage_is_waited_out_nothing_lost_or_doubled(native_stack, s
     assert windows_total(client, db) == 300
     assert int(client.command(f"SELECT count() FROM {db}.quarantine_events FINAL")) == 0
     assert job.sinks.retries >= 2
+
+
+# ------------------------------------------------------------------------------ expired records --
+def test_records_expired_before_they_were_read_are_counted(native_stack, spark):
+    """Records deleted from a topic (retention; here the broker's DeleteRecords) while the stream was down: the
+    restarted queries skip them without failing (failOnDataLoss=false) and count them per micro-batch
+    (``stream_batches.records_expired``, stats), so the loss is visible instead of a Spark warning only."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    from contracts import EVENT_TYPES
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"exp{uuid.uuid4().hex[:6]}")
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    produce(s, batch("A", 40))
+    first = run_stream(s, available_now=True, timeout=600, spark=spark)
+    assert first["raw"]["records_expired"] == 0 and first["windows"]["records_expired"] == 0
+
+    produce(s, batch("B", 30))   # sent while the stream is down, then expired before it comes back
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        ends = consumer.end_offsets(parts)
+    finally:
+        consumer.close()
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+    try:
+        admin.delete_records({tp: off for tp, off in ends.items() if off > 0})
+    finally:
+        admin.close()
+    produce(s, batch("C", 20))
+    second = run_stream(s, available_now=True, timeout=600, spark=spark)
+
+    assert second["raw"]["records_expired"] == 30 and second["windows"]["records_expired"] == 30
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert len(ids) == 60 and not any(i.startswith("B") for i in ids)   # the 30 are gone, the rest is not
+    assert windows_total(client, db) == 60
+    wait_for(lambda: client.query_df(f"SELECT query, toInt64(sum(records_expired)) AS n FROM {db}.stream_batches "
+                                     f"FINAL GROUP BY query ORDER BY query").values.tolist() == [["raw", 30],
+                                                                                                  ["windows", 30]],
+             30, "records_expired in stream_batches")
+
+
+def test_skipped_records_from_progress_offsets():
+    """The count from Spark's progress JSON: offsets covered less rows read (per scan); nothing for a first batch
+    (no start) or a partition the start lacks."""
+    from streaming.job import skipped_records
+
+    src = lambda start, end, n: {"startOffset": start, "endOffset": end, "numInputRows": n}  # noqa: E731
+    a = {"sales": {"0": 10, "1": 5}}
+    b = {"sales": {"0": 30, "1": 9}}   # 24 offsets covered
+    assert skipped_records({"sources": [src(a, b, 24)]}) == 0
+    assert skipped_records({"sources": [src(a, b, 14)]}) == 10
+    assert skipped_records({"sources": [src(json.dumps(a), json.dumps(b), 28)]}, scans=2) == 10   # Spark's JSON text
+    assert skipped_records({"sources": [src(None, b, 0)]}) == 0                                 # a first batch
+    assert skipped_records({"sources": [src({"sales": {"0": 10}}, b, 0)]}) == 0                 # a new partition
+    assert skipped_records({"sources": [src(a, b, 14), src({"inv": {"0": 0}}, {"inv": {"0": 5}}, 2)]}) == 13
+
+
+# ------------------------------------------------------------------------------- late stock update --
+def test_a_late_stock_update_reaches_the_later_windows_that_carried_the_old_stock(native_stack, spark):
+    """A stock count for window W0 that arrives after W1 and W2 were stored (within the watermark): W1 and W2,
+    which carried W0's old stock, are evaluated again (stock, cover, risk follow the new count); a window with a
+    stock update of its own keeps it."""
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+    from streaming.transforms import hours_of_cover, stockout_risk
+
+    s = namespace(native_stack, f"late{uuid.uuid4().hex[:6]}")
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    m = 60_000
+    produce(s, [("inventory_update", inv("I0", t + 1 * m, newq=100, rop=10)),
+                ("inventory_update", inv("I0b", t + 1 * m, newq=80, sku="P002", rop=10)),
+                ("sales_transaction", sale("S1", t + 6 * m, qty=2)), ("sales_transaction", sale("S2", t + 11 * m, qty=4)),
+                ("sales_transaction", sale("S3", t + 6 * m, sku="P002", qty=1)),
+                ("inventory_update", inv("I2b", t + 11 * m, newq=50, sku="P002", rop=10))])
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+
+    def stock(sku: str) -> dict:
+        df = client.query_df(f"SELECT window_start, stock_level, hours_of_cover, stockout_risk FROM "
+                             f"{db}.sales_metrics_5m FINAL WHERE product_id = '{sku}' ORDER BY window_start")
+        return {(int(r.window_start.timestamp() * 1000) - t) // WIN_MS: (r.stock_level, r.hours_of_cover,
+                                                                         r.stockout_risk) for r in df.itertuples()}
+
+    assert {k: v[0] for k, v in stock("P001").items()} == {0: 100, 1: 100, 2: 100}
+    assert {k: v[0] for k, v in stock("P002").items()} == {0: 80, 1: 80, 2: 50}
+    # late counts for W0 (after the first ones in event time): 3 units of P001, 70 of P002
+    produce(s, [("inventory_update", inv("I1", t + 3 * m, newq=3, rop=10)),
+                ("inventory_update", inv("I1b", t + 3 * m, newq=70, sku="P002", rop=10))])
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+
+    got = stock("P001")
+    hours = 5 / 60
+    for w, units in ((1, 2), (2, 4)):   # the velocity is the window's own; the stock is W0's new count
+        cover = hours_of_cover(3, units / hours)
+        assert got[w][0] == 3 and got[w][1] == pytest.approx(cover)
+        assert got[w][2] == stockout_risk(3, cover, s.risk_high_hours, s.risk_medium_hours)
+    assert got[0][0] == 3
+    assert {k: v[0] for k, v in stock("P002").items()} == {0: 70, 1: 70, 2: 50}   # W2 keeps its own count

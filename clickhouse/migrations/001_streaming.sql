@@ -127,3 +127,6 @@ ORDER BY (query, batch_id);
 -- alerts (alerts do not depend on micro-batch boundaries). Idempotent: ADD COLUMN IF NOT EXISTS.
 ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS duplicates_dropped Int64 DEFAULT 0;
 ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS alerts_closed_until Nullable(DateTime64(3, 'UTC'));
+-- Kafka records a micro-batch's offset range covered but its source never read: deleted by the topic's retention
+-- before the query reached them (failOnDataLoss=false skips them with a warning only). Lost to the platform.
+ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS records_expired Int64 DEFAULT 0;
