@@ -382,8 +382,15 @@ def quality_ml() -> None:
                                      "topic)").update_layout(height=320), use_container_width=True)
     elif q is not None:
         st.info("Nothing quarantined or dead-lettered yet.")
+    expired = 0 if stream is None or stream.empty else int(stream["records_expired"].max())
+    st.metric("Kafka records expired unread", num(expired),
+              help="records a topic's retention deleted before the stream read them (lost to the platform); "
+                   "counted once per query, the larger of the two")
+    if expired:
+        st.error(f"{num(expired)} Kafka record(s) expired before the stream read them: the topics' retention is "
+                 "shorter than the stream's lag. They are not in the lake or the live tables.")
     if stream is not None and not stream.empty:
-        st.markdown("**Streaming micro-batches**")
+        st.markdown("**Streaming micro-batches** (duplicates dropped, records expired unread)")
         st.dataframe(stream, hide_index=True, use_container_width=True)
     if etl is not None and not etl.empty:
         st.markdown("**Nightly ETL reconciliation** (raw lake rows, duplicates removed, facts loaded)")

@@ -160,7 +160,8 @@ QUERIES: dict[str, tuple[str, str]] = {
         GROUP BY reason, event_type, topic ORDER BY events DESC LIMIT 200"""),
     "dq_stream": ("quality", """
         SELECT query, toInt64(count()) AS micro_batches, toInt64(sum(input_rows)) AS input_rows,
-               max(committed_at) AS last_commit
+               toInt64(sum(duplicates_dropped)) AS duplicates_dropped,
+               toInt64(sum(records_expired)) AS records_expired, max(committed_at) AS last_commit
         FROM {db}.v_stream_batches GROUP BY query ORDER BY query"""),
     "dq_etl": ("quality", """
         SELECT date_key, status, stage, started_at, duration_s, raw_sales_rows, duplicate_sales_rows,

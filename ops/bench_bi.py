@@ -234,7 +234,9 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         "query": np.array(["raw", "windows"], dtype=object).repeat(144), "batch_id": np.tile(np.arange(144), 2),
         "input_rows": np.int64(1000), "output_rows": np.int64(1000),
         "started_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600, "s"),
-        "committed_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600 + 2, "s")}))
+        "committed_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600 + 2, "s"),
+        "duplicates_dropped": np.tile(np.arange(144) % 3, 2).astype(np.int64),
+        "records_expired": np.tile(np.where(np.arange(144) == 100, 25, 0), 2).astype(np.int64)}))
 
     # ---- ML: forecasts + demand history for forecast_series series, reorder plan and classes for every series
     fs = rng.choice(n_series, size=min(size.forecast_series, n_series), replace=False)

@@ -71,12 +71,13 @@ def clickhouse_summary(s: Settings) -> dict[str, Any]:
                          SELECT store_id, product_id, argMax(stockout_risk, window_start) AS stockout_risk
                          FROM {db}.sales_metrics_5m FINAL GROUP BY store_id, product_id)
                        GROUP BY stockout_risk ORDER BY stockout_risk""").result_rows
-    top = c.query(f"""SELECT store_id, product_id, stock_level, round(sales_velocity, 2), round(hours_of_cover, 1)
-                      FROM (SELECT store_id, product_id, argMax(stock_level, window_start) AS stock_level,
-                                   argMax(sales_velocity, window_start) AS sales_velocity,
-                                   argMax(hours_of_cover, window_start) AS hours_of_cover
+    # one tuple per key, so stock, velocity and cover come from the same (latest) window: argMax of a Nullable
+    # column skips NULLs and would take the cover of an older window than the velocity
+    top = c.query(f"""SELECT store_id, product_id, t.1, round(t.2, 2), round(t.3, 1)
+                      FROM (SELECT store_id, product_id,
+                                   argMax(tuple(stock_level, sales_velocity, hours_of_cover), window_start) AS t
                             FROM {db}.sales_metrics_5m FINAL GROUP BY store_id, product_id)
-                      WHERE hours_of_cover IS NOT NULL ORDER BY hours_of_cover LIMIT 5""").result_rows
+                      WHERE t.3 IS NOT NULL ORDER BY t.3 LIMIT 5""").result_rows
     quarantine = c.query(f"SELECT event_type, count() FROM {db}.quarantine_events FINAL GROUP BY event_type "
                          "ORDER BY event_type").result_rows
     alerts = one(f"SELECT count(), countIf(priority IN ('CRITICAL','HIGH')) FROM {db}.restock_alerts FINAL")

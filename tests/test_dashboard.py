@@ -227,15 +227,20 @@ def test_inventory_analyst_page_shows_forecasts_and_the_reorder_plan(dashboard, 
 
 
 def test_quality_page_shows_quarantine_stream_etl_and_backtest(dashboard, browser, chain):
-    labels = ["Quarantined events", "Micro-batches committed", "ETL runs (last 30)"]
+    labels = ["Quarantined events", "Micro-batches committed", "ETL runs (last 30)", "Kafka records expired unread"]
     m = open_page(browser, f"{dashboard}/quality", labels, "quality-ml")
     assert value(m["Quarantined events"]) == len(frames(chain)["quarantine_events"])
     assert value(m["Micro-batches committed"]) == len(frames(chain)["stream_batches"])
     assert value(m["ETL runs (last 30)"]) == min(30, len(frames(chain)["etl_runs"]))
+    sb = frames(chain)["stream_batches"]
+    want = int(sb.groupby("query")["records_expired"].sum().max())
+    assert want > 0   # the chain's stream lost records in one batch: the page must say so
+    assert value(m["Kafka records expired unread"]) == want
     from selenium.webdriver.common.by import By
 
     text = browser.find_element(By.TAG_NAME, "body").text
     assert "Backtest" in text and "seasonal_naive" in text
+    assert "expired before the stream read them" in text
 
 
 def test_a_page_without_data_explains_what_to_run(native_stack, browser, tmp_path):

@@ -839,9 +839,11 @@ def known_data(engine, writer):
         "as_of_date", "store_id", "product_id", "stock", "mean_daily_demand", "sigma_daily", "lead_time_days",
         "service_level", "safety_stock", "reorder_point", "eoq", "reorder_qty", "reorder_needed",
         "days_until_stockout", "stockout_risk", "unit_cost", "model_version", "run_date"])
-    w.insert("stream_batches", [[q, b, 100 * b + i, 90 * b, ts(2026, 1, 21, 11, b), ts(2026, 1, 21, 11, b, 2 + i)]
+    w.insert("stream_batches", [[q, b, 100 * b + i, 90 * b, ts(2026, 1, 21, 11, b), ts(2026, 1, 21, 11, b, 2 + i),
+                                 b % 2, 7 * i * (b == 2)]
                                 for i, q in enumerate(("raw", "windows")) for b in range(1, 4)],
-             column_names=["query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"])
+             column_names=["query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at",
+                           "duplicates_dropped", "records_expired"])
     w.insert("sku_classification", classes, column_names=[
         "as_of_date", "store_id", "product_id", "window_days", "adi", "cv2", "demand_class", "mean_daily_demand",
         "days_since_last_sale", "is_slow_moving", "run_date"])
@@ -1231,6 +1233,8 @@ TWINS: dict[str, str] = {
     "Actual Units": agg("v_demand_history", "sumOrNull(units)"),
     "Stream Input Rows": agg("v_stream_batches", "sumOrNull(input_rows)"),
     "Last Stream Batch": agg("v_stream_batches", "maxOrNull(committed_at)"),
+    "Stream Records Expired": agg("v_stream_batches", "sumOrNull(records_expired)"),
+    "Stream Duplicates Dropped": agg("v_stream_batches", "sumOrNull(duplicates_dropped)"),
     "Backtest WAPE GBT": agg("v_model_metrics", "avgOrNull(value)",
                              "metric = 'wape' AND model = 'gbt' AND model_name = 'demand-forecast'"),
     "Backtest WAPE Seasonal Naive": agg(

@@ -180,5 +180,6 @@ WHERE NOT isNaN(f.units);
 -- the streaming job's committed micro-batches (freshness and throughput on the data-quality page)
 CREATE OR REPLACE VIEW {db}.v_stream_batches AS
 SELECT query, batch_id, input_rows, output_rows, started_at, committed_at,
-       dateDiff('millisecond', started_at, committed_at) / 1000 AS duration_s
+       dateDiff('millisecond', started_at, committed_at) / 1000 AS duration_s,
+       duplicates_dropped, records_expired
 FROM {db}.stream_batches FINAL;
