@@ -44,7 +44,8 @@ from streaming import transforms as TR
 
 log = logging.getLogger(__name__)
 
-#: alert ids per look-up query: ~30 bytes each, so a query stays far below ClickHouse's max_query_size (256 KiB)
+#: alert ids (or SKUs) per look-up query: ~30 bytes each, so a query stays far below ClickHouse's max_query_size
+#: (256 KiB)
 ALERT_ID_CHUNK = 2_000
 #: event types read from Kafka by the job (restock alerts are produced by it)
 INPUT_EVENT_TYPES = ["sales_transaction", "inventory_update", "price_change", "customer_event"]
@@ -477,11 +478,13 @@ class StreamSinks:
             return batch.iloc[0:0]
         last = batch.merge(upd, on=["store_id", "product_id"]).groupby(
             ["store_id", "product_id"], as_index=False)["window_start"].max().rename(columns={"window_start": "_last"})
-        later = self._query(
-            f"SELECT {', '.join(self._WINDOW_COLUMNS)} FROM {{db}}.sales_metrics_5m FINAL "
-            "WHERE store_id IN %(stores)s AND product_id IN %(products)s AND window_start > %(lo)s",
-            {"stores": sorted(upd["store_id"].unique().tolist()), "products": sorted(upd["product_id"].unique().tolist()),
-             "lo": last["_last"].min().to_pydatetime()})
+        stores, products = sorted(upd["store_id"].unique().tolist()), sorted(upd["product_id"].unique().tolist())
+        sql = (f"SELECT {', '.join(self._WINDOW_COLUMNS)} FROM {{db}}.sales_metrics_5m FINAL "
+               "WHERE store_id IN %(stores)s AND product_id IN %(products)s AND window_start > %(lo)s")
+        parts = [self._query(sql, {"stores": stores, "products": products[i:i + ALERT_ID_CHUNK],   # bounded IN
+                                   "lo": last["_last"].min().to_pydatetime()})                     # lists
+                 for i in range(0, len(products), ALERT_ID_CHUNK)]
+        later = pd.concat([x for x in parts if len(x)], ignore_index=True) if any(len(x) for x in parts) else parts[0]
         if later.empty:
             return batch.iloc[0:0]
         for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):

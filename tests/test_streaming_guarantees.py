@@ -335,3 +335,30 @@ def test_a_late_stock_update_reaches_the_later_windows_that_carried_the_old_stoc
         assert got[w][2] == stockout_risk(3, cover, s.risk_high_hours, s.risk_medium_hours)
     assert got[0][0] == 3
     assert {k: v[0] for k, v in stock("P002").items()} == {0: 70, 1: 70, 2: 50}   # W2 keeps its own count
+
+
+# --------------------------------------------------------------------- reorder point carried forward --
+def test_a_reorder_point_is_carried_across_runs_and_beyond_the_history_horizon(native_stack, spark):
+    """A SKU without catalogue data whose reorder point (10) came with a stock count 30 h earlier, in another
+    stream run: a later count without a reorder point (stock 3) starts a restock episode against the carried 10
+    (the history of the next run reaches back 24 h; beyond it the latest earlier window anchors the carry)."""
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"rop{uuid.uuid4().hex[:6]}")
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    m, t0 = 60_000, t - 30 * 60 * 60_000
+    first = [("inventory_update", inv("R0", t0 + 1 * m, newq=50, sku="NOCAT1", rop=10)),
+             ("sales_transaction", sale("RS0", t0 + 2 * m, sku="NOCAT1", qty=1)),
+             ("sales_transaction", sale("RCLOSE0", t0 + 25 * m, sku="OTHER"))]   # closes the windows above
+    produce(s, first)
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    assert int(client.command(f"SELECT count() FROM {db}.restock_alerts FINAL")) == 0
+    no_rop = inv("R1", t + 1 * m, newq=3, sku="NOCAT1", rop=10)
+    no_rop["reorder_point"] = None
+    produce(s, [("inventory_update", no_rop), ("sales_transaction", sale("RS1", t + 2 * m, sku="NOCAT1", qty=1)),
+                ("sales_transaction", sale("RCLOSE1", t + 25 * m, sku="OTHER"))])
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    alerts = client.query_df(f"SELECT product_id, current_stock, reorder_point FROM {db}.restock_alerts FINAL")
+    assert alerts.values.tolist() == [["NOCAT1", 3, 10]]
