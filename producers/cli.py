@@ -308,10 +308,11 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
 def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMPLE, *, speed: float | None = None,
                keep_dates: bool = False, limit: int | None = None, end_at: datetime | None = None,
                align: str = "day", invalid_rate: float = 0.0, seed: int = 2012, write_reference: bool = True,
-               create_topics: bool = True, progress: bool = True) -> dict[str, Any]:
+               create_topics: bool = True, progress: bool = True, encoding: str | None = None) -> dict[str, Any]:
     """Replay the UCI Online Retail log at ``path`` into Kafka and return the counts.
 
     ``end_at`` / ``align``: where the replayed dates end, see :class:`producers.replay.ReplayConfig`.
+    ``encoding``: the file's text encoding (None: UTF-8, else Windows-1252, :func:`producers.replay.load_transactions`).
 
     Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
     events per type, ...), "invalid_injected", "published": {...}}.
@@ -323,11 +324,11 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     from producers.replay import Replay, ReplayConfig, load_transactions
 
     s = settings or get_settings()
-    df = load_transactions(path, limit=limit)
+    df = load_transactions(path, limit=limit, encoding=encoding)
     rep = Replay(df, ReplayConfig(keep_dates=keep_dates, end_at=end_at, align=align, seed=seed))
     out: dict[str, Any] = {"mode": "replay", "config": {
         "path": str(path), "speed": speed, "keep_dates": keep_dates, "align": align, "limit": limit,
-        "invalid_rate": invalid_rate}}
+        "invalid_rate": invalid_rate, "encoding": encoding}}
     out["topics"] = ensure_topics(s) if create_topics else None
     out["reference"] = _write_reference(s, rep.products, rep.stores) if write_reference else None
     injected: dict[str, int] = {}
@@ -395,16 +396,26 @@ def replay(
     invalid_rate: float = typer.Option(0.0, help="Fraction of extra, deliberately invalid records (dead-letter demo)."),
     no_reference: bool = typer.Option(False, "--no-reference", help="Do not write the reference data to the lake."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    encoding: Optional[str] = typer.Option(None, help="Text encoding of the file, e.g. cp1252. Default: UTF-8, "
+                                                      "else Windows-1252 (what spreadsheets write), with a warning."),
 ) -> None:
     """Replay real POS transactions (UCI Online Retail) with simulated stock, price and customer events."""
+    import codecs
+
     from producers.replay import ReplayConfig
 
     try:
         ReplayConfig(align=align)   # its own check, reported as a bad option before anything is read
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--align") from None
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise typer.BadParameter(f"unknown encoding {encoding!r}", param_hint="--encoding") from None
     _finish(run_replay(get_settings(), path, speed=speed, keep_dates=keep_dates, limit=limit, align=align,
-                       invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet))
+                       invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet,
+                       encoding=encoding))
 
 
 @app.command()

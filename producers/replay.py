@@ -83,6 +83,7 @@ import csv
 import gzip
 import heapq
 import io
+import logging
 import math
 import re
 import zlib
@@ -97,6 +98,8 @@ import pandas as pd
 
 from contracts import PRICE_MAX, QUANTITY_MAX, STOCK_MAX
 from producers.catalog import PRODUCTS_SCHEMA, STORES_SCHEMA, company_pool
+
+log = logging.getLogger(__name__)
 
 UNIT_COST_FRACTION = 0.6
 SAFETY_DAYS = 2.0
@@ -185,16 +188,38 @@ def categorize(description: str) -> tuple[str, str, int]:
     return "Gifts & Misc", "General Gifts", 3650
 
 
-def load_transactions(path: str | Path, limit: int | None = None) -> pd.DataFrame:
-    """Read the UCI CSV(.gz) (text columns as str, missing description / customer as None).
+#: text encodings tried in order: UTF-8 (with or without a byte-order mark), then Windows-1252, which spreadsheet
+#: programs write for "CSV" (its "£" is 0xA3) and which decodes all but five byte values
+ENCODINGS = ("utf-8-sig", "cp1252")
+
+
+def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None) -> pd.DataFrame:
+    """Read the UCI CSV(.gz) (text columns as str, missing description / customer as "").
+
+    Args:
+        path: the log (``.csv`` or ``.csv.gz``; columns of the UCI README in ``../shared/data``).
+        limit: read only the first ``limit`` rows.
+        encoding: the file's text encoding; None tries :data:`ENCODINGS` in order (a warning names the one
+            used when it is not UTF-8).
 
     Raises:
-        FileNotFoundError: no such file; ValueError: a required column is missing.
+        FileNotFoundError: no such file; ValueError: a required column is missing, or the text is not in
+            ``encoding`` (or in any of :data:`ENCODINGS`), naming the decoder's reason.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"UCI transaction log not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=limit)
+    tried: list[str] = []
+    for enc in ([encoding] if encoding else ENCODINGS):
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=limit, encoding=enc)
+            break
+        except UnicodeDecodeError as exc:
+            tried.append(f"{enc}: {exc.reason}")   # (pandas decodes in blocks: exc.start is not a file offset)
+    else:
+        raise ValueError(f"{path}: cannot decode the text ({'; '.join(tried)}); pass its encoding")
+    if tried:
+        log.warning("%s is not UTF-8 (%s); read as %s", path, tried[0], enc)
     need = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
             "customer_id", "country"]
     missing = [c for c in need if c not in df.columns]

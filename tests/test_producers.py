@@ -600,3 +600,32 @@ def test_product_names_keep_lower_case_units_but_not_notes():
     names = rep.products.set_index("product_id")["product_name"]
     assert names["21704"] == "BAG 250g SWIRLY MARBLES"   # the notes are more frequent, but notes
     assert names["22423"] == "22423"                      # only notes: named by its code
+
+
+def test_load_transactions_reads_a_spreadsheet_export_and_names_a_bad_encoding(tmp_path, caplog):
+    """The log as a spreadsheet writes it (Windows-1252 with "£" and accented names; or UTF-8 with a byte-order
+    mark and CRLF line ends) reads as the same rows as the UTF-8 file; a wrong explicit encoding is a ValueError
+    naming it, never a bare UnicodeDecodeError."""
+    from producers.cli import DEFAULT_SAMPLE
+
+    with gzip.open(DEFAULT_SAMPLE, "rt", encoding="utf-8") as fh:
+        text = "".join(fh.readline() for _ in range(400))
+    name = text.splitlines()[5].split(",")[3]
+    changed = text.replace(name, name + " CAFÉ £2", 1)
+    utf8 = tmp_path / "utf8.csv"
+    utf8.write_text(changed, encoding="utf-8")
+    cp = tmp_path / "cp1252.csv.gz"
+    with gzip.open(cp, "wb") as fh:
+        fh.write(changed.encode("cp1252"))
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + changed.replace("\n", "\r\n").encode("utf-8"))
+    ref = load_transactions(utf8)
+    assert len(ref) == 399 and (ref["description"] == name + " CAFÉ £2").sum() >= 1
+    with caplog.at_level("WARNING", logger="producers.replay"):
+        got = load_transactions(cp)
+    pd.testing.assert_frame_equal(got, ref)
+    assert "not UTF-8" in caplog.text and "cp1252" in caplog.text
+    pd.testing.assert_frame_equal(load_transactions(bom), ref)
+    pd.testing.assert_frame_equal(load_transactions(cp, encoding="cp1252"), ref)
+    with pytest.raises(ValueError, match="cannot decode the text \\(utf-8: "):
+        load_transactions(cp, encoding="utf-8")
