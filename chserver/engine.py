@@ -259,11 +259,12 @@ class Engine:
         db, tbl = (parts[0], parts[1]) if len(parts) == 2 else (database or "default", parts[0])
         structure, select = "", "*"   # select: the file's columns to insert, in the INSERT's order
         if fmt.lower() in _UNTYPED_INPUT or fmt.lower().startswith("rowbinary"):
-            rows = [json.loads(line) for line in conn.query(
+            every = [json.loads(line) for line in conn.query(
                 f"SELECT name, type, default_kind, default_expression FROM system.columns WHERE database = "
-                f"{quote_string(db)} AND table = {quote_string(tbl)} "
-                "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS', 'EPHEMERAL') ORDER BY position", "JSONCompactEachRow"
+                f"{quote_string(db)} AND table = {quote_string(tbl)} ORDER BY position", "JSONCompactEachRow"
             ).bytes().decode().splitlines() if line.strip()]
+            # MATERIALIZED, ALIAS and EPHEMERAL columns take no input: never in the structure
+            rows = [r for r in every if r[2] not in ("MATERIALIZED", "ALIAS", "EPHEMERAL")]
             types = {name: typ for name, typ, _, _ in rows}
             if not types:
                 raise ClickHouseError(60, f"Code: 60. DB::Exception: Table {db}.{tbl} does not exist. (UNKNOWN_TABLE)",
@@ -277,11 +278,13 @@ class Engine:
             # DEFAULT, as a server's INSERT ... FORMAT does (input_format_defaults_for_omitted_fields): the
             # structure carries the DEFAULT expressions. A format that names its fields reads every column, so an
             # expression may name a column outside the INSERT's list; the SELECT then keeps the listed ones (the
-            # others are not written: the table computes their own DEFAULTs). A positional format's structure is
-            # the list itself: an expression naming a column outside it is left out (the type's zero).
+            # others are not written: the table computes their own DEFAULTs; a field the data gives for one still
+            # feeds a listed column's DEFAULT, where a server would skip it). A positional format's structure is
+            # the list itself. An expression naming a column the structure lacks (outside a positional list, or a
+            # MATERIALIZED / ALIAS / EPHEMERAL one) is left out: the type's zero.
             defaults = {name: expr for name, _, kind, expr in rows if kind == "DEFAULT" and expr}
             read = list(types) if cols_sql and _names_fields(fmt) else wanted
-            outside = set(types) - set(read)
+            outside = {r[0] for r in every} - set(read)   # a DEFAULT naming one of these is left out
             structure = ", " + quote_string(", ".join(
                 f"{quote_ident(c)} {types[c]}"
                 + (f" DEFAULT {defaults[c]}" if c in defaults and not _names_any(defaults[c], outside) else "")

@@ -388,7 +388,8 @@ def quality_ml() -> None:
                    "counted once per query, the larger of the two")
     if expired:
         st.error(f"{num(expired)} Kafka record(s) expired before the stream read them: the topics' retention is "
-                 "shorter than the stream's lag. They are not in the lake or the live tables.")
+                 "shorter than the stream's lag. They are missing from the lake (raw query) or the live tables "
+                 "(windows query), per the table below.")
     if stream is not None and not stream.empty:
         st.markdown("**Streaming micro-batches** (duplicates dropped, records expired unread)")
         st.dataframe(stream, hide_index=True, use_container_width=True)

@@ -188,38 +188,61 @@ def categorize(description: str) -> tuple[str, str, int]:
     return "Gifts & Misc", "General Gifts", 3650
 
 
-#: text encodings tried in order: UTF-8 (with or without a byte-order mark), then Windows-1252, which spreadsheet
-#: programs write for "CSV" (its "£" is 0xA3) and which decodes all but five byte values
-ENCODINGS = ("utf-8-sig", "cp1252")
+#: a valid UTF-8 sequence of two to four bytes: text that holds one was written as UTF-8
+_UTF8_MULTIBYTE = re.compile(rb"[\xC2-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}")
+
+
+def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
+    """The file's text: in ``encoding`` when given; otherwise UTF-8 (a byte-order mark dropped) or, for bytes
+    that are not UTF-8 and hold no UTF-8 sequence at all, Windows-1252 (what spreadsheet programs write for
+    "CSV"; its "£" is 0xA3) with a warning. Raises ValueError naming the byte offset when the text is not in
+    ``encoding``, mixes UTF-8 with other bytes (decoding all of it as Windows-1252 would garble the UTF-8
+    part), or is not Windows-1252 either."""
+    if encoding:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not {encoding} text: {exc.reason} at byte {exc.start}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        first = exc
+    if _UTF8_MULTIBYTE.search(raw):
+        raise ValueError(f"{path}: mixed encodings: UTF-8 text with a byte that is not UTF-8 at byte {first.start} "
+                         f"({first.reason}); re-save the file in one encoding or pass it (--encoding)")
+    try:
+        text = raw.decode("cp1252")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: neither UTF-8 (byte {first.start}) nor Windows-1252 (byte {exc.start}) text; "
+                         "pass its encoding (--encoding)") from None
+    log.warning("%s is not UTF-8 (%s at byte %d) and holds no UTF-8 sequence: read as Windows-1252",
+                path, first.reason, first.start)
+    return text
 
 
 def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None) -> pd.DataFrame:
     """Read the UCI CSV(.gz) (text columns as str, missing description / customer as "").
 
     Args:
-        path: the log (``.csv`` or ``.csv.gz``; columns of the UCI README in ``../shared/data``).
+        path: the log (``.csv``, or compressed as its name says, e.g. ``.csv.gz``; columns of the UCI README in
+            ``../shared/data``).
         limit: read only the first ``limit`` rows.
-        encoding: the file's text encoding; None tries :data:`ENCODINGS` in order (a warning names the one
-            used when it is not UTF-8).
+        encoding: the file's text encoding; None: UTF-8, else Windows-1252 when the bytes hold no UTF-8 sequence
+            (a warning says so; :func:`_decode`).
 
     Raises:
         FileNotFoundError: no such file; ValueError: a required column is missing, or the text is not in
-            ``encoding`` (or in any of :data:`ENCODINGS`), naming the decoder's reason.
+            ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
+            offset in the decompressed text).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"UCI transaction log not found: {path}")
-    tried: list[str] = []
-    for enc in ([encoding] if encoding else ENCODINGS):
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=limit, encoding=enc)
-            break
-        except UnicodeDecodeError as exc:
-            tried.append(f"{enc}: {exc.reason}")   # (pandas decodes in blocks: exc.start is not a file offset)
-    else:
-        raise ValueError(f"{path}: cannot decode the text ({'; '.join(tried)}); pass its encoding")
-    if tried:
-        log.warning("%s is not UTF-8 (%s); read as %s", path, tried[0], enc)
+    # the bytes as pandas would open them (compression inferred from the name: .gz, .bz2, .zip, .xz, .zst),
+    # decoded here so that the encoding can be judged on the whole text
+    with pd.io.common.get_handle(path, "rb", compression="infer", is_text=False) as h:
+        raw = h.handle.read()
+    df = pd.read_csv(io.StringIO(_decode(raw, encoding, path)), dtype=str, keep_default_na=False, nrows=limit)
     need = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
             "customer_id", "country"]
     missing = [c for c in need if c not in df.columns]

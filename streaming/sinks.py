@@ -464,21 +464,22 @@ class StreamSinks:
 
     def _followers(self, batch: pd.DataFrame) -> pd.DataFrame:
         """Stored windows whose carried stock the batch changes: for each store x SKU with a stock update in the
-        batch, the stored windows after its last window in the batch, up to (not including) the next one with a
-        stock update of its own. Read back as :func:`streaming.transforms.window_metrics` rows (own
-        reorder_point None: they hold no update), so :func:`streaming.transforms.enrich_windows` carries the new
-        stock and reorder point into them and their cover and risk follow; their upsert replaces the stored row
-        (a higher version). Empty in the usual order (the batch holds each SKU's latest window).
+        batch, the stored windows after the latest batch window with an update, not in the batch themselves, up
+        to (not including) the next stored one with an update of its own. Read back as
+        :func:`streaming.transforms.window_metrics` rows (own reorder_point None: they hold no update), so
+        :func:`streaming.transforms.enrich_windows` carries the new stock and reorder point into them and into
+        the batch's later windows, and their cover and risk follow; their upsert replaces the stored row (a higher
+        version). Empty in the usual order (the batch holds each SKU's latest windows).
 
         Returns:
             DataFrame with the batch's columns (UTC timestamps), possibly empty.
         """
-        upd = batch.loc[batch["window_stock"].notna(), ["store_id", "product_id"]].drop_duplicates()
-        if upd.empty:
+        keys = ["store_id", "product_id"]
+        last = (batch.loc[batch["window_stock"].notna(), [*keys, "window_start"]].groupby(keys, as_index=False)
+                ["window_start"].max().rename(columns={"window_start": "_last"}))
+        if last.empty:
             return batch.iloc[0:0]
-        last = batch.merge(upd, on=["store_id", "product_id"]).groupby(
-            ["store_id", "product_id"], as_index=False)["window_start"].max().rename(columns={"window_start": "_last"})
-        stores, products = sorted(upd["store_id"].unique().tolist()), sorted(upd["product_id"].unique().tolist())
+        stores, products = sorted(last["store_id"].unique().tolist()), sorted(last["product_id"].unique().tolist())
         sql = (f"SELECT {', '.join(self._WINDOW_COLUMNS)} FROM {{db}}.sales_metrics_5m FINAL "
                "WHERE store_id IN %(stores)s AND product_id IN %(products)s AND window_start > %(lo)s")
         parts = [self._query(sql, {"stores": stores, "products": products[i:i + ALERT_ID_CHUNK],   # bounded IN
@@ -489,9 +490,13 @@ class StreamSinks:
             return batch.iloc[0:0]
         for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):
             later[c] = pd.to_datetime(later[c], utc=True)
-        later = later.merge(last, on=["store_id", "product_id"])
+        later = later.merge(last, on=keys)
         later = later[later["window_start"] > later["_last"]].drop(columns="_last")
-        later = later.sort_values(["store_id", "product_id", "window_start"], kind="mergesort")
+        # a window the batch holds is the newer copy (update mode emits the window's whole state)
+        later = later.merge(batch[[*keys, "window_start"]].drop_duplicates(), on=[*keys, "window_start"],
+                            how="left", indicator=True)
+        later = later[later["_merge"] == "left_only"].drop(columns="_merge")
+        later = later.sort_values([*keys, "window_start"], kind="mergesort")
         own = later["window_stock"].notna().astype(int).groupby([later["store_id"], later["product_id"]]).cumsum()
         later = later[own == 0].copy()
         later["reorder_point"] = None

@@ -215,6 +215,14 @@ def test_omitted_fields_take_the_columns_defaults(endpoint):
     r = _post(base, _w(users), "SELECT a, b, c, d FROM t.dflt2 ORDER BY a FORMAT JSONCompact")
     assert [tuple(x) for x in r.json()["data"]] == [(1, "bee", 7, "bee!"), (2, "bee", 7, "own"), (3, "bee", 4, "bee!"),
                                                     (4, "bee", 7, "bee!"), (5, "bee", 9, "bee!")]
+    # a DEFAULT naming a MATERIALIZED column: the insert still works (that DEFAULT is left out: the type's zero)
+    r = _post(base, _w(users), "CREATE OR REPLACE TABLE t.dflt3 (a UInt8, m UInt8 MATERIALIZED a * 2, "
+                               "d UInt8 DEFAULT m + 1, e String DEFAULT 'x') ENGINE = MergeTree ORDER BY a")
+    assert r.status_code == 200, r.text
+    r = _post(base, _w(users), "INSERT INTO t.dflt3 (a, e) FORMAT JSONEachRow", b'{"a": 1}\n')
+    assert r.status_code == 200, r.text
+    r = _post(base, _w(users), "SELECT a, m, e FROM t.dflt3 FORMAT JSONCompact")
+    assert [tuple(x) for x in r.json()["data"]] == [(1, 2, "x")]
 
 
 def test_bi_reader_is_readonly_1(endpoint):

@@ -604,8 +604,8 @@ def test_product_names_keep_lower_case_units_but_not_notes():
 
 def test_load_transactions_reads_a_spreadsheet_export_and_names_a_bad_encoding(tmp_path, caplog):
     """The log as a spreadsheet writes it (Windows-1252 with "£" and accented names; or UTF-8 with a byte-order
-    mark and CRLF line ends) reads as the same rows as the UTF-8 file; a wrong explicit encoding is a ValueError
-    naming it, never a bare UnicodeDecodeError."""
+    mark and CRLF line ends) reads as the same rows as the UTF-8 file; a wrong explicit encoding, or UTF-8 mixed
+    with other bytes, is a ValueError naming the offset, never a bare UnicodeDecodeError or garbled names."""
     from producers.cli import DEFAULT_SAMPLE
 
     with gzip.open(DEFAULT_SAMPLE, "rt", encoding="utf-8") as fh:
@@ -624,8 +624,15 @@ def test_load_transactions_reads_a_spreadsheet_export_and_names_a_bad_encoding(t
     with caplog.at_level("WARNING", logger="producers.replay"):
         got = load_transactions(cp)
     pd.testing.assert_frame_equal(got, ref)
-    assert "not UTF-8" in caplog.text and "cp1252" in caplog.text
+    assert "not UTF-8" in caplog.text and "Windows-1252" in caplog.text
     pd.testing.assert_frame_equal(load_transactions(bom), ref)
     pd.testing.assert_frame_equal(load_transactions(cp, encoding="cp1252"), ref)
-    with pytest.raises(ValueError, match="cannot decode the text \\(utf-8: "):
+    with pytest.raises(ValueError, match="not utf-8 text: invalid continuation byte at byte "):
         load_transactions(cp, encoding="utf-8")
+    # UTF-8 text with one Windows-1252 line appended: refused, naming the offset (read as Windows-1252 it would
+    # garble every UTF-8 name)
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_bytes(changed.encode("utf-8") + 'X1,1,22222,CHÈQUE £5,1,1.0,2010-12-01 08:00:00,,France,s\n'
+                      .encode("cp1252"))
+    with pytest.raises(ValueError, match=r"mixed encodings: UTF-8 text with a byte that is not UTF-8 at byte \d+"):
+        load_transactions(mixed)

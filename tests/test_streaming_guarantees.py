@@ -322,9 +322,11 @@ def test_a_late_stock_update_reaches_the_later_windows_that_carried_the_old_stoc
 
     assert {k: v[0] for k, v in stock("P001").items()} == {0: 100, 1: 100, 2: 100}
     assert {k: v[0] for k, v in stock("P002").items()} == {0: 80, 1: 80, 2: 50}
-    # late counts for W0 (after the first ones in event time): 3 units of P001, 70 of P002
-    produce(s, [("inventory_update", inv("I1", t + 3 * m, newq=3, rop=10)),
-                ("inventory_update", inv("I1b", t + 3 * m, newq=70, sku="P002", rop=10))])
+    # late counts for W0 (after the first ones in event time): 3 units of P001, 70 of P002; in the same
+    # micro-batch a new sale of P001 in W3 (so the batch's latest P001 window is not the updated one)
+    produce(s, [("inventory_update", inv("I1", t + 3 * m, newq=3, rop=20)),
+                ("inventory_update", inv("I1b", t + 3 * m, newq=70, sku="P002", rop=10)),
+                ("sales_transaction", sale("S4", t + 16 * m, qty=1))])
     run_stream(s, available_now=True, timeout=600, spark=spark)
 
     got = stock("P001")
@@ -333,7 +335,10 @@ def test_a_late_stock_update_reaches_the_later_windows_that_carried_the_old_stoc
         cover = hours_of_cover(3, units / hours)
         assert got[w][0] == 3 and got[w][1] == pytest.approx(cover)
         assert got[w][2] == stockout_risk(3, cover, s.risk_high_hours, s.risk_medium_hours)
-    assert got[0][0] == 3
+    assert got[0][0] == 3 and got[3][0] == 3   # W3 (new in the batch) carries the new count through W1, W2
+    rop = client.query_df(f"SELECT reorder_point FROM {db}.sales_metrics_5m FINAL WHERE product_id = 'P001' "
+                          f"ORDER BY window_start")["reorder_point"].tolist()
+    assert rop == [20, 20, 20, 20]   # the late count's reorder point is carried the same way
     assert {k: v[0] for k, v in stock("P002").items()} == {0: 70, 1: 70, 2: 50}   # W2 keeps its own count
 
 

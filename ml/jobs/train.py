@@ -37,12 +37,15 @@ __all__ = ["EXIT_BAD_DATA", "main"]
 
 
 def _iso_date(value: str) -> str:
-    """argparse type of ``--run-date``: the value as given when it is an ISO date (YYYY-MM-DD); otherwise
-    argparse's error (exit 2) naming the option."""
+    """argparse type of ``--run-date``: the value when it is a date written YYYY-MM-DD (the form meta.json and the
+    staged records compare); otherwise argparse's error (exit 2) naming the option (also for 20261201 or
+    2026-W48-2, which ``date.fromisoformat`` would accept)."""
     try:
-        dt.date.fromisoformat(value)
+        ok = len(value) == 10 and dt.date.fromisoformat(value).isoformat() == value
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {value!r}") from None
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {value!r}")
     return value
 
 
