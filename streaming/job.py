@@ -278,8 +278,8 @@ class StreamingJob:
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
-            self.sinks.record_duplicates(name, int(progress["batchId"]), dropped_duplicates(progress),
-                                         expired=skipped_records(progress, SOURCE_SCANS[name]))
+            self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
+                                       expired=skipped_records(progress, SOURCE_SCANS[name]))
 
     def _source(self, topics: list[str]):
         s = self.s

@@ -187,7 +187,7 @@ class StreamSinks:
             "alerts_closed_until": pd.Series([None if until is None else pd.Timestamp(until, unit="ms", tz="UTC")],
                                              dtype="datetime64[ms, UTC]")[0]}])
 
-    def record_duplicates(self, query: str, batch_id: int, duplicates: int, expired: int = 0) -> None:
+    def record_progress(self, query: str, batch_id: int, duplicates: int, expired: int = 0) -> None:
         """Record what the query progress of a committed micro-batch tells: the event ids dropped as duplicates
         (``numDroppedDuplicateRows``) and the Kafka records its offset range covered but the source never read
         (``expired``: deleted by retention first, :func:`streaming.job.skipped_records`). Logged (a warning; an
