@@ -56,7 +56,8 @@ class LakeSparkSubmitOperator(SparkSubmitOperator):
 class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
     """spark-submit of a dated job for the run's UTC date (``date_flag`` set at execution); the job stages its
     result and error records in the lake. A subclass sets :attr:`job_application`, :attr:`job_name`,
-    :attr:`date_flag`, :attr:`job_module` and says where the records are (:meth:`read_record`)."""
+    :attr:`date_flag`, :attr:`job_module` and, when its records are not JSON files at
+    ``job_module.staging(lake, day, name)``, where they are (:meth:`read_record`)."""
 
     #: the spark-submit application (path), its Spark app name and its date option
     job_application: str
@@ -75,8 +76,10 @@ class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
 
     @staticmethod
     def read_record(sf, lake, day, name: str) -> dict | None:
-        """The staged record ``name`` of the run for ``day`` (``sf``: the :attr:`job_module`), None when absent."""
-        raise NotImplementedError
+        """The staged record ``name`` of the run for ``day`` (``sf``: the :attr:`job_module`), None when absent:
+        the JSON file at ``sf.staging(lake, day, name)`` (:meth:`core.lake.Lake.read_json`; the feature and
+        training jobs). A job that stages its records otherwise overrides this."""
+        return lake.read_json(*sf.staging(lake, day, name))
 
     def execute(self, context):
         """Run the job for the run's UTC date and return its staged result record.

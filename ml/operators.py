@@ -29,13 +29,7 @@ class FeaturesSubmitOperator(StagedSparkSubmitOperator):
     date_flag = "--run-date"
     job_module = "ml.spark_features"
     reads_lake = True   # the staged demand and the feature table go through S3A on an S3 lake
-
-    @staticmethod
-    def read_record(sf, lake, day, name: str) -> dict | None:
-        """The staged record ``name`` (``features_result`` / ``features_error``) of run date ``day``:
-        the JSON file ``features/staging/build_features/run_date=<day>/<name>.json`` (:meth:`core.lake.Lake.read_json`);
-        None when absent."""
-        return lake.read_json(*sf.staging(lake, day, name))
+    # records: features/staging/build_features/run_date=<day>/features_{result,error}.json (the base's read_record)
 
 
 class TrainSubmitOperator(StagedSparkSubmitOperator):
@@ -47,10 +41,4 @@ class TrainSubmitOperator(StagedSparkSubmitOperator):
     date_flag = "--run-date"
     job_module = "ml.train_records"
     reads_lake = True   # the feature table and the model go through S3A on an S3 lake
-
-    @staticmethod
-    def read_record(sf, lake, day, name: str) -> dict | None:
-        """The staged record ``name`` (``train_result`` / ``train_error``) of run date ``day``: the JSON file
-        ``features/staging/train/run_date=<day>/<name>.json`` (:func:`ml.train_records.staging`); None when
-        absent."""
-        return lake.read_json(*sf.staging(lake, day, name))
+    # records: features/staging/train/run_date=<day>/train_{result,error}.json (the base's read_record)
