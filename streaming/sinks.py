@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 #: alert ids (or SKUs) per look-up query: ~30 bytes each, so a query stays far below ClickHouse's max_query_size
 #: (256 KiB)
 ALERT_ID_CHUNK = 2_000
+#: the timestamp columns of :func:`streaming.transforms.window_metrics` rows (converted to UTC pandas timestamps)
+_WINDOW_TIMES = ("window_start", "window_end", "window_stock_time", "last_event_time")
 #: event types read from Kafka by the job (restock alerts are produced by it)
 INPUT_EVENT_TYPES = ["sales_transaction", "inventory_update", "price_change", "customer_event"]
 
@@ -420,7 +422,7 @@ class StreamSinks:
             return
         batch = batch.copy()
         n_input = len(batch)
-        for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):
+        for c in _WINDOW_TIMES:
             batch[c] = pd.to_datetime(batch[c], utc=True)
         t = time.time()
         # a stock update for a window before later stored ones (a late update within the watermark): those
@@ -488,7 +490,7 @@ class StreamSinks:
         later = pd.concat([x for x in parts if len(x)], ignore_index=True) if any(len(x) for x in parts) else parts[0]
         if later.empty:
             return batch.iloc[0:0]
-        for c in ("window_start", "window_end", "window_stock_time", "last_event_time"):
+        for c in _WINDOW_TIMES:
             later[c] = pd.to_datetime(later[c], utc=True)
         later = later.merge(last, on=keys)
         later = later[later["window_start"] > later["_last"]].drop(columns="_last")
