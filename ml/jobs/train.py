@@ -41,7 +41,7 @@ def _iso_date(value: str) -> str:
     staged records compare); otherwise argparse's error (exit 2) naming the option (also for 20261201 or
     2026-W48-2, which ``date.fromisoformat`` would accept)."""
     try:
-        ok = len(value) == 10 and dt.date.fromisoformat(value).isoformat() == value
+        ok = dt.date.fromisoformat(value).isoformat() == value
     except ValueError:
         ok = False
     if not ok:
