@@ -177,6 +177,18 @@ class Lake:
         with self.fs.open_input_stream(self.path(*parts)) as f:
             return json.loads(f.read().decode())
 
+    def delete_file(self, *parts: str) -> bool:
+        """Remove the file at lake path ``parts``; nothing when it does not exist. Returns True when a file was
+        removed.
+
+        Raises:
+            OSError: the path is a folder, or the storage refuses or cannot be reached.
+        """
+        if not self.exists(*parts):
+            return False
+        self.fs.delete_file(self.path(*parts))
+        return True
+
     def delete_dir(self, *parts: str) -> None:
         """Remove a lake folder and its content (no error when absent)."""
         if self.exists(*parts):

@@ -314,9 +314,7 @@ def read_json(lake, day: dt.date, name: str) -> dict | None:
 
 def clear_error(lake, day: dt.date) -> None:
     """Remove the day's staged error record (before a new run of the job)."""
-    path = lake.path(*etl._staging(day, ERROR_NAME))
-    if lake.exists(*etl._staging(day, ERROR_NAME)):
-        lake.fs.delete_file(path)
+    lake.delete_file(*etl._staging(day, ERROR_NAME))
 
 
 def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:

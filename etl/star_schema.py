@@ -513,8 +513,7 @@ def transform(day: dt.date) -> dict[str, Any]:
     else:
         closing = closing.assign(store_key=pd.Series(dtype="uint64"), product_key=pd.Series(dtype="uint64"))
     dim_date["holiday_names"] = dim_date["holiday_names"].map(json.dumps)
-    if lake.exists(*_staging(day, "fact_sales_daily")):  # a Spark run's aggregate would be stale now
-        lake.fs.delete_file(lake.path(*_staging(day, "fact_sales_daily")))
+    lake.delete_file(*_staging(day, "fact_sales_daily"))  # a Spark run's aggregate would be stale now
     for name, df in (("fact_sales", fact), ("dim_product", dim_product), ("dim_store", dim_store),
                      ("dim_date", dim_date), ("inventory_closing", closing)):
         _write(lake, df, day, name)
@@ -581,8 +580,13 @@ def _nullable(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _first_sales_key(client, db: str) -> int:
+    """fact_sales' first date_key (YYYYMMDD); 0 when the table is empty."""
+    return client.query(f"SELECT min(date_key) FROM {db}.fact_sales").result_rows[0][0] or 0
+
+
 def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_product: pd.DataFrame,
-                    settings) -> pd.DataFrame:
+                    settings, first_sales_key: int | None = None) -> pd.DataFrame:
     """The fact_inventory rows of ``day`` (one per store x SKU; empty frame when nothing is stocked).
 
     The day's closing stock (``closing``: its staged ``inventory_closing``, :func:`closing_stock`'s rows) carried
@@ -598,6 +602,9 @@ def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_pr
         DataFrame date_key, store_key, product_key, closing_stock (units), is_carried_forward, last_update_time
         (UTC), units_sold, units_returned, reorder_point, safety_stock (units), safety_stock_method,
         below_reorder_point: the columns of ``fact_inventory``.
+
+    ``first_sales_key``: fact_sales' first date_key (YYYYMMDD) when the caller knows it (one look-up for many
+    days); None: asked here.
     """
     dk = date_key(day)
     prev = client.query_df(
@@ -608,7 +615,7 @@ def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_pr
         pr = dim_product.set_index("product_key")["reorder_point"]
         fallback = pd.Series(inv["product_key"].map(pr).to_numpy(dtype="float64", na_value=np.nan), index=inv.index)
         inv["reorder_point"] = inv["reorder_point"].astype("float64").fillna(fallback)
-        first = client.query(f"SELECT min(date_key) FROM {db}.fact_sales").result_rows[0][0] or dk
+        first = (first_sales_key if first_sales_key is not None else _first_sales_key(client, db)) or dk
         window = [date_key(day - dt.timedelta(days=i)) for i in range(SAFETY_STOCK_WINDOW_DAYS - 1, -1, -1)]
         window = [k for k in window if k >= min(first, dk)]   # a day without sales before the first loaded one
         daily = client.query_df(
@@ -655,6 +662,7 @@ def recompute_later_inventory(client, db: str, lake, day: dt.date, settings) -> 
         f"SELECT DISTINCT date_key FROM {db}.fact_inventory WHERE date_key > {date_key(day)} "
         "ORDER BY date_key").result_rows]
     rebuilt, missing = 0, []
+    first = _first_sales_key(client, db) if keys else 0   # fixed while later days are rebuilt
     for k in keys:
         d = dt.date(k // 10000, k // 100 % 100, k % 100)
         if not all(lake.exists(*_staging(d, n)) for n in ("inventory_closing", "dim_product")):
@@ -662,7 +670,7 @@ def recompute_later_inventory(client, db: str, lake, day: dt.date, settings) -> 
             missing.append(d.isoformat())
             continue
         inv = build_inventory(client, db, d, _read(lake, d, "inventory_closing"), _read(lake, d, "dim_product"),
-                              settings)
+                              settings, first_sales_key=first)
         _replace_partition(client, db, "fact_inventory", k, inv)
         rebuilt += 1
     if keys:

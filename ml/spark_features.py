@@ -501,8 +501,7 @@ def write_params(lake, run_date: dt.date, end_date, extend_days: int, default_co
 
 def clear_error(lake, run_date: dt.date) -> None:
     """Remove the run's staged error record (before a new run of the job)."""
-    if lake.exists(*staging(lake, run_date, ERROR_NAME)):
-        lake.fs.delete_file(lake.path(*staging(lake, run_date, ERROR_NAME)))
+    lake.delete_file(*staging(lake, run_date, ERROR_NAME))
 
 
 def build_run(spark, lake, run_date: dt.date, weather: pd.DataFrame | None = None) -> dict[str, Any]:

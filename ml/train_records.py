@@ -27,8 +27,7 @@ def staging(lake, run_date: dt.date, name: str) -> tuple[str, str]:
 
 def clear_error(lake, run_date: dt.date) -> None:
     """Remove the run's staged error record (before a new run of the job); nothing when there is none."""
-    if lake.exists(*staging(lake, run_date, ERROR_NAME)):
-        lake.fs.delete_file(lake.path(*staging(lake, run_date, ERROR_NAME)))
+    lake.delete_file(*staging(lake, run_date, ERROR_NAME))
 
 
 def write_error(lake, run_date: dt.date, exc: BaseException) -> dict:

@@ -400,19 +400,13 @@ def replay(
                                                       "else Windows-1252 (what spreadsheets write), with a warning."),
 ) -> None:
     """Replay real POS transactions (UCI Online Retail) with simulated stock, price and customer events."""
-    import codecs
-
     from producers.replay import ReplayConfig
 
     try:
         ReplayConfig(align=align)   # its own check, reported as a bad option before anything is read
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--align") from None
-    if encoding:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise typer.BadParameter(f"unknown encoding {encoding!r}", param_hint="--encoding") from None
+    _check_encoding(encoding)
     _finish(run_replay(get_settings(), path, speed=speed, keep_dates=keep_dates, limit=limit, align=align,
                        invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet,
                        encoding=encoding))
@@ -433,16 +427,30 @@ def jsonl(
     _finish({"lines": counts, "published": pub.counts})  # exits 1 when a delivery failed
 
 
+def _check_encoding(encoding: str | None) -> None:
+    """A bad ``--encoding`` (unknown to Python's codecs) as a bad option (exit 2), before any file is read."""
+    import codecs
+
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise typer.BadParameter(f"unknown encoding {encoding!r}", param_hint="--encoding") from None
+
+
 @app.command()
 def sample(
     src: Path = typer.Option(..., help="Full transactions.csv.gz (../shared/data/uci_online_retail/)."),
     dst: Path = typer.Option(DEFAULT_SAMPLE, help="Output sample path."),
     rows: int = typer.Option(130_000, help="Approximate number of trailing rows to keep."),
+    encoding: Optional[str] = typer.Option(None, help="Text encoding of the source, e.g. cp1252. Default: UTF-8, "
+                                           "else Windows-1252 when it holds no UTF-8 sequence."),
 ) -> None:
-    """Cut the shipped sample: the last ~N rows of the UCI log, whole invoices, reproducible gzip."""
+    """Cut the shipped sample: the last ~N rows of the UCI log, whole invoices, reproducible gzip (UTF-8)."""
     from producers.replay import cut_sample
 
-    typer.echo(json.dumps(cut_sample(src, dst, rows), indent=2))
+    _check_encoding(encoding)
+    typer.echo(json.dumps(cut_sample(src, dst, rows, encoding=encoding), indent=2))
 
 
 if __name__ == "__main__":

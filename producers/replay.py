@@ -220,6 +220,23 @@ def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
     return text
 
 
+def read_text(path: str | Path, encoding: str | None = None) -> str:
+    """The whole text of a transaction log: its bytes as pandas would open them (compression inferred from the
+    name: ``.gz``, ``.bz2``, ``.zip``, ``.xz``, ``.zst``), decoded by :func:`_decode` (so the encoding is judged
+    on the whole text). Line endings are kept as they are.
+
+    Raises:
+        FileNotFoundError: no such file; ValueError: the text is not in ``encoding``, mixes UTF-8 with other bytes,
+            or is in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"UCI transaction log not found: {path}")
+    with pd.io.common.get_handle(path, "rb", compression="infer", is_text=False) as h:
+        raw = h.handle.read()
+    return _decode(raw, encoding, path)
+
+
 def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None) -> pd.DataFrame:
     """Read the UCI CSV(.gz) (text columns as str, missing description / customer as "").
 
@@ -235,14 +252,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"UCI transaction log not found: {path}")
-    # the bytes as pandas would open them (compression inferred from the name: .gz, .bz2, .zip, .xz, .zst),
-    # decoded here so that the encoding can be judged on the whole text
-    with pd.io.common.get_handle(path, "rb", compression="infer", is_text=False) as h:
-        raw = h.handle.read()
-    df = pd.read_csv(io.StringIO(_decode(raw, encoding, path)), dtype=str, keep_default_na=False, nrows=limit)
+    df = pd.read_csv(io.StringIO(read_text(path, encoding)), dtype=str, keep_default_na=False, nrows=limit)
     need = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
             "customer_id", "country"]
     missing = [c for c in need if c not in df.columns]
@@ -571,23 +581,29 @@ class Replay:
 
 
 # ------------------------------------------------------------------------------------- sample
-def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000) -> dict[str, Any]:
-    """Write the last ~``n_rows`` data rows of ``src`` (UCI CSV.gz) to ``dst`` byte for byte.
+def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000, encoding: str | None = None) -> dict[str, Any]:
+    """Write the last ~``n_rows`` data rows of ``src`` (a UCI log, CSV or compressed as its name says) to ``dst``
+    (gzip, UTF-8): the lines of a UTF-8 source byte for byte (line endings kept); a source in another encoding
+    (``encoding``, or Windows-1252 found by :func:`read_text`) is written as the same text in UTF-8.
 
     The cut starts at the first timestamp change at or after ``total - n_rows`` so that no invoice is
     split (when the whole tail shares one timestamp, the cut moves back to that timestamp's first row instead);
     gzip mtime 0 makes the output reproducible. Returns {"rows", "first_ts", "last_ts", "bytes"}.
 
     Raises:
-        ValueError: ``src`` has no data rows.
+        FileNotFoundError: no such file; ValueError: ``src`` has no data rows or no ``invoice_ts`` column, or its
+            text cannot be decoded (:func:`read_text`).
     """
-    with gzip.open(src, "rt", encoding="utf-8", newline="") as fh:
-        lines = fh.readlines()
-    header, body = lines[0], lines[1:]
+    lines = io.StringIO(read_text(src, encoding), newline="").readlines()
+    header, body = (lines[0] if lines else ""), lines[1:]
     start = max(0, len(body) - n_rows)
+    columns = next(csv.reader([header]), [])
+    if "invoice_ts" not in columns:
+        raise ValueError(f"{src}: no invoice_ts column in the header; expected the format of the UCI README")
+    ts_col = columns.index("invoice_ts")
 
     def ts_of(line: str) -> str:
-        return next(csv.reader(io.StringIO(line)))[6]
+        return next(csv.reader(io.StringIO(line)))[ts_col]
 
     if not body:
         raise ValueError(f"{src}: no data rows")

@@ -163,3 +163,17 @@ def test_lake_json_files_are_strict_json(local_lake):
         local_lake.read_json("models", "demand-forecast", "v9", "absent.json", required=True)
     with pytest.raises(ValueError, match="NaN"):
         json.loads(json.dumps({"wape": float("nan")}), parse_constant=strict)   # what json.dumps alone writes
+
+
+def test_lake_delete_file(local_lake):
+    """delete_file removes one file and reports it, is a no-op (False) on an absent path, leaves the folder's other
+    files, and refuses a folder (OSError) rather than removing it."""
+    local_lake.write_json({"a": 1}, "staging", "d", "x_error.json")
+    local_lake.write_json({"b": 2}, "staging", "d", "x_result.json")
+    assert local_lake.delete_file("staging", "d", "x_error.json") is True
+    assert not local_lake.exists("staging", "d", "x_error.json")
+    assert local_lake.delete_file("staging", "d", "x_error.json") is False
+    assert local_lake.read_json("staging", "d", "x_result.json") == {"b": 2}
+    with pytest.raises(OSError):
+        local_lake.delete_file("staging", "d")
+    assert local_lake.exists("staging", "d", "x_result.json")

@@ -586,6 +586,32 @@ def test_cut_sample_keeps_a_tail_of_one_timestamp_whole(tmp_path):
     assert cut_sample(src, tmp_path / "all.csv.gz", n_rows=10)["rows"] == 3
 
 
+def test_cut_sample_reads_what_the_replay_reads(tmp_path):
+    """A Windows-1252 source ("£", "é") with CRLF endings and columns in another order is cut on its own
+    invoice_ts column and written as the same text in UTF-8 (CRLF kept); a source without invoice_ts is refused
+    naming the column; the CLI refuses an unknown --encoding as a bad option."""
+    from typer.testing import CliRunner
+
+    from producers.cli import app
+
+    header = "invoice_ts,invoice,line_no,stock_code,description,quantity,unit_price,customer_id,country,source\r\n"
+    rows = ["2011-01-01 10:00:00,1,1,22423,CAFÉ SET £5,1,1.0,,France,x\r\n",
+            "2011-01-01 11:00:00,2,1,22423,CAFÉ SET £5,1,1.0,,France,x\r\n",
+            "2011-01-01 11:00:00,2,2,22424,TEA,1,1.0,,France,x\r\n"]
+    src = tmp_path / "src.csv"
+    src.write_bytes((header + "".join(rows)).encode("cp1252"))
+    out = cut_sample(src, tmp_path / "cut.csv.gz", n_rows=1)
+    assert out["rows"] == 2 and out["first_ts"] == out["last_ts"] == "2011-01-01 11:00:00"
+    assert gzip.decompress((tmp_path / "cut.csv.gz").read_bytes()).decode("utf-8") == header + "".join(rows[1:])
+    assert load_transactions(tmp_path / "cut.csv.gz")["description"].tolist() == ["CAFÉ SET £5", "TEA"]
+    (tmp_path / "bad.csv").write_text("invoice,when\n1,2011-01-01 10:00:00\n")
+    with pytest.raises(ValueError, match="invoice_ts"):
+        cut_sample(tmp_path / "bad.csv", tmp_path / "bad.csv.gz")
+    res = CliRunner().invoke(app, ["sample", "--src", str(src), "--dst", str(tmp_path / "c.csv.gz"),
+                                   "--encoding", "no-such-codec"])
+    assert res.exit_code == 2 and "no-such-codec" in res.output
+
+
 def test_product_names_keep_lower_case_units_but_not_notes():
     csv = MALFORMED.splitlines()[0] + "\n" + "\n".join([
         "600101,1,21704,BAG 250g SWIRLY MARBLES,2,0.85,2011-03-01 10:00:00,17850,United Kingdom,x",
