@@ -489,6 +489,10 @@ def alert_priority(stock: int, cover: float | None, high_hours: float, medium_ho
     return "LOW"
 
 
+#: the largest recommended quantity a restock alert carries (Avro ``int``, 2**31 - 1)
+ORDER_QTY_MAX = 2 ** 31 - 1
+
+
 def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_time_days: int) -> int:
     """Units to order for a restock alert: ``max(1, S - stock)`` with the order-up-to level
     ``S = 2 * reorder_point + ceil(max(velocity, 0) * 24 * lead_time_days)``, i.e. twice the reorder point plus
@@ -501,7 +505,9 @@ def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_t
             a negative value counts as 0.
         lead_time_days: supplier lead time, days (LEAD_TIME_DAYS).
     Returns:
-        the quantity, units (int, >= 1).
+        the quantity, units (int, 1 <= q <= :data:`ORDER_QTY_MAX`: the restock_alert contract's Avro ``int``; a
+        larger order, e.g. from a valid burst of QUANTITY_MAX lines, is capped there rather than failing the
+        alert's contract check, which would fail the micro-batch on every restart).
     Raises:
         ValueError: ``velocity`` is NaN.
         OverflowError: ``velocity`` is infinite.
@@ -517,7 +523,7 @@ def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_t
     not know what is on order).
     """
     target = 2 * reorder_point + math.ceil(max(velocity, 0.0) * 24 * lead_time_days)
-    return max(1, int(target - stock))
+    return min(ORDER_QTY_MAX, max(1, int(target - stock)))
 
 
 def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], *, high_hours: float,

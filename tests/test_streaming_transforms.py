@@ -225,6 +225,23 @@ def test_alert_priority_and_recommendation():
     assert TR.recommended_quantity(4, 10, 1.0, 3) == 2 * 10 + 72 - 4
 
 
+def test_a_huge_valid_burst_gives_an_alert_the_contract_accepts():
+    """25 lines of QUANTITY_MAX units for one store x SKU in a 5-minute window: 30 M units/h over a 3-day lead
+    time is an order-up-to of 2,160,000,015 units, above the restock_alert contract's Avro int; the quantity is
+    capped at 2**31 - 1 and the alert validates (before the cap its ContractError failed the micro-batch on every
+    restart)."""
+    from contracts import QUANTITY_MAX, validate_event
+
+    velocity = 25 * QUANTITY_MAX / (5 / 60)
+    q = TR.recommended_quantity(5, 10, velocity, 3)
+    assert q == TR.ORDER_QTY_MAX == 2 ** 31 - 1
+    assert TR.recommended_quantity(5, 10, 1_000_000.0, 3) == 2 * 10 + 72_000_000 - 5   # below the cap: unchanged
+    validate_event("restock_alert", {
+        "alert_id": "S1|P1|0", "store_id": "S1", "product_id": "P1", "priority": "CRITICAL", "current_stock": 5,
+        "reorder_point": 10, "recommended_quantity": q, "sales_velocity": velocity, "hours_of_cover": 0.0,
+        "window_end": 300_000, "timestamp": 300_000})
+
+
 def test_any_kafka_bytes_reach_the_quarantine_with_a_reason(spark):
     """Poison pills: a value that is not UTF-8 (a lone 0xFF, truncated multi-byte, Latin-1 JSON), a null value
     (tombstone) and an empty value parse to quarantine reasons, and the frame converts to Arrow and pandas (the
