@@ -130,7 +130,8 @@ class StreamSinks:
 
     Attributes:
         batch_log: list of {"query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"
-            (epoch seconds), "duplicates_dropped", "records_expired", "alerts_closed_until" (epoch ms or None)},
+            (epoch seconds), "duplicates_dropped", "records_expired", "alerts_closed_until", "event_time_max"
+            (epoch ms or None)},
             appended after each micro-batch's writes are visible (used for freshness).
         alerts_sent: number of restock alerts sent to Kafka by this process.
         retries: number of waits before a retried write (infrastructure errors, :meth:`retrying`).
@@ -167,10 +168,12 @@ class StreamSinks:
             return self.ch.query_arrow(sql.replace("{db}", self.db), parameters=parameters or {}).to_pandas()
 
     def _log_batch(self, query: str, batch_id: int, input_rows: int, output_rows: int, started: float,
-                   phases: dict[str, float] | None = None, alerts_closed_until: int | None = None) -> None:
+                   phases: dict[str, float] | None = None, alerts_closed_until: int | None = None,
+                   event_time_max: int | None = None) -> None:
         rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
                "output_rows": int(output_rows), "started_at": started, "committed_at": time.time(),
-               "alerts_closed_until": alerts_closed_until, "duplicates_dropped": 0, "records_expired": 0}
+               "alerts_closed_until": alerts_closed_until, "event_time_max": event_time_max,
+               "duplicates_dropped": 0, "records_expired": 0}
         self._insert_df("stream_batches", self._batch_row(rec))
         rec["phases_s"] = {k: round(v, 3) for k, v in (phases or {}).items()}
         with self._log_lock:
@@ -179,15 +182,18 @@ class StreamSinks:
     @staticmethod
     def _batch_row(rec: dict[str, Any]) -> pd.DataFrame:
         """One ``stream_batches`` row of a batch-log record."""
-        until = rec.get("alerts_closed_until")
+        def ts(ms):
+            return pd.Series([None if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC")],
+                             dtype="datetime64[ms, UTC]")[0]
+
         return pd.DataFrame([{
             "query": rec["query"], "batch_id": rec["batch_id"], "input_rows": rec["input_rows"],
             "output_rows": rec["output_rows"], "started_at": pd.Timestamp(rec["started_at"], unit="s", tz="UTC"),
             "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC"),
             "duplicates_dropped": int(rec.get("duplicates_dropped") or 0),
             "records_expired": int(rec.get("records_expired") or 0),
-            "alerts_closed_until": pd.Series([None if until is None else pd.Timestamp(until, unit="ms", tz="UTC")],
-                                             dtype="datetime64[ms, UTC]")[0]}])
+            "alerts_closed_until": ts(rec.get("alerts_closed_until")),
+            "event_time_max": ts(rec.get("event_time_max"))}])
 
     def record_progress(self, query: str, batch_id: int, duplicates: int, expired: int = 0) -> None:
         """Record what the query progress of a committed micro-batch tells: the event ids dropped as duplicates
@@ -416,9 +422,9 @@ class StreamSinks:
         version = now_ms
         if batch.empty:
             t = time.time()
-            until = self._closed_window_alerts(batch_id, now_ms)
+            until, seen = self._closed_window_alerts(batch_id, now_ms)
             ph["alerts"] = time.time() - t
-            self._log_batch("windows", batch_id, 0, 0, started, ph, alerts_closed_until=until)
+            self._log_batch("windows", batch_id, 0, 0, started, ph, alerts_closed_until=until, event_time_max=seen)
             return
         batch = batch.copy()
         n_input = len(batch)
@@ -454,10 +460,11 @@ class StreamSinks:
         self._store_windows(enriched, batch_id, version, now_ms)
         ph["store_windows"] = time.time() - t
         t = time.time()
-        until = self._closed_window_alerts(batch_id, now_ms)
+        until, seen = self._closed_window_alerts(batch_id, now_ms)
         self._levels(enriched, batch_id, version, now_ms)
         ph["alerts_levels"] = time.time() - t
-        self._log_batch("windows", batch_id, n_input, len(out), started, ph, alerts_closed_until=until)
+        self._log_batch("windows", batch_id, n_input, len(out), started, ph, alerts_closed_until=until,
+                        event_time_max=seen)
 
     #: the window_metrics columns a stored window is read back with (:meth:`_followers`)
     _WINDOW_COLUMNS = ["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned",
@@ -466,8 +473,9 @@ class StreamSinks:
 
     def _followers(self, batch: pd.DataFrame) -> pd.DataFrame:
         """Stored windows whose carried stock the batch changes: for each store x SKU with a stock update in the
-        batch, the stored windows after the latest batch window with an update, not in the batch themselves, up
-        to (not including) the next stored one with an update of its own. Read back as
+        batch, the stored windows without an update of their own, not in the batch themselves, whose latest
+        earlier window with an update is one of the batch's (after a batch update, up to the next stored or batch
+        window with its own update: also the windows between two updates of one batch). Read back as
         :func:`streaming.transforms.window_metrics` rows (own reorder_point None: they hold no update), so
         :func:`streaming.transforms.enrich_windows` carries the new stock and reorder point into them and into
         the batch's later windows, and their cover and risk follow; their upsert replaces the stored row (a higher
@@ -477,8 +485,8 @@ class StreamSinks:
             DataFrame with the batch's columns (UTC timestamps), possibly empty.
         """
         keys = ["store_id", "product_id"]
-        last = (batch.loc[batch["window_stock"].notna(), [*keys, "window_start"]].groupby(keys, as_index=False)
-                ["window_start"].max().rename(columns={"window_start": "_last"}))
+        counted = batch.loc[batch["window_stock"].notna(), [*keys, "window_start"]].drop_duplicates()
+        last = (counted.groupby(keys, as_index=False)["window_start"].min().rename(columns={"window_start": "_last"}))
         if last.empty:
             return batch.iloc[0:0]
         stores, products = sorted(last["store_id"].unique().tolist()), sorted(last["product_id"].unique().tolist())
@@ -498,9 +506,17 @@ class StreamSinks:
         later = later.merge(batch[[*keys, "window_start"]].drop_duplicates(), on=[*keys, "window_start"],
                             how="left", indicator=True)
         later = later[later["_merge"] == "left_only"].drop(columns="_merge")
-        later = later.sort_values([*keys, "window_start"], kind="mergesort")
-        own = later["window_stock"].notna().astype(int).groupby([later["store_id"], later["product_id"]]).cumsum()
-        later = later[own == 0].copy()
+        # each stored window without its own update follows the latest earlier update: keep it when that is the
+        # batch's (a stored window with its own update is not re-evaluated and ends the batch update's reach)
+        updates = pd.concat([counted.assign(_batch=True),
+                             later.loc[later["window_stock"].notna(), [*keys, "window_start"]].assign(_batch=False)],
+                            ignore_index=True).sort_values("window_start", kind="mergesort")
+        updates["window_start"] = updates["window_start"].astype("datetime64[ns, UTC]")
+        later = later[later["window_stock"].isna()].sort_values("window_start", kind="mergesort")
+        later["window_start"] = later["window_start"].astype("datetime64[ns, UTC]")
+        later = pd.merge_asof(later, updates, on="window_start", by=keys, direction="backward",
+                              allow_exact_matches=False)
+        later = later[later["_batch"].eq(True)].drop(columns="_batch").copy()
         later["reorder_point"] = None
         if len(later):
             log.info("windows: %d stored window(s) after a late stock update evaluated again", len(later))
@@ -563,36 +579,43 @@ class StreamSinks:
                           "last_window_start": self._ms(r["last_window_start"])}
         return state, rows
 
-    def _closed_window_alerts(self, batch_id: int, now_ms: int) -> int | None:
+    def _closed_window_alerts(self, batch_id: int, now_ms: int) -> tuple[int | None, int | None]:
         """Restock episodes over the windows *closed* since the previous micro-batch, so the alerts (ids,
         episodes, priorities) do not depend on micro-batch boundaries.
 
-        A window is closed once its end is at or behind ``max event time counted so far - STREAM_WATERMARK``
-        (the watermark the next micro-batch drops late events by): no event can change it any more. Each
-        micro-batch evaluates the windows with ``previous bound < window_end <= bound`` (the previous bound is
-        the latest ``stream_batches.alerts_closed_until`` of an earlier batch, so a re-run batch evaluates the
-        same windows), with the stock carried forward from the latest earlier closed window, and updates the
-        episode state in ``inventory_levels``. The windows of the last ``STREAM_WATERMARK`` + window length of
-        event time are evaluated when later events close them.
+        A window is closed once no later micro-batch can change it: Spark drops an event as late by the
+        *previous* micro-batch's watermark (with more than one stateful operator, as here: deduplication and the
+        window aggregation; ``eventTimeWatermarkForLateEvents`` in Spark's IncrementalExecution), which is the
+        latest event time counted up to the batch before this one less STREAM_WATERMARK. So the bound is the
+        ``stream_batches.event_time_max`` recorded by the earlier batches (the latest ``last_event_time`` in
+        ``sales_metrics_5m`` after each) less STREAM_WATERMARK: a window closes one micro-batch after its end
+        falls behind the watermark. Each micro-batch evaluates the windows with ``previous bound < window_end <=
+        bound`` (the previous bound is the latest ``stream_batches.alerts_closed_until`` of an earlier batch, so
+        a re-run batch evaluates the same windows), with the stock carried forward from the latest earlier closed
+        window, and updates the episode state in ``inventory_levels``.
 
         Returns:
-            the bound used (epoch ms), or the previous one (None before any event).
+            (the bound used, or the previous one: None before any; the latest event time counted now, to be
+            recorded as this batch's ``event_time_max``), both epoch ms.
         """
         m = self._query("SELECT max(last_event_time) AS m FROM {db}.sales_metrics_5m")
-        prev_df = self._query("SELECT max(alerts_closed_until) AS p FROM {db}.stream_batches FINAL "
-                              "WHERE query = 'windows' AND batch_id < %(b)s", {"b": int(batch_id)})
-        prev = self._ms(prev_df["p"].iloc[0]) if len(prev_df) else None
-        if not len(m) or pd.isna(m["m"].iloc[0]):
-            return prev
-        bound = self._ms(m["m"].iloc[0]) - int(interval_hours(self.s.stream_watermark, "STREAM_WATERMARK") * 3_600_000)
+        seen = None if not len(m) or pd.isna(m["m"].iloc[0]) else self._ms(m["m"].iloc[0])
+        prev_df = self._query("SELECT max(alerts_closed_until) AS p, max(event_time_max) AS e "
+                              "FROM {db}.stream_batches FINAL WHERE query = 'windows' AND batch_id < %(b)s",
+                              {"b": int(batch_id)})
+        prev = self._ms(prev_df["p"].iloc[0]) if len(prev_df) and not pd.isna(prev_df["p"].iloc[0]) else None
+        earlier = self._ms(prev_df["e"].iloc[0]) if len(prev_df) and not pd.isna(prev_df["e"].iloc[0]) else None
+        if earlier is None:
+            return prev, seen
+        bound = earlier - int(interval_hours(self.s.stream_watermark, "STREAM_WATERMARK") * 3_600_000)
         if prev is not None and bound <= prev:
-            return prev
+            return prev, seen
         p = {"lo": _utc(prev if prev is not None else 0), "hi": _utc(bound)}
         closed = self._query(
             "SELECT window_start, window_end, store_id, product_id, units_sold, window_stock, reorder_point "
             "FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s", p)
         if closed.empty:
-            return bound
+            return bound, seen
         for c in ("window_start", "window_end"):
             closed[c] = pd.to_datetime(closed[c], utc=True)
         stores = sorted(closed["store_id"].unique().tolist())
@@ -617,7 +640,7 @@ class StreamSinks:
             out.append(self._level_row(key, r.get("stock_level"), r.get("stock_time"), r.get("reorder_point"), st,
                                        batch_id, now_ms))
         self._insert_levels(out)
-        return bound
+        return bound, seen
 
     def _level_row(self, key, stock, stock_time, rop, st: dict, batch_id: int, now_ms: int) -> dict:
         return {"store_id": key[0], "product_id": key[1],
@@ -640,23 +663,32 @@ class StreamSinks:
         self._insert_df("inventory_levels", lv)
 
     def _levels(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
-        """Latest known stock per store x SKU of the batch (``inventory_levels``), keeping the episode state."""
+        """Latest known stock per store x SKU of the batch (``inventory_levels``), keeping the episode state.
+
+        The stock replaces the stored one when its update time is at or after the stored ``stock_time``; the
+        reorder point (the batch's latest window's, carried or its own) when that window ends after the stored
+        ``stock_time`` (a late window's carried reorder point does not replace a later count's)."""
         stores = sorted(enriched["store_id"].unique().tolist())
         state, prior_rows = self._episode_state("store_id IN %(stores)s", {"stores": stores})
         srt = enriched.sort_values("window_start", kind="mergesort")
         last_stock = (srt[srt["window_stock"].notna()].groupby(TR.WINDOW_KEY)[["window_stock", "window_stock_time"]]
                       .last().to_dict("index"))
-        last_rop = srt[srt["reorder_point"].notna()].groupby(TR.WINDOW_KEY)["reorder_point"].last().to_dict()
+        with_rop = srt[srt["reorder_point"].notna()].groupby(TR.WINDOW_KEY)
+        last_rop = with_rop["reorder_point"].last().to_dict()
+        # the window that reorder point belongs to ends at or before a stored later count: that count's is newer
+        rop_end = (with_rop["window_start"].last() + pd.Timedelta(hours=self.window_len_hours)).to_dict()
         rows = []
         for key in sorted(set(zip(enriched["store_id"], enriched["product_id"]))):
             p = prior_rows.get(key, {})
             stock, stock_time = p.get("stock_level"), p.get("stock_time")
             rop = p.get("reorder_point")
+            stored_time = None if stock_time is None or pd.isna(stock_time) else pd.Timestamp(stock_time)
             if key in last_stock:
                 t = pd.Timestamp(last_stock[key]["window_stock_time"])
-                if stock_time is None or pd.isna(stock_time) or t >= pd.Timestamp(stock_time):
+                if stored_time is None or t >= stored_time:
                     stock, stock_time = int(last_stock[key]["window_stock"]), t
-            if key in last_rop:
+            if key in last_rop and (rop is None or pd.isna(rop) or stored_time is None
+                                    or pd.Timestamp(rop_end[key]) > stored_time):
                 rop = int(last_rop[key])
             st = state.get(key, {"in_episode": False, "episode_start": None, "last_window_start": None})
             rows.append(self._level_row(key, stock, stock_time, rop, st, batch_id, now_ms))

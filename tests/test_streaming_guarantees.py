@@ -195,6 +195,56 @@ def test_restock_alerts_do_not_depend_on_micro_batch_boundaries(native_stack, sp
     pd.testing.assert_frame_equal(one, many)
 
 
+def test_an_event_behind_the_current_watermark_but_counted_by_spark_still_alerts(native_stack, spark, tmp_path):
+    """Spark drops late events by the *previous* micro-batch's watermark (two stateful operators: deduplication
+    and the window aggregation), so an event behind the current one is still counted. Three micro-batches (a file
+    each: the real window_metrics, the real sinks on the ClickHouse endpoint): a count of 20 (reorder point 10)
+    at 10:00:30 and a P2 sale at 10:20 | a count of 3 at 10:04 (behind the batch's watermark 10:10, counted) and a
+    P2 sale at 10:21 | a P2 sale at 10:45. The 10:00 window's stock 3 starts a restock episode, the same alert as
+    the three events in one micro-batch; before the sinks' bound lagged one batch it gave no alert at all."""
+    from core.clickhouse import get_client, migrate
+    from streaming import transforms as TR
+    from streaming.sinks import StreamSinks
+
+    schema = ("store_id string, product_id string, event_time timestamp, is_sale boolean, event_id string, "
+              "quantity int, unit_price double, new_quantity int, reorder_point int, partition int, offset long")
+    t0 = pd.Timestamp("2026-01-15 10:00", tz="UTC")
+
+    def ev(eid, minutes, sku="P1", newq=None):
+        t = t0 + pd.Timedelta(minutes=minutes)
+        return {"store_id": "S1", "product_id": sku, "event_time": t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "is_sale": newq is None, "event_id": eid, "quantity": 1 if newq is None else None,
+                "unit_price": 1.0 if newq is None else None, "new_quantity": newq,
+                "reorder_point": None if newq is None else 10, "partition": 0, "offset": int(minutes * 60)}
+
+    files = [[ev("i1", 0.5, newq=20), ev("s1", 20, "P2")], [ev("i2", 4, newq=3), ev("s2", 21, "P2")],
+             [ev("s3", 45, "P2")]]
+    got = {}
+    for name, parts in (("three", files), ("one", [sum(files, [])])):
+        s = namespace(native_stack, f"wm{name}{uuid.uuid4().hex[:6]}")
+        migrate(s)
+        src = tmp_path / name
+        src.mkdir()
+        for i, rows in enumerate(parts):
+            (src / f"f{i}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        sinks = StreamSinks(s)
+        q = (TR.window_metrics(spark.readStream.schema(schema).option("maxFilesPerTrigger", 1).json(str(src)),
+                               "5 minutes", "10 minutes")
+             .writeStream.outputMode("update").foreachBatch(sinks.windows_batch)
+             .option("checkpointLocation", str(tmp_path / f"ck-{name}")).trigger(availableNow=True).start())
+        try:
+            q.awaitTermination(300)
+        finally:
+            q.stop()
+        sinks.close()
+        got[name] = _alerts(get_client(s), s.clickhouse_database)
+    three, one = got["three"], got["one"]
+    first = int(t0.timestamp() * 1000)
+    assert three["alert_id"].tolist() == [f"S1|P1|{first}"], three
+    assert int(three["current_stock"].iloc[0]) == 3
+    pd.testing.assert_frame_equal(three, one)
+
+
 # ------------------------------------------------------------------------------ ClickHouse outage --
 def test_clickhouse_outage_is_waited_out_nothing_lost_or_doubled(native_stack, spark):
     from core.clickhouse import new_client

@@ -127,6 +127,10 @@ ORDER BY (query, batch_id);
 -- alerts (alerts do not depend on micro-batch boundaries). Idempotent: ADD COLUMN IF NOT EXISTS.
 ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS duplicates_dropped Int64 DEFAULT 0;
 ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS alerts_closed_until Nullable(DateTime64(3, 'UTC'));
+-- The windows query's latest event time counted after the batch (max last_event_time of sales_metrics_5m): the
+-- next batch closes windows up to it less STREAM_WATERMARK. Spark judges late events by the previous batch's
+-- watermark, so a bound from the batch's own events would close windows Spark still changes.
+ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS event_time_max Nullable(DateTime64(3, 'UTC'));
 -- Kafka records a micro-batch's offset range covered but its source never read: deleted by the topic's retention
 -- before the query reached them (failOnDataLoss=false skips them with a warning only). Lost to the platform.
 ALTER TABLE {db}.stream_batches ADD COLUMN IF NOT EXISTS records_expired Int64 DEFAULT 0;
