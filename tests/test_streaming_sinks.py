@@ -100,3 +100,89 @@ def test_sinks_client_has_no_session_and_only_infrastructure_errors_are_retried(
         sinks.close()
     assert not is_infrastructure_error(ProgrammingError("Unrecognized column 'x' in table t"))
     assert not is_infrastructure_error(ValueError("bad data"))
+
+
+# ------------------------------------------------------------------- windows written by the sinks --
+T0_WIN = "2026-01-15 10:00"
+
+
+def _window(m: int, sold: int = 0, stock: int | None = None, rop: int | None = None, stock_at: int = 1) -> dict:
+    """One window_metrics row (5-minute window starting ``m`` minutes after 10:00) as Spark hands it over."""
+    import pandas as pd
+
+    ws = pd.Timestamp(T0_WIN, tz="UTC") + pd.Timedelta(minutes=m)
+    st = None if stock is None else ws + pd.Timedelta(seconds=stock_at)
+    return {"window_start": ws, "window_end": ws + pd.Timedelta(minutes=5), "store_id": "S1", "product_id": "P1",
+            "units_sold": sold, "units_returned": 0, "revenue": float(sold), "transaction_count": int(sold > 0),
+            "inventory_update_count": int(stock is not None), "window_stock": stock, "window_stock_time": st,
+            "reorder_point": rop, "last_event_time": ws + pd.Timedelta(seconds=stock_at + 1)}
+
+
+def _spark_frame(rows: list[dict]):
+    """The pandas frame of Spark's ``toArrow().to_pandas()`` for window_metrics rows (int32 stock and reorder
+    point, timestamps in us UTC)."""
+    import pyarrow as pa
+
+    ts = pa.timestamp("us", tz="UTC")
+    types = {"window_start": ts, "window_end": ts, "store_id": pa.string(), "product_id": pa.string(),
+             "units_sold": pa.int64(), "units_returned": pa.int64(), "revenue": pa.float64(),
+             "transaction_count": pa.int64(), "inventory_update_count": pa.int64(), "window_stock": pa.int32(),
+             "window_stock_time": ts, "reorder_point": pa.int32(), "last_event_time": ts}
+    return pa.table({k: pa.array([r[k] for r in rows], t) for k, t in types.items()}).to_pandas()
+
+
+@pytest.fixture
+def fresh_sinks(native_stack):
+    """StreamSinks on a database of its own (migrated) on the ClickHouse endpoint; its client for reads."""
+    import uuid
+
+    from core.clickhouse import get_client, migrate
+    from streaming.sinks import StreamSinks
+
+    s = native_stack.model_copy(update={"clickhouse_database": f"{native_stack.clickhouse_database}_w"
+                                                               f"{uuid.uuid4().hex[:6]}"})
+    migrate(s)
+    sinks = StreamSinks(s)
+    try:
+        yield sinks, get_client(s), s.clickhouse_database
+    finally:
+        sinks.close()
+
+
+def test_two_stock_counts_in_one_batch_reach_the_stored_windows_between_them(fresh_sinks):
+    """Stored: a count of 10,000 at 10:00, sales-only windows 10:05..10:15. Then one micro-batch with a late count
+    of 3 for 10:05 and a new count of 50 at 10:20: the stored 10:10 and 10:15, between the two counts, carry 3
+    (cover 0.25 h, HIGH); before, only the windows after the batch's latest count were looked up (they kept
+    10,000, LOW)."""
+    sinks, client, db = fresh_sinks
+    sinks._windows_writes(_spark_frame([_window(0, 1, 10_000, 10), _window(5, 1), _window(10, 1), _window(15, 1)]),
+                          0, 1_000_000.0, 0.0)
+    sinks._windows_writes(_spark_frame([_window(5, 1, 3), _window(20, 1, 50)]), 1, 1_000_001.0, 0.0)
+    got = client.query_df(f"SELECT formatDateTime(window_start, '%H:%i') AS w, stock_level, hours_of_cover, "
+                          f"stockout_risk FROM {db}.sales_metrics_5m FINAL ORDER BY window_start")
+    assert got["w"].tolist() == ["10:00", "10:05", "10:10", "10:15", "10:20"]
+    assert got["stock_level"].tolist() == [10_000, 3, 3, 3, 50]
+    assert got["hours_of_cover"].round(3).tolist()[1:4] == [0.25, 0.25, 0.25]   # 3 units at 12 units/h
+    assert got["stockout_risk"].tolist()[1:4] == ["HIGH", "HIGH", "HIGH"]
+    high = client.query_df(f"SELECT formatDateTime(window_start, '%H:%i') AS w, skus_high_risk FROM "
+                           f"{db}.store_metrics_5m FINAL ORDER BY window_start")
+    assert dict(zip(high["w"], high["skus_high_risk"])) == {"10:00": 0, "10:05": 1, "10:10": 1, "10:15": 1,
+                                                           "10:20": 1}
+
+
+def test_a_late_window_does_not_replace_a_later_counts_reorder_point(fresh_sinks):
+    """inventory_levels (v_current_inventory): a count at 10:00 (reorder point 10), a count at 10:20 (80 units,
+    reorder point 30), then a late sale at 10:15 whose window carries 10: stock 80 and reorder point 30 stay
+    (before, the stock was kept by its time and the reorder point went back to 10)."""
+    sinks, client, db = fresh_sinks
+    sinks._windows_writes(_spark_frame([_window(0, 0, 100, 10)]), 0, 1_000_000.0, 0.0)
+    sinks._windows_writes(_spark_frame([_window(20, 0, 80, 30, stock_at=5)]), 1, 1_000_001.0, 0.0)
+    sinks._windows_writes(_spark_frame([_window(15, 2)]), 2, 1_000_002.0, 0.0)
+    lv = client.query_df(f"SELECT stock_level, reorder_point FROM {db}.inventory_levels FINAL")
+    assert lv.to_dict("records") == [{"stock_level": 80, "reorder_point": 30}]
+    late = client.query_df(f"SELECT reorder_point FROM {db}.sales_metrics_5m FINAL "
+                           f"WHERE formatDateTime(window_start, '%H:%i') = '10:15'")
+    assert late["reorder_point"].tolist() == [10]   # the late window itself carries the 10:00 count's
+    sinks._windows_writes(_spark_frame([_window(25, 0, 60, 40)]), 3, 1_000_003.0, 0.0)
+    lv = client.query_df(f"SELECT stock_level, reorder_point FROM {db}.inventory_levels FINAL")
+    assert lv.to_dict("records") == [{"stock_level": 60, "reorder_point": 40}]   # a newer count still replaces
