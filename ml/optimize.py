@@ -16,8 +16,9 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   (capacity - stock) and by shelf life (no more than can sell before expiry: d_bar * shelf_life - stock),
   rounded up to whole units; Q = 0 when IP > ROP.
 * Days until stock-out:              stock / d_bar (capped at 999; 999 when d_bar = 0).
-* Stock-out risk:                    HIGH when stock <= d_bar * L (runs out before a replenishment
-  ordered now can arrive), MEDIUM when stock <= ROP (inside the safety-stock buffer), else LOW.
+* Stock-out risk:                    HIGH when d_bar > 0 and stock <= d_bar * L (runs out before a
+  replenishment ordered now can arrive; a SKU expected to sell nothing cannot), MEDIUM when stock <= ROP
+  (inside the safety-stock buffer), else LOW.
 
 sigma_d should be the standard deviation of the *forecast error* per day (Silver et al. sec. 6.4), here
 derived from the 80 % prediction interval of the forecast: sigma_d = (upper80 - lower80) / (2 * 1.2816).
@@ -91,10 +92,16 @@ def days_until_stockout(stock, mean_demand):
 
 
 def stockout_risk(stock, mean_demand, lead_time_days, rop):
-    """'HIGH' when stock <= d_bar * L, 'MEDIUM' when stock <= ROP, else 'LOW' (see module docstring)."""
-    st = np.asarray(stock, dtype=float)
-    lt_demand = np.asarray(mean_demand, dtype=float) * np.asarray(lead_time_days, dtype=float)
-    out = np.where(st <= lt_demand, RISK_HIGH, np.where(st <= np.asarray(rop, dtype=float), RISK_MEDIUM, RISK_LOW))
+    """Stock-out risk class: 'HIGH' when d_bar > 0 and stock <= d_bar * L, 'MEDIUM' when stock <= ROP, else 'LOW'.
+
+    Args: stock (units on hand), mean_demand d_bar (units/day), lead_time_days L (days), rop (units; Chopra &
+    Meindl eq. 12.5). Scalars or numpy arrays of one shape. A SKU with d_bar <= 0 is never HIGH: nothing is
+    expected to sell before a replenishment arrives (its days until stock-out are 999); with stock <= ROP it is
+    MEDIUM. Returns a str for scalars, else an array of str.
+    """
+    st, d = np.asarray(stock, dtype=float), np.asarray(mean_demand, dtype=float)
+    high = (d > 0) & (st <= d * np.asarray(lead_time_days, dtype=float))
+    out = np.where(high, RISK_HIGH, np.where(st <= np.asarray(rop, dtype=float), RISK_MEDIUM, RISK_LOW))
     return str(out) if out.ndim == 0 else out
 
 

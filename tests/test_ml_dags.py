@@ -310,7 +310,8 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
         row = r.loc[(st, sku)]
         assert row["safety_stock"] == pytest.approx(z * sigma * np.sqrt(L), rel=1e-6, abs=1e-9)
         assert row["reorder_point"] == pytest.approx(d * L + z * sigma * np.sqrt(L), rel=1e-6, abs=1e-9)
-        expected = "HIGH" if row["stock"] <= d * L else ("MEDIUM" if row["stock"] <= row["reorder_point"] else "LOW")
+        high = d > 0 and row["stock"] <= d * L
+        expected = "HIGH" if high else ("MEDIUM" if row["stock"] <= row["reorder_point"] else "LOW")
         assert row["stockout_risk"] == expected
         assert row["reorder_qty"] <= max(0.0, 400 - row["stock"]) + 1e-9
 

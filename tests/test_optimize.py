@@ -74,6 +74,19 @@ def test_days_until_stockout_and_risk():
     assert opt.stockout_risk(120, D, L, 96.44854) == "LOW"
 
 
+def test_dead_sku_is_never_high_risk():
+    # d_bar = 0, stock 0, L = 4: stock <= d_bar * L is 0 <= 0, but nothing is expected to sell before a
+    # replenishment arrives (days until stock-out 999) -> not HIGH; stock 0 <= ROP 0 -> MEDIUM
+    assert opt.stockout_risk(0.0, 0.0, L, 0.0) == "MEDIUM"
+    assert opt.stockout_risk(5.0, 0.0, L, 0.0) == "LOW"
+    assert opt.stockout_risk(0.0, 0.1, L, 1.0) == "HIGH"   # any expected sale with nothing on hand
+    got = opt.stockout_risk(np.array([0.0, 0.0, 60.0]), np.array([0.0, D, D]), L, np.array([0.0, 96.4, 96.4]))
+    assert got.tolist() == ["MEDIUM", "HIGH", "HIGH"]
+    inp = pd.DataFrame([{"store_id": "S", "product_id": "dead", "stock": 0.0, "mean_demand": 0.0, "sigma_d": 0.0,
+                         "unit_cost": 5.0}])
+    r = opt.recommend(inp, lead_time_days=7, service_level=SL, order_cost=50.0, holding_cost_rate=0.25).iloc[0]
+    assert r["days_until_stockout"] == opt.MAX_DAYS and r["stockout_risk"] == "MEDIUM"
+
 def test_recommend_frame_matches_hand_computed():
     inp = pd.DataFrame([
         {"store_id": "S1", "product_id": "P1", "stock": 60.0, "mean_demand": D, "sigma_d": SIGMA, "unit_cost": 8.0,
