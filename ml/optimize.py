@@ -12,9 +12,12 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
 * Economic order quantity:           EOQ = sqrt(2 * D * S / H)               (Harris 1913, "How many parts
   to make at once", Factory 10(2); Silver et al. sec. 4.2), D annual demand, S cost per order,
   H = holding rate * unit cost per unit and year.
-* Order quantity when IP <= ROP:     Q = max(EOQ, ROP - IP), then bounded by free storage capacity
-  (capacity - stock) and by shelf life (no more than can sell before expiry: d_bar * shelf_life - stock),
-  rounded up to whole units; Q = 0 when IP > ROP.
+* Order quantity when IP <= ROP:     Q = max(EOQ, ROP - IP) rounded up to whole units, then bounded by
+  the free storage capacity left once what is on order arrives (capacity - IP) and by shelf life (no more
+  than can sell before expiry: d_bar * shelf_life - IP), each bound rounded down to whole units, never
+  negative; Q = 0 when IP > ROP. IP = stock + on order (inventory position).
+* Reorder needed:                    Q > 0 (IP <= ROP but a bound leaves no room, or ROP = 0 with d_bar = 0,
+  orders nothing and needs no reorder).
 * Days until stock-out:              stock / d_bar (capped at 999; 999 when d_bar = 0).
 * Stock-out risk:                    HIGH when d_bar > 0 and stock <= d_bar * L (runs out before a
   replenishment ordered now can arrive; a SKU expected to sell nothing cannot), MEDIUM when stock <= ROP
@@ -106,21 +109,26 @@ def stockout_risk(stock, mean_demand, lead_time_days, rop):
 
 
 def order_quantity(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None):
-    """Units to order now: 0 when IP = stock + on_order > ROP, else max(EOQ, ROP - IP) bounded by
-    ``storage_capacity - stock`` and ``mean_demand * shelf_life_days - stock`` (None/NaN = no bound),
-    never negative, rounded up to whole units."""
-    st = np.asarray(stock, dtype=float)
-    ip = st + np.asarray(on_order, dtype=float)
+    """Units to order now (whole units, >= 0, never -0.0); see the module docstring's order-quantity line.
+
+    0 when the inventory position IP = stock + on_order > ROP; else max(EOQ, ROP - IP) rounded up, bounded by
+    the free space ``storage_capacity - IP`` and by what can sell before expiry
+    ``mean_demand * shelf_life_days - IP`` (each rounded down; None/NaN = no bound), then clipped at 0.
+    Args: stock, on_order, rop, eoq_units in units; mean_demand in units/day; storage_capacity in units;
+    shelf_life_days in days. Scalars or numpy arrays of one shape (float for scalars, else an array).
+    (Silver, Pyke & Thomas 2017 ch. 6, (s, Q) policy; Chopra & Meindl 2016 ch. 12.)
+    """
+    ip = np.asarray(stock, dtype=float) + np.asarray(on_order, dtype=float)
     r = np.asarray(rop, dtype=float)
-    q = np.maximum(np.asarray(eoq_units, dtype=float), r - ip)
+    q = np.ceil(np.maximum(np.asarray(eoq_units, dtype=float), r - ip) - 1e-9)
     if storage_capacity is not None:
         cap = np.asarray(storage_capacity, dtype=float)
-        q = np.where(np.isnan(cap), q, np.minimum(q, cap - st))
+        q = np.where(np.isnan(cap), q, np.minimum(q, np.floor(cap - ip + 1e-9)))
     if shelf_life_days is not None:
         sl = np.asarray(shelf_life_days, dtype=float)
-        sellable = np.asarray(mean_demand, dtype=float) * sl - st
+        sellable = np.floor(np.asarray(mean_demand, dtype=float) * sl - ip + 1e-9)
         q = np.where(np.isnan(sl), q, np.minimum(q, sellable))
-    q = np.where(ip <= r, np.ceil(np.clip(q, 0, None) - 1e-9), 0.0)
+    q = np.where(ip <= r, np.clip(q, 0.0, None) + 0.0, 0.0)   # + 0.0 turns -0.0 into 0.0
     return float(q) if q.ndim == 0 else q
 
 
@@ -140,7 +148,8 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
         lead_time_days: supplier lead time L (days); service_level: cycle service level;
         order_cost: S per order; holding_cost_rate: yearly holding cost as a fraction of unit cost.
     Returns:
-        inputs + safety_stock, reorder_point, eoq, reorder_qty, reorder_needed (0/1),
+        inputs + safety_stock, reorder_point, eoq, reorder_qty (units, :func:`order_quantity`),
+        reorder_needed (0/1: 1 when reorder_qty > 0),
         days_until_stockout, stockout_risk, service_level, lead_time_days.
     Raises:
         ValueError: a required column is missing or unit_cost <= 0.
@@ -165,7 +174,7 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
         df["eoq"].to_numpy(), d.to_numpy(),
         df["storage_capacity"].to_numpy(float) if "storage_capacity" in df.columns else None,
         df["shelf_life_days"].to_numpy(float) if "shelf_life_days" in df.columns else None)
-    df["reorder_needed"] = ((df["stock"] + on_order) <= df["reorder_point"]).astype("uint8")
+    df["reorder_needed"] = (df["reorder_qty"] > 0).astype("uint8")
     df["days_until_stockout"] = days_until_stockout(df["stock"].to_numpy(float), d.to_numpy())
     df["stockout_risk"] = stockout_risk(df["stock"].to_numpy(float), d.to_numpy(), L.to_numpy(),
                                         df["reorder_point"].to_numpy())

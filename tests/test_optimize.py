@@ -19,8 +19,8 @@ from ml import optimize as opt
 #                                  = 1.644854 * sqrt(500) = 1.644854 * 22.36068 = 36.78010
 #   EOQ: D = 20 * 365 = 7300 units/year, S = 50 per order, H = 25 % * 8.00 = 2.00 per unit-year
 #        EOQ = sqrt(2 * 7300 * 50 / 2) = sqrt(365000) = 604.1523 units
-#   stock 60, nothing on order: IP = 60 <= ROP -> order max(EOQ, ROP - IP) = 604.15,
-#        bounded by storage capacity 500 - 60 = 440 and shelf life 14 days: 20 * 14 - 60 = 220 -> 220
+#   stock 60, nothing on order: IP = 60 <= ROP -> order max(EOQ, ROP - IP) = 604.15 -> 605,
+#        bounded by storage capacity 500 - IP = 440 and shelf life 14 days: 20 * 14 - IP = 220 -> 220
 #   days until stock-out = 60 / 20 = 3.0 <= L = 4 -> stock 60 <= d * L = 80 -> HIGH
 D, SIGMA, L, SL = 20.0, 5.0, 4.0, 0.95
 
@@ -65,6 +65,34 @@ def test_order_quantity_bounds():
     # stock above what can sell before expiry: never negative
     assert opt.order_quantity(90, 0, rop, 604.1523, 1.0, shelf_life_days=14) == 0
 
+
+def test_order_quantity_bounds_count_stock_on_order():
+    rop = 96.44854
+    # stock 0 + 50 on order, capacity 100: free space 100 - 50 = 50 (not 100 - 0), so stock + on order + Q <= 100
+    assert opt.order_quantity(0, 50, rop, 604.1523, D, storage_capacity=100) == 50
+    # shelf life 14 days: 20 * 14 - (30 + 40) = 210 can still sell before expiry (not 280 - 30 = 250)
+    assert opt.order_quantity(30, 40, rop, 604.1523, D, shelf_life_days=14) == 210
+    # the unbounded quantity is rounded up (EOQ 17.2 -> 18), a fractional bound down (2.5 * 7 - 0 = 17.5 -> 17)
+    assert opt.order_quantity(0, 0, 2.0, 17.2, 2.5) == 18
+    assert opt.order_quantity(0, 0, 2.0, 17.2, 2.5, shelf_life_days=7) == 17
+    # a bound leaving no room gives 0.0, not -0.0
+    q = opt.order_quantity(60, 0, rop, 604.1523, D, storage_capacity=50)
+    assert q == 0 and math.copysign(1.0, q) == 1.0
+
+
+def test_reorder_needed_only_when_something_is_ordered():
+    # all three have IP <= ROP (83.06 for d 10, sigma 3, L 7) but order nothing: capacity already exceeded,
+    # shelf-life bound 10 * 5 - 80 < 0, dead SKU (ROP 0, d_bar 0); the fourth's order fills the free space
+    inp = pd.DataFrame({
+        "store_id": ["S1", "S2", "S3", "S4"], "product_id": ["cap", "shelf", "dead", "on_order"],
+        "stock": [60.0, 80.0, 0.0, 0.0], "mean_demand": [10.0, 10.0, 0.0, 10.0], "sigma_d": [3.0, 3.0, 0.0, 3.0],
+        "unit_cost": 5.0, "on_order": [0.0, 0.0, 0.0, 50.0], "storage_capacity": [50.0, np.nan, np.nan, 100.0],
+        "shelf_life_days": [np.nan, 5.0, np.nan, np.nan]})
+    out = opt.recommend(inp, lead_time_days=7, service_level=SL, order_cost=50.0, holding_cost_rate=0.25)
+    assert (out["stock"] + out["on_order"] <= out["reorder_point"]).all()
+    assert out["reorder_qty"].tolist() == [0.0, 0.0, 0.0, 50.0]
+    assert out["reorder_needed"].tolist() == [0, 0, 0, 1]
+    assert (np.copysign(1.0, out["reorder_qty"]) == 1.0).all()   # no -0.0
 
 def test_days_until_stockout_and_risk():
     assert opt.days_until_stockout(60, 20) == pytest.approx(3.0)
