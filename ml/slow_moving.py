@@ -1,6 +1,9 @@
 """Demand-pattern classification of SKUs (Syntetos-Boylan) and the slow-moving flag (pure pandas).
 
-Per series (store x SKU) over a window of days with zero-filled demand:
+Per series (store x SKU) over a window of days with zero-filled demand; the window of a series starts at
+the later of the window's first day and the series' first row in all the history given (a sale, or any row
+recording it, e.g. a listed price with 0 units), so a SKU launched inside the window is not penalised for
+days before its launch while an older SKU is measured over the whole window:
 
 * ADI = number of days / number of days with demand > 0 (average inter-demand interval, days);
 * CV^2 = (std / mean)^2 of the *non-zero* demand sizes (population std).
@@ -62,11 +65,17 @@ def classify(daily: pd.DataFrame, *, end_date=None, window_days: int = 365, slow
     """Classify every (store_id, product_id) over the ``window_days`` days ending at ``end_date``.
 
     Args:
-        daily: date, store_id, product_id, units (missing days = zero demand; each series is considered
-            from its first row within the window, so new SKUs are not penalised for days before launch).
+        daily: date, store_id, product_id, units (missing days = zero demand). Each series is considered
+            from max(window start, its first row in ``daily`` up to ``end_date``): rows before the window
+            are not counted but say the SKU already existed, so new SKUs are not penalised for days before
+            launch and old ones are averaged over the whole window. Series without a row in the window are
+            left out.
+        end_date: last day (default the last date in ``daily``); window_days: window length in days;
+        slow_rate: units/day; stale_days: days.
     Returns:
-        DataFrame store_id, product_id, window_start, window_end, n_days, adi, cv2, demand_class,
-        mean_daily_demand, days_since_last_sale, is_slow_moving (0/1).
+        DataFrame store_id, product_id, window_start (the series' first day), window_end, n_days (days from
+        window_start to window_end), adi (days), cv2, demand_class, mean_daily_demand (units/day over n_days),
+        days_since_last_sale (days; n_days when no sale in the window), is_slow_moving (0/1).
     Raises:
         ValueError: missing columns.
     """
@@ -77,11 +86,13 @@ def classify(daily: pd.DataFrame, *, end_date=None, window_days: int = 365, slow
     d["date"] = pd.to_datetime(d["date"]).dt.normalize()
     end = pd.Timestamp(end_date).normalize() if end_date is not None else d["date"].max()
     start = end - pd.Timedelta(days=window_days - 1)
-    d = d[(d["date"] >= start) & (d["date"] <= end)]
+    d = d[d["date"] <= end]
+    first_row = d.groupby(["store_id", "product_id"])["date"].min()   # over all the history given
+    d = d[d["date"] >= start]
     d = d.groupby(["store_id", "product_id", "date"], as_index=False)["units"].sum()
     rows = []
     for (store, product), g in d.groupby(["store_id", "product_id"], sort=True):
-        first = g["date"].min()
+        first = max(start, first_row[(store, product)])
         idx = pd.date_range(first, end, freq="D")
         u = g.set_index("date")["units"].reindex(idx, fill_value=0.0).clip(lower=0).to_numpy()
         adi, cv2, cls = classify_series(u)
@@ -136,7 +147,13 @@ def evaluate_against_labels(daily: pd.DataFrame, labels: dict[str, str], window_
 def stability(daily: pd.DataFrame, *, end_date=None, window_days: int = 182) -> dict:
     """Hold-out stability: classes on the window ending ``window_days`` before ``end_date`` vs the window
     ending at ``end_date``; share of series (present in both) with the same class, and the same
-    slow-moving flag."""
+    slow-moving flag.
+
+    Both windows are ``window_days`` days long; in each a series starts at max(window start, its first row in
+    the history up to that window's end) (:func:`classify`), so a series that existed before the second
+    window is measured over all of it. Returns {"class_agreement", "slow_flag_agreement" (shares in [0, 1],
+    NaN when no series is in both), "n_series"}.
+    """
     d = daily.copy()
     d["date"] = pd.to_datetime(d["date"]).dt.normalize()
     end = pd.Timestamp(end_date).normalize() if end_date is not None else d["date"].max()

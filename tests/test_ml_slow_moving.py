@@ -38,6 +38,32 @@ def test_classify_frame_slow_flag_and_recency():
         classify(fast.drop(columns=["units"]))
 
 
+def test_window_starts_at_the_window_start_for_a_sku_older_than_the_window():
+    end = pd.Timestamp("2024-12-31")
+    # OLD sold 15 on 2023-01-10 (before the 365-day window 2024-01-02..2024-12-31) and 15 twenty days before the
+    # end: it existed all the window -> mean 15 / 365, n_days 365, ADI 365 (not 15 / 21 over its last 21 days);
+    # NEW first sold 9 days before the end -> its window starts there: 10 days, mean 4 / 10
+    daily = pd.DataFrame({"date": [pd.Timestamp("2023-01-10"), end - pd.Timedelta(days=20), end - pd.Timedelta(days=9)],
+                          "store_id": "S", "product_id": ["OLD", "OLD", "NEW"], "units": [15.0, 15.0, 4.0]})
+    out = classify(daily, end_date=end, window_days=365).set_index("product_id")
+    assert out.loc["OLD", "window_start"] == pd.Timestamp("2024-01-02") and out.loc["OLD", "n_days"] == 365
+    assert out.loc["OLD", "mean_daily_demand"] == pytest.approx(15 / 365) and out.loc["OLD", "adi"] == 365.0
+    assert out.loc["OLD", "days_since_last_sale"] == 20 and out.loc["OLD", "is_slow_moving"] == 1
+    assert out.loc["NEW", "window_start"] == end - pd.Timedelta(days=9) and out.loc["NEW", "n_days"] == 10
+    assert out.loc["NEW", "mean_daily_demand"] == pytest.approx(0.4)
+
+
+def test_stability_second_window_counts_days_before_a_late_sale():
+    # 3 units every 3 days over the first 60-day window (mean 1/day, not slow); in the second 60-day window a
+    # single sale of 3 two days before the end: the series existed all that window -> mean 3/60 = 0.05 < 0.5,
+    # slow (not a 3-day window with mean 1) -> the slow flag changes between the windows
+    dates = pd.date_range("2024-01-01", periods=120, freq="D")
+    units = np.r_[np.tile([0.0, 0.0, 3.0], 20), np.zeros(60)]
+    units[-3] = 3.0
+    sales = pd.DataFrame({"date": dates, "store_id": "S", "product_id": "P", "units": units}).query("units > 0")
+    st = stability(sales, end_date=dates[-1], window_days=60)   # rows only on sale days
+    assert st == {"class_agreement": 1.0, "slow_flag_agreement": 0.0, "n_series": 1}
+
 def test_stability_of_a_stationary_pattern_is_one():
     dates = pd.date_range("2024-01-01", periods=120, freq="D")
     d = pd.DataFrame({"date": dates, "store_id": "S", "product_id": "P", "units": np.tile([0, 0, 3], 40)})
