@@ -5,7 +5,8 @@ Input: a *daily demand table*, one row per (date, store_id, product_id) with
 ============  ==========================================================================
 column        meaning
 ============  ==========================================================================
-date          calendar day (anything ``pd.to_datetime`` accepts; normalised to midnight)
+date          calendar day (anything ``pd.to_datetime`` accepts; made a naive midnight: a
+              timezone-aware value keeps its local calendar day, its zone is dropped)
 store_id      store (or market) key, string
 product_id    SKU key, string
 units         units demanded that day, >= 0 (returns are not negative demand)
@@ -32,6 +33,10 @@ price/promotion, weather forecast):
   (price_d / price_{d-7} - 1), ``price_rel_28`` (price_d / mean price over the 28 days up to d-1),
   ``promo``, ``holiday``, ``event``, ``snap``, and ``temp_c``, ``precip_mm`` when a weather table is
   given.
+
+Every date read (the table's, ``end_date``, the calendar's and weather's, the origins and bounds of
+:func:`make_supervised`) is a naive calendar day: a timezone-aware value keeps its local day and loses its
+zone (:func:`calendar_days`), so days, lags and horizons count calendar days across DST changes.
 
 Missing days inside a series' *active range* (first day on sale, i.e. first non-missing price or
 first positive demand, up to the last day of the table) are filled with zero demand; ``extend_days``
@@ -118,8 +123,37 @@ def _season(month: pd.Series) -> pd.Series:
     return ((month % 12) // 3).astype("int8")
 
 
+def calendar_day(value) -> pd.Timestamp:
+    """One date as a naive calendar day (midnight, no timezone); a timezone-aware value keeps its *local*
+    calendar day (2024-04-01 00:00 Europe/London -> 2024-04-01, not 2024-03-31 23:00 UTC).
+
+    Args: anything ``pd.Timestamp`` accepts. Returns a pd.Timestamp at midnight (NaT stays NaT).
+    Raises: ValueError / TypeError of ``pd.Timestamp`` for an unparsable value.
+    """
+    t = pd.Timestamp(value)
+    if t is pd.NaT:
+        return t
+    return (t.tz_localize(None) if t.tzinfo is not None else t).normalize()
+
+
+def calendar_days(values) -> pd.Series:
+    """Dates as naive calendar days (datetime64, midnight, no timezone), element-wise as :func:`calendar_day`.
+
+    Timezone-aware values (one zone, or strings with mixed UTC offsets, which ``pd.to_datetime`` returns as
+    objects) keep their local calendar day: day arithmetic then counts calendar days across a DST change
+    (a 23- or 25-hour day is still one day). Args: a Series (index kept) or anything ``pd.to_datetime``
+    accepts for a list. Returns a Series. Raises: the errors of ``pd.to_datetime``.
+    """
+    d = pd.to_datetime(values if isinstance(values, pd.Series) else pd.Series(list(values)))
+    if isinstance(d.dtype, pd.DatetimeTZDtype):
+        d = d.dt.tz_localize(None)
+    elif d.dtype == object:  # mixed UTC offsets: each value's own local day
+        d = pd.to_datetime(d.map(lambda t: t.tz_localize(None) if getattr(t, "tzinfo", None) else t))
+    return d.dt.normalize()
+
+
 def validate_daily(daily: pd.DataFrame) -> pd.DataFrame:
-    """Check and normalise a daily demand table (copy).
+    """Check and normalise a daily demand table (copy); ``date`` becomes naive calendar days (:func:`calendar_days`).
 
     Raises:
         ValueError: a required column is missing, a key is null, units are negative or non-numeric,
@@ -130,7 +164,7 @@ def validate_daily(daily: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"daily demand table lacks column(s) {missing}; has {list(daily.columns)}")
     df = daily.copy()
-    df["date"] = pd.to_datetime(df["date"]).dt.normalize()
+    df["date"] = calendar_days(df["date"])
     for k in KEYS:
         if df[k].isna().any():
             raise ValueError(f"{int(df[k].isna().sum())} row(s) with null {k}")
@@ -160,7 +194,7 @@ def complete_series(daily: pd.DataFrame, end_date=None, extend_days: int = 0) ->
         DataFrame sorted by store_id, product_id, date with a RangeIndex.
     """
     df = validate_daily(daily)
-    end = pd.Timestamp(end_date).normalize() if end_date is not None else df["date"].max()
+    end = calendar_day(end_date) if end_date is not None else df["date"].max()
     df = df[df["date"] <= end]
     active = df[(df["units"] > 0) | df["price"].notna()]
     starts = active.groupby(KEYS, observed=True)["date"].min()
@@ -218,7 +252,8 @@ def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int
 
     Args:
         daily: daily demand table (see module docstring).
-        end_date: last day with known demand (default: max date of ``daily``).
+        end_date: last day with known demand (default: max date of ``daily``; a calendar day,
+            :func:`calendar_day`).
         extend_days: future days appended for forecasting (units NaN), default 14 (>= the horizon).
         default_country: ISO code for holidays of stores without ``country_code``; None = no holidays
             unless the input has a ``holiday`` column.
@@ -232,7 +267,7 @@ def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int
     df = complete_series(daily, end_date=end_date, extend_days=extend_days)
     if calendar is not None:
         cal = calendar.copy()
-        cal["date"] = pd.to_datetime(cal["date"]).dt.normalize()
+        cal["date"] = calendar_days(cal["date"])
         on = ["date"] + (["store_id"] if "store_id" in cal.columns else [])
         flags = [c for c in OPTIONAL_FLAGS if c in cal.columns]
         if not flags:
@@ -288,7 +323,7 @@ def build_daily_features(daily: pd.DataFrame, *, end_date=None, extend_days: int
         need = {"date", "temp_c", "precip_mm"}
         if not need <= set(w.columns):
             raise ValueError(f"weather table needs columns {sorted(need)} (+ optional country_code); has {list(w.columns)}")
-        w["date"] = pd.to_datetime(w["date"]).dt.normalize()
+        w["date"] = calendar_days(w["date"])
         on = ["date"]
         if "country_code" in w.columns:
             if "country_code" not in df.columns:
@@ -372,7 +407,7 @@ def _days_since(dates: np.ndarray, data_start) -> np.ndarray:
     int64 of shape (n,)."""
     if len(dates) == 0:
         return np.zeros(0, "int64")
-    start = dates.min() if data_start is None else np.datetime64(pd.Timestamp(data_start), "ns")
+    start = dates.min() if data_start is None else np.datetime64(calendar_day(data_start), "ns")
     return ((dates - start) // np.timedelta64(1, "D")).astype("int64")
 
 
@@ -385,7 +420,10 @@ def group_trailing_mean(features: pd.DataFrame, by: str, w: int, pos: np.ndarray
     ``age``: their days since the data's first day (:func:`_trailing_mean`; default: the table's first day).
     """
     pos = _series_positions(features) if pos is None else pos
-    age = _days_since(features["date"].to_numpy("datetime64[ns]"), None) if age is None else age
+    if age is None:
+        d = features["date"]
+        d = calendar_days(d) if isinstance(d.dtype, pd.DatetimeTZDtype) else d
+        age = _days_since(d.to_numpy("datetime64[ns]"), None)
     rm = pd.Series(_trailing_mean(features["units"].to_numpy("float64"), pos, w, age), index=features.index)
     return rm.groupby([features[by], features["date"]], sort=False, observed=True).transform("mean")
 
@@ -433,6 +471,9 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
             filters, same order, same seed), at the cost of gathering only them.
         data_start: the first day the chain's data covers (default: the table's first day); pass it when
             ``features`` holds a sample of the series.
+        Every date argument (origins, min_target_date, max_origin, max_target_date, data_start) and a
+        timezone-aware ``date`` column are read as naive calendar days (:func:`calendar_day`), so horizons
+        count calendar days across a DST change.
         prices_known_ahead: take :data:`PRICE_COLUMNS` from the target day (a price list published for the
             horizon) instead of the origin (the price paid, known only up to t; the default).
 
@@ -448,12 +489,14 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
     if not hs or hs[0] < 1 or hs[-1] > MAX_HORIZON:
         raise ValueError(f"horizons must be within 1..{MAX_HORIZON}, got {hs}")
     f = sorted_by_series(features).reset_index(drop=True)
+    if isinstance(f["date"].dtype, pd.DatetimeTZDtype):   # a table not from build_daily_features
+        f = f.assign(date=calendar_days(f["date"]))
     pos = _series_positions(f)
     dates = f["date"].to_numpy("datetime64[ns]")
     n = len(f)
     if origins is not None:
         tidx_l, h_l = [], []
-        ol = pd.to_datetime(pd.Series(list(origins))).to_numpy("datetime64[ns]")
+        ol = calendar_days(origins).to_numpy("datetime64[ns]")
         for o in ol:
             h_all = ((dates - o) // np.timedelta64(1, "D")).astype("int64")
             m = np.isin(h_all, hs)
@@ -464,7 +507,7 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
     else:
         cand = np.arange(n)
         if min_target_date is not None:
-            cand = cand[dates[cand] >= np.datetime64(pd.Timestamp(min_target_date))]
+            cand = cand[dates[cand] >= np.datetime64(calendar_day(min_target_date), "ns")]
         if sample_per_target is not None and sample_per_target < len(hs):
             rng = np.random.default_rng(seed)
             k = int(sample_per_target)
@@ -476,11 +519,11 @@ def make_supervised(features: pd.DataFrame, horizons: Iterable[int] = range(1, M
             h = np.tile(np.asarray(hs), len(cand))
     keep = pos[tidx] >= h  # origin t = d - h lies within the series
     if min_target_date is not None and origins is not None:
-        keep &= dates[tidx] >= np.datetime64(pd.Timestamp(min_target_date))
+        keep &= dates[tidx] >= np.datetime64(calendar_day(min_target_date), "ns")
     if max_origin is not None:
-        keep &= dates[tidx] - h.astype("timedelta64[D]") <= np.datetime64(pd.Timestamp(max_origin))
+        keep &= dates[tidx] - h.astype("timedelta64[D]") <= np.datetime64(calendar_day(max_origin), "ns")
     if max_target_date is not None:
-        keep &= dates[tidx] <= np.datetime64(pd.Timestamp(max_target_date))
+        keep &= dates[tidx] <= np.datetime64(calendar_day(max_target_date), "ns")
     tidx, h = tidx[keep], h[keep].astype("int64")
     units = f["units"].to_numpy("float64")
     if known_only:

@@ -251,3 +251,51 @@ def test_weather_joined_on_day_and_country():
     assert "temp_c" in feature_columns(f)
     with pytest.raises(ValueError, match="weather table"):
         build_daily_features(d, default_country=None, weather=w.drop(columns=["temp_c"]))
+
+
+def test_timezone_aware_dates_are_local_calendar_days_across_dst():
+    # local midnights in Europe/London across the 2024-03-31 DST change (that day has 23 hours); units = day index
+    dates = pd.date_range("2024-03-01", "2024-04-29", freq="D", tz="Europe/London")
+    d = pd.DataFrame({"date": dates, "store_id": "S", "product_id": "P", "units": np.arange(len(dates), dtype=float),
+                      "price": 1.0})
+    f = build_daily_features(d, extend_days=7, default_country=None)
+    assert f["date"].dt.tz is None and f["date"].is_unique
+    assert f["date"].iloc[0] == pd.Timestamp("2024-03-01") and f["date"].iloc[-1] == pd.Timestamp("2024-05-06")
+    assert (f["date"].diff().dropna() == pd.Timedelta(days=1)).all()
+    assert f.loc[f["date"] == pd.Timestamp("2024-04-01"), "dow"].item() == 0   # a Monday
+    # origin 2024-03-28 (local): targets 2024-03-29..2024-04-04, h 1..7 once each, y = 28..34, and every
+    # history column from the origin row: lag_1 = y of 2024-03-28 = 27 (not the origin+1 day's 28)
+    s = make_supervised(f, range(1, 8), origins=[pd.Timestamp("2024-03-28", tz="Europe/London")])
+    assert s["h"].tolist() == list(range(1, 8)) and (s["origin"] == pd.Timestamp("2024-03-28")).all()
+    assert s["date"].tolist() == list(pd.date_range("2024-03-29", periods=7, freq="D"))
+    assert s["y"].tolist() == list(np.arange(28.0, 35.0)) and (s["lag_1"] == 27.0).all()
+    assert s["seasonal_naive"].tolist() == list(np.arange(21.0, 28.0))
+    # naive dates give the same rows; tz-aware bounds are read as local days too
+    naive = make_supervised(build_daily_features(d.assign(date=dates.tz_localize(None)), extend_days=7,
+                                                 default_country=None), range(1, 8), origins=["2024-03-28"])
+    pd.testing.assert_frame_equal(s, naive)
+    end = pd.Timestamp("2024-04-01", tz="Europe/London")
+    assert complete_series(d, end_date=end)["date"].max() == pd.Timestamp("2024-04-01")
+    b = make_supervised(f, [1], min_target_date=pd.Timestamp("2024-04-01", tz="Europe/London"),
+                        max_target_date=end)
+    assert b["date"].tolist() == [pd.Timestamp("2024-04-01")] and b["y"].tolist() == [31.0]
+
+
+def test_calendar_days_keep_the_local_day():
+    from ml.features import calendar_day, calendar_days
+
+    # strings with mixed UTC offsets (a DST change) and one zone: each value's local calendar day
+    with pytest.warns(FutureWarning):
+        got = calendar_days(["2024-03-30T00:00+00:00", "2024-04-01T00:00+01:00"])
+    assert got.tolist() == [pd.Timestamp("2024-03-30"), pd.Timestamp("2024-04-01")]
+    got = calendar_days(pd.Series(pd.date_range("2024-03-30 23:30", periods=3, freq="D", tz="Europe/London")))
+    assert got.dt.tz is None and got.dt.day.tolist() == [30, 31, 1]
+    assert calendar_day("2024-04-01T00:00+01:00") == pd.Timestamp("2024-04-01")
+    assert calendar_day(pd.Timestamp("2024-04-01 00:30", tz="Europe/London")) == pd.Timestamp("2024-04-01")
+    # a weather table and a calendar with tz-aware dates join on the local day
+    d = toy([1, 2, 3])
+    w = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=3, freq="D", tz="America/New_York"),
+                      "temp_c": [1.0, 2.0, 3.0], "precip_mm": 0.0})
+    cal = pd.DataFrame({"date": [pd.Timestamp("2024-01-02", tz="Asia/Tokyo")], "event": [1]})
+    f = build_daily_features(d, extend_days=0, default_country=None, weather=w, calendar=cal)
+    assert f["temp_c"].tolist() == [1.0, 2.0, 3.0] and f["event"].tolist() == [0, 1, 0]
