@@ -220,7 +220,8 @@ class BacktestResult:
     predictions: one row per (series, origin, h): store_id, product_id, origin, date, h, y,
         level_bucket, rmean_30 and one point-forecast column (units) per model.
     metrics: model, h (0 = pooled), wape, mae, rmse, rmsse, n, sum_y, coverage80, coverage95.
-    quantiles: model, h, level_bucket, lower95, lower80, upper80, upper95 (additive residual bounds, units).
+    quantiles: model, h, level_bucket, lower95, lower80, upper80, upper95 (additive residual bounds, units),
+        lead_sigma (units: :func:`lead_time_sigma`, the error spread of the demand total over days 1..h).
     """
 
     predictions: pd.DataFrame
@@ -741,12 +742,49 @@ def residual_quantiles(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     return res
 
 
-def apply_intervals(pred: pd.DataFrame, quantiles: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
-    """Add lower95, lower80, upper80, upper95 (units, >= 0) to rows with h, level_bucket and ``point``.
+def lead_time_sigma(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
+    """Spread of the forecast error of a demand *total* over days 1..h, per (h, level_bucket): the root mean
+    square of E_h = sum over days 1..h of (y - yhat), over the backtest's (series, origin) with every day 1..h
+    scored. Taken from the totals themselves, it keeps the correlation of a forecast's daily errors (a level
+    error repeats on every day of a lead time), which sigma_d * sqrt(L) from daily errors assumes away, and the
+    bias (root mean square, not standard deviation). Used for safety stock over a lead time of h days: SS = z *
+    lead_sigma (Silver, Pyke & Thomas 2017, "Inventory and Production Management in Supply Chains", 4th ed., CRC
+    Press, ch. 4 and 6: the standard deviation of forecast errors over the replenishment lead time, estimated from
+    observed forecast errors). Groups with fewer than :data:`MIN_GROUP_RESIDUALS` totals use the h's pooled value.
 
-    ``quantiles``: output of :func:`residual_quantiles` (one model's rows)."""
+    Args:
+        pred: backtest rows store_id, product_id, origin, h, level_bucket, y and ``point`` (units/day).
+    Returns:
+        DataFrame h, level_bucket (0..N_LEVEL_BUCKETS-1), lead_sigma (units; NaN when no total of h days was
+        scored), one row per (h, bucket) for h = 1..max h.
+    """
+    keys = ["store_id", "product_id", "origin"]
+    p = pred[[*keys, "h", "level_bucket", "y", point]].sort_values([*keys, "h"], kind="mergesort")
+    grouped = p.groupby(keys, sort=False)
+    total = (p["y"] - p[point]).astype("float64").groupby([p[k] for k in keys], sort=False).cumsum().to_numpy()
+    complete = grouped.cumcount().to_numpy() + 1 == p["h"].to_numpy()   # days 1..h all scored (no gap)
+    h, b = p["h"].to_numpy()[complete], p["level_bucket"].to_numpy()[complete]
+    sq = total[complete] ** 2
+    rows = []
+    for hh in range(1, int(p["h"].max()) + 1 if len(p) else 1):
+        mh = h == hh
+        pooled = float(np.sqrt(sq[mh].mean())) if mh.any() else float("nan")
+        for bb in range(N_LEVEL_BUCKETS):
+            m = mh & (b == bb)
+            rows.append({"h": hh, "level_bucket": bb,
+                         "lead_sigma": float(np.sqrt(sq[m].mean())) if m.sum() >= MIN_GROUP_RESIDUALS else pooled})
+    return pd.DataFrame(rows, columns=["h", "level_bucket", "lead_sigma"])
+
+
+def apply_intervals(pred: pd.DataFrame, quantiles: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
+    """Add lower95, lower80, upper80, upper95 (units, >= 0) to rows with h, level_bucket and ``point``, and
+    lead_sigma (units) when ``quantiles`` has it.
+
+    ``quantiles``: output of :func:`residual_quantiles` (one model's rows; :class:`BacktestResult`'s adds
+    lead_sigma)."""
     q = quantiles.drop(columns=["model"], errors="ignore")
-    out = pred.drop(columns=[c for c in QUANTILES if c in pred.columns]).merge(q, on=["h", "level_bucket"], how="left")
+    old = [c for c in (*QUANTILES, "lead_sigma") if c in pred.columns]
+    out = pred.drop(columns=old).merge(q, on=["h", "level_bucket"], how="left")
     for c in QUANTILES:
         out[c] = np.clip(out[point] + out[c].fillna(0.0), 0.0, None)
     return out
@@ -977,10 +1015,12 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
     pred["level_bucket"] = level_bucket(pred["rmean_30"], edges)
     metrics = metrics_table(pred, pd.concat(scales, ignore_index=True), models)
     metrics = add_coverage(metrics, pred, models)
-    quantiles = pd.concat([residual_quantiles(pred, m).assign(model=m) for m in models], ignore_index=True)
+    quantiles = pd.concat([residual_quantiles(pred, m).merge(lead_time_sigma(pred, m), on=["h", "level_bucket"],
+                                                             how="left").assign(model=m) for m in models],
+                          ignore_index=True)
     keep = ["store_id", "product_id", "origin", "date", "h", "y", *models, "level_bucket", "rmean_30"]
-    return BacktestResult(pred[keep], metrics, quantiles[["model", "h", "level_bucket", *QUANTILES]], edges, used,
-                          fit_s, n_train, timings, models)
+    return BacktestResult(pred[keep], metrics, quantiles[["model", "h", "level_bucket", *QUANTILES, "lead_sigma"]],
+                          edges, used, fit_s, n_train, timings, models)
 
 
 def train_final(spark, features, cfg: ForecastConfig, span=None):
@@ -1036,7 +1076,8 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
         prices_known_ahead: as the model was trained (:func:`model_prices_known_ahead`).
     Returns:
         DataFrame store_id, product_id, origin (T), date (target day), h, yhat, lower95, lower80,
-        upper80, upper95 (units).
+        upper80, upper95 (units), and lead_sigma (units: the backtest's error spread of the demand total over
+        days 1..h for the series' level bucket, :func:`lead_time_sigma`) when ``quantiles`` has it.
     Raises:
         ValueError: the feature table has no future rows for some horizon, or an unknown model.
     """
@@ -1067,7 +1108,8 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
     rows["level_bucket"] = level_bucket(rows["rmean_30"], bucket_edges)
     q = quantiles[quantiles["model"] == model_name] if "model" in quantiles.columns else quantiles
     out = apply_intervals(rows, q)
-    return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES]].sort_values(
+    lead = ["lead_sigma"] if "lead_sigma" in out.columns else []   # models saved before it have none
+    return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES, *lead]].sort_values(
         ["store_id", "product_id", "h"]).reset_index(drop=True)
 
 

@@ -301,15 +301,22 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
 
     r = q("SELECT * FROM {db}.reorder_recommendations FINAL").set_index(["store_id", "product_id"])
     assert len(r) == n_series
-    # independent recomputation of safety stock and reorder point from the stored forecasts
+    # independent recomputation of safety stock and reorder point from the stored forecasts and the lead-time
+    # error spread the lake's forecasts carry (the champion's backtest: lead_sigma of the total over days 1..L)
+    from core.lake import Lake
+    from ml.pipeline import read_predictions
+
+    lead = read_predictions(Lake(native_stack)).set_index(["store_id", "product_id", "horizon"])["lead_sigma"]
     z = norm.ppf(native_stack.service_level)
     L = native_stack.lead_time_days
+    assert 1 <= L <= H and lead.notna().all() and (lead >= 0).all()
     for (st, sku), g in p.groupby(["store_id", "product_id"]):
         d = g["yhat"].mean()
-        sigma = ((g["upper80"] - g["lower80"]) / (2 * norm.ppf(0.9))).mean()
+        sigma_l = float(lead.loc[(st, sku, L)])
         row = r.loc[(st, sku)]
-        assert row["safety_stock"] == pytest.approx(z * sigma * np.sqrt(L), rel=1e-6, abs=1e-9)
-        assert row["reorder_point"] == pytest.approx(d * L + z * sigma * np.sqrt(L), rel=1e-6, abs=1e-9)
+        assert row["safety_stock"] == pytest.approx(z * sigma_l, rel=1e-6, abs=1e-9)
+        assert row["sigma_daily"] == pytest.approx(sigma_l / np.sqrt(L), rel=1e-6, abs=1e-9)
+        assert row["reorder_point"] == pytest.approx(d * L + z * sigma_l, rel=1e-6, abs=1e-9)
         high = d > 0 and row["stock"] <= d * L
         expected = "HIGH" if high else ("MEDIUM" if row["stock"] <= row["reorder_point"] else "LOW")
         assert row["stockout_risk"] == expected

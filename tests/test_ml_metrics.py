@@ -395,3 +395,49 @@ def test_statsforecast_workers_are_not_forked_from_the_caller():
         pooled = pool.submit(_stats_forecast, CrostonOptimized(), df, 7).result()
     assert os.getpid() not in parents and len(parents) == 1
     pd.testing.assert_frame_equal(pooled, _stats_forecast(CrostonOptimized(), df, 7))
+
+
+def _lead_oracle(pred: pd.DataFrame, point: str, h: int, bucket: int | None) -> float:
+    """Independent loop: root mean square of sum_{d<=h}(y - point) over (series, origin) with days 1..h all
+    scored (and the bucket, when given)."""
+    totals = []
+    for _, g in pred.groupby(["store_id", "product_id", "origin"]):
+        g = g.set_index("h")
+        if not all(d in g.index for d in range(1, h + 1)):
+            continue
+        if bucket is not None and int(g["level_bucket"].iloc[0]) != bucket:
+            continue
+        totals.append(sum(g.loc[d, "y"] - g.loc[d, point] for d in range(1, h + 1)))
+    return math.sqrt(sum(t * t for t in totals) / len(totals)) if totals else float("nan")
+
+
+def test_lead_time_sigma_is_the_rms_of_lead_time_error_totals():
+    """lead_time_sigma against a loop over (series, origin): per (h, bucket) with >= MIN_GROUP_RESIDUALS totals,
+    else the h's pooled value; a series with a missing day contributes no total from that day on; correlated
+    daily errors (a level error on every day) give sigma(h) = h * e, where sigma_d * sqrt(h) gives sqrt(h) * e."""
+    from ml.forecast import MIN_GROUP_RESIDUALS, lead_time_sigma
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for s in range(60):
+        for o in pd.date_range("2024-01-01", periods=3, freq="14D"):
+            for h in range(1, 8):
+                if s == 5 and h == 3:   # a gap: totals of 3+ days of this series are not scored
+                    continue
+                y = float(rng.poisson(2 + s % 4))
+                rows.append({"store_id": "S", "product_id": f"P{s}", "origin": o, "h": h, "y": y,
+                             "level_bucket": s % 4 if s < 50 else 3, "m": y - rng.normal(0.5, 1.0)})
+    pred = pd.DataFrame(rows)
+    got = lead_time_sigma(pred, "m").set_index(["h", "level_bucket"])["lead_sigma"]
+    assert len(got) == 7 * 4
+    for h in (1, 3, 7):
+        for b in range(4):
+            n = pred[(pred["h"] == 1) & (pred["level_bucket"] == b)].groupby(["product_id", "origin"]).ngroups
+            want = _lead_oracle(pred, "m", h, b if n >= MIN_GROUP_RESIDUALS else None)
+            assert got[(h, b)] == pytest.approx(want, rel=1e-12), (h, b)
+    # a constant level error of 2 units/day on every day: the total over h days errs by 2h
+    level = pd.DataFrame([{"store_id": "S", "product_id": f"P{s}", "origin": pd.Timestamp("2024-01-01"), "h": h,
+                           "y": 5.0, "level_bucket": 0, "m": 3.0} for s in range(25) for h in range(1, 8)])
+    lt = lead_time_sigma(level, "m").set_index(["h", "level_bucket"])["lead_sigma"]
+    assert [lt[(h, 0)] for h in (1, 4, 7)] == pytest.approx([2.0, 8.0, 14.0])
+    assert lt[(7, 2)] == pytest.approx(14.0)   # an empty bucket takes the pooled value

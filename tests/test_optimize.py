@@ -152,3 +152,24 @@ def test_sigma_from_interval_inverts_normal_interval():
                          "lower80": [lo, lo], "upper80": [hi, hi]})
     agg = opt.inputs_from_forecast(pred)
     assert agg.loc[0, "mean_demand"] == 5.0 and math.isclose(agg.loc[0, "sigma_d"], 2.0, abs_tol=1e-6)
+
+
+def test_inputs_from_forecast_take_the_lead_time_totals_sigma():
+    """With lead_sigma on the forecasts (the error spread of the demand total over days 1..h), sigma_d is
+    lead_sigma(L) / sqrt(L), so the safety stock z * sigma_d * sqrt(L) is z * lead_sigma(L); an L beyond the
+    horizon grows it by sqrt(L / H); without lead_sigma, or without L, the interval's sigma as before."""
+    rows = [{"store_id": "s", "product_id": p, "horizon": h, "yhat": 2.0, "lower80": 0.0, "upper80": 2.5631,
+             "lead_sigma": 1.5 * h} for p in ("a", "b") for h in range(1, 8)]
+    pred = pd.DataFrame(rows)
+    pred.loc[pred["product_id"] == "b", "lead_sigma"] *= 2
+    got = opt.inputs_from_forecast(pred, lead_time_days=4).set_index("product_id")
+    assert got.loc["a", "sigma_d"] == pytest.approx(6.0 / 2) and got.loc["b", "sigma_d"] == pytest.approx(12.0 / 2)
+    assert got.loc["a", "mean_demand"] == 2.0
+    rec = opt.recommend(got.reset_index().assign(stock=0.0, unit_cost=1.0), lead_time_days=4, service_level=0.95,
+                        order_cost=1, holding_cost_rate=0.2).set_index("product_id")
+    assert rec.loc["a", "safety_stock"] == pytest.approx(opt.z_value(0.95) * 6.0)
+    beyond = opt.inputs_from_forecast(pred, lead_time_days=14).set_index("product_id")
+    assert beyond.loc["a", "sigma_d"] * math.sqrt(14) == pytest.approx(1.5 * 7 * math.sqrt(14 / 7))
+    interval = opt.inputs_from_forecast(pred.drop(columns="lead_sigma"), lead_time_days=4)
+    assert interval["sigma_d"].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert opt.inputs_from_forecast(pred)["sigma_d"].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
