@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 #: alert ids (or SKUs) per look-up query: ~30 bytes each, so a query stays far below ClickHouse's max_query_size
 #: (256 KiB)
 ALERT_ID_CHUNK = 2_000
+#: hours of earlier windows an anomaly score's baseline reaches back (enrich_windows' horizon_hours)
+ANOMALY_HORIZON_HOURS = 24.0
 #: the timestamp columns of :func:`streaming.transforms.window_metrics` rows (converted to UTC pandas timestamps)
 _WINDOW_TIMES = ("window_start", "window_end", "window_stock_time", "last_event_time")
 #: event types read from Kafka by the job (restock alerts are produced by it)
@@ -435,15 +437,17 @@ class StreamSinks:
         # windows carried the old stock, so they are evaluated again with the batch
         batch = pd.concat([batch, self._followers(batch)], ignore_index=True)
         stores = sorted(batch["store_id"].unique().tolist())
-        lo = batch["window_start"].min() - pd.Timedelta(hours=24)
-        hi = batch["window_start"].max()
+        lo = batch["window_start"].min() - pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
+        hi = batch["window_start"].max() + pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
         history = self._sku_history(stores, lo, hi)
+        # a batch window before stored ones of its SKU changes their anomaly baseline: evaluated again too
+        batch = pd.concat([batch, self._anomaly_followers(batch, history)], ignore_index=True)
         ph["history"] = time.time() - t
         t = time.time()
         enriched = TR.enrich_windows(batch, history, window_len_hours=self.window_len_hours,
                                      risk_high_hours=self.s.risk_high_hours,
                                      risk_medium_hours=self.s.risk_medium_hours,
-                                     reorder_points=self.reorder_points())
+                                     horizon_hours=ANOMALY_HORIZON_HOURS, reorder_points=self.reorder_points())
         out = enriched[["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned",
                         "revenue", "transaction_count", "inventory_update_count", "window_stock",
                         "window_stock_time", "stock_level", "reorder_point", "sales_velocity", "hours_of_cover",
@@ -522,19 +526,50 @@ class StreamSinks:
             log.info("windows: %d stored window(s) after a late stock update evaluated again", len(later))
         return later[list(batch.columns)].astype(batch.dtypes.to_dict(), errors="ignore")
 
+    def _anomaly_followers(self, batch: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+        """Stored windows whose anomaly score the batch changes: per store x SKU, the stored windows (in
+        ``history``, not in the batch) within :data:`ANOMALY_HORIZON_HOURS` after the SKU's earliest batch window
+        (their baseline, the previous windows with activity, holds a window the batch changed). Read back as
+        window_metrics rows: own reorder point only with a stock update of their own (the stored value), so
+        :func:`streaming.transforms.enrich_windows` scores them again (stock and the rest are recomputed from the
+        same inputs); their upsert replaces the stored row. Empty in the usual order (the batch holds each SKU's
+        latest windows).
+
+        Returns:
+            DataFrame with the batch's columns, possibly empty.
+        """
+        keys = ["store_id", "product_id"]
+        if history is None or history.empty:
+            return batch.iloc[0:0]
+        first = batch.groupby(keys, as_index=False)["window_start"].min().rename(columns={"window_start": "_first"})
+        h = history[~history["_anchor"].astype(bool)].drop(columns="_anchor").merge(first, on=keys)   # no anchors
+        h = h[(h["window_start"] > h["_first"])
+              & (h["window_start"] <= h["_first"] + pd.Timedelta(hours=ANOMALY_HORIZON_HOURS))].drop(columns="_first")
+        h = h.merge(batch[[*keys, "window_start"]].drop_duplicates(), on=[*keys, "window_start"], how="left",
+                    indicator=True)
+        h = h[h["_merge"] == "left_only"].drop(columns="_merge").copy()
+        if h.empty:
+            return batch.iloc[0:0]
+        for c in _WINDOW_TIMES:
+            h[c] = pd.to_datetime(h[c], utc=True)
+        h["reorder_point"] = h["reorder_point"].where(h["window_stock"].notna(), None)
+        log.info("windows: %d stored window(s) after a late event scored again", len(h))
+        return h[list(batch.columns)].astype(batch.dtypes.to_dict(), errors="ignore")
+
     def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
-        """Stored windows of ``stores`` with lo <= window_start <= hi, plus per store x SKU an *anchor*: the
-        latest window before lo (its carried stock_level / reorder_point), so stock carries forward from
-        before the horizon."""
+        """Stored windows of ``stores`` with lo <= window_start <= hi (every window_metrics column, for
+        :meth:`_anomaly_followers`), plus per store x SKU an *anchor*: the latest window before lo (its carried
+        stock_level / reorder_point; ``_anchor`` True), so stock carries forward from before the horizon."""
         p = {"stores": stores, "lo": lo.to_pydatetime(), "hi": hi.to_pydatetime()}
         recent = self._query(
-            "SELECT window_start, store_id, product_id, units_sold, window_stock, reorder_point "
+            f"SELECT {', '.join(self._WINDOW_COLUMNS)}, reorder_point "
             "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start >= %(lo)s "
             "AND window_start <= %(hi)s", p)
         anchor = self._query(
             "SELECT window_start, store_id, product_id, units_sold, stock_level AS window_stock, reorder_point "
             "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start < %(lo)s "
             "ORDER BY window_start DESC LIMIT 1 BY store_id, product_id", p)
+        recent["_anchor"], anchor["_anchor"] = False, True
         h = pd.concat([x for x in (anchor, recent) if len(x)], ignore_index=True) if len(recent) or len(anchor) else recent
         if len(h):
             h["window_start"] = pd.to_datetime(h["window_start"], utc=True)
@@ -545,7 +580,7 @@ class StreamSinks:
         stores = sorted(pairs["store_id"].unique().tolist())
         p = {"stores": stores, "lo": pairs["window_start"].min().to_pydatetime(),
              "hi": pairs["window_start"].max().to_pydatetime(),
-             "hlo": (pairs["window_start"].min() - pd.Timedelta(hours=24)).to_pydatetime()}
+             "hlo": (pairs["window_start"].min() - pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)).to_pydatetime()}
         skus = self._query(
             "SELECT window_start, window_end, store_id, product_id, units_sold, units_returned, revenue, "
             "transaction_count, stockout_risk FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s "

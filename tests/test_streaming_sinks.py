@@ -186,3 +186,21 @@ def test_a_late_window_does_not_replace_a_later_counts_reorder_point(fresh_sinks
     sinks._windows_writes(_spark_frame([_window(25, 0, 60, 40)]), 3, 1_000_003.0, 0.0)
     lv = client.query_df(f"SELECT stock_level, reorder_point FROM {db}.inventory_levels FINAL")
     assert lv.to_dict("records") == [{"stock_level": 60, "reorder_point": 40}]   # a newer count still replaces
+
+
+def test_a_late_sale_rescores_the_stored_windows_whose_baseline_it_changes(fresh_sinks):
+    """Stored windows 10:00..10:15 with 2, 4, 6, 8 units; late lines (within the watermark) raise 10:10 to 26: the
+    stored 10:15, whose anomaly baseline holds 10:10, is scored again at SKU and store level: zscore(8, [2, 4, 26])
+    = -0.245 (before: zscore(8, [2, 4, 6]) = 2.449 stayed)."""
+    from streaming.transforms import zscore
+
+    sinks, client, db = fresh_sinks
+    sinks._windows_writes(_spark_frame([_window(0, 2), _window(5, 4), _window(10, 6), _window(15, 8)]),
+                          0, 1_000_000.0, 0.0)
+    sinks._windows_writes(_spark_frame([_window(10, 26)]), 1, 1_000_001.0, 0.0)
+    want = [0.0, 0.0, 0.0, zscore(8, [2, 4, 26])]
+    for table in ("sales_metrics_5m", "store_metrics_5m"):
+        got = client.query_df(f"SELECT units_sold, anomaly_score FROM {db}.{table} FINAL ORDER BY window_start")
+        assert got["units_sold"].tolist() == [2, 4, 26, 8], table
+        assert got["anomaly_score"].tolist() == pytest.approx(want, abs=1e-6), table
+    assert want[3] == pytest.approx(-0.245256, abs=1e-6)
