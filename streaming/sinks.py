@@ -642,7 +642,8 @@ class StreamSinks:
         earlier = self._ms(prev_df["e"].iloc[0]) if len(prev_df) and not pd.isna(prev_df["e"].iloc[0]) else None
         if earlier is None:
             return prev, seen
-        bound = earlier - int(interval_hours(self.s.stream_watermark, "STREAM_WATERMARK") * 3_600_000)
+        # rounded: 31 minutes is 0.51666... h, whose product with 3,600,000 truncates 1 ms short
+        bound = earlier - round(interval_hours(self.s.stream_watermark, "STREAM_WATERMARK") * 3_600_000)
         if prev is not None and bound <= prev:
             return prev, seen
         p = {"lo": _utc(prev if prev is not None else 0), "hi": _utc(bound)}
