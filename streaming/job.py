@@ -18,8 +18,9 @@ Two streaming queries share one SparkSession (Spark's own Kafka source, ``spark-
   (STREAM_WINDOW) per store x SKU in *update* output mode -> ClickHouse upserts, store windows, alerts
   (:meth:`streaming.sinks.StreamSinks.windows_batch`). Checkpoint ``<SPARK_CHECKPOINT_DIR>/windows``.
 
-Late data: an event whose event time is behind the watermark (max event time seen in earlier micro-batches
-minus STREAM_WATERMARK) is dropped by Spark from the window aggregates (counted in the query progress as
+Late data: an event whose event time is behind the previous micro-batch's watermark (Spark >= 3.4 with
+``spark.sql.streaming.statefulOperator.allowMultiple``, the default: max event time seen up to two micro-batches
+back minus STREAM_WATERMARK) is dropped by Spark from the window aggregates (counted in the query progress as
 ``numRowsDroppedByWatermark``) but still lands in the lake through the ``raw`` query.
 
 Delivery semantics: Kafka offsets and state are checkpointed; foreachBatch writes are idempotent (see

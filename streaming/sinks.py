@@ -619,8 +619,8 @@ class StreamSinks:
         episodes, priorities) do not depend on micro-batch boundaries.
 
         A window is closed once no later micro-batch can change it: Spark drops an event as late by the
-        *previous* micro-batch's watermark (with more than one stateful operator, as here: deduplication and the
-        window aggregation; ``eventTimeWatermarkForLateEvents`` in Spark's IncrementalExecution), which is the
+        *previous* micro-batch's watermark (``eventTimeWatermarkForLateEvents`` in Spark's IncrementalExecution,
+        since Spark 3.4 with ``spark.sql.streaming.statefulOperator.allowMultiple``, the default), which is the
         latest event time counted up to the batch before this one less STREAM_WATERMARK. So the bound is the
         ``stream_batches.event_time_max`` recorded by the earlier batches (the latest ``last_event_time`` in
         ``sales_metrics_5m`` after each) less STREAM_WATERMARK: a window closes one micro-batch after its end

@@ -585,8 +585,8 @@ def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], 
 
 def closed_window_stock(windows: pd.DataFrame, anchors: dict[tuple[str, str], int] | None, *,
                         window_len_hours: float, reorder_points: dict[str, int] | None = None) -> pd.DataFrame:
-    """The inputs of :func:`restock_episodes` for *closed* windows (window_end at or behind the watermark, so no
-    event can change them any more), computed from final values only, so the result does not depend on how the
+    """The inputs of :func:`restock_episodes` for *closed* windows (window_end at or behind the previous
+    micro-batch's watermark, which Spark drops late events by, so no event can change them any more), computed from final values only, so the result does not depend on how the
     input was cut into micro-batches.
 
     Args:

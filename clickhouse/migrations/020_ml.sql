@@ -101,7 +101,7 @@ CREATE TABLE IF NOT EXISTS {db}.reorder_recommendations (
     stock               Float64,                 -- units on hand (fact_inventory closing stock)
     stock_date          Nullable(Date),          -- date of that closing stock
     mean_daily_demand   Float64,                 -- mean of the 7-day point forecast, units/day
-    sigma_daily         Float64,                 -- forecast-error sigma, units/day (from the 80 % interval)
+    sigma_daily         Float64,                 -- forecast-error sigma, units/day: lead-time total's / sqrt(L)
     lead_time_days      Float64,
     service_level       Float64,
     safety_stock        Float64,
