@@ -18,10 +18,11 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   negative; Q = 0 when IP > ROP. IP = stock + on order (inventory position).
 * Reorder needed:                    Q > 0 (IP <= ROP but a bound leaves no room, or ROP = 0 with d_bar = 0,
   orders nothing and needs no reorder).
-* Days until stock-out:              stock / d_bar (capped at 999; 999 when d_bar = 0).
-* Stock-out risk:                    HIGH when d_bar > 0 and stock <= d_bar * L (runs out before a
-  replenishment ordered now can arrive; a SKU expected to sell nothing cannot), MEDIUM when stock <= ROP
-  (inside the safety-stock buffer), else LOW.
+* Days until stock-out:              stock / d_bar (capped at 999); 0 when stock <= 0; 999 when d_bar = 0.
+* Stock-out risk:                    HIGH when out of stock (stock <= 0: also with a zero forecast, which an
+  empty shelf itself causes: censored sales; the stream's rule too) or when d_bar > 0 and stock <= d_bar * L
+  (runs out before a replenishment ordered now can arrive; a stocked SKU expected to sell nothing cannot),
+  MEDIUM when stock <= ROP (inside the safety-stock buffer), else LOW.
 
 sigma_d should be the standard deviation of the *forecast error* per day (Silver et al. sec. 6.4). Here it is
 the backtest's error spread of the demand total over the lead time expressed per day, lead_sigma(L) / sqrt(L)
@@ -88,24 +89,27 @@ def eoq(annual_demand, order_cost, holding_cost_per_unit_year):
 
 
 def days_until_stockout(stock, mean_demand):
-    """stock / d_bar in days (capped at 999; 999 when demand is 0; 0 when stock <= 0)."""
+    """stock / d_bar in days (capped at 999); 0 when stock <= 0 (out of stock now, whatever the demand); 999 when
+    demand is 0 and stock > 0."""
     st, d = np.asarray(stock, dtype=float), np.asarray(mean_demand, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(d > 0, np.clip(st, 0, None) / d, MAX_DAYS)
+        out = np.where(st <= 0, 0.0, np.where(d > 0, np.clip(st, 0, None) / d, MAX_DAYS))
     out = np.minimum(out, MAX_DAYS)
     return float(out) if out.ndim == 0 else out
 
 
 def stockout_risk(stock, mean_demand, lead_time_days, rop):
-    """Stock-out risk class: 'HIGH' when d_bar > 0 and stock <= d_bar * L, 'MEDIUM' when stock <= ROP, else 'LOW'.
+    """Stock-out risk class: 'HIGH' when stock <= 0 or (d_bar > 0 and stock <= d_bar * L), 'MEDIUM' when
+    stock <= ROP, else 'LOW'.
 
     Args: stock (units on hand), mean_demand d_bar (units/day), lead_time_days L (days), rop (units; Chopra &
-    Meindl eq. 12.5). Scalars or numpy arrays of one shape. A SKU with d_bar <= 0 is never HIGH: nothing is
-    expected to sell before a replenishment arrives (its days until stock-out are 999); with stock <= ROP it is
-    MEDIUM. Returns a str for scalars, else an array of str.
+    Meindl eq. 12.5). Scalars or numpy arrays of one shape. A stocked SKU with d_bar <= 0 is never HIGH: nothing
+    is expected to sell before a replenishment arrives (its days until stock-out are 999); with stock <= ROP it
+    is MEDIUM. An out-of-stock SKU is HIGH whatever its forecast (a zero forecast may be the empty shelf's own
+    censored sales), as in the stream's rule. Returns a str for scalars, else an array of str.
     """
     st, d = np.asarray(stock, dtype=float), np.asarray(mean_demand, dtype=float)
-    high = (d > 0) & (st <= d * np.asarray(lead_time_days, dtype=float))
+    high = (st <= 0) | ((d > 0) & (st <= d * np.asarray(lead_time_days, dtype=float)))
     out = np.where(high, RISK_HIGH, np.where(st <= np.asarray(rop, dtype=float), RISK_MEDIUM, RISK_LOW))
     return str(out) if out.ndim == 0 else out
 
@@ -192,7 +196,8 @@ def inputs_from_forecast(pred: pd.DataFrame, lead_time_days: float | None = None
     sigma_d is, when ``lead_time_days`` L > 0 is given and the forecasts carry ``lead_sigma`` (the backtest's
     error spread of the demand total over days 1..h, :func:`ml.forecast.lead_time_sigma`), the lead-time total's
     sigma at h = L expressed per day: lead_sigma(L) / sqrt(L), so that z * sigma_d * sqrt(L) = z * lead_sigma(L)
-    (a non-integer L takes h = round(L); an L beyond the horizon H takes lead_sigma(H) * sqrt(L / H)). It keeps
+    (in general lead_sigma(h) * sqrt(L / h) with h = round(L) clamped to 1..H: an L beyond the horizon H takes
+    lead_sigma(H) * sqrt(L / H), a non-integer L its nearest whole h scaled the same way). It keeps
     the correlation of the daily errors over a lead time and does not read a standard deviation off the interval
     of a few discrete units: on the M5 backtest the interval-based sigma reached a lower service level than the
     target (reports/bench-forecast.json, ``safety_stock_service``). Otherwise (forecasts without lead_sigma, L
@@ -215,7 +220,7 @@ def inputs_from_forecast(pred: pd.DataFrame, lead_time_days: float | None = None
     h = min(max(1, int(round(float(lead_time_days)))), H)
     at = p.loc[p[hcol] == h, [*keys, "lead_sigma"]].drop_duplicates(keys)
     g = g.merge(at, on=keys, how="left")
-    lead = g["lead_sigma"] * np.sqrt(max(float(lead_time_days), h) / h)   # beyond H: grows as sqrt(L / H)
+    lead = g["lead_sigma"] * np.sqrt(float(lead_time_days) / h)   # L != h (beyond H, or not whole): sqrt(L / h)
     g["sigma_d"] = (lead / np.sqrt(float(lead_time_days))).where(lead.notna(), g["sigma_d"])
     return g.drop(columns="lead_sigma")
 

@@ -317,7 +317,7 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
         assert row["safety_stock"] == pytest.approx(z * sigma_l, rel=1e-6, abs=1e-9)
         assert row["sigma_daily"] == pytest.approx(sigma_l / np.sqrt(L), rel=1e-6, abs=1e-9)
         assert row["reorder_point"] == pytest.approx(d * L + z * sigma_l, rel=1e-6, abs=1e-9)
-        high = d > 0 and row["stock"] <= d * L
+        high = row["stock"] <= 0 or (d > 0 and row["stock"] <= d * L)
         expected = "HIGH" if high else ("MEDIUM" if row["stock"] <= row["reorder_point"] else "LOW")
         assert row["stockout_risk"] == expected
         assert row["reorder_qty"] <= max(0.0, 400 - row["stock"]) + 1e-9

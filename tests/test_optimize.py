@@ -102,18 +102,22 @@ def test_days_until_stockout_and_risk():
     assert opt.stockout_risk(120, D, L, 96.44854) == "LOW"
 
 
-def test_dead_sku_is_never_high_risk():
-    # d_bar = 0, stock 0, L = 4: stock <= d_bar * L is 0 <= 0, but nothing is expected to sell before a
-    # replenishment arrives (days until stock-out 999) -> not HIGH; stock 0 <= ROP 0 -> MEDIUM
-    assert opt.stockout_risk(0.0, 0.0, L, 0.0) == "MEDIUM"
+def test_a_stocked_sku_without_demand_is_never_high_risk_an_empty_shelf_always_is():
+    # d_bar = 0 with stock on hand: nothing is expected to sell before a replenishment arrives (days until
+    # stock-out 999) -> not HIGH (stock 3 <= ROP 5 -> MEDIUM, else LOW). Out of stock (stock <= 0) is HIGH with
+    # 0 days whatever the forecast: a zero forecast may be the empty shelf's own censored sales (the stream's rule)
+    assert opt.stockout_risk(3.0, 0.0, L, 5.0) == "MEDIUM"
     assert opt.stockout_risk(5.0, 0.0, L, 0.0) == "LOW"
+    assert opt.stockout_risk(0.0, 0.0, L, 0.0) == "HIGH" and opt.stockout_risk(-2.0, 0.0, L, 0.0) == "HIGH"
     assert opt.stockout_risk(0.0, 0.1, L, 1.0) == "HIGH"   # any expected sale with nothing on hand
-    got = opt.stockout_risk(np.array([0.0, 0.0, 60.0]), np.array([0.0, D, D]), L, np.array([0.0, 96.4, 96.4]))
-    assert got.tolist() == ["MEDIUM", "HIGH", "HIGH"]
-    inp = pd.DataFrame([{"store_id": "S", "product_id": "dead", "stock": 0.0, "mean_demand": 0.0, "sigma_d": 0.0,
-                         "unit_cost": 5.0}])
-    r = opt.recommend(inp, lead_time_days=7, service_level=SL, order_cost=50.0, holding_cost_rate=0.25).iloc[0]
-    assert r["days_until_stockout"] == opt.MAX_DAYS and r["stockout_risk"] == "MEDIUM"
+    got = opt.stockout_risk(np.array([0.0, 3.0, 60.0]), np.array([0.0, 0.0, D]), L, np.array([0.0, 5.0, 96.4]))
+    assert got.tolist() == ["HIGH", "MEDIUM", "HIGH"]
+    assert opt.days_until_stockout(0.0, 0.0) == 0.0 and opt.days_until_stockout(5.0, 0.0) == opt.MAX_DAYS
+    inp = pd.DataFrame([{"store_id": "S", "product_id": p, "stock": s, "mean_demand": 0.0, "sigma_d": 0.0,
+                         "unit_cost": 5.0} for p, s in (("empty", 0.0), ("idle", 4.0))])
+    r = opt.recommend(inp, lead_time_days=7, service_level=SL, order_cost=50.0, holding_cost_rate=0.25)
+    assert r["days_until_stockout"].tolist() == [0.0, opt.MAX_DAYS]
+    assert r["stockout_risk"].tolist() == ["HIGH", "LOW"]
 
 def test_recommend_frame_matches_hand_computed():
     inp = pd.DataFrame([
@@ -170,6 +174,9 @@ def test_inputs_from_forecast_take_the_lead_time_totals_sigma():
     assert rec.loc["a", "safety_stock"] == pytest.approx(opt.z_value(0.95) * 6.0)
     beyond = opt.inputs_from_forecast(pred, lead_time_days=14).set_index("product_id")
     assert beyond.loc["a", "sigma_d"] * math.sqrt(14) == pytest.approx(1.5 * 7 * math.sqrt(14 / 7))
+    for lt, h in ((2.4, 2), (2.6, 3)):   # a lead time between whole days: its nearest h, scaled by sqrt(L / h)
+        got_lt = opt.inputs_from_forecast(pred, lead_time_days=lt).set_index("product_id")
+        assert got_lt.loc["a", "sigma_d"] * math.sqrt(lt) == pytest.approx(1.5 * h * math.sqrt(lt / h))
     interval = opt.inputs_from_forecast(pred.drop(columns="lead_sigma"), lead_time_days=4)
     assert interval["sigma_d"].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
     assert opt.inputs_from_forecast(pred)["sigma_d"].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
