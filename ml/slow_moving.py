@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.features import calendar_day, calendar_days
+
 ADI_CUT = 1.32
 CV2_CUT = 0.49
 CLASSES = ("smooth", "erratic", "intermittent", "lumpy", "no_demand")
@@ -83,8 +85,8 @@ def classify(daily: pd.DataFrame, *, end_date=None, window_days: int = 365, slow
     if not need <= set(daily.columns):
         raise ValueError(f"classify() needs columns {sorted(need)}; has {list(daily.columns)}")
     d = daily[["date", "store_id", "product_id", "units"]].copy()
-    d["date"] = pd.to_datetime(d["date"]).dt.normalize()
-    end = pd.Timestamp(end_date).normalize() if end_date is not None else d["date"].max()
+    d["date"] = calendar_days(d["date"])   # a timezone-aware date keeps its local calendar day
+    end = calendar_day(end_date) if end_date is not None else d["date"].max()
     start = end - pd.Timedelta(days=window_days - 1)
     d = d[d["date"] <= end]
     first_row = d.groupby(["store_id", "product_id"])["date"].min()   # over all the history given
@@ -155,8 +157,8 @@ def stability(daily: pd.DataFrame, *, end_date=None, window_days: int = 182) -> 
     NaN when no series is in both), "n_series"}.
     """
     d = daily.copy()
-    d["date"] = pd.to_datetime(d["date"]).dt.normalize()
-    end = pd.Timestamp(end_date).normalize() if end_date is not None else d["date"].max()
+    d["date"] = calendar_days(d["date"])   # a timezone-aware date keeps its local calendar day
+    end = calendar_day(end_date) if end_date is not None else d["date"].max()
     prev_end = end - pd.Timedelta(days=window_days)
     a = classify(d[d["date"] <= prev_end], end_date=prev_end, window_days=window_days)
     b = classify(d, end_date=end, window_days=window_days)

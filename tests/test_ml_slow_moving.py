@@ -78,3 +78,13 @@ def test_m5_readme_labels(shared_data):
     labels = parse_m5_labels(readme)
     assert len(labels) == 28 and pd.Series(labels).value_counts().to_dict() == {
         "smooth": 7, "intermittent": 7, "lumpy": 7, "erratic": 7}
+
+
+def test_timezone_aware_dates_are_local_calendar_days():
+    """Europe/London dates across the March DST change, with a timezone-aware end date: 20 calendar days of 1
+    unit (before: a TypeError comparing aware dates with the naive window start)."""
+    d = pd.DataFrame({"date": pd.date_range("2024-03-20", periods=20, freq="D", tz="Europe/London"),
+                      "store_id": "S", "product_id": "P", "units": 1.0})
+    r = classify(d, end_date=pd.Timestamp("2024-04-08", tz="Europe/London"), window_days=30).iloc[0]
+    assert (str(r["window_start"].date()), str(r["window_end"].date())) == ("2024-03-20", "2024-04-08")
+    assert r["n_days"] == 20 and r["mean_daily_demand"] == 1.0
