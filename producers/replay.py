@@ -581,10 +581,26 @@ class Replay:
 
 
 # ------------------------------------------------------------------------------------- sample
+def _records(lines: list[str]) -> list[str]:
+    """CSV physical lines -> records (a quoted field's line break joins lines until its quotes balance, RFC 4180);
+    blank records left out."""
+    out, buf = [], ""
+    for line in lines:
+        buf += line
+        if buf.count('"') % 2 == 0:
+            if buf.strip():
+                out.append(buf)
+            buf = ""
+    if buf.strip():
+        out.append(buf)
+    return out
+
+
 def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000, encoding: str | None = None) -> dict[str, Any]:
     """Write the last ~``n_rows`` data rows of ``src`` (a UCI log, CSV or compressed as its name says) to ``dst``
-    (gzip, UTF-8): the lines of a UTF-8 source byte for byte (line endings kept); a source in another encoding
-    (``encoding``, or Windows-1252 found by :func:`read_text`) is written as the same text in UTF-8.
+    (gzip, UTF-8): the rows of a UTF-8 source byte for byte (line endings kept; a byte-order mark dropped; blank
+    lines left out; a quoted field may hold a line break); a source in another encoding (``encoding``, or
+    Windows-1252 found by :func:`read_text`) is written as the same text in UTF-8.
 
     The cut starts at the first timestamp change at or after ``total - n_rows`` so that no invoice is
     split (when the whole tail shares one timestamp, the cut moves back to that timestamp's first row instead);
@@ -594,7 +610,7 @@ def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000, encoding
         FileNotFoundError: no such file; ValueError: ``src`` has no data rows or no ``invoice_ts`` column, or its
             text cannot be decoded (:func:`read_text`).
     """
-    lines = io.StringIO(read_text(src, encoding), newline="").readlines()
+    lines = _records(io.StringIO(read_text(src, encoding), newline="").readlines())
     header, body = (lines[0] if lines else ""), lines[1:]
     start = max(0, len(body) - n_rows)
     columns = next(csv.reader([header]), [])

@@ -604,6 +604,11 @@ def test_cut_sample_reads_what_the_replay_reads(tmp_path):
     assert out["rows"] == 2 and out["first_ts"] == out["last_ts"] == "2011-01-01 11:00:00"
     assert gzip.decompress((tmp_path / "cut.csv.gz").read_bytes()).decode("utf-8") == header + "".join(rows[1:])
     assert load_transactions(tmp_path / "cut.csv.gz")["description"].tolist() == ["CAFÉ SET £5", "TEA"]
+    quoted = [header.replace("\r\n", "\n"), '2011-01-01 12:00:00,9,1,22423,"TWO\nLINES",1,1.0,,UK,x\n', "\n"]
+    (tmp_path / "quoted.csv").write_text("".join(quoted), encoding="utf-8")   # a line break in a quoted field,
+    got = cut_sample(tmp_path / "quoted.csv", tmp_path / "quoted.csv.gz", n_rows=5)   # a blank last line
+    assert got["rows"] == 1 and got["last_ts"] == "2011-01-01 12:00:00"
+    assert load_transactions(tmp_path / "quoted.csv.gz")["description"].tolist() == ["TWO\nLINES"]
     (tmp_path / "bad.csv").write_text("invoice,when\n1,2011-01-01 10:00:00\n")
     with pytest.raises(ValueError, match="invoice_ts"):
         cut_sample(tmp_path / "bad.csv", tmp_path / "bad.csv.gz")
