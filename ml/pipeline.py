@@ -633,7 +633,11 @@ def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> d
     The classification ends at the last day with sales up to ``run_date`` (as the training's
     :func:`history_end`): a run triggered the day after the last loaded day (``batch_predictions`` runs on the
     champion asset) would otherwise count that unloaded day as zero demand for every series (one more day since
-    the last sale, a higher ADI, the stale flag a day early). Rows keep ``as_of_date = run_date``."""
+    the last sale, a higher ADI, the stale flag a day early). Rows keep ``as_of_date = run_date``.
+
+    Besides the series with sales in the window, every store x SKU with stock on hand (fact_inventory's latest
+    closing stock up to that day > 0) is classified: one that sold nothing in the window is ``no_demand`` and
+    slow-moving (dead stock), where it used to be left out."""
     from ml.slow_moving import classify, stability
 
     s, client, db, lake = _ctx(settings)
@@ -641,7 +645,9 @@ def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> d
     if daily.empty:
         raise ValueError(f"no sales in {db}.fact_sales up to {run_date}")
     end = min(pd.Timestamp(run_date), pd.Timestamp(daily["date"].max()))
-    cls = classify(daily, end_date=end, window_days=window_days)
+    stocked = load_inventory(client, db, end.date())   # stock on hand without a sale in the window: dead stock
+    stocked = stocked.loc[stocked["stock"] > 0, ["store_id", "product_id"]]
+    cls = classify(daily, end_date=end, window_days=window_days, include=stocked)
     now = _now()
     out = cls.assign(as_of_date=run_date, window_days=window_days, run_date=run_date, created_at=now)
     out["days_since_last_sale"] = out["days_since_last_sale"].astype("uint32")

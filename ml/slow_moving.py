@@ -63,7 +63,7 @@ def classify_series(units: np.ndarray) -> tuple[float, float, str]:
 
 
 def classify(daily: pd.DataFrame, *, end_date=None, window_days: int = 365, slow_rate: float = 0.5,
-             stale_days: int = 28) -> pd.DataFrame:
+             stale_days: int = 28, include: pd.DataFrame | None = None) -> pd.DataFrame:
     """Classify every (store_id, product_id) over the ``window_days`` days ending at ``end_date``.
 
     Args:
@@ -71,9 +71,13 @@ def classify(daily: pd.DataFrame, *, end_date=None, window_days: int = 365, slow
             from max(window start, its first row in ``daily`` up to ``end_date``): rows before the window
             are not counted but say the SKU already existed, so new SKUs are not penalised for days before
             launch and old ones are averaged over the whole window. Series without a row in the window are
-            left out.
+            left out, unless ``include`` names them.
         end_date: last day (default the last date in ``daily``); window_days: window length in days;
         slow_rate: units/day; stale_days: days.
+        include: store_id, product_id of series to classify even without a row in the window (e.g. the ones
+            with stock on hand: a SKU that stopped selling but still holds stock is the slowest mover of all);
+            each is measured from max(window start, its first row) (the window start when it has none):
+            ``no_demand``, mean 0, slow-moving.
     Returns:
         DataFrame store_id, product_id, window_start (the series' first day), window_end, n_days (days from
         window_start to window_end), adi (days), cv2, demand_class, mean_daily_demand (units/day over n_days),
@@ -92,9 +96,15 @@ def classify(daily: pd.DataFrame, *, end_date=None, window_days: int = 365, slow
     first_row = d.groupby(["store_id", "product_id"])["date"].min()   # over all the history given
     d = d[d["date"] >= start]
     d = d.groupby(["store_id", "product_id", "date"], as_index=False)["units"].sum()
+    if include is not None and len(include):
+        keys = include[["store_id", "product_id"]].drop_duplicates()
+        seen = d[["store_id", "product_id"]].drop_duplicates()
+        silent = keys.merge(seen, how="left", indicator=True)
+        silent = silent[silent["_merge"] == "left_only"].drop(columns="_merge")
+        d = pd.concat([d, silent.assign(date=end, units=0.0)], ignore_index=True)   # a zero row: in the window
     rows = []
     for (store, product), g in d.groupby(["store_id", "product_id"], sort=True):
-        first = max(start, first_row[(store, product)])
+        first = max(start, first_row.get((store, product), start))
         idx = pd.date_range(first, end, freq="D")
         u = g.set_index("date")["units"].reindex(idx, fill_value=0.0).clip(lower=0).to_numpy()
         adi, cv2, cls = classify_series(u)

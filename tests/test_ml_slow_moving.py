@@ -88,3 +88,23 @@ def test_timezone_aware_dates_are_local_calendar_days():
     r = classify(d, end_date=pd.Timestamp("2024-04-08", tz="Europe/London"), window_days=30).iloc[0]
     assert (str(r["window_start"].date()), str(r["window_end"].date())) == ("2024-03-20", "2024-04-08")
     assert r["n_days"] == 20 and r["mean_daily_demand"] == 1.0
+
+
+def test_stocked_series_without_a_sale_in_the_window_are_dead_stock():
+    """``include`` (the series with stock on hand): one that sold only before the window and one that never sold
+    are classified over the whole window as no_demand, mean 0, slow-moving; without ``include`` they are left out;
+    a series that sells in the window is unchanged by being included too."""
+    end = pd.Timestamp("2024-12-31")
+    d = pd.DataFrame({"date": [pd.Timestamp("2023-06-01"), end - pd.Timedelta(days=3), end],
+                      "store_id": "S", "product_id": ["OLD", "LIVE", "LIVE"], "units": [5.0, 2.0, 3.0]})
+    plain = classify(d, end_date=end, window_days=365)
+    assert plain["product_id"].tolist() == ["LIVE"]
+    inc = pd.DataFrame({"store_id": "S", "product_id": ["OLD", "NEVER", "LIVE"]})
+    got = classify(d, end_date=end, window_days=365, include=inc).set_index("product_id")
+    assert sorted(got.index) == ["LIVE", "NEVER", "OLD"]
+    for p in ("OLD", "NEVER"):
+        r = got.loc[p]
+        assert (r["demand_class"], r["mean_daily_demand"], r["is_slow_moving"], r["n_days"]) == ("no_demand", 0.0, 1,
+                                                                                                 365)
+        assert str(r["window_start"].date()) == "2024-01-02"
+    pd.testing.assert_series_equal(got.loc["LIVE"], plain.set_index("product_id").loc["LIVE"])
