@@ -776,6 +776,13 @@ def lead_time_sigma(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["h", "level_bucket", "lead_sigma"])
 
 
+def interval_table(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
+    """One model's calibration from backtest rows: :func:`residual_quantiles` with :func:`lead_time_sigma` per
+    (h, level_bucket). Returns DataFrame h, level_bucket, lower95, lower80, upper80, upper95, lead_sigma (units),
+    the rows of :class:`BacktestResult` ``quantiles`` (without ``model``)."""
+    return residual_quantiles(pred, point).merge(lead_time_sigma(pred, point), on=["h", "level_bucket"], how="left")
+
+
 def apply_intervals(pred: pd.DataFrame, quantiles: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     """Add lower95, lower80, upper80, upper95 (units, >= 0) to rows with h, level_bucket and ``point``, and
     lead_sigma (units) when ``quantiles`` has it.
@@ -1015,9 +1022,7 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
     pred["level_bucket"] = level_bucket(pred["rmean_30"], edges)
     metrics = metrics_table(pred, pd.concat(scales, ignore_index=True), models)
     metrics = add_coverage(metrics, pred, models)
-    quantiles = pd.concat([residual_quantiles(pred, m).merge(lead_time_sigma(pred, m), on=["h", "level_bucket"],
-                                                             how="left").assign(model=m) for m in models],
-                          ignore_index=True)
+    quantiles = pd.concat([interval_table(pred, m).assign(model=m) for m in models], ignore_index=True)
     keep = ["store_id", "product_id", "origin", "date", "h", "y", *models, "level_bucket", "rmean_30"]
     return BacktestResult(pred[keep], metrics, quantiles[["model", "h", "level_bucket", *QUANTILES, "lead_sigma"]],
                           edges, used, fit_s, n_train, timings, models)

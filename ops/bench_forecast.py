@@ -192,25 +192,23 @@ def hindsight_weekday_reference(bt, features: pd.DataFrame, weeks: int = 52) -> 
 def safety_stock_service(bt, lead_times=(3, 7), service_level: float = 0.95) -> dict:
     """Cycle service level the reorder step's safety stock reaches on the backtest, leave-one-origin-out, per
     model and lead time L (days): for each origin, the interval bounds and lead-time sigmas are calibrated on the
-    other origins; per (series, origin) the reorder point is ROP = d_bar * L + z * sigma_d * sqrt(L) as
-    :func:`ml.optimize.recommend` computes it (d_bar = mean point forecast over the horizon, z =
-    Phi^-1(service_level)), with sigma_d either from the 80 % intervals (``interval``: the mean daily
-    (upper80 - lower80) / 2.563) or from the lead-time total's error spread (``lead_time``: lead_sigma(L) /
-    sqrt(L), :func:`ml.forecast.lead_time_sigma`, what :func:`ml.optimize.inputs_from_forecast` uses). A cycle
-    is served when the demand over days 1..L is <= ROP.
+    other origins (:func:`ml.forecast.interval_table`); per (series, origin) the reorder point is ROP = d_bar * L
+    + z * sigma_d * sqrt(L) from the reorder step's own functions (:func:`ml.optimize.inputs_from_forecast`,
+    :func:`ml.optimize.safety_stock`, :func:`ml.optimize.reorder_point`; d_bar = mean point forecast over the
+    horizon, z = Phi^-1(service_level)), with sigma_d either from the 80 % intervals (``interval``: the forecasts
+    without lead_sigma: the mean daily (upper80 - lower80) / 2.563) or from the lead-time total's error spread
+    (``lead_time``: lead_sigma(L) / sqrt(L), :func:`ml.forecast.lead_time_sigma`). A cycle is served when the
+    demand over days 1..L is <= ROP.
 
     Returns:
         {model: {"L=<days>": {method: {"service_level": share of cycles served, "mean_safety_stock": units}},
         "cycles": n}}, the target under "target".
     """
-    from scipy.stats import norm
+    from ml.forecast import apply_intervals, interval_table
+    from ml.optimize import inputs_from_forecast, reorder_point, safety_stock
 
-    from ml.forecast import apply_intervals, lead_time_sigma, residual_quantiles
-    from ml.optimize import sigma_from_interval
-
-    z = float(norm.ppf(service_level))
     pred = bt.predictions
-    keys = ["store_id", "product_id", "origin"]
+    keys = ["store_id", "product_id"]   # one origin at a time
     out: dict = {"target": service_level}
     for m in bt.models:
         res: dict = {}
@@ -221,20 +219,16 @@ def safety_stock_service(bt, lead_times=(3, 7), service_level: float = 0.95) -> 
                 cal, test = pred[pred["origin"] != o], pred[pred["origin"] == o]
                 if cal.empty or test.empty:
                     continue
-                t = apply_intervals(test, residual_quantiles(cal, m), m)
-                t["sigma"] = sigma_from_interval(t["lower80"], t["upper80"])
-                per = t.groupby(keys).agg(d=(m, "mean"), sigma=("sigma", "mean"), bucket=("level_bucket", "first"),
-                                          n=("h", "size"))
+                t = apply_intervals(test, interval_table(cal, m), m).assign(yhat=lambda x: x[m])
                 first = t[t["h"] <= L].groupby(keys).agg(demand=("y", "sum"), days=("h", "size"))
-                per = per.join(first, how="inner")
-                per = per[per["days"] == L]
-                lead = lead_time_sigma(cal, m)
-                lead = lead[lead["h"] == L].set_index("level_bucket")["lead_sigma"]
-                for method, sd in (("interval", per["sigma"] * np.sqrt(L)),
-                                   ("lead_time", per["bucket"].map(lead).astype("float64"))):
-                    safety = z * sd
-                    hits[method] += (per["demand"] <= per["d"] * L + safety).tolist()
-                    ss[method] += safety.tolist()
+                for method, rows in (("interval", t.drop(columns="lead_sigma")), ("lead_time", t)):
+                    # the reorder step's own inputs and formulas (ml.pipeline.optimise_stock)
+                    per = inputs_from_forecast(rows, lead_time_days=L).set_index(keys).join(first, how="inner")
+                    per = per[per["days"] == L]
+                    safety = safety_stock(per["sigma_d"].to_numpy(float), L, service_level)
+                    rop = reorder_point(per["mean_demand"].to_numpy(float), L, safety)
+                    hits[method] += (per["demand"].to_numpy() <= rop).tolist()
+                    ss[method] += np.asarray(safety).tolist()
             res[f"L={L}"] = {k: {"service_level": round(float(np.mean(v)), 4) if v else None,
                                  "mean_safety_stock": round(float(np.nanmean(ss[k])), 3) if v else None}
                              for k, v in hits.items()}
