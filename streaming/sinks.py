@@ -506,10 +506,7 @@ class StreamSinks:
             later[c] = pd.to_datetime(later[c], utc=True)
         later = later.merge(last, on=keys)
         later = later[later["window_start"] > later["_last"]].drop(columns="_last")
-        # a window the batch holds is the newer copy (update mode emits the window's whole state)
-        later = later.merge(batch[[*keys, "window_start"]].drop_duplicates(), on=[*keys, "window_start"],
-                            how="left", indicator=True)
-        later = later[later["_merge"] == "left_only"].drop(columns="_merge")
+        later = self._not_in_batch(later, batch)
         # each stored window without its own update follows the latest earlier update: keep it when that is the
         # batch's (a stored window with its own update is not re-evaluated and ends the batch update's reach)
         updates = pd.concat([counted.assign(_batch=True),
@@ -525,6 +522,14 @@ class StreamSinks:
         if len(later):
             log.info("windows: %d stored window(s) after a late stock update evaluated again", len(later))
         return later[list(batch.columns)].astype(batch.dtypes.to_dict(), errors="ignore")
+
+    @staticmethod
+    def _not_in_batch(stored: pd.DataFrame, batch: pd.DataFrame) -> pd.DataFrame:
+        """The stored window rows whose (store_id, product_id, window_start) the batch does not hold: a window
+        the batch holds is the newer copy (update mode emits the window's whole state)."""
+        on = ["store_id", "product_id", "window_start"]
+        m = stored.merge(batch[on].drop_duplicates(), on=on, how="left", indicator=True)
+        return m[m["_merge"] == "left_only"].drop(columns="_merge")
 
     def _anomaly_followers(self, batch: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
         """Stored windows whose anomaly score the batch changes: per store x SKU, the stored windows (in
@@ -545,9 +550,7 @@ class StreamSinks:
         h = history[~history["_anchor"].astype(bool)].drop(columns="_anchor").merge(first, on=keys)   # no anchors
         h = h[(h["window_start"] > h["_first"])
               & (h["window_start"] <= h["_first"] + pd.Timedelta(hours=ANOMALY_HORIZON_HOURS))].drop(columns="_first")
-        h = h.merge(batch[[*keys, "window_start"]].drop_duplicates(), on=[*keys, "window_start"], how="left",
-                    indicator=True)
-        h = h[h["_merge"] == "left_only"].drop(columns="_merge").copy()
+        h = self._not_in_batch(h, batch).copy()
         if h.empty:
             return batch.iloc[0:0]
         for c in _WINDOW_TIMES:
@@ -634,12 +637,11 @@ class StreamSinks:
             recorded as this batch's ``event_time_max``), both epoch ms.
         """
         m = self._query("SELECT max(last_event_time) AS m FROM {db}.sales_metrics_5m")
-        seen = None if not len(m) or pd.isna(m["m"].iloc[0]) else self._ms(m["m"].iloc[0])
+        seen = self._ms(m["m"].iloc[0]) if len(m) else None   # _ms: NULL -> None
         prev_df = self._query("SELECT max(alerts_closed_until) AS p, max(event_time_max) AS e "
                               "FROM {db}.stream_batches FINAL WHERE query = 'windows' AND batch_id < %(b)s",
                               {"b": int(batch_id)})
-        prev = self._ms(prev_df["p"].iloc[0]) if len(prev_df) and not pd.isna(prev_df["p"].iloc[0]) else None
-        earlier = self._ms(prev_df["e"].iloc[0]) if len(prev_df) and not pd.isna(prev_df["e"].iloc[0]) else None
+        prev, earlier = (self._ms(prev_df[c].iloc[0]) if len(prev_df) else None for c in ("p", "e"))
         if earlier is None:
             return prev, seen
         # rounded: 31 minutes is 0.51666... h, whose product with 3,600,000 truncates 1 ms short
