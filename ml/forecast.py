@@ -113,6 +113,16 @@ QUANTILES = {"lower95": 0.025, "lower80": 0.10, "upper80": 0.90, "upper95": 0.97
 N_LEVEL_BUCKETS = 4
 MIN_TRAIN_ROWS = 50
 MIN_GROUP_RESIDUALS = 20
+#: cycle service levels at which the backtest stores the lead-time total's error quantile (:func:`lead_time_quantiles`)
+LEAD_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999)
+
+
+def lead_quantile_column(level: float) -> str:
+    """Column of the lead-time error quantile at a service level: 0.95 -> ``lead_q950`` (per mille)."""
+    return f"lead_q{round(level * 1000):03d}"
+
+
+LEAD_QUANTILE_COLUMNS = [lead_quantile_column(a) for a in LEAD_LEVELS]
 BASELINES = ("seasonal_naive", "trailing_mean_28", "statsforecast")
 MODELS = ("gbt",) + BASELINES
 ADI_INTERMITTENT = 1.32  # Syntetos & Boylan (2005) cut-off of the average inter-demand interval
@@ -221,7 +231,8 @@ class BacktestResult:
         level_bucket, rmean_30 and one point-forecast column (units) per model.
     metrics: model, h (0 = pooled), wape, mae, rmse, rmsse, n, sum_y, coverage80, coverage95.
     quantiles: model, h, level_bucket, lower95, lower80, upper80, upper95 (additive residual bounds, units),
-        lead_sigma (units: :func:`lead_time_sigma`, the error spread of the demand total over days 1..h).
+        lead_sigma (units: :func:`lead_time_sigma`, the error spread of the demand total over days 1..h),
+        lead_q500 .. lead_q999 (units: :func:`lead_time_quantiles`, that total's error quantiles).
     """
 
     predictions: pd.DataFrame
@@ -742,6 +753,17 @@ def residual_quantiles(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     return res
 
 
+def _lead_time_errors(pred: pd.DataFrame, point: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(h, level_bucket, E_h) per backtest (series, origin, h) with every day 1..h scored: E_h = sum over days
+    1..h of (y - ``point``) (units); a series with a missing day contributes no total from that day on."""
+    keys = ["store_id", "product_id", "origin"]
+    p = pred[[*keys, "h", "level_bucket", "y", point]].sort_values([*keys, "h"], kind="mergesort")
+    grouped = p.groupby(keys, sort=False)
+    total = (p["y"] - p[point]).astype("float64").groupby([p[k] for k in keys], sort=False).cumsum().to_numpy()
+    complete = grouped.cumcount().to_numpy() + 1 == p["h"].to_numpy()   # days 1..h all scored (no gap)
+    return p["h"].to_numpy()[complete], p["level_bucket"].to_numpy()[complete], total[complete]
+
+
 def lead_time_sigma(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     """Spread of the forecast error of a demand *total* over days 1..h, per (h, level_bucket): the root mean
     square of E_h = sum over days 1..h of (y - yhat), over the backtest's (series, origin) with every day 1..h
@@ -750,7 +772,9 @@ def lead_time_sigma(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     bias (root mean square, not standard deviation). Used for safety stock over a lead time of h days: SS = z *
     lead_sigma (Silver, Pyke & Thomas 2017, "Inventory and Production Management in Supply Chains", 4th ed., CRC
     Press, ch. 4 and 6: the standard deviation of forecast errors over the replenishment lead time, estimated from
-    observed forecast errors). Groups with fewer than :data:`MIN_GROUP_RESIDUALS` totals use the h's pooled value.
+    observed forecast errors) when the service level is off :data:`LEAD_LEVELS`' range; within it the reorder
+    step takes :func:`lead_time_quantiles`. Groups with fewer than :data:`MIN_GROUP_RESIDUALS` totals use the h's
+    pooled value.
 
     Args:
         pred: backtest rows store_id, product_id, origin, h, level_bucket, y and ``point`` (units/day).
@@ -758,15 +782,10 @@ def lead_time_sigma(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
         DataFrame h, level_bucket (0..N_LEVEL_BUCKETS-1), lead_sigma (units; NaN when no total of h days was
         scored), one row per (h, bucket) for h = 1..max h.
     """
-    keys = ["store_id", "product_id", "origin"]
-    p = pred[[*keys, "h", "level_bucket", "y", point]].sort_values([*keys, "h"], kind="mergesort")
-    grouped = p.groupby(keys, sort=False)
-    total = (p["y"] - p[point]).astype("float64").groupby([p[k] for k in keys], sort=False).cumsum().to_numpy()
-    complete = grouped.cumcount().to_numpy() + 1 == p["h"].to_numpy()   # days 1..h all scored (no gap)
-    h, b = p["h"].to_numpy()[complete], p["level_bucket"].to_numpy()[complete]
-    sq = total[complete] ** 2
+    h, b, total = _lead_time_errors(pred, point)
+    sq = total ** 2
     rows = []
-    for hh in range(1, int(p["h"].max()) + 1 if len(p) else 1):
+    for hh in range(1, int(pred["h"].max()) + 1 if len(pred) else 1):
         mh = h == hh
         pooled = float(np.sqrt(sq[mh].mean())) if mh.any() else float("nan")
         for bb in range(N_LEVEL_BUCKETS):
@@ -776,21 +795,65 @@ def lead_time_sigma(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["h", "level_bucket", "lead_sigma"])
 
 
+def upper_conformal_quantile(e: np.ndarray, level: float) -> float:
+    """The ceil((n + 1) * level)-th smallest of n values (clamped to n; NaN when n = 0): a one-sided split-
+    conformal bound, P(e_new <= q) >= level for an exchangeable new value (Lei et al. 2018, JASA 113(523))."""
+    s = np.sort(np.asarray(e, dtype="float64"))
+    if not len(s):
+        return float("nan")
+    return float(s[min(len(s), math.ceil((len(s) + 1) * level)) - 1])
+
+
+def lead_time_quantiles(pred: pd.DataFrame, point: str = "yhat", levels=LEAD_LEVELS) -> pd.DataFrame:
+    """Empirical quantiles of the lead-time total's forecast error E_h (:func:`lead_time_sigma`'s totals), per
+    (h, level_bucket), at each cycle service level a of ``levels``: the safety stock that covers the demand over a
+    lead time of h days in a share a of the backtest's cycles is SS = q_a(E_h) (empirical safety stock: Trapero,
+    Cardos & Kourentzes 2019, "Empirical safety stock estimation based on kernel and GARCH models", Omega 84,
+    199-211). Unlike z * :func:`lead_time_sigma` it assumes no normal error: lumpy demand (a few bulk orders in
+    a bucket of mostly idle series) inflates the root mean square far beyond what a cycle service level needs.
+    Measured leave-one-origin-out on UCI's top 1,000 products at 95 % (GBT, 3 / 7-day cycles): 94.5 % / 94.8 % of
+    the cycles served with a mean safety stock of 58.9 / 112.8 units, where z * lead_sigma served 96.1 % / 97.1 %
+    with 103.7 / 178.3 units (``safety_stock_service`` in reports/bench-forecast.json has the benchmark's figures).
+    Groups with fewer than :data:`MIN_GROUP_RESIDUALS` totals use the h's pooled values.
+
+    Args:
+        pred: backtest rows store_id, product_id, origin, h, level_bucket, y and ``point`` (units/day).
+        levels: service levels in (0, 1).
+    Returns:
+        DataFrame h, level_bucket, and one column per level (:func:`lead_quantile_column`, e.g. lead_q950; units,
+        negative when the forecast over-shoots in that share of cycles; NaN when no total of h days was scored).
+    """
+    h, b, total = _lead_time_errors(pred, point)
+    cols = [lead_quantile_column(a) for a in levels]
+    rows = []
+    for hh in range(1, int(pred["h"].max()) + 1 if len(pred) else 1):
+        mh = h == hh
+        pooled = [upper_conformal_quantile(total[mh], a) for a in levels]
+        for bb in range(N_LEVEL_BUCKETS):
+            m = mh & (b == bb)
+            vals = [upper_conformal_quantile(total[m], a) for a in levels] if m.sum() >= MIN_GROUP_RESIDUALS else pooled
+            rows.append({"h": hh, "level_bucket": bb, **dict(zip(cols, vals))})
+    return pd.DataFrame(rows, columns=["h", "level_bucket", *cols])
+
+
 def interval_table(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
-    """One model's calibration from backtest rows: :func:`residual_quantiles` with :func:`lead_time_sigma` per
-    (h, level_bucket). Returns DataFrame h, level_bucket, lower95, lower80, upper80, upper95, lead_sigma (units),
-    the rows of :class:`BacktestResult` ``quantiles`` (without ``model``)."""
-    return residual_quantiles(pred, point).merge(lead_time_sigma(pred, point), on=["h", "level_bucket"], how="left")
+    """One model's calibration from backtest rows: :func:`residual_quantiles` with :func:`lead_time_sigma` and
+    :func:`lead_time_quantiles` per (h, level_bucket). Returns DataFrame h, level_bucket, lower95, lower80, upper80,
+    upper95, lead_sigma, lead_q500 .. lead_q999 (units), the rows of :class:`BacktestResult` ``quantiles`` (without
+    ``model``)."""
+    on = ["h", "level_bucket"]
+    return (residual_quantiles(pred, point).merge(lead_time_sigma(pred, point), on=on, how="left")
+            .merge(lead_time_quantiles(pred, point), on=on, how="left"))
 
 
 def apply_intervals(pred: pd.DataFrame, quantiles: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     """Add lower95, lower80, upper80, upper95 (units, >= 0) to rows with h, level_bucket and ``point``, and
-    lead_sigma (units) when ``quantiles`` has it.
+    lead_sigma and lead_q500 .. lead_q999 (units) when ``quantiles`` has them.
 
     ``quantiles``: output of :func:`residual_quantiles` (one model's rows; :class:`BacktestResult`'s adds
     lead_sigma)."""
     q = quantiles.drop(columns=["model"], errors="ignore")
-    old = [c for c in (*QUANTILES, "lead_sigma") if c in pred.columns]
+    old = [c for c in (*QUANTILES, "lead_sigma", *LEAD_QUANTILE_COLUMNS) if c in pred.columns]
     out = pred.drop(columns=old).merge(q, on=["h", "level_bucket"], how="left")
     for c in QUANTILES:
         out[c] = np.clip(out[point] + out[c].fillna(0.0), 0.0, None)
@@ -1024,7 +1087,8 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
     metrics = add_coverage(metrics, pred, models)
     quantiles = pd.concat([interval_table(pred, m).assign(model=m) for m in models], ignore_index=True)
     keep = ["store_id", "product_id", "origin", "date", "h", "y", *models, "level_bucket", "rmean_30"]
-    return BacktestResult(pred[keep], metrics, quantiles[["model", "h", "level_bucket", *QUANTILES, "lead_sigma"]],
+    qcols = ["model", "h", "level_bucket", *QUANTILES, "lead_sigma", *LEAD_QUANTILE_COLUMNS]
+    return BacktestResult(pred[keep], metrics, quantiles[qcols],
                           edges, used, fit_s, n_train, timings, models)
 
 
@@ -1081,8 +1145,9 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
         prices_known_ahead: as the model was trained (:func:`model_prices_known_ahead`).
     Returns:
         DataFrame store_id, product_id, origin (T), date (target day), h, yhat, lower95, lower80,
-        upper80, upper95 (units), and lead_sigma (units: the backtest's error spread of the demand total over
-        days 1..h for the series' level bucket, :func:`lead_time_sigma`) when ``quantiles`` has it.
+        upper80, upper95 (units), and lead_sigma and lead_q500 .. lead_q999 (units: the backtest's error spread
+        and error quantiles of the demand total over days 1..h for the series' level bucket,
+        :func:`lead_time_sigma`, :func:`lead_time_quantiles`) when ``quantiles`` has them.
     Raises:
         ValueError: the feature table has no future rows for some horizon, or an unknown model.
     """
@@ -1113,7 +1178,8 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
     rows["level_bucket"] = level_bucket(rows["rmean_30"], bucket_edges)
     q = quantiles[quantiles["model"] == model_name] if "model" in quantiles.columns else quantiles
     out = apply_intervals(rows, q)
-    lead = ["lead_sigma"] if "lead_sigma" in out.columns else []   # models saved before it have none
+    # models saved before them have none
+    lead = [c for c in ("lead_sigma", *LEAD_QUANTILE_COLUMNS) if c in out.columns]
     return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES, *lead]].sort_values(
         ["store_id", "product_id", "h"]).reset_index(drop=True)
 

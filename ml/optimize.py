@@ -189,38 +189,60 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
     return df
 
 
-def inputs_from_forecast(pred: pd.DataFrame, lead_time_days: float | None = None) -> pd.DataFrame:
+def inputs_from_forecast(pred: pd.DataFrame, lead_time_days: float | None = None,
+                         service_level: float | None = None) -> pd.DataFrame:
     """Per (store_id, product_id): mean_demand = mean daily point forecast over the horizon (units/day) and
-    sigma_d (units/day), the daily forecast-error sigma that :func:`safety_stock` scales by sqrt(L).
+    sigma_d (units/day), the daily forecast-error sigma that :func:`safety_stock` scales by z * sqrt(L).
 
-    sigma_d is, when ``lead_time_days`` L > 0 is given and the forecasts carry ``lead_sigma`` (the backtest's
-    error spread of the demand total over days 1..h, :func:`ml.forecast.lead_time_sigma`), the lead-time total's
-    sigma at h = L expressed per day: lead_sigma(L) / sqrt(L), so that z * sigma_d * sqrt(L) = z * lead_sigma(L)
-    (in general lead_sigma(h) * sqrt(L / h) with h = round(L) clamped to 1..H: an L beyond the horizon H takes
-    lead_sigma(H) * sqrt(L / H), a non-integer L its nearest whole h scaled the same way). It keeps
-    the correlation of the daily errors over a lead time and does not read a standard deviation off the interval
-    of a few discrete units: on the M5 backtest the interval-based sigma reached a lower service level than the
-    target (reports/bench-forecast.json, ``safety_stock_service``). Otherwise (forecasts without lead_sigma, L
-    not given or 0): the mean daily sigma from the 80 % intervals (:func:`sigma_from_interval`).
+    sigma_d, for a lead time ``lead_time_days`` L > 0, from the backtest's errors of the demand *total* over
+    days 1..h that the forecasts carry, taken at h = round(L) clamped to 1..H and scaled by sqrt(L / h) (an L
+    beyond the horizon H or between whole days):
+
+    * with ``service_level`` a within the levels the forecasts carry (``lead_q500`` .. ``lead_q999``,
+      :func:`ml.forecast.lead_time_quantiles`; linear between two of them): the empirical safety stock
+      SS = q_a(E_h) * sqrt(L / h) expressed as a normal-equivalent sigma_d = SS / (z_a * sqrt(L)), so that
+      :func:`safety_stock` gives SS back (Trapero, Cardos & Kourentzes 2019, Omega 84: empirical safety stock).
+      A negative quantile (the forecast over-shoots in that share of cycles) gives 0. It assumes no normal
+      error: on lumpy demand z * RMS over-stocks (reports/bench-forecast.json, ``safety_stock_service``);
+    * else with ``lead_sigma`` (:func:`ml.forecast.lead_time_sigma`, the root mean square of E_h): sigma_d =
+      lead_sigma(h) * sqrt(L / h) / sqrt(L), so that z * sigma_d * sqrt(L) = z * lead_sigma(L);
+    * else (forecasts without either, L not given or 0): the mean daily sigma from the 80 % intervals
+      (:func:`sigma_from_interval`), which on the M5 backtest reached a lower service level than the target.
 
     Args:
-        pred: forecast rows store_id, product_id, yhat, lower80, upper80 (units/day); optional lead_sigma (units)
-            with the horizon in ``h`` or ``horizon`` (1..H).
+        pred: forecast rows store_id, product_id, yhat, lower80, upper80 (units/day); optional lead_sigma and
+            lead_q500 .. lead_q999 (units) with the horizon in ``h`` or ``horizon`` (1..H).
         lead_time_days: supplier lead time L (days).
+        service_level: the cycle service level the safety stock is for (0.5 <= a < 1), as given to
+            :func:`recommend`.
     Returns:
         DataFrame store_id, product_id, mean_demand, sigma_d, one row per series.
     """
+    from ml.forecast import LEAD_LEVELS, LEAD_QUANTILE_COLUMNS
+
     p = pred.assign(sigma=sigma_from_interval(pred["lower80"], pred["upper80"]))
     keys = ["store_id", "product_id"]
     g = p.groupby(keys, as_index=False).agg(mean_demand=("yhat", "mean"), sigma_d=("sigma", "mean"))
     hcol = "h" if "h" in p.columns else "horizon"
     if not lead_time_days or lead_time_days <= 0 or "lead_sigma" not in p.columns or hcol not in p.columns:
         return g
-    H = int(p[hcol].max())
-    h = min(max(1, int(round(float(lead_time_days)))), H)
-    at = p.loc[p[hcol] == h, [*keys, "lead_sigma"]].drop_duplicates(keys)
+    L = float(lead_time_days)
+    h = min(max(1, int(round(L))), int(p[hcol].max()))
+    qcols = [c for c in LEAD_QUANTILE_COLUMNS if c in p.columns]
+    at = p.loc[p[hcol] == h, [*keys, "lead_sigma", *qcols]].drop_duplicates(keys)
     g = g.merge(at, on=keys, how="left")
-    lead = g["lead_sigma"] * np.sqrt(float(lead_time_days) / h)   # L != h (beyond H, or not whole): sqrt(L / h)
-    g["sigma_d"] = (lead / np.sqrt(float(lead_time_days))).where(lead.notna(), g["sigma_d"])
-    return g.drop(columns="lead_sigma")
+    lead = g["lead_sigma"] * np.sqrt(L / h)   # L != h (beyond H, or not whole): sqrt(L / h)
+    sigma = lead / np.sqrt(L)
+    levels = [a for a, c in zip(LEAD_LEVELS, LEAD_QUANTILE_COLUMNS) if c in qcols]
+    if service_level is not None and levels and levels[0] <= service_level <= levels[-1]:
+        q = g[[LEAD_QUANTILE_COLUMNS[LEAD_LEVELS.index(a)] for a in levels]].to_numpy(float)
+        i = min(int(np.searchsorted(levels, service_level, side="right")), len(levels) - 1)
+        lo, hi = levels[i - 1], levels[i]   # a at a grid level: lo = a (weight 1) or hi = a (weight 1)
+        w = (service_level - lo) / (hi - lo) if hi > lo else 0.0
+        ss = np.clip((1 - w) * q[:, i - 1] + w * q[:, i], 0.0, None) * np.sqrt(L / h)
+        z = z_value(service_level)
+        emp = pd.Series(ss / (z * np.sqrt(L)) if z > 0 else np.zeros(len(g)), index=g.index)
+        sigma = emp.where(np.isfinite(q[:, [i - 1, i]]).all(axis=1), sigma)
+    g["sigma_d"] = sigma.where(sigma.notna(), g["sigma_d"])
+    return g.drop(columns=["lead_sigma", *qcols])
 

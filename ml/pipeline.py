@@ -595,7 +595,7 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     s, client, db, lake = _ctx(settings)
     p = read_predictions(lake)
     origin = p["forecast_origin"].iloc[0]
-    demand = inputs_from_forecast(p, lead_time_days=s.lead_time_days)
+    demand = inputs_from_forecast(p, lead_time_days=s.lead_time_days, service_level=s.service_level)
     inv = load_inventory(client, db, origin)
     m = demand.merge(inv, on=["store_id", "product_id"], how="inner")
     skipped = len(demand) - len(m)

@@ -197,8 +197,9 @@ def safety_stock_service(bt, lead_times=(3, 7), service_level: float = 0.95) -> 
     :func:`ml.optimize.safety_stock`, :func:`ml.optimize.reorder_point`; d_bar = mean point forecast over the
     horizon, z = Phi^-1(service_level)), with sigma_d either from the 80 % intervals (``interval``: the forecasts
     without lead_sigma: the mean daily (upper80 - lower80) / 2.563) or from the lead-time total's error spread
-    (``lead_time``: lead_sigma(L) / sqrt(L), :func:`ml.forecast.lead_time_sigma`). A cycle is served when the
-    demand over days 1..L is <= ROP.
+    (``lead_time``: lead_sigma(L) / sqrt(L), :func:`ml.forecast.lead_time_sigma`) or from that total's empirical
+    error quantile at the service level (``empirical``: the reorder step's choice, SS = q(E_L),
+    :func:`ml.forecast.lead_time_quantiles`). A cycle is served when the demand over days 1..L is <= ROP.
 
     Returns:
         {model: {"L=<days>": {method: {"service_level": share of cycles served, "mean_safety_stock": units}},
@@ -213,17 +214,20 @@ def safety_stock_service(bt, lead_times=(3, 7), service_level: float = 0.95) -> 
     for m in bt.models:
         res: dict = {}
         for L in lead_times:
-            hits: dict[str, list] = {"interval": [], "lead_time": []}
-            ss: dict[str, list] = {"interval": [], "lead_time": []}
+            methods = ("interval", "lead_time", "empirical")
+            hits: dict[str, list] = {k: [] for k in methods}
+            ss: dict[str, list] = {k: [] for k in methods}
             for o in bt.origins:
                 cal, test = pred[pred["origin"] != o], pred[pred["origin"] == o]
                 if cal.empty or test.empty:
                     continue
                 t = apply_intervals(test, interval_table(cal, m), m).assign(yhat=lambda x: x[m])
                 first = t[t["h"] <= L].groupby(keys).agg(demand=("y", "sum"), days=("h", "size"))
-                for method, rows in (("interval", t.drop(columns="lead_sigma")), ("lead_time", t)):
+                for method, rows, level in (("interval", t.drop(columns="lead_sigma"), None),
+                                            ("lead_time", t, None), ("empirical", t, service_level)):
                     # the reorder step's own inputs and formulas (ml.pipeline.optimise_stock)
-                    per = inputs_from_forecast(rows, lead_time_days=L).set_index(keys).join(first, how="inner")
+                    per = inputs_from_forecast(rows, lead_time_days=L, service_level=level)
+                    per = per.set_index(keys).join(first, how="inner")
                     per = per[per["days"] == L]
                     safety = safety_stock(per["sigma_d"].to_numpy(float), L, service_level)
                     rop = reorder_point(per["mean_demand"].to_numpy(float), L, safety)

@@ -302,21 +302,24 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     r = q("SELECT * FROM {db}.reorder_recommendations FINAL").set_index(["store_id", "product_id"])
     assert len(r) == n_series
     # independent recomputation of safety stock and reorder point from the stored forecasts and the lead-time
-    # error spread the lake's forecasts carry (the champion's backtest: lead_sigma of the total over days 1..L)
+    # error quantiles the lake's forecasts carry (the champion's backtest: quantiles of the total over days 1..L
+    # at the stored service levels, read off at SERVICE_LEVEL by linear interpolation)
     from core.lake import Lake
+    from ml.forecast import LEAD_LEVELS, LEAD_QUANTILE_COLUMNS
     from ml.pipeline import read_predictions
 
-    lead = read_predictions(Lake(native_stack)).set_index(["store_id", "product_id", "horizon"])["lead_sigma"]
-    z = norm.ppf(native_stack.service_level)
+    lead = read_predictions(Lake(native_stack)).set_index(["store_id", "product_id", "horizon"])
+    a = native_stack.service_level
+    z = norm.ppf(a)
     L = native_stack.lead_time_days
-    assert 1 <= L <= H and lead.notna().all() and (lead >= 0).all()
+    assert 1 <= L <= H and lead[LEAD_QUANTILE_COLUMNS].notna().all().all() and LEAD_LEVELS[0] <= a <= LEAD_LEVELS[-1]
     for (st, sku), g in p.groupby(["store_id", "product_id"]):
         d = g["yhat"].mean()
-        sigma_l = float(lead.loc[(st, sku, L)])
+        ss = max(0.0, float(np.interp(a, LEAD_LEVELS, lead.loc[(st, sku, L), LEAD_QUANTILE_COLUMNS].to_numpy(float))))
         row = r.loc[(st, sku)]
-        assert row["safety_stock"] == pytest.approx(z * sigma_l, rel=1e-6, abs=1e-9)
-        assert row["sigma_daily"] == pytest.approx(sigma_l / np.sqrt(L), rel=1e-6, abs=1e-9)
-        assert row["reorder_point"] == pytest.approx(d * L + z * sigma_l, rel=1e-6, abs=1e-9)
+        assert row["safety_stock"] == pytest.approx(ss, rel=1e-6, abs=1e-9)
+        assert row["sigma_daily"] == pytest.approx(ss / (z * np.sqrt(L)), rel=1e-6, abs=1e-9)
+        assert row["reorder_point"] == pytest.approx(d * L + ss, rel=1e-6, abs=1e-9)
         high = row["stock"] <= 0 or (d > 0 and row["stock"] <= d * L)
         expected = "HIGH" if high else ("MEDIUM" if row["stock"] <= row["reorder_point"] else "LOW")
         assert row["stockout_risk"] == expected

@@ -411,6 +411,60 @@ def _lead_oracle(pred: pd.DataFrame, point: str, h: int, bucket: int | None) -> 
     return math.sqrt(sum(t * t for t in totals) / len(totals)) if totals else float("nan")
 
 
+def _lead_totals(pred: pd.DataFrame, point: str, h: int, bucket: int | None) -> list[float]:
+    """Independent loop: sum_{d<=h}(y - point) per (series, origin) with days 1..h all scored (and the bucket)."""
+    totals = []
+    for _, g in pred.groupby(["store_id", "product_id", "origin"]):
+        g = g.set_index("h")
+        if not all(d in g.index for d in range(1, h + 1)):
+            continue
+        if bucket is not None and int(g["level_bucket"].iloc[0]) != bucket:
+            continue
+        totals.append(sum(g.loc[d, "y"] - g.loc[d, point] for d in range(1, h + 1)))
+    return totals
+
+
+def test_lead_time_quantiles_are_conformal_quantiles_of_the_lead_time_totals():
+    """lead_time_quantiles against a loop: per (h, bucket) with >= MIN_GROUP_RESIDUALS totals (else the h's pooled
+    totals) the ceil((n + 1) a)-th smallest total, for every level a of LEAD_LEVELS; and on lumpy demand (a bucket
+    of idle series with a rare bulk order) the 95 % quantile serves 95 % of the cycles with far less stock than
+    z * RMS, which serves them all."""
+    from ml.forecast import LEAD_LEVELS, MIN_GROUP_RESIDUALS, lead_quantile_column, lead_time_quantiles
+
+    rng = np.random.default_rng(11)
+    rows = []
+    for s in range(70):
+        for o in pd.date_range("2024-01-01", periods=3, freq="14D"):
+            for h in range(1, 8):
+                if s == 5 and h == 3:   # a gap: totals of 3+ days of this series are not scored
+                    continue
+                y = float(rng.poisson(1 + s % 4))
+                rows.append({"store_id": "S", "product_id": f"P{s}", "origin": o, "h": h, "y": y,
+                             "level_bucket": s % 4 if s < 60 else 2, "m": y - rng.normal(0.3, 1.0)})
+    pred = pd.DataFrame(rows)
+    got = lead_time_quantiles(pred, "m").set_index(["h", "level_bucket"])
+    assert len(got) == 7 * 4 and list(got.columns) == [lead_quantile_column(a) for a in LEAD_LEVELS]
+    assert lead_quantile_column(0.95) == "lead_q950" and lead_quantile_column(0.5) == "lead_q500"
+    for h in (1, 3, 7):
+        for b in range(4):
+            n = pred[(pred["h"] == 1) & (pred["level_bucket"] == b)].groupby(["product_id", "origin"]).ngroups
+            t = sorted(_lead_totals(pred, "m", h, b if n >= MIN_GROUP_RESIDUALS else None))
+            for a in (0.5, 0.9, 0.95, 0.999):
+                want = t[min(len(t), math.ceil((len(t) + 1) * a)) - 1]
+                assert got.loc[(h, b), lead_quantile_column(a)] == pytest.approx(want, rel=1e-12), (h, b, a)
+    # lumpy: 100 idle series x 2 origins forecast at 0.05/day; 4 of the 200 cycles (2 %) see a 60-unit order on day 2
+    lumpy = pd.DataFrame([{"store_id": "S", "product_id": f"Q{s}", "origin": o, "h": h, "level_bucket": 0,
+                           "y": 60.0 if (s < 2 and h == 2) else 0.0, "m": 0.05}
+                          for s in range(100) for o in (pd.Timestamp("2024-01-01"), pd.Timestamp("2024-02-01"))
+                          for h in range(1, 8)])
+    q = lead_time_quantiles(lumpy, "m").set_index(["h", "level_bucket"]).loc[(7, 0), "lead_q950"]
+    rms = math.sqrt(sum(e * e for e in _lead_totals(lumpy, "m", 7, 0)) / 200)
+    demand = np.array([t + 0.35 for t in _lead_totals(lumpy, "m", 7, 0)])   # the 7-day totals
+    assert q == pytest.approx(-0.35)              # 98 % of the cycles sell nothing: no safety stock needed
+    assert (demand <= 0.35 + max(q, 0)).mean() == pytest.approx(0.98)
+    assert 1.6449 * rms > 13                      # z * RMS: 13+ units for series expected to sell 0.35
+
+
 def test_lead_time_sigma_is_the_rms_of_lead_time_error_totals():
     """lead_time_sigma against a loop over (series, origin): per (h, bucket) with >= MIN_GROUP_RESIDUALS totals,
     else the h's pooled value; a series with a missing day contributes no total from that day on; correlated

@@ -180,3 +180,45 @@ def test_inputs_from_forecast_take_the_lead_time_totals_sigma():
     interval = opt.inputs_from_forecast(pred.drop(columns="lead_sigma"), lead_time_days=4)
     assert interval["sigma_d"].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
     assert opt.inputs_from_forecast(pred)["sigma_d"].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
+
+
+def test_inputs_from_forecast_take_the_empirical_lead_time_quantile_at_the_service_level():
+    """With lead_q500 .. lead_q999 on the forecasts and a service level a in their range, the safety stock is
+    the lead-time total's error quantile at a (linear between two stored levels, scaled by sqrt(L / h) off whole
+    days, never negative), expressed as sigma_d = SS / (z sqrt(L)) so that recommend() gives it back; off the
+    range, without a level, or where a quantile is missing: lead_sigma as before."""
+    from ml.forecast import LEAD_LEVELS, LEAD_QUANTILE_COLUMNS
+
+    base = {c: 10.0 * a for a, c in zip(LEAD_LEVELS, LEAD_QUANTILE_COLUMNS)}
+    rows = []
+    for p in ("a", "b", "c"):
+        for h in range(1, 8):
+            r = {"store_id": "s", "product_id": p, "horizon": h, "yhat": 2.0, "lower80": 0.0, "upper80": 2.5631,
+                 "lead_sigma": 1.5 * h}
+            r.update({c: v * h for c, v in base.items()})   # q_a(E_h) = 10 a h units
+            rows.append(r)
+    pred = pd.DataFrame(rows)
+    pred.loc[pred["product_id"] == "b", LEAD_QUANTILE_COLUMNS] = -3.0          # over-forecast: no safety stock
+    pred.loc[pred["product_id"] == "c", "lead_q950"] = np.nan                  # missing: lead_sigma
+    L = 4
+    got = opt.inputs_from_forecast(pred, lead_time_days=L, service_level=0.95).set_index("product_id")
+    z = opt.z_value(0.95)
+    assert got.loc["a", "sigma_d"] * z * math.sqrt(L) == pytest.approx(10 * 0.95 * 4)
+    assert got.loc["b", "sigma_d"] == 0.0
+    assert got.loc["c", "sigma_d"] == pytest.approx(1.5 * 4 / 2)
+    rec = opt.recommend(got.reset_index().assign(stock=0.0, unit_cost=1.0), lead_time_days=L, service_level=0.95,
+                        order_cost=1, holding_cost_rate=0.2).set_index("product_id")
+    assert rec.loc["a", "safety_stock"] == pytest.approx(38.0) and rec.loc["b", "safety_stock"] == 0.0
+    # between two stored levels (0.95 and 0.975): linear, 0.96 -> 10 * 0.96 * 4
+    mid = opt.inputs_from_forecast(pred, lead_time_days=L, service_level=0.96).set_index("product_id")
+    assert mid.loc["a", "sigma_d"] * opt.z_value(0.96) * math.sqrt(L) == pytest.approx(10 * 0.96 * 4)
+    # the edges of the range, and a lead time between whole days (h = 2, scaled by sqrt(2.4 / 2))
+    for a in (0.5 + 1e-9, 0.999):
+        e = opt.inputs_from_forecast(pred, lead_time_days=L, service_level=a).set_index("product_id")
+        assert e.loc["a", "sigma_d"] * opt.z_value(a) * math.sqrt(L) == pytest.approx(10 * a * 4, rel=1e-6)
+    lt = opt.inputs_from_forecast(pred, lead_time_days=2.4, service_level=0.95).set_index("product_id")
+    assert lt.loc["a", "sigma_d"] * z * math.sqrt(2.4) == pytest.approx(10 * 0.95 * 2 * math.sqrt(2.4 / 2))
+    # off the stored range, or no level given: lead_sigma(L) / sqrt(L)
+    for a in (0.9995, None):
+        off = opt.inputs_from_forecast(pred, lead_time_days=L, service_level=a).set_index("product_id")
+        assert off.loc["a", "sigma_d"] == pytest.approx(1.5 * 4 / 2)
