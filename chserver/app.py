@@ -19,8 +19,12 @@
   ``X-ClickHouse-Exception-Code``, body ``Code: N. DB::Exception: ... (NAME) (version ...)``; never a traceback.
 
 GET requests run with ``readonly=2`` (as ClickHouse); ``bi_reader`` always with ``readonly=1``.
-Not supported (clear error): ClickHouse's native ``compress=1``/``decompress=1`` block compression, and
-multi-statement bodies (one statement per request, as ClickHouse).
+Refused as a server refuses them over HTTP (:func:`chserver.sqlscan.check_statement`, before the engine):
+multi-statement bodies (400, code 62: one statement per request; one trailing ``;`` is fine), ``INTO OUTFILE`` /
+``FROM INFILE`` (500, code 358), and for every user but ``admin`` the functions, engines and sources that reach
+the server's files, other hosts or processes (``file()``, ``url()``, ``s3()``, ``remote()``, ``ENGINE = File``,
+...: 403, code 497; chDB, being clickhouse-local, does not confine ``file()`` to a ``user_files_path``).
+Not supported (clear error): ClickHouse's native ``compress=1``/``decompress=1`` block compression.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chserver.engine import ClickHouseError, Engine
+from chserver.sqlscan import check_statement, output_format
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("chserver")
@@ -77,7 +82,6 @@ _TEXT_PREFIXES = ("tsv", "tabseparated", "csv", "json", "pretty", "vertical", "m
 _INSERT_RE = re.compile(rb"^\s*(INSERT\s+INTO\s+(?:TABLE\s+)?(?:`[^`]+`|[\w.]+)(?:\.(?:`[^`]+`|\w+))?\s*"
                         rb"(?:\([^)]*\))?(?:\s*SETTINGS\s+[^()'\n]*?)?)\s+FORMAT\s+([A-Za-z0-9_]+)[ \t]*(?:\r?\n)?",
                         re.I | re.S)
-_FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.I)
 
 
 def http_status(err: ClickHouseError) -> int:
@@ -292,8 +296,11 @@ class Server:
         * The statement: the ``query`` URL parameter, and for ``POST`` the body appended after a newline (body only
           when there is no parameter; a ``GET``'s body is ignored). ``INSERT ... FORMAT <fmt>`` followed by data:
           the data (the rest of the text) is handed to the engine in that input format. Any other statement
-          answers in the format of its trailing ``FORMAT <fmt>`` clause, else ``default_format``, else
-          ``TabSeparated``.
+          answers in the format of its ``FORMAT <fmt>`` clause (last, or before ``SETTINGS``; comments and
+          strings are not clauses: :func:`chserver.sqlscan.output_format`), else the ``X-ClickHouse-Format``
+          header, else ``default_format``, else ``TabSeparated``.
+        * The statement is checked first (:func:`chserver.sqlscan.check_statement`): one statement, no
+          ``INTO OUTFILE``, no ``file()``/``url()``/``s3()``-like access outside the engine unless ``admin``.
         * Authentication: :meth:`authenticate` (basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key``, or
           ``user``/``password`` parameters; the later source wins). Role passed to the engine: ``ro1``
           (readonly=1) for a read-only user, ``ro2`` (readonly=2) for other users' ``GET``, ``rw`` for their
@@ -312,12 +319,13 @@ class Server:
             written, ``elapsed_ns``) and ``-Server-Display-Name``.
 
         Errors are answered, never raised: :meth:`error` with the status :func:`http_status` gives the error's
-        name. 403: AUTHENTICATION_FAILED (516; no, unknown or wrong credentials), ACCESS_DENIED. 400:
-        SYNTAX_ERROR (62; empty or non-UTF-8 query, the engine's parse errors), UNKNOWN_COMPRESSION_METHOD (55),
+        name. 403: AUTHENTICATION_FAILED (516; no, unknown or wrong credentials), ACCESS_DENIED (497; e.g. a
+        non-admin's ``file()``). 400: SYNTAX_ERROR (62; empty or non-UTF-8 query, a second statement, the
+        engine's parse errors), UNKNOWN_COMPRESSION_METHOD (55),
         CANNOT_DECOMPRESS (271), the CANNOT_PARSE_* and type errors. 404: the UNKNOWN_* errors (table, setting
         (115), format, database, ...). 413: QUERY_IS_TOO_LARGE (202; body over the limit). 501: NOT_IMPLEMENTED
-        (48; ``compress=1``/``decompress=1``). 408: TIMEOUT_EXCEEDED. 500: any other engine error (e.g. 164
-        READONLY, a read-only user's write) and any other exception (logged with its traceback here, answered
+        (48; ``compress=1``/``decompress=1``). 408: TIMEOUT_EXCEEDED. 500: INTO_OUTFILE_NOT_ALLOWED (358), any
+        other engine error (e.g. 164 READONLY, a read-only user's write) and any other exception (logged with its traceback here, answered
         as 1001 STD_EXCEPTION without it).
         """
         q = request.query_params
@@ -343,6 +351,7 @@ class Server:
                 insert_format = m.group(2).decode()
                 insert_data = text[m.end():]
                 fmt = "TabSeparated"
+                check_statement(sql, external=user == "admin")
             else:
                 try:
                     sql = text.decode("utf-8").strip()
@@ -351,9 +360,9 @@ class Server:
                                               "(SYNTAX_ERROR)", "SYNTAX_ERROR") from None
                 if not sql:
                     raise ClickHouseError(62, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", "SYNTAX_ERROR")
-                fm = _FORMAT_RE.search(sql)
-                fmt = fm.group(1) if fm else (request.headers.get("x-clickhouse-format") or q.get("default_format")
-                                              or "TabSeparated")
+                check_statement(sql, external=user == "admin")
+                fmt = output_format(sql) or (request.headers.get("x-clickhouse-format") or q.get("default_format")
+                                             or "TabSeparated")
             params = {k[6:]: v for k, v in q.items() if k.startswith("param_")}
             settings = {k: v for k, v in q.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
             role = "ro1" if readonly else ("ro2" if request.method == "GET" else "rw")
