@@ -710,6 +710,50 @@ def test_multi_statement_bodies_are_refused(endpoint):
         assert (r.status_code, r.text) == (200, want), (sql, r.text)
 
 
+def test_requests_queued_behind_a_replaced_connection_run(endpoint):
+    """A request whose readonly=1 cannot be reset replaces the writers' shared connection; the requests queued
+    behind it must run on the new one (a first version took the connection before the lock: they failed with
+    "'NoneType' object has no attribute 'query'" and a queued INSERT was lost)."""
+    base, users, _ = endpoint
+    w = _w(users)
+    _table(base, users, "queued")
+
+    def slow():
+        return _post(base, w, "SELECT sleep(1.5)", readonly="1")
+
+    def quick(i):
+        if i == 0:
+            return _post(base, w, "INSERT INTO t.queued VALUES (7, 'q', 7)")
+        return _post(base, w, f"SELECT {i}")
+
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(slow)
+        time.sleep(0.5)                      # the slow request holds the lock; the others queue behind it
+        rest = list(pool.map(quick, range(5)))
+        assert first.result().status_code == 200, first.result().text
+    assert [(r.status_code, r.text) for r in rest[1:]] == [(200, f"{i}\n") for i in range(1, 5)], \
+        [r.text for r in rest]
+    assert rest[0].status_code == 200, rest[0].text
+    assert _rows(base, users, "queued") == [(7, "q", 7.0)]
+
+
+def test_temporary_tables_last_one_request(endpoint):
+    """Without session_id a server drops a request's temporary tables with it; on chDB they lived on the role's
+    shared connection, visible to the next request of any user on it (and shadowing a table of that name)."""
+    base, users, _ = endpoint
+    w, admin = _w(users), ("admin", users["admin"])
+    r = _post(base, w, "CREATE TEMPORARY TABLE tmp_x (a UInt8) ENGINE = Memory")
+    assert r.status_code == 200, r.text
+    r = _post(base, admin, "SELECT * FROM tmp_x")
+    assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (404, "60"), r.text
+    assert _post(base, w, "EXISTS TEMPORARY TABLE tmp_x").text == "0\n"
+    r = _post(base, w, "CREATE TEMPORARY TABLE tmp_y AS SELECT 5 AS a")
+    assert r.status_code == 200, r.text
+    assert _post(base, w, "SELECT count() FROM system.tables WHERE is_temporary").text == "0\n"
+    r = httpx.get(base, params={"query": "CREATE TEMPORARY TABLE tmp_z (a UInt8)"}, auth=w)  # readonly=2 may
+    assert r.status_code == 200, r.text
+    r = httpx.get(base, params={"query": "SELECT * FROM tmp_z"}, auth=w)
+    assert r.headers.get("X-ClickHouse-Exception-Code") == "60", r.text
 
 
 def test_format_clause_before_settings_or_a_comment(endpoint):
@@ -725,3 +769,4 @@ def test_format_clause_before_settings_or_a_comment(endpoint):
         assert r.headers["Content-Type"].startswith("application/x-ndjson"), sql
     r = _post(base, _w(users), "SELECT 'FORMAT JSON' AS s -- FORMAT CSV")
     assert (r.text, r.headers["X-ClickHouse-Format"]) == ("FORMAT JSON\n", "TabSeparated")
+
