@@ -81,7 +81,8 @@ class ClickHouseError(Exception):
 
 @dataclass
 class Result:
-    """A query's output bytes and counters (rows/bytes read and written, elapsed seconds)."""
+    """A query's output bytes and counters: rows/bytes read from storage and written, ``result_rows`` (rows of
+    the result, 0 for a statement without one), elapsed seconds."""
 
     data: bytes
     rows_read: int = 0
@@ -89,6 +90,7 @@ class Result:
     rows_written: int = 0
     bytes_written: int = 0
     elapsed_s: float = 0.0
+    result_rows: int = 0
 
 
 def quote_string(value: str) -> str:
@@ -253,9 +255,11 @@ class Engine:
                         after = self._changed_settings(conn)
                         applied += [k for k, v in after.items() if before.get(k) != v and k not in applied]
                 elapsed = time.perf_counter() - t0
-                return Result(data=res.bytes() or b"", rows_read=_int(res, "rows_read"),
-                              bytes_read=_int(res, "bytes_read"), rows_written=_int(res, "rows_written"),
-                              bytes_written=_int(res, "bytes_written"), elapsed_s=elapsed)
+                # chDB's rows_read/bytes_read count the result; storage_* what the query read
+                return Result(data=res.bytes() or b"", rows_read=_int(res, "storage_rows_read"),
+                              bytes_read=_int(res, "storage_bytes_read"), rows_written=_int(res, "rows_written"),
+                              bytes_written=_int(res, "bytes_written"), elapsed_s=elapsed,
+                              result_rows=_int(res, "rows_read"))
             except ClickHouseError:
                 raise
             except Exception as exc:  # noqa: BLE001 - chDB's errors become ClickHouse errors

@@ -770,3 +770,22 @@ def test_format_clause_before_settings_or_a_comment(endpoint):
     r = _post(base, _w(users), "SELECT 'FORMAT JSON' AS s -- FORMAT CSV")
     assert (r.text, r.headers["X-ClickHouse-Format"]) == ("FORMAT JSON\n", "TabSeparated")
 
+
+def test_summary_compression_flags_and_head(endpoint):
+    """X-ClickHouse-Summary's result_rows is the result's row count (read_rows what was read); Accept-Encoding
+    ``q=0`` refuses a method; enable_http_compression takes ClickHouse's boolean forms; HEAD / answers as GET /."""
+    base, users, _ = endpoint
+    r = _post(base, _w(users), "SELECT number FROM numbers(10) WHERE number % 4 = 0")
+    summary = json.loads(r.headers["X-ClickHouse-Summary"])
+    assert (summary["result_rows"], summary["read_rows"]) == ("3", "10"), summary
+    q = {"query": "SELECT number FROM numbers(1000)"}
+    want = "".join(f"{i}\n" for i in range(1000))
+    with httpx.Client(auth=_w(users)) as c:
+        for flag, accept, enc in (("1", "gzip;q=0, identity", None), ("1", "gzip; q=0.0, deflate", "deflate"),
+                                  ("true", "gzip", "gzip"), ("True", "gzip", "gzip"), ("false", "gzip", None),
+                                  ("0", "gzip", None)):
+            r = c.get(base, params={**q, "enable_http_compression": flag}, headers={"Accept-Encoding": accept})
+            assert (r.status_code, r.headers.get("content-encoding"), r.text) == (200, enc, want), (flag, accept)
+    r = httpx.head(base + "/")
+    assert r.status_code == 200, r.status_code
+    assert httpx.head(base + "/ping").status_code == 200
