@@ -11,7 +11,7 @@
 * headers ``X-ClickHouse-Format``, ``X-ClickHouse-Timezone``, ``X-ClickHouse-Query-Id``,
   ``X-ClickHouse-Summary``, ``X-ClickHouse-Server-Display-Name``; HTTP compression both ways: request bodies in
   gzip, deflate, zstd or lz4 (``Content-Encoding``; bounded while decompressing), responses compressed per
-  ``Accept-Encoding`` when ``enable_http_compression=1``;
+  ``Accept-Encoding`` (a method with ``q=0`` is refused) when ``enable_http_compression`` is ``1``/``true``;
 * authentication as ClickHouse does it: basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key``, or
   ``user``/``password`` parameters; users from settings (``admin``, ``platform_writer``, read-only
   ``bi_reader``), no passwordless ``default`` user; wrong credentials: 516 AUTHENTICATION_FAILED (403);
@@ -19,8 +19,12 @@
   ``X-ClickHouse-Exception-Code``, body ``Code: N. DB::Exception: ... (NAME) (version ...)``; never a traceback.
 
 GET requests run with ``readonly=2`` (as ClickHouse); ``bi_reader`` always with ``readonly=1``.
-Not supported (clear error): ClickHouse's native ``compress=1``/``decompress=1`` block compression, and
-multi-statement bodies (one statement per request, as ClickHouse).
+Refused as a server refuses them over HTTP (:func:`chserver.sqlscan.check_statement`, before the engine):
+multi-statement bodies (400, code 62: one statement per request; one trailing ``;`` is fine), ``INTO OUTFILE`` /
+``FROM INFILE`` (500, code 358), and for every user but ``admin`` the functions, engines and sources that reach
+the server's files, other hosts or processes (``file()``, ``url()``, ``s3()``, ``remote()``, ``ENGINE = File``,
+...: 403, code 497; chDB, being clickhouse-local, does not confine ``file()`` to a ``user_files_path``).
+Not supported (clear error): ClickHouse's native ``compress=1``/``decompress=1`` block compression.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chserver.engine import ClickHouseError, Engine
+from chserver.sqlscan import check_statement, output_format
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("chserver")
@@ -77,7 +82,6 @@ _TEXT_PREFIXES = ("tsv", "tabseparated", "csv", "json", "pretty", "vertical", "m
 _INSERT_RE = re.compile(rb"^\s*(INSERT\s+INTO\s+(?:TABLE\s+)?(?:`[^`]+`|[\w.]+)(?:\.(?:`[^`]+`|\w+))?\s*"
                         rb"(?:\([^)]*\))?(?:\s*SETTINGS\s+[^()'\n]*?)?)\s+FORMAT\s+([A-Za-z0-9_]+)[ \t]*(?:\r?\n)?",
                         re.I | re.S)
-_FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.I)
 
 
 def http_status(err: ClickHouseError) -> int:
@@ -208,10 +212,32 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _true(value: str) -> bool:
+    """A ClickHouse boolean setting's value as text: ``1``/``true`` (any case) is true; ``0``, ``false``, anything
+    else false."""
+    return value.strip().lower() in ("1", "true")
+
+
+def _q(params: str) -> float:
+    """The ``q`` weight of an ``Accept-Encoding`` item's parameters (``;q=0.5``): 1 without one, 0 if malformed."""
+    for p in params.split(";"):
+        k, _, v = p.partition("=")
+        if k.strip().lower() == "q":
+            try:
+                return float(v)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
 def compress(data: bytes, accept: str) -> tuple[bytes, str | None]:
-    """Compress a response with the first method of ``Accept-Encoding`` we support; (data, encoding or None)."""
+    """Compress a response with the first method of ``Accept-Encoding`` we support whose weight is not ``q=0``
+    (``gzip;q=0`` refuses gzip); (data, encoding or None: uncompressed)."""
     for item in (accept or "").split(","):
-        enc = item.split(";")[0].strip().lower()
+        enc, _, params = item.partition(";")
+        enc = enc.strip().lower()
+        if _q(params) <= 0:
+            continue
         if enc in ("gzip", "x-gzip"):
             return gzip.compress(data, compresslevel=3), "gzip"
         if enc == "deflate":
@@ -292,8 +318,12 @@ class Server:
         * The statement: the ``query`` URL parameter, and for ``POST`` the body appended after a newline (body only
           when there is no parameter; a ``GET``'s body is ignored). ``INSERT ... FORMAT <fmt>`` followed by data:
           the data (the rest of the text) is handed to the engine in that input format. Any other statement
-          answers in the format of its trailing ``FORMAT <fmt>`` clause, else ``default_format``, else
-          ``TabSeparated``.
+          answers in the format of its ``FORMAT <fmt>`` clause (last, or before ``SETTINGS``; comments and
+          strings are not clauses: :func:`chserver.sqlscan.output_format`), else the ``X-ClickHouse-Format``
+          header, else ``default_format``, else ``TabSeparated``.
+        * The statement is checked first (:func:`chserver.sqlscan.check_statement`): one statement, no
+          ``INTO OUTFILE``, no ``file()``/``url()``/``s3()``-like access outside the engine unless ``admin``.
+        * ``HEAD /`` answers as ``GET /`` (``Ok.``, 200); ``HEAD`` with a query runs as a ``GET``.
         * Authentication: :meth:`authenticate` (basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key``, or
           ``user``/``password`` parameters; the later source wins). Role passed to the engine: ``ro1``
           (readonly=1) for a read-only user, ``ro2`` (readonly=2) for other users' ``GET``, ``rw`` for their
@@ -301,28 +331,31 @@ class Server:
         * Parameters: ``database``; ``param_<name>`` -> query parameters; every parameter not in
           :data:`TRANSPORT_PARAMS` -> a setting of this request only; ``query_id`` (default a new UUID4);
           ``session_id`` echoed as ``X-ClickHouse-Session-Id`` (no session state is kept);
-          ``enable_http_compression=1`` compresses the response per ``Accept-Encoding`` (:func:`compress`).
+          ``enable_http_compression`` ``1``/``true`` compresses the response per ``Accept-Encoding``
+          (:func:`compress`; ``q=0`` refuses a method).
         * Request body: read as it streams in (:func:`read_body`) and decompressed per ``Content-Encoding``
           (:func:`decompress`); at most ``CLICKHOUSE_MAX_BODY_MB`` MiB both as sent and after decompression, both
           bounds held while reading and decompressing (a decompression bomb is refused, never expanded).
 
         Returns:
             200: the result bytes, ``Content-Type`` :func:`content_type` of the format, headers
-            ``X-ClickHouse-Format``, ``-Timezone``, ``-Query-Id``, ``-Summary`` (JSON: rows and bytes read and
-            written, ``elapsed_ns``) and ``-Server-Display-Name``.
+            ``X-ClickHouse-Format``, ``-Timezone``, ``-Query-Id``, ``-Summary`` (JSON, values as strings: rows
+            and bytes read and written, ``result_rows`` (rows of the result), ``result_bytes`` (bytes of the
+            body before compression), ``elapsed_ns``) and ``-Server-Display-Name``.
 
         Errors are answered, never raised: :meth:`error` with the status :func:`http_status` gives the error's
-        name. 403: AUTHENTICATION_FAILED (516; no, unknown or wrong credentials), ACCESS_DENIED. 400:
-        SYNTAX_ERROR (62; empty or non-UTF-8 query, the engine's parse errors), UNKNOWN_COMPRESSION_METHOD (55),
+        name. 403: AUTHENTICATION_FAILED (516; no, unknown or wrong credentials), ACCESS_DENIED (497; e.g. a
+        non-admin's ``file()``). 400: SYNTAX_ERROR (62; empty or non-UTF-8 query, a second statement, the
+        engine's parse errors), UNKNOWN_COMPRESSION_METHOD (55),
         CANNOT_DECOMPRESS (271), the CANNOT_PARSE_* and type errors. 404: the UNKNOWN_* errors (table, setting
         (115), format, database, ...). 413: QUERY_IS_TOO_LARGE (202; body over the limit). 501: NOT_IMPLEMENTED
-        (48; ``compress=1``/``decompress=1``). 408: TIMEOUT_EXCEEDED. 500: any other engine error (e.g. 164
-        READONLY, a read-only user's write) and any other exception (logged with its traceback here, answered
+        (48; ``compress=1``/``decompress=1``). 408: TIMEOUT_EXCEEDED. 500: INTO_OUTFILE_NOT_ALLOWED (358), any
+        other engine error (e.g. 164 READONLY, a read-only user's write) and any other exception (logged with its traceback here, answered
         as 1001 STD_EXCEPTION without it).
         """
         q = request.query_params
         query_id = q.get("query_id") or str(uuid.uuid4())
-        if request.method == "GET" and "query" not in q:
+        if request.method in ("GET", "HEAD") and "query" not in q:   # HEAD: as GET (the server sends no body)
             return Response("Ok.\n", media_type="text/plain; charset=UTF-8")
         try:
             user, readonly = self.authenticate(request)
@@ -343,6 +376,7 @@ class Server:
                 insert_format = m.group(2).decode()
                 insert_data = text[m.end():]
                 fmt = "TabSeparated"
+                check_statement(sql, external=user == "admin")
             else:
                 try:
                     sql = text.decode("utf-8").strip()
@@ -351,12 +385,12 @@ class Server:
                                               "(SYNTAX_ERROR)", "SYNTAX_ERROR") from None
                 if not sql:
                     raise ClickHouseError(62, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", "SYNTAX_ERROR")
-                fm = _FORMAT_RE.search(sql)
-                fmt = fm.group(1) if fm else (request.headers.get("x-clickhouse-format") or q.get("default_format")
-                                              or "TabSeparated")
+                check_statement(sql, external=user == "admin")
+                fmt = output_format(sql) or (request.headers.get("x-clickhouse-format") or q.get("default_format")
+                                             or "TabSeparated")
             params = {k[6:]: v for k, v in q.items() if k.startswith("param_")}
             settings = {k: v for k, v in q.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
-            role = "ro1" if readonly else ("ro2" if request.method == "GET" else "rw")
+            role = "ro1" if readonly else ("rw" if request.method == "POST" else "ro2")
             database = request.headers.get("x-clickhouse-database") or q.get("database")  # the header wins
             res = await run_in_threadpool(self.engine.execute, sql, fmt, role=role, database=database,
                                           settings=settings, params=params, insert_data=insert_data,
@@ -369,7 +403,8 @@ class Server:
                                                     "(STD_EXCEPTION)", "STD_EXCEPTION"), query_id)
         summary = {"read_rows": str(res.rows_read), "read_bytes": str(res.bytes_read),
                    "written_rows": str(res.rows_written), "written_bytes": str(res.bytes_written),
-                   "total_rows_to_read": str(res.rows_read), "result_rows": "0", "result_bytes": str(len(res.data)),
+                   "total_rows_to_read": str(res.rows_read), "result_rows": str(res.result_rows),
+                   "result_bytes": str(len(res.data)),
                    "elapsed_ns": str(int(res.elapsed_s * 1e9))}
         headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": self.engine.timezone,
                    "X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":")),
@@ -377,7 +412,7 @@ class Server:
         if q.get("session_id"):
             headers["X-ClickHouse-Session-Id"] = q["session_id"]
         data = res.data
-        if q.get("enable_http_compression") == "1" and data:
+        if _true(q.get("enable_http_compression", "0")) and data:
             data, enc = compress(data, request.headers.get("accept-encoding", ""))
             if enc:
                 headers["Content-Encoding"] = enc

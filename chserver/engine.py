@@ -20,7 +20,10 @@ Per-request state never leaks: the current database is set with ``USE`` before e
 settings (URL parameters, and those a ``SET`` statement changed: without a session, ClickHouse keeps them for
 that one request) are reset to ``DEFAULT`` after it, all under the lock. A setting that cannot be reset (after a
 request's ``readonly=1`` no setting can change) costs the connection: it is replaced by a fresh one with its
-role's settings (:meth:`Engine._restore`).
+role's settings (:meth:`Engine._restore`). The connection is taken under the lock, so a request queued behind
+one that replaced it runs on the new one. Temporary tables last one request too (ClickHouse without a session):
+after a statement naming ``TEMPORARY`` the connection's temporary tables are dropped
+(:meth:`Engine._drop_temporary`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ _UNTYPED_INPUT = {"rowbinary", "rowbinarywithnames", "csv", "csvwithnames", "tsv
 _NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]*)\)(?:\s*\(version [^)]*\))?\s*$")  # e.g. CANNOT_PARSE_IPV4
 #: a statement that changes session settings (SET / SET ROLE ...): outside a session it must not outlive its request
 _SET_RE = re.compile(r"\s*SET\b", re.I)
+#: a statement that may create temporary tables (CREATE TEMPORARY TABLE ...): they must not outlive the request
+_TEMPORARY_RE = re.compile(r"\bTEMPORARY\b", re.I)
 _CODE_RE = re.compile(r"Code:\s*(\d+)")
 
 
@@ -76,7 +81,8 @@ class ClickHouseError(Exception):
 
 @dataclass
 class Result:
-    """A query's output bytes and counters (rows/bytes read and written, elapsed seconds)."""
+    """A query's output bytes and counters: rows/bytes read from storage and written, ``result_rows`` (rows of
+    the result, 0 for a statement without one), elapsed seconds."""
 
     data: bytes
     rows_read: int = 0
@@ -84,6 +90,7 @@ class Result:
     rows_written: int = 0
     bytes_written: int = 0
     elapsed_s: float = 0.0
+    result_rows: int = 0
 
 
 def quote_string(value: str) -> str:
@@ -190,6 +197,24 @@ class Engine:
         except Exception:  # noqa: BLE001 - the old handle is dropped either way
             pass
 
+    def _drop_temporary(self, role: str) -> None:
+        """Drop the temporary tables on ``role``'s shared connection: without a session, ClickHouse keeps a
+        request's temporary tables for that request only. When they cannot be dropped the connection is replaced
+        (its temporary tables go with it)."""
+        conn = self._conn(role)
+        try:
+            names = conn.query("SELECT name FROM system.tables WHERE is_temporary", "TSV").bytes().decode().split("\n")
+            for name in filter(None, names):
+                conn.query(f"DROP TEMPORARY TABLE IF EXISTS {quote_ident(name)}")
+            return
+        except Exception:  # noqa: BLE001 - chDB raises its own types: the way out is a new connection
+            pass
+        setattr(self, role, self._open(role))
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - the old handle is dropped either way
+            pass
+
     def execute(self, sql: str, fmt: str, *, role: str = "rw", database: str | None = None,
                 settings: dict[str, str] | None = None, params: dict[str, str] | None = None,
                 insert_data: bytes | None = None, insert_format: str | None = None) -> Result:
@@ -206,8 +231,8 @@ class Engine:
         Raises:
             ClickHouseError: the engine's error, unchanged (code and message).
         """
-        conn = self._conn(role)
         with self.lock:
+            conn = self._conn(role)   # under the lock: a request before this one may have replaced it (_restore)
             applied: list[str] = []
             data_file: str | None = None
             try:
@@ -230,9 +255,11 @@ class Engine:
                         after = self._changed_settings(conn)
                         applied += [k for k, v in after.items() if before.get(k) != v and k not in applied]
                 elapsed = time.perf_counter() - t0
-                return Result(data=res.bytes() or b"", rows_read=_int(res, "rows_read"),
-                              bytes_read=_int(res, "bytes_read"), rows_written=_int(res, "rows_written"),
-                              bytes_written=_int(res, "bytes_written"), elapsed_s=elapsed)
+                # chDB's rows_read/bytes_read count the result; storage_* what the query read
+                return Result(data=res.bytes() or b"", rows_read=_int(res, "storage_rows_read"),
+                              bytes_read=_int(res, "storage_bytes_read"), rows_written=_int(res, "rows_written"),
+                              bytes_written=_int(res, "bytes_written"), elapsed_s=elapsed,
+                              result_rows=_int(res, "rows_read"))
             except ClickHouseError:
                 raise
             except Exception as exc:  # noqa: BLE001 - chDB's errors become ClickHouse errors
@@ -242,6 +269,8 @@ class Engine:
                     Path(data_file).unlink(missing_ok=True)
                 if applied:
                     self._restore(role, conn, applied)
+                if _TEMPORARY_RE.search(sql):
+                    self._drop_temporary(role)
 
     def _insert_from_file(self, conn, sql: str, data: bytes, fmt: str, database: str | None) -> tuple[str, str]:
         """``INSERT INTO t [(cols)] [SETTINGS ...]`` + data -> (``INSERT ... SELECT * FROM file(tmp, fmt, structure)``,

@@ -648,3 +648,144 @@ def test_bombs_and_oversized_streams_are_refused_and_the_server_stays_up(endpoin
     assert r.status_code == 200, r.text
     assert _post(base, _w(users), "SELECT count(), sum(id) FROM t.bomb").text.split() == [str(2 << 20),
                                                                                        str(7 * (2 << 20))]
+
+
+# ------------------------------------------------------------------------------ what a server refuses --
+def test_into_outfile_and_file_functions_are_refused(endpoint, tmp_path):
+    """Over HTTP a ClickHouse server refuses INTO OUTFILE (358 INTO_OUTFILE_NOT_ALLOWED) and confines file() to
+    user_files_path; chDB (clickhouse-local) does neither, so the endpoint refuses them: no role writes or reads a
+    server file through SQL (a first version wrote INTO OUTFILE files, even as bi_reader over GET, and read any
+    file, e.g. .cache/local.env, with file())."""
+    base, users, _ = endpoint
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret\n")
+    bi, w = ("bi_reader", users["bi_reader"]), _w(users)
+    for n, (auth, get) in enumerate(((bi, True), (bi, False), (w, True), (w, False))):
+        out = tmp_path / f"out{n}.txt"
+        for sql in (f"SELECT 1 INTO OUTFILE '{out}'", f"SELECT 1 INTO OUTFILE '{out}' TRUNCATE",
+                    f"SELECT 1 INTO OUTFILE '{out}' APPEND FORMAT CSV"):
+            r = httpx.get(base, params={"query": sql}, auth=auth) if get else _post(base, auth, sql)
+            assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (500, "358"), (sql, r.text)
+            assert r.text.startswith("Code: 358. DB::Exception:") and "INTO_OUTFILE_NOT_ALLOWED" in r.text
+        assert not out.exists()
+        for sql in (f"SELECT * FROM file('{secret}', 'LineAsString')",
+                    f"SELECT * FROM `file`('{secret}', LineAsString)",
+                    f"SELECT file('{secret}')", f"SELECT * FROM url('file://{secret}', LineAsString)",
+                    f"INSERT INTO FUNCTION file('{out}', 'CSV', 'a String') VALUES ('x')",
+                    f"CREATE TABLE t.leak (a String) ENGINE = File(LineAsString, '{secret}')",
+                    f"DESCRIBE TABLE file('{secret}', CSVWithNames)", f"BACKUP TABLE t.fn TO File('{out}')"):
+            r = httpx.get(base, params={"query": sql}, auth=auth) if get else _post(base, auth, sql)
+            assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (403, "497"), (sql, r.text)
+            assert "s3cret" not in r.text and "ACCESS_DENIED" in r.text
+        assert not out.exists()
+    # the words in strings, comments and table names are no calls; INSERT with data (file() inside) still works
+    for sql in ("CREATE OR REPLACE TABLE t.url (a UInt8) ENGINE = Memory", "INSERT INTO t.url (a) VALUES (1)"):
+        assert _post(base, w, sql).status_code == 200, sql
+    r = _post(base, w, "SELECT 'file(x) INTO OUTFILE' AS s /* file('/etc/passwd') */ FORMAT TSV")
+    assert (r.status_code, r.text) == (200, "file(x) INTO OUTFILE\n"), r.text
+    _table(base, users, "fn")
+    assert _post(base, w, "INSERT INTO t.fn FORMAT CSV", b"1,a,1.5\n").status_code == 200
+    assert _rows(base, users, "fn") == [(1, "a", 1.5)]
+
+
+def test_multi_statement_bodies_are_refused(endpoint):
+    """A server answers 400, code 62 "Multi-statements are not allowed"; chDB ran every statement, and a trailing
+    SET was never reset (after ``SELECT 1; SET readonly=1`` every later write of that role failed)."""
+    base, users, _ = endpoint
+    w = _w(users)
+    _table(base, users, "multi")
+    for sql in ("SELECT 1; SELECT 2", "SELECT 1; SET readonly = 1", "SELECT 1;SET max_result_rows=1 -- c",
+                "INSERT INTO t.multi VALUES (1, 'a;b', 1); INSERT INTO t.multi VALUES (2, 'c', 2)",
+                "SELECT ';' AS s; /* c */ SELECT 2"):
+        r = _post(base, w, sql)
+        assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (400, "62"), (sql, r.text)
+        assert "Multi-statements are not allowed" in r.text
+    assert _rows(base, users, "multi") == []
+    r = _post(base, w, "INSERT INTO t.multi VALUES (3, 'x', 3)")
+    assert r.status_code == 200, r.text                     # no SET readonly=1 was left behind
+    assert _post(base, w, "SELECT number FROM numbers(3)").text == "0\n1\n2\n"
+    for sql, want in (("SELECT 1;", "1\n"), ("SELECT 1; -- done\n", "1\n"), ("SELECT ';' AS s /* ; */", ";\n"),
+                      ("SELECT 'a'';b' AS s ;  ", "a\\';b\n")):
+        r = _post(base, w, sql)
+        assert (r.status_code, r.text) == (200, want), (sql, r.text)
+
+
+def test_requests_queued_behind_a_replaced_connection_run(endpoint):
+    """A request whose readonly=1 cannot be reset replaces the writers' shared connection; the requests queued
+    behind it must run on the new one (a first version took the connection before the lock: they failed with
+    "'NoneType' object has no attribute 'query'" and a queued INSERT was lost)."""
+    base, users, _ = endpoint
+    w = _w(users)
+    _table(base, users, "queued")
+
+    def slow():
+        return _post(base, w, "SELECT sleep(1.5)", readonly="1")
+
+    def quick(i):
+        if i == 0:
+            return _post(base, w, "INSERT INTO t.queued VALUES (7, 'q', 7)")
+        return _post(base, w, f"SELECT {i}")
+
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(slow)
+        time.sleep(0.5)                      # the slow request holds the lock; the others queue behind it
+        rest = list(pool.map(quick, range(5)))
+        assert first.result().status_code == 200, first.result().text
+    assert [(r.status_code, r.text) for r in rest[1:]] == [(200, f"{i}\n") for i in range(1, 5)], \
+        [r.text for r in rest]
+    assert rest[0].status_code == 200, rest[0].text
+    assert _rows(base, users, "queued") == [(7, "q", 7.0)]
+
+
+def test_temporary_tables_last_one_request(endpoint):
+    """Without session_id a server drops a request's temporary tables with it; on chDB they lived on the role's
+    shared connection, visible to the next request of any user on it (and shadowing a table of that name)."""
+    base, users, _ = endpoint
+    w, admin = _w(users), ("admin", users["admin"])
+    r = _post(base, w, "CREATE TEMPORARY TABLE tmp_x (a UInt8) ENGINE = Memory")
+    assert r.status_code == 200, r.text
+    r = _post(base, admin, "SELECT * FROM tmp_x")
+    assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (404, "60"), r.text
+    assert _post(base, w, "EXISTS TEMPORARY TABLE tmp_x").text == "0\n"
+    r = _post(base, w, "CREATE TEMPORARY TABLE tmp_y AS SELECT 5 AS a")
+    assert r.status_code == 200, r.text
+    assert _post(base, w, "SELECT count() FROM system.tables WHERE is_temporary").text == "0\n"
+    r = httpx.get(base, params={"query": "CREATE TEMPORARY TABLE tmp_z (a UInt8)"}, auth=w)  # readonly=2 may
+    assert r.status_code == 200, r.text
+    r = httpx.get(base, params={"query": "SELECT * FROM tmp_z"}, auth=w)
+    assert r.headers.get("X-ClickHouse-Exception-Code") == "60", r.text
+
+
+def test_format_clause_before_settings_or_a_comment(endpoint):
+    """X-ClickHouse-Format and Content-Type name the format of the body also when FORMAT is not the last clause
+    (the ODBC driver picks its reader from X-ClickHouse-Format); a first version said TabSeparated."""
+    base, users, _ = endpoint
+    for sql in ("SELECT 1 AS x FORMAT JSONEachRow SETTINGS max_threads = 1", "SELECT 1 AS x FORMAT JSONEachRow -- c",
+                "SELECT 1 AS x FORMAT JSONEachRow /* c */ ;",
+                "SELECT 1 AS x SETTINGS max_threads = 1 FORMAT JSONEachRow"):
+        r = _post(base, _w(users), sql)
+        assert r.status_code == 200 and json.loads(r.text) == {"x": 1}, (sql, r.text)
+        assert r.headers["X-ClickHouse-Format"] == "JSONEachRow", sql
+        assert r.headers["Content-Type"].startswith("application/x-ndjson"), sql
+    r = _post(base, _w(users), "SELECT 'FORMAT JSON' AS s -- FORMAT CSV")
+    assert (r.text, r.headers["X-ClickHouse-Format"]) == ("FORMAT JSON\n", "TabSeparated")
+
+
+def test_summary_compression_flags_and_head(endpoint):
+    """X-ClickHouse-Summary's result_rows is the result's row count (read_rows what was read); Accept-Encoding
+    ``q=0`` refuses a method; enable_http_compression takes ClickHouse's boolean forms; HEAD / answers as GET /."""
+    base, users, _ = endpoint
+    r = _post(base, _w(users), "SELECT number FROM numbers(10) WHERE number % 4 = 0")
+    summary = json.loads(r.headers["X-ClickHouse-Summary"])
+    assert (summary["result_rows"], summary["read_rows"]) == ("3", "10"), summary
+    q = {"query": "SELECT number FROM numbers(1000)"}
+    want = "".join(f"{i}\n" for i in range(1000))
+    with httpx.Client(auth=_w(users)) as c:
+        for flag, accept, enc in (("1", "gzip;q=0, identity", None), ("1", "gzip; q=0.0, deflate", "deflate"),
+                                  ("true", "gzip", "gzip"), ("True", "gzip", "gzip"), ("false", "gzip", None),
+                                  ("0", "gzip", None)):
+            r = c.get(base, params={**q, "enable_http_compression": flag}, headers={"Accept-Encoding": accept})
+            assert (r.status_code, r.headers.get("content-encoding"), r.text) == (200, enc, want), (flag, accept)
+    r = httpx.head(base + "/")
+    assert r.status_code == 200, r.status_code
+    assert httpx.head(base + "/ping").status_code == 200
