@@ -408,7 +408,9 @@ class Replay:
         bad_ts = ts < 0
         self.kind[bad_ts] = "skip"
         self.skip_key[bad_ts] = "UNPARSEABLE"
-        valid_ts = ts[~bad_ts]
+        # the shift and the sizing span come from the rows that are replayed: a skipped line (a POST line dated
+        # 2100 or 1990 by a typo) would otherwise move every sale or spread the month's demand over decades
+        valid_ts = ts[self.kind != "skip"]
         if cfg.keep_dates or len(valid_ts) == 0:
             shift = 0
         else:
@@ -477,7 +479,7 @@ class Replay:
 
     def _stores(self) -> pd.DataFrame:
         rows = []
-        for country in sorted(set(self.df["country"])):
+        for country in sorted(set(self.df["country"][self.kind != "skip"])):  # stores with replayed rows only
             sid, code, region = store_for_country(country)
             rows.append({"store_id": sid, "store_name": f"Online Retail UK - {country} market",
                          "city": "London" if code == "GB" else None, "country": country,

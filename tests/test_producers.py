@@ -667,3 +667,29 @@ def test_load_transactions_reads_a_spreadsheet_export_and_names_a_bad_encoding(t
                       .encode("cp1252"))
     with pytest.raises(ValueError, match=r"mixed encodings: UTF-8 text with a byte that is not UTF-8 at byte \d+"):
         load_transactions(mixed)
+
+
+HEADER = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country,source\n"
+
+
+def _replay_text(text: str, **kw) -> Replay:
+    return Replay(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), ReplayConfig(**kw))
+
+
+def test_shift_sizing_and_stores_come_from_the_replayed_rows_only():
+    """A skipped line with a mistyped date (a POST line dated 2100 or 1990) moved every sale to 1936 or sized the
+    month's stock as if spread over 20 years; a country whose only lines are skipped added a store without sales."""
+    end = datetime(2026, 12, 5, 12, tzinfo=timezone.utc)
+    base = [f"5370{d:02d},1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,50,2.55,2010-11-{d:02d} 10:00:00,17850,"
+            "United Kingdom,x\n" for d in range(1, 29)]
+    clean = _replay_text(HEADER + "".join(base), end_at=end)
+    for typo in ("2100-12-01 08:34:00", "1990-11-15 10:00:00"):
+        rep = _replay_text(HEADER + "".join(base) + f"537099,1,POST,POSTAGE,1,18.0,{typo},13047,France,x\n",
+                           end_at=end)
+        events = list(rep.events())
+        for et, r in events:
+            validate_event(et, r)
+        assert rep.shift_ms == clean.shift_ms and rep.stats.skipped == {"POST": 1}
+        assert rep.rop == clean.rop and rep.cap == clean.cap   # rop 157 / capacity 726, not 2 / 50
+        assert max(r["timestamp"] for _, r in events) <= int(end.timestamp() * 1000)
+        assert rep.stores.store_id.tolist() == ["UCI-GB"]     # France's only line is a POST line
