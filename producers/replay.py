@@ -4,7 +4,9 @@ Input: the CSV(.gz) described in ``../shared/data/uci_online_retail/README.md`` 
 line_no, stock_code, description, quantity, unit_price, invoice_ts (UK local time), customer_id,
 country, source), sorted by invoice_ts. The repo ships an attributed sample, ``producers/data/``.
 
-Mapping (per CSV row, in file order = event-time order):
+Mapping (per CSV row, in event-time order: a file that is not sorted by invoice_ts is replayed in time order, a
+stable sort that keeps the file order within one instant; ``out_of_order_rows`` in the stats counts its rows that
+were earlier than a row before them):
 
 * **store**: the customer's country is the store/market: ``store_id = "UCI-" + ISO-3166 alpha-2``
   (``United Kingdom`` -> ``UCI-GB``, ``EIRE`` -> ``UCI-IE``, ``RSA`` -> ``UCI-ZA``; the non-countries use
@@ -311,6 +313,7 @@ class ReplayStats:
     expedited_restocks: int = 0
     capped_writeoffs: int = 0
     time_shift_ms: int = 0
+    out_of_order_rows: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as plain JSON-ready types (Counters become dicts; the CLI prints it as ``generator``).
@@ -321,13 +324,15 @@ class ReplayStats:
         check or send), ``inventory_reasons`` (inventory updates per reason: OPENING, SALE, RETURN, RESTOCK,
         WASTE, ADJUSTMENT), ``expedited_restocks`` (sales larger than the stock on hand, preceded by an
         immediate RESTOCK), ``capped_writeoffs`` (write-offs cut to the stock on hand), ``time_shift_ms`` (ms
-        added to every source time, 0 with ``keep_dates``). Filled while :meth:`Replay.events` is iterated.
+        added to every source time, 0 with ``keep_dates``), ``out_of_order_rows`` (replayed rows earlier than a row
+        before them in the file: the replay sorts them into time order). Filled while :meth:`Replay.events` is
+        iterated.
         """
         return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),
                 "skipped_total": int(sum(self.skipped.values())), "events": dict(self.events),
                 "inventory_reasons": dict(self.inventory_reasons),
                 "expedited_restocks": self.expedited_restocks, "capped_writeoffs": self.capped_writeoffs,
-                "time_shift_ms": self.time_shift_ms}
+                "time_shift_ms": self.time_shift_ms, "out_of_order_rows": self.out_of_order_rows}
 
 
 def invoice_ids(invoices: pd.Series) -> pd.Series:
@@ -387,6 +392,12 @@ def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return kind, key
 
 
+def out_of_order_rows(ts: np.ndarray) -> int:
+    """How many of the instants ``ts`` (epoch ms, file order) are earlier than one before them: 0 for a file
+    sorted by time (ties allowed), n - 1 for n distinct instants newest first."""
+    return int((ts < np.maximum.accumulate(ts)).sum()) if len(ts) else 0
+
+
 class Replay:
     """Turns a UCI transaction frame into POS events (see module docstring).
 
@@ -408,6 +419,13 @@ class Replay:
         bad_ts = ts < 0
         self.kind[bad_ts] = "skip"
         self.skip_key[bad_ts] = "UNPARSEABLE"
+        self.out_of_order = out_of_order_rows(ts[self.kind != "skip"])
+        if self.out_of_order:  # replayed in time order (stable: file order within one instant), see events()
+            order = np.argsort(ts, kind="stable")
+            log.warning("%d of %d replayed rows are earlier than a row before them in the file: replayed in time "
+                        "order (stable sort by invoice_ts)", self.out_of_order, int((self.kind != "skip").sum()))
+            self.df = df = df.iloc[order].reset_index(drop=True)
+            self.kind, self.skip_key, ts = self.kind[order], self.skip_key[order], ts[order]
         # the shift and the sizing span come from the rows that are replayed: a skipped line (a POST line dated
         # 2100 or 1990 by a typo) would otherwise move every sale or spread the month's demand over decades
         valid_ts = ts[self.kind != "skip"]
@@ -489,7 +507,8 @@ class Replay:
     # --------------------------------------------------------------------------- events
     def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(event_type, record)`` in event-time order; fills :attr:`stats`."""
-        st = self.stats = ReplayStats(rows=len(self.df), time_shift_ms=self.shift_ms)
+        st = self.stats = ReplayStats(rows=len(self.df), time_shift_ms=self.shift_ms,
+                                      out_of_order_rows=self.out_of_order)
         lead_ms = int(self.config.restock_lead_hours * 3_600_000)
         stock: dict[tuple[str, str], int] = {}
         pending: set[tuple[str, str]] = set()
