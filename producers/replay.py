@@ -250,7 +250,8 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             (a warning says so; :func:`_decode`).
 
     Raises:
-        FileNotFoundError: no such file; ValueError: a required column is missing, or the text is not in
+        FileNotFoundError: no such file; ValueError: a required column is missing, no invoice_ts parses in any of
+            :data:`TS_FORMATS` (:func:`parse_invoice_ts`), or the text is not in
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
@@ -260,13 +261,58 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
+    parse_invoice_ts(df["invoice_ts"], path)   # refuses a file where no invoice_ts parses, naming the formats
     return df
 
 
+#: invoice_ts formats read (:func:`parse_invoice_ts`): the README's first, then what spreadsheets re-save; on a tie
+#: the earlier wins, so month-first (the original UCI export, ``12/1/2010 8:26``) before day-first
+TS_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M",
+              "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
+
+
+def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None) -> pd.Series:
+    """Local times as text -> naive datetime64 (NaT where a value does not parse), in one format for the whole
+    column: the one of :data:`TS_FORMATS` that parses the most values (``2010-12-01 08:26:00`` as in the README;
+    ``2010-12-01 08:26``, ``2010-12-01T08:26:00``, ``12/1/2010 8:26``, ``01/12/2010 08:26`` as spreadsheets
+    re-save it). Day and month order: a value > 12 in a position settles it (``13/12/2010`` does not parse
+    month-first); when no value settles it, month-first as the original UCI export, with a warning.
+
+    Raises:
+        ValueError: values are present but none parses in any format, naming ``source``, the column and the
+            formats tried.
+    """
+    first = pd.to_datetime(ts, format=TS_FORMATS[0], errors="coerce")
+    given = ts.fillna("").astype(str).str.strip().ne("")
+    present = int(given.sum())
+    if int(first.notna().sum()) == present:
+        return first
+    best, best_n, counts = first, int(first.notna().sum()), {TS_FORMATS[0]: int(first.notna().sum())}
+    for fmt in TS_FORMATS[1:]:
+        t = pd.to_datetime(ts, format=fmt, errors="coerce")
+        counts[fmt] = int(t.notna().sum())
+        if counts[fmt] > best_n:
+            best, best_n = t, counts[fmt]
+    where = f"{source}: " if source else ""
+    if best_n == 0:
+        raise ValueError(f"{where}no value of column invoice_ts parses as a date and time (e.g. {ts[given].iloc[0]!r}); "
+                         f"formats tried: {', '.join(TS_FORMATS)}")
+    fmt = next(f for f in TS_FORMATS if counts[f] == best_n)
+    if "/" in fmt and counts[fmt.replace("%m/%d", "%d/%m")] == counts[fmt.replace("%d/%m", "%m/%d")]:
+        log.warning("%sinvoice_ts: day and month order ambiguous (no day > 12 in %d values): read month-first "
+                    "(%s) as the original UCI export", where, best_n, fmt)
+    if best_n < present or fmt != TS_FORMATS[0]:
+        log.warning("%sinvoice_ts read as %s: %d of %d values parse", where, fmt, best_n, present)
+    return best
+
+
 def london_to_utc_ms(ts: pd.Series) -> np.ndarray:
-    """``YYYY-MM-DD HH:MM:SS`` UK local time -> epoch ms UTC (int64). DST-ambiguous times as GMT;
-    unparseable -> -1."""
-    t = pd.to_datetime(ts, format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    """UK local times (:func:`parse_invoice_ts`: ``YYYY-MM-DD HH:MM:SS`` or a spreadsheet's format) -> epoch ms UTC
+    (int64). DST-ambiguous times as GMT; unparseable -> -1 (a column where nothing parses: all -1)."""
+    try:
+        t = parse_invoice_ts(ts)
+    except ValueError:
+        t = pd.Series(pd.NaT, index=ts.index, dtype="datetime64[ns]")
     loc = t.dt.tz_localize("Europe/London", ambiguous=np.zeros(len(t), dtype=bool), nonexistent="shift_forward")
     utc = loc.dt.tz_convert("UTC").dt.tz_localize(None)
     out = utc.to_numpy(dtype="datetime64[ms]").astype(np.int64)
@@ -338,6 +384,12 @@ class ReplayStats:
 def invoice_ids(invoices: pd.Series) -> pd.Series:
     """The replay's invoice id of each row: stripped and upper-cased (a ``c`` prefix is a cancellation too)."""
     return invoices.fillna("").str.strip().str.upper()
+
+
+def customer_ids(customers: pd.Series) -> pd.Series:
+    """The replay's customer id of each row: stripped, a number with a zero fraction in its integer form
+    (``17850.0``, as pandas writes the Online Retail II file, -> ``17850``); "" when anonymous."""
+    return customers.fillna("").astype(str).str.strip().str.replace(r"^([0-9]+)\.0*$", r"\1", regex=True)
 
 
 def transaction_ids(df: pd.DataFrame) -> pd.Series:
@@ -520,7 +572,7 @@ class Replay:
         df = self.df
         inv_col = invoice_ids(df["invoice"]).to_numpy()
         tid_col = transaction_ids(df).to_numpy()
-        cust_col = df["customer_id"].str.strip().to_numpy()
+        cust_col = customer_ids(df["customer_id"]).to_numpy()
         desc_col = df["description"].fillna("").to_numpy()
 
         def count(et: str, rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from producers.invalid import CORRUPTIONS, corrupt, inject_invalid
 from core.kafka import dead_letter_record, event_key, serialize_value
 from producers.replay import (
     Replay, ReplayConfig, categorize, classify_code, classify_rows, cut_sample, load_transactions,
-    london_to_utc_ms, store_for_country,
+    london_to_utc_ms, parse_invoice_ts, store_for_country,
 )
 from producers.simulator import SimConfig, Simulator, seasonality
 
@@ -715,3 +715,52 @@ def test_an_unsorted_file_is_replayed_in_time_order(uci_slice):
         assert rep.stats.as_dict()["out_of_order_rows"] > 0
         stamps = [r["timestamp"] for _, r in got]
         assert stamps == sorted(stamps)
+
+
+@pytest.mark.parametrize("fmt", ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "us", "%d/%m/%Y %H:%M"])
+def test_invoice_times_as_a_spreadsheet_re_saves_them(tmp_path, fmt, caplog):
+    """The README's format, without seconds, ISO with T, the original UCI export's month-first ``12/1/2010 8:26``
+    and a UK day-first re-save all give the same events (before, every row but the README's was UNPARSEABLE and
+    the replay returned 0 sales); a day-first file is told by a day > 12, a file where no value settles the order
+    is read month-first with a warning; a file where nothing parses is refused naming the path, the column and the
+    formats tried. ops.uci_demand reads the same dates."""
+    from ops.uci_demand import fact_lines
+
+    stamps = [datetime(2010, 12, d, h, m) for d, h, m in ((1, 8, 26), (1, 9, 5), (2, 10, 0), (13, 17, 45))]
+    text = lambda f: HEADER + "".join(  # noqa: E731
+        f"5363{i:02d},1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2.55,{f(t)},17850,United Kingdom,x\n"
+        for i, t in enumerate(stamps))
+    us = lambda t: f"{t.month}/{t.day}/{t.year} {t.hour}:{t.minute:02d}"  # noqa: E731
+    ref = Replay(load_transactions(_write(tmp_path / "ref.csv", text(lambda t: t.strftime("%Y-%m-%d %H:%M:%S")))),
+                 ReplayConfig(keep_dates=True))
+    want = list(ref.events())
+    path = _write(tmp_path / "t.csv", text(us if fmt == "us" else (lambda t: t.strftime(fmt))))
+    tx = load_transactions(path)
+    got = list(Replay(tx, ReplayConfig(keep_dates=True)).events())
+    assert got == want and sum(et == "sales_transaction" for et, _ in got) == 4
+    assert fact_lines(tx)[0]["event_time"].tolist() == [pd.Timestamp(t) for t in stamps]
+    # the first three days alone: no day > 12 settles the order, month-first as the UCI export, said in the log
+    with caplog.at_level("WARNING", logger="producers.replay"):
+        ambiguous = load_transactions(_write(tmp_path / "a.csv", text(lambda t: t.strftime("%d/%m/%Y %H:%M"))),
+                                      limit=3)
+        days = [t.date() for t in parse_invoice_ts(ambiguous["invoice_ts"])]
+    assert days == [datetime(2010, 1, 12).date(), datetime(2010, 1, 12).date(), datetime(2010, 2, 12).date()]
+    assert "ambiguous" in caplog.text and "month-first" in caplog.text
+    bad = _write(tmp_path / "bad.csv", text(lambda t: t.strftime("%d.%m.%Y %H:%M")))
+    with pytest.raises(ValueError, match=r"bad\.csv: no value of column invoice_ts parses.*%d/%m/%Y"):
+        load_transactions(bad)
+
+
+def _write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_customer_id_written_as_a_float_is_the_same_customer():
+    """pandas writes Online Retail II's Customer ID as ``17850.0``: it was a second customer beside ``17850``."""
+    rep = _replay_text(HEADER + "536365,1,85123A,W,6,2.55,2010-12-01 08:26:00,17850.0,United Kingdom,x\n"
+                       "536366,1,85123A,W,6,2.55,2010-12-01 09:26:00, 17850 ,United Kingdom,x\n"
+                       "536367,1,85123A,W,6,2.55,2010-12-01 09:27:00,A17850.5,United Kingdom,x\n", keep_dates=True)
+    events = list(rep.events())
+    assert [r["customer_id"] for et, r in events if et == "sales_transaction"] == ["17850", "17850", "A17850.5"]
+    assert [r["customer_id"] for et, r in events if et == "customer_event"] == ["17850", "17850", "A17850.5"]
