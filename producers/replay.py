@@ -81,13 +81,17 @@ has no costs); shelf_life_days by sub-category; reorder_point / storage_capacity
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import csv
 import gzip
 import heapq
 import io
 import logging
+import lzma
 import math
 import re
+import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -195,11 +199,16 @@ _UTF8_MULTIBYTE = re.compile(rb"[\xC2-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}
 
 
 def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
-    """The file's text: in ``encoding`` when given; otherwise UTF-8 (a byte-order mark dropped) or, for bytes
+    """The file's text: in ``encoding`` when given; in UTF-16 / UTF-32 when its byte-order mark says so; otherwise
+    UTF-8 (a byte-order mark dropped) or, for bytes
     that are not UTF-8 and hold no UTF-8 sequence at all, Windows-1252 (what spreadsheet programs write for
     "CSV"; its "£" is 0xA3) with a warning. Raises ValueError naming the byte offset when the text is not in
     ``encoding``, mixes UTF-8 with other bytes (decoding all of it as Windows-1252 would garble the UTF-8
     part), or is not Windows-1252 either."""
+    if not encoding:   # a byte-order mark names UTF-32 / UTF-16 (Excel's "Unicode Text"), decoded as such
+        encoding = next((enc for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                                              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+                         if raw.startswith(bom)), None)
     if encoding:
         try:
             return raw.decode(encoding)
@@ -223,20 +232,59 @@ def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
 
 
 def read_text(path: str | Path, encoding: str | None = None) -> str:
-    """The whole text of a transaction log: its bytes as pandas would open them (compression inferred from the
-    name: ``.gz``, ``.bz2``, ``.zip``, ``.xz``, ``.zst``), decoded by :func:`_decode` (so the encoding is judged
+    """The whole text of a transaction log: its bytes decompressed as their leading bytes say (gzip, zstd, bzip2,
+    xz, a zip of one CSV: :func:`_unpack`, whatever the name), decoded by :func:`_decode` (so the encoding is judged
     on the whole text). Line endings are kept as they are.
 
     Raises:
-        FileNotFoundError: no such file; ValueError: the text is not in ``encoding``, mixes UTF-8 with other bytes,
-            or is in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
+        FileNotFoundError: no such file; ValueError (naming the path): the file is empty, an Excel workbook, a zip
+            without exactly one data file, or its text is not in ``encoding``, mixes UTF-8 with other bytes, or is
+            in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"UCI transaction log not found: {path}")
-    with pd.io.common.get_handle(path, "rb", compression="infer", is_text=False) as h:
-        raw = h.handle.read()
-    return _decode(raw, encoding, path)
+    text = _decode(_unpack(path.read_bytes(), path), encoding, path)
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty (no header row); expected the format of the UCI README")
+    return text
+
+
+def _unpack(raw: bytes, path: Path, depth: int = 0) -> bytes:
+    """The bytes of the CSV inside ``raw``, told by its leading bytes, not its name (a gzip named ``.gzip``):
+    gzip, zstd, bzip2, xz, or a zip holding one file (``__MACOSX/`` and dot-file entries ignored, as macOS Finder
+    adds them). Raises ValueError naming ``path`` for an empty file, an Excel workbook (export it as CSV), or a
+    zip without exactly one data file."""
+    if not raw:
+        raise ValueError(f"{path}: the file is empty (0 bytes{' after decompression' if depth else ''})")
+    if depth > 2:
+        return raw
+    if raw.startswith(b"\x1f\x8b"):
+        return _unpack(gzip.decompress(raw), path, depth + 1)
+    if raw.startswith(b"\x28\xb5\x2f\xfd"):
+        import zstandard
+
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as z:
+            return _unpack(z.read(), path, depth + 1)
+    if raw.startswith(b"BZh"):
+        return _unpack(bz2.decompress(raw), path, depth + 1)
+    if raw.startswith(b"\xfd7zXZ\x00"):
+        return _unpack(lzma.decompress(raw), path, depth + 1)
+    excel = f"{path}: is an Excel workbook, not a CSV file: open it in a spreadsheet program and save the sheet " \
+            "as CSV (UTF-8), or convert it with pandas.read_excel(...).to_csv(...)"
+    if raw.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):   # OLE2: an Excel 97-2003 .xls
+        raise ValueError(excel)
+    if raw.startswith(b"PK\x03\x04"):
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            names = z.namelist()
+            if "[Content_Types].xml" in names and any(n.startswith("xl/") for n in names):
+                raise ValueError(excel)
+            data = [n for n in names if not n.endswith("/") and not n.startswith("__MACOSX/")
+                    and not n.rsplit("/", 1)[-1].startswith(".")]
+            if len(data) != 1:
+                raise ValueError(f"{path}: a zip archive must hold one data file, found {len(data)}: {data[:10]}")
+            return _unpack(z.read(data[0]), path, depth + 1)
+    return raw
 
 
 def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None) -> pd.DataFrame:

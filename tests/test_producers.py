@@ -764,3 +764,37 @@ def test_a_customer_id_written_as_a_float_is_the_same_customer():
     events = list(rep.events())
     assert [r["customer_id"] for et, r in events if et == "sales_transaction"] == ["17850", "17850", "A17850.5"]
     assert [r["customer_id"] for et, r in events if et == "customer_event"] == ["17850", "17850", "A17850.5"]
+
+
+def test_the_log_in_other_containers_is_read_or_refused_naming_the_path(tmp_path):
+    """Compression told by the leading bytes (a gzip named ``.gzip`` was 'mixed encodings'), a macOS zip with its
+    ``__MACOSX/`` entry (was 'Multiple files found in ZIP file'), zstd, UTF-16 with a byte-order mark (Excel's
+    Unicode text; was read as Windows-1252 and lost every column) read as the plain CSV; an Excel workbook (was
+    'mixed encodings') and an empty file (was pandas' EmptyDataError) are refused naming the path."""
+    import zipfile
+
+    import zstandard
+
+    text = HEADER + "536365,1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2.55,2010-12-01 08:26:00,17850,United " \
+        "Kingdom,x\n"
+    ref = load_transactions(_write(tmp_path / "ref.csv", text))
+    (tmp_path / "tx.gzip").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "tx.csv.zst").write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    (tmp_path / "utf16.csv").write_bytes(text.encode("utf-16"))
+    with zipfile.ZipFile(tmp_path / "mac.zip", "w") as z:
+        z.writestr("tx.csv", text)
+        z.writestr("__MACOSX/._tx.csv", b"\x00\x05\x16\x07")
+        z.writestr(".DS_Store", b"\x00")
+    for name in ("tx.gzip", "tx.csv.zst", "utf16.csv", "mac.zip"):
+        pd.testing.assert_frame_equal(load_transactions(tmp_path / name), ref)
+    xlsx = tmp_path / "Online Retail.xlsx"
+    with zipfile.ZipFile(xlsx, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/workbook.xml", "<workbook/>")
+    with pytest.raises(ValueError, match=r"Online Retail\.xlsx: is an Excel workbook.*save the sheet as CSV"):
+        load_transactions(xlsx)
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "blank.csv.gz").write_bytes(gzip.compress(b"\n\n"))
+    for name in ("empty.csv", "blank.csv.gz"):
+        with pytest.raises(ValueError, match=rf"{name}: the file is empty"):
+            load_transactions(tmp_path / name)
