@@ -303,14 +303,66 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
-    df = pd.read_csv(io.StringIO(read_text(path, encoding)), dtype=str, keep_default_na=False, nrows=limit)
+    text = read_text(path, encoding)
+    try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
+        df, quarantine = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, nrows=limit), []
+    except pd.errors.ParserError as exc:
+        df, quarantine = read_lenient(text, limit)
+        log.warning("%s: %s; read line by line: %d malformed line(s) quarantined (%s), every other line kept",
+                    path, str(exc).strip(), len(quarantine), "; ".join(f"line {q['line']}: {q['reason']}"
+                                                                     for q in quarantine[:5]))
     need = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
             "customer_id", "country"]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
     parse_invoice_ts(df["invoice_ts"], path)   # refuses a file where no invoice_ts parses, naming the formats
+    df.attrs["quarantine"] = quarantine
     return df
+
+
+def read_lenient(text: str, limit: int | None = None) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """CSV text -> (rows as str columns of the header, quarantined lines), with the csv module, line by line: a
+    quoted field may span lines (RFC 4180) when that gives a record of at most the header's field count; a line
+    with more fields than the header (an unquoted comma) or a quote that does not close is quarantined alone as
+    ``{"line": physical line number (the header is line 1), "code": "MALFORMED_LINE", "reason", "text"}`` and the
+    read goes on at the next line. A short line is padded with "" as pandas does (:func:`classify_rows` skips a
+    row missing a required field). Blank lines are left out; ``limit`` counts the rows kept.
+
+    Raises:
+        ValueError: the header itself does not parse.
+    """
+    lines = io.StringIO(text, newline="").readlines()
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    bad: list[dict[str, Any]] = []
+    i = 0
+    while i < len(lines) and (limit is None or len(rows) < limit):
+        start, buf = i, lines[i]
+        i += 1
+        if not buf.strip():
+            continue
+        while buf.count('"') % 2 and i < len(lines) and i - start < 100:   # a quoted field spanning lines
+            buf += lines[i]
+            i += 1
+        try:
+            fields, err = next(csv.reader([buf], strict=True)), None
+        except csv.Error as exc:
+            fields, err = None, f"CSV error: {exc}"
+        if header is None:
+            if fields is None:
+                raise ValueError(f"the header line does not parse: {err}")
+            header = fields
+            continue
+        if fields is not None and len(fields) <= len(header):
+            rows.append(fields + [""] * (len(header) - len(fields)))
+            continue
+        if i - start > 1:   # the lines joined to close a quote make no record: the first line alone is bad
+            i, buf = start + 1, lines[start]
+            err = 'a quote (") opened and not closed on the line'
+        reason = err or f"{len(fields)} fields where the header has {len(header)} (an unquoted comma?)"
+        bad.append({"line": start + 1, "code": "MALFORMED_LINE", "reason": reason, "text": buf.rstrip("\r\n")})
+    return pd.DataFrame(rows, columns=header, dtype=str), bad
 
 
 #: invoice_ts formats read (:func:`parse_invoice_ts`): the README's first, then what spreadsheets re-save; on a tie
@@ -343,8 +395,8 @@ def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None) -> pd.Seri
             best, best_n = t, counts[fmt]
     where = f"{source}: " if source else ""
     if best_n == 0:
-        raise ValueError(f"{where}no value of column invoice_ts parses as a date and time (e.g. {ts[given].iloc[0]!r}); "
-                         f"formats tried: {', '.join(TS_FORMATS)}")
+        raise ValueError(f"{where}no value of column invoice_ts parses as a date and time "
+                         f"(e.g. {ts[given].iloc[0]!r}); formats tried: {', '.join(TS_FORMATS)}")
     fmt = next(f for f in TS_FORMATS if counts[f] == best_n)
     if "/" in fmt and counts[fmt.replace("%m/%d", "%d/%m")] == counts[fmt.replace("%d/%m", "%m/%d")]:
         log.warning("%sinvoice_ts: day and month order ambiguous (no day > 12 in %d values): read month-first "
@@ -408,6 +460,7 @@ class ReplayStats:
     capped_writeoffs: int = 0
     time_shift_ms: int = 0
     out_of_order_rows: int = 0
+    quarantine_codes: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as plain JSON-ready types (Counters become dicts; the CLI prints it as ``generator``).
@@ -419,14 +472,18 @@ class ReplayStats:
         WASTE, ADJUSTMENT), ``expedited_restocks`` (sales larger than the stock on hand, preceded by an
         immediate RESTOCK), ``capped_writeoffs`` (write-offs cut to the stock on hand), ``time_shift_ms`` (ms
         added to every source time, 0 with ``keep_dates``), ``out_of_order_rows`` (replayed rows earlier than a row
-        before them in the file: the replay sorts them into time order). Filled while :meth:`Replay.events` is
+        before them in the file: the replay sorts them into time order), ``quarantined`` / ``quarantine_codes``
+        (malformed lines and truncated rows of :attr:`Replay.quarantine`, per code: ``MALFORMED_LINE``,
+        ``MISSING_<FIELD>``; the truncated rows are in ``skipped`` too). Filled while :meth:`Replay.events` is
         iterated.
         """
         return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),
                 "skipped_total": int(sum(self.skipped.values())), "events": dict(self.events),
                 "inventory_reasons": dict(self.inventory_reasons),
                 "expedited_restocks": self.expedited_restocks, "capped_writeoffs": self.capped_writeoffs,
-                "time_shift_ms": self.time_shift_ms, "out_of_order_rows": self.out_of_order_rows}
+                "time_shift_ms": self.time_shift_ms, "out_of_order_rows": self.out_of_order_rows,
+                "quarantined": int(sum(self.quarantine_codes.values())),
+                "quarantine_codes": dict(self.quarantine_codes)}
 
 
 def invoice_ids(invoices: pd.Series) -> pd.Series:
@@ -454,7 +511,9 @@ def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     (``QUANTITY_OUT_OF_RANGE``), a price that is not finite or above ``contracts.PRICE_MAX``
     (``PRICE_OUT_OF_RANGE``), an invoice that is not digits with an optional ``C`` / ``A`` prefix
     (``UNKNOWN_INVOICE``), a line number that is not a whole number (``UNPARSEABLE``), and a repeated
-    (invoice, line_no), the log's key (``DUPLICATE_LINE``: the first is kept; its event ids would repeat).
+    (invoice, line_no), the log's key (``DUPLICATE_LINE``: the first is kept; its event ids would repeat). A row
+    with an empty :data:`REQUIRED_FIELDS` field (a truncated line) is ``MISSING_<FIELD>``, the first such field,
+    whatever else it holds (the replay quarantines it, :attr:`Replay.quarantine`).
     """
     inv = invoice_ids(df["invoice"])
     code = df["stock_code"]
@@ -489,7 +548,26 @@ def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     for mask, reason in rules:
         kind[mask] = "skip"
         key[mask] = code_skip.to_numpy()[mask] if reason is None else reason
+    missing = missing_fields(df)   # overrides every other key: a truncated line is not a sale of store ''
+    short = (missing != "").to_numpy()
+    kind[short] = "skip"
+    key[short] = ("MISSING_" + missing[short].str.split(",").str[0].str.upper()).to_numpy()
     return kind, key
+
+
+#: the columns a replayed row cannot do without (description and customer_id may be empty)
+REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
+
+
+def missing_fields(df: pd.DataFrame) -> pd.Series:
+    """Per row, the :data:`REQUIRED_FIELDS` that are empty (blank or absent: a truncated line), comma-separated
+    in column order; "" for a complete row."""
+    out = pd.Series("", index=df.index, dtype=object)
+    for col in reversed([c for c in REQUIRED_FIELDS if c in df.columns]):
+        empty = df[col].fillna("").astype(str).str.strip().eq("")
+        if empty.any():
+            out = out.where(~empty, col + ("," + out).where(out != "", ""))
+    return out
 
 
 def out_of_order_rows(ts: np.ndarray) -> int:
@@ -501,12 +579,16 @@ def out_of_order_rows(ts: np.ndarray) -> int:
 class Replay:
     """Turns a UCI transaction frame into POS events (see module docstring).
 
-    Attributes after construction: ``products`` and ``stores`` reference frames (catalog schema);
+    Attributes after construction: ``products`` and ``stores`` reference frames (catalog schema); ``quarantine``:
+    the lines not replayed for their shape, each ``{"line"`` (physical, malformed lines of
+    :func:`load_transactions`, in ``df.attrs["quarantine"]``) or ``"row"`` (1-based row of ``df``, a row missing a
+    required field), ``"code", "reason", "text"}`` (the CLI dead-letters them);
     after iterating :meth:`events`: ``stats`` (:class:`ReplayStats`).
     """
 
     def __init__(self, df: pd.DataFrame, config: ReplayConfig | None = None):
         self.config = config or ReplayConfig()
+        self.quarantine: list[dict[str, Any]] = list(df.attrs.get("quarantine", []))
         self.df = df.reset_index(drop=True)
         self.stats = ReplayStats()
         self._prepare()
@@ -516,8 +598,13 @@ class Replay:
         df, cfg = self.df, self.config
         self.kind, self.skip_key = classify_rows(df)
         ts = london_to_utc_ms(df["invoice_ts"])
-        bad_ts = ts < 0
-        self.kind[bad_ts] = "skip"
+        missing = missing_fields(df)
+        for i in np.flatnonzero((missing != "").to_numpy()):   # truncated lines: quarantined, naming the fields
+            self.quarantine.append({"row": int(i) + 1, "code": self.skip_key[i],
+                                    "reason": f"missing field(s): {missing.iloc[i].replace(',', ', ')}",
+                                    "text": ",".join(map(str, df.iloc[i].tolist()))})
+        bad_ts = (ts < 0) & (missing == "").to_numpy()
+        self.kind[ts < 0] = "skip"
         self.skip_key[bad_ts] = "UNPARSEABLE"
         self.out_of_order = out_of_order_rows(ts[self.kind != "skip"])
         if self.out_of_order:  # replayed in time order (stable: file order within one instant), see events()
@@ -608,7 +695,8 @@ class Replay:
     def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(event_type, record)`` in event-time order; fills :attr:`stats`."""
         st = self.stats = ReplayStats(rows=len(self.df), time_shift_ms=self.shift_ms,
-                                      out_of_order_rows=self.out_of_order)
+                                      out_of_order_rows=self.out_of_order,
+                                      quarantine_codes=Counter(q["code"] for q in self.quarantine))
         lead_ms = int(self.config.restock_lead_hours * 3_600_000)
         stock: dict[tuple[str, str], int] = {}
         pending: set[tuple[str, str]] = set()

@@ -563,7 +563,7 @@ def test_malformed_rows_are_skipped_with_a_reason_and_the_rest_replayed():
     for et, r in events:
         validate_event(et, r)
     assert rep.stats.skipped == {"DUPLICATE_LINE": 1, "QUANTITY_OUT_OF_RANGE": 4, "PRICE_OUT_OF_RANGE": 2,
-                                 "UNKNOWN_INVOICE": 1, "UNPARSEABLE": 1}
+                                 "UNKNOWN_INVOICE": 1, "MISSING_LINE_NO": 1}
     sales = [(r["transaction_id"], r["quantity"]) for et, r in events if et == "sales_transaction"]
     assert sales == [("600001-1", 4), ("C600008-1", -2), ("600011-1", 1)]
     inv = [(r["reason"], r["quantity_change"], r["new_quantity"]) for et, r in events if et == "inventory_update"]
@@ -798,3 +798,71 @@ def test_the_log_in_other_containers_is_read_or_refused_naming_the_path(tmp_path
     for name in ("empty.csv", "blank.csv.gz"):
         with pytest.raises(ValueError, match=rf"{name}: the file is empty"):
             load_transactions(tmp_path / name)
+
+
+def test_malformed_and_truncated_lines_are_quarantined_and_the_rest_replayed(tmp_path, monkeypatch):
+    """An unquoted comma in a description (11 fields for 10) or a quote that never closes made pandas raise
+    ParserError and nothing was replayed; a truncated line (ends after invoice_ts) was a sale of a made-up store
+    'UCI-X-UNKNOWN' with country ''. Now the good lines are all replayed (a quoted line break still joins lines),
+    each bad line is quarantined with its line number and reason, counted, and dead-lettered by run_replay."""
+    import producers.cli as cli
+    import core.kafka
+
+    good = lambda n, ts: f"5363{n:02d},1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2.55,2010-12-01 {ts},17850," \
+        "United Kingdom,x\n"  # noqa: E731
+    text = (HEADER + good(1, "08:26:00")
+            + "536367,1,22728,PAPER CRAFT , LITTLE BIRDIE,2,2.08,2010-12-01 08:34:00,13047,United Kingdom,x\n"
+            + good(2, "08:40:00")
+            + '536368,1,22728,"ALARM CLOCK BAKELIKE PINK,2,3.75,2010-12-01 08:41:00,13047,United Kingdom,x\n'
+            + '536369,1,22727,"ALARM CLOCK\nBAKELIKE RED",2,3.75,2010-12-01 08:42:00,13047,France,x\n'
+            + "536370,1,22729,ALARM CLOCK BAKELIKE ORANGE,2,3.75,2010-12-01 08:43:00\n"
+            + good(3, "08:50:00"))
+    path = _write(tmp_path / "bad.csv", text)
+    df = load_transactions(path)
+    assert df["invoice"].tolist() == ["536301", "536302", "536369", "536370", "536303"]
+    assert df["description"].tolist()[2] == "ALARM CLOCK\nBAKELIKE RED"
+    q = df.attrs["quarantine"]
+    assert [(e["line"], e["code"]) for e in q] == [(3, "MALFORMED_LINE"), (5, "MALFORMED_LINE")]
+    assert "11 fields" in q[0]["reason"] and "LITTLE BIRDIE" in q[0]["text"] and "quote" in q[1]["reason"]
+    rep = Replay(df, ReplayConfig(keep_dates=True))
+    events = list(rep.events())
+    for et, r in events:
+        validate_event(et, r)
+    assert [r["transaction_id"] for et, r in events if et == "sales_transaction"] == [
+        "536301-1", "536302-1", "536369-1", "536303-1"]
+    assert rep.stores.store_id.tolist() == ["UCI-FR", "UCI-GB"]
+    assert rep.quarantine[-1]["code"] == "MISSING_COUNTRY" and rep.quarantine[-1]["row"] == 4
+    assert rep.quarantine[-1]["reason"] == "missing field(s): country"
+    stats = rep.stats.as_dict()
+    assert stats["skipped"] == {"MISSING_COUNTRY": 1}
+    assert stats["quarantined"] == 3 and stats["quarantine_codes"] == {"MALFORMED_LINE": 2, "MISSING_COUNTRY": 1}
+
+    dead: list = []
+
+    class FakePublisher:
+        counts = {"sent": 0, "failed": 0, "dead_lettered": 0}
+
+        def __init__(self, *a, **kw):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def dead_letter(self, event_type, payload, reason):
+            dead.append((event_type, payload["code"], payload.get("line", payload.get("row")), reason))
+
+        def publish(self, event_type, record):
+            return True
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(core.kafka, "EventPublisher", FakePublisher)
+    out = cli.run_replay(object(), path, keep_dates=True, write_reference=False, create_topics=False, progress=False)
+    assert [d[:3] for d in dead] == [("uci_source_line", "MALFORMED_LINE", 3), ("uci_source_line", "MALFORMED_LINE", 5),
+                                     ("uci_source_line", "MISSING_COUNTRY", 4)]
+    assert dead[2][3] == "MISSING_COUNTRY: missing field(s): country"
+    assert out["generator"]["quarantined"] == 3
