@@ -47,6 +47,7 @@ quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`
 quantity or price beyond the contracts' bounds         skipped: ``QUANTITY_OUT_OF_RANGE`` / ``PRICE_OUT_OF_RANGE``
 invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case)
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
+a required field empty or absent (a truncated line)    skipped, ``MISSING_<FIELD>``, and quarantined (dead-lettered)
 ``C`` invoice, quantity < 0                            return: sales line with the negative quantity, and an
                                                        inventory ``RETURN`` of +|q|
 ``C`` invoice, quantity > 0 (1 row in the source)      skipped, ``C_POSITIVE_QUANTITY``
