@@ -36,7 +36,10 @@ def fact_lines(tx: pd.DataFrame, dates=None) -> tuple[pd.DataFrame, pd.Index, pd
     Args:
         tx: UCI transaction lines (:func:`producers.replay.load_transactions` columns, text as str).
         dates: optional date (datetime64, one per row of ``tx``) each line is counted on; default the log's own
-            date of ``invoice_ts`` (UK local). Rows whose date or ``invoice_ts`` does not parse are left out.
+            date of ``invoice_ts`` (UK local; the formats of :func:`producers.replay.parse_invoice_ts`). Rows whose
+            date or ``invoice_ts`` does not parse are left out.
+    Raises:
+        ValueError: no ``invoice_ts`` parses in any format (:func:`producers.replay.parse_invoice_ts`).
     Returns:
         (lines, stores, products): ``lines`` has the fact_sales columns sale_id, date_key (YYYYMMDD), event_time
         (the log's instant), product_key / store_key (positions in ``products`` / ``stores``: product ids and
@@ -46,9 +49,9 @@ def fact_lines(tx: pd.DataFrame, dates=None) -> tuple[pd.DataFrame, pd.Index, pd
         is_return.
     """
     from etl.star_schema import amount_e4
-    from producers.replay import classify_rows, product_ids, transaction_ids
+    from producers.replay import classify_rows, customer_ids, parse_invoice_ts, product_ids, transaction_ids
 
-    ts = pd.to_datetime(tx["invoice_ts"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    ts = parse_invoice_ts(tx["invoice_ts"])
     day = ts.dt.normalize() if dates is None else pd.Series(pd.to_datetime(np.asarray(dates)), index=tx.index)
     kind, _ = classify_rows(tx)
     keep = np.isin(kind, ["sale", "return"]) & day.notna().to_numpy() & ts.notna().to_numpy()
@@ -61,7 +64,7 @@ def fact_lines(tx: pd.DataFrame, dates=None) -> tuple[pd.DataFrame, pd.Index, pd
         "sale_id": transaction_ids(df),
         "date_key": day.dt.strftime("%Y%m%d").astype("uint32"),
         "event_time": ts, "product_key": product_key.astype("uint64"), "store_key": store_key.astype("uint64"),
-        "customer_id": df["customer_id"].str.strip().replace("", None), "payment_method": "ONLINE",
+        "customer_id": customer_ids(df["customer_id"]).replace("", None), "payment_method": "ONLINE",
         "quantity": q, "unit_price": price, "revenue_e4": amount_e4(q, price).astype("int64"),
         "is_return": (q < 0).astype("uint8")})
     return lines.reset_index(drop=True), pd.Index(stores), pd.Index(products)

@@ -315,7 +315,9 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     ``encoding``: the file's text encoding (None: UTF-8, else Windows-1252, :func:`producers.replay.load_transactions`).
 
     Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
-    events per type, ...), "invalid_injected", "published": {...}}.
+    events per type, quarantined, ...), "invalid_injected", "published": {...}}. Each quarantined source line
+    (:attr:`producers.replay.Replay.quarantine`) goes to the dead-letter topic as event type
+    ``uci_source_line`` with its code and reason.
     Raises FileNotFoundError / ValueError for a missing or malformed file.
     """
     from core.kafka_admin import ensure_topics
@@ -334,6 +336,8 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     injected: dict[str, int] = {}
     valid_ts = rep.ts[rep.kind != "skip"]
     with EventPublisher(s, client_id="retail-pos-replay", **producer_overrides(speed is not None)) as pub:
+        for q in rep.quarantine:   # malformed / truncated source lines, with their line and reason
+            pub.dead_letter("uci_source_line", q, f"{q['code']}: {q['reason']}")
         out["published"] = publish_events(
             inject_invalid(rep.events(), invalid_rate, seed=seed, counter=injected), pub, speed=speed,
             t_start=int(valid_ts.min()) if len(valid_ts) else None,

@@ -4,7 +4,9 @@ Input: the CSV(.gz) described in ``../shared/data/uci_online_retail/README.md`` 
 line_no, stock_code, description, quantity, unit_price, invoice_ts (UK local time), customer_id,
 country, source), sorted by invoice_ts. The repo ships an attributed sample, ``producers/data/``.
 
-Mapping (per CSV row, in file order = event-time order):
+Mapping (per CSV row, in event-time order: a file that is not sorted by invoice_ts is replayed in time order, a
+stable sort that keeps the file order within one instant; ``out_of_order_rows`` in the stats counts its rows that
+were earlier than a row before them):
 
 * **store**: the customer's country is the store/market: ``store_id = "UCI-" + ISO-3166 alpha-2``
   (``United Kingdom`` -> ``UCI-GB``, ``EIRE`` -> ``UCI-IE``, ``RSA`` -> ``UCI-ZA``; the non-countries use
@@ -45,6 +47,7 @@ quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`
 quantity or price beyond the contracts' bounds         skipped: ``QUANTITY_OUT_OF_RANGE`` / ``PRICE_OUT_OF_RANGE``
 invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case)
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
+a required field empty or absent (a truncated line)    skipped, ``MISSING_<FIELD>``, and quarantined (dead-lettered)
 ``C`` invoice, quantity < 0                            return: sales line with the negative quantity, and an
                                                        inventory ``RETURN`` of +|q|
 ``C`` invoice, quantity > 0 (1 row in the source)      skipped, ``C_POSITIVE_QUANTITY``
@@ -79,13 +82,17 @@ has no costs); shelf_life_days by sub-category; reorder_point / storage_capacity
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import csv
 import gzip
 import heapq
 import io
 import logging
+import lzma
 import math
 import re
+import zipfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -193,11 +200,16 @@ _UTF8_MULTIBYTE = re.compile(rb"[\xC2-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}
 
 
 def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
-    """The file's text: in ``encoding`` when given; otherwise UTF-8 (a byte-order mark dropped) or, for bytes
+    """The file's text: in ``encoding`` when given; in UTF-16 / UTF-32 when its byte-order mark says so; otherwise
+    UTF-8 (a byte-order mark dropped) or, for bytes
     that are not UTF-8 and hold no UTF-8 sequence at all, Windows-1252 (what spreadsheet programs write for
     "CSV"; its "£" is 0xA3) with a warning. Raises ValueError naming the byte offset when the text is not in
     ``encoding``, mixes UTF-8 with other bytes (decoding all of it as Windows-1252 would garble the UTF-8
     part), or is not Windows-1252 either."""
+    if not encoding:   # a byte-order mark names UTF-32 / UTF-16 (Excel's "Unicode Text"), decoded as such
+        encoding = next((enc for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                                              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+                         if raw.startswith(bom)), None)
     if encoding:
         try:
             return raw.decode(encoding)
@@ -221,20 +233,59 @@ def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
 
 
 def read_text(path: str | Path, encoding: str | None = None) -> str:
-    """The whole text of a transaction log: its bytes as pandas would open them (compression inferred from the
-    name: ``.gz``, ``.bz2``, ``.zip``, ``.xz``, ``.zst``), decoded by :func:`_decode` (so the encoding is judged
+    """The whole text of a transaction log: its bytes decompressed as their leading bytes say (gzip, zstd, bzip2,
+    xz, a zip of one CSV: :func:`_unpack`, whatever the name), decoded by :func:`_decode` (so the encoding is judged
     on the whole text). Line endings are kept as they are.
 
     Raises:
-        FileNotFoundError: no such file; ValueError: the text is not in ``encoding``, mixes UTF-8 with other bytes,
-            or is in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
+        FileNotFoundError: no such file; ValueError (naming the path): the file is empty, an Excel workbook, a zip
+            without exactly one data file, or its text is not in ``encoding``, mixes UTF-8 with other bytes, or is
+            in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"UCI transaction log not found: {path}")
-    with pd.io.common.get_handle(path, "rb", compression="infer", is_text=False) as h:
-        raw = h.handle.read()
-    return _decode(raw, encoding, path)
+    text = _decode(_unpack(path.read_bytes(), path), encoding, path)
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty (no header row); expected the format of the UCI README")
+    return text
+
+
+def _unpack(raw: bytes, path: Path, depth: int = 0) -> bytes:
+    """The bytes of the CSV inside ``raw``, told by its leading bytes, not its name (a gzip named ``.gzip``):
+    gzip, zstd, bzip2, xz, or a zip holding one file (``__MACOSX/`` and dot-file entries ignored, as macOS Finder
+    adds them). Raises ValueError naming ``path`` for an empty file, an Excel workbook (export it as CSV), or a
+    zip without exactly one data file."""
+    if not raw:
+        raise ValueError(f"{path}: the file is empty (0 bytes{' after decompression' if depth else ''})")
+    if depth > 2:
+        return raw
+    if raw.startswith(b"\x1f\x8b"):
+        return _unpack(gzip.decompress(raw), path, depth + 1)
+    if raw.startswith(b"\x28\xb5\x2f\xfd"):
+        import zstandard
+
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as z:
+            return _unpack(z.read(), path, depth + 1)
+    if raw.startswith(b"BZh"):
+        return _unpack(bz2.decompress(raw), path, depth + 1)
+    if raw.startswith(b"\xfd7zXZ\x00"):
+        return _unpack(lzma.decompress(raw), path, depth + 1)
+    excel = f"{path}: is an Excel workbook, not a CSV file: open it in a spreadsheet program and save the sheet " \
+            "as CSV (UTF-8), or convert it with pandas.read_excel(...).to_csv(...)"
+    if raw.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):   # OLE2: an Excel 97-2003 .xls
+        raise ValueError(excel)
+    if raw.startswith(b"PK\x03\x04"):
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            names = z.namelist()
+            if "[Content_Types].xml" in names and any(n.startswith("xl/") for n in names):
+                raise ValueError(excel)
+            data = [n for n in names if not n.endswith("/") and not n.startswith("__MACOSX/")
+                    and not n.rsplit("/", 1)[-1].startswith(".")]
+            if len(data) != 1:
+                raise ValueError(f"{path}: a zip archive must hold one data file, found {len(data)}: {data[:10]}")
+            return _unpack(z.read(data[0]), path, depth + 1)
+    return raw
 
 
 def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None) -> pd.DataFrame:
@@ -248,23 +299,121 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             (a warning says so; :func:`_decode`).
 
     Raises:
-        FileNotFoundError: no such file; ValueError: a required column is missing, or the text is not in
+        FileNotFoundError: no such file; ValueError: a required column is missing, no invoice_ts parses in any of
+            :data:`TS_FORMATS` (:func:`parse_invoice_ts`), or the text is not in
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
-    df = pd.read_csv(io.StringIO(read_text(path, encoding)), dtype=str, keep_default_na=False, nrows=limit)
+    text = read_text(path, encoding)
+    try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
+        df, quarantine = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, nrows=limit), []
+    except pd.errors.ParserError as exc:
+        df, quarantine = read_lenient(text, limit)
+        log.warning("%s: %s; read line by line: %d malformed line(s) quarantined (%s), every other line kept",
+                    path, str(exc).strip(), len(quarantine), "; ".join(f"line {q['line']}: {q['reason']}"
+                                                                     for q in quarantine[:5]))
     need = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
             "customer_id", "country"]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
+    parse_invoice_ts(df["invoice_ts"], path)   # refuses a file where no invoice_ts parses, naming the formats
+    df.attrs["quarantine"] = quarantine
     return df
 
 
+def read_lenient(text: str, limit: int | None = None) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """CSV text -> (rows as str columns of the header, quarantined lines), with the csv module, line by line: a
+    quoted field may span lines (RFC 4180) when that gives a record of at most the header's field count; a line
+    with more fields than the header (an unquoted comma) or a quote that does not close is quarantined alone as
+    ``{"line": physical line number (the header is line 1), "code": "MALFORMED_LINE", "reason", "text"}`` and the
+    read goes on at the next line. A short line is padded with "" as pandas does (:func:`classify_rows` skips a
+    row missing a required field). Blank lines are left out; ``limit`` counts the rows kept.
+
+    Raises:
+        ValueError: the header itself does not parse.
+    """
+    lines = io.StringIO(text, newline="").readlines()
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    bad: list[dict[str, Any]] = []
+    i = 0
+    while i < len(lines) and (limit is None or len(rows) < limit):
+        start, buf = i, lines[i]
+        i += 1
+        if not buf.strip():
+            continue
+        while buf.count('"') % 2 and i < len(lines) and i - start < 100:   # a quoted field spanning lines
+            buf += lines[i]
+            i += 1
+        try:
+            fields, err = next(csv.reader([buf], strict=True)), None
+        except csv.Error as exc:
+            fields, err = None, f"CSV error: {exc}"
+        if header is None:
+            if fields is None:
+                raise ValueError(f"the header line does not parse: {err}")
+            header = fields
+            continue
+        if fields is not None and len(fields) <= len(header):
+            rows.append(fields + [""] * (len(header) - len(fields)))
+            continue
+        if i - start > 1:   # the lines joined to close a quote make no record: the first line alone is bad
+            i, buf = start + 1, lines[start]
+            err = 'a quote (") opened and not closed on the line'
+        reason = err or f"{len(fields)} fields where the header has {len(header)} (an unquoted comma?)"
+        bad.append({"line": start + 1, "code": "MALFORMED_LINE", "reason": reason, "text": buf.rstrip("\r\n")})
+    return pd.DataFrame(rows, columns=header, dtype=str), bad
+
+
+#: invoice_ts formats read (:func:`parse_invoice_ts`): the README's first, then what spreadsheets re-save; on a tie
+#: the earlier wins, so month-first (the original UCI export, ``12/1/2010 8:26``) before day-first
+TS_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M",
+              "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
+
+
+def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None) -> pd.Series:
+    """Local times as text -> naive datetime64 (NaT where a value does not parse), in one format for the whole
+    column: the one of :data:`TS_FORMATS` that parses the most values (``2010-12-01 08:26:00`` as in the README;
+    ``2010-12-01 08:26``, ``2010-12-01T08:26:00``, ``12/1/2010 8:26``, ``01/12/2010 08:26`` as spreadsheets
+    re-save it). Day and month order: a value > 12 in a position settles it (``13/12/2010`` does not parse
+    month-first); when no value settles it, month-first as the original UCI export, with a warning.
+
+    Raises:
+        ValueError: values are present but none parses in any format, naming ``source``, the column and the
+            formats tried.
+    """
+    first = pd.to_datetime(ts, format=TS_FORMATS[0], errors="coerce")
+    given = ts.fillna("").astype(str).str.strip().ne("")
+    present = int(given.sum())
+    if int(first.notna().sum()) == present:
+        return first
+    best, best_n, counts = first, int(first.notna().sum()), {TS_FORMATS[0]: int(first.notna().sum())}
+    for fmt in TS_FORMATS[1:]:
+        t = pd.to_datetime(ts, format=fmt, errors="coerce")
+        counts[fmt] = int(t.notna().sum())
+        if counts[fmt] > best_n:
+            best, best_n = t, counts[fmt]
+    where = f"{source}: " if source else ""
+    if best_n == 0:
+        raise ValueError(f"{where}no value of column invoice_ts parses as a date and time "
+                         f"(e.g. {ts[given].iloc[0]!r}); formats tried: {', '.join(TS_FORMATS)}")
+    fmt = next(f for f in TS_FORMATS if counts[f] == best_n)
+    if "/" in fmt and counts[fmt.replace("%m/%d", "%d/%m")] == counts[fmt.replace("%d/%m", "%m/%d")]:
+        log.warning("%sinvoice_ts: day and month order ambiguous (no day > 12 in %d values): read month-first "
+                    "(%s) as the original UCI export", where, best_n, fmt)
+    if best_n < present or fmt != TS_FORMATS[0]:
+        log.warning("%sinvoice_ts read as %s: %d of %d values parse", where, fmt, best_n, present)
+    return best
+
+
 def london_to_utc_ms(ts: pd.Series) -> np.ndarray:
-    """``YYYY-MM-DD HH:MM:SS`` UK local time -> epoch ms UTC (int64). DST-ambiguous times as GMT;
-    unparseable -> -1."""
-    t = pd.to_datetime(ts, format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    """UK local times (:func:`parse_invoice_ts`: ``YYYY-MM-DD HH:MM:SS`` or a spreadsheet's format) -> epoch ms UTC
+    (int64). DST-ambiguous times as GMT; unparseable -> -1 (a column where nothing parses: all -1)."""
+    try:
+        t = parse_invoice_ts(ts)
+    except ValueError:
+        t = pd.Series(pd.NaT, index=ts.index, dtype="datetime64[ns]")
     loc = t.dt.tz_localize("Europe/London", ambiguous=np.zeros(len(t), dtype=bool), nonexistent="shift_forward")
     utc = loc.dt.tz_convert("UTC").dt.tz_localize(None)
     out = utc.to_numpy(dtype="datetime64[ms]").astype(np.int64)
@@ -311,6 +460,8 @@ class ReplayStats:
     expedited_restocks: int = 0
     capped_writeoffs: int = 0
     time_shift_ms: int = 0
+    out_of_order_rows: int = 0
+    quarantine_codes: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as plain JSON-ready types (Counters become dicts; the CLI prints it as ``generator``).
@@ -321,18 +472,30 @@ class ReplayStats:
         check or send), ``inventory_reasons`` (inventory updates per reason: OPENING, SALE, RETURN, RESTOCK,
         WASTE, ADJUSTMENT), ``expedited_restocks`` (sales larger than the stock on hand, preceded by an
         immediate RESTOCK), ``capped_writeoffs`` (write-offs cut to the stock on hand), ``time_shift_ms`` (ms
-        added to every source time, 0 with ``keep_dates``). Filled while :meth:`Replay.events` is iterated.
+        added to every source time, 0 with ``keep_dates``), ``out_of_order_rows`` (replayed rows earlier than a row
+        before them in the file: the replay sorts them into time order), ``quarantined`` / ``quarantine_codes``
+        (malformed lines and truncated rows of :attr:`Replay.quarantine`, per code: ``MALFORMED_LINE``,
+        ``MISSING_<FIELD>``; the truncated rows are in ``skipped`` too). Filled while :meth:`Replay.events` is
+        iterated.
         """
         return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),
                 "skipped_total": int(sum(self.skipped.values())), "events": dict(self.events),
                 "inventory_reasons": dict(self.inventory_reasons),
                 "expedited_restocks": self.expedited_restocks, "capped_writeoffs": self.capped_writeoffs,
-                "time_shift_ms": self.time_shift_ms}
+                "time_shift_ms": self.time_shift_ms, "out_of_order_rows": self.out_of_order_rows,
+                "quarantined": int(sum(self.quarantine_codes.values())),
+                "quarantine_codes": dict(self.quarantine_codes)}
 
 
 def invoice_ids(invoices: pd.Series) -> pd.Series:
     """The replay's invoice id of each row: stripped and upper-cased (a ``c`` prefix is a cancellation too)."""
     return invoices.fillna("").str.strip().str.upper()
+
+
+def customer_ids(customers: pd.Series) -> pd.Series:
+    """The replay's customer id of each row: stripped, a number with a zero fraction in its integer form
+    (``17850.0``, as pandas writes the Online Retail II file, -> ``17850``); "" when anonymous."""
+    return customers.fillna("").astype(str).str.strip().str.replace(r"^([0-9]+)\.0*$", r"\1", regex=True)
 
 
 def transaction_ids(df: pd.DataFrame) -> pd.Series:
@@ -349,7 +512,9 @@ def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     (``QUANTITY_OUT_OF_RANGE``), a price that is not finite or above ``contracts.PRICE_MAX``
     (``PRICE_OUT_OF_RANGE``), an invoice that is not digits with an optional ``C`` / ``A`` prefix
     (``UNKNOWN_INVOICE``), a line number that is not a whole number (``UNPARSEABLE``), and a repeated
-    (invoice, line_no), the log's key (``DUPLICATE_LINE``: the first is kept; its event ids would repeat).
+    (invoice, line_no), the log's key (``DUPLICATE_LINE``: the first is kept; its event ids would repeat). A row
+    with an empty :data:`REQUIRED_FIELDS` field (a truncated line) is ``MISSING_<FIELD>``, the first such field,
+    whatever else it holds (the replay quarantines it, :attr:`Replay.quarantine`).
     """
     inv = invoice_ids(df["invoice"])
     code = df["stock_code"]
@@ -384,18 +549,47 @@ def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     for mask, reason in rules:
         kind[mask] = "skip"
         key[mask] = code_skip.to_numpy()[mask] if reason is None else reason
+    missing = missing_fields(df)   # overrides every other key: a truncated line is not a sale of store ''
+    short = (missing != "").to_numpy()
+    kind[short] = "skip"
+    key[short] = ("MISSING_" + missing[short].str.split(",").str[0].str.upper()).to_numpy()
     return kind, key
+
+
+#: the columns a replayed row cannot do without (description and customer_id may be empty)
+REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
+
+
+def missing_fields(df: pd.DataFrame) -> pd.Series:
+    """Per row, the :data:`REQUIRED_FIELDS` that are empty (blank or absent: a truncated line), comma-separated
+    in column order; "" for a complete row."""
+    out = pd.Series("", index=df.index, dtype=object)
+    for col in reversed([c for c in REQUIRED_FIELDS if c in df.columns]):
+        empty = df[col].fillna("").astype(str).str.strip().eq("")
+        if empty.any():
+            out = out.where(~empty, col + ("," + out).where(out != "", ""))
+    return out
+
+
+def out_of_order_rows(ts: np.ndarray) -> int:
+    """How many of the instants ``ts`` (epoch ms, file order) are earlier than one before them: 0 for a file
+    sorted by time (ties allowed), n - 1 for n distinct instants newest first."""
+    return int((ts < np.maximum.accumulate(ts)).sum()) if len(ts) else 0
 
 
 class Replay:
     """Turns a UCI transaction frame into POS events (see module docstring).
 
-    Attributes after construction: ``products`` and ``stores`` reference frames (catalog schema);
+    Attributes after construction: ``products`` and ``stores`` reference frames (catalog schema); ``quarantine``:
+    the lines not replayed for their shape, each ``{"line"`` (physical, malformed lines of
+    :func:`load_transactions`, in ``df.attrs["quarantine"]``) or ``"row"`` (1-based row of ``df``, a row missing a
+    required field), ``"code", "reason", "text"}`` (the CLI dead-letters them);
     after iterating :meth:`events`: ``stats`` (:class:`ReplayStats`).
     """
 
     def __init__(self, df: pd.DataFrame, config: ReplayConfig | None = None):
         self.config = config or ReplayConfig()
+        self.quarantine: list[dict[str, Any]] = list(df.attrs.get("quarantine", []))
         self.df = df.reset_index(drop=True)
         self.stats = ReplayStats()
         self._prepare()
@@ -405,10 +599,24 @@ class Replay:
         df, cfg = self.df, self.config
         self.kind, self.skip_key = classify_rows(df)
         ts = london_to_utc_ms(df["invoice_ts"])
-        bad_ts = ts < 0
-        self.kind[bad_ts] = "skip"
+        missing = missing_fields(df)
+        for i in np.flatnonzero((missing != "").to_numpy()):   # truncated lines: quarantined, naming the fields
+            self.quarantine.append({"row": int(i) + 1, "code": self.skip_key[i],
+                                    "reason": f"missing field(s): {missing.iloc[i].replace(',', ', ')}",
+                                    "text": ",".join(map(str, df.iloc[i].tolist()))})
+        bad_ts = (ts < 0) & (missing == "").to_numpy()
+        self.kind[ts < 0] = "skip"
         self.skip_key[bad_ts] = "UNPARSEABLE"
-        valid_ts = ts[~bad_ts]
+        self.out_of_order = out_of_order_rows(ts[self.kind != "skip"])
+        if self.out_of_order:  # replayed in time order (stable: file order within one instant), see events()
+            order = np.argsort(ts, kind="stable")
+            log.warning("%d of %d replayed rows are earlier than a row before them in the file: replayed in time "
+                        "order (stable sort by invoice_ts)", self.out_of_order, int((self.kind != "skip").sum()))
+            self.df = df = df.iloc[order].reset_index(drop=True)
+            self.kind, self.skip_key, ts = self.kind[order], self.skip_key[order], ts[order]
+        # the shift and the sizing span come from the rows that are replayed: a skipped line (a POST line dated
+        # 2100 or 1990 by a typo) would otherwise move every sale or spread the month's demand over decades
+        valid_ts = ts[self.kind != "skip"]
         if cfg.keep_dates or len(valid_ts) == 0:
             shift = 0
         else:
@@ -477,7 +685,7 @@ class Replay:
 
     def _stores(self) -> pd.DataFrame:
         rows = []
-        for country in sorted(set(self.df["country"])):
+        for country in sorted(set(self.df["country"][self.kind != "skip"])):  # stores with replayed rows only
             sid, code, region = store_for_country(country)
             rows.append({"store_id": sid, "store_name": f"Online Retail UK - {country} market",
                          "city": "London" if code == "GB" else None, "country": country,
@@ -487,7 +695,9 @@ class Replay:
     # --------------------------------------------------------------------------- events
     def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(event_type, record)`` in event-time order; fills :attr:`stats`."""
-        st = self.stats = ReplayStats(rows=len(self.df), time_shift_ms=self.shift_ms)
+        st = self.stats = ReplayStats(rows=len(self.df), time_shift_ms=self.shift_ms,
+                                      out_of_order_rows=self.out_of_order,
+                                      quarantine_codes=Counter(q["code"] for q in self.quarantine))
         lead_ms = int(self.config.restock_lead_hours * 3_600_000)
         stock: dict[tuple[str, str], int] = {}
         pending: set[tuple[str, str]] = set()
@@ -499,7 +709,7 @@ class Replay:
         df = self.df
         inv_col = invoice_ids(df["invoice"]).to_numpy()
         tid_col = transaction_ids(df).to_numpy()
-        cust_col = df["customer_id"].str.strip().to_numpy()
+        cust_col = customer_ids(df["customer_id"]).to_numpy()
         desc_col = df["description"].fillna("").to_numpy()
 
         def count(et: str, rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:

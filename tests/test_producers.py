@@ -11,6 +11,7 @@ import json
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,7 +20,7 @@ from producers.invalid import CORRUPTIONS, corrupt, inject_invalid
 from core.kafka import dead_letter_record, event_key, serialize_value
 from producers.replay import (
     Replay, ReplayConfig, categorize, classify_code, classify_rows, cut_sample, load_transactions,
-    london_to_utc_ms, store_for_country,
+    london_to_utc_ms, parse_invoice_ts, store_for_country,
 )
 from producers.simulator import SimConfig, Simulator, seasonality
 
@@ -562,7 +563,7 @@ def test_malformed_rows_are_skipped_with_a_reason_and_the_rest_replayed():
     for et, r in events:
         validate_event(et, r)
     assert rep.stats.skipped == {"DUPLICATE_LINE": 1, "QUANTITY_OUT_OF_RANGE": 4, "PRICE_OUT_OF_RANGE": 2,
-                                 "UNKNOWN_INVOICE": 1, "UNPARSEABLE": 1}
+                                 "UNKNOWN_INVOICE": 1, "MISSING_LINE_NO": 1}
     sales = [(r["transaction_id"], r["quantity"]) for et, r in events if et == "sales_transaction"]
     assert sales == [("600001-1", 4), ("C600008-1", -2), ("600011-1", 1)]
     inv = [(r["reason"], r["quantity_change"], r["new_quantity"]) for et, r in events if et == "inventory_update"]
@@ -667,3 +668,201 @@ def test_load_transactions_reads_a_spreadsheet_export_and_names_a_bad_encoding(t
                       .encode("cp1252"))
     with pytest.raises(ValueError, match=r"mixed encodings: UTF-8 text with a byte that is not UTF-8 at byte \d+"):
         load_transactions(mixed)
+
+
+HEADER = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country,source\n"
+
+
+def _replay_text(text: str, **kw) -> Replay:
+    return Replay(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), ReplayConfig(**kw))
+
+
+def test_shift_sizing_and_stores_come_from_the_replayed_rows_only():
+    """A skipped line with a mistyped date (a POST line dated 2100 or 1990) moved every sale to 1936 or sized the
+    month's stock as if spread over 20 years; a country whose only lines are skipped added a store without sales."""
+    end = datetime(2026, 12, 5, 12, tzinfo=timezone.utc)
+    base = [f"5370{d:02d},1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,50,2.55,2010-11-{d:02d} 10:00:00,17850,"
+            "United Kingdom,x\n" for d in range(1, 29)]
+    clean = _replay_text(HEADER + "".join(base), end_at=end)
+    for typo in ("2100-12-01 08:34:00", "1990-11-15 10:00:00"):
+        rep = _replay_text(HEADER + "".join(base) + f"537099,1,POST,POSTAGE,1,18.0,{typo},13047,France,x\n",
+                           end_at=end)
+        events = list(rep.events())
+        for et, r in events:
+            validate_event(et, r)
+        assert rep.shift_ms == clean.shift_ms and rep.stats.skipped == {"POST": 1}
+        assert rep.rop == clean.rop and rep.cap == clean.cap   # rop 157 / capacity 726, not 2 / 50
+        assert max(r["timestamp"] for _, r in events) <= int(end.timestamp() * 1000)
+        assert rep.stores.store_id.tolist() == ["UCI-GB"]     # France's only line is a POST line
+
+
+def test_an_unsorted_file_is_replayed_in_time_order(uci_slice):
+    """The same rows newest first (instant by instant, lines of one instant in file order) or as two halves in the
+    wrong order (``cat dec.csv nov.csv``) give the very events of the sorted file: the replay sorts by invoice time
+    (stable) and counts the rows out of order; before, 2,024 of 3,343 store x SKU closed at another stock and most
+    events arrived hours behind the newest one already sent."""
+    df = uci_slice
+    end = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    ref = Replay(df, ReplayConfig(end_at=end))
+    want = list(ref.events())
+    assert ref.stats.out_of_order_rows == 0
+    ts = london_to_utc_ms(df.invoice_ts)
+    half = int(np.argmax(ts > ts[len(df) // 2]))   # the halves meet between two instants
+    for shuffled in (df.iloc[np.argsort(-ts, kind="stable")], pd.concat([df.iloc[half:], df.iloc[:half]])):
+        rep = Replay(shuffled, ReplayConfig(end_at=end))
+        got = list(rep.events())
+        assert got == want
+        assert rep.stats.as_dict()["out_of_order_rows"] > 0
+        stamps = [r["timestamp"] for _, r in got]
+        assert stamps == sorted(stamps)
+
+
+@pytest.mark.parametrize("fmt", ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "us", "%d/%m/%Y %H:%M"])
+def test_invoice_times_as_a_spreadsheet_re_saves_them(tmp_path, fmt, caplog):
+    """The README's format, without seconds, ISO with T, the original UCI export's month-first ``12/1/2010 8:26``
+    and a UK day-first re-save all give the same events (before, every row but the README's was UNPARSEABLE and
+    the replay returned 0 sales); a day-first file is told by a day > 12, a file where no value settles the order
+    is read month-first with a warning; a file where nothing parses is refused naming the path, the column and the
+    formats tried. ops.uci_demand reads the same dates."""
+    from ops.uci_demand import fact_lines
+
+    stamps = [datetime(2010, 12, d, h, m) for d, h, m in ((1, 8, 26), (1, 9, 5), (2, 10, 0), (13, 17, 45))]
+    text = lambda f: HEADER + "".join(  # noqa: E731
+        f"5363{i:02d},1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2.55,{f(t)},17850,United Kingdom,x\n"
+        for i, t in enumerate(stamps))
+    us = lambda t: f"{t.month}/{t.day}/{t.year} {t.hour}:{t.minute:02d}"  # noqa: E731
+    ref = Replay(load_transactions(_write(tmp_path / "ref.csv", text(lambda t: t.strftime("%Y-%m-%d %H:%M:%S")))),
+                 ReplayConfig(keep_dates=True))
+    want = list(ref.events())
+    path = _write(tmp_path / "t.csv", text(us if fmt == "us" else (lambda t: t.strftime(fmt))))
+    tx = load_transactions(path)
+    got = list(Replay(tx, ReplayConfig(keep_dates=True)).events())
+    assert got == want and sum(et == "sales_transaction" for et, _ in got) == 4
+    assert fact_lines(tx)[0]["event_time"].tolist() == [pd.Timestamp(t) for t in stamps]
+    # the first three days alone: no day > 12 settles the order, month-first as the UCI export, said in the log
+    with caplog.at_level("WARNING", logger="producers.replay"):
+        ambiguous = load_transactions(_write(tmp_path / "a.csv", text(lambda t: t.strftime("%d/%m/%Y %H:%M"))),
+                                      limit=3)
+        days = [t.date() for t in parse_invoice_ts(ambiguous["invoice_ts"])]
+    assert days == [datetime(2010, 1, 12).date(), datetime(2010, 1, 12).date(), datetime(2010, 2, 12).date()]
+    assert "ambiguous" in caplog.text and "month-first" in caplog.text
+    bad = _write(tmp_path / "bad.csv", text(lambda t: t.strftime("%d.%m.%Y %H:%M")))
+    with pytest.raises(ValueError, match=r"bad\.csv: no value of column invoice_ts parses.*%d/%m/%Y"):
+        load_transactions(bad)
+
+
+def _write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_customer_id_written_as_a_float_is_the_same_customer():
+    """pandas writes Online Retail II's Customer ID as ``17850.0``: it was a second customer beside ``17850``."""
+    rep = _replay_text(HEADER + "536365,1,85123A,W,6,2.55,2010-12-01 08:26:00,17850.0,United Kingdom,x\n"
+                       "536366,1,85123A,W,6,2.55,2010-12-01 09:26:00, 17850 ,United Kingdom,x\n"
+                       "536367,1,85123A,W,6,2.55,2010-12-01 09:27:00,A17850.5,United Kingdom,x\n", keep_dates=True)
+    events = list(rep.events())
+    assert [r["customer_id"] for et, r in events if et == "sales_transaction"] == ["17850", "17850", "A17850.5"]
+    assert [r["customer_id"] for et, r in events if et == "customer_event"] == ["17850", "17850", "A17850.5"]
+
+
+def test_the_log_in_other_containers_is_read_or_refused_naming_the_path(tmp_path):
+    """Compression told by the leading bytes (a gzip named ``.gzip`` was 'mixed encodings'), a macOS zip with its
+    ``__MACOSX/`` entry (was 'Multiple files found in ZIP file'), zstd, UTF-16 with a byte-order mark (Excel's
+    Unicode text; was read as Windows-1252 and lost every column) read as the plain CSV; an Excel workbook (was
+    'mixed encodings') and an empty file (was pandas' EmptyDataError) are refused naming the path."""
+    import zipfile
+
+    import zstandard
+
+    text = HEADER + "536365,1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2.55,2010-12-01 08:26:00,17850,United " \
+        "Kingdom,x\n"
+    ref = load_transactions(_write(tmp_path / "ref.csv", text))
+    (tmp_path / "tx.gzip").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "tx.csv.zst").write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    (tmp_path / "utf16.csv").write_bytes(text.encode("utf-16"))
+    with zipfile.ZipFile(tmp_path / "mac.zip", "w") as z:
+        z.writestr("tx.csv", text)
+        z.writestr("__MACOSX/._tx.csv", b"\x00\x05\x16\x07")
+        z.writestr(".DS_Store", b"\x00")
+    for name in ("tx.gzip", "tx.csv.zst", "utf16.csv", "mac.zip"):
+        pd.testing.assert_frame_equal(load_transactions(tmp_path / name), ref)
+    xlsx = tmp_path / "Online Retail.xlsx"
+    with zipfile.ZipFile(xlsx, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/workbook.xml", "<workbook/>")
+    with pytest.raises(ValueError, match=r"Online Retail\.xlsx: is an Excel workbook.*save the sheet as CSV"):
+        load_transactions(xlsx)
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "blank.csv.gz").write_bytes(gzip.compress(b"\n\n"))
+    for name in ("empty.csv", "blank.csv.gz"):
+        with pytest.raises(ValueError, match=rf"{name}: the file is empty"):
+            load_transactions(tmp_path / name)
+
+
+def test_malformed_and_truncated_lines_are_quarantined_and_the_rest_replayed(tmp_path, monkeypatch):
+    """An unquoted comma in a description (11 fields for 10) or a quote that never closes made pandas raise
+    ParserError and nothing was replayed; a truncated line (ends after invoice_ts) was a sale of a made-up store
+    'UCI-X-UNKNOWN' with country ''. Now the good lines are all replayed (a quoted line break still joins lines),
+    each bad line is quarantined with its line number and reason, counted, and dead-lettered by run_replay."""
+    import producers.cli as cli
+    import core.kafka
+
+    good = lambda n, ts: f"5363{n:02d},1,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2.55,2010-12-01 {ts},17850," \
+        "United Kingdom,x\n"  # noqa: E731
+    text = (HEADER + good(1, "08:26:00")
+            + "536367,1,22728,PAPER CRAFT , LITTLE BIRDIE,2,2.08,2010-12-01 08:34:00,13047,United Kingdom,x\n"
+            + good(2, "08:40:00")
+            + '536368,1,22728,"ALARM CLOCK BAKELIKE PINK,2,3.75,2010-12-01 08:41:00,13047,United Kingdom,x\n'
+            + '536369,1,22727,"ALARM CLOCK\nBAKELIKE RED",2,3.75,2010-12-01 08:42:00,13047,France,x\n'
+            + "536370,1,22729,ALARM CLOCK BAKELIKE ORANGE,2,3.75,2010-12-01 08:43:00\n"
+            + good(3, "08:50:00"))
+    path = _write(tmp_path / "bad.csv", text)
+    df = load_transactions(path)
+    assert df["invoice"].tolist() == ["536301", "536302", "536369", "536370", "536303"]
+    assert df["description"].tolist()[2] == "ALARM CLOCK\nBAKELIKE RED"
+    q = df.attrs["quarantine"]
+    assert [(e["line"], e["code"]) for e in q] == [(3, "MALFORMED_LINE"), (5, "MALFORMED_LINE")]
+    assert "11 fields" in q[0]["reason"] and "LITTLE BIRDIE" in q[0]["text"] and "quote" in q[1]["reason"]
+    rep = Replay(df, ReplayConfig(keep_dates=True))
+    events = list(rep.events())
+    for et, r in events:
+        validate_event(et, r)
+    assert [r["transaction_id"] for et, r in events if et == "sales_transaction"] == [
+        "536301-1", "536302-1", "536369-1", "536303-1"]
+    assert rep.stores.store_id.tolist() == ["UCI-FR", "UCI-GB"]
+    assert rep.quarantine[-1]["code"] == "MISSING_COUNTRY" and rep.quarantine[-1]["row"] == 4
+    assert rep.quarantine[-1]["reason"] == "missing field(s): country"
+    stats = rep.stats.as_dict()
+    assert stats["skipped"] == {"MISSING_COUNTRY": 1}
+    assert stats["quarantined"] == 3 and stats["quarantine_codes"] == {"MALFORMED_LINE": 2, "MISSING_COUNTRY": 1}
+
+    dead: list = []
+
+    class FakePublisher:
+        counts = {"sent": 0, "failed": 0, "dead_lettered": 0}
+
+        def __init__(self, *a, **kw):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def dead_letter(self, event_type, payload, reason):
+            dead.append((event_type, payload["code"], payload.get("line", payload.get("row")), reason))
+
+        def publish(self, event_type, record):
+            return True
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(core.kafka, "EventPublisher", FakePublisher)
+    out = cli.run_replay(object(), path, keep_dates=True, write_reference=False, create_topics=False, progress=False)
+    assert [d[:3] for d in dead] == [("uci_source_line", "MALFORMED_LINE", 3), ("uci_source_line", "MALFORMED_LINE", 5),
+                                     ("uci_source_line", "MISSING_COUNTRY", 4)]
+    assert dead[2][3] == "MISSING_COUNTRY: missing field(s): country"
+    assert out["generator"]["quarantined"] == 3
