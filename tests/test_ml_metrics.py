@@ -397,18 +397,20 @@ def test_statsforecast_workers_are_not_forked_from_the_caller():
     pd.testing.assert_frame_equal(pooled, _stats_forecast(CrostonOptimized(), df, 7))
 
 
-def _lead_oracle(pred: pd.DataFrame, point: str, h: int, bucket: int | None) -> float:
-    """Independent loop: root mean square of sum_{d<=h}(y - point) over (series, origin) with days 1..h all
-    scored (and the bucket, when given)."""
-    totals = []
-    for _, g in pred.groupby(["store_id", "product_id", "origin"]):
-        g = g.set_index("h")
-        if not all(d in g.index for d in range(1, h + 1)):
-            continue
-        if bucket is not None and int(g["level_bucket"].iloc[0]) != bucket:
-            continue
-        totals.append(sum(g.loc[d, "y"] - g.loc[d, point] for d in range(1, h + 1)))
-    return math.sqrt(sum(t * t for t in totals) / len(totals)) if totals else float("nan")
+def _noisy_backtest(seed: int, n_series: int, bucketed: int, spill: int, base: int, bias: float) -> pd.DataFrame:
+    """Backtest rows of ``n_series`` Poisson(base + s % 4) series x 3 origins x h 1..7, forecast ``m`` = y -
+    N(bias, 1); series below ``bucketed`` in bucket s % 4, the rest in ``spill``; series 5 misses day 3."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_series):
+        for o in pd.date_range("2024-01-01", periods=3, freq="14D"):
+            for h in range(1, 8):
+                if s == 5 and h == 3:   # a gap: totals of 3+ days of this series are not scored
+                    continue
+                y = float(rng.poisson(base + s % 4))
+                rows.append({"store_id": "S", "product_id": f"P{s}", "origin": o, "h": h, "y": y,
+                             "level_bucket": s % 4 if s < bucketed else spill, "m": y - rng.normal(bias, 1.0)})
+    return pd.DataFrame(rows)
 
 
 def _lead_totals(pred: pd.DataFrame, point: str, h: int, bucket: int | None) -> list[float]:
@@ -424,6 +426,13 @@ def _lead_totals(pred: pd.DataFrame, point: str, h: int, bucket: int | None) -> 
     return totals
 
 
+def _lead_oracle(pred: pd.DataFrame, point: str, h: int, bucket: int | None) -> float:
+    """Independent loop: root mean square of sum_{d<=h}(y - point) over (series, origin) with days 1..h all
+    scored (and the bucket, when given)."""
+    totals = _lead_totals(pred, point, h, bucket)
+    return math.sqrt(sum(t * t for t in totals) / len(totals)) if totals else float("nan")
+
+
 def test_lead_time_quantiles_are_conformal_quantiles_of_the_lead_time_totals():
     """lead_time_quantiles against a loop: per (h, bucket) with >= MIN_GROUP_RESIDUALS totals (else the h's pooled
     totals) the ceil((n + 1) a)-th smallest total, for every level a of LEAD_LEVELS; and on lumpy demand (a bucket
@@ -431,17 +440,7 @@ def test_lead_time_quantiles_are_conformal_quantiles_of_the_lead_time_totals():
     z * RMS, which serves them all."""
     from ml.forecast import LEAD_LEVELS, MIN_GROUP_RESIDUALS, lead_quantile_column, lead_time_quantiles
 
-    rng = np.random.default_rng(11)
-    rows = []
-    for s in range(70):
-        for o in pd.date_range("2024-01-01", periods=3, freq="14D"):
-            for h in range(1, 8):
-                if s == 5 and h == 3:   # a gap: totals of 3+ days of this series are not scored
-                    continue
-                y = float(rng.poisson(1 + s % 4))
-                rows.append({"store_id": "S", "product_id": f"P{s}", "origin": o, "h": h, "y": y,
-                             "level_bucket": s % 4 if s < 60 else 2, "m": y - rng.normal(0.3, 1.0)})
-    pred = pd.DataFrame(rows)
+    pred = _noisy_backtest(seed=11, n_series=70, bucketed=60, spill=2, base=1, bias=0.3)
     got = lead_time_quantiles(pred, "m").set_index(["h", "level_bucket"])
     assert len(got) == 7 * 4 and list(got.columns) == [lead_quantile_column(a) for a in LEAD_LEVELS]
     assert lead_quantile_column(0.95) == "lead_q950" and lead_quantile_column(0.5) == "lead_q500"
@@ -471,17 +470,7 @@ def test_lead_time_sigma_is_the_rms_of_lead_time_error_totals():
     daily errors (a level error on every day) give sigma(h) = h * e, where sigma_d * sqrt(h) gives sqrt(h) * e."""
     from ml.forecast import MIN_GROUP_RESIDUALS, lead_time_sigma
 
-    rng = np.random.default_rng(7)
-    rows = []
-    for s in range(60):
-        for o in pd.date_range("2024-01-01", periods=3, freq="14D"):
-            for h in range(1, 8):
-                if s == 5 and h == 3:   # a gap: totals of 3+ days of this series are not scored
-                    continue
-                y = float(rng.poisson(2 + s % 4))
-                rows.append({"store_id": "S", "product_id": f"P{s}", "origin": o, "h": h, "y": y,
-                             "level_bucket": s % 4 if s < 50 else 3, "m": y - rng.normal(0.5, 1.0)})
-    pred = pd.DataFrame(rows)
+    pred = _noisy_backtest(seed=7, n_series=60, bucketed=50, spill=3, base=2, bias=0.5)
     got = lead_time_sigma(pred, "m").set_index(["h", "level_bucket"])["lead_sigma"]
     assert len(got) == 7 * 4
     for h in (1, 3, 7):
