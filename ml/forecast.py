@@ -795,24 +795,28 @@ def lead_time_sigma(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["h", "level_bucket", "lead_sigma"])
 
 
-def upper_conformal_quantile(e: np.ndarray, level: float) -> float:
-    """The ceil((n + 1) * level)-th smallest of n values (clamped to n; NaN when n = 0): a one-sided split-
-    conformal bound, P(e_new <= q) >= level for an exchangeable new value (Lei et al. 2018, JASA 113(523))."""
-    s = np.sort(np.asarray(e, dtype="float64"))
-    if not len(s):
-        return float("nan")
-    return float(s[min(len(s), math.ceil((len(s) + 1) * level)) - 1])
+def expected_coverage_quantile(e: np.ndarray, level: float) -> float:
+    """The value whose expected coverage of a new exchangeable value is ``level``: the k = level * (n + 1)-th
+    smallest of the n values, linear between neighbours, clamped to the sample range (E[F(X_(k))] = k / (n + 1)
+    for order statistics; Hyndman & Fan 1996, "Sample quantiles in statistical packages", Am. Stat. 50(4),
+    definition 6; numpy's ``method="weibull"``). NaN when n = 0. Unlike the split-conformal bound (the
+    ceil((n + 1) level)-th value, a guarantee), it does not over-cover on small groups: measured on UCI's top 100
+    (about 75 totals per group) the conformal bound served 95.5-96.8 % of the cycles at a 95 % target, this one
+    94.5-95.5 %."""
+    e = np.asarray(e, dtype="float64")
+    return float(np.quantile(e, level, method="weibull")) if len(e) else float("nan")
 
 
 def lead_time_quantiles(pred: pd.DataFrame, point: str = "yhat", levels=LEAD_LEVELS) -> pd.DataFrame:
     """Empirical quantiles of the lead-time total's forecast error E_h (:func:`lead_time_sigma`'s totals), per
-    (h, level_bucket), at each cycle service level a of ``levels``: the safety stock that covers the demand over a
-    lead time of h days in a share a of the backtest's cycles is SS = q_a(E_h) (empirical safety stock: Trapero,
+    (h, level_bucket), at each cycle service level a of ``levels`` (:func:`expected_coverage_quantile`): the safety
+    stock that covers the demand over a lead time of h days in a share a of the cycles is SS = q_a(E_h) (empirical
+    safety stock: Trapero,
     Cardos & Kourentzes 2019, "Empirical safety stock estimation based on kernel and GARCH models", Omega 84,
     199-211). Unlike z * :func:`lead_time_sigma` it assumes no normal error: lumpy demand (a few bulk orders in
     a bucket of mostly idle series) inflates the root mean square far beyond what a cycle service level needs.
-    Measured leave-one-origin-out on UCI's top 1,000 products at 95 % (GBT, 3 / 7-day cycles): 94.5 % / 94.8 % of
-    the cycles served with a mean safety stock of 58.9 / 112.8 units, where z * lead_sigma served 96.1 % / 97.1 %
+    Measured leave-one-origin-out on UCI's top 1,000 products at 95 % (GBT, 3 / 7-day cycles): 94.5 % / 94.7 % of
+    the cycles served with a mean safety stock of 58.2 / 112.1 units, where z * lead_sigma served 96.1 % / 97.1 %
     with 103.7 / 178.3 units (``safety_stock_service`` in reports/bench-forecast.json has the benchmark's figures).
     Groups with fewer than :data:`MIN_GROUP_RESIDUALS` totals use the h's pooled values.
 
@@ -828,10 +832,11 @@ def lead_time_quantiles(pred: pd.DataFrame, point: str = "yhat", levels=LEAD_LEV
     rows = []
     for hh in range(1, int(pred["h"].max()) + 1 if len(pred) else 1):
         mh = h == hh
-        pooled = [upper_conformal_quantile(total[mh], a) for a in levels]
+        pooled = [expected_coverage_quantile(total[mh], a) for a in levels]
         for bb in range(N_LEVEL_BUCKETS):
             m = mh & (b == bb)
-            vals = [upper_conformal_quantile(total[m], a) for a in levels] if m.sum() >= MIN_GROUP_RESIDUALS else pooled
+            vals = ([expected_coverage_quantile(total[m], a) for a in levels] if m.sum() >= MIN_GROUP_RESIDUALS
+                    else pooled)
             rows.append({"h": hh, "level_bucket": bb, **dict(zip(cols, vals))})
     return pd.DataFrame(rows, columns=["h", "level_bucket", *cols])
 
