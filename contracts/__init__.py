@@ -273,6 +273,23 @@ def _id_problem(name: str, v: str) -> str | None:
     return None
 
 
+@functools.cache
+def control_char_class() -> str:
+    """A Java regex character class (``\\x{H}`` ranges) of every code point this Python's ``unicodedata`` puts
+    in category Cc or Cf: the characters :func:`_id_problem` calls control characters. The stream tests ids with
+    it (``streaming.transforms``), so both sides judge with one Unicode table: the JVM's ``\\p{Cf}`` follows
+    Java 17's Unicode 13, Python 3.11's is Unicode 14, and U+0890 / U+0891 (Cf since 14) passed the stream while
+    the producers refused them."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x110000):
+        if unicodedata.category(chr(cp)) in ("Cc", "Cf"):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1] = (ranges[-1][0], cp)
+            else:
+                ranges.append((cp, cp))
+    return "[" + "".join(f"\\x{{{a:X}}}" + (f"-\\x{{{b:X}}}" if b > a else "") for a, b in ranges) + "]"
+
+
 def rule_violations(event_type: str, record: dict[str, Any], *, now_ms: int | None = None,
                     max_future_minutes: int | None = None) -> list[str]:
     """Reasons a schema-valid record breaks the shared id, event-time and numeric rules ([] when none).

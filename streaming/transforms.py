@@ -50,7 +50,7 @@ from pyspark.sql import types as T
 
 from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, NUMERIC_BOUNDS, RISK_HIGH, RISK_LOW, RISK_MEDIUM,
                        LONE_SURROGATE_REASON, RISK_UNKNOWN, RULE_TYPES, SURROGATE_ESCAPE, SURROGATE_ESCAPE_PAIR,
-                       duplicate_keys_reason, future_reason, id_fields)
+                       control_char_class, duplicate_keys_reason, future_reason, id_fields)
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -134,8 +134,10 @@ def _now_ms(now: datetime | None) -> Column:
     they were sent, and the producers' own future check (at send time) agrees with the stream's; (2) Spark inlines
     the micro-batch time as a literal into the generated code, so ``current_timestamp()`` makes whole-stage
     codegen recompile the validation stage in every micro-batch (measured with the CodeGenerator log: 2 compiles
-    per micro-batch with it, 2 per query run without). A record without a timestamp (Kafka's -1) is not
-    checked against the age and future bounds (NULL reference).
+    per micro-batch with it, 2 per query run without). A record without a usable timestamp (Kafka's -1, or 0,
+    which a broker accepts as CreateTime) has a NULL reference: :func:`validate_events` quarantines it, since its
+    event time cannot be bounded (one at 3000-01-01 would lift the watermark past every later event; one beyond
+    year 292,278,994 overflowed the window arithmetic and stopped the stream).
     """
     if now is None:
         kts = F.unix_millis(F.col("kafka_timestamp"))
@@ -154,7 +156,9 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     a required (non-nullable) field missing; unknown top-level fields (the contract rejects them); an
     enum value outside the Avro symbols; a ``timestamp-millis`` older than ``max_age_days`` or more than
     ``max_future_minutes`` in the future relative to ``now`` (default: the record's Kafka timestamp, the
-    producer's send time; see :func:`_now_ms`); a top-level JSON key given more than once; the numeric bounds of
+    producer's send time; see :func:`_now_ms`; without ``now``, a record whose Kafka timestamp is missing or
+    <= 0); text after the JSON object (``{...} {...}``: a parser stops after the first value, json.loads says
+    "Extra data"); a top-level JSON key given more than once; the numeric bounds of
     ``contracts.NUMERIC_BOUNDS`` (quantity != 0 and |quantity| <= QUANTITY_MAX units, prices finite in
     [0, PRICE_MAX] currency units, stock figures in [0, STOCK_MAX] units). Reasons of the shared rules are the
     producers' texts (``contracts.rule_violations``).
@@ -175,6 +179,12 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
                F.lit("malformed JSON: value is not a JSON object")),
         F.when(F.col(KEYS).isNotNull() & F.col(CORRUPT).isNotNull(),
                F.lit("type mismatch: a field does not match its Avro type")),
+        # Spark's parsers stop after the first JSON value, so '{A} {B}' or '{A}]' parse as A: wrapped as
+        # '[' + value + ',0]' the text is an array of exactly 2 values only when nothing follows the object
+        # (another value: 3 or more; anything else: not JSON, NULL; a stray ']' closes the array early: 1)
+        F.when(F.col(KEYS).isNotNull()
+               & (F.coalesce(F.json_array_length(F.concat(F.lit("["), F.col("value"), F.lit(",0]"))), F.lit(-1))
+                  != 2), F.lit("malformed JSON: extra data after the JSON object")),
         # an unpaired \uD800-\uDFFF escape, which Spark's parse turns into "?" (contracts.LONE_SURROGATE_REASON):
         # on the raw text, escaped backslashes removed first (left to right, as a JSON parser pairs them), then
         # the escape pairs; any surrogate escape left is unpaired. instr first: most values hold no \u at all
@@ -196,27 +206,38 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     unknown = F.array_except(F.col(KEYS), F.array(*[F.lit(n) for n in names]))
     checks.append(F.when(F.size(unknown) > 0, F.concat(F.lit("unknown field(s): "), F.array_join(unknown, ","))))
     # Spark's JSON parser turns any non-string JSON value of a string field into its JSON text ({"store_id": 5}
-    # -> "5"); the contract (and the producers' Avro check) wants a JSON string: the key must be followed by a
-    # double quote in the raw value (a quote cannot occur unescaped inside a JSON string, so only keys match)
-    # (the regex runs only where the parsed text could be a JSON number, boolean, object or array)
+    # -> "5"); the contract (and the producers' Avro check) wants a JSON string. Cheap test first: the key
+    # followed by a double quote in the raw value (a quote cannot occur unescaped inside a JSON string, so only
+    # keys match). It can be fooled only by the same key inside a nested object ({"store_id": {"store_id": "S"}}),
+    # which needs a second "{", and it misses a key written with escapes ("product\u005fid"): in those cases,
+    # and only then, the value is parsed as a VARIANT and the field's JSON type read (schema_of_variant).
+    # (the checks run only where the parsed text could be a JSON number, boolean, object or array)
+    v = F.col("value")
+    nested = F.expr("locate('{', value, locate('{', value) + 1) > 0")
     for f in S.string_fields(event_type):
         c = F.col(f)
         maybe_not_string = F.substring(c, 1, 1).isin(*"-0123456789{[") | c.isin("true", "false")
-        checks.append(F.when(c.isNotNull() & F.col(CORRUPT).isNull() & maybe_not_string
-                             & ~F.col("value").rlike(f'"{f}"\\s*:\\s*"'),
+        quoted = v.rlike(f'"{f}"\\s*:\\s*"')
+        json_type = F.schema_of_variant(F.variant_get(F.try_parse_json(v), f"$.{f}", "variant"))
+        checks.append(F.when(c.isNotNull() & F.col(CORRUPT).isNull() & maybe_not_string & (~quoted | nested)
+                             & F.coalesce(json_type != F.lit("STRING"), ~quoted),
                              F.lit(f"type mismatch: {f} is not a JSON string")))
     if event_type in RULE_TYPES:  # the id and event-time rules shared with the producers (contracts)
         for f in id_fields(event_type):
             checks.append(F.when(F.col(f).rlike(r"^[\p{Z}\p{Cc}]*$"), F.lit(f"{f} is empty")))
             checks.append(F.when(F.length(F.col(f)) > ID_MAX_CHARS,
                                  F.lit(f"{f} longer than {ID_MAX_CHARS} characters")))
-            checks.append(F.when(F.col(f).rlike(r"[\p{Cc}\p{Cf}]"), F.lit(f"{f} contains control characters")))
+            checks.append(F.when(F.col(f).rlike(control_char_class()), F.lit(f"{f} contains control characters")))
         for f in S.timestamp_fields(event_type):
             checks.append(F.when(F.col(f) < F.lit(MIN_EVENT_TIME_MS).cast("long"),
                                  F.lit(f"{f} before 2000-01-01")))
     for f, symbols in S.enum_fields(event_type).items():
         checks.append(F.when(F.col(f).isNotNull() & ~F.col(f).isin(*symbols),
                              F.concat(F.lit(f"invalid {f} '"), F.col(f), F.lit("'"))))
+    if now is None:
+        checks.append(F.when(F.col("value").isNotNull() & now_ms.isNull(),
+                             F.lit("kafka timestamp missing or <= 0: the event time cannot be checked against "
+                                   "the send time")))
     for f in S.timestamp_fields(event_type):
         checks.append(F.when(F.col(f) < lo, F.lit(f"{f} older than STREAM_MAX_EVENT_AGE_DAYS={max_age_days}")))
         checks.append(F.when(F.col(f) > hi, F.lit(future_reason(f, max_future_minutes))))
@@ -231,7 +252,7 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     # stream's CPU in a JFR profile of a 300,000-event drain)
     reason = F.concat_ws("; ", *checks)
     ts = F.col("timestamp")
-    in_range = F.coalesce((ts >= lo) & (ts <= hi), F.lit(True))  # no reference time: not range-checked
+    in_range = F.coalesce((ts >= lo) & (ts <= hi), F.lit(False))  # no reference time: quarantined, no time
     event_time = F.when(ts.isNotNull() & in_range, F.timestamp_millis(ts))
     return (parsed.withColumn(REASON, F.when(reason != "", reason))
                   .withColumn("event_time", event_time))
