@@ -181,8 +181,10 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
                F.lit("type mismatch: a field does not match its Avro type")),
         # Spark's parsers stop after the first JSON value, so '{A} {B}' or '{A}]' parse as A: wrapped as
         # '[' + value + ',0]' the text is an array of exactly 2 values only when nothing follows the object
-        # (another value: 3 or more; anything else: not JSON, NULL; a stray ']' closes the array early: 1)
-        F.when(F.col(KEYS).isNotNull()
+        # (another value: 3 or more; anything else: not JSON, NULL; a stray ']' closes the array early: 1). That
+        # second parse runs only when the value's first '}' is not its last character: a value holding one '}',
+        # at its end, is one object and nothing after it (the producers' JSON; white space after it: the parse)
+        F.when(F.col(KEYS).isNotNull() & (F.instr(F.col("value"), "}") != F.length(F.col("value")))
                & (F.coalesce(F.json_array_length(F.concat(F.lit("["), F.col("value"), F.lit(",0]"))), F.lit(-1))
                   != 2), F.lit("malformed JSON: extra data after the JSON object")),
         # an unpaired \uD800-\uDFFF escape, which Spark's parse turns into "?" (contracts.LONE_SURROGATE_REASON):
@@ -219,15 +221,20 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
         maybe_not_string = F.substring(c, 1, 1).isin(*"-0123456789{[") | c.isin("true", "false")
         quoted = v.rlike(f'"{f}"\\s*:\\s*"')
         json_type = F.schema_of_variant(F.variant_get(F.try_parse_json(v), f"$.{f}", "variant"))
-        checks.append(F.when(c.isNotNull() & F.col(CORRUPT).isNull() & maybe_not_string & (~quoted | nested)
-                             & F.coalesce(json_type != F.lit("STRING"), ~quoted),
-                             F.lit(f"type mismatch: {f} is not a JSON string")))
+        # the parse sits in a branch's value, not in a condition: subexpression elimination would otherwise hoist
+        # the common try_parse_json(value) out of every field's condition and parse every record (measured: the
+        # validation of 300,000 sales 2.43 -> 3.45 s with it in the condition)
+        checks.append(F.when(c.isNotNull() & F.col(CORRUPT).isNull() & maybe_not_string & (~quoted | nested),
+                             F.when(F.coalesce(json_type != F.lit("STRING"), ~quoted),
+                                    F.lit(f"type mismatch: {f} is not a JSON string"))))
     if event_type in RULE_TYPES:  # the id and event-time rules shared with the producers (contracts)
         for f in id_fields(event_type):
             checks.append(F.when(F.col(f).rlike(r"^[\p{Z}\p{Cc}]*$"), F.lit(f"{f} is empty")))
             checks.append(F.when(F.length(F.col(f)) > ID_MAX_CHARS,
                                  F.lit(f"{f} longer than {ID_MAX_CHARS} characters")))
-            checks.append(F.when(F.col(f).rlike(control_char_class()), F.lit(f"{f} contains control characters")))
+            # the class of Python's Cc/Cf code points (200+ ranges) only for an id that is not printable ASCII
+            checks.append(F.when(F.col(f).rlike(r"[^\x20-\x7E]") & F.col(f).rlike(control_char_class()),
+                                 F.lit(f"{f} contains control characters")))
         for f in S.timestamp_fields(event_type):
             checks.append(F.when(F.col(f) < F.lit(MIN_EVENT_TIME_MS).cast("long"),
                                  F.lit(f"{f} before 2000-01-01")))
