@@ -5,8 +5,12 @@ writes ``INTO OUTFILE`` / reads ``FROM INFILE`` on the server's file system, and
 confined to ``user_files_path`` (the ``user_files_path`` startup argument is accepted and ignored: measured on
 chDB 4.4, ``file('/etc/passwd')`` still reads). A ClickHouse server refuses all of these over HTTP, so the
 endpoint does it here, on the statement's *code*: the text with string literals emptied and comments removed,
-as ClickHouse's lexer sees them ('...' and "..." / `...` with backslash escapes, ``$tag$...$tag$`` heredocs,
-``--`` and ``# ``/``#!`` line comments, nested ``/* */`` block comments).
+as ClickHouse's lexer sees them ('...' and "..." / `...` with backslash escapes, the typographic quotes
+U+2018/U+2019 (a string) and U+201C/U+201D (a name) that ClickHouse also reads, ``--`` and ``# ``/``#!`` line
+comments, nested ``/* */`` block comments). A ``$tag$...$tag$`` heredoc is *not* emptied: its text is scanned as
+code. That refuses a heredoc holding ``;`` or ``file(`` (rare in a query) but cannot be fooled the other way: an
+unclosed ``$x$``, which ClickHouse reads as part of a name, hid the rest of the statement from the checks while
+the engine ran it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ EXTERNAL = frozenset(n.lower() for n in """
     NATS RabbitMQ disk
 """.split())
 
-_HEREDOC = re.compile(r"\$([A-Za-z0-9_]*)\$")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: a name followed by an opening parenthesis: a function, table function, engine or dictionary source call
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
@@ -51,9 +54,10 @@ def code_of(sql: str) -> str:
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
-        if c in "'\"`":
+        if c in "'\"`\u2018\u201c":
+            close = {"\u2018": "\u2019", "\u201c": "\u201d"}.get(c, c)
             j, buf = i + 1, []
-            while j < n and sql[j] != c:
+            while j < n and sql[j] != close:
                 if sql[j] == "\\" and j + 1 < n:
                     buf.append(sql[j + 1])
                     j += 2
@@ -61,7 +65,7 @@ def code_of(sql: str) -> str:
                 buf.append(sql[j])
                 j += 1
             name = "".join(buf)
-            out.append("''" if c == "'" else (name if _IDENT.fullmatch(name) else "_"))
+            out.append("''" if c in "'\u2018" else (name if _IDENT.fullmatch(name) else "_"))
             i = j + 1
         elif sql.startswith("--", i) or (c == "#" and i + 1 < n and sql[i + 1] in " !"):
             j = sql.find("\n", i)
@@ -78,10 +82,6 @@ def code_of(sql: str) -> str:
                     j += 1
             out.append(" ")
             i = j
-        elif c == "$" and (m := _HEREDOC.match(sql, i)):
-            end = sql.find(m.group(0), m.end())
-            out.append("''")
-            i = n if end < 0 else end + len(m.group(0))
         else:
             out.append(c)
             i += 1
@@ -115,7 +115,9 @@ def check_statement(sql: str, *, external: bool = False) -> None:
     if semi >= 0 and code[semi + 1:].strip():
         raise ClickHouseError(62, "Code: 62. DB::Exception: Syntax error (Multi-statements are not allowed): failed at "
                                   f"position {semi + 1} (;): one statement per request. (SYNTAX_ERROR)", "SYNTAX_ERROR")
-    if re.search(r"\bINTO\s+OUTFILE\b|\bFROM\s+INFILE\b", code, re.I):
+    # the clause takes a string literal ('' here) or a heredoc ($...$, left as code): a table named outfile or
+    # infile (INSERT INTO outfile VALUES ..., SELECT * FROM infile) is no clause
+    if re.search(r"\bINTO\s+OUTFILE\s*(?:''|\$)|\bFROM\s+INFILE\s*(?:''|\$)", code, re.I):
         raise ClickHouseError(358, "Code: 358. DB::Exception: INTO OUTFILE is not allowed: INTO OUTFILE and FROM "
                                    "INFILE are client-side clauses; over HTTP the result is the response body. "
                                    "(INTO_OUTFILE_NOT_ALLOWED)", "INTO_OUTFILE_NOT_ALLOWED")
@@ -123,7 +125,7 @@ def check_statement(sql: str, *, external: bool = False) -> None:
         return
     called = next((m.group(1) for m in _CALL.finditer(code) if m.group(1).lower() in EXTERNAL
                    and not _NAMED.search(code, max(0, m.start() - 120), m.start())), None)
-    if called is None and re.search(r"\bATTACH\b.*\bFROM\s*''", code, re.I | re.S):
+    if called is None and re.search(r"\bATTACH\b.*\bFROM\s*(?:''|\$)", code, re.I | re.S):
         called = "ATTACH ... FROM"
     if called is not None:
         raise ClickHouseError(497, f"Code: 497. DB::Exception: Not enough privileges: {called}(...) reaches files, "

@@ -710,6 +710,28 @@ def test_multi_statement_bodies_are_refused(endpoint):
         assert (r.status_code, r.text) == (200, want), (sql, r.text)
 
 
+def test_the_statement_checks_cannot_be_fooled_by_a_heredoc_and_read_typographic_quotes():
+    """An unclosed ``$x$`` is part of a name for ClickHouse, but a first scanner read it as a heredoc running to the
+    end and checked nothing after it, while chDB ran it (a review read a file as platform_writer, wrote INTO
+    OUTFILE under readonly=1 and ran two statements that way). A heredoc is scanned as code now; ClickHouse's
+    typographic quotes are strings; tables named outfile / infile are no clauses."""
+    from chserver.engine import ClickHouseError
+    from chserver.sqlscan import check_statement
+
+    refused = {"SELECT 1 AS $x$, line FROM file('/etc/passwd', LineAsString)": 497,
+               "SELECT 1 AS $x$, line FROM file('/etc/passwd', LineAsString) -- $x$": 497,
+               "SELECT 1 AS $x$ INTO OUTFILE '/tmp/o'": 358, "SELECT 1 INTO OUTFILE $x$/tmp/o$x$": 358,
+               "SELECT 1 AS $x$; SELECT 2 AS b": 62, "INSERT INTO t FROM INFILE $f$/etc/passwd$f$": 358,
+               "ATTACH TABLE t FROM $p$/var/x$p$ (a UInt8) ENGINE = Memory": 497}
+    for sql, code in refused.items():
+        with pytest.raises(ClickHouseError) as e:
+            check_statement(sql)
+        assert e.value.code == code, (sql, e.value)
+    for sql in ("SELECT \u2018a;b\u2019", "SELECT \u201cfile\u201d FROM t", "INSERT INTO outfile VALUES (1)",
+                "SELECT * FROM infile", "SELECT 'it''s; fine' AS s;"):
+        check_statement(sql)
+
+
 def test_requests_queued_behind_a_replaced_connection_run(endpoint):
     """A request whose readonly=1 cannot be reset replaces the writers' shared connection; the requests queued
     behind it must run on the new one (a first version took the connection before the lock: they failed with
