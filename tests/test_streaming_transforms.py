@@ -387,10 +387,12 @@ def test_trailing_data_nested_same_key_and_unicode_tables_match_the_producers(sp
     ok = json.dumps(sale(0))
     payloads = [
         ok + "\n" + json.dumps(sale(1, qty=7)),              # two records in one value
-        ok + "]", ok + "]}", ok + " not json at all", ok + ", " + ok,
+        ok + "]", ok + "]}", ok + " not json at all", ok + ", " + ok, ok + "," + json.dumps(sale(8)) + "]",
+        ok + ",0]", ok + ', "x"]',                            # a ']' closing the wrapping array early
         json.dumps(sale(2, store={"store_id": "S1"})),      # nested object with the same key
         json.dumps(sale(3, customer_id={"customer_id": "C9"})),
         json.dumps(sale(4, store={"customer_id": "x"}, customer_id={"store_id": "y"})),
+        ok.replace('"store_id": "S1"', '"store_id": {"store_id": "S1", "store_id": "S1"}'),   # nested duplicate
         json.dumps(sale(5, store="S\u0890")), json.dumps(sale(6, store="S\u0891")),
         ok.replace('"product_id"', '"product\\u005fid"').replace('"P1"', '"85123"'),   # escaped key, digit value
         json.dumps(sale(7, sku="{85123}")), ok + "  \n\t",                              # valid
@@ -398,10 +400,11 @@ def test_trailing_data_nested_same_key_and_unicode_tables_match_the_producers(sp
     out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", payloads), "sales_transaction"),
                              "sales_transaction", **LIM).toPandas().sort_values("offset")
     stream, producers = out[TR.REASON].tolist(), producer_reasons(payloads)
-    assert [x is None for x in stream] == [x is None for x in producers] == [False] * 10 + [True] * 3
-    assert all(r == "malformed JSON: extra data after the JSON object" for r in stream[:5]), stream[:5]
-    assert all(p.startswith("malformed JSON: Extra data") for p in producers[:5]), producers[:5]
-    assert stream[5] == "type mismatch: store_id is not a JSON string"
-    assert stream[6] == "type mismatch: customer_id is not a JSON string"
-    assert "store_id is not a JSON string" in stream[7] and "customer_id is not a JSON string" in stream[7]
-    assert stream[8] == stream[9] == "store_id contains control characters" == producers[8] == producers[9]
+    assert [x is None for x in stream] == [x is None for x in producers] == [False] * 14 + [True] * 3
+    assert all(r == "malformed JSON: extra data after the JSON object" for r in stream[:8]), stream[:8]
+    assert all(p.startswith("malformed JSON: Extra data") for p in producers[:8]), producers[:8]
+    assert stream[8] == "type mismatch: store_id is not a JSON string"
+    assert stream[9] == "type mismatch: customer_id is not a JSON string"
+    assert "store_id is not a JSON string" in stream[10] and "customer_id is not a JSON string" in stream[10]
+    assert stream[11] == "type mismatch: store_id is not a JSON string" and "duplicate JSON key" in producers[11]
+    assert stream[12] == stream[13] == "store_id contains control characters" == producers[12] == producers[13]
