@@ -202,7 +202,8 @@ def inputs_from_forecast(pred: pd.DataFrame, lead_time_days: float | None = None
       :func:`ml.forecast.lead_time_quantiles`; linear between two of them): the empirical safety stock
       SS = q_a(E_h) * sqrt(L / h) expressed as a normal-equivalent sigma_d = SS / (z_a * sqrt(L)), so that
       :func:`safety_stock` gives SS back (Trapero, Cardos & Kourentzes 2019, Omega 84: empirical safety stock).
-      A negative quantile (the forecast over-shoots in that share of cycles) gives 0. It assumes no normal
+      A negative quantile (the forecast over-shoots in that share of cycles) gives 0, and so does a = 0.5
+      exactly (z = 0: no normal-equivalent sigma carries the median error's SS). It assumes no normal
       error: on lumpy demand z * RMS over-stocks (reports/bench-forecast.json, ``safety_stock_service``);
     * else with ``lead_sigma`` (:func:`ml.forecast.lead_time_sigma`, the root mean square of E_h): sigma_d =
       lead_sigma(h) * sqrt(L / h) / sqrt(L), so that z * sigma_d * sqrt(L) = z * lead_sigma(L);

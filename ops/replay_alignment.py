@@ -48,7 +48,7 @@ def daily_demand(tx: pd.DataFrame, shift_hours: float) -> pd.DataFrame:
     from ops.uci_demand import daily_demand as platform_demand
     from producers.replay import london_to_utc_ms
 
-    ms = london_to_utc_ms(tx["invoice_ts"])
+    ms = london_to_utc_ms(tx["invoice_ts"], tx.attrs.get("invoice_ts_format"))
     dates = (pd.to_datetime(np.where(ms >= 0, ms, np.nan), unit="ms") + pd.Timedelta(hours=shift_hours)).normalize()
     d = platform_demand(tx, dates)
     return d[["date", "store_id", "product_id", "units", "price"]]

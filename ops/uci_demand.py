@@ -51,7 +51,7 @@ def fact_lines(tx: pd.DataFrame, dates=None) -> tuple[pd.DataFrame, pd.Index, pd
     from etl.star_schema import amount_e4
     from producers.replay import classify_rows, customer_ids, parse_invoice_ts, product_ids, transaction_ids
 
-    ts = parse_invoice_ts(tx["invoice_ts"])
+    ts = parse_invoice_ts(tx["invoice_ts"], fmt=tx.attrs.get("invoice_ts_format"))   # the whole file's format
     day = ts.dt.normalize() if dates is None else pd.Series(pd.to_datetime(np.asarray(dates)), index=tx.index)
     kind, _ = classify_rows(tx)
     keep = np.isin(kind, ["sale", "return"]) & day.notna().to_numpy() & ts.notna().to_numpy()

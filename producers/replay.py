@@ -305,10 +305,14 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             offset in the decompressed text).
     """
     text = read_text(path, encoding)
+    sep = _separator(text)
     try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
-        df, quarantine = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, nrows=limit), []
+        df, quarantine = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, nrows=limit, sep=sep), []
+        if not isinstance(df.index, pd.RangeIndex):   # the first data line had more fields than the header:
+            raise pd.errors.ParserError("more fields than the header on the first data line")  # pandas took the
+            # extra ones as the index of every row and shifted every column
     except pd.errors.ParserError as exc:
-        df, quarantine = read_lenient(text, limit)
+        df, quarantine = read_lenient(text, limit, sep)
         log.warning("%s: %s; read line by line: %d malformed line(s) quarantined (%s), every other line kept",
                     path, str(exc).strip(), len(quarantine), "; ".join(f"line {q['line']}: {q['reason']}"
                                                                      for q in quarantine[:5]))
@@ -317,18 +321,35 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
-    parse_invoice_ts(df["invoice_ts"], path)   # refuses a file where no invoice_ts parses, naming the formats
+    whole = df["invoice_ts"]
+    if limit is not None:   # the date format is the whole file's, whatever part of it is read
+        try:
+            whole = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep,
+                                usecols=["invoice_ts"])["invoice_ts"]
+        except (pd.errors.ParserError, ValueError):
+            pass
+    # refuses a file where no invoice_ts parses, naming the formats
+    df.attrs["invoice_ts_format"] = invoice_ts_format(whole, path)
     df.attrs["quarantine"] = quarantine
     return df
 
 
-def read_lenient(text: str, limit: int | None = None) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def _separator(text: str) -> str:
+    """The field separator of a transaction log: a tab when its header line holds tabs and no comma (a
+    spreadsheet's "Unicode Text" export, UTF-16 and tab-separated), else a comma."""
+    head = text.split("\n", 1)[0]
+    return "\t" if "\t" in head and "," not in head else ","
+
+
+def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """CSV text -> (rows as str columns of the header, quarantined lines), with the csv module, line by line: a
     quoted field may span lines (RFC 4180) when that gives a record of at most the header's field count; a line
     with more fields than the header (an unquoted comma) or a quote that does not close is quarantined alone as
     ``{"line": physical line number (the header is line 1), "code": "MALFORMED_LINE", "reason", "text"}`` and the
-    read goes on at the next line. A short line is padded with "" as pandas does (:func:`classify_rows` skips a
-    row missing a required field). Blank lines are left out; ``limit`` counts the rows kept.
+    read goes on at the next line. A line that parses alone is taken alone (a literal '"' inside an unquoted
+    field, ``WHITE 12" RULER``, is no opening quote). A short line is padded with "" as pandas does
+    (:func:`classify_rows` skips a row missing a required field). Blank lines are left out; ``limit`` counts the
+    rows kept; ``sep``: the field separator.
 
     Raises:
         ValueError: the header itself does not parse.
@@ -343,13 +364,19 @@ def read_lenient(text: str, limit: int | None = None) -> tuple[pd.DataFrame, lis
         i += 1
         if not buf.strip():
             continue
-        while buf.count('"') % 2 and i < len(lines) and i - start < 100:   # a quoted field spanning lines
-            buf += lines[i]
-            i += 1
-        try:
-            fields, err = next(csv.reader([buf], strict=True)), None
+        try:   # the line alone first: a stray quote in an unquoted field parses
+            fields, err = next(csv.reader([buf], strict=True, delimiter=sep)), None
         except csv.Error as exc:
             fields, err = None, f"CSV error: {exc}"
+        if fields is None or (header is not None and len(fields) > len(header)):
+            while buf.count('"') % 2 and i < len(lines) and i - start < 100:   # a quoted field spanning lines
+                buf += lines[i]
+                i += 1
+            if i - start > 1:
+                try:
+                    fields, err = next(csv.reader([buf], strict=True, delimiter=sep)), None
+                except csv.Error as exc:
+                    fields, err = None, f"CSV error: {exc}"
         if header is None:
             if fields is None:
                 raise ValueError(f"the header line does not parse: {err}")
@@ -369,15 +396,29 @@ def read_lenient(text: str, limit: int | None = None) -> tuple[pd.DataFrame, lis
 #: invoice_ts formats read (:func:`parse_invoice_ts`): the README's first, then what spreadsheets re-save; on a tie
 #: the earlier wins, so month-first (the original UCI export, ``12/1/2010 8:26``) before day-first
 TS_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M",
+              "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f",
               "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
 
 
-def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None) -> pd.Series:
+def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None, fmt: str | None = None) -> pd.Series:
     """Local times as text -> naive datetime64 (NaT where a value does not parse), in one format for the whole
-    column: the one of :data:`TS_FORMATS` that parses the most values (``2010-12-01 08:26:00`` as in the README;
-    ``2010-12-01 08:26``, ``2010-12-01T08:26:00``, ``12/1/2010 8:26``, ``01/12/2010 08:26`` as spreadsheets
-    re-save it). Day and month order: a value > 12 in a position settles it (``13/12/2010`` does not parse
-    month-first); when no value settles it, month-first as the original UCI export, with a warning.
+    column: ``fmt`` when given (a file's :func:`invoice_ts_format`, kept in ``attrs["invoice_ts_format"]`` of
+    :func:`load_transactions`' frame, so a part of the file, e.g. one country or the first rows, reads its dates
+    as the whole file does), else :func:`invoice_ts_format` of ``ts`` itself.
+
+    Raises:
+        ValueError: values are present but none parses in any format, naming ``source``, the column and the
+            formats tried.
+    """
+    return pd.to_datetime(ts, format=fmt or invoice_ts_format(ts, source), errors="coerce")
+
+
+def invoice_ts_format(ts: pd.Series, source: str | Path | None = None) -> str:
+    """The one of :data:`TS_FORMATS` that parses the most values of ``ts`` (``2010-12-01 08:26:00`` as in the
+    README; ``2010-12-01 08:26``, ``2010-12-01T08:26:00``, ``2010-12-01 08:26:00.000``, ``12/1/2010 8:26``,
+    ``01/12/2010 08:26`` as spreadsheets re-save it). Day and month order: a value > 12 in a position settles it
+    (``13/12/2010`` does not parse month-first); when no value settles it, month-first as the original UCI export,
+    with a warning.
 
     Raises:
         ValueError: values are present but none parses in any format, naming ``source``, the column and the
@@ -387,13 +428,11 @@ def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None) -> pd.Seri
     given = ts.fillna("").astype(str).str.strip().ne("")
     present = int(given.sum())
     if int(first.notna().sum()) == present:
-        return first
-    best, best_n, counts = first, int(first.notna().sum()), {TS_FORMATS[0]: int(first.notna().sum())}
+        return TS_FORMATS[0]
+    best_n, counts = int(first.notna().sum()), {TS_FORMATS[0]: int(first.notna().sum())}
     for fmt in TS_FORMATS[1:]:
-        t = pd.to_datetime(ts, format=fmt, errors="coerce")
-        counts[fmt] = int(t.notna().sum())
-        if counts[fmt] > best_n:
-            best, best_n = t, counts[fmt]
+        counts[fmt] = int(pd.to_datetime(ts, format=fmt, errors="coerce").notna().sum())
+        best_n = max(best_n, counts[fmt])
     where = f"{source}: " if source else ""
     if best_n == 0:
         raise ValueError(f"{where}no value of column invoice_ts parses as a date and time "
@@ -404,14 +443,15 @@ def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None) -> pd.Seri
                     "(%s) as the original UCI export", where, best_n, fmt)
     if best_n < present or fmt != TS_FORMATS[0]:
         log.warning("%sinvoice_ts read as %s: %d of %d values parse", where, fmt, best_n, present)
-    return best
+    return fmt
 
 
-def london_to_utc_ms(ts: pd.Series) -> np.ndarray:
-    """UK local times (:func:`parse_invoice_ts`: ``YYYY-MM-DD HH:MM:SS`` or a spreadsheet's format) -> epoch ms UTC
-    (int64). DST-ambiguous times as GMT; unparseable -> -1 (a column where nothing parses: all -1)."""
+def london_to_utc_ms(ts: pd.Series, fmt: str | None = None) -> np.ndarray:
+    """UK local times (:func:`parse_invoice_ts`: ``YYYY-MM-DD HH:MM:SS`` or a spreadsheet's format; ``fmt``: the
+    file's, when known) -> epoch ms UTC (int64). DST-ambiguous times as GMT; unparseable -> -1 (a column where
+    nothing parses: all -1)."""
     try:
-        t = parse_invoice_ts(ts)
+        t = parse_invoice_ts(ts, fmt=fmt)
     except ValueError:
         t = pd.Series(pd.NaT, index=ts.index, dtype="datetime64[ns]")
     loc = t.dt.tz_localize("Europe/London", ambiguous=np.zeros(len(t), dtype=bool), nonexistent="shift_forward")
@@ -598,7 +638,7 @@ class Replay:
     def _prepare(self) -> None:
         df, cfg = self.df, self.config
         self.kind, self.skip_key = classify_rows(df)
-        ts = london_to_utc_ms(df["invoice_ts"])
+        ts = london_to_utc_ms(df["invoice_ts"], df.attrs.get("invoice_ts_format"))
         missing = missing_fields(df)
         for i in np.flatnonzero((missing != "").to_numpy()):   # truncated lines: quarantined, naming the fields
             self.quarantine.append({"row": int(i) + 1, "code": self.skip_key[i],

@@ -866,3 +866,36 @@ def test_malformed_and_truncated_lines_are_quarantined_and_the_rest_replayed(tmp
                                      ("uci_source_line", "MISSING_COUNTRY", 4)]
     assert dead[2][3] == "MISSING_COUNTRY: missing field(s): country"
     assert out["generator"]["quarantined"] == 3
+
+
+def test_a_bad_first_line_a_stray_quote_tabs_and_the_date_format_of_the_whole_file(tmp_path):
+    """A review of the first mends: (1) an unquoted comma on the *first* data line raised nothing (pandas took the
+    extra field as every row's index and shifted every column: 0 events, nothing quarantined); (2) once the
+    line-by-line read started, a literal '"' in an unquoted field (WHITE 12" RULER) joined lines and lost the row;
+    (3) a spreadsheet's "Unicode Text" (UTF-16, tab-separated) was refused as missing every column; (4) the date
+    format was chosen per call, so the first rows of a day-first file read month-first (12 Jan for 1 Dec);
+    fractional seconds matched no format."""
+    line = lambda inv, desc, ts: f"{inv},1,85123A,{desc},6,2.55,{ts},17850,United Kingdom,x\n"  # noqa: E731
+    bad_first = (HEADER + line(536364, "RED, WHITE BAG", "2010-12-01 08:25:00")
+                 + line(536365, "WHITE HEART", "2010-12-01 08:26:00") + line(536366, "LANTERN", "2010-12-01 08:27:00"))
+    df = load_transactions(_write(tmp_path / "first.csv", bad_first))
+    assert df["invoice"].tolist() == ["536365", "536366"] and df["country"].tolist() == ["United Kingdom"] * 2
+    assert [(q["line"], q["code"]) for q in df.attrs["quarantine"]] == [(2, "MALFORMED_LINE")]
+    stray = (HEADER + line(536367, 'WHITE 12" RULER', "2010-12-01 08:28:00")
+             + line(536368, "A, B", "2010-12-01 08:29:00") + line(536369, "LANTERN", "2010-12-01 08:30:00"))
+    df = load_transactions(_write(tmp_path / "stray.csv", stray))
+    assert df["invoice"].tolist() == ["536367", "536369"] and df["description"].tolist()[0] == 'WHITE 12" RULER'
+    tabs = (HEADER.replace(",", "\t") + "536370\t1\t85123A\tWHITE, HEART\t6\t2.55\t2010-12-01 08:31:00\t17850\t"
+            "United Kingdom\tx\n")
+    (tmp_path / "u16.txt").write_bytes(tabs.encode("utf-16"))
+    df = load_transactions(tmp_path / "u16.txt")
+    assert df["description"].tolist() == ["WHITE, HEART"] and df["quantity"].tolist() == ["6"]
+    day_first = HEADER + "".join(line(536371 + i, "X", ts) for i, ts in enumerate(
+        ["01/12/2010 08:26", "05/12/2010 09:00", "13/12/2010 10:00"]))
+    head = load_transactions(_write(tmp_path / "dayfirst.csv", day_first), limit=2)
+    assert len(head) == 2 and head.attrs["invoice_ts_format"] == "%d/%m/%Y %H:%M"
+    rep = Replay(head, ReplayConfig(keep_dates=True))
+    days = sorted({pd.Timestamp(r["timestamp"], unit="ms").day for et, r in rep.events() if et == "sales_transaction"})
+    assert days == [1, 5]   # 1 and 5 December, as the whole file reads, not 12 January and 12 May
+    frac = load_transactions(_write(tmp_path / "frac.csv", HEADER + line(536380, "X", "2010-12-01 08:26:00.000")))
+    assert frac.attrs["invoice_ts_format"] == "%Y-%m-%d %H:%M:%S.%f"
