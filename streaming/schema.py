@@ -116,6 +116,11 @@ def string_fields(event_type: str) -> list[str]:
             if isinstance(f.spark_type, T.StringType) and not f.enum_symbols]
 
 
+def double_fields(event_type: str) -> list[str]:
+    """Names of ``double`` / ``float`` fields (Spark reads the JSON strings "NaN" and "Infinity" into them)."""
+    return [f.name for f in fields(event_type) if isinstance(f.spark_type, (T.DoubleType, T.FloatType))]
+
+
 def enum_fields(event_type: str) -> dict[str, tuple[str, ...]]:
     """Enum field name -> allowed symbols."""
     return {f.name: f.enum_symbols for f in fields(event_type) if f.enum_symbols}

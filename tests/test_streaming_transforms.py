@@ -408,3 +408,22 @@ def test_trailing_data_nested_same_key_and_unicode_tables_match_the_producers(sp
     assert "store_id is not a JSON string" in stream[10] and "customer_id is not a JSON string" in stream[10]
     assert stream[11] == "type mismatch: store_id is not a JSON string" and "duplicate JSON key" in producers[11]
     assert stream[12] == stream[13] == "store_id contains control characters" == producers[12] == producers[13]
+
+
+def test_type_mismatch_reasons_name_the_field_as_the_producers_do(spark):
+    """The reason of a field Spark could not convert named no field ("a field does not match its Avro type"), and
+    the strings "NaN" / "-INF" / "Infinity" in a double field, which Spark reads as numbers, got only the range
+    reason; the producers name the field and its type. Both sides now name the same field."""
+    import re
+
+    cases = [("quantity", 2.5), ("quantity", "5"), ("quantity", True), ("timestamp", "x"), ("unit_price", "NaN"),
+             ("unit_price", "-INF"), ("unit_price", "Infinity"), ("unit_price", [1])]
+    payloads = [json.dumps(sale(i, **{"qty" if f == "quantity" else "price" if f == "unit_price" else f: v}))
+                for i, (f, v) in enumerate(cases)]
+    out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", payloads), "sales_transaction"),
+                             "sales_transaction", **LIM).toPandas().sort_values("offset")
+    for (f, _), got, want in zip(cases, out[TR.REASON].tolist(), producer_reasons(payloads)):
+        assert got is not None and want is not None, (f, got, want)
+        assert f"type mismatch: {f} " in got, (f, got)
+        named = re.findall(r"SalesTransaction\.(\w+) is", want) or re.findall(r"^(\w+) must be", want)
+        assert named == [f], (f, want)
