@@ -782,17 +782,26 @@ def lead_time_sigma(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
         DataFrame h, level_bucket (0..N_LEVEL_BUCKETS-1), lead_sigma (units; NaN when no total of h days was
         scored), one row per (h, bucket) for h = 1..max h.
     """
+    def rms(e: np.ndarray) -> list[float]:
+        return [float(np.sqrt(np.mean(e ** 2))) if len(e) else float("nan")]
+
+    return _lead_time_table(pred, point, rms, ["lead_sigma"])
+
+
+def _lead_time_table(pred: pd.DataFrame, point: str, stat, cols: list[str]) -> pd.DataFrame:
+    """``stat`` (lead-time totals E_h, units -> one value per column of ``cols``) per (h, level_bucket) of
+    :func:`_lead_time_errors`, for h = 1..max h and every bucket; a group with fewer than
+    :data:`MIN_GROUP_RESIDUALS` totals takes the h's pooled value. Returns DataFrame h, level_bucket, *cols."""
     h, b, total = _lead_time_errors(pred, point)
-    sq = total ** 2
     rows = []
     for hh in range(1, int(pred["h"].max()) + 1 if len(pred) else 1):
         mh = h == hh
-        pooled = float(np.sqrt(sq[mh].mean())) if mh.any() else float("nan")
+        pooled = stat(total[mh])
         for bb in range(N_LEVEL_BUCKETS):
             m = mh & (b == bb)
-            rows.append({"h": hh, "level_bucket": bb,
-                         "lead_sigma": float(np.sqrt(sq[m].mean())) if m.sum() >= MIN_GROUP_RESIDUALS else pooled})
-    return pd.DataFrame(rows, columns=["h", "level_bucket", "lead_sigma"])
+            vals = stat(total[m]) if m.sum() >= MIN_GROUP_RESIDUALS else pooled
+            rows.append({"h": hh, "level_bucket": bb, **dict(zip(cols, vals))})
+    return pd.DataFrame(rows, columns=["h", "level_bucket", *cols])
 
 
 def expected_coverage_quantile(e: np.ndarray, level: float) -> float:
@@ -827,18 +836,8 @@ def lead_time_quantiles(pred: pd.DataFrame, point: str = "yhat", levels=LEAD_LEV
         DataFrame h, level_bucket, and one column per level (:func:`lead_quantile_column`, e.g. lead_q950; units,
         negative when the forecast over-shoots in that share of cycles; NaN when no total of h days was scored).
     """
-    h, b, total = _lead_time_errors(pred, point)
-    cols = [lead_quantile_column(a) for a in levels]
-    rows = []
-    for hh in range(1, int(pred["h"].max()) + 1 if len(pred) else 1):
-        mh = h == hh
-        pooled = [expected_coverage_quantile(total[mh], a) for a in levels]
-        for bb in range(N_LEVEL_BUCKETS):
-            m = mh & (b == bb)
-            vals = ([expected_coverage_quantile(total[m], a) for a in levels] if m.sum() >= MIN_GROUP_RESIDUALS
-                    else pooled)
-            rows.append({"h": hh, "level_bucket": bb, **dict(zip(cols, vals))})
-    return pd.DataFrame(rows, columns=["h", "level_bucket", *cols])
+    return _lead_time_table(pred, point, lambda e: [expected_coverage_quantile(e, a) for a in levels],
+                            [lead_quantile_column(a) for a in levels])
 
 
 def interval_table(pred: pd.DataFrame, point: str = "yhat") -> pd.DataFrame:
