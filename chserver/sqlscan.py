@@ -15,6 +15,7 @@ the engine ran it.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from chserver.engine import ClickHouseError
@@ -46,10 +47,13 @@ _NAMED = re.compile(r"(?:\.\s*|\b(?:(?:CREATE|ATTACH|REPLACE)\s+(?:OR\s+REPLACE\
 _FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z_][A-Za-z0-9_]*)\s*(?=$|;|\bSETTINGS\b)", re.I)
 
 
+@functools.lru_cache(maxsize=4)
 def code_of(sql: str) -> str:
     """``sql`` as ClickHouse's lexer tokenises it, without what cannot be code: each string literal becomes
     ``''``, each comment one space, a quoted identifier (`` `x` `` or ``"x"``) its bare name when it is a plain
-    identifier (``x``), else ``_``. An unterminated literal or comment runs to the end (the engine refuses it)."""
+    identifier (``x``), else ``_``. An unterminated literal or comment runs to the end (the engine refuses it).
+    The last few results are cached: a request's statement is scanned by :func:`check_statement` and then
+    :func:`output_format`, one character at a time in Python."""
     out: list[str] = []
     i, n = 0, len(sql)
     while i < n:
