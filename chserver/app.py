@@ -39,19 +39,22 @@ import logging
 import re
 import uuid
 import zlib
+from typing import Iterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from chserver.engine import ClickHouseError, Engine
+from chserver.engine import ClickHouseError, Engine, Result
 from chserver.sqlscan import check_statement, output_format
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("chserver")
 
+#: results up to this size are sent as one body; larger ones are streamed from the engine's spool in blocks
+STREAM_FROM = 1 << 20
 #: URL parameters that are part of the HTTP protocol, not query settings
 TRANSPORT_PARAMS = {"query", "database", "default_format", "query_id", "session_id", "session_timeout",
                     "session_check", "user", "password", "quota_key", "compress", "decompress", "buffer_size",
@@ -230,27 +233,66 @@ def _q(params: str) -> float:
     return 1.0
 
 
-def compress(data: bytes, accept: str) -> tuple[bytes, str | None]:
-    """Compress a response with the first method of ``Accept-Encoding`` we support whose weight is not ``q=0``
-    (``gzip;q=0`` refuses gzip); (data, encoding or None: uncompressed)."""
+def encoding_for(accept: str) -> str | None:
+    """The response encoding for an ``Accept-Encoding`` header: its first method we support (gzip, deflate, zstd,
+    lz4) whose weight is not ``q=0`` (``gzip;q=0`` refuses gzip); None: send it uncompressed."""
     for item in (accept or "").split(","):
         enc, _, params = item.partition(";")
         enc = enc.strip().lower()
-        if _q(params) <= 0:
-            continue
-        if enc in ("gzip", "x-gzip"):
-            return gzip.compress(data, compresslevel=3), "gzip"
-        if enc == "deflate":
-            return zlib.compress(data, 3), "deflate"
-        if enc == "zstd":
-            import zstandard
+        if _q(params) > 0 and enc in ("gzip", "x-gzip", "deflate", "zstd", "lz4"):
+            return "gzip" if enc == "x-gzip" else enc
+    return None
 
-            return zstandard.ZstdCompressor(level=3).compress(data), "zstd"
-        if enc == "lz4":
-            import lz4.frame
 
-            return lz4.frame.compress(data), "lz4"
-    return data, None
+def compressor(enc: str):
+    """A streaming compressor for ``enc`` (gzip, deflate, zstd, lz4; level 3 where there are levels): an object
+    with ``compress(bytes) -> bytes`` and ``flush() -> bytes``, whose outputs joined are one compressed stream."""
+    if enc == "gzip":
+        return zlib.compressobj(3, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    if enc == "deflate":
+        return zlib.compressobj(3)
+    if enc == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=3).compressobj()
+    if enc == "lz4":
+        import lz4.frame
+
+        class _Lz4:
+            def __init__(self):
+                self.c, self.begun = lz4.frame.LZ4FrameCompressor(), False
+
+            def compress(self, data: bytes) -> bytes:
+                head = b"" if self.begun else self.c.begin()
+                self.begun = True
+                return head + self.c.compress(data)
+
+            def flush(self) -> bytes:
+                return (b"" if self.begun else self.c.begin()) + self.c.flush()
+
+        return _Lz4()
+    raise ValueError(f"unsupported response encoding {enc!r}")
+
+
+def compress(data: bytes, enc: str) -> bytes:
+    """``data`` compressed whole with ``enc`` (:func:`compressor`)."""
+    c = compressor(enc)
+    return c.compress(data) + c.flush()
+
+
+def _body(res: Result, enc: str | None) -> Iterator[bytes]:
+    """A large result's body in blocks of 1 MiB, compressed with ``enc`` as it goes; the result is closed at the
+    end or when the client goes away."""
+    c = compressor(enc) if enc else None
+    try:
+        for block in res.blocks():
+            out = c.compress(block) if c else block
+            if out:
+                yield out
+        if c and (tail := c.flush()):
+            yield tail
+    finally:
+        res.close()
 
 
 class Server:
@@ -404,19 +446,25 @@ class Server:
         summary = {"read_rows": str(res.rows_read), "read_bytes": str(res.bytes_read),
                    "written_rows": str(res.rows_written), "written_bytes": str(res.bytes_written),
                    "total_rows_to_read": str(res.rows_read), "result_rows": str(res.result_rows),
-                   "result_bytes": str(len(res.data)),
+                   "result_bytes": str(res.size),
                    "elapsed_ns": str(int(res.elapsed_s * 1e9))}
         headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": self.engine.timezone,
                    "X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":")),
                    "X-ClickHouse-Server-Display-Name": "chserver"}
         if q.get("session_id"):
             headers["X-ClickHouse-Session-Id"] = q["session_id"]
-        data = res.data
-        if _true(q.get("enable_http_compression", "0")) and data:
-            data, enc = compress(data, request.headers.get("accept-encoding", ""))
-            if enc:
-                headers["Content-Encoding"] = enc
-        return Response(data, media_type=content_type(fmt), headers=headers)
+        enc = None
+        if _true(q.get("enable_http_compression", "0")) and res.size:
+            enc = encoding_for(request.headers.get("accept-encoding", ""))
+        if enc:
+            headers["Content-Encoding"] = enc
+        if res.size <= STREAM_FROM:
+            data = res.data
+            res.close()
+            return Response(compress(data, enc) if enc else data, media_type=content_type(fmt), headers=headers)
+        if not enc:
+            headers["Content-Length"] = str(res.size)
+        return StreamingResponse(_body(res, enc), media_type=content_type(fmt), headers=headers)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Starlette:

@@ -811,3 +811,87 @@ def test_summary_compression_flags_and_head(endpoint):
     r = httpx.head(base + "/")
     assert r.status_code == 200, r.status_code
     assert httpx.head(base + "/ping").status_code == 200
+
+
+def _expected_rows(n: int, fmt: str) -> bytes:
+    """The independent expectation of ``SELECT number AS n, toString(number * 7) AS s FROM numbers(n)`` in
+    ``fmt``, built from ClickHouse's documented layouts (https://clickhouse.com/docs/interfaces/formats)."""
+    import struct
+
+    def leb(v: int) -> bytes:
+        out = bytearray()
+        while True:
+            b, v = v & 0x7F, v >> 7
+            out.append(b | (0x80 if v else 0))
+            if not v:
+                return bytes(out)
+
+    def lp(s: str) -> bytes:
+        return leb(len(s.encode())) + s.encode()
+
+    def odbc(s: str) -> bytes:
+        return struct.pack("<i", len(s.encode())) + s.encode()
+
+    if fmt == "TSVWithNamesAndTypes":
+        return b"n\ts\nUInt64\tString\n" + "".join(f"{i}\t{i * 7}\n" for i in range(n)).encode()
+    if fmt == "RowBinaryWithNamesAndTypes":
+        return leb(2) + lp("n") + lp("s") + lp("UInt64") + lp("String") + b"".join(
+            struct.pack("<Q", i) + lp(str(i * 7)) for i in range(n))
+    if fmt == "ODBCDriver2":
+        return (struct.pack("<ii", 2, 3) + odbc("name") + odbc("n") + odbc("s") + struct.pack("<i", 3)
+                + odbc("type") + odbc("UInt64") + odbc("String") + b"".join(odbc(str(i)) + odbc(str(i * 7))
+                                                                           for i in range(n)))
+    raise ValueError(fmt)
+
+
+def test_large_results_stream_in_one_document_and_free_the_engine(endpoint):
+    """A result larger than the spool's memory part (8 MiB) is produced as chDB's streaming query, spooled, and
+    sent in blocks: the body is one document equal to the format's layout built independently (the header formats
+    Power BI's ODBC driver and clickhouse-connect read: each chunk of chDB's stream repeats the header, which the
+    endpoint keeps once), compressed as one stream when asked, an empty result still has its header, an error
+    after some chunks is answered as an error with nothing of the partial result, the engine is free for the
+    next query while a client is still reading (the lock is held only while the result is produced), and a 330 MB
+    result raises the endpoint's peak memory by less than 200 MiB."""
+    import lz4.frame
+    import zstandard
+
+    base, users, port = endpoint
+    n = 700_000   # ~11 MB of TSV: spooled to disk, streamed
+    sql = f"SELECT number AS n, toString(number * 7) AS s FROM numbers({n})"
+    with httpx.Client(auth=("bi_reader", users["bi_reader"]), timeout=120) as c:
+        for fmt in ("TSVWithNamesAndTypes", "RowBinaryWithNamesAndTypes", "ODBCDriver2"):
+            r = c.get(base, params={"query": sql, "default_format": fmt})
+            assert r.status_code == 200, r.text[:300]
+            want = _expected_rows(n, fmt)
+            assert r.content == want, (fmt, len(r.content), len(want))
+            assert json.loads(r.headers["X-ClickHouse-Summary"])["result_rows"] == str(n), fmt
+            empty = c.get(base, params={"query": sql + " WHERE 0", "default_format": fmt})
+            assert empty.content == _expected_rows(0, fmt), (fmt, empty.content)
+        want = _expected_rows(n, "TSVWithNamesAndTypes")
+        decoders = {"gzip": gzip.decompress, "deflate": __import__("zlib").decompress,
+                    "zstd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b),
+                    "lz4": lz4.frame.decompress}
+        for enc, decode in decoders.items():
+            with c.stream("GET", base, params={"query": sql, "default_format": "TSVWithNamesAndTypes",
+                                               "enable_http_compression": "1"},
+                          headers={"Accept-Encoding": enc}) as r:
+                raw = b"".join(r.iter_raw())
+            assert r.headers["content-encoding"] == enc and decode(raw) == want, enc
+        r = c.get(base, params={"query": f"SELECT throwIf(number = {n - 10}) FROM numbers({n})"})
+        assert r.status_code == 500 and r.headers["X-ClickHouse-Exception-Code"] == "395", r.text[:200]
+        assert r.text.startswith("Code: 395.") and "\n0\n" not in r.text, r.text[:200]
+        with c.stream("GET", base, params={"query": sql, "default_format": "TSVWithNamesAndTypes"}) as r:
+            blocks = r.iter_raw()
+            first = next(blocks)
+            other = httpx.post(base, auth=_w(users), content="SELECT 41 + 1", timeout=30)
+            assert (other.status_code, other.text) == (200, "42\n")
+            assert first + b"".join(blocks) == want
+    # 20 M rows, ~330 MB of RowBinary: built whole, it raised the endpoint's peak RSS by ~1.3 GB
+    peak_before, size = _peak_rss(port), 0
+    with httpx.stream("GET", base, params={"query": "SELECT number, toString(number) FROM numbers(20000000)",
+                                           "default_format": "RowBinaryWithNamesAndTypes"}, auth=_w(users),
+                      timeout=300) as r:
+        for block in r.iter_raw():
+            size += len(block)
+    assert r.status_code == 200 and size > 300 << 20, (r.status_code, size)
+    assert _peak_rss(port) - peak_before < 200 << 20, (peak_before, _peak_rss(port))
