@@ -3,12 +3,17 @@
 Every number comes from :mod:`dashboard.queries` through one read-only ``bi_reader`` client. A page whose data
 is missing says what to run instead of showing an error; a failing query shows its message, never a traceback.
 Headline numbers are ``st.metric`` cards whose labels the browser tests look up.
+
+Ids, names and categories come from POS data, which may hold any printable text: they are shown literally,
+never read as Markdown (:func:`md_literal`) or as Plotly's HTML subset (:func:`plot_literal`, :func:`html_literal`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import logging
+import re
 import threading
 from dataclasses import dataclass
 
@@ -57,6 +62,59 @@ def _client(s):
     return _local.client
 
 
+def md_literal(value) -> str:
+    """``value`` as literal text inside Streamlit Markdown (titles, subheaders, captions): an inline code span, in
+    which neither Markdown (links, emphasis, HTML) nor Streamlit's extensions (``:red[...]``, ``:material/...:``
+    icons, ``$...$`` LaTeX) are read. The fence is one backtick longer than the longest run of backticks in the
+    text, padded with a space where the text starts or ends with one (CommonMark 0.31, 6.1 Code spans);
+    newlines become spaces."""
+    text = " ".join(str(value).splitlines())
+    if not text:
+        return ""
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def html_literal(value) -> str:
+    """``value`` as literal text in a Plotly title, label or hover text: Plotly reads a subset of HTML there
+    (``<b>``, ``<br>``, ``<a href>``, entities: https://plotly.com/chart-studio-help/adding-HTML-and-links-to-charts/),
+    so ``&``, ``<`` and ``>`` become entities, which it shows as the characters."""
+    return html.escape(str(value), quote=False)
+
+
+def plot_literal(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    """A copy of ``df`` whose text columns ``cols`` Plotly shows literally (:func:`html_literal` on each string;
+    other values unchanged)."""
+    out = df.copy()
+    for c in cols:
+        out[c] = out[c].map(lambda v: html_literal(v) if isinstance(v, str) else v)
+    return out
+
+
+def _retry_until_readable(db: str, every_s: float) -> None:
+    """While ClickHouse cannot be read, check again every ``every_s`` seconds and redraw the whole page once the
+    page's context can be read (a page opened during an outage otherwise stayed on its error until reloaded)."""
+    st.session_state["retry_checks"] = 0
+
+    @st.fragment(run_every=every_s)
+    def retry() -> None:
+        from core.settings import get_settings
+
+        checks = st.session_state.get("retry_checks", 0)
+        st.session_state["retry_checks"] = checks + 1
+        if not checks:            # the first run belongs to the page run that just failed
+            return
+        try:
+            client = _client(get_settings())
+            Q.data_range(client, db), Q.stores(client, db)
+        except Exception:  # noqa: BLE001 - still unreachable: check again later
+            return
+        st.rerun()
+
+    retry()
+
+
 def context() -> Context | None:
     """The page context, or None after showing what to fix (settings missing, ClickHouse unreachable)."""
     from core.settings import ConfigError, get_settings
@@ -71,8 +129,10 @@ def context() -> Context | None:
         return None
     except Exception as exc:  # noqa: BLE001 - shown to the user instead of a traceback
         st.error("ClickHouse is not reachable or not migrated yet. Start the platform with `make local-up` "
-                 f"(or `make migrate`). Details: {str(exc)[:300]}")
+                 f"(or `make migrate`); this page retries every {s.dashboard_refresh_s:g} s. "
+                 f"Details: {md_literal(str(exc)[:300])}")
         log.warning("dashboard context failed: %s", exc)
+        _retry_until_readable(s.clickhouse_database, s.dashboard_refresh_s)
         return None
     st.session_state["ctx"] = Context(client, s.clickhouse_database, stores, first, last, s.dashboard_refresh_s)
     return st.session_state["ctx"]
@@ -119,7 +179,7 @@ def fetch(name: str, filters: Q.Filters | None = None) -> pd.DataFrame | None:
     try:
         return Q.run(_client(get_settings()), ctx.db, name, filters or _filters())
     except Exception as exc:  # noqa: BLE001 - one failing panel must not take the page down
-        st.warning(f"`{name}` could not be read: {str(exc)[:300]}")
+        st.warning(f"`{name}` could not be read: {md_literal(str(exc)[:300])}")
         log.warning("query %s failed: %s", name, exc)
         return None
 
@@ -139,7 +199,7 @@ def _pct_delta(now, before) -> str | None:
 
 def _scope() -> str:
     f = _filters()
-    return f"store {f.store}" if f.store else "all stores"
+    return f"store {md_literal(f.store)}" if f.store else "all stores"
 
 
 def safe(page):
@@ -154,7 +214,7 @@ def safe(page):
             if type(exc).__module__.startswith("streamlit"):   # rerun / stop signals are Streamlit's own
                 raise
             log.exception("page %s failed", page.__name__)
-            st.error(f"This page could not be drawn ({type(exc).__name__}: {str(exc)[:200]}). Check that the "
+            st.error(f"This page could not be drawn ({type(exc).__name__}: {md_literal(str(exc)[:200])}). Check that the "
                      "platform runs (`make local-status`); the dashboard log has the details.")
     return run
 
@@ -197,12 +257,12 @@ def executive() -> None:
     left, right = st.columns(2)
     top = fetch("exec_top_stores")
     if top is not None and not top.empty:
-        left.plotly_chart(px.bar(top, x="revenue", y="store_id", orientation="h", title="Top stores by revenue",
+        left.plotly_chart(px.bar(plot_literal(top, "store_id", "store_name"), x="revenue", y="store_id", orientation="h", title="Top stores by revenue",
                                  hover_data=["store_name", "units"]).update_yaxes(autorange="reversed")
                           .update_layout(height=360), use_container_width=True)
     cats = fetch("exec_top_categories")
     if cats is not None and not cats.empty:
-        right.plotly_chart(px.bar(cats, x="revenue", y="category", orientation="h",
+        right.plotly_chart(px.bar(plot_literal(cats, "category"), x="revenue", y="category", orientation="h",
                                   title="Top categories by revenue").update_yaxes(autorange="reversed")
                            .update_layout(height=360), use_container_width=True)
 
@@ -235,7 +295,7 @@ def store_manager() -> None:
         return
     if not _filters().store and ctx.stores:   # a store manager's page is about one store
         st.session_state["filters"] = _filters(store=ctx.stores[0])
-        st.caption(f"No store chosen in the sidebar: showing {ctx.stores[0]}.")
+        st.caption(f"No store chosen in the sidebar: showing {md_literal(ctx.stores[0])}.")
 
     @st.fragment(run_every=_ctx().refresh_s)
     @safe
@@ -275,7 +335,7 @@ def store_manager() -> None:
                             use_container_width=True)
         heat = fetch("risk_heatmap")
         if heat is not None and not heat.empty:
-            grid = heat.assign(share=heat["high_risk_skus"] / heat["skus"]).pivot_table(
+            grid = plot_literal(heat, "store_id", "category").assign(share=heat["high_risk_skus"] / heat["skus"]).pivot_table(
                 index="store_id", columns="category", values="share", fill_value=0)
             st.plotly_chart(px.imshow(grid, color_continuous_scale="Reds", zmin=0, zmax=1, aspect="auto",
                                       labels=dict(color="share of SKUs at HIGH risk"),
@@ -334,7 +394,7 @@ def inventory_analyst() -> None:
         left.markdown(f"**Slow movers** ({len(slow)} shown)")
         left.dataframe(slow, hide_index=True, use_container_width=True, height=300)
         shown = slow[slow["adi"] <= 365]   # no_demand series have an unbounded inter-demand interval
-        right.plotly_chart(px.scatter(shown, x="adi", y="cv2", color="demand_class", hover_data=["product_id"],
+        right.plotly_chart(px.scatter(plot_literal(shown, "product_id"), x="adi", y="cv2", color="demand_class", hover_data=["product_id"],
                                       title="Syntetos-Boylan classes (ADI 1.32, CV² 0.49)")
                            .add_vline(x=1.32, line_dash="dot").add_hline(y=0.49, line_dash="dot")
                            .update_layout(height=300), use_container_width=True)
@@ -354,7 +414,8 @@ def _fan_chart(store: str, product: str) -> None:
     fig.add_trace(go.Scatter(x=fc["target_date"], y=fc["yhat"], name="forecast", line=dict(color="#1f77b4")))
     if hist is not None and not hist.empty:
         fig.add_trace(go.Scatter(x=hist["date"], y=hist["units"], name="actual", line=dict(color="#333")))
-    fig.update_layout(title=f"Demand forecast, {store} · {product} (origin {fc['forecast_origin'].iloc[0]})",
+    fig.update_layout(title=f"Demand forecast, {html_literal(store)} · {html_literal(product)} "
+                            f"(origin {fc['forecast_origin'].iloc[0]})",
                       height=360, yaxis_title="units per day")
     st.plotly_chart(fig, use_container_width=True)
 
@@ -377,7 +438,8 @@ def quality_ml() -> None:
     etl = fetch("dq_etl")
     c[3].metric("ETL runs (last 30)", num(0 if etl is None else len(etl)))
     if q is not None and not q.empty:
-        st.plotly_chart(px.bar(q, x="events", y="reason", color="event_type", orientation="h",
+        st.plotly_chart(px.bar(plot_literal(q, "reason", "event_type"), x="events", y="reason", color="event_type",
+                               orientation="h",
                                title="Rejected events by reason (stream quarantine and producers' dead-letter "
                                      "topic)").update_layout(height=320), use_container_width=True)
     elif q is not None:

@@ -105,12 +105,17 @@ class Loader:
             self.frames.setdefault(table, []).append(df)
 
 
-def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool = False) -> dict[str, Any]:
+def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool = False,
+               store_ids: list[str] | None = None, skus: list[str] | None = None,
+               categories: list[str] | None = None) -> dict[str, Any]:
     """Load the synthetic chain into database ``db`` (migrated, empty) through writer ``client``.
 
     Args:
         end_day: the last day of star-schema sales; the 5-minute windows cover the 24 h of that day.
         collect: also return every inserted frame (small sizes only: the browser tests' oracle).
+        store_ids, skus, categories: the ids and category names to use (``size.stores`` / ``size.skus`` ids;
+            any number of categories), default ``S0000``..., ``SKU00000``... and :data:`CATEGORIES` (the
+            dashboard's tests load ids holding Markdown and HTML).
     Returns:
         {"rows": {table: rows}, "seconds": {table: s}, "frames": {table: DataFrame} (collect only),
          "stores": [store ids], "skus": [skus]}.
@@ -118,12 +123,15 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
     rng = np.random.default_rng(size.seed)
     ld = Loader(client, db, collect)
     n_st, n_sk = size.stores, size.skus
-    store_ids = np.array([f"S{i:04d}" for i in range(n_st)], dtype=object)
-    skus = np.array([f"SKU{j:05d}" for j in range(n_sk)], dtype=object)
+    store_ids = np.array(store_ids or [f"S{i:04d}" for i in range(n_st)], dtype=object)
+    skus = np.array(skus or [f"SKU{j:05d}" for j in range(n_sk)], dtype=object)
+    if len(store_ids) != n_st or len(skus) != n_sk:
+        raise ValueError(f"store_ids / skus: {len(store_ids)} / {len(skus)} ids for {n_st} stores x {n_sk} skus")
     store_keys, product_keys = surrogate(np.arange(n_st), 1), surrogate(np.arange(n_sk), 2)
     price = np.round(rng.uniform(0.5, 20.0, n_sk), 2)
     cost = np.round(price * rng.uniform(0.4, 0.8, n_sk), 2)
-    category = np.array(CATEGORIES, dtype=object)[rng.integers(0, len(CATEGORIES), n_sk)]
+    cats = categories or CATEGORIES
+    category = np.array(cats, dtype=object)[rng.integers(0, len(cats), n_sk)]
 
     ld.insert("dim_store", pd.DataFrame({
         "store_key": store_keys, "store_id": store_ids, "store_name": [f"Store {i}" for i in range(n_st)],

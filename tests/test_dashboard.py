@@ -9,6 +9,7 @@ rows (not with the dashboard's own queries); a store filter changes them; screen
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -319,3 +320,177 @@ def test_url_range_is_clipped_to_the_data_and_ordered():
     assert url_range(dt.date(2026, 11, 10), dt.date(2026, 11, 2), lo, hi) == (dt.date(2026, 11, 2), dt.date(2026, 11, 10))
     assert url_range(dt.date(2031, 1, 1), dt.date(2032, 1, 1), lo, hi) == (hi, hi)
     assert url_range(None, None, hi, hi) == (hi, hi)                                # one day of data
+
+
+# ------------------------------------------------------------------- hostile ids, outage recovery --
+def test_ids_are_shown_literally_never_as_markdown_or_html():
+    """md_literal makes a code span no Markdown or Streamlit extension reads, whatever backticks the text holds;
+    html_literal / plot_literal make Plotly show tags as text."""
+    from dashboard.pages import html_literal, md_literal, plot_literal
+
+    assert md_literal("S0001") == "`S0001`"
+    assert md_literal("[x](https://e.example) **b** $x$ :red[r]") == "`[x](https://e.example) **b** $x$ :red[r]`"
+    assert md_literal("a`b") == "``a`b``" and md_literal("``x") == "``` ``x ```" and md_literal("x`") == "`` x` ``"
+    assert md_literal("two\nlines") == "`two lines`" and md_literal("") == ""
+    assert html_literal('<a href="u">L</a> & <b>') == '&lt;a href="u"&gt;L&lt;/a&gt; &amp; &lt;b&gt;'
+    df = pd.DataFrame({"store_id": ["<b>S</b>", None], "revenue": [1.0, 2.0]})
+    out = plot_literal(df, "store_id")
+    assert out["store_id"].tolist()[0] == "&lt;b&gt;S&lt;/b&gt;" and out["store_id"].isna().tolist()[1]
+    assert df["store_id"][0] == "<b>S</b>"                     # the caller's frame is not changed
+
+
+@contextlib.contextmanager
+def running_dashboard(env_extra: dict[str, str], log_path: Path):
+    """The real Streamlit server (``python -m dashboard``) on a free port with ``env_extra``; yields its base URL;
+    stopped (port free again) at the end."""
+    import httpx
+
+    from ops.services import port_open
+
+    port = free_port()
+    env = {**os.environ, "DASHBOARD_PORT": str(port), "DASHBOARD_REFRESH_S": "2", **env_extra}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dashboard"], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                try:
+                    if httpx.get(f"http://localhost:{port}/_stcore/health", timeout=1).text.strip() == "ok":
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert proc.poll() is None, f"dashboard exited: {log_path.read_text()[-2000:]}"
+                time.sleep(0.5)
+            else:
+                pytest.fail("dashboard did not become healthy in 60 s")
+            yield f"http://localhost:{port}"
+        finally:
+            stop(proc)
+    assert not port_open("localhost", port)
+
+
+HOSTILE_STORES = ["[Click](https://evil.example/x) **B** $x^2$", ":red[RED] :material/warning: S1",
+                  '<b>S2</b><a href="https://evil.example">L</a>']
+HOSTILE_SKUS = ['<a href="https://evil.example">PWN</a>', "*x* _y_", "`tick` S", "SKU3"]
+HOSTILE_CATEGORY = '<b>BOLD</b><br>c<a href="https://evil.example">L</a>'
+
+_EVIDENCE_JS = """
+  const q = s => Array.from(document.querySelectorAll(s));
+  const links = q('a').map(a => a.getAttribute('href') || a.getAttributeNS('http://www.w3.org/1999/xlink', 'href')
+                        || '').filter(h => h.includes('evil') && !h.startsWith('#'));  // '#...': a heading's anchor
+  return {links: links, katex: q('.katex').length,
+          icons: q('[data-testid="stIconMaterial"]').map(e => e.textContent).filter(t => t.includes('warning')),
+          bold: q('[data-testid="stMarkdownContainer"] strong, [data-testid="stHeadingWithActionElements"] strong')
+                  .map(e => e.textContent),
+          svg: q('svg text').map(e => e.textContent).join('\\n'),
+          text: document.body.innerText};"""
+
+
+def test_hostile_ids_render_as_text_on_every_page(native_stack, browser, tmp_path):
+    """Store ids, SKUs and a category holding Markdown, Streamlit directives, LaTeX and HTML (the POS contract
+    accepts any printable id) are shown as the text they are: no link, bold, icon or formula from data in
+    headings, captions or Plotly charts (a first version rendered a store id as a link to evil.example, a
+    category's <a> as a clickable link in a chart, ':red[...]' as red text)."""
+    from core.clickhouse import get_client, migrate
+    from ops.bench_bi import ChainSize, load_chain
+
+    db = f"hostile_{os.getpid()}"
+    migrate(native_stack, database=db)
+    size = ChainSize(stores=3, skus=4, days=8, window_rows=400, forecast_series=12, horizons=7, seed=3)
+    load_chain(get_client(native_stack, db), db, size, END, store_ids=HOSTILE_STORES, skus=HOSTILE_SKUS,
+               categories=[HOSTILE_CATEGORY])
+    from urllib.parse import quote
+
+    pages = [(f"?store={quote(HOSTILE_STORES[0])}", "Revenue", [HOSTILE_STORES[0]], HOSTILE_CATEGORY),
+             (f"store?store={quote(HOSTILE_STORES[1])}", "SKUs at high risk", [HOSTILE_STORES[1]], HOSTILE_CATEGORY),
+             ("analyst", "Forecast series", [], "Demand forecast, ")]
+    with running_dashboard({"CLICKHOUSE_DATABASE": db}, tmp_path / "dashboard.log") as base:
+        for i, (path, card, shown, in_chart) in enumerate(pages):
+            open_page(browser, f"{base}/{path}", [card], f"hostile-{i}")
+            deadline, ev = time.time() + 30, {}
+            while time.time() < deadline:
+                ev = browser.execute_script(_EVIDENCE_JS)
+                if in_chart in ev["svg"] and all(s in ev["text"] for s in shown):
+                    break
+                time.sleep(0.5)
+            assert in_chart in ev["svg"], (path, ev["svg"][:1500])
+            assert all(s in ev["text"] for s in shown), (path, ev["text"][:1500])
+            assert (ev["links"], ev["katex"], ev["icons"]) == ([], 0, []), (path, ev["links"], ev["icons"])
+            assert not [b for b in ev["bold"] if b in ("B", "S2", "x", "BOLD")], (path, ev["bold"])
+
+
+class _Gate:
+    """A TCP forwarder to ``target`` port that can be closed and opened: an outage of the ClickHouse endpoint as
+    the dashboard sees it, without stopping the session's endpoint."""
+
+    def __init__(self, target: int):
+        import socket
+        import threading
+
+        self.target, self.port, self.sock = target, free_port(), None
+        self._socket, self._threading = socket, threading
+
+    def open(self) -> None:
+        s = self._socket.socket()
+        s.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(32)
+        self.sock = s
+        self._threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = self._socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def test_a_page_opened_during_an_outage_recovers_without_a_reload(native_stack, chain, browser, tmp_path):
+    """The dashboard starts while ClickHouse cannot be reached: the page says so and that it retries; once the
+    endpoint answers, the same page (no reload) shows the star schema's numbers (a first version stayed on the
+    error until the user reloaded)."""
+    from urllib.parse import urlparse, urlunparse
+
+    from selenium.webdriver.common.by import By
+
+    url = urlparse(native_stack.clickhouse_url)
+    gate = _Gate(url.port)
+    moved = urlunparse(url._replace(netloc=url.netloc.rsplit(":", 1)[0] + f":{gate.port}"))
+    try:
+        with running_dashboard({"CLICKHOUSE_URL": moved}, tmp_path / "dashboard.log") as base:
+            browser.get(f"{base}/")
+            deadline, text = time.time() + 40, ""
+            while time.time() < deadline and "not reachable" not in text:
+                time.sleep(0.5)
+                text = browser.find_element(By.TAG_NAME, "body").text
+            assert "not reachable" in text and "retries" in text, text[:1500]
+            gate.open()
+            deadline, cards = time.time() + 60, []
+            while time.time() < deadline and "Revenue" not in cards:
+                time.sleep(0.5)
+                cards = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]')]
+            assert "Revenue" in cards, browser.find_element(By.TAG_NAME, "body").text[:1500]
+    finally:
+        gate.close()
