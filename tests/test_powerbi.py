@@ -140,6 +140,7 @@ def parse_tmdl(text: str) -> list[Node]:
             continue
         m = re.fullmatch(r"(\w+)\s*:\s*(.*)", s)
         if m:
+            assert depth == parent.depth + 1, f"property {s!r} has no owning object (indented {depth - parent.depth} levels)"
             parent.props[m.group(1)] = m.group(2)
             continue
         m = re.fullmatch(r"(\w+)\s*=\s*(.*)", s)
@@ -150,6 +151,14 @@ def parse_tmdl(text: str) -> list[Node]:
                                                  + [x[strip:] for x in more])
             continue
         assert re.fullmatch(r"\w+", s), f"unparsed TMDL line: {raw!r}"
+        assert depth == parent.depth + 1, \
+            f"flag {s!r} indented {depth - parent.depth} levels under {parent.keyword} {parent.name}: it has no owning object"
+        nxt = next((x for x in lines[i:] if x.strip() and not x.strip().startswith("//")), None)
+        if nxt is not None and _indent(nxt) > depth:  # a property block (dataAccessOptions) owning flags/properties
+            node = Node(s, "", None, depth)
+            parent.children.append(node)
+            stack.append(node)
+            continue
         parent.props[s] = True
     return root.children
 
@@ -1378,3 +1387,23 @@ def test_interpreter_refuses_right_associated_chains(model):
     assert engine.ev("1 - ( 2 + 3 )", {}) == -4
     with pytest.raises(AssertionError, match="associates"):
         engine.ev("1 - 2 + 3", {})
+
+
+# ======================================================================== mends found by review (h3) --
+def test_tmdl_parser_refuses_a_flag_without_an_owning_object():
+    """Flags indented under a one-line property (``defaultPowerBIDataSourceVersion: powerBI_V3``) belong to
+    nothing: Desktop writes them under a ``dataAccessOptions`` block."""
+    bad = ("model Model\n\tculture: en-US\n\tdefaultPowerBIDataSourceVersion: powerBI_V3\n"
+           "\t\tlegacyRedirects\n\t\treturnErrorValuesAsNull\n")
+    with pytest.raises(AssertionError, match="no owning object"):
+        parse_tmdl(bad)
+    (m,) = parse_tmdl(bad.replace("powerBI_V3\n", "powerBI_V3\n\tdataAccessOptions\n"))
+    (opts,) = m.kids("dataAccessOptions")
+    assert opts.props == {"legacyRedirects": True, "returnErrorValuesAsNull": True}
+
+
+def test_model_keeps_its_data_access_options_in_their_block(model):
+    (opts,) = model.model.kids("dataAccessOptions")
+    assert opts.props == {"legacyRedirects": True, "returnErrorValuesAsNull": True}
+    assert model.model.props["defaultPowerBIDataSourceVersion"] == "powerBI_V3"
+    assert "legacyRedirects" not in model.model.props
