@@ -140,6 +140,7 @@ def parse_tmdl(text: str) -> list[Node]:
             continue
         m = re.fullmatch(r"(\w+)\s*:\s*(.*)", s)
         if m:
+            assert depth == parent.depth + 1, f"property {s!r} has no owning object (indented {depth - parent.depth} levels)"
             parent.props[m.group(1)] = m.group(2)
             continue
         m = re.fullmatch(r"(\w+)\s*=\s*(.*)", s)
@@ -150,6 +151,14 @@ def parse_tmdl(text: str) -> list[Node]:
                                                  + [x[strip:] for x in more])
             continue
         assert re.fullmatch(r"\w+", s), f"unparsed TMDL line: {raw!r}"
+        assert depth == parent.depth + 1, \
+            f"flag {s!r} indented {depth - parent.depth} levels under {parent.keyword} {parent.name}: it has no owning object"
+        nxt = next((x for x in lines[i:] if x.strip() and not x.strip().startswith("//")), None)
+        if nxt is not None and _indent(nxt) > depth:  # a property block (dataAccessOptions) owning flags/properties
+            node = Node(s, "", None, depth)
+            parent.children.append(node)
+            stack.append(node)
+            continue
         parent.props[s] = True
     return root.children
 
@@ -660,6 +669,12 @@ DAYS = ([dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(21)]
         + [dt.date(2025, 1, 1) + dt.timedelta(days=i) for i in range(21)])
 
 
+def pooled_value(version: int, model_kind: str, metric: str) -> float:
+    """the known data's pooled (horizon 0) backtest value: deterministic, never one of the per-horizon averages"""
+    return round({"wape": 0.40, "rmsse": 0.80, "mae": 1.10, "bias": -0.02}[metric] + 0.05 * (2 - version)
+                 + (0.15 if model_kind == "seasonal_naive" else 0.0), 4)
+
+
 def dkey(d: dt.date) -> int:
     return d.year * 10000 + d.month * 100 + d.day
 
@@ -745,6 +760,19 @@ def known_data(engine, writer):
                     store_rows.append([start, start + dt.timedelta(minutes=5), s, units, 0, units * 3.0,
                                        max(units - 1, 0), 4, rng.randint(0, 2), units * 12.0, rng.uniform(-2, 2), 1, 1,
                                        start])
+    # a day earlier than the last 24 hours (store_metrics_5m has no TTL): the live measures must leave it out;
+    # first in the insert, so sku_window_latest (ReplacingMergeTree by window_start) keeps the newer windows
+    early_store, early_sku = [], []
+    for m5 in (0, 5):
+        start = ts(2026, 1, 20, 10, m5)
+        for k, (s, *_) in enumerate(STORES):
+            for j, (sku, *_r, price) in enumerate(PRODUCTS):
+                early_sku.append([start, start + dt.timedelta(minutes=5), s, sku, 2, 0, 2 * price, 2, 1, 20, 20, 10,
+                                  24.0, 30.0, "LOW", 3.4 if j == k else 0.1, start + dt.timedelta(minutes=4), 1, 1,
+                                  start])
+            store_rows.insert(0, [start, start + dt.timedelta(minutes=5), s, 8 + k, 0, 500.0 + 100 * k, 7, 4, 0,
+                                  96.0, 0.5, 1, 1, start])
+    sku_rows[:0] = early_sku
     w.insert("store_metrics_5m", store_rows, column_names=[
         "window_start", "window_end", "store_id", "units_sold", "units_returned", "revenue", "transaction_count",
         "sku_count", "skus_high_risk", "sales_velocity", "anomaly_score", "batch_id", "version", "updated_at"])
@@ -799,6 +827,12 @@ def known_data(engine, writer):
         for s, *_ in STORES:
             for sku, *_ in PRODUCTS:
                 actual.append([d, s, sku, float(rng.randint(0, 6)), d])
+    for s, *_ in STORES:  # FORECAST_HORIZON is 14 by default: days 8..14 of the latest origin (no rng draws)
+        for j, (sku, *_) in enumerate(PRODUCTS):
+            for h in range(8, 15):
+                y = 1.0 + 0.5 * j + 0.1 * h
+                preds.append([dt.date(2026, 1, 14), dt.date(2026, 1, 14) + dt.timedelta(days=h), h, s, sku, y, y - 1,
+                              y + 1, y - 1, y + 2, 2, dt.date(2026, 1, 14)])
     w.insert("forecast_predictions", preds, column_names=["forecast_origin", "target_date", "horizon", "store_id",
                                                           "product_id", "yhat", "lower80", "upper80", "lower95",
                                                           "upper95", "model_version", "run_date"])
@@ -813,6 +847,9 @@ def known_data(engine, writer):
             for h in range(1, 8):  # signed, without drawing from rng (the other tables' values stay as they were)
                 bias = round(-0.06 + 0.01 * h + 0.1 * version, 4)
                 mm.append(["demand-forecast", version, run, model_kind, "bias", h, bias, "platform"])
+            for metric in ("wape", "rmsse", "mae", "bias"):  # horizon 0: pooled over horizons, as ml.forecast writes
+                mm.append(["demand-forecast", version, run, model_kind, metric, 0, pooled_value(version, model_kind, metric),
+                           "platform"])
     mm.append(["other-model", 2, dt.date(2026, 1, 14), "gbt", "wape", 1, 9.0, "platform"])
     w.insert("ml_model_metrics", mm, column_names=["model_name", "model_version", "run_date", "model", "metric",
                                                    "horizon", "value", "dataset"])
@@ -985,6 +1022,8 @@ class Dax:
             if op in "+-":
                 if a is None and b is None:
                     return None
+                if isinstance(a, pd.Timestamp) and isinstance(b, (int, float)):  # datetime +/- days
+                    return a + pd.Timedelta(days=b) if op == "+" else a - pd.Timedelta(days=b)
                 return (a or 0) + (b or 0) if op == "+" else (a or 0) - (b or 0)
             if a is None or b is None:
                 return None if op == "*" or a is None else math.copysign(math.inf, a)
@@ -1118,14 +1157,33 @@ class Dax:
         if f == "DATESINPERIOD":
             start, n, unit = ev(args[1]), ev(args[2]), ev(args[3])
             assert unit == "DAY" and n < 0
+            if start is None:
+                return self.date_filter([])
             lo = start + pd.Timedelta(days=n + 1)
             return self.date_filter([d for d in self.all_dates() if lo <= d <= start])
         raise NotImplementedError(f)
 
     def apply_filter(self, a, new, ctx, row, env):
-        """One CALCULATE filter argument: a table of dates (time intelligence) or a predicate on one column."""
+        """One CALCULATE filter argument: a table of dates (time intelligence), ALL ( table ) (removes the filters
+        on the table and on the tables that filter it, not a role's), a predicate on one column (replaces that
+        column's filter) or KEEPFILTERS ( predicate ) (intersects with it)."""
         from pbi_parsers.dax import exprs as X
 
+        keep_filters = False
+        if isinstance(a, X.FunctionExpression):
+            f = "".join(p.text for p in a.name_parts).upper()
+            if f == "ALL":
+                (t,) = [unquote(x.name.text) if isinstance(x, X.TableExpression) else x.name.text for x in a.args]
+                up, todo = {t}, [t]
+                while todo:
+                    cur = todo.pop()
+                    for r in self.rels:
+                        if r["from"][0] == cur and r["to"][0] not in up:
+                            up.add(r["to"][0])
+                            todo.append(r["to"][0])
+                return {k: v for k, v in new.items() if k[0] not in up or k[1] == "__rows__"}
+            if f == "KEEPFILTERS":
+                (a,), keep_filters = a.args, True
         if isinstance(a, X.FunctionExpression):
             t = self._ev(a, ctx, row, env)
             assert t.table == "__dates__"
@@ -1138,6 +1196,8 @@ class Dax:
         candidates = self.data[t][c].drop_duplicates()
         keep = {v for v in candidates
                 if self._ev(a, ctx, (t, pd.Series({c: v})), env)}
+        if keep_filters and (t, c) in new:
+            keep &= set(new[(t, c)])
         new = {k: v for k, v in new.items() if k != (t, c)}
         new[(t, c)] = keep
         return new
@@ -1169,8 +1229,28 @@ def sales(expr: str, dates: str | None = None) -> str:
     return agg("v_sales_daily", expr, dates=dates)
 
 
+#: the last day with inventory in the filter context (a date table of whole calendar years has empty later days)
+LAST_INV_KEY = "(SELECT max(date_key) FROM v_fact_inventory WHERE <<v_fact_inventory>>)"
+LAST_INV_DAY = f"(SELECT max(date) FROM v_dim_date WHERE date_key = {LAST_INV_KEY})"
+#: the newest model version of the demand forecast (the Streamlit page's ml_backtest reads the same)
+LATEST_VERSION = ("(SELECT max(model_version) FROM v_model_metrics WHERE <<v_model_metrics>> "
+                  "AND model_name = 'demand-forecast')")
+
+
 def inv_last(expr: str) -> str:
-    return agg("v_fact_inventory", expr, dates=f"date = {LAST_DAY}")
+    return agg("v_fact_inventory", expr, f"date_key = {LAST_INV_KEY}")
+
+
+def live(table: str, expr: str) -> str:
+    """the 24 hours up to the newest window loaded (dashboard/queries.py: window_start > anchor - 24 h)"""
+    return agg(table, expr, f"window_start > (SELECT max(window_start) FROM {table}) - INTERVAL 24 HOUR")
+
+
+def pooled_backtest(metric: str, model: str) -> str:
+    """the pooled (horizon 0) backtest value of the latest version"""
+    return agg("v_model_metrics", "avgOrNull(value)",
+               f"metric = '{metric}' AND model = '{model}' AND model_name = 'demand-forecast' AND horizon = 0 "
+               f"AND model_version = {LATEST_VERSION}")
 
 
 #: every measure's ClickHouse twin, written from its definition (not from the DAX text); ``{{Name}}`` is another
@@ -1197,7 +1277,7 @@ TWINS: dict[str, str] = {
     "Revenue per Store": DIV("{{Revenue}}", sales("nullIf(uniqExact(store_key), 0)")),
     "Closing Stock": inv_last("sumOrNull(closing_stock)"),
     "Stock Value at Cost": f"(SELECT sumOrNull(i.closing_stock * p.unit_cost) FROM (SELECT * FROM v_fact_inventory "
-                           f"WHERE <<v_fact_inventory|date = {LAST_DAY}>>) AS i LEFT JOIN v_dim_product AS p "
+                           f"WHERE <<v_fact_inventory>> AND date_key = {LAST_INV_KEY}) AS i LEFT JOIN v_dim_product AS p "
                            f"ON i.product_key = p.product_key)",
     "Stock-out Rate": DIV(agg("v_fact_inventory", "sumOrNull(is_stockout)"),
                           agg("v_fact_inventory", "nullIf(count(), 0)")),
@@ -1205,22 +1285,23 @@ TWINS: dict[str, str] = {
     "SKUs Below Reorder Point": inv_last("sumOrNull(below_reorder_point)"),
     "Days of Cover": DIV("{{Closing Stock}}", agg(
         "v_fact_inventory", "sumOrNull(units_sold)",
-        dates=f"date BETWEEN {LAST_DAY} - 27 AND {LAST_DAY}") + " / 28"),
+        dates=f"date BETWEEN {LAST_INV_DAY} - 27 AND {LAST_INV_DAY}") + " / 28"),
     "Safety Stock": inv_last("sumOrNull(safety_stock)"),
-    "Live Revenue": agg("v_live_store_metrics", "sumOrNull(revenue)"),
-    "Live Units Sold": agg("v_live_store_metrics", "sumOrNull(units_sold)"),
-    "Live Transactions": agg("v_live_store_metrics", "sumOrNull(transaction_count)"),
-    "Live Sales Velocity": agg("v_live_store_metrics", "avgOrNull(sales_velocity)"),
+    "Live Revenue": live("v_live_store_metrics", "sumOrNull(revenue)"),
+    "Live Units Sold": live("v_live_store_metrics", "sumOrNull(units_sold)"),
+    "Live Transactions": live("v_live_store_metrics", "sumOrNull(transaction_count)"),
+    "Live Sales Velocity": live("v_live_store_metrics", "avgOrNull(sales_velocity)"),
     "Latest Window": agg("v_live_store_metrics", "maxOrNull(window_start)"),
     "Minutes Since Last Window": f"dateDiff('minute', {{{{Latest Window}}}}, {NOW_SQL})",
-    "Anomalous Windows": agg("v_live_sku_metrics", "sumOrNull(is_anomaly)"),
+    "Anomalous Windows": live("v_live_sku_metrics", "sumOrNull(is_anomaly)"),
     "SKUs at High Risk": agg("v_current_inventory", "nullIf(countIf(stockout_risk = 'HIGH'), 0)"),
     "SKUs Out of Stock Now": agg("v_current_inventory", "sumOrNull(is_stockout)"),
     "Hours of Cover (median)": agg("v_current_inventory", "quantileExactInclusiveOrNull(0.5)(hours_of_cover)"),
     "Restock Alerts": agg("v_restock_alerts", "nullIf(count(), 0)"),
     "Critical Alerts": agg("v_restock_alerts", "nullIf(countIf(priority IN ('CRITICAL', 'HIGH')), 0)"),
     "Quarantined Events": agg("v_quarantine_summary", "sumOrNull(events)"),
-    "Quarantine Rate": DIV("{{Quarantined Events}}", ADD("{{Quarantined Events}}", "{{Live Transactions}}")),
+    "Quarantine Rate": DIV("{{Quarantined Events}}", ADD("{{Quarantined Events}}", agg(
+        "v_live_store_metrics", "sumOrNull(transaction_count)"))),
     "WAPE": DIV(agg("v_forecast_accuracy", "sumOrNull(abs_error_units)"),
                 agg("v_forecast_accuracy", "sumOrNull(actual_units)")),
     "Forecast Bias": DIV(agg("v_forecast_accuracy", "sumOrNull(error_units)"),
@@ -1229,22 +1310,19 @@ TWINS: dict[str, str] = {
     "Forecast Accuracy": SUB("1", "{{WAPE}}"),
     "Interval Coverage 80%": agg("v_forecast_accuracy", "avgOrNull(within_80)"),
     "Interval Coverage 95%": agg("v_forecast_accuracy", "avgOrNull(within_95)"),
-    "Forecast Units Next 7 Days": agg("v_forecast_latest", "sumOrNull(yhat)"),
+    "Forecast Units Next 7 Days": agg("v_forecast_latest", "sumOrNull(yhat)", "horizon BETWEEN 1 AND 7"),
     "Actual Units": agg("v_demand_history", "sumOrNull(units)"),
     "Stream Input Rows": agg("v_stream_batches", "sumOrNull(input_rows)"),
     "Last Stream Batch": agg("v_stream_batches", "maxOrNull(committed_at)"),
     "Stream Records Expired": agg("v_stream_batches", "sumOrNull(records_expired)"),
     "Stream Duplicates Dropped": agg("v_stream_batches", "sumOrNull(duplicates_dropped)"),
-    "Backtest WAPE GBT": agg("v_model_metrics", "avgOrNull(value)",
-                             "metric = 'wape' AND model = 'gbt' AND model_name = 'demand-forecast'"),
-    "Backtest WAPE Seasonal Naive": agg(
-        "v_model_metrics", "avgOrNull(value)",
-        "metric = 'wape' AND model = 'seasonal_naive' AND model_name = 'demand-forecast'"),
+    "Backtest WAPE GBT": pooled_backtest("wape", "gbt"),
+    "Backtest WAPE Seasonal Naive": pooled_backtest("wape", "seasonal_naive"),
     "WAPE Improvement vs Naive": SUB("1", DIV("{{Backtest WAPE GBT}}", "{{Backtest WAPE Seasonal Naive}}")),
-    "Backtest RMSSE GBT": agg("v_model_metrics", "avgOrNull(value)",
-                              "metric = 'rmsse' AND model = 'gbt' AND model_name = 'demand-forecast'"),
-    "Backtest Bias GBT": agg("v_model_metrics", "avgOrNull(value)",
-                             "metric = 'bias' AND model = 'gbt' AND model_name = 'demand-forecast'"),
+    "Backtest RMSSE GBT": pooled_backtest("rmsse", "gbt"),
+    "Backtest Bias GBT": pooled_backtest("bias", "gbt"),
+    "Backtest Value by Horizon": agg("v_model_metrics", "avgOrNull(value)",
+                                     f"horizon > 0 AND model_name = 'demand-forecast' AND model_version = {LATEST_VERSION}"),
     "Champion Version": agg("v_model_registry", "maxOrNull(version)", "is_champion = 1"),
     "SKUs Needing Reorder": agg("v_reorder_latest", "sumOrNull(reorder_needed)"),
     "Recommended Reorder Units": agg("v_reorder_latest", "sumOrNull(reorder_qty)"),
@@ -1378,3 +1456,127 @@ def test_interpreter_refuses_right_associated_chains(model):
     assert engine.ev("1 - ( 2 + 3 )", {}) == -4
     with pytest.raises(AssertionError, match="associates"):
         engine.ev("1 - 2 + 3", {})
+
+
+# ======================================================================== mends found by review (h3) --
+def test_tmdl_parser_refuses_a_flag_without_an_owning_object():
+    """Flags indented under a one-line property (``defaultPowerBIDataSourceVersion: powerBI_V3``) belong to
+    nothing: Desktop writes them under a ``dataAccessOptions`` block."""
+    bad = ("model Model\n\tculture: en-US\n\tdefaultPowerBIDataSourceVersion: powerBI_V3\n"
+           "\t\tlegacyRedirects\n\t\treturnErrorValuesAsNull\n")
+    with pytest.raises(AssertionError, match="no owning object"):
+        parse_tmdl(bad)
+    (m,) = parse_tmdl(bad.replace("powerBI_V3\n", "powerBI_V3\n\tdataAccessOptions\n"))
+    (opts,) = m.kids("dataAccessOptions")
+    assert opts.props == {"legacyRedirects": True, "returnErrorValuesAsNull": True}
+
+
+def test_model_keeps_its_data_access_options_in_their_block(model):
+    (opts,) = model.model.kids("dataAccessOptions")
+    assert opts.props == {"legacyRedirects": True, "returnErrorValuesAsNull": True}
+    assert model.model.props["defaultPowerBIDataSourceVersion"] == "powerBI_V3"
+    assert "legacyRedirects" not in model.model.props
+
+
+def test_docs_state_the_number_of_measures(model):
+    n = len(model.measures())
+    for doc in (PBI / "README.md", REPO / "README.md"):
+        counts = [int(x) for x in re.findall(r"(\d+) (?:DAX )?measures", doc.read_text())]
+        assert counts and set(counts) == {n}, (doc.name, counts, n)
+
+
+def calendar_years(data: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """the model's data with v_dim_date holding whole calendar years, as etl.star_schema.calendar_days writes"""
+    dd = data["v_dim_date"]
+    have = set(dd["date"])
+    extra = []
+    for year in sorted({d.year for d in have}):
+        for d in pd.date_range(f"{year}-01-01", f"{year}-12-31"):
+            if d not in have:
+                r = dd.iloc[0].copy()
+                r["date"], r["date_key"] = d, dkey(d.date())
+                extra.append(r)
+    out = dict(data)
+    out["v_dim_date"] = pd.concat([dd, pd.DataFrame(extra)], ignore_index=True)
+    return out
+
+
+@pytest.mark.integration
+def test_last_day_measures_use_the_last_day_with_inventory(model, model_data):
+    """No date slicer on a calendar of whole years: the last date (31 Dec) has no inventory; the stock cards show
+    the last loaded day's figures, and a slicer ending on a loaded day shows that day's."""
+    data = calendar_years(model_data)
+    inv = data["v_fact_inventory"]
+    engine = Dax(model, data)
+    days = lambda lo, hi: {d for d in data["v_dim_date"]["date"] if lo <= d <= hi}  # noqa: E731
+    for ctx in ({}, {("v_dim_date", "date"): days(pd.Timestamp(2026, 1, 10), pd.Timestamp(2026, 1, 15))},
+                {("v_dim_date", "date"): days(pd.Timestamp(2026, 1, 10), pd.Timestamp(2026, 3, 31))}):
+        keys = set(engine.visible("v_fact_inventory", ctx)["date_key"])
+        last = max(keys)
+        on_last = inv[inv["date_key"] == last]
+        last_day = pd.Timestamp(dt.datetime.strptime(str(last), "%Y%m%d"))
+        window = {dkey((last_day - pd.Timedelta(days=k)).date()) for k in range(28)}
+        sold28 = float(inv[inv["date_key"].isin(window)]["units_sold"].sum())
+        closing = float(on_last["closing_stock"].sum())
+        assert engine.measure("Closing Stock", ctx) == closing, ctx.keys()
+        assert engine.measure("SKUs Below Reorder Point", ctx) == float(on_last["below_reorder_point"].sum())
+        assert engine.measure("SKUs Out of Stock", ctx) == float(on_last["is_stockout"].sum())
+        assert same(engine.measure("Days of Cover", ctx), closing / (sold28 / 28))
+    assert engine.measure("Closing Stock", {}) is not None and last == 20260121
+
+
+@pytest.mark.integration
+def test_backtest_measures_read_the_pooled_value_of_the_latest_version(model, model_data):
+    """Two model versions with horizons 0 (pooled) and 1..7: the cards show the latest version's horizon-0 value,
+    the chart by horizon the latest version's value of that horizon (never horizon 0)."""
+    mm = model_data["v_model_metrics"]
+    assert set(mm.query("model_name == 'demand-forecast'")["model_version"]) == {1, 2}
+    engine = Dax(model, model_data)
+    for name, metric, kind in (("Backtest WAPE GBT", "wape", "gbt"), ("Backtest WAPE Seasonal Naive", "wape",
+                                                                      "seasonal_naive"),
+                               ("Backtest RMSSE GBT", "rmsse", "gbt"), ("Backtest Bias GBT", "bias", "gbt")):
+        assert same(engine.measure(name, {}), pooled_value(2, kind, metric)), name
+    assert same(engine.measure("WAPE Improvement vs Naive", {}),
+                1 - pooled_value(2, "gbt", "wape") / pooled_value(2, "seasonal_naive", "wape"))
+    for h in (1, 4, 7):
+        ctx = {("v_model_metrics", "horizon"): {h}, ("v_model_metrics", "model"): {"gbt"},
+               ("v_model_metrics", "metric"): {"wape"}}
+        (want,) = mm.query("model_name == 'demand-forecast' and model_version == 2 and horizon == @h "
+                           "and model == 'gbt' and metric == 'wape'")["value"]
+        assert same(engine.measure("Backtest Value by Horizon", ctx), want)
+    assert engine.measure("Backtest Value by Horizon", {("v_model_metrics", "horizon"): {0}}) is None
+
+
+@pytest.mark.integration
+def test_live_measures_cover_the_24_hours_of_the_streamlit_dashboard(model, model_data, reader, engine):
+    """With an earlier day of windows loaded, Live Revenue / Units / Transactions of a store equal the Streamlit
+    dashboard's 24-hour figures (dashboard.queries exec_live); a line chart's point of the earlier day is blank."""
+    from dashboard import queries as Q
+
+    ls = model_data["v_live_store_metrics"]
+    assert ls["window_start"].min() < ls["window_start"].max() - pd.Timedelta(hours=24), "an earlier day is loaded"
+    dax = Dax(model, model_data)
+    for store in ("S001", "S003", ""):
+        ctx = {("v_dim_store", "store_id"): {store}} if store else {}
+        want = Q.run(reader, engine[1], "exec_live", Q.Filters(store=store)).iloc[0]
+        assert same(dax.measure("Live Revenue", ctx), float(want["revenue"])), store
+        assert same(dax.measure("Live Units Sold", ctx), float(want["units"])), store
+        assert same(dax.measure("Live Transactions", ctx), float(want["transactions"])), store
+        everything = float(dax.visible("v_live_store_metrics", ctx)["revenue"].sum())
+        assert dax.measure("Live Revenue", ctx) < everything
+    early, late = ls["window_start"].min(), ls["window_start"].max()
+    assert dax.measure("Live Revenue", {("v_live_store_metrics", "window_start"): {early}}) is None
+    assert same(dax.measure("Live Revenue", {("v_live_store_metrics", "window_start"): {late}}),
+                float(ls[ls["window_start"] == late]["revenue"].sum()))
+    sku = model_data["v_live_sku_metrics"]
+    recent = sku[sku["window_start"] > sku["window_start"].max() - pd.Timedelta(hours=24)]
+    assert same(dax.measure("Anomalous Windows", {}), float(recent["is_anomaly"].sum()))
+    assert recent["is_anomaly"].sum() < sku["is_anomaly"].sum()
+
+
+@pytest.mark.integration
+def test_forecast_units_next_7_days_sums_horizons_1_to_7(model, model_data):
+    fl = model_data["v_forecast_latest"]
+    assert fl["horizon"].max() == 14
+    want = float(fl[fl["horizon"].between(1, 7)]["yhat"].sum())
+    assert same(Dax(model, model_data).measure("Forecast Units Next 7 Days", {}), want)

@@ -117,7 +117,7 @@ SELECT run_id, dag_run_id, toInt64(e.date_key) AS date_key, started_at, finished
 FROM {db}.etl_runs AS e;
 
 -- -------------------------------------------------------------------------------------------- ML --
--- forecasts of the latest origin (7 horizons per store x SKU) with 80 % / 95 % intervals
+-- forecasts of the latest origin (FORECAST_HORIZON horizons per store x SKU, 14 by default) with 80 % / 95 % intervals
 CREATE OR REPLACE VIEW {db}.v_forecast_latest AS
 SELECT toInt64(toYYYYMMDD(target_date)) AS date_key, forecast_origin, target_date, horizon, store_id, product_id,
        yhat, lower80, upper80, lower95, upper95, toInt64(f.model_version) AS model_version
