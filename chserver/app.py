@@ -364,7 +364,8 @@ class Server:
           strings are not clauses: :func:`chserver.sqlscan.output_format`), else the ``X-ClickHouse-Format``
           header, else ``default_format``, else ``TabSeparated``.
         * The statement is checked first (:func:`chserver.sqlscan.check_statement`): one statement, no
-          ``INTO OUTFILE``, no ``file()``/``url()``/``s3()``-like access outside the engine unless ``admin``.
+          ``INTO OUTFILE``, no ``file()``/``url()``/``s3()``-like access outside the engine unless ``admin``, no
+          ``SYSTEM`` / ``KILL`` for a read-only user.
         * ``HEAD /`` answers as ``GET /`` (``Ok.``, 200); ``HEAD`` with a query runs as a ``GET``.
         * Authentication: :meth:`authenticate` (basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key``, or
           ``user``/``password`` parameters; the later source wins). Role passed to the engine: ``ro1``
@@ -418,7 +419,7 @@ class Server:
                 insert_format = m.group(2).decode()
                 insert_data = text[m.end():]
                 fmt = "TabSeparated"
-                check_statement(sql, external=user == "admin")
+                check_statement(sql, external=user == "admin", readonly=readonly)
             else:
                 try:
                     sql = text.decode("utf-8").strip()
@@ -427,7 +428,7 @@ class Server:
                                               "(SYNTAX_ERROR)", "SYNTAX_ERROR") from None
                 if not sql:
                     raise ClickHouseError(62, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", "SYNTAX_ERROR")
-                check_statement(sql, external=user == "admin")
+                check_statement(sql, external=user == "admin", readonly=readonly)
                 fmt = output_format(sql) or (request.headers.get("x-clickhouse-format") or q.get("default_format")
                                              or "TabSeparated")
             params = {k[6:]: v for k, v in q.items() if k.startswith("param_")}

@@ -100,19 +100,23 @@ def output_format(sql: str) -> str | None:
     return names[-1] if names else None
 
 
-def check_statement(sql: str, *, external: bool = False) -> None:
+def check_statement(sql: str, *, external: bool = False, readonly: bool = False) -> None:
     """Refuse what a ClickHouse server refuses over HTTP, before the engine sees it.
 
     Args:
         sql: the statement (for an INSERT with data: the part before its data).
         external: allow the :data:`EXTERNAL` functions, engines and sources (the ``admin`` user).
+        readonly: the user is read-only (``bi_reader``): ``SYSTEM`` and ``KILL`` statements are refused too. On the
+            compose server that user holds only ``SELECT ON retail.*``, so ``SYSTEM STOP MERGES`` needs a grant it
+            lacks, and there a ``KILL QUERY`` reaches its own queries only; in chDB every query is one process's,
+            and ``readonly=1`` stops neither.
     Raises:
         ClickHouseError: 62 SYNTAX_ERROR (HTTP 400) for a second statement after a ``;`` (one trailing ``;`` is
             allowed, as on a server); 358 INTO_OUTFILE_NOT_ALLOWED (500) for ``INTO OUTFILE`` and ``FROM INFILE``
             (client-side clauses: the server would write or read its own files); 497 ACCESS_DENIED (403) for an
             :data:`EXTERNAL` name called with ``(...)`` (``file('/etc/passwd')``, ``INSERT INTO FUNCTION
             url(...)``, ``ENGINE = File(...)``, ``SOURCE(EXECUTABLE(...))``) or ``ATTACH ... FROM '<path>'``
-            unless ``external``.
+            unless ``external``; 497 ACCESS_DENIED for ``SYSTEM ...`` or ``KILL ...`` when ``readonly``.
     """
     code = code_of(sql)
     semi = code.find(";")
@@ -125,6 +129,10 @@ def check_statement(sql: str, *, external: bool = False) -> None:
         raise ClickHouseError(358, "Code: 358. DB::Exception: INTO OUTFILE is not allowed: INTO OUTFILE and FROM "
                                    "INFILE are client-side clauses; over HTTP the result is the response body. "
                                    "(INTO_OUTFILE_NOT_ALLOWED)", "INTO_OUTFILE_NOT_ALLOWED")
+    if readonly and re.match(r"\s*\(*\s*(SYSTEM|KILL)\b", code, re.I):
+        word = re.match(r"\s*\(*\s*(\w+)", code).group(1).upper()
+        raise ClickHouseError(497, f"Code: 497. DB::Exception: Not enough privileges: a read-only user may not run "
+                                   f"{word} statements. (ACCESS_DENIED)", "ACCESS_DENIED")
     if external:
         return
     called = next((m.group(1) for m in _CALL.finditer(code) if m.group(1).lower() in EXTERNAL

@@ -895,3 +895,19 @@ def test_large_results_stream_in_one_document_and_free_the_engine(endpoint):
             size += len(block)
     assert r.status_code == 200 and size > 300 << 20, (r.status_code, size)
     assert _peak_rss(port) - peak_before < 200 << 20, (peak_before, _peak_rss(port))
+
+
+def test_a_read_only_user_may_not_run_system_or_kill(endpoint):
+    """bi_reader's SYSTEM and KILL statements are refused (403, 497), as on the compose server where it holds only
+    SELECT (a first version answered 200 to its global SYSTEM STOP MERGES and KILL QUERY); the writer's SYSTEM
+    statements still run."""
+    base, users, _ = endpoint
+    bi = ("bi_reader", users["bi_reader"])
+    for sql in ("SYSTEM STOP MERGES", "system stop ttl merges", "/* c */ SYSTEM STOP MOVES",
+                "KILL QUERY WHERE query_id = 'x' SYNC", "kill mutation where 1"):
+        for method in ("GET", "POST"):
+            r = (httpx.get(base, params={"query": sql}, auth=bi) if method == "GET"
+                 else httpx.post(base, content=sql, auth=bi))
+            assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (403, "497"), (sql, r.text)
+    assert httpx.get(base, params={"query": "SELECT 'SYSTEM' AS system"}, auth=bi).text == "SYSTEM\n"
+    assert _post(base, _w(users), "SYSTEM START MERGES").status_code == 200
