@@ -159,8 +159,9 @@ class Settings(BaseSettings):
     stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
     stream_max_event_age_days: int = Field(default=36500, ge=1, description="Events older than this (vs the Kafka record timestamp, the producer's send time) are quarantined as absurd.")
     stream_heartbeat_max_age_s: float = Field(default=60.0, gt=0, description="The streaming job counts as healthy while its heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat, touched every second while both queries run) is younger than this (seconds).")
-    stream_max_future_minutes: int = Field(default=60, ge=0, description="Events whose event time is more than this many minutes ahead are rejected: dead-lettered by the producers (ahead of the send time), quarantined by the stream (ahead of the Kafka record timestamp, i.e. the send time) (contracts.rule_violations).")
+    stream_max_future_minutes: int = Field(default=5, ge=0, description="Events whose event time is more than this many minutes ahead are rejected: dead-lettered by the producers (ahead of the send time), quarantined by the stream (ahead of the Kafka record timestamp, i.e. the send time) (contracts.rule_violations). Must be below STREAM_WATERMARK: an accepted event lifts the windows' watermark to at most its send time + this - STREAM_WATERMARK, so on-time events are never dropped as late.")
     stream_sink_retry_seconds: float = Field(default=3600.0, ge=0, description="A micro-batch whose writes fail for an infrastructure reason (ClickHouse, lake or Kafka unreachable) is retried with exponential backoff for up to this many seconds, then the query fails (restart resumes from the checkpoint).")
+    stream_startup_wait_seconds: float = Field(default=3600.0, ge=0, description="At start the streaming job waits for ClickHouse (migrations), Kafka (topics) and the lake, retrying on infrastructure errors with the sinks' backoff (0.5 s doubling up to STREAM_SINK_RETRY_MAX_WAIT_S) for up to this many seconds in all, logging what it waits for; then it exits with the error (the supervisor starts it again).")
     stream_sink_retry_max_wait_s: float = Field(default=30.0, gt=0, description="Longest wait between two retries of a micro-batch's writes (seconds; backoff 0.5 s doubling up to this).")
     risk_high_hours: float = Field(default=24.0, description="Hours of cover below which stock-out risk is HIGH.")
     risk_medium_hours: float = Field(default=72.0, description="Hours of cover below which stock-out risk is MEDIUM.")
@@ -264,6 +265,19 @@ class Settings(BaseSettings):
             raise ValueError(f"RISK_HIGH_HOURS ({self.risk_high_hours}) must be below RISK_MEDIUM_HOURS "
                              f"({self.risk_medium_hours}): below the first stock-out risk is HIGH, below the second "
                              "MEDIUM")
+        return self
+
+    @model_validator(mode="after")
+    def _check_future_below_watermark(self) -> "Settings":
+        # the windows' watermark is the largest event time seen - STREAM_WATERMARK; an event accepted up to
+        # STREAM_MAX_FUTURE_MINUTES ahead of its send time would otherwise lift it past the events sent with it
+        watermark_min = interval_hours(self.stream_watermark, "STREAM_WATERMARK") * 60
+        if not self.stream_max_future_minutes < watermark_min:
+            raise ValueError(
+                f"STREAM_MAX_FUTURE_MINUTES ({self.stream_max_future_minutes} min) must be below STREAM_WATERMARK "
+                f"({self.stream_watermark!r} = {watermark_min:g} min): an event accepted that far ahead of its send "
+                "time lifts the watermark (largest event time - STREAM_WATERMARK) to or past the send time, and the "
+                "on-time events of every store sent after it are dropped from the windows as late")
         return self
 
     @model_validator(mode="after")

@@ -25,14 +25,23 @@ from core.settings import Settings, get_settings
 from ops import services as svc
 from ops.install import StackError, ensure_local_env
 
-#: seconds a program must stay up to count as started, and to wait after SIGTERM before SIGKILL
+#: supervisord ``startretries`` of the streaming program: in effect unbounded (the waits between retries grow by
+#: 1 s each: the last of 1,000 comes ~17 min after the one before). The job itself waits for ClickHouse, Kafka and
+#: the lake at start (:func:`streaming.job.wait_for_services`), so an outage keeps it up, not failing.
+STREAM_START_RETRIES = 1000
+
+#: seconds a program must stay up to count as started, and to wait after SIGTERM before SIGKILL; startretries
+#: (default 3): failed starts before the program goes FATAL
 _PROGRAM = {
     "kafka": {"startsecs": 3, "stopwaitsecs": 20, "stopsignal": "TERM"},
     "minio": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
     "clickhouse": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
     # SIGTERM to the Python driver only: it stops the queries between micro-batches, then SparkSession.stop()
     # ends its JVM (signalling the group killed the JVM under the driver's feet: Py4J errors at stop)
-    "streaming": {"startsecs": 15, "stopwaitsecs": 60, "stopsignal": "TERM", "stopasgroup": "false"},
+    # startretries: restarted however often it fails to stay up startsecs (supervisord waits 1 s longer before each
+    # retry; a run that stays up resets the count). With 3 it went FATAL for good ~1 min into an outage.
+    "streaming": {"startsecs": 15, "stopwaitsecs": 60, "stopsignal": "TERM", "stopasgroup": "false",
+                  "startretries": STREAM_START_RETRIES},
     # SIGINT to the standalone parent only: it stops its components itself (signalling the whole group at once
     # left it waiting for them until SIGKILL); the group is SIGKILLed after stopwaitsecs
     "airflow": {"startsecs": 10, "stopwaitsecs": 30, "stopsignal": "INT", "stopasgroup": "false"},
@@ -67,7 +76,7 @@ def write_conf(s: Settings) -> Path:
         p = _PROGRAM[name]
         lines += [
             f"[program:{name}]", f"command={py} -m ops.services run {name}", "autostart=false", "autorestart=true",
-            f"startsecs={p['startsecs']}", "startretries=3", f"stopsignal={p['stopsignal']}",
+            f"startsecs={p['startsecs']}", f"startretries={p.get('startretries', 3)}", f"stopsignal={p['stopsignal']}",
             f"stopwaitsecs={p['stopwaitsecs']}", f"stopasgroup={p.get('stopasgroup', 'true')}", "killasgroup=true", "redirect_stderr=true",
             f"stdout_logfile={logs / (name + '.log')}", "stdout_logfile_maxbytes=50MB", "stdout_logfile_backups=2", "",
         ]

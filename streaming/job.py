@@ -247,28 +247,90 @@ class ProgressPoller:
         self.poll()
 
 
+def _where(url: str) -> str:
+    """``scheme://host:port`` of a service URL, without its credentials (for log lines)."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return f"{u.scheme}://{u.hostname}:{u.port}" if u.hostname else url
+
+
+def wait_for_services(settings: Settings, log_every_s: float = 0.0) -> dict[str, float]:
+    """The streaming job's start-up set-up, each step retried while its service cannot be reached: ClickHouse
+    migrations (:func:`core.clickhouse.migrate`), the Kafka topics (:func:`core.kafka_admin.ensure_topics`, when
+    the producers package is installed) and a look at the lake's raw bucket.
+
+    The policy is the sinks' (:meth:`streaming.sinks.StreamSinks.retrying`): tenacity, retried only on an
+    infrastructure error (:func:`streaming.sinks.is_infrastructure_error`), exponential backoff from 0.5 s doubling
+    up to STREAM_SINK_RETRY_MAX_WAIT_S seconds, every wait logged with the service, its address and the error. The
+    steps share one bound, STREAM_STARTUP_WAIT_SECONDS (seconds) from the call; then the last error propagates (the
+    process exits and the supervisor starts it again). Other errors (bugs, a refused migration) propagate at once.
+
+    Before this (until 2026-12-06) a ClickHouse or Kafka outage at start made the job exit within 11-14 s, inside
+    the supervisor's 15 s ``startsecs``: after 3 retries the program went FATAL and stayed stopped after the
+    outage ended.
+
+    Returns:
+        {step: seconds it took, waits included}.
+    Raises:
+        the step's last infrastructure error after STREAM_STARTUP_WAIT_SECONDS seconds.
+    """
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    from core.clickhouse import migrate as ch_migrate
+    from core.lake import Lake
+    from streaming.sinks import is_infrastructure_error
+
+    try:
+        from core.kafka_admin import ensure_topics
+    except ImportError:  # producers package not installed: topics must already exist
+        ensure_topics = None
+    s = settings
+    steps = [(f"ClickHouse at {_where(s.clickhouse_url)} (migrations)", lambda: ch_migrate(s))]
+    if ensure_topics:
+        steps.append((f"Kafka at {s.kafka_bootstrap_servers} (topics)", lambda: ensure_topics(s)))
+    steps.append((f"the lake at {_where(s.lake_url)} (bucket {s.lake_raw_bucket})",
+                  lambda: Lake(s).exists(s.lake_raw_bucket)))
+    deadline = time.monotonic() + s.stream_startup_wait_seconds
+    took: dict[str, float] = {}
+    for what, fn in steps:
+        t0 = time.monotonic()
+
+        def before_sleep(rs, what=what) -> None:
+            exc = rs.outcome.exception()
+            log.warning("start-up: waiting for %s (%s: %s); attempt %d in %.1f s, giving up %.0f s from now "
+                        "(STREAM_STARTUP_WAIT_SECONDS=%g)", what, type(exc).__name__, str(exc)[:300],
+                        rs.attempt_number + 1, rs.next_action.sleep, max(0.0, deadline - time.monotonic()),
+                        s.stream_startup_wait_seconds)
+
+        for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
+                                wait=wait_exponential(multiplier=0.5, min=0.5, max=s.stream_sink_retry_max_wait_s),
+                                stop=stop_after_delay(max(0.0, deadline - time.monotonic())),
+                                before_sleep=before_sleep, reraise=True):
+            with attempt:
+                fn()
+        took[what] = round(time.monotonic() - t0, 1)
+        if attempt.retry_state.attempt_number > 1:
+            log.info("start-up: %s reachable after %.1f s", what, took[what])
+    return took
+
+
 class StreamingJob:
     """The two streaming queries of the platform on one SparkSession.
 
     Args:
         settings: platform settings (default :func:`get_settings`).
         spark: an existing SparkSession (default :func:`build_spark`).
-        migrate: apply the ClickHouse migrations and create the Kafka topics before starting (idempotent).
+        migrate: apply the ClickHouse migrations and create the Kafka topics before starting (idempotent), waiting
+            for ClickHouse, Kafka and the lake while they cannot be reached (:func:`wait_for_services`, up to
+            STREAM_STARTUP_WAIT_SECONDS seconds).
     """
 
     def __init__(self, settings: Settings | None = None, spark=None, migrate: bool = True):
         self.s = settings or get_settings()
         self.spark = spark or build_spark(self.s)
         if migrate:
-            from core.clickhouse import migrate as ch_migrate
-
-            ch_migrate(self.s)
-            try:
-                from core.kafka_admin import ensure_topics
-            except ImportError:  # producers package not installed: topics must already exist
-                ensure_topics = None
-            if ensure_topics:
-                ensure_topics(self.s)
+            wait_for_services(self.s)
         self.sinks = StreamSinks(self.s)
         self.queries: dict[str, Any] = {}
         self.started_at: float | None = None

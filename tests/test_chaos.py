@@ -6,6 +6,9 @@ as supervised processes.
   acknowledged event of each type is in the lake exactly once, and every 5-minute window in ClickHouse equals an
   independent recomputation from the acknowledged events (:func:`ops.chaos.run_chaos`, which brings up a platform
   of its own on free ports). The full profile (10 stream kills, 60 s outages) is ``make chaos``.
+* A stream started during outages: the supervised streaming program started while ClickHouse and Kafka cannot be
+  reached (closed TCP gates in front of the session's endpoint and broker) waits for them and lands the sales sent
+  once they are back; it never goes FATAL.
 * The producer's buffering bound: while the broker is down, a publisher reports every record it could not deliver
   within ``delivery_timeout_ms`` as failed (with the error), none is dropped silently; after the broker is back
   the same publisher delivers again.
@@ -13,6 +16,11 @@ as supervised processes.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
+import time
 import uuid
 
 import pytest
@@ -93,3 +101,162 @@ def test_producer_reports_what_it_could_not_deliver_while_the_broker_is_down(nat
         for et, rec in events[:5]:
             again.publish(et, rec)
     assert again.counts["delivered"] == 5 and again.counts["failed"] == 0, again.counts
+
+
+class _Gate:
+    """A TCP forwarder on a free port to ``target`` (127.0.0.1) that can be opened and closed: a service outage as a
+    client sees it (connection refused), without stopping the session's service."""
+
+    def __init__(self, target: int):
+        from ops.services import free_port
+
+        self.target, self.port, self.sock = target, free_port(), None
+
+    def open(self) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self.sock = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, sock) -> None:
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for x in (src, dst):
+                with contextlib.suppress(OSError):
+                    x.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+#: seconds ClickHouse and Kafka stay unreachable after the streaming program is started: beyond one supervisor
+#: start cycle (startsecs 15 s; the old job failed its start in ~11-14 s and was FATAL after 3 retries, ~1 min)
+OUTAGE_S = 75
+
+
+def test_a_stream_started_during_outages_waits_and_comes_up(native_services, tmp_path, monkeypatch):
+    """The supervised streaming program (ops.local's supervisord configuration) starts while ClickHouse and Kafka
+    cannot be reached: its start-up waits for them (logged), the supervisor never gives up on it (the old job exited
+    within ~14 s, inside startsecs, and was FATAL ~1 min into the outage, for good). ClickHouse comes back after
+    OUTAGE_S, Kafka 30 s later; then the stream runs and 50 sales sent afterwards all reach the windows."""
+    from kafka import KafkaProducer
+
+    from contracts import EVENT_TYPES
+    from core.clickhouse import new_client, reset_clients
+    from core.lake import Lake, get_lake
+    from core.settings import get_settings
+    from ops import local
+    from streaming.job import stream_healthy
+
+    base = native_services
+    ch_gate, kafka_gate = _Gate(base.clickhouse_http_port), _Gate(int(base.kafka_bootstrap_servers.rsplit(":", 1)[1]))
+    tag = uuid.uuid4().hex[:6]
+    env = {"RETAIL_STATE_DIR": str(tmp_path / "state"), "CLICKHOUSE_HTTP_PORT": str(ch_gate.port),
+           "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{kafka_gate.port}", "KAFKA_TOPIC_PREFIX": f"boot{tag}-",
+           "CLICKHOUSE_DATABASE": f"{base.clickhouse_database}_boot{tag}", "LAKE_RAW_BUCKET": f"raw-boot{tag}",
+           "SPARK_CHECKPOINT_DIR": str(tmp_path / "checkpoints"), "STREAM_TRIGGER_SECONDS": "2",
+           "STREAM_SINK_RETRY_MAX_WAIT_S": "4"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("CLICKHOUSE_URL", raising=False)
+    get_settings.cache_clear()
+    s = get_settings()
+    Lake(s).ensure_buckets()  # MinIO is not part of this outage
+    log_path = tmp_path / "state" / "logs" / "streaming.log"
+    states: list[tuple[float, str]] = []
+
+    def follow(seconds: float, until=None) -> bool:
+        end = time.time() + seconds
+        while time.time() < end:
+            st = local.rpc(s).supervisor.getProcessInfo("streaming")["statename"]
+            if not states or states[-1][1] != st:
+                states.append((round(time.time() - t0), st))
+            if until is not None and until():
+                return True
+            time.sleep(1)
+        return False
+
+    local.start_supervisord(s)  # its programs inherit this environment: the gates, still closed
+    try:
+        t0 = time.time()
+        local.rpc(s).supervisor.startProcess("streaming", False)
+        follow(OUTAGE_S)
+        # one process waits through the outage (the old job exited within ~14 s and was restarted, then FATAL)
+        assert [st for _, st in states] == ["STARTING", "RUNNING"], states
+        ch_gate.open()
+        follow(30)
+        kafka_gate.open()
+        assert follow(300, lambda: stream_healthy(s)), f"stream not healthy 300 s after the outages: {states}"
+        assert "FATAL" not in {st for _, st in states}, states
+        p = KafkaProducer(bootstrap_servers=base.kafka_bootstrap_servers, acks="all")
+        now = int(time.time() * 1000)
+        for i in range(50):
+            rec = {"transaction_id": f"BOOT{i:03d}", "store_id": "S1", "product_id": f"P{i % 4}", "quantity": 1,
+                   "unit_price": 2.0, "timestamp": now - i * 1000, "customer_id": None, "payment_method": "CARD",
+                   "invoice_id": None}
+            p.send(s.topic(EVENT_TYPES["sales_transaction"]), key=f"S1|{rec['product_id']}".encode(),
+                   value=json.dumps(rec).encode())
+        p.flush()
+        p.close()
+        client = new_client(base)  # the session's endpoint directly
+
+        def landed() -> int:
+            return int(client.command(f"SELECT toInt64(sum(transaction_count)) FROM {s.clickhouse_database}"
+                                      ".sales_metrics_5m FINAL") or 0)
+        assert follow(240, lambda: landed() == 50), f"{landed()} of 50 sales in the windows; {states}"
+        text = log_path.read_text(errors="replace")
+        assert f"start-up: waiting for ClickHouse at http://127.0.0.1:{ch_gate.port}" in text
+        assert f"start-up: waiting for Kafka at localhost:{kafka_gate.port}" in text
+        # one process waited through both outages: the supervisor never had to start it again
+        assert [st for _, st in states] == ["STARTING", "RUNNING"], states
+    finally:
+        with contextlib.suppress(Exception):
+            local.down(s, timeout=60)
+        ch_gate.close()
+        kafka_gate.close()
+        get_settings.cache_clear()
+        reset_clients()
+        get_lake.cache_clear()
+
+
+def test_the_supervisor_restarts_the_stream_without_end(tmp_path, monkeypatch):
+    """supervisord's startretries bounds the failed starts (exit within startsecs) before a program is FATAL for
+    good: 3 for the stream until 2026-12-06. The stream's is in effect unbounded, with autorestart."""
+    import configparser
+
+    from core.settings import get_settings
+    from ops import local
+
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read(local.write_conf(get_settings()))
+    finally:
+        get_settings.cache_clear()
+    prog = conf["program:streaming"]
+    assert int(prog["startretries"]) >= 1000 and prog["autorestart"] == "true"
+    assert int(prog["startsecs"]) == 15

@@ -69,13 +69,13 @@ def test_the_future_bound_defaults_to_the_setting(monkeypatch):
     from core.settings import get_settings
 
     now = int(time.time() * 1000)
-    rec = sale(timestamp=now + 30 * 60_000)
-    monkeypatch.setenv("STREAM_MAX_FUTURE_MINUTES", "10")
+    rec = sale(timestamp=now + 7 * 60_000)
+    monkeypatch.setenv("STREAM_MAX_FUTURE_MINUTES", "5")
     get_settings.cache_clear()
     try:
-        with pytest.raises(ContractError, match="STREAM_MAX_FUTURE_MINUTES=10"):
+        with pytest.raises(ContractError, match="STREAM_MAX_FUTURE_MINUTES=5"):
             validate_event("sales_transaction", rec)
-        monkeypatch.setenv("STREAM_MAX_FUTURE_MINUTES", "45")
+        monkeypatch.setenv("STREAM_MAX_FUTURE_MINUTES", "9")  # below STREAM_WATERMARK (10 minutes)
         get_settings.cache_clear()
         validate_event("sales_transaction", rec)
     finally:

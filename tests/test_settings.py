@@ -93,11 +93,33 @@ def test_risk_thresholds_must_be_ordered(monkeypatch, high, medium):
     assert "RISK_HIGH_HOURS" in str(err.value) and "RISK_MEDIUM_HOURS" in str(err.value)
 
 
+@pytest.mark.parametrize("future,watermark", [("60", "10 minutes"), ("10", "10 minutes"), ("5", "300 seconds"),
+                                              ("0", "0 seconds"), ("2", "90 seconds")])
+def test_future_bound_must_be_below_the_watermark(monkeypatch, future, watermark):
+    """An event accepted STREAM_MAX_FUTURE_MINUTES ahead of its send time lifts the global watermark to send time +
+    that - STREAM_WATERMARK: at or past the send time, it drops every store's on-time events (the default 60 min
+    against a 10 min watermark dropped 300 of 300)."""
+    monkeypatch.setenv("STREAM_MAX_FUTURE_MINUTES", future)
+    monkeypatch.setenv("STREAM_WATERMARK", watermark)
+    with pytest.raises(ConfigError) as err:
+        get_settings()
+    assert "STREAM_MAX_FUTURE_MINUTES" in str(err.value) and "STREAM_WATERMARK" in str(err.value)
+
+
+def test_future_bound_default_and_edges():
+    d = Settings(_env_file=None)
+    assert d.stream_max_future_minutes == 5 and d.stream_watermark == "10 minutes"
+    assert Settings(_env_file=None, stream_max_future_minutes=9).stream_max_future_minutes == 9
+    assert Settings(_env_file=None, stream_max_future_minutes=1, stream_watermark="61 seconds").stream_watermark \
+        == "61 seconds"
+
+
 def test_valid_edge_values_are_accepted(monkeypatch, tmp_path):
     """The validations reject only what the code cannot use: these forms keep working."""
     for url in (str(tmp_path / "lake"), f"file://{tmp_path}/lake", "https://lake.example:9443", "http://minio:9000"):
         assert Settings(_env_file=None, lake_url=url).lake_url == url
-    s = Settings(_env_file=None, lead_time_days=0, stream_watermark="0 seconds", stream_window="1 hour",
+    s = Settings(_env_file=None, lead_time_days=0, stream_watermark="30 seconds", stream_window="1 hour",
+                 stream_max_future_minutes=0,
                  store_country_default="gb-sct", risk_high_hours=0, risk_medium_hours=0.5,
                  airflow_clickhouse_pool_slots=1)
     assert s.lead_time_days == 0 and s.store_country_default == "GB-SCT" and s.airflow_clickhouse_pool_slots == 1

@@ -245,6 +245,47 @@ def test_an_event_behind_the_current_watermark_but_counted_by_spark_still_alerts
     pd.testing.assert_frame_equal(three, one)
 
 
+# ------------------------------------------------------------------------------- clock skew --
+def test_an_event_ahead_of_its_send_time_cannot_drop_on_time_events(native_stack, spark):
+    """The watermark is global (largest event time - STREAM_WATERMARK). One store's POS clock runs fast: a sale
+    stamped 50 minutes after its send time (the old bound, STREAM_MAX_FUTURE_MINUTES=60, accepted it) lifted the
+    watermark 40 minutes past every other store's clock, and the 300 on-time sales of other stores sent next were
+    all dropped from the windows (0 of 300 counted). Now it is quarantined (STREAM_MAX_FUTURE_MINUTES=5, below the
+    10-minute watermark), a sale 4.5 minutes ahead is accepted and counted, and every on-time sale counts: the
+    windows equal an independent count of the sent sales per store x SKU, and the lake holds every valid sale."""
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"skew{uuid.uuid4().hex[:6]}")
+    assert s.stream_max_future_minutes == 5 and s.stream_watermark == "10 minutes"
+    now = _now_ms()
+    first = [("sales_transaction", sale(f"A{i:03d}", now - 60_000 + i * 100, store="S1", sku="P1")) for i in range(100)]
+    first += [("sales_transaction", sale("FUTURE-50", now + 50 * 60_000, store="S9", sku="P9")),
+              ("sales_transaction", sale("AHEAD-4.5", now + 270_000, store="S8", sku="P8"))]
+    produce(s, first)
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    now = _now_ms()
+    second = [("sales_transaction", sale(f"B{i:03d}", now - 5_000 + i * 10, store=f"S{i % 3 + 2}", sku="P2"))
+              for i in range(300)]
+    produce(s, second)
+    stats = run_stream(s, available_now=True, timeout=600, spark=spark)
+
+    client, db = get_client(s), s.clickhouse_database
+    sent = pd.DataFrame([r for _, r in first + second])
+    expected = (sent[sent["transaction_id"] != "FUTURE-50"].groupby(["store_id", "product_id"]).size()
+                .rename("n").reset_index().sort_values(["store_id", "product_id"]).reset_index(drop=True))
+    got = client.query_df(f"SELECT store_id, product_id, toInt64(sum(transaction_count)) AS n "
+                          f"FROM {db}.sales_metrics_5m FINAL GROUP BY store_id, product_id ORDER BY store_id, product_id")
+    assert int(got.loc[got["product_id"] == "P2", "n"].sum()) == 300  # was 0 of 300
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False)
+    assert stats["windows"]["rows_dropped_by_watermark"] == 0
+    q = client.query_df(f"SELECT reason, raw_payload FROM {db}.quarantine_events FINAL")
+    assert len(q) == 1 and "FUTURE-50" in q["raw_payload"].iloc[0]
+    assert q["reason"].iloc[0] == "timestamp more than STREAM_MAX_FUTURE_MINUTES=5 in the future"
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert sorted(ids) == sorted(sent.loc[sent["transaction_id"] != "FUTURE-50", "transaction_id"])
+
+
 # ------------------------------------------------------------------------------ ClickHouse outage --
 def test_clickhouse_outage_is_waited_out_nothing_lost_or_doubled(native_stack, spark):
     from core.clickhouse import new_client
