@@ -579,11 +579,32 @@ class StreamSinks:
         return h
 
     def _store_windows(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
+        """Recompute ``store_metrics_5m`` for the (store, window) pairs of ``enriched`` and for the stored store
+        windows whose anomaly baseline they change: per store, the stored windows within
+        :data:`ANOMALY_HORIZON_HOURS` (24 h) after its earliest changed window (a late sale of one SKU changes the
+        store's total of that window, and so the score of the store's later windows, also where they hold only
+        other SKUs). Each is rebuilt from its complete per-SKU rows in ``sales_metrics_5m`` (already upserted)."""
         pairs = enriched[["store_id", "window_start"]].drop_duplicates()
         stores = sorted(pairs["store_id"].unique().tolist())
+        first = pairs.groupby("store_id", as_index=False)["window_start"].min().rename(columns={"window_start": "_first"})
+        horizon = pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
+        later = self._query(
+            "SELECT window_start, store_id FROM {db}.store_metrics_5m FINAL WHERE store_id IN %(stores)s "
+            "AND window_start > %(lo)s AND window_start <= %(hi)s",
+            {"stores": stores, "lo": first["_first"].min().to_pydatetime(),
+             "hi": (first["_first"].max() + horizon).to_pydatetime()})
+        if len(later):
+            later["window_start"] = pd.to_datetime(later["window_start"], utc=True)
+            later = later.merge(first, on="store_id")
+            later = later[(later["window_start"] > later["_first"])
+                          & (later["window_start"] <= later["_first"] + horizon)][["store_id", "window_start"]]
+            n_pairs = len(pairs)
+            pairs = pd.concat([pairs, later], ignore_index=True).drop_duplicates()
+            if len(pairs) > n_pairs:
+                log.info("windows: %d stored store window(s) after a changed one scored again", len(pairs) - n_pairs)
         p = {"stores": stores, "lo": pairs["window_start"].min().to_pydatetime(),
              "hi": pairs["window_start"].max().to_pydatetime(),
-             "hlo": (pairs["window_start"].min() - pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)).to_pydatetime()}
+             "hlo": (pairs["window_start"].min() - horizon).to_pydatetime()}
         skus = self._query(
             "SELECT window_start, window_end, store_id, product_id, units_sold, units_returned, revenue, "
             "transaction_count, stockout_risk FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s "

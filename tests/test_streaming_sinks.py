@@ -204,3 +204,40 @@ def test_a_late_sale_rescores_the_stored_windows_whose_baseline_it_changes(fresh
         assert got["units_sold"].tolist() == [2, 4, 26, 8], table
         assert got["anomaly_score"].tolist() == pytest.approx(want, abs=1e-6), table
     assert want[3] == pytest.approx(-0.245256, abs=1e-6)
+
+
+def _store_scores_pandas(sold: dict[tuple[str, int], int]) -> dict[int, float]:
+    """Store-level anomaly score per window (minutes after 10:00), computed independently with pandas: the store's
+    units per window, z-scored (population std) against its previous <= 12 windows within 24 h, 0 with fewer than
+    3 or a zero std."""
+    import pandas as pd
+
+    tot = pd.Series(sold).groupby(level=1).sum().sort_index()
+    out = {}
+    for i, (m, u) in enumerate(tot.items()):
+        prev = tot.iloc[max(0, i - 12):i]
+        prev = prev[prev.index >= m - 24 * 60]
+        std = prev.std(ddof=0) if len(prev) else 0.0
+        out[m] = 0.0 if len(prev) < 3 or std == 0 else round((u - prev.mean()) / std, 6)
+    return out
+
+
+def test_a_late_sale_of_another_sku_rescores_the_stores_later_windows(fresh_sinks):
+    """Stored: SKU P1 sells 2, 3, 4, 2, 3, 2 units in 10:00..10:25, SKU P2 5 units in 10:30 and 10:35. A later
+    micro-batch brings a late sale (within the watermark) of 20 units of a third SKU, P3, in 10:25: the store's
+    10:25 total becomes 22, and its 10:30 and 10:35 windows (P2 only, not in the batch) are scored again against it
+    (before, they kept the scores against the old total: 3.130495 and 1.870829 instead of -0.139122 and
+    -0.128624). Checked against a pandas recomputation of the store totals."""
+    sinks, client, db = fresh_sinks
+    sold = {("P1", 5 * k): u for k, u in enumerate([2, 3, 4, 2, 3, 2])}
+    sold |= {("P2", 30): 5, ("P2", 35): 5}
+    first = [dict(_window(m, u), product_id=p) for (p, m), u in sold.items()]
+    sinks._windows_writes(_spark_frame(first), 0, 1_000_000.0, 0.0)
+    sinks._windows_writes(_spark_frame([dict(_window(25, 20), product_id="P3")]), 1, 1_000_001.0, 0.0)
+    sold[("P3", 25)] = 20
+    want = _store_scores_pandas(sold)
+    got = client.query_df(f"SELECT toMinute(window_start) AS m, units_sold, anomaly_score FROM {db}.store_metrics_5m "
+                          f"FINAL ORDER BY window_start")
+    assert got["units_sold"].tolist() == [2, 3, 4, 2, 3, 22, 5, 5]
+    assert got["anomaly_score"].tolist() == pytest.approx([want[m] for m in got["m"]], abs=1e-6)
+    assert [want[30], want[35]] == pytest.approx([-0.139122, -0.128624], abs=1e-6)
