@@ -16,9 +16,11 @@ Two queries, two sinks:
 
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
-sent to Kafka again. Ordering inside :meth:`windows_batch` (alerts before ``inventory_levels``) makes a crash
-in between re-send an alert with the same id rather than lose it (Kafka side: at-least-once, consumers dedupe
-by ``alert_id``).
+sent to Kafka again; nor is one Kafka acknowledged in an earlier attempt of the same micro-batch whose insert
+into ``restock_alerts`` failed (a retry after an outage). Ordering inside :meth:`windows_batch` (alerts before
+``inventory_levels``) makes a crash of the process between the Kafka acknowledgement and the ClickHouse insert
+re-send an alert with the same id rather than lose it (Kafka side: at-least-once across crashes, consumers
+dedupe by ``alert_id``).
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class StreamSinks:
             (epoch seconds), "duplicates_dropped", "records_expired", "alerts_closed_until", "event_time_max"
             (epoch ms or None)},
             appended after each micro-batch's writes are visible (used for freshness).
-        alerts_sent: number of restock alerts sent to Kafka by this process.
+        alerts_sent: number of restock alerts delivered to Kafka by this process (each alert id once per process).
         retries: number of waits before a retried write (infrastructure errors, :meth:`retrying`).
     """
 
@@ -154,6 +156,9 @@ class StreamSinks:
         self._producer = None
         self.batch_log: list[dict[str, Any]] = []
         self.alerts_sent = 0
+        #: alert id -> epoch ms of Kafka's acknowledgement, for alerts delivered but not yet in restock_alerts
+        #: (kept across the retries of a micro-batch so a retry does not send them again; emptied by the insert)
+        self._sent_unrecorded: dict[str, int] = {}
         self.window_len_hours = interval_hours(settings.stream_window, "STREAM_WINDOW")
         self._reorder_points: dict[str, int] | None = None
         self.topics = {settings.topic(EVENT_TYPES[et]): et for et in INPUT_EVENT_TYPES}
@@ -789,14 +794,34 @@ class StreamSinks:
         self.lake.write_table(pa.table(cols, schema=schema), *where)
 
     def _send_and_record_alerts(self, new: list[dict], batch_id: int, now_ms: int) -> None:
-        """Send alerts to the restock-alerts topic, each delivery awaited, then insert them into ``restock_alerts``."""
+        """Send alerts to the restock-alerts topic, each delivery awaited, then insert them into ``restock_alerts``.
+
+        An alert whose delivery Kafka acknowledged is remembered (:attr:`_sent_unrecorded`, alert id -> epoch ms
+        of the acknowledgement) until its ClickHouse insert succeeds, so a micro-batch retried after a failed insert
+        (ClickHouse unreachable, :meth:`retrying`) or after a partly failed send records it without sending it
+        again. Only a crash of the process between the acknowledgement and the insert re-sends it (same
+        ``alert_id``) when the batch is re-run from the checkpoint."""
         topic = self.s.topic(EVENT_TYPES["restock_alert"])
-        prod = self.producer()
-        futures = [prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a) for a in new]
-        prod.flush()
-        for f in futures:
-            f.get(timeout=30)  # raises on a failed delivery: the batch fails and is retried, nothing lost
-        self.alerts_sent += len(new)
+        to_send = [a for a in new if a["alert_id"] not in self._sent_unrecorded]
+        if len(to_send) < len(new):
+            log.info("restock alerts: %d already delivered to Kafka by an earlier attempt of this batch, not sent "
+                     "again", len(new) - len(to_send))
+        if to_send:
+            prod = self.producer()
+            futures = [(a["alert_id"], prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a))
+                       for a in to_send]
+            prod.flush()
+            failed: BaseException | None = None
+            for alert_id, f in futures:
+                try:
+                    f.get(timeout=30)
+                except Exception as exc:  # noqa: BLE001  re-raised below, after the delivered ones are noted
+                    failed = failed or exc
+                else:
+                    self._sent_unrecorded[alert_id] = int(time.time() * 1000)
+                    self.alerts_sent += 1
+            if failed is not None:
+                raise failed  # a failed delivery: the batch fails and is retried (only the undelivered are sent)
         df = pd.DataFrame(new)
         ch = df.drop(columns=["timestamp"]).assign(
             window_end=pd.to_datetime(df["window_end"], unit="ms", utc=True),
@@ -804,3 +829,5 @@ class StreamSinks:
             hours_of_cover=pd.array(df["hours_of_cover"].tolist(), dtype="Float64"),
             batch_id=int(batch_id), ingested_at=pd.Timestamp(now_ms, unit="ms", tz="UTC"))
         self._insert_df("restock_alerts", ch)
+        for a in new:
+            self._sent_unrecorded.pop(a["alert_id"], None)

@@ -241,3 +241,39 @@ def test_a_late_sale_of_another_sku_rescores_the_stores_later_windows(fresh_sink
     assert got["units_sold"].tolist() == [2, 3, 4, 2, 3, 22, 5, 5]
     assert got["anomaly_score"].tolist() == pytest.approx([want[m] for m in got["m"]], abs=1e-6)
     assert [want[30], want[35]] == pytest.approx([-0.139122, -0.128624], abs=1e-6)
+
+
+def test_a_retried_batch_does_not_send_an_alert_again_after_a_failed_insert(fresh_sinks):
+    """Falling stock (20, 16, .. 0 against reorder point 10) closes into one restock episode; the first insert into
+    restock_alerts fails with the error of an unreachable ClickHouse, after the alert reached Kafka. The micro-batch
+    is retried (StreamSinks.retrying): the alert is recorded once in ClickHouse and is on the real broker once
+    (before, the retry sent it again: 2 identical messages)."""
+    import uuid
+
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from core.kafka_admin import ensure_topics
+
+    sinks, client, db = fresh_sinks
+    ensure_topics(sinks.s)
+    sinks.s = sinks.s.model_copy(update={"stream_sink_retry_max_wait_s": 1.0})
+    store = f"S-{uuid.uuid4().hex[:8]}"
+    rows = [dict(_window(5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)]
+    sinks._windows_writes(_spark_frame(rows), 0, time.time(), 0.0)
+    insert, failed = sinks._insert_df, []
+
+    def flaky(table, df):
+        if table == "restock_alerts" and not failed:
+            failed.append(len(df))
+            raise OperationalError("Error executing HTTP request: Connection refused")
+        return insert(table, df)
+
+    sinks._insert_df = flaky
+    # Spark's empty micro-batch: the windows fall behind the previous batch's watermark and are closed
+    sinks.retrying("windows micro-batch 1", sinks._windows_writes, _spark_frame(rows).iloc[0:0], 1, time.time(), 0.0)
+    assert failed == [1] and sinks.retries >= 1
+    stored = client.query_df(f"SELECT alert_id FROM {db}.restock_alerts")["alert_id"].tolist()   # no FINAL
+    assert len(stored) == 1 and stored[0].startswith(f"{store}|P1|")
+    sinks.close()
+    assert [i for i in alert_ids_in_kafka(sinks.s) if i.startswith(f"{store}|")] == stored
+    assert sinks.alerts_sent == 1 and sinks._sent_unrecorded == {}
