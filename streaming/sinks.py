@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 ALERT_ID_CHUNK = 2_000
 #: hours of earlier windows an anomaly score's baseline reaches back (enrich_windows' horizon_hours)
 ANOMALY_HORIZON_HOURS = 24.0
+#: hours before a query's lower time bound searched first for a per-SKU anchor (the latest earlier window, or the
+#: latest earlier closed window with a stock count); only the SKUs without one in that span are looked up further
+#: back, by their sorting key. Keeps a micro-batch's reads of ``sales_metrics_5m`` bounded in event time
+#: (parts and granules outside are skipped) instead of reading the table's whole history
+ANCHOR_LOOKBACK_HOURS = 24.0
 #: the timestamp columns of :func:`streaming.transforms.window_metrics` rows (converted to UTC pandas timestamps)
 _WINDOW_TIMES = ("window_start", "window_end", "window_stock_time", "last_event_time")
 #: event types read from Kafka by the job (restock alerts are produced by it)
@@ -444,7 +449,7 @@ class StreamSinks:
         stores = sorted(batch["store_id"].unique().tolist())
         lo = batch["window_start"].min() - pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
         hi = batch["window_start"].max() + pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
-        history = self._sku_history(stores, lo, hi)
+        history = self._sku_history(stores, lo, hi, pairs=batch[["store_id", "product_id"]])
         # a batch window before stored ones of its SKU changes their anomaly baseline: evaluated again too
         batch = pd.concat([batch, self._anomaly_followers(batch, history)], ignore_index=True)
         ph["history"] = time.time() - t
@@ -564,19 +569,45 @@ class StreamSinks:
         log.info("windows: %d stored window(s) after a late event scored again", len(h))
         return h[list(batch.columns)].astype(batch.dtypes.to_dict(), errors="ignore")
 
-    def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
+    def _pair_chunks(self, pairs: pd.DataFrame) -> list[list[tuple[str, str]]]:
+        """Distinct (store_id, product_id) tuples of ``pairs`` in bounded IN lists (:data:`ALERT_ID_CHUNK`)."""
+        t = sorted(set(zip(pairs["store_id"], pairs["product_id"])))
+        return [t[i:i + ALERT_ID_CHUNK] for i in range(0, len(t), ALERT_ID_CHUNK)]
+
+    def _missing_anchors(self, sql: str, found: pd.DataFrame, needed: pd.DataFrame | None, p: dict) -> pd.DataFrame:
+        """Rows of ``sql`` (which filters ``(store_id, product_id) IN %(pairs)s``) for the pairs of ``needed`` not
+        in ``found``: the rare SKUs without an anchor in the bounded span, looked up by the sorting key."""
+        if needed is None or needed.empty:
+            return found
+        have = set(zip(found["store_id"], found["product_id"])) if len(found) else set()
+        miss = needed[[k not in have for k in zip(needed["store_id"], needed["product_id"])]]
+        parts = [found] + [self._query(sql, {**p, "pairs": chunk}) for chunk in self._pair_chunks(miss)]
+        parts = [x for x in parts if len(x)]
+        return pd.concat(parts, ignore_index=True) if parts else found
+
+    def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp,
+                     pairs: pd.DataFrame | None = None) -> pd.DataFrame:
         """Stored windows of ``stores`` with lo <= window_start <= hi (every window_metrics column, for
         :meth:`_anomaly_followers`), plus per store x SKU an *anchor*: the latest window before lo (its carried
-        stock_level / reorder_point; ``_anchor`` True), so stock carries forward from before the horizon."""
-        p = {"stores": stores, "lo": lo.to_pydatetime(), "hi": hi.to_pydatetime()}
+        stock_level / reorder_point; ``_anchor`` True), so stock carries forward from before the horizon.
+
+        The anchor is searched in the :data:`ANCHOR_LOOKBACK_HOURS` (24 h) before lo; a pair of ``pairs`` (the
+        batch's store x SKU, which need one) without a window there is looked up before that by its key."""
+        p = {"stores": stores, "lo": lo.to_pydatetime(), "hi": hi.to_pydatetime(),
+             "alo": (lo - pd.Timedelta(hours=ANCHOR_LOOKBACK_HOURS)).to_pydatetime()}
         recent = self._query(
             f"SELECT {', '.join(self._WINDOW_COLUMNS)}, reorder_point "
             "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start >= %(lo)s "
             "AND window_start <= %(hi)s", p)
+        cols = "window_start, store_id, product_id, units_sold, stock_level AS window_stock, reorder_point"
         anchor = self._query(
-            "SELECT window_start, store_id, product_id, units_sold, stock_level AS window_stock, reorder_point "
-            "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start < %(lo)s "
+            f"SELECT {cols} FROM {{db}}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s "
+            "AND window_start >= %(alo)s AND window_start < %(lo)s "
             "ORDER BY window_start DESC LIMIT 1 BY store_id, product_id", p)
+        anchor = self._missing_anchors(
+            f"SELECT {cols} FROM {{db}}.sales_metrics_5m FINAL WHERE (store_id, product_id) IN %(pairs)s "
+            "AND window_start < %(alo)s ORDER BY window_start DESC LIMIT 1 BY store_id, product_id",
+            anchor, pairs, p)
         recent["_anchor"], anchor["_anchor"] = False, True
         h = pd.concat([x for x in (anchor, recent) if len(x)], ignore_index=True) if len(recent) or len(anchor) else recent
         if len(h):
@@ -662,32 +693,49 @@ class StreamSinks:
             (the bound used, or the previous one: None before any; the latest event time counted now, to be
             recorded as this batch's ``event_time_max``), both epoch ms.
         """
-        m = self._query("SELECT max(last_event_time) AS m FROM {db}.sales_metrics_5m")
-        seen = self._ms(m["m"].iloc[0]) if len(m) else None   # _ms: NULL -> None
         prev_df = self._query("SELECT max(alerts_closed_until) AS p, max(event_time_max) AS e "
                               "FROM {db}.stream_batches FINAL WHERE query = 'windows' AND batch_id < %(b)s",
                               {"b": int(batch_id)})
         prev, earlier = (self._ms(prev_df[c].iloc[0]) if len(prev_df) else None for c in ("p", "e"))
+        win_ms = round(self.window_len_hours * 3_600_000)
+        # a window starting win_ms or more before the earlier batches' latest event time holds no later event:
+        # only the windows after that bound can raise the maximum (the stored maximum is at least ``earlier``)
+        m = self._query("SELECT max(last_event_time) AS m FROM {db}.sales_metrics_5m"
+                        + ("" if earlier is None else " WHERE window_start > %(w)s"),
+                        {} if earlier is None else {"w": _utc(earlier - win_ms)})
+        seen = self._ms(m["m"].iloc[0]) if len(m) else None   # _ms: NULL -> None
         if earlier is None:
             return prev, seen
+        seen = earlier if seen is None else max(seen, earlier)
         # rounded: 31 minutes is 0.51666... h, whose product with 3,600,000 truncates 1 ms short
         bound = earlier - round(interval_hours(self.s.stream_watermark, "STREAM_WATERMARK") * 3_600_000)
         if prev is not None and bound <= prev:
             return prev, seen
-        p = {"lo": _utc(prev if prev is not None else 0), "hi": _utc(bound)}
+        lo_ms = prev if prev is not None else 0
+        # window_start bounds too (window_end - window_start = STREAM_WINDOW): window_start is the partition and
+        # sorting key's time, so parts and granules outside the span are skipped instead of read and merged
+        p = {"lo": _utc(lo_ms), "hi": _utc(bound), "slo": _utc(max(lo_ms - win_ms, 0)),
+             "alo": _utc(max(lo_ms - round(ANCHOR_LOOKBACK_HOURS * 3_600_000), 0))}
         closed = self._query(
             "SELECT window_start, window_end, store_id, product_id, units_sold, window_stock, reorder_point "
-            "FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s", p)
+            "FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s "
+            "AND window_start >= %(slo)s AND window_start < %(hi)s", p)
         if closed.empty:
             return bound, seen
         for c in ("window_start", "window_end"):
             closed[c] = pd.to_datetime(closed[c], utc=True)
         stores = sorted(closed["store_id"].unique().tolist())
         p["stores"] = stores
-        anchors_df = self._query(
-            "SELECT store_id, product_id, argMax(window_stock, window_start) AS stock FROM {db}.sales_metrics_5m FINAL "
-            "WHERE store_id IN %(stores)s AND window_end <= %(lo)s AND window_stock IS NOT NULL "
-            "GROUP BY store_id, product_id", p) if prev is not None else pd.DataFrame()
+        # the stock carried into the closed windows: the latest earlier closed window with a count, searched in
+        # the ANCHOR_LOOKBACK_HOURS before lo first, then further back by key for the SKUs without one there
+        anchor_sql = ("SELECT store_id, product_id, argMax(window_stock, window_start) AS stock "
+                      "FROM {db}.sales_metrics_5m FINAL WHERE window_end <= %(lo)s AND window_stock IS NOT NULL AND ")
+        anchors_df = self._missing_anchors(
+            anchor_sql + "(store_id, product_id) IN %(pairs)s AND window_end <= %(alo)s GROUP BY store_id, product_id",
+            self._query(anchor_sql + "store_id IN %(stores)s AND window_end > %(alo)s AND window_start >= %(aslo)s "
+                        "GROUP BY store_id, product_id",
+                        {**p, "aslo": _utc(max(self._ms(p["alo"]) - win_ms, 0))}),
+            closed[["store_id", "product_id"]], p) if prev is not None else pd.DataFrame()
         anchors = {(r.store_id, r.product_id): int(r.stock) for r in anchors_df.itertuples()}
         windows = TR.closed_window_stock(closed, anchors, window_len_hours=self.window_len_hours,
                                          reorder_points=self.reorder_points())

@@ -277,3 +277,48 @@ def test_a_retried_batch_does_not_send_an_alert_again_after_a_failed_insert(fres
     sinks.close()
     assert [i for i in alert_ids_in_kafka(sinks.s) if i.startswith(f"{store}|")] == stored
     assert sinks.alerts_sent == 1 and sinks._sent_unrecorded == {}
+
+
+def test_a_micro_batchs_reads_of_the_windows_skip_the_older_history(fresh_sinks):
+    """sales_metrics_5m holds 10 days of December windows (20 SKUs x 2,880: 57,600 rows, their own monthly
+    partition) and a few January ones. A micro-batch on 15 January whose SKU has windows within the look-backs
+    (anomaly baseline 24 h, stock anchors 24 h before that) reads none of December: EXPLAIN ESTIMATE of every
+    statement it runs on sales_metrics_5m counts at most the January rows (before, the max(last_event_time), stock
+    anchor and closed-window statements read the whole history: 57,600 rows and more, more each day)."""
+    import pandas as pd
+
+    sinks, client, db = fresh_sinks
+    client.command(f"""INSERT INTO {db}.sales_metrics_5m (window_start, window_end, store_id, product_id, units_sold,
+        units_returned, revenue, transaction_count, inventory_update_count, window_stock, stock_level, reorder_point,
+        sales_velocity, stockout_risk, anomaly_score, last_event_time, batch_id, version, updated_at)
+        SELECT ws, ws + INTERVAL 5 MINUTE, 'S1', concat('P', toString(number % 20 + 1)), 1, 0, 1.0, 1, 1, 50, 50, 10,
+               12.0, 'LOW', 0, ws + INTERVAL 1 MINUTE, 0, 1, now64(3)
+        FROM (SELECT number, toDateTime64('2025-12-01 00:00:00', 3, 'UTC') + toIntervalMinute(5 * intDiv(number, 20))
+              AS ws FROM numbers(57600))""")
+
+    def at(day: str, hm: str, sold: int, stock: int | None = None) -> dict:
+        m = int((pd.Timestamp(f"{day} {hm}", tz="UTC") - pd.Timestamp(T0_WIN, tz="UTC")).total_seconds() // 60)
+        return _window(m, sold, stock, None if stock is None else 10)
+
+    sinks._windows_writes(_spark_frame([at("2026-01-13", "12:00", 1, 40), at("2026-01-14", "12:00", 1, 30),
+                                        at("2026-01-15", "09:00", 2)]), 0, time.time(), 0.0)
+    sinks._windows_writes(_spark_frame([at("2026-01-15", "10:00", 2)]), 1, time.time(), 0.0)  # closes up to 08:50
+    seen: list[tuple[str, dict]] = []
+    query = sinks._query
+
+    def recording(sql, parameters=None):
+        seen.append((sql, parameters or {}))
+        return query(sql, parameters)
+
+    sinks._query = recording
+    sinks._windows_writes(_spark_frame([at("2026-01-15", "10:05", 3)]), 2, time.time(), 0.0)   # closes 09:00
+    sinks._query = query
+    jan = int(client.command(f"SELECT count() FROM {db}.sales_metrics_5m WHERE window_start >= '2026-01-01'"))
+    on_windows = [(s, p) for s, p in seen if ".sales_metrics_5m" in s]
+    assert len(on_windows) >= 5
+    for sql, p in on_windows:
+        est = client.query_df("EXPLAIN ESTIMATE " + sql.replace("{db}", db), parameters=p)
+        assert int(est["rows"].sum()) <= jan, sql
+    got = client.query_df(f"SELECT toDate(window_start) AS d, stock_level FROM {db}.sales_metrics_5m FINAL "
+                          f"WHERE product_id = 'P1' AND window_start >= '2026-01-15 10:05:00'")
+    assert got["stock_level"].tolist() == [30]   # carried from the 14 January count (the anchor)
