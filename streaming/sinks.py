@@ -16,9 +16,11 @@ Two queries, two sinks:
 
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
-sent to Kafka again. Ordering inside :meth:`windows_batch` (alerts before ``inventory_levels``) makes a crash
-in between re-send an alert with the same id rather than lose it (Kafka side: at-least-once, consumers dedupe
-by ``alert_id``).
+sent to Kafka again; nor is one Kafka acknowledged in an earlier attempt of the same micro-batch whose insert
+into ``restock_alerts`` failed (a retry after an outage). Ordering inside :meth:`windows_batch` (alerts before
+``inventory_levels``) makes a crash of the process between the Kafka acknowledgement and the ClickHouse insert
+re-send an alert with the same id rather than lose it (Kafka side: at-least-once across crashes, consumers
+dedupe by ``alert_id``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ log = logging.getLogger(__name__)
 ALERT_ID_CHUNK = 2_000
 #: hours of earlier windows an anomaly score's baseline reaches back (enrich_windows' horizon_hours)
 ANOMALY_HORIZON_HOURS = 24.0
+#: hours before a query's lower time bound searched first for a per-SKU anchor (the latest earlier window, or the
+#: latest earlier closed window with a stock count); only the SKUs without one in that span are looked up further
+#: back, by their sorting key. Keeps a micro-batch's reads of ``sales_metrics_5m`` bounded in event time
+#: (parts and granules outside are skipped) instead of reading the table's whole history
+ANCHOR_LOOKBACK_HOURS = 24.0
 #: the timestamp columns of :func:`streaming.transforms.window_metrics` rows (converted to UTC pandas timestamps)
 _WINDOW_TIMES = ("window_start", "window_end", "window_stock_time", "last_event_time")
 #: event types read from Kafka by the job (restock alerts are produced by it)
@@ -135,7 +142,7 @@ class StreamSinks:
             (epoch seconds), "duplicates_dropped", "records_expired", "alerts_closed_until", "event_time_max"
             (epoch ms or None)},
             appended after each micro-batch's writes are visible (used for freshness).
-        alerts_sent: number of restock alerts sent to Kafka by this process.
+        alerts_sent: number of restock alerts delivered to Kafka by this process (each alert id once per process).
         retries: number of waits before a retried write (infrastructure errors, :meth:`retrying`).
     """
 
@@ -154,6 +161,9 @@ class StreamSinks:
         self._producer = None
         self.batch_log: list[dict[str, Any]] = []
         self.alerts_sent = 0
+        #: alert id -> epoch ms of Kafka's acknowledgement, for alerts delivered but not yet in restock_alerts
+        #: (kept across the retries of a micro-batch so a retry does not send them again; emptied by the insert)
+        self._sent_unrecorded: dict[str, int] = {}
         self.window_len_hours = interval_hours(settings.stream_window, "STREAM_WINDOW")
         self._reorder_points: dict[str, int] | None = None
         self.topics = {settings.topic(EVENT_TYPES[et]): et for et in INPUT_EVENT_TYPES}
@@ -439,7 +449,7 @@ class StreamSinks:
         stores = sorted(batch["store_id"].unique().tolist())
         lo = batch["window_start"].min() - pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
         hi = batch["window_start"].max() + pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
-        history = self._sku_history(stores, lo, hi)
+        history = self._sku_history(stores, lo, hi, pairs=batch[["store_id", "product_id"]])
         # a batch window before stored ones of its SKU changes their anomaly baseline: evaluated again too
         batch = pd.concat([batch, self._anomaly_followers(batch, history)], ignore_index=True)
         ph["history"] = time.time() - t
@@ -559,19 +569,45 @@ class StreamSinks:
         log.info("windows: %d stored window(s) after a late event scored again", len(h))
         return h[list(batch.columns)].astype(batch.dtypes.to_dict(), errors="ignore")
 
-    def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp) -> pd.DataFrame:
+    def _pair_chunks(self, pairs: pd.DataFrame) -> list[list[tuple[str, str]]]:
+        """Distinct (store_id, product_id) tuples of ``pairs`` in bounded IN lists (:data:`ALERT_ID_CHUNK`)."""
+        t = sorted(set(zip(pairs["store_id"], pairs["product_id"])))
+        return [t[i:i + ALERT_ID_CHUNK] for i in range(0, len(t), ALERT_ID_CHUNK)]
+
+    def _missing_anchors(self, sql: str, found: pd.DataFrame, needed: pd.DataFrame | None, p: dict) -> pd.DataFrame:
+        """Rows of ``sql`` (which filters ``(store_id, product_id) IN %(pairs)s``) for the pairs of ``needed`` not
+        in ``found``: the rare SKUs without an anchor in the bounded span, looked up by the sorting key."""
+        if needed is None or needed.empty:
+            return found
+        have = set(zip(found["store_id"], found["product_id"])) if len(found) else set()
+        miss = needed[[k not in have for k in zip(needed["store_id"], needed["product_id"])]]
+        parts = [found] + [self._query(sql, {**p, "pairs": chunk}) for chunk in self._pair_chunks(miss)]
+        parts = [x for x in parts if len(x)]
+        return pd.concat(parts, ignore_index=True) if parts else found
+
+    def _sku_history(self, stores: list[str], lo: pd.Timestamp, hi: pd.Timestamp,
+                     pairs: pd.DataFrame | None = None) -> pd.DataFrame:
         """Stored windows of ``stores`` with lo <= window_start <= hi (every window_metrics column, for
         :meth:`_anomaly_followers`), plus per store x SKU an *anchor*: the latest window before lo (its carried
-        stock_level / reorder_point; ``_anchor`` True), so stock carries forward from before the horizon."""
-        p = {"stores": stores, "lo": lo.to_pydatetime(), "hi": hi.to_pydatetime()}
+        stock_level / reorder_point; ``_anchor`` True), so stock carries forward from before the horizon.
+
+        The anchor is searched in the :data:`ANCHOR_LOOKBACK_HOURS` (24 h) before lo; a pair of ``pairs`` (the
+        batch's store x SKU, which need one) without a window there is looked up before that by its key."""
+        p = {"stores": stores, "lo": lo.to_pydatetime(), "hi": hi.to_pydatetime(),
+             "alo": (lo - pd.Timedelta(hours=ANCHOR_LOOKBACK_HOURS)).to_pydatetime()}
         recent = self._query(
             f"SELECT {', '.join(self._WINDOW_COLUMNS)}, reorder_point "
             "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start >= %(lo)s "
             "AND window_start <= %(hi)s", p)
+        cols = "window_start, store_id, product_id, units_sold, stock_level AS window_stock, reorder_point"
         anchor = self._query(
-            "SELECT window_start, store_id, product_id, units_sold, stock_level AS window_stock, reorder_point "
-            "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start < %(lo)s "
+            f"SELECT {cols} FROM {{db}}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s "
+            "AND window_start >= %(alo)s AND window_start < %(lo)s "
             "ORDER BY window_start DESC LIMIT 1 BY store_id, product_id", p)
+        anchor = self._missing_anchors(
+            f"SELECT {cols} FROM {{db}}.sales_metrics_5m FINAL WHERE (store_id, product_id) IN %(pairs)s "
+            "AND window_start < %(alo)s ORDER BY window_start DESC LIMIT 1 BY store_id, product_id",
+            anchor, pairs, p)
         recent["_anchor"], anchor["_anchor"] = False, True
         h = pd.concat([x for x in (anchor, recent) if len(x)], ignore_index=True) if len(recent) or len(anchor) else recent
         if len(h):
@@ -579,11 +615,32 @@ class StreamSinks:
         return h
 
     def _store_windows(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
+        """Recompute ``store_metrics_5m`` for the (store, window) pairs of ``enriched`` and for the stored store
+        windows whose anomaly baseline they change: per store, the stored windows within
+        :data:`ANOMALY_HORIZON_HOURS` (24 h) after its earliest changed window (a late sale of one SKU changes the
+        store's total of that window, and so the score of the store's later windows, also where they hold only
+        other SKUs). Each is rebuilt from its complete per-SKU rows in ``sales_metrics_5m`` (already upserted)."""
         pairs = enriched[["store_id", "window_start"]].drop_duplicates()
         stores = sorted(pairs["store_id"].unique().tolist())
+        first = pairs.groupby("store_id", as_index=False)["window_start"].min().rename(columns={"window_start": "_first"})
+        horizon = pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
+        later = self._query(
+            "SELECT window_start, store_id FROM {db}.store_metrics_5m FINAL WHERE store_id IN %(stores)s "
+            "AND window_start > %(lo)s AND window_start <= %(hi)s",
+            {"stores": stores, "lo": first["_first"].min().to_pydatetime(),
+             "hi": (first["_first"].max() + horizon).to_pydatetime()})
+        if len(later):
+            later["window_start"] = pd.to_datetime(later["window_start"], utc=True)
+            later = later.merge(first, on="store_id")
+            later = later[(later["window_start"] > later["_first"])
+                          & (later["window_start"] <= later["_first"] + horizon)][["store_id", "window_start"]]
+            n_pairs = len(pairs)
+            pairs = pd.concat([pairs, later], ignore_index=True).drop_duplicates()
+            if len(pairs) > n_pairs:
+                log.info("windows: %d stored store window(s) after a changed one scored again", len(pairs) - n_pairs)
         p = {"stores": stores, "lo": pairs["window_start"].min().to_pydatetime(),
              "hi": pairs["window_start"].max().to_pydatetime(),
-             "hlo": (pairs["window_start"].min() - pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)).to_pydatetime()}
+             "hlo": (pairs["window_start"].min() - horizon).to_pydatetime()}
         skus = self._query(
             "SELECT window_start, window_end, store_id, product_id, units_sold, units_returned, revenue, "
             "transaction_count, stockout_risk FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s "
@@ -636,32 +693,49 @@ class StreamSinks:
             (the bound used, or the previous one: None before any; the latest event time counted now, to be
             recorded as this batch's ``event_time_max``), both epoch ms.
         """
-        m = self._query("SELECT max(last_event_time) AS m FROM {db}.sales_metrics_5m")
-        seen = self._ms(m["m"].iloc[0]) if len(m) else None   # _ms: NULL -> None
         prev_df = self._query("SELECT max(alerts_closed_until) AS p, max(event_time_max) AS e "
                               "FROM {db}.stream_batches FINAL WHERE query = 'windows' AND batch_id < %(b)s",
                               {"b": int(batch_id)})
         prev, earlier = (self._ms(prev_df[c].iloc[0]) if len(prev_df) else None for c in ("p", "e"))
+        win_ms = round(self.window_len_hours * 3_600_000)
+        # a window starting win_ms or more before the earlier batches' latest event time holds no later event:
+        # only the windows after that bound can raise the maximum (the stored maximum is at least ``earlier``)
+        m = self._query("SELECT max(last_event_time) AS m FROM {db}.sales_metrics_5m"
+                        + ("" if earlier is None else " WHERE window_start > %(w)s"),
+                        {} if earlier is None else {"w": _utc(earlier - win_ms)})
+        seen = self._ms(m["m"].iloc[0]) if len(m) else None   # _ms: NULL -> None
         if earlier is None:
             return prev, seen
+        seen = earlier if seen is None else max(seen, earlier)
         # rounded: 31 minutes is 0.51666... h, whose product with 3,600,000 truncates 1 ms short
         bound = earlier - round(interval_hours(self.s.stream_watermark, "STREAM_WATERMARK") * 3_600_000)
         if prev is not None and bound <= prev:
             return prev, seen
-        p = {"lo": _utc(prev if prev is not None else 0), "hi": _utc(bound)}
+        lo_ms = prev if prev is not None else 0
+        # window_start bounds too (window_end - window_start = STREAM_WINDOW): window_start is the partition and
+        # sorting key's time, so parts and granules outside the span are skipped instead of read and merged
+        p = {"lo": _utc(lo_ms), "hi": _utc(bound), "slo": _utc(max(lo_ms - win_ms, 0)),
+             "alo": _utc(max(lo_ms - round(ANCHOR_LOOKBACK_HOURS * 3_600_000), 0))}
         closed = self._query(
             "SELECT window_start, window_end, store_id, product_id, units_sold, window_stock, reorder_point "
-            "FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s", p)
+            "FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s "
+            "AND window_start >= %(slo)s AND window_start < %(hi)s", p)
         if closed.empty:
             return bound, seen
         for c in ("window_start", "window_end"):
             closed[c] = pd.to_datetime(closed[c], utc=True)
         stores = sorted(closed["store_id"].unique().tolist())
         p["stores"] = stores
-        anchors_df = self._query(
-            "SELECT store_id, product_id, argMax(window_stock, window_start) AS stock FROM {db}.sales_metrics_5m FINAL "
-            "WHERE store_id IN %(stores)s AND window_end <= %(lo)s AND window_stock IS NOT NULL "
-            "GROUP BY store_id, product_id", p) if prev is not None else pd.DataFrame()
+        # the stock carried into the closed windows: the latest earlier closed window with a count, searched in
+        # the ANCHOR_LOOKBACK_HOURS before lo first, then further back by key for the SKUs without one there
+        anchor_sql = ("SELECT store_id, product_id, argMax(window_stock, window_start) AS stock "
+                      "FROM {db}.sales_metrics_5m FINAL WHERE window_end <= %(lo)s AND window_stock IS NOT NULL AND ")
+        anchors_df = self._missing_anchors(
+            anchor_sql + "(store_id, product_id) IN %(pairs)s AND window_end <= %(alo)s GROUP BY store_id, product_id",
+            self._query(anchor_sql + "store_id IN %(stores)s AND window_end > %(alo)s AND window_start >= %(aslo)s "
+                        "GROUP BY store_id, product_id",
+                        {**p, "aslo": _utc(max(self._ms(p["alo"]) - win_ms, 0))}),
+            closed[["store_id", "product_id"]], p) if prev is not None else pd.DataFrame()
         anchors = {(r.store_id, r.product_id): int(r.stock) for r in anchors_df.itertuples()}
         windows = TR.closed_window_stock(closed, anchors, window_len_hours=self.window_len_hours,
                                          reorder_points=self.reorder_points())
@@ -768,14 +842,34 @@ class StreamSinks:
         self.lake.write_table(pa.table(cols, schema=schema), *where)
 
     def _send_and_record_alerts(self, new: list[dict], batch_id: int, now_ms: int) -> None:
-        """Send alerts to the restock-alerts topic, each delivery awaited, then insert them into ``restock_alerts``."""
+        """Send alerts to the restock-alerts topic, each delivery awaited, then insert them into ``restock_alerts``.
+
+        An alert whose delivery Kafka acknowledged is remembered (:attr:`_sent_unrecorded`, alert id -> epoch ms
+        of the acknowledgement) until its ClickHouse insert succeeds, so a micro-batch retried after a failed insert
+        (ClickHouse unreachable, :meth:`retrying`) or after a partly failed send records it without sending it
+        again. Only a crash of the process between the acknowledgement and the insert re-sends it (same
+        ``alert_id``) when the batch is re-run from the checkpoint."""
         topic = self.s.topic(EVENT_TYPES["restock_alert"])
-        prod = self.producer()
-        futures = [prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a) for a in new]
-        prod.flush()
-        for f in futures:
-            f.get(timeout=30)  # raises on a failed delivery: the batch fails and is retried, nothing lost
-        self.alerts_sent += len(new)
+        to_send = [a for a in new if a["alert_id"] not in self._sent_unrecorded]
+        if len(to_send) < len(new):
+            log.info("restock alerts: %d already delivered to Kafka by an earlier attempt of this batch, not sent "
+                     "again", len(new) - len(to_send))
+        if to_send:
+            prod = self.producer()
+            futures = [(a["alert_id"], prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a))
+                       for a in to_send]
+            prod.flush()
+            failed: BaseException | None = None
+            for alert_id, f in futures:
+                try:
+                    f.get(timeout=30)
+                except Exception as exc:  # noqa: BLE001  re-raised below, after the delivered ones are noted
+                    failed = failed or exc
+                else:
+                    self._sent_unrecorded[alert_id] = int(time.time() * 1000)
+                    self.alerts_sent += 1
+            if failed is not None:
+                raise failed  # a failed delivery: the batch fails and is retried (only the undelivered are sent)
         df = pd.DataFrame(new)
         ch = df.drop(columns=["timestamp"]).assign(
             window_end=pd.to_datetime(df["window_end"], unit="ms", utc=True),
@@ -783,3 +877,5 @@ class StreamSinks:
             hours_of_cover=pd.array(df["hours_of_cover"].tolist(), dtype="Float64"),
             batch_id=int(batch_id), ingested_at=pd.Timestamp(now_ms, unit="ms", tz="UTC"))
         self._insert_df("restock_alerts", ch)
+        for a in new:
+            self._sent_unrecorded.pop(a["alert_id"], None)

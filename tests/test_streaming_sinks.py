@@ -204,3 +204,121 @@ def test_a_late_sale_rescores_the_stored_windows_whose_baseline_it_changes(fresh
         assert got["units_sold"].tolist() == [2, 4, 26, 8], table
         assert got["anomaly_score"].tolist() == pytest.approx(want, abs=1e-6), table
     assert want[3] == pytest.approx(-0.245256, abs=1e-6)
+
+
+def _store_scores_pandas(sold: dict[tuple[str, int], int]) -> dict[int, float]:
+    """Store-level anomaly score per window (minutes after 10:00), computed independently with pandas: the store's
+    units per window, z-scored (population std) against its previous <= 12 windows within 24 h, 0 with fewer than
+    3 or a zero std."""
+    import pandas as pd
+
+    tot = pd.Series(sold).groupby(level=1).sum().sort_index()
+    out = {}
+    for i, (m, u) in enumerate(tot.items()):
+        prev = tot.iloc[max(0, i - 12):i]
+        prev = prev[prev.index >= m - 24 * 60]
+        std = prev.std(ddof=0) if len(prev) else 0.0
+        out[m] = 0.0 if len(prev) < 3 or std == 0 else round((u - prev.mean()) / std, 6)
+    return out
+
+
+def test_a_late_sale_of_another_sku_rescores_the_stores_later_windows(fresh_sinks):
+    """Stored: SKU P1 sells 2, 3, 4, 2, 3, 2 units in 10:00..10:25, SKU P2 5 units in 10:30 and 10:35. A later
+    micro-batch brings a late sale (within the watermark) of 20 units of a third SKU, P3, in 10:25: the store's
+    10:25 total becomes 22, and its 10:30 and 10:35 windows (P2 only, not in the batch) are scored again against it
+    (before, they kept the scores against the old total: 3.130495 and 1.870829 instead of -0.139122 and
+    -0.128624). Checked against a pandas recomputation of the store totals."""
+    sinks, client, db = fresh_sinks
+    sold = {("P1", 5 * k): u for k, u in enumerate([2, 3, 4, 2, 3, 2])}
+    sold |= {("P2", 30): 5, ("P2", 35): 5}
+    first = [dict(_window(m, u), product_id=p) for (p, m), u in sold.items()]
+    sinks._windows_writes(_spark_frame(first), 0, 1_000_000.0, 0.0)
+    sinks._windows_writes(_spark_frame([dict(_window(25, 20), product_id="P3")]), 1, 1_000_001.0, 0.0)
+    sold[("P3", 25)] = 20
+    want = _store_scores_pandas(sold)
+    got = client.query_df(f"SELECT toMinute(window_start) AS m, units_sold, anomaly_score FROM {db}.store_metrics_5m "
+                          f"FINAL ORDER BY window_start")
+    assert got["units_sold"].tolist() == [2, 3, 4, 2, 3, 22, 5, 5]
+    assert got["anomaly_score"].tolist() == pytest.approx([want[m] for m in got["m"]], abs=1e-6)
+    assert [want[30], want[35]] == pytest.approx([-0.139122, -0.128624], abs=1e-6)
+
+
+def test_a_retried_batch_does_not_send_an_alert_again_after_a_failed_insert(fresh_sinks):
+    """Falling stock (20, 16, .. 0 against reorder point 10) closes into one restock episode; the first insert into
+    restock_alerts fails with the error of an unreachable ClickHouse, after the alert reached Kafka. The micro-batch
+    is retried (StreamSinks.retrying): the alert is recorded once in ClickHouse and is on the real broker once
+    (before, the retry sent it again: 2 identical messages)."""
+    import uuid
+
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from core.kafka_admin import ensure_topics
+
+    sinks, client, db = fresh_sinks
+    ensure_topics(sinks.s)
+    sinks.s = sinks.s.model_copy(update={"stream_sink_retry_max_wait_s": 1.0})
+    store = f"S-{uuid.uuid4().hex[:8]}"
+    rows = [dict(_window(5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)]
+    sinks._windows_writes(_spark_frame(rows), 0, time.time(), 0.0)
+    insert, failed = sinks._insert_df, []
+
+    def flaky(table, df):
+        if table == "restock_alerts" and not failed:
+            failed.append(len(df))
+            raise OperationalError("Error executing HTTP request: Connection refused")
+        return insert(table, df)
+
+    sinks._insert_df = flaky
+    # Spark's empty micro-batch: the windows fall behind the previous batch's watermark and are closed
+    sinks.retrying("windows micro-batch 1", sinks._windows_writes, _spark_frame(rows).iloc[0:0], 1, time.time(), 0.0)
+    assert failed == [1] and sinks.retries >= 1
+    stored = client.query_df(f"SELECT alert_id FROM {db}.restock_alerts")["alert_id"].tolist()   # no FINAL
+    assert len(stored) == 1 and stored[0].startswith(f"{store}|P1|")
+    sinks.close()
+    assert [i for i in alert_ids_in_kafka(sinks.s) if i.startswith(f"{store}|")] == stored
+    assert sinks.alerts_sent == 1 and sinks._sent_unrecorded == {}
+
+
+def test_a_micro_batchs_reads_of_the_windows_skip_the_older_history(fresh_sinks):
+    """sales_metrics_5m holds 10 days of December windows (20 SKUs x 2,880: 57,600 rows, their own monthly
+    partition) and a few January ones. A micro-batch on 15 January whose SKU has windows within the look-backs
+    (anomaly baseline 24 h, stock anchors 24 h before that) reads none of December: EXPLAIN ESTIMATE of every
+    statement it runs on sales_metrics_5m counts at most the January rows (before, the max(last_event_time), stock
+    anchor and closed-window statements read the whole history: 57,600 rows and more, more each day)."""
+    import pandas as pd
+
+    sinks, client, db = fresh_sinks
+    client.command(f"""INSERT INTO {db}.sales_metrics_5m (window_start, window_end, store_id, product_id, units_sold,
+        units_returned, revenue, transaction_count, inventory_update_count, window_stock, stock_level, reorder_point,
+        sales_velocity, stockout_risk, anomaly_score, last_event_time, batch_id, version, updated_at)
+        SELECT ws, ws + INTERVAL 5 MINUTE, 'S1', concat('P', toString(number % 20 + 1)), 1, 0, 1.0, 1, 1, 50, 50, 10,
+               12.0, 'LOW', 0, ws + INTERVAL 1 MINUTE, 0, 1, now64(3)
+        FROM (SELECT number, toDateTime64('2025-12-01 00:00:00', 3, 'UTC') + toIntervalMinute(5 * intDiv(number, 20))
+              AS ws FROM numbers(57600))""")
+
+    def at(day: str, hm: str, sold: int, stock: int | None = None) -> dict:
+        m = int((pd.Timestamp(f"{day} {hm}", tz="UTC") - pd.Timestamp(T0_WIN, tz="UTC")).total_seconds() // 60)
+        return _window(m, sold, stock, None if stock is None else 10)
+
+    sinks._windows_writes(_spark_frame([at("2026-01-13", "12:00", 1, 40), at("2026-01-14", "12:00", 1, 30),
+                                        at("2026-01-15", "09:00", 2)]), 0, time.time(), 0.0)
+    sinks._windows_writes(_spark_frame([at("2026-01-15", "10:00", 2)]), 1, time.time(), 0.0)  # closes up to 08:50
+    seen: list[tuple[str, dict]] = []
+    query = sinks._query
+
+    def recording(sql, parameters=None):
+        seen.append((sql, parameters or {}))
+        return query(sql, parameters)
+
+    sinks._query = recording
+    sinks._windows_writes(_spark_frame([at("2026-01-15", "10:05", 3)]), 2, time.time(), 0.0)   # closes 09:00
+    sinks._query = query
+    jan = int(client.command(f"SELECT count() FROM {db}.sales_metrics_5m WHERE window_start >= '2026-01-01'"))
+    on_windows = [(s, p) for s, p in seen if ".sales_metrics_5m" in s]
+    assert len(on_windows) >= 5
+    for sql, p in on_windows:
+        est = client.query_df("EXPLAIN ESTIMATE " + sql.replace("{db}", db), parameters=p)
+        assert int(est["rows"].sum()) <= jan, sql
+    got = client.query_df(f"SELECT toDate(window_start) AS d, stock_level FROM {db}.sales_metrics_5m FINAL "
+                          f"WHERE product_id = 'P1' AND window_start >= '2026-01-15 10:05:00'")
+    assert got["stock_level"].tolist() == [30]   # carried from the 14 January count (the anchor)
