@@ -34,6 +34,11 @@ err_console = Console(stderr=True)
 DEFAULT_SAMPLE = Path(__file__).resolve().parent / "data" / "uci_online_retail_sample.csv.gz"
 
 
+#: seconds a stopped run (broker unreachable, SIGTERM) gives the records still buffered before the producer is
+#: closed and the rest is reported failed
+STOP_FLUSH_S = 5.0
+
+
 class Pacer:
     """Emission pacing by event time: with ``speed`` X an event-time gap of g ms is emitted after
     g / X wall-clock ms (X = 1: real time). ``speed=None`` = as fast as possible (no sleeping)."""
@@ -64,7 +69,13 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
     :class:`Pacer`; show progress by event time between ``t_start`` and ``t_end`` (epoch ms).
     ``on_progress(n)`` (optional) is called with the number of events handed over so far, every 1,000 events.
 
-    Returns {"events", "elapsed_s", "events_per_s", **publisher.counts} after a flush.
+    The run stops at once when the publisher reports a send blocked ``max_block_ms`` (``publisher.stalled``:
+    broker unreachable or a topic missing): the records still buffered get :data:`STOP_FLUSH_S` seconds, then the
+    producer is closed (what was not acknowledged counts as failed), ``stopped`` names the cause and the events
+    not generated are not sent (the report says so; the CLI exits 1).
+
+    Returns {"events", "elapsed_s", "events_per_s", "stopped" (None or the cause), **publisher.counts} after a
+    flush.
     """
     pacer = Pacer(speed)
     n = 0
@@ -86,18 +97,26 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
                        failed=c["failed"], dlq=c["dead_lettered"])
 
         ts = None
+        stopped = None
         for event_type, record in events:
             ts = record.get("timestamp") if isinstance(record, dict) else None
             if isinstance(ts, int):
                 pacer.wait(ts)
             publisher.publish(event_type, record)
             n += 1
+            if getattr(publisher, "stalled", None):
+                stopped = f"kafka send blocked max_block_ms ({publisher.stalled}); run stopped after {n} events"
+                err_console.print(f"[red]{stopped}")
+                break
             if n % 1000 == 0 and on_progress is not None:
                 on_progress(n)
             if n % 1000 == 0 and time.monotonic() - last > 0.25:
                 last = time.monotonic()
                 refresh(ts if isinstance(ts, int) else None)
-        publisher.flush()
+        if stopped:
+            publisher.abort(STOP_FLUSH_S)
+        else:
+            publisher.flush()
         if on_progress is not None:
             on_progress(n)
         if total:
@@ -105,7 +124,7 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
         refresh(None if not total else t_end)
     elapsed = time.monotonic() - t0
     return {"events": n, "elapsed_s": round(elapsed, 3), "events_per_s": round(n / max(elapsed, 1e-9), 1),
-            **publisher.counts}
+            "stopped": stopped, **publisher.counts}
 
 
 def _write_reference(settings: Settings, products, stores) -> dict[str, str]:
@@ -152,6 +171,8 @@ def merge_published(parts: list[dict[str, Any]], elapsed_s: float) -> dict[str, 
         errors.extend(p.get("errors") or [])
     out.update({"elapsed_s": round(elapsed_s, 3), "events_per_s": round(out["events"] / max(elapsed_s, 1e-9), 1),
                 "by_topic_delivered": dict(by_topic), "dead_letter_reasons": dict(reasons), "errors": errors[:20],
+                "stopped": "; ".join(f"process {p.get('process')}: {p['stopped']}" for p in parts
+                                     if p.get("stopped")) or None,
                 "per_process": [{k: p.get(k) for k in ("process", "stores", "events", "elapsed_s", "events_per_s",
                                                         "delivered", "failed", "pending", "cpu_s")} for p in parts]})
     return out
@@ -350,7 +371,7 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
 def _finish(result: dict[str, Any]) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
     pub = result.get("published") or {}
-    if pub.get("failed") or pub.get("pending") or pub.get("worker_errors"):
+    if pub.get("failed") or pub.get("pending") or pub.get("worker_errors") or pub.get("stopped"):
         err_console.print(f"[red]{pub.get('failed')} deliveries failed, {pub.get('pending')} pending"
                           + (f", process errors: {pub['worker_errors']}" if pub.get("worker_errors") else ""))
         raise typer.Exit(1)
@@ -424,11 +445,19 @@ def jsonl(
     """Publish raw JSON values (e.g. a POS gateway's export) with the stream's checks (strict JSON, each key once,
     contract, ids, event time, numeric bounds); failing lines go to the dead-letter topic with the reason."""
     from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
     from producers.raw import publish_file
 
-    with EventPublisher(get_settings(), client_id="retail-jsonl") as pub:
+    s = get_settings()
+    topics = ensure_topics(s)   # as the other commands: the broker may not create topics (auto-create is off)
+    with EventPublisher(s, client_id="retail-jsonl") as pub:
         counts = publish_file(pub, event_type, path)
-    _finish({"lines": counts, "published": pub.counts})  # exits 1 when a delivery failed
+        if pub.stalled:
+            err_console.print(f"[red]kafka send blocked max_block_ms ({pub.stalled}): stopped at line "
+                              f"{counts['stopped_at_line']}, {counts['not_sent']} line(s) not sent")
+            pub.abort(STOP_FLUSH_S)
+    _finish({"topics": topics, "lines": counts,
+             "published": {**pub.counts, "stopped": pub.stalled}})  # exits 1 when a delivery failed
 
 
 def _check_encoding(encoding: str | None) -> None:

@@ -256,3 +256,78 @@ def test_synthetic_over_two_processes_delivers_every_event_once(kafka_settings):
                 assert len({p for p, _ in rows}) == 1
                 assert [t for _, t in rows] == sorted(t for _, t in rows)
     assert len(consume_all(s, s.topic(DEAD_LETTER))) == pub["dead_lettered"]
+
+
+def _cli(settings, *args, prefix: str, timeout: float = 300, **popen):
+    """``python -m producers.cli *args`` against the test broker with topic prefix ``prefix``."""
+    import os
+    import subprocess
+    import sys
+
+    from core.settings import REPO_ROOT
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "KAFKA_TOPIC_PREFIX": prefix,
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "producers.cli", *args]
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, **popen)
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_jsonl_creates_its_topics(kafka_settings, tmp_path):
+    """``producers.cli jsonl`` on a fresh topic prefix (the broker does not create topics): before, each of 3 lines
+    blocked 30 s on metadata and failed (93.6 s, exit 1); now the topics are created first and all 3 delivered."""
+    import uuid
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-jl-"
+    now = int(time.time() * 1000)
+    lines = [json.dumps({"transaction_id": f"JL{i}", "store_id": "S1", "product_id": "P1", "quantity": 1,
+                         "unit_price": 2.5, "timestamp": now, "customer_id": None, "payment_method": "CARD",
+                         "invoice_id": None}) for i in range(3)]
+    (tmp_path / "l.jsonl").write_text("\n".join(lines) + "\n")
+    t0 = time.monotonic()
+    r = _cli(kafka_settings, "jsonl", str(tmp_path / "l.jsonl"), "--event-type", "sales_transaction", prefix=prefix)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    out = json.loads(r.stdout)
+    assert out["lines"] == {"published": 3, "dead_lettered": 0}
+    assert out["published"]["delivered"] == 3 and out["published"]["failed"] == 0, out
+    assert prefix + "sales-transactions" in out["topics"]["created"]
+    assert took < 28, took   # no 30 s metadata wait
+
+
+def test_a_send_that_blocks_stops_the_run_and_reports_the_rest(kafka_settings, tmp_path):
+    """A send that blocks ``max_block_ms`` (topic metadata unavailable: here the topics of a prefix never
+    created, as for a stopped broker) stops the run: every later line / event is reported, not sent one by one
+    after a 30 s block each (before: 6 lines x max_block_ms, no report of what was left)."""
+    import uuid
+
+    from core.kafka import EventPublisher
+    from producers.cli import publish_events
+    from producers.raw import publish_file
+    from producers.simulator import SimConfig, Simulator
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-none-"})
+    now = int(time.time() * 1000)
+    path = tmp_path / "six.jsonl"
+    path.write_text("\n".join(json.dumps({
+        "transaction_id": f"N{i}", "store_id": "S1", "product_id": "P1", "quantity": 1, "unit_price": 2.5,
+        "timestamp": now, "customer_id": None, "payment_method": "CARD", "invoice_id": None}) for i in range(6)) + "\n")
+    t0 = time.monotonic()
+    with EventPublisher(s, client_id="stall-test", max_block_ms=1500) as pub:
+        counts = publish_file(pub, "sales_transaction", path)
+        assert pub.stalled and "Failed to update metadata" in pub.stalled
+        pub.abort(2)
+    took = time.monotonic() - t0
+    assert counts == {"published": 1, "dead_lettered": 0, "stopped_at_line": 1, "not_sent": 5}, counts
+    c = pub.counts
+    assert (c["sent"], c["delivered"], c["failed"], c["pending"]) == (1, 0, 1, 0), c
+    assert took < 6, took
+
+    events = Simulator(SimConfig(n_stores=1, n_skus=5, duration_minutes=60, seed=3)).events()
+    t0 = time.monotonic()
+    with EventPublisher(s, client_id="stall-test-2", max_block_ms=1500) as pub:
+        rep = publish_events(events, pub, progress=False)
+    assert time.monotonic() - t0 < 12
+    assert rep["stopped"] and "max_block_ms" in rep["stopped"] and rep["events"] == 1, rep
+    assert rep["failed"] == 1 and rep["pending"] == 0 and rep["delivered"] == 0, rep
