@@ -331,3 +331,54 @@ def test_a_send_that_blocks_stops_the_run_and_reports_the_rest(kafka_settings, t
     assert time.monotonic() - t0 < 12
     assert rep["stopped"] and "max_block_ms" in rep["stopped"] and rep["events"] == 1, rep
     assert rep["failed"] == 1 and rep["pending"] == 0 and rep["delivered"] == 0, rep
+
+
+def _end_offsets(settings, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        return sum(c.end_offsets(parts).values()) if parts else 0
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_stops_flushes_and_reports(kafka_settings, processes):
+    """SIGTERM (compose stop with ``init: true``, supervisor stop) to a running synthetic producer: it stops
+    producing, flushes, prints the delivery report and exits 143 (128 + SIGTERM), every record it handed over
+    delivered and on its topic; with ``--processes 2`` the parent forwards it to its workers and sums their reports.
+    Before: killed at once, exit 143 (-15 here) with no flush and no report."""
+    import signal
+    import subprocess
+    import uuid
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-term-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    proc = _cli(kafka_settings, "synthetic", "--stores", "5", "--skus", "20", "--events-per-min-per-store", "300",
+                "--duration-minutes", "600", "--realtime", "--no-reference", "--quiet", "--processes", str(processes),
+                prefix=prefix,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:   # SIGTERM once records reach the broker (the run is publishing)
+            time.sleep(2)
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if _end_offsets(s, s.topic("sales-transactions")) > 0:
+                    break
+            except Exception:
+                pass
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    pub = json.loads(out)["published"]
+    assert pub["signal"] == "SIGTERM" and "SIGTERM" in pub["stopped"], pub
+    assert pub["failed"] == 0 and pub["pending"] == 0 and pub["delivered"] == pub["sent"] + pub["dead_lettered"] > 0
+    for suffix in ("sales-transactions", "inventory-updates"):
+        assert _end_offsets(s, s.topic(suffix)) == pub["by_topic_delivered"].get(s.topic(suffix), 0), suffix
