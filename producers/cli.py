@@ -469,10 +469,18 @@ def _finish(result: dict[str, Any]) -> None:
 
 @app.command()
 def topics() -> None:
-    """Create the platform topics (idempotent) and print what was created vs already existed."""
-    from core.kafka_admin import ensure_topics
+    """Create the platform topics (idempotent) and print what was created vs already existed, with a warning per
+    existing topic whose partitions or retention differ from the spec; exit 1 for a compacted topic."""
+    from core.kafka_admin import TopicLayoutError, ensure_topics
 
-    typer.echo(json.dumps(ensure_topics(get_settings()), indent=2))
+    try:
+        result = ensure_topics(get_settings())
+    except TopicLayoutError as exc:
+        err_console.print(f"[red]{exc}")
+        raise typer.Exit(1) from None
+    for w in result["warnings"]:
+        err_console.print(f"[yellow]warning: {w}")
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

@@ -62,10 +62,48 @@ def test_topics_are_created_idempotently(kafka_settings):
     second = ensure_topics(s)
     names = sorted(s.topic(t) for t in TOPIC_PARTITIONS)
     assert sorted(first["created"] + first["existed"]) == names
-    assert second == {"created": [], "existed": names}
+    assert second == {"created": [], "existed": names, "warnings": []}
     desc = describe_topics(s)
     assert {t: d["partitions"] for t, d in desc.items()} == {s.topic(t): n for t, n in TOPIC_PARTITIONS.items()}
     assert {d["retention.ms"] for d in desc.values()} == {str(s.kafka_retention_ms)}
+    assert {d["cleanup.policy"] for d in desc.values()} == {"delete"}
+
+
+def test_an_existing_topic_with_another_layout_is_reported(kafka_settings):
+    """A topic pre-created with 1 partition and retention.ms=60000 was reported as "existed", nothing more; now
+    each difference is a warning naming topic, setting, expected and actual, and a compacted topic (which would
+    keep only the last record per key) fails ensure_topics."""
+    import uuid
+
+    from kafka.admin import NewTopic
+
+    from core.kafka_admin import admin_client, ensure_topics
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-lay-"})
+    sales, prices = s.topic("sales-transactions"), s.topic("price-changes")
+    admin = admin_client(s)
+    try:
+        admin.create_topics([NewTopic(sales, 1, 1, topic_configs={"retention.ms": "60000"})])
+    finally:
+        admin.close()
+    r = ensure_topics(s)
+    assert r["existed"] == [sales] and len(r["created"]) == len(TOPIC_PARTITIONS) - 1
+    assert r["warnings"] == [f"topic {sales}: partitions expected 3, actual 1 (fewer: less parallelism, keys on "
+                             "other partitions)",
+                             f"topic {sales}: retention.ms expected {s.kafka_retention_ms}, actual 60000"], r
+
+    from core.kafka_admin import TopicLayoutError
+
+    s2 = s.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-cmp-"})
+    prices = s2.topic("price-changes")
+    admin = admin_client(s2)
+    try:
+        admin.create_topics([NewTopic(prices, 2, 1, topic_configs={"cleanup.policy": "compact",
+                                                                   "retention.ms": str(s2.kafka_retention_ms)})])
+    finally:
+        admin.close()
+    with pytest.raises(TopicLayoutError, match=f"topic {prices}: cleanup.policy expected delete, actual compact"):
+        ensure_topics(s2)
 
 
 def test_publish_valid_and_invalid_events_round_trip(kafka_settings):
