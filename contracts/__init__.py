@@ -80,6 +80,40 @@ def _field_names(event_type: str) -> tuple[str, ...]:
     return tuple(f["name"] for f in raw_schema(event_type)["fields"])
 
 
+def enum_symbols(event_type: str, field: str) -> tuple[str, ...]:
+    """The symbols of an enum field of an event type, in schema order, read from its ``.avsc`` (the one source of
+    enum values: producers draw from it, :func:`require_symbols` checks the fixed values they emit against it).
+
+    Raises:
+        KeyError: an unknown event type, or ``field`` is not an enum field of it (nullable enums included).
+    """
+    for f in raw_schema(event_type)["fields"]:
+        if f["name"] != field:
+            continue
+        for t in f["type"] if isinstance(f["type"], list) else [f["type"]]:
+            if isinstance(t, dict) and t.get("type") == "enum":
+                return tuple(t["symbols"])
+        raise KeyError(f"{event_type}.{field} is not an enum field")
+    raise KeyError(f"{event_type} has no field {field!r}")
+
+
+def require_symbols(event_type: str, field: str, used, *, user: str) -> tuple[str, ...]:
+    """Check that every value in ``used`` (the fixed enum values a producer emits) is a symbol of
+    ``event_type.field`` (:func:`enum_symbols`); returns the schema's symbols.
+
+    Raises:
+        ContractError: naming ``user``, the values the schema lacks and its symbols (a renamed or removed symbol
+            fails the producer at start instead of dead-lettering its records one by one).
+    """
+    symbols = enum_symbols(event_type, field)
+    missing = [u for u in used if u not in symbols]
+    if missing:
+        raise ContractError(f"{user} emits {event_type}.{field} value(s) {missing} that "
+                            f"{event_type}.avsc does not define (symbols: {list(symbols)}); "
+                            "update the producer with the contract")
+    return symbols
+
+
 @functools.lru_cache(maxsize=None)
 def _field_set(event_type: str) -> frozenset[str]:
     """Field names as a set, computed once per event type (the unknown-field check runs per record)."""

@@ -34,7 +34,7 @@ from collections import Counter
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.serializer import Serializer
 
@@ -277,6 +277,12 @@ class EventPublisher:
         self._topics = {et: self.settings.topic(t) for et, t in EVENT_TYPES.items()}
         self._max_future = int(self.settings.stream_max_future_minutes)
         self._closed = False
+        #: the first send the producer refused after blocking ``max_block_ms`` (30 s): no topic metadata (broker
+        #: unreachable, or the topic missing while the broker does not create topics) or no buffer space. From
+        #: then on every send is counted as failed at once (``refused``) instead of blocking again per record
+        #: (before: 30 s per event of each topic not used yet); the CLI stops its run (producers.cli).
+        self.stalled: str | None = None
+        self.refused = 0
 
     # ------------------------------------------------------------------ callbacks (sender thread)
     def _on_success(self, metadata) -> None:
@@ -292,8 +298,19 @@ class EventPublisher:
         log.error("kafka delivery failed: %r", exc)
 
     def _send(self, topic: str, key: str | None, value: dict[str, Any], timestamp_ms: int | None) -> None:
+        if self.stalled is not None:
+            with self._lock:
+                self.failed += 1
+                self.refused += 1
+            return
         try:
             fut = self._producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
+        except KafkaTimeoutError as exc:
+            self.stalled = f"{topic}: {exc}"
+            log.error("kafka send blocked max_block_ms (%s): later sends are counted as failed without trying",
+                      self.stalled)
+            self._on_error(exc)
+            return
         except (KafkaError, ValueError, TypeError, RecursionError) as exc:
             # e.g. metadata timeout, buffer exhausted, a record too large, a key or value the serializers cannot
             # encode: counted as failed (the command exits non-zero, `errors` names it), not raised mid-stream
@@ -367,10 +384,30 @@ class EventPublisher:
                 "sent": self.sent, "dead_lettered": self.dead_lettered,
                 "delivered": self.delivered, "failed": self.failed,
                 "pending": self.sent + self.dead_lettered - self.delivered - self.failed,
+                "stalled": self.stalled, "refused_after_stall": self.refused,
                 "by_topic_delivered": dict(self.by_topic_delivered),
                 "dead_letter_reasons": dict(self.dead_letter_reasons),
                 "errors": list(self.errors),
             }
+
+    def abort(self, timeout: float = 5.0) -> None:
+        """Stop promptly: flush for at most ``timeout`` seconds, then close the producer without waiting for the
+        rest, which fails every record still buffered (counted in ``failed``, error ``Producer is closed
+        forcefully``): afterwards ``pending`` is 0. Used when a run stops (broker unreachable, SIGTERM)."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout=timeout)
+        except KafkaTimeoutError:
+            sender = getattr(self._producer, "_sender", None)   # kafka-python: close() cannot force past a flush
+            if sender is not None:
+                sender.force_close()          # aborts the incomplete batches: their errbacks count them failed
+                sender.join(timeout)
+        try:
+            self._producer.close(timeout=0)
+        except KafkaError:
+            pass
+        self._closed = True
 
     def close(self, timeout: float | None = 60) -> None:
         """Flush, then close the producer (idempotent: a closed publisher returns at once).

@@ -4,18 +4,31 @@ Topics (partitions from :data:`contracts.TOPIC_PARTITIONS`, names ``settings.top
 retail-sales-transactions (3), retail-inventory-updates (3), retail-price-changes (2),
 retail-customer-events (1), retail-restock-alerts (1), retail-dead-letter (1); replication factor 1
 (single-node broker; override with ``replication_factor``), ``retention.ms = KAFKA_RETENTION_MS``
-(default 7 days). Existing topics are left alone (their partitions/config are not altered).
+(default 7 days), ``cleanup.policy = delete``. Existing topics are not altered, but their layout is compared with
+the spec (:func:`layout_problems`): a different partition count or retention is a warning naming topic, setting,
+expected and actual (logged, and returned under ``warnings``); a ``cleanup.policy`` with ``compact`` fails
+(:class:`TopicLayoutError`), since compaction keeps only the last record per key (``store_id|product_id``) and so
+deletes sales and stock movements the stream, the lake and the nightly ETL must each see.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import logging
+
 from kafka.admin import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
 from contracts import TOPIC_PARTITIONS
 from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class TopicLayoutError(RuntimeError):
+    """An existing platform topic breaks a platform guarantee (e.g. ``cleanup.policy=compact``); ``str`` names
+    topic, setting, expected and actual."""
 
 
 def topic_specs(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
@@ -27,8 +40,38 @@ def topic_specs(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
             (:func:`core.settings.get_settings`).
     """
     s = settings or get_settings()
-    return {s.topic(suffix): {"num_partitions": n, "configs": {"retention.ms": str(s.kafka_retention_ms)}}
+    return {s.topic(suffix): {"num_partitions": n, "configs": {"retention.ms": str(s.kafka_retention_ms),
+                                                               "cleanup.policy": "delete"}}
             for suffix, n in TOPIC_PARTITIONS.items()}
+
+
+def layout_problems(name: str, spec: dict[str, Any], actual: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``(warnings, errors)`` of an existing topic ``name`` whose described layout is ``actual``
+    (``{"partitions": n, config name: value, ...}``, as :func:`describe_topics` gives) against its ``spec``
+    (:func:`topic_specs`).
+
+    * partitions other than the contract's (:data:`contracts.TOPIC_PARTITIONS`): warning (each key still stays in
+      one partition, in order; fewer partitions = less parallelism for the stream, and keys sit on other
+      partitions than on a topic created by the platform);
+    * ``retention.ms`` other than ``KAFKA_RETENTION_MS``: warning (shorter: records may expire before they are
+      read; the stream counts them as expired);
+    * ``cleanup.policy`` including ``compact``: error (the broker would keep only the last record per key).
+    """
+    warnings, errors = [], []
+    want_p, got_p = spec["num_partitions"], actual.get("partitions")
+    if got_p is not None and got_p != want_p:
+        warnings.append(f"topic {name}: partitions expected {want_p}, actual {got_p}"
+                        + (" (fewer: less parallelism, keys on other partitions)" if got_p < want_p else ""))
+    want_r, got_r = spec["configs"]["retention.ms"], actual.get("retention.ms")
+    if got_r is not None and str(got_r) != str(want_r):
+        warnings.append(f"topic {name}: retention.ms expected {want_r}, actual {got_r}")
+    got_c = actual.get("cleanup.policy")
+    if got_c is not None and "compact" in str(got_c):
+        errors.append(f"topic {name}: cleanup.policy expected delete, actual {got_c} (compaction keeps only the "
+                      "last record per key: events would be deleted)")
+    elif got_c is not None and str(got_c) != spec["configs"]["cleanup.policy"]:
+        warnings.append(f"topic {name}: cleanup.policy expected {spec['configs']['cleanup.policy']}, actual {got_c}")
+    return warnings, errors
 
 
 def admin_client(settings: Settings | None = None, **kw: Any) -> KafkaAdminClient:
@@ -39,11 +82,14 @@ def admin_client(settings: Settings | None = None, **kw: Any) -> KafkaAdminClien
 
 
 def ensure_topics(settings: Settings | None = None, replication_factor: int = 1) -> dict[str, list[str]]:
-    """Create the missing platform topics; tolerate existing ones (also under a creation race).
+    """Create the missing platform topics; tolerate existing ones (also under a creation race) and compare their
+    layout with the spec (:func:`layout_problems`; each warning is logged too).
 
     Returns:
-        {"created": [...], "existed": [...]} topic names, sorted.
+        {"created": [...], "existed": [...], "warnings": [...]}: topic names, sorted; the layout warnings.
     Raises:
+        TopicLayoutError: an existing topic breaks a guarantee (``cleanup.policy`` compact), after the others
+            were created.
         kafka.errors.KafkaError: any error other than TopicAlreadyExists (e.g. broker unreachable).
     """
     s = settings or get_settings()
@@ -64,14 +110,40 @@ def ensure_topics(settings: Settings | None = None, replication_factor: int = 1)
                 created.append(name)
             except TopicAlreadyExistsError:
                 existed.append(name)
+        actual = _describe(admin, existed) if existed else {}
     finally:
         admin.close()
-    return {"created": sorted(created), "existed": sorted(existed)}
+    warnings, errors = [], []
+    for name in sorted(existed):
+        w, e = layout_problems(name, specs[name], actual.get(name, {}))
+        warnings += w
+        errors += e
+    for w in warnings:
+        log.warning("%s", w)
+    if errors:
+        raise TopicLayoutError("; ".join(errors))
+    return {"created": sorted(created), "existed": sorted(existed), "warnings": warnings}
+
+
+def _describe(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, Any]]:
+    """{topic: {"partitions": n, "retention.ms": str | None, "cleanup.policy": str | None}} of existing topics."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    out: dict[str, dict[str, Any]] = {t["name"]: {"partitions": len(t["partitions"])}
+                                      for t in admin.describe_topics(names)}
+    # kafka-python 3: {"topic": {name: {config: {"value": ..., ...}}}}
+    cfgs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in out],
+                                  config_filter="all").get("topic", {})
+    for name in out:
+        for key in ("retention.ms", "cleanup.policy"):
+            out[name][key] = cfgs.get(name, {}).get(key, {}).get("value")
+    return out
 
 
 def describe_topics(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """{topic: {"partitions": n, "retention.ms": str | None}} for the platform topics that exist ({} when none
-    does); topics of other names are not listed. ``retention.ms`` is the broker's effective value (ms, as text).
+    """{topic: {"partitions": n, "retention.ms": str | None, "cleanup.policy": str | None}} for the platform topics
+    that exist ({} when none does); topics of other names are not listed. The configs are the broker's effective
+    values (``retention.ms`` in ms, as text).
 
     Raises:
         kafka.errors.KafkaTimeoutError: the bootstrap servers cannot be reached within the admin client's
@@ -79,8 +151,6 @@ def describe_topics(settings: Settings | None = None) -> dict[str, dict[str, Any
         kafka.errors.KafkaError: the broker fails a metadata or describe request.
         ConfigError: ``settings`` is None and the environment's settings are invalid.
     """
-    from kafka.admin import ConfigResource, ConfigResourceType
-
     s = settings or get_settings()
     names = list(topic_specs(s))
     admin = admin_client(s)
@@ -89,13 +159,6 @@ def describe_topics(settings: Settings | None = None) -> dict[str, dict[str, Any
         present = [n for n in names if n in existing]
         if not present:
             return {}
-        out: dict[str, dict[str, Any]] = {t["name"]: {"partitions": len(t["partitions"])}
-                                          for t in admin.describe_topics(present)}
-        # kafka-python 3: {"topic": {name: {config: {"value": ..., ...}}}}
-        cfgs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in present],
-                                      config_filter="all").get("topic", {})
-        for name in out:
-            out[name]["retention.ms"] = cfgs.get(name, {}).get("retention.ms", {}).get("value")
-        return out
+        return _describe(admin, present)
     finally:
         admin.close()

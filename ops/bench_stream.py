@@ -59,6 +59,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import typer
 
+from core.kafka import event_key
 from core.settings import REPO_ROOT, Settings, get_settings
 from ops.charts import write_html
 from ops.services import wait_until
@@ -101,8 +102,8 @@ def make_producer(s: Settings):
     return _make(s, client_id="retail-bench")
 
 
-def _key(et: str, rec: dict) -> str:
-    return rec["customer_id"] if et == "customer_event" else f"{rec['store_id']}|{rec['product_id']}"
+#: the partition key of a record: the platform's one rule (``store_id|product_id``, customer events ``customer_id``)
+_key = event_key
 
 
 @dataclass

@@ -10,7 +10,9 @@
 
 Both generators write the reference data (products, stores) to the lake, create the topics
 (idempotent), publish with a rich progress display (events/s, sent, failed, dead-lettered) and print
-the final counts as JSON (exit code 1 when any delivery failed). The same is available in-process:
+the final counts as JSON (exit code 1 when any delivery failed). SIGTERM and SIGINT stop a run gracefully: no
+more events, at most :data:`STOP_FLUSH_S` seconds of flush, the report printed, exit 128 + the signal's number
+(143 / 130) when nothing failed, else 1. The same is available in-process:
 :func:`run_synthetic`, :func:`run_replay` return the counts dict.
 """
 
@@ -34,16 +36,68 @@ err_console = Console(stderr=True)
 DEFAULT_SAMPLE = Path(__file__).resolve().parent / "data" / "uci_online_retail_sample.csv.gz"
 
 
+#: seconds a stopped run (broker unreachable, SIGTERM) gives the records still buffered before the producer is
+#: closed and the rest is reported failed
+STOP_FLUSH_S = 5.0
+
+
+#: exit code of a run stopped by a signal with every record handed over delivered: 128 + the signal's number
+#: (SIGINT / Ctrl-C 130, SIGTERM 143: ``docker compose stop`` with ``init: true``, ``make local-down``), the shell's
+#: convention for "ended by this signal"; a run with failed or pending deliveries exits 1 (:func:`_finish`)
+SIGNAL_EXIT_BASE = 128
+
+
+class StopSignals:
+    """While active (a ``with`` block in the main thread), SIGTERM and SIGINT do not kill the process: they set
+    :attr:`event` (the publishing loop stops, flushes for :data:`STOP_FLUSH_S` seconds and reports) and
+    :attr:`received` names the signal. A second SIGINT raises KeyboardInterrupt as usual. Outside the main thread
+    (no signal handlers there) it does nothing."""
+
+    def __init__(self):
+        import threading
+
+        self.event = threading.Event()
+        self.received: str | None = None
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received, self.signum = signal.Signals(signum).name, signum
+        self.event.set()
+
+    def __enter__(self) -> "StopSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
 class Pacer:
     """Emission pacing by event time: with ``speed`` X an event-time gap of g ms is emitted after
-    g / X wall-clock ms (X = 1: real time). ``speed=None`` = as fast as possible (no sleeping)."""
+    g / X wall-clock ms (X = 1: real time). ``speed=None`` = as fast as possible (no sleeping). ``stop``: an
+    event that ends a wait early (a stop signal)."""
 
-    def __init__(self, speed: float | None):
+    def __init__(self, speed: float | None, stop=None):
         if speed is not None and not speed > 0:
             raise ValueError("speed must be > 0")
         self.speed = speed
         self._t0: int | None = None
         self._w0 = 0.0
+        self._stop = stop
 
     def wait(self, ts_ms: int) -> None:
         """Sleep until the wall-clock time at which event time ``ts_ms`` is due."""
@@ -54,7 +108,10 @@ class Pacer:
             return
         ahead = self._w0 + (ts_ms - self._t0) / 1000 / self.speed - time.monotonic()
         if ahead > 0.005:
-            time.sleep(ahead)
+            if self._stop is not None:
+                self._stop.wait(ahead)
+            else:
+                time.sleep(ahead)
 
 
 def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, speed: float | None = None,
@@ -64,9 +121,26 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
     :class:`Pacer`; show progress by event time between ``t_start`` and ``t_end`` (epoch ms).
     ``on_progress(n)`` (optional) is called with the number of events handed over so far, every 1,000 events.
 
-    Returns {"events", "elapsed_s", "events_per_s", **publisher.counts} after a flush.
+    The run stops at once when the publisher reports a send blocked ``max_block_ms`` (``publisher.stalled``:
+    broker unreachable or a topic missing): the records still buffered get :data:`STOP_FLUSH_S` seconds, then the
+    producer is closed (what was not acknowledged counts as failed), ``stopped`` names the cause and the events
+    not generated are not sent (the report says so; the CLI exits 1).
+
+    SIGTERM and SIGINT (:class:`StopSignals`) stop it the same way: no more events, the buffered ones get
+    :data:`STOP_FLUSH_S` seconds, the rest is counted failed; ``signal`` names it (the CLI prints the report and
+    exits 128 + the signal's number, or 1 when a delivery failed).
+
+    Returns {"events", "elapsed_s", "events_per_s", "stopped" (None or the cause), "signal" (None or e.g.
+    ``"SIGTERM"``), **publisher.counts} after a flush.
     """
-    pacer = Pacer(speed)
+    with StopSignals() as sigs:
+        return _publish_events(events, publisher, sigs, speed=speed, t_start=t_start, t_end=t_end,
+                               progress=progress, label=label, on_progress=on_progress)
+
+
+def _publish_events(events, publisher, sigs: StopSignals, *, speed, t_start, t_end, progress, label,
+                    on_progress) -> dict[str, Any]:
+    pacer = Pacer(speed, stop=sigs.event)
     n = 0
     t0 = time.monotonic()
     total = (t_end - t_start) if (t_start is not None and t_end is not None and t_end > t_start) else None
@@ -86,18 +160,33 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
                        failed=c["failed"], dlq=c["dead_lettered"])
 
         ts = None
+        stopped = None
         for event_type, record in events:
+            if sigs.event.is_set():
+                break
             ts = record.get("timestamp") if isinstance(record, dict) else None
             if isinstance(ts, int):
                 pacer.wait(ts)
+                if sigs.event.is_set():   # the signal came while waiting: this event is not sent
+                    break
             publisher.publish(event_type, record)
             n += 1
+            if getattr(publisher, "stalled", None):
+                stopped = f"kafka send blocked max_block_ms ({publisher.stalled}); run stopped after {n} events"
+                err_console.print(f"[red]{stopped}")
+                break
             if n % 1000 == 0 and on_progress is not None:
                 on_progress(n)
             if n % 1000 == 0 and time.monotonic() - last > 0.25:
                 last = time.monotonic()
                 refresh(ts if isinstance(ts, int) else None)
-        publisher.flush()
+        if sigs.received and not stopped:
+            stopped = f"{sigs.received} received; run stopped after {n} events"
+            err_console.print(f"[yellow]{stopped}: flushing for at most {STOP_FLUSH_S:g} s")
+        if stopped:
+            publisher.abort(STOP_FLUSH_S)
+        else:
+            publisher.flush()
         if on_progress is not None:
             on_progress(n)
         if total:
@@ -105,7 +194,7 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
         refresh(None if not total else t_end)
     elapsed = time.monotonic() - t0
     return {"events": n, "elapsed_s": round(elapsed, 3), "events_per_s": round(n / max(elapsed, 1e-9), 1),
-            **publisher.counts}
+            "stopped": stopped, "signal": sigs.received, **publisher.counts}
 
 
 def _write_reference(settings: Settings, products, stores) -> dict[str, str]:
@@ -152,6 +241,8 @@ def merge_published(parts: list[dict[str, Any]], elapsed_s: float) -> dict[str, 
         errors.extend(p.get("errors") or [])
     out.update({"elapsed_s": round(elapsed_s, 3), "events_per_s": round(out["events"] / max(elapsed_s, 1e-9), 1),
                 "by_topic_delivered": dict(by_topic), "dead_letter_reasons": dict(reasons), "errors": errors[:20],
+                "stopped": "; ".join(f"process {p.get('process')}: {p['stopped']}" for p in parts
+                                     if p.get("stopped")) or None,
                 "per_process": [{k: p.get(k) for k in ("process", "stores", "events", "elapsed_s", "events_per_s",
                                                         "delivered", "failed", "pending", "cpu_s")} for p in parts]})
     return out
@@ -223,8 +314,10 @@ def _run_parallel(s: Settings, cfg, sim, *, processes: int, realtime: bool, inva
     results: list[dict[str, Any] | None] = [None] * processes
     worker_errors: list[str] = []
     t0 = time.monotonic()
-    with ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_init_worker,
-                             initargs=(counter,)) as pool:
+    sigs = StopSignals()
+    forwarded = False
+    with sigs, ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(counter,)) as pool:
         futs = {pool.submit(_synthetic_worker, j): j["process"] for j in jobs}
         columns = [TextColumn("[bold]{task.description}"), TextColumn("{task.fields[n]} events"),
                    TextColumn("{task.fields[rate]:>8.0f} ev/s"), TextColumn("{task.fields[done]}/" + str(processes)
@@ -241,6 +334,16 @@ def _run_parallel(s: Settings, cfg, sim, *, processes: int, realtime: bool, inva
                     except Exception as exc:  # a process that raised or died: reported, not hidden
                         worker_errors.append(f"process {i}: {exc!r}")
                 pending -= done
+                if sigs.event.is_set() and not forwarded:   # each worker stops, flushes and reports itself
+                    import os
+                    import signal
+
+                    forwarded = True
+                    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                        try:
+                            os.kill(proc.pid, signal.SIGTERM)
+                        except (ProcessLookupError, AttributeError):
+                            pass
                 n = sum(counter)
                 bar.update(task, n=n, rate=n / max(time.monotonic() - t0, 1e-9), done=processes - len(pending))
                 if pending:
@@ -249,6 +352,7 @@ def _run_parallel(s: Settings, cfg, sim, *, processes: int, realtime: bool, inva
     ok = [r for r in results if r is not None]
     published = merge_published([r["published"] for r in ok], elapsed)
     published["worker_errors"] = worker_errors
+    published["signal"] = sigs.received
     if worker_errors:
         published["failed"] += 1  # at least one process' records are unaccounted for: the run failed
     return {"published": published, "generator": _sum_dicts([r["generator"] for r in ok]),
@@ -348,20 +452,35 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
 
 
 def _finish(result: dict[str, Any]) -> None:
+    """Print the report; exit 1 when a delivery failed or is pending, a process failed or the run stopped on a
+    stalled send; else 128 + the signal's number when a signal stopped the run (SIGINT 130, SIGTERM 143); else 0."""
+    import signal
+
     typer.echo(json.dumps(result, indent=2, default=str))
     pub = result.get("published") or {}
-    if pub.get("failed") or pub.get("pending") or pub.get("worker_errors"):
+    if pub.get("failed") or pub.get("pending") or pub.get("worker_errors") or (pub.get("stopped")
+                                                                               and not pub.get("signal")):
         err_console.print(f"[red]{pub.get('failed')} deliveries failed, {pub.get('pending')} pending"
                           + (f", process errors: {pub['worker_errors']}" if pub.get("worker_errors") else ""))
         raise typer.Exit(1)
+    if pub.get("signal"):
+        raise typer.Exit(SIGNAL_EXIT_BASE + int(signal.Signals[pub["signal"]]))
 
 
 @app.command()
 def topics() -> None:
-    """Create the platform topics (idempotent) and print what was created vs already existed."""
-    from core.kafka_admin import ensure_topics
+    """Create the platform topics (idempotent) and print what was created vs already existed, with a warning per
+    existing topic whose partitions or retention differ from the spec; exit 1 for a compacted topic."""
+    from core.kafka_admin import TopicLayoutError, ensure_topics
 
-    typer.echo(json.dumps(ensure_topics(get_settings()), indent=2))
+    try:
+        result = ensure_topics(get_settings())
+    except TopicLayoutError as exc:
+        err_console.print(f"[red]{exc}")
+        raise typer.Exit(1) from None
+    for w in result["warnings"]:
+        err_console.print(f"[yellow]warning: {w}")
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -424,11 +543,19 @@ def jsonl(
     """Publish raw JSON values (e.g. a POS gateway's export) with the stream's checks (strict JSON, each key once,
     contract, ids, event time, numeric bounds); failing lines go to the dead-letter topic with the reason."""
     from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
     from producers.raw import publish_file
 
-    with EventPublisher(get_settings(), client_id="retail-jsonl") as pub:
+    s = get_settings()
+    topics = ensure_topics(s)   # as the other commands: the broker may not create topics (auto-create is off)
+    with EventPublisher(s, client_id="retail-jsonl") as pub:
         counts = publish_file(pub, event_type, path)
-    _finish({"lines": counts, "published": pub.counts})  # exits 1 when a delivery failed
+        if pub.stalled:
+            err_console.print(f"[red]kafka send blocked max_block_ms ({pub.stalled}): stopped at line "
+                              f"{counts['stopped_at_line']}, {counts['not_sent']} line(s) not sent")
+            pub.abort(STOP_FLUSH_S)
+    _finish({"topics": topics, "lines": counts,
+             "published": {**pub.counts, "stopped": pub.stalled}})  # exits 1 when a delivery failed
 
 
 def _check_encoding(encoding: str | None) -> None:

@@ -43,13 +43,27 @@ def publish_raw(publisher, event_type: str, value: bytes | str) -> bool:
 
 
 def publish_lines(publisher, event_type: str, lines: Iterable[bytes]) -> dict[str, int]:
-    """:func:`publish_raw` for each non-empty line; returns ``{"published": n, "dead_lettered": m}``."""
+    """:func:`publish_raw` for each non-empty line; returns ``{"published": n, "dead_lettered": m}``.
+
+    Stops at the first line whose send blocked ``max_block_ms`` (``publisher.stalled``: broker unreachable or
+    topic missing) instead of blocking again per line; then the result also holds ``stopped_at_line`` (1-based
+    line of that send) and ``not_sent`` (the non-empty lines after it, read but not handed to Kafka).
+    """
     out = {"published": 0, "dead_lettered": 0}
-    for line in lines:
+    stopped_at = None
+    not_sent = 0
+    for no, line in enumerate(lines, 1):
         line = line.rstrip(b"\r\n")
         if not line.strip():
             continue
+        if stopped_at is not None:
+            not_sent += 1
+            continue
         out["published" if publish_raw(publisher, event_type, line) else "dead_lettered"] += 1
+        if getattr(publisher, "stalled", None):
+            stopped_at = no
+    if stopped_at is not None:
+        out.update(stopped_at_line=stopped_at, not_sent=not_sent)
     return out
 
 

@@ -103,7 +103,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from contracts import PRICE_MAX, QUANTITY_MAX, STOCK_MAX
+from contracts import PRICE_MAX, QUANTITY_MAX, STOCK_MAX, require_symbols
 from producers.catalog import PRODUCTS_SCHEMA, STORES_SCHEMA, company_pool
 
 log = logging.getLogger(__name__)
@@ -617,6 +617,16 @@ def out_of_order_rows(ts: np.ndarray) -> int:
     return int((ts < np.maximum.accumulate(ts)).sum()) if len(ts) else 0
 
 
+#: the fixed enum values the replay writes, per (event type, field): checked against the Avro schemas when a
+#: :class:`Replay` is built (contracts.require_symbols), so a renamed symbol stops it at start, naming the value
+ENUM_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("sales_transaction", "payment_method"): ("ONLINE",),
+    ("inventory_update", "reason"): ("OPENING", "RESTOCK", "SALE", "RETURN", "WASTE", "ADJUSTMENT"),
+    ("price_change", "reason"): ("OBSERVED",),
+    ("customer_event", "event_type"): ("STORE_VISIT",),
+}
+
+
 class Replay:
     """Turns a UCI transaction frame into POS events (see module docstring).
 
@@ -628,6 +638,8 @@ class Replay:
     """
 
     def __init__(self, df: pd.DataFrame, config: ReplayConfig | None = None):
+        for (et, f), values in ENUM_VALUES.items():
+            require_symbols(et, f, values, user="producers.replay")
         self.config = config or ReplayConfig()
         self.quarantine: list[dict[str, Any]] = list(df.attrs.get("quarantine", []))
         self.df = df.reset_index(drop=True)

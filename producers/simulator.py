@@ -41,6 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from contracts import require_symbols
 from producers.catalog import build_products, build_stores
 
 #: relative demand per hour of day (store opening hours 07-22, lunch and after-work peaks)
@@ -51,10 +52,35 @@ HOURLY_PROFILE = HOURLY_PROFILE / HOURLY_PROFILE.mean()
 WEEKLY_PROFILE = np.array([0.90, 0.88, 0.92, 0.98, 1.15, 1.30, 0.87])
 WEEKLY_PROFILE = WEEKLY_PROFILE / WEEKLY_PROFILE.mean()
 
-PAYMENT_METHODS = ["CARD", "CASH", "MOBILE", "GIFT_CARD"]
-PAYMENT_WEIGHTS = np.array([0.55, 0.20, 0.22, 0.03])
-CUSTOMER_EVENTS = ["STORE_VISIT", "PRODUCT_VIEW", "LOYALTY_SIGNUP", "BASKET_ABANDONED", "COMPLAINT"]
-CUSTOMER_EVENT_WEIGHTS = [0.45, 0.35, 0.06, 0.10, 0.04]
+# Enum values come from the Avro schemas (contracts/schemas/*.avsc), the one source: the simulator only says how
+# often it draws each symbol, and a Simulator checks at construction that every value it can emit is a symbol
+# (contracts.require_symbols), so a renamed or removed symbol stops it at start, naming the value, instead of
+# dead-lettering its records one by one. A schema symbol without a weight here is not drawn.
+#: relative frequency of each payment method at a till (``sales_transaction.payment_method``; ONLINE and UNKNOWN
+#: are not drawn: the replay of the online retailer sends ONLINE)
+PAYMENT_WEIGHTS: dict[str, float] = {"CARD": 0.55, "CASH": 0.20, "MOBILE": 0.22, "GIFT_CARD": 0.03}
+#: relative frequency of each customer event type (``customer_event.event_type``)
+CUSTOMER_EVENT_WEIGHTS: dict[str, float] = {"STORE_VISIT": 0.45, "PRODUCT_VIEW": 0.35, "LOYALTY_SIGNUP": 0.06,
+                                            "BASKET_ABANDONED": 0.10, "COMPLAINT": 0.04}
+#: customer event types that name a product (the others carry product_id null)
+PRODUCT_CUSTOMER_EVENTS = ("PRODUCT_VIEW", "BASKET_ABANDONED")
+#: fixed enum values the model writes (``inventory_update.reason``, ``price_change.reason``)
+INVENTORY_REASONS = ("OPENING", "SALE", "RETURN", "RESTOCK", "WASTE", "ADJUSTMENT")
+PRICE_REASONS = ("PROMOTION", "PROMOTION_END", "MARKDOWN", "COST_CHANGE", "COMPETITOR")
+_USER = "producers.simulator"
+
+
+def enum_choices(event_type: str, field: str, weights: dict[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
+    """``(symbols, probabilities)`` of an enum field: the schema's symbols in schema order
+    (:func:`contracts.enum_symbols`) and each one's weight from ``weights`` (0 for a symbol it does not name),
+    normalised to sum 1.
+
+    Raises:
+        contracts.ContractError: ``weights`` names a value the schema does not define.
+    """
+    symbols = require_symbols(event_type, field, weights, user=_USER)
+    p = np.array([float(weights.get(sym, 0.0)) for sym in symbols])
+    return symbols, p / p.sum()
 
 
 def seasonality(ts_ms: int) -> float:
@@ -176,6 +202,13 @@ class Simulator:
             products = size_stock_to_demand(build_products(config.n_skus, config.seed), self.popularity, config)
         self.products = products
         self.stats = SimStats()
+        # read from the schemas on every construction (cached there), checked before any event is made
+        self.payment_methods, self.payment_p = enum_choices("sales_transaction", "payment_method", PAYMENT_WEIGHTS)
+        self.customer_events, self.customer_event_p = enum_choices("customer_event", "event_type",
+                                                                   CUSTOMER_EVENT_WEIGHTS)
+        require_symbols("customer_event", "event_type", PRODUCT_CUSTOMER_EVENTS, user=_USER)
+        require_symbols("inventory_update", "reason", INVENTORY_REASONS, user=_USER)
+        require_symbols("price_change", "reason", PRICE_REASONS, user=_USER)
 
     # ---------------------------------------------------------------- helpers
     def _count(self, event_type: str, rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -208,6 +241,7 @@ class Simulator:
         list_price = [[float(x) for x in self.products["unit_price"]] for _ in range(n_st)]
         price = [row[:] for row in list_price]
         pop = self.popularity
+        pay_syms, cev_syms = self.payment_methods, self.customer_events
         stock = [[0] * n_sk for _ in range(n_st)]
         pending = [[False] * n_sk for _ in range(n_st)]
         restocks: list[tuple[int, int, int, int]] = []  # heap of (due_ms, seq, store, sku)
@@ -249,16 +283,16 @@ class Simulator:
                     ret = rng.random(n) < cfg.return_prob
                     loyal = rng.random(n) < cfg.loyalty_share
                     cust = rng.integers(1, cfg.n_customers + 1, size=n)
-                    pay = rng.choice(len(PAYMENT_METHODS), size=n, p=PAYMENT_WEIGHTS)
+                    pay = rng.choice(len(pay_syms), size=n, p=self.payment_p)
                     cev = rng.random(n) < cfg.customer_event_prob
-                    cet = rng.choice(len(CUSTOMER_EVENTS), size=n, p=CUSTOMER_EVENT_WEIGHTS)
+                    cet = rng.choice(len(cev_syms), size=n, p=self.customer_event_p)
                     for o, k_, q_, r_, l_, c_, p_, e_, t_ in zip(offs.tolist(), ks.tolist(), qty.tolist(),
                                                                  ret.tolist(), loyal.tolist(), cust.tolist(),
                                                                  pay.tolist(), cev.tolist(), cet.tolist()):
                         seq += 1
                         intents.append((t0 + o, seq, "sale", s,
-                                        (k_, q_, r_, f"C{c_:06d}" if l_ else None, PAYMENT_METHODS[p_],
-                                         CUSTOMER_EVENTS[t_] if e_ else None)))
+                                        (k_, q_, r_, f"C{c_:06d}" if l_ else None, pay_syms[p_],
+                                         cev_syms[t_] if e_ else None)))
                 for kind, per_hour in (("price", cfg.price_changes_per_store_hour),
                                        ("waste", cfg.waste_per_store_hour),
                                        ("adjust", cfg.adjustments_per_store_hour)):
@@ -280,7 +314,7 @@ class Simulator:
                         yield self._count("customer_event", {
                             "event_id": new_id(), "customer_id": cid, "store_id": stores[s],
                             "event_type": et,
-                            "product_id": skus[k] if et in ("PRODUCT_VIEW", "BASKET_ABANDONED") else None,
+                            "product_id": skus[k] if et in PRODUCT_CUSTOMER_EVENTS else None,
                             "timestamp": ts})
                     if is_ret:
                         q_signed = -q

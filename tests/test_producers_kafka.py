@@ -62,10 +62,48 @@ def test_topics_are_created_idempotently(kafka_settings):
     second = ensure_topics(s)
     names = sorted(s.topic(t) for t in TOPIC_PARTITIONS)
     assert sorted(first["created"] + first["existed"]) == names
-    assert second == {"created": [], "existed": names}
+    assert second == {"created": [], "existed": names, "warnings": []}
     desc = describe_topics(s)
     assert {t: d["partitions"] for t, d in desc.items()} == {s.topic(t): n for t, n in TOPIC_PARTITIONS.items()}
     assert {d["retention.ms"] for d in desc.values()} == {str(s.kafka_retention_ms)}
+    assert {d["cleanup.policy"] for d in desc.values()} == {"delete"}
+
+
+def test_an_existing_topic_with_another_layout_is_reported(kafka_settings):
+    """A topic pre-created with 1 partition and retention.ms=60000 was reported as "existed", nothing more; now
+    each difference is a warning naming topic, setting, expected and actual, and a compacted topic (which would
+    keep only the last record per key) fails ensure_topics."""
+    import uuid
+
+    from kafka.admin import NewTopic
+
+    from core.kafka_admin import admin_client, ensure_topics
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-lay-"})
+    sales, prices = s.topic("sales-transactions"), s.topic("price-changes")
+    admin = admin_client(s)
+    try:
+        admin.create_topics([NewTopic(sales, 1, 1, topic_configs={"retention.ms": "60000"})])
+    finally:
+        admin.close()
+    r = ensure_topics(s)
+    assert r["existed"] == [sales] and len(r["created"]) == len(TOPIC_PARTITIONS) - 1
+    assert r["warnings"] == [f"topic {sales}: partitions expected 3, actual 1 (fewer: less parallelism, keys on "
+                             "other partitions)",
+                             f"topic {sales}: retention.ms expected {s.kafka_retention_ms}, actual 60000"], r
+
+    from core.kafka_admin import TopicLayoutError
+
+    s2 = s.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-cmp-"})
+    prices = s2.topic("price-changes")
+    admin = admin_client(s2)
+    try:
+        admin.create_topics([NewTopic(prices, 2, 1, topic_configs={"cleanup.policy": "compact",
+                                                                   "retention.ms": str(s2.kafka_retention_ms)})])
+    finally:
+        admin.close()
+    with pytest.raises(TopicLayoutError, match=f"topic {prices}: cleanup.policy expected delete, actual compact"):
+        ensure_topics(s2)
 
 
 def test_publish_valid_and_invalid_events_round_trip(kafka_settings):
@@ -256,3 +294,129 @@ def test_synthetic_over_two_processes_delivers_every_event_once(kafka_settings):
                 assert len({p for p, _ in rows}) == 1
                 assert [t for _, t in rows] == sorted(t for _, t in rows)
     assert len(consume_all(s, s.topic(DEAD_LETTER))) == pub["dead_lettered"]
+
+
+def _cli(settings, *args, prefix: str, timeout: float = 300, **popen):
+    """``python -m producers.cli *args`` against the test broker with topic prefix ``prefix``."""
+    import os
+    import subprocess
+    import sys
+
+    from core.settings import REPO_ROOT
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "KAFKA_TOPIC_PREFIX": prefix,
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "producers.cli", *args]
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, **popen)
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_jsonl_creates_its_topics(kafka_settings, tmp_path):
+    """``producers.cli jsonl`` on a fresh topic prefix (the broker does not create topics): before, each of 3 lines
+    blocked 30 s on metadata and failed (93.6 s, exit 1); now the topics are created first and all 3 delivered."""
+    import uuid
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-jl-"
+    now = int(time.time() * 1000)
+    lines = [json.dumps({"transaction_id": f"JL{i}", "store_id": "S1", "product_id": "P1", "quantity": 1,
+                         "unit_price": 2.5, "timestamp": now, "customer_id": None, "payment_method": "CARD",
+                         "invoice_id": None}) for i in range(3)]
+    (tmp_path / "l.jsonl").write_text("\n".join(lines) + "\n")
+    t0 = time.monotonic()
+    r = _cli(kafka_settings, "jsonl", str(tmp_path / "l.jsonl"), "--event-type", "sales_transaction", prefix=prefix)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    out = json.loads(r.stdout)
+    assert out["lines"] == {"published": 3, "dead_lettered": 0}
+    assert out["published"]["delivered"] == 3 and out["published"]["failed"] == 0, out
+    assert prefix + "sales-transactions" in out["topics"]["created"]
+    assert took < 28, took   # no 30 s metadata wait
+
+
+def test_a_send_that_blocks_stops_the_run_and_reports_the_rest(kafka_settings, tmp_path):
+    """A send that blocks ``max_block_ms`` (topic metadata unavailable: here the topics of a prefix never
+    created, as for a stopped broker) stops the run: every later line / event is reported, not sent one by one
+    after a 30 s block each (before: 6 lines x max_block_ms, no report of what was left)."""
+    import uuid
+
+    from core.kafka import EventPublisher
+    from producers.cli import publish_events
+    from producers.raw import publish_file
+    from producers.simulator import SimConfig, Simulator
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-none-"})
+    now = int(time.time() * 1000)
+    path = tmp_path / "six.jsonl"
+    path.write_text("\n".join(json.dumps({
+        "transaction_id": f"N{i}", "store_id": "S1", "product_id": "P1", "quantity": 1, "unit_price": 2.5,
+        "timestamp": now, "customer_id": None, "payment_method": "CARD", "invoice_id": None}) for i in range(6)) + "\n")
+    t0 = time.monotonic()
+    with EventPublisher(s, client_id="stall-test", max_block_ms=1500) as pub:
+        counts = publish_file(pub, "sales_transaction", path)
+        assert pub.stalled and "Failed to update metadata" in pub.stalled
+        pub.abort(2)
+    took = time.monotonic() - t0
+    assert counts == {"published": 1, "dead_lettered": 0, "stopped_at_line": 1, "not_sent": 5}, counts
+    c = pub.counts
+    assert (c["sent"], c["delivered"], c["failed"], c["pending"]) == (1, 0, 1, 0), c
+    assert took < 6, took
+
+    events = Simulator(SimConfig(n_stores=1, n_skus=5, duration_minutes=60, seed=3)).events()
+    t0 = time.monotonic()
+    with EventPublisher(s, client_id="stall-test-2", max_block_ms=1500) as pub:
+        rep = publish_events(events, pub, progress=False)
+    assert time.monotonic() - t0 < 12
+    assert rep["stopped"] and "max_block_ms" in rep["stopped"] and rep["events"] == 1, rep
+    assert rep["failed"] == 1 and rep["pending"] == 0 and rep["delivered"] == 0, rep
+
+
+def _end_offsets(settings, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        return sum(c.end_offsets(parts).values()) if parts else 0
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_stops_flushes_and_reports(kafka_settings, processes):
+    """SIGTERM (compose stop with ``init: true``, supervisor stop) to a running synthetic producer: it stops
+    producing, flushes, prints the delivery report and exits 143 (128 + SIGTERM), every record it handed over
+    delivered and on its topic; with ``--processes 2`` the parent forwards it to its workers and sums their reports.
+    Before: killed at once, exit 143 (-15 here) with no flush and no report."""
+    import signal
+    import subprocess
+    import uuid
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-term-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    proc = _cli(kafka_settings, "synthetic", "--stores", "5", "--skus", "20", "--events-per-min-per-store", "300",
+                "--duration-minutes", "600", "--realtime", "--no-reference", "--quiet", "--processes", str(processes),
+                prefix=prefix,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:   # SIGTERM once records reach the broker (the run is publishing)
+            time.sleep(2)
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if _end_offsets(s, s.topic("sales-transactions")) > 0:
+                    break
+            except Exception:
+                pass
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    pub = json.loads(out)["published"]
+    assert pub["signal"] == "SIGTERM" and "SIGTERM" in pub["stopped"], pub
+    assert pub["failed"] == 0 and pub["pending"] == 0 and pub["delivered"] == pub["sent"] + pub["dead_lettered"] > 0
+    for suffix in ("sales-transactions", "inventory-updates"):
+        assert _end_offsets(s, s.topic(suffix)) == pub["by_topic_delivered"].get(s.topic(suffix), 0), suffix
