@@ -13,6 +13,7 @@ names the offending environment variable.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 import os
@@ -180,6 +181,13 @@ class Settings(BaseSettings):
                     "compose sets 0.0.0.0 (all interfaces of the container, for its published port).")
     dashboard_refresh_s: float = Field(default=5.0, gt=0, le=10, description="Seconds between refreshes of the dashboard's live sections (at most 10).")
     etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
+    etl_start_date: dt.date = Field(
+        default=dt.date(2026, 12, 1),
+        description="First UTC date daily_etl loads (YYYY-MM-DD, the DAG's start_date). daily_etl catches up: the "
+                    "scheduler creates a run for every date from here, so nights missed while it was down are "
+                    "loaded when it is back, in date order (one run at a time). Set it to the first date of "
+                    "your data (earlier dates: `make nightly` or `airflow backfill create`); a date years back makes "
+                    "years of runs when the DAG is first unpaused.")
     training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")
