@@ -71,6 +71,47 @@ def interval_hours(value: str, variable: str = "STREAM_WINDOW") -> float:
     return number * _INTERVAL_UNITS[unit]
 
 
+#: Airflow's cron presets (airflow.utils.dates.cron_presets), which its CronDataIntervalTimetable expands
+_CRON_PRESETS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *",
+                 "@quarterly": "0 0 1 */3 *", "@yearly": "0 0 1 1 *"}
+
+
+def cron_schedule(value: str, variable: str, daily: bool = False) -> str:
+    """Check a cron schedule as Airflow's ``CronDataIntervalTimetable`` reads it (presets such as ``@daily``
+    expanded, five fields, parsed by croniter, Airflow's own cron library, imported here on first use).
+
+    ``daily``: the DAG processes one UTC date per run, the date its data interval starts on (core.dagconf.target_date),
+    so the schedule must fire exactly once every day, at one time of day: then each interval [D hh:mm, D+1 hh:mm)
+    ends after day D did, and every date is loaded exactly once. ``0 8 * * 1-5`` would skip the weekend's dates,
+    ``0 */12 * * *`` load each date twice, the first time while it is half over.
+
+    Returns:
+        ``value`` without surrounding blanks.
+    Raises:
+        ValueError: naming ``variable``, for a string that is not such a cron schedule.
+    """
+    from croniter import croniter
+
+    expr = _CRON_PRESETS.get(value.strip(), value.strip())
+    if len(expr.split()) != 5:
+        raise ValueError(f"{variable} {value!r}: expected a cron expression of 5 fields (minute hour day-of-month "
+                         f"month day-of-week, UTC), e.g. '0 8 * * *', or a preset ({', '.join(_CRON_PRESETS)})")
+    try:
+        cron = croniter(expr)
+        cron.get_next(dt.datetime)   # a schedule that never fires (e.g. '0 0 30 2 *') fails here
+    except Exception as exc:  # croniter's CroniterBadCronError / CroniterBadDateError / ValueError
+        raise ValueError(f"{variable} {value!r}: not a valid cron expression ({exc})") from None
+    if daily:
+        minute, hour, dom, month, dow = cron.expanded[:5]
+        if not (len(minute) == len(hour) == 1 and "*" not in (minute[0], hour[0])
+                and dom == month == dow == ["*"]):
+            raise ValueError(f"{variable} {value!r}: must fire exactly once every day (minute and hour fixed, "
+                             "e.g. '0 8 * * *'): each run processes one UTC date, the day its data interval starts "
+                             "on, so a schedule on some days only skips dates and one firing several times a day "
+                             "processes a date more than once, the first time before it is over")
+    return value.strip()
+
+
 @functools.lru_cache(maxsize=1)
 def _holiday_countries() -> dict[str, list[str]]:
     """{country code: its subdivision codes} of the ``holidays`` package (imported on first use)."""
@@ -180,7 +221,7 @@ class Settings(BaseSettings):
         description="Address the live browser dashboard (Streamlit) listens on: this machine only by default; "
                     "compose sets 0.0.0.0 (all interfaces of the container, for its published port).")
     dashboard_refresh_s: float = Field(default=5.0, gt=0, le=10, description="Seconds between refreshes of the dashboard's live sections (at most 10).")
-    etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
+    etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl (UTC; once every day, minute and hour fixed: each run loads one date).")
     etl_start_date: dt.date = Field(
         default=dt.date(2026, 12, 1),
         description="First UTC date daily_etl loads (YYYY-MM-DD, the DAG's start_date). daily_etl catches up: the "
@@ -188,7 +229,7 @@ class Settings(BaseSettings):
                     "loaded when it is back, in date order (one run at a time). Set it to the first date of "
                     "your data (earlier dates: `make nightly` or `airflow backfill create`); a date years back makes "
                     "years of runs when the DAG is first unpaused.")
-    training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (after daily_etl, so it sees the day just loaded).")
+    training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (UTC; once every day, minute and hour fixed; after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")
     service_level: float = Field(default=0.95, description="Target cycle service level for safety stock.")
@@ -251,6 +292,12 @@ class Settings(BaseSettings):
         if info.field_name == "stream_window" and hours <= 0:
             raise ValueError(f"STREAM_WINDOW {v!r}: the window length must be > 0")
         return v
+
+    @field_validator("etl_schedule", "training_schedule")
+    @classmethod
+    def _check_daily_schedule(cls, v: str, info: ValidationInfo) -> str:
+        # both DAGs process the UTC date their data interval starts on (core.dagconf.target_date)
+        return cron_schedule(v, info.field_name.upper(), daily=True)
 
     @field_validator("store_country_default")
     @classmethod

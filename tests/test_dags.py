@@ -219,3 +219,37 @@ def test_dags_test_runs_dates_before_etl_start_date(monkeypatch, tmp_path):
     af.dags_test("daily_etl", dt.date(2026, 12, 3), s, tmp_path)
     assert seen[0][1]["ETL_START_DATE"] == "2026-11-12" and seen[0][0][-1] == "2026-11-12"
     assert seen[1][1].get("ETL_START_DATE") in (None, os.environ.get("ETL_START_DATE"))
+
+
+@pytest.mark.parametrize("schedule", ["0 8 * * *", "@daily", "30 23 * * *", "0 8 * * 1-5", "0 */12 * * *",
+                                      "0 8,20 * * *", "@hourly", "0 8 */2 * *", "@weekly"])
+def test_every_etl_schedule_loads_each_date_once_and_complete(tmp_path, schedule):
+    """Whatever ETL_SCHEDULE the settings accept, Airflow's timetable on the real daily_etl (catchup from
+    2026-11-02, 'now' 2026-11-17 00:00) makes one run per UTC date 11-02..11-15, each date exactly once and never
+    before it is over (the run processes core.dagconf.target_date of its logical date). Any other schedule is
+    refused at start, naming ETL_SCHEDULE. Before: '0 8 * * 1-5' made 10 runs and never loaded 11-07, 11-08,
+    11-14; '0 */12 * * *' loaded every date twice, the first time at noon of that day."""
+    import datetime as dt
+    from collections import Counter
+
+    from core.dagconf import target_date
+    from core.settings import ConfigError, Settings
+
+    try:
+        Settings(_env_file=None, etl_schedule=schedule)
+    except (ConfigError, ValueError) as exc:
+        assert "ETL_SCHEDULE" in str(exc)
+        assert schedule not in ("0 8 * * *", "@daily", "30 23 * * *"), f"a daily schedule refused: {exc}"
+        return
+    got = timetable_runs(tmp_path, "2026-11-17T00:00:00+00:00", {},
+                         {"ETL_SCHEDULE": schedule, "ETL_START_DATE": "2026-11-02"})["daily_etl"]["runs"]
+    loaded = Counter()
+    for start, end in got:
+        day = target_date(dt_.fromisoformat(start))
+        loaded[day] += 1
+        assert dt_.fromisoformat(end) >= dt_.combine(day + dt.timedelta(days=1), dt_.min.time(), dt.timezone.utc), \
+            f"{schedule!r}: {day} loaded by the run of [{start}, {end}), before the day was over"
+    want = {dt.date(2026, 11, 2) + dt.timedelta(days=i) for i in range(14)}
+    assert want <= set(loaded) <= want | {dt.date(2026, 11, 16)}, \
+        f"{schedule!r}: dates never loaded {sorted(want - set(loaded))}"
+    assert max(loaded.values()) == 1, f"{schedule!r}: loaded more than once {[d for d, n in loaded.items() if n > 1]}"

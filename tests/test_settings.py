@@ -76,6 +76,11 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     # a country (or ISO 3166-2 subdivision) the holidays package has a calendar for
     ("STORE_COUNTRY_DEFAULT", "XX", "STORE_COUNTRY_DEFAULT"),
     ("STORE_COUNTRY_DEFAULT", "GB-XYZ", "STORE_COUNTRY_DEFAULT"),
+    # daily_etl and demand_forecast_training process the date their data interval starts on: once every day
+    ("ETL_SCHEDULE", "0 8 * * 1-5", "ETL_SCHEDULE"),
+    ("ETL_SCHEDULE", "0 */12 * * *", "ETL_SCHEDULE"),
+    ("TRAINING_SCHEDULE", "0 10 * * 0", "TRAINING_SCHEDULE"),    # would train on a week-old date
+    ("TRAINING_SCHEDULE", "@hourly", "TRAINING_SCHEDULE"),
 ])
 def test_bad_configuration_names_the_variable(monkeypatch, var, value, needle):
     monkeypatch.setenv(var, value)
