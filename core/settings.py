@@ -17,6 +17,7 @@ import datetime as dt
 import functools
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlparse
@@ -70,6 +71,18 @@ def interval_hours(value: str, variable: str = "STREAM_WINDOW") -> float:
                          f"'{int(number * 60 * _INTERVAL_UNITS[unit] * 60)} seconds'")
     return number * _INTERVAL_UNITS[unit]
 
+
+#: an unquoted ClickHouse identifier (CLICKHOUSE_DATABASE is spliced into SQL as is)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Spark byte strings (JavaUtils.byteStringAs: number + b, k, kb, m, mb, g, gb, t, tb, p, pb; case-insensitive)
+_SPARK_MEMORY = re.compile(r"(\d+)(?:[kmgtp]b?|b)?", re.IGNORECASE)
+#: the JVM's -Xmx sizes (number + k, m, g, t; a bare number is bytes)
+_JVM_MEMORY = re.compile(r"(\d+)[kmgt]?", re.IGNORECASE)
+#: S3 bucket names (lower case, digits, '.', '-', 3-63 characters, alphanumeric at both ends)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+#: characters of a Kafka topic name
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 
 #: Airflow's cron presets (airflow.utils.dates.cron_presets), which its CronDataIntervalTimetable expands
 _CRON_PRESETS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *",
@@ -298,6 +311,95 @@ class Settings(BaseSettings):
     def _check_daily_schedule(cls, v: str, info: ValidationInfo) -> str:
         # both DAGs process the UTC date their data interval starts on (core.dagconf.target_date)
         return cron_schedule(v, info.field_name.upper(), daily=True)
+
+    @field_validator("predictions_schedule")
+    @classmethod
+    def _check_predictions_schedule(cls, v: str | None) -> str | None:
+        # a bad cron otherwise surfaced only as the DAG missing from the DagBag (AirflowTimetableInvalid)
+        return v if v is None else cron_schedule(v, "PREDICTIONS_SCHEDULE")
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _check_database(cls, v: str) -> str:
+        # spliced unquoted into every statement (CREATE DATABASE {db}, {db}.fact_sales): an identifier only
+        if not _IDENTIFIER.fullmatch(v):
+            raise ValueError(f"CLICKHOUSE_DATABASE {v!r}: expected an identifier (letters, digits, _; not starting "
+                             "with a digit), e.g. retail_prod")
+        return v
+
+    @field_validator("spark_driver_memory", "kafka_heap")
+    @classmethod
+    def _check_memory(cls, v: str, info: ValidationInfo) -> str:
+        # Spark's byte strings (spark.driver.memory: 512m, 2g, 1024mb; a bare number is MiB) / the JVM's -Xmx
+        # (512m, 2g, no 'b'); anything else fails only when spark-submit or the broker starts
+        pattern = _SPARK_MEMORY if info.field_name == "spark_driver_memory" else _JVM_MEMORY
+        m = pattern.fullmatch(v.strip())
+        if not m or int(m.group(1)) <= 0:
+            raise ValueError(f"{info.field_name.upper()} {v!r}: expected a JVM memory size > 0 such as 512m or 2g")
+        return v.strip()
+
+    @field_validator("lake_raw_bucket", "lake_models_bucket", "lake_features_bucket")
+    @classmethod
+    def _check_bucket(cls, v: str, info: ValidationInfo) -> str:
+        # S3 bucket naming rules (MinIO refuses others when the buckets are created)
+        if not _BUCKET.fullmatch(v) or ".." in v or _IPV4.fullmatch(v):
+            raise ValueError(f"{info.field_name.upper()} {v!r}: not an S3 bucket name (3-63 characters: lower-case "
+                             "letters, digits, '.', '-'; starting and ending with a letter or digit)")
+        return v
+
+    @field_validator("kafka_topic_prefix")
+    @classmethod
+    def _check_topic_prefix(cls, v: str) -> str:
+        if not _TOPIC_CHARS.fullmatch(v) or len(v) > 200:
+            raise ValueError(f"KAFKA_TOPIC_PREFIX {v!r}: Kafka topic names take letters, digits, '.', '_', '-' "
+                             "only (at most 200 characters for the prefix)")
+        return v
+
+    @field_validator("kafka_retention_ms")
+    @classmethod
+    def _check_retention(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError(f"KAFKA_RETENTION_MS {v}: must be >= 1 (milliseconds) or -1 (no limit)")
+        return v
+
+    @field_validator("stream_starting_offsets")
+    @classmethod
+    def _check_starting_offsets(cls, v: str) -> str:
+        # Spark's Kafka source: earliest, latest or a JSON object of offsets per topic/partition
+        if v in ("earliest", "latest"):
+            return v
+        import json
+
+        try:
+            ok = isinstance(json.loads(v), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"STREAM_STARTING_OFFSETS {v!r}: expected earliest, latest or a JSON object "
+                             '(e.g. {"retail-sales-transactions": {"0": 42}})')
+        return v
+
+    @field_validator("forecast_backtest_origins", "forecast_train_window_days")
+    @classmethod
+    def _check_positive(cls, v: int, info: ValidationInfo) -> int:
+        # 0 origins: no backtest, so no champion; a window <= 0 days: nothing to train on
+        if v < 1:
+            raise ValueError(f"{info.field_name.upper()} {v}: must be >= 1")
+        return v
+
+    @field_validator("forecast_stats_jobs")
+    @classmethod
+    def _check_stats_jobs(cls, v: int) -> int:
+        if v == 0:  # ml.forecast.ForecastConfig refuses it, at training time
+            raise ValueError("FORECAST_STATS_JOBS 0: must be -1 (all cores) or >= 1")
+        return v
+
+    @field_validator("risk_high_hours", "risk_medium_hours")
+    @classmethod
+    def _check_risk_hours_bound(cls, v: float, info: ValidationInfo) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{info.field_name.upper()} {v}: hours of cover, must be finite and >= 0")
+        return v
 
     @field_validator("store_country_default")
     @classmethod
