@@ -13,9 +13,11 @@ names the offending environment variable.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlparse
@@ -68,6 +70,59 @@ def interval_hours(value: str, variable: str = "STREAM_WINDOW") -> float:
         raise ValueError(f"{variable}: interval {value!r}: only seconds may be fractional (Spark), e.g. "
                          f"'{int(number * 60 * _INTERVAL_UNITS[unit] * 60)} seconds'")
     return number * _INTERVAL_UNITS[unit]
+
+
+#: an unquoted ClickHouse identifier (CLICKHOUSE_DATABASE is spliced into SQL as is)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Spark byte strings (JavaUtils.byteStringAs: number + b, k, kb, m, mb, g, gb, t, tb, p, pb; case-insensitive)
+_SPARK_MEMORY = re.compile(r"(\d+)(?:[kmgtp]b?|b)?", re.IGNORECASE)
+#: the JVM's -Xmx sizes (number + k, m, g, t; a bare number is bytes)
+_JVM_MEMORY = re.compile(r"(\d+)[kmgt]?", re.IGNORECASE)
+#: S3 bucket names (lower case, digits, '.', '-', 3-63 characters, alphanumeric at both ends)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+#: characters of a Kafka topic name
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
+
+#: Airflow's cron presets (airflow.utils.dates.cron_presets), which its CronDataIntervalTimetable expands
+_CRON_PRESETS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *",
+                 "@quarterly": "0 0 1 */3 *", "@yearly": "0 0 1 1 *"}
+
+
+def cron_schedule(value: str, variable: str, daily: bool = False) -> str:
+    """Check a cron schedule as Airflow's ``CronDataIntervalTimetable`` reads it (presets such as ``@daily``
+    expanded, five fields, parsed by croniter, Airflow's own cron library, imported here on first use).
+
+    ``daily``: the DAG processes one UTC date per run, the date its data interval starts on (core.dagconf.target_date),
+    so the schedule must fire exactly once every day, at one time of day: then each interval [D hh:mm, D+1 hh:mm)
+    ends after day D did, and every date is loaded exactly once. ``0 8 * * 1-5`` would skip the weekend's dates,
+    ``0 */12 * * *`` load each date twice, the first time while it is half over.
+
+    Returns:
+        ``value`` without surrounding blanks.
+    Raises:
+        ValueError: naming ``variable``, for a string that is not such a cron schedule.
+    """
+    from croniter import croniter
+
+    expr = _CRON_PRESETS.get(value.strip(), value.strip())
+    if len(expr.split()) != 5:
+        raise ValueError(f"{variable} {value!r}: expected a cron expression of 5 fields (minute hour day-of-month "
+                         f"month day-of-week, UTC), e.g. '0 8 * * *', or a preset ({', '.join(_CRON_PRESETS)})")
+    try:
+        cron = croniter(expr)
+        cron.get_next(dt.datetime)   # a schedule that never fires (e.g. '0 0 30 2 *') fails here
+    except Exception as exc:  # croniter's CroniterBadCronError / CroniterBadDateError / ValueError
+        raise ValueError(f"{variable} {value!r}: not a valid cron expression ({exc})") from None
+    if daily:
+        minute, hour, dom, month, dow = cron.expanded[:5]
+        if not (len(minute) == len(hour) == 1 and "*" not in (minute[0], hour[0])
+                and dom == month == dow == ["*"]):
+            raise ValueError(f"{variable} {value!r}: must fire exactly once every day (minute and hour fixed, "
+                             "e.g. '0 8 * * *'): each run processes one UTC date, the day its data interval starts "
+                             "on, so a schedule on some days only skips dates and one firing several times a day "
+                             "processes a date more than once, the first time before it is over")
+    return value.strip()
 
 
 @functools.lru_cache(maxsize=1)
@@ -180,8 +235,15 @@ class Settings(BaseSettings):
         description="Address the live browser dashboard (Streamlit) listens on: this machine only by default; "
                     "compose sets 0.0.0.0 (all interfaces of the container, for its published port).")
     dashboard_refresh_s: float = Field(default=5.0, gt=0, le=10, description="Seconds between refreshes of the dashboard's live sections (at most 10).")
-    etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
-    training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (after daily_etl, so it sees the day just loaded).")
+    etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl (UTC; once every day, minute and hour fixed: each run loads one date).")
+    etl_start_date: dt.date = Field(
+        default=dt.date(2026, 12, 1),
+        description="First UTC date daily_etl loads (YYYY-MM-DD, the DAG's start_date). daily_etl catches up: the "
+                    "scheduler creates a run for every date from here, so nights missed while it was down are "
+                    "loaded when it is back, in date order (one run at a time). Set it to the first date of "
+                    "your data (earlier dates: `make nightly` or `airflow backfill create`); a date years back makes "
+                    "years of runs when the DAG is first unpaused.")
+    training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (UTC; once every day, minute and hour fixed; after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")
     service_level: float = Field(default=0.95, description="Target cycle service level for safety stock.")
@@ -243,6 +305,101 @@ class Settings(BaseSettings):
         hours = interval_hours(v, info.field_name.upper())  # the streaming job parses them with it too (streaming.sinks)
         if info.field_name == "stream_window" and hours <= 0:
             raise ValueError(f"STREAM_WINDOW {v!r}: the window length must be > 0")
+        return v
+
+    @field_validator("etl_schedule", "training_schedule")
+    @classmethod
+    def _check_daily_schedule(cls, v: str, info: ValidationInfo) -> str:
+        # both DAGs process the UTC date their data interval starts on (core.dagconf.target_date)
+        return cron_schedule(v, info.field_name.upper(), daily=True)
+
+    @field_validator("predictions_schedule")
+    @classmethod
+    def _check_predictions_schedule(cls, v: str | None) -> str | None:
+        # a bad cron otherwise surfaced only as the DAG missing from the DagBag (AirflowTimetableInvalid)
+        return v if v is None else cron_schedule(v, "PREDICTIONS_SCHEDULE")
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _check_database(cls, v: str) -> str:
+        # spliced unquoted into every statement (CREATE DATABASE {db}, {db}.fact_sales): an identifier only
+        if not _IDENTIFIER.fullmatch(v):
+            raise ValueError(f"CLICKHOUSE_DATABASE {v!r}: expected an identifier (letters, digits, _; not starting "
+                             "with a digit), e.g. retail_prod")
+        return v
+
+    @field_validator("spark_driver_memory", "kafka_heap")
+    @classmethod
+    def _check_memory(cls, v: str, info: ValidationInfo) -> str:
+        # Spark's byte strings (spark.driver.memory: 512m, 2g, 1024mb; a bare number is MiB) / the JVM's -Xmx
+        # (512m, 2g, no 'b'); anything else fails only when spark-submit or the broker starts
+        pattern = _SPARK_MEMORY if info.field_name == "spark_driver_memory" else _JVM_MEMORY
+        m = pattern.fullmatch(v.strip())
+        if not m or int(m.group(1)) <= 0:
+            raise ValueError(f"{info.field_name.upper()} {v!r}: expected a JVM memory size > 0 such as 512m or 2g")
+        return v.strip()
+
+    @field_validator("lake_raw_bucket", "lake_models_bucket", "lake_features_bucket")
+    @classmethod
+    def _check_bucket(cls, v: str, info: ValidationInfo) -> str:
+        # S3 bucket naming rules (MinIO refuses others when the buckets are created)
+        if not _BUCKET.fullmatch(v) or ".." in v or _IPV4.fullmatch(v):
+            raise ValueError(f"{info.field_name.upper()} {v!r}: not an S3 bucket name (3-63 characters: lower-case "
+                             "letters, digits, '.', '-'; starting and ending with a letter or digit)")
+        return v
+
+    @field_validator("kafka_topic_prefix")
+    @classmethod
+    def _check_topic_prefix(cls, v: str) -> str:
+        if not _TOPIC_CHARS.fullmatch(v) or len(v) > 200:
+            raise ValueError(f"KAFKA_TOPIC_PREFIX {v!r}: Kafka topic names take letters, digits, '.', '_', '-' "
+                             "only (at most 200 characters for the prefix)")
+        return v
+
+    @field_validator("kafka_retention_ms")
+    @classmethod
+    def _check_retention(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError(f"KAFKA_RETENTION_MS {v}: must be >= 1 (milliseconds) or -1 (no limit)")
+        return v
+
+    @field_validator("stream_starting_offsets")
+    @classmethod
+    def _check_starting_offsets(cls, v: str) -> str:
+        # Spark's Kafka source: earliest, latest or a JSON object of offsets per topic/partition
+        if v in ("earliest", "latest"):
+            return v
+        import json
+
+        try:
+            ok = isinstance(json.loads(v), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"STREAM_STARTING_OFFSETS {v!r}: expected earliest, latest or a JSON object "
+                             '(e.g. {"retail-sales-transactions": {"0": 42}})')
+        return v
+
+    @field_validator("forecast_backtest_origins", "forecast_train_window_days")
+    @classmethod
+    def _check_positive(cls, v: int, info: ValidationInfo) -> int:
+        # 0 origins: no backtest, so no champion; a window <= 0 days: nothing to train on
+        if v < 1:
+            raise ValueError(f"{info.field_name.upper()} {v}: must be >= 1")
+        return v
+
+    @field_validator("forecast_stats_jobs")
+    @classmethod
+    def _check_stats_jobs(cls, v: int) -> int:
+        if v == 0:  # ml.forecast.ForecastConfig refuses it, at training time
+            raise ValueError("FORECAST_STATS_JOBS 0: must be -1 (all cores) or >= 1")
+        return v
+
+    @field_validator("risk_high_hours", "risk_medium_hours")
+    @classmethod
+    def _check_risk_hours_bound(cls, v: float, info: ValidationInfo) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{info.field_name.upper()} {v}: hours of cover, must be finite and >= 0")
         return v
 
     @field_validator("store_country_default")

@@ -243,10 +243,16 @@ def available_dags(names=NIGHTLY_DAGS) -> list[str]:
 def dags_test(dag_id: str, day: dt.date, s: Settings | None = None, home: Path | None = None) -> float:
     """``airflow dags test <dag_id> <day>`` in a subprocess (streams its output). Returns seconds taken.
 
+    A ``day`` before ETL_START_DATE (daily_etl's start_date, from which the scheduler catches up) is run with
+    ETL_START_DATE = ``day`` in the subprocess: Airflow creates no task instance for a manual run before the
+    DAG's start_date, and the run would "succeed" without loading anything.
+
     Raises:
         RuntimeError: the DAG run failed.
     """
     env = {**os.environ, **airflow_env(s, home)}
+    if day < (s or get_settings()).etl_start_date:
+        env["ETL_START_DATE"] = day.isoformat()
     t0 = time.time()
     r = subprocess.run([_airflow(), "dags", "test", dag_id, day.isoformat()], env=env)
     if r.returncode != 0:

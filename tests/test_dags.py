@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime as dt_
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,8 @@ def test_no_io_at_import(parsed):
 def test_every_dag_follows_the_rules(parsed):
     assert parsed["dags"], "no DAGs parsed"
     for dag_id, d in parsed["dags"].items():
-        assert d["catchup"] is False, f"{dag_id}: catchup must be off"
+        # daily_etl catches up (a missed night is a day of demand lost otherwise); the ML DAGs serve the latest only
+        assert d["catchup"] is (dag_id == "daily_etl"), f"{dag_id}: catchup must be {'on' if dag_id == 'daily_etl' else 'off'}"
         assert d["tags"], f"{dag_id}: tags missing"
         assert d["owner"] and d["owner"] != "airflow", f"{dag_id}: owner not set"
         assert d["doc"], f"{dag_id}: no doc_md/description"
@@ -134,3 +136,120 @@ def test_stack_airflow_environment():
     assert target_date(dt.datetime(2011, 8, 30, 0, 30, tzinfo=bst)) == dt.date(2011, 8, 29)
     with pytest.raises(ValueError, match="logical date"):
         target_date(None)
+
+
+# The runs Airflow's own timetable creates for the real DAG objects, 'now' pinned (the scheduler's
+# DagModel.calculate_dagrun_date_fields / next_dagrun_info path: restriction from the DAG's start_date and catchup).
+TIMETABLE_PROBE = r"""
+import json, sys
+from unittest import mock
+import pendulum
+from airflow.dag_processing.dagbag import DagBag
+from airflow.timetables.base import DataInterval, TimeRestriction
+now = pendulum.parse(sys.argv[2])
+last = json.loads(sys.argv[3])   # {dag_id: [start, end] of the last automated run} or null
+out = {}
+for dag_id, dag in DagBag(dag_folder=sys.argv[1]).dags.items():
+    prev = last.get(dag_id) and DataInterval(*map(pendulum.parse, last[dag_id]))
+    runs = []
+    if not hasattr(dag.timetable, "next_dagrun_info"):   # asset-triggered: no time-based runs
+        out[dag_id] = {"catchup": dag.catchup, "runs": None}
+        continue
+    with mock.patch("airflow.timetables.interval.utcnow", return_value=now):
+        for _ in range(400):
+            info = dag.timetable.next_dagrun_info(last_automated_data_interval=prev, restriction=TimeRestriction(
+                earliest=dag.start_date, latest=None, catchup=dag.catchup))
+            if info is None or info.run_after > now:
+                break
+            runs.append([info.data_interval.start.isoformat(), info.data_interval.end.isoformat()])
+            prev = info.data_interval
+    out[dag_id] = {"catchup": dag.catchup, "runs": runs}
+print("@@JSON@@" + json.dumps(out))
+"""
+
+
+def timetable_runs(tmp_path, now: str, last: dict, env_extra: dict | None = None) -> dict:
+    """{dag_id: {"catchup", "runs": [[interval start, end], ...]}}: what the scheduler would create at ``now`` after
+    the ``last`` automated runs, by Airflow's timetable on the DAG files of dags/ (parsed in a subprocess)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "PYTHONPATH": str(REPO), "CLICKHOUSE_URL": f"chdb://{tmp_path}/chdb", "LAKE_URL": str(tmp_path / "lake"),
+                "RETAIL_STATE_DIR": str(tmp_path / "state"), **(env_extra or {})})
+    r = subprocess.run([sys.executable, "-c", TIMETABLE_PROBE, str(DAGS), now, json.dumps(last)], env=env,
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("@@JSON@@")), None)
+    assert r.returncode == 0 and line, f"timetable probe failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return json.loads(line[len("@@JSON@@"):])
+
+
+def test_daily_etl_loads_the_nights_the_scheduler_missed(tmp_path):
+    """Last loaded day 12-01 (run of [12-01 08:00, 12-02 08:00)), scheduler down from 12-02, back on 12-05 09:00:
+    daily_etl gets a run for 12-02, 12-03 and 12-04, in that order (with catchup off only 12-04: 12-02 and 12-03
+    were never loaded, and the features zero-fill them as days without demand). The ML DAGs make one run, the
+    latest (they read all history). A first unpause creates runs from ETL_START_DATE only, not from years back."""
+    last = {"daily_etl": ["2026-12-01T08:00:00+00:00", "2026-12-02T08:00:00+00:00"],
+            "demand_forecast_training": ["2026-12-01T10:00:00+00:00", "2026-12-02T10:00:00+00:00"]}
+    got = timetable_runs(tmp_path, "2026-12-05T09:00:00+00:00", last)
+    etl = [dt_.fromisoformat(a).date().isoformat() for a, _ in got["daily_etl"]["runs"]]
+    assert etl == ["2026-12-02", "2026-12-03", "2026-12-04"]
+    # each run's interval ends by the next 08:00: the day it loads is complete when it runs
+    assert [b for _, b in got["daily_etl"]["runs"]][-1] == "2026-12-05T08:00:00+00:00"
+    assert got["demand_forecast_training"]["catchup"] is False
+    assert got["demand_forecast_training"]["runs"] == [["2026-12-03T10:00:00+00:00", "2026-12-04T10:00:00+00:00"]]
+    assert got["batch_predictions"]["catchup"] is False and got["batch_predictions"]["runs"] is None  # asset-triggered: after each training run, never backlogged
+
+    first = timetable_runs(tmp_path, "2026-12-05T09:00:00+00:00", {}, {"ETL_START_DATE": "2026-12-02"})
+    assert [a[:10] for a, _ in first["daily_etl"]["runs"]] == ["2026-12-02", "2026-12-03", "2026-12-04"]
+
+
+def test_dags_test_runs_dates_before_etl_start_date(monkeypatch, tmp_path):
+    """`make nightly` / the demo run daily_etl with `airflow dags test` for history before ETL_START_DATE: Airflow
+    creates no task instance for a manual run before the DAG's start_date (the run "succeeds" with nothing loaded),
+    so ops.airflow.dags_test moves ETL_START_DATE back to that date in the subprocess."""
+    import datetime as dt
+    import types
+
+    from core.settings import Settings
+    from ops import airflow as af
+
+    seen = []
+    monkeypatch.setattr(af.subprocess, "run", lambda cmd, env: seen.append((cmd, env)) or types.SimpleNamespace(returncode=0))
+    s = Settings(_env_file=None, etl_start_date=dt.date(2026, 12, 1), retail_state_dir=tmp_path)
+    af.dags_test("daily_etl", dt.date(2026, 11, 12), s, tmp_path)
+    af.dags_test("daily_etl", dt.date(2026, 12, 3), s, tmp_path)
+    assert seen[0][1]["ETL_START_DATE"] == "2026-11-12" and seen[0][0][-1] == "2026-11-12"
+    assert seen[1][1].get("ETL_START_DATE") in (None, os.environ.get("ETL_START_DATE"))
+
+
+@pytest.mark.parametrize("schedule", ["0 8 * * *", "@daily", "30 23 * * *", "0 8 * * 1-5", "0 */12 * * *",
+                                      "0 8,20 * * *", "@hourly", "0 8 */2 * *", "@weekly"])
+def test_every_etl_schedule_loads_each_date_once_and_complete(tmp_path, schedule):
+    """Whatever ETL_SCHEDULE the settings accept, Airflow's timetable on the real daily_etl (catchup from
+    2026-11-02, 'now' 2026-11-17 00:00) makes one run per UTC date 11-02..11-15, each date exactly once and never
+    before it is over (the run processes core.dagconf.target_date of its logical date). Any other schedule is
+    refused at start, naming ETL_SCHEDULE. Before: '0 8 * * 1-5' made 10 runs and never loaded 11-07, 11-08,
+    11-14; '0 */12 * * *' loaded every date twice, the first time at noon of that day."""
+    import datetime as dt
+    from collections import Counter
+
+    from core.dagconf import target_date
+    from core.settings import ConfigError, Settings
+
+    try:
+        Settings(_env_file=None, etl_schedule=schedule)
+    except (ConfigError, ValueError) as exc:
+        assert "ETL_SCHEDULE" in str(exc)
+        assert schedule not in ("0 8 * * *", "@daily", "30 23 * * *"), f"a daily schedule refused: {exc}"
+        return
+    got = timetable_runs(tmp_path, "2026-11-17T00:00:00+00:00", {},
+                         {"ETL_SCHEDULE": schedule, "ETL_START_DATE": "2026-11-02"})["daily_etl"]["runs"]
+    loaded = Counter()
+    for start, end in got:
+        day = target_date(dt_.fromisoformat(start))
+        loaded[day] += 1
+        assert dt_.fromisoformat(end) >= dt_.combine(day + dt.timedelta(days=1), dt_.min.time(), dt.timezone.utc), \
+            f"{schedule!r}: {day} loaded by the run of [{start}, {end}), before the day was over"
+    want = {dt.date(2026, 11, 2) + dt.timedelta(days=i) for i in range(14)}
+    assert want <= set(loaded) <= want | {dt.date(2026, 11, 16)}, \
+        f"{schedule!r}: dates never loaded {sorted(want - set(loaded))}"
+    assert max(loaded.values()) == 1, f"{schedule!r}: loaded more than once {[d for d, n in loaded.items() if n > 1]}"

@@ -76,6 +76,40 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     # a country (or ISO 3166-2 subdivision) the holidays package has a calendar for
     ("STORE_COUNTRY_DEFAULT", "XX", "STORE_COUNTRY_DEFAULT"),
     ("STORE_COUNTRY_DEFAULT", "GB-XYZ", "STORE_COUNTRY_DEFAULT"),
+    # daily_etl and demand_forecast_training process the date their data interval starts on: once every day
+    ("ETL_SCHEDULE", "0 8 * * 1-5", "ETL_SCHEDULE"),
+    ("ETL_SCHEDULE", "0 */12 * * *", "ETL_SCHEDULE"),
+    ("TRAINING_SCHEDULE", "0 10 * * 0", "TRAINING_SCHEDULE"),    # would train on a week-old date
+    ("TRAINING_SCHEDULE", "@hourly", "TRAINING_SCHEDULE"),
+    # cron syntax: before, the DAG vanished from the DagBag with AirflowTimetableInvalid naming no variable
+    ("ETL_SCHEDULE", "every night", "ETL_SCHEDULE"),
+    ("ETL_SCHEDULE", "0 25 * * *", "ETL_SCHEDULE"),
+    ("TRAINING_SCHEDULE", "0 10 * * * *", "TRAINING_SCHEDULE"),
+    ("PREDICTIONS_SCHEDULE", "bogus", "PREDICTIONS_SCHEDULE"),
+    ("PREDICTIONS_SCHEDULE", "0 0 30 2 *", "PREDICTIONS_SCHEDULE"),      # never fires
+    ("ETL_START_DATE", "yesterday", "ETL_START_DATE"),
+    # spliced unquoted into SQL: before, migrate() failed with a ClickHouse syntax error
+    ("CLICKHOUSE_DATABASE", "retail-prod", "CLICKHOUSE_DATABASE"),
+    ("CLICKHOUSE_DATABASE", "1retail", "CLICKHOUSE_DATABASE"),
+    ("CLICKHOUSE_DATABASE", "retail; DROP DATABASE x", "CLICKHOUSE_DATABASE"),
+    # bounds: before, accepted and failing (or meaningless) only in the nightly jobs
+    ("FORECAST_BACKTEST_ORIGINS", "0", "FORECAST_BACKTEST_ORIGINS"),
+    ("FORECAST_TRAIN_WINDOW_DAYS", "-5", "FORECAST_TRAIN_WINDOW_DAYS"),
+    ("FORECAST_STATS_JOBS", "0", "FORECAST_STATS_JOBS"),
+    ("RISK_HIGH_HOURS", "-3", "RISK_HIGH_HOURS"),
+    ("RISK_MEDIUM_HOURS", "inf", "RISK_MEDIUM_HOURS"),
+    ("KAFKA_RETENTION_MS", "0", "KAFKA_RETENTION_MS"),
+    # JVM memory sizes: before, failing when spark-submit or the broker started
+    ("SPARK_DRIVER_MEMORY", "lots", "SPARK_DRIVER_MEMORY"),
+    ("SPARK_DRIVER_MEMORY", "2.5g", "SPARK_DRIVER_MEMORY"),
+    ("SPARK_DRIVER_MEMORY", "0g", "SPARK_DRIVER_MEMORY"),
+    ("KAFKA_HEAP", "512mb", "KAFKA_HEAP"),
+    # names MinIO / Kafka / Spark's Kafka source refuse later
+    ("LAKE_RAW_BUCKET", "Raw_Data", "LAKE_RAW_BUCKET"),
+    ("LAKE_MODELS_BUCKET", "m", "LAKE_MODELS_BUCKET"),
+    ("LAKE_FEATURES_BUCKET", "-features", "LAKE_FEATURES_BUCKET"),
+    ("KAFKA_TOPIC_PREFIX", "retail prod/", "KAFKA_TOPIC_PREFIX"),
+    ("STREAM_STARTING_OFFSETS", "oldest", "STREAM_STARTING_OFFSETS"),
 ])
 def test_bad_configuration_names_the_variable(monkeypatch, var, value, needle):
     monkeypatch.setenv(var, value)
@@ -126,6 +160,14 @@ def test_valid_edge_values_are_accepted(monkeypatch, tmp_path):
     defaults = Settings(_env_file=None)
     assert defaults.dashboard_host == "127.0.0.1" and defaults.airflow_clickhouse_pool_slots is None
     assert Settings(_env_file=None, stream_window="90.5 seconds").stream_window == "90.5 seconds"
+    # the forms the new checks keep accepting
+    ok = Settings(_env_file=None, etl_schedule="@daily", training_schedule=" 30 23 * * * ",
+                  predictions_schedule="0 */6 * * 1-5", clickhouse_database="retail_prod2", spark_driver_memory="1024mb",
+                  kafka_heap="1G", lake_raw_bucket="raw.data-2", kafka_topic_prefix="", kafka_retention_ms=-1,
+                  stream_starting_offsets='{"retail-sales-transactions": {"0": 42}}', forecast_stats_jobs=2,
+                  forecast_backtest_origins=1, forecast_train_window_days=1)
+    assert ok.training_schedule == "30 23 * * *" and ok.spark_driver_memory == "1024mb"
+    assert Settings(_env_file=None, stream_starting_offsets="latest", spark_driver_memory="512").spark_driver_memory == "512"
     # the default CLICKHOUSE_URL reaches the endpoint where CLICKHOUSE_HTTP_HOST says it listens
     token = secrets.token_hex(8)
     for host, want in (("10.9.8.7", "10.9.8.7"), ("0.0.0.0", "127.0.0.1"), ("::1", "[::1]")):
