@@ -168,6 +168,17 @@ class Settings(BaseSettings):
     # ---- Airflow ------------------------------------------------------------------------------
     airflow_port: int = Field(default=8080, ge=1, le=65535,
                               description="Native stack: port of the Airflow API server / UI (service `airflow`).")
+    airflow_host: str = Field(default="127.0.0.1", min_length=1,
+                              description="Native stack: address the Airflow API server / UI listens on (this machine only "
+                                          "by default, as every native service).")
+    airflow_worker_log_port: int = Field(default=8793, ge=1, le=65535,
+                                         description="Native stack: port of the scheduler's task-log server (Airflow's "
+                                                     "[logging] worker_log_server_port; Airflow 3.3 binds it on every "
+                                                     "interface).")
+    airflow_trigger_log_port: int = Field(default=8794, ge=1, le=65535,
+                                          description="Native stack: port of the triggerer's log server (Airflow's "
+                                                      "[logging] trigger_log_server_port; Airflow 3.3 binds it on every "
+                                                      "interface).")
     airflow_clickhouse_pool_slots: int | None = Field(
         default=None, ge=1,
         description="Slots of the DAGs' Airflow pool `clickhouse` (tasks reading or writing ClickHouse at once; "

@@ -212,7 +212,9 @@ def _ports(name: str, s: Settings) -> list[tuple[str, int]]:
     return {"kafka": [(host, svc.kafka_host_port(s)[1]), (host, s.kafka_controller_port)],
             "minio": [("localhost", s.minio_port), ("localhost", s.minio_console_port)],
             "clickhouse": [(s.clickhouse_http_host, s.clickhouse_http_port)],
-            "airflow": [("localhost", s.airflow_port)], "dashboard": [("localhost", s.dashboard_port)]}.get(name, [])
+            "airflow": [(svc.local_address(s.airflow_host), s.airflow_port), ("localhost", s.airflow_worker_log_port),
+                        ("localhost", s.airflow_trigger_log_port)],
+            "dashboard": [(svc.local_address(s.dashboard_host), s.dashboard_port)]}.get(name, [])
 
 
 def down(s: Settings | None = None, timeout: float = 90) -> None:
@@ -267,6 +269,8 @@ def platform_settings(state: Path, **extra: str):
         "MINIO_CONSOLE_PORT": str(svc.free_port()),
         "CLICKHOUSE_HTTP_PORT": str(svc.free_port()),
         "AIRFLOW_PORT": str(svc.free_port()),
+        "AIRFLOW_WORKER_LOG_PORT": str(svc.free_port()),
+        "AIRFLOW_TRIGGER_LOG_PORT": str(svc.free_port()),
         "DASHBOARD_PORT": str(svc.free_port()),
         "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
         "SPARK_MASTER": "local[2]",

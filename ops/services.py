@@ -134,7 +134,7 @@ def clickhouse_healthy(s: Settings) -> bool:
 def airflow_healthy(s: Settings) -> bool:
     """True when Airflow's API server reports the metadata DB and the scheduler healthy."""
     try:
-        r = httpx.get(f"http://localhost:{s.airflow_port}/api/v2/monitor/health", timeout=2)
+        r = httpx.get(f"http://{local_address(s.airflow_host)}:{s.airflow_port}/api/v2/monitor/health", timeout=2)
         h = r.json() if r.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return False
@@ -165,7 +165,7 @@ def endpoint(name: str, s: Settings) -> str:
     """Where a service answers (for status output)."""
     return {"kafka": s.kafka_bootstrap_servers, "minio": f"http://localhost:{s.minio_port}",
             "clickhouse": f"http://{s.clickhouse_http_host}:{s.clickhouse_http_port}",
-            "airflow": f"http://localhost:{s.airflow_port}", "streaming": s.spark_checkpoint_dir,
+            "airflow": f"http://{local_address(s.airflow_host)}:{s.airflow_port}", "streaming": s.spark_checkpoint_dir,
             "dashboard": f"http://localhost:{s.dashboard_port}"}.get(name, "")
 
 

@@ -45,3 +45,24 @@ def test_make_produce_starts_kafka_and_minio():
     # the synthetic producer writes the reference data (products, stores) to the lake: MinIO must run
     started = _started_services("produce")
     assert {"kafka", "minio"} <= started, started
+
+
+def test_native_airflow_listens_where_the_settings_say(monkeypatch, tmp_path):
+    from core.settings import get_settings
+    from ops import airflow, local
+
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_WORKER_LOG_PORT", "20793")
+    monkeypatch.setenv("AIRFLOW_TRIGGER_LOG_PORT", "20794")
+    get_settings.cache_clear()
+    try:
+        s = get_settings()
+        assert s.airflow_host == "127.0.0.1"   # loopback by default, as every native service
+        env = airflow.airflow_env(s, tmp_path / "airflow", 20080)
+        assert env["AIRFLOW__API__HOST"] == "127.0.0.1" and env["AIRFLOW__API__PORT"] == "20080"
+        assert env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "20793"
+        assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "20794"
+        # `down` waits for every one of them to be free
+        assert {p for _, p in local._ports("airflow", s)} == {s.airflow_port, 20793, 20794}
+    finally:
+        get_settings.cache_clear()
