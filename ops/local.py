@@ -51,9 +51,34 @@ def socket_path(s: Settings) -> Path:
     return svc.state_dir(s) / "supervisor.sock"
 
 
+def program_env(s: Settings) -> dict[str, str]:
+    """The environment every supervised program gets (supervisord ``environment=``): each setting as resolved by
+    ``s`` (the caller of ``up``), an unset optional one as an empty value (which counts as unset). Without it the
+    programs kept the environment of the ``up`` that started supervisord (a later ``DASHBOARD_PORT=18502 up
+    dashboard`` waited on 18502 while the dashboard came back on 18501)."""
+    return {name.upper(): "" if v is None else str(v) for name, v in s.model_dump().items()}
+
+
+def _env_value(key: str, value: str) -> str:
+    """``value`` quoted for supervisord's ``environment=`` (its parser: shlex without escapes, quotes stripped,
+    ``%`` interpolation, `` ;``/`` #`` inline comments).
+
+    Raises:
+        StackError: supervisord cannot carry this value (names the variable).
+    """
+    bad = ('"' in value or "\n" in value or "\r" in value or value[:1] == "'" or value[-1:] == "'"
+           or any(f"{ws}{c}" in value for ws in " \t" for c in ";#"))
+    if bad:
+        raise StackError(f"{key}: a value with a double quote, a line break, a leading/trailing single quote or "
+                         f"' ;'/' #' cannot be passed to supervised programs: {value!r}")
+    return '"' + value.replace("%", "%%") + '"'
+
+
 def write_conf(s: Settings) -> Path:
-    """Write supervisord's configuration for this state folder; returns its path."""
+    """Write supervisord's configuration for this state folder (mode 0600: the environment holds the generated
+    credentials); returns its path. Each program gets :func:`program_env` of ``s``."""
     d = svc.state_dir(s)
+    env = ",".join(f"{k}={_env_value(k, v)}" for k, v in sorted(program_env(s).items()))
     logs = d / "logs"
     py = sys.executable
     lines = [
@@ -69,11 +94,53 @@ def write_conf(s: Settings) -> Path:
             f"[program:{name}]", f"command={py} -m ops.services run {name}", "autostart=false", "autorestart=true",
             f"startsecs={p['startsecs']}", "startretries=3", f"stopsignal={p['stopsignal']}",
             f"stopwaitsecs={p['stopwaitsecs']}", f"stopasgroup={p.get('stopasgroup', 'true')}", "killasgroup=true", "redirect_stderr=true",
-            f"stdout_logfile={logs / (name + '.log')}", "stdout_logfile_maxbytes=50MB", "stdout_logfile_backups=2", "",
+            f"stdout_logfile={logs / (name + '.log')}", "stdout_logfile_maxbytes=50MB", "stdout_logfile_backups=2",
+            f"environment={env}", "",
         ]
     path = conf_path(s)
-    path.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".conf.tmp")
+        tmp.touch(mode=0o600)
+        tmp.chmod(0o600)
+        tmp.write_text(text)
+        tmp.replace(path)
+    path.chmod(0o600)
     return path
+
+
+def _sync_config(s: Settings) -> set[str]:
+    """Write the configuration and, when supervisord runs, make it read it (``supervisorctl reread`` + ``update``
+    over XML-RPC): new programs are added, changed ones that are not running get their new configuration. Returns
+    the running programs whose configuration changed (still on the old one: :func:`start` replaces it when it
+    starts them)."""
+    write_conf(s)
+    if not supervisord_running(s):
+        return set()
+    proxy = rpc(s)
+    added, changed, removed = proxy.supervisor.reloadConfig()[0]
+    for group in removed:
+        _replace(s, group, add=False)
+    for group in added:
+        proxy.supervisor.addProcessGroup(group)
+    stale = set()
+    for group in changed:
+        if _info(s, group)["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+            stale.add(group)
+        else:
+            _replace(s, group)
+    return stale
+
+
+def _replace(s: Settings, group: str, add: bool = True) -> None:
+    """Stop a program, drop its configuration and load the one supervisord read last (``supervisorctl update``)."""
+    proxy = rpc(s)
+    with contextlib.suppress(xmlrpc.client.Fault):
+        proxy.supervisor.stopProcessGroup(group, True)
+    with contextlib.suppress(xmlrpc.client.Fault):
+        proxy.supervisor.removeProcessGroup(group)
+    if add:
+        proxy.supervisor.addProcessGroup(group)
 
 
 def rpc(s: Settings) -> xmlrpc.client.ServerProxy:
@@ -140,12 +207,18 @@ def _after_start(name: str, s: Settings) -> None:
         Lake(s).ensure_buckets()
 
 
-def start(name: str, s: Settings | None = None, done: set[str] | None = None) -> None:
+def start(name: str, s: Settings | None = None, done: set[str] | None = None,
+          requested: set[str] | frozenset[str] | None = None) -> None:
     """Start one service under the supervisor (its dependencies first) and wait until it is healthy.
+
+    A running program whose configuration (environment: the settings) differs from ``s``'s is restarted with the
+    new one when it is requested, or when it is a dependency that is not healthy under ``s``; a healthy dependency
+    is left alone.
 
     Args:
         done: services already brought up (and set up) by this caller; they are skipped, so :func:`up` starts and
             migrates each service once although several depend on it.
+        requested: the services the caller asked for (default: ``{name}``); the others are dependencies.
     Raises:
         StackError: it (or a dependency) did not become healthy in time; the message carries its log's tail.
     """
@@ -153,9 +226,12 @@ def start(name: str, s: Settings | None = None, done: set[str] | None = None) ->
     done = set() if done is None else done
     if name in done:
         return
+    requested = {name} if requested is None else requested
     for dep in svc.DEPENDS.get(name, ()):
-        start(dep, s, done)
+        start(dep, s, done, requested)
     start_supervisord(s)
+    if name in _sync_config(s) and (name in requested or not healthy(name, s)):
+        _replace(s, name)   # running with another environment: restart it with this one
     if _info(s, name)["statename"] not in ("RUNNING", "STARTING"):
         try:
             rpc(s).supervisor.startProcess(name, False)
@@ -189,8 +265,9 @@ def up(s: Settings | None = None, services: list[str] | tuple[str, ...] | None =
         ensure_local_env(get_settings())
         s = get_settings()
     done: set[str] = set()
-    for name in services or svc.SERVICES:
-        start(name, s, done)
+    names = list(services or svc.SERVICES)
+    for name in names:
+        start(name, s, done, frozenset(names))
 
 
 def status(s: Settings | None = None) -> dict[str, dict]:

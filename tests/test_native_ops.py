@@ -3,8 +3,13 @@ services listen, the supervised programs' environment, leftovers after a crash, 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+import pytest
+
+from ops.install import StackError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,3 +71,73 @@ def test_native_airflow_listens_where_the_settings_say(monkeypatch, tmp_path):
         assert {p for _, p in local._ports("airflow", s)} == {s.airflow_port, 20793, 20794}
     finally:
         get_settings.cache_clear()
+
+
+def test_supervisor_config_carries_each_setting_quoted(monkeypatch, tmp_path):
+    from supervisor.options import ServerOptions
+
+    from core.settings import get_settings
+    from ops import local
+
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("WEATHER_FILE", "/data/a b,c%d=e'f#g;h (1).csv")
+    monkeypatch.setenv("ETL_SCHEDULE", "0 8 * * *")
+    get_settings.cache_clear()
+    try:
+        s = get_settings()
+        path = local.write_conf(s)
+        assert path.stat().st_mode & 0o077 == 0   # the environment holds the generated credentials
+        opts = ServerOptions()
+        opts.configfile = str(path)
+        opts.process_config(do_usage=False)
+        want = local.program_env(s)
+        assert want["WEATHER_FILE"] == "/data/a b,c%d=e'f#g;h (1).csv" and want["PREDICTIONS_SCHEDULE"] == ""
+        assert want["DASHBOARD_PORT"] == str(s.dashboard_port)
+        for group in opts.process_group_configs:
+            assert group.process_configs[0].environment == want, group.name
+        monkeypatch.setenv("WEATHER_FILE", '/data/"quoted".csv')   # supervisord cannot carry it: said, not garbled
+        get_settings.cache_clear()
+        with pytest.raises(StackError, match="WEATHER_FILE"):
+            local.write_conf(get_settings())
+    finally:
+        get_settings.cache_clear()
+
+
+def _listening(port: int) -> bool:
+    from ops.services import port_open
+
+    return port_open("localhost", port) or port_open("127.0.0.1", port)
+
+
+@pytest.mark.integration
+def test_up_runs_programs_with_the_settings_of_that_up(tmp_path):
+    """The settings of each `up` reach the supervised program: after a stop, and while it runs (restarted);
+    an `up` with the same settings leaves it alone."""
+    from conftest import platform_settings
+    from core.settings import get_settings
+    from ops import local
+    from ops.services import free_port
+
+    with platform_settings(tmp_path / "state") as s:
+        try:
+            local.up(s, ["minio"])
+            first = s.minio_console_port
+            assert _listening(first)
+            local.rpc(s).supervisor.stopProcess("minio", True)            # as `supervisorctl stop minio`
+            os.environ["MINIO_CONSOLE_PORT"] = str(second := free_port())
+            get_settings.cache_clear()
+            s = get_settings()
+            local.up(s, ["minio"])
+            assert _listening(second) and not _listening(first), (first, second)
+            pid = local.status(s)["minio"]["pid"]
+            os.environ["MINIO_CONSOLE_PORT"] = str(third := free_port())    # changed while it runs
+            get_settings.cache_clear()
+            s = get_settings()
+            local.up(s, ["minio"])
+            assert _listening(third) and not _listening(second)
+            assert local.status(s)["minio"]["pid"] != pid
+            pid = local.status(s)["minio"]["pid"]
+            local.up(s, ["minio"])                                          # same settings: left alone
+            assert local.status(s)["minio"]["pid"] == pid
+        finally:
+            local.down(s)
