@@ -7,7 +7,9 @@ clickhouse, streaming, airflow, dashboard. Programs restart automatically (``aut
 and waits for each one's health check (tenacity) before starting the next, applies the ClickHouse
 migrations once ``clickhouse`` is healthy, creates the topics once ``kafka`` is, and the lake's buckets once
 ``minio`` is. :func:`down` stops every program (SIGTERM to its process group, SIGKILL after the program's
-``stopwaitsecs``), shuts supervisord down and waits until the ports are free.
+``stopwaitsecs``), shuts supervisord down, kills what is left of each program's recorded process group
+(:func:`ops.services.kill_leftovers`: after a ``kill -9`` of supervisord or of Airflow's parent) and waits until every
+configured port is free.
 
 ``supervisorctl -c $RETAIL_STATE_DIR/supervisord.conf status|restart <name>|tail -f <name>`` works too.
 """
@@ -233,6 +235,8 @@ def start(name: str, s: Settings | None = None, done: set[str] | None = None,
     if name in _sync_config(s) and (name in requested or not healthy(name, s)):
         _replace(s, name)   # running with another environment: restart it with this one
     if _info(s, name)["statename"] not in ("RUNNING", "STARTING"):
+        # leftovers of an earlier start (supervisord killed): they would answer the health check in its place
+        svc.kill_leftovers(name, s)
         try:
             rpc(s).supervisor.startProcess(name, False)
         except xmlrpc.client.Fault as exc:
@@ -301,13 +305,11 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
         StackError: a port is still bound after ``timeout`` seconds (names it).
     """
     s = s or get_settings()
-    ports: list[tuple[str, int]] = []
     if supervisord_running(s):
         proxy = rpc(s)
         for name in reversed(svc.SERVICES):
             try:
                 if proxy.supervisor.getProcessInfo(name)["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
-                    ports += _ports(name, s)
                     proxy.supervisor.stopProcess(name, True)
             except xmlrpc.client.Fault:
                 pass
@@ -319,6 +321,11 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
             pass
         if pid:
             _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "supervisord shutdown")
+    # what supervisord did not stop: the programs of a supervisord that is gone (kill -9), children that outlived
+    # their program's parent (the recorded process groups, ops.services.kill_leftovers)
+    for name in reversed(svc.SERVICES):
+        svc.kill_leftovers(name, s)
+    ports = [p for name in svc.SERVICES for p in _ports(name, s)]   # every configured port
     busy = lambda: [p for p in ports if svc.port_open(*p)]  # noqa: E731
     try:
         _wait(lambda: not busy(), timeout, "native stack shutdown")

@@ -19,6 +19,7 @@ dashboard      live browser dashboard, Streamlit (``python -m dashboard``)      
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -249,8 +250,64 @@ def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str,
     raise KeyError(f"unknown service {name!r}; services: {', '.join(SERVICES)}")
 
 
+# ------------------------------------------------------------------------------------ leftovers --
+def pgid_file(name: str, s: Settings) -> Path:
+    """``$RETAIL_STATE_DIR/run/<name>.pgid``: the process group of the program's last start (supervisord makes
+    each program a group leader; a program's children, e.g. Airflow's scheduler, stay in its group)."""
+    return state_dir(s) / "run" / f"{name}.pgid"
+
+
+def _group_session(pid: int) -> tuple[int, int] | None:
+    """(process group, session) of a live process (None for a zombie or a process gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else (int(fields[2]), int(fields[3]))
+
+
+def group_members(pgid: int, sid: int) -> list[int]:
+    """Live processes of process group ``pgid`` in session ``sid`` (supervisord's: a recycled group id is not taken
+    for ours; environments and command lines cannot tell, Airflow's setproctitle overwrites both)."""
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and int(p.name) != os.getpid() and _group_session(int(p.name)) == (pgid, sid)]
+
+
+def kill_leftovers(name: str, s: Settings, grace: float = 10.0) -> list[int]:
+    """Stop what is left of the program's last process group (after a ``kill -9`` of supervisord or of a program's
+    parent, e.g. ``airflow standalone``, its processes keep running and their ports): SIGTERM, SIGKILL after
+    ``grace`` seconds. Returns the pids found."""
+    import signal
+
+    try:
+        pgid, sid = (int(v) for v in pgid_file(name, s).read_text().split()[:2])
+    except (OSError, ValueError):
+        return []
+    if pgid == os.getpgrp():
+        return []
+    found = group_members(pgid, sid)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        left = group_members(pgid, sid)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = group_members(pgid, sid)
+        if not left:
+            break
+    return found
+
+
 def run(name: str) -> None:
-    """Prepare service ``name`` and replace this process with it (never returns)."""
+    """Prepare service ``name`` and replace this process with it (never returns). First stops what is left of the
+    program's previous process group, then records this one (:func:`pgid_file`)."""
+    s = get_settings()
+    kill_leftovers(name, s)
+    f = pgid_file(name, s)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(f"{os.getpgrp()} {os.getsid(0)}\n")
     argv, env = argv_env(name)
     os.execvpe(argv[0], argv, {**os.environ, **env})
 

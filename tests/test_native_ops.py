@@ -141,3 +141,105 @@ def test_up_runs_programs_with_the_settings_of_that_up(tmp_path):
             assert local.status(s)["minio"]["pid"] == pid
         finally:
             local.down(s)
+
+
+def _state_pids(state: Path) -> list[int]:
+    """Live processes whose environment or command line names the state folder (supervisord and its programs)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if str(state).encode() in blob:
+            out.append(int(proc.name))
+    return out
+
+
+def _all_ports(s) -> list[tuple[str, int]]:
+    from ops import local
+    from ops.services import SERVICES
+
+    return [p for name in SERVICES for p in local._ports(name, s)]
+
+
+@pytest.mark.integration
+def test_down_after_supervisord_was_killed_leaves_nothing(tmp_path):
+    import signal
+    import time
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import port_open
+
+    state = tmp_path / "state"
+    with platform_settings(state) as s:
+        try:
+            local.up(s, ["minio", "clickhouse"])
+            os.kill(int((state / "supervisord.pid").read_text()), signal.SIGKILL)
+            time.sleep(1)
+            local.down(s, timeout=60)
+            deadline = time.time() + 15
+            while _state_pids(state) and time.time() < deadline:
+                time.sleep(0.5)
+            assert _state_pids(state) == []
+            assert [p for p in _all_ports(s) if port_open(*p)] == []
+            local.up(s, ["minio", "clickhouse"])   # a clean start again
+            assert all(r["healthy"] for n, r in local.status(s).items() if n in ("minio", "clickhouse"))
+        finally:
+            local.down(s)
+        assert _state_pids(state) == []
+
+
+@pytest.mark.integration
+def test_airflow_parent_killed_restarts_without_leftovers(tmp_path):
+    import signal
+    import time
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import _group_session, port_open
+
+    def session_procs(sid):   # Airflow's setproctitle hides the state folder: supervisord's session tells
+        return [p for p in (int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit())
+                if (_group_session(p) or (0, 0))[1] == sid]
+
+    def schedulers(sid):
+        out = []
+        for p in session_procs(sid):
+            try:
+                if b"scheduler" in Path(f"/proc/{p}/cmdline").read_bytes():
+                    out.append(p)
+            except OSError:
+                pass
+        return out
+
+    state = tmp_path / "state"
+    with platform_settings(state) as s:
+        sid = None
+        try:
+            local.up(s, ["airflow"])
+            sid = os.getsid(int((state / "supervisord.pid").read_text()))
+            old = local.status(s)["airflow"]["pid"]
+            old_group = [p for p in session_procs(sid) if _group_session(p)[0] == old and p != old]
+            assert old_group and len(schedulers(sid)) == 1, "airflow standalone should have started its components"
+            os.kill(old, signal.SIGKILL)
+            deadline = time.time() + 400
+            while time.time() < deadline:
+                row = local.status(s)["airflow"]
+                left = [p for p in old_group if (_group_session(p) or (0,))[0] == old]   # the old components
+                if row["pid"] not in (None, old) and row["healthy"] and not left:
+                    break
+                time.sleep(2)
+            assert row["pid"] != old and row["healthy"] and not left, (row, left)
+            time.sleep(5)
+            assert local.status(s)["airflow"]["healthy"]
+            assert len(schedulers(sid)) == 1, schedulers(sid)
+        finally:
+            local.down(s)
+        assert sid and session_procs(sid) == []
+        assert [p for p in _all_ports(s) if port_open(*p)] == []
