@@ -139,8 +139,8 @@ class Settings(BaseSettings):
                                description="Go module version of github.com/minio/minio built by setup.")
     minio_port: int = Field(default=9000, ge=1, le=65535, description="Native MinIO API port.")
     minio_console_port: int = Field(default=9001, ge=1, le=65535, description="Native MinIO console port.")
-    minio_root_user: str | None = Field(default=None, description="Native MinIO root user (generated into local.env by setup).")
-    minio_root_password: str | None = Field(default=None, description="Native MinIO root password (generated into local.env by setup).")
+    minio_root_user: str | None = Field(default=None, description="Native MinIO root user (generated into local.env by setup; the native MinIO's root is LAKE_ACCESS_KEY when set, so compose's .env cannot split them).")
+    minio_root_password: str | None = Field(default=None, description="Native MinIO root password (generated into local.env by setup; the native MinIO's root password is LAKE_SECRET_KEY when set).")
 
     # ---- Spark --------------------------------------------------------------------------------
     spark_master: str = Field(default="local[2]", description="Spark master URL.")

@@ -211,6 +211,22 @@ def _kafka_argv(s: Settings) -> list[str]:
             "-cp", cp, "kafka.Kafka", str(props)]
 
 
+def minio_root(s: Settings) -> tuple[str, str]:
+    """(user, password) of the native MinIO's root account: the lake keys every native client signs with
+    (LAKE_ACCESS_KEY / LAKE_SECRET_KEY, generated equal to MINIO_ROOT_* into local.env by setup); MINIO_ROOT_USER /
+    _PASSWORD only when no lake key is set. Compose's ``.env`` (``cp .env.example .env``) sets MINIO_ROOT_* for its
+    own MinIO but no LAKE_ACCESS_KEY: the native MinIO took its root from ``.env`` and the clients their keys from
+    local.env, and ``up minio`` failed (ACCESS_DENIED creating the buckets).
+
+    Raises:
+        ConfigError: neither pair is set (named).
+    """
+    if s.lake_access_key and s.lake_secret_key:
+        return s.lake_access_key, s.lake_secret_key
+    s.require("minio_root_user", "minio_root_password")
+    return s.minio_root_user, s.minio_root_password  # type: ignore[return-value]
+
+
 def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) of a service's foreground process.
 
@@ -225,12 +241,12 @@ def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str,
     if name == "minio":
         from ops.install import minio_binary
 
-        s.require("minio_root_user", "minio_root_password")
+        user, password = minio_root(s)
         data = state_dir(s) / "minio"
         data.mkdir(parents=True, exist_ok=True)
         return ([str(minio_binary(s)), "server", str(data), "--address", f"localhost:{s.minio_port}",
                  "--console-address", f"localhost:{s.minio_console_port}", "--quiet"],
-                {"MINIO_ROOT_USER": s.minio_root_user, "MINIO_ROOT_PASSWORD": s.minio_root_password,
+                {"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password,
                  "MINIO_BROWSER": "on"})
     if name == "clickhouse":
         s.require("clickhouse_admin_password", "clickhouse_writer_password", "clickhouse_bi_password")

@@ -243,3 +243,48 @@ def test_airflow_parent_killed_restarts_without_leftovers(tmp_path):
             local.down(s)
         assert sid and session_procs(sid) == []
         assert [p for p in _all_ports(s) if port_open(*p)] == []
+
+
+def _compose_dotenv(folder: Path) -> None:
+    """Compose's .env in ``folder`` (as `cp .env.example .env`)."""
+    (folder / ".env").write_text((REPO / ".env.example").read_text())
+
+
+def test_native_minio_root_is_the_lake_keys_whatever_dotenv_says(monkeypatch, tmp_path):
+    from core.settings import get_settings
+    from ops import services
+    from ops.install import ensure_local_env
+
+    ensure_local_env(get_settings())   # local.env with the lake keys (kept when present)
+    _compose_dotenv(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path / "state"))
+    for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "LAKE_ACCESS_KEY", "LAKE_SECRET_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    get_settings.cache_clear()
+    try:
+        s = get_settings()
+        assert s.minio_root_user == "change-me-minio-admin" != s.lake_access_key   # the mix .env causes
+        _, env = services.argv_env("minio", s)
+        assert (env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]) == (s.lake_access_key, s.lake_secret_key)
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.integration
+def test_native_minio_up_next_to_compose_dotenv(monkeypatch, tmp_path):
+    from conftest import platform_settings
+    from ops import local
+
+    _compose_dotenv(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))   # the programs run in this folder (supervisord's directory)
+    for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "LAKE_ACCESS_KEY", "LAKE_SECRET_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    with platform_settings(tmp_path / "state") as s:
+        try:
+            local.up(s, ["minio"])   # creates the buckets with the lake keys: ACCESS_DENIED when MinIO's root differs
+            from core.lake import Lake
+            assert Lake(s).list_files(s.lake_raw_bucket) == []
+        finally:
+            local.down(s)
