@@ -77,7 +77,8 @@ topics: setup ## Create the Kafka topics (idempotent; starts kafka when needed)
 	$(PY) -m ops.cli up kafka
 	$(PY) -m producers.cli topics
 
-produce: topics ## Run the POS simulator (synthetic); ARGS="--stores 5 --skus 50 ..."
+produce: topics ## Run the POS simulator (synthetic) with kafka + minio (it writes the reference data to the lake); ARGS="--stores 5 --skus 50 ..."
+	$(PY) -m ops.cli up kafka minio
 	$(PY) -m producers.cli synthetic $(ARGS)
 
 stream: setup ## Run the Spark Structured Streaming job in the foreground (Ctrl-C stops it); the supervised one: make local-up

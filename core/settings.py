@@ -194,8 +194,8 @@ class Settings(BaseSettings):
                                description="Go module version of github.com/minio/minio built by setup.")
     minio_port: int = Field(default=9000, ge=1, le=65535, description="Native MinIO API port.")
     minio_console_port: int = Field(default=9001, ge=1, le=65535, description="Native MinIO console port.")
-    minio_root_user: str | None = Field(default=None, description="Native MinIO root user (generated into local.env by setup).")
-    minio_root_password: str | None = Field(default=None, description="Native MinIO root password (generated into local.env by setup).")
+    minio_root_user: str | None = Field(default=None, description="Native MinIO root user (generated into local.env by setup; the native MinIO's root is LAKE_ACCESS_KEY when set, so compose's .env cannot split them).")
+    minio_root_password: str | None = Field(default=None, description="Native MinIO root password (generated into local.env by setup; the native MinIO's root password is LAKE_SECRET_KEY when set).")
 
     # ---- Spark --------------------------------------------------------------------------------
     spark_master: str = Field(default="local[2]", description="Spark master URL.")
@@ -224,6 +224,17 @@ class Settings(BaseSettings):
     # ---- Airflow ------------------------------------------------------------------------------
     airflow_port: int = Field(default=8080, ge=1, le=65535,
                               description="Native stack: port of the Airflow API server / UI (service `airflow`).")
+    airflow_host: str = Field(default="127.0.0.1", min_length=1,
+                              description="Native stack: address the Airflow API server / UI listens on (this machine only "
+                                          "by default, as every native service).")
+    airflow_worker_log_port: int = Field(default=8793, ge=1, le=65535,
+                                         description="Native stack: port of the scheduler's task-log server (Airflow's "
+                                                     "[logging] worker_log_server_port; Airflow 3.3 binds it on every "
+                                                     "interface).")
+    airflow_trigger_log_port: int = Field(default=8794, ge=1, le=65535,
+                                          description="Native stack: port of the triggerer's log server (Airflow's "
+                                                      "[logging] trigger_log_server_port; Airflow 3.3 binds it on every "
+                                                      "interface).")
     airflow_clickhouse_pool_slots: int | None = Field(
         default=None, ge=1,
         description="Slots of the DAGs' Airflow pool `clickhouse` (tasks reading or writing ClickHouse at once; "

@@ -82,9 +82,23 @@ def airflow_env(s: Settings | None = None, home: Path | None = None, port: int |
         "PYSPARK_DRIVER_PYTHON": sys.executable,
     }
     if port:
+        # the API server on AIRFLOW_HOST (loopback by default, as every native service; Airflow's default is
+        # 0.0.0.0), its log servers on ports of the settings (Airflow's defaults 8793/8794 were neither configurable
+        # nor checked by `down`)
+        env["AIRFLOW__API__HOST"] = s.airflow_host
         env["AIRFLOW__API__PORT"] = str(port)
-        env["AIRFLOW__API__BASE_URL"] = f"http://localhost:{port}"
+        env["AIRFLOW__API__BASE_URL"] = f"http://{_client_host(s.airflow_host)}:{port}"
+        env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(s.airflow_worker_log_port)
+        env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(s.airflow_trigger_log_port)
     return env
+
+
+def _client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host`` (URL form; a wildcard -> localhost)."""
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
 
 
 def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:

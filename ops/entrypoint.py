@@ -55,6 +55,7 @@ NATIVE_ONLY: frozenset[str] = frozenset({
     "minio_version", "minio_port", "minio_console_port", "minio_root_user", "minio_root_password",
     "clickhouse_http_host", "clickhouse_http_port", "clickhouse_chdb_path", "clickhouse_admin_password",
     "clickhouse_writer_password", "clickhouse_bi_password", "clickhouse_max_body_mb", "airflow_port",
+    "airflow_host", "airflow_worker_log_port", "airflow_trigger_log_port",
 })
 
 #: group name -> field-name prefixes. Every Settings field must fall in exactly one group or NATIVE_ONLY.

@@ -7,7 +7,9 @@ clickhouse, streaming, airflow, dashboard. Programs restart automatically (``aut
 and waits for each one's health check (tenacity) before starting the next, applies the ClickHouse
 migrations once ``clickhouse`` is healthy, creates the topics once ``kafka`` is, and the lake's buckets once
 ``minio`` is. :func:`down` stops every program (SIGTERM to its process group, SIGKILL after the program's
-``stopwaitsecs``), shuts supervisord down and waits until the ports are free.
+``stopwaitsecs``), shuts supervisord down, kills what is left of each program's recorded process group
+(:func:`ops.services.kill_leftovers`: after a ``kill -9`` of supervisord or of Airflow's parent) and waits until every
+configured port is free.
 
 ``supervisorctl -c $RETAIL_STATE_DIR/supervisord.conf status|restart <name>|tail -f <name>`` works too.
 """
@@ -60,9 +62,34 @@ def socket_path(s: Settings) -> Path:
     return svc.state_dir(s) / "supervisor.sock"
 
 
+def program_env(s: Settings) -> dict[str, str]:
+    """The environment every supervised program gets (supervisord ``environment=``): each setting as resolved by
+    ``s`` (the caller of ``up``), an unset optional one as an empty value (which counts as unset). Without it the
+    programs kept the environment of the ``up`` that started supervisord (a later ``DASHBOARD_PORT=18502 up
+    dashboard`` waited on 18502 while the dashboard came back on 18501)."""
+    return {name.upper(): "" if v is None else str(v) for name, v in s.model_dump().items()}
+
+
+def _env_value(key: str, value: str) -> str:
+    """``value`` quoted for supervisord's ``environment=`` (its parser: shlex without escapes, quotes stripped,
+    ``%`` interpolation, `` ;``/`` #`` inline comments).
+
+    Raises:
+        StackError: supervisord cannot carry this value (names the variable).
+    """
+    bad = ('"' in value or "\n" in value or "\r" in value or value[:1] == "'" or value[-1:] == "'"
+           or any(f"{ws}{c}" in value for ws in " \t" for c in ";#"))
+    if bad:
+        raise StackError(f"{key}: a value with a double quote, a line break, a leading/trailing single quote or "
+                         f"' ;'/' #' cannot be passed to supervised programs: {value!r}")
+    return '"' + value.replace("%", "%%") + '"'
+
+
 def write_conf(s: Settings) -> Path:
-    """Write supervisord's configuration for this state folder; returns its path."""
+    """Write supervisord's configuration for this state folder (mode 0600: the environment holds the generated
+    credentials); returns its path. Each program gets :func:`program_env` of ``s``."""
     d = svc.state_dir(s)
+    env = ",".join(f"{k}={_env_value(k, v)}" for k, v in sorted(program_env(s).items()))
     logs = d / "logs"
     py = sys.executable
     lines = [
@@ -78,11 +105,53 @@ def write_conf(s: Settings) -> Path:
             f"[program:{name}]", f"command={py} -m ops.services run {name}", "autostart=false", "autorestart=true",
             f"startsecs={p['startsecs']}", f"startretries={p.get('startretries', 3)}", f"stopsignal={p['stopsignal']}",
             f"stopwaitsecs={p['stopwaitsecs']}", f"stopasgroup={p.get('stopasgroup', 'true')}", "killasgroup=true", "redirect_stderr=true",
-            f"stdout_logfile={logs / (name + '.log')}", "stdout_logfile_maxbytes=50MB", "stdout_logfile_backups=2", "",
+            f"stdout_logfile={logs / (name + '.log')}", "stdout_logfile_maxbytes=50MB", "stdout_logfile_backups=2",
+            f"environment={env}", "",
         ]
     path = conf_path(s)
-    path.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".conf.tmp")
+        tmp.touch(mode=0o600)
+        tmp.chmod(0o600)
+        tmp.write_text(text)
+        tmp.replace(path)
+    path.chmod(0o600)
     return path
+
+
+def _sync_config(s: Settings) -> set[str]:
+    """Write the configuration and, when supervisord runs, make it read it (``supervisorctl reread`` + ``update``
+    over XML-RPC): new programs are added, changed ones that are not running get their new configuration. Returns
+    the running programs whose configuration changed (still on the old one: :func:`start` replaces it when it
+    starts them)."""
+    write_conf(s)
+    if not supervisord_running(s):
+        return set()
+    proxy = rpc(s)
+    added, changed, removed = proxy.supervisor.reloadConfig()[0]
+    for group in removed:
+        _replace(s, group, add=False)
+    for group in added:
+        proxy.supervisor.addProcessGroup(group)
+    stale = set()
+    for group in changed:
+        if _info(s, group)["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+            stale.add(group)
+        else:
+            _replace(s, group)
+    return stale
+
+
+def _replace(s: Settings, group: str, add: bool = True) -> None:
+    """Stop a program, drop its configuration and load the one supervisord read last (``supervisorctl update``)."""
+    proxy = rpc(s)
+    with contextlib.suppress(xmlrpc.client.Fault):
+        proxy.supervisor.stopProcessGroup(group, True)
+    with contextlib.suppress(xmlrpc.client.Fault):
+        proxy.supervisor.removeProcessGroup(group)
+    if add:
+        proxy.supervisor.addProcessGroup(group)
 
 
 def rpc(s: Settings) -> xmlrpc.client.ServerProxy:
@@ -149,12 +218,18 @@ def _after_start(name: str, s: Settings) -> None:
         Lake(s).ensure_buckets()
 
 
-def start(name: str, s: Settings | None = None, done: set[str] | None = None) -> None:
+def start(name: str, s: Settings | None = None, done: set[str] | None = None,
+          requested: set[str] | frozenset[str] | None = None) -> None:
     """Start one service under the supervisor (its dependencies first) and wait until it is healthy.
+
+    A running program whose configuration (environment: the settings) differs from ``s``'s is restarted with the
+    new one when it is requested, or when it is a dependency that is not healthy under ``s``; a healthy dependency
+    is left alone.
 
     Args:
         done: services already brought up (and set up) by this caller; they are skipped, so :func:`up` starts and
             migrates each service once although several depend on it.
+        requested: the services the caller asked for (default: ``{name}``); the others are dependencies.
     Raises:
         StackError: it (or a dependency) did not become healthy in time; the message carries its log's tail.
     """
@@ -162,10 +237,15 @@ def start(name: str, s: Settings | None = None, done: set[str] | None = None) ->
     done = set() if done is None else done
     if name in done:
         return
+    requested = {name} if requested is None else requested
     for dep in svc.DEPENDS.get(name, ()):
-        start(dep, s, done)
+        start(dep, s, done, requested)
     start_supervisord(s)
+    if name in _sync_config(s) and (name in requested or not healthy(name, s)):
+        _replace(s, name)   # running with another environment: restart it with this one
     if _info(s, name)["statename"] not in ("RUNNING", "STARTING"):
+        # leftovers of an earlier start (supervisord killed): they would answer the health check in its place
+        svc.kill_leftovers(name, s)
         try:
             rpc(s).supervisor.startProcess(name, False)
         except xmlrpc.client.Fault as exc:
@@ -198,8 +278,9 @@ def up(s: Settings | None = None, services: list[str] | tuple[str, ...] | None =
         ensure_local_env(get_settings())
         s = get_settings()
     done: set[str] = set()
-    for name in services or svc.SERVICES:
-        start(name, s, done)
+    names = list(services or svc.SERVICES)
+    for name in names:
+        start(name, s, done, frozenset(names))
 
 
 def status(s: Settings | None = None) -> dict[str, dict]:
@@ -221,7 +302,9 @@ def _ports(name: str, s: Settings) -> list[tuple[str, int]]:
     return {"kafka": [(host, svc.kafka_host_port(s)[1]), (host, s.kafka_controller_port)],
             "minio": [("localhost", s.minio_port), ("localhost", s.minio_console_port)],
             "clickhouse": [(s.clickhouse_http_host, s.clickhouse_http_port)],
-            "airflow": [("localhost", s.airflow_port)], "dashboard": [("localhost", s.dashboard_port)]}.get(name, [])
+            "airflow": [(svc.local_address(s.airflow_host), s.airflow_port), ("localhost", s.airflow_worker_log_port),
+                        ("localhost", s.airflow_trigger_log_port)],
+            "dashboard": [(svc.local_address(s.dashboard_host), s.dashboard_port)]}.get(name, [])
 
 
 def down(s: Settings | None = None, timeout: float = 90) -> None:
@@ -231,13 +314,11 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
         StackError: a port is still bound after ``timeout`` seconds (names it).
     """
     s = s or get_settings()
-    ports: list[tuple[str, int]] = []
     if supervisord_running(s):
         proxy = rpc(s)
         for name in reversed(svc.SERVICES):
             try:
                 if proxy.supervisor.getProcessInfo(name)["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
-                    ports += _ports(name, s)
                     proxy.supervisor.stopProcess(name, True)
             except xmlrpc.client.Fault:
                 pass
@@ -249,6 +330,11 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
             pass
         if pid:
             _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "supervisord shutdown")
+    # what supervisord did not stop: the programs of a supervisord that is gone (kill -9), children that outlived
+    # their program's parent (the recorded process groups, ops.services.kill_leftovers)
+    for name in reversed(svc.SERVICES):
+        svc.kill_leftovers(name, s)
+    ports = [p for name in svc.SERVICES for p in _ports(name, s)]   # every configured port
     busy = lambda: [p for p in ports if svc.port_open(*p)]  # noqa: E731
     try:
         _wait(lambda: not busy(), timeout, "native stack shutdown")
@@ -276,6 +362,8 @@ def platform_settings(state: Path, **extra: str):
         "MINIO_CONSOLE_PORT": str(svc.free_port()),
         "CLICKHOUSE_HTTP_PORT": str(svc.free_port()),
         "AIRFLOW_PORT": str(svc.free_port()),
+        "AIRFLOW_WORKER_LOG_PORT": str(svc.free_port()),
+        "AIRFLOW_TRIGGER_LOG_PORT": str(svc.free_port()),
         "DASHBOARD_PORT": str(svc.free_port()),
         "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
         "SPARK_MASTER": "local[2]",

@@ -19,6 +19,7 @@ dashboard      live browser dashboard, Streamlit (``python -m dashboard``)      
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -134,7 +135,7 @@ def clickhouse_healthy(s: Settings) -> bool:
 def airflow_healthy(s: Settings) -> bool:
     """True when Airflow's API server reports the metadata DB and the scheduler healthy."""
     try:
-        r = httpx.get(f"http://localhost:{s.airflow_port}/api/v2/monitor/health", timeout=2)
+        r = httpx.get(f"http://{local_address(s.airflow_host)}:{s.airflow_port}/api/v2/monitor/health", timeout=2)
         h = r.json() if r.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return False
@@ -165,7 +166,7 @@ def endpoint(name: str, s: Settings) -> str:
     """Where a service answers (for status output)."""
     return {"kafka": s.kafka_bootstrap_servers, "minio": f"http://localhost:{s.minio_port}",
             "clickhouse": f"http://{s.clickhouse_http_host}:{s.clickhouse_http_port}",
-            "airflow": f"http://localhost:{s.airflow_port}", "streaming": s.spark_checkpoint_dir,
+            "airflow": f"http://{local_address(s.airflow_host)}:{s.airflow_port}", "streaming": s.spark_checkpoint_dir,
             "dashboard": f"http://localhost:{s.dashboard_port}"}.get(name, "")
 
 
@@ -210,6 +211,22 @@ def _kafka_argv(s: Settings) -> list[str]:
             "-cp", cp, "kafka.Kafka", str(props)]
 
 
+def minio_root(s: Settings) -> tuple[str, str]:
+    """(user, password) of the native MinIO's root account: the lake keys every native client signs with
+    (LAKE_ACCESS_KEY / LAKE_SECRET_KEY, generated equal to MINIO_ROOT_* into local.env by setup); MINIO_ROOT_USER /
+    _PASSWORD only when no lake key is set. Compose's ``.env`` (``cp .env.example .env``) sets MINIO_ROOT_* for its
+    own MinIO but no LAKE_ACCESS_KEY: the native MinIO took its root from ``.env`` and the clients their keys from
+    local.env, and ``up minio`` failed (ACCESS_DENIED creating the buckets).
+
+    Raises:
+        ConfigError: neither pair is set (named).
+    """
+    if s.lake_access_key and s.lake_secret_key:
+        return s.lake_access_key, s.lake_secret_key
+    s.require("minio_root_user", "minio_root_password")
+    return s.minio_root_user, s.minio_root_password  # type: ignore[return-value]
+
+
 def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) of a service's foreground process.
 
@@ -224,12 +241,12 @@ def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str,
     if name == "minio":
         from ops.install import minio_binary
 
-        s.require("minio_root_user", "minio_root_password")
+        user, password = minio_root(s)
         data = state_dir(s) / "minio"
         data.mkdir(parents=True, exist_ok=True)
         return ([str(minio_binary(s)), "server", str(data), "--address", f"localhost:{s.minio_port}",
                  "--console-address", f"localhost:{s.minio_console_port}", "--quiet"],
-                {"MINIO_ROOT_USER": s.minio_root_user, "MINIO_ROOT_PASSWORD": s.minio_root_password,
+                {"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password,
                  "MINIO_BROWSER": "on"})
     if name == "clickhouse":
         s.require("clickhouse_admin_password", "clickhouse_writer_password", "clickhouse_bi_password")
@@ -249,8 +266,64 @@ def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str,
     raise KeyError(f"unknown service {name!r}; services: {', '.join(SERVICES)}")
 
 
+# ------------------------------------------------------------------------------------ leftovers --
+def pgid_file(name: str, s: Settings) -> Path:
+    """``$RETAIL_STATE_DIR/run/<name>.pgid``: the process group of the program's last start (supervisord makes
+    each program a group leader; a program's children, e.g. Airflow's scheduler, stay in its group)."""
+    return state_dir(s) / "run" / f"{name}.pgid"
+
+
+def _group_session(pid: int) -> tuple[int, int] | None:
+    """(process group, session) of a live process (None for a zombie or a process gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else (int(fields[2]), int(fields[3]))
+
+
+def group_members(pgid: int, sid: int) -> list[int]:
+    """Live processes of process group ``pgid`` in session ``sid`` (supervisord's: a recycled group id is not taken
+    for ours; environments and command lines cannot tell, Airflow's setproctitle overwrites both)."""
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and int(p.name) != os.getpid() and _group_session(int(p.name)) == (pgid, sid)]
+
+
+def kill_leftovers(name: str, s: Settings, grace: float = 10.0) -> list[int]:
+    """Stop what is left of the program's last process group (after a ``kill -9`` of supervisord or of a program's
+    parent, e.g. ``airflow standalone``, its processes keep running and their ports): SIGTERM, SIGKILL after
+    ``grace`` seconds. Returns the pids found."""
+    import signal
+
+    try:
+        pgid, sid = (int(v) for v in pgid_file(name, s).read_text().split()[:2])
+    except (OSError, ValueError):
+        return []
+    if pgid == os.getpgrp():
+        return []
+    found = group_members(pgid, sid)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        left = group_members(pgid, sid)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = group_members(pgid, sid)
+        if not left:
+            break
+    return found
+
+
 def run(name: str) -> None:
-    """Prepare service ``name`` and replace this process with it (never returns)."""
+    """Prepare service ``name`` and replace this process with it (never returns). First stops what is left of the
+    program's previous process group, then records this one (:func:`pgid_file`)."""
+    s = get_settings()
+    kill_leftovers(name, s)
+    f = pgid_file(name, s)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(f"{os.getpgrp()} {os.getsid(0)}\n")
     argv, env = argv_env(name)
     os.execvpe(argv[0], argv, {**os.environ, **env})
 

@@ -1,0 +1,290 @@
+"""Operations of the native stack (ops.local, ops.services, ops.airflow, Makefile): what each target starts, where
+services listen, the supervised programs' environment, leftovers after a crash, the MinIO credentials."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from ops.install import StackError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _make_recipes() -> dict[str, tuple[list[str], list[str]]]:
+    """{target: (prerequisites, recipe lines)} of the Makefile."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    target = None
+    for line in (REPO / "Makefile").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+):(?!=)\s*([^#]*)", line)
+        if m:
+            target = m.group(1)
+            out[target] = (m.group(2).split(), [])
+        elif line.startswith("\t") and target:
+            out[target][1].append(line.strip())
+        elif line.strip() and not line.startswith("#"):
+            target = None
+    return out
+
+
+def _started_services(target: str, recipes=None, seen=None) -> set[str]:
+    """Services an ``ops.cli up`` in ``target``'s recipe or its prerequisites' recipes starts."""
+    recipes = recipes or _make_recipes()
+    seen = set() if seen is None else seen
+    if target in seen or target not in recipes:
+        return set()
+    seen.add(target)
+    deps, lines = recipes[target]
+    out = set().union(*[_started_services(d, recipes, seen) for d in deps]) if deps else set()
+    for line in lines:
+        m = re.search(r"-m ops\.cli up (.*)", line)
+        if m:
+            out |= set(m.group(1).split())
+    return out
+
+
+def test_make_produce_starts_kafka_and_minio():
+    # the synthetic producer writes the reference data (products, stores) to the lake: MinIO must run
+    started = _started_services("produce")
+    assert {"kafka", "minio"} <= started, started
+
+
+def test_native_airflow_listens_where_the_settings_say(monkeypatch, tmp_path):
+    from core.settings import get_settings
+    from ops import airflow, local
+
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_WORKER_LOG_PORT", "20793")
+    monkeypatch.setenv("AIRFLOW_TRIGGER_LOG_PORT", "20794")
+    get_settings.cache_clear()
+    try:
+        s = get_settings()
+        assert s.airflow_host == "127.0.0.1"   # loopback by default, as every native service
+        env = airflow.airflow_env(s, tmp_path / "airflow", 20080)
+        assert env["AIRFLOW__API__HOST"] == "127.0.0.1" and env["AIRFLOW__API__PORT"] == "20080"
+        assert env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "20793"
+        assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "20794"
+        # `down` waits for every one of them to be free
+        assert {p for _, p in local._ports("airflow", s)} == {s.airflow_port, 20793, 20794}
+    finally:
+        get_settings.cache_clear()
+
+
+def test_supervisor_config_carries_each_setting_quoted(monkeypatch, tmp_path):
+    from supervisor.options import ServerOptions
+
+    from core.settings import get_settings
+    from ops import local
+
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("WEATHER_FILE", "/data/a b,c%d=e'f#g;h (1).csv")
+    monkeypatch.setenv("ETL_SCHEDULE", "0 8 * * *")
+    get_settings.cache_clear()
+    try:
+        s = get_settings()
+        path = local.write_conf(s)
+        assert path.stat().st_mode & 0o077 == 0   # the environment holds the generated credentials
+        opts = ServerOptions()
+        opts.configfile = str(path)
+        opts.process_config(do_usage=False)
+        want = local.program_env(s)
+        assert want["WEATHER_FILE"] == "/data/a b,c%d=e'f#g;h (1).csv" and want["PREDICTIONS_SCHEDULE"] == ""
+        assert want["DASHBOARD_PORT"] == str(s.dashboard_port)
+        for group in opts.process_group_configs:
+            assert group.process_configs[0].environment == want, group.name
+        monkeypatch.setenv("WEATHER_FILE", '/data/"quoted".csv')   # supervisord cannot carry it: said, not garbled
+        get_settings.cache_clear()
+        with pytest.raises(StackError, match="WEATHER_FILE"):
+            local.write_conf(get_settings())
+    finally:
+        get_settings.cache_clear()
+
+
+def _listening(port: int) -> bool:
+    from ops.services import port_open
+
+    return port_open("localhost", port) or port_open("127.0.0.1", port)
+
+
+@pytest.mark.integration
+def test_up_runs_programs_with_the_settings_of_that_up(tmp_path):
+    """The settings of each `up` reach the supervised program: after a stop, and while it runs (restarted);
+    an `up` with the same settings leaves it alone."""
+    from conftest import platform_settings
+    from core.settings import get_settings
+    from ops import local
+    from ops.services import free_port
+
+    with platform_settings(tmp_path / "state") as s:
+        try:
+            local.up(s, ["minio"])
+            first = s.minio_console_port
+            assert _listening(first)
+            local.rpc(s).supervisor.stopProcess("minio", True)            # as `supervisorctl stop minio`
+            os.environ["MINIO_CONSOLE_PORT"] = str(second := free_port())
+            get_settings.cache_clear()
+            s = get_settings()
+            local.up(s, ["minio"])
+            assert _listening(second) and not _listening(first), (first, second)
+            pid = local.status(s)["minio"]["pid"]
+            os.environ["MINIO_CONSOLE_PORT"] = str(third := free_port())    # changed while it runs
+            get_settings.cache_clear()
+            s = get_settings()
+            local.up(s, ["minio"])
+            assert _listening(third) and not _listening(second)
+            assert local.status(s)["minio"]["pid"] != pid
+            pid = local.status(s)["minio"]["pid"]
+            local.up(s, ["minio"])                                          # same settings: left alone
+            assert local.status(s)["minio"]["pid"] == pid
+        finally:
+            local.down(s)
+
+
+def _state_pids(state: Path) -> list[int]:
+    """Live processes whose environment or command line names the state folder (supervisord and its programs)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if str(state).encode() in blob:
+            out.append(int(proc.name))
+    return out
+
+
+def _all_ports(s) -> list[tuple[str, int]]:
+    from ops import local
+    from ops.services import SERVICES
+
+    return [p for name in SERVICES for p in local._ports(name, s)]
+
+
+@pytest.mark.integration
+def test_down_after_supervisord_was_killed_leaves_nothing(tmp_path):
+    import signal
+    import time
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import port_open
+
+    state = tmp_path / "state"
+    with platform_settings(state) as s:
+        try:
+            local.up(s, ["minio", "clickhouse"])
+            os.kill(int((state / "supervisord.pid").read_text()), signal.SIGKILL)
+            time.sleep(1)
+            local.down(s, timeout=60)
+            deadline = time.time() + 15
+            while _state_pids(state) and time.time() < deadline:
+                time.sleep(0.5)
+            assert _state_pids(state) == []
+            assert [p for p in _all_ports(s) if port_open(*p)] == []
+            local.up(s, ["minio", "clickhouse"])   # a clean start again
+            assert all(r["healthy"] for n, r in local.status(s).items() if n in ("minio", "clickhouse"))
+        finally:
+            local.down(s)
+        assert _state_pids(state) == []
+
+
+@pytest.mark.integration
+def test_airflow_parent_killed_restarts_without_leftovers(tmp_path):
+    import signal
+    import time
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import _group_session, port_open
+
+    def session_procs(sid):   # Airflow's setproctitle hides the state folder: supervisord's session tells
+        return [p for p in (int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit())
+                if (_group_session(p) or (0, 0))[1] == sid]
+
+    def schedulers(sid):
+        out = []
+        for p in session_procs(sid):
+            try:
+                if b"scheduler" in Path(f"/proc/{p}/cmdline").read_bytes():
+                    out.append(p)
+            except OSError:
+                pass
+        return out
+
+    state = tmp_path / "state"
+    with platform_settings(state) as s:
+        sid = None
+        try:
+            local.up(s, ["airflow"])
+            sid = os.getsid(int((state / "supervisord.pid").read_text()))
+            old = local.status(s)["airflow"]["pid"]
+            old_group = [p for p in session_procs(sid) if _group_session(p)[0] == old and p != old]
+            assert old_group and len(schedulers(sid)) == 1, "airflow standalone should have started its components"
+            os.kill(old, signal.SIGKILL)
+            deadline = time.time() + 400
+            while time.time() < deadline:
+                row = local.status(s)["airflow"]
+                left = [p for p in old_group if (_group_session(p) or (0,))[0] == old]   # the old components
+                if row["pid"] not in (None, old) and row["healthy"] and not left:
+                    break
+                time.sleep(2)
+            assert row["pid"] != old and row["healthy"] and not left, (row, left)
+            time.sleep(5)
+            assert local.status(s)["airflow"]["healthy"]
+            assert len(schedulers(sid)) == 1, schedulers(sid)
+        finally:
+            local.down(s)
+        assert sid and session_procs(sid) == []
+        assert [p for p in _all_ports(s) if port_open(*p)] == []
+
+
+def _compose_dotenv(folder: Path) -> None:
+    """Compose's .env in ``folder`` (as `cp .env.example .env`)."""
+    (folder / ".env").write_text((REPO / ".env.example").read_text())
+
+
+def test_native_minio_root_is_the_lake_keys_whatever_dotenv_says(monkeypatch, tmp_path):
+    from core.settings import get_settings
+    from ops import services
+    from ops.install import ensure_local_env
+
+    ensure_local_env(get_settings())   # local.env with the lake keys (kept when present)
+    _compose_dotenv(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path / "state"))
+    for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "LAKE_ACCESS_KEY", "LAKE_SECRET_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    get_settings.cache_clear()
+    try:
+        s = get_settings()
+        assert s.minio_root_user == "change-me-minio-admin" != s.lake_access_key   # the mix .env causes
+        _, env = services.argv_env("minio", s)
+        assert (env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]) == (s.lake_access_key, s.lake_secret_key)
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.integration
+def test_native_minio_up_next_to_compose_dotenv(monkeypatch, tmp_path):
+    from conftest import platform_settings
+    from ops import local
+
+    _compose_dotenv(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))   # the programs run in this folder (supervisord's directory)
+    for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "LAKE_ACCESS_KEY", "LAKE_SECRET_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    with platform_settings(tmp_path / "state") as s:
+        try:
+            local.up(s, ["minio"])   # creates the buckets with the lake keys: ACCESS_DENIED when MinIO's root differs
+            from core.lake import Lake
+            assert Lake(s).list_files(s.lake_raw_bucket) == []
+        finally:
+            local.down(s)
