@@ -111,8 +111,9 @@ def unified_schema(lake, files: list[str], where: str):
 
 def raw_counts(df, id_column: str, contract: bool) -> dict[str, int]:
     """One Spark action over the raw rows (before deduplication and the day filter): ``rows``, ``null_ids``
-    (events without ``id_column``) and, with ``contract``, ``bad`` (sales rows with quantity 0 or a
-    negative/null/NaN price; only then the exact check runs on the day's deduplicated lines).
+    (events without ``id_column``), ``null_timestamps`` (events without an event time, when the frame has a
+    ``timestamp`` column: they belong to no day) and, with ``contract``, ``bad`` (sales rows with quantity 0 or
+    null, or a negative/null/NaN price; only then the exact check runs on the day's deduplicated lines).
 
     Raises:
         EtlError: ``id_column`` (or, with ``contract``, ``quantity`` / ``unit_price``) is missing.
@@ -123,6 +124,8 @@ def raw_counts(df, id_column: str, contract: bool) -> dict[str, int]:
         if c not in df.columns:
             raise etl.EtlError(f"{'event id ' if c == id_column else ''}column {c!r} missing; columns: {df.columns}")
     aggs = [F.count(F.lit(1)).alias("rows"), F.count_if(F.col(id_column).isNull()).alias("null_ids")]
+    if "timestamp" in df.columns:
+        aggs.append(F.count_if(F.col("timestamp").isNull()).alias("null_timestamps"))
     if contract:
         p = F.col("unit_price").cast("double")
         aggs.append(F.count_if(F.coalesce((F.col("quantity") == 0) | (p < 0) | F.isnan(p), F.lit(True))).alias("bad"))
@@ -155,16 +158,16 @@ def of_day(df, day: dt.date, ts_column: str = "timestamp"):
 
 
 def check_contract(sales) -> None:
-    """Raise EtlError when a line has quantity 0 or a negative/null price (the stream should have
-    quarantined it), naming up to 3 of them."""
+    """Raise EtlError when a line has quantity 0 or null, or a negative/null/NaN price (the stream should have
+    quarantined it), naming up to 3 of them (the same message as :func:`etl.star_schema.build_fact_sales`)."""
     from pyspark.sql import functions as F
 
-    bad = sales.filter((F.col("quantity") == 0) | F.col("unit_price").isNull() | (F.col("unit_price") < 0)
-                       | F.isnan("unit_price"))
+    bad = sales.filter((F.col("quantity") == 0) | F.col("quantity").isNull() | F.col("unit_price").isNull()
+                       | (F.col("unit_price") < 0) | F.isnan("unit_price"))
     n = bad.count()
     if n:
         ids = [r[0] for r in bad.select("transaction_id").limit(3).collect()]
-        raise etl.EtlError(f"{n} sales lines violate the contract (quantity 0 or price < 0/null), e.g. {ids}")
+        raise etl.EtlError(f"{n} sales lines violate the contract (quantity 0/null or price < 0/null), e.g. {ids}")
 
 
 def _amount_e4(q, price):
@@ -245,9 +248,14 @@ def closing_stock(updates, products, stores):
             .join(F.broadcast(stores), "store_id", "left")
 
 
-def _refuse_null_ids(counts: dict[str, int], id_column: str) -> None:
+def _refuse_null_ids(counts: dict[str, int], id_column: str, event_type: str = "") -> None:
+    """Raise EtlError (a contract violation: the job exits 3, no retry) for events without an id or without an
+    event time (a null ``timestamp`` falls on no day: it would be dropped as misfiled on every day)."""
     if counts["null_ids"]:
         raise etl.EtlError(f"{counts['null_ids']} events have a null {id_column}")
+    if counts.get("null_timestamps"):
+        raise etl.EtlError(f"{counts['null_timestamps']} {event_type or 'raw'} events violate the contract: "
+                           "null timestamp (event time)")
 
 
 def _dedup_of_day(df, id_column: str, day: dt.date):
@@ -326,7 +334,8 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
     "seconds"}.
 
     Raises:
-        EtlError: contract violations (quantity 0, price < 0 or null) or null event ids.
+        EtlError: contract violations (quantity 0 or null, price < 0 or null, null event time) or null event
+            ids.
     """
     from pyspark.sql import functions as F
 
@@ -342,7 +351,7 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
     seen = []
     if raw_s is not None:
         n = raw_counts(raw_s, etl.EVENT_ID[etl.SALES], contract=True)
-        _refuse_null_ids(n, etl.EVENT_ID[etl.SALES])
+        _refuse_null_ids(n, etl.EVENT_ID[etl.SALES], etl.SALES)
         sales, n_ded, out["sales_lines"] = _dedup_of_day(raw_s, etl.EVENT_ID[etl.SALES], day)
         out["raw_sales_rows"] = n["rows"]
         out["duplicate_sales"], out["misfiled_sales"] = n["rows"] - n_ded, n_ded - out["sales_lines"]
@@ -351,7 +360,7 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
         seen.append(sales.select(F.col("store_id").cast("string"), F.col("product_id").cast("string")))
     if raw_i is not None:
         n = raw_counts(raw_i, etl.EVENT_ID[etl.INVENTORY], contract=False)
-        _refuse_null_ids(n, etl.EVENT_ID[etl.INVENTORY])
+        _refuse_null_ids(n, etl.EVENT_ID[etl.INVENTORY], etl.INVENTORY)
         inv, n_ded_i, n_inv = _dedup_of_day(raw_i, etl.EVENT_ID[etl.INVENTORY], day)
         out["raw_inventory_rows"] = n["rows"]
         out["duplicate_inventory"], out["misfiled_inventory"] = n["rows"] - n_ded_i, n_ded_i - n_inv

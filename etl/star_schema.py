@@ -143,10 +143,15 @@ def events_of_day(events: pd.DataFrame, day: dt.date, ts_column: str = "timestam
 
     Rows outside the day are misfiled in the partition (they belong to another date's partition) and
     are left out and counted, never loaded twice.
+
+    Raises:
+        EtlError: rows without an event time (null ``ts_column``): a contract violation, never dropped as misfiled.
     """
     if events.empty:
         return events, 0
     ts = pd.to_datetime(events[ts_column], utc=True)
+    if ts.isna().any():
+        raise EtlError(f"{int(ts.isna().sum())} raw events violate the contract: null {ts_column} (event time)")
     mask = (ts.dt.date == day).to_numpy()
     return events.loc[mask].reset_index(drop=True), int((~mask).sum())
 
@@ -281,16 +286,17 @@ def build_fact_sales(sales: pd.DataFrame, dim_product: pd.DataFrame, day: dt.dat
         (Int64 ten-thousandths; cost/profit NA when unit_cost is unknown), is_return.
 
     Raises:
-        EtlError: a line has quantity 0 or a negative/NaN price (contract violations that the
+        EtlError: a line has quantity 0 or null, or a negative/NaN/null price (contract violations that the
         streaming job should have quarantined).
     """
     if sales.empty:
         return pd.DataFrame(columns=["sale_id", "date_key", "event_time", "product_key", "store_key", "invoice_id",
                                      "customer_id", "payment_method", "quantity", "unit_price", "revenue_e4",
                                      "cost_e4", "profit_e4", "is_return"])
-    bad = sales["quantity"].eq(0) | sales["unit_price"].isna() | sales["unit_price"].lt(0)
+    bad = (sales["quantity"].eq(0) | sales["quantity"].isna() | sales["unit_price"].isna()
+           | sales["unit_price"].lt(0)).fillna(True)
     if bad.any():
-        raise EtlError(f"{int(bad.sum())} sales lines violate the contract (quantity 0 or price < 0/null), "
+        raise EtlError(f"{int(bad.sum())} sales lines violate the contract (quantity 0/null or price < 0/null), "
                        f"e.g. {sales.loc[bad, 'transaction_id'].head(3).tolist()}")
     cost = sales["product_id"].astype(str).map(dim_product.set_index("sku")["unit_cost"])
     f = pd.DataFrame({

@@ -91,6 +91,20 @@ def test_fact_sales_rejects_contract_violations():
         etl.build_fact_sales(df, dim, DAY)
 
 
+def test_null_quantity_and_null_timestamp_are_contract_violations():
+    """A null quantity is refused like quantity 0 (it used to pass the check and fail the load with
+    decimal.InvalidOperation, retried as an outage); a null event time is refused, not dropped as misfiled."""
+    dim = etl.build_dim_product(None, pd.Series(["P1"]))
+    df = sales([["t1", "S1", "P1", 2, 1.0, ts(9), None, "CARD", None, ts(9), 0, 1],
+                ["t2", "S1", "P1", None, 2.0, ts(10), None, "CARD", None, ts(10), 0, 2]])
+    with pytest.raises(etl.EtlError, match=r"1 sales lines violate the contract \(quantity 0/null.*t2"):
+        etl.build_fact_sales(df, dim, DAY)
+    df = sales([["t1", "S1", "P1", 2, 1.0, ts(9), None, "CARD", None, ts(9), 0, 1],
+                ["t2", "S1", "P1", 3, 2.0, None, None, "CARD", None, ts(10), 0, 2]])
+    with pytest.raises(etl.EtlError, match="1 raw events violate the contract: null timestamp"):
+        etl.events_of_day(df, DAY)
+
+
 def test_dim_date_uk_bank_holiday_weekend_and_other_countries():
     days = [DAY, dt.date(2011, 8, 27), dt.date(2011, 8, 30), dt.date(2011, 7, 14), dt.date(2011, 4, 29)]
     d = etl.build_dim_date(days, ["FR", "GB"], "GB").set_index("date_key")

@@ -229,6 +229,36 @@ def test_empty_day_and_contract_violation(local_lake, spark):
         sf.build_day(spark, bad_day, local_lake)
 
 
+@pytest.mark.parametrize("column", ["quantity", "timestamp"])
+def test_null_quantity_or_timestamp_breaks_the_contract(local_lake, spark, column):
+    """A sales line with a null quantity (it passed the check, then failed the load with decimal.InvalidOperation,
+    retried as an outage) or a null event time (dropped as misfiled, QC passed) is a contract violation: EtlError
+    naming it, so the job exits 3 and the task fails without retries. Inventory updates without an event time too."""
+    from etl import spark_facts as sf
+    from etl.star_schema import EtlError
+
+    day = DAY - dt.timedelta(days=20 + (column == "timestamp"))
+    ts = dt.datetime(day.year, day.month, day.day, 10, tzinfo=UTC)
+    rows = [{"transaction_id": f"N{i}", "store_id": "S0", "product_id": "P001", "quantity": 2, "unit_price": 1.0,
+             "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": "I", "ingested_at": ts,
+             "kafka_partition": 0, "kafka_offset": i} for i in range(3)]
+    rows[1][column] = None
+    write_raw(local_lake, "sales_transaction", day, {"batch-1.parquet": rows}, SALES_SCHEMA)
+    match = (r"1 sales lines violate the contract \(quantity 0/null.*N1" if column == "quantity"
+             else "1 sales_transaction events violate the contract: null timestamp")
+    with pytest.raises(EtlError, match=match):
+        sf.build_day(spark, day, local_lake)
+    if column == "timestamp":
+        rows[1][column] = ts
+        write_raw(local_lake, "sales_transaction", day, {"batch-1.parquet": rows}, SALES_SCHEMA)
+        inv = [{"inventory_id": "U1", "store_id": "S0", "product_id": "P001", "quantity_change": 1, "new_quantity": 5,
+                "reason": "RESTOCK", "reorder_point": None, "timestamp": None, "ingested_at": ts,
+                "kafka_partition": 0, "kafka_offset": 1}]
+        write_raw(local_lake, "inventory_update", day, {"batch-1.parquet": inv}, INV_SCHEMA)
+        with pytest.raises(EtlError, match="1 inventory_update events violate the contract: null timestamp"):
+            sf.build_day(spark, day, local_lake)
+
+
 def test_spark_submit_job_exit_codes(local_lake):
     """The spark-submit application: exit 0 and staged facts for a good day, exit 3 and a staged error record
     for a day breaking the contract (the DAG's operator fails that task without retries)."""
