@@ -11,6 +11,8 @@ Schedule: ETL_SCHEDULE (default 08:00 UTC daily) as a data-interval cron timetab
 the UTC date of its logical date (the start of its interval = the previous day). Re-running a date
 replaces its fact partitions (idempotent). A failed data-quality check, or raw data breaking the contract
 (the Spark job's exit 3), fails the run without retries (AirflowFailException): retrying cannot fix bad data.
+So does a raw partition that is gone while ClickHouse holds the day's rows (re-running would empty the day);
+trigger with the param ``allow_missing_raw`` = true to empty it on purpose.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import contextlib
 
 import pendulum
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 import sys
@@ -57,6 +59,9 @@ def _fail_fast_on_bad_data():
     default_args=DEFAULT_ARGS,
     tags=["etl", "star-schema", "clickhouse", "nightly"],
     doc_md=__doc__,
+    params={"allow_missing_raw": Param(False, type="boolean",
+                                       description="Load the date even when its raw partition is gone and "
+                                                   "ClickHouse holds its rows (empties the day).")},
 )
 def daily_etl():
     build_facts = DailyFactsSubmitOperator(
@@ -73,7 +78,9 @@ def daily_etl():
         from etl import star_schema as etl
 
         with _fail_fast_on_bad_data():
-            return etl.load_recorded(_day(), dag_run_id=get_current_context()["run_id"])
+            ctx = get_current_context()
+            return etl.load_recorded(_day(), dag_run_id=ctx["run_id"],
+                                     allow_missing_raw=bool(ctx["params"].get("allow_missing_raw", False)))
 
     @task(pool=CLICKHOUSE_POOL)
     def quality_check(loaded: dict | None) -> dict:

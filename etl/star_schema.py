@@ -684,7 +684,40 @@ def recompute_later_inventory(client, db: str, lake, day: dt.date, settings) -> 
     return {"later_inventory_days": rebuilt, "later_inventory_not_rebuilt": missing}
 
 
-def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
+def raw_partition(lake, event_type: str, day: dt.date) -> tuple[str, str]:
+    """(bucket, path) of the raw partition ``<event_type>/year=YYYY/month=MM/day=DD`` of ``day``."""
+    return lake.settings.lake_raw_bucket, f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+
+
+def refuse_missing_raw(client, db: str, lake, day: dt.date) -> None:
+    """Refuse to load ``day`` when a raw partition (sales or inventory updates) has no Parquet file while ClickHouse
+    still holds that day's rows from it (``fact_sales`` lines; ``fact_inventory`` rows not carried forward): the
+    load would replace them with nothing and the quality check, reading the same missing partition, would pass.
+    A partition that is gone is an accident far more often than an intended empty day (a moved prefix, a wrong
+    LAKE_RAW_BUCKET, a lifecycle rule).
+
+    Raises:
+        EtlError: naming the partition(s) and the rows that would be dropped; load with ``allow_missing_raw``
+            (the DAG's param of that name) to empty the day on purpose.
+    """
+    dk = date_key(day)
+    held = {SALES: f"SELECT count() FROM {db}.fact_sales WHERE date_key = {dk}",
+            INVENTORY: f"SELECT count() FROM {db}.fact_inventory WHERE date_key = {dk} AND is_carried_forward = 0"}
+    gone = []
+    for event_type, table in ((SALES, "fact_sales"), (INVENTORY, "fact_inventory")):
+        if any(f.endswith(".parquet") for f in lake.list_files(*raw_partition(lake, event_type, day))):
+            continue
+        n = client.query(held[event_type]).result_rows[0][0]
+        if n:
+            gone.append(f"{'/'.join(raw_partition(lake, event_type, day))} has no Parquet file but {table} holds "
+                        f"{n} row(s) of it")
+    if gone:
+        raise EtlError(f"refusing to load {day.isoformat()}: " + "; ".join(gone) + ". Loading would replace them "
+                       "with nothing; if the day is meant to be empty, load it with allow_missing_raw=True "
+                       "(daily_etl param allow_missing_raw)")
+
+
+def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) -> dict[str, Any]:
     """Load the staged rows of ``day`` into ClickHouse (idempotent: dims upserted, fact partitions replaced).
 
     fact_inventory = :func:`build_inventory` (the day's closing stock carried forward over the latest earlier
@@ -692,8 +725,14 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     later days already loaded are rebuilt after it, in date order (:func:`recompute_later_inventory`): a re-run
     with late inventory updates, or a backfill behind loaded days, leaves no stale carried stock or safety stock.
 
+    A raw partition without files whose rows ClickHouse still holds stops the load (:func:`refuse_missing_raw`)
+    unless ``allow_missing_raw``.
+
     Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows",
     "later_inventory_days", "later_inventory_not_rebuilt"}.
+
+    Raises:
+        EtlError: a staged file is missing, or a raw partition is gone while its rows are loaded.
     """
     from core.settings import get_settings
 
@@ -703,6 +742,8 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
         from core.clickhouse import migrate as run_migrations
 
         run_migrations(s)
+    if not allow_missing_raw:
+        refuse_missing_raw(client, db, lake, day)
     dim_product, dim_store = _read(lake, day, "dim_product"), _read(lake, day, "dim_store")
     dim_date, fact = _read(lake, day, "dim_date"), _read(lake, day, "fact_sales")
     closing = _read(lake, day, "inventory_closing")
@@ -737,13 +778,14 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     return out
 
 
-def load_recorded(day: dt.date, dag_run_id: str = "") -> dict[str, Any]:
+def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = False) -> dict[str, Any]:
     """:func:`load` as the ``load`` task of ``daily_etl`` runs it: the start time travels with the result (for
     :func:`quality_check`), and a failed load is recorded in ``etl_runs`` before the error propagates.
 
     Args:
         day: the UTC date to load.
         dag_run_id: the Airflow run id stored with a failed run ("" outside Airflow).
+        allow_missing_raw: passed to :func:`load` (empty a loaded day whose raw partition is gone, on purpose).
     Returns:
         :func:`load`'s counts plus ``started_at`` (ISO 8601, UTC: when this call started).
     Raises:
@@ -754,7 +796,7 @@ def load_recorded(day: dt.date, dag_run_id: str = "") -> dict[str, Any]:
     """
     started = dt.datetime.now(dt.timezone.utc)
     try:
-        return {**load(day), "started_at": started.isoformat()}
+        return {**load(day, allow_missing_raw=allow_missing_raw), "started_at": started.isoformat()}
     except Exception as exc:  # record the failed load in etl_runs, then let the caller fail
         with contextlib.suppress(Exception):
             record_run(_client(), _db(), day, "failed", "load", started, message=repr(exc), dag_run_id=dag_run_id)
