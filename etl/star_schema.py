@@ -653,20 +653,33 @@ def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_pr
     return inv
 
 
+def later_loaded_days(client, db: str, day: dt.date) -> list[int]:
+    """date_keys (YYYYMMDD, ascending) of the days after ``day`` that were loaded: a successful run in
+    ``etl_runs``, or rows in fact_inventory or fact_sales (days loaded by :func:`load` alone). A day loaded while
+    nothing was stocked has no fact_inventory rows, yet it is loaded: choosing by fact_inventory alone left such a
+    day empty when an earlier day was loaded after it (a backfill newest-first)."""
+    dk = date_key(day)
+    return [r[0] for r in client.query(
+        f"SELECT date_key FROM (SELECT date_key FROM {db}.etl_runs WHERE status = 'success' AND date_key > {dk} "
+        f"UNION DISTINCT SELECT DISTINCT date_key FROM {db}.fact_inventory WHERE date_key > {dk} "
+        f"UNION DISTINCT SELECT DISTINCT date_key FROM {db}.fact_sales WHERE date_key > {dk}) "
+        "GROUP BY date_key ORDER BY date_key").result_rows]
+
+
 def recompute_later_inventory(client, db: str, lake, day: dt.date, settings) -> dict[str, Any]:
-    """After ``day``'s fact_inventory was (re)loaded: rebuild every later day's partition already in
-    fact_inventory, in date order, from its staged ``inventory_closing`` and ``dim_product``
-    (:func:`build_inventory`), so the stock carried forward, the reorder points carried and the safety stock's
-    demand window follow the new day (a late update, a re-run, a backfill behind loaded days). Each partition is
-    replaced (idempotent); nothing to do in the usual nightly order (no later day loaded).
+    """After ``day``'s fact_inventory was (re)loaded: rebuild every later loaded day's partition
+    (:func:`later_loaded_days`: a successful run in etl_runs or fact rows; also days whose fact_inventory is
+    empty), in date order, from its staged ``inventory_closing`` and ``dim_product`` (:func:`build_inventory`), so
+    the stock carried forward, the reorder points carried and the safety stock's demand window follow the new day
+    (a late update, a re-run, a backfill behind loaded days): the tables do not depend on the order days were
+    loaded in. Each partition is replaced (idempotent); nothing to do in the usual nightly order (no later day
+    loaded).
 
     Returns:
         {"later_inventory_days": days rebuilt, "later_inventory_not_rebuilt": ISO dates of later days whose staged
         files are gone (their rows are kept as they were and a warning is logged)}.
     """
-    keys = [r[0] for r in client.query(
-        f"SELECT DISTINCT date_key FROM {db}.fact_inventory WHERE date_key > {date_key(day)} "
-        "ORDER BY date_key").result_rows]
+    keys = later_loaded_days(client, db, day)
     rebuilt, missing = 0, []
     first = _first_sales_key(client, db) if keys else 0   # fixed while later days are rebuilt
     for k in keys:
