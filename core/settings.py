@@ -180,6 +180,11 @@ class Settings(BaseSettings):
                     "compose sets 0.0.0.0 (all interfaces of the container, for its published port).")
     dashboard_refresh_s: float = Field(default=5.0, gt=0, le=10, description="Seconds between refreshes of the dashboard's live sections (at most 10).")
     etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl.")
+    etl_recheck_days: int = Field(
+        default=7, ge=0,
+        description="Each daily_etl run also re-checks this many loaded days before its date (days): a day whose "
+                    "raw partition changed since it was loaded (files added, replaced or removed: names, sizes, "
+                    "modification times) is rebuilt, reloaded and reconciled again. 0 = no re-check.")
     training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")

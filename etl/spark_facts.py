@@ -325,13 +325,19 @@ def clear_error(lake, day: dt.date) -> None:
     lake.delete_file(*etl._staging(day, ERROR_NAME))
 
 
-def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
+def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int = 0) -> dict[str, Any]:
     """Raw lake events of ``day`` -> staged fact_sales, fact_sales_daily, inventory_closing, dim_product,
-    dim_store, dim_date (+ ``facts_result`` with the counts). Idempotent: the staged files are overwritten.
+    dim_store, dim_date, ``raw_manifest`` (the listing of the raw files, taken before reading them) (+
+    ``facts_result`` with the counts). Idempotent: the staged files are overwritten.
+
+    With ``recheck_days`` > 0 (the job passes ETL_RECHECK_DAYS) the loaded days among the ``recheck_days`` days
+    before ``day`` whose raw partitions changed since they were loaded (:func:`etl.star_schema.days_to_recheck`,
+    a listing per partition) are built again first; the load then loads them again
+    (:func:`etl.star_schema.rebuilt_days`).
 
     Returns: counts {"raw_sales_rows", "sales_lines", "duplicate_sales", "misfiled_sales", "raw_inventory_rows",
     "inventory_rows", "duplicate_inventory", "misfiled_inventory", "daily_rows", "products", "stores",
-    "seconds"}.
+    "seconds", "rechecked_days" (ISO dates rebuilt)}.
 
     Raises:
         EtlError: contract violations (quantity 0 or null, price < 0 or null, null event time) or null event
@@ -343,8 +349,13 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
 
     s = settings or get_settings()
     lake = lake or etl._lake()
+    rechecked = etl.days_to_recheck(lake, day, recheck_days)
+    for d in rechecked:
+        log.warning("raw partitions of %s changed since it was loaded: building it again", d)
+        build_day(spark, d, lake, s)
     t0 = time.perf_counter()
     dk = etl.date_key(day)
+    manifest = etl.raw_manifest(lake, day)   # listed before reading: a file landing meanwhile makes it differ later
     raw_s, raw_i = read_raw(spark, lake, etl.SALES, day), read_raw(spark, lake, etl.INVENTORY, day)
     out: dict[str, Any] = {"date": day.isoformat(), "raw_sales_rows": 0, "raw_inventory_rows": 0}
     sales = inv = None
@@ -403,8 +414,10 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
     for name, tab in (("fact_sales", fact_t), ("fact_sales_daily", daily_t), ("inventory_closing", closing_t),
                       ("dim_product", dim_product), ("dim_store", dim_store), ("dim_date", dim_date)):
         _stage(lake, day, name, tab)
+    etl.write_manifest(lake, day, etl.RAW_MANIFEST, manifest)
     out.update(inventory_rows=len(closing_t), daily_rows=len(daily_t), products=len(dim_product),
-               stores=len(dim_store), seconds=round(time.perf_counter() - t0, 2))
+               stores=len(dim_store), seconds=round(time.perf_counter() - t0, 2),
+               rechecked_days=[d.isoformat() for d in rechecked])
     spark.catalog.clearCache()
     write_json(lake, day, RESULT_NAME, out)
     log.info("build_day %s: %s", day, out)

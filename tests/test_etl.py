@@ -166,3 +166,30 @@ def test_reconcile_reports_every_mismatch():
     assert any("duplicate sale_id" in f for f in fails) and any("without dimension" in f for f in fails)
     err = etl.DataQualityError(DAY, fails)
     assert "2011-08-29" in str(err) and "revenue" in str(err)
+
+
+def test_recheck_window_setting_and_changed_days(tmp_path, monkeypatch):
+    """ETL_RECHECK_DAYS: 7 by default, a negative value fails fast naming it. days_to_recheck lists the loaded
+    days whose raw listing changed since they were loaded (a file added), and only those."""
+    import pyarrow as pa
+    from conftest import local_lake_env
+
+    from core.settings import ConfigError, get_settings
+
+    monkeypatch.setenv("ETL_RECHECK_DAYS", "-1")
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="ETL_RECHECK_DAYS"):
+        get_settings()
+    monkeypatch.delenv("ETL_RECHECK_DAYS")
+    with local_lake_env(tmp_path) as lake:
+        assert lake.settings.etl_recheck_days == 7
+        days = [DAY - dt.timedelta(days=i) for i in (3, 2, 1)]
+        for d in days:
+            lake.write_table(pa.table({"transaction_id": ["a"]}), *etl.raw_partition(lake, etl.SALES, d), "batch-1.parquet")
+            etl.write_manifest(lake, d, etl.LOADED_MANIFEST, etl.raw_manifest(lake, d))
+        assert etl.days_to_recheck(lake, DAY, 7) == []
+        lake.write_table(pa.table({"transaction_id": ["b"]}), *etl.raw_partition(lake, etl.SALES, days[0]), "batch-2.parquet")
+        assert etl.days_to_recheck(lake, DAY, 7) == [days[0]]
+        assert etl.days_to_recheck(lake, DAY, 2) == []   # outside the window
+        with pytest.raises(ValueError, match=">= 0"):
+            etl.days_to_recheck(lake, DAY, -1)

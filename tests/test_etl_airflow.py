@@ -320,7 +320,8 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
 
 def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     """A file that lands in the day's raw partition after the load makes the star schema disagree with
-    the lake: the quality check fails the run (no retries) and records why; a full re-run repairs it."""
+    the lake: the quality check fails with LakeChangedError (the lake changed during the run: retried, not failed
+    fast as bad data) and records why; a full re-run repairs it."""
     from airflow.utils.state import TaskInstanceState
 
     from etl import star_schema as etl
@@ -334,18 +335,24 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
                      lake.settings.lake_raw_bucket, "sales_transaction/year=2011/month=08/day=26/batch-99.parquet")
 
-    with pytest.raises(etl.DataQualityError) as err:
+    with pytest.raises(etl.LakeChangedError) as err:
         etl.quality_check(DAY3)
     msg = str(err.value)
-    assert "2011-08-26" in msg and "rows" in msg and "units_net" in msg and "revenue" in msg
+    assert "2011-08-26" in msg and "batch-99.parquet" in msg
+    assert "rows" in msg and "units_net" in msg and "revenue" in msg
 
-    # through Airflow: keep the stale load (mark build_facts/load success), run the check
-    dr = etl_dag.test(logical_date=dt.datetime(2011, 8, 26, tzinfo=dt.timezone.utc),
-                      mark_success_pattern="build_facts|load")
+    # through Airflow: keep the stale load (mark build_facts/load success), run the check: retried (once here)
+    qc = etl_dag.get_task("quality_check")
+    qc.retries, qc.retry_delay, qc.retry_exponential_backoff = 1, dt.timedelta(0), False
+    try:
+        dr = etl_dag.test(logical_date=dt.datetime(2011, 8, 26, tzinfo=dt.timezone.utc),
+                          mark_success_pattern="build_facts|load")
+    finally:
+        qc.retries = 0
     ti = next(t for t in dr.get_task_instances() if t.task_id == "quality_check")
-    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 1  # failed fast, not retried
+    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 2  # retried, not failed fast
     failed = star(client, db, "SELECT message FROM {db}.etl_runs WHERE date_key = 20110826 AND status = 'failed'")
-    assert len(failed) == 2 and failed["message"].str.contains("deduplicated lake has").all()
+    assert len(failed) == 3 and failed["message"].str.contains("deduplicated lake has").all()
 
     # the full run picks the late lines up and reconciles
     assert run(etl_dag, DAY3)[1]
@@ -570,3 +577,61 @@ def test_load_order_does_not_change_the_tables(native_stack):
     for order, t in zip(orders[1:], tables[1:]):
         for name in t:
             assert t[name] == tables[0][name], (order, name)
+
+
+def test_late_events_of_a_loaded_day_are_reloaded_by_the_next_runs(native_stack):
+    """Events landing in D1's raw partition after D1's run were never loaded (D1 stayed at 3 lines while the lake
+    held 4, etl_runs said success). The next run's re-check sees D1's listing changed since it was loaded, builds
+    and loads it again and reconciles it; a file landing during a run (after the build) is a LakeChangedError
+    (retryable, not an EtlError), and the following run reloads that day."""
+    from etl import star_schema as etl
+
+    def nightly(day: dt.date) -> dict:
+        """The DAG's steps: build (re-check window, then the day), load_recorded, quality checks."""
+        for d in etl.days_to_recheck(lake, day, s.etl_recheck_days):
+            etl.extract(d), etl.transform(d)
+        etl.extract(day), etl.transform(day)
+        loaded = etl.load_recorded(day)
+        started = dt.datetime.fromisoformat(loaded["started_at"])
+        for d in loaded["rechecked_days"]:
+            etl.quality_check(dt.date.fromisoformat(d), started)
+        return {**loaded, "qc": etl.quality_check(day, started)}
+
+    def d1_sales() -> tuple:
+        n, rev = client.query(f"SELECT count(), toString(sum(revenue)) FROM {s.clickhouse_database}.fact_sales "
+                              "WHERE date_key = 20240329").result_rows[0]
+        return n, Decimal(rev)
+
+    with fresh_database() as (s, lake, client):
+        assert s.etl_recheck_days == 7
+        land_small(lake)
+        assert nightly(D1)["rechecked_days"] == []
+        assert d1_sales() == (3, Decimal("9.1330"))
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        late["ingested_at"] = _ts(D2, 9)   # delivered after D1's 08:00 run
+        lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
+        assert etl.days_to_recheck(lake, D2, 7) == [D1] and etl.days_to_recheck(lake, D2, 0) == []
+        out = nightly(D2)
+        assert out["rechecked_days"] == ["2024-03-29"]
+        assert d1_sales() == (4, Decimal("16.1330"))
+        assert etl.reconcile(etl.lake_sales_totals(lake, D1), etl.star_sales_totals(client, s.clickhouse_database, D1)) == []
+        last = star(client, s.clickhouse_database, "SELECT status, fact_sales_rows FROM {db}.etl_runs "
+                                                   "WHERE date_key = 20240329 ORDER BY started_at DESC LIMIT 1")
+        assert (last.iloc[0]["status"], last.iloc[0]["fact_sales_rows"]) == ("success", 4)
+        assert nightly(D3)["rechecked_days"] == []   # nothing changed since: nothing reloaded
+
+        # a file landing in D3 during its run (after the build and load): retryable, not bad data
+        etl.extract(D3), etl.transform(D3)
+        loaded = etl.load_recorded(D3)
+        late2 = small_sales([["t11", "S2", "P1", 1, 1.3, _ts(D3, 21), "c8", "CARD", "i11", 0, 51]])
+        lake.write_table(pa.Table.from_pandas(late2[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D3), "batch-4.parquet")
+        with pytest.raises(etl.LakeChangedError, match=r"2024-03-31 changed during the run .*batch-4.parquet.*"
+                                                      r"deduplicated lake has 3") as err:
+            etl.quality_check(D3, dt.datetime.fromisoformat(loaded["started_at"]))
+        assert not isinstance(err.value, etl.EtlError)
+        out = nightly(D4)
+        assert out["rechecked_days"] == ["2024-03-31"]
+        assert client.query(f"SELECT count() FROM {s.clickhouse_database}.fact_sales "
+                            "WHERE date_key = 20240331").result_rows[0][0] == 3

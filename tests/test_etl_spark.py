@@ -259,6 +259,33 @@ def test_null_quantity_or_timestamp_breaks_the_contract(local_lake, spark, colum
             sf.build_day(spark, day, local_lake)
 
 
+def test_build_day_rebuilds_loaded_days_whose_raw_files_changed(local_lake, spark):
+    """With recheck_days the job builds again the loaded days of its window whose raw listing changed since they
+    were loaded (a late file), before its own day, and stages their new listing; the load then finds them
+    (rebuilt_days). Unchanged or never-loaded days are left alone."""
+    from etl import spark_facts as sf
+    from etl import star_schema as etl
+
+    day = DAY - dt.timedelta(days=30)
+    early, never = day - dt.timedelta(days=2), day - dt.timedelta(days=1)
+    write_small_day(local_lake, early, [1, 2], "E")
+    write_small_day(local_lake, never, [3], "V")
+    assert sf.build_day(spark, early, local_lake)["rechecked_days"] == []
+    etl.write_manifest(local_lake, early, etl.LOADED_MANIFEST, etl.read_manifest(local_lake, early, etl.RAW_MANIFEST))
+    assert sf.build_day(spark, day, local_lake, recheck_days=7)["rechecked_days"] == []
+    ts = dt.datetime(early.year, early.month, early.day, 22, tzinfo=UTC)
+    late = [{"transaction_id": "E-late", "store_id": "S0", "product_id": "P001", "quantity": 5, "unit_price": 1.0,
+             "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": "I",
+             "ingested_at": ts + dt.timedelta(hours=12), "kafka_partition": 0, "kafka_offset": 9}]
+    part = f"sales_transaction/year={early.year:04d}/month={early.month:02d}/day={early.day:02d}"
+    local_lake.write_table(pa.Table.from_pylist(late, schema=SALES_SCHEMA), "raw-data", part, "batch-9.parquet")
+    assert sf.build_day(spark, day, local_lake, recheck_days=1)["rechecked_days"] == []   # outside the window
+    out = sf.build_day(spark, day, local_lake, recheck_days=7)
+    assert out["rechecked_days"] == [early.isoformat()]
+    assert sorted(staged(local_lake, "fact_sales", early)["sale_id"]) == ["E-late", "E0", "E1"]
+    assert etl.rebuilt_days(local_lake, day, 7) == [early]
+
+
 def test_spark_submit_job_exit_codes(local_lake):
     """The spark-submit application: exit 0 and staged facts for a good day, exit 3 and a staged error record
     for a day breaking the contract (the DAG's operator fails that task without retries)."""
