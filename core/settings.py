@@ -254,6 +254,11 @@ class Settings(BaseSettings):
                     "loaded when it is back, in date order (one run at a time). Set it to the first date of "
                     "your data (earlier dates: `make nightly` or `airflow backfill create`); a date years back makes "
                     "years of runs when the DAG is first unpaused.")
+    etl_recheck_days: int = Field(
+        default=7, ge=0,
+        description="Each daily_etl run also re-checks this many loaded days before its date (days): a day whose "
+                    "raw partition changed since it was loaded (files added, replaced or removed: names, sizes, "
+                    "modification times) is rebuilt, reloaded and reconciled again. 0 = no re-check.")
     training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (UTC; once every day, minute and hour fixed; after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")

@@ -13,6 +13,15 @@ ETL_START_DATE: a night missed while the scheduler was down gets its run when it
 at a time). Re-running a date
 replaces its fact partitions (idempotent). A failed data-quality check, or raw data breaking the contract
 (the Spark job's exit 3), fails the run without retries (AirflowFailException): retrying cannot fix bad data.
+So does a raw partition that is gone while ClickHouse holds the day's rows (re-running would empty the day);
+trigger with the param ``allow_missing_raw`` = true to empty it on purpose.
+
+Late data: each run also re-checks the ETL_RECHECK_DAYS (default 7) loaded days before its date. The Spark job
+compares each day's raw partition listing (file names, sizes, modification times) with the one staged when it was
+loaded and builds the changed days again; ``load`` loads them again (oldest first) and ``quality_check``
+reconciles them too (``rechecked_days``), so events that land after a day's run are picked up. A raw partition
+that changed *during* the run (after the build) makes the quality check raise ``LakeChangedError``: not bad
+data, so the task is retried per default_args, and the next run's re-check reloads the day.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from __future__ import annotations
 import contextlib
 
 import pendulum
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 import sys
@@ -61,6 +70,9 @@ def _fail_fast_on_bad_data():
     default_args=DEFAULT_ARGS,
     tags=["etl", "star-schema", "clickhouse", "nightly"],
     doc_md=__doc__,
+    params={"allow_missing_raw": Param(False, type="boolean",
+                                       description="Load the date even when its raw partition is gone and "
+                                                   "ClickHouse holds its rows (empties the day).")},
 )
 def daily_etl():
     build_facts = DailyFactsSubmitOperator(
@@ -77,18 +89,24 @@ def daily_etl():
         from etl import star_schema as etl
 
         with _fail_fast_on_bad_data():
-            return etl.load_recorded(_day(), dag_run_id=get_current_context()["run_id"])
+            ctx = get_current_context()
+            return etl.load_recorded(_day(), dag_run_id=ctx["run_id"],
+                                     allow_missing_raw=bool(ctx["params"].get("allow_missing_raw", False)))
 
     @task(pool=CLICKHOUSE_POOL)
     def quality_check(loaded: dict | None) -> dict:
-        """Reconcile fact_sales with the raw lake exactly; record the run in etl_runs."""
+        """Reconcile fact_sales with the raw lake exactly, for the days re-checked by this run (oldest first), then
+        the run's date; record each in etl_runs. LakeChangedError (the lake changed during the run) is retried."""
         import datetime as dt
 
         from etl import star_schema as etl
 
+        run_id = get_current_context()["run_id"]
         with _fail_fast_on_bad_data():
             started = dt.datetime.fromisoformat(loaded["started_at"]) if loaded else None  # None: load not run here
-            return etl.quality_check(_day(), started, dag_run_id=get_current_context()["run_id"])
+            rechecked = {d: etl.quality_check(dt.date.fromisoformat(d), started, dag_run_id=run_id)
+                         for d in (loaded or {}).get("rechecked_days", [])}
+            return {**etl.quality_check(_day(), started, dag_run_id=run_id), "rechecked": rechecked}
 
     loaded = load()
     build_facts >> loaded

@@ -111,8 +111,9 @@ def unified_schema(lake, files: list[str], where: str):
 
 def raw_counts(df, id_column: str, contract: bool) -> dict[str, int]:
     """One Spark action over the raw rows (before deduplication and the day filter): ``rows``, ``null_ids``
-    (events without ``id_column``) and, with ``contract``, ``bad`` (sales rows with quantity 0 or a
-    negative/null/NaN price; only then the exact check runs on the day's deduplicated lines).
+    (events without ``id_column``), ``null_timestamps`` (events without an event time, when the frame has a
+    ``timestamp`` column: they belong to no day) and, with ``contract``, ``bad`` (sales rows with quantity 0 or
+    null, or a negative/null/NaN price; only then the exact check runs on the day's deduplicated lines).
 
     Raises:
         EtlError: ``id_column`` (or, with ``contract``, ``quantity`` / ``unit_price``) is missing.
@@ -123,6 +124,8 @@ def raw_counts(df, id_column: str, contract: bool) -> dict[str, int]:
         if c not in df.columns:
             raise etl.EtlError(f"{'event id ' if c == id_column else ''}column {c!r} missing; columns: {df.columns}")
     aggs = [F.count(F.lit(1)).alias("rows"), F.count_if(F.col(id_column).isNull()).alias("null_ids")]
+    if "timestamp" in df.columns:
+        aggs.append(F.count_if(F.col("timestamp").isNull()).alias("null_timestamps"))
     if contract:
         p = F.col("unit_price").cast("double")
         aggs.append(F.count_if(F.coalesce((F.col("quantity") == 0) | (p < 0) | F.isnan(p), F.lit(True))).alias("bad"))
@@ -155,16 +158,16 @@ def of_day(df, day: dt.date, ts_column: str = "timestamp"):
 
 
 def check_contract(sales) -> None:
-    """Raise EtlError when a line has quantity 0 or a negative/null price (the stream should have
-    quarantined it), naming up to 3 of them."""
+    """Raise EtlError when a line has quantity 0 or null, or a negative/null/NaN price (the stream should have
+    quarantined it), naming up to 3 of them (the same message as :func:`etl.star_schema.build_fact_sales`)."""
     from pyspark.sql import functions as F
 
-    bad = sales.filter((F.col("quantity") == 0) | F.col("unit_price").isNull() | (F.col("unit_price") < 0)
-                       | F.isnan("unit_price"))
+    bad = sales.filter((F.col("quantity") == 0) | F.col("quantity").isNull() | F.col("unit_price").isNull()
+                       | (F.col("unit_price") < 0) | F.isnan("unit_price"))
     n = bad.count()
     if n:
         ids = [r[0] for r in bad.select("transaction_id").limit(3).collect()]
-        raise etl.EtlError(f"{n} sales lines violate the contract (quantity 0 or price < 0/null), e.g. {ids}")
+        raise etl.EtlError(f"{n} sales lines violate the contract (quantity 0/null or price < 0/null), e.g. {ids}")
 
 
 def _amount_e4(q, price):
@@ -245,9 +248,14 @@ def closing_stock(updates, products, stores):
             .join(F.broadcast(stores), "store_id", "left")
 
 
-def _refuse_null_ids(counts: dict[str, int], id_column: str) -> None:
+def _refuse_null_ids(counts: dict[str, int], id_column: str, event_type: str = "") -> None:
+    """Raise EtlError (a contract violation: the job exits 3, no retry) for events without an id or without an
+    event time (a null ``timestamp`` falls on no day: it would be dropped as misfiled on every day)."""
     if counts["null_ids"]:
         raise etl.EtlError(f"{counts['null_ids']} events have a null {id_column}")
+    if counts.get("null_timestamps"):
+        raise etl.EtlError(f"{counts['null_timestamps']} {event_type or 'raw'} events violate the contract: "
+                           "null timestamp (event time)")
 
 
 def _dedup_of_day(df, id_column: str, day: dt.date):
@@ -317,16 +325,23 @@ def clear_error(lake, day: dt.date) -> None:
     lake.delete_file(*etl._staging(day, ERROR_NAME))
 
 
-def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
+def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int = 0) -> dict[str, Any]:
     """Raw lake events of ``day`` -> staged fact_sales, fact_sales_daily, inventory_closing, dim_product,
-    dim_store, dim_date (+ ``facts_result`` with the counts). Idempotent: the staged files are overwritten.
+    dim_store, dim_date, ``raw_manifest`` (the listing of the raw files, taken before reading them) (+
+    ``facts_result`` with the counts). Idempotent: the staged files are overwritten.
+
+    With ``recheck_days`` > 0 (the job passes ETL_RECHECK_DAYS) the loaded days among the ``recheck_days`` days
+    before ``day`` whose raw partitions changed since they were loaded (:func:`etl.star_schema.days_to_recheck`,
+    a listing per partition) are built again first; the load then loads them again
+    (:func:`etl.star_schema.rebuilt_days`).
 
     Returns: counts {"raw_sales_rows", "sales_lines", "duplicate_sales", "misfiled_sales", "raw_inventory_rows",
     "inventory_rows", "duplicate_inventory", "misfiled_inventory", "daily_rows", "products", "stores",
-    "seconds"}.
+    "seconds", "rechecked_days" (ISO dates rebuilt)}.
 
     Raises:
-        EtlError: contract violations (quantity 0, price < 0 or null) or null event ids.
+        EtlError: contract violations (quantity 0 or null, price < 0 or null, null event time) or null event
+            ids.
     """
     from pyspark.sql import functions as F
 
@@ -334,15 +349,20 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
 
     s = settings or get_settings()
     lake = lake or etl._lake()
+    rechecked = etl.days_to_recheck(lake, day, recheck_days)
+    for d in rechecked:
+        log.warning("raw partitions of %s changed since it was loaded: building it again", d)
+        build_day(spark, d, lake, s)
     t0 = time.perf_counter()
     dk = etl.date_key(day)
+    manifest = etl.raw_manifest(lake, day)   # listed before reading: a file landing meanwhile makes it differ later
     raw_s, raw_i = read_raw(spark, lake, etl.SALES, day), read_raw(spark, lake, etl.INVENTORY, day)
     out: dict[str, Any] = {"date": day.isoformat(), "raw_sales_rows": 0, "raw_inventory_rows": 0}
     sales = inv = None
     seen = []
     if raw_s is not None:
         n = raw_counts(raw_s, etl.EVENT_ID[etl.SALES], contract=True)
-        _refuse_null_ids(n, etl.EVENT_ID[etl.SALES])
+        _refuse_null_ids(n, etl.EVENT_ID[etl.SALES], etl.SALES)
         sales, n_ded, out["sales_lines"] = _dedup_of_day(raw_s, etl.EVENT_ID[etl.SALES], day)
         out["raw_sales_rows"] = n["rows"]
         out["duplicate_sales"], out["misfiled_sales"] = n["rows"] - n_ded, n_ded - out["sales_lines"]
@@ -351,7 +371,7 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
         seen.append(sales.select(F.col("store_id").cast("string"), F.col("product_id").cast("string")))
     if raw_i is not None:
         n = raw_counts(raw_i, etl.EVENT_ID[etl.INVENTORY], contract=False)
-        _refuse_null_ids(n, etl.EVENT_ID[etl.INVENTORY])
+        _refuse_null_ids(n, etl.EVENT_ID[etl.INVENTORY], etl.INVENTORY)
         inv, n_ded_i, n_inv = _dedup_of_day(raw_i, etl.EVENT_ID[etl.INVENTORY], day)
         out["raw_inventory_rows"] = n["rows"]
         out["duplicate_inventory"], out["misfiled_inventory"] = n["rows"] - n_ded_i, n_ded_i - n_inv
@@ -394,8 +414,10 @@ def build_day(spark, day: dt.date, lake=None, settings=None) -> dict[str, Any]:
     for name, tab in (("fact_sales", fact_t), ("fact_sales_daily", daily_t), ("inventory_closing", closing_t),
                       ("dim_product", dim_product), ("dim_store", dim_store), ("dim_date", dim_date)):
         _stage(lake, day, name, tab)
+    etl.write_manifest(lake, day, etl.RAW_MANIFEST, manifest)
     out.update(inventory_rows=len(closing_t), daily_rows=len(daily_t), products=len(dim_product),
-               stores=len(dim_store), seconds=round(time.perf_counter() - t0, 2))
+               stores=len(dim_store), seconds=round(time.perf_counter() - t0, 2),
+               rechecked_days=[d.isoformat() for d in rechecked])
     spark.catalog.clearCache()
     write_json(lake, day, RESULT_NAME, out)
     log.info("build_day %s: %s", day, out)

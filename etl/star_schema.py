@@ -70,6 +70,12 @@ class EtlError(RuntimeError):
     """The ETL cannot run (missing input, bad data shape); the message says what and where."""
 
 
+class LakeChangedError(RuntimeError):
+    """The day's raw partition changed between the build and the quality check (a late file landed during the
+    run). Not bad data and not an :class:`EtlError`: the run is retryable, and the next night's re-check
+    (:func:`days_to_recheck`) reloads the day since its listing differs from the one that was loaded."""
+
+
 class DataQualityError(EtlError):
     """The loaded star schema does not reconcile with the lake; ``failures`` lists each failed check."""
 
@@ -143,10 +149,15 @@ def events_of_day(events: pd.DataFrame, day: dt.date, ts_column: str = "timestam
 
     Rows outside the day are misfiled in the partition (they belong to another date's partition) and
     are left out and counted, never loaded twice.
+
+    Raises:
+        EtlError: rows without an event time (null ``ts_column``): a contract violation, never dropped as misfiled.
     """
     if events.empty:
         return events, 0
     ts = pd.to_datetime(events[ts_column], utc=True)
+    if ts.isna().any():
+        raise EtlError(f"{int(ts.isna().sum())} raw events violate the contract: null {ts_column} (event time)")
     mask = (ts.dt.date == day).to_numpy()
     return events.loc[mask].reset_index(drop=True), int((~mask).sum())
 
@@ -281,16 +292,17 @@ def build_fact_sales(sales: pd.DataFrame, dim_product: pd.DataFrame, day: dt.dat
         (Int64 ten-thousandths; cost/profit NA when unit_cost is unknown), is_return.
 
     Raises:
-        EtlError: a line has quantity 0 or a negative/NaN price (contract violations that the
+        EtlError: a line has quantity 0 or null, or a negative/NaN/null price (contract violations that the
         streaming job should have quarantined).
     """
     if sales.empty:
         return pd.DataFrame(columns=["sale_id", "date_key", "event_time", "product_key", "store_key", "invoice_id",
                                      "customer_id", "payment_method", "quantity", "unit_price", "revenue_e4",
                                      "cost_e4", "profit_e4", "is_return"])
-    bad = sales["quantity"].eq(0) | sales["unit_price"].isna() | sales["unit_price"].lt(0)
+    bad = (sales["quantity"].eq(0) | sales["quantity"].isna() | sales["unit_price"].isna()
+           | sales["unit_price"].lt(0)).fillna(True)
     if bad.any():
-        raise EtlError(f"{int(bad.sum())} sales lines violate the contract (quantity 0 or price < 0/null), "
+        raise EtlError(f"{int(bad.sum())} sales lines violate the contract (quantity 0/null or price < 0/null), "
                        f"e.g. {sales.loc[bad, 'transaction_id'].head(3).tolist()}")
     cost = sales["product_id"].astype(str).map(dim_product.set_index("sku")["unit_cost"])
     f = pd.DataFrame({
@@ -466,6 +478,7 @@ def extract(day: dt.date) -> dict[str, Any]:
     """
     lake = _lake()
     out = {}
+    write_manifest(lake, day, RAW_MANIFEST, raw_manifest(lake, day))   # listed before reading: never newer
     for event_type, name in ((SALES, "raw_sales"), (INVENTORY, "raw_inventory")):
         df = read_raw_day(lake, event_type, day)
         _write(lake, df, day, name)
@@ -647,20 +660,33 @@ def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_pr
     return inv
 
 
+def later_loaded_days(client, db: str, day: dt.date) -> list[int]:
+    """date_keys (YYYYMMDD, ascending) of the days after ``day`` that were loaded: a successful run in
+    ``etl_runs``, or rows in fact_inventory or fact_sales (days loaded by :func:`load` alone). A day loaded while
+    nothing was stocked has no fact_inventory rows, yet it is loaded: choosing by fact_inventory alone left such a
+    day empty when an earlier day was loaded after it (a backfill newest-first)."""
+    dk = date_key(day)
+    return [r[0] for r in client.query(
+        f"SELECT date_key FROM (SELECT date_key FROM {db}.etl_runs WHERE status = 'success' AND date_key > {dk} "
+        f"UNION DISTINCT SELECT DISTINCT date_key FROM {db}.fact_inventory WHERE date_key > {dk} "
+        f"UNION DISTINCT SELECT DISTINCT date_key FROM {db}.fact_sales WHERE date_key > {dk}) "
+        "GROUP BY date_key ORDER BY date_key").result_rows]
+
+
 def recompute_later_inventory(client, db: str, lake, day: dt.date, settings) -> dict[str, Any]:
-    """After ``day``'s fact_inventory was (re)loaded: rebuild every later day's partition already in
-    fact_inventory, in date order, from its staged ``inventory_closing`` and ``dim_product``
-    (:func:`build_inventory`), so the stock carried forward, the reorder points carried and the safety stock's
-    demand window follow the new day (a late update, a re-run, a backfill behind loaded days). Each partition is
-    replaced (idempotent); nothing to do in the usual nightly order (no later day loaded).
+    """After ``day``'s fact_inventory was (re)loaded: rebuild every later loaded day's partition
+    (:func:`later_loaded_days`: a successful run in etl_runs or fact rows; also days whose fact_inventory is
+    empty), in date order, from its staged ``inventory_closing`` and ``dim_product`` (:func:`build_inventory`), so
+    the stock carried forward, the reorder points carried and the safety stock's demand window follow the new day
+    (a late update, a re-run, a backfill behind loaded days): the tables do not depend on the order days were
+    loaded in. Each partition is replaced (idempotent); nothing to do in the usual nightly order (no later day
+    loaded).
 
     Returns:
         {"later_inventory_days": days rebuilt, "later_inventory_not_rebuilt": ISO dates of later days whose staged
         files are gone (their rows are kept as they were and a warning is logged)}.
     """
-    keys = [r[0] for r in client.query(
-        f"SELECT DISTINCT date_key FROM {db}.fact_inventory WHERE date_key > {date_key(day)} "
-        "ORDER BY date_key").result_rows]
+    keys = later_loaded_days(client, db, day)
     rebuilt, missing = 0, []
     first = _first_sales_key(client, db) if keys else 0   # fixed while later days are rebuilt
     for k in keys:
@@ -678,7 +704,113 @@ def recompute_later_inventory(client, db: str, lake, day: dt.date, settings) -> 
     return {"later_inventory_days": rebuilt, "later_inventory_not_rebuilt": missing}
 
 
-def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
+def raw_partition(lake, event_type: str, day: dt.date) -> tuple[str, str]:
+    """(bucket, path) of the raw partition ``<event_type>/year=YYYY/month=MM/day=DD`` of ``day``."""
+    return lake.settings.lake_raw_bucket, f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+
+
+#: staged listing of the raw files a build read (``raw_manifest``) and of the build last loaded (``loaded_manifest``)
+RAW_MANIFEST, LOADED_MANIFEST = "raw_manifest", "loaded_manifest"
+
+
+def raw_manifest(lake, day: dt.date) -> list[tuple[str, int, int]]:
+    """The listing of ``day``'s raw sales and inventory partitions: (path, size in bytes, modification time in ns
+    since the epoch) of every Parquet file, sorted. One listing call per partition, no file opened: the cheap
+    fingerprint the re-check compares."""
+    import pyarrow.fs as pafs
+
+    out = []
+    for event_type in (SALES, INVENTORY):
+        part = raw_partition(lake, event_type, day)
+        if not lake.exists(*part):
+            continue
+        for info in lake.fs.get_file_info(pafs.FileSelector(lake.path(*part), recursive=True)):
+            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+                out.append((info.path, int(info.size or 0), int(info.mtime_ns or 0)))
+    return sorted(out)
+
+
+def write_manifest(lake, day: dt.date, name: str, manifest: list[tuple[str, int, int]]) -> None:
+    """Stage a :func:`raw_manifest` listing as ``<name>.parquet`` in ``day``'s staging folder (overwrites)."""
+    import pyarrow as pa
+
+    cols = list(zip(*manifest)) if manifest else ([], [], [])
+    lake.write_table(pa.table({"path": pa.array(cols[0], pa.string()), "size": pa.array(cols[1], pa.int64()),
+                               "mtime_ns": pa.array(cols[2], pa.int64())}), *_staging(day, name))
+
+
+def read_manifest(lake, day: dt.date, name: str) -> list[tuple[str, int, int]] | None:
+    """A staged listing (:func:`write_manifest`), None when absent."""
+    import pyarrow.parquet as pq
+
+    if not lake.exists(*_staging(day, name)):
+        return None
+    t = pq.read_table(lake.path(*_staging(day, name)), filesystem=lake.fs).to_pydict()
+    return sorted(zip(t["path"], t["size"], t["mtime_ns"]))
+
+
+def days_to_recheck(lake, day: dt.date, window_days: int) -> list[dt.date]:
+    """The loaded days among the ``window_days`` days before ``day`` whose raw partitions changed since they were
+    loaded: the current :func:`raw_manifest` differs from the staged ``loaded_manifest`` (events that landed after
+    the day's nightly run, a replaced or removed file). Ascending. Days without a ``loaded_manifest`` (never
+    loaded, or loaded before manifests were staged) are not checked.
+
+    Raises:
+        ValueError: ``window_days`` < 0.
+    """
+    if window_days < 0:
+        raise ValueError(f"the re-check window must be >= 0 days, got {window_days}")
+    out = []
+    for i in range(window_days, 0, -1):
+        d = day - dt.timedelta(days=i)
+        loaded = read_manifest(lake, d, LOADED_MANIFEST)
+        if loaded is not None and loaded != raw_manifest(lake, d):
+            out.append(d)
+    return out
+
+
+def rebuilt_days(lake, day: dt.date, window_days: int) -> list[dt.date]:
+    """The loaded days among the ``window_days`` days before ``day`` built again since they were loaded (their
+    staged ``raw_manifest`` differs from their ``loaded_manifest``: the re-check of the build rebuilt them), which
+    the load must load again. Ascending."""
+    out = []
+    for i in range(window_days, 0, -1):
+        d = day - dt.timedelta(days=i)
+        loaded = read_manifest(lake, d, LOADED_MANIFEST)
+        if loaded is not None and loaded != read_manifest(lake, d, RAW_MANIFEST):
+            out.append(d)
+    return out
+
+
+def refuse_missing_raw(client, db: str, lake, day: dt.date) -> None:
+    """Refuse to load ``day`` when a raw partition (sales or inventory updates) has no Parquet file while ClickHouse
+    still holds that day's rows from it (``fact_sales`` lines; ``fact_inventory`` rows not carried forward): the
+    load would replace them with nothing and the quality check, reading the same missing partition, would pass.
+    A partition that is gone is an accident far more often than an intended empty day (a moved prefix, a wrong
+    LAKE_RAW_BUCKET, a lifecycle rule).
+
+    Raises:
+        EtlError: naming the partition(s) and the rows that would be dropped; load with ``allow_missing_raw``
+            (the DAG's param of that name) to empty the day on purpose.
+    """
+    dk = date_key(day)
+    held = {SALES: f"SELECT count() FROM {db}.fact_sales WHERE date_key = {dk}",
+            INVENTORY: f"SELECT count() FROM {db}.fact_inventory WHERE date_key = {dk} AND is_carried_forward = 0"}
+    gone = []
+    for event_type, table in ((SALES, "fact_sales"), (INVENTORY, "fact_inventory")):
+        if any(f.endswith(".parquet") for f in lake.list_files(*raw_partition(lake, event_type, day))):
+            continue
+        n = client.query(held[event_type]).result_rows[0][0]
+        if n:
+            gone.append(f"{'/'.join(raw_partition(lake, event_type, day))} has no Parquet file but {table} holds "
+                        f"{n} row(s) of it")
+    if gone:
+        raise EtlError(f"refusing to load {day.isoformat()}: " + "; ".join(gone) + ". Loading would replace them "
+                       "with nothing; if the day is meant to be empty, load it with allow_missing_raw=True "
+                       "(daily_etl param allow_missing_raw)")
+
+
+def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) -> dict[str, Any]:
     """Load the staged rows of ``day`` into ClickHouse (idempotent: dims upserted, fact partitions replaced).
 
     fact_inventory = :func:`build_inventory` (the day's closing stock carried forward over the latest earlier
@@ -686,8 +818,14 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     later days already loaded are rebuilt after it, in date order (:func:`recompute_later_inventory`): a re-run
     with late inventory updates, or a backfill behind loaded days, leaves no stale carried stock or safety stock.
 
+    A raw partition without files whose rows ClickHouse still holds stops the load (:func:`refuse_missing_raw`)
+    unless ``allow_missing_raw``.
+
     Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows",
     "later_inventory_days", "later_inventory_not_rebuilt"}.
+
+    Raises:
+        EtlError: a staged file is missing, or a raw partition is gone while its rows are loaded.
     """
     from core.settings import get_settings
 
@@ -697,6 +835,8 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
         from core.clickhouse import migrate as run_migrations
 
         run_migrations(s)
+    if not allow_missing_raw:
+        refuse_missing_raw(client, db, lake, day)
     dim_product, dim_store = _read(lake, day, "dim_product"), _read(lake, day, "dim_store")
     dim_date, fact = _read(lake, day, "dim_date"), _read(lake, day, "fact_sales")
     closing = _read(lake, day, "inventory_closing")
@@ -725,33 +865,53 @@ def load(day: dt.date, migrate: bool = True) -> dict[str, Any]:
     inv = build_inventory(client, db, day, closing, dim_product, s)
     _replace_partition(client, db, "fact_inventory", dk, inv)
     later = recompute_later_inventory(client, db, lake, day, s)
+    # what was loaded: the listing the build read (the current one for staging from before manifests)
+    built = read_manifest(lake, day, RAW_MANIFEST)
+    write_manifest(lake, day, LOADED_MANIFEST, built if built is not None else raw_manifest(lake, day))
     out = {"fact_sales_rows": len(fs), "fact_inventory_rows": len(inv), "dim_product_rows": len(dim_product),
            "dim_store_rows": len(dim_store), "dim_date_rows": len(dim_date), **later}
     log.info("load %s: %s", day, out)
     return out
 
 
-def load_recorded(day: dt.date, dag_run_id: str = "") -> dict[str, Any]:
+def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = False) -> dict[str, Any]:
     """:func:`load` as the ``load`` task of ``daily_etl`` runs it: the start time travels with the result (for
     :func:`quality_check`), and a failed load is recorded in ``etl_runs`` before the error propagates.
 
     Args:
         day: the UTC date to load.
         dag_run_id: the Airflow run id stored with a failed run ("" outside Airflow).
+        allow_missing_raw: passed to :func:`load` (empty a loaded day whose raw partition is gone, on purpose).
     Returns:
         :func:`load`'s counts plus ``started_at`` (ISO 8601, UTC: when this call started).
+    First the days of the re-check window (ETL_RECHECK_DAYS before ``day``) that the build rebuilt because their
+    raw partitions changed since they were loaded (:func:`rebuilt_days`) are loaded again, oldest first, then
+    ``day``; their dates are returned in ``rechecked_days`` for the quality check.
+
     Raises:
         Exception: whatever :func:`load` raises (e.g. :class:`EtlError` for a missing staged file, ClickHouse or
             lake errors), unchanged, after a row with status ``failed``, stage ``load`` and ``repr`` of the
-            error as message was appended to ``etl_runs`` (:func:`record_run`). Recording is best effort: an
-            error while recording (e.g. ClickHouse down) is suppressed, so the load's error is the one raised.
+            error as message was appended to ``etl_runs`` (:func:`record_run`) for the day that failed.
+            Recording is best effort: an error while recording (e.g. ClickHouse down) is suppressed, so the
+            load's error is the one raised.
     """
+    from core.settings import get_settings
+
     started = dt.datetime.now(dt.timezone.utc)
+    again = rebuilt_days(_lake(), day, get_settings().etl_recheck_days)
+    if again:
+        log.warning("raw partitions of %s changed since they were loaded: loading them again",
+                    [d.isoformat() for d in again])
+    d = day
     try:
-        return {**load(day), "started_at": started.isoformat()}
+        for d in again:
+            load(d, migrate=False, allow_missing_raw=allow_missing_raw)
+        d = day
+        return {**load(day, allow_missing_raw=allow_missing_raw), "started_at": started.isoformat(),
+                "rechecked_days": [x.isoformat() for x in again]}
     except Exception as exc:  # record the failed load in etl_runs, then let the caller fail
         with contextlib.suppress(Exception):
-            record_run(_client(), _db(), day, "failed", "load", started, message=repr(exc), dag_run_id=dag_run_id)
+            record_run(_client(), _db(), d, "failed", "load", started, message=repr(exc), dag_run_id=dag_run_id)
         raise
 
 
@@ -854,16 +1014,33 @@ def record_run(client, db: str, day: dt.date, status: str, stage: str, started_a
 def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_id: str = "") -> dict[str, Any]:
     """Reconcile the loaded star schema with the raw lake for ``day`` and record the run in etl_runs.
 
+    First the raw partitions' listing is compared with the one the load read (the staged ``loaded_manifest``,
+    when there is one): a file that landed, changed or went away since the build means the load is stale, not
+    that the data is bad.
+
     Returns: the actual totals (revenue as a string) when every check passes.
 
     Raises:
+        LakeChangedError: the raw partitions changed since the build that was loaded (recorded 'failed' with the
+            files and any failed check; retryable: not an EtlError).
         DataQualityError: listing every failed check (the run is recorded with status 'failed').
     """
     started_at = started_at or dt.datetime.now(dt.timezone.utc)
-    client, db = _client(), _db()
-    expected = lake_sales_totals(_lake(), day)
+    client, db, lake = _client(), _db(), _lake()
+    loaded, now = read_manifest(lake, day, LOADED_MANIFEST), raw_manifest(lake, day)
+    expected = lake_sales_totals(lake, day)
     actual = star_sales_totals(client, db, day)
     fails = reconcile(expected, actual)
+    if loaded is not None and loaded != now:
+        added = sorted({p for p, *_ in now} - {p for p, *_ in loaded})
+        gone = sorted({p for p, *_ in loaded} - {p for p, *_ in now})
+        changed = len(set(now) - set(loaded)) - len(added)
+        err = LakeChangedError(
+            f"raw partitions of {day.isoformat()} changed during the run ({len(loaded)} files loaded, {len(now)} now; "
+            f"added {added}, removed {gone}, {changed} rewritten): the load is stale, re-run the date"
+            + (": " + "; ".join(fails) if fails else ""))
+        record_run(client, db, day, "failed", "quality_check", started_at, expected, actual, str(err), dag_run_id)
+        raise err
     if fails:
         err = DataQualityError(day, fails)
         record_run(client, db, day, "failed", "quality_check", started_at, expected, actual, str(err), dag_run_id)
@@ -873,8 +1050,14 @@ def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_i
     return {**actual, "revenue": str(actual["revenue"]), "duplicates": expected.duplicates}
 
 
-def run_day(day: dt.date) -> dict[str, Any]:
-    """extract -> transform -> load -> quality_check in this process (for scripts; the DAG runs the same steps)."""
+def run_day(day: dt.date, recheck_days: int = 0) -> dict[str, Any]:
+    """extract -> transform -> load -> quality_check in this process (for scripts; the DAG runs the same steps).
+    With ``recheck_days`` > 0 the loaded days of that window whose raw partitions changed since they were loaded
+    (:func:`days_to_recheck`) are rebuilt, reloaded and checked first, as the DAG does (``rechecked``)."""
     started = dt.datetime.now(dt.timezone.utc)
+    rechecked = {}
+    for d in days_to_recheck(_lake(), day, recheck_days):
+        rechecked[d.isoformat()] = {"extract": extract(d), "transform": transform(d), "load": load(d),
+                                    "quality_check": quality_check(d, started)}
     return {"extract": extract(day), "transform": transform(day), "load": load(day),
-            "quality_check": quality_check(day, started)}
+            "quality_check": quality_check(day, started), "rechecked": rechecked}

@@ -91,6 +91,20 @@ def test_fact_sales_rejects_contract_violations():
         etl.build_fact_sales(df, dim, DAY)
 
 
+def test_null_quantity_and_null_timestamp_are_contract_violations():
+    """A null quantity is refused like quantity 0 (it used to pass the check and fail the load with
+    decimal.InvalidOperation, retried as an outage); a null event time is refused, not dropped as misfiled."""
+    dim = etl.build_dim_product(None, pd.Series(["P1"]))
+    df = sales([["t1", "S1", "P1", 2, 1.0, ts(9), None, "CARD", None, ts(9), 0, 1],
+                ["t2", "S1", "P1", None, 2.0, ts(10), None, "CARD", None, ts(10), 0, 2]])
+    with pytest.raises(etl.EtlError, match=r"1 sales lines violate the contract \(quantity 0/null.*t2"):
+        etl.build_fact_sales(df, dim, DAY)
+    df = sales([["t1", "S1", "P1", 2, 1.0, ts(9), None, "CARD", None, ts(9), 0, 1],
+                ["t2", "S1", "P1", 3, 2.0, None, None, "CARD", None, ts(10), 0, 2]])
+    with pytest.raises(etl.EtlError, match="1 raw events violate the contract: null timestamp"):
+        etl.events_of_day(df, DAY)
+
+
 def test_dim_date_uk_bank_holiday_weekend_and_other_countries():
     days = [DAY, dt.date(2011, 8, 27), dt.date(2011, 8, 30), dt.date(2011, 7, 14), dt.date(2011, 4, 29)]
     d = etl.build_dim_date(days, ["FR", "GB"], "GB").set_index("date_key")
@@ -152,3 +166,30 @@ def test_reconcile_reports_every_mismatch():
     assert any("duplicate sale_id" in f for f in fails) and any("without dimension" in f for f in fails)
     err = etl.DataQualityError(DAY, fails)
     assert "2011-08-29" in str(err) and "revenue" in str(err)
+
+
+def test_recheck_window_setting_and_changed_days(tmp_path, monkeypatch):
+    """ETL_RECHECK_DAYS: 7 by default, a negative value fails fast naming it. days_to_recheck lists the loaded
+    days whose raw listing changed since they were loaded (a file added), and only those."""
+    import pyarrow as pa
+    from conftest import local_lake_env
+
+    from core.settings import ConfigError, get_settings
+
+    monkeypatch.setenv("ETL_RECHECK_DAYS", "-1")
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError, match="ETL_RECHECK_DAYS"):
+        get_settings()
+    monkeypatch.delenv("ETL_RECHECK_DAYS")
+    with local_lake_env(tmp_path) as lake:
+        assert lake.settings.etl_recheck_days == 7
+        days = [DAY - dt.timedelta(days=i) for i in (3, 2, 1)]
+        for d in days:
+            lake.write_table(pa.table({"transaction_id": ["a"]}), *etl.raw_partition(lake, etl.SALES, d), "batch-1.parquet")
+            etl.write_manifest(lake, d, etl.LOADED_MANIFEST, etl.raw_manifest(lake, d))
+        assert etl.days_to_recheck(lake, DAY, 7) == []
+        lake.write_table(pa.table({"transaction_id": ["b"]}), *etl.raw_partition(lake, etl.SALES, days[0]), "batch-2.parquet")
+        assert etl.days_to_recheck(lake, DAY, 7) == [days[0]]
+        assert etl.days_to_recheck(lake, DAY, 2) == []   # outside the window
+        with pytest.raises(ValueError, match=">= 0"):
+            etl.days_to_recheck(lake, DAY, -1)

@@ -11,8 +11,11 @@ compares the star schema with an independent pandas/Decimal computation over the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import re
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -317,7 +320,8 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
 
 def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     """A file that lands in the day's raw partition after the load makes the star schema disagree with
-    the lake: the quality check fails the run (no retries) and records why; a full re-run repairs it."""
+    the lake: the quality check fails with LakeChangedError (the lake changed during the run: retried, not failed
+    fast as bad data) and records why; a full re-run repairs it."""
     from airflow.utils.state import TaskInstanceState
 
     from etl import star_schema as etl
@@ -331,18 +335,24 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
                      lake.settings.lake_raw_bucket, "sales_transaction/year=2011/month=08/day=26/batch-99.parquet")
 
-    with pytest.raises(etl.DataQualityError) as err:
+    with pytest.raises(etl.LakeChangedError) as err:
         etl.quality_check(DAY3)
     msg = str(err.value)
-    assert "2011-08-26" in msg and "rows" in msg and "units_net" in msg and "revenue" in msg
+    assert "2011-08-26" in msg and "batch-99.parquet" in msg
+    assert "rows" in msg and "units_net" in msg and "revenue" in msg
 
-    # through Airflow: keep the stale load (mark build_facts/load success), run the check
-    dr = etl_dag.test(logical_date=dt.datetime(2011, 8, 26, tzinfo=dt.timezone.utc),
-                      mark_success_pattern="build_facts|load")
+    # through Airflow: keep the stale load (mark build_facts/load success), run the check: retried (once here)
+    qc = etl_dag.get_task("quality_check")
+    qc.retries, qc.retry_delay, qc.retry_exponential_backoff = 1, dt.timedelta(0), False
+    try:
+        dr = etl_dag.test(logical_date=dt.datetime(2011, 8, 26, tzinfo=dt.timezone.utc),
+                          mark_success_pattern="build_facts|load")
+    finally:
+        qc.retries = 0
     ti = next(t for t in dr.get_task_instances() if t.task_id == "quality_check")
-    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 1  # failed fast, not retried
+    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 2  # retried, not failed fast
     failed = star(client, db, "SELECT message FROM {db}.etl_runs WHERE date_key = 20110826 AND status = 'failed'")
-    assert len(failed) == 2 and failed["message"].str.contains("deduplicated lake has").all()
+    assert len(failed) == 3 and failed["message"].str.contains("deduplicated lake has").all()
 
     # the full run picks the late lines up and reconciles
     assert run(etl_dag, DAY3)[1]
@@ -419,3 +429,209 @@ def test_rerun_with_a_late_inventory_update_rebuilds_the_later_days(etl_dag, lan
         lake.fs.delete_file(lake.path(*path))
     assert run(etl_dag, DAY1)[1]   # the late file gone: the stock of every day is back
     assert stock() == {20110824: (old, 0), 20110825: (old, 1), 20110826: (old, 1)}
+
+
+# ------------------------------------------------------------- small scenarios in a fresh database --
+D1, D2, D3, D4 = dt.date(2024, 3, 29), dt.date(2024, 3, 30), dt.date(2024, 3, 31), dt.date(2024, 4, 1)
+
+
+@contextlib.contextmanager
+def fresh_database():
+    """A fresh ClickHouse database and fresh lake buckets on the module's services for one scenario (migrations
+    applied); the module's settings are restored afterwards. Yields (settings, lake, client)."""
+    from core.clickhouse import get_client, migrate
+    from core.lake import Lake, get_lake
+    from core.settings import get_settings
+
+    tag = uuid.uuid4().hex[:8]
+    env = {"CLICKHOUSE_DATABASE": f"test_{tag}", "LAKE_RAW_BUCKET": f"raw-{tag}",
+           "LAKE_MODELS_BUCKET": f"models-{tag}", "LAKE_FEATURES_BUCKET": f"features-{tag}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear(), get_lake.cache_clear()
+    try:
+        s = get_settings()
+        lake = Lake(s)
+        lake.ensure_buckets()
+        migrate(s)
+        yield s, lake, get_client(s)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        get_settings.cache_clear(), get_lake.cache_clear()
+
+
+def _ts(day: dt.date, h: int = 0) -> pd.Timestamp:
+    return pd.Timestamp(dt.datetime(day.year, day.month, day.day, h, tzinfo=dt.timezone.utc))
+
+
+def small_sales(rows) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["transaction_id", "store_id", "product_id", "quantity", "unit_price",
+                                     "timestamp", "customer_id", "payment_method", "invoice_id", "kafka_partition",
+                                     "kafka_offset"])
+    df["ingested_at"] = df["timestamp"] + pd.Timedelta(seconds=2)
+    return df
+
+
+def small_inv(rows) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["inventory_id", "store_id", "product_id", "quantity_change", "new_quantity",
+                                     "reason", "reorder_point", "timestamp", "kafka_partition", "kafka_offset"])
+    df["reorder_point"] = pd.array(df["reorder_point"], dtype="Int32")
+    df["ingested_at"] = df["timestamp"] + pd.Timedelta(seconds=2)
+    return df
+
+
+def land_small(lake) -> None:
+    """Four days: sales on D1 and D3, inventory updates on D1..D3, none on D4 (an empty day: 4 carried rows)."""
+    products = pd.DataFrame({"product_id": ["P1", "P2"], "product_name": ["a", "b"], "category": "x",
+                             "sub_category": "y", "brand": "z", "supplier": "w", "unit_cost": [0.6, 2.0],
+                             "unit_price": [1.1, 3.0], "shelf_life_days": 30, "reorder_point": [10, 5],
+                             "storage_capacity": 100})
+    stores = pd.DataFrame({"store_id": ["S1", "S2"], "store_name": ["one", "two"], "city": "",
+                           "country": ["UK", "France"], "country_code": ["GB", "FR"], "region": "EU"})
+    for name, df in (("products", products), ("stores", stores)):
+        lake.write_table(pa.Table.from_pandas(df, preserve_index=False), lake.settings.lake_raw_bucket,
+                         f"reference/{name}/{name}.parquet")
+    sales = {D1: small_sales([["t1", "S1", "P1", 3, 1.10, _ts(D1, 9), "c1", "CARD", "i1", 0, 1],
+                              ["t2", "S1", "P2", 2, 1.25, _ts(D1, 12), "c2", "CARD", "i2", 0, 2],
+                              ["t3", "S2", "P2", 1, 3.333, _ts(D1, 13), None, None, None, 1, 1]]),
+             D3: small_sales([["t8", "S1", "P1", 4, 1.25, _ts(D3, 10), "c1", "CARD", "i8", 0, 10],
+                              ["t9", "S2", "P2", -1, 3.0, _ts(D3, 11), "c3", "CASH", "C9", 1, 10]])}
+    inv = {D1: small_inv([["u1", "S1", "P1", 50, 50, "OPENING", 10, _ts(D1, 1), 0, 1],
+                          ["u2", "S1", "P2", 9, 9, "OPENING", None, _ts(D1, 2), 0, 2],
+                          ["u3", "S2", "P2", 30, 30, "OPENING", None, _ts(D1, 3), 1, 1],
+                          ["u4", "S2", "P1", 20, 20, "OPENING", None, _ts(D1, 4), 1, 2]]),
+           D2: small_inv([["u9", "S1", "P2", 6, 15, "RESTOCK", None, _ts(D2, 9), 0, 3]]),
+           D3: small_inv([["u10", "S1", "P1", -4, 44, "SALE", None, _ts(D3, 10), 0, 11]])}
+    for days, event_type, schema in ((sales, "sales_transaction", SALES_SCHEMA), (inv, "inventory_update", INV_SCHEMA)):
+        for d, df in days.items():
+            _write_raw(lake, event_type, d, {1: df}, schema)
+
+
+def run_pandas(day: dt.date, **load_kw) -> dict:
+    """The DAG's steps for ``day`` in this process with the pandas build (extract + transform)."""
+    from etl import star_schema as etl
+
+    started = dt.datetime.now(dt.timezone.utc)
+    etl.extract(day), etl.transform(day)
+    return {"load": etl.load(day, migrate=False, **load_kw), "qc": etl.quality_check(day, started)}
+
+
+def star_tables(client, db: str) -> dict:
+    """Every fact row of the scenario (sorted), for comparisons of whole tables."""
+    out = {}
+    for t, cols in (("fact_sales", "date_key, sale_id, quantity, toString(revenue)"),
+                    ("fact_sales_daily", "date_key, store_key, product_key, units_sold, units_returned, revenue"),
+                    ("fact_inventory", "date_key, store_key, product_key, closing_stock, is_carried_forward, "
+                                       "reorder_point, round(safety_stock, 9), units_sold, units_returned")):
+        out[t] = sorted(tuple(r) for r in client.query(f"SELECT {cols} FROM {db}.{t}").result_rows)
+    return out
+
+
+def test_rerun_of_a_day_whose_raw_partition_is_gone_is_refused(native_stack):
+    """Re-running a loaded day whose raw sales partition disappeared used to replace its fact_sales lines with
+    nothing (D3: 2 lines -> 0) and pass the quality check; now the load stops with a clear EtlError, the rows stay
+    and the run is recorded failed; allow_missing_raw empties the day on purpose."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2, D3):
+            run_pandas(d)
+        before = star_tables(client, db)
+        assert sum(r[0] == 20240331 for r in before["fact_sales"]) == 2
+        lake.delete_dir(lake.settings.lake_raw_bucket, "sales_transaction/year=2024/month=03/day=31")
+        with pytest.raises(etl.EtlError, match=r"refusing to load 2024-03-31: .*sales_transaction/year=2024/month=03"
+                                               r"/day=31 has no Parquet file but fact_sales holds 2 row"):
+            etl.extract(D3), etl.transform(D3)
+            etl.load_recorded(D3)
+        assert star_tables(client, db) == before
+        runs = star(client, db, "SELECT status, stage, message FROM {db}.etl_runs WHERE date_key = 20240331 "
+                                "ORDER BY started_at")
+        assert runs.iloc[-1]["status"] == "failed" and "refusing to load" in runs.iloc[-1]["message"]
+        # the inventory partition gone too: its own (not carried) rows are named as well
+        lake.delete_dir(lake.settings.lake_raw_bucket, "inventory_update/year=2024/month=03/day=31")
+        with pytest.raises(etl.EtlError, match="fact_inventory holds 1 row"):
+            run_pandas(D3)
+        # on purpose: the day is emptied (its stock carried from D2) and reconciles with the empty lake
+        out = run_pandas(D3, allow_missing_raw=True)
+        assert out["load"]["fact_sales_rows"] == 0 and out["qc"]["rows"] == 0
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240331").result_rows[0][0] == 0
+
+
+def test_load_order_does_not_change_the_tables(native_stack):
+    """A backfill newest-first (D4, D3, D1, D2) left D4 (no updates that day, loaded while nothing was stocked)
+    with 0 fact_inventory rows instead of the 4 carried from D3: later days were chosen from fact_inventory rows.
+    Every load order now gives the same tables as the date order."""
+    orders = [(D1, D2, D3, D4), (D4, D3, D1, D2), (D2, D4, D1, D3)]
+    tables = []
+    for order in orders:
+        with fresh_database() as (s, lake, client):
+            land_small(lake)
+            for d in order:
+                run_pandas(d)
+            tables.append(star_tables(client, s.clickhouse_database))
+    d4 = [r for r in tables[0]["fact_inventory"] if r[0] == 20240401]
+    assert len(d4) == 4 and all(r[4] == 1 for r in d4)   # every store x SKU carried into the empty day
+    for order, t in zip(orders[1:], tables[1:]):
+        for name in t:
+            assert t[name] == tables[0][name], (order, name)
+
+
+def test_late_events_of_a_loaded_day_are_reloaded_by_the_next_runs(native_stack):
+    """Events landing in D1's raw partition after D1's run were never loaded (D1 stayed at 3 lines while the lake
+    held 4, etl_runs said success). The next run's re-check sees D1's listing changed since it was loaded, builds
+    and loads it again and reconciles it; a file landing during a run (after the build) is a LakeChangedError
+    (retryable, not an EtlError), and the following run reloads that day."""
+    from etl import star_schema as etl
+
+    def nightly(day: dt.date) -> dict:
+        """The DAG's steps: build (re-check window, then the day), load_recorded, quality checks."""
+        for d in etl.days_to_recheck(lake, day, s.etl_recheck_days):
+            etl.extract(d), etl.transform(d)
+        etl.extract(day), etl.transform(day)
+        loaded = etl.load_recorded(day)
+        started = dt.datetime.fromisoformat(loaded["started_at"])
+        for d in loaded["rechecked_days"]:
+            etl.quality_check(dt.date.fromisoformat(d), started)
+        return {**loaded, "qc": etl.quality_check(day, started)}
+
+    def d1_sales() -> tuple:
+        n, rev = client.query(f"SELECT count(), toString(sum(revenue)) FROM {s.clickhouse_database}.fact_sales "
+                              "WHERE date_key = 20240329").result_rows[0]
+        return n, Decimal(rev)
+
+    with fresh_database() as (s, lake, client):
+        assert s.etl_recheck_days == 7
+        land_small(lake)
+        assert nightly(D1)["rechecked_days"] == []
+        assert d1_sales() == (3, Decimal("9.1330"))
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        late["ingested_at"] = _ts(D2, 9)   # delivered after D1's 08:00 run
+        lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
+        assert etl.days_to_recheck(lake, D2, 7) == [D1] and etl.days_to_recheck(lake, D2, 0) == []
+        out = nightly(D2)
+        assert out["rechecked_days"] == ["2024-03-29"]
+        assert d1_sales() == (4, Decimal("16.1330"))
+        assert etl.reconcile(etl.lake_sales_totals(lake, D1), etl.star_sales_totals(client, s.clickhouse_database, D1)) == []
+        last = star(client, s.clickhouse_database, "SELECT status, fact_sales_rows FROM {db}.etl_runs "
+                                                   "WHERE date_key = 20240329 ORDER BY started_at DESC LIMIT 1")
+        assert (last.iloc[0]["status"], last.iloc[0]["fact_sales_rows"]) == ("success", 4)
+        assert nightly(D3)["rechecked_days"] == []   # nothing changed since: nothing reloaded
+
+        # a file landing in D3 during its run (after the build and load): retryable, not bad data
+        etl.extract(D3), etl.transform(D3)
+        loaded = etl.load_recorded(D3)
+        late2 = small_sales([["t11", "S2", "P1", 1, 1.3, _ts(D3, 21), "c8", "CARD", "i11", 0, 51]])
+        lake.write_table(pa.Table.from_pandas(late2[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D3), "batch-4.parquet")
+        with pytest.raises(etl.LakeChangedError, match=r"2024-03-31 changed during the run .*batch-4.parquet.*"
+                                                      r"deduplicated lake has 3") as err:
+            etl.quality_check(D3, dt.datetime.fromisoformat(loaded["started_at"]))
+        assert not isinstance(err.value, etl.EtlError)
+        out = nightly(D4)
+        assert out["rechecked_days"] == ["2024-03-31"]
+        assert client.query(f"SELECT count() FROM {s.clickhouse_database}.fact_sales "
+                            "WHERE date_key = 20240331").result_rows[0][0] == 3

@@ -229,6 +229,63 @@ def test_empty_day_and_contract_violation(local_lake, spark):
         sf.build_day(spark, bad_day, local_lake)
 
 
+@pytest.mark.parametrize("column", ["quantity", "timestamp"])
+def test_null_quantity_or_timestamp_breaks_the_contract(local_lake, spark, column):
+    """A sales line with a null quantity (it passed the check, then failed the load with decimal.InvalidOperation,
+    retried as an outage) or a null event time (dropped as misfiled, QC passed) is a contract violation: EtlError
+    naming it, so the job exits 3 and the task fails without retries. Inventory updates without an event time too."""
+    from etl import spark_facts as sf
+    from etl.star_schema import EtlError
+
+    day = DAY - dt.timedelta(days=20 + (column == "timestamp"))
+    ts = dt.datetime(day.year, day.month, day.day, 10, tzinfo=UTC)
+    rows = [{"transaction_id": f"N{i}", "store_id": "S0", "product_id": "P001", "quantity": 2, "unit_price": 1.0,
+             "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": "I", "ingested_at": ts,
+             "kafka_partition": 0, "kafka_offset": i} for i in range(3)]
+    rows[1][column] = None
+    write_raw(local_lake, "sales_transaction", day, {"batch-1.parquet": rows}, SALES_SCHEMA)
+    match = (r"1 sales lines violate the contract \(quantity 0/null.*N1" if column == "quantity"
+             else "1 sales_transaction events violate the contract: null timestamp")
+    with pytest.raises(EtlError, match=match):
+        sf.build_day(spark, day, local_lake)
+    if column == "timestamp":
+        rows[1][column] = ts
+        write_raw(local_lake, "sales_transaction", day, {"batch-1.parquet": rows}, SALES_SCHEMA)
+        inv = [{"inventory_id": "U1", "store_id": "S0", "product_id": "P001", "quantity_change": 1, "new_quantity": 5,
+                "reason": "RESTOCK", "reorder_point": None, "timestamp": None, "ingested_at": ts,
+                "kafka_partition": 0, "kafka_offset": 1}]
+        write_raw(local_lake, "inventory_update", day, {"batch-1.parquet": inv}, INV_SCHEMA)
+        with pytest.raises(EtlError, match="1 inventory_update events violate the contract: null timestamp"):
+            sf.build_day(spark, day, local_lake)
+
+
+def test_build_day_rebuilds_loaded_days_whose_raw_files_changed(local_lake, spark):
+    """With recheck_days the job builds again the loaded days of its window whose raw listing changed since they
+    were loaded (a late file), before its own day, and stages their new listing; the load then finds them
+    (rebuilt_days). Unchanged or never-loaded days are left alone."""
+    from etl import spark_facts as sf
+    from etl import star_schema as etl
+
+    day = DAY - dt.timedelta(days=30)
+    early, never = day - dt.timedelta(days=2), day - dt.timedelta(days=1)
+    write_small_day(local_lake, early, [1, 2], "E")
+    write_small_day(local_lake, never, [3], "V")
+    assert sf.build_day(spark, early, local_lake)["rechecked_days"] == []
+    etl.write_manifest(local_lake, early, etl.LOADED_MANIFEST, etl.read_manifest(local_lake, early, etl.RAW_MANIFEST))
+    assert sf.build_day(spark, day, local_lake, recheck_days=7)["rechecked_days"] == []
+    ts = dt.datetime(early.year, early.month, early.day, 22, tzinfo=UTC)
+    late = [{"transaction_id": "E-late", "store_id": "S0", "product_id": "P001", "quantity": 5, "unit_price": 1.0,
+             "timestamp": ts, "customer_id": None, "payment_method": "CARD", "invoice_id": "I",
+             "ingested_at": ts + dt.timedelta(hours=12), "kafka_partition": 0, "kafka_offset": 9}]
+    part = f"sales_transaction/year={early.year:04d}/month={early.month:02d}/day={early.day:02d}"
+    local_lake.write_table(pa.Table.from_pylist(late, schema=SALES_SCHEMA), "raw-data", part, "batch-9.parquet")
+    assert sf.build_day(spark, day, local_lake, recheck_days=1)["rechecked_days"] == []   # outside the window
+    out = sf.build_day(spark, day, local_lake, recheck_days=7)
+    assert out["rechecked_days"] == [early.isoformat()]
+    assert sorted(staged(local_lake, "fact_sales", early)["sale_id"]) == ["E-late", "E0", "E1"]
+    assert etl.rebuilt_days(local_lake, day, 7) == [early]
+
+
 def test_spark_submit_job_exit_codes(local_lake):
     """The spark-submit application: exit 0 and staged facts for a good day, exit 3 and a staged error record
     for a day breaking the contract (the DAG's operator fails that task without retries)."""

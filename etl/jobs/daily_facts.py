@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     sf.clear_error(lake, day)
     spark = build_spark("daily-etl-facts", lake=True)   # reads the raw partition through S3A
     try:
-        out = sf.build_day(spark, day, lake)
+        out = sf.build_day(spark, day, lake, recheck_days=lake.settings.etl_recheck_days)
     except etl.EtlError as exc:
         sf.write_json(lake, day, sf.ERROR_NAME, {"date": date, "error": type(exc).__name__, "message": str(exc)})
         return bad_data("daily_facts", date, exc)
