@@ -43,6 +43,10 @@ BI_USER = "bi_reader"
 WRITER_USER = "platform_writer"
 
 #: Spark interval units accepted by :func:`interval_hours` -> hours per unit
+#: hours of window history the streaming job loads back per micro-batch (the anomaly baseline's look-back,
+#: ``streaming.sinks.ANOMALY_HORIZON_HOURS``): the upper bound of STREAM_VELOCITY_HOURS
+STREAM_HISTORY_HOURS = 24.0
+
 _INTERVAL_UNITS = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
 
 
@@ -218,6 +222,7 @@ class Settings(BaseSettings):
     stream_sink_retry_seconds: float = Field(default=3600.0, ge=0, description="A micro-batch whose writes fail for an infrastructure reason (ClickHouse, lake or Kafka unreachable) is retried with exponential backoff for up to this many seconds, then the query fails (restart resumes from the checkpoint).")
     stream_startup_wait_seconds: float = Field(default=3600.0, ge=0, description="At start the streaming job waits for ClickHouse (migrations), Kafka (topics) and the lake, retrying on infrastructure errors with the sinks' backoff (0.5 s doubling up to STREAM_SINK_RETRY_MAX_WAIT_S) for up to this many seconds in all, logging what it waits for; then it exits with the error (the supervisor starts it again).")
     stream_sink_retry_max_wait_s: float = Field(default=30.0, gt=0, description="Longest wait between two retries of a micro-batch's writes (seconds; backoff 0.5 s doubling up to this).")
+    stream_velocity_hours: float = Field(default=24.0, description="Trailing span of the streaming sales velocity, hours: a window's sales_velocity (units/hour) is the units sold by the store x SKU (or store) in the windows of the last STREAM_VELOCITY_HOURS up to the window's end, divided by that span (shorter for a series first seen less than that ago); hours of cover, stock-out risk and restock quantities follow it. Must be > 0 and at most 24 (the window history the stream loads per micro-batch).")
     risk_high_hours: float = Field(default=24.0, description="Hours of cover below which stock-out risk is HIGH.")
     risk_medium_hours: float = Field(default=72.0, description="Hours of cover below which stock-out risk is MEDIUM.")
 
@@ -439,6 +444,15 @@ class Settings(BaseSettings):
                              f"({self.risk_medium_hours}): below the first stock-out risk is HIGH, below the second "
                              "MEDIUM")
         return self
+
+    @field_validator("stream_velocity_hours")
+    @classmethod
+    def _check_velocity_hours(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 < v <= STREAM_HISTORY_HOURS):
+            raise ValueError(f"STREAM_VELOCITY_HOURS ({v}) must be > 0 and at most {STREAM_HISTORY_HOURS:g}: the "
+                             "streaming job loads that many hours of window history per micro-batch (the anomaly "
+                             "look-back), and the trailing sales rate is summed from it")
+        return v
 
     @model_validator(mode="after")
     def _check_future_below_watermark(self) -> "Settings":

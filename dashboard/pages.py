@@ -322,7 +322,10 @@ def store_manager() -> None:
             left.markdown("**Stock-out risk per SKU** (lowest hours of cover first)")
             left.dataframe(risk, hide_index=True, use_container_width=True, height=320,
                            column_config={"hours_of_cover": st.column_config.NumberColumn(format="%.1f h"),
-                                          "sales_velocity": st.column_config.NumberColumn("units/h", format="%.2f")})
+                                          "sales_velocity": st.column_config.NumberColumn(
+                                              "units/h", format="%.2f",
+                                              help="trailing sales rate: units sold in the last "
+                                                   "STREAM_VELOCITY_HOURS (24 h) / that span")})
         if alerts is not None and not alerts.empty:
             right.plotly_chart(px.bar(alerts, x="priority", y="alerts", color="priority",
                                       color_discrete_map=RISK_COLOURS, title="Restock alerts by priority (7 days)",

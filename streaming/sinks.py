@@ -40,7 +40,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from contracts import DEAD_LETTER, EVENT_TYPES, validate_event
-from core.settings import Settings, interval_hours
+from core.settings import STREAM_HISTORY_HOURS, Settings, interval_hours
 from streaming import schema as S
 from streaming import transforms as TR
 
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 #: (256 KiB)
 ALERT_ID_CHUNK = 2_000
 #: hours of earlier windows an anomaly score's baseline reaches back (enrich_windows' horizon_hours)
-ANOMALY_HORIZON_HOURS = 24.0
+ANOMALY_HORIZON_HOURS = STREAM_HISTORY_HOURS
 #: hours before a query's lower time bound searched first for a per-SKU anchor (the latest earlier window, or the
 #: latest earlier closed window with a stock count); only the SKUs without one in that span are looked up further
 #: back, by their sorting key. Keeps a micro-batch's reads of ``sales_metrics_5m`` bounded in event time
@@ -450,14 +450,16 @@ class StreamSinks:
         lo = batch["window_start"].min() - pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
         hi = batch["window_start"].max() + pd.Timedelta(hours=ANOMALY_HORIZON_HOURS)
         history = self._sku_history(stores, lo, hi, pairs=batch[["store_id", "product_id"]])
-        # a batch window before stored ones of its SKU changes their anomaly baseline: evaluated again too
+        # a batch window before stored ones of its SKU changes their anomaly baseline and their trailing sales
+        # rate (STREAM_VELOCITY_HOURS <= the 24 h look-back), so their cover and risk: evaluated again too
         batch = pd.concat([batch, self._anomaly_followers(batch, history)], ignore_index=True)
         ph["history"] = time.time() - t
         t = time.time()
         enriched = TR.enrich_windows(batch, history, window_len_hours=self.window_len_hours,
                                      risk_high_hours=self.s.risk_high_hours,
                                      risk_medium_hours=self.s.risk_medium_hours,
-                                     horizon_hours=ANOMALY_HORIZON_HOURS, reorder_points=self.reorder_points())
+                                     horizon_hours=ANOMALY_HORIZON_HOURS, reorder_points=self.reorder_points(),
+                                     velocity_hours=self.s.stream_velocity_hours)
         out = enriched[["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned",
                         "revenue", "transaction_count", "inventory_update_count", "window_stock",
                         "window_stock_time", "stock_level", "reorder_point", "sales_velocity", "hours_of_cover",
@@ -542,9 +544,11 @@ class StreamSinks:
         return m[m["_merge"] == "left_only"].drop(columns="_merge")
 
     def _anomaly_followers(self, batch: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
-        """Stored windows whose anomaly score the batch changes: per store x SKU, the stored windows (in
-        ``history``, not in the batch) within :data:`ANOMALY_HORIZON_HOURS` after the SKU's earliest batch window
-        (their baseline, the previous windows with activity, holds a window the batch changed). Read back as
+        """Stored windows whose anomaly score or trailing sales rate the batch changes: per store x SKU, the stored
+        windows (in ``history``, not in the batch) within :data:`ANOMALY_HORIZON_HOURS` after the SKU's earliest
+        batch window (their baseline, the previous windows with activity, and their trailing span of
+        STREAM_VELOCITY_HOURS <= that hold a window the batch changed; so their velocity, cover and risk are
+        recomputed too, and a closed window's stored rate, which the restock alerts use, is final). Read back as
         window_metrics rows: own reorder point only with a stock update of their own (the stored value), so
         :func:`streaming.transforms.enrich_windows` scores them again (stock and the rest are recomputed from the
         same inputs); their upsert replaces the stored row. Empty in the usual order (the batch holds each SKU's
@@ -566,7 +570,8 @@ class StreamSinks:
         for c in _WINDOW_TIMES:
             h[c] = pd.to_datetime(h[c], utc=True)
         h["reorder_point"] = h["reorder_point"].where(h["window_stock"].notna(), None)
-        log.info("windows: %d stored window(s) after a late event scored again", len(h))
+        log.info("windows: %d stored window(s) after a late event scored again (anomaly, velocity, cover, risk)",
+                 len(h))
         return h[list(batch.columns)].astype(batch.dtypes.to_dict(), errors="ignore")
 
     def _pair_chunks(self, pairs: pd.DataFrame) -> list[list[tuple[str, str]]]:
@@ -616,10 +621,13 @@ class StreamSinks:
 
     def _store_windows(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
         """Recompute ``store_metrics_5m`` for the (store, window) pairs of ``enriched`` and for the stored store
-        windows whose anomaly baseline they change: per store, the stored windows within
-        :data:`ANOMALY_HORIZON_HOURS` (24 h) after its earliest changed window (a late sale of one SKU changes the
-        store's total of that window, and so the score of the store's later windows, also where they hold only
-        other SKUs). Each is rebuilt from its complete per-SKU rows in ``sales_metrics_5m`` (already upserted)."""
+        windows whose anomaly baseline or trailing sales rate they change: per store, the stored windows within
+        :data:`ANOMALY_HORIZON_HOURS` (24 h, >= STREAM_VELOCITY_HOURS) after its earliest changed window (a late
+        sale of one SKU changes the store's total of that window, and so the score and the velocity of the
+        store's later windows, also where they hold only other SKUs). Each is rebuilt from its complete per-SKU
+        rows in ``sales_metrics_5m`` (already upserted); the store's stored windows of the 24 h before, and its
+        latest earlier one (searched in the :data:`ANCHOR_LOOKBACK_HOURS` before, then by key: it only tells that
+        the store is older than the span), are the baseline and the trailing rate's history."""
         pairs = enriched[["store_id", "window_start"]].drop_duplicates()
         stores = sorted(pairs["store_id"].unique().tolist())
         first = pairs.groupby("store_id", as_index=False)["window_start"].min().rename(columns={"window_start": "_first"})
@@ -650,9 +658,21 @@ class StreamSinks:
         hist = self._query(
             "SELECT window_start, store_id, units_sold FROM {db}.store_metrics_5m FINAL WHERE store_id IN %(stores)s "
             "AND window_start >= %(hlo)s AND window_start <= %(hi)s", p)
+        # the latest store window before the loaded span: the store is older than it, so its rate's span is T
+        p["alo"] = (pd.Timestamp(p["hlo"]) - pd.Timedelta(hours=ANCHOR_LOOKBACK_HOURS)).to_pydatetime()
+        anchor_sql = ("SELECT window_start, store_id, units_sold FROM {db}.store_metrics_5m FINAL "
+                      "WHERE store_id IN %(stores)s AND window_start < %(hlo)s AND ")
+        anchor = self._query(anchor_sql + "window_start >= %(alo)s ORDER BY window_start DESC LIMIT 1 BY store_id", p)
+        missing = sorted(set(stores) - set(anchor["store_id"].tolist() if len(anchor) else []))
+        for i in range(0, len(missing), ALERT_ID_CHUNK):
+            more = self._query(anchor_sql + "window_start < %(alo)s ORDER BY window_start DESC LIMIT 1 BY store_id",
+                               {**p, "stores": missing[i:i + ALERT_ID_CHUNK]})
+            anchor = pd.concat([x for x in (anchor, more) if len(x)], ignore_index=True) if len(more) else anchor
+        hist = pd.concat([x for x in (anchor, hist) if len(x)], ignore_index=True) if len(anchor) else hist
         if len(hist):
             hist["window_start"] = pd.to_datetime(hist["window_start"], utc=True)
-        st = TR.store_windows(skus, hist, window_len_hours=self.window_len_hours)
+        st = TR.store_windows(skus, hist, window_len_hours=self.window_len_hours,
+                              velocity_hours=self.s.stream_velocity_hours)
         st["batch_id"] = int(batch_id)
         st["version"] = version
         st["updated_at"] = pd.Timestamp(now_ms, unit="ms", tz="UTC")
@@ -717,8 +737,8 @@ class StreamSinks:
         p = {"lo": _utc(lo_ms), "hi": _utc(bound), "slo": _utc(max(lo_ms - win_ms, 0)),
              "alo": _utc(max(lo_ms - round(ANCHOR_LOOKBACK_HOURS * 3_600_000), 0))}
         closed = self._query(
-            "SELECT window_start, window_end, store_id, product_id, units_sold, window_stock, reorder_point "
-            "FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s "
+            "SELECT window_start, window_end, store_id, product_id, units_sold, window_stock, reorder_point, "
+            "sales_velocity FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s "
             "AND window_start >= %(slo)s AND window_start < %(hi)s", p)
         if closed.empty:
             return bound, seen

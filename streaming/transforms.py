@@ -24,12 +24,16 @@ Metric definitions (also in the README):
 * ``revenue`` = sum(quantity x unit_price) over all lines (returns have negative quantity, so they are
   subtracted), computed in ``DECIMAL(38,4)`` (exact; the price is taken at 4 decimals) and converted to a
   float once at the end, so it is independent of summation order.
-* ``sales_velocity`` = units_sold / window length in hours (units/hour; x12 for 5-minute windows).
+* ``sales_velocity`` (units/hour) = trailing sales rate (:func:`trailing_velocity`): the units sold by the store
+  x SKU in its windows ending in ``(window_end - T, window_end]`` (windows without a row sold 0) / ``min(T,
+  window_end - the key's first known window_start)`` hours, T = ``STREAM_VELOCITY_HOURS`` (default 24). Not the
+  window's own units / window length: one unit in a 5-minute window is 12 units/h, so any sale made a SKU with
+  less than 288 units HIGH risk and a window without a sale LOW. Store level: the same over the store's units.
 * ``stock_level`` = ``new_quantity`` of the latest inventory update (by event time, ties by Kafka offset)
   in the window; a window without an update carries forward the stock of the latest earlier window of the
   same store x SKU that had one (NULL when none is known yet).
-* ``hours_of_cover`` = stock_level / sales_velocity; NULL when the velocity is 0 (no sales: infinite cover)
-  or the stock is unknown.
+* ``hours_of_cover`` = stock_level / sales_velocity (the trailing rate); NULL when the velocity is 0 (no sales in
+  the trailing span: infinite cover) or the stock is unknown.
 * ``stockout_risk``: ``UNKNOWN`` without a known stock; ``HIGH`` when stock <= 0 or cover <
   RISK_HIGH_HOURS; ``MEDIUM`` when cover < RISK_MEDIUM_HOURS; else ``LOW`` (also when velocity is 0).
 * ``anomaly_score`` = (units_sold - mean) / std over the same store x SKU's previous windows *with
@@ -446,9 +450,58 @@ def _ns(series: pd.Series) -> list[int]:
 WINDOW_KEY = ["store_id", "product_id"]
 
 
+def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: float,
+                      velocity_hours: float) -> pd.Series:
+    """Trailing sales rate, units/hour, of every row of ``frame`` (one row per key x window; vectorised).
+
+    For a row of ``key`` with window end ``e``: the units sold in that key's windows ending in
+    ``(e - T, e]`` (the windows inside the T hours up to ``e``, the row's own included; a window without a row
+    sold nothing) divided by the covered span ``min(T, e - first)`` hours, ``first`` being the key's earliest
+    ``window_start`` in ``frame``. So a series first seen minutes ago is not diluted over T hours, and a steady
+    rate reads the same whatever the window length (1 unit/h is 1.0, not 12 in the window of the sale and 0 in
+    the 11 others).
+
+    Args:
+        frame: ``key`` columns, ``window_start`` (UTC timestamps), ``units_sold``; rows of several keys, any order.
+            Must hold every stored window of the key in the T hours before the rows that matter (the callers
+            load :data:`core.settings.STREAM_HISTORY_HOURS` >= T) and, when the key is older, one earlier row
+            (the history's anchor), which makes the span T.
+        window_len_hours: window length, hours (window_end = window_start + this).
+        velocity_hours: T, hours (STREAM_VELOCITY_HOURS, > 0).
+
+    Returns:
+        float Series aligned with ``frame``'s index.
+    """
+    if velocity_hours <= 0:
+        raise ValueError(f"velocity_hours must be > 0, got {velocity_hours}")
+    if frame.empty:
+        return pd.Series([], index=frame.index, dtype=float)
+    hour_ns = 3_600_000_000_000
+    win_ns, t_ns = round(window_len_hours * hour_ns), round(velocity_hours * hour_ns)
+    f = pd.DataFrame({"_i": range(len(frame)),
+                      "_ws": pd.to_datetime(frame["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy(),
+                      "_u": frame["units_sold"].astype(float).fillna(0.0).to_numpy()})
+    for k in key:
+        f[k] = frame[k].to_numpy()
+    f = f.sort_values([*key, "_ws"], kind="mergesort").reset_index(drop=True)
+    g = f.groupby(key, sort=False)
+    f["_cum"] = g["_u"].cumsum()                      # units of the key's windows ending at or before this end
+    f["_end"] = f["_ws"] + win_ns
+    first = g["_ws"].transform("min").to_numpy()
+    # units of the key's windows ending at or before e - T: the cumulative sum of the last such window (asof)
+    q = f[[*key, "_i"]].assign(_end=f["_end"] - t_ns).sort_values("_end", kind="mergesort")
+    before = pd.merge_asof(q, f[[*key, "_end", "_cum"]].sort_values("_end", kind="mergesort"), on="_end", by=key,
+                           direction="backward", allow_exact_matches=True)
+    f["_before"] = before.set_index("_i")["_cum"].reindex(f["_i"]).fillna(0.0).to_numpy()
+    span_h = (f["_end"].to_numpy() - first).clip(max=t_ns) / hour_ns
+    f["_v"] = (f["_cum"] - f["_before"]).clip(lower=0.0) / span_h
+    return pd.Series(f.set_index("_i")["_v"].reindex(range(len(frame))).to_numpy(), index=frame.index)
+
+
 def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
                    risk_high_hours: float, risk_medium_hours: float, lookback: int = 12,
-                   horizon_hours: float = 24.0, reorder_points: dict[str, int] | None = None) -> pd.DataFrame:
+                   horizon_hours: float = 24.0, reorder_points: dict[str, int] | None = None,
+                   velocity_hours: float = 24.0) -> pd.DataFrame:
     """Add last known stock, velocity, cover, risk and anomaly score to the windows of one micro-batch.
 
     Args:
@@ -462,11 +515,15 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
             within ``horizon_hours`` before the window.
         reorder_points: product_id -> reorder point fallback (reference data) when no inventory update
             carried one.
+        velocity_hours: T of the trailing sales rate (STREAM_VELOCITY_HOURS); ``history`` must hold the key's
+            windows of the T hours before the batch's (plus an earlier anchor row when the key is older).
 
     Returns:
         the batch rows (same order of columns, sorted by store, product, window) + ``stock_level``
-        (Int, nullable), ``sales_velocity`` (units/hour), ``hours_of_cover`` (nullable), ``stockout_risk``,
-        ``anomaly_score``; ``reorder_point`` carried forward like the stock.
+        (Int, nullable), ``sales_velocity`` (units/hour: :func:`trailing_velocity` over the batch and history
+        rows, i.e. units sold in the T hours up to the window's end / min(T, hours since the key's first known
+        window)), ``hours_of_cover`` (stock / that rate, nullable), ``stockout_risk``, ``anomaly_score``;
+        ``reorder_point`` carried forward like the stock.
     """
     b = batch.copy()
     b["_in_batch"] = True
@@ -490,8 +547,9 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     scores = _grouped_zscores(keys, _ns(allw["window_start"]), allw["units_sold"].tolist(),
                               allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
+    allw["sales_velocity"] = trailing_velocity(allw, WINDOW_KEY, window_len_hours=window_len_hours,
+                                               velocity_hours=velocity_hours)
     out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
-    out["sales_velocity"] = out["units_sold"].astype(float) / window_len_hours
     stock = [None if pd.isna(x) else int(x) for x in out["stock_level"]]
     out["stock_level"] = pd.array(stock, dtype="Int64")
     out["reorder_point"] = pd.array([None if pd.isna(x) else int(x) for x in out["reorder_point"]], dtype="Int64")
@@ -503,24 +561,28 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
 
 
 def store_windows(sku_windows: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
-                  lookback: int = 12, horizon_hours: float = 24.0) -> pd.DataFrame:
+                  lookback: int = 12, horizon_hours: float = 24.0, velocity_hours: float = 24.0) -> pd.DataFrame:
     """Per-store windows from the *complete* per-SKU windows of the affected (store, window) pairs.
 
     Args:
         sku_windows: every store x SKU row (enriched) of the (store, window) pairs to recompute.
-        history: stored per-store rows (``window_start, store_id, units_sold``) for the anomaly baseline.
+        history: stored per-store rows (``window_start, store_id, units_sold``) for the anomaly baseline and the
+            trailing rate: the store's windows of the ``velocity_hours`` before the recomputed ones, plus an
+            earlier row when the store is older (so its span is the whole T).
+        velocity_hours: T of the trailing sales rate (STREAM_VELOCITY_HOURS).
 
     Returns:
         ``window_start, window_end, store_id, units_sold, units_returned, revenue, transaction_count,
-        sku_count, skus_high_risk, sales_velocity, anomaly_score`` (z-score of the store's units against its
-        previous windows, same rule as :func:`enrich_windows`).
+        sku_count, skus_high_risk, sales_velocity, anomaly_score``: ``sales_velocity`` (units/hour) = the store's
+        units sold in the T hours up to the window's end / min(T, hours since the store's first known window)
+        (:func:`trailing_velocity`); ``anomaly_score`` = z-score of the store's units against its previous
+        windows, same rule as :func:`enrich_windows`.
     """
     agg = (sku_windows.assign(_high=(sku_windows["stockout_risk"] == "HIGH").astype(int))
            .groupby(["window_start", "window_end", "store_id"], as_index=False)
            .agg(units_sold=("units_sold", "sum"), units_returned=("units_returned", "sum"),
                 revenue=("revenue", "sum"), transaction_count=("transaction_count", "sum"),
                 sku_count=("product_id", "nunique"), skus_high_risk=("_high", "sum")))
-    agg["sales_velocity"] = agg["units_sold"].astype(float) / window_len_hours
     agg["_in_batch"] = True
     if history is not None and len(history):
         h = history[["window_start", "store_id", "units_sold"]].copy()
@@ -534,9 +596,12 @@ def store_windows(sku_windows: pd.DataFrame, history: pd.DataFrame | None, *, wi
     scores = _grouped_zscores(allw["store_id"].tolist(), _ns(allw["window_start"]), allw["units_sold"].tolist(),
                               allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
+    allw["sales_velocity"] = trailing_velocity(allw, ["store_id"], window_len_hours=window_len_hours,
+                                               velocity_hours=velocity_hours)
     out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
     out["anomaly_score"] = out["anomaly_score"].astype(float)
-    return out
+    return out[["window_start", "window_end", "store_id", "units_sold", "units_returned", "revenue",
+                "transaction_count", "sku_count", "skus_high_risk", "sales_velocity", "anomaly_score"]]
 
 
 def alert_priority(stock: int, cover: float | None, high_hours: float, medium_hours: float) -> str:
@@ -563,8 +628,9 @@ def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_t
     Args:
         stock: stock on hand, units (the window's ``stock_level``).
         reorder_point: units (from the inventory updates, else the product reference).
-        velocity: sales rate, units/hour (the window's ``sales_velocity``: units sold / window length in hours);
-            a negative value counts as 0.
+        velocity: sales rate, units/hour (the window's ``sales_velocity``: the trailing rate of
+            :func:`trailing_velocity`, units sold in the last STREAM_VELOCITY_HOURS / that span); a negative value
+            counts as 0.
         lead_time_days: supplier lead time, days (LEAD_TIME_DAYS).
     Returns:
         the quantity, units (int, 1 <= q <= :data:`ORDER_QTY_MAX`: the restock_alert contract's Avro ``int``; a
@@ -580,8 +646,8 @@ def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_t
     the order is S minus stock. S itself is this platform's heuristic, not the book's: it is not derived from
     ordering and holding costs (a common simple choice there is S = s + Q with Q an economic order quantity); the
     lead-time demand is added on top of a reorder point that already covers demand over a lead time (the
-    producers size it so), so S - s = reorder point + lead-time demand; the demand is the current window's rate,
-    not a forecast; and the order is taken from stock on hand, not from the inventory position (the stream does
+    producers size it so), so S - s = reorder point + lead-time demand; the demand is the trailing rate of the
+    last STREAM_VELOCITY_HOURS (24 h by default), not a forecast; and the order is taken from stock on hand, not from the inventory position (the stream does
     not know what is on order).
     """
     target = 2 * reorder_point + math.ceil(max(velocity, 0.0) * 24 * lead_time_days)
@@ -654,15 +720,20 @@ def closed_window_stock(windows: pd.DataFrame, anchors: dict[tuple[str, str], in
     Args:
         windows: closed windows of some store x SKU pairs: ``window_start, window_end`` (UTC timestamps),
             ``store_id, product_id, units_sold, window_stock`` (latest in-window stock, units, nullable),
-            ``reorder_point`` (units, nullable).
+            ``reorder_point`` (units, nullable), ``sales_velocity`` (the stored trailing rate of
+            :func:`enrich_windows`, units/hour: final once the window is closed, since it depends only on the
+            key's windows up to the window's end, all closed too, and the sink scores a stored window again
+            whenever an earlier one within the trailing span changes).
         anchors: (store_id, product_id) -> stock (units) of the latest closed window with an in-window stock
             before these windows (the carry-forward start), or None.
-        window_len_hours: window length, hours.
+        window_len_hours: window length, hours (unused since the velocity is the stored trailing rate; kept for
+            the callers).
         reorder_points: product_id -> reorder point fallback (reference catalogue).
 
     Returns:
         the windows sorted by store, product, window_start + ``stock_level`` (carried forward, nullable),
-        ``reorder_point`` (carried forward, fallback), ``sales_velocity`` (units/hour), ``hours_of_cover``.
+        ``reorder_point`` (carried forward, fallback), ``sales_velocity`` (units/hour, as given),
+        ``hours_of_cover`` (stock_level / sales_velocity).
     """
     w = windows.sort_values(["store_id", "product_id", "window_start"], kind="mergesort").reset_index(drop=True)
     if w.empty:
@@ -678,7 +749,7 @@ def closed_window_stock(windows: pd.DataFrame, anchors: dict[tuple[str, str], in
     if reorder_points:
         rop = rop.where(rop.notna(), w["product_id"].map(reorder_points).astype("Float64"))
     w["reorder_point"] = rop
-    w["sales_velocity"] = w["units_sold"].astype(float) / window_len_hours
+    w["sales_velocity"] = w["sales_velocity"].astype(float)
     w["hours_of_cover"] = [hours_of_cover(None if pd.isna(s) else float(s), v)
                            for s, v in zip(w["stock_level"], w["sales_velocity"])]
     return w

@@ -181,11 +181,17 @@ def expected_windows(valid):
         r["inventory_update_count"] = len(g)
     df = pd.DataFrame([{"store_id": k[0], "product_id": k[1], "ws": k[2], **v} for k, v in rows.items()])
     df = df.sort_values(["store_id", "product_id", "ws"]).reset_index(drop=True)
-    stock_levels, zs, covers, risks = [], [], [], []
+    stock_levels, zs, covers, risks, velocities = [], [], [], [], []
     for _, g in df.groupby(["store_id", "product_id"], sort=False):
         last = None
         units = g["units_sold"].tolist()
         wss = g["ws"].tolist()
+        # trailing rate (STREAM_VELOCITY_HOURS = 24): a complete 5-minute grid from the SKU's first window, the
+        # missing windows selling 0; the last 288 grid windows' units / min(24 h, hours since the first window)
+        grid = pd.Series(0.0, index=range(wss[0], wss[-1] + WIN_MS, WIN_MS))
+        grid.loc[wss] = [float(u) for u in units]
+        span_h = pd.Series([(x - wss[0] + WIN_MS) / 3_600_000 for x in grid.index], index=grid.index).clip(upper=24)
+        rates = (grid.rolling(24 * 3_600_000 // WIN_MS, min_periods=1).sum() / span_h).loc[wss].tolist()
         for i, wstock in enumerate(g["window_stock"].tolist()):
             if wstock is not None and not (isinstance(wstock, float) and math.isnan(wstock)):
                 last = int(wstock)
@@ -195,7 +201,8 @@ def expected_windows(valid):
                 zs.append(0.0)
             else:
                 zs.append((units[i] - np.mean(prev)) / np.std(prev))
-            vel = units[i] * 12.0
+            vel = rates[i]
+            velocities.append(vel)
             cover = last / vel if (last is not None and vel > 0) else None
             covers.append(cover)
             if last is None:
@@ -207,7 +214,7 @@ def expected_windows(valid):
             else:
                 risks.append("LOW")
     df["stock_level"], df["anomaly_score"], df["hours_of_cover"], df["stockout_risk"] = stock_levels, zs, covers, risks
-    df["sales_velocity"] = df["units_sold"] * 12.0
+    df["sales_velocity"] = velocities
     return df
 
 
@@ -251,7 +258,7 @@ def assert_windows_match(client, db, exp):
     for c in ("units_sold", "units_returned", "transaction_count", "inventory_update_count"):
         assert (m[c].astype(int) == m[f"{c}_exp"].astype(int)).all(), c
     assert (m["revenue"] == m["revenue_exp"]).all(), m.loc[m["revenue"] != m["revenue_exp"], key + ["revenue", "revenue_exp"]]
-    assert (m["sales_velocity"] == m["sales_velocity_exp"]).all()
+    assert np.allclose(m["sales_velocity"].astype(float), m["sales_velocity_exp"].astype(float), rtol=1e-12, atol=0)
     for c in ("window_stock", "stock_level"):
         a = [None if pd.isna(x) else int(x) for x in m[c]]
         b = [None if x is None or (isinstance(x, float) and math.isnan(x)) else int(x) for x in m[f"{c}_exp"]]

@@ -73,6 +73,11 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     ("STREAM_MAX_OFFSETS_PER_TRIGGER", "0", "STREAM_MAX_OFFSETS_PER_TRIGGER"),
     ("CLICKHOUSE_MAX_BODY_MB", "0", "CLICKHOUSE_MAX_BODY_MB"),
     ("STREAM_HEARTBEAT_MAX_AGE_S", "-5", "STREAM_HEARTBEAT_MAX_AGE_S"),
+    # the trailing sales rate: > 0 and within the 24 h of window history the stream loads
+    ("STREAM_VELOCITY_HOURS", "0", "STREAM_VELOCITY_HOURS"),
+    ("STREAM_VELOCITY_HOURS", "-1", "STREAM_VELOCITY_HOURS"),
+    ("STREAM_VELOCITY_HOURS", "24.5", "STREAM_VELOCITY_HOURS"),
+    ("STREAM_VELOCITY_HOURS", "nan", "STREAM_VELOCITY_HOURS"),
     # a country (or ISO 3166-2 subdivision) the holidays package has a calendar for
     ("STORE_COUNTRY_DEFAULT", "XX", "STORE_COUNTRY_DEFAULT"),
     ("STORE_COUNTRY_DEFAULT", "GB-XYZ", "STORE_COUNTRY_DEFAULT"),
@@ -138,6 +143,15 @@ def test_future_bound_must_be_below_the_watermark(monkeypatch, future, watermark
     with pytest.raises(ConfigError) as err:
         get_settings()
     assert "STREAM_MAX_FUTURE_MINUTES" in str(err.value) and "STREAM_WATERMARK" in str(err.value)
+
+
+def test_velocity_span_default_edges_and_the_sinks_look_back():
+    from core.settings import STREAM_HISTORY_HOURS
+    from streaming.sinks import ANOMALY_HORIZON_HOURS
+
+    assert Settings(_env_file=None).stream_velocity_hours == 24.0
+    assert Settings(_env_file=None, stream_velocity_hours=0.25).stream_velocity_hours == 0.25
+    assert STREAM_HISTORY_HOURS == ANOMALY_HORIZON_HOURS == 24.0   # the bound is the history the sink loads
 
 
 def test_future_bound_default_and_edges():

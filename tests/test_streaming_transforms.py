@@ -172,12 +172,14 @@ def test_enrich_windows_carry_forward_velocity_cover_and_zscore():
     r = out.set_index(["store_id", "window_start"])
     a = r.loc[("S1", pd.Timestamp("2026-01-15 10:15", tz="UTC"))]
     assert a["stock_level"] == 100 and a["reorder_point"] == 10         # carried forward from history
-    assert a["sales_velocity"] == 96.0                                  # 8 units / (1/12 h)
-    assert a["hours_of_cover"] == pytest.approx(100 / 96)
+    # trailing rate: 2 + 4 + 6 + 8 units in the 20 minutes since the key's first window (not 8 x 12 = 96)
+    assert a["sales_velocity"] == pytest.approx(60.0)
+    assert a["hours_of_cover"] == pytest.approx(100 / 60)
     assert a["stockout_risk"] == "HIGH"
     assert a["anomaly_score"] == TR.zscore(8, [2, 4, 6])
     b = r.loc[("S1", pd.Timestamp("2026-01-15 10:20", tz="UTC"))]
     assert b["stock_level"] == 6 and b["anomaly_score"] == TR.zscore(12, [2, 4, 6, 8])
+    assert b["sales_velocity"] == pytest.approx(32 / (25 / 60))
     c = r.loc[("S2", pd.Timestamp("2026-01-15 10:00", tz="UTC"))]
     assert pd.isna(c["stock_level"]) and c["stockout_risk"] == "UNKNOWN" and c["anomaly_score"] == 0.0
     assert len(out) == 3                                                # history rows are not returned
@@ -197,6 +199,89 @@ def test_store_windows():
     out = TR.store_windows(sku, None, window_len_hours=1 / 12).set_index("window_start")
     first = out.loc[pd.Timestamp("2026-01-15 10:00", tz="UTC")]
     assert (first["units_sold"], first["sku_count"], first["skus_high_risk"], first["sales_velocity"]) == (8, 2, 1, 96.0)
+    # the store's units of its first 10 minutes: 8 + 1 over 1/6 h
+    assert out.loc[pd.Timestamp("2026-01-15 10:05", tz="UTC"), "sales_velocity"] == pytest.approx(54.0)
+
+
+def _grid_rate(rows: pd.DataFrame, key: list[str], hours: float) -> pd.Series:
+    """Oracle of the trailing rate: per key, a complete 5-minute grid from its first window to its last (missing
+    windows sold 0), a plain rolling sum over the last hours x 12 grid windows, divided by min(hours, the hours
+    from the key's first window start to the window's end). Indexed by key + window_start."""
+    n = round(hours * 12)
+    out = []
+    for k, g in rows.groupby(key):
+        s = g.groupby("window_start")["units_sold"].sum()
+        grid = pd.date_range(s.index.min(), s.index.max(), freq="5min")
+        s = s.reindex(grid, fill_value=0).astype(float)
+        elapsed_h = (grid - grid[0] + pd.Timedelta(minutes=5)) / pd.Timedelta(hours=1)
+        rate = s.rolling(n, min_periods=1).sum() / pd.Series(elapsed_h, index=grid).clip(upper=hours)
+        k = k if isinstance(k, tuple) else (k,)
+        out.append(pd.DataFrame({**{c: v for c, v in zip(key, k)}, "window_start": grid, "rate": rate.to_numpy()}))
+    return pd.concat(out).set_index([*key, "window_start"])["rate"]
+
+
+@pytest.mark.parametrize("hours", [24.0, 1.5])
+def test_velocity_is_the_trailing_rate_over_a_complete_grid(hours):
+    """sales_velocity of every SKU and store window = units sold in the windows of the last STREAM_VELOCITY_HOURS
+    up to its end / min(that, time since the series' first window), windows without a row counting 0; the same
+    whether the earlier windows come from the stored history or the batch. Oracle: :func:`_grid_rate`."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for store, sku, p in (("S1", "P1", 0.3), ("S1", "P2", 0.05), ("S2", "P1", 0.8)):
+        first = int(rng.integers(0, 40))
+        for m in range(first, 12 * 30):                 # 30 hours of 5-minute slots, most of them without a row
+            if rng.random() < p:
+                rows.append(_win(5 * m, int(rng.integers(0, 4)), store=store, sku=sku,
+                                 stock=int(rng.integers(0, 300)) if rng.random() < 0.2 else None))
+    allw = pd.DataFrame(rows)
+    cut = pd.Timestamp("2026-01-16 08:00", tz="UTC")
+    hist, batch = allw[allw.window_start < cut], allw[allw.window_start >= cut]
+    out = TR.enrich_windows(batch, hist, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72,
+                            velocity_hours=hours)
+    exp = _grid_rate(allw, ["store_id", "product_id"], hours)
+    got = out.set_index(["store_id", "product_id", "window_start"])["sales_velocity"]
+    assert len(got) == len(batch) > 50
+    np.testing.assert_allclose(got.to_numpy(), exp.loc[got.index].to_numpy(), rtol=1e-12)
+    cover = [s / v if s is not pd.NA and v > 0 else None for s, v in zip(out["stock_level"], out["sales_velocity"])]
+    assert [None if pd.isna(c) else pytest.approx(c) for c in out["hours_of_cover"]] == cover
+    # store level: the store's units (all SKUs) over the same span, earlier store windows from the history
+    sku = batch.assign(stockout_risk="LOW")
+    stored = allw[allw.window_start < cut].groupby(["window_start", "store_id"], as_index=False)["units_sold"].sum()
+    st = TR.store_windows(sku, stored, window_len_hours=1 / 12, velocity_hours=hours)
+    exp_st = _grid_rate(allw, ["store_id"], hours)
+    got_st = st.set_index(["store_id", "window_start"])["sales_velocity"]
+    np.testing.assert_allclose(got_st.to_numpy(), exp_st.loc[got_st.index].to_numpy(), rtol=1e-12)
+
+
+def test_a_sku_selling_one_unit_an_hour_has_its_true_cover_and_order():
+    """The reviewer's case: 1 unit an hour (one 5-minute window with a sale per hour) for 30 hours, 50 units on
+    hand at the end, reorder point 60. Before: velocity 12 units/h in every window with a sale (0 in the others),
+    cover 4.17 h, HIGH, order 934 (2 x 60 + 12 x 72 - 50). Now: 1.0 unit/h, cover 50 h (MEDIUM, not HIGH) and the
+    order sized at the true rate, 2 x 60 + 72 - 50 = 142."""
+    rows = [_win(60 * h, 1, stock=80 - h, rop=60) for h in range(31)]    # stock 80 -> 50
+    hist, batch = pd.DataFrame(rows[:-1]), pd.DataFrame(rows[-1:])
+    out = TR.enrich_windows(batch, hist, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72)
+    r = out.iloc[0]
+    assert r["stock_level"] == 50 and r["sales_velocity"] == pytest.approx(1.0)
+    assert r["hours_of_cover"] == pytest.approx(50.0) and r["stockout_risk"] == "MEDIUM"
+    # a window without a sale in between: the rate stays 24 units / 24 h, not 0 (which read as LOW)
+    quiet = TR.enrich_windows(pd.DataFrame([_win(60 * 29 + 30, 0)]), pd.DataFrame(rows[:30]),
+                              window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72).iloc[0]
+    assert quiet["sales_velocity"] == pytest.approx(1.0) and quiet["stockout_risk"] == "MEDIUM"
+    # the alert of the episode (stock 59 < 60 at hour 21) is sized at the trailing rate, not at 12 units/h
+    every = TR.enrich_windows(pd.DataFrame(rows), None, window_len_hours=1 / 12, risk_high_hours=24,
+                              risk_medium_hours=72)
+    alerts, _ = TR.restock_episodes(every, {}, high_hours=24, medium_hours=72, lead_time_days=3, now_ms=NOW_MS)
+    assert len(alerts) == 1 and alerts[0]["current_stock"] == 59
+    # 21 hours since the first window: 22 units over 21 h 5 min
+    rate = 22 / (21 + 5 / 60)
+    assert alerts[0]["sales_velocity"] == pytest.approx(rate)
+    assert alerts[0]["recommended_quantity"] == TR.recommended_quantity(59, 60, rate, 3) == 120 + 76 - 59
+    assert alerts[0]["priority"] == "MEDIUM"          # 59 units at ~1.04 units/h: ~56 h of cover
+    last = every.iloc[-1]
+    assert TR.recommended_quantity(50, 60, float(last["sales_velocity"]), 3) == 142
 
 
 def test_restock_alert_once_per_episode():
@@ -207,7 +292,7 @@ def test_restock_alert_once_per_episode():
     assert [a["current_stock"] for a in alerts] == [8, 9]
     first_ws = int(pd.Timestamp("2026-01-15 10:05", tz="UTC").timestamp() * 1000)
     assert alerts[0]["alert_id"] == f"S1|P1|{first_ws}"
-    assert alerts[0]["priority"] == "HIGH"            # 8 units at 24 units/h = 0.33 h of cover
+    assert alerts[0]["priority"] == "HIGH"            # 8 units at 24 units/h (4 units in 10 min) = 0.33 h
     assert state[("S1", "P1")]["in_episode"] is True
     # replaying the same windows against the state they produced emits nothing new
     again, state2 = TR.restock_episodes(enriched, state, high_hours=24, medium_hours=72, lead_time_days=3, now_ms=NOW_MS)
