@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import threading
 import uuid
 from pathlib import Path
 
@@ -159,3 +161,50 @@ def spark():
     session = build_spark("retail-tests", kafka=True, master="local[2]", shuffle_partitions=2)
     yield session
     session.stop()
+
+
+class TcpGate:
+    """A TCP forwarder on a free port to ``target`` (127.0.0.1) that can be opened and closed: a service outage as a
+    client sees it (connection refused), without stopping the session's service."""
+
+    def __init__(self, target: int):
+        self.target, self.port, self.sock = target, free_port(), None
+
+    def open(self) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self.sock = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, sock) -> None:
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for x in (src, dst):
+                with contextlib.suppress(OSError):
+                    x.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import threading
 import time
 import uuid
 
 import pytest
+
+from conftest import TcpGate
 
 pytestmark = pytest.mark.integration
 
@@ -103,55 +103,6 @@ def test_producer_reports_what_it_could_not_deliver_while_the_broker_is_down(nat
     assert again.counts["delivered"] == 5 and again.counts["failed"] == 0, again.counts
 
 
-class _Gate:
-    """A TCP forwarder on a free port to ``target`` (127.0.0.1) that can be opened and closed: a service outage as a
-    client sees it (connection refused), without stopping the session's service."""
-
-    def __init__(self, target: int):
-        from ops.services import free_port
-
-        self.target, self.port, self.sock = target, free_port(), None
-
-    def open(self) -> None:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
-        s.listen(64)
-        self.sock = s
-        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
-
-    def _accept(self, sock) -> None:
-        while True:
-            try:
-                client, _ = sock.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                client.close()
-                continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for x in (src, dst):
-                with contextlib.suppress(OSError):
-                    x.close()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
 #: seconds ClickHouse and Kafka stay unreachable after the streaming program is started: beyond one supervisor
 #: start cycle (startsecs 15 s; the old job failed its start in ~11-14 s and was FATAL after 3 retries, ~1 min)
 OUTAGE_S = 75
@@ -172,7 +123,8 @@ def test_a_stream_started_during_outages_waits_and_comes_up(native_services, tmp
     from streaming.job import stream_healthy
 
     base = native_services
-    ch_gate, kafka_gate = _Gate(base.clickhouse_http_port), _Gate(int(base.kafka_bootstrap_servers.rsplit(":", 1)[1]))
+    ch_gate = TcpGate(base.clickhouse_http_port)
+    kafka_gate = TcpGate(int(base.kafka_bootstrap_servers.rsplit(":", 1)[1]))
     tag = uuid.uuid4().hex[:6]
     env = {"RETAIL_STATE_DIR": str(tmp_path / "state"), "CLICKHOUSE_HTTP_PORT": str(ch_gate.port),
            "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{kafka_gate.port}", "KAFKA_TOPIC_PREFIX": f"boot{tag}-",

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, TcpGate, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -54,35 +54,9 @@ def chain(native_stack):
 @pytest.fixture(scope="module")
 def dashboard(native_stack, chain):
     """The real Streamlit server on a free port (same command as the supervisor's ``dashboard`` program); yields
-    its base URL; stopped in the finalizer, which checks the port is free again."""
-    import httpx
-
-    from ops.services import port_open
-
-    port = free_port()
-    env = {**os.environ, "DASHBOARD_PORT": str(port), "DASHBOARD_REFRESH_S": "2"}
-    log = open(Path(native_stack.retail_state_dir) / "logs" / "dashboard-test.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "dashboard"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://localhost:{port}/_stcore/health", timeout=1).text.strip() == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, f"dashboard exited: {Path(log.name).read_text()[-2000:]}"
-            time.sleep(0.5)
-        else:
-            pytest.fail("dashboard did not become healthy in 60 s")
-        yield f"http://localhost:{port}"
-    finally:
-        try:
-            stop(proc)
-        finally:
-            log.close()
-        assert not port_open("localhost", port)
+    its base URL; stopped at the end, with its port free again (:func:`running_dashboard`)."""
+    with running_dashboard({}, Path(native_stack.retail_state_dir) / "logs" / "dashboard-test.log") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -246,36 +220,20 @@ def test_quality_page_shows_quarantine_stream_etl_and_backtest(dashboard, browse
 
 def test_a_page_without_data_explains_what_to_run(native_stack, browser, tmp_path):
     """An empty database: every page says what to run, none shows a traceback."""
-    import httpx
-
     from core.clickhouse import migrate
-    from ops.services import port_open
     from selenium.webdriver.common.by import By
 
     db = f"empty_{os.getpid()}"
     migrate(native_stack, database=db)
-    port = free_port()
-    env = {**os.environ, "DASHBOARD_PORT": str(port), "CLICKHOUSE_DATABASE": db}
-    proc = subprocess.Popen([sys.executable, "-m", "dashboard"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"http://localhost:{port}/_stcore/health", timeout=1).text.strip() == "ok":
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+    with running_dashboard({"CLICKHOUSE_DATABASE": db}, tmp_path / "dashboard.log") as base:
         for page, hint in (("", "make local-up"), ("store", "make demo"), ("analyst", "make nightly"),
                            ("quality", "make nightly")):
-            browser.get(f"http://localhost:{port}/{page}")
+            browser.get(f"{base}/{page}")
             deadline, text = time.time() + 40, ""
             while time.time() < deadline and hint not in text:
                 time.sleep(0.5)
                 text = browser.find_element(By.TAG_NAME, "body").text
             assert hint in text and "Traceback" not in text, f"/{page}: {text[:1500]}"
-    finally:
-        stop(proc)
-    assert not port_open("localhost", port)
 
 
 def test_bi_reader_cannot_write(native_stack, chain):
@@ -420,53 +378,6 @@ def test_hostile_ids_render_as_text_on_every_page(native_stack, browser, tmp_pat
             assert not [b for b in ev["bold"] if b in ("B", "S2", "x", "BOLD")], (path, ev["bold"])
 
 
-class _Gate:
-    """A TCP forwarder to ``target`` port that can be closed and opened: an outage of the ClickHouse endpoint as
-    the dashboard sees it, without stopping the session's endpoint."""
-
-    def __init__(self, target: int):
-        import socket
-        import threading
-
-        self.target, self.port, self.sock = target, free_port(), None
-        self._socket, self._threading = socket, threading
-
-    def open(self) -> None:
-        s = self._socket.socket()
-        s.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
-        s.listen(32)
-        self.sock = s
-        self._threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = self._socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((client, upstream), (upstream, client)):
-                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.close()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
 def test_a_page_opened_during_an_outage_recovers_without_a_reload(native_stack, chain, browser, tmp_path):
     """The dashboard starts while ClickHouse cannot be reached: the page says so and that it retries; once the
     endpoint answers, the same page (no reload) shows the star schema's numbers (a first version stayed on the
@@ -476,7 +387,7 @@ def test_a_page_opened_during_an_outage_recovers_without_a_reload(native_stack, 
     from selenium.webdriver.common.by import By
 
     url = urlparse(native_stack.clickhouse_url)
-    gate = _Gate(url.port)
+    gate = TcpGate(url.port)
     moved = urlunparse(url._replace(netloc=url.netloc.rsplit(":", 1)[0] + f":{gate.port}"))
     try:
         with running_dashboard({"CLICKHOUSE_URL": moved}, tmp_path / "dashboard.log") as base:
