@@ -484,6 +484,33 @@ def topics() -> None:
 
 
 @app.command()
+def alerts(
+    group: str = typer.Option("retail-alerts", help="Kafka consumer group: each group reads every alert once."),
+    follow: bool = typer.Option(False, "--follow", help="Keep waiting for new alerts (stop with Ctrl-C / SIGTERM)."),
+    from_beginning: bool = typer.Option(True, "--from-beginning/--new-only",
+                                        help="Where a group without committed offsets starts."),
+    idle_seconds: float = typer.Option(5.0, min=0.0, help="Without --follow: stop after this long without a message."),
+    max_alerts: Optional[int] = typer.Option(None, min=1, help="Stop after this many alerts."),
+) -> None:
+    """Read restock alerts back from Kafka: one JSON line per new alert on stdout, the report on stderr.
+
+    At least once, deduplicated by alert_id across runs (ids kept in $RETAIL_STATE_DIR/alerts/<group>.ids);
+    a message that is not a valid alert goes to the dead-letter topic with its reason."""
+    from producers.alerts import alert_line, read_alerts
+
+    s = get_settings()
+    with StopSignals() as signals:
+        report = read_alerts(s, lambda a: typer.echo(alert_line(a)), group_id=group, from_beginning=from_beginning,
+                             follow=follow, idle_s=idle_seconds, max_alerts=max_alerts,
+                             seen_path=Path(s.retail_state_dir) / "alerts" / f"{group}.ids", stop=signals.event)
+    err_console.print_json(json.dumps(report))
+    if report["stopped"] == "no_partitions":
+        err_console.print(f"[red]no partition of {s.topic('restock-alerts')} was assigned within "
+                          "60 s: is the broker reachable and the topic created (`producers.cli topics`)?")
+        raise typer.Exit(1)
+
+
+@app.command()
 def synthetic(
     stores: int = typer.Option(3, help="Number of stores N."),
     skus: int = typer.Option(50, help="Number of SKUs M."),

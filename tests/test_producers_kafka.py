@@ -420,3 +420,49 @@ def test_sigterm_stops_flushes_and_reports(kafka_settings, processes):
     assert pub["failed"] == 0 and pub["pending"] == 0 and pub["delivered"] == pub["sent"] + pub["dead_lettered"] > 0
     for suffix in ("sales-transactions", "inventory-updates"):
         assert _end_offsets(s, s.topic(suffix)) == pub["by_topic_delivered"].get(s.topic(suffix), 0), suffix
+
+
+def test_restock_alerts_come_back_out_once_each(kafka_settings, tmp_path, monkeypatch):
+    """``producers.cli alerts`` reads the alerts topic in a consumer group: each valid alert printed once as a JSON
+    line (a re-sent alert_id, as the stream re-sends after a crash, skipped, also in a later run), a malformed
+    message and one off the contract go to the dead-letter topic with their reason and do not stop the run; a
+    second run of the group prints only what came since. Checked against the messages written here."""
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from core.kafka_admin import ensure_topics
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-al-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    ensure_topics(s)
+    now = int(time.time() * 1000)
+
+    def alert(i: int) -> dict:
+        return {"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
+                "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
+                "priority": "HIGH", "window_end": now, "timestamp": now}
+
+    def send(values) -> None:                   # raw bytes, as any producer might write them
+        producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+        for v in values:
+            producer.send(s.topic("restock-alerts"), key=b"S1|P1", value=v)
+        producer.flush(30)
+        producer.close()
+
+    send([json.dumps(alert(1)).encode(), b"{not json", json.dumps(alert(2)).encode(),
+          json.dumps(alert(1)).encode(), json.dumps({**alert(3), "priority": "URGENT"}).encode()])
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))      # the group's seen ids: tmp_path/alerts/
+    r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
+    assert r.returncode == 0, r.stderr[-2000:]
+    printed = [json.loads(line) for line in r.stdout.splitlines()]
+    assert printed == [alert(1), alert(2)], (printed, r.stderr[-3000:])
+    report = json.loads(r.stderr[r.stderr.index("{"):])
+    assert (report["alerts"], report["duplicates"], report["invalid"]) == (2, 1, 2), report
+    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert [d["event_type"] for d in dead] == ["restock_alert", "restock_alert"], dead
+    assert "offset 1" in dead[0]["reason"] and "URGENT" in dead[1]["payload"], dead
+    send([json.dumps(alert(2)).encode(), json.dumps(alert(4)).encode()])     # a re-send and a new one
+    r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [json.loads(line) for line in r.stdout.splitlines()] == [alert(4)], r.stdout

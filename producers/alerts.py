@@ -1,0 +1,158 @@
+"""Restock alerts back out of Kafka: the consumer a store's system (POS back office, ERP, an e-mail gateway) runs.
+
+The stream writes one alert per store x SKU low-stock episode to ``<prefix>restock-alerts`` (JSON, contract
+``restock_alert.avsc``). :func:`read_alerts` reads them in a consumer group and hands each valid, new alert to
+a callback (the CLI prints JSON lines):
+
+* **at least once, deduplicated**: offsets are committed after the alerts they cover were handed over, so a
+  consumer that dies re-reads from its last commit; an ``alert_id`` already handed over (a re-read, or the
+  stream's re-send after a crash between Kafka's acknowledgement and its ClickHouse insert: README, Guarantees)
+  is skipped. Ids handed over are kept in ``seen_path`` (the newest :data:`SEEN_MAX`), so this holds across runs;
+* **bad input loses nothing and stops nothing**: a message that is not a valid alert (not JSON, not the contract)
+  goes to the dead-letter topic with its reason, partition and offset, and the run goes on;
+* **stops** after ``max_alerts`` alerts, after ``idle_s`` seconds without a message (unless ``follow``), or when
+  ``stop`` is set (the CLI sets it on SIGTERM / Ctrl-C), then commits and returns a report.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+from core.settings import Settings
+
+#: alert ids remembered for deduplication across runs (oldest dropped first)
+SEEN_MAX = 100_000
+#: seconds to wait for the group to assign the alerts topic's partitions before giving up (broker unreachable,
+#: topic missing)
+JOIN_TIMEOUT_S = 60.0
+
+
+class SeenIds:
+    """The newest ``limit`` alert ids handed over, optionally kept in a text file (one id per line)."""
+
+    def __init__(self, path: Path | None, limit: int = SEEN_MAX):
+        self.path, self.limit = path, limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        if path is not None and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line:
+                    self.add(line)
+
+    def __contains__(self, alert_id: str) -> bool:
+        return alert_id in self._ids
+
+    def add(self, alert_id: str) -> None:
+        self._ids[alert_id] = None
+        self._ids.move_to_end(alert_id)
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def save(self) -> None:
+        """Write the ids (atomically: a temporary file renamed over the old one)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{i}\n" for i in self._ids), encoding="utf-8")
+        tmp.replace(self.path)
+
+
+def read_alerts(settings: Settings, handle: Callable[[dict[str, Any]], None], *, group_id: str = "retail-alerts",
+                from_beginning: bool = True, follow: bool = False, idle_s: float = 5.0,
+                max_alerts: int | None = None, seen_path: Path | None = None,
+                stop: threading.Event | None = None) -> dict[str, Any]:
+    """Consume restock alerts in consumer group ``group_id`` and call ``handle(alert)`` once per new valid alert.
+
+    Args:
+        settings: bootstrap servers and topic prefix.
+        handle: called with the alert as a dict (the contract's fields; times in epoch ms), in offset order per
+            partition. An exception from it stops the run without committing that alert's offset.
+        from_beginning: where a group without committed offsets starts (earliest; else only new alerts).
+        follow: keep waiting for new alerts (until ``stop`` or ``max_alerts``); else stop after ``idle_s``
+            seconds without a message, counted once the group has assigned the topic's partitions (at most
+            :data:`JOIN_TIMEOUT_S` seconds: then ``stopped`` is ``no_partitions``).
+        max_alerts: stop after this many alerts handed over.
+        seen_path: file of the alert ids already handed over (deduplication across runs); None: this run only.
+        stop: an event that ends the run at the next poll (at most 1 s later).
+    Returns:
+        ``{"alerts": handed over, "duplicates": skipped ids, "invalid": sent to the dead-letter topic,
+        "stopped": "idle" | "max_alerts" | "signal" | "no_partitions", "seconds": run time}``.
+    Raises:
+        kafka.errors.NoBrokersAvailable: the bootstrap servers cannot be reached.
+    """
+    from kafka import KafkaConsumer
+
+    from contracts import ContractError, check_payload
+    from core.kafka import EventPublisher
+
+    topic = settings.topic("restock-alerts")
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+                             group_id=group_id, client_id=f"{group_id}-reader", enable_auto_commit=False,
+                             auto_offset_reset="earliest" if from_beginning else "latest")
+    seen = SeenIds(seen_path)
+    report = {"alerts": 0, "duplicates": 0, "invalid": 0, "stopped": "idle", "seconds": 0.0}
+    t0 = last = time.monotonic()
+    publisher: EventPublisher | None = None
+    try:
+        while True:
+            if stop is not None and stop.is_set():
+                report["stopped"] = "signal"
+                break
+            batches = consumer.poll(timeout_ms=1000)
+            if not batches:
+                if not consumer.assignment():   # joining the group (the broker delays a first rebalance ~3 s)
+                    if time.monotonic() - t0 >= JOIN_TIMEOUT_S:
+                        report["stopped"] = "no_partitions"
+                        break
+                    last = time.monotonic()
+                elif not follow and time.monotonic() - last >= idle_s:
+                    break
+                continue
+            last = time.monotonic()
+            for tp, messages in batches.items():
+                for m in messages:
+                    try:
+                        alert = check_payload("restock_alert", m.value)
+                    except ContractError as exc:
+                        publisher = publisher or EventPublisher(settings, client_id=f"{group_id}-dead-letter")
+                        publisher.dead_letter("restock_alert", m.value.decode("utf-8", "replace"),
+                                              f"{exc} (topic {tp.topic} partition {tp.partition} offset {m.offset})")
+                        report["invalid"] += 1
+                        continue
+                    if alert["alert_id"] in seen:
+                        report["duplicates"] += 1
+                        continue
+                    handle(alert)
+                    seen.add(alert["alert_id"])
+                    report["alerts"] += 1
+                    if max_alerts is not None and report["alerts"] >= max_alerts:
+                        _commit_through(consumer, tp, m.offset)
+                        report["stopped"] = "max_alerts"
+                        return report
+            if publisher is not None:
+                publisher.flush(30)   # dead letters acknowledged before their offsets are committed
+            consumer.commit()
+    finally:
+        if publisher is not None:
+            publisher.close()
+        seen.save()
+        consumer.close(autocommit=False)
+        report["seconds"] = round(time.monotonic() - t0, 2)
+    return report
+
+
+def _commit_through(consumer, tp, offset: int) -> None:
+    """Commit ``tp`` up to and including ``offset`` (and every other partition at its position)."""
+    from kafka import OffsetAndMetadata
+
+    consumer.commit({tp: OffsetAndMetadata(offset + 1, None, -1)})
+
+
+def alert_line(alert: dict[str, Any]) -> str:
+    """An alert as one JSON line (keys in contract order)."""
+    return json.dumps(alert, ensure_ascii=False, separators=(",", ":"))
