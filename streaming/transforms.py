@@ -450,16 +450,23 @@ def _ns(series: pd.Series) -> list[int]:
 WINDOW_KEY = ["store_id", "product_id"]
 
 
+#: shortest span a trailing rate is divided by, hours (or T when shorter): a series first seen minutes ago is
+#: not extrapolated from one window (its first 5-minute window of 12 units read 144 units/h, and a restock alert
+#: on it asked for 10,372 units against a reorder point of 2, in the demo of 2026-12-06)
+VELOCITY_MIN_SPAN_HOURS = 1.0
+
+
 def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: float,
                       velocity_hours: float) -> pd.Series:
     """Trailing sales rate, units/hour, of every row of ``frame`` (one row per key x window; vectorised).
 
     For a row of ``key`` with window end ``e``: the units sold in that key's windows ending in
     ``(e - T, e]`` (the windows inside the T hours up to ``e``, the row's own included; a window without a row
-    sold nothing) divided by the covered span ``min(T, e - first)`` hours, ``first`` being the key's earliest
-    ``window_start`` in ``frame``. So a series first seen minutes ago is not diluted over T hours, and a steady
-    rate reads the same whatever the window length (1 unit/h is 1.0, not 12 in the window of the sale and 0 in
-    the 11 others).
+    sold nothing) divided by the covered span ``min(T, max(e - first, min(T, VELOCITY_MIN_SPAN_HOURS)))`` hours,
+    ``first`` being the key's earliest ``window_start`` in ``frame``. So a series first seen a few hours ago is
+    not diluted over T hours, one first seen minutes ago is not extrapolated from one window
+    (:data:`VELOCITY_MIN_SPAN_HOURS`), and a steady rate reads the same whatever the window length (1 unit/h is
+    1.0, not 12 in the window of the sale and 0 in the 11 others).
 
     Args:
         frame: ``key`` columns, ``window_start`` (UTC timestamps), ``units_sold``; rows of several keys, any order.
@@ -493,7 +500,8 @@ def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: 
     before = pd.merge_asof(q, f[[*key, "_end", "_cum"]].sort_values("_end", kind="mergesort"), on="_end", by=key,
                            direction="backward", allow_exact_matches=True)
     f["_before"] = before.set_index("_i")["_cum"].reindex(f["_i"]).fillna(0.0).to_numpy()
-    span_h = (f["_end"].to_numpy() - first).clip(max=t_ns) / hour_ns
+    min_ns = min(t_ns, round(VELOCITY_MIN_SPAN_HOURS * hour_ns))
+    span_h = (f["_end"].to_numpy() - first).clip(min=min_ns, max=t_ns) / hour_ns
     f["_v"] = (f["_cum"] - f["_before"]).clip(lower=0.0) / span_h
     return pd.Series(f.set_index("_i")["_v"].reindex(range(len(frame))).to_numpy(), index=frame.index)
 

@@ -423,9 +423,9 @@ def test_a_late_stock_update_reaches_the_later_windows_that_carried_the_old_stoc
     got = stock("P001")
     hours = 5 / 60
     # the velocity is the trailing rate since the SKU's first window W0 (0 + 2 units over 2 windows, 0 + 2 + 4
-    # over 3); the stock is W0's new count
+    # over 3), divided by at least 1 h (VELOCITY_MIN_SPAN_HOURS); the stock is W0's new count
     for w, units in ((1, 2), (2, 6)):
-        cover = hours_of_cover(3, units / ((w + 1) * hours))
+        cover = hours_of_cover(3, units / max((w + 1) * hours, 1.0))
         assert got[w][0] == 3 and got[w][1] == pytest.approx(cover)
         assert got[w][2] == stockout_risk(3, cover, s.risk_high_hours, s.risk_medium_hours)
     assert got[0][0] == 3 and got[3][0] == 3   # W3 (new in the batch) carries the new count through W1, W2

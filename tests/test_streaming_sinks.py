@@ -152,7 +152,7 @@ def fresh_sinks(native_stack):
 def test_two_stock_counts_in_one_batch_reach_the_stored_windows_between_them(fresh_sinks):
     """Stored: a count of 10,000 at 10:00, sales-only windows 10:05..10:15. Then one micro-batch with a late count
     of 3 for 10:05 and a new count of 50 at 10:20: the stored 10:10 and 10:15, between the two counts, carry 3
-    (cover 0.25 h, HIGH); before, only the windows after the batch's latest count were looked up (they kept
+    (cover 1.0 and 0.75 h, HIGH); before, only the windows after the batch's latest count were looked up (they kept
     10,000, LOW)."""
     sinks, client, db = fresh_sinks
     sinks._windows_writes(_spark_frame([_window(0, 1, 10_000, 10), _window(5, 1), _window(10, 1), _window(15, 1)]),
@@ -162,7 +162,8 @@ def test_two_stock_counts_in_one_batch_reach_the_stored_windows_between_them(fre
                           f"stockout_risk FROM {db}.sales_metrics_5m FINAL ORDER BY window_start")
     assert got["w"].tolist() == ["10:00", "10:05", "10:10", "10:15", "10:20"]
     assert got["stock_level"].tolist() == [10_000, 3, 3, 3, 50]
-    assert got["hours_of_cover"].round(3).tolist()[1:4] == [0.25, 0.25, 0.25]   # 3 units at 12 units/h
+    # 3 units at the trailing rate since 10:00 over the 1 h floor (VELOCITY_MIN_SPAN_HOURS): 2, 3, 4 units/h
+    assert got["hours_of_cover"].round(3).tolist()[1:4] == [1.5, 1.0, 0.75]
     assert got["stockout_risk"].tolist()[1:4] == ["HIGH", "HIGH", "HIGH"]
     high = client.query_df(f"SELECT formatDateTime(window_start, '%H:%i') AS w, skus_high_risk FROM "
                            f"{db}.store_metrics_5m FINAL ORDER BY window_start")

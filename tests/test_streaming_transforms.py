@@ -172,14 +172,15 @@ def test_enrich_windows_carry_forward_velocity_cover_and_zscore():
     r = out.set_index(["store_id", "window_start"])
     a = r.loc[("S1", pd.Timestamp("2026-01-15 10:15", tz="UTC"))]
     assert a["stock_level"] == 100 and a["reorder_point"] == 10         # carried forward from history
-    # trailing rate: 2 + 4 + 6 + 8 units in the 20 minutes since the key's first window (not 8 x 12 = 96)
-    assert a["sales_velocity"] == pytest.approx(60.0)
-    assert a["hours_of_cover"] == pytest.approx(100 / 60)
+    # trailing rate: 2 + 4 + 6 + 8 units since the key's first window 20 minutes ago, over at least
+    # VELOCITY_MIN_SPAN_HOURS = 1 h (not 8 x 12 = 96, nor 20 units over 20 minutes = 60)
+    assert a["sales_velocity"] == pytest.approx(20.0)
+    assert a["hours_of_cover"] == pytest.approx(100 / 20)
     assert a["stockout_risk"] == "HIGH"
     assert a["anomaly_score"] == TR.zscore(8, [2, 4, 6])
     b = r.loc[("S1", pd.Timestamp("2026-01-15 10:20", tz="UTC"))]
     assert b["stock_level"] == 6 and b["anomaly_score"] == TR.zscore(12, [2, 4, 6, 8])
-    assert b["sales_velocity"] == pytest.approx(32 / (25 / 60))
+    assert b["sales_velocity"] == pytest.approx(32 / 1.0)
     c = r.loc[("S2", pd.Timestamp("2026-01-15 10:00", tz="UTC"))]
     assert pd.isna(c["stock_level"]) and c["stockout_risk"] == "UNKNOWN" and c["anomaly_score"] == 0.0
     assert len(out) == 3                                                # history rows are not returned
@@ -198,15 +199,16 @@ def test_store_windows():
     sku["stockout_risk"] = ["HIGH", "LOW", "HIGH"]
     out = TR.store_windows(sku, None, window_len_hours=1 / 12).set_index("window_start")
     first = out.loc[pd.Timestamp("2026-01-15 10:00", tz="UTC")]
-    assert (first["units_sold"], first["sku_count"], first["skus_high_risk"], first["sales_velocity"]) == (8, 2, 1, 96.0)
-    # the store's units of its first 10 minutes: 8 + 1 over 1/6 h
-    assert out.loc[pd.Timestamp("2026-01-15 10:05", tz="UTC"), "sales_velocity"] == pytest.approx(54.0)
+    assert (first["units_sold"], first["sku_count"], first["skus_high_risk"], first["sales_velocity"]) == (8, 2, 1, 8.0)
+    # the store's units of its first 10 minutes: 8 + 1, over the 1 h floor (VELOCITY_MIN_SPAN_HOURS), not 1/6 h
+    assert out.loc[pd.Timestamp("2026-01-15 10:05", tz="UTC"), "sales_velocity"] == pytest.approx(9.0)
 
 
 def _grid_rate(rows: pd.DataFrame, key: list[str], hours: float) -> pd.Series:
     """Oracle of the trailing rate: per key, a complete 5-minute grid from its first window to its last (missing
-    windows sold 0), a plain rolling sum over the last hours x 12 grid windows, divided by min(hours, the hours
-    from the key's first window start to the window's end). Indexed by key + window_start."""
+    windows sold 0), a plain rolling sum over the last hours x 12 grid windows, divided by the hours from the key's
+    first window start to the window's end, at least min(hours, 1) and at most hours. Indexed by key +
+    window_start."""
     n = round(hours * 12)
     out = []
     for k, g in rows.groupby(key):
@@ -214,7 +216,8 @@ def _grid_rate(rows: pd.DataFrame, key: list[str], hours: float) -> pd.Series:
         grid = pd.date_range(s.index.min(), s.index.max(), freq="5min")
         s = s.reindex(grid, fill_value=0).astype(float)
         elapsed_h = (grid - grid[0] + pd.Timedelta(minutes=5)) / pd.Timedelta(hours=1)
-        rate = s.rolling(n, min_periods=1).sum() / pd.Series(elapsed_h, index=grid).clip(upper=hours)
+        rate = s.rolling(n, min_periods=1).sum() / pd.Series(elapsed_h, index=grid).clip(lower=min(hours, 1.0),
+                                                                                       upper=hours)
         k = k if isinstance(k, tuple) else (k,)
         out.append(pd.DataFrame({**{c: v for c, v in zip(key, k)}, "window_start": grid, "rate": rate.to_numpy()}))
     return pd.concat(out).set_index([*key, "window_start"])["rate"]
