@@ -112,7 +112,7 @@ def test_a_stream_started_during_outages_waits_and_comes_up(native_services, tmp
     """The supervised streaming program (ops.local's supervisord configuration) starts while ClickHouse and Kafka
     cannot be reached: its start-up waits for them (logged), the supervisor never gives up on it (the old job exited
     within ~14 s, inside startsecs, and was FATAL ~1 min into the outage, for good). ClickHouse comes back after
-    OUTAGE_S, Kafka 30 s later; then the stream runs and 50 sales sent afterwards all reach the windows."""
+    OUTAGE_S, Kafka once the job waits for it; then the stream runs and 50 sales sent afterwards all reach the windows."""
     from kafka import KafkaProducer
 
     from contracts import EVENT_TYPES
@@ -159,7 +159,11 @@ def test_a_stream_started_during_outages_waits_and_comes_up(native_services, tmp
         # one process waits through the outage (the old job exited within ~14 s and was restarted, then FATAL)
         assert [st for _, st in states] == ["STARTING", "RUNNING"], states
         ch_gate.open()
-        follow(30)
+        # Kafka opens once the job waits for it (after the migrations, which take a while under load: a fixed
+        # 30 s let the job reach Kafka after its gate had opened, with no wait to log)
+        waits_for_kafka = f"start-up: waiting for Kafka at localhost:{kafka_gate.port}"
+        assert follow(240, lambda: log_path.exists() and waits_for_kafka in log_path.read_text(errors="replace")), \
+            f"the job did not wait for Kafka within 240 s of ClickHouse opening: {states}"
         kafka_gate.open()
         assert follow(300, lambda: stream_healthy(s)), f"stream not healthy 300 s after the outages: {states}"
         assert "FATAL" not in {st for _, st in states}, states
