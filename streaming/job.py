@@ -255,7 +255,7 @@ def _where(url: str) -> str:
     return f"{u.scheme}://{u.hostname}:{u.port}" if u.hostname else url
 
 
-def wait_for_services(settings: Settings, log_every_s: float = 0.0) -> dict[str, float]:
+def wait_for_services(settings: Settings) -> dict[str, float]:
     """The streaming job's start-up set-up, each step retried while its service cannot be reached: ClickHouse
     migrations (:func:`core.clickhouse.migrate`), the Kafka topics (:func:`core.kafka_admin.ensure_topics`, when
     the producers package is installed) and a look at the lake's raw bucket.
