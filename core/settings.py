@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     lake_region: str = Field(default="us-east-1", description="S3 region name for the lake.")
     lake_raw_bucket: str = Field(default="raw-data", description="Bucket of raw events.")
     lake_models_bucket: str = Field(default="models", description="Bucket of trained models.")
-    lake_features_bucket: str = Field(default="features", description="Bucket of feature sets and reference data.")
+    lake_features_bucket: str = Field(default="features", description="Bucket of feature tables and the ETL/ML staging files (reference data: the raw bucket, reference/).")
 
     # ---- native MinIO server ------------------------------------------------------------------
     minio_version: str = Field(default="v0.0.0-20260212201848-7aac2a2c5b7c",
@@ -532,3 +532,18 @@ def get_settings() -> Settings:
             loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
             msgs.append(f"{loc.upper()}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(msgs)) from None
+
+
+def config_table_markdown() -> str:
+    """The README's configuration table: one Markdown row per environment variable of :class:`Settings`.
+
+    Returns:
+        Markdown table text (header, separator, then ``| `NAME` | default | description |`` rows in declaration
+        order, no trailing newline); a default built by a factory or ``None`` reads ``(derived)``.
+    """
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = None if field.default_factory is not None else field.default
+        default = "(derived)" if default is None else f"`{default}`"
+        rows.append(f"| `{name.upper()}` | {default} | {field.description or ''} |")
+    return "\n".join(rows)

@@ -70,14 +70,9 @@ def migrate() -> None:
 @app.command("config-table")
 def config_table() -> None:
     """Print the README's configuration table (every environment variable of the settings module)."""
-    from core.settings import Settings
+    from core.settings import config_table_markdown
 
-    typer.echo("| variable | default | meaning |\n|---|---|---|")
-    for name, field in Settings.model_fields.items():
-        default = None if field.default_factory is not None else field.default
-        default = "(derived)" if default is None else f"`{default}`"
-        typer.echo(f"| `{name.upper()}` | {default} | {field.description or ''} |")
-
+    typer.echo(config_table_markdown())
 
 if __name__ == "__main__":
     app()

@@ -116,6 +116,8 @@ class Role:
     argv: tuple[str, ...]
     description: str
     groups: tuple[str, ...] = ()
+    #: single Settings fields (lower case) the role reads outside its groups, e.g. the producers' future bound
+    settings: tuple[str, ...] = ()
     extra_env: tuple[str, ...] = ()
     long_running: bool = True
     runner: Callable[[list[str]], int] | None = field(default=None, compare=False)
@@ -179,16 +181,20 @@ AIRFLOW = "{airflow}"
 
 ROLES: dict[str, Role] = {r.name: r for r in (
     Role("producer", (PY, "-m", "producers.cli"), "POS event producers (synthetic simulator or UCI replay)",
-         groups=("kafka", "lake")),
+         groups=("paths", "kafka", "lake"),   # paths: the alerts reader's seen ids under RETAIL_STATE_DIR
+         # the producers dead-letter events dated beyond the stream's future bound (validated below the watermark)
+         settings=("stream_max_future_minutes", "stream_watermark")),
     Role("topics", (PY, "-m", "producers.cli", "topics"), "create the platform's topics idempotently",
          groups=("kafka",), long_running=False),
     Role("stream", (PY, "-m", "streaming.job", "run"), "Spark Structured Streaming driver",
          groups=("paths", "kafka", "clickhouse", "lake", "spark", "streaming"),
+         settings=("lead_time_days",),   # a restock alert's recommended quantity covers the lead time
          extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")),
     Role("migrate", (PY, "-m", "ops.cli", "migrate"), "apply ClickHouse migrations (idempotent)",
          groups=("clickhouse",), long_running=False),
     Role("load-test", (PY, "-m", "ops.bench_stream", "load"), "fixed-rate load test writing a JSON report",
          groups=("paths", "kafka", "clickhouse", "lake", "spark", "streaming"),
+         settings=("lead_time_days",),
          extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"), long_running=False),
     Role("dashboard", (PY, "-m", "dashboard"), "live browser dashboard (Streamlit) reading ClickHouse as bi_reader",
          groups=("clickhouse", "dashboard"), extra_env=("CLICKHOUSE_BI_PASSWORD",)),
@@ -214,7 +220,7 @@ def required_env(role: str) -> list[str]:
         KeyError: unknown role.
     """
     r = ROLES[role]
-    names = [f.upper() for g in r.groups for f in settings_group(g)]
+    names = [f.upper() for g in r.groups for f in settings_group(g)] + [f.upper() for f in r.settings]
     return list(dict.fromkeys(names + list(r.extra_env)))
 
 

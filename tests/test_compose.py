@@ -480,3 +480,63 @@ def test_compose_has_no_unused_airflow_connection_or_stream_ui_port(compose):
 
     assert Settings.model_fields["minio_version"].default in compose["services"]["minio"]["image"]
     assert compose["services"]["minio"]["build"]["args"]["MINIO_VERSION"].endswith(Settings.model_fields["minio_version"].default + "}")
+
+
+# Which code each role runs: its entry module and the packages whose modules it may import (other ops modules
+# are native-stack tooling a container role never calls).
+_ROLE_CODE = {
+    "producer": ("producers.cli", ("producers", "contracts", "core")),
+    "stream": ("streaming.job", ("streaming", "contracts", "core")),
+    "load-test": ("ops.bench_stream", ("streaming", "producers", "contracts", "core")),
+    "dashboard": ("dashboard.__main__", ("dashboard", "core")),
+}
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for cand in (base / "__init__.py", base.with_suffix(".py")):
+        if cand.exists():
+            return cand
+    return None
+
+
+def _settings_read_by(entry: str, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Settings fields read as attributes (``s.lead_time_days``) anywhere in ``entry``'s import closure
+    within ``packages``: {field: {module, ...}}. Static (ast), so it over-approximates a role's needs."""
+    import ast
+
+    fields = set(Settings.model_fields)
+    seen: set[str] = set()
+    todo = [entry]
+    out: dict[str, set[str]] = {}
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        path = _module_file(mod)
+        if path is None:
+            continue
+        seen.add(mod)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] in packages]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] in packages:
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Attribute) and node.attr in fields and mod != "core.settings":
+                out.setdefault(node.attr, set()).add(mod)   # (the settings' own cross-field validators aside)
+    assert entry in seen, f"entry module {entry} not found"
+    return out
+
+
+@pytest.mark.parametrize("role", sorted(_ROLE_CODE))
+def test_each_role_receives_every_setting_its_code_reads(role):
+    """A setting read by a role's code but not passed to its container silently takes the native default
+    (e.g. LEAD_TIME_DAYS set in .env changed the nightly plan but not the stream's restock alerts)."""
+    entry, packages = _ROLE_CODE[role]
+    read = _settings_read_by(entry, packages)
+    assert read, f"no settings read by {entry}: the scan found nothing"
+    passed = set(entrypoint.required_env(role))
+    missing = {f: sorted(m) for f, m in read.items()
+               if f.upper() not in passed and f not in entrypoint.NATIVE_ONLY}
+    assert not missing, f"role {role} reads settings its containers do not receive: {missing}"

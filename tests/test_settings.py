@@ -297,6 +297,17 @@ def test_readme_documents_every_setting():
     assert not missing, f"README lacks configuration rows for {missing}: run python -m ops.cli config-table"
 
 
+def test_readme_configuration_table_is_the_generated_one():
+    """The README says `python -m ops.cli config-table` prints its table: defaults, order and meanings agree
+    (until 2026-12-06 two rows were out of order and two meanings had drifted from the code)."""
+    from core.settings import REPO_ROOT, config_table_markdown
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = config_table_markdown()
+    assert table.count("\n") == len(Settings.model_fields) + 1
+    assert table in readme, "README's configuration table differs from the code: paste python -m ops.cli config-table"
+
+
 def test_readme_and_ci_run_the_same_test_command():
     from core.settings import REPO_ROOT
 
