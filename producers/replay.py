@@ -61,9 +61,11 @@ other invoice, quantity > 0                            sale (price 0 allowed: fr
 =====================================================  ======================================================
 
 Simulated stock, consistent with the replayed sales (per store x SKU):
-average daily demand ``d`` = units sold in the replayed slice / its span in days (>= 1);
-reorder point ``ROP = ceil(d * (lead + safety days)) + 1`` (lead = ``restock_lead_hours``, safety 2 days),
-capacity ``max(3 * ROP, ceil(14 * d), largest sale line of the pair in the slice, 10)``. At the first row of a store x SKU an ``OPENING`` stock of
+average daily demand ``d`` = net units sold in the replayed slice (sales less returns, at least 0) / its span in
+days (>= 1); reorder point ``ROP = ceil(d * (lead + safety days)) + 1`` (lead = ``restock_lead_hours``, safety 2
+days), capacity ``max(3 * ROP, ceil(14 * d), min(largest sale line of the pair in the slice, net units sold), 10)``
+(until 2026-12-06 gross units sold and the largest line even when it was cancelled: on the whole log 24,897 store x
+SKU opened with 1,755,064 units, UCI-GB 23166 with 74,215, 100 years of its net demand). At the first row of a store x SKU an ``OPENING`` stock of
 capacity units is emitted. A sale lowers stock (``SALE``); when stock falls below ROP one replenishment
 order is placed and arrives ``restock_lead_hours`` later (event time) as a ``RESTOCK`` up to capacity.
 A sale larger than the stock on hand is real and is kept: an expedited ``RESTOCK`` just before it raises
@@ -686,13 +688,18 @@ class Replay:
         self.store_ids = stores.to_numpy()
         self.codes = product_ids(df["stock_code"]).to_numpy()
 
-        # per store x SKU sizing from average daily demand over the slice
+        # per store x SKU sizing from average daily net demand over the slice: units sold less units returned
+        # (a cancelled order is no demand: on the whole log UCI-GB 23166's 74,215-unit order, cancelled 16 min
+        # later, sized its stock at 74,215 units, 100 years of its net demand), at least 0 (returns of earlier sales)
         span_days = max(1.0, (valid_ts.max() - valid_ts.min()) / 86_400_000) if len(valid_ts) else 1.0
+        kind_u, qty_u = self.kind[use], self.qty[use]
         sales = pd.DataFrame({"store": self.store_ids[use], "sku": self.codes[use],
-                              "units": np.where(self.kind[use] == "sale", self.qty[use], 0)})
-        grp = sales.groupby(["store", "sku"], sort=False)["units"]
-        demand = grp.sum() / span_days
-        largest = grp.max().to_numpy()
+                              "units": np.where(kind_u == "sale", qty_u, 0),
+                              "net": np.where((kind_u == "sale") | (kind_u == "return"), qty_u, 0)})
+        grp = sales.groupby(["store", "sku"], sort=False)
+        net = grp["net"].sum().clip(lower=0)
+        demand = net / span_days
+        largest = np.minimum(grp["units"].max().to_numpy(), net.to_numpy())   # a line larger: expedited restock
         lead_days = cfg.restock_lead_hours / 24
         rop = np.ceil(demand.to_numpy() * (lead_days + SAFETY_DAYS)).astype(np.int64) + 1
         cap = np.maximum.reduce([3 * rop, np.ceil(14 * demand.to_numpy()).astype(np.int64), largest,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
@@ -963,3 +964,34 @@ def test_a_bad_first_line_a_stray_quote_tabs_and_the_date_format_of_the_whole_fi
     assert days == [1, 5]   # 1 and 5 December, as the whole file reads, not 12 January and 12 May
     frac = load_transactions(_write(tmp_path / "frac.csv", HEADER + line(536380, "X", "2010-12-01 08:26:00.000")))
     assert frac.attrs["invoice_ts_format"] == "%Y-%m-%d %H:%M:%S.%f"
+
+
+def test_stock_is_sized_from_net_demand_and_never_negative():
+    """A 5,000-unit order cancelled 16 minutes later (as UCI-GB 23166's 74,215 units in the log) is no demand:
+    the stock of the store x SKU is sized from its net units (sales less returns). Before 2026-12-06 it was sized
+    from gross units and the largest sale line: capacity 5,000 (opening stock 5,000 units for 300 units of net
+    demand in 30 days; on the whole log 23166 opened with 74,215 units, 100 years of its net demand). The
+    cancelled order is still replayed (an expedited restock before it), and stock is never negative."""
+    end = datetime(2026, 12, 5, 12, tzinfo=timezone.utc)
+    rows = [f"5400{d:02d},1,23166,MEDIUM CERAMIC TOP STORAGE JAR,10,1.04,2011-01-{d:02d} 10:00:00,13047,"
+            "United Kingdom,x\n" for d in range(1, 31)]
+    rows.insert(17, "541431,1,23166,MEDIUM CERAMIC TOP STORAGE JAR,5000,1.04,2011-01-18 10:01:00,12346,"
+                    "United Kingdom,x\n")
+    rows.insert(18, "C541433,1,23166,MEDIUM CERAMIC TOP STORAGE JAR,-5000,1.04,2011-01-18 10:17:00,12346,"
+                    "United Kingdom,x\n")
+    rep = _replay_text(HEADER + "".join(rows), end_at=end)
+    key = ("UCI-GB", "23166")
+    # independent: net units 30 x 10 = 300 over the span 2011-01-01 10:00 .. 01-30 10:00 (29 days), lead 1 day
+    d = 300 / 29
+    rop = math.ceil(d * (1 + 2)) + 1
+    cap = max(3 * rop, math.ceil(14 * d), min(5000, 300), 10)
+    assert (rep.rop[key], rep.cap[key]) == (rop, cap) == (33, 300), (rep.rop[key], rep.cap[key])
+    events = list(rep.events())
+    inv = [r for et, r in events if et == "inventory_update"]
+    assert inv[0]["reason"] == "OPENING" and inv[0]["quantity_change"] == cap
+    level = 0
+    for r in inv:   # every update consistent with the one before, and stock never below 0
+        level += r["quantity_change"]
+        assert r["new_quantity"] == level >= 0, r
+    assert rep.stats.expedited_restocks == 1   # the 5,000-unit line, after the stock on hand
+    assert sum(r["quantity"] for et, r in events if et == "sales_transaction") == 300
