@@ -72,7 +72,9 @@ SKU opened with 1,755,064 units, UCI-GB 23166 with 74,215, 100 years of its net 
 capacity units is emitted. A sale lowers stock (``SALE``); when stock falls below ROP one replenishment
 order is placed and arrives ``restock_lead_hours`` later (event time) as a ``RESTOCK`` up to capacity.
 A sale larger than the stock on hand is real and is kept: an expedited ``RESTOCK`` just before it raises
-stock to ``max(capacity, q)`` (counted as ``expedited_restocks``), so stock is never negative.
+stock to ``max(capacity, q)`` (counted as ``expedited_restocks``), so stock is never negative; a return or found
+stock that would lift it above ``contracts.STOCK_MAX`` is preceded by an ``ADJUSTMENT`` down to the room it needs
+(``stock_max_adjustments``), so stock never leaves the contract's range.
 
 Simulated extra events: a ``customer_event`` STORE_VISIT per sale invoice with a customer id, and a
 ``price_change`` (reason ``OBSERVED``) whenever a store x SKU sells at a list price (the price of
@@ -539,6 +541,7 @@ class ReplayStats:
     inventory_reasons: Counter = field(default_factory=Counter)
     expedited_restocks: int = 0
     capped_writeoffs: int = 0
+    stock_max_adjustments: int = 0
     time_shift_ms: int = 0
     out_of_order_rows: int = 0
     quarantine_codes: Counter = field(default_factory=Counter)
@@ -551,7 +554,9 @@ class ReplayStats:
         code), ``skipped_total`` (their sum), ``events`` (records generated per event type, before any contract
         check or send), ``inventory_reasons`` (inventory updates per reason: OPENING, SALE, RETURN, RESTOCK,
         WASTE, ADJUSTMENT), ``expedited_restocks`` (sales larger than the stock on hand, preceded by an
-        immediate RESTOCK), ``capped_writeoffs`` (write-offs cut to the stock on hand), ``time_shift_ms`` (ms
+        immediate RESTOCK), ``capped_writeoffs`` (write-offs cut to the stock on hand), ``stock_max_adjustments``
+        (returns or found stock that would lift stock above ``contracts.STOCK_MAX``, preceded by an ``ADJUSTMENT``
+        down to the room they need), ``time_shift_ms`` (ms
         added to every source time, 0 with ``keep_dates``), ``out_of_order_rows`` (replayed rows earlier than a row
         before them in the file: the replay sorts them into time order), ``quarantined`` / ``quarantine_codes``
         (malformed lines and truncated rows of :attr:`Replay.quarantine`, per code: ``MALFORMED_LINE``,
@@ -562,6 +567,7 @@ class ReplayStats:
                 "skipped_total": int(sum(self.skipped.values())), "events": dict(self.events),
                 "inventory_reasons": dict(self.inventory_reasons),
                 "expedited_restocks": self.expedited_restocks, "capped_writeoffs": self.capped_writeoffs,
+                "stock_max_adjustments": self.stock_max_adjustments,
                 "time_shift_ms": self.time_shift_ms, "out_of_order_rows": self.out_of_order_rows,
                 "quarantined": int(sum(self.quarantine_codes.values())),
                 "quarantine_codes": dict(self.quarantine_codes)}
@@ -878,6 +884,16 @@ class Replay:
             n_restock[key] += 1
             return inv(key, level - stock[key], "RESTOCK", ts, f"RST-{key[0]}-{key[1]}-{n_restock[key]}")
 
+        def make_room(key, add: int, ts: int, tid: str):
+            """An ADJUSTMENT down to STOCK_MAX - add when adding ``add`` units would lift stock above the contract's
+            bound (returns piling up: before 2026-12-06 120 returns of 100,000 units gave 21 inventory updates above
+            STOCK_MAX, dead-lettered while their sales lines went out); None when there is room."""
+            over = stock[key] + add - STOCK_MAX
+            if over > 0:
+                st.stock_max_adjustments += 1
+                return inv(key, -over, "ADJUSTMENT", ts, f"{tid}-MAX")
+            return None
+
         def maybe_order(key, ts: int):
             nonlocal seq
             if stock[key] < self.rop.get(key, 2) and key not in pending:
@@ -919,6 +935,9 @@ class Replay:
                             "price_change_id": f"OBS-{tid}", "store_id": key[0], "product_id": key[1],
                             "old_price": old, "new_price": price, "reason": "OBSERVED", "timestamp": ts})
                     last_price[key] = price
+                room = make_room(key, -q, ts, tid) if kind == "return" else None
+                if room is not None:
+                    yield room
                 if kind == "sale" and q > stock[key]:
                     st.expedited_restocks += 1
                     yield restock_to(key, max(self.cap.get(key, 10), q), ts)
@@ -935,6 +954,9 @@ class Replay:
                     reason = "WASTE" if WASTE_NOTE.search(desc_col[i] or "") else "ADJUSTMENT"
                     yield inv(key, change, reason, ts, f"{tid}-INV")
             elif kind == "found":
+                room = make_room(key, q, ts, tid)
+                if room is not None:
+                    yield room
                 yield inv(key, q, "ADJUSTMENT", ts, f"{tid}-INV")
             maybe_order(key, ts)
 

@@ -1094,3 +1094,35 @@ def test_the_date_format_is_warned_once_and_missing_fields_computed_once(tmp_pat
     rep = Replay(df, ReplayConfig(keep_dates=True))
     assert calls == [12]
     assert sum(1 for et, _ in rep.events() if et == "sales_transaction") == 12   # and every line replayed
+
+
+def test_returns_piling_up_keep_stock_within_the_contract():
+    """120 returns of 100,000 units (each line within QUANTITY_MAX) of one store x SKU: before 2026-12-06 stock
+    climbed to 12,000,010 and 21 inventory updates broke the contract (new_quantity > STOCK_MAX 10,000,000), so they
+    would be dead-lettered while their return lines went out. Now an ADJUSTMENT down to the room each return needs
+    comes first: every event valid, stock consistent and at most STOCK_MAX, every return line replayed."""
+    from contracts import QUANTITY_MAX
+
+    end = datetime(2026, 12, 5, 12, tzinfo=timezone.utc)
+    rows = [f"C5380{i:03d},1,22423,REGENCY CAKESTAND 3 TIER,-{QUANTITY_MAX},1.0,2010-11-{1 + i // 10:02d} 12:{i % 10:02d}:00,"
+            "13047,United Kingdom,x\n" for i in range(120)]
+    rep = _replay_text(HEADER + "".join(rows), end_at=end)
+    events = list(rep.events())
+    for et, r in events:
+        validate_event(et, r)
+        assert not rule_violations(et, r), (et, r)
+    # independent: opening stock 10 (no sales: capacity floor), +100,000 per return, capped at STOCK_MAX
+    level, adjustments = 10, 0
+    for _ in rows:
+        if level + QUANTITY_MAX > STOCK_MAX:
+            adjustments += 1
+            level = STOCK_MAX - QUANTITY_MAX
+        level += QUANTITY_MAX
+    assert rep.stats.stock_max_adjustments == adjustments == 21
+    inv = [r for et, r in events if et == "inventory_update"]
+    running = 0
+    for r in inv:
+        running += r["quantity_change"]
+        assert r["new_quantity"] == running <= STOCK_MAX, r
+    assert running == level == STOCK_MAX
+    assert sum(1 for et, r in events if et == "sales_transaction" and r["quantity"] == -QUANTITY_MAX) == 120
