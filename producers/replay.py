@@ -44,6 +44,7 @@ BANK CHARGES, AMAZONFEE, CRUK, PADS, ADJUST*, TEST*,
 gift_0001_*, DCGS*, or any code that is not 5 digits
 plus an optional letter suffix, e.g. SP1002, GIFT)
 quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`` / ``NEGATIVE_PRICE`` / ``UNPARSEABLE``
+                                                       (a product line's quarantined, naming the value)
 quantity or price beyond the contracts' bounds         skipped: ``QUANTITY_OUT_OF_RANGE`` / ``PRICE_OUT_OF_RANGE``
 invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case)
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
@@ -644,6 +645,22 @@ def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[n
     return kind, key
 
 
+def unparseable_reason(row: pd.Series) -> str:
+    """Why :func:`classify_rows` found a row ``UNPARSEABLE``: its quantity or line number not a whole number, its
+    price not a number, naming each value (e.g. ``"unit_price '£2.55' is not a number"``)."""
+    out = []
+    for col, whole in (("quantity", True), ("unit_price", False), ("line_no", True)):
+        raw = str(row.get(col, ""))
+        v = pd.to_numeric(pd.Series([raw]), errors="coerce").iloc[0]
+        if col == "line_no":
+            ok = bool(re.fullmatch(r"[0-9]+", raw.strip()))
+        else:
+            ok = not (pd.isna(v) or (whole and math.isfinite(v) and v != round(v)))
+        if not ok:
+            out.append(f"{col} {raw!r} is not {'a whole number' if whole else 'a number'}")
+    return "; ".join(out) or "a number does not parse"
+
+
 #: the columns a replayed row cannot do without (description and customer_id may be empty)
 REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
 
@@ -737,6 +754,10 @@ class Replay:
         complete = (missing == "").to_numpy()
         for i in np.flatnonzero(~complete):   # truncated lines: quarantined, naming the fields
             quarantine(i, self.skip_key[i], f"missing field(s): {missing.iloc[i].replace(',', ', ')}")
+        # a product line whose quantity, price or line number is not a number ("1,234.50", "£2.55", "5.5" units):
+        # quarantined naming the values (before 2026-12-06 only counted UNPARSEABLE, the line lost)
+        for i in np.flatnonzero(self.skip_key == "UNPARSEABLE"):
+            quarantine(i, "UNPARSEABLE", unparseable_reason(df.iloc[i]))
         # a product line whose invoice_ts is malformed ("2011-13-45", "12/1/201O") or a typo far from the file's
         # other dates ("2101-11-11": it moved every sale back 75 years) is quarantined, not replayed: it moves
         # neither the clock, the order nor the sizing of the others (before 2026-12-06 a malformed one was only
