@@ -702,22 +702,25 @@ def jsonl(
     def run(sigs: StopSignals) -> dict[str, Any]:
         from core.kafka import EventPublisher
         from core.kafka_admin import ensure_topics
-        from producers.raw import publish_file
+        from producers.raw import publish_lines
 
         sigs.phase = "creating topics"
         s = get_settings()
         topics = ensure_topics(s)   # as the other commands: the broker may not create topics (auto-create is off)
         sigs.interrupt = False      # from here a signal stops the loop over the lines (before the first one)
-        with EventPublisher(s, client_id="retail-jsonl") as pub:
-            counts = publish_file(pub, event_type, path, stop=sigs.event)
+        with EventPublisher(s, client_id="retail-jsonl") as pub, open(path, "rb") as fh:
+            reader = _InterruptibleLines(fh, sigs)
+            counts = publish_lines(pub, event_type, reader, stop=sigs.event)
+            if reader.interrupted and "stopped_at_line" not in counts:   # the rest was never read (a pipe)
+                counts.update(stopped_at_line=reader.read + 1, not_sent=None)
             stopped = None
             if pub.stalled:
                 stopped = (f"kafka send blocked max_block_ms ({pub.stalled}): stopped at line "
                            f"{counts['stopped_at_line']}, {counts['not_sent']} line(s) not sent")
                 err_console.print(f"[red]{stopped}")
             elif sigs.received and "stopped_at_line" in counts:
-                stopped = (f"{sigs.received} received; stopped before line {counts['stopped_at_line']}, "
-                           f"{counts['not_sent']} line(s) not sent")
+                rest = "the rest not read" if counts["not_sent"] is None else f"{counts['not_sent']} line(s) not sent"
+                stopped = f"{sigs.received} received; stopped before line {counts['stopped_at_line']}, {rest}"
                 err_console.print(f"[yellow]{stopped}: flushing for at most {STOP_FLUSH_S:g} s")
             if stopped:
                 pub.abort(STOP_FLUSH_S)
@@ -726,6 +729,43 @@ def jsonl(
                               else None}}
 
     _finish(_run_stoppable(run))  # exits 1 when a delivery failed, 143 / 130 when a signal stopped it
+
+
+class _InterruptibleLines:
+    """The lines of a binary file for ``jsonl``, where a stop signal ends a read that waits for data (a pipe, a
+    FIFO: the read would block until the writer's next line): while a line is read, :attr:`StopSignals.interrupt` is
+    on, so the handler raises and the iteration ends (``interrupted``; ``read``: lines returned). Between reads the
+    signal only sets the event, which :func:`producers.raw.publish_lines` checks before each line."""
+
+    def __init__(self, fh, sigs: StopSignals):
+        import os
+        import stat
+
+        self.fh, self.sigs, self.read, self.interrupted = fh, sigs, 0, False
+        self.regular = stat.S_ISREG(os.fstat(fh.fileno()).st_mode)   # its rest can be counted without waiting
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        if self.sigs.event.is_set():
+            if not self.regular:   # stopped: a pipe's next line may never come; the rest is not read
+                self.interrupted = True
+                raise StopIteration
+            line = self.fh.readline()   # a file's next line is at hand; publish_lines counts the rest
+        else:
+            try:
+                self.sigs.interrupt = True
+                line = self.fh.readline()
+            except StartupStopped:
+                self.interrupted = True
+                raise StopIteration from None
+            finally:
+                self.sigs.interrupt = False
+        if not line:
+            raise StopIteration
+        self.read += 1
+        return line
 
 
 def _check_encoding(encoding: str | None) -> None:

@@ -465,17 +465,6 @@ def _fifo_has_reader(fifo) -> int | None:
         return None
 
 
-def _signal_handled(pid: int, sig) -> bool:
-    """True once ``sig`` is no longer pending for ``pid`` (/proc: its handler ran) or the process is gone."""
-    try:
-        status = open(f"/proc/{pid}/status").read()
-    except FileNotFoundError:
-        return True
-    mask = 1 << (int(sig) - 1)
-    return not any(int(line.split()[1], 16) & mask for line in status.splitlines()
-                   if line.startswith(("SigPnd:", "ShdPnd:")))
-
-
 @pytest.mark.parametrize("sig, rc", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_while_the_replay_reads_its_file_stops_with_a_report(tmp_path, sig, rc):
     """A signal during start-up (here: the replay reading its file, a FIFO with a writer and no data yet, so the
@@ -581,10 +570,15 @@ def test_sigterm_while_the_worker_processes_start_is_handled_by_them(kafka_setti
         assert _end_offsets(s, s.topic(suffix)) == pub["by_topic_delivered"].get(s.topic(suffix), 0), suffix
 
 
-def test_jsonl_stops_on_sigterm_flushes_and_reports(kafka_settings, tmp_path):
+@pytest.mark.parametrize("fifo", [True, False])
+def test_jsonl_stops_on_sigterm_flushes_and_reports(kafka_settings, tmp_path, fifo):
     """``jsonl`` reading a FIFO (a gateway's stream): 50 valid lines and a bad one are written, delivered, then
-    SIGTERM; 7 lines written after it are not sent and are counted, the delivered ones reported, exit 143.
-    Before 2026-12-06: no handler, killed at once (exit -15), no report."""
+    SIGTERM while it waits for the next line: it stops at once (line 52, the rest not read), the delivered ones
+    reported, exit 143. A regular file of 200,000 lines, SIGTERM once records arrive: the lines not sent are counted,
+    sent + dead-lettered + not sent = the file. Before 2026-12-06: no handler, killed at once (exit -15), no
+    report."""
+    if not fifo:
+        return _jsonl_file_sigterm(kafka_settings, tmp_path)
     import os
     import signal
     import uuid
@@ -610,11 +604,7 @@ def test_jsonl_stops_on_sigterm_flushes_and_reports(kafka_settings, tmp_path):
         _poll(lambda: _end_offsets(s, s.topic("sales-transactions")) == 50
               and _end_offsets(s, s.topic(DEAD_LETTER)) == 1, "the first 51 lines on their topics", proc)
         proc.send_signal(signal.SIGTERM)
-        _poll(lambda: _signal_handled(proc.pid, signal.SIGTERM), "the SIGTERM handler to run")
-        os.write(fd, b"".join(line(i) for i in range(50, 57)))
-        os.close(fd)
-        fd = None
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)   # the writer stays open: no EOF ends the read
     finally:
         if fd is not None:
             os.close(fd)
@@ -623,9 +613,9 @@ def test_jsonl_stops_on_sigterm_flushes_and_reports(kafka_settings, tmp_path):
             proc.communicate()
     assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
     report = json.loads(out)
-    assert report["lines"] == {"published": 50, "dead_lettered": 1, "stopped_at_line": 52, "not_sent": 7}, report
+    assert report["lines"] == {"published": 50, "dead_lettered": 1, "stopped_at_line": 52, "not_sent": None}, report
     pub = report["published"]
-    assert pub["signal"] == "SIGTERM" and "before line 52, 7 line(s) not sent" in pub["stopped"], pub
+    assert pub["signal"] == "SIGTERM" and "before line 52, the rest not read" in pub["stopped"], pub
     assert (pub["sent"], pub["dead_lettered"], pub["delivered"], pub["failed"], pub["pending"]) == (50, 1, 51, 0, 0)
     assert _end_offsets(s, s.topic("sales-transactions")) == 50 and _end_offsets(s, s.topic(DEAD_LETTER)) == 1
 
@@ -674,3 +664,35 @@ def test_restock_alerts_come_back_out_once_each(kafka_settings, tmp_path, monkey
     r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [json.loads(line) for line in r.stdout.splitlines()] == [alert(4)], r.stdout
+
+
+def _jsonl_file_sigterm(kafka_settings, tmp_path) -> None:
+    """The regular-file half of test_jsonl_stops_on_sigterm_flushes_and_reports."""
+    import signal
+    import uuid
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-jlfile-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    now = int(time.time() * 1000)
+    n = 200_000   # seconds of sending: the signal lands mid-file
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps({
+        "transaction_id": f"JF{i}", "store_id": "S1", "product_id": f"P{i % 7}", "quantity": 1, "unit_price": 2.5,
+        "timestamp": now, "customer_id": None, "payment_method": "CARD", "invoice_id": None}) + "\n"
+        for i in range(n)))
+    proc = _producer(kafka_settings.kafka_bootstrap_servers, prefix, "jsonl", str(path),
+                     "--event-type", "sales_transaction")
+    try:
+        _poll(lambda: _end_offsets(s, s.topic("sales-transactions")) > 0, "records on the topic", proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
+    lines, pub = json.loads(out)["lines"], json.loads(out)["published"]
+    assert lines["published"] + lines["not_sent"] == n and lines["not_sent"] > 0, lines
+    assert lines["stopped_at_line"] == lines["published"] + 1 and lines["dead_lettered"] == 0, lines
+    assert pub["failed"] == pub["pending"] == 0 and pub["delivered"] == pub["sent"] == lines["published"], pub
+    assert _end_offsets(s, s.topic("sales-transactions")) == lines["published"]
