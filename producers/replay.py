@@ -44,9 +44,10 @@ BANK CHARGES, AMAZONFEE, CRUK, PADS, ADJUST*, TEST*,
 gift_0001_*, DCGS*, or any code that is not 5 digits
 plus an optional letter suffix, e.g. SP1002, GIFT)
 quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`` / ``NEGATIVE_PRICE`` / ``UNPARSEABLE``
-                                                       (a product line's quarantined, naming the value)
 quantity or price beyond the contracts' bounds         skipped: ``QUANTITY_OUT_OF_RANGE`` / ``PRICE_OUT_OF_RANGE``
-invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case)
+invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case); a
+                                                       product line skipped for one of the five keys above but
+                                                       ``ZERO_QUANTITY`` is quarantined too, naming the value
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
 a required field empty or absent (a truncated line)    skipped, ``MISSING_<FIELD>``, and quarantined (dead-lettered)
 product line, invoice_ts not in the file's format      skipped, ``BAD_INVOICE_TS``, quarantined with its line
@@ -661,6 +662,16 @@ def unparseable_reason(row: pd.Series) -> str:
     return "; ".join(out) or "a number does not parse"
 
 
+#: skip keys of :func:`classify_rows` whose product lines :class:`Replay` quarantines: key -> reason of a row
+BAD_VALUE_REASONS = {
+    "UNPARSEABLE": unparseable_reason,
+    "NEGATIVE_PRICE": lambda r: f"unit_price {r['unit_price']!r} is negative",
+    "QUANTITY_OUT_OF_RANGE": lambda r: f"quantity {r['quantity']!r} is beyond +-{QUANTITY_MAX:,} (contracts.QUANTITY_MAX)",
+    "PRICE_OUT_OF_RANGE": lambda r: f"unit_price {r['unit_price']!r} is not finite or above {PRICE_MAX:,.0f} "
+                                    "(contracts.PRICE_MAX)",
+    "UNKNOWN_INVOICE": lambda r: f"invoice {r['invoice']!r} is not digits with an optional C / A prefix",
+}
+
 #: the columns a replayed row cannot do without (description and customer_id may be empty)
 REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
 
@@ -754,10 +765,11 @@ class Replay:
         complete = (missing == "").to_numpy()
         for i in np.flatnonzero(~complete):   # truncated lines: quarantined, naming the fields
             quarantine(i, self.skip_key[i], f"missing field(s): {missing.iloc[i].replace(',', ', ')}")
-        # a product line whose quantity, price or line number is not a number ("1,234.50", "£2.55", "5.5" units):
-        # quarantined naming the values (before 2026-12-06 only counted UNPARSEABLE, the line lost)
-        for i in np.flatnonzero(self.skip_key == "UNPARSEABLE"):
-            quarantine(i, "UNPARSEABLE", unparseable_reason(df.iloc[i]))
+        # a product line whose quantity, price or line number is not a number ("1,234.50", "£2.55", "5.5" units),
+        # whose price is negative, whose numbers the contracts cannot carry or whose invoice is no invoice number:
+        # quarantined naming the value (before 2026-12-06 only counted, the line lost)
+        for i in np.flatnonzero(pd.Series(self.skip_key, dtype=object).isin(list(BAD_VALUE_REASONS)).to_numpy()):
+            quarantine(i, self.skip_key[i], BAD_VALUE_REASONS[self.skip_key[i]](df.iloc[i]))
         # a product line whose invoice_ts is malformed ("2011-13-45", "12/1/201O") or a typo far from the file's
         # other dates ("2101-11-11": it moved every sale back 75 years) is quarantined, not replayed: it moves
         # neither the clock, the order nor the sizing of the others (before 2026-12-06 a malformed one was only

@@ -1129,15 +1129,20 @@ def test_returns_piling_up_keep_stock_within_the_contract():
 
 
 def test_a_product_line_with_a_number_that_does_not_parse_is_quarantined_with_its_line(tmp_path):
-    """A product line whose price is '1,234.50' (a thousands separator), '£2.55' or 'nan', whose quantity is 5.5 or
-    whose line number is 'x1' was only counted UNPARSEABLE: the line was lost without its line or reason. Now it is
-    quarantined (dead-lettered by run_replay) naming the value; a non-product line stays skipped for its code."""
+    """A product line whose price is '1,234.50' (a thousands separator), '£2.55', 'nan', -1.5 or inf, whose
+    quantity is 5.5 or 99,999,999, whose line number is 'x1' or whose invoice is 'X537116' was only counted
+    (UNPARSEABLE, NEGATIVE_PRICE, ...): the line was lost without its line or reason. Now it is quarantined
+    (dead-lettered by run_replay) naming the value; a non-product line stays skipped for its code."""
     rows = ['537106,1,85123A,X,5,"1,234.50",2010-11-05 11:00:00,17850,United Kingdom,x\n',
             "537107,1,85123A,X,5,£2.55,2010-11-05 11:00:00,17850,United Kingdom,x\n",
             "537108,1,85123A,X,5.5,2.55,2010-11-05 11:00:00,17850,United Kingdom,x\n",
             "537109,x1,85123A,X,5,2.55,2010-11-05 11:00:00,17850,United Kingdom,x\n",
             "537110,1,85123A,X,5,nan,2010-11-05 11:00:00,17850,United Kingdom,x\n",
             "537111,1,POST,POSTAGE,five,2.55,2010-11-05 11:00:00,17850,United Kingdom,x\n",
+            "537113,1,85123A,X,3,-1.5,2010-11-05 11:00:00,17850,United Kingdom,x\n",
+            "537114,1,85123A,X,99999999,1.5,2010-11-05 11:00:00,17850,United Kingdom,x\n",
+            "537115,1,85123A,X,5,inf,2010-11-05 11:00:00,17850,United Kingdom,x\n",
+            "X537116,1,85123A,X,5,2.55,2010-11-05 11:00:00,17850,United Kingdom,x\n",
             "537112,1,85123A,X,5,2.55,2010-11-05 11:00:00,17850,United Kingdom,x\n"]
     rep = Replay(load_transactions(_write(tmp_path / "n.csv", HEADER + "".join(rows))), ReplayConfig(keep_dates=True))
     assert [(q["line"], q["code"], q["reason"]) for q in rep.quarantine] == [
@@ -1145,8 +1150,14 @@ def test_a_product_line_with_a_number_that_does_not_parse_is_quarantined_with_it
         (3, "UNPARSEABLE", "unit_price '£2.55' is not a number"),
         (4, "UNPARSEABLE", "quantity '5.5' is not a whole number"),
         (5, "UNPARSEABLE", "line_no 'x1' is not a whole number"),
-        (6, "UNPARSEABLE", "unit_price 'nan' is not a number")]
+        (6, "UNPARSEABLE", "unit_price 'nan' is not a number"),
+        (8, "NEGATIVE_PRICE", "unit_price '-1.5' is negative"),
+        (9, "QUANTITY_OUT_OF_RANGE", "quantity '99999999' is beyond +-100,000 (contracts.QUANTITY_MAX)"),
+        (10, "PRICE_OUT_OF_RANGE", "unit_price 'inf' is not finite or above 100,000 (contracts.PRICE_MAX)"),
+        (11, "UNKNOWN_INVOICE", "invoice 'X537116' is not digits with an optional C / A prefix")]
     events = list(rep.events())
     assert [r["transaction_id"] for et, r in events if et == "sales_transaction"] == ["537112-1"]
-    assert rep.stats.skipped == {"UNPARSEABLE": 5, "POST": 1}
-    assert rep.stats.as_dict()["quarantine_codes"] == {"UNPARSEABLE": 5}
+    bad = {"UNPARSEABLE": 5, "NEGATIVE_PRICE": 1, "QUANTITY_OUT_OF_RANGE": 1, "PRICE_OUT_OF_RANGE": 1,
+           "UNKNOWN_INVOICE": 1}
+    assert rep.stats.skipped == {**bad, "POST": 1}
+    assert rep.stats.as_dict()["quarantine_codes"] == bad
