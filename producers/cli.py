@@ -18,6 +18,15 @@ more events, at most :data:`STOP_FLUSH_S` seconds of flush, the report printed, 
 
 from __future__ import annotations
 
+import signal as _signal
+
+#: signals received while ``python -m producers.cli`` loads its modules (typer, rich: ~0.5 s), before a command
+#: installs :class:`StopSignals`: kept, then reported as a start-up stop (exit 128 + the signal) at the bottom
+_EARLY_SIGNALS: list[int] = []
+if __name__ == "__main__":
+    _EARLY_OLD = {sig: _signal.signal(sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
+                  for sig in (_signal.SIGTERM, _signal.SIGINT)}
+
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -47,18 +56,45 @@ STOP_FLUSH_S = 5.0
 SIGNAL_EXIT_BASE = 128
 
 
+class StartupStopped(BaseException):
+    """Raised by :class:`StopSignals` in start-up mode (``interrupt``): a signal came before publishing began.
+    A BaseException (as KeyboardInterrupt), so no ``except Exception`` of a library on the way swallows it.
+    ``signal``: its name; ``phase``: what the start-up was doing."""
+
+    def __init__(self, signal_name: str, phase: str | None):
+        super().__init__(f"{signal_name} received during start-up ({phase or 'starting'})")
+        self.signal, self.phase = signal_name, phase
+
+    def report(self) -> dict[str, Any]:
+        """The delivery report of a run stopped before it published anything: every counter 0, ``stopped`` says
+        so and names the phase, ``signal`` the signal (the CLI exits 128 + its number)."""
+        return {"events": 0, "sent": 0, "dead_lettered": 0, "delivered": 0, "failed": 0, "pending": 0,
+                "stopped": f"{self}; nothing published", "signal": self.signal}
+
+
 class StopSignals:
     """While active (a ``with`` block in the main thread), SIGTERM and SIGINT do not kill the process: they set
     :attr:`event` (the publishing loop stops, flushes for :data:`STOP_FLUSH_S` seconds and reports) and
     :attr:`received` names the signal. A second SIGINT raises KeyboardInterrupt as usual. Outside the main thread
-    (no signal handlers there) it does nothing."""
+    (no signal handlers there) it does nothing.
 
-    def __init__(self):
+    Start-up mode: while :attr:`interrupt` is True (``StopSignals(interrupt=True)``, the CLI's commands from their
+    first line until publishing begins), a signal also raises :class:`StartupStopped` (naming :attr:`phase`) in
+    the main thread, so a start-up step that blocks (reading the file, creating topics, a broker that does not
+    answer) ends at once and the run reports "nothing published" (before 2026-12-06 a signal then killed the
+    process with no report: exit -15, or 130 with no report for SIGINT). Set ``interrupt = False`` when publishing
+    begins (:func:`publish_events` does). ``signals``: the signals handled (default SIGTERM and SIGINT)."""
+
+    def __init__(self, interrupt: bool = False, signals: tuple[int, ...] | None = None):
+        import signal
         import threading
 
         self.event = threading.Event()
         self.received: str | None = None
         self.signum: int | None = None
+        self.interrupt = interrupt
+        self.phase: str | None = None
+        self._signals = signals or (signal.SIGTERM, signal.SIGINT)
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
@@ -68,13 +104,16 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received, self.signum = signal.Signals(signum).name, signum
         self.event.set()
+        if self.interrupt:
+            self.interrupt = False   # raised once: the run's report and exit follow
+            raise StartupStopped(self.received, self.phase)
 
     def __enter__(self) -> "StopSignals":
         import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in self._signals:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -116,7 +155,8 @@ class Pacer:
 
 def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, speed: float | None = None,
                    t_start: int | None = None, t_end: int | None = None, progress: bool = True,
-                   label: str = "publishing", on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   label: str = "publishing", on_progress: Callable[[int], None] | None = None,
+                   signals: StopSignals | None = None) -> dict[str, Any]:
     """Send every event through ``publisher`` (an :class:`~core.kafka.EventPublisher`), paced by
     :class:`Pacer`; show progress by event time between ``t_start`` and ``t_end`` (epoch ms).
     ``on_progress(n)`` (optional) is called with the number of events handed over so far, every 1,000 events.
@@ -130,9 +170,16 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
     :data:`STOP_FLUSH_S` seconds, the rest is counted failed; ``signal`` names it (the CLI prints the report and
     exits 128 + the signal's number, or 1 when a delivery failed).
 
+    ``signals``: an active :class:`StopSignals` of the caller (its start-up mode ends here; a signal it already
+    received stops the run before the first event); None: one of its own for the call.
+
     Returns {"events", "elapsed_s", "events_per_s", "stopped" (None or the cause), "signal" (None or e.g.
     ``"SIGTERM"``), **publisher.counts} after a flush.
     """
+    if signals is not None:
+        signals.interrupt = False
+        return _publish_events(events, publisher, signals, speed=speed, t_start=t_start, t_end=t_end,
+                               progress=progress, label=label, on_progress=on_progress)
     with StopSignals() as sigs:
         return _publish_events(events, publisher, sigs, speed=speed, t_start=t_start, t_end=t_end,
                                progress=progress, label=label, on_progress=on_progress)
@@ -249,41 +296,64 @@ def merge_published(parts: list[dict[str, Any]], elapsed_s: float) -> dict[str, 
 
 
 _WORKER_COUNTER = None  # shared array of events handed over per process (set in each worker process)
+_WORKER_SIGNALS: StopSignals | None = None   # the worker's SIGTERM handling, installed by _init_worker
 
 
 def _init_worker(counter) -> None:
-    global _WORKER_COUNTER
+    """Initializer of a ``synthetic --processes N`` worker. The parent spawns its workers with SIGTERM and SIGINT
+    blocked (:func:`_run_parallel`), so a signal forwarded while a worker still starts (interpreter, imports)
+    waits instead of killing it: here SIGINT is ignored (a terminal's Ctrl-C reaches the parent, which forwards
+    SIGTERM), SIGTERM sets the worker's stop event, and then both are unblocked (a pending SIGTERM is handled
+    now)."""
+    import signal
+
+    global _WORKER_COUNTER, _WORKER_SIGNALS
     _WORKER_COUNTER = counter
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER_SIGNALS = StopSignals(signals=(signal.SIGTERM,)).__enter__()   # for the life of the worker process
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
 def _synthetic_worker(job: dict[str, Any]) -> dict[str, Any]:
     """One process of ``synthetic --processes N``: its stores' events through its own producer.
-    Returns {"published": counts + process/cpu, "generator", "invalid_injected"}."""
+    A SIGTERM (the parent's forward) before publishing began gives a report with nothing published
+    (:class:`StartupStopped`). Returns {"published": counts + process/cpu, "generator", "invalid_injected"}."""
     import os
     from dataclasses import replace
 
-    from core.kafka import EventPublisher
-    from producers.invalid import inject_invalid
-    from producers.simulator import Simulator
-
     i, cfg, s = job["process"], job["config"], job["settings"]
-    sim = Simulator(replace(cfg, n_stores=len(job["stores"]), stream=i + 1), products=job["products"],
-                    stores=job["stores"])
-    counter = _WORKER_COUNTER
-
-    def report(n: int) -> None:
-        if counter is not None:
-            counter[i] = n
-
+    sigs = _WORKER_SIGNALS or StopSignals()
     injected: dict[str, int] = {}
+    counter = _WORKER_COUNTER
     c0 = time.process_time()
-    with EventPublisher(s, client_id=f"retail-pos-simulator-{i}", **producer_overrides(job["realtime"])) as pub:
-        published = publish_events(
-            inject_invalid(sim.events(), job["invalid_rate"], seed=job["seed"] + i + 1, counter=injected), pub,
-            speed=1.0 if job["realtime"] else None, progress=False, on_progress=report)
+    sim = pub = None
+    try:
+        sigs.interrupt = True
+        if sigs.received:   # forwarded while the worker started
+            raise StartupStopped(sigs.received, "starting the worker process")
+        sigs.phase = "building the simulator"
+        from core.kafka import EventPublisher
+        from producers.invalid import inject_invalid
+        from producers.simulator import Simulator
+
+        sim = Simulator(replace(cfg, n_stores=len(job["stores"]), stream=i + 1), products=job["products"],
+                        stores=job["stores"])
+        sigs.interrupt = False   # from here a signal only stops the publishing loop (before its first event)
+    except StartupStopped as stop:
+        published = stop.report()
+    else:
+        def report(n: int) -> None:
+            if counter is not None:
+                counter[i] = n
+
+        with EventPublisher(s, client_id=f"retail-pos-simulator-{i}", **producer_overrides(job["realtime"])) as pub:
+            published = publish_events(
+                inject_invalid(sim.events(), job["invalid_rate"], seed=job["seed"] + i + 1, counter=injected), pub,
+                speed=1.0 if job["realtime"] else None, progress=False, on_progress=report, signals=sigs)
     published.update({"process": i, "pid": os.getpid(), "stores": list(job["stores"]["store_id"]),
                       "cpu_s": round(time.process_time() - c0, 3)})
-    return {"published": published, "generator": sim.stats.as_dict(), "invalid_injected": injected}
+    return {"published": published, "generator": sim.stats.as_dict() if sim is not None else {},
+            "invalid_injected": injected}
 
 
 def _sum_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -299,10 +369,18 @@ def _sum_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _run_parallel(s: Settings, cfg, sim, *, processes: int, realtime: bool, invalid_rate: float, seed: int,
-                  progress: bool) -> dict[str, Any]:
+                  progress: bool, signals: StopSignals | None = None) -> dict[str, Any]:
     """Run ``processes`` simulator processes (spawned; each its own producer) over disjoint store sets and
-    merge their reports. A process that dies or raises is reported in ``worker_errors`` (the CLI exits 1)."""
+    merge their reports. A process that dies or raises is reported in ``worker_errors`` (the CLI exits 1).
+
+    SIGTERM / SIGINT to this process (``signals``, the caller's active :class:`StopSignals`, else one of its
+    own) is forwarded to every worker as SIGTERM. The workers are spawned with both signals blocked, which they
+    inherit (:func:`_init_worker` installs their handler, then unblocks), so a signal forwarded while a worker
+    is still starting is handled by it, not fatal (before 2026-12-06 such a worker died: ``BrokenProcessPool``
+    in ``worker_errors``, exit 1)."""
+    import contextlib
     import multiprocessing as mp
+    import signal
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = mp.get_context("spawn")  # no fork of a process that may hold client threads
@@ -314,11 +392,18 @@ def _run_parallel(s: Settings, cfg, sim, *, processes: int, realtime: bool, inva
     results: list[dict[str, Any] | None] = [None] * processes
     worker_errors: list[str] = []
     t0 = time.monotonic()
-    sigs = StopSignals()
+    sigs = signals or StopSignals()
+    sigs.interrupt = False   # from here a signal is forwarded to the workers, each reports what it published
     forwarded = False
-    with sigs, ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(counter,)) as pool:
-        futs = {pool.submit(_synthetic_worker, j): j["process"] for j in jobs}
+    with (contextlib.nullcontext() if signals else sigs), \
+            ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_init_worker,
+                                initargs=(counter,)) as pool:
+        stop_sigs = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_sigs)   # inherited by the spawned workers (and the
+        try:                                                  # pool's manager thread)
+            futs = {pool.submit(_synthetic_worker, j): j["process"] for j in jobs}   # spawns the workers
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_sigs)   # a pending signal is handled here
         columns = [TextColumn("[bold]{task.description}"), TextColumn("{task.fields[n]} events"),
                    TextColumn("{task.fields[rate]:>8.0f} ev/s"), TextColumn("{task.fields[done]}/" + str(processes)
                                                                         + " processes done"), TimeElapsedColumn()]
@@ -363,7 +448,7 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
                   events_per_min_per_store: float = 200.0, duration_minutes: float = 30.0, seed: int = 42,
                   start: datetime | None = None, realtime: bool = False, invalid_rate: float = 0.0,
                   write_reference: bool = True, create_topics: bool = True, progress: bool = True,
-                  processes: int = 1) -> dict[str, Any]:
+                  processes: int = 1, signals: StopSignals | None = None) -> dict[str, Any]:
     """Run the synthetic simulator into Kafka and return the counts.
 
     ``start`` defaults to now (``realtime``) or now - duration (as fast as possible, so that event
@@ -371,6 +456,9 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
     ``processes`` > 1 spreads the stores (so the rate: stores x events per minute) over that many spawned
     simulator processes, each with its own producer and a disjoint set of stores (one store|sku key stays in
     one process, in order); their reports are summed (``published.per_process`` keeps each).
+    ``signals``: the CLI's active :class:`StopSignals` in start-up mode: a signal before publishing begins
+    returns at once with ``published`` saying nothing was published (:meth:`StartupStopped.report`), the other
+    keys as far as they got.
     Returns {"mode", "config", "topics", "reference", "generator", "invalid_injected",
     "published": {events, sent, delivered, failed, dead_lettered, ...}}.
     """
@@ -384,18 +472,27 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
     now = datetime.now(timezone.utc).replace(microsecond=0)
     if start is None:
         start = now if realtime else now - timedelta(minutes=duration_minutes)
-    cfg = SimConfig(n_stores=stores, n_skus=skus, events_per_min_per_store=events_per_min_per_store,
-                    duration_minutes=duration_minutes, seed=seed, start=start)
-    sim = Simulator(cfg)
     out: dict[str, Any] = {"mode": "synthetic", "config": {
         "stores": stores, "skus": skus, "events_per_min_per_store": events_per_min_per_store,
         "duration_minutes": duration_minutes, "seed": seed, "start": start.isoformat(), "realtime": realtime,
-        "invalid_rate": invalid_rate, "processes": processes}}
-    out["topics"] = ensure_topics(s) if create_topics else None
-    out["reference"] = _write_reference(s, sim.products, sim.stores) if write_reference else None
+        "invalid_rate": invalid_rate, "processes": processes}, "topics": None, "reference": None}
+    phase = signals or StopSignals()   # records the start-up phase (a signal raises only with ``signals``)
+    try:
+        phase.phase = "building the simulator"
+        cfg = SimConfig(n_stores=stores, n_skus=skus, events_per_min_per_store=events_per_min_per_store,
+                        duration_minutes=duration_minutes, seed=seed, start=start)
+        sim = Simulator(cfg)
+        phase.phase = "creating topics"
+        out["topics"] = ensure_topics(s) if create_topics else None
+        phase.phase = "writing the reference data"
+        out["reference"] = _write_reference(s, sim.products, sim.stores) if write_reference else None
+        phase.interrupt = False   # from here a signal stops the publishing loop (before its first event)
+    except StartupStopped as stop:
+        out["published"] = stop.report()
+        return out
     if processes > 1:
         out.update(_run_parallel(s, cfg, sim, processes=processes, realtime=realtime, invalid_rate=invalid_rate,
-                                 seed=seed, progress=progress))
+                                 seed=seed, progress=progress, signals=signals))
         return out
     injected: dict[str, int] = {}
     t_start = to_ms(start)
@@ -403,7 +500,7 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
         out["published"] = publish_events(
             inject_invalid(sim.events(), invalid_rate, seed=seed, counter=injected), pub,
             speed=1.0 if realtime else None, t_start=t_start,
-            t_end=t_start + int(duration_minutes * 60_000), progress=progress, label="synthetic")
+            t_end=t_start + int(duration_minutes * 60_000), progress=progress, label="synthetic", signals=signals)
     out["generator"] = sim.stats.as_dict()
     out["invalid_injected"] = injected
     return out
@@ -412,11 +509,15 @@ def run_synthetic(settings: Settings | None = None, *, stores: int = 3, skus: in
 def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMPLE, *, speed: float | None = None,
                keep_dates: bool = False, limit: int | None = None, end_at: datetime | None = None,
                align: str = "day", invalid_rate: float = 0.0, seed: int = 2012, write_reference: bool = True,
-               create_topics: bool = True, progress: bool = True, encoding: str | None = None) -> dict[str, Any]:
+               create_topics: bool = True, progress: bool = True, encoding: str | None = None,
+               signals: StopSignals | None = None) -> dict[str, Any]:
     """Replay the UCI Online Retail log at ``path`` into Kafka and return the counts.
 
     ``end_at`` / ``align``: where the replayed dates end, see :class:`producers.replay.ReplayConfig`.
     ``encoding``: the file's text encoding (None: UTF-8, else Windows-1252, :func:`producers.replay.load_transactions`).
+    ``signals``: the CLI's active :class:`StopSignals` in start-up mode: a signal while the file is read, the
+    replay built, topics created or reference data written returns at once with ``published`` saying nothing
+    was published (:meth:`StartupStopped.report`).
 
     Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
     events per type, quarantined, ...), "invalid_injected", "published": {...}}. Each quarantined source line
@@ -430,13 +531,23 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     from producers.replay import Replay, ReplayConfig, load_transactions
 
     s = settings or get_settings()
-    df = load_transactions(path, limit=limit, encoding=encoding)
-    rep = Replay(df, ReplayConfig(keep_dates=keep_dates, end_at=end_at, align=align, seed=seed))
     out: dict[str, Any] = {"mode": "replay", "config": {
         "path": str(path), "speed": speed, "keep_dates": keep_dates, "align": align, "limit": limit,
-        "invalid_rate": invalid_rate, "encoding": encoding}}
-    out["topics"] = ensure_topics(s) if create_topics else None
-    out["reference"] = _write_reference(s, rep.products, rep.stores) if write_reference else None
+        "invalid_rate": invalid_rate, "encoding": encoding}, "topics": None, "reference": None}
+    phase = signals or StopSignals()   # records the start-up phase (a signal raises only with ``signals``)
+    try:
+        phase.phase = "reading the transaction log"
+        df = load_transactions(path, limit=limit, encoding=encoding)
+        phase.phase = "building the replay"
+        rep = Replay(df, ReplayConfig(keep_dates=keep_dates, end_at=end_at, align=align, seed=seed))
+        phase.phase = "creating topics"
+        out["topics"] = ensure_topics(s) if create_topics else None
+        phase.phase = "writing the reference data"
+        out["reference"] = _write_reference(s, rep.products, rep.stores) if write_reference else None
+        phase.interrupt = False   # from here a signal stops the publishing loop (before its first event)
+    except StartupStopped as stop:
+        out["published"] = stop.report()
+        return out
     injected: dict[str, int] = {}
     valid_ts = rep.ts[rep.kind != "skip"]
     with EventPublisher(s, client_id="retail-pos-replay", **producer_overrides(speed is not None)) as pub:
@@ -445,10 +556,23 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
         out["published"] = publish_events(
             inject_invalid(rep.events(), invalid_rate, seed=seed, counter=injected), pub, speed=speed,
             t_start=int(valid_ts.min()) if len(valid_ts) else None,
-            t_end=int(valid_ts.max()) if len(valid_ts) else None, progress=progress, label="replay")
+            t_end=int(valid_ts.max()) if len(valid_ts) else None, progress=progress, label="replay",
+            signals=signals)
     out["generator"] = rep.stats.as_dict()
     out["invalid_injected"] = injected
     return out
+
+
+def _run_stoppable(run: Callable[[StopSignals], dict[str, Any]]) -> dict[str, Any]:
+    """``run(signals)`` of a CLI command under :class:`StopSignals` in start-up mode from its first line: a SIGTERM /
+    SIGINT before publishing begins (settings, reading, topics, reference data, connecting) ends the start-up at
+    once and gives ``{"published": StartupStopped.report()}`` (nothing published; :func:`_finish` exits 143 / 130)
+    where ``run`` does not catch it itself; once ``run`` publishes, :func:`publish_events` stops and reports."""
+    with StopSignals(interrupt=True) as sigs:
+        try:
+            return run(sigs)
+        except StartupStopped as stop:
+            return {"published": stop.report()}
 
 
 def _finish(result: dict[str, Any]) -> None:
@@ -528,10 +652,10 @@ def synthetic(
     """Synthetic POS stream: seeded Faker catalogue, seasonality, consistent stock."""
     if start is not None and start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
-    _finish(run_synthetic(get_settings(), stores=stores, skus=skus, events_per_min_per_store=events_per_min_per_store,
-                          duration_minutes=duration_minutes, seed=seed, start=start, realtime=realtime,
-                          invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet,
-                          processes=processes))
+    _finish(_run_stoppable(lambda sigs: run_synthetic(
+        get_settings(), stores=stores, skus=skus, events_per_min_per_store=events_per_min_per_store,
+        duration_minutes=duration_minutes, seed=seed, start=start, realtime=realtime, invalid_rate=invalid_rate,
+        write_reference=not no_reference, progress=not quiet, processes=processes, signals=sigs)))
 
 
 @app.command()
@@ -550,16 +674,19 @@ def replay(
                                                       "else Windows-1252 (what spreadsheets write), with a warning."),
 ) -> None:
     """Replay real POS transactions (UCI Online Retail) with simulated stock, price and customer events."""
-    from producers.replay import ReplayConfig
+    def run(sigs: StopSignals) -> dict[str, Any]:
+        from producers.replay import ReplayConfig
 
-    try:
-        ReplayConfig(align=align)   # its own check, reported as a bad option before anything is read
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--align") from None
-    _check_encoding(encoding)
-    _finish(run_replay(get_settings(), path, speed=speed, keep_dates=keep_dates, limit=limit, align=align,
-                       invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet,
-                       encoding=encoding))
+        try:
+            ReplayConfig(align=align)   # its own check, reported as a bad option before anything is read
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--align") from None
+        _check_encoding(encoding)
+        return run_replay(get_settings(), path, speed=speed, keep_dates=keep_dates, limit=limit, align=align,
+                          invalid_rate=invalid_rate, write_reference=not no_reference, progress=not quiet,
+                          encoding=encoding, signals=sigs)
+
+    _finish(_run_stoppable(run))
 
 
 @app.command()
@@ -568,21 +695,77 @@ def jsonl(
     event_type: str = typer.Option(..., help="Contract of every line, e.g. sales_transaction."),
 ) -> None:
     """Publish raw JSON values (e.g. a POS gateway's export) with the stream's checks (strict JSON, each key once,
-    contract, ids, event time, numeric bounds); failing lines go to the dead-letter topic with the reason."""
-    from core.kafka import EventPublisher
-    from core.kafka_admin import ensure_topics
-    from producers.raw import publish_file
+    contract, ids, event time, numeric bounds); failing lines go to the dead-letter topic with the reason.
+    SIGTERM / SIGINT stop it as the other commands: no more lines (``lines.stopped_at_line`` is the first line not
+    sent, ``lines.not_sent`` counts the rest), at most :data:`STOP_FLUSH_S` s of flush, the report, exit 143 / 130."""
 
-    s = get_settings()
-    topics = ensure_topics(s)   # as the other commands: the broker may not create topics (auto-create is off)
-    with EventPublisher(s, client_id="retail-jsonl") as pub:
-        counts = publish_file(pub, event_type, path)
-        if pub.stalled:
-            err_console.print(f"[red]kafka send blocked max_block_ms ({pub.stalled}): stopped at line "
-                              f"{counts['stopped_at_line']}, {counts['not_sent']} line(s) not sent")
-            pub.abort(STOP_FLUSH_S)
-    _finish({"topics": topics, "lines": counts,
-             "published": {**pub.counts, "stopped": pub.stalled}})  # exits 1 when a delivery failed
+    def run(sigs: StopSignals) -> dict[str, Any]:
+        from core.kafka import EventPublisher
+        from core.kafka_admin import ensure_topics
+        from producers.raw import publish_lines
+
+        sigs.phase = "creating topics"
+        s = get_settings()
+        topics = ensure_topics(s)   # as the other commands: the broker may not create topics (auto-create is off)
+        sigs.interrupt = False      # from here a signal stops the loop over the lines (before the first one)
+        with EventPublisher(s, client_id="retail-jsonl") as pub, open(path, "rb") as fh:
+            reader = _InterruptibleLines(fh, sigs)
+            counts = publish_lines(pub, event_type, reader, stop=sigs.event)
+            if reader.interrupted and "stopped_at_line" not in counts:   # the rest was never read (a pipe)
+                counts.update(stopped_at_line=reader.read + 1, not_sent=None)
+            stopped = None
+            if pub.stalled:
+                stopped = (f"kafka send blocked max_block_ms ({pub.stalled}): stopped at line "
+                           f"{counts['stopped_at_line']}, {counts['not_sent']} line(s) not sent")
+                err_console.print(f"[red]{stopped}")
+            elif sigs.received and "stopped_at_line" in counts:
+                rest = "the rest not read" if counts["not_sent"] is None else f"{counts['not_sent']} line(s) not sent"
+                stopped = f"{sigs.received} received; stopped before line {counts['stopped_at_line']}, {rest}"
+                err_console.print(f"[yellow]{stopped}: flushing for at most {STOP_FLUSH_S:g} s")
+            if stopped:
+                pub.abort(STOP_FLUSH_S)
+        return {"topics": topics, "lines": counts,
+                "published": {**pub.counts, "stopped": stopped, "signal": sigs.received if stopped and not pub.stalled
+                              else None}}
+
+    _finish(_run_stoppable(run))  # exits 1 when a delivery failed, 143 / 130 when a signal stopped it
+
+
+class _InterruptibleLines:
+    """The lines of a binary file for ``jsonl``, where a stop signal ends a read that waits for data (a pipe, a
+    FIFO: the read would block until the writer's next line): while a line is read, :attr:`StopSignals.interrupt` is
+    on, so the handler raises and the iteration ends (``interrupted``; ``read``: lines returned). Between reads the
+    signal only sets the event, which :func:`producers.raw.publish_lines` checks before each line."""
+
+    def __init__(self, fh, sigs: StopSignals):
+        import os
+        import stat
+
+        self.fh, self.sigs, self.read, self.interrupted = fh, sigs, 0, False
+        self.regular = stat.S_ISREG(os.fstat(fh.fileno()).st_mode)   # its rest can be counted without waiting
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        if self.sigs.event.is_set():
+            if not self.regular:   # stopped: a pipe's next line may never come; the rest is not read
+                self.interrupted = True
+                raise StopIteration
+            line = self.fh.readline()   # a file's next line is at hand; publish_lines counts the rest
+        else:
+            try:
+                self.sigs.interrupt = True
+                line = self.fh.readline()
+            except StartupStopped:
+                self.interrupted = True
+                raise StopIteration from None
+            finally:
+                self.sigs.interrupt = False
+        if not line:
+            raise StopIteration
+        self.read += 1
+        return line
 
 
 def _check_encoding(encoding: str | None) -> None:
@@ -612,4 +795,10 @@ def sample(
 
 
 if __name__ == "__main__":
+    for _sig, _old in _EARLY_OLD.items():
+        _signal.signal(_sig, _old)
+    if _EARLY_SIGNALS:   # stopped while loading: nothing was started, nor published
+        _stop = StartupStopped(_signal.Signals(_EARLY_SIGNALS[0]).name, "loading the program")
+        typer.echo(json.dumps({"published": _stop.report()}, indent=2))
+        raise SystemExit(SIGNAL_EXIT_BASE + _EARLY_SIGNALS[0])
     app()

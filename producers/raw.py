@@ -42,12 +42,15 @@ def publish_raw(publisher, event_type: str, value: bytes | str) -> bool:
     return publisher.publish(event_type, record)
 
 
-def publish_lines(publisher, event_type: str, lines: Iterable[bytes]) -> dict[str, int]:
+def publish_lines(publisher, event_type: str, lines: Iterable[bytes], stop=None) -> dict[str, int]:
     """:func:`publish_raw` for each non-empty line; returns ``{"published": n, "dead_lettered": m}``.
 
     Stops at the first line whose send blocked ``max_block_ms`` (``publisher.stalled``: broker unreachable or
     topic missing) instead of blocking again per line; then the result also holds ``stopped_at_line`` (1-based
     line of that send) and ``not_sent`` (the non-empty lines after it, read but not handed to Kafka).
+    ``stop``: an event (e.g. :attr:`producers.cli.StopSignals.event`, set by SIGTERM) checked before each line:
+    once set, no more lines are sent and the result holds ``stopped_at_line`` (the first line not sent) and
+    ``not_sent`` (the non-empty lines from it to the end, read and counted, not sent).
     """
     out = {"published": 0, "dead_lettered": 0}
     stopped_at = None
@@ -56,6 +59,8 @@ def publish_lines(publisher, event_type: str, lines: Iterable[bytes]) -> dict[st
         line = line.rstrip(b"\r\n")
         if not line.strip():
             continue
+        if stopped_at is None and stop is not None and stop.is_set():
+            stopped_at = no
         if stopped_at is not None:
             not_sent += 1
             continue
@@ -67,7 +72,8 @@ def publish_lines(publisher, event_type: str, lines: Iterable[bytes]) -> dict[st
     return out
 
 
-def publish_file(publisher, event_type: str, path: str | Path) -> dict[str, int]:
-    """:func:`publish_lines` over a JSON Lines file (read as bytes: a line that is not UTF-8 is dead-lettered)."""
+def publish_file(publisher, event_type: str, path: str | Path, stop=None) -> dict[str, int]:
+    """:func:`publish_lines` over a JSON Lines file (read as bytes: a line that is not UTF-8 is dead-lettered);
+    ``stop``: as there (a set event stops the sending; the rest of the file is counted as ``not_sent``)."""
     with open(path, "rb") as fh:
-        return publish_lines(publisher, event_type, fh)
+        return publish_lines(publisher, event_type, fh, stop=stop)

@@ -45,9 +45,14 @@ gift_0001_*, DCGS*, or any code that is not 5 digits
 plus an optional letter suffix, e.g. SP1002, GIFT)
 quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`` / ``NEGATIVE_PRICE`` / ``UNPARSEABLE``
 quantity or price beyond the contracts' bounds         skipped: ``QUANTITY_OUT_OF_RANGE`` / ``PRICE_OUT_OF_RANGE``
-invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case)
+invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case); a
+                                                       product line skipped for one of the five keys above but
+                                                       ``ZERO_QUANTITY`` is quarantined too, naming the value
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
 a required field empty or absent (a truncated line)    skipped, ``MISSING_<FIELD>``, and quarantined (dead-lettered)
+product line, invoice_ts not in the file's format      skipped, ``BAD_INVOICE_TS``, quarantined with its line
+product line dated > max(10 x MAD, 90 d) from the      skipped, ``INVOICE_TS_OUTLIER``, quarantined (a typo such
+median of the file's dates (:func:`date_outliers`)     as 2101: it moved the clock of every other line)
 ``C`` invoice, quantity < 0                            return: sales line with the negative quantity, and an
                                                        inventory ``RETURN`` of +|q|
 ``C`` invoice, quantity > 0 (1 row in the source)      skipped, ``C_POSITIVE_QUANTITY``
@@ -61,13 +66,17 @@ other invoice, quantity > 0                            sale (price 0 allowed: fr
 =====================================================  ======================================================
 
 Simulated stock, consistent with the replayed sales (per store x SKU):
-average daily demand ``d`` = units sold in the replayed slice / its span in days (>= 1);
-reorder point ``ROP = ceil(d * (lead + safety days)) + 1`` (lead = ``restock_lead_hours``, safety 2 days),
-capacity ``max(3 * ROP, ceil(14 * d), largest sale line of the pair in the slice, 10)``. At the first row of a store x SKU an ``OPENING`` stock of
+average daily demand ``d`` = net units sold in the replayed slice (sales less returns, at least 0) / its span in
+days (>= 1); reorder point ``ROP = ceil(d * (lead + safety days)) + 1`` (lead = ``restock_lead_hours``, safety 2
+days), capacity ``max(3 * ROP, ceil(14 * d), min(largest sale line of the pair in the slice, net units sold), 10)``
+(until 2026-12-06 gross units sold and the largest line even when it was cancelled: on the whole log 24,897 store x
+SKU opened with 1,755,064 units, UCI-GB 23166 with 74,215, 100 years of its net demand). At the first row of a store x SKU an ``OPENING`` stock of
 capacity units is emitted. A sale lowers stock (``SALE``); when stock falls below ROP one replenishment
 order is placed and arrives ``restock_lead_hours`` later (event time) as a ``RESTOCK`` up to capacity.
 A sale larger than the stock on hand is real and is kept: an expedited ``RESTOCK`` just before it raises
-stock to ``max(capacity, q)`` (counted as ``expedited_restocks``), so stock is never negative.
+stock to ``max(capacity, q)`` (counted as ``expedited_restocks``), so stock is never negative; a return or found
+stock that would lift it above ``contracts.STOCK_MAX`` is preceded by an ``ADJUSTMENT`` down to the room it needs
+(``stock_max_adjustments``), so stock never leaves the contract's range.
 
 Simulated extra events: a ``customer_event`` STORE_VISIT per sale invoice with a customer id, and a
 ``price_change`` (reason ``OBSERVED``) whenever a store x SKU sells at a list price (the price of
@@ -306,6 +315,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     """
     text = read_text(path, encoding)
     sep = _separator(text)
+    rows_lines = None
     try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
         df, quarantine = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, nrows=limit, sep=sep), []
         if not isinstance(df.index, pd.RangeIndex):   # the first data line had more fields than the header:
@@ -313,6 +323,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             # extra ones as the index of every row and shifted every column
     except pd.errors.ParserError as exc:
         df, quarantine = read_lenient(text, limit, sep)
+        rows_lines = df.attrs.pop("row_lines", None)
         log.warning("%s: %s; read line by line: %d malformed line(s) quarantined (%s), every other line kept",
                     path, str(exc).strip(), len(quarantine), "; ".join(f"line {q['line']}: {q['reason']}"
                                                                      for q in quarantine[:5]))
@@ -331,7 +342,30 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     # refuses a file where no invoice_ts parses, naming the formats
     df.attrs["invoice_ts_format"] = invoice_ts_format(whole, path)
     df.attrs["quarantine"] = quarantine
+    # the physical line of each row, for quarantined rows (computed on first use: a CSV pass over the text);
+    # a function, since pandas deep-copies attrs into every frame and series derived from df
+    df.attrs["source_line"] = _line_finder(text, sep, rows_lines)
     return df
+
+
+def _line_finder(text: str, sep: str, rows_lines: list[int] | None):
+    """``f(row)`` -> physical line number (the header is line 1) of 0-based data row ``row`` of the frame read from
+    ``text``: ``rows_lines`` when the line-by-line read recorded them, else one pass of the csv module over the
+    text (quoted line breaks and blank lines counted as pandas reads them), made on the first call."""
+    cache: list[int] = list(rows_lines) if rows_lines is not None else []
+
+    def source_line(row: int) -> int:
+        if not cache:
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+            prev = 0
+            for fields in reader:
+                start, prev = prev + 1, reader.line_num
+                if fields and any(f.strip() for f in fields) or (fields and len(fields) > 1):
+                    cache.append(start)
+            del cache[0]   # the header
+        return cache[row]
+
+    return source_line
 
 
 def _separator(text: str) -> str:
@@ -357,6 +391,7 @@ def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[p
     lines = io.StringIO(text, newline="").readlines()
     header: list[str] | None = None
     rows: list[list[str]] = []
+    row_lines: list[int] = []
     bad: list[dict[str, Any]] = []
     i = 0
     while i < len(lines) and (limit is None or len(rows) < limit):
@@ -384,13 +419,16 @@ def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[p
             continue
         if fields is not None and len(fields) <= len(header):
             rows.append(fields + [""] * (len(header) - len(fields)))
+            row_lines.append(start + 1)
             continue
         if i - start > 1:   # the lines joined to close a quote make no record: the first line alone is bad
             i, buf = start + 1, lines[start]
             err = 'a quote (") opened and not closed on the line'
         reason = err or f"{len(fields)} fields where the header has {len(header)} (an unquoted comma?)"
         bad.append({"line": start + 1, "code": "MALFORMED_LINE", "reason": reason, "text": buf.rstrip("\r\n")})
-    return pd.DataFrame(rows, columns=header, dtype=str), bad
+    out = pd.DataFrame(rows, columns=header, dtype=str)
+    out.attrs["row_lines"] = row_lines   # the physical line of each row (load_transactions takes it out)
+    return out, bad
 
 
 #: invoice_ts formats read (:func:`parse_invoice_ts`): the README's first, then what spreadsheets re-save; on a tie
@@ -424,25 +462,31 @@ def invoice_ts_format(ts: pd.Series, source: str | Path | None = None) -> str:
         ValueError: values are present but none parses in any format, naming ``source``, the column and the
             formats tried.
     """
-    first = pd.to_datetime(ts, format=TS_FORMATS[0], errors="coerce")
     given = ts.fillna("").astype(str).str.strip().ne("")
     present = int(given.sum())
-    if int(first.notna().sum()) == present:
+    counts: dict[str, int] = {}
+
+    def count(fmt: str) -> int:
+        if fmt not in counts:
+            counts[fmt] = int(pd.to_datetime(ts, format=fmt, errors="coerce").notna().sum())
+        return counts[fmt]
+
+    if count(TS_FORMATS[0]) == present:
         return TS_FORMATS[0]
-    best_n, counts = int(first.notna().sum()), {TS_FORMATS[0]: int(first.notna().sum())}
-    for fmt in TS_FORMATS[1:]:
-        counts[fmt] = int(pd.to_datetime(ts, format=fmt, errors="coerce").notna().sum())
-        best_n = max(best_n, counts[fmt])
+    for fmt in TS_FORMATS[1:]:   # a format that parses every value ends the search (before: all 10 were tried)
+        if count(fmt) == present:
+            break
+    best_n = max(counts.values())
     where = f"{source}: " if source else ""
     if best_n == 0:
         raise ValueError(f"{where}no value of column invoice_ts parses as a date and time "
                          f"(e.g. {ts[given].iloc[0]!r}); formats tried: {', '.join(TS_FORMATS)}")
-    fmt = next(f for f in TS_FORMATS if counts[f] == best_n)
-    if "/" in fmt and counts[fmt.replace("%m/%d", "%d/%m")] == counts[fmt.replace("%d/%m", "%m/%d")]:
-        log.warning("%sinvoice_ts: day and month order ambiguous (no day > 12 in %d values): read month-first "
-                    "(%s) as the original UCI export", where, best_n, fmt)
-    if best_n < present or fmt != TS_FORMATS[0]:
-        log.warning("%sinvoice_ts read as %s: %d of %d values parse", where, fmt, best_n, present)
+    fmt = next(f for f in TS_FORMATS if counts.get(f) == best_n)
+    ambiguous = "/" in fmt and count(fmt.replace("%m/%d", "%d/%m")) == count(fmt.replace("%d/%m", "%m/%d"))
+    # one warning (before 2026-12-06 an ambiguous file logged two, the format twice)
+    log.warning("%sinvoice_ts read as %s: %d of %d values parse%s", where, fmt, best_n, present,
+                "; day and month order ambiguous (no day > 12): read month-first as the original UCI export"
+                if ambiguous else "")
     return fmt
 
 
@@ -499,6 +543,7 @@ class ReplayStats:
     inventory_reasons: Counter = field(default_factory=Counter)
     expedited_restocks: int = 0
     capped_writeoffs: int = 0
+    stock_max_adjustments: int = 0
     time_shift_ms: int = 0
     out_of_order_rows: int = 0
     quarantine_codes: Counter = field(default_factory=Counter)
@@ -511,17 +556,20 @@ class ReplayStats:
         code), ``skipped_total`` (their sum), ``events`` (records generated per event type, before any contract
         check or send), ``inventory_reasons`` (inventory updates per reason: OPENING, SALE, RETURN, RESTOCK,
         WASTE, ADJUSTMENT), ``expedited_restocks`` (sales larger than the stock on hand, preceded by an
-        immediate RESTOCK), ``capped_writeoffs`` (write-offs cut to the stock on hand), ``time_shift_ms`` (ms
+        immediate RESTOCK), ``capped_writeoffs`` (write-offs cut to the stock on hand), ``stock_max_adjustments``
+        (returns or found stock that would lift stock above ``contracts.STOCK_MAX``, preceded by an ``ADJUSTMENT``
+        down to the room they need), ``time_shift_ms`` (ms
         added to every source time, 0 with ``keep_dates``), ``out_of_order_rows`` (replayed rows earlier than a row
         before them in the file: the replay sorts them into time order), ``quarantined`` / ``quarantine_codes``
         (malformed lines and truncated rows of :attr:`Replay.quarantine`, per code: ``MALFORMED_LINE``,
-        ``MISSING_<FIELD>``; the truncated rows are in ``skipped`` too). Filled while :meth:`Replay.events` is
+        ``MISSING_<FIELD>``, ``BAD_INVOICE_TS``, ``INVOICE_TS_OUTLIER``; all but the first are in ``skipped`` too). Filled while :meth:`Replay.events` is
         iterated.
         """
         return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),
                 "skipped_total": int(sum(self.skipped.values())), "events": dict(self.events),
                 "inventory_reasons": dict(self.inventory_reasons),
                 "expedited_restocks": self.expedited_restocks, "capped_writeoffs": self.capped_writeoffs,
+                "stock_max_adjustments": self.stock_max_adjustments,
                 "time_shift_ms": self.time_shift_ms, "out_of_order_rows": self.out_of_order_rows,
                 "quarantined": int(sum(self.quarantine_codes.values())),
                 "quarantine_codes": dict(self.quarantine_codes)}
@@ -544,7 +592,7 @@ def transaction_ids(df: pd.DataFrame) -> pd.Series:
     return invoice_ids(df["invoice"]) + "-" + df["line_no"].fillna("").str.strip()
 
 
-def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per row: (kind, skip_key). kind in sale / return / writeoff / found / skip (see module table).
 
     Beyond the table, rows the contracts could not carry are skipped with their own key rather than sent half
@@ -554,7 +602,8 @@ def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     (``UNKNOWN_INVOICE``), a line number that is not a whole number (``UNPARSEABLE``), and a repeated
     (invoice, line_no), the log's key (``DUPLICATE_LINE``: the first is kept; its event ids would repeat). A row
     with an empty :data:`REQUIRED_FIELDS` field (a truncated line) is ``MISSING_<FIELD>``, the first such field,
-    whatever else it holds (the replay quarantines it, :attr:`Replay.quarantine`).
+    whatever else it holds (the replay quarantines it, :attr:`Replay.quarantine`). ``missing``: the frame's
+    :func:`missing_fields` when the caller has them (computed here otherwise).
     """
     inv = invoice_ids(df["invoice"])
     code = df["stock_code"]
@@ -589,12 +638,39 @@ def classify_rows(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     for mask, reason in rules:
         kind[mask] = "skip"
         key[mask] = code_skip.to_numpy()[mask] if reason is None else reason
-    missing = missing_fields(df)   # overrides every other key: a truncated line is not a sale of store ''
+    if missing is None:
+        missing = missing_fields(df)   # overrides every other key: a truncated line is not a sale of store ''
     short = (missing != "").to_numpy()
     kind[short] = "skip"
     key[short] = ("MISSING_" + missing[short].str.split(",").str[0].str.upper()).to_numpy()
     return kind, key
 
+
+def unparseable_reason(row: pd.Series) -> str:
+    """Why :func:`classify_rows` found a row ``UNPARSEABLE``: its quantity or line number not a whole number, its
+    price not a number, naming each value (e.g. ``"unit_price '£2.55' is not a number"``)."""
+    out = []
+    for col, whole in (("quantity", True), ("unit_price", False), ("line_no", True)):
+        raw = str(row.get(col, ""))
+        v = pd.to_numeric(pd.Series([raw]), errors="coerce").iloc[0]
+        if col == "line_no":
+            ok = bool(re.fullmatch(r"[0-9]+", raw.strip()))
+        else:
+            ok = not (pd.isna(v) or (whole and math.isfinite(v) and v != round(v)))
+        if not ok:
+            out.append(f"{col} {raw!r} is not {'a whole number' if whole else 'a number'}")
+    return "; ".join(out) or "a number does not parse"
+
+
+#: skip keys of :func:`classify_rows` whose product lines :class:`Replay` quarantines: key -> reason of a row
+BAD_VALUE_REASONS = {
+    "UNPARSEABLE": unparseable_reason,
+    "NEGATIVE_PRICE": lambda r: f"unit_price {r['unit_price']!r} is negative",
+    "QUANTITY_OUT_OF_RANGE": lambda r: f"quantity {r['quantity']!r} is beyond +-{QUANTITY_MAX:,} (contracts.QUANTITY_MAX)",
+    "PRICE_OUT_OF_RANGE": lambda r: f"unit_price {r['unit_price']!r} is not finite or above {PRICE_MAX:,.0f} "
+                                    "(contracts.PRICE_MAX)",
+    "UNKNOWN_INVOICE": lambda r: f"invoice {r['invoice']!r} is not digits with an optional C / A prefix",
+}
 
 #: the columns a replayed row cannot do without (description and customer_id may be empty)
 REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
@@ -609,6 +685,29 @@ def missing_fields(df: pd.DataFrame) -> pd.Series:
         if empty.any():
             out = out.where(~empty, col + ("," + out).where(out != "", ""))
     return out
+
+
+#: a replayable line is a date outlier when further than max(10 x MAD, this) from the median of their dates
+OUTLIER_MIN_MS = 90 * 86_400_000
+
+
+def date_outliers(ts: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The lines of ``ts`` (epoch ms; considered where ``use``) whose date is a typo by its distance from the
+    others: more than ``max(10 x MAD, 90 days)`` from their median (MAD: median absolute deviation; a log of one
+    month: 90 days, the UCI log of two years: 5.2 years). Returns (mask over ``ts``, the limit in ms, the median
+    in ms); no outliers when nothing is used."""
+    out = np.zeros(len(ts), dtype=bool)
+    vals = ts[use]
+    if len(vals) == 0:
+        return out, OUTLIER_MIN_MS, 0
+    med = int(np.median(vals))
+    limit = max(10 * int(np.median(np.abs(vals - med))), OUTLIER_MIN_MS)
+    out[use] = np.abs(vals - med) > limit
+    return out, limit, med
+
+
+def _utc_date(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d")
 
 
 def out_of_order_rows(ts: np.ndarray) -> int:
@@ -632,8 +731,10 @@ class Replay:
 
     Attributes after construction: ``products`` and ``stores`` reference frames (catalog schema); ``quarantine``:
     the lines not replayed for their shape, each ``{"line"`` (physical, malformed lines of
-    :func:`load_transactions`, in ``df.attrs["quarantine"]``) or ``"row"`` (1-based row of ``df``, a row missing a
-    required field), ``"code", "reason", "text"}`` (the CLI dead-letters them);
+    :func:`load_transactions`, in ``df.attrs["quarantine"]``) and/or ``"row"`` (1-based row of ``df``: a row missing a
+    required field, or a product line whose invoice_ts is malformed or a date outlier, :func:`date_outliers`; with
+    its physical ``"line"`` too when ``df`` comes from :func:`load_transactions`), ``"code", "reason", "text"}``
+    (the CLI dead-letters them);
     after iterating :meth:`events`: ``stats`` (:class:`ReplayStats`).
     """
 
@@ -649,16 +750,46 @@ class Replay:
     # --------------------------------------------------------------------------- preparation
     def _prepare(self) -> None:
         df, cfg = self.df, self.config
-        self.kind, self.skip_key = classify_rows(df)
-        ts = london_to_utc_ms(df["invoice_ts"], df.attrs.get("invoice_ts_format"))
-        missing = missing_fields(df)
-        for i in np.flatnonzero((missing != "").to_numpy()):   # truncated lines: quarantined, naming the fields
-            self.quarantine.append({"row": int(i) + 1, "code": self.skip_key[i],
-                                    "reason": f"missing field(s): {missing.iloc[i].replace(',', ', ')}",
-                                    "text": ",".join(map(str, df.iloc[i].tolist()))})
-        bad_ts = (ts < 0) & (missing == "").to_numpy()
-        self.kind[ts < 0] = "skip"
-        self.skip_key[bad_ts] = "UNPARSEABLE"
+        missing = missing_fields(df)   # once: classify_rows takes it (before 2026-12-06 computed twice)
+        self.kind, self.skip_key = classify_rows(df, missing)
+        fmt = df.attrs.get("invoice_ts_format")
+        ts = london_to_utc_ms(df["invoice_ts"], fmt)
+        line_of = df.attrs.get("source_line")
+
+        def quarantine(i: int, code: str, reason: str) -> None:
+            entry = {"row": int(i) + 1, "code": code, "reason": reason, "text": ",".join(map(str, df.iloc[i].tolist()))}
+            if line_of is not None:
+                entry = {"line": line_of(int(i)), **entry}
+            self.quarantine.append(entry)
+
+        complete = (missing == "").to_numpy()
+        for i in np.flatnonzero(~complete):   # truncated lines: quarantined, naming the fields
+            quarantine(i, self.skip_key[i], f"missing field(s): {missing.iloc[i].replace(',', ', ')}")
+        # a product line whose quantity, price or line number is not a number ("1,234.50", "£2.55", "5.5" units),
+        # whose price is negative, whose numbers the contracts cannot carry or whose invoice is no invoice number:
+        # quarantined naming the value (before 2026-12-06 only counted, the line lost)
+        for i in np.flatnonzero(pd.Series(self.skip_key, dtype=object).isin(list(BAD_VALUE_REASONS)).to_numpy()):
+            quarantine(i, self.skip_key[i], BAD_VALUE_REASONS[self.skip_key[i]](df.iloc[i]))
+        # a product line whose invoice_ts is malformed ("2011-13-45", "12/1/201O") or a typo far from the file's
+        # other dates ("2101-11-11": it moved every sale back 75 years) is quarantined, not replayed: it moves
+        # neither the clock, the order nor the sizing of the others (before 2026-12-06 a malformed one was only
+        # counted UNPARSEABLE, a far one replayed)
+        product = self.kind != "skip"
+        malformed = product & (ts == -1)   # london_to_utc_ms's mark of a value that does not parse
+        far, limit_ms, med = date_outliers(ts, product & ~malformed)
+        raw_ts = df["invoice_ts"].to_numpy()
+        for i in np.flatnonzero(malformed):
+            quarantine(i, "BAD_INVOICE_TS", f"invoice_ts {raw_ts[i]!r} is not a date and time in the file's format "
+                                            f"{fmt or 'of its other lines'}")
+        for i in np.flatnonzero(far):
+            quarantine(i, "INVOICE_TS_OUTLIER",
+                       f"invoice_ts {raw_ts[i]!r} is {abs(int(ts[i]) - med) / 86_400_000:,.0f} days from the median "
+                       f"of the file's dates ({_utc_date(med)}), more than {limit_ms / 86_400_000:,.0f} (10 x their "
+                       "median absolute deviation, at least 90): a typo?")
+        self.skip_key[malformed] = "BAD_INVOICE_TS"
+        self.skip_key[far] = "INVOICE_TS_OUTLIER"
+        self.skip_key[(ts < 0) & complete & ~product] = "UNPARSEABLE"
+        self.kind[malformed | far | (ts < 0)] = "skip"
         self.out_of_order = out_of_order_rows(ts[self.kind != "skip"])
         if self.out_of_order:  # replayed in time order (stable: file order within one instant), see events()
             order = np.argsort(ts, kind="stable")
@@ -686,13 +817,18 @@ class Replay:
         self.store_ids = stores.to_numpy()
         self.codes = product_ids(df["stock_code"]).to_numpy()
 
-        # per store x SKU sizing from average daily demand over the slice
+        # per store x SKU sizing from average daily net demand over the slice: units sold less units returned
+        # (a cancelled order is no demand: on the whole log UCI-GB 23166's 74,215-unit order, cancelled 16 min
+        # later, sized its stock at 74,215 units, 100 years of its net demand), at least 0 (returns of earlier sales)
         span_days = max(1.0, (valid_ts.max() - valid_ts.min()) / 86_400_000) if len(valid_ts) else 1.0
+        kind_u, qty_u = self.kind[use], self.qty[use]
         sales = pd.DataFrame({"store": self.store_ids[use], "sku": self.codes[use],
-                              "units": np.where(self.kind[use] == "sale", self.qty[use], 0)})
-        grp = sales.groupby(["store", "sku"], sort=False)["units"]
-        demand = grp.sum() / span_days
-        largest = grp.max().to_numpy()
+                              "units": np.where(kind_u == "sale", qty_u, 0),
+                              "net": np.where((kind_u == "sale") | (kind_u == "return"), qty_u, 0)})
+        grp = sales.groupby(["store", "sku"], sort=False)
+        net = grp["net"].sum().clip(lower=0)
+        demand = net / span_days
+        largest = np.minimum(grp["units"].max().to_numpy(), net.to_numpy())   # a line larger: expedited restock
         lead_days = cfg.restock_lead_hours / 24
         rop = np.ceil(demand.to_numpy() * (lead_days + SAFETY_DAYS)).astype(np.int64) + 1
         cap = np.maximum.reduce([3 * rop, np.ceil(14 * demand.to_numpy()).astype(np.int64), largest,
@@ -781,6 +917,16 @@ class Replay:
             n_restock[key] += 1
             return inv(key, level - stock[key], "RESTOCK", ts, f"RST-{key[0]}-{key[1]}-{n_restock[key]}")
 
+        def make_room(key, add: int, ts: int, tid: str):
+            """An ADJUSTMENT down to STOCK_MAX - add when adding ``add`` units would lift stock above the contract's
+            bound (returns piling up: before 2026-12-06 120 returns of 100,000 units gave 21 inventory updates above
+            STOCK_MAX, dead-lettered while their sales lines went out); None when there is room."""
+            over = stock[key] + add - STOCK_MAX
+            if over > 0:
+                st.stock_max_adjustments += 1
+                return inv(key, -over, "ADJUSTMENT", ts, f"{tid}-MAX")
+            return None
+
         def maybe_order(key, ts: int):
             nonlocal seq
             if stock[key] < self.rop.get(key, 2) and key not in pending:
@@ -822,6 +968,9 @@ class Replay:
                             "price_change_id": f"OBS-{tid}", "store_id": key[0], "product_id": key[1],
                             "old_price": old, "new_price": price, "reason": "OBSERVED", "timestamp": ts})
                     last_price[key] = price
+                room = make_room(key, -q, ts, tid) if kind == "return" else None
+                if room is not None:
+                    yield room
                 if kind == "sale" and q > stock[key]:
                     st.expedited_restocks += 1
                     yield restock_to(key, max(self.cap.get(key, 10), q), ts)
@@ -838,6 +987,9 @@ class Replay:
                     reason = "WASTE" if WASTE_NOTE.search(desc_col[i] or "") else "ADJUSTMENT"
                     yield inv(key, change, reason, ts, f"{tid}-INV")
             elif kind == "found":
+                room = make_room(key, q, ts, tid)
+                if room is not None:
+                    yield room
                 yield inv(key, q, "ADJUSTMENT", ts, f"{tid}-INV")
             maybe_order(key, ts)
 

@@ -422,6 +422,204 @@ def test_sigterm_stops_flushes_and_reports(kafka_settings, processes):
         assert _end_offsets(s, s.topic(suffix)) == pub["by_topic_delivered"].get(s.topic(suffix), 0), suffix
 
 
+def _poll(cond, what: str, proc=None, timeout: float = 60.0):
+    """``cond()``'s first truthy value, checked every 20 ms (a process ``proc`` that ends first fails the test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the producer ended (rc {proc.returncode}) before {what}: {proc.communicate()}")
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _producer(bootstrap: str, prefix: str, *args):
+    """``python -m producers.cli *args`` (Popen, text pipes) with SIGINT at its default, as from a terminal (a
+    test runner started in the background may ignore it, and that would be inherited)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from core.settings import REPO_ROOT
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC_PREFIX": prefix,
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "producers.cli", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _fifo_has_reader(fifo) -> int | None:
+    """A write end of the FIFO once a process reads it (non-blocking open: ENXIO while no reader), else None."""
+    import errno
+    import os
+
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        return None
+
+
+@pytest.mark.parametrize("sig, rc", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_the_replay_reads_its_file_stops_with_a_report(tmp_path, sig, rc):
+    """A signal during start-up (here: the replay reading its file, a FIFO with a writer and no data yet, so the
+    read blocks until the test decides) stops the producer as one during publishing does: the report, nothing
+    published, the phase named, exit 128 + the signal. Before 2026-12-06: killed at once, no report (exit -15;
+    SIGINT: exit 130 and an empty stdout)."""
+    import os
+    import signal
+
+    fifo = tmp_path / "log.csv"
+    os.mkfifo(fifo)
+    proc = _producer("127.0.0.1:9", "ptest-startup-", "replay", "--path", str(fifo), "--quiet", "--no-reference")
+    fd = None
+    try:
+        fd = _poll(lambda: _fifo_has_reader(fifo), "the replay to open its file", proc)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if fd is not None:
+            os.close(fd)
+    assert proc.returncode == rc, (proc.returncode, out[-1000:], err[-2000:])
+    report = json.loads(out)
+    pub = report["published"]
+    assert pub["signal"] == sig and pub["events"] == pub["sent"] == pub["delivered"] == pub["failed"] == 0, pub
+    assert pub["stopped"] == f"{sig} received during start-up (reading the transaction log); nothing published"
+    assert report["topics"] is None and "Traceback" not in err, err[-2000:]
+
+
+def test_sigterm_while_topics_are_created_stops_with_a_report():
+    """``synthetic --processes 2`` stopped while it creates its topics (a broker that accepts the connection and
+    never answers, so the admin request waits): report, nothing published, exit 143, no worker started.
+    Before 2026-12-06: killed at once, exit -15, no report."""
+    import signal
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    silent.settimeout(0.02)
+    proc = _producer(f"127.0.0.1:{silent.getsockname()[1]}", "ptest-silent-", "synthetic", "--stores", "2",
+                     "--processes", "2", "--no-reference", "--quiet")
+    conns = []
+
+    def accepted() -> bool:
+        try:
+            conns.append(silent.accept()[0])
+        except socket.timeout:
+            return False
+        return True
+
+    try:
+        _poll(accepted, "the producer's admin client to connect", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for c in conns:
+            c.close()
+        silent.close()
+    assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
+    pub = json.loads(out)["published"]
+    assert pub["stopped"] == "SIGTERM received during start-up (creating topics); nothing published", pub
+    assert pub["signal"] == "SIGTERM" and pub["events"] == pub["sent"] == pub["delivered"] == 0, pub
+    assert "worker_errors" not in pub and "Traceback" not in err, err[-2000:]
+
+
+def test_sigterm_while_the_worker_processes_start_is_handled_by_them(kafka_settings):
+    """SIGTERM to ``synthetic --processes 2`` as soon as its worker processes exist (they still import and build
+    their simulators): forwarded to them, each stops and reports; exit 143, no process error, every record
+    handed over delivered and on its topic. Before 2026-12-06 a worker that got the forwarded SIGTERM while
+    starting died: BrokenProcessPool in ``worker_errors``, exit 1."""
+    import signal
+    import uuid
+
+    import psutil
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-wstart-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    proc = _producer(kafka_settings.kafka_bootstrap_servers, prefix, "synthetic", "--stores", "4", "--skus", "10",
+                     "--events-per-min-per-store", "300", "--duration-minutes", "600", "--realtime",
+                     "--no-reference", "--quiet", "--processes", "2")
+    try:
+        parent = psutil.Process(proc.pid)
+        _poll(lambda: len([c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]) >= 2,
+              "two worker processes", proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (proc.returncode, out[-3000:], err[-3000:])
+    pub = json.loads(out)["published"]
+    assert pub["worker_errors"] == [] and pub["signal"] == "SIGTERM", pub
+    assert len(pub["per_process"]) == 2 and pub["failed"] == pub["pending"] == 0, pub
+    assert pub["delivered"] == pub["sent"] + pub["dead_lettered"], pub
+    for suffix in ("sales-transactions", "inventory-updates"):
+        assert _end_offsets(s, s.topic(suffix)) == pub["by_topic_delivered"].get(s.topic(suffix), 0), suffix
+
+
+@pytest.mark.parametrize("fifo", [True, False])
+def test_jsonl_stops_on_sigterm_flushes_and_reports(kafka_settings, tmp_path, fifo):
+    """``jsonl`` reading a FIFO (a gateway's stream): 50 valid lines and a bad one are written, delivered, then
+    SIGTERM while it waits for the next line: it stops at once (line 52, the rest not read), the delivered ones
+    reported, exit 143. A regular file of 200,000 lines, SIGTERM once records arrive: the lines not sent are counted,
+    sent + dead-lettered + not sent = the file. Before 2026-12-06: no handler, killed at once (exit -15), no
+    report."""
+    if not fifo:
+        return _jsonl_file_sigterm(kafka_settings, tmp_path)
+    import os
+    import signal
+    import uuid
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-jlterm-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    now = int(time.time() * 1000)
+
+    def line(i: int) -> bytes:
+        return (json.dumps({"transaction_id": f"JT{i}", "store_id": "S1", "product_id": f"P{i % 3}",
+                            "quantity": 1, "unit_price": 2.5, "timestamp": now, "customer_id": None,
+                            "payment_method": "CARD", "invoice_id": None}) + "\n").encode()
+
+    fifo = tmp_path / "gateway.jsonl"
+    os.mkfifo(fifo)
+    proc = _producer(kafka_settings.kafka_bootstrap_servers, prefix, "jsonl", str(fifo),
+                     "--event-type", "sales_transaction")
+    fd = None
+    try:
+        fd = _poll(lambda: _fifo_has_reader(fifo), "jsonl to open its file", proc, timeout=120)
+        os.set_blocking(fd, True)
+        os.write(fd, b"".join(line(i) for i in range(50)) + b'{"transaction_id": "bad"}\n')
+        _poll(lambda: _end_offsets(s, s.topic("sales-transactions")) == 50
+              and _end_offsets(s, s.topic(DEAD_LETTER)) == 1, "the first 51 lines on their topics", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)   # the writer stays open: no EOF ends the read
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
+    report = json.loads(out)
+    assert report["lines"] == {"published": 50, "dead_lettered": 1, "stopped_at_line": 52, "not_sent": None}, report
+    pub = report["published"]
+    assert pub["signal"] == "SIGTERM" and "before line 52, the rest not read" in pub["stopped"], pub
+    assert (pub["sent"], pub["dead_lettered"], pub["delivered"], pub["failed"], pub["pending"]) == (50, 1, 51, 0, 0)
+    assert _end_offsets(s, s.topic("sales-transactions")) == 50 and _end_offsets(s, s.topic(DEAD_LETTER)) == 1
+
+
 def test_restock_alerts_come_back_out_once_each(kafka_settings, tmp_path, monkeypatch):
     """``producers.cli alerts`` reads the alerts topic in a consumer group: each valid alert printed once as a JSON
     line (a re-sent alert_id, as the stream re-sends after a crash, skipped, also in a later run), a malformed
@@ -466,3 +664,35 @@ def test_restock_alerts_come_back_out_once_each(kafka_settings, tmp_path, monkey
     r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [json.loads(line) for line in r.stdout.splitlines()] == [alert(4)], r.stdout
+
+
+def _jsonl_file_sigterm(kafka_settings, tmp_path) -> None:
+    """The regular-file half of test_jsonl_stops_on_sigterm_flushes_and_reports."""
+    import signal
+    import uuid
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-jlfile-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    now = int(time.time() * 1000)
+    n = 200_000   # seconds of sending: the signal lands mid-file
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps({
+        "transaction_id": f"JF{i}", "store_id": "S1", "product_id": f"P{i % 7}", "quantity": 1, "unit_price": 2.5,
+        "timestamp": now, "customer_id": None, "payment_method": "CARD", "invoice_id": None}) + "\n"
+        for i in range(n)))
+    proc = _producer(kafka_settings.kafka_bootstrap_servers, prefix, "jsonl", str(path),
+                     "--event-type", "sales_transaction")
+    try:
+        _poll(lambda: _end_offsets(s, s.topic("sales-transactions")) > 0, "records on the topic", proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
+    lines, pub = json.loads(out)["lines"], json.loads(out)["published"]
+    assert lines["published"] + lines["not_sent"] == n and lines["not_sent"] > 0, lines
+    assert lines["stopped_at_line"] == lines["published"] + 1 and lines["dead_lettered"] == 0, lines
+    assert pub["failed"] == pub["pending"] == 0 and pub["delivered"] == pub["sent"] == lines["published"], pub
+    assert _end_offsets(s, s.topic("sales-transactions")) == lines["published"]
