@@ -342,6 +342,28 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
         raise StackError(f"ports still bound after down: {busy()}") from None
 
 
+def clean(s: Settings | None = None) -> Path | None:
+    """Stop every service (:func:`down`), then delete the state folder ``s.retail_state_dir`` (RETAIL_STATE_DIR:
+    Kafka logs, MinIO data, chDB, checkpoints, logs, supervisord.conf). ``make clean`` runs it, so the folder is
+    the one the settings name, not the Makefile's default (until 2026-12-06 ``make clean`` deleted
+    ``.cache/state`` whatever RETAIL_STATE_DIR said, and left the configured folder in place).
+
+    Returns:
+        the folder deleted, or None when there was none.
+    Raises:
+        StackError: a port is still bound after ``down`` (nothing is deleted: a running service's data).
+    """
+    import shutil
+
+    s = s or get_settings()
+    down(s)
+    d = Path(s.retail_state_dir)
+    if not d.exists():
+        return None
+    shutil.rmtree(d)
+    return d
+
+
 @contextlib.contextmanager
 def platform_settings(state: Path, **extra: str):
     """The environment of a native platform whose state lives in ``state`` and whose services listen on free

@@ -196,6 +196,36 @@ def test_down_after_supervisord_was_killed_leaves_nothing(tmp_path):
 
 
 @pytest.mark.integration
+def test_make_clean_stops_and_removes_the_configured_state_folder(tmp_path):
+    """``make clean`` with RETAIL_STATE_DIR elsewhere: the services of that folder stop and that folder goes; the
+    Makefile's default (``$(CACHE)/state``) is not touched (it removed the default and kept the configured one)."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import port_open
+
+    cache, state = tmp_path / "cache", tmp_path / "elsewhere"
+    (cache / "state").mkdir(parents=True)
+    (cache / "state" / "keep.txt").write_text("not the configured state")
+    with platform_settings(state) as s:
+        try:
+            local.up(s, ["minio"])
+            assert (state / "minio").is_dir() and _state_pids(state)
+            # CACHE: a decoy default state folder; PY: this venv (the Makefile derives it from CACHE)
+            r = subprocess.run(["make", "--no-print-directory", "clean", f"CACHE={cache}", f"PY={sys.executable}"],
+                               cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert not state.exists(), sorted(p.name for p in state.iterdir())
+            assert (cache / "state" / "keep.txt").read_text() == "not the configured state"
+            assert _state_pids(state) == []
+            assert [p for p in _all_ports(s) if port_open(*p)] == []
+        finally:
+            local.down(s)
+
+
+@pytest.mark.integration
 def test_airflow_parent_killed_restarts_without_leftovers(tmp_path):
     import signal
     import time
