@@ -606,6 +606,66 @@ def test_decompression_is_bounded_while_it_runs(enc):
     assert len(decompress(_bomb(enc, 32 << 20), enc)) == 32 << 20
 
 
+def test_zstd_bodies_are_decompressed_once(monkeypatch):
+    """Every byte zstandard produces for a body is produced once: a 3-frame, 24 MiB body yields 24 MiB of
+    decompressor output (it yielded 48 MiB: a bounded read, then every frame again to check it ends)."""
+    import zstandard
+
+    from chserver.app import decompress
+
+    real, produced = zstandard.ZstdDecompressor, []
+
+    class Obj:
+        def __init__(self, obj):
+            self.obj = obj
+
+        def decompress(self, data):
+            out = self.obj.decompress(data)
+            produced.append(len(out))
+            return out
+
+        def __getattr__(self, name):   # eof, unused_data, ...
+            return getattr(self.obj, name)
+
+    class Reader:
+        def __init__(self, reader):
+            self.reader = reader
+
+        def __enter__(self):
+            self.reader.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.reader.__exit__(*exc)
+
+        def read(self, *a):
+            out = self.reader.read(*a)
+            produced.append(len(out))
+            return out
+
+    class Counting:
+        def __init__(self, *a, **k):
+            self.d = real(*a, **k)
+
+        def decompressobj(self, *a, **k):
+            return Obj(self.d.decompressobj(*a, **k))
+
+        def stream_reader(self, *a, **k):
+            return Reader(self.d.stream_reader(*a, **k))
+
+        def decompress(self, *a, **k):
+            out = self.d.decompress(*a, **k)
+            produced.append(len(out))
+            return out
+
+    rng = __import__("random").Random(7)
+    frames = [bytes(rng.getrandbits(8) for _ in range(1 << 16)) * (8 << 4) for _ in range(3)]   # 3 x 8 MiB
+    body = b"".join(zstandard.ZstdCompressor(level=1).compress(f) for f in frames)
+    monkeypatch.setattr(zstandard, "ZstdDecompressor", Counting)
+    assert decompress(body, "zstd", limit=32 << 20) == b"".join(frames)
+    assert sum(produced) == 24 << 20, sum(produced)
+
+
 def _peak_rss(port: int) -> int:
     """Peak resident set (VmHWM, bytes) of the process listening on ``port``."""
     import psutil
