@@ -239,6 +239,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def invalid_utf8_param(query_string: bytes) -> str | None:
+    """The name of the first URL parameter whose name or value is not UTF-8 once percent-decoded (``%FF``), or
+    None. ``query_string``: the raw query string (ASGI ``scope["query_string"]``); ``+`` counts as a space."""
+    from urllib.parse import unquote_to_bytes
+
+    for pair in query_string.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        raw_key = unquote_to_bytes(key.replace(b"+", b" "))
+        try:
+            raw_key.decode("utf-8")
+            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return raw_key.decode("utf-8", "backslashreplace")
+    return None
+
+
 def _true(value: str) -> bool:
     """A ClickHouse boolean setting's value as text: ``1``/``true`` (any case) is true; ``0``, ``false``, anything
     else false."""
@@ -412,7 +428,8 @@ class Server:
 
         Errors are answered, never raised: :meth:`error` with the status :func:`http_status` gives the error's
         name. 403: AUTHENTICATION_FAILED (516; no, unknown or wrong credentials), ACCESS_DENIED (497; e.g. a
-        non-admin's ``file()``). 400: SYNTAX_ERROR (62; empty or non-UTF-8 query, a second statement, the
+        non-admin's ``file()``). 400: BAD_ARGUMENTS (36; a URL parameter that is not UTF-8 once percent-decoded,
+        :func:`invalid_utf8_param`: checked before anything else), SYNTAX_ERROR (62; empty or non-UTF-8 query, a second statement, the
         engine's parse errors), UNKNOWN_COMPRESSION_METHOD (55),
         CANNOT_DECOMPRESS (271), the CANNOT_PARSE_* and type errors. 404: the UNKNOWN_* errors (table, setting
         (115), format, database, ...). 413: QUERY_IS_TOO_LARGE (202; body over the limit). 501: NOT_IMPLEMENTED
@@ -421,6 +438,11 @@ class Server:
         as 1001 STD_EXCEPTION without it).
         """
         q = request.query_params
+        bad = invalid_utf8_param(request.scope.get("query_string", b""))
+        if bad is not None:   # Starlette would turn the bytes into U+FFFD: the query would run on other text
+            return self.error(ClickHouseError(36, f"Code: 36. DB::Exception: URL parameter '{bad}' is not valid "
+                                                  "UTF-8 after percent-decoding. (BAD_ARGUMENTS)", "BAD_ARGUMENTS"),
+                              str(uuid.uuid4()))
         query_id = q.get("query_id") or str(uuid.uuid4())
         if request.method in ("GET", "HEAD") and "query" not in q:   # HEAD: as GET (the server sends no body)
             return Response("Ok.\n", media_type="text/plain; charset=UTF-8")

@@ -188,6 +188,29 @@ def test_a_requests_settings_never_outlive_it(endpoint):
     assert r.status_code == 400 and r.text.rstrip().endswith(")") and "CANNOT_PARSE_IPV4" in r.text, r.text
 
 
+def test_url_parameters_that_are_not_utf8_are_refused(endpoint):
+    """A percent-encoded byte that is not UTF-8 (``%FF``) in the query, a parameter's value, the database or a
+    parameter's name: 400, code 36 BAD_ARGUMENTS, nothing run (it became U+FFFD: ``SELECT '%FF'`` answered
+    ``EF BF BD``, an INSERT's parameter would have been stored changed). UTF-8 (``%C3%A9``) still decodes."""
+    base, users, _ = endpoint
+    w = _w(users)
+    _table(base, users, "utf8")
+    for url in ("/?query=SELECT%20%27%FF%27", "/?query=SELECT%20%7Bx%3AString%7D&param_x=%FF%FE",
+                "/?query=SELECT%201&database=%FF", "/?query=SELECT%201&param_%FF=1"):
+        r = httpx.get(base + url, auth=w)
+        assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (400, "36"), (url, r.text)
+        assert r.text.startswith("Code: 36. DB::Exception: ") and "(BAD_ARGUMENTS)" in r.text, r.text
+    sql = "INSERT INTO t.utf8 SELECT 1, {x:String}, 0"
+    r = httpx.post(base + "/?param_x=a%FFb", auth=w, content=sql.encode())
+    assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (400, "36"), r.text
+    assert _rows(base, users, "utf8") == []                         # nothing written
+    r = httpx.post(base + "/?param_x=%C3%A9t%C3%A9", auth=w, content=sql.encode())
+    assert r.status_code == 200, r.text
+    assert _rows(base, users, "utf8") == [(1, "\u00e9t\u00e9", 0.0)]
+    r = httpx.get(base + "/?query=SELECT%20hex(%27%C3%A9%27)", auth=w)
+    assert (r.status_code, r.text) == (200, "C3A9\n")
+
+
 def test_omitted_fields_take_the_columns_defaults(endpoint):
     """INSERT ... FORMAT JSONEachRow / CSVWithNames without some fields: those columns take their DEFAULT
     expressions (a server's input_format_defaults_for_omitted_fields), not the type's zero."""
