@@ -1025,6 +1025,55 @@ def test_large_results_stream_in_one_document_and_free_the_engine(endpoint):
     assert _peak_rss(port) - peak_before < 200 << 20, (peak_before, _peak_rss(port))
 
 
+@pytest.mark.parametrize("fmt, header", [
+    ("TSVWithNames", b"a\n"), ("CSVWithNamesAndTypes", b'"a"\n"UInt8"\n'),
+    ("RowBinaryWithNamesAndTypes", b"\x01\x01a\x05UInt8"),
+    ("ODBCDriver2", b"".join(n.to_bytes(4, "little") + s for n, s in
+                             [(2, b""), (2, b""), (4, b"name"), (1, b"a"), (2, b""), (4, b"type"), (5, b"UInt8")]))])
+def test_an_empty_result_in_a_header_format_runs_its_query_once(endpoint, fmt, header):
+    """An empty result in a header format is its header alone, from one run of the query: the engine GETs a
+    url() source once per request (it fetched it twice: the streamed run gave no chunk to take the header from,
+    so the query ran again whole). Header layouts from ClickHouse's formats documentation."""
+    import http.server
+    import threading
+
+    base, users, _ = endpoint
+    hits: list[str] = []
+
+    class Source(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.command)
+            self.send_response(200)
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"1\n2\n3\n")
+
+        do_HEAD = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Source)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        src = f"url('http://127.0.0.1:{server.server_address[1]}/d.csv', 'CSV', 'a UInt8')"
+        admin = ("admin", users["admin"])
+        r = _post(base, admin, f"SELECT a FROM {src} WHERE a > 100 FORMAT {fmt}")
+        assert r.status_code == 200, r.text
+        assert r.content == header
+        assert r.headers["X-ClickHouse-Format"] == fmt
+        assert hits.count("GET") == 1, hits     # the data fetched once (a HEAD may ask for its size first)
+        hits.clear()
+        r = _post(base, admin, f"SELECT a FROM {src} WHERE a > 1 FORMAT {fmt}")   # with rows: as before
+        assert r.status_code == 200 and r.content.startswith(header) and len(r.content) > len(header), r.content
+        assert hits.count("GET") == 1, hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 def test_a_read_only_user_may_not_run_system_or_kill(endpoint):
     """bi_reader's SYSTEM and KILL statements are refused (403, 497), as on the compose server where it holds only
     SELECT (a first version answered 200 to its global SYSTEM STOP MERGES and KILL QUERY); the writer's SYSTEM
