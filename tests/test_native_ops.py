@@ -196,6 +196,68 @@ def test_down_after_supervisord_was_killed_leaves_nothing(tmp_path):
 
 
 @pytest.mark.integration
+def test_a_program_that_fails_to_start_keeps_being_retried(tmp_path):
+    """Every supervised program is retried without end, as compose's ``restart: unless-stopped``: MinIO with its
+    port held by another process fails start after start and comes back once the port is free (with
+    supervisord's default startretries=3 it was FATAL after its 4th failed start, 16.8 s in, and stayed FATAL)."""
+    import configparser
+    import socket
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import SERVICES, wait_until
+
+    state = tmp_path / "state"
+    with platform_settings(state) as s:
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read(local.write_conf(s))
+        assert {n: int(conf[f"program:{n}"]["startretries"]) for n in SERVICES} == dict.fromkeys(SERVICES, 1000)
+        holder = socket.socket()
+        try:
+            local.up(s, ["minio"])
+            proxy = local.rpc(s)
+            proxy.supervisor.stopProcess("minio", True)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("localhost", s.minio_port))
+            holder.listen()
+            log = state / "logs" / "supervisord.log"
+            before = log.read_text().count("exited: minio")
+            proxy.supervisor.startProcess("minio", False)
+
+            def failed_starts() -> int:
+                return log.read_text().count("exited: minio") - before
+
+            # 6 failed starts (supervisord gave up after 4), or FATAL: whichever comes first
+            wait_until(lambda: failed_starts() >= 6 or proxy.supervisor.getProcessInfo("minio")["statename"] == "FATAL",
+                       120, "six failed starts of minio")
+            assert proxy.supervisor.getProcessInfo("minio")["statename"] != "FATAL", log.read_text()[-1500:]
+            assert "gave up: minio" not in log.read_text()
+            holder.close()
+            wait_until(lambda: proxy.supervisor.getProcessInfo("minio")["statename"] == "RUNNING"
+                       and local.healthy("minio", s), 120, "minio back once its port is free")
+        finally:
+            holder.close()
+            local.down(s)
+
+
+def test_a_missing_setting_fails_up_before_any_program_starts(tmp_path):
+    """With programs retried without end, a setting a service needs is checked before it starts: ConfigError naming
+    the variable, and no supervisord started."""
+    from conftest import platform_settings
+    from core.settings import ConfigError
+    from ops import local
+
+    with platform_settings(tmp_path / "state") as base:   # free ports: a regression starts nothing shared
+        s = base.model_copy(update={"clickhouse_bi_password": None})
+        try:
+            with pytest.raises(ConfigError, match="CLICKHOUSE_BI_PASSWORD"):
+                local.start("dashboard", s)
+            assert not local.supervisord_running(s) and not (tmp_path / "state" / "supervisord.conf").exists()
+        finally:
+            local.down(s)
+
+
+@pytest.mark.integration
 def test_make_clean_stops_and_removes_the_configured_state_folder(tmp_path):
     """``make clean`` with RETAIL_STATE_DIR elsewhere: the services of that folder stop and that folder goes; the
     Makefile's default (``$(CACHE)/state``) is not touched (it removed the default and kept the configured one)."""
