@@ -52,16 +52,12 @@ def test_make_produce_starts_kafka_and_minio():
     assert {"kafka", "minio"} <= started, started
 
 
-def test_native_airflow_listens_where_the_settings_say(monkeypatch, tmp_path):
-    from core.settings import get_settings
+def test_native_airflow_listens_where_the_settings_say(tmp_path):
+    from conftest import settings_env
     from ops import airflow, local
 
-    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("AIRFLOW_WORKER_LOG_PORT", "20793")
-    monkeypatch.setenv("AIRFLOW_TRIGGER_LOG_PORT", "20794")
-    get_settings.cache_clear()
-    try:
-        s = get_settings()
+    with settings_env(RETAIL_STATE_DIR=str(tmp_path), AIRFLOW_WORKER_LOG_PORT="20793",
+                      AIRFLOW_TRIGGER_LOG_PORT="20794") as s:
         assert s.airflow_host == "127.0.0.1"   # loopback by default, as every native service
         env = airflow.airflow_env(s, tmp_path / "airflow", 20080)
         assert env["AIRFLOW__API__HOST"] == "127.0.0.1" and env["AIRFLOW__API__PORT"] == "20080"
@@ -69,22 +65,16 @@ def test_native_airflow_listens_where_the_settings_say(monkeypatch, tmp_path):
         assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "20794"
         # `down` waits for every one of them to be free
         assert {p for _, p in local._ports("airflow", s)} == {s.airflow_port, 20793, 20794}
-    finally:
-        get_settings.cache_clear()
 
 
-def test_supervisor_config_carries_each_setting_quoted(monkeypatch, tmp_path):
+def test_supervisor_config_carries_each_setting_quoted(tmp_path):
     from supervisor.options import ServerOptions
 
-    from core.settings import get_settings
+    from conftest import settings_env
     from ops import local
 
-    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("WEATHER_FILE", "/data/a b,c%d=e'f#g;h (1).csv")
-    monkeypatch.setenv("ETL_SCHEDULE", "0 8 * * *")
-    get_settings.cache_clear()
-    try:
-        s = get_settings()
+    with settings_env(RETAIL_STATE_DIR=str(tmp_path), WEATHER_FILE="/data/a b,c%d=e'f#g;h (1).csv",
+                      ETL_SCHEDULE="0 8 * * *") as s:
         path = local.write_conf(s)
         assert path.stat().st_mode & 0o077 == 0   # the environment holds the generated credentials
         opts = ServerOptions()
@@ -95,12 +85,9 @@ def test_supervisor_config_carries_each_setting_quoted(monkeypatch, tmp_path):
         assert want["DASHBOARD_PORT"] == str(s.dashboard_port)
         for group in opts.process_group_configs:
             assert group.process_configs[0].environment == want, group.name
-        monkeypatch.setenv("WEATHER_FILE", '/data/"quoted".csv')   # supervisord cannot carry it: said, not garbled
-        get_settings.cache_clear()
-        with pytest.raises(StackError, match="WEATHER_FILE"):
-            local.write_conf(get_settings())
-    finally:
-        get_settings.cache_clear()
+        with settings_env(WEATHER_FILE='/data/"quoted".csv') as quoted:   # supervisord cannot carry it: said, not garbled
+            with pytest.raises(StackError, match="WEATHER_FILE"):
+                local.write_conf(quoted)
 
 
 def _listening(port: int) -> bool:
@@ -113,34 +100,30 @@ def _listening(port: int) -> bool:
 def test_up_runs_programs_with_the_settings_of_that_up(tmp_path):
     """The settings of each `up` reach the supervised program: after a stop, and while it runs (restarted);
     an `up` with the same settings leaves it alone."""
-    from conftest import platform_settings
-    from core.settings import get_settings
+    from conftest import platform_settings, settings_env
     from ops import local
     from ops.services import free_port
 
     with platform_settings(tmp_path / "state") as s:
+        last = s   # the settings of the last `up`: `down` waits for its ports
         try:
             local.up(s, ["minio"])
             first = s.minio_console_port
             assert _listening(first)
             local.rpc(s).supervisor.stopProcess("minio", True)            # as `supervisorctl stop minio`
-            os.environ["MINIO_CONSOLE_PORT"] = str(second := free_port())
-            get_settings.cache_clear()
-            s = get_settings()
-            local.up(s, ["minio"])
-            assert _listening(second) and not _listening(first), (first, second)
-            pid = local.status(s)["minio"]["pid"]
-            os.environ["MINIO_CONSOLE_PORT"] = str(third := free_port())    # changed while it runs
-            get_settings.cache_clear()
-            s = get_settings()
-            local.up(s, ["minio"])
-            assert _listening(third) and not _listening(second)
-            assert local.status(s)["minio"]["pid"] != pid
-            pid = local.status(s)["minio"]["pid"]
-            local.up(s, ["minio"])                                          # same settings: left alone
-            assert local.status(s)["minio"]["pid"] == pid
+            with settings_env(MINIO_CONSOLE_PORT=str(second := free_port())) as last:
+                local.up(last, ["minio"])
+                assert _listening(second) and not _listening(first), (first, second)
+                pid = local.status(last)["minio"]["pid"]
+            with settings_env(MINIO_CONSOLE_PORT=str(third := free_port())) as last:   # changed while it runs
+                local.up(last, ["minio"])
+                assert _listening(third) and not _listening(second)
+                assert local.status(last)["minio"]["pid"] != pid
+                pid = local.status(last)["minio"]["pid"]
+                local.up(last, ["minio"])                                   # same settings: left alone
+                assert local.status(last)["minio"]["pid"] == pid
         finally:
-            local.down(s)
+            local.down(last)
 
 
 def _state_pids(state: Path) -> list[int]:
@@ -343,6 +326,7 @@ def _compose_dotenv(folder: Path) -> None:
 
 
 def test_native_minio_root_is_the_lake_keys_whatever_dotenv_says(monkeypatch, tmp_path):
+    from conftest import settings_env
     from core.settings import get_settings
     from ops import services
     from ops.install import ensure_local_env
@@ -350,17 +334,11 @@ def test_native_minio_root_is_the_lake_keys_whatever_dotenv_says(monkeypatch, tm
     ensure_local_env(get_settings())   # local.env with the lake keys (kept when present)
     _compose_dotenv(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path / "state"))
-    for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "LAKE_ACCESS_KEY", "LAKE_SECRET_KEY"):
-        monkeypatch.delenv(k, raising=False)
-    get_settings.cache_clear()
-    try:
-        s = get_settings()
+    with settings_env(RETAIL_STATE_DIR=str(tmp_path / "state"), MINIO_ROOT_USER=None, MINIO_ROOT_PASSWORD=None,
+                      LAKE_ACCESS_KEY=None, LAKE_SECRET_KEY=None) as s:
         assert s.minio_root_user == "change-me-minio-admin" != s.lake_access_key   # the mix .env causes
         _, env = services.argv_env("minio", s)
         assert (env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]) == (s.lake_access_key, s.lake_secret_key)
-    finally:
-        get_settings.cache_clear()
 
 
 @pytest.mark.integration
