@@ -149,6 +149,6 @@ ps: ## docker compose ps (needs Docker)
 	$(need_docker)
 	$(COMPOSE) ps
 
-clean: ## Stop native services and remove local state (keeps the install cache)
-	-$(PY) -m ops.cli down
-	rm -rf $(CACHE)/state reports/*.tmp
+clean: ## Stop native services and remove their state folder (RETAIL_STATE_DIR, default .cache/state; keeps the install cache)
+	$(PY) -m ops.cli clean
+	rm -f reports/*.tmp

@@ -33,7 +33,6 @@ import base64
 import contextlib
 import gzip
 import hmac
-import io
 import json
 import logging
 import re
@@ -136,6 +135,47 @@ def _inflate(body: bytes, wbits: int, limit: int | None, members: bool) -> bytes
             raise ValueError(f"{len(rest)} bytes of trailing data after the compressed stream")
 
 
+#: the most a zstd frame expands per input byte: a 4-byte RLE block (3-byte header + 1 byte) gives 128 KiB
+ZSTD_MAX_RATIO = 1 << 15
+
+
+def _unzstd(body: bytes, cap: int | None) -> bytes:
+    """Concatenated zstd frames -> bytes in one pass, stopping once ``cap`` bytes are produced (None: no bound).
+
+    zstandard's ``decompressobj`` has no output bound, so the input is fed in slices no larger than
+    (``cap`` - output so far) / :data:`ZSTD_MAX_RATIO` bytes (at least 64): one slice never expands past the bound
+    by more than 2 MiB. Each frame must end (``eof``): a truncated one is an error, not a short body. Until
+    2026-12-06 the body was decompressed twice (a bounded ``stream_reader``, which stops silently at a truncated
+    frame, then every frame again to check it ends: 2x the work, both outputs held).
+
+    Raises:
+        ClickHouseError: 202 QUERY_IS_TOO_LARGE once the output reaches ``cap``.
+        ValueError: a truncated frame; zstandard.ZstdError: corrupt data.
+    """
+    import zstandard
+
+    if not body:
+        return b""
+    dctx = zstandard.ZstdDecompressor()
+    d, out, size, pos, view = dctx.decompressobj(), [], 0, 0, memoryview(body)
+    while pos < len(body):
+        step = len(body) if cap is None else max(64, (cap - size) // ZSTD_MAX_RATIO)
+        piece = view[pos:pos + step]
+        pos += len(piece)
+        chunk = d.decompress(piece)
+        size += len(chunk)
+        out.append(chunk)
+        if cap is not None and size >= cap:
+            raise too_large("Decompressed request body")
+        if d.eof:   # a frame ended inside this slice: the next frame starts at its unused data
+            pos -= len(d.unused_data)
+            if pos < len(body):
+                d = dctx.decompressobj()
+    if not d.eof:
+        raise ValueError("truncated zstd frame")
+    return b"".join(out)
+
+
 def decompress(body: bytes, encoding: str, limit: int | None = None) -> bytes:
     """Undo a request's ``Content-Encoding`` (gzip, deflate, zstd, lz4 = LZ4 frames; identity), producing at most
     ``limit`` bytes (None: no bound). The bound holds while decompressing: a small body that would expand past it
@@ -155,23 +195,7 @@ def decompress(body: bytes, encoding: str, limit: int | None = None) -> bytes:
         if enc == "deflate":
             return _inflate(body, zlib.MAX_WBITS, limit, members=False)
         if enc == "zstd":  # clients send one frame per block: read across all frames
-            import zstandard
-
-            dctx, out, size = zstandard.ZstdDecompressor(), [], 0
-            with dctx.stream_reader(io.BytesIO(body), read_across_frames=True) as r:
-                while chunk := r.read(1 << 20):
-                    size += len(chunk)
-                    out.append(chunk)
-                    if cap is not None and size >= cap:
-                        raise too_large("Decompressed request body")
-            rest = body   # the reader stops silently at a truncated frame: check each frame ends (output <= limit)
-            while rest:
-                d = dctx.decompressobj()
-                d.decompress(rest)
-                if not d.eof:
-                    raise ValueError("truncated zstd frame")
-                rest = d.unused_data
-            return b"".join(out)
+            return _unzstd(body, cap)
         if enc in ("lz4", "lz4_frame"):  # concatenated LZ4 frames (clickhouse-connect: one per block)
             import lz4.frame
 
@@ -213,6 +237,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise too_large(f"Request body of more than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def invalid_utf8_param(query_string: bytes) -> str | None:
+    """The name of the first URL parameter whose name or value is not UTF-8 once percent-decoded (``%FF``), or
+    None. ``query_string``: the raw query string (ASGI ``scope["query_string"]``); ``+`` counts as a space."""
+    from urllib.parse import unquote_to_bytes
+
+    for pair in query_string.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        raw_key = unquote_to_bytes(key.replace(b"+", b" "))
+        try:
+            raw_key.decode("utf-8")
+            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return raw_key.decode("utf-8", "backslashreplace")
+    return None
 
 
 def _true(value: str) -> bool:
@@ -388,7 +428,8 @@ class Server:
 
         Errors are answered, never raised: :meth:`error` with the status :func:`http_status` gives the error's
         name. 403: AUTHENTICATION_FAILED (516; no, unknown or wrong credentials), ACCESS_DENIED (497; e.g. a
-        non-admin's ``file()``). 400: SYNTAX_ERROR (62; empty or non-UTF-8 query, a second statement, the
+        non-admin's ``file()``). 400: BAD_ARGUMENTS (36; a URL parameter that is not UTF-8 once percent-decoded,
+        :func:`invalid_utf8_param`: checked before anything else), SYNTAX_ERROR (62; empty or non-UTF-8 query, a second statement, the
         engine's parse errors), UNKNOWN_COMPRESSION_METHOD (55),
         CANNOT_DECOMPRESS (271), the CANNOT_PARSE_* and type errors. 404: the UNKNOWN_* errors (table, setting
         (115), format, database, ...). 413: QUERY_IS_TOO_LARGE (202; body over the limit). 501: NOT_IMPLEMENTED
@@ -397,6 +438,11 @@ class Server:
         as 1001 STD_EXCEPTION without it).
         """
         q = request.query_params
+        bad = invalid_utf8_param(request.scope.get("query_string", b""))
+        if bad is not None:   # Starlette would turn the bytes into U+FFFD: the query would run on other text
+            return self.error(ClickHouseError(36, f"Code: 36. DB::Exception: URL parameter '{bad}' is not valid "
+                                                  "UTF-8 after percent-decoding. (BAD_ARGUMENTS)", "BAD_ARGUMENTS"),
+                              str(uuid.uuid4()))
         query_id = q.get("query_id") or str(uuid.uuid4())
         if request.method in ("GET", "HEAD") and "query" not in q:   # HEAD: as GET (the server sends no body)
             return Response("Ok.\n", media_type="text/plain; charset=UTF-8")

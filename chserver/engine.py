@@ -355,8 +355,12 @@ class Engine:
                         raise _Unjoinable
                 spool.write(data)
                 res.size += len(data)
-            if f in HEADED_FORMATS and header is None:  # no rows, so no chunk carried the header: run it whole
-                raise _Unjoinable
+            if f in HEADED_FORMATS and header is None:  # no rows, so no chunk carried the header
+                header = self._empty_header(conn, sql, fmt, params)
+                if header is None:                    # a statement EXPLAIN cannot describe: run it whole
+                    raise _Unjoinable
+                spool.write(header)
+                res.size += len(header)
         except _Unjoinable:
             stream.cancel()
             spool.close()
@@ -370,6 +374,29 @@ class Engine:
             raise
         spool.seek(0)
         return res
+
+    def _empty_header(self, conn, sql: str, fmt: str, params: dict[str, str] | None) -> bytes | None:
+        """The output of an empty result of ``sql`` in the header format ``fmt`` (its header alone), without running
+        the query again: the result's columns from ``EXPLAIN PLAN json = 1, header = 1`` (analysis only, nothing
+        read), then ``SELECT * FROM null(columns)`` in ``fmt``. Until 2026-12-06 an empty header-format result ran
+        its query a second time (a 1 s query answered in 2 s). Returns None when EXPLAIN cannot describe the
+        statement (not a SELECT / WITH, or it fails): the caller then runs it whole."""
+        from chserver.sqlscan import code_of, output_format   # sqlscan imports this module
+
+        if not re.match(r"\s*\(*\s*(?:SELECT|WITH)\b", code_of(sql), re.I):
+            return None
+        text = sql
+        if output_format(sql):   # EXPLAIN's own output format would be that one: drop the last FORMAT clause
+            clauses = list(re.finditer(r"\bFORMAT\s+[A-Za-z_][A-Za-z0-9_]*", sql, re.I))
+            text = sql[:clauses[-1].start()] + " " + sql[clauses[-1].end():]
+        text = text.rstrip().rstrip(";")
+        try:
+            plan = json.loads(conn.query(f"EXPLAIN PLAN json = 1, header = 1 {text}", "TSVRaw",
+                                         params=params or None).bytes())
+            columns = ", ".join(f"{quote_ident(c['Name'])} {c['Type']}" for c in plan[0]["Plan"]["Header"])
+            return conn.query(f"SELECT * FROM null({quote_string(columns)})", fmt).bytes() or None
+        except Exception:  # noqa: BLE001 - chDB raises its own types; None: the caller runs the statement whole
+            return None
 
     def _insert_from_file(self, conn, sql: str, data: bytes, fmt: str, database: str | None) -> tuple[str, str]:
         """``INSERT INTO t [(cols)] [SETTINGS ...]`` + data -> (``INSERT ... SELECT * FROM file(tmp, fmt, structure)``,
@@ -385,7 +412,7 @@ class Engine:
                                       "data of an INSERT. (SYNTAX_ERROR)", "SYNTAX_ERROR")
         parts = [p.strip("` ") for p in re.split(r"\.(?=(?:[^`]*`[^`]*`)*[^`]*$)", table)]
         db, tbl = (parts[0], parts[1]) if len(parts) == 2 else (database or "default", parts[0])
-        structure, select = "", "*"   # select: the file's columns to insert, in the INSERT's order
+        structure = ""
         if fmt.lower() in _UNTYPED_INPUT or fmt.lower().startswith("rowbinary"):
             every = [json.loads(line) for line in conn.query(
                 f"SELECT name, type, default_kind, default_expression FROM system.columns WHERE database = "
@@ -404,30 +431,25 @@ class Engine:
                                           "(NO_SUCH_COLUMN_IN_TABLE)", "NO_SUCH_COLUMN_IN_TABLE")
             # a field the data omits (JSONEachRow, CSVWithNames, ...) or leaves empty (CSV) takes the column's
             # DEFAULT, as a server's INSERT ... FORMAT does (input_format_defaults_for_omitted_fields): the
-            # structure carries the DEFAULT expressions. A format that names its fields reads every column, so an
-            # expression may name a column outside the INSERT's list; the SELECT then keeps the listed ones (the
-            # others are not written: the table computes their own DEFAULTs; a field the data gives for one still
-            # feeds a listed column's DEFAULT, where a server would skip it). A positional format's structure is
-            # the list itself. An expression naming a column the structure lacks (outside a positional list, or a
-            # MATERIALIZED / ALIAS / EPHEMERAL one) is left out: the type's zero.
+            # structure carries the DEFAULT expressions. The structure is the INSERT's columns only: a field the
+            # data gives for another column is skipped (input_format_skip_unknown_fields, as on a server), and a
+            # DEFAULT naming another column takes that column's own DEFAULT / MATERIALIZED / ALIAS expression in
+            # its place (:func:`inline_defaults`). Until 2026-12-06 a names-fields format read every column, so
+            # {"b": "zz"} for an unlisted b fed a listed d DEFAULT concat(b, '!'): 'zz!' where a server stores 'bee!'.
             defaults = {name: expr for name, _, kind, expr in rows if kind == "DEFAULT" and expr}
-            read = list(types) if cols_sql and _names_fields(fmt) else wanted
-            outside = {r[0] for r in every} - set(read)   # a DEFAULT naming one of these is left out
-            structure = ", " + quote_string(", ".join(
-                f"{quote_ident(c)} {types[c]}"
-                + (f" DEFAULT {defaults[c]}" if c in defaults and not _names_any(defaults[c], outside) else "")
-                for c in read))
-            if read != wanted:   # a bare column list would prune the file's columns a DEFAULT reads: read all
-                select = ", ".join(f"__row.{read.index(c) + 1}" for c in wanted)
+            outside = {r[0]: (r[1], r[3]) for r in every if r[0] not in wanted}
+            parts_sql = []
+            for c in wanted:
+                expr = inline_defaults(defaults[c], outside) if c in defaults else None
+                parts_sql.append(f"{quote_ident(c)} {types[c]}" + (f" DEFAULT {expr}" if expr else ""))
+            structure = ", " + quote_string(", ".join(parts_sql))
         fd, path = tempfile.mkstemp(dir=self.tmp, suffix="." + fmt.lower())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         cols = f" ({cols_sql})" if cols_sql else ""
         settings = f" {rest}" if rest else ""
         return (f"INSERT INTO {quote_ident(db)}.{quote_ident(tbl)}{cols}{settings} "
-                + (f"SELECT * FROM file({quote_string(path)}, {quote_string(fmt)}{structure})" if select == "*" else
-                   f"SELECT {select} FROM (SELECT tuple(*) AS __row FROM file({quote_string(path)}, "
-                   f"{quote_string(fmt)}{structure}))")), path
+                f"SELECT * FROM file({quote_string(path)}, {quote_string(fmt)}{structure})"), path
 
 
 class _Unjoinable(Exception):
@@ -516,16 +538,45 @@ def header_length(fmt: str, data: bytes) -> int | None:
     return i
 
 
-def _names_fields(fmt: str) -> bool:
-    """Whether an input format names its fields (JSON objects, ``...WithNames...``), so a row may omit some."""
-    f = fmt.lower()
-    return "withnames" in f or f in ("jsoneachrow", "jsonlines", "ndjson", "jsonstringseachrow")
+#: a DEFAULT expression's tokens: a string literal (kept), a quoted or bare identifier (a bare one not after a
+#: ``.`` and not before ``(``: not a tuple element, a qualified name's tail or a function)
+_EXPR_TOKEN = re.compile(r"(?P<str>'(?:[^'\\]|\\.)*')|`(?P<bq>(?:[^`\\]|\\.)*)`|\"(?P<dq>(?:[^\"\\]|\\.)*)\""
+                         r"|(?<![\w.])(?P<bare>[A-Za-z_]\w*)\b(?!\s*\()")
 
 
-def _names_any(expr: str, columns: set[str]) -> bool:
-    """Whether a DEFAULT expression names any of ``columns`` (identifiers, back-quoted or bare; a word inside a
-    string literal counts too, which only leaves a DEFAULT out)."""
-    return any((a or b) in columns for a, b in re.findall(r"`([^`]+)`|\b([A-Za-z_]\w*)\b", expr))
+def inline_defaults(expr: str, outside: dict[str, tuple[str, str]], depth: int = 0) -> str | None:
+    """A DEFAULT expression with every column of ``outside`` it names replaced by that column's own expression,
+    ``CAST((expr), 'Type')``, or ``defaultValueOfTypeName('Type')`` when it has none: what a server computes for
+    a column an INSERT does not list (its DEFAULT, MATERIALIZED or ALIAS expression; EPHEMERAL's default).
+
+    Args:
+        expr: the expression as ``system.columns.default_expression`` gives it.
+        outside: {column name: (type, expression or '')} of the columns the INSERT does not read.
+    Returns:
+        the expression, or None when it nests more than 32 deep (left out: the type's zero).
+    """
+    if depth > 32:
+        return None
+    failed = False
+
+    def sub(m: re.Match) -> str:
+        nonlocal failed
+        if m.group("str") is not None:
+            return m.group(0)
+        name = next(g for g in (m.group("bq"), m.group("dq"), m.group("bare")) if g is not None)
+        if name not in outside:
+            return m.group(0)
+        typ, inner = outside[name]
+        if not inner:
+            return f"defaultValueOfTypeName({quote_string(typ)})"
+        got = inline_defaults(inner, outside, depth + 1)
+        if got is None:
+            failed = True
+            return m.group(0)
+        return f"CAST(({got}), {quote_string(typ)})"
+
+    out = _EXPR_TOKEN.sub(sub, expr)
+    return None if failed else out
 
 
 def _int(res, attr: str) -> int:

@@ -41,6 +41,20 @@ def down() -> None:
 
 
 @app.command()
+def clean() -> None:
+    """Stop the native services, then delete their state folder: ``RETAIL_STATE_DIR`` as the settings resolve it
+    (environment, ``.env``, ``$RETAIL_CACHE_DIR/local.env``; default ``$RETAIL_CACHE_DIR/state``), the folder
+    :func:`ops.local.up` used. The install cache (venv, jars, MinIO, ``local.env``) is kept.
+
+    Raises:
+        StackError: a service's port is still bound after ``down`` (the state is then left in place).
+    """
+    s = get_settings()
+    gone = local.clean(s)
+    typer.echo(f"removed {gone}" if gone else f"nothing to remove at {s.retail_state_dir}")
+
+
+@app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="JSON instead of a table.")) -> None:
     """Each service's supervisor state, pid, uptime, health and endpoint; exit 1 unless all are healthy."""
     st = local.status(get_settings())

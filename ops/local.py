@@ -27,23 +27,24 @@ from core.settings import Settings, get_settings
 from ops import services as svc
 from ops.install import StackError, ensure_local_env
 
-#: supervisord ``startretries`` of the streaming program: in effect unbounded (the waits between retries grow by
-#: 1 s each: the last of 1,000 comes ~17 min after the one before). The job itself waits for ClickHouse, Kafka and
-#: the lake at start (:func:`streaming.job.wait_for_services`), so an outage keeps it up, not failing.
-STREAM_START_RETRIES = 1000
+#: supervisord ``startretries`` of every program: in effect unbounded (the waits between retries grow by 1 s each:
+#: the last of 1,000 comes ~17 min after the one before), as compose's ``restart: unless-stopped`` for each service.
+#: The streaming job waits for ClickHouse, Kafka and the lake at start (:func:`streaming.job.wait_for_services`), so
+#: an outage keeps it up, not failing. With supervisord's default of 3 a program that failed to stay up
+#: ``startsecs`` 4 times in a row was FATAL for good: measured 2026-12-06, MinIO with its port held by another
+#: process was FATAL 16.8 s in and still FATAL 60 s after the port was free (the stream: ~1 min into a ClickHouse
+#: outage). A bad setting still fails ``up`` at once: :func:`ops.services.check_config` runs before a start.
+START_RETRIES = 1000
+STREAM_START_RETRIES = START_RETRIES
 
-#: seconds a program must stay up to count as started, and to wait after SIGTERM before SIGKILL; startretries
-#: (default 3): failed starts before the program goes FATAL
+#: seconds a program must stay up to count as started, and to wait after SIGTERM before SIGKILL
 _PROGRAM = {
     "kafka": {"startsecs": 3, "stopwaitsecs": 20, "stopsignal": "TERM"},
     "minio": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
     "clickhouse": {"startsecs": 2, "stopwaitsecs": 10, "stopsignal": "TERM"},
     # SIGTERM to the Python driver only: it stops the queries between micro-batches, then SparkSession.stop()
     # ends its JVM (signalling the group killed the JVM under the driver's feet: Py4J errors at stop)
-    # startretries: restarted however often it fails to stay up startsecs (supervisord waits 1 s longer before each
-    # retry; a run that stays up resets the count). With 3 it went FATAL for good ~1 min into an outage.
-    "streaming": {"startsecs": 15, "stopwaitsecs": 60, "stopsignal": "TERM", "stopasgroup": "false",
-                  "startretries": STREAM_START_RETRIES},
+    "streaming": {"startsecs": 15, "stopwaitsecs": 60, "stopsignal": "TERM", "stopasgroup": "false"},
     # SIGINT to the standalone parent only: it stops its components itself (signalling the whole group at once
     # left it waiting for them until SIGKILL); the group is SIGKILLed after stopwaitsecs
     "airflow": {"startsecs": 10, "stopwaitsecs": 30, "stopsignal": "INT", "stopasgroup": "false"},
@@ -103,7 +104,7 @@ def write_conf(s: Settings) -> Path:
         p = _PROGRAM[name]
         lines += [
             f"[program:{name}]", f"command={py} -m ops.services run {name}", "autostart=false", "autorestart=true",
-            f"startsecs={p['startsecs']}", f"startretries={p.get('startretries', 3)}", f"stopsignal={p['stopsignal']}",
+            f"startsecs={p['startsecs']}", f"startretries={START_RETRIES}", f"stopsignal={p['stopsignal']}",
             f"stopwaitsecs={p['stopwaitsecs']}", f"stopasgroup={p.get('stopasgroup', 'true')}", "killasgroup=true", "redirect_stderr=true",
             f"stdout_logfile={logs / (name + '.log')}", "stdout_logfile_maxbytes=50MB", "stdout_logfile_backups=2",
             f"environment={env}", "",
@@ -231,12 +232,14 @@ def start(name: str, s: Settings | None = None, done: set[str] | None = None,
             migrates each service once although several depend on it.
         requested: the services the caller asked for (default: ``{name}``); the others are dependencies.
     Raises:
+        ConfigError: a setting the service needs is missing (named; :func:`ops.services.check_config`).
         StackError: it (or a dependency) did not become healthy in time; the message carries its log's tail.
     """
     s = s or get_settings()
     done = set() if done is None else done
     if name in done:
         return
+    svc.check_config(name, s)   # a bad setting fails here, not as a program retrying without end
     requested = {name} if requested is None else requested
     for dep in svc.DEPENDS.get(name, ()):
         start(dep, s, done, requested)
@@ -340,6 +343,28 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
         _wait(lambda: not busy(), timeout, "native stack shutdown")
     except StackError:
         raise StackError(f"ports still bound after down: {busy()}") from None
+
+
+def clean(s: Settings | None = None) -> Path | None:
+    """Stop every service (:func:`down`), then delete the state folder ``s.retail_state_dir`` (RETAIL_STATE_DIR:
+    Kafka logs, MinIO data, chDB, checkpoints, logs, supervisord.conf). ``make clean`` runs it, so the folder is
+    the one the settings name, not the Makefile's default (until 2026-12-06 ``make clean`` deleted
+    ``.cache/state`` whatever RETAIL_STATE_DIR said, and left the configured folder in place).
+
+    Returns:
+        the folder deleted, or None when there was none.
+    Raises:
+        StackError: a port is still bound after ``down`` (nothing is deleted: a running service's data).
+    """
+    import shutil
+
+    s = s or get_settings()
+    down(s)
+    d = Path(s.retail_state_dir)
+    if not d.exists():
+        return None
+    shutil.rmtree(d)
+    return d
 
 
 @contextlib.contextmanager

@@ -227,6 +227,31 @@ def minio_root(s: Settings) -> tuple[str, str]:
     return s.minio_root_user, s.minio_root_password  # type: ignore[return-value]
 
 
+def check_config(name: str, s: Settings) -> None:
+    """Check the settings service ``name`` needs before it is started (the supervisor retries a program that
+    fails to start without end, so a missing setting must fail the caller, not the program).
+
+    Raises:
+        ConfigError: a setting is missing or invalid (names the environment variable).
+        KeyError: unknown service name.
+    """
+    from core.settings import ConfigError
+
+    if name not in SERVICES:
+        raise KeyError(f"unknown service {name!r}; services: {', '.join(SERVICES)}")
+    if name == "kafka":
+        try:
+            kafka_host_port(s)
+        except ValueError:
+            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: expected host:port, got {s.kafka_bootstrap_servers!r}") from None
+    elif name == "minio":
+        minio_root(s)
+    elif name == "clickhouse":
+        s.require("clickhouse_admin_password", "clickhouse_writer_password", "clickhouse_bi_password")
+    elif name == "dashboard":
+        s.require("clickhouse_bi_password")
+
+
 def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) of a service's foreground process.
 

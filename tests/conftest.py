@@ -62,26 +62,38 @@ def cancelled_units(lines, keys: list[str], time: str = "event_time"):
 
 
 @contextlib.contextmanager
-def local_lake_env(root: Path, **extra_env: str):
-    """Settings with LAKE_URL = the local folder ``root`` (buckets created) and ``extra_env`` set; yields the
-    Lake and restores the environment afterwards. The fixture factory behind :func:`local_lake`: a test module
-    needing more settings (e.g. FORECAST_*) defines its own module fixture with it."""
-    from core.lake import Lake, get_lake
+def settings_env(**env: str | None):
+    """The settings with environment variables ``env`` set (a value) or unset (None) for the block: sets them,
+    clears the settings and lake caches, yields :func:`core.settings.get_settings`, and afterwards restores every
+    variable as it was and clears the caches again (whatever the block raised). Nest it for a setting that changes
+    inside a block; ``local_lake_env`` and ``native_stack`` are built on it."""
+    from core.lake import get_lake
     from core.settings import get_settings
 
-    env = {"LAKE_URL": str(root), "LAKE_RAW_BUCKET": "raw-data", "LAKE_FEATURES_BUCKET": "features",
-           "LAKE_MODELS_BUCKET": "models", **extra_env}
     old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear(), get_lake.cache_clear()
     try:
-        lake = Lake(get_settings())
-        lake.ensure_buckets()
-        yield lake
+        for k, v in env.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        get_settings.cache_clear(), get_lake.cache_clear()
+        yield get_settings()
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         get_settings.cache_clear(), get_lake.cache_clear()
+
+
+@contextlib.contextmanager
+def local_lake_env(root: Path, **extra_env: str):
+    """Settings with LAKE_URL = the local folder ``root`` (buckets created) and ``extra_env`` set; yields the
+    Lake and restores the environment afterwards (:func:`settings_env`). The fixture factory behind
+    :func:`local_lake`: a test module needing more settings (e.g. FORECAST_*) defines its own module fixture with it."""
+    from core.lake import Lake
+
+    with settings_env(LAKE_URL=str(root), LAKE_RAW_BUCKET="raw-data", LAKE_FEATURES_BUCKET="features",
+                      LAKE_MODELS_BUCKET="models", **extra_env) as s:
+        lake = Lake(s)
+        lake.ensure_buckets()
+        yield lake
 
 
 @pytest.fixture(scope="module")
@@ -119,32 +131,16 @@ def native_stack(native_services):
     """The session's native services with a fresh ClickHouse database and fresh lake buckets for this test
     module (clickhouse-connect's layout: a fresh database per run), migrations applied; yields the Settings."""
     from core.clickhouse import migrate
-    from core.lake import Lake, get_lake
-    from core.settings import get_settings
+    from core.lake import Lake
 
     tag = uuid.uuid4().hex[:8]
-    env = {"CLICKHOUSE_DATABASE": f"test_{tag}", "LAKE_RAW_BUCKET": f"raw-{tag}",
-           "LAKE_MODELS_BUCKET": f"models-{tag}", "LAKE_FEATURES_BUCKET": f"features-{tag}",
-           # the modules run daily_etl with dag.test() on the UCI log's dates (2011): Airflow creates no task
-           # instance for a manual run before the DAG's start_date (ETL_START_DATE)
-           "ETL_START_DATE": "2009-12-01"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    get_lake.cache_clear()
-    s = get_settings()
-    try:
+    # the modules run daily_etl with dag.test() on the UCI log's dates (2011): Airflow creates no task instance for
+    # a manual run before the DAG's start_date (ETL_START_DATE)
+    with settings_env(CLICKHOUSE_DATABASE=f"test_{tag}", LAKE_RAW_BUCKET=f"raw-{tag}", LAKE_MODELS_BUCKET=f"models-{tag}",
+                      LAKE_FEATURES_BUCKET=f"features-{tag}", ETL_START_DATE="2009-12-01") as s:
         Lake(s).ensure_buckets()
         migrate(s)
         yield s
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        get_lake.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -188,6 +188,29 @@ def test_a_requests_settings_never_outlive_it(endpoint):
     assert r.status_code == 400 and r.text.rstrip().endswith(")") and "CANNOT_PARSE_IPV4" in r.text, r.text
 
 
+def test_url_parameters_that_are_not_utf8_are_refused(endpoint):
+    """A percent-encoded byte that is not UTF-8 (``%FF``) in the query, a parameter's value, the database or a
+    parameter's name: 400, code 36 BAD_ARGUMENTS, nothing run (it became U+FFFD: ``SELECT '%FF'`` answered
+    ``EF BF BD``, an INSERT's parameter would have been stored changed). UTF-8 (``%C3%A9``) still decodes."""
+    base, users, _ = endpoint
+    w = _w(users)
+    _table(base, users, "utf8")
+    for url in ("/?query=SELECT%20%27%FF%27", "/?query=SELECT%20%7Bx%3AString%7D&param_x=%FF%FE",
+                "/?query=SELECT%201&database=%FF", "/?query=SELECT%201&param_%FF=1"):
+        r = httpx.get(base + url, auth=w)
+        assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (400, "36"), (url, r.text)
+        assert r.text.startswith("Code: 36. DB::Exception: ") and "(BAD_ARGUMENTS)" in r.text, r.text
+    sql = "INSERT INTO t.utf8 SELECT 1, {x:String}, 0"
+    r = httpx.post(base + "/?param_x=a%FFb", auth=w, content=sql.encode())
+    assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (400, "36"), r.text
+    assert _rows(base, users, "utf8") == []                         # nothing written
+    r = httpx.post(base + "/?param_x=%C3%A9t%C3%A9", auth=w, content=sql.encode())
+    assert r.status_code == 200, r.text
+    assert _rows(base, users, "utf8") == [(1, "\u00e9t\u00e9", 0.0)]
+    r = httpx.get(base + "/?query=SELECT%20hex(%27%C3%A9%27)", auth=w)
+    assert (r.status_code, r.text) == (200, "C3A9\n")
+
+
 def test_omitted_fields_take_the_columns_defaults(endpoint):
     """INSERT ... FORMAT JSONEachRow / CSVWithNames without some fields: those columns take their DEFAULT
     expressions (a server's input_format_defaults_for_omitted_fields), not the type's zero."""
@@ -223,6 +246,51 @@ def test_omitted_fields_take_the_columns_defaults(endpoint):
     assert r.status_code == 200, r.text
     r = _post(base, _w(users), "SELECT a, m, e FROM t.dflt3 FORMAT JSONCompact")
     assert [tuple(x) for x in r.json()["data"]] == [(1, 2, "x")]
+
+
+_UNLISTED_DDL = ("CREATE OR REPLACE TABLE {t} (a UInt8, b String DEFAULT 'bee', d String DEFAULT concat(b, '!'), "
+                 "m UInt8 MATERIALIZED a * 2, e UInt8 DEFAULT m + 1, f UInt8 DEFAULT e * 10, g UInt8) "
+                 "ENGINE = MergeTree ORDER BY a")
+_UNLISTED_INSERTS = [
+    ("INSERT INTO {t} (a, d) FORMAT JSONEachRow", b'{"a": 1, "b": "zz"}\n{"a": 2, "b": "yy", "d": "own"}\n'),
+    ("INSERT INTO {t} (a, d, f) FORMAT JSONEachRow", b'{"a": 3, "b": "xx", "e": 9, "g": 5, "m": 50}\n'),
+    ("INSERT INTO {t} (a, d) FORMAT CSVWithNames", b'"a","b"\n4,"ww"\n'),
+    ("INSERT INTO {t} (a, d, g) FORMAT TSVWithNames", b'a\tb\tg\n5\tvv\t6\n'),
+    ("INSERT INTO {t} (a, f) FORMAT CSV", b'6,\n'),
+]
+
+
+def _server_rows(ddl: str, inserts: list[tuple[str, bytes]]) -> list[list]:
+    """The rows ClickHouse itself stores: the same statements through clickhouse-local's own INSERT ... FORMAT
+    parser (chDB in a process of its own, data inline after FORMAT)."""
+    script = textwrap.dedent(f"""
+        import chdb, json, sys
+        c = chdb.connect(":memory:")
+        c.query({ddl.format(t="default.x")!r})
+        for sql, body in {[(s.format(t="default.x"), b) for s, b in inserts]!r}:
+            c.query(sql + " " + body.decode())
+        sys.stdout.write(c.query("SELECT a, b, d, m, e, f, g FROM default.x ORDER BY a", "JSONCompact").bytes().decode())
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["data"]
+
+
+def test_insert_with_a_column_list_skips_fields_of_other_columns(endpoint):
+    """INSERT INTO t (listed columns) FORMAT <a format naming its fields>: a field for a column outside the list is
+    skipped (input_format_skip_unknown_fields), and a listed column's DEFAULT naming an unlisted column takes that
+    column's own DEFAULT / MATERIALIZED expression: the rows equal what clickhouse-local's own INSERT stores (the
+    endpoint stored d = 'zz!' from {"b": "zz"} where ClickHouse stores 'bee!')."""
+    base, users, _ = endpoint
+    r = _post(base, _w(users), _UNLISTED_DDL.format(t="t.unlisted"))
+    assert r.status_code == 200, r.text
+    for sql, body in _UNLISTED_INSERTS:
+        r = _post(base, _w(users), sql.format(t="t.unlisted"), body)
+        assert r.status_code == 200, (sql, r.text)
+    r = _post(base, _w(users), "SELECT a, b, d, m, e, f, g FROM t.unlisted ORDER BY a FORMAT JSONCompact")
+    got = r.json()["data"]
+    assert got == _server_rows(_UNLISTED_DDL, _UNLISTED_INSERTS)
+    assert got[0][:3] == [1, "bee", "bee!"]     # ClickHouse's documented behaviour, spelled out for one row
 
 
 def test_bi_reader_is_readonly_1(endpoint):
@@ -606,6 +674,66 @@ def test_decompression_is_bounded_while_it_runs(enc):
     assert len(decompress(_bomb(enc, 32 << 20), enc)) == 32 << 20
 
 
+def test_zstd_bodies_are_decompressed_once(monkeypatch):
+    """Every byte zstandard produces for a body is produced once: a 3-frame, 24 MiB body yields 24 MiB of
+    decompressor output (it yielded 48 MiB: a bounded read, then every frame again to check it ends)."""
+    import zstandard
+
+    from chserver.app import decompress
+
+    real, produced = zstandard.ZstdDecompressor, []
+
+    class Obj:
+        def __init__(self, obj):
+            self.obj = obj
+
+        def decompress(self, data):
+            out = self.obj.decompress(data)
+            produced.append(len(out))
+            return out
+
+        def __getattr__(self, name):   # eof, unused_data, ...
+            return getattr(self.obj, name)
+
+    class Reader:
+        def __init__(self, reader):
+            self.reader = reader
+
+        def __enter__(self):
+            self.reader.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.reader.__exit__(*exc)
+
+        def read(self, *a):
+            out = self.reader.read(*a)
+            produced.append(len(out))
+            return out
+
+    class Counting:
+        def __init__(self, *a, **k):
+            self.d = real(*a, **k)
+
+        def decompressobj(self, *a, **k):
+            return Obj(self.d.decompressobj(*a, **k))
+
+        def stream_reader(self, *a, **k):
+            return Reader(self.d.stream_reader(*a, **k))
+
+        def decompress(self, *a, **k):
+            out = self.d.decompress(*a, **k)
+            produced.append(len(out))
+            return out
+
+    rng = __import__("random").Random(7)
+    frames = [bytes(rng.getrandbits(8) for _ in range(1 << 16)) * (8 << 4) for _ in range(3)]   # 3 x 8 MiB
+    body = b"".join(zstandard.ZstdCompressor(level=1).compress(f) for f in frames)
+    monkeypatch.setattr(zstandard, "ZstdDecompressor", Counting)
+    assert decompress(body, "zstd", limit=32 << 20) == b"".join(frames)
+    assert sum(produced) == 24 << 20, sum(produced)
+
+
 def _peak_rss(port: int) -> int:
     """Peak resident set (VmHWM, bytes) of the process listening on ``port``."""
     import psutil
@@ -895,6 +1023,55 @@ def test_large_results_stream_in_one_document_and_free_the_engine(endpoint):
             size += len(block)
     assert r.status_code == 200 and size > 300 << 20, (r.status_code, size)
     assert _peak_rss(port) - peak_before < 200 << 20, (peak_before, _peak_rss(port))
+
+
+@pytest.mark.parametrize("fmt, header", [
+    ("TSVWithNames", b"a\n"), ("CSVWithNamesAndTypes", b'"a"\n"UInt8"\n'),
+    ("RowBinaryWithNamesAndTypes", b"\x01\x01a\x05UInt8"),
+    ("ODBCDriver2", b"".join(n.to_bytes(4, "little") + s for n, s in
+                             [(2, b""), (2, b""), (4, b"name"), (1, b"a"), (2, b""), (4, b"type"), (5, b"UInt8")]))])
+def test_an_empty_result_in_a_header_format_runs_its_query_once(endpoint, fmt, header):
+    """An empty result in a header format is its header alone, from one run of the query: the engine GETs a
+    url() source once per request (it fetched it twice: the streamed run gave no chunk to take the header from,
+    so the query ran again whole). Header layouts from ClickHouse's formats documentation."""
+    import http.server
+    import threading
+
+    base, users, _ = endpoint
+    hits: list[str] = []
+
+    class Source(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.command)
+            self.send_response(200)
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"1\n2\n3\n")
+
+        do_HEAD = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Source)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        src = f"url('http://127.0.0.1:{server.server_address[1]}/d.csv', 'CSV', 'a UInt8')"
+        admin = ("admin", users["admin"])
+        r = _post(base, admin, f"SELECT a FROM {src} WHERE a > 100 FORMAT {fmt}")
+        assert r.status_code == 200, r.text
+        assert r.content == header
+        assert r.headers["X-ClickHouse-Format"] == fmt
+        assert hits.count("GET") == 1, hits     # the data fetched once (a HEAD may ask for its size first)
+        hits.clear()
+        r = _post(base, admin, f"SELECT a FROM {src} WHERE a > 1 FORMAT {fmt}")   # with rows: as before
+        assert r.status_code == 200 and r.content.startswith(header) and len(r.content) > len(header), r.content
+        assert hits.count("GET") == 1, hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def test_a_read_only_user_may_not_run_system_or_kill(endpoint):

@@ -52,16 +52,12 @@ def test_make_produce_starts_kafka_and_minio():
     assert {"kafka", "minio"} <= started, started
 
 
-def test_native_airflow_listens_where_the_settings_say(monkeypatch, tmp_path):
-    from core.settings import get_settings
+def test_native_airflow_listens_where_the_settings_say(tmp_path):
+    from conftest import settings_env
     from ops import airflow, local
 
-    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("AIRFLOW_WORKER_LOG_PORT", "20793")
-    monkeypatch.setenv("AIRFLOW_TRIGGER_LOG_PORT", "20794")
-    get_settings.cache_clear()
-    try:
-        s = get_settings()
+    with settings_env(RETAIL_STATE_DIR=str(tmp_path), AIRFLOW_WORKER_LOG_PORT="20793",
+                      AIRFLOW_TRIGGER_LOG_PORT="20794") as s:
         assert s.airflow_host == "127.0.0.1"   # loopback by default, as every native service
         env = airflow.airflow_env(s, tmp_path / "airflow", 20080)
         assert env["AIRFLOW__API__HOST"] == "127.0.0.1" and env["AIRFLOW__API__PORT"] == "20080"
@@ -69,22 +65,16 @@ def test_native_airflow_listens_where_the_settings_say(monkeypatch, tmp_path):
         assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "20794"
         # `down` waits for every one of them to be free
         assert {p for _, p in local._ports("airflow", s)} == {s.airflow_port, 20793, 20794}
-    finally:
-        get_settings.cache_clear()
 
 
-def test_supervisor_config_carries_each_setting_quoted(monkeypatch, tmp_path):
+def test_supervisor_config_carries_each_setting_quoted(tmp_path):
     from supervisor.options import ServerOptions
 
-    from core.settings import get_settings
+    from conftest import settings_env
     from ops import local
 
-    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("WEATHER_FILE", "/data/a b,c%d=e'f#g;h (1).csv")
-    monkeypatch.setenv("ETL_SCHEDULE", "0 8 * * *")
-    get_settings.cache_clear()
-    try:
-        s = get_settings()
+    with settings_env(RETAIL_STATE_DIR=str(tmp_path), WEATHER_FILE="/data/a b,c%d=e'f#g;h (1).csv",
+                      ETL_SCHEDULE="0 8 * * *") as s:
         path = local.write_conf(s)
         assert path.stat().st_mode & 0o077 == 0   # the environment holds the generated credentials
         opts = ServerOptions()
@@ -95,12 +85,9 @@ def test_supervisor_config_carries_each_setting_quoted(monkeypatch, tmp_path):
         assert want["DASHBOARD_PORT"] == str(s.dashboard_port)
         for group in opts.process_group_configs:
             assert group.process_configs[0].environment == want, group.name
-        monkeypatch.setenv("WEATHER_FILE", '/data/"quoted".csv')   # supervisord cannot carry it: said, not garbled
-        get_settings.cache_clear()
-        with pytest.raises(StackError, match="WEATHER_FILE"):
-            local.write_conf(get_settings())
-    finally:
-        get_settings.cache_clear()
+        with settings_env(WEATHER_FILE='/data/"quoted".csv') as quoted:   # supervisord cannot carry it: said, not garbled
+            with pytest.raises(StackError, match="WEATHER_FILE"):
+                local.write_conf(quoted)
 
 
 def _listening(port: int) -> bool:
@@ -113,34 +100,30 @@ def _listening(port: int) -> bool:
 def test_up_runs_programs_with_the_settings_of_that_up(tmp_path):
     """The settings of each `up` reach the supervised program: after a stop, and while it runs (restarted);
     an `up` with the same settings leaves it alone."""
-    from conftest import platform_settings
-    from core.settings import get_settings
+    from conftest import platform_settings, settings_env
     from ops import local
     from ops.services import free_port
 
     with platform_settings(tmp_path / "state") as s:
+        last = s   # the settings of the last `up`: `down` waits for its ports
         try:
             local.up(s, ["minio"])
             first = s.minio_console_port
             assert _listening(first)
             local.rpc(s).supervisor.stopProcess("minio", True)            # as `supervisorctl stop minio`
-            os.environ["MINIO_CONSOLE_PORT"] = str(second := free_port())
-            get_settings.cache_clear()
-            s = get_settings()
-            local.up(s, ["minio"])
-            assert _listening(second) and not _listening(first), (first, second)
-            pid = local.status(s)["minio"]["pid"]
-            os.environ["MINIO_CONSOLE_PORT"] = str(third := free_port())    # changed while it runs
-            get_settings.cache_clear()
-            s = get_settings()
-            local.up(s, ["minio"])
-            assert _listening(third) and not _listening(second)
-            assert local.status(s)["minio"]["pid"] != pid
-            pid = local.status(s)["minio"]["pid"]
-            local.up(s, ["minio"])                                          # same settings: left alone
-            assert local.status(s)["minio"]["pid"] == pid
+            with settings_env(MINIO_CONSOLE_PORT=str(second := free_port())) as last:
+                local.up(last, ["minio"])
+                assert _listening(second) and not _listening(first), (first, second)
+                pid = local.status(last)["minio"]["pid"]
+            with settings_env(MINIO_CONSOLE_PORT=str(third := free_port())) as last:   # changed while it runs
+                local.up(last, ["minio"])
+                assert _listening(third) and not _listening(second)
+                assert local.status(last)["minio"]["pid"] != pid
+                pid = local.status(last)["minio"]["pid"]
+                local.up(last, ["minio"])                                   # same settings: left alone
+                assert local.status(last)["minio"]["pid"] == pid
         finally:
-            local.down(s)
+            local.down(last)
 
 
 def _state_pids(state: Path) -> list[int]:
@@ -193,6 +176,98 @@ def test_down_after_supervisord_was_killed_leaves_nothing(tmp_path):
         finally:
             local.down(s)
         assert _state_pids(state) == []
+
+
+@pytest.mark.integration
+def test_a_program_that_fails_to_start_keeps_being_retried(tmp_path):
+    """Every supervised program is retried without end, as compose's ``restart: unless-stopped``: MinIO with its
+    port held by another process fails start after start and comes back once the port is free (with
+    supervisord's default startretries=3 it was FATAL after its 4th failed start, 16.8 s in, and stayed FATAL)."""
+    import configparser
+    import socket
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import SERVICES, wait_until
+
+    state = tmp_path / "state"
+    with platform_settings(state) as s:
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read(local.write_conf(s))
+        assert {n: int(conf[f"program:{n}"]["startretries"]) for n in SERVICES} == dict.fromkeys(SERVICES, 1000)
+        holder = socket.socket()
+        try:
+            local.up(s, ["minio"])
+            proxy = local.rpc(s)
+            proxy.supervisor.stopProcess("minio", True)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("localhost", s.minio_port))
+            holder.listen()
+            log = state / "logs" / "supervisord.log"
+            before = log.read_text().count("exited: minio")
+            proxy.supervisor.startProcess("minio", False)
+
+            def failed_starts() -> int:
+                return log.read_text().count("exited: minio") - before
+
+            # 6 failed starts (supervisord gave up after 4), or FATAL: whichever comes first
+            wait_until(lambda: failed_starts() >= 6 or proxy.supervisor.getProcessInfo("minio")["statename"] == "FATAL",
+                       120, "six failed starts of minio")
+            assert proxy.supervisor.getProcessInfo("minio")["statename"] != "FATAL", log.read_text()[-1500:]
+            assert "gave up: minio" not in log.read_text()
+            holder.close()
+            wait_until(lambda: proxy.supervisor.getProcessInfo("minio")["statename"] == "RUNNING"
+                       and local.healthy("minio", s), 120, "minio back once its port is free")
+        finally:
+            holder.close()
+            local.down(s)
+
+
+def test_a_missing_setting_fails_up_before_any_program_starts(tmp_path):
+    """With programs retried without end, a setting a service needs is checked before it starts: ConfigError naming
+    the variable, and no supervisord started."""
+    from conftest import platform_settings
+    from core.settings import ConfigError
+    from ops import local
+
+    with platform_settings(tmp_path / "state") as base:   # free ports: a regression starts nothing shared
+        s = base.model_copy(update={"clickhouse_bi_password": None})
+        try:
+            with pytest.raises(ConfigError, match="CLICKHOUSE_BI_PASSWORD"):
+                local.start("dashboard", s)
+            assert not local.supervisord_running(s) and not (tmp_path / "state" / "supervisord.conf").exists()
+        finally:
+            local.down(s)
+
+
+@pytest.mark.integration
+def test_make_clean_stops_and_removes_the_configured_state_folder(tmp_path):
+    """``make clean`` with RETAIL_STATE_DIR elsewhere: the services of that folder stop and that folder goes; the
+    Makefile's default (``$(CACHE)/state``) is not touched (it removed the default and kept the configured one)."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import port_open
+
+    cache, state = tmp_path / "cache", tmp_path / "elsewhere"
+    (cache / "state").mkdir(parents=True)
+    (cache / "state" / "keep.txt").write_text("not the configured state")
+    with platform_settings(state) as s:
+        try:
+            local.up(s, ["minio"])
+            assert (state / "minio").is_dir() and _state_pids(state)
+            # CACHE: a decoy default state folder; PY: this venv (the Makefile derives it from CACHE)
+            r = subprocess.run(["make", "--no-print-directory", "clean", f"CACHE={cache}", f"PY={sys.executable}"],
+                               cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert not state.exists(), sorted(p.name for p in state.iterdir())
+            assert (cache / "state" / "keep.txt").read_text() == "not the configured state"
+            assert _state_pids(state) == []
+            assert [p for p in _all_ports(s) if port_open(*p)] == []
+        finally:
+            local.down(s)
 
 
 @pytest.mark.integration
@@ -251,6 +326,7 @@ def _compose_dotenv(folder: Path) -> None:
 
 
 def test_native_minio_root_is_the_lake_keys_whatever_dotenv_says(monkeypatch, tmp_path):
+    from conftest import settings_env
     from core.settings import get_settings
     from ops import services
     from ops.install import ensure_local_env
@@ -258,17 +334,11 @@ def test_native_minio_root_is_the_lake_keys_whatever_dotenv_says(monkeypatch, tm
     ensure_local_env(get_settings())   # local.env with the lake keys (kept when present)
     _compose_dotenv(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path / "state"))
-    for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "LAKE_ACCESS_KEY", "LAKE_SECRET_KEY"):
-        monkeypatch.delenv(k, raising=False)
-    get_settings.cache_clear()
-    try:
-        s = get_settings()
+    with settings_env(RETAIL_STATE_DIR=str(tmp_path / "state"), MINIO_ROOT_USER=None, MINIO_ROOT_PASSWORD=None,
+                      LAKE_ACCESS_KEY=None, LAKE_SECRET_KEY=None) as s:
         assert s.minio_root_user == "change-me-minio-admin" != s.lake_access_key   # the mix .env causes
         _, env = services.argv_env("minio", s)
         assert (env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]) == (s.lake_access_key, s.lake_secret_key)
-    finally:
-        get_settings.cache_clear()
 
 
 @pytest.mark.integration
