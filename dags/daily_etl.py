@@ -9,8 +9,11 @@ small XComs (counts). The Spark job never opens ClickHouse.
 
 Schedule: ETL_SCHEDULE (default 08:00 UTC daily) as a data-interval cron timetable; the run processes
 the UTC date of its logical date (the start of its interval = the previous day). Catchup is on from
-ETL_START_DATE: a night missed while the scheduler was down gets its run when it is back (oldest first, one run
-at a time). Re-running a date
+ETL_START_DATE when set, else from ETL_CATCHUP_DAYS (default 14) days before today: a night missed while the
+scheduler was down gets its run when it is back (oldest first, one run at a time), and a first unpause makes at
+most that many runs on any install date. Airflow creates no task for a run dated before the start (it
+"succeeds" empty): load older dates with a backfill (`airflow backfill create`, the UI's backfill) or
+`make nightly`. A date after today (UTC) is refused by ``load``. Re-running a date
 replaces its fact partitions (idempotent). A failed data-quality check, or raw data breaking the contract
 (the Spark job's exit 3), fails the run without retries (AirflowFailException): retrying cannot fix bad data.
 So does a raw partition that is gone while ClickHouse holds the day's rows (re-running would empty the day);
@@ -34,11 +37,12 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 import sys
 
-from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
+from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, etl_catchup_start, target_date
 from core.settings import get_settings
 from etl.operators import DailyFactsSubmitOperator
 
 _s = get_settings()
+_start = etl_catchup_start(_s)   # ETL_START_DATE, else ETL_CATCHUP_DAYS before today (UTC)
 
 
 def _day():
@@ -63,8 +67,8 @@ def _fail_fast_on_bad_data():
     dag_id="daily_etl",
     schedule=CronDataIntervalTimetable(_s.etl_schedule, timezone="UTC"),
     # catchup: nights missed while the scheduler was down are loaded when it is back (max_active_runs=1: in date
-    # order); ETL_START_DATE bounds the first unpause
-    start_date=pendulum.datetime(_s.etl_start_date.year, _s.etl_start_date.month, _s.etl_start_date.day, tz="UTC"),
+    # order); the start bounds the first unpause (core.dagconf.etl_catchup_start)
+    start_date=pendulum.datetime(_start.year, _start.month, _start.day, tz="UTC"),
     catchup=True,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
