@@ -24,7 +24,9 @@ compares each day's raw partition listing (file names, sizes, modification times
 loaded and builds the changed days again; ``load`` loads them again (oldest first) and ``quality_check``
 reconciles them too (``rechecked_days``), so events that land after a day's run are picked up. A raw partition
 that changed *during* the run (after the build) makes the quality check raise ``LakeChangedError``: not bad
-data, so the task is retried per default_args, and the next run's re-check reloads the day.
+data, so the task is retried per default_args, and the retry builds the day again (the same spark-submit as
+``build_facts``, :meth:`etl.operators.StagedSparkSubmitOperator.resubmit`, while holding its ClickHouse pool slot),
+loads it and reconciles it.
 """
 
 from __future__ import annotations
@@ -100,17 +102,24 @@ def daily_etl():
     @task(pool=CLICKHOUSE_POOL)
     def quality_check(loaded: dict | None) -> dict:
         """Reconcile fact_sales with the raw lake exactly, for the days re-checked by this run (oldest first), then
-        the run's date; record each in etl_runs. LakeChangedError (the lake changed during the run) is retried."""
+        the run's date; record each in etl_runs. LakeChangedError (the lake changed during the run) is retried, and
+        the retry first builds (build_facts' Spark job) and loads the day again, then reconciles."""
         import datetime as dt
 
         from etl import star_schema as etl
 
-        run_id = get_current_context()["run_id"]
+        ctx = get_current_context()
+        run_id, day = ctx["run_id"], _day()
         with _fail_fast_on_bad_data():
+            days = list((loaded or {}).get("rechecked_days", []))
+            if ctx["ti"].try_number > 1 and etl.stale_days(etl._lake(), [*map(dt.date.fromisoformat, days), day]):
+                ctx["dag"].get_task("build_facts").resubmit(ctx)   # the same spark-submit as build_facts
+                loaded = etl.load_recorded(day, dag_run_id=run_id,
+                                           allow_missing_raw=bool(ctx["params"].get("allow_missing_raw", False)))
+                days = sorted(set(days) | set(loaded["rechecked_days"]))
             started = dt.datetime.fromisoformat(loaded["started_at"]) if loaded else None  # None: load not run here
-            rechecked = {d: etl.quality_check(dt.date.fromisoformat(d), started, dag_run_id=run_id)
-                         for d in (loaded or {}).get("rechecked_days", [])}
-            return {**etl.quality_check(_day(), started, dag_run_id=run_id), "rechecked": rechecked}
+            rechecked = {d: etl.quality_check(dt.date.fromisoformat(d), started, dag_run_id=run_id) for d in days}
+            return {**etl.quality_check(day, started, dag_run_id=run_id), "rechecked": rechecked}
 
     loaded = load()
     build_facts >> loaded

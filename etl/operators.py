@@ -99,6 +99,33 @@ class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
             Exception: spark-submit failed without an error record (the provider's ``AirflowException``,
                 re-raised), or the lake is unavailable: retried per the DAG's default_args.
         """
+        return self._staged(context, lambda: super(StagedSparkSubmitOperator, self).execute(context))
+
+    def resubmit(self, context) -> dict | None:
+        """spark-submit this job again for the run's UTC date from *another* task of the same run (the quality
+        check's retry rebuilds the day when the lake changed during the run): the same application, arguments,
+        conf and connection, through the provider's ``SparkSubmitHook`` (an operator's ``execute`` may only be
+        called by its own task runner). The operator itself is left unchanged (a copy is submitted).
+
+        Returns / Raises: as :meth:`execute`.
+        """
+        import copy
+
+        op = copy.copy(self)
+        op.application_args = list(self.application_args or [])
+        op.conf = dict(self.conf or {})
+        op._hook = None
+
+        def submit():
+            if op.reads_lake and not op.jars:
+                from core.spark import connector_jars
+
+                op.jars = ",".join(connector_jars(lake=True)) or None
+            op._get_hook().submit(op.application)
+
+        return op._staged(context, submit)
+
+    def _staged(self, context, submit) -> dict | None:
         import importlib
 
         from airflow.sdk.exceptions import AirflowFailException
@@ -113,7 +140,7 @@ class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
         lake = Lake()
         sf.clear_error(lake, day)
         try:
-            super().execute(context)
+            submit()
         except Exception as exc:
             err = self.read_record(sf, lake, day, sf.ERROR_NAME)
             if err:
