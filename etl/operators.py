@@ -19,6 +19,7 @@ builds on ``etl`` (the features are built from the ETL's star schema).
 from __future__ import annotations
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import BaseSensorOperator
 
 from core.settings import REPO_ROOT
 
@@ -164,3 +165,54 @@ class DailyFactsSubmitOperator(StagedSparkSubmitOperator):
         :func:`etl.spark_facts.read_json`, a ``<name>.parquet`` under ``features/staging/daily_etl/date=<day>/``;
         None when absent."""
         return sf.read_json(lake, day, name)
+
+
+class EtlLoadedSensor(BaseSensorOperator):
+    """Holds a training or prediction run until daily_etl has loaded and reconciled the UTC date the run processes
+    (:func:`core.dagconf.target_date` of its logical date): :func:`etl.star_schema.etl_load_status`, the latest
+    ``etl_runs`` row of that date is a success. Without it, a run started before that night's ETL (an ETL running
+    late, retried or failed) went on with the history up to the day before and succeeded.
+
+    Reschedule mode (the worker slot and the ClickHouse pool slot are free between pokes): poke every
+    ``poke_interval`` s (default 600), give up after ``timeout`` s (default 12 h) with an ``AirflowSensorTimeout``
+    naming the date and what etl_runs holds for it. A run without a logical date (``batch_predictions`` triggered by
+    the ``demand_forecast_champion`` asset: the training run that emitted it already waited) passes at once.
+    """
+
+    def __init__(self, **kwargs):
+        import datetime as dt
+
+        from core.dagconf import CLICKHOUSE_POOL
+
+        kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("poke_interval", 600)
+        kwargs.setdefault("timeout", dt.timedelta(hours=12).total_seconds())
+        kwargs.setdefault("pool", CLICKHOUSE_POOL)
+        super().__init__(**kwargs)
+        self._why = ""
+
+    def poke(self, context) -> bool:
+        """True when the run's date is loaded (or the run has no logical date); logs why it waits otherwise."""
+        from core.dagconf import target_date
+        from etl.star_schema import etl_load_status
+
+        if context.get("logical_date") is None:
+            self.log.info("no logical date (asset-triggered run): the triggering run waited for daily_etl")
+            return True
+        ok, self._why = etl_load_status(target_date(context["logical_date"]))
+        self.log.info("%s", self._why if ok else f"waiting for daily_etl: {self._why}")
+        return ok
+
+    def execute(self, context):
+        """:meth:`BaseSensorOperator.execute`; on time-out the error names the date and what etl_runs holds.
+
+        Raises:
+            AirflowSensorTimeout: the date was not loaded within ``timeout``.
+        """
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout as exc:
+            raise AirflowSensorTimeout(f"daily_etl did not load the run's date within {self.timeout:.0f} s: "
+                                       f"{self._why}. Run or repair daily_etl for it, then clear this task") from exc

@@ -1087,6 +1087,25 @@ def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_i
     return {**actual, "revenue": str(actual["revenue"]), "duplicates": expected.duplicates}
 
 
+def etl_load_status(day: dt.date, client=None, db: str | None = None) -> tuple[bool, str]:
+    """Whether daily_etl's load of ``day`` is complete: the latest ``etl_runs`` row of the date (by
+    ``finished_at``) has status ``success`` (a reconciled quality check; a later failed load or check, e.g. a retry
+    under way, makes it incomplete again). Read by the training and prediction DAGs before they use the day.
+
+    Returns:
+        (complete, a sentence saying what etl_runs holds for the date, for the log / error message).
+    """
+    client, db = client or _client(), db or _db()
+    rows = client.query(f"SELECT status, stage, finished_at, substring(message, 1, 300) FROM {db}.etl_runs "
+                        f"WHERE date_key = {date_key(day)} ORDER BY finished_at DESC LIMIT 1").result_rows
+    if not rows:
+        return False, f"etl_runs has no daily_etl run for {day.isoformat()} (not loaded yet)"
+    status, stage, at, msg = rows[0]
+    if status == "success":
+        return True, f"daily_etl loaded and reconciled {day.isoformat()} at {at} UTC"
+    return False, f"the last daily_etl run for {day.isoformat()} is {status} at {stage} ({at} UTC): {msg}"
+
+
 def run_day(day: dt.date, recheck_days: int = 0) -> dict[str, Any]:
     """extract -> transform -> load -> quality_check in this process (for scripts; the DAG runs the same steps).
     With ``recheck_days`` > 0 the loaded days of that window whose raw partitions changed since they were loaded

@@ -105,6 +105,13 @@ def test_daily_etl_shape(parsed):
     assert d["tasks"]["build_facts"]["pool"] != "clickhouse"   # the Spark job never opens ClickHouse
 
 
+def test_ml_dags_wait_for_the_etl(parsed):
+    """Training and predictions start with wait_for_etl (etl.operators.EtlLoadedSensor), in the ClickHouse pool."""
+    for dag_id in ("demand_forecast_training", "batch_predictions"):
+        t = parsed["dags"][dag_id]["tasks"]["wait_for_etl"]
+        assert t["pool"] == "clickhouse" and t["retries"] >= 2
+
+
 def test_stack_airflow_environment():
     """The environment every Airflow process gets (AIRFLOW_HOME, dags folder, Spark connection, PATH)."""
     from core.dagconf import target_date

@@ -686,3 +686,41 @@ def test_a_run_for_a_date_after_today_is_refused(native_stack):
             run_pandas(future)
         assert client.query(f"SELECT count() FROM {s.clickhouse_database}.etl_runs "
                             f"WHERE status = 'success'").result_rows[0][0] == 0
+
+
+def test_training_and_predictions_wait_for_the_etl_of_their_date(etl_dag, native_stack):
+    """Nothing held demand_forecast_training / batch_predictions until that night's daily_etl had run: a training run
+    for a date the ETL had not loaded (late, retried, failed) went on with the history up to the day before and
+    succeeded. Both DAGs now start with wait_for_etl (EtlLoadedSensor): done only when the latest etl_runs row of
+    the run's date is a reconciled success; an asset-triggered predictions run (no logical date) passes."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from etl import star_schema as etl
+    from ops.airflow import DAGS_FOLDER
+
+    sensors = {}
+    for dag_id, first in (("demand_forecast_training", "extract_demand"), ("batch_predictions", "predict")):
+        bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
+        assert not bag.import_errors, bag.import_errors
+        sensors[dag_id] = bag.dags[dag_id].get_task("wait_for_etl")
+        assert sensors[dag_id].downstream_task_ids == {first} and sensors[dag_id].mode == "reschedule"
+
+    def done(dag_id: str, day: dt.date | None) -> bool:
+        at = None if day is None else dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+        return sensors[dag_id].poke({"logical_date": at})
+
+    with fresh_database() as (s, lake, client):
+        land_small(lake)
+        assert not done("demand_forecast_training", D1)   # nothing loaded
+        run_pandas(D1)
+        assert done("demand_forecast_training", D1) and done("batch_predictions", D1)
+        assert not done("demand_forecast_training", D2) and not done("batch_predictions", D2)
+        assert etl.etl_load_status(D2)[1].startswith("etl_runs has no daily_etl run for 2024-03-30")
+        # a later failed attempt (e.g. a retry under way) makes the date incomplete again, until it succeeds
+        etl.record_run(client, s.clickhouse_database, D1, "failed", "load", dt.datetime.now(dt.timezone.utc),
+                       message="EtlError('boom')")
+        assert not done("demand_forecast_training", D1)
+        assert "failed at load" in etl.etl_load_status(D1)[1]
+        run_pandas(D1)
+        assert done("demand_forecast_training", D1)
+        assert done("batch_predictions", None)   # asset-triggered: its training run waited
