@@ -28,12 +28,6 @@ DEFAULT_ARGS = {
 }
 
 
-#: start_date given to every task of daily_etl (the DAG's own start_date bounds the scheduler's catch-up only):
-#: Airflow creates no task instance for a run dated before its task's start_date, so a manual run of an older
-#: date "succeeded" with nothing loaded; with this every past date a run is made for is loaded
-EARLIEST_RUN_DATE = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
 def utc_today() -> dt.date:
     """Today's UTC calendar date (a function, so that tests can pin the clock the DAG files are parsed with)."""
     return dt.datetime.now(dt.timezone.utc).date()
