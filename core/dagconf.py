@@ -28,6 +28,28 @@ DEFAULT_ARGS = {
 }
 
 
+def utc_today() -> dt.date:
+    """Today's UTC calendar date (a function, so that tests can pin the clock the DAG files are parsed with)."""
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+def etl_catchup_start(s: Settings, today: dt.date | None = None) -> dt.date:
+    """The first UTC date the scheduler catches daily_etl up from (the DAG's start_date): ETL_START_DATE when
+    set, else ETL_CATCHUP_DAYS days before ``today`` (default :func:`utc_today`, i.e. when the DAG file is parsed;
+    day granularity, so the date moves once a day and a first unpause on any install date makes at most
+    ETL_CATCHUP_DAYS runs).
+
+    Args:
+        s: the settings (``etl_start_date``, ``etl_catchup_days``).
+        today: the UTC date to count back from (tests); None: :func:`utc_today`.
+    Returns:
+        a date; the DAG's start_date is its midnight UTC.
+    """
+    if s.etl_start_date is not None:
+        return s.etl_start_date
+    return (today or utc_today()) - dt.timedelta(days=s.etl_catchup_days)
+
+
 def target_date(logical_date) -> dt.date:
     """The UTC calendar date a run processes: the UTC date of its logical date.
 

@@ -252,13 +252,19 @@ class Settings(BaseSettings):
                     "compose sets 0.0.0.0 (all interfaces of the container, for its published port).")
     dashboard_refresh_s: float = Field(default=5.0, gt=0, le=10, description="Seconds between refreshes of the dashboard's live sections (at most 10).")
     etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl (UTC; once every day, minute and hour fixed: each run loads one date).")
-    etl_start_date: dt.date = Field(
-        default=dt.date(2026, 12, 1),
-        description="First UTC date daily_etl loads (YYYY-MM-DD, the DAG's start_date). daily_etl catches up: the "
-                    "scheduler creates a run for every date from here, so nights missed while it was down are "
-                    "loaded when it is back, in date order (one run at a time). Set it to the first date of "
-                    "your data (earlier dates: `make nightly` or `airflow backfill create`); a date years back makes "
-                    "years of runs when the DAG is first unpaused.")
+    etl_start_date: dt.date | None = Field(
+        default=None,
+        description="First UTC date the scheduler catches daily_etl up from (YYYY-MM-DD, the DAG's start_date). "
+                    "Unset (the default): ETL_CATCHUP_DAYS days before the day the DAG file is parsed, so a first "
+                    "unpause on any install date loads a bounded number of nights. Set it to catch up from a fixed "
+                    "date (a date years back makes years of runs when the DAG is first unpaused). Airflow creates no "
+                    "task for a manual run dated before it (the run succeeds empty): load older dates with a "
+                    "backfill (`airflow backfill create`, the UI's backfill) or `make nightly`.")
+    etl_catchup_days: int = Field(
+        default=14, ge=1, le=366,
+        description="When ETL_START_DATE is unset: how many days before today (UTC) daily_etl catches up from "
+                    "(days, 1..366). Nights missed while the scheduler was down longer than this are not created "
+                    "by the scheduler: load them with a backfill or `make nightly`.")
     etl_recheck_days: int = Field(
         default=7, ge=0,
         description="Each daily_etl run also re-checks this many loaded days before its date (days): a day whose "

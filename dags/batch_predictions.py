@@ -1,5 +1,7 @@
 """batch_predictions: champion model -> FORECAST_HORIZON-day forecasts with intervals -> stock optimisation -> SKU classes.
 
+wait_for_etl (:class:`etl.operators.EtlLoadedSensor`: a run with a logical date, PREDICTIONS_SCHEDULE or manual, waits
+until daily_etl has loaded and reconciled its date; an asset-triggered run passes, its training run waited) ->
 predict (SparkSubmitOperator, ``conn_id='spark_default'``, application ``ml/jobs/predict.py``: the champion
 of ``models/demand-forecast/champion.json`` on the latest feature table; writes Parquet to the lake, never
 opens chDB) -> load_predictions (``forecast_predictions``: every active store x SKU x horizon 1..H with
@@ -22,7 +24,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
 from core.settings import REPO_ROOT, get_settings
-from etl.operators import LakeSparkSubmitOperator
+from etl.operators import EtlLoadedSensor, LakeSparkSubmitOperator
 
 _s = get_settings()
 
@@ -77,8 +79,10 @@ def batch_predictions():
 
         return run(_run_date())
 
+    # a cron or manual run waits for daily_etl's load of its date (closing stock); an asset-triggered one passes
+    wait_for_etl = EtlLoadedSensor(task_id="wait_for_etl")
     loaded = load_predictions()
-    predict >> loaded
+    wait_for_etl >> predict >> loaded
     classify_skus(optimise_stock(loaded))
 
 

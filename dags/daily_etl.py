@@ -9,8 +9,11 @@ small XComs (counts). The Spark job never opens ClickHouse.
 
 Schedule: ETL_SCHEDULE (default 08:00 UTC daily) as a data-interval cron timetable; the run processes
 the UTC date of its logical date (the start of its interval = the previous day). Catchup is on from
-ETL_START_DATE: a night missed while the scheduler was down gets its run when it is back (oldest first, one run
-at a time). Re-running a date
+ETL_START_DATE when set, else from ETL_CATCHUP_DAYS (default 14) days before today: a night missed while the
+scheduler was down gets its run when it is back (oldest first, one run at a time), and a first unpause makes at
+most that many runs on any install date. Airflow creates no task for a run dated before the start (it
+"succeeds" empty): load older dates with a backfill (`airflow backfill create`, the UI's backfill) or
+`make nightly`. A date after today (UTC) is refused by ``load``. Re-running a date
 replaces its fact partitions (idempotent). A failed data-quality check, or raw data breaking the contract
 (the Spark job's exit 3), fails the run without retries (AirflowFailException): retrying cannot fix bad data.
 So does a raw partition that is gone while ClickHouse holds the day's rows (re-running would empty the day);
@@ -21,7 +24,9 @@ compares each day's raw partition listing (file names, sizes, modification times
 loaded and builds the changed days again; ``load`` loads them again (oldest first) and ``quality_check``
 reconciles them too (``rechecked_days``), so events that land after a day's run are picked up. A raw partition
 that changed *during* the run (after the build) makes the quality check raise ``LakeChangedError``: not bad
-data, so the task is retried per default_args, and the next run's re-check reloads the day.
+data, so the task is retried per default_args, and the retry builds the day again (the same spark-submit as
+``build_facts``, :meth:`etl.operators.StagedSparkSubmitOperator.resubmit`, while holding its ClickHouse pool slot),
+loads it and reconciles it.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 import sys
 
-from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
+from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, etl_catchup_start, target_date
 from core.settings import get_settings
 from etl.operators import DailyFactsSubmitOperator
 
 _s = get_settings()
+_start = etl_catchup_start(_s)   # ETL_START_DATE, else ETL_CATCHUP_DAYS before today (UTC)
 
 
 def _day():
@@ -63,8 +69,8 @@ def _fail_fast_on_bad_data():
     dag_id="daily_etl",
     schedule=CronDataIntervalTimetable(_s.etl_schedule, timezone="UTC"),
     # catchup: nights missed while the scheduler was down are loaded when it is back (max_active_runs=1: in date
-    # order); ETL_START_DATE bounds the first unpause
-    start_date=pendulum.datetime(_s.etl_start_date.year, _s.etl_start_date.month, _s.etl_start_date.day, tz="UTC"),
+    # order); the start bounds the first unpause (core.dagconf.etl_catchup_start)
+    start_date=pendulum.datetime(_start.year, _start.month, _start.day, tz="UTC"),
     catchup=True,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -96,17 +102,24 @@ def daily_etl():
     @task(pool=CLICKHOUSE_POOL)
     def quality_check(loaded: dict | None) -> dict:
         """Reconcile fact_sales with the raw lake exactly, for the days re-checked by this run (oldest first), then
-        the run's date; record each in etl_runs. LakeChangedError (the lake changed during the run) is retried."""
+        the run's date; record each in etl_runs. LakeChangedError (the lake changed during the run) is retried, and
+        the retry first builds (build_facts' Spark job) and loads the day again, then reconciles."""
         import datetime as dt
 
         from etl import star_schema as etl
 
-        run_id = get_current_context()["run_id"]
+        ctx = get_current_context()
+        run_id, day = ctx["run_id"], _day()
         with _fail_fast_on_bad_data():
+            days = list((loaded or {}).get("rechecked_days", []))
+            if ctx["ti"].try_number > 1 and etl.stale_days(etl._lake(), [*map(dt.date.fromisoformat, days), day]):
+                ctx["dag"].get_task("build_facts").resubmit(ctx)   # the same spark-submit as build_facts
+                loaded = etl.load_recorded(day, dag_run_id=run_id,
+                                           allow_missing_raw=bool(ctx["params"].get("allow_missing_raw", False)))
+                days = sorted(set(days) | set(loaded["rechecked_days"]))
             started = dt.datetime.fromisoformat(loaded["started_at"]) if loaded else None  # None: load not run here
-            rechecked = {d: etl.quality_check(dt.date.fromisoformat(d), started, dag_run_id=run_id)
-                         for d in (loaded or {}).get("rechecked_days", [])}
-            return {**etl.quality_check(_day(), started, dag_run_id=run_id), "rechecked": rechecked}
+            rechecked = {d: etl.quality_check(dt.date.fromisoformat(d), started, dag_run_id=run_id) for d in days}
+            return {**etl.quality_check(day, started, dag_run_id=run_id), "rechecked": rechecked}
 
     loaded = load()
     build_facts >> loaded

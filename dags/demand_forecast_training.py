@@ -1,6 +1,7 @@
 """demand_forecast_training: features (Spark) -> Spark MLlib GBT with rolling-origin backtest -> registry/promotion.
 
-extract_demand (Python, owns ClickHouse: daily demand per store x SKU from fact_sales + dims, encoded as Parquet
+wait_for_etl (:class:`etl.operators.EtlLoadedSensor`: holds the run until daily_etl has loaded and reconciled its
+UTC date, a success as the latest etl_runs row of the date; reschedule mode, 12 h at most) -> extract_demand (Python, owns ClickHouse: daily demand per store x SKU from fact_sales + dims, encoded as Parquet
 by ClickHouse and copied to the lake under ``features/staging/build_features/run_date=<d>/``) -> build_features (SparkSubmitOperator on
 ``spark_default``, application ``ml/jobs/build_features.py``, logic in :mod:`ml.spark_features`: the gap-free
 series, lags, rolling statistics, calendar, price and holiday covariates as DataFrame code; holidays and the
@@ -28,6 +29,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from core.dagconf import CLICKHOUSE_POOL, DEFAULT_ARGS, target_date
 from core.settings import get_settings
+from etl.operators import EtlLoadedSensor
 from ml.operators import FeaturesSubmitOperator, TrainSubmitOperator
 
 CHAMPION_ASSET = Asset("demand_forecast_champion")
@@ -85,8 +87,10 @@ def demand_forecast_training():
 
         return run(target_date(get_current_context().get("logical_date")))
 
+    # the run's date must be loaded and reconciled by daily_etl first (etl_runs), else the features end a day early
+    wait_for_etl = EtlLoadedSensor(task_id="wait_for_etl")
     loaded = load_features()
-    extract_demand() >> build_features >> loaded >> train_gbt >> register_model()
+    wait_for_etl >> extract_demand() >> build_features >> loaded >> train_gbt >> register_model()
 
 
 demand_forecast_training()

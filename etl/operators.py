@@ -19,6 +19,7 @@ builds on ``etl`` (the features are built from the ETL's star schema).
 from __future__ import annotations
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import BaseSensorOperator
 
 from core.settings import REPO_ROOT
 
@@ -99,6 +100,33 @@ class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
             Exception: spark-submit failed without an error record (the provider's ``AirflowException``,
                 re-raised), or the lake is unavailable: retried per the DAG's default_args.
         """
+        return self._staged(context, lambda: super(StagedSparkSubmitOperator, self).execute(context))
+
+    def resubmit(self, context) -> dict | None:
+        """spark-submit this job again for the run's UTC date from *another* task of the same run (the quality
+        check's retry rebuilds the day when the lake changed during the run): the same application, arguments,
+        conf and connection, through the provider's ``SparkSubmitHook`` (an operator's ``execute`` may only be
+        called by its own task runner). The operator itself is left unchanged (a copy is submitted).
+
+        Returns / Raises: as :meth:`execute`.
+        """
+        import copy
+
+        op = copy.copy(self)
+        op.application_args = list(self.application_args or [])
+        op.conf = dict(self.conf or {})
+        op._hook = None
+
+        def submit():
+            if op.reads_lake and not op.jars:
+                from core.spark import connector_jars
+
+                op.jars = ",".join(connector_jars(lake=True)) or None
+            op._get_hook().submit(op.application)
+
+        return op._staged(context, submit)
+
+    def _staged(self, context, submit) -> dict | None:
         import importlib
 
         from airflow.sdk.exceptions import AirflowFailException
@@ -113,7 +141,7 @@ class StagedSparkSubmitOperator(LakeSparkSubmitOperator):
         lake = Lake()
         sf.clear_error(lake, day)
         try:
-            super().execute(context)
+            submit()
         except Exception as exc:
             err = self.read_record(sf, lake, day, sf.ERROR_NAME)
             if err:
@@ -137,3 +165,54 @@ class DailyFactsSubmitOperator(StagedSparkSubmitOperator):
         :func:`etl.spark_facts.read_json`, a ``<name>.parquet`` under ``features/staging/daily_etl/date=<day>/``;
         None when absent."""
         return sf.read_json(lake, day, name)
+
+
+class EtlLoadedSensor(BaseSensorOperator):
+    """Holds a training or prediction run until daily_etl has loaded and reconciled the UTC date the run processes
+    (:func:`core.dagconf.target_date` of its logical date): :func:`etl.star_schema.etl_load_status`, the latest
+    ``etl_runs`` row of that date is a success. Without it, a run started before that night's ETL (an ETL running
+    late, retried or failed) went on with the history up to the day before and succeeded.
+
+    Reschedule mode (the worker slot and the ClickHouse pool slot are free between pokes): poke every
+    ``poke_interval`` s (default 600), give up after ``timeout`` s (default 12 h) with an ``AirflowSensorTimeout``
+    naming the date and what etl_runs holds for it. A run without a logical date (``batch_predictions`` triggered by
+    the ``demand_forecast_champion`` asset: the training run that emitted it already waited) passes at once.
+    """
+
+    def __init__(self, **kwargs):
+        import datetime as dt
+
+        from core.dagconf import CLICKHOUSE_POOL
+
+        kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("poke_interval", 600)
+        kwargs.setdefault("timeout", dt.timedelta(hours=12).total_seconds())
+        kwargs.setdefault("pool", CLICKHOUSE_POOL)
+        super().__init__(**kwargs)
+        self._why = ""
+
+    def poke(self, context) -> bool:
+        """True when the run's date is loaded (or the run has no logical date); logs why it waits otherwise."""
+        from core.dagconf import target_date
+        from etl.star_schema import etl_load_status
+
+        if context.get("logical_date") is None:
+            self.log.info("no logical date (asset-triggered run): the triggering run waited for daily_etl")
+            return True
+        ok, self._why = etl_load_status(target_date(context["logical_date"]))
+        self.log.info("%s", self._why if ok else f"waiting for daily_etl: {self._why}")
+        return ok
+
+    def execute(self, context):
+        """:meth:`BaseSensorOperator.execute`; on time-out the error names the date and what etl_runs holds.
+
+        Raises:
+            AirflowSensorTimeout: the date was not loaded within ``timeout``.
+        """
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout as exc:
+            raise AirflowSensorTimeout(f"daily_etl did not load the run's date within {self.timeout:.0f} s: "
+                                       f"{self._why}. Run or repair daily_etl for it, then clear this task") from exc

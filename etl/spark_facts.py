@@ -70,7 +70,8 @@ def read_raw(spark, lake, event_type: str, day: dt.date):
     (:func:`unified_schema`; Spark's own schema merge refuses any type change).
 
     Raises:
-        EtlError: two files of the partition hold the same column with incompatible types (e.g. string and long).
+        EtlError: two files of the partition hold the same column with incompatible types (e.g. string and long); a
+            file of 0 bytes or with an unreadable footer (named).
     """
     from pyspark.sql import functions as F
 
@@ -80,10 +81,17 @@ def read_raw(spark, lake, event_type: str, day: dt.date):
     if not files:
         log.warning("no raw files in %s/%s", bucket, part)
         return None
+    empty = [f for f in files if lake.fs.get_file_info(f).size == 0]
+    if empty:   # an upload cut short: Spark failed on it with a JVM trace, retried twice
+        raise etl.EtlError(f"raw file(s) of 0 bytes, not Parquet, in {bucket}/{part}: {empty}; remove or "
+                           "rewrite them, then re-run the date")
     uri = lake.spark_uri(bucket, part)
     try:
         df = spark.read.option("mergeSchema", "true").parquet(uri)
-    except Exception as exc:   # pyspark's wrapper of the JVM error; only a failed schema merge is handled here
+    except Exception as exc:   # pyspark's wrapper of the JVM error: a failed schema merge, an unreadable file
+        if "CANNOT_READ_FILE_FOOTER" in str(exc):   # a corrupt file: bad data, named (the message holds its path)
+            why = next(ln for ln in str(exc).splitlines() if "CANNOT_READ_FILE_FOOTER" in ln)
+            raise etl.EtlError(f"a raw file in {bucket}/{part} is not readable Parquet: {why.strip()[:500]}") from None
         if "CANNOT_MERGE_SCHEMAS" not in str(exc):
             raise
         df = spark.read.schema(unified_schema(lake, files, f"{bucket}/{part}")).parquet(uri)

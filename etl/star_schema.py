@@ -752,8 +752,12 @@ def read_manifest(lake, day: dt.date, name: str) -> list[tuple[str, int, int]] |
 def days_to_recheck(lake, day: dt.date, window_days: int) -> list[dt.date]:
     """The loaded days among the ``window_days`` days before ``day`` whose raw partitions changed since they were
     loaded: the current :func:`raw_manifest` differs from the staged ``loaded_manifest`` (events that landed after
-    the day's nightly run, a replaced or removed file). Ascending. Days without a ``loaded_manifest`` (never
-    loaded, or loaded before manifests were staged) are not checked.
+    the day's nightly run, a replaced or removed file). Ascending. Days never built are not checked.
+
+    A day built and loaded before the listings were staged (staged ``fact_sales`` but neither ``raw_manifest`` nor
+    ``loaded_manifest``) is loaded with an unknown listing: it gets an empty ``loaded_manifest`` here, so it is
+    rebuilt and reloaded once (when its partitions hold a file) and re-checked normally from then on. Before, such a
+    day was skipped for good: nothing ever staged its listing, so late events in it were never picked up.
 
     Raises:
         ValueError: ``window_days`` < 0.
@@ -763,6 +767,23 @@ def days_to_recheck(lake, day: dt.date, window_days: int) -> list[dt.date]:
     out = []
     for i in range(window_days, 0, -1):
         d = day - dt.timedelta(days=i)
+        loaded = read_manifest(lake, d, LOADED_MANIFEST)
+        if (loaded is None and read_manifest(lake, d, RAW_MANIFEST) is None
+                and lake.exists(*_staging(d, "fact_sales"))):   # loaded before the listings existed
+            log.warning("%s was loaded before raw listings were staged: reloading it once", d)
+            write_manifest(lake, d, LOADED_MANIFEST, [])
+            loaded = []
+        if loaded is not None and loaded != raw_manifest(lake, d):
+            out.append(d)
+    return out
+
+
+def stale_days(lake, days: list[dt.date]) -> list[dt.date]:
+    """Those of ``days`` whose raw partitions changed since their last load: a staged ``loaded_manifest`` that
+    differs from the current :func:`raw_manifest` (the case :func:`quality_check` reports as
+    :class:`LakeChangedError`). Order kept; days without a ``loaded_manifest`` are not stale."""
+    out = []
+    for d in days:
         loaded = read_manifest(lake, d, LOADED_MANIFEST)
         if loaded is not None and loaded != raw_manifest(lake, d):
             out.append(d)
@@ -810,6 +831,20 @@ def refuse_missing_raw(client, db: str, lake, day: dt.date) -> None:
                        "(daily_etl param allow_missing_raw)")
 
 
+def refuse_future_day(day: dt.date, today: dt.date | None = None) -> None:
+    """Refuse to load a UTC date after ``today`` (default: today, UTC): its raw partition cannot hold a complete
+    day, and a run for it (a manual trigger with a wrong logical date) would load an empty day and succeed.
+    Today itself loads (the partial day; the next run's re-check reloads it as files land).
+
+    Raises:
+        EtlError: naming the date and today's date.
+    """
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    if day > today:
+        raise EtlError(f"refusing to load {day.isoformat()}: the date is after today ({today.isoformat()} UTC), "
+                       "its events cannot be in the lake yet; trigger the run with the logical date of a past day")
+
+
 def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) -> dict[str, Any]:
     """Load the staged rows of ``day`` into ClickHouse (idempotent: dims upserted, fact partitions replaced).
 
@@ -825,11 +860,13 @@ def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) ->
     "later_inventory_days", "later_inventory_not_rebuilt"}.
 
     Raises:
-        EtlError: a staged file is missing, or a raw partition is gone while its rows are loaded.
+        EtlError: a staged file is missing, a raw partition is gone while its rows are loaded, or ``day`` is after
+            today (:func:`refuse_future_day`).
     """
     from core.settings import get_settings
 
     s = get_settings()
+    refuse_future_day(day)
     lake, client, db, dk = _lake(), _client(), _db(), date_key(day)
     if migrate:
         from core.clickhouse import migrate as run_migrations
@@ -1048,6 +1085,25 @@ def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_i
     record_run(client, db, day, "success", "quality_check", started_at, expected, actual,
                f"{expected.duplicates} duplicate raw rows dropped", dag_run_id)
     return {**actual, "revenue": str(actual["revenue"]), "duplicates": expected.duplicates}
+
+
+def etl_load_status(day: dt.date, client=None, db: str | None = None) -> tuple[bool, str]:
+    """Whether daily_etl's load of ``day`` is complete: the latest ``etl_runs`` row of the date (by
+    ``finished_at``) has status ``success`` (a reconciled quality check; a later failed load or check, e.g. a retry
+    under way, makes it incomplete again). Read by the training and prediction DAGs before they use the day.
+
+    Returns:
+        (complete, a sentence saying what etl_runs holds for the date, for the log / error message).
+    """
+    client, db = client or _client(), db or _db()
+    rows = client.query(f"SELECT status, stage, finished_at, substring(message, 1, 300) FROM {db}.etl_runs "
+                        f"WHERE date_key = {date_key(day)} ORDER BY finished_at DESC LIMIT 1").result_rows
+    if not rows:
+        return False, f"etl_runs has no daily_etl run for {day.isoformat()} (not loaded yet)"
+    status, stage, at, msg = rows[0]
+    if status == "success":
+        return True, f"daily_etl loaded and reconciled {day.isoformat()} at {at} UTC"
+    return False, f"the last daily_etl run for {day.isoformat()} is {status} at {stage} ({at} UTC): {msg}"
 
 
 def run_day(day: dt.date, recheck_days: int = 0) -> dict[str, Any]:

@@ -257,7 +257,7 @@ def available_dags(names=NIGHTLY_DAGS) -> list[str]:
 def dags_test(dag_id: str, day: dt.date, s: Settings | None = None, home: Path | None = None) -> float:
     """``airflow dags test <dag_id> <day>`` in a subprocess (streams its output). Returns seconds taken.
 
-    A ``day`` before ETL_START_DATE (daily_etl's start_date, from which the scheduler catches up) is run with
+    A ``day`` before daily_etl's start_date (ETL_START_DATE, else ETL_CATCHUP_DAYS before today) is run with
     ETL_START_DATE = ``day`` in the subprocess: Airflow creates no task instance for a manual run before the
     DAG's start_date, and the run would "succeed" without loading anything.
 
@@ -265,7 +265,9 @@ def dags_test(dag_id: str, day: dt.date, s: Settings | None = None, home: Path |
         RuntimeError: the DAG run failed.
     """
     env = {**os.environ, **airflow_env(s, home)}
-    if day < (s or get_settings()).etl_start_date:
+    from core.dagconf import etl_catchup_start
+
+    if day < etl_catchup_start(s or get_settings()):
         env["ETL_START_DATE"] = day.isoformat()
     t0 = time.time()
     r = subprocess.run([_airflow(), "dags", "test", dag_id, day.isoformat()], env=env)

@@ -87,7 +87,7 @@ def settings_group(group: str) -> list[str]:
 #: follow CLICKHOUSE_URL): compose passes them as ``${VAR:-}`` (an empty value counts as unset, see
 #: ``env_ignore_empty`` in core.settings), the strict check skips them.
 OPTIONAL_SETTINGS: frozenset[str] = frozenset({"predictions_schedule", "weather_file",
-                                                "airflow_clickhouse_pool_slots"})
+                                                "airflow_clickhouse_pool_slots", "etl_start_date"})
 
 
 def unclassified_settings() -> list[str]:

@@ -105,6 +105,13 @@ def test_daily_etl_shape(parsed):
     assert d["tasks"]["build_facts"]["pool"] != "clickhouse"   # the Spark job never opens ClickHouse
 
 
+def test_ml_dags_wait_for_the_etl(parsed):
+    """Training and predictions start with wait_for_etl (etl.operators.EtlLoadedSensor), in the ClickHouse pool."""
+    for dag_id in ("demand_forecast_training", "batch_predictions"):
+        t = parsed["dags"][dag_id]["tasks"]["wait_for_etl"]
+        assert t["pool"] == "clickhouse" and t["retries"] >= 2
+
+
 def test_stack_airflow_environment():
     """The environment every Airflow process gets (AIRFLOW_HOME, dags folder, Spark connection, PATH)."""
     from core.dagconf import target_date
@@ -149,7 +156,9 @@ from airflow.timetables.base import DataInterval, TimeRestriction
 now = pendulum.parse(sys.argv[2])
 last = json.loads(sys.argv[3])   # {dag_id: [start, end] of the last automated run} or null
 out = {}
-for dag_id, dag in DagBag(dag_folder=sys.argv[1]).dags.items():
+with mock.patch("core.dagconf.utc_today", return_value=now.date()):   # the DAG files are parsed on 'now' too
+    bag = DagBag(dag_folder=sys.argv[1])
+for dag_id, dag in bag.dags.items():
     prev = last.get(dag_id) and DataInterval(*map(pendulum.parse, last[dag_id]))
     runs = []
     if not hasattr(dag.timetable, "next_dagrun_info"):   # asset-triggered: no time-based runs
@@ -200,6 +209,23 @@ def test_daily_etl_loads_the_nights_the_scheduler_missed(tmp_path):
 
     first = timetable_runs(tmp_path, "2026-12-05T09:00:00+00:00", {}, {"ETL_START_DATE": "2026-12-02"})
     assert [a[:10] for a, _ in first["daily_etl"]["runs"]] == ["2026-12-02", "2026-12-03", "2026-12-04"]
+
+
+def test_first_unpause_catches_up_a_bounded_number_of_days_on_any_install_date(tmp_path):
+    """ETL_START_DATE defaulted to 2026-12-01: a first unpause on 2027-12-05 created 369 runs (2026-12-01 ..
+    2027-12-04, a year of empty days). Unset, the catch-up now starts ETL_CATCHUP_DAYS (14) days before the day the
+    DAG file is parsed: 14 runs, the 14 dates before today, on 2027-12-05 as on 2031-06-30; an explicit
+    ETL_START_DATE or ETL_CATCHUP_DAYS still rules."""
+    import datetime as dt
+
+    for now in ("2027-12-05T09:00:00+00:00", "2031-06-30T09:00:00+00:00"):
+        today = dt_.fromisoformat(now).date()
+        runs = timetable_runs(tmp_path, now, {}, {"ETL_START_DATE": ""})["daily_etl"]["runs"]
+        assert [a[:10] for a, _ in runs] == [(today - dt.timedelta(days=i)).isoformat() for i in range(14, 0, -1)]
+    runs = timetable_runs(tmp_path, "2027-12-05T09:00:00+00:00", {}, {"ETL_START_DATE": "", "ETL_CATCHUP_DAYS": "3"})
+    assert [a[:10] for a, _ in runs["daily_etl"]["runs"]] == ["2027-12-02", "2027-12-03", "2027-12-04"]
+    runs = timetable_runs(tmp_path, "2027-12-05T09:00:00+00:00", {}, {"ETL_START_DATE": "2027-11-30"})
+    assert [a[:10] for a, _ in runs["daily_etl"]["runs"]][0] == "2027-11-30" and len(runs["daily_etl"]["runs"]) == 5
 
 
 def test_dags_test_runs_dates_before_etl_start_date(monkeypatch, tmp_path):

@@ -341,7 +341,9 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     assert "2011-08-26" in msg and "batch-99.parquet" in msg
     assert "rows" in msg and "units_net" in msg and "revenue" in msg
 
-    # through Airflow: keep the stale load (mark build_facts/load success), run the check: retried (once here)
+    # through Airflow: keep the stale load (mark build_facts/load success), run the check: LakeChangedError, then
+    # the retry builds the day again (build_facts' spark-submit), loads it and reconciles. Before, the retry only
+    # repeated the check and failed the same way (try 2 FAILED, the late lines never loaded by this run).
     qc = etl_dag.get_task("quality_check")
     qc.retries, qc.retry_delay, qc.retry_exponential_backoff = 1, dt.timedelta(0), False
     try:
@@ -350,11 +352,16 @@ def test_quality_check_fails_loudly_on_late_data(etl_dag, landed, native_stack):
     finally:
         qc.retries = 0
     ti = next(t for t in dr.get_task_instances() if t.task_id == "quality_check")
-    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 2  # retried, not failed fast
-    failed = star(client, db, "SELECT message FROM {db}.etl_runs WHERE date_key = 20110826 AND status = 'failed'")
-    assert len(failed) == 3 and failed["message"].str.contains("deduplicated lake has").all()
+    assert (ti.state, ti.try_number) == (TaskInstanceState.SUCCESS, 2)   # retried, and the retry rebuilt the day
+    runs = star(client, db, "SELECT status, message, fact_sales_rows FROM {db}.etl_runs WHERE date_key = 20110826 "
+                            "ORDER BY finished_at")
+    failed = runs[runs.status == "failed"]
+    assert len(failed) == 2 and failed["message"].str.contains("deduplicated lake has").all()
+    assert runs.iloc[-1]["status"] == "success" and runs.iloc[-1]["fact_sales_rows"] == len(truth_sales(lake, DAY3))
+    n = client.query("SELECT count() FROM {db}.fact_sales WHERE date_key = 20110826".replace("{db}", db)).result_rows[0][0]
+    assert n == len(truth_sales(lake, DAY3)) == len(truth_sales(lake, DAY3).query("~transaction_id.str.endswith('-late')")) + 3
 
-    # the full run picks the late lines up and reconciles
+    # a full run afterwards changes nothing and reconciles
     assert run(etl_dag, DAY3)[1]
     n = client.query("SELECT count() FROM {db}.fact_sales WHERE date_key = 20110826".replace("{db}", db)).result_rows[0][0]
     assert n == len(truth_sales(lake, DAY3))
@@ -517,6 +524,20 @@ def run_pandas(day: dt.date, **load_kw) -> dict:
     return {"load": etl.load(day, migrate=False, **load_kw), "qc": etl.quality_check(day, started)}
 
 
+def nightly_pandas(lake, s, day: dt.date) -> dict:
+    """The DAG's steps with the pandas build: build (re-check window, then the day), load_recorded, quality checks."""
+    from etl import star_schema as etl
+
+    for d in etl.days_to_recheck(lake, day, s.etl_recheck_days):
+        etl.extract(d), etl.transform(d)
+    etl.extract(day), etl.transform(day)
+    loaded = etl.load_recorded(day)
+    started = dt.datetime.fromisoformat(loaded["started_at"])
+    for d in loaded["rechecked_days"]:
+        etl.quality_check(dt.date.fromisoformat(d), started)
+    return {**loaded, "qc": etl.quality_check(day, started)}
+
+
 def star_tables(client, db: str) -> dict:
     """Every fact row of the scenario (sorted), for comparisons of whole tables."""
     out = {}
@@ -587,15 +608,7 @@ def test_late_events_of_a_loaded_day_are_reloaded_by_the_next_runs(native_stack)
     from etl import star_schema as etl
 
     def nightly(day: dt.date) -> dict:
-        """The DAG's steps: build (re-check window, then the day), load_recorded, quality checks."""
-        for d in etl.days_to_recheck(lake, day, s.etl_recheck_days):
-            etl.extract(d), etl.transform(d)
-        etl.extract(day), etl.transform(day)
-        loaded = etl.load_recorded(day)
-        started = dt.datetime.fromisoformat(loaded["started_at"])
-        for d in loaded["rechecked_days"]:
-            etl.quality_check(dt.date.fromisoformat(d), started)
-        return {**loaded, "qc": etl.quality_check(day, started)}
+        return nightly_pandas(lake, s, day)
 
     def d1_sales() -> tuple:
         n, rev = client.query(f"SELECT count(), toString(sum(revenue)) FROM {s.clickhouse_database}.fact_sales "
@@ -635,3 +648,79 @@ def test_late_events_of_a_loaded_day_are_reloaded_by_the_next_runs(native_stack)
         assert out["rechecked_days"] == ["2024-03-31"]
         assert client.query(f"SELECT count() FROM {s.clickhouse_database}.fact_sales "
                             "WHERE date_key = 20240331").result_rows[0][0] == 3
+
+
+def test_a_day_loaded_before_the_listings_existed_is_reloaded_once(native_stack):
+    """D1 loaded by the ETL before raw listings were staged (no raw_manifest / loaded_manifest), then a late line
+    lands in it: the next runs skipped D1 for good (fact_sales stayed at 3 lines while the lake held 4, the
+    re-check never ran for it). Now D2's run reloads it once (4 lines, reconciled), and from then on it is
+    re-checked like any day: D3's run leaves it alone."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        run_pandas(D1)
+        for name in (etl.RAW_MANIFEST, etl.LOADED_MANIFEST):   # as the ETL left a day before the listings
+            lake.delete_file(*etl._staging(D1, name))
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
+        out = nightly_pandas(lake, s, D2)
+        assert out["rechecked_days"] == ["2024-03-29"]
+        n = client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240329").result_rows[0][0]
+        assert n == len(raw_files(lake, "sales_transaction", D1).drop_duplicates("transaction_id")) == 4
+        assert etl.read_manifest(lake, D1, etl.LOADED_MANIFEST) == etl.raw_manifest(lake, D1)
+        assert nightly_pandas(lake, s, D3)["rechecked_days"] == []
+
+
+def test_a_run_for_a_date_after_today_is_refused(native_stack):
+    """A run whose logical date is in the future (a manual trigger with a wrong date) loaded an empty day and
+    succeeded (fact_sales 0 rows, etl_runs 'success'); now load refuses it naming the date, and nothing is loaded."""
+    from etl import star_schema as etl
+
+    future = dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=2)
+    with fresh_database() as (s, lake, client):
+        land_small(lake)
+        with pytest.raises(etl.EtlError, match=f"refusing to load {future.isoformat()}: the date is after today"):
+            run_pandas(future)
+        assert client.query(f"SELECT count() FROM {s.clickhouse_database}.etl_runs "
+                            f"WHERE status = 'success'").result_rows[0][0] == 0
+
+
+def test_training_and_predictions_wait_for_the_etl_of_their_date(etl_dag, native_stack):
+    """Nothing held demand_forecast_training / batch_predictions until that night's daily_etl had run: a training run
+    for a date the ETL had not loaded (late, retried, failed) went on with the history up to the day before and
+    succeeded. Both DAGs now start with wait_for_etl (EtlLoadedSensor): done only when the latest etl_runs row of
+    the run's date is a reconciled success; an asset-triggered predictions run (no logical date) passes."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from etl import star_schema as etl
+    from ops.airflow import DAGS_FOLDER
+
+    sensors = {}
+    for dag_id, first in (("demand_forecast_training", "extract_demand"), ("batch_predictions", "predict")):
+        bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
+        assert not bag.import_errors, bag.import_errors
+        sensors[dag_id] = bag.dags[dag_id].get_task("wait_for_etl")
+        assert sensors[dag_id].downstream_task_ids == {first} and sensors[dag_id].mode == "reschedule"
+
+    def done(dag_id: str, day: dt.date | None) -> bool:
+        at = None if day is None else dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+        return sensors[dag_id].poke({"logical_date": at})
+
+    with fresh_database() as (s, lake, client):
+        land_small(lake)
+        assert not done("demand_forecast_training", D1)   # nothing loaded
+        run_pandas(D1)
+        assert done("demand_forecast_training", D1) and done("batch_predictions", D1)
+        assert not done("demand_forecast_training", D2) and not done("batch_predictions", D2)
+        assert etl.etl_load_status(D2)[1].startswith("etl_runs has no daily_etl run for 2024-03-30")
+        # a later failed attempt (e.g. a retry under way) makes the date incomplete again, until it succeeds
+        etl.record_run(client, s.clickhouse_database, D1, "failed", "load", dt.datetime.now(dt.timezone.utc),
+                       message="EtlError('boom')")
+        assert not done("demand_forecast_training", D1)
+        assert "failed at load" in etl.etl_load_status(D1)[1]
+        run_pandas(D1)
+        assert done("demand_forecast_training", D1)
+        assert done("batch_predictions", None)   # asset-triggered: its training run waited

@@ -387,3 +387,26 @@ def test_raw_counts_and_missing_columns(spark):
         sf.raw_counts(df.drop("unit_price"), "transaction_id", contract=True)
     with pytest.raises(EtlError, match="event id column 'inventory_id' missing"):
         sf.raw_counts(df, "inventory_id", contract=False)
+
+
+def test_an_unreadable_raw_file_is_bad_data_named_by_the_job(local_lake, spark):
+    """A raw partition holding, next to a good file, an empty Parquet file (a schema, no row: loads nothing) and a
+    zero-byte object (an upload cut short), then a file of bytes without a footer. Both must stop the job as bad data naming the file
+    (EtlError: exit 3, no retry), and the empty file alone must load the good file's lines."""
+    from etl import spark_facts as sf
+    from etl.star_schema import EtlError
+
+    day = DAY - dt.timedelta(days=9)
+    ids = write_small_day(local_lake, day, [1, 2, -1], "Z")
+    part = f"sales_transaction/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+    local_lake.write_table(pa.Table.from_pylist([], schema=SALES_SCHEMA), "raw-data", part, "batch-2.parquet")
+    out = sf.build_day(spark, day, local_lake)
+    assert out["sales_lines"] == len(ids) == 3
+    with local_lake.fs.open_output_stream(local_lake.path("raw-data", part, "batch-3.parquet")):
+        pass   # zero bytes
+    with pytest.raises(EtlError, match=r"batch-3\.parquet"):
+        sf.build_day(spark, day, local_lake)
+    with local_lake.fs.open_output_stream(local_lake.path("raw-data", part, "batch-3.parquet")) as f:
+        f.write(b"PAR1 truncated upload")   # bytes, but no footer
+    with pytest.raises(EtlError, match=r"not readable Parquet.*batch-3\.parquet"):
+        sf.build_day(spark, day, local_lake)

@@ -93,6 +93,8 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     ("PREDICTIONS_SCHEDULE", "bogus", "PREDICTIONS_SCHEDULE"),
     ("PREDICTIONS_SCHEDULE", "0 0 30 2 *", "PREDICTIONS_SCHEDULE"),      # never fires
     ("ETL_START_DATE", "yesterday", "ETL_START_DATE"),
+    ("ETL_CATCHUP_DAYS", "0", "ETL_CATCHUP_DAYS"),       # no day to catch up: the first unpause would load nothing
+    ("ETL_CATCHUP_DAYS", "-3", "ETL_CATCHUP_DAYS"),
     # spliced unquoted into SQL: before, migrate() failed with a ClickHouse syntax error
     ("CLICKHOUSE_DATABASE", "retail-prod", "CLICKHOUSE_DATABASE"),
     ("CLICKHOUSE_DATABASE", "1retail", "CLICKHOUSE_DATABASE"),
