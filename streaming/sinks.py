@@ -370,6 +370,10 @@ class StreamSinks:
             if invalid.num_rows:
                 q = invalid.select(["topic", "partition", "offset", "kafka_timestamp", TR.REASON, "value"]).to_pandas()
                 q = q.rename(columns={"value": "raw_payload", TR.REASON: "reason"})
+                kafka_ms = [None if pd.isna(t) else int(pd.Timestamp(t).timestamp() * 1000)
+                            for t in q["kafka_timestamp"]]
+                q["reason"] = TR.explain_parse_failures(et, q["raw_payload"], q["reason"], kafka_ms,
+                                                        max_future_minutes=self.s.stream_max_future_minutes)
                 q["raw_payload"] = q["raw_payload"].fillna("")
                 q.insert(0, "event_type", et)
                 q["batch_id"] = int(batch_id)
