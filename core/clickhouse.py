@@ -16,6 +16,9 @@ from clickhouse_connect.driver.client import Client
 from core.settings import BI_USER, REPO_ROOT, ConfigError, Settings, get_settings
 
 MIGRATIONS_DIR = REPO_ROOT / "clickhouse" / "migrations"
+#: first line of a migration file that :func:`migrate` runs once per database (a one-off backfill or mutation,
+#: e.g. ``MATERIALIZE INDEX``, which rewrites the table's parts each time it runs)
+RUN_ONCE_MARKER = "-- migrate: once"
 _clients: dict[tuple[str, str], Client] = {}
 
 
@@ -89,22 +92,34 @@ def split_statements(sql: str) -> list[str]:
     return [s.strip() for s in re.split(r";\s*(?:\n|$)", sql) if s.strip()]
 
 
+def render_migration(text: str, database: str, stream_retention_days: int | None = None) -> str:
+    """A migration file's SQL with its placeholders filled: ``{db}`` -> ``database``, ``{stream_retention_days}`` ->
+    ``stream_retention_days`` (days; default CLICKHOUSE_STREAM_RETENTION_DAYS's default, 30)."""
+    if stream_retention_days is None:
+        stream_retention_days = Settings.model_fields["clickhouse_stream_retention_days"].default
+    return text.replace("{db}", database).replace("{stream_retention_days}", str(int(stream_retention_days)))
+
+
 def migrate(settings: Settings | None = None, database: str | None = None) -> list[str]:
     """Apply every ``clickhouse/migrations/*.sql`` file, in file-name order, on every call. ``{db}`` in a file is
-    replaced by the database name; statements are split by :func:`split_statements` and run one by one.
+    replaced by the database name and ``{stream_retention_days}`` by CLICKHOUSE_STREAM_RETENTION_DAYS
+    (:func:`render_migration`); statements are split by :func:`split_statements` and run one by one.
 
-    Nothing is skipped: each call re-runs every statement of every file, which is safe because each one is
-    idempotent (``CREATE ... IF NOT EXISTS``, ``CREATE OR REPLACE``, ``ALTER TABLE ... ADD COLUMN IF NOT
-    EXISTS``, and backfill ``INSERT ... SELECT`` that only add rows not present yet). After a file has run, a row
-    (``name`` = file name, ``applied_at`` = now) is inserted into ``<db>.schema_migrations`` (created when
-    missing; ReplacingMergeTree ordered by name: after merges, or read with FINAL, the latest row per file): when
-    each file last ran. No checksum is stored, and the table is never read to decide what runs.
+    Each call re-runs every statement of every file, which is safe because each one is idempotent (``CREATE ...
+    IF NOT EXISTS``, ``CREATE OR REPLACE``, ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``, and backfill ``INSERT ...
+    SELECT`` that only add rows not present yet), except a file whose first line is :data:`RUN_ONCE_MARKER`: it
+    runs only while ``schema_migrations`` has no row for it (a one-off mutation such as ``MATERIALIZE INDEX``,
+    which would rewrite the table's parts on every start). After a file has run, a row (``name`` = file name,
+    ``applied_at`` = now) is inserted into ``<db>.schema_migrations`` (created when missing; ReplacingMergeTree
+    ordered by name: after merges, or read with FINAL, the latest row per file): when each file last ran. No
+    checksum is stored; the table is read only for the run-once files.
 
     Args:
         settings: default :func:`get_settings`.
         database: default CLICKHOUSE_DATABASE.
     Returns:
-        the names of all the files run (every migration file), in order.
+        the names of every migration file, in order: the files applied (a run-once file that ran before, not
+        run again, is applied too).
     Raises:
         ConfigError: CLICKHOUSE_URL names no user or password (:func:`new_client`).
         clickhouse_connect.driver.exceptions.DatabaseError: a statement fails; what ran before it (earlier files,
@@ -117,8 +132,16 @@ def migrate(settings: Settings | None = None, database: str | None = None) -> li
     client.command(f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
                    "(name String, applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY name")
     applied = []
+    done: set[str] | None = None
     for f in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        for stmt in split_statements(f.read_text().replace("{db}", db)):
+        text = f.read_text()
+        if text.startswith(RUN_ONCE_MARKER):
+            if done is None:
+                done = {r[0] for r in client.query(f"SELECT DISTINCT name FROM {db}.schema_migrations").result_rows}
+            if f.name in done:
+                applied.append(f.name)
+                continue
+        for stmt in split_statements(render_migration(text, db, s.clickhouse_stream_retention_days)):
             client.command(stmt)
         client.command(f"INSERT INTO {db}.schema_migrations (name) VALUES ('{f.name}')")
         applied.append(f.name)

@@ -46,6 +46,9 @@ WRITER_USER = "platform_writer"
 #: hours of window history the streaming job loads back per micro-batch (the anomaly baseline's look-back,
 #: ``streaming.sinks.ANOMALY_HORIZON_HOURS``): the upper bound of STREAM_VELOCITY_HOURS
 STREAM_HISTORY_HOURS = 24.0
+#: hours before a micro-batch's history look-back searched first for a per-SKU stock anchor
+#: (``streaming.sinks.ANCHOR_LOOKBACK_HOURS``)
+STREAM_ANCHOR_LOOKBACK_HOURS = 24.0
 
 _INTERVAL_UNITS = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
 
@@ -180,6 +183,7 @@ class Settings(BaseSettings):
     clickhouse_writer_password: str | None = Field(default=None, description="Password of ClickHouse user `platform_writer`, used by the default CLICKHOUSE_URL (generated into local.env by setup).")
     clickhouse_bi_password: str | None = Field(default=None, description="Password of the read-only ClickHouse user `bi_reader` (dashboards, Power BI; generated into local.env by setup).")
     clickhouse_max_body_mb: int = Field(default=512, ge=1, description="Native endpoint: largest accepted request body (MiB, after decompression).")
+    clickhouse_stream_retention_days: int = Field(default=30, description="Days the streaming window tables (sales_metrics_5m, store_metrics_5m) keep a window after its last write (TTL on updated_at, applied by the migrations). At least KAFKA_RETENTION_MS + the stream's look-backs (24 h history + 24 h stock anchors) + STREAM_WATERMARK: 10 days with the defaults. A store x SKU without any window in this span loses its carried-forward stock in the windows (UNKNOWN until its next count; inventory_levels keeps it).")
 
     # ---- Lake (MinIO / S3 or a local folder) --------------------------------------------------
     lake_url: str | None = Field(
@@ -459,6 +463,22 @@ class Settings(BaseSettings):
                              "streaming job loads that many hours of window history per micro-batch (the anomaly "
                              "look-back), and the trailing sales rate is summed from it")
         return v
+
+    @model_validator(mode="after")
+    def _check_stream_retention(self) -> "Settings":
+        # a restarted stream reads Kafka back up to KAFKA_RETENTION_MS, and each micro-batch reads the stored
+        # windows of its own span less 24 h (anomaly baseline, velocity) less 24 h (stock anchors): those must
+        # not have been deleted by the TTL when it does
+        need_h = (self.kafka_retention_ms / 3_600_000 + STREAM_HISTORY_HOURS + STREAM_ANCHOR_LOOKBACK_HOURS
+                  + interval_hours(self.stream_watermark, "STREAM_WATERMARK"))
+        if self.clickhouse_stream_retention_days * 24 < need_h:
+            raise ValueError(
+                f"CLICKHOUSE_STREAM_RETENTION_DAYS ({self.clickhouse_stream_retention_days}) must be at least "
+                f"{math.ceil(need_h / 24)} days: the stream may re-read Kafka back KAFKA_RETENTION_MS "
+                f"({self.kafka_retention_ms / 86_400_000:g} days) and then reads the windows of the "
+                f"{STREAM_HISTORY_HOURS:g} h + {STREAM_ANCHOR_LOOKBACK_HOURS:g} h before them, plus STREAM_WATERMARK "
+                f"({self.stream_watermark!r}); a shorter TTL deletes windows it still reads")
+        return self
 
     @model_validator(mode="after")
     def _check_future_below_watermark(self) -> "Settings":

@@ -34,6 +34,7 @@ import pandas as pd
 import typer
 
 from contracts import RISK_HIGH, RISK_LOW, RISK_MEDIUM
+from core.settings import get_settings
 from ops.bench_stream import pct
 from ops.charts import write_html
 
@@ -80,6 +81,48 @@ def risk(stock: np.ndarray, cover: np.ndarray, high_h: float = 24.0, medium_h: f
     out[(cover < medium_h) & ~np.isnan(cover)] = RISK_MEDIUM
     out[((cover < high_h) & ~np.isnan(cover)) | (stock <= 0)] = RISK_HIGH
     return out
+
+
+class TrailingRate:
+    """Trailing sales velocity (units/hour) of synthetic windows generated in window order on a complete grid of
+    ``window_minutes`` windows starting at the grid's first window: the stream's definition
+    (``streaming.transforms.trailing_velocity``), computed incrementally in O(rows) with numpy.
+
+    A key's velocity at window ``w`` (end ``e``) = its units in the windows ending in ``(e - T, e]`` / the span
+    ``min(T, max(e - first, min(T, VELOCITY_MIN_SPAN_HOURS)))`` hours, ``first`` its first window's start, T =
+    ``velocity_hours`` (STREAM_VELOCITY_HOURS). Until 2026-12-06 the BI load test wrote units x 12 (the window's own
+    rate, which the stream dropped that day): a unit sold in a window read 12 units/h, and every other window 0.
+
+    Args:
+        n_keys: number of keys (series or stores), indexed 0..n_keys-1.
+        window_minutes: window length, minutes.
+        velocity_hours: T, hours (> 0).
+    """
+
+    def __init__(self, n_keys: int, window_minutes: float, velocity_hours: float):
+        from streaming.transforms import VELOCITY_MIN_SPAN_HOURS
+
+        if velocity_hours <= 0:
+            raise ValueError(f"velocity_hours must be > 0, got {velocity_hours}")
+        self.win_h = window_minutes / 60.0
+        self.span_windows = max(1, int(round(velocity_hours / self.win_h)))
+        self.t_h = velocity_hours
+        self.min_h = min(velocity_hours, VELOCITY_MIN_SPAN_HOURS)
+        self.running = np.zeros(n_keys)
+        self.first = np.full(n_keys, -1, dtype=np.int64)
+        self.past: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def step(self, w: int, keys: np.ndarray, units: np.ndarray) -> np.ndarray:
+        """Add window ``w`` (called for w = 0, 1, 2, ... in order; ``keys`` distinct, ``units`` sold per key) and
+        return the velocity of each of ``keys`` at it, units/hour (float array aligned with ``keys``)."""
+        old = self.past.pop(w - self.span_windows, None)
+        if old is not None:        # the window leaving the trailing span (e - T)
+            np.subtract.at(self.running, old[0], old[1])
+        np.add.at(self.running, keys, units.astype(float))
+        self.past[w] = (keys, units.astype(float))
+        self.first[keys] = np.where(self.first[keys] < 0, w, self.first[keys])
+        span = np.clip((w + 1 - self.first[keys]) * self.win_h, self.min_h, self.t_h)
+        return np.maximum(self.running[keys], 0.0) / span
 
 
 class Loader:
@@ -187,11 +230,23 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
     stock = rng.integers(-2, 2500, n_series)
     rop = rng.integers(50, 400, n_series)
     chunk: list[pd.DataFrame] = []
+    # sales_velocity as the stream writes it: the trailing rate over STREAM_VELOCITY_HOURS (TrailingRate)
+    velocity_hours = get_settings().stream_velocity_hours
+    sku_rate, store_rate = TrailingRate(n_series, 5, velocity_hours), TrailingRate(n_st, 5, velocity_hours)
+    store_velocity: dict[tuple[pd.Timestamp, str], float] = {}
+    # the write time: the window tables keep a window CLICKHOUSE_STREAM_RETENTION_DAYS after it (050's TTL)
+    written = pd.Timestamp.now(tz=UTC)
+    last_velocity = np.zeros(n_series)
     for w in range(288):
         ws = day0 + pd.Timedelta(minutes=5 * w)
         sel = rng.choice(n_series, size=min(per_window, n_series), replace=False)
         units = rng.poisson(2, len(sel)) + 1
-        velocity = units * 12.0
+        velocity = sku_rate.step(w, sel, units)
+        last_velocity[sel] = velocity
+        stores_w = np.unique(sel // n_sk)
+        store_units = np.bincount(sel // n_sk, weights=units, minlength=n_st)[stores_w]
+        for st_i, v in zip(stores_w, store_rate.step(w, stores_w, store_units)):
+            store_velocity[(ws, store_ids[st_i])] = float(v)
         cover = np.where(velocity > 0, stock[sel] / velocity, np.nan)
         rev = np.round(units * price[sel % n_sk], 4)
         chunk.append(pd.DataFrame({
@@ -202,7 +257,7 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
             "reorder_point": rop[sel].astype(np.int64), "sales_velocity": velocity, "hours_of_cover": cover,
             "stockout_risk": risk(stock[sel], cover), "anomaly_score": np.round(rng.normal(0, 1.2, len(sel)), 3),
             "last_event_time": ws + pd.Timedelta(minutes=4), "batch_id": np.int64(w), "version": np.uint64(1),
-            "updated_at": ws + pd.Timedelta(minutes=5)}))
+            "updated_at": written}))
         if sum(map(len, chunk)) >= 500_000 or w == 287:
             win = pd.concat(chunk, ignore_index=True)
             chunk = []
@@ -210,10 +265,10 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
             by = win.groupby(["window_start", "store_id"], as_index=False).agg(
                 window_end=("window_end", "first"), units_sold=("units_sold", "sum"), revenue=("revenue", "sum"),
                 transaction_count=("transaction_count", "sum"), sku_count=("product_id", "count"),
-                skus_high_risk=("stockout_risk", lambda r: int((r == RISK_HIGH).sum())),
-                sales_velocity=("sales_velocity", "sum"))
+                skus_high_risk=("stockout_risk", lambda r: int((r == RISK_HIGH).sum())))
+            by["sales_velocity"] = [store_velocity[(ws_, st_)] for ws_, st_ in zip(by["window_start"], by["store_id"])]
             by["units_returned"], by["anomaly_score"], by["batch_id"] = np.int64(0), 0.0, np.int64(0)
-            by["version"], by["updated_at"] = np.uint64(1), by["window_end"]
+            by["version"], by["updated_at"] = np.uint64(1), written
             ld.insert("store_metrics_5m", by)
     now = day0 + pd.Timedelta(days=1)
     ld.insert("inventory_levels", pd.DataFrame({
@@ -223,14 +278,17 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         "last_window_start": None, "batch_id": np.int64(0), "version": np.uint64(1), "updated_at": now}))
     low = np.flatnonzero(stock <= rop)
     alerts = low[rng.random(len(low)) < 0.5]
-    cover = stock[alerts] / 6.0
+    alert_velocity = last_velocity[alerts]   # the series' trailing rate at its last window (0: no sale that day)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cover = np.where(alert_velocity > 0, stock[alerts] / alert_velocity, np.nan)
     prio = np.where(stock[alerts] <= 0, "CRITICAL", np.where(cover < 24, "HIGH", np.where(cover < 72, "MEDIUM", "LOW")))
     at = now - pd.to_timedelta(rng.integers(0, 7 * 86400, len(alerts)), "s")
     ld.insert("restock_alerts", pd.DataFrame({
         "alert_id": [f"a{k}" for k in alerts], "store_id": store_ids[alerts // n_sk], "product_id": skus[alerts % n_sk],
         "current_stock": stock[alerts].astype(np.int64), "reorder_point": rop[alerts].astype(np.int64),
-        "recommended_quantity": (rop[alerts] * 3 - stock[alerts]).astype(np.int64), "sales_velocity": 12.0,
-        "hours_of_cover": cover, "priority": prio, "window_end": at, "alert_time": at, "batch_id": np.int64(0),
+        "recommended_quantity": (rop[alerts] * 3 - stock[alerts]).astype(np.int64), "sales_velocity": alert_velocity,
+        "hours_of_cover": pd.array(np.where(np.isnan(cover), None, cover), dtype="Float64"), "priority": prio,
+        "window_end": at, "alert_time": at, "batch_id": np.int64(0),
         "ingested_at": at}))
     nq = max(10, n_series // 500)
     ld.insert("quarantine_events", pd.DataFrame({

@@ -40,7 +40,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from contracts import DEAD_LETTER, EVENT_TYPES, validate_event
-from core.settings import STREAM_HISTORY_HOURS, Settings, interval_hours
+from core.settings import STREAM_ANCHOR_LOOKBACK_HOURS, STREAM_HISTORY_HOURS, Settings, interval_hours
 from streaming import schema as S
 from streaming import transforms as TR
 
@@ -55,7 +55,7 @@ ANOMALY_HORIZON_HOURS = STREAM_HISTORY_HOURS
 #: latest earlier closed window with a stock count); only the SKUs without one in that span are looked up further
 #: back, by their sorting key. Keeps a micro-batch's reads of ``sales_metrics_5m`` bounded in event time
 #: (parts and granules outside are skipped) instead of reading the table's whole history
-ANCHOR_LOOKBACK_HOURS = 24.0
+ANCHOR_LOOKBACK_HOURS = STREAM_ANCHOR_LOOKBACK_HOURS
 #: the timestamp columns of :func:`streaming.transforms.window_metrics` rows (converted to UTC pandas timestamps)
 _WINDOW_TIMES = ("window_start", "window_end", "window_stock_time", "last_event_time")
 #: event types read from Kafka by the job (restock alerts are produced by it)
@@ -370,6 +370,10 @@ class StreamSinks:
             if invalid.num_rows:
                 q = invalid.select(["topic", "partition", "offset", "kafka_timestamp", TR.REASON, "value"]).to_pandas()
                 q = q.rename(columns={"value": "raw_payload", TR.REASON: "reason"})
+                kafka_ms = [None if pd.isna(t) else int(pd.Timestamp(t).timestamp() * 1000)
+                            for t in q["kafka_timestamp"]]
+                q["reason"] = TR.explain_parse_failures(et, q["raw_payload"], q["reason"], kafka_ms,
+                                                        max_future_minutes=self.s.stream_max_future_minutes)
                 q["raw_payload"] = q["raw_payload"].fillna("")
                 q.insert(0, "event_type", et)
                 q["batch_id"] = int(batch_id)

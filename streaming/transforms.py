@@ -69,20 +69,29 @@ REASON = "invalid_reason"
 NOT_UTF8_PREFIX = "base64:"
 
 
+#: column of :func:`kafka_frame` holding the Kafka message key as text (NULL for a record without a key)
+KAFKA_KEY = "kafka_key"
+
+
 def kafka_frame(df: DataFrame) -> DataFrame:
     """Kafka source rows (``key, value`` binary, ``topic, partition, offset, timestamp``) ->
-    ``topic, partition, offset, kafka_timestamp, value`` with ``value`` decoded as a UTF-8 string.
+    ``topic, partition, offset, kafka_timestamp, value, kafka_key`` with ``value`` decoded as a UTF-8 string and
+    ``kafka_key`` the key's bytes as a string (NULL without a key, ``"base64:" + base64(bytes)`` when not UTF-8;
+    checked by :func:`validate_events`).
 
     A value that is not valid UTF-8 becomes ``"base64:" + base64(bytes)`` (valid UTF-8, so Arrow and pandas can
     carry it to the quarantine with its raw bytes; :func:`validate_events` gives the reason). A null value
     (tombstone) stays NULL.
     """
-    raw = F.col("value")
-    text = raw.cast("string")
-    value = F.when(raw.isNull(), F.lit(None).cast("string")).when(F.is_valid_utf8(text), text) \
-             .otherwise(F.concat(F.lit(NOT_UTF8_PREFIX), F.base64(raw)))
+    def text(raw: Column) -> Column:
+        # a string column must hold valid UTF-8: Spark's cast does not check, and Arrow refuses it later (the
+        # conversion to pandas stopped the query on a key of invalid UTF-8 bytes, found by tests/test_fuzz_stream.py)
+        t = raw.cast("string")
+        return F.when(raw.isNull(), F.lit(None).cast("string")).when(F.is_valid_utf8(t), t) \
+                .otherwise(F.concat(F.lit(NOT_UTF8_PREFIX), F.base64(raw)))
+
     return df.select("topic", "partition", "offset", F.col("timestamp").alias("kafka_timestamp"),
-                     value.alias("value"))
+                     text(F.col("value")).alias("value"), text(F.col("key")).alias(KAFKA_KEY))
 
 
 #: quarantine reason prefix of the records the producers dead-lettered (their own reason follows)
@@ -118,15 +127,44 @@ def parse_events(df: DataFrame, event_type: str) -> DataFrame:
         ``KAFKA_COLUMNS`` + one column per contract field (NULL when absent or not of the contract type)
         + ``_corrupt_record`` (the raw value when Spark's PERMISSIVE parse failed, i.e. malformed JSON or a
         field whose JSON type does not match) + ``_keys`` (array of top-level JSON keys, NULL when the value
-        is not a JSON object).
+        is not a JSON object) + ``kafka_key`` when ``df`` has it (:func:`kafka_frame`).
     """
     st = S.struct_type(event_type).add(T.StructField(CORRUPT, T.StringType(), True))
     # allowSingleQuotes off: JSON strings are double-quoted (RFC 8259), as for the producers' json.loads
     parsed = F.from_json(F.col("value"), st, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT,
                                               "allowSingleQuotes": "false"})
-    return (df.select(*KAFKA_COLUMNS, parsed.alias("_p"), F.json_object_keys("value").alias(KEYS))
-              .select(*KAFKA_COLUMNS, *[F.col(f"_p.{n}").alias(n) for n in S.field_names(event_type)],
+    cols = [*KAFKA_COLUMNS, *([KAFKA_KEY] if KAFKA_KEY in df.columns else [])]
+    return (df.select(*cols, parsed.alias("_p"), F.json_object_keys("value").alias(KEYS))
+              .select(*cols, *[F.col(f"_p.{n}").alias(n) for n in S.field_names(event_type)],
                       F.col(f"_p.{CORRUPT}").alias(CORRUPT), KEYS))
+
+
+def expected_key(event_type: str) -> Column:
+    """The Kafka key the contract gives a record of ``event_type`` (``core.kafka.event_key``, README's topic
+    table): ``customer_id`` for customer events, else ``store_id || '|' || product_id``; NULL when a part is NULL
+    (an invalid record, or a customer event without a customer)."""
+    if event_type == "customer_event":
+        return F.col("customer_id")
+    return F.concat(F.col("store_id"), F.lit("|"), F.col("product_id"))
+
+
+def key_reason(event_type: str) -> Column:
+    """Reason of a record whose Kafka key (``kafka_key``) is missing or is not :func:`expected_key`; NULL when it
+    matches or when the payload gives no key.
+
+    Why: the partition is chosen by the key, and the platform's order per store x SKU (README, Ordering) is the
+    order within one partition. Two inventory updates of one SKU with the same event time are ordered by
+    (partition, offset) (:func:`window_metrics`' latest stock); with a key that disagrees with the payload they
+    can sit in two partitions, and the stock kept is the one in the higher partition, whatever the send order."""
+    exp = expected_key(event_type)
+    what = "customer_id" if event_type == "customer_event" else "store_id|product_id"
+    key = F.col(KAFKA_KEY)
+    shown = F.when(F.length(key) > 80, F.concat(F.substring(key, 1, 80), F.lit("..."))).otherwise(key)
+    return (F.when(exp.isNull(), F.lit(None).cast("string"))
+            .when(key.isNull(), F.concat(F.lit(f"kafka key missing: the contract keys {event_type} by {what} ('"),
+                                         exp, F.lit("')")))
+            .when(key != exp, F.concat(F.lit("kafka key '"), shown,
+                                       F.lit(f"' does not match the payload's {what} '"), exp, F.lit("'"))))
 
 
 def _now_ms(now: datetime | None) -> Column:
@@ -185,7 +223,8 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     ``max_future_minutes`` in the future relative to ``now`` (default: the record's Kafka timestamp, the
     producer's send time; see :func:`_now_ms`; without ``now``, a record whose Kafka timestamp is missing or
     <= 0); text after the JSON object (``{...} {...}``: a parser stops after the first value, json.loads says
-    "Extra data"); a top-level JSON key given more than once; the numeric bounds of
+    "Extra data"); a top-level JSON key given more than once; a Kafka key missing or not the payload's
+    (:func:`key_reason`, when the frame has ``kafka_key``); the numeric bounds of
     ``contracts.NUMERIC_BOUNDS`` (quantity != 0 and |quantity| <= QUANTITY_MAX units, prices finite in
     [0, PRICE_MAX] currency units, stock figures in [0, STOCK_MAX] units). Reasons of the shared rules are the
     producers' texts (``contracts.rule_violations``).
@@ -273,6 +312,8 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     for f, symbols in S.enum_fields(event_type).items():
         checks.append(F.when(F.col(f).isNotNull() & ~F.col(f).isin(*symbols),
                              F.concat(F.lit(f"invalid {f} '"), F.col(f), F.lit("'"))))
+    if KAFKA_KEY in parsed.columns and event_type in RULE_TYPES:  # the partition key (core.kafka.event_key)
+        checks.append(F.when(F.col(KEYS).isNotNull(), key_reason(event_type)))
     if now is None:
         checks.append(F.when(F.col("value").isNotNull() & now_ms.isNull(),
                              F.lit("kafka timestamp missing or <= 0: the event time cannot be checked against "
@@ -301,6 +342,76 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     event_time = F.when(ts.isNotNull() & in_range, F.timestamp_millis(ts))
     return (parsed.withColumn(REASON, F.when(reason != "", reason))
                   .withColumn("event_time", event_time))
+
+
+#: reasons :func:`validate_events` gives when Spark's JSON parser (Jackson) refused a value or could not type it
+#: without saying why: the quarantine path asks the producers' parser for the true reason
+#: (:func:`explain_parse_failures`)
+GENERIC_PARSE_REASONS = ("malformed JSON: value is not a JSON object",
+                         "type mismatch: a field does not match its Avro type")
+#: reason of a value the producers' rules accept but Spark's JSON parser refuses: Jackson's
+#: StreamReadConstraints (Spark 4.0's defaults)
+JACKSON_LIMIT_REASON = ("malformed JSON: beyond the stream's JSON parser limits (a number of more than 1,000 "
+                        "digits, a key of more than 50,000 characters or nesting deeper than 1,000 levels)")
+#: longest reason :func:`explain_parse_failures` writes, characters (a 100,000-character unknown key is named in
+#: the producers' reason; the raw payload is kept whole beside it)
+REASON_MAX_CHARS = 1_000
+
+
+def explain_parse_failures(event_type: str, values: Iterable[str | None], reasons: Iterable[str | None],
+                           kafka_ms: Iterable[int | None], *, max_future_minutes: int) -> list[str | None]:
+    """Replace the generic parse reasons (:data:`GENERIC_PARSE_REASONS`) of quarantined records with the true one.
+
+    Spark's JSON parser gives no cause: a price of 1,001 digits (over Jackson's 1,000-digit limit), the literal
+    ``NaN``, a nesting 2,000 deep or a 100,000-character key all read as "value is not a JSON object"; an
+    unescaped control character or single quotes as "a field does not match its Avro type". For those rows only
+    (Python, on the quarantine path: no cost on valid records) the value goes through the producers' check,
+    ``contracts.check_payload`` at the record's Kafka timestamp, whose reason replaces the generic one (e.g.
+    ``unit_price must be within [0, 100000] currency units``, ``malformed JSON: NaN is not JSON``); a value the
+    producers accept gets :data:`JACKSON_LIMIT_REASON`. Other reasons of the row are kept. A named type mismatch
+    of a number Spark's int/long cannot hold (``quantity`` = 2147483648) becomes the producers' range reason when
+    that is what they give (``quantity must be within [-100000, 100000] units``).
+
+    Args:
+        event_type: a key of ``contracts.EVENT_TYPES``.
+        values: the raw values (str; ``base64:`` values and None are left as they are).
+        reasons: their :func:`validate_events` reasons (``"; "``-joined), None for a valid row.
+        kafka_ms: the records' Kafka timestamps, epoch ms (None or <= 0: the wall clock).
+        max_future_minutes: STREAM_MAX_FUTURE_MINUTES.
+    Returns:
+        the reasons, aligned with the inputs; each rewritten one at most :data:`REASON_MAX_CHARS` characters.
+    """
+    from contracts import ContractError, check_payload
+
+    bounds = {f"type mismatch: {b.field} not of the Avro type": b.reason for b in NUMERIC_BOUNDS.get(event_type, ())}
+    out: list[str | None] = []
+    for value, reason, ms in zip(values, reasons, kafka_ms):
+        parts = reason.split("; ") if reason else []
+        generic = any(p in GENERIC_PARSE_REASONS for p in parts)
+        if (not generic and not any(p in bounds for p in parts)) or value is None or value.startswith(NOT_UTF8_PREFIX):
+            out.append(reason)
+            continue
+        now = None if ms is None or pd.isna(ms) or int(ms) <= 0 else int(ms)
+        try:
+            check_payload(event_type, value, now_ms=now, max_future_minutes=max_future_minutes)
+            true = JACKSON_LIMIT_REASON
+        except ContractError as exc:
+            true = str(exc)
+        except (ValueError, RecursionError, MemoryError) as exc:   # the producers' side never raises these
+            true = f"malformed JSON: {exc}"
+        if not generic:   # a named mismatch: replaced only by the producers' range reason of that field
+            theirs = true.split("; ")
+            out.append("; ".join(bounds[p] if bounds.get(p) in theirs else p for p in parts))
+            continue
+        if len(true) > REASON_MAX_CHARS:
+            true = true[:REASON_MAX_CHARS - 3] + "..."
+        new: list[str] = []
+        for p in parts:
+            p = true if p in GENERIC_PARSE_REASONS else p
+            if p not in new:
+                new.append(p)
+        out.append("; ".join(new))
+    return out
 
 
 def split_valid(validated: DataFrame) -> tuple[DataFrame, DataFrame]:

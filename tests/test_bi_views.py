@@ -185,8 +185,9 @@ def test_days_of_cover_matches_a_trailing_28_day_mean(bi):
 
 def _metrics_row(store, sku, start, units, velocity, cover, risk, z, version):
     ws = start
+    # updated_at = the write time, now: the table keeps a window CLICKHOUSE_STREAM_RETENTION_DAYS after it
     return [ws, ws + dt.timedelta(minutes=5), store, sku, units, 0, units * 2.0, units, 0, None, None, 40, 10,
-            velocity, cover, risk, z, ws, 1, version, ws]
+            velocity, cover, risk, z, ws, 1, version, dt.datetime.now(UTC)]
 
 
 METRIC_COLS = ["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned", "revenue",

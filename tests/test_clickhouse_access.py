@@ -70,14 +70,14 @@ import json, sys
 sys.path.insert(0, {repo!r})
 import chdb
 from pathlib import Path
-from core.clickhouse import split_statements
+from core.clickhouse import render_migration, split_statements
 args = json.loads(sys.argv[1])
 c = chdb.connect(args["path"])
 q = lambda sql: c.query(sql, "JSONCompact").bytes()
 rows = lambda sql: json.loads(q(sql))["data"] if q(sql) else []
 c.query("CREATE DATABASE IF NOT EXISTS retail")
 for f in sorted(Path(args["migrations"]).glob("*.sql")):
-    for st in split_statements(f.read_text().replace("{{db}}", "retail")):
+    for st in split_statements(render_migration(f.read_text(), "retail")):
         c.query(st)
 parsed = []
 for st in args["access"]:

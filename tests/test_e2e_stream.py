@@ -117,6 +117,14 @@ def make_events(seed: int = 7):
                           "new_price": -2.0, "reason": "MARKDOWN", "timestamp": t0 + 5000}, "new_price must be"),
         ("customer_event", {"event_id": "BAD-CE", "customer_id": "C9", "store_id": "S001", "event_type": "DANCING",
                             "product_id": None, "timestamp": t0 + 5000}, "invalid event_type"),
+        # valid payloads under a key that is not theirs (sent with key S001|P001) or without a key
+        ("sales_transaction", {**base, "transaction_id": "BAD-KEY", "store_id": "S002"},
+         "kafka key 'S001|P001' does not match the payload's store_id|product_id 'S002|P001'"),
+        ("sales_transaction", {**base, "transaction_id": "BAD-NOKEY"},
+         "kafka key missing: the contract keys sales_transaction by store_id|product_id ('S001|P001')"),
+        # a price of 1,001 digits: Spark's parser refuses it; the reason is the range's, not "not a JSON object"
+        ("sales_transaction", json.dumps({**base, "transaction_id": "BAD-DIGITS"}).replace(
+            '"unit_price": 1.0', '"unit_price": ' + "9" * 1001), "unit_price must be within [0, 100000] currency units"),
     ]
     return ev, invalid, t0, t_end
 
@@ -135,7 +143,8 @@ def produce(settings, valid, invalid=()):
         p.send(settings.topic(EVENT_TYPES[et]), key=key.encode(), value=json.dumps(rec).encode())
     for et, payload, _ in invalid:
         value = payload if isinstance(payload, bytes) else (payload if isinstance(payload, str) else json.dumps(payload)).encode()
-        md = p.send(settings.topic(EVENT_TYPES[et]), key=b"S001|P001", value=value).get(timeout=30)
+        key = None if isinstance(payload, dict) and payload.get("transaction_id") == "BAD-NOKEY" else b"S001|P001"
+        md = p.send(settings.topic(EVENT_TYPES[et]), key=key, value=value).get(timeout=30)
         meta[(md.topic, md.partition, md.offset)] = (et, payload)
     p.flush()
     p.close()

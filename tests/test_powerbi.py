@@ -760,7 +760,8 @@ def known_data(engine, writer):
                     store_rows.append([start, start + dt.timedelta(minutes=5), s, units, 0, units * 3.0,
                                        max(units - 1, 0), 4, rng.randint(0, 2), units * 12.0, rng.uniform(-2, 2), 1, 1,
                                        start])
-    # a day earlier than the last 24 hours (store_metrics_5m has no TTL): the live measures must leave it out;
+    # a day earlier than the last 24 hours (kept by the TTL, which counts from the write time): the live measures
+    # must leave it out;
     # first in the insert, so sku_window_latest (ReplacingMergeTree by window_start) keeps the newer windows
     early_store, early_sku = [], []
     for m5 in (0, 5):
@@ -773,6 +774,10 @@ def known_data(engine, writer):
             store_rows.insert(0, [start, start + dt.timedelta(minutes=5), s, 8 + k, 0, 500.0 + 100 * k, 7, 4, 0,
                                   96.0, 0.5, 1, 1, start])
     sku_rows[:0] = early_sku
+    # updated_at = the write time, now: the window tables keep a window CLICKHOUSE_STREAM_RETENTION_DAYS after it
+    written = dt.datetime.now(UTC)
+    store_rows = [r[:-1] + [written] for r in store_rows]
+    sku_rows = [r[:-1] + [written] for r in sku_rows]
     w.insert("store_metrics_5m", store_rows, column_names=[
         "window_start", "window_end", "store_id", "units_sold", "units_returned", "revenue", "transaction_count",
         "sku_count", "skus_high_risk", "sales_velocity", "anomaly_score", "batch_id", "version", "updated_at"])

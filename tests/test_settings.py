@@ -156,6 +156,30 @@ def test_velocity_span_default_edges_and_the_sinks_look_back():
     assert STREAM_HISTORY_HOURS == ANOMALY_HORIZON_HOURS == 24.0   # the bound is the history the sink loads
 
 
+@pytest.mark.parametrize("days,kafka_ms,watermark", [("9", None, None), ("3", None, None),
+                                                       ("30", str(40 * 86_400_000), None), ("10", None, "2 days")])
+def test_stream_retention_must_cover_what_the_stream_reads_back(monkeypatch, days, kafka_ms, watermark):
+    """The windows' TTL (CLICKHOUSE_STREAM_RETENTION_DAYS) must outlast a re-read of Kafka (KAFKA_RETENTION_MS) plus
+    the stream's look-backs (24 h history + 24 h stock anchors) plus STREAM_WATERMARK: 7 + 2 + 10 min = 10 days."""
+    monkeypatch.setenv("CLICKHOUSE_STREAM_RETENTION_DAYS", days)
+    if kafka_ms:
+        monkeypatch.setenv("KAFKA_RETENTION_MS", kafka_ms)
+    if watermark:
+        monkeypatch.setenv("STREAM_WATERMARK", watermark)
+    with pytest.raises(ConfigError) as err:
+        get_settings()
+    assert "CLICKHOUSE_STREAM_RETENTION_DAYS" in str(err.value) and "KAFKA_RETENTION_MS" in str(err.value)
+
+
+def test_stream_retention_default_and_edge():
+    from core.settings import STREAM_ANCHOR_LOOKBACK_HOURS
+    from streaming.sinks import ANCHOR_LOOKBACK_HOURS
+
+    assert Settings(_env_file=None).clickhouse_stream_retention_days == 30
+    assert Settings(_env_file=None, clickhouse_stream_retention_days=10).clickhouse_stream_retention_days == 10
+    assert ANCHOR_LOOKBACK_HOURS == STREAM_ANCHOR_LOOKBACK_HOURS   # the bound is what the sink reads back
+
+
 def test_future_bound_default_and_edges():
     d = Settings(_env_file=None)
     assert d.stream_max_future_minutes == 5 and d.stream_watermark == "10 minutes"

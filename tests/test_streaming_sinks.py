@@ -104,6 +104,9 @@ def test_sinks_client_has_no_session_and_only_infrastructure_errors_are_retried(
 
 # ------------------------------------------------------------------- windows written by the sinks --
 T0_WIN = "2026-01-15 10:00"
+#: wall time of the first write (seconds): the sinks stamp updated_at with it, and the window tables delete a
+#: window CLICKHOUSE_STREAM_RETENTION_DAYS after its updated_at (a 1970 stamp went at once)
+T_WRITE = time.time()
 
 
 def _window(m: int, sold: int = 0, stock: int | None = None, rop: int | None = None, stock_at: int = 1) -> dict:
@@ -156,8 +159,8 @@ def test_two_stock_counts_in_one_batch_reach_the_stored_windows_between_them(fre
     10,000, LOW)."""
     sinks, client, db = fresh_sinks
     sinks._windows_writes(_spark_frame([_window(0, 1, 10_000, 10), _window(5, 1), _window(10, 1), _window(15, 1)]),
-                          0, 1_000_000.0, 0.0)
-    sinks._windows_writes(_spark_frame([_window(5, 1, 3), _window(20, 1, 50)]), 1, 1_000_001.0, 0.0)
+                          0, T_WRITE, 0.0)
+    sinks._windows_writes(_spark_frame([_window(5, 1, 3), _window(20, 1, 50)]), 1, T_WRITE + 1, 0.0)
     got = client.query_df(f"SELECT formatDateTime(window_start, '%H:%i') AS w, stock_level, hours_of_cover, "
                           f"stockout_risk FROM {db}.sales_metrics_5m FINAL ORDER BY window_start")
     assert got["w"].tolist() == ["10:00", "10:05", "10:10", "10:15", "10:20"]
@@ -176,15 +179,15 @@ def test_a_late_window_does_not_replace_a_later_counts_reorder_point(fresh_sinks
     reorder point 30), then a late sale at 10:15 whose window carries 10: stock 80 and reorder point 30 stay
     (before, the stock was kept by its time and the reorder point went back to 10)."""
     sinks, client, db = fresh_sinks
-    sinks._windows_writes(_spark_frame([_window(0, 0, 100, 10)]), 0, 1_000_000.0, 0.0)
-    sinks._windows_writes(_spark_frame([_window(20, 0, 80, 30, stock_at=5)]), 1, 1_000_001.0, 0.0)
-    sinks._windows_writes(_spark_frame([_window(15, 2)]), 2, 1_000_002.0, 0.0)
+    sinks._windows_writes(_spark_frame([_window(0, 0, 100, 10)]), 0, T_WRITE, 0.0)
+    sinks._windows_writes(_spark_frame([_window(20, 0, 80, 30, stock_at=5)]), 1, T_WRITE + 1, 0.0)
+    sinks._windows_writes(_spark_frame([_window(15, 2)]), 2, T_WRITE + 2, 0.0)
     lv = client.query_df(f"SELECT stock_level, reorder_point FROM {db}.inventory_levels FINAL")
     assert lv.to_dict("records") == [{"stock_level": 80, "reorder_point": 30}]
     late = client.query_df(f"SELECT reorder_point FROM {db}.sales_metrics_5m FINAL "
                            f"WHERE formatDateTime(window_start, '%H:%i') = '10:15'")
     assert late["reorder_point"].tolist() == [10]   # the late window itself carries the 10:00 count's
-    sinks._windows_writes(_spark_frame([_window(25, 0, 60, 40)]), 3, 1_000_003.0, 0.0)
+    sinks._windows_writes(_spark_frame([_window(25, 0, 60, 40)]), 3, T_WRITE + 3, 0.0)
     lv = client.query_df(f"SELECT stock_level, reorder_point FROM {db}.inventory_levels FINAL")
     assert lv.to_dict("records") == [{"stock_level": 60, "reorder_point": 40}]   # a newer count still replaces
 
@@ -197,8 +200,8 @@ def test_a_late_sale_rescores_the_stored_windows_whose_baseline_it_changes(fresh
 
     sinks, client, db = fresh_sinks
     sinks._windows_writes(_spark_frame([_window(0, 2), _window(5, 4), _window(10, 6), _window(15, 8)]),
-                          0, 1_000_000.0, 0.0)
-    sinks._windows_writes(_spark_frame([_window(10, 26)]), 1, 1_000_001.0, 0.0)
+                          0, T_WRITE, 0.0)
+    sinks._windows_writes(_spark_frame([_window(10, 26)]), 1, T_WRITE + 1, 0.0)
     want = [0.0, 0.0, 0.0, zscore(8, [2, 4, 26])]
     for table in ("sales_metrics_5m", "store_metrics_5m"):
         got = client.query_df(f"SELECT units_sold, anomaly_score FROM {db}.{table} FINAL ORDER BY window_start")
@@ -233,8 +236,8 @@ def test_a_late_sale_of_another_sku_rescores_the_stores_later_windows(fresh_sink
     sold = {("P1", 5 * k): u for k, u in enumerate([2, 3, 4, 2, 3, 2])}
     sold |= {("P2", 30): 5, ("P2", 35): 5}
     first = [dict(_window(m, u), product_id=p) for (p, m), u in sold.items()]
-    sinks._windows_writes(_spark_frame(first), 0, 1_000_000.0, 0.0)
-    sinks._windows_writes(_spark_frame([dict(_window(25, 20), product_id="P3")]), 1, 1_000_001.0, 0.0)
+    sinks._windows_writes(_spark_frame(first), 0, T_WRITE, 0.0)
+    sinks._windows_writes(_spark_frame([dict(_window(25, 20), product_id="P3")]), 1, T_WRITE + 1, 0.0)
     sold[("P3", 25)] = 20
     want = _store_scores_pandas(sold)
     got = client.query_df(f"SELECT toMinute(window_start) AS m, units_sold, anomaly_score FROM {db}.store_metrics_5m "

@@ -340,8 +340,9 @@ def test_any_kafka_bytes_reach_the_quarantine_with_a_reason(spark):
 
     payloads = [b"\xff", b'{"transaction_id": "\xe9t\xe9"}', b"\xe2\x82", None, b"",
                 json.dumps(sale(1)).encode()]
-    rows = [("t", 0, i, datetime.now(timezone.utc), v) for i, v in enumerate(payloads)]
-    kdf = spark.createDataFrame(rows, "topic string, partition int, offset long, timestamp timestamp, value binary")
+    rows = [("t", 0, i, datetime.now(timezone.utc), b"S1|P1", v) for i, v in enumerate(payloads)]
+    kdf = spark.createDataFrame(rows, "topic string, partition int, offset long, timestamp timestamp, key binary, "
+                                      "value binary")
     frame = TR.kafka_frame(kdf)
     out = TR.validate_events(TR.parse_events(frame, "sales_transaction"), "sales_transaction",
                              max_age_days=36500, max_future_minutes=60)
@@ -515,3 +516,77 @@ def test_type_mismatch_reasons_name_the_field_as_the_producers_do(spark):
         assert f"type mismatch: {f} " in got, (f, got)
         named = re.findall(r"SalesTransaction\.(\w+) is", want) or re.findall(r"^(\w+) must be", want)
         assert named == [f], (f, want)
+
+
+def keyed_rows(spark, rows: list[tuple[str, int, bytes | None, object]]):
+    """Kafka source rows (topic, partition, key bytes, value) -> :func:`TR.kafka_frame` (offsets in list order)."""
+    data = [(t, p, i, NOW, k, (v if isinstance(v, str) else json.dumps(v)).encode()) for i, (t, p, k, v) in enumerate(rows)]
+    return TR.kafka_frame(spark.createDataFrame(
+        data, "topic string, partition int, offset long, timestamp timestamp, key binary, value binary"))
+
+
+def test_a_record_whose_kafka_key_is_missing_or_not_its_payloads_is_quarantined(spark):
+    """The producers key each event store_id|product_id (customer events: customer_id); the stream accepted a
+    record without a key or with another one. Why it matters: two stock counts of one SKU with the same event
+    time are ordered by (partition, offset); sent in order but the first one mis-keyed into a higher partition,
+    the window kept the *first* count as its stock (checked below on the old path: 5, not the later 7)."""
+    inv_ok = inv(1, newq=7)
+    rows = [("t", 0, b"S1|P1", sale(0)), ("t", 0, None, sale(1)), ("t", 1, b"S9|P1", sale(2)),
+            ("t", 2, b"x" * 200, sale(3)), ("t", 0, b"S\xed\xa0\x80|P1", sale(4))]   # a key not UTF-8
+    # through Arrow, as the sink converts a micro-batch (a key of invalid UTF-8 bytes stopped the stream there)
+    out = TR.validate_events(TR.parse_events(keyed_rows(spark, rows), "sales_transaction"), "sales_transaction",
+                             **LIM).select("offset", TR.REASON).toArrow().to_pandas().sort_values("offset")
+    got = out[TR.REASON].tolist()
+    assert got[0] is None
+    assert got[1] == "kafka key missing: the contract keys sales_transaction by store_id|product_id ('S1|P1')"
+    assert got[2] == "kafka key 'S9|P1' does not match the payload's store_id|product_id 'S1|P1'"
+    assert got[3] == "kafka key '" + "x" * 80 + "...' does not match the payload's store_id|product_id 'S1|P1'"
+    assert got[4] == "kafka key 'base64:U+2ggHxQMQ==' does not match the payload's store_id|product_id 'S1|P1'"
+    ce = {"event_id": "E1", "customer_id": "C1", "store_id": "S1", "event_type": "STORE_VISIT", "product_id": None,
+          "timestamp": NOW_MS - 3_600_000}
+    rows = [("c", 0, b"C1", ce), ("c", 0, b"S1|P1", ce), ("c", 0, None, dict(ce, customer_id="C2"))]
+    out = TR.validate_events(TR.parse_events(keyed_rows(spark, rows), "customer_event"), "customer_event",
+                             **LIM).toPandas().sort_values("offset")
+    assert out[TR.REASON].tolist() == [None, "kafka key 'S1|P1' does not match the payload's customer_id 'C1'",
+                                       "kafka key missing: the contract keys customer_event by customer_id ('C2')"]
+    # the evidence: count 5 sent first, mis-keyed into partition 2; count 7 sent after it, keyed, partition 0
+    rows = [("u", 2, b"S7|P7", inv(0, newq=5)), ("u", 0, b"S1|P1", inv_ok)]
+    k = keyed_rows(spark, rows)
+    unchecked = TR.validate_events(TR.parse_events(k.drop(TR.KAFKA_KEY), "inventory_update"), "inventory_update",
+                                   **LIM)
+    facts = TR.inventory_facts(TR.split_valid(TR.valid_events(k.limit(0), "sales_transaction", "t", **LIM))[0],
+                               TR.split_valid(unchecked)[0])
+    assert [r["window_stock"] for r in TR.window_metrics(facts, "5 minutes").collect()] == [5]
+    checked = TR.valid_events(k, "inventory_update", "u", **LIM)
+    assert [r["new_quantity"] for r in checked.collect()] == [7]
+
+
+def test_parse_failures_get_the_producers_reason_not_a_generic_one(spark):
+    """Spark's parser refuses a price of 1,001 digits (Jackson's number-length limit), NaN, nesting 2,000 deep and
+    a 100,000-character key, and the quarantine said 'value is not a JSON object'; an unescaped control character
+    or single quotes read as 'a field does not match its Avro type', quantity 2147483648 as a type mismatch. The
+    quarantine path now gives the producers' reason (contracts.check_payload), record by record."""
+    base = json.dumps(sale(0))
+    payloads = [base.replace('"unit_price": 2.5', '"unit_price": ' + "1" * 1001),
+                base.replace('"quantity": 2', '"quantity": ' + "1" * 1001),
+                base.replace('"unit_price": 2.5', '"unit_price": NaN'),
+                base[:-1] + ', "x": ' + "[" * 2000 + "]" * 2000 + "}",
+                base[:-1] + ', "' + "k" * 100_000 + '": 1}',
+                base.replace('"t0"', '"t\x01"'),
+                base.replace('"t0"', "'t0'"),
+                base.replace('"quantity": 2', '"quantity": 2147483648'),
+                base]
+    out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", payloads), "sales_transaction"),
+                             "sales_transaction", **LIM).toPandas().sort_values("offset")
+    got = TR.explain_parse_failures("sales_transaction", out["value"], out[TR.REASON], [NOW_MS] * len(out),
+                                    max_future_minutes=60)
+    want = producer_reasons(payloads)
+    assert got[0] == want[0] == "unit_price must be within [0, 100000] currency units"
+    assert got[1] == want[1] == "quantity must be within [-100000, 100000] units"
+    assert got[2].split("; ")[0] == want[2] == "malformed JSON: NaN is not JSON"
+    assert got[3] == want[3] and "recursion" in got[3]
+    assert got[4] == want[4][:TR.REASON_MAX_CHARS - 3] + "..." and got[4].startswith("unknown field(s)")
+    assert got[5] == want[5] and got[6] == want[6] and got[5].startswith("malformed JSON: Invalid control")
+    assert got[7] == want[7] == "quantity must be within [-100000, 100000] units"
+    assert got[8] is None and want[8] is None
+    assert not any(g and any(x in g for x in TR.GENERIC_PARSE_REASONS) for g in got)
