@@ -50,6 +50,15 @@ STREAM_HISTORY_HOURS = 24.0
 #: (``streaming.sinks.ANCHOR_LOOKBACK_HOURS``)
 STREAM_ANCHOR_LOOKBACK_HOURS = 24.0
 
+#: Settings checked against each other by the model validators below (a test derives these sets from the
+#: validators' code): a process receiving one of a set must receive the others, or it checks against their
+#: defaults (ops.entrypoint.required_env adds the partners; compose passes them)
+CROSS_CHECKS: tuple[frozenset[str], ...] = (
+    frozenset({"risk_high_hours", "risk_medium_hours"}),
+    frozenset({"clickhouse_stream_retention_days", "kafka_retention_ms", "stream_watermark"}),
+    frozenset({"stream_max_future_minutes", "stream_watermark"}),
+)
+
 _INTERVAL_UNITS = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
 
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core.settings import Settings
+from core.settings import CROSS_CHECKS, Settings
 
 # ------------------------------------------------------------------------------ settings groups --
 #: Settings only the *native* stack uses (it runs its own broker, MinIO, ClickHouse endpoint over chDB and
@@ -220,8 +220,16 @@ def required_env(role: str) -> list[str]:
         KeyError: unknown role.
     """
     r = ROLES[role]
-    names = [f.upper() for g in r.groups for f in settings_group(g)] + [f.upper() for f in r.settings]
-    return list(dict.fromkeys(names + list(r.extra_env)))
+    fields = [f for g in r.groups for f in settings_group(g)] + list(r.settings)
+    # a setting validated against others (core.settings.CROSS_CHECKS) brings them: else the check runs against
+    # their defaults (CLICKHOUSE_STREAM_RETENTION_DAYS=5 with KAFKA_RETENTION_MS of 2 days refused by migrate)
+    grown = True
+    while grown:   # transitively: STREAM_WATERMARK is checked against two others
+        extra = [p for f in fields for check in CROSS_CHECKS if f in check for p in sorted(check)
+                 if p not in NATIVE_ONLY and p not in fields]
+        fields += list(dict.fromkeys(extra))
+        grown = bool(extra)
+    return list(dict.fromkeys([f.upper() for f in fields] + list(r.extra_env)))
 
 
 def resolve(role: str, args: list[str]) -> list[str]:

@@ -157,7 +157,8 @@ def test_settings_load_from_each_service_environment(compose, monkeypatch):
         s = get_settings()
         if name == "dashboard":   # least privilege: no writer credential, bi_reader's password only
             assert s.clickhouse_url == "http://clickhouse:8123" and s.clickhouse_bi_password
-            assert not any("WRITER" in k or "ADMIN" in k or k.startswith(("LAKE_", "KAFKA_")) for k in env)
+            assert not any("WRITER" in k or "ADMIN" in k or k.startswith("LAKE_") for k in env)
+            assert "KAFKA_BOOTSTRAP_SERVERS" not in env   # (KAFKA_RETENTION_MS: the retention's cross-check)
         elif "CLICKHOUSE_URL" in env:
             assert s.clickhouse_url.startswith("http://platform_writer:"), name
             assert s.clickhouse_database == "retail"
@@ -540,3 +541,30 @@ def test_each_role_receives_every_setting_its_code_reads(role):
     missing = {f: sorted(m) for f, m in read.items()
                if f.upper() not in passed and f not in entrypoint.NATIVE_ONLY}
     assert not missing, f"role {role} reads settings its containers do not receive: {missing}"
+
+
+def test_cross_checked_settings_are_declared_and_travel_together(compose):
+    """core.settings.CROSS_CHECKS lists exactly the settings each raising model validator compares, and a role that
+    receives one of a set receives the others (a container with CLICKHOUSE_STREAM_RETENTION_DAYS=5 but no
+    KAFKA_RETENTION_MS checked it against the 7-day default and refused a valid configuration)."""
+    import ast
+
+    from core.settings import CROSS_CHECKS
+
+    fields = set(Settings.model_fields)
+    tree = ast.parse((REPO / "core" / "settings.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
+    found = set()
+    for fn in cls.body:
+        if isinstance(fn, ast.FunctionDef) and fn.name.startswith("_check") \
+                and any("model_validator" in ast.unparse(d) for d in fn.decorator_list):   # (not _derive: defaults)
+            used = frozenset(n.attr for n in ast.walk(fn) if isinstance(n, ast.Attribute) and n.attr in fields
+                             and isinstance(n.value, ast.Name) and n.value.id == "self")
+            if len(used) > 1:
+                found.add(used)
+    assert found == set(CROSS_CHECKS)
+    for name, svc in our_services(compose).items():
+        env = env_of(svc)
+        for check in CROSS_CHECKS:
+            given = {f for f in check if f.upper() in env}
+            assert not given or given == {f for f in check if f not in entrypoint.NATIVE_ONLY}, (name, sorted(check))
