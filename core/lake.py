@@ -145,10 +145,15 @@ class Lake:
 
     def list_files(self, *parts: str) -> list[str]:
         """Every file under a lake path (recursive), [] when absent."""
+        return sorted(self.file_sizes(*parts))
+
+    def file_sizes(self, *parts: str) -> dict[str, int]:
+        """{filesystem path: size in bytes} of every file under a lake path (recursive; one listing, no request
+        per file), {} when absent."""
         if not self.exists(*parts):
-            return []
+            return {}
         sel = pafs.FileSelector(self.path(*parts), recursive=True)
-        return sorted(i.path for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File)
+        return {i.path: i.size for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File}
 
     def write_json(self, obj: Any, *parts: str) -> str:
         """Write ``obj`` as a JSON file (:func:`json_text`, indented) at lake path ``parts``; overwrites, parent

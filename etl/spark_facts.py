@@ -77,11 +77,12 @@ def read_raw(spark, lake, event_type: str, day: dt.date):
 
     bucket = lake.settings.lake_raw_bucket
     part = f"{event_type}/year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
-    files = [f for f in lake.list_files(bucket, part) if f.endswith(".parquet")]
+    sizes = {f: n for f, n in lake.file_sizes(bucket, part).items() if f.endswith(".parquet")}
+    files = sorted(sizes)
     if not files:
         log.warning("no raw files in %s/%s", bucket, part)
         return None
-    empty = [f for f in files if lake.fs.get_file_info(f).size == 0]
+    empty = [f for f in files if sizes[f] == 0]   # sizes from the one listing (no HEAD request per file)
     if empty:   # an upload cut short: Spark failed on it with a JVM trace, retried twice
         raise etl.EtlError(f"raw file(s) of 0 bytes, not Parquet, in {bucket}/{part}: {empty}; remove or "
                            "rewrite them, then re-run the date")
