@@ -707,8 +707,10 @@ def jsonl(
         sigs.phase = "creating topics"
         s = get_settings()
         topics = ensure_topics(s)   # as the other commands: the broker may not create topics (auto-create is off)
+        sigs.phase = "opening the file"
+        fh = open(path, "rb")       # still start-up: opening a FIFO blocks until its writer connects
         sigs.interrupt = False      # from here a signal stops the loop over the lines (before the first one)
-        with EventPublisher(s, client_id="retail-jsonl") as pub, open(path, "rb") as fh:
+        with fh, EventPublisher(s, client_id="retail-jsonl") as pub:
             reader = _InterruptibleLines(fh, sigs)
             counts = publish_lines(pub, event_type, reader, stop=sigs.event)
             if reader.interrupted and "stopped_at_line" not in counts:   # the rest was never read (a pipe)
@@ -733,9 +735,10 @@ def jsonl(
 
 class _InterruptibleLines:
     """The lines of a binary file for ``jsonl``, where a stop signal ends a read that waits for data (a pipe, a
-    FIFO: the read would block until the writer's next line): while a line is read, :attr:`StopSignals.interrupt` is
-    on, so the handler raises and the iteration ends (``interrupted``; ``read``: lines returned). Between reads the
-    signal only sets the event, which :func:`producers.raw.publish_lines` checks before each line."""
+    FIFO: the read would block until the writer's next line): while a pipe's line is read, :attr:`StopSignals.interrupt`
+    is on, so the handler raises and the iteration ends (``interrupted``; ``read``: lines returned). A regular file's
+    read never waits, so there (and between reads) the signal only sets the event, which
+    :func:`producers.raw.publish_lines` checks before each line: no line read is lost."""
 
     def __init__(self, fh, sigs: StopSignals):
         import os
@@ -753,6 +756,8 @@ class _InterruptibleLines:
                 self.interrupted = True
                 raise StopIteration
             line = self.fh.readline()   # a file's next line is at hand; publish_lines counts the rest
+        elif self.regular:   # a file's read does not wait: a signal during it only sets the event (no line lost)
+            line = self.fh.readline()
         else:
             try:
                 self.sigs.interrupt = True
