@@ -46,11 +46,17 @@ def clean() -> None:
     (environment, ``.env``, ``$RETAIL_CACHE_DIR/local.env``; default ``$RETAIL_CACHE_DIR/state``), the folder
     :func:`ops.local.up` used. The install cache (venv, jars, MinIO, ``local.env``) is kept.
 
-    Raises:
-        StackError: a service's port is still bound after ``down`` (the state is then left in place).
+    Exits 1 (message on stderr, nothing deleted) when a service's port is still bound after ``down``, or when the
+    folder holds entries the platform does not create (:data:`ops.local.STATE_ENTRIES`).
     """
+    from ops.install import StackError
+
     s = get_settings()
-    gone = local.clean(s)
+    try:
+        gone = local.clean(s)
+    except StackError as exc:   # a bound port, or a folder the platform did not make: nothing deleted
+        typer.echo(f"clean: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"removed {gone}" if gone else f"nothing to remove at {s.retail_state_dir}")
 
 

@@ -351,20 +351,39 @@ def clean(s: Settings | None = None) -> Path | None:
     the one the settings name, not the Makefile's default (until 2026-12-06 ``make clean`` deleted
     ``.cache/state`` whatever RETAIL_STATE_DIR said, and left the configured folder in place).
 
+    Only a folder that looks like a state folder is deleted: every entry in it must be one the platform creates
+    (:data:`STATE_ENTRIES`, or ``supervisor*``), so a RETAIL_STATE_DIR pointed at a shared folder (a home, /tmp)
+    is refused instead of wiped.
+
     Returns:
         the folder deleted, or None when there was none.
     Raises:
-        StackError: a port is still bound after ``down`` (nothing is deleted: a running service's data).
+        StackError: a port is still bound after ``down`` (nothing is deleted: a running service's data); the
+            folder holds entries the platform does not create (named; nothing is deleted).
     """
     import shutil
 
     s = s or get_settings()
-    down(s)
     d = Path(s.retail_state_dir)
+    foreign = sorted(p.name for p in d.iterdir()
+                     if p.name not in STATE_ENTRIES and not p.name.startswith("supervisor")) if d.is_dir() else []
+    if foreign:
+        raise StackError(f"RETAIL_STATE_DIR={d} holds entries the platform does not create ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}): not deleted; point RETAIL_STATE_DIR at the "
+                         "platform's own folder, or remove those entries first")
+    down(s)
     if not d.exists():
         return None
     shutil.rmtree(d)
     return d
+
+
+#: Top-level entries of a state folder (RETAIL_STATE_DIR) that the platform creates; :func:`clean` deletes a
+#: folder holding only these (and ``supervisor*`` files).
+STATE_ENTRIES: frozenset[str] = frozenset({
+    "airflow", "airflow-cli", "alerts", "chdb", "checkpoints", "kafka", "logs", "minio", "run",
+    "streaming.heartbeat", "tmp",
+})
 
 
 @contextlib.contextmanager

@@ -250,6 +250,8 @@ def check_config(name: str, s: Settings) -> None:
         s.require("clickhouse_admin_password", "clickhouse_writer_password", "clickhouse_bi_password")
     elif name == "dashboard":
         s.require("clickhouse_bi_password")
+    elif name in ("streaming", "airflow") and s.lake_is_s3:   # both sign their lake requests with these keys
+        s.require("lake_access_key", "lake_secret_key")
 
 
 def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str, str]]:

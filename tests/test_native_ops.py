@@ -236,6 +236,12 @@ def test_a_missing_setting_fails_up_before_any_program_starts(tmp_path):
             with pytest.raises(ConfigError, match="CLICKHOUSE_BI_PASSWORD"):
                 local.start("dashboard", s)
             assert not local.supervisord_running(s) and not (tmp_path / "state" / "supervisord.conf").exists()
+            # the stream and Airflow on an S3 lake without its keys: refused before their dependencies start
+            assert base.lake_is_s3
+            for name in ("streaming", "airflow"):
+                with pytest.raises(ConfigError, match="LAKE_ACCESS_KEY"):
+                    local.start(name, base.model_copy(update={"lake_access_key": None}))
+            assert not local.supervisord_running(s) and not (tmp_path / "state" / "supervisord.conf").exists()
         finally:
             local.down(s)
 
@@ -358,3 +364,32 @@ def test_native_minio_up_next_to_compose_dotenv(monkeypatch, tmp_path):
             assert Lake(s).list_files(s.lake_raw_bucket) == []
         finally:
             local.down(s)
+
+
+def test_clean_refuses_a_state_folder_holding_what_the_platform_did_not_create(tmp_path):
+    """RETAIL_STATE_DIR pointed at a shared folder: ``ops.cli clean`` exits 1 naming the foreign entries and deletes
+    nothing (it removed the whole folder); a folder of platform entries only is removed."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings   # free ports: a stack running on the defaults is not ours
+
+    shared = tmp_path / "home"
+    (shared / "logs").mkdir(parents=True)
+    (shared / "thesis.tex").write_text("years of work")
+    with platform_settings(shared):
+        r = subprocess.run([sys.executable, "-m", "ops.cli", "clean"], cwd=REPO, env=os.environ.copy(),
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "thesis.tex" in r.stderr and "RETAIL_STATE_DIR" in r.stderr
+    assert (shared / "thesis.tex").read_text() == "years of work" and (shared / "logs").is_dir()
+
+    own = tmp_path / "state"
+    for name in ("logs", "run", "chdb"):
+        (own / name).mkdir(parents=True)
+    (own / "supervisord.conf").write_text("")
+    with platform_settings(own):
+        r = subprocess.run([sys.executable, "-m", "ops.cli", "clean"], cwd=REPO, env=os.environ.copy(),
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not own.exists()
