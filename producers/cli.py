@@ -751,13 +751,11 @@ class _InterruptibleLines:
         return self
 
     def __next__(self) -> bytes:
-        if self.sigs.event.is_set():
-            if not self.regular:   # stopped: a pipe's next line may never come; the rest is not read
-                self.interrupted = True
-                raise StopIteration
-            line = self.fh.readline()   # a file's next line is at hand; publish_lines counts the rest
-        elif self.regular:   # a file's read does not wait: a signal during it only sets the event (no line lost)
+        if self.regular:   # a file's read does not wait: a signal only sets the event (publish_lines counts the rest)
             line = self.fh.readline()
+        elif self.sigs.event.is_set():   # stopped: a pipe's next line may never come; the rest is not read
+            self.interrupted = True
+            raise StopIteration
         else:
             try:
                 self.sigs.interrupt = True

@@ -72,8 +72,7 @@ def publish_lines(publisher, event_type: str, lines: Iterable[bytes], stop=None)
     return out
 
 
-def publish_file(publisher, event_type: str, path: str | Path, stop=None) -> dict[str, int]:
-    """:func:`publish_lines` over a JSON Lines file (read as bytes: a line that is not UTF-8 is dead-lettered);
-    ``stop``: as there (a set event stops the sending; the rest of the file is counted as ``not_sent``)."""
+def publish_file(publisher, event_type: str, path: str | Path) -> dict[str, int]:
+    """:func:`publish_lines` over a JSON Lines file (read as bytes: a line that is not UTF-8 is dead-lettered)."""
     with open(path, "rb") as fh:
-        return publish_lines(publisher, event_type, fh, stop=stop)
+        return publish_lines(publisher, event_type, fh)
