@@ -35,7 +35,6 @@ from ops.install import StackError, ensure_local_env
 #: process was FATAL 16.8 s in and still FATAL 60 s after the port was free (the stream: ~1 min into a ClickHouse
 #: outage). A bad setting still fails ``up`` at once: :func:`ops.services.check_config` runs before a start.
 START_RETRIES = 1000
-STREAM_START_RETRIES = START_RETRIES
 
 #: seconds a program must stay up to count as started, and to wait after SIGTERM before SIGKILL
 _PROGRAM = {

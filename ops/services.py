@@ -262,6 +262,7 @@ def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str,
         KeyError: unknown service name.
     """
     s = s or get_settings()
+    check_config(name, s)   # the settings each service needs (also checked by ops.local.start before a start)
     py = sys.executable
     if name == "kafka":
         return _kafka_argv(s), {}
@@ -276,7 +277,6 @@ def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str,
                 {"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password,
                  "MINIO_BROWSER": "on"})
     if name == "clickhouse":
-        s.require("clickhouse_admin_password", "clickhouse_writer_password", "clickhouse_bi_password")
         return [py, "-m", "chserver"], {}
     if name == "streaming":
         return [py, "-m", "streaming.job", "run"], {"PYSPARK_PYTHON": py, "PYSPARK_DRIVER_PYTHON": py}
@@ -288,7 +288,6 @@ def argv_env(name: str, s: Settings | None = None) -> tuple[list[str], dict[str,
     if name == "dashboard":
         from dashboard.__main__ import command
 
-        s.require("clickhouse_bi_password")
         return command(s.dashboard_port), {}
     raise KeyError(f"unknown service {name!r}; services: {', '.join(SERVICES)}")
 
