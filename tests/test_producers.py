@@ -904,28 +904,8 @@ def test_malformed_and_truncated_lines_are_quarantined_and_the_rest_replayed(tmp
 
     dead: list = []
 
-    class FakePublisher:
-        counts = {"sent": 0, "failed": 0, "dead_lettered": 0}
-
-        def __init__(self, *a, **kw):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def dead_letter(self, event_type, payload, reason):
-            dead.append((event_type, payload["code"], payload.get("line", payload.get("row")), reason))
-
-        def publish(self, event_type, record):
-            return True
-
-        def flush(self):
-            pass
-
-    monkeypatch.setattr(core.kafka, "EventPublisher", FakePublisher)
+    monkeypatch.setattr(core.kafka, "EventPublisher",
+                        _dead_letter_publisher(dead, lambda p: p.get("line", p.get("row"))))
     out = cli.run_replay(object(), path, keep_dates=True, write_reference=False, create_topics=False, progress=False)
     assert [d[:3] for d in dead] == [("uci_source_line", "MALFORMED_LINE", 3), ("uci_source_line", "MALFORMED_LINE", 5),
                                      ("uci_source_line", "MISSING_COUNTRY", 8)]   # row 4, line 8 (since
@@ -1047,28 +1027,7 @@ def test_a_malformed_or_far_invoice_date_is_quarantined_with_its_line(tmp_path, 
 
     dead: list = []
 
-    class FakePublisher:
-        counts = {"sent": 0, "failed": 0, "dead_lettered": 0}
-
-        def __init__(self, *a, **kw):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def dead_letter(self, event_type, payload, reason):
-            dead.append((event_type, payload["code"], payload["line"], reason))
-
-        def publish(self, event_type, record):
-            return True
-
-        def flush(self):
-            pass
-
-    monkeypatch.setattr(core.kafka, "EventPublisher", FakePublisher)
+    monkeypatch.setattr(core.kafka, "EventPublisher", _dead_letter_publisher(dead, lambda p: p["line"]))
     cli.run_replay(object(), path, end_at=end, write_reference=False, create_topics=False, progress=False)
     assert [d[:3] for d in dead if d[1] != "MALFORMED_LINE"] == [
         ("uci_source_line", bad[ts], expected_lines[ts]) for ts in bad]
@@ -1161,3 +1120,30 @@ def test_a_product_line_with_a_number_that_does_not_parse_is_quarantined_with_it
            "UNKNOWN_INVOICE": 1}
     assert rep.stats.skipped == {**bad, "POST": 1}
     assert rep.stats.as_dict()["quarantine_codes"] == bad
+
+
+def _dead_letter_publisher(dead: list, where):
+    """A stand-in for core.kafka.EventPublisher in run_replay: publishes nothing, and appends each dead letter to
+    ``dead`` as (event_type, payload code, ``where(payload)``, reason)."""
+    class FakePublisher:
+        counts = {"sent": 0, "failed": 0, "dead_lettered": 0}
+
+        def __init__(self, *a, **kw):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def dead_letter(self, event_type, payload, reason):
+            dead.append((event_type, payload["code"], where(payload), reason))
+
+        def publish(self, event_type, record):
+            return True
+
+        def flush(self):
+            pass
+
+    return FakePublisher

@@ -412,8 +412,7 @@ def test_sigterm_stops_flushes_and_reports(kafka_settings, processes):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_if_running(proc)
     assert proc.returncode == 143, (proc.returncode, err[-2000:])
     pub = json.loads(out)["published"]
     assert pub["signal"] == "SIGTERM" and "SIGTERM" in pub["stopped"], pub
@@ -433,6 +432,13 @@ def _poll(cond, what: str, proc=None, timeout: float = 60.0):
             return got
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _kill_if_running(proc) -> None:
+    """Kill a producer process the test did not see end (a failed wait or assertion), and drain its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 def _producer(bootstrap: str, prefix: str, *args):
@@ -483,9 +489,7 @@ def test_a_signal_while_the_replay_reads_its_file_stops_with_a_report(tmp_path, 
         proc.send_signal(getattr(signal, sig))
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _kill_if_running(proc)
         if fd is not None:
             os.close(fd)
     assert proc.returncode == rc, (proc.returncode, out[-1000:], err[-2000:])
@@ -523,9 +527,7 @@ def test_sigterm_while_topics_are_created_stops_with_a_report():
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _kill_if_running(proc)
         for c in conns:
             c.close()
         silent.close()
@@ -558,9 +560,7 @@ def test_sigterm_while_the_worker_processes_start_is_handled_by_them(kafka_setti
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _kill_if_running(proc)
     assert proc.returncode == 143, (proc.returncode, out[-3000:], err[-3000:])
     pub = json.loads(out)["published"]
     assert pub["worker_errors"] == [] and pub["signal"] == "SIGTERM", pub
@@ -608,9 +608,7 @@ def test_jsonl_stops_on_sigterm_flushes_and_reports(kafka_settings, tmp_path, fi
     finally:
         if fd is not None:
             os.close(fd)
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _kill_if_running(proc)
     assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
     report = json.loads(out)
     assert report["lines"] == {"published": 50, "dead_lettered": 1, "stopped_at_line": 52, "not_sent": None}, report
@@ -687,9 +685,7 @@ def _jsonl_file_sigterm(kafka_settings, tmp_path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _kill_if_running(proc)
     assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
     lines, pub = json.loads(out)["lines"], json.loads(out)["published"]
     assert lines["published"] + lines["not_sent"] == n and lines["not_sent"] > 0, lines
