@@ -131,6 +131,8 @@ def read_alerts(settings: Settings, handle: Callable[[dict[str, Any]], None], *,
                     seen.add(alert["alert_id"])
                     report["alerts"] += 1
                     if max_alerts is not None and report["alerts"] >= max_alerts:
+                        if publisher is not None:
+                            publisher.flush(30)   # as below: dead letters acknowledged before the commit
                         _commit_through(consumer, tp, m.offset)
                         report["stopped"] = "max_alerts"
                         return report
@@ -147,7 +149,8 @@ def read_alerts(settings: Settings, handle: Callable[[dict[str, Any]], None], *,
 
 
 def _commit_through(consumer, tp, offset: int) -> None:
-    """Commit ``tp`` up to and including ``offset`` (and every other partition at its position)."""
+    """Commit ``tp`` up to and including ``offset`` (only ``tp``: another partition keeps its last commit, and its
+    alerts handed over since are re-read and skipped as duplicates by the next run)."""
     from kafka import OffsetAndMetadata
 
     consumer.commit({tp: OffsetAndMetadata(offset + 1, None, -1)})
