@@ -10,7 +10,8 @@ date          calendar day (anything ``pd.to_datetime`` accepts; made a naive mi
 store_id      store (or market) key, string
 product_id    SKU key, string
 units         units demanded that day, >= 0 (returns are not negative demand)
-price         unit selling price that day (NaN allowed: forward/back filled per series)
+price         unit selling price that day (NaN allowed: forward filled per series; 0 before a series'
+              first known price, never filled back from a later day)
 promo         optional 0/1 promotion flag; absent -> proxy "price drop" (price < 98 % of
               the highest price of the previous 28 days)
 holiday       optional 0/1; absent -> public holiday of ``country_code`` (``holidays`` pkg)
@@ -186,8 +187,9 @@ def complete_series(daily: pd.DataFrame, end_date=None, extend_days: int = 0) ->
     Each series spans from its first active day (first non-missing price or first positive demand)
     to ``end_date`` (default: the table's last date); missing days get ``units = 0``. Then
     ``extend_days`` future days are appended with ``units = NaN`` (to be forecast). Price is
-    forward- then back-filled within the series (future rows keep the last known price: the planned
-    price); the optional 0/1 flags are filled with 0 (``holiday``/``event``/``snap`` are
+    forward-filled within the series (future rows keep the last known price: the planned price); rows
+    before the series' first known price keep NaN (0 in the feature table, its price ratios neutral):
+    filling them back from a later day would hand a row a price first seen after its date. The optional 0/1 flags are filled with 0 (``holiday``/``event``/``snap`` are
     date-level and re-derived per date for future rows where the input gives them per date).
 
     Returns:
@@ -212,8 +214,7 @@ def complete_series(daily: pd.DataFrame, end_date=None, extend_days: int = 0) ->
     out.loc[~known, "units"] = np.nan
     out = out.sort_values(["store_id", "product_id", "date"], kind="mergesort").reset_index(drop=True)
     g = out.groupby(KEYS, sort=False, observed=True)
-    out["price"] = g["price"].ffill()
-    out["price"] = out.groupby(KEYS, sort=False, observed=True)["price"].bfill()
+    out["price"] = g["price"].ffill()   # never back-filled: a row knows no price of a later day
     for flag in OPTIONAL_FLAGS:
         if flag in out.columns:
             out[flag] = pd.to_numeric(out[flag], errors="coerce").fillna(0).astype("int8")

@@ -10,7 +10,7 @@ What runs where
 ---------------
 * **Spark** (per series x day, JVM only, no Python UDFs, so executors of the compose cluster need nothing but
   Spark): validation, the gap-free grid per series (``sequence`` + ``explode``, first active day to the last
-  day + ``extend_days``), the zero fill of missing days, price forward/back fill, lags, rolling means / standard
+  day + ``extend_days``), the zero fill of missing days, price forward fill, lags, rolling means / standard
   deviations / zero share / price mean over trailing windows (window functions partitioned by store x SKU,
   ordered by date, counted in rows — exact because the grid has no gaps — as differences of running sums, one
   pass per series instead of a sliding frame re-aggregated for every row), the price max (sliding frame), days
@@ -159,7 +159,8 @@ def complete_series(demand, end_date: dt.date, extend_days: int = DEFAULT_HORIZO
     Each series runs from its first active day (first day with units > 0 or a non-null price, on or before
     ``end_date``) to ``end_date + extend_days``; rows after ``end_date`` in the input are ignored. Days up to
     ``end_date`` without a row get units 0; the ``extend_days`` future days get units null. Price is forward-
-    then back-filled within the series (future days keep the last known price). Flags given in the input are
+    filled within the series (future days keep the last known price); days before the series' first known
+    price stay null (0 in the feature table), never filled back from a later day. Flags given in the input are
     0/1 with 0 where missing. ``country_code``, when in the input, is the store's (the smallest non-null code
     of its rows; one per store in ``dim_store``), on every row of the store.
 
@@ -183,11 +184,8 @@ def complete_series(demand, end_date: dt.date, extend_days: int = DEFAULT_HORIZO
     out = grid.join(df.select("date", *KEYS, "units", "price", *flags), ["date", *KEYS], "left")
     out = out.withColumn("units", F.when(F.col("date") <= end, F.coalesce(F.col("units"), F.lit(0.0)))
                          .otherwise(F.lit(None).cast("double")))
-    ffill = F.last("price", ignorenulls=True).over(_series_window(_unbounded_preceding(), 0))
-    # where the forward fill is null every earlier price is null, so the next price is the series' first one:
-    # a whole-partition frame (one pass), not a shrinking d..unbounded-following frame (recomputed per row)
-    bfill = F.first("price", ignorenulls=True).over(_series_window(_unbounded_preceding(), _unbounded_following()))
-    out = out.withColumn("price", F.coalesce(ffill, bfill))
+    # forward fill only: a day before the series' first known price gets no price of a later day
+    out = out.withColumn("price", F.last("price", ignorenulls=True).over(_series_window(_unbounded_preceding(), 0)))
     for c in flags:
         out = out.withColumn(c, F.coalesce(F.col(c).cast("int"), F.lit(0)))
     if "country_code" in df.columns:

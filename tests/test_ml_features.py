@@ -109,6 +109,31 @@ def test_no_leakage_features_at_origin_ignore_later_data():
     assert not (ahead.loc["S1", "price"] == 2.0).all()
 
 
+def test_no_price_is_filled_back_from_a_day_after_the_row():
+    """A series sold for 10 days before its first known price (day 11): rows before it knew no price. Until
+    2026-12-06 the price was back-filled, so the features at an origin before day 11 carried day 11's price
+    (3.0 in one table, 5.0 in the other: the backtest's covariates differed with a price first seen later)."""
+    vals = np.r_[np.full(10, 2.0), np.full(30, 1.0)]
+    a = toy(vals, price=np.nan)
+    a.loc[10:, "price"] = 3.0
+    b = a.copy()
+    b.loc[10:, "price"] = 5.0
+    t = pd.Timestamp("2024-01-08")  # origin before the first price (2024-01-11)
+    fa = build_daily_features(a, default_country=None, extend_days=0)
+    fb = build_daily_features(b, default_country=None, extend_days=0)
+    cols = ["price", "price_change_7", "price_rel_28", "promo"]
+    early = fa["date"] < pd.Timestamp("2024-01-11")
+    pd.testing.assert_frame_equal(fa.loc[early, cols], fb.loc[early, cols])
+    # independently: no price known yet -> price 0, neutral ratios, no promotion
+    assert (fa.loc[early, "price"] == 0).all() and (fa.loc[early, "price_rel_28"] == 1).all()
+    assert (fa.loc[early, "price_change_7"] == 0).all() and (fa.loc[early, "promo"] == 0).all()
+    assert (fa.loc[~early, "price"] == 3.0).all()
+    sa = make_supervised(fa, origins=[t], horizons=range(1, 8))
+    sb = make_supervised(fb, origins=[t], horizons=range(1, 8))
+    assert len(sa) == 7
+    pd.testing.assert_frame_equal(sa[feature_columns(sa)], sb[feature_columns(sb)])
+
+
 def test_supervised_alignment_against_direct_computation():
     vals = np.arange(200, dtype=float)
     sup = make_supervised(build_daily_features(toy(vals), default_country=None))

@@ -3,7 +3,7 @@
 The pandas :func:`ml.features.build_daily_features` is the independent oracle: on a small realistic daily
 demand table both must give the same feature table, column by column (same rows and order, the same nulls,
 floats equal to 1e-9, flags exactly). The table has 3 stores x 4 SKUs with
-* gaps (days without a row: zero demand), a series whose first rows have demand but no price (back fill),
+* gaps (days without a row: zero demand), a series whose first rows have demand but no price (no back fill),
   rows with zero units and a price, a price of 0 (undefined price ratios), promotions (price drops);
 * demand from sale lines with returns (a day's returns never net into demand: the ``units`` column is the
   sum of sold quantities, as ``ml.pipeline.load_daily_demand`` computes it for lines without a customer, whose
@@ -76,7 +76,7 @@ def daily_demand(lines: pd.DataFrame) -> pd.DataFrame:
     # a free day of S1/C in March (price 0: the price ratios of the next days are undefined)
     free = g[(g["store_id"] == "S1") & (g["product_id"] == "C") & (g["units"] > 0) & (g["date"].dt.month == 3)].index[0]
     g.loc[free, "price"] = 0.0
-    # S3/B's first day has demand but no price (back-filled from the next priced day)
+    # S3/B's first day has demand but no price (price 0 there: never filled back from the next priced day)
     first = g[(g["store_id"] == "S3") & (g["product_id"] == "B") & (g["units"] > 0)].index[0]
     g.loc[first, "price"] = np.nan
     cc = {"S1": "GB", "S2": "US", "S3": None, "S4": "XX"}             # XX: no holiday calendar
@@ -133,6 +133,11 @@ def test_spark_features_equal_pandas_with_holidays(spark, demand):
     assert known["date"].max() == pd.Timestamp(END) and got[got["date"] > pd.Timestamp(END)]["units"].isna().all()
     src = demand[demand["date"] <= pd.Timestamp(END)]
     assert known["units"].sum() == src["units"].sum()                # zero-filled gaps add nothing
+    # S3/B's first day has demand and no price: no price of a later day is filled back into it
+    s3b = got[(got["store_id"] == "S3") & (got["product_id"] == "B")]
+    first_priced = demand[(demand["store_id"] == "S3") & (demand["product_id"] == "B") & demand["price"].notna()]
+    assert s3b["date"].iloc[0] < first_priced["date"].min()
+    assert (s3b.loc[s3b["date"] < first_priced["date"].min(), "price"] == 0).all()
     s1a = got[(got["store_id"] == "S1") & (got["product_id"] == "A")].set_index("date")
     # UK-wide holidays on a GB store (Good Friday, early May and spring bank holidays; Easter Monday is not
     # UK-wide), the US ones on a US store
