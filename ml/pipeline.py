@@ -567,7 +567,14 @@ def check_predictions(p: pd.DataFrame, horizon: int = DEFAULT_HORIZON) -> None:
 
 
 def load_inventory(client, db: str, as_of: dt.date) -> pd.DataFrame:
-    """Latest closing stock per store x SKU on or before ``as_of`` (fact_inventory) with product attributes."""
+    """Latest closing stock per store x SKU on or before ``as_of`` (fact_inventory) with product attributes.
+
+    Returns:
+        DataFrame store_id, product_id, stock (units), stock_date_key (YYYYMMDD), unit_cost, unit_price,
+        storage_capacity, shelf_life_days; empty with those columns when no stock is recorded (the client's
+        empty result has no columns: ``classify_skus`` failed with KeyError 'stock' on a chain without
+        inventory rows until 2026-12-06).
+    """
     sql = f"""
         SELECT s.store_id AS store_id, p.sku AS product_id,
                toFloat64(argMax(i.closing_stock, i.date_key)) AS stock,
@@ -580,7 +587,15 @@ def load_inventory(client, db: str, as_of: dt.date) -> pd.DataFrame:
                     FROM {db}.dim_product FINAL) AS p ON i.product_key = p.product_key
         WHERE i.date_key <= {int(as_of.strftime('%Y%m%d'))}
         GROUP BY store_id, product_id"""
-    return client.query_df(sql)
+    df = client.query_df(sql)
+    if df.empty:
+        return pd.DataFrame(columns=INVENTORY_COLUMNS)
+    return df
+
+
+#: columns of :func:`load_inventory`
+INVENTORY_COLUMNS = ["store_id", "product_id", "stock", "stock_date_key", "unit_cost", "unit_price",
+                     "storage_capacity", "shelf_life_days"]
 
 
 def optimise_stock(run_date: dt.date, settings=None) -> dict:

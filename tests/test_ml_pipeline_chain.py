@@ -1,0 +1,70 @@
+"""The ML pipeline's tasks (``ml.pipeline``) on a small chain in the real ClickHouse and lake: one store, two
+SKUs, days without any sale, etl_runs, no inventory rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.integration
+
+FIRST = dt.date(2024, 3, 1)
+LAST_SALE = dt.date(2024, 4, 4)            # then the chain sells nothing on 04-05 .. 04-08
+CLOSED = [dt.date(2024, 4, 5), dt.date(2024, 4, 6), dt.date(2024, 4, 7), dt.date(2024, 4, 8)]
+RETRYING = dt.date(2024, 4, 7)             # loaded, then a later attempt failed: not loaded
+
+
+@pytest.fixture(scope="module")
+def chain(native_stack):
+    """One store, two SKUs sold every day FIRST..LAST_SALE (SKU-12 last on 03-30), etl_runs: a success for every
+    day FIRST..04-08, and for 04-07 a later failed attempt."""
+    from core.clickhouse import get_client
+
+    client, db = get_client(native_stack), native_stack.clickhouse_database
+    client.insert(f"{db}.dim_store", [[1, "ST-1", "ST-1", "City", "United Kingdom", "GB", "EU", 1]],
+                  column_names=["store_key", "store_id", "store_name", "city", "country", "country_code", "region",
+                                "is_known"])
+    client.insert(f"{db}.dim_product", [[k, f"SKU-{k}", f"SKU-{k}", "c", "s", "b", "sup", 1.0, 2.0, 30, 10, 400, 1]
+                                        for k in (11, 12)],
+                  column_names=["product_key", "sku", "product_name", "category", "sub_category", "brand", "supplier",
+                                "unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity",
+                                "is_known"])
+    rows = []
+    for i, d in enumerate(pd.date_range(FIRST, LAST_SALE, freq="D").date):
+        for k in (11, 12):
+            if k == 12 and d > dt.date(2024, 3, 30):
+                continue
+            t = dt.datetime.combine(d, dt.time(10), dt.timezone.utc)
+            rows.append([f"L{i}-{k}", int(d.strftime("%Y%m%d")), t, k, 1, None, "CARD", 2, 1.5, Decimal("3.0"), 0])
+    client.insert(f"{db}.fact_sales", rows, column_names=["sale_id", "date_key", "event_time", "product_key",
+                                                          "store_key", "customer_id", "payment_method", "quantity",
+                                                          "unit_price", "revenue", "is_return"],
+                  settings={"max_partitions_per_insert_block": 0})
+    t0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    runs = [[d, "success", t0] for d in pd.date_range(FIRST, CLOSED[-1], freq="D").date]
+    runs.append([RETRYING, "failed", t0 + dt.timedelta(hours=1)])
+    client.insert(f"{db}.etl_runs", [[f"r{i}", "dag", int(d.strftime("%Y%m%d")), t, t, st, "quality_check", 0, 0, 0, 0, 0,
+                                      Decimal(0), ""] for i, (d, st, t) in enumerate(runs)],
+                  column_names=["run_id", "dag_run_id", "date_key", "started_at", "finished_at", "status", "stage",
+                                "raw_sales_rows", "duplicate_sales_rows", "fact_sales_rows", "fact_inventory_rows",
+                                "units_net", "revenue", "message"])
+    return client, db
+
+
+def test_classes_and_reorders_of_a_chain_without_inventory_rows(native_stack, chain):
+    """No fact_inventory row yet (no inventory update loaded): the SKUs are classified from their sales alone.
+    Until 2026-12-06 ``load_inventory``'s empty result had no columns and classify_skus failed (KeyError 'stock')."""
+    from ml.pipeline import classify_skus, load_inventory
+
+    client, db = chain
+    inv = load_inventory(client, db, LAST_SALE)
+    assert inv.empty and {"store_id", "product_id", "stock"} <= set(inv.columns)
+    out = classify_skus(LAST_SALE, native_stack)
+    c = client.query_df(f"SELECT product_id, days_since_last_sale FROM {db}.sku_classification "
+                        f"WHERE run_date = '{LAST_SALE}' ORDER BY product_id")
+    assert out["rows"] == 2 and c["product_id"].tolist() == ["SKU-11", "SKU-12"]
+    assert c["days_since_last_sale"].tolist() == [0, (LAST_SALE - dt.date(2024, 3, 30)).days]
