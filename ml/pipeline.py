@@ -124,12 +124,41 @@ FEATURE_INSERT_ROWS = 500_000
 
 
 # ----------------------------------------------------------------------------------- training ------
+def loaded_through(client, db: str, last_sale, run_date: dt.date) -> dt.date | None:
+    """The last day d <= ``run_date`` such that daily_etl loaded and reconciled every day after ``last_sale`` up to d
+    (the latest ``etl_runs`` row of each such day, by ``finished_at``, is a success: the rule of
+    :func:`etl.star_schema.etl_load_status`); None when the day after ``last_sale`` is not loaded (or
+    ``last_sale`` is None). A loaded day without sales is known zero demand: a day the chain was closed (the UCI
+    log has 121 such days in its 639, 90 of them Saturdays, 2010-12-24 .. 2011-01-03 in a row).
+
+    Args: client / db: ClickHouse; last_sale: the last day with sales (date-like); run_date: the run's date.
+    """
+    if last_sale is None or pd.isna(last_sale):
+        return None
+    first = pd.Timestamp(last_sale).date() + dt.timedelta(days=1)
+    if first > run_date:
+        return None
+    rows = client.query(
+        f"SELECT date_key FROM {db}.etl_runs WHERE date_key BETWEEN {int(first.strftime('%Y%m%d'))} "
+        f"AND {int(run_date.strftime('%Y%m%d'))} GROUP BY date_key "
+        "HAVING argMax(status, finished_at) = 'success' ORDER BY date_key").result_rows
+    loaded = {dt.datetime.strptime(str(r[0]), "%Y%m%d").date() for r in rows}
+    day = None
+    while first <= run_date and first in loaded:   # contiguous from the day after the last sale
+        day, first = first, first + dt.timedelta(days=1)
+    return day
+
+
 def history_end(first: dt.date | None, last: dt.date | None, run_date: dt.date, db: str,
-                horizon: int = DEFAULT_HORIZON) -> pd.Timestamp:
-    """The last day with known demand, min(run_date, last day with sales): a day the ETL has not loaded yet must
-    not become zero demand. ``first`` / ``last``: the first and last days with sales up to ``run_date``;
-    ``horizon``: the forecast horizon in days (FORECAST_HORIZON), by which the last backtest origin precedes that
-    end.
+                horizon: int = DEFAULT_HORIZON, loaded: dt.date | None = None) -> pd.Timestamp:
+    """The last day with known demand: min(run_date, the last day with sales, or ``loaded`` when later): a day
+    the ETL has not loaded yet must not become zero demand, a day it loaded without a sale is zero demand.
+    ``first`` / ``last``: the first and last days with sales up to ``run_date``; ``loaded``: the last day of the
+    loaded days that follow ``last`` without a gap (:func:`loaded_through`; None = none); ``horizon``: the
+    forecast horizon in days (FORECAST_HORIZON), by which the last backtest origin precedes that end. Until
+    2026-12-06 ``loaded`` was not read: a run on a day the chain sold nothing (UCI: 121 of 639 days) ended its
+    history on the last day with sales, left the known zero days out and forecast days already past (the run
+    of 2011-01-03 from 2010-12-23: 11 of its 14 days).
 
     Returns:
         the end day as a midnight Timestamp.
@@ -140,7 +169,8 @@ def history_end(first: dt.date | None, last: dt.date | None, run_date: dt.date, 
     """
     if first is None or pd.isna(first):
         raise InsufficientData(f"no sales in {db}.fact_sales up to {run_date}: run daily_etl first")
-    end = min(pd.Timestamp(run_date), pd.Timestamp(last))
+    known = pd.Timestamp(last) if loaded is None else max(pd.Timestamp(last), pd.Timestamp(loaded))
+    end = min(pd.Timestamp(run_date), known)
     span = int((end - pd.Timestamp(first)).days) + 1
     need = MIN_HISTORY_DAYS + int(horizon)
     if span < need:
@@ -164,7 +194,7 @@ def demand_for_features(client, db: str, run_date: dt.date,
     """
     daily = load_daily_demand(client, db, run_date)
     first, last = (daily["date"].min(), daily["date"].max()) if len(daily) else (None, None)
-    return daily, history_end(first, last, run_date, db, horizon)
+    return daily, history_end(first, last, run_date, db, horizon, loaded_through(client, db, last, run_date))
 
 
 def insert_features(client, db: str, out, run_date: dt.date, computed_at: dt.datetime | None = None) -> int:
@@ -272,7 +302,8 @@ def stage_demand(run_date: dt.date, settings=None) -> dict:
     sql = demand_sql(db, run_date)
     rows, series, first, last = client.query(
         f"SELECT count(), uniqExact(store_id, product_id), min(date), max(date) FROM ({sql})").result_rows[0]
-    end = history_end(first if rows else None, last, run_date, db, s.forecast_horizon)
+    end = history_end(first if rows else None, last, run_date, db, s.forecast_horizon,
+                      loaded_through(client, db, last if rows else None, run_date))
     parts = sf.staging(lake, run_date, sf.DEMAND_NAME)
     path = lake.path(*parts)
     lake.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -645,8 +676,8 @@ def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> d
     """Task ``classify_skus``: Syntetos-Boylan classes + slow-moving flag per store x SKU on the demand up
     to ``run_date`` -> sku_classification; hold-out stability -> ml_model_metrics (model_name 'slow-moving').
 
-    The classification ends at the last day with sales up to ``run_date`` (as the training's
-    :func:`history_end`): a run triggered the day after the last loaded day (``batch_predictions`` runs on the
+    The classification ends at the last day with sales up to ``run_date``, or the last loaded day after it
+    (:func:`loaded_through`, as the training's :func:`history_end`): a run triggered the day after the last loaded day (``batch_predictions`` runs on the
     champion asset) would otherwise count that unloaded day as zero demand for every series (one more day since
     the last sale, a higher ADI, the stale flag a day early). Rows keep ``as_of_date = run_date``.
 
@@ -659,7 +690,9 @@ def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> d
     daily = load_daily_demand(client, db, run_date)
     if daily.empty:
         raise ValueError(f"no sales in {db}.fact_sales up to {run_date}")
-    end = min(pd.Timestamp(run_date), pd.Timestamp(daily["date"].max()))
+    last = daily["date"].max()
+    loaded = loaded_through(client, db, last, run_date)   # loaded days without a sale are zero demand
+    end = min(pd.Timestamp(run_date), max(pd.Timestamp(last), pd.Timestamp(loaded or last)))
     stocked = load_inventory(client, db, end.date())   # stock on hand without a sale in the window: dead stock
     stocked = stocked.loc[stocked["stock"] > 0, ["store_id", "product_id"]]
     cls = classify(daily, end_date=end, window_days=window_days, include=stocked)

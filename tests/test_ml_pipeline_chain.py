@@ -1,5 +1,10 @@
 """The ML pipeline's tasks (``ml.pipeline``) on a small chain in the real ClickHouse and lake: one store, two
 SKUs, days without any sale, etl_runs, no inventory rows.
+
+The last day of known demand the tasks use (``history_end`` / ``loaded_through``): a day daily_etl loaded and reconciled without a sale anywhere in the chain (a closed day:
+the UCI log has 121 of them in 639 days) is zero demand, a day it has not loaded (or whose latest load failed)
+is not. Until 2026-12-06 the history ended on the last day with sales: a run on a closed day left the known zero
+days out and forecast days already past.
 """
 
 from __future__ import annotations
@@ -53,6 +58,45 @@ def chain(native_stack):
                                 "raw_sales_rows", "duplicate_sales_rows", "fact_sales_rows", "fact_inventory_rows",
                                 "units_net", "revenue", "message"])
     return client, db
+
+
+@pytest.mark.parametrize("run_date, want", [
+    (LAST_SALE, LAST_SALE),                 # the run's own day has sales
+    (CLOSED[0], CLOSED[0]),                 # closed and loaded: zero demand (was 04-04)
+    (CLOSED[1], CLOSED[1]),                 # two closed days in a row (was 04-04)
+    (CLOSED[2], CLOSED[1]),                 # 04-07's latest load failed: not known
+    (CLOSED[3], CLOSED[1]),                 # 04-08 is loaded, but 04-07 before it is not: no gap becomes zero
+])
+def test_staged_history_ends_on_the_last_loaded_day_without_a_gap(native_stack, chain, run_date, want):
+    from ml.pipeline import stage_demand
+
+    assert stage_demand(run_date, native_stack)["end_date"] == want.isoformat()
+
+
+def test_features_and_classes_count_a_loaded_closed_day_as_zero_demand(native_stack, chain):
+    from ml.pipeline import build_features, classify_skus
+
+    client, db = chain
+    run = CLOSED[1]
+    out = build_features(run, native_stack)
+    assert out["last_date"] == run.isoformat()
+    f = client.query_df(f"SELECT product_id, date, units FROM {db}.features_daily FINAL "
+                        f"WHERE run_date = '{run}' AND date > '{LAST_SALE}' AND date <= '{run}' ORDER BY product_id, date")
+    assert f["units"].tolist() == [0.0] * 4 and sorted(set(f["product_id"])) == ["SKU-11", "SKU-12"]
+    classify_skus(run, native_stack)
+    c = client.query_df(f"SELECT product_id, days_since_last_sale FROM {db}.sku_classification "
+                        f"WHERE run_date = '{run}' ORDER BY product_id")
+    # days from each SKU's last sale to the run's (closed, loaded) day
+    assert c["days_since_last_sale"].tolist() == [(run - LAST_SALE).days, (run - dt.date(2024, 3, 30)).days]
+
+
+def test_history_end_prefers_a_later_loaded_day_but_never_passes_the_run_date():
+    from ml.pipeline import history_end
+
+    first, last = dt.date(2024, 1, 1), dt.date(2024, 3, 1)
+    assert history_end(first, last, dt.date(2024, 3, 5), "db", 14, dt.date(2024, 3, 4)) == pd.Timestamp("2024-03-04")
+    assert history_end(first, last, dt.date(2024, 3, 5), "db", 14, None) == pd.Timestamp(last)
+    assert history_end(first, last, dt.date(2024, 3, 2), "db", 14, dt.date(2024, 3, 4)) == pd.Timestamp("2024-03-02")
 
 
 def test_classes_and_reorders_of_a_chain_without_inventory_rows(native_stack, chain):
