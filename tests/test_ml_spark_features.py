@@ -8,7 +8,8 @@ floats equal to 1e-9, flags exactly). The table has 3 stores x 4 SKUs with
 * demand from sale lines with returns (a day's returns never net into demand: the ``units`` column is the
   sum of sold quantities, as ``ml.pipeline.load_daily_demand`` computes it for lines without a customer, whose
   same-day cancellations cannot be matched; a day with only a return is a row with units 0 and no price);
-* a series that is never active (zero units, no price: dropped), rows after the end date (ignored);
+* a series that is never active (zero units, no price: dropped), one sold but never priced, one sold once on the
+  last day, rows after the end date (ignored);
 * stores in GB, the US, an unknown country code and without one (the default country), over Good Friday,
   the May bank holidays, Memorial Day and Juneteenth;
 * in a second variant weather per country and input promo / snap flags, no default country.
@@ -73,6 +74,11 @@ def daily_demand(lines: pd.DataFrame) -> pd.DataFrame:
     # a series that is never active: zero units and no price (dropped by both implementations)
     g = pd.concat([g, pd.DataFrame({"date": pd.to_datetime([FIRST, END]), "store_id": "S4", "product_id": "Z",
                                     "units": 0.0, "price": np.nan})], ignore_index=True)
+    # S4/N sold without ever a known price; S4/O sold once, on the last day
+    n_days = pd.date_range(FIRST, END, freq="3D")
+    g = pd.concat([g, pd.DataFrame({"date": n_days, "store_id": "S4", "product_id": "N", "units": 2.0, "price": np.nan}),
+                   pd.DataFrame({"date": pd.to_datetime([END]), "store_id": "S4", "product_id": "O", "units": 5.0,
+                                 "price": 3.0})], ignore_index=True)
     # a free day of S1/C in March (price 0: the price ratios of the next days are undefined)
     free = g[(g["store_id"] == "S1") & (g["product_id"] == "C") & (g["units"] > 0) & (g["date"].dt.month == 3)].index[0]
     g.loc[free, "price"] = 0.0
@@ -133,6 +139,13 @@ def test_spark_features_equal_pandas_with_holidays(spark, demand):
     assert known["date"].max() == pd.Timestamp(END) and got[got["date"] > pd.Timestamp(END)]["units"].isna().all()
     src = demand[demand["date"] <= pd.Timestamp(END)]
     assert known["units"].sum() == src["units"].sum()                # zero-filled gaps add nothing
+    # a series never priced: price 0 and neutral ratios throughout; a series sold once, on END: its day + H days
+    s4n = got[(got["store_id"] == "S4") & (got["product_id"] == "N")]
+    assert len(s4n) > H and (s4n["price"] == 0).all() and (s4n["price_rel_28"] == 1).all() and (s4n["promo"] == 0).all()
+    s4o = got[(got["store_id"] == "S4") & (got["product_id"] == "O")]
+    assert s4o["date"].tolist() == list(pd.date_range(END, periods=H + 1, freq="D"))
+    assert s4o["units"].iloc[0] == 5 and s4o["units"].iloc[1:].isna().all()
+    assert np.isnan(s4o["lag_1"].iloc[0]) and s4o["lag_1"].iloc[1] == 5 and s4o["rmean_7"].iloc[1] == 5
     # S3/B's first day has demand and no price: no price of a later day is filled back into it
     s3b = got[(got["store_id"] == "S3") & (got["product_id"] == "B")]
     first_priced = demand[(demand["store_id"] == "S3") & (demand["product_id"] == "B") & demand["price"].notna()]
