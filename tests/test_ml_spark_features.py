@@ -301,7 +301,7 @@ def test_spark_submit_job_writes_the_feature_table_and_exit_codes(local_lake, de
         r = run(END)
         assert r.returncode == 0, r.stderr[-3000:]
         res = local_lake.read_json(*sf.staging(local_lake, END, sf.RESULT_NAME))
-        assert res["rows"] == len(want) and res["series"] == 8 and res["last_date"] == END.isoformat()
+        assert res["rows"] == len(want) and res["series"] == 10 and res["last_date"] == END.isoformat()
         assert res["first_date"] == want["date"].min().date().isoformat()
         assert res["lake_path"] == f"features/daily/run_date={END}"
         files = sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))   # written by Spark's executors
