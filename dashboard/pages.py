@@ -278,7 +278,11 @@ def _live_strip() -> None:
         if r is None or pd.isna(r["latest_window_end"]) or r["transactions"] in (None, 0):
             st.info(NO_LIVE)
             return
-        st.subheader(f"Live: 24 hours up to {pd.Timestamp(r['latest_window_end']):%Y-%m-%d %H:%M} UTC · {_scope()}")
+        latest, stalest = pd.Timestamp(r["latest_window_end"]), pd.Timestamp(r["stalest_window_end"])
+        st.subheader(f"Live: each store's 24 hours up to its latest window, {latest:%Y-%m-%d %H:%M} UTC · {_scope()}")
+        if stalest < latest:   # a store's feed is behind the others: say how old its figures are
+            st.warning(f"A store's latest window ended {stalest:%Y-%m-%d %H:%M} UTC, "
+                       f"{(latest - stalest).total_seconds() / 60:,.0f} minutes before the newest: its feed is behind.")
         c = st.columns(3)
         c[0].metric("Live revenue (24 h)", num(r["revenue"], 2))
         c[1].metric("Live units sold (24 h)", num(r["units"]))
