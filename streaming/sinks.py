@@ -630,10 +630,10 @@ class StreamSinks:
         without TTL while the window tables forget a window CLICKHOUSE_STREAM_RETENTION_DAYS after its write."""
         if pairs is None or pairs.empty:
             return pd.DataFrame(columns=["store_id", "product_id", "stock_level", "stock_time", "reorder_point"])
-        parts = [self._query("SELECT store_id, product_id, stock_level, stock_time, reorder_point "
-                             "FROM {db}.inventory_levels FINAL WHERE (store_id, product_id) IN %(pairs)s "
-                             "AND stock_level IS NOT NULL AND stock_time < %(before)s",
-                             {"pairs": chunk, "before": pd.Timestamp(before).to_pydatetime()}) for chunk in self._pair_chunks(pairs)]
+        sql = ("SELECT store_id, product_id, stock_level, stock_time, reorder_point FROM {db}.inventory_levels FINAL "
+               "WHERE (store_id, product_id) IN %(pairs)s AND stock_level IS NOT NULL AND stock_time < %(before)s")
+        before = pd.Timestamp(before).to_pydatetime()
+        parts = [self._query(sql, {"pairs": chunk, "before": before}) for chunk in self._pair_chunks(pairs)]
         parts = [x for x in parts if len(x)]
         out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
             columns=["store_id", "product_id", "stock_level", "stock_time", "reorder_point"])
