@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     clickhouse_writer_password: str | None = Field(default=None, description="Password of ClickHouse user `platform_writer`, used by the default CLICKHOUSE_URL (generated into local.env by setup).")
     clickhouse_bi_password: str | None = Field(default=None, description="Password of the read-only ClickHouse user `bi_reader` (dashboards, Power BI; generated into local.env by setup).")
     clickhouse_max_body_mb: int = Field(default=512, ge=1, description="Native endpoint: largest accepted request body (MiB, after decompression).")
-    clickhouse_stream_retention_days: int = Field(default=30, description="Days the streaming window tables (sales_metrics_5m, store_metrics_5m) keep a window after its last write (TTL on updated_at, applied by the migrations). At least KAFKA_RETENTION_MS + the stream's look-backs (24 h history + 24 h stock anchors) + STREAM_WATERMARK: 10 days with the defaults. A store x SKU without any window in this span loses its carried-forward stock in the windows (UNKNOWN until its next count; inventory_levels keeps it).")
+    clickhouse_stream_retention_days: int = Field(default=30, description="Days the streaming window tables (sales_metrics_5m, store_metrics_5m) keep a window after its last write (TTL on updated_at, applied by the migrations). At least KAFKA_RETENTION_MS + the stream's look-backs (24 h history + 24 h stock anchors) + STREAM_WATERMARK: 10 days with the defaults. A store x SKU without any window in this span carries its stock from inventory_levels (no TTL).")
 
     # ---- Lake (MinIO / S3 or a local folder) --------------------------------------------------
     lake_url: str | None = Field(

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 RISK_COLOURS = {"HIGH": "#d62728", "MEDIUM": "#ff9f0e", "LOW": "#2ca02c", "UNKNOWN": "#9a9a9a",
                 "CRITICAL": "#7f0000"}
+#: a store whose newest window ends more than this many minutes before the newest of all stores is flagged on the
+#: live strip (its figures are its own last 24 hours, older than the others'); a quiet store misses a few windows
+STALE_FEED_MINUTES = 60
 NO_LIVE = ("No live data yet. Start the platform with `make local-up` and send events: `make demo` "
            "(replays real POS data) or `make produce`.")
 NO_NIGHTLY = ("No nightly data yet. The star schema fills when `daily_etl` runs: `make demo` loads one day, "
@@ -278,7 +281,11 @@ def _live_strip() -> None:
         if r is None or pd.isna(r["latest_window_end"]) or r["transactions"] in (None, 0):
             st.info(NO_LIVE)
             return
-        st.subheader(f"Live: 24 hours up to {pd.Timestamp(r['latest_window_end']):%Y-%m-%d %H:%M} UTC · {_scope()}")
+        latest, stalest = pd.Timestamp(r["latest_window_end"]), pd.Timestamp(r["stalest_window_end"])
+        st.subheader(f"Live: each store's 24 hours up to its latest window, {latest:%Y-%m-%d %H:%M} UTC · {_scope()}")
+        if latest - stalest > pd.Timedelta(minutes=STALE_FEED_MINUTES):   # say how old a stopped store's figures are
+            st.warning(f"A store's latest window ended {stalest:%Y-%m-%d %H:%M} UTC, "
+                       f"{(latest - stalest).total_seconds() / 60:,.0f} minutes before the newest: its feed is behind.")
         c = st.columns(3)
         c[0].metric("Live revenue (24 h)", num(r["revenue"], 2))
         c[1].metric("Live units sold (24 h)", num(r["units"]))

@@ -12,8 +12,10 @@ Parameters (see :class:`Filters`):
   range 7 days earlier ("same period last week");
 * ``product``: one SKU (forecast fan chart).
 
-Live queries anchor "the last 24 hours" on the newest 5-minute window in the data (``sku_window_latest``), not
-on the wall clock, so a replay of historical POS data shows up as live too.
+Live queries take each store's own "last 24 hours": the 24 hours up to that store's newest 5-minute window
+(``in_store_last_24h`` of the live views), not the wall clock, so a replay of historical POS data shows up as live
+too, and not the newest window of all stores, so a store whose feed stopped still shows its last day, with the
+end of its latest window (``exec_live``'s ``stalest_window_end``: the stalest store's) telling how old it is.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import pandas as pd
 STORE_PRED = "({store:String} = '' OR store_id = {store:String})"
 STORE_KEY_PRED = ("({store:String} = '' OR store_key IN "
                   "(SELECT store_key FROM {db}.v_dim_store WHERE store_id = {store:String}))")
-LIVE_ANCHOR = "(SELECT max(window_start) FROM {db}.sku_window_latest)"
 IN_RANGE = "date_key BETWEEN {start:Int64} AND {end:Int64}"
 IN_PREV = "date_key BETWEEN {prev_start:Int64} AND {prev_end:Int64}"
 
@@ -62,10 +63,13 @@ QUERIES: dict[str, tuple[str, str]] = {
         WHERE f.{IN_RANGE} AND {STORE_KEY_PRED.replace('store_key IN', 'f.store_key IN')}
         GROUP BY category ORDER BY revenue DESC LIMIT 10"""),
     "exec_live": ("executive", f"""
-        SELECT sum(m.revenue) AS revenue, sum(m.units_sold) AS units, toInt64(sum(m.transaction_count)) AS transactions,
-               max(m.window_end) AS latest_window_end
-        FROM {{db}}.v_live_store_metrics AS m
-        WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND {STORE_PRED}"""),
+        SELECT sum(revenue) AS revenue, sum(units) AS units, toInt64(sum(transactions)) AS transactions,
+               max(store_window_end) AS latest_window_end, min(store_window_end) AS stalest_window_end
+        FROM (SELECT sumIf(m.revenue, m.in_store_last_24h = 1) AS revenue,
+                     sumIf(m.units_sold, m.in_store_last_24h = 1) AS units,
+                     sumIf(m.transaction_count, m.in_store_last_24h = 1) AS transactions,
+                     max(m.window_end) AS store_window_end
+              FROM {{db}}.v_live_store_metrics AS m WHERE {STORE_PRED} GROUP BY m.store_id)"""),
     # -------------------------------------------------------------------------- store manager --
     "store_risk": ("store", f"""
         SELECT store_id, product_id, stock_level, reorder_point, sales_velocity, hours_of_cover, stockout_risk,
@@ -105,16 +109,16 @@ QUERIES: dict[str, tuple[str, str]] = {
     "store_anomalies": ("store", f"""
         SELECT window_start, store_id, product_id, units_sold, anomaly_score, stock_level, stockout_risk
         FROM {{db}}.v_live_sku_metrics
-        WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND is_anomaly = 1 AND {STORE_PRED}
+        WHERE in_store_last_24h = 1 AND is_anomaly = 1 AND {STORE_PRED}
         ORDER BY abs(anomaly_score) DESC LIMIT 100"""),
     "store_anomaly_count": ("store", f"""
         SELECT toInt64(count()) AS anomalies FROM {{db}}.v_live_sku_metrics
-        WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND is_anomaly = 1 AND {STORE_PRED}"""),
+        WHERE in_store_last_24h = 1 AND is_anomaly = 1 AND {STORE_PRED}"""),
     "store_trend": ("store", f"""
         SELECT m.window_start AS window_start, sum(m.revenue) AS revenue, sum(m.units_sold) AS units,
                toInt64(sum(m.skus_high_risk)) AS skus_high_risk
         FROM {{db}}.v_live_store_metrics AS m
-        WHERE window_start > {LIVE_ANCHOR} - INTERVAL 24 HOUR AND {STORE_PRED}
+        WHERE in_store_last_24h = 1 AND {STORE_PRED}
         GROUP BY window_start ORDER BY window_start"""),
     # ---------------------------------------------------------------------- inventory analyst --
     "analyst_totals": ("analyst", f"""

@@ -617,11 +617,66 @@ class StreamSinks:
             f"SELECT {cols} FROM {{db}}.sales_metrics_5m FINAL WHERE (store_id, product_id) IN %(pairs)s "
             "AND window_start < %(alo)s ORDER BY window_start DESC LIMIT 1 BY store_id, product_id",
             anchor, pairs, p)
+        anchor = self._retained_stock(anchor, pairs, lo)
         recent["_anchor"], anchor["_anchor"] = False, True
         h = pd.concat([x for x in (anchor, recent) if len(x)], ignore_index=True) if len(recent) or len(anchor) else recent
         if len(h):
             h["window_start"] = pd.to_datetime(h["window_start"], utc=True)
         return h
+
+    def _level_stock(self, pairs: pd.DataFrame | None, before: pd.Timestamp) -> pd.DataFrame:
+        """``inventory_levels`` rows (store_id, product_id, stock_level, stock_time, reorder_point; stock known) of
+        the pairs whose latest count is earlier than ``before``: the stock every later window carries, kept
+        without TTL while the window tables forget a window CLICKHOUSE_STREAM_RETENTION_DAYS after its write."""
+        if pairs is None or pairs.empty:
+            return pd.DataFrame(columns=["store_id", "product_id", "stock_level", "stock_time", "reorder_point"])
+        sql = ("SELECT store_id, product_id, stock_level, stock_time, reorder_point FROM {db}.inventory_levels FINAL "
+               "WHERE (store_id, product_id) IN %(pairs)s AND stock_level IS NOT NULL AND stock_time < %(before)s")
+        before = pd.Timestamp(before).to_pydatetime()
+        parts = [self._query(sql, {"pairs": chunk, "before": before}) for chunk in self._pair_chunks(pairs)]
+        parts = [x for x in parts if len(x)]
+        out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+            columns=["store_id", "product_id", "stock_level", "stock_time", "reorder_point"])
+        out["stock_time"] = pd.to_datetime(out["stock_time"], utc=True)
+        return out
+
+    def _retained_stock(self, anchor: pd.DataFrame, pairs: pd.DataFrame | None, lo: pd.Timestamp) -> pd.DataFrame:
+        """The history's anchors completed from ``inventory_levels`` where the window tables lost the stock: a
+        store x SKU of ``pairs`` without any earlier window (all older than the tables' TTL) gets an anchor row
+        in the window of its latest count (0 units sold, that count's stock and reorder point), an anchor
+        without a stock its latest count when that is older than the anchor's window end (the count's own
+        window expired before it). Only counts before ``lo`` (the history's start) are used: the carried stock
+        then, whatever a re-run batch wrote since. Returns ``anchor`` with those rows/values."""
+        keys = ["store_id", "product_id"]
+        if pairs is None or pairs.empty:
+            return anchor
+        known = anchor[anchor["window_stock"].notna()] if len(anchor) else anchor
+        have_stock = set(zip(known["store_id"], known["product_id"])) if len(known) else set()
+        need = pairs[keys].drop_duplicates()
+        need = need[[k not in have_stock for k in zip(need["store_id"], need["product_id"])]]
+        lv = self._level_stock(need, lo)
+        if lv.empty:
+            return anchor
+        win = pd.Timedelta(hours=self.window_len_hours)
+        lv["window_start"] = lv["stock_time"].dt.floor(win)
+        found = {(r.store_id, r.product_id): r for r in lv.itertuples()}
+        a = anchor.copy()
+        if len(a):
+            a["window_start"] = pd.to_datetime(a["window_start"], utc=True)
+            for i, r in a.iterrows():
+                f = found.pop((r["store_id"], r["product_id"]), None)
+                if f is not None and pd.isna(r["window_stock"]) and f.stock_time < r["window_start"] + win:
+                    a.at[i, "window_stock"] = int(f.stock_level)
+                    if pd.isna(r["reorder_point"]) and not pd.isna(f.reorder_point):
+                        a.at[i, "reorder_point"] = int(f.reorder_point)
+        new = pd.DataFrame([{"window_start": f.window_start, "store_id": k[0], "product_id": k[1], "units_sold": 0,
+                             "window_stock": int(f.stock_level),
+                             "reorder_point": None if pd.isna(f.reorder_point) else int(f.reorder_point)}
+                            for k, f in found.items()])
+        if len(new):
+            log.info("windows: %d store x SKU(s) without a stored earlier window carry the stock of inventory_levels",
+                     len(new))
+        return pd.concat([x for x in (a, new) if len(x)], ignore_index=True)
 
     def _store_windows(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
         """Recompute ``store_metrics_5m`` for the (store, window) pairs of ``enriched`` and for the stored store
@@ -761,6 +816,16 @@ class StreamSinks:
                         {**p, "aslo": _utc(max(self._ms(p["alo"]) - win_ms, 0))}),
             closed[["store_id", "product_id"]], p) if prev is not None else pd.DataFrame()
         anchors = {(r.store_id, r.product_id): int(r.stock) for r in anchors_df.itertuples()}
+        if prev is not None:
+            # a SKU whose counted window is older than the window tables' TTL: its latest count in inventory_levels
+            # (no TTL) when that count's window is closed by lo, i.e. it is the latest count up to lo
+            pairs = closed[["store_id", "product_id"]].drop_duplicates()
+            pairs = pairs[[k not in anchors for k in zip(pairs["store_id"], pairs["product_id"])]]
+            lv = self._level_stock(pairs, pd.Timestamp(_utc(lo_ms)))
+            win = pd.Timedelta(milliseconds=win_ms)
+            for r in lv.itertuples():
+                if r.stock_time.floor(win) + win <= pd.Timestamp(_utc(lo_ms)):
+                    anchors[(r.store_id, r.product_id)] = int(r.stock_level)
         windows = TR.closed_window_stock(closed, anchors, window_len_hours=self.window_len_hours,
                                          reorder_points=self.reorder_points())
         state, rows = self._episode_state("store_id IN %(stores)s", {"stores": stores})

@@ -307,3 +307,62 @@ def test_model_metrics_carry_the_champion_flag(bi):
     assert got.values.tolist() == [[1, "gbt", 0], [2, "gbt", 0], [2, "seasonal_naive", 1]]
     reg = q(client, f"SELECT version, wape_improvement FROM {db}.v_model_registry ORDER BY version")
     assert reg["wape_improvement"].tolist() == pytest.approx([0.2, 0.4])
+
+
+def _naive(t) -> pd.Timestamp:
+    """``t`` as a UTC timestamp without a zone (query_df gives naive UTC, result_rows aware)."""
+    t = pd.Timestamp(t)
+    return t.tz_convert("UTC").tz_localize(None) if t.tzinfo else t
+
+
+def test_live_figures_take_each_stores_own_latest_24_hours(bi):
+    """Two stores: LIVE-A streams up to T, LIVE-B's feed stopped 50 h before. The live figures (the Streamlit
+    exec_live / store trend / anomaly queries and Power BI's in_store_last_24h flag) take each store's 24 hours up to
+    its *own* latest window and show how old each store's latest window is (stalest_window_end): before, they all
+    took the 24 h up to the newest window of any store, so LIVE-B's figures were NULL (a stopped feed showed nothing)
+    and the chain's totals left LIVE-B out without saying so."""
+    from dashboard import queries as Q
+
+    client, db = bi
+    t = dt.datetime(2026, 3, 5, 12, 0, tzinfo=UTC)
+    now = dt.datetime.now(UTC)
+    rows = []
+    for store, last, n in (("LIVE-A", t, 30), ("LIVE-B", t - dt.timedelta(hours=50), 30)):
+        for h in range(n):   # one window an hour, the newest at ``last``
+            ws = last - dt.timedelta(hours=h)
+            rows.append([ws, ws + dt.timedelta(minutes=5), store, h + 1, 0, 10.0 * (h + 1), h + 1, 1, 0, 1.0,
+                         3.5 if h % 7 == 0 else 0.0, 1, 1, now])
+    client.insert("store_metrics_5m", rows, database=db,
+                  column_names=["window_start", "window_end", "store_id", "units_sold", "units_returned", "revenue",
+                                "transaction_count", "sku_count", "skus_high_risk", "sales_velocity", "anomaly_score",
+                                "batch_id", "version", "updated_at"])
+    client.insert("sales_metrics_5m", [_metrics_row(r[2], "P1", r[0], r[3], 1.0, 5.0, "LOW", r[10], 1) for r in rows],
+                  column_names=METRIC_COLS, database=db)
+    stored = q(client, f"SELECT window_start, window_end, store_id, revenue, units_sold, transaction_count "
+                       f"FROM {db}.store_metrics_5m FINAL")
+    latest = stored.groupby("store_id")["window_start"].transform("max")
+    recent = stored[stored["window_start"] > latest - pd.Timedelta(hours=24)]
+    for store in ("LIVE-A", "LIVE-B", ""):
+        want = recent if not store else recent[recent["store_id"] == store]
+        mine = stored if not store else stored[stored["store_id"] == store]
+        got = Q.run(client, db, "exec_live", Q.Filters(store=store)).iloc[0]
+        assert got["revenue"] == pytest.approx(want["revenue"].sum(), rel=1e-12), store
+        assert got["transactions"] == want["transaction_count"].sum(), store
+        assert _naive(got["latest_window_end"]) == _naive(mine["window_end"].max()), store
+        stalest = mine.groupby("store_id")["window_end"].max().min()
+        assert _naive(got["stalest_window_end"]) == _naive(stalest), store
+        if store:
+            trend = Q.run(client, db, "store_trend", Q.Filters(store=store))
+            assert len(trend) == 24 and trend["revenue"].sum() == pytest.approx(want["revenue"].sum()), store
+            anomalies = Q.run(client, db, "store_anomaly_count", Q.Filters(store=store)).iloc[0]["anomalies"]
+            assert anomalies == 4, store   # windows h = 0, 7, 14, 21 of the store's last 24 h: z = 3.5
+    flag = q(client, f"SELECT store_id, window_start, in_store_last_24h, store_latest_window "
+                     f"FROM {db}.v_live_store_metrics WHERE store_id LIKE 'LIVE-%'")
+    exp = stored[stored["store_id"].str.startswith("LIVE-")]
+    exp = exp.assign(flag=(exp["window_start"] > exp.groupby("store_id")["window_start"].transform("max")
+                           - pd.Timedelta(hours=24)).astype(int))
+    m = flag.merge(exp, on=["store_id", "window_start"])
+    assert len(m) == 60 and (m["in_store_last_24h"] == m["flag"]).all() and m["flag"].sum() == 48
+    sku = q(client, f"SELECT store_id, toInt64(sum(in_store_last_24h)) AS n FROM {db}.v_live_sku_metrics "
+                    f"WHERE store_id LIKE 'LIVE-%' GROUP BY store_id ORDER BY store_id")
+    assert sku["n"].tolist() == [24, 24]

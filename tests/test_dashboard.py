@@ -405,3 +405,46 @@ def test_a_page_opened_during_an_outage_recovers_without_a_reload(native_stack, 
             assert "Revenue" in cards, browser.find_element(By.TAG_NAME, "body").text[:1500]
     finally:
         gate.close()
+
+
+def test_the_live_strip_shows_a_stopped_stores_last_day_and_flags_it(native_stack, browser, tmp_path):
+    """LIVE-A streams up to 12:00 on 5 March, LIVE-B's feed stopped 50 h before. The executive live strip of LIVE-B
+    shows LIVE-B's own last 24 hours (revenue 3,000 = sum of its 24 newest hourly windows, 10 x 1..24), and the
+    chain's strip says a store is 3,000 minutes behind: before, LIVE-B's strip said "No live data yet" (the 24 h
+    were anchored on LIVE-A's newest window) and the chain's strip gave no hint of the stopped feed."""
+    import datetime as dt
+
+    from core.clickhouse import get_client, migrate
+
+    db = f"stale_{os.getpid()}"
+    migrate(native_stack, database=db)
+    c = get_client(native_stack, db)
+    t, now = dt.datetime(2026, 3, 5, 12, 0, tzinfo=dt.timezone.utc), dt.datetime.now(dt.timezone.utc)
+    store_rows, sku_rows = [], []
+    for store, last in (("LIVE-A", t), ("LIVE-B", t - dt.timedelta(hours=50))):
+        for h in range(30):
+            ws = last - dt.timedelta(hours=h)
+            store_rows.append([ws, ws + dt.timedelta(minutes=5), store, h + 1, 0, 10.0 * (h + 1), h + 1, 1, 0, 1.0,
+                               0.0, 1, 1, now])
+            sku_rows.append([ws, ws + dt.timedelta(minutes=5), store, "P1", h + 1, 0, 10.0 * (h + 1), h + 1, 0, 1.0,
+                             "LOW", 0.0, ws, 1, 1, now])
+    c.insert("store_metrics_5m", store_rows, column_names=[
+        "window_start", "window_end", "store_id", "units_sold", "units_returned", "revenue", "transaction_count",
+        "sku_count", "skus_high_risk", "sales_velocity", "anomaly_score", "batch_id", "version", "updated_at"])
+    c.insert("sales_metrics_5m", sku_rows, column_names=[
+        "window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned", "revenue",
+        "transaction_count", "inventory_update_count", "sales_velocity", "stockout_risk", "anomaly_score",
+        "last_event_time", "batch_id", "version", "updated_at"])
+    with running_dashboard({"CLICKHOUSE_DATABASE": db}, tmp_path / "dashboard.log") as base:
+        got = open_page(browser, f"{base}/?store=LIVE-B", ["Live revenue (24 h)"], "live-stopped-store")
+        assert got["Live revenue (24 h)"] == f"{sum(10.0 * (h + 1) for h in range(24)):,.2f}"   # 3,000.00
+        got = open_page(browser, f"{base}/", ["Live revenue (24 h)"], "live-stale-chain")
+        assert got["Live revenue (24 h)"] == "6,000.00"   # each store's own last 24 hours
+        from selenium.webdriver.common.by import By
+
+        deadline, text = time.time() + 30, ""
+        while time.time() < deadline and "its feed is behind" not in text:
+            time.sleep(0.5)
+            text = browser.find_element(By.TAG_NAME, "body").text
+        assert "3,000 minutes before the newest: its feed is behind" in text, text[:1500]
+    c.command(f"DROP DATABASE IF EXISTS {db}")

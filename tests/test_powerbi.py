@@ -1084,7 +1084,7 @@ class Dax:
 
     def call(self, f, args, ctx, row, env):
         ev = lambda a, c=ctx, r=row: self._ev(a, c, r, env)  # noqa: E731
-        if f in ("SUM", "AVERAGE", "MAX", "MEDIAN", "DISTINCTCOUNT"):
+        if f in ("SUM", "AVERAGE", "MAX", "MIN", "MEDIAN", "DISTINCTCOUNT"):
             _, _, s = self.column_values(args[0], ctx)
             vals = [to_blank(v) for v in s]
             nn = [v for v in vals if v is not None]
@@ -1098,6 +1098,8 @@ class Dax:
                 return float(sum(nn)) / len(nn)
             if f == "MAX":
                 return max(nn)
+            if f == "MIN":
+                return min(nn)
             nn.sort()
             mid = len(nn) // 2
             return float(nn[mid]) if len(nn) % 2 else (nn[mid - 1] + nn[mid]) / 2
@@ -1246,9 +1248,16 @@ def inv_last(expr: str) -> str:
     return agg("v_fact_inventory", expr, f"date_key = {LAST_INV_KEY}")
 
 
+#: each store's newest window (the store-level windows: a store's SKU windows are part of them)
+STORE_LATEST = "(SELECT store_id, max(window_start) AS mx FROM v_live_store_metrics GROUP BY store_id)"
+
+
 def live(table: str, expr: str) -> str:
-    """the 24 hours up to the newest window loaded (dashboard/queries.py: window_start > anchor - 24 h)"""
-    return agg(table, expr, f"window_start > (SELECT max(window_start) FROM {table}) - INTERVAL 24 HOUR")
+    """each store's 24 hours up to its own newest window (dashboard/queries.py: in_store_last_24h), from the
+    windows themselves, not the view's flag"""
+    return agg(table, expr, f"(store_id, window_start) IN (SELECT w.store_id, w.window_start FROM {table} AS w "
+                            f"INNER JOIN {STORE_LATEST} AS a ON w.store_id = a.store_id "
+                            f"WHERE w.window_start > a.mx - INTERVAL 24 HOUR)")
 
 
 def pooled_backtest(metric: str, model: str) -> str:
@@ -1297,7 +1306,9 @@ TWINS: dict[str, str] = {
     "Live Transactions": live("v_live_store_metrics", "sumOrNull(transaction_count)"),
     "Live Sales Velocity": live("v_live_store_metrics", "avgOrNull(sales_velocity)"),
     "Latest Window": agg("v_live_store_metrics", "maxOrNull(window_start)"),
-    "Minutes Since Last Window": f"dateDiff('minute', {{{{Latest Window}}}}, {NOW_SQL})",
+    "Minutes Since Last Window": f"dateDiff('minute', (SELECT minOrNull(mx) FROM {STORE_LATEST} WHERE store_id IN "
+                                 f"(SELECT store_id FROM v_live_store_metrics WHERE <<v_live_store_metrics>>)), "
+                                 f"{NOW_SQL})",
     "Anomalous Windows": live("v_live_sku_metrics", "sumOrNull(is_anomaly)"),
     "SKUs at High Risk": agg("v_current_inventory", "nullIf(countIf(stockout_risk = 'HIGH'), 0)"),
     "SKUs Out of Stock Now": agg("v_current_inventory", "sumOrNull(is_stockout)"),
@@ -1585,3 +1596,56 @@ def test_forecast_units_next_7_days_sums_horizons_1_to_7(model, model_data):
     assert fl["horizon"].max() == 14
     want = float(fl[fl["horizon"].between(1, 7)]["yhat"].sum())
     assert same(Dax(model, model_data).measure("Forecast Units Next 7 Days", {}), want)
+
+
+@pytest.mark.integration
+def test_live_measures_take_each_stores_own_last_day_and_show_the_stalest_feed(model, engine):
+    """S001 streams up to 09:00 on 22 January (NOW 09:37:30), S002's feed stopped 50 h before. Each store's Live
+    Revenue / Units / Transactions are its own 24 hours up to its newest window (the chain's the sum of both) and
+    Minutes Since Last Window the stalest store's age in the filter context: before, they anchored on the newest
+    window of all stores, so S002's live figures were BLANK and the chain's card showed S001's 37 minutes."""
+    from core.clickhouse import migrate, new_client
+
+    s, _ = engine
+    db = f"pbi_live_{uuid.uuid4().hex[:6]}"
+    migrate(s, database=db)
+    c = new_client(s, db)
+    try:
+        rows = []
+        for store, last in (("S001", dt.datetime(2026, 1, 22, 9, 0)), ("S002", dt.datetime(2026, 1, 20, 7, 0))):
+            for h in range(30):   # hourly windows, 30 h back from the store's newest
+                ws = (last - dt.timedelta(hours=h)).replace(tzinfo=UTC)
+                rows.append([ws, ws + dt.timedelta(minutes=5), store, h + 1, 0, 10.0 * (h + 1), h + 2, 1, 0, 1.0 + h,
+                             0.0, 1, 1, dt.datetime.now(UTC)])
+        c.insert("store_metrics_5m", rows, column_names=[
+            "window_start", "window_end", "store_id", "units_sold", "units_returned", "revenue", "transaction_count",
+            "sku_count", "skus_high_risk", "sales_velocity", "anomaly_score", "batch_id", "version", "updated_at"])
+        data = {}
+        for table, sql in odbc_tables(model).items():
+            r = c.query(sql)
+            data[table] = pd.DataFrame([[to_blank(v) for v in row] for row in r.result_rows],
+                                       columns=list(r.column_names), dtype=object)
+        data["store_managers"] = pd.DataFrame(store_manager_rows(model), columns=["user_email", "store_id"],
+                                              dtype=object)
+        data["_Measures"] = pd.DataFrame([["measures"]], columns=["Value"], dtype=object)
+        dax = Dax(model, data)
+        f = pd.DataFrame(rows, columns=["ws", "we", "store", "units", "ret", "revenue", "tx", "skus", "high", "v",
+                                        "z", "b", "ver", "upd"])
+        f["ws"] = pd.to_datetime(f["ws"]).dt.tz_localize(None)
+        newest = f.groupby("store")["ws"].transform("max")
+        day = f[f["ws"] > newest - pd.Timedelta(hours=24)]
+        now_min = pd.Timestamp(NOW).floor("min")
+        for store in ("S001", "S002", None):
+            ctx = {("v_live_store_metrics", "store_id"): {store}} if store else {}
+            mine = day if store is None else day[day["store"] == store]
+            assert len(mine) == (48 if store is None else 24)
+            assert same(dax.measure("Live Revenue", ctx), float(mine["revenue"].sum())), store
+            assert same(dax.measure("Live Units Sold", ctx), float(mine["units"].sum())), store
+            assert same(dax.measure("Live Transactions", ctx), float(mine["tx"].sum())), store
+            assert same(dax.measure("Live Sales Velocity", ctx), float(mine["v"].mean())), store
+            stalest = (f if store is None else f[f["store"] == store]).groupby("store")["ws"].max().min()
+            assert dax.measure("Minutes Since Last Window", ctx) == int((now_min - stalest).total_seconds() // 60)
+        assert dax.measure("Minutes Since Last Window", {}) == 3037   # S002: 50 h 37 min
+    finally:
+        c.command(f"DROP DATABASE IF EXISTS {db}")
+        c.close()

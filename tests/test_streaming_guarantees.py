@@ -460,3 +460,46 @@ def test_a_reorder_point_is_carried_across_runs_and_beyond_the_history_horizon(n
     run_stream(s, available_now=True, timeout=600, spark=spark)
     alerts = client.query_df(f"SELECT product_id, current_stock, reorder_point FROM {db}.restock_alerts FINAL")
     assert alerts.values.tolist() == [["NOCAT1", 3, 10]]
+
+
+def test_partitions_added_to_a_topic_between_micro_batches_are_read_from_their_start(native_stack, spark):
+    """The sales topic grows from its partitions to 3 more after a first run; the keys of the next 60 sales hash onto
+    old and new partitions alike. The restarted queries read the new partitions from offset 0 (Spark's Kafka source
+    discovers them at the next micro-batch): all 100 sales reach the windows and the lake, none counted as expired
+    (skipped_records leaves a source whose start lacks a partition uncounted rather than guessing its start)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    from contracts import EVENT_TYPES
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"par{uuid.uuid4().hex[:6]}")
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 17}"))  # noqa: E731
+                            for i in range(n)]
+    produce(s, batch("A", 40))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+    try:
+        before = len(consumer.partitions_for_topic(topic))
+        admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+        try:
+            admin.create_partitions({topic: NewPartitions(total_count=before + 3)})
+        finally:
+            admin.close()
+        wait_for(lambda: (consumer.topics(), len(consumer.partitions_for_topic(topic) or []) == before + 3)[1], 30,
+                 "the new partitions in the metadata")
+        produce(s, batch("B", 60))
+        new = [TopicPartition(topic, p) for p in range(before, before + 3)]
+        on_new = sum(consumer.end_offsets(new).values())
+    finally:
+        consumer.close()
+    assert on_new > 0, "some of the 60 sales went to the new partitions"
+    second = run_stream(s, available_now=True, timeout=600, spark=spark)
+    assert second["raw"]["records_expired"] == 0 and second["windows"]["records_expired"] == 0
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert sorted(ids) == sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 60))
+    assert windows_total(client, db) == 100

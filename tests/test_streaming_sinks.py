@@ -326,3 +326,54 @@ def test_a_micro_batchs_reads_of_the_windows_skip_the_older_history(fresh_sinks)
     got = client.query_df(f"SELECT toDate(window_start) AS d, stock_level FROM {db}.sales_metrics_5m FINAL "
                           f"WHERE product_id = 'P1' AND window_start >= '2026-01-15 10:05:00'")
     assert got["stock_level"].tolist() == [30]   # carried from the 14 January count (the anchor)
+
+
+def test_a_series_silent_longer_than_the_retention_keeps_its_carried_stock(fresh_sinks):
+    """A count of 5 units (reorder point 10) on 15 January, then nothing for 36 days: its window, written 31 days
+    ago, goes with the window tables' TTL (CLICKHOUSE_STREAM_RETENTION_DAYS = 30) while inventory_levels keeps the
+    5. A sale on 20 February: its window carries the 5 (before: stock NULL, risk UNKNOWN, cover NULL), at the
+    trailing rate of 1 unit over 24 h (the series is older than T), and the closed-window alerting carries it too
+    (closed, the window is evaluated with stock 5 < 10: a restock alert, none before)."""
+    import pandas as pd
+
+    from streaming.transforms import stockout_risk
+
+    sinks, client, db = fresh_sinks
+    s = sinks.s
+    old = T_WRITE - 31 * 86_400
+    sinks._windows_writes(_spark_frame([_window(0, 0, 5, 10)]), 0, old, 0.0)
+    client.command(f"OPTIMIZE TABLE {db}.sales_metrics_5m FINAL")   # the TTL deletes the 31-day-old window
+    assert int(client.command(f"SELECT count() FROM {db}.sales_metrics_5m")) == 0
+    assert client.query_df(f"SELECT stock_level FROM {db}.inventory_levels FINAL")["stock_level"].tolist() == [5]
+    feb = int((pd.Timestamp("2026-02-20 10:00", tz="UTC") - pd.Timestamp(T0_WIN, tz="UTC")).total_seconds() // 60)
+    sinks._windows_writes(_spark_frame([_window(feb, 1)]), 1, T_WRITE, 0.0)
+    got = client.query_df(f"SELECT stock_level, reorder_point, sales_velocity, hours_of_cover, stockout_risk "
+                          f"FROM {db}.sales_metrics_5m FINAL").to_dict("records")
+    velocity = 1 / s.stream_velocity_hours            # 1 unit in T hours, the series older than T
+    assert len(got) == 1 and got[0]["stock_level"] == 5 and got[0]["reorder_point"] == 10
+    assert abs(got[0]["sales_velocity"] - velocity) < 1e-12
+    assert abs(got[0]["hours_of_cover"] - 5 / velocity) < 1e-9
+    assert got[0]["stockout_risk"] == stockout_risk(5, 5 / velocity, s.risk_high_hours, s.risk_medium_hours)
+    # two later batches close the 20 February window: its closed-window stock is the carried 5, so an alert
+    from streaming import transforms as TR
+
+    seen: list = []
+
+    orig = TR.closed_window_stock
+
+    def recording(windows, anchors, **kw):
+        out = orig(windows, anchors, **kw)
+        seen.append(out[["window_start", "stock_level"]])
+        return out
+
+    TR.closed_window_stock = recording
+    try:
+        sinks._windows_writes(_spark_frame([_window(feb + 60, 1)]), 2, T_WRITE + 1, 0.0)
+        sinks._windows_writes(_spark_frame([_window(feb + 120, 1)]), 3, T_WRITE + 2, 0.0)
+    finally:
+        TR.closed_window_stock = orig
+    closed = pd.concat(seen, ignore_index=True)
+    feb_ws = pd.Timestamp("2026-02-20 10:00", tz="UTC")
+    assert closed.loc[closed["window_start"] == feb_ws, "stock_level"].tolist() == [5]
+    alerts = client.query_df(f"SELECT alert_id, current_stock FROM {db}.restock_alerts FINAL").to_dict("records")
+    assert alerts == [{"alert_id": f"S1|P1|{int(feb_ws.timestamp() * 1000)}", "current_stock": 5}]

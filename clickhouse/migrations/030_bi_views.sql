@@ -69,19 +69,35 @@ SELECT toInt64(i.date_key) AS date_key, reinterpretAsInt64(i.store_key) AS store
 FROM {db}.fact_inventory AS i;
 
 -- --------------------------------------------------------------------------- streaming (near real time) --
+-- store_latest_window: the store's newest window (store_metrics_5m); in_store_last_24h = 1 for the windows of the 24
+-- hours up to it. The live figures take each store's own last 24 hours: anchored on the newest window of all
+-- stores, a store whose feed stopped showed nothing (or its stale figures looked current); its age is
+-- now(UTC) - store_latest_window (Power BI's Minutes Since Last Window: the stalest store in the filter context).
 CREATE OR REPLACE VIEW {db}.v_live_sku_metrics AS
-SELECT toInt64(toYYYYMMDD(window_start)) AS date_key, window_start, window_end, store_id, product_id,
-       units_sold, units_returned, revenue, transaction_count, stock_level, reorder_point,
-       sales_velocity, hours_of_cover, stockout_risk, anomaly_score,
-       toUInt8(abs(anomaly_score) >= 3) AS is_anomaly,
-       last_event_time, updated_at
-FROM {db}.sales_metrics_5m FINAL;
+SELECT toInt64(toYYYYMMDD(m.window_start)) AS date_key, m.window_start AS window_start, m.window_end AS window_end,
+       m.store_id AS store_id, m.product_id AS product_id,
+       m.units_sold AS units_sold, m.units_returned AS units_returned, m.revenue AS revenue,
+       m.transaction_count AS transaction_count, m.stock_level AS stock_level, m.reorder_point AS reorder_point,
+       m.sales_velocity AS sales_velocity, m.hours_of_cover AS hours_of_cover, m.stockout_risk AS stockout_risk,
+       m.anomaly_score AS anomaly_score,
+       toUInt8(abs(m.anomaly_score) >= 3) AS is_anomaly,
+       m.last_event_time AS last_event_time, m.updated_at AS updated_at,
+       a.store_latest_window AS store_latest_window,
+       toUInt8(m.window_start > a.store_latest_window - INTERVAL 24 HOUR) AS in_store_last_24h
+FROM (SELECT * FROM {db}.sales_metrics_5m FINAL) AS m
+LEFT JOIN (SELECT store_id, max(window_start) AS store_latest_window FROM {db}.store_metrics_5m GROUP BY store_id) AS a
+    ON m.store_id = a.store_id;
 
 CREATE OR REPLACE VIEW {db}.v_live_store_metrics AS
-SELECT toInt64(toYYYYMMDD(window_start)) AS date_key, window_start, window_end, store_id,
-       units_sold, units_returned, revenue, transaction_count, sku_count, skus_high_risk,
-       sales_velocity, anomaly_score, updated_at
-FROM {db}.store_metrics_5m FINAL;
+SELECT toInt64(toYYYYMMDD(m.window_start)) AS date_key, m.window_start AS window_start, m.window_end AS window_end,
+       m.store_id AS store_id, m.units_sold AS units_sold, m.units_returned AS units_returned, m.revenue AS revenue,
+       m.transaction_count AS transaction_count, m.sku_count AS sku_count, m.skus_high_risk AS skus_high_risk,
+       m.sales_velocity AS sales_velocity, m.anomaly_score AS anomaly_score, m.updated_at AS updated_at,
+       a.store_latest_window AS store_latest_window,
+       toUInt8(m.window_start > a.store_latest_window - INTERVAL 24 HOUR) AS in_store_last_24h
+FROM (SELECT * FROM {db}.store_metrics_5m FINAL) AS m
+LEFT JOIN (SELECT store_id, max(window_start) AS store_latest_window FROM {db}.store_metrics_5m GROUP BY store_id) AS a
+    ON m.store_id = a.store_id;
 
 -- latest known position per store x SKU: stock from inventory_levels (one row per series), velocity / cover /
 -- risk / anomaly score from the series' latest 5-minute window (sku_window_latest, one row per series)
