@@ -112,7 +112,7 @@ def daily_etl():
         run_id, day = ctx["run_id"], _day()
         with _fail_fast_on_bad_data():
             days = list((loaded or {}).get("rechecked_days", []))
-            if ctx["ti"].try_number > 1 and etl.stale_days(etl._lake(), [*map(dt.date.fromisoformat, days), day]):
+            if ctx["ti"].try_number > 1 and etl.stale_days(etl.open_lake(), [*map(dt.date.fromisoformat, days), day]):
                 ctx["dag"].get_task("build_facts").resubmit(ctx)   # the same spark-submit as build_facts
                 loaded = etl.load_recorded(day, dag_run_id=run_id,
                                            allow_missing_raw=bool(ctx["params"].get("allow_missing_raw", False)))

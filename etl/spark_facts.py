@@ -357,7 +357,7 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
     from core.settings import get_settings
 
     s = settings or get_settings()
-    lake = lake or etl._lake()
+    lake = lake or etl.open_lake()
     rechecked = etl.days_to_recheck(lake, day, recheck_days)
     for d in rechecked:
         log.warning("raw partitions of %s changed since it was loaded: building it again", d)

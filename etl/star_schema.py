@@ -431,7 +431,13 @@ def _staging(day: dt.date, name: str) -> tuple[str, str]:
     return get_settings().lake_features_bucket, f"{STAGING_PREFIX}/date={day.isoformat()}/{name}.parquet"
 
 
-def _lake():
+def open_lake():
+    """A :class:`core.lake.Lake` on the current settings (LAKE_URL: MinIO/S3 or a local folder), opened per call, so
+    a task sees the settings of its own environment.
+
+    Raises:
+        core.settings.ConfigError: invalid lake settings (the message names the variable).
+    """
     from core.lake import Lake
     from core.settings import get_settings
 
@@ -476,7 +482,7 @@ def extract(day: dt.date) -> dict[str, Any]:
 
     Returns: {"raw_sales_rows", "raw_inventory_rows", "products", "stores"} counts (XCom-sized).
     """
-    lake = _lake()
+    lake = open_lake()
     out = {}
     write_manifest(lake, day, RAW_MANIFEST, raw_manifest(lake, day))   # listed before reading: never newer
     for event_type, name in ((SALES, "raw_sales"), (INVENTORY, "raw_inventory")):
@@ -503,7 +509,7 @@ def transform(day: dt.date) -> dict[str, Any]:
     from core.settings import get_settings
 
     s = get_settings()
-    lake = _lake()
+    lake = open_lake()
     raw_sales, raw_inv = _read(lake, day, "raw_sales"), _read(lake, day, "raw_inventory")
     products, stores = _read(lake, day, "ref_products"), _read(lake, day, "ref_stores")
     sales, dup_s = deduplicate(raw_sales, EVENT_ID[SALES]) if not raw_sales.empty else (raw_sales, 0)
@@ -764,30 +770,28 @@ def days_to_recheck(lake, day: dt.date, window_days: int) -> list[dt.date]:
     """
     if window_days < 0:
         raise ValueError(f"the re-check window must be >= 0 days, got {window_days}")
-    out = []
-    for i in range(window_days, 0, -1):
-        d = day - dt.timedelta(days=i)
-        loaded = read_manifest(lake, d, LOADED_MANIFEST)
-        if (loaded is None and read_manifest(lake, d, RAW_MANIFEST) is None
-                and lake.exists(*_staging(d, "fact_sales"))):   # loaded before the listings existed
-            log.warning("%s was loaded before raw listings were staged: reloading it once", d)
-            write_manifest(lake, d, LOADED_MANIFEST, [])
-            loaded = []
-        if loaded is not None and loaded != raw_manifest(lake, d):
-            out.append(d)
-    return out
+    return [d for d in (day - dt.timedelta(days=i) for i in range(window_days, 0, -1))
+            if _changed_since_loaded(lake, d, adopt_unlisted=True)]
 
 
 def stale_days(lake, days: list[dt.date]) -> list[dt.date]:
     """Those of ``days`` whose raw partitions changed since their last load: a staged ``loaded_manifest`` that
     differs from the current :func:`raw_manifest` (the case :func:`quality_check` reports as
     :class:`LakeChangedError`). Order kept; days without a ``loaded_manifest`` are not stale."""
-    out = []
-    for d in days:
-        loaded = read_manifest(lake, d, LOADED_MANIFEST)
-        if loaded is not None and loaded != raw_manifest(lake, d):
-            out.append(d)
-    return out
+    return [d for d in days if _changed_since_loaded(lake, d, adopt_unlisted=False)]
+
+
+def _changed_since_loaded(lake, d: dt.date, adopt_unlisted: bool) -> bool:
+    """Whether ``d``'s current raw listing differs from its staged ``loaded_manifest`` (each read once; False
+    without one). With ``adopt_unlisted`` a day loaded before the listings existed (staged ``fact_sales``, neither
+    manifest) first gets an empty ``loaded_manifest`` (:func:`days_to_recheck`)."""
+    loaded = read_manifest(lake, d, LOADED_MANIFEST)
+    if (adopt_unlisted and loaded is None and read_manifest(lake, d, RAW_MANIFEST) is None
+            and lake.exists(*_staging(d, "fact_sales"))):   # loaded before the listings existed
+        log.warning("%s was loaded before raw listings were staged: reloading it once", d)
+        write_manifest(lake, d, LOADED_MANIFEST, [])
+        loaded = []
+    return loaded is not None and loaded != raw_manifest(lake, d)
 
 
 def rebuilt_days(lake, day: dt.date, window_days: int) -> list[dt.date]:
@@ -839,7 +843,9 @@ def refuse_future_day(day: dt.date, today: dt.date | None = None) -> None:
     Raises:
         EtlError: naming the date and today's date.
     """
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    from core.dagconf import utc_today
+
+    today = today or utc_today()
     if day > today:
         raise EtlError(f"refusing to load {day.isoformat()}: the date is after today ({today.isoformat()} UTC), "
                        "its events cannot be in the lake yet; trigger the run with the logical date of a past day")
@@ -867,7 +873,7 @@ def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) ->
 
     s = get_settings()
     refuse_future_day(day)
-    lake, client, db, dk = _lake(), _client(), _db(), date_key(day)
+    lake, client, db, dk = open_lake(), _client(), _db(), date_key(day)
     if migrate:
         from core.clickhouse import migrate as run_migrations
 
@@ -935,7 +941,7 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     from core.settings import get_settings
 
     started = dt.datetime.now(dt.timezone.utc)
-    again = rebuilt_days(_lake(), day, get_settings().etl_recheck_days)
+    again = rebuilt_days(open_lake(), day, get_settings().etl_recheck_days)
     if again:
         log.warning("raw partitions of %s changed since they were loaded: loading them again",
                     [d.isoformat() for d in again])
@@ -1063,7 +1069,7 @@ def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_i
         DataQualityError: listing every failed check (the run is recorded with status 'failed').
     """
     started_at = started_at or dt.datetime.now(dt.timezone.utc)
-    client, db, lake = _client(), _db(), _lake()
+    client, db, lake = _client(), _db(), open_lake()
     loaded, now = read_manifest(lake, day, LOADED_MANIFEST), raw_manifest(lake, day)
     expected = lake_sales_totals(lake, day)
     actual = star_sales_totals(client, db, day)
@@ -1112,7 +1118,7 @@ def run_day(day: dt.date, recheck_days: int = 0) -> dict[str, Any]:
     (:func:`days_to_recheck`) are rebuilt, reloaded and checked first, as the DAG does (``rechecked``)."""
     started = dt.datetime.now(dt.timezone.utc)
     rechecked = {}
-    for d in days_to_recheck(_lake(), day, recheck_days):
+    for d in days_to_recheck(open_lake(), day, recheck_days):
         rechecked[d.isoformat()] = {"extract": extract(d), "transform": transform(d), "load": load(d),
                                     "quality_check": quality_check(d, started)}
     return {"extract": extract(day), "transform": transform(day), "load": load(day),
