@@ -835,6 +835,103 @@ def refuse_missing_raw(client, db: str, lake, day: dt.date) -> None:
                        "(daily_etl param allow_missing_raw)")
 
 
+class LoadGapError(EtlError):
+    """Days with raw events between the first loaded day and a run's date were never loaded (``days``)."""
+
+    def __init__(self, message: str, days: list[dt.date]):
+        self.days = days
+        super().__init__(message)
+
+
+def _child_values(lake, key: str, *parts: str) -> list[int]:
+    """The integer values ``v`` of the ``key=v`` sub-folders directly under a lake path (one listing, not
+    recursive), [] when absent."""
+    import pyarrow.fs as pafs
+
+    if not lake.exists(*parts):
+        return []
+    out = []
+    for info in lake.fs.get_file_info(pafs.FileSelector(lake.path(*parts), recursive=False)):
+        name = info.base_name
+        if info.type == pafs.FileType.Directory and name.startswith(f"{key}=") and name[len(key) + 1:].isdigit():
+            out.append(int(name[len(key) + 1:]))
+    return out
+
+
+def raw_days(lake, first: dt.date, last: dt.date) -> list[dt.date]:
+    """The UTC dates in ``[first, last]`` whose raw sales or inventory partition holds a Parquet file, ascending.
+    Lists the ``year=`` / ``month=`` / ``day=`` folders of the two event types under LAKE_RAW_BUCKET (one listing
+    per year and month in range, not one per file), then the files of each day found."""
+    found: set[dt.date] = set()
+    bucket = lake.settings.lake_raw_bucket
+    for event_type in (SALES, INVENTORY):
+        for y in _child_values(lake, "year", bucket, event_type):
+            if not first.year <= y <= last.year:
+                continue
+            for m in _child_values(lake, "month", bucket, event_type, f"year={y:04d}"):
+                if not (first.year, first.month) <= (y, m) <= (last.year, last.month):
+                    continue
+                for d in _child_values(lake, "day", bucket, event_type, f"year={y:04d}", f"month={m:02d}"):
+                    with contextlib.suppress(ValueError):   # a folder day=31 in a 30-day month: not a date
+                        day = dt.date(y, m, d)
+                        if first <= day <= last and day not in found and any(
+                                f.endswith(".parquet") for f in lake.list_files(*raw_partition(lake, event_type, day))):
+                            found.add(day)
+    return sorted(found)
+
+
+def unloaded_days(client, db: str, lake, day: dt.date) -> list[dt.date]:
+    """The days before ``day`` and from the first day with a successful run in ``etl_runs`` on, whose raw partitions
+    hold events but which have no successful run in ``etl_runs``: nights missed (an Airflow outage longer than
+    ETL_CATCHUP_DAYS: the scheduler's catch-up starts after them) or failed and never loaded since. Days before the
+    first loaded day are the install's choice, not a gap; nothing is loaded here. Ascending; [] when nothing was
+    loaded before ``day``."""
+    dk = date_key(day)
+    loaded = {r[0] for r in client.query(f"SELECT DISTINCT date_key FROM {db}.etl_runs "
+                                         f"WHERE status = 'success' AND date_key < {dk}").result_rows}
+    if not loaded:
+        return []
+    k = min(loaded)
+    first = dt.date(k // 10000, k // 100 % 100, k % 100)
+    return [d for d in raw_days(lake, first, day - dt.timedelta(days=1)) if date_key(d) not in loaded]
+
+
+def _ranges(days: list[dt.date]) -> str:
+    """'2026-11-11..2026-11-14, 2026-11-20' for sorted dates (runs of consecutive days joined)."""
+    runs: list[list[dt.date]] = []
+    for d in days:
+        if runs and d - runs[-1][-1] == dt.timedelta(days=1):
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    return ", ".join(r[0].isoformat() if len(r) == 1 else f"{r[0].isoformat()}..{r[-1].isoformat()}" for r in runs)
+
+
+def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None) -> list[dt.date]:
+    """Fail loudly when days with raw events before ``day`` were never loaded (:func:`unloaded_days`). Run by
+    daily_etl's ``check_gaps`` task after the day is loaded and reconciled; loads nothing itself.
+
+    Returns:
+        [] when there is no gap.
+    Raises:
+        LoadGapError: an :class:`EtlError` naming the dates (ranges) and the commands that load them
+            (``make nightly DATE=<last> BACKFILL=<n>`` or ``airflow backfill create --dag-id daily_etl``).
+    """
+    from core.settings import get_settings
+
+    client, db, lake = client or _client(), db or _db(), lake or open_lake()
+    gap = unloaded_days(client, db, lake, day)
+    if not gap:
+        return []
+    span = (gap[-1] - gap[0]).days
+    raise LoadGapError(
+        f"{len(gap)} day(s) with raw events before {day.isoformat()} were never loaded (no successful run in "
+        f"etl_runs; the scheduler catches up only ETL_CATCHUP_DAYS={get_settings().etl_catchup_days} days, so an "
+        f"outage longer than that leaves its oldest nights behind): {_ranges(gap)}. Load them with "
+        f"`make nightly DATE={gap[-1].isoformat()} BACKFILL={span}` or `airflow backfill create --dag-id daily_etl "
+        f"--from-date {gap[0].isoformat()} --to-date {gap[-1].isoformat()}T23:59:59`", gap)
+
+
 def refuse_future_day(day: dt.date, today: dt.date | None = None) -> None:
     """Refuse to load a UTC date after ``today`` (default: today, UTC): its raw partition cannot hold a complete
     day, and a run for it (a manual trigger with a wrong logical date) would load an empty day and succeed.

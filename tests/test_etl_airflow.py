@@ -724,3 +724,37 @@ def test_training_and_predictions_wait_for_the_etl_of_their_date(etl_dag, native
         run_pandas(D1)
         assert done("demand_forecast_training", D1)
         assert done("batch_predictions", None)   # asset-triggered: its training run waited
+
+
+def test_days_never_loaded_behind_the_catch_up_start_are_reported(native_stack):
+    """An Airflow outage longer than ETL_CATCHUP_DAYS left its oldest nights unloaded with no warning (the
+    scheduler's catch-up starts ETL_CATCHUP_DAYS before today: with the last run on 11-10 and the scheduler back
+    on 12-05, 11-11..11-20 got no run). Here D2 (inventory only) and D3 (sales) have raw events and no run, D4 is
+    loaded: check_load_gaps (daily_etl's check_gaps task) fails naming both days and the backfill commands, loads
+    nothing, and passes once they are loaded. Days before the first loaded one are not a gap."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        assert etl.check_load_gaps(D1) == []   # nothing loaded before D1: no gap
+        run_pandas(D1)
+        run_pandas(D4)
+        # the lake's own listing, independently: the days with a raw Parquet file between D1 and D4
+        with_raw = {d for d in (D2, D3) for t in ("sales_transaction", "inventory_update")
+                    if any(f.endswith(".parquet") for f in lake.list_files(*etl.raw_partition(lake, t, d)))}
+        assert with_raw == {D2, D3}
+        with pytest.raises(etl.LoadGapError, match=r"2 day\(s\) with raw events before 2024-04-01 were never loaded"
+                                                   r".*2024-03-30\.\.2024-03-31.*make nightly DATE=2024-03-31 "
+                                                   r"BACKFILL=1.*--from-date 2024-03-30 --to-date 2024-03-31T23:59:59"
+                           ) as err:
+            etl.check_load_gaps(D4)
+        assert isinstance(err.value, etl.EtlError) and err.value.days == [D2, D3]
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key IN (20240330, 20240331)"
+                            ).result_rows[0][0] == 0   # the check loads nothing
+        assert etl.check_load_gaps(D2) == []   # only D1 before D2, loaded
+        run_pandas(D3)
+        with pytest.raises(etl.LoadGapError, match=r"1 day\(s\) .*: 2024-03-30\. Load"):
+            etl.check_load_gaps(D4)
+        run_pandas(D2)
+        assert etl.check_load_gaps(D4) == []
