@@ -26,8 +26,10 @@ Conventions
   1/10000 currency units (``*_e4`` columns in staging) and stored as ``Decimal(18, 4)``.
 * Returns and cancellations are sales lines with ``quantity < 0``; they keep their sign, so revenue,
   cost and profit of a return are negative and sums are net. ``is_return`` flags them.
-* Price at time of sale = ``unit_price`` of the event; cost = ``quantity * dim_product.unit_cost``
-  (NULL when the SKU has no reference data); profit = revenue - cost.
+* Price at time of sale = ``unit_price`` of the event; cost = ``quantity * unit_cost`` of the product master
+  version valid on the line's day (:func:`reference_history`: a later change of the master does not rewrite a
+  re-run day; NULL when the SKU has no reference data); profit = revenue - cost. ``dim_product`` holds the current
+  version.
 * Surrogate keys are deterministic hashes of the natural keys (:func:`surrogate_key`), so dims and facts
   can be built in any order and re-runs produce the same keys.
 """
@@ -463,6 +465,113 @@ def read_reference(lake, name: str) -> pd.DataFrame | None:
     return None if t is None else t.to_pandas()
 
 
+#: natural key of each reference table (``raw-data/reference/<name>``)
+REFERENCE_KEYS = {"products": "product_id", "stores": "store_id"}
+#: version history of the reference data in LAKE_FEATURES_BUCKET (one Parquet file per table)
+HISTORY_PREFIX = "staging/daily_etl/reference_history"
+#: valid_from of a key's first version (no older one is known) and valid_to of a key's open version
+FIRST_VALID, OPEN_VALID = dt.date(1970, 1, 1), dt.date(2149, 6, 6)   # ClickHouse Date's first and last day
+
+
+def _fingerprint(df: pd.DataFrame) -> pd.Series:
+    """One string per row: its values as JSON, columns sorted by name (nulls and NaN as null)."""
+    cols = sorted(df.columns)
+    vals = df[cols].astype(object).where(df[cols].notna(), None)
+    return pd.Series([json.dumps(list(r), default=str) for r in vals.itertuples(index=False)], index=df.index)
+
+
+def reference_history(lake, name: str = "products", today: dt.date | None = None) -> pd.DataFrame | None:
+    """The version history (slowly changing dimension, type 2) of ``raw-data/reference/<name>`` (``products`` or
+    ``stores``), brought up to date with the current reference first.
+
+    The reference data is a snapshot that is overwritten, with no effective dates; the history, staged as
+    ``<LAKE_FEATURES_BUCKET>/staging/daily_etl/reference_history/<name>.parquet``, remembers what it held: a key
+    whose row differs from its open version (any column) gets a new version valid from ``today`` (the UTC date the
+    change is first seen; default :func:`core.dagconf.utc_today`), and the open version ends the day before (a
+    second change on the same day replaces that day's version). A key's first version is valid from 1970-01-01 (no
+    older one known); a key gone from the reference keeps its open version. Idempotent: an unchanged reference
+    writes nothing. Deleting the file makes the current reference valid for every day (a correction meant for the
+    past).
+
+    Returns:
+        DataFrame: the reference columns plus ``valid_from`` / ``valid_to`` (dates, inclusive; 2149-06-06 = open)
+        and ``_fp`` (the row's fingerprint), one row per key and version; None when there is neither a reference
+        nor a history.
+    """
+    import pyarrow.parquet as pq
+
+    from core.dagconf import utc_today
+
+    key, path = REFERENCE_KEYS[name], (lake.settings.lake_features_bucket, f"{HISTORY_PREFIX}/{name}.parquet")
+    # date32 columns come back as datetime.date
+    hist = pq.read_table(lake.path(*path), filesystem=lake.fs).to_pandas(date_as_object=True) \
+        if lake.exists(*path) else None
+    cur = read_reference(lake, name)
+    if cur is None or cur.empty:
+        return hist
+    cur = cur.drop_duplicates(key, keep="last").reset_index(drop=True)
+    cur[key] = cur[key].astype(str)
+    cur["_fp"] = _fingerprint(cur.drop(columns=["_fp"], errors="ignore"))
+    today = today or utc_today()
+    if hist is None:
+        new = cur.assign(valid_from=FIRST_VALID, valid_to=OPEN_VALID)
+    else:
+        is_open = hist["valid_to"] == OPEN_VALID
+        open_fp = hist.loc[is_open].set_index(key)["_fp"]
+        changed = cur[cur[key].map(open_fp) != cur["_fp"]]
+        if changed.empty:
+            return hist
+        known = changed[key].isin(open_fp.index)
+        ended = is_open & hist[key].isin(changed[key])
+        hist = hist[~(ended & (hist["valid_from"] >= today))].copy()   # changed again the same day: replaced
+        hist.loc[hist[key].isin(changed[key]) & (hist["valid_to"] == OPEN_VALID), "valid_to"] = \
+            today - dt.timedelta(days=1)
+        added = changed.assign(valid_from=[today if k else FIRST_VALID for k in known], valid_to=OPEN_VALID)
+        new = pd.concat([hist, added], ignore_index=True)
+        log.warning("reference %s: %d changed and %d new key(s) since the last version, valid from %s",
+                    name, int(known.sum()), int((~known).sum()), today)
+    new = new.sort_values([key, "valid_from"], kind="stable").reset_index(drop=True)
+    import pyarrow as pa
+
+    lake.write_table(pa.Table.from_pandas(new, preserve_index=False), *path)
+    return new
+
+
+def reference_as_of(history: pd.DataFrame | None, day: dt.date) -> pd.DataFrame | None:
+    """The rows of a :func:`reference_history` valid on ``day`` (``valid_from <= day <= valid_to``), in the reference
+    data's own columns (history columns dropped); None when ``history`` is None."""
+    if history is None:
+        return None
+    rows = history[(history["valid_from"] <= day) & (history["valid_to"] >= day)]
+    return rows.drop(columns=["valid_from", "valid_to", "_fp"]).reset_index(drop=True)
+
+
+def history_rows(lake, name: str) -> pd.DataFrame:
+    """The :func:`reference_history` of ``products`` / ``stores`` as rows of ``dim_product_history`` /
+    ``dim_store_history`` (``clickhouse/migrations/070_dim_history.sql``): the dimension builders' columns and
+    surrogate keys (without ``is_known``), ``valid_from``, ``valid_to`` and ``revision`` (now, ns); empty when
+    there is no history."""
+    import time
+
+    from core.settings import get_settings
+
+    hist = reference_history(lake, name)
+    if hist is None or hist.empty:
+        return pd.DataFrame()
+    parts = []
+    for (vf, vt), rows in hist.groupby(["valid_from", "valid_to"], sort=False):   # one key per version group
+        rows = rows.drop(columns=["valid_from", "valid_to", "_fp"])
+        if name == "products":
+            d = build_dim_product(rows, pd.Series(dtype=object)).drop(columns=["is_known"])
+        else:
+            d = build_dim_store(rows, pd.Series(dtype=object), get_settings().store_country_default) \
+                .drop(columns=["is_known"])
+        parts.append(d.assign(valid_from=vf, valid_to=vt))
+    out = pd.concat(parts, ignore_index=True)
+    out["revision"] = np.uint64(time.time_ns())
+    return out
+
+
 def _write(lake, df: pd.DataFrame, day: dt.date, name: str) -> str:
     import pyarrow as pa
 
@@ -496,6 +605,9 @@ def extract(day: dt.date) -> dict[str, Any]:
             ref = pd.DataFrame()
         _write(lake, ref, day, f"ref_{name}")
         out[name] = len(ref)
+    # the product master valid on the day (the facts' unit cost): a later change does not rewrite the day
+    asof = reference_as_of(reference_history(lake, "products"), day)
+    _write(lake, asof if asof is not None else pd.DataFrame(), day, "ref_products_asof")
     log.info("extract %s: %s", day, out)
     return out
 
@@ -524,7 +636,8 @@ def transform(day: dt.date) -> dict[str, Any]:
     dim_product = build_dim_product(products if not products.empty else None, seen_skus)
     dim_store = build_dim_store(stores if not stores.empty else None, seen_stores, s.store_country_default)
     dim_date = build_dim_date(calendar_days(day), dim_store["country_code"].tolist(), s.store_country_default)
-    fact = build_fact_sales(sales, dim_product, day)
+    asof = _read(lake, day, "ref_products_asof") if lake.exists(*_staging(day, "ref_products_asof")) else products
+    fact = build_fact_sales(sales, build_dim_product(asof if not asof.empty else None, seen_skus), day)
     closing = closing_stock(inv)
     if not closing.empty:
         closing["store_key"] = _keys(closing["store_id"].astype(str))
@@ -989,6 +1102,10 @@ def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) ->
     dd["holiday_countries"] = dd["holiday_countries"].map(list)
     dd["holiday_names"] = dd["holiday_names"].map(json.loads)  # staged as JSON text (Parquet has no open map)
     client.insert_df(f"{db}.dim_date", dd)
+    for name, table in (("products", "dim_product_history"), ("stores", "dim_store_history")):   # 070_dim_history
+        hist = history_rows(lake, name)
+        if len(hist):
+            client.insert_df(f"{db}.{table}", _nullable(hist) if name == "products" else hist)
 
     # fact_sales
     fs = fact.copy()

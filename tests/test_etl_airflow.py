@@ -758,3 +758,77 @@ def test_days_never_loaded_behind_the_catch_up_start_are_reported(native_stack):
             etl.check_load_gaps(D4)
         run_pandas(D2)
         assert etl.check_load_gaps(D4) == []
+
+
+def _day_money(client, db: str, dk: int) -> tuple:
+    """fact_sales revenue, cost, profit and fact_sales_daily cost of one date_key (exact strings)."""
+    fs = client.query(f"SELECT toString(sum(revenue)), toString(sum(cost)), toString(sum(profit)) FROM {db}.fact_sales "
+                      f"WHERE date_key = {dk}").result_rows[0]
+    daily = client.query(f"SELECT round(sum(cost), 4) FROM {db}.fact_sales_daily WHERE date_key = {dk}").result_rows[0][0]
+    return tuple(Decimal(v) for v in fs) + (Decimal(repr(daily)),)
+
+
+@pytest.mark.parametrize("build", ["pandas", "dag"])
+def test_a_rerun_after_a_cost_change_keeps_the_cost_of_its_day(native_stack, build, request):
+    """Re-running D1 after P2's unit cost changed (2.0 -> 2.6 in the product master) recomputed D1 with the new cost:
+    D1's cost went 7.8000 -> 9.6000 and its profit 1.3330 -> -0.4670, so a re-run rewrote history. The facts now
+    take the cost of the product-master version valid on their day (a version history kept in the lake, a change
+    valid from the UTC date it is first seen): D1 re-run keeps 7.8000 / 1.3330, whatever the build (pandas or
+    Spark job of the DAG); dim_product shows the current cost (2.6), a day first built after the change gets it,
+    and the quality check still reconciles D1 exactly."""
+    from etl import star_schema as etl
+
+    def build_and_load(day: dt.date):
+        if build == "pandas":
+            return run_pandas(day)
+        dr, ok = run(request.getfixturevalue("etl_dag"), day)
+        assert ok, f"daily_etl {day} ended {dr.state}"
+        return {"qc": etl.star_sales_totals(client, db, day)}
+
+    def p2_cost() -> float:
+        return client.query(f"SELECT unit_cost FROM {db}.dim_product FINAL WHERE sku = 'P2'").result_rows[0][0]
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        build_and_load(D1)
+        # independent truth from the raw lines and the landed master: cost = sum(quantity * unit_cost)
+        lines = raw_files(lake, "sales_transaction", D1).drop_duplicates("transaction_id")
+        cost_v1 = {"P1": Decimal("0.6"), "P2": Decimal("2.0")}
+        revenue = sum(Decimal(int(q)) * Decimal(repr(float(p))) for q, p in zip(lines["quantity"], lines["unit_price"]))
+        cost = sum(Decimal(int(q)) * cost_v1[p] for q, p in zip(lines["quantity"], lines["product_id"]))
+        expected = (revenue, cost, revenue - cost, cost)
+        assert _day_money(client, db, 20240329) == expected == (Decimal("9.1330"), Decimal("7.8000"),
+                                                                Decimal("1.3330"), Decimal("7.8000"))
+        products = pq.read_table(lake.path(lake.settings.lake_raw_bucket, "reference/products/products.parquet"),
+                                 filesystem=lake.fs).to_pandas()
+        products.loc[products["product_id"] == "P2", "unit_cost"] = 2.6
+        lake.write_table(pa.Table.from_pandas(products, preserve_index=False), lake.settings.lake_raw_bucket,
+                         "reference/products/products.parquet")
+        out = build_and_load(D1)                     # the re-run of D1 after the change
+        assert out["qc"]["rows"] == len(lines)       # reconciled with the lake
+        assert _day_money(client, db, 20240329) == expected
+        assert p2_cost() == 2.6                      # the dimension is current
+        build_and_load(D1)                           # and again: idempotent
+        assert _day_money(client, db, 20240329) == expected
+        assert p2_cost() == 2.6
+        # a day after the change was seen takes the new cost (today: the first day the change is valid on)
+        hist = etl.reference_history(lake, "products")
+        today = dt.datetime.now(dt.timezone.utc).date()
+        now = etl.reference_as_of(hist, today)
+        assert now.set_index("product_id").loc["P2", "unit_cost"] == 2.6
+        assert etl.reference_as_of(hist, D1).set_index("product_id").loc["P2", "unit_cost"] == 2.0
+        assert etl.reference_as_of(hist, today - dt.timedelta(days=1)).set_index("product_id").loc["P2", "unit_cost"] == 2.0
+        # the versions in ClickHouse (070_dim_history.sql), and D1's lines as of their day through them
+        versions = client.query(f"SELECT unit_cost, valid_from, valid_to FROM {db}.dim_product_history FINAL "
+                                "WHERE sku = 'P2' ORDER BY valid_from").result_rows
+        assert versions == [(2.0, dt.date(1970, 1, 1), today - dt.timedelta(days=1)),
+                            (2.6, today, dt.date(2149, 6, 6))]
+        as_of = client.query(f"SELECT toString(sum(f.quantity * toDecimal64(h.unit_cost, 4))) FROM {db}.fact_sales f "
+                             f"JOIN (SELECT * FROM {db}.dim_product_history FINAL) h ON h.product_key = f.product_key "
+                             "AND toDate(f.event_time) BETWEEN h.valid_from AND h.valid_to "
+                             "WHERE f.date_key = 20240329").result_rows[0][0]
+        assert Decimal(as_of) == cost
+        assert client.query(f"SELECT count() FROM {db}.dim_store_history FINAL").result_rows[0][0] == 2
+        runs = client.query(f"SELECT status FROM {db}.etl_runs WHERE date_key = 20240329").result_rows
+        assert runs and all(r[0] == "success" for r in runs)
