@@ -832,3 +832,30 @@ def test_a_rerun_after_a_cost_change_keeps_the_cost_of_its_day(native_stack, bui
         assert client.query(f"SELECT count() FROM {db}.dim_store_history FINAL").result_rows[0][0] == 2
         runs = client.query(f"SELECT status FROM {db}.etl_runs WHERE date_key = 20240329").result_rows
         assert runs and all(r[0] == "success" for r in runs)
+
+
+def test_a_raw_file_without_a_column_is_named_by_the_quality_check(native_stack):
+    """A sales file written without ``unit_price`` landing in D1 during its run (after the load) crashed the quality
+    check with ``ValueError: cannot convert float NaN to integer`` (neither the file nor the column named, and not
+    the retryable LakeChangedError). Now the lake's totals refuse it as a contract violation naming the column, and
+    the check reports the lake change (retryable); a re-run's build refuses the file as bad data (EtlError)."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        land_small(lake)
+        etl.extract(D1), etl.transform(D1)
+        loaded = etl.load_recorded(D1)
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        names = [n for n in SALES_SCHEMA.names if n != "unit_price"]
+        lake.write_table(pa.Table.from_pandas(late[names], schema=pa.schema([SALES_SCHEMA.field(n) for n in names]),
+                                              preserve_index=False), *etl.raw_partition(lake, etl.SALES, D1),
+                         "batch-9.parquet")
+        with pytest.raises(etl.EtlError, match=r"1 row\(s\) without unit_price \(raw-.*/sales_transaction/year=2024"):
+            etl.lake_sales_totals(lake, D1)
+        with pytest.raises(etl.LakeChangedError, match=r"batch-9\.parquet.*1 row\(s\) without unit_price"):
+            etl.quality_check(D1, dt.datetime.fromisoformat(loaded["started_at"]))
+        last = client.query(f"SELECT status, message FROM {s.clickhouse_database}.etl_runs WHERE date_key = 20240329 "
+                            "ORDER BY finished_at DESC LIMIT 1").result_rows[0]
+        assert last[0] == "failed" and "without unit_price" in last[1]
+        with pytest.raises(etl.EtlError, match="violate the contract"):
+            run_pandas(D1)
