@@ -21,7 +21,9 @@ trigger with the param ``allow_missing_raw`` = true to empty it on purpose.
 
 Gaps: ``check_gaps`` (after ``quality_check``) fails the run, without retry, when days with raw events between the
 first loaded day and the run's date have no successful run in etl_runs (an Airflow outage longer than
-ETL_CATCHUP_DAYS: the catch-up start moved past them), naming the dates and the backfill command; it loads nothing.
+ETL_CATCHUP_DAYS: the catch-up start moved past them), or when loaded days older than the ETL_RECHECK_DAYS window
+have raw files changed since their load (events that arrived later than the re-check looks), naming the dates and
+the backfill command; it loads nothing.
 
 Late data: each run also re-checks the ETL_RECHECK_DAYS (default 7) loaded days before its date. The Spark job
 compares each day's raw partition listing (file names, sizes, modification times) with the one staged when it was

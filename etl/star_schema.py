@@ -1020,9 +1020,22 @@ def _ranges(days: list[dt.date]) -> str:
     return ", ".join(r[0].isoformat() if len(r) == 1 else f"{r[0].isoformat()}..{r[-1].isoformat()}" for r in runs)
 
 
+def late_changed_days(client, db: str, lake, day: dt.date, window_days: int) -> list[dt.date]:
+    """The loaded days (a successful run in ``etl_runs``) before the re-check window of ``day`` (older than
+    ``window_days`` days) whose raw partitions changed since they were loaded (:func:`stale_days`: events that
+    arrived more than ETL_RECHECK_DAYS late, which no re-check loads any more). Ascending. One manifest read and
+    one listing per partition of each such day."""
+    last = date_key(day - dt.timedelta(days=window_days + 1))
+    keys = [r[0] for r in client.query(f"SELECT DISTINCT date_key FROM {db}.etl_runs WHERE status = 'success' "
+                                       f"AND date_key <= {last} ORDER BY date_key").result_rows]
+    return stale_days(lake, [dt.date(k // 10000, k // 100 % 100, k % 100) for k in keys])
+
+
 def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None) -> list[dt.date]:
-    """Fail loudly when days with raw events before ``day`` were never loaded (:func:`unloaded_days`). Run by
-    daily_etl's ``check_gaps`` task after the day is loaded and reconciled; loads nothing itself.
+    """Fail loudly when days before ``day`` are missing from the star schema: days with raw events that were never
+    loaded (:func:`unloaded_days`) or loaded days older than the re-check window whose raw partitions changed since
+    (:func:`late_changed_days`). Run by daily_etl's ``check_gaps`` task after the day is loaded and reconciled;
+    loads nothing itself.
 
     Returns:
         [] when there is no gap.
@@ -1032,17 +1045,27 @@ def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None)
     """
     from core.settings import get_settings
 
+    s = get_settings()
     client, db, lake = client or _client(), db or _db(), lake or open_lake()
     gap = unloaded_days(client, db, lake, day)
-    if not gap:
+    late = late_changed_days(client, db, lake, day, s.etl_recheck_days)
+    if not gap and not late:
         return []
-    span = (gap[-1] - gap[0]).days
+    days = sorted(set(gap) | set(late))
+    span = (days[-1] - days[0]).days
+    parts = []
+    if gap:
+        parts.append(f"{len(gap)} day(s) with raw events before {day.isoformat()} were never loaded (no successful "
+                     f"run in etl_runs; the scheduler catches up only ETL_CATCHUP_DAYS={s.etl_catchup_days} days, so "
+                     f"an outage longer than that leaves its oldest nights behind): {_ranges(gap)}")
+    if late:
+        parts.append(f"{len(late)} loaded day(s) older than the ETL_RECHECK_DAYS={s.etl_recheck_days} re-check "
+                     f"window have raw files added, changed or removed since they were loaded (events that arrived "
+                     f"late): {_ranges(late)}")
     raise LoadGapError(
-        f"{len(gap)} day(s) with raw events before {day.isoformat()} were never loaded (no successful run in "
-        f"etl_runs; the scheduler catches up only ETL_CATCHUP_DAYS={get_settings().etl_catchup_days} days, so an "
-        f"outage longer than that leaves its oldest nights behind): {_ranges(gap)}. Load them with "
-        f"`make nightly DATE={gap[-1].isoformat()} BACKFILL={span}` or `airflow backfill create --dag-id daily_etl "
-        f"--from-date {gap[0].isoformat()} --to-date {gap[-1].isoformat()}T23:59:59`", gap)
+        "; ".join(parts) + f". Load them with `make nightly DATE={days[-1].isoformat()} BACKFILL={span}` or "
+        f"`airflow backfill create --dag-id daily_etl --from-date {days[0].isoformat()} --to-date "
+        f"{days[-1].isoformat()}T23:59:59" + (" --reprocess-behavior completed" if late else "") + "`", days)
 
 
 def refuse_future_day(day: dt.date, today: dt.date | None = None) -> None:

@@ -731,7 +731,8 @@ def test_days_never_loaded_behind_the_catch_up_start_are_reported(native_stack):
     scheduler's catch-up starts ETL_CATCHUP_DAYS before today: with the last run on 11-10 and the scheduler back
     on 12-05, 11-11..11-20 got no run). Here D2 (inventory only) and D3 (sales) have raw events and no run, D4 is
     loaded: check_load_gaps (daily_etl's check_gaps task) fails naming both days and the backfill commands, loads
-    nothing, and passes once they are loaded. Days before the first loaded one are not a gap."""
+    nothing, and passes once they are loaded. Days before the first loaded one are not a gap. A line of D1 landing
+    9 days late (after the 7-day re-check window) was never loaded and nothing said so: now it is named too."""
     from etl import star_schema as etl
 
     with fresh_database() as (s, lake, client):
@@ -758,6 +759,19 @@ def test_days_never_loaded_behind_the_catch_up_start_are_reported(native_stack):
             etl.check_load_gaps(D4)
         run_pandas(D2)
         assert etl.check_load_gaps(D4) == []
+        # events of D1 arriving more than ETL_RECHECK_DAYS (7) late: no re-check reloads D1 any more, and nothing
+        # said so (the late line never reached fact_sales); now named, with the command to re-run it
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
+        far = D1 + dt.timedelta(days=9)
+        assert etl.days_to_recheck(lake, far, s.etl_recheck_days) == []   # outside the window
+        with pytest.raises(etl.LoadGapError, match=r"1 loaded day\(s\) older than the ETL_RECHECK_DAYS=7 re-check "
+                                                   r"window .*: 2024-03-29\. Load them .*--reprocess-behavior completed"):
+            etl.check_load_gaps(far)
+        assert etl.check_load_gaps(D1 + dt.timedelta(days=7)) == []   # still in the window: the re-check's job
+        run_pandas(D1)
+        assert etl.check_load_gaps(far) == []
 
 
 def _day_money(client, db: str, dk: int) -> tuple:
