@@ -19,6 +19,12 @@ replaces its fact partitions (idempotent). A failed data-quality check, or raw d
 So does a raw partition that is gone while ClickHouse holds the day's rows (re-running would empty the day);
 trigger with the param ``allow_missing_raw`` = true to empty it on purpose.
 
+Gaps: ``check_gaps`` (after ``quality_check``) fails the run, without retry, when days with raw events between the
+first loaded day and the run's date have no successful run in etl_runs (an Airflow outage longer than
+ETL_CATCHUP_DAYS: the catch-up start moved past them), or when loaded days older than the ETL_RECHECK_DAYS window
+have raw files changed since their load (events that arrived later than the re-check looks), naming the dates and
+the backfill command; it loads nothing.
+
 Late data: each run also re-checks the ETL_RECHECK_DAYS (default 7) loaded days before its date. The Spark job
 compares each day's raw partition listing (file names, sizes, modification times) with the one staged when it was
 loaded and builds the changed days again; ``load`` loads them again (oldest first) and ``quality_check``
@@ -112,7 +118,7 @@ def daily_etl():
         run_id, day = ctx["run_id"], _day()
         with _fail_fast_on_bad_data():
             days = list((loaded or {}).get("rechecked_days", []))
-            if ctx["ti"].try_number > 1 and etl.stale_days(etl._lake(), [*map(dt.date.fromisoformat, days), day]):
+            if ctx["ti"].try_number > 1 and etl.stale_days(etl.open_lake(), [*map(dt.date.fromisoformat, days), day]):
                 ctx["dag"].get_task("build_facts").resubmit(ctx)   # the same spark-submit as build_facts
                 loaded = etl.load_recorded(day, dag_run_id=run_id,
                                            allow_missing_raw=bool(ctx["params"].get("allow_missing_raw", False)))
@@ -121,9 +127,19 @@ def daily_etl():
             rechecked = {d: etl.quality_check(dt.date.fromisoformat(d), started, dag_run_id=run_id) for d in days}
             return {**etl.quality_check(day, started, dag_run_id=run_id), "rechecked": rechecked}
 
+    @task(pool=CLICKHOUSE_POOL)
+    def check_gaps() -> None:
+        """Fail (no retry) naming the days with raw events, between the first loaded day and this run's date, that
+        were never loaded (an outage longer than ETL_CATCHUP_DAYS), and the backfill command; loads nothing. Runs
+        after quality_check: the date itself is loaded and reconciled, so training waits for nothing."""
+        from etl import star_schema as etl
+
+        with _fail_fast_on_bad_data():
+            etl.check_load_gaps(_day())
+
     loaded = load()
     build_facts >> loaded
-    quality_check(loaded)
+    quality_check(loaded) >> check_gaps()
 
 
 daily_etl()

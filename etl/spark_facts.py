@@ -357,7 +357,7 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
     from core.settings import get_settings
 
     s = settings or get_settings()
-    lake = lake or etl._lake()
+    lake = lake or etl.open_lake()
     rechecked = etl.days_to_recheck(lake, day, recheck_days)
     for d in rechecked:
         log.warning("raw partitions of %s changed since it was loaded: building it again", d)
@@ -397,6 +397,10 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
         skus = store_ids = pd.Series(dtype=object)
     products, stores_ref = etl.read_reference(lake, "products"), etl.read_reference(lake, "stores")
     dim_product = etl.build_dim_product(products if products is not None and not products.empty else None, skus)
+    # the facts' unit cost: the product master version valid on the day (a later change does not rewrite it)
+    asof = etl.reference_as_of(etl.reference_history(lake, "products"), day)
+    cost = etl.build_dim_product(asof if asof is not None and not asof.empty else None, skus)
+    cost = dim_product[["sku"]].merge(cost[["sku", "unit_cost"]], on="sku", how="left")["unit_cost"]
     dim_store = etl.build_dim_store(stores_ref if stores_ref is not None and not stores_ref.empty else None,
                                     store_ids, s.store_country_default)
     dim_date = etl.build_dim_date(etl.calendar_days(day), dim_store["country_code"].tolist(), s.store_country_default)
@@ -404,7 +408,7 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
     # explicit schemas: on an empty day with no reference data yet the maps are empty and Spark cannot infer one
     pmap = spark.createDataFrame(pd.DataFrame({"sku": dim_product["sku"].astype(str),
                                                "product_key": to_signed(dim_product["product_key"]),
-                                               "unit_cost": dim_product["unit_cost"].astype("float64")}),
+                                               "unit_cost": cost.astype("float64").to_numpy()}),
                                  schema="sku string, product_key long, unit_cost double")
     smap = spark.createDataFrame(pd.DataFrame({"store_id": dim_store["store_id"].astype(str),
                                                "store_key": to_signed(dim_store["store_key"])}),

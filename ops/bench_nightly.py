@@ -210,7 +210,7 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
 
     t0 = time.perf_counter()
     submit = spark_submit("etl/jobs/daily_facts.py", ["--date", day.isoformat()], s, lake=True)
-    job = spark_facts.read_json(etl._lake(), day, spark_facts.RESULT_NAME) or {}
+    job = spark_facts.read_json(etl.open_lake(), day, spark_facts.RESULT_NAME) or {}
     t1 = time.perf_counter()
     loaded = etl.load(day, migrate=False)
     t2 = time.perf_counter()

@@ -97,11 +97,12 @@ def test_every_dag_follows_the_rules(parsed):
 
 def test_daily_etl_shape(parsed):
     d = parsed["dags"]["daily_etl"]
-    assert set(d["tasks"]) == {"build_facts", "load", "quality_check"}   # build_facts: the Spark job
+    assert set(d["tasks"]) == {"build_facts", "load", "quality_check", "check_gaps"}   # build_facts: the Spark job
     assert d["schedule"] == "0 8 * * *"  # ETL_SCHEDULE default
     assert d["max_active_runs"] == 1
     # tasks that open ClickHouse share the clickhouse pool (core.dagconf.CLICKHOUSE_POOL)
-    assert d["tasks"]["load"]["pool"] == d["tasks"]["quality_check"]["pool"] == "clickhouse"
+    assert d["tasks"]["load"]["pool"] == d["tasks"]["quality_check"]["pool"] == d["tasks"]["check_gaps"]["pool"] \
+        == "clickhouse"
     assert d["tasks"]["build_facts"]["pool"] != "clickhouse"   # the Spark job never opens ClickHouse
 
 

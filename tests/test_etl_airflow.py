@@ -724,3 +724,152 @@ def test_training_and_predictions_wait_for_the_etl_of_their_date(etl_dag, native
         run_pandas(D1)
         assert done("demand_forecast_training", D1)
         assert done("batch_predictions", None)   # asset-triggered: its training run waited
+
+
+def test_days_never_loaded_behind_the_catch_up_start_are_reported(native_stack):
+    """An Airflow outage longer than ETL_CATCHUP_DAYS left its oldest nights unloaded with no warning (the
+    scheduler's catch-up starts ETL_CATCHUP_DAYS before today: with the last run on 11-10 and the scheduler back
+    on 12-05, 11-11..11-20 got no run). Here D2 (inventory only) and D3 (sales) have raw events and no run, D4 is
+    loaded: check_load_gaps (daily_etl's check_gaps task) fails naming both days and the backfill commands, loads
+    nothing, and passes once they are loaded. Days before the first loaded one are not a gap. A line of D1 landing
+    9 days late (after the 7-day re-check window) was never loaded and nothing said so: now it is named too."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        assert etl.check_load_gaps(D1) == []   # nothing loaded before D1: no gap
+        run_pandas(D1)
+        run_pandas(D4)
+        # the lake's own listing, independently: the days with a raw Parquet file between D1 and D4
+        with_raw = {d for d in (D2, D3) for t in ("sales_transaction", "inventory_update")
+                    if any(f.endswith(".parquet") for f in lake.list_files(*etl.raw_partition(lake, t, d)))}
+        assert with_raw == {D2, D3}
+        with pytest.raises(etl.LoadGapError, match=r"2 day\(s\) with raw events before 2024-04-01 were never loaded"
+                                                   r".*2024-03-30\.\.2024-03-31.*make nightly DATE=2024-03-31 "
+                                                   r"BACKFILL=1.*--from-date 2024-03-30 --to-date 2024-03-31T23:59:59"
+                           ) as err:
+            etl.check_load_gaps(D4)
+        assert isinstance(err.value, etl.EtlError) and err.value.days == [D2, D3]
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key IN (20240330, 20240331)"
+                            ).result_rows[0][0] == 0   # the check loads nothing
+        assert etl.check_load_gaps(D2) == []   # only D1 before D2, loaded
+        run_pandas(D3)
+        with pytest.raises(etl.LoadGapError, match=r"1 day\(s\) .*: 2024-03-30\. Load"):
+            etl.check_load_gaps(D4)
+        run_pandas(D2)
+        assert etl.check_load_gaps(D4) == []
+        # events of D1 arriving more than ETL_RECHECK_DAYS (7) late: no re-check reloads D1 any more, and nothing
+        # said so (the late line never reached fact_sales); now named, with the command to re-run it
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
+        far = D1 + dt.timedelta(days=9)
+        assert etl.days_to_recheck(lake, far, s.etl_recheck_days) == []   # outside the window
+        with pytest.raises(etl.LoadGapError, match=r"1 loaded day\(s\) older than the ETL_RECHECK_DAYS=7 re-check "
+                                                   r"window .*: 2024-03-29\. Load them .*--reprocess-behavior completed"):
+            etl.check_load_gaps(far)
+        assert etl.check_load_gaps(D1 + dt.timedelta(days=7)) == []   # still in the window: the re-check's job
+        run_pandas(D1)
+        assert etl.check_load_gaps(far) == []
+
+
+def _day_money(client, db: str, dk: int) -> tuple:
+    """fact_sales revenue, cost, profit and fact_sales_daily cost of one date_key (exact strings)."""
+    fs = client.query(f"SELECT toString(sum(revenue)), toString(sum(cost)), toString(sum(profit)) FROM {db}.fact_sales "
+                      f"WHERE date_key = {dk}").result_rows[0]
+    daily = client.query(f"SELECT round(sum(cost), 4) FROM {db}.fact_sales_daily WHERE date_key = {dk}").result_rows[0][0]
+    return tuple(Decimal(v) for v in fs) + (Decimal(repr(daily)),)
+
+
+@pytest.mark.parametrize("build", ["pandas", "dag"])
+def test_a_rerun_after_a_cost_change_keeps_the_cost_of_its_day(native_stack, build, request):
+    """Re-running D1 after P2's unit cost changed (2.0 -> 2.6 in the product master) recomputed D1 with the new cost:
+    D1's cost went 7.8000 -> 9.6000 and its profit 1.3330 -> -0.4670, so a re-run rewrote history. The facts now
+    take the cost of the product-master version valid on their day (a version history kept in the lake, a change
+    valid from the UTC date it is first seen): D1 re-run keeps 7.8000 / 1.3330, whatever the build (pandas or
+    Spark job of the DAG); dim_product shows the current cost (2.6), a day first built after the change gets it,
+    and the quality check still reconciles D1 exactly."""
+    from etl import star_schema as etl
+
+    def build_and_load(day: dt.date):
+        if build == "pandas":
+            return run_pandas(day)
+        dr, ok = run(request.getfixturevalue("etl_dag"), day)
+        assert ok, f"daily_etl {day} ended {dr.state}"
+        return {"qc": etl.star_sales_totals(client, db, day)}
+
+    def p2_cost() -> float:
+        return client.query(f"SELECT unit_cost FROM {db}.dim_product FINAL WHERE sku = 'P2'").result_rows[0][0]
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        build_and_load(D1)
+        # independent truth from the raw lines and the landed master: cost = sum(quantity * unit_cost)
+        lines = raw_files(lake, "sales_transaction", D1).drop_duplicates("transaction_id")
+        cost_v1 = {"P1": Decimal("0.6"), "P2": Decimal("2.0")}
+        revenue = sum(Decimal(int(q)) * Decimal(repr(float(p))) for q, p in zip(lines["quantity"], lines["unit_price"]))
+        cost = sum(Decimal(int(q)) * cost_v1[p] for q, p in zip(lines["quantity"], lines["product_id"]))
+        expected = (revenue, cost, revenue - cost, cost)
+        assert _day_money(client, db, 20240329) == expected == (Decimal("9.1330"), Decimal("7.8000"),
+                                                                Decimal("1.3330"), Decimal("7.8000"))
+        products = pq.read_table(lake.path(lake.settings.lake_raw_bucket, "reference/products/products.parquet"),
+                                 filesystem=lake.fs).to_pandas()
+        products.loc[products["product_id"] == "P2", "unit_cost"] = 2.6
+        lake.write_table(pa.Table.from_pandas(products, preserve_index=False), lake.settings.lake_raw_bucket,
+                         "reference/products/products.parquet")
+        out = build_and_load(D1)                     # the re-run of D1 after the change
+        assert out["qc"]["rows"] == len(lines)       # reconciled with the lake
+        assert _day_money(client, db, 20240329) == expected
+        assert p2_cost() == 2.6                      # the dimension is current
+        build_and_load(D1)                           # and again: idempotent
+        assert _day_money(client, db, 20240329) == expected
+        assert p2_cost() == 2.6
+        # a day after the change was seen takes the new cost (today: the first day the change is valid on)
+        hist = etl.reference_history(lake, "products")
+        today = dt.datetime.now(dt.timezone.utc).date()
+        now = etl.reference_as_of(hist, today)
+        assert now.set_index("product_id").loc["P2", "unit_cost"] == 2.6
+        assert etl.reference_as_of(hist, D1).set_index("product_id").loc["P2", "unit_cost"] == 2.0
+        assert etl.reference_as_of(hist, today - dt.timedelta(days=1)).set_index("product_id").loc["P2", "unit_cost"] == 2.0
+        # the versions in ClickHouse (070_dim_history.sql), and D1's lines as of their day through them
+        versions = client.query(f"SELECT unit_cost, valid_from, valid_to FROM {db}.dim_product_history FINAL "
+                                "WHERE sku = 'P2' ORDER BY valid_from").result_rows
+        assert versions == [(2.0, dt.date(1970, 1, 1), today - dt.timedelta(days=1)),
+                            (2.6, today, dt.date(2149, 6, 6))]
+        as_of = client.query(f"SELECT toString(sum(f.quantity * toDecimal64(h.unit_cost, 4))) FROM {db}.fact_sales f "
+                             f"JOIN (SELECT * FROM {db}.dim_product_history FINAL) h ON h.product_key = f.product_key "
+                             "AND toDate(f.event_time) BETWEEN h.valid_from AND h.valid_to "
+                             "WHERE f.date_key = 20240329").result_rows[0][0]
+        assert Decimal(as_of) == cost
+        assert client.query(f"SELECT count() FROM {db}.dim_store_history FINAL").result_rows[0][0] == 2
+        runs = client.query(f"SELECT status FROM {db}.etl_runs WHERE date_key = 20240329").result_rows
+        assert runs and all(r[0] == "success" for r in runs)
+
+
+def test_a_raw_file_without_a_column_is_named_by_the_quality_check(native_stack):
+    """A sales file written without ``unit_price`` landing in D1 during its run (after the load) crashed the quality
+    check with ``ValueError: cannot convert float NaN to integer`` (neither the file nor the column named, and not
+    the retryable LakeChangedError). Now the lake's totals refuse it as a contract violation naming the column, and
+    the check reports the lake change (retryable); a re-run's build refuses the file as bad data (EtlError)."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        land_small(lake)
+        etl.extract(D1), etl.transform(D1)
+        loaded = etl.load_recorded(D1)
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        names = [n for n in SALES_SCHEMA.names if n != "unit_price"]
+        lake.write_table(pa.Table.from_pandas(late[names], schema=pa.schema([SALES_SCHEMA.field(n) for n in names]),
+                                              preserve_index=False), *etl.raw_partition(lake, etl.SALES, D1),
+                         "batch-9.parquet")
+        with pytest.raises(etl.EtlError, match=r"1 row\(s\) without unit_price \(raw-.*/sales_transaction/year=2024"):
+            etl.lake_sales_totals(lake, D1)
+        with pytest.raises(etl.LakeChangedError, match=r"batch-9\.parquet.*1 row\(s\) without unit_price"):
+            etl.quality_check(D1, dt.datetime.fromisoformat(loaded["started_at"]))
+        last = client.query(f"SELECT status, message FROM {s.clickhouse_database}.etl_runs WHERE date_key = 20240329 "
+                            "ORDER BY finished_at DESC LIMIT 1").result_rows[0]
+        assert last[0] == "failed" and "without unit_price" in last[1]
+        with pytest.raises(etl.EtlError, match="violate the contract"):
+            run_pandas(D1)

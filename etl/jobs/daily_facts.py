@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from etl import star_schema as etl
     from etl import spark_facts as sf
 
-    lake = etl._lake()
+    lake = etl.open_lake()
     sf.clear_error(lake, day)
     spark = build_spark("daily-etl-facts", lake=True)   # reads the raw partition through S3A
     try:
