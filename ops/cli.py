@@ -35,8 +35,15 @@ def up(services: Optional[list[str]] = typer.Argument(None, help="Services to st
 
 @app.command()
 def down() -> None:
-    """Stop the native services."""
-    local.down(get_settings())
+    """Stop the native services. Exits 1 naming port, pid and program when a configured port is still held: by a
+    process of the platform after 90 s, or (at once) by a program that is not the platform's."""
+    from ops.install import StackError
+
+    try:
+        local.down(get_settings())
+    except StackError as exc:
+        typer.echo(f"down: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("stopped")
 
 
@@ -46,15 +53,17 @@ def clean() -> None:
     (environment, ``.env``, ``$RETAIL_CACHE_DIR/local.env``; default ``$RETAIL_CACHE_DIR/state``), the folder
     :func:`ops.local.up` used. The install cache (venv, jars, MinIO, ``local.env``) is kept.
 
-    Exits 1 (message on stderr, nothing deleted) when a service's port is still bound after ``down``, or when the
-    folder holds entries the platform does not create (:data:`ops.local.STATE_ENTRIES`).
+    Exits 1 (message on stderr, nothing deleted) when a service's port is still held by a process of the platform
+    after ``down``, or when the folder holds entries the platform does not create (:data:`ops.local.STATE_ENTRIES`).
+    Ports held only by other programs (another stack on the same host ports) are named on stderr and the folder is
+    deleted (:func:`ops.local.clean`).
     """
     from ops.install import StackError
 
     s = get_settings()
     try:
-        gone = local.clean(s)
-    except StackError as exc:   # a bound port, or a folder the platform did not make: nothing deleted
+        gone = local.clean(s, warn=lambda m: typer.echo(f"clean: {m}", err=True))
+    except StackError as exc:   # a port held by ours, or a folder the platform did not make: nothing deleted
         typer.echo(f"clean: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"removed {gone}" if gone else f"nothing to remove at {s.retail_state_dir}")

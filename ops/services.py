@@ -99,6 +99,18 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def listeners(port: int) -> list[int | None]:
+    """Processes listening on TCP ``port`` (any address, IPv4 or IPv6), from the kernel's socket table (psutil):
+    their pids, None for a socket whose process this user cannot see (another user's, e.g. a container runtime's
+    proxy). Unlike :func:`port_open` it does not connect, so a listener that stopped accepting (its backlog full:
+    connects time out) still counts; empty when nothing listens."""
+    import psutil
+
+    return sorted({c.pid for c in psutil.net_connections(kind="tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port},
+                  key=lambda p: (p is None, p or 0))
+
+
 # ------------------------------------------------------------------------------------------ health --
 def kafka_healthy(s: Settings) -> bool:
     """True when the broker answers a metadata request."""

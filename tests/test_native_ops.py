@@ -3,6 +3,7 @@ services listen, the supervised programs' environment, leftovers after a crash, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -393,3 +394,82 @@ def test_clean_refuses_a_state_folder_holding_what_the_platform_did_not_create(t
                            capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not own.exists()
+
+
+def _listener(port: int, **env: str):
+    """A real HTTP server on 127.0.0.1:``port`` in a process of its own (a program that is not the platform's
+    unless ``env`` says RETAIL_STATE_DIR=<its folder>); the caller kills it."""
+    import subprocess
+    import sys
+
+    from ops.services import port_open, wait_until
+
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_until(lambda: port_open("127.0.0.1", port), 30, f"listener on {port}")
+    return proc
+
+
+@pytest.mark.integration
+def test_clean_deletes_the_state_when_only_a_foreign_program_holds_a_configured_port(tmp_path):
+    """A program that is not the platform's (here an HTTP server; e.g. a compose stack on the same host ports) on
+    DASHBOARD_PORT: ``ops.cli clean`` stops the platform's MinIO, names the port, pid and program on stderr, deletes
+    the state folder and leaves the foreign program alone; ``ops.cli down`` exits 1 naming it. ``clean`` waited
+    90 s for the port and exited 1 with nothing deleted (measured: 91.8 s)."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import free_port, port_open
+
+    port, state = free_port(), tmp_path / "state"
+    foreign = _listener(port)
+    try:
+        with platform_settings(state, DASHBOARD_PORT=str(port)) as s:
+            try:
+                local.up(s, ["minio"])
+                r = subprocess.run([sys.executable, "-m", "ops.cli", "down"], cwd=REPO, env=os.environ.copy(),
+                                   capture_output=True, text=True, timeout=300)
+                assert r.returncode == 1, r.stdout + r.stderr
+                assert f"port {port}: pid {foreign.pid} (" in r.stderr and "http.server" in r.stderr, r.stderr
+                local.up(s, ["minio"])
+                assert _state_pids(state)
+                r = subprocess.run([sys.executable, "-m", "ops.cli", "clean"], cwd=REPO, env=os.environ.copy(),
+                                   capture_output=True, text=True, timeout=300)
+                assert r.returncode == 0, r.stdout + r.stderr
+                assert f"port {port}: pid {foreign.pid} (" in r.stderr, r.stderr
+                assert not state.exists()
+                assert _state_pids(state) == []
+                assert [p for p in _all_ports(s) if port_open(*p)] == [("127.0.0.1", port)]
+                assert foreign.poll() is None   # not ours: left running
+            finally:
+                with contextlib.suppress(StackError):
+                    local.down(s)
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
+def test_port_holders_tell_the_platforms_programs_from_foreign_ones(tmp_path):
+    """A listener whose environment names this state folder (RETAIL_STATE_DIR) is the platform's; one without is
+    foreign; a port nothing listens on is not listed."""
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import free_port
+
+    ours_port, foreign_port, state = free_port(), free_port(), tmp_path / "state"
+    with platform_settings(state, DASHBOARD_PORT=str(ours_port), AIRFLOW_PORT=str(foreign_port)) as s:
+        ours = _listener(ours_port, RETAIL_STATE_DIR=str(state))
+        foreign = _listener(foreign_port, RETAIL_STATE_DIR=str(tmp_path / "another-platform"))
+        try:
+            held = local.port_holders(s)
+            assert held == {ours_port: [{"pid": ours.pid, "program": held[ours_port][0]["program"], "ours": True}],
+                            foreign_port: [{"pid": foreign.pid, "program": held[foreign_port][0]["program"],
+                                            "ours": False}]}
+            assert "http.server" in held[foreign_port][0]["program"]
+        finally:
+            for p in (ours, foreign):
+                p.kill()
+                p.wait()
