@@ -282,8 +282,27 @@ def up(s: Settings | None = None, services: list[str] | tuple[str, ...] | None =
         s = get_settings()
     done: set[str] = set()
     names = list(services or svc.SERVICES)
-    for name in names:
-        start(name, s, done, frozenset(names))
+    with state_lock(s):
+        for name in names:
+            start(name, s, done, frozenset(names))
+
+
+@contextlib.contextmanager
+def state_lock(s: Settings):
+    """Hold ``$RETAIL_STATE_DIR/supervisord.lock`` (an exclusive ``flock``) for the block: one :func:`up` or
+    :func:`down` of a state folder at a time; another waits for it, then finds the programs as that one left them.
+    Until 2026-12-06 two ``make local-up`` started at once could both start a supervisord: the second failed
+    ("Another program is already listening on a port", 1 of 3 tries; or, had it removed the first's socket while
+    that one was starting, would have left an orphaned supervisord behind)."""
+    import fcntl
+
+    path = svc.state_dir(s) / "supervisord.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)   # released when the file closes (also if this process dies)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def status(s: Settings | None = None) -> dict[str, dict]:
@@ -392,6 +411,12 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
             pid and program (until 2026-12-06 ``down`` waited 90 s for them and then failed).
     """
     s = s or get_settings()
+    with state_lock(s):
+        _down(s, timeout)
+
+
+def _down(s: Settings, timeout: float) -> None:
+    """The body of :func:`down`, under the state folder's lock."""
     if supervisord_running(s):
         proxy = rpc(s)
         for name in reversed(svc.SERVICES):

@@ -473,3 +473,59 @@ def test_port_holders_tell_the_platforms_programs_from_foreign_ones(tmp_path):
             for p in (ours, foreign):
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.parametrize("where", ["under a file", "read-only /proc"])
+def test_an_unusable_state_folder_fails_up_and_down_naming_the_setting(tmp_path, where):
+    """RETAIL_STATE_DIR where no folder can be made: ``ops.cli up`` / ``down`` exit 1 with one line naming
+    RETAIL_STATE_DIR, the path and the cause (they ended in a FileNotFoundError / NotADirectoryError traceback that
+    named neither)."""
+    import subprocess
+    import sys
+    import uuid
+
+    from conftest import settings_env
+
+    if where == "under a file":
+        (tmp_path / "a-file").write_text("not a folder")
+        state = tmp_path / "a-file" / "state"
+    else:
+        state = Path(f"/proc/retail-state-{uuid.uuid4().hex[:8]}")
+    with settings_env(RETAIL_STATE_DIR=str(state)):
+        for cmd in (["up", "clickhouse"], ["down"]):
+            r = subprocess.run([sys.executable, "-m", "ops.cli", *cmd], cwd=REPO, env=os.environ.copy(),
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "Traceback" not in r.stderr, r.stderr
+            assert f"RETAIL_STATE_DIR={state}: cannot create" in r.stderr, r.stderr
+    assert not state.exists()
+
+
+@pytest.mark.integration
+def test_concurrent_ups_start_one_supervisord(tmp_path):
+    """Four ``ops.cli up clickhouse`` of one state folder at once (``make local-up`` twice): every one succeeds and
+    one supervisord is started (its log says so once); the endpoint answers. Each ``up`` checked for a running
+    supervisord and started its own when none answered yet: a second failed ("Another program is already
+    listening on a port", 1 of 3 tries with two)."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import clickhouse_healthy
+
+    state = tmp_path / "state"
+    with platform_settings(state) as s:
+        try:
+            procs = [subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "clickhouse"], cwd=REPO,
+                                      env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(4)]
+            results = [(p.wait(300), p.communicate()[1]) for p in procs]
+            assert [rc for rc, _ in results] == [0, 0, 0, 0], [err[-800:] for _, err in results]
+            log = (state / "logs" / "supervisord.log").read_text()
+            assert log.count("supervisord started with pid") == 1, log
+            assert clickhouse_healthy(s)
+            assert len([p for p in _state_pids(state) if "supervisord" in Path(f"/proc/{p}/cmdline").read_text()]) == 1
+        finally:
+            local.down(s)
+        assert _state_pids(state) == []
