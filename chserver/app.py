@@ -29,6 +29,7 @@ Not supported (clear error): ClickHouse's native ``compress=1``/``decompress=1``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import gzip
@@ -42,7 +43,7 @@ from typing import Iterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -52,6 +53,8 @@ from core.settings import Settings, get_settings
 
 log = logging.getLogger("chserver")
 
+#: seconds a request body may pause before the request is refused (ClickHouse's ``http_receive_timeout`` default)
+RECEIVE_TIMEOUT_S = 30.0
 #: results up to this size are sent as one body; larger ones are streamed from the engine's spool in blocks
 STREAM_FROM = 1 << 20
 #: URL parameters that are part of the HTTP protocol, not query settings
@@ -59,7 +62,7 @@ TRANSPORT_PARAMS = {"query", "database", "default_format", "query_id", "session_
                     "session_check", "user", "password", "quota_key", "compress", "decompress", "buffer_size",
                     "wait_end_of_query", "enable_http_compression", "send_progress_in_http_headers",
                     "http_headers_progress_interval_ms", "client_protocol_version", "role", "stacktrace",
-                    "close_session", "http_zlib_compression_level", "extremes"}
+                    "close_session", "http_zlib_compression_level", "extremes", "http_receive_timeout"}
 #: ClickHouse error names -> HTTP status (src/Server/HTTP/exceptionCodeToHTTPStatus.cpp)
 _BAD_REQUEST = {"BAD_ARGUMENTS", "CANNOT_COMPILE_REGEXP", "CANNOT_PARSE_TEXT", "CANNOT_PARSE_ESCAPE_SEQUENCE",
                 "CANNOT_PARSE_QUOTED_STRING", "CANNOT_PARSE_DATE", "CANNOT_PARSE_DATETIME", "CANNOT_PARSE_NUMBER",
@@ -96,7 +99,8 @@ def http_status(err: ClickHouseError) -> int:
         return 400
     if err.name in _NOT_FOUND:
         return 404
-    return {"QUERY_IS_TOO_LARGE": 413, "NOT_IMPLEMENTED": 501, "TIMEOUT_EXCEEDED": 408}.get(err.name, 500)
+    return {"QUERY_IS_TOO_LARGE": 413, "NOT_IMPLEMENTED": 501, "TIMEOUT_EXCEEDED": 408,
+            "SOCKET_TIMEOUT": 408}.get(err.name, 500)
 
 
 def content_type(fmt: str) -> str:
@@ -220,23 +224,55 @@ def decompress(body: bytes, encoding: str, limit: int | None = None) -> bytes:
                               "(UNKNOWN_COMPRESSION_METHOD)", "UNKNOWN_COMPRESSION_METHOD")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float = RECEIVE_TIMEOUT_S) -> bytes:
     """The raw request body, read as it streams in and refused once over ``limit`` bytes (``Content-Length`` is
-    checked first; a chunked body without one is bounded the same way).
+    checked first; a chunked body without one is bounded the same way), or once the client sends nothing for
+    ``timeout`` seconds (ClickHouse's ``http_receive_timeout``; until 2026-12-06 a client that announced a body and
+    stopped sending held its connection for good: still open after 90 s).
 
     Raises:
-        ClickHouseError: 202 QUERY_IS_TOO_LARGE.
+        ClickHouseError: 202 QUERY_IS_TOO_LARGE; 209 SOCKET_TIMEOUT (HTTP 408).
+        starlette.requests.ClientDisconnect: the client went away while sending.
     """
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise too_large(f"Request body of {length} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ClickHouseError(209, f"Code: 209. DB::Exception: Timeout exceeded while reading from socket: no "
+                                       f"request body data for {timeout:g} s (http_receive_timeout), {size} bytes "
+                                       "received. (SOCKET_TIMEOUT)", "SOCKET_TIMEOUT") from None
         size += len(chunk)
         if size > limit:
             raise too_large(f"Request body of more than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def receive_timeout(q) -> float:
+    """Seconds a request body may pause (:func:`read_body`): the ``http_receive_timeout`` URL parameter (ClickHouse's
+    setting of its HTTP layer, so not passed on to the engine) or :data:`RECEIVE_TIMEOUT_S`.
+
+    Raises:
+        ClickHouseError: 36 BAD_ARGUMENTS, the parameter is not a positive number of seconds.
+    """
+    raw = q.get("http_receive_timeout")
+    if raw is None:
+        return RECEIVE_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ClickHouseError(36, f"Code: 36. DB::Exception: http_receive_timeout={raw!r} is not a positive number "
+                                  "of seconds. (BAD_ARGUMENTS)", "BAD_ARGUMENTS")
+    return value
 
 
 def invalid_utf8_param(query_string: bytes) -> str | None:
@@ -433,7 +469,8 @@ class Server:
         engine's parse errors), UNKNOWN_COMPRESSION_METHOD (55),
         CANNOT_DECOMPRESS (271), the CANNOT_PARSE_* and type errors. 404: the UNKNOWN_* errors (table, setting
         (115), format, database, ...). 413: QUERY_IS_TOO_LARGE (202; body over the limit). 501: NOT_IMPLEMENTED
-        (48; ``compress=1``/``decompress=1``). 408: TIMEOUT_EXCEEDED. 500: INTO_OUTFILE_NOT_ALLOWED (358), any
+        (48; ``compress=1``/``decompress=1``). 408: TIMEOUT_EXCEEDED, SOCKET_TIMEOUT (209; the request body paused
+        longer than ``http_receive_timeout``, default 30 s: :func:`read_body`). 500: INTO_OUTFILE_NOT_ALLOWED (358), any
         other engine error (e.g. 164 READONLY, a read-only user's write) and any other exception (logged with its traceback here, answered
         as 1001 STD_EXCEPTION without it).
         """
@@ -453,8 +490,8 @@ class Server:
                                           "(compress=1/decompress=1) is not supported by this endpoint; use HTTP "
                                           "compression (Content-Encoding / Accept-Encoding). (NOT_IMPLEMENTED)",
                                       "NOT_IMPLEMENTED")
-            body = decompress(await read_body(request, self.max_body), request.headers.get("content-encoding", ""),
-                              self.max_body)
+            body = decompress(await read_body(request, self.max_body, receive_timeout(q)),
+                              request.headers.get("content-encoding", ""), self.max_body)
             text = q.get("query", "").encode()
             if request.method == "POST" and body:
                 text = text + b"\n" + body if text else body
@@ -486,6 +523,9 @@ class Server:
                                           insert_format=insert_format)
         except ClickHouseError as err:
             return self.error(err, query_id)
+        except ClientDisconnect:   # nobody to answer; not an internal error (it was logged as one, with a traceback)
+            log.info("query %s: the client disconnected while sending the request", query_id)
+            return Response(status_code=400)
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client; logged here
             log.exception("internal error")
             return self.error(ClickHouseError(1001, f"Code: 1001. DB::Exception: {type(exc).__name__}: {exc}. "

@@ -11,8 +11,9 @@ per series, restock alerts, quarantined events, forecasts with intervals and dem
 Then each query runs ``--runs`` times as ``bi_reader`` (first run included: dashboards open cold) with the
 filters a manager uses (one store, the last 7 days, one series), and again without the store filter where a
 page offers "All stores" (executive, analyst, quality; the store manager's page always has one store). The JSON report gives rows per table, load
-seconds, and per query p50 / p95 / max latency (ms) and rows returned, against the goal p95 <= 500 ms; an HTML
-chart shows p95 per query next to the goal.
+seconds, and per query p50 / p95 / max latency (ms) and rows returned, against the goal p95 <= 500 ms (one goal per query and
+scope in the shared goal block, :mod:`ops.goals`: ``goals``, ``verdict``, ``goals_missed``; exit 1 after the report
+and chart when one is missed); an HTML chart shows p95 per query next to the goal.
 
 :func:`load_chain` is also the data set of the dashboard's browser tests (small sizes, ``collect=True`` returns
 the generated frames so the tests compute the expected numbers independently of ClickHouse).
@@ -37,6 +38,7 @@ from contracts import RISK_HIGH, RISK_LOW, RISK_MEDIUM
 from core.settings import get_settings
 from ops.bench_stream import pct
 from ops.charts import write_html
+from ops.goals import exit_on_missed, goal, judge
 
 UTC = dt.timezone.utc
 CATEGORIES = ["Grocery", "Dairy", "Bakery", "Beverages", "Household", "Personal care", "Frozen", "Snacks"]
@@ -453,6 +455,15 @@ def chart(report: dict[str, Any], path: Path) -> None:
     write_html(fig, Path(path).absolute())   # a relative path is under the working directory, as the JSON report
 
 
+def bi_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's goals (:func:`ops.goals.goal`): each query's p95 latency (ms) <= ``report["goal_p95_ms"]``, with
+    one store (``queries_one_store``) and with all stores (``queries_all_stores``), in that order."""
+    return [goal(f"p95 of {name} ({label}) <= {report['goal_p95_ms']:.0f} ms", t["p95"], report["goal_p95_ms"],
+                 higher_is_better=False)
+            for key, label in (("queries_one_store", "one store"), ("queries_all_stores", "all stores"))
+            for name, t in report[key].items()]
+
+
 def main(out: Path = typer.Option(Path("reports/bench-bi.json"), help="JSON report path (chart beside it, .html)."),
          stores: int = typer.Option(1000, help="Stores."), skus: int = typer.Option(500, help="SKUs per store."),
          days: int = typer.Option(365, help="Days of star-schema sales."),
@@ -460,15 +471,19 @@ def main(out: Path = typer.Option(Path("reports/bench-bi.json"), help="JSON repo
          forecast_series: int = typer.Option(10_000, help="Series with forecasts and demand history."),
          runs: int = typer.Option(20, help="Runs per query."),
          end_day: str = typer.Option("", help="Last day of data, YYYY-MM-DD (default: yesterday, UTC).")) -> None:
-    """Load the synthetic chain and time every dashboard query; write the JSON report and the HTML chart."""
+    """Load the synthetic chain and time every dashboard query; write the JSON report (with each query's goal,
+    :func:`bi_goals`, the verdict and the missed goals) and the HTML chart; exit 1 when a query misses the goal."""
     day = dt.date.fromisoformat(end_day) if end_day else dt.datetime.now(UTC).date() - dt.timedelta(days=1)
     report = run(ChainSize(stores, skus, days, window_rows, forecast_series), runs, day)
+    report["goals"] = bi_goals(report)
+    judge(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     chart(report, out.with_suffix(".html"))
     worst = report["summary"]
     typer.echo(f"{worst['meeting_goal_one_store']}/{worst['queries']} queries meet p95 <= {GOAL_P95_MS:.0f} ms "
-               f"(worst {worst['worst_query']} {worst['worst_p95_ms']} ms); report {out}")
+               f"(worst {worst['worst_query']} {worst['worst_p95_ms']} ms); verdict {report['verdict']}; report {out}")
+    exit_on_missed(report)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ The report holds, per dataset: WAPE, MAE, RMSE, RMSSE and the 80 % / 95 % interv
 (and "0" = pooled) for every model, the GBT's reductions against the best baseline and the trailing mean,
 the champion of the backtest, backtest origins, rows, series and training times, and the cycle service level
 the reorder step's safety stock reaches at a 95 % target (``safety_stock_service``: sigma from the intervals
-against sigma from the lead-time totals, lead times 3 and 7 days).
+against sigma from the lead-time totals, lead times 3 and 7 days). Its goals (:func:`forecast_goals`, in the shared
+goal block of :mod:`ops.goals`: ``goals``, ``verdict``, ``goals_missed``): per dataset, the GBT's WAPE and RMSSE
+each >= 10 % below the best baseline's; the command exits 1 after writing the report when one is missed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import typer
 from ml.forecast import ForecastConfig, get_spark, train_and_evaluate
 from ml.slow_moving import evaluate_against_labels, parse_m5_labels, stability
 from core.settings import REPO_ROOT
+from ops.goals import exit_on_missed, goal, judge
 
 DEFAULT_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
 
@@ -280,6 +283,22 @@ def run_dataset(spark, name: str, daily: pd.DataFrame, calendar: pd.DataFrame, c
     }
 
 
+def forecast_goals(report: dict) -> list[dict]:
+    """The report's goals (:func:`ops.goals.goal`), two per dataset of ``report["datasets"]``: the GBT's pooled WAPE
+    reduction against the baseline with the lowest WAPE, and its RMSSE reduction against the baseline with the
+    lowest RMSSE (fractions, ``1 - gbt / baseline``: 0.071 is 7.1 % lower), each >= the comparison's
+    ``goal_reduction`` (0.10)."""
+    out = []
+    for name, sec in report["datasets"].items():
+        c = sec["comparison"]
+        target = c["goal_reduction"]
+        out.append(goal(f"{name}: GBT WAPE >= {target:.0%} below {c['best_baseline_wape']}",
+                        c["vs_best_baseline"]["wape_reduction"], target))
+        out.append(goal(f"{name}: GBT RMSSE >= {target:.0%} below {c['best_baseline_rmsse']}",
+                        c["vs_best_rmsse_baseline"]["rmsse_reduction"], target))
+    return out
+
+
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
 
 
@@ -302,7 +321,8 @@ def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json",
              False, "--m5-prices-at-origin", help="M5: price covariates as known at the origin, as for the platform's "
              "price paid, instead of M5's sell prices of the target day (published for the horizon in M5)."),
          datasets: str = typer.Option("m5,uci", help="Comma list of datasets to run.")) -> None:
-    """Run the benchmark and write the JSON report."""
+    """Run the benchmark and write the JSON report (with its goals, :func:`forecast_goals`, the verdict and the
+    missed goals); exit 1 afterwards when a goal is missed."""
     cfg = ForecastConfig(horizon=horizon, n_origins=n_origins, origin_step_days=origin_step_days,
                          train_window_days=train_window_days, max_iter=max_iter, max_depth=max_depth,
                          seed=seed, stats_jobs=-1)
@@ -330,6 +350,8 @@ def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json",
                 spark, "uci", daily, cal, ucfg, default_country=None)
     finally:
         spark.stop()
+    report["goals"] = forecast_goals(report)
+    judge(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for name, sec in report["datasets"].items():
@@ -341,7 +363,8 @@ def main(out: Path = typer.Option(REPO_ROOT / "reports" / "bench-forecast.json",
         print(f"  GBT vs best baseline ({c['best_baseline_wape']}): WAPE {-100 * c['vs_best_baseline']['wape_reduction']:+.1f} %, "
               f"vs {c['best_baseline_rmsse']} RMSSE {-100 * c['vs_best_rmsse_baseline']['rmsse_reduction']:+.1f} %; "
               f"champion {sec['champion_selection']['champion']}")
-    print(f"report: {out}")
+    print(f"verdict {report['verdict']}; report: {out}")
+    exit_on_missed(report)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ import typer
 from core.kafka import event_key
 from core.settings import REPO_ROOT, Settings, get_settings
 from ops.charts import write_html
+from ops.goals import exit_on_missed, goal, judge  # noqa: F401 (judge: tests, the shared goal block)
 from ops.services import wait_until
 
 app = typer.Typer(help="Benchmark and load test of the streaming spine.", no_args_is_help=True)
@@ -816,33 +817,6 @@ def cpu_bound(phase: dict[str, Any], cpus: int, saturated_at: float = 0.85) -> d
     return {"machine_cores_busy": round(busy, 2), "cpus": cpus, "utilisation": round(util, 3),
             "cpu_saturated": saturated, "top_component": top, "top_share": shares.get(top),
             "shares": shares, "verdict": verdict}
-
-
-def goal(name: str, measured: float | None, target: float, higher_is_better: bool = True) -> dict[str, Any]:
-    """One goal of issue 9 as reported: ``{"goal", "target", "measured", "met", "result"}`` (``met`` False when
-    unmeasured; ``result`` ``"pass"`` or ``"fail"``)."""
-    met = measured is not None and (measured >= target if higher_is_better else measured <= target)
-    return {"goal": name, "target": target, "measured": measured, "met": bool(met), "result": "pass" if met else "fail"}
-
-
-def judge(report: dict[str, Any]) -> list[str]:
-    """Record the verdict of a report's ``goals`` in it (``"verdict"``: ``"pass"`` when every goal is met, else
-    ``"fail"``; ``"goals_missed"``: the names of the missed ones) and return the missed names (empty: all met or
-    no goals)."""
-    missed = [g["goal"] for g in report.get("goals") or [] if not g["met"]]
-    report["verdict"] = "fail" if missed else "pass"
-    report["goals_missed"] = missed
-    return missed
-
-
-def exit_on_missed(report: dict[str, Any]) -> None:
-    """After the report is written: exit 1 (``typer.Exit``) naming the missed goals on stderr when a goal of
-    ``report`` is missed (:func:`judge`); nothing when all are met. ``make load-test`` / ``bench-stream`` then
-    fail (until 2026-12-06 they exited 0 whatever the goals)."""
-    missed = judge(report)
-    if missed:
-        typer.echo(f"goals missed ({len(missed)} of {len(report['goals'])}): " + "; ".join(missed), err=True)
-        raise typer.Exit(1)
 
 
 # -------------------------------------------------------------------------------------- backlog --

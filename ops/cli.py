@@ -28,15 +28,31 @@ def setup(minio: bool = typer.Option(True, help="Also build the MinIO server."),
 
 @app.command()
 def up(services: Optional[list[str]] = typer.Argument(None, help="Services to start (default: all), with their dependencies.")) -> None:
-    """Start the native services under supervisord in dependency order; wait until each is healthy."""
-    local.up(None, services)
+    """Start the native services under supervisord in dependency order; wait until each is healthy. Exits 1 with
+    the message (naming the setting, the service and its log) when a setting is wrong or a service fails."""
+    from core.settings import ConfigError
+    from ops.install import StackError
+
+    try:
+        local.up(None, services)
+    except (ConfigError, StackError) as exc:
+        typer.echo(f"up: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(local.status(get_settings()), indent=2))
 
 
 @app.command()
 def down() -> None:
-    """Stop the native services."""
-    local.down(get_settings())
+    """Stop the native services. Exits 1 naming port, pid and program when a configured port is still held: by a
+    process of the platform after 90 s, or (at once) by a program that is not the platform's."""
+    from core.settings import ConfigError
+    from ops.install import StackError
+
+    try:
+        local.down(get_settings())
+    except (ConfigError, StackError) as exc:
+        typer.echo(f"down: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("stopped")
 
 
@@ -46,15 +62,18 @@ def clean() -> None:
     (environment, ``.env``, ``$RETAIL_CACHE_DIR/local.env``; default ``$RETAIL_CACHE_DIR/state``), the folder
     :func:`ops.local.up` used. The install cache (venv, jars, MinIO, ``local.env``) is kept.
 
-    Exits 1 (message on stderr, nothing deleted) when a service's port is still bound after ``down``, or when the
-    folder holds entries the platform does not create (:data:`ops.local.STATE_ENTRIES`).
+    Exits 1 (message on stderr, nothing deleted) when a service's port is still held by a process of the platform
+    after ``down``, or when the folder holds entries the platform does not create (:data:`ops.local.STATE_ENTRIES`).
+    Ports held only by other programs (another stack on the same host ports) are named on stderr and the folder is
+    deleted (:func:`ops.local.clean`).
     """
+    from core.settings import ConfigError
     from ops.install import StackError
 
     s = get_settings()
     try:
-        gone = local.clean(s)
-    except StackError as exc:   # a bound port, or a folder the platform did not make: nothing deleted
+        gone = local.clean(s, warn=lambda m: typer.echo(f"clean: {m}", err=True))
+    except (ConfigError, StackError) as exc:   # a port held by ours, or a folder the platform did not make: nothing deleted
         typer.echo(f"clean: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"removed {gone}" if gone else f"nothing to remove at {s.retail_state_dir}")

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import xmlrpc.client
+from collections.abc import Callable
 from pathlib import Path
 
 from core.settings import Settings, get_settings
@@ -281,8 +282,27 @@ def up(s: Settings | None = None, services: list[str] | tuple[str, ...] | None =
         s = get_settings()
     done: set[str] = set()
     names = list(services or svc.SERVICES)
-    for name in names:
-        start(name, s, done, frozenset(names))
+    with state_lock(s):
+        for name in names:
+            start(name, s, done, frozenset(names))
+
+
+@contextlib.contextmanager
+def state_lock(s: Settings):
+    """Hold ``$RETAIL_STATE_DIR/supervisord.lock`` (an exclusive ``flock``) for the block: one :func:`up` or
+    :func:`down` of a state folder at a time; another waits for it, then finds the programs as that one left them.
+    Until 2026-12-06 two ``make local-up`` started at once could both start a supervisord: the second failed
+    ("Another program is already listening on a port", 1 of 3 tries; or, had it removed the first's socket while
+    that one was starting, would have left an orphaned supervisord behind)."""
+    import fcntl
+
+    path = svc.state_dir(s) / "supervisord.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)   # released when the file closes (also if this process dies)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def status(s: Settings | None = None) -> dict[str, dict]:
@@ -309,13 +329,94 @@ def _ports(name: str, s: Settings) -> list[tuple[str, int]]:
             "dashboard": [(svc.local_address(s.dashboard_host), s.dashboard_port)]}.get(name, [])
 
 
+class ForeignPortsError(StackError):
+    """After :func:`down` stopped every program of this platform, configured ports are still held by programs that
+    are not the platform's (:func:`port_holders`). ``holders``: ``{port: [{"pid", "program", "ours"}]}``."""
+
+    def __init__(self, message: str, holders: dict[int, list[dict]]):
+        super().__init__(message)
+        self.holders = holders
+
+
+def _recorded_groups(s: Settings) -> set[tuple[int, int]]:
+    """(process group, session) of each program's last start (:func:`ops.services.pgid_file`)."""
+    out = set()
+    for name in svc.SERVICES:
+        with contextlib.suppress(OSError, ValueError):
+            pgid, sid = (int(v) for v in svc.pgid_file(name, s).read_text().split()[:2])
+            out.add((pgid, sid))
+    return out
+
+
+def _ours(pid: int, s: Settings, groups: set[tuple[int, int]]) -> bool:
+    """Whether process ``pid`` belongs to the platform of ``s``'s state folder: it runs in a recorded process group
+    of one of its programs, or its environment's RETAIL_STATE_DIR is that folder, or its command line, working
+    folder or an open file lies inside it. A process this user may not inspect is not ours (ours run as us)."""
+    import psutil
+
+    state = svc.state_dir(s).resolve()
+    if svc._group_session(pid) in groups:
+        return True
+    try:
+        p = psutil.Process(pid)
+        env_state = p.environ().get("RETAIL_STATE_DIR")
+        if env_state and Path(env_state).resolve() == state:
+            return True
+        inside = lambda path: path == str(state) or path.startswith(str(state) + os.sep)  # noqa: E731
+        if any(str(state) in arg for arg in p.cmdline()) or inside(p.cwd()):
+            return True
+        return any(inside(f.path) for f in p.open_files())
+    except (psutil.Error, OSError):
+        return False
+
+
+def port_holders(s: Settings) -> dict[int, list[dict]]:
+    """Every configured port of every service (:func:`_ports`) that something listens on: ``{port: [{"pid",
+    "program", "ours"}]}`` (``pid`` None and ``program`` "a process of another user" when the socket's owner is
+    not visible; ``ours``: :func:`_ours`)."""
+    import psutil
+
+    groups = _recorded_groups(s)
+    out: dict[int, list[dict]] = {}
+    for port in sorted({p for name in svc.SERVICES for _, p in _ports(name, s)}):
+        found = []
+        for pid in svc.listeners(port):
+            if pid is None:
+                found.append({"pid": None, "program": "a process of another user", "ours": False})
+                continue
+            try:
+                program = " ".join(psutil.Process(pid).cmdline())[:120] or psutil.Process(pid).name()
+            except psutil.Error:
+                program = "?"
+            found.append({"pid": pid, "program": program, "ours": _ours(pid, s, groups)})
+        if found:
+            out[port] = found
+    return out
+
+
+def _describe(holders: dict[int, list[dict]]) -> str:
+    return "; ".join(f"port {port}: " + ", ".join(f"pid {h['pid'] or '?'} ({h['program']})" for h in hs)
+                     for port, hs in holders.items())
+
+
 def down(s: Settings | None = None, timeout: float = 90) -> None:
-    """Stop every service (reverse start order), shut supervisord down, wait until our ports are free.
+    """Stop every service (reverse start order), shut supervisord down, kill what is left of the programs' recorded
+    process groups, then wait until no configured port is held by a process of this platform (:func:`port_holders`).
 
     Raises:
-        StackError: a port is still bound after ``timeout`` seconds (names it).
+        StackError: a port is still held by a process of this platform after ``timeout`` seconds (names port, pid
+            and program).
+        ForeignPortsError: every program of this platform is stopped but configured ports are held by programs
+            that are not the platform's (another stack on the same host ports): raised at once, naming each port,
+            pid and program (until 2026-12-06 ``down`` waited 90 s for them and then failed).
     """
     s = s or get_settings()
+    with state_lock(s):
+        _down(s, timeout)
+
+
+def _down(s: Settings, timeout: float) -> None:
+    """The body of :func:`down`, under the state folder's lock."""
     if supervisord_running(s):
         proxy = rpc(s)
         for name in reversed(svc.SERVICES):
@@ -336,15 +437,24 @@ def down(s: Settings | None = None, timeout: float = 90) -> None:
     # their program's parent (the recorded process groups, ops.services.kill_leftovers)
     for name in reversed(svc.SERVICES):
         svc.kill_leftovers(name, s)
-    ports = [p for name in svc.SERVICES for p in _ports(name, s)]   # every configured port
-    busy = lambda: [p for p in ports if svc.port_open(*p)]  # noqa: E731
+    held: dict[int, list[dict]] = {}
+
+    def ours_free() -> bool:
+        held.clear()
+        held.update(port_holders(s))
+        return not any(h["ours"] for hs in held.values() for h in hs)
+
     try:
-        _wait(lambda: not busy(), timeout, "native stack shutdown")
+        _wait(ours_free, timeout, "native stack shutdown")
     except StackError:
-        raise StackError(f"ports still bound after down: {busy()}") from None
+        raise StackError(f"ports still bound after down: {_describe(held)}") from None
+    if held:
+        raise ForeignPortsError(
+            f"every program of the platform in {svc.state_dir(s)} is stopped, but configured ports are held by "
+            f"programs that are not the platform's: {_describe(held)}; stop them or configure other ports", dict(held))
 
 
-def clean(s: Settings | None = None) -> Path | None:
+def clean(s: Settings | None = None, warn: Callable[[str], None] | None = None) -> Path | None:
     """Stop every service (:func:`down`), then delete the state folder ``s.retail_state_dir`` (RETAIL_STATE_DIR:
     Kafka logs, MinIO data, chDB, checkpoints, logs, supervisord.conf). ``make clean`` runs it, so the folder is
     the one the settings name, not the Makefile's default (until 2026-12-06 ``make clean`` deleted
@@ -354,11 +464,17 @@ def clean(s: Settings | None = None) -> Path | None:
     (:data:`STATE_ENTRIES`, or ``supervisor*``), so a RETAIL_STATE_DIR pointed at a shared folder (a home, /tmp)
     is refused instead of wiped.
 
+    Ports held only by programs that are not the platform's (:class:`ForeignPortsError`: a compose stack on the same
+    host ports) do not stop the deletion: every program of this folder is stopped by then, so none uses it; ``warn``
+    gets the message naming each port, pid and program (until 2026-12-06 ``clean`` waited 90 s for them and
+    deleted nothing).
+
     Returns:
         the folder deleted, or None when there was none.
     Raises:
-        StackError: a port is still bound after ``down`` (nothing is deleted: a running service's data); the
-            folder holds entries the platform does not create (named; nothing is deleted).
+        StackError: a port is still held by a process of this platform after ``down`` (nothing is deleted: a
+            running service's data); the folder holds entries the platform does not create (named; nothing is
+            deleted).
     """
     import shutil
 
@@ -370,7 +486,10 @@ def clean(s: Settings | None = None) -> Path | None:
         raise StackError(f"RETAIL_STATE_DIR={d} holds entries the platform does not create ({', '.join(foreign[:5])}"
                          f"{', ...' if len(foreign) > 5 else ''}): not deleted; point RETAIL_STATE_DIR at the "
                          "platform's own folder, or remove those entries first")
-    down(s)
+    try:
+        down(s)
+    except ForeignPortsError as exc:   # ours are stopped: nothing of the platform uses the folder any more
+        (warn or (lambda m: None))(f"deleting anyway: {exc}")
     if not d.exists():
         return None
     shutil.rmtree(d)

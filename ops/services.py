@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
 
-from core.settings import Settings, get_settings
+from core.settings import ConfigError, Settings, get_settings
 
 #: start order (dependencies first); the supervisor's program names
 SERVICES: tuple[str, ...] = ("kafka", "minio", "clickhouse", "streaming", "airflow", "dashboard")
@@ -46,9 +46,22 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 
 
 def state_dir(s: Settings) -> Path:
-    """$RETAIL_STATE_DIR, with its ``logs/`` folder created."""
+    """$RETAIL_STATE_DIR, with its ``logs/`` folder created.
+
+    Raises:
+        ConfigError: the folder cannot be created or is not writable (a read-only file system, no permission, a
+            path under a file), naming RETAIL_STATE_DIR and the cause (until 2026-12-06 ``ops.cli up`` / ``down``
+            ended in a FileNotFoundError / PermissionError traceback that named neither).
+    """
     d = Path(s.retail_state_dir)
-    (d / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        (d / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"RETAIL_STATE_DIR={d}: cannot create the platform's state folder there "
+                          f"({exc.strerror or exc}); point RETAIL_STATE_DIR at a writable folder") from None
+    if not os.access(d / "logs", os.W_OK | os.X_OK):   # EROFS too, also for root
+        raise ConfigError(f"RETAIL_STATE_DIR={d}: the state folder is not writable (read-only file system or no "
+                          "permission); point RETAIL_STATE_DIR at a writable folder")
     return d
 
 
@@ -97,6 +110,18 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def listeners(port: int) -> list[int | None]:
+    """Processes listening on TCP ``port`` (any address, IPv4 or IPv6), from the kernel's socket table (psutil):
+    their pids, None for a socket whose process this user cannot see (another user's, e.g. a container runtime's
+    proxy). Unlike :func:`port_open` it does not connect, so a listener that stopped accepting (its backlog full:
+    connects time out) still counts; empty when nothing listens."""
+    import psutil
+
+    return sorted({c.pid for c in psutil.net_connections(kind="tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port},
+                  key=lambda p: (p is None, p or 0))
 
 
 # ------------------------------------------------------------------------------------------ health --

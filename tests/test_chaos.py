@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from conftest import TcpGate
+from conftest import TcpGate, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ def test_producer_reports_what_it_could_not_deliver_while_the_broker_is_down(nat
 OUTAGE_S = 75
 
 
-def test_a_stream_started_during_outages_waits_and_comes_up(native_services, tmp_path, monkeypatch):
+def test_a_stream_started_during_outages_waits_and_comes_up(native_services, tmp_path):
     """The supervised streaming program (ops.local's supervisord configuration) starts while ClickHouse and Kafka
     cannot be reached: its start-up waits for them (logged), the supervisor never gives up on it (the old job exited
     within ~14 s, inside startsecs, and was FATAL ~1 min into the outage, for good). ClickHouse comes back after
@@ -117,8 +117,7 @@ def test_a_stream_started_during_outages_waits_and_comes_up(native_services, tmp
 
     from contracts import EVENT_TYPES
     from core.clickhouse import new_client, reset_clients
-    from core.lake import Lake, get_lake
-    from core.settings import get_settings
+    from core.lake import Lake
     from ops import local
     from streaming.job import stream_healthy
 
@@ -131,88 +130,77 @@ def test_a_stream_started_during_outages_waits_and_comes_up(native_services, tmp
            "CLICKHOUSE_DATABASE": f"{base.clickhouse_database}_boot{tag}", "LAKE_RAW_BUCKET": f"raw-boot{tag}",
            "SPARK_CHECKPOINT_DIR": str(tmp_path / "checkpoints"), "STREAM_TRIGGER_SECONDS": "2",
            "STREAM_SINK_RETRY_MAX_WAIT_S": "4"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("CLICKHOUSE_URL", raising=False)
-    get_settings.cache_clear()
-    s = get_settings()
-    Lake(s).ensure_buckets()  # MinIO is not part of this outage
-    log_path = tmp_path / "state" / "logs" / "streaming.log"
-    states: list[tuple[float, str]] = []
+    with settings_env(**env, CLICKHOUSE_URL=None) as s:   # the job reaches the gates, not the endpoint
+        Lake(s).ensure_buckets()  # MinIO is not part of this outage
+        log_path = tmp_path / "state" / "logs" / "streaming.log"
+        states: list[tuple[float, str]] = []
 
-    def follow(seconds: float, until=None) -> bool:
-        end = time.time() + seconds
-        while time.time() < end:
-            st = local.rpc(s).supervisor.getProcessInfo("streaming")["statename"]
-            if not states or states[-1][1] != st:
-                states.append((round(time.time() - t0), st))
-            if until is not None and until():
-                return True
-            time.sleep(1)
-        return False
+        def follow(seconds: float, until=None) -> bool:
+            end = time.time() + seconds
+            while time.time() < end:
+                st = local.rpc(s).supervisor.getProcessInfo("streaming")["statename"]
+                if not states or states[-1][1] != st:
+                    states.append((round(time.time() - t0), st))
+                if until is not None and until():
+                    return True
+                time.sleep(1)
+            return False
 
-    local.start_supervisord(s)  # its programs inherit this environment: the gates, still closed
-    try:
-        t0 = time.time()
-        local.rpc(s).supervisor.startProcess("streaming", False)
-        follow(OUTAGE_S)
-        # one process waits through the outage (the old job exited within ~14 s and was restarted, then FATAL)
-        assert [st for _, st in states] == ["STARTING", "RUNNING"], states
-        ch_gate.open()
-        # Kafka opens once the job waits for it (after the migrations, which take a while under load: a fixed
-        # 30 s let the job reach Kafka after its gate had opened, with no wait to log)
-        waits_for_kafka = f"start-up: waiting for Kafka at localhost:{kafka_gate.port}"
-        assert follow(240, lambda: log_path.exists() and waits_for_kafka in log_path.read_text(errors="replace")), \
-            f"the job did not wait for Kafka within 240 s of ClickHouse opening: {states}"
-        kafka_gate.open()
-        assert follow(300, lambda: stream_healthy(s)), f"stream not healthy 300 s after the outages: {states}"
-        assert "FATAL" not in {st for _, st in states}, states
-        p = KafkaProducer(bootstrap_servers=base.kafka_bootstrap_servers, acks="all")
-        now = int(time.time() * 1000)
-        for i in range(50):
-            rec = {"transaction_id": f"BOOT{i:03d}", "store_id": "S1", "product_id": f"P{i % 4}", "quantity": 1,
-                   "unit_price": 2.0, "timestamp": now - i * 1000, "customer_id": None, "payment_method": "CARD",
-                   "invoice_id": None}
-            p.send(s.topic(EVENT_TYPES["sales_transaction"]), key=f"S1|{rec['product_id']}".encode(),
-                   value=json.dumps(rec).encode())
-        p.flush()
-        p.close()
-        client = new_client(base)  # the session's endpoint directly
+        local.start_supervisord(s)  # its programs inherit this environment: the gates, still closed
+        try:
+            t0 = time.time()
+            local.rpc(s).supervisor.startProcess("streaming", False)
+            follow(OUTAGE_S)
+            # one process waits through the outage (the old job exited within ~14 s and was restarted, then FATAL)
+            assert [st for _, st in states] == ["STARTING", "RUNNING"], states
+            ch_gate.open()
+            # Kafka opens once the job waits for it (after the migrations, which take a while under load: a fixed
+            # 30 s let the job reach Kafka after its gate had opened, with no wait to log)
+            waits_for_kafka = f"start-up: waiting for Kafka at localhost:{kafka_gate.port}"
+            assert follow(240, lambda: log_path.exists() and waits_for_kafka in log_path.read_text(errors="replace")), \
+                f"the job did not wait for Kafka within 240 s of ClickHouse opening: {states}"
+            kafka_gate.open()
+            assert follow(300, lambda: stream_healthy(s)), f"stream not healthy 300 s after the outages: {states}"
+            assert "FATAL" not in {st for _, st in states}, states
+            p = KafkaProducer(bootstrap_servers=base.kafka_bootstrap_servers, acks="all")
+            now = int(time.time() * 1000)
+            for i in range(50):
+                rec = {"transaction_id": f"BOOT{i:03d}", "store_id": "S1", "product_id": f"P{i % 4}", "quantity": 1,
+                       "unit_price": 2.0, "timestamp": now - i * 1000, "customer_id": None, "payment_method": "CARD",
+                       "invoice_id": None}
+                p.send(s.topic(EVENT_TYPES["sales_transaction"]), key=f"S1|{rec['product_id']}".encode(),
+                       value=json.dumps(rec).encode())
+            p.flush()
+            p.close()
+            client = new_client(base)  # the session's endpoint directly
 
-        def landed() -> int:
-            return int(client.command(f"SELECT toInt64(sum(transaction_count)) FROM {s.clickhouse_database}"
-                                      ".sales_metrics_5m FINAL") or 0)
-        assert follow(240, lambda: landed() == 50), f"{landed()} of 50 sales in the windows; {states}"
-        text = log_path.read_text(errors="replace")
-        assert f"start-up: waiting for ClickHouse at http://127.0.0.1:{ch_gate.port}" in text
-        assert f"start-up: waiting for Kafka at localhost:{kafka_gate.port}" in text
-        # one process waited through both outages: the supervisor never had to start it again
-        assert [st for _, st in states] == ["STARTING", "RUNNING"], states
-    finally:
-        with contextlib.suppress(Exception):
-            local.down(s, timeout=60)
-        ch_gate.close()
-        kafka_gate.close()
-        get_settings.cache_clear()
-        reset_clients()
-        get_lake.cache_clear()
+            def landed() -> int:
+                return int(client.command(f"SELECT toInt64(sum(transaction_count)) FROM {s.clickhouse_database}"
+                                          ".sales_metrics_5m FINAL") or 0)
+            assert follow(240, lambda: landed() == 50), f"{landed()} of 50 sales in the windows; {states}"
+            text = log_path.read_text(errors="replace")
+            assert f"start-up: waiting for ClickHouse at http://127.0.0.1:{ch_gate.port}" in text
+            assert f"start-up: waiting for Kafka at localhost:{kafka_gate.port}" in text
+            # one process waited through both outages: the supervisor never had to start it again
+            assert [st for _, st in states] == ["STARTING", "RUNNING"], states
+        finally:
+            with contextlib.suppress(Exception):
+                local.down(s, timeout=60)
+            ch_gate.close()
+            kafka_gate.close()
+            reset_clients()
 
 
-def test_the_supervisor_restarts_the_stream_without_end(tmp_path, monkeypatch):
+def test_the_supervisor_restarts_the_stream_without_end(tmp_path):
     """supervisord's startretries bounds the failed starts (exit within startsecs) before a program is FATAL for
     good: 3 for the stream until 2026-12-06. The stream's is in effect unbounded, with autorestart."""
     import configparser
 
-    from core.settings import get_settings
     from ops import local
 
-    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
-    get_settings.cache_clear()
-    try:
+    with settings_env(RETAIL_STATE_DIR=str(tmp_path)) as s:
         conf = configparser.ConfigParser(interpolation=None)
-        conf.read(local.write_conf(get_settings()))
-    finally:
-        get_settings.cache_clear()
+        conf.read(local.write_conf(s))
     prog = conf["program:streaming"]
     assert int(prog["startretries"]) >= 1000 and prog["autorestart"] == "true"
     assert int(prog["startsecs"]) == 15

@@ -1088,3 +1088,51 @@ def test_a_read_only_user_may_not_run_system_or_kill(endpoint):
             assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (403, "497"), (sql, r.text)
     assert httpx.get(base, params={"query": "SELECT 'SYSTEM' AS system"}, auth=bi).text == "SYSTEM\n"
     assert _post(base, _w(users), "SYSTEM START MERGES").status_code == 200
+
+
+def test_a_request_body_that_stops_coming_is_refused_after_the_receive_timeout(endpoint, tmp_path_factory):
+    """A client announces a 100-byte body, sends 7 bytes and then nothing: the endpoint answers 408 SOCKET_TIMEOUT
+    once ``http_receive_timeout`` (here 2 s; default 30 s, ClickHouse's) passes without data, naming the bytes
+    received, and closes nothing else; other queries run meanwhile. A bad value is refused with 400. Until
+    2026-12-06 such a connection stayed open for good (no answer after 90 s). A client that disconnects while
+    sending is logged as a disconnect, not as an internal error with a traceback."""
+    import base64
+    import socket
+
+    base, users, port = endpoint
+    token = base64.b64encode(f"platform_writer:{users['platform_writer']}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"POST /?http_receive_timeout=2 HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
+                     "Content-Length: 100\r\n\r\nSELECT ".encode())
+        other = httpx.post(base, auth=("platform_writer", users["platform_writer"]), content="SELECT 41 + 1")
+        assert (other.status_code, other.text) == (200, "42\n")
+        sock.settimeout(60)   # the answer is awaited (a bound, not a measurement): it came never before
+        data = b""
+        while b"\r\n\r\n" not in data or b"SOCKET_TIMEOUT" not in data:
+            got = sock.recv(65536)
+            assert got, data
+            data += got
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert b"x-clickhouse-exception-code: 209" in head.lower(), head
+    assert b"Code: 209." in body and b"7 bytes received" in body, body
+    r = httpx.post(base, params={"http_receive_timeout": "soon"}, auth=("platform_writer", users["platform_writer"]),
+                   content="SELECT 1")
+    assert r.status_code == 400 and "BAD_ARGUMENTS" in r.text, r.text
+    # the parameter belongs to the HTTP layer: a read-only user may pass it (a setting change would be code 164)
+    r = httpx.get(base, params={"query": "SELECT 1", "http_receive_timeout": "5"},
+                  auth=("bi_reader", users["bi_reader"]))
+    assert (r.status_code, r.text) == (200, "1\n"), r.text
+
+    (log_path,) = {p.resolve() for p in tmp_path_factory.getbasetemp().glob("chserver*/chserver.log")   # the
+                   if f"127.0.0.1:{port} " in p.read_text()}   # endpoint fixture's log (a "...current" link too)
+    with socket.create_connection(("127.0.0.1", port)) as sock:   # gone while sending its body
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
+                     "Content-Length: 100\r\n\r\nSELECT ".encode())
+        assert httpx.get(base + "/ping").text == "Ok.\n"
+    deadline = time.monotonic() + 60
+    while "disconnected while sending" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = log_path.read_text()
+    assert "disconnected while sending" in text and "ClientDisconnect" not in text, text[-3000:]
+    assert httpx.post(base, auth=("platform_writer", users["platform_writer"]), content="SELECT 2").text == "2\n"

@@ -3,6 +3,7 @@ services listen, the supervised programs' environment, leftovers after a crash, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -393,3 +394,138 @@ def test_clean_refuses_a_state_folder_holding_what_the_platform_did_not_create(t
                            capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not own.exists()
+
+
+def _listener(port: int, **env: str):
+    """A real HTTP server on 127.0.0.1:``port`` in a process of its own (a program that is not the platform's
+    unless ``env`` says RETAIL_STATE_DIR=<its folder>); the caller kills it."""
+    import subprocess
+    import sys
+
+    from ops.services import port_open, wait_until
+
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_until(lambda: port_open("127.0.0.1", port), 30, f"listener on {port}")
+    return proc
+
+
+@pytest.mark.integration
+def test_clean_deletes_the_state_when_only_a_foreign_program_holds_a_configured_port(tmp_path):
+    """A program that is not the platform's (here an HTTP server; e.g. a compose stack on the same host ports) on
+    DASHBOARD_PORT: ``ops.cli clean`` stops the platform's MinIO, names the port, pid and program on stderr, deletes
+    the state folder and leaves the foreign program alone; ``ops.cli down`` exits 1 naming it. ``clean`` waited
+    90 s for the port and exited 1 with nothing deleted (measured: 91.8 s)."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import free_port, port_open
+
+    port, state = free_port(), tmp_path / "state"
+    foreign = _listener(port)
+    try:
+        with platform_settings(state, DASHBOARD_PORT=str(port)) as s:
+            try:
+                local.up(s, ["minio"])
+                r = subprocess.run([sys.executable, "-m", "ops.cli", "down"], cwd=REPO, env=os.environ.copy(),
+                                   capture_output=True, text=True, timeout=300)
+                assert r.returncode == 1, r.stdout + r.stderr
+                assert f"port {port}: pid {foreign.pid} (" in r.stderr and "http.server" in r.stderr, r.stderr
+                local.up(s, ["minio"])
+                assert _state_pids(state)
+                r = subprocess.run([sys.executable, "-m", "ops.cli", "clean"], cwd=REPO, env=os.environ.copy(),
+                                   capture_output=True, text=True, timeout=300)
+                assert r.returncode == 0, r.stdout + r.stderr
+                assert f"port {port}: pid {foreign.pid} (" in r.stderr, r.stderr
+                assert not state.exists()
+                assert _state_pids(state) == []
+                assert [p for p in _all_ports(s) if port_open(*p)] == [("127.0.0.1", port)]
+                assert foreign.poll() is None   # not ours: left running
+            finally:
+                with contextlib.suppress(StackError):
+                    local.down(s)
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
+def test_port_holders_tell_the_platforms_programs_from_foreign_ones(tmp_path):
+    """A listener whose environment names this state folder (RETAIL_STATE_DIR) is the platform's; one without is
+    foreign; a port nothing listens on is not listed."""
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import free_port
+
+    ours_port, foreign_port, state = free_port(), free_port(), tmp_path / "state"
+    with platform_settings(state, DASHBOARD_PORT=str(ours_port), AIRFLOW_PORT=str(foreign_port)) as s:
+        ours = _listener(ours_port, RETAIL_STATE_DIR=str(state))
+        foreign = _listener(foreign_port, RETAIL_STATE_DIR=str(tmp_path / "another-platform"))
+        try:
+            held = local.port_holders(s)
+            assert held == {ours_port: [{"pid": ours.pid, "program": held[ours_port][0]["program"], "ours": True}],
+                            foreign_port: [{"pid": foreign.pid, "program": held[foreign_port][0]["program"],
+                                            "ours": False}]}
+            assert "http.server" in held[foreign_port][0]["program"]
+        finally:
+            for p in (ours, foreign):
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.parametrize("where", ["under a file", "read-only /proc"])
+def test_an_unusable_state_folder_fails_up_and_down_naming_the_setting(tmp_path, where):
+    """RETAIL_STATE_DIR where no folder can be made: ``ops.cli up`` / ``down`` exit 1 with one line naming
+    RETAIL_STATE_DIR, the path and the cause (they ended in a FileNotFoundError / NotADirectoryError traceback that
+    named neither)."""
+    import subprocess
+    import sys
+    import uuid
+
+    from conftest import settings_env
+
+    if where == "under a file":
+        (tmp_path / "a-file").write_text("not a folder")
+        state = tmp_path / "a-file" / "state"
+    else:
+        state = Path(f"/proc/retail-state-{uuid.uuid4().hex[:8]}")
+    with settings_env(RETAIL_STATE_DIR=str(state)):
+        for cmd in (["up", "clickhouse"], ["down"]):
+            r = subprocess.run([sys.executable, "-m", "ops.cli", *cmd], cwd=REPO, env=os.environ.copy(),
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "Traceback" not in r.stderr, r.stderr
+            assert f"RETAIL_STATE_DIR={state}: cannot create" in r.stderr, r.stderr
+    assert not state.exists()
+
+
+@pytest.mark.integration
+def test_concurrent_ups_start_one_supervisord(tmp_path):
+    """Four ``ops.cli up clickhouse`` of one state folder at once (``make local-up`` twice): every one succeeds and
+    one supervisord is started (its log says so once); the endpoint answers. Each ``up`` checked for a running
+    supervisord and started its own when none answered yet: a second failed ("Another program is already
+    listening on a port", 1 of 3 tries with two)."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import clickhouse_healthy
+
+    state = tmp_path / "state"
+    with platform_settings(state) as s:
+        try:
+            procs = [subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "clickhouse"], cwd=REPO,
+                                      env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(4)]
+            results = [(p.wait(300), p.communicate()[1]) for p in procs]
+            assert [rc for rc, _ in results] == [0, 0, 0, 0], [err[-800:] for _, err in results]
+            log = (state / "logs" / "supervisord.log").read_text()
+            assert log.count("supervisord started with pid") == 1, log
+            assert clickhouse_healthy(s)
+            assert len([p for p in _state_pids(state) if "supervisord" in Path(f"/proc/{p}/cmdline").read_text()]) == 1
+        finally:
+            local.down(s)
+        assert _state_pids(state) == []

@@ -1147,3 +1147,47 @@ def _dead_letter_publisher(dead: list, where):
             pass
 
     return FakePublisher
+
+
+def test_replay_parses_invoice_ts_once_and_only_for_the_rows_it_was_parsed_for(tmp_path, monkeypatch):
+    """load_transactions parses invoice_ts while detecting its format; Replay takes that parse instead of parsing
+    the column a second time (it did: 2 parses of 129,997 values for the shipped sample, 0.013 + 0.015 s). A frame
+    reordered after loading is parsed afresh: its event times are checked against each value read by strptime
+    in Europe/London."""
+    from zoneinfo import ZoneInfo
+
+    from producers import replay
+
+    lines = ["invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country"]
+    stamps = ["2011-03-27 00:30:00", "2011-03-27 03:30:00", "2011-06-01 12:00:00", "2011-10-30 01:30:00",
+              "2011-12-09 12:50:00"]
+    for i, t in enumerate(stamps):
+        lines.append(f"5{i:05d},1,8509{i}A,MUG {i},{i + 1},1.25,{t},1234{i},United Kingdom")
+    path = tmp_path / "tx.csv"
+    path.write_text("\n".join(lines) + "\n")
+
+    calls: list[int] = []
+    real = pd.to_datetime
+
+    def counting(arg, *a, **k):
+        calls.append(len(arg) if hasattr(arg, "__len__") else 1)
+        return real(arg, *a, **k)
+
+    monkeypatch.setattr(replay.pd, "to_datetime", counting)
+    df = load_transactions(path)
+    rep = Replay(df, ReplayConfig(keep_dates=True))
+    assert calls == [len(stamps)], calls   # the format's detection, nothing in Replay
+
+    def expected(values) -> list[int]:   # UK local -> UTC ms; the DST-ambiguous 01:30 of 30 October as GMT (fold=1)
+        london = ZoneInfo("Europe/London")
+        return [int(datetime.strptime(v, "%Y-%m-%d %H:%M:%S").replace(tzinfo=london, fold=1).timestamp() * 1000)
+                for v in values]
+
+    assert rep.ts.tolist() == expected(rep.df["invoice_ts"])
+    calls.clear()
+    reordered = df.iloc[::-1].reset_index(drop=True)   # same length, other order: the cached parse must not serve
+    assert reordered.attrs.get("invoice_ts_parsed") is not None
+    rep2 = Replay(reordered, ReplayConfig(keep_dates=True))
+    assert calls == [len(stamps)]
+    assert sorted(rep2.ts.tolist()) == sorted(expected(stamps))
+    assert rep2.ts.tolist() == expected(rep2.df["invoice_ts"])
