@@ -151,9 +151,11 @@ def validate_event(event_type: str, record: dict[str, Any], *, now_ms: int | Non
 #: rules beside the Avro schemas, shared by the producers (dead-letter topic) and the stream (quarantine,
 #: ``streaming.transforms.validate_events``), one definition each:
 #:
-#: * ids (``*_id`` string fields) of input events are not blank (white space / control characters only), at most ID_MAX_CHARS characters and free of
-#:   control/format characters (Unicode categories Cc, Cf) and unpaired surrogates (Cs; a JSON value holding one is
-#:   rejected whole, :data:`LONE_SURROGATE_REASON`);
+#: * ids (``*_id`` string fields) of input events are not blank (white space / control characters only), at most
+#:   ID_MAX_CHARS characters, free of control/format characters (Unicode categories Cc, Cf) and unpaired surrogates
+#:   (Cs; a JSON value holding one is rejected whole, :data:`LONE_SURROGATE_REASON`), and neither start nor end
+#:   with white space (:func:`white_space_chars`: " SKU-1" would be a second series beside "SKU-1"); case is kept
+#:   (ids are case-sensitive);
 #: * event times (``timestamp``, epoch ms UTC) are not before MIN_EVENT_TIME_MS (2000-01-01) and not more than
 #:   ``STREAM_MAX_FUTURE_MINUTES`` (core.settings) after *now*;
 #: * numbers lie within :data:`NUMERIC_BOUNDS` (units / currency units below), finite, quantity of a POS line != 0;
@@ -287,7 +289,12 @@ def _id_fields(event_type: str) -> tuple[str, ...]:
 
 
 def _id_problem(name: str, v: str) -> str | None:
-    """The id rule's reason for value ``v`` of field ``name``, or None (see :func:`rule_violations`)."""
+    """The id rule's reason for value ``v`` of field ``name``, or None (see :func:`rule_violations`).
+
+    One reason per id, the first that applies in this order (the stream's check, ``streaming.transforms``,
+    gives the same one): ``<name> is empty``, ``<name> longer than 64 characters``, ``<name> contains control
+    characters``, ``<name> has leading or trailing white space``, ``<name> contains an unpaired UTF-16
+    surrogate``."""
     if v.isascii() and v.isprintable():
         # fast path, same verdicts: printable ASCII holds no Cc/Cf character and its only Z-category
         # character is the space (Zs); the general loop below decides every other string
@@ -295,6 +302,8 @@ def _id_problem(name: str, v: str) -> str | None:
             return f"{name} is empty"
         if len(v) > ID_MAX_CHARS:
             return f"{name} longer than {ID_MAX_CHARS} characters"
+        if v[0] == " " or v[-1] == " ":
+            return f"{name} has leading or trailing white space"
         return None
     if all(ch.isspace() or unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc") for ch in v):
         return f"{name} is empty"  # nothing but white space / control characters (stream: [\p{Z}\p{Cc}]*)
@@ -302,9 +311,24 @@ def _id_problem(name: str, v: str) -> str | None:
         return f"{name} longer than {ID_MAX_CHARS} characters"
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
         return f"{name} contains control characters"
+    ws = white_space_chars()
+    if v[0] in ws or v[-1] in ws:
+        return f"{name} has leading or trailing white space"
     if _SURROGATE.search(v):
         return f"{name} contains an unpaired UTF-16 surrogate"
     return None
+
+
+@functools.cache
+def white_space_chars() -> frozenset[str]:
+    """The characters an id must not start or end with: every code point Python's ``str.isspace`` calls white
+    space (Unicode categories Zs, Zl, Zp, e.g. U+00A0 no-break space, U+3000, U+2028, and the Cc characters
+    tab, line feed ... U+001C-U+001F, U+0085), 29 in Python 3.11's Unicode 14. ``str.strip()`` removes exactly
+    these (the UCI replay strips its ids with it). The stream tests an id's first and last character against the
+    same set (``streaming.transforms``). Format characters (Cf: U+200B, U+FEFF, U+180E) are not white space here:
+    the control-character rule rejects them anywhere in an id."""
+    return frozenset(ch for ch in map(chr, range(0x110000))
+                     if ch.isspace() or unicodedata.category(ch) in ("Zs", "Zl", "Zp"))
 
 
 @functools.cache

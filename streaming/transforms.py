@@ -54,7 +54,7 @@ from pyspark.sql import types as T
 
 from contracts import (ID_MAX_CHARS, MIN_EVENT_TIME_MS, NUMERIC_BOUNDS, RISK_HIGH, RISK_LOW, RISK_MEDIUM,
                        LONE_SURROGATE_REASON, RISK_UNKNOWN, RULE_TYPES, SURROGATE_ESCAPE, SURROGATE_ESCAPE_PAIR,
-                       control_char_class, duplicate_keys_reason, future_reason, id_fields)
+                       control_char_class, duplicate_keys_reason, future_reason, id_fields, white_space_chars)
 from streaming import schema as S
 
 #: columns every parsed/validated frame carries from Kafka
@@ -299,13 +299,19 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
                              F.when(F.coalesce(json_type != F.lit("STRING"), F.lit(True)),
                                     F.lit(f"type mismatch: {f} is not a JSON string"))))
     if event_type in RULE_TYPES:  # the id and event-time rules shared with the producers (contracts)
+        white = sorted(white_space_chars())
         for f in id_fields(event_type):
-            checks.append(F.when(F.col(f).rlike(r"^[\p{Z}\p{Cc}]*$"), F.lit(f"{f} is empty")))
-            checks.append(F.when(F.length(F.col(f)) > ID_MAX_CHARS,
-                                 F.lit(f"{f} longer than {ID_MAX_CHARS} characters")))
-            # the class of Python's Cc/Cf code points (200+ ranges) only for an id that is not printable ASCII
-            checks.append(F.when(F.col(f).rlike(r"[^\x20-\x7E]") & F.col(f).rlike(control_char_class()),
-                                 F.lit(f"{f} contains control characters")))
+            c = F.col(f)
+            # one reason per id, the first that applies, in the order of contracts._id_problem (the same text)
+            checks.append(
+                F.when(c.rlike(r"^[\p{Z}\p{Cc}]*$"), F.lit(f"{f} is empty"))
+                 .when(F.length(c) > ID_MAX_CHARS, F.lit(f"{f} longer than {ID_MAX_CHARS} characters"))
+                 # the class of Python's Cc/Cf code points (200+ ranges) only for an id that is not printable ASCII
+                 .when(c.rlike(r"[^\x20-\x7E]") & c.rlike(control_char_class()),
+                       F.lit(f"{f} contains control characters"))
+                 # first / last character (code points) in contracts.white_space_chars: " SKU-1" is no second SKU
+                 .when(F.substring(c, 1, 1).isin(*white) | F.substring(c, -1, 1).isin(*white),
+                       F.lit(f"{f} has leading or trailing white space")))
         for f in S.timestamp_fields(event_type):
             checks.append(F.when(F.col(f) < F.lit(MIN_EVENT_TIME_MS).cast("long"),
                                  F.lit(f"{f} before 2000-01-01")))

@@ -218,3 +218,29 @@ def test_a_dead_letter_key_with_a_lone_surrogate_is_still_encoded():
 
     assert StrKeySerializer().serialize("t", None, "S\ud800|P1") == b"S\xed\xa0\x80|P1"
     assert StrKeySerializer().serialize("t", None, None) is None
+
+
+def test_ids_with_leading_or_trailing_white_space_are_dead_lettered(tmp_path):
+    """An id that starts or ends with white space (any character str.strip() removes: space, NBSP, U+3000,
+    U+2028 ...) is dead-lettered with the reason and its line kept whole; before 2026-12-06 " SKU-1", "SKU-1 " and
+    "S1\\u00a0" were published as ids of their own (a second series beside "SKU-1"). Inner white space and case are
+    kept (ids are case-sensitive)."""
+    from producers.raw import publish_file
+
+    now = int(time.time() * 1000)
+    bad = [("product_id", " SKU-1"), ("product_id", "SKU-1 "), ("store_id", "S1\u00a0"), ("store_id", "\u3000S1"),
+           ("transaction_id", "T1\u2028"), ("customer_id", "\u2007C1"), ("product_id", "SKU-1\u205f")]
+    good = [("product_id", "SKU-1"), ("product_id", "sku-1"), ("product_id", "SKU 1"), ("store_id", "S\u00a01")]
+    lines = [json.dumps(sale(timestamp=now, **{f: v})).encode() for f, v in bad + good]
+    for f, v in bad:  # the independent definition: str.strip() would change the id
+        assert v != v.strip()
+    path = tmp_path / "pos.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    pub = FakePublisher()
+    assert publish_file(pub, "sales_transaction", path) == {"published": len(good), "dead_lettered": len(bad)}
+    assert [r for _, r in pub.dead] == [f"{f} has leading or trailing white space" for f, _ in bad]
+    assert [json.loads(p) for p, _ in pub.dead] == [json.loads(x) for x in lines[:len(bad)]]
+    assert [(r["product_id"], r["store_id"]) for r in pub.sent] == [("SKU-1", "S1"), ("sku-1", "S1"),
+                                                                     ("SKU 1", "S1"), ("P1", "S\u00a01")]
+    with pytest.raises(ContractError, match="^product_id has leading or trailing white space$"):
+        validate_event("sales_transaction", sale(product_id=" SKU-1"), now_ms=NOW_MS, max_future_minutes=60)

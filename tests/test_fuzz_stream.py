@@ -1,7 +1,7 @@
 """Property-based fuzzing of the stream (issue 10, part 6): Hypothesis generates >= 10,000 malformed and edge-case
 Kafka values for the four input topics (arbitrary bytes and text, JSON of the wrong shape, wrong types, nulls,
-missing/unknown fields, duplicate keys, ids that are huge, empty or hold control characters, extreme and
-non-finite numbers, bad timestamps), plus a few near the broker's 1 MB limit and tombstones. They are sent in
+missing/unknown fields, duplicate keys, ids that are huge, empty, hold control characters or start/end with
+white space of any Unicode kind, extreme and non-finite numbers, bad timestamps), plus a few near the broker's 1 MB limit and tombstones. They are sent in
 bulk with 300 known-valid sales interleaved, then the real stream (real Kafka, Spark, ClickHouse endpoint, MinIO)
 drains everything once (available-now) and must:
 
@@ -56,8 +56,15 @@ json_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2 ** 
 json_values = st.recursive(json_scalars, lambda c: st.one_of(st.lists(c, max_size=3),
                                                             st.dictionaries(st.text(max_size=5), c, max_size=3)),
                            max_leaves=6)
+#: white space of every kind (Zs incl. NBSP, Zl, Zp, the Cc ones) and format characters that look like it (Cf)
+SPACES = " \u00a0\u1680\u2000\u2007\u200a\u2028\u2029\u202f\u205f\u3000\t\x85\x1f\u180e\u200b\ufeff"
 ids = st.one_of(st.text(max_size=80), st.just(""), st.just("   "), st.text(min_size=65, max_size=300),
-                st.sampled_from(["S\x001", "S\u200b1", "\ufeffS1", "S\n", "\x7f", "é" * 64, "S" * 64]))
+                st.sampled_from(["S\x001", "S\u200b1", "\ufeffS1", "S\n", "\x7f", "é" * 64, "S" * 64, " SKU-1",
+                                 "SKU-1 ", "S1\u00a0", "\u2028", "\u3000", "\u180e", "\u200b", "\ufeff"]),
+                # an id with white space before / after it (a second series beside the trimmed id), or only that
+                st.builds(lambda a, t, b: a + t + b, st.text(SPACES, max_size=2), st.text(max_size=10),
+                          st.text(SPACES, max_size=2)),
+                st.text(SPACES, min_size=1, max_size=4))
 numbers = st.one_of(st.integers(min_value=-(2 ** 64), max_value=2 ** 64),
                     st.sampled_from([0, -1, 100_000, 100_001, -100_001, 10_000_000, 10_000_001, 2 ** 31 - 1, 2 ** 31,
                                      -(2 ** 31) - 1, 0.5, -0.0, 1e308, -1e308, 1e-320]),
@@ -83,7 +90,7 @@ def payloads(draw) -> tuple[str, bytes | None]:
     """(event type, Kafka value bytes or None for a tombstone)."""
     et = draw(st.sampled_from(INPUT_TYPES))
     kind = draw(st.sampled_from(["bytes", "text", "json_value", "mutate", "mutate", "mutate", "mutate", "dup_key",
-                                 "valid", "tombstone"]))
+                                 "valid", "tombstone", "pad_id"]))
     if kind == "tombstone":
         return et, None
     if kind == "bytes":
@@ -93,6 +100,12 @@ def payloads(draw) -> tuple[str, bytes | None]:
     if kind == "json_value":
         return et, json.dumps(draw(json_values), allow_nan=True).encode()
     rec = base_record(et, draw(st.integers(min_value=0, max_value=10 ** 9)))
+    if kind == "pad_id":  # a valid record but for white space around one id (or an id of white space only)
+        field = draw(st.sampled_from([f for f in rec if f.endswith("_id") and rec[f] is not None]))
+        rec[field] = draw(st.one_of(st.builds(lambda a, b: a + rec[field] + b, st.text(SPACES, max_size=2),
+                                              st.text(SPACES, max_size=2)),
+                                    st.text(SPACES, min_size=1, max_size=3)))
+        return et, render(rec).encode()
     if kind == "dup_key":
         key = draw(st.sampled_from(list(rec)))
         return et, render(rec, key, draw(st.one_of(st.just(rec[key]), json_values))).encode()

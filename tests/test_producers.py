@@ -546,11 +546,18 @@ def test_id_rule_fast_path_agrees_with_the_general_rule():
             return f"{name} longer than {ID_MAX_CHARS} characters"
         if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
             return f"{name} contains control characters"
+        if v != v.strip():
+            return f"{name} has leading or trailing white space"
         return None
 
-    values = ["", " ", "   ", "S001", " S001 ", "a" * ID_MAX_CHARS, "a" * (ID_MAX_CHARS + 1), " " * 70, "a\tb",
-              "\t", "a\x00", "\x7f", "x\u200by", "\u00a0", "\u2028", "é", "C000123", "~!@#$%^&*()_+{}|:<>?",
-              "a" * 65 + "\x01"] + [chr(c) for c in range(0, 0x250)]
+    values = ["", " ", "   ", "S001", " S001 ", "S001 ", " S001", "S 001", "a" * ID_MAX_CHARS, "a" * (ID_MAX_CHARS + 1),
+              " " * 70, " " + "a" * 64, "a\tb", "\t", "a\x00", "\x7f", "x\u200by", "\u00a0", "\u2028", "é",
+              "C000123", "~!@#$%^&*()_+{}|:<>?", "a" * 65 + "\x01", "S1\u00a0", "\u3000S1", "\u2028\u3000",
+              "\u180e", "\u200b", "\ufeff", "\u3000\u180e", "S\u205f", "\u1680S"] + [chr(c) for c in range(0, 0x250)]
+    # every white space, control and format character of Python's tables alone, before and after an id
+    specials = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF
+                and (chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf"))]
+    values += [x for ch in specials for x in (ch, ch * 2, ch + "S1", "S1" + ch, "S" + ch + "1")]
     for v in values:
         assert _id_problem("store_id", v) == general("store_id", v), repr(v)
 

@@ -357,7 +357,8 @@ def test_any_kafka_bytes_reach_the_quarantine_with_a_reason(spark):
 
 
 BAD_IDS = [("", "store_id is empty"), ("   ", "store_id is empty"), ("S\x001", "store_id contains control characters"),
-           ("S\u200b1", "store_id contains control characters"), ("S" * 65, "store_id longer than 64 characters")]
+           ("S\u200b1", "store_id contains control characters"), ("S" * 65, "store_id longer than 64 characters"),
+           (" S1", "store_id has leading or trailing white space"), ("S1\u00a0", "store_id has leading or trailing white space")]
 
 
 def test_id_and_event_time_rules_match_the_producers(spark):
@@ -380,6 +381,49 @@ def test_id_and_event_time_rules_match_the_producers(spark):
             with pytest.raises(ContractError, match=reason.split(" ")[-1]):
                 validate_event("sales_transaction", rec)
 
+
+
+def id_cases(seed: int = 11) -> list[str]:
+    """Generated ids around every white space, control and format character (Python's Unicode tables: Z*, Cc, Cf,
+    str.isspace) and 300 random other code points: the character alone, three times, before / after / around /
+    inside an id, before a 70-character id; and ids of white space of mixed categories only."""
+    import random
+    import unicodedata
+
+    special = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF
+               and (chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf"))]
+    rng = random.Random(seed)
+    others = [chr(c) for c in rng.sample(range(0x110000), 400) if not 0xD800 <= c <= 0xDFFF][:300]
+    out = []
+    for ch in special + others:
+        out += [ch, ch * 3, ch + "SKU-1", "SKU-1" + ch, ch + "SKU-1" + ch, "SKU" + ch + "1", ch + "S" * 70]
+    out += ["\u2028\u3000", "\u3000\u180e", "\u180e", "\u200b", "\ufeff", "\ufeff\u3000", " \u200b ", "\u2029\x85\t",
+            "\u180eSKU-1", "SKU-1\u200b", "\u00a0SKU-1\u00a0", "\u2007", "S\u3000", "sku-1", "SKU-1", "S K U"]
+    return out
+
+
+def test_id_reasons_match_the_producers_on_generated_ids(spark):
+    """The stream's id reason equals the producers' (contracts._id_problem) for each of 3,845 generated ids
+    (:func:`id_cases`), and an id otherwise valid is refused for white space exactly when str.strip() changes it
+    (before 2026-12-06 both sides accepted " SKU-1", "SKU-1 " and "S1\u00a0" as ids of their own)."""
+    from contracts import _id_problem
+
+    ids = id_cases()
+    recs = [sale(i, store=v) for i, v in enumerate(ids)]
+    out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", recs), "sales_transaction"), "sales_transaction",
+                             **LIM).select("offset", TR.REASON).toPandas().sort_values("offset")
+    stream = out[TR.REASON].tolist()
+    assert len(stream) == len(ids)
+    producers = [_id_problem("store_id", v) for v in ids]
+    diff = [(v, g, w) for v, g, w in zip(ids, stream, producers) if g != w]
+    assert not diff, diff[:10]
+    ws = "store_id has leading or trailing white space"
+    for v, got in zip(ids, stream):
+        if got in (None, ws):  # no other rule applies: refused for white space iff strip() changes the id
+            assert (got == ws) == (v != v.strip()), (v, got)
+    assert stream[ids.index("\u00a0SKU-1\u00a0")] == ws and stream[ids.index("SKU-1")] is None
+    assert stream[ids.index("sku-1")] is None  # case-sensitive ids stay
+    assert sum(r == ws for r in stream) >= 3 * 19  # the 19 Z characters before, after, around an id
 
 def test_bounds_future_and_duplicate_keys_match_the_producers(spark):
     """Numeric bounds (contracts.NUMERIC_BOUNDS), the event-time upper bound (now + STREAM_MAX_FUTURE_MINUTES) and
