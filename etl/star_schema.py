@@ -1222,14 +1222,19 @@ def lake_sales_totals(lake, day: dt.date) -> LakeTotals:
     raw = read_raw_day(lake, SALES, day)
     if raw.empty:
         return LakeTotals(0, 0, 0, 0, 0, Decimal("0.0000"), 0)
-    cols = ("transaction_id", "timestamp", "quantity", "unit_price")
-    bad = {c: (len(raw) if c not in raw.columns else int(raw[c].isna().sum())) for c in cols}
-    if any(bad.values()):
-        raise EtlError(f"raw sales of {day.isoformat()} violate the contract: "
-                       + ", ".join(f"{n} row(s) without {c}" for c, n in bad.items() if n)
-                       + f" ({'/'.join(raw_partition(lake, SALES, day))})")
+    def refuse(frame: pd.DataFrame, cols: tuple[str, ...]) -> None:
+        bad = {c: (len(frame) if c not in frame.columns else int(frame[c].isna().sum())) for c in cols}
+        if any(bad.values()):
+            raise EtlError(f"raw sales of {day.isoformat()} violate the contract: "
+                           + ", ".join(f"{n} row(s) without {c}" for c, n in bad.items() if n)
+                           + f" ({'/'.join(raw_partition(lake, SALES, day))})")
+
+    # the rows the build checks (deduplicate / events_of_day, build_fact_sales): id and event time over the whole
+    # partition; quantity and price over the day's de-duplicated lines only (a misfiled line is not loaded here)
+    refuse(raw, ("transaction_id", "timestamp"))
     uniq = raw.drop_duplicates("transaction_id")
     uniq = uniq[pd.to_datetime(uniq["timestamp"], utc=True).dt.date == day]
+    refuse(uniq, ("quantity", "unit_price"))
     q = uniq["quantity"].astype("int64")
     e4 = int(np.rint(q.to_numpy(dtype="float64") * uniq["unit_price"].to_numpy(dtype="float64") * 10000).sum())
     return LakeTotals(len(raw), len(uniq), int(q.sum()), int(q[q > 0].sum()), int(-q[q < 0].sum()),

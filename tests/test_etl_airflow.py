@@ -774,6 +774,32 @@ def test_days_never_loaded_behind_the_catch_up_start_are_reported(native_stack):
         assert etl.check_load_gaps(far) == []
 
 
+def test_a_misfiled_line_without_price_does_not_fail_the_quality_check(native_stack):
+    """The lake totals checked nulls over the whole raw partition, before de-duplication and the day filter, while
+    the build checks the day's de-duplicated lines: a D1 partition holding a misfiled D0 23:00 line with a null
+    unit_price built fine (the line left out as misfiled) but the quality check raised "1 row(s) without
+    unit_price", failing the day without retry. Now the same rows as the build; a null price on a D1 line still
+    raises."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        land_small(lake)
+        odd = small_sales([["t0", "S1", "P1", 1, None, _ts(D1 - dt.timedelta(days=1), 23), "c1", "CARD", "i0", 0, 9]])
+        t = pa.Table.from_pandas(odd[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False)
+        assert t.column("unit_price").null_count == 1
+        lake.write_table(t, *etl.raw_partition(lake, etl.SALES, D1), "batch-7.parquet")
+        out = run_pandas(D1)   # raised EtlError "1 row(s) without unit_price" in the quality check
+        assert out["load"]["fact_sales_rows"] == 3 and etl.etl_load_status(D1)[0] is True
+        tot = etl.lake_sales_totals(lake, D1)
+        # independently: land_small's three D1 lines (3 x 1.10 + 2 x 1.25 + 1 x 3.333)
+        assert (tot.raw_rows, tot.lines, tot.units_net, tot.revenue) == (4, 3, 6, Decimal("9.1330"))
+        bad = small_sales([["t11", "S1", "P1", 1, None, _ts(D1, 20), "c1", "CARD", "i11", 0, 10]])
+        lake.write_table(pa.Table.from_pandas(bad[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D1), "batch-8.parquet")
+        with pytest.raises(etl.EtlError, match=r"1 row\(s\) without unit_price"):
+            etl.lake_sales_totals(lake, D1)
+
+
 def _day_money(client, db: str, dk: int) -> tuple:
     """fact_sales revenue, cost, profit and fact_sales_daily cost of one date_key (exact strings)."""
     fs = client.query(f"SELECT toString(sum(revenue)), toString(sum(cost)), toString(sum(profit)) FROM {db}.fact_sales "
