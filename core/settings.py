@@ -283,6 +283,12 @@ class Settings(BaseSettings):
         description="Each daily_etl run also re-checks this many loaded days before its date (days): a day whose "
                     "raw partition changed since it was loaded (files added, replaced or removed: names, sizes, "
                     "modification times) is rebuilt, reloaded and reconciled again. 0 = no re-check.")
+    etl_gap_check_days: int = Field(
+        default=62, ge=1, le=3660,
+        description="daily_etl's check_gaps looks this many days back from each run's date (days, 1..3660): days "
+                    "with raw events never loaded, and loaded days older than ETL_RECHECK_DAYS whose raw files "
+                    "changed since, are named every night for this many nights; older ones are not looked at, so "
+                    "the lake requests stay bounded as history grows (~4 per day checked).")
     training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (UTC; once every day, minute and hour fixed; after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")

@@ -20,10 +20,11 @@ So does a raw partition that is gone while ClickHouse holds the day's rows (re-r
 trigger with the param ``allow_missing_raw`` = true to empty it on purpose.
 
 Gaps: ``check_gaps`` (after ``quality_check``) fails the run, without retry, when days with raw events between the
-first loaded day and the run's date have no successful run in etl_runs (an Airflow outage longer than
+first loaded day (at most ETL_GAP_CHECK_DAYS back) and the run's date are not loaded (their latest etl_runs row is
+not a success: ``etl.loaded_days``; an Airflow outage longer than
 ETL_CATCHUP_DAYS: the catch-up start moved past them), or when loaded days older than the ETL_RECHECK_DAYS window
 have raw files changed since their load (events that arrived later than the re-check looks), naming the dates and
-the backfill command; it loads nothing.
+the backfill commands (one per range); it loads nothing.
 
 Late data: each run also re-checks the ETL_RECHECK_DAYS (default 7) loaded days before its date. The Spark job
 compares each day's raw partition listing (file names, sizes, modification times) with the one staged when it was
@@ -130,7 +131,8 @@ def daily_etl():
     @task(pool=CLICKHOUSE_POOL)
     def check_gaps() -> None:
         """Fail (no retry) naming the days with raw events, between the first loaded day and this run's date, that
-        were never loaded (an outage longer than ETL_CATCHUP_DAYS), and the backfill command; loads nothing. Runs
+        were never loaded (an outage longer than ETL_CATCHUP_DAYS), within ETL_GAP_CHECK_DAYS days before it, and the
+        backfill commands; loads nothing. Runs
         after quality_check: the date itself is loaded and reconciled, so training waits for nothing."""
         from etl import star_schema as etl
 

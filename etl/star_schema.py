@@ -993,42 +993,84 @@ def raw_days(lake, first: dt.date, last: dt.date) -> list[dt.date]:
     return sorted(found)
 
 
-def unloaded_days(client, db: str, lake, day: dt.date) -> list[dt.date]:
+def _date_of(key: int) -> dt.date:
+    """The date of a ``date_key`` (YYYYMMDD int)."""
+    return dt.date(key // 10000, key // 100 % 100, key % 100)
+
+
+def loaded_days(client, db: str, first: dt.date, last: dt.date) -> set[dt.date]:
+    """The dates in ``[first, last]`` that daily_etl loaded and reconciled: the latest ``etl_runs`` row of the date
+    (by ``finished_at``) has status ``success`` (a day loaded, then re-run and failed, is not loaded). The one rule
+    of :func:`etl_load_status`, :func:`unloaded_days`, :func:`late_changed_days` and ``ml.pipeline.loaded_through``.
+
+    Args: client / db: ClickHouse (``etl_runs``); first / last: UTC dates, inclusive (empty set when first > last).
+    Returns: a set of dates (one ClickHouse query).
+    """
+    if first > last:
+        return set()
+    rows = client.query(f"SELECT date_key FROM {db}.etl_runs WHERE date_key BETWEEN {date_key(first)} AND "
+                        f"{date_key(last)} GROUP BY date_key HAVING argMax(status, finished_at) = 'success'"
+                        ).result_rows
+    return {_date_of(int(r[0])) for r in rows}
+
+
+def _first_loaded_day(client, db: str, before: dt.date) -> dt.date | None:
+    """The first date before ``before`` with a successful run in ``etl_runs`` (where the install started loading),
+    None when there is none."""
+    k = client.query(f"SELECT minIf(date_key, status = 'success'), countIf(status = 'success') FROM {db}.etl_runs "
+                     f"WHERE date_key < {date_key(before)}").result_rows[0]
+    return _date_of(int(k[0])) if k[1] else None
+
+
+def unloaded_days(client, db: str, lake, day: dt.date, look_back_days: int | None = None) -> list[dt.date]:
     """The days before ``day`` and from the first day with a successful run in ``etl_runs`` on, whose raw partitions
-    hold events but which have no successful run in ``etl_runs``: nights missed (an Airflow outage longer than
-    ETL_CATCHUP_DAYS: the scheduler's catch-up starts after them) or failed and never loaded since. Days before the
-    first loaded day are the install's choice, not a gap; nothing is loaded here. Ascending; [] when nothing was
-    loaded before ``day``."""
-    dk = date_key(day)
-    loaded = {r[0] for r in client.query(f"SELECT DISTINCT date_key FROM {db}.etl_runs "
-                                         f"WHERE status = 'success' AND date_key < {dk}").result_rows}
-    if not loaded:
+    hold events but which are not loaded (:func:`loaded_days`: the latest run of the day is not a success): nights
+    missed (an Airflow outage longer than ETL_CATCHUP_DAYS: the scheduler's catch-up starts after them) or failed
+    and never loaded since. Days before the first loaded day are the install's choice, not a gap; nothing is loaded
+    here. Ascending; [] when nothing was loaded before ``day``.
+
+    Args:
+        look_back_days: only the last this many days before ``day`` are listed (ETL_GAP_CHECK_DAYS in
+            :func:`check_load_gaps`: the lake requests stay bounded as history grows); None = all since the first
+            loaded day.
+    """
+    first = _first_loaded_day(client, db, day)
+    if first is None:
         return []
-    k = min(loaded)
-    first = dt.date(k // 10000, k // 100 % 100, k % 100)
-    return [d for d in raw_days(lake, first, day - dt.timedelta(days=1)) if date_key(d) not in loaded]
+    if look_back_days is not None:
+        first = max(first, day - dt.timedelta(days=look_back_days))
+    last = day - dt.timedelta(days=1)
+    loaded = loaded_days(client, db, first, last)
+    return [d for d in raw_days(lake, first, last) if d not in loaded]
 
 
-def _ranges(days: list[dt.date]) -> str:
-    """'2026-11-11..2026-11-14, 2026-11-20' for sorted dates (runs of consecutive days joined)."""
+def _runs(days: list[dt.date]) -> list[list[dt.date]]:
+    """Sorted dates split into runs of consecutive days."""
     runs: list[list[dt.date]] = []
     for d in days:
         if runs and d - runs[-1][-1] == dt.timedelta(days=1):
             runs[-1].append(d)
         else:
             runs.append([d])
-    return ", ".join(r[0].isoformat() if len(r) == 1 else f"{r[0].isoformat()}..{r[-1].isoformat()}" for r in runs)
+    return runs
 
 
-def late_changed_days(client, db: str, lake, day: dt.date, window_days: int) -> list[dt.date]:
-    """The loaded days (a successful run in ``etl_runs``) before the re-check window of ``day`` (older than
-    ``window_days`` days) whose raw partitions changed since they were loaded (:func:`stale_days`: events that
-    arrived more than ETL_RECHECK_DAYS late, which no re-check loads any more). Ascending. One manifest read and
-    one listing per partition of each such day."""
-    last = date_key(day - dt.timedelta(days=window_days + 1))
-    keys = [r[0] for r in client.query(f"SELECT DISTINCT date_key FROM {db}.etl_runs WHERE status = 'success' "
-                                       f"AND date_key <= {last} ORDER BY date_key").result_rows]
-    return stale_days(lake, [dt.date(k // 10000, k // 100 % 100, k % 100) for k in keys])
+def _ranges(days: list[dt.date]) -> str:
+    """'2026-11-11..2026-11-14, 2026-11-20' for sorted dates (runs of consecutive days joined)."""
+    return ", ".join(r[0].isoformat() if len(r) == 1 else f"{r[0].isoformat()}..{r[-1].isoformat()}"
+                     for r in _runs(days))
+
+
+def late_changed_days(client, db: str, lake, day: dt.date, window_days: int,
+                      look_back_days: int | None = None) -> list[dt.date]:
+    """The loaded days (:func:`loaded_days`) before the re-check window of ``day`` (older than ``window_days`` days)
+    whose raw partitions changed since they were loaded (:func:`stale_days`: events that arrived more than
+    ETL_RECHECK_DAYS late, which no re-check loads any more). Ascending. One manifest read and one listing per
+    partition of each such day; with ``look_back_days`` only the days at most that many days before ``day``
+    (ETL_GAP_CHECK_DAYS in :func:`check_load_gaps`), None = every loaded day."""
+    last = day - dt.timedelta(days=window_days + 1)
+    first = day - dt.timedelta(days=look_back_days) if look_back_days is not None else dt.date(1970, 1, 1)
+    return stale_days(lake, sorted(loaded_days(client, db, first, last)))
 
 
 def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None) -> list[dt.date]:
@@ -1040,32 +1082,40 @@ def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None)
     Returns:
         [] when there is no gap.
     Raises:
-        LoadGapError: an :class:`EtlError` naming the dates (ranges) and the commands that load them
-            (``make nightly DATE=<last> BACKFILL=<n>`` or ``airflow backfill create --dag-id daily_etl``).
+        LoadGapError: an :class:`EtlError` naming the dates (ranges) and the commands that load them, one per range
+            of consecutive days (``make nightly DATE=<last> BACKFILL=<n>`` or ``airflow backfill create --dag-id
+            daily_etl``), so no loaded day between two ranges is redone.
+    Only the ETL_GAP_CHECK_DAYS days before ``day`` are looked at (a gap is named on every night for that many
+    nights): ~4 lake requests per day checked (1,095 loaded days: 7,716 calls before the bound, 411 at 62 days).
     """
     from core.settings import get_settings
 
     s = get_settings()
     client, db, lake = client or _client(), db or _db(), lake or open_lake()
-    gap = unloaded_days(client, db, lake, day)
-    late = late_changed_days(client, db, lake, day, s.etl_recheck_days)
+    n = s.etl_gap_check_days
+    gap = unloaded_days(client, db, lake, day, n)
+    late = late_changed_days(client, db, lake, day, s.etl_recheck_days, n)
     if not gap and not late:
         return []
     days = sorted(set(gap) | set(late))
-    span = (days[-1] - days[0]).days
+    runs = _runs(days)
     parts = []
     if gap:
-        parts.append(f"{len(gap)} day(s) with raw events before {day.isoformat()} were never loaded (no successful "
-                     f"run in etl_runs; the scheduler catches up only ETL_CATCHUP_DAYS={s.etl_catchup_days} days, so "
+        parts.append(f"{len(gap)} day(s) with raw events before {day.isoformat()} were never loaded (their latest "
+                     f"run in etl_runs is not a success; the scheduler catches up only ETL_CATCHUP_DAYS={s.etl_catchup_days} days, so "
                      f"an outage longer than that leaves its oldest nights behind): {_ranges(gap)}")
     if late:
         parts.append(f"{len(late)} loaded day(s) older than the ETL_RECHECK_DAYS={s.etl_recheck_days} re-check "
                      f"window have raw files added, changed or removed since they were loaded (events that arrived "
                      f"late): {_ranges(late)}")
+    reprocess = " --reprocess-behavior completed" if late else ""
+    make = "; ".join(f"`make nightly DATE={r[-1].isoformat()} BACKFILL={(r[-1] - r[0]).days}`" for r in runs)
+    backfill = "; ".join(f"`airflow backfill create --dag-id daily_etl --from-date {r[0].isoformat()} --to-date "
+                         f"{r[-1].isoformat()}T23:59:59{reprocess}`" for r in runs)
     raise LoadGapError(
-        "; ".join(parts) + f". Load them with `make nightly DATE={days[-1].isoformat()} BACKFILL={span}` or "
-        f"`airflow backfill create --dag-id daily_etl --from-date {days[0].isoformat()} --to-date "
-        f"{days[-1].isoformat()}T23:59:59" + (" --reprocess-behavior completed" if late else "") + "`", days)
+        "; ".join(parts) + f". Load them (one command per range, so no loaded day between is redone) with {make}, "
+        f"or with {backfill}. Only the last ETL_GAP_CHECK_DAYS={n} days before {day.isoformat()} are checked: this "
+        f"error repeats every night for {n} nights unless they are loaded", days)
 
 
 def refuse_future_day(day: dt.date, today: dt.date | None = None) -> None:

@@ -127,7 +127,7 @@ FEATURE_INSERT_ROWS = 500_000
 def loaded_through(client, db: str, last_sale, run_date: dt.date) -> dt.date | None:
     """The last day d <= ``run_date`` such that daily_etl loaded and reconciled every day after ``last_sale`` up to d
     (the latest ``etl_runs`` row of each such day, by ``finished_at``, is a success: the rule of
-    :func:`etl.star_schema.etl_load_status`); None when the day after ``last_sale`` is not loaded (or
+    :func:`etl.star_schema.loaded_days`); None when the day after ``last_sale`` is not loaded (or
     ``last_sale`` is None). A loaded day without sales is known zero demand: a day the chain was closed (the UCI
     log has 121 such days in its 639, 90 of them Saturdays, 2010-12-24 .. 2011-01-03 in a row).
 
@@ -138,11 +138,9 @@ def loaded_through(client, db: str, last_sale, run_date: dt.date) -> dt.date | N
     first = pd.Timestamp(last_sale).date() + dt.timedelta(days=1)
     if first > run_date:
         return None
-    rows = client.query(
-        f"SELECT date_key FROM {db}.etl_runs WHERE date_key BETWEEN {int(first.strftime('%Y%m%d'))} "
-        f"AND {int(run_date.strftime('%Y%m%d'))} GROUP BY date_key "
-        "HAVING argMax(status, finished_at) = 'success' ORDER BY date_key").result_rows
-    loaded = {dt.datetime.strptime(str(r[0]), "%Y%m%d").date() for r in rows}
+    from etl.star_schema import loaded_days
+
+    loaded = loaded_days(client, db, first, run_date)   # the one "day is loaded" rule, shared with check_gaps
     day = None
     while first <= run_date and first in loaded:   # contiguous from the day after the last sale
         day, first = first, first + dt.timedelta(days=1)

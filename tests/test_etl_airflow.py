@@ -774,6 +774,95 @@ def test_days_never_loaded_behind_the_catch_up_start_are_reported(native_stack):
         assert etl.check_load_gaps(far) == []
 
 
+@contextlib.contextmanager
+def _gap_check_days(n: int):
+    """ETL_GAP_CHECK_DAYS=n for the block (settings re-read), restored after."""
+    from core.settings import get_settings
+
+    old = os.environ.get("ETL_GAP_CHECK_DAYS")
+    os.environ["ETL_GAP_CHECK_DAYS"] = str(n)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        os.environ.pop("ETL_GAP_CHECK_DAYS", None) if old is None else os.environ.__setitem__("ETL_GAP_CHECK_DAYS", old)
+        get_settings.cache_clear()
+
+
+def test_gap_check_looks_back_only_etl_gap_check_days(native_stack):
+    """check_gaps re-listed every raw partition and re-read every loaded day's manifest since the first loaded day
+    each night (1,095 days: 7,716 lake calls, growing with history). Now only ETL_GAP_CHECK_DAYS days back: a gap
+    (D2 never loaded) or a late change (a line of D1 landing after the re-check window) is named while it is within
+    that many days of the run's date, and no longer looked at after."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        land_small(lake)
+        run_pandas(D1), run_pandas(D3)
+        assert any(f.endswith(".parquet") for f in lake.list_files(*etl.raw_partition(lake, etl.INVENTORY, D2)))
+        with _gap_check_days(3):   # D2 + 3: D2 is 3 days back, named; D2 + 4: out of the look-back
+            with pytest.raises(etl.LoadGapError, match=r"2024-03-30\. Load") as err:
+                etl.check_load_gaps(D2 + dt.timedelta(days=3))
+            assert err.value.days == [D2]
+            assert etl.check_load_gaps(D2 + dt.timedelta(days=4)) == []
+            assert "ETL_GAP_CHECK_DAYS=3 days" in str(err.value)   # the message says how long it is named
+        run_pandas(D2)
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
+        far = D1 + dt.timedelta(days=9)
+        assert etl.stale_days(lake, [D1]) == [D1]   # independently: D1's raw listing changed since its load
+        with _gap_check_days(9):
+            with pytest.raises(etl.LoadGapError, match=r"1 loaded day\(s\) .*: 2024-03-29\. Load"):
+                etl.check_load_gaps(far)
+        with _gap_check_days(8):
+            assert etl.check_load_gaps(far) == []
+
+
+def test_a_loaded_day_whose_last_run_failed_is_a_gap(native_stack):
+    """A day loaded, then re-run and failed, was "not loaded" for etl_load_status / ml's loaded_through (latest run
+    by finished_at) but "loaded" for check_gaps (any past success): no gap named, nothing reloaded it. Now one rule
+    (etl.loaded_days) for all: check_gaps names it."""
+    from etl import star_schema as etl
+    from ml.pipeline import loaded_through
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2, D3):
+            run_pandas(d)
+        assert etl.check_load_gaps(D4) == []
+        etl.record_run(client, db, D2, "failed", "quality_check", dt.datetime.now(dt.timezone.utc), message="x")
+        assert etl.etl_load_status(D2, client, db)[0] is False   # the training / prediction DAGs' rule
+        assert loaded_through(client, db, D1 - dt.timedelta(days=1), D3) == D1   # stops before D2
+        with pytest.raises(etl.LoadGapError, match=r"1 day\(s\) with raw events .*: 2024-03-30\. Load") as err:
+            etl.check_load_gaps(D4)
+        assert err.value.days == [D2]
+        assert etl.loaded_days(client, db, D1, D3) == {D1, D3}
+        run_pandas(D2)
+        etl.record_run(client, db, D2, "success", "quality_check", dt.datetime.now(dt.timezone.utc))
+        assert etl.check_load_gaps(D4) == []
+
+
+def test_gap_commands_are_one_per_range(native_stack):
+    """The backfill command spanned the oldest to the newest named day (gaps D2 and D4 around loaded D3: BACKFILL=2,
+    redoing D3; a late change a year back plus a gap last week: BACKFILL=~360). Now one command per range."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        land_small(lake)
+        _write_raw(lake, "inventory_update", D4, {1: small_inv([["u11", "S1", "P2", 1, 16, "RESTOCK", None,
+                                                                  _ts(D4, 9), 0, 12]])}, INV_SCHEMA)
+        run_pandas(D1), run_pandas(D3)
+        with pytest.raises(etl.LoadGapError) as err:
+            etl.check_load_gaps(D4 + dt.timedelta(days=1))
+        msg = str(err.value)
+        assert err.value.days == [D2, D4]
+        assert re.findall(r"make nightly DATE=(\S+) BACKFILL=(\d+)", msg) == [("2024-03-30", "0"), ("2024-04-01", "0")]
+        assert re.findall(r"--from-date (\S+) --to-date (\S+?)T", msg) == [("2024-03-30", "2024-03-30"),
+                                                                          ("2024-04-01", "2024-04-01")]
+
+
 def test_a_misfiled_line_without_price_does_not_fail_the_quality_check(native_stack):
     """The lake totals checked nulls over the whole raw partition, before de-duplication and the day filter, while
     the build checks the day's de-duplicated lines: a D1 partition holding a misfiled D0 23:00 line with a null
