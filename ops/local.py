@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import xmlrpc.client
@@ -351,7 +352,10 @@ def _recorded_groups(s: Settings) -> set[tuple[int, int]]:
 def _ours(pid: int, s: Settings, groups: set[tuple[int, int]]) -> bool:
     """Whether process ``pid`` belongs to the platform of ``s``'s state folder: it runs in a recorded process group
     of one of its programs, or its environment's RETAIL_STATE_DIR is that folder, or its command line, working
-    folder or an open file lies inside it. A process this user may not inspect is not ours (ours run as us)."""
+    folder or an open file lies inside it: a path equal to the folder or under it (each command-line argument is
+    cut at white space, quotes, ``=``, ``:``, ``,`` and ``;``, so ``-Dlogs=<path>``, class paths and ``sh -c``
+    strings count; until 2026-12-06 a substring test made a program under a sibling folder, ``<state>2/...``,
+    ours). A process this user may not inspect is not ours (ours run as us)."""
     import psutil
 
     state = svc.state_dir(s).resolve()
@@ -363,7 +367,7 @@ def _ours(pid: int, s: Settings, groups: set[tuple[int, int]]) -> bool:
         if env_state and Path(env_state).resolve() == state:
             return True
         inside = lambda path: path == str(state) or path.startswith(str(state) + os.sep)  # noqa: E731
-        if any(str(state) in arg for arg in p.cmdline()) or inside(p.cwd()):
+        if any(inside(part) for arg in p.cmdline() for part in re.split(r"[=:,;\s'\"]+", arg)) or inside(p.cwd()):
             return True
         return any(inside(f.path) for f in p.open_files())
     except (psutil.Error, OSError):

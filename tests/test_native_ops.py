@@ -529,3 +529,37 @@ def test_concurrent_ups_start_one_supervisord(tmp_path):
         finally:
             local.down(s)
         assert _state_pids(state) == []
+
+
+def test_a_program_under_a_sibling_state_folder_is_not_ours(tmp_path):
+    """A listener whose command line names ``<state>2/...`` (another stack's sibling folder) is not the platform of
+    ``<state>``; one whose argument ``--directory=<state>/logs`` lies inside it is. Before, a substring test on the
+    command line counted the sibling as ours (``down`` then waited 90 s for it and ``clean`` deleted nothing)."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import free_port, port_open, wait_until
+
+    state, sibling = tmp_path / "state", tmp_path / "state2"
+    (sibling / "www").mkdir(parents=True)
+    (state / "logs").mkdir(parents=True)
+    ours_port, sibling_port = free_port(), free_port()
+    with platform_settings(state, DASHBOARD_PORT=str(ours_port), AIRFLOW_PORT=str(sibling_port)) as s:
+        env = {**os.environ, "RETAIL_STATE_DIR": str(sibling)}   # neither names ``state`` in its environment
+        procs = [subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", arg, str(port)],
+                                  env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+                 for arg, port in ((f"--directory={state / 'logs'}", ours_port),
+                                   (f"--directory={sibling / 'www'}", sibling_port))]
+        try:
+            for port in (ours_port, sibling_port):
+                wait_until(lambda: port_open("127.0.0.1", port), 30, f"listener on {port}")
+            held = local.port_holders(s)
+            assert {port: [(h["pid"], h["ours"]) for h in hs] for port, hs in held.items()} == {
+                ours_port: [(procs[0].pid, True)], sibling_port: [(procs[1].pid, False)]}, held
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
