@@ -563,3 +563,64 @@ def test_a_program_under_a_sibling_state_folder_is_not_ours(tmp_path):
             for p in procs:
                 p.kill()
                 p.wait()
+
+
+def _flock_waiters() -> set[int]:
+    """Pids blocked on a ``flock`` (``->`` entries of /proc/locks)."""
+    out = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "->" and parts[2] == "FLOCK":
+            out.add(int(parts[5]))
+    return out
+
+
+@pytest.mark.integration
+def test_an_up_waiting_for_clean_starts_in_a_new_folder(tmp_path, monkeypatch):
+    """An ``ops.cli up clickhouse`` started while ``clean`` stops the platform and before it deletes the folder
+    (``make local-up`` racing ``make clean``): the ``up`` waits until the folder is gone, then starts supervisord
+    in a new folder (its config, pid file and lock there; the endpoint answers). ``clean`` released the folder's
+    lock between the stop and the deletion: the ``up`` started supervisord in the folder deleted next (its
+    supervisord.pid and supervisord.conf gone, or the deletion failed on files being written)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import clickhouse_healthy, wait_until
+
+    state = tmp_path / "state"
+    (state / "logs").mkdir(parents=True)
+    real_rmtree, ups = shutil.rmtree, []
+
+    def rmtree_while_an_up_starts(path, *a, **k):
+        if Path(path) == state:   # clean's deletion: an up arrives now, and waits for the lock or starts
+            up = subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "clickhouse"], cwd=REPO,
+                                  env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            ups.append(up)
+            wait_until(lambda: up.poll() is not None or up.pid in _flock_waiters()
+                       or (state / "supervisord.pid").exists(), 300, "the racing up to wait or start")
+        real_rmtree(path, *a, **k)
+
+    with platform_settings(state) as s:
+        try:
+            monkeypatch.setattr(shutil, "rmtree", rmtree_while_an_up_starts)
+            assert local.clean(s) == state
+            monkeypatch.undo()
+            assert len(ups) == 1
+            rc, err = ups[0].wait(300), ups[0].communicate()[1]
+            assert rc == 0, err[-800:]
+            pid = int((state / "supervisord.pid").read_text())
+            assert "supervisord" in Path(f"/proc/{pid}/cmdline").read_text()
+            assert (state / "supervisord.conf").is_file() and (state / "supervisord.lock").is_file()
+            assert clickhouse_healthy(s)
+        finally:
+            monkeypatch.undo()
+            with contextlib.suppress(StackError):
+                local.down(s)
+            for pid in _state_pids(state):   # what a supervisord in a deleted folder left (the old code)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert _state_pids(state) == []
