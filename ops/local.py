@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import xmlrpc.client
@@ -293,16 +294,35 @@ def state_lock(s: Settings):
     :func:`down` of a state folder at a time; another waits for it, then finds the programs as that one left them.
     Until 2026-12-06 two ``make local-up`` started at once could both start a supervisord: the second failed
     ("Another program is already listening on a port", 1 of 3 tries; or, had it removed the first's socket while
-    that one was starting, would have left an orphaned supervisord behind)."""
+    that one was starting, would have left an orphaned supervisord behind).
+
+    :func:`clean` deletes the folder, lock file included, while it holds the lock: a waiter then holds a lock on a
+    file no longer in the folder, sees so (its inode is not the path's) and locks the new folder's file instead.
+
+    Raises:
+        ConfigError: the state folder cannot be created (:func:`ops.services.state_dir`).
+    """
     import fcntl
 
-    path = svc.state_dir(s) / "supervisord.lock"
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)   # released when the file closes (also if this process dies)
+    while True:
+        path = svc.state_dir(s) / "supervisord.lock"
+        f = open(path, "a")
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(f, fcntl.LOCK_EX)   # released when the file closes (also if this process dies)
+            held = os.fstat(f.fileno())
+            with contextlib.suppress(FileNotFoundError):
+                now = os.stat(path)
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    break
+        except BaseException:
+            f.close()
+            raise
+        f.close()   # the folder was deleted (clean) while this waited: lock the new one
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def status(s: Settings | None = None) -> dict[str, dict]:
@@ -351,7 +371,10 @@ def _recorded_groups(s: Settings) -> set[tuple[int, int]]:
 def _ours(pid: int, s: Settings, groups: set[tuple[int, int]]) -> bool:
     """Whether process ``pid`` belongs to the platform of ``s``'s state folder: it runs in a recorded process group
     of one of its programs, or its environment's RETAIL_STATE_DIR is that folder, or its command line, working
-    folder or an open file lies inside it. A process this user may not inspect is not ours (ours run as us)."""
+    folder or an open file lies inside it: a path equal to the folder or under it (each command-line argument is
+    cut at white space, quotes, ``=``, ``:``, ``,`` and ``;``, so ``-Dlogs=<path>``, class paths and ``sh -c``
+    strings count; until 2026-12-06 a substring test made a program under a sibling folder, ``<state>2/...``,
+    ours). A process this user may not inspect is not ours (ours run as us)."""
     import psutil
 
     state = svc.state_dir(s).resolve()
@@ -363,7 +386,7 @@ def _ours(pid: int, s: Settings, groups: set[tuple[int, int]]) -> bool:
         if env_state and Path(env_state).resolve() == state:
             return True
         inside = lambda path: path == str(state) or path.startswith(str(state) + os.sep)  # noqa: E731
-        if any(str(state) in arg for arg in p.cmdline()) or inside(p.cwd()):
+        if any(inside(part) for arg in p.cmdline() for part in re.split(r"[=:,;\s'\"]+", arg)) or inside(p.cwd()):
             return True
         return any(inside(f.path) for f in p.open_files())
     except (psutil.Error, OSError):
@@ -469,6 +492,10 @@ def clean(s: Settings | None = None, warn: Callable[[str], None] | None = None) 
     gets the message naming each port, pid and program (until 2026-12-06 ``clean`` waited 90 s for them and
     deleted nothing).
 
+    The folder's lock (:func:`state_lock`) is held from the stop to the deletion: an ``up`` waiting for it starts
+    its programs in a new folder afterwards (until 2026-12-06 the lock was released between the two: such an
+    ``up`` could start supervisord in the folder then deleted under it).
+
     Returns:
         the folder deleted, or None when there was none.
     Raises:
@@ -486,14 +513,14 @@ def clean(s: Settings | None = None, warn: Callable[[str], None] | None = None) 
         raise StackError(f"RETAIL_STATE_DIR={d} holds entries the platform does not create ({', '.join(foreign[:5])}"
                          f"{', ...' if len(foreign) > 5 else ''}): not deleted; point RETAIL_STATE_DIR at the "
                          "platform's own folder, or remove those entries first")
-    try:
-        down(s)
-    except ForeignPortsError as exc:   # ours are stopped: nothing of the platform uses the folder any more
-        (warn or (lambda m: None))(f"deleting anyway: {exc}")
-    if not d.exists():
-        return None
-    shutil.rmtree(d)
-    return d
+    existed = d.exists()
+    with state_lock(s):   # held until the folder is gone (the lock file with it)
+        try:
+            _down(s, 90)
+        except ForeignPortsError as exc:   # ours are stopped: nothing of the platform uses the folder any more
+            (warn or (lambda m: None))(f"deleting anyway: {exc}")
+        shutil.rmtree(d)
+    return d if existed else None
 
 
 #: Top-level entries of a state folder (RETAIL_STATE_DIR) that the platform creates; :func:`clean` deletes a

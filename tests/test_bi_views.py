@@ -363,6 +363,15 @@ def test_live_figures_take_each_stores_own_latest_24_hours(bi):
                            - pd.Timedelta(hours=24)).astype(int))
     m = flag.merge(exp, on=["store_id", "window_start"])
     assert len(m) == 60 and (m["in_store_last_24h"] == m["flag"]).all() and m["flag"].sum() == 48
+    # Power BI's Minutes Since Last Window takes store_latest_window_end: the same instant as the dashboard's
+    # stalest_window_end for each store (it took store_latest_window, the window's start: 5 minutes older)
+    ends = q(client, f"SELECT store_id, any(store_latest_window_end) AS e FROM {db}.v_live_store_metrics "
+                     f"WHERE store_id LIKE 'LIVE-%' GROUP BY store_id ORDER BY store_id")
+    assert ends["store_id"].tolist() == ["LIVE-A", "LIVE-B"]
+    for store, end in zip(ends["store_id"], ends["e"]):
+        assert _naive(end) == _naive(stored[stored["store_id"] == store]["window_end"].max()), store
+        dash = Q.run(client, db, "exec_live", Q.Filters(store=store)).iloc[0]["stalest_window_end"]
+        assert _naive(end) == _naive(dash), store
     sku = q(client, f"SELECT store_id, toInt64(sum(in_store_last_24h)) AS n FROM {db}.v_live_sku_metrics "
                     f"WHERE store_id LIKE 'LIVE-%' GROUP BY store_id ORDER BY store_id")
     assert sku["n"].tolist() == [24, 24]

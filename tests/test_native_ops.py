@@ -529,3 +529,98 @@ def test_concurrent_ups_start_one_supervisord(tmp_path):
         finally:
             local.down(s)
         assert _state_pids(state) == []
+
+
+def test_a_program_under_a_sibling_state_folder_is_not_ours(tmp_path):
+    """A listener whose command line names ``<state>2/...`` (another stack's sibling folder) is not the platform of
+    ``<state>``; one whose argument ``--directory=<state>/logs`` lies inside it is. Before, a substring test on the
+    command line counted the sibling as ours (``down`` then waited 90 s for it and ``clean`` deleted nothing)."""
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import free_port, port_open, wait_until
+
+    state, sibling = tmp_path / "state", tmp_path / "state2"
+    (sibling / "www").mkdir(parents=True)
+    (state / "logs").mkdir(parents=True)
+    ours_port, sibling_port = free_port(), free_port()
+    with platform_settings(state, DASHBOARD_PORT=str(ours_port), AIRFLOW_PORT=str(sibling_port)) as s:
+        env = {**os.environ, "RETAIL_STATE_DIR": str(sibling)}   # neither names ``state`` in its environment
+        procs = [subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", arg, str(port)],
+                                  env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+                 for arg, port in ((f"--directory={state / 'logs'}", ours_port),
+                                   (f"--directory={sibling / 'www'}", sibling_port))]
+        try:
+            for port in (ours_port, sibling_port):
+                wait_until(lambda: port_open("127.0.0.1", port), 30, f"listener on {port}")
+            held = local.port_holders(s)
+            assert {port: [(h["pid"], h["ours"]) for h in hs] for port, hs in held.items()} == {
+                ours_port: [(procs[0].pid, True)], sibling_port: [(procs[1].pid, False)]}, held
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+
+
+def _flock_waiters() -> set[int]:
+    """Pids blocked on a ``flock`` (``->`` entries of /proc/locks)."""
+    out = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "->" and parts[2] == "FLOCK":
+            out.add(int(parts[5]))
+    return out
+
+
+@pytest.mark.integration
+def test_an_up_waiting_for_clean_starts_in_a_new_folder(tmp_path, monkeypatch):
+    """An ``ops.cli up clickhouse`` started while ``clean`` stops the platform and before it deletes the folder
+    (``make local-up`` racing ``make clean``): the ``up`` waits until the folder is gone, then starts supervisord
+    in a new folder (its config, pid file and lock there; the endpoint answers). ``clean`` released the folder's
+    lock between the stop and the deletion: the ``up`` started supervisord in the folder deleted next (its
+    supervisord.pid and supervisord.conf gone, or the deletion failed on files being written)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import platform_settings
+    from ops import local
+    from ops.services import clickhouse_healthy, wait_until
+
+    state = tmp_path / "state"
+    (state / "logs").mkdir(parents=True)
+    real_rmtree, ups = shutil.rmtree, []
+
+    def rmtree_while_an_up_starts(path, *a, **k):
+        if Path(path) == state:   # clean's deletion: an up arrives now, and waits for the lock or starts
+            up = subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "clickhouse"], cwd=REPO,
+                                  env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            ups.append(up)
+            wait_until(lambda: up.poll() is not None or up.pid in _flock_waiters()
+                       or (state / "supervisord.pid").exists(), 300, "the racing up to wait or start")
+        real_rmtree(path, *a, **k)
+
+    with platform_settings(state) as s:
+        try:
+            monkeypatch.setattr(shutil, "rmtree", rmtree_while_an_up_starts)
+            assert local.clean(s) == state
+            monkeypatch.undo()
+            assert len(ups) == 1
+            rc, err = ups[0].wait(300), ups[0].communicate()[1]
+            assert rc == 0, err[-800:]
+            pid = int((state / "supervisord.pid").read_text())
+            assert "supervisord" in Path(f"/proc/{pid}/cmdline").read_text()
+            assert (state / "supervisord.conf").is_file() and (state / "supervisord.lock").is_file()
+            assert clickhouse_healthy(s)
+        finally:
+            monkeypatch.undo()
+            with contextlib.suppress(StackError):
+                local.down(s)
+            for pid in _state_pids(state):   # what a supervisord in a deleted folder left (the old code)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert _state_pids(state) == []

@@ -1249,7 +1249,7 @@ def inv_last(expr: str) -> str:
 
 
 #: each store's newest window (the store-level windows: a store's SKU windows are part of them)
-STORE_LATEST = "(SELECT store_id, max(window_start) AS mx FROM v_live_store_metrics GROUP BY store_id)"
+STORE_LATEST = "(SELECT store_id, max(window_end) AS mx FROM v_live_store_metrics GROUP BY store_id)"
 
 
 def live(table: str, expr: str) -> str:
@@ -1602,7 +1602,8 @@ def test_forecast_units_next_7_days_sums_horizons_1_to_7(model, model_data):
 def test_live_measures_take_each_stores_own_last_day_and_show_the_stalest_feed(model, engine):
     """S001 streams up to 09:00 on 22 January (NOW 09:37:30), S002's feed stopped 50 h before. Each store's Live
     Revenue / Units / Transactions are its own 24 hours up to its newest window (the chain's the sum of both) and
-    Minutes Since Last Window the stalest store's age in the filter context: before, they anchored on the newest
+    Minutes Since Last Window the stalest store's age in the filter context, from its newest window's end (as the
+    dashboard; it took the start, 5 minutes more): before, they anchored on the newest
     window of all stores, so S002's live figures were BLANK and the chain's card showed S001's 37 minutes."""
     from core.clickhouse import migrate, new_client
 
@@ -1632,6 +1633,7 @@ def test_live_measures_take_each_stores_own_last_day_and_show_the_stalest_feed(m
         f = pd.DataFrame(rows, columns=["ws", "we", "store", "units", "ret", "revenue", "tx", "skus", "high", "v",
                                         "z", "b", "ver", "upd"])
         f["ws"] = pd.to_datetime(f["ws"]).dt.tz_localize(None)
+        f["we"] = pd.to_datetime(f["we"]).dt.tz_localize(None)
         newest = f.groupby("store")["ws"].transform("max")
         day = f[f["ws"] > newest - pd.Timedelta(hours=24)]
         now_min = pd.Timestamp(NOW).floor("min")
@@ -1643,9 +1645,11 @@ def test_live_measures_take_each_stores_own_last_day_and_show_the_stalest_feed(m
             assert same(dax.measure("Live Units Sold", ctx), float(mine["units"].sum())), store
             assert same(dax.measure("Live Transactions", ctx), float(mine["tx"].sum())), store
             assert same(dax.measure("Live Sales Velocity", ctx), float(mine["v"].mean())), store
-            stalest = (f if store is None else f[f["store"] == store]).groupby("store")["ws"].max().min()
+            stalest = (f if store is None else f[f["store"] == store]).groupby("store")["we"].max().min()
             assert dax.measure("Minutes Since Last Window", ctx) == int((now_min - stalest).total_seconds() // 60)
-        assert dax.measure("Minutes Since Last Window", {}) == 3037   # S002: 50 h 37 min
+        # S002's newest window ends 20 Jan 07:05: 50 h 32 min, as the dashboard's stalest_window_end (it said
+        # 50 h 37 min, from that window's start)
+        assert dax.measure("Minutes Since Last Window", {}) == 3032
     finally:
         c.command(f"DROP DATABASE IF EXISTS {db}")
         c.close()

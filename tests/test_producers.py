@@ -1198,3 +1198,40 @@ def test_replay_parses_invoice_ts_once_and_only_for_the_rows_it_was_parsed_for(t
     assert calls == [len(stamps)]
     assert sorted(rep2.ts.tolist()) == sorted(expected(stamps))
     assert rep2.ts.tolist() == expected(rep2.df["invoice_ts"])
+
+
+def test_replay_serves_the_cached_invoice_ts_parse_only_for_unedited_values(tmp_path, monkeypatch):
+    """A frame edited in place after loading (``df.loc[0, "invoice_ts"] = ...``): Replay's event time of that row is
+    the new value's (checked by strptime in Europe/London), not the load's parse (it was: the cache kept a view of
+    the column and served 2010-12-01 08:26 for a row edited to 2011-06-01 10:00). A column holding NaN is served
+    the cached parse when unchanged (``np.array_equal`` called it changed: a second parse)."""
+    from zoneinfo import ZoneInfo
+
+    from producers import replay
+
+    lines = ["invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country",
+             "536365,1,85123A,MUG,6,2.55,2010-12-01 08:26:00,17850,United Kingdom",
+             "536366,1,85123B,JUG,2,3.10,2010-12-01 09:02:00,17850,United Kingdom"]
+    path = tmp_path / "tx.csv"
+    path.write_text("\n".join(lines) + "\n")
+    london = ZoneInfo("Europe/London")
+
+    def utc_ms(v: str) -> int:
+        return int(datetime.strptime(v, "%Y-%m-%d %H:%M:%S").replace(tzinfo=london).timestamp() * 1000)
+
+    df = load_transactions(path)
+    df.loc[0, "invoice_ts"] = "2011-06-01 10:00:00"   # BST: 09:00 UTC
+    rep = Replay(df, ReplayConfig(keep_dates=True))
+    assert sorted(rep.ts.tolist()) == [utc_ms("2010-12-01 09:02:00"), utc_ms("2011-06-01 10:00:00")]
+    assert rep.ts.tolist() == [utc_ms(v) for v in rep.df["invoice_ts"]]   # each row its own value's time
+
+    ts = pd.Series(["2010-12-01 08:26:00", np.nan, "2011-06-01 10:00:00"], dtype=object)
+    parsed = replay.parse_invoice_ts(ts)
+    cached = replay.ParsedTs(ts.to_numpy(), parsed)
+    calls: list[int] = []
+    real = pd.to_datetime
+    monkeypatch.setattr(replay.pd, "to_datetime", lambda a, *x, **k: calls.append(len(a)) or real(a, *x, **k))
+    served = cached.get(ts.copy())
+    assert served is not None and served.equals(parsed) and calls == []
+    ts[2] = "2011-06-01 11:00:00"   # edited in place: the parse kept does not serve it any more
+    assert cached.get(ts) is None

@@ -72,7 +72,9 @@ FROM {db}.fact_inventory AS i;
 -- store_latest_window: the store's newest window (store_metrics_5m); in_store_last_24h = 1 for the windows of the 24
 -- hours up to it. The live figures take each store's own last 24 hours: anchored on the newest window of all
 -- stores, a store whose feed stopped showed nothing (or its stale figures looked current); its age is
--- now(UTC) - store_latest_window (Power BI's Minutes Since Last Window: the stalest store in the filter context).
+-- now(UTC) - store_latest_window_end (v_live_store_metrics; Power BI's Minutes Since Last Window: the stalest store
+-- in the filter context), the end of that window as the dashboard's stalest_window_end (until 2026-12-06 Power BI
+-- measured from its start: one window length, 5 minutes, more than the dashboard).
 CREATE OR REPLACE VIEW {db}.v_live_sku_metrics AS
 SELECT toInt64(toYYYYMMDD(m.window_start)) AS date_key, m.window_start AS window_start, m.window_end AS window_end,
        m.store_id AS store_id, m.product_id AS product_id,
@@ -93,10 +95,11 @@ SELECT toInt64(toYYYYMMDD(m.window_start)) AS date_key, m.window_start AS window
        m.store_id AS store_id, m.units_sold AS units_sold, m.units_returned AS units_returned, m.revenue AS revenue,
        m.transaction_count AS transaction_count, m.sku_count AS sku_count, m.skus_high_risk AS skus_high_risk,
        m.sales_velocity AS sales_velocity, m.anomaly_score AS anomaly_score, m.updated_at AS updated_at,
-       a.store_latest_window AS store_latest_window,
+       a.store_latest_window AS store_latest_window, a.store_latest_window_end AS store_latest_window_end,
        toUInt8(m.window_start > a.store_latest_window - INTERVAL 24 HOUR) AS in_store_last_24h
 FROM (SELECT * FROM {db}.store_metrics_5m FINAL) AS m
-LEFT JOIN (SELECT store_id, max(window_start) AS store_latest_window FROM {db}.store_metrics_5m GROUP BY store_id) AS a
+LEFT JOIN (SELECT store_id, max(window_start) AS store_latest_window, max(window_end) AS store_latest_window_end
+           FROM {db}.store_metrics_5m GROUP BY store_id) AS a
     ON m.store_id = a.store_id;
 
 -- latest known position per store x SKU: stock from inventory_levels (one row per series), velocity / cover /
