@@ -546,30 +546,76 @@ def reference_as_of(history: pd.DataFrame | None, day: dt.date) -> pd.DataFrame 
     return rows.drop(columns=["valid_from", "valid_to", "_fp"]).reset_index(drop=True)
 
 
-def history_rows(lake, name: str) -> pd.DataFrame:
-    """The :func:`reference_history` of ``products`` / ``stores`` as rows of ``dim_product_history`` /
-    ``dim_store_history`` (``clickhouse/migrations/070_dim_history.sql``): the dimension builders' columns and
-    surrogate keys (without ``is_known``), ``valid_from``, ``valid_to`` and ``revision`` (now, ns); empty when
-    there is no history."""
+#: ClickHouse table (070_dim_history.sql) and its surrogate key column of each reference history
+HISTORY_TABLES = {"products": ("dim_product_history", "product_key"), "stores": ("dim_store_history", "store_key")}
+
+
+def history_rows(hist: pd.DataFrame | None, name: str) -> pd.DataFrame:
+    """Rows of ``dim_product_history`` / ``dim_store_history`` (``clickhouse/migrations/070_dim_history.sql``) for
+    the versions ``hist`` (a :func:`reference_history` of ``products`` / ``stores``, or a subset of its rows): the
+    dimension builders' columns and surrogate keys (without ``is_known``), ``valid_from``, ``valid_to``,
+    ``fingerprint`` (the lake row's ``_fp``) and ``revision`` (now, ns); one row per version, empty frame when
+    ``hist`` is None or empty. The builders run once per version rank (a key's 1st, 2nd, ... version), not once
+    per version."""
     import time
 
     from core.settings import get_settings
 
-    hist = reference_history(lake, name)
     if hist is None or hist.empty:
         return pd.DataFrame()
+    key = REFERENCE_KEYS[name]
+    hist = hist.sort_values([key, "valid_from"], kind="stable")
     parts = []
-    for (vf, vt), rows in hist.groupby(["valid_from", "valid_to"], sort=False):   # one key per version group
-        rows = rows.drop(columns=["valid_from", "valid_to", "_fp"])
+    for _, rows in hist.groupby(hist.groupby(key).cumcount(), sort=True):   # one row per key in each rank
+        ref = rows.drop(columns=["valid_from", "valid_to", "_fp"])
         if name == "products":
-            d = build_dim_product(rows, pd.Series(dtype=object)).drop(columns=["is_known"])
+            d = build_dim_product(ref, pd.Series(dtype=object)).drop(columns=["is_known"])
         else:
-            d = build_dim_store(rows, pd.Series(dtype=object), get_settings().store_country_default) \
+            d = build_dim_store(ref, pd.Series(dtype=object), get_settings().store_country_default) \
                 .drop(columns=["is_known"])
-        parts.append(d.assign(valid_from=vf, valid_to=vt))
+        # the builders keep the reference's row order and add no row (no key seen in events is passed)
+        parts.append(d.assign(valid_from=rows["valid_from"].to_numpy(), valid_to=rows["valid_to"].to_numpy(),
+                              fingerprint=rows["_fp"].astype(str).to_numpy()))
     out = pd.concat(parts, ignore_index=True)
     out["revision"] = np.uint64(time.time_ns())
     return out
+
+
+def sync_history(client, db: str, name: str, hist: pd.DataFrame | None) -> dict[str, int]:
+    """Make ``<db>.dim_product_history`` / ``dim_store_history`` an exact mirror of the lake history ``hist`` (a
+    :func:`reference_history` of ``products`` / ``stores``), with work proportional to the change.
+
+    Reads the table's (key, valid_from, valid_to, fingerprint) once (FINAL); inserts the versions that are new or
+    whose valid_to or fingerprint differ (a higher ``revision`` replaces the row of the same (key, valid_from));
+    deletes (``ALTER TABLE ... DELETE``, synchronous) the rows whose (key, valid_from) is no longer in ``hist``, e.g.
+    after the history file was deleted as a correction: without it a version (key, D, open) stayed next to the
+    new (key, 1970-01-01, open) and an as-of join counted the facts from D twice. Unchanged history: no insert, no
+    delete. ``hist`` None (neither reference nor history in the lake): the table is left as it is.
+
+    Returns: {"inserted": rows inserted, "deleted": (key, valid_from) pairs deleted}.
+    Raises: clickhouse_connect DatabaseError from the server.
+    """
+    table, kcol = HISTORY_TABLES[name]
+    if hist is None:
+        return {"inserted": 0, "deleted": 0}
+    want = pd.DataFrame({kcol: _keys(hist[REFERENCE_KEYS[name]].astype(str)).to_numpy(),
+                         "valid_from": hist["valid_from"].to_numpy(), "valid_to": hist["valid_to"].to_numpy(),
+                         "fingerprint": hist["_fp"].astype(str).to_numpy()})
+    have = client.query(f"SELECT {kcol}, valid_from, valid_to, fingerprint FROM {db}.{table} FINAL").result_rows
+    have_map = {(int(k), vf): (vt, fp) for k, vf, vt, fp in have}
+    want_ids = list(zip(want[kcol].astype("uint64").map(int), want["valid_from"]))
+    changed = [have_map.get(i) != (vt, fp) for i, vt, fp in zip(want_ids, want["valid_to"], want["fingerprint"])]
+    gone = sorted(set(have_map) - set(want_ids))
+    rows = history_rows(hist[np.asarray(changed, dtype=bool)], name)
+    if len(rows):
+        client.insert_df(f"{db}.{table}", _nullable(rows) if name == "products" else rows)
+    if gone:
+        pairs = ", ".join(f"({k}, '{vf.isoformat()}')" for k, vf in gone)
+        client.command(f"ALTER TABLE {db}.{table} DELETE WHERE ({kcol}, valid_from) IN ({pairs})",
+                       settings={"mutations_sync": 2})
+    if len(rows) or gone:
+        log.info("%s: %d version(s) inserted, %d deleted (lake history: %d)", table, len(rows), len(gone), len(hist))
+    return {"inserted": len(rows), "deleted": len(gone)}
 
 
 def _write(lake, df: pd.DataFrame, day: dt.date, name: str) -> str:
@@ -1146,7 +1192,8 @@ def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) ->
     unless ``allow_missing_raw``.
 
     Returns: {"fact_sales_rows", "fact_inventory_rows", "dim_product_rows", "dim_store_rows", "dim_date_rows",
-    "later_inventory_days", "later_inventory_not_rebuilt"}.
+    "dim_history_inserted", "dim_history_deleted" (:func:`sync_history`, both tables), "later_inventory_days",
+    "later_inventory_not_rebuilt"}.
 
     Raises:
         EtlError: a staged file is missing, a raw partition is gone while its rows are loaded, or ``day`` is after
@@ -1175,10 +1222,8 @@ def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) ->
     dd["holiday_countries"] = dd["holiday_countries"].map(list)
     dd["holiday_names"] = dd["holiday_names"].map(json.loads)  # staged as JSON text (Parquet has no open map)
     client.insert_df(f"{db}.dim_date", dd)
-    for name, table in (("products", "dim_product_history"), ("stores", "dim_store_history")):   # 070_dim_history
-        hist = history_rows(lake, name)
-        if len(hist):
-            client.insert_df(f"{db}.{table}", _nullable(hist) if name == "products" else hist)
+    history = {name: sync_history(client, db, name, reference_history(lake, name))   # 070_dim_history
+               for name in HISTORY_TABLES}
 
     # fact_sales
     fs = fact.copy()
@@ -1199,7 +1244,9 @@ def load(day: dt.date, migrate: bool = True, allow_missing_raw: bool = False) ->
     built = read_manifest(lake, day, RAW_MANIFEST)
     write_manifest(lake, day, LOADED_MANIFEST, built if built is not None else raw_manifest(lake, day))
     out = {"fact_sales_rows": len(fs), "fact_inventory_rows": len(inv), "dim_product_rows": len(dim_product),
-           "dim_store_rows": len(dim_store), "dim_date_rows": len(dim_date), **later}
+           "dim_store_rows": len(dim_store), "dim_date_rows": len(dim_date),
+           "dim_history_inserted": sum(h["inserted"] for h in history.values()),
+           "dim_history_deleted": sum(h["deleted"] for h in history.values()), **later}
     log.info("load %s: %s", day, out)
     return out
 

@@ -963,6 +963,82 @@ def test_a_rerun_after_a_cost_change_keeps_the_cost_of_its_day(native_stack, bui
         assert runs and all(r[0] == "success" for r in runs)
 
 
+def _set_master_cost(lake, sku: str, cost: float) -> None:
+    products = pq.read_table(lake.path(lake.settings.lake_raw_bucket, "reference/products/products.parquet"),
+                             filesystem=lake.fs).to_pandas()
+    products.loc[products["product_id"] == sku, "unit_cost"] = cost
+    lake.write_table(pa.Table.from_pandas(products, preserve_index=False), lake.settings.lake_raw_bucket,
+                     "reference/products/products.parquet")
+
+
+def _lake_versions(lake, name: str) -> set:
+    """(natural key, valid_from, valid_to) of the lake history file, read with pyarrow (no etl code)."""
+    key = {"products": "product_id", "stores": "store_id"}[name]
+    t = pq.read_table(lake.path(lake.settings.lake_features_bucket,
+                                f"staging/daily_etl/reference_history/{name}.parquet"), filesystem=lake.fs)
+    return {(r[key], r["valid_from"], r["valid_to"]) for r in t.to_pylist()}
+
+
+def test_dim_history_mirrors_the_lake_history_and_inserts_only_changes(native_stack):
+    """The documented correction (delete the lake history file) left overlapping versions in dim_product_history:
+    the new (P2, 1970-01-01, open) replaced only the row of its own (key, valid_from), the old (P2, D1, open) stayed,
+    so the as-of join of D1's 3 fact lines returned 5 rows (P2's two lines twice); and every load re-inserted every
+    version of both tables (an unchanged re-run: 4 rows again). Now the load mirrors the lake history exactly:
+    the as-of join returns one row per fact line, the table holds the lake's versions, an unchanged re-run inserts
+    0 rows, and a change of P1 inserts P1's two versions only (the closed one and the new one)."""
+    from etl import star_schema as etl
+
+    def versions(table: str, sku_col: str) -> set:
+        return set(client.query(f"SELECT {sku_col}, valid_from, valid_to FROM {db}.{table} FINAL").result_rows)
+
+    def inserted_since(table: str, rev: int) -> list:
+        return client.query(f"SELECT * FROM {db}.{table} WHERE revision > {rev}").result_rows
+
+    def max_rev(table: str) -> int:
+        return client.query(f"SELECT max(revision) FROM {db}.{table}").result_rows[0][0]
+
+    def as_of_rows() -> int:
+        return client.query(f"SELECT count() FROM {db}.fact_sales f JOIN (SELECT * FROM {db}.dim_product_history "
+                            "FINAL) h ON h.product_key = f.product_key AND toDate(f.event_time) BETWEEN h.valid_from "
+                            "AND h.valid_to WHERE f.date_key = 20240329").result_rows[0][0]
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        etl.reference_history(lake, "products", today=D1 - dt.timedelta(days=30))   # P1, P2 from 1970
+        _set_master_cost(lake, "P2", 2.6)
+        etl.reference_history(lake, "products", today=D1)                           # P2 2.6 valid from D1
+        run_pandas(D1)
+        n_lines = len(raw_files(lake, "sales_transaction", D1).drop_duplicates("transaction_id"))
+        assert n_lines == 3
+        assert versions("dim_product_history", "sku") == _lake_versions(lake, "products") == {
+            ("P1", etl.FIRST_VALID, etl.OPEN_VALID), ("P2", etl.FIRST_VALID, D1 - dt.timedelta(days=1)),
+            ("P2", D1, etl.OPEN_VALID)}
+        assert as_of_rows() == n_lines
+        # (a) the correction: the current master holds for every day, one version per key and day
+        lake.fs.delete_file(lake.path(s.lake_features_bucket, "staging/daily_etl/reference_history/products.parquet"))
+        run_pandas(D1)
+        assert versions("dim_product_history", "sku") == _lake_versions(lake, "products") == {
+            ("P1", etl.FIRST_VALID, etl.OPEN_VALID), ("P2", etl.FIRST_VALID, etl.OPEN_VALID)}
+        assert as_of_rows() == n_lines
+        # (b) an unchanged reference: the re-run inserts nothing into either table
+        revs = {t: max_rev(t) for t in ("dim_product_history", "dim_store_history")}
+        out = run_pandas(D1)
+        assert {t: len(inserted_since(t, r)) for t, r in revs.items()} == \
+            {"dim_product_history": 0, "dim_store_history": 0}
+        assert (out["load"]["dim_history_inserted"], out["load"]["dim_history_deleted"]) == (0, 0)
+        # (c) a real change: only P1's versions are written (the closed one and the new one)
+        _set_master_cost(lake, "P1", 0.7)
+        etl.reference_history(lake, "products", today=D2)
+        run_pandas(D1)
+        new = client.query(f"SELECT sku, valid_from, valid_to, unit_cost FROM {db}.dim_product_history "
+                           f"WHERE revision > {revs['dim_product_history']} ORDER BY valid_from").result_rows
+        assert new == [("P1", etl.FIRST_VALID, D1, 0.6), ("P1", D2, etl.OPEN_VALID, 0.7)]
+        assert inserted_since("dim_store_history", revs["dim_store_history"]) == []
+        assert versions("dim_product_history", "sku") == _lake_versions(lake, "products")
+        assert as_of_rows() == n_lines
+
+
 def test_a_raw_file_without_a_column_is_named_by_the_quality_check(native_stack):
     """A sales file written without ``unit_price`` landing in D1 during its run (after the load) crashed the quality
     check with ``ValueError: cannot convert float NaN to integer`` (neither the file nor the column named, and not

@@ -6,7 +6,9 @@
 -- a key's first version from 1970-01-01, the open version until 2149-06-06 (Date's last day). fact_sales carries the
 -- cost of the version valid on its day; for other attributes as of a fact's day join on the key and
 --   toDate(f.event_time) BETWEEN h.valid_from AND h.valid_to
--- Read with FINAL: a version whose valid_to closes is inserted again with a higher revision.
+-- Read with FINAL: a version whose valid_to closes is inserted again with a higher revision. The load keeps each
+-- table an exact mirror of the lake history (etl.star_schema.sync_history): it inserts only the versions that are
+-- new or changed (valid_to or fingerprint) and deletes those no longer in the lake (a deleted history file).
 
 CREATE TABLE IF NOT EXISTS {db}.dim_product_history (
     product_key       UInt64,
@@ -23,6 +25,7 @@ CREATE TABLE IF NOT EXISTS {db}.dim_product_history (
     storage_capacity  Nullable(UInt32),
     valid_from        Date,
     valid_to          Date,
+    fingerprint       String,                     -- the lake history row's _fp (its reference values as JSON)
     revision          UInt64                      -- nanoseconds since the epoch of the load that wrote the row
 ) ENGINE = ReplacingMergeTree(revision)
 ORDER BY (product_key, valid_from);
@@ -37,6 +40,11 @@ CREATE TABLE IF NOT EXISTS {db}.dim_store_history (
     region            LowCardinality(String),
     valid_from        Date,
     valid_to          Date,
+    fingerprint       String,
     revision          UInt64
 ) ENGINE = ReplacingMergeTree(revision)
 ORDER BY (store_key, valid_from);
+
+-- tables created before the fingerprint column (2026-12-06): their rows get '' and are rewritten once by the next load
+ALTER TABLE {db}.dim_product_history ADD COLUMN IF NOT EXISTS fingerprint String AFTER valid_to;
+ALTER TABLE {db}.dim_store_history ADD COLUMN IF NOT EXISTS fingerprint String AFTER valid_to;
