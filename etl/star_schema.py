@@ -581,13 +581,18 @@ def history_rows(hist: pd.DataFrame | None, name: str) -> pd.DataFrame:
     return out
 
 
+#: (key, valid_from) pairs per ``ALTER TABLE ... DELETE`` of :func:`sync_history`: a pair is at most 36 bytes of
+#: SQL, so 2,000 stay far below ClickHouse's max_query_size (262,144 bytes; 8,000 pairs in one statement: code 62)
+HISTORY_DELETE_CHUNK = 2_000
+
+
 def sync_history(client, db: str, name: str, hist: pd.DataFrame | None) -> dict[str, int]:
     """Make ``<db>.dim_product_history`` / ``dim_store_history`` an exact mirror of the lake history ``hist`` (a
     :func:`reference_history` of ``products`` / ``stores``), with work proportional to the change.
 
     Reads the table's (key, valid_from, valid_to, fingerprint) once (FINAL); inserts the versions that are new or
     whose valid_to or fingerprint differ (a higher ``revision`` replaces the row of the same (key, valid_from));
-    deletes (``ALTER TABLE ... DELETE``, synchronous) the rows whose (key, valid_from) is no longer in ``hist``, e.g.
+    deletes (``ALTER TABLE ... DELETE``, synchronous, :data:`HISTORY_DELETE_CHUNK` pairs a statement) the rows whose (key, valid_from) is no longer in ``hist``, e.g.
     after the history file was deleted as a correction: without it a version (key, D, open) stayed next to the
     new (key, 1970-01-01, open) and an as-of join counted the facts from D twice. Unchanged history: no insert, no
     delete. ``hist`` None (neither reference nor history in the lake): the table is left as it is.
@@ -609,8 +614,8 @@ def sync_history(client, db: str, name: str, hist: pd.DataFrame | None) -> dict[
     rows = history_rows(hist[np.asarray(changed, dtype=bool)], name)
     if len(rows):
         client.insert_df(f"{db}.{table}", _nullable(rows) if name == "products" else rows)
-    if gone:
-        pairs = ", ".join(f"({k}, '{vf.isoformat()}')" for k, vf in gone)
+    for i in range(0, len(gone), HISTORY_DELETE_CHUNK):   # one statement for every pair overflowed max_query_size
+        pairs = ", ".join(f"({k}, '{vf.isoformat()}')" for k, vf in gone[i:i + HISTORY_DELETE_CHUNK])
         client.command(f"ALTER TABLE {db}.{table} DELETE WHERE ({kcol}, valid_from) IN ({pairs})",
                        settings={"mutations_sync": 2})
     if len(rows) or gone:
@@ -1131,8 +1136,9 @@ def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None)
         LoadGapError: an :class:`EtlError` naming the dates (ranges) and the commands that load them, one per range
             of consecutive days (``make nightly DATE=<last> BACKFILL=<n>`` or ``airflow backfill create --dag-id
             daily_etl``), so no loaded day between two ranges is redone.
-    Only the ETL_GAP_CHECK_DAYS days before ``day`` are looked at (a gap is named on every night for that many
-    nights): ~4 lake requests per day checked (1,095 loaded days: 7,716 calls before the bound, 411 at 62 days).
+    Only the ETL_GAP_CHECK_DAYS days before ``day`` are looked at (a gap is named every night until it lies
+    further back; a late change only from ETL_RECHECK_DAYS + 1 days back, and a missed night only once the
+    scheduler's catch-up passed it): ~4 lake requests per day checked (1,095 loaded days: 7,716 calls before the bound, 411 at 62 days).
     """
     from core.settings import get_settings
 
@@ -1154,14 +1160,19 @@ def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None)
         parts.append(f"{len(late)} loaded day(s) older than the ETL_RECHECK_DAYS={s.etl_recheck_days} re-check "
                      f"window have raw files added, changed or removed since they were loaded (events that arrived "
                      f"late): {_ranges(late)}")
-    reprocess = " --reprocess-behavior completed" if late else ""
+    late_set = set(late)
     make = "; ".join(f"`make nightly DATE={r[-1].isoformat()} BACKFILL={(r[-1] - r[0]).days}`" for r in runs)
-    backfill = "; ".join(f"`airflow backfill create --dag-id daily_etl --from-date {r[0].isoformat()} --to-date "
-                         f"{r[-1].isoformat()}T23:59:59{reprocess}`" for r in runs)
+    # Airflow 3 runs one backfill per DAG at a time (AlreadyRunningBackfill) and a backfill's own max_active_runs
+    # (default 10) overrides the DAG's 1: each day's inventory carries the day before forward, so days in order
+    backfill = "; ".join(
+        f"`airflow backfill create --dag-id daily_etl --from-date {r[0].isoformat()} --to-date "
+        f"{r[-1].isoformat()}T23:59:59 --max-active-runs 1 --reprocess-behavior "
+        f"{'completed' if late_set.intersection(r) else 'failed'}`" for r in runs)
     raise LoadGapError(
-        "; ".join(parts) + f". Load them (one command per range, so no loaded day between is redone) with {make}, "
-        f"or with {backfill}. Only the last ETL_GAP_CHECK_DAYS={n} days before {day.isoformat()} are checked: this "
-        f"error repeats every night for {n} nights unless they are loaded", days)
+        "; ".join(parts) + f". Load them (one command per range, so no loaded day between is redone; in this "
+        f"order, each after the previous finished) with {make}, or with {backfill}. Only the last "
+        f"ETL_GAP_CHECK_DAYS={n} days before {day.isoformat()} are checked: this error repeats every night until "
+        f"the days are loaded or lie more than {n} days back", days)
 
 
 def refuse_future_day(day: dt.date, today: dt.date | None = None) -> None:

@@ -861,6 +861,9 @@ def test_gap_commands_are_one_per_range(native_stack):
         assert re.findall(r"make nightly DATE=(\S+) BACKFILL=(\d+)", msg) == [("2024-03-30", "0"), ("2024-04-01", "0")]
         assert re.findall(r"--from-date (\S+) --to-date (\S+?)T", msg) == [("2024-03-30", "2024-03-30"),
                                                                           ("2024-04-01", "2024-04-01")]
+        # Airflow 3 runs one backfill per DAG at a time, its own max_active_runs (10) overrides the DAG's 1, and
+        # "none" (its default) would not re-run a day whose last run failed: days in order, failed ones again
+        assert re.findall(r"T23:59:59 --max-active-runs (\d+) --reprocess-behavior (\w+)`", msg) == [("1", "failed")] * 2
 
 
 def test_a_misfiled_line_without_price_does_not_fail_the_quality_check(native_stack):
@@ -1064,3 +1067,41 @@ def test_a_raw_file_without_a_column_is_named_by_the_quality_check(native_stack)
         assert last[0] == "failed" and "without unit_price" in last[1]
         with pytest.raises(etl.EtlError, match="violate the contract"):
             run_pandas(D1)
+
+
+def test_dim_history_correction_deletes_thousands_of_versions(native_stack):
+    """The correction (delete the lake history file) of a catalogue whose every product changed twice: 3,600 products
+    x 2 later versions = 7,200 (key, valid_from) pairs to delete. One ALTER ... DELETE naming them all was ~270 KB,
+    above ClickHouse's max_query_size (262,144 bytes: code 62), and every later load failed on it. Now the table
+    ends equal to the lake history (one open version per product, from 1970-01-01)."""
+    from etl import star_schema as etl
+
+    n = 3_600
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        master = pq.read_table(lake.path(s.lake_raw_bucket, "reference/products/products.parquet"),
+                               filesystem=lake.fs).to_pandas()
+        products = pd.concat([master.iloc[[0]]] * n, ignore_index=True)
+        products["product_id"] = [f"CATALOGUE-{i:05d}" for i in range(n)]
+
+        def write(cost: float) -> None:
+            products["unit_cost"] = cost
+            lake.write_table(pa.Table.from_pandas(products, preserve_index=False), s.lake_raw_bucket,
+                             "reference/products/products.parquet")
+
+        for cost, day in ((1.0, D1), (1.5, D2), (2.0, D3)):   # 3 versions a product: 1970.., D2.., D3..
+            write(cost)
+            hist = etl.reference_history(lake, "products", today=day)
+        assert len(hist) == 3 * n
+        assert etl.sync_history(client, db, "products", hist) == {"inserted": 3 * n, "deleted": 0}
+        lake.fs.delete_file(lake.path(s.lake_features_bucket, f"{etl.HISTORY_PREFIX}/products.parquet"))
+        hist = etl.reference_history(lake, "products", today=D4)   # the current master valid for every day
+        assert len(hist) == n
+        assert etl.sync_history(client, db, "products", hist)["deleted"] == 2 * n
+        rows = client.query(f"SELECT sku, valid_from, valid_to, unit_cost FROM {db}.dim_product_history FINAL "
+                            "WHERE startsWith(sku, 'CATALOGUE-')").result_rows
+        assert len(rows) == n
+        assert {(r[1], r[2]) for r in rows} == {(etl.FIRST_VALID, etl.OPEN_VALID)}
+        assert {float(r[3]) for r in rows} == {2.0}
+        assert {r[0] for r in rows} == set(products["product_id"])
