@@ -57,6 +57,7 @@ CROSS_CHECKS: tuple[frozenset[str], ...] = (
     frozenset({"risk_high_hours", "risk_medium_hours"}),
     frozenset({"clickhouse_stream_retention_days", "kafka_retention_ms", "stream_watermark"}),
     frozenset({"stream_max_future_minutes", "stream_watermark"}),
+    frozenset({"etl_gap_check_days", "etl_recheck_days"}),
 )
 
 _INTERVAL_UNITS = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
@@ -287,8 +288,9 @@ class Settings(BaseSettings):
         default=62, ge=1, le=3660,
         description="daily_etl's check_gaps looks this many days back from each run's date (days, 1..3660): days "
                     "with raw events never loaded, and loaded days older than ETL_RECHECK_DAYS whose raw files "
-                    "changed since, are named every night for this many nights; older ones are not looked at, so "
-                    "the lake requests stay bounded as history grows (~4 per day checked).")
+                    "changed since, are named every night until they lie more than this many days back; older ones "
+                    "are not looked at, so the lake requests stay bounded as history grows (~4 per day checked). "
+                    "Must be above ETL_RECHECK_DAYS.")
     training_schedule: str = Field(default="0 10 * * *", description="Cron schedule of demand_forecast_training (UTC; once every day, minute and hour fixed; after daily_etl, so it sees the day just loaded).")
     predictions_schedule: str | None = Field(default=None, description="Cron schedule of batch_predictions (default: triggered after training).")
     store_country_default: str = Field(default="GB", description="ISO country used for holidays when a store has none.")
@@ -478,6 +480,18 @@ class Settings(BaseSettings):
                              "streaming job loads that many hours of window history per micro-batch (the anomaly "
                              "look-back), and the trailing sales rate is summed from it")
         return v
+
+    @model_validator(mode="after")
+    def _check_gap_look_back(self) -> "Settings":
+        # check_gaps names loaded days whose raw files changed only once they are older than the re-check window
+        # (etl.star_schema.late_changed_days: ETL_RECHECK_DAYS + 1 .. ETL_GAP_CHECK_DAYS days back): a look-back
+        # not beyond the window would check no such day, silently
+        if not self.etl_gap_check_days > self.etl_recheck_days:
+            raise ValueError(
+                f"ETL_GAP_CHECK_DAYS ({self.etl_gap_check_days}) must be above ETL_RECHECK_DAYS "
+                f"({self.etl_recheck_days}): check_gaps names late raw files only on loaded days older than the "
+                "re-check window, and looks back ETL_GAP_CHECK_DAYS days")
+        return self
 
     @model_validator(mode="after")
     def _check_stream_retention(self) -> "Settings":

@@ -134,6 +134,22 @@ def test_risk_thresholds_must_be_ordered(monkeypatch, high, medium):
     assert "RISK_HIGH_HOURS" in str(err.value) and "RISK_MEDIUM_HOURS" in str(err.value)
 
 
+@pytest.mark.parametrize("gap,recheck,ok", [("7", "7", False), ("62", "90", False), ("8", "7", True),
+                                             ("62", None, True), ("1", "0", True)])
+def test_gap_look_back_must_exceed_the_recheck_window(monkeypatch, gap, recheck, ok):
+    """check_gaps names late raw files only on loaded days older than the re-check window, up to ETL_GAP_CHECK_DAYS
+    back: a look-back not beyond ETL_RECHECK_DAYS (7 and 7, or 62 and 90) checked no such day and said nothing."""
+    monkeypatch.setenv("ETL_GAP_CHECK_DAYS", gap)
+    if recheck is not None:
+        monkeypatch.setenv("ETL_RECHECK_DAYS", recheck)
+    if ok:
+        assert get_settings().etl_gap_check_days == int(gap)
+        return
+    with pytest.raises(ConfigError) as err:
+        get_settings()
+    assert "ETL_GAP_CHECK_DAYS" in str(err.value) and "ETL_RECHECK_DAYS" in str(err.value)
+
+
 @pytest.mark.parametrize("future,watermark", [("60", "10 minutes"), ("10", "10 minutes"), ("5", "300 seconds"),
                                               ("0", "0 seconds"), ("2", "90 seconds")])
 def test_future_bound_must_be_below_the_watermark(monkeypatch, future, watermark):
