@@ -775,17 +775,20 @@ def test_days_never_loaded_behind_the_catch_up_start_are_reported(native_stack):
 
 
 @contextlib.contextmanager
-def _gap_check_days(n: int):
-    """ETL_GAP_CHECK_DAYS=n for the block (settings re-read), restored after."""
+def _gap_check_days(n: int, recheck: int | None = None):
+    """ETL_GAP_CHECK_DAYS=n (and ETL_RECHECK_DAYS=recheck when given: the settings want n above it) for the block
+    (settings re-read), restored after."""
     from core.settings import get_settings
 
-    old = os.environ.get("ETL_GAP_CHECK_DAYS")
-    os.environ["ETL_GAP_CHECK_DAYS"] = str(n)
+    env = {"ETL_GAP_CHECK_DAYS": str(n), **({} if recheck is None else {"ETL_RECHECK_DAYS": str(recheck)})}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     get_settings.cache_clear()
     try:
         yield
     finally:
-        os.environ.pop("ETL_GAP_CHECK_DAYS", None) if old is None else os.environ.__setitem__("ETL_GAP_CHECK_DAYS", old)
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         get_settings.cache_clear()
 
 
@@ -800,7 +803,7 @@ def test_gap_check_looks_back_only_etl_gap_check_days(native_stack):
         land_small(lake)
         run_pandas(D1), run_pandas(D3)
         assert any(f.endswith(".parquet") for f in lake.list_files(*etl.raw_partition(lake, etl.INVENTORY, D2)))
-        with _gap_check_days(3):   # D2 + 3: D2 is 3 days back, named; D2 + 4: out of the look-back
+        with _gap_check_days(3, recheck=2):   # D2 + 3: D2 is 3 days back, named; D2 + 4: out of the look-back
             with pytest.raises(etl.LoadGapError, match=r"2024-03-30\. Load") as err:
                 etl.check_load_gaps(D2 + dt.timedelta(days=3))
             assert err.value.days == [D2]
