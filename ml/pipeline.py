@@ -147,6 +147,14 @@ def loaded_through(client, db: str, last_sale, run_date: dt.date) -> dt.date | N
     return day
 
 
+def known_demand_end(last, loaded: dt.date | None, run_date: dt.date) -> pd.Timestamp:
+    """min(run_date, the later of ``last`` (last day with sales) and ``loaded`` (:func:`loaded_through`; None =
+    none)) as a midnight Timestamp: the last day whose demand is known (shared by :func:`history_end` and
+    :func:`classify_skus`)."""
+    known = pd.Timestamp(last) if loaded is None else max(pd.Timestamp(last), pd.Timestamp(loaded))
+    return min(pd.Timestamp(run_date), known)
+
+
 def history_end(first: dt.date | None, last: dt.date | None, run_date: dt.date, db: str,
                 horizon: int = DEFAULT_HORIZON, loaded: dt.date | None = None) -> pd.Timestamp:
     """The last day with known demand: min(run_date, the last day with sales, or ``loaded`` when later): a day
@@ -167,8 +175,7 @@ def history_end(first: dt.date | None, last: dt.date | None, run_date: dt.date, 
     """
     if first is None or pd.isna(first):
         raise InsufficientData(f"no sales in {db}.fact_sales up to {run_date}: run daily_etl first")
-    known = pd.Timestamp(last) if loaded is None else max(pd.Timestamp(last), pd.Timestamp(loaded))
-    end = min(pd.Timestamp(run_date), known)
+    end = known_demand_end(last, loaded, run_date)
     span = int((end - pd.Timestamp(first)).days) + 1
     need = MIN_HISTORY_DAYS + int(horizon)
     if span < need:
@@ -690,7 +697,7 @@ def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> d
         raise ValueError(f"no sales in {db}.fact_sales up to {run_date}")
     last = daily["date"].max()
     loaded = loaded_through(client, db, last, run_date)   # loaded days without a sale are zero demand
-    end = min(pd.Timestamp(run_date), max(pd.Timestamp(last), pd.Timestamp(loaded or last)))
+    end = known_demand_end(last, loaded, run_date)
     stocked = load_inventory(client, db, end.date())   # stock on hand without a sale in the window: dead stock
     stocked = stocked.loc[stocked["stock"] > 0, ["store_id", "product_id"]]
     cls = classify(daily, end_date=end, window_days=window_days, include=stocked)
