@@ -117,10 +117,10 @@ def native_services(tmp_path_factory):
     """Real Kafka, MinIO and the ClickHouse endpoint on free ports for the whole session; yields the Settings."""
     from ops import local
 
-    with platform_settings(tmp_path_factory.mktemp("stack-state"),
+    # a port taken by another program between the pick and the start: started again on other ports (reported)
+    with local.platform_up(tmp_path_factory.mktemp("stack-state"), ["kafka", "minio", "clickhouse"],
                            CLICKHOUSE_DATABASE=f"test_{uuid.uuid4().hex[:8]}") as s:
         try:
-            local.up(s, ["kafka", "minio", "clickhouse"])
             yield s
         finally:
             local.down(s)
