@@ -405,9 +405,8 @@ def run(size: ChainSize, runs: int, end_day: dt.date) -> dict[str, Any]:
     from ops import local
 
     with tempfile.TemporaryDirectory(prefix="bench-bi-") as tmp, \
-            local.platform_settings(Path(tmp), CLICKHOUSE_DATABASE="bench_bi") as s:
+            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi") as s:
         try:
-            local.up(s, ["clickhouse"])
             migrate(s)
             writer = get_client(s)
             t0 = time.perf_counter()

@@ -297,9 +297,8 @@ def run_size(series: int, end_day: dt.date, days: int, progress=None) -> dict[st
     from ops import local
 
     with tempfile.TemporaryDirectory(prefix="bench-nightly-") as tmp, \
-            local.platform_settings(Path(tmp), CLICKHOUSE_DATABASE="bench_nightly") as s:
+            local.platform_up(Path(tmp), ["minio", "clickhouse"], CLICKHOUSE_DATABASE="bench_nightly") as s:
         try:
-            local.up(s, ["minio", "clickhouse"])
             migrate(s)
             Lake(s).ensure_buckets()
             load1 = os.getloadavg()

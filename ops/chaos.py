@@ -407,9 +407,8 @@ def run_chaos(profile: Profile, seed: int = 11, state: Path | None = None, drain
     rng.shuffle(plan)
     faults: list[dict[str, Any]] = []
     t_start = time.time()
-    with local.platform_settings(state, **env) as s:
+    with local.platform_up(state, ["kafka", "minio", "clickhouse", "streaming"], **env) as s:
         try:
-            local.up(s, ["kafka", "minio", "clickhouse", "streaming"])
             log(f"platform up in {time.time() - t_start:.0f} s; producing {profile.rate:g} events/s")
             prod = FixedRateProducer(s, profile.rate, profile.stores, profile.skus, seed=seed)
             prod.start()

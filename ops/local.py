@@ -260,6 +260,11 @@ def start(name: str, s: Settings | None = None, done: set[str] | None = None,
     def ok() -> bool:
         state = _info(s, name)["statename"]
         if state in ("FATAL", "EXITED", "BACKOFF") and not healthy(name, s):
+            taken = _foreign_holders(name, s)
+            if taken:   # it cannot bind its port: waiting on it would only wait out the timeout
+                raise PortInUseError(
+                    f"{name} cannot start: its port is held by a program that is not the platform's: "
+                    f"{_describe(taken)}; stop it or configure another port", taken)
             if state == "FATAL":
                 raise StackError(f"{name} failed to start (supervisor state FATAL); log {log}:\n"
                                  + (log.read_text(errors='replace')[-2500:] if log.exists() else ""))
@@ -358,6 +363,22 @@ class ForeignPortsError(StackError):
         self.holders = holders
 
 
+class PortInUseError(StackError):
+    """A program failed to start while a port of its service (:func:`_ports`) is held by a program that is not the
+    platform's (:func:`port_holders`): raised by :func:`start` at once instead of after the service's timeout.
+    ``holders``: ``{port: [{"pid", "program", "ours"}]}``, the foreign holders only."""
+
+    def __init__(self, message: str, holders: dict[int, list[dict]]):
+        super().__init__(message)
+        self.holders = holders
+
+
+def _foreign_holders(name: str, s: Settings) -> dict[int, list[dict]]:
+    """The ports of service ``name`` held by programs that are not the platform's, with those holders."""
+    mine = {p for _, p in _ports(name, s)}
+    return {port: foreign for port, hs in port_holders(s, mine).items() if (foreign := [h for h in hs if not h["ours"]])}
+
+
 def _recorded_groups(s: Settings) -> set[tuple[int, int]]:
     """(process group, session) of each program's last start (:func:`ops.services.pgid_file`)."""
     out = set()
@@ -393,15 +414,15 @@ def _ours(pid: int, s: Settings, groups: set[tuple[int, int]]) -> bool:
         return False
 
 
-def port_holders(s: Settings) -> dict[int, list[dict]]:
-    """Every configured port of every service (:func:`_ports`) that something listens on: ``{port: [{"pid",
-    "program", "ours"}]}`` (``pid`` None and ``program`` "a process of another user" when the socket's owner is
-    not visible; ``ours``: :func:`_ours`)."""
+def port_holders(s: Settings, ports: set[int] | None = None) -> dict[int, list[dict]]:
+    """Every configured port of every service (:func:`_ports`; only ``ports`` when given) that something listens
+    on: ``{port: [{"pid", "program", "ours"}]}`` (``pid`` None and ``program`` "a process of another user" when
+    the socket's owner is not visible; ``ours``: :func:`_ours`)."""
     import psutil
 
     groups = _recorded_groups(s)
     out: dict[int, list[dict]] = {}
-    for port in sorted({p for name in svc.SERVICES for _, p in _ports(name, s)}):
+    for port in sorted(ports if ports is not None else {p for name in svc.SERVICES for _, p in _ports(name, s)}):
         found = []
         for pid in svc.listeners(port):
             if pid is None:
@@ -580,3 +601,51 @@ def platform_settings(state: Path, **extra: str):
         get_settings.cache_clear()
         reset_clients()
         get_lake.cache_clear()
+        for k in _PORT_SETTINGS:
+            if k not in extra:
+                svc.release_port(int(env[k].rpartition(":")[2]))
+
+
+#: the settings :func:`platform_settings` sets to ports of :func:`ops.services.free_port`
+_PORT_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CONTROLLER_PORT", "MINIO_PORT", "MINIO_CONSOLE_PORT",
+                  "CLICKHOUSE_HTTP_PORT", "AIRFLOW_PORT", "AIRFLOW_WORKER_LOG_PORT", "AIRFLOW_TRIGGER_LOG_PORT",
+                  "DASHBOARD_PORT")
+
+
+@contextlib.contextmanager
+def platform_up(state: Path, services: list[str] | tuple[str, ...] | None = None, attempts: int = 3,
+                warn: Callable[[str], None] | None = None, **extra: str):
+    """:func:`platform_settings` of ``state`` with ``services`` brought :func:`up`; yields its Settings. The caller
+    stops it (:func:`down`) before the block ends; a failed start is stopped here.
+
+    When a port picked for it was taken by a program that is not the platform's before its service bound it
+    (:class:`PortInUseError`: :func:`ops.services.free_port` leaves the kernel's ephemeral ports alone and reserves
+    its picks, but a program may still bind a fixed port there), what started is stopped, the state folder is
+    deleted (:func:`clean`) and the whole start is made again on newly picked ports, up to ``attempts`` times;
+    each collision is reported to ``warn`` (default: :func:`warnings.warn`, RuntimeWarning) naming the port, pid
+    and program.
+
+    Raises:
+        PortInUseError: every one of the ``attempts`` starts met a taken port.
+        StackError, ConfigError: as :func:`up`.
+    """
+    import warnings
+
+    warn = warn or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=3))
+    for attempt in range(1, attempts + 1):
+        with platform_settings(state, **extra) as s:
+            try:
+                up(s, services)
+            except PortInUseError as exc:
+                with contextlib.suppress(StackError):
+                    clean(s)   # a foreign holder of a configured port does not stop it (ForeignPortsError)
+                if attempt == attempts:
+                    raise
+                warn(f"port collision on start {attempt} of {attempts}, starting again on other ports: {exc}")
+                continue
+            except BaseException:
+                with contextlib.suppress(StackError):
+                    down(s)
+                raise
+            yield s
+            return

@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,12 @@ import pytest
 
 from ops.local import platform_settings  # noqa: F401  (test modules import it from here)
 from ops.services import free_port  # noqa: F401  (test modules import it from here)
+
+# The suite runs in UTC whatever the machine's time zone (TZ, /etc/localtime): PySpark's collect() gives naive
+# datetimes in the process's local time, which the tests compare with UTC ones (under TZ=Pacific/Chatham 7 tests of
+# test_streaming_transforms / test_streaming_sinks failed, passing in UTC); the services the tests start inherit it.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RETAIL_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
@@ -117,10 +124,10 @@ def native_services(tmp_path_factory):
     """Real Kafka, MinIO and the ClickHouse endpoint on free ports for the whole session; yields the Settings."""
     from ops import local
 
-    with platform_settings(tmp_path_factory.mktemp("stack-state"),
+    # a port taken by another program between the pick and the start: started again on other ports (reported)
+    with local.platform_up(tmp_path_factory.mktemp("stack-state"), ["kafka", "minio", "clickhouse"],
                            CLICKHOUSE_DATABASE=f"test_{uuid.uuid4().hex[:8]}") as s:
         try:
-            local.up(s, ["kafka", "minio", "clickhouse"])
             yield s
         finally:
             local.down(s)

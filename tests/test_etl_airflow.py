@@ -940,16 +940,23 @@ def test_a_rerun_after_a_cost_change_keeps_the_cost_of_its_day(native_stack, bui
         products.loc[products["product_id"] == "P2", "unit_cost"] = 2.6
         lake.write_table(pa.Table.from_pandas(products, preserve_index=False), lake.settings.lake_raw_bucket,
                          "reference/products/products.parquet")
+        from core.dagconf import utc_today
+
+        day_before = utc_today()
         out = build_and_load(D1)                     # the re-run of D1 after the change
+        day_after = utc_today()
         assert out["qc"]["rows"] == len(lines)       # reconciled with the lake
         assert _day_money(client, db, 20240329) == expected
         assert p2_cost() == 2.6                      # the dimension is current
         build_and_load(D1)                           # and again: idempotent
         assert _day_money(client, db, 20240329) == expected
         assert p2_cost() == 2.6
-        # a day after the change was seen takes the new cost (today: the first day the change is valid on)
+        # a day after the change was seen takes the new cost (today: the first day the change is valid on, the UTC
+        # date of the re-run that saw it; read once after the runs, the date was the next day's for a re-run
+        # finished just before midnight, and the versions below failed)
         hist = etl.reference_history(lake, "products")
-        today = dt.datetime.now(dt.timezone.utc).date()
+        (today,) = hist.loc[(hist["product_id"] == "P2") & (hist["unit_cost"] == 2.6), "valid_from"]
+        assert today in (day_before, day_after), (today, day_before, day_after)
         now = etl.reference_as_of(hist, today)
         assert now.set_index("product_id").loc["P2", "unit_cost"] == 2.6
         assert etl.reference_as_of(hist, D1).set_index("product_id").loc["P2", "unit_cost"] == 2.0

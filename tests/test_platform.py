@@ -24,7 +24,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import platform_settings
 
 pytestmark = pytest.mark.integration
 
@@ -52,11 +51,10 @@ def platform(tmp_path_factory):
     """Every native service up under supervisord, in a fresh state folder and on free ports; yields Settings."""
     from ops import local
 
-    with platform_settings(tmp_path_factory.mktemp("platform"), CLICKHOUSE_DATABASE="retail",
+    with local.platform_up(tmp_path_factory.mktemp("platform"), None, CLICKHOUSE_DATABASE="retail",
                            LAKE_RAW_BUCKET="raw-data", LAKE_MODELS_BUCKET="models", LAKE_FEATURES_BUCKET="features",
                            STREAM_TRIGGER_SECONDS="2") as s:
         try:
-            local.up(s)
             yield s
         finally:
             local.down(s)

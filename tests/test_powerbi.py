@@ -530,14 +530,12 @@ def test_every_bound_field_exists_in_the_model(model):
 def engine(tmp_path_factory):
     """The ClickHouse HTTP endpoint (service ``clickhouse`` of the native supervisor, chDB behind it) on free
     ports with a fresh state; a fresh database with every migration; yields (settings, database)."""
-    from ops.local import platform_settings
     from core.clickhouse import migrate
     from ops import local
 
-    with platform_settings(tmp_path_factory.mktemp("pbi-state"),
+    with local.platform_up(tmp_path_factory.mktemp("pbi-state"), ["clickhouse"],
                            CLICKHOUSE_DATABASE=f"pbi_{uuid.uuid4().hex[:8]}") as s:
         try:
-            local.up(s, ["clickhouse"])
             migrate(s)
             yield s, s.clickhouse_database
         finally:
