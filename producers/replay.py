@@ -241,8 +241,52 @@ def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
     return text
 
 
-def read_text(path: str | Path, encoding: str | None = None) -> str:
-    """The whole text of a transaction log: its bytes decompressed as their leading bytes say (gzip, zstd, bzip2,
+def read_source(path: str | Path, received: bytearray | None = None, wake_fd: int | None = None) -> bytes:
+    """All bytes of ``path``. A regular file is read at once. A FIFO, pipe or device (a writer that may keep it
+    open and write nothing for hours) is read in chunks of up to 1 MiB as they arrive, waiting with
+    :mod:`selectors` on the file and on ``wake_fd`` (the read end of :func:`signal.set_wakeup_fd`'s pipe, see
+    ``producers.cli.StopSignals.wakeup_fd``): a signal wakes the wait whichever thread the kernel delivered it to,
+    and its Python handler runs in the main thread before the next read (until 2026-12-06 a plain read: a signal the
+    kernel gave to another thread, e.g. with the main thread's mask blocking it, ran its handler only once the
+    writer closed the FIFO). ``received``: a bytearray the bytes are appended to as they arrive, so a caller whose
+    read a handler interrupts (raises) keeps what was read (the CLI saves it).
+
+    Raises:
+        FileNotFoundError: no such file; whatever a signal handler raises while the read waits.
+    """
+    import os
+    import selectors
+    import stat
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"UCI transaction log not found: {path}")
+    buf = received if received is not None else bytearray()
+    if stat.S_ISREG(path.stat().st_mode):
+        buf += path.read_bytes()
+        return bytes(buf)
+    with open(path, "rb", buffering=0) as fh, selectors.DefaultSelector() as sel:
+        sel.register(fh, selectors.EVENT_READ)
+        if wake_fd is not None:
+            sel.register(wake_fd, selectors.EVENT_READ)
+        while True:
+            for key, _ in sel.select():
+                if key.fileobj is not fh:   # a signal: drain the wake-up bytes; its handler runs before the next read
+                    try:
+                        os.read(wake_fd, 512)
+                    except BlockingIOError:
+                        pass
+                    continue
+                chunk = os.read(fh.fileno(), 1 << 20)
+                if not chunk:
+                    return bytes(buf)
+                buf += chunk
+
+
+def read_text(path: str | Path, encoding: str | None = None, received: bytearray | None = None,
+              wake_fd: int | None = None) -> str:
+    """The whole text of a transaction log: its bytes (:func:`read_source`; ``received`` / ``wake_fd`` as there)
+    decompressed as their leading bytes say (gzip, zstd, bzip2,
     xz, a zip of one CSV: :func:`_unpack`, whatever the name), decoded by :func:`_decode` (so the encoding is judged
     on the whole text). Line endings are kept as they are.
 
@@ -252,9 +296,7 @@ def read_text(path: str | Path, encoding: str | None = None) -> str:
             in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"UCI transaction log not found: {path}")
-    text = _decode(_unpack(path.read_bytes(), path), encoding, path)
+    text = _decode(_unpack(read_source(path, received, wake_fd), path), encoding, path)
     if not text.strip():
         raise ValueError(f"{path}: the file is empty (no header row); expected the format of the UCI README")
     return text
@@ -297,7 +339,8 @@ def _unpack(raw: bytes, path: Path, depth: int = 0) -> bytes:
     return raw
 
 
-def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None) -> pd.DataFrame:
+def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None,
+                      received: bytearray | None = None, wake_fd: int | None = None) -> pd.DataFrame:
     """Read the UCI CSV(.gz) (text columns as str, missing description / customer as "").
 
     Args:
@@ -306,6 +349,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
         limit: read only the first ``limit`` rows.
         encoding: the file's text encoding; None: UTF-8, else Windows-1252 when the bytes hold no UTF-8 sequence
             (a warning says so; :func:`_decode`).
+        received, wake_fd: see :func:`read_source` (a FIFO's bytes kept when a signal interrupts the read).
 
     Raises:
         FileNotFoundError: no such file; ValueError: a required column is missing, no invoice_ts parses in any of
@@ -313,7 +357,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
-    text = read_text(path, encoding)
+    text = read_text(path, encoding, received, wake_fd)
     sep = _separator(text)
     rows_lines = None
     try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line

@@ -1235,3 +1235,57 @@ def test_replay_serves_the_cached_invoice_ts_parse_only_for_unedited_values(tmp_
     assert served is not None and served.equals(parsed) and calls == []
     ts[2] = "2011-06-01 11:00:00"   # edited in place: the parse kept does not serve it any more
     assert cached.get(ts) is None
+
+
+def test_a_signal_given_to_another_thread_ends_a_fifo_read_at_once(tmp_path):
+    """``read_source`` on a FIFO whose writer wrote a line and stays open, SIGTERM sent while the main thread masks it
+    (as a C library may), so the kernel gives it to another thread: the wake-up pipe of :class:`StopSignals` ends the
+    wait, the handler raises in the main thread while the writer is still open, the line read is kept. Before
+    2026-12-06 (a plain read) the handler ran only once the writer closed the FIFO."""
+    import fcntl
+    import os
+    import signal
+    import struct
+    import termios
+    import threading
+    import time
+
+    from producers.cli import StartupStopped, StopSignals
+    from producers.replay import read_source
+
+    fifo = tmp_path / "pos.csv"
+    os.mkfifo(fifo)
+    opened, done, closed = threading.Event(), threading.Event(), threading.Event()
+    writer: dict[str, int] = {}
+
+    def write_and_wait() -> None:   # opens the FIFO (blocks until the read opens it), writes, stays open a minute
+        writer["fd"] = os.open(fifo, os.O_WRONLY)
+        os.write(writer["fd"], b"invoice,line_no\n")
+        opened.set()
+        done.wait(60)
+        os.close(writer["fd"])
+        closed.set()
+
+    def kill_once_read() -> None:   # an unmasked thread: the signal is delivered here
+        opened.wait(60)
+        deadline = time.monotonic() + 60
+        while struct.unpack("i", fcntl.ioctl(writer["fd"], termios.FIONREAD, b"\0\0\0\0"))[0] and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (write_and_wait, kill_once_read)]
+    got = bytearray()
+    with StopSignals(interrupt=True) as sigs:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            for t in threads:
+                t.start()
+            with pytest.raises(StartupStopped):
+                read_source(fifo, got, sigs.wakeup_fd)
+            assert not closed.is_set() and bytes(got) == b"invoice,line_no\n"   # stopped, the writer still open
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            done.set()
+            for t in threads:
+                t.join(10)

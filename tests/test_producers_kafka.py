@@ -697,3 +697,73 @@ def _jsonl_file_sigterm(kafka_settings, tmp_path) -> None:
     assert lines["stopped_at_line"] == lines["published"] + 1 and lines["dead_lettered"] == 0, lines
     assert pub["failed"] == pub["pending"] == 0 and pub["delivered"] == pub["sent"] == lines["published"], pub
     assert _end_offsets(s, s.topic("sales-transactions")) == lines["published"]
+
+
+def test_sigterm_stops_a_replay_waiting_on_a_silent_fifo_and_keeps_what_it_read(kafka_settings, tmp_path):
+    """The replay reading a FIFO whose writer wrote 6 sale lines and a cut seventh and stays open (no EOF), started
+    with SIGTERM / SIGINT blocked (a launcher that spawns with them masked; the handler of a blocked signal never
+    runs): SIGTERM stops it while the writer is still open, exit 143, the report names the read, and the bytes it
+    read are saved under $RETAIL_STATE_DIR/replay (a FIFO's bytes are gone once read). Replaying that file into the
+    real broker publishes the 6 sales and dead-letters the cut line: rows in = published + dead-lettered.
+    Before 2026-12-06: no exit until the writer closed the FIFO (20 s measured, then exit 1, no report, the bytes
+    lost)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import termios
+    import uuid
+    import fcntl
+    import struct
+
+    from core.settings import REPO_ROOT
+    from producers.cli import run_replay
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-rpfifo-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    head = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country\n"
+    rows = [f"55{i:04d},1,2{i:04d},ITEM {i},{i + 1},1.25,2011-05-16 08:{10 + i}:00,15813,United Kingdom\n"
+            for i in range(6)]
+    data = (head + "".join(rows) + "559999,1,23000,CUT LI").encode()   # the writer's last line is cut
+    fifo = tmp_path / "pos.csv"
+    os.mkfifo(fifo)
+    state = tmp_path / "state"
+
+    def masked() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "KAFKA_TOPIC_PREFIX": prefix,
+           "RETAIL_STATE_DIR": str(state), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "replay", "--path", str(fifo), "--quiet",
+                             "--no-reference"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=masked)
+    fd = None
+    try:
+        fd = _poll(lambda: _fifo_has_reader(fifo), "the replay to open its file", proc)
+        os.write(fd, data)
+
+        def unread() -> int:
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+        _poll(lambda: unread() == 0, "the replay to read what was written", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)   # the writer stays open: no EOF ends the read
+    finally:
+        _kill_if_running(proc)
+        if fd is not None:
+            os.close(fd)
+    assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
+    report = json.loads(out)
+    assert report["published"]["stopped"] == ("SIGTERM received during start-up (reading the transaction log); "
+                                              "nothing published"), report
+    saved = report["unread_saved"]
+    assert saved["bytes"] == len(data) and saved["lines"] == 7, saved
+    part = state / "replay" / os.path.basename(saved["path"])
+    assert part.read_bytes() == data
+    got = run_replay(s, part, keep_dates=True, write_reference=False, progress=False)
+    sales = [json.loads(m.value) for m in consume_all(s, s.topic("sales-transactions"))]
+    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert sorted(x["transaction_id"] for x in sales) == sorted(f"55{i:04d}-1" for i in range(6)), sales
+    assert [d["event_type"] for d in dead] == ["uci_source_line"] and "559999" in dead[0]["payload"]["text"], dead
+    assert got["published"]["failed"] == 0 and got["generator"]["rows"] == 7, got
