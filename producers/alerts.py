@@ -33,11 +33,18 @@ JOIN_TIMEOUT_S = 60.0
 
 
 class SeenIds:
-    """The newest ``limit`` alert ids handed over, optionally kept in a text file (one id per line)."""
+    """The newest ``limit`` alert ids handed over, optionally kept in a text file (one id per line).
+
+    :meth:`record` appends an id to the file (flushed and fsynced) as soon as its alert was handed over, before
+    the offset that covers it is committed: a consumer killed afterwards (``kill -9``, power loss) skips the alert
+    when it is re-read or re-sent by the stream. Until 2026-12-06 the ids were written only when the run ended, so a
+    consumer killed after its commit printed the stream's re-send of an alert a second time. :meth:`save` rewrites
+    the file compactly (the newest ``limit``)."""
 
     def __init__(self, path: Path | None, limit: int = SEEN_MAX):
         self.path, self.limit = path, limit
         self._ids: OrderedDict[str, None] = OrderedDict()
+        self._log = None   # the file opened for appending (first record)
         if path is not None and path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line:
@@ -52,8 +59,25 @@ class SeenIds:
         while len(self._ids) > self.limit:
             self._ids.popitem(last=False)
 
+    def record(self, alert_id: str) -> None:
+        """:meth:`add` the id and append it to the file at once (flush + fsync), so it survives a crash."""
+        import os
+
+        self.add(alert_id)
+        if self.path is None:
+            return
+        if self._log is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.path, "a", encoding="utf-8")
+        self._log.write(f"{alert_id}\n")
+        self._log.flush()
+        os.fsync(self._log.fileno())
+
     def save(self) -> None:
         """Write the ids (atomically: a temporary file renamed over the old one)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +152,7 @@ def read_alerts(settings: Settings, handle: Callable[[dict[str, Any]], None], *,
                         report["duplicates"] += 1
                         continue
                     handle(alert)
-                    seen.add(alert["alert_id"])
+                    seen.record(alert["alert_id"])   # on disk before the offset is committed
                     report["alerts"] += 1
                     if max_alerts is not None and report["alerts"] >= max_alerts:
                         if publisher is not None:

@@ -767,3 +767,69 @@ def test_sigterm_stops_a_replay_waiting_on_a_silent_fifo_and_keeps_what_it_read(
     assert sorted(x["transaction_id"] for x in sales) == sorted(f"55{i:04d}-1" for i in range(6)), sales
     assert [d["event_type"] for d in dead] == ["uci_source_line"] and "559999" in dead[0]["payload"]["text"], dead
     assert got["published"]["failed"] == 0 and got["generator"]["rows"] == 7, got
+
+
+def test_an_alert_consumer_killed_after_its_commit_skips_the_streams_resend(kafka_settings, tmp_path, monkeypatch):
+    """``alerts --follow`` prints 2 alerts and commits their offsets, then is killed (SIGKILL: no clean exit); the
+    stream re-sends alert 1 (same alert_id: its crash between Kafka's acknowledgement and the ClickHouse insert)
+    and sends alert 3. The next run prints alert 3 only: each alert_id printed once over both runs, none lost.
+    Before 2026-12-06 the ids were saved only when a run ended: the re-send was printed a second time."""
+    import subprocess
+    import threading
+    import uuid
+
+    from kafka import KafkaAdminClient, KafkaProducer
+
+    from core.kafka_admin import ensure_topics
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-alk-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    ensure_topics(s)
+    now = int(time.time() * 1000)
+
+    def alert(i: int) -> dict:
+        return {"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
+                "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
+                "priority": "HIGH", "window_end": now, "timestamp": now}
+
+    def send(alerts) -> None:
+        producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+        for a in alerts:
+            producer.send(s.topic("restock-alerts"), key=f"S1|{a['product_id']}".encode(), value=json.dumps(a).encode())
+        producer.flush(30)
+        producer.close()
+
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    send([alert(1), alert(2)])
+    proc = _cli(s, "alerts", "--follow", "--group", "crash", prefix=prefix, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+    try:
+        def committed() -> int:
+            from kafka.errors import KafkaError
+
+            try:
+                offsets = admin.list_group_offsets("crash").get("crash", {})
+            except KafkaError:   # the group's coordinator is not there yet (first group of the broker)
+                return -1
+            return sum(o.offset for tp, o in offsets.items() if tp.topic == s.topic("restock-alerts"))
+
+        _poll(lambda: committed() == 2, "the consumer to commit the 2 alerts", proc)
+        proc.kill()   # no clean exit: nothing written at the end of the run
+        proc.wait(30)
+        reader.join(30)
+    finally:
+        admin.close()
+        _kill_if_running(proc)
+    first = [json.loads(line) for line in lines]
+    assert first == [alert(1), alert(2)], first
+    send([alert(1), alert(3)])   # the stream's re-send after its crash, and a new alert
+    r = _cli(s, "alerts", "--group", "crash", "--idle-seconds", "3", prefix=prefix)
+    assert r.returncode == 0, r.stderr[-2000:]
+    second = [json.loads(line) for line in r.stdout.splitlines()]
+    assert second == [alert(3)], second
+    printed = [a["alert_id"] for a in first + second]
+    assert sorted(printed) == sorted({alert(i)["alert_id"] for i in (1, 2, 3)}), printed
