@@ -46,10 +46,13 @@ plus an optional letter suffix, e.g. SP1002, GIFT)
 quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`` / ``NEGATIVE_PRICE`` / ``UNPARSEABLE``
 quantity or price beyond the contracts' bounds         skipped: ``QUANTITY_OUT_OF_RANGE`` / ``PRICE_OUT_OF_RANGE``
 invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case); a
-                                                       product line skipped for one of the five keys above but
-                                                       ``ZERO_QUANTITY`` is quarantined too, naming the value
+                                                       product line skipped for one of the six keys above is
+                                                       quarantined too, naming the value (``ZERO_QUANTITY``
+                                                       since 2026-12-06)
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
 a required field empty or absent (a truncated line)    skipped, ``MISSING_<FIELD>``, and quarantined (dead-lettered)
+the file's last line, without a line end, ending in a  skipped, ``TRUNCATED_LINE``, quarantined (cut off: "United
+country that is none of :data:`COUNTRIES`              Kin")
 product line, invoice_ts not in the file's format      skipped, ``BAD_INVOICE_TS``, quarantined with its line
 product line dated > max(10 x MAD, 90 d) from the      skipped, ``INVOICE_TS_OUTLIER``, quarantined (a typo such
 median of the file's dates (:func:`date_outliers`)     as 2101: it moved the clock of every other line)
@@ -371,11 +374,15 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
         log.warning("%s: %s; read line by line: %d malformed line(s) quarantined (%s), every other line kept",
                     path, str(exc).strip(), len(quarantine), "; ".join(f"line {q['line']}: {q['reason']}"
                                                                      for q in quarantine[:5]))
-    need = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
-            "customer_id", "country"]
-    missing = [c for c in need if c not in df.columns]
+    missing = [c for c in REQUIRED_FIELDS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
+    absent = [c for c in OPTIONAL_FIELDS if c not in df.columns]
+    if absent:   # until 2026-12-06 the whole file was refused (a POS export without descriptions: 0 rows replayed)
+        log.warning("%s: no column(s) %s: read as empty (no descriptions: products are named by their code; no "
+                    "customers: anonymous sales)", path, absent)
+        for c in absent:
+            df[c] = ""
     whole = df["invoice_ts"]
     if limit is not None:   # the date format is the whole file's, whatever part of it is read
         try:
@@ -388,6 +395,10 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     if whole is df["invoice_ts"] or limit is None:   # the frame's own column: Replay takes it parsed
         df.attrs["invoice_ts_parsed"] = ParsedTs(df["invoice_ts"].to_numpy(), parsed)
     df.attrs["quarantine"] = quarantine
+    # a text without a final line end may have lost the end of its last line (a copy or a writer cut off): the
+    # column its last field belongs to, for Replay to check (None: the file ends with a line end, or is read in part)
+    df.attrs["unended_last_field"] = (df.columns[-1] if limit is None and len(df) and not text.endswith(("\n", "\r"))
+                                      else None)
     # the physical line of each row, for quarantined rows (computed on first use: a CSV pass over the text);
     # a function, since pandas deep-copies attrs into every frame and series derived from df
     df.attrs["source_line"] = _line_finder(text, sep, rows_lines)
@@ -481,7 +492,8 @@ def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[p
 #: the earlier wins, so month-first (the original UCI export, ``12/1/2010 8:26``) before day-first
 TS_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M",
               "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f",
-              "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
+              "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S",
+              "%d.%m.%Y %H:%M", "%d.%m.%Y %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d %H:%M:%S")
 
 
 def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None, fmt: str | None = None) -> pd.Series:
@@ -528,7 +540,8 @@ class ParsedTs:
 def invoice_ts_format(ts: pd.Series, source: str | Path | None = None) -> str:
     """The one of :data:`TS_FORMATS` that parses the most values of ``ts`` (``2010-12-01 08:26:00`` as in the
     README; ``2010-12-01 08:26``, ``2010-12-01T08:26:00``, ``2010-12-01 08:26:00.000``, ``12/1/2010 8:26``,
-    ``01/12/2010 08:26`` as spreadsheets re-save it). Day and month order: a value > 12 in a position settles it
+    ``01/12/2010 08:26`` as spreadsheets re-save it, ``01.12.2010 08:26`` (day-first, as European locales write
+    it; until 2026-12-06 such a file was refused whole), ``2010/12/01 08:26``). Day and month order: a value > 12 in a position settles it
     (``13/12/2010`` does not parse month-first); when no value settles it, month-first as the original UCI export,
     with a warning.
 
@@ -643,7 +656,8 @@ class ReplayStats:
         added to every source time, 0 with ``keep_dates``), ``out_of_order_rows`` (replayed rows earlier than a row
         before them in the file: the replay sorts them into time order), ``quarantined`` / ``quarantine_codes``
         (malformed lines and truncated rows of :attr:`Replay.quarantine`, per code: ``MALFORMED_LINE``,
-        ``MISSING_<FIELD>``, ``BAD_INVOICE_TS``, ``INVOICE_TS_OUTLIER``; all but the first are in ``skipped`` too). Filled while :meth:`Replay.events` is
+        ``MISSING_<FIELD>``, ``BAD_INVOICE_TS``, ``INVOICE_TS_OUTLIER``, ``TRUNCATED_LINE``, the bad values of
+        :data:`BAD_VALUE_REASONS` such as ``ZERO_QUANTITY``; all but the first are in ``skipped`` too). Filled while :meth:`Replay.events` is
         iterated.
         """
         return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),
@@ -751,10 +765,14 @@ BAD_VALUE_REASONS = {
     "PRICE_OUT_OF_RANGE": lambda r: f"unit_price {r['unit_price']!r} is not finite or above {PRICE_MAX:,.0f} "
                                     "(contracts.PRICE_MAX)",
     "UNKNOWN_INVOICE": lambda r: f"invoice {r['invoice']!r} is not digits with an optional C / A prefix",
+    # until 2026-12-06 only counted: the line was in neither a topic nor the dead letters
+    "ZERO_QUANTITY": lambda r: f"quantity {r['quantity']!r} is zero: neither a sale, a return nor a stock movement",
 }
 
 #: the columns a replayed row cannot do without (description and customer_id may be empty)
 REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
+#: the columns a file may lack altogether (:func:`load_transactions` reads them as empty)
+OPTIONAL_FIELDS = ("description", "customer_id")
 
 
 def missing_fields(df: pd.DataFrame) -> pd.Series:
@@ -852,6 +870,15 @@ class Replay:
         # quarantined naming the value (before 2026-12-06 only counted, the line lost)
         for i in np.flatnonzero(pd.Series(self.skip_key, dtype=object).isin(list(BAD_VALUE_REASONS)).to_numpy()):
             quarantine(i, self.skip_key[i], BAD_VALUE_REASONS[self.skip_key[i]](df.iloc[i]))
+        # the file's last line without a line end, its last field the country and that no country of the log: cut
+        # off ("United Kin"; until 2026-12-06 replayed as a store of its own, UCI-X-UNITEDKIN)
+        last = len(df) - 1
+        if df.attrs.get("unended_last_field") == "country" and last >= 0 and self.kind[last] != "skip":
+            country = str(df["country"].iloc[last]).strip()
+            if country not in COUNTRIES:
+                quarantine(last, "TRUNCATED_LINE", f"the file's last line has no line end and its country {country!r} "
+                                                   "is none of the log's countries: cut off?")
+                self.kind[last], self.skip_key[last] = "skip", "TRUNCATED_LINE"
         # a product line whose invoice_ts is malformed ("2011-13-45", "12/1/201O") or a typo far from the file's
         # other dates ("2101-11-11": it moved every sale back 75 years) is quarantined, not replayed: it moves
         # neither the clock, the order nor the sizing of the others (before 2026-12-06 a malformed one was only

@@ -818,7 +818,7 @@ def test_invoice_times_as_a_spreadsheet_re_saves_them(tmp_path, fmt, caplog):
         days = [t.date() for t in parse_invoice_ts(ambiguous["invoice_ts"])]
     assert days == [datetime(2010, 1, 12).date(), datetime(2010, 1, 12).date(), datetime(2010, 2, 12).date()]
     assert "ambiguous" in caplog.text and "month-first" in caplog.text
-    bad = _write(tmp_path / "bad.csv", text(lambda t: t.strftime("%d.%m.%Y %H:%M")))
+    bad = _write(tmp_path / "bad.csv", text(lambda t: t.strftime("%Y%m%d %H%M")))   # (day-first dotted: read)
     with pytest.raises(ValueError, match=r"bad\.csv: no value of column invoice_ts parses.*%d/%m/%Y"):
         load_transactions(bad)
 

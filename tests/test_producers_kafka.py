@@ -833,3 +833,94 @@ def test_an_alert_consumer_killed_after_its_commit_skips_the_streams_resend(kafk
     assert second == [alert(3)], second
     printed = [a["alert_id"] for a in first + second]
     assert sorted(printed) == sorted({alert(i)["alert_id"] for i in (1, 2, 3)}), printed
+
+
+def _uci_file(path, rows: list[dict], header: list[str], *, encoding: str = "utf-8", bom: bool = False,
+              newline: str = "\n", cut: int = 0) -> None:
+    """A transaction log with ``rows`` under ``header`` written by the csv module (quotes where needed), in
+    ``encoding``, with a byte-order mark, ``newline`` line ends, its last ``cut`` characters cut off."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator=newline)
+    w.writerow(header)
+    for r in rows:
+        w.writerow([r.get(h, "") for h in header])
+    text = buf.getvalue()[:-cut] if cut else buf.getvalue()
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode(encoding))
+
+
+UCI_COLUMNS = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
+               "customer_id", "country"]
+
+
+def _uci_row(i: int, **kw) -> dict:
+    return {"invoice": f"57{i:04d}", "line_no": "1", "stock_code": f"2{i % 7:04d}", "description": f"ITEM {i}",
+            "quantity": str(i % 5 + 1), "unit_price": "1.25", "invoice_ts": f"2011-05-16 08:{i:02d}:00",
+            "customer_id": "15813", "country": "United Kingdom", **kw}
+
+
+def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_every_bad_one(kafka_settings,
+                                                                                           tmp_path):
+    """The replay over files it never saw, each into the real broker: a byte-order mark with CRLF, another column
+    order with extra columns, no description / customer columns, quoted commas and quotes in descriptions, Latin-1
+    bytes, zero and negative quantities, thousands separators, day-first dotted dates, a header only, a last line
+    cut in its country. Rows in (the csv module's count of the file) = sales on the topic (each good row is one
+    sale or return, its transaction_id) + source lines dead-lettered with a reason; an empty file is refused
+    with a clear error. Before 2026-12-06: the file without the optional columns and the dotted dates were refused
+    whole (10 rows, 0 published), a zero quantity was neither published nor dead-lettered (2 of 9 rows) and the cut
+    line was published as a store "UCI-X-UNITEDK"."""
+    import csv
+    import io
+    import uuid
+
+    from producers.cli import run_replay
+
+    good = [_uci_row(i) for i in range(6)]
+    cases = {   # name -> (rows, header, options, ids of the good rows, number of bad rows)
+        "bom_crlf": (good, UCI_COLUMNS, {"bom": True, "newline": "\r\n"}),
+        "order_extra": ([{**r, "till": "3", "note": "a,b"} for r in good], ["note"] + UCI_COLUMNS[::-1] + ["till"], {}),
+        "no_optional": (good, [c for c in UCI_COLUMNS if c not in ("description", "customer_id")], {}),
+        "quoted": ([{**r, "description": 'BAG, "RED", 2,5 CM'} for r in good], UCI_COLUMNS, {}),
+        "latin1": ([{**r, "description": "CAFÉ CRÈME £2"} for r in good], UCI_COLUMNS, {"encoding": "latin-1"}),
+        "quantities": (good + [_uci_row(6, quantity="0"), _uci_row(7, quantity="-0"),
+                               _uci_row(8, invoice="C570008", quantity="-2")], UCI_COLUMNS, {}),
+        "thousands": (good + [_uci_row(6, unit_price="1,234.50"), _uci_row(7, quantity="1,200")], UCI_COLUMNS, {}),
+        "dotted_dates": ([{**r, "invoice_ts": f"16.05.2011 08:{i:02d}"} for i, r in enumerate(good)], UCI_COLUMNS, {}),
+        "header_only": ([], UCI_COLUMNS, {}),
+        "cut_last_line": (good + [_uci_row(6)], UCI_COLUMNS, {"cut": len("gdom\n")}),
+    }
+    expect = {   # name -> (transaction ids published, rows dead-lettered)
+        "quantities": ({f"57{i:04d}-1" for i in range(6)} | {"C570008-1"}, 2),
+        "thousands": ({f"57{i:04d}-1" for i in range(6)}, 2),
+        "header_only": (set(), 0),
+        "cut_last_line": ({f"57{i:04d}-1" for i in range(6)}, 1),
+    }
+    problems = {}
+    for name, (rows, header, opts) in cases.items():
+        path = tmp_path / f"{name}.csv"
+        _uci_file(path, rows, header, **opts)
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig") if opts.get("encoding", "utf-8") == "utf-8" else raw.decode(opts["encoding"])
+        rows_in = sum(1 for rec in csv.reader(io.StringIO(text, newline="")) if rec) - 1
+        s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-bad-"})
+        try:
+            got = run_replay(s, path, keep_dates=True, write_reference=False, progress=False)
+        except ValueError as exc:
+            problems[name] = f"refused: {exc}"
+            continue
+        ids = [json.loads(m.value)["transaction_id"] for m in consume_all(s, s.topic("sales-transactions"))]
+        dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+        want_ids, want_dead = expect.get(name, ({f"57{i:04d}-1" for i in range(6)}, 0))
+        stores = {json.loads(m.value)["store_id"] for m in consume_all(s, s.topic("inventory-updates"))}
+        if (sorted(ids) != sorted(want_ids) or len(dead) != want_dead or len(ids) + len(dead) != rows_in
+                or not all(d["event_type"] == "uci_source_line" and d["reason"] for d in dead)
+                or got["published"]["failed"] or stores - {"UCI-GB"}):
+            problems[name] = {"rows_in": rows_in, "ids": sorted(ids), "dead": [d["reason"] for d in dead],
+                              "stores": sorted(stores), "failed": got["published"]["failed"]}
+    assert not problems, problems
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
+        run_replay(kafka_settings, empty, keep_dates=True, write_reference=False, progress=False)
