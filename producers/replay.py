@@ -211,13 +211,18 @@ def categorize(description: str) -> tuple[str, str, int]:
 _UTF8_MULTIBYTE = re.compile(rb"[\xC2-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}")
 
 
-def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
+def _decode(raw: bytes, encoding: str | None, path: Path, bad_lines: list[dict[str, Any]] | None = None) -> str:
     """The file's text: in ``encoding`` when given; in UTF-16 / UTF-32 when its byte-order mark says so; otherwise
     UTF-8 (a byte-order mark dropped) or, for bytes
     that are not UTF-8 and hold no UTF-8 sequence at all, Windows-1252 (what spreadsheet programs write for
     "CSV"; its "£" is 0xA3) with a warning. Raises ValueError naming the byte offset when the text is not in
     ``encoding``, mixes UTF-8 with other bytes (decoding all of it as Windows-1252 would garble the UTF-8
-    part), or is not Windows-1252 either."""
+    part), or is not Windows-1252 either.
+
+    ``bad_lines``: with a list, UTF-8 text holding lines that are not UTF-8 (a Latin-1 line pasted into a UTF-8
+    file) is not refused: each such line (not the header) is appended as ``{"line": physical line number, "code":
+    "BAD_ENCODING", "reason", "text"}`` (its bytes not UTF-8 shown as ``\\xNN``) and read as an empty line, so
+    every other line keeps its number and is read (until 2026-12-06 the whole file was refused)."""
     if not encoding:   # a byte-order mark names UTF-32 / UTF-16 (Excel's "Unicode Text"), decoded as such
         encoding = next((enc for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
                                               (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -231,6 +236,25 @@ def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         first = exc
+    if _UTF8_MULTIBYTE.search(raw) and bad_lines is not None:
+        parts, found = [], []
+        for n, line in enumerate(raw.splitlines(keepends=True), start=1):
+            try:
+                parts.append(line.decode("utf-8-sig" if n == 1 else "utf-8"))
+            except UnicodeDecodeError as exc:
+                if n == 1:
+                    break
+                body = line.rstrip(b"\r\n")
+                found.append({"line": n, "code": "BAD_ENCODING",
+                              "reason": f"not UTF-8 ({exc.reason}, byte 0x{line[exc.start]:02X} at column "
+                                        f"{exc.start + 1}) in a UTF-8 file",
+                              "text": body.decode("utf-8", "backslashreplace")})
+                parts.append(line[len(body):].decode("ascii") or "\n")
+        else:
+            log.warning("%s: %d line(s) not UTF-8 in a UTF-8 file quarantined (lines %s)", path, len(found),
+                        ", ".join(str(b["line"]) for b in found[:10]))
+            bad_lines.extend(found)
+            return "".join(parts)
     if _UTF8_MULTIBYTE.search(raw):
         raise ValueError(f"{path}: mixed encodings: UTF-8 text with a byte that is not UTF-8 at byte {first.start} "
                          f"({first.reason}); re-save the file in one encoding or pass it (--encoding)")
@@ -287,8 +311,9 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
 
 
 def read_text(path: str | Path, encoding: str | None = None, received: bytearray | None = None,
-              wake_fd: int | None = None) -> str:
-    """The whole text of a transaction log: its bytes (:func:`read_source`; ``received`` / ``wake_fd`` as there)
+              wake_fd: int | None = None, bad_lines: list[dict[str, Any]] | None = None) -> str:
+    """The whole text of a transaction log: its bytes (:func:`read_source`; ``received`` / ``wake_fd`` as there;
+    ``bad_lines`` as in :func:`_decode`: lines not UTF-8 in a UTF-8 file quarantined there instead of a ValueError)
     decompressed as their leading bytes say (gzip, zstd, bzip2,
     xz, a zip of one CSV: :func:`_unpack`, whatever the name), decoded by :func:`_decode` (so the encoding is judged
     on the whole text). Line endings are kept as they are.
@@ -299,7 +324,7 @@ def read_text(path: str | Path, encoding: str | None = None, received: bytearray
             in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
     """
     path = Path(path)
-    text = _decode(_unpack(read_source(path, received, wake_fd), path), encoding, path)
+    text = _decode(_unpack(read_source(path, received, wake_fd), path), encoding, path, bad_lines)
     if not text.strip():
         raise ValueError(f"{path}: the file is empty (no header row); expected the format of the UCI README")
     return text
@@ -360,7 +385,8 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
-    text = read_text(path, encoding, received, wake_fd)
+    bad_lines: list[dict[str, Any]] = []   # lines not UTF-8 in a UTF-8 file, quarantined with the others
+    text = read_text(path, encoding, received, wake_fd, bad_lines)
     sep = _separator(text)
     rows_lines = None
     try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
@@ -394,7 +420,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     df.attrs["invoice_ts_format"], parsed = _detect(whole, path)
     if whole is df["invoice_ts"] or limit is None:   # the frame's own column: Replay takes it parsed
         df.attrs["invoice_ts_parsed"] = ParsedTs(df["invoice_ts"].to_numpy(), parsed)
-    df.attrs["quarantine"] = quarantine
+    df.attrs["quarantine"] = sorted(bad_lines + quarantine, key=lambda q: q["line"])
     # a text without a final line end may have lost the end of its last line (a copy or a writer cut off): the
     # column its last field belongs to, for Replay to check (None: the file ends with a line end, or is read in part)
     df.attrs["unended_last_field"] = (df.columns[-1] if limit is None and len(df) and not text.endswith(("\n", "\r"))
@@ -656,8 +682,9 @@ class ReplayStats:
         added to every source time, 0 with ``keep_dates``), ``out_of_order_rows`` (replayed rows earlier than a row
         before them in the file: the replay sorts them into time order), ``quarantined`` / ``quarantine_codes``
         (malformed lines and truncated rows of :attr:`Replay.quarantine`, per code: ``MALFORMED_LINE``,
-        ``MISSING_<FIELD>``, ``BAD_INVOICE_TS``, ``INVOICE_TS_OUTLIER``, ``TRUNCATED_LINE``, the bad values of
-        :data:`BAD_VALUE_REASONS` such as ``ZERO_QUANTITY``; all but the first are in ``skipped`` too). Filled while :meth:`Replay.events` is
+        ``BAD_ENCODING``, ``MISSING_<FIELD>``, ``BAD_INVOICE_TS``, ``INVOICE_TS_OUTLIER``, ``TRUNCATED_LINE``, the
+        bad values of :data:`BAD_VALUE_REASONS` such as ``ZERO_QUANTITY``; all but the first two are in ``skipped``
+        too: those two are lines that make no row). Filled while :meth:`Replay.events` is
         iterated.
         """
         return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),

@@ -733,13 +733,18 @@ def test_load_transactions_reads_a_spreadsheet_export_and_names_a_bad_encoding(t
     pd.testing.assert_frame_equal(load_transactions(cp, encoding="cp1252"), ref)
     with pytest.raises(ValueError, match="not utf-8 text: invalid continuation byte at byte "):
         load_transactions(cp, encoding="utf-8")
-    # UTF-8 text with one Windows-1252 line appended: refused, naming the offset (read as Windows-1252 it would
-    # garble every UTF-8 name)
+    # UTF-8 text with one Windows-1252 line appended: that line quarantined naming the byte (read as Windows-1252
+    # the whole file would garble every UTF-8 name; until 2026-12-06 the file was refused), the others read
     mixed = tmp_path / "mixed.csv"
     mixed.write_bytes(changed.encode("utf-8") + 'X1,1,22222,CHÈQUE £5,1,1.0,2010-12-01 08:00:00,,France,s\n'
                       .encode("cp1252"))
+    got = load_transactions(mixed)
+    pd.testing.assert_frame_equal(got, ref)
+    assert [(q["line"], q["code"]) for q in got.attrs["quarantine"]] == [(401, "BAD_ENCODING")]
+    assert "byte 0xC8 at column 14" in got.attrs["quarantine"][0]["reason"]
+    assert got.attrs["quarantine"][0]["text"].startswith("X1,1,22222,CH\\xc8QUE")
     with pytest.raises(ValueError, match=r"mixed encodings: UTF-8 text with a byte that is not UTF-8 at byte \d+"):
-        load_transactions(mixed)
+        cut_sample(mixed, tmp_path / "mixed.csv.gz")   # the sample cutter still refuses it
 
 
 HEADER = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country,source\n"

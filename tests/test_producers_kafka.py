@@ -836,9 +836,10 @@ def test_an_alert_consumer_killed_after_its_commit_skips_the_streams_resend(kafk
 
 
 def _uci_file(path, rows: list[dict], header: list[str], *, encoding: str = "utf-8", bom: bool = False,
-              newline: str = "\n", cut: int = 0) -> None:
+              newline: str = "\n", cut: int = 0, encoding_errors: str = "strict") -> None:
     """A transaction log with ``rows`` under ``header`` written by the csv module (quotes where needed), in
-    ``encoding``, with a byte-order mark, ``newline`` line ends, its last ``cut`` characters cut off."""
+    ``encoding`` (``encoding_errors``: "surrogateescape" writes a lone byte given as a surrogate, e.g. "\\udcc9"),
+    with a byte-order mark, ``newline`` line ends, its last ``cut`` characters cut off."""
     import csv
     import io
 
@@ -848,7 +849,7 @@ def _uci_file(path, rows: list[dict], header: list[str], *, encoding: str = "utf
     for r in rows:
         w.writerow([r.get(h, "") for h in header])
     text = buf.getvalue()[:-cut] if cut else buf.getvalue()
-    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode(encoding))
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode(encoding, encoding_errors))
 
 
 UCI_COLUMNS = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
@@ -866,11 +867,11 @@ def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_eve
     """The replay over files it never saw, each into the real broker: a byte-order mark with CRLF, another column
     order with extra columns, no description / customer columns, quoted commas and quotes in descriptions, Latin-1
     bytes, zero and negative quantities, thousands separators, day-first dotted dates, a header only, a last line
-    cut in its country. Rows in (the csv module's count of the file) = sales on the topic (each good row is one
+    cut in its country, a Latin-1 line in a UTF-8 file. Rows in (the csv module's count of the file) = sales on the topic (each good row is one
     sale or return, its transaction_id) + source lines dead-lettered with a reason; an empty file is refused
     with a clear error. Before 2026-12-06: the file without the optional columns and the dotted dates were refused
     whole (10 rows, 0 published), a zero quantity was neither published nor dead-lettered (2 of 9 rows) and the cut
-    line was published as a store "UCI-X-UNITEDK"."""
+    line was published as a store "UCI-X-UNITEDK", and a UTF-8 file with one Latin-1 line was refused whole."""
     import csv
     import io
     import uuid
@@ -890,19 +891,22 @@ def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_eve
         "dotted_dates": ([{**r, "invoice_ts": f"16.05.2011 08:{i:02d}"} for i, r in enumerate(good)], UCI_COLUMNS, {}),
         "header_only": ([], UCI_COLUMNS, {}),
         "cut_last_line": (good + [_uci_row(6)], UCI_COLUMNS, {"cut": len("gdom\n")}),
+        "mixed_encoding": ([{**r, "description": "CAFÉ CRÈME"} for r in good] + [_uci_row(6, description="\udcc9")],
+                           UCI_COLUMNS, {"encoding_errors": "surrogateescape"}),   # a Latin-1 "É" in UTF-8 text
     }
     expect = {   # name -> (transaction ids published, rows dead-lettered)
         "quantities": ({f"57{i:04d}-1" for i in range(6)} | {"C570008-1"}, 2),
         "thousands": ({f"57{i:04d}-1" for i in range(6)}, 2),
         "header_only": (set(), 0),
         "cut_last_line": ({f"57{i:04d}-1" for i in range(6)}, 1),
+        "mixed_encoding": ({f"57{i:04d}-1" for i in range(6)}, 1),
     }
     problems = {}
     for name, (rows, header, opts) in cases.items():
         path = tmp_path / f"{name}.csv"
         _uci_file(path, rows, header, **opts)
         raw = path.read_bytes()
-        text = raw.decode("utf-8-sig") if opts.get("encoding", "utf-8") == "utf-8" else raw.decode(opts["encoding"])
+        text = raw.decode(opts.get("encoding", "utf-8-sig"), "surrogateescape")
         rows_in = sum(1 for rec in csv.reader(io.StringIO(text, newline="")) if rec) - 1
         s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-bad-"})
         try:
