@@ -928,3 +928,69 @@ def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_eve
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
         run_replay(kafka_settings, empty, keep_dates=True, write_reference=False, progress=False)
+
+
+def test_a_tombstone_on_the_alerts_topic_is_dead_lettered_and_the_alerts_after_it_come_out(kafka_settings, tmp_path,
+                                                                                           monkeypatch):
+    """A record with a key and no value (a tombstone, as a compaction tool or a careless producer writes) between two
+    alerts: dead-lettered with its reason and offset, both alerts printed, exit 0. Before 2026-12-06: TypeError,
+    exit 1, the offset not committed, so every later run stopped at it and no alert after it came out."""
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from core.kafka_admin import ensure_topics
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-altomb-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    ensure_topics(s)
+    now = int(time.time() * 1000)
+    alerts = [{"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
+               "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
+               "priority": "HIGH", "window_end": now, "timestamp": now} for i in (1, 2)]
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+    for value in (json.dumps(alerts[0]).encode(), None, json.dumps(alerts[1]).encode()):
+        producer.send(s.topic("restock-alerts"), key=b"S1|P1", value=value)
+    producer.flush(30)
+    producer.close()
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [json.loads(line) for line in r.stdout.splitlines()] == alerts, r.stdout
+    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert len(dead) == 1 and dead[0]["payload"] is None and "tombstone" in dead[0]["reason"] \
+        and "offset 1" in dead[0]["reason"], dead
+
+
+def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_settings, tmp_path, monkeypatch):
+    """A bad message of 700,000 '"' (the broker takes it: under 1 MB) between two alerts: JSON escaping doubles it
+    in a dead letter, which the producer would refuse (over its 1 MB request size). It is dead-lettered with its
+    text cut to DEAD_LETTER_PAYLOAD_MAX characters, the reason saying so and naming its offset; both alerts are
+    printed. Before 2026-12-06 the dead letter failed, the offset was committed all the same: the message was in
+    neither the dead-letter topic nor a later run."""
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from core.kafka_admin import ensure_topics
+    from producers.alerts import DEAD_LETTER_PAYLOAD_MAX
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-albig-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    ensure_topics(s)
+    now = int(time.time() * 1000)
+    alerts = [{"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
+               "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
+               "priority": "HIGH", "window_end": now, "timestamp": now} for i in (1, 2)]
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+    for value in (json.dumps(alerts[0]).encode(), b'"' * 700_000, json.dumps(alerts[1]).encode()):
+        producer.send(s.topic("restock-alerts"), key=b"S1|P1", value=value)
+    producer.flush(30)
+    producer.close()
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [json.loads(line) for line in r.stdout.splitlines()] == alerts, r.stdout
+    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert len(dead) == 1 and dead[0]["payload"] == '"' * DEAD_LETTER_PAYLOAD_MAX, [d["reason"] for d in dead]
+    assert "offset 1" in dead[0]["reason"] and "of 700,000 characters" in dead[0]["reason"], dead[0]["reason"]
