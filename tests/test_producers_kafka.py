@@ -994,3 +994,64 @@ def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_se
     dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
     assert len(dead) == 1 and dead[0]["payload"] == '"' * DEAD_LETTER_PAYLOAD_MAX, [d["reason"] for d in dead]
     assert "offset 1" in dead[0]["reason"] and "of 700,000 characters" in dead[0]["reason"], dead[0]["reason"]
+
+
+def test_sigterm_while_a_fifo_replay_publishes_keeps_its_input(kafka_settings, tmp_path):
+    """A replay of a FIFO (its writer wrote 40 sale lines over 40 minutes of event time and closed it), paced at
+    real time so it is still publishing: SIGTERM stops it (exit 143, what was handed over delivered) and the whole
+    input, gone from the FIFO, is saved and named in the report (``unread_saved``), byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import uuid
+
+    from core.settings import REPO_ROOT
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-rppub-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    head = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country\n"
+    data = (head + "".join(f"58{i:04d},1,2{i % 5:04d},ITEM {i},1,1.25,2011-05-16 08:{i:02d}:00,15813,United Kingdom\n"
+                           for i in range(40))).encode()
+    fifo = tmp_path / "pos.csv"
+    os.mkfifo(fifo)
+    state = tmp_path / "state"
+
+    def write() -> None:   # opens the FIFO once the replay does, writes everything, closes it (EOF)
+        with open(fifo, "wb") as fh:
+            fh.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "KAFKA_TOPIC_PREFIX": prefix,
+           "RETAIL_STATE_DIR": str(state), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "replay", "--path", str(fifo), "--quiet",
+                             "--no-reference", "--keep-dates", "--speed", "1"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _poll(lambda: _end_offsets(s, s.topic("sales-transactions")) > 0 if s.topic("sales-transactions") in
+              _topics(s) else False, "the first sale on its topic", proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _kill_if_running(proc)
+        writer.join(10)
+    assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
+    report = json.loads(out)
+    pub = report["published"]
+    assert pub["signal"] == "SIGTERM" and pub["failed"] == pub["pending"] == 0, pub
+    assert 0 < pub["by_topic_delivered"][s.topic("sales-transactions")] < 40, pub
+    saved = report["unread_saved"]
+    assert (state / "replay" / os.path.basename(saved["path"])).read_bytes() == data and saved["bytes"] == len(data)
+
+
+def _topics(settings) -> set[str]:
+    """The broker's topic names."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    try:
+        return set(consumer.topics())
+    finally:
+        consumer.close()
