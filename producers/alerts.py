@@ -30,14 +30,25 @@ SEEN_MAX = 100_000
 #: seconds to wait for the group to assign the alerts topic's partitions before giving up (broker unreachable,
 #: topic missing)
 JOIN_TIMEOUT_S = 60.0
+#: characters of a bad message's text kept in its dead letter: JSON escaping can double a value, and a dead letter
+#: above the producer's 1 MB request size is refused (until 2026-12-06 such a message was then lost: its offset was
+#: committed); the whole message stays on the alerts topic, named by the reason, until its retention
+DEAD_LETTER_PAYLOAD_MAX = 200_000
 
 
 class SeenIds:
-    """The newest ``limit`` alert ids handed over, optionally kept in a text file (one id per line)."""
+    """The newest ``limit`` alert ids handed over, optionally kept in a text file (one id per line).
+
+    :meth:`record` appends an id to the file (flushed and fsynced) as soon as its alert was handed over, before
+    the offset that covers it is committed: a consumer killed afterwards (``kill -9``, power loss) skips the alert
+    when it is re-read or re-sent by the stream. Until 2026-12-06 the ids were written only when the run ended, so a
+    consumer killed after its commit printed the stream's re-send of an alert a second time. :meth:`save` rewrites
+    the file compactly (the newest ``limit``)."""
 
     def __init__(self, path: Path | None, limit: int = SEEN_MAX):
         self.path, self.limit = path, limit
         self._ids: OrderedDict[str, None] = OrderedDict()
+        self._log = None   # the file opened for appending (first record)
         if path is not None and path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line:
@@ -52,8 +63,25 @@ class SeenIds:
         while len(self._ids) > self.limit:
             self._ids.popitem(last=False)
 
+    def record(self, alert_id: str) -> None:
+        """:meth:`add` the id and append it to the file at once (flush + fsync), so it survives a crash."""
+        import os
+
+        self.add(alert_id)
+        if self.path is None:
+            return
+        if self._log is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.path, "a", encoding="utf-8")
+        self._log.write(f"{alert_id}\n")
+        self._log.flush()
+        os.fsync(self._log.fileno())
+
     def save(self) -> None:
         """Write the ids (atomically: a temporary file renamed over the old one)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +112,7 @@ def read_alerts(settings: Settings, handle: Callable[[dict[str, Any]], None], *,
         "stopped": "idle" | "max_alerts" | "signal" | "no_partitions", "seconds": run time}``.
     Raises:
         kafka.errors.NoBrokersAvailable: the bootstrap servers cannot be reached.
+        RuntimeError: a dead letter was not delivered (its offset is not committed).
     """
     from kafka import KafkaConsumer
 
@@ -117,27 +146,36 @@ def read_alerts(settings: Settings, handle: Callable[[dict[str, Any]], None], *,
             for tp, messages in batches.items():
                 for m in messages:
                     try:
+                        if m.value is None:   # until 2026-12-06 a TypeError: every run stopped at this offset
+                            raise ContractError("no value (a tombstone: a key without a value)")
                         alert = check_payload("restock_alert", m.value)
                     except ContractError as exc:
                         publisher = publisher or EventPublisher(settings, client_id=f"{group_id}-dead-letter")
-                        publisher.dead_letter("restock_alert", m.value.decode("utf-8", "replace"),
-                                              f"{exc} (topic {tp.topic} partition {tp.partition} offset {m.offset})")
+                        text = None if m.value is None else m.value.decode("utf-8", "replace")
+                        cut = ""
+                        if text is not None and len(text) > DEAD_LETTER_PAYLOAD_MAX:
+                            cut = f"; payload cut to its first {DEAD_LETTER_PAYLOAD_MAX:,} of {len(text):,} characters"
+                            text = text[:DEAD_LETTER_PAYLOAD_MAX]
+                        publisher.dead_letter("restock_alert", text, f"{exc} (topic {tp.topic} partition "
+                                                                     f"{tp.partition} offset {m.offset}){cut}")
                         report["invalid"] += 1
                         continue
                     if alert["alert_id"] in seen:
                         report["duplicates"] += 1
                         continue
                     handle(alert)
-                    seen.add(alert["alert_id"])
+                    seen.record(alert["alert_id"])   # on disk before the offset is committed
                     report["alerts"] += 1
                     if max_alerts is not None and report["alerts"] >= max_alerts:
                         if publisher is not None:
                             publisher.flush(30)   # as below: dead letters acknowledged before the commit
+                            _no_failed_dead_letters(publisher)
                         _commit_through(consumer, tp, m.offset)
                         report["stopped"] = "max_alerts"
                         return report
             if publisher is not None:
                 publisher.flush(30)   # dead letters acknowledged before their offsets are committed
+                _no_failed_dead_letters(publisher)
             consumer.commit()
     finally:
         if publisher is not None:
@@ -146,6 +184,14 @@ def read_alerts(settings: Settings, handle: Callable[[dict[str, Any]], None], *,
         consumer.close(autocommit=False)
         report["seconds"] = round(time.monotonic() - t0, 2)
     return report
+
+
+def _no_failed_dead_letters(publisher) -> None:
+    """Raise RuntimeError (the run stops, nothing more committed: the next run reads those messages again) when a
+    dead letter was not delivered, naming the errors: committing its offset would lose the message."""
+    if publisher.failed:
+        raise RuntimeError(f"{publisher.failed} dead letter(s) not delivered ({publisher.counts['errors'][:3]}); "
+                           "offsets not committed: the next run reads those messages again")
 
 
 def _commit_through(consumer, tp, offset: int) -> None:

@@ -96,6 +96,8 @@ class StopSignals:
         self.phase: str | None = None
         self._signals = signals or (signal.SIGTERM, signal.SIGINT)
         self._old: dict[int, Any] = {}
+        self.wakeup_fd: int | None = None   # read end of the signal wake-up pipe while active (main thread)
+        self._wakeup: tuple[int, int, int] | None = None
 
     def _handle(self, signum, frame) -> None:
         import signal
@@ -112,17 +114,35 @@ class StopSignals:
         import signal
         import threading
 
+        import os
+
         if threading.current_thread() is threading.main_thread():
             for sig in self._signals:
                 self._old[sig] = signal.signal(sig, self._handle)
+            # a wait on a pipe or FIFO (producers.replay.read_source) selects on this too: the C-level handler writes
+            # to it in whichever thread the kernel delivered the signal to, so the wait ends and the handler runs
+            r, w = os.pipe()
+            os.set_blocking(r, False), os.set_blocking(w, False)
+            self._wakeup = (r, w, signal.set_wakeup_fd(w, warn_on_full_buffer=False))
+            self.wakeup_fd = r
+            # a process started with the stop signals blocked (a launcher that spawns with them masked) would never
+            # see them: a handler is installed, so receive them (until 2026-12-06 such a replay reading a FIFO
+            # ignored SIGTERM until its writer closed it and then exited 1 with no report)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self._signals)
         return self
 
     def __exit__(self, *exc) -> None:
+        import os
         import signal
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+        if self._wakeup is not None:
+            r, w, old_fd = self._wakeup
+            signal.set_wakeup_fd(old_fd)
+            os.close(r), os.close(w)
+            self._wakeup, self.wakeup_fd = None, None
 
 
 class Pacer:
@@ -535,9 +555,10 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
         "path": str(path), "speed": speed, "keep_dates": keep_dates, "align": align, "limit": limit,
         "invalid_rate": invalid_rate, "encoding": encoding}, "topics": None, "reference": None}
     phase = signals or StopSignals()   # records the start-up phase (a signal raises only with ``signals``)
+    received = bytearray()   # the source's bytes as read: a pipe's are gone once read, a stopped run keeps them
     try:
         phase.phase = "reading the transaction log"
-        df = load_transactions(path, limit=limit, encoding=encoding)
+        df = load_transactions(path, limit=limit, encoding=encoding, received=received, wake_fd=phase.wakeup_fd)
         phase.phase = "building the replay"
         rep = Replay(df, ReplayConfig(keep_dates=keep_dates, end_at=end_at, align=align, seed=seed))
         phase.phase = "creating topics"
@@ -547,6 +568,7 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
         phase.interrupt = False   # from here a signal stops the publishing loop (before its first event)
     except StartupStopped as stop:
         out["published"] = stop.report()
+        out["unread_saved"] = _save_unreplayed(s, path, received)
         return out
     injected: dict[str, int] = {}
     valid_ts = rep.ts[rep.kind != "skip"]
@@ -558,9 +580,34 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
             t_start=int(valid_ts.min()) if len(valid_ts) else None,
             t_end=int(valid_ts.max()) if len(valid_ts) else None, progress=progress, label="replay",
             signals=signals)
+    if out["published"].get("stopped"):   # not every row went out: a pipe's input would be lost with the process
+        out["unread_saved"] = _save_unreplayed(s, path, received)
     out["generator"] = rep.stats.as_dict()
     out["invalid_injected"] = injected
     return out
+
+
+def _save_unreplayed(s: Settings, path: str | Path, received: bytearray) -> dict[str, Any] | None:
+    """The bytes a stopped replay read from a FIFO, pipe or device (gone from it once read) written to
+    ``$RETAIL_STATE_DIR/replay/<name>-<UTC time>-<pid>.part`` as read (a last line cut by the stop included), so
+    nothing read is lost: replay that file to publish them (ids are those of the source rows). Returns {"path",
+    "bytes", "lines"} or None for a regular file (re-read from its path) or when nothing was read."""
+    import os
+    import stat
+
+    try:
+        if not received or stat.S_ISREG(os.stat(path).st_mode):
+            return None
+    except OSError:
+        pass
+    folder = Path(s.retail_state_dir) / "replay"
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / f"{Path(path).name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}.part"
+    dst.write_bytes(bytes(received))
+    info = {"path": str(dst), "bytes": len(received), "lines": received.count(b"\n")}
+    err_console.print(f"[yellow]{info['bytes']} byte(s) read from {path} before the stop saved to {dst}: replay "
+                      "that file to publish them")
+    return info
 
 
 def _run_stoppable(run: Callable[[StopSignals], dict[str, Any]]) -> dict[str, Any]:

@@ -46,10 +46,13 @@ plus an optional letter suffix, e.g. SP1002, GIFT)
 quantity 0 / unit_price < 0 / unparseable              skipped: ``ZERO_QUANTITY`` / ``NEGATIVE_PRICE`` / ``UNPARSEABLE``
 quantity or price beyond the contracts' bounds         skipped: ``QUANTITY_OUT_OF_RANGE`` / ``PRICE_OUT_OF_RANGE``
 invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOICE`` (the prefix in any case); a
-                                                       product line skipped for one of the five keys above but
-                                                       ``ZERO_QUANTITY`` is quarantined too, naming the value
+                                                       product line skipped for one of the six keys above is
+                                                       quarantined too, naming the value (``ZERO_QUANTITY``
+                                                       since 2026-12-06)
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
 a required field empty or absent (a truncated line)    skipped, ``MISSING_<FIELD>``, and quarantined (dead-lettered)
+the file's last line, without a line end, ending in a  skipped, ``TRUNCATED_LINE``, quarantined (cut off: "United
+country that is none of :data:`COUNTRIES`              Kin")
 product line, invoice_ts not in the file's format      skipped, ``BAD_INVOICE_TS``, quarantined with its line
 product line dated > max(10 x MAD, 90 d) from the      skipped, ``INVOICE_TS_OUTLIER``, quarantined (a typo such
 median of the file's dates (:func:`date_outliers`)     as 2101: it moved the clock of every other line)
@@ -208,13 +211,18 @@ def categorize(description: str) -> tuple[str, str, int]:
 _UTF8_MULTIBYTE = re.compile(rb"[\xC2-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}")
 
 
-def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
+def _decode(raw: bytes, encoding: str | None, path: Path, bad_lines: list[dict[str, Any]] | None = None) -> str:
     """The file's text: in ``encoding`` when given; in UTF-16 / UTF-32 when its byte-order mark says so; otherwise
     UTF-8 (a byte-order mark dropped) or, for bytes
     that are not UTF-8 and hold no UTF-8 sequence at all, Windows-1252 (what spreadsheet programs write for
     "CSV"; its "£" is 0xA3) with a warning. Raises ValueError naming the byte offset when the text is not in
     ``encoding``, mixes UTF-8 with other bytes (decoding all of it as Windows-1252 would garble the UTF-8
-    part), or is not Windows-1252 either."""
+    part), or is not Windows-1252 either.
+
+    ``bad_lines``: with a list, UTF-8 text holding lines that are not UTF-8 (a Latin-1 line pasted into a UTF-8
+    file) is not refused: each such line (not the header) is appended as ``{"line": physical line number, "code":
+    "BAD_ENCODING", "reason", "text"}`` (its bytes not UTF-8 shown as ``\\xNN``) and read as an empty line, so
+    every other line keeps its number and is read (until 2026-12-06 the whole file was refused)."""
     if not encoding:   # a byte-order mark names UTF-32 / UTF-16 (Excel's "Unicode Text"), decoded as such
         encoding = next((enc for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
                                               (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -228,6 +236,25 @@ def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         first = exc
+    if _UTF8_MULTIBYTE.search(raw) and bad_lines is not None:
+        parts, found = [], []
+        for n, line in enumerate(raw.splitlines(keepends=True), start=1):
+            try:
+                parts.append(line.decode("utf-8-sig" if n == 1 else "utf-8"))
+            except UnicodeDecodeError as exc:
+                if n == 1:
+                    break
+                body = line.rstrip(b"\r\n")
+                found.append({"line": n, "code": "BAD_ENCODING",
+                              "reason": f"not UTF-8 ({exc.reason}, byte 0x{line[exc.start]:02X} at column "
+                                        f"{exc.start + 1}) in a UTF-8 file",
+                              "text": body.decode("utf-8", "backslashreplace")})
+                parts.append(line[len(body):].decode("ascii") or "\n")
+        else:
+            log.warning("%s: %d line(s) not UTF-8 in a UTF-8 file quarantined (lines %s)", path, len(found),
+                        ", ".join(str(b["line"]) for b in found[:10]))
+            bad_lines.extend(found)
+            return "".join(parts)
     if _UTF8_MULTIBYTE.search(raw):
         raise ValueError(f"{path}: mixed encodings: UTF-8 text with a byte that is not UTF-8 at byte {first.start} "
                          f"({first.reason}); re-save the file in one encoding or pass it (--encoding)")
@@ -241,8 +268,53 @@ def _decode(raw: bytes, encoding: str | None, path: Path) -> str:
     return text
 
 
-def read_text(path: str | Path, encoding: str | None = None) -> str:
-    """The whole text of a transaction log: its bytes decompressed as their leading bytes say (gzip, zstd, bzip2,
+def read_source(path: str | Path, received: bytearray | None = None, wake_fd: int | None = None) -> bytes:
+    """All bytes of ``path``. A regular file is read at once. A FIFO, pipe or device (a writer that may keep it
+    open and write nothing for hours) is read in chunks of up to 1 MiB as they arrive, waiting with
+    :mod:`selectors` on the file and on ``wake_fd`` (the read end of :func:`signal.set_wakeup_fd`'s pipe, see
+    ``producers.cli.StopSignals.wakeup_fd``): a signal wakes the wait whichever thread the kernel delivered it to,
+    and its Python handler runs in the main thread before the next read (until 2026-12-06 a plain read: a signal the
+    kernel gave to another thread, e.g. with the main thread's mask blocking it, ran its handler only once the
+    writer closed the FIFO). ``received``: a bytearray the bytes are appended to as they arrive, so a caller whose
+    read a handler interrupts (raises) keeps what was read (the CLI saves it).
+
+    Raises:
+        FileNotFoundError: no such file; whatever a signal handler raises while the read waits.
+    """
+    import os
+    import selectors
+    import stat
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"UCI transaction log not found: {path}")
+    buf = received if received is not None else bytearray()
+    if stat.S_ISREG(path.stat().st_mode):
+        buf += path.read_bytes()
+        return bytes(buf)
+    with open(path, "rb", buffering=0) as fh, selectors.DefaultSelector() as sel:
+        sel.register(fh, selectors.EVENT_READ)
+        if wake_fd is not None:
+            sel.register(wake_fd, selectors.EVENT_READ)
+        while True:
+            for key, _ in sel.select():
+                if key.fileobj is not fh:   # a signal: drain the wake-up bytes; its handler runs before the next read
+                    try:
+                        os.read(wake_fd, 512)
+                    except BlockingIOError:
+                        pass
+                    continue
+                chunk = os.read(fh.fileno(), 1 << 20)
+                if not chunk:
+                    return bytes(buf)
+                buf += chunk
+
+
+def read_text(path: str | Path, encoding: str | None = None, received: bytearray | None = None,
+              wake_fd: int | None = None, bad_lines: list[dict[str, Any]] | None = None) -> str:
+    """The whole text of a transaction log: its bytes (:func:`read_source`; ``received`` / ``wake_fd`` as there;
+    ``bad_lines`` as in :func:`_decode`: lines not UTF-8 in a UTF-8 file quarantined there instead of a ValueError)
+    decompressed as their leading bytes say (gzip, zstd, bzip2,
     xz, a zip of one CSV: :func:`_unpack`, whatever the name), decoded by :func:`_decode` (so the encoding is judged
     on the whole text). Line endings are kept as they are.
 
@@ -252,9 +324,7 @@ def read_text(path: str | Path, encoding: str | None = None) -> str:
             in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"UCI transaction log not found: {path}")
-    text = _decode(_unpack(path.read_bytes(), path), encoding, path)
+    text = _decode(_unpack(read_source(path, received, wake_fd), path), encoding, path, bad_lines)
     if not text.strip():
         raise ValueError(f"{path}: the file is empty (no header row); expected the format of the UCI README")
     return text
@@ -297,7 +367,8 @@ def _unpack(raw: bytes, path: Path, depth: int = 0) -> bytes:
     return raw
 
 
-def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None) -> pd.DataFrame:
+def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None,
+                      received: bytearray | None = None, wake_fd: int | None = None) -> pd.DataFrame:
     """Read the UCI CSV(.gz) (text columns as str, missing description / customer as "").
 
     Args:
@@ -306,6 +377,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
         limit: read only the first ``limit`` rows.
         encoding: the file's text encoding; None: UTF-8, else Windows-1252 when the bytes hold no UTF-8 sequence
             (a warning says so; :func:`_decode`).
+        received, wake_fd: see :func:`read_source` (a FIFO's bytes kept when a signal interrupts the read).
 
     Raises:
         FileNotFoundError: no such file; ValueError: a required column is missing, no invoice_ts parses in any of
@@ -313,7 +385,8 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
-    text = read_text(path, encoding)
+    bad_lines: list[dict[str, Any]] = []   # lines not UTF-8 in a UTF-8 file, quarantined with the others
+    text = read_text(path, encoding, received, wake_fd, bad_lines)
     sep = _separator(text)
     rows_lines = None
     try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
@@ -327,11 +400,15 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
         log.warning("%s: %s; read line by line: %d malformed line(s) quarantined (%s), every other line kept",
                     path, str(exc).strip(), len(quarantine), "; ".join(f"line {q['line']}: {q['reason']}"
                                                                      for q in quarantine[:5]))
-    need = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
-            "customer_id", "country"]
-    missing = [c for c in need if c not in df.columns]
+    missing = [c for c in REQUIRED_FIELDS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
+    absent = [c for c in OPTIONAL_FIELDS if c not in df.columns]
+    if absent:   # until 2026-12-06 the whole file was refused (a POS export without descriptions: 0 rows replayed)
+        log.warning("%s: no column(s) %s: read as empty (no descriptions: products are named by their code; no "
+                    "customers: anonymous sales)", path, absent)
+        for c in absent:
+            df[c] = ""
     whole = df["invoice_ts"]
     if limit is not None:   # the date format is the whole file's, whatever part of it is read
         try:
@@ -343,7 +420,11 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     df.attrs["invoice_ts_format"], parsed = _detect(whole, path)
     if whole is df["invoice_ts"] or limit is None:   # the frame's own column: Replay takes it parsed
         df.attrs["invoice_ts_parsed"] = ParsedTs(df["invoice_ts"].to_numpy(), parsed)
-    df.attrs["quarantine"] = quarantine
+    df.attrs["quarantine"] = sorted(bad_lines + quarantine, key=lambda q: q["line"])
+    # a text without a final line end may have lost the end of its last line (a copy or a writer cut off): the
+    # column its last field belongs to, for Replay to check (None: the file ends with a line end, or is read in part)
+    df.attrs["unended_last_field"] = (df.columns[-1] if limit is None and len(df) and not text.endswith(("\n", "\r"))
+                                      else None)
     # the physical line of each row, for quarantined rows (computed on first use: a CSV pass over the text);
     # a function, since pandas deep-copies attrs into every frame and series derived from df
     df.attrs["source_line"] = _line_finder(text, sep, rows_lines)
@@ -437,7 +518,8 @@ def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[p
 #: the earlier wins, so month-first (the original UCI export, ``12/1/2010 8:26``) before day-first
 TS_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M",
               "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f",
-              "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
+              "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S",
+              "%d.%m.%Y %H:%M", "%d.%m.%Y %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d %H:%M:%S")
 
 
 def parse_invoice_ts(ts: pd.Series, source: str | Path | None = None, fmt: str | None = None) -> pd.Series:
@@ -484,7 +566,8 @@ class ParsedTs:
 def invoice_ts_format(ts: pd.Series, source: str | Path | None = None) -> str:
     """The one of :data:`TS_FORMATS` that parses the most values of ``ts`` (``2010-12-01 08:26:00`` as in the
     README; ``2010-12-01 08:26``, ``2010-12-01T08:26:00``, ``2010-12-01 08:26:00.000``, ``12/1/2010 8:26``,
-    ``01/12/2010 08:26`` as spreadsheets re-save it). Day and month order: a value > 12 in a position settles it
+    ``01/12/2010 08:26`` as spreadsheets re-save it, ``01.12.2010 08:26`` (day-first, as European locales write
+    it; until 2026-12-06 such a file was refused whole), ``2010/12/01 08:26``). Day and month order: a value > 12 in a position settles it
     (``13/12/2010`` does not parse month-first); when no value settles it, month-first as the original UCI export,
     with a warning.
 
@@ -599,7 +682,9 @@ class ReplayStats:
         added to every source time, 0 with ``keep_dates``), ``out_of_order_rows`` (replayed rows earlier than a row
         before them in the file: the replay sorts them into time order), ``quarantined`` / ``quarantine_codes``
         (malformed lines and truncated rows of :attr:`Replay.quarantine`, per code: ``MALFORMED_LINE``,
-        ``MISSING_<FIELD>``, ``BAD_INVOICE_TS``, ``INVOICE_TS_OUTLIER``; all but the first are in ``skipped`` too). Filled while :meth:`Replay.events` is
+        ``BAD_ENCODING``, ``MISSING_<FIELD>``, ``BAD_INVOICE_TS``, ``INVOICE_TS_OUTLIER``, ``TRUNCATED_LINE``, the
+        bad values of :data:`BAD_VALUE_REASONS` such as ``ZERO_QUANTITY``; all but the first two are in ``skipped``
+        too: those two are lines that make no row). Filled while :meth:`Replay.events` is
         iterated.
         """
         return {"rows": self.rows, "rows_by_kind": dict(self.rows_by_kind), "skipped": dict(self.skipped),
@@ -707,10 +792,14 @@ BAD_VALUE_REASONS = {
     "PRICE_OUT_OF_RANGE": lambda r: f"unit_price {r['unit_price']!r} is not finite or above {PRICE_MAX:,.0f} "
                                     "(contracts.PRICE_MAX)",
     "UNKNOWN_INVOICE": lambda r: f"invoice {r['invoice']!r} is not digits with an optional C / A prefix",
+    # until 2026-12-06 only counted: the line was in neither a topic nor the dead letters
+    "ZERO_QUANTITY": lambda r: f"quantity {r['quantity']!r} is zero: neither a sale, a return nor a stock movement",
 }
 
 #: the columns a replayed row cannot do without (description and customer_id may be empty)
 REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
+#: the columns a file may lack altogether (:func:`load_transactions` reads them as empty)
+OPTIONAL_FIELDS = ("description", "customer_id")
 
 
 def missing_fields(df: pd.DataFrame) -> pd.Series:
@@ -808,6 +897,15 @@ class Replay:
         # quarantined naming the value (before 2026-12-06 only counted, the line lost)
         for i in np.flatnonzero(pd.Series(self.skip_key, dtype=object).isin(list(BAD_VALUE_REASONS)).to_numpy()):
             quarantine(i, self.skip_key[i], BAD_VALUE_REASONS[self.skip_key[i]](df.iloc[i]))
+        # the file's last line without a line end, its last field the country and that no country of the log: cut
+        # off ("United Kin"; until 2026-12-06 replayed as a store of its own, UCI-X-UNITEDKIN)
+        last = len(df) - 1
+        if df.attrs.get("unended_last_field") == "country" and last >= 0 and self.kind[last] != "skip":
+            country = str(df["country"].iloc[last]).strip()
+            if country not in COUNTRIES:
+                quarantine(last, "TRUNCATED_LINE", f"the file's last line has no line end and its country {country!r} "
+                                                   "is none of the log's countries: cut off?")
+                self.kind[last], self.skip_key[last] = "skip", "TRUNCATED_LINE"
         # a product line whose invoice_ts is malformed ("2011-13-45", "12/1/201O") or a typo far from the file's
         # other dates ("2101-11-11": it moved every sale back 75 years) is quarantined, not replayed: it moves
         # neither the clock, the order nor the sizing of the others (before 2026-12-06 a malformed one was only

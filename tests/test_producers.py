@@ -733,13 +733,18 @@ def test_load_transactions_reads_a_spreadsheet_export_and_names_a_bad_encoding(t
     pd.testing.assert_frame_equal(load_transactions(cp, encoding="cp1252"), ref)
     with pytest.raises(ValueError, match="not utf-8 text: invalid continuation byte at byte "):
         load_transactions(cp, encoding="utf-8")
-    # UTF-8 text with one Windows-1252 line appended: refused, naming the offset (read as Windows-1252 it would
-    # garble every UTF-8 name)
+    # UTF-8 text with one Windows-1252 line appended: that line quarantined naming the byte (read as Windows-1252
+    # the whole file would garble every UTF-8 name; until 2026-12-06 the file was refused), the others read
     mixed = tmp_path / "mixed.csv"
     mixed.write_bytes(changed.encode("utf-8") + 'X1,1,22222,CHÈQUE £5,1,1.0,2010-12-01 08:00:00,,France,s\n'
                       .encode("cp1252"))
+    got = load_transactions(mixed)
+    pd.testing.assert_frame_equal(got, ref)
+    assert [(q["line"], q["code"]) for q in got.attrs["quarantine"]] == [(401, "BAD_ENCODING")]
+    assert "byte 0xC8 at column 14" in got.attrs["quarantine"][0]["reason"]
+    assert got.attrs["quarantine"][0]["text"].startswith("X1,1,22222,CH\\xc8QUE")
     with pytest.raises(ValueError, match=r"mixed encodings: UTF-8 text with a byte that is not UTF-8 at byte \d+"):
-        load_transactions(mixed)
+        cut_sample(mixed, tmp_path / "mixed.csv.gz")   # the sample cutter still refuses it
 
 
 HEADER = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country,source\n"
@@ -818,7 +823,7 @@ def test_invoice_times_as_a_spreadsheet_re_saves_them(tmp_path, fmt, caplog):
         days = [t.date() for t in parse_invoice_ts(ambiguous["invoice_ts"])]
     assert days == [datetime(2010, 1, 12).date(), datetime(2010, 1, 12).date(), datetime(2010, 2, 12).date()]
     assert "ambiguous" in caplog.text and "month-first" in caplog.text
-    bad = _write(tmp_path / "bad.csv", text(lambda t: t.strftime("%d.%m.%Y %H:%M")))
+    bad = _write(tmp_path / "bad.csv", text(lambda t: t.strftime("%Y%m%d %H%M")))   # (day-first dotted: read)
     with pytest.raises(ValueError, match=r"bad\.csv: no value of column invoice_ts parses.*%d/%m/%Y"):
         load_transactions(bad)
 
@@ -1235,3 +1240,57 @@ def test_replay_serves_the_cached_invoice_ts_parse_only_for_unedited_values(tmp_
     assert served is not None and served.equals(parsed) and calls == []
     ts[2] = "2011-06-01 11:00:00"   # edited in place: the parse kept does not serve it any more
     assert cached.get(ts) is None
+
+
+def test_a_signal_given_to_another_thread_ends_a_fifo_read_at_once(tmp_path):
+    """``read_source`` on a FIFO whose writer wrote a line and stays open, SIGTERM sent while the main thread masks it
+    (as a C library may), so the kernel gives it to another thread: the wake-up pipe of :class:`StopSignals` ends the
+    wait, the handler raises in the main thread while the writer is still open, the line read is kept. Before
+    2026-12-06 (a plain read) the handler ran only once the writer closed the FIFO."""
+    import fcntl
+    import os
+    import signal
+    import struct
+    import termios
+    import threading
+    import time
+
+    from producers.cli import StartupStopped, StopSignals
+    from producers.replay import read_source
+
+    fifo = tmp_path / "pos.csv"
+    os.mkfifo(fifo)
+    opened, done, closed = threading.Event(), threading.Event(), threading.Event()
+    writer: dict[str, int] = {}
+
+    def write_and_wait() -> None:   # opens the FIFO (blocks until the read opens it), writes, stays open a minute
+        writer["fd"] = os.open(fifo, os.O_WRONLY)
+        os.write(writer["fd"], b"invoice,line_no\n")
+        opened.set()
+        done.wait(60)
+        os.close(writer["fd"])
+        closed.set()
+
+    def kill_once_read() -> None:   # an unmasked thread: the signal is delivered here
+        opened.wait(60)
+        deadline = time.monotonic() + 60
+        while struct.unpack("i", fcntl.ioctl(writer["fd"], termios.FIONREAD, b"\0\0\0\0"))[0] and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (write_and_wait, kill_once_read)]
+    got = bytearray()
+    with StopSignals(interrupt=True) as sigs:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            for t in threads:
+                t.start()
+            with pytest.raises(StartupStopped):
+                read_source(fifo, got, sigs.wakeup_fd)
+            assert not closed.is_set() and bytes(got) == b"invoice,line_no\n"   # stopped, the writer still open
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            done.set()
+            for t in threads:
+                t.join(10)

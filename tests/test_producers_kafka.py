@@ -697,3 +697,361 @@ def _jsonl_file_sigterm(kafka_settings, tmp_path) -> None:
     assert lines["stopped_at_line"] == lines["published"] + 1 and lines["dead_lettered"] == 0, lines
     assert pub["failed"] == pub["pending"] == 0 and pub["delivered"] == pub["sent"] == lines["published"], pub
     assert _end_offsets(s, s.topic("sales-transactions")) == lines["published"]
+
+
+def test_sigterm_stops_a_replay_waiting_on_a_silent_fifo_and_keeps_what_it_read(kafka_settings, tmp_path):
+    """The replay reading a FIFO whose writer wrote 6 sale lines and a cut seventh and stays open (no EOF), started
+    with SIGTERM / SIGINT blocked (a launcher that spawns with them masked; the handler of a blocked signal never
+    runs): SIGTERM stops it while the writer is still open, exit 143, the report names the read, and the bytes it
+    read are saved under $RETAIL_STATE_DIR/replay (a FIFO's bytes are gone once read). Replaying that file into the
+    real broker publishes the 6 sales and dead-letters the cut line: rows in = published + dead-lettered.
+    Before 2026-12-06: no exit until the writer closed the FIFO (20 s measured, then exit 1, no report, the bytes
+    lost)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import termios
+    import uuid
+    import fcntl
+    import struct
+
+    from core.settings import REPO_ROOT
+    from producers.cli import run_replay
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-rpfifo-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    head = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country\n"
+    rows = [f"55{i:04d},1,2{i:04d},ITEM {i},{i + 1},1.25,2011-05-16 08:{10 + i}:00,15813,United Kingdom\n"
+            for i in range(6)]
+    data = (head + "".join(rows) + "559999,1,23000,CUT LI").encode()   # the writer's last line is cut
+    fifo = tmp_path / "pos.csv"
+    os.mkfifo(fifo)
+    state = tmp_path / "state"
+
+    def masked() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "KAFKA_TOPIC_PREFIX": prefix,
+           "RETAIL_STATE_DIR": str(state), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "replay", "--path", str(fifo), "--quiet",
+                             "--no-reference"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=masked)
+    fd = None
+    try:
+        fd = _poll(lambda: _fifo_has_reader(fifo), "the replay to open its file", proc)
+        os.write(fd, data)
+
+        def unread() -> int:
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+        _poll(lambda: unread() == 0, "the replay to read what was written", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)   # the writer stays open: no EOF ends the read
+    finally:
+        _kill_if_running(proc)
+        if fd is not None:
+            os.close(fd)
+    assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
+    report = json.loads(out)
+    assert report["published"]["stopped"] == ("SIGTERM received during start-up (reading the transaction log); "
+                                              "nothing published"), report
+    saved = report["unread_saved"]
+    assert saved["bytes"] == len(data) and saved["lines"] == 7, saved
+    part = state / "replay" / os.path.basename(saved["path"])
+    assert part.read_bytes() == data
+    got = run_replay(s, part, keep_dates=True, write_reference=False, progress=False)
+    sales = [json.loads(m.value) for m in consume_all(s, s.topic("sales-transactions"))]
+    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert sorted(x["transaction_id"] for x in sales) == sorted(f"55{i:04d}-1" for i in range(6)), sales
+    assert [d["event_type"] for d in dead] == ["uci_source_line"] and "559999" in dead[0]["payload"]["text"], dead
+    assert got["published"]["failed"] == 0 and got["generator"]["rows"] == 7, got
+
+
+def test_an_alert_consumer_killed_after_its_commit_skips_the_streams_resend(kafka_settings, tmp_path, monkeypatch):
+    """``alerts --follow`` prints 2 alerts and commits their offsets, then is killed (SIGKILL: no clean exit); the
+    stream re-sends alert 1 (same alert_id: its crash between Kafka's acknowledgement and the ClickHouse insert)
+    and sends alert 3. The next run prints alert 3 only: each alert_id printed once over both runs, none lost.
+    Before 2026-12-06 the ids were saved only when a run ended: the re-send was printed a second time."""
+    import subprocess
+    import threading
+    import uuid
+
+    from kafka import KafkaAdminClient, KafkaProducer
+
+    from core.kafka_admin import ensure_topics
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-alk-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    ensure_topics(s)
+    now = int(time.time() * 1000)
+
+    def alert(i: int) -> dict:
+        return {"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
+                "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
+                "priority": "HIGH", "window_end": now, "timestamp": now}
+
+    def send(alerts) -> None:
+        producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+        for a in alerts:
+            producer.send(s.topic("restock-alerts"), key=f"S1|{a['product_id']}".encode(), value=json.dumps(a).encode())
+        producer.flush(30)
+        producer.close()
+
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    send([alert(1), alert(2)])
+    proc = _cli(s, "alerts", "--follow", "--group", "crash", prefix=prefix, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+    try:
+        def committed() -> int:
+            from kafka.errors import KafkaError
+
+            try:
+                offsets = admin.list_group_offsets("crash").get("crash", {})
+            except KafkaError:   # the group's coordinator is not there yet (first group of the broker)
+                return -1
+            return sum(o.offset for tp, o in offsets.items() if tp.topic == s.topic("restock-alerts"))
+
+        _poll(lambda: committed() == 2, "the consumer to commit the 2 alerts", proc)
+        proc.kill()   # no clean exit: nothing written at the end of the run
+        proc.wait(30)
+        reader.join(30)
+    finally:
+        admin.close()
+        _kill_if_running(proc)
+    first = [json.loads(line) for line in lines]
+    assert first == [alert(1), alert(2)], first
+    send([alert(1), alert(3)])   # the stream's re-send after its crash, and a new alert
+    r = _cli(s, "alerts", "--group", "crash", "--idle-seconds", "3", prefix=prefix)
+    assert r.returncode == 0, r.stderr[-2000:]
+    second = [json.loads(line) for line in r.stdout.splitlines()]
+    assert second == [alert(3)], second
+    printed = [a["alert_id"] for a in first + second]
+    assert sorted(printed) == sorted({alert(i)["alert_id"] for i in (1, 2, 3)}), printed
+
+
+def _uci_file(path, rows: list[dict], header: list[str], *, encoding: str = "utf-8", bom: bool = False,
+              newline: str = "\n", cut: int = 0, encoding_errors: str = "strict") -> None:
+    """A transaction log with ``rows`` under ``header`` written by the csv module (quotes where needed), in
+    ``encoding`` (``encoding_errors``: "surrogateescape" writes a lone byte given as a surrogate, e.g. "\\udcc9"),
+    with a byte-order mark, ``newline`` line ends, its last ``cut`` characters cut off."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator=newline)
+    w.writerow(header)
+    for r in rows:
+        w.writerow([r.get(h, "") for h in header])
+    text = buf.getvalue()[:-cut] if cut else buf.getvalue()
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode(encoding, encoding_errors))
+
+
+UCI_COLUMNS = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
+               "customer_id", "country"]
+
+
+def _uci_row(i: int, **kw) -> dict:
+    return {"invoice": f"57{i:04d}", "line_no": "1", "stock_code": f"2{i % 7:04d}", "description": f"ITEM {i}",
+            "quantity": str(i % 5 + 1), "unit_price": "1.25", "invoice_ts": f"2011-05-16 08:{i:02d}:00",
+            "customer_id": "15813", "country": "United Kingdom", **kw}
+
+
+def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_every_bad_one(kafka_settings,
+                                                                                           tmp_path):
+    """The replay over files it never saw, each into the real broker: a byte-order mark with CRLF, another column
+    order with extra columns, no description / customer columns, quoted commas and quotes in descriptions, Latin-1
+    bytes, zero and negative quantities, thousands separators, day-first dotted dates, a header only, a last line
+    cut in its country, a Latin-1 line in a UTF-8 file. Rows in (the csv module's count of the file) = sales on the topic (each good row is one
+    sale or return, its transaction_id) + source lines dead-lettered with a reason; an empty file is refused
+    with a clear error. Before 2026-12-06: the file without the optional columns and the dotted dates were refused
+    whole (10 rows, 0 published), a zero quantity was neither published nor dead-lettered (2 of 9 rows) and the cut
+    line was published as a store "UCI-X-UNITEDK", and a UTF-8 file with one Latin-1 line was refused whole."""
+    import csv
+    import io
+    import uuid
+
+    from producers.cli import run_replay
+
+    good = [_uci_row(i) for i in range(6)]
+    cases = {   # name -> (rows, header, options, ids of the good rows, number of bad rows)
+        "bom_crlf": (good, UCI_COLUMNS, {"bom": True, "newline": "\r\n"}),
+        "order_extra": ([{**r, "till": "3", "note": "a,b"} for r in good], ["note"] + UCI_COLUMNS[::-1] + ["till"], {}),
+        "no_optional": (good, [c for c in UCI_COLUMNS if c not in ("description", "customer_id")], {}),
+        "quoted": ([{**r, "description": 'BAG, "RED", 2,5 CM'} for r in good], UCI_COLUMNS, {}),
+        "latin1": ([{**r, "description": "CAFÉ CRÈME £2"} for r in good], UCI_COLUMNS, {"encoding": "latin-1"}),
+        "quantities": (good + [_uci_row(6, quantity="0"), _uci_row(7, quantity="-0"),
+                               _uci_row(8, invoice="C570008", quantity="-2")], UCI_COLUMNS, {}),
+        "thousands": (good + [_uci_row(6, unit_price="1,234.50"), _uci_row(7, quantity="1,200")], UCI_COLUMNS, {}),
+        "dotted_dates": ([{**r, "invoice_ts": f"16.05.2011 08:{i:02d}"} for i, r in enumerate(good)], UCI_COLUMNS, {}),
+        "header_only": ([], UCI_COLUMNS, {}),
+        "cut_last_line": (good + [_uci_row(6)], UCI_COLUMNS, {"cut": len("gdom\n")}),
+        "mixed_encoding": ([{**r, "description": "CAFÉ CRÈME"} for r in good] + [_uci_row(6, description="\udcc9")],
+                           UCI_COLUMNS, {"encoding_errors": "surrogateescape"}),   # a Latin-1 "É" in UTF-8 text
+    }
+    expect = {   # name -> (transaction ids published, rows dead-lettered)
+        "quantities": ({f"57{i:04d}-1" for i in range(6)} | {"C570008-1"}, 2),
+        "thousands": ({f"57{i:04d}-1" for i in range(6)}, 2),
+        "header_only": (set(), 0),
+        "cut_last_line": ({f"57{i:04d}-1" for i in range(6)}, 1),
+        "mixed_encoding": ({f"57{i:04d}-1" for i in range(6)}, 1),
+    }
+    problems = {}
+    for name, (rows, header, opts) in cases.items():
+        path = tmp_path / f"{name}.csv"
+        _uci_file(path, rows, header, **opts)
+        raw = path.read_bytes()
+        text = raw.decode(opts.get("encoding", "utf-8-sig"), "surrogateescape")
+        rows_in = sum(1 for rec in csv.reader(io.StringIO(text, newline="")) if rec) - 1
+        s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-bad-"})
+        try:
+            got = run_replay(s, path, keep_dates=True, write_reference=False, progress=False)
+        except ValueError as exc:
+            problems[name] = f"refused: {exc}"
+            continue
+        ids = [json.loads(m.value)["transaction_id"] for m in consume_all(s, s.topic("sales-transactions"))]
+        dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+        want_ids, want_dead = expect.get(name, ({f"57{i:04d}-1" for i in range(6)}, 0))
+        stores = {json.loads(m.value)["store_id"] for m in consume_all(s, s.topic("inventory-updates"))}
+        if (sorted(ids) != sorted(want_ids) or len(dead) != want_dead or len(ids) + len(dead) != rows_in
+                or not all(d["event_type"] == "uci_source_line" and d["reason"] for d in dead)
+                or got["published"]["failed"] or stores - {"UCI-GB"}):
+            problems[name] = {"rows_in": rows_in, "ids": sorted(ids), "dead": [d["reason"] for d in dead],
+                              "stores": sorted(stores), "failed": got["published"]["failed"]}
+    assert not problems, problems
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.csv: the file is empty"):
+        run_replay(kafka_settings, empty, keep_dates=True, write_reference=False, progress=False)
+
+
+def test_a_tombstone_on_the_alerts_topic_is_dead_lettered_and_the_alerts_after_it_come_out(kafka_settings, tmp_path,
+                                                                                           monkeypatch):
+    """A record with a key and no value (a tombstone, as a compaction tool or a careless producer writes) between two
+    alerts: dead-lettered with its reason and offset, both alerts printed, exit 0. Before 2026-12-06: TypeError,
+    exit 1, the offset not committed, so every later run stopped at it and no alert after it came out."""
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from core.kafka_admin import ensure_topics
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-altomb-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    ensure_topics(s)
+    now = int(time.time() * 1000)
+    alerts = [{"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
+               "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
+               "priority": "HIGH", "window_end": now, "timestamp": now} for i in (1, 2)]
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+    for value in (json.dumps(alerts[0]).encode(), None, json.dumps(alerts[1]).encode()):
+        producer.send(s.topic("restock-alerts"), key=b"S1|P1", value=value)
+    producer.flush(30)
+    producer.close()
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [json.loads(line) for line in r.stdout.splitlines()] == alerts, r.stdout
+    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert len(dead) == 1 and dead[0]["payload"] is None and "tombstone" in dead[0]["reason"] \
+        and "offset 1" in dead[0]["reason"], dead
+
+
+def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_settings, tmp_path, monkeypatch):
+    """A bad message of 700,000 '"' (the broker takes it: under 1 MB) between two alerts: JSON escaping doubles it
+    in a dead letter, which the producer would refuse (over its 1 MB request size). It is dead-lettered with its
+    text cut to DEAD_LETTER_PAYLOAD_MAX characters, the reason saying so and naming its offset; both alerts are
+    printed. Before 2026-12-06 the dead letter failed, the offset was committed all the same: the message was in
+    neither the dead-letter topic nor a later run."""
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from core.kafka_admin import ensure_topics
+    from producers.alerts import DEAD_LETTER_PAYLOAD_MAX
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-albig-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    ensure_topics(s)
+    now = int(time.time() * 1000)
+    alerts = [{"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
+               "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
+               "priority": "HIGH", "window_end": now, "timestamp": now} for i in (1, 2)]
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+    for value in (json.dumps(alerts[0]).encode(), b'"' * 700_000, json.dumps(alerts[1]).encode()):
+        producer.send(s.topic("restock-alerts"), key=b"S1|P1", value=value)
+    producer.flush(30)
+    producer.close()
+    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
+    r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [json.loads(line) for line in r.stdout.splitlines()] == alerts, r.stdout
+    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    assert len(dead) == 1 and dead[0]["payload"] == '"' * DEAD_LETTER_PAYLOAD_MAX, [d["reason"] for d in dead]
+    assert "offset 1" in dead[0]["reason"] and "of 700,000 characters" in dead[0]["reason"], dead[0]["reason"]
+
+
+def test_sigterm_while_a_fifo_replay_publishes_keeps_its_input(kafka_settings, tmp_path):
+    """A replay of a FIFO (its writer wrote 40 sale lines over 40 minutes of event time and closed it), paced at
+    real time so it is still publishing: SIGTERM stops it (exit 143, what was handed over delivered) and the whole
+    input, gone from the FIFO, is saved and named in the report (``unread_saved``), byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import uuid
+
+    from core.settings import REPO_ROOT
+
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-rppub-"
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
+    head = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country\n"
+    data = (head + "".join(f"58{i:04d},1,2{i % 5:04d},ITEM {i},1,1.25,2011-05-16 08:{i:02d}:00,15813,United Kingdom\n"
+                           for i in range(40))).encode()
+    fifo = tmp_path / "pos.csv"
+    os.mkfifo(fifo)
+    state = tmp_path / "state"
+
+    def write() -> None:   # opens the FIFO once the replay does, writes everything, closes it (EOF)
+        with open(fifo, "wb") as fh:
+            fh.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "KAFKA_TOPIC_PREFIX": prefix,
+           "RETAIL_STATE_DIR": str(state), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "replay", "--path", str(fifo), "--quiet",
+                             "--no-reference", "--keep-dates", "--speed", "1"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _poll(lambda: _end_offsets(s, s.topic("sales-transactions")) > 0 if s.topic("sales-transactions") in
+              _topics(s) else False, "the first sale on its topic", proc, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _kill_if_running(proc)
+        writer.join(10)
+    assert proc.returncode == 143, (proc.returncode, out[-1000:], err[-2000:])
+    report = json.loads(out)
+    pub = report["published"]
+    assert pub["signal"] == "SIGTERM" and pub["failed"] == pub["pending"] == 0, pub
+    assert 0 < pub["by_topic_delivered"][s.topic("sales-transactions")] < 40, pub
+    saved = report["unread_saved"]
+    assert (state / "replay" / os.path.basename(saved["path"])).read_bytes() == data and saved["bytes"] == len(data)
+
+
+def _topics(settings) -> set[str]:
+    """The broker's topic names."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    try:
+        return set(consumer.topics())
+    finally:
+        consumer.close()
