@@ -41,7 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-import chdb
+# The server's time zone is UTC on both stacks, as the compose ClickHouse image's: chDB takes the process's zone (TZ,
+# /etc/localtime) when it loads, so the endpoint sets it first. Until 2026-12-06 it served the machine's zone: under
+# TZ=Pacific/Chatham DateTime strings were read 13 h 45 min off and 5 stream-sink tests failed (store metrics empty).
+os.environ["TZ"] = "UTC"
+time.tzset()
+
+import chdb  # noqa: E402 - after the time zone is set
 
 from core.settings import REPO_ROOT
 
@@ -185,6 +191,10 @@ class Engine:
             raise ClickHouseError.from_chdb(exc) from None
         self.version = self.rw.query("SELECT version()", "TSV").bytes().decode().strip()
         self.timezone = self.rw.query("SELECT timezone()", "TSV").bytes().decode().strip()
+        if self.timezone != "UTC":   # chDB loaded in this process before this module set TZ
+            self.close()
+            raise RuntimeError(f"chDB runs in time zone {self.timezone!r}, the endpoint serves UTC: import "
+                               "chserver.engine before anything else loads chdb, or run with TZ=UTC")
 
     def close(self) -> None:
         """Close the connections (chDB flushes its data) and remove temporary files."""

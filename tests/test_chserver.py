@@ -31,6 +31,8 @@ from conftest import REPO, free_port
 pytestmark = pytest.mark.integration
 
 ROWS = [(1, "alpha", 1.5), (2, "beta, \"quoted\"", -2.25), (3, "gamma\ttab", 0.0)]
+#: the machine's time zone the endpoint process gets (UTC+13:45 in December; the test suite itself runs in UTC)
+MACHINE_TZ = "Pacific/Chatham"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,8 @@ def endpoint(tmp_path_factory):
     env = {**os.environ, "CLICKHOUSE_CHDB_PATH": str(state / "chdb"), "CLICKHOUSE_HTTP_PORT": str(port),
            "CLICKHOUSE_HTTP_HOST": "127.0.0.1", "RETAIL_STATE_DIR": str(state),
            "CLICKHOUSE_ADMIN_PASSWORD": users["admin"], "CLICKHOUSE_WRITER_PASSWORD": users["platform_writer"],
-           "CLICKHOUSE_BI_PASSWORD": users["bi_reader"], "CLICKHOUSE_MAX_BODY_MB": "8"}
+           "CLICKHOUSE_BI_PASSWORD": users["bi_reader"], "CLICKHOUSE_MAX_BODY_MB": "8",
+           "TZ": MACHINE_TZ}   # a machine not in UTC: the endpoint must serve UTC all the same
     log = open(state / "chserver.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "chserver"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -110,6 +113,24 @@ def test_ping_root_and_version(endpoint):
     summary = json.loads(r.headers["X-ClickHouse-Summary"])
     assert set(summary) >= {"read_rows", "read_bytes", "written_rows", "written_bytes", "elapsed_ns"}
     assert all(isinstance(v, str) for v in summary.values())
+
+
+def test_the_endpoint_serves_utc_on_a_machine_in_another_time_zone(endpoint):
+    """The endpoint runs under TZ=Pacific/Chatham (:data:`MACHINE_TZ`) and serves UTC, as the compose ClickHouse
+    server: timezone(), the X-ClickHouse-Timezone header, and a DateTime written as a string and read back as Unix
+    seconds (computed here with datetime in UTC). It served the machine's zone before (Pacific/Chatham; the string
+    read 13 h 45 min off)."""
+    from datetime import datetime, timezone
+
+    base, users, _ = endpoint
+    r = _post(base, _w(users), "SELECT timezone(), serverTimezone() FORMAT TSV")
+    assert r.status_code == 200 and r.text.split() == ["UTC", "UTC"], r.text
+    assert r.headers["X-ClickHouse-Timezone"] == "UTC"
+    assert _post(base, _w(users), "CREATE OR REPLACE TABLE t.tz (d DateTime) ENGINE = MergeTree ORDER BY d").status_code == 200
+    assert _post(base, _w(users), "INSERT INTO t.tz VALUES ('2026-12-06 23:30:00')").status_code == 200
+    r = _post(base, _w(users), "SELECT toUnixTimestamp(d), toString(toDate(d)) FROM t.tz FORMAT TSV")
+    want = int(datetime(2026, 12, 6, 23, 30, tzinfo=timezone.utc).timestamp())
+    assert r.text.split() == [str(want), "2026-12-06"], r.text
 
 
 def test_query_id_database_default_format_and_params(endpoint):
