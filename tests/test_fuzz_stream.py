@@ -1,6 +1,6 @@
 """Property-based fuzzing of the stream (issue 10, part 6): Hypothesis generates >= 10,000 malformed and edge-case
 Kafka values for the four input topics (arbitrary bytes and text, JSON of the wrong shape, wrong types, nulls,
-missing/unknown fields, duplicate keys, ids that are huge, empty, hold control characters or start/end with
+missing/unknown fields, duplicate keys, valid events of another type, ISO times with offsets, ids that are huge, empty, hold control characters or start/end with
 white space of any Unicode kind, extreme and non-finite numbers, bad timestamps), plus a few near the broker's 1 MB limit and tombstones. They are sent in
 bulk with 300 known-valid sales interleaved, then the real stream (real Kafka, Spark, ClickHouse endpoint, MinIO)
 drains everything once (available-now) and must:
@@ -72,7 +72,10 @@ numbers = st.one_of(st.integers(min_value=-(2 ** 64), max_value=2 ** 64),
 timestamps = st.one_of(st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1),
                        st.sampled_from([-1, 0, 946_684_799_999, 946_684_800_000, 1_291_161_600_000,
                                         NOW_MS + 59 * 60_000, NOW_MS + 180 * 60_000, 2 ** 53]),
-                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=25))
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=25),
+                       # ISO texts with offsets other than Z, a leap second, and epoch ms as a string
+                       st.sampled_from(["2026-12-06T10:00:00+02:00", "2026-12-06T10:00:00-05:30",
+                                        "2016-12-31T23:59:60Z", "2026-12-06T10:00:00Z", str(BASE_TS)]))
 
 
 def render(rec: dict, dup: str | None = None, dup_value=None) -> str:
@@ -90,9 +93,12 @@ def payloads(draw) -> tuple[str, bytes | None]:
     """(event type, Kafka value bytes or None for a tombstone)."""
     et = draw(st.sampled_from(INPUT_TYPES))
     kind = draw(st.sampled_from(["bytes", "text", "json_value", "mutate", "mutate", "mutate", "mutate", "dup_key",
-                                 "valid", "tombstone", "pad_id"]))
+                                 "valid", "tombstone", "pad_id", "other_topic"]))
     if kind == "tombstone":
         return et, None
+    if kind == "other_topic":   # a valid event of another input type on this topic
+        other = draw(st.sampled_from([t for t in INPUT_TYPES if t != et]))
+        return et, render(base_record(other, draw(st.integers(min_value=0, max_value=10 ** 9)))).encode()
     if kind == "bytes":
         return et, draw(st.binary(max_size=200))
     if kind == "text":
@@ -209,6 +215,17 @@ def contract_key(event_type: str, value: bytes | None, i: int) -> bytes | None:
     return key.encode("utf-8", "surrogatepass")
 
 
+def _passes(event_type: str, value: bytes, now_ms: int) -> bool:
+    """Whether the producers' rules accept ``value`` as an ``event_type`` event at ``now_ms``."""
+    from contracts import ContractError, check_payload
+
+    try:
+        check_payload(event_type, value, now_ms=now_ms, max_future_minutes=60)
+        return True
+    except ContractError:
+        return False
+
+
 def test_fuzzed_payloads_are_all_accounted_for_and_valid_events_all_count(native_stack, spark):
     from kafka import KafkaProducer
 
@@ -276,6 +293,10 @@ def test_fuzzed_payloads_are_all_accounted_for_and_valid_events_all_count(native
             rec = None
         if rec is None:
             assert key in quarantined, (et, value[:200] if value else value, "valid for the stream, not the producers")
+            others = [o for o in INPUT_TYPES if o != et and value is not None and _passes(o, value, sent_at[key])]
+            if others:   # a valid event of another type: the reason says so first
+                assert quarantined[key].startswith(f"wrong topic: a valid {others[0]} event on the {et} topic"), \
+                    (et, value[:200], quarantined[key])
         else:
             assert key not in quarantined, (et, value[:200], quarantined.get(key))
             groups.setdefault((key[0], rec[EVENT_ID[et]]), []).append(key)
