@@ -768,13 +768,32 @@ def _first_sales_key(client, db: str) -> int:
     return client.query(f"SELECT min(date_key) FROM {db}.fact_sales").result_rows[0][0] or 0
 
 
+def reorder_points_as_of(client, db: str, day: dt.date, dim_product: pd.DataFrame) -> pd.Series:
+    """The product master's reorder point (units) per product_key valid on ``day``: the version of
+    ``dim_product_history`` (070_dim_history.sql, synced from the lake's reference history by :func:`load` before
+    fact_inventory is built) with ``valid_from <= day <= valid_to``, its value even when NULL; ``dim_product``'s
+    (the staged dimension: the current master, placeholders) for a key without a version on the day (no history
+    yet). Returns a float Series indexed by product_key (uint64), NaN = none."""
+    cur = dim_product.set_index("product_key")["reorder_point"].astype("float64")
+    d = day.isoformat()
+    hist = client.query_df(f"SELECT product_key, reorder_point FROM {db}.dim_product_history FINAL "
+                           f"WHERE valid_from <= '{d}' AND valid_to >= '{d}'")
+    if hist.empty:
+        return cur
+    h = pd.Series(hist["reorder_point"].to_numpy(dtype="float64", na_value=np.nan),
+                  index=hist["product_key"].astype("uint64").to_numpy())
+    h = h[~h.index.duplicated(keep="last")]
+    return pd.concat([h, cur[~cur.index.isin(h.index)]])
+
+
 def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_product: pd.DataFrame,
                     settings, first_sales_key: int | None = None) -> pd.DataFrame:
     """The fact_inventory rows of ``day`` (one per store x SKU; empty frame when nothing is stocked).
 
     The day's closing stock (``closing``: its staged ``inventory_closing``, :func:`closing_stock`'s rows) carried
     forward over the latest earlier fact_inventory snapshot in ClickHouse (:func:`carry_forward`); reorder_point
-    from the events, else the carried value, else ``dim_product.reorder_point`` (the day's staged dimension);
+    from the events, else the carried value, else the product master's valid on ``day``
+    (:func:`reorder_points_as_of`: ``dim_product_history``, else ``dim_product``, the day's staged dimension);
     safety_stock from the trailing :data:`SAFETY_STOCK_WINDOW_DAYS` days of demand (the ``demand_daily`` view:
     fact_sales units sold less same-day order cancellations; days before the first loaded date are not counted;
     :func:`safety_stock` with SERVICE_LEVEL and LEAD_TIME_DAYS of ``settings``); units_sold / units_returned from
@@ -795,7 +814,7 @@ def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_pr
         f"WHERE date_key = (SELECT max(date_key) FROM {db}.fact_inventory WHERE date_key < {dk})")
     inv = carry_forward(closing, prev)
     if not inv.empty:
-        pr = dim_product.set_index("product_key")["reorder_point"]
+        pr = reorder_points_as_of(client, db, day, dim_product)
         fallback = pd.Series(inv["product_key"].map(pr).to_numpy(dtype="float64", na_value=np.nan), index=inv.index)
         inv["reorder_point"] = inv["reorder_point"].astype("float64").fillna(fallback)
         first = (first_sales_key if first_sales_key is not None else _first_sales_key(client, db)) or dk

@@ -481,7 +481,7 @@ class StreamSinks:
         ph["store_windows"] = time.time() - t
         t = time.time()
         until, seen = self._closed_window_alerts(batch_id, now_ms)
-        self._levels(enriched, batch_id, version, now_ms)
+        self._levels(enriched, batch_id, version, now_ms, lo)
         ph["alerts_levels"] = time.time() - t
         self._log_batch("windows", batch_id, n_input, len(out), started, ph, alerts_closed_until=until,
                         event_time_max=seen)
@@ -625,18 +625,28 @@ class StreamSinks:
         return h
 
     def _level_stock(self, pairs: pd.DataFrame | None, before: pd.Timestamp) -> pd.DataFrame:
-        """``inventory_levels`` rows (store_id, product_id, stock_level, stock_time, reorder_point; stock known) of
-        the pairs whose latest count is earlier than ``before``: the stock every later window carries, kept
-        without TTL while the window tables forget a window CLICKHOUSE_STREAM_RETENTION_DAYS after its write."""
+        """``inventory_levels`` counts (store_id, product_id, stock_level, stock_time, reorder_point; stock known) of
+        the pairs: per pair the latest stored count earlier than ``before``, the row's own (``stock_level``) when it
+        is, else its ``prior_stock_level`` (the latest count before the look-back of the micro-batch that last
+        wrote the row, :meth:`_levels`): so a micro-batch re-run after its first run stored a newer count still
+        finds the older one. The stock every later window carries, kept without TTL while the window tables forget
+        a window CLICKHOUSE_STREAM_RETENTION_DAYS after its write. Pairs with neither are absent."""
+        cols = ["store_id", "product_id", "stock_level", "stock_time", "reorder_point"]
         if pairs is None or pairs.empty:
-            return pd.DataFrame(columns=["store_id", "product_id", "stock_level", "stock_time", "reorder_point"])
-        sql = ("SELECT store_id, product_id, stock_level, stock_time, reorder_point FROM {db}.inventory_levels FINAL "
-               "WHERE (store_id, product_id) IN %(pairs)s AND stock_level IS NOT NULL AND stock_time < %(before)s")
+            return pd.DataFrame(columns=cols)
+        own = "(stock_level IS NOT NULL AND stock_time < %(before)s)"
+        # aliases other than the column names: ClickHouse substitutes an alias wherever its name appears in the
+        # SELECT, so `... AS stock_level` would change what the next expression's condition reads
+        sql = (f"SELECT store_id, product_id, if({own}, stock_level, prior_stock_level) AS c_stock, "
+               f"if({own}, stock_time, prior_stock_time) AS c_time, "
+               f"if({own}, reorder_point, prior_reorder_point) AS c_rop FROM {{db}}.inventory_levels FINAL "
+               f"WHERE (store_id, product_id) IN %(pairs)s AND ({own} OR (prior_stock_level IS NOT NULL "
+               "AND prior_stock_time < %(before)s))")
         before = pd.Timestamp(before).to_pydatetime()
         parts = [self._query(sql, {"pairs": chunk, "before": before}) for chunk in self._pair_chunks(pairs)]
-        parts = [x for x in parts if len(x)]
-        out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-            columns=["store_id", "product_id", "stock_level", "stock_time", "reorder_point"])
+        parts = [x.rename(columns={"c_stock": "stock_level", "c_time": "stock_time", "c_rop": "reorder_point"})
+                 for x in parts if len(x)]
+        out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
         out["stock_time"] = pd.to_datetime(out["stock_time"], utc=True)
         return out
 
@@ -839,12 +849,38 @@ class StreamSinks:
         for key, st in new_state.items():
             r = rows.get(key, {})
             out.append(self._level_row(key, r.get("stock_level"), r.get("stock_time"), r.get("reorder_point"), st,
-                                       batch_id, now_ms))
+                                       batch_id, now_ms, prior=self._prior(r)))
         self._insert_levels(out)
         return bound, seen
 
-    def _level_row(self, key, stock, stock_time, rop, st: dict, batch_id: int, now_ms: int) -> dict:
+    #: inventory_levels' columns of the latest count before a micro-batch's look-back (071_inventory_levels_prior)
+    _PRIOR = ("prior_stock_level", "prior_stock_time", "prior_reorder_point")
+
+    @classmethod
+    def _prior(cls, row: dict, lo: pd.Timestamp | None = None) -> tuple:
+        """(stock, time, reorder point) of the latest count before ``lo`` among a stored inventory_levels row's own
+        and its prior one; with ``lo`` None, or neither before ``lo``, the stored prior (kept, never lost). Newer
+        counts are in the window tables (written with them, within their retention)."""
+        stored = tuple(row.get(c) for c in cls._PRIOR)
+        if lo is None:
+            return stored
+        utc = lambda t: t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")  # noqa: E731
+        lo, best = utc(pd.Timestamp(lo)), None
+        for cand in ((row.get("stock_level"), row.get("stock_time"), row.get("reorder_point")), stored):
+            if cand[0] is None or pd.isna(cand[0]) or cand[1] is None or pd.isna(cand[1]):
+                continue
+            t = utc(pd.Timestamp(cand[1]))
+            if t < lo and (best is None or t > best[1]):
+                best = (cand[0], t, cand[2])
+        return stored if best is None else best
+
+    def _level_row(self, key, stock, stock_time, rop, st: dict, batch_id: int, now_ms: int,
+                   prior: tuple = (None, None, None)) -> dict:
+        none = lambda x: x is None or pd.isna(x)  # noqa: E731
         return {"store_id": key[0], "product_id": key[1],
+                "prior_stock_level": None if none(prior[0]) else int(prior[0]),
+                "prior_stock_time": None if none(prior[1]) else pd.Timestamp(prior[1]),
+                "prior_reorder_point": None if none(prior[2]) else int(prior[2]),
                 "stock_level": None if stock is None or pd.isna(stock) else int(stock),
                 "stock_time": None if stock_time is None or pd.isna(stock_time) else pd.Timestamp(stock_time),
                 "reorder_point": None if rop is None or pd.isna(rop) else int(rop),
@@ -857,18 +893,21 @@ class StreamSinks:
         if not rows:
             return
         lv = pd.DataFrame(rows)
-        for c in ("stock_level", "reorder_point"):
+        for c in ("stock_level", "reorder_point", "prior_stock_level", "prior_reorder_point"):
             lv[c] = pd.array([None if x is None or pd.isna(x) else int(x) for x in lv[c]], dtype="Int64")
-        for c in ("stock_time", "episode_start", "last_window_start"):
+        for c in ("stock_time", "episode_start", "last_window_start", "prior_stock_time"):
             lv[c] = pd.to_datetime(lv[c], utc=True)
         self._insert_df("inventory_levels", lv)
 
-    def _levels(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int) -> None:
+    def _levels(self, enriched: pd.DataFrame, batch_id: int, version: int, now_ms: int,
+                lo: pd.Timestamp | None = None) -> None:
         """Latest known stock per store x SKU of the batch (``inventory_levels``), keeping the episode state.
 
         The stock replaces the stored one when its update time is at or after the stored ``stock_time``; the
         reorder point (the batch's latest window's, carried or its own) when that window ends after the stored
-        ``stock_time`` (a late window's carried reorder point does not replace a later count's)."""
+        ``stock_time`` (a late window's carried reorder point does not replace a later count's). ``prior_*``
+        becomes the latest stored count before ``lo``, the batch's look-back start (:meth:`_prior`): the count a
+        re-run of the batch carries (:meth:`_level_stock`), whatever its first run stored."""
         stores = sorted(enriched["store_id"].unique().tolist())
         state, prior_rows = self._episode_state("store_id IN %(stores)s", {"stores": stores})
         srt = enriched.sort_values("window_start", kind="mergesort")
@@ -892,7 +931,7 @@ class StreamSinks:
                                     or pd.Timestamp(rop_end[key]) > stored_time):
                 rop = int(last_rop[key])
             st = state.get(key, {"in_episode": False, "episode_start": None, "last_window_start": None})
-            rows.append(self._level_row(key, stock, stock_time, rop, st, batch_id, now_ms))
+            rows.append(self._level_row(key, stock, stock_time, rop, st, batch_id, now_ms, prior=self._prior(p, lo)))
         self._insert_levels(rows)
 
     def _emit_alerts(self, alerts: list[dict], batch_id: int, now_ms: int) -> None:

@@ -364,6 +364,36 @@ JACKSON_LIMIT_REASON = ("malformed JSON: beyond the stream's JSON parser limits 
 REASON_MAX_CHARS = 1_000
 
 
+#: start of validate_events' reason for a required field the value lacks
+MISSING_FIELD_PREFIX = "missing required field "
+
+
+def wrong_topic_reason(event_type: str, other: str) -> str:
+    """Reason of a value read from ``event_type``'s topic that is a valid ``other`` event, e.g. ``wrong topic: a
+    valid inventory_update event on the sales_transaction topic``."""
+    return f"wrong topic: a valid {other} event on the {event_type} topic"
+
+
+def wrong_topic_type(event_type: str, value: str, kafka_ms: int | None, *, max_future_minutes: int) -> str | None:
+    """The other event type (of ``contracts.EVENT_TYPES``) whose contract ``value`` (raw JSON text read from
+    ``event_type``'s topic) passes, checked by the producers' rules (``contracts.check_payload``) at the record's
+    Kafka timestamp ``kafka_ms`` (epoch ms; None or <= 0: the wall clock); None when it passes none. The value is
+    quarantined either way (the topic decides its contract); this only names the likely cause: a producer that
+    sent an event to another type's topic."""
+    from contracts import EVENT_TYPES, ContractError, check_payload
+
+    now = None if kafka_ms is None or pd.isna(kafka_ms) or int(kafka_ms) <= 0 else int(kafka_ms)
+    for other in EVENT_TYPES:
+        if other == event_type:
+            continue
+        try:
+            check_payload(other, value, now_ms=now, max_future_minutes=max_future_minutes)
+        except (ContractError, ValueError, RecursionError, MemoryError):
+            continue
+        return other
+    return None
+
+
 def explain_parse_failures(event_type: str, values: Iterable[str | None], reasons: Iterable[str | None],
                            kafka_ms: Iterable[int | None], *, max_future_minutes: int) -> list[str | None]:
     """Replace the generic parse reasons (:data:`GENERIC_PARSE_REASONS`) of quarantined records with the true one.
@@ -376,7 +406,9 @@ def explain_parse_failures(event_type: str, values: Iterable[str | None], reason
     ``unit_price must be within [0, 100000] currency units``, ``malformed JSON: NaN is not JSON``); a value the
     producers accept gets :data:`JACKSON_LIMIT_REASON`. Other reasons of the row are kept. A named type mismatch
     of a number Spark's int/long cannot hold (``quantity`` = 2147483648) becomes the producers' range reason when
-    that is what they give (``quantity must be within [-100000, 100000] units``).
+    that is what they give (``quantity must be within [-100000, 100000] units``). A row missing a required field
+    whose value is a valid event of another type (:func:`wrong_topic_type`) gets :func:`wrong_topic_reason` first
+    (before, only the other type's fields were listed as unknown and this type's as missing).
 
     Args:
         event_type: a key of ``contracts.EVENT_TYPES``.
@@ -393,6 +425,12 @@ def explain_parse_failures(event_type: str, values: Iterable[str | None], reason
     out: list[str | None] = []
     for value, reason, ms in zip(values, reasons, kafka_ms):
         parts = reason.split("; ") if reason else []
+        if value is not None and not value.startswith(NOT_UTF8_PREFIX) \
+                and any(p.startswith(MISSING_FIELD_PREFIX) for p in parts):
+            other = wrong_topic_type(event_type, value, ms, max_future_minutes=max_future_minutes)
+            if other is not None:
+                parts.insert(0, wrong_topic_reason(event_type, other))
+                reason = "; ".join(parts)
         generic = any(p in GENERIC_PARSE_REASONS for p in parts)
         if (not generic and not any(p in bounds for p in parts)) or value is None or value.startswith(NOT_UTF8_PREFIX):
             out.append(reason)

@@ -976,6 +976,54 @@ def test_a_rerun_after_a_cost_change_keeps_the_cost_of_its_day(native_stack, bui
         assert runs and all(r[0] == "success" for r in runs)
 
 
+@pytest.mark.parametrize("build", ["pandas", "dag"])
+def test_a_rerun_after_a_reorder_point_change_keeps_the_reorder_point_of_its_day(native_stack, build, request):
+    """D1's inventory updates of P2 (S1: 9 units, S2: 30) and of P1 at S2 carry no reorder point, so fact_inventory
+    takes the product master's (P2: 5, P1: 10). The master then changes P2's to 50 and P1's to 1, and D1 is re-run:
+    before, the fallback read the current master (the staged dim_product): D1's P2 rows became 50 and below the
+    reorder point (9 <= 50), P1 at S2 1; the facts of a day rewritten by a later change. Now the fallback is the
+    version valid on D1 (dim_product_history), the same for the pandas build and the DAG's Spark build, and a
+    second re-run changes nothing."""
+    from etl import star_schema as etl
+
+    def build_and_load(day: dt.date):
+        if build == "pandas":
+            return run_pandas(day)
+        dr, ok = run(request.getfixturevalue("etl_dag"), day)
+        assert ok, f"daily_etl {day} ended {dr.state}"
+
+    def d1_inventory() -> dict:
+        return {(st, sku): (rp, below) for st, sku, rp, below in client.query(
+            f"SELECT s.store_id, p.sku, f.reorder_point, f.below_reorder_point FROM {db}.fact_inventory f "
+            f"JOIN (SELECT * FROM {db}.dim_product FINAL) p ON p.product_key = f.product_key "
+            f"JOIN (SELECT * FROM {db}.dim_store FINAL) s ON s.store_key = f.store_key "
+            "WHERE f.date_key = 20240329").result_rows}
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        build_and_load(D1)
+        # the landed master (land_small) and D1's events: S1/P1 has its own 10 from its update u1
+        expected = {("S1", "P1"): (10, 0), ("S1", "P2"): (5, 0), ("S2", "P2"): (5, 0), ("S2", "P1"): (10, 0)}
+        assert d1_inventory() == expected
+        products = pq.read_table(lake.path(lake.settings.lake_raw_bucket, "reference/products/products.parquet"),
+                                 filesystem=lake.fs).to_pandas()
+        products["reorder_point"] = products["product_id"].map({"P1": 1, "P2": 50})
+        lake.write_table(pa.Table.from_pandas(products, preserve_index=False), lake.settings.lake_raw_bucket,
+                         "reference/products/products.parquet")
+        build_and_load(D1)                           # the re-run of D1 after the change
+        assert d1_inventory() == expected
+        build_and_load(D1)                           # and again: idempotent
+        assert d1_inventory() == expected
+        # the current master is in dim_product, and the version valid today is the new one
+        today = dt.datetime.now(dt.timezone.utc).date()
+        assert client.query(f"SELECT reorder_point FROM {db}.dim_product FINAL WHERE sku = 'P2'").result_rows == [(50,)]
+        dim = pd.DataFrame({"product_key": pd.Series(dtype="uint64"), "reorder_point": pd.Series(dtype="float64")})
+        p2 = etl.surrogate_key("P2")
+        assert etl.reorder_points_as_of(client, db, today, dim)[p2] == 50
+        assert etl.reorder_points_as_of(client, db, D1, dim)[p2] == 5
+
+
 def _set_master_cost(lake, sku: str, cost: float) -> None:
     products = pq.read_table(lake.path(lake.settings.lake_raw_bucket, "reference/products/products.parquet"),
                              filesystem=lake.fs).to_pandas()

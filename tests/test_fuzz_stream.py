@@ -1,6 +1,6 @@
 """Property-based fuzzing of the stream (issue 10, part 6): Hypothesis generates >= 10,000 malformed and edge-case
 Kafka values for the four input topics (arbitrary bytes and text, JSON of the wrong shape, wrong types, nulls,
-missing/unknown fields, duplicate keys, ids that are huge, empty, hold control characters or start/end with
+missing/unknown fields, duplicate keys, valid events of another type, ISO times with offsets, ids that are huge, empty, hold control characters or start/end with
 white space of any Unicode kind, extreme and non-finite numbers, bad timestamps), plus a few near the broker's 1 MB limit and tombstones. They are sent in
 bulk with 300 known-valid sales interleaved, then the real stream (real Kafka, Spark, ClickHouse endpoint, MinIO)
 drains everything once (available-now) and must:
@@ -72,7 +72,10 @@ numbers = st.one_of(st.integers(min_value=-(2 ** 64), max_value=2 ** 64),
 timestamps = st.one_of(st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1),
                        st.sampled_from([-1, 0, 946_684_799_999, 946_684_800_000, 1_291_161_600_000,
                                         NOW_MS + 59 * 60_000, NOW_MS + 180 * 60_000, 2 ** 53]),
-                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=25))
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=25),
+                       # ISO texts with offsets other than Z, a leap second, and epoch ms as a string
+                       st.sampled_from(["2026-12-06T10:00:00+02:00", "2026-12-06T10:00:00-05:30",
+                                        "2016-12-31T23:59:60Z", "2026-12-06T10:00:00Z", str(BASE_TS)]))
 
 
 def render(rec: dict, dup: str | None = None, dup_value=None) -> str:
@@ -90,9 +93,12 @@ def payloads(draw) -> tuple[str, bytes | None]:
     """(event type, Kafka value bytes or None for a tombstone)."""
     et = draw(st.sampled_from(INPUT_TYPES))
     kind = draw(st.sampled_from(["bytes", "text", "json_value", "mutate", "mutate", "mutate", "mutate", "dup_key",
-                                 "valid", "tombstone", "pad_id"]))
+                                 "valid", "tombstone", "pad_id", "other_topic"]))
     if kind == "tombstone":
         return et, None
+    if kind == "other_topic":   # a valid event of another input type on this topic
+        other = draw(st.sampled_from([t for t in INPUT_TYPES if t != et]))
+        return et, render(base_record(other, draw(st.integers(min_value=0, max_value=10 ** 9)))).encode()
     if kind == "bytes":
         return et, draw(st.binary(max_size=200))
     if kind == "text":
@@ -209,6 +215,17 @@ def contract_key(event_type: str, value: bytes | None, i: int) -> bytes | None:
     return key.encode("utf-8", "surrogatepass")
 
 
+def _passes(event_type: str, value: bytes, now_ms: int) -> bool:
+    """Whether the producers' rules accept ``value`` as an ``event_type`` event at ``now_ms``."""
+    from contracts import ContractError, check_payload
+
+    try:
+        check_payload(event_type, value, now_ms=now_ms, max_future_minutes=60)
+        return True
+    except ContractError:
+        return False
+
+
 def test_fuzzed_payloads_are_all_accounted_for_and_valid_events_all_count(native_stack, spark):
     from kafka import KafkaProducer
 
@@ -276,6 +293,10 @@ def test_fuzzed_payloads_are_all_accounted_for_and_valid_events_all_count(native
             rec = None
         if rec is None:
             assert key in quarantined, (et, value[:200] if value else value, "valid for the stream, not the producers")
+            others = [o for o in INPUT_TYPES if o != et and value is not None and _passes(o, value, sent_at[key])]
+            if others:   # a valid event of another type: the reason says so first
+                assert quarantined[key].startswith(f"wrong topic: a valid {others[0]} event on the {et} topic"), \
+                    (et, value[:200], quarantined[key])
         else:
             assert key not in quarantined, (et, value[:200], quarantined.get(key))
             groups.setdefault((key[0], rec[EVENT_ID[et]]), []).append(key)
@@ -287,3 +308,146 @@ def test_fuzzed_payloads_are_all_accounted_for_and_valid_events_all_count(native
     n_windows = int(client.command(f"SELECT toInt64(sum(transaction_count)) FROM {db}.sales_metrics_5m FINAL"))
     assert n_windows == len(valid_sales), "every valid sale counts once in the windows"
     assert math.isfinite(float(client.command(f"SELECT sum(revenue) FROM {db}.sales_metrics_5m FINAL")))
+
+
+# ------------------------------------------------------------- named adversarial values, one stream run --
+def _sale(i: int, **over) -> dict:
+    return dict(base_record("sales_transaction", 0), transaction_id=f"ADV-{i}", **over)
+
+
+def _dump(rec: dict) -> bytes:
+    return json.dumps(rec, allow_nan=True).encode("utf-8", "surrogatepass")
+
+
+def adversarial_cases() -> list[tuple[str, str, bytes, str | None]]:
+    """(label, event type of the topic, Kafka value, expected: None = valid (lands in the lake), else a text the
+    quarantine reason must hold). Each targets one rule; the values are fixed (no randomness)."""
+    ts = BASE_TS
+    deep = {"a": None}
+    for _ in range(200):   # 200 levels: JSON a parser accepts (its limit is 1,000), an unknown field
+        deep = {"a": deep}
+    inv = base_record("inventory_update", 7)
+    price = base_record("price_change", 8)
+    cust = base_record("customer_event", 9)
+    return [
+        ("duplicate key, same value", "sales_transaction",
+         _dump(_sale(1))[:-1] + b', "quantity": 2}', "duplicate JSON key"),
+        ("duplicate key, other value", "sales_transaction",
+         _dump(_sale(2))[:-1] + b', "unit_price": 0.01}', "duplicate JSON key"),
+        ("quantity as a string", "sales_transaction", _dump(_sale(3, quantity="2")), "quantity"),
+        ("unit_price as a string", "sales_transaction", _dump(_sale(4, unit_price="1.25")), "unit_price"),
+        ("timestamp as a string of digits", "sales_transaction", _dump(_sale(5, timestamp=str(ts))), "timestamp"),
+        ("NaN literal", "sales_transaction", _dump(_sale(6, unit_price=float("nan"))), "unit_price"),
+        ("Infinity literal", "sales_transaction", _dump(_sale(7, unit_price=float("inf"))), "unit_price"),
+        ("-Infinity literal", "price_change", _dump(dict(price, price_change_id="ADV-8", new_price=float("-inf"))),
+         "new_price"),
+        ("NaN as a string", "price_change", _dump(dict(price, price_change_id="ADV-9", old_price="NaN")),
+         "old_price"),
+        ("quantity 2^63", "sales_transaction", _dump(_sale(10, quantity=2 ** 63)), "quantity"),
+        ("timestamp 2^64 + 1", "sales_transaction", _dump(_sale(11, timestamp=2 ** 64 + 1)), "timestamp"),
+        ("new_quantity -2^63 - 1", "inventory_update", _dump(dict(inv, inventory_id="ADV-12", new_quantity=-2 ** 63 - 1)),
+         "new_quantity"),
+        ("timestamp 1e30 (a float)", "sales_transaction", _dump(_sale(13)).replace(str(ts).encode(), b"1e30"),
+         "timestamp"),
+        ("200 levels of nesting in an unknown field", "sales_transaction", _dump(_sale(14, coupon=deep)),
+         "unknown field"),
+        ("3,000 levels of nesting", "customer_event",
+         _dump(dict(cust, event_id="ADV-15"))[:-1] + b', "x": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+         "malformed JSON"),
+        ("nesting in an id field", "inventory_update",
+         _dump(dict(inv, inventory_id="ADV-16", store_id=[[["S1"]]])), "store_id"),
+        ("1 MB string in an optional id", "sales_transaction", _dump(_sale(17, customer_id="C" * 1_000_000)),
+         "customer_id"),
+        ("1 MB string in an unknown field", "customer_event",
+         _dump(dict(cust, event_id="ADV-18", note="n" * 1_000_000)), "unknown field"),
+        ("event time year 9999", "sales_transaction", _dump(_sale(19, timestamp=253_402_300_799_000)),
+         "in the future"),
+        ("event time before 1970", "sales_transaction", _dump(_sale(20, timestamp=-86_400_000)), "timestamp"),
+        ("event time 1969-12-31T23:59:59.999", "inventory_update",
+         _dump(dict(inv, inventory_id="ADV-21", timestamp=-1)), "timestamp"),
+        ("ISO time with +02:00", "sales_transaction", _dump(_sale(22, timestamp="2026-12-06T10:00:00+02:00")),
+         "timestamp"),
+        ("ISO time with -05:30", "price_change",
+         _dump(dict(price, price_change_id="ADV-23", timestamp="2026-12-06T10:00:00-05:30")), "timestamp"),
+        ("ISO time, a leap second", "sales_transaction", _dump(_sale(24, timestamp="2016-12-31T23:59:60Z")),
+         "timestamp"),
+        ("epoch ms of the 2016 leap second's end", "sales_transaction", _dump(_sale(25, timestamp=1_483_228_800_000)),
+         None),
+        ("null byte in an id (escaped)", "sales_transaction", _dump(_sale(26, store_id="S\x001")), "store_id"),
+        ("null byte in an id (raw)", "sales_transaction",
+         _dump(_sale(27)).replace(b'"S1"', b'"S\x001"', 1), "malformed JSON: Invalid control character"),
+        ("null byte in the event id", "customer_event", _dump(dict(cust, event_id="ADV-28\x00")), "event_id"),
+        ("an inventory update on the sales topic", "sales_transaction", _dump(dict(inv, inventory_id="ADV-29")),
+         "wrong topic: a valid inventory_update event on the sales_transaction topic"),
+        ("a sale on the inventory topic", "inventory_update", _dump(_sale(30)),
+         "wrong topic: a valid sales_transaction event on the inventory_update topic"),
+        ("a price change on the customer topic", "customer_event", _dump(dict(price, price_change_id="ADV-31")),
+         "wrong topic: a valid price_change event on the customer_event topic"),
+        ("a customer event on the price topic", "price_change", _dump(dict(cust, event_id="ADV-32")),
+         "wrong topic: a valid customer_event event on the price_change topic"),
+        ("valid with unicode escapes", "sales_transaction",
+         b'{"transaction_id": "ADV-\\u0033\\u0033", ' + _dump(_sale(33))[1:].split(b", ", 1)[1], None),
+        ("valid, keys in another order", "sales_transaction",
+         _dump(dict(reversed(list(_sale(34).items())))), None),
+        ("quantity 2.0 (a float for an int)", "sales_transaction",
+         _dump(_sale(35)).replace(b'"quantity": 2', b'"quantity": 2.0'), "quantity"),
+    ]
+
+
+def test_adversarial_values_are_quarantined_with_their_reason_and_lose_no_other_record(native_stack, spark):
+    """Each value of :func:`adversarial_cases` is sent among 200 valid sales (positions drawn with a fixed seed) and
+    the real stream drains them in one run: it stays up; each adversarial value lands in the lake when valid, else in
+    quarantine_events with a reason naming its fault; count in = landed + quarantined; every valid sale is in the
+    lake and counts once in the windows."""
+    from kafka import KafkaProducer
+
+    from contracts import EVENT_TYPES
+    from core.clickhouse import get_client
+    from core.lake import Lake
+    from streaming.job import run_stream
+    from streaming.transforms import EVENT_ID
+    from tests.test_streaming_guarantees import namespace
+
+    s = namespace(native_stack, f"adv{uuid.uuid4().hex[:6]}", stream_max_future_minutes=60)
+    cases = adversarial_cases()
+    valid = [("valid", "sales_transaction", _dump(dict(base_record("sales_transaction", 0), transaction_id=f"OK-{i}",
+                                                       timestamp=BASE_TS + i * 1000)), None) for i in range(200)]
+    sent = list(valid)
+    rng = random.Random(27)
+    for c in cases:
+        sent.insert(rng.randrange(len(sent) + 1), c)
+    p = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all", linger_ms=20,
+                      max_request_size=1_048_000)
+    futs = [(c, p.send(s.topic(EVENT_TYPES[c[1]]), key=contract_key(c[1], c[2], 1), value=c[2])) for c in sent]
+    p.flush()
+    where = {}
+    for c, f in futs:
+        md = f.get(timeout=60)
+        where[(md.topic, md.partition, md.offset)] = c
+    p.close()
+
+    stats = run_stream(s, available_now=True, timeout=900, spark=spark)   # raises if a query failed
+    client, db = get_client(s), s.clickhouse_database
+    q = client.query_df(f"SELECT topic, partition, offset, reason FROM {db}.quarantine_events FINAL")
+    quarantined = {(r.topic, int(r.partition), int(r.offset)): r.reason for r in q.itertuples()}
+    lake = Lake(s)
+    in_lake = {}
+    for et in INPUT_TYPES:
+        t = lake.read_table(s.lake_raw_bucket, et)
+        if t is not None:
+            for part, off in zip(t["kafka_partition"].to_pylist(), t["kafka_offset"].to_pylist()):
+                in_lake[(s.topic(EVENT_TYPES[et]), part, off)] = et
+    wrong = []
+    for key, (label, et, value, expected) in where.items():
+        if expected is None and key not in in_lake:
+            wrong.append(f"{label}: valid but not in the lake ({quarantined.get(key)})")
+        elif expected is not None and expected not in quarantined.get(key, ""):
+            wrong.append(f"{label}: expected a reason with {expected!r}, got "
+                         f"{quarantined.get(key) if key in quarantined else 'in the lake' if key in in_lake else 'nothing'}")
+    assert not wrong, "\n".join(wrong)
+    assert not set(in_lake) & set(quarantined)
+    assert len(in_lake) + len(quarantined) == len(sent) == stats["raw"]["input_rows"]
+    n_valid_sales = sum(1 for (label, et, v, e) in sent if e is None and et == "sales_transaction")
+    assert int(client.command(f"SELECT toInt64(sum(transaction_count)) FROM {db}.sales_metrics_5m FINAL")) \
+        == n_valid_sales
+    assert stats["raw"]["duplicates_dropped"] == 0 and EVENT_ID["sales_transaction"] == "transaction_id"

@@ -377,3 +377,50 @@ def test_a_series_silent_longer_than_the_retention_keeps_its_carried_stock(fresh
     assert closed.loc[closed["window_start"] == feb_ws, "stock_level"].tolist() == [5]
     alerts = client.query_df(f"SELECT alert_id, current_stock FROM {db}.restock_alerts FINAL").to_dict("records")
     assert alerts == [{"alert_id": f"S1|P1|{int(feb_ws.timestamp() * 1000)}", "current_stock": 5}]
+
+
+def _spark_df(spark, rows: list[dict]):
+    """A Spark DataFrame of window_metrics rows, as the windows query hands a micro-batch to ``windows_batch``."""
+    from pyspark.sql import types as T
+
+    schema = T.StructType([
+        T.StructField("window_start", T.TimestampType()), T.StructField("window_end", T.TimestampType()),
+        T.StructField("store_id", T.StringType()), T.StructField("product_id", T.StringType()),
+        T.StructField("units_sold", T.LongType()), T.StructField("units_returned", T.LongType()),
+        T.StructField("revenue", T.DoubleType()), T.StructField("transaction_count", T.LongType()),
+        T.StructField("inventory_update_count", T.LongType()), T.StructField("window_stock", T.IntegerType()),
+        T.StructField("window_stock_time", T.TimestampType()), T.StructField("reorder_point", T.IntegerType()),
+        T.StructField("last_event_time", T.TimestampType())])
+    py = lambda v: None if v is None else (v.to_pydatetime() if hasattr(v, "to_pydatetime") else v)  # noqa: E731
+    return spark.createDataFrame([tuple(py(r[f.name]) for f in schema.fields) for r in rows], schema)
+
+
+def test_a_rerun_batch_of_a_silent_series_gives_the_same_windows(fresh_sinks, spark):
+    """A count of 5 (reorder point 10) on 15 January, its window gone with the TTL (31 days old), inventory_levels
+    keeps it. Micro-batch 1 on 20 February: a sale at 10:00 (carries the 5) and a new count of 2 at 10:05. The
+    process dies after the batch's writes, before Spark's commit: the batch is re-run from the checkpoint with the
+    same rows. The re-run must write the same windows (before: inventory_levels held only the batch's own count of
+    2, newer than the look-back, so the 10:00 window lost its carried 5: stock NULL, risk UNKNOWN)."""
+    import pandas as pd
+
+    sinks, client, db = fresh_sinks
+    old = T_WRITE - 31 * 86_400
+    sinks._windows_writes(_spark_frame([_window(0, 0, 5, 10)]), 0, old, 0.0)
+    client.command(f"OPTIMIZE TABLE {db}.sales_metrics_5m FINAL")   # the TTL deletes the 31-day-old window
+    assert int(client.command(f"SELECT count() FROM {db}.sales_metrics_5m")) == 0
+    feb = int((pd.Timestamp("2026-02-20 10:00", tz="UTC") - pd.Timestamp(T0_WIN, tz="UTC")).total_seconds() // 60)
+    rows = [_window(feb, 1), _window(feb + 5, 0, 2, 10)]
+    cols = ("window_start, product_id, stock_level, reorder_point, sales_velocity, hours_of_cover, stockout_risk, "
+            "anomaly_score")
+    read = lambda: client.query_df(f"SELECT {cols} FROM {db}.sales_metrics_5m FINAL "   # noqa: E731
+                                   "ORDER BY window_start").to_dict("records")
+    sinks.windows_batch(_spark_df(spark, rows), 1)
+    first = read()
+    # the independent expectation: the 10:00 window carries the January 5, the 10:05 one holds its own 2
+    assert [r["stock_level"] for r in first] == [5, 2]
+    assert [r["stockout_risk"] for r in first][0] != "UNKNOWN"
+    levels = client.query_df(f"SELECT stock_level FROM {db}.inventory_levels FINAL")["stock_level"].tolist()
+    assert levels == [2]
+    sinks.windows_batch(_spark_df(spark, rows), 1)   # the re-run of micro-batch 1
+    assert read() == first
+    assert client.query_df(f"SELECT stock_level FROM {db}.inventory_levels FINAL")["stock_level"].tolist() == [2]
