@@ -30,10 +30,31 @@ SEEN_MAX = 100_000
 #: seconds to wait for the group to assign the alerts topic's partitions before giving up (broker unreachable,
 #: topic missing)
 JOIN_TIMEOUT_S = 60.0
-#: characters of a bad message's text kept in its dead letter: JSON escaping can double a value, and a dead letter
-#: above the producer's 1 MB request size is refused (until 2026-12-06 such a message was then lost: its offset was
-#: committed); the whole message stays on the alerts topic, named by the reason, until its retention
+#: bytes a bad message's text may take in its dead letter once JSON-escaped: escaping makes one character up to 6
+#: bytes (``\\uXXXX``, e.g. each U+FFFD that stands for an undecodable byte), 12 for one outside the BMP, and a
+#: dead letter above the producer's 1 MB request size is refused (until 2026-12-06 such a message was then lost:
+#: its offset was committed; then, cut to 200,000 characters, 200,000 U+FFFD still made 1,200,015 bytes and every
+#: later run stopped at it); the whole message stays on the alerts topic, named by the reason, until its retention
 DEAD_LETTER_PAYLOAD_MAX = 200_000
+
+
+def cut_for_dead_letter(text: str, max_bytes: int = DEAD_LETTER_PAYLOAD_MAX) -> tuple[str, str]:
+    """(``text`` or its longest prefix whose JSON encoding, ASCII-escaped, takes at most ``max_bytes`` bytes, a note
+    for the reason: "" when not cut, else "; payload cut to its first N of M characters (JSON-escaped: at most
+    max_bytes bytes)"). The prefix is found by bisection on the encoded length (monotone in the prefix length)."""
+    import json
+
+    def size(n: int) -> int:
+        return len(json.dumps(text[:n]))
+
+    if size(len(text)) <= max_bytes:
+        return text, ""
+    lo, hi = 0, len(text)   # size(lo) <= max_bytes < size(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mid) <= max_bytes else (lo, mid)
+    return text[:lo], (f"; payload cut to its first {lo:,} of {len(text):,} characters (JSON-escaped: at most "
+                       f"{max_bytes:,} bytes)")
 
 
 class SeenIds:
@@ -43,12 +64,14 @@ class SeenIds:
     the offset that covers it is committed: a consumer killed afterwards (``kill -9``, power loss) skips the alert
     when it is re-read or re-sent by the stream. Until 2026-12-06 the ids were written only when the run ended, so a
     consumer killed after its commit printed the stream's re-send of an alert a second time. :meth:`save` rewrites
-    the file compactly (the newest ``limit``)."""
+    the file compactly (the newest ``limit``), also after every ``limit`` appends (a ``--follow`` run's file grew
+    without bound before); a last line torn by a crash mid-write is ended before the next append."""
 
     def __init__(self, path: Path | None, limit: int = SEEN_MAX):
         self.path, self.limit = path, limit
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._log = None   # the file opened for appending (first record)
+        self._appended = 0   # ids appended since the file was last rewritten
         if path is not None and path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line:
@@ -72,16 +95,23 @@ class SeenIds:
             return
         if self._log is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
             self._log = open(self.path, "a", encoding="utf-8")
+            if torn:   # a last line cut by a crash mid-write: end it, or the next id would be glued onto it
+                self._log.write("\n")
         self._log.write(f"{alert_id}\n")
         self._log.flush()
         os.fsync(self._log.fileno())
+        self._appended += 1
+        if self._appended >= self.limit:   # a long --follow run: rewrite compactly (the newest ``limit``)
+            self.save()
 
     def save(self) -> None:
         """Write the ids (atomically: a temporary file renamed over the old one)."""
         if self._log is not None:
             self._log.close()
             self._log = None
+        self._appended = 0
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,9 +183,8 @@ def read_alerts(settings: Settings, handle: Callable[[dict[str, Any]], None], *,
                         publisher = publisher or EventPublisher(settings, client_id=f"{group_id}-dead-letter")
                         text = None if m.value is None else m.value.decode("utf-8", "replace")
                         cut = ""
-                        if text is not None and len(text) > DEAD_LETTER_PAYLOAD_MAX:
-                            cut = f"; payload cut to its first {DEAD_LETTER_PAYLOAD_MAX:,} of {len(text):,} characters"
-                            text = text[:DEAD_LETTER_PAYLOAD_MAX]
+                        if text is not None:
+                            text, cut = cut_for_dead_letter(text)
                         publisher.dead_letter("restock_alert", text, f"{exc} (topic {tp.topic} partition "
                                                                      f"{tp.partition} offset {m.offset}){cut}")
                         report["invalid"] += 1

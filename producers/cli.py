@@ -27,11 +27,12 @@ if __name__ == "__main__":
     _EARLY_OLD = {sig: _signal.signal(sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
                   for sig in (_signal.SIGTERM, _signal.SIGINT)}
 
+import contextlib
 import json
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -108,6 +109,21 @@ class StopSignals:
         self.event.set()
         if self.interrupt:
             self.interrupt = False   # raised once: the run's report and exit follow
+            raise StartupStopped(self.received, self.phase)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Inside, a signal only records itself (:attr:`received`, :attr:`event`), whatever :attr:`interrupt` says;
+        on leaving, one recorded in start-up mode raises :class:`StartupStopped` as the handler would. For a step
+        that must not be cut between two statements: a FIFO's chunk read and kept
+        (:func:`producers.replay.read_source`)."""
+        was, self.interrupt = self.interrupt, False
+        try:
+            yield
+        finally:
+            self.interrupt = was
+        if self.interrupt and self.received is not None:
+            self.interrupt = False   # raised once, as by the handler
             raise StartupStopped(self.received, self.phase)
 
     def __enter__(self) -> "StopSignals":
@@ -558,7 +574,8 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     received = bytearray()   # the source's bytes as read: a pipe's are gone once read, a stopped run keeps them
     try:
         phase.phase = "reading the transaction log"
-        df = load_transactions(path, limit=limit, encoding=encoding, received=received, wake_fd=phase.wakeup_fd)
+        df = load_transactions(path, limit=limit, encoding=encoding, received=received, wake_fd=phase.wakeup_fd,
+                               defer=phase.deferred)
         phase.phase = "building the replay"
         rep = Replay(df, ReplayConfig(keep_dates=keep_dates, end_at=end_at, align=align, seed=seed))
         phase.phase = "creating topics"
@@ -570,6 +587,9 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
         out["published"] = stop.report()
         out["unread_saved"] = _save_unreplayed(s, path, received)
         return out
+    except Exception:   # a refused file or an unreachable broker: a pipe's bytes read so far are kept too
+        _save_unreplayed(s, path, received)
+        raise
     injected: dict[str, int] = {}
     valid_ts = rep.ts[rep.kind != "skip"]
     with EventPublisher(s, client_id="retail-pos-replay", **producer_overrides(speed is not None)) as pub:

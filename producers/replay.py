@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import contextlib
 import csv
 import gzip
 import heapq
@@ -110,7 +111,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -268,7 +269,8 @@ def _decode(raw: bytes, encoding: str | None, path: Path, bad_lines: list[dict[s
     return text
 
 
-def read_source(path: str | Path, received: bytearray | None = None, wake_fd: int | None = None) -> bytes:
+def read_source(path: str | Path, received: bytearray | None = None, wake_fd: int | None = None,
+                defer: Callable[[], Any] | None = None) -> bytes:
     """All bytes of ``path``. A regular file is read at once. A FIFO, pipe or device (a writer that may keep it
     open and write nothing for hours) is read in chunks of up to 1 MiB as they arrive, waiting with
     :mod:`selectors` on the file and on ``wake_fd`` (the read end of :func:`signal.set_wakeup_fd`'s pipe, see
@@ -276,7 +278,10 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
     and its Python handler runs in the main thread before the next read (until 2026-12-06 a plain read: a signal the
     kernel gave to another thread, e.g. with the main thread's mask blocking it, ran its handler only once the
     writer closed the FIFO). ``received``: a bytearray the bytes are appended to as they arrive, so a caller whose
-    read a handler interrupts (raises) keeps what was read (the CLI saves it).
+    read a handler interrupts (raises) keeps what was read (the CLI saves it). ``defer``: a context manager factory
+    held around each read and its append (``producers.cli.StopSignals.deferred``: a stop signal inside it only
+    records itself and raises on leaving), so no handler raises between a chunk leaving the FIFO and its append
+    (Python runs a pending handler right after a call returns: up to 1 MiB was read and lost before).
 
     Raises:
         FileNotFoundError: no such file; whatever a signal handler raises while the read waits.
@@ -304,15 +309,17 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
                     except BlockingIOError:
                         pass
                     continue
-                chunk = os.read(fh.fileno(), 1 << 20)
+                with defer() if defer is not None else contextlib.nullcontext():
+                    chunk = os.read(fh.fileno(), 1 << 20)
+                    buf += chunk
                 if not chunk:
                     return bytes(buf)
-                buf += chunk
 
 
 def read_text(path: str | Path, encoding: str | None = None, received: bytearray | None = None,
-              wake_fd: int | None = None, bad_lines: list[dict[str, Any]] | None = None) -> str:
-    """The whole text of a transaction log: its bytes (:func:`read_source`; ``received`` / ``wake_fd`` as there;
+              wake_fd: int | None = None, bad_lines: list[dict[str, Any]] | None = None,
+              defer: Callable[[], Any] | None = None) -> str:
+    """The whole text of a transaction log: its bytes (:func:`read_source`; ``received`` / ``wake_fd`` / ``defer`` as there;
     ``bad_lines`` as in :func:`_decode`: lines not UTF-8 in a UTF-8 file quarantined there instead of a ValueError)
     decompressed as their leading bytes say (gzip, zstd, bzip2,
     xz, a zip of one CSV: :func:`_unpack`, whatever the name), decoded by :func:`_decode` (so the encoding is judged
@@ -324,7 +331,7 @@ def read_text(path: str | Path, encoding: str | None = None, received: bytearray
             in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
     """
     path = Path(path)
-    text = _decode(_unpack(read_source(path, received, wake_fd), path), encoding, path, bad_lines)
+    text = _decode(_unpack(read_source(path, received, wake_fd, defer), path), encoding, path, bad_lines)
     if not text.strip():
         raise ValueError(f"{path}: the file is empty (no header row); expected the format of the UCI README")
     return text
@@ -368,7 +375,8 @@ def _unpack(raw: bytes, path: Path, depth: int = 0) -> bytes:
 
 
 def load_transactions(path: str | Path, limit: int | None = None, encoding: str | None = None,
-                      received: bytearray | None = None, wake_fd: int | None = None) -> pd.DataFrame:
+                      received: bytearray | None = None, wake_fd: int | None = None,
+                      defer: Callable[[], Any] | None = None) -> pd.DataFrame:
     """Read the UCI CSV(.gz) (text columns as str, missing description / customer as "").
 
     Args:
@@ -377,7 +385,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
         limit: read only the first ``limit`` rows.
         encoding: the file's text encoding; None: UTF-8, else Windows-1252 when the bytes hold no UTF-8 sequence
             (a warning says so; :func:`_decode`).
-        received, wake_fd: see :func:`read_source` (a FIFO's bytes kept when a signal interrupts the read).
+        received, wake_fd, defer: see :func:`read_source` (a FIFO's bytes kept when a signal interrupts the read).
 
     Raises:
         FileNotFoundError: no such file; ValueError: a required column is missing, no invoice_ts parses in any of
@@ -386,7 +394,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             offset in the decompressed text).
     """
     bad_lines: list[dict[str, Any]] = []   # lines not UTF-8 in a UTF-8 file, quarantined with the others
-    text = read_text(path, encoding, received, wake_fd, bad_lines)
+    text = read_text(path, encoding, received, wake_fd, bad_lines, defer)
     sep = _separator(text)
     rows_lines = None
     try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
@@ -403,6 +411,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     missing = [c for c in REQUIRED_FIELDS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
+    last_column = df.columns[-1]   # the file's own last column (before the absent optional ones are added)
     absent = [c for c in OPTIONAL_FIELDS if c not in df.columns]
     if absent:   # until 2026-12-06 the whole file was refused (a POS export without descriptions: 0 rows replayed)
         log.warning("%s: no column(s) %s: read as empty (no descriptions: products are named by their code; no "
@@ -423,7 +432,7 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     df.attrs["quarantine"] = sorted(bad_lines + quarantine, key=lambda q: q["line"])
     # a text without a final line end may have lost the end of its last line (a copy or a writer cut off): the
     # column its last field belongs to, for Replay to check (None: the file ends with a line end, or is read in part)
-    df.attrs["unended_last_field"] = (df.columns[-1] if limit is None and len(df) and not text.endswith(("\n", "\r"))
+    df.attrs["unended_last_field"] = (last_column if limit is None and len(df) and not text.endswith(("\n", "\r"))
                                       else None)
     # the physical line of each row, for quarantined rows (computed on first use: a CSV pass over the text);
     # a function, since pandas deep-copies attrs into every frame and series derived from df
@@ -897,14 +906,18 @@ class Replay:
         # quarantined naming the value (before 2026-12-06 only counted, the line lost)
         for i in np.flatnonzero(pd.Series(self.skip_key, dtype=object).isin(list(BAD_VALUE_REASONS)).to_numpy()):
             quarantine(i, self.skip_key[i], BAD_VALUE_REASONS[self.skip_key[i]](df.iloc[i]))
-        # the file's last line without a line end, its last field the country and that no country of the log: cut
-        # off ("United Kin"; until 2026-12-06 replayed as a store of its own, UCI-X-UNITEDKIN)
+        # the file's last line without a line end, its last field the country, and that country the start of a
+        # longer one (of :data:`COUNTRIES` or the file's other lines) but none itself: cut off ("United Kin"; until
+        # 2026-12-06 replayed as a store of its own, UCI-X-UNITEDKIN). A country the file only names there
+        # ("Mexico") is a country of its own, replayed
         last = len(df) - 1
         if df.attrs.get("unended_last_field") == "country" and last >= 0 and self.kind[last] != "skip":
             country = str(df["country"].iloc[last]).strip()
-            if country not in COUNTRIES:
+            known = set(COUNTRIES) | {str(c).strip() for c in df["country"].iloc[:last].unique()}
+            longer = sorted(k for k in known if len(k) > len(country) and k.startswith(country))
+            if country not in known and longer:
                 quarantine(last, "TRUNCATED_LINE", f"the file's last line has no line end and its country {country!r} "
-                                                   "is none of the log's countries: cut off?")
+                                                   f"is the start of {longer[0]!r}: cut off?")
                 self.kind[last], self.skip_key[last] = "skip", "TRUNCATED_LINE"
         # a product line whose invoice_ts is malformed ("2011-13-45", "12/1/201O") or a typo far from the file's
         # other dates ("2101-11-11": it moved every sale back 75 years) is quarantined, not replayed: it moves

@@ -968,12 +968,16 @@ def test_a_tombstone_on_the_alerts_topic_is_dead_lettered_and_the_alerts_after_i
         and "offset 1" in dead[0]["reason"], dead
 
 
-def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_settings, tmp_path, monkeypatch):
-    """A bad message of 700,000 '"' (the broker takes it: under 1 MB) between two alerts: JSON escaping doubles it
-    in a dead letter, which the producer would refuse (over its 1 MB request size). It is dead-lettered with its
-    text cut to DEAD_LETTER_PAYLOAD_MAX characters, the reason saying so and naming its offset; both alerts are
-    printed. Before 2026-12-06 the dead letter failed, the offset was committed all the same: the message was in
-    neither the dead-letter topic nor a later run."""
+@pytest.mark.parametrize("bad", [b'"' * 700_000, "\u00e9".encode() * 300_000, b"\xff" * 600_000],
+                         ids=["quotes", "accented", "undecodable"])
+def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_settings, tmp_path, monkeypatch, bad):
+    """A bad message under 1 MB (the broker takes it) between two alerts, whose text JSON escaping blows past the
+    producer's 1 MB request size in a dead letter: 700,000 '"' (x2), 300,000 'e-acute' (x6 as \\u00e9), 600,000
+    undecodable bytes (each a U+FFFD, x6). It is dead-lettered with the longest prefix of its text whose escaped
+    JSON fits DEAD_LETTER_PAYLOAD_MAX bytes (checked against json.dumps), the reason saying so and naming its
+    offset; both alerts are printed. Before 2026-12-06 the dead letter failed, the offset was committed all the
+    same: the message was in neither the dead-letter topic nor a later run; cut to 200,000 characters the
+    'accented' and 'undecodable' cases still failed (1.2 MB), and every later run stopped at the message."""
     import uuid
 
     from kafka import KafkaProducer
@@ -989,7 +993,7 @@ def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_se
                "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
                "priority": "HIGH", "window_end": now, "timestamp": now} for i in (1, 2)]
     producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
-    for value in (json.dumps(alerts[0]).encode(), b'"' * 700_000, json.dumps(alerts[1]).encode()):
+    for value in (json.dumps(alerts[0]).encode(), bad, json.dumps(alerts[1]).encode()):
         producer.send(s.topic("restock-alerts"), key=b"S1|P1", value=value)
     producer.flush(30)
     producer.close()
@@ -998,8 +1002,12 @@ def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_se
     assert r.returncode == 0, r.stderr[-2000:]
     assert [json.loads(line) for line in r.stdout.splitlines()] == alerts, r.stdout
     dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
-    assert len(dead) == 1 and dead[0]["payload"] == '"' * DEAD_LETTER_PAYLOAD_MAX, [d["reason"] for d in dead]
-    assert "offset 1" in dead[0]["reason"] and "of 700,000 characters" in dead[0]["reason"], dead[0]["reason"]
+    assert len(dead) == 1, [d["reason"] for d in dead]
+    text = bad.decode("utf-8", "replace")   # the message as the consumer reads it; its dead letter holds a prefix
+    payload = dead[0]["payload"]
+    assert 0 < len(payload) < len(text) and text.startswith(payload)
+    assert len(json.dumps(payload)) <= DEAD_LETTER_PAYLOAD_MAX < len(json.dumps(text[:len(payload) + 1]))
+    assert "offset 1" in dead[0]["reason"] and f"of {len(text):,} characters" in dead[0]["reason"], dead[0]["reason"]
 
 
 def test_sigterm_while_a_fifo_replay_publishes_keeps_its_input(kafka_settings, tmp_path):
