@@ -646,9 +646,7 @@ def test_restock_alerts_come_back_out_once_each(kafka_settings, tmp_path, monkey
     now = int(time.time() * 1000)
 
     def alert(i: int) -> dict:
-        return {"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
-                "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
-                "priority": "HIGH", "window_end": now, "timestamp": now}
+        return _alert(i, now)
 
     def send(values) -> None:                   # raw bytes, as any producer might write them
         producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
@@ -794,9 +792,7 @@ def test_an_alert_consumer_killed_after_its_commit_skips_the_streams_resend(kafk
     now = int(time.time() * 1000)
 
     def alert(i: int) -> dict:
-        return {"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
-                "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
-                "priority": "HIGH", "window_end": now, "timestamp": now}
+        return _alert(i, now)
 
     def send(alerts) -> None:
         producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
@@ -936,26 +932,29 @@ def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_eve
         run_replay(kafka_settings, empty, keep_dates=True, write_reference=False, progress=False)
 
 
-def test_a_tombstone_on_the_alerts_topic_is_dead_lettered_and_the_alerts_after_it_come_out(kafka_settings, tmp_path,
-                                                                                           monkeypatch):
-    """A record with a key and no value (a tombstone, as a compaction tool or a careless producer writes) between two
-    alerts: dead-lettered with its reason and offset, both alerts printed, exit 0. Before 2026-12-06: TypeError,
-    exit 1, the offset not committed, so every later run stopped at it and no alert after it came out."""
+def _alert(i: int, now: int) -> dict:
+    """A valid restock alert of store S1 / product P<i> at ``now`` (epoch ms)."""
+    return {"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
+            "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
+            "priority": "HIGH", "window_end": now, "timestamp": now}
+
+
+def _dead_letters_of_a_bad_alert_between_two(kafka_settings, tmp_path, monkeypatch, bad: bytes | None) -> list[dict]:
+    """Two valid alerts with the message ``bad`` (None: a tombstone) between them on a fresh alerts topic, read by
+    ``producers.cli alerts``: asserts exit 0 and both alerts printed; returns the dead letters (decoded)."""
     import uuid
 
     from kafka import KafkaProducer
 
     from core.kafka_admin import ensure_topics
 
-    prefix = f"ptest-{uuid.uuid4().hex[:6]}-altomb-"
+    prefix = f"ptest-{uuid.uuid4().hex[:6]}-albad-"
     s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
     ensure_topics(s)
     now = int(time.time() * 1000)
-    alerts = [{"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
-               "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
-               "priority": "HIGH", "window_end": now, "timestamp": now} for i in (1, 2)]
+    alerts = [_alert(i, now) for i in (1, 2)]
     producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
-    for value in (json.dumps(alerts[0]).encode(), None, json.dumps(alerts[1]).encode()):
+    for value in (json.dumps(alerts[0]).encode(), bad, json.dumps(alerts[1]).encode()):
         producer.send(s.topic("restock-alerts"), key=b"S1|P1", value=value)
     producer.flush(30)
     producer.close()
@@ -963,7 +962,15 @@ def test_a_tombstone_on_the_alerts_topic_is_dead_lettered_and_the_alerts_after_i
     r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [json.loads(line) for line in r.stdout.splitlines()] == alerts, r.stdout
-    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    return [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+
+
+def test_a_tombstone_on_the_alerts_topic_is_dead_lettered_and_the_alerts_after_it_come_out(kafka_settings, tmp_path,
+                                                                                           monkeypatch):
+    """A record with a key and no value (a tombstone, as a compaction tool or a careless producer writes) between two
+    alerts: dead-lettered with its reason and offset, both alerts printed, exit 0. Before 2026-12-06: TypeError,
+    exit 1, the offset not committed, so every later run stopped at it and no alert after it came out."""
+    dead = _dead_letters_of_a_bad_alert_between_two(kafka_settings, tmp_path, monkeypatch, None)
     assert len(dead) == 1 and dead[0]["payload"] is None and "tombstone" in dead[0]["reason"] \
         and "offset 1" in dead[0]["reason"], dead
 
@@ -978,30 +985,9 @@ def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_se
     offset; both alerts are printed. Before 2026-12-06 the dead letter failed, the offset was committed all the
     same: the message was in neither the dead-letter topic nor a later run; cut to 200,000 characters the
     'accented' and 'undecodable' cases still failed (1.2 MB), and every later run stopped at the message."""
-    import uuid
-
-    from kafka import KafkaProducer
-
-    from core.kafka_admin import ensure_topics
     from producers.alerts import DEAD_LETTER_PAYLOAD_MAX
 
-    prefix = f"ptest-{uuid.uuid4().hex[:6]}-albig-"
-    s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
-    ensure_topics(s)
-    now = int(time.time() * 1000)
-    alerts = [{"alert_id": f"S1|P{i}|{now}", "store_id": "S1", "product_id": f"P{i}", "current_stock": i,
-               "reorder_point": 10, "recommended_quantity": 20 - i, "sales_velocity": 1.5, "hours_of_cover": None,
-               "priority": "HIGH", "window_end": now, "timestamp": now} for i in (1, 2)]
-    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
-    for value in (json.dumps(alerts[0]).encode(), bad, json.dumps(alerts[1]).encode()):
-        producer.send(s.topic("restock-alerts"), key=b"S1|P1", value=value)
-    producer.flush(30)
-    producer.close()
-    monkeypatch.setenv("RETAIL_STATE_DIR", str(tmp_path))
-    r = _cli(s, "alerts", "--idle-seconds", "3", prefix=prefix)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert [json.loads(line) for line in r.stdout.splitlines()] == alerts, r.stdout
-    dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
+    dead = _dead_letters_of_a_bad_alert_between_two(kafka_settings, tmp_path, monkeypatch, bad)
     assert len(dead) == 1, [d["reason"] for d in dead]
     text = bad.decode("utf-8", "replace")   # the message as the consumer reads it; its dead letter holds a prefix
     payload = dead[0]["payload"]
