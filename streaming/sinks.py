@@ -864,12 +864,11 @@ class StreamSinks:
         stored = tuple(row.get(c) for c in cls._PRIOR)
         if lo is None:
             return stored
-        utc = lambda t: t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")  # noqa: E731
-        lo, best = utc(pd.Timestamp(lo)), None
+        lo, best = pd.to_datetime(lo, utc=True), None   # naive times are UTC, as everywhere in the sinks
         for cand in ((row.get("stock_level"), row.get("stock_time"), row.get("reorder_point")), stored):
             if cand[0] is None or pd.isna(cand[0]) or cand[1] is None or pd.isna(cand[1]):
                 continue
-            t = utc(pd.Timestamp(cand[1]))
+            t = pd.to_datetime(cand[1], utc=True)
             if t < lo and (best is None or t > best[1]):
                 best = (cand[0], t, cand[2])
         return stored if best is None else best
