@@ -560,50 +560,51 @@ def platform_settings(state: Path, **extra: str):
 
     Args:
         state: the platform's RETAIL_STATE_DIR (created by the services as needed).
-        extra: more environment variables (e.g. CLICKHOUSE_DATABASE) for this platform.
+        extra: more environment variables (e.g. CLICKHOUSE_DATABASE) for this platform; a port setting given
+            here is used as given (no port is picked nor reserved for it).
+
+    The picked ports stay reserved (:func:`ops.services.free_port`) until the block ends, also when it fails
+    (:func:`ensure_local_env` raising included: the environment is restored then too).
     """
     from core.clickhouse import reset_clients
     from core.lake import get_lake
-    env = {
-        "RETAIL_STATE_DIR": str(state),
-        "KAFKA_BOOTSTRAP_SERVERS": f"localhost:{svc.free_port()}",
-        "KAFKA_CONTROLLER_PORT": str(svc.free_port()),
-        "MINIO_PORT": str(svc.free_port()),
-        "MINIO_CONSOLE_PORT": str(svc.free_port()),
-        "CLICKHOUSE_HTTP_PORT": str(svc.free_port()),
-        "AIRFLOW_PORT": str(svc.free_port()),
-        "AIRFLOW_WORKER_LOG_PORT": str(svc.free_port()),
-        "AIRFLOW_TRIGGER_LOG_PORT": str(svc.free_port()),
-        "DASHBOARD_PORT": str(svc.free_port()),
-        "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
-        "SPARK_MASTER": "local[2]",
-        **extra,
-    }
-    old = {k: os.environ.get(k) for k in (*env, "CLICKHOUSE_URL", "LAKE_URL")}
-    os.environ.update(env)
-    for k in ("CLICKHOUSE_URL", "LAKE_URL"):
-        os.environ.pop(k, None)
-    get_settings.cache_clear()
-    ensure_local_env(get_settings())
-    get_settings.cache_clear()
-    os.environ["LAKE_URL"] = get_settings().lake_url
-    get_settings.cache_clear()
-    reset_clients()
-    get_lake.cache_clear()
+    picked: dict[str, int] = {}   # reserved until the block ends
     try:
-        yield get_settings()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-        reset_clients()
-        get_lake.cache_clear()
         for k in _PORT_SETTINGS:
             if k not in extra:
-                svc.release_port(int(env[k].rpartition(":")[2]))
+                picked[k] = svc.free_port()
+        env = {
+            "RETAIL_STATE_DIR": str(state),
+            **{k: f"localhost:{p}" if k == "KAFKA_BOOTSTRAP_SERVERS" else str(p) for k, p in picked.items()},
+            "SPARK_CHECKPOINT_DIR": str(state / "checkpoints"),
+            "SPARK_MASTER": "local[2]",
+            **extra,
+        }
+        old = {k: os.environ.get(k) for k in (*env, "CLICKHOUSE_URL", "LAKE_URL")}
+        os.environ.update(env)
+        for k in ("CLICKHOUSE_URL", "LAKE_URL"):
+            os.environ.pop(k, None)
+        try:
+            get_settings.cache_clear()
+            ensure_local_env(get_settings())
+            get_settings.cache_clear()
+            os.environ["LAKE_URL"] = get_settings().lake_url
+            get_settings.cache_clear()
+            reset_clients()
+            get_lake.cache_clear()
+            yield get_settings()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            get_settings.cache_clear()
+            reset_clients()
+            get_lake.cache_clear()
+    finally:
+        for p in picked.values():
+            svc.release_port(p)
 
 
 #: the settings :func:`platform_settings` sets to ports of :func:`ops.services.free_port`

@@ -78,7 +78,7 @@ PICK_FLOOR = 20000
 #: where :func:`free_port` records its reservations: one ``<port>.lock`` file per port, ``flock``-ed by the process
 #: that picked it (shared by every user's test sessions and benchmarks on the machine)
 RESERVATIONS = Path(tempfile.gettempdir()) / "retail-ports"
-_reserved: dict[int, object] = {}   # port -> the open lock file holding its reservation (this process)
+_reserved: dict[int, int] = {}   # port -> the open descriptor of the lock file holding its reservation
 _EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -114,7 +114,13 @@ def _bindable(port: int) -> bool:
 def _reserve(port: int) -> bool:
     """Take the machine-wide reservation of ``port`` (an exclusive, non-blocking ``flock`` on
     :data:`RESERVATIONS`/``<port>.lock``, held while this process lives or until :func:`release_port`). False when
-    another process (or this one) holds it."""
+    another process (or this one) holds it.
+
+    The file is opened read-only (``flock`` needs no write permission), so a file another user left is usable by
+    everyone; a reservation counts only while the locked file is still the one at the path (same inode), because
+    :func:`release_port` deletes the file before it unlocks it (the lock-file protocol of e.g. ``filelock`` /
+    ``flock(1)`` users: a process that opened the old file before the delete sees another inode and tries again).
+    """
     import fcntl
 
     if port in _reserved:
@@ -122,24 +128,36 @@ def _reserve(port: int) -> bool:
     with contextlib.suppress(OSError):
         RESERVATIONS.mkdir(mode=0o1777, exist_ok=True)
         RESERVATIONS.chmod(0o1777)
-    try:
-        f = open(RESERVATIONS / f"{port}.lock", "a")   # noqa: SIM115 - held open: the reservation
-    except OSError:   # another user's lock file: theirs
-        return False
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        return False
-    _reserved[port] = f
-    return True
+    path = RESERVATIONS / f"{port}.lock"
+    for _ in range(10):   # each retry follows a delete by the holder's release: bounded, it cannot starve
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:   # not readable (another user's file with mode 0600): theirs
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            _reserved[port] = fd
+            return True
+        os.close(fd)   # the holder released (and deleted) it between our open and our lock: open the new file
+    return False
 
 
 def release_port(port: int) -> None:
-    """Give up this process's reservation of ``port`` (:func:`free_port`); nothing when it holds none."""
-    f = _reserved.pop(port, None)
-    if f is not None:
-        f.close()   # closing the file releases its flock
+    """Give up this process's reservation of ``port`` (:func:`free_port`) and delete its lock file (kept when it
+    is another user's, in the sticky folder); nothing when it holds none."""
+    fd = _reserved.pop(port, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(RESERVATIONS / f"{port}.lock")   # while locked: see _reserve
+        os.close(fd)   # closing the file releases its flock
 
 
 def free_port() -> int:
