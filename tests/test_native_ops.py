@@ -127,6 +127,14 @@ def test_up_runs_programs_with_the_settings_of_that_up(tmp_path):
             local.down(last)
 
 
+def _cmdline(pid: int) -> bytes:
+    """``/proc/<pid>/cmdline``; empty when the process has ended."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _state_pids(state: Path) -> list[int]:
     """Live processes whose environment or command line names the state folder (supervisord and its programs)."""
     out = []
@@ -573,7 +581,9 @@ def test_an_up_waiting_for_clean_starts_in_a_new_folder(tmp_path, monkeypatch):
     (``make local-up`` racing ``make clean``): the ``up`` waits until the folder is gone, then starts supervisord
     in a new folder (its config, pid file and lock there; the endpoint answers). ``clean`` released the folder's
     lock between the stop and the deletion: the ``up`` started supervisord in the folder deleted next (its
-    supervisord.pid and supervisord.conf gone, or the deletion failed on files being written)."""
+    supervisord.pid and supervisord.conf gone, or the deletion failed on files being written). Two such ``up``s:
+    the first to get the lock starts the one supervisord, the other finds it running (one supervisord, both exit
+    0)."""
     import shutil
     import signal
     import subprocess
@@ -588,12 +598,13 @@ def test_an_up_waiting_for_clean_starts_in_a_new_folder(tmp_path, monkeypatch):
     real_rmtree, ups = shutil.rmtree, []
 
     def rmtree_while_an_up_starts(path, *a, **k):
-        if Path(path) == state:   # clean's deletion: an up arrives now, and waits for the lock or starts
-            up = subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "clickhouse"], cwd=REPO,
-                                  env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            ups.append(up)
-            wait_until(lambda: up.poll() is not None or up.pid in _flock_waiters()
-                       or (state / "supervisord.pid").exists(), 300, "the racing up to wait or start")
+        if Path(path) == state:   # clean's deletion: two ups arrive now, and wait for the lock or start
+            for _ in range(2):
+                up = subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "clickhouse"], cwd=REPO,
+                                      env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                ups.append(up)
+                wait_until(lambda up=up: up.poll() is not None or up.pid in _flock_waiters()
+                           or (state / "supervisord.pid").exists(), 300, "the racing up to wait or start")
         real_rmtree(path, *a, **k)
 
     with platform_settings(state) as s:
@@ -601,11 +612,14 @@ def test_an_up_waiting_for_clean_starts_in_a_new_folder(tmp_path, monkeypatch):
             monkeypatch.setattr(shutil, "rmtree", rmtree_while_an_up_starts)
             assert local.clean(s) == state
             monkeypatch.undo()
-            assert len(ups) == 1
-            rc, err = ups[0].wait(300), ups[0].communicate()[1]
-            assert rc == 0, err[-800:]
+            assert len(ups) == 2
+            for up in ups:
+                rc, err = up.wait(300), up.communicate()[1]
+                assert rc == 0, err[-800:]
             pid = int((state / "supervisord.pid").read_text())
             assert "supervisord" in Path(f"/proc/{pid}/cmdline").read_text()
+            supervisords = [p for p in _state_pids(state) if b"supervisord" in _cmdline(p)]
+            assert supervisords == [pid], supervisords
             assert (state / "supervisord.conf").is_file() and (state / "supervisord.lock").is_file()
             assert clickhouse_healthy(s)
         finally:
