@@ -887,12 +887,15 @@ class Replay:
         df, cfg = self.df, self.config
         missing = missing_fields(df)   # once: classify_rows takes it (before 2026-12-06 computed twice)
         self.kind, self.skip_key = classify_rows(df, missing)
-        fmt = df.attrs.get("invoice_ts_format")
+        self.ts_format = fmt = df.attrs.get("invoice_ts_format")
         cached = df.attrs.get("invoice_ts_parsed")   # load_transactions' parse of these very values, if they are
         ts = london_to_utc_ms(df["invoice_ts"], fmt, parsed=cached.get(df["invoice_ts"]) if cached else None)
         line_of = df.attrs.get("source_line")
 
+        quarantined = np.zeros(len(df), dtype=bool)
+
         def quarantine(i: int, code: str, reason: str) -> None:
+            quarantined[i] = True
             entry = {"row": int(i) + 1, "code": code, "reason": reason, "text": ",".join(map(str, df.iloc[i].tolist()))}
             if line_of is not None:
                 entry = {"line": line_of(int(i)), **entry}
@@ -946,6 +949,9 @@ class Replay:
                         "order (stable sort by invoice_ts)", self.out_of_order, int((self.kind != "skip").sum()))
             self.df = df = df.iloc[order].reset_index(drop=True)
             self.kind, self.skip_key, ts = self.kind[order], self.skip_key[order], ts[order]
+            quarantined = quarantined[order]
+        #: per row of :attr:`df` (replay order): True when it is in :attr:`quarantine` (dead-lettered, not replayed)
+        self.quarantined = quarantined
         # the shift and the sizing span come from the rows that are replayed: a skipped line (a POST line dated
         # 2100 or 1990 by a typo) would otherwise move every sale or spread the month's demand over decades
         valid_ts = ts[self.kind != "skip"]
@@ -1031,7 +1037,22 @@ class Replay:
 
     # --------------------------------------------------------------------------- events
     def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield ``(event_type, record)`` in event-time order; fills :attr:`stats`."""
+        """Yield ``(event_type, record)`` in event-time order; fills :attr:`stats`.
+
+        While it is iterated, :attr:`cursor` is the row of :attr:`df` (0-based, in replay order) the event just
+        yielded belongs to (a restock due before a row is that row's), :attr:`row_start` whether that event is the
+        first of its row and :attr:`emitted` counts the events yielded; :attr:`exhausted` turns True at the end. A
+        caller that stops at a row start has handed over every event of the rows before :attr:`cursor` and none
+        of the later ones (``producers.cli.run_replay`` saves those for a later replay)."""
+        self.cursor, self.row_start, self.emitted, self.exhausted = 0, False, 0, False
+        last = -1
+        for item in self._events():
+            self.row_start, self.cursor, last = self._row != last, self._row, self._row
+            self.emitted += 1
+            yield item
+        self.cursor, self.row_start, self.exhausted = len(self.df), True, True
+
+    def _events(self) -> Iterator[tuple[str, dict[str, Any]]]:
         st = self.stats = ReplayStats(rows=len(self.df), time_shift_ms=self.shift_ms,
                                       out_of_order_rows=self.out_of_order,
                                       quarantine_codes=Counter(q["code"] for q in self.quarantine))
@@ -1084,6 +1105,7 @@ class Replay:
                 heapq.heappush(restocks, (ts + lead_ms, seq, key[0], key[1]))
 
         for i in range(len(df)):
+            self._row = i
             kind = self.kind[i]
             st.rows_by_kind[kind] += 1
             if kind == "skip":

@@ -996,10 +996,14 @@ def test_a_bad_alert_too_large_for_its_dead_letter_is_dead_lettered_cut(kafka_se
     assert "offset 1" in dead[0]["reason"] and f"of {len(text):,} characters" in dead[0]["reason"], dead[0]["reason"]
 
 
-def test_sigterm_while_a_fifo_replay_publishes_keeps_its_input(kafka_settings, tmp_path):
-    """A replay of a FIFO (its writer wrote 40 sale lines over 40 minutes of event time and closed it), paced at
-    real time so it is still publishing: SIGTERM stops it (exit 143, what was handed over delivered) and the whole
-    input, gone from the FIFO, is saved and named in the report (``unread_saved``), byte for byte."""
+def test_sigterm_while_a_fifo_replay_publishes_saves_only_the_unpublished_rows(kafka_settings, tmp_path):
+    """A replay of a FIFO (its writer wrote 40 sale lines over 40 minutes of event time and closed it), dates
+    shifted (no --keep-dates), paced at real time so it is still publishing: SIGTERM stops it (exit 143, what was
+    handed over delivered), the report counts the rows published and saved (published + saved = 40) and the saved
+    file holds only the rows not published. Replaying that file, every input row is on the sales topic exactly once
+    (counted by invoice-line, the file's own key). Before 2026-12-06 the whole input was saved: re-replaying it
+    published the rows already out a second time (each published row twice)."""
+    import collections
     import os
     import signal
     import subprocess
@@ -1008,12 +1012,14 @@ def test_sigterm_while_a_fifo_replay_publishes_keeps_its_input(kafka_settings, t
     import uuid
 
     from core.settings import REPO_ROOT
+    from producers.cli import run_replay
 
     prefix = f"ptest-{uuid.uuid4().hex[:6]}-rppub-"
     s = kafka_settings.model_copy(update={"kafka_topic_prefix": prefix})
     head = "invoice,line_no,stock_code,description,quantity,unit_price,invoice_ts,customer_id,country\n"
     data = (head + "".join(f"58{i:04d},1,2{i % 5:04d},ITEM {i},1,1.25,2011-05-16 08:{i:02d}:00,15813,United Kingdom\n"
                            for i in range(40))).encode()
+    keys = [f"58{i:04d}-1" for i in range(40)]   # invoice-line of each input row
     fifo = tmp_path / "pos.csv"
     os.mkfifo(fifo)
     state = tmp_path / "state"
@@ -1027,7 +1033,7 @@ def test_sigterm_while_a_fifo_replay_publishes_keeps_its_input(kafka_settings, t
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "KAFKA_TOPIC_PREFIX": prefix,
            "RETAIL_STATE_DIR": str(state), "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "replay", "--path", str(fifo), "--quiet",
-                             "--no-reference", "--keep-dates", "--speed", "1"], cwd=REPO_ROOT, env=env,
+                             "--no-reference", "--speed", "1"], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _poll(lambda: _end_offsets(s, s.topic("sales-transactions")) > 0 if s.topic("sales-transactions") in
@@ -1041,9 +1047,16 @@ def test_sigterm_while_a_fifo_replay_publishes_keeps_its_input(kafka_settings, t
     report = json.loads(out)
     pub = report["published"]
     assert pub["signal"] == "SIGTERM" and pub["failed"] == pub["pending"] == 0, pub
-    assert 0 < pub["by_topic_delivered"][s.topic("sales-transactions")] < 40, pub
-    saved = report["unread_saved"]
-    assert (state / "replay" / os.path.basename(saved["path"])).read_bytes() == data and saved["bytes"] == len(data)
+    first = [json.loads(m.value)["transaction_id"] for m in consume_all(s, s.topic("sales-transactions"))]
+    assert 0 < len(first) < 40, first
+    part = state / "replay" / os.path.basename(report["unread_saved"]["path"])
+    again = run_replay(s, part, write_reference=False, progress=False)
+    on_topic = collections.Counter(json.loads(m.value)["transaction_id"]
+                                   for m in consume_all(s, s.topic("sales-transactions")))
+    assert on_topic == collections.Counter(keys), (len(first), {k: c for k, c in on_topic.items() if c != 1})
+    assert report["rows"] == {"in": 40, "published": len(first), "dead_lettered": 0, "skipped": 0,
+                              "saved": 40 - len(first)}, report["rows"]
+    assert again["published"]["failed"] == 0 and again["rows"]["published"] == 40 - len(first), again["rows"]
 
 
 def _topics(settings) -> set[str]:
