@@ -297,7 +297,12 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
     if stat.S_ISREG(path.stat().st_mode):
         buf += path.read_bytes()
         return bytes(buf)
-    with open(path, "rb", buffering=0) as fh, selectors.DefaultSelector() as sel:
+    # opened without blocking: a FIFO's plain open() waits in the kernel until a writer connects, and a signal the
+    # kernel gives another thread ran its handler only then (until 2026-12-06: never, with no writer). Until a
+    # writer comes the FIFO is not readable (Linux reports no hang-up before a first writer), so the wait below
+    # waits for it and for the signal wake-up pipe alike
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb", buffering=0, closefd=True) as fh, selectors.DefaultSelector() as sel:
         sel.register(fh, selectors.EVENT_READ)
         if wake_fd is not None:
             sel.register(wake_fd, selectors.EVENT_READ)
@@ -310,7 +315,10 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
                         pass
                     continue
                 with defer() if defer is not None else contextlib.nullcontext():
-                    chunk = os.read(fh.fileno(), 1 << 20)
+                    try:
+                        chunk = os.read(fh.fileno(), 1 << 20)
+                    except BlockingIOError:   # readable said, nothing there (a writer came and went): wait again
+                        continue
                     buf += chunk
                 if not chunk:
                     return bytes(buf)

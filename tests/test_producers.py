@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import math
+import platform
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
@@ -1346,6 +1347,68 @@ def test_a_signal_given_to_another_thread_ends_a_fifo_read_at_once(tmp_path):
             done.set()
             for t in threads:
                 t.join(10)
+
+
+def _main_thread_syscall(tid: int) -> int | None:
+    """The system call number the thread ``tid`` of this process is blocked in (/proc/self/task/<tid>/syscall),
+    None while it runs."""
+    try:
+        first = open(f"/proc/self/task/{tid}/syscall").read().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(first) if first.lstrip("-").isdigit() else None
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="system call numbers of x86_64")
+def test_a_signal_given_to_another_thread_stops_a_fifo_open_with_no_writer(tmp_path):
+    """``read_source`` on a FIFO no writer ever opens, SIGTERM sent (once the main thread is blocked in the kernel)
+    while the main thread masks it, so the kernel gives it to another thread: the read ends with
+    :class:`StartupStopped` (the CLI's report and exit 143) without a writer. Before 2026-12-06 the FIFO was opened
+    with a plain open(), which waits in the kernel for a writer: the handler ran only once the test's rescue opened
+    and closed a writer (after 20 s; a real run waited for ever)."""
+    import errno
+    import os
+    import signal
+    import threading
+    import time
+
+    from producers.cli import StartupStopped, StopSignals
+    from producers.replay import read_source
+
+    fifo = tmp_path / "pos.csv"
+    os.mkfifo(fifo)
+    main = threading.get_native_id()
+    waits = {257, 232, 281, 7, 271, 23, 270}   # openat, epoll_wait, epoll_pwait, poll, ppoll, select, pselect6
+    stopped, seen, rescued = threading.Event(), {}, threading.Event()
+
+    def kill_once_blocked() -> None:   # an unmasked thread: the signal is delivered here
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _main_thread_syscall(main) not in waits:
+            time.sleep(0.01)
+        seen["syscall"] = _main_thread_syscall(main)
+        os.kill(os.getpid(), signal.SIGTERM)
+        if not stopped.wait(20):   # the old code: release its open() with a writer that comes and goes
+            rescued.set()
+            while not stopped.is_set():
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:
+                        raise
+                stopped.wait(0.05)
+
+    killer = threading.Thread(target=kill_once_blocked, daemon=True)
+    with StopSignals(interrupt=True) as sigs:
+        killer.start()   # before the main thread masks SIGTERM: a thread inherits its creator's mask
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            with pytest.raises(StartupStopped):
+                read_source(fifo, bytearray(), sigs.wakeup_fd)
+        finally:
+            stopped.set()
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            killer.join(10)
+    assert seen["syscall"] in waits and not rescued.is_set(), seen
 
 
 @pytest.mark.parametrize("header, last_country, cut", [
