@@ -326,21 +326,28 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
 
 def read_text(path: str | Path, encoding: str | None = None, received: bytearray | None = None,
               wake_fd: int | None = None, bad_lines: list[dict[str, Any]] | None = None,
-              defer: Callable[[], Any] | None = None) -> str:
+              defer: Callable[[], Any] | None = None, empty_ok: bool = False) -> str:
     """The whole text of a transaction log: its bytes (:func:`read_source`; ``received`` / ``wake_fd`` / ``defer`` as there;
     ``bad_lines`` as in :func:`_decode`: lines not UTF-8 in a UTF-8 file quarantined there instead of a ValueError)
     decompressed as their leading bytes say (gzip, zstd, bzip2,
     xz, a zip of one CSV: :func:`_unpack`, whatever the name), decoded by :func:`_decode` (so the encoding is judged
-    on the whole text). Line endings are kept as they are.
+    on the whole text). Line endings are kept as they are. ``empty_ok``: an empty file (0 bytes, also once
+    decompressed, or only blank lines) gives "" with a warning instead of a ValueError.
 
     Raises:
-        FileNotFoundError: no such file; ValueError (naming the path): the file is empty, an Excel workbook, a zip
+        FileNotFoundError: no such file; ValueError (naming the path): the file is empty (unless ``empty_ok``), an
+            Excel workbook, a zip
             without exactly one data file, or its text is not in ``encoding``, mixes UTF-8 with other bytes, or is
             in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
     """
     path = Path(path)
-    text = _decode(_unpack(read_source(path, received, wake_fd, defer), path), encoding, path, bad_lines)
+    raw = read_source(path, received, wake_fd, defer)
+    data = _unpack(raw, path) if raw or not empty_ok else b""
+    text = _decode(data, encoding, path, bad_lines) if data else ""
     if not text.strip():
+        if empty_ok:
+            log.warning("%s: the file is empty (%d bytes, no header row): 0 rows", path, len(raw))
+            return ""
         raise ValueError(f"{path}: the file is empty (no header row); expected the format of the UCI README")
     return text
 
@@ -351,7 +358,9 @@ def _unpack(raw: bytes, path: Path, depth: int = 0) -> bytes:
     adds them). Raises ValueError naming ``path`` for an empty file, an Excel workbook (export it as CSV), or a
     zip without exactly one data file."""
     if not raw:
-        raise ValueError(f"{path}: the file is empty (0 bytes{' after decompression' if depth else ''})")
+        if depth:   # a compressed empty file is an empty file: read_text says so (or reads it as 0 rows)
+            return raw
+        raise ValueError(f"{path}: the file is empty (0 bytes)")
     if depth > 2:
         return raw
     if raw.startswith(b"\x1f\x8b"):
@@ -395,14 +404,18 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             (a warning says so; :func:`_decode`).
         received, wake_fd, defer: see :func:`read_source` (a FIFO's bytes kept when a signal interrupts the read).
 
+    An empty file (0 bytes or blank lines) is 0 rows of the README's columns; a file where no invoice_ts parses in
+    any of :data:`TS_FORMATS` has ``attrs["invoice_ts_format"]`` None (:class:`Replay` quarantines its lines).
+
     Raises:
-        FileNotFoundError: no such file; ValueError: a required column is missing, no invoice_ts parses in any of
-            :data:`TS_FORMATS` (:func:`parse_invoice_ts`), or the text is not in
+        FileNotFoundError: no such file; ValueError: a required column is missing, or the text is not in
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
     bad_lines: list[dict[str, Any]] = []   # lines not UTF-8 in a UTF-8 file, quarantined with the others
-    text = read_text(path, encoding, received, wake_fd, bad_lines, defer)
+    text = read_text(path, encoding, received, wake_fd, bad_lines, defer, empty_ok=True)
+    if not text.strip():   # 0 bytes or blank lines: 0 rows (until 2026-12-06 refused, "the file is empty")
+        text = ",".join(REQUIRED_FIELDS + OPTIONAL_FIELDS) + "\n"
     sep = _separator(text)
     rows_lines = None
     try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
@@ -433,8 +446,9 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
                                 usecols=["invoice_ts"])["invoice_ts"]
         except (pd.errors.ParserError, ValueError):
             pass
-    # refuses a file where no invoice_ts parses, naming the formats
-    df.attrs["invoice_ts_format"], parsed = _detect(whole, path)
+    # a file where no invoice_ts parses: format None, every product line quarantined by Replay (BAD_INVOICE_TS;
+    # until 2026-12-06 the whole file was refused)
+    df.attrs["invoice_ts_format"], parsed = _detect(whole, path, strict=False)
     if whole is df["invoice_ts"] or limit is None:   # the frame's own column: Replay takes it parsed
         df.attrs["invoice_ts_parsed"] = ParsedTs(df["invoice_ts"].to_numpy(), parsed)
     df.attrs["quarantine"] = sorted(bad_lines + quarantine, key=lambda q: q["line"])
@@ -595,8 +609,10 @@ def invoice_ts_format(ts: pd.Series, source: str | Path | None = None) -> str:
     return _detect(ts, source)[0]
 
 
-def _detect(ts: pd.Series, source: str | Path | None = None) -> tuple[str, pd.Series]:
-    """:func:`invoice_ts_format` and the column parsed in that format (NaT where a value does not parse)."""
+def _detect(ts: pd.Series, source: str | Path | None = None, strict: bool = True) -> tuple[str | None, pd.Series]:
+    """:func:`invoice_ts_format` and the column parsed in that format (NaT where a value does not parse).
+    ``strict=False``: when values are present and none parses, (None, all NaT) with a warning instead of the
+    ValueError."""
     given = ts.fillna("").astype(str).str.strip().ne("")
     present = int(given.sum())
     counts: dict[str, int] = {}
@@ -616,8 +632,12 @@ def _detect(ts: pd.Series, source: str | Path | None = None) -> tuple[str, pd.Se
     best_n = max(counts.values())
     where = f"{source}: " if source else ""
     if best_n == 0:
-        raise ValueError(f"{where}no value of column invoice_ts parses as a date and time "
-                         f"(e.g. {ts[given].iloc[0]!r}); formats tried: {', '.join(TS_FORMATS)}")
+        msg = (f"{where}no value of column invoice_ts parses as a date and time "
+               f"(e.g. {ts[given].iloc[0]!r}); formats tried: {', '.join(TS_FORMATS)}")
+        if strict:
+            raise ValueError(msg)
+        log.warning("%s: every line with a date is quarantined", msg)
+        return None, pd.Series(pd.NaT, index=ts.index, dtype="datetime64[ns]")
     fmt = next(f for f in TS_FORMATS if counts.get(f) == best_n)
     ambiguous = "/" in fmt and count(fmt.replace("%m/%d", "%d/%m")) == count(fmt.replace("%d/%m", "%m/%d"))
     # one warning (before 2026-12-06 an ambiguous file logged two, the format twice)
@@ -940,7 +960,8 @@ class Replay:
         raw_ts = df["invoice_ts"].to_numpy()
         for i in np.flatnonzero(malformed):
             quarantine(i, "BAD_INVOICE_TS", f"invoice_ts {raw_ts[i]!r} is not a date and time in the file's format "
-                                            f"{fmt or 'of its other lines'}")
+                                            f"{fmt}" if fmt else f"invoice_ts {raw_ts[i]!r}: no invoice_ts of the "
+                                            f"file parses in any of the formats {', '.join(TS_FORMATS)}")
         for i in np.flatnonzero(far):
             quarantine(i, "INVOICE_TS_OUTLIER",
                        f"invoice_ts {raw_ts[i]!r} is {abs(int(ts[i]) - med) / 86_400_000:,.0f} days from the median "

@@ -824,9 +824,14 @@ def test_invoice_times_as_a_spreadsheet_re_saves_them(tmp_path, fmt, caplog):
         days = [t.date() for t in parse_invoice_ts(ambiguous["invoice_ts"])]
     assert days == [datetime(2010, 1, 12).date(), datetime(2010, 1, 12).date(), datetime(2010, 2, 12).date()]
     assert "ambiguous" in caplog.text and "month-first" in caplog.text
-    bad = _write(tmp_path / "bad.csv", text(lambda t: t.strftime("%Y%m%d %H%M")))   # (day-first dotted: read)
-    with pytest.raises(ValueError, match=r"bad\.csv: no value of column invoice_ts parses.*%d/%m/%Y"):
-        load_transactions(bad)
+    # no date parses (day-first dotted is read): every line dead-lettered naming the formats tried; until
+    # 2026-12-06 the whole file was refused
+    bad = load_transactions(_write(tmp_path / "bad.csv", text(lambda t: t.strftime("%Y%m%d %H%M"))))
+    rep = Replay(bad, ReplayConfig(keep_dates=True))
+    assert list(rep.events()) == [] and len(bad) == len(stamps) > 0
+    assert [q["code"] for q in rep.quarantine] == ["BAD_INVOICE_TS"] * len(stamps)
+    assert all("%d/%m/%Y" in q["reason"] and q["reason"].startswith(f"invoice_ts {raw!r}")
+               for q, raw in zip(rep.quarantine, bad["invoice_ts"])), rep.quarantine
 
 
 def _write(path, text: str):
@@ -848,7 +853,8 @@ def test_the_log_in_other_containers_is_read_or_refused_naming_the_path(tmp_path
     """Compression told by the leading bytes (a gzip named ``.gzip`` was 'mixed encodings'), a macOS zip with its
     ``__MACOSX/`` entry (was 'Multiple files found in ZIP file'), zstd, UTF-16 with a byte-order mark (Excel's
     Unicode text; was read as Windows-1252 and lost every column) read as the plain CSV; an Excel workbook (was
-    'mixed encodings') and an empty file (was pandas' EmptyDataError) are refused naming the path."""
+    'mixed encodings') is refused naming the path; an empty file (0 bytes or blank lines, compressed or not) is 0 rows
+    (was pandas' EmptyDataError, then refused until 2026-12-06)."""
     import zipfile
 
     import zstandard
@@ -871,11 +877,15 @@ def test_the_log_in_other_containers_is_read_or_refused_naming_the_path(tmp_path
         z.writestr("xl/workbook.xml", "<workbook/>")
     with pytest.raises(ValueError, match=r"Online Retail\.xlsx: is an Excel workbook.*save the sheet as CSV"):
         load_transactions(xlsx)
+    # an empty file (0 bytes, blank lines, compressed or not) is 0 rows (until 2026-12-06 refused whole)
     (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "blank.csv").write_bytes(b" \r\n\n")
     (tmp_path / "blank.csv.gz").write_bytes(gzip.compress(b"\n\n"))
-    for name in ("empty.csv", "blank.csv.gz"):
-        with pytest.raises(ValueError, match=rf"{name}: the file is empty"):
-            load_transactions(tmp_path / name)
+    (tmp_path / "empty.csv.gz").write_bytes(gzip.compress(b""))
+    for name in ("empty.csv", "blank.csv", "blank.csv.gz", "empty.csv.gz"):
+        df = load_transactions(tmp_path / name)
+        rep = Replay(df)
+        assert len(df) == 0 and list(rep.events()) == [] and rep.quarantine == [], name
 
 
 def test_malformed_and_truncated_lines_are_quarantined_and_the_rest_replayed(tmp_path, monkeypatch):
