@@ -600,7 +600,7 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     rows = _RowTracker(rep)
     with EventPublisher(s, client_id="retail-pos-replay", **producer_overrides(speed is not None)) as pub:
         for q in rep.quarantine:   # malformed / truncated source lines, with their line and reason
-            pub.dead_letter("uci_source_line", q, f"{q['code']}: {q['reason']}")
+            pub.dead_letter(*_source_line_dead_letter(q))
         pub.on_result = rows.result
         out["published"] = publish_events(
             rows.track(inject_invalid(rep.events(), invalid_rate, seed=seed, counter=injected), pub), pub,
@@ -613,6 +613,25 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     out["generator"] = rep.stats.as_dict()
     out["invalid_injected"] = injected
     return out
+
+
+#: characters of a quarantined line's reason kept in its dead letter (a reason quotes the bad value, which may be long)
+REASON_MAX = 2_000
+
+
+def _source_line_dead_letter(q: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    """(event type, payload, reason) of the dead letter of a quarantined source line ``q``
+    (:attr:`producers.replay.Replay.quarantine`): its text cut to what fits a Kafka request once JSON-escaped
+    (:func:`producers.alerts.cut_for_dead_letter`, 200,000 bytes) and its reason to :data:`REASON_MAX` characters,
+    each cut said in the reason (until 2026-12-06 a line of 1.2 MB was sent whole: the broker refused it, the line
+    was lost and the run exited 1)."""
+    from producers.alerts import cut_for_dead_letter
+
+    reason = str(q["reason"])
+    if len(reason) > REASON_MAX:
+        reason = reason[:REASON_MAX] + f"... (reason cut to {REASON_MAX:,} of {len(reason):,} characters)"
+    text, note = cut_for_dead_letter(str(q.get("text", "")))
+    return "uci_source_line", {**q, "reason": reason, "text": text}, f"{q['code']}: {reason}{note}"
 
 
 class _RowTracker:

@@ -429,6 +429,18 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
         log.warning("%s: %s; read line by line: %d malformed line(s) quarantined (%s), every other line kept",
                     path, str(exc).strip(), len(quarantine), "; ".join(f"line {q['line']}: {q['reason']}"
                                                                      for q in quarantine[:5]))
+    # header names in another case, with spaces or padding ("Invoice TS", " Unit Price"): the README's names
+    # (until 2026-12-06 the file was refused whole, "missing column(s)")
+    names = {c: column_name(c) for c in df.columns}
+    taken = set(df.columns)
+    renames = {c: n for c, n in names.items() if n != c and n in REQUIRED_FIELDS + OPTIONAL_FIELDS and n not in taken
+               and list(names.values()).count(n) == 1}
+    if renames:
+        log.warning("%s: column(s) %s read as %s", path, list(renames), list(renames.values()))
+        df = df.rename(columns=renames)
+    if sep != "," and "unit_price" in df.columns:   # a decimal comma ("2,55"; "1.234,50"), as a ";" export writes
+        df["unit_price"] = df["unit_price"].str.replace(r"^\s*(-?)(\d{1,3}(?:\.\d{3})+|\d+),(\d+)\s*$",
+                                                        lambda m: m[1] + m[2].replace(".", "") + "." + m[3], regex=True)
     missing = [c for c in REQUIRED_FIELDS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
@@ -462,6 +474,19 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     return df
 
 
+@contextlib.contextmanager
+def _csv_fields_up_to(n: int) -> Iterator[None]:
+    """The csv module's field size limit raised to at least ``n`` characters inside (its default, 131,072, made a
+    line with a longer field, a description of 1.2 MB, a csv.Error: until 2026-12-06 the replay stopped when such a
+    file had a line to dead-letter, and the line-by-line read quarantined such a good line as malformed)."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, n))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
 def _line_finder(text: str, sep: str, rows_lines: list[int] | None):
     """``f(row)`` -> physical line number (the header is line 1) of 0-based data row ``row`` of the frame read from
     ``text``: ``rows_lines`` when the line-by-line read recorded them, else one pass of the csv module over the
@@ -472,10 +497,11 @@ def _line_finder(text: str, sep: str, rows_lines: list[int] | None):
         if not cache:
             reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
             prev = 0
-            for fields in reader:
-                start, prev = prev + 1, reader.line_num
-                if fields and any(f.strip() for f in fields) or (fields and len(fields) > 1):
-                    cache.append(start)
+            with _csv_fields_up_to(len(text) + 1):
+                for fields in reader:
+                    start, prev = prev + 1, reader.line_num
+                    if fields and any(f.strip() for f in fields) or (fields and len(fields) > 1):
+                        cache.append(start)
             del cache[0]   # the header
         return cache[row]
 
@@ -483,10 +509,19 @@ def _line_finder(text: str, sep: str, rows_lines: list[int] | None):
 
 
 def _separator(text: str) -> str:
-    """The field separator of a transaction log: a tab when its header line holds tabs and no comma (a
-    spreadsheet's "Unicode Text" export, UTF-16 and tab-separated), else a comma."""
+    """The field separator of a transaction log: the one of comma, semicolon (a spreadsheet's CSV in a locale with
+    a decimal comma; until 2026-12-06 read as one column and refused), tab (its "Unicode Text" export) and ``|`` its
+    header line holds most of; a comma when it holds none."""
     head = text.split("\n", 1)[0]
-    return "\t" if "\t" in head and "," not in head else ","
+    counts = {c: head.count(c) for c in (",", ";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def column_name(name: str) -> str:
+    """A header name as the README writes it: stripped, lower case, runs of spaces / hyphens / dots as one ``_``
+    (``" Invoice TS"`` -> ``invoice_ts``, ``"Unit-Price"`` -> ``unit_price``)."""
+    return re.sub(r"[\s\-.]+", "_", str(name).strip().lower().lstrip("\ufeff")).strip("_")
 
 
 def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
@@ -502,6 +537,11 @@ def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[p
     Raises:
         ValueError: the header itself does not parse.
     """
+    with _csv_fields_up_to(len(text) + 1):
+        return _read_lenient(text, limit, sep)
+
+
+def _read_lenient(text: str, limit: int | None, sep: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     lines = io.StringIO(text, newline="").readlines()
     header: list[str] | None = None
     rows: list[list[str]] = []
@@ -793,6 +833,7 @@ def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[n
             (~inv.str.fullmatch(r"[CA]?[0-9]+").to_numpy(), "UNKNOWN_INVOICE"),
             (inv.str.startswith("A").to_numpy(), "A_INVOICE"),
             (dup, "DUPLICATE_LINE"),
+            (repeated_header(df), "REPEATED_HEADER"),
         ]
     for mask, reason in rules:
         kind[mask] = "skip"
@@ -829,6 +870,7 @@ BAD_VALUE_REASONS = {
     "PRICE_OUT_OF_RANGE": lambda r: f"unit_price {r['unit_price']!r} is not finite or above {PRICE_MAX:,.0f} "
                                     "(contracts.PRICE_MAX)",
     "UNKNOWN_INVOICE": lambda r: f"invoice {r['invoice']!r} is not digits with an optional C / A prefix",
+    "REPEATED_HEADER": lambda r: "the header line again (files joined?): not a transaction",
     # until 2026-12-06 only counted: the line was in neither a topic nor the dead letters
     "ZERO_QUANTITY": lambda r: f"quantity {r['quantity']!r} is zero: neither a sale, a return nor a stock movement",
 }
@@ -837,6 +879,18 @@ BAD_VALUE_REASONS = {
 REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
 #: the columns a file may lack altogether (:func:`load_transactions` reads them as empty)
 OPTIONAL_FIELDS = ("description", "customer_id")
+
+
+def repeated_header(df: pd.DataFrame) -> np.ndarray:
+    """Per row, True when each of its :data:`REQUIRED_FIELDS` holds that column's own name (:func:`column_name`): the
+    header line again, as joined exports hold (until 2026-12-06 dead-lettered as ``UNKNOWN_INVOICE`` and counted
+    ``UNPARSEABLE``)."""
+    out = np.ones(len(df), dtype=bool)
+    for c in REQUIRED_FIELDS:
+        if c not in df.columns:
+            return np.zeros(len(df), dtype=bool)
+        out &= df[c].fillna("").map(column_name).eq(c).to_numpy()
+    return out
 
 
 def missing_fields(df: pd.DataFrame) -> pd.Series:
@@ -969,7 +1023,7 @@ class Replay:
                        "median absolute deviation, at least 90): a typo?")
         self.skip_key[malformed] = "BAD_INVOICE_TS"
         self.skip_key[far] = "INVOICE_TS_OUTLIER"
-        self.skip_key[(ts < 0) & complete & ~product] = "UNPARSEABLE"
+        self.skip_key[(ts < 0) & complete & ~product & ~quarantined] = "UNPARSEABLE"   # its own key kept when dead-lettered
         self.kind[malformed | far | (ts < 0)] = "skip"
         self.out_of_order = out_of_order_rows(ts[self.kind != "skip"])
         if self.out_of_order:  # replayed in time order (stable: file order within one instant), see events()
@@ -1233,7 +1287,8 @@ def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000, encoding
     ts_col = columns.index("invoice_ts")
 
     def ts_of(line: str) -> str:
-        return next(csv.reader(io.StringIO(line)))[ts_col]
+        with _csv_fields_up_to(len(line) + 1):
+            return next(csv.reader(io.StringIO(line)))[ts_col]
 
     if not body:
         raise ValueError(f"{src}: no data rows")

@@ -838,20 +838,24 @@ def test_an_alert_consumer_killed_after_its_commit_skips_the_streams_resend(kafk
 
 
 def _uci_file(path, rows: list[dict], header: list[str], *, encoding: str = "utf-8", bom: bool = False,
-              newline: str = "\n", cut: int = 0, encoding_errors: str = "strict") -> None:
+              newline: str = "\n", cut: int = 0, encoding_errors: str = "strict", sep: str = ",",
+              names: list[str] | None = None, gz: bool = False) -> None:
     """A transaction log with ``rows`` under ``header`` written by the csv module (quotes where needed), in
     ``encoding`` (``encoding_errors``: "surrogateescape" writes a lone byte given as a surrogate, e.g. "\\udcc9"),
-    with a byte-order mark, ``newline`` line ends, its last ``cut`` characters cut off."""
+    with a byte-order mark, ``newline`` line ends, its last ``cut`` characters cut off, fields separated by ``sep``,
+    the header line written as ``names`` (default ``header``), gzip-compressed when ``gz``."""
     import csv
+    import gzip
     import io
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator=newline)
-    w.writerow(header)
+    w = csv.writer(buf, lineterminator=newline, delimiter=sep)
+    w.writerow(names or header)
     for r in rows:
         w.writerow([r.get(h, "") for h in header])
     text = buf.getvalue()[:-cut] if cut else buf.getvalue()
-    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode(encoding, encoding_errors))
+    data = (b"\xef\xbb\xbf" if bom else b"") + text.encode(encoding, encoding_errors)
+    path.write_bytes(gzip.compress(data) if gz else data)
 
 
 UCI_COLUMNS = ["invoice", "line_no", "stock_code", "description", "quantity", "unit_price", "invoice_ts",
@@ -876,6 +880,7 @@ def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_eve
     whole (10 rows, 0 published), a zero quantity was neither published nor dead-lettered (2 of 9 rows) and the cut
     line was published as a store "UCI-X-UNITEDK", and a UTF-8 file with one Latin-1 line was refused whole."""
     import csv
+    import gzip
     import io
     import uuid
 
@@ -894,6 +899,19 @@ def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_eve
         "dotted_dates": ([{**r, "invoice_ts": f"16.05.2011 08:{i:02d}"} for i, r in enumerate(good)], UCI_COLUMNS, {}),
         "header_only": ([], UCI_COLUMNS, {}),
         "empty": ([], [], {"cut": 1}),   # 0 bytes
+        "quoted_newline": ([{**r, "description": 'A "BIG",\r\nRED BAG'} for r in good], UCI_COLUMNS, {}),
+        "semicolon": ([{**r, "unit_price": "1,25"} for r in good], UCI_COLUMNS, {"sep": ";"}),
+        "gzip": (good, UCI_COLUMNS, {"gz": True, "newline": "\r\n"}),
+        "header_case": (good, UCI_COLUMNS, {"names": [" Invoice", "Line_No", "STOCK CODE", "Description ",
+                                                      "Quantity", "Unit Price", "Invoice TS", "Customer ID",
+                                                      "Country"]}),
+        "trailing_commas": (good, UCI_COLUMNS + ["", ""], {}),
+        "blank_lines": (good, UCI_COLUMNS, {"newline": "\n\n"}),
+        "prices": (good + [_uci_row(6, unit_price="-1.00"), _uci_row(7, unit_price="0")], UCI_COLUMNS, {}),
+        "sci_quantity": (good + [_uci_row(6, quantity="1e3"), _uci_row(7, quantity="1,000")], UCI_COLUMNS, {}),
+        "header_mid": (good[:3] + [{h: h for h in UCI_COLUMNS}] + good[3:], UCI_COLUMNS, {}),
+        "long_lines": (good + [_uci_row(6, description="X" * 1_200_000),
+                               _uci_row(7, description="Y" * 1_200_000, quantity="a")], UCI_COLUMNS, {}),
         "bad_dates": ([{**r, "invoice_ts": ts} for r, ts in zip(good, ["2011-13-45 10:00:00", "not a date", "16/05",
                                                                       "", "12/1/201O 8:26", "2011-05-16 25:00"])],
                       UCI_COLUMNS, {}),
@@ -906,6 +924,10 @@ def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_eve
         "thousands": ({f"57{i:04d}-1" for i in range(6)}, 2),
         "header_only": (set(), 0),
         "empty": (set(), 0),
+        "prices": ({f"57{i:04d}-1" for i in (0, 1, 2, 3, 4, 5, 7)}, 1),
+        "sci_quantity": ({f"57{i:04d}-1" for i in range(7)}, 1),
+        "header_mid": ({f"57{i:04d}-1" for i in range(6)}, 1),
+        "long_lines": ({f"57{i:04d}-1" for i in range(7)}, 1),
         "bad_dates": (set(), 6),
         "cut_last_line": ({f"57{i:04d}-1" for i in range(6)}, 1),
         "mixed_encoding": ({f"57{i:04d}-1" for i in range(6)}, 1),
@@ -914,25 +936,33 @@ def test_replay_of_malformed_files_publishes_every_good_row_and_dead_letters_eve
     for name, (rows, header, opts) in cases.items():
         path = tmp_path / f"{name}.csv"
         _uci_file(path, rows, header, **opts)
-        raw = path.read_bytes()
+        raw = gzip.decompress(path.read_bytes()) if opts.get("gz") else path.read_bytes()
         text = raw.decode(opts.get("encoding", "utf-8-sig"), "surrogateescape")
-        rows_in = max(0, sum(1 for rec in csv.reader(io.StringIO(text, newline="")) if rec) - 1)
+        limit = csv.field_size_limit(10_000_000)   # the count of a file with a 1.2 MB field
+        try:
+            rows_in = max(0, sum(1 for rec in csv.reader(io.StringIO(text, newline=""), delimiter=opts.get("sep", ","))
+                                 if rec) - 1)
+        finally:
+            csv.field_size_limit(limit)
         s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ptest-{uuid.uuid4().hex[:6]}-bad-"})
         try:
             got = run_replay(s, path, keep_dates=True, write_reference=False, progress=False)
         except ValueError as exc:
-            problems[name] = f"refused: {exc}"
+            problems[name] = f"refused: {str(exc)[:300]}"
             continue
-        ids = [json.loads(m.value)["transaction_id"] for m in consume_all(s, s.topic("sales-transactions"))]
+        sales = [json.loads(m.value) for m in consume_all(s, s.topic("sales-transactions"))]
+        ids = [x["transaction_id"] for x in sales]
         dead = [json.loads(m.value) for m in consume_all(s, s.topic(DEAD_LETTER))]
         want_ids, want_dead = expect.get(name, ({f"57{i:04d}-1" for i in range(6)}, 0))
         stores = {json.loads(m.value)["store_id"] for m in consume_all(s, s.topic("inventory-updates"))}
         if (sorted(ids) != sorted(want_ids) or len(dead) != want_dead or len(ids) + len(dead) != rows_in
                 or not all(d["event_type"] == "uci_source_line" and d["reason"] for d in dead)
                 or got["published"]["failed"] or stores - {"UCI-GB"}
-                or got["rows"]["in"] != rows_in or got["rows"]["published"] != len(ids)):
-            problems[name] = {"rows_in": rows_in, "ids": sorted(ids), "dead": [d["reason"] for d in dead],
-                              "stores": sorted(stores), "failed": got["published"]["failed"]}
+                or got["rows"]["in"] != rows_in or got["rows"]["published"] != len(ids)
+                or {x["unit_price"] for x in sales} - {1.25, 0.0}):
+            problems[name] = {"rows_in": rows_in, "ids": sorted(ids), "dead": [d["reason"][:200] for d in dead],
+                              "stores": sorted(stores), "failed": got["published"]["failed"], "rows": got["rows"],
+                              "prices": sorted({x["unit_price"] for x in sales})}
     assert not problems, problems
 
 
