@@ -561,9 +561,12 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     was published (:meth:`StartupStopped.report`).
 
     Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
-    events per type, quarantined, ...), "invalid_injected", "published": {...}}. Each quarantined source line
-    (:attr:`producers.replay.Replay.quarantine`) goes to the dead-letter topic as event type
-    ``uci_source_line`` with its code and reason.
+    events per type, quarantined, ...), "invalid_injected", "published": {...}, "rows": {"in", "published",
+    "dead_lettered", "skipped", "saved"} (source rows: in = the sum of the others, :meth:`_RowTracker.report`)}, and
+    "unread_saved" {"path", "bytes", "lines"[, "rows"]} when rows were not published (a stop, a failed delivery:
+    only those rows, :func:`_save_unpublished`) or a pipe's bytes were read before a start-up stop. Each quarantined
+    source line (:attr:`producers.replay.Replay.quarantine`) goes to the dead-letter topic as event type
+    ``uci_source_line`` with its code and reason (:func:`_source_line_dead_letter`).
     Raises FileNotFoundError / ValueError for a missing or malformed file.
     """
     from core.kafka_admin import ensure_topics
