@@ -50,6 +50,7 @@ invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOIC
                                                        quarantined too, naming the value (``ZERO_QUANTITY``
                                                        since 2026-12-06)
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
+the header line again (joined exports)                 skipped, ``REPEATED_HEADER``, quarantined
 a required field empty or absent (a truncated line)    skipped, ``MISSING_<FIELD>``, and quarantined (dead-lettered)
 the file's last line, without a line end, ending in a  skipped, ``TRUNCATED_LINE``, quarantined (cut off: "United
 country that is none of :data:`COUNTRIES`              Kin")
