@@ -31,7 +31,7 @@ import math
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -283,6 +283,12 @@ class EventPublisher:
         #: (before: 30 s per event of each topic not used yet); the CLI stops its run (producers.cli).
         self.stalled: str | None = None
         self.refused = 0
+        #: optional ``on_result(tag, ok)``, called once per record sent from now on (valid or dead letter) when the
+        #: broker acknowledges it (ok True) or it fails (False; a refused send at once), in the sender thread;
+        #: ``tag`` is the value of :attr:`tag` when the record was handed over (``producers.cli.run_replay``: the
+        #: source row, so a stopped replay knows which rows are on the broker)
+        self.on_result: Callable[[Any, bool], None] | None = None
+        self.tag: Any = None
 
     # ------------------------------------------------------------------ callbacks (sender thread)
     def _on_success(self, metadata) -> None:
@@ -298,10 +304,13 @@ class EventPublisher:
         log.error("kafka delivery failed: %r", exc)
 
     def _send(self, topic: str, key: str | None, value: dict[str, Any], timestamp_ms: int | None) -> None:
+        hook, tag = self.on_result, self.tag
         if self.stalled is not None:
             with self._lock:
                 self.failed += 1
                 self.refused += 1
+            if hook is not None:
+                hook(tag, False)
             return
         try:
             fut = self._producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
@@ -310,14 +319,21 @@ class EventPublisher:
             log.error("kafka send blocked max_block_ms (%s): later sends are counted as failed without trying",
                       self.stalled)
             self._on_error(exc)
+            if hook is not None:
+                hook(tag, False)
             return
         except (KafkaError, ValueError, TypeError, RecursionError) as exc:
             # e.g. metadata timeout, buffer exhausted, a record too large, a key or value the serializers cannot
             # encode: counted as failed (the command exits non-zero, `errors` names it), not raised mid-stream
             self._on_error(exc)
+            if hook is not None:
+                hook(tag, False)
             return
         fut.add_callback(self._on_success)
         fut.add_errback(self._on_error)
+        if hook is not None:
+            fut.add_callback(lambda _meta: hook(tag, True))
+            fut.add_errback(lambda _exc: hook(tag, False))
 
     # ------------------------------------------------------------------ public API
     def topic_for(self, event_type: str) -> str:

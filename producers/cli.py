@@ -192,7 +192,7 @@ class Pacer:
 def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, speed: float | None = None,
                    t_start: int | None = None, t_end: int | None = None, progress: bool = True,
                    label: str = "publishing", on_progress: Callable[[int], None] | None = None,
-                   signals: StopSignals | None = None) -> dict[str, Any]:
+                   signals: StopSignals | None = None, boundary: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Send every event through ``publisher`` (an :class:`~core.kafka.EventPublisher`), paced by
     :class:`Pacer`; show progress by event time between ``t_start`` and ``t_end`` (epoch ms).
     ``on_progress(n)`` (optional) is called with the number of events handed over so far, every 1,000 events.
@@ -209,20 +209,24 @@ def publish_events(events: Iterable[tuple[str, dict[str, Any]]], publisher, *, s
     ``signals``: an active :class:`StopSignals` of the caller (its start-up mode ends here; a signal it already
     received stops the run before the first event); None: one of its own for the call.
 
+    ``boundary``: called after each event is taken from ``events``; False means the event continues a unit whose
+    first events were sent (a replayed source row: its sale and its stock update), so a signal stops the run only
+    before an event for which it returns True: a unit goes out whole or not at all. None: every event is one.
+
     Returns {"events", "elapsed_s", "events_per_s", "stopped" (None or the cause), "signal" (None or e.g.
     ``"SIGTERM"``), **publisher.counts} after a flush.
     """
     if signals is not None:
         signals.interrupt = False
         return _publish_events(events, publisher, signals, speed=speed, t_start=t_start, t_end=t_end,
-                               progress=progress, label=label, on_progress=on_progress)
+                               progress=progress, label=label, on_progress=on_progress, boundary=boundary)
     with StopSignals() as sigs:
         return _publish_events(events, publisher, sigs, speed=speed, t_start=t_start, t_end=t_end,
-                               progress=progress, label=label, on_progress=on_progress)
+                               progress=progress, label=label, on_progress=on_progress, boundary=boundary)
 
 
 def _publish_events(events, publisher, sigs: StopSignals, *, speed, t_start, t_end, progress, label,
-                    on_progress) -> dict[str, Any]:
+                    on_progress, boundary=None) -> dict[str, Any]:
     pacer = Pacer(speed, stop=sigs.event)
     n = 0
     t0 = time.monotonic()
@@ -245,12 +249,13 @@ def _publish_events(events, publisher, sigs: StopSignals, *, speed, t_start, t_e
         ts = None
         stopped = None
         for event_type, record in events:
-            if sigs.event.is_set():
+            may_stop = boundary is None or boundary()
+            if may_stop and sigs.event.is_set():
                 break
             ts = record.get("timestamp") if isinstance(record, dict) else None
             if isinstance(ts, int):
                 pacer.wait(ts)
-                if sigs.event.is_set():   # the signal came while waiting: this event is not sent
+                if may_stop and sigs.event.is_set():   # the signal came while waiting: this event is not sent
                     break
             publisher.publish(event_type, record)
             n += 1
@@ -556,9 +561,12 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
     was published (:meth:`StartupStopped.report`).
 
     Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
-    events per type, quarantined, ...), "invalid_injected", "published": {...}}. Each quarantined source line
-    (:attr:`producers.replay.Replay.quarantine`) goes to the dead-letter topic as event type
-    ``uci_source_line`` with its code and reason.
+    events per type, quarantined, ...), "invalid_injected", "published": {...}, "rows": {"in", "published",
+    "dead_lettered", "skipped", "saved"} (source rows: in = the sum of the others, :meth:`_RowTracker.report`)}, and
+    "unread_saved" {"path", "bytes", "lines"[, "rows"]} when rows were not published (a stop, a failed delivery:
+    only those rows, :func:`_save_unpublished`) or a pipe's bytes were read before a start-up stop. Each quarantined
+    source line (:attr:`producers.replay.Replay.quarantine`) goes to the dead-letter topic as event type
+    ``uci_source_line`` with its code and reason (:func:`_source_line_dead_letter`).
     Raises FileNotFoundError / ValueError for a missing or malformed file.
     """
     from core.kafka_admin import ensure_topics
@@ -592,19 +600,114 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
         raise
     injected: dict[str, int] = {}
     valid_ts = rep.ts[rep.kind != "skip"]
+    rows = _RowTracker(rep)
     with EventPublisher(s, client_id="retail-pos-replay", **producer_overrides(speed is not None)) as pub:
         for q in rep.quarantine:   # malformed / truncated source lines, with their line and reason
-            pub.dead_letter("uci_source_line", q, f"{q['code']}: {q['reason']}")
+            pub.dead_letter(*_source_line_dead_letter(q))
+        pub.on_result = rows.result
         out["published"] = publish_events(
-            inject_invalid(rep.events(), invalid_rate, seed=seed, counter=injected), pub, speed=speed,
-            t_start=int(valid_ts.min()) if len(valid_ts) else None,
+            rows.track(inject_invalid(rep.events(), invalid_rate, seed=seed, counter=injected), pub), pub,
+            speed=speed, t_start=int(valid_ts.min()) if len(valid_ts) else None,
             t_end=int(valid_ts.max()) if len(valid_ts) else None, progress=progress, label="replay",
-            signals=signals)
-    if out["published"].get("stopped"):   # not every row went out: a pipe's input would be lost with the process
-        out["unread_saved"] = _save_unreplayed(s, path, received)
+            signals=signals, boundary=rows.at_start)
+    out["rows"], unpublished = rows.report()
+    if unpublished:   # a stop: the rows not on the broker, for a later replay (before 2026-12-06 a pipe's whole
+        out["unread_saved"] = _save_unpublished(s, path, rep, unpublished)   # input: published rows came twice)
     out["generator"] = rep.stats.as_dict()
     out["invalid_injected"] = injected
     return out
+
+
+#: characters of a quarantined line's reason kept in its dead letter (a reason quotes the bad value, which may be long)
+REASON_MAX = 2_000
+
+
+def _source_line_dead_letter(q: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    """(event type, payload, reason) of the dead letter of a quarantined source line ``q``
+    (:attr:`producers.replay.Replay.quarantine`): its text cut to what fits a Kafka request once JSON-escaped
+    (:func:`producers.alerts.cut_for_dead_letter`, 200,000 bytes) and its reason to :data:`REASON_MAX` characters,
+    each cut said in the reason (until 2026-12-06 a line of 1.2 MB was sent whole: the broker refused it, the line
+    was lost and the run exited 1)."""
+    from producers.alerts import cut_for_dead_letter
+
+    reason = str(q["reason"])
+    if len(reason) > REASON_MAX:
+        reason = reason[:REASON_MAX] + f"... (reason cut to {REASON_MAX:,} of {len(reason):,} characters)"
+    text, note = cut_for_dead_letter(str(q.get("text", "")))
+    return "uci_source_line", {**q, "reason": reason, "text": text}, f"{q['code']}: {reason}{note}"
+
+
+class _RowTracker:
+    """Which source rows of a :class:`producers.replay.Replay` are on the broker. :meth:`track` wraps its events
+    (after :func:`producers.invalid.inject_invalid`: an injected copy is not a row's start) and tags each record
+    with its row (``EventPublisher.tag``); :meth:`result` (``EventPublisher.on_result``) records the rows with a
+    record that failed; :meth:`at_start` is :func:`publish_events`' ``boundary``, so a stop falls between rows."""
+
+    def __init__(self, rep):
+        self.rep = rep
+        self.start = True
+        self.failed: set[int] = set()
+
+    def track(self, events, pub):
+        seen = 0
+        for item in events:
+            real, seen = self.rep.emitted != seen, self.rep.emitted
+            self.start = real and self.rep.row_start
+            pub.tag = self.rep.cursor
+            yield item
+
+    def at_start(self) -> bool:
+        return self.start
+
+    def result(self, tag, ok: bool) -> None:
+        if not ok and tag is not None:
+            self.failed.add(tag)
+
+    def report(self) -> tuple[dict[str, int], list[int]]:
+        """({"in", "published", "dead_lettered", "skipped", "saved"}, rows of ``rep.df`` to save). ``in``: the
+        source's rows (and lines that make none: malformed, not UTF-8) = ``published`` (rows whose every event was
+        handed over before a stop and acknowledged) + ``dead_lettered`` (:attr:`Replay.quarantine`) + ``skipped``
+        (counted only: non-product codes, ``A`` invoices, repeated lines; :attr:`ReplayStats.skipped`) +
+        ``saved`` (not published: after a stop, or a record of the row failed)."""
+        import numpy as np
+
+        rep = self.rep
+        n = len(rep.df)
+        handed = n if getattr(rep, "exhausted", n == 0) else min(getattr(rep, "cursor", 0), n)
+        out = np.zeros(n, dtype=bool)   # rows not on the broker
+        out[handed:] = True
+        out[sorted(i for i in self.failed if 0 <= i < n)] = True
+        out &= ~rep.quarantined
+        skip = (rep.kind == "skip") & ~rep.quarantined & ~out
+        counts = {"in": n + sum(1 for q in rep.quarantine if "row" not in q),
+                  "published": int(((rep.kind != "skip") & ~out).sum()), "dead_lettered": len(rep.quarantine),
+                  "skipped": int(skip.sum()), "saved": int(out.sum())}
+        return counts, np.flatnonzero(out).tolist()
+
+
+def _save_unpublished(s: Settings, path: str | Path, rep, rows: list[int]) -> dict[str, Any]:
+    """The rows ``rows`` of ``rep.df`` (a replay stopped before they were on the broker) written as a UCI CSV (UTF-8,
+    the file's columns, ``invoice_ts`` as ``YYYY-MM-DD HH:MM:SS`` where it parses in the file's format, so a part of
+    the file reads its dates as the whole did) to ``$RETAIL_STATE_DIR/replay/<name>-<UTC time>-<pid>.unpublished.csv``:
+    replay that file to publish them once. Returns {"path", "bytes", "lines", "rows"}."""
+    import os
+
+    import pandas as pd
+
+    part = rep.df.iloc[rows].copy()
+    part.attrs = {}
+    if rep.ts_format:
+        when = pd.to_datetime(part["invoice_ts"], format=rep.ts_format, errors="coerce")
+        part["invoice_ts"] = when.dt.strftime("%Y-%m-%d %H:%M:%S").where(when.notna(), part["invoice_ts"])
+    folder = Path(s.retail_state_dir) / "replay"
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / f"{Path(path).name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}.unpublished.csv"
+    data = part.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    dst.write_bytes(data)
+    info = {"path": str(dst), "bytes": len(data), "lines": data.count(b"\n"), "rows": len(rows)}
+    err_console.print(f"[yellow]{len(rows)} row(s) of {path} not published before the stop saved to {dst}: replay "
+                      "that file to publish them")
+    return info
 
 
 def _save_unreplayed(s: Settings, path: str | Path, received: bytearray) -> dict[str, Any] | None:

@@ -50,6 +50,7 @@ invoice not digits with an optional C / A prefix       skipped, ``UNKNOWN_INVOIC
                                                        quarantined too, naming the value (``ZERO_QUANTITY``
                                                        since 2026-12-06)
 (invoice, line_no) seen before in the file             skipped, ``DUPLICATE_LINE`` (the first copy is replayed)
+the header line again (joined exports)                 skipped, ``REPEATED_HEADER``, quarantined
 a required field empty or absent (a truncated line)    skipped, ``MISSING_<FIELD>``, and quarantined (dead-lettered)
 the file's last line, without a line end, ending in a  skipped, ``TRUNCATED_LINE``, quarantined (cut off: "United
 country that is none of :data:`COUNTRIES`              Kin")
@@ -297,7 +298,12 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
     if stat.S_ISREG(path.stat().st_mode):
         buf += path.read_bytes()
         return bytes(buf)
-    with open(path, "rb", buffering=0) as fh, selectors.DefaultSelector() as sel:
+    # opened without blocking: a FIFO's plain open() waits in the kernel until a writer connects, and a signal the
+    # kernel gives another thread ran its handler only then (until 2026-12-06: never, with no writer). Until a
+    # writer comes the FIFO is not readable (Linux reports no hang-up before a first writer), so the wait below
+    # waits for it and for the signal wake-up pipe alike
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb", buffering=0, closefd=True) as fh, selectors.DefaultSelector() as sel:
         sel.register(fh, selectors.EVENT_READ)
         if wake_fd is not None:
             sel.register(wake_fd, selectors.EVENT_READ)
@@ -310,7 +316,10 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
                         pass
                     continue
                 with defer() if defer is not None else contextlib.nullcontext():
-                    chunk = os.read(fh.fileno(), 1 << 20)
+                    try:
+                        chunk = os.read(fh.fileno(), 1 << 20)
+                    except BlockingIOError:   # readable said, nothing there (a writer came and went): wait again
+                        continue
                     buf += chunk
                 if not chunk:
                     return bytes(buf)
@@ -318,21 +327,28 @@ def read_source(path: str | Path, received: bytearray | None = None, wake_fd: in
 
 def read_text(path: str | Path, encoding: str | None = None, received: bytearray | None = None,
               wake_fd: int | None = None, bad_lines: list[dict[str, Any]] | None = None,
-              defer: Callable[[], Any] | None = None) -> str:
+              defer: Callable[[], Any] | None = None, empty_ok: bool = False) -> str:
     """The whole text of a transaction log: its bytes (:func:`read_source`; ``received`` / ``wake_fd`` / ``defer`` as there;
     ``bad_lines`` as in :func:`_decode`: lines not UTF-8 in a UTF-8 file quarantined there instead of a ValueError)
     decompressed as their leading bytes say (gzip, zstd, bzip2,
     xz, a zip of one CSV: :func:`_unpack`, whatever the name), decoded by :func:`_decode` (so the encoding is judged
-    on the whole text). Line endings are kept as they are.
+    on the whole text). Line endings are kept as they are. ``empty_ok``: an empty file (0 bytes, also once
+    decompressed, or only blank lines) gives "" with a warning instead of a ValueError.
 
     Raises:
-        FileNotFoundError: no such file; ValueError (naming the path): the file is empty, an Excel workbook, a zip
+        FileNotFoundError: no such file; ValueError (naming the path): the file is empty (unless ``empty_ok``), an
+            Excel workbook, a zip
             without exactly one data file, or its text is not in ``encoding``, mixes UTF-8 with other bytes, or is
             in neither UTF-8 nor Windows-1252 (naming the byte offset in the decompressed text).
     """
     path = Path(path)
-    text = _decode(_unpack(read_source(path, received, wake_fd, defer), path), encoding, path, bad_lines)
+    raw = read_source(path, received, wake_fd, defer)
+    data = _unpack(raw, path) if raw or not empty_ok else b""
+    text = _decode(data, encoding, path, bad_lines) if data else ""
     if not text.strip():
+        if empty_ok:
+            log.warning("%s: the file is empty (%d bytes, no header row): 0 rows", path, len(raw))
+            return ""
         raise ValueError(f"{path}: the file is empty (no header row); expected the format of the UCI README")
     return text
 
@@ -343,7 +359,9 @@ def _unpack(raw: bytes, path: Path, depth: int = 0) -> bytes:
     adds them). Raises ValueError naming ``path`` for an empty file, an Excel workbook (export it as CSV), or a
     zip without exactly one data file."""
     if not raw:
-        raise ValueError(f"{path}: the file is empty (0 bytes{' after decompression' if depth else ''})")
+        if depth:   # a compressed empty file is an empty file: read_text says so (or reads it as 0 rows)
+            return raw
+        raise ValueError(f"{path}: the file is empty (0 bytes)")
     if depth > 2:
         return raw
     if raw.startswith(b"\x1f\x8b"):
@@ -387,14 +405,18 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
             (a warning says so; :func:`_decode`).
         received, wake_fd, defer: see :func:`read_source` (a FIFO's bytes kept when a signal interrupts the read).
 
+    An empty file (0 bytes or blank lines) is 0 rows of the README's columns; a file where no invoice_ts parses in
+    any of :data:`TS_FORMATS` has ``attrs["invoice_ts_format"]`` None (:class:`Replay` quarantines its lines).
+
     Raises:
-        FileNotFoundError: no such file; ValueError: a required column is missing, no invoice_ts parses in any of
-            :data:`TS_FORMATS` (:func:`parse_invoice_ts`), or the text is not in
+        FileNotFoundError: no such file; ValueError: a required column is missing, or the text is not in
             ``encoding``, mixes UTF-8 with other bytes, or is in neither UTF-8 nor Windows-1252 (naming the byte
             offset in the decompressed text).
     """
     bad_lines: list[dict[str, Any]] = []   # lines not UTF-8 in a UTF-8 file, quarantined with the others
-    text = read_text(path, encoding, received, wake_fd, bad_lines, defer)
+    text = read_text(path, encoding, received, wake_fd, bad_lines, defer, empty_ok=True)
+    if not text.strip():   # 0 bytes or blank lines: 0 rows (until 2026-12-06 refused, "the file is empty")
+        text = ",".join(REQUIRED_FIELDS + OPTIONAL_FIELDS) + "\n"
     sep = _separator(text)
     rows_lines = None
     try:   # the fast C parser; on a malformed line, a line-by-line read that keeps every good line
@@ -408,6 +430,18 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
         log.warning("%s: %s; read line by line: %d malformed line(s) quarantined (%s), every other line kept",
                     path, str(exc).strip(), len(quarantine), "; ".join(f"line {q['line']}: {q['reason']}"
                                                                      for q in quarantine[:5]))
+    # header names in another case, with spaces or padding ("Invoice TS", " Unit Price"): the README's names
+    # (until 2026-12-06 the file was refused whole, "missing column(s)")
+    names = {c: column_name(c) for c in df.columns}
+    taken = set(df.columns)
+    renames = {c: n for c, n in names.items() if n != c and n in REQUIRED_FIELDS + OPTIONAL_FIELDS and n not in taken
+               and list(names.values()).count(n) == 1}
+    if renames:
+        log.warning("%s: column(s) %s read as %s", path, list(renames), list(renames.values()))
+        df = df.rename(columns=renames)
+    if sep != "," and "unit_price" in df.columns:   # a decimal comma ("2,55"; "1.234,50"), as a ";" export writes
+        df["unit_price"] = df["unit_price"].str.replace(r"^\s*(-?)(\d{1,3}(?:\.\d{3})+|\d+),(\d+)\s*$",
+                                                        lambda m: m[1] + m[2].replace(".", "") + "." + m[3], regex=True)
     missing = [c for c in REQUIRED_FIELDS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected the format of the UCI README")
@@ -425,8 +459,9 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
                                 usecols=["invoice_ts"])["invoice_ts"]
         except (pd.errors.ParserError, ValueError):
             pass
-    # refuses a file where no invoice_ts parses, naming the formats
-    df.attrs["invoice_ts_format"], parsed = _detect(whole, path)
+    # a file where no invoice_ts parses: format None, every product line quarantined by Replay (BAD_INVOICE_TS;
+    # until 2026-12-06 the whole file was refused)
+    df.attrs["invoice_ts_format"], parsed = _detect(whole, path, strict=False)
     if whole is df["invoice_ts"] or limit is None:   # the frame's own column: Replay takes it parsed
         df.attrs["invoice_ts_parsed"] = ParsedTs(df["invoice_ts"].to_numpy(), parsed)
     df.attrs["quarantine"] = sorted(bad_lines + quarantine, key=lambda q: q["line"])
@@ -440,6 +475,19 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     return df
 
 
+@contextlib.contextmanager
+def _csv_fields_up_to(n: int) -> Iterator[None]:
+    """The csv module's field size limit raised to at least ``n`` characters inside (its default, 131,072, made a
+    line with a longer field, a description of 1.2 MB, a csv.Error: until 2026-12-06 the replay stopped when such a
+    file had a line to dead-letter, and the line-by-line read quarantined such a good line as malformed)."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, n))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
 def _line_finder(text: str, sep: str, rows_lines: list[int] | None):
     """``f(row)`` -> physical line number (the header is line 1) of 0-based data row ``row`` of the frame read from
     ``text``: ``rows_lines`` when the line-by-line read recorded them, else one pass of the csv module over the
@@ -450,10 +498,11 @@ def _line_finder(text: str, sep: str, rows_lines: list[int] | None):
         if not cache:
             reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
             prev = 0
-            for fields in reader:
-                start, prev = prev + 1, reader.line_num
-                if fields and any(f.strip() for f in fields) or (fields and len(fields) > 1):
-                    cache.append(start)
+            with _csv_fields_up_to(len(text) + 1):
+                for fields in reader:
+                    start, prev = prev + 1, reader.line_num
+                    if fields and any(f.strip() for f in fields) or (fields and len(fields) > 1):
+                        cache.append(start)
             del cache[0]   # the header
         return cache[row]
 
@@ -461,10 +510,19 @@ def _line_finder(text: str, sep: str, rows_lines: list[int] | None):
 
 
 def _separator(text: str) -> str:
-    """The field separator of a transaction log: a tab when its header line holds tabs and no comma (a
-    spreadsheet's "Unicode Text" export, UTF-16 and tab-separated), else a comma."""
+    """The field separator of a transaction log: the one of comma, semicolon (a spreadsheet's CSV in a locale with
+    a decimal comma; until 2026-12-06 read as one column and refused), tab (its "Unicode Text" export) and ``|`` its
+    header line holds most of; a comma when it holds none."""
     head = text.split("\n", 1)[0]
-    return "\t" if "\t" in head and "," not in head else ","
+    counts = {c: head.count(c) for c in (",", ";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def column_name(name: str) -> str:
+    """A header name as the README writes it: stripped, lower case, runs of spaces / hyphens / dots as one ``_``
+    (``" Invoice TS"`` -> ``invoice_ts``, ``"Unit-Price"`` -> ``unit_price``)."""
+    return re.sub(r"[\s\-.]+", "_", str(name).strip().lower().lstrip("\ufeff")).strip("_")
 
 
 def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
@@ -480,6 +538,11 @@ def read_lenient(text: str, limit: int | None = None, sep: str = ",") -> tuple[p
     Raises:
         ValueError: the header itself does not parse.
     """
+    with _csv_fields_up_to(len(text) + 1):
+        return _read_lenient(text, limit, sep)
+
+
+def _read_lenient(text: str, limit: int | None, sep: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     lines = io.StringIO(text, newline="").readlines()
     header: list[str] | None = None
     rows: list[list[str]] = []
@@ -587,8 +650,10 @@ def invoice_ts_format(ts: pd.Series, source: str | Path | None = None) -> str:
     return _detect(ts, source)[0]
 
 
-def _detect(ts: pd.Series, source: str | Path | None = None) -> tuple[str, pd.Series]:
-    """:func:`invoice_ts_format` and the column parsed in that format (NaT where a value does not parse)."""
+def _detect(ts: pd.Series, source: str | Path | None = None, strict: bool = True) -> tuple[str | None, pd.Series]:
+    """:func:`invoice_ts_format` and the column parsed in that format (NaT where a value does not parse).
+    ``strict=False``: when values are present and none parses, (None, all NaT) with a warning instead of the
+    ValueError."""
     given = ts.fillna("").astype(str).str.strip().ne("")
     present = int(given.sum())
     counts: dict[str, int] = {}
@@ -608,8 +673,12 @@ def _detect(ts: pd.Series, source: str | Path | None = None) -> tuple[str, pd.Se
     best_n = max(counts.values())
     where = f"{source}: " if source else ""
     if best_n == 0:
-        raise ValueError(f"{where}no value of column invoice_ts parses as a date and time "
-                         f"(e.g. {ts[given].iloc[0]!r}); formats tried: {', '.join(TS_FORMATS)}")
+        msg = (f"{where}no value of column invoice_ts parses as a date and time "
+               f"(e.g. {ts[given].iloc[0]!r}); formats tried: {', '.join(TS_FORMATS)}")
+        if strict:
+            raise ValueError(msg)
+        log.warning("%s: every line with a date is quarantined", msg)
+        return None, pd.Series(pd.NaT, index=ts.index, dtype="datetime64[ns]")
     fmt = next(f for f in TS_FORMATS if counts.get(f) == best_n)
     ambiguous = "/" in fmt and count(fmt.replace("%m/%d", "%d/%m")) == count(fmt.replace("%d/%m", "%m/%d"))
     # one warning (before 2026-12-06 an ambiguous file logged two, the format twice)
@@ -765,6 +834,7 @@ def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[n
             (~inv.str.fullmatch(r"[CA]?[0-9]+").to_numpy(), "UNKNOWN_INVOICE"),
             (inv.str.startswith("A").to_numpy(), "A_INVOICE"),
             (dup, "DUPLICATE_LINE"),
+            (repeated_header(df), "REPEATED_HEADER"),
         ]
     for mask, reason in rules:
         kind[mask] = "skip"
@@ -801,6 +871,7 @@ BAD_VALUE_REASONS = {
     "PRICE_OUT_OF_RANGE": lambda r: f"unit_price {r['unit_price']!r} is not finite or above {PRICE_MAX:,.0f} "
                                     "(contracts.PRICE_MAX)",
     "UNKNOWN_INVOICE": lambda r: f"invoice {r['invoice']!r} is not digits with an optional C / A prefix",
+    "REPEATED_HEADER": lambda r: "the header line again (files joined?): not a transaction",
     # until 2026-12-06 only counted: the line was in neither a topic nor the dead letters
     "ZERO_QUANTITY": lambda r: f"quantity {r['quantity']!r} is zero: neither a sale, a return nor a stock movement",
 }
@@ -809,6 +880,18 @@ BAD_VALUE_REASONS = {
 REQUIRED_FIELDS = ("invoice", "line_no", "stock_code", "quantity", "unit_price", "invoice_ts", "country")
 #: the columns a file may lack altogether (:func:`load_transactions` reads them as empty)
 OPTIONAL_FIELDS = ("description", "customer_id")
+
+
+def repeated_header(df: pd.DataFrame) -> np.ndarray:
+    """Per row, True when each of its :data:`REQUIRED_FIELDS` holds that column's own name (:func:`column_name`): the
+    header line again, as joined exports hold (until 2026-12-06 dead-lettered as ``UNKNOWN_INVOICE`` and counted
+    ``UNPARSEABLE``)."""
+    out = np.ones(len(df), dtype=bool)
+    for c in REQUIRED_FIELDS:
+        if c not in df.columns:
+            return np.zeros(len(df), dtype=bool)
+        out &= df[c].fillna("").map(column_name).eq(c).to_numpy()
+    return out
 
 
 def missing_fields(df: pd.DataFrame) -> pd.Series:
@@ -887,12 +970,15 @@ class Replay:
         df, cfg = self.df, self.config
         missing = missing_fields(df)   # once: classify_rows takes it (before 2026-12-06 computed twice)
         self.kind, self.skip_key = classify_rows(df, missing)
-        fmt = df.attrs.get("invoice_ts_format")
+        self.ts_format = fmt = df.attrs.get("invoice_ts_format")
         cached = df.attrs.get("invoice_ts_parsed")   # load_transactions' parse of these very values, if they are
         ts = london_to_utc_ms(df["invoice_ts"], fmt, parsed=cached.get(df["invoice_ts"]) if cached else None)
         line_of = df.attrs.get("source_line")
 
+        quarantined = np.zeros(len(df), dtype=bool)
+
         def quarantine(i: int, code: str, reason: str) -> None:
+            quarantined[i] = True
             entry = {"row": int(i) + 1, "code": code, "reason": reason, "text": ",".join(map(str, df.iloc[i].tolist()))}
             if line_of is not None:
                 entry = {"line": line_of(int(i)), **entry}
@@ -929,7 +1015,8 @@ class Replay:
         raw_ts = df["invoice_ts"].to_numpy()
         for i in np.flatnonzero(malformed):
             quarantine(i, "BAD_INVOICE_TS", f"invoice_ts {raw_ts[i]!r} is not a date and time in the file's format "
-                                            f"{fmt or 'of its other lines'}")
+                                            f"{fmt}" if fmt else f"invoice_ts {raw_ts[i]!r}: no invoice_ts of the "
+                                            f"file parses in any of the formats {', '.join(TS_FORMATS)}")
         for i in np.flatnonzero(far):
             quarantine(i, "INVOICE_TS_OUTLIER",
                        f"invoice_ts {raw_ts[i]!r} is {abs(int(ts[i]) - med) / 86_400_000:,.0f} days from the median "
@@ -937,7 +1024,7 @@ class Replay:
                        "median absolute deviation, at least 90): a typo?")
         self.skip_key[malformed] = "BAD_INVOICE_TS"
         self.skip_key[far] = "INVOICE_TS_OUTLIER"
-        self.skip_key[(ts < 0) & complete & ~product] = "UNPARSEABLE"
+        self.skip_key[(ts < 0) & complete & ~product & ~quarantined] = "UNPARSEABLE"   # its own key kept when dead-lettered
         self.kind[malformed | far | (ts < 0)] = "skip"
         self.out_of_order = out_of_order_rows(ts[self.kind != "skip"])
         if self.out_of_order:  # replayed in time order (stable: file order within one instant), see events()
@@ -946,6 +1033,9 @@ class Replay:
                         "order (stable sort by invoice_ts)", self.out_of_order, int((self.kind != "skip").sum()))
             self.df = df = df.iloc[order].reset_index(drop=True)
             self.kind, self.skip_key, ts = self.kind[order], self.skip_key[order], ts[order]
+            quarantined = quarantined[order]
+        #: per row of :attr:`df` (replay order): True when it is in :attr:`quarantine` (dead-lettered, not replayed)
+        self.quarantined = quarantined
         # the shift and the sizing span come from the rows that are replayed: a skipped line (a POST line dated
         # 2100 or 1990 by a typo) would otherwise move every sale or spread the month's demand over decades
         valid_ts = ts[self.kind != "skip"]
@@ -1031,7 +1121,22 @@ class Replay:
 
     # --------------------------------------------------------------------------- events
     def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield ``(event_type, record)`` in event-time order; fills :attr:`stats`."""
+        """Yield ``(event_type, record)`` in event-time order; fills :attr:`stats`.
+
+        While it is iterated, :attr:`cursor` is the row of :attr:`df` (0-based, in replay order) the event just
+        yielded belongs to (a restock due before a row is that row's), :attr:`row_start` whether that event is the
+        first of its row and :attr:`emitted` counts the events yielded; :attr:`exhausted` turns True at the end. A
+        caller that stops at a row start has handed over every event of the rows before :attr:`cursor` and none
+        of the later ones (``producers.cli.run_replay`` saves those for a later replay)."""
+        self.cursor, self.row_start, self.emitted, self.exhausted = 0, False, 0, False
+        last = -1
+        for item in self._events():
+            self.row_start, self.cursor, last = self._row != last, self._row, self._row
+            self.emitted += 1
+            yield item
+        self.cursor, self.row_start, self.exhausted = len(self.df), True, True
+
+    def _events(self) -> Iterator[tuple[str, dict[str, Any]]]:
         st = self.stats = ReplayStats(rows=len(self.df), time_shift_ms=self.shift_ms,
                                       out_of_order_rows=self.out_of_order,
                                       quarantine_codes=Counter(q["code"] for q in self.quarantine))
@@ -1084,6 +1189,7 @@ class Replay:
                 heapq.heappush(restocks, (ts + lead_ms, seq, key[0], key[1]))
 
         for i in range(len(df)):
+            self._row = i
             kind = self.kind[i]
             st.rows_by_kind[kind] += 1
             if kind == "skip":
@@ -1182,7 +1288,8 @@ def cut_sample(src: str | Path, dst: str | Path, n_rows: int = 130_000, encoding
     ts_col = columns.index("invoice_ts")
 
     def ts_of(line: str) -> str:
-        return next(csv.reader(io.StringIO(line)))[ts_col]
+        with _csv_fields_up_to(len(line) + 1):
+            return next(csv.reader(io.StringIO(line)))[ts_col]
 
     if not body:
         raise ValueError(f"{src}: no data rows")

@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import math
+import platform
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
@@ -823,9 +824,14 @@ def test_invoice_times_as_a_spreadsheet_re_saves_them(tmp_path, fmt, caplog):
         days = [t.date() for t in parse_invoice_ts(ambiguous["invoice_ts"])]
     assert days == [datetime(2010, 1, 12).date(), datetime(2010, 1, 12).date(), datetime(2010, 2, 12).date()]
     assert "ambiguous" in caplog.text and "month-first" in caplog.text
-    bad = _write(tmp_path / "bad.csv", text(lambda t: t.strftime("%Y%m%d %H%M")))   # (day-first dotted: read)
-    with pytest.raises(ValueError, match=r"bad\.csv: no value of column invoice_ts parses.*%d/%m/%Y"):
-        load_transactions(bad)
+    # no date parses (day-first dotted is read): every line dead-lettered naming the formats tried; until
+    # 2026-12-06 the whole file was refused
+    bad = load_transactions(_write(tmp_path / "bad.csv", text(lambda t: t.strftime("%Y%m%d %H%M"))))
+    rep = Replay(bad, ReplayConfig(keep_dates=True))
+    assert list(rep.events()) == [] and len(bad) == len(stamps) > 0
+    assert [q["code"] for q in rep.quarantine] == ["BAD_INVOICE_TS"] * len(stamps)
+    assert all("%d/%m/%Y" in q["reason"] and q["reason"].startswith(f"invoice_ts {raw!r}")
+               for q, raw in zip(rep.quarantine, bad["invoice_ts"])), rep.quarantine
 
 
 def _write(path, text: str):
@@ -847,7 +853,8 @@ def test_the_log_in_other_containers_is_read_or_refused_naming_the_path(tmp_path
     """Compression told by the leading bytes (a gzip named ``.gzip`` was 'mixed encodings'), a macOS zip with its
     ``__MACOSX/`` entry (was 'Multiple files found in ZIP file'), zstd, UTF-16 with a byte-order mark (Excel's
     Unicode text; was read as Windows-1252 and lost every column) read as the plain CSV; an Excel workbook (was
-    'mixed encodings') and an empty file (was pandas' EmptyDataError) are refused naming the path."""
+    'mixed encodings') is refused naming the path; an empty file (0 bytes or blank lines, compressed or not) is 0 rows
+    (was pandas' EmptyDataError, then refused until 2026-12-06)."""
     import zipfile
 
     import zstandard
@@ -870,11 +877,15 @@ def test_the_log_in_other_containers_is_read_or_refused_naming_the_path(tmp_path
         z.writestr("xl/workbook.xml", "<workbook/>")
     with pytest.raises(ValueError, match=r"Online Retail\.xlsx: is an Excel workbook.*save the sheet as CSV"):
         load_transactions(xlsx)
+    # an empty file (0 bytes, blank lines, compressed or not) is 0 rows (until 2026-12-06 refused whole)
     (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "blank.csv").write_bytes(b" \r\n\n")
     (tmp_path / "blank.csv.gz").write_bytes(gzip.compress(b"\n\n"))
-    for name in ("empty.csv", "blank.csv.gz"):
-        with pytest.raises(ValueError, match=rf"{name}: the file is empty"):
-            load_transactions(tmp_path / name)
+    (tmp_path / "empty.csv.gz").write_bytes(gzip.compress(b""))
+    for name in ("empty.csv", "blank.csv", "blank.csv.gz", "empty.csv.gz"):
+        df = load_transactions(tmp_path / name)
+        rep = Replay(df)
+        assert len(df) == 0 and list(rep.events()) == [] and rep.quarantine == [], name
 
 
 def test_malformed_and_truncated_lines_are_quarantined_and_the_rest_replayed(tmp_path, monkeypatch):
@@ -1346,6 +1357,68 @@ def test_a_signal_given_to_another_thread_ends_a_fifo_read_at_once(tmp_path):
             done.set()
             for t in threads:
                 t.join(10)
+
+
+def _main_thread_syscall(tid: int) -> int | None:
+    """The system call number the thread ``tid`` of this process is blocked in (/proc/self/task/<tid>/syscall),
+    None while it runs."""
+    try:
+        first = open(f"/proc/self/task/{tid}/syscall").read().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(first) if first.lstrip("-").isdigit() else None
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="system call numbers of x86_64")
+def test_a_signal_given_to_another_thread_stops_a_fifo_open_with_no_writer(tmp_path):
+    """``read_source`` on a FIFO no writer ever opens, SIGTERM sent (once the main thread is blocked in the kernel)
+    while the main thread masks it, so the kernel gives it to another thread: the read ends with
+    :class:`StartupStopped` (the CLI's report and exit 143) without a writer. Before 2026-12-06 the FIFO was opened
+    with a plain open(), which waits in the kernel for a writer: the handler ran only once the test's rescue opened
+    and closed a writer (after 20 s; a real run waited for ever)."""
+    import errno
+    import os
+    import signal
+    import threading
+    import time
+
+    from producers.cli import StartupStopped, StopSignals
+    from producers.replay import read_source
+
+    fifo = tmp_path / "pos.csv"
+    os.mkfifo(fifo)
+    main = threading.get_native_id()
+    waits = {257, 232, 281, 7, 271, 23, 270}   # openat, epoll_wait, epoll_pwait, poll, ppoll, select, pselect6
+    stopped, seen, rescued = threading.Event(), {}, threading.Event()
+
+    def kill_once_blocked() -> None:   # an unmasked thread: the signal is delivered here
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _main_thread_syscall(main) not in waits:
+            time.sleep(0.01)
+        seen["syscall"] = _main_thread_syscall(main)
+        os.kill(os.getpid(), signal.SIGTERM)
+        if not stopped.wait(20):   # the old code: release its open() with a writer that comes and goes
+            rescued.set()
+            while not stopped.is_set():
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:
+                        raise
+                stopped.wait(0.05)
+
+    killer = threading.Thread(target=kill_once_blocked, daemon=True)
+    with StopSignals(interrupt=True) as sigs:
+        killer.start()   # before the main thread masks SIGTERM: a thread inherits its creator's mask
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            with pytest.raises(StartupStopped):
+                read_source(fifo, bytearray(), sigs.wakeup_fd)
+        finally:
+            stopped.set()
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            killer.join(10)
+    assert seen["syscall"] in waits and not rescued.is_set(), seen
 
 
 @pytest.mark.parametrize("header, last_country, cut", [
