@@ -904,17 +904,33 @@ def select_champion(metrics: pd.DataFrame, candidate: str = "gbt") -> dict:
     """Champion among the backtest's models: the best baseline (lowest pooled WAPE), replaced by
     ``candidate`` only when the candidate's pooled WAPE **and** RMSSE are both lower.
 
+    A baseline that forecast nothing at all on the backtest while the demand was positive (pooled ``bias`` =
+    -100 %: total forecast 0) is not eligible as best baseline while another is (:func:`null_forecasts`): its WAPE is
+    exactly 1 by construction, below that of any forecast of intermittent demand (the UCI log's are 1.1-1.7), so it
+    won without having forecast anything. Seen on the UCI year end (2010-12-15 .. 2011-01-15, 18 trading days):
+    the one origin, 2010-12-31, lies in the shop's closure 12-23 .. 01-04, the seasonal naive repeated the closed
+    week (0 units at every point, against 127,887 units sold) and became champion with WAPE 1.000 against
+    the trailing mean's 1.320.
+
+    Args:
+        metrics: :func:`metrics_table` rows (model, h, wape, rmsse; ``bias`` optional, missing = eligible).
+        candidate: the challenger's model name.
     Returns:
-        dict champion (model name), best_baseline, reason, and the pooled wape/rmsse per model.
+        dict champion (model name), best_baseline, reason, the pooled wape/rmsse per model and ``null_forecasts``
+        (the models that forecast nothing, see above).
+    Raises:
+        ValueError: the metrics hold no baseline with a pooled WAPE.
     """
     allm = metrics[metrics["h"] == 0].set_index("model")
     base = [b for b in BASELINES if b in allm.index and pd.notna(allm.loc[b, "wape"])]
     if not base:
         raise ValueError("metrics hold no baseline")
-    best = min(base, key=lambda b: (allm.loc[b, "wape"], allm.loc[b, "rmsse"]))
+    null = null_forecasts(metrics)
+    eligible = [b for b in base if b not in null] or base
+    best = min(eligible, key=lambda b: (allm.loc[b, "wape"], allm.loc[b, "rmsse"]))
     bw, br = float(allm.loc[best, "wape"]), float(allm.loc[best, "rmsse"])
     out = {"best_baseline": best, "wape": {m: float(allm.loc[m, "wape"]) for m in allm.index},
-           "rmsse": {m: float(allm.loc[m, "rmsse"]) for m in allm.index}}
+           "rmsse": {m: float(allm.loc[m, "rmsse"]) for m in allm.index}, "null_forecasts": null}
     if candidate in allm.index:
         cw, cr = float(allm.loc[candidate, "wape"]), float(allm.loc[candidate, "rmsse"])
         if cw < bw and cr < br:
@@ -923,6 +939,19 @@ def select_champion(metrics: pd.DataFrame, candidate: str = "gbt") -> dict:
         return {**out, "champion": best, "reason": f"{candidate} WAPE {cw:.4f} / RMSSE {cr:.4f} does not beat "
                                                    f"{best} {bw:.4f} / {br:.4f}"}
     return {**out, "champion": best, "reason": f"no {candidate}: best baseline {best}"}
+
+
+def null_forecasts(metrics: pd.DataFrame) -> list[str]:
+    """Models of a :func:`metrics_table` whose pooled (h = 0) backtest forecast totals 0 units while the actual
+    demand totals more (``bias`` = -1 within 1e-9, ``sum_y`` > 0 when given): they forecast nothing. Empty when the
+    table has no ``bias`` column."""
+    if "bias" not in metrics.columns:
+        return []
+    allm = metrics[metrics["h"] == 0]
+    zero = allm["bias"].notna() & (allm["bias"] <= -1.0 + 1e-9)
+    if "sum_y" in allm.columns:
+        zero &= allm["sum_y"] > 0
+    return sorted(allm.loc[zero, "model"].astype(str).unique().tolist())
 
 
 # --------------------------------------------------------------------------------------------

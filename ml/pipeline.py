@@ -464,7 +464,8 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
       FORECAST_HORIZON changed): its backtest is not comparable and it cannot serve the horizon, so the
       challenger is promoted;
     * the champion is a baseline: it is scored on this run's backtest too, so the challenger is promoted
-      when it beats that baseline there in WAPE and RMSSE (or is the same baseline: re-calibrated);
+      when it beats that baseline there in WAPE and RMSSE (or is the same baseline: re-calibrated), or when that
+      baseline forecast nothing there (``null_forecasts`` of the selection: its WAPE of 1 is no score);
     * the champion is an older GBT: the challenger is promoted when its WAPE and RMSSE are below the
       champion's recorded backtest figures (backtests of consecutive runs share all but their newest days).
 
@@ -487,6 +488,9 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
         return {**out, "promote": True, "reason": f"champion v{cv} forecasts {int(ch)} days, this run {int(horizon)}: "
                                                   f"{model} replaces it"}
     if cm != "gbt" and cm in sel["wape"]:
+        if cm in sel.get("null_forecasts", []) and cm != model:
+            return {**out, "promote": True, "reason": f"champion baseline {cm} forecast nothing on this backtest "
+                                                      f"(total 0 units): {model} replaces it"}
         if cm == model:
             return {**out, "promote": True, "reason": f"champion baseline {cm} is again the best: re-calibrated v{version}"}
         cw, cr = sel["wape"][cm], sel["rmsse"][cm]

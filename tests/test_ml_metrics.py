@@ -487,3 +487,54 @@ def test_lead_time_sigma_is_the_rms_of_lead_time_error_totals():
     lt = lead_time_sigma(level, "m").set_index(["h", "level_bucket"])["lead_sigma"]
     assert [lt[(h, 0)] for h in (1, 4, 7)] == pytest.approx([2.0, 8.0, 14.0])
     assert lt[(7, 2)] == pytest.approx(14.0)   # an empty bucket takes the pooled value
+
+
+def test_a_baseline_that_forecast_nothing_is_not_champion_on_the_uci_year_end(shared_data):
+    """The UCI year end, 2010-12-15 .. 2011-01-15 (18 trading days): the backtest's one origin, 2010-12-31, lies in
+    the shop's closure 12-23 .. 01-04, so the seasonal naive repeats the closed week, 0 for every point. Its WAPE is
+    then exactly 1, below every real forecast of this intermittent demand, and it became champion (until 2026-12-06;
+    WAPE 1.000 against the trailing mean's 1.320). The demand goes through the platform's ``demand_daily`` view
+    (``ops.uci_demand``: chDB in a child process); the expected best baseline is computed here by hand from the
+    backtest's points."""
+    from ml.forecast import backtest
+    from ops.uci_demand import daily_demand
+
+    src = shared_data / "uci_online_retail" / "transactions.csv.gz"
+    if not src.exists():
+        pytest.skip(f"{src} missing")
+    tx = pd.read_csv(src, dtype=str, keep_default_na=False)
+    tx = tx[(tx["invoice_ts"].str[:10] >= "2010-12-15") & (tx["invoice_ts"].str[:10] <= "2011-01-15")]
+    d = daily_demand(tx.reset_index(drop=True))
+    feats = build_daily_features(d[["date", "store_id", "product_id", "units", "price"]], default_country="GB")
+    res = backtest(None, feats, ForecastConfig(n_origins=2), with_gbt=False)
+    p = res.predictions
+    assert sorted(p["origin"].unique()) == [pd.Timestamp("2010-12-31")]
+    y = p["y"].sum()
+    totals = {m: p[m].sum() for m in ("seasonal_naive", "trailing_mean_28", "statsforecast")}
+    hand_wape = {m: (p["y"] - p[m]).abs().sum() / y for m in totals}
+    assert y > 100_000 and totals["seasonal_naive"] == 0   # the shape: nothing forecast, demand sold
+    assert hand_wape["seasonal_naive"] == pytest.approx(1.0)
+    assert min(hand_wape, key=hand_wape.get) == "seasonal_naive"   # it had the lowest WAPE
+    sel = select_champion(res.metrics)
+    real = {m: w for m, w in hand_wape.items() if totals[m] > 0}
+    assert sel["best_baseline"] == min(real, key=real.get) != "seasonal_naive"
+    assert sel["null_forecasts"] == ["seasonal_naive"]
+    assert sel["champion"] == sel["best_baseline"]   # no GBT in this backtest
+    assert sel["wape"][sel["champion"]] == pytest.approx(real[sel["best_baseline"]])
+
+
+def test_a_champion_baseline_that_forecast_nothing_is_replaced():
+    """A baseline champion scored on this run's backtest with a total forecast of 0 (a closure week repeated)
+    does not hold its place with its WAPE of 1; a baseline that forecast something keeps it as before."""
+    w = {"gbt": 1.25, "seasonal_naive": 1.0, "trailing_mean_28": 1.32, "statsforecast": 1.67}
+    r = {"gbt": 2.2, "seasonal_naive": 2.27, "trailing_mean_28": 2.29, "statsforecast": 2.35}
+    m = _metrics(w, r).assign(bias=lambda x: np.where(x["model"] == "seasonal_naive", -1.0, 0.1), sum_y=100.0)
+    sel = select_champion(m)
+    assert sel["best_baseline"] == "trailing_mean_28" and sel["champion"] == "gbt"   # 1.25 < 1.32, 2.2 < 2.29
+    champ = {"version": 1, "model": "seasonal_naive", "backtest_wape": 1.0, "backtest_rmsse": 2.27}
+    out = decide_promotion(m, 2, champ)
+    assert out["promote"] and out["model"] == "gbt" and "forecast nothing" in out["reason"]
+    # without the bias column nothing is excluded: the old rule, seasonal naive best with WAPE 1.0
+    assert select_champion(_metrics(w, r))["best_baseline"] == "seasonal_naive"
+    keep = decide_promotion(_metrics(w, r), 2, champ)
+    assert keep["model"] == "seasonal_naive" and keep["promote"]   # the same baseline again: re-calibrated
