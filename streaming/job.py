@@ -126,6 +126,10 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
     topic (retention, ``delete_records``) before the query reached them, which the Kafka source skips with a
     warning only (``failOnDataLoss=false``, so one expired record cannot stop the stream).
 
+    A partition whose endOffset is below its startOffset (its topic deleted and re-created while the query ran:
+    Spark reads nothing of it in that batch and the next one starts at endOffset) counts endOffset: the new topic's
+    records from 0 that were skipped.
+
     Per source: sum over its partitions of endOffset - startOffset, less ``numInputRows / scans``; 0 for a source
     without a start (a query's first batch) or with a partition its start lacks (added to the topic since). Exact
     for the producers' topics: non-transactional, not compacted, so every offset holds one record.
@@ -143,12 +147,39 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
         start, end = _offsets(get("startOffset")), _offsets(get("endOffset"))
         if not start or not end:
             continue
-        try:
-            covered = sum(int(o) - int(start[t][str(p)]) for t, parts in end.items() for p, o in parts.items())
+        try:   # an offset gone back (topic re-created while read): the new topic's records [0, end) were skipped
+            covered = sum(int(o) - int(start[t][str(p)]) if int(o) >= int(start[t][str(p)]) else int(o)
+                          for t, parts in end.items() for p, o in parts.items())
         except KeyError:   # a partition new since the last batch: its start is not known here
             continue
         total += max(0, covered - int(get("numInputRows") or 0) // max(1, scans))
     return total
+
+
+def offset_regressions(progress: dict | Any) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, start offset, end offset) of every partition whose end offset in a micro-batch progress
+    is below its start: the topic was deleted and re-created while the query ran (the new one starts at 0)."""
+    sources = progress.get("sources", []) if isinstance(progress, dict) else progress.sources
+    out = []
+    for src in sources or []:
+        get = src.get if isinstance(src, dict) else (lambda k, _s=src: getattr(_s, k))
+        start, end = _offsets(get("startOffset")), _offsets(get("endOffset"))
+        for t, parts in (end or {}).items():
+            for p, o in parts.items():
+                if str(p) in (start or {}).get(t, {}) and int(o) < int(start[t][str(p)]):
+                    out.append((t, int(p), int(start[t][str(p)]), int(o)))
+    return out
+
+
+def _topics_moved(progress: dict) -> bool:
+    """True when a progress' sources lost or gained partitions, or went back in offsets (a topic deleted or
+    re-created while the query ran)."""
+    for src in progress.get("sources", []) or []:
+        start, end = _offsets(src.get("startOffset")), _offsets(src.get("endOffset"))
+        if start and end and ({(t, p) for t, ps in start.items() for p in ps}
+                              != {(t, p) for t, ps in end.items() for p in ps}):
+            return True
+    return bool(offset_regressions(progress))
 
 
 def dropped_duplicates(progress: dict | Any) -> int:
@@ -338,11 +369,58 @@ class StreamingJob:
         #: own records each batch's duplicates and the Kafka records it skipped (``stream_batches`` + log line)
         self.progress_callbacks: list = [self._record_progress]
         self._poller: ProgressPoller | None = None
+        #: {query: {topic: details}} of the topics found re-created at the last start (:meth:`rewind_recreated_topics`)
+        self.recreated_topics: dict[str, dict[str, Any]] = {}
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
+            for t, p, start, end in offset_regressions(progress):
+                log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d: the topic "
+                          "was deleted and re-created while the stream ran; its %d new record(s) below %d were "
+                          "skipped (counted in stream_batches.records_expired)", name, progress["batchId"], t, p,
+                          start, end, end, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
                                        expired=skipped_records(progress, SOURCE_SCANS[name]))
+            if _topics_moved(progress):   # the checkpoint's offsets now refer to the topics as they are
+                self._remember_topics(name)
+
+    def _query_topics(self) -> dict[str, list[str]]:
+        """{query: the Kafka topics its sources read}."""
+        s = self.s
+        topics = [s.topic(EVENT_TYPES[et]) for et in INPUT_EVENT_TYPES]
+        return {"raw": [*topics, s.topic(DEAD_LETTER)],
+                "windows": [s.topic(EVENT_TYPES["sales_transaction"]), s.topic(EVENT_TYPES["inventory_update"])]}
+
+    def _remember_topics(self, name: str) -> None:
+        from streaming.checkpoint import remember_topic_ids, topic_ids
+
+        root = self.s.spark_checkpoint_dir
+        if "://" not in root:
+            remember_topic_ids(Path(root, name), topic_ids(self.s, self._query_topics()[name]))
+
+    def rewind_recreated_topics(self) -> dict[str, dict[str, Any]]:
+        """Before the queries start: for each query, the topics deleted and re-created since its checkpoint
+        (Kafka topic id changed) are read again from offset 0 (:func:`streaming.checkpoint.rewind_recreated_topics`),
+        each logged as an error naming topic, old and new id and the offsets given up. Returns {query: {topic:
+        details}}; {} for a checkpoint that is not a local folder (not checked)."""
+        from streaming.checkpoint import rewind_recreated_topics, topic_ids
+
+        root = self.s.spark_checkpoint_dir
+        if "://" in root:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        queries = self._query_topics()
+        ids = topic_ids(self.s, sorted({t for ts in queries.values() for t in ts}))
+        for name, topics in queries.items():
+            got = rewind_recreated_topics(Path(checkpoint_path(self.s, name)),
+                                          {t: i for t, i in ids.items() if t in topics})
+            for t, d in got.items():
+                log.error("query %s: topic %s was deleted and re-created since its checkpoint (topic id %s, now %s); "
+                          "the checkpoint's offsets %s belong to the old topic, so the new one is read from offset 0 "
+                          "(checkpoint offsets entry %d)", name, t, d["old_id"], d["new_id"], d["offsets"], d["batch"])
+            if got:
+                out[name] = got
+        return out
 
     def _source(self, topics: list[str]):
         s = self.s
@@ -369,6 +447,7 @@ class StreamingJob:
 
         for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)
             self.spark.conf.set(key, value)
+        self.recreated_topics = self.rewind_recreated_topics()
         # raw: one Kafka source per topic, so each record is fetched and decoded once (a single multi-topic source
         # filtered per branch was scanned once per branch: 9 times per micro-batch); no event-time watermark here,
         # so topics advancing at different speeds change nothing

@@ -503,3 +503,79 @@ def test_partitions_added_to_a_topic_between_micro_batches_are_read_from_their_s
     ids = lake_ids(s, "sales_transaction", "transaction_id")
     assert sorted(ids) == sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 60))
     assert windows_total(client, db) == 100
+
+
+# ------------------------------------------------------------------------------- re-created topic --
+def _recreate_topic(s, topic: str) -> None:
+    """Delete ``topic`` and create it again (the platform's layout): same name, new topic id, offsets from 0."""
+    from kafka.admin import KafkaAdminClient
+
+    from core.kafka_admin import ensure_topics
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+    try:
+        old = admin.describe_topics([topic])[0]["topic_id"]
+        admin.delete_topics([topic])
+        wait_for(lambda: topic not in admin.list_topics(), 60, f"{topic} deleted")
+        wait_for(lambda: (ensure_topics(s), topic in admin.list_topics())[1], 60, f"{topic} created again")
+        assert admin.describe_topics([topic])[0]["topic_id"] != old
+    finally:
+        admin.close()
+
+
+def test_a_topic_recreated_while_the_stream_was_down_is_read_from_its_start(native_stack, spark):
+    """The sales topic deleted and re-created (same name, offsets from 0) while the job was down, then 100 sales
+    sent to it: the checkpoint's offsets (40 records over 3 partitions) belong to the old topic. Before, Spark's
+    Kafka source (failOnDataLoss=false) went on from them: 60 of the 100 reached the lake and the windows, the 40
+    below the old offsets were skipped without a count (records_expired 0). Now the job compares Kafka's topic
+    ids with those its checkpoint recorded and reads the new topic from offset 0: all 140 sales in lake and
+    windows, once each, and the topic is reported re-created (not counted as expired)."""
+    from contracts import EVENT_TYPES
+    from core.clickhouse import get_client
+    from streaming.job import StreamingJob, run_stream
+
+    s = namespace(native_stack, f"rec{uuid.uuid4().hex[:6]}")
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    produce(s, batch("A", 40))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+    _recreate_topic(s, topic)
+    produce(s, batch("B", 100))
+
+    job = StreamingJob(s, spark=spark)
+    try:
+        job.start(available_now=True)
+        job.await_available_now(600)
+        stats = job.stats()
+    finally:
+        job.stop()
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    expected = sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 100))
+    assert sorted(ids) == expected          # was 100 rows: the 40 A and 60 of the 100 B
+    assert windows_total(client, db) == 140
+    assert set(job.recreated_topics) == {"raw", "windows"}
+    assert set(job.recreated_topics["raw"]) == set(job.recreated_topics["windows"]) == {topic}
+    assert sum(job.recreated_topics["raw"][topic]["offsets"].values()) == 40
+    assert stats["raw"]["records_expired"] == 0 and stats["windows"]["records_expired"] == 0
+    # a second start finds nothing re-created: nothing is read twice
+    produce(s, batch("C", 10))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert len(ids) == len(set(ids)) == 150 and windows_total(client, db) == 150
+
+
+def test_offsets_going_back_while_the_stream_runs_are_counted_as_skipped():
+    """A topic re-created while a query reads it: Spark's progress shows the partition's end offset below its
+    start (the batch reads nothing of it, the next starts at the end offset), so the new topic's records [0, end)
+    were skipped. Before, they counted 0 (a negative range summed with the others); now ``end`` each."""
+    from streaming.job import offset_regressions, skipped_records
+
+    start = {"sales": {"0": 40, "1": 35, "2": 25}}
+    end = {"sales": {"0": 7, "1": 40, "2": 25}}        # p0 went back from 40 to 7; p1 read 5 records
+    prog = {"sources": [{"startOffset": start, "endOffset": end, "numInputRows": 5}]}
+    assert offset_regressions(prog) == [("sales", 0, 40, 7)]
+    assert skipped_records(prog) == 7
+    assert offset_regressions({"sources": [{"startOffset": start, "endOffset": start, "numInputRows": 0}]}) == []
