@@ -46,6 +46,23 @@ def topic_ids(settings, topics: list[str]) -> dict[str, str]:
         admin.close()
 
 
+def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:
+    """{topic: its partition numbers, sorted} of those of ``topics`` that exist on the broker.
+
+    Raises:
+        kafka.errors.KafkaError: the broker cannot be reached or fails the request.
+    """
+    from core.kafka_admin import admin_client
+
+    admin = admin_client(settings)
+    try:
+        present = [t for t in topics if t in set(admin.list_topics())]
+        return ({t["name"]: sorted(p["partition_index"] for p in t["partitions"])
+                 for t in admin.describe_topics(present)} if present else {})
+    finally:
+        admin.close()
+
+
 def _batches(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
@@ -124,3 +141,60 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
             out[t]["batch"] = target
     remember_topic_ids(checkpoint, ids)
     return out
+
+
+def _readable(path: Path) -> bool:
+    """True when ``path`` is a complete entry of Spark's metadata logs: ``v1``, then one JSON document per line."""
+    try:
+        lines = path.read_text().split("\n")
+        if len(lines) < 2 or lines[0] != "v1":
+            return False
+        for x in lines[1:]:
+            if x:
+                json.loads(x)
+        return True
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
+    """Move a truncated or corrupt latest ``offsets`` / ``commits`` entry of a query's checkpoint out of Spark's
+    way, so the query re-runs that micro-batch instead of failing at every start.
+
+    Spark writes these entries atomically, so a broken one comes from a damaged disk or a hand edit; Spark then
+    fails the query at start with a bare JSON parser message (``Unexpected end-of-input in field name``) that names
+    neither file nor cure, and a supervised job restarts into the same failure. Here the latest offsets entry N is
+    checked, and the latest commit: a broken offsets entry N is renamed ``N.corrupt-<epoch s>`` (not a batch file
+    to Spark) together with commit N, so batch N is planned again from entry N-1 (the sinks are idempotent: its lake
+    files and ClickHouse rows are rewritten); a broken commit N alone is renamed, so batch N is re-run. Each is
+    logged as an error naming the file. Entries before the latest are not read by Spark at start and are left.
+
+    Returns:
+        the paths renamed (empty when the checkpoint is sound or has no entries).
+    """
+    import time as _time
+
+    moved: list[str] = []
+    stamp = int(_time.time())
+
+    def aside(kind: str, n: int) -> None:
+        f = checkpoint / kind / str(n)
+        if f.exists():
+            dest = f.with_name(f"{n}.corrupt-{stamp}")
+            os.replace(f, dest)
+            f.with_name(f".{n}.crc").unlink(missing_ok=True)
+            moved.append(str(dest))
+
+    offsets = _batches(checkpoint / "offsets")
+    if offsets and not _readable(checkpoint / "offsets" / str(offsets[-1])):
+        log.error("streaming checkpoint: offsets entry %s is truncated or corrupt; set aside as %s.corrupt-%d with "
+                  "its commit, the micro-batch is planned again from the previous entry",
+                  checkpoint / "offsets" / str(offsets[-1]), offsets[-1], stamp)
+        aside("offsets", offsets[-1])
+        aside("commits", offsets[-1])
+    commits = _batches(checkpoint / "commits")
+    if commits and not _readable(checkpoint / "commits" / str(commits[-1])):
+        log.error("streaming checkpoint: commit entry %s is truncated or corrupt; set aside as %s.corrupt-%d, the "
+                  "micro-batch is run again", checkpoint / "commits" / str(commits[-1]), commits[-1], stamp)
+        aside("commits", commits[-1])
+    return moved

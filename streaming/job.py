@@ -380,7 +380,8 @@ class StreamingJob:
                           "skipped (counted in stream_batches.records_expired)", name, progress["batchId"], t, p,
                           start, end, end, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
-                                       expired=skipped_records(progress, SOURCE_SCANS[name]))
+                                       expired=skipped_records(progress, SOURCE_SCANS[name]),
+                                       end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True))
             if _topics_moved(progress):   # the checkpoint's offsets now refer to the topics as they are
                 self._remember_topics(name)
 
@@ -399,15 +400,21 @@ class StreamingJob:
             remember_topic_ids(Path(root, name), topic_ids(self.s, self._query_topics()[name]))
 
     def rewind_recreated_topics(self) -> dict[str, dict[str, Any]]:
-        """Before the queries start: for each query, the topics deleted and re-created since its checkpoint
+        """Before the queries start: a truncated or corrupt latest offsets / commit entry of each query's
+        checkpoint is set aside (:func:`streaming.checkpoint.set_aside_corrupt_entries`: the batch runs again);
+        then, for each query, the topics deleted and re-created since its checkpoint
         (Kafka topic id changed) are read again from offset 0 (:func:`streaming.checkpoint.rewind_recreated_topics`),
         each logged as an error naming topic, old and new id and the offsets given up. Returns {query: {topic:
         details}}; {} for a checkpoint that is not a local folder (not checked)."""
         from streaming.checkpoint import rewind_recreated_topics, topic_ids
 
+        from streaming.checkpoint import set_aside_corrupt_entries
+
         root = self.s.spark_checkpoint_dir
         if "://" in root:
             return {}
+        for name in QUERY_NAMES:   # a truncated latest entry would fail the query at every start
+            set_aside_corrupt_entries(Path(checkpoint_path(self.s, name)))
         out: dict[str, dict[str, Any]] = {}
         queries = self._query_topics()
         ids = topic_ids(self.s, sorted({t for ts in queries.values() for t in ts}))
@@ -422,12 +429,42 @@ class StreamingJob:
                 out[name] = got
         return out
 
-    def _source(self, topics: list[str]):
+    def lost_checkpoint_offsets(self, query: str) -> dict[str, dict[str, int]] | None:
+        """The end offsets ({topic: {partition: next offset}}) of ``query``'s last recorded micro-batch
+        (``stream_batches.end_offsets``, the latest by commit time) when its checkpoint holds no offsets entry
+        while ``stream_batches`` has batches of it: the checkpoint was deleted or lost. None otherwise (a first
+        start, or a checkpoint that is not a local folder). Logged as an error naming the checkpoint."""
+        root = self.s.spark_checkpoint_dir
+        offsets = Path(root, query, "offsets")
+        if "://" in root or (offsets.is_dir() and any(f.name.isdigit() for f in offsets.iterdir())):
+            return None
+        got = self.sinks.retrying(
+            f"{query} end offsets of the last recorded micro-batch", self.sinks._query,
+            "SELECT argMax(end_offsets, committed_at) AS o, argMax(batch_id, committed_at) AS b, max(committed_at) AS t "
+            "FROM {db}.stream_batches FINAL WHERE query = {q:String} AND end_offsets != ''", {"q": query})
+        if got.empty or not got["o"].iloc[0]:
+            return None
+        log.error("query %s: its checkpoint %s holds no offsets, but stream_batches records its micro-batches up to "
+                  "batch %s (%s): the checkpoint was lost or deleted; resuming at that batch's end offsets instead of "
+                  "STREAM_STARTING_OFFSETS=%s (no record read twice, none skipped)", query, Path(root, query),
+                  got["b"].iloc[0], got["t"].iloc[0], self.s.stream_starting_offsets)
+        return json.loads(got["o"].iloc[0])
+
+    def _source(self, topics: list[str], resume: dict[str, dict[str, int]] | None = None):
+        """A Kafka source of ``topics``; ``resume`` ({topic: {partition: offset}}): start there (partitions it
+        lacks from their earliest offset) instead of STREAM_STARTING_OFFSETS (a new checkpoint only)."""
         s = self.s
+        starting = s.stream_starting_offsets
+        if resume:
+            from streaming.checkpoint import topic_partitions
+
+            parts = topic_partitions(s, topics)
+            starting = json.dumps({t: {str(p): int(resume.get(t, {}).get(str(p), -2)) for p in parts[t]}
+                                   for t in topics if t in parts})
         return (self.spark.readStream.format("kafka")
                 .option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
                 .option("subscribe", ",".join(topics))
-                .option("startingOffsets", s.stream_starting_offsets)
+                .option("startingOffsets", starting)
                 .option("maxOffsetsPerTrigger", str(s.stream_max_offsets_per_trigger))
                 .option("failOnDataLoss", "false")
                 .load())
@@ -451,7 +488,8 @@ class StreamingJob:
         # raw: one Kafka source per topic, so each record is fetched and decoded once (a single multi-topic source
         # filtered per branch was scanned once per branch: 9 times per micro-batch); no event-time watermark here,
         # so topics advancing at different speeds change nothing
-        raw = self.sinks.raw_frame({t: TR.kafka_frame(self._source([t]))
+        resume = self.lost_checkpoint_offsets("raw")
+        raw = self.sinks.raw_frame({t: TR.kafka_frame(self._source([t], resume))
                                     for t in [*topics.values(), s.topic(DEAD_LETTER)]})
         self.queries["raw"] = (raw.writeStream.queryName("raw").foreachBatch(self.sinks.raw_batch)
                                .option("checkpointLocation", checkpoint_path(s, "raw")).trigger(**trig).start())

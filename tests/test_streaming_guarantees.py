@@ -579,3 +579,68 @@ def test_offsets_going_back_while_the_stream_runs_are_counted_as_skipped():
     assert offset_regressions(prog) == [("sales", 0, 40, 7)]
     assert skipped_records(prog) == 7
     assert offset_regressions({"sources": [{"startOffset": start, "endOffset": start, "numInputRows": 0}]}) == []
+
+
+# ------------------------------------------------------------------------------- lost checkpoint --
+def test_a_lost_checkpoint_resumes_where_the_last_batch_ended(native_stack, spark):
+    """The checkpoint folder deleted after two runs (40 + 20 sales, 15 records per micro-batch: raw batches 0-4),
+    then 10 more sales and a run with one micro-batch. Before, the raw query started over from the earliest offsets
+    with batch ids from 0: its batch 0 (all 70 sales) overwrote the old run's batch-0 file of that day and the old
+    batch 1-4 files stayed: 116 lake rows for 70 sales (46 doubled; a record expired by then would have been lost
+    with the overwritten file). Now it resumes at the end offsets of its last recorded batch
+    (``stream_batches.end_offsets``) and its files carry the new checkpoint's query id: 70 rows, once each. The
+    windows query re-reads the retained records (idempotent upserts): 70 sales in the windows."""
+    import shutil
+
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"lost{uuid.uuid4().hex[:6]}", stream_max_offsets_per_trigger=15)
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    produce(s, batch("A", 40))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    produce(s, batch("B", 20))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    shutil.rmtree(Path(s.spark_checkpoint_dir))
+    produce(s, batch("C", 10))
+    run_stream(s.model_copy(update={"stream_max_offsets_per_trigger": 1_000_000}), available_now=True, timeout=600,
+               spark=spark)
+
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    expected = sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 20) + batch("C", 10))
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} sales doubled in the lake"   # was 46 of 116
+    assert sorted(ids) == expected
+    assert windows_total(client, db) == 70
+
+
+def test_a_truncated_checkpoint_entry_is_set_aside_and_its_batch_run_again(native_stack, spark):
+    """The raw query's latest offsets entry and the windows query's latest commit cut to 10 bytes (a damaged
+    disk). Before, Spark failed the raw query at every start with ``Unexpected end-of-input in field name`` (no
+    file named, a supervised job restarting into it). Now both are set aside (renamed ``<n>.corrupt-<time>``) and
+    their micro-batches run again: the 40 sales of the first run and 5 new ones are in lake and windows once."""
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"trunc{uuid.uuid4().hex[:6]}", stream_max_offsets_per_trigger=15)
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    produce(s, batch("A", 40))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    cut = []
+    for query, kind in (("raw", "offsets"), ("windows", "commits")):
+        folder = Path(s.spark_checkpoint_dir, query, kind)
+        f = folder / str(max(int(p.name) for p in folder.iterdir() if p.name.isdigit()))
+        f.write_text(f.read_text()[:10])
+        cut.append(f)
+    produce(s, batch("B", 5))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert sorted(ids) == sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 5))
+    assert windows_total(client, db) == 45
+    assert all(any(p.name.startswith(f"{f.name}.corrupt-") for p in f.parent.iterdir()) for f in cut)
