@@ -182,6 +182,13 @@ def _topics_moved(progress: dict) -> bool:
     return bool(offset_regressions(progress))
 
 
+def late_rows_dropped(progress: dict) -> int:
+    """Rows a micro-batch's stateful operators dropped as late (event time at or behind the watermark): the sum of
+    ``numRowsDroppedByWatermark`` over the progress' state operators (a row dropped by one never reaches the next);
+    ``progress`` is a progress dict."""
+    return sum(int(op.get("numRowsDroppedByWatermark", 0) or 0) for op in progress.get("stateOperators", []) or [])
+
+
 def dropped_duplicates(progress: dict | Any) -> int:
     """Event ids dropped as duplicates by one micro-batch: the sum of ``numDroppedDuplicateRows`` over the
     progress' state operators (``dropDuplicatesWithinWatermark``); ``progress`` is a progress dict or
@@ -381,7 +388,8 @@ class StreamingJob:
                           start, end, end, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
                                        expired=skipped_records(progress, SOURCE_SCANS[name]),
-                                       end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True))
+                                       end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
+                                       late=late_rows_dropped(progress))
             if _topics_moved(progress):   # the checkpoint's offsets now refer to the topics as they are
                 self._remember_topics(name)
 

@@ -187,7 +187,7 @@ class StreamSinks:
         rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
                "output_rows": int(output_rows), "started_at": started, "committed_at": time.time(),
                "alerts_closed_until": alerts_closed_until, "event_time_max": event_time_max,
-               "duplicates_dropped": 0, "records_expired": 0, "end_offsets": ""}
+               "duplicates_dropped": 0, "records_expired": 0, "end_offsets": "", "late_rows_dropped": 0}
         self._insert_df("stream_batches", self._batch_row(rec))
         rec["phases_s"] = {k: round(v, 3) for k, v in (phases or {}).items()}
         with self._log_lock:
@@ -206,11 +206,12 @@ class StreamSinks:
             "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC"),
             "duplicates_dropped": int(rec.get("duplicates_dropped") or 0),
             "records_expired": int(rec.get("records_expired") or 0),
+            "late_rows_dropped": int(rec.get("late_rows_dropped") or 0),
             "alerts_closed_until": ts(rec.get("alerts_closed_until")),
             "event_time_max": ts(rec.get("event_time_max")), "end_offsets": rec.get("end_offsets") or ""}])
 
     def record_progress(self, query: str, batch_id: int, duplicates: int, expired: int = 0,
-                        end_offsets: str | None = None) -> None:
+                        end_offsets: str | None = None, late: int = 0) -> None:
         """Record what the query progress of a committed micro-batch tells: the event ids dropped as duplicates
         (``numDroppedDuplicateRows``) and the Kafka records its offset range covered but the source never read
         (``expired``: deleted by retention first, :func:`streaming.job.skipped_records`). Logged (a warning; an
@@ -218,13 +219,15 @@ class StreamSinks:
         ``stream_batches`` (the batch's row is re-inserted with the counts; same version, so the later row wins).
         ``end_offsets``: the batch's end offsets as JSON ({topic: {partition: next offset}}, all sources), kept in
         ``stream_batches.end_offsets`` so a query whose checkpoint is lost resumes there
-        (:meth:`streaming.job.StreamingJob.lost_checkpoint_offsets`)."""
+        (:meth:`streaming.job.StreamingJob.lost_checkpoint_offsets`). ``late``: events the windows query dropped
+        as late (``numRowsDroppedByWatermark``), logged as a warning and kept in ``stream_batches.late_rows_dropped``."""
         with self._log_lock:
             rec = next((r for r in reversed(self.batch_log)
                         if r["query"] == query and r["batch_id"] == int(batch_id)), None)
             if rec is not None:
                 rec["duplicates_dropped"], rec["records_expired"] = int(duplicates), int(expired)
                 rec["end_offsets"] = end_offsets or ""
+                rec["late_rows_dropped"] = int(late)
         if duplicates:
             log.warning("query %s micro-batch %d: %d duplicate event id(s) dropped (seen again within "
                         "STREAM_WATERMARK=%s)", query, batch_id, duplicates, self.s.stream_watermark)
@@ -232,7 +235,12 @@ class StreamSinks:
             log.error("query %s micro-batch %d: %d Kafka record(s) expired before they were read (topic retention "
                       "shorter than the stream's lag): lost, counted in stream_batches.records_expired",
                       query, batch_id, expired)
-        if rec is not None and (duplicates or expired or end_offsets):
+        if late:
+            log.warning("query %s micro-batch %d: %d event(s) at or behind the watermark (largest event time seen - "
+                        "STREAM_WATERMARK=%s) dropped from the windows, kept in the lake; many of them point to a "
+                        "producer clock running ahead (stream_batches.event_time_max later than now)",
+                        query, batch_id, late, self.s.stream_watermark)
+        if rec is not None and (duplicates or expired or end_offsets or late):
             self.retrying(f"{query} micro-batch {batch_id} progress counts",
                           self._insert_df, "stream_batches", self._batch_row(rec))
 

@@ -644,3 +644,38 @@ def test_a_truncated_checkpoint_entry_is_set_aside_and_its_batch_run_again(nativ
     assert sorted(ids) == sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 5))
     assert windows_total(client, db) == 45
     assert all(any(p.name.startswith(f"{f.name}.corrupt-") for p in f.parent.iterdir()) for f in cut)
+
+
+def test_late_drops_of_a_producer_clock_running_ahead_are_counted_per_batch(native_stack, spark):
+    """One store's producer clock runs 10 minutes ahead: its events and their Kafka timestamps (CreateTime) alike,
+    so the validation (event time <= Kafka timestamp + STREAM_MAX_FUTURE_MINUTES) accepts them, and the watermark
+    reaches real time. 100 sales of another store sent next, one minute late (inside the 10-minute watermark), are
+    all dropped from the windows (kept in the lake). Not prevented (the broker's clock would be needed); before, the
+    drop left no trace outside the in-process stats; now each micro-batch's count is in
+    ``stream_batches.late_rows_dropped`` (and a warning)."""
+    from kafka import KafkaProducer
+
+    from contracts import EVENT_TYPES
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"fast{uuid.uuid4().hex[:6]}")
+    client, db = get_client(s), s.clickhouse_database
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+    p = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+    now = _now_ms()
+    try:
+        for i in range(20):   # the fast clock: event time = Kafka timestamp = now + 10 minutes
+            p.send(topic, key=b"S9|P9", value=json.dumps(sale(f"F{i:03d}", now + 600_000 + i, "S9", "P9")).encode(),
+                   timestamp_ms=now + 600_000 + i).get(timeout=30)
+    finally:
+        p.close()
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    produce(s, [("sales_transaction", sale(f"N{i:03d}", now - 60_000 + i, "S1", "P1")) for i in range(100)])
+    stats = run_stream(s, available_now=True, timeout=600, spark=spark)
+
+    assert int(client.command(f"SELECT count() FROM {db}.quarantine_events FINAL")) == 0
+    assert windows_total(client, db) == 20 and stats["windows"]["rows_dropped_by_watermark"] == 100
+    assert len(lake_ids(s, "sales_transaction", "transaction_id")) == 120
+    late = client.command(f"SELECT toInt64(sum(late_rows_dropped)) FROM {db}.stream_batches FINAL WHERE query = 'windows'")
+    assert int(late) == 100
