@@ -679,3 +679,39 @@ def test_late_drops_of_a_producer_clock_running_ahead_are_counted_per_batch(nati
     assert len(lake_ids(s, "sales_transaction", "transaction_id")) == 120
     late = client.command(f"SELECT toInt64(sum(late_rows_dropped)) FROM {db}.stream_batches FINAL WHERE query = 'windows'")
     assert int(late) == 100
+
+
+# ------------------------------------------------------------------------------ dropped tables --
+def test_a_window_table_dropped_and_the_lake_emptied_while_running_recover_at_restart(native_stack, spark):
+    """An operator drops ``sales_metrics_5m`` and empties the lake's raw bucket while the job runs. The windows
+    query stops at its next micro-batch with ClickHouse's error naming the table (not retried as an outage, no
+    silent loop); the raw query writes on into the emptied bucket. A restart (the supervisor's) applies the
+    migrations, which create the table again, and the windows query re-emits its windows from its state: the 60
+    sales sent count again, and the 30 sent after the emptying are in the lake."""
+    from core.clickhouse import new_client
+    from core.lake import Lake
+    from streaming.job import StreamingJob, run_stream
+
+    s = namespace(native_stack, f"drop{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
+    client, db = new_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    job = StreamingJob(s, spark=spark)
+    job.start(trigger_seconds=1.0)
+    try:
+        produce(s, batch("A", 30))
+        wait_for(lambda: windows_total(client, db) == 30 and len(lake_ids(s, "sales_transaction", "transaction_id")) == 30,
+                 180, "the first 30 sales in ClickHouse and the lake")
+        client.command(f"DROP TABLE {db}.sales_metrics_5m")
+        Lake(s).fs.delete_dir_contents(s.lake_raw_bucket)
+        produce(s, batch("B", 30))
+        wait_for(lambda: not job.queries["windows"].isActive, 180, "the windows query to stop")
+        assert "sales_metrics_5m" in str(job.queries["windows"].exception())
+        wait_for(lambda: len(lake_ids(s, "sales_transaction", "transaction_id")) == 30, 180, "B in the emptied lake")
+        assert job.queries["raw"].isActive
+    finally:
+        job.stop()
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    assert windows_total(client, db) == 60
+    assert sorted(lake_ids(s, "sales_transaction", "transaction_id")) == sorted(r["transaction_id"] for _, r in batch("B", 30))
