@@ -126,6 +126,10 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
     topic (retention, ``delete_records``) before the query reached them, which the Kafka source skips with a
     warning only (``failOnDataLoss=false``, so one expired record cannot stop the stream).
 
+    A partition whose endOffset is below its startOffset (its topic deleted and re-created while the query ran:
+    Spark reads nothing of it in that batch and the next one starts at endOffset) counts endOffset: the new topic's
+    records from 0 that were skipped.
+
     Per source: sum over its partitions of endOffset - startOffset, less ``numInputRows / scans``; 0 for a source
     without a start (a query's first batch) or with a partition its start lacks (added to the topic since). Exact
     for the producers' topics: non-transactional, not compacted, so every offset holds one record.
@@ -143,12 +147,46 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
         start, end = _offsets(get("startOffset")), _offsets(get("endOffset"))
         if not start or not end:
             continue
-        try:
-            covered = sum(int(o) - int(start[t][str(p)]) for t, parts in end.items() for p, o in parts.items())
+        try:   # an offset gone back (topic re-created while read): the new topic's records [0, end) were skipped
+            covered = sum(int(o) - int(start[t][str(p)]) if int(o) >= int(start[t][str(p)]) else int(o)
+                          for t, parts in end.items() for p, o in parts.items())
         except KeyError:   # a partition new since the last batch: its start is not known here
             continue
         total += max(0, covered - int(get("numInputRows") or 0) // max(1, scans))
     return total
+
+
+def offset_regressions(progress: dict | Any) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, start offset, end offset) of every partition whose end offset in a micro-batch progress
+    is below its start: the topic was deleted and re-created while the query ran (the new one starts at 0)."""
+    sources = progress.get("sources", []) if isinstance(progress, dict) else progress.sources
+    out = []
+    for src in sources or []:
+        get = src.get if isinstance(src, dict) else (lambda k, _s=src: getattr(_s, k))
+        start, end = _offsets(get("startOffset")), _offsets(get("endOffset"))
+        for t, parts in (end or {}).items():
+            for p, o in parts.items():
+                if str(p) in (start or {}).get(t, {}) and int(o) < int(start[t][str(p)]):
+                    out.append((t, int(p), int(start[t][str(p)]), int(o)))
+    return out
+
+
+def _topics_moved(progress: dict) -> bool:
+    """True when a progress' sources lost or gained partitions, or went back in offsets (a topic deleted or
+    re-created while the query ran)."""
+    for src in progress.get("sources", []) or []:
+        start, end = _offsets(src.get("startOffset")), _offsets(src.get("endOffset"))
+        if start and end and ({(t, p) for t, ps in start.items() for p in ps}
+                              != {(t, p) for t, ps in end.items() for p in ps}):
+            return True
+    return bool(offset_regressions(progress))
+
+
+def late_rows_dropped(progress: dict) -> int:
+    """Rows a micro-batch's stateful operators dropped as late (event time at or behind the watermark): the sum of
+    ``numRowsDroppedByWatermark`` over the progress' state operators (a row dropped by one never reaches the next);
+    ``progress`` is a progress dict."""
+    return sum(int(op.get("numRowsDroppedByWatermark", 0) or 0) for op in progress.get("stateOperators", []) or [])
 
 
 def dropped_duplicates(progress: dict | Any) -> int:
@@ -338,18 +376,103 @@ class StreamingJob:
         #: own records each batch's duplicates and the Kafka records it skipped (``stream_batches`` + log line)
         self.progress_callbacks: list = [self._record_progress]
         self._poller: ProgressPoller | None = None
+        #: {query: {topic: details}} of the topics found re-created at the last start (:meth:`rewind_recreated_topics`)
+        self.recreated_topics: dict[str, dict[str, Any]] = {}
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
+            for t, p, start, end in offset_regressions(progress):
+                log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d: the topic "
+                          "was deleted and re-created while the stream ran; its %d new record(s) below %d were "
+                          "skipped (counted in stream_batches.records_expired)", name, progress["batchId"], t, p,
+                          start, end, end, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
-                                       expired=skipped_records(progress, SOURCE_SCANS[name]))
+                                       expired=skipped_records(progress, SOURCE_SCANS[name]),
+                                       end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
+                                       late=late_rows_dropped(progress))
+            if _topics_moved(progress):   # the checkpoint's offsets now refer to the topics as they are
+                self._remember_topics(name)
 
-    def _source(self, topics: list[str]):
+    def _query_topics(self) -> dict[str, list[str]]:
+        """{query: the Kafka topics its sources read}."""
         s = self.s
+        topics = [s.topic(EVENT_TYPES[et]) for et in INPUT_EVENT_TYPES]
+        return {"raw": [*topics, s.topic(DEAD_LETTER)],
+                "windows": [s.topic(EVENT_TYPES["sales_transaction"]), s.topic(EVENT_TYPES["inventory_update"])]}
+
+    def _remember_topics(self, name: str) -> None:
+        from streaming.checkpoint import remember_topic_ids, topic_ids
+
+        root = self.s.spark_checkpoint_dir
+        if "://" not in root:
+            remember_topic_ids(Path(root, name), topic_ids(self.s, self._query_topics()[name]))
+
+    def rewind_recreated_topics(self) -> dict[str, dict[str, Any]]:
+        """Before the queries start: a truncated or corrupt latest offsets / commit entry of each query's
+        checkpoint is set aside (:func:`streaming.checkpoint.set_aside_corrupt_entries`: the batch runs again);
+        then, for each query, the topics deleted and re-created since its checkpoint
+        (Kafka topic id changed) are read again from offset 0 (:func:`streaming.checkpoint.rewind_recreated_topics`),
+        each logged as an error naming topic, old and new id and the offsets given up. Returns {query: {topic:
+        details}}; {} for a checkpoint that is not a local folder (not checked)."""
+        from streaming.checkpoint import rewind_recreated_topics, topic_ids
+
+        from streaming.checkpoint import set_aside_corrupt_entries
+
+        root = self.s.spark_checkpoint_dir
+        if "://" in root:
+            return {}
+        for name in QUERY_NAMES:   # a truncated latest entry would fail the query at every start
+            set_aside_corrupt_entries(Path(checkpoint_path(self.s, name)))
+        out: dict[str, dict[str, Any]] = {}
+        queries = self._query_topics()
+        ids = topic_ids(self.s, sorted({t for ts in queries.values() for t in ts}))
+        for name, topics in queries.items():
+            got = rewind_recreated_topics(Path(checkpoint_path(self.s, name)),
+                                          {t: i for t, i in ids.items() if t in topics})
+            for t, d in got.items():
+                log.error("query %s: topic %s was deleted and re-created since its checkpoint (topic id %s, now %s); "
+                          "the checkpoint's offsets %s belong to the old topic, so the new one is read from offset 0 "
+                          "(checkpoint offsets entry %d)", name, t, d["old_id"], d["new_id"], d["offsets"], d["batch"])
+            if got:
+                out[name] = got
+        return out
+
+    def lost_checkpoint_offsets(self, query: str) -> dict[str, dict[str, int]] | None:
+        """The end offsets ({topic: {partition: next offset}}) of ``query``'s last recorded micro-batch
+        (``stream_batches.end_offsets``, the latest by commit time) when its checkpoint holds no offsets entry
+        while ``stream_batches`` has batches of it: the checkpoint was deleted or lost. None otherwise (a first
+        start, or a checkpoint that is not a local folder). Logged as an error naming the checkpoint."""
+        root = self.s.spark_checkpoint_dir
+        offsets = Path(root, query, "offsets")
+        if "://" in root or (offsets.is_dir() and any(f.name.isdigit() for f in offsets.iterdir())):
+            return None
+        got = self.sinks.retrying(
+            f"{query} end offsets of the last recorded micro-batch", self.sinks._query,
+            "SELECT argMax(end_offsets, committed_at) AS o, argMax(batch_id, committed_at) AS b, max(committed_at) AS t "
+            "FROM {db}.stream_batches FINAL WHERE query = {q:String} AND end_offsets != ''", {"q": query})
+        if got.empty or not got["o"].iloc[0]:
+            return None
+        log.error("query %s: its checkpoint %s holds no offsets, but stream_batches records its micro-batches up to "
+                  "batch %s (%s): the checkpoint was lost or deleted; resuming at that batch's end offsets instead of "
+                  "STREAM_STARTING_OFFSETS=%s (no record read twice, none skipped)", query, Path(root, query),
+                  got["b"].iloc[0], got["t"].iloc[0], self.s.stream_starting_offsets)
+        return json.loads(got["o"].iloc[0])
+
+    def _source(self, topics: list[str], resume: dict[str, dict[str, int]] | None = None):
+        """A Kafka source of ``topics``; ``resume`` ({topic: {partition: offset}}): start there (partitions it
+        lacks from their earliest offset) instead of STREAM_STARTING_OFFSETS (a new checkpoint only)."""
+        s = self.s
+        starting = s.stream_starting_offsets
+        if resume:
+            from streaming.checkpoint import topic_partitions
+
+            parts = topic_partitions(s, topics)
+            starting = json.dumps({t: {str(p): int(resume.get(t, {}).get(str(p), -2)) for p in parts[t]}
+                                   for t in topics if t in parts})
         return (self.spark.readStream.format("kafka")
                 .option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
                 .option("subscribe", ",".join(topics))
-                .option("startingOffsets", s.stream_starting_offsets)
+                .option("startingOffsets", starting)
                 .option("maxOffsetsPerTrigger", str(s.stream_max_offsets_per_trigger))
                 .option("failOnDataLoss", "false")
                 .load())
@@ -369,10 +492,12 @@ class StreamingJob:
 
         for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)
             self.spark.conf.set(key, value)
+        self.recreated_topics = self.rewind_recreated_topics()
         # raw: one Kafka source per topic, so each record is fetched and decoded once (a single multi-topic source
         # filtered per branch was scanned once per branch: 9 times per micro-batch); no event-time watermark here,
         # so topics advancing at different speeds change nothing
-        raw = self.sinks.raw_frame({t: TR.kafka_frame(self._source([t]))
+        resume = self.lost_checkpoint_offsets("raw")
+        raw = self.sinks.raw_frame({t: TR.kafka_frame(self._source([t], resume))
                                     for t in [*topics.values(), s.topic(DEAD_LETTER)]})
         self.queries["raw"] = (raw.writeStream.queryName("raw").foreachBatch(self.sinks.raw_batch)
                                .option("checkpointLocation", checkpoint_path(s, "raw")).trigger(**trig).start())

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -168,6 +169,7 @@ class StreamSinks:
         self._reorder_points: dict[str, int] | None = None
         self.topics = {settings.topic(EVENT_TYPES[et]): et for et in INPUT_EVENT_TYPES}
         self.dead_letter_topic = settings.topic(DEAD_LETTER)
+        self._run_tags: dict[str, str] = {}
 
     # ----------------------------------------------------------------------------------- helpers --
     def _insert_df(self, table: str, df: pd.DataFrame) -> None:
@@ -185,7 +187,7 @@ class StreamSinks:
         rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
                "output_rows": int(output_rows), "started_at": started, "committed_at": time.time(),
                "alerts_closed_until": alerts_closed_until, "event_time_max": event_time_max,
-               "duplicates_dropped": 0, "records_expired": 0}
+               "duplicates_dropped": 0, "records_expired": 0, "end_offsets": "", "late_rows_dropped": 0}
         self._insert_df("stream_batches", self._batch_row(rec))
         rec["phases_s"] = {k: round(v, 3) for k, v in (phases or {}).items()}
         with self._log_lock:
@@ -204,20 +206,28 @@ class StreamSinks:
             "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC"),
             "duplicates_dropped": int(rec.get("duplicates_dropped") or 0),
             "records_expired": int(rec.get("records_expired") or 0),
+            "late_rows_dropped": int(rec.get("late_rows_dropped") or 0),
             "alerts_closed_until": ts(rec.get("alerts_closed_until")),
-            "event_time_max": ts(rec.get("event_time_max"))}])
+            "event_time_max": ts(rec.get("event_time_max")), "end_offsets": rec.get("end_offsets") or ""}])
 
-    def record_progress(self, query: str, batch_id: int, duplicates: int, expired: int = 0) -> None:
+    def record_progress(self, query: str, batch_id: int, duplicates: int, expired: int = 0,
+                        end_offsets: str | None = None, late: int = 0) -> None:
         """Record what the query progress of a committed micro-batch tells: the event ids dropped as duplicates
         (``numDroppedDuplicateRows``) and the Kafka records its offset range covered but the source never read
         (``expired``: deleted by retention first, :func:`streaming.job.skipped_records`). Logged (a warning; an
         error for expired records, which are lost to the platform), kept in :attr:`batch_log` and written to
-        ``stream_batches`` (the batch's row is re-inserted with the counts; same version, so the later row wins)."""
+        ``stream_batches`` (the batch's row is re-inserted with the counts; same version, so the later row wins).
+        ``end_offsets``: the batch's end offsets as JSON ({topic: {partition: next offset}}, all sources), kept in
+        ``stream_batches.end_offsets`` so a query whose checkpoint is lost resumes there
+        (:meth:`streaming.job.StreamingJob.lost_checkpoint_offsets`). ``late``: events the windows query dropped
+        as late (``numRowsDroppedByWatermark``), logged as a warning and kept in ``stream_batches.late_rows_dropped``."""
         with self._log_lock:
             rec = next((r for r in reversed(self.batch_log)
                         if r["query"] == query and r["batch_id"] == int(batch_id)), None)
             if rec is not None:
                 rec["duplicates_dropped"], rec["records_expired"] = int(duplicates), int(expired)
+                rec["end_offsets"] = end_offsets or ""
+                rec["late_rows_dropped"] = int(late)
         if duplicates:
             log.warning("query %s micro-batch %d: %d duplicate event id(s) dropped (seen again within "
                         "STREAM_WATERMARK=%s)", query, batch_id, duplicates, self.s.stream_watermark)
@@ -225,7 +235,12 @@ class StreamSinks:
             log.error("query %s micro-batch %d: %d Kafka record(s) expired before they were read (topic retention "
                       "shorter than the stream's lag): lost, counted in stream_batches.records_expired",
                       query, batch_id, expired)
-        if rec is not None and (duplicates or expired):
+        if late:
+            log.warning("query %s micro-batch %d: %d event(s) at or behind the watermark (largest event time seen - "
+                        "STREAM_WATERMARK=%s) dropped from the windows, kept in the lake; many of them point to a "
+                        "producer clock running ahead (stream_batches.event_time_max later than now)",
+                        query, batch_id, late, self.s.stream_watermark)
+        if rec is not None and (duplicates or expired or end_offsets or late):
             self.retrying(f"{query} micro-batch {batch_id} progress counts",
                           self._insert_df, "stream_batches", self._batch_row(rec))
 
@@ -264,6 +279,25 @@ class StreamSinks:
                 if attempt.retry_state.attempt_number > 1:
                     self._reset_client()  # raises (and is retried) while ClickHouse is still unreachable
                 return fn(*args, **kwargs)
+
+    def run_tag(self, query: str) -> str:
+        """``-<first 8 hex digits of the query id>`` for the lake file names of ``query``'s micro-batches: Spark's
+        id of the query, kept in its checkpoint (``<SPARK_CHECKPOINT_DIR>/<query>/metadata``, written before the
+        first batch), so a re-run batch rewrites its own files while a query on a new checkpoint (the old one
+        lost), whose batch ids start at 0 again, cannot overwrite the old run's files of the same ids. ``""`` when
+        the checkpoint has no metadata file here (a checkpoint that is not a local folder; sinks driven
+        directly): the plain ``batch-<id>`` names."""
+        tag = self._run_tags.get(query)
+        if tag is None:
+            root = self.s.spark_checkpoint_dir or ""
+            meta = Path(root, query, "metadata")
+            try:
+                tag = f"-{json.loads(meta.read_text())['id'].replace('-', '')[:8]}" if "://" not in root else ""
+            except (OSError, ValueError, KeyError):
+                tag = ""
+            if tag:
+                self._run_tags[query] = tag
+        return tag
 
     def producer(self):
         """Lazily created producer for restock alerts (:func:`core.kafka.make_producer`)."""
@@ -420,7 +454,7 @@ class StreamSinks:
             part = out.filter(pc.equal(day, d)).sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
             y, m, dd = d.split("-")
             self.lake.write_table(part, self.s.lake_raw_bucket, event_type, f"year={y}", f"month={m}", f"day={dd}",
-                                  f"batch-{batch_id}.parquet")
+                                  f"batch-{batch_id}{self.run_tag('raw')}.parquet")
 
     # ----------------------------------------------------------------------------- windows query --
     def windows_batch(self, df: DataFrame, batch_id: int) -> None:
@@ -953,7 +987,7 @@ class StreamSinks:
         new = [a for a in alerts if a["alert_id"] not in known]
         d = _utc(int(min(a["window_end"] for a in alerts)))
         where = (self.s.lake_raw_bucket, "restock_alert", f"year={d:%Y}", f"month={d:%m}", f"day={d:%d}",
-                 f"alerts-batch-{batch_id}.parquet")
+                 f"alerts-batch-{batch_id}{self.run_tag('windows')}.parquet")
         if new:
             self._send_and_record_alerts(new, batch_id, now_ms)
         elif self.lake.exists(*where):

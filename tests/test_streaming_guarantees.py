@@ -503,3 +503,215 @@ def test_partitions_added_to_a_topic_between_micro_batches_are_read_from_their_s
     ids = lake_ids(s, "sales_transaction", "transaction_id")
     assert sorted(ids) == sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 60))
     assert windows_total(client, db) == 100
+
+
+# ------------------------------------------------------------------------------- re-created topic --
+def _recreate_topic(s, topic: str) -> None:
+    """Delete ``topic`` and create it again (the platform's layout): same name, new topic id, offsets from 0."""
+    from kafka.admin import KafkaAdminClient
+
+    from core.kafka_admin import ensure_topics
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
+    try:
+        old = admin.describe_topics([topic])[0]["topic_id"]
+        admin.delete_topics([topic])
+        wait_for(lambda: topic not in admin.list_topics(), 60, f"{topic} deleted")
+        wait_for(lambda: (ensure_topics(s), topic in admin.list_topics())[1], 60, f"{topic} created again")
+        assert admin.describe_topics([topic])[0]["topic_id"] != old
+    finally:
+        admin.close()
+
+
+def test_a_topic_recreated_while_the_stream_was_down_is_read_from_its_start(native_stack, spark):
+    """The sales topic deleted and re-created (same name, offsets from 0) while the job was down, then 100 sales
+    sent to it: the checkpoint's offsets (40 records over 3 partitions) belong to the old topic. Before, Spark's
+    Kafka source (failOnDataLoss=false) went on from them: 60 of the 100 reached the lake and the windows, the 40
+    below the old offsets were skipped without a count (records_expired 0). Now the job compares Kafka's topic
+    ids with those its checkpoint recorded and reads the new topic from offset 0: all 140 sales in lake and
+    windows, once each, and the topic is reported re-created (not counted as expired)."""
+    from contracts import EVENT_TYPES
+    from core.clickhouse import get_client
+    from streaming.job import StreamingJob, run_stream
+
+    s = namespace(native_stack, f"rec{uuid.uuid4().hex[:6]}")
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    produce(s, batch("A", 40))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+    _recreate_topic(s, topic)
+    produce(s, batch("B", 100))
+
+    job = StreamingJob(s, spark=spark)
+    try:
+        job.start(available_now=True)
+        job.await_available_now(600)
+        stats = job.stats()
+    finally:
+        job.stop()
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    expected = sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 100))
+    assert sorted(ids) == expected          # was 100 rows: the 40 A and 60 of the 100 B
+    assert windows_total(client, db) == 140
+    assert set(job.recreated_topics) == {"raw", "windows"}
+    assert set(job.recreated_topics["raw"]) == set(job.recreated_topics["windows"]) == {topic}
+    assert sum(job.recreated_topics["raw"][topic]["offsets"].values()) == 40
+    assert stats["raw"]["records_expired"] == 0 and stats["windows"]["records_expired"] == 0
+    # a second start finds nothing re-created: nothing is read twice
+    produce(s, batch("C", 10))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert len(ids) == len(set(ids)) == 150 and windows_total(client, db) == 150
+
+
+def test_offsets_going_back_while_the_stream_runs_are_counted_as_skipped():
+    """A topic re-created while a query reads it: Spark's progress shows the partition's end offset below its
+    start (the batch reads nothing of it, the next starts at the end offset), so the new topic's records [0, end)
+    were skipped. Before, they counted 0 (a negative range summed with the others); now ``end`` each."""
+    from streaming.job import offset_regressions, skipped_records
+
+    start = {"sales": {"0": 40, "1": 35, "2": 25}}
+    end = {"sales": {"0": 7, "1": 40, "2": 25}}        # p0 went back from 40 to 7; p1 read 5 records
+    prog = {"sources": [{"startOffset": start, "endOffset": end, "numInputRows": 5}]}
+    assert offset_regressions(prog) == [("sales", 0, 40, 7)]
+    assert skipped_records(prog) == 7
+    assert offset_regressions({"sources": [{"startOffset": start, "endOffset": start, "numInputRows": 0}]}) == []
+
+
+# ------------------------------------------------------------------------------- lost checkpoint --
+def test_a_lost_checkpoint_resumes_where_the_last_batch_ended(native_stack, spark):
+    """The checkpoint folder deleted after two runs (40 + 20 sales, 15 records per micro-batch: raw batches 0-4),
+    then 10 more sales and a run with one micro-batch. Before, the raw query started over from the earliest offsets
+    with batch ids from 0: its batch 0 (all 70 sales) overwrote the old run's batch-0 file of that day and the old
+    batch 1-4 files stayed: 116 lake rows for 70 sales (46 doubled; a record expired by then would have been lost
+    with the overwritten file). Now it resumes at the end offsets of its last recorded batch
+    (``stream_batches.end_offsets``) and its files carry the new checkpoint's query id: 70 rows, once each. The
+    windows query re-reads the retained records (idempotent upserts): 70 sales in the windows."""
+    import shutil
+
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"lost{uuid.uuid4().hex[:6]}", stream_max_offsets_per_trigger=15)
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    produce(s, batch("A", 40))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    produce(s, batch("B", 20))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    shutil.rmtree(Path(s.spark_checkpoint_dir))
+    produce(s, batch("C", 10))
+    run_stream(s.model_copy(update={"stream_max_offsets_per_trigger": 1_000_000}), available_now=True, timeout=600,
+               spark=spark)
+
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    expected = sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 20) + batch("C", 10))
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} sales doubled in the lake"   # was 46 of 116
+    assert sorted(ids) == expected
+    assert windows_total(client, db) == 70
+
+
+def test_a_truncated_checkpoint_entry_is_set_aside_and_its_batch_run_again(native_stack, spark):
+    """The raw query's latest offsets entry and the windows query's latest commit cut to 10 bytes (a damaged
+    disk). Before, Spark failed the raw query at every start with ``Unexpected end-of-input in field name`` (no
+    file named, a supervised job restarting into it). Now both are set aside (renamed ``<n>.corrupt-<time>``) and
+    their micro-batches run again: the 40 sales of the first run and 5 new ones are in lake and windows once."""
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"trunc{uuid.uuid4().hex[:6]}", stream_max_offsets_per_trigger=15)
+    client, db = get_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    produce(s, batch("A", 40))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    cut = []
+    for query, kind in (("raw", "offsets"), ("windows", "commits")):
+        folder = Path(s.spark_checkpoint_dir, query, kind)
+        f = folder / str(max(int(p.name) for p in folder.iterdir() if p.name.isdigit()))
+        f.write_text(f.read_text()[:10])
+        cut.append(f)
+    produce(s, batch("B", 5))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert sorted(ids) == sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", 5))
+    assert windows_total(client, db) == 45
+    assert all(any(p.name.startswith(f"{f.name}.corrupt-") for p in f.parent.iterdir()) for f in cut)
+
+
+def test_late_drops_of_a_producer_clock_running_ahead_are_counted_per_batch(native_stack, spark):
+    """One store's producer clock runs 10 minutes ahead: its events and their Kafka timestamps (CreateTime) alike,
+    so the validation (event time <= Kafka timestamp + STREAM_MAX_FUTURE_MINUTES) accepts them, and the watermark
+    reaches real time. 100 sales of another store sent next, one minute late (inside the 10-minute watermark), are
+    all dropped from the windows (kept in the lake). Not prevented (the broker's clock would be needed); before, the
+    drop left no trace outside the in-process stats; now each micro-batch's count is in
+    ``stream_batches.late_rows_dropped`` (and a warning)."""
+    from kafka import KafkaProducer
+
+    from contracts import EVENT_TYPES
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"fast{uuid.uuid4().hex[:6]}")
+    client, db = get_client(s), s.clickhouse_database
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+    p = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+    now = _now_ms()
+    try:
+        for i in range(20):   # the fast clock: event time = Kafka timestamp = now + 10 minutes
+            p.send(topic, key=b"S9|P9", value=json.dumps(sale(f"F{i:03d}", now + 600_000 + i, "S9", "P9")).encode(),
+                   timestamp_ms=now + 600_000 + i).get(timeout=30)
+    finally:
+        p.close()
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    produce(s, [("sales_transaction", sale(f"N{i:03d}", now - 60_000 + i, "S1", "P1")) for i in range(100)])
+    stats = run_stream(s, available_now=True, timeout=600, spark=spark)
+
+    assert int(client.command(f"SELECT count() FROM {db}.quarantine_events FINAL")) == 0
+    assert windows_total(client, db) == 20 and stats["windows"]["rows_dropped_by_watermark"] == 100
+    assert len(lake_ids(s, "sales_transaction", "transaction_id")) == 120
+    late = client.command(f"SELECT toInt64(sum(late_rows_dropped)) FROM {db}.stream_batches FINAL WHERE query = 'windows'")
+    assert int(late) == 100
+
+
+# ------------------------------------------------------------------------------ dropped tables --
+def test_a_window_table_dropped_and_the_lake_emptied_while_running_recover_at_restart(native_stack, spark):
+    """An operator drops ``sales_metrics_5m`` and empties the lake's raw bucket while the job runs. The windows
+    query stops at its next micro-batch with ClickHouse's error naming the table (not retried as an outage, no
+    silent loop); the raw query writes on into the emptied bucket. A restart (the supervisor's) applies the
+    migrations, which create the table again, and the windows query re-emits its windows from its state: the 60
+    sales sent count again, and the 30 sent after the emptying are in the lake."""
+    from core.clickhouse import new_client
+    from core.lake import Lake
+    from streaming.job import StreamingJob, run_stream
+
+    s = namespace(native_stack, f"drop{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
+    client, db = new_client(s), s.clickhouse_database
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
+                            for i in range(n)]
+    job = StreamingJob(s, spark=spark)
+    job.start(trigger_seconds=1.0)
+    try:
+        produce(s, batch("A", 30))
+        wait_for(lambda: windows_total(client, db) == 30 and len(lake_ids(s, "sales_transaction", "transaction_id")) == 30,
+                 180, "the first 30 sales in ClickHouse and the lake")
+        client.command(f"DROP TABLE {db}.sales_metrics_5m")
+        Lake(s).fs.delete_dir_contents(s.lake_raw_bucket)
+        produce(s, batch("B", 30))
+        wait_for(lambda: not job.queries["windows"].isActive, 180, "the windows query to stop")
+        assert "sales_metrics_5m" in str(job.queries["windows"].exception())
+        wait_for(lambda: len(lake_ids(s, "sales_transaction", "transaction_id")) == 30, 180, "B in the emptied lake")
+        assert job.queries["raw"].isActive
+    finally:
+        job.stop()
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    assert windows_total(client, db) == 60
+    assert sorted(lake_ids(s, "sales_transaction", "transaction_id")) == sorted(r["transaction_id"] for _, r in batch("B", 30))

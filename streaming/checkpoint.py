@@ -1,0 +1,200 @@
+"""Kafka topics deleted and re-created under a streaming query's checkpoint.
+
+A query's checkpoint (``<SPARK_CHECKPOINT_DIR>/<query>/offsets/<batch>``) holds, per Kafka source, the next offset
+of every partition. A topic deleted and re-created (an operator's mistake, a restore) starts again at offset 0
+under the same name, and Spark's Kafka source cannot tell: with ``failOnDataLoss=false`` it goes on from the
+checkpoint's offsets, so the new topic's records below them are skipped without a count (measured: 40 sales read
+before, topic re-created while the job was down, 100 sent to it: 60 reached the lake and the windows,
+``records_expired`` 0).
+
+Kafka gives every topic a UUID (topic id, KIP-516) that changes when it is re-created. The job keeps the ids its
+checkpoint's offsets refer to in ``<checkpoint>/topic-ids.json`` (:func:`remember_topic_ids`) and, before a query
+starts, compares them with the broker's (:func:`rewind_recreated_topics`): for a re-created topic it writes the
+checkpoint's next offsets entry with that topic's partitions at 0, so the restarted query reads the new topic from
+its start (Spark reports the offsets going back as possible data loss: a warning, nothing read in that batch; the
+next batch starts at 0). Other topics keep their offsets. Only a local checkpoint folder is handled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: file in a query's checkpoint folder: {topic: topic id} its offsets refer to
+IDS_FILE = "topic-ids.json"
+
+
+def topic_ids(settings, topics: list[str]) -> dict[str, str]:
+    """{topic: Kafka topic id (UUID text)} of those of ``topics`` that exist on the broker
+    (``KAFKA_BOOTSTRAP_SERVERS``; Metadata/DescribeTopics through :func:`core.kafka_admin.admin_client`).
+
+    Raises:
+        kafka.errors.KafkaError: the broker cannot be reached or fails the request.
+    """
+    from core.kafka_admin import admin_client
+
+    admin = admin_client(settings)
+    try:
+        present = [t for t in topics if t in set(admin.list_topics())]
+        return {t["name"]: str(t["topic_id"]) for t in admin.describe_topics(present)} if present else {}
+    finally:
+        admin.close()
+
+
+def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:
+    """{topic: its partition numbers, sorted} of those of ``topics`` that exist on the broker.
+
+    Raises:
+        kafka.errors.KafkaError: the broker cannot be reached or fails the request.
+    """
+    from core.kafka_admin import admin_client
+
+    admin = admin_client(settings)
+    try:
+        present = [t for t in topics if t in set(admin.list_topics())]
+        return ({t["name"]: sorted(p["partition_index"] for p in t["partitions"])
+                 for t in admin.describe_topics(present)} if present else {})
+    finally:
+        admin.close()
+
+
+def _batches(folder: Path) -> list[int]:
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def read_offsets(checkpoint: Path, batch: int) -> tuple[list[str], list[dict | None]]:
+    """The offsets entry ``batch`` of a checkpoint: (header lines: version and batch metadata, [source offsets
+    {topic: {partition: offset}} or None per source, in the query's source order]).
+
+    Raises:
+        ValueError: the file is not Spark's ``v1`` offsets format (e.g. truncated), naming it.
+    """
+    path = checkpoint / "offsets" / str(batch)
+    lines = path.read_text().split("\n")
+    if len(lines) < 3 or lines[0] != "v1":
+        raise ValueError(f"streaming checkpoint offsets file {path} is not Spark's v1 format (truncated?)")
+    try:
+        return lines[:2], [None if x in ("", "null") else json.loads(x) for x in lines[2:]]
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"streaming checkpoint offsets file {path} holds invalid JSON: {exc}") from exc
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.rewind.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    crc = path.with_name(f".{path.name}.crc")   # Hadoop's local checksum of the old content
+    crc.unlink(missing_ok=True)
+
+
+def remember_topic_ids(checkpoint: Path, ids: dict[str, str]) -> None:
+    """Merge ``ids`` ({topic: id}) into ``<checkpoint>/topic-ids.json`` (a topic absent now keeps its last id)."""
+    path = checkpoint / IDS_FILE
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if {**old, **ids} != old:
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps({**old, **ids}, sort_keys=True))
+
+
+def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Make a query read the topics re-created since its checkpoint from their start.
+
+    A topic is re-created when its id in ``ids`` (the broker's now, :func:`topic_ids`) differs from the one in
+    ``<checkpoint>/topic-ids.json``. For those, the latest offsets entry's partitions of the topic are set to 0:
+    in a new entry ``latest + 1`` when the latest batch is committed (Spark runs it as a batch with nothing to read
+    from that topic, the next one starts at 0), in the latest entry itself when that batch is not committed (it is
+    re-run with the same ranges for the other topics). Then ``ids`` are remembered (:func:`remember_topic_ids`).
+
+    Args:
+        checkpoint: a query's local checkpoint folder (``<SPARK_CHECKPOINT_DIR>/<query>``).
+        ids: {topic: topic id} of the query's topics that exist now.
+    Returns:
+        {topic: {"old_id", "new_id", "offsets": {partition: checkpoint offset given up}, "batch": entry written}}
+        per re-created topic ({} when none, or when the checkpoint has no offsets yet).
+    Raises:
+        ValueError: the latest offsets file is not Spark's format (:func:`read_offsets`).
+    """
+    path = checkpoint / IDS_FILE
+    known = json.loads(path.read_text()) if path.exists() else {}
+    recreated = {t: (known[t], i) for t, i in ids.items() if t in known and known[t] != i}
+    batches = _batches(checkpoint / "offsets")
+    out: dict[str, dict[str, Any]] = {}
+    if recreated and batches:
+        latest = batches[-1]
+        header, sources = read_offsets(checkpoint, latest)
+        for src in sources:
+            for t in recreated:
+                if src and t in src:
+                    out.setdefault(t, {"old_id": recreated[t][0], "new_id": recreated[t][1], "offsets": {}})
+                    out[t]["offsets"].update(src[t])
+                    src[t] = {p: 0 for p in src[t]}
+        committed = latest in _batches(checkpoint / "commits")
+        target = latest + 1 if committed else latest
+        text = "\n".join(header + ["" if s is None else json.dumps(s, separators=(",", ":")) for s in sources])
+        _write_atomic(checkpoint / "offsets" / str(target), text)
+        for t in out:
+            out[t]["batch"] = target
+    remember_topic_ids(checkpoint, ids)
+    return out
+
+
+def _readable(path: Path) -> bool:
+    """True when ``path`` is a complete entry of Spark's metadata logs: ``v1``, then one JSON document per line."""
+    try:
+        lines = path.read_text().split("\n")
+        if len(lines) < 2 or lines[0] != "v1":
+            return False
+        for x in lines[1:]:
+            if x:
+                json.loads(x)
+        return True
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
+    """Move a truncated or corrupt latest ``offsets`` / ``commits`` entry of a query's checkpoint out of Spark's
+    way, so the query re-runs that micro-batch instead of failing at every start.
+
+    Spark writes these entries atomically, so a broken one comes from a damaged disk or a hand edit; Spark then
+    fails the query at start with a bare JSON parser message (``Unexpected end-of-input in field name``) that names
+    neither file nor cure, and a supervised job restarts into the same failure. Here the latest offsets entry N is
+    checked, and the latest commit: a broken offsets entry N is renamed ``N.corrupt-<epoch s>`` (not a batch file
+    to Spark) together with commit N, so batch N is planned again from entry N-1 (the sinks are idempotent: its lake
+    files and ClickHouse rows are rewritten); a broken commit N alone is renamed, so batch N is re-run. Each is
+    logged as an error naming the file. Entries before the latest are not read by Spark at start and are left.
+
+    Returns:
+        the paths renamed (empty when the checkpoint is sound or has no entries).
+    """
+    import time as _time
+
+    moved: list[str] = []
+    stamp = int(_time.time())
+
+    def aside(kind: str, n: int) -> None:
+        f = checkpoint / kind / str(n)
+        if f.exists():
+            dest = f.with_name(f"{n}.corrupt-{stamp}")
+            os.replace(f, dest)
+            f.with_name(f".{n}.crc").unlink(missing_ok=True)
+            moved.append(str(dest))
+
+    offsets = _batches(checkpoint / "offsets")
+    if offsets and not _readable(checkpoint / "offsets" / str(offsets[-1])):
+        log.error("streaming checkpoint: offsets entry %s is truncated or corrupt; set aside as %s.corrupt-%d with "
+                  "its commit, the micro-batch is planned again from the previous entry",
+                  checkpoint / "offsets" / str(offsets[-1]), offsets[-1], stamp)
+        aside("offsets", offsets[-1])
+        aside("commits", offsets[-1])
+    commits = _batches(checkpoint / "commits")
+    if commits and not _readable(checkpoint / "commits" / str(commits[-1])):
+        log.error("streaming checkpoint: commit entry %s is truncated or corrupt; set aside as %s.corrupt-%d, the "
+                  "micro-batch is run again", checkpoint / "commits" / str(commits[-1]), commits[-1], stamp)
+        aside("commits", commits[-1])
+    return moved
