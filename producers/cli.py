@@ -562,7 +562,8 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
 
     Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
     events per type, quarantined, ...), "invalid_injected", "published": {...}, "rows": {"in", "published",
-    "dead_lettered", "skipped", "saved"} (source rows: in = the sum of the others, :meth:`_RowTracker.report`)}, and
+    "dead_lettered", "skipped", "saved", "partial"} (source rows: in = the sum of the others,
+    :meth:`_RowTracker.report`)}, and
     "unread_saved" {"path", "bytes", "lines"[, "rows"]} when rows were not published (a stop, a failed delivery:
     only those rows, :func:`_save_unpublished`) or a pipe's bytes were read before a start-up stop. Each quarantined
     source line (:attr:`producers.replay.Replay.quarantine`) goes to the dead-letter topic as event type
@@ -639,49 +640,69 @@ def _source_line_dead_letter(q: dict[str, Any]) -> tuple[str, dict[str, Any], st
 
 class _RowTracker:
     """Which source rows of a :class:`producers.replay.Replay` are on the broker. :meth:`track` wraps its events
-    (after :func:`producers.invalid.inject_invalid`: an injected copy is not a row's start) and tags each record
-    with its row (``EventPublisher.tag``); :meth:`result` (``EventPublisher.on_result``) records the rows with a
-    record that failed; :meth:`at_start` is :func:`publish_events`' ``boundary``, so a stop falls between rows."""
+    (after :func:`producers.invalid.inject_invalid`: an injected copy is not a row's start, and is tagged with no
+    row, so its fate says nothing of the row's) and tags each record with its row (``EventPublisher.tag``);
+    :meth:`result` (``EventPublisher.on_result``) records the rows with a record that failed and those with one the
+    broker acknowledged; :meth:`at_start` is :func:`publish_events`' ``boundary``, so a stop falls between rows."""
 
     def __init__(self, rep):
         self.rep = rep
         self.start = True
         self.failed: set[int] = set()
+        self.acked: set[int] = set()
 
     def track(self, events, pub):
         seen = 0
         for item in events:
             real, seen = self.rep.emitted != seen, self.rep.emitted
             self.start = real and self.rep.row_start
-            pub.tag = self.rep.cursor
+            pub.tag = self.rep.cursor if real else None
             yield item
 
     def at_start(self) -> bool:
         return self.start
 
     def result(self, tag, ok: bool) -> None:
-        if not ok and tag is not None:
-            self.failed.add(tag)
+        if tag is not None:
+            (self.acked if ok else self.failed).add(tag)
 
-    def report(self) -> tuple[dict[str, int], list[int]]:
-        """({"in", "published", "dead_lettered", "skipped", "saved"}, rows of ``rep.df`` to save). ``in``: the
-        source's rows (and lines that make none: malformed, not UTF-8) = ``published`` (rows whose every event was
-        handed over before a stop and acknowledged) + ``dead_lettered`` (:attr:`Replay.quarantine`) + ``skipped``
-        (counted only: non-product codes, ``A`` invoices, repeated lines; :attr:`ReplayStats.skipped`) +
-        ``saved`` (not published: after a stop, or a record of the row failed)."""
+    def report(self) -> tuple[dict[str, Any], list[int]]:
+        """({"in", "published", "dead_lettered", "skipped", "saved", "partial"[, "partial_rows"]}, rows of
+        ``rep.df`` to save). ``in``: the source's rows (and lines that make none: malformed, not UTF-8) =
+        ``published`` (rows whose every event was handed over before a stop and acknowledged) + ``dead_lettered``
+        (:attr:`Replay.quarantine`) + ``skipped`` (counted only: non-product codes, ``A`` invoices, repeated lines;
+        :attr:`ReplayStats.skipped`) + ``saved`` (none of the row's records on the broker: after a stop, or every
+        record of the row failed) + ``partial`` (some of the row's records acknowledged, some failed: not saved,
+        since replaying the row would send the acknowledged ones twice; named in ``partial_rows``, 1-based rows of
+        the replay order with their invoice and line, the first 20, and logged as an error)."""
         import numpy as np
 
         rep = self.rep
         n = len(rep.df)
         handed = n if getattr(rep, "exhausted", n == 0) else min(getattr(rep, "cursor", 0), n)
-        out = np.zeros(n, dtype=bool)   # rows not on the broker
+        failed = np.zeros(n, dtype=bool)
+        failed[sorted(i for i in self.failed if 0 <= i < n)] = True
+        acked = np.zeros(n, dtype=bool)
+        acked[sorted(i for i in self.acked if 0 <= i < n)] = True
+        out = np.zeros(n, dtype=bool)   # rows none of whose records is on the broker
         out[handed:] = True
-        out[sorted(i for i in self.failed if 0 <= i < n)] = True
+        out |= failed & ~acked
+        partial = failed & acked & ~out
         out &= ~rep.quarantined
+        partial &= ~rep.quarantined
         skip = (rep.kind == "skip") & ~rep.quarantined & ~out
-        counts = {"in": n + sum(1 for q in rep.quarantine if "row" not in q),
-                  "published": int(((rep.kind != "skip") & ~out).sum()), "dead_lettered": len(rep.quarantine),
-                  "skipped": int(skip.sum()), "saved": int(out.sum())}
+        counts: dict[str, Any] = {
+            "in": n + sum(1 for q in rep.quarantine if "row" not in q),
+            "published": int(((rep.kind != "skip") & ~out & ~partial).sum()), "dead_lettered": len(rep.quarantine),
+            "skipped": int(skip.sum()), "saved": int(out.sum()), "partial": int(partial.sum())}
+        if partial.any():
+            rows = np.flatnonzero(partial)
+            counts["partial_rows"] = [
+                {"row": int(i) + 1, "invoice": str(rep.df["invoice"].iloc[i]), "line_no": str(rep.df["line_no"].iloc[i])}
+                for i in rows[:20]]
+            err_console.print(f"[red]{len(rows)} replayed row(s) are only partly on the broker (a record "
+                              "acknowledged, another failed), not saved for a later replay (it would send the "
+                              f"acknowledged ones twice): {counts['partial_rows']}")
         return counts, np.flatnonzero(out).tolist()
 
 

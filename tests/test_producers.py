@@ -1472,3 +1472,54 @@ def test_seen_alert_ids_survive_a_torn_last_line_and_stay_bounded(tmp_path):
     assert path.read_text().splitlines() == ["S1|P5|5", "S1|P6|5", "S1|P7|5"]   # rewritten again at P7
     seen.save()
     assert path.read_text().splitlines() == ["S1|P5|5", "S1|P6|5", "S1|P7|5"]
+
+
+def test_a_partly_published_row_is_named_not_saved_and_an_injected_copy_does_not_mark_its_row():
+    """The replay's row tracker after a run whose deliveries partly failed: a row with one record acknowledged and
+    one failed is counted ``partial`` and named, not saved (saving it made a later replay send its acknowledged
+    sale twice); a row none of whose records arrived is saved; an injected invalid copy is tagged with no row, so
+    its failure does not mark the good row it follows (it was tagged with that row and the row was saved)."""
+    import numpy as np
+
+    from producers.cli import _RowTracker
+
+    class Rep:   # the attributes of producers.replay.Replay the tracker reads
+        df = pd.DataFrame({"invoice": ["1", "2", "3", "4"], "line_no": ["1", "1", "1", "1"]})
+        kind = np.array(["sale"] * 4, dtype=object)
+        quarantined = np.zeros(4, dtype=bool)
+        quarantine: list = []
+        emitted, cursor, row_start, exhausted = 0, 0, False, False
+
+        def events(self):
+            for row in range(4):
+                for ev in ("sale", "stock"):
+                    self.cursor, self.row_start = row, ev == "sale"
+                    self.emitted += 1
+                    yield ev, {"row": row}
+            self.cursor, self.row_start, self.exhausted = 4, True, True
+
+    class Pub:
+        tag = None
+
+    rep, pub, sent = Rep(), Pub(), []
+    tracker = _RowTracker(rep)
+
+    def with_injected_copy(events):   # as producers.invalid.inject_invalid: a copy after row 0's sale
+        for ev, rec in events:
+            yield ev, rec
+            if rec["row"] == 0 and ev == "sale":
+                yield "sale", {"row": "injected"}
+
+    for ev, rec in tracker.track(with_injected_copy(rep.events()), pub):
+        sent.append((rec["row"], pub.tag))
+    assert sent[1] == ("injected", None) and [t for r, t in sent if r != "injected"] == [0, 0, 1, 1, 2, 2, 3, 3]
+    fate = {(0, "sale"): True, (0, "stock"): True, (1, "sale"): True, (1, "stock"): False,
+            (2, "sale"): False, (2, "stock"): False, (3, "sale"): True, (3, "stock"): True}
+    for (row, _), ok in fate.items():
+        tracker.result(row, ok)
+    tracker.result(None, False)   # the injected copy, refused
+    counts, save = tracker.report()
+    assert save == [2]
+    assert {k: v for k, v in counts.items() if k != "partial_rows"} == {
+        "in": 4, "published": 2, "dead_lettered": 0, "skipped": 0, "saved": 1, "partial": 1}
+    assert counts["partial_rows"] == [{"row": 2, "invoice": "2", "line_no": "1"}]
