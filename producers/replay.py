@@ -439,7 +439,8 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     if renames:
         log.warning("%s: column(s) %s read as %s", path, list(renames), list(renames.values()))
         df = df.rename(columns=renames)
-    if sep != "," and "unit_price" in df.columns:   # a decimal comma ("2,55"; "1.234,50"), as a ";" export writes
+    if sep == ";" and "unit_price" in df.columns:   # a decimal comma ("2,55"; "1.234,50"), as a ";" export writes
+        # (a ";" only: an English-locale tab export's "1,234" is a thousands separator, not 1.234)
         df["unit_price"] = df["unit_price"].str.replace(r"^\s*(-?)(\d{1,3}(?:\.\d{3})+|\d+),(\d+)\s*$",
                                                         lambda m: m[1] + m[2].replace(".", "") + "." + m[3], regex=True)
     missing = [c for c in REQUIRED_FIELDS if c not in df.columns]
@@ -455,8 +456,9 @@ def load_transactions(path: str | Path, limit: int | None = None, encoding: str 
     whole = df["invoice_ts"]
     if limit is not None:   # the date format is the whole file's, whatever part of it is read
         try:
+            ts_col = next((c for c, n in renames.items() if n == "invoice_ts"), "invoice_ts")   # the file's name
             whole = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep,
-                                usecols=["invoice_ts"])["invoice_ts"]
+                                usecols=[ts_col])[ts_col]
         except (pd.errors.ParserError, ValueError):
             pass
     # a file where no invoice_ts parses: format None, every product line quarantined by Replay (BAD_INVOICE_TS;
@@ -512,8 +514,8 @@ def _line_finder(text: str, sep: str, rows_lines: list[int] | None):
 def _separator(text: str) -> str:
     """The field separator of a transaction log: the one of comma, semicolon (a spreadsheet's CSV in a locale with
     a decimal comma; until 2026-12-06 read as one column and refused), tab (its "Unicode Text" export) and ``|`` its
-    header line holds most of; a comma when it holds none."""
-    head = text.split("\n", 1)[0]
+    header line (the first line that is not blank) holds most of; a comma when it holds none."""
+    head = next((line for line in text.split("\n") if line.strip()), "")   # the header: the first line not blank
     counts = {c: head.count(c) for c in (",", ";", "\t", "|")}
     best = max(counts, key=counts.get)
     return best if counts[best] else ","

@@ -1523,3 +1523,33 @@ def test_a_partly_published_row_is_named_not_saved_and_an_injected_copy_does_not
     assert {k: v for k, v in counts.items() if k != "partial_rows"} == {
         "in": 4, "published": 2, "dead_lettered": 0, "skipped": 0, "saved": 1, "partial": 1}
     assert counts["partial_rows"] == [{"row": 2, "invoice": "2", "line_no": "1"}]
+
+
+def test_separator_header_and_date_format_edge_cases_of_exports(tmp_path):
+    """Three shapes of spreadsheet exports the review found misread: a ``;`` file starting with a blank line (its
+    separator was judged on the blank line: one column, refused), a tab export whose price is written ``1,234``
+    (the decimal-comma rewrite ran for any separator but the comma: read as 1.234; now left alone and
+    dead-lettered by the replay as a bad price), and ``limit`` on a file whose header names are in another case
+    (the whole file's date format was looked up under ``invoice_ts`` and, not found, judged on the first rows only:
+    day-first dates read month-first)."""
+    from producers.replay import load_transactions
+
+    semi = tmp_path / "semi.csv"
+    semi.write_text("\ninvoice;line_no;stock_code;description;quantity;unit_price;invoice_ts;customer_id;country\n"
+                    "536365;1;85123A;HEART;6;2,55;2010-12-01 08:26:00;17850;United Kingdom\n", encoding="utf-8")
+    df = load_transactions(semi)
+    assert len(df) == 1 and df["unit_price"].iloc[0] == "2.55" and df["stock_code"].iloc[0] == "85123A"
+
+    tab = tmp_path / "tab.txt"
+    tab.write_text("invoice\tline_no\tstock_code\tdescription\tquantity\tunit_price\tinvoice_ts\tcustomer_id\tcountry\n"
+                   "536365\t1\t85123A\tHEART\t6\t1,234\t2010-12-01 08:26:00\t17850\tUnited Kingdom\n", encoding="utf-8")
+    assert load_transactions(tab)["unit_price"].iloc[0] == "1,234"
+
+    rows = [f"5363{i:02d},1,85123A,HEART,6,2.55,0{i % 9 + 1}/0{i % 9 + 1}/2011 08:26,17850,United Kingdom"
+            for i in range(20)]
+    rows.append("536399,1,85123A,HEART,6,2.55,25/03/2011 08:26,17850,United Kingdom")   # a day > 12: day-first
+    upper = tmp_path / "upper.csv"
+    upper.write_text("Invoice,Line No,Stock Code,Description,Quantity,Unit Price,Invoice TS,Customer ID,Country\n"
+                     + "\n".join(rows) + "\n", encoding="utf-8")
+    assert load_transactions(upper).attrs["invoice_ts_format"].startswith("%d/%m")
+    assert load_transactions(upper, limit=5).attrs["invoice_ts_format"].startswith("%d/%m")
