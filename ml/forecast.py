@@ -905,7 +905,8 @@ def select_champion(metrics: pd.DataFrame, candidate: str = "gbt") -> dict:
     ``candidate`` only when the candidate's pooled WAPE **and** RMSSE are both lower.
 
     A baseline that forecast nothing at all on the backtest while the demand was positive (pooled ``bias`` =
-    -100 %: total forecast 0) is not eligible as best baseline while another is (:func:`null_forecasts`): its WAPE is
+    -100 %: total forecast 0) is not eligible as best baseline while another is (:func:`null_forecasts`), nor is
+    such a ``candidate`` promoted over a baseline that forecast something: its WAPE is
     exactly 1 by construction, below that of any forecast of intermittent demand (the UCI log's are 1.1-1.7), so it
     won without having forecast anything. Seen on the UCI year end (2010-12-15 .. 2011-01-15, 18 trading days):
     the one origin, 2010-12-31, lies in the shop's closure 12-23 .. 01-04, the seasonal naive repeated the closed
@@ -933,6 +934,9 @@ def select_champion(metrics: pd.DataFrame, candidate: str = "gbt") -> dict:
            "rmsse": {m: float(allm.loc[m, "rmsse"]) for m in allm.index}, "null_forecasts": null}
     if candidate in allm.index:
         cw, cr = float(allm.loc[candidate, "wape"]), float(allm.loc[candidate, "rmsse"])
+        if candidate in null and best not in null:   # its WAPE of 1 is no score either
+            return {**out, "champion": best, "reason": f"{candidate} forecast nothing on the backtest (total 0 "
+                                                       f"units): best baseline {best}"}
         if cw < bw and cr < br:
             return {**out, "champion": candidate, "reason": f"{candidate} WAPE {cw:.4f} < {bw:.4f} and RMSSE "
                                                             f"{cr:.4f} < {br:.4f} of {best}"}

@@ -538,3 +538,18 @@ def test_a_champion_baseline_that_forecast_nothing_is_replaced():
     assert select_champion(_metrics(w, r))["best_baseline"] == "seasonal_naive"
     keep = decide_promotion(_metrics(w, r), 2, champ)
     assert keep["model"] == "seasonal_naive" and keep["promote"]   # the same baseline again: re-calibrated
+
+
+def test_a_gbt_that_forecast_nothing_is_not_promoted():
+    """The GBT whose whole backtest forecast is 0 (bias -1) scores WAPE exactly 1, below the baselines' 1.3 of
+    intermittent demand: it was promoted over them with a lower RMSSE too. It is not, whether the champion is a
+    baseline or there is none yet; a GBT that forecast something still is."""
+    w = {"gbt": 1.0, "seasonal_naive": 1.45, "trailing_mean_28": 1.32, "statsforecast": 1.67}
+    r = {"gbt": 2.2, "seasonal_naive": 2.5, "trailing_mean_28": 2.29, "statsforecast": 2.35}
+    m = _metrics(w, r).assign(bias=lambda x: np.where(x["model"] == "gbt", -1.0, 0.1), sum_y=100.0)
+    sel = select_champion(m)
+    assert sel["champion"] == "trailing_mean_28" and "forecast nothing" in sel["reason"], sel
+    assert decide_promotion(m, 1, None)["model"] == "trailing_mean_28"
+    champ = {"version": 1, "model": "trailing_mean_28", "backtest_wape": 1.32, "backtest_rmsse": 2.29}
+    assert decide_promotion(m, 2, champ)["model"] == "trailing_mean_28"
+    assert select_champion(m.assign(bias=0.1))["champion"] == "gbt"
