@@ -78,7 +78,7 @@ PICK_FLOOR = 20000
 #: where :func:`free_port` records its reservations: one ``<port>.lock`` file per port, ``flock``-ed by the process
 #: that picked it (shared by every user's test sessions and benchmarks on the machine)
 RESERVATIONS = Path(tempfile.gettempdir()) / "retail-ports"
-_reserved: dict[int, int] = {}   # port -> the open descriptor of the lock file holding its reservation
+_reserved: dict[int, tuple[int, int]] = {}   # port -> (pid that reserved it, descriptor of its locked file)
 _EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -130,8 +130,15 @@ def _reserve(port: int) -> bool:
         RESERVATIONS.chmod(0o1777)
     path = RESERVATIONS / f"{port}.lock"
     for _ in range(10):   # each retry follows a delete by the holder's release: bounded, it cannot starve
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:   # an existing file is opened without O_CREAT: with fs.protected_regular >= 1 (systemd's default) an
+            fd = os.open(path, os.O_RDONLY)   # O_CREAT open of another user's file in sticky /tmp is refused
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:   # created by another process in between: open that one
+                continue
+            except OSError:
+                return False
         except OSError:   # not readable (another user's file with mode 0600): theirs
             return False
         try:
@@ -144,7 +151,7 @@ def _reserve(port: int) -> bool:
         except FileNotFoundError:
             same = False
         if same:
-            _reserved[port] = fd
+            _reserved[port] = (os.getpid(), fd)
             return True
         os.close(fd)   # the holder released (and deleted) it between our open and our lock: open the new file
     return False
@@ -153,11 +160,13 @@ def _reserve(port: int) -> bool:
 def release_port(port: int) -> None:
     """Give up this process's reservation of ``port`` (:func:`free_port`) and delete its lock file (kept when it
     is another user's, in the sticky folder); nothing when it holds none."""
-    fd = _reserved.pop(port, None)
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(RESERVATIONS / f"{port}.lock")   # while locked: see _reserve
-        os.close(fd)   # closing the file releases its flock
+    held = _reserved.pop(port, None)
+    if held is not None:
+        pid, fd = held
+        if pid == os.getpid():   # a forked child inherits the table (and the descriptor, which shares the lock):
+            with contextlib.suppress(OSError):   # only the picking process deletes the file, or a third process
+                os.unlink(RESERVATIONS / f"{port}.lock")   # could reserve the port its parent still holds
+        os.close(fd)   # closing the file releases its flock (the parent's copy keeps it in a forked child)
 
 
 def free_port() -> int:

@@ -709,6 +709,35 @@ def test_a_released_port_leaves_no_lock_file_and_a_stale_one_does_not_exclude_it
         svc.release_port(port)
 
 
+def test_a_forked_child_releasing_an_inherited_port_leaves_the_parents_reservation(tmp_path, monkeypatch):
+    """A child forked after a pick inherits the reservation table: its release_port deleted the parent's lock
+    file, so a third process could reserve the port the parent still held. Now only the picking process deletes
+    it: after the child's release the file is there and another process cannot take the port."""
+    import subprocess
+    import sys
+
+    from ops import services as svc
+
+    monkeypatch.setattr(svc, "RESERVATIONS", tmp_path / "ports")
+    port = svc.free_port()
+    try:
+        pid = os.fork()
+        if pid == 0:   # the child: release what it inherited, then leave at once
+            try:
+                svc.release_port(port)
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert (tmp_path / "ports" / f"{port}.lock").is_file()
+        code = ("from pathlib import Path\nfrom ops import services as svc\n"
+                f"svc.RESERVATIONS = Path({str(tmp_path / 'ports')!r})\nprint(svc._reserve({port}))")
+        other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert other.stdout.strip() == "False", other.stdout + other.stderr
+    finally:
+        svc.release_port(port)
+    assert not (tmp_path / "ports" / f"{port}.lock").exists()
+
+
 def test_platform_settings_reserves_no_given_port_and_releases_its_picks_when_set_up_fails(tmp_path, monkeypatch):
     """A port setting given in ``extra`` gets no pick (one was picked and reserved, and never released, while the
     process lived), and a failing ensure_local_env restores the environment and releases the 9 picks (they leaked:
