@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 #: file in a query's checkpoint folder: {topic: topic id} its offsets refer to
 IDS_FILE = "topic-ids.json"
+#: file in a query's checkpoint folder: how its lake files are named (:func:`lake_file_naming`)
+NAMING_FILE = "lake-file-tag"
+#: folder in a query's checkpoint folder where :func:`set_aside_corrupt_entries` moves broken entries
+CORRUPT_DIR = "corrupt"
+#: Spark's line for a source without an offset in an offsets entry (``OffsetSeqLog.SERIALIZED_VOID_OFFSET``)
+VOID_OFFSET = "-"
 
 
 def topic_ids(settings, topics: list[str]) -> dict[str, str]:
@@ -63,13 +69,22 @@ def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:
         admin.close()
 
 
-def _batches(folder: Path) -> list[int]:
+def batch_numbers(folder: Path) -> list[int]:
+    """The batch numbers of a Spark metadata log folder (``<checkpoint>/<query>/offsets`` or ``commits``), sorted:
+    the names made of digits only, as Spark itself reads them; ``.N.crc`` checksums, ``N.corrupt-<time>`` entries
+    set aside by an earlier version and temporary files are not batches. [] for a missing folder."""
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+_batches = batch_numbers
 
 
 def read_offsets(checkpoint: Path, batch: int) -> tuple[list[str], list[dict | None]]:
     """The offsets entry ``batch`` of a checkpoint: (header lines: version and batch metadata, [source offsets
     {topic: {partition: offset}} or None per source, in the query's source order]).
+
+    A source without an offset is Spark's line ``-`` (:data:`VOID_OFFSET`); it reads as None (as do ``""`` and
+    ``null``) and :func:`format_offsets` writes it back as ``-``.
 
     Raises:
         ValueError: the file is not Spark's ``v1`` offsets format (e.g. truncated), naming it.
@@ -79,24 +94,63 @@ def read_offsets(checkpoint: Path, batch: int) -> tuple[list[str], list[dict | N
     if len(lines) < 3 or lines[0] != "v1":
         raise ValueError(f"streaming checkpoint offsets file {path} is not Spark's v1 format (truncated?)")
     try:
-        return lines[:2], [None if x in ("", "null") else json.loads(x) for x in lines[2:]]
+        return lines[:2], [None if x in (VOID_OFFSET, "", "null") else json.loads(x) for x in lines[2:]]
     except json.JSONDecodeError as exc:
         raise ValueError(f"streaming checkpoint offsets file {path} holds invalid JSON: {exc}") from exc
 
 
+def format_offsets(header: list[str], sources: list[dict | None]) -> str:
+    """The text of an offsets entry from :func:`read_offsets`' parts: the header lines, then one compact JSON line
+    per source, ``-`` (:data:`VOID_OFFSET`) for a source without offsets (Spark cannot parse ``""`` or ``null``)."""
+    return "\n".join(header + [VOID_OFFSET if s is None else json.dumps(s, separators=(",", ":")) for s in sources])
+
+
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file that is fsynced before the rename (a crash leaves the
+    old or the new content, never an empty or half file), then fsync the folder; Hadoop's ``.<name>.crc`` of the
+    old content is removed."""
     tmp = path.with_name(f".{path.name}.rewind.tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:   # a file system that cannot fsync a folder: the rename is still atomic
+        pass
     crc = path.with_name(f".{path.name}.crc")   # Hadoop's local checksum of the old content
     crc.unlink(missing_ok=True)
+
+
+def stored_topic_ids(checkpoint: Path) -> dict[str, str]:
+    """{topic: id} of ``<checkpoint>/topic-ids.json``; {} when it is missing, or unreadable / not such a JSON
+    object (logged as an error: the ids are then learned again from the broker, and a topic re-created since the
+    checkpoint's offsets were written is not recognised at this start)."""
+    path = checkpoint / IDS_FILE
+    if not path.exists():
+        return {}
+    try:
+        got = json.loads(path.read_text())
+        if isinstance(got, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in got.items()):
+            return got
+        raise ValueError("not a JSON object of topic -> id strings")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.error("streaming checkpoint: %s is unreadable (%s); treated as absent, the topic ids are learned again "
+                  "from the broker (a topic re-created since the checkpoint's offsets cannot be recognised at this "
+                  "start)", path, exc)
+        return {}
 
 
 def remember_topic_ids(checkpoint: Path, ids: dict[str, str]) -> None:
     """Merge ``ids`` ({topic: id}) into ``<checkpoint>/topic-ids.json`` (a topic absent now keeps its last id)."""
     path = checkpoint / IDS_FILE
-    old = json.loads(path.read_text()) if path.exists() else {}
-    if {**old, **ids} != old:
+    old = stored_topic_ids(checkpoint)
+    if {**old, **ids} != old or not path.exists():
         checkpoint.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps({**old, **ids}, sort_keys=True))
 
@@ -119,8 +173,7 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
     Raises:
         ValueError: the latest offsets file is not Spark's format (:func:`read_offsets`).
     """
-    path = checkpoint / IDS_FILE
-    known = json.loads(path.read_text()) if path.exists() else {}
+    known = stored_topic_ids(checkpoint)
     recreated = {t: (known[t], i) for t, i in ids.items() if t in known and known[t] != i}
     batches = _batches(checkpoint / "offsets")
     out: dict[str, dict[str, Any]] = {}
@@ -135,8 +188,7 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
                     src[t] = {p: 0 for p in src[t]}
         committed = latest in _batches(checkpoint / "commits")
         target = latest + 1 if committed else latest
-        text = "\n".join(header + ["" if s is None else json.dumps(s, separators=(",", ":")) for s in sources])
-        _write_atomic(checkpoint / "offsets" / str(target), text)
+        _write_atomic(checkpoint / "offsets" / str(target), format_offsets(header, sources))
         for t in out:
             out[t]["batch"] = target
     remember_topic_ids(checkpoint, ids)
@@ -144,13 +196,14 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
 
 
 def _readable(path: Path) -> bool:
-    """True when ``path`` is a complete entry of Spark's metadata logs: ``v1``, then one JSON document per line."""
+    """True when ``path`` is a complete entry of Spark's metadata logs: ``v1``, then one JSON document per line
+    (or ``-``, Spark's line for a source without an offset)."""
     try:
         lines = path.read_text().split("\n")
         if len(lines) < 2 or lines[0] != "v1":
             return False
         for x in lines[1:]:
-            if x:
+            if x and x != VOID_OFFSET:
                 json.loads(x)
         return True
     except (OSError, UnicodeDecodeError, ValueError):
