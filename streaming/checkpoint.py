@@ -251,3 +251,50 @@ def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
                   "micro-batch is run again", checkpoint / "commits" / str(commits[-1]), commits[-1], stamp)
         aside("commits", commits[-1])
     return moved
+
+
+#: :func:`lake_file_naming` values: lake files named ``batch-<id>-<8 hex of the query id>`` / plain ``batch-<id>``
+TAGGED, UNTAGGED = "query-id", "none"
+
+
+def lake_file_naming(checkpoint: Path, before_start: bool = False) -> str:
+    """How a query's lake files are named, decided once per checkpoint and kept in ``<checkpoint>/lake-file-tag``.
+
+    :data:`TAGGED` (``query-id``): ``batch-<id>-<first 8 hex digits of the query id>.parquet``, so a query on a new
+    checkpoint (the old one lost), whose batch ids start at 0 again, cannot overwrite the old run's files.
+    :data:`UNTAGGED` (``none``): the plain ``batch-<id>.parquet`` of a checkpoint the code before 2026-12-06 made:
+    its batch N interrupted after writing ``batch-N.parquet`` is re-run under the same name (a tagged name would
+    leave both files: every row of batch N twice in the lake).
+
+    The file is written (atomically) on the first call: without it, a checkpoint that already holds batches was
+    made by the old code (untagged), an empty one is new (tagged). ``before_start`` (the job, before its queries
+    run): any ``offsets`` or ``commits`` entry counts, so also a first batch the old code planned and did not
+    commit. Otherwise (a sink, while its query runs and has planned the batch itself): ``commits`` entries only.
+    A file with another content is logged as an error and decided again.
+
+    Args:
+        checkpoint: a query's local checkpoint folder (``<SPARK_CHECKPOINT_DIR>/<query>``).
+    Returns:
+        :data:`TAGGED` or :data:`UNTAGGED`.
+    Raises:
+        OSError: the marker cannot be written.
+    """
+    path = checkpoint / NAMING_FILE
+    if path.exists():
+        try:
+            got = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            got = f"unreadable ({exc})"
+        if got in (TAGGED, UNTAGGED):
+            return got
+        log.error("streaming checkpoint: %s holds %r, not %s or %s; decided again from the checkpoint's entries",
+                  path, got[:100], TAGGED, UNTAGGED)
+    old = batch_numbers(checkpoint / "commits") or (before_start and batch_numbers(checkpoint / "offsets"))
+    naming = UNTAGGED if old else TAGGED
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, naming + "\n")
+    if naming == UNTAGGED:
+        log.warning("streaming checkpoint %s holds micro-batches but no %s (made before 2026-12-06): its lake files "
+                    "keep the plain batch-<id>.parquet names, so a re-run batch overwrites its own file", checkpoint,
+                    NAMING_FILE)
+    return naming

@@ -492,6 +492,11 @@ class StreamingJob:
 
         for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)
             self.spark.conf.set(key, value)
+        if "://" not in s.spark_checkpoint_dir:   # before any entry is set aside: a checkpoint of the old code keeps
+            from streaming.checkpoint import lake_file_naming   # its plain lake file names
+
+            for name in QUERY_NAMES:
+                lake_file_naming(Path(checkpoint_path(s, name)), before_start=True)
         self.recreated_topics = self.rewind_recreated_topics()
         # raw: one Kafka source per topic, so each record is fetched and decoded once (a single multi-topic source
         # filtered per branch was scanned once per branch: 9 times per micro-batch); no event-time watermark here,

@@ -3,7 +3,8 @@
 Two queries, two sinks:
 
 * :meth:`StreamSinks.raw_batch` (query ``raw``, all input topics): parse + validate every record; valid events
-  -> the lake as Parquet ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/batch-<batchId>.parquet``
+  -> the lake as Parquet ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/batch-<batchId><tag>.parquet``
+  (:meth:`StreamSinks.run_tag`)
   (day of the event time, UTC; deterministic names so a replayed micro-batch overwrites its own files);
   invalid records -> ClickHouse ``quarantine_events`` (keyed by topic/partition/offset) with the reason and
   the raw payload. Late events are *not* dropped here: the lake holds every valid event.
@@ -281,14 +282,23 @@ class StreamSinks:
                 return fn(*args, **kwargs)
 
     def run_tag(self, query: str) -> str:
-        """``-<first 8 hex digits of the query id>`` for the lake file names of ``query``'s micro-batches: Spark's
-        id of the query, kept in its checkpoint (``<SPARK_CHECKPOINT_DIR>/<query>/metadata``, written before the
-        first batch), so a re-run batch rewrites its own files while a query on a new checkpoint (the old one
-        lost), whose batch ids start at 0 again, cannot overwrite the old run's files of the same ids. ``""`` when
-        the checkpoint has no metadata file here (a checkpoint that is not a local folder; sinks driven
-        directly): the plain ``batch-<id>`` names."""
+        """The suffix of the lake file names of ``query``'s micro-batches (``batch-<id><tag>.parquet``,
+        ``alerts-batch-<id><tag>.parquet``): ``-<first 8 hex digits of the query id>`` (Spark's id of the query, in
+        ``<SPARK_CHECKPOINT_DIR>/<query>/metadata``, written before the first batch) when the checkpoint's naming
+        is tagged, ``""`` when it is untagged (:func:`streaming.checkpoint.lake_file_naming`: kept in the
+        checkpoint's ``lake-file-tag``; untagged for a checkpoint the code before 2026-12-06 made, whose
+        interrupted batch must rewrite its own ``batch-<id>.parquet``). Tagged, a re-run batch rewrites its own
+        files while a query on a new checkpoint (the old one lost), whose batch ids start at 0 again, cannot
+        overwrite the old run's files of the same ids. ``""`` also when the checkpoint has no metadata file here (a
+        checkpoint that is not a local folder; sinks driven directly); then nothing is written to the checkpoint.
+
+        Raises:
+            OSError: the checkpoint's naming file cannot be written (first use).
+        """
         tag = self._run_tags.get(query)
         if tag is None:
+            from streaming.checkpoint import UNTAGGED, lake_file_naming
+
             root = self.s.spark_checkpoint_dir or ""
             meta = Path(root, query, "metadata")
             try:
@@ -296,6 +306,8 @@ class StreamSinks:
             except (OSError, ValueError, KeyError):
                 tag = ""
             if tag:
+                if lake_file_naming(Path(root, query)) == UNTAGGED:
+                    tag = ""
                 self._run_tags[query] = tag
         return tag
 
@@ -432,7 +444,7 @@ class StreamSinks:
         self._log_batch("raw", batch_id, n_in, n_valid, started, ph)
 
     def _write_raw(self, event_type: str, valid: pa.Table, batch_id: int, now_ms: int) -> None:
-        """Write valid events of one type, one file per event day: ``batch-<batchId>.parquet``."""
+        """Write valid events of one type, one file per event day: ``batch-<batchId><run_tag>.parquet``."""
         if valid.num_rows == 0:
             return
         schema = lake_arrow_schema(event_type)

@@ -66,3 +66,59 @@ def test_atomic_writes_fsync_the_file_before_the_rename(tmp_path, monkeypatch):
     C._write_atomic(tmp_path / "f", "text")
     assert (tmp_path / "f").read_text() == "text"
     assert calls[:2] == ["fsync", "replace"]
+
+
+# --------------------------------------------------------------------------------- lake file naming --
+QUERY_ID = "3f2a9c1e-1111-2222-3333-444455556666"
+
+
+def sinks_on(root: Path):
+    """StreamSinks on the checkpoint root ``root`` with stub clients (run_tag touches neither)."""
+    from conftest import settings_env
+    from streaming.sinks import StreamSinks
+
+    with settings_env(SPARK_CHECKPOINT_DIR=str(root)) as s:
+        return StreamSinks(s, client=object(), lake=object())
+
+
+def test_a_batch_the_old_code_interrupted_is_rerun_under_its_plain_name(tmp_path):
+    """Upgrade path: the code before the tags ran batch 3 of the raw query, wrote ``batch-3.parquet`` and was
+    stopped before Spark's commit. Before, the new code re-ran batch 3 as ``batch-3-3f2a9c1e.parquet``: the plain
+    file stayed and every row of batch 3 was in the lake twice. Now the checkpoint (batches, no ``lake-file-tag``)
+    is marked untagged at start and the batch rewrites ``batch-3.parquet``; the decision is kept."""
+    cp = make_checkpoint(tmp_path / "raw", {n: offsets_entry({"t": {"0": 10 * n}}) for n in range(4)}, [0, 1, 2])
+    (cp / "metadata").write_text(json.dumps({"id": QUERY_ID}))
+    assert C.lake_file_naming(cp, before_start=True) == C.UNTAGGED
+    assert (cp / C.NAMING_FILE).read_text().strip() == "none"
+    assert sinks_on(tmp_path).run_tag("raw") == ""
+    # a first batch the old code planned and did not commit counts at start too
+    cp2 = make_checkpoint(tmp_path / "windows", {0: offsets_entry({"t": {"0": 0}})}, [])
+    (cp2 / "metadata").write_text(json.dumps({"id": QUERY_ID}))
+    assert C.lake_file_naming(cp2, before_start=True) == C.UNTAGGED
+    assert sinks_on(tmp_path).run_tag("windows") == ""
+
+
+def test_a_new_checkpoint_tags_its_lake_files_for_its_whole_life(tmp_path):
+    cp = tmp_path / "raw"
+    assert C.lake_file_naming(cp, before_start=True) == C.TAGGED   # the job's start: no entry yet
+    (cp / "metadata").write_text(json.dumps({"id": QUERY_ID}))    # Spark starts the query
+    make_checkpoint(cp, {0: offsets_entry({"t": {"0": 0}}), 1: offsets_entry({"t": {"0": 7}})}, [0])
+    assert sinks_on(tmp_path).run_tag("raw") == "-3f2a9c1e"
+    assert C.lake_file_naming(cp, before_start=True) == C.TAGGED   # batches committed since: still tagged
+
+
+def test_sinks_without_the_jobs_start_decide_by_the_commits(tmp_path, caplog):
+    """A sink on a checkpoint without ``lake-file-tag`` (driven without :meth:`StreamingJob.start`): its running
+    query planned batch 0 itself (offsets/0, no commit): tagged; committed batches: untagged. An unknown marker
+    content is logged and decided again. No metadata (sinks driven directly): no tag and no marker written."""
+    new = make_checkpoint(tmp_path / "raw", {0: offsets_entry({"t": {"0": 0}})}, [])
+    (new / "metadata").write_text(json.dumps({"id": QUERY_ID}))
+    assert sinks_on(tmp_path).run_tag("raw") == "-3f2a9c1e"
+    old = make_checkpoint(tmp_path / "windows", {0: offsets_entry({"t": {"0": 0}})}, [0])
+    (old / "metadata").write_text(json.dumps({"id": QUERY_ID}))
+    (old / C.NAMING_FILE).write_text("garbage")
+    with caplog.at_level(logging.ERROR, logger="streaming.checkpoint"):
+        assert sinks_on(tmp_path).run_tag("windows") == ""
+    assert "holds 'garbage'" in caplog.text
+    assert sinks_on(tmp_path / "none").run_tag("raw") == ""
+    assert not (tmp_path / "none" / "raw" / C.NAMING_FILE).exists()
