@@ -217,13 +217,17 @@ def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
     Spark writes these entries atomically, so a broken one comes from a damaged disk or a hand edit; Spark then
     fails the query at start with a bare JSON parser message (``Unexpected end-of-input in field name``) that names
     neither file nor cure, and a supervised job restarts into the same failure. Here the latest offsets entry N is
-    checked, and the latest commit: a broken offsets entry N is renamed ``N.corrupt-<epoch s>`` (not a batch file
-    to Spark) together with commit N, so batch N is planned again from entry N-1 (the sinks are idempotent: its lake
-    files and ClickHouse rows are rewritten); a broken commit N alone is renamed, so batch N is re-run. Each is
+    checked, and the latest commit: a broken offsets entry N is moved to ``<checkpoint>/corrupt/offsets-N-<epoch s>``
+    together with commit N (``commits-N-<epoch s>``), so batch N is planned again from entry N-1 (the sinks are idempotent: its lake
+    files and ClickHouse rows are rewritten); a broken commit N alone is moved, so batch N is re-run. They leave the ``offsets`` and ``commits`` folders, whose
+    readers take every name there for a batch number (until 2026-12-06 they stayed there as ``N.corrupt-<time>``,
+    and ``ops.streamstate.committed_offsets`` failed on them with ValueError). Each is
     logged as an error naming the file. Entries before the latest are not read by Spark at start and are left.
 
     Returns:
-        the paths renamed (empty when the checkpoint is sound or has no entries).
+        the new paths of the entries moved (empty when the checkpoint is sound or has no entries).
+    Raises:
+        OSError: an entry cannot be moved.
     """
     import time as _time
 
@@ -233,22 +237,24 @@ def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
     def aside(kind: str, n: int) -> None:
         f = checkpoint / kind / str(n)
         if f.exists():
-            dest = f.with_name(f"{n}.corrupt-{stamp}")
+            dest = checkpoint / CORRUPT_DIR / f"{kind}-{n}-{stamp}"
+            dest.parent.mkdir(exist_ok=True)
             os.replace(f, dest)
             f.with_name(f".{n}.crc").unlink(missing_ok=True)
             moved.append(str(dest))
 
     offsets = _batches(checkpoint / "offsets")
     if offsets and not _readable(checkpoint / "offsets" / str(offsets[-1])):
-        log.error("streaming checkpoint: offsets entry %s is truncated or corrupt; set aside as %s.corrupt-%d with "
+        log.error("streaming checkpoint: offsets entry %s is truncated or corrupt; moved to %s with "
                   "its commit, the micro-batch is planned again from the previous entry",
-                  checkpoint / "offsets" / str(offsets[-1]), offsets[-1], stamp)
+                  checkpoint / "offsets" / str(offsets[-1]), checkpoint / CORRUPT_DIR / f"offsets-{offsets[-1]}-{stamp}")
         aside("offsets", offsets[-1])
         aside("commits", offsets[-1])
     commits = _batches(checkpoint / "commits")
     if commits and not _readable(checkpoint / "commits" / str(commits[-1])):
-        log.error("streaming checkpoint: commit entry %s is truncated or corrupt; set aside as %s.corrupt-%d, the "
-                  "micro-batch is run again", checkpoint / "commits" / str(commits[-1]), commits[-1], stamp)
+        log.error("streaming checkpoint: commit entry %s is truncated or corrupt; moved to %s, the micro-batch "
+                  "is run again", checkpoint / "commits" / str(commits[-1]),
+                  checkpoint / CORRUPT_DIR / f"commits-{commits[-1]}-{stamp}")
         aside("commits", commits[-1])
     return moved
 

@@ -122,3 +122,24 @@ def test_sinks_without_the_jobs_start_decide_by_the_commits(tmp_path, caplog):
     assert "holds 'garbage'" in caplog.text
     assert sinks_on(tmp_path / "none").run_tag("raw") == ""
     assert not (tmp_path / "none" / "raw" / C.NAMING_FILE).exists()
+
+
+# ------------------------------------------------------------------------------ set-aside entries --
+def test_set_aside_entries_leave_the_metadata_folders_and_readers_skip_old_ones(tmp_path):
+    """A corrupt offsets entry 2 set aside used to stay in ``offsets/`` and ``commits/`` as ``2.corrupt-<time>``;
+    ``ops.streamstate.committed_offsets`` (make demo's wait for the stream) then raised ValueError (int() of the
+    name). Now entries move to ``<query>/corrupt/`` and the readers take digit-only names (a ``2.corrupt-`` name
+    left by the earlier version, a ``.2.crc`` or a temp file are not batches)."""
+    from ops.streamstate import committed_offsets
+
+    cp = make_checkpoint(tmp_path / "raw", {0: offsets_entry({"t": {"0": 5}}), 1: offsets_entry({"t": {"0": 9}}, None),
+                                            2: "v1\n{\"batchWat"}, [0, 1, 2])
+    moved = C.set_aside_corrupt_entries(cp)
+    assert sorted(Path(m).name.rsplit("-", 1)[0] for m in moved) == ["commits-2", "offsets-2"]
+    assert all(Path(m).parent == cp / "corrupt" for m in moved)
+    assert sorted(p.name for p in (cp / "commits").iterdir()) == ["0", "1"]
+    (cp / "commits" / "2.corrupt-1765000000").write_text("v1\n{")   # left by the version before
+    (cp / "commits" / ".1.crc").write_bytes(b"crc")
+    assert committed_offsets(tmp_path, "raw") == {"t": {0: 9}}
+    assert C.batch_numbers(cp / "commits") == [0, 1]
+    assert committed_offsets(tmp_path, "windows") == {}
