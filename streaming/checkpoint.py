@@ -69,6 +69,67 @@ def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:
         admin.close()
 
 
+def partition_offset_bounds(settings, topics: list[str]) -> dict[str, dict[str, tuple[int, int]]]:
+    """{topic: {partition (text): (earliest offset, end offset)}} of those of ``topics`` that exist on the broker:
+    the offset of the oldest record retention kept and the next offset to be written.
+
+    Raises:
+        kafka.errors.KafkaError: the broker cannot be reached or fails the request.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    parts = topic_partitions(settings, topics)
+    tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+    if not tps:
+        return {}
+    c = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
+                      group_id=None, client_id="retail-stream-resume")
+    try:
+        begin, end = c.beginning_offsets(tps), c.end_offsets(tps)
+    finally:
+        c.close()
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for tp in tps:
+        out.setdefault(tp.topic, {})[str(tp.partition)] = (int(begin[tp]), int(end[tp]))
+    return out
+
+
+def resume_offsets(recorded: dict[str, dict[str, int]], bounds: dict[str, dict[str, tuple[int, int]]]
+                   ) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
+    """Starting offsets for a query that resumes at ``recorded`` (the end offsets of its last recorded micro-batch,
+    ``stream_batches.end_offsets``) on the topics as they are now (``bounds``, :func:`partition_offset_bounds`).
+
+    Per partition of ``bounds``: the recorded offset when it lies within [earliest, end]; ``-2`` (Spark: earliest)
+    when it lies beyond the end (the topic was re-created, or the broker's data reset, since that batch: Spark
+    would skip the new records [0, end) with a warning only) or when the partition has no recorded offset (added
+    since); the earliest offset when it lies below it (records deleted by retention before they were read).
+
+    Returns:
+        ({topic: {partition: starting offset}} for every partition of ``bounds``, [one problem per partition not
+        resumed at its recorded offset: {"topic", "partition", "recorded", "earliest", "end", "problem": one of
+        "beyond_end", "expired", "unrecorded"}]).
+    """
+    start: dict[str, dict[str, int]] = {}
+    problems: list[dict[str, Any]] = []
+    for t, parts in bounds.items():
+        for p, (lo, hi) in parts.items():
+            r = recorded.get(t, {}).get(str(p))
+            kind = None
+            if r is None:
+                kind, off = "unrecorded", -2
+            elif int(r) > hi:
+                kind, off = "beyond_end", -2
+            elif int(r) < lo:
+                kind, off = "expired", lo
+            else:
+                off = int(r)
+            start.setdefault(t, {})[str(p)] = off
+            if kind:
+                problems.append({"topic": t, "partition": int(p), "recorded": None if r is None else int(r),
+                                 "earliest": lo, "end": hi, "problem": kind})
+    return start, problems
+
+
 def batch_numbers(folder: Path) -> list[int]:
     """The batch numbers of a Spark metadata log folder (``<checkpoint>/<query>/offsets`` or ``commits``), sorted:
     the names made of digits only, as Spark itself reads them; ``.N.crc`` checksums, ``N.corrupt-<time>`` entries

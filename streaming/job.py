@@ -438,10 +438,24 @@ class StreamingJob:
         return out
 
     def lost_checkpoint_offsets(self, query: str) -> dict[str, dict[str, int]] | None:
-        """The end offsets ({topic: {partition: next offset}}) of ``query``'s last recorded micro-batch
-        (``stream_batches.end_offsets``, the latest by commit time) when its checkpoint holds no offsets entry
-        while ``stream_batches`` has batches of it: the checkpoint was deleted or lost. None otherwise (a first
-        start, or a checkpoint that is not a local folder). Logged as an error naming the checkpoint."""
+        """Starting offsets ({topic: {partition: offset}}, every current partition of the query's topics) for
+        ``query`` when its checkpoint holds no offsets entry while ``stream_batches`` has batches of it: the
+        checkpoint was deleted or lost. None otherwise (a first start, or a checkpoint that is not a local folder),
+        and None with STREAM_RESUME_LOST_CHECKPOINT=false (a deliberate rebuild from STREAM_STARTING_OFFSETS).
+
+        The end offsets of the last recorded micro-batch (``stream_batches.end_offsets``, the latest by commit time)
+        are checked against the topics' current earliest and end offsets
+        (:func:`streaming.checkpoint.resume_offsets`): a recorded offset beyond a partition's end (the topic was
+        re-created or the broker's data reset since that run; Spark would skip the new records below it with a
+        warning only, uncounted in a first batch) starts that partition at its earliest offset; one below the
+        earliest starts there (the records between were deleted by retention: lost). Each such partition is logged
+        as an error naming topic, partition and offsets; the resume itself too, naming the checkpoint.
+
+        Raises:
+            the last infrastructure error once ClickHouse or Kafka stayed unreachable for STREAM_SINK_RETRY_SECONDS.
+        """
+        from streaming.checkpoint import partition_offset_bounds, resume_offsets
+
         root = self.s.spark_checkpoint_dir
         offsets = Path(root, query, "offsets")
         if "://" in root or (offsets.is_dir() and any(f.name.isdigit() for f in offsets.iterdir())):
@@ -452,23 +466,46 @@ class StreamingJob:
             "FROM {db}.stream_batches FINAL WHERE query = {q:String} AND end_offsets != ''", {"q": query})
         if got.empty or not got["o"].iloc[0]:
             return None
-        log.error("query %s: its checkpoint %s holds no offsets, but stream_batches records its micro-batches up to "
-                  "batch %s (%s): the checkpoint was lost or deleted; resuming at that batch's end offsets instead of "
-                  "STREAM_STARTING_OFFSETS=%s (no record read twice, none skipped)", query, Path(root, query),
-                  got["b"].iloc[0], got["t"].iloc[0], self.s.stream_starting_offsets)
-        return json.loads(got["o"].iloc[0])
+        where = (f"query {query}: its checkpoint {Path(root, query)} holds no offsets, but stream_batches records its "
+                 f"micro-batches up to batch {got['b'].iloc[0]} ({got['t'].iloc[0]}): the checkpoint was lost or deleted")
+        if not self.s.stream_resume_lost_checkpoint:
+            log.error("%s; STREAM_RESUME_LOST_CHECKPOINT=false: starting from STREAM_STARTING_OFFSETS=%s (a rebuild: "
+                      "records already in the lake are read into new files again)", where,
+                      self.s.stream_starting_offsets)
+            return None
+        recorded = json.loads(got["o"].iloc[0])
+        bounds = self.sinks.retrying(f"{query} offsets of its topics", partition_offset_bounds, self.s,
+                                     self._query_topics()[query])
+        start, problems = resume_offsets(recorded, bounds)
+        for p in problems:
+            if p["problem"] == "beyond_end":
+                log.error("query %s: topic %s partition %d: the resume offset %d lies beyond the topic's end offset %d "
+                          "(earliest %d): the topic was re-created or the broker's data reset since the recorded "
+                          "batch; this partition is read from its earliest offset", query, p["topic"], p["partition"],
+                          p["recorded"], p["end"], p["earliest"])
+            elif p["problem"] == "expired":
+                log.error("query %s: topic %s partition %d: the resume offset %d lies below the earliest offset %d: "
+                          "%d record(s) were deleted by retention before they were read (lost); resuming at %d",
+                          query, p["topic"], p["partition"], p["recorded"], p["earliest"],
+                          p["earliest"] - p["recorded"], p["earliest"])
+            else:
+                log.warning("query %s: topic %s partition %d has no recorded end offset (added since); read from its "
+                            "earliest offset %d", query, p["topic"], p["partition"], p["earliest"])
+        log.error("%s; resuming at that batch's end offsets %s instead of STREAM_STARTING_OFFSETS=%s, each partition "
+                  "checked against the topics' current offsets (%d not resumed there: see above). Records of the "
+                  "recorded batches are not read again; a batch committed after its stream_batches row was last "
+                  "written is read again, and records the broker no longer holds cannot be read",
+                  where, start, self.s.stream_starting_offsets, len(problems))
+        return start
 
     def _source(self, topics: list[str], resume: dict[str, dict[str, int]] | None = None):
-        """A Kafka source of ``topics``; ``resume`` ({topic: {partition: offset}}): start there (partitions it
-        lacks from their earliest offset) instead of STREAM_STARTING_OFFSETS (a new checkpoint only)."""
+        """A Kafka source of ``topics``; ``resume`` ({topic: {partition: offset}}, :meth:`lost_checkpoint_offsets`:
+        every current partition, -2 = earliest): start there instead of STREAM_STARTING_OFFSETS (a new checkpoint
+        only)."""
         s = self.s
         starting = s.stream_starting_offsets
-        if resume:
-            from streaming.checkpoint import topic_partitions
-
-            parts = topic_partitions(s, topics)
-            starting = json.dumps({t: {str(p): int(resume.get(t, {}).get(str(p), -2)) for p in parts[t]}
-                                   for t in topics if t in parts})
+        if resume and all(t in resume for t in topics):
+            starting = json.dumps({t: resume[t] for t in topics})
         return (self.spark.readStream.format("kafka")
                 .option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
                 .option("subscribe", ",".join(topics))

@@ -143,3 +143,79 @@ def test_set_aside_entries_leave_the_metadata_folders_and_readers_skip_old_ones(
     assert committed_offsets(tmp_path, "raw") == {"t": {0: 9}}
     assert C.batch_numbers(cp / "commits") == [0, 1]
     assert committed_offsets(tmp_path, "windows") == {}
+
+
+# ------------------------------------------------------------------------------ lost checkpoint resume --
+def test_resume_offsets_beyond_a_topics_end_start_from_its_earliest():
+    recorded = {"sales": {"0": 500, "1": 40, "2": 7}, "inv": {"0": 3}}
+    bounds = {"sales": {"0": (0, 12), "1": (0, 60), "2": (10, 20), "3": (0, 5)}, "inv": {"0": (0, 3)}}
+    start, problems = C.resume_offsets(recorded, bounds)
+    assert start == {"sales": {"0": -2, "1": 40, "2": 10, "3": -2}, "inv": {"0": 3}}
+    assert [(p["topic"], p["partition"], p["problem"]) for p in problems] == [
+        ("sales", 0, "beyond_end"), ("sales", 2, "expired"), ("sales", 3, "unrecorded")]
+
+
+class _StubSinks:
+    def __init__(self, row: dict):
+        import pandas as pd
+
+        self.frame = pd.DataFrame([row]) if row else pd.DataFrame({"o": [], "b": [], "t": []})
+
+    def retrying(self, what, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def _query(self, sql, parameters=None):
+        return self.frame
+
+
+def stub_job(tmp_path, recorded: dict | None, **env):
+    """A StreamingJob with stub sinks (stream_batches answering ``recorded``) on the checkpoint root ``tmp_path``
+    (no Spark session, no services)."""
+    from conftest import settings_env
+    from streaming.job import StreamingJob
+
+    job = object.__new__(StreamingJob)
+    with settings_env(SPARK_CHECKPOINT_DIR=str(tmp_path), **env) as s:
+        job.s = s
+    job.sinks = _StubSinks({"o": json.dumps(recorded), "b": 4, "t": "2026-12-06 12:00:00"} if recorded else {})
+    return job
+
+
+def test_a_lost_checkpoint_on_a_recreated_topic_resumes_from_its_earliest(tmp_path, monkeypatch, caplog):
+    """The raw checkpoint lost and the sales topic re-created since the recorded batch (end offset 500, the new
+    topic holds 12). Before, the raw query resumed at 500: Spark skipped the new topic's 12 records with a warning
+    (a first batch: not counted) while the log said 'none skipped'. Now that partition starts at its earliest
+    offset, logged as an error naming topic, partition and offsets."""
+    import streaming.checkpoint as cp_mod
+
+    job = stub_job(tmp_path, {"retail-sales-transactions": {"0": 500}})
+    topics = job._query_topics()["raw"]
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds",
+                        lambda s, ts: {t: {"0": (0, 12 if "sales" in t else 0)} for t in ts})
+    with caplog.at_level(logging.INFO, logger="streaming.job"):
+        start = job.lost_checkpoint_offsets("raw")
+    sales = next(t for t in topics if "sales" in t)
+    assert start[sales] == {"0": -2}
+    assert f"topic {sales} partition 0: the resume offset 500 lies beyond the topic's end offset 12" in caplog.text
+    assert "none skipped" not in caplog.text
+    (tmp_path / "raw" / "offsets").mkdir(parents=True)
+    (tmp_path / "raw" / "offsets" / "0").write_text(offsets_entry({sales: {"0": 1}}))
+    assert job.lost_checkpoint_offsets("raw") is None   # a checkpoint with offsets: Spark's own resume
+
+
+def test_resume_of_a_lost_checkpoint_can_be_turned_off(tmp_path, monkeypatch, caplog):
+    import streaming.checkpoint as cp_mod
+    from conftest import settings_env
+    from core.settings import ConfigError
+
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", lambda s, ts: pytest.fail("no resume wanted"))
+    job = stub_job(tmp_path, {"retail-sales-transactions": {"0": 5}}, STREAM_RESUME_LOST_CHECKPOINT="false")
+    with caplog.at_level(logging.ERROR, logger="streaming.job"):
+        assert job.lost_checkpoint_offsets("raw") is None
+    assert "STREAM_RESUME_LOST_CHECKPOINT=false: starting from STREAM_STARTING_OFFSETS=earliest" in caplog.text
+    for bad in ("maybe", "1", "yes"):
+        with pytest.raises(ConfigError, match="STREAM_RESUME_LOST_CHECKPOINT"):
+            with settings_env(STREAM_RESUME_LOST_CHECKPOINT=bad):
+                pass
+    with settings_env(STREAM_RESUME_LOST_CHECKPOINT="TRUE") as s:
+        assert s.stream_resume_lost_checkpoint is True
