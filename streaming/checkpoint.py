@@ -35,21 +35,24 @@ CORRUPT_DIR = "corrupt"
 VOID_OFFSET = "-"
 
 
-def topic_ids(settings, topics: list[str]) -> dict[str, str]:
+def topic_ids(settings, topics: list[str], admin=None) -> dict[str, str]:
     """{topic: Kafka topic id (UUID text)} of those of ``topics`` that exist on the broker
-    (``KAFKA_BOOTSTRAP_SERVERS``; Metadata/DescribeTopics through :func:`core.kafka_admin.admin_client`).
+    (``KAFKA_BOOTSTRAP_SERVERS``; Metadata/DescribeTopics through :func:`core.kafka_admin.admin_client`, or through
+    ``admin``, a ``KafkaAdminClient`` the caller keeps open and closes).
 
     Raises:
         kafka.errors.KafkaError: the broker cannot be reached or fails the request.
     """
     from core.kafka_admin import admin_client
 
-    admin = admin_client(settings)
+    own = admin is None
+    admin = admin_client(settings) if own else admin
     try:
         present = [t for t in topics if t in set(admin.list_topics())]
         return {t["name"]: str(t["topic_id"]) for t in admin.describe_topics(present)} if present else {}
     finally:
-        admin.close()
+        if own:
+            admin.close()
 
 
 def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:

@@ -378,6 +378,7 @@ class StreamingJob:
         self._poller: ProgressPoller | None = None
         #: {query: {topic: details}} of the topics found re-created at the last start (:meth:`rewind_recreated_topics`)
         self.recreated_topics: dict[str, dict[str, Any]] = {}
+        self._admin = None   # Kafka admin client of :meth:`_remember_topics`, kept between micro-batches
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
@@ -390,8 +391,8 @@ class StreamingJob:
                                        expired=skipped_records(progress, SOURCE_SCANS[name]),
                                        end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
                                        late=late_rows_dropped(progress))
-            if _topics_moved(progress):   # the checkpoint's offsets now refer to the topics as they are
-                self._remember_topics(name)
+            # after every committed batch: the ids the checkpoint's offsets refer to are the topics' as they are now
+            self._remember_topics(name, progress, expected_change=_topics_moved(progress))
 
     def _query_topics(self) -> dict[str, list[str]]:
         """{query: the Kafka topics its sources read}."""
@@ -400,12 +401,63 @@ class StreamingJob:
         return {"raw": [*topics, s.topic(DEAD_LETTER)],
                 "windows": [s.topic(EVENT_TYPES["sales_transaction"]), s.topic(EVENT_TYPES["inventory_update"])]}
 
-    def _remember_topics(self, name: str) -> None:
-        from streaming.checkpoint import remember_topic_ids, topic_ids
+    def _remember_topics(self, name: str, progress: dict | None = None, expected_change: bool = False) -> bool:
+        """Refresh ``<checkpoint>/<name>/topic-ids.json`` with the broker's ids of the query's topics, after each
+        of its committed micro-batches (one DescribeTopics request on a kept admin client), so the stored ids always
+        describe the topics the checkpoint's offsets refer to: a topic re-created while the job ran is not read
+        again from offset 0 at the next start (before, ids were stored only after a batch whose offsets went back
+        or whose partitions changed: a new topic that grew past the old offset first, or a failed refresh, kept the
+        old id, and the restart re-read the new topic from 0 into the lake, doubling what the stream had read).
+
+        An id that changed without ``expected_change`` (no offset going back or partition change in the batch's
+        ``progress``) is logged as an error: the topic was re-created unseen, and the new topic's records below the
+        offsets the stream had reached were skipped. Side chosen for the race of a re-creation between the batch's
+        planning and this refresh: the new id is stored, so a restart does not rewind (the new records the
+        checkpoint's offsets pass over are skipped, logged here and counted as ``records_expired`` when the next
+        batch's offsets go back) rather than re-reading records already in the lake twice.
+
+        Returns:
+            True when the ids were refreshed; False for a checkpoint that is not a local folder, or when the broker
+            failed (logged as a warning; the next batch tries again).
+        """
+        from streaming.checkpoint import remember_topic_ids, stored_topic_ids, topic_ids
 
         root = self.s.spark_checkpoint_dir
-        if "://" not in root:
-            remember_topic_ids(Path(root, name), topic_ids(self.s, self._query_topics()[name]))
+        if "://" in root:
+            return False
+        cp = Path(root, name)
+        try:
+            if getattr(self, "_admin", None) is None:
+                from core.kafka_admin import admin_client
+
+                self._admin = admin_client(self.s)
+            ids = topic_ids(self.s, self._query_topics()[name], admin=self._admin)
+        except Exception as exc:   # the broker unreachable: the next committed batch tries again
+            log.warning("query %s: the Kafka topic ids of its checkpoint could not be refreshed (%s: %s); tried again "
+                        "after the next micro-batch", name, type(exc).__name__, str(exc)[:300])
+            self._close_admin()
+            return False
+        known = stored_topic_ids(cp)
+        if not expected_change:
+            ends = source_end_offsets(progress) if progress else {}
+            for t, i in sorted(ids.items()):
+                if t in known and known[t] != i:
+                    log.error("query %s micro-batch %s: topic %s was deleted and re-created while the stream ran "
+                              "(topic id %s, now %s) without an offset going back: the new topic's records below the "
+                              "offsets the stream had reached (%s) are skipped, uncounted unless a later micro-batch's "
+                              "offsets go back; the stored id is now the new one, so a restart does not read the topic "
+                              "again from 0", name,
+                              (progress or {}).get("batchId"), t, known[t], i, ends.get(t, {}))
+        remember_topic_ids(cp, ids)
+        return True
+
+    def _close_admin(self) -> None:
+        admin, self._admin = getattr(self, "_admin", None), None
+        if admin is not None:
+            try:
+                admin.close()
+            except Exception as exc:   # closing a client of an unreachable broker
+                log.debug("closing the Kafka admin client: %s", exc)
 
     def rewind_recreated_topics(self) -> dict[str, dict[str, Any]]:
         """Before the queries start: a truncated or corrupt latest offsets / commit entry of each query's
@@ -627,6 +679,7 @@ class StreamingJob:
         if self._poller is not None:  # after the queries stopped: the last poll sees their final batches
             self._poller.stop()
             self._poller = None
+        self._close_admin()
         self.sinks.close()
 
     def stats(self) -> dict[str, Any]:

@@ -219,3 +219,50 @@ def test_resume_of_a_lost_checkpoint_can_be_turned_off(tmp_path, monkeypatch, ca
                 pass
     with settings_env(STREAM_RESUME_LOST_CHECKPOINT="TRUE") as s:
         assert s.stream_resume_lost_checkpoint is True
+
+
+# ------------------------------------------------------------------------- topic ids refreshed per batch --
+def test_topic_ids_are_refreshed_after_every_committed_batch(tmp_path, monkeypatch, caplog):
+    """The sales topic re-created while the job ran and grown past the old offset before the next batch: its
+    progress shows offsets going forward only. Before, topic-ids.json kept the old id (stored only after a batch
+    whose offsets went back), and the next start rewound the topic to 0: the records read since went into the lake
+    twice. Now every committed batch refreshes the ids (an unseen re-creation logged as an error); a broker error
+    is logged and the next batch tries again."""
+    from kafka.errors import KafkaConnectionError as NoBrokersAvailable
+
+    import core.kafka_admin
+    import streaming.checkpoint as cp_mod
+
+    class Recorder:
+        def record_progress(self, *a, **kw):
+            pass
+
+    job = stub_job(tmp_path, None)
+    job.sinks, job._admin = Recorder(), None
+    sales = job._query_topics()["windows"][0]
+    C.remember_topic_ids(tmp_path / "windows", {sales: "old-id"})
+    now = {"ids": {sales: "new-id"}, "fail": False}
+
+    def fake_ids(s, topics, admin=None):
+        if now["fail"]:
+            raise NoBrokersAvailable()
+        return {t: i for t, i in now["ids"].items() if t in topics}
+
+    monkeypatch.setattr(cp_mod, "topic_ids", fake_ids)
+    monkeypatch.setattr(core.kafka_admin, "admin_client", lambda s: type("A", (), {"close": lambda self: None})())
+    progress = {"batchId": 7, "sources": [{"startOffset": {sales: {"0": 40}}, "endOffset": {sales: {"0": 55}},
+                                           "numInputRows": 30}], "stateOperators": []}
+    with caplog.at_level(logging.WARNING, logger="streaming.job"):
+        job._record_progress("windows", progress)
+        assert json.loads((tmp_path / "windows" / C.IDS_FILE).read_text()) == {sales: "new-id"}
+        assert f"topic {sales} was deleted and re-created while the stream ran (topic id old-id, now new-id)" in caplog.text
+        now.update(fail=True, ids={sales: "newer-id"})
+        job._record_progress("windows", {**progress, "batchId": 8})
+        assert "could not be refreshed (KafkaConnectionError" in caplog.text
+        assert json.loads((tmp_path / "windows" / C.IDS_FILE).read_text()) == {sales: "new-id"}
+        now["fail"] = False
+        job._record_progress("windows", {**progress, "batchId": 9})
+    assert json.loads((tmp_path / "windows" / C.IDS_FILE).read_text()) == {sales: "newer-id"}
+    # the next start finds the stored ids equal to the broker's: nothing is rewound
+    make_checkpoint(tmp_path / "windows", {9: offsets_entry({sales: {"0": 55}})}, [9])
+    assert C.rewind_recreated_topics(tmp_path / "windows", {sales: "newer-id"}) == {}
