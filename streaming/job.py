@@ -465,7 +465,12 @@ class StreamingJob:
         then, for each query, the topics deleted and re-created since its checkpoint
         (Kafka topic id changed) are read again from offset 0 (:func:`streaming.checkpoint.rewind_recreated_topics`),
         each logged as an error naming topic, old and new id and the offsets given up. Returns {query: {topic:
-        details}}; {} for a checkpoint that is not a local folder (not checked)."""
+        details}}; {} for a checkpoint that is not a local folder (not checked).
+
+        Raises:
+            kafka.errors.KafkaError: the broker stayed unreachable for STREAM_SINK_RETRY_SECONDS (the topic ids are
+                asked with :meth:`streaming.sinks.StreamSinks.retrying`, each wait logged).
+            ValueError: a latest offsets entry is not Spark's format after the corrupt ones were set aside."""
         from streaming.checkpoint import rewind_recreated_topics, topic_ids
 
         from streaming.checkpoint import set_aside_corrupt_entries
@@ -477,7 +482,9 @@ class StreamingJob:
             set_aside_corrupt_entries(Path(checkpoint_path(self.s, name)))
         out: dict[str, dict[str, Any]] = {}
         queries = self._query_topics()
-        ids = topic_ids(self.s, sorted({t for ts in queries.values() for t in ts}))
+        # retried like the sinks' writes: a broker blip between the start-up wait and here must not fail the start
+        ids = self.sinks.retrying("Kafka topic ids at start", topic_ids, self.s,
+                                  sorted({t for ts in queries.values() for t in ts}))
         for name, topics in queries.items():
             got = rewind_recreated_topics(Path(checkpoint_path(self.s, name)),
                                           {t: i for t, i in ids.items() if t in topics})

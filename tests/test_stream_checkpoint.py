@@ -266,3 +266,31 @@ def test_topic_ids_are_refreshed_after_every_committed_batch(tmp_path, monkeypat
     # the next start finds the stored ids equal to the broker's: nothing is rewound
     make_checkpoint(tmp_path / "windows", {9: offsets_entry({sales: {"0": 55}})}, [9])
     assert C.rewind_recreated_topics(tmp_path / "windows", {sales: "newer-id"}) == {}
+
+
+# --------------------------------------------------------------------------- broker blip at start --
+def test_a_broker_blip_while_the_start_asks_the_topic_ids_is_retried(tmp_path, monkeypatch, caplog):
+    """Kafka unreachable for one request between the start-up wait and the start's topic-id look-up. Before, the
+    KafkaError failed the start; now the look-up is retried with the sinks' backoff (the wait logged)."""
+    from kafka.errors import KafkaConnectionError
+
+    import streaming.checkpoint as cp_mod
+    from conftest import settings_env
+    from streaming.sinks import StreamSinks
+
+    job = stub_job(tmp_path, None)
+    with settings_env(SPARK_CHECKPOINT_DIR=str(tmp_path), STREAM_SINK_RETRY_SECONDS="60") as s:
+        job.s, job.sinks = s, StreamSinks(s, client=object(), lake=object())
+    calls = []
+
+    def flaky(settings, topics, admin=None):
+        calls.append(topics)
+        if len(calls) == 1:
+            raise KafkaConnectionError("Connection refused")
+        return {t: f"id-{t}" for t in topics}
+
+    monkeypatch.setattr(cp_mod, "topic_ids", flaky)
+    with caplog.at_level(logging.WARNING, logger="streaming.sinks"):
+        assert job.rewind_recreated_topics() == {}
+    assert len(calls) == 2 and "Kafka topic ids at start: infrastructure error" in caplog.text
+    assert C.stored_topic_ids(tmp_path / "raw") == {t: f"id-{t}" for t in job._query_topics()["raw"]}
