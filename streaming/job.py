@@ -552,8 +552,7 @@ class StreamingJob:
                             "earliest offset %d", query, p["topic"], p["partition"], p["earliest"])
         log.error("%s; resuming at that batch's end offsets %s instead of STREAM_STARTING_OFFSETS=%s, each partition "
                   "checked against the topics' current offsets (%d not resumed there: see above). Records of the "
-                  "recorded batches are not read again; a batch committed after its stream_batches row was last "
-                  "written is read again, and records the broker no longer holds cannot be read",
+                  "recorded batches are not read again; records the broker no longer holds cannot be read",
                   where, start, self.s.stream_starting_offsets, len(problems))
         return start
 

@@ -294,3 +294,30 @@ def test_a_broker_blip_while_the_start_asks_the_topic_ids_is_retried(tmp_path, m
         assert job.rewind_recreated_topics() == {}
     assert len(calls) == 2 and "Kafka topic ids at start: infrastructure error" in caplog.text
     assert C.stored_topic_ids(tmp_path / "raw") == {t: f"id-{t}" for t in job._query_topics()["raw"]}
+
+
+# ------------------------------------------------------------------------- stream_batches rows per batch --
+def test_a_batch_without_counts_writes_one_stream_batches_row_with_its_end_offsets(tmp_path):
+    """Each micro-batch's stream_batches row was inserted twice: once by the sink, again by the progress with the
+    end offsets (never empty). Now the first row reads them from the checkpoint's offsets entry, and the progress
+    re-inserts only when it adds a count (or offsets the first row lacked)."""
+    class Client:
+        rows: list = []
+
+        def insert_df(self, table, df):
+            self.rows.append((table, df.iloc[0].to_dict()))
+
+    cp = make_checkpoint(tmp_path / "raw", {3: offsets_entry({"t": {"1": 9, "0": 5}}, None, {"u": {"0": 2}})}, [])
+    sinks = sinks_on(tmp_path)
+    sinks.ch = client = Client()
+    sinks._log_batch("raw", 3, 10, 10, 0.0)
+    want = json.dumps({"t": {"0": 5, "1": 9}, "u": {"0": 2}}, sort_keys=True)
+    assert [r["end_offsets"] for _, r in client.rows] == [want]
+    sinks.record_progress("raw", 3, 0, end_offsets=want)
+    assert len(client.rows) == 1
+    sinks.record_progress("raw", 3, 2, end_offsets=want)   # duplicates dropped: the counts are written
+    assert len(client.rows) == 2 and client.rows[-1][1]["duplicates_dropped"] == 2
+    sinks._log_batch("raw", 4, 1, 1, 0.0)                   # no offsets entry here: the progress writes them
+    sinks.record_progress("raw", 4, 0, end_offsets=want)
+    assert [r["end_offsets"] for _, r in client.rows[2:]] == ["", want]
+    assert cp.exists()
