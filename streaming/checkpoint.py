@@ -13,6 +13,12 @@ starts, compares them with the broker's (:func:`rewind_recreated_topics`): for a
 checkpoint's next offsets entry with that topic's partitions at 0, so the restarted query reads the new topic from
 its start (Spark reports the offsets going back as possible data loss: a warning, nothing read in that batch; the
 next batch starts at 0). Other topics keep their offsets. Only a local checkpoint folder is handled.
+
+Also here: the per-checkpoint lake file naming (:func:`lake_file_naming`, ``<checkpoint>/lake-file-tag``), broken
+latest entries moved to ``<checkpoint>/corrupt/`` (:func:`set_aside_corrupt_entries`), and the checks of a lost
+checkpoint's recorded offsets against the topics as they are (:func:`partition_offset_bounds`,
+:func:`resume_offsets`). Readers of ``offsets/`` and ``commits/`` take digit-only names as batches
+(:func:`batch_numbers`), as Spark does.
 """
 
 from __future__ import annotations
