@@ -230,6 +230,7 @@ class Settings(BaseSettings):
     stream_max_offsets_per_trigger: int = Field(default=200_000, ge=1, description="Kafka maxOffsetsPerTrigger: at most this many records per micro-batch from each of the raw query's sources (one per topic) and from the windows query's source (sales + inventory updates together).")
     stream_state_store: Literal["rocksdb", "hdfs"] = Field(default="rocksdb", description="Streaming state store (deduplication and window state): rocksdb = Spark's RocksDB provider with changelog checkpointing, hdfs = Spark's default in-heap provider. New checkpoints only.")
     stream_starting_offsets: str = Field(default="earliest", description="Kafka startingOffsets for a new checkpoint.")
+    stream_resume_lost_checkpoint: bool = Field(default=True, description="true: a raw query whose checkpoint holds no offsets while stream_batches records its micro-batches (the checkpoint was lost) resumes at the last recorded end offsets, each partition checked against the topic's current offsets (an offset beyond the end: that partition from its earliest offset, logged as an error); false: it starts from STREAM_STARTING_OFFSETS (a deliberate rebuild: records already in the lake are read into new files again). true or false.")
     stream_max_event_age_days: int = Field(default=36500, ge=1, description="Events older than this (vs the Kafka record timestamp, the producer's send time) are quarantined as absurd.")
     stream_heartbeat_max_age_s: float = Field(default=60.0, gt=0, description="The streaming job counts as healthy while its heartbeat file ($RETAIL_STATE_DIR/streaming.heartbeat, touched every second while both queries run) is younger than this (seconds).")
     stream_max_future_minutes: int = Field(default=5, ge=0, description="Events whose event time is more than this many minutes ahead are rejected: dead-lettered by the producers (ahead of the send time), quarantined by the stream (ahead of the Kafka record timestamp, i.e. the send time) (contracts.rule_violations). Must be below STREAM_WATERMARK: an accepted event lifts the windows' watermark to at most its send time + this - STREAM_WATERMARK, so on-time events are never dropped as late.")
@@ -410,6 +411,15 @@ class Settings(BaseSettings):
         if v != -1 and v < 1:
             raise ValueError(f"KAFKA_RETENTION_MS {v}: must be >= 1 (milliseconds) or -1 (no limit)")
         return v
+
+    @field_validator("stream_resume_lost_checkpoint", mode="before")
+    @classmethod
+    def _check_resume_lost_checkpoint(cls, v):
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+            return v.strip().lower() == "true"
+        raise ValueError(f"STREAM_RESUME_LOST_CHECKPOINT {v!r}: expected true or false")
 
     @field_validator("stream_starting_offsets")
     @classmethod

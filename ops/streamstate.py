@@ -15,9 +15,20 @@ from core.settings import Settings
 
 
 def committed_offsets(checkpoint_root: str | Path, query: str) -> dict[str, dict[int, int]]:
-    """{topic: {partition: next offset}} of ``query``'s last committed micro-batch ({} before the first)."""
+    """{topic: {partition: next offset}} of ``query``'s last committed micro-batch ({} before the first).
+
+    Batches are the names of ``commits/`` made of digits only, as Spark reads them: checksums, temporary files and
+    the ``N.corrupt-<time>`` entries the job set aside there until 2026-12-06 are not batches (before, int() of
+    such a name raised ValueError and ``make demo``'s wait for the stream failed at once). A source line ``-``
+    (Spark's, for a source without an offset) is skipped.
+
+    Raises:
+        OSError: the offsets entry of the last commit cannot be read.
+        ValueError: a source line of that entry is not JSON.
+    """
     root = Path(checkpoint_root) / query
-    commits = [int(p.name) for p in (root / "commits").glob("[0-9]*")] if (root / "commits").exists() else []
+    commits = ([int(p.name) for p in (root / "commits").iterdir() if p.name.isdigit()]
+               if (root / "commits").is_dir() else [])
     if not commits:
         return {}
     lines = (root / "offsets" / str(max(commits))).read_text().splitlines()

@@ -13,6 +13,12 @@ starts, compares them with the broker's (:func:`rewind_recreated_topics`): for a
 checkpoint's next offsets entry with that topic's partitions at 0, so the restarted query reads the new topic from
 its start (Spark reports the offsets going back as possible data loss: a warning, nothing read in that batch; the
 next batch starts at 0). Other topics keep their offsets. Only a local checkpoint folder is handled.
+
+Also here: the per-checkpoint lake file naming (:func:`lake_file_naming`, ``<checkpoint>/lake-file-tag``), broken
+latest entries moved to ``<checkpoint>/corrupt/`` (:func:`set_aside_corrupt_entries`), and the checks of a lost
+checkpoint's recorded offsets against the topics as they are (:func:`partition_offset_bounds`,
+:func:`resume_offsets`). Readers of ``offsets/`` and ``commits/`` take digit-only names as batches
+(:func:`batch_numbers`), as Spark does.
 """
 
 from __future__ import annotations
@@ -27,23 +33,32 @@ log = logging.getLogger(__name__)
 
 #: file in a query's checkpoint folder: {topic: topic id} its offsets refer to
 IDS_FILE = "topic-ids.json"
+#: file in a query's checkpoint folder: how its lake files are named (:func:`lake_file_naming`)
+NAMING_FILE = "lake-file-tag"
+#: folder in a query's checkpoint folder where :func:`set_aside_corrupt_entries` moves broken entries
+CORRUPT_DIR = "corrupt"
+#: Spark's line for a source without an offset in an offsets entry (``OffsetSeqLog.SERIALIZED_VOID_OFFSET``)
+VOID_OFFSET = "-"
 
 
-def topic_ids(settings, topics: list[str]) -> dict[str, str]:
+def topic_ids(settings, topics: list[str], admin=None) -> dict[str, str]:
     """{topic: Kafka topic id (UUID text)} of those of ``topics`` that exist on the broker
-    (``KAFKA_BOOTSTRAP_SERVERS``; Metadata/DescribeTopics through :func:`core.kafka_admin.admin_client`).
+    (``KAFKA_BOOTSTRAP_SERVERS``; Metadata/DescribeTopics through :func:`core.kafka_admin.admin_client`, or through
+    ``admin``, a ``KafkaAdminClient`` the caller keeps open and closes).
 
     Raises:
         kafka.errors.KafkaError: the broker cannot be reached or fails the request.
     """
     from core.kafka_admin import admin_client
 
-    admin = admin_client(settings)
+    own = admin is None
+    admin = admin_client(settings) if own else admin
     try:
         present = [t for t in topics if t in set(admin.list_topics())]
         return {t["name"]: str(t["topic_id"]) for t in admin.describe_topics(present)} if present else {}
     finally:
-        admin.close()
+        if own:
+            admin.close()
 
 
 def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:
@@ -63,13 +78,83 @@ def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:
         admin.close()
 
 
-def _batches(folder: Path) -> list[int]:
+def partition_offset_bounds(settings, topics: list[str]) -> dict[str, dict[str, tuple[int, int]]]:
+    """{topic: {partition (text): (earliest offset, end offset)}} of those of ``topics`` that exist on the broker:
+    the offset of the oldest record retention kept and the next offset to be written.
+
+    Raises:
+        kafka.errors.KafkaError: the broker cannot be reached or fails the request.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    parts = topic_partitions(settings, topics)
+    tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+    if not tps:
+        return {}
+    c = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
+                      group_id=None, client_id="retail-stream-resume")
+    try:
+        begin, end = c.beginning_offsets(tps), c.end_offsets(tps)
+    finally:
+        c.close()
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for tp in tps:
+        out.setdefault(tp.topic, {})[str(tp.partition)] = (int(begin[tp]), int(end[tp]))
+    return out
+
+
+def resume_offsets(recorded: dict[str, dict[str, int]], bounds: dict[str, dict[str, tuple[int, int]]]
+                   ) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
+    """Starting offsets for a query that resumes at ``recorded`` (the end offsets of its last recorded micro-batch,
+    ``stream_batches.end_offsets``) on the topics as they are now (``bounds``, :func:`partition_offset_bounds`).
+
+    Per partition of ``bounds``: the recorded offset when it lies within [earliest, end]; ``-2`` (Spark: earliest)
+    when it lies beyond the end (the topic was re-created, or the broker's data reset, since that batch: Spark
+    would skip the new records [0, end) with a warning only) or when the partition has no recorded offset (added
+    since); the earliest offset when it lies below it (records deleted by retention before they were read).
+
+    Returns:
+        ({topic: {partition: starting offset}} for every partition of ``bounds``, [one problem per partition not
+        resumed at its recorded offset: {"topic", "partition", "recorded", "earliest", "end", "problem": one of
+        "beyond_end", "expired", "unrecorded"}]).
+    """
+    start: dict[str, dict[str, int]] = {}
+    problems: list[dict[str, Any]] = []
+    for t, parts in bounds.items():
+        for p, (lo, hi) in parts.items():
+            r = recorded.get(t, {}).get(str(p))
+            kind = None
+            if r is None:
+                kind, off = "unrecorded", -2
+            elif int(r) > hi:
+                kind, off = "beyond_end", -2
+            elif int(r) < lo:
+                kind, off = "expired", lo
+            else:
+                off = int(r)
+            start.setdefault(t, {})[str(p)] = off
+            if kind:
+                problems.append({"topic": t, "partition": int(p), "recorded": None if r is None else int(r),
+                                 "earliest": lo, "end": hi, "problem": kind})
+    return start, problems
+
+
+def batch_numbers(folder: Path) -> list[int]:
+    """The batch numbers of a Spark metadata log folder (``<checkpoint>/<query>/offsets`` or ``commits``), sorted:
+    the names made of digits only, as Spark itself reads them; ``.N.crc`` checksums, ``N.corrupt-<time>`` entries
+    set aside by an earlier version and temporary files are not batches. [] for a missing folder."""
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+_batches = batch_numbers
 
 
 def read_offsets(checkpoint: Path, batch: int) -> tuple[list[str], list[dict | None]]:
     """The offsets entry ``batch`` of a checkpoint: (header lines: version and batch metadata, [source offsets
     {topic: {partition: offset}} or None per source, in the query's source order]).
+
+    A source without an offset is Spark's line ``-`` (:data:`VOID_OFFSET`); it reads as None (as do ``""`` and
+    ``null``) and :func:`format_offsets` writes it back as ``-``.
 
     Raises:
         ValueError: the file is not Spark's ``v1`` offsets format (e.g. truncated), naming it.
@@ -79,24 +164,63 @@ def read_offsets(checkpoint: Path, batch: int) -> tuple[list[str], list[dict | N
     if len(lines) < 3 or lines[0] != "v1":
         raise ValueError(f"streaming checkpoint offsets file {path} is not Spark's v1 format (truncated?)")
     try:
-        return lines[:2], [None if x in ("", "null") else json.loads(x) for x in lines[2:]]
+        return lines[:2], [None if x in (VOID_OFFSET, "", "null") else json.loads(x) for x in lines[2:]]
     except json.JSONDecodeError as exc:
         raise ValueError(f"streaming checkpoint offsets file {path} holds invalid JSON: {exc}") from exc
 
 
+def format_offsets(header: list[str], sources: list[dict | None]) -> str:
+    """The text of an offsets entry from :func:`read_offsets`' parts: the header lines, then one compact JSON line
+    per source, ``-`` (:data:`VOID_OFFSET`) for a source without offsets (Spark cannot parse ``""`` or ``null``)."""
+    return "\n".join(header + [VOID_OFFSET if s is None else json.dumps(s, separators=(",", ":")) for s in sources])
+
+
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file that is fsynced before the rename (a crash leaves the
+    old or the new content, never an empty or half file), then fsync the folder; Hadoop's ``.<name>.crc`` of the
+    old content is removed."""
     tmp = path.with_name(f".{path.name}.rewind.tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:   # a file system that cannot fsync a folder: the rename is still atomic
+        pass
     crc = path.with_name(f".{path.name}.crc")   # Hadoop's local checksum of the old content
     crc.unlink(missing_ok=True)
+
+
+def stored_topic_ids(checkpoint: Path) -> dict[str, str]:
+    """{topic: id} of ``<checkpoint>/topic-ids.json``; {} when it is missing, or unreadable / not such a JSON
+    object (logged as an error: the ids are then learned again from the broker, and a topic re-created since the
+    checkpoint's offsets were written is not recognised at this start)."""
+    path = checkpoint / IDS_FILE
+    if not path.exists():
+        return {}
+    try:
+        got = json.loads(path.read_text())
+        if isinstance(got, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in got.items()):
+            return got
+        raise ValueError("not a JSON object of topic -> id strings")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.error("streaming checkpoint: %s is unreadable (%s); treated as absent, the topic ids are learned again "
+                  "from the broker (a topic re-created since the checkpoint's offsets cannot be recognised at this "
+                  "start)", path, exc)
+        return {}
 
 
 def remember_topic_ids(checkpoint: Path, ids: dict[str, str]) -> None:
     """Merge ``ids`` ({topic: id}) into ``<checkpoint>/topic-ids.json`` (a topic absent now keeps its last id)."""
     path = checkpoint / IDS_FILE
-    old = json.loads(path.read_text()) if path.exists() else {}
-    if {**old, **ids} != old:
+    old = stored_topic_ids(checkpoint)
+    if {**old, **ids} != old or not path.exists():
         checkpoint.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps({**old, **ids}, sort_keys=True))
 
@@ -119,8 +243,7 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
     Raises:
         ValueError: the latest offsets file is not Spark's format (:func:`read_offsets`).
     """
-    path = checkpoint / IDS_FILE
-    known = json.loads(path.read_text()) if path.exists() else {}
+    known = stored_topic_ids(checkpoint)
     recreated = {t: (known[t], i) for t, i in ids.items() if t in known and known[t] != i}
     batches = _batches(checkpoint / "offsets")
     out: dict[str, dict[str, Any]] = {}
@@ -135,8 +258,7 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
                     src[t] = {p: 0 for p in src[t]}
         committed = latest in _batches(checkpoint / "commits")
         target = latest + 1 if committed else latest
-        text = "\n".join(header + ["" if s is None else json.dumps(s, separators=(",", ":")) for s in sources])
-        _write_atomic(checkpoint / "offsets" / str(target), text)
+        _write_atomic(checkpoint / "offsets" / str(target), format_offsets(header, sources))
         for t in out:
             out[t]["batch"] = target
     remember_topic_ids(checkpoint, ids)
@@ -144,13 +266,14 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
 
 
 def _readable(path: Path) -> bool:
-    """True when ``path`` is a complete entry of Spark's metadata logs: ``v1``, then one JSON document per line."""
+    """True when ``path`` is a complete entry of Spark's metadata logs: ``v1``, then one JSON document per line
+    (or ``-``, Spark's line for a source without an offset)."""
     try:
         lines = path.read_text().split("\n")
         if len(lines) < 2 or lines[0] != "v1":
             return False
         for x in lines[1:]:
-            if x:
+            if x and x != VOID_OFFSET:
                 json.loads(x)
         return True
     except (OSError, UnicodeDecodeError, ValueError):
@@ -164,13 +287,17 @@ def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
     Spark writes these entries atomically, so a broken one comes from a damaged disk or a hand edit; Spark then
     fails the query at start with a bare JSON parser message (``Unexpected end-of-input in field name``) that names
     neither file nor cure, and a supervised job restarts into the same failure. Here the latest offsets entry N is
-    checked, and the latest commit: a broken offsets entry N is renamed ``N.corrupt-<epoch s>`` (not a batch file
-    to Spark) together with commit N, so batch N is planned again from entry N-1 (the sinks are idempotent: its lake
-    files and ClickHouse rows are rewritten); a broken commit N alone is renamed, so batch N is re-run. Each is
+    checked, and the latest commit: a broken offsets entry N is moved to ``<checkpoint>/corrupt/offsets-N-<epoch s>``
+    together with commit N (``commits-N-<epoch s>``), so batch N is planned again from entry N-1 (the sinks are idempotent: its lake
+    files and ClickHouse rows are rewritten); a broken commit N alone is moved, so batch N is re-run. They leave the ``offsets`` and ``commits`` folders, whose
+    readers take every name there for a batch number (until 2026-12-06 they stayed there as ``N.corrupt-<time>``,
+    and ``ops.streamstate.committed_offsets`` failed on them with ValueError). Each is
     logged as an error naming the file. Entries before the latest are not read by Spark at start and are left.
 
     Returns:
-        the paths renamed (empty when the checkpoint is sound or has no entries).
+        the new paths of the entries moved (empty when the checkpoint is sound or has no entries).
+    Raises:
+        OSError: an entry cannot be moved.
     """
     import time as _time
 
@@ -180,21 +307,70 @@ def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
     def aside(kind: str, n: int) -> None:
         f = checkpoint / kind / str(n)
         if f.exists():
-            dest = f.with_name(f"{n}.corrupt-{stamp}")
+            dest = checkpoint / CORRUPT_DIR / f"{kind}-{n}-{stamp}"
+            dest.parent.mkdir(exist_ok=True)
             os.replace(f, dest)
             f.with_name(f".{n}.crc").unlink(missing_ok=True)
             moved.append(str(dest))
 
     offsets = _batches(checkpoint / "offsets")
     if offsets and not _readable(checkpoint / "offsets" / str(offsets[-1])):
-        log.error("streaming checkpoint: offsets entry %s is truncated or corrupt; set aside as %s.corrupt-%d with "
+        log.error("streaming checkpoint: offsets entry %s is truncated or corrupt; moved to %s with "
                   "its commit, the micro-batch is planned again from the previous entry",
-                  checkpoint / "offsets" / str(offsets[-1]), offsets[-1], stamp)
+                  checkpoint / "offsets" / str(offsets[-1]), checkpoint / CORRUPT_DIR / f"offsets-{offsets[-1]}-{stamp}")
         aside("offsets", offsets[-1])
         aside("commits", offsets[-1])
     commits = _batches(checkpoint / "commits")
     if commits and not _readable(checkpoint / "commits" / str(commits[-1])):
-        log.error("streaming checkpoint: commit entry %s is truncated or corrupt; set aside as %s.corrupt-%d, the "
-                  "micro-batch is run again", checkpoint / "commits" / str(commits[-1]), commits[-1], stamp)
+        log.error("streaming checkpoint: commit entry %s is truncated or corrupt; moved to %s, the micro-batch "
+                  "is run again", checkpoint / "commits" / str(commits[-1]),
+                  checkpoint / CORRUPT_DIR / f"commits-{commits[-1]}-{stamp}")
         aside("commits", commits[-1])
     return moved
+
+
+#: :func:`lake_file_naming` values: lake files named ``batch-<id>-<8 hex of the query id>`` / plain ``batch-<id>``
+TAGGED, UNTAGGED = "query-id", "none"
+
+
+def lake_file_naming(checkpoint: Path, before_start: bool = False) -> str:
+    """How a query's lake files are named, decided once per checkpoint and kept in ``<checkpoint>/lake-file-tag``.
+
+    :data:`TAGGED` (``query-id``): ``batch-<id>-<first 8 hex digits of the query id>.parquet``, so a query on a new
+    checkpoint (the old one lost), whose batch ids start at 0 again, cannot overwrite the old run's files.
+    :data:`UNTAGGED` (``none``): the plain ``batch-<id>.parquet`` of a checkpoint the code before 2026-12-06 made:
+    its batch N interrupted after writing ``batch-N.parquet`` is re-run under the same name (a tagged name would
+    leave both files: every row of batch N twice in the lake).
+
+    The file is written (atomically) on the first call: without it, a checkpoint that already holds batches was
+    made by the old code (untagged), an empty one is new (tagged). ``before_start`` (the job, before its queries
+    run): any ``offsets`` or ``commits`` entry counts, so also a first batch the old code planned and did not
+    commit. Otherwise (a sink, while its query runs and has planned the batch itself): ``commits`` entries only.
+    A file with another content is logged as an error and decided again.
+
+    Args:
+        checkpoint: a query's local checkpoint folder (``<SPARK_CHECKPOINT_DIR>/<query>``).
+    Returns:
+        :data:`TAGGED` or :data:`UNTAGGED`.
+    Raises:
+        OSError: the marker cannot be written.
+    """
+    path = checkpoint / NAMING_FILE
+    if path.exists():
+        try:
+            got = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            got = f"unreadable ({exc})"
+        if got in (TAGGED, UNTAGGED):
+            return got
+        log.error("streaming checkpoint: %s holds %r, not %s or %s; decided again from the checkpoint's entries",
+                  path, got[:100], TAGGED, UNTAGGED)
+    old = batch_numbers(checkpoint / "commits") or (before_start and batch_numbers(checkpoint / "offsets"))
+    naming = UNTAGGED if old else TAGGED
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, naming + "\n")
+    if naming == UNTAGGED:
+        log.warning("streaming checkpoint %s holds micro-batches but no %s (made before 2026-12-06): its lake files "
+                    "keep the plain batch-<id>.parquet names, so a re-run batch overwrites its own file", checkpoint,
+                    NAMING_FILE)
+    return naming

@@ -378,6 +378,7 @@ class StreamingJob:
         self._poller: ProgressPoller | None = None
         #: {query: {topic: details}} of the topics found re-created at the last start (:meth:`rewind_recreated_topics`)
         self.recreated_topics: dict[str, dict[str, Any]] = {}
+        self._admin = None   # Kafka admin client of :meth:`_remember_topics`, kept between micro-batches
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
@@ -390,8 +391,8 @@ class StreamingJob:
                                        expired=skipped_records(progress, SOURCE_SCANS[name]),
                                        end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
                                        late=late_rows_dropped(progress))
-            if _topics_moved(progress):   # the checkpoint's offsets now refer to the topics as they are
-                self._remember_topics(name)
+            # after every committed batch: the ids the checkpoint's offsets refer to are the topics' as they are now
+            self._remember_topics(name, progress, expected_change=_topics_moved(progress))
 
     def _query_topics(self) -> dict[str, list[str]]:
         """{query: the Kafka topics its sources read}."""
@@ -400,12 +401,63 @@ class StreamingJob:
         return {"raw": [*topics, s.topic(DEAD_LETTER)],
                 "windows": [s.topic(EVENT_TYPES["sales_transaction"]), s.topic(EVENT_TYPES["inventory_update"])]}
 
-    def _remember_topics(self, name: str) -> None:
-        from streaming.checkpoint import remember_topic_ids, topic_ids
+    def _remember_topics(self, name: str, progress: dict | None = None, expected_change: bool = False) -> bool:
+        """Refresh ``<checkpoint>/<name>/topic-ids.json`` with the broker's ids of the query's topics, after each
+        of its committed micro-batches (one DescribeTopics request on a kept admin client), so the stored ids always
+        describe the topics the checkpoint's offsets refer to: a topic re-created while the job ran is not read
+        again from offset 0 at the next start (before, ids were stored only after a batch whose offsets went back
+        or whose partitions changed: a new topic that grew past the old offset first, or a failed refresh, kept the
+        old id, and the restart re-read the new topic from 0 into the lake, doubling what the stream had read).
+
+        An id that changed without ``expected_change`` (no offset going back or partition change in the batch's
+        ``progress``) is logged as an error: the topic was re-created unseen, and the new topic's records below the
+        offsets the stream had reached were skipped. Side chosen for the race of a re-creation between the batch's
+        planning and this refresh: the new id is stored, so a restart does not rewind (the new records the
+        checkpoint's offsets pass over are skipped, logged here and counted as ``records_expired`` when the next
+        batch's offsets go back) rather than re-reading records already in the lake twice.
+
+        Returns:
+            True when the ids were refreshed; False for a checkpoint that is not a local folder, or when the broker
+            failed (logged as a warning; the next batch tries again).
+        """
+        from streaming.checkpoint import remember_topic_ids, stored_topic_ids, topic_ids
 
         root = self.s.spark_checkpoint_dir
-        if "://" not in root:
-            remember_topic_ids(Path(root, name), topic_ids(self.s, self._query_topics()[name]))
+        if "://" in root:
+            return False
+        cp = Path(root, name)
+        try:
+            if getattr(self, "_admin", None) is None:
+                from core.kafka_admin import admin_client
+
+                self._admin = admin_client(self.s)
+            ids = topic_ids(self.s, self._query_topics()[name], admin=self._admin)
+        except Exception as exc:   # the broker unreachable: the next committed batch tries again
+            log.warning("query %s: the Kafka topic ids of its checkpoint could not be refreshed (%s: %s); tried again "
+                        "after the next micro-batch", name, type(exc).__name__, str(exc)[:300])
+            self._close_admin()
+            return False
+        known = stored_topic_ids(cp)
+        if not expected_change:
+            ends = source_end_offsets(progress) if progress else {}
+            for t, i in sorted(ids.items()):
+                if t in known and known[t] != i:
+                    log.error("query %s micro-batch %s: topic %s was deleted and re-created while the stream ran "
+                              "(topic id %s, now %s) without an offset going back: the new topic's records below the "
+                              "offsets the stream had reached (%s) are skipped, uncounted unless a later micro-batch's "
+                              "offsets go back; the stored id is now the new one, so a restart does not read the topic "
+                              "again from 0", name,
+                              (progress or {}).get("batchId"), t, known[t], i, ends.get(t, {}))
+        remember_topic_ids(cp, ids)
+        return True
+
+    def _close_admin(self) -> None:
+        admin, self._admin = getattr(self, "_admin", None), None
+        if admin is not None:
+            try:
+                admin.close()
+            except Exception as exc:   # closing a client of an unreachable broker
+                log.debug("closing the Kafka admin client: %s", exc)
 
     def rewind_recreated_topics(self) -> dict[str, dict[str, Any]]:
         """Before the queries start: a truncated or corrupt latest offsets / commit entry of each query's
@@ -413,7 +465,12 @@ class StreamingJob:
         then, for each query, the topics deleted and re-created since its checkpoint
         (Kafka topic id changed) are read again from offset 0 (:func:`streaming.checkpoint.rewind_recreated_topics`),
         each logged as an error naming topic, old and new id and the offsets given up. Returns {query: {topic:
-        details}}; {} for a checkpoint that is not a local folder (not checked)."""
+        details}}; {} for a checkpoint that is not a local folder (not checked).
+
+        Raises:
+            kafka.errors.KafkaError: the broker stayed unreachable for STREAM_SINK_RETRY_SECONDS (the topic ids are
+                asked with :meth:`streaming.sinks.StreamSinks.retrying`, each wait logged).
+            ValueError: a latest offsets entry is not Spark's format after the corrupt ones were set aside."""
         from streaming.checkpoint import rewind_recreated_topics, topic_ids
 
         from streaming.checkpoint import set_aside_corrupt_entries
@@ -425,7 +482,9 @@ class StreamingJob:
             set_aside_corrupt_entries(Path(checkpoint_path(self.s, name)))
         out: dict[str, dict[str, Any]] = {}
         queries = self._query_topics()
-        ids = topic_ids(self.s, sorted({t for ts in queries.values() for t in ts}))
+        # retried like the sinks' writes: a broker blip between the start-up wait and here must not fail the start
+        ids = self.sinks.retrying("Kafka topic ids at start", topic_ids, self.s,
+                                  sorted({t for ts in queries.values() for t in ts}))
         for name, topics in queries.items():
             got = rewind_recreated_topics(Path(checkpoint_path(self.s, name)),
                                           {t: i for t, i in ids.items() if t in topics})
@@ -438,10 +497,24 @@ class StreamingJob:
         return out
 
     def lost_checkpoint_offsets(self, query: str) -> dict[str, dict[str, int]] | None:
-        """The end offsets ({topic: {partition: next offset}}) of ``query``'s last recorded micro-batch
-        (``stream_batches.end_offsets``, the latest by commit time) when its checkpoint holds no offsets entry
-        while ``stream_batches`` has batches of it: the checkpoint was deleted or lost. None otherwise (a first
-        start, or a checkpoint that is not a local folder). Logged as an error naming the checkpoint."""
+        """Starting offsets ({topic: {partition: offset}}, every current partition of the query's topics) for
+        ``query`` when its checkpoint holds no offsets entry while ``stream_batches`` has batches of it: the
+        checkpoint was deleted or lost. None otherwise (a first start, or a checkpoint that is not a local folder),
+        and None with STREAM_RESUME_LOST_CHECKPOINT=false (a deliberate rebuild from STREAM_STARTING_OFFSETS).
+
+        The end offsets of the last recorded micro-batch (``stream_batches.end_offsets``, the latest by commit time)
+        are checked against the topics' current earliest and end offsets
+        (:func:`streaming.checkpoint.resume_offsets`): a recorded offset beyond a partition's end (the topic was
+        re-created or the broker's data reset since that run; Spark would skip the new records below it with a
+        warning only, uncounted in a first batch) starts that partition at its earliest offset; one below the
+        earliest starts there (the records between were deleted by retention: lost). Each such partition is logged
+        as an error naming topic, partition and offsets; the resume itself too, naming the checkpoint.
+
+        Raises:
+            the last infrastructure error once ClickHouse or Kafka stayed unreachable for STREAM_SINK_RETRY_SECONDS.
+        """
+        from streaming.checkpoint import partition_offset_bounds, resume_offsets
+
         root = self.s.spark_checkpoint_dir
         offsets = Path(root, query, "offsets")
         if "://" in root or (offsets.is_dir() and any(f.name.isdigit() for f in offsets.iterdir())):
@@ -452,23 +525,45 @@ class StreamingJob:
             "FROM {db}.stream_batches FINAL WHERE query = {q:String} AND end_offsets != ''", {"q": query})
         if got.empty or not got["o"].iloc[0]:
             return None
-        log.error("query %s: its checkpoint %s holds no offsets, but stream_batches records its micro-batches up to "
-                  "batch %s (%s): the checkpoint was lost or deleted; resuming at that batch's end offsets instead of "
-                  "STREAM_STARTING_OFFSETS=%s (no record read twice, none skipped)", query, Path(root, query),
-                  got["b"].iloc[0], got["t"].iloc[0], self.s.stream_starting_offsets)
-        return json.loads(got["o"].iloc[0])
+        where = (f"query {query}: its checkpoint {Path(root, query)} holds no offsets, but stream_batches records its "
+                 f"micro-batches up to batch {got['b'].iloc[0]} ({got['t'].iloc[0]}): the checkpoint was lost or deleted")
+        if not self.s.stream_resume_lost_checkpoint:
+            log.error("%s; STREAM_RESUME_LOST_CHECKPOINT=false: starting from STREAM_STARTING_OFFSETS=%s (a rebuild: "
+                      "records already in the lake are read into new files again)", where,
+                      self.s.stream_starting_offsets)
+            return None
+        recorded = json.loads(got["o"].iloc[0])
+        bounds = self.sinks.retrying(f"{query} offsets of its topics", partition_offset_bounds, self.s,
+                                     self._query_topics()[query])
+        start, problems = resume_offsets(recorded, bounds)
+        for p in problems:
+            if p["problem"] == "beyond_end":
+                log.error("query %s: topic %s partition %d: the resume offset %d lies beyond the topic's end offset %d "
+                          "(earliest %d): the topic was re-created or the broker's data reset since the recorded "
+                          "batch; this partition is read from its earliest offset", query, p["topic"], p["partition"],
+                          p["recorded"], p["end"], p["earliest"])
+            elif p["problem"] == "expired":
+                log.error("query %s: topic %s partition %d: the resume offset %d lies below the earliest offset %d: "
+                          "%d record(s) were deleted by retention before they were read (lost); resuming at %d",
+                          query, p["topic"], p["partition"], p["recorded"], p["earliest"],
+                          p["earliest"] - p["recorded"], p["earliest"])
+            else:
+                log.warning("query %s: topic %s partition %d has no recorded end offset (added since); read from its "
+                            "earliest offset %d", query, p["topic"], p["partition"], p["earliest"])
+        log.error("%s; resuming at that batch's end offsets %s instead of STREAM_STARTING_OFFSETS=%s, each partition "
+                  "checked against the topics' current offsets (%d not resumed there: see above). Records of the "
+                  "recorded batches are not read again; records the broker no longer holds cannot be read",
+                  where, start, self.s.stream_starting_offsets, len(problems))
+        return start
 
     def _source(self, topics: list[str], resume: dict[str, dict[str, int]] | None = None):
-        """A Kafka source of ``topics``; ``resume`` ({topic: {partition: offset}}): start there (partitions it
-        lacks from their earliest offset) instead of STREAM_STARTING_OFFSETS (a new checkpoint only)."""
+        """A Kafka source of ``topics``; ``resume`` ({topic: {partition: offset}}, :meth:`lost_checkpoint_offsets`:
+        every current partition, -2 = earliest): start there instead of STREAM_STARTING_OFFSETS (a new checkpoint
+        only)."""
         s = self.s
         starting = s.stream_starting_offsets
-        if resume:
-            from streaming.checkpoint import topic_partitions
-
-            parts = topic_partitions(s, topics)
-            starting = json.dumps({t: {str(p): int(resume.get(t, {}).get(str(p), -2)) for p in parts[t]}
-                                   for t in topics if t in parts})
+        if resume and all(t in resume for t in topics):
+            starting = json.dumps({t: resume[t] for t in topics})
         return (self.spark.readStream.format("kafka")
                 .option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
                 .option("subscribe", ",".join(topics))
@@ -492,6 +587,11 @@ class StreamingJob:
 
         for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)
             self.spark.conf.set(key, value)
+        if "://" not in s.spark_checkpoint_dir:   # before any entry is set aside: a checkpoint of the old code keeps
+            from streaming.checkpoint import lake_file_naming   # its plain lake file names
+
+            for name in QUERY_NAMES:
+                lake_file_naming(Path(checkpoint_path(s, name)), before_start=True)
         self.recreated_topics = self.rewind_recreated_topics()
         # raw: one Kafka source per topic, so each record is fetched and decoded once (a single multi-topic source
         # filtered per branch was scanned once per branch: 9 times per micro-batch); no event-time watermark here,
@@ -585,6 +685,7 @@ class StreamingJob:
         if self._poller is not None:  # after the queries stopped: the last poll sees their final batches
             self._poller.stop()
             self._poller = None
+        self._close_admin()
         self.sinks.close()
 
     def stats(self) -> dict[str, Any]:

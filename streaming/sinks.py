@@ -3,7 +3,8 @@
 Two queries, two sinks:
 
 * :meth:`StreamSinks.raw_batch` (query ``raw``, all input topics): parse + validate every record; valid events
-  -> the lake as Parquet ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/batch-<batchId>.parquet``
+  -> the lake as Parquet ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/batch-<batchId><tag>.parquet``
+  (:meth:`StreamSinks.run_tag`)
   (day of the event time, UTC; deterministic names so a replayed micro-batch overwrites its own files);
   invalid records -> ClickHouse ``quarantine_events`` (keyed by topic/partition/offset) with the reason and
   the raw payload. Late events are *not* dropped here: the lake holds every valid event.
@@ -187,11 +188,34 @@ class StreamSinks:
         rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
                "output_rows": int(output_rows), "started_at": started, "committed_at": time.time(),
                "alerts_closed_until": alerts_closed_until, "event_time_max": event_time_max,
-               "duplicates_dropped": 0, "records_expired": 0, "end_offsets": "", "late_rows_dropped": 0}
+               "duplicates_dropped": 0, "records_expired": 0,
+               "end_offsets": self.checkpoint_end_offsets(query, batch_id), "late_rows_dropped": 0}
         self._insert_df("stream_batches", self._batch_row(rec))
         rec["phases_s"] = {k: round(v, 3) for k, v in (phases or {}).items()}
         with self._log_lock:
             self.batch_log.append(rec)
+
+    def checkpoint_end_offsets(self, query: str, batch_id: int) -> str:
+        """The end offsets of micro-batch ``batch_id`` as ``stream_batches.end_offsets`` holds them (JSON
+        ``{topic: {partition: next offset}}`` over all sources, keys sorted), read from the query's checkpoint entry
+        ``offsets/<batch_id>``, which Spark writes before it runs the batch (the same offsets as the progress'
+        ``endOffset``). So the batch's first ``stream_batches`` row already carries them, and
+        :meth:`record_progress` re-inserts the row only when the progress adds counts. ``""`` when the checkpoint is
+        not a local folder or the entry cannot be read (then :meth:`record_progress` writes them)."""
+        from streaming.checkpoint import read_offsets
+
+        root = self.s.spark_checkpoint_dir or ""
+        if "://" in root:
+            return ""
+        try:
+            _, sources = read_offsets(Path(root, query), int(batch_id))
+        except (OSError, ValueError):
+            return ""
+        out: dict[str, dict[str, int]] = {}
+        for src in sources:
+            for t, parts in (src or {}).items():
+                out.setdefault(t, {}).update({str(p): int(o) for p, o in parts.items()})
+        return json.dumps(out, sort_keys=True) if out else ""
 
     @staticmethod
     def _batch_row(rec: dict[str, Any]) -> pd.DataFrame:
@@ -216,7 +240,9 @@ class StreamSinks:
         (``numDroppedDuplicateRows``) and the Kafka records its offset range covered but the source never read
         (``expired``: deleted by retention first, :func:`streaming.job.skipped_records`). Logged (a warning; an
         error for expired records, which are lost to the platform), kept in :attr:`batch_log` and written to
-        ``stream_batches`` (the batch's row is re-inserted with the counts; same version, so the later row wins).
+        ``stream_batches`` (the batch's row is re-inserted with the counts, same version, so the later row wins;
+        only when the progress adds something: a count, or end offsets the first row lacked, e.g. a checkpoint that
+        is not a local folder, :meth:`checkpoint_end_offsets`).
         ``end_offsets``: the batch's end offsets as JSON ({topic: {partition: next offset}}, all sources), kept in
         ``stream_batches.end_offsets`` so a query whose checkpoint is lost resumes there
         (:meth:`streaming.job.StreamingJob.lost_checkpoint_offsets`). ``late``: events the windows query dropped
@@ -224,6 +250,7 @@ class StreamSinks:
         with self._log_lock:
             rec = next((r for r in reversed(self.batch_log)
                         if r["query"] == query and r["batch_id"] == int(batch_id)), None)
+            offsets_known = rec is not None and rec["end_offsets"] == (end_offsets or "")
             if rec is not None:
                 rec["duplicates_dropped"], rec["records_expired"] = int(duplicates), int(expired)
                 rec["end_offsets"] = end_offsets or ""
@@ -240,7 +267,7 @@ class StreamSinks:
                         "STREAM_WATERMARK=%s) dropped from the windows, kept in the lake; many of them point to a "
                         "producer clock running ahead (stream_batches.event_time_max later than now)",
                         query, batch_id, late, self.s.stream_watermark)
-        if rec is not None and (duplicates or expired or end_offsets or late):
+        if rec is not None and (duplicates or expired or late or not offsets_known):
             self.retrying(f"{query} micro-batch {batch_id} progress counts",
                           self._insert_df, "stream_batches", self._batch_row(rec))
 
@@ -281,14 +308,23 @@ class StreamSinks:
                 return fn(*args, **kwargs)
 
     def run_tag(self, query: str) -> str:
-        """``-<first 8 hex digits of the query id>`` for the lake file names of ``query``'s micro-batches: Spark's
-        id of the query, kept in its checkpoint (``<SPARK_CHECKPOINT_DIR>/<query>/metadata``, written before the
-        first batch), so a re-run batch rewrites its own files while a query on a new checkpoint (the old one
-        lost), whose batch ids start at 0 again, cannot overwrite the old run's files of the same ids. ``""`` when
-        the checkpoint has no metadata file here (a checkpoint that is not a local folder; sinks driven
-        directly): the plain ``batch-<id>`` names."""
+        """The suffix of the lake file names of ``query``'s micro-batches (``batch-<id><tag>.parquet``,
+        ``alerts-batch-<id><tag>.parquet``): ``-<first 8 hex digits of the query id>`` (Spark's id of the query, in
+        ``<SPARK_CHECKPOINT_DIR>/<query>/metadata``, written before the first batch) when the checkpoint's naming
+        is tagged, ``""`` when it is untagged (:func:`streaming.checkpoint.lake_file_naming`: kept in the
+        checkpoint's ``lake-file-tag``; untagged for a checkpoint the code before 2026-12-06 made, whose
+        interrupted batch must rewrite its own ``batch-<id>.parquet``). Tagged, a re-run batch rewrites its own
+        files while a query on a new checkpoint (the old one lost), whose batch ids start at 0 again, cannot
+        overwrite the old run's files of the same ids. ``""`` also when the checkpoint has no metadata file here (a
+        checkpoint that is not a local folder; sinks driven directly); then nothing is written to the checkpoint.
+
+        Raises:
+            OSError: the checkpoint's naming file cannot be written (first use).
+        """
         tag = self._run_tags.get(query)
         if tag is None:
+            from streaming.checkpoint import UNTAGGED, lake_file_naming
+
             root = self.s.spark_checkpoint_dir or ""
             meta = Path(root, query, "metadata")
             try:
@@ -296,6 +332,8 @@ class StreamSinks:
             except (OSError, ValueError, KeyError):
                 tag = ""
             if tag:
+                if lake_file_naming(Path(root, query)) == UNTAGGED:
+                    tag = ""
                 self._run_tags[query] = tag
         return tag
 
@@ -432,7 +470,7 @@ class StreamSinks:
         self._log_batch("raw", batch_id, n_in, n_valid, started, ph)
 
     def _write_raw(self, event_type: str, valid: pa.Table, batch_id: int, now_ms: int) -> None:
-        """Write valid events of one type, one file per event day: ``batch-<batchId>.parquet``."""
+        """Write valid events of one type, one file per event day: ``batch-<batchId><run_tag>.parquet``."""
         if valid.num_rows == 0:
             return
         schema = lake_arrow_schema(event_type)
