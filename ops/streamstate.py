@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from core.settings import Settings
+from streaming.checkpoint import batch_numbers
 
 
 def committed_offsets(checkpoint_root: str | Path, query: str) -> dict[str, dict[int, int]]:
@@ -27,8 +28,7 @@ def committed_offsets(checkpoint_root: str | Path, query: str) -> dict[str, dict
         ValueError: a source line of that entry is not JSON.
     """
     root = Path(checkpoint_root) / query
-    commits = ([int(p.name) for p in (root / "commits").iterdir() if p.name.isdigit()]
-               if (root / "commits").is_dir() else [])
+    commits = batch_numbers(root / "commits")
     if not commits:
         return {}
     lines = (root / "offsets" / str(max(commits))).read_text().splitlines()

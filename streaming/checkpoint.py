@@ -146,7 +146,6 @@ def batch_numbers(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
-_batches = batch_numbers
 
 
 def read_offsets(checkpoint: Path, batch: int) -> tuple[list[str], list[dict | None]]:
@@ -245,7 +244,7 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
     """
     known = stored_topic_ids(checkpoint)
     recreated = {t: (known[t], i) for t, i in ids.items() if t in known and known[t] != i}
-    batches = _batches(checkpoint / "offsets")
+    batches = batch_numbers(checkpoint / "offsets")
     out: dict[str, dict[str, Any]] = {}
     if recreated and batches:
         latest = batches[-1]
@@ -256,7 +255,7 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
                     out.setdefault(t, {"old_id": recreated[t][0], "new_id": recreated[t][1], "offsets": {}})
                     out[t]["offsets"].update(src[t])
                     src[t] = {p: 0 for p in src[t]}
-        committed = latest in _batches(checkpoint / "commits")
+        committed = latest in batch_numbers(checkpoint / "commits")
         target = latest + 1 if committed else latest
         _write_atomic(checkpoint / "offsets" / str(target), format_offsets(header, sources))
         for t in out:
@@ -313,14 +312,14 @@ def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
             f.with_name(f".{n}.crc").unlink(missing_ok=True)
             moved.append(str(dest))
 
-    offsets = _batches(checkpoint / "offsets")
+    offsets = batch_numbers(checkpoint / "offsets")
     if offsets and not _readable(checkpoint / "offsets" / str(offsets[-1])):
         log.error("streaming checkpoint: offsets entry %s is truncated or corrupt; moved to %s with "
                   "its commit, the micro-batch is planned again from the previous entry",
                   checkpoint / "offsets" / str(offsets[-1]), checkpoint / CORRUPT_DIR / f"offsets-{offsets[-1]}-{stamp}")
         aside("offsets", offsets[-1])
         aside("commits", offsets[-1])
-    commits = _batches(checkpoint / "commits")
+    commits = batch_numbers(checkpoint / "commits")
     if commits and not _readable(checkpoint / "commits" / str(commits[-1])):
         log.error("streaming checkpoint: commit entry %s is truncated or corrupt; moved to %s, the micro-batch "
                   "is run again", checkpoint / "commits" / str(commits[-1]),

@@ -513,11 +513,10 @@ class StreamingJob:
         Raises:
             the last infrastructure error once ClickHouse or Kafka stayed unreachable for STREAM_SINK_RETRY_SECONDS.
         """
-        from streaming.checkpoint import partition_offset_bounds, resume_offsets
+        from streaming.checkpoint import batch_numbers, partition_offset_bounds, resume_offsets
 
         root = self.s.spark_checkpoint_dir
-        offsets = Path(root, query, "offsets")
-        if "://" in root or (offsets.is_dir() and any(f.name.isdigit() for f in offsets.iterdir())):
+        if "://" in root or batch_numbers(Path(root, query, "offsets")):
             return None
         got = self.sinks.retrying(
             f"{query} end offsets of the last recorded micro-batch", self.sinks._query,
