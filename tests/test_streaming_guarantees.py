@@ -462,6 +462,22 @@ def test_a_reorder_point_is_carried_across_runs_and_beyond_the_history_horizon(n
     assert alerts.values.tolist() == [["NOCAT1", 3, 10]]
 
 
+def _forty_sales_streamed(native_stack, prefix: str, skus: int, spark):
+    """A namespace of its own (``prefix`` + 6 hex), 40 sales "A000".. over ``skus`` SKUs an hour ago, one
+    available-now run of the stream; returns (settings, ``batch(tag, n)``: n more such sales with ids tag000..)."""
+    from streaming.job import run_stream
+
+    s = namespace(native_stack, f"{prefix}{uuid.uuid4().hex[:6]}")
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+
+    def batch(tag: str, n: int) -> list[tuple[str, dict]]:
+        return [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % skus}")) for i in range(n)]
+
+    produce(s, batch("A", 40))
+    run_stream(s, available_now=True, timeout=600, spark=spark)
+    return s, batch
+
+
 def test_partitions_added_to_a_topic_between_micro_batches_are_read_from_their_start(native_stack, spark):
     """The sales topic grows from its partitions to 3 more after a first run; the keys of the next 60 sales hash onto
     old and new partitions alike. The restarted queries read the new partitions from offset 0 (Spark's Kafka source
@@ -474,13 +490,8 @@ def test_partitions_added_to_a_topic_between_micro_batches_are_read_from_their_s
     from core.clickhouse import get_client
     from streaming.job import run_stream
 
-    s = namespace(native_stack, f"par{uuid.uuid4().hex[:6]}")
+    s, batch = _forty_sales_streamed(native_stack, "par", 17, spark)
     client, db = get_client(s), s.clickhouse_database
-    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
-    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 17}"))  # noqa: E731
-                            for i in range(n)]
-    produce(s, batch("A", 40))
-    run_stream(s, available_now=True, timeout=600, spark=spark)
     topic = s.topic(EVENT_TYPES["sales_transaction"])
     consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","))
     try:
@@ -534,13 +545,8 @@ def test_a_topic_recreated_while_the_stream_was_down_is_read_from_its_start(nati
     from core.clickhouse import get_client
     from streaming.job import StreamingJob, run_stream
 
-    s = namespace(native_stack, f"rec{uuid.uuid4().hex[:6]}")
+    s, batch = _forty_sales_streamed(native_stack, "rec", 7, spark)
     client, db = get_client(s), s.clickhouse_database
-    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
-    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
-                            for i in range(n)]
-    produce(s, batch("A", 40))
-    run_stream(s, available_now=True, timeout=600, spark=spark)
     topic = s.topic(EVENT_TYPES["sales_transaction"])
     _recreate_topic(s, topic)
     produce(s, batch("B", 100))
