@@ -462,12 +462,13 @@ def test_a_reorder_point_is_carried_across_runs_and_beyond_the_history_horizon(n
     assert alerts.values.tolist() == [["NOCAT1", 3, 10]]
 
 
-def _forty_sales_streamed(native_stack, prefix: str, skus: int, spark):
-    """A namespace of its own (``prefix`` + 6 hex), 40 sales "A000".. over ``skus`` SKUs an hour ago, one
-    available-now run of the stream; returns (settings, ``batch(tag, n)``: n more such sales with ids tag000..)."""
+def _forty_sales_streamed(native_stack, prefix: str, skus: int, spark, **overrides):
+    """A namespace of its own (``prefix`` + 6 hex, settings ``overrides``), 40 sales "A000".. over ``skus`` SKUs an
+    hour ago, one available-now run of the stream; returns (settings, ``batch(tag, n)``: n more such sales with ids
+    tag000..)."""
     from streaming.job import run_stream
 
-    s = namespace(native_stack, f"{prefix}{uuid.uuid4().hex[:6]}")
+    s = namespace(native_stack, f"{prefix}{uuid.uuid4().hex[:6]}", **overrides)
     t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
 
     def batch(tag: str, n: int) -> list[tuple[str, dict]]:
@@ -601,13 +602,8 @@ def test_a_lost_checkpoint_resumes_where_the_last_batch_ended(native_stack, spar
     from core.clickhouse import get_client
     from streaming.job import run_stream
 
-    s = namespace(native_stack, f"lost{uuid.uuid4().hex[:6]}", stream_max_offsets_per_trigger=15)
+    s, batch = _forty_sales_streamed(native_stack, "lost", 7, spark, stream_max_offsets_per_trigger=15)
     client, db = get_client(s), s.clickhouse_database
-    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
-    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
-                            for i in range(n)]
-    produce(s, batch("A", 40))
-    run_stream(s, available_now=True, timeout=600, spark=spark)
     produce(s, batch("B", 20))
     run_stream(s, available_now=True, timeout=600, spark=spark)
     shutil.rmtree(Path(s.spark_checkpoint_dir))
@@ -630,13 +626,8 @@ def test_a_truncated_checkpoint_entry_is_set_aside_and_its_batch_run_again(nativ
     from core.clickhouse import get_client
     from streaming.job import run_stream
 
-    s = namespace(native_stack, f"trunc{uuid.uuid4().hex[:6]}", stream_max_offsets_per_trigger=15)
+    s, batch = _forty_sales_streamed(native_stack, "trunc", 7, spark, stream_max_offsets_per_trigger=15)
     client, db = get_client(s), s.clickhouse_database
-    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
-    batch = lambda tag, n: [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % 7}"))  # noqa: E731
-                            for i in range(n)]
-    produce(s, batch("A", 40))
-    run_stream(s, available_now=True, timeout=600, spark=spark)
     cut = []
     for query, kind in (("raw", "offsets"), ("windows", "commits")):
         folder = Path(s.spark_checkpoint_dir, query, kind)
