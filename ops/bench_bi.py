@@ -312,8 +312,8 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         "duplicates_dropped": np.tile(np.arange(144) % 3, 2).astype(np.int64),
         "records_expired": np.tile(np.where(np.arange(144) == 100, 25, 0), 2).astype(np.int64),
         "late_rows_dropped": np.concatenate([np.zeros(144), np.arange(144) % 5]).astype(np.int64),
-        "end_offsets": [json.dumps({"retail.sales-transactions": {str(p): 1000 * b + p for p in range(3)},
-                                    "retail.inventory-updates": {str(p): 900 * b + p for p in range(3)}})
+        "end_offsets": [json.dumps({"retail.sales-transactions": {str(p): 1000 * int(b) + p for p in range(3)},
+                                    "retail.inventory-updates": {str(p): 900 * int(b) + p for p in range(3)}})
                         for b in np.tile(np.arange(144), 2)]}))
 
     # ---- ML: forecasts + demand history for forecast_series series, reorder plan and classes for every series
