@@ -31,7 +31,7 @@ def command(port: int, host: str | None = None) -> list[str]:
 def serve(port: Optional[int] = typer.Option(None, help="Port (default: DASHBOARD_PORT, 8501)."),
           host: Optional[str] = typer.Option(None, help="Address to listen on (default: DASHBOARD_HOST, "
                                                          "127.0.0.1).")) -> None:
-    """Serve the four dashboards (executive, store manager, inventory analyst, data quality & ML)."""
+    """Serve the five dashboard pages (executive, store manager, inventory analyst, data quality & ML, stream health)."""
     from core.settings import get_settings
 
     s = get_settings()  # fails fast naming a bad setting

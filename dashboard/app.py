@@ -1,4 +1,4 @@
-"""The live browser dashboard (Streamlit): the four dashboards of ``powerbi/dashboards.md`` as pages.
+"""The live browser dashboard (Streamlit): the dashboards of ``powerbi/dashboards.md`` as pages.
 
 Run it with ``make dashboard`` (or ``python -m dashboard``); under the native supervisor and in compose it is the
 service ``dashboard`` on port ``DASHBOARD_PORT`` (8501). It reads ClickHouse only as the read-only user
@@ -21,6 +21,7 @@ nav = st.navigation([
     st.Page(pages.store_manager, title="Store manager", url_path="store"),
     st.Page(pages.inventory_analyst, title="Inventory analyst", url_path="analyst"),
     st.Page(pages.quality_ml, title="Data quality & ML", url_path="quality"),
+    st.Page(pages.stream_health, title="Stream health", url_path="health"),
 ])
 
 ctx = pages.context()

@@ -1,4 +1,4 @@
-"""The dashboard's four pages (executive, store manager, inventory analyst, data quality & ML).
+"""The dashboard's five pages (executive, store manager, inventory analyst, data quality & ML, stream health).
 
 Every number comes from :mod:`dashboard.queries` through one read-only ``bi_reader`` client. A page whose data
 is missing says what to run instead of showing an error; a failing query shows its message, never a traceback.
@@ -31,6 +31,11 @@ RISK_COLOURS = {"HIGH": "#d62728", "MEDIUM": "#ff9f0e", "LOW": "#2ca02c", "UNKNO
 #: a store whose newest window ends more than this many minutes before the newest of all stores is flagged on the
 #: live strip (its figures are its own last 24 hours, older than the others'); a quiet store misses a few windows
 STALE_FEED_MINUTES = 60
+#: a streaming query without a committed micro-batch for longer than this is flagged on the Stream health page
+#: (the stream is stopped, or no events arrive: Spark commits no micro-batch without new records)
+STALE_BATCH_MINUTES = 15
+NO_STREAM = ("No micro-batch committed yet. Start the platform with `make local-up` (the `streaming` program) and "
+             "send events: `make demo` or `make produce`.")
 NO_LIVE = ("No live data yet. Start the platform with `make local-up` and send events: `make demo` "
            "(replays real POS data) or `make produce`.")
 NO_NIGHTLY = ("No nightly data yet. The star schema fills when `daily_etl` runs: `make demo` loads one day, "
@@ -486,3 +491,104 @@ def quality_ml() -> None:
     if reg is not None and not reg.empty:
         st.markdown("**Model registry**")
         st.dataframe(reg, hide_index=True, use_container_width=True)
+
+
+def _when(t) -> str:
+    """A timestamp as the cards show it (UTC, to the second); '–' for missing."""
+    return "–" if t is None or pd.isna(t) else f"{pd.Timestamp(t):%Y-%m-%d %H:%M:%S}"
+
+
+def health_verdicts(latest: pd.DataFrame, hourly: pd.DataFrame, stale_minutes: float = STALE_BATCH_MINUTES
+                    ) -> list[tuple[str, str]]:
+    """What the Stream health page says about completeness and freshness, as (level, text) pairs, level
+    ``error`` / ``warning`` / ``success``.
+
+    Args:
+        latest: rows of ``health_latest`` (one per streaming query: ``query``, ``minutes_since_last_batch``).
+        hourly: rows of ``health_hourly`` (``query``, ``hour_start``, ``records_expired``, ``late_rows_dropped``
+            per hour of commit, the 48 hours up to the newest).
+        stale_minutes: minutes without a committed micro-batch after which a query is called behind.
+    Returns:
+        an error per query whose Kafka records expired unread and a warning per query with rows dropped as late (both
+        over ``hourly``'s hours), a warning per query behind; one success line when there is none of these.
+    """
+    out: list[tuple[str, str]] = []
+    for q, g in hourly.groupby("query", sort=True):
+        expired, late = int(g["records_expired"].sum()), int(g["late_rows_dropped"].sum())
+        if expired:
+            out.append(("error", f"query {q}: {expired:,} Kafka record(s) expired or were skipped before they were "
+                                 "read in the last 48 hours of micro-batches: lost to the platform, not in the "
+                                 "figures (topics' retention shorter than the stream's lag, or a topic re-created)"))
+        if late:
+            out.append(("warning", f"query {q}: {late:,} row(s) arrived behind the watermark in the last 48 hours "
+                                   "and were dropped from the live windows (they are in the lake and the nightly "
+                                   "figures)"))
+    for r in latest.itertuples():
+        if r.minutes_since_last_batch > stale_minutes:
+            out.append(("warning", f"query {r.query}: no micro-batch for {r.minutes_since_last_batch:,.0f} minutes "
+                                   f"(last {_when(r.last_committed_at)} UTC): the stream is stopped or no events "
+                                   "arrive, so the live figures may be behind"))
+    return out or [("success", "Complete and current: every micro-batch of the last 48 hours read all its Kafka "
+                               "records, dropped no row as late, and each query committed within "
+                               f"{stale_minutes:g} minutes.")]
+
+
+@safe
+def stream_health() -> None:
+    """Is the stream complete and current? Per streaming query: the last committed micro-batch, rows read, rows
+    dropped as late, Kafka records expired unread, duplicates; offsets reached per topic; quarantined records by
+    reason (views of ``clickhouse/migrations/080_stream_health_views.sql``)."""
+    st.title("Stream health")
+    if _ctx() is None:
+        return
+
+    @st.fragment(run_every=_ctx().refresh_s)
+    @safe
+    def health() -> None:
+        latest = fetch("health_latest")
+        if latest is None:
+            return
+        if latest.empty:
+            st.info(NO_STREAM)
+            return
+        hourly = fetch("health_hourly")
+        offsets = fetch("health_offsets")
+        quarantine = fetch("health_quarantine")
+        st.caption(f"refreshed {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC · the whole stream (the store "
+                   "filter does not apply) · every micro-batch counted once (stream_batches read with FINAL)")
+        none = pd.DataFrame(columns=["query", "hour_start", "records_expired", "late_rows_dropped"])
+        for level, text in health_verdicts(latest, none if hourly is None else hourly):
+            getattr(st, level)(text)
+        c = st.columns([2, 1, 1, 1, 1])
+        stalest = latest.loc[latest["last_committed_at"].idxmin()]
+        c[0].metric("Last committed batch (stalest query)", _when(stalest["last_committed_at"]),
+                    help="commit time (UTC) of the latest micro-batch of the query that committed longest ago")
+        c[1].metric("Minutes since last batch", num(latest["minutes_since_last_batch"].max()))
+        c[2].metric("Late rows dropped", num(latest["late_rows_dropped"].sum()),
+                    help="rows behind the watermark the windows query dropped (all micro-batches; in the lake)")
+        c[3].metric("Kafka records expired unread", num(latest["records_expired"].max()),
+                    help="records a topic's retention deleted (or a re-created topic skipped) before the stream read "
+                         "them; counted once per query, the larger of the queries")
+        c[4].metric("Quarantined records (24 h)", num(0 if quarantine is None else quarantine["events"].sum()),
+                    help="quarantined and dead-lettered records of the 24 hours up to the newest one")
+        st.markdown("**Per streaming query** (all committed micro-batches)")
+        shown = latest.assign(last_committed_at=latest["last_committed_at"].map(_when),
+                              latest_event_time=latest["latest_event_time"].map(_when),
+                              minutes_since_last_batch=latest["minutes_since_last_batch"].map(num))
+        st.table(shown.set_index("query"))
+        if offsets is not None and not offsets.empty:
+            st.markdown("**Kafka offsets reached** (sum over partitions of the end offsets of each query's latest "
+                        "micro-batch)")
+            st.table(offsets.assign(committed_at=offsets["committed_at"].map(_when)).set_index(["query", "topic"]))
+        if hourly is not None and not hourly.empty:
+            long = hourly.melt(id_vars=["hour_start", "query"], value_vars=["late_rows_dropped", "records_expired",
+                                                                            "duplicates_dropped"])
+            st.plotly_chart(px.bar(long, x="hour_start", y="value", color="variable", facet_row="query",
+                                   title="Rows not counted per hour of commit (48 hours up to the newest batch)")
+                            .update_layout(height=420), use_container_width=True)
+        if quarantine is not None and not quarantine.empty:
+            st.markdown("**Quarantined and dead-lettered records by reason** (24 hours up to the newest)")
+            st.dataframe(quarantine, hide_index=True, use_container_width=True)
+        elif quarantine is not None:
+            st.info("Nothing quarantined or dead-lettered.")
+    health()

@@ -1,7 +1,7 @@
 """Every query the live dashboard runs, in one place: the Streamlit pages call them and ``make bench-bi``
 times exactly these (``ops.bench_bi``).
 
-All read the BI views of ``clickhouse/migrations/030_bi_views.sql`` (plus the small state tables of
+All read the BI views of ``clickhouse/migrations/030_bi_views.sql`` and ``080_stream_health_views.sql`` (plus the small state tables of
 ``025_bi_state.sql`` for "latest" anchors) as the read-only user ``bi_reader``. Filters travel as
 ClickHouse query parameters (``{name:Type}``, sent as ``param_<name>``), never spliced into SQL.
 
@@ -167,6 +167,26 @@ QUERIES: dict[str, tuple[str, str]] = {
                toInt64(sum(duplicates_dropped)) AS duplicates_dropped,
                toInt64(sum(records_expired)) AS records_expired, max(committed_at) AS last_commit
         FROM {db}.v_stream_batches GROUP BY query ORDER BY query"""),
+    # ------------------------------------------------------------ stream health (080_stream_health_views.sql) --
+    "health_latest": ("quality", """
+        SELECT query, micro_batches, last_batch_id, last_committed_at, minutes_since_last_batch, latest_event_time,
+               input_rows, output_rows, duplicates_dropped, records_expired, late_rows_dropped, batches_with_expired,
+               batches_with_late_rows
+        FROM {db}.v_stream_health_latest ORDER BY query"""),
+    "health_hourly": ("quality", """
+        SELECT hour_start, query, micro_batches, input_rows, duplicates_dropped, records_expired, late_rows_dropped
+        FROM {db}.v_stream_health_hourly
+        WHERE hour_start > (SELECT max(hour_start) FROM {db}.v_stream_health_hourly) - INTERVAL 48 HOUR
+        ORDER BY hour_start, query"""),
+    "health_offsets": ("quality", """
+        SELECT query, topic, partitions, offsets_reached, batch_id, committed_at
+        FROM {db}.v_stream_offsets_latest ORDER BY query, topic"""),
+    "health_quarantine": ("quality", """
+        SELECT q.event_type AS event_type, q.topic AS topic, q.reason AS reason, toInt64(sum(q.events)) AS events,
+               max(q.last_seen) AS last_seen
+        FROM {db}.v_stream_quarantine_hourly AS q
+        WHERE q.hour_start > (SELECT max(hour_start) FROM {db}.v_stream_quarantine_hourly) - INTERVAL 24 HOUR
+        GROUP BY event_type, topic, reason ORDER BY events DESC, reason LIMIT 200"""),
     "dq_etl": ("quality", """
         SELECT date_key, status, stage, started_at, duration_s, raw_sales_rows, duplicate_sales_rows,
                fact_sales_rows, fact_inventory_rows, units_net, revenue, message

@@ -310,7 +310,11 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         "started_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600, "s"),
         "committed_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600 + 2, "s"),
         "duplicates_dropped": np.tile(np.arange(144) % 3, 2).astype(np.int64),
-        "records_expired": np.tile(np.where(np.arange(144) == 100, 25, 0), 2).astype(np.int64)}))
+        "records_expired": np.tile(np.where(np.arange(144) == 100, 25, 0), 2).astype(np.int64),
+        "late_rows_dropped": np.concatenate([np.zeros(144), np.arange(144) % 5]).astype(np.int64),
+        "end_offsets": [json.dumps({"retail.sales-transactions": {str(p): 1000 * int(b) + p for p in range(3)},
+                                    "retail.inventory-updates": {str(p): 900 * int(b) + p for p in range(3)}})
+                        for b in np.tile(np.arange(144), 2)]}))
 
     # ---- ML: forecasts + demand history for forecast_series series, reorder plan and classes for every series
     fs = rng.choice(n_series, size=min(size.forecast_series, n_series), replace=False)

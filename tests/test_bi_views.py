@@ -1,15 +1,18 @@
-"""The Power BI views of clickhouse/migrations/030_bi_views.sql on the real ClickHouse engine (chDB).
+"""The Power BI views of clickhouse/migrations/030_bi_views.sql and 080_stream_health_views.sql on the real
+ClickHouse engine (chDB).
 
 Runs every migration into a fresh database of the session's chDB path (``native_stack``: chDB allows one
 path per process), checks that every view the Power BI dataset uses exists and is queryable, and that the
 views' figures equal an independent pandas computation over the same rows: daily sales aggregation,
 ReplacingMergeTree deduplication (FINAL), days of cover, forecast accuracy (WAPE, bias, coverage), the
-"latest run" filters and the current-inventory join.
+"latest run" filters and the current-inventory join, the stream health views (each micro-batch once however
+often stream_batches holds it; offsets reached per topic from the JSON end offsets).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import uuid
 from decimal import Decimal
@@ -21,6 +24,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VIEWS_SQL = REPO / "clickhouse" / "migrations" / "030_bi_views.sql"
+#: every migration that defines BI views: 030's and the stream health views of 080
+VIEW_FILES = [VIEWS_SQL, REPO / "clickhouse" / "migrations" / "080_stream_health_views.sql"]
 DATASET_MD = REPO / "powerbi" / "dataset.md"
 UTC = dt.timezone.utc
 
@@ -28,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 
 def view_names() -> list[str]:
-    return re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)", VIEWS_SQL.read_text())
+    return [v for f in VIEW_FILES for v in re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)", f.read_text())]
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +380,122 @@ def test_live_figures_take_each_stores_own_latest_24_hours(bi):
     sku = q(client, f"SELECT store_id, toInt64(sum(in_store_last_24h)) AS n FROM {db}.v_live_sku_metrics "
                     f"WHERE store_id LIKE 'LIVE-%' GROUP BY store_id ORDER BY store_id")
     assert sku["n"].tolist() == [24, 24]
+
+
+SB_COLS = ["query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at", "duplicates_dropped",
+           "records_expired", "late_rows_dropped", "event_time_max", "end_offsets"]
+
+
+def _stream_batch_inserts(rng) -> list[list[list]]:
+    """stream_batches rows as the stream sink writes them, one insert per element: each micro-batch's row right
+    after its writes, the same row again (same committed_at) with the counts its progress adds, and some batches
+    re-run after a restart (a later committed_at, other counts); end offsets as JSON {topic: {partition: offset}},
+    missing ('') on the windows query's latest batch (a checkpoint that is not a local folder)."""
+    t0 = dt.datetime(2026, 5, 4, 9, 50, tzinfo=UTC)
+    ends = {"retail-sales": [0, 0, 0], "retail-inventory": [0, 0, 0], "retail-prices": [0, 0]}
+    inserts: list[list[list]] = []
+    for b in range(40):                    # 40 batches a query, one every 5 minutes: 10:00 .. 13:15 (4 hours)
+        for q in ("raw", "windows"):
+            for parts in ends.values():
+                for p in range(len(parts)):
+                    parts[p] += int(rng.integers(0, 30)) if q == "raw" else 0
+            at = t0 + dt.timedelta(minutes=5 * b + 10, seconds=3 if q == "windows" else 1)
+            offs = "" if (q == "windows" and b == 39) else json.dumps(
+                {t: {str(p): o for p, o in enumerate(parts)} for t, parts in ends.items()}, sort_keys=True)
+            first = [q, b, int(rng.integers(0, 500)), int(rng.integers(0, 500)), at - dt.timedelta(seconds=2), at,
+                     0, 0, 0, at - dt.timedelta(minutes=1) if q == "windows" else None, offs]
+            inserts.append([first])
+            if rng.random() < 0.5:         # the progress adds counts: the row again, same committed_at
+                again = list(first)
+                again[6], again[7] = int(rng.integers(0, 4)), int(rng.integers(0, 3)) * (q == "raw")
+                again[8] = int(rng.integers(0, 9)) * (q == "windows")
+                inserts.append([again])
+            if rng.random() < 0.15:        # re-run after a restart: a later commit with its own counts
+                rerun = list(first)
+                rerun[5] = at + dt.timedelta(seconds=30)
+                rerun[2], rerun[8] = int(rng.integers(0, 500)), int(rng.integers(0, 5)) * (q == "windows")
+                inserts.append([rerun])
+    return inserts
+
+
+def test_stream_health_views_count_each_batch_once_and_match_pandas(bi):
+    """v_stream_health_hourly / _latest, v_stream_offsets_latest and v_stream_quarantine_hourly against pandas over
+    the same rows: each (query, batch_id) once, its last write (the latest committed_at; at equal committed_at the
+    last insert, as ReplacingMergeTree keeps it), whatever the merges did; offsets reached = the sum over a topic's
+    partitions of the end offsets of the query's latest batch that recorded them."""
+    from dashboard import queries as Q
+
+    client, db = bi
+    rng = np.random.default_rng(80)
+    inserts = _stream_batch_inserts(rng)
+    client.command(f"SYSTEM STOP MERGES {db}.stream_batches")   # parts stay apart: FINAL must collapse them
+    for rows in inserts:
+        client.insert("stream_batches", rows, column_names=SB_COLS, database=db)
+    assert client.command(f"SELECT count() FROM {db}.stream_batches") == len(inserts)   # no merge: 80 batches, more rows
+    qt = dt.datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
+    qrows = [["sales_transaction" if i % 3 else "inventory_update", "retail-sales", i % 3, i,
+              qt, f"reason {i % 4}", "{}", i, qt + dt.timedelta(minutes=7 * i)] for i in range(30)]
+    client.insert("quarantine_events", qrows + qrows[:5],  # 5 re-quarantined by a re-run batch: the same offsets
+                  column_names=["event_type", "topic", "partition", "offset", "kafka_timestamp", "reason",
+                                "raw_payload", "batch_id", "ingested_at"], database=db)
+
+    raw = pd.DataFrame([r for rows in inserts for r in rows], columns=SB_COLS)
+    raw["seq"] = range(len(raw))
+    once = raw.sort_values(["committed_at", "seq"]).groupby(["query", "batch_id"]).tail(1)
+    assert len(raw) > len(once) == 80      # the table holds batches more than once
+    once = once.assign(hour_start=once["committed_at"].dt.floor("h").dt.tz_localize(None))
+
+    got = q(client, f"SELECT * FROM {db}.v_stream_health_hourly ORDER BY hour_start, query")
+    cnt = ["input_rows", "output_rows", "duplicates_dropped", "records_expired", "late_rows_dropped"]
+    want = once.groupby(["hour_start", "query"], as_index=False).agg(
+        micro_batches=("batch_id", "size"), **{c: (c, "sum") for c in cnt})
+    assert len(got) == len(want) == 8      # 2 queries x 4 hours
+    for c in ["micro_batches", *cnt]:
+        assert got[c].tolist() == want[c].tolist(), c
+    assert [_naive(t) for t in got["hour_start"]] == want["hour_start"].tolist()
+    assert want["late_rows_dropped"].sum() > 0 and want["records_expired"].sum() > 0
+
+    latest = q(client, f"SELECT * FROM {db}.v_stream_health_latest ORDER BY query")
+    per = once.groupby("query")
+    assert latest["query"].tolist() == ["raw", "windows"]
+    assert latest["micro_batches"].tolist() == [40, 40]
+    for c in cnt:
+        assert latest[c].tolist() == per[c].sum().tolist(), c
+    assert latest["batches_with_late_rows"].tolist() == per["late_rows_dropped"].apply(lambda s: (s > 0).sum()).tolist()
+    assert latest["batches_with_expired"].tolist() == per["records_expired"].apply(lambda s: (s > 0).sum()).tolist()
+    assert [_naive(t) for t in latest["last_committed_at"]] == [_naive(t) for t in per["committed_at"].max()]
+    newest = once.sort_values("committed_at").groupby("query").tail(1).set_index("query")
+    assert latest["last_batch_id"].tolist() == newest.loc[["raw", "windows"], "batch_id"].tolist()
+    assert pd.isna(latest["latest_event_time"][0])
+    assert _naive(latest["latest_event_time"][1]) == _naive(once[once["query"] == "windows"]["event_time_max"].max())
+    assert (latest["minutes_since_last_batch"] > 0).all()
+
+    offsets = q(client, f"SELECT * FROM {db}.v_stream_offsets_latest ORDER BY query, topic")
+    exp = []
+    for qn, g in once[once["end_offsets"] != ""].groupby("query"):
+        last = g.sort_values("committed_at").iloc[-1]
+        for topic, parts in sorted(json.loads(last["end_offsets"]).items()):
+            exp.append((qn, topic, len(parts), sum(parts.values()), last["batch_id"]))
+    assert [tuple(r) for r in offsets[["query", "topic", "partitions", "offsets_reached", "batch_id"]]
+            .itertuples(index=False)] == exp
+    assert offsets.loc[offsets["query"] == "windows", "batch_id"].tolist() == [38] * 3   # 39 recorded none
+    assert offsets["offsets_reached"].sum() > 0
+
+    qh = q(client, f"SELECT * FROM {db}.v_stream_quarantine_hourly ORDER BY hour_start, event_type, reason")
+    qdf = pd.DataFrame(qrows, columns=["event_type", "topic", "partition", "offset", "kt", "reason", "raw", "batch_id",
+                                       "ingested_at"])
+    qdf["hour_start"] = qdf["ingested_at"].map(lambda t: t.replace(minute=0, second=0, tzinfo=None))
+    qw = qdf.groupby(["hour_start", "event_type", "reason"], as_index=False).size().sort_values(
+        ["hour_start", "event_type", "reason"])
+    assert qh["events"].tolist() == qw["size"].tolist() and qh["events"].sum() == 30
+    assert [_naive(t) for t in qh["hour_start"]] == [pd.Timestamp(t) for t in qw["hour_start"]]
+
+    # the dashboard's queries over these views
+    h = Q.run(client, db, "health_latest")
+    assert h["late_rows_dropped"].tolist() == per["late_rows_dropped"].sum().tolist()
+    hourly = Q.run(client, db, "health_hourly")
+    assert len(hourly) == 8 and hourly["micro_batches"].sum() == 80   # all 4 hours are within the 48
+    quar = Q.run(client, db, "health_quarantine")
+    recent = qdf[qdf["hour_start"] > qdf["hour_start"].max() - pd.Timedelta(hours=24)]
+    assert quar["events"].sum() == len(recent) == 30
+    client.command(f"SYSTEM START MERGES {db}.stream_batches")

@@ -227,7 +227,7 @@ def test_a_page_without_data_explains_what_to_run(native_stack, browser, tmp_pat
     migrate(native_stack, database=db)
     with running_dashboard({"CLICKHOUSE_DATABASE": db}, tmp_path / "dashboard.log") as base:
         for page, hint in (("", "make local-up"), ("store", "make demo"), ("analyst", "make nightly"),
-                           ("quality", "make nightly")):
+                           ("quality", "make nightly"), ("health", "No micro-batch committed yet")):
             browser.get(f"{base}/{page}")
             deadline, text = time.time() + 40, ""
             while time.time() < deadline and hint not in text:
@@ -448,3 +448,100 @@ def test_the_live_strip_shows_a_stopped_stores_last_day_and_flags_it(native_stac
             text = browser.find_element(By.TAG_NAME, "body").text
         assert "3,000 minutes before the newest: its feed is behind" in text, text[:1500]
     c.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+_TABLES_JS = """
+  return Array.from(document.querySelectorAll('[data-testid="stTable"] table')).map(t =>
+    Array.from(t.querySelectorAll('tr')).map(r => Array.from(r.querySelectorAll('th, td')).map(c => c.innerText.trim())));"""
+
+
+def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_path):
+    """The Stream health page (/health) against stream_batches as the sink writes it (batches inserted again by
+    their progress and by re-runs, merges stopped so the table keeps every copy) and quarantined records: its cards
+    and per-query / per-topic tables equal the views' figures read as bi_reader, and an independent pandas count of
+    each (query, batch) once; it says records expired and rows were dropped as late, and that the stream is behind."""
+    from core.clickhouse import get_client, migrate, new_client
+    from dashboard.pages import STALE_BATCH_MINUTES
+    from tests.test_bi_views import SB_COLS, _stream_batch_inserts
+
+    db = f"health_{os.getpid()}"
+    migrate(native_stack, database=db)
+    c = get_client(native_stack, db)
+    c.command(f"SYSTEM STOP MERGES {db}.stream_batches")
+    inserts = _stream_batch_inserts(np.random.default_rng(6))
+    for rows in inserts:
+        c.insert("stream_batches", rows, column_names=SB_COLS)
+    qt = dt.datetime(2026, 5, 4, 12, 0, tzinfo=dt.timezone.utc)
+    qrows = [["sales_transaction", "retail-sales", 0, i, qt, f"reason {i % 3}", "{}", 1, qt + dt.timedelta(minutes=i)]
+             for i in range(17)]
+    c.insert("quarantine_events", qrows + qrows[:4], column_names=[   # 4 quarantined again by a re-run batch
+        "event_type", "topic", "partition", "offset", "kafka_timestamp", "reason", "raw_payload", "batch_id",
+        "ingested_at"])
+    raw = pd.DataFrame([r for rows in inserts for r in rows], columns=SB_COLS).assign(seq=lambda d: range(len(d)))
+    once = raw.sort_values(["committed_at", "seq"]).groupby(["query", "batch_id"]).tail(1)
+    assert len(raw) > len(once) == 80
+    per = once.groupby("query")
+
+    bi = new_client(native_stack, db, readonly=True)
+    view = lambda sql: bi.query_df(sql.replace("{db}", db))  # noqa: E731
+    latest = view("SELECT * FROM {db}.v_stream_health_latest ORDER BY query")
+    offsets = view("SELECT * FROM {db}.v_stream_offsets_latest ORDER BY query, topic")
+    before = latest["minutes_since_last_batch"].max()
+    assert latest["late_rows_dropped"].tolist() == per["late_rows_dropped"].sum().tolist()   # the oracle
+    assert latest["records_expired"].tolist() == per["records_expired"].sum().tolist()
+    assert latest["micro_batches"].tolist() == [40, 40]
+    with running_dashboard({"CLICKHOUSE_DATABASE": db}, tmp_path / "dashboard.log") as base:
+        labels = ["Last committed batch (stalest query)", "Minutes since last batch", "Late rows dropped",
+                  "Kafka records expired unread", "Quarantined records (24 h)"]
+        m = open_page(browser, f"{base}/health", labels, "stream-health")
+        after = view("SELECT max(minutes_since_last_batch) AS m FROM {db}.v_stream_health_latest")["m"][0]
+        tables = browser.execute_script(_TABLES_JS)
+        from selenium.webdriver.common.by import By
+
+        text = browser.find_element(By.TAG_NAME, "body").text
+    bi.close()
+    stalest = min(latest["last_committed_at"])
+    assert m["Last committed batch (stalest query)"] == f"{pd.Timestamp(stalest):%Y-%m-%d %H:%M:%S}"
+    assert m["Last committed batch (stalest query)"] == f"{min(per['committed_at'].max()):%Y-%m-%d %H:%M:%S}"
+    assert round(before) <= value(m["Minutes since last batch"]) <= round(after)
+    assert value(m["Late rows dropped"]) == latest["late_rows_dropped"].sum() == once["late_rows_dropped"].sum() > 0
+    assert value(m["Kafka records expired unread"]) == latest["records_expired"].max() > 0
+    assert value(m["Quarantined records (24 h)"]) == 17            # each quarantined offset once
+    # the per-query table: one row per query with the view's counts
+    by_query = next(t for t in tables if any(r and r[0] == "raw" for r in t))
+    header = by_query[0]
+    rows = {r[0]: dict(zip(header[1:], r[1:])) for r in by_query[1:] if r and r[0] in ("raw", "windows")}
+    for r in latest.itertuples():
+        for col in ("micro_batches", "input_rows", "duplicates_dropped", "records_expired", "late_rows_dropped",
+                    "last_batch_id"):
+            assert value(rows[r.query][col]) == getattr(r, col), (r.query, col)
+        assert rows[r.query]["last_committed_at"] == f"{pd.Timestamp(r.last_committed_at):%Y-%m-%d %H:%M:%S}"
+    # the offsets table: one row per query x topic, the summed end offsets of the query's latest recorded batch
+    by_topic = next(t for t in tables if any("retail-sales" in r for r in t))
+    shown = {(r[0], r[1]): r for r in by_topic[1:] if len(r) > 2 and r[0] in ("raw", "windows")}
+    head = by_topic[0]
+    assert len(shown) == len(offsets) == 6
+    for r in offsets.itertuples():
+        got = dict(zip(head, shown[(r.query, r.topic)]))
+        assert value(got["offsets_reached"]) == r.offsets_reached and value(got["partitions"]) == r.partitions
+        assert value(got["batch_id"]) == r.batch_id
+    assert "expired or were skipped before they were read" in text and "dropped from the live windows" in text
+    assert f"no micro-batch for" in text and before > STALE_BATCH_MINUTES
+    c.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_health_verdicts_name_each_loss_and_each_stale_query():
+    """The Stream health page's verdicts: an error per query with expired records, a warning per query with late
+    rows and per query without a batch for longer than STALE_BATCH_MINUTES; else one 'complete and current'."""
+    from dashboard.pages import health_verdicts
+
+    latest = pd.DataFrame({"query": ["raw", "windows"], "minutes_since_last_batch": [3.0, 16.0],
+                           "last_committed_at": [pd.Timestamp("2026-05-04 13:15:01")] * 2})
+    hourly = pd.DataFrame({"query": ["raw", "raw", "windows"], "hour_start": pd.to_datetime(["2026-05-04 12:00"] * 3),
+                           "records_expired": [0, 5, 0], "late_rows_dropped": [0, 0, 7]})
+    got = health_verdicts(latest, hourly, stale_minutes=15)
+    assert [(lvl, t.split(":")[0]) for lvl, t in got] == [("error", "query raw"), ("warning", "query windows"),
+                                                          ("warning", "query windows")]
+    assert "5 Kafka record(s)" in got[0][1] and "7 row(s)" in got[1][1] and "no micro-batch for 16 minutes" in got[2][1]
+    ok = health_verdicts(latest.assign(minutes_since_last_batch=1.0), hourly.assign(records_expired=0, late_rows_dropped=0))
+    assert [lvl for lvl, _ in ok] == ["success"] and ok[0][1].startswith("Complete and current")

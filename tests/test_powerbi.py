@@ -382,7 +382,8 @@ def test_relationships_form_a_star_without_ambiguity(model):
     for (ft, tt), fc in star.items():
         assert any(r["from"] == (ft, fc) and r["to"][0] == tt for r in model.relationships), (ft, tt)
     related = {r["from"][0] for r in model.relationships}
-    standalone = {"v_model_metrics", "v_model_registry", "v_stream_batches"}
+    standalone = {"v_model_metrics", "v_model_registry", "v_stream_batches", "v_stream_health_hourly",
+                  "v_stream_health_latest", "v_stream_offsets_latest", "v_stream_quarantine_hourly"}
     assert related == {t for t in model.tables if t.startswith("v_") and t not in dims} - standalone
 
 
@@ -612,15 +613,18 @@ def test_model_covers_every_view_column(model, reader):
         assert set(have) - set(declared) <= left_out.get(table, set()), (table, set(have) - set(declared))
 
 
-#: views of 030_bi_views.sql deliberately not imported, with the reason
+#: the migrations that define BI views (030's and the stream health views of 080)
+VIEW_FILES = ("030_bi_views.sql", "080_stream_health_views.sql")
+#: views of VIEW_FILES deliberately not imported, with the reason
 VIEWS_LEFT_OUT = {"v_fact_sales": "one row per POS line (millions): v_sales_daily carries the same figures per day"}
 
 
 def test_model_covers_every_bi_view(model):
-    """A view added to clickhouse/migrations/030_bi_views.sql shows up here until the model imports it or
-    VIEWS_LEFT_OUT says why not."""
-    views = set(re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)",
-                           (REPO / "clickhouse" / "migrations" / "030_bi_views.sql").read_text()))
+    """A view added to clickhouse/migrations/030_bi_views.sql or 080_stream_health_views.sql shows up here until the
+    model imports it or VIEWS_LEFT_OUT says why not."""
+    views = {v for f in VIEW_FILES for v in re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)",
+                                                       (REPO / "clickhouse" / "migrations" / f).read_text())}
+    assert "v_stream_health_latest" in views
     assert views - set(odbc_tables(model)) == set(VIEWS_LEFT_OUT)
     assert set(odbc_tables(model)) <= views
 
@@ -879,11 +883,17 @@ def known_data(engine, writer):
         "as_of_date", "store_id", "product_id", "stock", "mean_daily_demand", "sigma_daily", "lead_time_days",
         "service_level", "safety_stock", "reorder_point", "eoq", "reorder_qty", "reorder_needed",
         "days_until_stockout", "stockout_risk", "unit_cost", "model_version", "run_date"])
-    w.insert("stream_batches", [[q, b, 100 * b + i, 90 * b, ts(2026, 1, 21, 11, b), ts(2026, 1, 21, 11, b, 2 + i),
-                                 b % 2, 7 * i * (b == 2)]
-                                for i, q in enumerate(("raw", "windows")) for b in range(1, 4)],
-             column_names=["query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at",
-                           "duplicates_dropped", "records_expired"])
+    # each batch's row as the sink writes it, then again (same committed_at) with the counts its progress adds:
+    # the views read stream_batches with FINAL, so each batch counts once, with its counts
+    def batch(i, q, b, late):
+        offs = {"retail-sales": {"0": 10 * b + i, "1": 5 * b}, "retail-inventory": {"0": 3 * b}}
+        return [q, b, 100 * b + i, 90 * b, ts(2026, 1, 21, 11, b), ts(2026, 1, 21, 11, b, 2 + i), b % 2,
+                7 * i * (b == 2), late, json.dumps(offs), ts(2026, 1, 21, 10, 50 + b) if q == "windows" else None]
+    cols = ["query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at", "duplicates_dropped",
+            "records_expired", "late_rows_dropped", "end_offsets", "event_time_max"]
+    w.insert("stream_batches", [batch(i, q, b, 0) for i, q in enumerate(("raw", "windows")) for b in range(1, 4)],
+             column_names=cols)
+    w.insert("stream_batches", [batch(1, "windows", b, 4 * b) for b in (2, 3)], column_names=cols)
     w.insert("sku_classification", classes, column_names=[
         "as_of_date", "store_id", "product_id", "window_days", "adi", "cv2", "demand_class", "mean_daily_demand",
         "days_since_last_sale", "is_slow_moving", "run_date"])
@@ -1330,6 +1340,10 @@ TWINS: dict[str, str] = {
     "Last Stream Batch": agg("v_stream_batches", "maxOrNull(committed_at)"),
     "Stream Records Expired": agg("v_stream_batches", "sumOrNull(records_expired)"),
     "Stream Duplicates Dropped": agg("v_stream_batches", "sumOrNull(duplicates_dropped)"),
+    "Stream Late Rows Dropped": agg("v_stream_health_latest", "sumOrNull(late_rows_dropped)"),
+    "Minutes Since Last Stream Batch": f"dateDiff('minute', (SELECT minOrNull(last_committed_at) FROM "
+                                       f"v_stream_health_latest WHERE <<v_stream_health_latest>>), {NOW_SQL})",
+    "Kafka Offsets Reached": agg("v_stream_offsets_latest", "sumOrNull(offsets_reached)"),
     "Backtest WAPE GBT": pooled_backtest("wape", "gbt"),
     "Backtest WAPE Seasonal Naive": pooled_backtest("wape", "seasonal_naive"),
     "WAPE Improvement vs Naive": SUB("1", DIV("{{Backtest WAPE GBT}}", "{{Backtest WAPE Seasonal Naive}}")),
