@@ -15,6 +15,10 @@ Two queries, two sinks:
   alerts go to Kafka ``retail-restock-alerts`` (Avro-validated), ClickHouse ``restock_alerts`` and the lake;
   finally ``inventory_levels`` (latest stock + episode state) is upserted.
 
+Rows ClickHouse refuses for their values (:data:`ROW_ERROR_CODES`, e.g. a constraint) do not fail the micro-batch:
+the insert is bisected (:func:`insert_isolating_refused`), the other rows written, the refused ones quarantined with
+ClickHouse's error (:meth:`StreamSinks._insert_df`); schema errors and outages behave as before.
+
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
 sent to Kafka again; nor is one Kafka acknowledged in an earlier attempt of the same micro-batch whose insert
@@ -531,7 +535,8 @@ class StreamSinks:
         STREAM_SINK_RETRY_MAX_WAIT_S) and call it again, logging what it waits for, for up to
         STREAM_SINK_RETRY_SECONDS; then the error propagates (the query fails; a restart resumes from the
         checkpoint, nothing is lost). Every write of a micro-batch is idempotent, so a repeat writes nothing twice.
-        Other errors propagate at once (they are bugs, not data: data is validated before any write)."""
+        Other errors propagate at once: a missing table or column, bugs. Rows ClickHouse refuses for their values
+        never get here: :meth:`_insert_df` sets them aside and writes the rest."""
         from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
         def before_sleep(rs) -> None:
@@ -653,7 +658,8 @@ class StreamSinks:
 
     def raw_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the raw query: lake Parquet for valid events, ``quarantine_events`` for invalid ones.
-        The writes are retried on infrastructure errors (:meth:`retrying`); data never raises here.
+        The writes are retried on infrastructure errors (:meth:`retrying`); data never raises here (a row ClickHouse
+        refuses is set aside, :meth:`_insert_df`).
 
         Args:
             df: micro-batch of :meth:`raw_frame` (validated events of every input topic).
@@ -741,7 +747,8 @@ class StreamSinks:
     def windows_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the windows query (update mode): upsert enriched windows, store windows, alerts and
         inventory levels. ``df``: :func:`streaming.transforms.window_metrics` rows updated by the batch. The
-        writes are retried on infrastructure errors (:meth:`retrying`)."""
+        writes are retried on infrastructure errors (:meth:`retrying`); rows ClickHouse refuses for their values are
+        set aside in ``quarantine_events`` and the rest written (:meth:`_insert_df`)."""
         started = time.time()
         batch = df.toArrow().to_pandas()
         spark_s = time.time() - started
