@@ -66,7 +66,8 @@ ANOMALY_HORIZON_HOURS = STREAM_HISTORY_HOURS
 ANCHOR_LOOKBACK_HOURS = STREAM_ANCHOR_LOOKBACK_HOURS
 #: natural key of each table the stream writes (its ReplacingMergeTree ORDER BY): identifies a refused row's
 #: quarantine row (:meth:`StreamSinks._set_aside`), so a re-run batch replaces it instead of adding one
-SINK_KEYS = {"sales_metrics_5m": ["store_id", "product_id", "window_start"], "store_metrics_5m": ["store_id", "window_start"],
+SINK_KEYS = {"sales_metrics_5m": ["store_id", "product_id", "window_start"],
+             "store_metrics_5m": ["store_id", "window_start"],
              "inventory_levels": ["store_id", "product_id"], "restock_alerts": ["alert_id"],
              "stream_batches": ["query", "batch_id"]}
 #: characters of a refused quarantine row's payload kept (JSON-escaped) in its second attempt
@@ -380,7 +381,7 @@ class StreamSinks:
                 ("", "payload left out")]
             landed = False
             for new_payload, what in tries:
-                note = f" [ClickHouse refused this quarantine row ({errors[-1]}): {what}]"
+                note = f" [ClickHouse refused this quarantine row ({' / '.join(errors)[:1_500]}): {what}]"
                 new_reason = (json.dumps(reason)[1:-1] if not new_payload else reason)
                 row["raw_payload"] = new_payload
                 row["reason"] = (new_reason[:QUARANTINE_REASON_CHARS] + note)[:2 * QUARANTINE_REASON_CHARS]
@@ -399,10 +400,11 @@ class StreamSinks:
                 continue
             where = f"{r['topic']} partition {r['partition']} offset {r['offset']}"
             if r["topic"] == self.dead_letter_topic:
-                log.error("quarantine row of dead-letter record %s refused by ClickHouse 3 times (%s): not quarantined; "
-                          "the record stays in the dead-letter topic", where, " / ".join(errors))
+                log.error("quarantine row of dead-letter record %s refused by ClickHouse 3 times (%s): not "
+                          "quarantined; the record stays in the dead-letter topic", where, " / ".join(errors))
                 continue
-            self._dead_letter(str(r["event_type"]), payload, f"{reason} [not quarantined: ClickHouse refused the quarantine row: "
+            self._dead_letter(str(r["event_type"]), payload,
+                              f"{reason} [not quarantined: ClickHouse refused the quarantine row: "
                               f"{' / '.join(errors)}; source {where}]")
             log.error("quarantine row %s refused by ClickHouse 3 times (%s): sent to the dead-letter topic %s", where,
                       " / ".join(errors), self.dead_letter_topic)
