@@ -280,7 +280,7 @@ class StreamSinks:
     Attributes:
         batch_log: list of {"query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"
             (epoch seconds), "duplicates_dropped", "records_expired", "alerts_closed_until", "event_time_max"
-            (epoch ms or None)},
+            (epoch ms or None), "rows_set_aside" (rows ClickHouse refused, set aside: :meth:`_insert_df`)},
             appended after each micro-batch's writes are visible (used for freshness).
         alerts_sent: number of restock alerts delivered to Kafka by this process (each alert id once per process).
         retries: number of waits before a retried write (infrastructure errors, :meth:`retrying`).
