@@ -516,3 +516,19 @@ def test_a_refused_quarantine_row_is_escaped_cut_or_dead_lettered_never_lost(fre
     assert sent[0]["event_type"] == "sales_transaction"
     assert "quantity must not be 0" in sent[0]["reason"] and "VIOLATED_CONSTRAINT" in sent[0]["reason"]
     assert "t-sales partition 0 offset 13" in sent[0]["reason"]
+
+
+def test_a_value_a_narrower_clickhouse_column_cannot_hold_is_quarantined(fresh_sinks):
+    """``units_sold`` narrowed to Int16 in ClickHouse (a later schema change; Spark counts in Int64): a window of
+    40,000 units cannot be written (clickhouse-connect refuses to serialize it). It is quarantined with that error and
+    the batch's other window lands. Before 2026-12-06 the batch raised at every attempt."""
+    sinks, client, db = fresh_sinks
+    client.command(f"ALTER TABLE {db}.sales_metrics_5m MODIFY COLUMN units_sold Int16")
+    rows = [_window(0, sold=3), {**_window(0, sold=40_000), "product_id": "P2"}]
+    sinks._windows_writes(_spark_frame(rows), 4, time.time(), 0.0)
+    got = client.query_df(f"SELECT product_id, units_sold FROM {db}.sales_metrics_5m FINAL")
+    assert got.to_dict("records") == [{"product_id": "P1", "units_sold": 3}]
+    q = client.query_df(f"SELECT event_type, reason, raw_payload FROM {db}.quarantine_events FINAL")
+    assert q["event_type"].tolist() == ["sales_metrics_5m"]
+    assert json.loads(q["raw_payload"].iloc[0])["units_sold"] == 40_000
+    assert "ClickHouse refused the sales_metrics_5m row" in q["reason"].iloc[0]
