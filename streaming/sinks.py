@@ -213,10 +213,14 @@ def is_row_error(exc: BaseException) -> bool:
 
 def error_text(exc: BaseException, limit: int = 1_000) -> str:
     """``exc`` as a one-line reason (``Type: message``, clickhouse-connect's ``Received ClickHouse exception, code:
-    N, server response:`` prefix and the version trailer left out), cut to ``limit`` characters."""
+    N, server response:`` prefix and the version trailer left out; the exception it was raised from added in
+    parentheses when its text is not in the message), cut to ``limit`` characters."""
     msg = " ".join(str(exc).split())
     msg = re.sub(r"^Received ClickHouse exception, code: \d+, server response: ", "", msg)
     msg = re.sub(r"\s*\(version [^()]*(\([^()]*\))?[^()]*\)(\s*\(for url [^)]*\))?\s*$", "", msg)
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in msg:   # clickhouse-connect's "...: error"
+        msg += f" ({type(cause).__name__}: {' '.join(str(cause).split())})"
     return f"{type(exc).__name__}: {msg}"[:limit]
 
 

@@ -77,6 +77,15 @@ def test_error_text_keeps_clickhouses_message_without_prefix_and_version():
     assert t == ("DatabaseError: Code: 469. DB::Exception: Constraint `poison` for table d.t is violated at row 1. "
                  "(VIOLATED_CONSTRAINT)")
     assert len(error_text(ValueError("x" * 5000), limit=100)) == 100
+    from clickhouse_connect.driver.exceptions import DataError
+    try:
+        try:
+            raise OverflowError("short format requires -32768 <= number <= 32767")
+        except OverflowError as inner:
+            raise DataError("Unable to create native array for column `units_sold`: error") from inner
+    except DataError as exc:
+        assert error_text(exc) == ("DataError: Unable to create native array for column `units_sold`: error "
+                                   "(OverflowError: short format requires -32768 <= number <= 32767)")
 
 
 # ---------------------------------------------------------------------------------------------- bisect --

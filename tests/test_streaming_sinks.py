@@ -532,3 +532,4 @@ def test_a_value_a_narrower_clickhouse_column_cannot_hold_is_quarantined(fresh_s
     assert q["event_type"].tolist() == ["sales_metrics_5m"]
     assert json.loads(q["raw_payload"].iloc[0])["units_sold"] == 40_000
     assert "ClickHouse refused the sales_metrics_5m row" in q["reason"].iloc[0]
+    assert "units_sold" in q["reason"].iloc[0] and "32767" in q["reason"].iloc[0]   # the serializer's own error
