@@ -52,6 +52,17 @@ def test_schema_and_server_errors_are_not_row_errors(code, name):
     assert not set(SCHEMA_ERROR_CODES) & {469, 53, 321}
 
 
+def test_the_code_tables_name_the_codes_as_the_engine_does():
+    """Every code of ROW_ERROR_CODES / SCHEMA_ERROR_CODES has the name chDB's ``errorCodeToName`` gives it."""
+    import chdb
+
+    from streaming.sinks import ROW_ERROR_CODES, SCHEMA_ERROR_CODES
+
+    ours = {**ROW_ERROR_CODES, **SCHEMA_ERROR_CODES}
+    res = chdb.query(f"SELECT arrayJoin([{','.join(map(str, ours))}]) AS c, errorCodeToName(c)", "JSONCompact")
+    assert {int(c): n for c, n in json.loads(str(res))["data"]} == ours
+
+
 def test_outages_and_bugs_are_not_row_errors_but_client_side_data_errors_are():
     from clickhouse_connect.driver.exceptions import DataError, OperationalError
 
