@@ -15,6 +15,10 @@ Two queries, two sinks:
   alerts go to Kafka ``retail-restock-alerts`` (Avro-validated), ClickHouse ``restock_alerts`` and the lake;
   finally ``inventory_levels`` (latest stock + episode state) is upserted.
 
+Rows ClickHouse refuses for their values (:data:`ROW_ERROR_CODES`, e.g. a constraint) do not fail the micro-batch:
+the insert is bisected (:func:`insert_isolating_refused`), the other rows written, the refused ones quarantined with
+ClickHouse's error (:meth:`StreamSinks._insert_df`); schema errors and outages behave as before.
+
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
 sent to Kafka again; nor is one Kafka acknowledged in an earlier attempt of the same micro-batch whose insert
@@ -26,8 +30,10 @@ dedupe by ``alert_id``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -58,6 +64,16 @@ ANOMALY_HORIZON_HOURS = STREAM_HISTORY_HOURS
 #: back, by their sorting key. Keeps a micro-batch's reads of ``sales_metrics_5m`` bounded in event time
 #: (parts and granules outside are skipped) instead of reading the table's whole history
 ANCHOR_LOOKBACK_HOURS = STREAM_ANCHOR_LOOKBACK_HOURS
+#: natural key of each table the stream writes (its ReplacingMergeTree ORDER BY): identifies a refused row's
+#: quarantine row (:meth:`StreamSinks._set_aside`), so a re-run batch replaces it instead of adding one
+SINK_KEYS = {"sales_metrics_5m": ["store_id", "product_id", "window_start"],
+             "store_metrics_5m": ["store_id", "window_start"],
+             "inventory_levels": ["store_id", "product_id"], "restock_alerts": ["alert_id"],
+             "stream_batches": ["query", "batch_id"]}
+#: characters of a refused quarantine row's payload kept (JSON-escaped) in its second attempt
+QUARANTINE_PAYLOAD_CHARS = 65_536
+#: characters of a refused quarantine row's reason kept in its later attempts (ClickHouse's error is added)
+QUARANTINE_REASON_CHARS = 2_000
 #: the timestamp columns of :func:`streaming.transforms.window_metrics` rows (converted to UTC pandas timestamps)
 _WINDOW_TIMES = ("window_start", "window_end", "window_stock_time", "last_event_time")
 #: event types read from Kafka by the job (restock alerts are produced by it)
@@ -117,6 +133,8 @@ def is_infrastructure_error(exc: BaseException) -> bool:
         transport += (httpx.TransportError,)
     except ImportError:  # pragma: no cover
         pass
+    if clickhouse_error_code(exc) in ROW_ERROR_CODES:
+        return False   # ClickHouse answered, about the rows (whose values its message quotes: "timed out" in an id)
     seen = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -131,6 +149,130 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return False
 
 
+#: ClickHouse error codes of an insert refused for the *values* of its rows (not the schema, not the server): a
+#: constraint, a value outside a column's type, text or numbers its parser refuses, NULL into a non-Nullable column,
+#: ``throwIf`` in a constraint or materialized view. Only these are bisected down to the refused rows
+#: (:func:`insert_isolating_refused`); every other code (:data:`SCHEMA_ERROR_CODES`, server errors, unknown codes)
+#: still fails the write as before.
+ROW_ERROR_CODES: dict[int, str] = {
+    6: "CANNOT_PARSE_TEXT", 26: "CANNOT_PARSE_QUOTED_STRING", 27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    38: "CANNOT_PARSE_DATE", 41: "CANNOT_PARSE_DATETIME", 53: "TYPE_MISMATCH", 69: "ARGUMENT_OUT_OF_BOUND",
+    70: "CANNOT_CONVERT_TYPE", 72: "CANNOT_PARSE_NUMBER", 117: "INCORRECT_DATA", 131: "TOO_LARGE_STRING_SIZE",
+    190: "SIZES_OF_ARRAYS_DONT_MATCH", 321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN", 395: "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO", 407: "DECIMAL_OVERFLOW",
+    469: "VIOLATED_CONSTRAINT", 691: "UNKNOWN_ELEMENT_OF_ENUM"}
+#: ClickHouse error codes meaning the table or a column is missing (dropped while running): never a row's fault.
+#: The write fails and the query stops naming the table, so a restart's migrations create it again.
+SCHEMA_ERROR_CODES: dict[int, str] = {
+    8: "THERE_IS_NO_COLUMN", 10: "NOT_FOUND_COLUMN_IN_BLOCK", 16: "NO_SUCH_COLUMN_IN_TABLE", 47: "UNKNOWN_IDENTIFIER",
+    60: "UNKNOWN_TABLE", 81: "UNKNOWN_DATABASE"}
+_CODE_RE = re.compile(r"\bCode:\s*(\d+)")
+
+
+def _chain(exc: BaseException):
+    """``exc`` and the exceptions it was raised from (``__cause__`` / ``__context__``), each once."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def clickhouse_error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code of ``exc`` or an exception it was raised from: clickhouse-connect's ``code`` (from
+    the ``X-ClickHouse-Exception-Code`` header our ``chserver`` and ClickHouse servers send), else the ``Code: N.``
+    of the message (the embedded chDB engine, or a body without the header); None when no ClickHouse server
+    answered (a transport error, a client-side error)."""
+    from clickhouse_connect.driver.exceptions import Error
+
+    for e in _chain(exc):
+        code = getattr(e, "code", None) if isinstance(e, Error) else None
+        if isinstance(code, int):
+            return code
+        m = _CODE_RE.search(str(e))
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """True when ``exc`` means ClickHouse (or clickhouse-connect, serializing the frame) refused rows of an insert
+    for their values, so a smaller insert without them can succeed: a ClickHouse error code in
+    :data:`ROW_ERROR_CODES`, or, with no ClickHouse code, clickhouse-connect's client-side ``DataError`` (a value
+    its column type cannot carry) or an ``OverflowError``. False for outages (:func:`is_infrastructure_error`),
+    schema errors (:data:`SCHEMA_ERROR_CODES`), other server errors and bugs."""
+    from clickhouse_connect.driver.exceptions import DataError, OperationalError
+
+    code = clickhouse_error_code(exc)
+    if code is not None:
+        return code in ROW_ERROR_CODES
+    return any(isinstance(e, OverflowError) or (isinstance(e, DataError) and not isinstance(e, OperationalError))
+               for e in _chain(exc))
+
+
+def error_text(exc: BaseException, limit: int = 1_000) -> str:
+    """``exc`` as a one-line reason (``Type: message``, clickhouse-connect's ``Received ClickHouse exception, code:
+    N, server response:`` prefix and the version trailer left out; the exception it was raised from added in
+    parentheses when its text is not in the message), cut to ``limit`` characters."""
+    msg = " ".join(str(exc).split())
+    msg = re.sub(r"^Received ClickHouse exception, code: \d+, server response: ", "", msg)
+    msg = re.sub(r"\s*\(version [^()]*(\([^()]*\))?[^()]*\)(\s*\(for url [^)]*\))?\s*$", "", msg)
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in msg:   # clickhouse-connect's "...: error"
+        msg += f" ({type(cause).__name__}: {' '.join(str(cause).split())})"
+    return f"{type(exc).__name__}: {msg}"[:limit]
+
+
+def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error) -> list[tuple[int, BaseException]]:
+    """Insert ``df`` with ``insert(frame)``; when an insert is refused for its rows (``is_refused(exc)``, default
+    :func:`is_row_error`), insert its two halves instead, down to single rows, so every row but the refused ones is
+    written. k refused rows among n cost at most 2·k·⌈log2 n⌉ + 1 inserts; none refused, one.
+
+    A piece is retried whole, so rows of a piece written before ClickHouse refused a later block of it may be
+    written twice: the stream's tables are ReplacingMergeTrees keyed by their natural key (read with FINAL).
+
+    Args:
+        df: the rows (any index; pieces are ``df.iloc`` slices, dtypes kept).
+        insert: callable taking a frame; raises on failure.
+        is_refused: predicate on the exception: True = the piece's rows are at fault, bisect it.
+    Returns:
+        [(position in ``df``, the exception refusing that row alone)], by position; [] when all were written.
+    Raises:
+        the first exception ``is_refused`` rejects (an outage, a dropped table, a bug), as raised by ``insert``.
+    """
+    refused: list[tuple[int, BaseException]] = []
+    stack = [(0, len(df))] if len(df) else []
+    while stack:
+        lo, hi = stack.pop()
+        try:
+            insert(df.iloc[lo:hi])
+        except Exception as exc:  # noqa: BLE001  re-raised unless it is about the rows
+            if not is_refused(exc):
+                raise
+            if hi - lo == 1:
+                refused.append((lo, exc))
+            else:
+                mid = (lo + hi) // 2
+                stack += [(mid, hi), (lo, mid)]
+    return sorted(refused, key=lambda r: r[0])
+
+
+def row_payload(row: Mapping[str, Any]) -> str:
+    """One row (column -> value) as a JSON object: timestamps ISO 8601, NaN / NA / NaT as null, other values
+    ``str`` when JSON has no type for them."""
+    def val(v):
+        if v is None or (not isinstance(v, (str, bytes, list, dict)) and pd.isna(v)):
+            return None
+        if isinstance(v, (pd.Timestamp, datetime)):
+            return v.isoformat()
+        if hasattr(v, "item"):   # numpy scalars
+            return v.item()
+        return v
+
+    return json.dumps({str(k): val(v) for k, v in row.items()}, default=str, ensure_ascii=False)
+
+
 class StreamSinks:
     """Holds the clients of the sinks (ClickHouse, lake, Kafka producer for alerts) and the batch log.
 
@@ -142,7 +284,7 @@ class StreamSinks:
     Attributes:
         batch_log: list of {"query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at"
             (epoch seconds), "duplicates_dropped", "records_expired", "alerts_closed_until", "event_time_max"
-            (epoch ms or None)},
+            (epoch ms or None), "rows_set_aside" (rows ClickHouse refused, set aside: :meth:`_insert_df`)},
             appended after each micro-batch's writes are visible (used for freshness).
         alerts_sent: number of restock alerts delivered to Kafka by this process (each alert id once per process).
         retries: number of waits before a retried write (infrastructure errors, :meth:`retrying`).
@@ -171,12 +313,116 @@ class StreamSinks:
         self.topics = {settings.topic(EVENT_TYPES[et]): et for et in INPUT_EVENT_TYPES}
         self.dead_letter_topic = settings.topic(DEAD_LETTER)
         self._run_tags: dict[str, str] = {}
+        #: per thread (each query's batches run in a thread of their own): rows of the running micro-batch set
+        #: aside because ClickHouse refused them (:meth:`_insert_df`)
+        self._tls = threading.local()
 
     # ----------------------------------------------------------------------------------- helpers --
-    def _insert_df(self, table: str, df: pd.DataFrame) -> None:
-        if len(df):
-            with self._ch_lock:
-                self.ch.insert_df(f"{self.db}.{table}", df)
+    def _insert_df(self, table: str, df: pd.DataFrame) -> int:
+        """Insert ``df`` into ``<db>.<table>``; rows ClickHouse refuses for their values (:func:`is_row_error`) are
+        found by :func:`insert_isolating_refused`, the others written, and the refused ones set aside
+        (:meth:`_set_aside`: ``quarantine_events`` with ClickHouse's error; a refused ``quarantine_events`` row goes
+        through :meth:`_insert_quarantine`'s fallbacks). Returns the number of rows set aside (also added to the
+        running micro-batch's ``rows_set_aside``). Raises what is not about rows (outage, dropped table, bug)."""
+        if not len(df):
+            return 0
+        if table == "quarantine_events":
+            return self._insert_quarantine(df)
+        refused = insert_isolating_refused(df, lambda part: self._insert_raw_df(table, part))
+        if refused:
+            self._set_aside(table, df, refused)
+        return len(refused)
+
+    def _insert_raw_df(self, table: str, df: pd.DataFrame) -> None:
+        with self._ch_lock:
+            self.ch.insert_df(f"{self.db}.{table}", df)
+
+    def _count_set_aside(self, n: int) -> None:
+        self._tls.set_aside = getattr(self._tls, "set_aside", 0) + int(n)
+
+    def _set_aside(self, table: str, df: pd.DataFrame, refused: list[tuple[int, BaseException]]) -> None:
+        """Quarantine the rows of ``df`` ClickHouse refused for ``table`` (positions and errors from
+        :func:`insert_isolating_refused`), one error log line each: ``quarantine_events`` rows with ``event_type`` =
+        the table, ``topic`` = ``refused:<table>``, ``partition`` = -1, ``offset`` = a 63-bit hash of (table, the
+        row's batch id, its natural key :data:`SINK_KEYS`), so a re-run of the batch replaces its own rows,
+        ``reason`` = ClickHouse's error, ``raw_payload`` = the row as JSON (:func:`row_payload`)."""
+        now = pd.Timestamp(time.time(), unit="s", tz="UTC").floor("ms")
+        key = SINK_KEYS.get(table) or [c for c in df.columns if c not in ("version", "updated_at", "ingested_at")]
+        rows = []
+        for pos, exc in refused:
+            r = df.iloc[pos].to_dict()
+            batch = int(r["batch_id"]) if "batch_id" in r and not pd.isna(r["batch_id"]) else -1
+            ident = json.dumps([table, batch, [str(r.get(k)) for k in key]])
+            reason = f"ClickHouse refused the {table} row: {error_text(exc)}"
+            log.error("micro-batch %d: %s; row set aside in quarantine_events (topic refused:%s): %s",
+                      batch, reason, table, row_payload({k: r.get(k) for k in key}))
+            rows.append({"event_type": table, "topic": f"refused:{table}", "partition": -1,
+                         "offset": int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "big") >> 1,
+                         "kafka_timestamp": pd.NaT, "reason": reason, "raw_payload": row_payload(r),
+                         "batch_id": batch, "ingested_at": now})
+        q = pd.DataFrame(rows)
+        q["partition"] = q["partition"].astype("int32")
+        q["kafka_timestamp"] = pd.to_datetime(q["kafka_timestamp"], utc=True)
+        self._insert_quarantine(q, count=False)
+        self._count_set_aside(len(rows))
+
+    def _insert_quarantine(self, q: pd.DataFrame, count: bool = True) -> int:
+        """Insert ``quarantine_events`` rows; a row ClickHouse refuses is inserted again with its payload JSON-escaped
+        (ASCII) and cut to :data:`QUARANTINE_PAYLOAD_CHARS` characters, then without payload and with an escaped reason
+        cut to :data:`QUARANTINE_REASON_CHARS`, each time the error added to the reason; refused all three times, the
+        record goes to the dead-letter topic (:func:`core.kafka.dead_letter_record`, reason + the errors), awaited,
+        error log; a record read from the dead-letter topic is not sent there again (it would come back): error log
+        naming its topic, partition and offset, where it stays. Returns the rows refused at the first insert (added
+        to ``rows_set_aside`` when ``count``)."""
+        refused = insert_isolating_refused(q, lambda part: self._insert_raw_df("quarantine_events", part))
+        for pos, exc in refused:
+            row = q.iloc[[pos]].copy()
+            r = row.iloc[0]
+            reason, payload, errors = str(r["reason"]), str(r["raw_payload"]), [error_text(exc, 500)]
+            tries = [
+                (json.dumps(payload)[:QUARANTINE_PAYLOAD_CHARS], "payload JSON-escaped (ASCII) and cut to "
+                                                                 f"{QUARANTINE_PAYLOAD_CHARS} characters"),
+                ("", "payload left out")]
+            landed = False
+            for new_payload, what in tries:
+                note = f" [ClickHouse refused this quarantine row ({' / '.join(errors)[:1_500]}): {what}]"
+                new_reason = (json.dumps(reason)[1:-1] if not new_payload else reason)
+                row["raw_payload"] = new_payload
+                row["reason"] = (new_reason[:QUARANTINE_REASON_CHARS] + note)[:2 * QUARANTINE_REASON_CHARS]
+                try:
+                    self._insert_raw_df("quarantine_events", row)
+                except Exception as exc2:  # noqa: BLE001
+                    if not is_row_error(exc2):
+                        raise
+                    errors.append(error_text(exc2, 500))
+                    continue
+                log.error("quarantine row %s/%s/%s refused by ClickHouse (%s): inserted with the %s",
+                          r["topic"], r["partition"], r["offset"], errors[0], what)
+                landed = True
+                break
+            if landed:
+                continue
+            where = f"{r['topic']} partition {r['partition']} offset {r['offset']}"
+            if r["topic"] == self.dead_letter_topic:
+                log.error("quarantine row of dead-letter record %s refused by ClickHouse 3 times (%s): not "
+                          "quarantined; the record stays in the dead-letter topic", where, " / ".join(errors))
+                continue
+            self._dead_letter(str(r["event_type"]), payload,
+                              f"{reason} [not quarantined: ClickHouse refused the quarantine row: "
+                              f"{' / '.join(errors)}; source {where}]")
+            log.error("quarantine row %s refused by ClickHouse 3 times (%s): sent to the dead-letter topic %s", where,
+                      " / ".join(errors), self.dead_letter_topic)
+        if count:
+            self._count_set_aside(len(refused))
+        return len(refused)
+
+    def _dead_letter(self, event_type: str, payload: str, reason: str) -> None:
+        """Send one record to the dead-letter topic (:func:`core.kafka.dead_letter_record`) and await Kafka's
+        acknowledgement (raises its error)."""
+        from core.kafka import dead_letter_record
+
+        self.producer().send(self.dead_letter_topic, key=None,
+                             value=dead_letter_record(event_type, payload, reason)).get(timeout=30)
 
     def _query(self, sql: str, parameters: dict | None = None) -> pd.DataFrame:
         with self._ch_lock:
@@ -189,7 +435,12 @@ class StreamSinks:
                "output_rows": int(output_rows), "started_at": started, "committed_at": time.time(),
                "alerts_closed_until": alerts_closed_until, "event_time_max": event_time_max,
                "duplicates_dropped": 0, "records_expired": 0,
-               "end_offsets": self.checkpoint_end_offsets(query, batch_id), "late_rows_dropped": 0}
+               "end_offsets": self.checkpoint_end_offsets(query, batch_id), "late_rows_dropped": 0,
+               "rows_set_aside": getattr(self._tls, "set_aside", 0)}
+        if rec["rows_set_aside"]:
+            log.error("query %s micro-batch %d: %d row(s) refused by ClickHouse set aside (quarantine_events topic "
+                      "refused:<table>, or the dead-letter topic); the rest of the batch is written", query, batch_id,
+                      rec["rows_set_aside"])
         self._insert_df("stream_batches", self._batch_row(rec))
         rec["phases_s"] = {k: round(v, 3) for k, v in (phases or {}).items()}
         with self._log_lock:
@@ -231,6 +482,7 @@ class StreamSinks:
             "duplicates_dropped": int(rec.get("duplicates_dropped") or 0),
             "records_expired": int(rec.get("records_expired") or 0),
             "late_rows_dropped": int(rec.get("late_rows_dropped") or 0),
+            "rows_set_aside": int(rec.get("rows_set_aside") or 0),
             "alerts_closed_until": ts(rec.get("alerts_closed_until")),
             "event_time_max": ts(rec.get("event_time_max")), "end_offsets": rec.get("end_offsets") or ""}])
 
@@ -289,7 +541,8 @@ class StreamSinks:
         STREAM_SINK_RETRY_MAX_WAIT_S) and call it again, logging what it waits for, for up to
         STREAM_SINK_RETRY_SECONDS; then the error propagates (the query fails; a restart resumes from the
         checkpoint, nothing is lost). Every write of a micro-batch is idempotent, so a repeat writes nothing twice.
-        Other errors propagate at once (they are bugs, not data: data is validated before any write)."""
+        Other errors propagate at once: a missing table or column, bugs. Rows ClickHouse refuses for their values
+        never get here: :meth:`_insert_df` sets them aside and writes the rest."""
         from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
         def before_sleep(rs) -> None:
@@ -411,7 +664,8 @@ class StreamSinks:
 
     def raw_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the raw query: lake Parquet for valid events, ``quarantine_events`` for invalid ones.
-        The writes are retried on infrastructure errors (:meth:`retrying`); data never raises here.
+        The writes are retried on infrastructure errors (:meth:`retrying`); data never raises here (a row ClickHouse
+        refuses is set aside, :meth:`_insert_df`).
 
         Args:
             df: micro-batch of :meth:`raw_frame` (validated events of every input topic).
@@ -423,6 +677,7 @@ class StreamSinks:
         self.retrying(f"raw micro-batch {batch_id}", self._raw_writes, whole, batch_id, started, spark_s)
 
     def _raw_writes(self, whole: pa.Table, batch_id: int, started: float, spark_s: float) -> None:
+        self._tls.set_aside = 0   # this attempt's count (a retried attempt counts again)
         now_ms = int(started * 1000)
         n_in = n_valid = 0
         quarantine: list[pd.DataFrame] = []
@@ -498,13 +753,15 @@ class StreamSinks:
     def windows_batch(self, df: DataFrame, batch_id: int) -> None:
         """foreachBatch of the windows query (update mode): upsert enriched windows, store windows, alerts and
         inventory levels. ``df``: :func:`streaming.transforms.window_metrics` rows updated by the batch. The
-        writes are retried on infrastructure errors (:meth:`retrying`)."""
+        writes are retried on infrastructure errors (:meth:`retrying`); rows ClickHouse refuses for their values are
+        set aside in ``quarantine_events`` and the rest written (:meth:`_insert_df`)."""
         started = time.time()
         batch = df.toArrow().to_pandas()
         spark_s = time.time() - started
         self.retrying(f"windows micro-batch {batch_id}", self._windows_writes, batch, batch_id, started, spark_s)
 
     def _windows_writes(self, batch: pd.DataFrame, batch_id: int, started: float, spark_s: float) -> None:
+        self._tls.set_aside = 0   # this attempt's count (a retried attempt counts again)
         ph = {"spark": spark_s}
         now_ms = int(started * 1000)
         version = now_ms

@@ -424,3 +424,112 @@ def test_a_rerun_batch_of_a_silent_series_gives_the_same_windows(fresh_sinks, sp
     sinks.windows_batch(_spark_df(spark, rows), 1)   # the re-run of micro-batch 1
     assert read() == first
     assert client.query_df(f"SELECT stock_level FROM {db}.inventory_levels FINAL")["stock_level"].tolist() == [2]
+
+
+# ------------------------------------------------------------ rows ClickHouse refuses (poison batch) --
+def test_window_rows_clickhouse_refuses_are_quarantined_once_and_the_batch_commits(fresh_sinks):
+    """``sales_metrics_5m`` and ``inventory_levels`` refuse SKU POISON (CHECK constraints, 469 VIOLATED_CONSTRAINT).
+    A windows micro-batch with a P1 and a POISON window writes P1 everywhere, sets the two POISON rows aside in
+    ``quarantine_events`` (topic ``refused:<table>``, ClickHouse's error, the row as JSON) and records its
+    ``stream_batches`` row with ``rows_set_aside`` 2. The same batch run again (a restart) doubles nothing: 2
+    quarantine rows. Before 2026-12-06 the batch raised the constraint's error at every attempt."""
+    sinks, client, db = fresh_sinks
+    for t in ("sales_metrics_5m", "inventory_levels"):
+        client.command(f"ALTER TABLE {db}.{t} ADD CONSTRAINT poison CHECK product_id != 'POISON'")
+    rows = [_window(0, sold=3, stock=40, rop=5), {**_window(0, sold=2, stock=7, rop=5), "product_id": "POISON"}]
+    for _ in range(2):
+        sinks._windows_writes(_spark_frame(rows), 7, time.time(), 0.0)
+    got = client.query_df(f"SELECT product_id, units_sold FROM {db}.sales_metrics_5m FINAL")
+    assert got.to_dict("records") == [{"product_id": "P1", "units_sold": 3}]
+    assert client.command(f"SELECT product_id FROM {db}.inventory_levels FINAL") == "P1"
+    q = client.query_df(f"SELECT event_type, topic, partition, reason, raw_payload, batch_id FROM "
+                        f"{db}.quarantine_events FINAL ORDER BY event_type")
+    assert q["event_type"].tolist() == ["inventory_levels", "sales_metrics_5m"]
+    assert q["topic"].tolist() == ["refused:inventory_levels", "refused:sales_metrics_5m"]
+    assert (q["partition"] == -1).all() and (q["batch_id"] == 7).all()
+    assert q["reason"].str.contains("Code: 469").all() and q["reason"].str.contains("VIOLATED_CONSTRAINT").all()
+    window = json.loads(q["raw_payload"].iloc[1])
+    assert (window["product_id"], window["units_sold"], window["window_stock"]) == ("POISON", 2, 7)
+    assert json.loads(q["raw_payload"].iloc[0])["stock_level"] == 7
+    assert client.command(f"SELECT rows_set_aside FROM {db}.stream_batches FINAL WHERE query = 'windows' "
+                          "AND batch_id = 7") == 2
+
+
+def _dead_letters(s, marker: str) -> list[dict]:
+    """Dead-letter documents on the topic (from its start to its end offsets) whose payload holds ``marker``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = s.topic("dead-letter")
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
+                      group_id=None, consumer_timeout_ms=10_000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        c.assign(parts)
+        c.seek_to_beginning(*parts)
+        end = c.end_offsets(parts)
+        out: list[dict] = []
+        while any(c.position(tp) < end[tp] for tp in parts):
+            got = c.poll(timeout_ms=5000)
+            if not got:
+                break
+            out += [json.loads(m.value) for recs in got.values() for m in recs]
+        return [d for d in out if marker in str(d.get("payload"))]
+    finally:
+        c.close()
+
+
+def test_a_refused_quarantine_row_is_escaped_cut_or_dead_lettered_never_lost(fresh_sinks):
+    """``quarantine_events`` refuses payloads with a line feed or ``POISON`` and the offset 13 (CHECK constraint).
+    Of 5 quarantine rows: the plain one lands as is; the line feed one with its payload JSON-escaped; the POISON one
+    without payload; offset 13 of a topic is sent to the dead-letter topic with its payload and the errors; offset
+    13 of the dead-letter topic itself is not sent back there (it would loop) and stays where it is. Every refused
+    row's reason names ClickHouse's error. Before 2026-12-06 the insert raised and the micro-batch failed for ever."""
+    import uuid
+
+    import pandas as pd
+
+    sinks, client, db = fresh_sinks
+    s = sinks.s
+    from core.kafka_admin import ensure_topics
+
+    ensure_topics(s)
+    client.command(f"ALTER TABLE {db}.quarantine_events ADD CONSTRAINT refuse CHECK position(raw_payload, 'POISON') = 0 "
+                   "AND position(raw_payload, char(10)) = 0 AND offset != 13")
+    marker = uuid.uuid4().hex
+    dl = sinks.dead_letter_topic
+    rows = [("t-sales", 11, f"plain {marker}"), ("t-sales", 12, f"line\nfeed {marker}"),
+            ("t-sales", 14, f"POISON {marker}"), ("t-sales", 13, f"thirteen {marker}"), (dl, 13, f"dl {marker}")]
+    q = pd.DataFrame({"event_type": "sales_transaction", "topic": [r[0] for r in rows],
+                      "partition": pd.array([0] * 5, dtype="int32"), "offset": [r[1] for r in rows],
+                      "kafka_timestamp": pd.to_datetime([None] * 5, utc=True), "reason": "quantity must not be 0",
+                      "raw_payload": [r[2] for r in rows], "batch_id": 3,
+                      "ingested_at": pd.Timestamp("2026-12-06 12:00", tz="UTC")})
+    assert sinks._insert_df("quarantine_events", q) == 4
+    got = client.query_df(f"SELECT topic, offset, reason, raw_payload FROM {db}.quarantine_events FINAL ORDER BY offset")
+    assert got["offset"].tolist() == [11, 12, 14]
+    assert got["raw_payload"].tolist() == [f"plain {marker}", json.dumps(f"line\nfeed {marker}"), ""]
+    assert got["reason"].iloc[0] == "quantity must not be 0"
+    assert got["reason"].iloc[1:].str.contains("ClickHouse refused this quarantine row").all()
+    assert got["reason"].iloc[1:].str.contains("VIOLATED_CONSTRAINT").all()
+    sent = _dead_letters(s, marker)
+    assert [d["payload"] for d in sent] == [f"thirteen {marker}"]
+    assert sent[0]["event_type"] == "sales_transaction"
+    assert "quantity must not be 0" in sent[0]["reason"] and "VIOLATED_CONSTRAINT" in sent[0]["reason"]
+    assert "t-sales partition 0 offset 13" in sent[0]["reason"]
+
+
+def test_a_value_a_narrower_clickhouse_column_cannot_hold_is_quarantined(fresh_sinks):
+    """``units_sold`` narrowed to Int16 in ClickHouse (a later schema change; Spark counts in Int64): a window of
+    40,000 units cannot be written (clickhouse-connect refuses to serialize it). It is quarantined with that error and
+    the batch's other window lands. Before 2026-12-06 the batch raised at every attempt."""
+    sinks, client, db = fresh_sinks
+    client.command(f"ALTER TABLE {db}.sales_metrics_5m MODIFY COLUMN units_sold Int16")
+    rows = [_window(0, sold=3), {**_window(0, sold=40_000), "product_id": "P2"}]
+    sinks._windows_writes(_spark_frame(rows), 4, time.time(), 0.0)
+    got = client.query_df(f"SELECT product_id, units_sold FROM {db}.sales_metrics_5m FINAL")
+    assert got.to_dict("records") == [{"product_id": "P1", "units_sold": 3}]
+    q = client.query_df(f"SELECT event_type, reason, raw_payload FROM {db}.quarantine_events FINAL")
+    assert q["event_type"].tolist() == ["sales_metrics_5m"]
+    assert json.loads(q["raw_payload"].iloc[0])["units_sold"] == 40_000
+    assert "ClickHouse refused the sales_metrics_5m row" in q["reason"].iloc[0]
+    assert "units_sold" in q["reason"].iloc[0] and "32767" in q["reason"].iloc[0]   # the serializer's own error
