@@ -505,12 +505,13 @@ def health_verdicts(latest: pd.DataFrame, hourly: pd.DataFrame, stale_minutes: f
 
     Args:
         latest: rows of ``health_latest`` (one per streaming query: ``query``, ``minutes_since_last_batch``).
-        hourly: rows of ``health_hourly`` (``query``, ``hour_start``, ``records_expired``, ``late_rows_dropped``
+        hourly: rows of ``health_hourly`` (``query``, ``hour_start``, ``records_expired``, ``late_rows_dropped``,
+            ``rows_set_aside``
             per hour of commit, the 48 hours up to the newest).
         stale_minutes: minutes without a committed micro-batch after which a query is called behind.
     Returns:
-        an error per query whose Kafka records expired unread and a warning per query with rows dropped as late (both
-        over ``hourly``'s hours), a warning per query behind; one success line when there is none of these.
+        an error per query whose Kafka records expired unread, a warning per query with rows dropped as late and one
+        per query with rows ClickHouse refused and the stream set aside in quarantine (all over ``hourly``'s hours), a warning per query behind; one success line when there is none of these.
     """
     out: list[tuple[str, str]] = []
     for q, g in hourly.groupby("query", sort=True):
@@ -523,13 +524,18 @@ def health_verdicts(latest: pd.DataFrame, hourly: pd.DataFrame, stale_minutes: f
             out.append(("warning", f"query {q}: {late:,} row(s) arrived behind the watermark in the last 48 hours "
                                    "and were dropped from the live windows (they are in the lake and the nightly "
                                    "figures)"))
+        aside = int(g["rows_set_aside"].sum()) if "rows_set_aside" in g else 0
+        if aside:
+            out.append(("warning", f"query {q}: {aside:,} row(s) of its ClickHouse writes were refused by ClickHouse in "
+                                   "the last 48 hours and set aside in quarantine (topic refused:<table>, with "
+                                   "ClickHouse's error): not in the live tables"))
     for r in latest.itertuples():
         if r.minutes_since_last_batch > stale_minutes:
             out.append(("warning", f"query {r.query}: no micro-batch for {r.minutes_since_last_batch:,.0f} minutes "
                                    f"(last {_when(r.last_committed_at)} UTC): the stream is stopped or no events "
                                    "arrive, so the live figures may be behind"))
     return out or [("success", "Complete and current: every micro-batch of the last 48 hours read all its Kafka "
-                               "records, dropped no row as late, and each query committed within "
+                               "records, dropped no row as late, had no row refused by ClickHouse, and each query committed within "
                                f"{stale_minutes:g} minutes.")]
 
 
@@ -556,7 +562,7 @@ def stream_health() -> None:
         quarantine = fetch("health_quarantine")
         st.caption(f"refreshed {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC · the whole stream (the store "
                    "filter does not apply) · every micro-batch counted once (stream_batches read with FINAL)")
-        none = pd.DataFrame(columns=["query", "hour_start", "records_expired", "late_rows_dropped"])
+        none = pd.DataFrame(columns=["query", "hour_start", "records_expired", "late_rows_dropped", "rows_set_aside"])
         for level, text in health_verdicts(latest, none if hourly is None else hourly):
             getattr(st, level)(text)
         c = st.columns([2, 1, 1, 1, 1])
@@ -582,7 +588,7 @@ def stream_health() -> None:
             st.table(offsets.assign(committed_at=offsets["committed_at"].map(_when)).set_index(["query", "topic"]))
         if hourly is not None and not hourly.empty:
             long = hourly.melt(id_vars=["hour_start", "query"], value_vars=["late_rows_dropped", "records_expired",
-                                                                            "duplicates_dropped"])
+                                                                            "rows_set_aside", "duplicates_dropped"])
             st.plotly_chart(px.bar(long, x="hour_start", y="value", color="variable", facet_row="query",
                                    title="Rows not counted per hour of commit (48 hours up to the newest batch)")
                             .update_layout(height=420), use_container_width=True)

@@ -170,11 +170,12 @@ QUERIES: dict[str, tuple[str, str]] = {
     # ------------------------------------------------------------ stream health (080_stream_health_views.sql) --
     "health_latest": ("quality", """
         SELECT query, micro_batches, last_batch_id, last_committed_at, minutes_since_last_batch, latest_event_time,
-               input_rows, output_rows, duplicates_dropped, records_expired, late_rows_dropped, batches_with_expired,
-               batches_with_late_rows
+               input_rows, output_rows, duplicates_dropped, records_expired, late_rows_dropped, rows_set_aside,
+               batches_with_expired, batches_with_late_rows
         FROM {db}.v_stream_health_latest ORDER BY query"""),
     "health_hourly": ("quality", """
-        SELECT hour_start, query, micro_batches, input_rows, duplicates_dropped, records_expired, late_rows_dropped
+        SELECT hour_start, query, micro_batches, input_rows, duplicates_dropped, records_expired, late_rows_dropped,
+               rows_set_aside
         FROM {db}.v_stream_health_hourly
         WHERE hour_start > (SELECT max(hour_start) FROM {db}.v_stream_health_hourly) - INTERVAL 48 HOUR
         ORDER BY hour_start, query"""),

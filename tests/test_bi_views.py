@@ -383,7 +383,7 @@ def test_live_figures_take_each_stores_own_latest_24_hours(bi):
 
 
 SB_COLS = ["query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at", "duplicates_dropped",
-           "records_expired", "late_rows_dropped", "event_time_max", "end_offsets"]
+           "records_expired", "late_rows_dropped", "event_time_max", "end_offsets", "rows_set_aside"]
 
 
 def _stream_batch_inserts(rng) -> list[list[list]]:
@@ -403,7 +403,8 @@ def _stream_batch_inserts(rng) -> list[list[list]]:
             offs = "" if (q == "windows" and b == 39) else json.dumps(
                 {t: {str(p): o for p, o in enumerate(parts)} for t, parts in ends.items()}, sort_keys=True)
             first = [q, b, int(rng.integers(0, 500)), int(rng.integers(0, 500)), at - dt.timedelta(seconds=2), at,
-                     0, 0, 0, at - dt.timedelta(minutes=1) if q == "windows" else None, offs]
+                     0, 0, 0, at - dt.timedelta(minutes=1) if q == "windows" else None, offs,
+                     int(rng.integers(0, 3)) * (rng.random() < 0.2)]   # rows ClickHouse refused, set aside
             inserts.append([first])
             if rng.random() < 0.5:         # the progress adds counts: the row again, same committed_at
                 again = list(first)
@@ -446,14 +447,14 @@ def test_stream_health_views_count_each_batch_once_and_match_pandas(bi):
     once = once.assign(hour_start=once["committed_at"].dt.floor("h").dt.tz_localize(None))
 
     got = q(client, f"SELECT * FROM {db}.v_stream_health_hourly ORDER BY hour_start, query")
-    cnt = ["input_rows", "output_rows", "duplicates_dropped", "records_expired", "late_rows_dropped"]
+    cnt = ["input_rows", "output_rows", "duplicates_dropped", "records_expired", "late_rows_dropped", "rows_set_aside"]
     want = once.groupby(["hour_start", "query"], as_index=False).agg(
         micro_batches=("batch_id", "size"), **{c: (c, "sum") for c in cnt})
     assert len(got) == len(want) == 8      # 2 queries x 4 hours
     for c in ["micro_batches", *cnt]:
         assert got[c].tolist() == want[c].tolist(), c
     assert [_naive(t) for t in got["hour_start"]] == want["hour_start"].tolist()
-    assert want["late_rows_dropped"].sum() > 0 and want["records_expired"].sum() > 0
+    assert want["late_rows_dropped"].sum() > 0 and want["records_expired"].sum() > 0 and want["rows_set_aside"].sum() > 0
 
     latest = q(client, f"SELECT * FROM {db}.v_stream_health_latest ORDER BY query")
     per = once.groupby("query")

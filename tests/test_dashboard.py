@@ -532,16 +532,19 @@ def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_p
 
 def test_health_verdicts_name_each_loss_and_each_stale_query():
     """The Stream health page's verdicts: an error per query with expired records, a warning per query with late
-    rows and per query without a batch for longer than STALE_BATCH_MINUTES; else one 'complete and current'."""
+    rows, per query with rows ClickHouse refused (set aside) and per query without a batch for longer than
+    STALE_BATCH_MINUTES; else one 'complete and current'."""
     from dashboard.pages import health_verdicts
 
     latest = pd.DataFrame({"query": ["raw", "windows"], "minutes_since_last_batch": [3.0, 16.0],
                            "last_committed_at": [pd.Timestamp("2026-05-04 13:15:01")] * 2})
     hourly = pd.DataFrame({"query": ["raw", "raw", "windows"], "hour_start": pd.to_datetime(["2026-05-04 12:00"] * 3),
-                           "records_expired": [0, 5, 0], "late_rows_dropped": [0, 0, 7]})
+                           "records_expired": [0, 5, 0], "late_rows_dropped": [0, 0, 7], "rows_set_aside": [0, 0, 2]})
     got = health_verdicts(latest, hourly, stale_minutes=15)
     assert [(lvl, t.split(":")[0]) for lvl, t in got] == [("error", "query raw"), ("warning", "query windows"),
-                                                          ("warning", "query windows")]
-    assert "5 Kafka record(s)" in got[0][1] and "7 row(s)" in got[1][1] and "no micro-batch for 16 minutes" in got[2][1]
-    ok = health_verdicts(latest.assign(minutes_since_last_batch=1.0), hourly.assign(records_expired=0, late_rows_dropped=0))
+                                                          ("warning", "query windows"), ("warning", "query windows")]
+    assert "5 Kafka record(s)" in got[0][1] and "7 row(s)" in got[1][1] and "no micro-batch for 16 minutes" in got[3][1]
+    assert "2 row(s)" in got[2][1] and "refused by ClickHouse" in got[2][1] and "quarantine" in got[2][1]
+    ok = health_verdicts(latest.assign(minutes_since_last_batch=1.0),
+                         hourly.assign(records_expired=0, late_rows_dropped=0, rows_set_aside=0))
     assert [lvl for lvl, _ in ok] == ["success"] and ok[0][1].startswith("Complete and current")

@@ -1,7 +1,8 @@
 -- 080_stream_health_views.sql: stream health for operators and store managers ("are the figures complete and
 -- current?"), read by the dashboard's Stream health page (dashboard/queries.py: health_*) and the Power BI model
 -- (powerbi/dataset.md). Until 2026-12-06 stream_batches' late_rows_dropped and end_offsets (migrations 072, 073)
--- were in no BI view, and quarantined records only per day (v_quarantine_summary).
+-- were in no BI view, and quarantined records only per day (v_quarantine_summary). rows_set_aside (076): rows of a
+-- micro-batch ClickHouse refused for their values, set aside in quarantine_events (topic refused:<table>).
 --
 -- Conventions as 030_bi_views.sql: counts Int64, date_key YYYYMMDD, views only (bi_reader reads them).
 -- stream_batches is a ReplacingMergeTree(committed_at) ordered by (query, batch_id): the sink inserts a batch's
@@ -17,6 +18,7 @@ SELECT toInt64(toYYYYMMDD(b.committed_at)) AS date_key, toStartOfHour(b.committe
        toInt64(sum(b.duplicates_dropped)) AS duplicates_dropped,   -- event ids seen again within STREAM_WATERMARK
        toInt64(sum(b.records_expired)) AS records_expired,         -- Kafka records deleted (or skipped) before read
        toInt64(sum(b.late_rows_dropped)) AS late_rows_dropped,     -- rows behind the watermark, not in the windows
+       toInt64(sum(b.rows_set_aside)) AS rows_set_aside,           -- rows ClickHouse refused, quarantined (076)
        min(b.committed_at) AS first_committed_at, max(b.committed_at) AS last_committed_at
 FROM {db}.stream_batches AS b FINAL
 GROUP BY date_key, hour_start, query;
@@ -31,6 +33,7 @@ SELECT b.query AS query, toInt64(count()) AS micro_batches,
        toInt64(sum(b.duplicates_dropped)) AS duplicates_dropped,
        toInt64(sum(b.records_expired)) AS records_expired,
        toInt64(sum(b.late_rows_dropped)) AS late_rows_dropped,
+       toInt64(sum(b.rows_set_aside)) AS rows_set_aside,
        toInt64(countIf(b.records_expired > 0)) AS batches_with_expired,
        toInt64(countIf(b.late_rows_dropped > 0)) AS batches_with_late_rows
 FROM {db}.stream_batches AS b FINAL
