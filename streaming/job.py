@@ -377,6 +377,9 @@ class StreamingJob:
         #: again by :meth:`await_any` / :meth:`await_available_now`
         self._rewound: dict[str, dict[str, Any]] = {}
         self._trigger: dict[str, Any] = {}
+        #: [{"query", "batch", "topics": :func:`streaming.checkpoint.rewind_running_batch`'s result, "found":
+        #: {topic: evidence}}] of every micro-batch :meth:`check_topics` rewound while this job ran
+        self.rewinds: list[dict[str, Any]] = []
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
@@ -464,6 +467,8 @@ class StreamingJob:
             remember_topic_ids(cp, ids)
             if got:
                 self.__dict__.setdefault("_rewound", {})[name] = {"batch": batch_id, "topics": got}
+                self.__dict__.setdefault("rewinds", []).append({"query": name, "batch": batch_id, "topics": got,
+                                                                "found": found})
                 msg = "; ".join(f"topic {t} ({found[t]}): offsets {d['start']}..{d['end']} of the old topic given up, "
                                 f"re-run over {d['new_start']}..{d['new_end']}" for t, d in sorted(got.items()))
                 log.error("query %s micro-batch %d: topic(s) deleted and re-created while the stream ran: %s. The batch "
