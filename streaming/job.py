@@ -384,6 +384,9 @@ class StreamingJob:
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
             for t, p, start, end in offset_regressions(progress):
+                if (self.__dict__.get("recreated_topics") or {}).get(name, {}).get(t, {}).get("batch") == int(
+                        progress["batchId"]):   # the start's own rewind of a topic re-created while the job was down
+                    continue
                 log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d with its "
                           "topic id unchanged (not re-created: a log truncated by an unclean leader election); the "
                           "%d record(s) now below %d were skipped (counted in stream_batches.records_expired)", name,

@@ -308,6 +308,26 @@ def test_a_batch_over_a_recreated_topic_is_rewound_and_failed_before_it_reads(tm
     assert ran == [3, 0] and "a first batch starts at offsets Spark keeps outside the offsets log" in caplog.text
 
 
+def test_the_starts_own_rewind_is_not_logged_as_a_truncated_log(tmp_path, caplog):
+    """The start-up rewind (topic re-created while the job was down) plans a batch whose offsets go back to 0 on
+    purpose; only an offset going back elsewhere (same topic id: a truncated log, a re-creation being rewound
+    before the read) is an error."""
+    class Recorder:
+        def record_progress(self, *a, **kw):
+            pass
+
+    job = stub_job(tmp_path, None)
+    job.sinks = Recorder()
+    job.recreated_topics = {"raw": {"sales": {"batch": 4}}}
+    prog = {"sources": [{"startOffset": {"sales": {"0": 40}}, "endOffset": {"sales": {"0": 0}}, "numInputRows": 0}],
+            "stateOperators": []}
+    with caplog.at_level(logging.ERROR, logger="streaming.job"):
+        job._record_progress("raw", {**prog, "batchId": 4})
+        assert "went back" not in caplog.text
+        job._record_progress("raw", {**prog, "batchId": 9})
+    assert "topic sales partition 0 went back from offset 40 to 0 with its topic id unchanged" in caplog.text
+
+
 # --------------------------------------------------------------------------- broker blip at start --
 def test_a_broker_blip_while_the_start_asks_the_topic_ids_is_retried(tmp_path, monkeypatch, caplog):
     """Kafka unreachable for one request between the start-up wait and the start's topic-id look-up. Before, the
