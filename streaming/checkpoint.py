@@ -264,6 +264,105 @@ def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, 
     return out
 
 
+def merged_offsets(sources: list[dict | None]) -> dict[str, dict[str, int]]:
+    """{topic: {partition (text): offset}} of an offsets entry's sources (:func:`read_offsets`), merged (a query
+    reads a topic through one source only)."""
+    out: dict[str, dict[str, int]] = {}
+    for src in sources:
+        for t, parts in (src or {}).items():
+            out.setdefault(t, {}).update({str(p): int(o) for p, o in parts.items()})
+    return out
+
+
+def recreated_in_batch(stored: dict[str, str], now: dict[str, str], start: dict[str, dict[str, int]],
+                       end: dict[str, dict[str, int]]) -> dict[str, str]:
+    """The topics deleted and re-created between a micro-batch's start offsets and now, with the evidence.
+
+    A topic is re-created when its Kafka topic id now (``now``, :func:`topic_ids`) differs from the one the start
+    offsets refer to (``stored``, ``<checkpoint>/topic-ids.json``): whatever the offsets do, also when the new topic
+    grew past the old offsets before the batch was planned (then no offset goes back). A topic without a stored id
+    counts when one of its partitions' ``end`` offset lies below its ``start`` (the offsets went back: only a new
+    topic starts again below). A topic missing now (deleted, not created again yet) does not count: its partitions
+    are absent from the batch's end offsets, and Spark reads them from their earliest offset when they come back.
+
+    Args:
+        stored: {topic: id} the start offsets refer to.
+        now: {topic: id} of the topics on the broker now.
+        start, end: {topic: {partition: offset}} of the batch (offsets entries N-1 and N, :func:`merged_offsets`).
+    Returns:
+        {topic: "topic id <old> -> <new>" or "offsets went back (<partition>: <start> -> <end>, ...), no stored
+        topic id"} ({} when none).
+    """
+    out: dict[str, str] = {}
+    for t, i in sorted(now.items()):
+        if t in stored:
+            if stored[t] != i:
+                out[t] = f"topic id {stored[t]} -> {i}"
+            continue
+        back = [f"{p}: {o} -> {end[t][p]}" for p, o in sorted(start.get(t, {}).items())
+                if p in end.get(t, {}) and end[t][p] < o]
+        if back:
+            out[t] = f"offsets went back ({', '.join(back)}), no stored topic id"
+    return out
+
+
+def rewound_range(end: dict[str, int], bounds: dict[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(start, end) offsets {partition: offset} for a re-run of a micro-batch over a re-created topic: every
+    partition of the new topic (``bounds``: {partition: (earliest, end offset)}, :func:`partition_offset_bounds`)
+    starts at its earliest offset and ends at the batch's planned ``end`` offset kept within [earliest, end of the
+    new topic] (a batch planned just before the re-creation holds the old topic's offsets, which may lie beyond the
+    new one's end; a partition the planned end lacks ends at its earliest offset: the next batch reads it). The
+    old topic's partitions the new one lacks are left out of both."""
+    start = {str(p): int(lo) for p, (lo, hi) in bounds.items()}
+    stop = {str(p): min(max(int(end.get(str(p), lo)), int(lo)), int(hi)) for p, (lo, hi) in bounds.items()}
+    return start, stop
+
+
+def rewind_running_batch(checkpoint: Path, batch: int, bounds: dict[str, dict[str, tuple[int, int]]]
+                         ) -> dict[str, dict[str, Any]]:
+    """Make an uncommitted micro-batch ``batch`` (>= 1) of a query read the re-created topics of ``bounds`` from
+    their start when it runs again.
+
+    Spark re-runs an uncommitted batch N at the next start of its query over [offsets entry N-1, offsets entry N).
+    For each topic of ``bounds`` ({topic: {partition: (earliest, end offset)}} of the new topic) the entries are
+    rewritten (:func:`rewound_range`): N-1 holds the new topic's earliest offsets, N the planned end kept within the
+    new topic. Entry N-1 is written first: a crash between the writes leaves a start at the earliest offset and the
+    old end, which the next start's :func:`rewind_recreated_topics` (the id not stored yet) turns into an empty range
+    followed by a read from offset 0. Other topics and the entries' header lines are kept. The caller must then
+    keep batch N from committing (fail it) and store the new topic ids (:func:`remember_topic_ids`).
+
+    Args:
+        checkpoint: a query's local checkpoint folder (``<SPARK_CHECKPOINT_DIR>/<query>``).
+        batch: the running, uncommitted batch N (>= 1; batch 0 starts at offsets kept elsewhere by Spark).
+        bounds: the re-created topics' partitions on the broker now.
+    Returns:
+        {topic: {"start": {partition: offset given up}, "end": {partition: planned end}, "new_start": {...},
+        "new_end": {...}}} per topic of ``bounds`` found in entry N.
+    Raises:
+        ValueError: ``batch`` < 1, or an entry is not Spark's format (:func:`read_offsets`).
+        FileNotFoundError: entry N or N-1 is missing.
+    """
+    if batch < 1:
+        raise ValueError(f"micro-batch {batch} has no previous offsets entry in {checkpoint} to rewind")
+    head_prev, prev = read_offsets(checkpoint, batch - 1)
+    head_cur, cur = read_offsets(checkpoint, batch)
+    out: dict[str, dict[str, Any]] = {}
+    for t, parts in bounds.items():
+        for i, src in enumerate(cur):
+            if src is None or t not in src:
+                continue
+            old_start = dict((prev[i] or {}).get(t, {})) if i < len(prev) else {}
+            new_start, new_end = rewound_range({str(p): int(o) for p, o in src[t].items()}, parts)
+            out[t] = {"start": old_start, "end": dict(src[t]), "new_start": new_start, "new_end": new_end}
+            if i < len(prev):
+                prev[i] = {**(prev[i] or {}), t: new_start}
+            src[t] = new_end
+    if out:
+        _write_atomic(checkpoint / "offsets" / str(batch - 1), format_offsets(head_prev, prev))
+        _write_atomic(checkpoint / "offsets" / str(batch), format_offsets(head_cur, cur))
+    return out
+
+
 def _readable(path: Path) -> bool:
     """True when ``path`` is a complete entry of Spark's metadata logs: ``v1``, then one JSON document per line
     (or ``-``, Spark's line for a source without an offset)."""

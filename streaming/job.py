@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 QUERY_NAMES = ("raw", "windows")
 
 
+class TopicRecreatedError(RuntimeError):
+    """A micro-batch found a topic of its query deleted and re-created while the stream ran; its offsets were
+    rewound to the new topic's start and it was failed before reading (:meth:`StreamingJob.check_topics`)."""
+
+
 def build_spark(settings: Settings | None = None):
     """The streaming job's SparkSession: :func:`core.spark.build_spark` with the Kafka connector."""
     from core.spark import build_spark as _build
@@ -169,17 +174,6 @@ def offset_regressions(progress: dict | Any) -> list[tuple[str, int, int, int]]:
                 if str(p) in (start or {}).get(t, {}) and int(o) < int(start[t][str(p)]):
                     out.append((t, int(p), int(start[t][str(p)]), int(o)))
     return out
-
-
-def _topics_moved(progress: dict) -> bool:
-    """True when a progress' sources lost or gained partitions, or went back in offsets (a topic deleted or
-    re-created while the query ran)."""
-    for src in progress.get("sources", []) or []:
-        start, end = _offsets(src.get("startOffset")), _offsets(src.get("endOffset"))
-        if start and end and ({(t, p) for t, ps in start.items() for p in ps}
-                              != {(t, p) for t, ps in end.items() for p in ps}):
-            return True
-    return bool(offset_regressions(progress))
 
 
 def late_rows_dropped(progress: dict) -> int:
@@ -378,21 +372,29 @@ class StreamingJob:
         self._poller: ProgressPoller | None = None
         #: {query: {topic: details}} of the topics found re-created at the last start (:meth:`rewind_recreated_topics`)
         self.recreated_topics: dict[str, dict[str, Any]] = {}
-        self._admin = None   # Kafka admin client of :meth:`_remember_topics`, kept between micro-batches
+        self._admins: dict[str, Any] = {}   # Kafka admin client per query of :meth:`_topic_ids_now`
+        #: {query: {"batch", "topics"}} of a query whose micro-batch :meth:`check_topics` rewound and failed: started
+        #: again by :meth:`await_any` / :meth:`await_available_now`
+        self._rewound: dict[str, dict[str, Any]] = {}
+        self._trigger: dict[str, Any] = {}
+        #: [{"query", "batch", "topics": :func:`streaming.checkpoint.rewind_running_batch`'s result, "found":
+        #: {topic: evidence}}] of every micro-batch :meth:`check_topics` rewound while this job ran
+        self.rewinds: list[dict[str, Any]] = []
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
             for t, p, start, end in offset_regressions(progress):
-                log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d: the topic "
-                          "was deleted and re-created while the stream ran; its %d new record(s) below %d were "
-                          "skipped (counted in stream_batches.records_expired)", name, progress["batchId"], t, p,
-                          start, end, end, end)
+                if (self.__dict__.get("recreated_topics") or {}).get(name, {}).get(t, {}).get("batch") == int(
+                        progress["batchId"]):   # the start's own rewind of a topic re-created while the job was down
+                    continue
+                log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d with its "
+                          "topic id unchanged (not re-created: a log truncated by an unclean leader election); the "
+                          "%d record(s) now below %d were skipped (counted in stream_batches.records_expired)", name,
+                          progress["batchId"], t, p, start, end, end, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
                                        expired=skipped_records(progress, SOURCE_SCANS[name]),
                                        end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
                                        late=late_rows_dropped(progress))
-            # after every committed batch: the ids the checkpoint's offsets refer to are the topics' as they are now
-            self._remember_topics(name, progress, expected_change=_topics_moved(progress))
 
     def _query_topics(self) -> dict[str, list[str]]:
         """{query: the Kafka topics its sources read}."""
@@ -401,63 +403,104 @@ class StreamingJob:
         return {"raw": [*topics, s.topic(DEAD_LETTER)],
                 "windows": [s.topic(EVENT_TYPES["sales_transaction"]), s.topic(EVENT_TYPES["inventory_update"])]}
 
-    def _remember_topics(self, name: str, progress: dict | None = None, expected_change: bool = False) -> bool:
-        """Refresh ``<checkpoint>/<name>/topic-ids.json`` with the broker's ids of the query's topics, after each
-        of its committed micro-batches (one DescribeTopics request on a kept admin client), so the stored ids always
-        describe the topics the checkpoint's offsets refer to: a topic re-created while the job ran is not read
-        again from offset 0 at the next start (before, ids were stored only after a batch whose offsets went back
-        or whose partitions changed: a new topic that grew past the old offset first, or a failed refresh, kept the
-        old id, and the restart re-read the new topic from 0 into the lake, doubling what the stream had read).
+    def _topic_ids_now(self, name: str) -> dict[str, str]:
+        """{topic: id} of query ``name``'s topics on the broker, through an admin client kept per query (the queries'
+        micro-batches run in threads of their own); a failed request closes it (the next call opens another).
 
-        An id that changed without ``expected_change`` (no offset going back or partition change in the batch's
-        ``progress``) is logged as an error: the topic was re-created unseen, and the new topic's records below the
-        offsets the stream had reached were skipped. Side chosen for the race of a re-creation between the batch's
-        planning and this refresh: the new id is stored, so a restart does not rewind (the new records the
-        checkpoint's offsets pass over are skipped, logged here and counted as ``records_expired`` when the next
-        batch's offsets go back) rather than re-reading records already in the lake twice.
-
-        Returns:
-            True when the ids were refreshed; False for a checkpoint that is not a local folder, or when the broker
-            failed (logged as a warning; the next batch tries again).
+        Raises:
+            kafka.errors.KafkaError: the broker cannot be reached or fails the request.
         """
-        from streaming.checkpoint import remember_topic_ids, stored_topic_ids, topic_ids
+        from core.kafka_admin import admin_client
+        from streaming.checkpoint import topic_ids
+
+        admins = self.__dict__.setdefault("_admins", {})
+        try:
+            if admins.get(name) is None:
+                admins[name] = admin_client(self.s)
+            return topic_ids(self.s, self._query_topics()[name], admin=admins[name])
+        except Exception:
+            self._close_admin(name)
+            raise
+
+    def check_topics(self, name: str, batch_id: int) -> None:
+        """Called in query ``name``'s micro-batch ``batch_id`` before it reads anything (:meth:`_checked`): keeps the
+        batch from skipping the records of a topic deleted and re-created while the stream runs.
+
+        Spark plans batch N as [offsets entry N-1, offsets entry N) of the checkpoint; after a re-creation entry N-1
+        holds the old topic's offsets, so the new topic's records below them would be skipped (measured until
+        2026-12-06: of 100 sales sent to a sales topic re-created under a running stream that had read 40, 60
+        reached the lake and the windows). Here the broker's topic ids are compared with those entry N-1 refers to
+        (``<checkpoint>/<name>/topic-ids.json``, written at start and here) and the offsets of both entries
+        (:func:`streaming.checkpoint.recreated_in_batch`). For a re-created topic, entries N-1 and N are rewritten
+        to the new topic's earliest offsets and the planned end kept within it
+        (:func:`streaming.checkpoint.rewind_running_batch`), the new ids are stored, and the batch fails with
+        :class:`TopicRecreatedError` (logged as an error naming query, batch, topic, ids and offsets) before
+        anything is written, so it is not committed: :meth:`await_any` / :meth:`await_available_now` start the query
+        again in this process and Spark re-runs batch N over the new topic from its start, through the windows'
+        state too. Otherwise the ids are stored (a topic created since is added). Batch 0 (no entry before it) is
+        only logged. Nothing is checked for a checkpoint that is not a local folder.
+
+        Raises:
+            TopicRecreatedError: a topic of the query was re-created (the batch's offsets were rewound).
+            kafka.errors.KafkaError: the broker stayed unreachable for STREAM_SINK_RETRY_SECONDS (retried with the
+                sinks' backoff, each wait logged; the batch fails and is not committed).
+        """
+        from streaming.checkpoint import (batch_numbers, merged_offsets, partition_offset_bounds, read_offsets,
+                                          recreated_in_batch, remember_topic_ids, rewind_running_batch,
+                                          stored_topic_ids)
 
         root = self.s.spark_checkpoint_dir
         if "://" in root:
-            return False
+            return
         cp = Path(root, name)
-        try:
-            if getattr(self, "_admin", None) is None:
-                from core.kafka_admin import admin_client
-
-                self._admin = admin_client(self.s)
-            ids = topic_ids(self.s, self._query_topics()[name], admin=self._admin)
-        except Exception as exc:   # the broker unreachable: the next committed batch tries again
-            log.warning("query %s: the Kafka topic ids of its checkpoint could not be refreshed (%s: %s); tried again "
-                        "after the next micro-batch", name, type(exc).__name__, str(exc)[:300])
-            self._close_admin()
-            return False
+        ids = self.sinks.retrying(f"{name} micro-batch {batch_id} Kafka topic ids", self._topic_ids_now, name)
         known = stored_topic_ids(cp)
-        if not expected_change:
-            ends = source_end_offsets(progress) if progress else {}
-            for t, i in sorted(ids.items()):
-                if t in known and known[t] != i:
-                    log.error("query %s micro-batch %s: topic %s was deleted and re-created while the stream ran "
-                              "(topic id %s, now %s) without an offset going back: the new topic's records below the "
-                              "offsets the stream had reached (%s) are skipped, uncounted unless a later micro-batch's "
-                              "offsets go back; the stored id is now the new one, so a restart does not read the topic "
-                              "again from 0", name,
-                              (progress or {}).get("batchId"), t, known[t], i, ends.get(t, {}))
+        has_prev = batch_id >= 1 and (batch_id - 1) in batch_numbers(cp / "offsets")
+        start = merged_offsets(read_offsets(cp, batch_id - 1)[1]) if has_prev else {}
+        end = merged_offsets(read_offsets(cp, batch_id)[1])
+        found = recreated_in_batch(known, ids, start, end)
+        if found and not has_prev:
+            log.error("query %s micro-batch %d: topic(s) %s re-created since the query started (%s); a first batch "
+                      "starts at offsets Spark keeps outside the offsets log, so it is not rewound: the new topic's "
+                      "records below %s may be skipped", name, batch_id, sorted(found), found, end)
+        elif found:
+            bounds = self.sinks.retrying(f"{name} micro-batch {batch_id} offsets of re-created topics",
+                                         partition_offset_bounds, self.s, sorted(found))
+            got = rewind_running_batch(cp, batch_id, {t: b for t, b in bounds.items() if t in found})
+            remember_topic_ids(cp, ids)
+            if got:
+                self.__dict__.setdefault("_rewound", {})[name] = {"batch": batch_id, "topics": got}
+                self.__dict__.setdefault("rewinds", []).append({"query": name, "batch": batch_id, "topics": got,
+                                                                "found": found})
+                msg = "; ".join(f"topic {t} ({found[t]}): offsets {d['start']}..{d['end']} of the old topic given up, "
+                                f"re-run over {d['new_start']}..{d['new_end']}" for t, d in sorted(got.items()))
+                log.error("query %s micro-batch %d: topic(s) deleted and re-created while the stream ran: %s. The batch "
+                          "is failed before it reads anything (not committed) and the query is started again in "
+                          "this process: it re-runs micro-batch %d over the new topic from its earliest offsets (the "
+                          "records below the old offsets are read, not skipped)", name, batch_id, msg, batch_id)
+                raise TopicRecreatedError(f"query {name} micro-batch {batch_id}: {msg}; restart the query (the "
+                                          f"job does so itself) to re-run the batch from the rewound offsets")
+            return
         remember_topic_ids(cp, ids)
-        return True
 
-    def _close_admin(self) -> None:
-        admin, self._admin = getattr(self, "_admin", None), None
-        if admin is not None:
-            try:
-                admin.close()
-            except Exception as exc:   # closing a client of an unreachable broker
-                log.debug("closing the Kafka admin client: %s", exc)
+    def _checked(self, name: str, sink):
+        """``sink(df, batch_id)`` (a foreachBatch function) preceded by :meth:`check_topics`."""
+        def batch(df, batch_id: int) -> None:
+            self.check_topics(name, int(batch_id))
+            sink(df, batch_id)
+
+        return batch
+
+    def _close_admin(self, name: str | None = None) -> None:
+        """Close the kept Kafka admin client of query ``name`` (every query's when None)."""
+        admins = self.__dict__.setdefault("_admins", {})
+        for n in [name] if name else list(admins):
+            admin = admins.pop(n, None)
+            if admin is not None:
+                try:
+                    admin.close()
+                except Exception as exc:   # closing a client of an unreachable broker
+                    log.debug("closing the Kafka admin client: %s", exc)
 
     def rewind_recreated_topics(self) -> dict[str, dict[str, Any]]:
         """Before the queries start: a truncated or corrupt latest offsets / commit entry of each query's
@@ -579,11 +622,8 @@ class StreamingJob:
             {query name: StreamingQuery}.
         """
         s = self.s
-        trig = ({"availableNow": True} if available_now
-                else {"processingTime": f"{trigger_seconds or s.stream_trigger_seconds} seconds"})
-        topics = {et: s.topic(EVENT_TYPES[et]) for et in INPUT_EVENT_TYPES}
-        lim = {"max_age_days": s.stream_max_event_age_days, "max_future_minutes": s.stream_max_future_minutes}
-
+        self._trigger = ({"availableNow": True} if available_now
+                         else {"processingTime": f"{trigger_seconds or s.stream_trigger_seconds} seconds"})
         for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)
             self.spark.conf.set(key, value)
         if "://" not in s.spark_checkpoint_dir:   # before any entry is set aside: a checkpoint of the old code keeps
@@ -592,59 +632,89 @@ class StreamingJob:
             for name in QUERY_NAMES:
                 lake_file_naming(Path(checkpoint_path(s, name)), before_start=True)
         self.recreated_topics = self.rewind_recreated_topics()
-        # raw: one Kafka source per topic, so each record is fetched and decoded once (a single multi-topic source
-        # filtered per branch was scanned once per branch: 9 times per micro-batch); no event-time watermark here,
-        # so topics advancing at different speeds change nothing
-        resume = self.lost_checkpoint_offsets("raw")
-        raw = self.sinks.raw_frame({t: TR.kafka_frame(self._source([t], resume))
-                                    for t in [*topics.values(), s.topic(DEAD_LETTER)]})
-        self.queries["raw"] = (raw.writeStream.queryName("raw").foreachBatch(self.sinks.raw_batch)
-                               .option("checkpointLocation", checkpoint_path(s, "raw")).trigger(**trig).start())
-
-        # one source for both topics here: maxOffsetsPerTrigger is then shared in proportion to each partition's
-        # backlog, so sales and inventory updates advance together in event time; a source per topic would let one
-        # run ahead, and its events would push the watermark past the other topic's unread ones (dropped as late,
-        # and restock alerts that depend on the batch sizes). Its two branches scan the batch twice.
-        k = TR.kafka_frame(self._source([topics["sales_transaction"], topics["inventory_update"]]))
-        facts = TR.inventory_facts(TR.valid_events(k, "sales_transaction", topics["sales_transaction"], **lim),
-                                   TR.valid_events(k, "inventory_update", topics["inventory_update"], **lim))
-        win = TR.window_metrics(facts, s.stream_window, s.stream_watermark)
-        self.queries["windows"] = (win.writeStream.queryName("windows").outputMode("update")
-                                   .foreachBatch(self.sinks.windows_batch)
-                                   .option("checkpointLocation", checkpoint_path(s, "windows"))
-                                   .trigger(**trig).start())
+        self._start_query("raw", self.lost_checkpoint_offsets("raw"))
+        self._start_query("windows")
         self.started_at = time.time()
         self._poller = ProgressPoller(self.queries, self.progress_callbacks).start()
         return self.queries
 
+    def _start_query(self, name: str, resume: dict[str, dict[str, int]] | None = None):
+        """Start query ``name`` (``raw`` or ``windows``) on its checkpoint with the trigger :meth:`start` chose, its
+        foreachBatch preceded by :meth:`check_topics`; ``resume``: the raw query's starting offsets after a lost
+        checkpoint (:meth:`lost_checkpoint_offsets`). Returns the StreamingQuery (also in ``self.queries``)."""
+        s = self.s
+        topics = {et: s.topic(EVENT_TYPES[et]) for et in INPUT_EVENT_TYPES}
+        if name == "raw":
+            # one Kafka source per topic, so each record is fetched and decoded once (a single multi-topic source
+            # filtered per branch was scanned once per branch: 9 times per micro-batch); no event-time watermark
+            # here, so topics advancing at different speeds change nothing
+            frame = self.sinks.raw_frame({t: TR.kafka_frame(self._source([t], resume))
+                                          for t in [*topics.values(), s.topic(DEAD_LETTER)]})
+            writer = frame.writeStream.queryName("raw").foreachBatch(self._checked("raw", self.sinks.raw_batch))
+        else:
+            # one source for both topics here: maxOffsetsPerTrigger is then shared in proportion to each partition's
+            # backlog, so sales and inventory updates advance together in event time; a source per topic would let
+            # one run ahead, and its events would push the watermark past the other topic's unread ones (dropped as
+            # late, and restock alerts that depend on the batch sizes). Its two branches scan the batch twice.
+            lim = {"max_age_days": s.stream_max_event_age_days, "max_future_minutes": s.stream_max_future_minutes}
+            k = TR.kafka_frame(self._source([topics["sales_transaction"], topics["inventory_update"]]))
+            facts = TR.inventory_facts(TR.valid_events(k, "sales_transaction", topics["sales_transaction"], **lim),
+                                       TR.valid_events(k, "inventory_update", topics["inventory_update"], **lim))
+            win = TR.window_metrics(facts, s.stream_window, s.stream_watermark)
+            writer = (win.writeStream.queryName("windows").outputMode("update")
+                      .foreachBatch(self._checked("windows", self.sinks.windows_batch)))
+        self.queries[name] = (writer.option("checkpointLocation", checkpoint_path(s, name))
+                              .trigger(**self._trigger).start())
+        return self.queries[name]
+
+    def _restart_if_rewound(self, name: str) -> bool:
+        """Start query ``name`` again when it stopped because :meth:`check_topics` rewound its micro-batch (True);
+        False for any other end (the caller raises its error)."""
+        got = self.__dict__.setdefault("_rewound", {}).pop(name, None)
+        q = self.queries.get(name)
+        if got is None or q is None or q.isActive:
+            return False
+        log.warning("query %s: started again in this process after micro-batch %d was rewound for re-created "
+                    "topic(s) %s; Spark re-runs it from the rewound offsets", name, got["batch"], sorted(got["topics"]))
+        self._start_query(name)
+        return True
+
     def await_available_now(self, timeout: float | None = None) -> None:
-        """Wait until both available-now queries finish.
+        """Wait until both available-now queries finish; a query whose micro-batch was rewound for a re-created topic
+        (:meth:`check_topics`) is started again and waited for.
 
         Raises:
             TimeoutError: not finished within ``timeout`` seconds (queries are left running; call stop()).
             pyspark.errors.StreamingQueryException: a query failed.
         """
         deadline = None if timeout is None else time.time() + timeout
-        for name, q in self.queries.items():
-            left = None if deadline is None else max(1.0, deadline - time.time())
-            done = q.awaitTermination(left) if left is not None else q.awaitTermination()
-            if done is False:
-                raise TimeoutError(f"streaming query {name!r} did not drain within {timeout} s")
-            exc = q.exception()
-            if exc is not None:
-                raise exc
+        for name in list(self.queries):
+            while True:
+                q = self.queries[name]
+                left = None if deadline is None else max(1.0, deadline - time.time())
+                done = q.awaitTermination(left) if left is not None else q.awaitTermination()
+                if done is False:
+                    raise TimeoutError(f"streaming query {name!r} did not drain within {timeout} s")
+                exc = q.exception()
+                if exc is None:
+                    break
+                if not self._restart_if_rewound(name):
+                    raise exc
 
     def await_any(self, timeout: float | None = None) -> None:
-        """Block until a query terminates (raises its error) or ``timeout`` seconds pass; meanwhile touch the
+        """Block until a query terminates (raises its error) or ``timeout`` seconds pass; a query whose micro-batch
+        was rewound for a re-created topic (:meth:`check_topics`) is started again instead. Meanwhile touch the
         heartbeat file (:func:`heartbeat_path`) every second while all queries are active."""
         deadline = None if timeout is None else time.time() + timeout
         beat = heartbeat_path(self.s)
         beat.parent.mkdir(parents=True, exist_ok=True)
         last_beat = 0.0
         while deadline is None or time.time() < deadline:
-            for name, q in self.queries.items():
+            for name, q in list(self.queries.items()):
                 if not q.isActive:
                     exc = q.exception()
+                    if exc is not None and self._restart_if_rewound(name):
+                        continue
                     if exc is not None:
                         raise exc
                     return

@@ -221,51 +221,111 @@ def test_resume_of_a_lost_checkpoint_can_be_turned_off(tmp_path, monkeypatch, ca
         assert s.stream_resume_lost_checkpoint is True
 
 
-# ------------------------------------------------------------------------- topic ids refreshed per batch --
-def test_topic_ids_are_refreshed_after_every_committed_batch(tmp_path, monkeypatch, caplog):
-    """The sales topic re-created while the job ran and grown past the old offset before the next batch: its
-    progress shows offsets going forward only. Before, topic-ids.json kept the old id (stored only after a batch
-    whose offsets went back), and the next start rewound the topic to 0: the records read since went into the lake
-    twice. Now every committed batch refreshes the ids (an unseen re-creation logged as an error); a broker error
-    is logged and the next batch tries again."""
-    from kafka.errors import KafkaConnectionError as NoBrokersAvailable
+# ------------------------------------------------------------- topics re-created while the stream runs --
+def test_a_recreation_is_told_by_the_topic_id_whatever_the_offsets_do():
+    """The new topic with fewer records (offsets back), with more (past the old offsets: no offset goes back), the
+    same id (nothing), a topic deleted and not created yet (not counted: Spark reads its partitions from their
+    earliest when they come back), and a topic without a stored id whose offsets went back."""
+    start = {"s": {"0": 40, "1": 30}, "d": {"0": 5}}
+    stored = {"s": "old", "d": "dl"}
+    assert C.recreated_in_batch(stored, {"s": "new", "d": "dl"}, start, {"s": {"0": 7, "1": 2}, "d": {"0": 5}}) == {
+        "s": "topic id old -> new"}
+    assert C.recreated_in_batch(stored, {"s": "new", "d": "dl"}, start, {"s": {"0": 90, "1": 60}, "d": {"0": 5}}) == {
+        "s": "topic id old -> new"}
+    assert C.recreated_in_batch(stored, {"s": "old", "d": "dl"}, start, {"s": {"0": 41, "1": 30}, "d": {"0": 6}}) == {}
+    assert C.recreated_in_batch(stored, {"d": "dl"}, start, {"d": {"0": 6}}) == {}
+    assert C.recreated_in_batch({}, {"s": "x"}, start, {"s": {"0": 41, "1": 3}}) == {
+        "s": "offsets went back (1: 30 -> 3), no stored topic id"}
+    assert C.recreated_in_batch({}, {"s": "x"}, start, {"s": {"0": 41, "1": 31}}) == {}
 
-    import core.kafka_admin
+
+def test_a_rewound_range_covers_the_new_topic_from_its_start():
+    # planned end within the new topic: kept; beyond its end (planned on the old topic): cut to it; a partition the
+    # plan lacks ends at its earliest; an old partition the new topic lacks is left out
+    assert C.rewound_range({"0": 7, "1": 55, "2": 9}, {"0": (0, 20), "1": (0, 12), "3": (4, 8)}) == (
+        {"0": 0, "1": 0, "3": 4}, {"0": 7, "1": 12, "3": 4})
+
+
+def test_rewinding_a_running_batch_rewrites_its_start_and_end_entries_only_for_the_recreated_topic(tmp_path):
+    """Raw-like entries (one source per topic, a void one): batch 6 planned [entry 5, entry 6); the sales topic
+    re-created with 2 partitions (the old one had 3). Entry 5 gets the new topic's earliest offsets, entry 6 the
+    planned end within the new topic; the other sources, the void line and the header lines are kept."""
+    old5 = offsets_entry({"sales": {"0": 40, "1": 30, "2": 20}}, {"inv": {"0": 8}}, None)
+    old6 = offsets_entry({"sales": {"0": 3, "1": 50, "2": 20}}, {"inv": {"0": 9}}, None)
+    cp = make_checkpoint(tmp_path / "raw", {5: old5, 6: old6}, [5])
+    (cp / "offsets" / ".5.crc").write_text("old checksum")
+    got = C.rewind_running_batch(cp, 6, {"sales": {"0": (0, 3), "1": (0, 45)}})
+    assert got == {"sales": {"start": {"0": 40, "1": 30, "2": 20}, "end": {"0": 3, "1": 50, "2": 20},
+                             "new_start": {"0": 0, "1": 0}, "new_end": {"0": 3, "1": 45}}}
+    h5, s5 = C.read_offsets(cp, 5)
+    h6, s6 = C.read_offsets(cp, 6)
+    assert (h5, h6) == (old5.split("\n")[:2], old6.split("\n")[:2])
+    assert s5 == [{"sales": {"0": 0, "1": 0}}, {"inv": {"0": 8}}, None]
+    assert s6 == [{"sales": {"0": 3, "1": 45}}, {"inv": {"0": 9}}, None]
+    assert not (cp / "offsets" / ".5.crc").exists()          # Hadoop's checksum of the old content
+    assert C.rewind_running_batch(cp, 6, {"other": {"0": (0, 1)}}) == {}
+    with pytest.raises(ValueError, match="micro-batch 0 has no previous offsets entry"):
+        C.rewind_running_batch(cp, 0, {"sales": {"0": (0, 3)}})
+
+
+def test_a_batch_over_a_recreated_topic_is_rewound_and_failed_before_it_reads(tmp_path, monkeypatch, caplog):
+    """Windows batch 3 planned after the sales topic was re-created and grew past the old offsets (40 -> 55 on the
+    old partition: nothing goes back). Before, the batch read [40, 55) of the new topic: its records 0-39 were
+    skipped (only an error log, from the ids refreshed after the commit). Now the batch's check finds the new id,
+    rewinds entries 2 and 3 to [0, 55), stores the id, logs the fault and fails the batch before the sink runs; the
+    job marks the query for an in-process restart. The re-run batch passes the check (ids stored), and the next
+    start rewinds nothing (the old start-up rewind would otherwise read the topic from 0 again: doubles)."""
     import streaming.checkpoint as cp_mod
+    from streaming.job import TopicRecreatedError
 
+    job = stub_job(tmp_path, None)
+    sales, inv = job._query_topics()["windows"]
+    cp = make_checkpoint(tmp_path / "windows", {2: offsets_entry({sales: {"0": 40}, inv: {"0": 9}}),
+                                                3: offsets_entry({sales: {"0": 55}, inv: {"0": 12}})}, [2])
+    C.remember_topic_ids(cp, {sales: "old-id", inv: "inv-id"})
+    now = {sales: "new-id", inv: "inv-id"}
+    monkeypatch.setattr(job, "_topic_ids_now", lambda name: dict(now))
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", lambda s, ts: {t: {"0": (0, 61)} for t in ts})
+    ran = []
+    batch = job._checked("windows", lambda df, b: ran.append(b))
+    with caplog.at_level(logging.ERROR, logger="streaming.job"):
+        with pytest.raises(TopicRecreatedError, match=f"topic {sales} \\(topic id old-id -> new-id\\)"):
+            batch(None, 3)
+    assert ran == []
+    assert C.read_offsets(cp, 2)[1] == [{sales: {"0": 0}, inv: {"0": 9}}]
+    assert C.read_offsets(cp, 3)[1] == [{sales: {"0": 55}, inv: {"0": 12}}]
+    assert C.stored_topic_ids(cp) == now
+    assert job._rewound["windows"]["batch"] == 3
+    assert f"micro-batch 3: topic(s) deleted and re-created while the stream ran: topic {sales}" in caplog.text
+    batch(None, 3)                                   # the re-run: ids as stored, the sink runs
+    assert ran == [3]
+    assert C.rewind_recreated_topics(cp, now) == {}
+    # a first batch has no entry before it: logged, not rewound, the sink runs
+    cp0 = make_checkpoint(tmp_path / "raw", {0: offsets_entry({sales: {"0": 5}})}, [])
+    C.remember_topic_ids(cp0, {sales: "old-id"})
+    with caplog.at_level(logging.ERROR, logger="streaming.job"):
+        job._checked("raw", lambda df, b: ran.append(b))(None, 0)
+    assert ran == [3, 0] and "a first batch starts at offsets Spark keeps outside the offsets log" in caplog.text
+
+
+def test_the_starts_own_rewind_is_not_logged_as_a_truncated_log(tmp_path, caplog):
+    """The start-up rewind (topic re-created while the job was down) plans a batch whose offsets go back to 0 on
+    purpose; only an offset going back elsewhere (same topic id: a truncated log, a re-creation being rewound
+    before the read) is an error."""
     class Recorder:
         def record_progress(self, *a, **kw):
             pass
 
     job = stub_job(tmp_path, None)
-    job.sinks, job._admin = Recorder(), None
-    sales = job._query_topics()["windows"][0]
-    C.remember_topic_ids(tmp_path / "windows", {sales: "old-id"})
-    now = {"ids": {sales: "new-id"}, "fail": False}
-
-    def fake_ids(s, topics, admin=None):
-        if now["fail"]:
-            raise NoBrokersAvailable()
-        return {t: i for t, i in now["ids"].items() if t in topics}
-
-    monkeypatch.setattr(cp_mod, "topic_ids", fake_ids)
-    monkeypatch.setattr(core.kafka_admin, "admin_client", lambda s: type("A", (), {"close": lambda self: None})())
-    progress = {"batchId": 7, "sources": [{"startOffset": {sales: {"0": 40}}, "endOffset": {sales: {"0": 55}},
-                                           "numInputRows": 30}], "stateOperators": []}
-    with caplog.at_level(logging.WARNING, logger="streaming.job"):
-        job._record_progress("windows", progress)
-        assert json.loads((tmp_path / "windows" / C.IDS_FILE).read_text()) == {sales: "new-id"}
-        assert f"topic {sales} was deleted and re-created while the stream ran (topic id old-id, now new-id)" in caplog.text
-        now.update(fail=True, ids={sales: "newer-id"})
-        job._record_progress("windows", {**progress, "batchId": 8})
-        assert "could not be refreshed (KafkaConnectionError" in caplog.text
-        assert json.loads((tmp_path / "windows" / C.IDS_FILE).read_text()) == {sales: "new-id"}
-        now["fail"] = False
-        job._record_progress("windows", {**progress, "batchId": 9})
-    assert json.loads((tmp_path / "windows" / C.IDS_FILE).read_text()) == {sales: "newer-id"}
-    # the next start finds the stored ids equal to the broker's: nothing is rewound
-    make_checkpoint(tmp_path / "windows", {9: offsets_entry({sales: {"0": 55}})}, [9])
-    assert C.rewind_recreated_topics(tmp_path / "windows", {sales: "newer-id"}) == {}
+    job.sinks = Recorder()
+    job.recreated_topics = {"raw": {"sales": {"batch": 4}}}
+    prog = {"sources": [{"startOffset": {"sales": {"0": 40}}, "endOffset": {"sales": {"0": 0}}, "numInputRows": 0}],
+            "stateOperators": []}
+    with caplog.at_level(logging.ERROR, logger="streaming.job"):
+        job._record_progress("raw", {**prog, "batchId": 4})
+        assert "went back" not in caplog.text
+        job._record_progress("raw", {**prog, "batchId": 9})
+    assert "topic sales partition 0 went back from offset 40 to 0 with its topic id unchanged" in caplog.text
 
 
 # --------------------------------------------------------------------------- broker blip at start --
