@@ -17,12 +17,13 @@ Two queries, two sinks:
 
 Rows ClickHouse refuses for their values (:data:`ROW_ERROR_CODES`, e.g. a constraint) do not fail the micro-batch:
 the insert is bisected (:func:`insert_isolating_refused`), the other rows written, the refused ones quarantined with
-ClickHouse's error (:meth:`StreamSinks._insert_df`); schema errors and outages behave as before.
+ClickHouse's error (:meth:`StreamSinks._insert_df`); schema errors and outages behave as before, and so does a
+refusal of every row of a frame of 16 or more (the first 16 rows tried alone refused, none written).
 
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
 sent to Kafka again; nor is one Kafka acknowledged in an earlier attempt of the same micro-batch whose insert
-into ``restock_alerts`` failed (a retry after an outage). Ordering inside :meth:`windows_batch` (alerts before
+into ``restock_alerts`` failed (a retry after an outage), or was refused by ClickHouse (quarantined). Ordering inside :meth:`windows_batch` (alerts before
 ``inventory_levels``) makes a crash of the process between the Kafka acknowledgement and the ClickHouse insert
 re-send an alert with the same id rather than lose it (Kafka side: at-least-once across crashes, consumers
 dedupe by ``alert_id``).
@@ -135,17 +136,13 @@ def is_infrastructure_error(exc: BaseException) -> bool:
         pass
     if clickhouse_error_code(exc) in ROW_ERROR_CODES:
         return False   # ClickHouse answered, about the rows (whose values its message quotes: "timed out" in an id)
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in _chain(exc):
         if isinstance(e, (ConnectionError, TimeoutError, OSError, OperationalError, KafkaError) + transport):
             return True
         msg = str(e)
         if any(t in msg for t in ("Connection refused", "Connection reset", "timed out", "Service Unavailable",
                                   "HTTP 502", "HTTP 503", "HTTP 504", "Max retries exceeded")):
             return True
-        e = e.__cause__ or e.__context__
     return False
 
 
@@ -167,6 +164,13 @@ SCHEMA_ERROR_CODES: dict[int, str] = {
     8: "THERE_IS_NO_COLUMN", 10: "NOT_FOUND_COLUMN_IN_BLOCK", 16: "NO_SUCH_COLUMN_IN_TABLE", 47: "UNKNOWN_IDENTIFIER",
     60: "UNKNOWN_TABLE", 81: "UNKNOWN_DATABASE"}
 _CODE_RE = re.compile(r"\bCode:\s*(\d+)")
+#: ClickHouse's ``(version 25.8.2.1 (chDB))`` trailer, with clickhouse-connect's `` (for url ...)`` after it
+_VERSION_TRAILER_RE = re.compile(r"\s?\(version [^()]*(?:\([^()]*\)[^()]*)?\)(?: ?\(for url [^()]*\))? ?$")
+#: characters at the end of an error message searched for that trailer (:func:`error_text`)
+_TRAILER_CHARS = 600
+#: single rows refused in a row, none of the frame written, after which :func:`insert_isolating_refused` stops
+#: bisecting and raises (a refusal of every row: a migration, a constraint no row meets)
+ALL_REFUSED_AFTER = 16
 
 
 def _chain(exc: BaseException):
@@ -217,17 +221,29 @@ def error_text(exc: BaseException, limit: int = 1_000) -> str:
     parentheses when its text is not in the message), cut to ``limit`` characters."""
     msg = " ".join(str(exc).split())
     msg = re.sub(r"^Received ClickHouse exception, code: \d+, server response: ", "", msg)
-    msg = re.sub(r"\s*\(version [^()]*(\([^()]*\))?[^()]*\)(\s*\(for url [^)]*\))?\s*$", "", msg)
+    # the trailer is searched in the message's tail only, by a regex without nested quantifiers: linear in the
+    # message (before 2026-12-06 a backtracking regex over the whole message: 0.58 s at 16k characters)
+    m = _VERSION_TRAILER_RE.search(msg, max(0, len(msg) - _TRAILER_CHARS))
+    if m:
+        msg = msg[:m.start()]
     cause = exc.__cause__
     if cause is not None and str(cause) and str(cause) not in msg:   # clickhouse-connect's "...: error"
         msg += f" ({type(cause).__name__}: {' '.join(str(cause).split())})"
     return f"{type(exc).__name__}: {msg}"[:limit]
 
 
-def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error) -> list[tuple[int, BaseException]]:
+def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error,
+                             all_refused_after: int | None = ALL_REFUSED_AFTER) -> list[tuple[int, BaseException]]:
     """Insert ``df`` with ``insert(frame)``; when an insert is refused for its rows (``is_refused(exc)``, default
     :func:`is_row_error`), insert its two halves instead, down to single rows, so every row but the refused ones is
     written. k refused rows among n cost at most 2·k·⌈log2 n⌉ + 1 inserts; none refused, one.
+
+    A refusal of every row is no row's fault (a migration changed a column's type, a constraint no row meets):
+    when ``all_refused_after`` single rows were refused and no piece of ``df`` was written yet, bisecting stops
+    and the whole frame's first error is raised (the micro-batch fails naming ClickHouse's error, as before
+    2026-12-06; a restart after the fix resumes it). It costs at most ⌈log2 n⌉ + 2·``all_refused_after`` inserts
+    (n = 2,000: 43) instead of 2n - 1 (3,999). A frame of fewer rows, or one where a piece was written, is
+    bisected to the end. ``None``: never (``quarantine_events``, whose refused rows have fallbacks of their own).
 
     A piece is retried whole, so rows of a piece written before ClickHouse refused a later block of it may be
     written twice: the stream's tables are ReplacingMergeTrees keyed by their natural key (read with FINAL).
@@ -236,25 +252,36 @@ def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error) 
         df: the rows (any index; pieces are ``df.iloc`` slices, dtypes kept).
         insert: callable taking a frame; raises on failure.
         is_refused: predicate on the exception: True = the piece's rows are at fault, bisect it.
+        all_refused_after: refused single rows, with none of ``df`` written, after which the first error is raised
+            (default :data:`ALL_REFUSED_AFTER`, 16); None = bisect to the end.
     Returns:
         [(position in ``df``, the exception refusing that row alone)], by position; [] when all were written.
     Raises:
-        the first exception ``is_refused`` rejects (an outage, a dropped table, a bug), as raised by ``insert``.
+        the first exception ``is_refused`` rejects (an outage, a dropped table, a bug), as raised by ``insert``;
+        the first insert's exception when every row was refused (``all_refused_after``).
     """
     refused: list[tuple[int, BaseException]] = []
     stack = [(0, len(df))] if len(df) else []
+    first: BaseException | None = None
+    written = False
     while stack:
         lo, hi = stack.pop()
         try:
             insert(df.iloc[lo:hi])
+            written = True
         except Exception as exc:  # noqa: BLE001  re-raised unless it is about the rows
             if not is_refused(exc):
                 raise
+            first = first or exc
             if hi - lo == 1:
                 refused.append((lo, exc))
             else:
                 mid = (lo + hi) // 2
                 stack += [(mid, hi), (lo, mid)]
+        if all_refused_after is not None and not written and len(refused) >= all_refused_after:
+            log.error("insert of %d rows: the first %d rows tried alone were all refused and none written: not the "
+                      "rows' fault, the batch fails (%s)", len(df), len(refused), error_text(first))
+            raise first
     return sorted(refused, key=lambda r: r[0])
 
 
@@ -306,7 +333,8 @@ class StreamSinks:
         self.batch_log: list[dict[str, Any]] = []
         self.alerts_sent = 0
         #: alert id -> epoch ms of Kafka's acknowledgement, for alerts delivered but not yet in restock_alerts
-        #: (kept across the retries of a micro-batch so a retry does not send them again; emptied by the insert)
+        #: (kept across the retries of a micro-batch so a retry does not send them again; emptied by the insert,
+        #: except of the alerts ClickHouse refused, which stay for the life of the process)
         self._sent_unrecorded: dict[str, int] = {}
         self.window_len_hours = interval_hours(settings.stream_window, "STREAM_WINDOW")
         self._reorder_points: dict[str, int] | None = None
@@ -318,41 +346,64 @@ class StreamSinks:
         self._tls = threading.local()
 
     # ----------------------------------------------------------------------------------- helpers --
-    def _insert_df(self, table: str, df: pd.DataFrame) -> int:
+    def _insert_df(self, table: str, df: pd.DataFrame) -> list[int]:
         """Insert ``df`` into ``<db>.<table>``; rows ClickHouse refuses for their values (:func:`is_row_error`) are
         found by :func:`insert_isolating_refused`, the others written, and the refused ones set aside
         (:meth:`_set_aside`: ``quarantine_events`` with ClickHouse's error; a refused ``quarantine_events`` row goes
-        through :meth:`_insert_quarantine`'s fallbacks). Returns the number of rows set aside (also added to the
-        running micro-batch's ``rows_set_aside``). Raises what is not about rows (outage, dropped table, bug)."""
+        through :meth:`_insert_quarantine`'s fallbacks).
+
+        Returns:
+            the positions (0-based, ``df.iloc``) of the rows set aside, ascending; [] when all were written. Their
+            count is added to the running micro-batch's ``rows_set_aside`` (a row of a table once per attempt).
+        Raises:
+            what is not about rows (outage, dropped table, bug); the first error when every row of a frame of 16 or
+            more is refused (:func:`insert_isolating_refused`; not for ``quarantine_events``).
+        """
         if not len(df):
-            return 0
+            return []
         if table == "quarantine_events":
             return self._insert_quarantine(df)
         refused = insert_isolating_refused(df, lambda part: self._insert_raw_df(table, part))
         if refused:
             self._set_aside(table, df, refused)
-        return len(refused)
+        return [pos for pos, _ in refused]
 
     def _insert_raw_df(self, table: str, df: pd.DataFrame) -> None:
         with self._ch_lock:
             self.ch.insert_df(f"{self.db}.{table}", df)
 
-    def _count_set_aside(self, n: int) -> None:
+    def _begin_attempt(self) -> None:
+        """Start counting the rows set aside by this thread's micro-batch attempt (a retried attempt counts again)."""
+        self._tls.set_aside = 0
+        self._tls.set_aside_keys = set()
+
+    def _count_set_aside(self, n: int, keys: list[int] | None = None) -> None:
+        """Add ``n`` rows to the attempt's ``rows_set_aside``; with ``keys`` (quarantine offsets of refused sink
+        rows), only those not counted yet in this attempt (``inventory_levels`` is written twice per batch)."""
+        if keys is not None:
+            seen = getattr(self._tls, "set_aside_keys", None)
+            if seen is None:
+                seen = self._tls.set_aside_keys = set()
+            n = len(set(keys) - seen)
+            seen.update(keys)
         self._tls.set_aside = getattr(self._tls, "set_aside", 0) + int(n)
 
     def _set_aside(self, table: str, df: pd.DataFrame, refused: list[tuple[int, BaseException]]) -> None:
         """Quarantine the rows of ``df`` ClickHouse refused for ``table`` (positions and errors from
         :func:`insert_isolating_refused`), one error log line each: ``quarantine_events`` rows with ``event_type`` =
         the table, ``topic`` = ``refused:<table>``, ``partition`` = -1, ``offset`` = a 63-bit hash of (table, the
-        row's batch id, its natural key :data:`SINK_KEYS`), so a re-run of the batch replaces its own rows,
-        ``reason`` = ClickHouse's error, ``raw_payload`` = the row as JSON (:func:`row_payload`)."""
+        row's natural key :data:`SINK_KEYS`), so the latest refusal of a row replaces the earlier ones (a re-run
+        batch, a window re-emitted by later micro-batches in update mode: one quarantine row per table and key;
+        ``quarantine_events`` is a ReplacingMergeTree(ingested_at) keyed by (topic, partition, offset)), ``batch_id``
+        = the latest refusing batch, ``reason`` = ClickHouse's error, ``raw_payload`` = the row as JSON
+        (:func:`row_payload`). Counted once per attempt per (table, key) in ``rows_set_aside``."""
         now = pd.Timestamp(time.time(), unit="s", tz="UTC").floor("ms")
         key = SINK_KEYS.get(table) or [c for c in df.columns if c not in ("version", "updated_at", "ingested_at")]
         rows = []
         for pos, exc in refused:
             r = df.iloc[pos].to_dict()
             batch = int(r["batch_id"]) if "batch_id" in r and not pd.isna(r["batch_id"]) else -1
-            ident = json.dumps([table, batch, [str(r.get(k)) for k in key]])
+            ident = json.dumps([table, [str(r.get(k)) for k in key]])
             reason = f"ClickHouse refused the {table} row: {error_text(exc)}"
             log.error("micro-batch %d: %s; row set aside in quarantine_events (topic refused:%s): %s",
                       batch, reason, table, row_payload({k: r.get(k) for k in key}))
@@ -364,17 +415,19 @@ class StreamSinks:
         q["partition"] = q["partition"].astype("int32")
         q["kafka_timestamp"] = pd.to_datetime(q["kafka_timestamp"], utc=True)
         self._insert_quarantine(q, count=False)
-        self._count_set_aside(len(rows))
+        self._count_set_aside(len(rows), keys=q["offset"].tolist())
 
-    def _insert_quarantine(self, q: pd.DataFrame, count: bool = True) -> int:
+    def _insert_quarantine(self, q: pd.DataFrame, count: bool = True) -> list[int]:
         """Insert ``quarantine_events`` rows; a row ClickHouse refuses is inserted again with its payload JSON-escaped
         (ASCII) and cut to :data:`QUARANTINE_PAYLOAD_CHARS` characters, then without payload and with an escaped reason
         cut to :data:`QUARANTINE_REASON_CHARS`, each time the error added to the reason; refused all three times, the
         record goes to the dead-letter topic (:func:`core.kafka.dead_letter_record`, reason + the errors), awaited,
         error log; a record read from the dead-letter topic is not sent there again (it would come back): error log
         naming its topic, partition and offset, where it stays. Returns the rows refused at the first insert (added
-        to ``rows_set_aside`` when ``count``)."""
-        refused = insert_isolating_refused(q, lambda part: self._insert_raw_df("quarantine_events", part))
+        to ``rows_set_aside`` when ``count``): their positions in ``q``, ascending. Never gives up bisecting for a
+        refusal of every row (its rows have the fallbacks above)."""
+        refused = insert_isolating_refused(q, lambda part: self._insert_raw_df("quarantine_events", part),
+                                           all_refused_after=None)
         for pos, exc in refused:
             row = q.iloc[[pos]].copy()
             r = row.iloc[0]
@@ -414,7 +467,7 @@ class StreamSinks:
                       " / ".join(errors), self.dead_letter_topic)
         if count:
             self._count_set_aside(len(refused))
-        return len(refused)
+        return [pos for pos, _ in refused]
 
     def _dead_letter(self, event_type: str, payload: str, reason: str) -> None:
         """Send one record to the dead-letter topic (:func:`core.kafka.dead_letter_record`) and await Kafka's
@@ -677,7 +730,7 @@ class StreamSinks:
         self.retrying(f"raw micro-batch {batch_id}", self._raw_writes, whole, batch_id, started, spark_s)
 
     def _raw_writes(self, whole: pa.Table, batch_id: int, started: float, spark_s: float) -> None:
-        self._tls.set_aside = 0   # this attempt's count (a retried attempt counts again)
+        self._begin_attempt()
         now_ms = int(started * 1000)
         n_in = n_valid = 0
         quarantine: list[pd.DataFrame] = []
@@ -761,7 +814,7 @@ class StreamSinks:
         self.retrying(f"windows micro-batch {batch_id}", self._windows_writes, batch, batch_id, started, spark_s)
 
     def _windows_writes(self, batch: pd.DataFrame, batch_id: int, started: float, spark_s: float) -> None:
-        self._tls.set_aside = 0   # this attempt's count (a retried attempt counts again)
+        self._begin_attempt()
         ph = {"spark": spark_s}
         now_ms = int(started * 1000)
         version = now_ms
@@ -1303,8 +1356,11 @@ class StreamSinks:
         An alert whose delivery Kafka acknowledged is remembered (:attr:`_sent_unrecorded`, alert id -> epoch ms
         of the acknowledgement) until its ClickHouse insert succeeds, so a micro-batch retried after a failed insert
         (ClickHouse unreachable, :meth:`retrying`) or after a partly failed send records it without sending it
-        again. Only a crash of the process between the acknowledgement and the insert re-sends it (same
-        ``alert_id``) when the batch is re-run from the checkpoint."""
+        again. An alert ``restock_alerts`` refuses for its values (set aside in ``quarantine_events``,
+        :meth:`_insert_df`) stays there for the life of the process: a retry of the batch (e.g. after a lake failure)
+        or a later batch quarantines it again without sending it again (before 2026-12-06 every retry sent it). Only
+        a crash of the process between the acknowledgement and the insert re-sends it (same ``alert_id``) when the
+        batch is re-run from the checkpoint."""
         topic = self.s.topic(EVENT_TYPES["restock_alert"])
         to_send = [a for a in new if a["alert_id"] not in self._sent_unrecorded]
         if len(to_send) < len(new):
@@ -1332,6 +1388,7 @@ class StreamSinks:
             alert_time=pd.to_datetime(df["timestamp"], unit="ms", utc=True),
             hours_of_cover=pd.array(df["hours_of_cover"].tolist(), dtype="Float64"),
             batch_id=int(batch_id), ingested_at=pd.Timestamp(now_ms, unit="ms", tz="UTC"))
-        self._insert_df("restock_alerts", ch)
-        for a in new:
-            self._sent_unrecorded.pop(a["alert_id"], None)
+        refused = set(self._insert_df("restock_alerts", ch))
+        for i, a in enumerate(new):
+            if i not in refused:   # a refused alert was delivered and stays unrecorded: never sent again here
+                self._sent_unrecorded.pop(a["alert_id"], None)
