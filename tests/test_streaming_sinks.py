@@ -19,9 +19,13 @@ def _alerts(n: int, t_ms: int) -> list[dict]:
 
 def alert_ids_in_kafka(s) -> list[str]:
     """alert_id of every record on the restock-alerts topic, from the beginning to the end offsets."""
+    return [d["alert_id"] for d in topic_documents(s, s.topic("restock-alerts"))]
+
+
+def topic_documents(s, topic: str) -> list[dict]:
+    """Every record of ``topic`` (JSON values), from the beginning to the end offsets."""
     from kafka import KafkaConsumer, TopicPartition
 
-    topic = s.topic("restock-alerts")
     c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
                       group_id=None, consumer_timeout_ms=10_000)
     try:
@@ -29,13 +33,13 @@ def alert_ids_in_kafka(s) -> list[str]:
         c.assign(parts)
         c.seek_to_beginning(*parts)
         end = c.end_offsets(parts)
-        ids: list[str] = []
+        docs: list[dict] = []
         while any(c.position(tp) < end[tp] for tp in parts):
             batch = c.poll(timeout_ms=5000)
             if not batch:
                 break
-            ids += [json.loads(m.value)["alert_id"] for recs in batch.values() for m in recs]
-        return ids
+            docs += [json.loads(m.value) for recs in batch.values() for m in recs]
+        return docs
     finally:
         c.close()
 
@@ -455,27 +459,66 @@ def test_window_rows_clickhouse_refuses_are_quarantined_once_and_the_batch_commi
                           "AND batch_id = 7") == 2
 
 
-def _dead_letters(s, marker: str) -> list[dict]:
-    """Dead-letter documents on the topic (from its start to its end offsets) whose payload holds ``marker``."""
-    from kafka import KafkaConsumer, TopicPartition
+def test_a_refused_alert_reaches_kafka_once_when_its_batch_is_retried(fresh_sinks):
+    """``restock_alerts`` refuses the store's alerts (CHECK constraint, 469). Falling stock closes into one restock
+    episode; its alert reaches Kafka, is refused and quarantined, then the batch's lake write fails (MinIO
+    unreachable: the first ``write_table`` raises OSError) and the batch is retried. The alert is on the real broker
+    once and quarantined once (``refused:restock_alerts``); the process keeps it as delivered. Before 2026-12-06 the
+    retry sent it again: 2 messages."""
+    import uuid
 
-    topic = s.topic("dead-letter")
-    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
-                      group_id=None, consumer_timeout_ms=10_000)
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-        c.assign(parts)
-        c.seek_to_beginning(*parts)
-        end = c.end_offsets(parts)
-        out: list[dict] = []
-        while any(c.position(tp) < end[tp] for tp in parts):
-            got = c.poll(timeout_ms=5000)
-            if not got:
-                break
-            out += [json.loads(m.value) for recs in got.values() for m in recs]
-        return [d for d in out if marker in str(d.get("payload"))]
-    finally:
-        c.close()
+    from core.kafka_admin import ensure_topics
+
+    sinks, client, db = fresh_sinks
+    ensure_topics(sinks.s)
+    sinks.s = sinks.s.model_copy(update={"stream_sink_retry_max_wait_s": 1.0})
+    store = f"S-{uuid.uuid4().hex[:8]}"
+    client.command(f"ALTER TABLE {db}.restock_alerts ADD CONSTRAINT poison CHECK store_id != '{store}'")
+    rows = [dict(_window(5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)]
+    sinks._windows_writes(_spark_frame(rows), 0, time.time(), 0.0)
+    write, failed = sinks.lake.write_table, []
+
+    def minio_down_once(*args, **kwargs):
+        if not failed:
+            failed.append(args[1:])
+            raise OSError("When uploading object: connection refused (MinIO unreachable)")
+        return write(*args, **kwargs)
+
+    sinks.lake.write_table = minio_down_once
+    sinks.retrying("windows micro-batch 1", sinks._windows_writes, _spark_frame(rows).iloc[0:0], 1, time.time(), 0.0)
+    assert failed and failed[0][1] == "restock_alert" and sinks.retries >= 1
+    assert client.command(f"SELECT count() FROM {db}.restock_alerts") == 0
+    q = client.query_df(f"SELECT reason, raw_payload FROM {db}.quarantine_events FINAL "
+                        "WHERE topic = 'refused:restock_alerts'")
+    assert len(q) == 1 and "VIOLATED_CONSTRAINT" in q["reason"].iloc[0]
+    alert_id = json.loads(q["raw_payload"].iloc[0])["alert_id"]
+    assert alert_id.startswith(f"{store}|P1|")
+    sinks.close()
+    assert [i for i in alert_ids_in_kafka(sinks.s) if i.startswith(f"{store}|")] == [alert_id]
+    assert sinks.alerts_sent == 1 and list(sinks._sent_unrecorded) == [alert_id]
+    assert client.command(f"SELECT rows_set_aside FROM {db}.stream_batches FINAL WHERE query = 'windows' "
+                          "AND batch_id = 1") == 1
+
+
+def test_a_window_refused_by_several_batches_is_one_quarantine_row_counted_once_per_batch(fresh_sinks):
+    """``inventory_levels`` refuses SKU POISON. Batch 0 writes 13 POISON windows (10:00-11:00); batch 1 a later one
+    (11:05), and the earlier windows close: ``inventory_levels`` is written twice in batch 1 (episode state of the
+    closed windows, then the latest stock), both refused. One quarantine row is left (the latest refusal, batch 1)
+    and each batch counts 1 row set aside. Before 2026-12-06: 2 quarantine rows (one per batch id) and batch 1
+    counted 2."""
+    sinks, client, db = fresh_sinks
+    client.command(f"ALTER TABLE {db}.inventory_levels ADD CONSTRAINT poison CHECK product_id != 'POISON'")
+    poison = [dict(_window(5 * k, 2, 60 - 2 * k, 10), product_id="POISON") for k in range(13)]
+    sinks._windows_writes(_spark_frame(poison), 0, T_WRITE, 0.0)
+    sinks._windows_writes(_spark_frame([dict(_window(65, 2, 30, 10), product_id="POISON")]), 1, T_WRITE + 1, 0.0)
+    q = client.query_df(f"SELECT raw_payload, batch_id FROM {db}.quarantine_events FINAL "
+                        "WHERE topic = 'refused:inventory_levels'")
+    assert q["batch_id"].tolist() == [1]
+    assert json.loads(q["raw_payload"].iloc[0])["stock_level"] == 30
+    n = client.query_df(f"SELECT batch_id, rows_set_aside FROM {db}.stream_batches FINAL WHERE query = 'windows' "
+                        "ORDER BY batch_id")
+    assert n.to_dict("records") == [{"batch_id": 0, "rows_set_aside": 1}, {"batch_id": 1, "rows_set_aside": 1}]
+    assert client.command(f"SELECT count() FROM {db}.sales_metrics_5m FINAL WHERE product_id = 'POISON'") == 14
 
 
 def test_a_refused_quarantine_row_is_escaped_cut_or_dead_lettered_never_lost(fresh_sinks):
@@ -504,14 +547,14 @@ def test_a_refused_quarantine_row_is_escaped_cut_or_dead_lettered_never_lost(fre
                       "kafka_timestamp": pd.to_datetime([None] * 5, utc=True), "reason": "quantity must not be 0",
                       "raw_payload": [r[2] for r in rows], "batch_id": 3,
                       "ingested_at": pd.Timestamp("2026-12-06 12:00", tz="UTC")})
-    assert sinks._insert_df("quarantine_events", q) == 4
+    assert sinks._insert_df("quarantine_events", q) == [1, 2, 3, 4]   # positions of the rows refused at first
     got = client.query_df(f"SELECT topic, offset, reason, raw_payload FROM {db}.quarantine_events FINAL ORDER BY offset")
     assert got["offset"].tolist() == [11, 12, 14]
     assert got["raw_payload"].tolist() == [f"plain {marker}", json.dumps(f"line\nfeed {marker}"), ""]
     assert got["reason"].iloc[0] == "quantity must not be 0"
     assert got["reason"].iloc[1:].str.contains("ClickHouse refused this quarantine row").all()
     assert got["reason"].iloc[1:].str.contains("VIOLATED_CONSTRAINT").all()
-    sent = _dead_letters(s, marker)
+    sent = [d for d in topic_documents(s, s.topic("dead-letter")) if marker in str(d.get("payload"))]
     assert [d["payload"] for d in sent] == [f"thirteen {marker}"]
     assert sent[0]["event_type"] == "sales_transaction"
     assert "quantity must not be 0" in sent[0]["reason"] and "VIOLATED_CONSTRAINT" in sent[0]["reason"]
