@@ -219,7 +219,7 @@ def test_a_window_clickhouse_refuses_is_quarantined_and_the_stream_goes_on(nativ
     over two windows, plus one invalid sale (quantity 0) of POISON-RAW, streamed: every other window equals an
     independent count, the two POISON windows are in ``quarantine_events`` (topic ``refused:sales_metrics_5m``) with
     the constraint's error and their counts, the invalid sale's quarantine row is there without its payload, the
-    batches count what they set aside. A later run with more sales (POISON again) lands too. Before 2026-12-06 the run
+    batches count what they set aside; each refused window is one quarantine row holding its latest count. A later run with more sales (POISON again) lands too. Before 2026-12-06 the run
     failed at micro-batch 0 (the raw query, 469 on ``quarantine_events``), as it would at every restart; the windows
     batch's own 469 is shown failing the old code by ``tests/test_streaming_sinks.py``."""
     from core.clickhouse import migrate, new_client
@@ -259,7 +259,10 @@ def test_a_window_clickhouse_refuses_is_quarantined_and_the_stream_goes_on(nativ
         for p in q["raw_payload"]:
             row = json.loads(p)
             k = (row["product_id"], pd.Timestamp(row["window_start"]))
-            out[k] = max(out.get(k, 0), int(row["transaction_count"]))   # a window refused again in a later batch
+            # one quarantine row per refused window, its latest refusal (a window re-emitted by a later batch
+            # replaces its row; before 2026-12-06 each batch added one)
+            assert k not in out, k
+            out[k] = int(row["transaction_count"])
         return out
 
     first = sales("A", 46, t)
