@@ -23,10 +23,10 @@ refusal of every row of a frame of 16 or more (the first 16 rows tried alone ref
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
 sent to Kafka again; nor is one Kafka acknowledged in an earlier attempt of the same micro-batch whose insert
-into ``restock_alerts`` failed (a retry after an outage), or was refused by ClickHouse (quarantined). Ordering inside :meth:`windows_batch` (alerts before
-``inventory_levels``) makes a crash of the process between the Kafka acknowledgement and the ClickHouse insert
-re-send an alert with the same id rather than lose it (Kafka side: at-least-once across crashes, consumers
-dedupe by ``alert_id``).
+into ``restock_alerts`` failed (a retry after an outage), nor one ClickHouse refused (quarantined; for the life of
+the process). Ordering inside :meth:`windows_batch` (alerts before ``inventory_levels``) makes a crash of the
+process between the Kafka acknowledgement and the ClickHouse insert re-send an alert with the same id rather than
+lose it (Kafka side: at-least-once across crashes, consumers dedupe by ``alert_id``).
 """
 
 from __future__ import annotations

@@ -219,7 +219,8 @@ def test_a_window_clickhouse_refuses_is_quarantined_and_the_stream_goes_on(nativ
     over two windows, plus one invalid sale (quantity 0) of POISON-RAW, streamed: every other window equals an
     independent count, the two POISON windows are in ``quarantine_events`` (topic ``refused:sales_metrics_5m``) with
     the constraint's error and their counts, the invalid sale's quarantine row is there without its payload, the
-    batches count what they set aside; each refused window is one quarantine row holding its latest count. A later run with more sales (POISON again) lands too. Before 2026-12-06 the run
+    batches count what they set aside; each refused window is one quarantine row holding its latest count. A later
+    run with more sales (POISON again) lands too. Before 2026-12-06 the run
     failed at micro-batch 0 (the raw query, 469 on ``quarantine_events``), as it would at every restart; the windows
     batch's own 469 is shown failing the old code by ``tests/test_streaming_sinks.py``."""
     from core.clickhouse import migrate, new_client
