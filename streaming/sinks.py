@@ -149,8 +149,8 @@ def is_infrastructure_error(exc: BaseException) -> bool:
 #: ClickHouse error codes of an insert refused for the *values* of its rows (not the schema, not the server): a
 #: constraint, a value outside a column's type, text or numbers its parser refuses, NULL into a non-Nullable column,
 #: ``throwIf`` in a constraint or materialized view. Only these are bisected down to the refused rows
-#: (:func:`insert_isolating_refused`); every other code (:data:`SCHEMA_ERROR_CODES`, server errors, unknown codes)
-#: still fails the write as before.
+#: (:func:`insert_isolating_refused`; a refusal of every row of a frame of 16 or more still fails the write); every
+#: other code (:data:`SCHEMA_ERROR_CODES`, server errors, unknown codes) still fails the write as before.
 ROW_ERROR_CODES: dict[int, str] = {
     6: "CANNOT_PARSE_TEXT", 26: "CANNOT_PARSE_QUOTED_STRING", 27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
     38: "CANNOT_PARSE_DATE", 41: "CANNOT_PARSE_DATETIME", 53: "TYPE_MISMATCH", 69: "ARGUMENT_OUT_OF_BOUND",
@@ -595,7 +595,8 @@ class StreamSinks:
         STREAM_SINK_RETRY_SECONDS; then the error propagates (the query fails; a restart resumes from the
         checkpoint, nothing is lost). Every write of a micro-batch is idempotent, so a repeat writes nothing twice.
         Other errors propagate at once: a missing table or column, bugs. Rows ClickHouse refuses for their values
-        never get here: :meth:`_insert_df` sets them aside and writes the rest."""
+        never get here: :meth:`_insert_df` sets them aside and writes the rest; only a refusal of every row of a
+        frame of 16 or more (:func:`insert_isolating_refused`) propagates, at once (not an outage)."""
         from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
         def before_sleep(rs) -> None:
