@@ -18,7 +18,7 @@ Two queries, two sinks:
 Rows ClickHouse refuses for their values (:data:`ROW_ERROR_CODES`, e.g. a constraint) do not fail the micro-batch:
 the insert is bisected (:func:`insert_isolating_refused`), the other rows written, the refused ones quarantined with
 ClickHouse's error (:meth:`StreamSinks._insert_df`); schema errors and outages behave as before, and so does a
-refusal of every row of a frame of 16 or more (the first 16 rows tried alone refused, none written).
+refusal of every row of a frame of 16 or more (the first 16 rows tried alone and every piece still pending refused, none written).
 
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
@@ -239,11 +239,12 @@ def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error,
     written. k refused rows among n cost at most 2·k·⌈log2 n⌉ + 1 inserts; none refused, one.
 
     A refusal of every row is no row's fault (a migration changed a column's type, a constraint no row meets):
-    when ``all_refused_after`` single rows were refused and no piece of ``df`` was written yet, bisecting stops
-    and the whole frame's first error is raised (the micro-batch fails naming ClickHouse's error, as before
-    2026-12-06; a restart after the fix resumes it). It costs at most ⌈log2 n⌉ + 2·``all_refused_after`` inserts
-    (n = 2,000: 43) instead of 2n - 1 (3,999). A frame of fewer rows, or one where a piece was written, is
-    bisected to the end. ``None``: never (``quarantine_events``, whose refused rows have fallbacks of their own).
+    when ``all_refused_after`` single rows were refused and no piece of ``df`` was written yet, each piece still
+    pending is tried whole once; when none of them is written either, bisecting stops and the whole frame's first
+    error is raised (the micro-batch fails naming ClickHouse's error, as before 2026-12-06; a restart after the
+    fix resumes it). It costs at most 2·⌈log2 n⌉ + 2·``all_refused_after`` inserts (n = 2,000: 54) instead of
+    2n - 1 (3,999). A frame of fewer rows, or one where a piece was written (refused rows clustered at its
+    start: the pending pieces hold good rows), is bisected to the end. ``None``: never (``quarantine_events``, whose refused rows have fallbacks of their own).
 
     A piece is retried whole, so rows of a piece written before ClickHouse refused a later block of it may be
     written twice: the stream's tables are ReplacingMergeTrees keyed by their natural key (read with FINAL).
@@ -279,9 +280,22 @@ def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error,
                 mid = (lo + hi) // 2
                 stack += [(mid, hi), (lo, mid)]
         if all_refused_after is not None and not written and len(refused) >= all_refused_after:
-            log.error("insert of %d rows: the first %d rows tried alone were all refused and none written: not the "
-                      "rows' fault, the batch fails (%s)", len(df), len(refused), error_text(first))
-            raise first
+            # the rows refused so far may be a cluster at the frame's start (a poison SKU's windows of a catch-up
+            # batch): each piece still pending (at most ⌈log2 n⌉) is tried whole before calling it every row
+            pending, stack = stack, []
+            for plo, phi in pending:
+                try:
+                    insert(df.iloc[plo:phi])
+                    written = True
+                except Exception as exc:  # noqa: BLE001  re-raised unless it is about the rows
+                    if not is_refused(exc):
+                        raise
+                    stack.append((plo, phi))
+            if not written:
+                log.error("insert of %d rows: the first %d rows tried alone and every other piece were refused, "
+                          "none written: not the rows' fault, the batch fails (%s)", len(df), len(refused),
+                          error_text(first))
+                raise first
     return sorted(refused, key=lambda r: r[0])
 
 
