@@ -503,4 +503,5 @@ def test_stream_health_views_count_each_batch_once_and_match_pandas(bi):
     quar = Q.run(client, db, "health_quarantine")
     recent = qdf[qdf["hour_start"] > qdf["hour_start"].max() - pd.Timedelta(hours=24)]
     assert quar["events"].sum() == len(recent) == 30
+    assert Q.run(client, db, "health_quarantine_total")["events"].tolist() == [30]   # the card's total
     client.command(f"SYSTEM START MERGES {db}.stream_batches")
