@@ -162,6 +162,11 @@ QUERIES: dict[str, tuple[str, str]] = {
                max(q.last_seen) AS last_seen
         FROM {db}.v_quarantine_summary AS q
         GROUP BY reason, event_type, topic ORDER BY events DESC LIMIT 200"""),
+    # the cards' totals over every group (dq_quarantine keeps only its 200 largest)
+    "dq_quarantine_totals": ("quality", """
+        SELECT toInt64(sumIf(q.events, NOT endsWith(q.topic, 'dead-letter'))) AS quarantined,
+               toInt64(sumIf(q.events, endsWith(q.topic, 'dead-letter'))) AS dead_lettered
+        FROM {db}.v_quarantine_summary AS q"""),
     "dq_stream": ("quality", """
         SELECT query, toInt64(count()) AS micro_batches, toInt64(sum(input_rows)) AS input_rows,
                toInt64(sum(duplicates_dropped)) AS duplicates_dropped,

@@ -508,7 +508,9 @@ def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_p
         from selenium.webdriver.common.by import By
 
         text = browser.find_element(By.TAG_NAME, "body").text
+        dq = open_page(browser, f"{base}/quality", ["Quarantined events", "Dead-lettered events"], "quality-253-reasons")
     bi.close()
+    assert value(dq["Quarantined events"]) == quarantined and value(dq["Dead-lettered events"]) == 0
     stalest = min(latest["last_committed_at"])
     assert m["Last committed batch (stalest query)"] == f"{pd.Timestamp(stalest):%Y-%m-%d %H:%M:%S}"
     assert m["Last committed batch (stalest query)"] == f"{min(per['committed_at'].max()):%Y-%m-%d %H:%M:%S}"
