@@ -508,7 +508,8 @@ def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_p
         from selenium.webdriver.common.by import By
 
         text = browser.find_element(By.TAG_NAME, "body").text
-        dq = open_page(browser, f"{base}/quality", ["Quarantined events", "Dead-lettered events"], "quality-253-reasons")
+        dq = open_page(browser, f"{base}/quality", ["Quarantined events", "Dead-lettered events"],
+                       "quality-253-reasons")
     bi.close()
     assert value(dq["Quarantined events"]) == quarantined and value(dq["Dead-lettered events"]) == 0
     stalest = min(latest["last_committed_at"])
