@@ -444,11 +444,11 @@ def quality_ml() -> None:
         return
     q = fetch("dq_quarantine")
     stream = fetch("dq_stream")
+    totals = fetch("dq_quarantine_totals")   # every reason: the chart's dq_quarantine keeps its 200 largest
     c = st.columns(4)
-    total = 0 if q is None else int(q["events"].sum())
-    dead = 0 if q is None or q.empty else int(q.loc[q["topic"].str.endswith("dead-letter"), "events"].sum())
-    c[0].metric("Quarantined events", num(total - dead))
-    c[1].metric("Dead-lettered events", num(dead))
+    none = totals is None or totals.empty
+    c[0].metric("Quarantined events", num(None if none else totals["quarantined"].iloc[0]))
+    c[1].metric("Dead-lettered events", num(None if none else totals["dead_lettered"].iloc[0]))
     c[2].metric("Micro-batches committed", num(0 if stream is None else stream["micro_batches"].sum()))
     etl = fetch("dq_etl")
     c[3].metric("ETL runs (last 30)", num(0 if etl is None else len(etl)))
@@ -560,6 +560,7 @@ def stream_health() -> None:
         hourly = fetch("health_hourly")
         offsets = fetch("health_offsets")
         quarantine = fetch("health_quarantine")
+        quarantined = fetch("health_quarantine_total")
         st.caption(f"refreshed {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC · the whole stream (the store "
                    "filter does not apply) · every micro-batch counted once (stream_batches read with FINAL)")
         none = pd.DataFrame(columns=["query", "hour_start", "records_expired", "late_rows_dropped", "rows_set_aside"])
@@ -575,8 +576,10 @@ def stream_health() -> None:
         c[3].metric("Kafka records expired unread", num(latest["records_expired"].max()),
                     help="records a topic's retention deleted (or a re-created topic skipped) before the stream read "
                          "them; counted once per query, the larger of the queries")
-        c[4].metric("Quarantined records (24 h)", num(0 if quarantine is None else quarantine["events"].sum()),
-                    help="quarantined and dead-lettered records of the 24 hours up to the newest one")
+        c[4].metric("Quarantined records (24 h)",
+                    num(None if quarantined is None or quarantined.empty else quarantined["events"].iloc[0]),
+                    help="quarantined and dead-lettered records of the 24 hours up to the newest one (all reasons; "
+                         "the table below lists the 200 largest groups)")
         st.markdown("**Per streaming query** (all committed micro-batches)")
         shown = latest.assign(last_committed_at=latest["last_committed_at"].map(_when),
                               latest_event_time=latest["latest_event_time"].map(_when),

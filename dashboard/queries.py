@@ -162,6 +162,11 @@ QUERIES: dict[str, tuple[str, str]] = {
                max(q.last_seen) AS last_seen
         FROM {db}.v_quarantine_summary AS q
         GROUP BY reason, event_type, topic ORDER BY events DESC LIMIT 200"""),
+    # the cards' totals over every group (dq_quarantine keeps only its 200 largest)
+    "dq_quarantine_totals": ("quality", """
+        SELECT toInt64(sumIf(q.events, NOT endsWith(q.topic, 'dead-letter'))) AS quarantined,
+               toInt64(sumIf(q.events, endsWith(q.topic, 'dead-letter'))) AS dead_lettered
+        FROM {db}.v_quarantine_summary AS q"""),
     "dq_stream": ("quality", """
         SELECT query, toInt64(count()) AS micro_batches, toInt64(sum(input_rows)) AS input_rows,
                toInt64(sum(duplicates_dropped)) AS duplicates_dropped,
@@ -188,6 +193,12 @@ QUERIES: dict[str, tuple[str, str]] = {
         FROM {db}.v_stream_quarantine_hourly AS q
         WHERE q.hour_start > (SELECT max(hour_start) FROM {db}.v_stream_quarantine_hourly) - INTERVAL 24 HOUR
         GROUP BY event_type, topic, reason ORDER BY events DESC, reason LIMIT 200"""),
+    # the card's total over every group of the same 24 hours: health_quarantine keeps only its 200 largest groups,
+    # and reasons often carry per-row text (ClickHouse's error with the row's values, topic refused:<table>)
+    "health_quarantine_total": ("quality", """
+        SELECT toInt64(sum(q.events)) AS events
+        FROM {db}.v_stream_quarantine_hourly AS q
+        WHERE q.hour_start > (SELECT max(hour_start) FROM {db}.v_stream_quarantine_hourly) - INTERVAL 24 HOUR"""),
     "dq_etl": ("quality", """
         SELECT date_key, status, stage, started_at, duration_s, raw_sales_rows, duplicate_sales_rows,
                fact_sales_rows, fact_inventory_rows, units_net, revenue, message

@@ -461,6 +461,7 @@ def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_p
     and per-query / per-topic tables equal the views' figures read as bi_reader, and an independent pandas count of
     each (query, batch) once; it says records expired and rows were dropped as late, and that the stream is behind."""
     from core.clickhouse import get_client, migrate, new_client
+    from dashboard import queries as Q
     from dashboard.pages import STALE_BATCH_MINUTES
     from tests.test_bi_views import SB_COLS, _stream_batch_inserts
 
@@ -474,12 +475,18 @@ def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_p
     qt = dt.datetime(2026, 5, 4, 12, 0, tzinfo=dt.timezone.utc)
     qrows = [["sales_transaction", "retail-sales", 0, i, qt, f"reason {i % 3}", "{}", 1, qt + dt.timedelta(minutes=i)]
              for i in range(17)]
-    c.insert("quarantine_events", qrows + qrows[:4], column_names=[   # 4 quarantined again by a re-run batch
+    # rows ClickHouse refused and the stream set aside: each reason carries the row's values, one group per row,
+    # so the 24 hours hold 253 (event_type, topic, reason) groups, more than the 200 health_quarantine lists
+    refused = [["sales_transaction", "refused:store_metrics_5m", 0, 1000 + i, qt,
+                f"Code: 469. VIOLATED_CONSTRAINT: row (S{i:03d}, units_sold={-i - 1})", "{}", 2,
+                qt + dt.timedelta(minutes=30)] for i in range(250)]
+    c.insert("quarantine_events", qrows + qrows[:4] + refused, column_names=[   # 4 quarantined again by a re-run
         "event_type", "topic", "partition", "offset", "kafka_timestamp", "reason", "raw_payload", "batch_id",
         "ingested_at"])
+    quarantined = len({(r[1], r[2], r[3]) for r in qrows + refused})   # each Kafka offset once
     raw = pd.DataFrame([r for rows in inserts for r in rows], columns=SB_COLS).assign(seq=lambda d: range(len(d)))
     once = raw.sort_values(["committed_at", "seq"]).groupby(["query", "batch_id"]).tail(1)
-    assert len(raw) > len(once) == 80
+    assert len(raw) > len(once) == 80 and len(raw) == 126   # README.md states 126 rows
     per = once.groupby("query")
 
     bi = new_client(native_stack, db, readonly=True)
@@ -490,6 +497,8 @@ def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_p
     assert latest["late_rows_dropped"].tolist() == per["late_rows_dropped"].sum().tolist()   # the oracle
     assert latest["records_expired"].tolist() == per["records_expired"].sum().tolist()
     assert latest["micro_batches"].tolist() == [40, 40]
+    listed = Q.run(bi, db, "health_quarantine")
+    assert len(listed) == 200 and listed["events"].sum() < quarantined == 267   # the list is cut, the card is not
     with running_dashboard({"CLICKHOUSE_DATABASE": db}, tmp_path / "dashboard.log") as base:
         labels = ["Last committed batch (stalest query)", "Minutes since last batch", "Late rows dropped",
                   "Kafka records expired unread", "Quarantined records (24 h)"]
@@ -499,14 +508,17 @@ def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_p
         from selenium.webdriver.common.by import By
 
         text = browser.find_element(By.TAG_NAME, "body").text
+        dq = open_page(browser, f"{base}/quality", ["Quarantined events", "Dead-lettered events"],
+                       "quality-253-reasons")
     bi.close()
+    assert value(dq["Quarantined events"]) == quarantined and value(dq["Dead-lettered events"]) == 0
     stalest = min(latest["last_committed_at"])
     assert m["Last committed batch (stalest query)"] == f"{pd.Timestamp(stalest):%Y-%m-%d %H:%M:%S}"
     assert m["Last committed batch (stalest query)"] == f"{min(per['committed_at'].max()):%Y-%m-%d %H:%M:%S}"
     assert round(before) <= value(m["Minutes since last batch"]) <= round(after)
     assert value(m["Late rows dropped"]) == latest["late_rows_dropped"].sum() == once["late_rows_dropped"].sum() > 0
     assert value(m["Kafka records expired unread"]) == latest["records_expired"].max() > 0
-    assert value(m["Quarantined records (24 h)"]) == 17            # each quarantined offset once
+    assert value(m["Quarantined records (24 h)"]) == quarantined   # every group, each quarantined offset once
     # the per-query table: one row per query with the view's counts
     by_query = next(t for t in tables if any(r and r[0] == "raw" for r in t))
     header = by_query[0]

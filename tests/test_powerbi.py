@@ -526,6 +526,22 @@ def test_every_bound_field_exists_in_the_model(model):
     assert n >= 100
 
 
+def test_data_quality_page_shows_what_the_stream_health_page_counts():
+    """The Data quality & ML page's per-query table and hourly chart show what the Streamlit Stream health page
+    shows per query and per hour: rows dropped as late, Kafka records expired, rows ClickHouse refused and the
+    stream set aside in quarantine (``rows_set_aside``), duplicates."""
+    (page, visuals), = [(p, v) for p, v in report_pages() if p["displayName"] == "Data quality & ML"]
+    shown = {}
+    for v in visuals:
+        fields = bound_fields(v["visual"]["query"])
+        for t in ("v_stream_health_latest", "v_stream_health_hourly"):
+            if any(e == t for _, e, _ in fields):
+                shown[t] = {prop for _, _, prop in fields}
+    counts = {"late_rows_dropped", "records_expired", "duplicates_dropped"}
+    assert counts <= shown["v_stream_health_latest"] and "Stream Rows Set Aside" in shown["v_stream_health_latest"]
+    assert counts | {"rows_set_aside"} <= shown["v_stream_health_hourly"]
+
+
 # ========================================================================== the real engine (ClickHouse) --
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
@@ -885,12 +901,17 @@ def known_data(engine, writer):
         "days_until_stockout", "stockout_risk", "unit_cost", "model_version", "run_date"])
     # each batch's row as the sink writes it, then again (same committed_at) with the counts its progress adds:
     # the views read stream_batches with FINAL, so each batch counts once, with its counts
+    # as streaming/job.py's queries read: raw every topic, windows the sales and inventory topics; 30 sales records
+    # deleted before batch 2 read them are counted by both queries, 5 returns by raw only
     def batch(i, q, b, late):
         offs = {"retail-sales": {"0": 10 * b + i, "1": 5 * b}, "retail-inventory": {"0": 3 * b}}
+        if q == "raw":
+            offs["retail-returns"] = {"0": 4 * b}
         return [q, b, 100 * b + i, 90 * b, ts(2026, 1, 21, 11, b), ts(2026, 1, 21, 11, b, 2 + i), b % 2,
-                7 * i * (b == 2), late, json.dumps(offs), ts(2026, 1, 21, 10, 50 + b) if q == "windows" else None]
+                (30 + 5 * (q == "raw")) * (b == 2), late, json.dumps(offs),
+                ts(2026, 1, 21, 10, 50 + b) if q == "windows" else None, 2 * (b == 3) + (q == "raw")]
     cols = ["query", "batch_id", "input_rows", "output_rows", "started_at", "committed_at", "duplicates_dropped",
-            "records_expired", "late_rows_dropped", "end_offsets", "event_time_max"]
+            "records_expired", "late_rows_dropped", "end_offsets", "event_time_max", "rows_set_aside"]
     w.insert("stream_batches", [batch(i, q, b, 0) for i, q in enumerate(("raw", "windows")) for b in range(1, 4)],
              column_names=cols)
     w.insert("stream_batches", [batch(1, "windows", b, 4 * b) for b in (2, 3)], column_names=cols)
@@ -1152,9 +1173,13 @@ class Dax:
             return to_blank(hit.iloc[0][tc_col]) if len(hit) else None
         if f == "VALUES":
             t, c, s = self.column_values(args[0], ctx)
-            return Tab(None, pd.DataFrame({c: sorted(set(s), key=str)}))
+            return Tab(t, pd.DataFrame({c: sorted(set(s), key=str)}))
         if f in ("CALCULATE", "CALCULATETABLE"):
             new = dict(ctx)
+            if row is not None and f == "CALCULATE":  # context transition: the row's columns become filters
+                assert row[0] in self.data and len(row[1]) == 1, "context transition over VALUES ( column ) only"
+                for c, v in row[1].items():
+                    new[(row[0], c)] = {v}
             for a in args[1:]:
                 new = self.apply_filter(a, new, ctx, row, env)
             return self._ev(args[0], new, None if f == "CALCULATE" else row, env)
@@ -1338,12 +1363,14 @@ TWINS: dict[str, str] = {
     "Actual Units": agg("v_demand_history", "sumOrNull(units)"),
     "Stream Input Rows": agg("v_stream_batches", "sumOrNull(input_rows)"),
     "Last Stream Batch": agg("v_stream_batches", "maxOrNull(committed_at)"),
-    "Stream Records Expired": agg("v_stream_batches", "sumOrNull(records_expired)"),
+    "Stream Records Expired": agg("v_stream_health_latest", "maxOrNull(records_expired)"),
     "Stream Duplicates Dropped": agg("v_stream_batches", "sumOrNull(duplicates_dropped)"),
     "Stream Late Rows Dropped": agg("v_stream_health_latest", "sumOrNull(late_rows_dropped)"),
     "Minutes Since Last Stream Batch": f"dateDiff('minute', (SELECT minOrNull(last_committed_at) FROM "
                                        f"v_stream_health_latest WHERE <<v_stream_health_latest>>), {NOW_SQL})",
-    "Kafka Offsets Reached": agg("v_stream_offsets_latest", "sumOrNull(offsets_reached)"),
+    "Kafka Offsets Reached": "(SELECT sumOrNull(m) FROM (SELECT topic, max(offsets_reached) AS m FROM "
+                             "v_stream_offsets_latest WHERE <<v_stream_offsets_latest>> GROUP BY topic))",
+    "Stream Rows Set Aside": agg("v_stream_health_latest", "sumOrNull(rows_set_aside)"),
     "Backtest WAPE GBT": pooled_backtest("wape", "gbt"),
     "Backtest WAPE Seasonal Naive": pooled_backtest("wape", "seasonal_naive"),
     "WAPE Improvement vs Naive": SUB("1", DIV("{{Backtest WAPE GBT}}", "{{Backtest WAPE Seasonal Naive}}")),
@@ -1460,6 +1487,44 @@ def test_dax_measures_agree_with_their_sql_twins(model, model_data, reader, cont
     assert not diffs, f"{label}:\n" + "\n".join(diffs)
     blank = sorted(n for n, v in values.items() if v is None)
     assert len(blank) <= 3, f"{label}: the known dataset leaves too many measures BLANK: {blank}"
+
+
+@pytest.mark.integration
+def test_stream_measures_count_each_kafka_record_once_and_agree_with_the_dashboard(model, model_data, engine, writer,
+                                                                                   reader):
+    """Both streaming queries read the sales and inventory topics (streaming/job.py ``_query_topics``: raw every
+    topic, windows these two), so a Kafka record deleted there is counted by each and their offsets overlap.
+    Kafka Offsets Reached = per topic the furthest query, summed; Stream Records Expired = the larger query's
+    count, as the Streamlit Stream health card; Stream Rows Set Aside = every query's (they write different
+    tables). Expected values from pandas over stream_batches' rows (each batch once, its latest row), not SQL."""
+    from dashboard import queries as Q
+
+    _, db = engine
+    raw = writer.query_df("SELECT query, batch_id, committed_at, records_expired, rows_set_aside, end_offsets "
+                          "FROM stream_batches")
+    once = raw.sort_values("committed_at", kind="stable").groupby(["query", "batch_id"]).tail(1)
+    reached: dict[str, dict[str, int]] = {}
+    for qn, g in once[once["end_offsets"] != ""].groupby("query"):
+        last = g.sort_values("committed_at").iloc[-1]
+        reached[qn] = {t: sum(parts.values()) for t, parts in json.loads(last["end_offsets"]).items()}
+    topics = {t for r in reached.values() for t in r}
+    shared = set(reached["raw"]) & set(reached["windows"])
+    assert shared == {"retail-sales", "retail-inventory"} and topics > shared   # the data has the overlap
+    want_offsets = sum(max(r.get(t, 0) for r in reached.values()) for t in topics)
+    expired = once.groupby("query")["records_expired"].sum()
+    assert (expired > 0).all(), "both queries counted the deleted records"
+    engine_ = Dax(model, model_data)
+    assert engine_.measure("Kafka Offsets Reached", {}) == want_offsets
+    assert engine_.measure("Stream Records Expired", {}) == expired.max()
+    assert engine_.measure("Stream Rows Set Aside", {}) == once["rows_set_aside"].sum() > 0
+    # per query (the report's per-query table): that query's own figures
+    for qn in ("raw", "windows"):
+        ctx = {("v_stream_offsets_latest", "query"): {qn}, ("v_stream_health_latest", "query"): {qn}}
+        assert engine_.measure("Kafka Offsets Reached", ctx) == sum(reached[qn].values())
+        assert engine_.measure("Stream Records Expired", ctx) == expired[qn]
+    # the Streamlit Stream health page's card over the dashboard's own query
+    latest = Q.run(reader, db, "health_latest")
+    assert engine_.measure("Stream Records Expired", {}) == latest["records_expired"].max()
 
 
 @pytest.mark.integration
