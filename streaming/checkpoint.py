@@ -41,10 +41,37 @@ CORRUPT_DIR = "corrupt"
 VOID_OFFSET = "-"
 
 
+#: the topic id Kafka answers for a topic it describes with an error (``Uuid.ZERO_UUID``): no id at all
+ZERO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def valid_topic_ids(described: list[dict[str, Any]]) -> dict[str, str]:
+    """{topic: topic id (UUID text)} of a Metadata answer's topics (``KafkaAdminClient.describe_topics``: dicts
+    with ``name``, ``error_code``, ``topic_id`` (``uuid.UUID`` or text), ...) that the broker answered without
+    error and with a real id.
+
+    A topic answered with an error (``UNKNOWN_TOPIC_OR_PARTITION`` for one deleted between the list and the
+    describe, ``LEADER_NOT_AVAILABLE`` while a broker's metadata lags) carries the zero id
+    (:data:`ZERO_TOPIC_ID`); taken for an id it looked like a re-creation (id R -> zero: a rewind to the earliest
+    offsets, every retained record read again) and then like another (zero -> R). Such a topic is left out, with a
+    warning naming it and the error: its id is unknown now, so nothing is rewound and its stored id is kept."""
+    out: dict[str, str] = {}
+    for t in described:
+        tid = "" if t.get("topic_id") is None else str(t["topic_id"])
+        if int(t.get("error_code") or 0) == 0 and tid and tid != ZERO_TOPIC_ID:
+            out[t["name"]] = tid
+        else:
+            log.warning("Kafka topic %s answered with error code %s and topic id %r: its id is unknown now (not "
+                        "compared, nothing rewound, the stored id kept)", t.get("name"), t.get("error_code"),
+                        tid or None)
+    return out
+
+
 def topic_ids(settings, topics: list[str], admin=None) -> dict[str, str]:
     """{topic: Kafka topic id (UUID text)} of those of ``topics`` that exist on the broker
     (``KAFKA_BOOTSTRAP_SERVERS``; Metadata/DescribeTopics through :func:`core.kafka_admin.admin_client`, or through
-    ``admin``, a ``KafkaAdminClient`` the caller keeps open and closes).
+    ``admin``, a ``KafkaAdminClient`` the caller keeps open and closes). A topic the broker describes with an error
+    or without a real id is left out (:func:`valid_topic_ids`: unknown now, a warning).
 
     Raises:
         kafka.errors.KafkaError: the broker cannot be reached or fails the request.
@@ -55,7 +82,7 @@ def topic_ids(settings, topics: list[str], admin=None) -> dict[str, str]:
     admin = admin_client(settings) if own else admin
     try:
         present = [t for t in topics if t in set(admin.list_topics())]
-        return {t["name"]: str(t["topic_id"]) for t in admin.describe_topics(present)} if present else {}
+        return valid_topic_ids(admin.describe_topics(present)) if present else {}
     finally:
         if own:
             admin.close()

@@ -381,3 +381,67 @@ def test_a_batch_without_counts_writes_one_stream_batches_row_with_its_end_offse
     sinks.record_progress("raw", 4, 0, end_offsets=want)
     assert [r["end_offsets"] for _, r in client.rows[2:]] == ["", want]
     assert cp.exists()
+
+
+# -------------------------------------------------------------- topics the broker answers with an error --
+ZERO = "00000000-0000-0000-0000-000000000000"
+
+
+def described(name: str, topic_id: str, error_code: int = 0) -> dict:
+    """One topic of ``KafkaAdminClient.describe_topics``' answer (kafka-python's MetadataResponse.to_dict())."""
+    import uuid
+
+    return {"error_code": error_code, "name": name, "topic_id": uuid.UUID(topic_id), "is_internal": False,
+            "partitions": [] if error_code else [{"error_code": 0, "partition_index": 0, "leader_id": 1,
+                                                 "replica_nodes": [1], "isr_nodes": [1], "offline_replicas": []}],
+            "topic_authorized_operations": -2147483648}
+
+
+class _FakeAdmin:
+    """list_topics / describe_topics of a broker whose metadata answers ``answer`` (a list of :func:`described`)."""
+
+    def __init__(self, answer: list[dict]):
+        self.answer = answer
+
+    def list_topics(self):
+        return [t["name"] for t in self.answer]
+
+    def describe_topics(self, topics):
+        return [t for t in self.answer if t["name"] in topics]
+
+    def close(self):
+        pass
+
+
+R, R2 = "6f1c1e0a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "0a9b8c7d-6e5f-4a3b-9c2d-1e0f1a2b3c4d"
+
+
+def test_a_topic_answered_with_an_error_has_no_id_and_is_neither_rewound_nor_stored(tmp_path, monkeypatch, caplog):
+    """Kafka answers a topic it cannot describe (deleted between list and describe: UNKNOWN_TOPIC_OR_PARTITION 3;
+    a broker's metadata lagging: LEADER_NOT_AVAILABLE 5) with the zero topic id. Before, topic_ids returned it:
+    the start-up rewind and every micro-batch took "id R -> zero" for a re-creation, rewound the topic to its
+    earliest offsets (every retained record read again into lake and windows) and stored the zero id, so the
+    next answer "zero -> R" rewound again. Now such a topic is unknown: no rewind, the stored id kept, a warning."""
+    import streaming.checkpoint as cp_mod
+    import core.kafka_admin as ka
+
+    answer = [described("sales", R), described("inv", ZERO, 3), described("dl", ZERO, 5), described("odd", ZERO, 0)]
+    with caplog.at_level(logging.WARNING, logger="streaming.checkpoint"):
+        assert C.topic_ids(None, ["sales", "inv", "dl", "odd", "gone"], admin=_FakeAdmin(answer)) == {"sales": R}
+    assert "Kafka topic inv answered with error code 3" in caplog.text
+    # the start-up rewind: nothing rewound, stored ids kept
+    cp = make_checkpoint(tmp_path / "windows", {2: offsets_entry({"sales": {"0": 40}, "inv": {"0": 9}})}, [2])
+    C.remember_topic_ids(cp, {"sales": R, "inv": R2})
+    got = C.rewind_recreated_topics(cp, C.topic_ids(None, ["sales", "inv"], admin=_FakeAdmin(answer)))
+    assert got == {} and C.batch_numbers(cp / "offsets") == [2]
+    assert C.stored_topic_ids(cp) == {"sales": R, "inv": R2}
+    # a micro-batch's check: nothing rewound, the sink runs, stored ids kept
+    (cp / "offsets" / "3").write_text(offsets_entry({"sales": {"0": 45}, "inv": {"0": 12}}))
+    job = stub_job(tmp_path, None)
+    monkeypatch.setattr(ka, "admin_client", lambda s: _FakeAdmin(answer))
+    monkeypatch.setattr(job, "_query_topics", lambda: {"windows": ["sales", "inv"]})
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", lambda s, ts: pytest.fail("nothing to rewind"))
+    ran = []
+    job._checked("windows", lambda df, b: ran.append(b))(None, 3)
+    assert ran == [3] and C.stored_topic_ids(cp) == {"sales": R, "inv": R2}
+    assert C.read_offsets(cp, 2)[1] == [{"sales": {"0": 40}, "inv": {"0": 9}}]
