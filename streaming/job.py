@@ -669,11 +669,19 @@ class StreamingJob:
 
     def _restart_if_rewound(self, name: str) -> bool:
         """Start query ``name`` again when it stopped because :meth:`check_topics` rewound its micro-batch (True);
-        False for any other end (the caller raises its error)."""
+        False for any other end (the caller raises its error).
+
+        The stopped query is first waited for (``awaitTermination``, its error swallowed: it is the rewind's):
+        ``isActive`` turns False before Spark unregisters the query (``notifyQueryTermination``), and a start
+        with the same name before that fails with "a query with that name is already active"."""
         got = self.__dict__.setdefault("_rewound", {}).pop(name, None)
         q = self.queries.get(name)
         if got is None or q is None or q.isActive:
             return False
+        try:
+            q.awaitTermination()   # returns (raises the rewind's error) once Spark has unregistered the query
+        except Exception as exc:
+            log.debug("query %s ended with the rewind's error: %s", name, str(exc)[:300])
         log.warning("query %s: started again in this process after micro-batch %d was rewound for re-created "
                     "topic(s) %s; Spark re-runs it from the rewound offsets", name, got["batch"], sorted(got["topics"]))
         self._start_query(name)
@@ -685,14 +693,20 @@ class StreamingJob:
 
         Raises:
             TimeoutError: not finished within ``timeout`` seconds (queries are left running; call stop()).
-            pyspark.errors.StreamingQueryException: a query failed.
+            pyspark.errors.StreamingQueryException: a query failed (not for a rewind: ``awaitTermination`` raises
+                the rewound query's deliberate failure too, which is caught and the query started again).
         """
         deadline = None if timeout is None else time.time() + timeout
         for name in list(self.queries):
             while True:
                 q = self.queries[name]
                 left = None if deadline is None else max(1.0, deadline - time.time())
-                done = q.awaitTermination(left) if left is not None else q.awaitTermination()
+                try:   # raises StreamingQueryException for a failed query, the rewound one's included
+                    done = q.awaitTermination(left) if left is not None else q.awaitTermination()
+                except Exception:
+                    if self._restart_if_rewound(name):
+                        continue
+                    raise
                 if done is False:
                     raise TimeoutError(f"streaming query {name!r} did not drain within {timeout} s")
                 exc = q.exception()
@@ -704,12 +718,17 @@ class StreamingJob:
     def await_any(self, timeout: float | None = None) -> None:
         """Block until a query terminates (raises its error) or ``timeout`` seconds pass; a query whose micro-batch
         was rewound for a re-created topic (:meth:`check_topics`) is started again instead. Meanwhile touch the
-        heartbeat file (:func:`heartbeat_path`) every second while all queries are active."""
+        heartbeat file (:func:`heartbeat_path`) every second while all queries are active. The queries are looked
+        at at least once, also with ``timeout`` 0 (a poll: ``ops.bench_stream``).
+
+        Raises:
+            pyspark.errors.StreamingQueryException: a query failed (not for a rewind).
+        """
         deadline = None if timeout is None else time.time() + timeout
         beat = heartbeat_path(self.s)
         beat.parent.mkdir(parents=True, exist_ok=True)
         last_beat = 0.0
-        while deadline is None or time.time() < deadline:
+        while True:
             for name, q in list(self.queries.items()):
                 if not q.isActive:
                     exc = q.exception()
@@ -721,7 +740,9 @@ class StreamingJob:
             if time.time() - last_beat >= 1.0:  # liveness for the supervisor and compose healthchecks
                 beat.touch()
                 last_beat = time.time()
-            time.sleep(0.5)
+            if deadline is not None and time.time() >= deadline:
+                return
+            time.sleep(max(0.0, min(0.5, deadline - time.time())) if deadline is not None else 0.5)
 
     def processed_offsets(self, query: str = "windows") -> dict[str, dict[str, int]]:
         """{topic: {partition: next offset}} committed by the last micro-batch of ``query`` (from lastProgress)."""

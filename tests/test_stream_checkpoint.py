@@ -445,3 +445,83 @@ def test_a_topic_answered_with_an_error_has_no_id_and_is_neither_rewound_nor_sto
     job._checked("windows", lambda df, b: ran.append(b))(None, 3)
     assert ran == [3] and C.stored_topic_ids(cp) == {"sales": R, "inv": R2}
     assert C.read_offsets(cp, 2)[1] == [{"sales": {"0": 40}, "inv": {"0": 9}}]
+
+
+# ------------------------------------------------------------- in-process restart of a rewound query --
+class _FakeQuery:
+    """The parts of a StreamingQuery the job's waits use. ``error``: the query failed with it (``awaitTermination``
+    raises it, as PySpark raises StreamingQueryException); ``registry``: names Spark still holds active, a name
+    left only once ``awaitTermination`` returned (Spark unregisters a query before its termination latch opens)."""
+
+    def __init__(self, name: str, registry: set, error: Exception | None = None, active: bool = False):
+        self.name, self.registry, self.error, self.isActive = name, registry, error, active
+        registry.add(name)
+
+    def awaitTermination(self, timeout=None):
+        if self.isActive:
+            return False
+        self.registry.discard(self.name)
+        if self.error is not None:
+            raise self.error
+        return True
+
+    def exception(self):
+        return self.error
+
+
+def fake_job(tmp_path, monkeypatch, errors: dict[str, Exception | None], rewound: set[str]):
+    """A stub job whose queries ``errors`` ({name: error or None}) have ended; those in ``rewound`` were rewound by
+    check_topics. Restarting a query records its name and fails, as Spark does, while the old one is registered."""
+    job = stub_job(tmp_path, None, RETAIL_STATE_DIR=str(tmp_path / "state"))
+    registry: set = set()
+    job.queries = {n: _FakeQuery(n, registry, e) for n, e in errors.items()}
+    job._rewound = {n: {"batch": 3, "topics": {"sales": {}}} for n in rewound}
+    job.restarted = []
+
+    def start_query(name, resume=None):
+        if name in registry:
+            raise RuntimeError(f"Cannot start query with name {name} as a query with that name is already active")
+        job.restarted.append(name)
+        job.queries[name] = _FakeQuery(name, registry)
+        return job.queries[name]
+
+    monkeypatch.setattr(job, "_start_query", start_query)
+    return job
+
+
+def test_available_now_restarts_a_rewound_query_instead_of_failing(tmp_path, monkeypatch):
+    """run_stream(available_now=True) (the default, --available-now): awaitTermination raises the rewound query's
+    deliberate TopicRecreatedError failure. Before, it propagated before the restart was reached (the run failed;
+    the next run re-ran the batch). Now the query is started again and waited for; another failure still raises."""
+    from streaming.job import TopicRecreatedError
+
+    job = fake_job(tmp_path, monkeypatch, {"raw": TopicRecreatedError("rewound"), "windows": None}, {"raw"})
+    job.await_available_now(30)
+    assert job.restarted == ["raw"]
+    job = fake_job(tmp_path, monkeypatch, {"raw": None, "windows": ValueError("a bug")}, set())
+    with pytest.raises(ValueError, match="a bug"):
+        job.await_available_now(30)
+    assert job.restarted == []
+
+
+def test_await_any_restarts_a_rewound_query_only_once_spark_unregistered_it(tmp_path, monkeypatch):
+    """isActive turns False before Spark unregisters a failed query; before, await_any started the rewound query
+    again at once and could meet "a query with that name is already active". Now the old query is awaited first."""
+    from streaming.job import TopicRecreatedError
+
+    job = fake_job(tmp_path, monkeypatch, {"raw": None, "windows": TopicRecreatedError("rewound")}, {"windows"})
+    job.queries["raw"].isActive = True
+    job.await_any(0.5)
+    assert job.restarted == ["windows"]
+
+
+def test_await_any_with_no_time_left_still_looks_at_the_queries(tmp_path, monkeypatch):
+    """ops.bench_stream polls with await_any(0.0) to raise a dead query's error; before, the loop body never ran
+    with a zero timeout and the failure went unseen."""
+    job = fake_job(tmp_path, monkeypatch, {"raw": ValueError("query died"), "windows": None}, set())
+    job.queries["windows"].isActive = True
+    with pytest.raises(ValueError, match="query died"):
+        job.await_any(0.0)
+    job.queries["raw"] = job.queries["windows"]   # all active: returns at once
+    job.await_any(0.0)
+    assert (tmp_path / "state" / "streaming.heartbeat").exists()
