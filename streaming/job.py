@@ -347,6 +347,35 @@ def wait_for_services(settings: Settings) -> dict[str, float]:
     return took
 
 
+def kafka_retrying(settings: Settings, what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` (a Kafka request: topic ids, offsets), called again on an infrastructure error
+    (:func:`streaming.sinks.is_infrastructure_error`) with the sinks' backoff (tenacity: 0.5 s doubling, at most
+    STREAM_SINK_RETRY_MAX_WAIT_S seconds between calls, for up to STREAM_SINK_RETRY_SECONDS seconds), each wait
+    logged naming ``what``. Unlike :meth:`streaming.sinks.StreamSinks.retrying` it leaves the sinks' shared
+    ClickHouse client alone (no reset while the other query's batch writes through it) and counts no sink retry.
+
+    Returns:
+        what ``fn`` returns.
+    Raises:
+        the last infrastructure error after STREAM_SINK_RETRY_SECONDS; any other error at once.
+    """
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    from streaming.sinks import is_infrastructure_error
+
+    def before_sleep(rs) -> None:
+        exc = rs.outcome.exception()
+        log.warning("%s: Kafka error (%s: %s); waiting %.1f s before attempt %d", what, type(exc).__name__,
+                    str(exc)[:300], rs.next_action.sleep, rs.attempt_number + 1)
+
+    for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
+                            wait=wait_exponential(multiplier=0.5, min=0.5, max=settings.stream_sink_retry_max_wait_s),
+                            stop=stop_after_delay(settings.stream_sink_retry_seconds), before_sleep=before_sleep,
+                            reraise=True):
+        with attempt:
+            return fn(*args, **kwargs)
+
+
 class StreamingJob:
     """The two streaming queries of the platform on one SparkSession.
 
@@ -443,7 +472,8 @@ class StreamingJob:
         Raises:
             TopicRecreatedError: a topic of the query was re-created (the batch's offsets were rewound).
             kafka.errors.KafkaError: the broker stayed unreachable for STREAM_SINK_RETRY_SECONDS (retried with the
-                sinks' backoff, each wait logged; the batch fails and is not committed).
+                sinks' backoff through :func:`kafka_retrying`, which leaves the ClickHouse client alone, each wait
+                logged; the batch fails and is not committed).
         """
         from streaming.checkpoint import (batch_numbers, merged_offsets, partition_offset_bounds, read_offsets,
                                           recreated_in_batch, remember_topic_ids, rewind_running_batch,
@@ -453,7 +483,7 @@ class StreamingJob:
         if "://" in root:
             return
         cp = Path(root, name)
-        ids = self.sinks.retrying(f"{name} micro-batch {batch_id} Kafka topic ids", self._topic_ids_now, name)
+        ids = kafka_retrying(self.s, f"{name} micro-batch {batch_id} Kafka topic ids", self._topic_ids_now, name)
         known = stored_topic_ids(cp)
         has_prev = batch_id >= 1 and (batch_id - 1) in batch_numbers(cp / "offsets")
         start = merged_offsets(read_offsets(cp, batch_id - 1)[1]) if has_prev else {}
@@ -464,8 +494,8 @@ class StreamingJob:
                       "starts at offsets Spark keeps outside the offsets log, so it is not rewound: the new topic's "
                       "records below %s may be skipped", name, batch_id, sorted(found), found, end)
         elif found:
-            bounds = self.sinks.retrying(f"{name} micro-batch {batch_id} offsets of re-created topics",
-                                         partition_offset_bounds, self.s, sorted(found))
+            bounds = kafka_retrying(self.s, f"{name} micro-batch {batch_id} offsets of re-created topics",
+                                    partition_offset_bounds, self.s, sorted(found))
             got = rewind_running_batch(cp, batch_id, {t: b for t, b in bounds.items() if t in found})
             remember_topic_ids(cp, ids)
             if got:

@@ -525,3 +525,36 @@ def test_await_any_with_no_time_left_still_looks_at_the_queries(tmp_path, monkey
     job.queries["raw"] = job.queries["windows"]   # all active: returns at once
     job.await_any(0.0)
     assert (tmp_path / "state" / "streaming.heartbeat").exists()
+
+
+def test_a_broker_blip_in_a_batchs_topic_check_is_retried_without_touching_clickhouse(tmp_path, monkeypatch, caplog):
+    """The micro-batch's topic-id look-up failing once with a Kafka error. Before, it was retried through
+    StreamSinks.retrying, which resets the ClickHouse client both queries' batches share and counts a sink retry;
+    now a Kafka-only retry (tenacity, same backoff) leaves both alone."""
+    from kafka.errors import KafkaConnectionError
+
+    from conftest import settings_env
+    from streaming.sinks import StreamSinks
+
+    job = stub_job(tmp_path, None)
+    with settings_env(SPARK_CHECKPOINT_DIR=str(tmp_path), STREAM_SINK_RETRY_SECONDS="60") as s:
+        job.s, job.sinks = s, StreamSinks(s, client=object(), lake=object())
+    resets = []
+    monkeypatch.setattr(job.sinks, "_reset_client", lambda: resets.append(1))
+    cp = make_checkpoint(tmp_path / "windows", {2: offsets_entry({"sales": {"0": 40}}),
+                                                3: offsets_entry({"sales": {"0": 45}})}, [2])
+    C.remember_topic_ids(cp, {"sales": R})
+    calls = []
+
+    def flaky(name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise KafkaConnectionError("Connection refused")
+        return {"sales": R}
+
+    monkeypatch.setattr(job, "_topic_ids_now", flaky)
+    with caplog.at_level(logging.WARNING, logger="streaming.job"):
+        job.check_topics("windows", 3)
+    assert calls == ["windows", "windows"]
+    assert resets == [] and job.sinks.retries == 0       # old code: [1] and 1
+    assert "windows micro-batch 3 Kafka topic ids: Kafka error" in caplog.text
