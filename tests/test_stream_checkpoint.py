@@ -246,22 +246,33 @@ def test_a_rewound_range_covers_the_new_topic_from_its_start():
         {"0": 0, "1": 0, "3": 4}, {"0": 7, "1": 12, "3": 4})
 
 
+def test_a_rewound_batch_reads_no_more_records_than_were_planned():
+    """maxOffsetsPerTrigger: a batch planned [40, 55) and [30, 60) on the old topic (15 + 30 records) and rewound
+    to a new topic of 90 records per partition read [0, 55) and [0, 60) before (115 records, the limit ignored); now
+    [0, 15) and [0, 30): the planned sizes. Offsets gone back (planned 40 -> 7) read nothing in the re-run; a
+    partition without a planned start keeps the planned end."""
+    bounds = {"0": (0, 90), "1": (0, 90), "2": (0, 90), "3": (0, 90)}
+    assert C.rewound_range({"0": 55, "1": 60, "2": 7, "3": 9}, bounds, {"0": 40, "1": 30, "2": 40}) == (
+        {"0": 0, "1": 0, "2": 0, "3": 0}, {"0": 15, "1": 30, "2": 0, "3": 9})
+
+
 def test_rewinding_a_running_batch_rewrites_its_start_and_end_entries_only_for_the_recreated_topic(tmp_path):
     """Raw-like entries (one source per topic, a void one): batch 6 planned [entry 5, entry 6); the sales topic
     re-created with 2 partitions (the old one had 3). Entry 5 gets the new topic's earliest offsets, entry 6 the
-    planned end within the new topic; the other sources, the void line and the header lines are kept."""
+    planned end within the new topic and the planned number of records (p0 went back: none; p1 planned 20 of
+    30..50: 20, within the new topic's 45); the other sources, the void line and the header lines are kept."""
     old5 = offsets_entry({"sales": {"0": 40, "1": 30, "2": 20}}, {"inv": {"0": 8}}, None)
     old6 = offsets_entry({"sales": {"0": 3, "1": 50, "2": 20}}, {"inv": {"0": 9}}, None)
     cp = make_checkpoint(tmp_path / "raw", {5: old5, 6: old6}, [5])
     (cp / "offsets" / ".5.crc").write_text("old checksum")
     got = C.rewind_running_batch(cp, 6, {"sales": {"0": (0, 3), "1": (0, 45)}})
     assert got == {"sales": {"start": {"0": 40, "1": 30, "2": 20}, "end": {"0": 3, "1": 50, "2": 20},
-                             "new_start": {"0": 0, "1": 0}, "new_end": {"0": 3, "1": 45}}}
+                             "new_start": {"0": 0, "1": 0}, "new_end": {"0": 0, "1": 20}}}   # planned sizes
     h5, s5 = C.read_offsets(cp, 5)
     h6, s6 = C.read_offsets(cp, 6)
     assert (h5, h6) == (old5.split("\n")[:2], old6.split("\n")[:2])
     assert s5 == [{"sales": {"0": 0, "1": 0}}, {"inv": {"0": 8}}, None]
-    assert s6 == [{"sales": {"0": 3, "1": 45}}, {"inv": {"0": 9}}, None]
+    assert s6 == [{"sales": {"0": 0, "1": 20}}, {"inv": {"0": 9}}, None]
     assert not (cp / "offsets" / ".5.crc").exists()          # Hadoop's checksum of the old content
     assert C.rewind_running_batch(cp, 6, {"other": {"0": (0, 1)}}) == {}
     with pytest.raises(ValueError, match="micro-batch 0 has no previous offsets entry"):
@@ -272,7 +283,7 @@ def test_a_batch_over_a_recreated_topic_is_rewound_and_failed_before_it_reads(tm
     """Windows batch 3 planned after the sales topic was re-created and grew past the old offsets (40 -> 55 on the
     old partition: nothing goes back). Before, the batch read [40, 55) of the new topic: its records 0-39 were
     skipped (only an error log, from the ids refreshed after the commit). Now the batch's check finds the new id,
-    rewinds entries 2 and 3 to [0, 55), stores the id, logs the fault and fails the batch before the sink runs; the
+    rewinds entries 2 and 3 to [0, 15) (the 15 records planned), stores the id, logs the fault and fails the batch before the sink runs; the
     job marks the query for an in-process restart. The re-run batch passes the check (ids stored), and the next
     start rewinds nothing (the old start-up rewind would otherwise read the topic from 0 again: doubles)."""
     import streaming.checkpoint as cp_mod
@@ -293,7 +304,7 @@ def test_a_batch_over_a_recreated_topic_is_rewound_and_failed_before_it_reads(tm
             batch(None, 3)
     assert ran == []
     assert C.read_offsets(cp, 2)[1] == [{sales: {"0": 0}, inv: {"0": 9}}]
-    assert C.read_offsets(cp, 3)[1] == [{sales: {"0": 55}, inv: {"0": 12}}]
+    assert C.read_offsets(cp, 3)[1] == [{sales: {"0": 15}, inv: {"0": 12}}]   # 15 records, as planned (40 -> 55)
     assert C.stored_topic_ids(cp) == now
     assert job._rewound["windows"]["batch"] == 3
     assert f"micro-batch 3: topic(s) deleted and re-created while the stream ran: topic {sales}" in caplog.text
