@@ -131,9 +131,11 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
     topic (retention, ``delete_records``) before the query reached them, which the Kafka source skips with a
     warning only (``failOnDataLoss=false``, so one expired record cannot stop the stream).
 
-    A partition whose endOffset is below its startOffset (its topic deleted and re-created while the query ran:
-    Spark reads nothing of it in that batch and the next one starts at endOffset) counts endOffset: the new topic's
-    records from 0 that were skipped.
+    A partition whose endOffset is below its startOffset counts 0: Spark reads nothing of it in that batch and
+    the next one starts at endOffset, so nothing is passed over. With the topic id unchanged the log was truncated
+    (an unclean leader election): the records [endOffset, startOffset) were read before and are gone from the
+    broker. A re-created topic (new id) never gets here: :meth:`StreamingJob.check_topics` rewinds its batch before
+    it reads. (Until 2026-12-06 such a partition counted endOffset, records [0, endOffset) that had been read.)
 
     Per source: sum over its partitions of endOffset - startOffset, less ``numInputRows / scans``; 0 for a source
     without a start (a query's first batch) or with a partition its start lacks (added to the topic since). Exact
@@ -152,9 +154,8 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
         start, end = _offsets(get("startOffset")), _offsets(get("endOffset"))
         if not start or not end:
             continue
-        try:   # an offset gone back (topic re-created while read): the new topic's records [0, end) were skipped
-            covered = sum(int(o) - int(start[t][str(p)]) if int(o) >= int(start[t][str(p)]) else int(o)
-                          for t, parts in end.items() for p, o in parts.items())
+        try:   # an offset gone back (a truncated log): nothing passed over, the next batch starts at end
+            covered = sum(max(0, int(o) - int(start[t][str(p)])) for t, parts in end.items() for p, o in parts.items())
         except KeyError:   # a partition new since the last batch: its start is not known here
             continue
         total += max(0, covered - int(get("numInputRows") or 0) // max(1, scans))
@@ -418,8 +419,9 @@ class StreamingJob:
                     continue
                 log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d with its "
                           "topic id unchanged (not re-created: a log truncated by an unclean leader election); the "
-                          "%d record(s) now below %d were skipped (counted in stream_batches.records_expired)", name,
-                          progress["batchId"], t, p, start, end, end, end)
+                          "%d record(s) [%d, %d) were read before and are gone from the broker (truncated; nothing "
+                          "skipped: the next batch reads on from %d)", name, progress["batchId"], t, p, start, end,
+                          start - end, end, start, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
                                        expired=skipped_records(progress, SOURCE_SCANS[name]),
                                        end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),

@@ -337,6 +337,8 @@ def test_the_starts_own_rewind_is_not_logged_as_a_truncated_log(tmp_path, caplog
         assert "went back" not in caplog.text
         job._record_progress("raw", {**prog, "batchId": 9})
     assert "topic sales partition 0 went back from offset 40 to 0 with its topic id unchanged" in caplog.text
+    assert "the 40 record(s) [0, 40) were read before and are gone from the broker (truncated" in caplog.text
+    assert "skipped (counted" not in caplog.text   # old text: "the 0 record(s) now below 0 were skipped"
 
 
 # --------------------------------------------------------------------------- broker blip at start --
