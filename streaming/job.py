@@ -463,8 +463,8 @@ class StreamingJob:
         reached the lake and the windows). Here the broker's topic ids are compared with those entry N-1 refers to
         (``<checkpoint>/<name>/topic-ids.json``, written at start and here) and the offsets of both entries
         (:func:`streaming.checkpoint.recreated_in_batch`). For a re-created topic, entries N-1 and N are rewritten
-        to the new topic's earliest offsets and the planned end kept within it
-        (:func:`streaming.checkpoint.rewind_running_batch`), the new ids are stored, and the batch fails with
+        to the new topic's earliest offsets and the planned end kept within it and within the planned number of
+        records (:func:`streaming.checkpoint.rewind_running_batch`), the new ids are stored, and the batch fails with
         :class:`TopicRecreatedError` (logged as an error naming query, batch, topic, ids and offsets) before
         anything is written, so it is not committed: :meth:`await_any` / :meth:`await_available_now` start the query
         again in this process and Spark re-runs batch N over the new topic from its start, through the windows'
