@@ -41,10 +41,37 @@ CORRUPT_DIR = "corrupt"
 VOID_OFFSET = "-"
 
 
+#: the topic id Kafka answers for a topic it describes with an error (``Uuid.ZERO_UUID``): no id at all
+ZERO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def valid_topic_ids(described: list[dict[str, Any]]) -> dict[str, str]:
+    """{topic: topic id (UUID text)} of a Metadata answer's topics (``KafkaAdminClient.describe_topics``: dicts
+    with ``name``, ``error_code``, ``topic_id`` (``uuid.UUID`` or text), ...) that the broker answered without
+    error and with a real id.
+
+    A topic answered with an error (``UNKNOWN_TOPIC_OR_PARTITION`` for one deleted between the list and the
+    describe, ``LEADER_NOT_AVAILABLE`` while a broker's metadata lags) carries the zero id
+    (:data:`ZERO_TOPIC_ID`); taken for an id it looked like a re-creation (id R -> zero: a rewind to the earliest
+    offsets, every retained record read again) and then like another (zero -> R). Such a topic is left out, with a
+    warning naming it and the error: its id is unknown now, so nothing is rewound and its stored id is kept."""
+    out: dict[str, str] = {}
+    for t in described:
+        tid = "" if t.get("topic_id") is None else str(t["topic_id"])
+        if int(t.get("error_code") or 0) == 0 and tid and tid != ZERO_TOPIC_ID:
+            out[t["name"]] = tid
+        else:
+            log.warning("Kafka topic %s answered with error code %s and topic id %r: its id is unknown now (not "
+                        "compared, nothing rewound, the stored id kept)", t.get("name"), t.get("error_code"),
+                        tid or None)
+    return out
+
+
 def topic_ids(settings, topics: list[str], admin=None) -> dict[str, str]:
     """{topic: Kafka topic id (UUID text)} of those of ``topics`` that exist on the broker
     (``KAFKA_BOOTSTRAP_SERVERS``; Metadata/DescribeTopics through :func:`core.kafka_admin.admin_client`, or through
-    ``admin``, a ``KafkaAdminClient`` the caller keeps open and closes).
+    ``admin``, a ``KafkaAdminClient`` the caller keeps open and closes). A topic the broker describes with an error
+    or without a real id is left out (:func:`valid_topic_ids`: unknown now, a warning).
 
     Raises:
         kafka.errors.KafkaError: the broker cannot be reached or fails the request.
@@ -55,7 +82,7 @@ def topic_ids(settings, topics: list[str], admin=None) -> dict[str, str]:
     admin = admin_client(settings) if own else admin
     try:
         present = [t for t in topics if t in set(admin.list_topics())]
-        return {t["name"]: str(t["topic_id"]) for t in admin.describe_topics(present)} if present else {}
+        return valid_topic_ids(admin.describe_topics(present)) if present else {}
     finally:
         if own:
             admin.close()
@@ -306,15 +333,28 @@ def recreated_in_batch(stored: dict[str, str], now: dict[str, str], start: dict[
     return out
 
 
-def rewound_range(end: dict[str, int], bounds: dict[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str, int]]:
+def rewound_range(end: dict[str, int], bounds: dict[str, tuple[int, int]],
+                  planned_start: dict[str, int] | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """(start, end) offsets {partition: offset} for a re-run of a micro-batch over a re-created topic: every
     partition of the new topic (``bounds``: {partition: (earliest, end offset)}, :func:`partition_offset_bounds`)
     starts at its earliest offset and ends at the batch's planned ``end`` offset kept within [earliest, end of the
     new topic] (a batch planned just before the re-creation holds the old topic's offsets, which may lie beyond the
-    new one's end; a partition the planned end lacks ends at its earliest offset: the next batch reads it). The
-    old topic's partitions the new one lacks are left out of both."""
+    new one's end; a partition the planned end lacks ends at its earliest offset: the next batch reads it). With
+    ``planned_start`` (the batch's planned start, the old topic's offsets) a partition also reads no more records
+    than planned: its end is capped at earliest + max(0, planned end - planned start), so the re-run keeps within
+    maxOffsetsPerTrigger (a partition whose offsets went back reads nothing in the re-run; the next batch reads
+    it). The old topic's partitions the new one lacks are left out of both.
+
+    Returns:
+        ({partition: earliest offset}, {partition: end offset}) over the partitions of ``bounds``.
+    """
     start = {str(p): int(lo) for p, (lo, hi) in bounds.items()}
-    stop = {str(p): min(max(int(end.get(str(p), lo)), int(lo)), int(hi)) for p, (lo, hi) in bounds.items()}
+    stop = {}
+    for p, (lo, hi) in bounds.items():
+        p, planned = str(p), int(end.get(str(p), lo))
+        stop[p] = min(max(planned, int(lo)), int(hi))
+        if planned_start and p in planned_start and p in end:
+            stop[p] = min(stop[p], int(lo) + max(0, planned - int(planned_start[p])))
     return start, stop
 
 
@@ -326,7 +366,7 @@ def rewind_running_batch(checkpoint: Path, batch: int, bounds: dict[str, dict[st
     Spark re-runs an uncommitted batch N at the next start of its query over [offsets entry N-1, offsets entry N).
     For each topic of ``bounds`` ({topic: {partition: (earliest, end offset)}} of the new topic) the entries are
     rewritten (:func:`rewound_range`): N-1 holds the new topic's earliest offsets, N the planned end kept within the
-    new topic. Entry N-1 is written first: a crash between the writes leaves a start at the earliest offset and the
+    new topic and within the planned number of records per partition (maxOffsetsPerTrigger). Entry N-1 is written first: a crash between the writes leaves a start at the earliest offset and the
     old end, which the next start's :func:`rewind_recreated_topics` (the id not stored yet) turns into an empty range
     followed by a read from offset 0. Other topics and the entries' header lines are kept. The caller must then
     keep batch N from committing (fail it) and store the new topic ids (:func:`remember_topic_ids`).
@@ -352,7 +392,8 @@ def rewind_running_batch(checkpoint: Path, batch: int, bounds: dict[str, dict[st
             if src is None or t not in src:
                 continue
             old_start = dict((prev[i] or {}).get(t, {})) if i < len(prev) else {}
-            new_start, new_end = rewound_range({str(p): int(o) for p, o in src[t].items()}, parts)
+            new_start, new_end = rewound_range({str(p): int(o) for p, o in src[t].items()}, parts,
+                                               {str(p): int(o) for p, o in old_start.items()})
             out[t] = {"start": old_start, "end": dict(src[t]), "new_start": new_start, "new_end": new_end}
             if i < len(prev):
                 prev[i] = {**(prev[i] or {}), t: new_start}

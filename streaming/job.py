@@ -131,9 +131,11 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
     topic (retention, ``delete_records``) before the query reached them, which the Kafka source skips with a
     warning only (``failOnDataLoss=false``, so one expired record cannot stop the stream).
 
-    A partition whose endOffset is below its startOffset (its topic deleted and re-created while the query ran:
-    Spark reads nothing of it in that batch and the next one starts at endOffset) counts endOffset: the new topic's
-    records from 0 that were skipped.
+    A partition whose endOffset is below its startOffset counts 0: Spark reads nothing of it in that batch and
+    the next one starts at endOffset, so nothing is passed over. With the topic id unchanged the log was truncated
+    (an unclean leader election): the records [endOffset, startOffset) were read before and are gone from the
+    broker. A re-created topic (new id) never gets here: :meth:`StreamingJob.check_topics` rewinds its batch before
+    it reads. (Until 2026-12-06 such a partition counted endOffset, records [0, endOffset) that had been read.)
 
     Per source: sum over its partitions of endOffset - startOffset, less ``numInputRows / scans``; 0 for a source
     without a start (a query's first batch) or with a partition its start lacks (added to the topic since). Exact
@@ -152,9 +154,8 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
         start, end = _offsets(get("startOffset")), _offsets(get("endOffset"))
         if not start or not end:
             continue
-        try:   # an offset gone back (topic re-created while read): the new topic's records [0, end) were skipped
-            covered = sum(int(o) - int(start[t][str(p)]) if int(o) >= int(start[t][str(p)]) else int(o)
-                          for t, parts in end.items() for p, o in parts.items())
+        try:   # an offset gone back (a truncated log): nothing passed over, the next batch starts at end
+            covered = sum(max(0, int(o) - int(start[t][str(p)])) for t, parts in end.items() for p, o in parts.items())
         except KeyError:   # a partition new since the last batch: its start is not known here
             continue
         total += max(0, covered - int(get("numInputRows") or 0) // max(1, scans))
@@ -347,6 +348,35 @@ def wait_for_services(settings: Settings) -> dict[str, float]:
     return took
 
 
+def kafka_retrying(settings: Settings, what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` (a Kafka request: topic ids, offsets), called again on an infrastructure error
+    (:func:`streaming.sinks.is_infrastructure_error`) with the sinks' backoff (tenacity: 0.5 s doubling, at most
+    STREAM_SINK_RETRY_MAX_WAIT_S seconds between calls, for up to STREAM_SINK_RETRY_SECONDS seconds), each wait
+    logged naming ``what``. Unlike :meth:`streaming.sinks.StreamSinks.retrying` it leaves the sinks' shared
+    ClickHouse client alone (no reset while the other query's batch writes through it) and counts no sink retry.
+
+    Returns:
+        what ``fn`` returns.
+    Raises:
+        the last infrastructure error after STREAM_SINK_RETRY_SECONDS; any other error at once.
+    """
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    from streaming.sinks import is_infrastructure_error
+
+    def before_sleep(rs) -> None:
+        exc = rs.outcome.exception()
+        log.warning("%s: Kafka error (%s: %s); waiting %.1f s before attempt %d", what, type(exc).__name__,
+                    str(exc)[:300], rs.next_action.sleep, rs.attempt_number + 1)
+
+    for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
+                            wait=wait_exponential(multiplier=0.5, min=0.5, max=settings.stream_sink_retry_max_wait_s),
+                            stop=stop_after_delay(settings.stream_sink_retry_seconds), before_sleep=before_sleep,
+                            reraise=True):
+        with attempt:
+            return fn(*args, **kwargs)
+
+
 class StreamingJob:
     """The two streaming queries of the platform on one SparkSession.
 
@@ -389,8 +419,9 @@ class StreamingJob:
                     continue
                 log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d with its "
                           "topic id unchanged (not re-created: a log truncated by an unclean leader election); the "
-                          "%d record(s) now below %d were skipped (counted in stream_batches.records_expired)", name,
-                          progress["batchId"], t, p, start, end, end, end)
+                          "%d record(s) [%d, %d) were read before and are gone from the broker (truncated; nothing "
+                          "skipped: the next batch reads on from %d)", name, progress["batchId"], t, p, start, end,
+                          start - end, end, start, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
                                        expired=skipped_records(progress, SOURCE_SCANS[name]),
                                        end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
@@ -432,8 +463,8 @@ class StreamingJob:
         reached the lake and the windows). Here the broker's topic ids are compared with those entry N-1 refers to
         (``<checkpoint>/<name>/topic-ids.json``, written at start and here) and the offsets of both entries
         (:func:`streaming.checkpoint.recreated_in_batch`). For a re-created topic, entries N-1 and N are rewritten
-        to the new topic's earliest offsets and the planned end kept within it
-        (:func:`streaming.checkpoint.rewind_running_batch`), the new ids are stored, and the batch fails with
+        to the new topic's earliest offsets and the planned end kept within it and within the planned number of
+        records (:func:`streaming.checkpoint.rewind_running_batch`), the new ids are stored, and the batch fails with
         :class:`TopicRecreatedError` (logged as an error naming query, batch, topic, ids and offsets) before
         anything is written, so it is not committed: :meth:`await_any` / :meth:`await_available_now` start the query
         again in this process and Spark re-runs batch N over the new topic from its start, through the windows'
@@ -443,7 +474,8 @@ class StreamingJob:
         Raises:
             TopicRecreatedError: a topic of the query was re-created (the batch's offsets were rewound).
             kafka.errors.KafkaError: the broker stayed unreachable for STREAM_SINK_RETRY_SECONDS (retried with the
-                sinks' backoff, each wait logged; the batch fails and is not committed).
+                sinks' backoff through :func:`kafka_retrying`, which leaves the ClickHouse client alone, each wait
+                logged; the batch fails and is not committed).
         """
         from streaming.checkpoint import (batch_numbers, merged_offsets, partition_offset_bounds, read_offsets,
                                           recreated_in_batch, remember_topic_ids, rewind_running_batch,
@@ -453,7 +485,7 @@ class StreamingJob:
         if "://" in root:
             return
         cp = Path(root, name)
-        ids = self.sinks.retrying(f"{name} micro-batch {batch_id} Kafka topic ids", self._topic_ids_now, name)
+        ids = kafka_retrying(self.s, f"{name} micro-batch {batch_id} Kafka topic ids", self._topic_ids_now, name)
         known = stored_topic_ids(cp)
         has_prev = batch_id >= 1 and (batch_id - 1) in batch_numbers(cp / "offsets")
         start = merged_offsets(read_offsets(cp, batch_id - 1)[1]) if has_prev else {}
@@ -464,8 +496,8 @@ class StreamingJob:
                       "starts at offsets Spark keeps outside the offsets log, so it is not rewound: the new topic's "
                       "records below %s may be skipped", name, batch_id, sorted(found), found, end)
         elif found:
-            bounds = self.sinks.retrying(f"{name} micro-batch {batch_id} offsets of re-created topics",
-                                         partition_offset_bounds, self.s, sorted(found))
+            bounds = kafka_retrying(self.s, f"{name} micro-batch {batch_id} offsets of re-created topics",
+                                    partition_offset_bounds, self.s, sorted(found))
             got = rewind_running_batch(cp, batch_id, {t: b for t, b in bounds.items() if t in found})
             remember_topic_ids(cp, ids)
             if got:
@@ -669,11 +701,19 @@ class StreamingJob:
 
     def _restart_if_rewound(self, name: str) -> bool:
         """Start query ``name`` again when it stopped because :meth:`check_topics` rewound its micro-batch (True);
-        False for any other end (the caller raises its error)."""
+        False for any other end (the caller raises its error).
+
+        The stopped query is first waited for (``awaitTermination``, its error swallowed: it is the rewind's):
+        ``isActive`` turns False before Spark unregisters the query (``notifyQueryTermination``), and a start
+        with the same name before that fails with "a query with that name is already active"."""
         got = self.__dict__.setdefault("_rewound", {}).pop(name, None)
         q = self.queries.get(name)
         if got is None or q is None or q.isActive:
             return False
+        try:
+            q.awaitTermination()   # returns (raises the rewind's error) once Spark has unregistered the query
+        except Exception as exc:
+            log.debug("query %s ended with the rewind's error: %s", name, str(exc)[:300])
         log.warning("query %s: started again in this process after micro-batch %d was rewound for re-created "
                     "topic(s) %s; Spark re-runs it from the rewound offsets", name, got["batch"], sorted(got["topics"]))
         self._start_query(name)
@@ -685,14 +725,20 @@ class StreamingJob:
 
         Raises:
             TimeoutError: not finished within ``timeout`` seconds (queries are left running; call stop()).
-            pyspark.errors.StreamingQueryException: a query failed.
+            pyspark.errors.StreamingQueryException: a query failed (not for a rewind: ``awaitTermination`` raises
+                the rewound query's deliberate failure too, which is caught and the query started again).
         """
         deadline = None if timeout is None else time.time() + timeout
         for name in list(self.queries):
             while True:
                 q = self.queries[name]
                 left = None if deadline is None else max(1.0, deadline - time.time())
-                done = q.awaitTermination(left) if left is not None else q.awaitTermination()
+                try:   # raises StreamingQueryException for a failed query, the rewound one's included
+                    done = q.awaitTermination(left) if left is not None else q.awaitTermination()
+                except Exception:
+                    if self._restart_if_rewound(name):
+                        continue
+                    raise
                 if done is False:
                     raise TimeoutError(f"streaming query {name!r} did not drain within {timeout} s")
                 exc = q.exception()
@@ -704,12 +750,17 @@ class StreamingJob:
     def await_any(self, timeout: float | None = None) -> None:
         """Block until a query terminates (raises its error) or ``timeout`` seconds pass; a query whose micro-batch
         was rewound for a re-created topic (:meth:`check_topics`) is started again instead. Meanwhile touch the
-        heartbeat file (:func:`heartbeat_path`) every second while all queries are active."""
+        heartbeat file (:func:`heartbeat_path`) every second while all queries are active. The queries are looked
+        at at least once, also with ``timeout`` 0 (a poll: ``ops.bench_stream``).
+
+        Raises:
+            pyspark.errors.StreamingQueryException: a query failed (not for a rewind).
+        """
         deadline = None if timeout is None else time.time() + timeout
         beat = heartbeat_path(self.s)
         beat.parent.mkdir(parents=True, exist_ok=True)
         last_beat = 0.0
-        while deadline is None or time.time() < deadline:
+        while True:
             for name, q in list(self.queries.items()):
                 if not q.isActive:
                     exc = q.exception()
@@ -721,7 +772,9 @@ class StreamingJob:
             if time.time() - last_beat >= 1.0:  # liveness for the supervisor and compose healthchecks
                 beat.touch()
                 last_beat = time.time()
-            time.sleep(0.5)
+            if deadline is not None and time.time() >= deadline:
+                return
+            time.sleep(max(0.0, min(0.5, deadline - time.time())) if deadline is not None else 0.5)
 
     def processed_offsets(self, query: str = "windows") -> dict[str, dict[str, int]]:
         """{topic: {partition: next offset}} committed by the last micro-batch of ``query`` (from lastProgress)."""

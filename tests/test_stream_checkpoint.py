@@ -246,22 +246,33 @@ def test_a_rewound_range_covers_the_new_topic_from_its_start():
         {"0": 0, "1": 0, "3": 4}, {"0": 7, "1": 12, "3": 4})
 
 
+def test_a_rewound_batch_reads_no_more_records_than_were_planned():
+    """maxOffsetsPerTrigger: a batch planned [40, 55) and [30, 60) on the old topic (15 + 30 records) and rewound
+    to a new topic of 90 records per partition read [0, 55) and [0, 60) before (115 records, the limit ignored); now
+    [0, 15) and [0, 30): the planned sizes. Offsets gone back (planned 40 -> 7) read nothing in the re-run; a
+    partition without a planned start keeps the planned end."""
+    bounds = {"0": (0, 90), "1": (0, 90), "2": (0, 90), "3": (0, 90)}
+    assert C.rewound_range({"0": 55, "1": 60, "2": 7, "3": 9}, bounds, {"0": 40, "1": 30, "2": 40}) == (
+        {"0": 0, "1": 0, "2": 0, "3": 0}, {"0": 15, "1": 30, "2": 0, "3": 9})
+
+
 def test_rewinding_a_running_batch_rewrites_its_start_and_end_entries_only_for_the_recreated_topic(tmp_path):
     """Raw-like entries (one source per topic, a void one): batch 6 planned [entry 5, entry 6); the sales topic
     re-created with 2 partitions (the old one had 3). Entry 5 gets the new topic's earliest offsets, entry 6 the
-    planned end within the new topic; the other sources, the void line and the header lines are kept."""
+    planned end within the new topic and the planned number of records (p0 went back: none; p1 planned 20 of
+    30..50: 20, within the new topic's 45); the other sources, the void line and the header lines are kept."""
     old5 = offsets_entry({"sales": {"0": 40, "1": 30, "2": 20}}, {"inv": {"0": 8}}, None)
     old6 = offsets_entry({"sales": {"0": 3, "1": 50, "2": 20}}, {"inv": {"0": 9}}, None)
     cp = make_checkpoint(tmp_path / "raw", {5: old5, 6: old6}, [5])
     (cp / "offsets" / ".5.crc").write_text("old checksum")
     got = C.rewind_running_batch(cp, 6, {"sales": {"0": (0, 3), "1": (0, 45)}})
     assert got == {"sales": {"start": {"0": 40, "1": 30, "2": 20}, "end": {"0": 3, "1": 50, "2": 20},
-                             "new_start": {"0": 0, "1": 0}, "new_end": {"0": 3, "1": 45}}}
+                             "new_start": {"0": 0, "1": 0}, "new_end": {"0": 0, "1": 20}}}   # planned sizes
     h5, s5 = C.read_offsets(cp, 5)
     h6, s6 = C.read_offsets(cp, 6)
     assert (h5, h6) == (old5.split("\n")[:2], old6.split("\n")[:2])
     assert s5 == [{"sales": {"0": 0, "1": 0}}, {"inv": {"0": 8}}, None]
-    assert s6 == [{"sales": {"0": 3, "1": 45}}, {"inv": {"0": 9}}, None]
+    assert s6 == [{"sales": {"0": 0, "1": 20}}, {"inv": {"0": 9}}, None]
     assert not (cp / "offsets" / ".5.crc").exists()          # Hadoop's checksum of the old content
     assert C.rewind_running_batch(cp, 6, {"other": {"0": (0, 1)}}) == {}
     with pytest.raises(ValueError, match="micro-batch 0 has no previous offsets entry"):
@@ -272,7 +283,7 @@ def test_a_batch_over_a_recreated_topic_is_rewound_and_failed_before_it_reads(tm
     """Windows batch 3 planned after the sales topic was re-created and grew past the old offsets (40 -> 55 on the
     old partition: nothing goes back). Before, the batch read [40, 55) of the new topic: its records 0-39 were
     skipped (only an error log, from the ids refreshed after the commit). Now the batch's check finds the new id,
-    rewinds entries 2 and 3 to [0, 55), stores the id, logs the fault and fails the batch before the sink runs; the
+    rewinds entries 2 and 3 to [0, 15) (the 15 records planned), stores the id, logs the fault and fails the batch before the sink runs; the
     job marks the query for an in-process restart. The re-run batch passes the check (ids stored), and the next
     start rewinds nothing (the old start-up rewind would otherwise read the topic from 0 again: doubles)."""
     import streaming.checkpoint as cp_mod
@@ -293,7 +304,7 @@ def test_a_batch_over_a_recreated_topic_is_rewound_and_failed_before_it_reads(tm
             batch(None, 3)
     assert ran == []
     assert C.read_offsets(cp, 2)[1] == [{sales: {"0": 0}, inv: {"0": 9}}]
-    assert C.read_offsets(cp, 3)[1] == [{sales: {"0": 55}, inv: {"0": 12}}]
+    assert C.read_offsets(cp, 3)[1] == [{sales: {"0": 15}, inv: {"0": 12}}]   # 15 records, as planned (40 -> 55)
     assert C.stored_topic_ids(cp) == now
     assert job._rewound["windows"]["batch"] == 3
     assert f"micro-batch 3: topic(s) deleted and re-created while the stream ran: topic {sales}" in caplog.text
@@ -326,6 +337,8 @@ def test_the_starts_own_rewind_is_not_logged_as_a_truncated_log(tmp_path, caplog
         assert "went back" not in caplog.text
         job._record_progress("raw", {**prog, "batchId": 9})
     assert "topic sales partition 0 went back from offset 40 to 0 with its topic id unchanged" in caplog.text
+    assert "the 40 record(s) [0, 40) were read before and are gone from the broker (truncated" in caplog.text
+    assert "skipped (counted" not in caplog.text   # old text: "the 0 record(s) now below 0 were skipped"
 
 
 # --------------------------------------------------------------------------- broker blip at start --
@@ -381,3 +394,180 @@ def test_a_batch_without_counts_writes_one_stream_batches_row_with_its_end_offse
     sinks.record_progress("raw", 4, 0, end_offsets=want)
     assert [r["end_offsets"] for _, r in client.rows[2:]] == ["", want]
     assert cp.exists()
+
+
+# -------------------------------------------------------------- topics the broker answers with an error --
+ZERO = "00000000-0000-0000-0000-000000000000"
+
+
+def described(name: str, topic_id: str, error_code: int = 0) -> dict:
+    """One topic of ``KafkaAdminClient.describe_topics``' answer (kafka-python's MetadataResponse.to_dict())."""
+    import uuid
+
+    return {"error_code": error_code, "name": name, "topic_id": uuid.UUID(topic_id), "is_internal": False,
+            "partitions": [] if error_code else [{"error_code": 0, "partition_index": 0, "leader_id": 1,
+                                                 "replica_nodes": [1], "isr_nodes": [1], "offline_replicas": []}],
+            "topic_authorized_operations": -2147483648}
+
+
+class _FakeAdmin:
+    """list_topics / describe_topics of a broker whose metadata answers ``answer`` (a list of :func:`described`)."""
+
+    def __init__(self, answer: list[dict]):
+        self.answer = answer
+
+    def list_topics(self):
+        return [t["name"] for t in self.answer]
+
+    def describe_topics(self, topics):
+        return [t for t in self.answer if t["name"] in topics]
+
+    def close(self):
+        pass
+
+
+R, R2 = "6f1c1e0a-1b2c-4d3e-8f40-5a6b7c8d9e0f", "0a9b8c7d-6e5f-4a3b-9c2d-1e0f1a2b3c4d"
+
+
+def test_a_topic_answered_with_an_error_has_no_id_and_is_neither_rewound_nor_stored(tmp_path, monkeypatch, caplog):
+    """Kafka answers a topic it cannot describe (deleted between list and describe: UNKNOWN_TOPIC_OR_PARTITION 3;
+    a broker's metadata lagging: LEADER_NOT_AVAILABLE 5) with the zero topic id. Before, topic_ids returned it:
+    the start-up rewind and every micro-batch took "id R -> zero" for a re-creation, rewound the topic to its
+    earliest offsets (every retained record read again into lake and windows) and stored the zero id, so the
+    next answer "zero -> R" rewound again. Now such a topic is unknown: no rewind, the stored id kept, a warning."""
+    import streaming.checkpoint as cp_mod
+    import core.kafka_admin as ka
+
+    answer = [described("sales", R), described("inv", ZERO, 3), described("dl", ZERO, 5), described("odd", ZERO, 0)]
+    with caplog.at_level(logging.WARNING, logger="streaming.checkpoint"):
+        assert C.topic_ids(None, ["sales", "inv", "dl", "odd", "gone"], admin=_FakeAdmin(answer)) == {"sales": R}
+    assert "Kafka topic inv answered with error code 3" in caplog.text
+    # the start-up rewind: nothing rewound, stored ids kept
+    cp = make_checkpoint(tmp_path / "windows", {2: offsets_entry({"sales": {"0": 40}, "inv": {"0": 9}})}, [2])
+    C.remember_topic_ids(cp, {"sales": R, "inv": R2})
+    got = C.rewind_recreated_topics(cp, C.topic_ids(None, ["sales", "inv"], admin=_FakeAdmin(answer)))
+    assert got == {} and C.batch_numbers(cp / "offsets") == [2]
+    assert C.stored_topic_ids(cp) == {"sales": R, "inv": R2}
+    # a micro-batch's check: nothing rewound, the sink runs, stored ids kept
+    (cp / "offsets" / "3").write_text(offsets_entry({"sales": {"0": 45}, "inv": {"0": 12}}))
+    job = stub_job(tmp_path, None)
+    monkeypatch.setattr(ka, "admin_client", lambda s: _FakeAdmin(answer))
+    monkeypatch.setattr(job, "_query_topics", lambda: {"windows": ["sales", "inv"]})
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", lambda s, ts: pytest.fail("nothing to rewind"))
+    ran = []
+    job._checked("windows", lambda df, b: ran.append(b))(None, 3)
+    assert ran == [3] and C.stored_topic_ids(cp) == {"sales": R, "inv": R2}
+    assert C.read_offsets(cp, 2)[1] == [{"sales": {"0": 40}, "inv": {"0": 9}}]
+
+
+# ------------------------------------------------------------- in-process restart of a rewound query --
+class _FakeQuery:
+    """The parts of a StreamingQuery the job's waits use. ``error``: the query failed with it (``awaitTermination``
+    raises it, as PySpark raises StreamingQueryException); ``registry``: names Spark still holds active, a name
+    left only once ``awaitTermination`` returned (Spark unregisters a query before its termination latch opens)."""
+
+    def __init__(self, name: str, registry: set, error: Exception | None = None, active: bool = False):
+        self.name, self.registry, self.error, self.isActive = name, registry, error, active
+        registry.add(name)
+
+    def awaitTermination(self, timeout=None):
+        if self.isActive:
+            return False
+        self.registry.discard(self.name)
+        if self.error is not None:
+            raise self.error
+        return True
+
+    def exception(self):
+        return self.error
+
+
+def fake_job(tmp_path, monkeypatch, errors: dict[str, Exception | None], rewound: set[str]):
+    """A stub job whose queries ``errors`` ({name: error or None}) have ended; those in ``rewound`` were rewound by
+    check_topics. Restarting a query records its name and fails, as Spark does, while the old one is registered."""
+    job = stub_job(tmp_path, None, RETAIL_STATE_DIR=str(tmp_path / "state"))
+    registry: set = set()
+    job.queries = {n: _FakeQuery(n, registry, e) for n, e in errors.items()}
+    job._rewound = {n: {"batch": 3, "topics": {"sales": {}}} for n in rewound}
+    job.restarted = []
+
+    def start_query(name, resume=None):
+        if name in registry:
+            raise RuntimeError(f"Cannot start query with name {name} as a query with that name is already active")
+        job.restarted.append(name)
+        job.queries[name] = _FakeQuery(name, registry)
+        return job.queries[name]
+
+    monkeypatch.setattr(job, "_start_query", start_query)
+    return job
+
+
+def test_available_now_restarts_a_rewound_query_instead_of_failing(tmp_path, monkeypatch):
+    """run_stream(available_now=True) (the default, --available-now): awaitTermination raises the rewound query's
+    deliberate TopicRecreatedError failure. Before, it propagated before the restart was reached (the run failed;
+    the next run re-ran the batch). Now the query is started again and waited for; another failure still raises."""
+    from streaming.job import TopicRecreatedError
+
+    job = fake_job(tmp_path, monkeypatch, {"raw": TopicRecreatedError("rewound"), "windows": None}, {"raw"})
+    job.await_available_now(30)
+    assert job.restarted == ["raw"]
+    job = fake_job(tmp_path, monkeypatch, {"raw": None, "windows": ValueError("a bug")}, set())
+    with pytest.raises(ValueError, match="a bug"):
+        job.await_available_now(30)
+    assert job.restarted == []
+
+
+def test_await_any_restarts_a_rewound_query_only_once_spark_unregistered_it(tmp_path, monkeypatch):
+    """isActive turns False before Spark unregisters a failed query; before, await_any started the rewound query
+    again at once and could meet "a query with that name is already active". Now the old query is awaited first."""
+    from streaming.job import TopicRecreatedError
+
+    job = fake_job(tmp_path, monkeypatch, {"raw": None, "windows": TopicRecreatedError("rewound")}, {"windows"})
+    job.queries["raw"].isActive = True
+    job.await_any(0.5)
+    assert job.restarted == ["windows"]
+
+
+def test_await_any_with_no_time_left_still_looks_at_the_queries(tmp_path, monkeypatch):
+    """ops.bench_stream polls with await_any(0.0) to raise a dead query's error; before, the loop body never ran
+    with a zero timeout and the failure went unseen."""
+    job = fake_job(tmp_path, monkeypatch, {"raw": ValueError("query died"), "windows": None}, set())
+    job.queries["windows"].isActive = True
+    with pytest.raises(ValueError, match="query died"):
+        job.await_any(0.0)
+    job.queries["raw"] = job.queries["windows"]   # all active: returns at once
+    job.await_any(0.0)
+    assert (tmp_path / "state" / "streaming.heartbeat").exists()
+
+
+def test_a_broker_blip_in_a_batchs_topic_check_is_retried_without_touching_clickhouse(tmp_path, monkeypatch, caplog):
+    """The micro-batch's topic-id look-up failing once with a Kafka error. Before, it was retried through
+    StreamSinks.retrying, which resets the ClickHouse client both queries' batches share and counts a sink retry;
+    now a Kafka-only retry (tenacity, same backoff) leaves both alone."""
+    from kafka.errors import KafkaConnectionError
+
+    from conftest import settings_env
+    from streaming.sinks import StreamSinks
+
+    job = stub_job(tmp_path, None)
+    with settings_env(SPARK_CHECKPOINT_DIR=str(tmp_path), STREAM_SINK_RETRY_SECONDS="60") as s:
+        job.s, job.sinks = s, StreamSinks(s, client=object(), lake=object())
+    resets = []
+    monkeypatch.setattr(job.sinks, "_reset_client", lambda: resets.append(1))
+    cp = make_checkpoint(tmp_path / "windows", {2: offsets_entry({"sales": {"0": 40}}),
+                                                3: offsets_entry({"sales": {"0": 45}})}, [2])
+    C.remember_topic_ids(cp, {"sales": R})
+    calls = []
+
+    def flaky(name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise KafkaConnectionError("Connection refused")
+        return {"sales": R}
+
+    monkeypatch.setattr(job, "_topic_ids_now", flaky)
+    with caplog.at_level(logging.WARNING, logger="streaming.job"):
+        job.check_topics("windows", 3)
+    assert calls == ["windows", "windows"]
+    assert resets == [] and job.sinks.retries == 0       # old code: [1] and 1
+    assert "windows micro-batch 3 Kafka topic ids: Kafka error" in caplog.text
