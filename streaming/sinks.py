@@ -17,9 +17,9 @@ Two queries, two sinks:
 
 Rows ClickHouse refuses for their values (:data:`ROW_ERROR_CODES`, e.g. a constraint) do not fail the micro-batch:
 the insert is bisected (:func:`insert_isolating_refused`), the other rows written, the refused ones quarantined with
-ClickHouse's error (:meth:`StreamSinks._insert_df`); schema errors and outages behave as before, and so does a
-refusal of every row of a frame of 16 or more (the first 16 rows tried alone and every piece still pending
-refused, none written).
+ClickHouse's error (:meth:`StreamSinks._insert_df`); schema errors and outages behave as before. A refusal of
+nearly every row of a frame of 16 or more (the first 16 rows tried alone and every piece still pending refused,
+none written) sets the pending pieces aside whole, at a bounded cost, and stops nothing either.
 
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
@@ -150,7 +150,7 @@ def is_infrastructure_error(exc: BaseException) -> bool:
 #: ClickHouse error codes of an insert refused for the *values* of its rows (not the schema, not the server): a
 #: constraint, a value outside a column's type, text or numbers its parser refuses, NULL into a non-Nullable column,
 #: ``throwIf`` in a constraint or materialized view. Only these are bisected down to the refused rows
-#: (:func:`insert_isolating_refused`; a refusal of every row of a frame of 16 or more still fails the write); every
+#: (:func:`insert_isolating_refused`; for a refusal of nearly every row, to pieces of rows); every
 #: other code (:data:`SCHEMA_ERROR_CODES`, server errors, unknown codes) still fails the write as before.
 ROW_ERROR_CODES: dict[int, str] = {
     6: "CANNOT_PARSE_TEXT", 26: "CANNOT_PARSE_QUOTED_STRING", 27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
@@ -169,8 +169,9 @@ _CODE_RE = re.compile(r"\bCode:\s*(\d+)")
 _VERSION_TRAILER_RE = re.compile(r"\s?\(version [^()]*(?:\([^()]*\)[^()]*)?\)(?: ?\(for url [^()]*\))? ?$")
 #: characters at the end of an error message searched for that trailer (:func:`error_text`)
 _TRAILER_CHARS = 600
-#: single rows refused in a row, none of the frame written, after which :func:`insert_isolating_refused` stops
-#: bisecting and raises (a refusal of every row: a migration, a constraint no row meets)
+#: single rows refused in a row, none of the frame written, after which :func:`insert_isolating_refused` tries the
+#: pending pieces whole once and sets aside those still refused without bisecting them (a refusal of every row: a
+#: migration, a constraint no row meets)
 ALL_REFUSED_AFTER = 16
 
 
@@ -239,14 +240,16 @@ def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error,
     :func:`is_row_error`), insert its two halves instead, down to single rows, so every row but the refused ones is
     written. k refused rows among n cost at most 2·k·⌈log2 n⌉ + 1 inserts; none refused, one.
 
-    A refusal of every row is no row's fault (a migration changed a column's type, a constraint no row meets):
-    when ``all_refused_after`` single rows were refused and no piece of ``df`` was written yet, each piece still
-    pending is tried whole once; when none of them is written either, bisecting stops and the whole frame's first
-    error is raised (the micro-batch fails naming ClickHouse's error, as before 2026-12-06; a restart after the
-    fix resumes it). It costs at most 2·⌈log2 n⌉ + 2·``all_refused_after`` inserts (n = 2,000: 51 measured) instead of
-    2n - 1 (3,999). A frame of fewer rows, or one where a piece was written (refused rows clustered at its
-    start: the pending pieces hold good rows), is bisected to the end. ``None``: never (``quarantine_events``,
-    whose refused rows have fallbacks of their own).
+    A refusal of every row (a migration changed a column's type, a constraint no row meets) would cost 2n - 1
+    inserts (n = 2,000: 3,999) under the sinks' ClickHouse lock: when ``all_refused_after`` single rows were
+    refused and no piece of ``df`` was written yet, each piece still pending (at most ⌈log2 n⌉) is tried whole
+    once, and when none of them is written either, they are returned whole, every row with its piece's error,
+    without bisecting them (an error log says so): at most 2·⌈log2 n⌉ + 2·``all_refused_after`` inserts (2,000
+    rows: 51, measured). Such rows are set aside like the others (quarantine with the error and payload): nothing
+    is lost and the stream goes on (a review of 2026-12-06 rejected raising here: the batch would fail at every
+    restart, for ever). A good row hidden in a pending piece with a refused one is set aside with it. A frame of
+    fewer rows, or one where a piece was written (refused rows clustered at its start), is bisected to the end.
+    ``None``: always bisect to the end (``quarantine_events``, whose refused rows have fallbacks of their own).
 
     A piece is retried whole, so rows of a piece written before ClickHouse refused a later block of it may be
     written twice: the stream's tables are ReplacingMergeTrees keyed by their natural key (read with FINAL).
@@ -255,49 +258,50 @@ def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error,
         df: the rows (any index; pieces are ``df.iloc`` slices, dtypes kept).
         insert: callable taking a frame; raises on failure.
         is_refused: predicate on the exception: True = the piece's rows are at fault, bisect it.
-        all_refused_after: refused single rows, with none of ``df`` written, after which the first error is raised
-            (default :data:`ALL_REFUSED_AFTER`, 16); None = bisect to the end.
+        all_refused_after: refused single rows, with none of ``df`` written, after which pending pieces still
+            refused are returned whole (default :data:`ALL_REFUSED_AFTER`, 16); None = bisect to the end.
     Returns:
         [(position in ``df``, the exception refusing that row alone)], by position; [] when all were written.
     Raises:
-        the first exception ``is_refused`` rejects (an outage, a dropped table, a bug), as raised by ``insert``;
-        the first insert's exception when every row was refused (``all_refused_after``).
+        the first exception ``is_refused`` rejects (an outage, a dropped table, a bug), as raised by ``insert``.
     """
-    refused: list[tuple[int, BaseException]] = []
-    stack = [(0, len(df))] if len(df) else []
-    first: BaseException | None = None
-    written = False
-    while stack:
-        lo, hi = stack.pop()
+    def attempt(lo: int, hi: int) -> BaseException | None:
+        """Insert rows [lo, hi): None when written, else the exception refusing them for their rows."""
         try:
             insert(df.iloc[lo:hi])
-            written = True
+            return None
         except Exception as exc:  # noqa: BLE001  re-raised unless it is about the rows
             if not is_refused(exc):
                 raise
-            first = first or exc
-            if hi - lo == 1:
-                refused.append((lo, exc))
-            else:
-                mid = (lo + hi) // 2
-                stack += [(mid, hi), (lo, mid)]
+            return exc
+
+    refused: list[tuple[int, BaseException]] = []
+    stack = [(0, len(df))] if len(df) else []
+    written = False
+    while stack:
+        lo, hi = stack.pop()
+        exc = attempt(lo, hi)
+        if exc is None:
+            written = True
+        elif hi - lo == 1:
+            refused.append((lo, exc))
+        else:
+            mid = (lo + hi) // 2
+            stack += [(mid, hi), (lo, mid)]
         if all_refused_after is not None and not written and len(refused) >= all_refused_after:
             # the rows refused so far may be a cluster at the frame's start (a poison SKU's windows of a catch-up
             # batch): each piece still pending (at most ⌈log2 n⌉) is tried whole before calling it every row
-            pending, stack = stack, []
-            for plo, phi in pending:
-                try:
-                    insert(df.iloc[plo:phi])
-                    written = True
-                except Exception as exc:  # noqa: BLE001  re-raised unless it is about the rows
-                    if not is_refused(exc):
-                        raise
-                    stack.append((plo, phi))
-            if not written:
-                log.error("insert of %d rows: the first %d rows tried alone and every other piece were refused, "
-                          "none written: not the rows' fault, the batch fails (%s)", len(df), len(refused),
-                          error_text(first))
-                raise first
+            still = [(plo, phi, e) for plo, phi in stack if (e := attempt(plo, phi)) is not None]
+            written = len(still) < len(stack)
+            stack = [(plo, phi) for plo, phi, _ in still]
+            if not written:   # every row refused: the pending pieces set aside whole, not bisected
+                whole = [(pos, e) for plo, phi, e in still for pos in range(plo, phi)]
+                log.error("insert of %d rows: the first %d rows tried alone and every pending piece were refused, "
+                          "none written (a refusal of every row: a migration, a constraint no row meets?): the %d "
+                          "rows of the pending pieces set aside with their piece's error, not tried alone (%s)",
+                          len(df), len(refused), len(whole), error_text(still[0][2] if still else refused[0][1]))
+                refused += whole
+                stack = []
     return sorted(refused, key=lambda r: r[0])
 
 
@@ -372,8 +376,7 @@ class StreamSinks:
             the positions (0-based, ``df.iloc``) of the rows set aside, ascending; [] when all were written. Their
             count is added to the running micro-batch's ``rows_set_aside`` (a row of a table once per attempt).
         Raises:
-            what is not about rows (outage, dropped table, bug); the first error when every row of a frame of 16 or
-            more is refused (:func:`insert_isolating_refused`; not for ``quarantine_events``).
+            what is not about rows (outage, dropped table, bug).
         """
         if not len(df):
             return []
@@ -611,8 +614,7 @@ class StreamSinks:
         STREAM_SINK_RETRY_SECONDS; then the error propagates (the query fails; a restart resumes from the
         checkpoint, nothing is lost). Every write of a micro-batch is idempotent, so a repeat writes nothing twice.
         Other errors propagate at once: a missing table or column, bugs. Rows ClickHouse refuses for their values
-        never get here: :meth:`_insert_df` sets them aside and writes the rest; only a refusal of every row of a
-        frame of 16 or more (:func:`insert_isolating_refused`) propagates, at once (not an outage)."""
+        never get here: :meth:`_insert_df` sets them aside and writes the rest."""
         from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
         def before_sleep(rs) -> None:

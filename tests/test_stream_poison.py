@@ -173,19 +173,21 @@ def test_bisect_raises_what_is_not_about_rows():
     assert e.value is table_gone
 
 
-def test_a_refusal_of_every_row_raises_the_first_error_instead_of_bisecting_to_the_end():
+def test_a_refusal_of_every_row_sets_the_rows_aside_without_bisecting_them_all_and_stops_nothing():
     """2,000 rows all refused (a migration changed a column's type, a constraint no row meets): after the first 16
-    rows tried alone, none written, the whole frame's first error is raised after at most ⌈log2 n⌉ + 2·16 inserts
-    (before 2026-12-06: 3,999 inserts under the shared ClickHouse lock, then all 2,000 rows returned to be
-    quarantined). A frame where a piece was written, or one of fewer than 16 rows, is bisected to the end."""
+    rows tried alone, none written, the pending pieces are tried whole once and, still refused, returned whole with
+    their piece's error: every row set aside after at most 2·⌈log2 n⌉ + 2·16 inserts (before 2026-12-06: 3,999
+    inserts under the shared ClickHouse lock; a first mend raised the first error instead, which failed the batch
+    at every restart, for ever). A frame where a piece was written, or one of fewer than 16 rows, is bisected to
+    the end."""
     from streaming.sinks import insert_isolating_refused
 
     calls: list[list[int]] = []
     everything = set(range(-1, 2_000))
-    with pytest.raises(Exception) as e:
-        insert_isolating_refused(pd.DataFrame({"x": range(2_000)}), _refusing(everything, calls))
-    assert e.value.code == 469 and calls[0] == list(range(2_000))   # the first insert's own error
-    assert len(calls) <= 2 * 11 + 2 * 16
+    refused = insert_isolating_refused(pd.DataFrame({"x": range(2_000)}), _refusing(everything, calls))
+    assert [p for p, _ in refused] == list(range(2_000))           # nothing lost: every row to quarantine
+    assert all(e.code == 469 for _, e in refused)
+    assert calls[0] == list(range(2_000)) and len(calls) <= 2 * 11 + 2 * 16   # 51, not 3,999
     assert sorted(x for c in calls if len(c) == 1 for x in c)[:16] == list(range(16))   # then the pending pieces
 
     # every other row refused: a piece is written at once, all 1,000 refused rows are found
