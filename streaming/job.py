@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from kafka.errors import KafkaError
 
 from contracts import DEAD_LETTER, EVENT_TYPES
 from core.settings import Settings, get_settings
@@ -51,6 +52,14 @@ QUERY_NAMES = ("raw", "windows")
 class TopicRecreatedError(RuntimeError):
     """A micro-batch found a topic of its query deleted and re-created while the stream ran; its offsets were
     rewound to the new topic's start and it was failed before reading (:meth:`StreamingJob.check_topics`)."""
+
+
+class TopicIdUnknownError(KafkaError):
+    """A topic of a query has no id on the broker right now (missing from the topic list, or described with an error
+    code and the zero id: deleted and not yet re-created, metadata lagging after a CreateTopics). A Kafka error, so
+    :func:`kafka_retrying` asks again with the sinks' backoff: a micro-batch must not read a topic it could not
+    check (its records could be read unchecked and then again after a later rewind)."""
+    retriable = True
 
 
 def build_spark(settings: Settings | None = None):
@@ -131,11 +140,13 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
     topic (retention, ``delete_records``) before the query reached them, which the Kafka source skips with a
     warning only (``failOnDataLoss=false``, so one expired record cannot stop the stream).
 
-    A partition whose endOffset is below its startOffset counts 0: Spark reads nothing of it in that batch and
-    the next one starts at endOffset, so nothing is passed over. With the topic id unchanged the log was truncated
-    (an unclean leader election): the records [endOffset, startOffset) were read before and are gone from the
-    broker. A re-created topic (new id) never gets here: :meth:`StreamingJob.check_topics` rewinds its batch before
-    it reads. (Until 2026-12-06 such a partition counted endOffset, records [0, endOffset) that had been read.)
+    A partition whose endOffset is below its startOffset counts endOffset, an upper bound: Spark reads nothing of
+    it in that batch and the next one starts at endOffset, so records below endOffset that the query never read
+    are passed over. A topic re-created where :meth:`StreamingJob.check_topics` does not rewind (a checkpoint that
+    is not a local folder, a query's first batch): the new topic's records [0, endOffset), all skipped. The same
+    topic id (an unclean leader election truncated the log to some T <= endOffset): the records [T, endOffset)
+    written after the truncation were skipped, those below T had been read; T is not known here, so up to
+    endOffset are counted (until a review of 2026-12-06 a change counted 0, hiding the skipped ones).
 
     Per source: sum over its partitions of endOffset - startOffset, less ``numInputRows / scans``; 0 for a source
     without a start (a query's first batch) or with a partition its start lacks (added to the topic since). Exact
@@ -154,8 +165,9 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
         start, end = _offsets(get("startOffset")), _offsets(get("endOffset"))
         if not start or not end:
             continue
-        try:   # an offset gone back (a truncated log): nothing passed over, the next batch starts at end
-            covered = sum(max(0, int(o) - int(start[t][str(p)])) for t, parts in end.items() for p, o in parts.items())
+        try:   # an offset gone back: up to the records [0, end) were skipped (exactly those for a re-created topic)
+            covered = sum(int(o) - int(start[t][str(p)]) if int(o) >= int(start[t][str(p)]) else int(o)
+                          for t, parts in end.items() for p, o in parts.items())
         except KeyError:   # a partition new since the last batch: its start is not known here
             continue
         total += max(0, covered - int(get("numInputRows") or 0) // max(1, scans))
@@ -417,11 +429,11 @@ class StreamingJob:
                 if (self.__dict__.get("recreated_topics") or {}).get(name, {}).get(t, {}).get("batch") == int(
                         progress["batchId"]):   # the start's own rewind of a topic re-created while the job was down
                     continue
-                log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d with its "
-                          "topic id unchanged (not re-created: a log truncated by an unclean leader election); the "
-                          "%d record(s) [%d, %d) were read before and are gone from the broker (truncated; nothing "
-                          "skipped: the next batch reads on from %d)", name, progress["batchId"], t, p, start, end,
-                          start - end, end, start, end)
+                log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d without a "
+                          "rewind (a log truncated by an unclean leader election, or a topic re-created where the "
+                          "batch is not rewound: a checkpoint that is not a local folder, a query's first batch); up "
+                          "to %d record(s) below %d were skipped unread (counted so, an upper bound, in "
+                          "stream_batches.records_expired)", name, progress["batchId"], t, p, start, end, end, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
                                        expired=skipped_records(progress, SOURCE_SCANS[name]),
                                        end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
@@ -435,10 +447,15 @@ class StreamingJob:
                 "windows": [s.topic(EVENT_TYPES["sales_transaction"]), s.topic(EVENT_TYPES["inventory_update"])]}
 
     def _topic_ids_now(self, name: str) -> dict[str, str]:
-        """{topic: id} of query ``name``'s topics on the broker, through an admin client kept per query (the queries'
-        micro-batches run in threads of their own); a failed request closes it (the next call opens another).
+        """{topic: id} of every one of query ``name``'s topics on the broker, through an admin client kept per query
+        (the queries' micro-batches run in threads of their own); a failed request closes it (the next call opens
+        another).
 
         Raises:
+            TopicIdUnknownError: a topic of the query has no valid id now (missing, or answered with an error: see
+                :func:`streaming.checkpoint.valid_topic_ids`); retried by :func:`kafka_retrying` (until 2026-12-06's
+                review the batch went on without checking it, and a re-creation seen by the next batch re-read what
+                this one had read: doubled in lake and windows).
             kafka.errors.KafkaError: the broker cannot be reached or fails the request.
         """
         from core.kafka_admin import admin_client
@@ -448,10 +465,15 @@ class StreamingJob:
         try:
             if admins.get(name) is None:
                 admins[name] = admin_client(self.s)
-            return topic_ids(self.s, self._query_topics()[name], admin=admins[name])
+            ids = topic_ids(self.s, self._query_topics()[name], admin=admins[name])
         except Exception:
             self._close_admin(name)
             raise
+        unknown = sorted(set(self._query_topics()[name]) - set(ids))
+        if unknown:   # asked again by kafka_retrying: the batch waits until every topic it reads has an id
+            raise TopicIdUnknownError(f"query {name}: Kafka topic(s) {unknown} have no topic id on the broker now "
+                                      "(missing, or described with an error); the micro-batch waits to check them")
+        return ids
 
     def check_topics(self, name: str, batch_id: int) -> None:
         """Called in query ``name``'s micro-batch ``batch_id`` before it reads anything (:meth:`_checked`): keeps the

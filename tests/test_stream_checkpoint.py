@@ -336,9 +336,8 @@ def test_the_starts_own_rewind_is_not_logged_as_a_truncated_log(tmp_path, caplog
         job._record_progress("raw", {**prog, "batchId": 4})
         assert "went back" not in caplog.text
         job._record_progress("raw", {**prog, "batchId": 9})
-    assert "topic sales partition 0 went back from offset 40 to 0 with its topic id unchanged" in caplog.text
-    assert "the 40 record(s) [0, 40) were read before and are gone from the broker (truncated" in caplog.text
-    assert "skipped (counted" not in caplog.text   # old text: "the 0 record(s) now below 0 were skipped"
+    assert "topic sales partition 0 went back from offset 40 to 0 without a rewind" in caplog.text
+    assert "up to 0 record(s) below 0 were skipped unread" in caplog.text
 
 
 # --------------------------------------------------------------------------- broker blip at start --
@@ -434,7 +433,9 @@ def test_a_topic_answered_with_an_error_has_no_id_and_is_neither_rewound_nor_sto
     a broker's metadata lagging: LEADER_NOT_AVAILABLE 5) with the zero topic id. Before, topic_ids returned it:
     the start-up rewind and every micro-batch took "id R -> zero" for a re-creation, rewound the topic to its
     earliest offsets (every retained record read again into lake and windows) and stored the zero id, so the
-    next answer "zero -> R" rewound again. Now such a topic is unknown: no rewind, the stored id kept, a warning."""
+    next answer "zero -> R" rewound again. Now such a topic is unknown: no rewind, the stored id kept, a warning;
+    a micro-batch waits for its id (asked again for STREAM_SINK_RETRY_SECONDS, then fails uncommitted) instead of
+    reading it unchecked (a review of 2026-12-06: read unchecked, then read again by a later rewind)."""
     import streaming.checkpoint as cp_mod
     import core.kafka_admin as ka
 
@@ -448,15 +449,19 @@ def test_a_topic_answered_with_an_error_has_no_id_and_is_neither_rewound_nor_sto
     got = C.rewind_recreated_topics(cp, C.topic_ids(None, ["sales", "inv"], admin=_FakeAdmin(answer)))
     assert got == {} and C.batch_numbers(cp / "offsets") == [2]
     assert C.stored_topic_ids(cp) == {"sales": R, "inv": R2}
-    # a micro-batch's check: nothing rewound, the sink runs, stored ids kept
+    # a micro-batch's check: nothing rewound, stored ids kept, and the batch does not read a topic it could not
+    # check: asked again for STREAM_SINK_RETRY_SECONDS (1 s here), then failed uncommitted (the sink does not run)
+    from streaming.job import TopicIdUnknownError
+
     (cp / "offsets" / "3").write_text(offsets_entry({"sales": {"0": 45}, "inv": {"0": 12}}))
-    job = stub_job(tmp_path, None)
+    job = stub_job(tmp_path, None, STREAM_SINK_RETRY_SECONDS="1")
     monkeypatch.setattr(ka, "admin_client", lambda s: _FakeAdmin(answer))
     monkeypatch.setattr(job, "_query_topics", lambda: {"windows": ["sales", "inv"]})
     monkeypatch.setattr(cp_mod, "partition_offset_bounds", lambda s, ts: pytest.fail("nothing to rewind"))
     ran = []
-    job._checked("windows", lambda df, b: ran.append(b))(None, 3)
-    assert ran == [3] and C.stored_topic_ids(cp) == {"sales": R, "inv": R2}
+    with pytest.raises(TopicIdUnknownError, match=r"\['inv'\]"):
+        job._checked("windows", lambda df, b: ran.append(b))(None, 3)
+    assert ran == [] and C.stored_topic_ids(cp) == {"sales": R, "inv": R2}
     assert C.read_offsets(cp, 2)[1] == [{"sales": {"0": 40}, "inv": {"0": 9}}]
 
 
@@ -571,3 +576,45 @@ def test_a_broker_blip_in_a_batchs_topic_check_is_retried_without_touching_click
     assert calls == ["windows", "windows"]
     assert resets == [] and job.sinks.retries == 0       # old code: [1] and 1
     assert "windows micro-batch 3 Kafka topic ids: Kafka error" in caplog.text
+
+
+def test_a_batch_waits_for_the_id_of_a_topic_the_broker_cannot_describe_yet(tmp_path, monkeypatch):
+    """A review of 2026-12-06: a topic answered with an error (LEADER_NOT_AVAILABLE just after a re-creation: zero
+    id) was left out of the batch's check, so the batch read the new topic unchecked, committed, and the next batch
+    rewound to its start and read those records again (twice in lake and windows). Now ``_topic_ids_now`` raises
+    the retriable TopicIdUnknownError for a topic of the query without a valid id, and ``check_topics`` asks again
+    (kafka_retrying) until every topic has one; here the second answer shows the re-creation, which is rewound."""
+    import streaming.checkpoint as cp_mod
+    from conftest import settings_env
+    from streaming.job import TopicIdUnknownError, TopicRecreatedError
+
+    job = stub_job(tmp_path, None)
+    with settings_env(SPARK_CHECKPOINT_DIR=str(tmp_path), STREAM_SINK_RETRY_SECONDS="60") as s:
+        job.s = s
+    monkeypatch.setattr(job, "_query_topics", lambda: {"windows": ["sales", "inv"]})
+    cp = make_checkpoint(tmp_path / "windows", {2: offsets_entry({"sales": {"0": 40}, "inv": {"0": 5}}),
+                                                3: offsets_entry({"sales": {"0": 55}, "inv": {"0": 5}})}, [2])
+    C.remember_topic_ids(cp, {"sales": R, "inv": "I"})
+    answers = [[{"name": "sales", "error_code": 5, "topic_id": C.ZERO_TOPIC_ID},   # LEADER_NOT_AVAILABLE
+                {"name": "inv", "error_code": 0, "topic_id": "I"}],
+               [{"name": "sales", "error_code": 0, "topic_id": "NEW"}, {"name": "inv", "error_code": 0, "topic_id": "I"}]]
+
+    class Admin:
+        def list_topics(self):
+            return ["sales", "inv"]
+
+        def describe_topics(self, topics):
+            return answers.pop(0) if len(answers) > 1 else answers[0]
+
+        def close(self):
+            pass
+
+    job._admins = {"windows": Admin()}
+    with pytest.raises(TopicIdUnknownError, match=r"\['sales'\]"):
+        job._topic_ids_now("windows")                       # old code: {'inv': 'I'}, the batch read sales unchecked
+    answers.insert(0, [{"name": "sales", "error_code": 5, "topic_id": C.ZERO_TOPIC_ID},   # again: then the new id
+                       {"name": "inv", "error_code": 0, "topic_id": "I"}])
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", lambda s, ts: {t: {"0": (0, 15)} for t in ts})
+    with pytest.raises(TopicRecreatedError):
+        job.check_topics("windows", 3)                      # asked again, then the new id: rewound, not read twice
+    assert C.stored_topic_ids(cp)["sales"] == "NEW"
