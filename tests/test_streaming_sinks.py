@@ -140,15 +140,20 @@ def _spark_frame(rows: list[dict]):
 
 @pytest.fixture
 def fresh_sinks(native_stack):
-    """StreamSinks on a database of its own (migrated) on the ClickHouse endpoint; its client for reads."""
+    """StreamSinks on a database and Kafka topics of their own (migrated, created) on the session's endpoints; its
+    client for reads. Own topics: the alerts and dead letters these tests send must not reach another module's
+    stream (test_e2e_stream counted a dead letter of this module's as its own: 261 raw records for 260)."""
     import uuid
 
     from core.clickhouse import get_client, migrate
+    from core.kafka_admin import ensure_topics
     from streaming.sinks import StreamSinks
 
-    s = native_stack.model_copy(update={"clickhouse_database": f"{native_stack.clickhouse_database}_w"
-                                                               f"{uuid.uuid4().hex[:6]}"})
+    tag = f"w{uuid.uuid4().hex[:6]}"
+    s = native_stack.model_copy(update={"clickhouse_database": f"{native_stack.clickhouse_database}_{tag}",
+                                        "kafka_topic_prefix": f"{tag}-"})
     migrate(s)
+    ensure_topics(s)
     sinks = StreamSinks(s)
     try:
         yield sinks, get_client(s), s.clickhouse_database
