@@ -462,14 +462,15 @@ class StreamingJob:
         from streaming.checkpoint import topic_ids
 
         admins = self.__dict__.setdefault("_admins", {})
+        topics = self._query_topics()[name]
         try:
             if admins.get(name) is None:
                 admins[name] = admin_client(self.s)
-            ids = topic_ids(self.s, self._query_topics()[name], admin=admins[name])
+            ids = topic_ids(self.s, topics, admin=admins[name])
         except Exception:
             self._close_admin(name)
             raise
-        unknown = sorted(set(self._query_topics()[name]) - set(ids))
+        unknown = sorted(set(topics) - set(ids))
         if unknown:   # asked again by kafka_retrying: the batch waits until every topic it reads has an id
             raise TopicIdUnknownError(f"query {name}: Kafka topic(s) {unknown} have no topic id on the broker now "
                                       "(missing, or described with an error); the micro-batch waits to check them")
