@@ -24,8 +24,8 @@ none written) sets the pending pieces aside whole, at a bounded cost, and stops 
 Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural key (read with FINAL), lake
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
 sent to Kafka again; nor is one Kafka acknowledged in an earlier attempt of the same micro-batch whose insert
-into ``restock_alerts`` failed (a retry after an outage), nor one ClickHouse refused (quarantined; for the life of
-the process). Ordering inside :meth:`windows_batch` (alerts before ``inventory_levels``) makes a crash of the
+into ``restock_alerts`` failed (a retry after an outage), nor one ClickHouse refused (quarantined: found there by
+key, also by a restarted process). Ordering inside :meth:`windows_batch` (alerts before ``inventory_levels``) makes a crash of the
 process between the Kafka acknowledgement and the ClickHouse insert re-send an alert with the same id rather than
 lose it (Kafka side: at-least-once across crashes, consumers dedupe by ``alert_id``).
 """
@@ -305,6 +305,15 @@ def insert_isolating_refused(df: pd.DataFrame, insert, is_refused=is_row_error,
     return sorted(refused, key=lambda r: r[0])
 
 
+def refused_row_offset(table: str, key_values: list) -> int:
+    """``quarantine_events.offset`` of a row of ``table`` ClickHouse refused (:meth:`StreamSinks._set_aside`; topic
+    ``refused:<table>``, partition -1): a 63-bit (non-negative Int64) blake2b hash of the table and the row's natural
+    key values (:data:`SINK_KEYS`, in that order, each as ``str``). Deterministic, so a refusal of the same row
+    replaces the earlier one and a look-up (:meth:`StreamSinks._recorded_alerts`) finds it by key."""
+    ident = json.dumps([table, [str(v) for v in key_values]])
+    return int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "big") >> 1
+
+
 def row_payload(row: Mapping[str, Any]) -> str:
     """One row (column -> value) as a JSON object: timestamps ISO 8601, NaN / NA / NaT as null, other values
     ``str`` when JSON has no type for them."""
@@ -422,12 +431,11 @@ class StreamSinks:
         for pos, exc in refused:
             r = df.iloc[pos].to_dict()
             batch = int(r["batch_id"]) if "batch_id" in r and not pd.isna(r["batch_id"]) else -1
-            ident = json.dumps([table, [str(r.get(k)) for k in key]])
             reason = f"ClickHouse refused the {table} row: {error_text(exc)}"
             log.error("micro-batch %d: %s; row set aside in quarantine_events (topic refused:%s): %s",
                       batch, reason, table, row_payload({k: r.get(k) for k in key}))
             rows.append({"event_type": table, "topic": f"refused:{table}", "partition": -1,
-                         "offset": int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "big") >> 1,
+                         "offset": refused_row_offset(table, [r.get(k) for k in key]),
                          "kafka_timestamp": pd.NaT, "reason": reason, "raw_payload": row_payload(r),
                          "batch_id": batch, "ingested_at": now})
         q = pd.DataFrame(rows)
@@ -1346,17 +1354,13 @@ class StreamSinks:
             validate_event("restock_alert", a)
         if not alerts:
             return
-        ids = [a["alert_id"] for a in alerts]
-        known: set[str] = set()
-        for i in range(0, len(ids), ALERT_ID_CHUNK):  # bounded IN lists: a query stays under max_query_size
-            known |= set(self._query("SELECT alert_id FROM {db}.restock_alerts WHERE alert_id IN %(ids)s",
-                                     {"ids": ids[i:i + ALERT_ID_CHUNK]})["alert_id"].tolist())
+        known, refused = self._recorded_alerts([a["alert_id"] for a in alerts])
         new = [a for a in alerts if a["alert_id"] not in known]
         d = _utc(int(min(a["window_end"] for a in alerts)))
         where = (self.s.lake_raw_bucket, "restock_alert", f"year={d:%Y}", f"month={d:%m}", f"day={d:%d}",
                  f"alerts-batch-{batch_id}{self.run_tag('windows')}.parquet")
         if new:
-            self._send_and_record_alerts(new, batch_id, now_ms)
+            self._send_and_record_alerts(new, batch_id, now_ms, delivered=refused)
         elif self.lake.exists(*where):
             return
         df = pd.DataFrame(alerts)
@@ -1369,7 +1373,31 @@ class StreamSinks:
         cols["kafka_offset"] = pa.nulls(len(df), pa.int64())
         self.lake.write_table(pa.table(cols, schema=schema), *where)
 
-    def _send_and_record_alerts(self, new: list[dict], batch_id: int, now_ms: int) -> None:
+    def _recorded_alerts(self, ids: list[str]) -> tuple[set[str], set[str]]:
+        """Which of the alert ids ClickHouse already holds: (those in ``restock_alerts``, those ``restock_alerts``
+        refused and :meth:`_set_aside` quarantined: ``quarantine_events`` topic ``refused:restock_alerts``, partition
+        -1, offset :func:`refused_row_offset`). One query per :data:`ALERT_ID_CHUNK` ids (both look-ups in it, bounded
+        IN lists: ~55 bytes an id, far below max_query_size). A quarantined alert was acknowledged by Kafka (the
+        insert follows the send), so it is not sent again, also by a restarted process (before 2026-12-06 only the
+        process that sent it knew, :attr:`_sent_unrecorded`: a batch re-run after a crash sent it again)."""
+        known: set[str] = set()
+        refused: set[str] = set()
+        sql = ("SELECT alert_id AS k, 0 AS refused FROM {db}.restock_alerts WHERE alert_id IN %(ids)s UNION ALL "
+               "SELECT toString(offset) AS k, 1 AS refused FROM {db}.quarantine_events WHERE topic = %(topic)s "
+               "AND partition = -1 AND offset IN %(offsets)s")
+        for i in range(0, len(ids), ALERT_ID_CHUNK):  # bounded IN lists: a query stays under max_query_size
+            chunk = ids[i:i + ALERT_ID_CHUNK]
+            by_offset = {refused_row_offset("restock_alerts", [a]): a for a in chunk}
+            got = self._query(sql, {"ids": chunk, "topic": "refused:restock_alerts", "offsets": list(by_offset)})
+            for k, r in zip(got["k"].tolist(), got["refused"].tolist()):
+                if int(r):
+                    refused.add(by_offset[int(k)])
+                else:
+                    known.add(k)
+        return known, refused
+
+    def _send_and_record_alerts(self, new: list[dict], batch_id: int, now_ms: int,
+                                delivered: set[str] | frozenset = frozenset()) -> None:
         """Send alerts to the restock-alerts topic, each delivery awaited, then insert them into ``restock_alerts``.
 
         An alert whose delivery Kafka acknowledged is remembered (:attr:`_sent_unrecorded`, alert id -> epoch ms
@@ -1379,12 +1407,15 @@ class StreamSinks:
         :meth:`_insert_df`) stays there for the life of the process: a retry of the batch (e.g. after a lake failure)
         or a later batch quarantines it again without sending it again (before 2026-12-06 every retry sent it). Only
         a crash of the process between the acknowledgement and the insert re-sends it (same ``alert_id``) when the
-        batch is re-run from the checkpoint."""
+        batch is re-run from the checkpoint. ``delivered``: alert ids found quarantined as refused by
+        ``restock_alerts`` (:meth:`_recorded_alerts`), delivered by an earlier run, also of another process: not sent
+        again, their insert tried again (set aside again while still refused)."""
         topic = self.s.topic(EVENT_TYPES["restock_alert"])
-        to_send = [a for a in new if a["alert_id"] not in self._sent_unrecorded]
+        to_send = [a for a in new if a["alert_id"] not in self._sent_unrecorded and a["alert_id"] not in delivered]
         if len(to_send) < len(new):
-            log.info("restock alerts: %d already delivered to Kafka by an earlier attempt of this batch, not sent "
-                     "again", len(new) - len(to_send))
+            log.info("restock alerts: %d already delivered to Kafka by an earlier attempt of this batch or found "
+                     "quarantined (refused by restock_alerts after their delivery), not sent again",
+                     len(new) - len(to_send))
         if to_send:
             prod = self.producer()
             futures = [(a["alert_id"], prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a))

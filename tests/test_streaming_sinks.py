@@ -505,6 +505,44 @@ def test_a_refused_alert_reaches_kafka_once_when_its_batch_is_retried(fresh_sink
                           "AND batch_id = 1") == 1
 
 
+def test_a_refused_alert_is_not_sent_again_by_a_restarted_process(fresh_sinks):
+    """``restock_alerts`` refuses the store's alerts (CHECK constraint, 469). Micro-batch 1 closes one restock
+    episode: its alert reaches Kafka and is quarantined, then the process dies before the batch commits (its
+    ``inventory_levels`` write never happens). A NEW StreamSinks (the restarted process, nothing remembered) runs
+    batch 1 again: it finds the alert quarantined and does not send it: 1 message on the broker, 1 quarantine row.
+    Before 2026-12-06 (only the dead process remembered it) the re-run sent it again: 2 messages."""
+    import uuid
+
+    from streaming.sinks import StreamSinks
+
+    sinks, client, db = fresh_sinks
+    store = f"S-{uuid.uuid4().hex[:8]}"
+    client.command(f"ALTER TABLE {db}.restock_alerts ADD CONSTRAINT poison CHECK store_id != '{store}'")
+    rows = [dict(_window(5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)]
+    sinks._windows_writes(_spark_frame(rows), 0, time.time(), 0.0)
+
+    def killed(rows):
+        raise SystemExit("process killed before micro-batch 1 committed")
+
+    sinks._insert_levels = killed
+    with pytest.raises(SystemExit):
+        sinks._windows_writes(_spark_frame(rows).iloc[0:0], 1, time.time(), 0.0)
+    assert sinks.alerts_sent == 1
+    sinks.close()
+    restarted = StreamSinks(sinks.s)
+    try:
+        restarted._windows_writes(_spark_frame(rows).iloc[0:0], 1, time.time(), 0.0)
+    finally:
+        restarted.close()
+    q = client.query_df(f"SELECT raw_payload FROM {db}.quarantine_events FINAL WHERE topic = 'refused:restock_alerts'")
+    assert len(q) == 1
+    alert_id = json.loads(q["raw_payload"].iloc[0])["alert_id"]
+    assert alert_id.startswith(f"{store}|P1|")
+    assert [i for i in alert_ids_in_kafka(sinks.s) if i.startswith(f"{store}|")] == [alert_id]
+    assert restarted.alerts_sent == 0 and client.command(f"SELECT count() FROM {db}.restock_alerts") == 0
+    assert client.command(f"SELECT in_episode FROM {db}.inventory_levels FINAL WHERE store_id = '{store}'") == 1
+
+
 def test_a_window_refused_by_several_batches_is_one_quarantine_row_counted_once_per_batch(fresh_sinks):
     """``inventory_levels`` refuses SKU POISON. Batch 0 writes 13 POISON windows (10:00-11:00); batch 1 a later one
     (11:05), and the earlier windows close: ``inventory_levels`` is written twice in batch 1 (episode state of the
