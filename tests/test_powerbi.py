@@ -542,6 +542,32 @@ def test_data_quality_page_shows_what_the_stream_health_page_counts():
     assert counts | {"rows_set_aside"} <= shown["v_stream_health_hourly"]
 
 
+def test_hourly_stream_chart_counts_an_expired_record_once_as_the_measure_does(model):
+    """Both streaming queries read the sales and inventory topics, so a Kafka record deleted before they read it is
+    counted by each (``records_expired`` of ``raw`` and of ``windows``). [Stream Records Expired] takes the larger
+    query's count (MAX over ``v_stream_health_latest``); the hourly chart of the Data quality & ML page must do the
+    same per hour: ``records_expired`` aggregated with Max over the hour's query rows, or split by ``query`` (one
+    series per query). Before 2026-12-06 it summed both queries (Sum, no series): every lost record twice."""
+    measures = model.measures()
+    table, expr = measures["Stream Records Expired"][:2]
+    assert table == "_Measures" and re.fullmatch(r"\s*MAX\s*\(\s*v_stream_health_latest\[records_expired\]\s*\)\s*",
+                                                 expr), expr
+    (page, visuals), = [(p, v) for p, v in report_pages() if p["displayName"] == "Data quality & ML"]
+    charts = [v for v in visuals if any(e == "v_stream_health_hourly" for _, e, _ in bound_fields(v["visual"]["query"]))]
+    assert len(charts) == 1, [v["name"] for v in charts]
+    state = charts[0]["visual"]["query"]["queryState"]
+    category = [bound_fields(p["field"])[0][2] for p in state["Category"]["projections"]]
+    series = [bound_fields(p["field"])[0][2] for p in state.get("Series", {}).get("projections", [])]
+    assert category == ["hour_start"]
+    expired = [p for p in state["Y"]["projections"] if bound_fields(p["field"])[0][2] == "records_expired"]
+    assert len(expired) == 1, "the chart shows records_expired once"
+    agg = expired[0]["field"]["Aggregation"]["Function"]
+    assert series == ["query"] or AGG_NAMES.get(agg) == "Max", (
+        f"records_expired aggregated with {AGG_NAMES.get(agg, agg)} over both queries and no series per query: "
+        "a record both queries lost is counted twice")
+    assert expired[0]["queryRef"] == f"{AGG_NAMES[agg]}(v_stream_health_hourly.records_expired)"
+
+
 # ========================================================================== the real engine (ClickHouse) --
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
