@@ -5,8 +5,14 @@ A synthetic chain is loaded **through the real tables** of a fresh ClickHouse da
 then ``fact_sales_daily`` rebuilt per day by the ETL's own :func:`etl.star_schema.rebuild_sales_daily`),
 ``--window-rows`` 5-minute windows in ``sales_metrics_5m`` over the last 24 hours (which feed
 ``sku_window_latest`` through its materialized view) with their ``store_metrics_5m`` roll-up, the current stock
-per series, restock alerts, quarantined events, forecasts with intervals and demand history for
-``--forecast-series`` series, reorder recommendations and SKU classes for every series, model metrics.
+per series, restock alerts, forecasts with intervals and demand history for ``--forecast-series`` series, reorder
+recommendations and SKU classes for every series, model metrics; and the stream tables at production scale
+(:func:`load_stream_health`: ``stream_batches`` with 30 days of 5 s micro-batches of both streaming queries, ~1.2 M
+rows with end offsets over 40 Kafka partitions, and 51,000 quarantined records).
+
+``--only stream-health`` loads the stream tables alone and times only :data:`STREAM_HEALTH_QUERIES` (the stream
+health page's and the quality page's quarantine / stream queries), merging their figures into the report already at
+``--out`` (the other queries' kept; :func:`merge_stream_health`).
 
 Then each query runs ``--runs`` times as ``bi_reader`` (first run included: dashboards open cold) with the
 filters a manager uses (one store, the last 7 days, one series), and again without the store filter where a
@@ -156,9 +162,144 @@ class Loader:
             self.frames.setdefault(table, []).append(df)
 
 
+@dataclass(frozen=True)
+class HealthSize:
+    """Size of the stream-health tables (:func:`load_stream_health`): ``batch_days`` days of micro-batches, one per
+    ``batch_seconds`` per streaming query (raw, windows: 2 x 30 x 17,280 = 1,036,800 batches at the defaults),
+    ``reinserted`` of them inserted a second time (the sink's row again with the query progress' counts), end
+    offsets over the raw query's ``PARTITIONS`` (40 Kafka partitions; windows 24 of them), and
+    ``quarantine_per_day`` quarantined / dead-lettered / refused records a day (51,000 at the defaults)."""
+
+    batch_days: int = 30
+    batch_seconds: float = 5.0
+    reinserted: float = 0.2
+    quarantine_per_day: int = 1_700
+    seed: int = 11
+
+
+#: Kafka partitions per topic the raw query reads (40 in all); the windows query reads the first two topics (24)
+PARTITIONS = {"retail.sales-transactions": 12, "retail.inventory-updates": 12, "retail.price-changes": 6,
+              "retail.customer-events": 6, "retail.dead-letter": 4}
+#: records per micro-batch and partition (offset growth), by topic
+_RATE = {"retail.sales-transactions": 9, "retail.inventory-updates": 4, "retail.price-changes": 1,
+         "retail.customer-events": 2, "retail.dead-letter": 0.01}
+#: the dashboard queries reading the stream tables (stream_batches, quarantine_events): the group
+#: ``--only stream-health`` times (080_stream_health_views.sql's views and the quality page's quarantine / stream ones)
+STREAM_HEALTH_QUERIES = ("dq_quarantine", "dq_quarantine_totals", "dq_stream", "health_latest", "health_hourly",
+                         "health_offsets", "health_quarantine", "health_quarantine_total")
+
+
+def _offsets_template(topics: list[str]) -> tuple[str, list[tuple[str, int]]]:
+    """A ``%d`` format string of ``stream_batches.end_offsets`` as the sink writes it (JSON, keys sorted) over the
+    partitions of ``topics``, and those (topic, partition) in the string's order."""
+    order = [(t, p) for t in sorted(topics) for p in sorted(range(PARTITIONS[t]), key=str)]
+    parts = [f'"{t}": {{' + ", ".join(f'"{p}": %d' for p in sorted(range(PARTITIONS[t]), key=str)) + "}"
+             for t in sorted(topics)]
+    return "{" + ", ".join(parts) + "}", order
+
+
+def load_stream_health(client, db: str, size: HealthSize, end: pd.Timestamp) -> dict[str, Any]:
+    """Load ``stream_batches`` and ``quarantine_events`` at production scale into ``db`` (migrated) through the
+    real tables, the ``size.batch_days`` days before ``end`` (UTC).
+
+    ``stream_batches``: per query (raw, windows) one micro-batch every ``size.batch_seconds`` s, committed 0.3-2.3 s
+    after it started; rows read (raw ~Poisson 300, windows 150), duplicates (Poisson 0.02), records expired (1 batch
+    in 20,000: 25-500), late rows (windows, Poisson 0.05), rows set aside (1 in 5,000), the windows query's
+    ``alerts_closed_until`` / ``event_time_max``, ``end_offsets`` JSON over :data:`PARTITIONS` (raw 40 partitions,
+    windows 24; ~1 KB); ``size.reinserted`` of the batches inserted again (same ``committed_at``, a later part: what
+    ``FINAL`` merges). ``quarantine_events``: ``size.quarantine_per_day`` records a day: 70 % invalid records with
+    one of :data:`REASONS`, 15 % with a reason quoting the record (distinct text), 10 % producers' dead letters,
+    5 % rows ClickHouse refused (``refused:<table>``, ClickHouse's error quoting the row).
+
+    Returns:
+        {"rows": {table: rows inserted}, "seconds": {table: s}}.
+    """
+    rng = np.random.default_rng(size.seed)
+    ld = Loader(client, db, False)
+    per_day = int(round(86_400 / size.batch_seconds))
+    start = end - pd.Timedelta(days=size.batch_days)
+    for query, topics, rows_mean in (("raw", list(PARTITIONS), 300), ("windows", list(PARTITIONS)[:2], 150)):
+        tmpl, order = _offsets_template(topics)
+        rate = np.array([_RATE[t] for t, _ in order])
+        base = rng.integers(0, 1_000_000, len(order))
+        for d in range(size.batch_days):
+            k = np.arange(d * per_day, (d + 1) * per_day)
+            n = len(k)
+            started = start + pd.to_timedelta(k * size.batch_seconds + rng.uniform(0, 0.2, n), "s")
+            committed = started + pd.to_timedelta(rng.uniform(0.3, 2.3, n), "s")
+            offs = (base[None, :] + np.floor(np.outer(k + 1, rate))).astype(np.int64)
+            windows = query == "windows"
+            frame = pd.DataFrame({
+                "query": query, "batch_id": k.astype(np.int64),
+                "input_rows": rng.poisson(rows_mean, n).astype(np.int64),
+                "output_rows": rng.poisson(rows_mean * 0.9, n).astype(np.int64),
+                "started_at": started.floor("ms"), "committed_at": committed.floor("ms"),
+                "duplicates_dropped": rng.poisson(0.02, n).astype(np.int64),
+                "records_expired": np.where(rng.random(n) < 1 / 20_000, rng.integers(25, 500, n), 0).astype(np.int64),
+                "late_rows_dropped": (rng.poisson(0.05, n) if windows else np.zeros(n)).astype(np.int64),
+                "rows_set_aside": (rng.random(n) < 1 / 5_000).astype(np.int64),
+                "alerts_closed_until": (committed - pd.Timedelta(minutes=31)).floor("ms") if windows else pd.NaT,
+                "event_time_max": (committed - pd.Timedelta(seconds=2)).floor("ms") if windows else pd.NaT,
+                "end_offsets": [tmpl % tuple(r) for r in offs.tolist()]})
+            for c in ("alerts_closed_until", "event_time_max"):
+                frame[c] = pd.to_datetime(frame[c], utc=True)
+            ld.insert("stream_batches", frame)
+            again = frame[rng.random(n) < size.reinserted]
+            if len(again):
+                ld.insert("stream_batches", again.assign(duplicates_dropped=again["duplicates_dropped"] + 1))
+    nq = size.quarantine_per_day * size.batch_days
+    at = (start + pd.to_timedelta(np.sort(rng.uniform(0, size.batch_days * 86_400, nq)), "s")).floor("ms")
+    kind = rng.choice(4, nq, p=[0.70, 0.15, 0.10, 0.05])
+    topic = np.array(["retail.sales-transactions", "retail.inventory-updates"], dtype=object)[rng.integers(0, 2, nq)]
+    etype = np.where(topic == "retail.sales-transactions", "sales_transaction", "inventory_update").astype(object)
+    qty = rng.integers(-50, 0, nq)
+    reason = np.array(REASONS, dtype=object)[rng.integers(0, len(REASONS), nq)]
+    quoted = np.array([f"field quantity {q} below 1 (record {i})" for i, q in enumerate(qty)], dtype=object)
+    refused = np.array([f"ClickHouse refused the sales_metrics_5m row: DatabaseError: Code: 469. DB::Exception: "
+                        f"Constraint `units` for table sales_metrics_5m is violated at row 1. Expression: "
+                        f"(units_sold >= 0). Column values: units_sold = {q}. (VIOLATED_CONSTRAINT)" for q in qty],
+                       dtype=object)
+    frame = pd.DataFrame({
+        "event_type": np.select([kind == 3], ["sales_metrics_5m"], etype),
+        "topic": np.select([kind == 2, kind == 3], ["retail.dead-letter", "refused:sales_metrics_5m"], topic),
+        "partition": np.where(kind == 3, -1, rng.integers(0, 12, nq)).astype(np.int32),
+        "offset": np.arange(nq, dtype=np.int64),
+        "kafka_timestamp": pd.Series(at).where(kind != 3),
+        "reason": np.select([kind == 1, kind == 2, kind == 3],
+                            [quoted, "producer: schema validation failed: " + reason, refused], reason),
+        "raw_payload": [f'{{"transaction_id": "t{i}", "store_id": "S{i % 1000:04d}", "product_id": "SKU{i % 500:05d}", '
+                        f'"quantity": {q}, "unit_price": 2.5, "timestamp": 0}}' for i, q in enumerate(qty)],
+        "batch_id": np.int64(0), "ingested_at": at})
+    frame["kafka_timestamp"] = pd.to_datetime(frame["kafka_timestamp"], utc=True)
+    for i in range(0, nq, 100_000):
+        ld.insert("quarantine_events", frame.iloc[i:i + 100_000])
+    return {"rows": ld.rows, "seconds": {k: round(v, 2) for k, v in ld.seconds.items()}}
+
+
+def _small_stream_tables(ld: "Loader", nq: int, now: pd.Timestamp, day0: pd.Timestamp) -> None:
+    """:func:`load_chain`'s small stream tables: ``nq`` quarantined records at ``now``, 2 x 144 micro-batches of the
+    day starting ``day0`` (the dashboard tests' oracle)."""
+    ld.insert("quarantine_events", pd.DataFrame({
+        "event_type": np.array(["sales_transaction", "inventory_update"], dtype=object)[np.arange(nq) % 2],
+        "topic": "retail.sales-transactions", "partition": np.int32(0), "offset": np.arange(nq, dtype=np.int64),
+        "kafka_timestamp": now, "reason": np.array(REASONS, dtype=object)[np.arange(nq) % len(REASONS)],
+        "raw_payload": "{}", "batch_id": np.int64(0), "ingested_at": now}))
+    ld.insert("stream_batches", pd.DataFrame({
+        "query": np.array(["raw", "windows"], dtype=object).repeat(144), "batch_id": np.tile(np.arange(144), 2),
+        "input_rows": np.int64(1000), "output_rows": np.int64(1000),
+        "started_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600, "s"),
+        "committed_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600 + 2, "s"),
+        "duplicates_dropped": np.tile(np.arange(144) % 3, 2).astype(np.int64),
+        "records_expired": np.tile(np.where(np.arange(144) == 100, 25, 0), 2).astype(np.int64),
+        "late_rows_dropped": np.concatenate([np.zeros(144), np.arange(144) % 5]).astype(np.int64),
+        "end_offsets": [json.dumps({"retail.sales-transactions": {str(p): 1000 * int(b) + p for p in range(3)},
+                                    "retail.inventory-updates": {str(p): 900 * int(b) + p for p in range(3)}})
+                        for b in np.tile(np.arange(144), 2)]}))
+
+
 def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool = False,
                store_ids: list[str] | None = None, skus: list[str] | None = None,
-               categories: list[str] | None = None) -> dict[str, Any]:
+               categories: list[str] | None = None, stream_tables: bool = True) -> dict[str, Any]:
     """Load the synthetic chain into database ``db`` (migrated, empty) through writer ``client``.
 
     Args:
@@ -167,6 +308,9 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         store_ids, skus, categories: the ids and category names to use (``size.stores`` / ``size.skus`` ids;
             any number of categories), default ``S0000``..., ``SKU00000``... and :data:`CATEGORIES` (the
             dashboard's tests load ids holding Markdown and HTML).
+        stream_tables: also load a small ``quarantine_events`` (``max(10, series / 500)`` records) and
+            ``stream_batches`` (288 micro-batches of one day); False when :func:`load_stream_health` loads them at
+            scale (the benchmark).
     Returns:
         {"rows": {table: rows}, "seconds": {table: s}, "frames": {table: DataFrame} (collect only),
          "stores": [store ids], "skus": [skus]}.
@@ -299,22 +443,8 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         "window_end": at, "alert_time": at, "batch_id": np.int64(0),
         "ingested_at": at}))
     nq = max(10, n_series // 500)
-    ld.insert("quarantine_events", pd.DataFrame({
-        "event_type": np.array(["sales_transaction", "inventory_update"], dtype=object)[np.arange(nq) % 2],
-        "topic": "retail.sales-transactions", "partition": np.int32(0), "offset": np.arange(nq, dtype=np.int64),
-        "kafka_timestamp": now, "reason": np.array(REASONS, dtype=object)[np.arange(nq) % len(REASONS)],
-        "raw_payload": "{}", "batch_id": np.int64(0), "ingested_at": now}))
-    ld.insert("stream_batches", pd.DataFrame({
-        "query": np.array(["raw", "windows"], dtype=object).repeat(144), "batch_id": np.tile(np.arange(144), 2),
-        "input_rows": np.int64(1000), "output_rows": np.int64(1000),
-        "started_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600, "s"),
-        "committed_at": day0 + pd.to_timedelta(np.tile(np.arange(144), 2) * 600 + 2, "s"),
-        "duplicates_dropped": np.tile(np.arange(144) % 3, 2).astype(np.int64),
-        "records_expired": np.tile(np.where(np.arange(144) == 100, 25, 0), 2).astype(np.int64),
-        "late_rows_dropped": np.concatenate([np.zeros(144), np.arange(144) % 5]).astype(np.int64),
-        "end_offsets": [json.dumps({"retail.sales-transactions": {str(p): 1000 * int(b) + p for p in range(3)},
-                                    "retail.inventory-updates": {str(p): 900 * int(b) + p for p in range(3)}})
-                        for b in np.tile(np.arange(144), 2)]}))
+    if stream_tables:
+        _small_stream_tables(ld, nq, now, day0)
 
     # ---- ML: forecasts + demand history for forecast_series series, reorder plan and classes for every series
     fs = rng.choice(n_series, size=min(size.forecast_series, n_series), replace=False)
@@ -382,14 +512,15 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
     return out
 
 
-def time_queries(client, db: str, filters, runs: int, skip_scopes: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """Run every dashboard query (but those of ``skip_scopes``) ``runs`` times with ``filters``; per query:
-    scope, rows, p50/p95/p99/max ms, meets_goal."""
+def time_queries(client, db: str, filters, runs: int, skip_scopes: tuple[str, ...] = (),
+                 names: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+    """Run every dashboard query (but those of ``skip_scopes``; only ``names`` when given) ``runs`` times with
+    ``filters``; per query: scope, rows, p50/p95/p99/max ms, meets_goal."""
     from dashboard import queries as Q
 
     out: dict[str, dict[str, Any]] = {}
     for name, (page, _) in Q.QUERIES.items():
-        if page in skip_scopes:
+        if page in skip_scopes or (names is not None and name not in names):
             continue
         lat, rows = [], 0
         for _ in range(runs):
@@ -402,8 +533,24 @@ def time_queries(client, db: str, filters, runs: int, skip_scopes: tuple[str, ..
     return out
 
 
-def run(size: ChainSize, runs: int, end_day: dt.date) -> dict[str, Any]:
-    """Start a ClickHouse endpoint on a free port (fresh state), migrate, load the chain, time the queries."""
+def summary(timings: dict[str, dict[str, Any]], all_stores: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The report's ``summary``: queries, how many meet the goal (one store, all stores), the worst p95 (ms) and its
+    query (one store)."""
+    return {"queries": len(timings), "meeting_goal_one_store": sum(v["meets_goal"] for v in timings.values()),
+            "meeting_goal_all_stores": sum(v["meets_goal"] for v in all_stores.values()),
+            "worst_p95_ms": max(v["p95"] for v in timings.values()),
+            "worst_query": max(timings, key=lambda k: timings[k]["p95"])}
+
+
+def run_stream_health(health: HealthSize, runs: int, end_day: dt.date) -> dict[str, Any]:
+    """``--only stream-health``: a fresh endpoint, migrated, with only the stream tables at scale
+    (:func:`load_stream_health`, ending at the end of ``end_day``); the :data:`STREAM_HEALTH_QUERIES` timed as
+    ``bi_reader``, ``runs`` times each, in both scopes as the full run does (they have no store filter).
+
+    Returns:
+        {"queries_one_store", "queries_all_stores": {query: timings}, "stream_health": {"date", "size", "rows",
+        "seconds", "bytes_on_disk"}}: merged into the full report by :func:`merge_stream_health`.
+    """
     from core.clickhouse import get_client, migrate, new_client
     from dashboard.queries import Filters
     from ops import local
@@ -414,7 +561,57 @@ def run(size: ChainSize, runs: int, end_day: dt.date) -> dict[str, Any]:
             migrate(s)
             writer = get_client(s)
             t0 = time.perf_counter()
-            loaded = load_chain(writer, s.clickhouse_database, size, end_day)
+            loaded = load_stream_health(writer, s.clickhouse_database, health,
+                                        pd.Timestamp(end_day, tz=UTC) + pd.Timedelta(days=1))
+            load_s = round(time.perf_counter() - t0, 1)
+            bi = new_client(s, readonly=True)
+            f = Filters(start=end_day - dt.timedelta(days=6), end=end_day)
+            one = time_queries(bi, s.clickhouse_database, f, runs, names=STREAM_HEALTH_QUERIES)
+            every = time_queries(bi, s.clickhouse_database, f, runs, names=STREAM_HEALTH_QUERIES)
+            disk = writer.query(f"SELECT sum(bytes_on_disk) FROM system.parts WHERE database = "
+                                f"'{s.clickhouse_database}' AND active").result_rows[0][0]
+        finally:
+            local.down(s)
+    return {"queries_one_store": one, "queries_all_stores": every,
+            "stream_health": {"date": dt.datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
+                              "runs_per_query": runs, "size": asdict(health), "load_seconds": load_s,
+                              "rows": loaded["rows"], "seconds_per_table": loaded["seconds"],
+                              "bytes_on_disk": int(disk or 0), "queries": list(STREAM_HEALTH_QUERIES)}}
+
+
+def merge_stream_health(report: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    """The full report ``report`` (None: none yet) with the stream-health group's timings of ``part``
+    (:func:`run_stream_health`) in place of its own for those queries, the others kept; ``stream_health`` (the
+    group's date, size, load) added and ``summary`` recomputed (the goals are judged again by the caller)."""
+    out = dict(report or {"benchmark": "bench-bi", "goal_p95_ms": GOAL_P95_MS,
+                          "queries_one_store": {}, "queries_all_stores": {}})
+    for key in ("queries_one_store", "queries_all_stores"):
+        out[key] = {**out.get(key, {}), **part[key]}
+    out["stream_health"] = part["stream_health"]
+    out["summary"] = summary(out["queries_one_store"], out["queries_all_stores"])
+    for k in ("goals", "verdict", "goals_missed"):
+        out.pop(k, None)
+    return out
+
+
+def run(size: ChainSize, runs: int, end_day: dt.date, health: HealthSize | None = None) -> dict[str, Any]:
+    """Start a ClickHouse endpoint on a free port (fresh state), migrate, load the chain (and the stream tables at
+    ``health``'s scale, :func:`load_stream_health`; default :class:`HealthSize`), time the queries."""
+    from core.clickhouse import get_client, migrate, new_client
+    from dashboard.queries import Filters
+    from ops import local
+
+    with tempfile.TemporaryDirectory(prefix="bench-bi-") as tmp, \
+            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi") as s:
+        try:
+            migrate(s)
+            writer = get_client(s)
+            t0 = time.perf_counter()
+            loaded = load_chain(writer, s.clickhouse_database, size, end_day, stream_tables=False)
+            sh = load_stream_health(writer, s.clickhouse_database, health or HealthSize(),
+                                    pd.Timestamp(end_day, tz=UTC) + pd.Timedelta(days=1))
+            loaded["rows"].update(sh["rows"])
+            loaded["seconds"].update(sh["seconds"])
             load_s = round(time.perf_counter() - t0, 1)
             bi = new_client(s, readonly=True)
             store = loaded["stores"][len(loaded["stores"]) // 2]
@@ -429,16 +626,14 @@ def run(size: ChainSize, runs: int, end_day: dt.date) -> dict[str, Any]:
                                 f"'{s.clickhouse_database}' AND active").result_rows[0][0]
         finally:
             local.down(s)
-    p95 = [v["p95"] for v in timings.values()]
     return {"benchmark": "bench-bi", "date": dt.datetime.now(UTC).isoformat(timespec="seconds"),
             "cores": os.cpu_count(), "size": asdict(size), "runs_per_query": runs,
             "filters": {"store": store, "start": str(f.start), "end": str(f.end), "product": product},
             "load": {"seconds": load_s, "rows": loaded["rows"], "seconds_per_table": loaded["seconds"],
                      "bytes_on_disk": int(disk or 0)},
+            "health_size": asdict(health or HealthSize()),
             "goal_p95_ms": GOAL_P95_MS, "queries_one_store": timings, "queries_all_stores": all_stores,
-            "summary": {"queries": len(timings), "meeting_goal_one_store": sum(v["meets_goal"] for v in timings.values()),
-                        "meeting_goal_all_stores": sum(v["meets_goal"] for v in all_stores.values()),
-                        "worst_p95_ms": max(p95), "worst_query": max(timings, key=lambda k: timings[k]["p95"])}}
+            "summary": summary(timings, all_stores)}
 
 
 def chart(report: dict[str, Any], path: Path) -> None:
@@ -450,11 +645,18 @@ def chart(report: dict[str, Any], path: Path) -> None:
         go.Bar(name="one store", x=names, y=[report["queries_one_store"][n]["p95"] for n in names]),
         go.Bar(name="all stores", x=names, y=[report["queries_all_stores"].get(n, {}).get("p95") for n in names])])
     fig.add_hline(y=report["goal_p95_ms"], line_dash="dash", annotation_text="goal p95 500 ms")
-    sz = report["size"]
-    fig.update_layout(barmode="group", yaxis_title="p95 latency (ms)",
-                      title=f"Dashboard queries, p95 over {report['runs_per_query']} runs: {sz['stores']} stores x "
-                            f"{sz['skus']} SKUs, {sz['days']} days of facts, {report['load']['rows'].get('sales_metrics_5m', 0):,} "
-                            f"window rows ({report['cores']} cores, {report['date'][:10]})")
+    title = "Dashboard queries, p95"
+    if "size" in report:
+        sz = report["size"]
+        title += (f" over {report['runs_per_query']} runs: {sz['stores']} stores x {sz['skus']} SKUs, {sz['days']} days "
+                  f"of facts, {report['load']['rows'].get('sales_metrics_5m', 0):,} window rows ({report['cores']} "
+                  f"cores, {report['date'][:10]})")
+    sh = report.get("stream_health")
+    if sh:   # the stream-health group timed on its own (--only stream-health), merged in
+        title += (f"; {', '.join(sh['queries'])}: {sh['rows'].get('stream_batches', 0):,} stream_batches rows, "
+                  f"{sh['rows'].get('quarantine_events', 0):,} quarantined, {sh['runs_per_query']} runs "
+                  f"({sh['date'][:10]})")
+    fig.update_layout(barmode="group", yaxis_title="p95 latency (ms)", title={"text": title, "font": {"size": 11}})
     write_html(fig, Path(path).absolute())   # a relative path is under the working directory, as the JSON report
 
 
@@ -473,11 +675,25 @@ def main(out: Path = typer.Option(Path("reports/bench-bi.json"), help="JSON repo
          window_rows: int = typer.Option(10_000_000, help="5-minute window rows (last 24 h)."),
          forecast_series: int = typer.Option(10_000, help="Series with forecasts and demand history."),
          runs: int = typer.Option(20, help="Runs per query."),
-         end_day: str = typer.Option("", help="Last day of data, YYYY-MM-DD (default: yesterday, UTC).")) -> None:
+         end_day: str = typer.Option("", help="Last day of data, YYYY-MM-DD (default: yesterday, UTC)."),
+         only: str = typer.Option("", help="'stream-health': load only stream_batches and quarantine_events (at the "
+                                           "--batch-* / --quarantine-per-day scale), time only their queries and "
+                                           "merge them into the existing report at --out (the others kept)."),
+         batch_days: int = typer.Option(30, help="Days of micro-batches in stream_batches."),
+         batch_seconds: float = typer.Option(5.0, help="Seconds between micro-batches, per streaming query."),
+         quarantine_per_day: int = typer.Option(1_700, help="Quarantined records a day.")) -> None:
     """Load the synthetic chain and time every dashboard query; write the JSON report (with each query's goal,
-    :func:`bi_goals`, the verdict and the missed goals) and the HTML chart; exit 1 when a query misses the goal."""
+    :func:`bi_goals`, the verdict and the missed goals) and the HTML chart; exit 1 when a query misses the goal.
+    ``--only stream-health`` times the :data:`STREAM_HEALTH_QUERIES` alone and merges them into the report."""
     day = dt.date.fromisoformat(end_day) if end_day else dt.datetime.now(UTC).date() - dt.timedelta(days=1)
-    report = run(ChainSize(stores, skus, days, window_rows, forecast_series), runs, day)
+    health = HealthSize(batch_days=batch_days, batch_seconds=batch_seconds, quarantine_per_day=quarantine_per_day)
+    if only not in ("", "stream-health"):
+        raise typer.BadParameter(f"--only {only!r}: the one group is 'stream-health'", param_hint="--only")
+    if only:
+        old = json.loads(out.read_text()) if out.is_file() else None
+        report = merge_stream_health(old, run_stream_health(health, runs, day))
+    else:
+        report = run(ChainSize(stores, skus, days, window_rows, forecast_series), runs, day, health)
     report["goals"] = bi_goals(report)
     judge(report)
     out.parent.mkdir(parents=True, exist_ok=True)
