@@ -45,7 +45,8 @@ def _check_block(report: dict, expected: list[tuple[str, float, float, bool]], p
 def test_bench_bi_states_a_goal_per_query_and_exits_on_the_verdict(tmp_path, tmp_path_factory):
     out = tmp_path / "bench-bi.json"
     proc = _run(["ops.bench_bi", "--stores", "3", "--skus", "4", "--days", "8", "--window-rows", "400",
-                 "--forecast-series", "12", "--runs", "2", "--end-day", "2026-06-30", "--out", str(out)],
+                 "--forecast-series", "12", "--runs", "2", "--end-day", "2026-06-30", "--batch-days", "1",
+                 "--batch-seconds", "60", "--quarantine-per-day", "50", "--out", str(out)],
                 tmp_path_factory.mktemp("bb"))
     assert out.is_file(), proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
