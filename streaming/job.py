@@ -364,29 +364,18 @@ def kafka_retrying(settings: Settings, what: str, fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` (a Kafka request: topic ids, offsets), called again on an infrastructure error
     (:func:`streaming.sinks.is_infrastructure_error`) with the sinks' backoff (tenacity: 0.5 s doubling, at most
     STREAM_SINK_RETRY_MAX_WAIT_S seconds between calls, for up to STREAM_SINK_RETRY_SECONDS seconds), each wait
-    logged naming ``what``. Unlike :meth:`streaming.sinks.StreamSinks.retrying` it leaves the sinks' shared
-    ClickHouse client alone (no reset while the other query's batch writes through it) and counts no sink retry.
+    logged naming ``what``: :func:`streaming.sinks.retrying_call`, the policy both use. Unlike
+    :meth:`streaming.sinks.StreamSinks.retrying` it leaves the sinks' shared ClickHouse client alone (no reset while
+    the other query's batch writes through it) and counts no sink retry.
 
     Returns:
         what ``fn`` returns.
     Raises:
         the last infrastructure error after STREAM_SINK_RETRY_SECONDS; any other error at once.
     """
-    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+    from streaming.sinks import retrying_call
 
-    from streaming.sinks import is_infrastructure_error
-
-    def before_sleep(rs) -> None:
-        exc = rs.outcome.exception()
-        log.warning("%s: Kafka error (%s: %s); waiting %.1f s before attempt %d", what, type(exc).__name__,
-                    str(exc)[:300], rs.next_action.sleep, rs.attempt_number + 1)
-
-    for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
-                            wait=wait_exponential(multiplier=0.5, min=0.5, max=settings.stream_sink_retry_max_wait_s),
-                            stop=stop_after_delay(settings.stream_sink_retry_seconds), before_sleep=before_sleep,
-                            reraise=True):
-        with attempt:
-            return fn(*args, **kwargs)
+    return retrying_call(settings, what, fn, args, kwargs, error_kind="Kafka error", logger=log)
 
 
 class StreamingJob:

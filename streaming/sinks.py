@@ -147,6 +147,49 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return False
 
 
+def retrying_call(settings: Settings, what: str, fn, args: tuple = (), kwargs: dict | None = None, *,
+                  error_kind: str = "infrastructure error", before_retry=None, on_wait=None,
+                  logger: logging.Logger | None = None):
+    """``fn(*args, **kwargs)``, called again on an infrastructure error (:func:`is_infrastructure_error`): the one
+    retry policy of the stream's writes (:meth:`StreamSinks.retrying`) and Kafka look-ups
+    (:func:`streaming.job.kafka_retrying`). tenacity, exponential backoff from 0.5 s doubling, at most
+    ``settings.stream_sink_retry_max_wait_s`` (STREAM_SINK_RETRY_MAX_WAIT_S) seconds between calls, for up to
+    ``settings.stream_sink_retry_seconds`` (STREAM_SINK_RETRY_SECONDS) seconds; each wait logged as a warning
+    naming ``what``, ``error_kind``, the error, the wait (s) and the next attempt's number.
+
+    Args:
+        settings: platform settings (the two retry settings above).
+        what: the call, for the log (e.g. ``windows micro-batch 7``).
+        fn, args, kwargs: the call.
+        error_kind: the log's name of the error (``infrastructure error``, ``Kafka error``).
+        before_retry: called (no arguments) before every attempt after the first, inside it (its error is retried
+            as the call's): the sinks' ClickHouse client reset.
+        on_wait: called (no arguments) at every wait: the sinks' ``retries`` count.
+        logger: where the waits are logged (default this module's).
+    Returns:
+        what ``fn`` returns.
+    Raises:
+        the last infrastructure error after STREAM_SINK_RETRY_SECONDS; any other error at once.
+    """
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    def before_sleep(rs) -> None:
+        if on_wait is not None:
+            on_wait()
+        exc = rs.outcome.exception()
+        (logger or log).warning("%s: %s (%s: %s); waiting %.1f s before attempt %d", what, error_kind,
+                                type(exc).__name__, str(exc)[:300], rs.next_action.sleep, rs.attempt_number + 1)
+
+    for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
+                            wait=wait_exponential(multiplier=0.5, min=0.5, max=settings.stream_sink_retry_max_wait_s),
+                            stop=stop_after_delay(settings.stream_sink_retry_seconds), before_sleep=before_sleep,
+                            reraise=True):
+        with attempt:
+            if before_retry is not None and attempt.retry_state.attempt_number > 1:
+                before_retry()
+            return fn(*args, **(kwargs or {}))
+
+
 #: ClickHouse error codes of an insert refused for the *values* of its rows (not the schema, not the server): a
 #: constraint, a value outside a column's type, text or numbers its parser refuses, NULL into a non-Nullable column,
 #: ``throwIf`` in a constraint or materialized view. Only these are bisected down to the refused rows
@@ -622,23 +665,13 @@ class StreamSinks:
         STREAM_SINK_RETRY_SECONDS; then the error propagates (the query fails; a restart resumes from the
         checkpoint, nothing is lost). Every write of a micro-batch is idempotent, so a repeat writes nothing twice.
         Other errors propagate at once: a missing table or column, bugs. Rows ClickHouse refuses for their values
-        never get here: :meth:`_insert_df` sets them aside and writes the rest."""
-        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
-
-        def before_sleep(rs) -> None:
+        never get here: :meth:`_insert_df` sets them aside and writes the rest. The policy is
+        :func:`retrying_call`'s; before each repeat the ClickHouse client is replaced (:meth:`_reset_client`, which
+        raises, and is retried, while ClickHouse is still unreachable) and each wait counts in :attr:`retries`."""
+        def count() -> None:
             self.retries += 1
-            exc = rs.outcome.exception()
-            log.warning("%s: infrastructure error (%s: %s); waiting %.1f s before attempt %d",
-                        what, type(exc).__name__, str(exc)[:300], rs.next_action.sleep, rs.attempt_number + 1)
 
-        for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
-                                wait=wait_exponential(multiplier=0.5, min=0.5, max=self.s.stream_sink_retry_max_wait_s),
-                                stop=stop_after_delay(self.s.stream_sink_retry_seconds),
-                                before_sleep=before_sleep, reraise=True):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    self._reset_client()  # raises (and is retried) while ClickHouse is still unreachable
-                return fn(*args, **kwargs)
+        return retrying_call(self.s, what, fn, args, kwargs, before_retry=lambda: self._reset_client(), on_wait=count)
 
     def run_tag(self, query: str) -> str:
         """The suffix of the lake file names of ``query``'s micro-batches (``batch-<id><tag>.parquet``,
