@@ -415,7 +415,7 @@ class StreamingJob:
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
             for t, p, start, end in offset_regressions(progress):
-                if (self.__dict__.get("recreated_topics") or {}).get(name, {}).get(t, {}).get("batch") == int(
+                if self.recreated_topics.get(name, {}).get(t, {}).get("batch") == int(
                         progress["batchId"]):   # the start's own rewind of a topic re-created while the job was down
                     continue
                 log.error("query %s micro-batch %s: topic %s partition %d went back from offset %d to %d without a "
@@ -450,7 +450,7 @@ class StreamingJob:
         from core.kafka_admin import admin_client
         from streaming.checkpoint import topic_ids
 
-        admins = self.__dict__.setdefault("_admins", {})
+        admins = self._admins
         topics = self._query_topics()[name]
         try:
             if admins.get(name) is None:
@@ -513,9 +513,8 @@ class StreamingJob:
             got = rewind_running_batch(cp, batch_id, {t: b for t, b in bounds.items() if t in found})
             remember_topic_ids(cp, ids)
             if got:
-                self.__dict__.setdefault("_rewound", {})[name] = {"batch": batch_id, "topics": got}
-                self.__dict__.setdefault("rewinds", []).append({"query": name, "batch": batch_id, "topics": got,
-                                                                "found": found})
+                self._rewound[name] = {"batch": batch_id, "topics": got}
+                self.rewinds.append({"query": name, "batch": batch_id, "topics": got, "found": found})
                 msg = "; ".join(f"topic {t} ({found[t]}): offsets {d['start']}..{d['end']} of the old topic given up, "
                                 f"re-run over {d['new_start']}..{d['new_end']}" for t, d in sorted(got.items()))
                 log.error("query %s micro-batch %d: topic(s) deleted and re-created while the stream ran: %s. The batch "
@@ -537,7 +536,7 @@ class StreamingJob:
 
     def _close_admin(self, name: str | None = None) -> None:
         """Close the kept Kafka admin client of query ``name`` (every query's when None)."""
-        admins = self.__dict__.setdefault("_admins", {})
+        admins = self._admins
         for n in [name] if name else list(admins):
             admin = admins.pop(n, None)
             if admin is not None:
@@ -718,7 +717,7 @@ class StreamingJob:
         The stopped query is first waited for (``awaitTermination``, its error swallowed: it is the rewind's):
         ``isActive`` turns False before Spark unregisters the query (``notifyQueryTermination``), and a start
         with the same name before that fails with "a query with that name is already active"."""
-        got = self.__dict__.setdefault("_rewound", {}).pop(name, None)
+        got = self._rewound.pop(name, None)
         q = self.queries.get(name)
         if got is None or q is None or q.isActive:
             return False

@@ -168,17 +168,27 @@ class _StubSinks:
         return self.frame
 
 
-def stub_job(tmp_path, recorded: dict | None, **env):
-    """A StreamingJob with stub sinks (stream_batches answering ``recorded``) on the checkpoint root ``tmp_path``
-    (no Spark session, no services)."""
-    from conftest import settings_env
+def bare_job(settings, sinks):
+    """A StreamingJob built without ``__init__`` (no Spark session, no services, no migrations): ``settings``,
+    ``sinks`` and the empty state ``__init__`` gives every job (queries, kept admin clients, rewinds, ...)."""
     from streaming.job import StreamingJob
 
     job = object.__new__(StreamingJob)
-    with settings_env(SPARK_CHECKPOINT_DIR=str(tmp_path), **env) as s:
-        job.s = s
-    job.sinks = _StubSinks({"o": json.dumps(recorded), "b": 4, "t": "2026-12-06 12:00:00"} if recorded else {})
+    job.s, job.spark, job.sinks = settings, None, sinks
+    job.queries, job.started_at, job._poller = {}, None, None
+    job.progress_callbacks = [job._record_progress]
+    job.recreated_topics, job._admins, job._rewound, job._trigger, job.rewinds = {}, {}, {}, {}, []
     return job
+
+
+def stub_job(tmp_path, recorded: dict | None, **env):
+    """A StreamingJob (:func:`bare_job`) with stub sinks (stream_batches answering ``recorded``) on the checkpoint
+    root ``tmp_path``."""
+    from conftest import settings_env
+
+    with settings_env(SPARK_CHECKPOINT_DIR=str(tmp_path), **env) as s:
+        pass
+    return bare_job(s, _StubSinks({"o": json.dumps(recorded), "b": 4, "t": "2026-12-06 12:00:00"} if recorded else {}))
 
 
 def test_a_lost_checkpoint_on_a_recreated_topic_resumes_from_its_earliest(tmp_path, monkeypatch, caplog):
