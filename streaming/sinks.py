@@ -25,9 +25,9 @@ Idempotency: every ClickHouse table is a ReplacingMergeTree keyed by its natural
 files are named by batch id, alert ids are deterministic and an alert already in ``restock_alerts`` is not
 sent to Kafka again; nor is one Kafka acknowledged in an earlier attempt of the same micro-batch whose insert
 into ``restock_alerts`` failed (a retry after an outage), nor one ClickHouse refused (quarantined: found there by
-key, also by a restarted process). Ordering inside :meth:`windows_batch` (alerts before ``inventory_levels``) makes a crash of the
-process between the Kafka acknowledgement and the ClickHouse insert re-send an alert with the same id rather than
-lose it (Kafka side: at-least-once across crashes, consumers dedupe by ``alert_id``).
+key, also by a restarted process). Ordering inside :meth:`windows_batch` (alerts before ``inventory_levels``) makes
+a crash of the process between the Kafka acknowledgement and the ClickHouse insert re-send an alert with the same id
+rather than lose it (Kafka side: at-least-once across crashes, consumers dedupe by ``alert_id``).
 """
 
 from __future__ import annotations
