@@ -111,7 +111,7 @@ chaos: setup ## Chaos suite on its own native platform: kill -9 stream/broker, C
 bench-clickhouse: setup ## ClickHouse HTTP endpoint vs direct chDB: BI query p50/p95, insert rows/s -> reports/bench-clickhouse.json
 	$(PY) -m ops.bench_clickhouse --out reports/bench-clickhouse.json
 
-bench-bi: setup ## Every dashboard query at chain scale (1,000 stores x 500 SKUs, 1 year of facts, 10 M window rows, 1.2 M stream batches) -> reports/bench-bi.json + .html; ARGS="--only stream-health": the stream health queries alone, merged into the report
+bench-bi: setup ## Every dashboard query at chain scale (1,000 stores x 500 SKUs, 1 year of facts, 10 M window rows, 1.24 M stream_batches rows) -> reports/bench-bi.json + .html; ARGS="--only stream-health": the stream health queries alone, merged into the report
 	$(PY) -m ops.bench_bi $(ARGS)
 
 bench-forecast: setup ## GBT vs seasonal naive, trailing 28-day mean and statsforecast on M5 (28 days) + UCI -> reports/bench-forecast.json
