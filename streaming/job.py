@@ -541,7 +541,7 @@ class StreamingJob:
     def _checked(self, name: str, sink):
         """``sink(df, batch_id)`` (a foreachBatch function) preceded by :meth:`check_topics`."""
         def batch(df, batch_id: int) -> None:
-            q = self.queries.get(name)
+            q = (self.__dict__.get("queries") or {}).get(name)
             if q is not None:   # the checkpoint's persistent query id, for a checkpoint without a local metadata file
                 self.sinks.__dict__.setdefault("_query_ids", {}).setdefault(name, str(q.id))
             self.check_topics(name, int(batch_id))
