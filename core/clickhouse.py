@@ -92,18 +92,25 @@ def split_statements(sql: str) -> list[str]:
     return [s.strip() for s in re.split(r";\s*(?:\n|$)", sql) if s.strip()]
 
 
-def render_migration(text: str, database: str, stream_retention_days: int | None = None) -> str:
+def render_migration(text: str, database: str, stream_retention_days: int | None = None,
+                     stream_batches_retention_days: int | None = None) -> str:
     """A migration file's SQL with its placeholders filled: ``{db}`` -> ``database``, ``{stream_retention_days}`` ->
-    ``stream_retention_days`` (days; default CLICKHOUSE_STREAM_RETENTION_DAYS's default, 30)."""
+    ``stream_retention_days`` (days; default CLICKHOUSE_STREAM_RETENTION_DAYS's default, 30),
+    ``{stream_batches_retention_days}`` -> ``stream_batches_retention_days`` (days; default
+    CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS's default, 14)."""
     if stream_retention_days is None:
         stream_retention_days = Settings.model_fields["clickhouse_stream_retention_days"].default
-    return text.replace("{db}", database).replace("{stream_retention_days}", str(int(stream_retention_days)))
+    if stream_batches_retention_days is None:
+        stream_batches_retention_days = Settings.model_fields["clickhouse_stream_batches_retention_days"].default
+    return (text.replace("{db}", database).replace("{stream_retention_days}", str(int(stream_retention_days)))
+            .replace("{stream_batches_retention_days}", str(int(stream_batches_retention_days))))
 
 
 def migrate(settings: Settings | None = None, database: str | None = None) -> list[str]:
     """Apply every ``clickhouse/migrations/*.sql`` file, in file-name order, on every call. ``{db}`` in a file is
-    replaced by the database name and ``{stream_retention_days}`` by CLICKHOUSE_STREAM_RETENTION_DAYS
-    (:func:`render_migration`); statements are split by :func:`split_statements` and run one by one.
+    replaced by the database name, ``{stream_retention_days}`` by CLICKHOUSE_STREAM_RETENTION_DAYS and
+    ``{stream_batches_retention_days}`` by CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS (:func:`render_migration`);
+    statements are split by :func:`split_statements` and run one by one.
 
     Each call re-runs every statement of every file, which is safe because each one is idempotent (``CREATE ...
     IF NOT EXISTS``, ``CREATE OR REPLACE``, ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``, and backfill ``INSERT ...
@@ -141,7 +148,8 @@ def migrate(settings: Settings | None = None, database: str | None = None) -> li
             if f.name in done:
                 applied.append(f.name)
                 continue
-        for stmt in split_statements(render_migration(text, db, s.clickhouse_stream_retention_days)):
+        for stmt in split_statements(render_migration(text, db, s.clickhouse_stream_retention_days,
+                                                      s.clickhouse_stream_batches_retention_days)):
             client.command(stmt)
         client.command(f"INSERT INTO {db}.schema_migrations (name) VALUES ('{f.name}')")
         applied.append(f.name)

@@ -445,13 +445,17 @@ def quality_ml() -> None:
     q = fetch("dq_quarantine")
     stream = fetch("dq_stream")
     totals = fetch("dq_quarantine_totals")   # every reason: the chart's dq_quarantine keeps its 200 largest
-    c = st.columns(4)
+    c = st.columns(5)
     none = totals is None or totals.empty
-    c[0].metric("Quarantined events", num(None if none else totals["quarantined"].iloc[0]))
+    c[0].metric("Quarantined events", num(None if none else totals["quarantined"].iloc[0]),
+                help="Kafka records the stream quarantined (not rows ClickHouse refused)")
     c[1].metric("Dead-lettered events", num(None if none else totals["dead_lettered"].iloc[0]))
-    c[2].metric("Micro-batches committed", num(0 if stream is None else stream["micro_batches"].sum()))
+    c[2].metric("Rows ClickHouse refused", num(None if none else totals["refused_rows"].iloc[0]),
+                help="rows of the stream's tables (e.g. a 5-minute window) ClickHouse refused for their values, set "
+                     "aside in quarantine (topic refused:<table>): not Kafka records")
+    c[3].metric("Micro-batches committed", num(0 if stream is None else stream["micro_batches"].sum()))
     etl = fetch("dq_etl")
-    c[3].metric("ETL runs (last 30)", num(0 if etl is None else len(etl)))
+    c[4].metric("ETL runs (last 30)", num(0 if etl is None else len(etl)))
     if q is not None and not q.empty:
         st.plotly_chart(px.bar(plot_literal(q, "reason", "event_type"), x="events", y="reason", color="event_type",
                                orientation="h",
@@ -566,7 +570,7 @@ def stream_health() -> None:
         none = pd.DataFrame(columns=["query", "hour_start", "records_expired", "late_rows_dropped", "rows_set_aside"])
         for level, text in health_verdicts(latest, none if hourly is None else hourly):
             getattr(st, level)(text)
-        c = st.columns([2, 1, 1, 1, 1])
+        c = st.columns([2, 1, 1, 1, 1, 1])
         stalest = latest.loc[latest["last_committed_at"].idxmin()]
         c[0].metric("Last committed batch (stalest query)", _when(stalest["last_committed_at"]),
                     help="commit time (UTC) of the latest micro-batch of the query that committed longest ago")
@@ -576,10 +580,13 @@ def stream_health() -> None:
         c[3].metric("Kafka records expired unread", num(latest["records_expired"].max()),
                     help="records a topic's retention deleted (or a re-created topic skipped) before the stream read "
                          "them; counted once per query, the larger of the queries")
-        c[4].metric("Quarantined records (24 h)",
-                    num(None if quarantined is None or quarantined.empty else quarantined["events"].iloc[0]),
-                    help="quarantined and dead-lettered records of the 24 hours up to the newest one (all reasons; "
-                         "the table below lists the 200 largest groups)")
+        qnone = quarantined is None or quarantined.empty
+        c[4].metric("Quarantined records (24 h)", num(None if qnone else quarantined["events"].iloc[0]),
+                    help="Kafka records quarantined and dead-lettered in the 24 hours up to the newest one (all "
+                         "reasons; the table below lists the 200 largest groups); not the rows ClickHouse refused")
+        c[5].metric("Rows ClickHouse refused (24 h)", num(None if qnone else quarantined["refused_rows"].iloc[0]),
+                    help="rows of the stream's tables (e.g. a 5-minute window) ClickHouse refused for their values "
+                         "in the same 24 hours, set aside in quarantine (topic refused:<table>): not Kafka records")
         st.markdown("**Per streaming query** (all committed micro-batches)")
         shown = latest.assign(last_committed_at=latest["last_committed_at"].map(_when),
                               latest_event_time=latest["latest_event_time"].map(_when),

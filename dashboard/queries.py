@@ -162,10 +162,13 @@ QUERIES: dict[str, tuple[str, str]] = {
                max(q.last_seen) AS last_seen
         FROM {db}.v_quarantine_summary AS q
         GROUP BY reason, event_type, topic ORDER BY events DESC LIMIT 200"""),
-    # the cards' totals over every group (dq_quarantine keeps only its 200 largest)
+    # the cards' totals over every group (dq_quarantine keeps only its 200 largest); quarantined / dead_lettered
+    # count Kafka records, refused_rows the stream table rows ClickHouse refused (topic refused:<table>, 084): until
+    # 2026-12-06 those were counted as quarantined records
     "dq_quarantine_totals": ("quality", """
-        SELECT toInt64(sumIf(q.events, NOT endsWith(q.topic, 'dead-letter'))) AS quarantined,
-               toInt64(sumIf(q.events, endsWith(q.topic, 'dead-letter'))) AS dead_lettered
+        SELECT toInt64(sumIf(q.events, NOT endsWith(q.topic, 'dead-letter') AND q.is_refused_row = 0)) AS quarantined,
+               toInt64(sumIf(q.events, endsWith(q.topic, 'dead-letter'))) AS dead_lettered,
+               toInt64(sumIf(q.events, q.is_refused_row = 1)) AS refused_rows
         FROM {db}.v_quarantine_summary AS q"""),
     "dq_stream": ("quality", """
         SELECT query, toInt64(count()) AS micro_batches, toInt64(sum(input_rows)) AS input_rows,
@@ -195,8 +198,11 @@ QUERIES: dict[str, tuple[str, str]] = {
         GROUP BY event_type, topic, reason ORDER BY events DESC, reason LIMIT 200"""),
     # the card's total over every group of the same 24 hours: health_quarantine keeps only its 200 largest groups,
     # and reasons often carry per-row text (ClickHouse's error with the row's values, topic refused:<table>)
+    # events: Kafka records (quarantined and dead-lettered); refused_rows: stream table rows ClickHouse refused (084;
+    # until 2026-12-06 in events)
     "health_quarantine_total": ("quality", """
-        SELECT toInt64(sum(q.events)) AS events
+        SELECT toInt64(sumIf(q.events, q.is_refused_row = 0)) AS events,
+               toInt64(sumIf(q.events, q.is_refused_row = 1)) AS refused_rows
         FROM {db}.v_stream_quarantine_hourly AS q
         WHERE q.hour_start > (SELECT max(hour_start) FROM {db}.v_stream_quarantine_hourly) - INTERVAL 24 HOUR"""),
     "dq_etl": ("quality", """

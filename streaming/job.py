@@ -395,6 +395,11 @@ class StreamingJob:
         if migrate:
             wait_for_services(self.s)
         self.sinks = StreamSinks(self.s)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """The state every job starts with (no query running, nothing rewound); also used by tests that build a
+        job without ``__init__`` (no Spark session, no services)."""
         self.queries: dict[str, Any] = {}
         self.started_at: float | None = None
         #: callbacks(query name, progress dict) called once per micro-batch (:class:`ProgressPoller`); the job's
@@ -529,6 +534,9 @@ class StreamingJob:
     def _checked(self, name: str, sink):
         """``sink(df, batch_id)`` (a foreachBatch function) preceded by :meth:`check_topics`."""
         def batch(df, batch_id: int) -> None:
+            q = self.queries.get(name)
+            if q is not None:   # the checkpoint's persistent query id, for a checkpoint without a local metadata file
+                self.sinks.remember_query_id(name, str(q.id))
             self.check_topics(name, int(batch_id))
             sink(df, batch_id)
 
@@ -588,7 +596,9 @@ class StreamingJob:
         checkpoint was deleted or lost. None otherwise (a first start, or a checkpoint that is not a local folder),
         and None with STREAM_RESUME_LOST_CHECKPOINT=false (a deliberate rebuild from STREAM_STARTING_OFFSETS).
 
-        The end offsets of the last recorded micro-batch (``stream_batches.end_offsets``, the latest by commit time)
+        The end offsets of the last recorded micro-batch (``stream_batches.end_offsets``, the latest by commit time of
+        any run of the query's checkpoints, as ``stream_batches_latest`` keeps it without TTL: migration 083; a
+        query idle longer than CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS has no row left in ``stream_batches``)
         are checked against the topics' current earliest and end offsets
         (:func:`streaming.checkpoint.resume_offsets`): a recorded offset beyond a partition's end (the topic was
         re-created or the broker's data reset since that run; Spark would skip the new records below it with a
@@ -607,7 +617,7 @@ class StreamingJob:
         got = self.sinks.retrying(
             f"{query} end offsets of the last recorded micro-batch", self.sinks._query,
             "SELECT argMax(end_offsets, committed_at) AS o, argMax(batch_id, committed_at) AS b, max(committed_at) AS t "
-            "FROM {db}.stream_batches FINAL WHERE query = {q:String} AND end_offsets != ''", {"q": query})
+            "FROM {db}.stream_batches_latest FINAL WHERE query = {q:String} AND end_offsets != ''", {"q": query})
         if got.empty or not got["o"].iloc[0]:
             return None
         where = (f"query {query}: its checkpoint {Path(root, query)} holds no offsets, but stream_batches records its "

@@ -6,7 +6,7 @@ Two queries, two sinks:
   -> the lake as Parquet ``raw-data/<event_type>/year=YYYY/month=MM/day=DD/batch-<batchId><tag>.parquet``
   (:meth:`StreamSinks.run_tag`)
   (day of the event time, UTC; deterministic names so a replayed micro-batch overwrites its own files);
-  invalid records -> ClickHouse ``quarantine_events`` (keyed by topic/partition/offset) with the reason and
+  invalid records -> ClickHouse ``quarantine_events`` (keyed by topic/partition/offset/topic id) with the reason and
   the raw payload. Late events are *not* dropped here: the lake holds every valid event.
 * :meth:`StreamSinks.windows_batch` (query ``windows``, update output mode): the windows updated by the
   micro-batch are enriched (:func:`streaming.transforms.enrich_windows`) with the recent history read back
@@ -71,7 +71,7 @@ ANCHOR_LOOKBACK_HOURS = STREAM_ANCHOR_LOOKBACK_HOURS
 SINK_KEYS = {"sales_metrics_5m": ["store_id", "product_id", "window_start"],
              "store_metrics_5m": ["store_id", "window_start"],
              "inventory_levels": ["store_id", "product_id"], "restock_alerts": ["alert_id"],
-             "stream_batches": ["query", "batch_id"]}
+             "stream_batches": ["query", "batch_id", "query_id"]}
 #: characters of a refused quarantine row's payload kept (JSON-escaped) in its second attempt
 QUARANTINE_PAYLOAD_CHARS = 65_536
 #: characters of a refused quarantine row's reason kept in its later attempts (ClickHouse's error is added)
@@ -413,6 +413,7 @@ class StreamSinks:
         self.topics = {settings.topic(EVENT_TYPES[et]): et for et in INPUT_EVENT_TYPES}
         self.dead_letter_topic = settings.topic(DEAD_LETTER)
         self._run_tags: dict[str, str] = {}
+        self._query_ids: dict[str, str] = {}   # {query: StreamingQuery.id}, :meth:`query_id`
         #: per thread (each query's batches run in a thread of their own): rows of the running micro-batch set
         #: aside because ClickHouse refused them (:meth:`_insert_df`)
         self._tls = threading.local()
@@ -465,7 +466,8 @@ class StreamSinks:
         the table, ``topic`` = ``refused:<table>``, ``partition`` = -1, ``offset`` = a 63-bit hash of (table, the
         row's natural key :data:`SINK_KEYS`), so the latest refusal of a row replaces the earlier ones (a re-run
         batch, a window re-emitted by later micro-batches in update mode: one quarantine row per table and key;
-        ``quarantine_events`` is a ReplacingMergeTree(ingested_at) keyed by (topic, partition, offset)), ``batch_id``
+        ``quarantine_events`` is a ReplacingMergeTree(ingested_at) keyed by (topic, partition, offset, topic_id);
+        ``topic_id`` '' here), ``batch_id``
         = the latest refusing batch, ``reason`` = ClickHouse's error, ``raw_payload`` = the row as JSON
         (:func:`row_payload`). Counted once per attempt per (table, key) in ``rows_set_aside``."""
         now = pd.Timestamp(time.time(), unit="s", tz="UTC").floor("ms")
@@ -479,7 +481,7 @@ class StreamSinks:
                       batch, reason, table, row_payload({k: r.get(k) for k in key}))
             rows.append({"event_type": table, "topic": f"refused:{table}", "partition": -1,
                          "offset": refused_row_offset(table, [r.get(k) for k in key]),
-                         "kafka_timestamp": pd.NaT, "reason": reason, "raw_payload": row_payload(r),
+                         "topic_id": "", "kafka_timestamp": pd.NaT, "reason": reason, "raw_payload": row_payload(r),
                          "batch_id": batch, "ingested_at": now})
         q = pd.DataFrame(rows)
         q["partition"] = q["partition"].astype("int32")
@@ -554,7 +556,8 @@ class StreamSinks:
     def _log_batch(self, query: str, batch_id: int, input_rows: int, output_rows: int, started: float,
                    phases: dict[str, float] | None = None, alerts_closed_until: int | None = None,
                    event_time_max: int | None = None) -> None:
-        rec = {"query": query, "batch_id": int(batch_id), "input_rows": int(input_rows),
+        rec = {"query": query, "batch_id": int(batch_id), "query_id": self.query_id(query),
+               "input_rows": int(input_rows),
                "output_rows": int(output_rows), "started_at": started, "committed_at": time.time(),
                "alerts_closed_until": alerts_closed_until, "event_time_max": event_time_max,
                "duplicates_dropped": 0, "records_expired": 0,
@@ -599,7 +602,8 @@ class StreamSinks:
                              dtype="datetime64[ms, UTC]")[0]
 
         return pd.DataFrame([{
-            "query": rec["query"], "batch_id": rec["batch_id"], "input_rows": rec["input_rows"],
+            "query": rec["query"], "batch_id": rec["batch_id"], "query_id": rec.get("query_id") or "",
+            "input_rows": rec["input_rows"],
             "output_rows": rec["output_rows"], "started_at": pd.Timestamp(rec["started_at"], unit="s", tz="UTC"),
             "committed_at": pd.Timestamp(rec["committed_at"], unit="s", tz="UTC"),
             "duplicates_dropped": int(rec.get("duplicates_dropped") or 0),
@@ -691,17 +695,50 @@ class StreamSinks:
         if tag is None:
             from streaming.checkpoint import UNTAGGED, lake_file_naming
 
-            root = self.s.spark_checkpoint_dir or ""
-            meta = Path(root, query, "metadata")
-            try:
-                tag = f"-{json.loads(meta.read_text())['id'].replace('-', '')[:8]}" if "://" not in root else ""
-            except (OSError, ValueError, KeyError):
-                tag = ""
+            qid = self.query_id(query)
+            tag = f"-{qid.replace('-', '')[:8]}" if qid else ""
             if tag:
-                if lake_file_naming(Path(root, query)) == UNTAGGED:
+                if lake_file_naming(Path(self.s.spark_checkpoint_dir, query)) == UNTAGGED:
                     tag = ""
                 self._run_tags[query] = tag
         return tag
+
+    def query_id(self, query: str) -> str:
+        """Spark's persistent id of ``query``'s checkpoint (``StreamingQuery.id``, a UUID text, read from
+        ``<SPARK_CHECKPOINT_DIR>/<query>/metadata``, which Spark writes before the first micro-batch): the same
+        across restarts from that checkpoint, new for a new checkpoint (not ``runId``, new at every restart).
+        Kept in ``stream_batches.query_id`` (migration 081) so a lost checkpoint's new run, whose batch ids restart
+        at 0, adds rows instead of replacing the old run's; it also tags the lake file names (:meth:`run_tag`).
+        ``""`` when the checkpoint is not a local folder or has no readable metadata (sinks driven directly);
+        cached once found."""
+        ids = self._query_ids
+        if query not in ids:
+            root = self.s.spark_checkpoint_dir or ""
+            try:
+                qid = "" if "://" in root else str(json.loads(Path(root, query, "metadata").read_text())["id"])
+            except (OSError, ValueError, KeyError, TypeError):
+                qid = ""
+            if not qid:
+                return ""
+            ids[query] = qid
+        return ids[query]
+
+    def remember_query_id(self, query: str, qid: str) -> None:
+        """Keep ``qid`` (the running ``StreamingQuery.id`` of ``query``) as its :meth:`query_id` unless one is known
+        already: the id of a checkpoint without a readable local metadata file."""
+        if qid:
+            self._query_ids.setdefault(query, qid)
+
+    def topic_ids(self, query: str = "raw") -> dict[str, str]:
+        """{topic: Kafka topic id} of ``query``'s topics as its micro-batch's topic check stored them before it read
+        (``<SPARK_CHECKPOINT_DIR>/<query>/topic-ids.json``, :meth:`streaming.job.StreamingJob.check_topics`): the
+        incarnation of each topic the running batch reads, kept in ``quarantine_events.topic_id`` (migration 082) so
+        a record of a re-created topic does not replace the old topic's record at the same partition and offset.
+        {} for a checkpoint that is not a local folder or without the file (sinks driven directly)."""
+        from streaming.checkpoint import stored_topic_ids
+
+        root = self.s.spark_checkpoint_dir or ""
+        return {} if "://" in root else stored_topic_ids(Path(root, query))
 
     def producer(self):
         """Lazily created producer for restock alerts (:func:`core.kafka.make_producer`)."""
@@ -754,8 +791,9 @@ class StreamSinks:
         time, :func:`processing_time`, as the watermark column: a processing-time watermark never makes a row
         late, so late events still reach the lake while a copy re-sent within the watermark is dropped). Invalid
         records are never deduplicated (each offset is quarantined): they pass the same deduplication under a key
-        of their own (``NUL`` + partition:offset, which no valid id can equal: ids with control characters are
-        invalid), so the frame has no valid/invalid split and each source is scanned once per micro-batch.
+        of their own (``NUL`` + partition:offset:Kafka timestamp in ms, which no valid id can equal: ids with control
+        characters are invalid; the timestamp tells a re-created topic's record at the same offset from the old
+        topic's), so the frame has no valid/invalid split and each source is scanned once per micro-batch.
 
         Returns:
             ``KAFKA_COLUMNS`` + the union of the contract fields + ``invalid_reason`` + ``event_key`` (the event id)
@@ -769,7 +807,12 @@ class StreamSinks:
                 self.validated(frame(topic), et, topic)
                 .select(*TR.KAFKA_COLUMNS, *S.field_names(et), TR.REASON, F.col(TR.EVENT_ID[et]).alias("event_key")),
                 allowMissingColumns=True)
-        own_key = F.format_string("\u0000%d:%d", F.col("partition"), F.col("offset"))
+        # + the Kafka timestamp (ms): a topic deleted and re-created within STREAM_WATERMARK holds other records at
+        # the same partitions and offsets; keyed by partition:offset alone, the new topic's invalid record was
+        # dropped as a "duplicate" of the old topic's and never quarantined (until 2026-12-06). The same record read
+        # again (a re-run, a rewind) keeps its timestamp, so it is still one record
+        own_key = F.format_string("\u0000%d:%d:%d", F.col("partition"), F.col("offset"),
+                                  F.coalesce(F.unix_millis(F.col("kafka_timestamp")), F.lit(-1)))
         return (union.withColumn("_dedup_key", F.when(F.col(TR.REASON).isNull(), F.col("event_key")).otherwise(own_key))
                 .withColumn("_arrived", processing_time())
                 .withWatermark("_arrived", self.s.stream_watermark)
@@ -833,7 +876,9 @@ class StreamSinks:
             quarantine.append(q)
         t = time.time()
         if quarantine:
-            self._insert_df("quarantine_events", pd.concat(quarantine, ignore_index=True))
+            q = pd.concat(quarantine, ignore_index=True)
+            q["topic_id"] = q["topic"].map(self.topic_ids("raw")).fillna("").astype(str)   # 082: the incarnation
+            self._insert_df("quarantine_events", q)
         ph["clickhouse"] += time.time() - t
         self._log_batch("raw", batch_id, n_in, n_valid, started, ph)
 
@@ -1224,9 +1269,18 @@ class StreamSinks:
             (the bound used, or the previous one: None before any; the latest event time counted now, to be
             recorded as this batch's ``event_time_max``), both epoch ms.
         """
-        prev_df = self._query("SELECT max(alerts_closed_until) AS p, max(event_time_max) AS e "
-                              "FROM {db}.stream_batches FINAL WHERE query = 'windows' AND batch_id < %(b)s",
-                              {"b": int(batch_id)})
+        # the earlier batches of this checkpoint's run only (query_id, migration 081; '' = rows written before it):
+        # a lost checkpoint's new run starts from batch 0 again, and the old run's rows, kept since 081, are not its
+        # earlier batches (before 081 the new run's rows replaced them, with the same effect). The run's latest row
+        # is also kept in stream_batches_latest (083, no TTL): a query idle longer than CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS
+        # has no row left in stream_batches; both bounds only grow, so its latest row holds their maxima
+        prev_df = self._query(
+            "SELECT max(p) AS p, max(e) AS e FROM ("
+            "SELECT alerts_closed_until AS p, event_time_max AS e FROM {db}.stream_batches FINAL "
+            "WHERE query = 'windows' AND batch_id < %(b)s AND query_id IN (%(r)s, '') UNION ALL "
+            "SELECT alerts_closed_until, event_time_max FROM {db}.stream_batches_latest FINAL "
+            "WHERE query = 'windows' AND batch_id < %(b)s AND query_id IN (%(r)s, ''))",
+            {"b": int(batch_id), "r": self.query_id("windows")})
         prev, earlier = (self._ms(prev_df[c].iloc[0]) if len(prev_df) else None for c in ("p", "e"))
         win_ms = round(self.window_len_hours * 3_600_000)
         # a window starting win_ms or more before the earlier batches' latest event time holds no later event:

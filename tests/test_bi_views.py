@@ -36,14 +36,19 @@ def view_names() -> list[str]:
     return [v for f in VIEW_FILES for v in re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)", f.read_text())]
 
 
+#: settings update for a database holding the fixtures' dated micro-batches (2026-05-04 here, 2026-01 in
+#: test_powerbi): stream_batches' TTL (migration 083, 14 days by default) would delete them at once
+KEEP_BATCHES = {"clickhouse_stream_batches_retention_days": 3_650}
+
+
 @pytest.fixture(scope="module")
 def bi(native_stack):
     """(client, database): all migrations applied to a fresh database, twice (idempotence)."""
     from core.clickhouse import get_client, migrate
 
     db = f"bi_{uuid.uuid4().hex[:8]}"
-    first = migrate(native_stack, database=db)
-    second = migrate(native_stack, database=db)
+    first = migrate(native_stack.model_copy(update=KEEP_BATCHES), database=db)
+    second = migrate(native_stack.model_copy(update=KEEP_BATCHES), database=db)
     assert first == second and "030_bi_views.sql" in first
     client = get_client(native_stack, db)
     yield client, db

@@ -175,9 +175,7 @@ def bare_job(settings, sinks):
 
     job = object.__new__(StreamingJob)
     job.s, job.spark, job.sinks = settings, None, sinks
-    job.queries, job.started_at, job._poller = {}, None, None
-    job.progress_callbacks = [job._record_progress]
-    job.recreated_topics, job._admins, job._rewound, job._trigger, job.rewinds = {}, {}, {}, {}, []
+    job._init_state()
     return job
 
 

@@ -465,10 +465,22 @@ def test_a_reorder_point_is_carried_across_runs_and_beyond_the_history_horizon(n
     assert alerts.values.tolist() == [["NOCAT1", 3, 10]]
 
 
-def _forty_sales_streamed(native_stack, prefix: str, skus: int, spark, **overrides):
+def _send_to_partition(s, topic: str, partition: int, values: list[bytes]) -> list[int]:
+    """Send raw ``values`` (key ``S001|P0``) to one partition of ``topic``, acks=all; returns their offsets."""
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+    try:
+        return [p.send(topic, key=b"S001|P0", value=v, partition=partition).get(timeout=30).offset for v in values]
+    finally:
+        p.close()
+
+
+def _forty_sales_streamed(native_stack, prefix: str, skus: int, spark, first: list[bytes] | None = None, **overrides):
     """A namespace of its own (``prefix`` + 6 hex, settings ``overrides``), 40 sales "A000".. over ``skus`` SKUs an
-    hour ago, one available-now run of the stream; returns (settings, ``batch(tag, n)``: n more such sales with ids
-    tag000..)."""
+    hour ago (after ``first``: raw values sent to the sales topic's partition 0 first, offsets 0..), one
+    available-now run of the stream; returns (settings, ``batch(tag, n)``: n more such sales with ids tag000..)."""
+    from contracts import EVENT_TYPES
     from streaming.job import run_stream
 
     s = namespace(native_stack, f"{prefix}{uuid.uuid4().hex[:6]}", **overrides)
@@ -477,6 +489,8 @@ def _forty_sales_streamed(native_stack, prefix: str, skus: int, spark, **overrid
     def batch(tag: str, n: int) -> list[tuple[str, dict]]:
         return [("sales_transaction", sale(f"{tag}{i:03d}", t + i * 1000, sku=f"P{i % skus}")) for i in range(n)]
 
+    if first:
+        _send_to_partition(s, s.topic(EVENT_TYPES["sales_transaction"]), 0, first)
     produce(s, batch("A", 40))
     run_stream(s, available_now=True, timeout=600, spark=spark)
     return s, batch
@@ -544,15 +558,21 @@ def test_a_topic_recreated_while_the_stream_was_down_is_read_from_its_start(nati
     Kafka source (failOnDataLoss=false) went on from them: 60 of the 100 reached the lake and the windows, the 40
     below the old offsets were skipped without a count (records_expired 0). Now the job compares Kafka's topic
     ids with those its checkpoint recorded and reads the new topic from offset 0: all 140 sales in lake and
-    windows, once each, and the topic is reported re-created (not counted as expired)."""
+    windows, once each, and the topic is reported re-created (not counted as expired).
+
+    An invalid record at partition 0, offset 0 of the old topic and one at the same place of the new topic: both
+    stay quarantined (migration 082: the Kafka topic id in quarantine_events' key). Until 2026-12-06 the key was
+    (topic, partition, offset) and the new topic's record replaced the old one's: 1 of the 2 left."""
     from contracts import EVENT_TYPES
     from core.clickhouse import get_client
     from streaming.job import StreamingJob, run_stream
 
-    s, batch = _forty_sales_streamed(native_stack, "rec", 7, spark)
+    s, batch = _forty_sales_streamed(native_stack, "rec", 7, spark, first=[b"not json: old topic"])
     client, db = get_client(s), s.clickhouse_database
     topic = s.topic(EVENT_TYPES["sales_transaction"])
+    old_id = json.loads((Path(s.spark_checkpoint_dir) / "raw" / "topic-ids.json").read_text())[topic]
     _recreate_topic(s, topic)
+    assert _send_to_partition(s, topic, 0, [b"not json: new topic"]) == [0]
     produce(s, batch("B", 100))
 
     job = StreamingJob(s, spark=spark)
@@ -568,8 +588,15 @@ def test_a_topic_recreated_while_the_stream_was_down_is_read_from_its_start(nati
     assert windows_total(client, db) == 140
     assert set(job.recreated_topics) == {"raw", "windows"}
     assert set(job.recreated_topics["raw"]) == set(job.recreated_topics["windows"]) == {topic}
-    assert sum(job.recreated_topics["raw"][topic]["offsets"].values()) == 40
+    assert sum(job.recreated_topics["raw"][topic]["offsets"].values()) == 41   # 40 sales + the invalid record
     assert stats["raw"]["records_expired"] == 0 and stats["windows"]["records_expired"] == 0
+    new_id = json.loads((Path(s.spark_checkpoint_dir) / "raw" / "topic-ids.json").read_text())[topic]
+    q = client.query_df(f"SELECT topic_id, raw_payload FROM {db}.quarantine_events FINAL WHERE topic = {{t:String}} "
+                        "AND partition = 0 AND offset = 0 ORDER BY raw_payload", parameters={"t": topic})
+    assert q.to_dict("records") == [{"topic_id": new_id, "raw_payload": "not json: new topic"},
+                                    {"topic_id": old_id, "raw_payload": "not json: old topic"}], client.query_df(
+        f"SELECT topic, partition, offset, topic_id, raw_payload, batch_id, ingested_at FROM {db}.quarantine_events"
+    ).to_dict("records")   # was 1 row: new
     # a second start finds nothing re-created: nothing is read twice
     produce(s, batch("C", 10))
     run_stream(s, available_now=True, timeout=600, spark=spark)
@@ -693,6 +720,20 @@ def test_a_lost_checkpoint_resumes_where_the_last_batch_ended(native_stack, spar
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} sales doubled in the lake"   # was 46 of 116
     assert sorted(ids) == expected
     assert windows_total(client, db) == 70
+    # stream_batches keeps both runs (migration 081: query_id, the checkpoint's persistent Spark query id, in the
+    # key): the raw query read each of the 70 records once, 60 in the old run's batches and 10 in the new run's.
+    # Until 2026-12-06 the new run's batches replaced the old run's of the same ids (checked with the old key: 42)
+    raw = client.query_df(f"SELECT query_id, batch_id, input_rows, committed_at FROM {db}.stream_batches FINAL "
+                          "WHERE query = 'raw'")
+    assert int(raw["input_rows"].sum()) == 70, raw.to_dict("records")
+    runs = raw.groupby("query_id")["input_rows"].sum().sort_values().tolist()
+    assert runs == [10, 60] and "" not in set(raw["query_id"])
+    latest = client.query_df(f"SELECT * FROM {db}.v_stream_health_latest WHERE query = 'raw'").iloc[0]
+    assert int(latest["input_rows"]) == 70 and int(latest["micro_batches"]) == len(raw)
+    new_run = raw.groupby("query_id")["input_rows"].sum().idxmin()
+    last = raw.loc[raw["committed_at"].idxmax()]
+    assert last["query_id"] == new_run   # the latest batch is the new run's last, not the old run's batch 4
+    assert int(latest["last_batch_id"]) == int(last["batch_id"]) == raw[raw["query_id"] == new_run]["batch_id"].max()
 
 
 def test_a_truncated_checkpoint_entry_is_set_aside_and_its_batch_run_again(native_stack, spark):

@@ -619,3 +619,62 @@ def test_a_value_a_narrower_clickhouse_column_cannot_hold_is_quarantined(fresh_s
     assert json.loads(q["raw_payload"].iloc[0])["units_sold"] == 40_000
     assert "ClickHouse refused the sales_metrics_5m row" in q["reason"].iloc[0]
     assert "units_sold" in q["reason"].iloc[0] and "32767" in q["reason"].iloc[0]   # the serializer's own error
+
+
+# ------------------------------------------------------------------------ stream_batches retention --
+def test_stream_batches_forget_old_batches_but_the_start_up_keeps_each_querys_latest(fresh_sinks, spark, tmp_path):
+    """stream_batches had no TTL (30 days of 5 s batches: health queries 21-364 ms p50). Now a row goes
+    CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS (14) after its commit (migration 083). The start-up still finds the latest row of a
+    query idle for longer (stream_batches_latest, no TTL): the raw query's last end offsets, 16 days old, for a lost
+    checkpoint's resume, and the windows query's closed-window bound for its run's next batch (not for another run's
+    batch 0). Before 083 the 45 rows older than 14 days all stayed."""
+    import pandas as pd
+
+    from contracts import EVENT_TYPES
+    from streaming.job import StreamingJob
+
+    sinks, client, db = fresh_sinks
+    s = sinks.s.model_copy(update={"spark_checkpoint_dir": str(tmp_path)})
+    assert s.clickhouse_stream_batches_retention_days == 14
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+    (tmp_path / "windows").mkdir()
+    (tmp_path / "windows" / "metadata").write_text(json.dumps({"id": "run-w"}))
+    now = pd.Timestamp.now(tz="UTC").floor("ms")
+    t0 = pd.Timestamp("2026-11-01", tz="UTC")
+    rows = ([{"query": "raw", "query_id": "run-r", "batch_id": i, "committed_at": now - pd.Timedelta(days=45 - i),
+              "end_offsets": json.dumps({topic: {"0": i + 1}})} for i in range(30)]            # 16-45 days old
+            + [{"query": "windows", "query_id": "run-w", "batch_id": i, "committed_at": now - pd.Timedelta(days=30 - i),
+                "end_offsets": json.dumps({topic: {"0": i + 1}}), "alerts_closed_until": t0 + pd.Timedelta(hours=i),
+                "event_time_max": t0 + pd.Timedelta(hours=i, minutes=10)} for i in range(15)]   # 16-30 days old
+            + [{"query": "other", "query_id": "run-o", "batch_id": i, "committed_at": now - pd.Timedelta(days=i),
+                "end_offsets": ""} for i in range(5)])                                         # 0-4 days old
+    df = pd.DataFrame(rows)
+    for c in ("alerts_closed_until", "event_time_max"):
+        df[c] = pd.to_datetime(df[c], utc=True)
+    df["started_at"] = df["committed_at"]
+    df["input_rows"] = df["output_rows"] = 1
+    client.insert_df(f"{db}.stream_batches", df)
+    client.command(f"OPTIMIZE TABLE {db}.stream_batches FINAL")
+    kept = client.query_df(f"SELECT query, batch_id FROM {db}.stream_batches ORDER BY query, batch_id")
+    assert kept.to_dict("records") == [{"query": "other", "batch_id": i} for i in range(5)]   # was all 50 rows
+
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
+    for i in range(30):
+        p.send(topic, value=b"x", partition=0).get(timeout=30)
+    p.close()
+    job = StreamingJob(s, spark=spark, migrate=False)
+    try:
+        start = job.lost_checkpoint_offsets("raw")   # no offsets in tmp_path/raw: the checkpoint was lost
+        assert start is not None and set(start) == set(job._query_topics()["raw"])
+        assert start[topic]["0"] == 30   # the end offset of raw batch 29, 16 days old, within the topic's 30 records
+        ms = lambda ts: int(ts.timestamp() * 1000)   # noqa: E731
+        assert job.sinks._closed_window_alerts(15, ms(now)) == (ms(t0 + pd.Timedelta(hours=14)),
+                                                                ms(t0 + pd.Timedelta(hours=14, minutes=10)))
+        # a new checkpoint's run (another query id): the old run's bound is not its batch 0's earlier batch
+        (tmp_path / "windows" / "metadata").write_text(json.dumps({"id": "run-new"}))
+        job.sinks._query_ids.clear()   # forget the cached id: the new metadata file is read
+        assert job.sinks._closed_window_alerts(0, ms(now))[0] is None   # no earlier bound: none evaluated yet
+    finally:
+        job.sinks.close()

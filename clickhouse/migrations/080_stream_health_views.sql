@@ -5,7 +5,7 @@
 -- micro-batch ClickHouse refused for their values, set aside in quarantine_events (topic refused:<table>).
 --
 -- Conventions as 030_bi_views.sql: counts Int64, date_key YYYYMMDD, views only (bi_reader reads them).
--- stream_batches is a ReplacingMergeTree(committed_at) ordered by (query, batch_id): the sink inserts a batch's
+-- stream_batches is a ReplacingMergeTree(committed_at) ordered by (query, batch_id, query_id) (081; the run of the checkpoint): the sink inserts a batch's
 -- row right after its writes and inserts it again (same committed_at) when the query progress adds counts
 -- (duplicates, expired, late) or end offsets; a batch re-run after a restart inserts it again with a later
 -- committed_at. Every view reads it with FINAL, so each micro-batch counts once, with its latest row.
