@@ -556,7 +556,10 @@ def run_stream_health(health: HealthSize, runs: int, end_day: dt.date) -> dict[s
     from ops import local
 
     with tempfile.TemporaryDirectory(prefix="bench-bi-") as tmp, \
-            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi") as s:
+            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi",
+                              # every loaded micro-batch kept (migration 083's TTL would delete those older than the
+                              # retention, 14 days by default, at the next merge): the worst case of a longer retention
+                              CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS=str(max(14, health.batch_days + 2))) as s:
         try:
             migrate(s)
             writer = get_client(s)
@@ -602,8 +605,10 @@ def run(size: ChainSize, runs: int, end_day: dt.date, health: HealthSize | None 
     from dashboard.queries import Filters
     from ops import local
 
+    health = health or HealthSize()
     with tempfile.TemporaryDirectory(prefix="bench-bi-") as tmp, \
-            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi") as s:
+            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi",
+                              CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS=str(max(14, health.batch_days + 2))) as s:
         try:
             migrate(s)
             writer = get_client(s)
