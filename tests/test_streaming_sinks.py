@@ -678,3 +678,23 @@ def test_stream_batches_forget_old_batches_but_the_start_up_keeps_each_querys_la
         assert job.sinks._closed_window_alerts(0, ms(now))[0] is None   # no earlier bound: none evaluated yet
     finally:
         job.sinks.close()
+
+
+def test_recorded_alerts_tell_recorded_refused_and_new_ids_apart(fresh_sinks):
+    """:meth:`StreamSinks._recorded_alerts` over one chunk mixing an alert in ``restock_alerts``, one quarantined
+    as refused by ``restock_alerts``, one whose key hash is quarantined for ANOTHER table (``refused:inventory_levels``
+    at the same offset: not this alert's refusal) and one found nowhere, in the real engine: (recorded, refused)
+    = ({known}, {refused}); the other two are new (sent)."""
+    from streaming.sinks import refused_row_offset
+
+    sinks, client, db = fresh_sinks
+    known, refused, other, new = "S1|P1|1", "S1|P2|1", "S1|P3|1", "S1|P4|1"
+    client.command(f"INSERT INTO {db}.restock_alerts (alert_id, store_id, product_id) VALUES "
+                   f"('{known}', 'S1', 'P1')")
+    client.command(f"INSERT INTO {db}.quarantine_events (event_type, topic, partition, offset, reason, raw_payload) "
+                   f"VALUES ('restock_alerts', 'refused:restock_alerts', -1, "
+                   f"{refused_row_offset('restock_alerts', [refused])}, 'test', '{{}}'), "
+                   f"('inventory_levels', 'refused:inventory_levels', -1, "
+                   f"{refused_row_offset('restock_alerts', [other])}, 'test', '{{}}')")
+    got_known, got_refused = sinks._recorded_alerts([known, refused, other, new])
+    assert (got_known, got_refused) == ({known}, {refused})
