@@ -624,15 +624,22 @@ def _idle_early_in_a_trigger_interval(job, interval: float, margin: float) -> fl
     return boundary if boundary - after >= margin - 1 else None
 
 
+#: the live re-creation tests' processing-time trigger (s) and the least time left before the next trigger when the
+#: re-creation starts (s): the re-creation and the sends must end before that trigger, which the test asserts
+#: (measured 2026-12-06: 0.4-0.5 s of the 13 s). 60 s / 40 s until 2026-12-06 proved the same in 169 s / 181 s
+RECREATE_TRIGGER_S, RECREATE_MARGIN_S = 20, 13
+
+
 @pytest.mark.parametrize("new_sales", [100, 10])
 def test_a_topic_recreated_while_the_stream_runs_loses_and_doubles_nothing(native_stack, spark, new_sales):
-    """40 sales read (3 partitions); the job runs with a 60 s processing-time trigger; between two triggers the
-    sales topic is deleted and re-created and ``new_sales`` sales are sent to it: 100 grow every partition past the
-    old offsets (no offset goes back: only the topic id tells), 10 stay below them (the offsets go back). Before,
-    the next micro-batch ran from the old offsets: of 100, the 40 below them were skipped (60 in lake and windows);
-    of 10, all 10 (counted as records_expired only). Now each query's batch finds the new topic id before reading,
-    rewinds its offsets entries to the new topic's start, fails uncommitted and is restarted in process: every
-    sale once in the lake (raw query) and in the windows (stateful query), compared with what was sent."""
+    """40 sales read (3 partitions); the job runs with a RECREATE_TRIGGER_S (20 s) processing-time trigger; between
+    two triggers the sales topic is deleted and re-created and ``new_sales`` sales are sent to it: 100 grow every
+    partition past the old offsets (no offset goes back: only the topic id tells), 10 stay below them (the offsets
+    go back). Before, the next micro-batch ran from the old offsets: of 100, the 40 below them were skipped (60 in
+    lake and windows); of 10, all 10 (counted as records_expired only). Now each query's batch finds the new topic
+    id before reading, rewinds its offsets entries to the new topic's start, fails uncommitted and is restarted in
+    process: every sale once in the lake (raw query) and in the windows (stateful query), compared with what was
+    sent."""
 
     from contracts import EVENT_TYPES
     from core.clickhouse import get_client
@@ -644,15 +651,17 @@ def test_a_topic_recreated_while_the_stream_runs_loses_and_doubles_nothing(nativ
     sent = sorted(r["transaction_id"] for _, r in batch("A", 40) + batch("B", new_sales))
     job = StreamingJob(s, spark=spark)
     try:
-        job.start(trigger_seconds=60)
-        # between two triggers, with 40 s at least before the next: a trigger during the re-creation would plan a
-        # batch on part of the new sales or find the topic missing (up to 60 s + one trigger's run)
-        boundary = wait_for(lambda: (job.await_any(0.5), _idle_early_in_a_trigger_interval(job, 60, 40))[1], 180,
-                            "the first trigger done, 40 s before the next")
+        job.start(trigger_seconds=RECREATE_TRIGGER_S)
+        # between two triggers, with RECREATE_MARGIN_S at least before the next: a trigger during the re-creation
+        # would plan a batch on part of the new sales or find the topic missing (up to one interval + one run)
+        boundary = wait_for(lambda: (job.await_any(0.5),
+                                     _idle_early_in_a_trigger_interval(job, RECREATE_TRIGGER_S, RECREATE_MARGIN_S))[1],
+                            180, f"the first trigger done, {RECREATE_MARGIN_S} s before the next")
         _recreate_topic(s, topic)
         produce(s, batch("B", new_sales))
         assert time.time() < boundary, (f"re-create + produce ended {time.time() - boundary:.1f} s after the next "
-                                        "trigger (40 s were left): the scenario between two triggers did not hold")
+                                        f"trigger ({RECREATE_MARGIN_S} s were left): the scenario between two "
+                                        "triggers did not hold")
 
         def landed() -> bool:
             job.await_any(1)   # restarts a query whose batch was rewound; raises any other failure
