@@ -576,7 +576,7 @@ def stream_health() -> None:
                     help="commit time (UTC) of the latest micro-batch of the query that committed longest ago")
         c[1].metric("Minutes since last batch", num(latest["minutes_since_last_batch"].max()))
         c[2].metric("Late rows dropped", num(latest["late_rows_dropped"].sum()),
-                    help="rows behind the watermark the windows query dropped (all micro-batches; in the lake)")
+                    help="rows behind the watermark the windows query dropped (the micro-batches the retention keeps, CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS; in the lake)")
         c[3].metric("Kafka records expired unread", num(latest["records_expired"].max()),
                     help="records a topic's retention deleted (or a re-created topic skipped) before the stream read "
                          "them; counted once per query, the larger of the queries")
@@ -587,7 +587,8 @@ def stream_health() -> None:
         c[5].metric("Rows ClickHouse refused (24 h)", num(None if qnone else quarantined["refused_rows"].iloc[0]),
                     help="rows of the stream's tables (e.g. a 5-minute window) ClickHouse refused for their values "
                          "in the same 24 hours, set aside in quarantine (topic refused:<table>): not Kafka records")
-        st.markdown("**Per streaming query** (all committed micro-batches)")
+        st.markdown("**Per streaming query** (counts over the micro-batches the retention keeps; the last batch also when "
+                    "older)")
         shown = latest.assign(last_committed_at=latest["last_committed_at"].map(_when),
                               latest_event_time=latest["latest_event_time"].map(_when),
                               minutes_since_last_batch=latest["minutes_since_last_batch"].map(num))

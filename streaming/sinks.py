@@ -691,6 +691,10 @@ class StreamSinks:
         Raises:
             OSError: the checkpoint's naming file cannot be written (first use).
         """
+        if "://" in (self.s.spark_checkpoint_dir or ""):
+            # not a local folder: no naming file to keep here (the query id :meth:`remember_query_id` may know is for
+            # stream_batches only; before that hand-over such a checkpoint's files were untagged, and must stay so)
+            return ""
         tag = self._run_tags.get(query)
         if tag is None:
             from streaming.checkpoint import UNTAGGED, lake_file_naming

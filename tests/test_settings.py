@@ -196,16 +196,16 @@ def test_stream_retention_default_and_edge():
     assert ANCHOR_LOOKBACK_HOURS == STREAM_ANCHOR_LOOKBACK_HOURS   # the bound is what the sink reads back
 
 
-@pytest.mark.parametrize("days", ["0", "-3", "two weeks", "36500"])
-def test_stream_batches_retention_must_be_a_whole_number_of_days_from_1_to_3650(monkeypatch, days):
-    """CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS (the TTL of stream_batches, migration 083) refuses 0, negatives, text
-    and more than 3650 days (measured on chDB: a TTL of 36,500 days wraps past DateTime's 2106 and deleted every row
+@pytest.mark.parametrize("days", ["0", "1", "-3", "two weeks", "36500"])
+def test_stream_batches_retention_must_be_a_whole_number_of_days_from_2_to_3650(monkeypatch, days):
+    """CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS (the TTL of stream_batches, migration 083) refuses 0, 1 (the stream-health
+    verdicts read the last 48 hours), negatives, text and more than 3650 days (measured on chDB: a TTL of 36,500 days wraps past DateTime's 2106 and deleted every row
     at the next merge), naming the variable; the default is 14."""
     monkeypatch.setenv("CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS", days)
     with pytest.raises(ConfigError) as err:
         get_settings()
     assert "CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS" in str(err.value)
-    assert Settings(_env_file=None, clickhouse_stream_batches_retention_days=1).clickhouse_stream_batches_retention_days == 1
+    assert Settings(_env_file=None, clickhouse_stream_batches_retention_days=2).clickhouse_stream_batches_retention_days == 2
     monkeypatch.delenv("CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS")
     assert Settings(_env_file=None).clickhouse_stream_batches_retention_days == 14
 

@@ -657,6 +657,18 @@ def test_stream_batches_forget_old_batches_but_the_start_up_keeps_each_querys_la
     client.command(f"OPTIMIZE TABLE {db}.stream_batches FINAL")
     kept = client.query_df(f"SELECT query, batch_id FROM {db}.stream_batches ORDER BY query, batch_id")
     assert kept.to_dict("records") == [{"query": "other", "batch_id": i} for i in range(5)]   # was all 50 rows
+    # the health views still show the idle queries' last batches (migration 086; before, raw and windows vanished
+    # from both views: the page read "complete and current" with two of its three queries gone)
+    latest = client.query_df(f"SELECT query, micro_batches, last_batch_id, last_committed_at, input_rows "
+                             f"FROM {db}.v_stream_health_latest ORDER BY query").to_dict("records")
+    assert [(r["query"], r["micro_batches"], r["last_batch_id"], r["input_rows"]) for r in latest] == [
+        ("other", 5, 0, 5), ("raw", 0, 29, 0), ("windows", 0, 14, 0)]
+    assert pd.Timestamp(latest[1]["last_committed_at"]).tz_localize(None) == \
+        (now - pd.Timedelta(days=16)).tz_localize(None)
+    offsets = client.query_df(f"SELECT query, topic, offsets_reached, batch_id FROM {db}.v_stream_offsets_latest "
+                              "ORDER BY query").to_dict("records")
+    assert offsets == [{"query": "raw", "topic": topic, "offsets_reached": 30, "batch_id": 29},
+                       {"query": "windows", "topic": topic, "offsets_reached": 15, "batch_id": 14}]
 
     from kafka import KafkaProducer
 
@@ -675,7 +687,9 @@ def test_stream_batches_forget_old_batches_but_the_start_up_keeps_each_querys_la
         # a new checkpoint's run (another query id): the old run's bound is not its batch 0's earlier batch
         (tmp_path / "windows" / "metadata").write_text(json.dumps({"id": "run-new"}))
         job.sinks._query_ids.clear()   # forget the cached id: the new metadata file is read
-        assert job.sinks._closed_window_alerts(0, ms(now))[0] is None   # no earlier bound: none evaluated yet
+        # batch 15 of the new run: the old run's batches 0-14 (run-w) are below it but not its earlier batches
+        # (without the query_id filter the bound would be run-w's batch 14's, as asserted above for run-w)
+        assert job.sinks._closed_window_alerts(15, ms(now))[0] is None   # no earlier bound: none evaluated yet
     finally:
         job.sinks.close()
 
