@@ -27,6 +27,7 @@ the generated frames so the tests compute the expected numbers independently of 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -542,6 +543,25 @@ def summary(timings: dict[str, dict[str, Any]], all_stores: dict[str, dict[str, 
             "worst_query": max(timings, key=lambda k: timings[k]["p95"])}
 
 
+@contextlib.contextmanager
+def bench_endpoint(health: HealthSize):
+    """A ClickHouse endpoint on a free port with a fresh, migrated database ``bench_bi`` whose ``stream_batches``
+    keeps every micro-batch ``health`` loads (``CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS`` above its days: migration
+    083's TTL, 14 days by default, would delete the older ones at the next merge, and the timings would depend on
+    when it ran): yields its Settings; stopped when the block ends."""
+    from core.clickhouse import migrate
+    from ops import local
+
+    with tempfile.TemporaryDirectory(prefix="bench-bi-") as tmp, \
+            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi",
+                              CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS=str(max(14, health.batch_days + 2))) as s:
+        try:
+            migrate(s)
+            yield s
+        finally:
+            local.down(s)
+
+
 def run_stream_health(health: HealthSize, runs: int, end_day: dt.date) -> dict[str, Any]:
     """``--only stream-health``: a fresh endpoint, migrated, with only the stream tables at scale
     (:func:`load_stream_health`, ending at the end of ``end_day``); the :data:`STREAM_HEALTH_QUERIES` timed as
@@ -551,31 +571,22 @@ def run_stream_health(health: HealthSize, runs: int, end_day: dt.date) -> dict[s
         {"queries_one_store", "queries_all_stores": {query: timings}, "stream_health": {"date", "size", "rows",
         "seconds", "bytes_on_disk"}}: merged into the full report by :func:`merge_stream_health`.
     """
-    from core.clickhouse import get_client, migrate, new_client
+    from core.clickhouse import get_client, new_client
     from dashboard.queries import Filters
-    from ops import local
 
-    with tempfile.TemporaryDirectory(prefix="bench-bi-") as tmp, \
-            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi",
-                              # every loaded micro-batch kept (migration 083's TTL would delete those older than the
-                              # retention, 14 days by default, at the next merge): the worst case of a longer retention
-                              CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS=str(max(14, health.batch_days + 2))) as s:
-        try:
-            migrate(s)
-            writer = get_client(s)
-            t0 = time.perf_counter()
-            loaded = load_stream_health(writer, s.clickhouse_database, health,
-                                        pd.Timestamp(end_day, tz=UTC) + pd.Timedelta(days=1))
-            load_s = round(time.perf_counter() - t0, 1)
-            bi = new_client(s, readonly=True)
-            f = Filters(start=end_day - dt.timedelta(days=6), end=end_day)
-            # The stream-health queries take no store filter: one timing serves both scopes of the report
-            # (timed twice before 2026-12-06, which showed load noise as a difference between scopes).
-            one = every = time_queries(bi, s.clickhouse_database, f, runs, names=STREAM_HEALTH_QUERIES)
-            disk = writer.query(f"SELECT sum(bytes_on_disk) FROM system.parts WHERE database = "
-                                f"'{s.clickhouse_database}' AND active").result_rows[0][0]
-        finally:
-            local.down(s)
+    with bench_endpoint(health) as s:
+        writer = get_client(s)
+        t0 = time.perf_counter()
+        loaded = load_stream_health(writer, s.clickhouse_database, health,
+                                    pd.Timestamp(end_day, tz=UTC) + pd.Timedelta(days=1))
+        load_s = round(time.perf_counter() - t0, 1)
+        bi = new_client(s, readonly=True)
+        f = Filters(start=end_day - dt.timedelta(days=6), end=end_day)
+        # The stream-health queries take no store filter: one timing serves both scopes of the report
+        # (timed twice before 2026-12-06, which showed load noise as a difference between scopes).
+        one = every = time_queries(bi, s.clickhouse_database, f, runs, names=STREAM_HEALTH_QUERIES)
+        disk = writer.query(f"SELECT sum(bytes_on_disk) FROM system.parts WHERE database = "
+                            f"'{s.clickhouse_database}' AND active").result_rows[0][0]
     return {"queries_one_store": one, "queries_all_stores": every,
             "stream_health": {"date": dt.datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
                               "runs_per_query": runs, "size": asdict(health), "load_seconds": load_s,
@@ -601,37 +612,30 @@ def merge_stream_health(report: dict[str, Any] | None, part: dict[str, Any]) -> 
 def run(size: ChainSize, runs: int, end_day: dt.date, health: HealthSize | None = None) -> dict[str, Any]:
     """Start a ClickHouse endpoint on a free port (fresh state), migrate, load the chain (and the stream tables at
     ``health``'s scale, :func:`load_stream_health`; default :class:`HealthSize`), time the queries."""
-    from core.clickhouse import get_client, migrate, new_client
+    from core.clickhouse import get_client, new_client
     from dashboard.queries import Filters
-    from ops import local
 
     health = health or HealthSize()
-    with tempfile.TemporaryDirectory(prefix="bench-bi-") as tmp, \
-            local.platform_up(Path(tmp), ["clickhouse"], CLICKHOUSE_DATABASE="bench_bi",
-                              CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS=str(max(14, health.batch_days + 2))) as s:
-        try:
-            migrate(s)
-            writer = get_client(s)
-            t0 = time.perf_counter()
-            loaded = load_chain(writer, s.clickhouse_database, size, end_day, stream_tables=False)
-            sh = load_stream_health(writer, s.clickhouse_database, health or HealthSize(),
-                                    pd.Timestamp(end_day, tz=UTC) + pd.Timedelta(days=1))
-            loaded["rows"].update(sh["rows"])
-            loaded["seconds"].update(sh["seconds"])
-            load_s = round(time.perf_counter() - t0, 1)
-            bi = new_client(s, readonly=True)
-            store = loaded["stores"][len(loaded["stores"]) // 2]
-            top = bi.query(f"SELECT store_id, product_id FROM {s.clickhouse_database}.v_forecast_latest "
-                           f"WHERE store_id = %(s)s LIMIT 1", parameters={"s": store}).result_rows
-            product = top[0][1] if top else loaded["skus"][0]
-            f = Filters(store=store, start=end_day - dt.timedelta(days=6), end=end_day, product=product)
-            timings = time_queries(bi, s.clickhouse_database, f, runs)
-            all_stores = time_queries(bi, s.clickhouse_database, Filters(start=f.start, end=f.end, product=product),
-                                      runs, skip_scopes=("store", "chain"))   # the store page always has one store
-            disk = writer.query(f"SELECT sum(bytes_on_disk) FROM system.parts WHERE database = "
-                                f"'{s.clickhouse_database}' AND active").result_rows[0][0]
-        finally:
-            local.down(s)
+    with bench_endpoint(health) as s:
+        writer = get_client(s)
+        t0 = time.perf_counter()
+        loaded = load_chain(writer, s.clickhouse_database, size, end_day, stream_tables=False)
+        sh = load_stream_health(writer, s.clickhouse_database, health or HealthSize(),
+                                pd.Timestamp(end_day, tz=UTC) + pd.Timedelta(days=1))
+        loaded["rows"].update(sh["rows"])
+        loaded["seconds"].update(sh["seconds"])
+        load_s = round(time.perf_counter() - t0, 1)
+        bi = new_client(s, readonly=True)
+        store = loaded["stores"][len(loaded["stores"]) // 2]
+        top = bi.query(f"SELECT store_id, product_id FROM {s.clickhouse_database}.v_forecast_latest "
+                       f"WHERE store_id = %(s)s LIMIT 1", parameters={"s": store}).result_rows
+        product = top[0][1] if top else loaded["skus"][0]
+        f = Filters(store=store, start=end_day - dt.timedelta(days=6), end=end_day, product=product)
+        timings = time_queries(bi, s.clickhouse_database, f, runs)
+        all_stores = time_queries(bi, s.clickhouse_database, Filters(start=f.start, end=f.end, product=product),
+                                  runs, skip_scopes=("store", "chain"))   # the store page always has one store
+        disk = writer.query(f"SELECT sum(bytes_on_disk) FROM system.parts WHERE database = "
+                            f"'{s.clickhouse_database}' AND active").result_rows[0][0]
     return {"benchmark": "bench-bi", "date": dt.datetime.now(UTC).isoformat(timespec="seconds"),
             "cores": os.cpu_count(), "size": asdict(size), "runs_per_query": runs,
             "filters": {"store": store, "start": str(f.start), "end": str(f.end), "product": product},
