@@ -453,7 +453,8 @@ def quality_ml() -> None:
     c[2].metric("Rows ClickHouse refused", num(None if none else totals["refused_rows"].iloc[0]),
                 help="rows of the stream's tables (e.g. a 5-minute window) ClickHouse refused for their values, set "
                      "aside in quarantine (topic refused:<table>): not Kafka records")
-    c[3].metric("Micro-batches committed", num(0 if stream is None else stream["micro_batches"].sum()))
+    c[3].metric("Micro-batches committed", num(0 if stream is None else stream["micro_batches"].sum()),
+                help="over the micro-batches the retention keeps (CLICKHOUSE_STREAM_BATCHES_RETENTION_DAYS)")
     etl = fetch("dq_etl")
     c[4].metric("ETL runs (last 30)", num(0 if etl is None else len(etl)))
     if q is not None and not q.empty:

@@ -284,20 +284,22 @@ def test_statsforecast_from_a_spark_table_in_chunks_equals_one_pandas_fit(spark,
     # from pandas is decoded again, every column, at each scan (measured 2026-12-06: 56k rows x 44 columns, chunks of
     # 2 series, 55.5 s -> 33.8 s); the same rows whether cached or not
     sdf = spark.createDataFrame(feats).withColumn("date", F.to_date("date")).cache()
-    T = last_known_day(feats)
-    keys = ["store_id", "product_id", "origin", "h"]
-    want = statsforecast_baseline(feats, T, H, cfg.stats_window_days).sort_values(keys).reset_index(drop=True)
-    known = feats[feats["units"].notna() & (feats["date"] > T - pd.Timedelta(days=cfg.stats_window_days))]
-    demand_days = known[known["units"] > 0].groupby(["store_id", "product_id"]).size()
-    n_fitted = int((demand_days >= 3).sum())   # MIN_DEMAND_DAYS: fewer are left to the trailing mean
-    assert n_fitted > 50 and len(want) == n_fitted * H and want["statsforecast"].ge(0).all()
-    for chunk in (n_fitted, 7, 2):  # one chunk, a few, ~n/2 chunks (some may be empty)
-        got = statsforecast_chunked(sdf, T, H, cfg.stats_window_days, chunk_series=chunk)
-        got = got.sort_values(keys).reset_index(drop=True)
-        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, atol=1e-9, obj=f"chunk {chunk}")
-    with pytest.raises(ValueError, match="chunk_series"):
-        statsforecast_chunked(sdf, T, H, chunk_series=0)
-    sdf.unpersist()
+    try:
+        T = last_known_day(feats)
+        keys = ["store_id", "product_id", "origin", "h"]
+        want = statsforecast_baseline(feats, T, H, cfg.stats_window_days).sort_values(keys).reset_index(drop=True)
+        known = feats[feats["units"].notna() & (feats["date"] > T - pd.Timedelta(days=cfg.stats_window_days))]
+        demand_days = known[known["units"] > 0].groupby(["store_id", "product_id"]).size()
+        n_fitted = int((demand_days >= 3).sum())   # MIN_DEMAND_DAYS: fewer are left to the trailing mean
+        assert n_fitted > 50 and len(want) == n_fitted * H and want["statsforecast"].ge(0).all()
+        for chunk in (n_fitted, 7, 2):  # one chunk, a few, ~n/2 chunks (some may be empty)
+            got = statsforecast_chunked(sdf, T, H, cfg.stats_window_days, chunk_series=chunk)
+            got = got.sort_values(keys).reset_index(drop=True)
+            pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, atol=1e-9, obj=f"chunk {chunk}")
+        with pytest.raises(ValueError, match="chunk_series"):
+            statsforecast_chunked(sdf, T, H, chunk_series=0)
+    finally:
+        sdf.unpersist()
 
 
 def test_history_check_asks_for_the_horizon_before_the_last_backtest_origin():
