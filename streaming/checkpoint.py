@@ -166,6 +166,15 @@ def resume_offsets(recorded: dict[str, dict[str, int]], bounds: dict[str, dict[s
     return start, problems
 
 
+def local_checkpoint(root: str | None, query: str) -> Path | None:
+    """The folder ``<root>/<query>`` of a query's checkpoint when ``root`` (SPARK_CHECKPOINT_DIR) is a local folder;
+    None when it is a URL (``s3a://...``: the checkpoint's files are not read or written here, so the topic ids,
+    offsets entries, query id and lake-file naming kept beside them are unavailable) or unset."""
+    if not root or "://" in root:
+        return None
+    return Path(root, query)
+
+
 def batch_numbers(folder: Path) -> list[int]:
     """The batch numbers of a Spark metadata log folder (``<checkpoint>/<query>/offsets`` or ``commits``), sorted:
     the names made of digits only, as Spark itself reads them; ``.N.crc`` checksums, ``N.corrupt-<time>`` entries

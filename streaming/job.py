@@ -495,13 +495,12 @@ class StreamingJob:
                 logged; the batch fails and is not committed).
         """
         from streaming.checkpoint import (batch_numbers, merged_offsets, partition_offset_bounds, read_offsets,
-                                          recreated_in_batch, remember_topic_ids, rewind_running_batch,
-                                          stored_topic_ids)
+                                          local_checkpoint, recreated_in_batch, remember_topic_ids,
+                                          rewind_running_batch, stored_topic_ids)
 
-        root = self.s.spark_checkpoint_dir
-        if "://" in root:
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, name)
+        if cp is None:
             return
-        cp = Path(root, name)
         ids = kafka_retrying(self.s, f"{name} micro-batch {batch_id} Kafka topic ids", self._topic_ids_now, name)
         known = stored_topic_ids(cp)
         has_prev = batch_id >= 1 and (batch_id - 1) in batch_numbers(cp / "offsets")
@@ -609,10 +608,10 @@ class StreamingJob:
         Raises:
             the last infrastructure error once ClickHouse or Kafka stayed unreachable for STREAM_SINK_RETRY_SECONDS.
         """
-        from streaming.checkpoint import batch_numbers, partition_offset_bounds, resume_offsets
+        from streaming.checkpoint import batch_numbers, local_checkpoint, partition_offset_bounds, resume_offsets
 
-        root = self.s.spark_checkpoint_dir
-        if "://" in root or batch_numbers(Path(root, query, "offsets")):
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
+        if cp is None or batch_numbers(cp / "offsets"):
             return None
         got = self.sinks.retrying(
             f"{query} end offsets of the last recorded micro-batch", self.sinks._query,
@@ -620,7 +619,7 @@ class StreamingJob:
             "FROM {db}.stream_batches_latest FINAL WHERE query = {q:String} AND end_offsets != ''", {"q": query})
         if got.empty or not got["o"].iloc[0]:
             return None
-        where = (f"query {query}: its checkpoint {Path(root, query)} holds no offsets, but stream_batches records its "
+        where = (f"query {query}: its checkpoint {cp} holds no offsets, but stream_batches records its "
                  f"micro-batches up to batch {got['b'].iloc[0]} ({got['t'].iloc[0]}): the checkpoint was lost or deleted")
         if not self.s.stream_resume_lost_checkpoint:
             log.error("%s; STREAM_RESUME_LOST_CHECKPOINT=false: starting from STREAM_STARTING_OFFSETS=%s (a rebuild: "

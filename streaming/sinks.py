@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -579,13 +578,13 @@ class StreamSinks:
         ``endOffset``). So the batch's first ``stream_batches`` row already carries them, and
         :meth:`record_progress` re-inserts the row only when the progress adds counts. ``""`` when the checkpoint is
         not a local folder or the entry cannot be read (then :meth:`record_progress` writes them)."""
-        from streaming.checkpoint import read_offsets
+        from streaming.checkpoint import local_checkpoint, read_offsets
 
-        root = self.s.spark_checkpoint_dir or ""
-        if "://" in root:
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
+        if cp is None:
             return ""
         try:
-            _, sources = read_offsets(Path(root, query), int(batch_id))
+            _, sources = read_offsets(cp, int(batch_id))
         except (OSError, ValueError):
             return ""
         out: dict[str, dict[str, int]] = {}
@@ -691,18 +690,19 @@ class StreamSinks:
         Raises:
             OSError: the checkpoint's naming file cannot be written (first use).
         """
-        if "://" in (self.s.spark_checkpoint_dir or ""):
+        from streaming.checkpoint import UNTAGGED, lake_file_naming, local_checkpoint
+
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
+        if cp is None:
             # not a local folder: no naming file to keep here (the query id :meth:`remember_query_id` may know is for
             # stream_batches only; before that hand-over such a checkpoint's files were untagged, and must stay so)
             return ""
         tag = self._run_tags.get(query)
         if tag is None:
-            from streaming.checkpoint import UNTAGGED, lake_file_naming
-
             qid = self.query_id(query)
             tag = f"-{qid.replace('-', '')[:8]}" if qid else ""
             if tag:
-                if lake_file_naming(Path(self.s.spark_checkpoint_dir, query)) == UNTAGGED:
+                if lake_file_naming(cp) == UNTAGGED:
                     tag = ""
                 self._run_tags[query] = tag
         return tag
@@ -715,11 +715,13 @@ class StreamSinks:
         at 0, adds rows instead of replacing the old run's; it also tags the lake file names (:meth:`run_tag`).
         ``""`` when the checkpoint is not a local folder or has no readable metadata (sinks driven directly);
         cached once found."""
+        from streaming.checkpoint import local_checkpoint
+
         ids = self._query_ids
         if query not in ids:
-            root = self.s.spark_checkpoint_dir or ""
+            cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
             try:
-                qid = "" if "://" in root else str(json.loads(Path(root, query, "metadata").read_text())["id"])
+                qid = "" if cp is None else str(json.loads((cp / "metadata").read_text())["id"])
             except (OSError, ValueError, KeyError, TypeError):
                 qid = ""
             if not qid:
@@ -739,10 +741,10 @@ class StreamSinks:
         incarnation of each topic the running batch reads, kept in ``quarantine_events.topic_id`` (migration 082) so
         a record of a re-created topic does not replace the old topic's record at the same partition and offset.
         {} for a checkpoint that is not a local folder or without the file (sinks driven directly)."""
-        from streaming.checkpoint import stored_topic_ids
+        from streaming.checkpoint import local_checkpoint, stored_topic_ids
 
-        root = self.s.spark_checkpoint_dir or ""
-        return {} if "://" in root else stored_topic_ids(Path(root, query))
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
+        return {} if cp is None else stored_topic_ids(cp)
 
     def producer(self):
         """Lazily created producer for restock alerts (:func:`core.kafka.make_producer`)."""
