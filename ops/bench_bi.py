@@ -620,7 +620,7 @@ def run(size: ChainSize, runs: int, end_day: dt.date, health: HealthSize | None 
         writer = get_client(s)
         t0 = time.perf_counter()
         loaded = load_chain(writer, s.clickhouse_database, size, end_day, stream_tables=False)
-        sh = load_stream_health(writer, s.clickhouse_database, health or HealthSize(),
+        sh = load_stream_health(writer, s.clickhouse_database, health,
                                 pd.Timestamp(end_day, tz=UTC) + pd.Timedelta(days=1))
         loaded["rows"].update(sh["rows"])
         loaded["seconds"].update(sh["seconds"])
@@ -641,7 +641,7 @@ def run(size: ChainSize, runs: int, end_day: dt.date, health: HealthSize | None 
             "filters": {"store": store, "start": str(f.start), "end": str(f.end), "product": product},
             "load": {"seconds": load_s, "rows": loaded["rows"], "seconds_per_table": loaded["seconds"],
                      "bytes_on_disk": int(disk or 0)},
-            "health_size": asdict(health or HealthSize()),
+            "health_size": asdict(health),
             "goal_p95_ms": GOAL_P95_MS, "queries_one_store": timings, "queries_all_stores": all_stores,
             "summary": summary(timings, all_stores)}
 
