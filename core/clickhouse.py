@@ -6,6 +6,7 @@ Clients open lazily, never at import time.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -33,7 +34,8 @@ def get_client(settings: Settings | None = None, database: str | None = None, *,
     return _clients[key]
 
 
-def new_client(settings: Settings | None = None, database: str | None = None, *, readonly: bool = False) -> Client:
+def new_client(settings: Settings | None = None, database: str | None = None, *, readonly: bool = False,
+               timeout: float | None = None) -> Client:
     """A new clickhouse-connect client for CLICKHOUSE_URL (for a thread of its own; :func:`get_client` shares one).
 
     ``http(s)://user:pw@host:port`` talks to a ClickHouse HTTP interface: the native stack's endpoint
@@ -45,6 +47,9 @@ def new_client(settings: Settings | None = None, database: str | None = None, *,
     Args:
         readonly: connect as ``bi_reader`` (CLICKHOUSE_BI_PASSWORD) instead of the URL's user; the server
             refuses this client's writes and setting changes (readonly=1). HTTP URLs only.
+        timeout: seconds (rounded up to whole seconds, at least 1) a request may wait for the socket (sending or receiving) before it fails with
+            clickhouse-connect's ``OperationalError`` (``Read timed out``); None: clickhouse-connect's 300 s. HTTP
+            URLs only (the streaming sinks pass STREAM_CLICKHOUSE_TIMEOUT_SECONDS).
     Raises:
         ConfigError: CLICKHOUSE_URL names no password, or ``readonly`` without CLICKHOUSE_BI_PASSWORD.
         clickhouse_connect.driver.exceptions.DatabaseError: the server refused (e.g. code 516, wrong password).
@@ -70,6 +75,8 @@ def new_client(settings: Settings | None = None, database: str | None = None, *,
     # after a request cut by an outage, every later query failed "concurrent queries within the same session"
     server = dict(host=u.hostname, port=u.port or (8443 if u.scheme == "https" else 8123),
                   username=user, password=password, secure=u.scheme == "https", autogenerate_session_id=False)
+    if timeout is not None:
+        server["send_receive_timeout"] = max(1, math.ceil(timeout))  # whole seconds: clickhouse-connect truncates
     if not readonly:
         with clickhouse_connect.get_client(**server) as bootstrap:  # the database may not exist yet
             bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {db}")

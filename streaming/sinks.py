@@ -376,7 +376,8 @@ class StreamSinks:
 
     Args:
         settings: platform settings.
-        client: clickhouse-connect client (default :func:`core.clickhouse.get_client`).
+        client: clickhouse-connect client (default a new one of their own, :func:`core.clickhouse.new_client` with
+            STREAM_CLICKHOUSE_TIMEOUT_SECONDS as its socket timeout; replaced by a fresh one before each retry).
         lake: :class:`core.lake.Lake` (default :func:`core.lake.get_lake`).
 
     Attributes:
@@ -389,12 +390,14 @@ class StreamSinks:
     """
 
     def __init__(self, settings: Settings, client=None, lake=None):
-        from core.clickhouse import get_client
+        from core.clickhouse import new_client
         from core.lake import Lake
 
         self.s = settings
         self.db = settings.clickhouse_database
-        self.ch = client or get_client(settings)
+        # a client of their own, with STREAM_CLICKHOUSE_TIMEOUT_SECONDS: a request left unanswered (endpoint stalled,
+        # a connection wedged after an insert was sent) fails as an outage and is retried on a new connection
+        self.ch = client or new_client(settings, timeout=settings.stream_clickhouse_timeout_seconds)
         self._own_client = client is None  # replaced by a fresh one after an infrastructure error
         self.lake = lake or Lake(settings)
         self._ch_lock = threading.RLock()  # the two queries' batches run in different threads
@@ -657,7 +660,7 @@ class StreamSinks:
             return
         from core.clickhouse import new_client
 
-        fresh = new_client(self.s)
+        fresh = new_client(self.s, timeout=self.s.stream_clickhouse_timeout_seconds)
         with self._ch_lock:
             self.ch = fresh
 

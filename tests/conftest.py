@@ -172,6 +172,18 @@ class TcpGate:
 
     def __init__(self, target: int):
         self.target, self.port, self.sock = target, free_port(), None
+        #: :meth:`wedge_next`'s marker while armed; ``wedged``: the requests wedged so far
+        self._wedge_marker: bytes | None = None
+        self._wedge_lock = threading.Lock()
+        self.wedged = 0
+        self._held = threading.Event()   # set at close: releases the threads holding wedged answers
+
+    def wedge_next(self, marker: bytes) -> None:
+        """Wedge the next connection whose request contains ``marker`` (e.g. ``b"INSERT"``): its request reaches the
+        server whole, the server's answer is held, never forwarded (a frozen peer or a connection stuck after the
+        body was sent, as a client sees it); connections made afterwards flow normally."""
+        with self._wedge_lock:
+            self._wedge_marker = marker
 
     def open(self) -> None:
         s = socket.socket()
@@ -192,13 +204,24 @@ class TcpGate:
             except OSError:
                 client.close()
                 continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            wedged = threading.Event()   # set: this connection's answers are held
+            threading.Thread(target=self._pipe, args=(client, upstream, None, wedged), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, wedged, None), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst) -> None:
+    def _pipe(self, src, dst, hold: threading.Event | None = None, wedge: threading.Event | None = None) -> None:
+        """Forward ``src`` to ``dst``; a request (``wedge`` given) carrying the armed marker sets ``wedge``; the
+        answers (``hold`` given) stop once ``hold`` is set, kept until :meth:`close`."""
         try:
             while data := src.recv(65536):
+                if wedge is not None and self._wedge_marker is not None:
+                    with self._wedge_lock:
+                        if self._wedge_marker is not None and self._wedge_marker in data:
+                            self._wedge_marker = None
+                            self.wedged += 1
+                            wedge.set()
+                if hold is not None and hold.is_set():
+                    self._held.wait()
+                    return
                 dst.sendall(data)
         except OSError:
             pass
@@ -208,6 +231,8 @@ class TcpGate:
                     x.close()
 
     def close(self) -> None:
+        self._held.set()   # the threads holding wedged answers end (their connections close)
+        self._held = threading.Event()
         if self.sock is not None:
             self.sock.close()
             self.sock = None

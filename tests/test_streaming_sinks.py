@@ -712,3 +712,72 @@ def test_recorded_alerts_tell_recorded_refused_and_new_ids_apart(fresh_sinks):
                    f"{refused_row_offset('restock_alerts', [other])}, 'test', '{{}}')")
     got_known, got_refused = sinks._recorded_alerts([known, refused, other, new])
     assert (got_known, got_refused) == ({known}, {refused})
+
+
+def test_an_insert_left_unanswered_times_out_and_its_retried_batch_doubles_nothing(native_stack):
+    """A connection wedged after the micro-batch's first insert (sales_metrics_5m) was sent: the endpoint took the
+    rows, its answer never comes (a frozen endpoint, a half-open connection). The request fails after
+    STREAM_CLICKHOUSE_TIMEOUT_SECONDS (2 here) and the batch is retried on a new connection: it ends, every window,
+    the store window, the stock level and the restock alert are there once read with FINAL and through the views
+    the dashboard and Power BI read, and the alert is on Kafka once. Before 2026-12-07 the sinks' client had
+    clickhouse-connect's 300 s socket timeout, no setting: the micro-batch (and, through the shared client lock,
+    the other query's) waited 300 s on the wedged request."""
+    import threading
+    import uuid
+    from urllib.parse import urlparse, urlunparse
+
+    from conftest import TcpGate
+    from core.clickhouse import get_client, migrate
+    from core.kafka_admin import ensure_topics
+    from streaming.sinks import StreamSinks
+
+    tag = f"t{uuid.uuid4().hex[:6]}"
+    direct = native_stack.model_copy(update={"clickhouse_database": f"{native_stack.clickhouse_database}_{tag}",
+                                             "kafka_topic_prefix": f"{tag}-", "stream_sink_retry_max_wait_s": 1.0})
+    migrate(direct)
+    ensure_topics(direct)
+    url = urlparse(direct.clickhouse_url)
+    gate = TcpGate(url.port)
+    gate.open()
+    s = direct.model_copy(update={
+        "clickhouse_url": urlunparse(url._replace(netloc=url.netloc.rsplit(":", 1)[0] + f":{gate.port}")),
+        "stream_clickhouse_timeout_seconds": 2})
+    sinks = StreamSinks(s)
+    store = f"S-{uuid.uuid4().hex[:8]}"
+    # falling stock, 20 .. 0 against reorder point 10: 7 windows, one restock episode closed by the empty batch 1
+    rows = [dict(_window(5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)]
+    done: list = []
+
+    def batches() -> None:
+        try:
+            gate.wedge_next(b"INSERT")
+            sinks.retrying("windows micro-batch 0", sinks._windows_writes, _spark_frame(rows), 0, time.time(), 0.0)
+            sinks.retrying("windows micro-batch 1", sinks._windows_writes, _spark_frame(rows).iloc[0:0], 1,
+                           time.time(), 0.0)
+            done.append("ok")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            done.append(exc)
+
+    try:
+        worker = threading.Thread(target=batches, daemon=True)
+        worker.start()
+        # a liveness bound, not a speed check: 60 x the timeout; the old client waited 300 s on the wedged request
+        worker.join(120)
+        assert done == ["ok"], f"micro-batches still waiting on the wedged insert after 120 s: {done}"
+    finally:
+        gate.close()
+        sinks.close()
+    assert gate.wedged == 1 and sinks.retries >= 1
+    db, client = direct.clickhouse_database, get_client(direct)
+    q = lambda sql: client.query(sql.replace("{db}", db)).result_rows  # noqa: E731
+    assert q("SELECT count(), sum(units_sold) FROM {db}.sales_metrics_5m FINAL") == [(7, 14)]
+    assert q("SELECT count(), sum(units_sold) FROM {db}.v_live_sku_metrics") == [(7, 14)]
+    assert q("SELECT count(), sum(units_sold) FROM {db}.v_live_store_metrics") == [(7, 14)]
+    assert q("SELECT count() FROM {db}.sku_window_latest FINAL") == [(1,)]
+    assert q("SELECT count() FROM {db}.inventory_levels FINAL") == [(1,)]
+    alerts = [r[0] for r in q("SELECT alert_id FROM {db}.restock_alerts FINAL")]
+    assert len(alerts) == 1 and alerts[0].startswith(f"{store}|P1|")
+    assert [i for i in alert_ids_in_kafka(direct) if i.startswith(f"{store}|")] == alerts
+    assert q("SELECT count() FROM {db}.v_stream_batches WHERE query = 'windows'") == [(2,)]
+    stored = q("SELECT count() FROM {db}.sales_metrics_5m")[0][0]   # as stored: 14 until a merge
+    print(f"sales_metrics_5m rows as stored (no FINAL): {stored}")
