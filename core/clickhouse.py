@@ -49,7 +49,8 @@ def new_client(settings: Settings | None = None, database: str | None = None, *,
             refuses this client's writes and setting changes (readonly=1). HTTP URLs only.
         timeout: seconds (rounded up to whole seconds, at least 1) a request may wait for the socket (sending or receiving) before it fails with
             clickhouse-connect's ``OperationalError`` (``Read timed out``); None: clickhouse-connect's 300 s. HTTP
-            URLs only (the streaming sinks pass STREAM_CLICKHOUSE_TIMEOUT_SECONDS).
+            URLs only (the streaming sinks pass STREAM_CLICKHOUSE_TIMEOUT_SECONDS, the dashboard
+            DASHBOARD_CLICKHOUSE_TIMEOUT_SECONDS).
     Raises:
         ConfigError: CLICKHOUSE_URL names no password, or ``readonly`` without CLICKHOUSE_BI_PASSWORD.
         clickhouse_connect.driver.exceptions.DatabaseError: the server refused (e.g. code 516, wrong password).

@@ -268,6 +268,7 @@ class Settings(BaseSettings):
         description="Address the live browser dashboard (Streamlit) listens on: this machine only by default; "
                     "compose sets 0.0.0.0 (all interfaces of the container, for its published port).")
     dashboard_refresh_s: float = Field(default=5.0, gt=0, le=10, description="Seconds between refreshes of the dashboard's live sections (at most 10).")
+    dashboard_clickhouse_timeout_seconds: int = Field(default=30, ge=1, description="Socket timeout (seconds) of the live dashboard's ClickHouse requests: a request the endpoint leaves without an answer this long (endpoint frozen or stalled) fails, and the page says ClickHouse is not reachable and checks again every DASHBOARD_REFRESH_S (clickhouse-connect's own 300 s applied until 2026-12-07: the page showed nothing for 5 minutes). Keep it above the slowest dashboard query under load.")
     etl_schedule: str = Field(default="0 8 * * *", description="Cron schedule of daily_etl (UTC; once every day, minute and hour fixed: each run loads one date).")
     etl_start_date: dt.date | None = Field(
         default=None,

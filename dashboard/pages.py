@@ -62,11 +62,14 @@ _local = threading.local()
 def _client(s):
     """This thread's bi_reader client: Streamlit runs sessions and fragments in threads of their own, and a
     clickhouse-connect client (one HTTP session) must not run two queries at once."""
-    key = (s.clickhouse_url, s.clickhouse_database, s.clickhouse_http_port)
+    key = (s.clickhouse_url, s.clickhouse_database, s.clickhouse_http_port, s.dashboard_clickhouse_timeout_seconds)
     if getattr(_local, "key", None) != key:
         from core.clickhouse import new_client
 
-        _local.client, _local.key = new_client(s, s.clickhouse_database, readonly=True), key
+        # DASHBOARD_CLICKHOUSE_TIMEOUT_SECONDS: a frozen endpoint is reported on the page, not waited on for 300 s
+        _local.client = new_client(s, s.clickhouse_database, readonly=True,
+                                   timeout=s.dashboard_clickhouse_timeout_seconds)
+        _local.key = key
     return _local.client
 
 

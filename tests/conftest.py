@@ -176,6 +176,7 @@ class TcpGate:
         self._wedge_marker: bytes | None = None
         self._wedge_lock = threading.Lock()
         self.wedged = 0
+        self.frozen = False   # :meth:`freeze`
         self._held = threading.Event()   # set at close: releases the threads holding wedged answers
 
     def wedge_next(self, marker: bytes) -> None:
@@ -184,6 +185,12 @@ class TcpGate:
         body was sent, as a client sees it); connections made afterwards flow normally."""
         with self._wedge_lock:
             self._wedge_marker = marker
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Hold every answer from now on (``frozen``; requests still reach the server): a frozen endpoint, e.g.
+        SIGSTOPped or its disk hung, as a client sees it: connections accepted, nothing answered. ``freeze(False)``:
+        connections made afterwards flow again (answers already held stay held until :meth:`close`)."""
+        self.frozen = frozen
 
     def open(self) -> None:
         s = socket.socket()
@@ -219,7 +226,7 @@ class TcpGate:
                             self._wedge_marker = None
                             self.wedged += 1
                             wedge.set()
-                if hold is not None and hold.is_set():
+                if hold is not None and (hold.is_set() or self.frozen):
                     self._held.wait()
                     return
                 dst.sendall(data)

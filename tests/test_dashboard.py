@@ -410,6 +410,49 @@ def test_a_page_opened_during_an_outage_recovers_without_a_reload(native_stack, 
         gate.close()
 
 
+def test_a_frozen_clickhouse_endpoint_is_reported_on_the_page_and_the_page_recovers(native_stack, chain, browser,
+                                                                                     tmp_path):
+    """The page is drawn, then ClickHouse freezes (connections accepted, nothing answered: a SIGSTOPped or hung
+    endpoint, :meth:`TcpGate.freeze`) and the page is reloaded: after DASHBOARD_CLICKHOUSE_TIMEOUT_SECONDS (3 here)
+    it says ClickHouse is not reachable, with the timeout; once the endpoint answers again the same page shows the
+    cards without a reload. Before 2026-12-07 the dashboard's client had clickhouse-connect's 300 s socket timeout,
+    no setting: the reloaded page stayed blank (Streamlit's running indicator) for 5 minutes."""
+    from urllib.parse import urlparse, urlunparse
+
+    from selenium.webdriver.common.by import By
+
+    def wait_for(check, seconds: float):
+        deadline, text = time.time() + seconds, ""
+        while time.time() < deadline and not check(text):
+            time.sleep(0.5)
+            text = browser.find_element(By.TAG_NAME, "body").text
+        return text
+
+    def cards(_text) -> list[str]:
+        return [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]')]
+
+    url = urlparse(native_stack.clickhouse_url)
+    gate = TcpGate(url.port)
+    gate.open()
+    moved = urlunparse(url._replace(netloc=url.netloc.rsplit(":", 1)[0] + f":{gate.port}"))
+    try:
+        with running_dashboard({"CLICKHOUSE_URL": moved, "DASHBOARD_CLICKHOUSE_TIMEOUT_SECONDS": "3"},
+                               tmp_path / "dashboard.log") as base:
+            browser.get(f"{base}/")
+            text = wait_for(lambda t: "Revenue" in cards(t), 60)
+            assert "Revenue" in cards(text), text[:1500]
+            gate.freeze()
+            browser.get(f"{base}/")
+            # a liveness bound, not a speed check: 30 x the timeout; the old client waited 300 s
+            text = wait_for(lambda t: "not reachable" in t, 90)
+            assert "not reachable" in text and "timed out" in text, text[:1500]
+            gate.freeze(False)
+            text = wait_for(lambda t: "Revenue" in cards(t), 60)
+            assert "Revenue" in cards(text), text[:1500]
+    finally:
+        gate.close()
+
+
 def test_the_live_strip_shows_a_stopped_stores_last_day_and_flags_it(native_stack, browser, tmp_path):
     """LIVE-A streams up to 12:00 on 5 March, LIVE-B's feed stopped 50 h before. The executive live strip of LIVE-B
     shows LIVE-B's own last 24 hours (revenue 3,000 = sum of its 24 newest hourly windows, 10 x 1..24), and the
