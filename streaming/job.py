@@ -360,22 +360,29 @@ def wait_for_services(settings: Settings) -> dict[str, float]:
     return took
 
 
-def kafka_retrying(settings: Settings, what: str, fn, *args, **kwargs):
+def kafka_retrying(settings: Settings, what: str, fn, *args, stop_event: threading.Event | None = None, **kwargs):
     """``fn(*args, **kwargs)`` (a Kafka request: topic ids, offsets), called again on an infrastructure error
     (:func:`streaming.sinks.is_infrastructure_error`) with the sinks' backoff (tenacity: 0.5 s doubling, at most
     STREAM_SINK_RETRY_MAX_WAIT_S seconds between calls, for up to STREAM_SINK_RETRY_SECONDS seconds), each wait
     logged naming ``what``: :func:`streaming.sinks.retrying_call`, the policy both use. Unlike
     :meth:`streaming.sinks.StreamSinks.retrying` it leaves the sinks' shared ClickHouse client alone (no reset while
-    the other query's batch writes through it) and counts no sink retry.
+    the other query's batch writes through it) and counts no sink retry. ``stop_event`` (the sinks' ``stopping``):
+    once set, no further attempt (:func:`streaming.sinks.retrying_call`).
 
     Returns:
         what ``fn`` returns.
     Raises:
-        the last infrastructure error after STREAM_SINK_RETRY_SECONDS; any other error at once.
+        the last infrastructure error after STREAM_SINK_RETRY_SECONDS or once ``stop_event`` is set; any other
+        error at once.
     """
     from streaming.sinks import retrying_call
 
-    return retrying_call(settings, what, fn, args, kwargs, error_kind="Kafka error", logger=log)
+    return retrying_call(settings, what, fn, args, kwargs, error_kind="Kafka error", logger=log, stop_event=stop_event)
+
+
+#: seconds :meth:`StreamingJob.stop` waits for the queries' running triggers, all together, before it interrupts them:
+#: below the supervisor's ``stopwaitsecs`` for the streaming program (60 s, ``ops.local``), which then sends SIGKILL
+STOP_GRACE_SECONDS = 40.0
 
 
 class StreamingJob:
@@ -402,6 +409,9 @@ class StreamingJob:
         job without ``__init__`` (no Spark session, no services)."""
         self.queries: dict[str, Any] = {}
         self.started_at: float | None = None
+        #: set by :meth:`stop`: the sinks' retries and the job's Kafka look-ups give up (the sinks' ``stopping``
+        #: when they have one, else an event of the job's own)
+        self.stopping: threading.Event = getattr(self.sinks, "stopping", None) or threading.Event()
         #: callbacks(query name, progress dict) called once per micro-batch (:class:`ProgressPoller`); the job's
         #: own records each batch's duplicates and the Kafka records it skipped (``stream_batches`` + log line)
         self.progress_callbacks: list = [self._record_progress]
@@ -501,7 +511,8 @@ class StreamingJob:
         cp = local_checkpoint(self.s.spark_checkpoint_dir, name)
         if cp is None:
             return
-        ids = kafka_retrying(self.s, f"{name} micro-batch {batch_id} Kafka topic ids", self._topic_ids_now, name)
+        ids = kafka_retrying(self.s, f"{name} micro-batch {batch_id} Kafka topic ids", self._topic_ids_now, name,
+                             stop_event=self.stopping)
         known = stored_topic_ids(cp)
         has_prev = batch_id >= 1 and (batch_id - 1) in batch_numbers(cp / "offsets")
         start = merged_offsets(read_offsets(cp, batch_id - 1)[1]) if has_prev else {}
@@ -513,7 +524,7 @@ class StreamingJob:
                       "records below %s may be skipped", name, batch_id, sorted(found), found, end)
         elif found:
             bounds = kafka_retrying(self.s, f"{name} micro-batch {batch_id} offsets of re-created topics",
-                                    partition_offset_bounds, self.s, sorted(found))
+                                    partition_offset_bounds, self.s, sorted(found), stop_event=self.stopping)
             got = rewind_running_batch(cp, batch_id, {t: b for t, b in bounds.items() if t in found})
             remember_topic_ids(cp, ids)
             if got:
@@ -674,6 +685,7 @@ class StreamingJob:
             {query name: StreamingQuery}.
         """
         s = self.s
+        self.stopping.clear()   # a job stopped before and started again retries again
         self._trigger = ({"availableNow": True} if available_now
                          else {"processingTime": f"{trigger_seconds or s.stream_trigger_seconds} seconds"})
         for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)
@@ -804,8 +816,15 @@ class StreamingJob:
             return {}
         return source_end_offsets(prog)
 
-    def stop(self, grace_seconds: float = 120.0) -> None:
+    def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
         """Stop every query between micro-batches (idempotent), then flush the alert producer.
+
+        First the sinks' retries give up (``StreamSinks.stopping``): a micro-batch waiting out an outage fails at
+        once, uncommitted (re-run from the checkpoint at the next start), instead of holding the stop for up to
+        STREAM_SINK_RETRY_SECONDS; until 2026-12-07 a SIGTERM during a ClickHouse outage waited 120 s per query
+        and then in ``StreamingQuery.stop()`` for the retrying batch, past the supervisor's ``stopwaitsecs`` (60 s):
+        every such stop ended in SIGKILL. ``grace_seconds`` bounds the wait for the running triggers of all the
+        queries together (default :data:`STOP_GRACE_SECONDS`, within the supervisor's 60 s).
 
         ``StreamingQuery.stop()`` interrupts a running micro-batch; inside ``foreachBatch`` the interrupt
         surfaces as a Py4J error whose (long) text Spark's ``StreamExecution.isInterruptionException`` matches
@@ -815,9 +834,10 @@ class StreamingJob:
         the next processing-time trigger is seconds away, so ``stop()`` lands between batches. Nothing is lost
         either way: an interrupted batch is not committed and is re-run from the checkpoint.
         """
+        self.stopping.set()
+        deadline = time.time() + grace_seconds
         for q in self.queries.values():
             try:
-                deadline = time.time() + grace_seconds
                 while q.isActive and q.status.get("isTriggerActive") and time.time() < deadline:
                     time.sleep(0.05)
                 if q.isActive:

@@ -148,7 +148,7 @@ def is_infrastructure_error(exc: BaseException) -> bool:
 
 def retrying_call(settings: Settings, what: str, fn, args: tuple = (), kwargs: dict | None = None, *,
                   error_kind: str = "infrastructure error", before_retry=None, on_wait=None,
-                  logger: logging.Logger | None = None):
+                  logger: logging.Logger | None = None, stop_event: threading.Event | None = None):
     """``fn(*args, **kwargs)``, called again on an infrastructure error (:func:`is_infrastructure_error`): the one
     retry policy of the stream's writes (:meth:`StreamSinks.retrying`) and Kafka look-ups
     (:func:`streaming.job.kafka_retrying`). tenacity, exponential backoff from 0.5 s doubling, at most
@@ -165,28 +165,49 @@ def retrying_call(settings: Settings, what: str, fn, args: tuple = (), kwargs: d
             as the call's): the sinks' ClickHouse client reset.
         on_wait: called (no arguments) at every wait: the sinks' ``retries`` count.
         logger: where the waits are logged (default this module's).
+        stop_event: once set (the job is stopping: SIGTERM, :meth:`streaming.job.StreamingJob.stop`), a wait ends
+            at once and no further attempt is made: the last error is raised (logged as given up for the stop), so
+            a micro-batch retrying through an outage fails uncommitted and its query can stop (re-run from the
+            checkpoint at the next start) instead of holding the stop for up to STREAM_SINK_RETRY_SECONDS.
     Returns:
         what ``fn`` returns.
     Raises:
-        the last infrastructure error after STREAM_SINK_RETRY_SECONDS; any other error at once.
+        the last infrastructure error after STREAM_SINK_RETRY_SECONDS, or after ``stop_event`` was set; any other
+        error at once.
     """
-    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, stop_when_event_set, wait_exponential
+
+    last: list[BaseException] = []   # the latest attempt's error: raised again, not retried, once the job stops
 
     def before_sleep(rs) -> None:
         if on_wait is not None:
             on_wait()
         exc = rs.outcome.exception()
+        last[:] = [exc]
         (logger or log).warning("%s: %s (%s: %s); waiting %.1f s before attempt %d", what, error_kind,
                                 type(exc).__name__, str(exc)[:300], rs.next_action.sleep, rs.attempt_number + 1)
 
-    for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
-                            wait=wait_exponential(multiplier=0.5, min=0.5, max=settings.stream_sink_retry_max_wait_s),
-                            stop=stop_after_delay(settings.stream_sink_retry_seconds), before_sleep=before_sleep,
-                            reraise=True):
-        with attempt:
-            if before_retry is not None and attempt.retry_state.attempt_number > 1:
-                before_retry()
-            return fn(*args, **(kwargs or {}))
+    stop = stop_after_delay(settings.stream_sink_retry_seconds)
+    extra: dict[str, Any] = {}
+    if stop_event is not None:
+        stop = stop | stop_when_event_set(stop_event)
+        extra["sleep"] = stop_event.wait   # a wait ends when the job stops
+    try:
+        for attempt in Retrying(retry=retry_if_exception(is_infrastructure_error),
+                                wait=wait_exponential(multiplier=0.5, min=0.5, max=settings.stream_sink_retry_max_wait_s),
+                                stop=stop, before_sleep=before_sleep, reraise=True, **extra):
+            with attempt:
+                if stop_event is not None and stop_event.is_set() and last:
+                    raise last[0]   # stopped during the wait: no further attempt
+                if before_retry is not None and attempt.retry_state.attempt_number > 1:
+                    before_retry()
+                return fn(*args, **(kwargs or {}))
+    except Exception as exc:
+        if stop_event is not None and stop_event.is_set() and is_infrastructure_error(exc):
+            (logger or log).warning("%s: %s (%s: %s) not retried: the job is stopping; not committed, run again "
+                                    "from the checkpoint at the next start", what, error_kind, type(exc).__name__,
+                                    str(exc)[:300])
+        raise
 
 
 #: ClickHouse error codes of an insert refused for the *values* of its rows (not the schema, not the server): a
@@ -403,6 +424,8 @@ class StreamSinks:
         self._ch_lock = threading.RLock()  # the two queries' batches run in different threads
         self._log_lock = threading.Lock()
         self.retries = 0
+        #: set by :meth:`streaming.job.StreamingJob.stop`: retries give up at once (:func:`retrying_call`)
+        self.stopping = threading.Event()
         self._producer = None
         self.batch_log: list[dict[str, Any]] = []
         self.alerts_sent = 0
@@ -673,11 +696,13 @@ class StreamSinks:
         Other errors propagate at once: a missing table or column, bugs. Rows ClickHouse refuses for their values
         never get here: :meth:`_insert_df` sets them aside and writes the rest. The policy is
         :func:`retrying_call`'s; before each repeat the ClickHouse client is replaced (:meth:`_reset_client`, which
-        raises, and is retried, while ClickHouse is still unreachable) and each wait counts in :attr:`retries`."""
+        raises, and is retried, while ClickHouse is still unreachable) and each wait counts in :attr:`retries`. Once
+        :attr:`stopping` is set (the job stops) a wait ends and the last error propagates at once."""
         def count() -> None:
             self.retries += 1
 
-        return retrying_call(self.s, what, fn, args, kwargs, before_retry=lambda: self._reset_client(), on_wait=count)
+        return retrying_call(self.s, what, fn, args, kwargs, before_retry=lambda: self._reset_client(), on_wait=count,
+                             stop_event=self.stopping)
 
     def run_tag(self, query: str) -> str:
         """The suffix of the lake file names of ``query``'s micro-batches (``batch-<id><tag>.parquet``,

@@ -325,6 +325,57 @@ def test_clickhouse_outage_is_waited_out_nothing_lost_or_doubled(native_stack, s
     assert job.sinks.retries >= 2
 
 
+def test_a_stop_during_a_clickhouse_outage_ends_within_the_supervisors_wait_and_loses_nothing(native_stack, spark):
+    """SIGTERM (the supervisor's ``stop``: ``StreamingJob.stop()`` through the CLI's handler) while a micro-batch
+    waits out a ClickHouse outage: the job stops within the supervisor's ``stopwaitsecs`` (60 s), the waiting batch
+    given up uncommitted; a new job started after the outage lands the 200 sales once in windows and lake. Before
+    2026-12-07 the stop waited 120 s for the query's trigger and then for the retrying batch (up to
+    STREAM_SINK_RETRY_SECONDS): still stopping after 60 s, so the supervisor's stop ended in SIGKILL."""
+    import threading
+
+    from core.clickhouse import new_client
+    from ops import local
+    from streaming.job import StreamingJob
+
+    s = namespace(native_stack, f"term{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    parts = [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
+              for i in range(100)] for k, p in enumerate("DE")]
+    client, db = new_client(s), s.clickhouse_database
+    job = StreamingJob(s, spark=spark)
+    job.start(trigger_seconds=1.0)
+    stopper = threading.Thread(target=job.stop, daemon=True)
+    try:
+        produce(s, parts[0])
+        wait_for(lambda: windows_total(client, db) == 100, 180, "the first 100 sales in ClickHouse")
+        local.rpc(s).supervisor.stopProcess("clickhouse", True)
+        try:
+            produce(s, parts[1])
+            wait_for(lambda: job.sinks.retries >= 2, 120, "the sinks to retry while ClickHouse is down")
+            stopper.start()
+            # the supervisor's stopwaitsecs for the streaming program (ops.local): SIGKILL after it
+            stopper.join(local._PROGRAM["streaming"]["stopwaitsecs"])
+            assert not stopper.is_alive(), "StreamingJob.stop() still waiting on the retrying micro-batch after 60 s"
+            assert not any(q.isActive for q in job.queries.values())
+        finally:
+            local.start("clickhouse", s)
+            stopper.join(600) if stopper.ident else None
+    finally:
+        job.stop()
+    assert windows_total(client, db) == 100   # the batch waiting for ClickHouse was given up, not committed
+    again = StreamingJob(s, spark=spark)
+    again.start(trigger_seconds=1.0)
+    try:
+        wait_for(lambda: windows_total(client, db) == 200
+                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 200, 240,
+                 "all 200 sales in ClickHouse and the lake after the restart")
+    finally:
+        again.stop()
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert len(ids) == len(set(ids)) == 200
+    assert windows_total(client, db) == 200
+
+
 # ------------------------------------------------------------------------------ expired records --
 def test_records_expired_before_they_were_read_are_counted(native_stack, spark):
     """Records deleted from a topic (retention; here the broker's DeleteRecords) while the stream was down: the
