@@ -781,3 +781,32 @@ def test_an_insert_left_unanswered_times_out_and_its_retried_batch_doubles_nothi
     assert q("SELECT count() FROM {db}.v_stream_batches WHERE query = 'windows'") == [(2,)]
     stored = q("SELECT count() FROM {db}.sales_metrics_5m")[0][0]   # as stored: 14 until a merge
     print(f"sales_metrics_5m rows as stored (no FINAL): {stored}")
+
+
+def test_a_stop_ends_the_retry_wait_and_makes_no_further_attempt(caplog):
+    """``retrying_call`` with the job's stop event (StreamingJob.stop, SIGTERM): the event set during the second
+    wait (STREAM_SINK_RETRY_SECONDS 3600, waits up to 30 s) ends that wait, no third attempt runs, and the last
+    outage error is raised, logged as given up for the stop (before 2026-12-07 there was no stop: the batch went on
+    retrying for up to an hour and held StreamingJob.stop())."""
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    from streaming.sinks import retrying_call
+
+    settings = SimpleNamespace(stream_sink_retry_seconds=3600.0, stream_sink_retry_max_wait_s=30.0)
+    stop, calls = threading.Event(), []
+
+    def write() -> None:
+        calls.append(1)
+        raise ConnectionRefusedError("Connection refused")
+
+    def waiting() -> None:
+        if len(calls) == 2:
+            stop.set()    # the stop arrives while the batch waits before its third attempt
+
+    with caplog.at_level(logging.WARNING, logger="streaming.sinks"), pytest.raises(ConnectionRefusedError):
+        retrying_call(settings, "windows micro-batch 7", write, on_wait=waiting, stop_event=stop)
+    assert len(calls) == 2
+    assert "windows micro-batch 7: infrastructure error (ConnectionRefusedError: Connection refused) not retried: " \
+           "the job is stopping" in caplog.text
