@@ -255,7 +255,7 @@ def fault_kill_broker(s: Settings, rng: random.Random) -> dict[str, Any]:
     return {"fault": "kill -9 kafka", "pid": pid, "new_pid": _info(s, "kafka")["pid"], "recovered_s": round(rec, 1)}
 
 
-#: a wait of the stream's retry policy in its log (:func:`streaming.sinks.retry_infrastructure`)
+#: a wait of the stream's retry policy in its log (:func:`streaming.sinks.retrying_call`)
 RETRY_WAIT = re.compile(r"waiting ([0-9.]+) s before attempt ([0-9]+)")
 
 
