@@ -18,8 +18,8 @@ Faults, one after the other, with a few seconds of normal traffic between them (
 a. ``kill -9`` of the streaming job's whole process group (Python driver, Spark JVM, Python workers) at a random
    moment after it is processing, 10 / 2 times; the supervisor restarts it and it resumes from its checkpoint;
 b. ``kill -9`` of the Kafka broker (KRaft, single node) and its restart by the supervisor, 1 / 1 times;
-c. ClickHouse endpoint stopped for 60 / 20 s, then started;
-d. MinIO stopped for 60 / 20 s, then started.
+c. ClickHouse endpoint stopped for 60 / 10 s, then started;
+d. MinIO stopped for 60 / 15 s, then started.
 
 Then the producer stops (flush), the stream drains, and the report compares, per event type:
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import tempfile
 import threading
@@ -87,7 +88,14 @@ class Profile:
 
 PROFILES = {
     "full": Profile(stream_kills=10, broker_kills=1, clickhouse_outage_s=60, minio_outage_s=60),
-    "short": Profile(stream_kills=2, broker_kills=1, clickhouse_outage_s=20, minio_outage_s=20, gap_s=(3.0, 8.0)),
+    # short (CI): outages just long enough for the point, writes that wait and retry with growing backoff (the
+    # fault's sink_retry_waits_s, read from the stream's log): ClickHouse refuses connections at once, so the first
+    # write fails within a trigger (2 s) of the stop and its waits (0.5 s doubling) reach the 5 s cap
+    # (STREAM_SINK_RETRY_MAX_WAIT_S in run_chaos) in 10 s; a lake write fails only after ~2.5-3 s of the S3
+    # client's own retries (first failure ~5.5 s into a MinIO stop, 2026-12-07), so 15 s there: waits 0.5, 1, 2 s
+    # and 0.5, 1 s in two runs (under load ~25 even a 20 s stop logged none, the S3 client's retries riding it out).
+    # 20 s each and gaps of 3-8 s until 2026-12-07.
+    "short": Profile(stream_kills=2, broker_kills=1, clickhouse_outage_s=10, minio_outage_s=15, gap_s=(2.0, 5.0)),
 }
 
 
@@ -247,12 +255,28 @@ def fault_kill_broker(s: Settings, rng: random.Random) -> dict[str, Any]:
     return {"fault": "kill -9 kafka", "pid": pid, "new_pid": _info(s, "kafka")["pid"], "recovered_s": round(rec, 1)}
 
 
+#: a wait of the stream's retry policy in its log (:func:`streaming.sinks.retrying_call`)
+RETRY_WAIT = re.compile(r"waiting ([0-9.]+) s before attempt ([0-9]+)")
+
+
+def retry_waits(log_text: str) -> list[float]:
+    """Seconds of every retry wait logged in ``log_text`` (the streaming job's log: ``...; waiting 2.0 s before
+    attempt 3``), in log order; [] when there is none."""
+    return [float(m.group(1)) for m in RETRY_WAIT.finditer(log_text)]
+
+
 def fault_stop(name: str, seconds: float) -> Callable[[Settings, random.Random], dict[str, Any]]:
-    """(c, d) stop a supervised service (SIGTERM) for ``seconds``, then start it (waits until healthy)."""
+    """(c, d) stop a supervised service (SIGTERM) for ``seconds``, then start it (waits until healthy).
+
+    The fault's record has ``sink_retry_waits_s``: the retry waits (seconds) the streaming job logged from the stop
+    until the service was healthy again (its writes waiting with backoff through the outage)."""
 
     def run(s: Settings, rng: random.Random) -> dict[str, Any]:
         from ops import local
+        from ops import services as svc
 
+        log_path = svc.state_dir(s) / "logs" / "streaming.log"
+        start_at = log_path.stat().st_size if log_path.exists() else 0
         local.rpc(s).supervisor.stopProcess(name, True)
         t = time.time()
         stream_alive = []
@@ -261,8 +285,12 @@ def fault_stop(name: str, seconds: float) -> Callable[[Settings, random.Random],
             time.sleep(1.0)
         t1 = time.time()
         local.start(name, s)
+        with open(log_path, "rb") as f:
+            f.seek(start_at if log_path.stat().st_size >= start_at else 0)  # 0: supervisord rotated the log (50 MB)
+            waits = retry_waits(f.read().decode(errors="replace"))
         return {"fault": f"{name} stopped", "outage_s": round(t1 - t, 1), "restart_s": round(time.time() - t1, 1),
-                "stream_process_up_during_outage": f"{sum(stream_alive)}/{len(stream_alive)} s"}
+                "stream_process_up_during_outage": f"{sum(stream_alive)}/{len(stream_alive)} s",
+                "sink_retry_waits_s": waits}
 
     return run
 
