@@ -135,7 +135,8 @@ def _offsets(v) -> dict:
     return json.loads(v) if isinstance(v, str) else (v or {})
 
 
-def skipped_records(progress: dict | Any, scans: int = 1) -> int:
+def skipped_records(progress: dict | Any, scans: int = 1,
+                    earliest: dict[str, dict[str, int]] | None = None) -> int:
     """Kafka records a micro-batch's offset ranges covered but its sources never read: records deleted from the
     topic (retention, ``delete_records``) before the query reached them, which the Kafka source skips with a
     warning only (``failOnDataLoss=false``, so one expired record cannot stop the stream).
@@ -152,9 +153,19 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
     without a start (a query's first batch) or with a partition its start lacks (added to the topic since). Exact
     for the producers' topics: non-transactional, not compacted, so every offset holds one record.
 
+    A transactional producer's topic holds offsets that are no records to read: each transaction's commit or
+    abort marker, and an aborted transaction's records (the sources read committed records only). With
+    ``earliest`` (each partition's earliest offset on the broker now,
+    :func:`streaming.checkpoint.partition_offset_bounds`) a forward range counts at most its offsets below that
+    earliest offset (deleted; the others were on the broker and not records the query should have read); a
+    partition missing from ``earliest`` counts whole (an upper bound). Until 2026-12-07 every marker and aborted
+    record was counted expired, logged as lost (tests/test_kafka_records.py: a run reading a committed
+    transaction counted its commit marker, 1 per query).
+
     Args:
         progress: a micro-batch progress (dict of Spark's JSON, or a ``StreamingQueryProgress``).
         scans: times the plan scans each source per batch (:data:`SOURCE_SCANS`).
+        earliest: None, or {topic: {partition (text): earliest offset}}.
     Returns:
         records skipped in this micro-batch (>= 0).
     """
@@ -170,7 +181,13 @@ def skipped_records(progress: dict | Any, scans: int = 1) -> int:
                           for t, parts in end.items() for p, o in parts.items())
         except KeyError:   # a partition new since the last batch: its start is not known here
             continue
-        total += max(0, covered - int(get("numInputRows") or 0) // max(1, scans))
+        gap = max(0, covered - int(get("numInputRows") or 0) // max(1, scans))
+        if gap and earliest is not None:   # only offsets below the earliest one now can have been deleted unread
+            first = lambda t, p, o: int(earliest.get(t, {}).get(str(p), o))  # noqa: E731  (unknown: all of them)
+            gap = min(gap, sum(int(o) if int(o) < int(start[t][str(p)])
+                               else max(0, min(int(o), first(t, p, o)) - int(start[t][str(p)]))
+                               for t, parts in end.items() for p, o in parts.items()))
+        total += gap
     return total
 
 
@@ -439,9 +456,31 @@ class StreamingJob:
                           "to %d record(s) below %d were skipped unread (counted so, an upper bound, in "
                           "stream_batches.records_expired)", name, progress["batchId"], t, p, start, end, end, end)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
-                                       expired=skipped_records(progress, SOURCE_SCANS[name]),
+                                       expired=self.expired_records(name, progress),
                                        end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
                                        late=late_rows_dropped(progress))
+
+    def expired_records(self, name: str, progress: dict[str, Any]) -> int:
+        """Kafka records query ``name``'s micro-batch ``progress`` skipped because retention deleted them first
+        (:func:`skipped_records`). Only when its offsets covered more than it read are the partitions' earliest
+        offsets asked of the broker, so transaction markers and aborted records are not counted; a broker that
+        does not answer leaves the upper bound (every offset not read), with a warning."""
+        scans = SOURCE_SCANS.get(name, 1)
+        upper = skipped_records(progress, scans)
+        if not upper:
+            return 0
+        from streaming.checkpoint import partition_offset_bounds
+
+        topics = sorted({t for src in progress.get("sources", []) or [] for t in _offsets(src.get("endOffset"))})
+        try:
+            bounds = partition_offset_bounds(self.s, topics)
+        except KafkaError as exc:
+            log.warning("query %s micro-batch %s: the topics' earliest offsets could not be read (%s): %d offset(s) "
+                        "not read counted expired, an upper bound (transaction markers and aborted records "
+                        "included)", name, progress.get("batchId"), exc, upper)
+            return upper
+        return skipped_records(progress, scans, {t: {p: b[0] for p, b in parts.items()}
+                                                 for t, parts in bounds.items()})
 
     def _query_topics(self) -> dict[str, list[str]]:
         """{query: the Kafka topics its sources read}."""
@@ -664,13 +703,20 @@ class StreamingJob:
     def _source(self, topics: list[str], resume: dict[str, dict[str, int]] | None = None):
         """A Kafka source of ``topics``; ``resume`` ({topic: {partition: offset}}, :meth:`lost_checkpoint_offsets`:
         every current partition, -2 = earliest): start there instead of STREAM_STARTING_OFFSETS (a new checkpoint
-        only)."""
+        only).
+
+        Reads with ``isolation.level=read_committed``: records of a transaction its producer (any client writing
+        the topics transactionally) aborted, or has not committed yet, are not read; the source stops at the last
+        stable offset until the transaction ends (Kafka's consumer default, read_uncommitted, counted an aborted
+        transaction's sales and stock updates in the lake and the windows: 20 of 20 aborted records before
+        2026-12-07, tests/test_kafka_records.py)."""
         s = self.s
         starting = s.stream_starting_offsets
         if resume and all(t in resume for t in topics):
             starting = json.dumps({t: resume[t] for t in topics})
         return (self.spark.readStream.format("kafka")
                 .option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
+                .option("kafka.isolation.level", "read_committed")
                 .option("subscribe", ",".join(topics))
                 .option("startingOffsets", starting)
                 .option("maxOffsetsPerTrigger", str(s.stream_max_offsets_per_trigger))
@@ -853,7 +899,7 @@ class StreamingJob:
     def stats(self) -> dict[str, Any]:
         """Summary: batches and rows per query, duplicates dropped (event ids seen again within the watermark,
         from the query progress), Kafka records skipped because they expired before the query read them
-        (``records_expired``, :func:`skipped_records`), dropped-by-watermark rows, alerts sent, sink retries,
+        (``records_expired``, :meth:`expired_records`), dropped-by-watermark rows, alerts sent, sink retries,
         wall time.
         ``source_rows``: Kafka records the query's sources read (progress ``numInputRows``, over the last
         ``spark.sql.streaming.numRecentProgressUpdates`` batches): each record is read once per query, so it
@@ -868,7 +914,7 @@ class StreamingJob:
             if q is not None:
                 for p in recent_progress(q):
                     dups += dropped_duplicates(p)
-                    expired += skipped_records(p, SOURCE_SCANS[name])
+                    expired += self.expired_records(name, p)
                     read += int(p.get("numInputRows", 0) or 0)
                     for op in p.get("stateOperators", []) or []:  # a row dropped by one never reaches the next
                         dropped += int(op.get("numRowsDroppedByWatermark", 0) or 0)

@@ -441,6 +441,25 @@ def test_skipped_records_from_progress_offsets():
     assert skipped_records({"sources": [src(a, b, 14), src({"inv": {"0": 0}}, {"inv": {"0": 5}}, 2)]}) == 13
 
 
+
+def test_skipped_records_count_no_transaction_marker_or_aborted_record():
+    """Offsets a batch covered but did not read that are still on the broker (at or above the partition's earliest
+    offset: a transaction's commit / abort markers and its aborted records, which read_committed sources skip) are
+    not expired; only those below the earliest offset are (deleted unread); a partition missing from ``earliest``
+    counts whole, and an offset gone back keeps its upper bound. Until 2026-12-07 all of them counted: 10 here."""
+    from streaming.job import skipped_records
+
+    src = lambda start, end, n: {"startOffset": start, "endOffset": end, "numInputRows": n}  # noqa: E731
+    p = {"sources": [src({"sales": {"0": 10, "1": 5}}, {"sales": {"0": 30, "1": 9}}, 14)]}   # 24 covered, 14 read
+    assert skipped_records(p) == 10                                                     # no earliest: upper bound
+    assert skipped_records(p, earliest={"sales": {"0": 0, "1": 0}}) == 0               # all on the broker: markers
+    assert skipped_records(p, earliest={"sales": {"0": 14, "1": 0}}) == 4              # 10..13 deleted unread
+    assert skipped_records(p, earliest={"sales": {"0": 100, "1": 7}}) == 10             # capped by what was not read
+    assert skipped_records(p, earliest={"sales": {"1": 0}}) == 10                      # partition 0 unknown
+    back = {"sources": [src({"sales": {"0": 40}}, {"sales": {"0": 6}}, 0)]}             # went back: up to 6 skipped
+    assert skipped_records(back, earliest={"sales": {"0": 0}}) == 6
+
+
 # ------------------------------------------------------------------------------- late stock update --
 def test_a_late_stock_update_reaches_the_later_windows_that_carried_the_old_stock(native_stack, spark):
     """A stock count for window W0 that arrives after W1 and W2 were stored (within the watermark): W1 and W2,

@@ -634,3 +634,51 @@ def test_parse_failures_get_the_producers_reason_not_a_generic_one(spark):
     assert got[7] == want[7] == "quantity must be within [-100000, 100000] units"
     assert got[8] is None and want[8] is None
     assert not any(g and any(x in g for x in TR.GENERIC_PARSE_REASONS) for g in got)
+
+
+def test_payload_kinds_the_fuzzer_does_not_draw_get_the_producers_verdict_and_a_clear_reason(spark):
+    """Payload kinds tests/test_fuzz_stream.py does not generate (2026-12-07; all already judged alike, kept as a
+    regression check): a UTF-8 BOM before the object, top-level arrays and scalars, empty or blank text, numbers
+    1e400 / -0 / 1.0 / 2e0 / 02 / +2 / .5 / 0x10 for an integer or a price, an epoch time as a float, in seconds or
+    with an exponent, field names in another case (``Store_ID``) or beside the right one, a 100,000-character key,
+    a lone surrogate escape in a key or an enum, an escaped NUL key, single quotes, comments, a trailing comma, an
+    unquoted key, ``nan``, numbers for string ids, a lower-case enum. Stream (after the quarantine's
+    :func:`streaming.transforms.explain_parse_failures`) and producers (contracts.check_payload) accept or reject
+    each alike, and no rejected one has only the generic 'value is not a JSON object' unless it is not an object."""
+    ok = json.dumps(sale(0))
+    ts = str(json.loads(ok)["timestamp"])
+    swap = [("quantity", '"quantity": 2'), ("unit_price", '"unit_price": 2.5'), ("timestamp", f'"timestamp": {ts}')]
+    cases = {
+        "BOM": "\ufeff" + ok, "BOM after": ok + "\ufeff", "array": "[" + ok + "]", "string": '"x"', "number": "5",
+        "null": "null", "true": "true", "empty": "", "blank": "   ", "empty object": "{}",
+        **{f"quantity {v}": ok.replace(swap[0][1], f'"quantity": {v}') for v in ["1e400", "-0", "1.0", "2e0", "02", "+2"]},
+        **{f"unit_price {v}": ok.replace(swap[1][1], f'"unit_price": {v}')
+           for v in ["-0.0", "1e400", "2.5e-400", ".5", "0x10", "nan"]},
+        **{f"timestamp {v}": ok.replace(swap[2][1], f'"timestamp": {v}')
+           for v in [ts + ".0", ts[:-3], ts[:-3] + "e3"]},
+        "Store_ID": ok.replace('"store_id"', '"Store_ID"'), "STORE_ID beside": ok[:-1] + ', "STORE_ID": "S1"}',
+        "100,000-character key": ok[:-1] + ', "' + "k" * 100_000 + '": 1}',
+        "surrogate key": ok[:-1] + ', "\\ud800": 1}',
+        "surrogate enum": ok.replace('"CARD"', '"\\ud800"'), "NUL key": ok[:-1] + ', "\\u0000": 1}',
+        "escaped key name": ok.replace('"store_id"', '"store\\u005Fid"'), "single quotes": ok.replace('"', "'"),
+        "comment": "/*c*/" + ok, "trailing comma": ok[:-1] + ",}", "unquoted key": ok.replace('"store_id"', "store_id"),
+        "customer_id number": ok.replace('"customer_id": null', '"customer_id": 12345'),
+        "invoice_id number": ok.replace('"invoice_id": null', '"invoice_id": 536365'),
+        "enum lower case": ok.replace('"CARD"', '"card"'),
+    }
+    names, payloads = list(cases), list(cases.values())
+    out = TR.validate_events(TR.parse_events(kafka_rows(spark, "t", payloads), "sales_transaction"),
+                             "sales_transaction", **LIM).toPandas().sort_values("offset")
+    stream = TR.explain_parse_failures("sales_transaction", out["value"], out[TR.REASON], [NOW_MS] * len(out),
+                                       max_future_minutes=60)
+    producers = producer_reasons(payloads)
+    differ = [(n, s, p) for n, s, p in zip(names, stream, producers) if (s is None) != (p is None)]
+    assert not differ, differ
+    accepted = {n for n, s in zip(names, stream) if s is None}
+    assert accepted == {"unit_price -0.0", "unit_price 2.5e-400", "escaped key name"}, accepted
+    generic = {n for n, s in zip(names, stream) if s == "malformed JSON: value is not a JSON object"}
+    assert generic == {"array", "string", "number", "null", "true"}, generic
+    reason = dict(zip(names, stream))
+    assert "BOM" in reason["BOM"] and "extra data" in reason["BOM after"]
+    assert reason["Store_ID"] == "missing required field store_id; unknown field(s): Store_ID"
+    assert reason["timestamp " + ts[:-3]].startswith("timestamp before 2000-01-01")
