@@ -49,6 +49,9 @@ STREAM_HISTORY_HOURS = 24.0
 #: hours before a micro-batch's history look-back searched first for a per-SKU stock anchor
 #: (``streaming.sinks.ANCHOR_LOOKBACK_HOURS``)
 STREAM_ANCHOR_LOOKBACK_HOURS = 24.0
+#: the largest STREAM_CLICKHOUSE_TIMEOUT_SECONDS (seconds): a stop waits for a request already sent, within
+#: ``streaming.job.STOP_GRACE_SECONDS`` (40 s) and the supervisor's ``stopwaitsecs`` for the stream (60 s, ``ops.local``)
+STREAM_CLICKHOUSE_TIMEOUT_MAX_S = 30
 
 #: Settings checked against each other by the model validators below (a test derives these sets from the
 #: validators' code): a process receiving one of a set must receive the others, or it checks against their
@@ -237,7 +240,7 @@ class Settings(BaseSettings):
     stream_max_future_minutes: int = Field(default=5, ge=0, description="Events whose event time is more than this many minutes ahead are rejected: dead-lettered by the producers (ahead of the send time), quarantined by the stream (ahead of the Kafka record timestamp, i.e. the send time) (contracts.rule_violations). Must be below STREAM_WATERMARK: an accepted event lifts the windows' watermark to at most its send time + this - STREAM_WATERMARK, so on-time events are never dropped as late.")
     stream_sink_retry_seconds: float = Field(default=3600.0, ge=0, description="A micro-batch whose writes fail for an infrastructure reason (ClickHouse, lake or Kafka unreachable) is retried with exponential backoff for up to this many seconds, then the query fails (restart resumes from the checkpoint).")
     stream_startup_wait_seconds: float = Field(default=3600.0, ge=0, description="At start the streaming job waits for ClickHouse (migrations), Kafka (topics) and the lake, retrying on infrastructure errors with the sinks' backoff (0.5 s doubling up to STREAM_SINK_RETRY_MAX_WAIT_S) for up to this many seconds in all, logging what it waits for; then it exits with the error (the supervisor starts it again).")
-    stream_clickhouse_timeout_seconds: int = Field(default=60, ge=1, description="Socket timeout (seconds) of the streaming job's ClickHouse requests (clickhouse-connect's send_receive_timeout; its own default, 300 s, applied until 2026-12-07): a request the endpoint leaves without an answer this long (endpoint stalled or frozen, a connection wedged after the insert was sent) fails as an outage and the micro-batch is retried on a new connection (STREAM_SINK_RETRY_SECONDS; its writes are idempotent). Keep it well above the stream's longest request under load (its micro-batch reads and inserts took under 1 s each on 2 loaded cores, README Streaming semantics). Batch jobs and migrations keep 300 s (the dashboard: DASHBOARD_CLICKHOUSE_TIMEOUT_SECONDS).")
+    stream_clickhouse_timeout_seconds: int = Field(default=30, ge=1, description="Socket timeout (seconds) of the streaming job's ClickHouse requests (clickhouse-connect's send_receive_timeout; its own default, 300 s, applied until 2026-12-07): a request the endpoint leaves without an answer this long (endpoint stalled or frozen, a connection wedged after the insert was sent) fails as an outage and the micro-batch is retried on a new connection (STREAM_SINK_RETRY_SECONDS; its writes are idempotent). At most 30 (2026-12-07; the default was 60 that day): a stop waits for a request already sent, and must end within streaming.job.STOP_GRACE_SECONDS (40 s) and the supervisor's stopwaitsecs (60 s). Keep it well above the stream's longest request under load (a loaded micro-batch's history, inserts and alerts took 1.2 s together, its restock episodes and inventory_levels 1.9 s, on 2 busy cores: README Benchmarks, Streaming). Batch jobs and migrations keep 300 s (the dashboard: DASHBOARD_CLICKHOUSE_TIMEOUT_SECONDS).")
     stream_sink_retry_max_wait_s: float = Field(default=30.0, gt=0, description="Longest wait between two retries of a micro-batch's writes (seconds; backoff 0.5 s doubling up to this).")
     stream_velocity_hours: float = Field(default=24.0, description="Trailing span of the streaming sales velocity, hours: a window's sales_velocity (units/hour) is the units sold by the store x SKU (or store) in the windows of the last STREAM_VELOCITY_HOURS up to the window's end, divided by that span (shorter for a series first seen less than that ago); hours of cover, stock-out risk and restock quantities follow it. Must be > 0 and at most 24 (the window history the stream loads per micro-batch).")
     risk_high_hours: float = Field(default=24.0, description="Hours of cover below which stock-out risk is HIGH.")
@@ -316,6 +319,15 @@ class Settings(BaseSettings):
     forecast_gbt_max_depth: int = Field(default=5, ge=1, description="GBTRegressor maxDepth.")
 
     # ---- validators ---------------------------------------------------------------------------
+    @field_validator("stream_clickhouse_timeout_seconds")
+    @classmethod
+    def _check_stream_clickhouse_timeout(cls, v: int) -> int:
+        if v > STREAM_CLICKHOUSE_TIMEOUT_MAX_S:
+            raise ValueError(f"{v} s is above {STREAM_CLICKHOUSE_TIMEOUT_MAX_S}: a stop (SIGTERM) waits for a "
+                             "ClickHouse request already sent, and must end within streaming.job.STOP_GRACE_SECONDS "
+                             "(40 s) and the supervisor's stopwaitsecs for the streaming program (60 s; then SIGKILL)")
+        return v
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, v: str) -> str:

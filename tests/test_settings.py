@@ -369,3 +369,26 @@ def test_readme_and_ci_run_the_same_test_command():
 
     assert "make test" in (REPO_ROOT / "README.md").read_text()
     assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("seconds", ["31", "60", "0"])
+def test_stream_clickhouse_timeout_must_fit_the_stop_grace(monkeypatch, seconds):
+    """STREAM_CLICKHOUSE_TIMEOUT_SECONDS above 30 is refused, naming the variable and the stop's bounds: a stop waits
+    for a ClickHouse request already sent, and StreamingJob.stop() (STOP_GRACE_SECONDS, 40 s) must end within the
+    supervisor's stopwaitsecs (60 s). 60 was the default until the review of 2026-12-07 (a frozen endpoint then
+    held a stop past stopwaitsecs); the default is now 30, the bound sits below STOP_GRACE_SECONDS, which sits
+    below stopwaitsecs."""
+    from core.settings import STREAM_CLICKHOUSE_TIMEOUT_MAX_S
+    from ops.local import _PROGRAM
+    from streaming.job import STOP_GRACE_SECONDS
+
+    monkeypatch.setenv("STREAM_CLICKHOUSE_TIMEOUT_SECONDS", seconds)
+    with pytest.raises(ConfigError) as err:
+        get_settings()
+    assert "STREAM_CLICKHOUSE_TIMEOUT_SECONDS" in str(err.value)
+    if seconds != "0":
+        assert "STOP_GRACE_SECONDS" in str(err.value) and "stopwaitsecs" in str(err.value)
+    monkeypatch.delenv("STREAM_CLICKHOUSE_TIMEOUT_SECONDS")
+    assert Settings(_env_file=None).stream_clickhouse_timeout_seconds == 30 == STREAM_CLICKHOUSE_TIMEOUT_MAX_S
+    assert Settings(_env_file=None, stream_clickhouse_timeout_seconds=1).stream_clickhouse_timeout_seconds == 1
+    assert STREAM_CLICKHOUSE_TIMEOUT_MAX_S < STOP_GRACE_SECONDS < _PROGRAM["streaming"]["stopwaitsecs"]
