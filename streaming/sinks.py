@@ -146,6 +146,12 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return False
 
 
+class NotSentStopping(ConnectionAbortedError):
+    """A ClickHouse request of the sinks not sent because the job is stopping while ClickHouse fails
+    (:meth:`StreamSinks._ch_request`). A ``ConnectionError``, so an outage to :func:`is_infrastructure_error`: the
+    micro-batch fails uncommitted and is re-run from the checkpoint at the next start."""
+
+
 def retrying_call(settings: Settings, what: str, fn, args: tuple = (), kwargs: dict | None = None, *,
                   error_kind: str = "infrastructure error", before_retry=None, on_wait=None,
                   logger: logging.Logger | None = None, stop_event: threading.Event | None = None):
@@ -426,6 +432,8 @@ class StreamSinks:
         self.retries = 0
         #: set by :meth:`streaming.job.StreamingJob.stop`: retries give up at once (:func:`retrying_call`)
         self.stopping = threading.Event()
+        #: the latest ClickHouse request ended in an infrastructure error (:meth:`_ch_request`)
+        self._ch_failing = False
         self._producer = None
         self.batch_log: list[dict[str, Any]] = []
         self.alerts_sent = 0
@@ -466,8 +474,37 @@ class StreamSinks:
         return [pos for pos, _ in refused]
 
     def _insert_raw_df(self, table: str, df: pd.DataFrame) -> None:
+        self._ch_request(lambda ch: ch.insert_df(f"{self.db}.{table}", df))
+
+    def _ch_request(self, send):
+        """``send(client)``: one ClickHouse request of the sinks (every insert and query goes through here), under
+        the client lock, so the two queries' batches never use the client at once.
+
+        Once the job is stopping (:attr:`stopping`) while ClickHouse fails (the latest request ended in an
+        infrastructure error: refused, reset, left unanswered for STREAM_CLICKHOUSE_TIMEOUT_SECONDS), nothing more
+        is sent: a batch that waited for the lock behind a request that timed out, or the progress poller's last
+        write, would otherwise wait out one more timeout each (before 2026-12-07: up to three in a row against a
+        frozen endpoint, past the supervisor's 60 s). A stop while ClickHouse answers sends as usual (the batch
+        finishes, the last progress counts are written).
+
+        Returns:
+            what ``send`` returns.
+        Raises:
+            NotSentStopping: stopping and ClickHouse failing; nothing was sent (the batch is re-run at the next
+                start, its writes are idempotent).
+            what ``send`` raises.
+        """
         with self._ch_lock:
-            self.ch.insert_df(f"{self.db}.{table}", df)
+            if self.stopping.is_set() and self._ch_failing:
+                raise NotSentStopping("ClickHouse request not sent: the streaming job is stopping and ClickHouse's "
+                                      "last request failed")
+            try:
+                out = send(self.ch)
+            except Exception as exc:
+                self._ch_failing = is_infrastructure_error(exc)
+                raise
+            self._ch_failing = False
+            return out
 
     def _begin_attempt(self) -> None:
         """Start counting the rows set aside by this thread's micro-batch attempt (a retried attempt counts again)."""
@@ -575,8 +612,8 @@ class StreamSinks:
                              value=dead_letter_record(event_type, payload, reason)).get(timeout=30)
 
     def _query(self, sql: str, parameters: dict | None = None) -> pd.DataFrame:
-        with self._ch_lock:
-            return self.ch.query_arrow(sql.replace("{db}", self.db), parameters=parameters or {}).to_pandas()
+        return self._ch_request(
+            lambda ch: ch.query_arrow(sql.replace("{db}", self.db), parameters=parameters or {})).to_pandas()
 
     def _log_batch(self, query: str, batch_id: int, input_rows: int, output_rows: int, started: float,
                    phases: dict[str, float] | None = None, alerts_closed_until: int | None = None,
@@ -678,12 +715,20 @@ class StreamSinks:
     # --------------------------------------------------------------------------------- retries --
     def _reset_client(self) -> None:
         """A new ClickHouse client (and connection pool) before a retry, so no connection the outage broke is
-        reused; a client handed to the constructor is kept."""
+        reused; a client handed to the constructor is kept. Not opened once the job is stopping while ClickHouse
+        fails (raises :class:`NotSentStopping`, as :meth:`_ch_request`); a stop that lands while the client is being
+        opened waits for its requests (each up to STREAM_CLICKHOUSE_TIMEOUT_SECONDS)."""
         if not self._own_client:
             return
+        if self.stopping.is_set() and self._ch_failing:   # as :meth:`_ch_request`: opening a client sends requests
+            raise NotSentStopping("no new ClickHouse client opened: the streaming job is stopping")
         from core.clickhouse import new_client
 
-        fresh = new_client(self.s, timeout=self.s.stream_clickhouse_timeout_seconds)
+        try:
+            fresh = new_client(self.s, timeout=self.s.stream_clickhouse_timeout_seconds)
+        except Exception as exc:
+            self._ch_failing = self._ch_failing or is_infrastructure_error(exc)
+            raise
         with self._ch_lock:
             self.ch = fresh
 

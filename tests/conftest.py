@@ -178,6 +178,19 @@ class TcpGate:
         self.wedged = 0
         self.frozen = False   # :meth:`freeze`
         self._held = threading.Event()   # set at close: releases the threads holding wedged answers
+        #: connections accepted and forwarded so far; bytes of requests forwarded to ``target`` so far
+        self.connections = 0
+        self.request_bytes = 0
+        #: the first line of every answer held (wedged or frozen), e.g. ``b"HTTP/1.1 200 OK"``: what the server said
+        self.held_answers: list[bytes] = []
+
+    def url(self, url: str) -> str:
+        """``url`` (a service URL whose port is ``target``, credentials kept) routed through this gate: its port
+        replaced by :attr:`port`."""
+        from urllib.parse import urlparse, urlunparse
+
+        u = urlparse(url)
+        return urlunparse(u._replace(netloc=u.netloc.rsplit(":", 1)[0] + f":{self.port}"))
 
     def wedge_next(self, marker: bytes) -> None:
         """Wedge the next connection whose request contains ``marker`` (e.g. ``b"INSERT"``): its request reaches the
@@ -211,6 +224,7 @@ class TcpGate:
             except OSError:
                 client.close()
                 continue
+            self.connections += 1
             wedged = threading.Event()   # set: this connection's answers are held
             threading.Thread(target=self._pipe, args=(client, upstream, None, wedged), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, wedged, None), daemon=True).start()
@@ -227,8 +241,11 @@ class TcpGate:
                             self.wedged += 1
                             wedge.set()
                 if hold is not None and (hold.is_set() or self.frozen):
+                    self.held_answers.append(data.split(b"\r\n", 1)[0])
                     self._held.wait()
                     return
+                if wedge is not None:
+                    self.request_bytes += len(data)
                 dst.sendall(data)
         except OSError:
             pass

@@ -385,13 +385,12 @@ def test_a_page_opened_during_an_outage_recovers_without_a_reload(native_stack, 
     """The dashboard starts while ClickHouse cannot be reached: the page says so and that it retries; once the
     endpoint answers, the same page (no reload) shows the star schema's numbers (a first version stayed on the
     error until the user reloaded)."""
-    from urllib.parse import urlparse, urlunparse
+    from urllib.parse import urlparse
 
     from selenium.webdriver.common.by import By
 
-    url = urlparse(native_stack.clickhouse_url)
-    gate = TcpGate(url.port)
-    moved = urlunparse(url._replace(netloc=url.netloc.rsplit(":", 1)[0] + f":{gate.port}"))
+    gate = TcpGate(urlparse(native_stack.clickhouse_url).port)
+    moved = gate.url(native_stack.clickhouse_url)
     try:
         with running_dashboard({"CLICKHOUSE_URL": moved}, tmp_path / "dashboard.log") as base:
             browser.get(f"{base}/")
@@ -417,7 +416,7 @@ def test_a_frozen_clickhouse_endpoint_is_reported_on_the_page_and_the_page_recov
     it says ClickHouse is not reachable, with the timeout; once the endpoint answers again the same page shows the
     cards without a reload. Before 2026-12-07 the dashboard's client had clickhouse-connect's 300 s socket timeout,
     no setting: the reloaded page stayed blank (Streamlit's running indicator) for 5 minutes."""
-    from urllib.parse import urlparse, urlunparse
+    from urllib.parse import urlparse
 
     from selenium.webdriver.common.by import By
 
@@ -431,10 +430,9 @@ def test_a_frozen_clickhouse_endpoint_is_reported_on_the_page_and_the_page_recov
     def cards(_text) -> list[str]:
         return [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]')]
 
-    url = urlparse(native_stack.clickhouse_url)
-    gate = TcpGate(url.port)
+    gate = TcpGate(urlparse(native_stack.clickhouse_url).port)
     gate.open()
-    moved = urlunparse(url._replace(netloc=url.netloc.rsplit(":", 1)[0] + f":{gate.port}"))
+    moved = gate.url(native_stack.clickhouse_url)
     try:
         with running_dashboard({"CLICKHOUSE_URL": moved, "DASHBOARD_CLICKHOUSE_TIMEOUT_SECONDS": "3"},
                                tmp_path / "dashboard.log") as base:
