@@ -50,7 +50,8 @@ STREAM_HISTORY_HOURS = 24.0
 #: (``streaming.sinks.ANCHOR_LOOKBACK_HOURS``)
 STREAM_ANCHOR_LOOKBACK_HOURS = 24.0
 #: the largest STREAM_CLICKHOUSE_TIMEOUT_SECONDS (seconds): a stop waits for a request already sent, within
-#: ``streaming.job.STOP_GRACE_SECONDS`` (40 s) and the supervisor's ``stopwaitsecs`` for the stream (60 s, ``ops.local``)
+#: ``streaming.job.STOP_GRACE_SECONDS`` (40 s) and the supervisor's ``stopwaitsecs`` for the stream (60 s,
+#: ``ops.local``)
 STREAM_CLICKHOUSE_TIMEOUT_MAX_S = 30
 
 #: Settings checked against each other by the model validators below (a test derives these sets from the

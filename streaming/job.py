@@ -870,7 +870,12 @@ class StreamingJob:
         STREAM_SINK_RETRY_SECONDS; until 2026-12-07 a SIGTERM during a ClickHouse outage waited 120 s per query
         and then in ``StreamingQuery.stop()`` for the retrying batch, past the supervisor's ``stopwaitsecs`` (60 s):
         every such stop ended in SIGKILL. ``grace_seconds`` bounds the wait for the running triggers of all the
-        queries together (default :data:`STOP_GRACE_SECONDS`, within the supervisor's 60 s).
+        queries together (default :data:`STOP_GRACE_SECONDS`, within the supervisor's 60 s). A ClickHouse request
+        already sent waits for its answer, up to STREAM_CLICKHOUSE_TIMEOUT_SECONDS (at most 30, below the grace);
+        once one has failed, the stopping sinks send nothing more (:meth:`streaming.sinks.StreamSinks._ch_request`),
+        so a frozen endpoint costs one timeout, not one per queued request. Not bounded: while Kafka is down, a
+        batch's alert ``flush()`` and the producer's flush below can each wait up to ``delivery_timeout_ms``
+        (2 min): the supervisor then SIGKILLs (unacknowledged alerts are not recorded; their batch is re-run).
 
         ``StreamingQuery.stop()`` interrupts a running micro-batch; inside ``foreachBatch`` the interrupt
         surfaces as a Py4J error whose (long) text Spark's ``StreamExecution.isInterruptionException`` matches

@@ -328,9 +328,11 @@ def test_clickhouse_outage_is_waited_out_nothing_lost_or_doubled(native_stack, s
 
 
 def test_a_stop_during_a_clickhouse_outage_ends_within_the_supervisors_wait_and_loses_nothing(native_stack, spark):
-    """SIGTERM (the supervisor's ``stop``: ``StreamingJob.stop()`` through the CLI's handler) while a micro-batch
-    waits out a ClickHouse outage: the job stops within the supervisor's ``stopwaitsecs`` (60 s), the waiting batch
-    given up uncommitted; a new job started after the outage lands the 200 sales once in windows and lake. Before
+    """``StreamingJob.stop()`` called in this process (what the CLI's SIGTERM handler ends in: ``run`` raises
+    KeyboardInterrupt and ``run_stream``'s ``finally`` calls it; no signal is sent here, the CLI under the
+    supervisor is not driven) while a micro-batch waits out a ClickHouse outage (the endpoint stopped: connections
+    refused): the stop returns within the supervisor's ``stopwaitsecs`` (60 s), the waiting batch given up
+    uncommitted; a new job started after the outage lands the 200 sales once in windows and lake. Before
     2026-12-07 the stop waited 120 s for the query's trigger and then for the retrying batch (up to
     STREAM_SINK_RETRY_SECONDS): still stopping after 60 s, so the supervisor's stop ended in SIGKILL."""
     import threading
@@ -365,6 +367,67 @@ def test_a_stop_during_a_clickhouse_outage_ends_within_the_supervisors_wait_and_
     finally:
         job.stop()
     assert windows_total(client, db) == 100   # the batch waiting for ClickHouse was given up, not committed
+    again = StreamingJob(s, spark=spark)
+    again.start(trigger_seconds=1.0)
+    try:
+        wait_for(lambda: windows_total(client, db) == 200
+                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 200, 240,
+                 "all 200 sales in ClickHouse and the lake after the restart")
+    finally:
+        again.stop()
+    ids = lake_ids(s, "sales_transaction", "transaction_id")
+    assert len(ids) == len(set(ids)) == 200
+    assert windows_total(client, db) == 200
+
+
+def test_a_stop_while_clickhouse_is_frozen_ends_within_the_supervisors_wait_and_loses_nothing(native_stack, spark):
+    """``StreamingJob.stop()`` (what the CLI's SIGTERM handler ends in; called here, no signal) while the stream's
+    ClickHouse endpoint is frozen (:meth:`TcpGate.freeze`: connections accepted, nothing answered) and a micro-batch
+    has a request out, STREAM_CLICKHOUSE_TIMEOUT_SECONDS at its default (30, also its largest): the stop returns
+    within the supervisor's ``stopwaitsecs`` (60 s): the request out times out, and nothing more is sent to ClickHouse
+    (:meth:`streaming.sinks.StreamSinks._ch_request`), neither the other query's batch queued behind the client lock
+    nor the progress poller's last write. A new job started after the freeze lands the 200 sales once in windows
+    and lake. Before the review of 2026-12-07 the default timeout was 60 s (the request out alone reached
+    ``stopwaitsecs``, then SIGKILL) and each queued request was sent and waited out its own timeout (with 30 s and no
+    guard: two held answers, the stop returned after 59.9 s; the guard alone is checked by
+    ``tests/test_streaming_sinks.py::test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed``)."""
+    import threading
+    from urllib.parse import urlparse
+
+    from conftest import TcpGate
+    from core.clickhouse import new_client
+    from ops import local
+    from streaming.job import StreamingJob
+
+    s = namespace(native_stack, f"frz{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
+    gate = TcpGate(urlparse(s.clickhouse_url).port)
+    gate.open()
+    routed = s.model_copy(update={"clickhouse_url": gate.url(s.clickhouse_url)})   # the default timeout, 30 s
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    parts = [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
+              for i in range(100)] for k, p in enumerate("FG")]
+    client, db = new_client(s), s.clickhouse_database   # the tests' reads bypass the gate
+    job = StreamingJob(routed, spark=spark)
+    stopper = threading.Thread(target=job.stop, daemon=True)
+    try:
+        job.start(trigger_seconds=1.0)
+        produce(s, parts[0])
+        wait_for(lambda: windows_total(client, db) == 100, 180, "the first 100 sales in ClickHouse")
+        gate.freeze()
+        produce(s, parts[1])
+        wait_for(lambda: gate.held_answers, 120, "a stream request left unanswered by the frozen endpoint")
+        stopper.start()
+        began = time.time()
+        # the supervisor's stopwaitsecs for the streaming program (ops.local): SIGKILL after it
+        stopper.join(local._PROGRAM["streaming"]["stopwaitsecs"])
+        assert not stopper.is_alive(), "StreamingJob.stop() still waiting on the frozen ClickHouse after 60 s"
+        print(f"stop returned after {time.time() - began:.1f} s, {len(gate.held_answers)} answer(s) held")
+        assert not any(q.isActive for q in job.queries.values())
+    finally:
+        gate.close()   # the held answers are dropped; the endpoint itself never stopped
+        if stopper.ident:
+            stopper.join(600)
+        job.stop()
     again = StreamingJob(s, spark=spark)
     again.start(trigger_seconds=1.0)
     try:
