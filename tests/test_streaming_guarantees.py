@@ -388,7 +388,7 @@ def test_a_stop_while_clickhouse_is_frozen_ends_within_the_supervisors_wait_and_
     (:meth:`streaming.sinks.StreamSinks._ch_request`), neither the other query's batch queued behind the client lock
     nor the progress poller's last write. A new job started after the freeze lands the 200 sales once in windows
     and lake. Before the review of 2026-12-07 the default timeout was 60 s (the request out alone reached
-    ``stopwaitsecs``, then SIGKILL) and each queued request was sent and waited out its own timeout (with 30 s and no
+    ``stopwaitsecs``, then SIGKILL; that code failed this test) and each queued request was sent and waited out its own timeout (with 30 s and no
     guard: two held answers, the stop returned after 59.9 s; the guard alone is checked by
     ``tests/test_streaming_sinks.py::test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed``)."""
     import threading
