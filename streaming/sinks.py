@@ -483,8 +483,8 @@ class StreamSinks:
         Once the job is stopping (:attr:`stopping`) while ClickHouse fails (the latest request ended in an
         infrastructure error: refused, reset, left unanswered for STREAM_CLICKHOUSE_TIMEOUT_SECONDS), nothing more
         is sent: a batch that waited for the lock behind a request that timed out, or the progress poller's last
-        write, would otherwise wait out one more timeout each (before 2026-12-07: up to three in a row against a
-        frozen endpoint, past the supervisor's 60 s). A stop while ClickHouse answers sends as usual (the batch
+        write, would otherwise wait out one more timeout each (until the review of 2026-12-07: up to three in a row
+        against a frozen endpoint, past the supervisor's 60 s). A stop while ClickHouse answers sends as usual (the batch
         finishes, the last progress counts are written).
 
         Returns:
