@@ -451,6 +451,8 @@ class StreamingJob:
         #: {(query, batch id): records_expired recorded with that micro-batch} (:meth:`stats` sums these rather than
         #: asking the broker again, at another time), the latest EXPIRED_KEPT
         self._expired: dict[tuple[str, int], int] = {}
+        #: a look-up of :meth:`expired_records` failed while the job was stopping (the later ones are not tried)
+        self._lookup_failed_stopping = False
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
@@ -476,15 +478,17 @@ class StreamingJob:
         (:func:`skipped_records`). Only when its offsets covered more than it read are the partitions' earliest
         offsets asked of the broker (one try, clients' timeouts ``EXPIRED_LOOKUP_TIMEOUT_MS``), so transaction
         markers and aborted records are not counted; a broker that does not answer (or any error of the look-up)
-        leaves the upper bound (every offset not read), with a warning, as does a job that is stopping (no look-up:
-        a stop must end within the supervisor's wait)."""
+        leaves the upper bound (every offset not read), with a warning; once a look-up has failed while the job is
+        stopping, the later ones of that stop are not tried (upper bound, warning): a stop during a Kafka outage
+        must end within the supervisor's wait, and :meth:`stop`'s last poll may deliver several batches."""
         scans = SOURCE_SCANS.get(name, 1)
         upper = skipped_records(progress, scans)
         if not upper:
             return 0
-        if self.stopping.is_set():
-            log.warning("query %s micro-batch %s: stopping, the topics' earliest offsets not asked: %d offset(s) not "
-                        "read counted expired, an upper bound", name, progress.get("batchId"), upper)
+        if self.stopping.is_set() and self._lookup_failed_stopping:
+            log.warning("query %s micro-batch %s: stopping and the broker did not answer, the topics' earliest "
+                        "offsets not asked: %d offset(s) not read counted expired, an upper bound", name,
+                        progress.get("batchId"), upper)
             return upper
         from streaming.checkpoint import partition_offset_bounds
 
@@ -492,6 +496,7 @@ class StreamingJob:
         try:
             bounds = partition_offset_bounds(self.s, topics, timeout_ms=EXPIRED_LOOKUP_TIMEOUT_MS)
         except Exception as exc:  # noqa: BLE001 - bookkeeping only: the batch's other counts must still be recorded
+            self._lookup_failed_stopping = self.stopping.is_set()
             log.warning("query %s micro-batch %s: the topics' earliest offsets could not be read (%s): %d offset(s) "
                         "not read counted expired, an upper bound (transaction markers and aborted records "
                         "included)", name, progress.get("batchId"), exc, upper)
@@ -749,6 +754,7 @@ class StreamingJob:
         """
         s = self.s
         self.stopping.clear()   # a job stopped before and started again retries again
+        self._lookup_failed_stopping = False
         self._trigger = ({"availableNow": True} if available_now
                          else {"processingTime": f"{trigger_seconds or s.stream_trigger_seconds} seconds"})
         for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)

@@ -635,7 +635,8 @@ def test_the_expired_count_asks_the_broker_once_per_batch_and_never_while_stoppi
     again later, when its earliest offsets may have moved (a topic re-created since: 0, a real loss hidden; until
     2026-12-07 stats asked again per batch, 2 clients each). (b) A look-up failing with any error counts the upper
     bound with a warning (until then only KafkaError was caught: another error skipped the batch's whole
-    record_progress). (c) A stopping job does not ask (a stop must end within the supervisor's wait)."""
+    record_progress). (c) A stopping job asks (its last poll records the final batches) until one look-up of that
+    stop fails; then it asks no more (a stop during a Kafka outage must end within the supervisor's wait)."""
     import streaming.checkpoint as cp_mod
 
     recorded = []
@@ -678,6 +679,11 @@ def test_the_expired_count_asks_the_broker_once_per_batch_and_never_while_stoppi
         assert job.expired_records("raw", progress) == 10
     assert "could not be read (look-up failed): 10 offset(s)" in caplog.text
 
-    monkeypatch.setattr(cp_mod, "partition_offset_bounds", bounds)
     job.stopping.set()
-    assert job.expired_records("raw", progress) == 10 and len(asked) == 1
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", bounds)
+    assert job.expired_records("raw", progress) == 0 and len(asked) == 2     # stopping, the broker answers
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", failing)
+    assert job.expired_records("raw", progress) == 10                        # fails while stopping
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", bounds)
+    assert job.expired_records("raw", progress) == 10 and len(asked) == 2     # not asked again in this stop
+    assert "stopping and the broker did not answer" in caplog.text
