@@ -628,7 +628,7 @@ def test_a_batch_waits_for_the_id_of_a_topic_the_broker_cannot_describe_yet(tmp_
     assert C.stored_topic_ids(cp)["sales"] == "NEW"
 
 
-def test_the_expired_count_asks_the_broker_once_per_batch_and_never_while_stopping(tmp_path, monkeypatch, caplog):
+def test_the_expired_count_asks_the_broker_once_per_batch_and_gives_up_in_a_failing_stop(tmp_path, monkeypatch, caplog):
     """A micro-batch that covered 24 offsets and read 14 (transaction markers, or records deleted unread): its
     records_expired needs the partitions' earliest offsets from the broker (:meth:`StreamingJob.expired_records`).
     (a) The count recorded with the batch is the one :meth:`StreamingJob.stats` reports: the broker is not asked
