@@ -88,15 +88,16 @@ def topic_ids(settings, topics: list[str], admin=None) -> dict[str, str]:
             admin.close()
 
 
-def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:
-    """{topic: its partition numbers, sorted} of those of ``topics`` that exist on the broker.
+def topic_partitions(settings, topics: list[str], **client_kw) -> dict[str, list[int]]:
+    """{topic: its partition numbers, sorted} of those of ``topics`` that exist on the broker; ``client_kw``: extra
+    KafkaAdminClient options (e.g. shorter ``bootstrap_timeout_ms`` / ``request_timeout_ms``, milliseconds).
 
     Raises:
         kafka.errors.KafkaError: the broker cannot be reached or fails the request.
     """
     from core.kafka_admin import admin_client
 
-    admin = admin_client(settings)
+    admin = admin_client(settings, **client_kw)
     try:
         present = [t for t in topics if t in set(admin.list_topics())]
         return ({t["name"]: sorted(p["partition_index"] for p in t["partitions"])
@@ -105,21 +106,26 @@ def topic_partitions(settings, topics: list[str]) -> dict[str, list[int]]:
         admin.close()
 
 
-def partition_offset_bounds(settings, topics: list[str]) -> dict[str, dict[str, tuple[int, int]]]:
+def partition_offset_bounds(settings, topics: list[str], timeout_ms: int | None = None
+                            ) -> dict[str, dict[str, tuple[int, int]]]:
     """{topic: {partition (text): (earliest offset, end offset)}} of those of ``topics`` that exist on the broker:
-    the offset of the oldest record retention kept and the next offset to be written.
+    the offset of the oldest record retention kept and the end the stream's sources read up to: read committed,
+    the last stable offset (below a transaction still open; the next offset to be written when none is), as
+    Spark's Kafka source with ``kafka.isolation.level=read_committed`` (:meth:`streaming.job.StreamingJob._source`).
+    ``timeout_ms``: the clients' bootstrap and request timeouts (default kafka-python's, 30 s).
 
     Raises:
         kafka.errors.KafkaError: the broker cannot be reached or fails the request.
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    parts = topic_partitions(settings, topics)
+    kw = {} if timeout_ms is None else {"bootstrap_timeout_ms": timeout_ms, "request_timeout_ms": timeout_ms}
+    parts = topic_partitions(settings, topics, **kw)
     tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
     if not tps:
         return {}
     c = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
-                      group_id=None, client_id="retail-stream-resume")
+                      group_id=None, client_id="retail-stream-resume", isolation_level="read_committed", **kw)
     try:
         begin, end = c.beginning_offsets(tps), c.end_offsets(tps)
     finally:

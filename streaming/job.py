@@ -400,6 +400,11 @@ def kafka_retrying(settings: Settings, what: str, fn, *args, stop_event: threadi
 #: seconds :meth:`StreamingJob.stop` waits for the queries' running triggers, all together, before it interrupts them:
 #: below the supervisor's ``stopwaitsecs`` for the streaming program (60 s, ``ops.local``), which then sends SIGKILL
 STOP_GRACE_SECONDS = 40.0
+#: bootstrap / request timeout (ms) of :meth:`StreamingJob.expired_records`' one broker look-up (bookkeeping, not
+#: retried: an unanswered look-up counts the upper bound)
+EXPIRED_LOOKUP_TIMEOUT_MS = 5_000
+#: micro-batches whose records_expired :meth:`StreamingJob.stats` reuses (Spark keeps 100 progress updates per query)
+EXPIRED_KEPT = 1_000
 
 
 class StreamingJob:
@@ -443,6 +448,11 @@ class StreamingJob:
         #: [{"query", "batch", "topics": :func:`streaming.checkpoint.rewind_running_batch`'s result, "found":
         #: {topic: evidence}}] of every micro-batch :meth:`check_topics` rewound while this job ran
         self.rewinds: list[dict[str, Any]] = []
+        #: {(query, batch id): records_expired recorded with that micro-batch} (:meth:`stats` sums these rather than
+        #: asking the broker again, at another time), the latest EXPIRED_KEPT
+        self._expired: dict[tuple[str, int], int] = {}
+        #: a look-up of :meth:`expired_records` failed while the job was stopping (the later ones are not tried)
+        self._lookup_failed_stopping = False
 
     def _record_progress(self, name: str, progress: dict[str, Any]) -> None:
         if name in QUERY_NAMES:
@@ -455,26 +465,38 @@ class StreamingJob:
                           "batch is not rewound: a checkpoint that is not a local folder, a query's first batch); up "
                           "to %d record(s) below %d were skipped unread (counted so, an upper bound, in "
                           "stream_batches.records_expired)", name, progress["batchId"], t, p, start, end, end, end)
+            expired = self._expired[(name, int(progress["batchId"]))] = self.expired_records(name, progress)
+            while len(self._expired) > EXPIRED_KEPT:   # oldest first (insertion order)
+                self._expired.pop(next(iter(self._expired)), None)
             self.sinks.record_progress(name, int(progress["batchId"]), dropped_duplicates(progress),
-                                       expired=self.expired_records(name, progress),
+                                       expired=expired,
                                        end_offsets=json.dumps(source_end_offsets(progress), sort_keys=True),
                                        late=late_rows_dropped(progress))
 
     def expired_records(self, name: str, progress: dict[str, Any]) -> int:
         """Kafka records query ``name``'s micro-batch ``progress`` skipped because retention deleted them first
         (:func:`skipped_records`). Only when its offsets covered more than it read are the partitions' earliest
-        offsets asked of the broker, so transaction markers and aborted records are not counted; a broker that
-        does not answer leaves the upper bound (every offset not read), with a warning."""
+        offsets asked of the broker (one try, clients' timeouts ``EXPIRED_LOOKUP_TIMEOUT_MS``), so transaction
+        markers and aborted records are not counted; a broker that does not answer (or any error of the look-up)
+        leaves the upper bound (every offset not read), with a warning; once a look-up has failed while the job is
+        stopping, the later ones of that stop are not tried (upper bound, warning): a stop during a Kafka outage
+        must end within the supervisor's wait, and :meth:`stop`'s last poll may deliver several batches."""
         scans = SOURCE_SCANS.get(name, 1)
         upper = skipped_records(progress, scans)
         if not upper:
             return 0
+        if self.stopping.is_set() and self._lookup_failed_stopping:
+            log.warning("query %s micro-batch %s: stopping and the broker did not answer, the topics' earliest "
+                        "offsets not asked: %d offset(s) not read counted expired, an upper bound", name,
+                        progress.get("batchId"), upper)
+            return upper
         from streaming.checkpoint import partition_offset_bounds
 
         topics = sorted({t for src in progress.get("sources", []) or [] for t in _offsets(src.get("endOffset"))})
         try:
-            bounds = partition_offset_bounds(self.s, topics)
-        except KafkaError as exc:
+            bounds = partition_offset_bounds(self.s, topics, timeout_ms=EXPIRED_LOOKUP_TIMEOUT_MS)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only: the batch's other counts must still be recorded
+            self._lookup_failed_stopping = self.stopping.is_set()
             log.warning("query %s micro-batch %s: the topics' earliest offsets could not be read (%s): %d offset(s) "
                         "not read counted expired, an upper bound (transaction markers and aborted records "
                         "included)", name, progress.get("batchId"), exc, upper)
@@ -732,6 +754,7 @@ class StreamingJob:
         """
         s = self.s
         self.stopping.clear()   # a job stopped before and started again retries again
+        self._lookup_failed_stopping = False
         self._trigger = ({"availableNow": True} if available_now
                          else {"processingTime": f"{trigger_seconds or s.stream_trigger_seconds} seconds"})
         for key, value in state_store_conf(s).items():  # read by a query when it starts (kept in its checkpoint)
@@ -919,7 +942,10 @@ class StreamingJob:
             if q is not None:
                 for p in recent_progress(q):
                     dups += dropped_duplicates(p)
-                    expired += self.expired_records(name, p)
+                    key = (name, int(p.get("batchId", -1)))
+                    # the count recorded with the batch (stream_batches); a look-up now would use the offsets of now
+                    known = self._expired.get(key)
+                    expired += known if known is not None else self.expired_records(name, p)
                     read += int(p.get("numInputRows", 0) or 0)
                     for op in p.get("stateOperators", []) or []:  # a row dropped by one never reaches the next
                         dropped += int(op.get("numRowsDroppedByWatermark", 0) or 0)

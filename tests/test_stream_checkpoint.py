@@ -626,3 +626,64 @@ def test_a_batch_waits_for_the_id_of_a_topic_the_broker_cannot_describe_yet(tmp_
     with pytest.raises(TopicRecreatedError):
         job.check_topics("windows", 3)                      # asked again, then the new id: rewound, not read twice
     assert C.stored_topic_ids(cp)["sales"] == "NEW"
+
+
+def test_the_expired_count_asks_the_broker_once_per_batch_and_gives_up_in_a_failing_stop(tmp_path, monkeypatch, caplog):
+    """A micro-batch that covered 24 offsets and read 14 (transaction markers, or records deleted unread): its
+    records_expired needs the partitions' earliest offsets from the broker (:meth:`StreamingJob.expired_records`).
+    (a) The count recorded with the batch is the one :meth:`StreamingJob.stats` reports: the broker is not asked
+    again later, when its earliest offsets may have moved (a topic re-created since: 0, a real loss hidden; until
+    2026-12-07 stats asked again per batch, 2 clients each). (b) A look-up failing with any error counts the upper
+    bound with a warning (until then only KafkaError was caught: another error skipped the batch's whole
+    record_progress). (c) A stopping job asks (its last poll records the final batches) until one look-up of that
+    stop fails; then it asks no more (a stop during a Kafka outage must end within the supervisor's wait)."""
+    import streaming.checkpoint as cp_mod
+
+    recorded = []
+
+    class Sinks(_StubSinks):
+        batch_log, alerts_sent, retries = [], 0, 0
+
+        def record_progress(self, name, batch, dups, **kw):
+            recorded.append((name, batch, kw["expired"]))
+
+    progress = {"batchId": 7, "sources": [{"startOffset": {"sales": {"0": 10, "1": 5}},
+                                           "endOffset": {"sales": {"0": 30, "1": 9}}, "numInputRows": 14}]}
+    job = bare_job(stub_job(tmp_path, None).s, Sinks({}))
+    asked = []
+    earliest = {"sales": {"0": (14, 30), "1": (0, 9)}}     # offsets 10..13 of partition 0 deleted unread: 4
+
+    def bounds(s, topics, timeout_ms=None):
+        asked.append(topics)
+        return earliest
+
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", bounds)
+    job._record_progress("raw", progress)
+    assert recorded == [("raw", 7, 4)] and len(asked) == 1
+
+    class Query:   # a StreamingQuery's recentProgress as py4j hands it over
+        class _jsq:
+            @staticmethod
+            def recentProgress():
+                return [type("P", (), {"json": staticmethod(lambda: json.dumps(progress))})()]
+
+    job.queries = {"raw": Query()}
+    earliest = {"sales": {"0": (0, 30), "1": (0, 9)}}      # the topic re-created since: the broker says 0 now
+    assert job.stats()["raw"]["records_expired"] == 4 and len(asked) == 1
+
+    def failing(s, topics, timeout_ms=None):
+        raise RuntimeError("look-up failed")
+
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", failing)
+    with caplog.at_level(logging.WARNING, logger="streaming.job"):
+        assert job.expired_records("raw", progress) == 10
+    assert "could not be read (look-up failed): 10 offset(s)" in caplog.text
+
+    job.stopping.set()
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", bounds)
+    assert job.expired_records("raw", progress) == 0 and len(asked) == 2     # stopping, the broker answers
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", failing)
+    assert job.expired_records("raw", progress) == 10                        # fails while stopping
+    monkeypatch.setattr(cp_mod, "partition_offset_bounds", bounds)
+    assert job.expired_records("raw", progress) == 10 and len(asked) == 2     # not asked again in this stop
+    assert "stopping and the broker did not answer" in caplog.text

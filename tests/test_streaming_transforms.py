@@ -672,6 +672,7 @@ def test_payload_kinds_the_fuzzer_does_not_draw_get_the_producers_verdict_and_a_
     stream = TR.explain_parse_failures("sales_transaction", out["value"], out[TR.REASON], [NOW_MS] * len(out),
                                        max_future_minutes=60)
     producers = producer_reasons(payloads)
+    assert len(out) == len(stream) == len(producers) == len(names), (len(out), len(stream), len(producers))
     differ = [(n, s, p) for n, s, p in zip(names, stream, producers) if (s is None) != (p is None)]
     assert not differ, differ
     accepted = {n for n, s in zip(names, stream) if s is None}
