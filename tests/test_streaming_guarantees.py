@@ -367,17 +367,24 @@ def test_a_stop_during_a_clickhouse_outage_ends_within_the_supervisors_wait_and_
     finally:
         job.stop()
     assert windows_total(client, db) == 100   # the batch waiting for ClickHouse was given up, not committed
+    _restart_lands_every_sale_once(s, spark, client, db, 200)
+
+
+def _restart_lands_every_sale_once(s, spark, client, db, n: int) -> None:
+    """A new StreamingJob on ``s`` (1 s triggers) lands ``n`` sales in the windows and the lake, each once."""
+    from streaming.job import StreamingJob
+
     again = StreamingJob(s, spark=spark)
     again.start(trigger_seconds=1.0)
     try:
-        wait_for(lambda: windows_total(client, db) == 200
-                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 200, 240,
-                 "all 200 sales in ClickHouse and the lake after the restart")
+        wait_for(lambda: windows_total(client, db) == n
+                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= n, 240,
+                 f"all {n} sales in ClickHouse and the lake after the restart")
     finally:
         again.stop()
     ids = lake_ids(s, "sales_transaction", "transaction_id")
-    assert len(ids) == len(set(ids)) == 200
-    assert windows_total(client, db) == 200
+    assert len(ids) == len(set(ids)) == n
+    assert windows_total(client, db) == n
 
 
 def test_a_stop_while_clickhouse_is_frozen_ends_within_the_supervisors_wait_and_loses_nothing(native_stack, spark):
@@ -428,17 +435,7 @@ def test_a_stop_while_clickhouse_is_frozen_ends_within_the_supervisors_wait_and_
         if stopper.ident:
             stopper.join(600)
         job.stop()
-    again = StreamingJob(s, spark=spark)
-    again.start(trigger_seconds=1.0)
-    try:
-        wait_for(lambda: windows_total(client, db) == 200
-                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 200, 240,
-                 "all 200 sales in ClickHouse and the lake after the restart")
-    finally:
-        again.stop()
-    ids = lake_ids(s, "sales_transaction", "transaction_id")
-    assert len(ids) == len(set(ids)) == 200
-    assert windows_total(client, db) == 200
+    _restart_lands_every_sale_once(s, spark, client, db, 200)
 
 
 # ------------------------------------------------------------------------------ expired records --
