@@ -495,9 +495,7 @@ class StreamSinks:
             what ``send`` raises.
         """
         with self._ch_lock:
-            if self.stopping.is_set() and self._ch_failing:
-                raise NotSentStopping("ClickHouse request not sent: the streaming job is stopping and ClickHouse's "
-                                      "last request failed")
+            self._refuse_when_stopping("ClickHouse request not sent")
             try:
                 out = send(self.ch)
             except Exception as exc:
@@ -505,6 +503,13 @@ class StreamSinks:
                 raise
             self._ch_failing = False
             return out
+
+    def _refuse_when_stopping(self, what: str) -> None:
+        """Raise :class:`NotSentStopping` (``what`` + why) when the job is stopping while ClickHouse fails (its
+        latest request ended in an infrastructure error): the guard of :meth:`_ch_request` and
+        :meth:`_reset_client`."""
+        if self.stopping.is_set() and self._ch_failing:
+            raise NotSentStopping(f"{what}: the streaming job is stopping and ClickHouse's last request failed")
 
     def _begin_attempt(self) -> None:
         """Start counting the rows set aside by this thread's micro-batch attempt (a retried attempt counts again)."""
@@ -720,8 +725,7 @@ class StreamSinks:
         opened waits for its requests (each up to STREAM_CLICKHOUSE_TIMEOUT_SECONDS)."""
         if not self._own_client:
             return
-        if self.stopping.is_set() and self._ch_failing:   # as :meth:`_ch_request`: opening a client sends requests
-            raise NotSentStopping("no new ClickHouse client opened: the streaming job is stopping")
+        self._refuse_when_stopping("no new ClickHouse client opened")   # opening a client sends requests
         from core.clickhouse import new_client
 
         try:
