@@ -9,8 +9,9 @@ Every record is validated against its Avro contract (:func:`contracts.validate_e
 * invalid -> the dead-letter topic ``settings.topic("dead-letter")`` as JSON
   ``{event_type, reason, payload, failed_at}`` (failed_at epoch ms UTC). Nothing is dropped silently.
 
-Kafka record timestamps are the send time (CreateTime); the event time travels in the payload's
-``timestamp`` field (replayed 2011 times would otherwise expire at once under the 7-day retention,
+The producer stamps records with its send time (CreateTime), which the platform's topics replace by the
+broker's append time (``message.timestamp.type=LogAppendTime``, :mod:`core.kafka_admin`: a producer clock
+running ahead cannot move the stream's reference); the event time travels in the payload's ``timestamp`` field (replayed 2011 times would otherwise expire at once under the 7-day retention,
 and the broker rejects timestamps more than ``log.message.timestamp.after.max.ms`` in the future).
 
 Delivery is asynchronous; broker acknowledgements are counted by callbacks (``delivered``) and errors

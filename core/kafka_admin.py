@@ -4,9 +4,13 @@ Topics (partitions from :data:`contracts.TOPIC_PARTITIONS`, names ``settings.top
 retail-sales-transactions (3), retail-inventory-updates (3), retail-price-changes (2),
 retail-customer-events (1), retail-restock-alerts (1), retail-dead-letter (1); replication factor 1
 (single-node broker; override with ``replication_factor``), ``retention.ms = KAFKA_RETENTION_MS``
-(default 7 days), ``cleanup.policy = delete``. Existing topics are not altered, but their layout is compared with
-the spec (:func:`layout_problems`): a different partition count or retention is a warning naming topic, setting,
-expected and actual (logged, and returned under ``warnings``); a ``cleanup.policy`` with ``compact`` fails
+(default 7 days), ``cleanup.policy = delete``, ``message.timestamp.type = LogAppendTime`` (the broker stamps each
+record with its own clock when it appends it, whatever the producer set: the stream bounds an event's time by
+that stamp plus ``STREAM_MAX_FUTURE_MINUTES``, so a POS whose clock runs ahead is quarantined instead of lifting
+the watermark; with ``CreateTime`` the producer's own clock was the reference). Existing topics are not altered,
+but their layout is compared with the spec (:func:`layout_problems`): a different partition count, retention or
+timestamp type is a warning naming topic, setting, expected and actual (logged, and returned under
+``warnings``); a ``cleanup.policy`` with ``compact`` fails
 (:class:`TopicLayoutError`), since compaction keeps only the last record per key (``store_id|product_id``) and so
 deletes sales and stock movements the stream, the lake and the nightly ETL must each see.
 """
@@ -26,14 +30,20 @@ from core.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+#: the topic config naming whose clock stamps a record (``CreateTime``: the producer's; ``LogAppendTime``: the
+#: broker's, at append; Kafka's topic-level ``message.timestamp.type``)
+TIMESTAMP_TYPE = "message.timestamp.type"
+LOG_APPEND_TIME = "LogAppendTime"
+
+
 class TopicLayoutError(RuntimeError):
     """An existing platform topic breaks a platform guarantee (e.g. ``cleanup.policy=compact``); ``str`` names
     topic, setting, expected and actual."""
 
 
 def topic_specs(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """{topic name: {"num_partitions": int, "configs": {"retention.ms": KAFKA_RETENTION_MS as str}}} of every
-    platform topic (:data:`contracts.TOPIC_PARTITIONS`). Computed from the settings only: no broker is contacted.
+    """{topic name: {"num_partitions": int, "configs": {"retention.ms": KAFKA_RETENTION_MS as str,
+    "cleanup.policy": "delete", "message.timestamp.type": "LogAppendTime"}}} of every platform topic (:data:`contracts.TOPIC_PARTITIONS`). Computed from the settings only: no broker is contacted.
 
     Raises:
         ConfigError: only when ``settings`` is None and the environment's settings are invalid
@@ -41,7 +51,8 @@ def topic_specs(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     """
     s = settings or get_settings()
     return {s.topic(suffix): {"num_partitions": n, "configs": {"retention.ms": str(s.kafka_retention_ms),
-                                                               "cleanup.policy": "delete"}}
+                                                               "cleanup.policy": "delete",
+                                                               TIMESTAMP_TYPE: LOG_APPEND_TIME}}
             for suffix, n in TOPIC_PARTITIONS.items()}
 
 
@@ -55,6 +66,9 @@ def layout_problems(name: str, spec: dict[str, Any], actual: dict[str, Any]) -> 
       partitions than on a topic created by the platform);
     * ``retention.ms`` other than ``KAFKA_RETENTION_MS``: warning (shorter: records may expire before they are
       read; the stream counts them as expired);
+    * ``message.timestamp.type`` other than ``LogAppendTime``: warning (the records carry the producers' clocks:
+      a POS whose clock runs ahead by less than ``STREAM_MAX_FUTURE_MINUTES`` plus its lead is accepted and lifts
+      the watermark, and other stores' on-time events are dropped from the windows as late);
     * ``cleanup.policy`` including ``compact``: error (the broker would keep only the last record per key).
     """
     warnings, errors = [], []
@@ -71,6 +85,10 @@ def layout_problems(name: str, spec: dict[str, Any], actual: dict[str, Any]) -> 
                       "last record per key: events would be deleted)")
     elif got_c is not None and str(got_c) != spec["configs"]["cleanup.policy"]:
         warnings.append(f"topic {name}: cleanup.policy expected {spec['configs']['cleanup.policy']}, actual {got_c}")
+    got_t = actual.get(TIMESTAMP_TYPE)
+    if got_t is not None and str(got_t) != spec["configs"][TIMESTAMP_TYPE]:
+        warnings.append(f"topic {name}: {TIMESTAMP_TYPE} expected {spec['configs'][TIMESTAMP_TYPE]}, actual {got_t} "
+                        "(records carry the producers' clocks: a fast one lifts the watermark)")
     return warnings, errors
 
 
@@ -126,7 +144,8 @@ def ensure_topics(settings: Settings | None = None, replication_factor: int = 1)
 
 
 def _describe(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, Any]]:
-    """{topic: {"partitions": n, "retention.ms": str | None, "cleanup.policy": str | None}} of existing topics."""
+    """{topic: {"partitions": n, "retention.ms": str | None, "cleanup.policy": str | None,
+    "message.timestamp.type": str | None}} of existing topics."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
     out: dict[str, dict[str, Any]] = {t["name"]: {"partitions": len(t["partitions"])}
@@ -135,15 +154,15 @@ def _describe(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, 
     cfgs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in out],
                                   config_filter="all").get("topic", {})
     for name in out:
-        for key in ("retention.ms", "cleanup.policy"):
+        for key in ("retention.ms", "cleanup.policy", TIMESTAMP_TYPE):
             out[name][key] = cfgs.get(name, {}).get(key, {}).get("value")
     return out
 
 
 def describe_topics(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """{topic: {"partitions": n, "retention.ms": str | None, "cleanup.policy": str | None}} for the platform topics
-    that exist ({} when none does); topics of other names are not listed. The configs are the broker's effective
-    values (``retention.ms`` in ms, as text).
+    """{topic: {"partitions": n, "retention.ms": str | None, "cleanup.policy": str | None,
+    "message.timestamp.type": str | None}} for the platform topics that exist ({} when none does); topics of other
+    names are not listed. The configs are the broker's effective values (``retention.ms`` in ms, as text).
 
     Raises:
         kafka.errors.KafkaTimeoutError: the bootstrap servers cannot be reached within the admin client's

@@ -67,12 +67,13 @@ def test_topics_are_created_idempotently(kafka_settings):
     assert {t: d["partitions"] for t, d in desc.items()} == {s.topic(t): n for t, n in TOPIC_PARTITIONS.items()}
     assert {d["retention.ms"] for d in desc.values()} == {str(s.kafka_retention_ms)}
     assert {d["cleanup.policy"] for d in desc.values()} == {"delete"}
+    assert {d["message.timestamp.type"] for d in desc.values()} == {"LogAppendTime"}  # the broker's clock
 
 
 def test_an_existing_topic_with_another_layout_is_reported(kafka_settings):
-    """A topic pre-created with 1 partition and retention.ms=60000 was reported as "existed", nothing more; now
-    each difference is a warning naming topic, setting, expected and actual, and a compacted topic (which would
-    keep only the last record per key) fails ensure_topics."""
+    """A topic pre-created with 1 partition, retention.ms=60000 and Kafka's default CreateTime timestamps was
+    reported as "existed", nothing more; now each difference is a warning naming topic, setting, expected and
+    actual, and a compacted topic (which would keep only the last record per key) fails ensure_topics."""
     import uuid
 
     from kafka.admin import NewTopic
@@ -90,7 +91,9 @@ def test_an_existing_topic_with_another_layout_is_reported(kafka_settings):
     assert r["existed"] == [sales] and len(r["created"]) == len(TOPIC_PARTITIONS) - 1
     assert r["warnings"] == [f"topic {sales}: partitions expected 3, actual 1 (fewer: less parallelism, keys on "
                              "other partitions)",
-                             f"topic {sales}: retention.ms expected {s.kafka_retention_ms}, actual 60000"], r
+                             f"topic {sales}: retention.ms expected {s.kafka_retention_ms}, actual 60000",
+                             f"topic {sales}: message.timestamp.type expected LogAppendTime, actual CreateTime "
+                             "(records carry the producers' clocks: a fast one lifts the watermark)"], r
 
     from core.kafka_admin import TopicLayoutError
 

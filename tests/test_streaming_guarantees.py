@@ -904,16 +904,17 @@ def test_a_truncated_checkpoint_entry_is_set_aside_and_its_batch_run_again(nativ
         assert not any(".corrupt" in p.name for p in f.parent.iterdir())
 
 
-def test_late_drops_of_a_producer_clock_running_ahead_are_counted_per_batch(native_stack, spark):
-    """One store's producer clock runs 10 minutes ahead: its events and their Kafka timestamps (CreateTime) alike,
-    so the validation (event time <= Kafka timestamp + STREAM_MAX_FUTURE_MINUTES) accepts them, and the watermark
-    reaches real time. 100 sales of another store sent next, one minute late (inside the 10-minute watermark), are
-    all dropped from the windows (kept in the lake). Not prevented (the broker's clock would be needed); before, the
-    drop left no trace outside the in-process stats; now each micro-batch's count is in
-    ``stream_batches.late_rows_dropped`` (and a warning)."""
+def test_a_producer_clock_running_ahead_is_quarantined_and_lifts_no_watermark(native_stack, spark):
+    """One store's producer clock runs 10 minutes ahead: it stamps its events and the records' Kafka timestamps
+    alike. With the topics' CreateTime (until 2026-12-07) the validation (event time <= Kafka timestamp +
+    STREAM_MAX_FUTURE_MINUTES) took the producer's clock as the reference and accepted them, the watermark reached
+    real time, and 100 sales of another store sent next, one minute late, were all dropped from the windows (20
+    windowed units, late_rows_dropped 100). The platform's topics now have message.timestamp.type LogAppendTime:
+    the broker's clock stamps each record, the 20 fast events are quarantined with the future-time reason, and the
+    100 on-time sales all count. Independent expectation: the sales' own count."""
     from kafka import KafkaProducer
 
-    from contracts import EVENT_TYPES
+    from contracts import EVENT_TYPES, future_reason
     from core.clickhouse import get_client
     from streaming.job import run_stream
 
@@ -923,20 +924,22 @@ def test_late_drops_of_a_producer_clock_running_ahead_are_counted_per_batch(nati
     p = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), acks="all")
     now = _now_ms()
     try:
-        for i in range(20):   # the fast clock: event time = Kafka timestamp = now + 10 minutes
-            p.send(topic, key=b"S9|P9", value=json.dumps(sale(f"F{i:03d}", now + 600_000 + i, "S9", "P9")).encode(),
-                   timestamp_ms=now + 600_000 + i).get(timeout=30)
+        for i in range(20):   # the fast clock: event time = the producer's Kafka timestamp = now + 10 minutes
+            md = p.send(topic, key=b"S9|P9", value=json.dumps(sale(f"F{i:03d}", now + 600_000 + i, "S9", "P9")).encode(),
+                        timestamp_ms=now + 600_000 + i).get(timeout=30)
+            assert md.timestamp < now + 300_000, md   # the broker's append time, not the producer's stamp
     finally:
         p.close()
     run_stream(s, available_now=True, timeout=600, spark=spark)
     produce(s, [("sales_transaction", sale(f"N{i:03d}", now - 60_000 + i, "S1", "P1")) for i in range(100)])
     stats = run_stream(s, available_now=True, timeout=600, spark=spark)
 
-    assert int(client.command(f"SELECT count() FROM {db}.quarantine_events FINAL")) == 0
-    assert windows_total(client, db) == 20 and stats["windows"]["rows_dropped_by_watermark"] == 100
-    assert len(lake_ids(s, "sales_transaction", "transaction_id")) == 120
+    reasons = client.query(f"SELECT reason, count() FROM {db}.quarantine_events FINAL GROUP BY reason").result_rows
+    assert reasons == [(future_reason("timestamp", s.stream_max_future_minutes), 20)], reasons
+    assert windows_total(client, db) == 100 and stats["windows"]["rows_dropped_by_watermark"] == 0
+    assert len(lake_ids(s, "sales_transaction", "transaction_id")) == 100
     late = client.command(f"SELECT toInt64(sum(late_rows_dropped)) FROM {db}.stream_batches FINAL WHERE query = 'windows'")
-    assert int(late) == 100
+    assert int(late) == 0
 
 
 # ------------------------------------------------------------------------------ dropped tables --
