@@ -1536,8 +1536,13 @@ class StreamSinks:
             return
         df = pd.DataFrame(alerts)
         schema = lake_arrow_schema("restock_alert")
-        cols = {f.name: pa.array(df[f.name].tolist(), pa.int64()).cast(f.type) if pa.types.is_timestamp(f.type)
-                else pa.array(df[f.name].tolist(), f.type) for f in schema
+        # a field the alert lacks is one the contract makes optional (default null: order_velocity of an alert
+        # built before 2026-12-07); a required one still fails with its name
+        def values(f: pa.Field) -> list:
+            return df[f.name].tolist() if f.name in df or not f.nullable else [None] * len(df)
+
+        cols = {f.name: pa.array(values(f), pa.int64()).cast(f.type) if pa.types.is_timestamp(f.type)
+                else pa.array(values(f), f.type) for f in schema
                 if f.name not in ("ingested_at", "kafka_partition", "kafka_offset")}
         cols["ingested_at"] = pa.array([now_ms] * len(df), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
         cols["kafka_partition"] = pa.nulls(len(df), pa.int32())

@@ -877,9 +877,9 @@ def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_t
     Args:
         stock: stock on hand, units (the window's ``stock_level``).
         reorder_point: units (from the inventory updates, else the product reference).
-        velocity: sales rate, units/hour (the window's ``sales_velocity``: the trailing rate of
-            :func:`trailing_velocity`, units sold in the last STREAM_VELOCITY_HOURS / that span); a negative value
-            counts as 0.
+        velocity: demand rate, units/hour (the window's ``order_velocity`` since 2026-12-07: the net trailing
+            rate of :func:`trailing_velocity`, at most the rate of the winsorized units, :func:`order_units`); a
+            negative value counts as 0.
         lead_time_days: supplier lead time, days (LEAD_TIME_DAYS).
     Returns:
         the quantity, units (int, 1 <= q <= :data:`ORDER_QTY_MAX`: the restock_alert contract's Avro ``int``; a
