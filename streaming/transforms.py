@@ -51,6 +51,7 @@ import math
 from datetime import datetime, timezone
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -644,16 +645,16 @@ def _grouped_order_units(keys: list, ws_ns: list[int], units: list, in_batch: li
     """:func:`order_units` of rows sorted by (key, window): each batch row against the previous <= lookback
     windows with a sale of the same key within ``horizon_ns``; a row not in the batch keeps ``stored`` (its
     stored ``units_for_order``; its ``units`` when that is missing)."""
-    out: list[float] = []
-    g0 = 0
-    for i in range(len(keys)):
-        if i and keys[i] != keys[i - 1]:
-            g0 = i
-        if not in_batch[i]:
-            out.append(float(units[i]) if stored[i] is None or pd.isna(stored[i]) else float(stored[i]))
-            continue
-        prev = [units[j] for j in range(g0, i) if units[j] > 0 and ws_ns[j] >= ws_ns[i] - horizon_ns][-lookback:]
-        out.append(order_units(units[i], prev))
+    kept = pd.to_numeric(pd.Series(stored, dtype=object), errors="coerce").astype(float)
+    out = kept.where(kept.notna(), pd.Series(units, dtype=float)).tolist()
+    for i in [k for k, b in enumerate(in_batch) if b]:
+        prev: list[float] = []          # walked back from the row: at most the windows of the horizon, not the key's
+        j = i - 1
+        while j >= 0 and keys[j] == keys[i] and len(prev) < lookback and ws_ns[j] >= ws_ns[i] - horizon_ns:
+            if units[j] > 0:
+                prev.append(units[j])
+            j -= 1
+        out[i] = order_units(units[i], prev[::-1])
     return out
 
 
@@ -699,33 +700,49 @@ def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: 
     Returns:
         float Series aligned with ``frame``'s index, units/hour, >= 0.
     """
+    u = frame[units].astype(float).fillna(0.0).to_numpy() if len(frame) else []
+    if returned is not None and len(frame):
+        u = u - frame[returned].astype(float).fillna(0.0).to_numpy()
+    return _trailing_rates(frame, key, {"v": u}, window_len_hours=window_len_hours,
+                           velocity_hours=velocity_hours)["v"].rename(None)
+
+
+def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window_len_hours: float,
+                    velocity_hours: float) -> pd.DataFrame:
+    """:func:`trailing_velocity` of several per-window unit arrays at once (one sort and one as-of join for all):
+    ``values`` name -> units per row of ``frame`` (array-like, no NaN); returns a float frame with those columns,
+    aligned with ``frame``'s index, each the trailing sum over the span floored at 0, / the span in hours."""
     if velocity_hours <= 0:
         raise ValueError(f"velocity_hours must be > 0, got {velocity_hours}")
     if frame.empty:
-        return pd.Series([], index=frame.index, dtype=float)
+        return pd.DataFrame({n: pd.Series([], dtype=float) for n in values}, index=frame.index)
     hour_ns = 3_600_000_000_000
     win_ns, t_ns = round(window_len_hours * hour_ns), round(velocity_hours * hour_ns)
+    names = list(values)
     f = pd.DataFrame({"_i": range(len(frame)),
                       "_ws": pd.to_datetime(frame["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy(),
-                      "_u": frame[units].astype(float).fillna(0.0).to_numpy()})
-    if returned is not None:
-        f["_u"] = f["_u"] - frame[returned].astype(float).fillna(0.0).to_numpy()
+                      **{f"_u{j}": values[n] for j, n in enumerate(names)}})
     for k in key:
         f[k] = frame[k].to_numpy()
     f = f.sort_values([*key, "_ws"], kind="mergesort").reset_index(drop=True)
     g = f.groupby(key, sort=False)
-    f["_cum"] = g["_u"].cumsum()                      # units of the key's windows ending at or before this end
+    cums = [f"_cum{j}" for j in range(len(names))]
+    f[cums] = g[[f"_u{j}" for j in range(len(names))]].cumsum().to_numpy()   # units of windows ending <= this end
     f["_end"] = f["_ws"] + win_ns
     first = g["_ws"].transform("min").to_numpy()
     # units of the key's windows ending at or before e - T: the cumulative sum of the last such window (asof)
     q = f[[*key, "_i"]].assign(_end=f["_end"] - t_ns).sort_values("_end", kind="mergesort")
-    before = pd.merge_asof(q, f[[*key, "_end", "_cum"]].sort_values("_end", kind="mergesort"), on="_end", by=key,
-                           direction="backward", allow_exact_matches=True)
-    f["_before"] = before.set_index("_i")["_cum"].reindex(f["_i"]).fillna(0.0).to_numpy()
+    before = pd.merge_asof(q, f[[*key, "_end", *cums]].sort_values("_end", kind="mergesort"), on="_end", by=key,
+                           direction="backward", allow_exact_matches=True).set_index("_i")[cums]
+    before = before.reindex(f["_i"]).fillna(0.0).to_numpy()
     min_ns = min(t_ns, round(VELOCITY_MIN_SPAN_HOURS * hour_ns))
     span_h = (f["_end"].to_numpy() - first).clip(min=min_ns, max=t_ns) / hour_ns
-    f["_v"] = (f["_cum"] - f["_before"]).clip(lower=0.0) / span_h
-    return pd.Series(f.set_index("_i")["_v"].reindex(range(len(frame))).to_numpy(), index=frame.index)
+    rates = (f[cums].to_numpy() - before).clip(min=0.0) / span_h[:, None]
+    out = pd.DataFrame(rates, columns=names)
+    out["_i"] = f["_i"].to_numpy()
+    out = out.set_index("_i").reindex(range(len(frame)))
+    out.index = frame.index
+    return out
 
 
 def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
@@ -780,24 +797,26 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
         fallback = allw["product_id"].map(reorder_points)
         allw["reorder_point"] = allw["reorder_point"].where(allw["reorder_point"].notna(), fallback)
     keys = list(zip(allw["store_id"], allw["product_id"]))
-    scores = _grouped_zscores(keys, _ns(allw["window_start"]), allw["units_sold"].tolist(),
+    ws_ns = _ns(allw["window_start"])
+    scores = _grouped_zscores(keys, ws_ns, allw["units_sold"].tolist(),
                               allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
     units = allw["units_sold"].fillna(0).astype(float).tolist()
     stored = allw["units_for_order"].tolist() if "units_for_order" in allw else [None] * len(allw)
-    allw["units_for_order"] = _grouped_order_units(keys, _ns(allw["window_start"]), units,
+    allw["units_for_order"] = _grouped_order_units(keys, ws_ns, units,
                                                    allw["_in_batch"].tolist(), stored, lookback,
                                                    int(horizon_hours * 3600e9))
     if "units_returned" not in allw:
         allw["units_returned"] = 0
-    vel = dict(window_len_hours=window_len_hours, velocity_hours=velocity_hours)
-    allw["sales_velocity"] = trailing_velocity(allw, WINDOW_KEY, returned="units_returned", **vel)
-    # the restock order's rate: the smaller of the net rate (a cancelled bulk line nets out once its
-    # cancellation arrives) and the gross rate of the winsorized units (before it arrives, or never cancelled);
-    # netting the cancellation against the winsorized units instead would floor the rate at 0 for T hours
-    allw["order_velocity"] = pd.concat(
-        [allw["sales_velocity"], trailing_velocity(allw, WINDOW_KEY, units="units_for_order", **vel)],
-        axis=1).min(axis=1)
+    # sales_velocity = trailing_velocity(..., returned="units_returned"), computed in one pass with the order's
+    # rate: the smaller of the net rate (a cancelled bulk line nets out once its cancellation arrives) and the
+    # gross rate of the winsorized units (before it arrives, or never cancelled); netting the cancellation against
+    # the winsorized units instead would floor the rate at 0 for T hours
+    net = np.asarray(units) - allw["units_returned"].astype(float).fillna(0.0).to_numpy()
+    r = _trailing_rates(allw, WINDOW_KEY, {"net": net, "capped": allw["units_for_order"].to_numpy(dtype=float)},
+                        window_len_hours=window_len_hours, velocity_hours=velocity_hours)
+    allw["sales_velocity"] = r["net"]
+    allw["order_velocity"] = np.minimum(r["net"].to_numpy(), r["capped"].to_numpy())
     out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
     stock = [None if pd.isna(x) else int(x) for x in out["stock_level"]]
     out["stock_level"] = pd.array(stock, dtype="Int64")
