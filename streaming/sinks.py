@@ -1037,7 +1037,8 @@ class StreamSinks:
         out = enriched[["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned",
                         "revenue", "transaction_count", "inventory_update_count", "window_stock",
                         "window_stock_time", "stock_level", "reorder_point", "sales_velocity", "hours_of_cover",
-                        "stockout_risk", "anomaly_score", "last_event_time"]].copy()
+                        "stockout_risk", "anomaly_score", "last_event_time", "units_for_order",
+                        "order_velocity"]].copy()
         out["window_stock"] = pd.array([None if pd.isna(x) else int(x) for x in out["window_stock"]], dtype="Int64")
         out["batch_id"] = int(batch_id)
         out["version"] = version
@@ -1175,7 +1176,7 @@ class StreamSinks:
         p = {"stores": stores, "lo": lo.to_pydatetime(), "hi": hi.to_pydatetime(),
              "alo": (lo - pd.Timedelta(hours=ANCHOR_LOOKBACK_HOURS)).to_pydatetime()}
         recent = self._query(
-            f"SELECT {', '.join(self._WINDOW_COLUMNS)}, reorder_point "
+            f"SELECT {', '.join(self._WINDOW_COLUMNS)}, reorder_point, units_for_order "
             "FROM {db}.sales_metrics_5m FINAL WHERE store_id IN %(stores)s AND window_start >= %(lo)s "
             "AND window_start <= %(hi)s", p)
         cols = "window_start, store_id, product_id, units_sold, stock_level AS window_stock, reorder_point"
@@ -1386,7 +1387,7 @@ class StreamSinks:
              "alo": _utc(max(lo_ms - round(ANCHOR_LOOKBACK_HOURS * 3_600_000), 0))}
         closed = self._query(
             "SELECT window_start, window_end, store_id, product_id, units_sold, window_stock, reorder_point, "
-            "sales_velocity FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s "
+            "sales_velocity, order_velocity FROM {db}.sales_metrics_5m FINAL WHERE window_end > %(lo)s AND window_end <= %(hi)s "
             "AND window_start >= %(slo)s AND window_start < %(hi)s", p)
         if closed.empty:
             return bound, seen
@@ -1535,8 +1536,13 @@ class StreamSinks:
             return
         df = pd.DataFrame(alerts)
         schema = lake_arrow_schema("restock_alert")
-        cols = {f.name: pa.array(df[f.name].tolist(), pa.int64()).cast(f.type) if pa.types.is_timestamp(f.type)
-                else pa.array(df[f.name].tolist(), f.type) for f in schema
+        # a field the alert lacks is one the contract makes optional (default null: order_velocity of an alert
+        # built before 2026-12-07); a required one still fails with its name
+        def values(f: pa.Field) -> list:
+            return df[f.name].tolist() if f.name in df or not f.nullable else [None] * len(df)
+
+        cols = {f.name: pa.array(values(f), pa.int64()).cast(f.type) if pa.types.is_timestamp(f.type)
+                else pa.array(values(f), f.type) for f in schema
                 if f.name not in ("ingested_at", "kafka_partition", "kafka_offset")}
         cols["ingested_at"] = pa.array([now_ms] * len(df), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
         cols["kafka_partition"] = pa.nulls(len(df), pa.int32())

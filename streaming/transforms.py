@@ -28,7 +28,11 @@ Metric definitions (also in the README):
   x SKU in its windows ending in ``(window_end - T, window_end]`` (windows without a row sold 0) / ``min(T,
   window_end - the key's first known window_start)`` hours, T = ``STREAM_VELOCITY_HOURS`` (default 24). Not the
   window's own units / window length: one unit in a 5-minute window is 12 units/h, so any sale made a SKU with
-  less than 288 units HIGH risk and a window without a sale LOW. Store level: the same over the store's units.
+  less than 288 units HIGH risk and a window without a sale LOW. Since 2026-12-07 net of the units returned
+  (cancellations) in the same span, the sum floored at 0. Store level: the same over the store's units sold
+  (gross).
+* ``order_velocity`` (units/hour, the rate of a restock alert's quantity) = min(sales_velocity, the gross
+  trailing rate of the windows' units winsorized at their baseline's mean + 3 sigma, :func:`order_units`).
 * ``stock_level`` = ``new_quantity`` of the latest inventory update (by event time, ties by Kafka offset)
   in the window; a window without an update carries forward the stock of the latest earlier window of the
   same store x SKU that had one (NULL when none is known yet).
@@ -47,6 +51,7 @@ import math
 from datetime import datetime, timezone
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -597,6 +602,62 @@ def _grouped_zscores(keys: list, ws_ns: list[int], units: list, in_batch: list[b
     return out
 
 
+#: sigmas above the baseline mean a window's units sold count at most in the restock order's rate (three-sigma rule)
+ORDER_OUTLIER_SIGMAS = 3.0
+#: fewest earlier selling windows a cap needs (as the anomaly score's baseline: fewer, no cap)
+ORDER_BASELINE_MIN = 3
+
+
+def order_units(value: float, previous: Iterable[float], sigmas: float = ORDER_OUTLIER_SIGMAS,
+                min_count: int = ORDER_BASELINE_MIN) -> float:
+    """The units of one window that a restock order's demand rate counts: the units sold, winsorized at
+    ``mean + sigmas x max(std, sqrt(mean))`` of ``previous`` (the same store x SKU's earlier selling windows).
+
+    Args:
+        value: the window's units sold (>= 0).
+        previous: units sold of the earlier windows *with a sale* (units > 0) of the same store x SKU, at most
+            ``lookback`` (12) within 24 h, the anomaly score's span (:func:`_grouped_order_units` picks them).
+        sigmas: the cap in standard deviations (:data:`ORDER_OUTLIER_SIGMAS`, 3).
+        min_count: fewer previous windows than this: no baseline, ``value`` returned unchanged.
+    Returns:
+        units (float), ``min(value, cap)``; ``value`` itself when it is within the cap or no baseline exists.
+
+    Rule and source: winsorizing an outlier of the demand history before estimating the demand rate, as in
+    Hyndman & Athanasopoulos, "Forecasting: Principles and Practice", 3rd ed. (2021), section 13.9 "Outliers and
+    missing values" (an outlier that is a one-off, e.g. a bulk order later cancelled, is replaced before the
+    estimate), with the three-sigma limit (mean + 3 standard deviations; Montgomery, "Introduction to Statistical
+    Quality Control", 7th ed., ch. 5, control limits). The standard deviation is floored at the Poisson one,
+    sqrt(mean) (unit sales counts are commonly modelled as Poisson; Silver, Pyke & Thomas 2017, ch. 4), so a
+    series that always sold the same quantity (std 0, where :func:`zscore` gives 0) still has a finite cap.
+    Only the order quantity uses it (:func:`recommended_quantity` via ``order_velocity``); stock, velocity, cover
+    and risk keep the real units.
+    """
+    prev = [float(x) for x in previous]
+    if len(prev) < min_count:
+        return float(value)
+    mean = sum(prev) / len(prev)
+    std = math.sqrt(sum((x - mean) ** 2 for x in prev) / len(prev))
+    return min(float(value), mean + sigmas * max(std, math.sqrt(mean)))
+
+
+def _grouped_order_units(keys: list, ws_ns: list[int], units: list, in_batch: list[bool], stored: list,
+                         lookback: int, horizon_ns: int) -> list[float]:
+    """:func:`order_units` of rows sorted by (key, window): each batch row against the previous <= lookback
+    windows with a sale of the same key within ``horizon_ns``; a row not in the batch keeps ``stored`` (its
+    stored ``units_for_order``; its ``units`` when that is missing)."""
+    kept = pd.to_numeric(pd.Series(stored, dtype=object), errors="coerce").astype(float)
+    out = kept.where(kept.notna(), pd.Series(units, dtype=float)).tolist()
+    for i in [k for k, b in enumerate(in_batch) if b]:
+        prev: list[float] = []          # walked back from the row: at most the windows of the horizon, not the key's
+        j = i - 1
+        while j >= 0 and keys[j] == keys[i] and len(prev) < lookback and ws_ns[j] >= ws_ns[i] - horizon_ns:
+            if units[j] > 0:
+                prev.append(units[j])
+            j -= 1
+        out[i] = order_units(units[i], prev[::-1])
+    return out
+
+
 def _ns(series: pd.Series) -> list[int]:
     """UTC timestamps -> int nanoseconds since the epoch."""
     return pd.to_datetime(series, utc=True).dt.as_unit("ns").astype("int64").tolist()
@@ -612,12 +673,13 @@ VELOCITY_MIN_SPAN_HOURS = 1.0
 
 
 def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: float,
-                      velocity_hours: float) -> pd.Series:
+                      velocity_hours: float, units: str = "units_sold", returned: str | None = None) -> pd.Series:
     """Trailing sales rate, units/hour, of every row of ``frame`` (one row per key x window; vectorised).
 
     For a row of ``key`` with window end ``e``: the units sold in that key's windows ending in
     ``(e - T, e]`` (the windows inside the T hours up to ``e``, the row's own included; a window without a row
-    sold nothing) divided by the covered span ``min(T, max(e - first, min(T, VELOCITY_MIN_SPAN_HOURS)))`` hours,
+    sold nothing), less the units returned in those windows when ``returned`` names a column (net of returns and
+    cancellations arriving within the span; the sum floored at 0), divided by the covered span ``min(T, max(e - first, min(T, VELOCITY_MIN_SPAN_HOURS)))`` hours,
     ``first`` being the key's earliest ``window_start`` in ``frame``. So a series first seen a few hours ago is
     not diluted over T hours, one first seen minutes ago is not extrapolated from one window
     (:data:`VELOCITY_MIN_SPAN_HOURS`), and a steady rate reads the same whatever the window length (1 unit/h is
@@ -630,35 +692,57 @@ def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: 
             (the history's anchor), which makes the span T.
         window_len_hours: window length, hours (window_end = window_start + this).
         velocity_hours: T, hours (STREAM_VELOCITY_HOURS, > 0).
+        units: the column of units sold per window (``units_sold``; :func:`enrich_windows` also passes its
+            winsorized ``units_for_order``).
+        returned: the column of units returned per window (``units_returned``), or None for the gross rate; a
+            missing value counts 0.
 
     Returns:
-        float Series aligned with ``frame``'s index.
+        float Series aligned with ``frame``'s index, units/hour, >= 0.
     """
+    u = frame[units].astype(float).fillna(0.0).to_numpy() if len(frame) else []
+    if returned is not None and len(frame):
+        u = u - frame[returned].astype(float).fillna(0.0).to_numpy()
+    return _trailing_rates(frame, key, {"v": u}, window_len_hours=window_len_hours,
+                           velocity_hours=velocity_hours)["v"].rename(None)
+
+
+def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window_len_hours: float,
+                    velocity_hours: float) -> pd.DataFrame:
+    """:func:`trailing_velocity` of several per-window unit arrays at once (one sort and one as-of join for all):
+    ``values`` name -> units per row of ``frame`` (array-like, no NaN); returns a float frame with those columns,
+    aligned with ``frame``'s index, each the trailing sum over the span floored at 0, / the span in hours."""
     if velocity_hours <= 0:
         raise ValueError(f"velocity_hours must be > 0, got {velocity_hours}")
     if frame.empty:
-        return pd.Series([], index=frame.index, dtype=float)
+        return pd.DataFrame({n: pd.Series([], dtype=float) for n in values}, index=frame.index)
     hour_ns = 3_600_000_000_000
     win_ns, t_ns = round(window_len_hours * hour_ns), round(velocity_hours * hour_ns)
+    names = list(values)
     f = pd.DataFrame({"_i": range(len(frame)),
                       "_ws": pd.to_datetime(frame["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy(),
-                      "_u": frame["units_sold"].astype(float).fillna(0.0).to_numpy()})
+                      **{f"_u{j}": values[n] for j, n in enumerate(names)}})
     for k in key:
         f[k] = frame[k].to_numpy()
     f = f.sort_values([*key, "_ws"], kind="mergesort").reset_index(drop=True)
     g = f.groupby(key, sort=False)
-    f["_cum"] = g["_u"].cumsum()                      # units of the key's windows ending at or before this end
+    cums = [f"_cum{j}" for j in range(len(names))]
+    f[cums] = g[[f"_u{j}" for j in range(len(names))]].cumsum().to_numpy()   # units of windows ending <= this end
     f["_end"] = f["_ws"] + win_ns
     first = g["_ws"].transform("min").to_numpy()
     # units of the key's windows ending at or before e - T: the cumulative sum of the last such window (asof)
     q = f[[*key, "_i"]].assign(_end=f["_end"] - t_ns).sort_values("_end", kind="mergesort")
-    before = pd.merge_asof(q, f[[*key, "_end", "_cum"]].sort_values("_end", kind="mergesort"), on="_end", by=key,
-                           direction="backward", allow_exact_matches=True)
-    f["_before"] = before.set_index("_i")["_cum"].reindex(f["_i"]).fillna(0.0).to_numpy()
+    before = pd.merge_asof(q, f[[*key, "_end", *cums]].sort_values("_end", kind="mergesort"), on="_end", by=key,
+                           direction="backward", allow_exact_matches=True).set_index("_i")[cums]
+    before = before.reindex(f["_i"]).fillna(0.0).to_numpy()
     min_ns = min(t_ns, round(VELOCITY_MIN_SPAN_HOURS * hour_ns))
     span_h = (f["_end"].to_numpy() - first).clip(min=min_ns, max=t_ns) / hour_ns
-    f["_v"] = (f["_cum"] - f["_before"]).clip(lower=0.0) / span_h
-    return pd.Series(f.set_index("_i")["_v"].reindex(range(len(frame))).to_numpy(), index=frame.index)
+    rates = (f[cums].to_numpy() - before).clip(min=0.0) / span_h[:, None]
+    out = pd.DataFrame(rates, columns=names)
+    out["_i"] = f["_i"].to_numpy()
+    out = out.set_index("_i").reindex(range(len(frame)))
+    out.index = frame.index
+    return out
 
 
 def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
@@ -670,7 +754,8 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     Args:
         batch: :func:`window_metrics` rows emitted by the micro-batch (window_start as UTC timestamps).
         history: rows already stored for the same store x SKU (columns ``window_start, store_id,
-            product_id, units_sold, window_stock, reorder_point``); rows with the same key and window as a
+            product_id, units_sold, window_stock, reorder_point``, and when stored ``units_returned,
+            units_for_order``: missing, 0 returned and the units sold); rows with the same key and window as a
             batch row are ignored (the batch is newer). May be None/empty.
         window_len_hours: window length in hours (:func:`core.settings.interval_hours` of STREAM_WINDOW).
         risk_high_hours, risk_medium_hours: RISK_HIGH_HOURS / RISK_MEDIUM_HOURS.
@@ -686,12 +771,17 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
         (Int, nullable), ``sales_velocity`` (units/hour: :func:`trailing_velocity` over the batch and history
         rows, i.e. units sold in the T hours up to the window's end / min(T, hours since the key's first known
         window)), ``hours_of_cover`` (stock / that rate, nullable), ``stockout_risk``, ``anomaly_score``;
-        ``reorder_point`` carried forward like the stock.
+        ``reorder_point`` carried forward like the stock; ``sales_velocity`` is net of the units returned in
+        the same span (floored at 0); ``units_for_order`` (units, float: the window's units sold winsorized by
+        :func:`order_units`) and ``order_velocity`` (units/hour: min(sales_velocity, the gross trailing rate of
+        ``units_for_order``), the rate :func:`recommended_quantity` is given).
     """
     b = batch.copy()
     b["_in_batch"] = True
     if history is not None and len(history):
-        h = history[["window_start", "store_id", "product_id", "units_sold", "window_stock", "reorder_point"]].copy()
+        extra = [c for c in ("units_returned", "units_for_order") if c in history]
+        h = history[["window_start", "store_id", "product_id", "units_sold", *extra, "window_stock",
+                     "reorder_point"]].copy()
         h["_in_batch"] = False
         h = h.merge(b[["window_start", "store_id", "product_id"]], how="left", indicator=True,
                     on=["window_start", "store_id", "product_id"])
@@ -707,11 +797,26 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
         fallback = allw["product_id"].map(reorder_points)
         allw["reorder_point"] = allw["reorder_point"].where(allw["reorder_point"].notna(), fallback)
     keys = list(zip(allw["store_id"], allw["product_id"]))
-    scores = _grouped_zscores(keys, _ns(allw["window_start"]), allw["units_sold"].tolist(),
+    ws_ns = _ns(allw["window_start"])
+    scores = _grouped_zscores(keys, ws_ns, allw["units_sold"].tolist(),
                               allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
-    allw["sales_velocity"] = trailing_velocity(allw, WINDOW_KEY, window_len_hours=window_len_hours,
-                                               velocity_hours=velocity_hours)
+    units = allw["units_sold"].fillna(0).astype(float).tolist()
+    stored = allw["units_for_order"].tolist() if "units_for_order" in allw else [None] * len(allw)
+    allw["units_for_order"] = _grouped_order_units(keys, ws_ns, units,
+                                                   allw["_in_batch"].tolist(), stored, lookback,
+                                                   int(horizon_hours * 3600e9))
+    if "units_returned" not in allw:
+        allw["units_returned"] = 0
+    # sales_velocity = trailing_velocity(..., returned="units_returned"), computed in one pass with the order's
+    # rate: the smaller of the net rate (a cancelled bulk line nets out once its cancellation arrives) and the
+    # gross rate of the winsorized units (before it arrives, or never cancelled); netting the cancellation against
+    # the winsorized units instead would floor the rate at 0 for T hours
+    net = np.asarray(units) - allw["units_returned"].astype(float).fillna(0.0).to_numpy()
+    r = _trailing_rates(allw, WINDOW_KEY, {"net": net, "capped": allw["units_for_order"].to_numpy(dtype=float)},
+                        window_len_hours=window_len_hours, velocity_hours=velocity_hours)
+    allw["sales_velocity"] = r["net"]
+    allw["order_velocity"] = np.minimum(r["net"].to_numpy(), r["capped"].to_numpy())
     out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
     stock = [None if pd.isna(x) else int(x) for x in out["stock_level"]]
     out["stock_level"] = pd.array(stock, dtype="Int64")
@@ -791,9 +896,9 @@ def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_t
     Args:
         stock: stock on hand, units (the window's ``stock_level``).
         reorder_point: units (from the inventory updates, else the product reference).
-        velocity: sales rate, units/hour (the window's ``sales_velocity``: the trailing rate of
-            :func:`trailing_velocity`, units sold in the last STREAM_VELOCITY_HOURS / that span); a negative value
-            counts as 0.
+        velocity: demand rate, units/hour (the window's ``order_velocity`` since 2026-12-07: the net trailing
+            rate of :func:`trailing_velocity`, at most the rate of the winsorized units, :func:`order_units`); a
+            negative value counts as 0.
         lead_time_days: supplier lead time, days (LEAD_TIME_DAYS).
     Returns:
         the quantity, units (int, 1 <= q <= :data:`ORDER_QTY_MAX`: the restock_alert contract's Avro ``int``; a
@@ -836,6 +941,10 @@ def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], 
 
     Returns:
         (alerts as dicts matching the ``restock_alert`` contract, new state for the keys seen).
+        ``recommended_quantity`` is computed from the window's ``order_velocity`` (units/hour, net of returns and
+        with an anomalous window winsorized, :func:`enrich_windows`; its ``sales_velocity`` when the frame has
+        none), and the alert carries both rates: ``sales_velocity`` (net trailing rate, the one of cover and
+        risk) and ``order_velocity`` (the one the quantity used), so a capped bulk line is visible.
         ``alert_id`` = ``"<store_id>|<product_id>|<episode start window, epoch ms>"`` (deterministic).
     """
     alerts: list[dict] = []
@@ -843,11 +952,12 @@ def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], 
     w = windows.sort_values(["store_id", "product_id", "window_start"], kind="mergesort")
     ws_ms = [x // 1_000_000 for x in _ns(w["window_start"])]
     we_ms = [x // 1_000_000 for x in _ns(w["window_end"])]
+    order_v = (w["order_velocity"] if "order_velocity" in w else w["sales_velocity"]).tolist()
     cols = zip(w["store_id"].tolist(), w["product_id"].tolist(), ws_ms, we_ms, w["stock_level"].tolist(),
-               w["reorder_point"].tolist(), w["hours_of_cover"].tolist(), w["sales_velocity"].tolist())
+               w["reorder_point"].tolist(), w["hours_of_cover"].tolist(), w["sales_velocity"].tolist(), order_v)
     st: dict | None = None
     key = None
-    for store, product, ws, we, stock, rop, cover, velocity in cols:
+    for store, product, ws, we, stock, rop, cover, velocity, ov in cols:
         if (store, product) != key:
             key = (store, product)
             st = dict(state.get(key, {"in_episode": False, "episode_start": None, "last_window_start": None}))
@@ -860,12 +970,14 @@ def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], 
         stock, rop = int(stock), int(rop)
         if not st["in_episode"] and stock < rop:
             cover = None if pd.isna(cover) else float(cover)
+            # a window stored before migration 089 has no order rate: its trailing sales rate, as before
+            ov = float(velocity) if ov is None or pd.isna(ov) else float(ov)
             st["in_episode"], st["episode_start"] = True, ws
             alerts.append({
                 "alert_id": f"{store}|{product}|{ws}", "store_id": store, "product_id": product,
                 "current_stock": stock, "reorder_point": rop,
-                "recommended_quantity": recommended_quantity(stock, rop, float(velocity), lead_time_days),
-                "sales_velocity": float(velocity), "hours_of_cover": cover,
+                "recommended_quantity": recommended_quantity(stock, rop, ov, lead_time_days),
+                "sales_velocity": float(velocity), "order_velocity": ov, "hours_of_cover": cover,
                 "priority": alert_priority(stock, cover, high_hours, medium_hours),
                 "window_end": we, "timestamp": now_ms,
             })
@@ -892,6 +1004,7 @@ def closed_window_stock(windows: pd.DataFrame, anchors: dict[tuple[str, str], in
         window_len_hours: window length, hours (unused since the velocity is the stored trailing rate; kept for
             the callers).
         reorder_points: product_id -> reorder point fallback (reference catalogue).
+        An ``order_velocity`` column (units/hour, :func:`enrich_windows`) is passed through as float.
 
     Returns:
         the windows sorted by store, product, window_start + ``stock_level`` (carried forward, nullable),
@@ -913,6 +1026,8 @@ def closed_window_stock(windows: pd.DataFrame, anchors: dict[tuple[str, str], in
         rop = rop.where(rop.notna(), w["product_id"].map(reorder_points).astype("Float64"))
     w["reorder_point"] = rop
     w["sales_velocity"] = w["sales_velocity"].astype(float)
+    if "order_velocity" in w:
+        w["order_velocity"] = w["order_velocity"].astype(float)
     w["hours_of_cover"] = [hours_of_cover(None if pd.isna(s) else float(s), v)
                            for s, v in zip(w["stock_level"], w["sales_velocity"])]
     return w

@@ -196,13 +196,13 @@ def expected_windows(valid):
         units = g["units_sold"].tolist()
         wss = g["ws"].tolist()
         # trailing rate (STREAM_VELOCITY_HOURS = 24): a complete 5-minute grid from the SKU's first window, the
-        # missing windows selling 0; the last 288 grid windows' units / the hours since the first window, at least 1
-        # and at most 24
+        # missing windows selling 0; the last 288 grid windows' units sold less returned (since 2026-12-07; the sum
+        # floored at 0) / the hours since the first window, at least 1 and at most 24
         grid = pd.Series(0.0, index=range(wss[0], wss[-1] + WIN_MS, WIN_MS))
-        grid.loc[wss] = [float(u) for u in units]
+        grid.loc[wss] = [float(u) - float(r) for u, r in zip(units, g["units_returned"].tolist())]
         span_h = pd.Series([(x - wss[0] + WIN_MS) / 3_600_000 for x in grid.index], index=grid.index).clip(lower=1,
                                                                                                          upper=24)
-        rates = (grid.rolling(24 * 3_600_000 // WIN_MS, min_periods=1).sum() / span_h).loc[wss].tolist()
+        rates = (grid.rolling(24 * 3_600_000 // WIN_MS, min_periods=1).sum().clip(lower=0) / span_h).loc[wss].tolist()
         for i, wstock in enumerate(g["window_stock"].tolist()):
             if wstock is not None and not (isinstance(wstock, float) and math.isnan(wstock)):
                 last = int(wstock)

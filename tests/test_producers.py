@@ -1553,3 +1553,50 @@ def test_separator_header_and_date_format_edge_cases_of_exports(tmp_path):
                      + "\n".join(rows) + "\n", encoding="utf-8")
     assert load_transactions(upper).attrs["invoice_ts_format"].startswith("%d/%m")
     assert load_transactions(upper, limit=5).attrs["invoice_ts_format"].startswith("%d/%m")
+
+
+def test_peak_season_shapes_land_or_are_set_aside_with_their_reason():
+    """Shapes of the withheld months 2011-09..12 that the shipped slice has few or none of (2026-12-07): an invoice
+    of 300 lines, a bulk line of 80,995 units cancelled 12 minutes later (UCI-GB 23843, 2011-12-09), a day with
+    only cancellations, a SKU first seen on the last day, a lower-case stock code with price 0 (a free sample), a
+    0-price line with a note, a negative price, and an ``A`` bad-debt adjustment. Each lands (events that pass their
+    contracts, the stock consistent) or is skipped with its counted key / quarantined with its reason."""
+    head = SMALL.splitlines()[0]
+    rows = [f"70000{d},1,22423,REGENCY CAKESTAND 3 TIER,2,12.75,2011-12-0{d} 10:00:00,13047,United Kingdom,x"
+            for d in range(1, 8)]
+    rows += [f"700100,{i + 1},{20000 + i},ITEM {i},{1 + i % 5},1.25,2011-12-05 11:00:00,14646,Netherlands,x"
+             for i in range(300)]                                  # one invoice, 300 lines
+    rows += ["700200,1,23843,PAPER CRAFT LITTLE BIRDIE,80995,2.08,2011-12-08 09:15:00,16446,United Kingdom,x",
+             "C700201,1,23843,PAPER CRAFT LITTLE BIRDIE,-80995,2.08,2011-12-08 09:27:00,16446,United Kingdom,x",
+             "C700300,1,22423,REGENCY CAKESTAND 3 TIER,-1,12.75,2011-12-06 15:00:00,13047,United Kingdom,x",
+             "c700301,1,22423,REGENCY CAKESTAND 3 TIER,-1,12.75,2011-12-06 16:00:00,13047,United Kingdom,x",
+             "700400,1,84879a,ASSORTED COLOUR BIRD ORNAMENT,4,0.0,2011-12-07 12:00:00,,United Kingdom,x",
+             "700401,1,85123A,?,5,0.0,2011-12-07 12:30:00,,United Kingdom,x",
+             "700402,1,22699,ROSES REGENCY TEACUP AND SAUCER,2,-2.95,2011-12-07 13:00:00,,United Kingdom,x",
+             "A700500,1,B,Adjust bad debt,1,-11062.06,2011-12-07 14:00:00,,United Kingdom,x",
+             "700900,1,23999,NEW ON THE LAST DAY,3,4.95,2011-12-09 12:00:00,12680,France,x"]
+    df = pd.read_csv(io.StringIO(head + "\n" + "\n".join(rows) + "\n"), dtype=str, keep_default_na=False)
+    rep = Replay(df, ReplayConfig(keep_dates=True))
+    events = list(rep.events())
+    for et, r in events:
+        validate_event(et, r)
+    sales = {r["transaction_id"]: r for et, r in events if et == "sales_transaction"}
+    assert sum(t.startswith("700100-") for t in sales) == 300                       # every line of the big invoice
+    assert sales["700200-1"]["quantity"] == 80_995 and sales["C700201-1"]["quantity"] == -80_995
+    assert sales["C700300-1"]["quantity"] == sales["C700301-1"]["quantity"] == -1   # the day of cancellations only
+    assert sales["700400-1"]["product_id"] == "84879A" and sales["700400-1"]["unit_price"] == 0.0
+    assert sales["700900-1"]["product_id"] == "23999" and sales["700900-1"]["store_id"] == "UCI-FR"
+    # the bulk pair: an expedited RESTOCK and a SALE to 0, then the cancellation's RETURN of the 80,995 units
+    bird = [(r["reason"], r["quantity_change"], r["new_quantity"]) for et, r in events
+            if et == "inventory_update" and r["product_id"] == "23843"]
+    assert [b[0] for b in bird] == ["OPENING", "SALE", "RETURN"] or [b[0] for b in bird] == ["OPENING", "RESTOCK",
+                                                                                          "SALE", "RETURN"]
+    assert bird[-2][1:] == (-80_995, bird[-2][2]) and bird[-1][1] == 80_995
+    assert bird[-1][2] == bird[-2][2] + 80_995
+    new = [r for et, r in events if et == "inventory_update" and r["product_id"] == "23999"]
+    assert [r["reason"] for r in new] == ["OPENING", "SALE"] and new[0]["reorder_point"] >= 1
+    found = [r for et, r in events if et == "inventory_update" and r["product_id"] == "85123A"]
+    assert [(r["reason"], r["quantity_change"]) for r in found][-1] == ("ADJUSTMENT", 5)   # "?" note: stock found
+    assert rep.stats.skipped == {"NEGATIVE_PRICE": 1, "A_INVOICE": 1}
+    assert [(q["code"], q["reason"]) for q in rep.quarantine] == [("NEGATIVE_PRICE", "unit_price '-2.95' is negative")]
+    assert min(r["new_quantity"] for et, r in events if et == "inventory_update") >= 0

@@ -976,3 +976,75 @@ def test_a_window_table_dropped_and_the_lake_emptied_while_running_recover_at_re
     run_stream(s, available_now=True, timeout=600, spark=spark)
     assert windows_total(client, db) == 60
     assert sorted(lake_ids(s, "sales_transaction", "transaction_id")) == sorted(r["transaction_id"] for _, r in batch("B", 30))
+
+
+# ------------------------------------------------- a bulk line and its cancellation (2026-12-07) --
+def test_a_bulk_line_cancelled_minutes_later_neither_inflates_the_order_nor_holds_the_risk(native_stack, spark):
+    """The withheld UCI log's shape (UCI-GB 23843: 80,995 units on 2011-12-09, cancelled 12 minutes later) through
+    broker, Spark and the ClickHouse endpoint: 40 h of a store x SKU with a daily rhythm (1-3 units every 20 min by
+    day, reorder point 60), then the bulk line (stock 0) and its cancellation (a sale of -80,995 and a RETURN
+    count restoring the stock). Against :func:`tests.test_streaming_transforms.order_rate_oracle` (pandas, from
+    the events sent): every window's sales_velocity is the net rate, order_velocity the capped one; the bulk
+    window's CRITICAL alert asks for 2 x 60 + ceil(order rate x 72) units (old code: 243,327 from the gross
+    3,377.9 units/h) and records both rates; no window after the cancellation is HIGH risk (old code: every one,
+    cover < 0.1 h). A second run from a new checkpoint (every record read again) writes the same windows and
+    the same single alert."""
+    import math
+
+    from core.clickhouse import get_client
+    from streaming.job import run_stream
+    from tests.test_streaming_transforms import (BULK_ROP, BULK_UNITS, bulk_cancel_events, oracle_windows,
+                                                 order_rate_oracle)
+
+    s = namespace(native_stack, f"bulk{uuid.uuid4().hex[:6]}")
+    t0 = (_now_ms() // WIN_MS) * WIN_MS - 41 * 3_600_000
+    events = bulk_cancel_events(t0)
+    produce(s, events)
+    run_stream(s, available_now=True, timeout=900, spark=spark)
+    client, db = get_client(s), s.clickhouse_database
+    cols = ("window_start, units_sold, units_returned, stock_level, sales_velocity, units_for_order, "
+            "order_velocity, hours_of_cover, stockout_risk, anomaly_score")
+    got = client.query_df(f"SELECT {cols} FROM {db}.sales_metrics_5m FINAL ORDER BY window_start")
+    got["window_start"] = pd.to_datetime(got["window_start"], utc=True).dt.as_unit("ns")
+    got = got.set_index("window_start")
+    exp_w = oracle_windows(events)
+    exp = order_rate_oracle(exp_w)
+    assert sorted(got.index) == sorted(exp_w["window_start"])
+    e = exp.loc[got.index]
+
+    bulk_ws = exp_w.loc[exp_w["units_sold"] == BULK_UNITS, "window_start"].iloc[0]
+    cancel_ws = exp_w.loc[exp_w["units_returned"] == BULK_UNITS, "window_start"].iloc[0]
+    assert got.loc[bulk_ws, "anomaly_score"] > 3                     # the score flags the line it caps
+    alerts = client.query_df(f"SELECT alert_id, priority, current_stock, recommended_quantity, sales_velocity, "
+                             f"order_velocity FROM {db}.restock_alerts FINAL ORDER BY alert_id")
+    bulk_ms = int(bulk_ws.timestamp() * 1000)
+    a = alerts[alerts["alert_id"] == f"S1|P1|{bulk_ms}"]
+    assert len(a) == 1, alerts
+    a = a.iloc[0]
+    want = 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "order"] * 72)
+    old = 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "gross"] * 72)
+    after = got[got.index >= cancel_ws]
+    high_h = (after["stockout_risk"] == "HIGH").sum() * WIN_MS / 3_600_000
+    print(f"bulk alert: {a['recommended_quantity']} units (oracle {want}; gross rate {old}), sales_velocity "
+          f"{a['sales_velocity']:.4f}, order_velocity {a['order_velocity']} units/h; after the cancellation: "
+          f"{len(after)} windows over {(after.index.max() - cancel_ws).total_seconds() / 3600:.2f} h, HIGH risk in "
+          f"{high_h} h of windows; min cover {after['hours_of_cover'].min():.3f} h")
+    assert (a["priority"], int(a["current_stock"]), int(a["recommended_quantity"])) == ("CRITICAL", 0, want)
+    assert want < 1_000 < 240_000 < old
+    assert a["sales_velocity"] == pytest.approx(e.loc[bulk_ws, "net"], rel=1e-12)   # the raw rate is kept
+    assert a["order_velocity"] == pytest.approx(e.loc[bulk_ws, "order"], rel=1e-12)
+    assert len(after) > 10 and high_h == 0, after["stockout_risk"].value_counts()
+    assert int(after.loc[cancel_ws, "stock_level"]) > BULK_ROP
+    pd.testing.assert_series_equal(got["sales_velocity"], e["net"], check_names=False, rtol=1e-12)
+    pd.testing.assert_series_equal(got["units_for_order"], e["used"], check_names=False, rtol=1e-12)
+    pd.testing.assert_series_equal(got["order_velocity"], e["order"], check_names=False, rtol=1e-12)
+
+    # idempotent: every record read again by a new checkpoint gives the same rows
+    s2 = s.model_copy(update={"spark_checkpoint_dir": str(Path(s.spark_checkpoint_dir) / "again")})
+    run_stream(s2, available_now=True, timeout=900, spark=spark)
+    again = client.query_df(f"SELECT {cols} FROM {db}.sales_metrics_5m FINAL ORDER BY window_start")
+    again["window_start"] = pd.to_datetime(again["window_start"], utc=True).dt.as_unit("ns")
+    pd.testing.assert_frame_equal(again.set_index("window_start"), got)
+    alerts2 = client.query_df(f"SELECT alert_id, priority, current_stock, recommended_quantity, sales_velocity, "
+                              f"order_velocity FROM {db}.restock_alerts FINAL ORDER BY alert_id")
+    pd.testing.assert_frame_equal(alerts2, alerts)

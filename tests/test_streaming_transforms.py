@@ -683,3 +683,196 @@ def test_payload_kinds_the_fuzzer_does_not_draw_get_the_producers_verdict_and_a_
     assert "BOM" in reason["BOM"] and "extra data" in reason["BOM after"]
     assert reason["Store_ID"] == "missing required field store_id; unknown field(s): Store_ID"
     assert reason["timestamp " + ts[:-3]].startswith("timestamp before 2000-01-01")
+
+
+# ------------------------------------------------- bulk line and its cancellation (2026-12-07) --
+#: the withheld UCI log's bulk line of 2011-12-09 (UCI-GB 23843), cancelled 12 minutes later
+BULK_UNITS = 80_995
+BULK_ROP = 60
+
+
+def bulk_cancel_events(t0_ms: int, seed: int = 11, hours: int = 40, bulk_hour: float = 34.25,
+                       store: str = "S1", sku: str = "P1") -> list[tuple[str, dict]]:
+    """A store x SKU with a daily rhythm (a sale of 1-3 units every 20 min in hours 8-20 of each day counted from
+    ``t0_ms``, one every 2 h in the others; stock counted after every sale, restocked to 400 below 100, reorder point
+    60), ``hours`` long from ``t0_ms`` (a 5-minute boundary); at ``bulk_hour`` one line of :data:`BULK_UNITS`
+    units leaves stock 0, and 12 minutes later its cancellation (a sale of -BULK_UNITS and a RETURN count)
+    restores the stock of before. Returns (event_type, record) in event-time order, records of the contracts."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[tuple[int, str, dict]] = []
+    stock, n = 400, 0
+
+    def inv(ts, change, reason):
+        out.append((ts, "inventory_update", {"inventory_id": f"I{n}", "store_id": store, "product_id": sku,
+                                             "quantity_change": change, "new_quantity": stock, "reason": reason,
+                                             "reorder_point": BULK_ROP, "timestamp": ts}))
+
+    def sale(ts, q):
+        out.append((ts, "sales_transaction", {"transaction_id": f"T{n}", "store_id": store, "product_id": sku,
+                                              "quantity": q, "unit_price": 2.5, "timestamp": ts,
+                                              "customer_id": None, "payment_method": "CARD", "invoice_id": None}))
+
+    inv(t0_ms, stock, "OPENING")
+    bulk_ms = t0_ms + round(bulk_hour * 3_600_000)
+    t = t0_ms + 60_000
+    bulk_done = False
+    while t < t0_ms + hours * 3_600_000:
+        n += 1
+        if not bulk_done and t >= bulk_ms:
+            before, bulk_done = stock, True
+            sale(bulk_ms, BULK_UNITS)
+            stock = 0
+            inv(bulk_ms + 1, -before, "SALE")
+            n += 1
+            sale(bulk_ms + 12 * 60_000, -BULK_UNITS)
+            stock = before
+            inv(bulk_ms + 12 * 60_000 + 1, before, "RETURN")
+            t = bulk_ms + 13 * 60_000
+            continue
+        hour = ((t - t0_ms) // 3_600_000) % 24
+        q = rng.randint(1, 3)
+        stock -= q
+        sale(t, q)
+        inv(t + 1, -q, "SALE")
+        if stock < 100:
+            n += 1
+            inv(t + 2, 400 - stock, "RESTOCK")
+            stock = 400
+        t += (20 if 8 <= hour < 20 else 120) * 60_000 + rng.randint(-3, 3) * 60_000
+    out.sort(key=lambda x: x[0])
+    return [(et, r) for _, et, r in out]
+
+
+def oracle_windows(events: list[tuple[str, dict]]) -> pd.DataFrame:
+    """5-minute windows of ``events`` by plain pandas (not :func:`streaming.transforms.window_metrics`):
+    units sold / returned, the window's last count and reorder point; the columns enrich_windows takes."""
+    rows = []
+    for i, (et, r) in enumerate(events):
+        ws = pd.Timestamp(r["timestamp"] - r["timestamp"] % 300_000, unit="ms", tz="UTC")
+        rows.append({"window_start": ws, "store_id": r["store_id"], "product_id": r["product_id"], "i": i,
+                     "sold": r["quantity"] if et == "sales_transaction" and r["quantity"] > 0 else 0,
+                     "ret": -r["quantity"] if et == "sales_transaction" and r["quantity"] < 0 else 0,
+                     "lines": int(et == "sales_transaction"),
+                     "stock": r["new_quantity"] if et == "inventory_update" else None,
+                     "rop": r["reorder_point"] if et == "inventory_update" else None})
+    e = pd.DataFrame(rows)
+    out = []
+    for (ws, st, sk), g in e.groupby(["window_start", "store_id", "product_id"]):
+        counts = g.dropna(subset=["stock"])
+        out.append({"window_start": ws, "window_end": ws + pd.Timedelta(minutes=5), "store_id": st,
+                    "product_id": sk, "units_sold": int(g["sold"].sum()), "units_returned": int(g["ret"].sum()),
+                    "revenue": 0.0, "transaction_count": int(g["lines"].sum()),
+                    "inventory_update_count": len(counts),
+                    "window_stock": int(counts["stock"].iloc[-1]) if len(counts) else None,
+                    "window_stock_time": ws if len(counts) else pd.NaT,
+                    "reorder_point": int(counts["rop"].iloc[-1]) if len(counts) else None, "last_event_time": ws})
+    return pd.DataFrame(out)
+
+
+def order_rate_oracle(windows: pd.DataFrame, hours: float = 24.0) -> pd.DataFrame:
+    """Independent computation of the rates on a complete 5-minute grid of one store x SKU (windows without a
+    row sold 0): ``gross`` (the old sales_velocity: units sold in the trailing ``hours`` / span), ``net`` (units
+    sold less returned, floored at 0, / span), ``cap`` (a selling window's limit: mean + 3 x max(std, sqrt(mean))
+    of the previous <= 12 selling windows within 24 h, population std; inf with fewer than 3), ``used``
+    (min(units, cap)) and ``order`` = min(net, trailing sum of used / span). Span = hours since the first window's
+    start to the window's end, clipped to [1, hours]. Indexed by window_start."""
+    import numpy as np
+
+    s = windows.set_index("window_start").sort_index()
+    grid = pd.date_range(s.index.min(), s.index.max(), freq="5min")
+    sold = s["units_sold"].reindex(grid, fill_value=0).astype(float)
+    ret = s["units_returned"].reindex(grid, fill_value=0).astype(float)
+    n = round(hours * 12)
+    span = pd.Series((grid - grid[0] + pd.Timedelta(minutes=5)) / pd.Timedelta(hours=1), index=grid).clip(1, hours)
+    caps, used = [], []
+    selling = [(ws, u) for ws, u in sold.items() if u > 0]
+    for ws, u in sold.items():
+        prev = [x for w, x in selling if ws - pd.Timedelta(hours=24) <= w < ws][-12:]
+        cap = float("inf") if len(prev) < 3 else np.mean(prev) + 3 * max(np.std(prev), np.sqrt(np.mean(prev)))
+        caps.append(cap)
+        used.append(min(u, cap))
+    used = pd.Series(used, index=grid)
+    out = pd.DataFrame({"gross": sold.rolling(n, min_periods=1).sum() / span,
+                        "net": (sold - ret).rolling(n, min_periods=1).sum().clip(lower=0) / span,
+                        "cap": caps, "used": used}, index=grid)
+    out["order"] = np.minimum(out["net"], used.rolling(n, min_periods=1).sum() / span)
+    return out
+
+
+def test_a_cancelled_bulk_line_is_netted_and_capped_for_the_order_against_an_oracle():
+    """The bulk line of 80,995 units after 34 h of a daily rhythm (1-3 units every 20 min by day), cancelled 12 minutes later: velocity
+    (net of the cancellation once it arrives), units_for_order and order_velocity = :func:`order_rate_oracle` in
+    every window (history and batch cut through the bulk line's hour); the restock alert of the bulk window
+    (stock 0: CRITICAL) asks for 2 x 60 + ceil(order rate x 72) units, not the 243,174-scale figure of the gross
+    rate; after the cancellation no window is HIGH risk (the gross rate kept them HIGH for 24 h)."""
+    import math
+
+    import numpy as np
+
+    t0 = 1_767_225_600_000            # 2026-01-01 00:00 UTC
+    allw = oracle_windows(bulk_cancel_events(t0))
+    exp = order_rate_oracle(allw)
+    bulk_ws = allw.loc[allw["units_sold"] == BULK_UNITS, "window_start"].iloc[0]
+    cancel_ws = allw.loc[allw["units_returned"] == BULK_UNITS, "window_start"].iloc[0]
+    cut = bulk_ws - pd.Timedelta(minutes=30)
+    hist = allw[allw.window_start < cut]
+    out = TR.enrich_windows(allw[allw.window_start >= cut], hist, window_len_hours=1 / 12, risk_high_hours=24,
+                            risk_medium_hours=72)
+    # the history's own units_for_order, as stored by its batch
+    h_out = TR.enrich_windows(hist, None, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72)
+    both = pd.concat([h_out, out]).set_index("window_start").sort_index()
+    e = exp.loc[both.index]
+    np.testing.assert_allclose(both["sales_velocity"], e["net"], rtol=1e-12)
+    np.testing.assert_allclose(both["units_for_order"], e["used"], rtol=1e-12)
+    np.testing.assert_allclose(both["order_velocity"], e["order"], rtol=1e-12)
+    assert both.loc[bulk_ws, "units_for_order"] < 10 < BULK_UNITS            # capped: baseline 1-3 units
+    # the alert: the stream's closed-window path on the stored rows
+    closed = TR.closed_window_stock(both.reset_index()[["window_start", "window_end", "store_id", "product_id",
+                                                        "units_sold", "window_stock", "reorder_point",
+                                                        "sales_velocity", "order_velocity"]],
+                                    None, window_len_hours=1 / 12)
+    alerts, _ = TR.restock_episodes(closed, {}, high_hours=24, medium_hours=72, lead_time_days=3, now_ms=0)
+    bulk_ms = int(bulk_ws.timestamp() * 1000)
+    a = [x for x in alerts if x["alert_id"].endswith(f"|{bulk_ms}")]
+    assert len(a) == 1 and a[0]["priority"] == "CRITICAL" and a[0]["current_stock"] == 0
+    want = 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "order"] * 72)
+    assert a[0]["recommended_quantity"] == want < 1_000, (a[0], want)
+    assert a[0]["order_velocity"] == pytest.approx(e.loc[bulk_ws, "order"], rel=1e-12)
+    assert a[0]["sales_velocity"] == pytest.approx(e.loc[bulk_ws, "net"], rel=1e-12)   # the raw rate, kept
+    old = 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "gross"] * 72)
+    assert old > 240_000                                                     # what the gross rate asked for
+    after = both[both.index >= cancel_ws]
+    assert len(after) > 10 and (after["stockout_risk"] != "HIGH").all(), after["stockout_risk"].value_counts()
+    # the gross rate of the same windows: cover < 24 h, HIGH, for every window after the cancellation
+    assert (after["stock_level"].astype(float) / e.loc[after.index, "gross"] < 24).all()
+
+
+def test_net_velocity_floors_at_zero_and_counts_returns_within_the_span_only():
+    """A return nets only the sales of the trailing span it falls in; a span whose returns exceed its sales reads
+    0, not negative; a return older than T no longer counts."""
+    rows = [_win(0, 6), _win(60, 0), _win(120, 2)]
+    rows[1]["units_returned"] = 10
+    hist = pd.DataFrame(rows[:1])
+    out = TR.enrich_windows(pd.DataFrame(rows[1:]), hist, window_len_hours=1 / 12, risk_high_hours=24,
+                            risk_medium_hours=72, velocity_hours=1.5)
+    v = out.set_index("window_start")["sales_velocity"]
+    t = pd.Timestamp("2026-01-15 10:00", tz="UTC")
+    assert v[t + pd.Timedelta(minutes=60)] == 0.0                 # 6 sold - 10 returned: floored
+    # at 12:00-12:05 the span is (10:35, 12:05]: the return of 11:00 counts, the sale of 10:00 does not: 2 - 10 -> 0
+    assert v[t + pd.Timedelta(minutes=120)] == 0.0
+    out2 = TR.enrich_windows(pd.DataFrame(rows[1:]), hist, window_len_hours=1 / 12, risk_high_hours=24,
+                             risk_medium_hours=72, velocity_hours=0.5)
+    # T = 0.5 h: the return (11:00) is outside (11:35, 12:05]: 2 units / 0.5 h
+    assert out2.set_index("window_start")["sales_velocity"][t + pd.Timedelta(minutes=120)] == pytest.approx(4.0)
+
+
+def test_order_units_winsorizes_at_three_sigma_with_a_poisson_floor():
+    """:func:`order_units`: unchanged without 3 previous windows or within the cap; capped at mean + 3 sigma, the
+    sigma at least sqrt(mean) (a flat series of 4s caps at 4 + 3 x 2 = 10)."""
+    assert TR.order_units(80_995, [1, 2]) == 80_995
+    assert TR.order_units(80_995, [4, 4, 4]) == 10.0
+    assert TR.order_units(9, [4, 4, 4]) == 9.0
+    prev = [1, 3, 2, 30]                          # mean 9, std 12.12...: 9 + 36.37
+    assert TR.order_units(1000, prev) == pytest.approx(9 + 3 * (sum((x - 9) ** 2 for x in prev) / 4) ** 0.5)
