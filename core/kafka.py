@@ -366,10 +366,10 @@ class EventPublisher:
             self.dead_letter(event_type, record, str(exc))
             return False
         self.sent += 1  # one writer: the publishing thread
-        # The Kafka record timestamp stays the producer's send time (CreateTime), not the event time:
-        # replayed 2011 event times would fall out of the 7-day retention at once, future ones are
-        # rejected by the broker (log.message.timestamp.after.max.ms), and send time is what
-        # freshness (produce -> visible) is measured from. Event time travels in the payload.
+        # No record timestamp is given (the producer stamps its send time, which the platform's LogAppendTime
+        # topics replace by the broker's append time), never the event time: replayed 2011 event times would
+        # fall out of the 7-day retention at once, and future ones are rejected by the broker
+        # (log.message.timestamp.after.max.ms). Event time travels in the payload.
         self._send(self._topics[event_type], event_key(event_type, record), Encoded(serialize_fast(record)), None)
         return True
 

@@ -7,9 +7,10 @@ retail-customer-events (1), retail-restock-alerts (1), retail-dead-letter (1); r
 (default 7 days), ``cleanup.policy = delete``, ``message.timestamp.type = LogAppendTime`` (the broker stamps each
 record with its own clock when it appends it, whatever the producer set: the stream bounds an event's time by
 that stamp plus ``STREAM_MAX_FUTURE_MINUTES``, so a POS whose clock runs ahead is quarantined instead of lifting
-the watermark; with ``CreateTime`` the producer's own clock was the reference). Existing topics are not altered,
-but their layout is compared with the spec (:func:`layout_problems`): a different partition count, retention or
-timestamp type is a warning naming topic, setting, expected and actual (logged, and returned under
+the watermark; with ``CreateTime`` the producer's own clock was the reference). An existing topic gets only its
+timestamp type set (records already written keep theirs); otherwise it is not altered, but its layout is compared
+with the spec (:func:`layout_problems`): a different partition count, retention or timestamp type (the broker
+refused to set it) is a warning naming topic, setting, expected and actual (logged, and returned under
 ``warnings``); a ``cleanup.policy`` with ``compact`` fails
 (:class:`TopicLayoutError`), since compaction keeps only the last record per key (``store_id|product_id``) and so
 deletes sales and stock movements the stream, the lake and the nightly ETL must each see.
@@ -100,11 +101,13 @@ def admin_client(settings: Settings | None = None, **kw: Any) -> KafkaAdminClien
 
 
 def ensure_topics(settings: Settings | None = None, replication_factor: int = 1) -> dict[str, list[str]]:
-    """Create the missing platform topics; tolerate existing ones (also under a creation race) and compare their
-    layout with the spec (:func:`layout_problems`; each warning is logged too).
+    """Create the missing platform topics; tolerate existing ones (also under a creation race), set
+    ``message.timestamp.type=LogAppendTime`` on existing ones that lack it (:func:`_stamp_with_broker_clock`), and
+    compare their layout with the spec (:func:`layout_problems`; each warning is logged too).
 
     Returns:
-        {"created": [...], "existed": [...], "warnings": [...]}: topic names, sorted; the layout warnings.
+        {"created": [...], "existed": [...], "altered": [...], "warnings": [...]}: topic names, sorted ("altered":
+        existing topics whose timestamp type was set); the layout warnings.
     Raises:
         TopicLayoutError: an existing topic breaks a guarantee (``cleanup.policy`` compact), after the others
             were created.
@@ -129,6 +132,7 @@ def ensure_topics(settings: Settings | None = None, replication_factor: int = 1)
             except TopicAlreadyExistsError:
                 existed.append(name)
         actual = _describe(admin, existed) if existed else {}
+        altered = _stamp_with_broker_clock(admin, actual)
     finally:
         admin.close()
     warnings, errors = [], []
@@ -140,7 +144,32 @@ def ensure_topics(settings: Settings | None = None, replication_factor: int = 1)
         log.warning("%s", w)
     if errors:
         raise TopicLayoutError("; ".join(errors))
-    return {"created": sorted(created), "existed": sorted(existed), "warnings": warnings}
+    return {"created": sorted(created), "existed": sorted(existed), "altered": altered, "warnings": warnings}
+
+
+def _stamp_with_broker_clock(admin: KafkaAdminClient, actual: dict[str, dict[str, Any]]) -> list[str]:
+    """Set ``message.timestamp.type=LogAppendTime`` on the described existing topics that have another type
+    (created before 2026-12-07, or by hand with Kafka's default CreateTime), one incremental SET per topic (no
+    other config touched; the records already written keep their timestamps); ``actual`` is updated with the
+    re-described values, so a topic the broker did not change is still warned about.
+
+    Returns:
+        the altered topic names, sorted.
+    Raises:
+        kafka.errors.KafkaError: the broker fails the alter or describe request.
+    """
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    stale = sorted(n for n, d in actual.items() if d.get(TIMESTAMP_TYPE) not in (None, LOG_APPEND_TIME))
+    if not stale:
+        return []
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, configs={TIMESTAMP_TYPE: LOG_APPEND_TIME})
+                         for n in stale], incremental=True)
+    actual.update(_describe(admin, stale))
+    done = [n for n in stale if actual[n].get(TIMESTAMP_TYPE) == LOG_APPEND_TIME]
+    log.warning("topics %s: %s set to %s (was CreateTime: the producers' clocks)", done, TIMESTAMP_TYPE,
+                LOG_APPEND_TIME)
+    return done
 
 
 def _describe(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -24,8 +24,8 @@ Measurement method
   N / (time from the first ``send`` to the end of ``flush``), JSON serialisation included.
 * **Freshness** (produce -> visible in ClickHouse) of an event = commit time of the first ``windows``
   micro-batch whose end offset (Spark query progress, polled by ``streaming.job.ProgressPoller``) on the event's partition
-  is past the event's offset, minus the event's produce time (the Kafka record timestamp = CreateTime set by
-  the producer at ``send``). The commit time is taken in the foreachBatch right after the ClickHouse inserts
+  is past the event's offset, minus the event's produce time (the wall clock at ``send``, which is also its
+  event time; not the Kafka record timestamp, which the platform's topics set to the broker's append time). The commit time is taken in the foreachBatch right after the ClickHouse inserts
   returned, so the rows are visible to any reader at that instant. Lake freshness is measured the same way on
   the ``raw`` query. Only sales and inventory events count for the ClickHouse figure (the other topics do not
   feed the windows).
@@ -115,9 +115,12 @@ class SendLog:
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def ok(self, md) -> None:
+    def ok(self, md, sent_ms: int | None = None) -> None:
+        """Record a delivered record: ``sent_ms`` the produce time (epoch ms) when the sender knows it, else the
+        record's Kafka timestamp (the producer's CreateTime on a CreateTime topic; on the platform's LogAppendTime
+        topics the broker's append time, which leaves the producer's own queueing out of the freshness)."""
         with self.lock:
-            self.rows.append((md.topic, md.partition, md.offset, md.timestamp))
+            self.rows.append((md.topic, md.partition, md.offset, md.timestamp if sent_ms is None else sent_ms))
 
     def err(self, exc) -> None:
         with self.lock:
@@ -134,7 +137,7 @@ def send(producer, s: Settings, et: str, rec: dict, log: SendLog) -> None:
     except Exception as exc:  # buffer full / metadata timeout: counted as an error
         log.err(exc)
         return
-    fut.add_callback(log.ok)
+    fut.add_callback(lambda md, sent=rec["timestamp"]: log.ok(md, sent))   # produce time, not the append time
     fut.add_errback(log.err)
 
 
@@ -431,7 +434,7 @@ def bench_stream(events: int = 50_000, stores: int = 10, skus: int = 100, trigge
                        "streaming job runs (processing-time trigger); rate = N / (last event visible in ClickHouse "
                        "- first send). freshness: commit time of the first windows micro-batch whose end offset "
                        "covers the event (Spark progress via StreamingQueryListener; commit taken after the "
-                       "ClickHouse insert returned) - Kafka CreateTime of the event."),
+                       "ClickHouse insert returned) - the event's produce time (wall clock at send)."),
             "environment": environment(s),
         }
         report["ratio_end_to_end_vs_producer"] = round(report["end_to_end"]["events_per_s"]

@@ -62,7 +62,7 @@ def test_topics_are_created_idempotently(kafka_settings):
     second = ensure_topics(s)
     names = sorted(s.topic(t) for t in TOPIC_PARTITIONS)
     assert sorted(first["created"] + first["existed"]) == names
-    assert second == {"created": [], "existed": names, "warnings": []}
+    assert second == {"created": [], "existed": names, "altered": [], "warnings": []}
     desc = describe_topics(s)
     assert {t: d["partitions"] for t, d in desc.items()} == {s.topic(t): n for t, n in TOPIC_PARTITIONS.items()}
     assert {d["retention.ms"] for d in desc.values()} == {str(s.kafka_retention_ms)}
@@ -72,8 +72,10 @@ def test_topics_are_created_idempotently(kafka_settings):
 
 def test_an_existing_topic_with_another_layout_is_reported(kafka_settings):
     """A topic pre-created with 1 partition, retention.ms=60000 and Kafka's default CreateTime timestamps was
-    reported as "existed", nothing more; now each difference is a warning naming topic, setting, expected and
-    actual, and a compacted topic (which would keep only the last record per key) fails ensure_topics."""
+    reported as "existed", nothing more; now each difference of partitions or retention is a warning naming topic,
+    setting, expected and actual, its timestamp type is set to LogAppendTime (the broker's clock; the stream's
+    future-time check needs it), and a compacted topic (which would keep only the last record per key) fails
+    ensure_topics."""
     import uuid
 
     from kafka.admin import NewTopic
@@ -91,9 +93,12 @@ def test_an_existing_topic_with_another_layout_is_reported(kafka_settings):
     assert r["existed"] == [sales] and len(r["created"]) == len(TOPIC_PARTITIONS) - 1
     assert r["warnings"] == [f"topic {sales}: partitions expected 3, actual 1 (fewer: less parallelism, keys on "
                              "other partitions)",
-                             f"topic {sales}: retention.ms expected {s.kafka_retention_ms}, actual 60000",
-                             f"topic {sales}: message.timestamp.type expected LogAppendTime, actual CreateTime "
-                             "(records carry the producers' clocks: a fast one lifts the watermark)"], r
+                             f"topic {sales}: retention.ms expected {s.kafka_retention_ms}, actual 60000"], r
+    assert r["altered"] == [sales]
+    from core.kafka_admin import describe_topics
+
+    assert describe_topics(s)[sales]["message.timestamp.type"] == "LogAppendTime"
+    assert describe_topics(s)[sales]["retention.ms"] == "60000"   # nothing else altered
 
     from core.kafka_admin import TopicLayoutError
 
