@@ -27,6 +27,12 @@ from ops.services import free_port  # noqa: F401  (test modules import it from h
 # test_streaming_transforms / test_streaming_sinks failed, passing in UTC); the services the tests start inherit it.
 os.environ["TZ"] = "UTC"
 time.tzset()
+# The suite's Spark JVMs (the session's SparkSession, every spark-submit of the DAGs, jobs and benchmarks it runs)
+# live seconds to minutes on small data: C2 compilation of Spark's startup and planning code is CPU they never earn
+# back on the shared cores. C1 only (-XX:TieredStopAtLevel=1) changes no result, only how the JVM compiles (the
+# streaming benchmark's steady state gained nothing from it: README, Benchmarks); SPARK_SUBMIT_OPTS="" keeps the
+# default JIT. Measured 2026-12-07: README, Tests.
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RETAIL_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
