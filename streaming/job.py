@@ -43,7 +43,7 @@ from kafka.errors import KafkaError
 from contracts import DEAD_LETTER, EVENT_TYPES
 from core.settings import Settings, get_settings
 from streaming import transforms as TR
-from streaming.sinks import INPUT_EVENT_TYPES, StreamSinks
+from streaming.sinks import CLOSE_FLUSH_SECONDS, INPUT_EVENT_TYPES, StreamSinks
 
 log = logging.getLogger(__name__)
 QUERY_NAMES = ("raw", "windows")
@@ -896,9 +896,12 @@ class StreamingJob:
         queries together (default :data:`STOP_GRACE_SECONDS`, within the supervisor's 60 s). A ClickHouse request
         already sent waits for its answer, up to STREAM_CLICKHOUSE_TIMEOUT_SECONDS (at most 30, below the grace);
         once one has failed, the stopping sinks send nothing more (:meth:`streaming.sinks.StreamSinks._ch_request`),
-        so a frozen endpoint costs one timeout, not one per queued request. Not bounded: while Kafka is down, a
-        batch's alert ``flush()`` and the producer's flush below can each wait up to ``delivery_timeout_ms``
-        (2 min): the supervisor then SIGKILLs (unacknowledged alerts are not recorded; their batch is re-run).
+        so a frozen endpoint costs one timeout, not one per queued request. While Kafka is down or frozen, a
+        batch awaiting its restock alerts' acknowledgement gives up when the stop begins (the alerts not acknowledged
+        are not recorded, the batch fails uncommitted and is re-run, its alerts sent again with the same ids: at least
+        once), and the alert producer is closed within what is left of the grace, at most
+        :data:`streaming.sinks.CLOSE_FLUSH_SECONDS` (:meth:`streaming.sinks.StreamSinks.close`); until 2026-12-07
+        both waited up to ``delivery_timeout_ms`` (2 min) each, and the supervisor SIGKILLed the job.
 
         ``StreamingQuery.stop()`` interrupts a running micro-batch; inside ``foreachBatch`` the interrupt
         surfaces as a Py4J error whose (long) text Spark's ``StreamExecution.isInterruptionException`` matches
@@ -922,7 +925,8 @@ class StreamingJob:
             self._poller.stop()
             self._poller = None
         self._close_admin()
-        self.sinks.close()
+        # at least 1 s: the producer's sender thread fails what is buffered (abort_producer joins it that long)
+        self.sinks.close(timeout=min(CLOSE_FLUSH_SECONDS, max(1.0, deadline - time.time())))
 
     def stats(self) -> dict[str, Any]:
         """Summary: batches and rows per query, duplicates dropped (event ids seen again within the watermark,

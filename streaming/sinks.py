@@ -398,6 +398,12 @@ def row_payload(row: Mapping[str, Any]) -> str:
     return json.dumps({str(k): val(v) for k, v in row.items()}, default=str, ensure_ascii=False)
 
 
+#: seconds between two checks of :attr:`StreamSinks.stopping` while alerts await Kafka's acknowledgement
+ACK_POLL_SECONDS = 0.25
+#: seconds :meth:`StreamSinks.close` flushes the alert producer before it fails what is still buffered
+CLOSE_FLUSH_SECONDS = 5.0
+
+
 class StreamSinks:
     """Holds the clients of the sinks (ClickHouse, lake, Kafka producer for alerts) and the batch log.
 
@@ -831,11 +837,38 @@ class StreamSinks:
             self._producer = make_producer(self.s, client_id="retail-restock-alerts")
         return self._producer
 
-    def close(self) -> None:
-        """Flush and close the alert producer."""
+    def _await_acknowledgements(self, prod, futures: list, what: str) -> None:
+        """Wait until Kafka has answered every future of ``futures`` (acknowledged or failed; the producer's
+        ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down), checking :attr:`stopping`
+        every :data:`ACK_POLL_SECONDS`: once the job stops, return at once with the futures still unanswered (their
+        ``get(timeout=0)`` raises ``KafkaTimeoutError``, an infrastructure error), so the caller records none of
+        them and its micro-batch fails uncommitted, re-run (alerts sent again, same ids) at the next start. Until
+        2026-12-07 an unbounded ``flush()`` held a stop while Kafka was down for up to 2 min, past the supervisor's
+        ``stopwaitsecs`` (60 s): SIGKILL. ``what`` names the records in the warning logged at a stop."""
+        from kafka.errors import KafkaTimeoutError
+
+        while not all(f.is_done for f in futures):
+            if self.stopping.is_set():
+                log.warning("%s: %d of %d not acknowledged by Kafka when the job stopped: not recorded, not committed; "
+                            "sent again when the micro-batch is re-run at the next start", what,
+                            sum(not f.is_done for f in futures), len(futures))
+                return
+            try:
+                prod.flush(timeout=ACK_POLL_SECONDS)
+            except KafkaTimeoutError:
+                pass
+
+    def close(self, timeout: float = CLOSE_FLUSH_SECONDS) -> None:
+        """Close the alert producer within about ``timeout`` seconds (at most twice that), whatever Kafka does
+        (:func:`core.kafka.abort_producer`: a bounded flush, then records still buffered are failed). Nothing the
+        stream recorded is lost: a micro-batch records and commits only alerts Kafka acknowledged
+        (:meth:`_await_acknowledgements`) and awaits its dead letters, so a record still buffered belongs to a batch
+        that failed uncommitted and is re-run. Until 2026-12-07 an unbounded ``flush()`` (up to
+        ``delivery_timeout_ms``, 2 min, while Kafka was down) held :meth:`streaming.job.StreamingJob.stop`."""
+        from core.kafka import abort_producer
+
         if self._producer is not None:
-            self._producer.flush()
-            self._producer.close()
+            abort_producer(self._producer, timeout)
             self._producer = None
 
     def reorder_points(self) -> dict[str, int]:
@@ -1587,15 +1620,20 @@ class StreamSinks:
                      "quarantined (refused by restock_alerts after their delivery), not sent again",
                      len(new) - len(to_send))
         if to_send:
+            from kafka.errors import KafkaTimeoutError
+
             prod = self.producer()
             futures = [(a["alert_id"], prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a))
                        for a in to_send]
-            prod.flush()
+            self._await_acknowledgements(prod, [f for _, f in futures], f"micro-batch {batch_id}'s restock alerts")
             failed: BaseException | None = None
             for alert_id, f in futures:
                 try:
-                    f.get(timeout=30)
+                    f.get(timeout=0)   # done (acknowledged or failed), or unacknowledged at a stop: its error
                 except Exception as exc:  # noqa: BLE001  re-raised below, after the delivered ones are noted
+                    if not f.is_done:   # the job stopped first (:meth:`_await_acknowledgements`)
+                        exc = KafkaTimeoutError(f"restock alert {alert_id} not acknowledged by Kafka when the "
+                                                f"streaming job stopped: not recorded")
                     failed = failed or exc
                 else:
                     self._sent_unrecorded[alert_id] = int(time.time() * 1000)
