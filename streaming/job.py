@@ -764,6 +764,8 @@ class StreamingJob:
 
             for name in QUERY_NAMES:
                 lake_file_naming(Path(checkpoint_path(s, name)), before_start=True)
+        for name in QUERY_NAMES:   # the progress counts the last stop could not write (ClickHouse failing)
+            self.sinks.write_pending_rows(name)
         self.recreated_topics = self.rewind_recreated_topics()
         self._start_query("raw", self.lost_checkpoint_offsets("raw"))
         self._start_query("windows")

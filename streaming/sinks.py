@@ -720,8 +720,63 @@ class StreamSinks:
                         "producer clock running ahead (stream_batches.event_time_max later than now)",
                         query, batch_id, late, self.s.stream_watermark)
         if rec is not None and (duplicates or expired or late or not offsets_known):
-            self.retrying(f"{query} micro-batch {batch_id} progress counts",
-                          self._insert_df, "stream_batches", self._batch_row(rec))
+            try:
+                self.retrying(f"{query} micro-batch {batch_id} progress counts",
+                              self._insert_df, "stream_batches", self._batch_row(rec))
+            except Exception:
+                self._keep_for_next_start(query, rec)
+                raise
+
+    #: the batch-log fields :meth:`_batch_row` reads (what :meth:`_keep_for_next_start` keeps)
+    _ROW_FIELDS = ("query", "batch_id", "query_id", "input_rows", "output_rows", "started_at", "committed_at",
+                   "duplicates_dropped", "records_expired", "late_rows_dropped", "rows_set_aside",
+                   "alerts_closed_until", "event_time_max", "end_offsets")
+
+    def _keep_for_next_start(self, query: str, rec: dict[str, Any]) -> None:
+        """Keep the ``stream_batches`` row ``rec`` that :meth:`record_progress` could not write (a stop while
+        ClickHouse fails: :class:`NotSentStopping`; an outage longer than STREAM_SINK_RETRY_SECONDS) in the query's
+        checkpoint folder (:func:`streaming.checkpoint.keep_pending_batch_row`), so the next start writes it
+        (:meth:`write_pending_rows`). The batch is committed, so nothing re-runs it, and its counts come from Spark's
+        progress, held in memory only: until 2026-12-07 they were lost to ``stream_batches`` (log only). A checkpoint
+        that is not a local folder keeps nothing (error log)."""
+        from streaming.checkpoint import keep_pending_batch_row, local_checkpoint
+
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
+        where = "not kept: the checkpoint is not a local folder; the counts are in this log only"
+        if cp is not None:
+            try:
+                keep_pending_batch_row(cp, {k: rec.get(k) for k in self._ROW_FIELDS})
+                where = f"kept in {cp}, written to stream_batches at the next start"
+            except OSError as exc:
+                where = f"not kept ({exc}); the counts are in this log only"
+        log.error("query %s micro-batch %s: its stream_batches row with the progress counts (duplicates %s, expired "
+                  "%s, late %s) could not be written: %s", query, rec["batch_id"], rec.get("duplicates_dropped"),
+                  rec.get("records_expired"), rec.get("late_rows_dropped"), where)
+
+    def write_pending_rows(self, query: str) -> int:
+        """Write the ``stream_batches`` rows an earlier run of ``query`` kept for the next start
+        (:meth:`_keep_for_next_start`) and forget them; called by :meth:`streaming.job.StreamingJob.start` before
+        the queries start. Idempotent: each row carries its batch's key and version (``committed_at``), so a row
+        written twice (a crash before the file was cleared) is one row to every ``FINAL`` read: no count doubles.
+        Returns the rows written (0: none kept, or a checkpoint that is not a local folder). A failed write (after
+        :meth:`retrying`) is logged and the rows stay kept for the next start: bookkeeping never stops the stream."""
+        from streaming.checkpoint import forget_pending_batch_rows, local_checkpoint, pending_batch_rows
+
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
+        rows = pending_batch_rows(cp) if cp is not None else {}
+        if not rows:
+            return 0
+        try:
+            self.retrying(f"{query}: stream_batches rows kept by the last stop", self._insert_df, "stream_batches",
+                          pd.concat([self._batch_row(r) for r in rows.values()], ignore_index=True))
+        except Exception as exc:  # noqa: BLE001  kept for the next start
+            log.error("query %s: the %d stream_batches row(s) kept by the last stop could not be written (%s); kept "
+                      "for the next start", query, len(rows), exc)
+            return 0
+        forget_pending_batch_rows(cp, rows)
+        log.info("query %s: wrote the stream_batches rows of micro-batch(es) %s with the progress counts the last "
+                 "stop could not write", query, ", ".join(sorted(rows, key=int)))
+        return len(rows)
 
     # --------------------------------------------------------------------------------- retries --
     def _reset_client(self) -> None:

@@ -827,7 +827,7 @@ def test_a_stop_ends_the_retry_wait_and_makes_no_further_attempt(caplog):
            "the job is stopping" in caplog.text
 
 
-def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(native_stack):
+def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(native_stack, tmp_path):
     """The stop guard of the sinks' ClickHouse requests (:meth:`StreamSinks._ch_request`), against a frozen endpoint
     (:meth:`TcpGate.freeze`: connections accepted, nothing answered). While ClickHouse answers, a stopping job still
     sends (the running batch finishes, the last progress counts are written). Once a request was left unanswered
@@ -835,7 +835,13 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
     write (``record_progress``, through the retry) and a retry's new client each fail at once with
     ``NotSentStopping`` (an outage: the batch fails uncommitted, re-run at the next start), and the gate sees no new
     connection and no request byte. Before the review of 2026-12-07 each of them was sent and waited out its own
-    timeout behind the shared client lock: with 60 s, two or three in a row held a stop past the supervisor's 60 s."""
+    timeout behind the shared client lock: with 60 s, two or three in a row held a stop past the supervisor's 60 s.
+
+    The poller's last write not sent is kept in the query's checkpoint folder and written by the next start
+    (``StreamSinks.write_pending_rows``, what ``StreamingJob.start`` calls first): the batch's row with its 3
+    duplicates, once however often the start runs (a second start writes nothing; the row written again by hand
+    still reads 3 with ``FINAL``). Until 2026-12-07 those counts stayed in the log only: the committed batch is
+    not re-run and Spark's progress is not kept across a restart."""
     import uuid
     from urllib.parse import urlparse
 
@@ -845,7 +851,7 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
     gate = TcpGate(urlparse(native_stack.clickhouse_url).port)
     gate.open()
     s = native_stack.model_copy(update={"clickhouse_url": gate.url(native_stack.clickhouse_url),
-                                        "stream_clickhouse_timeout_seconds": 1})
+                                        "stream_clickhouse_timeout_seconds": 1, "spark_checkpoint_dir": str(tmp_path)})
     sinks = StreamSinks(s)
     try:
         sinks.stopping.set()
@@ -871,6 +877,21 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
     finally:
         gate.close()
         sinks.close()
+    restarted = StreamSinks(s.model_copy(update={"clickhouse_url": native_stack.clickhouse_url}))
+    try:
+        def duplicates() -> list[tuple]:
+            return restarted.ch.query(
+                f"SELECT duplicates_dropped FROM {s.clickhouse_database}.stream_batches FINAL "
+                f"WHERE query = 'windows' AND query_id = '{rec['query_id']}'").result_rows
+
+        assert duplicates() == []
+        assert restarted.write_pending_rows("windows") == 1
+        assert duplicates() == [(3,)]
+        assert restarted.write_pending_rows("windows") == 0 and not list(tmp_path.rglob("*pending*"))
+        restarted._insert_df("stream_batches", restarted._batch_row({**rec, "duplicates_dropped": 3}))
+        assert duplicates() == [(3,)]
+    finally:
+        restarted.close()
 
 
 def test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_rerun_sends_it(fresh_sinks):
