@@ -413,6 +413,50 @@ def test_a_stop_while_minio_is_frozen_ends_within_the_supervisors_wait_and_loses
     _stop_while_frozen(native_stack, spark, "lake_url", "frzl")
 
 
+def test_a_stop_while_kafka_is_down_ends_within_the_supervisors_wait_and_loses_nothing(native_stack, spark):
+    """``StreamingJob.stop()`` (what the CLI's SIGTERM handler ends in; called here, no signal) with the broker
+    stopped under the running job (100 sales landed, then ``supervisorctl stop kafka``; the triggers' offset look-ups
+    and topic checks then fail or wait on it): the stop returns within the supervisor's ``stopwaitsecs`` (60 s), every
+    query stopped. With the broker back, 100 more sales are sent and a new job lands the 200 once in windows and
+    lake. The alert producer's part (a micro-batch awaiting its alerts' acknowledgement, the producer's close) is
+    ``tests/test_streaming_sinks.py::test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_rerun_sends_it``."""
+    import threading
+
+    from core.clickhouse import new_client
+    from ops import local
+    from streaming.job import StreamingJob
+
+    s = namespace(native_stack, f"kdown{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    parts = [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
+              for i in range(100)] for k, p in enumerate("KL")]
+    client, db = new_client(s), s.clickhouse_database
+    job = StreamingJob(s, spark=spark)
+    stopper = threading.Thread(target=job.stop, daemon=True)
+    try:
+        job.start(trigger_seconds=1.0)
+        produce(s, parts[0])
+        wait_for(lambda: windows_total(client, db) == 100
+                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 100, 180, "the first 100 sales landed")
+        local.rpc(s).supervisor.stopProcess("kafka", True)
+        try:
+            time.sleep(5)   # a few triggers meet the stopped broker
+            stopper.start()
+            began = time.time()
+            stopper.join(local._PROGRAM["streaming"]["stopwaitsecs"])   # the supervisor's: SIGKILL after it
+            assert not stopper.is_alive(), "StreamingJob.stop() still waiting on the stopped broker after 60 s"
+            print(f"stop returned after {time.time() - began:.1f} s")
+            assert not any(q.isActive for q in job.queries.values())
+        finally:
+            local.start("kafka", s)
+            if stopper.ident:
+                stopper.join(600)
+    finally:
+        job.stop()
+    produce(s, parts[1])
+    _restart_lands_every_sale_once(s, spark, client, db, 200)
+
+
 def _stop_while_frozen(native_stack, spark, url_setting: str, tag: str) -> None:
     """A job whose ``url_setting`` (``clickhouse_url`` / ``lake_url``) goes through a :class:`TcpGate`: 100 sales
     land, the gate freezes, 100 more are sent, and once an answer is held ``StreamingJob.stop()`` must return within
