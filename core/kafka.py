@@ -226,6 +226,32 @@ def make_producer(settings: Settings | None = None, *, client_id: str = "retail-
                          **{"partitioner": CachedKeyPartitioner(), **PRODUCER_DEFAULTS, **overrides})
 
 
+def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:
+    """Close ``producer`` within about ``timeout`` seconds whatever the broker does: flush for at most ``timeout``
+    seconds, then, if records are still buffered (broker down or frozen), stop its sender thread forcefully
+    (kafka-python's ``close()`` flushes first and cannot force past a flush that waits up to
+    ``delivery_timeout_ms``, 2 min), which fails every incomplete record (their futures and errbacks get
+    ``Producer is closed forcefully``; none is delivered afterwards), and close it without waiting. Returns in at
+    most ~2 x ``timeout`` seconds (the flush, then the sender's join). Used by :meth:`EventPublisher.abort` and by
+    the streaming job's alert producer at a stop (:meth:`streaming.sinks.StreamSinks.close`).
+
+    Args:
+        producer: a kafka-python producer (closing a closed one is a no-op).
+        timeout: seconds, >= 0 (0: no flush, abort at once).
+    """
+    try:
+        producer.flush(timeout=timeout)
+    except KafkaTimeoutError:
+        sender = getattr(producer, "_sender", None)   # kafka-python: close() cannot force past a flush
+        if sender is not None:
+            sender.force_close()          # aborts the incomplete batches: their errbacks count them failed
+            sender.join(timeout)
+    try:
+        producer.close(timeout=0)
+    except KafkaError:
+        pass
+
+
 def event_key(event_type: str, record: dict[str, Any]) -> str | None:
     """Partition key: ``customer_id`` for customer events, else ``"store_id|product_id"``.
 
@@ -413,17 +439,7 @@ class EventPublisher:
         forcefully``): afterwards ``pending`` is 0. Used when a run stops (broker unreachable, SIGTERM)."""
         if self._closed:
             return
-        try:
-            self.flush(timeout=timeout)
-        except KafkaTimeoutError:
-            sender = getattr(self._producer, "_sender", None)   # kafka-python: close() cannot force past a flush
-            if sender is not None:
-                sender.force_close()          # aborts the incomplete batches: their errbacks count them failed
-                sender.join(timeout)
-        try:
-            self._producer.close(timeout=0)
-        except KafkaError:
-            pass
+        abort_producer(self._producer, timeout)
         self._closed = True
 
     def close(self, timeout: float | None = 60) -> None:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 IDS_FILE = "topic-ids.json"
 #: file in a query's checkpoint folder: how its lake files are named (:func:`lake_file_naming`)
 NAMING_FILE = "lake-file-tag"
+#: file in a query's checkpoint folder: the ``stream_batches`` rows (with their progress counts) a stop or outage
+#: could not write, written by the next start (:func:`keep_pending_batch_row`)
+PENDING_ROWS_FILE = "stream-batches-pending.json"
 #: folder in a query's checkpoint folder where :func:`set_aside_corrupt_entries` moves broken entries
 CORRUPT_DIR = "corrupt"
 #: Spark's line for a source without an offset in an offsets entry (``OffsetSeqLog.SERIALIZED_VOID_OFFSET``)
@@ -264,6 +267,45 @@ def remember_topic_ids(checkpoint: Path, ids: dict[str, str]) -> None:
     if {**old, **ids} != old or not path.exists():
         checkpoint.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps({**old, **ids}, sort_keys=True))
+
+
+def pending_batch_rows(checkpoint: Path) -> dict[str, dict[str, Any]]:
+    """{batch id (text): ``stream_batches`` row as a batch-log record} of ``<checkpoint>/stream-batches-pending.json``
+    (:func:`keep_pending_batch_row`); {} when it is missing, or unreadable (logged as an error: those batches'
+    progress counts then stay in the earlier run's log only)."""
+    path = checkpoint / PENDING_ROWS_FILE
+    if not path.exists():
+        return {}
+    try:
+        got = json.loads(path.read_text())
+        if isinstance(got, dict) and all(isinstance(v, dict) for v in got.values()):
+            return got
+        raise ValueError("not a JSON object of batch id -> row")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.error("streaming checkpoint: %s is unreadable (%s); the stream_batches rows it held are not written (their "
+                  "duplicate / expired / late counts are in the earlier run's log)", path, exc)
+        return {}
+
+
+def keep_pending_batch_row(checkpoint: Path, row: dict[str, Any]) -> None:
+    """Add ``row`` (a ``stream_batches`` row as :meth:`streaming.sinks.StreamSinks._batch_row` takes it: JSON values,
+    ``batch_id`` its key) to ``<checkpoint>/stream-batches-pending.json``, replacing an earlier row of the same batch
+    (atomic write: a crash leaves the old or the new file)."""
+    rows = pending_batch_rows(checkpoint)
+    rows[str(int(row["batch_id"]))] = row
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    _write_atomic(checkpoint / PENDING_ROWS_FILE, json.dumps(rows, sort_keys=True))
+
+
+def forget_pending_batch_rows(checkpoint: Path, written: dict[str, dict[str, Any]]) -> None:
+    """Remove the rows ``written`` (as :func:`pending_batch_rows` gave them) from the pending file; the file goes
+    when none is left (a row kept meanwhile by another thread stays)."""
+    rows = {k: v for k, v in pending_batch_rows(checkpoint).items() if written.get(k) != v}
+    path = checkpoint / PENDING_ROWS_FILE
+    if rows:
+        _write_atomic(path, json.dumps(rows, sort_keys=True))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -43,7 +43,7 @@ from kafka.errors import KafkaError
 from contracts import DEAD_LETTER, EVENT_TYPES
 from core.settings import Settings, get_settings
 from streaming import transforms as TR
-from streaming.sinks import INPUT_EVENT_TYPES, StreamSinks
+from streaming.sinks import CLOSE_FLUSH_SECONDS, INPUT_EVENT_TYPES, StreamSinks
 
 log = logging.getLogger(__name__)
 QUERY_NAMES = ("raw", "windows")
@@ -400,6 +400,14 @@ def kafka_retrying(settings: Settings, what: str, fn, *args, stop_event: threadi
 #: seconds :meth:`StreamingJob.stop` waits for the queries' running triggers, all together, before it interrupts them:
 #: below the supervisor's ``stopwaitsecs`` for the streaming program (60 s, ``ops.local``), which then sends SIGKILL
 STOP_GRACE_SECONDS = 40.0
+#: the start of Spark's status message while a trigger plans its batch (``MicroBatchExecution``: the sources' offsets,
+#: before anything runs): :meth:`StreamingJob.stop` interrupts such a trigger at once instead of waiting for it (with
+#: the broker stopped it waited the whole grace: a stop took 52.7 s, 2026-12-07)
+PLANNING_STATUS = "Getting offsets from"
+#: Spark's bound (ms) of ``StreamingQuery.stop()``'s wait for the query's thread (default 0: no bound), which
+#: :meth:`StreamingJob.stop` sets to its grace: a Kafka source planning against a stopped broker is not interrupted
+#: before its admin request times out (``default.api.timeout.ms``, 60 s: the stop took 52.6-54.4 s, 2026-12-07)
+STOP_TIMEOUT_CONF = "spark.sql.streaming.stopTimeout"
 #: bootstrap / request timeout (ms) of :meth:`StreamingJob.expired_records`' one broker look-up (bookkeeping, not
 #: retried: an unanswered look-up counts the upper bound)
 EXPIRED_LOOKUP_TIMEOUT_MS = 5_000
@@ -764,6 +772,8 @@ class StreamingJob:
 
             for name in QUERY_NAMES:
                 lake_file_naming(Path(checkpoint_path(s, name)), before_start=True)
+        for name in QUERY_NAMES:   # the progress counts the last stop could not write (ClickHouse failing)
+            self.sinks.write_pending_rows(name)
         self.recreated_topics = self.rewind_recreated_topics()
         self._start_query("raw", self.lost_checkpoint_offsets("raw"))
         self._start_query("windows")
@@ -896,33 +906,66 @@ class StreamingJob:
         queries together (default :data:`STOP_GRACE_SECONDS`, within the supervisor's 60 s). A ClickHouse request
         already sent waits for its answer, up to STREAM_CLICKHOUSE_TIMEOUT_SECONDS (at most 30, below the grace);
         once one has failed, the stopping sinks send nothing more (:meth:`streaming.sinks.StreamSinks._ch_request`),
-        so a frozen endpoint costs one timeout, not one per queued request. Not bounded: while Kafka is down, a
-        batch's alert ``flush()`` and the producer's flush below can each wait up to ``delivery_timeout_ms``
-        (2 min): the supervisor then SIGKILLs (unacknowledged alerts are not recorded; their batch is re-run).
+        so a frozen endpoint costs one timeout, not one per queued request. While Kafka is down or frozen, a
+        batch awaiting its restock alerts' acknowledgement gives up when the stop begins (the alerts not acknowledged
+        are not recorded, the batch fails uncommitted and is re-run, its alerts sent again with the same ids: at least
+        once), and the alert producer is closed within what is left of the grace, at most
+        :data:`streaming.sinks.CLOSE_FLUSH_SECONDS` (:meth:`streaming.sinks.StreamSinks.close`); until 2026-12-07
+        both waited up to ``delivery_timeout_ms`` (2 min) each, and the supervisor SIGKILLed the job.
 
         ``StreamingQuery.stop()`` interrupts a running micro-batch; inside ``foreachBatch`` the interrupt
         surfaces as a Py4J error whose (long) text Spark's ``StreamExecution.isInterruptionException`` matches
         with a backtracking regex, which overflows the JVM stack (the ``java.lang.StackOverflowError`` with
         1,000+ ``java.util.regex`` frames; SPARK-39218/SPARK-48717). So each query is stopped only once its
         current trigger has finished (``status['isTriggerActive']`` false), waiting up to ``grace_seconds``;
-        the next processing-time trigger is seconds away, so ``stop()`` lands between batches. Nothing is lost
-        either way: an interrupted batch is not committed and is re-run from the checkpoint.
+        the next processing-time trigger is seconds away, so ``stop()`` lands between batches. A trigger still
+        planning its batch (Spark's status :data:`PLANNING_STATUS`: asking the Kafka sources for offsets, outside
+        ``foreachBatch``) is interrupted at once: with the broker down it would hold the whole grace (since
+        2026-12-07). Nothing is lost either way: an interrupted batch is not committed and is re-run from the
+        checkpoint.
         """
         self.stopping.set()
-        deadline = time.time() + grace_seconds
-        for q in self.queries.values():
-            try:
-                while q.isActive and q.status.get("isTriggerActive") and time.time() < deadline:
-                    time.sleep(0.05)
-                if q.isActive:
-                    q.stop()
-            except Exception as exc:  # keep stopping the others
-                log.warning("stopping query %s: %s", q.name, exc)
+        began = time.time()
+        deadline = began + grace_seconds
+        # the queries side by side: each one's wait and StreamingQuery.stop() (which can take ~30 s while a stopped
+        # broker holds its planning) do not add up (2026-12-07: one after the other, 52.6 s with the broker down)
+        if self.queries:
+            try:   # StreamingQuery.stop() waits this long for the query's thread, then raises (logged): a Kafka source
+                # planning against a stopped broker holds its thread for the admin's default.api.timeout.ms (60 s)
+                self.spark.conf.set(STOP_TIMEOUT_CONF, str(int(grace_seconds * 1000)))
+            except Exception as exc:  # noqa: BLE001  a session already stopped: its queries are stopped too
+                log.warning("stopping: %s not set (%s)", STOP_TIMEOUT_CONF, exc)
+        stoppers = [threading.Thread(target=self._stop_query, args=(q, began, deadline), name=f"stop-{q.name}",
+                                     daemon=True) for q in self.queries.values()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
         if self._poller is not None:  # after the queries stopped: the last poll sees their final batches
             self._poller.stop()
             self._poller = None
         self._close_admin()
-        self.sinks.close()
+        # at least 1 s: the producer's sender thread fails what is buffered (abort_producer joins it that long)
+        self.sinks.close(timeout=min(CLOSE_FLUSH_SECONDS, max(1.0, deadline - time.time())))
+
+    @staticmethod
+    def _stop_query(q, began: float, deadline: float) -> None:
+        """Stop query ``q`` for :meth:`stop` (errors logged, not raised): once its running trigger has finished, or at
+        once while the trigger still plans its batch (:data:`PLANNING_STATUS`), or at ``deadline`` (epoch s) with a
+        warning naming what the trigger was doing (``began``: the stop's start, for the log)."""
+        try:
+            while q.isActive and q.status.get("isTriggerActive") and time.time() < deadline:
+                if str(q.status.get("message", "")).startswith(PLANNING_STATUS):
+                    break   # planning, outside foreachBatch: interrupted at once (a stopped broker holds it)
+                time.sleep(0.05)
+            if q.isActive:
+                if q.status.get("isTriggerActive"):
+                    log.warning("stopping query %s %.1f s into the stop with its trigger still active (%s): "
+                                "interrupted, not committed, re-run at the next start", q.name,
+                                time.time() - began, q.status.get("message"))
+                q.stop()
+        except Exception as exc:  # noqa: BLE001  the other queries are stopped all the same
+            log.warning("stopping query %s: %s", q.name, exc)
 
     def stats(self) -> dict[str, Any]:
         """Summary: batches and rows per query, duplicates dropped (event ids seen again within the watermark,

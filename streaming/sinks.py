@@ -398,6 +398,12 @@ def row_payload(row: Mapping[str, Any]) -> str:
     return json.dumps({str(k): val(v) for k, v in row.items()}, default=str, ensure_ascii=False)
 
 
+#: seconds between two checks of :attr:`StreamSinks.stopping` while alerts await Kafka's acknowledgement
+ACK_POLL_SECONDS = 0.25
+#: seconds :meth:`StreamSinks.close` flushes the alert producer before it fails what is still buffered
+CLOSE_FLUSH_SECONDS = 5.0
+
+
 class StreamSinks:
     """Holds the clients of the sinks (ClickHouse, lake, Kafka producer for alerts) and the batch log.
 
@@ -714,8 +720,63 @@ class StreamSinks:
                         "producer clock running ahead (stream_batches.event_time_max later than now)",
                         query, batch_id, late, self.s.stream_watermark)
         if rec is not None and (duplicates or expired or late or not offsets_known):
-            self.retrying(f"{query} micro-batch {batch_id} progress counts",
-                          self._insert_df, "stream_batches", self._batch_row(rec))
+            try:
+                self.retrying(f"{query} micro-batch {batch_id} progress counts",
+                              self._insert_df, "stream_batches", self._batch_row(rec))
+            except Exception:
+                self._keep_for_next_start(query, rec)
+                raise
+
+    #: the batch-log fields :meth:`_batch_row` reads (what :meth:`_keep_for_next_start` keeps)
+    _ROW_FIELDS = ("query", "batch_id", "query_id", "input_rows", "output_rows", "started_at", "committed_at",
+                   "duplicates_dropped", "records_expired", "late_rows_dropped", "rows_set_aside",
+                   "alerts_closed_until", "event_time_max", "end_offsets")
+
+    def _keep_for_next_start(self, query: str, rec: dict[str, Any]) -> None:
+        """Keep the ``stream_batches`` row ``rec`` that :meth:`record_progress` could not write (a stop while
+        ClickHouse fails: :class:`NotSentStopping`; an outage longer than STREAM_SINK_RETRY_SECONDS) in the query's
+        checkpoint folder (:func:`streaming.checkpoint.keep_pending_batch_row`), so the next start writes it
+        (:meth:`write_pending_rows`). The batch is committed, so nothing re-runs it, and its counts come from Spark's
+        progress, held in memory only: until 2026-12-07 they were lost to ``stream_batches`` (log only). A checkpoint
+        that is not a local folder keeps nothing (error log)."""
+        from streaming.checkpoint import keep_pending_batch_row, local_checkpoint
+
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
+        where = "not kept: the checkpoint is not a local folder; the counts are in this log only"
+        if cp is not None:
+            try:
+                keep_pending_batch_row(cp, {k: rec.get(k) for k in self._ROW_FIELDS})
+                where = f"kept in {cp}, written to stream_batches at the next start"
+            except OSError as exc:
+                where = f"not kept ({exc}); the counts are in this log only"
+        log.error("query %s micro-batch %s: its stream_batches row with the progress counts (duplicates %s, expired "
+                  "%s, late %s) could not be written: %s", query, rec["batch_id"], rec.get("duplicates_dropped"),
+                  rec.get("records_expired"), rec.get("late_rows_dropped"), where)
+
+    def write_pending_rows(self, query: str) -> int:
+        """Write the ``stream_batches`` rows an earlier run of ``query`` kept for the next start
+        (:meth:`_keep_for_next_start`) and forget them; called by :meth:`streaming.job.StreamingJob.start` before
+        the queries start. Idempotent: each row carries its batch's key and version (``committed_at``), so a row
+        written twice (a crash before the file was cleared) is one row to every ``FINAL`` read: no count doubles.
+        Returns the rows written (0: none kept, or a checkpoint that is not a local folder). A failed write (after
+        :meth:`retrying`) is logged and the rows stay kept for the next start: bookkeeping never stops the stream."""
+        from streaming.checkpoint import forget_pending_batch_rows, local_checkpoint, pending_batch_rows
+
+        cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
+        rows = pending_batch_rows(cp) if cp is not None else {}
+        if not rows:
+            return 0
+        try:
+            self.retrying(f"{query}: stream_batches rows kept by the last stop", self._insert_df, "stream_batches",
+                          pd.concat([self._batch_row(r) for r in rows.values()], ignore_index=True))
+        except Exception as exc:  # noqa: BLE001  kept for the next start
+            log.error("query %s: the %d stream_batches row(s) kept by the last stop could not be written (%s); kept "
+                      "for the next start", query, len(rows), exc)
+            return 0
+        forget_pending_batch_rows(cp, rows)
+        log.info("query %s: wrote the stream_batches rows of micro-batch(es) %s with the progress counts the last "
+                 "stop could not write", query, ", ".join(sorted(rows, key=int)))
+        return len(rows)
 
     # --------------------------------------------------------------------------------- retries --
     def _reset_client(self) -> None:
@@ -831,11 +892,38 @@ class StreamSinks:
             self._producer = make_producer(self.s, client_id="retail-restock-alerts")
         return self._producer
 
-    def close(self) -> None:
-        """Flush and close the alert producer."""
+    def _await_acknowledgements(self, prod, futures: list, what: str) -> None:
+        """Wait until Kafka has answered every future of ``futures`` (acknowledged or failed; the producer's
+        ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down), checking :attr:`stopping`
+        every :data:`ACK_POLL_SECONDS`: once the job stops, return at once with the futures still unanswered (their
+        ``get(timeout=0)`` raises ``KafkaTimeoutError``, an infrastructure error), so the caller records none of
+        them and its micro-batch fails uncommitted, re-run (alerts sent again, same ids) at the next start. Until
+        2026-12-07 an unbounded ``flush()`` held a stop while Kafka was down for up to 2 min, past the supervisor's
+        ``stopwaitsecs`` (60 s): SIGKILL. ``what`` names the records in the warning logged at a stop."""
+        from kafka.errors import KafkaTimeoutError
+
+        while not all(f.is_done for f in futures):
+            if self.stopping.is_set():
+                log.warning("%s: %d of %d not acknowledged by Kafka when the job stopped: not recorded, not committed; "
+                            "sent again when the micro-batch is re-run at the next start", what,
+                            sum(not f.is_done for f in futures), len(futures))
+                return
+            try:
+                prod.flush(timeout=ACK_POLL_SECONDS)
+            except KafkaTimeoutError:
+                pass
+
+    def close(self, timeout: float = CLOSE_FLUSH_SECONDS) -> None:
+        """Close the alert producer within about ``timeout`` seconds (at most twice that), whatever Kafka does
+        (:func:`core.kafka.abort_producer`: a bounded flush, then records still buffered are failed). Nothing the
+        stream recorded is lost: a micro-batch records and commits only alerts Kafka acknowledged
+        (:meth:`_await_acknowledgements`) and awaits its dead letters, so a record still buffered belongs to a batch
+        that failed uncommitted and is re-run. Until 2026-12-07 an unbounded ``flush()`` (up to
+        ``delivery_timeout_ms``, 2 min, while Kafka was down) held :meth:`streaming.job.StreamingJob.stop`."""
+        from core.kafka import abort_producer
+
         if self._producer is not None:
-            self._producer.flush()
-            self._producer.close()
+            abort_producer(self._producer, timeout)
             self._producer = None
 
     def reorder_points(self) -> dict[str, int]:
@@ -1593,15 +1681,20 @@ class StreamSinks:
                      "quarantined (refused by restock_alerts after their delivery), not sent again",
                      len(new) - len(to_send))
         if to_send:
+            from kafka.errors import KafkaTimeoutError
+
             prod = self.producer()
             futures = [(a["alert_id"], prod.send(topic, key=f"{a['store_id']}|{a['product_id']}", value=a))
                        for a in to_send]
-            prod.flush()
+            self._await_acknowledgements(prod, [f for _, f in futures], f"micro-batch {batch_id}'s restock alerts")
             failed: BaseException | None = None
             for alert_id, f in futures:
                 try:
-                    f.get(timeout=30)
+                    f.get(timeout=0)   # done (acknowledged or failed), or unacknowledged at a stop: its error
                 except Exception as exc:  # noqa: BLE001  re-raised below, after the delivered ones are noted
+                    if not f.is_done:   # the job stopped first (:meth:`_await_acknowledgements`)
+                        exc = KafkaTimeoutError(f"restock alert {alert_id} not acknowledged by Kafka when the "
+                                                f"streaming job stopped: not recorded")
                     failed = failed or exc
                 else:
                     self._sent_unrecorded[alert_id] = int(time.time() * 1000)

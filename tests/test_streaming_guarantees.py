@@ -398,6 +398,74 @@ def test_a_stop_while_clickhouse_is_frozen_ends_within_the_supervisors_wait_and_
     ``stopwaitsecs``, then SIGKILL; that code failed this test) and each queued request was sent and waited out its own timeout (with 30 s and no
     guard: two held answers, the stop returned after 59.9 s; the guard alone is checked by
     ``tests/test_streaming_sinks.py::test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed``)."""
+    _stop_while_frozen(native_stack, spark, "clickhouse_url", "frz")
+
+
+def test_a_stop_while_minio_is_frozen_ends_within_the_supervisors_wait_and_loses_nothing(native_stack, spark):
+    """``StreamingJob.stop()`` (what the CLI's SIGTERM handler ends in; called here, no signal) while the lake's
+    MinIO is frozen (:meth:`TcpGate.freeze` in front of its port: connections accepted, nothing answered) and the raw
+    query's lake write has a request out. No setting bounds it: pyarrow's S3 client (AWS SDK over curl) gives a
+    request 3 s without a byte (curl's low-speed limit, the SDK's default request timeout; pyarrow's own
+    ``request_timeout`` is ignored on Linux) and 3 attempts, so one lake operation fails after ~10.6 s (measured
+    2026-12-07: a HeadObject through the frozen gate, 3 answers held), the stopping sinks do not retry it and the
+    stop returns within the supervisor's ``stopwaitsecs`` (60 s). A new job started after the freeze lands the 200
+    sales once in windows and lake."""
+    _stop_while_frozen(native_stack, spark, "lake_url", "frzl")
+
+
+def test_a_stop_while_kafka_is_down_ends_within_the_supervisors_wait_and_loses_nothing(native_stack, spark):
+    """``StreamingJob.stop()`` (what the CLI's SIGTERM handler ends in; called here, no signal) with the broker
+    stopped under the running job (100 sales landed, then ``supervisorctl stop kafka``; the triggers' offset look-ups
+    and topic checks then fail or wait on it): the stop returns within the supervisor's ``stopwaitsecs`` (60 s), every
+    query stopped. With the broker back, 100 more sales are sent and a new job lands the 200 once in windows and
+    lake. Measured 2026-12-07: 52.6-54.4 s (4 runs) when the queries were stopped one after the other, each only once
+    its trigger ended or the grace was spent, and ``StreamingQuery.stop()`` then waited for the Kafka source's offset
+    request (admin ``default.api.timeout.ms``, 60 s); 40.1 s since ``StreamingJob.stop()`` stops them side by side,
+    interrupts a trigger still planning at once and bounds Spark's wait (``spark.sql.streaming.stopTimeout``) by the
+    grace. The alert producer's part (a micro-batch awaiting its alerts' acknowledgement, the producer's close) is
+    ``tests/test_streaming_sinks.py::test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_rerun_sends_it``."""
+    import threading
+
+    from core.clickhouse import new_client
+    from ops import local
+    from streaming.job import StreamingJob
+
+    s = namespace(native_stack, f"kdown{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    parts = [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
+              for i in range(100)] for k, p in enumerate("KL")]
+    client, db = new_client(s), s.clickhouse_database
+    job = StreamingJob(s, spark=spark)
+    stopper = threading.Thread(target=job.stop, daemon=True)
+    try:
+        job.start(trigger_seconds=1.0)
+        produce(s, parts[0])
+        wait_for(lambda: windows_total(client, db) == 100
+                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 100, 180, "the first 100 sales landed")
+        local.rpc(s).supervisor.stopProcess("kafka", True)
+        try:
+            time.sleep(5)   # a few triggers meet the stopped broker
+            stopper.start()
+            began = time.time()
+            stopper.join(local._PROGRAM["streaming"]["stopwaitsecs"])   # the supervisor's: SIGKILL after it
+            assert not stopper.is_alive(), "StreamingJob.stop() still waiting on the stopped broker after 60 s"
+            print(f"stop returned after {time.time() - began:.1f} s")
+            assert not any(q.isActive for q in job.queries.values())
+        finally:
+            local.start("kafka", s)
+            if stopper.ident:
+                stopper.join(600)
+    finally:
+        job.stop()
+    produce(s, parts[1])
+    _restart_lands_every_sale_once(s, spark, client, db, 200)
+
+
+def _stop_while_frozen(native_stack, spark, url_setting: str, tag: str) -> None:
+    """A job whose ``url_setting`` (``clickhouse_url`` / ``lake_url``) goes through a :class:`TcpGate`: 100 sales
+    land, the gate freezes, 100 more are sent, and once an answer is held ``StreamingJob.stop()`` must return within
+    the supervisor's ``stopwaitsecs`` with every query stopped; the time and answers held are printed. Then a new job
+    on the service itself lands the 200 sales once in windows and lake (:func:`_restart_lands_every_sale_once`)."""
     import threading
     from urllib.parse import urlparse
 
@@ -406,10 +474,11 @@ def test_a_stop_while_clickhouse_is_frozen_ends_within_the_supervisors_wait_and_
     from ops import local
     from streaming.job import StreamingJob
 
-    s = namespace(native_stack, f"frz{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
-    gate = TcpGate(urlparse(s.clickhouse_url).port)
+    s = namespace(native_stack, f"{tag}{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
+    url = getattr(s, url_setting)
+    gate = TcpGate(urlparse(url).port)
     gate.open()
-    routed = s.model_copy(update={"clickhouse_url": gate.url(s.clickhouse_url)})   # the default timeout, 30 s
+    routed = s.model_copy(update={url_setting: gate.url(url)})   # default timeouts
     t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
     parts = [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
               for i in range(100)] for k, p in enumerate("FG")]
@@ -419,19 +488,20 @@ def test_a_stop_while_clickhouse_is_frozen_ends_within_the_supervisors_wait_and_
     try:
         job.start(trigger_seconds=1.0)
         produce(s, parts[0])
-        wait_for(lambda: windows_total(client, db) == 100, 180, "the first 100 sales in ClickHouse")
+        wait_for(lambda: windows_total(client, db) == 100
+                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 100, 180, "the first 100 sales landed")
         gate.freeze()
         produce(s, parts[1])
-        wait_for(lambda: gate.held_answers, 120, "a stream request left unanswered by the frozen endpoint")
+        wait_for(lambda: gate.held_answers, 120, f"a stream request left unanswered by the frozen {url_setting}")
         stopper.start()
         began = time.time()
         # the supervisor's stopwaitsecs for the streaming program (ops.local): SIGKILL after it
         stopper.join(local._PROGRAM["streaming"]["stopwaitsecs"])
-        assert not stopper.is_alive(), "StreamingJob.stop() still waiting on the frozen ClickHouse after 60 s"
+        assert not stopper.is_alive(), f"StreamingJob.stop() still waiting on the frozen {url_setting} after 60 s"
         print(f"stop returned after {time.time() - began:.1f} s, {len(gate.held_answers)} answer(s) held")
         assert not any(q.isActive for q in job.queries.values())
     finally:
-        gate.close()   # the held answers are dropped; the endpoint itself never stopped
+        gate.close()   # the held answers are dropped; the service itself never stopped
         if stopper.ident:
             stopper.join(600)
         job.stop()

@@ -827,7 +827,7 @@ def test_a_stop_ends_the_retry_wait_and_makes_no_further_attempt(caplog):
            "the job is stopping" in caplog.text
 
 
-def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(native_stack):
+def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(native_stack, tmp_path):
     """The stop guard of the sinks' ClickHouse requests (:meth:`StreamSinks._ch_request`), against a frozen endpoint
     (:meth:`TcpGate.freeze`: connections accepted, nothing answered). While ClickHouse answers, a stopping job still
     sends (the running batch finishes, the last progress counts are written). Once a request was left unanswered
@@ -835,7 +835,13 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
     write (``record_progress``, through the retry) and a retry's new client each fail at once with
     ``NotSentStopping`` (an outage: the batch fails uncommitted, re-run at the next start), and the gate sees no new
     connection and no request byte. Before the review of 2026-12-07 each of them was sent and waited out its own
-    timeout behind the shared client lock: with 60 s, two or three in a row held a stop past the supervisor's 60 s."""
+    timeout behind the shared client lock: with 60 s, two or three in a row held a stop past the supervisor's 60 s.
+
+    The poller's last write not sent is kept in the query's checkpoint folder and written by the next start
+    (``StreamSinks.write_pending_rows``, what ``StreamingJob.start`` calls first): the batch's row with its 3
+    duplicates, once however often the start runs (a second start writes nothing; the row written again by hand
+    still reads 3 with ``FINAL``). Until 2026-12-07 those counts stayed in the log only: the committed batch is
+    not re-run and Spark's progress is not kept across a restart."""
     import uuid
     from urllib.parse import urlparse
 
@@ -845,7 +851,7 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
     gate = TcpGate(urlparse(native_stack.clickhouse_url).port)
     gate.open()
     s = native_stack.model_copy(update={"clickhouse_url": gate.url(native_stack.clickhouse_url),
-                                        "stream_clickhouse_timeout_seconds": 1})
+                                        "stream_clickhouse_timeout_seconds": 1, "spark_checkpoint_dir": str(tmp_path)})
     sinks = StreamSinks(s)
     try:
         sinks.stopping.set()
@@ -871,3 +877,97 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
     finally:
         gate.close()
         sinks.close()
+    restarted = StreamSinks(s.model_copy(update={"clickhouse_url": native_stack.clickhouse_url}))
+    try:
+        def duplicates() -> list[tuple]:
+            return restarted.ch.query(
+                f"SELECT duplicates_dropped FROM {s.clickhouse_database}.stream_batches FINAL "
+                f"WHERE query = 'windows' AND query_id = '{rec['query_id']}'").result_rows
+
+        assert duplicates() == []
+        assert restarted.write_pending_rows("windows") == 1
+        assert duplicates() == [(3,)]
+        assert restarted.write_pending_rows("windows") == 0 and not list(tmp_path.rglob("*pending*"))
+        restarted._insert_df("stream_batches", restarted._batch_row({**rec, "duplicates_dropped": 3}))
+        assert duplicates() == [(3,)]
+    finally:
+        restarted.close()
+
+
+def test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_rerun_sends_it(fresh_sinks):
+    """A stop (``StreamSinks.stopping``, set by ``StreamingJob.stop()`` on SIGTERM) while the broker is down and a
+    micro-batch awaits its restock alert's acknowledgement. Store A's falling stock (20, 16, .. against reorder
+    point 10) closes an episode while Kafka runs: its alert is sent and recorded (the producer learns the topic's
+    partitions). The broker is stopped; store B's same stock an hour later closes an episode in micro-batch 3,
+    whose alert stays buffered. The stop ends the batch's wait within the supervisor's ``stopwaitsecs`` (60 s) with
+    an error naming the alert, nothing of B is recorded (``restock_alerts``, ``stream_batches``: the batch is not
+    committed) and the producer closes within it too. With Kafka back, a new StreamSinks (the restarted job) re-runs
+    batch 3: each store's alert, the episode's first window below the reorder point (10:15 and 11:15), is on the
+    topic once and recorded once. Until 2026-12-07 the batch's ``flush()`` waited for ``delivery_timeout_ms``
+    (2 min), and ``close()``'s flush again: the supervisor SIGKILLed the job."""
+    import threading
+    import uuid
+
+    import pandas as pd
+
+    from ops import local
+    from streaming.sinks import StreamSinks
+
+    sinks, client, db = fresh_sinks
+    s = sinks.s.model_copy(update={"stream_sink_retry_max_wait_s": 1.0})
+    sinks.s = s
+    tag = uuid.uuid4().hex[:8]
+    a, b = f"SA-{tag}", f"SB-{tag}"
+
+    def falling(store: str, minutes: int):
+        return _spark_frame([dict(_window(minutes + 5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)])
+
+    sinks._windows_writes(falling(a, 0), 0, time.time(), 0.0)
+    sinks._windows_writes(falling(a, 0).iloc[0:0], 1, time.time(), 0.0)   # closes A's windows: its alert
+    assert sinks.alerts_sent == 1
+    sinks._windows_writes(falling(b, 60), 2, time.time(), 0.0)
+    wait = local._PROGRAM["streaming"]["stopwaitsecs"]   # the supervisor's: SIGKILL after it
+    outcome: list[BaseException | None] = []
+
+    def batch_3() -> None:
+        try:
+            sinks.retrying("windows micro-batch 3", sinks._windows_writes, falling(b, 60).iloc[0:0], 3, time.time(), 0.0)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001  asserted below
+            outcome.append(exc)
+
+    local.rpc(s).supervisor.stopProcess("kafka", True)
+    try:
+        runner = threading.Thread(target=batch_3, daemon=True)
+        runner.start()
+        deadline = time.time() + 120
+        while not (sinks._producer._accumulator.has_incomplete or not runner.is_alive()) and time.time() < deadline:
+            time.sleep(0.1)
+        assert sinks._producer._accumulator.has_incomplete, "B's alert never buffered for the stopped broker"
+        sinks.stopping.set()
+        began = time.time()
+        runner.join(wait)
+        assert not runner.is_alive(), "the micro-batch still awaited Kafka's acknowledgement 60 s after the stop"
+        print(f"micro-batch 3 gave up {time.time() - began:.2f} s after the stop")
+        assert outcome and outcome[0] is not None and "not acknowledged by Kafka when the streaming job stopped" \
+            in str(outcome[0]), outcome
+        closer = threading.Thread(target=sinks.close, daemon=True)
+        closer.start()
+        began = time.time()
+        closer.join(wait)
+        assert not closer.is_alive(), "StreamSinks.close() still flushing 60 s after the stop"
+        print(f"StreamSinks.close() returned after {time.time() - began:.2f} s")
+        assert client.command(f"SELECT count() FROM {db}.restock_alerts WHERE store_id = '{b}'") == 0
+        assert client.command(f"SELECT count() FROM {db}.stream_batches WHERE batch_id = 3") == 0
+    finally:
+        local.start("kafka", s)
+    restarted = StreamSinks(s)
+    try:
+        restarted._windows_writes(falling(b, 60).iloc[0:0], 3, time.time(), 0.0)
+    finally:
+        restarted.close()
+    t0 = pd.Timestamp(T0_WIN, tz="UTC")
+    want = sorted(f"{st}|P1|{int((t0 + pd.Timedelta(minutes=m)).timestamp() * 1000)}" for st, m in ((a, 15), (b, 75)))
+    assert sorted(i for i in alert_ids_in_kafka(s) if i.split("|")[0] in (a, b)) == want
+    assert sorted(client.query_df(f"SELECT alert_id FROM {db}.restock_alerts")["alert_id"]) == want   # no FINAL
+    assert restarted.alerts_sent == 1
