@@ -987,9 +987,16 @@ def test_stored_units_for_order_are_read_back_across_micro_batches():
 
 
 def test_order_units_winsorizes_at_three_sigma_with_a_poisson_floor():
-    """:func:`order_units`: unchanged without 3 previous windows or within the cap; capped at mean + 3 sigma, the
-    sigma at least sqrt(mean) (a flat series of 4s caps at 4 + 3 x 2 = 10)."""
+    """:func:`order_units`: unchanged without 3 previous windows (and no bound) or within the cap; capped at mean +
+    3 sigma, the sigma at least sqrt(mean) (a flat series of 4s caps at 4 + 3 x 2 = 10); without a baseline at
+    most :func:`catalogue_order_bound`."""
     assert TR.order_units(80_995, [1, 2]) == 80_995
+    # without a baseline: at most the catalogue's bound (reorder point 60 x 1 h span / 72 h lead time)
+    assert TR.catalogue_order_bound(60, 1.0, 3) == pytest.approx(60 / 72)
+    assert TR.catalogue_order_bound(60, 1.0, 0) is None and TR.catalogue_order_bound(60, 1.0, None) is None
+    assert TR.order_units(80_995, [1, 2], bound=60 / 72) == pytest.approx(60 / 72)
+    assert TR.order_units(80_995, [1, 2], bound=float("nan")) == 80_995          # no reorder point known
+    assert TR.order_units(80_995, [4, 4, 4], bound=0.5) == 10.0                   # a baseline: the bound unused
     assert TR.order_units(80_995, [4, 4, 4]) == 10.0
     assert TR.order_units(9, [4, 4, 4]) == 9.0
     prev = [1, 3, 2, 30]                          # mean 9, std 12.12...: 9 + 36.37
