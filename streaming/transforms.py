@@ -683,15 +683,14 @@ def catalogue_order_bound(reorder_point, span_hours, lead_time_days: float | Non
     return float(out) if out.ndim == 0 else out
 
 
-def _grouped_order_units(keys: list, ws_ns: list[int], units: list, in_batch: list[bool], stored: list,
-                         lookback: int, horizon_ns: int, bounds: list | None = None) -> list[float]:
+def _grouped_order_units(keys: list, ws_ns: list[int], units: list, in_batch: np.ndarray, stored: np.ndarray,
+                         lookback: int, horizon_ns: int, bounds: np.ndarray | None = None) -> np.ndarray:
     """:func:`order_units` of rows sorted by (key, window): each batch row against the previous <= lookback
     windows with a sale of the same key within ``horizon_ns`` (without a baseline at most its ``bounds`` entry,
-    :func:`catalogue_order_bound`); a row not in the batch keeps ``stored`` (its stored ``units_for_order``; its
-    ``units`` when that is missing)."""
-    kept = pd.to_numeric(pd.Series(stored, dtype=object), errors="coerce").astype(float)
-    out = kept.where(kept.notna(), pd.Series(units, dtype=float)).tolist()
-    for i in [k for k, b in enumerate(in_batch) if b]:
+    :func:`catalogue_order_bound`); a row not in the batch keeps ``stored`` (float array, its stored
+    ``units_for_order``; its ``units`` when that is NaN). Only the batch rows are walked (numpy elsewhere)."""
+    out = np.where(np.isnan(stored), np.asarray(units, dtype=float), stored)
+    for i in np.flatnonzero(in_batch).tolist():
         prev: list[float] = []          # walked back from the row: at most the windows of the horizon, not the key's
         j = i - 1
         while j >= 0 and keys[j] == keys[i] and len(prev) < lookback and ws_ns[j] >= ws_ns[i] - horizon_ns:
@@ -851,7 +850,8 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
                               allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
     units = allw["units_sold"].fillna(0).astype(float).tolist()
-    stored = allw["units_for_order"].tolist() if "units_for_order" in allw else [None] * len(allw)
+    stored = (pd.to_numeric(allw["units_for_order"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+              if "units_for_order" in allw else np.full(len(allw), np.nan))
     bounds = None
     if lead_time_days is not None:
         # each row's span as _trailing_rates takes it: hours since the key's first window, clipped to [1 h, T]
@@ -861,9 +861,8 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
         span_h = np.clip(ws_arr + round(window_len_hours * hour_ns) - first,
                          min(velocity_hours, VELOCITY_MIN_SPAN_HOURS) * hour_ns, velocity_hours * hour_ns) / hour_ns
         bounds = catalogue_order_bound(allw["reorder_point"].astype(float).to_numpy(), span_h, lead_time_days)
-    allw["units_for_order"] = _grouped_order_units(keys, ws_ns, units,
-                                                   allw["_in_batch"].tolist(), stored, lookback,
-                                                   int(horizon_hours * 3600e9), bounds)
+    allw["units_for_order"] = _grouped_order_units(keys, ws_ns, units, allw["_in_batch"].to_numpy(dtype=bool),
+                                                   stored, lookback, int(horizon_hours * 3600e9), bounds)
     if "units_returned" not in allw:
         allw["units_returned"] = 0
     # one sort/as-of join for both rates. The order's rate is the trailing rate of the winsorized units; the
