@@ -613,7 +613,7 @@ def _grouped_zscores(keys: list, ws_ns: list[int], units: list, in_batch: list[b
 
 #: sigmas above the baseline mean a window's units sold count at most in the restock order's rate (three-sigma rule)
 ORDER_OUTLIER_SIGMAS = 3.0
-#: fewest earlier selling windows a cap needs (as the anomaly score's baseline: fewer, no cap)
+#: fewest earlier selling windows a cap needs (as the anomaly score's baseline; fewer: :func:`catalogue_order_bound`)
 ORDER_BASELINE_MIN = 3
 
 
