@@ -655,14 +655,16 @@ def order_units(value: float, previous: Iterable[float], sigmas: float = ORDER_O
 def catalogue_order_bound(reorder_point, span_hours, lead_time_days: float | None):
     """The most units one window *without a baseline* (fewer than :data:`ORDER_BASELINE_MIN` earlier selling
     windows within 24 h: a SKU first seen, or one selling a line or two a day) counts for the restock order's rate:
-    ``reorder_point x span_hours / (24 x lead_time_days)``, so that window alone adds at most
-    ``reorder_point / lead-time hours`` units/hour to the trailing rate over its span.
+    ``reorder_point x span_hours / (24 x lead_time_days)``, i.e. ``span_hours`` of the demand rate the catalogue
+    plans for (:func:`enrich_windows` passes T = STREAM_VELOCITY_HOURS: one window counts at most a day of it, so a
+    new SKU's ordinary windows are not bound while a bulk line is; with a reorder point of 60 units and a 3-day lead
+    time, 20 units).
 
     Args:
         reorder_point: units (the window's, carried forward, else the catalogue's), a number or a numpy array;
             NaN: no bound for that window.
-        span_hours: the trailing rate's span of the window, hours (:func:`trailing_velocity`: 1 to T), a number or
-            an array of the same shape.
+        span_hours: hours of the planned rate one window may count (:func:`enrich_windows`: T), a number or an
+            array of the same shape.
         lead_time_days: supplier lead time, days (LEAD_TIME_DAYS); None or <= 0: no bound (the order then has no
             lead-time demand to bound).
     Returns:
@@ -852,15 +854,10 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     units = allw["units_sold"].fillna(0).astype(float).tolist()
     stored = (pd.to_numeric(allw["units_for_order"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
               if "units_for_order" in allw else np.full(len(allw), np.nan))
-    bounds = None
-    if lead_time_days is not None:
-        # each row's span as _trailing_rates takes it: hours since the key's first window, clipped to [1 h, T]
-        hour_ns = 3_600_000_000_000
-        ws_arr = np.asarray(ws_ns, dtype=np.int64)
-        first = allw.assign(_ws=ws_arr).groupby(WINDOW_KEY, sort=False)["_ws"].transform("min").to_numpy()
-        span_h = np.clip(ws_arr + round(window_len_hours * hour_ns) - first,
-                         min(velocity_hours, VELOCITY_MIN_SPAN_HOURS) * hour_ns, velocity_hours * hour_ns) / hour_ns
-        bounds = catalogue_order_bound(allw["reorder_point"].astype(float).to_numpy(), span_h, lead_time_days)
+    # a window without a baseline counts at most T hours of the catalogue's planned rate (the same for every
+    # window, whatever the key's age: a new fast seller's ordinary windows stay below it)
+    bounds = (None if lead_time_days is None else
+              catalogue_order_bound(allw["reorder_point"].astype(float).to_numpy(), velocity_hours, lead_time_days))
     allw["units_for_order"] = _grouped_order_units(keys, ws_ns, units, allw["_in_batch"].to_numpy(dtype=bool),
                                                    stored, lookback, int(horizon_hours * 3600e9), bounds)
     if "units_returned" not in allw:

@@ -199,7 +199,7 @@ def expected_windows(valid, lead_time_days: int = 3):
         # trailing rate (STREAM_VELOCITY_HOURS = 24): a complete 5-minute grid from the SKU's first window, the
         # missing windows selling 0; over the last 288 grid windows: units sold less the units returned, these
         # at most the sold units the order's cap set aside (since 2026-12-07: cap = mean + 3 x max(std,
-        # sqrt(mean)) of the previous <= 12 selling windows within 24 h; with fewer, ROP x span / lead-time hours);
+        # sqrt(mean)) of the previous <= 12 selling windows within 24 h; with fewer, ROP x 24 h / lead-time hours);
         # / the hours since the first window, at least 1 and at most 24
         idx = range(wss[0], wss[-1] + WIN_MS, WIN_MS)
         sold, ret, used = (pd.Series(0.0, index=idx) for _ in range(3))
@@ -212,7 +212,7 @@ def expected_windows(valid, lead_time_days: int = 3):
             if len(prev) >= 3:
                 cap = np.mean(prev) + 3 * max(np.std(prev), np.sqrt(np.mean(prev)))
             else:
-                cap = ROP * span_h[w] / (24 * lead_time_days) if lead_time_days > 0 else float("inf")
+                cap = ROP * 24 / (24 * lead_time_days) if lead_time_days > 0 else float("inf")
             used[w] = min(float(u), cap)
         n = 24 * 3_600_000 // WIN_MS
         gs, rs, cs = (x.rolling(n, min_periods=1).sum() for x in (sold, ret, used))

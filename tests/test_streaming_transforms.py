@@ -776,7 +776,8 @@ def order_rate_oracle(windows: pd.DataFrame, hours: float = 24.0, lead_time_days
     row sold 0): ``gross`` (the old sales_velocity: units sold in the trailing ``hours`` / span), ``net`` (units
     sold less returned, floored at 0, / span), ``cap`` (a selling window's limit: mean + 3 x max(std, sqrt(mean))
     of the previous <= 12 selling windows within 24 h, population std; with fewer than 3 the reorder point
-    (carried forward) x span / lead-time hours, inf without a lead time), ``used`` (min(units, cap)), ``order`` (the
+    (carried forward) x ``hours`` / lead-time hours, i.e. ``hours`` of the catalogue's planned rate, inf without a
+    lead time), ``used`` (min(units, cap)), ``order`` (the
     trailing sum of used / span) and ``sales`` (sold - min(returned, sold - used) over the span / span: returns net
     only what the cap set aside). Span = hours since the first window's start to the window's end, clipped to
     [1, hours]. Indexed by window_start."""
@@ -796,7 +797,7 @@ def order_rate_oracle(windows: pd.DataFrame, hours: float = 24.0, lead_time_days
         if len(prev) >= 3:
             cap = np.mean(prev) + 3 * max(np.std(prev), np.sqrt(np.mean(prev)))
         elif lead_time_days and not np.isnan(rop[ws]):
-            cap = rop[ws] * span[ws] / (24 * lead_time_days)
+            cap = rop[ws] * hours / (24 * lead_time_days)
         else:
             cap = float("inf")
         caps.append(cap)
@@ -876,10 +877,11 @@ def _bulk_alert(out: pd.DataFrame, bulk_ws: pd.Timestamp, lead_time_days: int = 
 def test_a_first_seen_skus_bulk_line_orders_what_the_reorder_point_implies(bulk_hour):
     """A SKU first seen with the bulk line (``bulk_hour`` 0: its first line; 0.5: after one line of 1-3 units,
     fewer than 3 earlier selling windows, so no baseline to winsorize against) and its cancellation 12 minutes
-    later, 6 h of data, no history: the order counts the line at most reorder point x span / lead-time hours
-    (:func:`streaming.transforms.catalogue_order_bound`, = :func:`order_rate_oracle`), so the CRITICAL alert (stock
-    really 0) asks for 2 x 60 + 60 units (+ 60 for the earlier line), not 2 x 60 + 80,995 x 72 (5,831,760: the line over the 1-hour minimum span,
-    what the code of 2026-12-07 asked); units_sold and the net rate before the cancellation stay raw."""
+    later, 6 h of data, no history: the order counts the line at most 24 h of the reorder point's planned rate
+    (60 x 24 / 72 = 20 units; :func:`streaming.transforms.catalogue_order_bound`, = :func:`order_rate_oracle`), so
+    the CRITICAL alert (stock really 0) asks for 2 x 60 + 20 x 72 = 1,560 units (+ 72 x the earlier line's units),
+    not 2 x 60 + 80,995 x 72 (5,831,760: the line over the 1-hour minimum span, what the code before 2026-12-07
+    asked); units_sold and the net rate before the cancellation stay raw."""
     import math
 
     import numpy as np
@@ -895,16 +897,39 @@ def test_a_first_seen_skus_bulk_line_orders_what_the_reorder_point_implies(bulk_
     np.testing.assert_allclose(out["order_velocity"], e["order"], rtol=1e-12)
     np.testing.assert_allclose(out["sales_velocity"], e["sales"], rtol=1e-12)
     assert out.loc[bulk_ws, "units_sold"] == BULK_UNITS
-    assert out.loc[bulk_ws, "units_for_order"] == pytest.approx(BULK_ROP * 1.0 / 72)   # span 1 h, lead time 72 h
+    assert out.loc[bulk_ws, "units_for_order"] == pytest.approx(BULK_ROP * 24 / 72)   # 24 h of 60 per 72 h
     assert out.loc[bulk_ws, "sales_velocity"] == pytest.approx(e.loc[bulk_ws, "gross"], rel=1e-12)
     assert e.loc[bulk_ws, "gross"] > 80_000
     a = _bulk_alert(out, bulk_ws)
     assert (a["priority"], a["current_stock"]) == ("CRITICAL", 0)
     want = 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "order"] * 72)
-    # each window without a baseline adds at most 60 / 72 units/h: the line alone 60 units over the lead time,
-    # with the earlier line of bulk_hour 0.5 (1-3 units, also bounded) 120
-    assert a["recommended_quantity"] == want == 2 * BULK_ROP + BULK_ROP * (1 + int(bulk_hour > 0)), (a, want)
+    # the line counts 20 units over the 1-hour minimum span: 20 units/h over the 72-hour lead time; the earlier
+    # line of bulk_hour 0.5 (1-3 units, below the bound) counts whole
+    early = int(out.loc[out.index < bulk_ws, "units_sold"].sum())
+    assert a["recommended_quantity"] == want == 2 * BULK_ROP + (20 + early) * 72, (a, want)
     assert 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "gross"] * 72) > 5_800_000       # what the gross rate asked
+
+
+def test_a_new_fast_sellers_ordinary_windows_count_whole_for_the_order():
+    """A SKU first seen selling 10 units in each of its first three 5-minute windows (30 units/h; reorder point 60,
+    lead time 3 days, stock 80 -> 50): no baseline yet, but each window is below the catalogue's bound (24 h of
+    60 per 72 h = 20 units), so the order's rate is the sales rate, 30 units/h, and the alert at stock 50 asks
+    2 x 60 + 30 x 72 - 50 = 2,230 units. With the bound scaled by the span of the window's own history (the first
+    amendment of 2026-12-07) each window counted 0.83 units: 2.5 units/h and 250 units, under-ordering by 89 %."""
+    import math
+
+    import numpy as np
+
+    w = pd.DataFrame([_win(0, 10, stock=70, rop=60), _win(5, 10, stock=60), _win(10, 10, stock=50)])
+    out = TR.enrich_windows(w, None, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72,
+                            lead_time_days=3)
+    np.testing.assert_allclose(out["units_for_order"], [10.0, 10.0, 10.0])
+    exp = order_rate_oracle(w, lead_time_days=3).loc[out["window_start"]]
+    np.testing.assert_allclose(out["order_velocity"], exp["order"], rtol=1e-12)
+    np.testing.assert_allclose(out["sales_velocity"], exp["gross"], rtol=1e-12)
+    assert out["order_velocity"].iloc[-1] == pytest.approx(30.0)                 # 30 units over the 1-hour minimum span
+    alerts, _ = TR.restock_episodes(out, {}, high_hours=24, medium_hours=72, lead_time_days=3, now_ms=0)
+    assert [a["recommended_quantity"] for a in alerts] == [2 * 60 + math.ceil(30.0 * 72) - 50]
 
 
 def test_a_return_nets_only_what_the_order_cap_set_aside():
@@ -991,7 +1016,8 @@ def test_order_units_winsorizes_at_three_sigma_with_a_poisson_floor():
     3 sigma, the sigma at least sqrt(mean) (a flat series of 4s caps at 4 + 3 x 2 = 10); without a baseline at
     most :func:`catalogue_order_bound`."""
     assert TR.order_units(80_995, [1, 2]) == 80_995
-    # without a baseline: at most the catalogue's bound (reorder point 60 x 1 h span / 72 h lead time)
+    # without a baseline: at most the catalogue's bound (reorder point 60 x 1 h / 72 h lead time; enrich_windows
+    # passes T = 24 h: 20 units)
     assert TR.catalogue_order_bound(60, 1.0, 3) == pytest.approx(60 / 72)
     assert TR.catalogue_order_bound(60, 1.0, 0) is None and TR.catalogue_order_bound(60, 1.0, None) is None
     assert TR.order_units(80_995, [1, 2], bound=60 / 72) == pytest.approx(60 / 72)
