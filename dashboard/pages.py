@@ -339,8 +339,11 @@ def store_manager() -> None:
                            column_config={"hours_of_cover": st.column_config.NumberColumn(format="%.1f h"),
                                           "sales_velocity": st.column_config.NumberColumn(
                                               "units/h", format="%.2f",
-                                              help="trailing sales rate: units sold in the last "
-                                                   "STREAM_VELOCITY_HOURS (24 h) / that span")})
+                                              help="trailing sales rate: units sold less returned (a "
+                                                   "return netting at most the units the order's cap set "
+                                                   "aside: an anomalous window's excess, or a new SKU's "
+                                                   "window above a day of its reorder point's planned rate) "
+                                                   "in the last STREAM_VELOCITY_HOURS (24 h) / that span")})
         if alerts is not None and not alerts.empty:
             right.plotly_chart(px.bar(alerts, x="priority", y="alerts", color="priority",
                                       color_discrete_map=RISK_COLOURS, title="Restock alerts by priority (7 days)",

@@ -29,10 +29,11 @@ Metric definitions (also in the README):
   window_end - the key's first known window_start)`` hours, T = ``STREAM_VELOCITY_HOURS`` (default 24). Not the
   window's own units / window length: one unit in a 5-minute window is 12 units/h, so any sale made a SKU with
   less than 288 units HIGH risk and a window without a sale LOW. Since 2026-12-07 net of the units returned
-  (cancellations) in the same span, the sum floored at 0. Store level: the same over the store's units sold
-  (gross).
-* ``order_velocity`` (units/hour, the rate of a restock alert's quantity) = min(sales_velocity, the gross
-  trailing rate of the windows' units winsorized at their baseline's mean + 3 sigma, :func:`order_units`).
+  (cancellations) in the same span, these netting at most the units the order's cap set aside (sold -
+  units_for_order), so never below ``order_velocity``. Store level: the same over the store's units sold (gross).
+* ``order_velocity`` (units/hour, the rate of a restock alert's quantity) = the trailing rate of the windows'
+  units winsorized at their baseline's mean + 3 sigma (:func:`order_units`), a window without a baseline bounded
+  by what its reorder point implies (:func:`catalogue_order_bound`).
 * ``stock_level`` = ``new_quantity`` of the latest inventory update (by event time, ties by Kafka offset)
   in the window; a window without an update carries forward the stock of the latest earlier window of the
   same store x SKU that had one (NULL when none is known yet).
@@ -175,14 +176,16 @@ def key_reason(event_type: str) -> Column:
 def _now_ms(now: datetime | None) -> Column:
     """The reference time of the event-time rules, epoch ms: ``now`` when given, else the record's Kafka timestamp.
 
-    The Kafka timestamp (CreateTime: the producer's send time, ``core.kafka``) rather than the micro-batch time
+    The Kafka timestamp (since 2026-12-07 the broker's append time: the platform's topics are created with
+    ``message.timestamp.type=LogAppendTime``, ``core.kafka_admin``; a topic created before with CreateTime, which
+    ``ensure_topics`` warns about, carries the producer's send time) rather than the micro-batch time
     (``current_timestamp()``) because (1) a record gets the same verdict whenever it is processed, so a stream
     restarted after an outage, or a replay from the checkpoint, does not quarantine events that were fresh when
     they were sent, and the producers' own future check (at send time) agrees with the stream's; (2) Spark inlines
     the micro-batch time as a literal into the generated code, so ``current_timestamp()`` makes whole-stage
     codegen recompile the validation stage in every micro-batch (measured with the CodeGenerator log: 2 compiles
     per micro-batch with it, 2 per query run without). A record without a usable timestamp (Kafka's -1, or 0,
-    which a broker accepts as CreateTime) has a NULL reference: :func:`validate_events` quarantines it, since its
+    which a CreateTime topic accepts) has a NULL reference: :func:`validate_events` quarantines it, since its
     event time cannot be bounded (one at 3000-01-01 would lift the watermark past every later event; one beyond
     year 292,278,994 overflowed the window arithmetic and stopped the stream).
     """
@@ -226,7 +229,7 @@ def validate_events(parsed: DataFrame, event_type: str, *, max_age_days: int, ma
     a required (non-nullable) field missing; unknown top-level fields (the contract rejects them); an
     enum value outside the Avro symbols; a ``timestamp-millis`` older than ``max_age_days`` or more than
     ``max_future_minutes`` in the future relative to ``now`` (default: the record's Kafka timestamp, the
-    producer's send time; see :func:`_now_ms`; without ``now``, a record whose Kafka timestamp is missing or
+    broker's append time on the platform's topics; see :func:`_now_ms`; without ``now``, a record whose Kafka timestamp is missing or
     <= 0); text after the JSON object (``{...} {...}``: a parser stops after the first value, json.loads says
     "Extra data"); a top-level JSON key given more than once; a Kafka key missing or not the payload's
     (:func:`key_reason`, when the frame has ``kafka_key``); the numeric bounds of
@@ -572,14 +575,20 @@ def stockout_risk(stock: float | None, cover: float | None, high_hours: float, m
     return RISK_LOW
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """(mean, population standard deviation, ddof = 0) of a non-empty list of floats: the baseline of
+    :func:`zscore` and :func:`order_units`."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / len(values))
+
+
 def zscore(value: float, previous: Iterable[float], min_count: int = 3) -> float:
     """(value - mean(previous)) / std(previous), population std (ddof = 0); 0.0 when fewer than
     ``min_count`` previous values or std == 0. Rounded to 6 decimals."""
     prev = [float(x) for x in previous]
     if len(prev) < min_count:
         return 0.0
-    mean = sum(prev) / len(prev)
-    std = math.sqrt(sum((x - mean) ** 2 for x in prev) / len(prev))
+    mean, std = _mean_std(prev)
     if std == 0:
         return 0.0
     return round((float(value) - mean) / std, 6)
@@ -604,12 +613,12 @@ def _grouped_zscores(keys: list, ws_ns: list[int], units: list, in_batch: list[b
 
 #: sigmas above the baseline mean a window's units sold count at most in the restock order's rate (three-sigma rule)
 ORDER_OUTLIER_SIGMAS = 3.0
-#: fewest earlier selling windows a cap needs (as the anomaly score's baseline: fewer, no cap)
+#: fewest earlier selling windows a cap needs (as the anomaly score's baseline; fewer: :func:`catalogue_order_bound`)
 ORDER_BASELINE_MIN = 3
 
 
 def order_units(value: float, previous: Iterable[float], sigmas: float = ORDER_OUTLIER_SIGMAS,
-                min_count: int = ORDER_BASELINE_MIN) -> float:
+                min_count: int = ORDER_BASELINE_MIN, bound: float | None = None) -> float:
     """The units of one window that a restock order's demand rate counts: the units sold, winsorized at
     ``mean + sigmas x max(std, sqrt(mean))`` of ``previous`` (the same store x SKU's earlier selling windows).
 
@@ -618,9 +627,12 @@ def order_units(value: float, previous: Iterable[float], sigmas: float = ORDER_O
         previous: units sold of the earlier windows *with a sale* (units > 0) of the same store x SKU, at most
             ``lookback`` (12) within 24 h, the anomaly score's span (:func:`_grouped_order_units` picks them).
         sigmas: the cap in standard deviations (:data:`ORDER_OUTLIER_SIGMAS`, 3).
-        min_count: fewer previous windows than this: no baseline, ``value`` returned unchanged.
+        min_count: fewer previous windows than this: no baseline, the window counts at most ``bound``.
+        bound: units a window without a baseline counts at most (:func:`catalogue_order_bound`: what the reorder
+            point implies); None or NaN (no reorder point or lead time known): no bound, ``value`` unchanged.
     Returns:
-        units (float), ``min(value, cap)``; ``value`` itself when it is within the cap or no baseline exists.
+        units (float), ``min(value, cap)``; ``min(value, bound)`` without a baseline; ``value`` itself when it is
+        within the cap (or bound) or neither exists.
 
     Rule and source: winsorizing an outlier of the demand history before estimating the demand rate, as in
     Hyndman & Athanasopoulos, "Forecasting: Principles and Practice", 3rd ed. (2021), section 13.9 "Outliers and
@@ -629,32 +641,65 @@ def order_units(value: float, previous: Iterable[float], sigmas: float = ORDER_O
     Quality Control", 7th ed., ch. 5, control limits). The standard deviation is floored at the Poisson one,
     sqrt(mean) (unit sales counts are commonly modelled as Poisson; Silver, Pyke & Thomas 2017, ch. 4), so a
     series that always sold the same quantity (std 0, where :func:`zscore` gives 0) still has a finite cap.
-    Only the order quantity uses it (:func:`recommended_quantity` via ``order_velocity``); stock, velocity, cover
-    and risk keep the real units.
+    Only the order quantity uses it (:func:`recommended_quantity` via ``order_velocity``); stock keeps the real
+    units, and velocity, cover and risk too, except that returns net only what the cap set aside
+    (:func:`enrich_windows`).
     """
     prev = [float(x) for x in previous]
     if len(prev) < min_count:
-        return float(value)
-    mean = sum(prev) / len(prev)
-    std = math.sqrt(sum((x - mean) ** 2 for x in prev) / len(prev))
+        return float(value) if bound is None or math.isnan(bound) else min(float(value), float(bound))
+    mean, std = _mean_std(prev)
     return min(float(value), mean + sigmas * max(std, math.sqrt(mean)))
 
 
-def _grouped_order_units(keys: list, ws_ns: list[int], units: list, in_batch: list[bool], stored: list,
-                         lookback: int, horizon_ns: int) -> list[float]:
+def catalogue_order_bound(reorder_point, span_hours, lead_time_days: float | None):
+    """The most units one window *without a baseline* (fewer than :data:`ORDER_BASELINE_MIN` earlier selling
+    windows within 24 h: a SKU first seen, or one selling a line or two a day) counts for the restock order's rate:
+    ``reorder_point x span_hours / (24 x lead_time_days)``, i.e. ``span_hours`` of the demand rate the catalogue
+    plans for (:func:`enrich_windows` passes T = STREAM_VELOCITY_HOURS: one window counts at most a day of it, so a
+    new SKU's ordinary windows are not bound while a bulk line is; with a reorder point of 60 units and a 3-day lead
+    time, 20 units).
+
+    Args:
+        reorder_point: units (the window's, carried forward, else the catalogue's), a number or a numpy array;
+            NaN: no bound for that window.
+        span_hours: hours of the planned rate one window may count (:func:`enrich_windows`: T), a number or an
+            array of the same shape.
+        lead_time_days: supplier lead time, days (LEAD_TIME_DAYS); None or <= 0: no bound (the order then has no
+            lead-time demand to bound).
+    Returns:
+        units (float, or a float array; NaN: no bound), or None for no bound at all.
+
+    Rule and source: a reorder point is the demand expected over the lead time plus safety stock (Silver, Pyke &
+    Thomas 2017, "Inventory and Production Management in Supply Chains", 4th ed., ch. 6: s = x_L + SS), so
+    ``reorder_point / lead-time hours`` bounds the mean demand rate the catalogue plans for. Without a history to
+    winsorize against, a window's units above that (the 80,995-unit line of 2011-12-09, a SKU's first line in the
+    replayed data, read as 80,995 units/h over the 1-hour minimum span) are not extrapolated over the lead time;
+    a catalogue consistent with demand is not binding (one line a day of at most ``reorder_point / lead-time
+    days`` units).
+    """
+    if lead_time_days is None or lead_time_days <= 0:
+        return None
+    rop = np.asarray(reorder_point, dtype=float)
+    out = np.maximum(rop, 0.0) * np.asarray(span_hours, dtype=float) / (24.0 * float(lead_time_days))
+    return float(out) if out.ndim == 0 else out
+
+
+def _grouped_order_units(keys: list, ws_ns: list[int], units: list, in_batch: np.ndarray, stored: np.ndarray,
+                         lookback: int, horizon_ns: int, bounds: np.ndarray | None = None) -> np.ndarray:
     """:func:`order_units` of rows sorted by (key, window): each batch row against the previous <= lookback
-    windows with a sale of the same key within ``horizon_ns``; a row not in the batch keeps ``stored`` (its
-    stored ``units_for_order``; its ``units`` when that is missing)."""
-    kept = pd.to_numeric(pd.Series(stored, dtype=object), errors="coerce").astype(float)
-    out = kept.where(kept.notna(), pd.Series(units, dtype=float)).tolist()
-    for i in [k for k, b in enumerate(in_batch) if b]:
+    windows with a sale of the same key within ``horizon_ns`` (without a baseline at most its ``bounds`` entry,
+    :func:`catalogue_order_bound`); a row not in the batch keeps ``stored`` (float array, its stored
+    ``units_for_order``; its ``units`` when that is NaN). Only the batch rows are walked (numpy elsewhere)."""
+    out = np.where(np.isnan(stored), np.asarray(units, dtype=float), stored)
+    for i in np.flatnonzero(in_batch).tolist():
         prev: list[float] = []          # walked back from the row: at most the windows of the horizon, not the key's
         j = i - 1
         while j >= 0 and keys[j] == keys[i] and len(prev) < lookback and ws_ns[j] >= ws_ns[i] - horizon_ns:
             if units[j] > 0:
                 prev.append(units[j])
             j -= 1
-        out[i] = order_units(units[i], prev[::-1])
+        out[i] = order_units(units[i], prev[::-1], bound=None if bounds is None else float(bounds[i]))
     return out
 
 
@@ -748,7 +793,7 @@ def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window
 def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
                    risk_high_hours: float, risk_medium_hours: float, lookback: int = 12,
                    horizon_hours: float = 24.0, reorder_points: dict[str, int] | None = None,
-                   velocity_hours: float = 24.0) -> pd.DataFrame:
+                   velocity_hours: float = 24.0, lead_time_days: float | None = None) -> pd.DataFrame:
     """Add last known stock, velocity, cover, risk and anomaly score to the windows of one micro-batch.
 
     Args:
@@ -765,16 +810,21 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
             carried one.
         velocity_hours: T of the trailing sales rate (STREAM_VELOCITY_HOURS); ``history`` must hold the key's
             windows of the T hours before the batch's (plus an earlier anchor row when the key is older).
+        lead_time_days: LEAD_TIME_DAYS, days: bounds ``units_for_order`` of a window without a baseline
+            (:func:`catalogue_order_bound`); None: no such bound.
 
     Returns:
         the batch rows (same order of columns, sorted by store, product, window) + ``stock_level``
         (Int, nullable), ``sales_velocity`` (units/hour: :func:`trailing_velocity` over the batch and history
         rows, i.e. units sold in the T hours up to the window's end / min(T, hours since the key's first known
         window)), ``hours_of_cover`` (stock / that rate, nullable), ``stockout_risk``, ``anomaly_score``;
-        ``reorder_point`` carried forward like the stock; ``sales_velocity`` is net of the units returned in
-        the same span (floored at 0); ``units_for_order`` (units, float: the window's units sold winsorized by
-        :func:`order_units`) and ``order_velocity`` (units/hour: min(sales_velocity, the gross trailing rate of
-        ``units_for_order``), the rate :func:`recommended_quantity` is given).
+        ``reorder_point`` carried forward like the stock; ``units_for_order`` (units, float: the window's units
+        sold winsorized by :func:`order_units`, without a baseline bounded by :func:`catalogue_order_bound`);
+        ``order_velocity`` (units/hour: the trailing rate of ``units_for_order``, the rate
+        :func:`recommended_quantity` is given); ``sales_velocity`` = max(the net trailing rate, units sold less
+        returned floored at 0, ``order_velocity``): returns and cancellations net at most the units the order's
+        cap set aside in the same span (since 2026-12-07: a cancelled bulk line nets out, a return of stock sold
+        before the span, or of ordinary sales, lowers neither rate).
     """
     b = batch.copy()
     b["_in_batch"] = True
@@ -802,21 +852,26 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
                               allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
     units = allw["units_sold"].fillna(0).astype(float).tolist()
-    stored = allw["units_for_order"].tolist() if "units_for_order" in allw else [None] * len(allw)
-    allw["units_for_order"] = _grouped_order_units(keys, ws_ns, units,
-                                                   allw["_in_batch"].tolist(), stored, lookback,
-                                                   int(horizon_hours * 3600e9))
+    stored = (pd.to_numeric(allw["units_for_order"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+              if "units_for_order" in allw else np.full(len(allw), np.nan))
+    # a window without a baseline counts at most T hours of the catalogue's planned rate (the same for every
+    # window, whatever the key's age: a new fast seller's ordinary windows stay below it)
+    bounds = (None if lead_time_days is None else
+              catalogue_order_bound(allw["reorder_point"].astype(float).to_numpy(), velocity_hours, lead_time_days))
+    allw["units_for_order"] = _grouped_order_units(keys, ws_ns, units, allw["_in_batch"].to_numpy(dtype=bool),
+                                                   stored, lookback, int(horizon_hours * 3600e9), bounds)
     if "units_returned" not in allw:
         allw["units_returned"] = 0
-    # sales_velocity = trailing_velocity(..., returned="units_returned"), computed in one pass with the order's
-    # rate: the smaller of the net rate (a cancelled bulk line nets out once its cancellation arrives) and the
-    # gross rate of the winsorized units (before it arrives, or never cancelled); netting the cancellation against
-    # the winsorized units instead would floor the rate at 0 for T hours
+    # one sort/as-of join for both rates. The order's rate is the trailing rate of the winsorized units; the
+    # sales rate (cover, risk) is the net rate but never below it: a return or cancellation nets at most the
+    # excess the cap set aside in the span (sum = gross - min(returned, gross - capped)), so a cancelled bulk
+    # line nets out once its cancellation arrives while a return of stock sold before the span (or of ordinary
+    # sales) does not read as a stop in demand
     net = np.asarray(units) - allw["units_returned"].astype(float).fillna(0.0).to_numpy()
     r = _trailing_rates(allw, WINDOW_KEY, {"net": net, "capped": allw["units_for_order"].to_numpy(dtype=float)},
                         window_len_hours=window_len_hours, velocity_hours=velocity_hours)
-    allw["sales_velocity"] = r["net"]
-    allw["order_velocity"] = np.minimum(r["net"].to_numpy(), r["capped"].to_numpy())
+    allw["order_velocity"] = r["capped"].to_numpy()
+    allw["sales_velocity"] = np.maximum(r["net"].to_numpy(), allw["order_velocity"].to_numpy())
     out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)
     stock = [None if pd.isna(x) else int(x) for x in out["stock_level"]]
     out["stock_level"] = pd.array(stock, dtype="Int64")
@@ -896,9 +951,8 @@ def recommended_quantity(stock: int, reorder_point: int, velocity: float, lead_t
     Args:
         stock: stock on hand, units (the window's ``stock_level``).
         reorder_point: units (from the inventory updates, else the product reference).
-        velocity: demand rate, units/hour (the window's ``order_velocity`` since 2026-12-07: the net trailing
-            rate of :func:`trailing_velocity`, at most the rate of the winsorized units, :func:`order_units`); a
-            negative value counts as 0.
+        velocity: demand rate, units/hour (the window's ``order_velocity`` since 2026-12-07: the trailing rate of
+            the winsorized units, :func:`order_units` / :func:`catalogue_order_bound`); a negative value counts as 0.
         lead_time_days: supplier lead time, days (LEAD_TIME_DAYS).
     Returns:
         the quantity, units (int, 1 <= q <= :data:`ORDER_QTY_MAX`: the restock_alert contract's Avro ``int``; a
@@ -941,8 +995,8 @@ def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], 
 
     Returns:
         (alerts as dicts matching the ``restock_alert`` contract, new state for the keys seen).
-        ``recommended_quantity`` is computed from the window's ``order_velocity`` (units/hour, net of returns and
-        with an anomalous window winsorized, :func:`enrich_windows`; its ``sales_velocity`` when the frame has
+        ``recommended_quantity`` is computed from the window's ``order_velocity`` (units/hour, an anomalous window
+        winsorized, :func:`enrich_windows`; its ``sales_velocity`` when the frame has
         none), and the alert carries both rates: ``sales_velocity`` (net trailing rate, the one of cover and
         risk) and ``order_velocity`` (the one the quantity used), so a capped bulk line is visible.
         ``alert_id`` = ``"<store_id>|<product_id>|<episode start window, epoch ms>"`` (deterministic).

@@ -170,8 +170,9 @@ def produce_dead_letters(settings) -> list[tuple[str, str, str]]:
 
 
 # ------------------------------------------------------------------------- independent expectation --
-def expected_windows(valid):
-    """Per store x SKU x 5-minute window, computed with plain pandas/Decimal from the produced events."""
+def expected_windows(valid, lead_time_days: int = 3):
+    """Per store x SKU x 5-minute window, computed with plain pandas/Decimal from the produced events
+    (``lead_time_days``: LEAD_TIME_DAYS, which bounds the order's units of a window without a baseline)."""
     sales = pd.DataFrame([r for et, r in valid if et == "sales_transaction"])
     inv = pd.DataFrame([r for et, r in valid if et == "inventory_update"]).reset_index(names="seq")
     sales["ws"] = sales["timestamp"] // WIN_MS * WIN_MS
@@ -196,13 +197,26 @@ def expected_windows(valid):
         units = g["units_sold"].tolist()
         wss = g["ws"].tolist()
         # trailing rate (STREAM_VELOCITY_HOURS = 24): a complete 5-minute grid from the SKU's first window, the
-        # missing windows selling 0; the last 288 grid windows' units sold less returned (since 2026-12-07; the sum
-        # floored at 0) / the hours since the first window, at least 1 and at most 24
-        grid = pd.Series(0.0, index=range(wss[0], wss[-1] + WIN_MS, WIN_MS))
-        grid.loc[wss] = [float(u) - float(r) for u, r in zip(units, g["units_returned"].tolist())]
-        span_h = pd.Series([(x - wss[0] + WIN_MS) / 3_600_000 for x in grid.index], index=grid.index).clip(lower=1,
-                                                                                                         upper=24)
-        rates = (grid.rolling(24 * 3_600_000 // WIN_MS, min_periods=1).sum().clip(lower=0) / span_h).loc[wss].tolist()
+        # missing windows selling 0; over the last 288 grid windows: units sold less the units returned, these
+        # at most the sold units the order's cap set aside (since 2026-12-07: cap = mean + 3 x max(std,
+        # sqrt(mean)) of the previous <= 12 selling windows within 24 h; with fewer, ROP x 24 h / lead-time hours);
+        # / the hours since the first window, at least 1 and at most 24
+        idx = range(wss[0], wss[-1] + WIN_MS, WIN_MS)
+        sold, ret, used = (pd.Series(0.0, index=idx) for _ in range(3))
+        sold.loc[wss] = [float(u) for u in units]
+        ret.loc[wss] = [float(r) for r in g["units_returned"].tolist()]
+        span_h = pd.Series([(x - wss[0] + WIN_MS) / 3_600_000 for x in idx], index=idx).clip(lower=1, upper=24)
+        selling = [(w, float(u)) for w, u in zip(wss, units) if u > 0]
+        for w, u in zip(wss, units):
+            prev = [x for v, x in selling if w - 24 * 3_600_000 <= v < w][-12:]
+            if len(prev) >= 3:
+                cap = np.mean(prev) + 3 * max(np.std(prev), np.sqrt(np.mean(prev)))
+            else:
+                cap = ROP * 24 / (24 * lead_time_days) if lead_time_days > 0 else float("inf")
+            used[w] = min(float(u), cap)
+        n = 24 * 3_600_000 // WIN_MS
+        gs, rs, cs = (x.rolling(n, min_periods=1).sum() for x in (sold, ret, used))
+        rates = ((gs - np.minimum(rs, gs - cs)).clip(lower=0) / span_h).loc[wss].tolist()
         for i, wstock in enumerate(g["window_stock"].tolist()):
             if wstock is not None and not (isinstance(wstock, float) and math.isnan(wstock)):
                 last = int(wstock)
@@ -367,7 +381,7 @@ def test_stream_end_to_end(native_stack, spark):
     windows_types = ("sales_transaction", "inventory_update")
     n_windows_input = sum(et in windows_types for et, _ in valid) + sum(et in windows_types for et, *_ in invalid)
     assert n_windows_input <= stats1["windows"]["source_rows"] <= 2 * n_windows_input  # at most one scan a branch
-    exp = expected_windows(valid)
+    exp = expected_windows(valid, s.lead_time_days)
     assert_windows_match(client, db, exp)
     assert_lake_once(lake, valid)
 

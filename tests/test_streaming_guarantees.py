@@ -1054,7 +1054,9 @@ def test_a_bulk_line_cancelled_minutes_later_neither_inflates_the_order_nor_hold
     broker, Spark and the ClickHouse endpoint: 40 h of a store x SKU with a daily rhythm (1-3 units every 20 min by
     day, reorder point 60), then the bulk line (stock 0) and its cancellation (a sale of -80,995 and a RETURN
     count restoring the stock). Against :func:`tests.test_streaming_transforms.order_rate_oracle` (pandas, from
-    the events sent): every window's sales_velocity is the net rate, order_velocity the capped one; the bulk
+    the events sent; two runs cut between the line and its cancellation, so the stored units_for_order is read
+    back): every window's sales_velocity is the net rate (returns netting only what the cap set aside),
+    order_velocity the capped one; the bulk
     window's CRITICAL alert asks for 2 x 60 + ceil(order rate x 72) units (old code: 243,327 from the gross
     3,377.9 units/h) and records both rates; no window after the cancellation is HIGH risk (old code: every one,
     cover < 0.1 h). A second run from a new checkpoint (every record read again) writes the same windows and
@@ -1069,7 +1071,12 @@ def test_a_bulk_line_cancelled_minutes_later_neither_inflates_the_order_nor_hold
     s = namespace(native_stack, f"bulk{uuid.uuid4().hex[:6]}")
     t0 = (_now_ms() // WIN_MS) * WIN_MS - 41 * 3_600_000
     events = bulk_cancel_events(t0)
-    produce(s, events)
+    # two runs cut between the line (and its SALE count) and its cancellation: the second run's micro-batch reads
+    # the first's stored units_for_order back from sales_metrics_5m (streaming/sinks.py's history read)
+    bulk_ms = next(r["timestamp"] for et, r in events if et == "sales_transaction" and r["quantity"] == BULK_UNITS)
+    produce(s, [x for x in events if x[1]["timestamp"] <= bulk_ms + 1])
+    run_stream(s, available_now=True, timeout=900, spark=spark)
+    produce(s, [x for x in events if x[1]["timestamp"] > bulk_ms + 1])
     run_stream(s, available_now=True, timeout=900, spark=spark)
     client, db = get_client(s), s.clickhouse_database
     cols = ("window_start, units_sold, units_returned, stock_level, sales_velocity, units_for_order, "
@@ -1078,7 +1085,7 @@ def test_a_bulk_line_cancelled_minutes_later_neither_inflates_the_order_nor_hold
     got["window_start"] = pd.to_datetime(got["window_start"], utc=True).dt.as_unit("ns")
     got = got.set_index("window_start")
     exp_w = oracle_windows(events)
-    exp = order_rate_oracle(exp_w)
+    exp = order_rate_oracle(exp_w, lead_time_days=s.lead_time_days)
     assert sorted(got.index) == sorted(exp_w["window_start"])
     e = exp.loc[got.index]
 
@@ -1101,11 +1108,11 @@ def test_a_bulk_line_cancelled_minutes_later_neither_inflates_the_order_nor_hold
           f"{high_h} h of windows; min cover {after['hours_of_cover'].min():.3f} h")
     assert (a["priority"], int(a["current_stock"]), int(a["recommended_quantity"])) == ("CRITICAL", 0, want)
     assert want < 1_000 < 240_000 < old
-    assert a["sales_velocity"] == pytest.approx(e.loc[bulk_ws, "net"], rel=1e-12)   # the raw rate is kept
+    assert a["sales_velocity"] == pytest.approx(e.loc[bulk_ws, "gross"], rel=1e-12)   # the raw rate is kept
     assert a["order_velocity"] == pytest.approx(e.loc[bulk_ws, "order"], rel=1e-12)
     assert len(after) > 10 and high_h == 0, after["stockout_risk"].value_counts()
     assert int(after.loc[cancel_ws, "stock_level"]) > BULK_ROP
-    pd.testing.assert_series_equal(got["sales_velocity"], e["net"], check_names=False, rtol=1e-12)
+    pd.testing.assert_series_equal(got["sales_velocity"], e["sales"], check_names=False, rtol=1e-12)
     pd.testing.assert_series_equal(got["units_for_order"], e["used"], check_names=False, rtol=1e-12)
     pd.testing.assert_series_equal(got["order_velocity"], e["order"], check_names=False, rtol=1e-12)
 

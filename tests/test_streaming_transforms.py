@@ -771,33 +771,43 @@ def oracle_windows(events: list[tuple[str, dict]]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def order_rate_oracle(windows: pd.DataFrame, hours: float = 24.0) -> pd.DataFrame:
+def order_rate_oracle(windows: pd.DataFrame, hours: float = 24.0, lead_time_days: float | None = 3) -> pd.DataFrame:
     """Independent computation of the rates on a complete 5-minute grid of one store x SKU (windows without a
     row sold 0): ``gross`` (the old sales_velocity: units sold in the trailing ``hours`` / span), ``net`` (units
     sold less returned, floored at 0, / span), ``cap`` (a selling window's limit: mean + 3 x max(std, sqrt(mean))
-    of the previous <= 12 selling windows within 24 h, population std; inf with fewer than 3), ``used``
-    (min(units, cap)) and ``order`` = min(net, trailing sum of used / span). Span = hours since the first window's
-    start to the window's end, clipped to [1, hours]. Indexed by window_start."""
+    of the previous <= 12 selling windows within 24 h, population std; with fewer than 3 the reorder point
+    (carried forward) x ``hours`` / lead-time hours, i.e. ``hours`` of the catalogue's planned rate, inf without a
+    lead time), ``used`` (min(units, cap)), ``order`` (the
+    trailing sum of used / span) and ``sales`` (sold - min(returned, sold - used) over the span / span: returns net
+    only what the cap set aside). Span = hours since the first window's start to the window's end, clipped to
+    [1, hours]. Indexed by window_start."""
     import numpy as np
 
     s = windows.set_index("window_start").sort_index()
     grid = pd.date_range(s.index.min(), s.index.max(), freq="5min")
     sold = s["units_sold"].reindex(grid, fill_value=0).astype(float)
     ret = s["units_returned"].reindex(grid, fill_value=0).astype(float)
+    rop = s["reorder_point"].astype(float).reindex(grid).ffill()
     n = round(hours * 12)
     span = pd.Series((grid - grid[0] + pd.Timedelta(minutes=5)) / pd.Timedelta(hours=1), index=grid).clip(1, hours)
     caps, used = [], []
     selling = [(ws, u) for ws, u in sold.items() if u > 0]
     for ws, u in sold.items():
         prev = [x for w, x in selling if ws - pd.Timedelta(hours=24) <= w < ws][-12:]
-        cap = float("inf") if len(prev) < 3 else np.mean(prev) + 3 * max(np.std(prev), np.sqrt(np.mean(prev)))
+        if len(prev) >= 3:
+            cap = np.mean(prev) + 3 * max(np.std(prev), np.sqrt(np.mean(prev)))
+        elif lead_time_days and not np.isnan(rop[ws]):
+            cap = rop[ws] * hours / (24 * lead_time_days)
+        else:
+            cap = float("inf")
         caps.append(cap)
         used.append(min(u, cap))
     used = pd.Series(used, index=grid)
-    out = pd.DataFrame({"gross": sold.rolling(n, min_periods=1).sum() / span,
-                        "net": (sold - ret).rolling(n, min_periods=1).sum().clip(lower=0) / span,
-                        "cap": caps, "used": used}, index=grid)
-    out["order"] = np.minimum(out["net"], used.rolling(n, min_periods=1).sum() / span)
+    roll = lambda x: x.rolling(n, min_periods=1).sum()      # noqa: E731 - the trailing span's sum
+    out = pd.DataFrame({"gross": roll(sold) / span, "net": roll(sold - ret).clip(lower=0) / span,
+                        "cap": caps, "used": used, "order": roll(used) / span}, index=grid)
+    g, r, c = roll(sold), roll(ret), roll(used)
+    out["sales"] = (g - np.minimum(r, g - c)).clip(lower=0) / span
     return out
 
 
@@ -819,12 +829,13 @@ def test_a_cancelled_bulk_line_is_netted_and_capped_for_the_order_against_an_ora
     cut = bulk_ws - pd.Timedelta(minutes=30)
     hist = allw[allw.window_start < cut]
     out = TR.enrich_windows(allw[allw.window_start >= cut], hist, window_len_hours=1 / 12, risk_high_hours=24,
-                            risk_medium_hours=72)
+                            risk_medium_hours=72, lead_time_days=3)
     # the history's own units_for_order, as stored by its batch
-    h_out = TR.enrich_windows(hist, None, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72)
+    h_out = TR.enrich_windows(hist, None, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72,
+                              lead_time_days=3)
     both = pd.concat([h_out, out]).set_index("window_start").sort_index()
     e = exp.loc[both.index]
-    np.testing.assert_allclose(both["sales_velocity"], e["net"], rtol=1e-12)
+    np.testing.assert_allclose(both["sales_velocity"], e["sales"], rtol=1e-12)
     np.testing.assert_allclose(both["units_for_order"], e["used"], rtol=1e-12)
     np.testing.assert_allclose(both["order_velocity"], e["order"], rtol=1e-12)
     assert both.loc[bulk_ws, "units_for_order"] < 10 < BULK_UNITS            # capped: baseline 1-3 units
@@ -840,7 +851,7 @@ def test_a_cancelled_bulk_line_is_netted_and_capped_for_the_order_against_an_ora
     want = 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "order"] * 72)
     assert a[0]["recommended_quantity"] == want < 1_000, (a[0], want)
     assert a[0]["order_velocity"] == pytest.approx(e.loc[bulk_ws, "order"], rel=1e-12)
-    assert a[0]["sales_velocity"] == pytest.approx(e.loc[bulk_ws, "net"], rel=1e-12)   # the raw rate, kept
+    assert a[0]["sales_velocity"] == pytest.approx(e.loc[bulk_ws, "gross"], rel=1e-12)  # the raw rate, kept
     old = 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "gross"] * 72)
     assert old > 240_000                                                     # what the gross rate asked for
     after = both[both.index >= cancel_ws]
@@ -849,29 +860,169 @@ def test_a_cancelled_bulk_line_is_netted_and_capped_for_the_order_against_an_ora
     assert (after["stock_level"].astype(float) / e.loc[after.index, "gross"] < 24).all()
 
 
-def test_net_velocity_floors_at_zero_and_counts_returns_within_the_span_only():
-    """A return nets only the sales of the trailing span it falls in; a span whose returns exceed its sales reads
-    0, not negative; a return older than T no longer counts."""
-    rows = [_win(0, 6), _win(60, 0), _win(120, 2)]
-    rows[1]["units_returned"] = 10
-    hist = pd.DataFrame(rows[:1])
-    out = TR.enrich_windows(pd.DataFrame(rows[1:]), hist, window_len_hours=1 / 12, risk_high_hours=24,
-                            risk_medium_hours=72, velocity_hours=1.5)
-    v = out.set_index("window_start")["sales_velocity"]
-    t = pd.Timestamp("2026-01-15 10:00", tz="UTC")
-    assert v[t + pd.Timedelta(minutes=60)] == 0.0                 # 6 sold - 10 returned: floored
-    # at 12:00-12:05 the span is (10:35, 12:05]: the return of 11:00 counts, the sale of 10:00 does not: 2 - 10 -> 0
-    assert v[t + pd.Timedelta(minutes=120)] == 0.0
-    out2 = TR.enrich_windows(pd.DataFrame(rows[1:]), hist, window_len_hours=1 / 12, risk_high_hours=24,
-                             risk_medium_hours=72, velocity_hours=0.5)
-    # T = 0.5 h: the return (11:00) is outside (11:35, 12:05]: 2 units / 0.5 h
-    assert out2.set_index("window_start")["sales_velocity"][t + pd.Timedelta(minutes=120)] == pytest.approx(4.0)
+def _bulk_alert(out: pd.DataFrame, bulk_ws: pd.Timestamp, lead_time_days: int = 3) -> dict:
+    """The restock alert of the bulk window, through the stream's closed-window path on the enriched rows."""
+    closed = TR.closed_window_stock(out.reset_index()[["window_start", "window_end", "store_id", "product_id",
+                                                       "units_sold", "window_stock", "reorder_point",
+                                                       "sales_velocity", "order_velocity"]],
+                                    None, window_len_hours=1 / 12)
+    alerts, _ = TR.restock_episodes(closed, {}, high_hours=24, medium_hours=72, lead_time_days=lead_time_days,
+                                    now_ms=0)
+    a = [x for x in alerts if x["alert_id"].endswith(f"|{int(bulk_ws.timestamp() * 1000)}")]
+    assert len(a) == 1, alerts
+    return a[0]
+
+
+@pytest.mark.parametrize("bulk_hour", [0.0, 0.5])
+def test_a_first_seen_skus_bulk_line_orders_what_the_reorder_point_implies(bulk_hour):
+    """A SKU first seen with the bulk line (``bulk_hour`` 0: its first line; 0.5: after one line of 1-3 units,
+    fewer than 3 earlier selling windows, so no baseline to winsorize against) and its cancellation 12 minutes
+    later, 6 h of data, no history: the order counts the line at most 24 h of the reorder point's planned rate
+    (60 x 24 / 72 = 20 units; :func:`streaming.transforms.catalogue_order_bound`, = :func:`order_rate_oracle`), so
+    the CRITICAL alert (stock really 0) asks for 2 x 60 + 20 x 72 = 1,560 units (+ 72 x the earlier line's units),
+    not 2 x 60 + 80,995 x 72 (5,831,760: the line over the 1-hour minimum span, what the code before 2026-12-07
+    asked); units_sold and the net rate before the cancellation stay raw."""
+    import math
+
+    import numpy as np
+
+    t0 = 1_767_225_600_000            # 2026-01-01 00:00 UTC
+    allw = oracle_windows(bulk_cancel_events(t0, hours=6, bulk_hour=bulk_hour))
+    exp = order_rate_oracle(allw, lead_time_days=3)
+    bulk_ws = allw.loc[allw["units_sold"] == BULK_UNITS, "window_start"].iloc[0]
+    out = TR.enrich_windows(allw, None, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72,
+                            lead_time_days=3).set_index("window_start")
+    e = exp.loc[out.index]
+    np.testing.assert_allclose(out["units_for_order"], e["used"], rtol=1e-12)
+    np.testing.assert_allclose(out["order_velocity"], e["order"], rtol=1e-12)
+    np.testing.assert_allclose(out["sales_velocity"], e["sales"], rtol=1e-12)
+    assert out.loc[bulk_ws, "units_sold"] == BULK_UNITS
+    assert out.loc[bulk_ws, "units_for_order"] == pytest.approx(BULK_ROP * 24 / 72)   # 24 h of 60 per 72 h
+    assert out.loc[bulk_ws, "sales_velocity"] == pytest.approx(e.loc[bulk_ws, "gross"], rel=1e-12)
+    assert e.loc[bulk_ws, "gross"] > 80_000
+    a = _bulk_alert(out, bulk_ws)
+    assert (a["priority"], a["current_stock"]) == ("CRITICAL", 0)
+    want = 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "order"] * 72)
+    # the line counts 20 units over the 1-hour minimum span: 20 units/h over the 72-hour lead time; the earlier
+    # line of bulk_hour 0.5 (1-3 units, below the bound) counts whole
+    early = int(out.loc[out.index < bulk_ws, "units_sold"].sum())
+    assert a["recommended_quantity"] == want == 2 * BULK_ROP + (20 + early) * 72, (a, want)
+    assert 2 * BULK_ROP + math.ceil(e.loc[bulk_ws, "gross"] * 72) > 5_800_000       # what the gross rate asked
+
+
+def test_a_new_fast_sellers_ordinary_windows_count_whole_for_the_order():
+    """A SKU first seen selling 10 units in each of its first three 5-minute windows (30 units/h; reorder point 60,
+    lead time 3 days, stock 80 -> 50): no baseline yet, but each window is below the catalogue's bound (24 h of
+    60 per 72 h = 20 units), so the order's rate is the sales rate, 30 units/h, and the alert at stock 50 asks
+    2 x 60 + 30 x 72 - 50 = 2,230 units. With the bound scaled by the span of the window's own history (the first
+    amendment of 2026-12-07) each window counted 0.83 units: 2.5 units/h and 250 units, under-ordering by 89 %."""
+    import math
+
+    import numpy as np
+
+    w = pd.DataFrame([_win(0, 10, stock=70, rop=60), _win(5, 10, stock=60), _win(10, 10, stock=50)])
+    out = TR.enrich_windows(w, None, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72,
+                            lead_time_days=3)
+    np.testing.assert_allclose(out["units_for_order"], [10.0, 10.0, 10.0])
+    exp = order_rate_oracle(w, lead_time_days=3).loc[out["window_start"]]
+    np.testing.assert_allclose(out["order_velocity"], exp["order"], rtol=1e-12)
+    np.testing.assert_allclose(out["sales_velocity"], exp["gross"], rtol=1e-12)
+    assert out["order_velocity"].iloc[-1] == pytest.approx(30.0)                 # 30 units over the 1-hour minimum span
+    alerts, _ = TR.restock_episodes(out, {}, high_hours=24, medium_hours=72, lead_time_days=3, now_ms=0)
+    assert [a["recommended_quantity"] for a in alerts] == [2 * 60 + math.ceil(30.0 * 72) - 50]
+
+
+def test_a_return_nets_only_what_the_order_cap_set_aside():
+    """Returns and cancellations net against the units the order's cap set aside in the span, not against
+    ordinary sales: (a) a SKU selling 1 unit every 30 min (2 units/h) for 30 h, a wholesaler returning 60 units
+    bought last week at hour 26: sales_velocity and order_velocity stay 2 units/h (the code of 2026-12-07: 0 for
+    24 h, cover NULL, risk LOW at stock 30, and the alert's order without lead-time demand); (b) the bulk line
+    and its cancellation 12 minutes later, 24 h on: in the windows where the cancellation is in the span and the
+    line is not, the rate is the ordinary sales' (the code of 2026-12-07: 0). Both against
+    :func:`order_rate_oracle`."""
+    import numpy as np
+
+    rows = []
+    for k in range(60):                                   # 30 h, a sale every 30 min, stock counted down from 90
+        w = _win(30 * k, 1, stock=max(90 - k, 30), rop=BULK_ROP)
+        if k == 52:
+            w["units_returned"] = 60                      # hour 26: 60 units bought last week come back
+        rows.append(w)
+    allw = pd.DataFrame(rows)
+    exp = order_rate_oracle(allw, lead_time_days=3)
+    cut = allw["window_start"].iloc[40]
+    kw = dict(window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72, lead_time_days=3)
+    out = TR.enrich_windows(allw[allw.window_start >= cut],
+                            TR.enrich_windows(allw[allw.window_start < cut], None, **kw), **kw).set_index("window_start")
+    e = exp.loc[out.index]
+    np.testing.assert_allclose(out["sales_velocity"], e["sales"], rtol=1e-12)
+    np.testing.assert_allclose(out["order_velocity"], e["order"], rtol=1e-12)
+    after = out[out.index >= allw["window_start"].iloc[52]]
+    assert np.allclose(after["sales_velocity"], 2.0) and np.allclose(after["order_velocity"], 2.0)
+    assert (e.loc[after.index, "net"] == 0).all()                        # what netting everything read
+    assert (after["stockout_risk"] == "HIGH").all()                      # stock 30-38 / 2 units/h < 24 h
+
+    # (b) the windows 24 h after the bulk line, its cancellation still in the span
+    t0 = 1_767_225_600_000
+    allw = oracle_windows(bulk_cancel_events(t0, hours=60, bulk_hour=30.25))
+    bulk_ws = allw.loc[allw["units_sold"] == BULK_UNITS, "window_start"].iloc[0]
+    # a sale of 1 unit 24 h 5 min after the line (night: the rhythm has none there): its window's span holds the
+    # cancellation (10 min after the line) and not the line
+    edge_ws = bulk_ws + pd.Timedelta(hours=24, minutes=5)
+    assert edge_ws not in set(allw["window_start"])
+    extra = {**allw.iloc[-1].to_dict(), "window_start": edge_ws, "window_end": edge_ws + pd.Timedelta(minutes=5),
+             "units_sold": 1, "units_returned": 0, "transaction_count": 1, "inventory_update_count": 0,
+             "window_stock": None, "window_stock_time": pd.NaT, "reorder_point": None, "last_event_time": edge_ws}
+    allw = pd.concat([allw, pd.DataFrame([extra])], ignore_index=True).sort_values("window_start")
+    exp = order_rate_oracle(allw, lead_time_days=3)
+    cut = bulk_ws + pd.Timedelta(hours=20)
+    out = TR.enrich_windows(allw[allw.window_start >= cut], TR.enrich_windows(
+        allw[allw.window_start < cut], None, window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72,
+        lead_time_days=3), window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72,
+        lead_time_days=3).set_index("window_start")
+    e = exp.loc[out.index]
+    np.testing.assert_allclose(out["sales_velocity"], e["sales"], rtol=1e-12)
+    np.testing.assert_allclose(out["order_velocity"], e["order"], rtol=1e-12)
+    assert out.loc[edge_ws, "sales_velocity"] > 0.2 and out.loc[edge_ws, "order_velocity"] > 0.2
+    assert e.loc[edge_ws, "net"] == 0                                    # what netting everything read
+
+
+def test_stored_units_for_order_are_read_back_across_micro_batches():
+    """The micro-batch cut between the bulk line and its cancellation: the first batch's output (with its
+    ``units_for_order``, as sales_metrics_5m stores it) is the second's history; every window of both = the
+    oracle. Without the stored column (the history read of streaming/sinks.py dropping it) the second batch reads
+    the line's raw 80,995 units for the order: checked here too, so the test depends on the read."""
+    import numpy as np
+
+    t0 = 1_767_225_600_000
+    allw = oracle_windows(bulk_cancel_events(t0))
+    exp = order_rate_oracle(allw, lead_time_days=3)
+    bulk_ws = allw.loc[allw["units_sold"] == BULK_UNITS, "window_start"].iloc[0]
+    cut = bulk_ws + pd.Timedelta(minutes=5)
+    kw = dict(window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72, lead_time_days=3)
+    first = TR.enrich_windows(allw[allw.window_start < cut], None, **kw)
+    assert first["units_for_order"].iloc[-1] < 10                     # the bulk window, capped in batch 1
+    second = TR.enrich_windows(allw[allw.window_start >= cut], first, **kw)
+    both = pd.concat([first, second]).set_index("window_start").sort_index()
+    e = exp.loc[both.index]
+    for col, oc in (("units_for_order", "used"), ("order_velocity", "order"), ("sales_velocity", "sales")):
+        np.testing.assert_allclose(both[col], e[oc], rtol=1e-12, err_msg=col)
+    unread = TR.enrich_windows(allw[allw.window_start >= cut], first.drop(columns="units_for_order"), **kw)
+    assert unread["order_velocity"].max() > 3_000 > 10 > second["order_velocity"].max()
 
 
 def test_order_units_winsorizes_at_three_sigma_with_a_poisson_floor():
-    """:func:`order_units`: unchanged without 3 previous windows or within the cap; capped at mean + 3 sigma, the
-    sigma at least sqrt(mean) (a flat series of 4s caps at 4 + 3 x 2 = 10)."""
+    """:func:`order_units`: unchanged without 3 previous windows (and no bound) or within the cap; capped at mean +
+    3 sigma, the sigma at least sqrt(mean) (a flat series of 4s caps at 4 + 3 x 2 = 10); without a baseline at
+    most :func:`catalogue_order_bound`."""
     assert TR.order_units(80_995, [1, 2]) == 80_995
+    # without a baseline: at most the catalogue's bound (reorder point 60 x 1 h / 72 h lead time; enrich_windows
+    # passes T = 24 h: 20 units)
+    assert TR.catalogue_order_bound(60, 1.0, 3) == pytest.approx(60 / 72)
+    assert TR.catalogue_order_bound(60, 1.0, 0) is None and TR.catalogue_order_bound(60, 1.0, None) is None
+    assert TR.order_units(80_995, [1, 2], bound=60 / 72) == pytest.approx(60 / 72)
+    assert TR.order_units(80_995, [1, 2], bound=float("nan")) == 80_995          # no reorder point known
+    assert TR.order_units(80_995, [4, 4, 4], bound=0.5) == 10.0                   # a baseline: the bound unused
     assert TR.order_units(80_995, [4, 4, 4]) == 10.0
     assert TR.order_units(9, [4, 4, 4]) == 9.0
     prev = [1, 3, 2, 30]                          # mean 9, std 12.12...: 9 + 36.37

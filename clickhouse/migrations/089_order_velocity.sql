@@ -3,6 +3,9 @@
 -- 80,995-unit line of 2011-12-09, cancelled 12 minutes later) does not multiply the order by thousands of units,
 -- while stock, velocity, cover and risk keep the real sale (streaming.transforms.order_units / enrich_windows).
 -- Rows written before this migration read their own units sold and trailing rate (the defaults), as before.
+-- Amended the same day (090_order_velocity_baseline.sql, whose column comments replace these): a window without
+-- a baseline is bounded by what the reorder point implies (here: no cap) and returns net only the capped excess
+-- (here: every return, floored at 0; order_velocity = min of the two rates).
 ALTER TABLE {db}.sales_metrics_5m
     ADD COLUMN IF NOT EXISTS units_for_order Float64 DEFAULT toFloat64(units_sold) COMMENT 'units: units_sold winsorized at mean + 3 x max(std, sqrt(mean)) of the SKU''s previous <= 12 selling windows within 24 h (none when fewer than 3); what the restock order''s rate counts',
     ADD COLUMN IF NOT EXISTS order_velocity Float64 DEFAULT sales_velocity COMMENT 'units/hour: min(sales_velocity, trailing rate of units_for_order); the rate of the restock alert''s recommended_quantity';
