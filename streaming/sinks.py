@@ -402,6 +402,10 @@ def row_payload(row: Mapping[str, Any]) -> str:
 ACK_POLL_SECONDS = 0.25
 #: seconds :meth:`StreamSinks.close` flushes the alert producer before it fails what is still buffered
 CLOSE_FLUSH_SECONDS = 5.0
+#: seconds a micro-batch still awaits its restock alerts' acknowledgement once the job stops
+#: (:meth:`StreamSinks._await_acknowledgements`): a healthy broker acknowledges within milliseconds (linger 10 ms + a
+#: round trip), a down or frozen one never; well inside ``streaming.job.STOP_GRACE_SECONDS`` (40 s)
+STOP_ACK_WAIT_SECONDS = 10.0
 
 
 class StreamSinks:
@@ -895,19 +899,26 @@ class StreamSinks:
     def _await_acknowledgements(self, prod, futures: list, what: str) -> None:
         """Wait until Kafka has answered every future of ``futures`` (acknowledged or failed; the producer's
         ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down), checking :attr:`stopping`
-        every :data:`ACK_POLL_SECONDS`: once the job stops, return at once with the futures still unanswered (their
-        ``get(timeout=0)`` raises ``KafkaTimeoutError``, an infrastructure error), so the caller records none of
-        them and its micro-batch fails uncommitted, re-run (alerts sent again, same ids) at the next start. Until
-        2026-12-07 an unbounded ``flush()`` held a stop while Kafka was down for up to 2 min, past the supervisor's
-        ``stopwaitsecs`` (60 s): SIGKILL. ``what`` names the records in the warning logged at a stop."""
+        every :data:`ACK_POLL_SECONDS`. Once the job stops it waits at most :data:`STOP_ACK_WAIT_SECONDS` (10 s) more,
+        then returns with the futures still unanswered (their ``get(timeout=0)`` raises ``KafkaTimeoutError``, an
+        infrastructure error), so the caller records none of them and its micro-batch fails uncommitted, re-run
+        (alerts sent again, same ids) at the next start: only with Kafka down or frozen. Since the review of
+        2026-12-07 a stop with Kafka healthy lets the acknowledgements come (milliseconds): before, it gave up at the
+        first check, right after the send, and a routine SIGTERM re-sent the batch's alerts at the next start.
+        Until 2026-12-07 an unbounded ``flush()`` held a stop while Kafka was down for up to 2 min, past the
+        supervisor's ``stopwaitsecs`` (60 s): SIGKILL. ``what`` names the records in the warning logged at a stop."""
         from kafka.errors import KafkaTimeoutError
 
+        stop_seen: float | None = None   # monotonic s when the stop was first seen here
         while not all(f.is_done for f in futures):
             if self.stopping.is_set():
-                log.warning("%s: %d of %d not acknowledged by Kafka when the job stopped: not recorded, not committed; "
-                            "sent again when the micro-batch is re-run at the next start", what,
-                            sum(not f.is_done for f in futures), len(futures))
-                return
+                if stop_seen is None:
+                    stop_seen = time.monotonic()
+                elif time.monotonic() - stop_seen >= STOP_ACK_WAIT_SECONDS:
+                    log.warning("%s: %d of %d not acknowledged by Kafka %.0f s after the job began to stop: not "
+                                "recorded, not committed; sent again when the micro-batch is re-run at the next start",
+                                what, sum(not f.is_done for f in futures), len(futures), STOP_ACK_WAIT_SECONDS)
+                    return
             try:
                 prod.flush(timeout=ACK_POLL_SECONDS)
             except KafkaTimeoutError:
@@ -1670,8 +1681,9 @@ class StreamSinks:
         again. An alert ``restock_alerts`` refuses for its values (set aside in ``quarantine_events``,
         :meth:`_insert_df`) stays there for the life of the process: a retry of the batch (e.g. after a lake failure)
         or a later batch quarantines it again without sending it again (before 2026-12-06 every retry sent it). Only
-        a crash of the process between the acknowledgement and the insert re-sends it (same ``alert_id``) when the
-        batch is re-run from the checkpoint. ``delivered``: alert ids found quarantined as refused by
+        a crash of the process between the acknowledgement and the insert, or a stop while Kafka does not acknowledge
+        within :data:`STOP_ACK_WAIT_SECONDS` (down or frozen: :meth:`_await_acknowledgements`), re-sends it (same
+        ``alert_id``) when the batch is re-run from the checkpoint. ``delivered``: alert ids found quarantined as refused by
         ``restock_alerts`` (:meth:`_recorded_alerts`), delivered by an earlier run, also of another process: not sent
         again, their insert tried again (set aside again while still refused)."""
         topic = self.s.topic(EVENT_TYPES["restock_alert"])

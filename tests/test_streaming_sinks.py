@@ -894,6 +894,37 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
         restarted.close()
 
 
+def falling(store: str, minutes: int):
+    """Seven 5-minute windows of ``store`` from ``minutes`` after :data:`T0_WIN`, 2 units sold each, stock 20, 16, ..
+    against reorder point 10: the episode below it starts at ``minutes + 15``; its alert is sent once a batch closes
+    the windows (an empty frame at a later batch id)."""
+    return _spark_frame([dict(_window(minutes + 5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)])
+
+
+def test_a_stop_with_kafka_healthy_lets_the_alerts_in_flight_be_acknowledged_and_recorded(fresh_sinks):
+    """A routine stop (``StreamSinks.stopping``, set by ``StreamingJob.stop()`` on SIGTERM) while a windows
+    micro-batch is still running, the broker healthy: the batch sends its restock alert with the stop already set
+    (right after the send its future is not done: linger 10 ms + a round trip), waits the milliseconds Kafka takes,
+    records it and succeeds: one alert on the topic, one row in ``restock_alerts``, nothing to re-send at the next
+    start. Until the review of 2026-12-07 ``_await_acknowledgements`` gave up at the first check once the stop was
+    set, the batch failed with "not acknowledged by Kafka when the streaming job stopped" (false) and the re-run
+    sent the alert a second time (this test failed)."""
+    import uuid
+
+    import pandas as pd
+
+    sinks, client, db = fresh_sinks
+    store = f"SH-{uuid.uuid4().hex[:8]}"
+    sinks._windows_writes(falling(store, 0), 0, time.time(), 0.0)
+    sinks.stopping.set()   # ClickHouse answers: a stopping job still writes (the running batch finishes)
+    sinks._windows_writes(falling(store, 0).iloc[0:0], 1, time.time(), 0.0)   # closes the episode: its alert
+    assert sinks.alerts_sent == 1 and not sinks._sent_unrecorded
+    want = [f"{store}|P1|{int((pd.Timestamp(T0_WIN, tz='UTC') + pd.Timedelta(minutes=15)).timestamp() * 1000)}"]
+    assert [i for i in alert_ids_in_kafka(sinks.s) if i.startswith(store)] == want
+    assert list(client.query_df(f"SELECT alert_id FROM {db}.restock_alerts WHERE store_id = '{store}'")["alert_id"]) \
+        == want
+
+
 def test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_rerun_sends_it(fresh_sinks):
     """A stop (``StreamSinks.stopping``, set by ``StreamingJob.stop()`` on SIGTERM) while the broker is down and a
     micro-batch awaits its restock alert's acknowledgement. Store A's falling stock (20, 16, .. against reorder
@@ -918,9 +949,6 @@ def test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_reru
     sinks.s = s
     tag = uuid.uuid4().hex[:8]
     a, b = f"SA-{tag}", f"SB-{tag}"
-
-    def falling(store: str, minutes: int):
-        return _spark_frame([dict(_window(minutes + 5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)])
 
     sinks._windows_writes(falling(a, 0), 0, time.time(), 0.0)
     sinks._windows_writes(falling(a, 0).iloc[0:0], 1, time.time(), 0.0)   # closes A's windows: its alert
