@@ -839,8 +839,9 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
 
     The poller's last write not sent is kept in the query's checkpoint folder and written by the next start
     (``StreamSinks.write_pending_rows``, what ``StreamingJob.start`` calls first): the batch's row with its 3
-    duplicates, once however often the start runs (a second start writes nothing; the row written again by hand
-    still reads 3 with ``FINAL``). Until 2026-12-07 those counts stayed in the log only: the committed batch is
+    duplicates, replacing the batch's own row (0 duplicates, written first, same key and version), once however
+    often the start runs (a second start writes nothing; the row written again by hand still reads 3 with
+    ``FINAL``). Until 2026-12-07 those counts stayed in the log only: the committed batch is
     not re-run and Spark's progress is not kept across a restart."""
     import uuid
     from urllib.parse import urlparse
@@ -885,11 +886,70 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
                 f"WHERE query = 'windows' AND query_id = '{rec['query_id']}'").result_rows
 
         assert duplicates() == []
+        # the batch's own row (written when it committed, before its progress): 0 duplicates, the same version
+        restarted._insert_df("stream_batches", restarted._batch_row({**rec, "duplicates_dropped": 0}))
+        assert duplicates() == [(0,)]
         assert restarted.write_pending_rows("windows") == 1
         assert duplicates() == [(3,)]
         assert restarted.write_pending_rows("windows") == 0 and not list(tmp_path.rglob("*pending*"))
         restarted._insert_df("stream_batches", restarted._batch_row({**rec, "duplicates_dropped": 3}))
         assert duplicates() == [(3,)]
+    finally:
+        restarted.close()
+
+
+def test_rows_kept_for_the_next_start_never_stop_it(native_stack, tmp_path, monkeypatch):
+    """``StreamSinks.write_pending_rows`` (what ``StreamingJob.start`` calls before its queries) is bookkeeping and
+    never holds or fails a start. With ClickHouse frozen (a :class:`TcpGate`, requests unanswered, 1 s timeout) it
+    gives up after ``PENDING_ROWS_WRITE_SECONDS`` (3 s here; 30 s by default) and keeps the row for the next start;
+    until the review of 2026-12-07 it retried for STREAM_SINK_RETRY_SECONDS (3,600 s) before the queries started
+    (this test failed: still retrying after 120 s). With ClickHouse back, the row is written even when the pending
+    file cannot be updated afterwards (an OSError, e.g. a full disk): logged, the row kept and written again by the
+    next start (same key and version); until that review the OSError failed the start (this test failed)."""
+    import threading
+    import uuid
+    from urllib.parse import urlparse
+
+    import streaming.sinks as S
+    from conftest import TcpGate
+    from streaming import checkpoint as C
+    from streaming.sinks import StreamSinks
+
+    monkeypatch.setattr(S, "PENDING_ROWS_WRITE_SECONDS", 3.0, raising=False)
+    gate = TcpGate(urlparse(native_stack.clickhouse_url).port)
+    gate.open()
+    s = native_stack.model_copy(update={"clickhouse_url": gate.url(native_stack.clickhouse_url),
+                                        "stream_clickhouse_timeout_seconds": 1, "stream_sink_retry_max_wait_s": 1.0,
+                                        "spark_checkpoint_dir": str(tmp_path)})
+    assert s.stream_sink_retry_seconds >= 600   # the default (3,600 s): what a start used to wait
+    rec = {"query": "windows", "batch_id": 5, "query_id": f"q-{uuid.uuid4().hex[:6]}", "input_rows": 1,
+           "output_rows": 1, "started_at": time.time(), "committed_at": time.time(), "end_offsets": "",
+           "duplicates_dropped": 2}
+    sinks = StreamSinks(s)
+    try:
+        sinks._keep_for_next_start("windows", rec)
+        gate.freeze()
+        got: list[int] = []
+        start = threading.Thread(target=lambda: got.append(sinks.write_pending_rows("windows")), daemon=True)
+        start.start()
+        start.join(120)
+        assert not start.is_alive(), "write_pending_rows still retrying 120 s into the start"
+        assert got == [0] and C.pending_batch_rows(tmp_path / "windows")["5"]["duplicates_dropped"] == 2
+    finally:
+        gate.close()
+        sinks.close()
+
+    def disk_full(*_args) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(C, "forget_pending_batch_rows", disk_full)
+    restarted = StreamSinks(s.model_copy(update={"clickhouse_url": native_stack.clickhouse_url}))
+    try:
+        assert restarted.write_pending_rows("windows") == 1
+        assert restarted.ch.query(
+            f"SELECT duplicates_dropped FROM {s.clickhouse_database}.stream_batches FINAL WHERE query = 'windows' "
+            f"AND query_id = '{rec['query_id']}'").result_rows == [(2,)]
+        assert "5" in C.pending_batch_rows(tmp_path / "windows")   # written again by the next start
     finally:
         restarted.close()
 
