@@ -327,6 +327,22 @@ def test_clickhouse_outage_is_waited_out_nothing_lost_or_doubled(native_stack, s
     assert job.sinks.retries >= 2
 
 
+def _sales_in_two_parts(letters: str) -> list[list[tuple]]:
+    """Two parts of 100 sales (events for :func:`produce`) of store S001 across 7 SKUs, 5 s apart from an hour ago
+    (the second part after the first), ids ``<letter><nnn>`` with ``letters``' first and second letter."""
+    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
+    return [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
+             for i in range(100)] for k, p in enumerate(letters[:2])]
+
+
+def _first_part_landed(s, job, client, db, part: list[tuple]) -> None:
+    """Start ``job`` (1 s triggers), send ``part`` (100 sales) and wait until all are in the windows and the lake."""
+    job.start(trigger_seconds=1.0)
+    produce(s, part)
+    wait_for(lambda: windows_total(client, db) == 100
+             and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 100, 180, "the first 100 sales landed")
+
+
 def test_a_stop_during_a_clickhouse_outage_ends_within_the_supervisors_wait_and_loses_nothing(native_stack, spark, caplog):
     """``StreamingJob.stop()`` called in this process (what the CLI's SIGTERM handler ends in: ``run`` raises
     KeyboardInterrupt and ``run_stream``'s ``finally`` calls it; no signal is sent here, the CLI under the
@@ -342,9 +358,7 @@ def test_a_stop_during_a_clickhouse_outage_ends_within_the_supervisors_wait_and_
     from streaming.job import StreamingJob
 
     s = namespace(native_stack, f"term{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
-    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
-    parts = [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
-              for i in range(100)] for k, p in enumerate("DE")]
+    parts = _sales_in_two_parts("DE")
     client, db = new_client(s), s.clickhouse_database
     job = StreamingJob(s, spark=spark)
     job.start(trigger_seconds=1.0)
@@ -435,17 +449,12 @@ def test_a_stop_while_kafka_is_down_ends_within_the_supervisors_wait_and_loses_n
     from streaming.job import PLANNING_STATUS, StreamingJob
 
     s = namespace(native_stack, f"kdown{uuid.uuid4().hex[:6]}", stream_sink_retry_max_wait_s=2.0)
-    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
-    parts = [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
-              for i in range(100)] for k, p in enumerate("KL")]
+    parts = _sales_in_two_parts("KL")
     client, db = new_client(s), s.clickhouse_database
     job = StreamingJob(s, spark=spark)
     stopper = threading.Thread(target=job.stop, daemon=True)
     try:
-        job.start(trigger_seconds=1.0)
-        produce(s, parts[0])
-        wait_for(lambda: windows_total(client, db) == 100
-                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 100, 180, "the first 100 sales landed")
+        _first_part_landed(s, job, client, db, parts[0])
         local.rpc(s).supervisor.stopProcess("kafka", True)
         try:
             wait_for(lambda: any(str(q.status.get("message", "")).startswith(PLANNING_STATUS)
@@ -531,17 +540,12 @@ def _stop_while_frozen(native_stack, spark, caplog, url_setting: str, tag: str) 
     gate = TcpGate(urlparse(url).port)
     gate.open()
     routed = s.model_copy(update={url_setting: gate.url(url)})   # default timeouts
-    t = (_now_ms() // WIN_MS) * WIN_MS - 60 * 60_000
-    parts = [[("sales_transaction", sale(f"{p}{i:03d}", t + (k * 100 + i) * 5_000, sku=f"P{i % 7}"))
-              for i in range(100)] for k, p in enumerate("FG")]
+    parts = _sales_in_two_parts("FG")
     client, db = new_client(s), s.clickhouse_database   # the tests' reads bypass the gate
     job = StreamingJob(routed, spark=spark)
     stopper = threading.Thread(target=job.stop, daemon=True)
     try:
-        job.start(trigger_seconds=1.0)
-        produce(s, parts[0])
-        wait_for(lambda: windows_total(client, db) == 100
-                 and len(lake_ids(s, "sales_transaction", "transaction_id")) >= 100, 180, "the first 100 sales landed")
+        _first_part_landed(s, job, client, db, parts[0])
         gate.freeze()
         produce(s, parts[1])
         wait_for(lambda: gate.held_answers, 120, f"a stream request left unanswered by the frozen {url_setting}")
