@@ -939,8 +939,9 @@ class StreamSinks:
                 pass
 
     def close(self, timeout: float = CLOSE_FLUSH_SECONDS) -> None:
-        """Close the alert producer within about ``timeout`` seconds (at most twice that), whatever Kafka does
-        (:func:`core.kafka.abort_producer`: a bounded flush, then records still buffered are failed). Nothing the
+        """Close the alert producer within about ``timeout`` seconds (at most ~twice that: a flush, then the sender's
+        join), whatever Kafka does (:func:`core.kafka.abort_producer`: a bounded flush, then records still buffered
+        are failed). Nothing the
         stream recorded is lost: a micro-batch records and commits only alerts Kafka acknowledged
         (:meth:`_await_acknowledgements`) and awaits its dead letters, so a record still buffered belongs to a batch
         that failed uncommitted and is re-run. Until 2026-12-07 an unbounded ``flush()`` (up to
