@@ -939,7 +939,10 @@ class StreamingJob:
         Kafka sources for offsets, outside ``foreachBatch``) is interrupted then: with the broker down it would hold
         the whole grace (since 2026-12-07). Each ``StreamingQuery.stop()`` waits for its query's thread at most what
         is left of :data:`STOP_BUDGET_SECONDS` (50 s) since the stop began (:data:`STOP_TIMEOUT_CONF`, given back
-        afterwards), so queries and producer close end within the supervisor's 60 s. Nothing is lost either way: an interrupted batch is not committed and is re-run from the
+        afterwards), so queries and producer close end within the supervisor's 60 s. The interrupt does not end a
+        trigger planning against a stopped broker (the Kafka source's offset request holds the thread): its
+        ``stop()`` gives up at that timeout (logged) and the thread runs on until the request ends (in the CLI the
+        process exits). Nothing is lost either way: an interrupted batch is not committed and is re-run from the
         checkpoint.
         """
         self.stopping.set()
@@ -1000,7 +1003,10 @@ class StreamingJob:
                                 "interrupted, not committed, re-run at the next start", name,
                                 time.time() - began, st.get("message"))
                 left = max(STOP_TIMEOUT_FLOOR_SECONDS, began + STOP_BUDGET_SECONDS - time.time())
-                self.spark.conf.set(STOP_TIMEOUT_CONF, str(int(left * 1000)))
+                try:
+                    self.spark.conf.set(STOP_TIMEOUT_CONF, str(int(left * 1000)))
+                except Exception as exc:  # noqa: BLE001  stopped all the same (a session gone: its queries too)
+                    log.warning("stopping query %s: %s not set (%s)", name, STOP_TIMEOUT_CONF, exc)
                 q.stop()
         except Exception as exc:  # noqa: BLE001  the other queries are stopped all the same
             log.warning("stopping query %s: %s", name, exc)
