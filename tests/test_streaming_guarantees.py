@@ -431,14 +431,14 @@ def test_a_stop_while_kafka_is_down_ends_within_the_supervisors_wait_and_loses_n
     the interrupt does not end it: Spark's Kafka source holds the query's thread in its offset request (admin
     ``default.api.timeout.ms``, 60 s, and its retries) and ``StreamingQuery.stop()`` gives up after its
     ``spark.sql.streaming.stopTimeout`` (what is left of ``STOP_BUDGET_SECONDS``, 48.0 s in the review's run of
-    2026-12-07: "failed to stop within 47988 milliseconds", logged; the stop returned after 50.2 s). The thread
+    2026-12-07: "failed to stop within 47988 milliseconds", logged; the stop returned after 50.1-50.2 s). The thread
     runs on (in the CLI the process exits); here, once the broker is back, every stopped query's id leaves
     ``spark.streams.active`` (its thread ended) before the restart. With the broker back, 100 more sales are sent
     and a new job lands the 200 once in windows and lake. Measured 2026-12-07: 52.6-54.4 s (4 runs) when the queries were stopped one after the other, each only once
     its trigger ended or the grace was spent, and ``StreamingQuery.stop()`` then waited for the Kafka source's offset
     request (admin ``default.api.timeout.ms``, 60 s); 40.1 s once ``StreamingJob.stop()`` stopped them side by side
     and bounded Spark's wait (``spark.sql.streaming.stopTimeout``) by the grace (that day: a planning thread still
-    ran on then too, which ``isActive`` did not show); 50.2 s since the review of 2026-12-07 gives each ``stop()``
+    ran on then too, which ``isActive`` did not show); 50.1-50.2 s since the review of 2026-12-07 gives each ``stop()``
     what is left of a 50 s budget (the stop's total, producer close included, stays within 60 s). The alert
     producer's part (a micro-batch awaiting its alerts' acknowledgement, the producer's close) is
     ``tests/test_streaming_sinks.py::test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_rerun_sends_it``."""
