@@ -990,9 +990,9 @@ def test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_reru
     micro-batch awaits its restock alert's acknowledgement. Store A's falling stock (20, 16, .. against reorder
     point 10) closes an episode while Kafka runs: its alert is sent and recorded (the producer learns the topic's
     partitions). The broker is stopped; store B's same stock an hour later closes an episode in micro-batch 3,
-    whose alert stays buffered. The stop ends the batch's wait within the supervisor's ``stopwaitsecs`` (60 s) with
-    an error naming the alert, nothing of B is recorded (``restock_alerts``, ``stream_batches``: the batch is not
-    committed) and the producer closes within it too. With Kafka back, a new StreamSinks (the restarted job) re-runs
+    whose alert stays buffered. The stop ends the batch's wait (``STOP_ACK_WAIT_SECONDS``, 10 s, after it) within
+    the supervisor's ``stopwaitsecs`` (60 s) with an error naming the alert, nothing of B is recorded
+    (``restock_alerts``, ``stream_batches``: the batch is not committed) and the producer closes within it too. With Kafka back, a new StreamSinks (the restarted job) re-runs
     batch 3: each store's alert, the episode's first window below the reorder point (10:15 and 11:15), is on the
     topic once and recorded once. Until 2026-12-07 the batch's ``flush()`` waited for ``delivery_timeout_ms``
     (2 min), and ``close()``'s flush again: the supervisor SIGKILLed the job."""
