@@ -231,8 +231,12 @@ def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:
     seconds, then, if records are still buffered (broker down or frozen), stop its sender thread forcefully
     (kafka-python's ``close()`` flushes first and cannot force past a flush that waits up to
     ``delivery_timeout_ms``, 2 min), which fails every incomplete record (their futures and errbacks get
-    ``Producer is closed forcefully``; none is delivered afterwards), and close it without waiting. Returns in at
-    most ~2 x ``timeout`` seconds (the flush, then the sender's join). Used by :meth:`EventPublisher.abort` and by
+    ``Producer is closed forcefully``; none is delivered afterwards), and close it without waiting (a failed close
+    is logged as a warning, not raised). Returns in about ``timeout`` seconds while Kafka acknowledges nothing
+    (down or frozen: the first buffered batch's wait times out), then up to ``timeout`` more for the sender's join:
+    at most ~2 x ``timeout`` in all. kafka-python applies the flush timeout to each buffered batch in turn, so a
+    broker that answers each batch just in time could stretch the flush further; nothing bounds that but the
+    producer's own ``delivery_timeout_ms``. Used by :meth:`EventPublisher.abort` and by
     the streaming job's alert producer at a stop (:meth:`streaming.sinks.StreamSinks.close`).
 
     Args:
@@ -248,8 +252,8 @@ def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:
             sender.join(timeout)
     try:
         producer.close(timeout=0)
-    except KafkaError:
-        pass
+    except KafkaError as exc:   # the records' fates are settled above; only the client's resources are at stake
+        log.warning("closing Kafka producer %s: %s", getattr(producer, "config", {}).get("client_id"), exc)
 
 
 def event_key(event_type: str, record: dict[str, Any]) -> str | None:

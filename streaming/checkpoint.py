@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -269,43 +271,75 @@ def remember_topic_ids(checkpoint: Path, ids: dict[str, str]) -> None:
         _write_atomic(path, json.dumps({**old, **ids}, sort_keys=True))
 
 
+#: serialises :func:`keep_pending_batch_row` and :func:`forget_pending_batch_rows` (read, change, write) within the
+#: process: the progress poller's thread keeps a row while a start forgets the rows it wrote
+_PENDING_LOCK = threading.Lock()
+
+
 def pending_batch_rows(checkpoint: Path) -> dict[str, dict[str, Any]]:
     """{batch id (text): ``stream_batches`` row as a batch-log record} of ``<checkpoint>/stream-batches-pending.json``
-    (:func:`keep_pending_batch_row`); {} when it is missing, or unreadable (logged as an error: those batches'
-    progress counts then stay in the earlier run's log only)."""
+    (:func:`keep_pending_batch_row`); {} when it is missing or cannot be read (an OSError, logged as an error; the
+    file stays for the next try). A file whose content is broken (not JSON, not an object of batch id -> row) is
+    moved to ``<checkpoint>/corrupt/stream-batches-pending-<epoch s>.json`` with an error naming both paths (those
+    batches' progress counts then stay in the earlier run's log only), so it is reported once, not at every start
+    (since the review of 2026-12-07); if it cannot be moved it stays, logged."""
     path = checkpoint / PENDING_ROWS_FILE
     if not path.exists():
         return {}
     try:
         got = json.loads(path.read_text())
+    except OSError as exc:
+        log.error("streaming checkpoint: %s cannot be read (%s); the stream_batches rows it holds are not written "
+                  "this time", path, exc)
+        return {}
+    except (UnicodeDecodeError, ValueError) as exc:
+        problem = str(exc)
+    else:
         if isinstance(got, dict) and all(isinstance(v, dict) for v in got.values()):
             return got
-        raise ValueError("not a JSON object of batch id -> row")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        log.error("streaming checkpoint: %s is unreadable (%s); the stream_batches rows it held are not written (their "
-                  "duplicate / expired / late counts are in the earlier run's log)", path, exc)
-        return {}
+        problem = "not a JSON object of batch id -> row"
+    dest = checkpoint / CORRUPT_DIR / f"stream-batches-pending-{int(time.time())}.json"
+    try:
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(path, dest)
+        where = f"moved to {dest}"
+    except OSError as exc:
+        where = f"left in place ({exc})"
+    log.error("streaming checkpoint: %s is unreadable (%s), %s; the stream_batches rows it held are not written (their "
+              "duplicate / expired / late counts are in the earlier run's log)", path, problem, where)
+    return {}
 
 
 def keep_pending_batch_row(checkpoint: Path, row: dict[str, Any]) -> None:
     """Add ``row`` (a ``stream_batches`` row as :meth:`streaming.sinks.StreamSinks._batch_row` takes it: JSON values,
     ``batch_id`` its key) to ``<checkpoint>/stream-batches-pending.json``, replacing an earlier row of the same batch
-    (atomic write: a crash leaves the old or the new file)."""
-    rows = pending_batch_rows(checkpoint)
-    rows[str(int(row["batch_id"]))] = row
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    _write_atomic(checkpoint / PENDING_ROWS_FILE, json.dumps(rows, sort_keys=True))
+    (atomic write: a crash leaves the old or the new file; under :data:`_PENDING_LOCK`).
+
+    Raises:
+        OSError: the folder or file cannot be written.
+    """
+    with _PENDING_LOCK:
+        rows = pending_batch_rows(checkpoint)
+        rows[str(int(row["batch_id"]))] = row
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        _write_atomic(checkpoint / PENDING_ROWS_FILE, json.dumps(rows, sort_keys=True))
 
 
 def forget_pending_batch_rows(checkpoint: Path, written: dict[str, dict[str, Any]]) -> None:
     """Remove the rows ``written`` (as :func:`pending_batch_rows` gave them) from the pending file; the file goes
-    when none is left (a row kept meanwhile by another thread stays)."""
-    rows = {k: v for k, v in pending_batch_rows(checkpoint).items() if written.get(k) != v}
-    path = checkpoint / PENDING_ROWS_FILE
-    if rows:
-        _write_atomic(path, json.dumps(rows, sort_keys=True))
-    else:
-        path.unlink(missing_ok=True)
+    when none is left. Under :data:`_PENDING_LOCK`, as :func:`keep_pending_batch_row`: a row kept meanwhile by
+    another thread of this process (a different row for a batch id, or another batch) stays.
+
+    Raises:
+        OSError: the file cannot be rewritten or removed.
+    """
+    with _PENDING_LOCK:
+        rows = {k: v for k, v in pending_batch_rows(checkpoint).items() if written.get(k) != v}
+        path = checkpoint / PENDING_ROWS_FILE
+        if rows:
+            _write_atomic(path, json.dumps(rows, sort_keys=True))
+        else:
+            path.unlink(missing_ok=True)
 
 
 def rewind_recreated_topics(checkpoint: Path, ids: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -495,10 +529,8 @@ def set_aside_corrupt_entries(checkpoint: Path) -> list[str]:
     Raises:
         OSError: an entry cannot be moved.
     """
-    import time as _time
-
     moved: list[str] = []
-    stamp = int(_time.time())
+    stamp = int(time.time())
 
     def aside(kind: str, n: int) -> None:
         f = checkpoint / kind / str(n)

@@ -405,9 +405,24 @@ STOP_GRACE_SECONDS = 40.0
 #: the broker stopped it waited the whole grace: a stop took 52.7 s, 2026-12-07)
 PLANNING_STATUS = "Getting offsets from"
 #: Spark's bound (ms) of ``StreamingQuery.stop()``'s wait for the query's thread (default 0: no bound), which
-#: :meth:`StreamingJob.stop` sets to its grace: a Kafka source planning against a stopped broker is not interrupted
+#: :meth:`StreamingJob.stop` sets before each ``stop()`` to what is left of :data:`STOP_BUDGET_SECONDS` and gives back
+#: afterwards (since the review of 2026-12-07: before, the whole grace, 40 s, at the stop's start and never given back,
+#: so a shared session's later ``stop()`` calls raised after 40 s, and a ``stop()`` at the grace's end could run to
+#: ~80 s): a Kafka source planning against a stopped broker is not interrupted
 #: before its admin request times out (``default.api.timeout.ms``, 60 s: the stop took 52.6-54.4 s, 2026-12-07)
 STOP_TIMEOUT_CONF = "spark.sql.streaming.stopTimeout"
+#: seconds from the start of :meth:`StreamingJob.stop` by which every ``StreamingQuery.stop()`` has returned: the
+#: supervisor's ``stopwaitsecs`` for the streaming program (60 s, ``ops.local``) less the alert producer's close (up
+#: to 2 x :data:`streaming.sinks.CLOSE_FLUSH_SECONDS`: a flush, then its sender's join); each ``stop()`` gets what is
+#: left of it as :data:`STOP_TIMEOUT_CONF` (at least :data:`STOP_TIMEOUT_FLOOR_SECONDS`)
+STOP_BUDGET_SECONDS = 60.0 - 2 * CLOSE_FLUSH_SECONDS
+#: the least :data:`STOP_TIMEOUT_CONF` (s) a ``StreamingQuery.stop()`` is given, however little of the budget is left
+STOP_TIMEOUT_FLOOR_SECONDS = 3.0
+#: seconds a trigger must be seen planning (:data:`PLANNING_STATUS`, every read of its status in between) before
+#: :meth:`StreamingJob.stop` interrupts it: a trigger that finishes planning between one status read and
+#: ``StreamingQuery.stop()`` would be interrupted inside ``foreachBatch`` (SPARK-39218); a normal plan takes
+#: milliseconds, one against a stopped broker up to ``default.api.timeout.ms`` (60 s)
+PLANNING_STOP_SECONDS = 2.0
 #: bootstrap / request timeout (ms) of :meth:`StreamingJob.expired_records`' one broker look-up (bookkeeping, not
 #: retried: an unanswered look-up counts the upper bound)
 EXPIRED_LOOKUP_TIMEOUT_MS = 5_000
@@ -906,8 +921,9 @@ class StreamingJob:
         queries together (default :data:`STOP_GRACE_SECONDS`, within the supervisor's 60 s). A ClickHouse request
         already sent waits for its answer, up to STREAM_CLICKHOUSE_TIMEOUT_SECONDS (at most 30, below the grace);
         once one has failed, the stopping sinks send nothing more (:meth:`streaming.sinks.StreamSinks._ch_request`),
-        so a frozen endpoint costs one timeout, not one per queued request. While Kafka is down or frozen, a
-        batch awaiting its restock alerts' acknowledgement gives up when the stop begins (the alerts not acknowledged
+        so a frozen endpoint costs one timeout, not one per queued request. A batch awaiting its restock alerts'
+        acknowledgement gets it from a healthy broker (milliseconds); while Kafka is down or frozen it gives up
+        :data:`streaming.sinks.STOP_ACK_WAIT_SECONDS` (10 s) into the stop (the alerts not acknowledged
         are not recorded, the batch fails uncommitted and is re-run, its alerts sent again with the same ids: at least
         once), and the alert producer is closed within what is left of the grace, at most
         :data:`streaming.sinks.CLOSE_FLUSH_SECONDS` (:meth:`streaming.sinks.StreamSinks.close`); until 2026-12-07
@@ -918,29 +934,39 @@ class StreamingJob:
         with a backtracking regex, which overflows the JVM stack (the ``java.lang.StackOverflowError`` with
         1,000+ ``java.util.regex`` frames; SPARK-39218/SPARK-48717). So each query is stopped only once its
         current trigger has finished (``status['isTriggerActive']`` false), waiting up to ``grace_seconds``;
-        the next processing-time trigger is seconds away, so ``stop()`` lands between batches. A trigger still
-        planning its batch (Spark's status :data:`PLANNING_STATUS`: asking the Kafka sources for offsets, outside
-        ``foreachBatch``) is interrupted at once: with the broker down it would hold the whole grace (since
-        2026-12-07). Nothing is lost either way: an interrupted batch is not committed and is re-run from the
+        the next processing-time trigger is seconds away, so ``stop()`` lands between batches. A trigger seen
+        planning its batch for :data:`PLANNING_STOP_SECONDS` (Spark's status :data:`PLANNING_STATUS`: asking the
+        Kafka sources for offsets, outside ``foreachBatch``) is interrupted then: with the broker down it would hold
+        the whole grace (since 2026-12-07). Each ``StreamingQuery.stop()`` waits for its query's thread at most what
+        is left of :data:`STOP_BUDGET_SECONDS` (50 s) since the stop began (:data:`STOP_TIMEOUT_CONF`, given back
+        afterwards), so queries and producer close end within the supervisor's 60 s. The interrupt does not end a
+        trigger planning against a stopped broker (the Kafka source's offset request holds the thread): its
+        ``stop()`` gives up at that timeout (logged) and the thread runs on until the request ends (in the CLI the
+        process exits). Nothing is lost either way: an interrupted batch is not committed and is re-run from the
         checkpoint.
         """
         self.stopping.set()
         began = time.time()
         deadline = began + grace_seconds
+        previous = None   # the session's STOP_TIMEOUT_CONF, given back once the queries are stopped
+        if self.queries:
+            try:
+                previous = self.spark.conf.get(STOP_TIMEOUT_CONF)
+            except Exception as exc:  # noqa: BLE001  a session already stopped: its queries are stopped too
+                log.warning("stopping: %s not read (%s)", STOP_TIMEOUT_CONF, exc)
         # the queries side by side: each one's wait and StreamingQuery.stop() (which can take ~30 s while a stopped
         # broker holds its planning) do not add up (2026-12-07: one after the other, 52.6 s with the broker down)
-        if self.queries:
-            try:   # StreamingQuery.stop() waits this long for the query's thread, then raises (logged): a Kafka source
-                # planning against a stopped broker holds its thread for the admin's default.api.timeout.ms (60 s)
-                self.spark.conf.set(STOP_TIMEOUT_CONF, str(int(grace_seconds * 1000)))
-            except Exception as exc:  # noqa: BLE001  a session already stopped: its queries are stopped too
-                log.warning("stopping: %s not set (%s)", STOP_TIMEOUT_CONF, exc)
-        stoppers = [threading.Thread(target=self._stop_query, args=(q, began, deadline), name=f"stop-{q.name}",
-                                     daemon=True) for q in self.queries.values()]
+        stoppers = [threading.Thread(target=self._stop_query, args=(name, q, began, deadline), name=f"stop-{name}",
+                                     daemon=True) for name, q in self.queries.items()]
         for t in stoppers:
             t.start()
         for t in stoppers:
             t.join()
+        if previous is not None:
+            try:
+                self.spark.conf.set(STOP_TIMEOUT_CONF, previous)
+            except Exception as exc:  # noqa: BLE001  logged: the session is gone
+                log.warning("stopping: %s not restored to %s (%s)", STOP_TIMEOUT_CONF, previous, exc)
         if self._poller is not None:  # after the queries stopped: the last poll sees their final batches
             self._poller.stop()
             self._poller = None
@@ -948,24 +974,42 @@ class StreamingJob:
         # at least 1 s: the producer's sender thread fails what is buffered (abort_producer joins it that long)
         self.sinks.close(timeout=min(CLOSE_FLUSH_SECONDS, max(1.0, deadline - time.time())))
 
-    @staticmethod
-    def _stop_query(q, began: float, deadline: float) -> None:
-        """Stop query ``q`` for :meth:`stop` (errors logged, not raised): once its running trigger has finished, or at
-        once while the trigger still plans its batch (:data:`PLANNING_STATUS`), or at ``deadline`` (epoch s) with a
-        warning naming what the trigger was doing (``began``: the stop's start, for the log)."""
+    def _stop_query(self, name: str, q, began: float, deadline: float) -> None:
+        """Stop query ``q`` (named ``name``: the key of :attr:`queries`, no call into the JVM) for :meth:`stop`
+        (errors logged, not raised): once its running trigger has finished, or once the trigger has been seen
+        planning its batch (:data:`PLANNING_STATUS`) for :data:`PLANNING_STOP_SECONDS`, or at ``deadline`` (epoch s)
+        with a warning naming what the trigger was doing (``began``: the stop's start, epoch s). Right before
+        ``StreamingQuery.stop()`` the session's :data:`STOP_TIMEOUT_CONF` is set to what is left of
+        :data:`STOP_BUDGET_SECONDS` since ``began`` (at least :data:`STOP_TIMEOUT_FLOOR_SECONDS`), so the stop ends
+        within the supervisor's 60 s whenever it lands; a query whose thread outlives it is logged ("failed to stop
+        within"), its batch uncommitted."""
         try:
-            while q.isActive and q.status.get("isTriggerActive") and time.time() < deadline:
-                if str(q.status.get("message", "")).startswith(PLANNING_STATUS):
-                    break   # planning, outside foreachBatch: interrupted at once (a stopped broker holds it)
+            planning_since: float | None = None   # monotonic s since when every status read has said planning
+            while q.isActive and time.time() < deadline:
+                st = q.status
+                if not st.get("isTriggerActive"):
+                    break
+                if str(st.get("message", "")).startswith(PLANNING_STATUS):
+                    planning_since = planning_since if planning_since is not None else time.monotonic()
+                    if time.monotonic() - planning_since >= PLANNING_STOP_SECONDS:
+                        break   # still planning, outside foreachBatch: a stopped broker holds it (interrupted)
+                else:
+                    planning_since = None
                 time.sleep(0.05)
             if q.isActive:
-                if q.status.get("isTriggerActive"):
+                st = q.status
+                if st.get("isTriggerActive"):
                     log.warning("stopping query %s %.1f s into the stop with its trigger still active (%s): "
-                                "interrupted, not committed, re-run at the next start", q.name,
-                                time.time() - began, q.status.get("message"))
+                                "interrupted, not committed, re-run at the next start", name,
+                                time.time() - began, st.get("message"))
+                left = max(STOP_TIMEOUT_FLOOR_SECONDS, began + STOP_BUDGET_SECONDS - time.time())
+                try:
+                    self.spark.conf.set(STOP_TIMEOUT_CONF, str(int(left * 1000)))
+                except Exception as exc:  # noqa: BLE001  stopped all the same (a session gone: its queries too)
+                    log.warning("stopping query %s: %s not set (%s)", name, STOP_TIMEOUT_CONF, exc)
                 q.stop()
         except Exception as exc:  # noqa: BLE001  the other queries are stopped all the same
-            log.warning("stopping query %s: %s", q.name, exc)
+            log.warning("stopping query %s: %s", name, exc)
 
     def stats(self) -> dict[str, Any]:
         """Summary: batches and rows per query, duplicates dropped (event ids seen again within the watermark,

@@ -154,7 +154,8 @@ class NotSentStopping(ConnectionAbortedError):
 
 def retrying_call(settings: Settings, what: str, fn, args: tuple = (), kwargs: dict | None = None, *,
                   error_kind: str = "infrastructure error", before_retry=None, on_wait=None,
-                  logger: logging.Logger | None = None, stop_event: threading.Event | None = None):
+                  logger: logging.Logger | None = None, stop_event: threading.Event | None = None,
+                  max_seconds: float | None = None):
     """``fn(*args, **kwargs)``, called again on an infrastructure error (:func:`is_infrastructure_error`): the one
     retry policy of the stream's writes (:meth:`StreamSinks.retrying`) and Kafka look-ups
     (:func:`streaming.job.kafka_retrying`). tenacity, exponential backoff from 0.5 s doubling, at most
@@ -175,6 +176,8 @@ def retrying_call(settings: Settings, what: str, fn, args: tuple = (), kwargs: d
             at once and no further attempt is made: the last error is raised (logged as given up for the stop), so
             a micro-batch retrying through an outage fails uncommitted and its query can stop (re-run from the
             checkpoint at the next start) instead of holding the stop for up to STREAM_SINK_RETRY_SECONDS.
+        max_seconds: a shorter bound (s) than STREAM_SINK_RETRY_SECONDS for this call (the smaller one applies):
+            bookkeeping that must not hold a start (:meth:`StreamSinks.write_pending_rows`).
     Returns:
         what ``fn`` returns.
     Raises:
@@ -193,7 +196,8 @@ def retrying_call(settings: Settings, what: str, fn, args: tuple = (), kwargs: d
         (logger or log).warning("%s: %s (%s: %s); waiting %.1f s before attempt %d", what, error_kind,
                                 type(exc).__name__, str(exc)[:300], rs.next_action.sleep, rs.attempt_number + 1)
 
-    stop = stop_after_delay(settings.stream_sink_retry_seconds)
+    seconds = settings.stream_sink_retry_seconds
+    stop = stop_after_delay(seconds if max_seconds is None else min(seconds, max_seconds))
     extra: dict[str, Any] = {}
     if stop_event is not None:
         stop = stop | stop_when_event_set(stop_event)
@@ -402,6 +406,13 @@ def row_payload(row: Mapping[str, Any]) -> str:
 ACK_POLL_SECONDS = 0.25
 #: seconds :meth:`StreamSinks.close` flushes the alert producer before it fails what is still buffered
 CLOSE_FLUSH_SECONDS = 5.0
+#: seconds :meth:`StreamSinks.write_pending_rows` retries (a ClickHouse outage) at a start before the queries start
+#: without the rows (kept for the next start): bookkeeping must not hold the stream for STREAM_SINK_RETRY_SECONDS
+PENDING_ROWS_WRITE_SECONDS = 30.0
+#: seconds a micro-batch still awaits its restock alerts' acknowledgement once the job stops
+#: (:meth:`StreamSinks._await_acknowledgements`): a healthy broker acknowledges within milliseconds (linger 10 ms + a
+#: round trip), a down or frozen one never; well inside ``streaming.job.STOP_GRACE_SECONDS`` (40 s)
+STOP_ACK_WAIT_SECONDS = 10.0
 
 
 class StreamSinks:
@@ -669,7 +680,8 @@ class StreamSinks:
 
     @staticmethod
     def _batch_row(rec: dict[str, Any]) -> pd.DataFrame:
-        """One ``stream_batches`` row of a batch-log record."""
+        """One ``stream_batches`` row of a batch-log record; its columns are the record's fields it reads (named
+        alike: :meth:`_keep_for_next_start` keeps those)."""
         def ts(ms):
             return pd.Series([None if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC")],
                              dtype="datetime64[ms, UTC]")[0]
@@ -727,11 +739,6 @@ class StreamSinks:
                 self._keep_for_next_start(query, rec)
                 raise
 
-    #: the batch-log fields :meth:`_batch_row` reads (what :meth:`_keep_for_next_start` keeps)
-    _ROW_FIELDS = ("query", "batch_id", "query_id", "input_rows", "output_rows", "started_at", "committed_at",
-                   "duplicates_dropped", "records_expired", "late_rows_dropped", "rows_set_aside",
-                   "alerts_closed_until", "event_time_max", "end_offsets")
-
     def _keep_for_next_start(self, query: str, rec: dict[str, Any]) -> None:
         """Keep the ``stream_batches`` row ``rec`` that :meth:`record_progress` could not write (a stop while
         ClickHouse fails: :class:`NotSentStopping`; an outage longer than STREAM_SINK_RETRY_SECONDS) in the query's
@@ -745,7 +752,7 @@ class StreamSinks:
         where = "not kept: the checkpoint is not a local folder; the counts are in this log only"
         if cp is not None:
             try:
-                keep_pending_batch_row(cp, {k: rec.get(k) for k in self._ROW_FIELDS})
+                keep_pending_batch_row(cp, {k: rec.get(k) for k in self._batch_row(rec).columns})   # the fields it reads
                 where = f"kept in {cp}, written to stream_batches at the next start"
             except OSError as exc:
                 where = f"not kept ({exc}); the counts are in this log only"
@@ -758,8 +765,12 @@ class StreamSinks:
         (:meth:`_keep_for_next_start`) and forget them; called by :meth:`streaming.job.StreamingJob.start` before
         the queries start. Idempotent: each row carries its batch's key and version (``committed_at``), so a row
         written twice (a crash before the file was cleared) is one row to every ``FINAL`` read: no count doubles.
-        Returns the rows written (0: none kept, or a checkpoint that is not a local folder). A failed write (after
-        :meth:`retrying`) is logged and the rows stay kept for the next start: bookkeeping never stops the stream."""
+        Returns the rows written (0: none kept, or a checkpoint that is not a local folder). Never raises:
+        bookkeeping never stops the stream. A failed write is retried for at most
+        :data:`PENDING_ROWS_WRITE_SECONDS` (30 s; STREAM_SINK_RETRY_SECONDS, 3,600 s, until the review of
+        2026-12-07), then logged, the rows kept for the next start; a pending file that cannot be updated afterwards
+        (OSError) is logged and its rows written again by the next start (idempotent; until that review the
+        OSError failed the start)."""
         from streaming.checkpoint import forget_pending_batch_rows, local_checkpoint, pending_batch_rows
 
         cp = local_checkpoint(self.s.spark_checkpoint_dir, query)
@@ -768,12 +779,18 @@ class StreamSinks:
             return 0
         try:
             self.retrying(f"{query}: stream_batches rows kept by the last stop", self._insert_df, "stream_batches",
-                          pd.concat([self._batch_row(r) for r in rows.values()], ignore_index=True))
+                          pd.concat([self._batch_row(r) for r in rows.values()], ignore_index=True),
+                          max_seconds=PENDING_ROWS_WRITE_SECONDS)
         except Exception as exc:  # noqa: BLE001  kept for the next start
             log.error("query %s: the %d stream_batches row(s) kept by the last stop could not be written (%s); kept "
                       "for the next start", query, len(rows), exc)
             return 0
-        forget_pending_batch_rows(cp, rows)
+        try:
+            forget_pending_batch_rows(cp, rows)
+        except OSError as exc:
+            log.error("query %s: the %d stream_batches row(s) kept by the last stop were written but %s could not be "
+                      "updated (%s): the next start writes them again (same key and version: no count doubles)",
+                      query, len(rows), cp, exc)
         log.info("query %s: wrote the stream_batches rows of micro-batch(es) %s with the progress counts the last "
                  "stop could not write", query, ", ".join(sorted(rows, key=int)))
         return len(rows)
@@ -797,7 +814,7 @@ class StreamSinks:
         with self._ch_lock:
             self.ch = fresh
 
-    def retrying(self, what: str, fn, *args, **kwargs):
+    def retrying(self, what: str, fn, *args, max_seconds: float | None = None, **kwargs):
         """Call ``fn(*args, **kwargs)``; on an infrastructure error (:func:`is_infrastructure_error`: ClickHouse,
         lake or Kafka unreachable) wait with exponential backoff (0.5 s doubling, at most
         STREAM_SINK_RETRY_MAX_WAIT_S) and call it again, logging what it waits for, for up to
@@ -807,12 +824,13 @@ class StreamSinks:
         never get here: :meth:`_insert_df` sets them aside and writes the rest. The policy is
         :func:`retrying_call`'s; before each repeat the ClickHouse client is replaced (:meth:`_reset_client`, which
         raises, and is retried, while ClickHouse is still unreachable) and each wait counts in :attr:`retries`. Once
-        :attr:`stopping` is set (the job stops) a wait ends and the last error propagates at once."""
+        :attr:`stopping` is set (the job stops) a wait ends and the last error propagates at once. ``max_seconds``:
+        a shorter bound for this call (:func:`retrying_call`)."""
         def count() -> None:
             self.retries += 1
 
         return retrying_call(self.s, what, fn, args, kwargs, before_retry=lambda: self._reset_client(), on_wait=count,
-                             stop_event=self.stopping)
+                             stop_event=self.stopping, max_seconds=max_seconds)
 
     def run_tag(self, query: str) -> str:
         """The suffix of the lake file names of ``query``'s micro-batches (``batch-<id><tag>.parquet``,
@@ -895,27 +913,35 @@ class StreamSinks:
     def _await_acknowledgements(self, prod, futures: list, what: str) -> None:
         """Wait until Kafka has answered every future of ``futures`` (acknowledged or failed; the producer's
         ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down), checking :attr:`stopping`
-        every :data:`ACK_POLL_SECONDS`: once the job stops, return at once with the futures still unanswered (their
-        ``get(timeout=0)`` raises ``KafkaTimeoutError``, an infrastructure error), so the caller records none of
-        them and its micro-batch fails uncommitted, re-run (alerts sent again, same ids) at the next start. Until
-        2026-12-07 an unbounded ``flush()`` held a stop while Kafka was down for up to 2 min, past the supervisor's
-        ``stopwaitsecs`` (60 s): SIGKILL. ``what`` names the records in the warning logged at a stop."""
+        every :data:`ACK_POLL_SECONDS`. Once the job stops it waits at most :data:`STOP_ACK_WAIT_SECONDS` (10 s) more,
+        then returns with the futures still unanswered (their ``get(timeout=0)`` raises ``KafkaTimeoutError``, an
+        infrastructure error), so the caller records none of them and its micro-batch fails uncommitted, re-run
+        (alerts sent again, same ids) at the next start: only with Kafka down or frozen. Since the review of
+        2026-12-07 a stop with Kafka healthy lets the acknowledgements come (milliseconds): before, it gave up at the
+        first check, right after the send, and a routine SIGTERM re-sent the batch's alerts at the next start.
+        Until 2026-12-07 an unbounded ``flush()`` held a stop while Kafka was down for up to 2 min, past the
+        supervisor's ``stopwaitsecs`` (60 s): SIGKILL. ``what`` names the records in the warning logged at a stop."""
         from kafka.errors import KafkaTimeoutError
 
+        stop_seen: float | None = None   # monotonic s when the stop was first seen here
         while not all(f.is_done for f in futures):
             if self.stopping.is_set():
-                log.warning("%s: %d of %d not acknowledged by Kafka when the job stopped: not recorded, not committed; "
-                            "sent again when the micro-batch is re-run at the next start", what,
-                            sum(not f.is_done for f in futures), len(futures))
-                return
+                if stop_seen is None:
+                    stop_seen = time.monotonic()
+                elif time.monotonic() - stop_seen >= STOP_ACK_WAIT_SECONDS:
+                    log.warning("%s: %d of %d not acknowledged by Kafka %.0f s after the job began to stop: not "
+                                "recorded, not committed; sent again when the micro-batch is re-run at the next start",
+                                what, sum(not f.is_done for f in futures), len(futures), STOP_ACK_WAIT_SECONDS)
+                    return
             try:
                 prod.flush(timeout=ACK_POLL_SECONDS)
             except KafkaTimeoutError:
                 pass
 
     def close(self, timeout: float = CLOSE_FLUSH_SECONDS) -> None:
-        """Close the alert producer within about ``timeout`` seconds (at most twice that), whatever Kafka does
-        (:func:`core.kafka.abort_producer`: a bounded flush, then records still buffered are failed). Nothing the
+        """Close the alert producer within about ``timeout`` seconds (at most ~twice that: a flush, then the sender's
+        join), whatever Kafka does (:func:`core.kafka.abort_producer`: a bounded flush, then records still buffered
+        are failed). Nothing the
         stream recorded is lost: a micro-batch records and commits only alerts Kafka acknowledged
         (:meth:`_await_acknowledgements`) and awaits its dead letters, so a record still buffered belongs to a batch
         that failed uncommitted and is re-run. Until 2026-12-07 an unbounded ``flush()`` (up to
@@ -1671,8 +1697,9 @@ class StreamSinks:
         again. An alert ``restock_alerts`` refuses for its values (set aside in ``quarantine_events``,
         :meth:`_insert_df`) stays there for the life of the process: a retry of the batch (e.g. after a lake failure)
         or a later batch quarantines it again without sending it again (before 2026-12-06 every retry sent it). Only
-        a crash of the process between the acknowledgement and the insert re-sends it (same ``alert_id``) when the
-        batch is re-run from the checkpoint. ``delivered``: alert ids found quarantined as refused by
+        a crash of the process between the acknowledgement and the insert, or a stop while Kafka does not acknowledge
+        within :data:`STOP_ACK_WAIT_SECONDS` (down or frozen: :meth:`_await_acknowledgements`), re-sends it (same
+        ``alert_id``) when the batch is re-run from the checkpoint. ``delivered``: alert ids found quarantined as refused by
         ``restock_alerts`` (:meth:`_recorded_alerts`), delivered by an earlier run, also of another process: not sent
         again, their insert tried again (set aside again while still refused)."""
         topic = self.s.topic(EVENT_TYPES["restock_alert"])

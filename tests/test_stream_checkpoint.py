@@ -56,6 +56,26 @@ def test_a_corrupt_topic_ids_file_is_logged_and_learned_again(tmp_path, caplog):
     assert C.stored_topic_ids(cp) == {}
 
 
+def test_a_corrupt_pending_rows_file_is_moved_aside_and_reported_once(tmp_path, caplog):
+    """A broken ``stream-batches-pending.json`` (kept rows for the next start) was logged as an error at every start
+    for ever (left in place). Now it is moved to ``corrupt/stream-batches-pending-<epoch s>.json`` with one error
+    naming both paths; the next read finds no file and logs nothing, and a new row is kept as usual."""
+    cp = tmp_path / "windows"
+    cp.mkdir()
+    (cp / C.PENDING_ROWS_FILE).write_text('{"5": {"batch_id"')
+    with caplog.at_level(logging.ERROR, logger="streaming.checkpoint"):
+        assert C.pending_batch_rows(cp) == {}
+    assert "stream-batches-pending.json is unreadable" in caplog.text and "moved to" in caplog.text
+    assert not (cp / C.PENDING_ROWS_FILE).exists()
+    assert [f.read_text() for f in (cp / C.CORRUPT_DIR).glob("stream-batches-pending-*.json")] == ['{"5": {"batch_id"']
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="streaming.checkpoint"):
+        assert C.pending_batch_rows(cp) == {}
+    assert caplog.text == ""
+    C.keep_pending_batch_row(cp, {"batch_id": 6, "query": "windows"})
+    assert C.pending_batch_rows(cp) == {"6": {"batch_id": 6, "query": "windows"}}
+
+
 def test_atomic_writes_fsync_the_file_before_the_rename(tmp_path, monkeypatch):
     import os
 

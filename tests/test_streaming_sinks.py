@@ -839,8 +839,9 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
 
     The poller's last write not sent is kept in the query's checkpoint folder and written by the next start
     (``StreamSinks.write_pending_rows``, what ``StreamingJob.start`` calls first): the batch's row with its 3
-    duplicates, once however often the start runs (a second start writes nothing; the row written again by hand
-    still reads 3 with ``FINAL``). Until 2026-12-07 those counts stayed in the log only: the committed batch is
+    duplicates, replacing the batch's own row (0 duplicates, written first, same key and version), once however
+    often the start runs (a second start writes nothing; the row written again by hand still reads 3 with
+    ``FINAL``). Until 2026-12-07 those counts stayed in the log only: the committed batch is
     not re-run and Spark's progress is not kept across a restart."""
     import uuid
     from urllib.parse import urlparse
@@ -885,6 +886,9 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
                 f"WHERE query = 'windows' AND query_id = '{rec['query_id']}'").result_rows
 
         assert duplicates() == []
+        # the batch's own row (written when it committed, before its progress): 0 duplicates, the same version
+        restarted._insert_df("stream_batches", restarted._batch_row({**rec, "duplicates_dropped": 0}))
+        assert duplicates() == [(0,)]
         assert restarted.write_pending_rows("windows") == 1
         assert duplicates() == [(3,)]
         assert restarted.write_pending_rows("windows") == 0 and not list(tmp_path.rglob("*pending*"))
@@ -894,14 +898,101 @@ def test_a_stopping_job_sends_no_clickhouse_request_once_clickhouse_failed(nativ
         restarted.close()
 
 
+def test_rows_kept_for_the_next_start_never_stop_it(native_stack, tmp_path, monkeypatch):
+    """``StreamSinks.write_pending_rows`` (what ``StreamingJob.start`` calls before its queries) is bookkeeping and
+    never holds or fails a start. With ClickHouse frozen (a :class:`TcpGate`, requests unanswered, 1 s timeout) it
+    gives up after ``PENDING_ROWS_WRITE_SECONDS`` (3 s here; 30 s by default) and keeps the row for the next start;
+    until the review of 2026-12-07 it retried for STREAM_SINK_RETRY_SECONDS (3,600 s) before the queries started
+    (this test failed: still retrying after 120 s). With ClickHouse back, the row is written even when the pending
+    file cannot be updated afterwards (an OSError, e.g. a full disk): logged, the row kept and written again by the
+    next start (same key and version); until that review the OSError failed the start (this test failed)."""
+    import threading
+    import uuid
+    from urllib.parse import urlparse
+
+    import streaming.sinks as S
+    from conftest import TcpGate
+    from streaming import checkpoint as C
+    from streaming.sinks import StreamSinks
+
+    monkeypatch.setattr(S, "PENDING_ROWS_WRITE_SECONDS", 3.0, raising=False)
+    gate = TcpGate(urlparse(native_stack.clickhouse_url).port)
+    gate.open()
+    s = native_stack.model_copy(update={"clickhouse_url": gate.url(native_stack.clickhouse_url),
+                                        "stream_clickhouse_timeout_seconds": 1, "stream_sink_retry_max_wait_s": 1.0,
+                                        "spark_checkpoint_dir": str(tmp_path)})
+    assert s.stream_sink_retry_seconds >= 600   # the default (3,600 s): what a start used to wait
+    rec = {"query": "windows", "batch_id": 5, "query_id": f"q-{uuid.uuid4().hex[:6]}", "input_rows": 1,
+           "output_rows": 1, "started_at": time.time(), "committed_at": time.time(), "end_offsets": "",
+           "duplicates_dropped": 2}
+    sinks = StreamSinks(s)
+    try:
+        sinks._keep_for_next_start("windows", rec)
+        gate.freeze()
+        got: list[int] = []
+        start = threading.Thread(target=lambda: got.append(sinks.write_pending_rows("windows")), daemon=True)
+        start.start()
+        start.join(120)
+        assert not start.is_alive(), "write_pending_rows still retrying 120 s into the start"
+        assert got == [0] and C.pending_batch_rows(tmp_path / "windows")["5"]["duplicates_dropped"] == 2
+    finally:
+        gate.close()
+        sinks.close()
+
+    def disk_full(*_args) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(C, "forget_pending_batch_rows", disk_full)
+    restarted = StreamSinks(s.model_copy(update={"clickhouse_url": native_stack.clickhouse_url}))
+    try:
+        assert restarted.write_pending_rows("windows") == 1
+        assert restarted.ch.query(
+            f"SELECT duplicates_dropped FROM {s.clickhouse_database}.stream_batches FINAL WHERE query = 'windows' "
+            f"AND query_id = '{rec['query_id']}'").result_rows == [(2,)]
+        assert "5" in C.pending_batch_rows(tmp_path / "windows")   # written again by the next start
+    finally:
+        restarted.close()
+
+
+def falling(store: str, minutes: int):
+    """Seven 5-minute windows of ``store`` from ``minutes`` after :data:`T0_WIN`, 2 units sold each, stock 20, 16, ..
+    against reorder point 10: the episode below it starts at ``minutes + 15``; its alert is sent once a batch closes
+    the windows (an empty frame at a later batch id)."""
+    return _spark_frame([dict(_window(minutes + 5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)])
+
+
+def test_a_stop_with_kafka_healthy_lets_the_alerts_in_flight_be_acknowledged_and_recorded(fresh_sinks):
+    """A routine stop (``StreamSinks.stopping``, set by ``StreamingJob.stop()`` on SIGTERM) while a windows
+    micro-batch is still running, the broker healthy: the batch sends its restock alert with the stop already set
+    (right after the send its future is not done: linger 10 ms + a round trip), waits the milliseconds Kafka takes,
+    records it and succeeds: one alert on the topic, one row in ``restock_alerts``, nothing to re-send at the next
+    start. Until the review of 2026-12-07 ``_await_acknowledgements`` gave up at the first check once the stop was
+    set, the batch failed with "not acknowledged by Kafka when the streaming job stopped" (false) and the re-run
+    sent the alert a second time (this test failed)."""
+    import uuid
+
+    import pandas as pd
+
+    sinks, client, db = fresh_sinks
+    store = f"SH-{uuid.uuid4().hex[:8]}"
+    sinks._windows_writes(falling(store, 0), 0, time.time(), 0.0)
+    sinks.stopping.set()   # ClickHouse answers: a stopping job still writes (the running batch finishes)
+    sinks._windows_writes(falling(store, 0).iloc[0:0], 1, time.time(), 0.0)   # closes the episode: its alert
+    assert sinks.alerts_sent == 1 and not sinks._sent_unrecorded
+    want = [f"{store}|P1|{int((pd.Timestamp(T0_WIN, tz='UTC') + pd.Timedelta(minutes=15)).timestamp() * 1000)}"]
+    assert [i for i in alert_ids_in_kafka(sinks.s) if i.startswith(store)] == want
+    assert list(client.query_df(f"SELECT alert_id FROM {db}.restock_alerts WHERE store_id = '{store}'")["alert_id"]) \
+        == want
+
+
 def test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_rerun_sends_it(fresh_sinks):
     """A stop (``StreamSinks.stopping``, set by ``StreamingJob.stop()`` on SIGTERM) while the broker is down and a
     micro-batch awaits its restock alert's acknowledgement. Store A's falling stock (20, 16, .. against reorder
     point 10) closes an episode while Kafka runs: its alert is sent and recorded (the producer learns the topic's
     partitions). The broker is stopped; store B's same stock an hour later closes an episode in micro-batch 3,
-    whose alert stays buffered. The stop ends the batch's wait within the supervisor's ``stopwaitsecs`` (60 s) with
-    an error naming the alert, nothing of B is recorded (``restock_alerts``, ``stream_batches``: the batch is not
-    committed) and the producer closes within it too. With Kafka back, a new StreamSinks (the restarted job) re-runs
+    whose alert stays buffered. The stop ends the batch's wait (``STOP_ACK_WAIT_SECONDS``, 10 s, after it) within
+    the supervisor's ``stopwaitsecs`` (60 s) with an error naming the alert, nothing of B is recorded
+    (``restock_alerts``, ``stream_batches``: the batch is not committed) and the producer closes within it too. With Kafka back, a new StreamSinks (the restarted job) re-runs
     batch 3: each store's alert, the episode's first window below the reorder point (10:15 and 11:15), is on the
     topic once and recorded once. Until 2026-12-07 the batch's ``flush()`` waited for ``delivery_timeout_ms``
     (2 min), and ``close()``'s flush again: the supervisor SIGKILLed the job."""
@@ -918,9 +1009,6 @@ def test_a_stop_while_kafka_is_down_records_no_unacknowledged_alert_and_the_reru
     sinks.s = s
     tag = uuid.uuid4().hex[:8]
     a, b = f"SA-{tag}", f"SB-{tag}"
-
-    def falling(store: str, minutes: int):
-        return _spark_frame([dict(_window(minutes + 5 * k, 2, 20 - 4 * k, 10), store_id=store) for k in range(7)])
 
     sinks._windows_writes(falling(a, 0), 0, time.time(), 0.0)
     sinks._windows_writes(falling(a, 0).iloc[0:0], 1, time.time(), 0.0)   # closes A's windows: its alert
