@@ -718,13 +718,12 @@ VELOCITY_MIN_SPAN_HOURS = 1.0
 
 
 def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: float,
-                      velocity_hours: float, units: str = "units_sold", returned: str | None = None) -> pd.Series:
+                      velocity_hours: float) -> pd.Series:
     """Trailing sales rate, units/hour, of every row of ``frame`` (one row per key x window; vectorised).
 
     For a row of ``key`` with window end ``e``: the units sold in that key's windows ending in
     ``(e - T, e]`` (the windows inside the T hours up to ``e``, the row's own included; a window without a row
-    sold nothing), less the units returned in those windows when ``returned`` names a column (net of returns and
-    cancellations arriving within the span; the sum floored at 0), divided by the covered span ``min(T, max(e - first, min(T, VELOCITY_MIN_SPAN_HOURS)))`` hours,
+    sold nothing) divided by the covered span ``min(T, max(e - first, min(T, VELOCITY_MIN_SPAN_HOURS)))`` hours,
     ``first`` being the key's earliest ``window_start`` in ``frame``. So a series first seen a few hours ago is
     not diluted over T hours, one first seen minutes ago is not extrapolated from one window
     (:data:`VELOCITY_MIN_SPAN_HOURS`), and a steady rate reads the same whatever the window length (1 unit/h is
@@ -737,17 +736,11 @@ def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: 
             (the history's anchor), which makes the span T.
         window_len_hours: window length, hours (window_end = window_start + this).
         velocity_hours: T, hours (STREAM_VELOCITY_HOURS, > 0).
-        units: the column of units sold per window (``units_sold``; :func:`enrich_windows` also passes its
-            winsorized ``units_for_order``).
-        returned: the column of units returned per window (``units_returned``), or None for the gross rate; a
-            missing value counts 0.
 
     Returns:
         float Series aligned with ``frame``'s index, units/hour, >= 0.
     """
-    u = frame[units].astype(float).fillna(0.0).to_numpy() if len(frame) else []
-    if returned is not None and len(frame):
-        u = u - frame[returned].astype(float).fillna(0.0).to_numpy()
+    u = frame["units_sold"].astype(float).fillna(0.0).to_numpy() if len(frame) else []
     return _trailing_rates(frame, key, {"v": u}, window_len_hours=window_len_hours,
                            velocity_hours=velocity_hours)["v"].rename(None)
 
@@ -821,8 +814,8 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
         ``reorder_point`` carried forward like the stock; ``units_for_order`` (units, float: the window's units
         sold winsorized by :func:`order_units`, without a baseline bounded by :func:`catalogue_order_bound`);
         ``order_velocity`` (units/hour: the trailing rate of ``units_for_order``, the rate
-        :func:`recommended_quantity` is given); ``sales_velocity`` = max(the net trailing rate, units sold less
-        returned floored at 0, ``order_velocity``): returns and cancellations net at most the units the order's
+        :func:`recommended_quantity` is given); ``sales_velocity`` = max(the net trailing rate (units sold less
+        returned, floored at 0), ``order_velocity``): returns and cancellations net at most the units the order's
         cap set aside in the same span (since 2026-12-07: a cancelled bulk line nets out, a return of stock sold
         before the span, or of ordinary sales, lowers neither rate).
     """
