@@ -6,7 +6,7 @@ a callback (the CLI prints JSON lines):
 
 * **at least once, deduplicated**: offsets are committed after the alerts they cover were handed over, so a
   consumer that dies re-reads from its last commit; an ``alert_id`` already handed over (a re-read, or the
-  stream's re-send after a crash between Kafka's acknowledgement and its ClickHouse insert: README, Guarantees)
+  stream's re-send after a crash between Kafka's acknowledgement and its ClickHouse insert: docs/guarantees.md)
   is skipped. Ids handed over are kept in ``seen_path`` (the newest :data:`SEEN_MAX`), so this holds across runs;
 * **bad input loses nothing and stops nothing**: a message that is not a valid alert (not JSON, not the contract)
   goes to the dead-letter topic with its reason, partition and offset, and the run goes on;

@@ -16,7 +16,7 @@ Pipeline (shapes):
 6. :func:`store_windows` (pandas): per-store windows from the per-SKU windows.
 7. :func:`restock_episodes` (pandas): one restock alert per store x SKU low-stock episode.
 
-Metric definitions (also in the README):
+Metric definitions (also in docs/streaming.md):
 
 * ``units_sold`` = sum of ``quantity`` over sales lines with quantity > 0; ``units_returned`` = sum of
   ``-quantity`` over lines with quantity < 0 (returns); ``transaction_count`` = number of POS lines
@@ -146,8 +146,8 @@ def parse_events(df: DataFrame, event_type: str) -> DataFrame:
 
 
 def expected_key(event_type: str) -> Column:
-    """The Kafka key the contract gives a record of ``event_type`` (``core.kafka.event_key``, README's topic
-    table): ``customer_id`` for customer events, else ``store_id || '|' || product_id``; NULL when a part is NULL
+    """The Kafka key the contract gives a record of ``event_type`` (``core.kafka.event_key``, the topic table
+    of docs/contracts.md): ``customer_id`` for customer events, else ``store_id || '|' || product_id``; NULL when a part is NULL
     (an invalid record, or a customer event without a customer)."""
     if event_type == "customer_event":
         return F.col("customer_id")
@@ -158,7 +158,7 @@ def key_reason(event_type: str) -> Column:
     """Reason of a record whose Kafka key (``kafka_key``) is missing or is not :func:`expected_key`; NULL when it
     matches or when the payload gives no key.
 
-    Why: the partition is chosen by the key, and the platform's order per store x SKU (README, Ordering) is the
+    Why: the partition is chosen by the key, and the platform's order per store x SKU (docs/guarantees.md, Ordering) is the
     order within one partition. Two inventory updates of one SKU with the same event time are ordered by
     (partition, offset) (:func:`window_metrics`' latest stock); with a key that disagrees with the payload they
     can sit in two partitions, and the stock kept is the one in the higher partition, whatever the send order."""

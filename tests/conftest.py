@@ -30,8 +30,8 @@ time.tzset()
 # The suite's Spark JVMs (the session's SparkSession, every spark-submit of the DAGs, jobs and benchmarks it runs)
 # live seconds to minutes on small data: C2 compilation of Spark's startup and planning code is CPU they never earn
 # back on the shared cores. C1 only (-XX:TieredStopAtLevel=1) changes no result, only how the JVM compiles (the
-# streaming benchmark's steady state gained nothing from it: README, Benchmarks); SPARK_SUBMIT_OPTS="" keeps the
-# default JIT. Measured 2026-12-07: README, Tests.
+# streaming benchmark's steady state gained nothing from it: docs/benchmarks.md); SPARK_SUBMIT_OPTS="" keeps the
+# default JIT. Measured 2026-12-07: docs/tests.md.
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 
 REPO = Path(__file__).resolve().parent.parent

@@ -449,7 +449,7 @@ def test_stream_health_views_count_each_batch_once_and_match_pandas(bi):
     raw["seq"] = range(len(raw))
     once = raw.sort_values(["committed_at", "seq"]).groupby(["query", "batch_id"]).tail(1)
     assert len(raw) > len(once) == 80      # the table holds batches more than once
-    # the figures powerbi/dataset.md and README.md state: 125 rows; without FINAL the hourly batch counts
+    # the figure powerbi/dataset.md states: 125 rows; without FINAL the hourly batch counts
     # would be 18, 18, 20 ... (raw, windows per hour) instead of 12
     assert len(raw) == 125
     assert raw.groupby([raw["committed_at"].dt.floor("h"), "query"]).size().tolist()[:3] == [18, 18, 20]

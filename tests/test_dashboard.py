@@ -532,7 +532,7 @@ def test_stream_health_page_shows_the_views_figures(native_stack, browser, tmp_p
     refused_rows = len({(r[1], r[2], r[3]) for r in refused})
     raw = pd.DataFrame([r for rows in inserts for r in rows], columns=SB_COLS).assign(seq=lambda d: range(len(d)))
     once = raw.sort_values(["committed_at", "seq"]).groupby(["query", "batch_id"]).tail(1)
-    assert len(raw) > len(once) == 80 and len(raw) == 126   # README.md states 126 rows
+    assert len(raw) > len(once) == 80 and len(raw) == 126   # docs/dashboards.md states 126 rows
     per = once.groupby("query")
 
     bi = new_client(native_stack, db, readonly=True)
