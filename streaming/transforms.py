@@ -649,6 +649,8 @@ def _grouped_zscores(keys: list, ws_ns: list[int], units: list, in_batch: list[b
     return _grouped_baselines(keys, ws_ns, units, in_batch, lookback, horizon_ns)[0]
 
 
+#: previous windows of a baseline (anomaly score, order cap): :func:`enrich_windows`' default ``lookback``
+BASELINE_WINDOWS = 12
 #: sigmas above the baseline mean a window's units sold count at most in the restock order's rate (three-sigma rule)
 ORDER_OUTLIER_SIGMAS = 3.0
 #: fewest earlier selling windows a cap needs (as the anomaly score's baseline; fewer: :func:`catalogue_order_bound`)
@@ -687,7 +689,21 @@ def order_units(value: float, previous: Iterable[float], sigmas: float = ORDER_O
     if len(prev) < min_count:
         return float(value) if bound is None or math.isnan(bound) else min(float(value), float(bound))
     mean, std = _mean_std(prev)
-    return min(float(value), mean + sigmas * max(std, math.sqrt(mean)))
+    return min(float(value), float(order_cap(mean, std, sigmas)))
+
+
+def order_cap(mean, std, sigmas: float = ORDER_OUTLIER_SIGMAS):
+    """The most units a window with a baseline counts for the restock order (:func:`order_units`):
+    ``mean + sigmas x max(std, sqrt(mean))``.
+
+    Args:
+        mean, std: the baseline's mean and population standard deviation (ddof 0), units per window (numbers or
+            numpy arrays of one shape; ``ops.bench_bi`` passes arrays).
+        sigmas: :data:`ORDER_OUTLIER_SIGMAS`.
+    Returns:
+        units (a numpy float, or an array).
+    """
+    return mean + sigmas * np.maximum(std, np.sqrt(mean))
 
 
 def catalogue_order_bound(reorder_point, span_hours, lead_time_days: float | None):
@@ -812,7 +828,7 @@ def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window
 
 
 def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
-                   risk_high_hours: float, risk_medium_hours: float, lookback: int = 12,
+                   risk_high_hours: float, risk_medium_hours: float, lookback: int = BASELINE_WINDOWS,
                    horizon_hours: float = 24.0, reorder_points: dict[str, int] | None = None,
                    velocity_hours: float = 24.0, lead_time_days: float | None = None) -> pd.DataFrame:
     """Add last known stock, velocity, cover, risk and anomaly score to the windows of one micro-batch.
