@@ -596,7 +596,8 @@ def zscore(value: float, previous: Iterable[float], min_count: int = 3) -> float
 
 def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, lookback: int, horizon_ns: int, *,
                        order_units_of: list | None = None, stored: np.ndarray | None = None,
-                       bounds: np.ndarray | None = None) -> tuple[list, np.ndarray | None]:
+                       bounds: np.ndarray | None = None,
+                       pool_keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Both baselines of rows sorted by (key, window) in one walk back from each batch row (only the batch rows
     are walked; since 2026-12-07 one walk instead of one per baseline, ``enrich_windows`` 1.23-1.30 s -> see the
     README's Benchmarks):
@@ -612,6 +613,9 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
         keys: hashable key per row (rows of a key contiguous, in window order); ws_ns: window starts, int ns.
         units: units sold per row (the z-score's values); in_batch: bool per row (list or array).
         lookback, horizon_ns: baseline size (rows) and span (ns).
+        pool_keys: optional int code per row of the row's pool (the store; rows of a pool contiguous, codes
+            ascending): a row without a baseline and without a ``bounds`` entry (NaN, or ``bounds`` None) then
+            counts at most :func:`pooled_order_bound` of its pool's earlier selling windows.
     Returns:
         (z-scores: float array, NaN for rows not in the batch; units for the order: float array, or None when
         ``order_units_of`` is None).
@@ -622,6 +626,18 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
     if order_units_of is not None:
         st = np.full(n, np.nan) if stored is None else stored
         ordered = np.where(np.isnan(st), np.asarray(order_units_of, dtype=float), st)
+    if pool_keys is not None and order_units_of is not None:
+        pk, pws, pu = np.asarray(pool_keys), np.asarray(ws_ns, dtype=np.int64), np.asarray(order_units_of, dtype=float)
+        cache: dict[tuple[int, int], float] = {}
+
+        def pooled(i: int) -> float:
+            """pooled_order_bound of row i's pool's selling windows in [ws - horizon, ws) (one per pool x window)."""
+            key = (int(pk[i]), int(pws[i]))
+            if key not in cache:
+                a, z = np.searchsorted(pk, pk[i], side="left"), np.searchsorted(pk, pk[i], side="right")
+                w, u = pws[a:z], pu[a:z]
+                cache[key] = pooled_order_bound(u[(w >= pws[i] - horizon_ns) & (w < pws[i]) & (u > 0)])
+            return cache[key]
     for i in np.flatnonzero(np.asarray(in_batch, dtype=bool)).tolist():
         k, lo = keys[i], ws_ns[i] - horizon_ns
         zprev: list = []
@@ -637,8 +653,10 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
             j -= 1
         scores[i] = zscore(units[i], zprev[::-1])
         if need_o:
-            ordered[i] = order_units(order_units_of[i], oprev[::-1],
-                                     bound=None if bounds is None else float(bounds[i]))
+            b = None if bounds is None else float(bounds[i])
+            if pool_keys is not None and len(oprev) < ORDER_BASELINE_MIN and (b is None or math.isnan(b)):
+                b = pooled(i)
+            ordered[i] = order_units(order_units_of[i], oprev[::-1], bound=b)
     return scores, ordered
 
 
@@ -739,6 +757,33 @@ def catalogue_order_bound(reorder_point, span_hours, lead_time_days: float | Non
     return float(out) if out.ndim == 0 else out
 
 
+def pooled_order_bound(previous) -> float:
+    """The most units one window counts for the restock order when it has neither a baseline of its own (fewer
+    than :data:`ORDER_BASELINE_MIN` earlier selling windows within 24 h) nor a :func:`catalogue_order_bound` (no
+    reorder point known, or LEAD_TIME_DAYS 0): :func:`order_cap` of its store's earlier selling windows within 24 h,
+    all SKUs pooled (the SKU's own included).
+
+    Args:
+        previous: units sold of those windows (array-like of floats > 0; :func:`enrich_windows` passes the store's
+            windows it holds: the micro-batch's SKUs and their stored history).
+    Returns:
+        units (float): ``mean + 3 x max(std, sqrt(mean))`` (population std) of ``previous``; NaN (no bound) with
+        fewer than :data:`ORDER_BASELINE_MIN` of them.
+
+    Rule and source: a series too short to estimate is estimated from similar series, here the store's other SKUs
+    (forecasting by analogy, Hyndman & Athanasopoulos, "Forecasting: Principles and Practice", 3rd ed., ch. 6
+    "Judgmental forecasts"; pooling short series, Silver, Pyke & Thomas 2017, ch. 4), with the same three-sigma
+    winsorizing limit as :func:`order_units`. Without it such a window was counted whole: a first-seen SKU's
+    bulk line with no reorder point (no alert: restock alerts need one) or LEAD_TIME_DAYS 0 (the quantity does not
+    use the rate) set nothing aside, so its cancellation did not net out of ``sales_velocity`` and cover and risk
+    stayed at the raw rate for STREAM_VELOCITY_HOURS.
+    """
+    prev = np.asarray(previous, dtype=float)
+    if len(prev) < ORDER_BASELINE_MIN:
+        return float("nan")
+    return float(order_cap(np.mean(prev), np.std(prev)))
+
+
 def _ns(series: pd.Series) -> list[int]:
     """UTC timestamps -> int nanoseconds since the epoch."""
     return pd.to_datetime(series, utc=True).dt.as_unit("ns").astype("int64").tolist()
@@ -830,7 +875,8 @@ def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window
 def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
                    risk_high_hours: float, risk_medium_hours: float, lookback: int = BASELINE_WINDOWS,
                    horizon_hours: float = 24.0, reorder_points: dict[str, int] | None = None,
-                   velocity_hours: float = 24.0, lead_time_days: float | None = None) -> pd.DataFrame:
+                   velocity_hours: float = 24.0, lead_time_days: float | None = None,
+                   pooled_bound: bool = False) -> pd.DataFrame:
     """Add last known stock, velocity, cover, risk and anomaly score to the windows of one micro-batch.
 
     Args:
@@ -849,6 +895,9 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
             windows of the T hours before the batch's (plus an earlier anchor row when the key is older).
         lead_time_days: LEAD_TIME_DAYS, days: bounds ``units_for_order`` of a window without a baseline
             (:func:`catalogue_order_bound`); None: no such bound.
+        pooled_bound: a window with neither a baseline nor that bound (no reorder point, or no lead time) counts at
+            most :func:`pooled_order_bound` of its store's earlier selling windows in the frame (the stream passes
+            True since 2026-12-07; False: counted whole, as before).
 
     Returns:
         the batch rows (same order of columns, sorted by store, product, window) + ``stock_level``
@@ -899,7 +948,8 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     # one walk back from each batch row gives both baselines (anomaly score, order cap)
     scores, allw["units_for_order"] = _grouped_baselines(
         keys, ws_ns, allw["units_sold"].tolist(), allw["_in_batch"].to_numpy(dtype=bool), lookback,
-        int(horizon_hours * 3600e9), order_units_of=units, stored=stored, bounds=bounds)
+        int(horizon_hours * 3600e9), order_units_of=units, stored=stored, bounds=bounds,
+        pool_keys=(np.cumsum(np.r_[True, sid[1:] != sid[:-1]]) - 1) if pooled_bound else None)
     allw["anomaly_score"] = scores
     if "units_returned" not in allw:
         allw["units_returned"] = 0
