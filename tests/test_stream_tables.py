@@ -90,6 +90,10 @@ def test_the_velocity_columns_say_trailing_rate_in_units_per_hour(fresh_db):
     assert set(got) == {"sales_metrics_5m", "store_metrics_5m"}
     for comment in got.values():
         assert comment.startswith("units/hour, trailing rate") and "STREAM_VELOCITY_HOURS" in comment
+    # 090 said a window without a baseline nor a reorder point had no bound; 092 (2026-12-07): the store's pooled cap
+    (uo,), = client.query(f"SELECT comment FROM system.columns WHERE database = '{s.clickhouse_database}' "
+                          "AND table = 'sales_metrics_5m' AND name = 'units_for_order'").result_rows
+    assert "store's selling windows (all SKUs)" in uo and "no bound when no reorder point" not in uo
 
 
 def test_the_bi_load_tests_windows_carry_the_streams_trailing_velocity(fresh_db):
