@@ -53,7 +53,8 @@ ALERT_COLUMNS = {
         "order units/h", format="%.2f",
         help="the rate the recommended quantity was computed from: the trailing rate of the units sold with an "
              "anomalous window (a bulk line) counted at most mean + 3 sigma of its baseline, or, for a SKU without "
-             "a baseline, a day of its reorder point's planned rate; empty for alerts before 2026-12-07"),
+             "a baseline, a day of its reorder point's planned rate (with LEAD_TIME_DAYS 0: the store's pooled "
+             "3-sigma cap); empty for alerts before 2026-12-07"),
     "sales_velocity": st.column_config.NumberColumn(
         "sales units/h", format="%.2f",
         help="trailing sales rate (net of returns that net at most what the order's cap set aside): the rate of "
