@@ -33,7 +33,8 @@ Metric definitions (also in the README):
   units_for_order), so never below ``order_velocity``. Store level: the same over the store's units sold (gross).
 * ``order_velocity`` (units/hour, the rate of a restock alert's quantity) = the trailing rate of the windows'
   units winsorized at their baseline's mean + 3 sigma (:func:`order_units`), a window without a baseline bounded
-  by what its reorder point implies (:func:`catalogue_order_bound`).
+  by what its reorder point implies (:func:`catalogue_order_bound`), or, with no reorder point or lead time, by
+  the store's pooled cap (:func:`pooled_order_bound`, the stream's ``pooled_bound``).
 * ``stock_level`` = ``new_quantity`` of the latest inventory update (by event time, ties by Kafka offset)
   in the window; a window without an update carries forward the stock of the latest earlier window of the
   same store x SKU that had one (NULL when none is known yet).
