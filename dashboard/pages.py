@@ -44,6 +44,36 @@ NO_ML = ("No forecasts yet. Train and predict with `make nightly` (demand_foreca
          "batch_predictions).")
 
 
+#: how a restock alert's quantity is computed (streaming.transforms.recommended_quantity), shown above the table
+ORDER_RULE = ("recommended_quantity = 2 × reorder_point + ⌈order units/h × 24 × lead time⌉ − current_stock "
+              "(at least 1); lead time LEAD_TIME_DAYS = {lead} days on this platform.")
+#: the alerts table's rate columns: the rate the quantity used and the one of cover and risk (since 2026-12-07)
+ALERT_COLUMNS = {
+    "order_velocity": st.column_config.NumberColumn(
+        "order units/h", format="%.2f",
+        help="the rate the recommended quantity was computed from: the trailing rate of the units sold with an "
+             "anomalous window (a bulk line) counted at most mean + 3 sigma of its baseline, or, for a SKU without "
+             "a baseline, a day of its reorder point's planned rate (with LEAD_TIME_DAYS 0: the store's pooled "
+             "3-sigma cap); empty for alerts before 2026-12-07"),
+    "sales_velocity": st.column_config.NumberColumn(
+        "sales units/h", format="%.2f",
+        help="trailing sales rate (net of returns that net at most what the order's cap set aside): the rate of "
+             "hours_of_cover and priority; above order units/h when a bulk line was capped"),
+    "hours_of_cover": st.column_config.NumberColumn(format="%.1f h"),
+}
+
+
+def _lead_time_days() -> str:
+    """LEAD_TIME_DAYS as this process's settings read it (core.settings: the platform's environment, which the
+    stream reads too), as text; '?' when the settings cannot be read (the page still shows the alerts)."""
+    from core.settings import get_settings
+
+    try:
+        return str(get_settings().lead_time_days)
+    except Exception:  # noqa: BLE001 - a settings error is reported by the page's context, not here
+        return "?"
+
+
 @dataclass
 class Context:
     """What every page needs: the bi_reader client, database, known stores, star-schema date range, refresh."""
@@ -362,14 +392,14 @@ def store_manager() -> None:
                                       labels=dict(color="share of SKUs at HIGH risk"),
                                       title="Stock-out risk: share of SKUs at HIGH risk, store × category")
                             .update_layout(height=max(300, 22 * len(grid) + 120)), use_container_width=True)
-        a1, a2 = st.columns(2)
         al = fetch("store_alerts")
-        if al is not None and not al.empty:
-            a1.markdown("**Restock alerts** (highest priority first)")
-            a1.dataframe(al, hide_index=True, use_container_width=True, height=280)
+        if al is not None and not al.empty:   # full width: the columns that explain the quantity come first
+            st.markdown("**Restock alerts** (highest priority first)")
+            st.caption(ORDER_RULE.format(lead=_lead_time_days()))
+            st.dataframe(al, hide_index=True, use_container_width=True, height=280, column_config=ALERT_COLUMNS)
         if anomalies is not None and not anomalies.empty:
-            a2.markdown("**Anomalies** (|z| ≥ 3 against the SKU's previous 24 h)")
-            a2.dataframe(anomalies, hide_index=True, use_container_width=True, height=280)
+            st.markdown("**Anomalies** (|z| ≥ 3 against the SKU's previous 24 h)")
+            st.dataframe(anomalies, hide_index=True, use_container_width=True, height=280)
     live()
 
 

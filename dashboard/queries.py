@@ -96,8 +96,8 @@ QUERIES: dict[str, tuple[str, str]] = {
                     GROUP BY store_id, category)))
         WHERE store_rank <= 25"""),
     "store_alerts": ("store", f"""
-        SELECT alert_time, store_id, product_id, priority, current_stock, reorder_point, recommended_quantity,
-               hours_of_cover
+        SELECT product_id, priority, recommended_quantity, order_velocity, current_stock, reorder_point,
+               sales_velocity, hours_of_cover, alert_time, store_id
         FROM {{db}}.v_restock_alerts
         WHERE alert_time > (SELECT max(alert_time) FROM {{db}}.restock_alerts) - INTERVAL 7 DAY AND {STORE_PRED}
         ORDER BY indexOf(['CRITICAL', 'HIGH', 'MEDIUM', 'LOW'], priority), alert_time DESC LIMIT 200"""),

@@ -140,6 +140,59 @@ class TrailingRate:
         return np.maximum(self.running[keys], 0.0) / span
 
 
+#: share of the synthetic window rows that are a bulk line, and its units as a multiple of an ordinary window's
+#: (Poisson(2) + 1): the order cap then binds, so order_velocity < sales_velocity on some series as in the stream
+BULK_SHARE, BULK_FACTOR = 0.002, 50
+#: share of the window rows with 1-3 units returned (the stream nets them, at most what the cap set aside)
+RETURN_SHARE = 0.03
+
+
+class OrderUnits:
+    """``units_for_order`` of synthetic windows generated in window order (:class:`TrailingRate`'s grid, one day):
+    the stream's rule (``streaming.transforms.order_units`` inside ``enrich_windows``) for every row at once with
+    numpy: a window's units winsorized at :func:`streaming.transforms.order_cap` of the series' previous <=
+    :data:`streaming.transforms.BASELINE_WINDOWS` selling windows, or, with fewer than
+    :data:`streaming.transforms.ORDER_BASELINE_MIN`, at most :func:`streaming.transforms.catalogue_order_bound`.
+    Every earlier window of the bench's day is within the rule's 24 h. The buffer keeps the series' last
+    BASELINE_WINDOWS selling windows, oldest first (the mean and deviation are summed in that order, as
+    ``_mean_std`` does; the stream's own walk stays the reference: tests/test_stream_tables.py compares every window
+    with ``enrich_windows``).
+
+    Args:
+        n_keys: number of series (indexed 0..n_keys-1).
+        reorder_point: units per series (array of n_keys), for the bound without a baseline.
+        velocity_hours: STREAM_VELOCITY_HOURS (the bound counts that many hours of the planned rate).
+        lead_time_days: LEAD_TIME_DAYS (0: no bound).
+    """
+
+    def __init__(self, n_keys: int, reorder_point: np.ndarray, velocity_hours: float, lead_time_days: float):
+        from streaming.transforms import BASELINE_WINDOWS, catalogue_order_bound
+
+        self.buf = np.zeros((n_keys, BASELINE_WINDOWS))
+        self.count = np.zeros(n_keys, dtype=np.int64)
+        bound = catalogue_order_bound(np.asarray(reorder_point, dtype=float), velocity_hours, lead_time_days)
+        self.bound = np.full(n_keys, np.inf) if bound is None else np.where(np.isnan(bound), np.inf, bound)
+
+    def step(self, keys: np.ndarray, units: np.ndarray) -> np.ndarray:
+        """Add one window (``keys`` distinct series, ``units`` sold, >= 0) and return its units for the order
+        (float array aligned with ``keys``)."""
+        from streaming.transforms import ORDER_BASELINE_MIN, order_cap
+
+        u = units.astype(float)
+        n = self.count[keys]
+        width = self.buf.shape[1]
+        prev = self.buf[keys]                                  # the last n are the baseline, oldest first
+        valid = np.arange(width)[None, :] >= width - n[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(valid, prev, 0.0).sum(axis=1) / n
+            std = np.sqrt(np.where(valid, (prev - mean[:, None]) ** 2, 0.0).sum(axis=1) / n)
+            cap = np.where(n >= ORDER_BASELINE_MIN, order_cap(mean, std), self.bound[keys])
+        sold = u > 0
+        self.buf[keys[sold]] = np.concatenate([prev[sold, 1:], u[sold, None]], axis=1)
+        self.count[keys[sold]] = np.minimum(n[sold] + 1, width)
+        return np.minimum(u, cap)
+
+
 class Loader:
     """Inserts frames through a writer client and keeps row counts and seconds per table."""
 
@@ -383,19 +436,29 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
     stock = rng.integers(-2, 2500, n_series)
     rop = rng.integers(50, 400, n_series)
     chunk: list[pd.DataFrame] = []
-    # sales_velocity as the stream writes it: the trailing rate over STREAM_VELOCITY_HOURS (TrailingRate)
-    velocity_hours = get_settings().stream_velocity_hours
-    sku_rate, store_rate = TrailingRate(n_series, 5, velocity_hours), TrailingRate(n_st, 5, velocity_hours)
+    # the rates as the stream writes them (streaming.transforms.enrich_windows, since 2026-12-07): sales_velocity =
+    # max(trailing rate of units sold less returned, order_velocity), order_velocity = trailing rate of the units
+    # winsorized for the order (OrderUnits), each over STREAM_VELOCITY_HOURS (TrailingRate); the store level gross
+    st_s = get_settings()
+    velocity_hours = st_s.stream_velocity_hours
+    sku_net, sku_order = TrailingRate(n_series, 5, velocity_hours), TrailingRate(n_series, 5, velocity_hours)
+    store_rate = TrailingRate(n_st, 5, velocity_hours)
+    for_order = OrderUnits(n_series, rop, velocity_hours, st_s.lead_time_days)
     store_velocity: dict[tuple[pd.Timestamp, str], float] = {}
     # the write time: the window tables keep a window CLICKHOUSE_STREAM_RETENTION_DAYS after it (050's TTL)
     written = pd.Timestamp.now(tz=UTC)
-    last_velocity = np.zeros(n_series)
+    last_velocity, last_order = np.zeros(n_series), np.zeros(n_series)
     for w in range(288):
         ws = day0 + pd.Timedelta(minutes=5 * w)
         sel = rng.choice(n_series, size=min(per_window, n_series), replace=False)
         units = rng.poisson(2, len(sel)) + 1
-        velocity = sku_rate.step(w, sel, units)
-        last_velocity[sel] = velocity
+        # a bulk line now and then (BULK_SHARE of the rows: BULK_FACTOR x the units), and returns/cancellations
+        units = np.where(rng.random(len(sel)) < BULK_SHARE, units * BULK_FACTOR, units)
+        returned = np.where(rng.random(len(sel)) < RETURN_SHARE, rng.integers(1, 4, len(sel)), 0)
+        used = for_order.step(sel, units)
+        order_v = sku_order.step(w, sel, used)
+        velocity = np.maximum(sku_net.step(w, sel, units - returned), order_v)
+        last_velocity[sel], last_order[sel] = velocity, order_v
         stores_w = np.unique(sel // n_sk)
         store_units = np.bincount(sel // n_sk, weights=units, minlength=n_st)[stores_w]
         for st_i, v in zip(stores_w, store_rate.step(w, stores_w, store_units)):
@@ -404,7 +467,8 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         rev = np.round(units * price[sel % n_sk], 4)
         chunk.append(pd.DataFrame({
             "window_start": ws, "window_end": ws + pd.Timedelta(minutes=5), "store_id": store_ids[sel // n_sk],
-            "product_id": skus[sel % n_sk], "units_sold": units.astype(np.int64), "units_returned": np.int64(0),
+            "product_id": skus[sel % n_sk], "units_sold": units.astype(np.int64),
+            "units_returned": returned.astype(np.int64), "units_for_order": used, "order_velocity": order_v,
             "revenue": rev, "transaction_count": units.astype(np.int64), "inventory_update_count": np.int64(0),
             "window_stock": None, "window_stock_time": None, "stock_level": stock[sel].astype(np.int64),
             "reorder_point": rop[sel].astype(np.int64), "sales_velocity": velocity, "hours_of_cover": cover,
@@ -416,11 +480,12 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
             chunk = []
             ld.insert("sales_metrics_5m", win)
             by = win.groupby(["window_start", "store_id"], as_index=False).agg(
-                window_end=("window_end", "first"), units_sold=("units_sold", "sum"), revenue=("revenue", "sum"),
+                window_end=("window_end", "first"), units_sold=("units_sold", "sum"),
+                units_returned=("units_returned", "sum"), revenue=("revenue", "sum"),
                 transaction_count=("transaction_count", "sum"), sku_count=("product_id", "count"),
                 skus_high_risk=("stockout_risk", lambda r: int((r == RISK_HIGH).sum())))
             by["sales_velocity"] = [store_velocity[(ws_, st_)] for ws_, st_ in zip(by["window_start"], by["store_id"])]
-            by["units_returned"], by["anomaly_score"], by["batch_id"] = np.int64(0), 0.0, np.int64(0)
+            by["anomaly_score"], by["batch_id"] = 0.0, np.int64(0)
             by["version"], by["updated_at"] = np.uint64(1), written
             ld.insert("store_metrics_5m", by)
     now = day0 + pd.Timedelta(days=1)
@@ -432,14 +497,20 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
     low = np.flatnonzero(stock <= rop)
     alerts = low[rng.random(len(low)) < 0.5]
     alert_velocity = last_velocity[alerts]   # the series' trailing rate at its last window (0: no sale that day)
+    alert_order = last_order[alerts]         # the rate the quantity uses (order_velocity)
     with np.errstate(divide="ignore", invalid="ignore"):
         cover = np.where(alert_velocity > 0, stock[alerts] / alert_velocity, np.nan)
     prio = np.where(stock[alerts] <= 0, "CRITICAL", np.where(cover < 24, "HIGH", np.where(cover < 72, "MEDIUM", "LOW")))
     at = now - pd.to_timedelta(rng.integers(0, 7 * 86400, len(alerts)), "s")
+    from streaming.transforms import recommended_quantity
+
+    qty = [recommended_quantity(int(a), int(r), float(v), st_s.lead_time_days)
+           for a, r, v in zip(stock[alerts], rop[alerts], alert_order)]
     ld.insert("restock_alerts", pd.DataFrame({
         "alert_id": [f"a{k}" for k in alerts], "store_id": store_ids[alerts // n_sk], "product_id": skus[alerts % n_sk],
         "current_stock": stock[alerts].astype(np.int64), "reorder_point": rop[alerts].astype(np.int64),
-        "recommended_quantity": (rop[alerts] * 3 - stock[alerts]).astype(np.int64), "sales_velocity": alert_velocity,
+        "recommended_quantity": np.asarray(qty, dtype=np.int64), "sales_velocity": alert_velocity,
+        "order_velocity": alert_order,
         "hours_of_cover": pd.array(np.where(np.isnan(cover), None, cover), dtype="Float64"), "priority": prio,
         "window_end": at, "alert_time": at, "batch_id": np.int64(0),
         "ingested_at": at}))

@@ -1148,7 +1148,7 @@ class StreamSinks:
                                      risk_medium_hours=self.s.risk_medium_hours,
                                      horizon_hours=ANOMALY_HORIZON_HOURS, reorder_points=self.reorder_points(),
                                      velocity_hours=self.s.stream_velocity_hours,
-                                     lead_time_days=self.s.lead_time_days)
+                                     lead_time_days=self.s.lead_time_days, pooled_bound=True)
         out = enriched[["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned",
                         "revenue", "transaction_count", "inventory_update_count", "window_stock",
                         "window_stock_time", "stock_level", "reorder_point", "sales_velocity", "hours_of_cover",

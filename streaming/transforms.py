@@ -33,7 +33,8 @@ Metric definitions (also in docs/streaming.md):
   units_for_order), so never below ``order_velocity``. Store level: the same over the store's units sold (gross).
 * ``order_velocity`` (units/hour, the rate of a restock alert's quantity) = the trailing rate of the windows'
   units winsorized at their baseline's mean + 3 sigma (:func:`order_units`), a window without a baseline bounded
-  by what its reorder point implies (:func:`catalogue_order_bound`).
+  by what its reorder point implies (:func:`catalogue_order_bound`), or, with no reorder point or lead time, by
+  the store's pooled cap (:func:`pooled_order_bound`, the stream's ``pooled_bound``).
 * ``stock_level`` = ``new_quantity`` of the latest inventory update (by event time, ties by Kafka offset)
   in the window; a window without an update carries forward the stock of the latest earlier window of the
   same store x SKU that had one (NULL when none is known yet).
@@ -594,23 +595,81 @@ def zscore(value: float, previous: Iterable[float], min_count: int = 3) -> float
     return round((float(value) - mean) / std, 6)
 
 
+def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, lookback: int, horizon_ns: int, *,
+                       order_units_of: list | None = None, stored: np.ndarray | None = None,
+                       bounds: np.ndarray | None = None,
+                       pool_keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Both baselines of rows sorted by (key, window) in one walk back from each batch row (only the batch rows
+    are walked; since 2026-12-07 one walk instead of one per baseline, ``enrich_windows`` 1.23-1.30 s -> see the
+    docs/benchmarks.md):
+
+    * the anomaly score, :func:`zscore` of ``units[i]`` against the previous <= ``lookback`` rows of the same key
+      within ``horizon_ns`` (any units, 0 included);
+    * when ``order_units_of`` is given (units sold as floats, NaN-free), :func:`order_units` of the row against the
+      previous <= ``lookback`` rows of the same key within ``horizon_ns`` *with a sale* (units > 0), without a
+      baseline at most its ``bounds`` entry (:func:`catalogue_order_bound`); a row not in the batch keeps
+      ``stored`` (float array, its stored ``units_for_order``; its units when that is NaN).
+
+    Args:
+        keys: hashable key per row (rows of a key contiguous, in window order); ws_ns: window starts, int ns.
+        units: units sold per row (the z-score's values); in_batch: bool per row (list or array).
+        lookback, horizon_ns: baseline size (rows) and span (ns).
+        pool_keys: optional int code per row of the row's pool (the store; rows of a pool contiguous, codes
+            ascending): a row without a baseline and without a ``bounds`` entry (NaN, or ``bounds`` None) then
+            counts at most :func:`pooled_order_bound` of its pool's earlier selling windows.
+    Returns:
+        (z-scores: float array, NaN for rows not in the batch; units for the order: float array, or None when
+        ``order_units_of`` is None).
+    """
+    n = len(keys)
+    scores = np.full(n, np.nan)
+    ordered = None
+    if order_units_of is not None:
+        st = np.full(n, np.nan) if stored is None else stored
+        ordered = np.where(np.isnan(st), np.asarray(order_units_of, dtype=float), st)
+    if pool_keys is not None and order_units_of is not None:
+        pk, pws, pu = np.asarray(pool_keys), np.asarray(ws_ns, dtype=np.int64), np.asarray(order_units_of, dtype=float)
+        cache: dict[tuple[int, int], float] = {}
+
+        def pooled(i: int) -> float:
+            """pooled_order_bound of row i's pool's selling windows in [ws - horizon, ws) (one per pool x window)."""
+            key = (int(pk[i]), int(pws[i]))
+            if key not in cache:
+                a, z = np.searchsorted(pk, pk[i], side="left"), np.searchsorted(pk, pk[i], side="right")
+                w, u = pws[a:z], pu[a:z]
+                cache[key] = pooled_order_bound(u[(w >= pws[i] - horizon_ns) & (w < pws[i]) & (u > 0)])
+            return cache[key]
+    for i in np.flatnonzero(np.asarray(in_batch, dtype=bool)).tolist():
+        k, lo = keys[i], ws_ns[i] - horizon_ns
+        zprev: list = []
+        oprev: list[float] = []
+        need_o = order_units_of is not None
+        j = i - 1
+        # walked back from the row: at most the windows of the horizon, not the key's whole history
+        while j >= 0 and keys[j] == k and ws_ns[j] >= lo and (len(zprev) < lookback or (need_o and len(oprev) < lookback)):
+            if len(zprev) < lookback:
+                zprev.append(units[j])
+            if need_o and len(oprev) < lookback and order_units_of[j] > 0:
+                oprev.append(order_units_of[j])
+            j -= 1
+        scores[i] = zscore(units[i], zprev[::-1])
+        if need_o:
+            b = None if bounds is None else float(bounds[i])
+            if pool_keys is not None and len(oprev) < ORDER_BASELINE_MIN and (b is None or math.isnan(b)):
+                b = pooled(i)
+            ordered[i] = order_units(order_units_of[i], oprev[::-1], bound=b)
+    return scores, ordered
+
+
 def _grouped_zscores(keys: list, ws_ns: list[int], units: list, in_batch: list[bool], lookback: int,
-                     horizon_ns: int) -> list[float | None]:
+                     horizon_ns: int) -> np.ndarray:
     """z-scores (:func:`zscore`) of rows sorted by (key, window): each row against the previous <= lookback
-    rows of the same key within ``horizon_ns``; None for rows not in the batch."""
-    out: list[float | None] = []
-    g0 = 0
-    for i in range(len(keys)):
-        if i and keys[i] != keys[i - 1]:
-            g0 = i
-        if not in_batch[i]:
-            out.append(None)
-            continue
-        prev = [units[j] for j in range(max(g0, i - lookback), i) if ws_ns[j] >= ws_ns[i] - horizon_ns]
-        out.append(zscore(units[i], prev))
-    return out
+    rows of the same key within ``horizon_ns``; NaN for rows not in the batch (:func:`_grouped_baselines`)."""
+    return _grouped_baselines(keys, ws_ns, units, in_batch, lookback, horizon_ns)[0]
 
 
+#: previous windows of a baseline (anomaly score, order cap): :func:`enrich_windows`' default ``lookback``
+BASELINE_WINDOWS = 12
 #: sigmas above the baseline mean a window's units sold count at most in the restock order's rate (three-sigma rule)
 ORDER_OUTLIER_SIGMAS = 3.0
 #: fewest earlier selling windows a cap needs (as the anomaly score's baseline; fewer: :func:`catalogue_order_bound`)
@@ -625,7 +684,7 @@ def order_units(value: float, previous: Iterable[float], sigmas: float = ORDER_O
     Args:
         value: the window's units sold (>= 0).
         previous: units sold of the earlier windows *with a sale* (units > 0) of the same store x SKU, at most
-            ``lookback`` (12) within 24 h, the anomaly score's span (:func:`_grouped_order_units` picks them).
+            ``lookback`` (12) within 24 h, the anomaly score's span (:func:`_grouped_baselines` picks them).
         sigmas: the cap in standard deviations (:data:`ORDER_OUTLIER_SIGMAS`, 3).
         min_count: fewer previous windows than this: no baseline, the window counts at most ``bound``.
         bound: units a window without a baseline counts at most (:func:`catalogue_order_bound`: what the reorder
@@ -649,7 +708,21 @@ def order_units(value: float, previous: Iterable[float], sigmas: float = ORDER_O
     if len(prev) < min_count:
         return float(value) if bound is None or math.isnan(bound) else min(float(value), float(bound))
     mean, std = _mean_std(prev)
-    return min(float(value), mean + sigmas * max(std, math.sqrt(mean)))
+    return min(float(value), float(order_cap(mean, std, sigmas)))
+
+
+def order_cap(mean, std, sigmas: float = ORDER_OUTLIER_SIGMAS):
+    """The most units a window with a baseline counts for the restock order (:func:`order_units`):
+    ``mean + sigmas x max(std, sqrt(mean))``.
+
+    Args:
+        mean, std: the baseline's mean and population standard deviation (ddof 0), units per window (numbers or
+            numpy arrays of one shape; ``ops.bench_bi`` passes arrays).
+        sigmas: :data:`ORDER_OUTLIER_SIGMAS`.
+    Returns:
+        units (a numpy float, or an array).
+    """
+    return mean + sigmas * np.maximum(std, np.sqrt(mean))
 
 
 def catalogue_order_bound(reorder_point, span_hours, lead_time_days: float | None):
@@ -685,22 +758,31 @@ def catalogue_order_bound(reorder_point, span_hours, lead_time_days: float | Non
     return float(out) if out.ndim == 0 else out
 
 
-def _grouped_order_units(keys: list, ws_ns: list[int], units: list, in_batch: np.ndarray, stored: np.ndarray,
-                         lookback: int, horizon_ns: int, bounds: np.ndarray | None = None) -> np.ndarray:
-    """:func:`order_units` of rows sorted by (key, window): each batch row against the previous <= lookback
-    windows with a sale of the same key within ``horizon_ns`` (without a baseline at most its ``bounds`` entry,
-    :func:`catalogue_order_bound`); a row not in the batch keeps ``stored`` (float array, its stored
-    ``units_for_order``; its ``units`` when that is NaN). Only the batch rows are walked (numpy elsewhere)."""
-    out = np.where(np.isnan(stored), np.asarray(units, dtype=float), stored)
-    for i in np.flatnonzero(in_batch).tolist():
-        prev: list[float] = []          # walked back from the row: at most the windows of the horizon, not the key's
-        j = i - 1
-        while j >= 0 and keys[j] == keys[i] and len(prev) < lookback and ws_ns[j] >= ws_ns[i] - horizon_ns:
-            if units[j] > 0:
-                prev.append(units[j])
-            j -= 1
-        out[i] = order_units(units[i], prev[::-1], bound=None if bounds is None else float(bounds[i]))
-    return out
+def pooled_order_bound(previous) -> float:
+    """The most units one window counts for the restock order when it has neither a baseline of its own (fewer
+    than :data:`ORDER_BASELINE_MIN` earlier selling windows within 24 h) nor a :func:`catalogue_order_bound` (no
+    reorder point known, or LEAD_TIME_DAYS 0): :func:`order_cap` of its store's earlier selling windows within 24 h,
+    all SKUs pooled (the SKU's own included).
+
+    Args:
+        previous: units sold of those windows (array-like of floats > 0; :func:`enrich_windows` passes the store's
+            windows it holds: the micro-batch's SKUs and their stored history).
+    Returns:
+        units (float): ``mean + 3 x max(std, sqrt(mean))`` (population std) of ``previous``; NaN (no bound) with
+        fewer than :data:`ORDER_BASELINE_MIN` of them.
+
+    Rule and source: a series too short to estimate is estimated from similar series, here the store's other SKUs
+    (forecasting by analogy, Hyndman & Athanasopoulos, "Forecasting: Principles and Practice", 3rd ed., ch. 6
+    "Judgmental forecasts"; pooling short series, Silver, Pyke & Thomas 2017, ch. 4), with the same three-sigma
+    winsorizing limit as :func:`order_units`. Without it such a window was counted whole: a first-seen SKU's
+    bulk line with no reorder point (no alert: restock alerts need one) or LEAD_TIME_DAYS 0 (the quantity does not
+    use the rate) set nothing aside, so its cancellation did not net out of ``sales_velocity`` and cover and risk
+    stayed at the raw rate for STREAM_VELOCITY_HOURS.
+    """
+    prev = np.asarray(previous, dtype=float)
+    if len(prev) < ORDER_BASELINE_MIN:
+        return float("nan")
+    return float(order_cap(np.mean(prev), np.std(prev)))
 
 
 def _ns(series: pd.Series) -> list[int]:
@@ -746,10 +828,16 @@ def trailing_velocity(frame: pd.DataFrame, key: list[str], *, window_len_hours: 
 
 
 def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window_len_hours: float,
-                    velocity_hours: float) -> pd.DataFrame:
-    """:func:`trailing_velocity` of several per-window unit arrays at once (one sort and one as-of join for all):
+                    velocity_hours: float, codes: np.ndarray | None = None,
+                    ws_ns: np.ndarray | None = None) -> pd.DataFrame:
+    """:func:`trailing_velocity` of several per-window unit arrays at once (one sort for all):
     ``values`` name -> units per row of ``frame`` (array-like, no NaN); returns a float frame with those columns,
-    aligned with ``frame``'s index, each the trailing sum over the span floored at 0, / the span in hours."""
+    aligned with ``frame``'s index, each the trailing sum over the span floored at 0, / the span in hours.
+    ``codes``: optional int code per row of ``frame`` naming its key (equal codes = equal ``key`` values), which
+    spares factorizing the key columns, ``ws_ns`` the rows' ``window_start`` as int64 ns, converting them
+    (:func:`enrich_windows` has both). The units of the windows ending at or
+    before e - T are found by a binary search on (key code, window-end rank) (since 2026-12-07; was a
+    ``merge_asof`` by the key's string columns: the same rows, the same sums, 0.53 -> see docs/benchmarks.md)."""
     if velocity_hours <= 0:
         raise ValueError(f"velocity_hours must be > 0, got {velocity_hours}")
     if frame.empty:
@@ -757,36 +845,39 @@ def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window
     hour_ns = 3_600_000_000_000
     win_ns, t_ns = round(window_len_hours * hour_ns), round(velocity_hours * hour_ns)
     names = list(values)
-    f = pd.DataFrame({"_i": range(len(frame)),
-                      "_ws": pd.to_datetime(frame["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy(),
-                      **{f"_u{j}": values[n] for j, n in enumerate(names)}})
-    for k in key:
-        f[k] = frame[k].to_numpy()
-    f = f.sort_values([*key, "_ws"], kind="mergesort").reset_index(drop=True)
-    g = f.groupby(key, sort=False)
-    cums = [f"_cum{j}" for j in range(len(names))]
-    f[cums] = g[[f"_u{j}" for j in range(len(names))]].cumsum().to_numpy()   # units of windows ending <= this end
-    f["_end"] = f["_ws"] + win_ns
-    first = g["_ws"].transform("min").to_numpy()
-    # units of the key's windows ending at or before e - T: the cumulative sum of the last such window (asof)
-    q = f[[*key, "_i"]].assign(_end=f["_end"] - t_ns).sort_values("_end", kind="mergesort")
-    before = pd.merge_asof(q, f[[*key, "_end", *cums]].sort_values("_end", kind="mergesort"), on="_end", by=key,
-                           direction="backward", allow_exact_matches=True).set_index("_i")[cums]
-    before = before.reindex(f["_i"]).fillna(0.0).to_numpy()
+    ws = (pd.to_datetime(frame["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+          if ws_ns is None else np.asarray(ws_ns, dtype=np.int64))
+    if codes is None:
+        codes = frame.groupby(key, sort=False, dropna=False).ngroup().to_numpy()
+    order = np.lexsort((ws, codes))                       # by key, then window (one row per key x window)
+    c, w = np.asarray(codes, dtype=np.int64)[order], ws[order]
+    vals = np.column_stack([np.asarray(values[n], dtype=float)[order] for n in names])
+    # units of windows ending <= this end: the running sum within the key (pandas' grouped cumsum, as before)
+    cum = pd.DataFrame(vals).groupby(c, sort=False).cumsum().to_numpy()
+    end = w + win_ns
+    n = len(c)
+    starts = np.r_[0, np.flatnonzero(c[1:] != c[:-1]) + 1]
+    g0 = np.repeat(starts, np.diff(np.r_[starts, n]))     # index of each row's key's first row
+    first = w[g0]
+    # the key's last window ending at or before e - T (rows sorted by key code, then end): a search on
+    # code x (rank of the end among all ends and bounds) finds it; none in the key: 0 units
+    q = end - t_ns
+    grid = np.sort(pd.unique(np.concatenate([end, q])))   # hashed: few distinct ends
+    m = np.int64(len(grid) + 1)
+    j = np.searchsorted(c * m + np.searchsorted(grid, end), c * m + np.searchsorted(grid, q), side="right") - 1
+    before = np.where((j >= g0)[:, None], cum[np.maximum(j, 0)], 0.0)
     min_ns = min(t_ns, round(VELOCITY_MIN_SPAN_HOURS * hour_ns))
-    span_h = (f["_end"].to_numpy() - first).clip(min=min_ns, max=t_ns) / hour_ns
-    rates = (f[cums].to_numpy() - before).clip(min=0.0) / span_h[:, None]
-    out = pd.DataFrame(rates, columns=names)
-    out["_i"] = f["_i"].to_numpy()
-    out = out.set_index("_i").reindex(range(len(frame)))
-    out.index = frame.index
-    return out
+    span_h = (end - first).clip(min=min_ns, max=t_ns) / hour_ns
+    rates = np.empty_like(cum)
+    rates[order] = (cum - before).clip(min=0.0) / span_h[:, None]
+    return pd.DataFrame(rates, columns=names, index=frame.index)
 
 
 def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_len_hours: float,
-                   risk_high_hours: float, risk_medium_hours: float, lookback: int = 12,
+                   risk_high_hours: float, risk_medium_hours: float, lookback: int = BASELINE_WINDOWS,
                    horizon_hours: float = 24.0, reorder_points: dict[str, int] | None = None,
-                   velocity_hours: float = 24.0, lead_time_days: float | None = None) -> pd.DataFrame:
+                   velocity_hours: float = 24.0, lead_time_days: float | None = None,
+                   pooled_bound: bool = False) -> pd.DataFrame:
     """Add last known stock, velocity, cover, risk and anomaly score to the windows of one micro-batch.
 
     Args:
@@ -805,6 +896,9 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
             windows of the T hours before the batch's (plus an earlier anchor row when the key is older).
         lead_time_days: LEAD_TIME_DAYS, days: bounds ``units_for_order`` of a window without a baseline
             (:func:`catalogue_order_bound`); None: no such bound.
+        pooled_bound: a window with neither a baseline nor that bound (no reorder point, or no lead time) counts at
+            most :func:`pooled_order_bound` of its store's earlier selling windows in the frame (the stream passes
+            True since 2026-12-07; False: counted whole, as before).
 
     Returns:
         the batch rows (same order of columns, sorted by store, product, window) + ``stock_level``
@@ -839,11 +933,12 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     if reorder_points:
         fallback = allw["product_id"].map(reorder_points)
         allw["reorder_point"] = allw["reorder_point"].where(allw["reorder_point"].notna(), fallback)
-    keys = list(zip(allw["store_id"], allw["product_id"]))
-    ws_ns = _ns(allw["window_start"])
-    scores = _grouped_zscores(keys, ws_ns, allw["units_sold"].tolist(),
-                              allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
-    allw["anomaly_score"] = scores
+    # int code per store x SKU (rows sorted by it): cheaper to compare in the walks and to search than the strings
+    sid, pid = allw["store_id"].to_numpy(), allw["product_id"].to_numpy()
+    codes = np.cumsum(np.r_[True, (sid[1:] != sid[:-1]) | (pid[1:] != pid[:-1])]) - 1
+    keys = codes.tolist()
+    ws_arr = pd.to_datetime(allw["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    ws_ns = ws_arr.tolist()
     units = allw["units_sold"].fillna(0).astype(float).tolist()
     stored = (pd.to_numeric(allw["units_for_order"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
               if "units_for_order" in allw else np.full(len(allw), np.nan))
@@ -851,8 +946,12 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     # window, whatever the key's age: a new fast seller's ordinary windows stay below it)
     bounds = (None if lead_time_days is None else
               catalogue_order_bound(allw["reorder_point"].astype(float).to_numpy(), velocity_hours, lead_time_days))
-    allw["units_for_order"] = _grouped_order_units(keys, ws_ns, units, allw["_in_batch"].to_numpy(dtype=bool),
-                                                   stored, lookback, int(horizon_hours * 3600e9), bounds)
+    # one walk back from each batch row gives both baselines (anomaly score, order cap)
+    scores, allw["units_for_order"] = _grouped_baselines(
+        keys, ws_ns, allw["units_sold"].tolist(), allw["_in_batch"].to_numpy(dtype=bool), lookback,
+        int(horizon_hours * 3600e9), order_units_of=units, stored=stored, bounds=bounds,
+        pool_keys=(np.cumsum(np.r_[True, sid[1:] != sid[:-1]]) - 1) if pooled_bound else None)
+    allw["anomaly_score"] = scores
     if "units_returned" not in allw:
         allw["units_returned"] = 0
     # one sort/as-of join for both rates. The order's rate is the trailing rate of the winsorized units; the
@@ -862,7 +961,8 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     # sales) does not read as a stop in demand
     net = np.asarray(units) - allw["units_returned"].astype(float).fillna(0.0).to_numpy()
     r = _trailing_rates(allw, WINDOW_KEY, {"net": net, "capped": allw["units_for_order"].to_numpy(dtype=float)},
-                        window_len_hours=window_len_hours, velocity_hours=velocity_hours)
+                        window_len_hours=window_len_hours, velocity_hours=velocity_hours, codes=codes,
+                        ws_ns=ws_arr)
     allw["order_velocity"] = r["capped"].to_numpy()
     allw["sales_velocity"] = np.maximum(r["net"].to_numpy(), allw["order_velocity"].to_numpy())
     out = allw[allw["_in_batch"]].drop(columns="_in_batch").reset_index(drop=True)

@@ -24,8 +24,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VIEWS_SQL = REPO / "clickhouse" / "migrations" / "030_bi_views.sql"
-#: every migration that defines BI views: 030's and the stream health views of 080
-VIEW_FILES = [VIEWS_SQL, REPO / "clickhouse" / "migrations" / "080_stream_health_views.sql"]
+#: every migration that defines BI views: 030's, the stream health views of 080, 091's order_velocity views
+VIEW_FILES = [VIEWS_SQL, REPO / "clickhouse" / "migrations" / "080_stream_health_views.sql",
+              REPO / "clickhouse" / "migrations" / "091_order_velocity_bi_views.sql"]
 DATASET_MD = REPO / "powerbi" / "dataset.md"
 UTC = dt.timezone.utc
 
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.integration
 
 
 def view_names() -> list[str]:
-    return [v for f in VIEW_FILES for v in re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)", f.read_text())]
+    names = [v for f in VIEW_FILES for v in re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)", f.read_text())]
+    return list(dict.fromkeys(names))   # 091 re-creates two of 030's views
 
 
 #: settings update for a database holding the fixtures' dated micro-batches (2026-05-04 here, 2026-01 in
@@ -233,6 +235,36 @@ def test_live_metrics_final_and_current_inventory(bi):
     latest = q(client, f"SELECT window_start, units_sold FROM {db}.sku_window_latest FINAL "
                        f"WHERE store_id = 'S1' AND product_id = 'P1'")
     assert latest["units_sold"].tolist() == [1] and len(latest) == 1   # one row per series: the newest window
+
+
+def test_alerts_and_live_windows_show_the_rate_the_order_used(bi):
+    """v_restock_alerts and v_live_sku_metrics carry order_velocity (migration 091): the rate the restock quantity
+    was computed from, next to sales_velocity, so a capped bulk line's alert explains its quantity (before 091 the
+    column was in the tables only: the SELECT failed with an unknown column). An alert written before 089 reads
+    NULL; the latest version of a window wins (FINAL)."""
+    from streaming.transforms import recommended_quantity
+
+    client, db = bi
+    t0 = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    # the bulk window of the README's case: gross rate 3,377.9 units/h, order rate 3.33 units/h, rop 60, stock 0
+    qty = recommended_quantity(0, 60, 10 / 3, 3)
+    cols = ["alert_id", "store_id", "product_id", "current_stock", "reorder_point", "recommended_quantity",
+            "sales_velocity", "hours_of_cover", "priority", "window_end", "alert_time", "batch_id", "ingested_at"]
+    client.insert("restock_alerts", [["SOV|P1|1", "SOV", "P1", 0, 60, qty, 3377.9, None, "CRITICAL", t0, t0, 1, t0,
+                                      10 / 3],
+                                     ["SOV|P2|1", "SOV", "P2", 5, 60, 200, 1.5, 3.3, "HIGH", t0, t0, 1, t0, None]],
+                  column_names=[*cols, "order_velocity"], database=db)
+    got = q(client, f"SELECT alert_id, recommended_quantity, sales_velocity, order_velocity, current_stock, "
+                    f"reorder_point FROM {db}.v_restock_alerts WHERE store_id = 'SOV' ORDER BY alert_id")
+    assert got["alert_id"].tolist() == ["SOV|P1|1", "SOV|P2|1"]
+    assert got["order_velocity"][0] == pytest.approx(10 / 3, rel=1e-15) and pd.isna(got["order_velocity"][1])
+    assert got["recommended_quantity"][0] == 360 == recommended_quantity(0, 60, got["order_velocity"][0], 3)
+    w1 = _metrics_row("SOV", "P1", t0, 80_995, 3377.9, None, "HIGH", 9.0, 1) + [3.0, 10 / 3]
+    w2 = _metrics_row("SOV", "P1", t0, 80_995, 3377.9, None, "HIGH", 9.0, 2) + [3.0, 3.25]   # a re-run, newer
+    client.insert("sales_metrics_5m", [w1, w2], column_names=[*METRIC_COLS, "units_for_order", "order_velocity"],
+                  database=db)
+    live = q(client, f"SELECT sales_velocity, order_velocity FROM {db}.v_live_sku_metrics WHERE store_id = 'SOV'")
+    assert live["order_velocity"].tolist() == [3.25] and live["sales_velocity"].tolist() == [3377.9]
 
 
 def test_forecast_accuracy_and_latest_filters_match_pandas(bi):

@@ -168,7 +168,7 @@ def test_executive_page_shows_the_star_schema_totals_and_the_store_filter_change
     assert units_s < units and value(one["Units sold"]) != value(all_m["Units sold"])
 
 
-def test_store_manager_page_shows_live_risk_alerts_and_anomalies(dashboard, browser, chain):
+def test_store_manager_page_shows_live_risk_alerts_and_anomalies(dashboard, browser, chain, native_stack):
     labels = ["SKUs at high risk", "SKUs out of stock", "Restock alerts (7 days)", "Anomalies (24 h)"]
     first = chain["stores"][0]   # no store chosen: the page shows the first store and says so
     all_m = open_page(browser, f"{dashboard}/store", labels, "store-manager")
@@ -187,6 +187,42 @@ def test_store_manager_page_shows_live_risk_alerts_and_anomalies(dashboard, brow
     assert value(one["SKUs at high risk"]) == counts[store]
     assert value(one["Restock alerts (7 days)"]) == int((alerts["store_id"] == store).sum())
     assert [one[k] for k in labels] != [all_m[k] for k in labels]   # the store filter changed what is shown
+
+    # the alerts table shows why an alert orders N units (since 2026-12-07: the rate the quantity used was not on
+    # the page): its rows' order rate, sales rate, stock, reorder point and quantity equal the generated alerts
+    # and v_restock_alerts as bi_reader reads it, and the caption names the rule and LEAD_TIME_DAYS
+    from selenium.webdriver.common.by import By
+
+    from core.clickhouse import new_client
+    from core.settings import get_settings
+    from streaming.transforms import recommended_quantity
+
+    deadline, shown, grids = time.time() + 60, [], []
+    while time.time() < deadline and not shown:
+        grids = browser.execute_script(_GRIDS_JS)
+        shown = [g for g in grids if g and "order units/h" in g[0]]
+        time.sleep(0.5)
+    assert shown, [g[0] for g in grids if g]
+    head, rows = shown[0][0], [dict(zip(shown[0][0], r)) for r in shown[0][1:] if len(r) == len(shown[0][0])]
+    assert {"product_id", "current_stock", "reorder_point", "recommended_quantity", "sales units/h"} <= set(head)
+    assert rows, shown
+    mine = alerts[alerts["store_id"] == store].set_index("product_id")
+    bi = new_client(native_stack, readonly=True)
+    view = bi.query_df(f"SELECT product_id, order_velocity, recommended_quantity FROM "
+                       f"{native_stack.clickhouse_database}.v_restock_alerts WHERE store_id = {{s:String}}",
+                       parameters={"s": store}).set_index("product_id")
+    bi.close()
+    lead = get_settings().lead_time_days
+    for r in rows:
+        a = mine.loc[r["product_id"]]
+        assert value(r["order units/h"]) == pytest.approx(a["order_velocity"], abs=0.0051)
+        assert value(r["order units/h"]) == pytest.approx(view.loc[r["product_id"], "order_velocity"], abs=0.0051)
+        assert value(r["sales units/h"]) == pytest.approx(a["sales_velocity"], abs=0.0051)
+        assert value(r["current_stock"]) == a["current_stock"] and value(r["reorder_point"]) == a["reorder_point"]
+        assert value(r["recommended_quantity"]) == a["recommended_quantity"] == recommended_quantity(
+            int(a["current_stock"]), int(a["reorder_point"]), float(a["order_velocity"]), lead)
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert f"LEAD_TIME_DAYS = {lead} days" in text and "order units/h × 24 × lead time" in text
 
 
 def test_inventory_analyst_page_shows_forecasts_and_the_reorder_plan(dashboard, browser, chain):
@@ -493,6 +529,12 @@ def test_the_live_strip_shows_a_stopped_stores_last_day_and_flags_it(native_stac
         assert "3,000 minutes before the newest: its feed is behind" in text, text[:1500]
     c.command(f"DROP DATABASE IF EXISTS {db}")
 
+
+#: Streamlit's st.dataframe (glide-data-grid) draws on a canvas; its accessibility table holds the header and the
+#: rows in view, each cell's shown text
+_GRIDS_JS = """
+  return Array.from(document.querySelectorAll('table[role="grid"]')).map(t =>
+    Array.from(t.querySelectorAll('tr')).map(r => Array.from(r.querySelectorAll('th, td')).map(c => c.textContent.trim())));"""
 
 _TABLES_JS = """
   return Array.from(document.querySelectorAll('[data-testid="stTable"] table')).map(t =>

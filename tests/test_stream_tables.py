@@ -90,29 +90,52 @@ def test_the_velocity_columns_say_trailing_rate_in_units_per_hour(fresh_db):
     assert set(got) == {"sales_metrics_5m", "store_metrics_5m"}
     for comment in got.values():
         assert comment.startswith("units/hour, trailing rate") and "STREAM_VELOCITY_HOURS" in comment
+    # 090 said a window without a baseline nor a reorder point had no bound; 092 (2026-12-07): the store's pooled cap
+    (uo,), = client.query(f"SELECT comment FROM system.columns WHERE database = '{s.clickhouse_database}' "
+                          "AND table = 'sales_metrics_5m' AND name = 'units_for_order'").result_rows
+    assert "store's selling windows (all SKUs)" in uo and "no bound when no reorder point" not in uo
 
 
 def test_the_bi_load_tests_windows_carry_the_streams_trailing_velocity(fresh_db):
-    """ops.bench_bi wrote sales_velocity = units x 12 (one unit in a window read 12 units/h). Its windows now carry
-    the stream's trailing rate: every SKU and store window equals streaming.transforms.trailing_velocity over the
-    stored units, and cover = stock / velocity."""
+    """ops.bench_bi wrote sales_velocity = units x 12 (one unit in a window read 12 units/h), and until 2026-12-07
+    the gross trailing rate without returns, bulk lines or order_velocity (NULL order_velocity in its alerts, the
+    column defaulting to sales_velocity in its windows). Its windows now carry the stream's rates: every SKU window's
+    units_for_order, order_velocity and sales_velocity (net of returns, at least order_velocity) equal
+    streaming.transforms.enrich_windows over the stored windows, cover = stock / velocity, some bulk lines are
+    capped (order_velocity < sales_velocity) and every alert's quantity is recommended_quantity of its
+    order_velocity; the store windows carry the gross trailing rate (trailing_velocity)."""
     import numpy as np
 
     from ops.bench_bi import ChainSize, load_chain
-    from streaming.transforms import trailing_velocity
+    from streaming.transforms import enrich_windows, recommended_quantity, trailing_velocity
 
     s, client = fresh_db
     db = s.clickhouse_database
     size = ChainSize(stores=4, skus=10, days=3, window_rows=5760, forecast_series=5, horizons=3, seed=3)
     load_chain(client, db, size, dt.date(2026, 11, 30))
-    sku = client.query_df(f"SELECT window_start, store_id, product_id, units_sold, stock_level, sales_velocity, "
-                          f"hours_of_cover FROM {db}.sales_metrics_5m FINAL")
+    sku = client.query_df(f"SELECT window_start, window_end, store_id, product_id, units_sold, units_returned, "
+                          f"stock_level, reorder_point, sales_velocity, hours_of_cover, units_for_order, order_velocity "
+                          f"FROM {db}.sales_metrics_5m FINAL ORDER BY store_id, product_id, window_start")
     assert len(sku) == 5760
-    want = trailing_velocity(sku, ["store_id", "product_id"], window_len_hours=5 / 60,
-                             velocity_hours=s.stream_velocity_hours)
-    assert np.allclose(sku["sales_velocity"], want, rtol=1e-9, atol=0)
+    want = enrich_windows(sku[["window_start", "window_end", "store_id", "product_id", "units_sold", "units_returned",
+                               "reorder_point"]].assign(window_stock=np.nan),
+                          None, window_len_hours=5 / 60, risk_high_hours=s.risk_high_hours,
+                          risk_medium_hours=s.risk_medium_hours, velocity_hours=s.stream_velocity_hours,
+                          lead_time_days=s.lead_time_days)
+    assert want["product_id"].tolist() == sku["product_id"].tolist()
+    for col in ("units_for_order", "order_velocity", "sales_velocity"):
+        assert np.allclose(sku[col], want[col], rtol=1e-9, atol=0), col
+    capped = sku["units_for_order"] < sku["units_sold"]
+    assert capped.sum() > 0 and (sku["order_velocity"] < sku["sales_velocity"]).sum() > 0
+    assert (sku["units_returned"] > 0).sum() > 0
     cover = sku["stock_level"] / sku["sales_velocity"]
     assert np.allclose(sku["hours_of_cover"], cover, rtol=1e-9)
+    alerts = client.query_df(f"SELECT current_stock, reorder_point, recommended_quantity, order_velocity "
+                             f"FROM {db}.restock_alerts FINAL")
+    assert len(alerts) > 0 and alerts["order_velocity"].notna().all()
+    assert alerts["recommended_quantity"].tolist() == [
+        recommended_quantity(a.current_stock, a.reorder_point, a.order_velocity, s.lead_time_days)
+        for a in alerts.itertuples()]
     store = client.query_df(f"SELECT window_start, store_id, units_sold, sales_velocity FROM {db}.store_metrics_5m "
                             "FINAL")
     want = trailing_velocity(store, ["store_id"], window_len_hours=5 / 60, velocity_hours=s.stream_velocity_hours)

@@ -1027,3 +1027,75 @@ def test_order_units_winsorizes_at_three_sigma_with_a_poisson_floor():
     assert TR.order_units(9, [4, 4, 4]) == 9.0
     prev = [1, 3, 2, 30]                          # mean 9, std 12.12...: 9 + 36.37
     assert TR.order_units(1000, prev) == pytest.approx(9 + 3 * (sum((x - 9) ** 2 for x in prev) / 4) ** 0.5)
+
+
+def _pooled_case(rop_new, rop_others):
+    """Store S1: four SKUs selling 1-3 units in every other 5-minute window for 10 h (reorder point
+    ``rop_others``), and a SKU first seen at 10:00 with a bulk line of 5,000 units (reorder point ``rop_new``),
+    cancelled 15 minutes later (a window of 0 sold, 5,000 returned), then 1 unit in each of two later windows."""
+    import numpy as np
+
+    rng = np.random.default_rng(12)
+    rows = [_win(m, int(rng.integers(1, 4)), rop=rop_others if m == 0 else None, sku=f"P{k}")
+            for k in range(4) for m in range(0, 600, 10)]
+    new = [_win(600, 5_000, stock=0, rop=rop_new, sku="NEW"), _win(615, 0, sku="NEW"), _win(620, 1, sku="NEW"),
+           _win(625, 1, sku="NEW")]
+    new[1]["units_returned"] = 5_000
+    return pd.DataFrame(rows + new)
+
+
+def pooled_oracle(w: pd.DataFrame, sku: str, hours: float = 24.0) -> pd.DataFrame:
+    """Independent computation for one SKU without a baseline nor a reorder-point bound: each of its windows counts
+    at most mean + 3 x max(std, sqrt(mean)) (population std) of the store's selling windows (every SKU) starting
+    in [ws - 24 h, ws), none with fewer than 3; then on the SKU's complete 5-minute grid ``order`` = trailing sum of
+    the used units / span and ``sales`` = (sold - min(returned, sold - used)) over the span / span, span = hours
+    since the SKU's first window's start to the window's end clipped to [1, hours]. Indexed by window_start."""
+    import numpy as np
+
+    sell = w[w["units_sold"] > 0]
+    s = w[w["product_id"] == sku].set_index("window_start").sort_index()
+    grid = pd.date_range(s.index.min(), s.index.max(), freq="5min")
+    sold = s["units_sold"].reindex(grid, fill_value=0).astype(float)
+    ret = s["units_returned"].reindex(grid, fill_value=0).astype(float)
+    used = []
+    for ws, u in sold.items():
+        pool = sell.loc[(sell["window_start"] >= ws - pd.Timedelta(hours=24)) & (sell["window_start"] < ws),
+                        "units_sold"].astype(float).to_numpy()
+        cap = np.mean(pool) + 3 * max(np.std(pool), np.sqrt(np.mean(pool))) if len(pool) >= 3 else float("inf")
+        used.append(min(u, cap))
+    used = pd.Series(used, index=grid)
+    n = round(hours * 12)
+    span = pd.Series((grid - grid[0] + pd.Timedelta(minutes=5)) / pd.Timedelta(hours=1), index=grid).clip(1, hours)
+    roll = lambda x: x.rolling(n, min_periods=1).sum()      # noqa: E731 - the trailing span's sum
+    g, r, c = roll(sold), roll(ret), roll(used)
+    return pd.DataFrame({"used": used, "order": c / span, "gross": g / span,
+                         "sales": (g - np.minimum(r, g - c)).clip(lower=0) / span}, index=grid)
+
+
+@pytest.mark.parametrize("rop_new, lead", [(None, 3), (40, 0)], ids=["no-reorder-point", "lead-time-0"])
+def test_a_first_seen_skus_bulk_line_without_a_reorder_point_bound_is_pooled_and_nets_out(rop_new, lead):
+    """A SKU first seen with a bulk line of 5,000 units and neither a baseline (< 3 earlier selling windows) nor a
+    reorder-point bound (no reorder point known, or LEAD_TIME_DAYS 0), cancelled 15 minutes later. Before
+    2026-12-07 (and with ``pooled_bound=False``) the line counted whole: nothing was set aside, so the cancellation
+    netted nothing and sales_velocity (cover, risk) stayed at 5,000 units/h over the 1-hour span. Now it counts at
+    most the store's pooled three-sigma cap (streaming.transforms.pooled_order_bound): units_for_order,
+    order_velocity and sales_velocity = the pandas oracle on every window of the SKU, and once the cancellation
+    arrives sales_velocity is the pooled rate (< 10 units/h)."""
+    import numpy as np
+
+    w = _pooled_case(rop_new, 40)
+    kw = dict(window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72, lead_time_days=lead)
+    out = TR.enrich_windows(w, None, pooled_bound=True, **kw)
+    new = out[out["product_id"] == "NEW"].set_index("window_start")
+    e = pooled_oracle(w, "NEW").loc[new.index]
+    np.testing.assert_allclose(new["units_for_order"], e["used"], rtol=1e-12)
+    np.testing.assert_allclose(new["order_velocity"], e["order"], rtol=1e-12)
+    np.testing.assert_allclose(new["sales_velocity"], e["sales"], rtol=1e-12)
+    assert 3 < new["units_for_order"].iloc[0] < 10                      # the store's windows sell 1-3 units
+    assert new["sales_velocity"].iloc[0] == pytest.approx(5_000.0)      # the bulk window itself: the raw rate
+    assert (new["sales_velocity"].iloc[1:] < 10).all()                  # the cancellation nets the line out
+    others = out[out["product_id"] != "NEW"]
+    before = TR.enrich_windows(w, None, **kw)
+    pd.testing.assert_frame_equal(others, before[before["product_id"] != "NEW"])   # only the bound-less SKU moves
+    old = before[before["product_id"] == "NEW"].set_index("window_start")
+    assert old["units_for_order"].iloc[0] == 5_000 and (old["sales_velocity"] >= 5_000).all()   # the defect

@@ -75,6 +75,7 @@ FROM {db}.fact_inventory AS i;
 -- now(UTC) - store_latest_window_end (v_live_store_metrics; Power BI's Minutes Since Last Window: the stalest store
 -- in the filter context), the end of that window as the dashboard's stalest_window_end (until 2026-12-06 Power BI
 -- measured from its start: one window length, 5 minutes, more than the dashboard).
+-- re-created with order_velocity by 091_order_velocity_bi_views.sql (edit it there)
 CREATE OR REPLACE VIEW {db}.v_live_sku_metrics AS
 SELECT toInt64(toYYYYMMDD(m.window_start)) AS date_key, m.window_start AS window_start, m.window_end AS window_end,
        m.store_id AS store_id, m.product_id AS product_id,
@@ -115,6 +116,7 @@ FROM (SELECT * FROM {db}.inventory_levels FINAL) AS i
 LEFT JOIN (SELECT * FROM {db}.sku_window_latest FINAL) AS m
     ON i.store_id = m.store_id AND i.product_id = m.product_id;
 
+-- re-created with order_velocity by 091_order_velocity_bi_views.sql (edit it there)
 CREATE OR REPLACE VIEW {db}.v_restock_alerts AS
 SELECT toInt64(toYYYYMMDD(alert_time)) AS date_key, alert_id, alert_time, store_id, product_id, priority,
        current_stock, reorder_point, recommended_quantity, sales_velocity, hours_of_cover, window_end
