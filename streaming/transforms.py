@@ -600,7 +600,7 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
                        bounds: np.ndarray | None = None,
                        pool_keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Both baselines of rows sorted by (key, window) in one walk back from each batch row (only the batch rows
-    are walked; since 2026-12-07 one walk instead of one per baseline, ``enrich_windows`` 1.23-1.30 s -> see the
+    are walked; since 2026-12-07 one walk instead of one per baseline, ``enrich_windows`` 1.23-1.30 s -> see
     docs/benchmarks.md):
 
     * the anomaly score, :func:`zscore` of ``units[i]`` against the previous <= ``lookback`` rows of the same key
