@@ -616,7 +616,9 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
         lookback, horizon_ns: baseline size (rows) and span (ns).
         pool_keys: optional int code per row of the row's pool (the store; rows of a pool contiguous, codes
             ascending): a row without a baseline and without a ``bounds`` entry (NaN, or ``bounds`` None) then
-            counts at most :func:`pooled_order_bound` of its pool's earlier selling windows.
+            counts at most :func:`pooled_order_bound` of the units for the order of its pool's earlier selling
+            windows; such rows are computed last, in window order, so every pooled value is final (stored or
+            computed in this walk).
     Returns:
         (z-scores: float array, NaN for rows not in the batch; units for the order: float array, or None when
         ``order_units_of`` is None).
@@ -628,17 +630,21 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
         st = np.full(n, np.nan) if stored is None else stored
         ordered = np.where(np.isnan(st), np.asarray(order_units_of, dtype=float), st)
     if pool_keys is not None and order_units_of is not None:
-        pk, pws, pu = np.asarray(pool_keys), np.asarray(ws_ns, dtype=np.int64), np.asarray(order_units_of, dtype=float)
+        pk, pws = np.asarray(pool_keys), np.asarray(ws_ns, dtype=np.int64)
+        sells = np.asarray(order_units_of, dtype=float) > 0
         cache: dict[tuple[int, int], float] = {}
 
         def pooled(i: int) -> float:
-            """pooled_order_bound of row i's pool's selling windows in [ws - horizon, ws) (one per pool x window)."""
+            """pooled_order_bound of the winsorized units (``ordered``) of row i's pool's selling windows in
+            [ws - horizon, ws) (one per pool x window; every such row is final when asked: see the deferral)."""
             key = (int(pk[i]), int(pws[i]))
             if key not in cache:
                 a, z = np.searchsorted(pk, pk[i], side="left"), np.searchsorted(pk, pk[i], side="right")
-                w, u = pws[a:z], pu[a:z]
-                cache[key] = pooled_order_bound(u[(w >= pws[i] - horizon_ns) & (w < pws[i]) & (u > 0)])
+                w = pws[a:z]
+                sel = (w >= pws[i] - horizon_ns) & (w < pws[i]) & sells[a:z]
+                cache[key] = pooled_order_bound(ordered[a:z][sel])
             return cache[key]
+    deferred: list[tuple[int, int, list[float]]] = []      # (window, row, baseline) of rows needing the pool
     for i in np.flatnonzero(np.asarray(in_batch, dtype=bool)).tolist():
         k, lo = keys[i], ws_ns[i] - horizon_ns
         zprev: list = []
@@ -656,8 +662,15 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
         if need_o:
             b = None if bounds is None else float(bounds[i])
             if pool_keys is not None and len(oprev) < ORDER_BASELINE_MIN and (b is None or math.isnan(b)):
-                b = pooled(i)
+                deferred.append((ws_ns[i], i, oprev))
+                continue
             ordered[i] = order_units(order_units_of[i], oprev[::-1], bound=b)
+    # the pooled rows last, in window order: a pool then holds final winsorized units only (stored ones for
+    # history rows, this walk's for the batch's, earlier pooled rows included), so another SKU's bulk line counts
+    # what its own cap left of it, not its raw units (since 2026-12-07: pooled raw units, one 80,995-unit line
+    # lifted a store's cap from 6.24 to 22,668.9 units)
+    for _, i, oprev in sorted(deferred):
+        ordered[i] = order_units(order_units_of[i], oprev[::-1], bound=pooled(i))
     return scores, ordered
 
 
@@ -761,12 +774,21 @@ def catalogue_order_bound(reorder_point, span_hours, lead_time_days: float | Non
 def pooled_order_bound(previous) -> float:
     """The most units one window counts for the restock order when it has neither a baseline of its own (fewer
     than :data:`ORDER_BASELINE_MIN` earlier selling windows within 24 h) nor a :func:`catalogue_order_bound` (no
-    reorder point known, or LEAD_TIME_DAYS 0): :func:`order_cap` of its store's earlier selling windows within 24 h,
-    all SKUs pooled (the SKU's own included).
+    reorder point known, or LEAD_TIME_DAYS 0): :func:`order_cap` of the units for the order (``units_for_order``,
+    winsorized) of its store's earlier selling windows within 24 h, all SKUs pooled (the SKU's own included).
 
     Args:
-        previous: units sold of those windows (array-like of floats > 0; :func:`enrich_windows` passes the store's
-            windows it holds: the micro-batch's SKUs and their stored history).
+        previous: units for the order of those windows (array-like of floats >= 0). :func:`enrich_windows` passes
+            the windows its frame holds: the stream's (streaming/sinks.py) are the micro-batch's and every window of
+            the store stored so far within 24 h (all SKUs; the stored ``units_for_order``: the units sold for a
+            row written before migration 089, the column's default). Winsorized, not raw (since 2026-12-07): pooling raw units let
+            one earlier bulk line of another SKU (80,995 units among 120 windows of 2) lift the cap from 6.24 to
+            22,668.9 units, so a first-seen SKU's 5,000-unit line counted whole.
+
+    Limits: the bound is computed once, when the window is first enriched, from what the store has stored then. A
+    store's earlier windows that arrive later (a lagging partition, late events) do not re-evaluate it, and a
+    window enriched before the store has 3 selling windows within 24 h keeps no bound; only a later window of the
+    same SKU (streaming/sinks.py's anomaly followers) re-enriches it, against the pool stored at that time.
     Returns:
         units (float): ``mean + 3 x max(std, sqrt(mean))`` (population std) of ``previous``; NaN (no bound) with
         fewer than :data:`ORDER_BASELINE_MIN` of them.
@@ -783,6 +805,19 @@ def pooled_order_bound(previous) -> float:
     if len(prev) < ORDER_BASELINE_MIN:
         return float("nan")
     return float(order_cap(np.mean(prev), np.std(prev)))
+
+
+def _run_codes(*columns: np.ndarray) -> np.ndarray:
+    """Int code per row of rows sorted by ``columns`` (arrays of one length n): 0 for the first run of equal
+    values, +1 at each change (int64 array of n; empty for n = 0, where ``np.r_[True, ...]`` alone gave one code
+    and enrich_windows of an empty batch without history raised ValueError until 2026-12-07)."""
+    n = len(columns[0])
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.zeros(n - 1, dtype=bool)
+    for c in columns:
+        change |= c[1:] != c[:-1]
+    return np.cumsum(np.r_[True, change]) - 1
 
 
 def _ns(series: pd.Series) -> list[int]:
@@ -897,7 +932,8 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
         lead_time_days: LEAD_TIME_DAYS, days: bounds ``units_for_order`` of a window without a baseline
             (:func:`catalogue_order_bound`); None: no such bound.
         pooled_bound: a window with neither a baseline nor that bound (no reorder point, or no lead time) counts at
-            most :func:`pooled_order_bound` of its store's earlier selling windows in the frame (the stream passes
+            most :func:`pooled_order_bound` of the units for the order of its store's earlier selling windows in
+            the frame (batch and history, all SKUs; the stream passes
             True since 2026-12-07; False: counted whole, as before).
 
     Returns:
@@ -935,7 +971,7 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
         allw["reorder_point"] = allw["reorder_point"].where(allw["reorder_point"].notna(), fallback)
     # int code per store x SKU (rows sorted by it): cheaper to compare in the walks and to search than the strings
     sid, pid = allw["store_id"].to_numpy(), allw["product_id"].to_numpy()
-    codes = np.cumsum(np.r_[True, (sid[1:] != sid[:-1]) | (pid[1:] != pid[:-1])]) - 1
+    codes = _run_codes(sid, pid)
     keys = codes.tolist()
     ws_arr = pd.to_datetime(allw["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
     ws_ns = ws_arr.tolist()
@@ -946,12 +982,14 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     # window, whatever the key's age: a new fast seller's ordinary windows stay below it)
     bounds = (None if lead_time_days is None else
               catalogue_order_bound(allw["reorder_point"].astype(float).to_numpy(), velocity_hours, lead_time_days))
-    # one walk back from each batch row gives both baselines (anomaly score, order cap)
-    scores, allw["units_for_order"] = _grouped_baselines(
+    # one walk back from each batch row gives both baselines (anomaly score, order cap); anomaly_score is
+    # assigned first: the columns keep their order (anomaly_score before units_for_order)
+    scores, for_order = _grouped_baselines(
         keys, ws_ns, allw["units_sold"].tolist(), allw["_in_batch"].to_numpy(dtype=bool), lookback,
         int(horizon_hours * 3600e9), order_units_of=units, stored=stored, bounds=bounds,
-        pool_keys=(np.cumsum(np.r_[True, sid[1:] != sid[:-1]]) - 1) if pooled_bound else None)
+        pool_keys=_run_codes(sid) if pooled_bound else None)
     allw["anomaly_score"] = scores
+    allw["units_for_order"] = for_order
     if "units_returned" not in allw:
         allw["units_returned"] = 0
     # one sort/as-of join for both rates. The order's rate is the trailing rate of the winsorized units; the

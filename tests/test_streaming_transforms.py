@@ -1044,25 +1044,48 @@ def _pooled_case(rop_new, rop_others):
     return pd.DataFrame(rows + new)
 
 
-def pooled_oracle(w: pd.DataFrame, sku: str, hours: float = 24.0) -> pd.DataFrame:
-    """Independent computation for one SKU without a baseline nor a reorder-point bound: each of its windows counts
-    at most mean + 3 x max(std, sqrt(mean)) (population std) of the store's selling windows (every SKU) starting
-    in [ws - 24 h, ws), none with fewer than 3; then on the SKU's complete 5-minute grid ``order`` = trailing sum of
-    the used units / span and ``sales`` = (sold - min(returned, sold - used)) over the span / span, span = hours
-    since the SKU's first window's start to the window's end clipped to [1, hours]. Indexed by window_start."""
+def pooled_oracle(w: pd.DataFrame, sku: str, hours: float = 24.0, lead_time_days: float | None = None) -> pd.DataFrame:
+    """Independent computation for one SKU of a store: first every window of the store (all SKUs), in window
+    order, gets its units for the order (``used``): the stored ``units_for_order`` when ``w`` has one (history
+    rows), else min(units sold, cap) with cap = mean + 3 x max(std, sqrt(mean)) (population std) of the SKU's
+    previous <= 12 selling windows within 24 h when there are >= 3, else the carried-forward reorder point x
+    ``hours`` / (24 x ``lead_time_days``) when both are known, else the same three-sigma cap of the *used* units
+    of the store's selling windows (every SKU) starting in [ws - 24 h, ws), inf with fewer than 3. Then on the
+    SKU's complete 5-minute grid ``order`` = trailing sum of the used units / span and ``sales`` = (sold -
+    min(returned, sold - used)) over the span / span, span = hours since the SKU's first window's start to the
+    window's end clipped to [1, hours]. Indexed by window_start."""
     import numpy as np
 
-    sell = w[w["units_sold"] > 0]
-    s = w[w["product_id"] == sku].set_index("window_start").sort_index()
+    def cap3(x):
+        return np.mean(x) + 3 * max(np.std(x), np.sqrt(np.mean(x)))
+
+    day = pd.Timedelta(hours=24)
+    st = w.sort_values(["window_start", "product_id"]).reset_index(drop=True)
+    stored = st["units_for_order"] if "units_for_order" in st else pd.Series(np.nan, index=st.index)
+    rop = st.groupby("product_id")["reorder_point"].transform(lambda r: r.astype(float).ffill())
+    used_all: list[float] = []
+    for i, r in st.iterrows():
+        u = float(r["units_sold"])
+        if not pd.isna(stored[i]):
+            used_all.append(float(stored[i]))
+            continue
+        prev = st.iloc[:i]
+        earlier = prev[(prev["window_start"] >= r["window_start"] - day) & (prev["units_sold"] > 0)]
+        own = earlier.loc[earlier["product_id"] == r["product_id"], "units_sold"].astype(float).to_numpy()[-12:]
+        if len(own) >= 3:
+            cap = cap3(own)
+        elif lead_time_days and not np.isnan(rop[i]):
+            cap = rop[i] * hours / (24 * lead_time_days)
+        else:
+            pool = np.asarray(used_all, dtype=float)[earlier.index[earlier["window_start"] < r["window_start"]]]
+            cap = cap3(pool) if len(pool) >= 3 else float("inf")
+        used_all.append(min(u, cap))
+    st["used"] = used_all
+    s = st[st["product_id"] == sku].set_index("window_start").sort_index()
     grid = pd.date_range(s.index.min(), s.index.max(), freq="5min")
     sold = s["units_sold"].reindex(grid, fill_value=0).astype(float)
     ret = s["units_returned"].reindex(grid, fill_value=0).astype(float)
-    used = []
-    for ws, u in sold.items():
-        pool = sell.loc[(sell["window_start"] >= ws - pd.Timedelta(hours=24)) & (sell["window_start"] < ws),
-                        "units_sold"].astype(float).to_numpy()
-        cap = np.mean(pool) + 3 * max(np.std(pool), np.sqrt(np.mean(pool))) if len(pool) >= 3 else float("inf")
-        used.append(min(u, cap))
+    used = s["used"].reindex(grid, fill_value=0.0)
     used = pd.Series(used, index=grid)
     n = round(hours * 12)
     span = pd.Series((grid - grid[0] + pd.Timedelta(minutes=5)) / pd.Timedelta(hours=1), index=grid).clip(1, hours)
@@ -1087,7 +1110,7 @@ def test_a_first_seen_skus_bulk_line_without_a_reorder_point_bound_is_pooled_and
     kw = dict(window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72, lead_time_days=lead)
     out = TR.enrich_windows(w, None, pooled_bound=True, **kw)
     new = out[out["product_id"] == "NEW"].set_index("window_start")
-    e = pooled_oracle(w, "NEW").loc[new.index]
+    e = pooled_oracle(w, "NEW", lead_time_days=lead).loc[new.index]
     np.testing.assert_allclose(new["units_for_order"], e["used"], rtol=1e-12)
     np.testing.assert_allclose(new["order_velocity"], e["order"], rtol=1e-12)
     np.testing.assert_allclose(new["sales_velocity"], e["sales"], rtol=1e-12)
@@ -1099,3 +1122,66 @@ def test_a_first_seen_skus_bulk_line_without_a_reorder_point_bound_is_pooled_and
     pd.testing.assert_frame_equal(others, before[before["product_id"] != "NEW"])   # only the bound-less SKU moves
     old = before[before["product_id"] == "NEW"].set_index("window_start")
     assert old["units_for_order"].iloc[0] == 5_000 and (old["sales_velocity"] >= 5_000).all()   # the defect
+
+
+def test_another_skus_bulk_line_does_not_lift_the_pooled_cap():
+    """Review of c9001c9 (HIGH): the pooled cap pooled raw units sold, so one earlier bulk line of *another* SKU
+    (B: 80,995 units, stored units_for_order 3 after its own cap) lifted the store's cap to 22,668.9 units and a
+    first-seen SKU's 5,000-unit line without a reorder point counted whole; its cancellation 15 minutes later then
+    netted nothing (sales_velocity stayed 5,000 units/h). The pool now holds the windows' winsorized units (stored
+    units_for_order for history rows): the line counts at most ~6.26 units (6.24 without B), and units_for_order,
+    order_velocity and sales_velocity = :func:`pooled_oracle` on the new SKU's windows."""
+    import numpy as np
+
+    hist = [_win(m - 600, 2, rop=40, sku=f"A{m % 3}") for m in range(0, 600, 5)]     # 120 windows of 2 units
+    hist.append({**_win(-300, 80_995, rop=40, sku="B"), "units_for_order": 3.0})
+    h = pd.DataFrame(hist)
+    h["units_for_order"] = h["units_for_order"].fillna(h["units_sold"].astype(float))   # as the sink stored them
+    new = [_win(0, 5_000, stock=0, sku="NEW"), {**_win(15, 0, sku="NEW"), "units_returned": 5_000}]
+    kw = dict(window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72, lead_time_days=3)
+    out = TR.enrich_windows(pd.DataFrame(new), h, pooled_bound=True, **kw).set_index("window_start")
+    e = pooled_oracle(pd.concat([h, pd.DataFrame(new)], ignore_index=True), "NEW").loc[out.index]
+    np.testing.assert_allclose(out["units_for_order"], e["used"], rtol=1e-12)
+    np.testing.assert_allclose(out["order_velocity"], e["order"], rtol=1e-12)
+    np.testing.assert_allclose(out["sales_velocity"], e["sales"], rtol=1e-12)
+    assert out["units_for_order"].iloc[0] < 7                        # was 5,000 (cap 22,668.9)
+    assert out["sales_velocity"].iloc[1] < 7                         # the cancellation nets the line out (was 5,000)
+
+
+def test_an_empty_batch_without_history_gives_an_empty_frame():
+    """Review of c9001c9 (LOW): enrich_windows of an empty batch and no history raised ValueError (one key code for
+    zero rows); it returns an empty frame with the columns of a non-empty one, as before the one-walk change."""
+    w = pd.DataFrame([_win(0, 2)])
+    kw = dict(window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72, lead_time_days=3)
+    full = TR.enrich_windows(w, None, pooled_bound=True, **kw)
+    for hist in (None, w.iloc[:0]):
+        out = TR.enrich_windows(w.iloc[:0], hist, pooled_bound=True, **kw)
+        assert out.empty and list(out.columns) == list(full.columns)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_enrich_windows_columns_and_rates_match_the_oracle_on_random_series(seed):
+    """Review of c9001c9 (LOW): the one-walk change put ``anomaly_score`` after ``units_for_order``; the columns
+    keep their old order (docs/benchmarks.md compares frames with assert_frame_equal). And on a random store x SKU
+    series (gaps, 1-6 units, some bulk lines, returns, a reorder point; batch cut at a random window with the first
+    part's output as stored history) units_for_order, order_velocity and sales_velocity = :func:`order_rate_oracle`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    mins = np.sort(rng.choice(np.arange(0, 5 * 400, 5), size=150, replace=False))
+    units = rng.integers(1, 7, len(mins)) * (rng.random(len(mins)) < 0.9)
+    units = np.where(rng.random(len(mins)) < 0.05, units * 400 + 1, units)
+    rows = [_win(int(m), int(u), stock=100 if i == 0 else None, rop=60 if i == 0 else None)
+            for i, (m, u) in enumerate(zip(mins, units))]
+    w = pd.DataFrame(rows)
+    w["units_returned"] = np.where(rng.random(len(w)) < 0.1, rng.integers(1, 50, len(w)), 0)
+    kw = dict(window_len_hours=1 / 12, risk_high_hours=24, risk_medium_hours=72, lead_time_days=3)
+    whole = TR.enrich_windows(w, None, pooled_bound=True, **kw)
+    tail = ["stock_level", "anomaly_score", "units_for_order", "order_velocity", "sales_velocity",
+            "hours_of_cover", "stockout_risk"]
+    assert list(whole.columns) == list(w.columns) + tail
+    cut = int(rng.integers(10, len(w) - 10))
+    out = pd.concat([whole.iloc[:cut], TR.enrich_windows(w.iloc[cut:], whole.iloc[:cut], pooled_bound=True, **kw)])
+    e = order_rate_oracle(w, lead_time_days=3).loc[out["window_start"]]
+    for col, ex in (("units_for_order", "used"), ("order_velocity", "order"), ("sales_velocity", "sales")):
+        np.testing.assert_allclose(out[col].to_numpy(dtype=float), e[ex].to_numpy(), rtol=1e-9, atol=1e-9)
