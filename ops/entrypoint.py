@@ -197,7 +197,9 @@ ROLES: dict[str, Role] = {r.name: r for r in (
          settings=("lead_time_days",),
          extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"), long_running=False),
     Role("dashboard", (PY, "-m", "dashboard"), "live browser dashboard (Streamlit) reading ClickHouse as bi_reader",
-         groups=("clickhouse", "dashboard"), extra_env=("CLICKHOUSE_BI_PASSWORD",)),
+         groups=("clickhouse", "dashboard"),
+         settings=("lead_time_days",),   # the store manager page's caption of the restock quantity's rule
+         extra_env=("CLICKHOUSE_BI_PASSWORD",)),
     Role("airflow-init", (), "migrate the Airflow metadata DB and create the admin user",
          groups=("clickhouse", "airflow"),   # the pool's slots: AIRFLOW_CLICKHOUSE_POOL_SLOTS, else from CLICKHOUSE_URL
          extra_env=AIRFLOW_ENV + ("AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_PASSWORD"), long_running=False,
