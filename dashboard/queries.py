@@ -1,7 +1,8 @@
 """Every query the live dashboard runs, in one place: the Streamlit pages call them and ``make bench-bi``
 times exactly these (``ops.bench_bi``).
 
-All read the BI views of ``clickhouse/migrations/030_bi_views.sql`` and ``080_stream_health_views.sql`` (plus the small state tables of
+All read the BI views of ``clickhouse/migrations/030_bi_views.sql``, ``080_stream_health_views.sql`` and
+``091_order_velocity_bi_views.sql`` (v_restock_alerts, v_live_sku_metrics) (plus the small state tables of
 ``025_bi_state.sql`` for "latest" anchors) as the read-only user ``bi_reader``. Filters travel as
 ClickHouse query parameters (``{name:Type}``, sent as ``param_<name>``), never spliced into SQL.
 

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 def view_names() -> list[str]:
     names = [v for f in VIEW_FILES for v in re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)", f.read_text())]
-    return list(dict.fromkeys(names))   # 091 re-creates two of 030's views
+    return list(dict.fromkeys(names))
 
 
 #: settings update for a database holding the fixtures' dated micro-batches (2026-05-04 here, 2026-01 in
@@ -72,6 +72,26 @@ def test_every_view_exists_and_is_queryable(bi):
         cols = client.query(f"DESCRIBE TABLE {db}.{v}").result_columns[0]
         assert cols, v
         client.query(f"SELECT * FROM {db}.{v} LIMIT 1")
+
+
+def test_each_view_is_defined_once_and_keeps_order_velocity_through_a_migrate(bi, native_stack):
+    """Review of c9001c9: 030 re-created v_restock_alerts / v_live_sku_metrics without order_velocity on every
+    migrate() and 091 added it back, so a dashboard or Power BI query in between failed (unknown column). Each view
+    is now defined by one migration file, and once 030's statements have run again (the state in the middle of a
+    migrate()) both views still carry order_velocity."""
+    from core.clickhouse import MIGRATIONS_DIR, migrate, render_migration, split_statements
+
+    defined = [v for f in VIEW_FILES for v in re.findall(r"CREATE OR REPLACE VIEW \{db\}\.(\w+)", f.read_text())]
+    assert sorted(defined) == sorted(set(defined)), [v for v in set(defined) if defined.count(v) > 1]
+    client, db = bi
+    try:
+        for stmt in split_statements(render_migration((MIGRATIONS_DIR / "030_bi_views.sql").read_text(), db)):
+            client.command(stmt)
+        for view in ("v_restock_alerts", "v_live_sku_metrics"):
+            assert "order_velocity" in client.query(f"DESCRIBE TABLE {db}.{view}").result_columns[0], view
+            client.query(f"SELECT order_velocity FROM {db}.{view} LIMIT 1")
+    finally:   # the rest of migrate() (084 re-defines 030's v_quarantine_summary): the module's database as before
+        migrate(native_stack.model_copy(update=KEEP_BATCHES), database=db)
 
 
 def test_views_expose_bi_friendly_types(bi):

@@ -69,28 +69,10 @@ SELECT toInt64(i.date_key) AS date_key, reinterpretAsInt64(i.store_key) AS store
 FROM {db}.fact_inventory AS i;
 
 -- --------------------------------------------------------------------------- streaming (near real time) --
--- store_latest_window: the store's newest window (store_metrics_5m); in_store_last_24h = 1 for the windows of the 24
--- hours up to it. The live figures take each store's own last 24 hours: anchored on the newest window of all
--- stores, a store whose feed stopped showed nothing (or its stale figures looked current); its age is
--- now(UTC) - store_latest_window_end (v_live_store_metrics; Power BI's Minutes Since Last Window: the stalest store
--- in the filter context), the end of that window as the dashboard's stalest_window_end (until 2026-12-06 Power BI
--- measured from its start: one window length, 5 minutes, more than the dashboard).
--- re-created with order_velocity by 091_order_velocity_bi_views.sql (edit it there)
-CREATE OR REPLACE VIEW {db}.v_live_sku_metrics AS
-SELECT toInt64(toYYYYMMDD(m.window_start)) AS date_key, m.window_start AS window_start, m.window_end AS window_end,
-       m.store_id AS store_id, m.product_id AS product_id,
-       m.units_sold AS units_sold, m.units_returned AS units_returned, m.revenue AS revenue,
-       m.transaction_count AS transaction_count, m.stock_level AS stock_level, m.reorder_point AS reorder_point,
-       m.sales_velocity AS sales_velocity, m.hours_of_cover AS hours_of_cover, m.stockout_risk AS stockout_risk,
-       m.anomaly_score AS anomaly_score,
-       toUInt8(abs(m.anomaly_score) >= 3) AS is_anomaly,
-       m.last_event_time AS last_event_time, m.updated_at AS updated_at,
-       a.store_latest_window AS store_latest_window,
-       toUInt8(m.window_start > a.store_latest_window - INTERVAL 24 HOUR) AS in_store_last_24h
-FROM (SELECT * FROM {db}.sales_metrics_5m FINAL) AS m
-LEFT JOIN (SELECT store_id, max(window_start) AS store_latest_window FROM {db}.store_metrics_5m GROUP BY store_id) AS a
-    ON m.store_id = a.store_id;
-
+-- v_live_sku_metrics: defined in 091_order_velocity_bi_views.sql only (since 2026-12-07; this file re-created it
+-- without order_velocity on every migrate() until 091 added it back, so a query in between failed; it cannot
+-- carry order_velocity here: 030 runs before 089 adds the column on a fresh database).
+-- in_store_last_24h below (v_live_store_metrics, as in v_live_sku_metrics): the windows of the store's own last 24 h.
 CREATE OR REPLACE VIEW {db}.v_live_store_metrics AS
 SELECT toInt64(toYYYYMMDD(m.window_start)) AS date_key, m.window_start AS window_start, m.window_end AS window_end,
        m.store_id AS store_id, m.units_sold AS units_sold, m.units_returned AS units_returned, m.revenue AS revenue,
@@ -116,11 +98,7 @@ FROM (SELECT * FROM {db}.inventory_levels FINAL) AS i
 LEFT JOIN (SELECT * FROM {db}.sku_window_latest FINAL) AS m
     ON i.store_id = m.store_id AND i.product_id = m.product_id;
 
--- re-created with order_velocity by 091_order_velocity_bi_views.sql (edit it there)
-CREATE OR REPLACE VIEW {db}.v_restock_alerts AS
-SELECT toInt64(toYYYYMMDD(alert_time)) AS date_key, alert_id, alert_time, store_id, product_id, priority,
-       current_stock, reorder_point, recommended_quantity, sales_velocity, hours_of_cover, window_end
-FROM {db}.restock_alerts FINAL;
+-- v_restock_alerts: defined in 091_order_velocity_bi_views.sql only (since 2026-12-07, see v_live_sku_metrics above)
 
 -- data quality: quarantined events per day, event type and reason
 CREATE OR REPLACE VIEW {db}.v_quarantine_summary AS
