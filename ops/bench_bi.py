@@ -152,8 +152,12 @@ class OrderUnits:
     the stream's rule (``streaming.transforms.order_units`` inside ``enrich_windows``) for every row at once with
     numpy: a window's units winsorized at :func:`streaming.transforms.order_cap` of the series' previous <=
     :data:`streaming.transforms.BASELINE_WINDOWS` selling windows, or, with fewer than
-    :data:`streaming.transforms.ORDER_BASELINE_MIN`, at most :func:`streaming.transforms.catalogue_order_bound`.
-    Every earlier window of the bench's day is within the rule's 24 h. The buffer keeps the series' last
+    :data:`streaming.transforms.ORDER_BASELINE_MIN`, at most :func:`streaming.transforms.catalogue_order_bound`,
+    and without that bound (LEAD_TIME_DAYS 0, no reorder point) at most the store's pooled cap as the stream applies
+    it (``enrich_windows(pooled_bound=True)``: :func:`streaming.transforms.pooled_order_bound` of the units for the
+    order of the store's earlier selling windows, all series; here from running moments per store, with the same
+    :func:`streaming.transforms.order_cap` and minimum count; until 2026-12-07 the bench counted such a window
+    whole). Every earlier window of the bench's day is within the rule's 24 h. The buffer keeps the series' last
     BASELINE_WINDOWS selling windows, oldest first (the mean and deviation are summed in that order, as
     ``_mean_std`` does; the stream's own walk stays the reference: tests/test_stream_tables.py compares every window
     with ``enrich_windows``).
@@ -162,16 +166,22 @@ class OrderUnits:
         n_keys: number of series (indexed 0..n_keys-1).
         reorder_point: units per series (array of n_keys), for the bound without a baseline.
         velocity_hours: STREAM_VELOCITY_HOURS (the bound counts that many hours of the planned rate).
-        lead_time_days: LEAD_TIME_DAYS (0: no bound).
+        lead_time_days: LEAD_TIME_DAYS (0: no catalogue bound, the pooled cap instead).
+        pool: store index per series (int array of n_keys, >= 0): the pooled cap's pool.
     """
 
-    def __init__(self, n_keys: int, reorder_point: np.ndarray, velocity_hours: float, lead_time_days: float):
+    def __init__(self, n_keys: int, reorder_point: np.ndarray, velocity_hours: float, lead_time_days: float,
+                 pool: np.ndarray):
         from streaming.transforms import BASELINE_WINDOWS, catalogue_order_bound
 
         self.buf = np.zeros((n_keys, BASELINE_WINDOWS))
         self.count = np.zeros(n_keys, dtype=np.int64)
         bound = catalogue_order_bound(np.asarray(reorder_point, dtype=float), velocity_hours, lead_time_days)
-        self.bound = np.full(n_keys, np.inf) if bound is None else np.where(np.isnan(bound), np.inf, bound)
+        self.bound = np.full(n_keys, np.nan) if bound is None else np.asarray(bound, dtype=float)
+        self.pool = np.asarray(pool, dtype=np.int64)
+        n_pools = int(self.pool.max()) + 1 if len(self.pool) else 0
+        # per store: selling windows, sum and sum of squares of their units for the order (the pooled cap's moments)
+        self.p_n, self.p_sum, self.p_sq = np.zeros(n_pools), np.zeros(n_pools), np.zeros(n_pools)
 
     def step(self, keys: np.ndarray, units: np.ndarray) -> np.ndarray:
         """Add one window (``keys`` distinct series, ``units`` sold, >= 0) and return its units for the order
@@ -186,11 +196,22 @@ class OrderUnits:
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = np.where(valid, prev, 0.0).sum(axis=1) / n
             std = np.sqrt(np.where(valid, (prev - mean[:, None]) ** 2, 0.0).sum(axis=1) / n)
-            cap = np.where(n >= ORDER_BASELINE_MIN, order_cap(mean, std), self.bound[keys])
+            p = self.pool[keys]
+            pn = self.p_n[p]
+            p_mean = self.p_sum[p] / pn
+            pooled = np.where(pn >= ORDER_BASELINE_MIN,
+                              order_cap(p_mean, np.sqrt(np.maximum(self.p_sq[p] / pn - p_mean ** 2, 0.0))), np.inf)
+            bound = np.where(np.isnan(self.bound[keys]), pooled, self.bound[keys])
+            cap = np.where(n >= ORDER_BASELINE_MIN, order_cap(mean, std), bound)
+        used = np.minimum(u, cap)
         sold = u > 0
         self.buf[keys[sold]] = np.concatenate([prev[sold, 1:], u[sold, None]], axis=1)
         self.count[keys[sold]] = np.minimum(n[sold] + 1, width)
-        return np.minimum(u, cap)
+        # the store's pool grows after the window: its own windows count for later windows only
+        np.add.at(self.p_n, p[sold], 1.0)
+        np.add.at(self.p_sum, p[sold], used[sold])
+        np.add.at(self.p_sq, p[sold], used[sold] ** 2)
+        return used
 
 
 class Loader:
@@ -443,7 +464,7 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
     velocity_hours = st_s.stream_velocity_hours
     sku_net, sku_order = TrailingRate(n_series, 5, velocity_hours), TrailingRate(n_series, 5, velocity_hours)
     store_rate = TrailingRate(n_st, 5, velocity_hours)
-    for_order = OrderUnits(n_series, rop, velocity_hours, st_s.lead_time_days)
+    for_order = OrderUnits(n_series, rop, velocity_hours, st_s.lead_time_days, np.arange(n_series) // n_sk)
     store_velocity: dict[tuple[pd.Timestamp, str], float] = {}
     # the write time: the window tables keep a window CLICKHOUSE_STREAM_RETENTION_DAYS after it (050's TTL)
     written = pd.Timestamp.now(tz=UTC)

@@ -94,25 +94,37 @@ def test_the_velocity_columns_say_trailing_rate_in_units_per_hour(fresh_db):
     (uo,), = client.query(f"SELECT comment FROM system.columns WHERE database = '{s.clickhouse_database}' "
                           "AND table = 'sales_metrics_5m' AND name = 'units_for_order'").result_rows
     assert "store's selling windows (all SKUs)" in uo and "no bound when no reorder point" not in uo
+    # 096 (review of c9001c9): the pool holds the windows' winsorized units, not their raw units sold
+    assert "units_for_order of the store's selling windows" in uo
 
 
-def test_the_bi_load_tests_windows_carry_the_streams_trailing_velocity(fresh_db):
+@pytest.mark.parametrize("lead", [3, 0], ids=["lead-time-3", "lead-time-0"])
+def test_the_bi_load_tests_windows_carry_the_streams_trailing_velocity(fresh_db, lead, monkeypatch):
     """ops.bench_bi wrote sales_velocity = units x 12 (one unit in a window read 12 units/h), and until 2026-12-07
     the gross trailing rate without returns, bulk lines or order_velocity (NULL order_velocity in its alerts, the
     column defaulting to sales_velocity in its windows). Its windows now carry the stream's rates: every SKU window's
     units_for_order, order_velocity and sales_velocity (net of returns, at least order_velocity) equal
     streaming.transforms.enrich_windows over the stored windows, cover = stock / velocity, some bulk lines are
     capped (order_velocity < sales_velocity) and every alert's quantity is recommended_quantity of its
-    order_velocity; the store windows carry the gross trailing rate (trailing_velocity)."""
+    order_velocity; the store windows carry the gross trailing rate (trailing_velocity). With LEAD_TIME_DAYS 0 the
+    stream caps a window without a baseline at the store's pooled cap (``pooled_bound=True``, as streaming/sinks.py
+    calls it); until 2026-12-07 the bench counted it whole (review of c9001c9)."""
     import numpy as np
 
+    from core.settings import get_settings
     from ops.bench_bi import ChainSize, load_chain
     from streaming.transforms import enrich_windows, recommended_quantity, trailing_velocity
 
     s, client = fresh_db
     db = s.clickhouse_database
     size = ChainSize(stores=4, skus=10, days=3, window_rows=5760, forecast_series=5, horizons=3, seed=3)
-    load_chain(client, db, size, dt.date(2026, 11, 30))
+    monkeypatch.setenv("LEAD_TIME_DAYS", str(lead))     # load_chain reads the settings
+    get_settings.cache_clear()
+    try:
+        load_chain(client, db, size, dt.date(2026, 11, 30))
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
     sku = client.query_df(f"SELECT window_start, window_end, store_id, product_id, units_sold, units_returned, "
                           f"stock_level, reorder_point, sales_velocity, hours_of_cover, units_for_order, order_velocity "
                           f"FROM {db}.sales_metrics_5m FINAL ORDER BY store_id, product_id, window_start")
@@ -121,7 +133,7 @@ def test_the_bi_load_tests_windows_carry_the_streams_trailing_velocity(fresh_db)
                                "reorder_point"]].assign(window_stock=np.nan),
                           None, window_len_hours=5 / 60, risk_high_hours=s.risk_high_hours,
                           risk_medium_hours=s.risk_medium_hours, velocity_hours=s.stream_velocity_hours,
-                          lead_time_days=s.lead_time_days)
+                          lead_time_days=lead, pooled_bound=True)
     assert want["product_id"].tolist() == sku["product_id"].tolist()
     for col in ("units_for_order", "order_velocity", "sales_velocity"):
         assert np.allclose(sku[col], want[col], rtol=1e-9, atol=0), col
@@ -134,7 +146,7 @@ def test_the_bi_load_tests_windows_carry_the_streams_trailing_velocity(fresh_db)
                              f"FROM {db}.restock_alerts FINAL")
     assert len(alerts) > 0 and alerts["order_velocity"].notna().all()
     assert alerts["recommended_quantity"].tolist() == [
-        recommended_quantity(a.current_stock, a.reorder_point, a.order_velocity, s.lead_time_days)
+        recommended_quantity(a.current_stock, a.reorder_point, a.order_velocity, lead)
         for a in alerts.itertuples()]
     store = client.query_df(f"SELECT window_start, store_id, units_sold, sales_velocity FROM {db}.store_metrics_5m "
                             "FINAL")
