@@ -629,21 +629,6 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
     if order_units_of is not None:
         st = np.full(n, np.nan) if stored is None else stored
         ordered = np.where(np.isnan(st), np.asarray(order_units_of, dtype=float), st)
-    if pool_keys is not None and order_units_of is not None:
-        pk, pws = np.asarray(pool_keys), np.asarray(ws_ns, dtype=np.int64)
-        sells = np.asarray(order_units_of, dtype=float) > 0
-        cache: dict[tuple[int, int], float] = {}
-
-        def pooled(i: int) -> float:
-            """pooled_order_bound of the winsorized units (``ordered``) of row i's pool's selling windows in
-            [ws - horizon, ws) (one per pool x window; every such row is final when asked: see the deferral)."""
-            key = (int(pk[i]), int(pws[i]))
-            if key not in cache:
-                a, z = np.searchsorted(pk, pk[i], side="left"), np.searchsorted(pk, pk[i], side="right")
-                w = pws[a:z]
-                sel = (w >= pws[i] - horizon_ns) & (w < pws[i]) & sells[a:z]
-                cache[key] = pooled_order_bound(ordered[a:z][sel])
-            return cache[key]
     deferred: list[tuple[int, int, list[float]]] = []      # (window, row, baseline) of rows needing the pool
     for i in np.flatnonzero(np.asarray(in_batch, dtype=bool)).tolist():
         k, lo = keys[i], ws_ns[i] - horizon_ns
@@ -669,6 +654,21 @@ def _grouped_baselines(keys: list, ws_ns: list[int], units: list, in_batch, look
     # history rows, this walk's for the batch's, earlier pooled rows included), so another SKU's bulk line counts
     # what its own cap left of it, not its raw units (since 2026-12-07: pooled raw units, one 80,995-unit line
     # lifted a store's cap from 6.24 to 22,668.9 units)
+    if deferred:   # the pool's arrays only when a row needs them (most batches have none)
+        pk, pws = np.asarray(pool_keys), np.asarray(ws_ns, dtype=np.int64)
+        sells = np.asarray(order_units_of, dtype=float) > 0
+        cache: dict[tuple[int, int], float] = {}
+
+        def pooled(i: int) -> float:
+            """pooled_order_bound of the winsorized units (``ordered``) of row i's pool's selling windows in
+            [ws - horizon, ws) (one per pool x window; every such row is final when asked: see the deferral)."""
+            key = (int(pk[i]), int(pws[i]))
+            if key not in cache:
+                a, z = np.searchsorted(pk, pk[i], side="left"), np.searchsorted(pk, pk[i], side="right")
+                w = pws[a:z]
+                sel = (w >= pws[i] - horizon_ns) & (w < pws[i]) & sells[a:z]
+                cache[key] = pooled_order_bound(ordered[a:z][sel])
+            return cache[key]
     for _, i, oprev in sorted(deferred):
         ordered[i] = order_units(order_units_of[i], oprev[::-1], bound=pooled(i))
     return scores, ordered
