@@ -781,9 +781,9 @@ def pooled_order_bound(previous) -> float:
         previous: units for the order of those windows (array-like of floats >= 0). :func:`enrich_windows` passes
             the windows its frame holds: the stream's (streaming/sinks.py) are the micro-batch's and every window of
             the store stored so far within 24 h (all SKUs; the stored ``units_for_order``: the units sold for a
-            row written before migration 089, the column's default). Winsorized, not raw (since 2026-12-07): pooling raw units let
-            one earlier bulk line of another SKU (80,995 units among 120 windows of 2) lift the cap from 6.24 to
-            22,668.9 units, so a first-seen SKU's 5,000-unit line counted whole.
+            row written before migration 089, the column's default). Winsorized, not raw (since 2026-12-07):
+            pooling raw units let one earlier bulk line of another SKU (80,995 units among 120 windows of 2) lift
+            the cap from 6.24 to 22,668.9 units, so a first-seen SKU's 5,000-unit line counted whole.
 
     Limits: the bound is computed once, when the window is first enriched, from what the store has stored then. A
     store's earlier windows that arrive later (a lagging partition, late events) do not re-evaluate it, and a
