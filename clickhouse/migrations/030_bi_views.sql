@@ -101,11 +101,8 @@ LEFT JOIN (SELECT * FROM {db}.sku_window_latest FINAL) AS m
 -- v_restock_alerts: defined in 091_order_velocity_bi_views.sql only (since 2026-12-07, see v_live_sku_metrics above)
 
 -- data quality: quarantined events per day, event type and reason
-CREATE OR REPLACE VIEW {db}.v_quarantine_summary AS
-SELECT toInt64(toYYYYMMDD(ingested_at)) AS date_key, event_type, topic, reason, toInt64(count()) AS events,
-       min(ingested_at) AS first_seen, max(ingested_at) AS last_seen
-FROM {db}.quarantine_events FINAL
-GROUP BY date_key, event_type, topic, reason;
+-- v_quarantine_summary: defined in 084_quarantine_refused_rows_apart.sql only (since 2026-12-07: every
+-- migrate() re-runs every file, so until the later file ran again a query read this file's older definition)
 
 CREATE OR REPLACE VIEW {db}.v_etl_runs AS
 SELECT run_id, dag_run_id, toInt64(e.date_key) AS date_key, started_at, finished_at,

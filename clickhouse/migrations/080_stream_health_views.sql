@@ -24,38 +24,15 @@ FROM {db}.stream_batches AS b FINAL
 GROUP BY date_key, hour_start, query;
 
 -- one row per streaming query: totals, the last committed micro-batch (freshness) and the latest event time counted
-CREATE OR REPLACE VIEW {db}.v_stream_health_latest AS
-SELECT b.query AS query, toInt64(count()) AS micro_batches,
-       argMax(b.batch_id, b.committed_at) AS last_batch_id, max(b.committed_at) AS last_committed_at,
-       dateDiff('second', max(b.committed_at), now64(3, 'UTC')) / 60 AS minutes_since_last_batch,
-       max(b.event_time_max) AS latest_event_time,                 -- windows query only; NULL for raw
-       toInt64(sum(b.input_rows)) AS input_rows, toInt64(sum(b.output_rows)) AS output_rows,
-       toInt64(sum(b.duplicates_dropped)) AS duplicates_dropped,
-       toInt64(sum(b.records_expired)) AS records_expired,
-       toInt64(sum(b.late_rows_dropped)) AS late_rows_dropped,
-       toInt64(sum(b.rows_set_aside)) AS rows_set_aside,
-       toInt64(countIf(b.records_expired > 0)) AS batches_with_expired,
-       toInt64(countIf(b.late_rows_dropped > 0)) AS batches_with_late_rows
-FROM {db}.stream_batches AS b FINAL
-GROUP BY query;
+-- v_stream_health_latest: defined in 086_stream_health_latest_outlives_retention.sql only (since 2026-12-07: every
+-- migrate() re-runs every file, so until the later file ran again a query read this file's older definition)
 
 -- offsets reached per streaming query and Kafka topic: the sum over the topic's partitions of the end offsets of
 -- the query's latest micro-batch (by commit time) that recorded them; compare with the topic's end offsets
 -- (records produced) to see what the stream has not read yet
-CREATE OR REPLACE VIEW {db}.v_stream_offsets_latest AS
-SELECT o.query AS query, tupleElement(t, 1) AS topic, toInt64(length(tupleElement(t, 2))) AS partitions,
-       toInt64(arraySum(p -> tupleElement(p, 2), tupleElement(t, 2))) AS offsets_reached,
-       o.last_batch AS batch_id, o.last_commit AS committed_at
-FROM (SELECT query, argMax(end_offsets, committed_at) AS last_offsets, argMax(batch_id, committed_at) AS last_batch,
-             max(committed_at) AS last_commit
-      FROM {db}.stream_batches FINAL WHERE end_offsets != '' GROUP BY query) AS o
-ARRAY JOIN arrayMap(kv -> (kv.1, JSONExtractKeysAndValues(kv.2, 'Int64')),
-                    JSONExtractKeysAndValuesRaw(o.last_offsets)) AS t;
+-- v_stream_offsets_latest: defined in 086_stream_health_latest_outlives_retention.sql only (since 2026-12-07: every
+-- migrate() re-runs every file, so until the later file ran again a query read this file's older definition)
 
 -- quarantined (stream) and dead-lettered (producers) records per hour of arrival, event type, topic and reason
-CREATE OR REPLACE VIEW {db}.v_stream_quarantine_hourly AS
-SELECT toInt64(toYYYYMMDD(q.ingested_at)) AS date_key, toStartOfHour(q.ingested_at) AS hour_start,
-       q.event_type AS event_type, q.topic AS topic, q.reason AS reason, toInt64(count()) AS events,
-       max(q.ingested_at) AS last_seen
-FROM {db}.quarantine_events AS q FINAL
-GROUP BY date_key, hour_start, event_type, topic, reason;
+-- v_stream_quarantine_hourly: defined in 084_quarantine_refused_rows_apart.sql only (since 2026-12-07: every
+-- migrate() re-runs every file, so until the later file ran again a query read this file's older definition)

@@ -11,16 +11,5 @@
 -- A batch whose latest row lacks end offsets (a checkpoint that is not a local folder) while an earlier row of the
 -- same batch has them now shows that batch's offsets (080: the batch before it; both are the same planned offsets).
 -- Idempotent: CREATE OR REPLACE.
-CREATE OR REPLACE VIEW {db}.v_stream_offsets_latest AS
-SELECT o.query AS query, tupleElement(t, 1) AS topic, toInt64(length(tupleElement(t, 2))) AS partitions,
-       toInt64(arraySum(p -> tupleElement(p, 2), tupleElement(t, 2))) AS offsets_reached,
-       o.last_batch AS batch_id, o.last_commit AS committed_at
-FROM (SELECT b.query AS query, argMax(b.end_offsets, b.committed_at) AS last_offsets,
-             argMax(b.batch_id, b.committed_at) AS last_batch, max(b.committed_at) AS last_commit
-      FROM {db}.stream_batches AS b
-      WHERE (b.query, b.committed_at) IN (SELECT query, max(committed_at) FROM {db}.stream_batches
-                                          WHERE notEmpty(end_offsets) GROUP BY query)
-        AND notEmpty(b.end_offsets)
-      GROUP BY b.query) AS o
-ARRAY JOIN arrayMap(kv -> (kv.1, JSONExtractKeysAndValues(kv.2, 'Int64')),
-                    JSONExtractKeysAndValuesRaw(o.last_offsets)) AS t;
+-- v_stream_offsets_latest: defined in 086_stream_health_latest_outlives_retention.sql only (since 2026-12-07: every
+-- migrate() re-runs every file, so until the later file ran again a query read this file's older definition)
