@@ -9,6 +9,7 @@ delivery counters matching.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter, defaultdict
@@ -1110,3 +1111,83 @@ def _topics(settings) -> set[str]:
         return set(consumer.topics())
     finally:
         consumer.close()
+
+
+@contextlib.contextmanager
+def broker_frozen(settings):
+    """The session's Kafka broker SIGSTOPped for the block (connections accepted by the kernel, nothing answered:
+    a frozen broker, e.g. a GC pause, a hung disk or a paused VM, as a client sees it), SIGCONTed afterwards
+    whatever happens. The broker is this test session's own (``native_services``)."""
+    import os
+    import signal
+
+    from ops import services as svc
+
+    pgid = int(svc.pgid_file("kafka", settings).read_text().split()[0])
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+
+
+def test_a_producer_whose_batches_expired_while_the_broker_was_frozen_sends_again(kafka_settings):
+    """The broker frozen longer than ``delivery_timeout_ms`` while records are in flight: kafka-python expires them
+    (reported failed) and, since they may have reached the broker, resets the idempotent producer id, but (3.0.12)
+    leaves its state READY, so its sender never asks for a new id: it sent nothing more and expired nothing more,
+    for good, and ``flush()`` without a timeout (the end of a replay or simulator run, ``close()``) never returned,
+    SIGTERM included (found 2026-12-07: a replay of 2010-11-01..14 with the broker frozen for 150 s, 3 s in, still
+    flushing 6 min later; frozen for 45 s, every record was delivered once). :func:`core.kafka.make_producer` asks
+    for a new producer id then, as Kafka's Java client does. Here (delivery timeout 4 s, the broker frozen until the first expiry) every
+    record is delivered or reported failed, those sent once the producer has its new id are all delivered, and no
+    record is on the topic twice. Old code: the second flush raised ``KafkaTimeoutError`` after 60 s."""
+    import uuid
+
+    from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"frz-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+
+    def sale(i: int) -> dict:
+        return {"transaction_id": f"FRZ-{i}", "store_id": "S001", "product_id": f"SKU{i % 7}", "quantity": 1,
+                "unit_price": 2.5, "timestamp": int(time.time() * 1000), "customer_id": None,
+                "payment_method": "CARD"}
+
+    pub = EventPublisher(s, client_id="frozen-broker-test", request_timeout_ms=2_000, delivery_timeout_ms=4_000,
+                         linger_ms=0)
+    fate: dict[int, bool] = {}
+    pub.on_result = lambda i, ok: fate.__setitem__(i, ok)
+
+    def send(ids) -> None:
+        for i in ids:
+            pub.tag = i
+            pub.publish("sales_transaction", sale(i))
+
+    try:
+        send(range(20))
+        pub.flush(timeout=30)
+        assert pub.counts["delivered"] == 20
+        with broker_frozen(s):
+            send(range(20, 40))
+            deadline = time.monotonic() + 30
+            while not pub.counts["failed"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            frozen = pub.counts
+        # the batches in flight expired and are reported (they may have reached the broker: failed, at most once)
+        assert frozen["failed"] >= 1 and any("Expiring" in e for e in frozen["errors"]), frozen
+        send(range(40, 60))
+        pub.flush(timeout=60)   # old code: KafkaTimeoutError, nothing sent after the reset, nothing expired
+        send(range(60, 80))
+        pub.flush(timeout=60)
+        c = pub.counts
+    finally:
+        pub.abort(5)
+    print("fates after the freeze:", {i: fate.get(i) for i in range(20, 80)}, c)
+    assert c["pending"] == 0 and c["delivered"] + c["failed"] == 80 and len(fate) == 80, c
+    assert all(fate[i] for i in range(60, 80)), fate   # the producer sends again
+    ids = Counter(json.loads(m.value)["transaction_id"] for m in consume_all(s, topic))
+    assert all(ids[f"FRZ-{i}"] == 1 for i in range(80) if fate[i]), ids   # every delivered record once
+    assert max(ids.values()) == 1   # a record reported failed may have landed (it was sent): at most once
+    assert max(ids.values()) == 1   # an expired record may have landed (reported failed: at most once), none twice
