@@ -1191,3 +1191,73 @@ def test_a_producer_whose_batches_expired_while_the_broker_was_frozen_sends_agai
     assert all(ids[f"FRZ-{i}"] == 1 for i in range(80) if fate[i]), ids   # every delivered record once
     assert max(ids.values()) == 1   # a record reported failed may have landed (it was sent): at most once
     assert max(ids.values()) == 1   # an expired record may have landed (reported failed: at most once), none twice
+
+
+def test_a_signal_while_the_last_flush_waits_for_a_frozen_broker_stops_the_run_with_a_report(kafka_settings):
+    """A replay or simulator run ends with a flush; while the broker stays frozen past ``delivery_timeout_ms`` that
+    flush waits for the producer's new id, for as long as the broker is frozen (kafka-python expires nothing
+    meanwhile). Until 2026-12-07 SIGTERM / SIGINT only set the stop event there: the run went on waiting (no
+    report, no rows saved; a supervisor's SIGKILL ended it). Now (:func:`producers.cli.flush_until_signal`) the
+    signal stops the wait: the records still buffered get ``STOP_FLUSH_S`` and are reported failed, ``stopped``
+    names the cause, and the run returns while the broker is still frozen. Old code: it returned only when the
+    test's watchdog thawed the broker (60 s), with ``stopped`` None."""
+    import os
+    import signal
+    import threading
+    import uuid
+
+    from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
+    from producers.cli import publish_events
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"frs-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    pub = EventPublisher(s, client_id="frozen-flush-test", request_timeout_ms=2_000, delivery_timeout_ms=4_000,
+                         linger_ms=0)
+    frozen = threading.Event()
+    thawed_by_watchdog = threading.Event()
+
+    def events():
+        ts = int(time.time() * 1000)
+        for i in range(60):
+            if i == 30:   # the first 30 were sent: wait until their batches expired and the producer id was reset
+                deadline = time.monotonic() + 30
+                while not pub.counts["failed"] and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert pub.counts["failed"], "no batch expired while the broker was frozen"
+            yield "sales_transaction", {"transaction_id": f"FRS-{i}", "store_id": "S001", "product_id": f"SKU{i % 5}",
+                                        "quantity": 1, "unit_price": 1.0, "timestamp": ts, "customer_id": None,
+                                        "payment_method": "CARD"}
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()   # the flush is waiting by then
+
+    from ops import services as svc
+
+    pgid = int(svc.pgid_file("kafka", s).read_text().split()[0])
+
+    def thaw(by_watchdog: bool = False) -> None:
+        if frozen.is_set():
+            if by_watchdog:
+                thawed_by_watchdog.set()
+            frozen.clear()
+            os.killpg(pgid, signal.SIGCONT)
+
+    pub.publish("sales_transaction", {"transaction_id": "FRS-warm", "store_id": "S001", "product_id": "SKU0",
+                                      "quantity": 1, "unit_price": 1.0, "timestamp": int(time.time() * 1000),
+                                      "customer_id": None, "payment_method": "CARD"})
+    pub.flush(timeout=30)   # the topic's metadata known, as in a run that has been sending
+    watchdog = threading.Timer(60.0, thaw, (True,))
+    os.killpg(pgid, signal.SIGSTOP)
+    frozen.set()
+    watchdog.start()
+    try:
+        out = publish_events(events(), pub, progress=False)
+        still_frozen = frozen.is_set()
+    finally:
+        watchdog.cancel()
+        thaw()
+        pub.abort(5)
+    assert out["signal"] == "SIGTERM" and out["events"] == 60, out
+    assert still_frozen and not thawed_by_watchdog.is_set(), out   # it returned on the signal, not on the thaw
+    assert out["stopped"] and "while waiting for the broker" in out["stopped"], out
+    assert out["pending"] == 0 and out["delivered"] + out["failed"] == out["sent"] == 61, out
+    assert out["failed"] >= 30, out   # at least the 30 sent after the reset, never sent: reported, not lost silently
