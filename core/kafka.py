@@ -221,9 +221,48 @@ def make_producer(settings: Settings | None = None, *, client_id: str = "retail-
         kafka.errors.NoBrokersAvailable: the bootstrap servers cannot be reached.
     """
     s = settings or get_settings()
-    return KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), client_id=client_id,
-                         key_serializer=StrKeySerializer(), value_serializer=JsonValueSerializer(),
-                         **{"partitioner": CachedKeyPartitioner(), **PRODUCER_DEFAULTS, **overrides})
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers.split(","), client_id=client_id,
+                             key_serializer=StrKeySerializer(), value_serializer=JsonValueSerializer(),
+                             **{"partitioner": CachedKeyPartitioner(), **PRODUCER_DEFAULTS, **overrides})
+    reinit_after_producer_id_reset(producer)
+    return producer
+
+
+def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
+    """Make an idempotent (non-transactional) kafka-python producer ask for a new producer id after it reset its own.
+
+    kafka-python (3.0.12) resets the producer id when a batch it had already sent expires (``delivery_timeout_ms``
+    passed while the broker did not answer: a frozen broker, a network partition), as it must: the batch may have
+    landed, so its sequence numbers are unknown. But it leaves the transaction state READY, and its sender only
+    asks for an id in state UNINITIALIZED; with no id it sends nothing, and expires nothing, for good: every later
+    record stays buffered, ``flush()`` without a timeout never returns and ``close()`` hangs. Kafka's Java client
+    (``TransactionManager.resetIdempotentProducerId``) goes back to UNINITIALIZED, so the next sender loop gets a
+    new id and the buffered records go out (found 2026-12-07: a replay of two weeks of the UCI log with the broker
+    frozen 150 s was still flushing 6 min later, deaf to SIGTERM; ``tests/test_producers_kafka.py``,
+    ``test_a_producer_whose_batches_expired_while_the_broker_was_frozen_sends_again``). This does the same on
+    ``producer``'s transaction manager (a no-op for a producer without one, i.e. idempotence off, or a
+    transactional one, whose reset kafka-python refuses anyway).
+
+    Args:
+        producer: a kafka-python ``KafkaProducer`` (its private ``_transaction_manager``; absent: nothing done).
+    """
+    from kafka.producer.transaction_manager import TransactionState
+
+    tm = getattr(producer, "_transaction_manager", None)
+    if tm is None or tm.is_transactional():
+        return
+    reset = tm.reset_producer_id
+
+    def reset_and_reinit() -> None:
+        reset()
+        with tm._lock:
+            if not tm.has_producer_id() and tm._current_state == TransactionState.READY:
+                log.warning("kafka producer %s: a batch expired after it was sent; asking the broker for a new "
+                            "producer id (the records still buffered are sent under it)",
+                            producer.config.get("client_id"))
+                tm._current_state = TransactionState.UNINITIALIZED   # the sender's next loop: InitProducerId
+
+    tm.reset_producer_id = reset_and_reinit
 
 
 def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:

@@ -274,7 +274,7 @@ def _publish_events(events, publisher, sigs: StopSignals, *, speed, t_start, t_e
         if stopped:
             publisher.abort(STOP_FLUSH_S)
         else:
-            publisher.flush()
+            stopped = flush_until_signal(publisher, sigs)
         if on_progress is not None:
             on_progress(n)
         if total:
@@ -283,6 +283,44 @@ def _publish_events(events, publisher, sigs: StopSignals, *, speed, t_start, t_e
     elapsed = time.monotonic() - t0
     return {"events": n, "elapsed_s": round(elapsed, 3), "events_per_s": round(n / max(elapsed, 1e-9), 1),
             "stopped": stopped, "signal": sigs.received, **publisher.counts}
+
+
+#: seconds between two looks at the stop signals while :func:`flush_until_signal` waits for the broker
+FLUSH_POLL_S = 0.5
+
+
+def flush_until_signal(publisher, sigs: StopSignals) -> str | None:
+    """Wait until every record ``publisher`` holds is acknowledged or failed, as ``publisher.flush()`` does, but
+    give up when ``sigs`` receives a signal meanwhile: the records still buffered then get :data:`STOP_FLUSH_S`
+    seconds and are reported failed (``publisher.abort``).
+
+    Why: a flush waits as long as the producer neither sends nor expires its records, which kafka-python does while
+    the broker does not answer its producer-id request (a broker frozen past ``delivery_timeout_ms``, 2 min, and
+    still frozen: :func:`core.kafka.reinit_after_producer_id_reset`); until 2026-12-07 the run's last flush
+    ignored SIGTERM and SIGINT then (the handlers only set :attr:`StopSignals.event`), so a stop got no report, the
+    rows not published were not saved, and only SIGKILL or a second Ctrl-C ended it.
+
+    Args:
+        publisher: an :class:`~core.kafka.EventPublisher` (``flush(timeout)`` raising ``KafkaTimeoutError``,
+            ``abort(timeout)``).
+        sigs: the run's active :class:`StopSignals`.
+    Returns:
+        None when everything was settled, else the stop's cause (``"SIGTERM received while flushing ..."``).
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    while True:
+        try:
+            publisher.flush(timeout=FLUSH_POLL_S)
+            return None
+        except KafkaTimeoutError:
+            if not sigs.event.is_set():
+                continue
+        stopped = (f"{sigs.received} received while waiting for the broker's acknowledgements; the records not "
+                   f"acknowledged within {STOP_FLUSH_S:g} s are counted failed")
+        err_console.print(f"[yellow]{stopped}")
+        publisher.abort(STOP_FLUSH_S)
+        return stopped
 
 
 def _write_reference(settings: Settings, products, stores) -> dict[str, str]:
@@ -917,6 +955,8 @@ def jsonl(
                 err_console.print(f"[yellow]{stopped}: flushing for at most {STOP_FLUSH_S:g} s")
             if stopped:
                 pub.abort(STOP_FLUSH_S)
+            else:   # a signal while the broker does not acknowledge stops the wait too (was: close()'s flush)
+                stopped = flush_until_signal(pub, sigs)
         return {"topics": topics, "lines": counts,
                 "published": {**pub.counts, "stopped": stopped, "signal": sigs.received if stopped and not pub.stalled
                               else None}}

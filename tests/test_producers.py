@@ -1166,7 +1166,7 @@ def _dead_letter_publisher(dead: list, where):
         def publish(self, event_type, record):
             return True
 
-        def flush(self):
+        def flush(self, timeout=None):
             pass
 
     return FakePublisher

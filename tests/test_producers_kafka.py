@@ -9,6 +9,7 @@ delivery counters matching.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter, defaultdict
@@ -1110,3 +1111,153 @@ def _topics(settings) -> set[str]:
         return set(consumer.topics())
     finally:
         consumer.close()
+
+
+@contextlib.contextmanager
+def broker_frozen(settings):
+    """The session's Kafka broker SIGSTOPped for the block (connections accepted by the kernel, nothing answered:
+    a frozen broker, e.g. a GC pause, a hung disk or a paused VM, as a client sees it), SIGCONTed afterwards
+    whatever happens. The broker is this test session's own (``native_services``)."""
+    import os
+    import signal
+
+    from ops import services as svc
+
+    pgid = int(svc.pgid_file("kafka", settings).read_text().split()[0])
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+
+
+def test_a_producer_whose_batches_expired_while_the_broker_was_frozen_sends_again(kafka_settings):
+    """The broker frozen longer than ``delivery_timeout_ms`` while records are in flight: kafka-python expires them
+    (reported failed) and, since they may have reached the broker, resets the idempotent producer id, but (3.0.12)
+    leaves its state READY, so its sender never asks for a new id: it sent nothing more and expired nothing more,
+    for good, and ``flush()`` without a timeout (the end of a replay or simulator run, ``close()``) never returned,
+    SIGTERM included (found 2026-12-07: a replay of 2010-11-01..14 with the broker frozen for 150 s, 3 s in, still
+    flushing 6 min later; frozen for 45 s, every record was delivered once). :func:`core.kafka.make_producer` asks
+    for a new producer id then, as Kafka's Java client does. Here (delivery timeout 4 s, the broker frozen until the first expiry) every
+    record is delivered or reported failed, those sent once the producer has its new id are all delivered, and no
+    record is on the topic twice. Old code: the second flush raised ``KafkaTimeoutError`` after 60 s."""
+    import uuid
+
+    from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"frz-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    topic = s.topic(EVENT_TYPES["sales_transaction"])
+
+    def sale(i: int) -> dict:
+        return {"transaction_id": f"FRZ-{i}", "store_id": "S001", "product_id": f"SKU{i % 7}", "quantity": 1,
+                "unit_price": 2.5, "timestamp": int(time.time() * 1000), "customer_id": None,
+                "payment_method": "CARD"}
+
+    pub = EventPublisher(s, client_id="frozen-broker-test", request_timeout_ms=2_000, delivery_timeout_ms=4_000,
+                         linger_ms=0)
+    fate: dict[int, bool] = {}
+    pub.on_result = lambda i, ok: fate.__setitem__(i, ok)
+
+    def send(ids) -> None:
+        for i in ids:
+            pub.tag = i
+            pub.publish("sales_transaction", sale(i))
+
+    try:
+        send(range(20))
+        pub.flush(timeout=30)
+        assert pub.counts["delivered"] == 20
+        with broker_frozen(s):
+            send(range(20, 40))
+            deadline = time.monotonic() + 30
+            while not pub.counts["failed"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            frozen = pub.counts
+        # the batches in flight expired and are reported (they may have reached the broker: failed, at most once)
+        assert frozen["failed"] >= 1 and any("Expiring" in e for e in frozen["errors"]), frozen
+        send(range(40, 60))
+        pub.flush(timeout=60)   # old code: KafkaTimeoutError, nothing sent after the reset, nothing expired
+        send(range(60, 80))
+        pub.flush(timeout=60)
+        c = pub.counts
+    finally:
+        pub.abort(5)
+    print("fates after the freeze:", {i: fate.get(i) for i in range(20, 80)}, c)
+    assert c["pending"] == 0 and c["delivered"] + c["failed"] == 80 and len(fate) == 80, c
+    assert all(fate[i] for i in range(60, 80)), fate   # the producer sends again
+    ids = Counter(json.loads(m.value)["transaction_id"] for m in consume_all(s, topic))
+    assert all(ids[f"FRZ-{i}"] == 1 for i in range(80) if fate[i]), ids   # every delivered record once
+    assert max(ids.values()) == 1   # a record reported failed may have landed (it was sent): at most once
+    assert max(ids.values()) == 1   # an expired record may have landed (reported failed: at most once), none twice
+
+
+def test_a_signal_while_the_last_flush_waits_for_a_frozen_broker_stops_the_run_with_a_report(kafka_settings):
+    """A replay or simulator run ends with a flush; while the broker stays frozen past ``delivery_timeout_ms`` that
+    flush waits for the producer's new id, for as long as the broker is frozen (kafka-python expires nothing
+    meanwhile). Until 2026-12-07 SIGTERM / SIGINT only set the stop event there: the run went on waiting (no
+    report, no rows saved; a supervisor's SIGKILL ended it). Now (:func:`producers.cli.flush_until_signal`) the
+    signal stops the wait: the records still buffered get ``STOP_FLUSH_S`` and are reported failed, ``stopped``
+    names the cause, and the run returns while the broker is still frozen. Old code: it returned only when the
+    test's watchdog thawed the broker (60 s), with ``stopped`` None."""
+    import os
+    import signal
+    import threading
+    import uuid
+
+    from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
+    from producers.cli import publish_events
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"frs-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    pub = EventPublisher(s, client_id="frozen-flush-test", request_timeout_ms=2_000, delivery_timeout_ms=4_000,
+                         linger_ms=0)
+    frozen = threading.Event()
+    thawed_by_watchdog = threading.Event()
+
+    def events():
+        ts = int(time.time() * 1000)
+        for i in range(60):
+            if i == 30:   # the first 30 were sent: wait until their batches expired and the producer id was reset
+                deadline = time.monotonic() + 30
+                while not pub.counts["failed"] and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert pub.counts["failed"], "no batch expired while the broker was frozen"
+            yield "sales_transaction", {"transaction_id": f"FRS-{i}", "store_id": "S001", "product_id": f"SKU{i % 5}",
+                                        "quantity": 1, "unit_price": 1.0, "timestamp": ts, "customer_id": None,
+                                        "payment_method": "CARD"}
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()   # the flush is waiting by then
+
+    from ops import services as svc
+
+    pgid = int(svc.pgid_file("kafka", s).read_text().split()[0])
+
+    def thaw(by_watchdog: bool = False) -> None:
+        if frozen.is_set():
+            if by_watchdog:
+                thawed_by_watchdog.set()
+            frozen.clear()
+            os.killpg(pgid, signal.SIGCONT)
+
+    pub.publish("sales_transaction", {"transaction_id": "FRS-warm", "store_id": "S001", "product_id": "SKU0",
+                                      "quantity": 1, "unit_price": 1.0, "timestamp": int(time.time() * 1000),
+                                      "customer_id": None, "payment_method": "CARD"})
+    pub.flush(timeout=30)   # the topic's metadata known, as in a run that has been sending
+    watchdog = threading.Timer(60.0, thaw, (True,))
+    os.killpg(pgid, signal.SIGSTOP)
+    frozen.set()
+    watchdog.start()
+    try:
+        out = publish_events(events(), pub, progress=False)
+        still_frozen = frozen.is_set()
+    finally:
+        watchdog.cancel()
+        thaw()
+        pub.abort(5)
+    assert out["signal"] == "SIGTERM" and out["events"] == 60, out
+    assert still_frozen and not thawed_by_watchdog.is_set(), out   # it returned on the signal, not on the thaw
+    assert out["stopped"] and "while waiting for the broker" in out["stopped"], out
+    assert out["pending"] == 0 and out["delivered"] + out["failed"] == out["sent"] == 61, out
+    assert out["failed"] >= 30, out   # at least the 30 sent after the reset, never sent: reported, not lost silently
