@@ -787,8 +787,10 @@ def pooled_order_bound(previous) -> float:
 
     Limits: the bound is computed once, when the window is first enriched, from what the store has stored then. A
     store's earlier windows that arrive later (a lagging partition, late events) do not re-evaluate it, and a
-    window enriched before the store has 3 selling windows within 24 h keeps no bound; only a later window of the
-    same SKU (streaming/sinks.py's anomaly followers) re-enriches it, against the pool stored at that time.
+    window enriched before the store has 3 selling windows within 24 h keeps no bound (stored whole, it lifts the
+    pool of the next 24 h: a 5,000-unit first line, then 2-unit windows, let a new SKU's 5,000-unit line count
+    1,406.7 units); only a late-arriving earlier window or stock update of the same SKU within the 24 h before it
+    (streaming/sinks.py's followers) re-enriches it, against the pool stored at that time.
     Returns:
         units (float): ``mean + 3 x max(std, sqrt(mean))`` (population std) of ``previous``; NaN (no bound) with
         fewer than :data:`ORDER_BASELINE_MIN` of them.
