@@ -126,8 +126,9 @@ def order_quantity(stock, on_order, rop, eoq_units, mean_demand, storage_capacit
     0 when the inventory position IP = stock + on_order > ROP; else max(EOQ, ROP - IP) rounded up, capped at
     ``max(ceil(ROP - IP), floor(mean_demand * max_cover_days - IP))`` (no more than ``max_cover_days`` of
     forecast demand counting what is on hand and on order, unless reaching ROP takes more; Silver, Pyke &
-    Thomas 2017, the EOQ's time-supply bound), then bounded by the free space ``storage_capacity - IP`` and by what can sell before expiry
-    ``mean_demand * shelf_life_days - IP`` (each rounded down; None/NaN = no bound), then clipped at 0.
+    Thomas 2017, the EOQ's time-supply bound), then bounded by the free space ``storage_capacity - IP`` and by
+    what can sell before expiry ``mean_demand * shelf_life_days - IP`` (each rounded down; None/NaN = no bound),
+    then clipped at 0.
     Args: stock, on_order, rop, eoq_units in units; mean_demand in units/day; storage_capacity in units;
     shelf_life_days and max_cover_days in days (max_cover_days None/NaN = no cover cap). Scalars or numpy arrays
     of one shape (float for scalars, else an array). The physical bounds (capacity, shelf life) apply after the
