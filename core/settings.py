@@ -309,6 +309,12 @@ class Settings(BaseSettings):
     holding_cost_rate: float = Field(
         default=0.25, gt=0,
         description="Yearly holding cost as a fraction of unit cost (EOQ's H = rate * unit cost).")
+    order_max_cover_days: int = Field(
+        default=180, ge=1, le=3650,
+        description="No reorder beyond this many days of forecast demand (stock + on order + order; days, "
+                    "1..3650) unless the reorder point needs more: caps the EOQ's time supply, which for cheap "
+                    "slow movers is years of demand (Silver, Pyke & Thomas 2017 ch. 4: time-supply limits of "
+                    "~12 months). 180 = half a year, inside that limit.")
     forecast_horizon: int = Field(default=14, ge=1, le=28, description="Forecast horizon in days (1..28): backtest, intervals and the batch predictions.")
     forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (FORECAST_ORIGIN_STEP_DAYS apart).")
     forecast_origin_step_days: int = Field(default=30, ge=1, description="Days between backtest origins (not a multiple of 7, so each horizon falls on several weekdays).")

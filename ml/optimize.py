@@ -12,7 +12,12 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
 * Economic order quantity:           EOQ = sqrt(2 * D * S / H)               (Harris 1913, "How many parts
   to make at once", Factory 10(2); Silver et al. sec. 4.2), D annual demand, S cost per order,
   H = holding rate * unit cost per unit and year.
-* Order quantity when IP <= ROP:     Q = max(EOQ, ROP - IP) rounded up to whole units, then bounded by
+* Order quantity when IP <= ROP:     Q = max(EOQ, ROP - IP) rounded up to whole units, then capped at a
+  maximum cover of C days of forecast demand unless the reorder point needs more:
+  Q = min(Q, max(ceil(ROP - IP), floor(d_bar * C - IP))) (C = ORDER_MAX_COVER_DAYS, default 180; the EOQ's
+  "time supply" bound, Silver, Pyke & Thomas 2017 ch. 4, e.g. at most ~12 months, and retail max-cover caps:
+  the Harris EOQ of a cheap slow mover is years of demand; ROP - IP still wins: the position never stays below
+  ROP because of the cap), then bounded by
   the free storage capacity left once what is on order arrives (capacity - IP) and by shelf life (no more
   than can sell before expiry: d_bar * shelf_life - IP), each bound rounded down to whole units, never
   negative; Q = 0 when IP > ROP. IP = stock + on order (inventory position).
@@ -114,19 +119,33 @@ def stockout_risk(stock, mean_demand, lead_time_days, rop):
     return str(out) if out.ndim == 0 else out
 
 
-def order_quantity(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None):
+def order_quantity(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,
+                   max_cover_days=None):
     """Units to order now (whole units, >= 0, never -0.0); see the module docstring's order-quantity line.
 
-    0 when the inventory position IP = stock + on_order > ROP; else max(EOQ, ROP - IP) rounded up, bounded by
-    the free space ``storage_capacity - IP`` and by what can sell before expiry
-    ``mean_demand * shelf_life_days - IP`` (each rounded down; None/NaN = no bound), then clipped at 0.
+    0 when the inventory position IP = stock + on_order > ROP; else max(EOQ, ROP - IP) rounded up, capped at
+    ``max(ceil(ROP - IP), floor(mean_demand * max_cover_days - IP))`` (no more than ``max_cover_days`` of
+    forecast demand counting what is on hand and on order, unless reaching ROP takes more; Silver, Pyke &
+    Thomas 2017, the EOQ's time-supply bound), then bounded by the free space ``storage_capacity - IP`` and by
+    what can sell before expiry ``mean_demand * shelf_life_days - IP`` (each rounded down; None/NaN = no bound),
+    then clipped at 0.
     Args: stock, on_order, rop, eoq_units in units; mean_demand in units/day; storage_capacity in units;
-    shelf_life_days in days. Scalars or numpy arrays of one shape (float for scalars, else an array).
+    shelf_life_days and max_cover_days in days (max_cover_days None/NaN = no cover cap). Scalars or numpy arrays
+    of one shape (float for scalars, else an array). The physical bounds (capacity, shelf life) apply after the
+    cover cap, so they still win over ROP - IP.
     (Silver, Pyke & Thomas 2017 ch. 6, (s, Q) policy; Chopra & Meindl 2016 ch. 12.)
+    Raises:
+        ValueError: max_cover_days <= 0.
     """
     ip = np.asarray(stock, dtype=float) + np.asarray(on_order, dtype=float)
     r = np.asarray(rop, dtype=float)
     q = np.ceil(np.maximum(np.asarray(eoq_units, dtype=float), r - ip) - 1e-9)
+    if max_cover_days is not None:
+        mc = np.asarray(max_cover_days, dtype=float)
+        if (mc <= 0).any():
+            raise ValueError(f"max_cover_days must be > 0 days (ORDER_MAX_COVER_DAYS), got {max_cover_days}")
+        cover = np.maximum(np.ceil(r - ip - 1e-9), np.floor(np.asarray(mean_demand, dtype=float) * mc - ip + 1e-9))
+        q = np.where(np.isnan(mc), q, np.minimum(q, cover))
     if storage_capacity is not None:
         cap = np.asarray(storage_capacity, dtype=float)
         q = np.where(np.isnan(cap), q, np.minimum(q, np.floor(cap - ip + 1e-9)))
@@ -144,7 +163,8 @@ def sigma_from_interval(lower80, upper80):
 
 
 def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: float, order_cost: float,
-              holding_cost_rate: float, sigma_lead_time: float = 0.0) -> pd.DataFrame:
+              holding_cost_rate: float, sigma_lead_time: float = 0.0,
+              max_cover_days: float | None = None) -> pd.DataFrame:
     """Reorder recommendations for every row (store x SKU).
 
     Args:
@@ -153,12 +173,14 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
             shelf_life_days, lead_time_days (per row; overrides the argument).
         lead_time_days: supplier lead time L (days); service_level: cycle service level;
         order_cost: S per order; holding_cost_rate: yearly holding cost as a fraction of unit cost.
+        max_cover_days: no order beyond this many days of forecast demand (inventory position included) unless
+            the reorder point needs it (setting ORDER_MAX_COVER_DAYS); None = no cover cap.
     Returns:
         inputs + safety_stock, reorder_point, eoq, reorder_qty (units, :func:`order_quantity`),
         reorder_needed (0/1: 1 when reorder_qty > 0),
         days_until_stockout, stockout_risk, service_level, lead_time_days.
     Raises:
-        ValueError: a required column is missing or unit_cost <= 0.
+        ValueError: a required column is missing, unit_cost <= 0 or max_cover_days <= 0.
     """
     need = ["store_id", "product_id", "stock", "mean_demand", "sigma_d", "unit_cost"]
     miss = [c for c in need if c not in inputs.columns]
@@ -179,7 +201,8 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
         df["stock"].to_numpy(float), np.asarray(on_order, dtype=float), df["reorder_point"].to_numpy(),
         df["eoq"].to_numpy(), d.to_numpy(),
         df["storage_capacity"].to_numpy(float) if "storage_capacity" in df.columns else None,
-        df["shelf_life_days"].to_numpy(float) if "shelf_life_days" in df.columns else None)
+        df["shelf_life_days"].to_numpy(float) if "shelf_life_days" in df.columns else None,
+        max_cover_days=max_cover_days)
     df["reorder_needed"] = (df["reorder_qty"] > 0).astype("uint8")
     df["days_until_stockout"] = days_until_stockout(df["stock"].to_numpy(float), d.to_numpy())
     df["stockout_risk"] = stockout_risk(df["stock"].to_numpy(float), d.to_numpy(), L.to_numpy(),

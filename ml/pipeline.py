@@ -640,7 +640,8 @@ INVENTORY_COLUMNS = ["store_id", "product_id", "stock", "stock_date_key", "unit_
 
 def optimise_stock(run_date: dt.date, settings=None) -> dict:
     """Task ``optimise_stock``: forecasts + closing stock + product master -> reorder_recommendations
-    (:func:`ml.optimize.recommend`, settings SERVICE_LEVEL, LEAD_TIME_DAYS, ORDER_COST, HOLDING_COST_RATE).
+    (:func:`ml.optimize.recommend`, settings SERVICE_LEVEL, LEAD_TIME_DAYS, ORDER_COST, HOLDING_COST_RATE,
+    ORDER_MAX_COVER_DAYS).
 
     Series without an inventory record are skipped (counted in the result; their forecasts stay in
     forecast_predictions). A missing unit cost falls back to the list unit price for the holding cost.
@@ -662,7 +663,7 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     for c in ("storage_capacity", "shelf_life_days", "unit_cost"):
         m[c] = pd.to_numeric(m[c], errors="coerce").astype("float64")
     rec = recommend(m, lead_time_days=s.lead_time_days, service_level=s.service_level, order_cost=s.order_cost,
-                    holding_cost_rate=s.holding_cost_rate)
+                    holding_cost_rate=s.holding_cost_rate, max_cover_days=s.order_max_cover_days)
     k = rec["stock_date_key"].astype(int)
     rec["stock_date"] = [dt.date(x // 10000, x // 100 % 100, x % 100) for x in k]
     out = pd.DataFrame({

@@ -335,3 +335,20 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert (c.loc[c["product_id"] == "SKU-D", "is_slow_moving"] == 1).all()  # 0.2-0.36 units/day < 0.5
     ev = q("SELECT metric FROM {db}.ml_model_metrics FINAL WHERE model_name = 'slow-moving'")
     assert {"class_agreement", "slow_flag_agreement"} <= set(ev["metric"])
+
+    # ORDER_MAX_COVER_DAYS reaches optimise_stock: re-run at 1 day of cover (same as_of_date: the rows are replaced),
+    # no order above max(ceil(ROP - IP), floor(d_bar * 1 - IP)) (IP = stock: the task has nothing on order), while
+    # the default run (180 days) ordered more than that for some rows (before 2026-12-07 the task passed no cap)
+    from ml.pipeline import optimise_stock
+
+    d_bar = p.groupby(["store_id", "product_id"])["yhat"].mean()
+    def cover_bound(t):
+        return np.maximum(np.maximum(np.ceil(t["reorder_point"] - t["stock"] - 1e-9),
+                                     np.floor(d_bar.reindex(t.index) * 1 - t["stock"] + 1e-9)), 0.0)
+    assert (r["reorder_qty"] > cover_bound(r)).any()
+    optimise_stock(DAY, native_stack.model_copy(update={"order_max_cover_days": 1}))
+    r1 = q("SELECT * FROM {db}.reorder_recommendations FINAL").set_index(["store_id", "product_id"])
+    assert len(r1) == n_series
+    assert (r1["reorder_qty"] <= cover_bound(r1)).all()
+    assert ((r1["reorder_qty"] > 0) == (r1["reorder_needed"] == 1)).all()
+    optimise_stock(DAY, native_stack)   # back to the settings' run

@@ -80,6 +80,41 @@ def test_order_quantity_bounds_count_stock_on_order():
     assert q == 0 and math.copysign(1.0, q) == 1.0
 
 
+def test_order_quantity_caps_the_cover_of_a_cheap_slow_mover():
+    # UCI-BE 21703 on 2010-12-23 (measured): 0.043 units/day, order 145 units = 145 / 0.043 = 3,372 days (9.2 years)
+    d, e = 0.043, 145.0
+    assert opt.order_quantity(0, 0, 1.2, e, d) == 145
+    # capped at 180 days of demand: floor(0.043 * 180 - 0) = floor(7.74) = 7
+    assert opt.order_quantity(0, 0, 1.2, e, d, max_cover_days=180) == 7
+    # the cover counts what is on hand and on order: floor(7.74 - (1 + 0.5)) = 6
+    assert opt.order_quantity(1, 0.5, 2.0, e, d, max_cover_days=180) == 6
+    # ROP - IP above the cap is still ordered (rounded up): ROP 12.3, IP 0, cap floor(0.043 * 30) = 1 -> 13
+    assert opt.order_quantity(0, 0, 12.3, e, d, max_cover_days=30) == 13
+    # None or NaN = no cap; a cap above the EOQ's cover leaves the EOQ: floor(0.043 * 3650) = 156 >= 145
+    assert opt.order_quantity(0, 0, 1.2, e, d, max_cover_days=None) == 145
+    assert opt.order_quantity(0, 0, 1.2, e, d, max_cover_days=float("nan")) == 145
+    assert opt.order_quantity(0, 0, 1.2, e, d, max_cover_days=3650) == 145
+    # the physical bounds still apply after the cap: shelf life 0.043 * 100 = 4.3 -> 4
+    assert opt.order_quantity(0, 0, 1.2, e, d, shelf_life_days=100, max_cover_days=180) == 4
+    # arrays, per row: capped, ROP wins, fast mover (EOQ 605 = 30 days of 20/day) untouched, IP > ROP -> 0
+    got = opt.order_quantity(np.array([0.0, 0.0, 60.0, 5.0]), 0.0, np.array([1.2, 12.3, 96.44854, 1.2]),
+                             np.array([e, e, 604.1523, e]), np.array([d, d, D, d]), max_cover_days=np.array([180, 30, 180, 180]))
+    assert got.tolist() == [7.0, 13.0, 605.0, 0.0]
+    with pytest.raises(ValueError, match="max_cover_days"):
+        opt.order_quantity(0, 0, 1.2, e, d, max_cover_days=0)
+
+
+def test_recommend_passes_the_cover_cap():
+    inp = pd.DataFrame([{"store_id": "BE", "product_id": "21703", "stock": 0.0, "mean_demand": 0.043,
+                         "sigma_d": 0.2, "unit_cost": 0.25}])
+    kw = dict(lead_time_days=L, service_level=SL, order_cost=50.0, holding_cost_rate=0.25)
+    r0, r1 = opt.recommend(inp, **kw).iloc[0], opt.recommend(inp, max_cover_days=180, **kw).iloc[0]
+    # EOQ sqrt(2 * 0.043 * 365 * 50 / (0.25 * 0.25)) = 158.47 -> 159 uncapped; ROP 0.043 * 4 + 1.6449 * 0.2 * 2
+    # = 0.83 >= IP 0; capped: floor(0.043 * 180 - 0) = 7
+    assert r0["eoq"] == pytest.approx(158.47, abs=0.01) and r0["reorder_qty"] == 159
+    assert r1["reorder_qty"] == 7 and r1["reorder_needed"] == 1
+
+
 def test_reorder_needed_only_when_something_is_ordered():
     # all three have IP <= ROP (83.06 for d 10, sigma 3, L 7) but order nothing: capacity already exceeded,
     # shelf-life bound 10 * 5 - 80 < 0, dead SKU (ROP 0, d_bar 0); the fourth's order fills the free space
