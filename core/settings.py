@@ -62,6 +62,7 @@ CROSS_CHECKS: tuple[frozenset[str], ...] = (
     frozenset({"clickhouse_stream_retention_days", "kafka_retention_ms", "stream_watermark"}),
     frozenset({"stream_max_future_minutes", "stream_watermark"}),
     frozenset({"etl_gap_check_days", "etl_recheck_days"}),
+    frozenset({"order_max_cover_days", "lead_time_days"}),
 )
 
 _INTERVAL_UNITS = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
@@ -311,10 +312,11 @@ class Settings(BaseSettings):
         description="Yearly holding cost as a fraction of unit cost (EOQ's H = rate * unit cost).")
     order_max_cover_days: int = Field(
         default=180, ge=1, le=3650,
-        description="No reorder beyond this many days of forecast demand (stock + on order + order; days, "
-                    "1..3650) unless the reorder point needs more: caps the EOQ's time supply, which for cheap "
-                    "slow movers is years of demand (Silver, Pyke & Thomas 2017 ch. 4: time-supply limits of "
-                    "~12 months). 180 = half a year, inside that limit.")
+        description="No reorder beyond this many days of forecast demand (stock + order; days, 1..3650, above "
+                    "LEAD_TIME_DAYS; the nightly batch does not know what is on order, so an order not yet "
+                    "received is ordered again) unless the reorder point needs more: caps the EOQ's time supply, "
+                    "which for cheap slow movers is years of demand (Silver, Pyke & Thomas 2017 ch. 4, limits on "
+                    "the EOQ's time supply). 180 = half a year.")
     forecast_horizon: int = Field(default=14, ge=1, le=28, description="Forecast horizon in days (1..28): backtest, intervals and the batch predictions.")
     forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (FORECAST_ORIGIN_STEP_DAYS apart).")
     forecast_origin_step_days: int = Field(default=30, ge=1, description="Days between backtest origins (not a multiple of 7, so each horizon falls on several weekdays).")
@@ -512,6 +514,16 @@ class Settings(BaseSettings):
                              "streaming job loads that many hours of window history per micro-batch (the anomaly "
                              "look-back), and the trailing sales rate is summed from it")
         return v
+
+    @model_validator(mode="after")
+    def _check_order_cover(self) -> "Settings":
+        # a cover cap not beyond the lead time leaves ROP - IP as the only order size: one top-up per sale
+        if not self.order_max_cover_days > self.lead_time_days:
+            raise ValueError(
+                f"ORDER_MAX_COVER_DAYS ({self.order_max_cover_days}) must be above LEAD_TIME_DAYS "
+                f"({self.lead_time_days}): an order capped at less cover than the lead time only tops the "
+                "inventory position up to the reorder point, one small order after each sale")
+        return self
 
     @model_validator(mode="after")
     def _check_gap_look_back(self) -> "Settings":

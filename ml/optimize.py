@@ -145,7 +145,7 @@ def order_quantity(stock, on_order, rop, eoq_units, mean_demand, storage_capacit
         if (mc <= 0).any():
             raise ValueError(f"max_cover_days must be > 0 days (ORDER_MAX_COVER_DAYS), got {max_cover_days}")
         cover = np.maximum(np.ceil(r - ip - 1e-9), np.floor(np.asarray(mean_demand, dtype=float) * mc - ip + 1e-9))
-        q = np.where(np.isnan(mc), q, np.minimum(q, cover))
+        q = np.where(np.isnan(mc), q, np.fmin(q, cover))   # fmin: an unknown demand (NaN) sets no cap
     if storage_capacity is not None:
         cap = np.asarray(storage_capacity, dtype=float)
         q = np.where(np.isnan(cap), q, np.minimum(q, np.floor(cap - ip + 1e-9)))

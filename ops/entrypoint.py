@@ -188,17 +188,19 @@ ROLES: dict[str, Role] = {r.name: r for r in (
          groups=("kafka",), long_running=False),
     Role("stream", (PY, "-m", "streaming.job", "run"), "Spark Structured Streaming driver",
          groups=("paths", "kafka", "clickhouse", "lake", "spark", "streaming"),
-         settings=("lead_time_days",),   # a restock alert's recommended quantity covers the lead time
+         # a restock alert's recommended quantity covers the lead time (ORDER_MAX_COVER_DAYS: checked against it)
+         settings=("lead_time_days", "order_max_cover_days"),
          extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")),
     Role("migrate", (PY, "-m", "ops.cli", "migrate"), "apply ClickHouse migrations (idempotent)",
          groups=("clickhouse",), long_running=False),
     Role("load-test", (PY, "-m", "ops.bench_stream", "load"), "fixed-rate load test writing a JSON report",
          groups=("paths", "kafka", "clickhouse", "lake", "spark", "streaming"),
-         settings=("lead_time_days",),
+         settings=("lead_time_days", "order_max_cover_days"),
          extra_env=("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"), long_running=False),
     Role("dashboard", (PY, "-m", "dashboard"), "live browser dashboard (Streamlit) reading ClickHouse as bi_reader",
          groups=("clickhouse", "dashboard"),
-         settings=("lead_time_days",),   # the store manager page's caption of the restock quantity's rule
+         # the store manager page's caption of the restock quantity's rule (ORDER_MAX_COVER_DAYS: checked against it)
+         settings=("lead_time_days", "order_max_cover_days"),
          extra_env=("CLICKHOUSE_BI_PASSWORD",)),
     Role("airflow-init", (), "migrate the Airflow metadata DB and create the admin user",
          groups=("clickhouse", "airflow"),   # the pool's slots: AIRFLOW_CLICKHOUSE_POOL_SLOTS, else from CLICKHOUSE_URL

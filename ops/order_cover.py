@@ -3,9 +3,12 @@
 The UCI transaction log (``../shared/data/uci_online_retail/transactions.csv.gz``) of ``first`` .. ``last`` goes
 through :class:`producers.replay.Replay` (dates kept): its simulated closing stock per store x SKU (the last
 ``new_quantity``) and its product master (unit cost, shelf life, storage capacity = the maximum over stores, as
-``ml.pipeline.load_inventory`` reads ``dim_product``). Demand d_bar per store x SKU is the mean daily net units
-(sales less returns, at least 0) over the ``window`` days to ``last`` and sigma_d their standard deviation (a
-stand-in for the nightly forecast and its error, which need the services). Then :func:`ml.optimize.recommend`
+``ml.pipeline.load_inventory`` reads ``dim_product``). Demand d_bar per store x SKU is the mean of the platform's
+daily demand (:func:`ops.uci_demand.daily_demand`: the ``demand_daily`` view's units sold less orders cancelled the
+same day, 0 on days without a line) over the ``window`` days to ``last`` and sigma_d its standard deviation: a
+reconstruction standing in for the nightly forecast and its error, which need the services (until the review of
+2026-12-07 d_bar netted every return of the window: 978 orders, 85,870 units before the cap, against the services
+run's 586 orders, 38,259 units). Then :func:`ml.optimize.recommend`
 with the settings' lead time, service level and costs, once without the cap and once with
 ``ORDER_MAX_COVER_DAYS``; cover of an order = reorder_qty / d_bar in days.
 
@@ -27,32 +30,30 @@ import typer
 from core.settings import REPO_ROOT, get_settings
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "uci_online_retail" / "transactions.csv.gz"
-DAY_MS = 86_400_000
 
 
 def order_inputs(data: Path, first: str, last: str, window: int) -> pd.DataFrame:
     """recommend() inputs per store x SKU with a sale or return in the ``window`` days to ``last``.
 
-    Returns columns store_id, product_id, mean_demand, sigma_d (units/day), stock (units), unit_cost (unit price
-    when the cost is 0), shelf_life_days, storage_capacity; rows without a positive cost dropped.
+    Returns columns store_id, product_id, mean_demand, sigma_d (units/day; the platform's daily demand, above),
+    stock (units), unit_cost (unit price when the cost is 0), shelf_life_days, storage_capacity; rows without a
+    positive cost dropped.
     """
-    from producers.replay import Replay, ReplayConfig, load_transactions
+    from ops.uci_demand import daily_demand
+    from producers.replay import Replay, ReplayConfig, load_transactions, store_for_country
 
     df = load_transactions(data)
     day = df["invoice_ts"].str.slice(0, 10)
     r = Replay(df[(day >= first) & (day <= last)].reset_index(drop=True), ReplayConfig(keep_dates=True))
-    stock, moves = {}, []
+    stock = {}
     for et, rec in r.events():
         if et == "inventory_update":
-            key = (rec["store_id"], rec["product_id"])
-            stock[key] = rec["new_quantity"]
-            if rec["reason"] in ("SALE", "RETURN"):
-                moves.append((*key, rec["timestamp"] // DAY_MS, -rec["quantity_change"]))
-    s = pd.DataFrame(moves, columns=["store_id", "product_id", "day", "units"])
-    day0 = int((pd.Timestamp(last) - pd.Timestamp("1970-01-01")).days) - window + 1
-    s = s[(s["day"] >= day0) & (s["day"] < day0 + window)]
-    daily = (s.groupby(["store_id", "product_id", "day"])["units"].sum().unstack(fill_value=0)
-             .reindex(columns=range(day0, day0 + window), fill_value=0))
+            stock[(rec["store_id"], rec["product_id"])] = rec["new_quantity"]
+    days = pd.date_range(end=pd.Timestamp(last), periods=window, freq="D")
+    d = daily_demand(df[(day >= str(days[0].date())) & (day <= last)].reset_index(drop=True))
+    d["store_id"] = d["store_id"].map(lambda c: store_for_country(c)[0])
+    daily = (d.groupby(["store_id", "product_id", "date"])["units"].sum().unstack(fill_value=0)
+             .reindex(columns=days, fill_value=0))
     out = pd.DataFrame({"store_id": daily.index.get_level_values(0), "product_id": daily.index.get_level_values(1),
                         "mean_demand": daily.mean(axis=1).clip(lower=0).to_numpy(),
                         "sigma_d": daily.std(axis=1).to_numpy()})

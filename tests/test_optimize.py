@@ -257,3 +257,10 @@ def test_inputs_from_forecast_take_the_empirical_lead_time_quantile_at_the_servi
     for a in (0.9995, None):
         off = opt.inputs_from_forecast(pred, lead_time_days=L, service_level=a).set_index("product_id")
         assert off.loc["a", "sigma_d"] == pytest.approx(1.5 * 4 / 2)
+
+
+def test_an_unknown_demand_sets_no_cover_cap():
+    """Review of 2026-12-07: a NaN mean demand turned the capped order into NaN (np.minimum); it sets no cap."""
+    q = opt.order_quantity(np.array([0.0, 0.0]), 0, np.array([5.0, 5.0]), np.array([10.0, 10.0]),
+                           np.array([np.nan, 0.1]), max_cover_days=180)
+    assert q.tolist() == [10.0, 10.0]
