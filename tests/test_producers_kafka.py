@@ -1315,3 +1315,84 @@ def test_a_signal_while_the_last_flush_waits_for_a_frozen_broker_stops_the_run_w
     # producer id is not interrupted by the stop): none unaccounted for
     assert out["delivered"] + out["failed"] + out["pending"] == out["sent"] == 61, out
     assert out["failed"] + out["pending"] >= 30, out   # at least the 30 sent after the reset, never sent
+
+
+@pytest.mark.timeout(240)
+def test_a_replay_stopped_while_its_sender_waits_for_a_frozen_broker_counts_no_unanswered_row_published(
+        kafka_settings, tmp_path, monkeypatch):
+    """A replay (40 sale rows) whose broker freezes after its first 10 records: the next ones expire
+    (request timeout 3 s, delivery timeout 4 s), the producer resets its id and its sender waits for a new one
+    inside ``await_ready`` (up to ``request_timeout_ms``), which a force close does not interrupt; SIGTERM during
+    the last flush stops the run, ``abort_producer`` joins the sender for ``STOP_FLUSH_S`` (0.2 s here) and the
+    report is made with records neither acknowledged nor failed (``pending``). Those rows are ``unconfirmed`` and
+    saved with the rows not published; every row the report counts ``published`` has its sale on the topic, and
+    published + saved file + partial covers every input row. Old code: the rows with unanswered records counted
+    ``published`` (not saved, not on the topic: lost) whenever the sender outlived the join (most runs: it waits
+    up to 3 s)."""
+    import os
+    import signal
+    import threading
+    import uuid
+
+    import core.kafka as ck
+    import producers.cli as cli
+    from core.kafka_admin import ensure_topics
+    from producers.cli import run_replay
+
+    monkeypatch.setattr(cli, "STOP_FLUSH_S", 0.2)
+    for k, v in {"request_timeout_ms": 3_000, "delivery_timeout_ms": 4_000, "linger_ms": 0}.items():
+        monkeypatch.setitem(ck.PRODUCER_DEFAULTS, k, v)
+    broker = kafka_settings.model_copy(update={"kafka_topic_prefix": f"frr-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(broker)
+    s = broker.model_copy(update={"retail_state_dir": tmp_path / "state"})   # the broker's pgid stays under broker's
+    path = tmp_path / "pos.csv"
+    _uci_file(path, [_uci_row(i, invoice=f"59{i:04d}") for i in range(40)], UCI_COLUMNS)
+    keys = {f"59{i:04d}-1" for i in range(40)}
+    timers: list[threading.Timer] = []
+    stack = contextlib.ExitStack()
+
+    class FreezingPublisher(ck.EventPublisher):
+        """The replay's publisher: every topic's metadata known at once, the first 10 records acknowledged, then
+        the broker frozen; at the 31st record it waits until records expired (the producer id reset) and arms
+        SIGTERM 1.5 s later (the run's last flush is waiting by then)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for topic in {*self._topics.values(), self.dead_letter_topic}:   # every topic a replay may use
+                self._producer.partitions_for(topic)
+            self.handed = 0
+
+        def publish(self, event_type, record):
+            self.handed += 1
+            if self.handed == 11:   # the first 10 records acknowledged, then the freeze
+                self.flush(timeout=30)
+                stack.enter_context(broker_frozen(broker))
+            if self.handed == 31:
+                deadline = time.monotonic() + 30
+                while not self.counts["failed"] and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                term = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+                timers.append(term)
+                term.start()
+            return super().publish(event_type, record)
+
+    monkeypatch.setattr(ck, "EventPublisher", FreezingPublisher)
+    try:
+        with sigterm_ignored(), stack:
+            report = run_replay(s, path, write_reference=False, create_topics=False, progress=False)
+    finally:
+        for timer in timers:
+            timer.cancel()
+    rows, pub = report["rows"], report["published"]
+    print(rows, {k: pub[k] for k in ("sent", "delivered", "failed", "pending", "stopped")})
+    assert pub["signal"] == "SIGTERM" and pub["failed"] >= 1, pub
+    assert rows["in"] == 40 == sum(v for k, v in rows.items() if k not in ("in", "partial_rows")), rows
+    assert (pub["pending"] > 0) <= (rows["unconfirmed"] > 0), (rows, pub)   # unanswered records: rows unconfirmed
+    saved = pd.read_csv(report["unread_saved"]["path"], dtype=str)
+    saved_keys = set(saved["invoice"] + "-" + saved["line_no"])
+    assert len(saved_keys) == len(saved) == rows["saved"] + rows["unconfirmed"], (rows, len(saved))
+    partial = {f"{p['invoice']}-{p['line_no']}" for p in rows.get("partial_rows", [])}
+    published = keys - saved_keys - partial
+    assert len(published) == rows["published"], (rows, sorted(published))
+    on_topic = {json.loads(m.value)["transaction_id"] for m in consume_all(s, s.topic(EVENT_TYPES["sales_transaction"]))}
+    assert published <= on_topic, sorted(published - on_topic)   # old code: unanswered rows counted published
