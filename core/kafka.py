@@ -243,6 +243,11 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     ``producer``'s transaction manager (a no-op for a producer without one, i.e. idempotence off, or a
     transactional one, whose reset kafka-python refuses anyway).
 
+    It also makes the producer-id request retry when it fails with a retriable error other than a lost connection
+    (:func:`_retry_init_producer_id_on_retriable_errors`): kafka-python 3.0.12 took a timed-out ``InitProducerId``
+    (``RequestTimedOutError``: the broker frozen or slow after the connection's handshake) as a fatal error, and a
+    producer in that state fails every record for good (the stream's alert producer, a run's publisher).
+
     Args:
         producer: a kafka-python ``KafkaProducer`` (its private ``_transaction_manager``; absent: nothing done).
     """
@@ -251,6 +256,7 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     tm = getattr(producer, "_transaction_manager", None)
     if tm is None or tm.is_transactional():
         return
+    _retry_init_producer_id_on_retriable_errors(tm)
     reset = tm.reset_producer_id
 
     def reset_and_reinit() -> None:
@@ -263,6 +269,45 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
                 tm._current_state = TransactionState.UNINITIALIZED   # the sender's next loop: InitProducerId
 
     tm.reset_producer_id = reset_and_reinit
+
+
+def _retry_init_producer_id_on_retriable_errors(tm) -> None:
+    """Make the idempotent producer's ``InitProducerId`` requests of transaction manager ``tm`` (kafka-python 3.0.12)
+    retry on a retriable error, as on a lost connection, instead of failing the producer for good.
+
+    kafka-python's ``TxnRequestHandler.on_complete`` re-enqueues a request only when it failed with a
+    ``KafkaConnectionError``; any other exception, e.g. ``RequestTimedOutError`` (the request sent on a connection
+    whose broker then froze, or a broker slower than ``request_timeout_ms`` to allocate an id), is a fatal error:
+    the producer's state becomes FATAL_ERROR, from which no transition leads back, and its sender fails every
+    record, buffered or sent later, with that error (found 2026-12-07 in review, provoked by
+    ``tests/test_producers_kafka.py::test_a_producer_id_request_that_times_out_is_retried_not_fatal``). Kafka's Java
+    client treats a timed-out request as a disconnection and retries it. Here each ``InitProducerIdHandler`` queued
+    from now on, and those already queued, hand such an error to ``on_complete`` as a ``KafkaConnectionError`` (the
+    original named in it). A handler already sent before this is installed keeps kafka-python's behaviour."""
+    import kafka.errors as Errors
+    from kafka.producer.transaction_manager import InitProducerIdHandler
+
+    def retrying(handler):
+        if not isinstance(handler, InitProducerIdHandler) or getattr(handler, "_retries_retriable", False):
+            return handler
+        complete = handler.on_complete
+
+        def on_complete(correlation_id, response_or_exc):
+            if (isinstance(response_or_exc, Errors.RetriableError)
+                    and not isinstance(response_or_exc, Errors.KafkaConnectionError)):
+                log.warning("kafka producer id request failed with %r: retried", response_or_exc)
+                response_or_exc = Errors.KafkaConnectionError(f"InitProducerId: {response_or_exc!r} (retried)")
+            return complete(correlation_id, response_or_exc)
+
+        handler.on_complete = on_complete
+        handler._retries_retriable = True
+        return handler
+
+    enqueue = tm._enqueue_request
+    with tm._lock:
+        for _prio, _sort, handler in tm._pending_requests:
+            retrying(handler)
+        tm._enqueue_request = lambda handler: enqueue(retrying(handler))
 
 
 def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:

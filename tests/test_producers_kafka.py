@@ -1396,3 +1396,52 @@ def test_a_replay_stopped_while_its_sender_waits_for_a_frozen_broker_counts_no_u
     assert len(published) == rows["published"], (rows, sorted(published))
     on_topic = {json.loads(m.value)["transaction_id"] for m in consume_all(s, s.topic(EVENT_TYPES["sales_transaction"]))}
     assert published <= on_topic, sorted(published - on_topic)   # old code: unanswered rows counted published
+
+
+@pytest.mark.timeout(240)
+def test_a_producer_id_request_that_times_out_is_retried_not_fatal(kafka_settings, caplog):
+    """The producer asks for a new producer id (as after a sent batch expired: :func:`core.kafka.make_producer`'s
+    reset) on a connection still open to a broker that froze: the ``InitProducerId`` request times out
+    (``RequestTimedOutError``, request timeout 2 s). kafka-python 3.0.12 took that as a fatal error: the producer
+    failed every record from then on, for good, also after the broker answered again (the stream's alert producer
+    and a run's publisher are never rebuilt). Now the request is retried as on a lost connection: once the broker
+    answers, the producer gets its id and the records sent then are delivered. Old code: ``has_fatal_error()``."""
+    import logging
+    import uuid
+
+    from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"pid-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    pub = EventPublisher(s, client_id="pid-timeout-test", request_timeout_ms=2_000, delivery_timeout_ms=4_000,
+                         linger_ms=0)
+    tm = pub._producer._transaction_manager
+
+    def send(ids) -> None:
+        for i in ids:
+            pub.publish("sales_transaction", {"transaction_id": f"PID-{i}", "store_id": "S001",
+                                              "product_id": f"SKU{i % 3}", "quantity": 1, "unit_price": 1.0,
+                                              "timestamp": int(time.time() * 1000), "customer_id": None,
+                                              "payment_method": "CARD"})
+
+    caplog.set_level(logging.WARNING, logger="core.kafka")
+    try:
+        send(range(10))
+        pub.flush(timeout=30)
+        assert pub.counts["delivered"] == 10, pub.counts
+        with broker_frozen(s):
+            tm.reset_producer_id()   # what the sender does after a sent batch expired: a new id is asked for
+            pub._producer._sender.wakeup()
+            deadline = time.monotonic() + 30   # the request times out after 2 s: fatal (old) or retried (new)
+            while (time.monotonic() < deadline and not tm.has_fatal_error()
+                   and not any("producer id request failed" in r.getMessage() for r in caplog.records)):
+                time.sleep(0.1)
+            fatal_while_frozen = tm.has_fatal_error()
+        send(range(10, 20))
+        pub.flush(timeout=60)
+        c = pub.counts
+    finally:
+        pub.abort(5)
+    assert not fatal_while_frozen, tm.last_error   # old code: fatal, every later record failed
+    assert c["delivered"] == 20 and c["failed"] == 0, c
