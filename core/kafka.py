@@ -310,6 +310,30 @@ def _retry_init_producer_id_on_retriable_errors(tm) -> None:
         tm._enqueue_request = lambda handler: enqueue(retrying(handler))
 
 
+def producer_fatal_error(producer: KafkaProducer) -> BaseException | None:
+    """The error that put ``producer`` (kafka-python, idempotent) in its fatal state, else None. A producer in that
+    state fails every record it is given, for good (no transition leads back): only a new producer sends again."""
+    tm = getattr(producer, "_transaction_manager", None)
+    if tm is None or not tm.has_fatal_error():
+        return None
+    return tm.last_error or KafkaError("producer in a fatal state")
+
+
+def renew_if_fatal(producer: KafkaProducer, make: Callable[[], KafkaProducer]) -> KafkaProducer:
+    """``producer`` itself while it can send, else (:func:`producer_fatal_error`) a new one from ``make()`` after the
+    failed one is closed at once (:func:`abort_producer` with no flush: its incomplete records are failed, counted by
+    their errbacks). The one place the platform's long-lived producers are rebuilt: the runs' publishers
+    (:class:`EventPublisher`) and the stream's restock-alert producer (``streaming.sinks.StreamSinks.producer``);
+    until 2026-12-07 a fatal producer failed every later record of the run or of the stream's life."""
+    exc = producer_fatal_error(producer)
+    if exc is None:
+        return producer
+    log.error("kafka producer %s is in a fatal state (%r): closed, a new one built",
+              getattr(producer, "config", {}).get("client_id"), exc)
+    abort_producer(producer, 0)
+    return make()
+
+
 def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:
     """Close ``producer`` within about ``timeout`` seconds whatever the broker does: flush for at most ``timeout``
     seconds, then, if records are still buffered (broker down or frozen), stop its sender thread forcefully
@@ -379,7 +403,9 @@ class EventPublisher:
     def __init__(self, settings: Settings | None = None, *, client_id: str = "retail-producer",
                  **producer_overrides: Any):
         self.settings = settings or get_settings()
-        self._producer = make_producer(self.settings, client_id=client_id, **producer_overrides)
+        self._make = lambda: make_producer(self.settings, client_id=client_id, **producer_overrides)
+        self._producer = self._make()
+        self._tm = getattr(self._producer, "_transaction_manager", None)
         self._lock = threading.Lock()
         self.sent = 0
         self.dead_lettered = 0
@@ -427,6 +453,9 @@ class EventPublisher:
             if hook is not None:
                 hook(tag, False)
             return
+        if self._tm is not None and self._tm.has_fatal_error():   # failed for good: a new producer (renew_if_fatal)
+            self._producer = renew_if_fatal(self._producer, self._make)
+            self._tm = getattr(self._producer, "_transaction_manager", None)
         try:
             fut = self._producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
         except KafkaTimeoutError as exc:

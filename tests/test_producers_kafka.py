@@ -1438,10 +1438,64 @@ def test_a_producer_id_request_that_times_out_is_retried_not_fatal(kafka_setting
                    and not any("producer id request failed" in r.getMessage() for r in caplog.records)):
                 time.sleep(0.1)
             fatal_while_frozen = tm.has_fatal_error()
+            retried = any("producer id request failed" in r.getMessage() for r in caplog.records)
+            frozen_s = round(time.monotonic() - deadline + 30, 1)
+        t0 = time.monotonic()
         send(range(10, 20))
         pub.flush(timeout=60)
         c = pub.counts
     finally:
         pub.abort(5)
+    print(f"frozen {frozen_s} s, retried {retried}, fatal {fatal_while_frozen}, "
+          f"10 records after the thaw flushed in {time.monotonic() - t0:.1f} s")
     assert not fatal_while_frozen, tm.last_error   # old code: fatal, every later record failed
+    assert retried   # the request did time out while the broker was frozen (the case under test)
     assert c["delivered"] == 20 and c["failed"] == 0, c
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_in_a_fatal_state_is_replaced_by_the_publisher_and_the_stream(kafka_settings):
+    """A kafka-python producer in its fatal state (any error kafka-python deems fatal, e.g. one of its own
+    producer-id request paths) fails every record from then on, for good. :func:`core.kafka.renew_if_fatal`
+    replaces it: a run's :class:`EventPublisher` at its next record, the stream's restock-alert producer at its next
+    use (``StreamSinks.producer``); records sent then are delivered. Old code: the publisher's 5 later records
+    failed with the fatal error, and the stream kept the failed producer."""
+    import uuid
+
+    from core.kafka import EventPublisher, producer_fatal_error
+    from core.kafka_admin import ensure_topics
+    from kafka.errors import KafkaError
+    from streaming.sinks import StreamSinks
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"ftl-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    pub = EventPublisher(s, client_id="fatal-test")
+
+    def send(ids) -> None:
+        for i in ids:
+            pub.publish("sales_transaction", {"transaction_id": f"FTL-{i}", "store_id": "S001",
+                                              "product_id": f"SKU{i % 3}", "quantity": 1, "unit_price": 1.0,
+                                              "timestamp": int(time.time() * 1000), "customer_id": None,
+                                              "payment_method": "CARD"})
+
+    sinks = StreamSinks(s)
+    try:
+        send(range(5))
+        pub.flush(timeout=30)
+        first = pub._producer
+        first._transaction_manager.transition_to_fatal_error(KafkaError("fatal for the test"))
+        send(range(5, 10))
+        pub.flush(timeout=30)
+        c = pub.counts
+        alerts = sinks.producer()
+        alerts._transaction_manager.transition_to_fatal_error(KafkaError("fatal for the test"))
+        renewed = sinks.producer()
+        meta = renewed.send(s.topic(DEAD_LETTER), key=None, value={"fatal_test": 1}).get(timeout=30)
+    finally:
+        pub.abort(5)
+        sinks.close(5)
+    assert c["delivered"] == 10 and c["failed"] == 0, c   # old code: 5 failed with the fatal error
+    assert pub._producer is not first and producer_fatal_error(first) is not None
+    assert renewed is not alerts and meta.offset >= 0
+    on_topic = Counter(json.loads(m.value)["transaction_id"] for m in consume_all(s, s.topic(EVENT_TYPES["sales_transaction"])))
+    assert on_topic == Counter(f"FTL-{i}" for i in range(10)), on_topic
