@@ -553,7 +553,10 @@ class EventPublisher:
     def abort(self, timeout: float = 5.0) -> None:
         """Stop promptly: flush for at most ``timeout`` seconds, then close the producer without waiting for the
         rest, which fails every record still buffered (counted in ``failed``, error ``Producer is closed
-        forcefully``): afterwards ``pending`` is 0. Used when a run stops (broker unreachable, SIGTERM)."""
+        forcefully``): afterwards ``pending`` is 0, unless the producer's sender was waiting for a frozen broker's
+        producer-id answer (up to ``request_timeout_ms``, which the force close does not cut short) and outlived the
+        join: its records then stay pending (a replay counts their rows ``unconfirmed`` and saves them,
+        ``producers.cli._RowTracker.report``). Used when a run stops (broker unreachable, SIGTERM)."""
         if self._closed:
             return
         abort_producer(self._producer, timeout)

@@ -292,7 +292,8 @@ FLUSH_POLL_S = 0.5
 def flush_until_signal(publisher, sigs: StopSignals) -> str | None:
     """Wait until every record ``publisher`` holds is acknowledged or failed, as ``publisher.flush()`` does, but
     give up when ``sigs`` receives a signal meanwhile: the records still buffered then get :data:`STOP_FLUSH_S`
-    seconds and are reported failed (``publisher.abort``).
+    seconds and are reported failed (``publisher.abort``), or stay ``pending`` when the producer's sender outlives
+    the abort (waiting for a frozen broker's producer id; a replay's report counts their rows ``unconfirmed``).
 
     Why: a flush waits as long as the producer neither sends nor expires its records, which kafka-python does while
     the broker does not answer its producer-id request (a broker frozen past ``delivery_timeout_ms``, 2 min, and
