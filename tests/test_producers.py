@@ -1146,10 +1146,13 @@ def test_a_product_line_with_a_number_that_does_not_parse_is_quarantined_with_it
 
 
 def _dead_letter_publisher(dead: list, where):
-    """A stand-in for core.kafka.EventPublisher in run_replay: publishes nothing, and appends each dead letter to
-    ``dead`` as (event_type, payload code, ``where(payload)``, reason)."""
+    """A stand-in for core.kafka.EventPublisher in run_replay: publishes nothing (each record reported acknowledged
+    to ``on_result`` at once, as the publisher's contract says every record gets its result), and appends each dead
+    letter to ``dead`` as (event_type, payload code, ``where(payload)``, reason)."""
     class FakePublisher:
         counts = {"sent": 0, "failed": 0, "dead_lettered": 0}
+        on_result = None
+        tag = None
 
         def __init__(self, *a, **kw):
             pass
@@ -1164,6 +1167,8 @@ def _dead_letter_publisher(dead: list, where):
             dead.append((event_type, payload["code"], where(payload), reason))
 
         def publish(self, event_type, record):
+            if self.on_result is not None:
+                self.on_result(self.tag, True)
             return True
 
         def flush(self, timeout=None):
