@@ -243,6 +243,11 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     ``producer``'s transaction manager (a no-op for a producer without one, i.e. idempotence off, or a
     transactional one, whose reset kafka-python refuses anyway).
 
+    It also makes the producer-id request retry when it fails with a retriable error other than a lost connection
+    (:func:`_retry_init_producer_id_on_retriable_errors`): kafka-python 3.0.12 took a timed-out ``InitProducerId``
+    (``RequestTimedOutError``: the broker frozen or slow after the connection's handshake) as a fatal error, and a
+    producer in that state fails every record for good (the stream's alert producer, a run's publisher).
+
     Args:
         producer: a kafka-python ``KafkaProducer`` (its private ``_transaction_manager``; absent: nothing done).
     """
@@ -251,6 +256,7 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     tm = getattr(producer, "_transaction_manager", None)
     if tm is None or tm.is_transactional():
         return
+    _retry_init_producer_id_on_retriable_errors(tm)
     reset = tm.reset_producer_id
 
     def reset_and_reinit() -> None:
@@ -263,6 +269,69 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
                 tm._current_state = TransactionState.UNINITIALIZED   # the sender's next loop: InitProducerId
 
     tm.reset_producer_id = reset_and_reinit
+
+
+def _retry_init_producer_id_on_retriable_errors(tm) -> None:
+    """Make the idempotent producer's ``InitProducerId`` requests of transaction manager ``tm`` (kafka-python 3.0.12)
+    retry on a retriable error, as on a lost connection, instead of failing the producer for good.
+
+    kafka-python's ``TxnRequestHandler.on_complete`` re-enqueues a request only when it failed with a
+    ``KafkaConnectionError``; any other exception, e.g. ``RequestTimedOutError`` (the request sent on a connection
+    whose broker then froze, or a broker slower than ``request_timeout_ms`` to allocate an id), is a fatal error:
+    the producer's state becomes FATAL_ERROR, from which no transition leads back, and its sender fails every
+    record, buffered or sent later, with that error (found 2026-12-07 in review, provoked by
+    ``tests/test_producers_kafka.py::test_a_producer_id_request_that_times_out_is_retried_not_fatal``). Kafka's Java
+    client treats a timed-out request as a disconnection and retries it. Here each ``InitProducerIdHandler`` queued
+    from now on, and those already queued, hand such an error to ``on_complete`` as a ``KafkaConnectionError`` (the
+    original named in it). A handler already sent before this is installed keeps kafka-python's behaviour."""
+    import kafka.errors as Errors
+    from kafka.producer.transaction_manager import InitProducerIdHandler
+
+    def retrying(handler):
+        if not isinstance(handler, InitProducerIdHandler) or getattr(handler, "_retries_retriable", False):
+            return handler
+        complete = handler.on_complete
+
+        def on_complete(correlation_id, response_or_exc):
+            if (isinstance(response_or_exc, Errors.RetriableError)
+                    and not isinstance(response_or_exc, Errors.KafkaConnectionError)):
+                log.warning("kafka producer id request failed with %r: retried", response_or_exc)
+                response_or_exc = Errors.KafkaConnectionError(f"InitProducerId: {response_or_exc!r} (retried)")
+            return complete(correlation_id, response_or_exc)
+
+        handler.on_complete = on_complete
+        handler._retries_retriable = True
+        return handler
+
+    enqueue = tm._enqueue_request
+    with tm._lock:
+        for _prio, _sort, handler in tm._pending_requests:
+            retrying(handler)
+        tm._enqueue_request = lambda handler: enqueue(retrying(handler))
+
+
+def producer_fatal_error(producer: KafkaProducer) -> BaseException | None:
+    """The error that put ``producer`` (kafka-python, idempotent) in its fatal state, else None. A producer in that
+    state fails every record it is given, for good (no transition leads back): only a new producer sends again."""
+    tm = getattr(producer, "_transaction_manager", None)
+    if tm is None or not tm.has_fatal_error():
+        return None
+    return tm.last_error or KafkaError("producer in a fatal state")
+
+
+def renew_if_fatal(producer: KafkaProducer, make: Callable[[], KafkaProducer]) -> KafkaProducer:
+    """``producer`` itself while it can send, else (:func:`producer_fatal_error`) a new one from ``make()`` after the
+    failed one is closed at once (:func:`abort_producer` with no flush: its incomplete records are failed, counted by
+    their errbacks). The one place the platform's long-lived producers are rebuilt: the runs' publishers
+    (:class:`EventPublisher`) and the stream's restock-alert producer (``streaming.sinks.StreamSinks.producer``);
+    until 2026-12-07 a fatal producer failed every later record of the run or of the stream's life."""
+    exc = producer_fatal_error(producer)
+    if exc is None:
+        return producer
+    log.error("kafka producer %s is in a fatal state (%r): closed, a new one built",
+              getattr(producer, "config", {}).get("client_id"), exc)
+    abort_producer(producer, 0)
+    return make()
 
 
 def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:
@@ -334,7 +403,9 @@ class EventPublisher:
     def __init__(self, settings: Settings | None = None, *, client_id: str = "retail-producer",
                  **producer_overrides: Any):
         self.settings = settings or get_settings()
-        self._producer = make_producer(self.settings, client_id=client_id, **producer_overrides)
+        self._make = lambda: make_producer(self.settings, client_id=client_id, **producer_overrides)
+        self._producer = self._make()
+        self._tm = getattr(self._producer, "_transaction_manager", None)
         self._lock = threading.Lock()
         self.sent = 0
         self.dead_lettered = 0
@@ -382,6 +453,9 @@ class EventPublisher:
             if hook is not None:
                 hook(tag, False)
             return
+        if self._tm is not None and self._tm.has_fatal_error():   # failed for good: a new producer (renew_if_fatal)
+            self._producer = renew_if_fatal(self._producer, self._make)
+            self._tm = getattr(self._producer, "_transaction_manager", None)
         try:
             fut = self._producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
         except KafkaTimeoutError as exc:
@@ -479,7 +553,10 @@ class EventPublisher:
     def abort(self, timeout: float = 5.0) -> None:
         """Stop promptly: flush for at most ``timeout`` seconds, then close the producer without waiting for the
         rest, which fails every record still buffered (counted in ``failed``, error ``Producer is closed
-        forcefully``): afterwards ``pending`` is 0. Used when a run stops (broker unreachable, SIGTERM)."""
+        forcefully``): afterwards ``pending`` is 0, unless the producer's sender was waiting for a frozen broker's
+        producer-id answer (up to ``request_timeout_ms``, which the force close does not cut short) and outlived the
+        join: its records then stay pending (a replay counts their rows ``unconfirmed`` and saves them,
+        ``producers.cli._RowTracker.report``). Used when a run stops (broker unreachable, SIGTERM)."""
         if self._closed:
             return
         abort_producer(self._producer, timeout)

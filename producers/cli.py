@@ -292,7 +292,8 @@ FLUSH_POLL_S = 0.5
 def flush_until_signal(publisher, sigs: StopSignals) -> str | None:
     """Wait until every record ``publisher`` holds is acknowledged or failed, as ``publisher.flush()`` does, but
     give up when ``sigs`` receives a signal meanwhile: the records still buffered then get :data:`STOP_FLUSH_S`
-    seconds and are reported failed (``publisher.abort``).
+    seconds and are reported failed (``publisher.abort``), or stay ``pending`` when the producer's sender outlives
+    the abort (waiting for a frozen broker's producer id; a replay's report counts their rows ``unconfirmed``).
 
     Why: a flush waits as long as the producer neither sends nor expires its records, which kafka-python does while
     the broker does not answer its producer-id request (a broker frozen past ``delivery_timeout_ms``, 2 min, and
@@ -600,7 +601,7 @@ def run_replay(settings: Settings | None = None, path: str | Path = DEFAULT_SAMP
 
     Returns {"mode", "config", "topics", "reference", "generator" (rows, rows_by_kind, skipped per code,
     events per type, quarantined, ...), "invalid_injected", "published": {...}, "rows": {"in", "published",
-    "dead_lettered", "skipped", "saved", "partial"} (source rows: in = the sum of the others,
+    "dead_lettered", "skipped", "saved", "partial", "unconfirmed"} (source rows: in = the sum of the others,
     :meth:`_RowTracker.report`)}, and
     "unread_saved" {"path", "bytes", "lines"[, "rows"]} when rows were not published (a stop, a failed delivery:
     only those rows, :func:`_save_unpublished`) or a pipe's bytes were read before a start-up stop. Each quarantined
@@ -681,58 +682,88 @@ class _RowTracker:
     (after :func:`producers.invalid.inject_invalid`: an injected copy is not a row's start, and is tagged with no
     row, so its fate says nothing of the row's) and tags each record with its row (``EventPublisher.tag``);
     :meth:`result` (``EventPublisher.on_result``) records the rows with a record that failed and those with one the
-    broker acknowledged; :meth:`at_start` is :func:`publish_events`' ``boundary``, so a stop falls between rows."""
+    broker acknowledged; :meth:`at_start` is :func:`publish_events`' ``boundary``, so a stop falls between rows.
+    It also counts each row's records handed over and their results, so a row with a record still unanswered when
+    the report is made (a stop while the producer's sender is stuck waiting for a frozen broker) is told apart."""
 
     def __init__(self, rep):
+        import threading
+        from collections import Counter
+
         self.rep = rep
         self.start = True
         self.failed: set[int] = set()
         self.acked: set[int] = set()
+        #: records of each row taken from the events (one more than handed over for the row a stop fell before:
+        #: that row is not handed over, so it is saved anyway) and results received per row
+        self.records: Counter[int] = Counter()
+        self.results: Counter[int] = Counter()
+        self._lock = threading.Lock()   # results come from the sender thread, and at once from the caller's
 
     def track(self, events, pub):
+        """``events`` (``rep``'s, through the invalid-record injector) with ``pub.tag`` set to each real event's
+        row (None for an injected copy) and the row's records counted, for :meth:`report`."""
         seen = 0
         for item in events:
             real, seen = self.rep.emitted != seen, self.rep.emitted
             self.start = real and self.rep.row_start
             pub.tag = self.rep.cursor if real else None
+            if real:
+                self.records[self.rep.cursor] += 1
             yield item
 
     def at_start(self) -> bool:
+        """True when the event last taken starts a source row (a stop may fall before it)."""
         return self.start
 
     def result(self, tag, ok: bool) -> None:
+        """``EventPublisher.on_result``: the record of row ``tag`` acknowledged (``ok``) or failed."""
         if tag is not None:
-            (self.acked if ok else self.failed).add(tag)
+            with self._lock:
+                (self.acked if ok else self.failed).add(tag)
+                self.results[tag] += 1
 
     def report(self) -> tuple[dict[str, Any], list[int]]:
-        """({"in", "published", "dead_lettered", "skipped", "saved", "partial"[, "partial_rows"]}, rows of
-        ``rep.df`` to save). ``in``: the source's rows (and lines that make none: malformed, not UTF-8) =
+        """({"in", "published", "dead_lettered", "skipped", "saved", "partial", "unconfirmed"[, "partial_rows"]},
+        rows of ``rep.df`` to save). ``in``: the source's rows (and lines that make none: malformed, not UTF-8) =
         ``published`` (rows whose every event was handed over before a stop and acknowledged) + ``dead_lettered``
         (:attr:`Replay.quarantine`) + ``skipped`` (counted only: non-product codes, ``A`` invoices, repeated lines;
         :attr:`ReplayStats.skipped`) + ``saved`` (none of the row's records on the broker: after a stop, or every
         record of the row failed) + ``partial`` (some of the row's records acknowledged, some failed: not saved,
         since replaying the row would send the acknowledged ones twice; named in ``partial_rows``, 1-based rows of
-        the replay order with their invoice and line, the first 20, and logged as an error)."""
+        the replay order with their invoice and line, the first 20, and logged as an error) + ``unconfirmed`` (a
+        record of the row handed over but neither acknowledged nor failed when the report is made: a stop while the
+        producer's sender could not be stopped in time, e.g. waiting for a frozen broker's producer id; the record
+        may still reach the broker or be lost with the process, so the row is never counted published and is saved
+        with the ``saved`` rows: at least once, a replay of the saved file may send it a second time with the same
+        ids, which the nightly ETL keeps once). Results arriving while the report is made count from the next one."""
         import numpy as np
 
         rep = self.rep
         n = len(rep.df)
+        with self._lock:   # a snapshot: a late result from the sender thread cannot split a row between two counts
+            failed_rows, acked_rows = sorted(self.failed), sorted(self.acked)
+            unresolved_rows = sorted(i for i, k in self.records.items() if self.results[i] < k)
         handed = n if getattr(rep, "exhausted", n == 0) else min(getattr(rep, "cursor", 0), n)
         failed = np.zeros(n, dtype=bool)
-        failed[sorted(i for i in self.failed if 0 <= i < n)] = True
+        failed[[i for i in failed_rows if 0 <= i < n]] = True
         acked = np.zeros(n, dtype=bool)
-        acked[sorted(i for i in self.acked if 0 <= i < n)] = True
+        acked[[i for i in acked_rows if 0 <= i < n]] = True
+        unresolved = np.zeros(n, dtype=bool)
+        unresolved[[i for i in unresolved_rows if 0 <= i < n]] = True
         out = np.zeros(n, dtype=bool)   # rows none of whose records is on the broker
         out[handed:] = True
         out |= failed & ~acked
-        partial = failed & acked & ~out
+        unconfirmed = unresolved & ~out & ~rep.quarantined
+        partial = failed & acked & ~out & ~unconfirmed
         out &= ~rep.quarantined
         partial &= ~rep.quarantined
         skip = (rep.kind == "skip") & ~rep.quarantined & ~out
         counts: dict[str, Any] = {
             "in": n + sum(1 for q in rep.quarantine if "row" not in q),
-            "published": int(((rep.kind != "skip") & ~out & ~partial).sum()), "dead_lettered": len(rep.quarantine),
-            "skipped": int(skip.sum()), "saved": int(out.sum()), "partial": int(partial.sum())}
+            "published": int(((rep.kind != "skip") & ~out & ~partial & ~unconfirmed).sum()),
+            "dead_lettered": len(rep.quarantine), "skipped": int(skip.sum()), "saved": int(out.sum()),
+            "partial": int(partial.sum()), "unconfirmed": int(unconfirmed.sum())}
         if partial.any():
             rows = np.flatnonzero(partial)
             counts["partial_rows"] = [
@@ -741,7 +772,11 @@ class _RowTracker:
             err_console.print(f"[red]{len(rows)} replayed row(s) are only partly on the broker (a record "
                               "acknowledged, another failed), not saved for a later replay (it would send the "
                               f"acknowledged ones twice): {counts['partial_rows']}")
-        return counts, np.flatnonzero(out).tolist()
+        if unconfirmed.any():
+            err_console.print(f"[yellow]{counts['unconfirmed']} replayed row(s) have a record the broker neither "
+                              "acknowledged nor refused before the stop: not counted published, saved with the rows "
+                              "not published (a replay of that file may send some of them twice, same ids)")
+        return counts, np.flatnonzero(out | unconfirmed).tolist()
 
 
 def _save_unpublished(s: Settings, path: str | Path, rep, rows: list[int]) -> dict[str, Any]:

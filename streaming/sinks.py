@@ -903,11 +903,14 @@ class StreamSinks:
         return {} if cp is None else stored_topic_ids(cp)
 
     def producer(self):
-        """Lazily created producer for restock alerts (:func:`core.kafka.make_producer`)."""
-        if self._producer is None:
-            from core.kafka import make_producer
+        """Lazily created producer for restock alerts (:func:`core.kafka.make_producer`), rebuilt when it is in a
+        fatal state (:func:`core.kafka.renew_if_fatal`: it would fail every later alert of the stream's life)."""
+        from core.kafka import make_producer, renew_if_fatal
 
-            self._producer = make_producer(self.s, client_id="retail-restock-alerts")
+        def make():
+            return make_producer(self.s, client_id="retail-restock-alerts")
+
+        self._producer = make() if self._producer is None else renew_if_fatal(self._producer, make)
         return self._producer
 
     def _await_acknowledgements(self, prod, futures: list, what: str) -> None:

@@ -1146,10 +1146,13 @@ def test_a_product_line_with_a_number_that_does_not_parse_is_quarantined_with_it
 
 
 def _dead_letter_publisher(dead: list, where):
-    """A stand-in for core.kafka.EventPublisher in run_replay: publishes nothing, and appends each dead letter to
-    ``dead`` as (event_type, payload code, ``where(payload)``, reason)."""
+    """A stand-in for core.kafka.EventPublisher in run_replay: publishes nothing (each record reported acknowledged
+    to ``on_result`` at once, as the publisher's contract says every record gets its result), and appends each dead
+    letter to ``dead`` as (event_type, payload code, ``where(payload)``, reason)."""
     class FakePublisher:
         counts = {"sent": 0, "failed": 0, "dead_lettered": 0}
+        on_result = None
+        tag = None
 
         def __init__(self, *a, **kw):
             pass
@@ -1164,6 +1167,8 @@ def _dead_letter_publisher(dead: list, where):
             dead.append((event_type, payload["code"], where(payload), reason))
 
         def publish(self, event_type, record):
+            if self.on_result is not None:
+                self.on_result(self.tag, True)
             return True
 
         def flush(self, timeout=None):
@@ -1521,8 +1526,54 @@ def test_a_partly_published_row_is_named_not_saved_and_an_injected_copy_does_not
     counts, save = tracker.report()
     assert save == [2]
     assert {k: v for k, v in counts.items() if k != "partial_rows"} == {
-        "in": 4, "published": 2, "dead_lettered": 0, "skipped": 0, "saved": 1, "partial": 1}
+        "in": 4, "published": 2, "dead_lettered": 0, "skipped": 0, "saved": 1, "partial": 1, "unconfirmed": 0}
     assert counts["partial_rows"] == [{"row": 2, "invoice": "2", "line_no": "1"}]
+
+
+def test_a_row_with_a_record_neither_acknowledged_nor_failed_is_unconfirmed_and_saved_never_published():
+    """A stop while the producer's sender cannot be stopped in time (it waits for a frozen broker's producer id,
+    which ``force_close`` cannot interrupt) leaves records with neither an acknowledgement nor a failure when the
+    replay's report is made. Until 2026-12-07 their rows counted as ``published`` and were not saved (the process
+    ends, the records with it: rows lost while the report said published). Now such a row is ``unconfirmed`` and
+    saved with the rows not published (at least once: same ids), and in = published + dead_lettered + skipped +
+    saved + partial + unconfirmed. Old code: published 3, save [1], no ``unconfirmed``."""
+    import numpy as np
+
+    from producers.cli import _RowTracker
+
+    class Rep:   # the attributes of producers.replay.Replay the tracker reads
+        df = pd.DataFrame({"invoice": ["1", "2", "3", "4"], "line_no": ["1", "1", "1", "1"]})
+        kind = np.array(["sale"] * 4, dtype=object)
+        quarantined = np.zeros(4, dtype=bool)
+        quarantine: list = []
+        emitted, cursor, row_start, exhausted = 0, 0, False, False
+
+        def events(self):
+            for row in range(4):
+                for ev in ("sale", "stock"):
+                    self.cursor, self.row_start = row, ev == "sale"
+                    self.emitted += 1
+                    yield ev, {"row": row}
+            self.cursor, self.row_start, self.exhausted = 4, True, True
+
+    class Pub:
+        tag = None
+
+    rep, pub = Rep(), Pub()
+    tracker = _RowTracker(rep)
+    for _ in tracker.track(rep.events(), pub):
+        pass
+    # row 0 acknowledged; row 1 failed (saved); row 2: sale acknowledged, stock unanswered; row 3: nothing answered
+    for row, ok in [(0, True), (0, True), (1, False), (1, False), (2, True)]:
+        tracker.result(row, ok)
+    counts, save = tracker.report()
+    assert counts == {"in": 4, "published": 1, "dead_lettered": 0, "skipped": 0, "saved": 1, "partial": 0,
+                      "unconfirmed": 2}, counts
+    assert save == [1, 2, 3]
+    assert counts["in"] == sum(v for k, v in counts.items() if k != "in")
+    tracker.result(2, True), tracker.result(3, True), tracker.result(3, True)   # answered later: settled
+    assert tracker.report() == ({"in": 4, "published": 3, "dead_lettered": 0, "skipped": 0, "saved": 1,
+                                 "partial": 0, "unconfirmed": 0}, [1])
 
 
 def test_separator_header_and_date_format_edge_cases_of_exports(tmp_path):
