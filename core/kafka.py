@@ -453,8 +453,19 @@ class EventPublisher:
             if hook is not None:
                 hook(tag, False)
             return
-        if self._tm is not None and self._tm.has_fatal_error():   # failed for good: a new producer (renew_if_fatal)
-            self._producer = renew_if_fatal(self._producer, self._make)
+        if self._tm is not None and self._tm.has_fatal_error():   # failed for good: a new one (renew_if_fatal)
+            try:
+                self._producer = renew_if_fatal(self._producer, self._make)
+            except KafkaError as exc:
+                # no broker for the new producer within bootstrap_timeout_ms: stalled, as a blocked send (review of
+                # 2026-12-07: raised, it ended the run with a traceback, no report and no file of unpublished rows)
+                self.stalled = f"{topic}: no new producer after a fatal error: {exc!r}"
+                log.error("kafka producer could not be rebuilt (%s): later sends are counted as failed without "
+                          "trying", self.stalled)
+                self._on_error(exc)
+                if hook is not None:
+                    hook(tag, False)
+                return
             self._tm = getattr(self._producer, "_transaction_manager", None)
         try:
             fut = self._producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)

@@ -452,6 +452,7 @@ class StreamSinks:
         #: the latest ClickHouse request ended in an infrastructure error (:meth:`_ch_request`)
         self._ch_failing = False
         self._producer = None
+        self._producer_lock = threading.Lock()   # guards building and renewing _producer (:meth:`producer`)
         self.batch_log: list[dict[str, Any]] = []
         self.alerts_sent = 0
         #: alert id -> epoch ms of Kafka's acknowledgement, for alerts delivered but not yet in restock_alerts
@@ -910,12 +911,15 @@ class StreamSinks:
         def make():
             return make_producer(self.s, client_id="retail-restock-alerts")
 
-        self._producer = make() if self._producer is None else renew_if_fatal(self._producer, make)
-        return self._producer
+        with self._producer_lock:   # both queries' threads send (alerts, dead letters): one producer, none leaked
+            self._producer = make() if self._producer is None else renew_if_fatal(self._producer, make)
+            return self._producer
 
     def _await_acknowledgements(self, prod, futures: list, what: str) -> None:
         """Wait until Kafka has answered every future of ``futures`` (acknowledged or failed; the producer's
-        ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down), checking :attr:`stopping`
+        ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down; not while a frozen broker
+        leaves the producer waiting for a new producer id after an expiry: then until it answers or the job stops,
+        since 2026-12-07, :func:`core.kafka.make_producer`), checking :attr:`stopping`
         every :data:`ACK_POLL_SECONDS`. Once the job stops it waits at most :data:`STOP_ACK_WAIT_SECONDS` (10 s) more,
         then returns with the futures still unanswered (their ``get(timeout=0)`` raises ``KafkaTimeoutError``, an
         infrastructure error), so the caller records none of them and its micro-batch fails uncommitted, re-run
