@@ -1479,34 +1479,37 @@ def test_seen_alert_ids_survive_a_torn_last_line_and_stay_bounded(tmp_path):
     assert path.read_text().splitlines() == ["S1|P5|5", "S1|P6|5", "S1|P7|5"]
 
 
+class FourSaleRows:
+    """The attributes of :class:`producers.replay.Replay` the replay's row tracker reads: four sale rows, each
+    emitting a sale and a stock event."""
+    df = pd.DataFrame({"invoice": ["1", "2", "3", "4"], "line_no": ["1", "1", "1", "1"]})
+    kind = np.array(["sale"] * 4, dtype=object)
+    quarantined = np.zeros(4, dtype=bool)
+    quarantine: list = []
+    emitted, cursor, row_start, exhausted = 0, 0, False, False
+
+    def events(self):
+        for row in range(4):
+            for ev in ("sale", "stock"):
+                self.cursor, self.row_start = row, ev == "sale"
+                self.emitted += 1
+                yield ev, {"row": row}
+        self.cursor, self.row_start, self.exhausted = 4, True, True
+
+
+class TaggedPublisher:
+    """The publisher attribute the row tracker sets on each record (``tag``)."""
+    tag = None
+
+
 def test_a_partly_published_row_is_named_not_saved_and_an_injected_copy_does_not_mark_its_row():
     """The replay's row tracker after a run whose deliveries partly failed: a row with one record acknowledged and
     one failed is counted ``partial`` and named, not saved (saving it made a later replay send its acknowledged
     sale twice); a row none of whose records arrived is saved; an injected invalid copy is tagged with no row, so
     its failure does not mark the good row it follows (it was tagged with that row and the row was saved)."""
-    import numpy as np
-
     from producers.cli import _RowTracker
 
-    class Rep:   # the attributes of producers.replay.Replay the tracker reads
-        df = pd.DataFrame({"invoice": ["1", "2", "3", "4"], "line_no": ["1", "1", "1", "1"]})
-        kind = np.array(["sale"] * 4, dtype=object)
-        quarantined = np.zeros(4, dtype=bool)
-        quarantine: list = []
-        emitted, cursor, row_start, exhausted = 0, 0, False, False
-
-        def events(self):
-            for row in range(4):
-                for ev in ("sale", "stock"):
-                    self.cursor, self.row_start = row, ev == "sale"
-                    self.emitted += 1
-                    yield ev, {"row": row}
-            self.cursor, self.row_start, self.exhausted = 4, True, True
-
-    class Pub:
-        tag = None
-
-    rep, pub, sent = Rep(), Pub(), []
+    rep, pub, sent = FourSaleRows(), TaggedPublisher(), []
     tracker = _RowTracker(rep)
 
     def with_injected_copy(events):   # as producers.invalid.inject_invalid: a copy after row 0's sale
@@ -1537,29 +1540,9 @@ def test_a_row_with_a_record_neither_acknowledged_nor_failed_is_unconfirmed_and_
     ends, the records with it: rows lost while the report said published). Now such a row is ``unconfirmed`` and
     saved with the rows not published (at least once: same ids), and in = published + dead_lettered + skipped +
     saved + partial + unconfirmed. Old code: published 3, save [1], no ``unconfirmed``."""
-    import numpy as np
-
     from producers.cli import _RowTracker
 
-    class Rep:   # the attributes of producers.replay.Replay the tracker reads
-        df = pd.DataFrame({"invoice": ["1", "2", "3", "4"], "line_no": ["1", "1", "1", "1"]})
-        kind = np.array(["sale"] * 4, dtype=object)
-        quarantined = np.zeros(4, dtype=bool)
-        quarantine: list = []
-        emitted, cursor, row_start, exhausted = 0, 0, False, False
-
-        def events(self):
-            for row in range(4):
-                for ev in ("sale", "stock"):
-                    self.cursor, self.row_start = row, ev == "sale"
-                    self.emitted += 1
-                    yield ev, {"row": row}
-            self.cursor, self.row_start, self.exhausted = 4, True, True
-
-    class Pub:
-        tag = None
-
-    rep, pub = Rep(), Pub()
+    rep, pub = FourSaleRows(), TaggedPublisher()
     tracker = _RowTracker(rep)
     for _ in tracker.track(rep.events(), pub):
         pass

@@ -1113,6 +1113,14 @@ def _topics(settings) -> set[str]:
         consumer.close()
 
 
+def sale_event(transaction_id: str, product_id: str, unit_price: float = 1.0,
+               timestamp: int | None = None) -> dict:
+    """A valid one-unit sale of store S001 (``timestamp``: epoch ms, default now) for the frozen-broker tests."""
+    return {"transaction_id": transaction_id, "store_id": "S001", "product_id": product_id, "quantity": 1,
+            "unit_price": unit_price, "timestamp": int(time.time() * 1000) if timestamp is None else timestamp,
+            "customer_id": None, "payment_method": "CARD"}
+
+
 @contextlib.contextmanager
 def broker_frozen(settings):
     """The session's Kafka broker SIGSTOPped for the block (connections accepted by the kernel, nothing answered:
@@ -1210,9 +1218,7 @@ def test_a_producer_whose_batches_expired_while_the_broker_was_frozen_sends_agai
     topic = s.topic(EVENT_TYPES["sales_transaction"])
 
     def sale(i: int) -> dict:
-        return {"transaction_id": f"FRZ-{i}", "store_id": "S001", "product_id": f"SKU{i % 7}", "quantity": 1,
-                "unit_price": 2.5, "timestamp": int(time.time() * 1000), "customer_id": None,
-                "payment_method": "CARD"}
+        return sale_event(f"FRZ-{i}", f"SKU{i % 7}", unit_price=2.5)
 
     pub = EventPublisher(s, client_id="frozen-broker-test", request_timeout_ms=2_000, delivery_timeout_ms=4_000,
                          linger_ms=0)
@@ -1291,16 +1297,12 @@ def test_a_signal_while_the_last_flush_waits_for_a_frozen_broker_stops_the_run_w
                 while not pub.counts["failed"] and time.monotonic() < deadline:
                     time.sleep(0.2)
                 assert pub.counts["failed"], "no batch expired while the broker was frozen"
-            yield "sales_transaction", {"transaction_id": f"FRS-{i}", "store_id": "S001", "product_id": f"SKU{i % 5}",
-                                        "quantity": 1, "unit_price": 1.0, "timestamp": ts, "customer_id": None,
-                                        "payment_method": "CARD"}
+            yield "sales_transaction", sale_event(f"FRS-{i}", f"SKU{i % 5}", timestamp=ts)
         term = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))   # the flush is waiting by then
         timers.append(term)
         term.start()
 
-    pub.publish("sales_transaction", {"transaction_id": "FRS-warm", "store_id": "S001", "product_id": "SKU0",
-                                      "quantity": 1, "unit_price": 1.0, "timestamp": int(time.time() * 1000),
-                                      "customer_id": None, "payment_method": "CARD"})
+    pub.publish("sales_transaction", sale_event("FRS-warm", "SKU0"))
     pub.flush(timeout=30)   # the topic's metadata known, as in a run that has been sending
     try:
         with sigterm_ignored(), broker_frozen(s) as thaw:
@@ -1430,10 +1432,7 @@ def test_a_producer_id_request_that_times_out_is_retried_not_fatal(kafka_setting
 
     def send(ids) -> None:
         for i in ids:
-            pub.publish("sales_transaction", {"transaction_id": f"PID-{i}", "store_id": "S001",
-                                              "product_id": f"SKU{i % 3}", "quantity": 1, "unit_price": 1.0,
-                                              "timestamp": int(time.time() * 1000), "customer_id": None,
-                                              "payment_method": "CARD"})
+            pub.publish("sales_transaction", sale_event(f"PID-{i}", f"SKU{i % 3}"))
 
     caplog.set_level(logging.WARNING, logger="core.kafka")
     try:
@@ -1484,10 +1483,7 @@ def test_a_producer_in_a_fatal_state_is_replaced_by_the_publisher_and_the_stream
 
     def send(ids) -> None:
         for i in ids:
-            pub.publish("sales_transaction", {"transaction_id": f"FTL-{i}", "store_id": "S001",
-                                              "product_id": f"SKU{i % 3}", "quantity": 1, "unit_price": 1.0,
-                                              "timestamp": int(time.time() * 1000), "customer_id": None,
-                                              "payment_method": "CARD"})
+            pub.publish("sales_transaction", sale_event(f"FTL-{i}", f"SKU{i % 3}"))
 
     sinks = StreamSinks(s)
     try:
@@ -1537,10 +1533,7 @@ def test_a_fatal_producer_that_cannot_be_rebuilt_stalls_the_run_instead_of_raisi
         pub._make = lambda: make_producer(s.model_copy(update={"kafka_bootstrap_servers": closed}),
                                           client_id="fatal-nobroker-test", bootstrap_timeout_ms=1_000)
         for i in range(3):
-            pub.publish("sales_transaction", {"transaction_id": f"FNB-{i}", "store_id": "S001", "product_id": "SKU1",
-                                              "quantity": 1, "unit_price": 1.0,
-                                              "timestamp": int(time.time() * 1000), "customer_id": None,
-                                              "payment_method": "CARD"})
+            pub.publish("sales_transaction", sale_event(f"FNB-{i}", "SKU1"))
     finally:
         pub.abort(1)
     assert pub.stalled and "no new producer after a fatal error" in pub.stalled, pub.stalled
