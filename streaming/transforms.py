@@ -822,9 +822,9 @@ def _run_codes(*columns: np.ndarray) -> np.ndarray:
     return np.cumsum(np.r_[True, change]) - 1
 
 
-def _ns(series: pd.Series) -> list[int]:
-    """UTC timestamps -> int nanoseconds since the epoch."""
-    return pd.to_datetime(series, utc=True).dt.as_unit("ns").astype("int64").tolist()
+def _ns(series: pd.Series) -> np.ndarray:
+    """UTC timestamps -> int64 array of nanoseconds since the epoch."""
+    return pd.to_datetime(series, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
 
 
 WINDOW_KEY = ["store_id", "product_id"]
@@ -882,8 +882,7 @@ def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window
     hour_ns = 3_600_000_000_000
     win_ns, t_ns = round(window_len_hours * hour_ns), round(velocity_hours * hour_ns)
     names = list(values)
-    ws = (pd.to_datetime(frame["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
-          if ws_ns is None else np.asarray(ws_ns, dtype=np.int64))
+    ws = _ns(frame["window_start"]) if ws_ns is None else np.asarray(ws_ns, dtype=np.int64)
     if codes is None:
         codes = frame.groupby(key, sort=False, dropna=False).ngroup().to_numpy()
     order = np.lexsort((ws, codes))                       # by key, then window (one row per key x window)
@@ -975,7 +974,7 @@ def enrich_windows(batch: pd.DataFrame, history: pd.DataFrame | None, *, window_
     sid, pid = allw["store_id"].to_numpy(), allw["product_id"].to_numpy()
     codes = _run_codes(sid, pid)
     keys = codes.tolist()
-    ws_arr = pd.to_datetime(allw["window_start"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    ws_arr = _ns(allw["window_start"])
     ws_ns = ws_arr.tolist()
     units = allw["units_sold"].fillna(0).astype(float).tolist()
     stored = (pd.to_numeric(allw["units_for_order"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
@@ -1049,8 +1048,9 @@ def store_windows(sku_windows: pd.DataFrame, history: pd.DataFrame | None, *, wi
     else:
         allw = agg
     allw = allw.sort_values(["store_id", "window_start"], kind="mergesort").reset_index(drop=True)
-    scores = _grouped_zscores(allw["store_id"].tolist(), _ns(allw["window_start"]), allw["units_sold"].tolist(),
-                              allw["_in_batch"].tolist(), lookback, int(horizon_hours * 3600e9))
+    scores = _grouped_zscores(allw["store_id"].tolist(), _ns(allw["window_start"]).tolist(),
+                              allw["units_sold"].tolist(), allw["_in_batch"].tolist(), lookback,
+                              int(horizon_hours * 3600e9))
     allw["anomaly_score"] = scores
     allw["sales_velocity"] = trailing_velocity(allw, ["store_id"], window_len_hours=window_len_hours,
                                                velocity_hours=velocity_hours)
@@ -1137,8 +1137,8 @@ def restock_episodes(windows: pd.DataFrame, state: dict[tuple[str, str], dict], 
     alerts: list[dict] = []
     new_state: dict[tuple[str, str], dict] = {}
     w = windows.sort_values(["store_id", "product_id", "window_start"], kind="mergesort")
-    ws_ms = [x // 1_000_000 for x in _ns(w["window_start"])]
-    we_ms = [x // 1_000_000 for x in _ns(w["window_end"])]
+    ws_ms = (_ns(w["window_start"]) // 1_000_000).tolist()
+    we_ms = (_ns(w["window_end"]) // 1_000_000).tolist()
     order_v = (w["order_velocity"] if "order_velocity" in w else w["sales_velocity"]).tolist()
     cols = zip(w["store_id"].tolist(), w["product_id"].tolist(), ws_ms, we_ms, w["stock_level"].tolist(),
                w["reorder_point"].tolist(), w["hours_of_cover"].tolist(), w["sales_velocity"].tolist(), order_v)
