@@ -874,7 +874,8 @@ def _trailing_rates(frame: pd.DataFrame, key: list[str], values: dict, *, window
     spares factorizing the key columns, ``ws_ns`` the rows' ``window_start`` as int64 ns, converting them
     (:func:`enrich_windows` has both). The units of the windows ending at or
     before e - T are found by a binary search on (key code, window-end rank) (since 2026-12-07; was a
-    ``merge_asof`` by the key's string columns: the same rows, the same sums, 0.53 -> see docs/benchmarks.md)."""
+    ``merge_asof`` by the key's string columns: the same rows, the same sums; its cost is part of
+    :func:`enrich_windows`'s in docs/streaming.md, "A bulk line and its cancellation")."""
     if velocity_hours <= 0:
         raise ValueError(f"velocity_hours must be > 0, got {velocity_hours}")
     if frame.empty:
