@@ -1634,3 +1634,35 @@ def test_peak_season_shapes_land_or_are_set_aside_with_their_reason():
     assert rep.stats.skipped == {"NEGATIVE_PRICE": 1, "A_INVOICE": 1}
     assert [(q["code"], q["reason"]) for q in rep.quarantine] == [("NEGATIVE_PRICE", "unit_price '-2.95' is negative")]
     assert min(r["new_quantity"] for et, r in events if et == "inventory_update") >= 0
+
+
+def test_a_repeated_log_writes_the_first_few_in_full_then_counts_per_interval_and_at_flush(caplog):
+    """:class:`core.logs.RepeatedLog` (the bound on per-record log lines: delivery failures, refused rows): 1,000
+    occurrences of one kind over 100 s of its clock (0.1 s apart), 3 of another, with ``first`` 5 and 10 s between
+    summary lines: 5 + 3 lines in full, then one line per 10 s for the first kind (9), then one at the flush with
+    the rest; the counts in the lines add up to every occurrence, exactly. A second flush writes nothing."""
+    import logging
+    import re
+
+    from core.logs import RepeatedLog
+
+    now = [0.0]
+    rl = RepeatedLog(logging.getLogger("test.repeated"), "thing failed", clock=lambda: now[0])
+    caplog.set_level(logging.ERROR, logger="test.repeated")
+    for i in range(1_000):
+        now[0] = i * 0.1
+        rl.log("ValueError", "thing failed: %r", ValueError(i))
+        if i < 3:
+            rl.log("OSError", "thing failed: %r", OSError(i))
+    rl.flush()
+    lines = [r.getMessage() for r in caplog.records]
+    full = [ln for ln in lines if ln.startswith("thing failed: ")]
+    summaries = [ln for ln in lines if ln.startswith("thing failed [")]
+    assert len(full) == 8 and len(summaries) == 10, lines
+    counted = sum(int(re.search(r"\]: (\d+) more", ln).group(1)) for ln in summaries)
+    assert 5 + counted == 1_000 and rl.totals == {"ValueError": 1_000, "OSError": 3}
+    assert "(1000 in all); the last: thing failed: ValueError(999)" in summaries[-1]
+    rl.flush()
+    assert len(caplog.records) == len(lines)
+    with pytest.raises(ValueError, match="interval_s"):
+        RepeatedLog(logging.getLogger("test.repeated"), "x", interval_s=0)
