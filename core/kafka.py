@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - pinned in pyproject.toml
     orjson = None
 
 from contracts import DEAD_LETTER, EVENT_TYPES, ContractError, validate_event
+from core.logs import RepeatedLog
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -243,10 +244,10 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     ``producer``'s transaction manager (a no-op for a producer without one, i.e. idempotence off, or a
     transactional one, whose reset kafka-python refuses anyway).
 
-    It also makes the producer-id request retry when it fails with a retriable error other than a lost connection
-    (:func:`_retry_init_producer_id_on_retriable_errors`): kafka-python 3.0.12 took a timed-out ``InitProducerId``
-    (``RequestTimedOutError``: the broker frozen or slow after the connection's handshake) as a fatal error, and a
-    producer in that state fails every record for good (the stream's alert producer, a run's publisher).
+    The producer-id request itself retries a retriable error other than a lost connection for every idempotent
+    producer of the process (:func:`_retry_init_producer_id_on_retriable_errors`, installed at this module's import):
+    kafka-python 3.0.12 took a timed-out ``InitProducerId`` (``RequestTimedOutError``: the broker frozen or slow after
+    the connection's handshake) as a fatal error, and a producer in that state fails every record for good.
 
     Args:
         producer: a kafka-python ``KafkaProducer`` (its private ``_transaction_manager``; absent: nothing done).
@@ -256,7 +257,6 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     tm = getattr(producer, "_transaction_manager", None)
     if tm is None or tm.is_transactional():
         return
-    _retry_init_producer_id_on_retriable_errors(tm)
     reset = tm.reset_producer_id
 
     def reset_and_reinit() -> None:
@@ -271,9 +271,10 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     tm.reset_producer_id = reset_and_reinit
 
 
-def _retry_init_producer_id_on_retriable_errors(tm) -> None:
-    """Make the idempotent producer's ``InitProducerId`` requests of transaction manager ``tm`` (kafka-python 3.0.12)
-    retry on a retriable error, as on a lost connection, instead of failing the producer for good.
+def _retry_init_producer_id_on_retriable_errors() -> None:
+    """Make every idempotent (non-transactional) producer's ``InitProducerId`` request (kafka-python 3.0.12) retry on
+    a retriable error, as on a lost connection, instead of failing the producer for good. Installed once, when this
+    module is imported: before any producer of the process exists, so also a producer's very first request.
 
     kafka-python's ``TxnRequestHandler.on_complete`` re-enqueues a request only when it failed with a
     ``KafkaConnectionError``; any other exception, e.g. ``RequestTimedOutError`` (the request sent on a connection
@@ -281,33 +282,35 @@ def _retry_init_producer_id_on_retriable_errors(tm) -> None:
     the producer's state becomes FATAL_ERROR, from which no transition leads back, and its sender fails every
     record, buffered or sent later, with that error (found 2026-12-07 in review, provoked by
     ``tests/test_producers_kafka.py::test_a_producer_id_request_that_times_out_is_retried_not_fatal``). Kafka's Java
-    client treats a timed-out request as a disconnection and retries it. Here each ``InitProducerIdHandler`` queued
-    from now on, and those already queued, hand such an error to ``on_complete`` as a ``KafkaConnectionError`` (the
-    original named in it). A handler already sent before this is installed keeps kafka-python's behaviour."""
+    client treats a timed-out request as a disconnection and retries it. Here ``InitProducerIdHandler.on_complete``
+    hands such an error of a non-transactional producer to kafka-python's ``on_complete`` as a
+    ``KafkaConnectionError`` (the original named in it); a transactional producer's requests keep kafka-python's
+    behaviour. Until the review of 2026-12-07 this was installed on each producer's transaction manager after
+    ``KafkaProducer()`` returned, when its sender thread had already taken the first request (10 of 10 producers
+    checked): a first request that timed out still made the producer fatal (``tests/test_producers.py::
+    test_a_new_producers_first_producer_id_request_retries_a_timeout_instead_of_failing_for_good``). Idempotent: a
+    second call changes nothing."""
     import kafka.errors as Errors
     from kafka.producer.transaction_manager import InitProducerIdHandler
 
-    def retrying(handler):
-        if not isinstance(handler, InitProducerIdHandler) or getattr(handler, "_retries_retriable", False):
-            return handler
-        complete = handler.on_complete
+    complete = InitProducerIdHandler.on_complete
+    if getattr(complete, "_retries_retriable", False):
+        return
 
-        def on_complete(correlation_id, response_or_exc):
-            if (isinstance(response_or_exc, Errors.RetriableError)
-                    and not isinstance(response_or_exc, Errors.KafkaConnectionError)):
-                log.warning("kafka producer id request failed with %r: retried", response_or_exc)
-                response_or_exc = Errors.KafkaConnectionError(f"InitProducerId: {response_or_exc!r} (retried)")
-            return complete(correlation_id, response_or_exc)
+    def on_complete(self, correlation_id, response_or_exc):
+        if (isinstance(response_or_exc, Errors.RetriableError)
+                and not isinstance(response_or_exc, Errors.KafkaConnectionError)
+                and not self.transaction_manager.is_transactional()):
+            log.warning("kafka producer id request failed with %r: retried", response_or_exc)
+            response_or_exc = Errors.KafkaConnectionError(f"InitProducerId: {response_or_exc!r} (retried)")
+        return complete(self, correlation_id, response_or_exc)
 
-        handler.on_complete = on_complete
-        handler._retries_retriable = True
-        return handler
+    on_complete._retries_retriable = True
+    on_complete.__doc__ = complete.__doc__
+    InitProducerIdHandler.on_complete = on_complete
 
-    enqueue = tm._enqueue_request
-    with tm._lock:
-        for _prio, _sort, handler in tm._pending_requests:
-            retrying(handler)
-        tm._enqueue_request = lambda handler: enqueue(retrying(handler))
+
+_retry_init_producer_id_on_retriable_errors()
 
 
 def producer_fatal_error(producer: KafkaProducer) -> BaseException | None:
@@ -414,6 +417,10 @@ class EventPublisher:
         self.by_topic_delivered: Counter[str] = Counter()
         self.dead_letter_reasons: Counter[str] = Counter()
         self.errors: list[str] = []  # first few delivery errors, for the final report
+        #: delivery failures logged bounded (per exception type: 5 in full, then one line per 10 s with the count,
+        #: the rest at flush/close/abort); until 2026-12-07 one ERROR line per failed record (a frozen broker with
+        #: 100,000 records in flight: 100,000 lines). The counts above stay exact.
+        self.error_log = RepeatedLog(log, "kafka delivery failed")
         self.dead_letter_topic = self.settings.topic(DEAD_LETTER)
         self._topics = {et: self.settings.topic(t) for et, t in EVENT_TYPES.items()}
         self._max_future = int(self.settings.stream_max_future_minutes)
@@ -442,7 +449,7 @@ class EventPublisher:
             self.failed += 1
             if len(self.errors) < 20:
                 self.errors.append(repr(exc))
-        log.error("kafka delivery failed: %r", exc)
+        self.error_log.log(type(exc).__name__, "kafka delivery failed: %r", exc)
 
     def _send(self, topic: str, key: str | None, value: dict[str, Any], timestamp_ms: int | None) -> None:
         hook, tag = self.on_result, self.tag
@@ -537,7 +544,8 @@ class EventPublisher:
                    Encoded(serialize_value(dead_letter_record(event_type, payload, reason))), None)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until every buffered record is acknowledged or failed (callbacks have run).
+        """Block until every buffered record is acknowledged or failed (callbacks have run), then log the delivery
+        failures not logged yet (:attr:`error_log`: one line per exception type with its count).
 
         Args:
             timeout: seconds; None waits without limit. kafka-python applies it to each pending batch in turn,
@@ -546,6 +554,9 @@ class EventPublisher:
             kafka.errors.KafkaTimeoutError: a batch was not completed within ``timeout``.
         """
         self._producer.flush(timeout=timeout)
+        # everything settled: the delivery failures not logged yet, one line per exception type (not after a flush
+        # that timed out: producers.cli.flush_until_signal polls every 0.5 s, and the 10 s lines cover the wait)
+        self.error_log.flush()
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -572,6 +583,7 @@ class EventPublisher:
             return
         abort_producer(self._producer, timeout)
         self._closed = True
+        self.error_log.flush()
 
     def close(self, timeout: float | None = 60) -> None:
         """Flush, then close the producer (idempotent: a closed publisher returns at once).
@@ -591,6 +603,7 @@ class EventPublisher:
         finally:
             self._producer.close(timeout=timeout)
             self._closed = True
+            self.error_log.flush()
 
     def __enter__(self) -> "EventPublisher":
         return self

@@ -49,6 +49,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from contracts import DEAD_LETTER, EVENT_TYPES, validate_event
+from core.logs import RepeatedLog
 from core.settings import STREAM_ANCHOR_LOOKBACK_HOURS, STREAM_HISTORY_HOURS, Settings, interval_hours
 from streaming import schema as S
 from streaming import transforms as TR
@@ -446,6 +447,10 @@ class StreamSinks:
         self.lake = lake or Lake(settings)
         self._ch_lock = threading.RLock()  # the two queries' batches run in different threads
         self._log_lock = threading.Lock()
+        #: the rows ClickHouse refuses, logged bounded per table (core.logs.RepeatedLog: 5 in full, then a count per
+        #: 10 s and at each micro-batch's end); until 2026-12-07 one ERROR line per row (a batch of a million
+        #: refused rows: a million lines). Every row is still in quarantine_events with its reason.
+        self.refused_log = RepeatedLog(log, "rows refused by ClickHouse")
         self.retries = 0
         #: set by :meth:`streaming.job.StreamingJob.stop`: retries give up at once (:func:`retrying_call`)
         self.stopping = threading.Event()
@@ -547,7 +552,8 @@ class StreamSinks:
 
     def _set_aside(self, table: str, df: pd.DataFrame, refused: list[tuple[int, BaseException]]) -> None:
         """Quarantine the rows of ``df`` ClickHouse refused for ``table`` (positions and errors from
-        :func:`insert_isolating_refused`), one error log line each: ``quarantine_events`` rows with ``event_type`` =
+        :func:`insert_isolating_refused`), logged bounded (:attr:`refused_log`: the first 5 per table in full, then
+        counts): ``quarantine_events`` rows with ``event_type`` =
         the table, ``topic`` = ``refused:<table>``, ``partition`` = -1, ``offset`` = a 63-bit hash of (table, the
         row's natural key :data:`SINK_KEYS`), so the latest refusal of a row replaces the earlier ones (a re-run
         batch, a window re-emitted by later micro-batches in update mode: one quarantine row per table and key;
@@ -562,8 +568,8 @@ class StreamSinks:
             r = df.iloc[pos].to_dict()
             batch = int(r["batch_id"]) if "batch_id" in r and not pd.isna(r["batch_id"]) else -1
             reason = f"ClickHouse refused the {table} row: {error_text(exc)}"
-            log.error("micro-batch %d: %s; row set aside in quarantine_events (topic refused:%s): %s",
-                      batch, reason, table, row_payload({k: r.get(k) for k in key}))
+            self.refused_log.log(table, "micro-batch %d: %s; row set aside in quarantine_events (topic refused:%s): "
+                                 "%s", batch, reason, table, row_payload({k: r.get(k) for k in key}))
             rows.append({"event_type": table, "topic": f"refused:{table}", "partition": -1,
                          "offset": refused_row_offset(table, [r.get(k) for k in key]),
                          "topic_id": "", "kafka_timestamp": pd.NaT, "reason": reason, "raw_payload": row_payload(r),
@@ -573,6 +579,7 @@ class StreamSinks:
         q["kafka_timestamp"] = pd.to_datetime(q["kafka_timestamp"], utc=True)
         self._insert_quarantine(q, count=False)
         self._count_set_aside(len(rows), keys=q["offset"].tolist())
+        self.refused_log.flush()   # the batch's rows not logged in full: one line per table with their count
 
     def _insert_quarantine(self, q: pd.DataFrame, count: bool = True) -> list[int]:
         """Insert ``quarantine_events`` rows; a row ClickHouse refuses is inserted again with its payload JSON-escaped
@@ -580,7 +587,7 @@ class StreamSinks:
         cut to :data:`QUARANTINE_REASON_CHARS`, each time the error added to the reason; refused all three times, the
         record goes to the dead-letter topic (:func:`core.kafka.dead_letter_record`, reason + the errors), awaited,
         error log; a record read from the dead-letter topic is not sent there again (it would come back): error log
-        naming its topic, partition and offset, where it stays. Returns the rows refused at the first insert (added
+        naming its topic, partition and offset, where it stays (these logs bounded as :meth:`_set_aside`'s). Returns the rows refused at the first insert (added
         to ``rows_set_aside`` when ``count``): their positions in ``q``, ascending. Never gives up bisecting for a
         refusal of every row (its rows have the fallbacks above)."""
         refused = insert_isolating_refused(q, lambda part: self._insert_raw_df("quarantine_events", part),
@@ -606,22 +613,25 @@ class StreamSinks:
                         raise
                     errors.append(error_text(exc2, 500))
                     continue
-                log.error("quarantine row %s/%s/%s refused by ClickHouse (%s): inserted with the %s",
-                          r["topic"], r["partition"], r["offset"], errors[0], what)
+                self.refused_log.log("quarantine_events", "quarantine row %s/%s/%s refused by ClickHouse (%s): "
+                                     "inserted with the %s", r["topic"], r["partition"], r["offset"], errors[0], what)
                 landed = True
                 break
             if landed:
                 continue
             where = f"{r['topic']} partition {r['partition']} offset {r['offset']}"
             if r["topic"] == self.dead_letter_topic:
-                log.error("quarantine row of dead-letter record %s refused by ClickHouse 3 times (%s): not "
-                          "quarantined; the record stays in the dead-letter topic", where, " / ".join(errors))
+                self.refused_log.log("quarantine_events, dead letter", "quarantine row of dead-letter record %s "
+                                     "refused by ClickHouse 3 times (%s): not quarantined; the record stays in the "
+                                     "dead-letter topic", where, " / ".join(errors))
                 continue
             self._dead_letter(str(r["event_type"]), payload,
                               f"{reason} [not quarantined: ClickHouse refused the quarantine row: "
                               f"{' / '.join(errors)}; source {where}]")
-            log.error("quarantine row %s refused by ClickHouse 3 times (%s): sent to the dead-letter topic %s", where,
-                      " / ".join(errors), self.dead_letter_topic)
+            self.refused_log.log("quarantine_events, sent to the dead-letter topic", "quarantine row %s refused by "
+                                 "ClickHouse 3 times (%s): sent to the dead-letter topic %s", where, " / ".join(errors),
+                                 self.dead_letter_topic)
+        self.refused_log.flush()
         if count:
             self._count_set_aside(len(refused))
         return [pos for pos, _ in refused]

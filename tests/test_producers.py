@@ -1634,3 +1634,83 @@ def test_peak_season_shapes_land_or_are_set_aside_with_their_reason():
     assert rep.stats.skipped == {"NEGATIVE_PRICE": 1, "A_INVOICE": 1}
     assert [(q["code"], q["reason"]) for q in rep.quarantine] == [("NEGATIVE_PRICE", "unit_price '-2.95' is negative")]
     assert min(r["new_quantity"] for et, r in events if et == "inventory_update") >= 0
+
+
+def test_a_repeated_log_writes_the_first_few_in_full_then_counts_per_interval_and_at_flush(caplog):
+    """:class:`core.logs.RepeatedLog` (the bound on per-record log lines: delivery failures, refused rows): 1,000
+    occurrences of one kind over 100 s of its clock (0.1 s apart), 3 of another, with ``first`` 5 and 10 s between
+    summary lines: 5 + 3 lines in full, then one line per 10 s for the first kind (9), then one at the flush with
+    the rest; the counts in the lines add up to every occurrence, exactly. A second flush writes nothing."""
+    import logging
+    import re
+
+    from core.logs import RepeatedLog
+
+    now = [0.0]
+    rl = RepeatedLog(logging.getLogger("test.repeated"), "thing failed", clock=lambda: now[0])
+    caplog.set_level(logging.ERROR, logger="test.repeated")
+    for i in range(1_000):
+        now[0] = i * 0.1
+        rl.log("ValueError", "thing failed: %r", ValueError(i))
+        if i < 3:
+            rl.log("OSError", "thing failed: %r", OSError(i))
+    rl.flush()
+    lines = [r.getMessage() for r in caplog.records]
+    full = [ln for ln in lines if ln.startswith("thing failed: ")]
+    summaries = [ln for ln in lines if ln.startswith("thing failed [")]
+    assert len(full) == 8 and len(summaries) == 10, lines
+    counted = sum(int(re.search(r"\]: (\d+) more", ln).group(1)) for ln in summaries)
+    assert 5 + counted == 1_000 and rl.totals == {"ValueError": 1_000, "OSError": 3}
+    assert "(1000 in all); the last: thing failed: ValueError(999)" in summaries[-1]
+    rl.flush()
+    assert len(caplog.records) == len(lines)
+    with pytest.raises(ValueError, match="interval_s"):
+        RepeatedLog(logging.getLogger("test.repeated"), "x", interval_s=0)
+
+
+def test_a_new_producers_first_producer_id_request_retries_a_timeout_instead_of_failing_for_good():
+    """A producer made by :func:`core.kafka.make_producer` whose very first ``InitProducerId`` request times out
+    (a broker frozen or slower than ``request_timeout_ms`` just after the connection's handshake) must retry it, as
+    Kafka's Java client does. Until the review of 2026-12-07 the retry was set on each producer's transaction
+    manager after ``KafkaProducer()`` returned, when its sender thread had already taken that first request: 10 of
+    10 producers checked held an unpatched first handler, and the timeout made the producer fatal (every record
+    failed until :func:`core.kafka.renew_if_fatal` replaced it). Now the retry is on kafka-python's handler class
+    from ``core.kafka``'s import. Here the producer's bootstrap server accepts connections and answers nothing (a
+    frozen broker: the sender holds its first request, waiting for the connection's handshake; ``api_version``
+    given, so the constructor does not wait for it), and that first request's future is completed with the error
+    kafka-python's network layer gives a request unanswered within ``request_timeout_ms``: the request is queued
+    again and the producer is not fatal. Old code: fatal, ``RequestTimedOutError``. (With the session's broker the
+    first request could not be held deterministically: after the bootstrap the sender talks to the broker's
+    advertised address, past any gate, and answers come in milliseconds.)"""
+    import gc
+    import socket
+    import time
+
+    import kafka.errors as Errors
+    from kafka.producer.transaction_manager import InitProducerIdHandler
+
+    from core.kafka import abort_producer, make_producer
+    from core.settings import get_settings
+
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(8)   # connections accepted by the kernel, nothing ever answered
+        s = get_settings().model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{frozen.getsockname()[1]}"})
+        prod = make_producer(s, client_id="pid-first-test", api_version=(3, 9), request_timeout_ms=2_000)
+        try:
+            tm = prod._transaction_manager
+            deadline = time.monotonic() + 30
+            while True:   # the sender's first request, taken from the queue (it waits for the node to be ready)
+                first = [o for o in gc.get_objects()
+                         if isinstance(o, InitProducerIdHandler) and o.transaction_manager is tm]
+                if first and not tm._pending_requests or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert len(first) == 1 and not tm._pending_requests, (first, tm._pending_requests)
+            first[0].on_complete(tm._in_flight_request_correlation_id,
+                                 Errors.RequestTimedOutError("Request timed out after 1999 ms"))
+            fatal, requeued = tm.has_fatal_error(), [h for *_, h in tm._pending_requests]
+        finally:
+            abort_producer(prod, 0)
+    assert not fatal, tm.last_error   # old code: fatal, RequestTimedOutError
+    assert requeued == first   # sent again once the broker answers

@@ -1538,3 +1538,56 @@ def test_a_fatal_producer_that_cannot_be_rebuilt_stalls_the_run_instead_of_raisi
         pub.abort(1)
     assert pub.stalled and "no new producer after a fatal error" in pub.stalled, pub.stalled
     assert fate == [False, False, False] and pub.counts["failed"] == 3, (fate, pub.counts)
+
+
+@pytest.mark.timeout(240)
+def test_a_frozen_broker_failing_every_record_in_flight_logs_a_bounded_number_of_error_lines(kafka_settings, caplog):
+    """2,000 records handed over while the broker is frozen (SIGSTOP): the batches in flight expire (delivery
+    timeout 3 s; the others wait for the producer's new id), then the run stops (:meth:`EventPublisher.abort`, as
+    at a SIGTERM or a stalled send) and every record still buffered fails. Until 2026-12-07 each failure was its own
+    ERROR line (``kafka delivery failed: ...``): 2,000 lines here, 100,000 for a replay stopped with 100,000 records
+    buffered. Now (:class:`core.logs.RepeatedLog`) the first 5 per exception type are logged in full, then one line
+    per 10 s per type with the count since the last, and the rest at the abort: for a run of at most 240 s (this
+    test's timeout), at most 5 + 24 + 1 lines per type. The counts stay exact: every record delivered or failed, the
+    failures logged (in full or counted) exactly as many as ``failed``, and the last line of each type names its
+    total. Old code: 2,000 ERROR lines."""
+    import logging
+    import re
+    import uuid
+
+    from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"fld-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    pub = EventPublisher(s, client_id="flood-test", request_timeout_ms=2_000, delivery_timeout_ms=3_000)
+    n = 2_000
+    caplog.set_level(logging.ERROR, logger="core.kafka")
+    try:
+        for i in range(20):
+            pub.publish("sales_transaction", sale_event(f"FLD-{i}", f"SKU{i % 7}"))
+        pub.flush(timeout=30)   # the topic's metadata known: the sends below are buffered, not blocked
+        assert pub.counts["delivered"] == 20, pub.counts
+        with broker_frozen(s):
+            for i in range(20, 20 + n):
+                pub.publish("sales_transaction", sale_event(f"FLD-{i}", f"SKU{i % 7}"))
+            deadline = time.monotonic() + 30
+            while not pub.counts["failed"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            expired = pub.counts["failed"]
+            pub.abort(5)   # a run's stop (SIGTERM, a stalled send): every record still buffered failed at once
+            c = pub.counts
+    finally:
+        pub.abort(5)
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "core.kafka" and r.levelno >= logging.ERROR and "kafka delivery failed" in r.getMessage()]
+    totals = pub.error_log.totals
+    print(f"{c['failed']} failed of {n + 20} ({expired} expired), {len(lines)} ERROR lines, totals {totals}")
+    assert c["pending"] == 0 and c["delivered"] + c["failed"] == n + 20, c
+    assert c["failed"] >= n // 2, c   # the case under test: a flood of failures (old code: as many ERROR lines)
+    assert sum(totals.values()) == c["failed"], (totals, c)   # every failure counted, none lost or twice
+    assert len(lines) <= len(totals) * (5 + 24 + 1), lines[:40]
+    for kind, total in totals.items():   # the last line of each kind states its exact total
+        last = [ln for ln in lines if f"[{kind}]" in ln]
+        assert last and re.search(rf"\({total} in all\)", last[-1]), (kind, total, last[-3:])
+
