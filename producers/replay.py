@@ -797,14 +797,17 @@ def transaction_ids(df: pd.DataFrame) -> pd.Series:
 
 def is_note(descriptions: pd.Series) -> pd.Series:
     """Per description (str, stripped): True for a clerk's note ("found", "Found", "Adjustment", "damaged?",
-    "Dotcom sales"): it has a "?" or more lower- than upper-case letters. A product name is upper case, units aside
-    ("POLYESTER FILLER PAD 45x45cm", "BAG 250g SWIRLY MARBLES", "FRENCH BLUE METAL DOOR SIGN No"), so it is no note.
+    "Dotcom sales"): it has a "?" or more lower- than upper-case letters, or the word "found" in any case (the
+    log's one upper-case note, "FOUND", 8 units on 2011-06-27; no product name holds it). A product name is upper
+    case, units aside ("POLYESTER FILLER PAD 45x45cm", "BAG 250g SWIRLY MARBLES", "FRENCH BLUE METAL DOOR SIGN No"),
+    so it is no note.
     An empty description is not a note here (callers decide). Used for the row decisions (:func:`classify_rows`:
     a price-0 line with a note is stock found) and the product names (:class:`Replay`).
 
     Args: descriptions: str Series (no NaN). Returns: a bool Series on the same index."""
     lower, upper = descriptions.str.count(r"[a-z]"), descriptions.str.count(r"[A-Z]")
-    return descriptions.str.contains("?", regex=False) | (lower > upper)
+    return (descriptions.str.contains("?", regex=False) | (lower > upper)
+            | descriptions.str.contains(r"\bfound\b", case=False, regex=True))
 
 
 def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[np.ndarray, np.ndarray]:
