@@ -65,7 +65,8 @@ other invoice, quantity < 0 (all have price 0)         stock write-off, not a sa
                                                        ``ADJUSTMENT`` (missing, ?, sold elsewhere); capped at
                                                        the stock on hand
 other invoice, quantity > 0, price 0, and the          stock found: inventory ``ADJUSTMENT`` +q, not a sale
-description is empty or a lower-case note ("found")
+description is empty or a note (:func:`is_note`:       ("POLYESTER FILLER PAD 45x45cm" at price 0 names a
+"found", "Found", "damaged?"; not a product name)      product: a sale, below)
 other invoice, quantity > 0                            sale (price 0 allowed: free samples)
 =====================================================  ======================================================
 
@@ -794,6 +795,21 @@ def transaction_ids(df: pd.DataFrame) -> pd.Series:
     return invoice_ids(df["invoice"]) + "-" + df["line_no"].fillna("").str.strip()
 
 
+def is_note(descriptions: pd.Series) -> pd.Series:
+    """Per description (str, stripped): True for a clerk's note ("found", "Found", "Adjustment", "damaged?",
+    "Dotcom sales"): it has a "?" or more lower- than upper-case letters, or the word "found" in any case (the
+    log's one upper-case note, "FOUND", 8 units on 2011-06-27; no product name holds it). A product name is upper
+    case, units aside ("POLYESTER FILLER PAD 45x45cm", "BAG 250g SWIRLY MARBLES", "FRENCH BLUE METAL DOOR SIGN No"),
+    so it is no note.
+    An empty description is not a note here (callers decide). Used for the row decisions (:func:`classify_rows`:
+    a price-0 line with a note is stock found) and the product names (:class:`Replay`).
+
+    Args: descriptions: str Series (no NaN). Returns: a bool Series on the same index."""
+    lower, upper = descriptions.str.count(r"[a-z]"), descriptions.str.count(r"[A-Z]")
+    return (descriptions.str.contains("?", regex=False) | (lower > upper)
+            | descriptions.str.contains(r"\bfound\b", case=False, regex=True))
+
+
 def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per row: (kind, skip_key). kind in sale / return / writeoff / found / skip (see module table).
 
@@ -819,7 +835,9 @@ def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[n
     kind = np.full(len(df), "sale", dtype=object)
     key = np.full(len(df), None, dtype=object)
     is_c = inv.str.startswith("C").to_numpy()
-    note = ((desc == "") | desc.str.contains(r"[a-z?]", regex=True)).to_numpy()
+    # empty or a note (:func:`is_note`; until 2026-12-07 any lower-case letter: 29 price-0 lines of the development
+    # log named as products, e.g. 380 units of "POLYESTER FILLER PAD 45x45cm" on 2011-08-11, were stock found)
+    note = ((desc == "") | is_note(desc)).to_numpy()
     q, p = qty.to_numpy(), price.to_numpy()
     kind[(q < 0) & ~is_c] = "writeoff"
     kind[(q > 0) & ~is_c & (p == 0) & note] = "found"
@@ -1089,7 +1107,7 @@ class Replay:
         # a note ("found", "damaged?", "Dotcom sales") has a "?" or more lower- than upper-case letters; a product
         # name is upper case, units aside ("BAG 250g SWIRLY MARBLES", "POLYESTER FILLER PAD 45x45cm": 16 products of
         # the development log were named by their code while any lower-case letter excluded a description)
-        note = desc.str.contains("?", regex=False) | (desc.str.count(r"[a-z]") > desc.str.count(r"[A-Z]"))
+        note = is_note(desc)
         named = pd.DataFrame({"sku": codes, "desc": desc})[desc.str.len().gt(0) & ~note]
         name = named.groupby("sku")["desc"].agg(lambda s: s.value_counts().index[0])
         sale = (self.kind[self.kind != "skip"] == "sale")

@@ -21,7 +21,7 @@ from contracts import STOCK_MAX, ContractError, check_payload, rule_violations, 
 from producers.invalid import CORRUPTIONS, corrupt, inject_invalid
 from core.kafka import dead_letter_record, event_key, serialize_value
 from producers.replay import (
-    Replay, ReplayConfig, categorize, classify_code, classify_rows, cut_sample, load_transactions,
+    Replay, ReplayConfig, categorize, classify_code, classify_rows, cut_sample, is_note, load_transactions,
     london_to_utc_ms, parse_invoice_ts, store_for_country,
 )
 from producers.simulator import SimConfig, Simulator, seasonality
@@ -350,6 +350,35 @@ def test_replay_row_decisions_on_a_crafted_slice():
     assert min(r["new_quantity"] for et, r in events if et == "inventory_update") >= 0
     ts0 = int(datetime(2011, 1, 10, 9, tzinfo=timezone.utc).timestamp() * 1000)
     assert sales[0]["timestamp"] == ts0  # keep_dates: January = GMT = UTC
+
+
+def test_a_free_line_named_as_a_product_is_a_sale_and_a_note_is_stock_found():
+    """Price-0 lines of the real log (2011-08-11, invoice 563015: 380 units of filler pads, 2026-12-07): a product
+    name with lower-case units ("POLYESTER FILLER PAD 45x45cm", "FRENCH BLUE METAL DOOR SIGN No") is a free sale,
+    as the row table says; a clerk's note ("Found", "FOUND", "Adjustment", "damaged?", empty) is stock found. Before,
+    any lower-case letter made a note: the filler pads were stock found, 29 lines / 2,994 units of the log missing
+    from the sales (the replay's facts 380 units below the CSV's on that day), and "FOUND" was a sale."""
+    text = SMALL.splitlines()[0] + "\n" + "\n".join([
+        "563015,1,46000M,POLYESTER FILLER PAD 45x45cm,160,0.0,2011-08-11 12:24:00,,United Kingdom,x",
+        "563015,2,46000S,POLYESTER FILLER PAD 40x40cm,220,0.0,2011-08-11 12:24:00,,United Kingdom,x",
+        "564530,1,22686,FRENCH BLUE METAL DOOR SIGN No,2,0.0,2011-08-25 14:57:00,,United Kingdom,x",
+        "551324,1,85017C,Found,13,0.0,2011-08-25 15:47:00,,United Kingdom,x",
+        "550948,1,17109D,Adjustment,14,0.0,2011-08-25 15:56:00,,United Kingdom,x",
+        "550949,1,17109D,damaged?,3,0.0,2011-08-25 15:57:00,,United Kingdom,x",
+        "550950,1,17109D,,4,0.0,2011-08-25 15:58:00,,United Kingdom,x",
+        "558245,1,22734,FOUND,8,0.0,2011-08-25 15:59:00,,United Kingdom,x",
+        "550951,1,22686,FRENCH BLUE METAL DOOR SIGN,1,2.95,2011-08-25 16:00:00,12680,France,x"]) + "\n"
+    rep = Replay(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), ReplayConfig(keep_dates=True))
+    kind, _ = classify_rows(rep.df)
+    assert list(kind) == ["sale", "sale", "sale", "found", "found", "found", "found", "found", "sale"]
+    events = list(rep.events())
+    sales = [(r["transaction_id"], r["quantity"], r["unit_price"]) for et, r in events if et == "sales_transaction"]
+    assert sales == [("563015-1", 160, 0.0), ("563015-2", 220, 0.0), ("564530-1", 2, 0.0), ("550951-1", 1, 2.95)]
+    found = [(r["product_id"], r["quantity_change"]) for et, r in events
+             if et == "inventory_update" and r["reason"] == "ADJUSTMENT"]
+    assert found == [("85017C", 13), ("17109D", 14), ("17109D", 3), ("17109D", 4), ("22734", 8)]
+    assert list(is_note(pd.Series(["Found", "FOUND", "Dotcom sales", "damaged?", "BAG 250g SWIRLY MARBLES", ""]))) == [
+        True, True, True, True, False, False]
 
 
 def test_a_stock_code_written_in_either_case_is_one_product():
