@@ -225,7 +225,8 @@ def open_orders(orders: pd.DataFrame, receipts: pd.DataFrame) -> pd.DataFrame:
     o = orders.assign(day=pd.to_datetime(orders["as_of_date"]), units=orders["reorder_qty"].astype(float), kind=1)
     r = receipts.assign(day=pd.to_datetime(receipts["date"]), units=receipts["units_received"].astype(float), kind=0)
     r = r[r["units"] > 0].merge(o[keys].drop_duplicates(), on=keys)
-    ev = pd.concat([o[[*keys, "day", "kind", "units"]], r[[*keys, "day", "kind", "units"]]], ignore_index=True)
+    parts = [x[[*keys, "day", "kind", "units"]] for x in (o, r) if len(x)]
+    ev = pd.concat(parts, ignore_index=True)
     ev = ev.sort_values([*keys, "day", "kind"], kind="stable")   # a day's receipts before its orders
     out = []
     for key, g in ev.groupby(keys, sort=True):
