@@ -20,7 +20,11 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   ROP because of the cap), then bounded by
   the free storage capacity left once what is on order arrives (capacity - IP) and by shelf life (no more
   than can sell before expiry: d_bar * shelf_life - IP), each bound rounded down to whole units, never
-  negative; Q = 0 when IP > ROP. IP = stock + on order (inventory position).
+  negative; Q = 0 when IP > ROP. IP = stock + on order (inventory position); the nightly batch takes its own
+  earlier recommendations within the lead time as placed orders, less the RESTOCK receipts since, first in first
+  out (:func:`open_orders`, ml.pipeline.load_open_orders; ORDER_COUNT_OPEN_RECOMMENDATIONS).
+* Order bound:                       which of these rules set Q (:func:`order_terms`): none, eoq, rop_gap,
+  cover_cap, capacity, shelf_life.
 * Reorder needed:                    Q > 0 (IP <= ROP but a bound leaves no room, or ROP = 0 with d_bar = 0,
   orders nothing and needs no reorder).
 * Days until stock-out:              stock / d_bar (capped at 999); 0 when stock <= 0; 999 when d_bar = 0.
