@@ -264,7 +264,7 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
     fi = star(client, db, """
         SELECT f.date_key AS date_key, s.store_id AS store_id, p.sku AS product_id, f.closing_stock AS closing_stock,
                f.is_carried_forward AS is_carried_forward, f.safety_stock AS safety_stock,
-               f.reorder_point AS rop
+               f.reorder_point AS rop, f.units_received AS units_received
         FROM {db}.fact_inventory f
         JOIN (SELECT * FROM {db}.dim_product FINAL) p ON p.product_key = f.product_key
         JOIN (SELECT * FROM {db}.dim_store FINAL) s ON s.store_key = f.store_key""")
@@ -273,6 +273,11 @@ def test_daily_etl_reconciles_with_lake_and_is_idempotent(etl_dag, landed, nativ
     assert {k: int(v) for k, v in got1.items()} == {k: int(v) for k, v in close1.items()}
     assert {k: int(v) for k, v in got2["closing_stock"].items()} == {k: int(v) for k, v in exp2.items()}
     assert got2["is_carried_forward"].sum() == (~close1.index.isin(close2.index)).sum() > 0
+    # units received (since 2026-12-07, migration 093): the day's RESTOCK quantity_change, 0 when carried forward
+    rec2 = inv2[inv2["reason"] == "RESTOCK"].groupby(["store_id", "product_id"])["quantity_change"].sum()
+    want_rec = rec2.reindex(got2.index).fillna(0).astype(int)
+    assert {k: int(v) for k, v in got2["units_received"].items()} == want_rec.to_dict()
+    assert rec2.sum() > 0 and (got2.loc[got2["is_carried_forward"] == 1, "units_received"] == 0).all()
     # safety stock = z(SERVICE_LEVEL) x sigma of daily demand over the window (here DAY1..DAY2, the days loaded; a
     # day without demand counts 0) x sqrt(LEAD_TIME_DAYS), recomputed from the lake for every store x SKU row
     from statistics import NormalDist
