@@ -337,7 +337,7 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert {"class_agreement", "slow_flag_agreement"} <= set(ev["metric"])
 
     # ORDER_MAX_COVER_DAYS reaches optimise_stock: re-run at 1 day of cover (same as_of_date: the rows are replaced),
-    # no order above max(ceil(ROP - IP), floor(d_bar * 1 - IP)) (IP = stock: the task has nothing on order), while
+    # no order above max(ceil(ROP - IP), floor(d_bar * 1 - IP)) (IP = stock: no night before DAY, nothing on order), while
     # the default run (180 days) ordered more than that for some rows (before 2026-12-07 the task passed no cap)
     from ml.pipeline import optimise_stock
 
