@@ -664,8 +664,7 @@ def load_open_orders(client, db: str, as_of: dt.date, lead_time_days: int) -> pd
         WHERE reorder_needed = 1 AND reorder_qty > 0
           AND as_of_date >= toDate('{t}') - {lt} AND as_of_date < toDate('{t}')""")
     if orders.empty:
-        return open_orders(pd.DataFrame(columns=["store_id", "product_id", "as_of_date", "reorder_qty"]),
-                           pd.DataFrame(columns=["store_id", "product_id", "date", "units_received"]))
+        return open_orders(orders, orders)   # no order: an empty frame, no receipt looked up
     first = int(pd.Timestamp(orders["as_of_date"].min()).strftime("%Y%m%d"))
     receipts = client.query_df(f"""
         SELECT s.store_id AS store_id, p.sku AS product_id, toDate(toString(i.date_key)) AS date,
