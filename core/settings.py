@@ -312,11 +312,17 @@ class Settings(BaseSettings):
         description="Yearly holding cost as a fraction of unit cost (EOQ's H = rate * unit cost).")
     order_max_cover_days: int = Field(
         default=180, ge=1, le=3650,
-        description="No reorder beyond this many days of forecast demand (stock + order; days, 1..3650, above "
-                    "LEAD_TIME_DAYS; the nightly batch does not know what is on order, so an order not yet "
-                    "received is ordered again) unless the reorder point needs more: caps the EOQ's time supply, "
-                    "which for cheap slow movers is years of demand (Silver, Pyke & Thomas 2017 ch. 4, limits on "
-                    "the EOQ's time supply). 180 = half a year.")
+        description="No reorder beyond this many days of forecast demand (stock + on order + order; days, "
+                    "1..3650, above LEAD_TIME_DAYS) unless the reorder point needs more: caps the EOQ's time "
+                    "supply, which for cheap slow movers is years of demand (Silver, Pyke & Thomas 2017 ch. 4, "
+                    "limits on the EOQ's time supply). 180 = half a year.")
+    order_count_open_recommendations: bool = Field(
+        default=True,
+        description="true: the nightly reorder plan takes its own recommendations as placed orders: on order = the "
+                    "units recommended on the LEAD_TIME_DAYS nights before (reorder_recommendations) less the "
+                    "RESTOCK units received since (fact_inventory.units_received, first in first out); older orders "
+                    "count as received or lost. false: nothing is on order (orders are placed elsewhere and the "
+                    "platform does not see them; an order not yet received is recommended again). true or false.")
     forecast_horizon: int = Field(default=14, ge=1, le=28, description="Forecast horizon in days (1..28): backtest, intervals and the batch predictions.")
     forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (FORECAST_ORIGIN_STEP_DAYS apart).")
     forecast_origin_step_days: int = Field(default=30, ge=1, description="Days between backtest origins (not a multiple of 7, so each horizon falls on several weekdays).")

@@ -436,8 +436,10 @@ def inventory_analyst() -> None:
                         "intervals)")
             st.dataframe(acc, hide_index=True, use_container_width=True)
     if reorder is not None and not reorder.empty:
-        st.markdown(f"**Reorder recommendations** (reorder point = lead-time demand + safety stock; the {len(reorder)} "
-                    "most urgent)")
+        st.markdown(f"**Reorder recommendations** (reorder point = lead-time demand + safety stock; an order when stock "
+                    "+ on order (earlier nights' orders not yet received) is at or below it; order_bound: the rule that "
+                    f"set the quantity: eoq, rop_gap, cover_cap, capacity, shelf_life or none; the {len(reorder)} most "
+                    "urgent)")
         st.dataframe(reorder, hide_index=True, use_container_width=True, height=300)
     slow = fetch("slow_movers")
     if slow is not None and not slow.empty:

@@ -149,8 +149,8 @@ QUERIES: dict[str, tuple[str, str]] = {
         FROM {{db}}.v_forecast_accuracy AS a WHERE {STORE_PRED}
         GROUP BY horizon ORDER BY horizon"""),
     "reorder": ("analyst", f"""
-        SELECT store_id, product_id, stock, safety_stock, reorder_point, reorder_qty, eoq, days_until_stockout,
-               stockout_risk, reorder_value, mean_daily_demand, reorder_needed
+        SELECT store_id, product_id, stock, on_order, safety_stock, reorder_point, reorder_qty, order_bound, eoq,
+               days_until_stockout, stockout_risk, reorder_value, mean_daily_demand, reorder_needed
         FROM {{db}}.v_reorder_latest WHERE {STORE_PRED}
         ORDER BY reorder_needed DESC, days_until_stockout LIMIT 500"""),
     "slow_movers": ("analyst", f"""

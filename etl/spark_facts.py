@@ -239,7 +239,8 @@ def sales_daily(fact):
 
 def closing_stock(updates, products, stores):
     """Closing stock per store x SKU: ``new_quantity`` of the day's last update by event time (ties: Kafka
-    offset, then ingestion order), its time, and the last non-null reorder_point (null when none)."""
+    offset, then ingestion order), its time, the last non-null reorder_point (null when none) and units_received,
+    the sum of quantity_change of the RESTOCK updates (0 without; :func:`etl.star_schema.closing_stock`)."""
     from pyspark.sql import functions as F
 
     order = [c for c in ("timestamp", "kafka_offset", "ingested_at", "kafka_partition", "_file", "_row")
@@ -247,12 +248,15 @@ def closing_stock(updates, products, stores):
     o = F.struct(*[F.col(c) for c in order])
     has_rp = "reorder_point" in updates.columns
     rp = F.max_by(F.col("reorder_point"), F.when(F.col("reorder_point").isNotNull(), o)) if has_rp else F.lit(None)
+    received = F.sum(F.when(F.col("reason") == "RESTOCK", F.col("quantity_change")).otherwise(0)) \
+        if {"reason", "quantity_change"} <= set(updates.columns) else F.lit(0)
     u = updates.withColumn("product_id", F.col("product_id").cast("string")) \
                .withColumn("store_id", F.col("store_id").cast("string"))
     c = u.groupBy("store_id", "product_id").agg(
         F.max_by(F.col("new_quantity"), o).cast("long").alias("closing_stock"),
         F.max_by(F.col("timestamp"), o).alias("last_update_time"),
-        rp.cast("double").alias("reorder_point"))
+        rp.cast("double").alias("reorder_point"),
+        F.coalesce(received, F.lit(0)).cast("long").alias("units_received"))
     return c.join(F.broadcast(products.select(F.col("sku").alias("product_id"), "product_key")), "product_id", "left") \
             .join(F.broadcast(stores), "store_id", "left")
 
@@ -422,7 +426,8 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
     else:
         fact_t, daily_t = pa.Table.from_pandas(_empty("fact_sales"), preserve_index=False), _empty("fact_sales_daily")
     closing_t = _arrow_out(closing_stock(inv, pmap, smap).select(
-        "store_id", "product_id", "closing_stock", "last_update_time", "reorder_point", "store_key", "product_key"),
+        "store_id", "product_id", "closing_stock", "last_update_time", "reorder_point", "units_received", "store_key",
+        "product_key"),
         uint8=()) if inv is not None else _empty("inventory_closing")
     for name, tab in (("fact_sales", fact_t), ("fact_sales_daily", daily_t), ("inventory_closing", closing_t),
                       ("dim_product", dim_product), ("dim_store", dim_store), ("dim_date", dim_date)):

@@ -332,11 +332,13 @@ def closing_stock(updates: pd.DataFrame) -> pd.DataFrame:
 
     The closing stock is ``new_quantity`` of the last update by event time (ties: Kafka offset; one
     store x SKU always lands in one partition because the key is ``store_id|product_id``).
-    reorder_point is the last non-null reorder_point of the day (NA when none).
+    reorder_point is the last non-null reorder_point of the day (NA when none). units_received is the day's sum
+    of quantity_change over the updates with reason RESTOCK (a receipt; 0 without one, or when the events carry
+    no reason), which the nightly reorder plan nets against its earlier orders (ml.pipeline.load_open_orders).
 
-    Returns: store_id, product_id, closing_stock, last_update_time, reorder_point.
+    Returns: store_id, product_id, closing_stock, last_update_time, reorder_point, units_received (units).
     """
-    cols = ["store_id", "product_id", "closing_stock", "last_update_time", "reorder_point"]
+    cols = ["store_id", "product_id", "closing_stock", "last_update_time", "reorder_point", "units_received"]
     if updates.empty:
         return pd.DataFrame(columns=cols)
     order = ["timestamp"] + [c for c in ("kafka_offset",) if c in updates.columns]
@@ -349,6 +351,11 @@ def closing_stock(updates: pd.DataFrame) -> pd.DataFrame:
         "last_update_time": pd.to_datetime(last["timestamp"], utc=True),
     })
     out["reorder_point"] = rp.reindex(out.index).astype("float64")
+    if "reason" in u.columns and "quantity_change" in u.columns:
+        rec = u.loc[u["reason"] == "RESTOCK"].groupby(["store_id", "product_id"])["quantity_change"].sum()
+        out["units_received"] = rec.reindex(out.index).fillna(0).astype("int64")
+    else:
+        out["units_received"] = np.int64(0)
     return out.reset_index()[cols]
 
 
@@ -356,20 +363,24 @@ def carry_forward(today: pd.DataFrame, previous: pd.DataFrame) -> pd.DataFrame:
     """Combine the day's closing stock with the previous snapshot (carried forward when no update).
 
     Args:
-        today: store_key, product_key, closing_stock, last_update_time, reorder_point (the day's updates).
+        today: store_key, product_key, closing_stock, last_update_time, reorder_point, optional units_received
+            (the day's updates).
         previous: the latest earlier fact_inventory snapshot: store_key, product_key, closing_stock,
             last_update_time, reorder_point (may be empty).
 
     Returns: the union of both key sets; today's rows win (is_carried_forward=0), otherwise the
-    previous row with is_carried_forward=1. A day's update without reorder_point keeps the previous one.
+    previous row with is_carried_forward=1 and units_received 0 (nothing arrived that day). A day's update
+    without reorder_point keeps the previous one.
     """
     key = ["store_key", "product_key"]
     cols = key + ["closing_stock", "last_update_time", "reorder_point"]
     t = today[cols].copy()
+    t["units_received"] = today["units_received"].fillna(0).astype("int64") if "units_received" in today else 0
     t["is_carried_forward"] = 0
     if previous is None or previous.empty:
         return t.reset_index(drop=True)
     p = previous[cols].copy()
+    p["units_received"] = 0
     p["is_carried_forward"] = 1
     prev_rp = p.set_index(key)["reorder_point"]
     t_idx = pd.MultiIndex.from_frame(t[key])
@@ -797,13 +808,14 @@ def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_pr
     safety_stock from the trailing :data:`SAFETY_STOCK_WINDOW_DAYS` days of demand (the ``demand_daily`` view:
     fact_sales units sold less same-day order cancellations; days before the first loaded date are not counted;
     :func:`safety_stock` with SERVICE_LEVEL and LEAD_TIME_DAYS of ``settings``); units_sold / units_returned from
-    the day's ``fact_sales_daily`` partition, which must be loaded first. below_reorder_point = closing_stock <=
-    reorder_point (0 without one).
+    the day's ``fact_sales_daily`` partition, which must be loaded first; units_received (RESTOCK units) from the
+    day's closing rows (0 when carried forward). below_reorder_point = closing_stock <= reorder_point (0 without
+    one).
 
     Returns:
         DataFrame date_key, store_key, product_key, closing_stock (units), is_carried_forward, last_update_time
         (UTC), units_sold, units_returned, reorder_point, safety_stock (units), safety_stock_method,
-        below_reorder_point: the columns of ``fact_inventory``.
+        below_reorder_point, units_received (units): the columns of ``fact_inventory``.
 
     ``first_sales_key``: fact_sales' first date_key (YYYYMMDD) when the caller knows it (one look-up for many
     days); None: asked here.
@@ -839,11 +851,12 @@ def build_inventory(client, db: str, day: dt.date, closing: pd.DataFrame, dim_pr
             inv[c] = inv.get(c, pd.Series(0, index=inv.index)).fillna(0).astype("int64")
         inv["date_key"] = dk
         inv["closing_stock"] = inv["closing_stock"].astype("int64")
+        inv["units_received"] = inv["units_received"].fillna(0).astype("int64")
         inv["below_reorder_point"] = (inv["closing_stock"] <= inv["reorder_point"].fillna(-np.inf)).astype("uint8")
         inv["last_update_time"] = pd.to_datetime(inv["last_update_time"], utc=True)
         inv = inv[["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward", "last_update_time",
                    "units_sold", "units_returned", "reorder_point", "safety_stock", "safety_stock_method",
-                   "below_reorder_point"]]
+                   "below_reorder_point", "units_received"]]
         inv["is_carried_forward"] = inv["is_carried_forward"].astype("uint8")
         inv = _nullable(inv)
     return inv

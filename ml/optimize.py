@@ -20,7 +20,11 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   ROP because of the cap), then bounded by
   the free storage capacity left once what is on order arrives (capacity - IP) and by shelf life (no more
   than can sell before expiry: d_bar * shelf_life - IP), each bound rounded down to whole units, never
-  negative; Q = 0 when IP > ROP. IP = stock + on order (inventory position).
+  negative; Q = 0 when IP > ROP. IP = stock + on order (inventory position); the nightly batch takes its own
+  earlier recommendations within the lead time as placed orders, less the RESTOCK receipts since, first in first
+  out (:func:`open_orders`, ml.pipeline.load_open_orders; ORDER_COUNT_OPEN_RECOMMENDATIONS).
+* Order bound:                       which of these rules set Q (:func:`order_terms`): none, eoq, rop_gap,
+  cover_cap, capacity, shelf_life.
 * Reorder needed:                    Q > 0 (IP <= ROP but a bound leaves no room, or ROP = 0 with d_bar = 0,
   orders nothing and needs no reorder).
 * Days until stock-out:              stock / d_bar (capped at 999); 0 when stock <= 0; 999 when d_bar = 0.
@@ -119,42 +123,129 @@ def stockout_risk(stock, mean_demand, lead_time_days, rop):
     return str(out) if out.ndim == 0 else out
 
 
-def order_quantity(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,
-                   max_cover_days=None):
-    """Units to order now (whole units, >= 0, never -0.0); see the module docstring's order-quantity line.
+#: order_bound values: which rule set reorder_qty (:func:`order_terms`)
+ORDER_BOUNDS = ("none", "eoq", "rop_gap", "cover_cap", "capacity", "shelf_life")
 
-    0 when the inventory position IP = stock + on_order > ROP; else max(EOQ, ROP - IP) rounded up, capped at
-    ``max(ceil(ROP - IP), floor(mean_demand * max_cover_days - IP))`` (no more than ``max_cover_days`` of
-    forecast demand counting what is on hand and on order, unless reaching ROP takes more; Silver, Pyke &
-    Thomas 2017, the EOQ's time-supply bound), then bounded by the free space ``storage_capacity - IP`` and by
-    what can sell before expiry ``mean_demand * shelf_life_days - IP`` (each rounded down; None/NaN = no bound),
-    then clipped at 0.
+
+def order_terms(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,
+                max_cover_days=None):
+    """Units to order now and the rule that set them, as (quantity, bound) arrays (pure, vectorized).
+
+    quantity: whole units >= 0 (never -0.0), the module docstring's order-quantity line: 0 when the inventory
+    position IP = stock + on_order > ROP; else max(EOQ, ROP - IP) rounded up, capped at
+    ``max(ceil(ROP - IP), floor(mean_demand * max_cover_days - IP))`` (no more than ``max_cover_days`` of forecast
+    demand counting what is on hand and on order, unless reaching ROP takes more; Silver, Pyke & Thomas 2017 ch. 4,
+    the EOQ's time-supply bound), then bounded by the free space ``storage_capacity - IP`` and by what can sell
+    before expiry ``mean_demand * shelf_life_days - IP`` (each rounded down; None/NaN = no bound), then clipped
+    at 0. The physical bounds (capacity, shelf life) apply after the cover cap, so they still win over ROP - IP.
+
+    bound (str, one of :data:`ORDER_BOUNDS`), the last rule in that order that lowered the quantity:
+
+    * ``'none'``: IP > ROP (no reorder in the (s, Q) policy, Silver, Pyke & Thomas 2017 ch. 6), or nothing is
+      needed (EOQ = 0 and ROP - IP <= 0: a series with no forecast demand at its reorder point);
+    * ``'eoq'``: the economic order quantity EOQ >= ROP - IP (Harris 1913; Silver et al. sec. 4.2);
+    * ``'rop_gap'``: ROP - IP above the EOQ (the order brings the position back to the reorder point);
+    * ``'cover_cap'``: ``max_cover_days`` of forecast demand is less (ORDER_MAX_COVER_DAYS);
+    * ``'capacity'``: the free storage capacity is less (also when it leaves no room: quantity 0);
+    * ``'shelf_life'``: what can sell before expiry is less (also when it is <= 0: quantity 0).
+
+    A bound equal to the quantity before it does not take over (the earlier rule keeps the name).
     Args: stock, on_order, rop, eoq_units in units; mean_demand in units/day; storage_capacity in units;
     shelf_life_days and max_cover_days in days (max_cover_days None/NaN = no cover cap). Scalars or numpy arrays
-    of one shape (float for scalars, else an array). The physical bounds (capacity, shelf life) apply after the
-    cover cap, so they still win over ROP - IP.
-    (Silver, Pyke & Thomas 2017 ch. 6, (s, Q) policy; Chopra & Meindl 2016 ch. 12.)
+    of one shape; returns float64 and str (object) numpy arrays of that shape (0-d for scalars).
     Raises:
         ValueError: max_cover_days <= 0.
     """
     ip = np.asarray(stock, dtype=float) + np.asarray(on_order, dtype=float)
     r = np.asarray(rop, dtype=float)
-    q = np.ceil(np.maximum(np.asarray(eoq_units, dtype=float), r - ip) - 1e-9)
+    e = np.asarray(eoq_units, dtype=float)
+    q = np.ceil(np.maximum(e, r - ip) - 1e-9)
+    bound = np.where(r - ip > e, "rop_gap", "eoq").astype(object)
+
+    def cut(q, limit, name):   # limit NaN: no bound
+        lower = ~np.isnan(limit) & (limit < q)
+        return np.where(lower, limit, q), np.where(lower, name, bound).astype(object)
+
     if max_cover_days is not None:
         mc = np.asarray(max_cover_days, dtype=float)
         if (mc <= 0).any():
             raise ValueError(f"max_cover_days must be > 0 days (ORDER_MAX_COVER_DAYS), got {max_cover_days}")
         cover = np.maximum(np.ceil(r - ip - 1e-9), np.floor(np.asarray(mean_demand, dtype=float) * mc - ip + 1e-9))
-        q = np.where(np.isnan(mc), q, np.fmin(q, cover))   # fmin: an unknown demand (NaN) sets no cap
+        q, bound = cut(q, np.where(np.isnan(mc), np.nan, cover), "cover_cap")   # an unknown demand (NaN): no cap
     if storage_capacity is not None:
-        cap = np.asarray(storage_capacity, dtype=float)
-        q = np.where(np.isnan(cap), q, np.minimum(q, np.floor(cap - ip + 1e-9)))
+        q, bound = cut(q, np.floor(np.asarray(storage_capacity, dtype=float) - ip + 1e-9), "capacity")
     if shelf_life_days is not None:
         sl = np.asarray(shelf_life_days, dtype=float)
-        sellable = np.floor(np.asarray(mean_demand, dtype=float) * sl - ip + 1e-9)
-        q = np.where(np.isnan(sl), q, np.minimum(q, sellable))
-    q = np.where(ip <= r, np.clip(q, 0.0, None) + 0.0, 0.0)   # + 0.0 turns -0.0 into 0.0
+        q, bound = cut(q, np.floor(np.asarray(mean_demand, dtype=float) * sl - ip + 1e-9), "shelf_life")
+    need = ip <= r
+    nothing = (bound == "eoq") | (bound == "rop_gap")
+    bound = np.where(~need | (nothing & (np.nan_to_num(q) <= 0)), "none", bound).astype(object)
+    q = np.where(need, np.clip(q, 0.0, None) + 0.0, 0.0)   # + 0.0 turns -0.0 into 0.0
+    return q, bound
+
+
+def order_quantity(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,
+                   max_cover_days=None):
+    """Units to order now (whole units, >= 0, never -0.0): the quantity of :func:`order_terms` (same arguments,
+    units and errors; see there and the module docstring's order-quantity line).
+
+    Scalars or numpy arrays of one shape (float for scalars, else an array).
+    (Silver, Pyke & Thomas 2017 ch. 6, (s, Q) policy; Chopra & Meindl 2016 ch. 12.)
+    """
+    q, _ = order_terms(stock, on_order, rop, eoq_units, mean_demand, storage_capacity, shelf_life_days,
+                       max_cover_days)
     return float(q) if q.ndim == 0 else q
+
+
+def order_bound(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,
+                max_cover_days=None):
+    """Which rule set the order quantity: 'none', 'eoq', 'rop_gap', 'cover_cap', 'capacity' or 'shelf_life'
+    (:func:`order_terms`, same arguments; Silver, Pyke & Thomas 2017 ch. 4 and 6). A str for scalars, else an
+    array of str."""
+    _, b = order_terms(stock, on_order, rop, eoq_units, mean_demand, storage_capacity, shelf_life_days,
+                       max_cover_days)
+    return str(b) if b.ndim == 0 else b
+
+
+def open_orders(orders: pd.DataFrame, receipts: pd.DataFrame) -> pd.DataFrame:
+    """Units still on order per store x SKU: earlier orders less the receipts recorded after them, first in
+    first out (pure).
+
+    Each receipt (a day's RESTOCK units) fills the oldest order placed strictly before its day that is not yet
+    full; what a receipt brings beyond the open orders placed before it is not carried to later orders (it
+    cannot belong to them), and no order falls below 0. The caller picks the orders still within the lead time
+    (older ones are taken as received or lost).
+    Args:
+        orders: store_id, product_id, as_of_date (the night the order was recommended), reorder_qty (units > 0).
+        receipts: store_id, product_id, date (day received; a receipt on an order's own as_of_date is already in
+            that night's stock and fills no order of that night), units_received (units).
+    Returns:
+        DataFrame store_id, product_id, on_order (units >= 0), one row per store x SKU with an order.
+    """
+    keys = ["store_id", "product_id"]
+    if orders.empty:
+        return pd.DataFrame({"store_id": pd.Series(dtype=object), "product_id": pd.Series(dtype=object),
+                             "on_order": pd.Series(dtype="float64")})
+    o = orders.assign(day=pd.to_datetime(orders["as_of_date"]), units=orders["reorder_qty"].astype(float), kind=1)
+    r = receipts.assign(day=pd.to_datetime(receipts["date"]), units=receipts["units_received"].astype(float), kind=0)
+    r = r[r["units"] > 0].merge(o[keys].drop_duplicates(), on=keys)
+    parts = [x[[*keys, "day", "kind", "units"]] for x in (o, r) if len(x)]
+    ev = pd.concat(parts, ignore_index=True)
+    ev = ev.sort_values([*keys, "day", "kind"], kind="stable")   # a day's receipts before its orders
+    out = []
+    for key, g in ev.groupby(keys, sort=True):
+        queue: list[float] = []
+        for kind, units in zip(g["kind"].to_numpy(), g["units"].to_numpy()):
+            if kind == 1:
+                queue.append(units)
+                continue
+            for i, open_units in enumerate(queue):
+                take = min(open_units, units)
+                queue[i], units = open_units - take, units - take
+                if units <= 0:
+                    break
+        out.append((*key, float(sum(queue))))
+    return pd.DataFrame(out, columns=[*keys, "on_order"])
 
 
 def sigma_from_interval(lower80, upper80):
@@ -176,8 +267,8 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
         max_cover_days: no order beyond this many days of forecast demand (inventory position included) unless
             the reorder point needs it (setting ORDER_MAX_COVER_DAYS); None = no cover cap.
     Returns:
-        inputs + safety_stock, reorder_point, eoq, reorder_qty (units, :func:`order_quantity`),
-        reorder_needed (0/1: 1 when reorder_qty > 0),
+        inputs + safety_stock, reorder_point, eoq, reorder_qty (units, :func:`order_quantity`), order_bound (the
+        rule that set reorder_qty, :func:`order_terms`), reorder_needed (0/1: 1 when reorder_qty > 0),
         days_until_stockout, stockout_risk, service_level, lead_time_days.
     Raises:
         ValueError: a required column is missing, unit_cost <= 0 or max_cover_days <= 0.
@@ -197,9 +288,9 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
                                       d.to_numpy(), sigma_lead_time)
     df["reorder_point"] = reorder_point(d.to_numpy(), L.to_numpy(), df["safety_stock"].to_numpy())
     df["eoq"] = eoq(d.to_numpy() * 365.0, order_cost, holding_cost_rate * df["unit_cost"].to_numpy(float))
-    df["reorder_qty"] = order_quantity(
-        df["stock"].to_numpy(float), np.asarray(on_order, dtype=float), df["reorder_point"].to_numpy(),
-        df["eoq"].to_numpy(), d.to_numpy(),
+    df["reorder_qty"], df["order_bound"] = order_terms(
+        df["stock"].to_numpy(float), np.broadcast_to(np.asarray(on_order, dtype=float), len(df)),
+        df["reorder_point"].to_numpy(), df["eoq"].to_numpy(), d.to_numpy(),
         df["storage_capacity"].to_numpy(float) if "storage_capacity" in df.columns else None,
         df["shelf_life_days"].to_numpy(float) if "shelf_life_days" in df.columns else None,
         max_cover_days=max_cover_days)

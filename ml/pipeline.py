@@ -638,11 +638,55 @@ INVENTORY_COLUMNS = ["store_id", "product_id", "stock", "stock_date_key", "unit_
                      "storage_capacity", "shelf_life_days"]
 
 
-def optimise_stock(run_date: dt.date, settings=None) -> dict:
-    """Task ``optimise_stock``: forecasts + closing stock + product master -> reorder_recommendations
-    (:func:`ml.optimize.recommend`, settings SERVICE_LEVEL, LEAD_TIME_DAYS, ORDER_COST, HOLDING_COST_RATE,
-    ORDER_MAX_COVER_DAYS).
+def load_open_orders(client, db: str, as_of: dt.date, lead_time_days: int) -> pd.DataFrame:
+    """Units on order per store x SKU at night ``as_of``: the platform takes its own recommendations as placed
+    orders.
 
+    Orders: each store x SKU's latest reorder_recommendations row (FINAL: the ReplacingMergeTree keeps the newest
+    ``created_at`` per store x SKU x as_of_date) with reorder_needed = 1 and as_of_date in
+    [as_of - lead_time_days, as_of): strictly earlier nights, so a re-run of night ``as_of`` never counts its own
+    rows and gives the same result. Orders older than the lead time are taken as received or lost. Receipts:
+    fact_inventory.units_received (the day's RESTOCK units, the source of the nightly stock) on the days after
+    the oldest such order up to ``as_of``, netted first in first out (:func:`ml.optimize.open_orders`: a
+    receipt fills the oldest order placed before its day; no order below 0).
+
+    Args: client (ClickHouse), db (database), as_of (the night's as_of_date, the forecast origin),
+    lead_time_days (days >= 0; 0 = nothing on order).
+    Returns:
+        DataFrame store_id, product_id, on_order (units > 0 or 0), one row per store x SKU with an open order.
+    """
+    from ml.optimize import open_orders
+
+    t, lt = as_of.isoformat(), int(lead_time_days)
+    orders = client.query_df(f"""
+        SELECT store_id, product_id, as_of_date, reorder_qty
+        FROM {db}.reorder_recommendations FINAL
+        WHERE reorder_needed = 1 AND reorder_qty > 0
+          AND as_of_date >= toDate('{t}') - {lt} AND as_of_date < toDate('{t}')""")
+    if orders.empty:
+        return open_orders(orders, orders)   # no order: an empty frame, no receipt looked up
+    first = int(pd.Timestamp(orders["as_of_date"].min()).strftime("%Y%m%d"))
+    receipts = client.query_df(f"""
+        SELECT s.store_id AS store_id, p.sku AS product_id, toDate(toString(i.date_key)) AS date,
+               toFloat64(i.units_received) AS units_received
+        FROM {db}.fact_inventory AS i
+        INNER JOIN (SELECT store_key, store_id FROM {db}.dim_store FINAL) AS s ON i.store_key = s.store_key
+        INNER JOIN (SELECT product_key, sku FROM {db}.dim_product FINAL) AS p ON i.product_key = p.product_key
+        WHERE i.date_key > {first} AND i.date_key <= {int(as_of.strftime('%Y%m%d'))} AND i.units_received > 0""")
+    if receipts.empty:
+        receipts = pd.DataFrame(columns=["store_id", "product_id", "date", "units_received"])
+    return open_orders(orders, receipts)
+
+
+def optimise_stock(run_date: dt.date, settings=None) -> dict:
+    """Task ``optimise_stock``: forecasts + closing stock + what is on order + product master ->
+    reorder_recommendations (:func:`ml.optimize.recommend`, settings SERVICE_LEVEL, LEAD_TIME_DAYS, ORDER_COST,
+    HOLDING_COST_RATE, ORDER_MAX_COVER_DAYS, ORDER_COUNT_OPEN_RECOMMENDATIONS).
+
+    On order (ORDER_COUNT_OPEN_RECOMMENDATIONS true, the default): the platform's own recommendations of the
+    LEAD_TIME_DAYS nights before are taken as placed orders, less the RESTOCK receipts since
+    (:func:`load_open_orders`); the inventory position is stock + on_order. Each row stores on_order and
+    order_bound (the rule that set reorder_qty, :func:`ml.optimize.order_terms`).
     Series without an inventory record are skipped (counted in the result; their forecasts stay in
     forecast_predictions). A missing unit cost falls back to the list unit price for the holding cost.
     """
@@ -660,6 +704,11 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     m["unit_cost"] = m["unit_cost"].where(m["unit_cost"] > 0, m["unit_price"])
     no_cost = ~(m["unit_cost"] > 0)
     m = m[~no_cost].copy()
+    m["on_order"] = 0.0
+    if s.order_count_open_recommendations:
+        oo = load_open_orders(client, db, origin, s.lead_time_days)
+        m = m.drop(columns="on_order").merge(oo, on=["store_id", "product_id"], how="left")
+        m["on_order"] = m["on_order"].fillna(0.0).astype("float64")
     for c in ("storage_capacity", "shelf_life_days", "unit_cost"):
         m[c] = pd.to_numeric(m[c], errors="coerce").astype("float64")
     rec = recommend(m, lead_time_days=s.lead_time_days, service_level=s.service_level, order_cost=s.order_cost,
@@ -676,10 +725,12 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
         "storage_capacity": rec["storage_capacity"].astype(object).where(rec["storage_capacity"].notna(), None),
         "shelf_life_days": rec["shelf_life_days"].astype(object).where(rec["shelf_life_days"].notna(), None),
         "unit_cost": rec["unit_cost"], "model_version": int(p["model_version"].iloc[0]), "run_date": run_date,
-        "created_at": _now()})
+        "created_at": _now(), "on_order": rec["on_order"].astype(float), "order_bound": rec["order_bound"].astype(str)})
     client.insert_df(f"{db}.reorder_recommendations", out)
     return {"rows": int(len(out)), "skipped_no_inventory": int(skipped), "skipped_no_cost": int(no_cost.sum()),
-            "risk": out["stockout_risk"].value_counts().to_dict(), "reorders": int(out["reorder_needed"].sum())}
+            "risk": out["stockout_risk"].value_counts().to_dict(), "reorders": int(out["reorder_needed"].sum()),
+            "on_order_units": float(out["on_order"].sum()),
+            "order_bound": out["order_bound"].value_counts().to_dict()}
 
 
 def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> dict:

@@ -571,7 +571,8 @@ def load_chain(client, db: str, size: ChainSize, end_day: dt.date, collect: bool
         "days_until_stockout": np.minimum(999.0, np.round(np.clip(stock, 0, None) / np.maximum(mean_d, 1e-9), 2)),
         "stockout_risk": np.where(stock <= mean_d * 2, RISK_HIGH, np.where(stock <= rp, RISK_MEDIUM, RISK_LOW)),
         "storage_capacity": None, "shelf_life_days": None, "unit_cost": cost[np.arange(n_series) % n_sk],
-        "model_version": np.uint32(1), "run_date": end_day, "created_at": now}))
+        "model_version": np.uint32(1), "run_date": end_day, "created_at": now, "on_order": 0.0,
+        "order_bound": np.where(need == 1, "eoq", "none")}))
     adi = np.round(rng.uniform(1.0, 4.0, n_series), 3)
     cv2 = np.round(rng.uniform(0.1, 1.0, n_series), 3)
     cls = np.where(adi < 1.32, np.where(cv2 < 0.49, "smooth", "erratic"), np.where(cv2 < 0.49, "intermittent", "lumpy"))

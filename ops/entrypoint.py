@@ -69,7 +69,7 @@ GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
     "dashboard": ("dashboard_",),
     "airflow": ("airflow_",),   # airflow_port is NATIVE_ONLY: AIRFLOW_CLICKHOUSE_POOL_SLOTS (airflow-init)
     "batch": ("etl_", "training_", "predictions_", "store_country_", "service_level", "lead_time_",
-              "weather_", "order_cost", "order_max_cover_", "holding_cost_", "forecast_"),
+              "weather_", "order_cost", "order_max_cover_", "order_count_open_", "holding_cost_", "forecast_"),
 }
 
 

@@ -332,17 +332,21 @@ def test_forecast_accuracy_and_latest_filters_match_pandas(bi):
 
     rcols = ["as_of_date", "store_id", "product_id", "stock", "mean_daily_demand", "sigma_daily", "lead_time_days",
              "service_level", "safety_stock", "reorder_point", "eoq", "reorder_qty", "reorder_needed",
-             "days_until_stockout", "stockout_risk", "unit_cost", "model_version", "run_date", "created_at"]
+             "days_until_stockout", "stockout_risk", "unit_cost", "model_version", "run_date", "created_at",
+             "on_order", "order_bound"]
     client.insert("reorder_recommendations", [
         [origin_old, "S1", "A", 5.0, 2.0, 1.0, 3.0, 0.95, 2.85, 8.85, 20.0, 30.0, 1, 2.5, "HIGH", 1.5, 3, origin_old,
-         dt.datetime(2026, 4, 2, tzinfo=UTC)],
+         dt.datetime(2026, 4, 2, tzinfo=UTC), 0.0, "rop_gap"],
         [origin_new, "S1", "A", 40.0, 2.0, 1.0, 3.0, 0.95, 2.85, 8.85, 20.0, 0.0, 0, 20.0, "LOW", 1.5, 3, origin_new,
-         dt.datetime(2026, 4, 9, tzinfo=UTC)],
+         dt.datetime(2026, 4, 9, tzinfo=UTC), 30.0, "none"],
         [origin_new, "S1", "B", 3.0, 4.0, 2.0, 3.0, 0.95, 5.7, 17.7, 20.0, 25.0, 1, 0.75, "HIGH", 2.0, 3, origin_new,
-         dt.datetime(2026, 4, 9, tzinfo=UTC)]], column_names=rcols, database=db)
-    ro = q(client, f"SELECT product_id, reorder_value FROM {db}.v_reorder_latest ORDER BY product_id")
+         dt.datetime(2026, 4, 9, tzinfo=UTC), 0.0, "capacity"]], column_names=rcols, database=db)
+    ro = q(client, f"SELECT product_id, reorder_value, on_order, order_bound FROM {db}.v_reorder_latest "
+                   "ORDER BY product_id")
     assert ro["product_id"].tolist() == ["A", "B"]
     assert ro["reorder_value"].tolist() == [0.0, 50.0]
+    # what is on order and the rule that set the quantity (migration 094; the view lacked both until 2026-12-07)
+    assert ro["on_order"].tolist() == [30.0, 0.0] and ro["order_bound"].tolist() == ["none", "capacity"]
 
 
 def test_model_metrics_carry_the_champion_flag(bi):

@@ -237,6 +237,18 @@ def test_inventory_analyst_page_shows_forecasts_and_the_reorder_plan(dashboard, 
     assert value(m["Recommended reorder units"]) == pytest.approx(round(need["reorder_qty"].sum()), abs=0.5)
     from selenium.webdriver.common.by import By
 
+    # the reorder table shows what each quantity counted as on order and the rule that set it (since 2026-12-07)
+    deadline, shown, grids = time.time() + 60, [], []
+    while time.time() < deadline and not shown:
+        grids = browser.execute_script(_GRIDS_JS)
+        shown = [g for g in grids if g and "order_bound" in g[0]]
+        time.sleep(0.5)
+    assert shown, [g[0] for g in grids if g]
+    head = shown[0][0]
+    assert {"stock", "on_order", "reorder_point", "reorder_qty", "order_bound"} <= set(head)
+    bounds = {r[head.index("order_bound")] for r in shown[0][1:] if len(r) == len(head)}
+    assert bounds and bounds <= {"eoq", "none"}, bounds   # the chain's rows (ops.bench_bi.load_chain)
+
     assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), "the forecast fan chart is missing"
 
 

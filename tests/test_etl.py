@@ -130,8 +130,11 @@ def test_closing_stock_last_update_and_carry_forward():
     assert c.loc[("S1", "P1"), "closing_stock"] == 14       # the last update of the day wins
     assert c.loc[("S1", "P1"), "reorder_point"] == 5        # the last non-null reorder point
     assert math.isnan(c.loc[("S2", "P1"), "reorder_point"])
+    # units received: the day's RESTOCK quantity_change (a receipt, 10), none for S2 (the nightly plan's on order)
+    assert c["units_received"].to_dict() == {("S1", "P1"): 10, ("S2", "P1"): 0}
     today = pd.DataFrame({"store_key": [1, 2], "product_key": [10, 10], "closing_stock": [14, 7],
-                          "last_update_time": [ts(15), ts(11)], "reorder_point": [5.0, np.nan]})
+                          "last_update_time": [ts(15), ts(11)], "reorder_point": [5.0, np.nan],
+                          "units_received": [10, 0]})
     prev = pd.DataFrame({"store_key": [2, 3], "product_key": [10, 10], "closing_stock": [9, 3],
                          "last_update_time": [ts(8), ts(8)], "reorder_point": [6.0, 2.0]})
     out = etl.carry_forward(today, prev).set_index(["store_key", "product_key"])
@@ -139,6 +142,7 @@ def test_closing_stock_last_update_and_carry_forward():
     assert out.loc[(2, 10), "closing_stock"] == 7 and out.loc[(2, 10), "is_carried_forward"] == 0
     assert out.loc[(2, 10), "reorder_point"] == 6.0        # kept from the previous snapshot
     assert out.loc[(3, 10), "closing_stock"] == 3 and out.loc[(3, 10), "is_carried_forward"] == 1
+    assert out["units_received"].to_dict() == {(1, 10): 10, (2, 10): 0, (3, 10): 0}   # carried forward: nothing came
 
 
 def test_safety_stock_hand_computed():

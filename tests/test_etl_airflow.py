@@ -144,7 +144,7 @@ def table_fingerprint(client, db: str) -> dict:
     fp = {}
     for t, cols, final in (("fact_sales", "sum(quantity), sum(revenue), sum(cost), sum(profit), sum(is_return)", ""),
                            ("fact_inventory", "sum(closing_stock), sum(reorder_point), sum(safety_stock), "
-                                              "sum(is_carried_forward), sum(units_sold)", ""),
+                                              "sum(is_carried_forward), sum(units_sold), sum(units_received)", ""),
                            ("dim_product", "sum(product_key % 1000003), sum(unit_cost), sum(is_known)", "FINAL"),
                            ("dim_store", "sum(store_key % 1000003), sum(is_known)", "FINAL"),
                            ("dim_date", "sum(date_key), sum(is_holiday), sum(length(holiday_countries))", "FINAL")):
@@ -411,21 +411,27 @@ def test_rerun_with_a_late_inventory_update_rebuilds_the_later_days(etl_dag, lan
     late = inv1.head(1).copy()
     late[["inventory_id", "store_id", "product_id"]] = ["inv-late-1", key[0], key[1]]
     late["new_quantity"], late["quantity_change"] = old + 1234, 1234
+    late["reason"] = "RESTOCK"   # a receipt: fact_inventory.units_received (since 2026-12-07, migration 093)
+    mine = inv1[(inv1.store_id == key[0]) & (inv1.product_id == key[1])]
+    received = int(mine.loc[mine["reason"] == "RESTOCK", "quantity_change"].sum())
     late["timestamp"] = pd.Timestamp(f"{DAY1} 23:30", tz="UTC")
     late["kafka_offset"] = 10**9
     path = (lake.settings.lake_raw_bucket, "inventory_update/year=2011/month=08/day=24/batch-97.parquet")
     sk, pk = etl.surrogate_key(key[0]), etl.surrogate_key(key[1])
 
     def stock() -> dict:
-        df = star(client, db, f"SELECT date_key, closing_stock, is_carried_forward FROM {{db}}.fact_inventory "
-                              f"WHERE store_key = {sk} AND product_key = {pk} ORDER BY date_key")
-        return {int(r.date_key): (int(r.closing_stock), int(r.is_carried_forward)) for r in df.itertuples()}
+        df = star(client, db, f"SELECT date_key, closing_stock, is_carried_forward, units_received "
+                              f"FROM {{db}}.fact_inventory WHERE store_key = {sk} AND product_key = {pk} ORDER BY date_key")
+        return {int(r.date_key): (int(r.closing_stock), int(r.is_carried_forward), int(r.units_received))
+                for r in df.itertuples()}
 
-    assert stock() == {20110824: (old, 0), 20110825: (old, 1), 20110826: (old, 1)}
+    assert stock() == {20110824: (old, 0, received), 20110825: (old, 1, 0), 20110826: (old, 1, 0)}
     lake.write_table(pa.Table.from_pandas(late[INV_SCHEMA.names], schema=INV_SCHEMA, preserve_index=False), *path)
     try:
         assert run(etl_dag, DAY1)[1]
-        assert stock() == {20110824: (old + 1234, 0), 20110825: (old + 1234, 1), 20110826: (old + 1234, 1)}
+        # the late receipt counts on its day only (carried days received nothing)
+        assert stock() == {20110824: (old + 1234, 0, received + 1234), 20110825: (old + 1234, 1, 0),
+                           20110826: (old + 1234, 1, 0)}
         cascaded = table_fingerprint(client, db)["fact_inventory"]
         # the same partitions built in date order, each day loaded after the one before it
         for d in (DAY2, DAY3):
@@ -435,7 +441,7 @@ def test_rerun_with_a_late_inventory_update_rebuilds_the_later_days(etl_dag, lan
     finally:
         lake.fs.delete_file(lake.path(*path))
     assert run(etl_dag, DAY1)[1]   # the late file gone: the stock of every day is back
-    assert stock() == {20110824: (old, 0), 20110825: (old, 1), 20110826: (old, 1)}
+    assert stock() == {20110824: (old, 0, received), 20110825: (old, 1, 0), 20110826: (old, 1, 0)}
 
 
 # ------------------------------------------------------------- small scenarios in a fresh database --

@@ -83,8 +83,10 @@ def make_day(seed: int = 11):
         st, sk = stores[int(rng.integers(0, 6))], skus[int(rng.integers(0, 40))]
         ts = base + dt.timedelta(minutes=int(rng.integers(0, 1440)))   # minute grain: ties in event time
         offset += 1
-        inv.append({"inventory_id": f"V{i:05d}", "store_id": st, "product_id": sk, "quantity_change": -1,
-                    "new_quantity": int(rng.integers(0, 500)), "reason": "SALE",
+        restock = i % 7 == 0   # every 7th a receipt of 1..40 units (fact_inventory.units_received)
+        inv.append({"inventory_id": f"V{i:05d}", "store_id": st, "product_id": sk,
+                    "quantity_change": 1 + i % 40 if restock else -1,
+                    "new_quantity": int(rng.integers(0, 500)), "reason": "RESTOCK" if restock else "SALE",
                     "reorder_point": None if rng.random() < 0.5 else int(rng.integers(5, 50)), "timestamp": ts,
                     "ingested_at": ts + dt.timedelta(seconds=1), "kafka_partition": 0, "kafka_offset": offset})
     inv_replay = [{**r, "new_quantity": 9999, "ingested_at": r["ingested_at"] + dt.timedelta(hours=2),
@@ -133,7 +135,9 @@ def expected(sales, replay, inv, inv_replay, products):
         k = (key(r["store_id"]), key(r["product_id"]))
         prev = closing.get(k, {})
         closing[k] = {"closing_stock": r["new_quantity"], "last_update_time": r["timestamp"],
-                      "reorder_point": r["reorder_point"] if r["reorder_point"] is not None else prev.get("reorder_point")}
+                      "reorder_point": r["reorder_point"] if r["reorder_point"] is not None else prev.get("reorder_point"),
+                      "units_received": prev.get("units_received", 0)
+                      + (r["quantity_change"] if r["reason"] == "RESTOCK" else 0)}
     return lines, daily, closing, len(sales) + len(replay) - len(first)
 
 
@@ -191,6 +195,8 @@ def test_spark_facts_equal_an_independent_computation(local_lake, spark):
         assert r.closing_stock == e["closing_stock"] != 9999
         assert pd.Timestamp(r.last_update_time) == pd.Timestamp(e["last_update_time"])
         assert (pd.isna(r.reorder_point) and e["reorder_point"] is None) or r.reorder_point == e["reorder_point"]
+        assert r.units_received == e["units_received"]
+    assert c["units_received"].sum() == sum(e["units_received"] for e in closing.values()) > 0
 
     # dimensions: reference rows + placeholders for what the events name without master data
     p = staged(local_lake, "dim_product").set_index("sku")

@@ -337,7 +337,7 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert {"class_agreement", "slow_flag_agreement"} <= set(ev["metric"])
 
     # ORDER_MAX_COVER_DAYS reaches optimise_stock: re-run at 1 day of cover (same as_of_date: the rows are replaced),
-    # no order above max(ceil(ROP - IP), floor(d_bar * 1 - IP)) (IP = stock: the task has nothing on order), while
+    # no order above max(ceil(ROP - IP), floor(d_bar * 1 - IP)) (IP = stock: no night before DAY, nothing on order), while
     # the default run (180 days) ordered more than that for some rows (before 2026-12-07 the task passed no cap)
     from ml.pipeline import optimise_stock
 
@@ -352,3 +352,85 @@ def test_training_and_predictions_dags_end_to_end(ml_dags, native_stack):
     assert (r1["reorder_qty"] <= cover_bound(r1)).all()
     assert ((r1["reorder_qty"] > 0) == (r1["reorder_needed"] == 1)).all()
     optimise_stock(DAY, native_stack)   # back to the settings' run
+
+
+# ------------------------------------------------------------------------- orders on order ----
+OO_DAY = dt.date(2024, 9, 2)   # after DAY's rows: the nights below are this store's only ones
+
+
+def _write_forecast(native_stack, origin: dt.date, yhat: float = 10.0) -> None:
+    """The lake's latest predictions as the predict job writes them: one series (OO-1, OO-A), H days of yhat
+    units/day with an 80 % interval yhat -/+ 2 (sigma_d = 4 / (2 x 1.2816) = 1.5606 units/day)."""
+    from core.lake import Lake
+    from ml.forecast import MODEL_PREFIX
+
+    f = pd.DataFrame({"forecast_origin": origin, "target_date": [origin + dt.timedelta(days=h) for h in range(1, H + 1)],
+                      "horizon": range(1, H + 1), "store_id": "OO-1", "product_id": "OO-A", "yhat": yhat,
+                      "lower80": yhat - 2, "upper80": yhat + 2, "lower95": yhat - 3, "upper95": yhat + 3,
+                      "model_version": 1})
+    lake = Lake(native_stack)
+    lake.write_table(pa.Table.from_pandas(f, preserve_index=False), native_stack.lake_models_bucket, MODEL_PREFIX,
+                     "predictions", "latest.parquet")
+
+
+@pytest.mark.integration
+def test_optimise_stock_counts_what_is_on_order(native_stack):
+    """Night 1 recommends Q; night 2, nothing received, counts Q on order and recommends nothing (it recommended
+    Q again until 2026-12-07: the task passed no stock on order); a RESTOCK receipt of 200 on night 3 leaves
+    Q - 200 on order. Re-running a night gives the same rows (its own rows are never on order), and each row
+    says which rule set its quantity (order_bound)."""
+    from core.clickhouse import get_client
+    from ml.pipeline import optimise_stock
+
+    client, db = get_client(native_stack), native_stack.clickhouse_database
+    assert native_stack.lead_time_days == 3 and native_stack.order_count_open_recommendations
+    client.insert(f"{db}.dim_store", [[21, "OO-1", "OO-1", "City", "United Kingdom", "GB", "EU", 1]],
+                  column_names=["store_key", "store_id", "store_name", "city", "country", "country_code", "region",
+                                "is_known"])
+    client.insert(f"{db}.dim_product", [[201, "OO-A", "OO-A", "food", "dry", "b", "sup", 2.0, 4.0, 365, 10, 300, 1]],
+                  column_names=["product_key", "sku", "product_name", "category", "sub_category", "brand", "supplier",
+                                "unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity",
+                                "is_known"])
+
+    def night(day: dt.date, stock: int, received: int, settings=native_stack) -> pd.Series:
+        client.command(f"ALTER TABLE {db}.fact_inventory DELETE WHERE date_key = {int(day.strftime('%Y%m%d'))} "
+                       "AND store_key = 21 SETTINGS mutations_sync = 1")
+        client.insert(f"{db}.fact_inventory", [[int(day.strftime("%Y%m%d")), 21, 201, stock, 0, 0, 0, received]],
+                      column_names=["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward",
+                                    "units_sold", "units_returned", "units_received"])
+        _write_forecast(native_stack, day)
+        optimise_stock(day, settings)
+        r = client.query_df(f"SELECT * FROM {db}.reorder_recommendations FINAL WHERE store_id = 'OO-1' "
+                            f"AND as_of_date = '{day}'")
+        assert len(r) == 1
+        return r.iloc[0]
+
+    # night 1, stock 5: d 10/day, SS = 1.6449 x 1.5606 x sqrt(3) = 4.45, ROP = 30 + 4.45 = 34.45 >= IP 5;
+    # EOQ sqrt(2 x 3650 x 50 / (0.25 x 2)) = 854.4 -> 855, storage capacity 300 - 5 = 295 binds
+    n1 = night(OO_DAY, stock=5, received=0)
+    assert n1["reorder_point"] == pytest.approx(34.446, abs=1e-3) and n1["eoq"] == pytest.approx(854.4, abs=0.1)
+    assert (n1["on_order"], n1["reorder_qty"], n1["order_bound"]) == (0.0, 295.0, "capacity")
+    # night 2, nothing received: the 295 are on order, IP 300 > ROP -> nothing to order
+    n2 = night(OO_DAY + dt.timedelta(days=1), stock=5, received=0)
+    assert (n2["on_order"], n2["reorder_qty"], n2["reorder_needed"], n2["order_bound"]) == (295.0, 0.0, 0, "none")
+    # re-run of night 2: the same (night 2's own row is not on order); re-run of night 1: nothing before it
+    assert night(OO_DAY + dt.timedelta(days=1), stock=5, received=0)[["on_order", "reorder_qty"]].tolist() == [295.0, 0.0]
+    assert night(OO_DAY, stock=5, received=0)[["on_order", "reorder_qty"]].tolist() == [0.0, 295.0]
+    # ORDER_COUNT_OPEN_RECOMMENDATIONS=false: nothing on order, the 295 are recommended again (the old behaviour)
+    off = night(OO_DAY + dt.timedelta(days=1), stock=5, received=0,
+                settings=native_stack.model_copy(update={"order_count_open_recommendations": False}))
+    assert (off["on_order"], off["reorder_qty"]) == (0.0, 295.0)
+    night(OO_DAY + dt.timedelta(days=1), stock=5, received=0)   # back to the default: night 2 orders nothing
+    # night 3: 200 of the 295 received (RESTOCK, fact_inventory.units_received), stock 5 + 200 - 20 sold = 185:
+    # 95 still on order, IP 280 > ROP -> nothing to order
+    n3 = night(OO_DAY + dt.timedelta(days=2), stock=185, received=200)
+    assert (n3["on_order"], n3["reorder_qty"], n3["order_bound"]) == (95.0, 0.0, "none")
+    # the BI view shows the latest night's on order and bound
+    v = client.query_df(f"SELECT on_order, order_bound, reorder_qty FROM {db}.v_reorder_latest WHERE store_id = 'OO-1'")
+    assert v.iloc[0].tolist() == [95.0, "none", 0.0]
+    # night 4: night 1's order is 3 days back, still within LEAD_TIME_DAYS: 95 on order. Night 5: 4 days back,
+    # taken as received or lost: nothing on order; stock 20 <= ROP 34.45 -> ordered, capacity 300 - 20 = 280
+    n4 = night(OO_DAY + dt.timedelta(days=3), stock=175, received=0)
+    assert n4["on_order"] == 95.0
+    n6 = night(OO_DAY + dt.timedelta(days=4), stock=20, received=0)
+    assert (n6["on_order"], n6["reorder_qty"], n6["order_bound"]) == (0.0, 280.0, "capacity")

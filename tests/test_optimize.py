@@ -264,3 +264,67 @@ def test_an_unknown_demand_sets_no_cover_cap():
     q = opt.order_quantity(np.array([0.0, 0.0]), 0, np.array([5.0, 5.0]), np.array([10.0, 10.0]),
                            np.array([np.nan, 0.1]), max_cover_days=180)
     assert q.tolist() == [10.0, 10.0]
+
+
+def test_order_bound_names_the_rule_that_set_the_quantity():
+    # the hand-computed example (ROP 96.44854, EOQ 604.1523, d 20/day), one row per rule:
+    rop, e = 96.44854, 604.1523
+    cases = [
+        # IP = 60 + 40 = 100 > ROP -> nothing ordered
+        ((60, 40, rop, e, D), {}, 0.0, "none"),
+        # IP 60 <= ROP, EOQ 604.15 >= ROP - IP = 36.45 -> ceil(604.15) = 605, no bound given
+        ((60, 0, rop, e, D), {}, 605.0, "eoq"),
+        # EOQ 10 < ROP - IP = 96.45 -> ceil(96.45) = 97
+        ((0, 0, rop, 10.0, D), {}, 97.0, "rop_gap"),
+        # 30 days of cover: max(ceil(96.45 - 60), floor(20 * 30 - 60)) = max(37, 540) = 540 < 605
+        ((60, 0, rop, e, D), {"max_cover_days": 30}, 540.0, "cover_cap"),
+        # capacity 500 - 60 = 440 < 540 (cover cap applied first)
+        ((60, 0, rop, e, D), {"max_cover_days": 30, "storage_capacity": 500}, 440.0, "capacity"),
+        # shelf life 14 days: 20 * 14 - 60 = 220 < 440
+        ((60, 0, rop, e, D), {"max_cover_days": 30, "storage_capacity": 500, "shelf_life_days": 14}, 220.0,
+         "shelf_life"),
+        # capacity already full (50 - 60 < 0): the bound leaves no room, quantity 0, the bound named
+        ((60, 0, rop, e, D), {"storage_capacity": 50}, 0.0, "capacity"),
+        # a bound equal to the quantity does not take over: capacity 60 + 605 = 665 -> 605 stays 'eoq'
+        ((60, 0, rop, e, D), {"storage_capacity": 665}, 605.0, "eoq"),
+        # dead SKU: ROP 0, EOQ 0, IP 0 -> nothing needed
+        ((0, 0, 0.0, 0.0, 0.0), {}, 0.0, "none"),
+    ]
+    for args, kw, qty, bound in cases:
+        assert opt.order_quantity(*args, **kw) == qty, (args, kw)
+        assert opt.order_bound(*args, **kw) == bound, (args, kw)
+    # vectorized: the same rows at once give the same answers
+    a = [np.array([c[0][i] for c in cases[:4]], dtype=float) for i in range(5)]
+    q, b = opt.order_terms(*a, max_cover_days=np.array([np.nan, np.nan, np.nan, 30.0]))
+    assert q.tolist() == [0.0, 605.0, 97.0, 540.0] and b.tolist() == ["none", "eoq", "rop_gap", "cover_cap"]
+    assert set(b) <= set(opt.ORDER_BOUNDS)
+
+
+def test_recommend_reports_the_order_bound():
+    # test_recommend_passes_the_cover_cap's row: uncapped 159 = EOQ; capped at 180 days: 7 = cover cap
+    inp = pd.DataFrame([{"store_id": "BE", "product_id": "21703", "stock": 0.0, "mean_demand": 0.043,
+                         "sigma_d": 0.2, "unit_cost": 0.25}])
+    kw = dict(lead_time_days=L, service_level=SL, order_cost=50.0, holding_cost_rate=0.25)
+    assert opt.recommend(inp, **kw)["order_bound"].tolist() == ["eoq"]
+    assert opt.recommend(inp, max_cover_days=180, **kw)["order_bound"].tolist() == ["cover_cap"]
+    # 159 on order: IP 159 > ROP 0.83 -> none
+    assert opt.recommend(inp.assign(on_order=159.0), **kw)["order_bound"].tolist() == ["none"]
+
+
+def test_open_orders_fifo_by_hand():
+    day = pd.Timestamp
+    orders = pd.DataFrame({"store_id": ["S", "S", "S", "T"], "product_id": ["A", "A", "A", "B"],
+                           "as_of_date": [day("2024-07-01"), day("2024-07-02"), day("2024-07-03"), day("2024-07-02")],
+                           "reorder_qty": [100.0, 50.0, 30.0, 20.0]})
+    receipts = pd.DataFrame({"store_id": ["S", "S", "S", "S", "T"], "product_id": ["A", "A", "A", "A", "B"],
+                             "date": [day("2024-07-01"), day("2024-07-02"), day("2024-07-03"), day("2024-07-04"),
+                                      day("2024-07-02")],
+                             "units_received": [500.0, 120.0, 10.0, 5.0, 20.0]})
+    got = opt.open_orders(orders, receipts).set_index(["store_id", "product_id"])["on_order"]
+    # S|A: the 07-01 receipt (500) is in the stock of the night of order 1: fills nothing.
+    #      07-02: 120 fills order 1 (100 -> 0); the other 20 cannot belong to order 2 (placed 07-02): discarded.
+    #      07-03: 10 fills order 2 (50 -> 40); order 3 placed 07-03. 07-04: 5 fills order 2 (40 -> 35).
+    #      on order 0 + 35 + 30 = 65 (netting the total received after 07-01 instead: 180 - 135 = 45)
+    # T|B: its 07-02 receipt is on the order's own night: 20 still on order
+    assert got.to_dict() == {("S", "A"): 65.0, ("T", "B"): 20.0}
+    assert opt.open_orders(orders.iloc[:0], receipts).empty

@@ -59,6 +59,7 @@ def test_defaults_derive_from_state_dir(monkeypatch, tmp_path):
     ("ORDER_MAX_COVER_DAYS", "3651", "ORDER_MAX_COVER_DAYS"),
     ("ORDER_MAX_COVER_DAYS", "half-a-year", "ORDER_MAX_COVER_DAYS"),
     ("ORDER_MAX_COVER_DAYS", "3", "LEAD_TIME_DAYS (3)"),   # not above the default lead time: top-ups only
+    ("ORDER_COUNT_OPEN_RECOMMENDATIONS", "sometimes", "ORDER_COUNT_OPEN_RECOMMENDATIONS"),   # true or false
     ("SPARK_SHUFFLE_PARTITIONS", "0", "SPARK_SHUFFLE_PARTITIONS"),
     ("STREAM_TRIGGER_SECONDS", "0", "STREAM_TRIGGER_SECONDS"),
     ("FORECAST_GBT_MAX_ITER", "0", "FORECAST_GBT_MAX_ITER"),

@@ -152,14 +152,8 @@ SELECT model_name, toInt64(r.version) AS version, run_date, trained_at, path, ba
        is_champion, promoted_at
 FROM {db}.model_registry AS r FINAL;
 
--- stock optimisation of the latest run: safety stock, reorder point, quantity, days until stock-out
-CREATE OR REPLACE VIEW {db}.v_reorder_latest AS
-SELECT toInt64(toYYYYMMDD(as_of_date)) AS date_key, as_of_date, store_id, product_id, stock, mean_daily_demand,
-       sigma_daily, lead_time_days, service_level, safety_stock, reorder_point, eoq, reorder_qty, reorder_needed,
-       days_until_stockout, stockout_risk, reorder_qty * unit_cost AS reorder_value,
-       toInt64(r.model_version) AS model_version
-FROM {db}.reorder_recommendations AS r FINAL
-WHERE as_of_date = (SELECT max(as_of_date) FROM {db}.reorder_recommendations);
+-- v_reorder_latest (stock optimisation of the latest run) is defined in 094_reorder_on_order_bound.sql only: it
+-- shows on_order and order_bound, which 094 adds after this file on a fresh database
 
 CREATE OR REPLACE VIEW {db}.v_sku_classification_latest AS
 SELECT as_of_date, store_id, product_id, demand_class, adi, cv2, mean_daily_demand,
