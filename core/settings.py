@@ -320,8 +320,8 @@ class Settings(BaseSettings):
         default=True,
         description="true: the nightly reorder plan takes its own recommendations as placed orders: on order = the "
                     "units recommended on the LEAD_TIME_DAYS nights before (reorder_recommendations) less the "
-                    "RESTOCK units received since (fact_inventory.units_received, first in first out); older orders "
-                    "count as received or lost. false: nothing is on order (orders are placed elsewhere and the "
+                    "RESTOCK units received since (fact_inventory.units_received, first in first out over twice the lead "
+                    "time); older orders count as received or lost; only rows written with this setting true count. false: nothing is on order (orders are placed elsewhere and the "
                     "platform does not see them; an order not yet received is recommended again). true or false.")
     forecast_horizon: int = Field(default=14, ge=1, le=28, description="Forecast horizon in days (1..28): backtest, intervals and the batch predictions.")
     forecast_backtest_origins: int = Field(default=4, description="Rolling-origin backtest: number of forecast origins (FORECAST_ORIGIN_STEP_DAYS apart).")

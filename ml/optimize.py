@@ -207,18 +207,23 @@ def order_bound(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=N
     return str(b) if b.ndim == 0 else b
 
 
-def open_orders(orders: pd.DataFrame, receipts: pd.DataFrame) -> pd.DataFrame:
+def open_orders(orders: pd.DataFrame, receipts: pd.DataFrame, lead_time_days: int | None = None,
+                as_of=None) -> pd.DataFrame:
     """Units still on order per store x SKU: earlier orders less the receipts recorded after them, first in
     first out (pure).
 
-    Each receipt (a day's RESTOCK units) fills the oldest order placed strictly before its day that is not yet
-    full; what a receipt brings beyond the open orders placed before it is not carried to later orders (it
-    cannot belong to them), and no order falls below 0. The caller picks the orders still within the lead time
-    (older ones are taken as received or lost).
+    Each receipt (a day's RESTOCK units; a day whose total is <= 0 fills nothing) fills the oldest order placed
+    strictly before its day that is still open and not yet full; what a receipt brings beyond those orders is not
+    carried to later orders (it cannot belong to them), and no order falls below 0. With ``lead_time_days`` L an
+    order of night a is open on the days (a, a + L] only (older ones are taken as received or lost: a receipt
+    after a + L fills a newer order), and with ``as_of`` t only the orders of nights [t - L, t) are summed; the
+    caller passes the orders of [t - 2L, t), which holds every order a receipt of (t - L, t] could fill. Without
+    L every order is open and summed.
     Args:
         orders: store_id, product_id, as_of_date (the night the order was recommended), reorder_qty (units > 0).
         receipts: store_id, product_id, date (day received; a receipt on an order's own as_of_date is already in
             that night's stock and fills no order of that night), units_received (units).
+        lead_time_days: L (days >= 0) or None; as_of: the night t (date) the result is for, with L.
     Returns:
         DataFrame store_id, product_id, on_order (units >= 0), one row per store x SKU with an order.
     """
@@ -232,19 +237,23 @@ def open_orders(orders: pd.DataFrame, receipts: pd.DataFrame) -> pd.DataFrame:
     parts = [x[[*keys, "day", "kind", "units"]] for x in (o, r) if len(x)]
     ev = pd.concat(parts, ignore_index=True)
     ev = ev.sort_values([*keys, "day", "kind"], kind="stable")   # a day's receipts before its orders
+    lead = None if lead_time_days is None else pd.Timedelta(days=int(lead_time_days))
+    first = None if lead is None or as_of is None else pd.Timestamp(as_of) - lead
     out = []
     for key, g in ev.groupby(keys, sort=True):
-        queue: list[float] = []
-        for kind, units in zip(g["kind"].to_numpy(), g["units"].to_numpy()):
+        queue: list[list] = []   # [day placed, units open]
+        for kind, day, units in zip(g["kind"].to_numpy(), g["day"], g["units"].to_numpy()):
             if kind == 1:
-                queue.append(units)
+                queue.append([day, units])
                 continue
-            for i, open_units in enumerate(queue):
-                take = min(open_units, units)
-                queue[i], units = open_units - take, units - take
+            for o in queue:
+                if lead is not None and o[0] + lead < day:
+                    continue   # due before this receipt: taken as received or lost
+                take = min(o[1], units)
+                o[1], units = o[1] - take, units - take
                 if units <= 0:
                     break
-        out.append((*key, float(sum(queue))))
+        out.append((*key, float(sum(u for d, u in queue if first is None or d >= first))))
     return pd.DataFrame(out, columns=[*keys, "on_order"])
 
 

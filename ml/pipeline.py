@@ -643,12 +643,16 @@ def load_open_orders(client, db: str, as_of: dt.date, lead_time_days: int) -> pd
     orders.
 
     Orders: each store x SKU's latest reorder_recommendations row (FINAL: the ReplacingMergeTree keeps the newest
-    ``created_at`` per store x SKU x as_of_date) with reorder_needed = 1 and as_of_date in
-    [as_of - lead_time_days, as_of): strictly earlier nights, so a re-run of night ``as_of`` never counts its own
-    rows and gives the same result. Orders older than the lead time are taken as received or lost. Receipts:
-    fact_inventory.units_received (the day's RESTOCK units, the source of the nightly stock) on the days after
-    the oldest such order up to ``as_of``, netted first in first out (:func:`ml.optimize.open_orders`: a
-    receipt fills the oldest order placed before its day; no order below 0).
+    ``created_at`` per store x SKU x as_of_date) with reorder_needed = 1, written with
+    ORDER_COUNT_OPEN_RECOMMENDATIONS true (counts_on_order = 1: rows written with the setting off, whose
+    recommendation repeats every night, or before migration 095 are no placed orders) and as_of_date in
+    [as_of - 2 x lead_time_days, as_of): strictly earlier nights, so a re-run of night ``as_of`` never counts its
+    own rows and gives the same result. Receipts: fact_inventory.units_received (the day's RESTOCK units, the
+    source of the nightly stock) on the days after the oldest such order up to ``as_of``, netted first in first
+    out (:func:`ml.optimize.open_orders`: a receipt fills the oldest order placed before its day and due no
+    earlier than it; no order below 0). Only the orders of [as_of - lead_time_days, as_of) are summed; older
+    ones are taken as received or lost, and the lookback of twice the lead time keeps a receipt that filled one
+    of them from filling a newer order again.
 
     Args: client (ClickHouse), db (database), as_of (the night's as_of_date, the forecast origin),
     lead_time_days (days >= 0; 0 = nothing on order).
@@ -661,8 +665,8 @@ def load_open_orders(client, db: str, as_of: dt.date, lead_time_days: int) -> pd
     orders = client.query_df(f"""
         SELECT store_id, product_id, as_of_date, reorder_qty
         FROM {db}.reorder_recommendations FINAL
-        WHERE reorder_needed = 1 AND reorder_qty > 0
-          AND as_of_date >= toDate('{t}') - {lt} AND as_of_date < toDate('{t}')""")
+        WHERE reorder_needed = 1 AND reorder_qty > 0 AND counts_on_order = 1
+          AND as_of_date >= toDate('{t}') - {2 * lt} AND as_of_date < toDate('{t}')""")
     if orders.empty:
         return open_orders(orders, orders)   # no order: an empty frame, no receipt looked up
     first = int(pd.Timestamp(orders["as_of_date"].min()).strftime("%Y%m%d"))
@@ -675,7 +679,7 @@ def load_open_orders(client, db: str, as_of: dt.date, lead_time_days: int) -> pd
         WHERE i.date_key > {first} AND i.date_key <= {int(as_of.strftime('%Y%m%d'))} AND i.units_received > 0""")
     if receipts.empty:
         receipts = pd.DataFrame(columns=["store_id", "product_id", "date", "units_received"])
-    return open_orders(orders, receipts)
+    return open_orders(orders, receipts, lead_time_days=lt, as_of=as_of)
 
 
 def optimise_stock(run_date: dt.date, settings=None) -> dict:
@@ -725,7 +729,8 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
         "storage_capacity": rec["storage_capacity"].astype(object).where(rec["storage_capacity"].notna(), None),
         "shelf_life_days": rec["shelf_life_days"].astype(object).where(rec["shelf_life_days"].notna(), None),
         "unit_cost": rec["unit_cost"], "model_version": int(p["model_version"].iloc[0]), "run_date": run_date,
-        "created_at": _now(), "on_order": rec["on_order"].astype(float), "order_bound": rec["order_bound"].astype(str)})
+        "created_at": _now(), "on_order": rec["on_order"].astype(float), "order_bound": rec["order_bound"].astype(str),
+        "counts_on_order": int(bool(s.order_count_open_recommendations))})
     client.insert_df(f"{db}.reorder_recommendations", out)
     return {"rows": int(len(out)), "skipped_no_inventory": int(skipped), "skipped_no_cost": int(no_cost.sum()),
             "risk": out["stockout_risk"].value_counts().to_dict(), "reorders": int(out["reorder_needed"].sum()),

@@ -434,3 +434,40 @@ def test_optimise_stock_counts_what_is_on_order(native_stack):
     assert n4["on_order"] == 95.0
     n6 = night(OO_DAY + dt.timedelta(days=4), stock=20, received=0)
     assert (n6["on_order"], n6["reorder_qty"], n6["order_bound"]) == (0.0, 280.0, "capacity")
+
+
+@pytest.mark.integration
+def test_open_orders_net_receipts_over_twice_the_lead_time_and_only_placed_orders(native_stack):
+    """load_open_orders through the endpoint on rows written as the nightly task writes them (LEAD_TIME_DAYS 3).
+    Orders of store OO-2 x OO-B: night 1 100 units, night 3 50 (both written with ORDER_COUNT_OPEN_RECOMMENDATIONS
+    true); night 2 70 written with the setting off and night 0 90 written before migration 095 (counts_on_order 0:
+    a repeated recommendation, no placed order); 100 units received on day 4. At night 5 night 1's order is past
+    its lead time, and the day-4 receipt was its delivery: 50 on order (night 3's). Until the review of
+    2026-12-07 the loader read only [t - 3, t) and every row: nights 2 and 3 (120), the receipt netted against
+    them, 20 on order."""
+    from core.clickhouse import get_client
+    from ml.pipeline import load_open_orders
+
+    client, db = get_client(native_stack), native_stack.clickhouse_database
+    d = [OO_DAY + dt.timedelta(days=30 + i) for i in range(6)]   # nights 0..5, after the other test's nights
+    client.insert(f"{db}.dim_store", [[22, "OO-2", "OO-2", "City", "United Kingdom", "GB", "EU", 1]],
+                  column_names=["store_key", "store_id", "store_name", "city", "country", "country_code", "region",
+                                "is_known"])
+    client.insert(f"{db}.dim_product", [[202, "OO-B", "OO-B", "food", "dry", "b", "sup", 2.0, 4.0, 365, 10, 300, 1]],
+                  column_names=["product_key", "sku", "product_name", "category", "sub_category", "brand", "supplier",
+                                "unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity",
+                                "is_known"])
+    rows = [[d[0], 90.0, 0], [d[1], 100.0, 1], [d[2], 70.0, 0], [d[3], 50.0, 1]]
+    client.insert(f"{db}.reorder_recommendations",
+                  [[day, "OO-2", "OO-B", qty, 1, counts, "capacity"] for day, qty, counts in rows],
+                  column_names=["as_of_date", "store_id", "product_id", "reorder_qty", "reorder_needed",
+                                "counts_on_order", "order_bound"])
+    client.insert(f"{db}.fact_inventory", [[int(d[4].strftime("%Y%m%d")), 22, 202, 150, 0, 0, 0, 100]],
+                  column_names=["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward",
+                                "units_sold", "units_returned", "units_received"])
+    got = load_open_orders(client, db, d[5], 3).set_index(["store_id", "product_id"])["on_order"].to_dict()
+    assert got == {("OO-2", "OO-B"): 50.0}
+    # night 4: both placed orders within the lead time; the day-4 receipt is night 4's stock and fills night 1's
+    assert load_open_orders(client, db, d[4], 3)["on_order"].tolist() == [50.0]
+    # night 3: nothing received yet: 100 on order (night 3's own 50 is not before it)
+    assert load_open_orders(client, db, d[3], 3)["on_order"].tolist() == [100.0]

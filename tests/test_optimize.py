@@ -328,3 +328,22 @@ def test_open_orders_fifo_by_hand():
     # T|B: its 07-02 receipt is on the order's own night: 20 still on order
     assert got.to_dict() == {("S", "A"): 65.0, ("T", "B"): 20.0}
     assert opt.open_orders(orders.iloc[:0], receipts).empty
+
+
+def test_open_orders_a_receipt_fills_only_orders_still_open():
+    # L = 3: order 1 (07-01, 100) is open on 07-02 .. 07-04, order 2 (07-03, 50) on 07-04 .. 07-06.
+    day = pd.Timestamp
+    orders = pd.DataFrame({"store_id": "S", "product_id": "A", "as_of_date": [day("2024-07-01"), day("2024-07-03")],
+                           "reorder_qty": [100.0, 50.0]})
+    on_day4 = pd.DataFrame({"store_id": ["S"], "product_id": ["A"], "date": [day("2024-07-04")],
+                            "units_received": [100.0]})
+    # night 07-05: the 07-04 receipt delivered order 1 (due 07-04); order 1 is past its lead time, order 2 open: 50
+    # (summing the orders of [t - L, t) only and netting the receipt against them gives 0: order 2 ordered again)
+    got = opt.open_orders(orders, on_day4, lead_time_days=3, as_of=day("2024-07-05"))
+    assert got["on_order"].tolist() == [50.0]
+    # a receipt after order 1 is due (07-05) cannot be its delivery: it fills order 2; nothing summed from order 1
+    on_day5 = on_day4.assign(date=[day("2024-07-05")], units_received=[30.0])
+    assert opt.open_orders(orders, on_day5, lead_time_days=3, as_of=day("2024-07-05"))["on_order"].tolist() == [20.0]
+    # a day whose RESTOCK total is negative (a reversal) fills nothing
+    neg = on_day4.assign(units_received=[-40.0])
+    assert opt.open_orders(orders, neg, lead_time_days=3, as_of=day("2024-07-05"))["on_order"].tolist() == [50.0]
