@@ -257,6 +257,8 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     tm = getattr(producer, "_transaction_manager", None)
     if tm is None or tm.is_transactional():
         return
+    # the bound of the producer-id retry (_retry_init_producer_id_on_retriable_errors): this producer's own
+    tm._pid_retry_bound_s = producer.config["delivery_timeout_ms"] / 1000
     reset = tm.reset_producer_id
 
     def reset_and_reinit() -> None:
@@ -285,7 +287,16 @@ def _retry_init_producer_id_on_retriable_errors() -> None:
     client treats a timed-out request as a disconnection and retries it. Here ``InitProducerIdHandler.on_complete``
     hands such an error of a non-transactional producer to kafka-python's ``on_complete`` as a
     ``KafkaConnectionError`` (the original named in it); a transactional producer's requests keep kafka-python's
-    behaviour. Until the review of 2026-12-07 this was installed on each producer's transaction manager after
+    behaviour. The retry is bounded: once the producer's ``delivery_timeout_ms`` (set on its transaction manager by
+    :func:`reinit_after_producer_id_reset`; kafka-python's default, :data:`PRODUCER_DEFAULTS`, before that) has
+    passed since the first failure not followed by an answer, the error is left to kafka-python, which makes the
+    producer fatal: its sender then fails every buffered record with it (counted by their errbacks) and
+    :func:`renew_if_fatal` replaces it at the next record. Without that bound (until the review of 2026-12-07) a
+    broker whose ``InitProducerId`` always timed out held the records for good, neither delivered nor failed
+    (kafka-python expires batches only in the sender's data path, which does not run without a producer id), and
+    ``flush()`` without a timeout never returned (``tests/test_producers.py::
+    test_a_producer_id_request_that_keeps_timing_out_fails_the_producer_after_delivery_timeout_ms``).
+    Until the review of 2026-12-07 this was installed on each producer's transaction manager after
     ``KafkaProducer()`` returned, when its sender thread had already taken the first request (10 of 10 producers
     checked): a first request that timed out still made the producer fatal (``tests/test_producers.py::
     test_a_new_producers_first_producer_id_request_retries_a_timeout_instead_of_failing_for_good``). Idempotent: a
@@ -298,11 +309,24 @@ def _retry_init_producer_id_on_retriable_errors() -> None:
         return
 
     def on_complete(self, correlation_id, response_or_exc):
-        if (isinstance(response_or_exc, Errors.RetriableError)
+        tm = self.transaction_manager
+        if not isinstance(response_or_exc, BaseException):
+            tm._pid_failing_since = None   # an answer: a later failure starts a new bound
+        elif (isinstance(response_or_exc, Errors.RetriableError)
                 and not isinstance(response_or_exc, Errors.KafkaConnectionError)
-                and not self.transaction_manager.is_transactional()):
-            log.warning("kafka producer id request failed with %r: retried", response_or_exc)
-            response_or_exc = Errors.KafkaConnectionError(f"InitProducerId: {response_or_exc!r} (retried)")
+                and not tm.is_transactional()):
+            now = time.monotonic()
+            since = getattr(tm, "_pid_failing_since", None)
+            if since is None:
+                since = tm._pid_failing_since = now
+            bound_s = getattr(tm, "_pid_retry_bound_s", PRODUCER_DEFAULTS["delivery_timeout_ms"] / 1000)
+            if now - since < bound_s:
+                log.warning("kafka producer id request failed with %r: retried", response_or_exc)
+                response_or_exc = Errors.KafkaConnectionError(f"InitProducerId: {response_or_exc!r} (retried)")
+            else:
+                log.error("kafka producer id request failed with %r, %.1f s after its first failure (past "
+                          "delivery_timeout_ms, %.1f s): not retried, the producer is failed (its records fail, "
+                          "core.kafka.renew_if_fatal replaces it)", response_or_exc, now - since, bound_s)
         return complete(self, correlation_id, response_or_exc)
 
     on_complete._retries_retriable = True
@@ -365,6 +389,29 @@ def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:
         producer.close(timeout=0)
     except KafkaError as exc:   # the records' fates are settled above; only the client's resources are at stake
         log.warning("closing Kafka producer %s: %s", getattr(producer, "config", {}).get("client_id"), exc)
+
+
+def flush_after_sender(producer: KafkaProducer, error_log: RepeatedLog) -> None:
+    """Flush ``error_log`` (:class:`core.logs.RepeatedLog`) once ``producer``'s sender thread has ended, so that
+    failures whose errbacks run after the caller's own flush (a sender that outlived :func:`abort_producer`'s join,
+    e.g. waiting up to ``request_timeout_ms`` for a frozen broker's producer-id answer; the old producer of
+    :func:`renew_if_fatal`, aborted without a join) are logged, not only counted (review of 2026-12-07: they were
+    never logged). A daemon thread joins the sender and flushes; nothing is started when the sender has already
+    ended. At the interpreter's exit ``core.logs`` flushes every live log anyway.
+
+    Args:
+        producer: a kafka-python ``KafkaProducer`` (its private ``_sender`` thread; absent: nothing done).
+        error_log: the log its errbacks write to.
+    """
+    sender = getattr(producer, "_sender", None)
+    if sender is None or not sender.is_alive():
+        return
+
+    def join_then_flush() -> None:
+        sender.join()
+        error_log.flush()
+
+    threading.Thread(target=join_then_flush, name="kafka-error-log-flush", daemon=True).start()
 
 
 def event_key(event_type: str, record: dict[str, Any]) -> str | None:
@@ -453,6 +500,7 @@ class EventPublisher:
 
     def _send(self, topic: str, key: str | None, value: dict[str, Any], timestamp_ms: int | None) -> None:
         hook, tag = self.on_result, self.tag
+        self.error_log.tick()   # the failures' due summary lines (one per 10 s per type), also after a burst ended
         if self.stalled is not None:
             with self._lock:
                 self.failed += 1
@@ -461,6 +509,7 @@ class EventPublisher:
                 hook(tag, False)
             return
         if self._tm is not None and self._tm.has_fatal_error():   # failed for good: a new one (renew_if_fatal)
+            old = self._producer
             try:
                 self._producer = renew_if_fatal(self._producer, self._make)
             except KafkaError as exc:
@@ -474,6 +523,7 @@ class EventPublisher:
                     hook(tag, False)
                 return
             self._tm = getattr(self._producer, "_transaction_manager", None)
+            flush_after_sender(old, self.error_log)
         try:
             fut = self._producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
         except KafkaTimeoutError as exc:
@@ -553,7 +603,10 @@ class EventPublisher:
         Raises:
             kafka.errors.KafkaTimeoutError: a batch was not completed within ``timeout``.
         """
-        self._producer.flush(timeout=timeout)
+        try:
+            self._producer.flush(timeout=timeout)
+        finally:
+            self.error_log.tick()   # a flush that timed out (polled every 0.5 s): the due 10 s lines only
         # everything settled: the delivery failures not logged yet, one line per exception type (not after a flush
         # that timed out: producers.cli.flush_until_signal polls every 0.5 s, and the 10 s lines cover the wait)
         self.error_log.flush()
@@ -584,6 +637,7 @@ class EventPublisher:
         abort_producer(self._producer, timeout)
         self._closed = True
         self.error_log.flush()
+        flush_after_sender(self._producer, self.error_log)
 
     def close(self, timeout: float | None = 60) -> None:
         """Flush, then close the producer (idempotent: a closed publisher returns at once).
@@ -601,9 +655,11 @@ class EventPublisher:
         try:
             self.flush(timeout=timeout)
         finally:
-            self._producer.close(timeout=timeout)
-            self._closed = True
-            self.error_log.flush()
+            try:
+                self._producer.close(timeout=timeout)
+                self._closed = True
+            finally:   # also when kafka-python's close raises (its flush timed out): the failures counted so far
+                self.error_log.flush()
 
     def __enter__(self) -> "EventPublisher":
         return self
