@@ -257,8 +257,10 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     tm = getattr(producer, "_transaction_manager", None)
     if tm is None or tm.is_transactional():
         return
-    # the bound of the producer-id retry (_retry_init_producer_id_on_retriable_errors): this producer's own
+    # the bound of the producer-id retry (_retry_init_producer_id_on_retriable_errors, fail_if_producer_id_overdue):
+    # this producer's own delivery timeout, counted from the moment it is without an id (made, or reset below)
     tm._pid_retry_bound_s = producer.config["delivery_timeout_ms"] / 1000
+    tm._pid_lost_at = time.monotonic()
     reset = tm.reset_producer_id
 
     def reset_and_reinit() -> None:
@@ -269,6 +271,7 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
                             "producer id (the records still buffered are sent under it)",
                             producer.config.get("client_id"))
                 tm._current_state = TransactionState.UNINITIALIZED   # the sender's next loop: InitProducerId
+                tm._pid_lost_at = time.monotonic()
 
     tm.reset_producer_id = reset_and_reinit
 
@@ -335,6 +338,40 @@ def _retry_init_producer_id_on_retriable_errors() -> None:
 
 
 _retry_init_producer_id_on_retriable_errors()
+
+
+def fail_if_producer_id_overdue(producer: KafkaProducer) -> bool:
+    """Put ``producer`` (kafka-python, idempotent, made by :func:`make_producer`) in its fatal state when it has been
+    without a producer id for longer than its ``delivery_timeout_ms`` (since it was made, or since its id was
+    reset after a sent batch expired); True when it is (now or already) fatal. The complement of the bounded retry
+    of :func:`_retry_init_producer_id_on_retriable_errors` for a request that cannot even be sent: kafka-python's
+    sender holds the request in a loop of its own while the broker's node is not ready (a frozen broker after a
+    reconnect: the connection's handshake is never answered), where no error reaches the handler and no batch
+    expires. Review of 2026-12-07: records handed over then were neither delivered nor failed while the broker
+    stayed frozen, and ``flush()`` without a timeout never returned (``tests/test_producers_kafka.py::
+    test_a_broker_answering_no_producer_id_fails_the_records_and_a_close_that_raises_still_logs``). The caller then
+    aborts it (:func:`abort_producer`, which fails its records) or replaces it (:func:`renew_if_fatal`).
+
+    Args:
+        producer: a kafka-python producer (without a transaction manager, or a transactional one: False).
+    """
+    tm = getattr(producer, "_transaction_manager", None)
+    if tm is None or tm.is_transactional():
+        return False
+    if tm.has_fatal_error():
+        return True
+    lost_at, bound_s = getattr(tm, "_pid_lost_at", None), getattr(tm, "_pid_retry_bound_s", None)
+    if lost_at is None or bound_s is None or tm.has_producer_id():
+        return False
+    waited = time.monotonic() - lost_at
+    if waited < bound_s:
+        return False
+    exc = KafkaTimeoutError(f"no producer id from the broker within delivery_timeout_ms ({bound_s:.1f} s): "
+                            f"waited {waited:.1f} s")
+    log.error("kafka producer %s: %s; the producer is failed (its records fail)", producer.config.get("client_id"),
+              exc)
+    tm.transition_to_fatal_error(exc)
+    return True
 
 
 def producer_fatal_error(producer: KafkaProducer) -> BaseException | None:
@@ -508,7 +545,7 @@ class EventPublisher:
             if hook is not None:
                 hook(tag, False)
             return
-        if self._tm is not None and self._tm.has_fatal_error():   # failed for good: a new one (renew_if_fatal)
+        if self._tm is not None and fail_if_producer_id_overdue(self._producer):   # failed: a new one (renew_if_fatal)
             old = self._producer
             try:
                 self._producer = renew_if_fatal(self._producer, self._make)
@@ -603,10 +640,20 @@ class EventPublisher:
         Raises:
             kafka.errors.KafkaTimeoutError: a batch was not completed within ``timeout``.
         """
-        try:
-            self._producer.flush(timeout=timeout)
-        finally:
-            self.error_log.tick()   # a flush that timed out (polled every 0.5 s): the due 10 s lines only
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:   # in steps of at most 1 s: a producer waiting for a producer id past its bound is failed
+            step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            try:
+                self._producer.flush(timeout=step)
+                break
+            except KafkaTimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if fail_if_producer_id_overdue(self._producer):   # its records fail; the next send: a new one
+                    abort_producer(self._producer, 0)
+                    flush_after_sender(self._producer, self.error_log)
+            finally:
+                self.error_log.tick()   # a flush that timed out (polled every 0.5 s): the due 10 s lines only
         # everything settled: the delivery failures not logged yet, one line per exception type (not after a flush
         # that timed out: producers.cli.flush_until_signal polls every 0.5 s, and the 10 s lines cover the wait)
         self.error_log.flush()
