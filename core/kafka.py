@@ -634,9 +634,14 @@ class EventPublisher:
         """Block until every buffered record is acknowledged or failed (callbacks have run), then log the delivery
         failures not logged yet (:attr:`error_log`: one line per exception type with its count).
 
+        Waits in steps of at most 1 s; between two, a producer without a producer id for longer than its
+        ``delivery_timeout_ms`` is failed and aborted (:func:`fail_if_producer_id_overdue`: its records fail,
+        counted; the next send gets a new producer) and the due summary lines are written
+        (:meth:`core.logs.RepeatedLog.tick`).
+
         Args:
-            timeout: seconds; None waits without limit. kafka-python applies it to each pending batch in turn,
-                so the whole flush can take longer.
+            timeout: seconds in all; None waits until everything is settled (each record is, within its
+                ``delivery_timeout_ms`` or the producer-id bound above, + up to 1 s).
         Raises:
             kafka.errors.KafkaTimeoutError: a batch was not completed within ``timeout``.
         """
