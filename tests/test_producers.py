@@ -1710,7 +1710,8 @@ def _first_producer_id_handler(tm):
     deadline = time.monotonic() + 30
     while True:
         with tm._lock:
-            first = [o for o in gc.get_objects() if isinstance(o, InitProducerIdHandler) and o.transaction_manager is tm]
+            first = [o for o in gc.get_objects()
+                     if isinstance(o, InitProducerIdHandler) and o.transaction_manager is tm]
             held = bool(first) and not tm._pending_requests
         if held or time.monotonic() > deadline:
             break

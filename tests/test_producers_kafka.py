@@ -1601,16 +1601,16 @@ def test_a_broker_answering_no_producer_id_fails_the_records_and_a_close_that_ra
     asks for a new one, which the frozen broker never gives (after the expiry the sender reconnects and waits for
     the connection's handshake, holding the request: no error, no expiry).
 
-    1. :meth:`EventPublisher.close` while the rest and 10 more records wait for that id: kafka-python's ``close()`` raises
-       ``KafkaTimeoutError`` (its flush timed out), and the failures' log is still flushed: each exception type's
-       last line names its total. Until the review of 2026-12-07 the flush came after kafka-python's close in the
-       same block: never run (the 15 failures past the first 5 unlogged).
+    1. :meth:`EventPublisher.close` while the rest and 10 more records wait for that id: kafka-python's
+       ``close()`` raises ``KafkaTimeoutError`` (its flush timed out), and the failures' log is still flushed: each
+       exception type's last line names its total. Until the review of 2026-12-07 the flush came after
+       kafka-python's close in the same block: never run (the failures past the first 5 unlogged).
     2. The wait for a producer id is bounded by ``delivery_timeout_ms`` (:func:`core.kafka.
        fail_if_producer_id_overdue`, checked by the publisher's flush every second and at each send): then the
-       producer is failed and aborted, its waiting records fail (counted, 30 failed in all), the flush returns, and after the thaw the next
-       record gets a new producer (``renew_if_fatal``) and is delivered. Until the review of 2026-12-07 the retry
-       had no bound: the records were neither delivered nor failed while the broker stayed frozen, and the flush
-       (30 s here) raised ``KafkaTimeoutError`` (without a timeout: never returned)."""
+       producer is failed and aborted, its waiting records fail (counted, 30 failed in all), the flush returns, and
+       after the thaw the next record gets a new producer (``renew_if_fatal``) and is delivered. Until the review
+       of 2026-12-07 the wait had no bound: the records were neither delivered nor failed while the broker stayed
+       frozen, and the flush (30 s here) raised ``KafkaTimeoutError`` (without a timeout: never returned)."""
     import logging
     import re
     import uuid
@@ -1664,5 +1664,5 @@ def test_a_broker_answering_no_producer_id_fails_the_records_and_a_close_that_ra
     for kind, total in totals.items():   # old code: the last line of each type is one of its first 5, in full
         last = [ln for ln in lines if f"[{kind}]" in ln or f"failed: {kind}" in ln]
         assert last and re.search(rf"\({total} in all\)", last[-1]), (kind, total, last[-3:])
-    assert flushed and held["pending"] == 0 and held["failed"] == 30, held   # old code: flush raised, 23 pending (7 failed)
+    assert flushed and held["pending"] == 0 and held["failed"] == 30, held   # old: flush raised, 7 failed, 23 pending
     assert c["delivered"] == 15 and c["failed"] == 30 and c["pending"] == 0, c
