@@ -970,7 +970,11 @@ class StreamSinks:
         """Wait until Kafka has answered every future of ``futures`` (acknowledged or failed; the producer's
         ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down; not while a frozen broker
         leaves the producer waiting for a new producer id after an expiry: then until it answers or the job stops,
-        since 2026-12-07, :func:`core.kafka.make_producer`), checking :attr:`stopping`
+        since 2026-12-07, :func:`core.kafka.make_producer`; since the review of 2026-12-07 a sent id request that
+        keeps timing out makes the producer fatal after ``delivery_timeout_ms`` from its first timeout, which fails
+        the futures, but a request kafka-python's sender holds for a connection whose handshake is never answered
+        is not bounded here: :func:`core.kafka.fail_if_producer_id_overdue` is checked by the publishers only),
+        checking :attr:`stopping`
         every :data:`ACK_POLL_SECONDS`. Once the job stops it waits at most :data:`STOP_ACK_WAIT_SECONDS` (10 s) more,
         then returns with the futures still unanswered (their ``get(timeout=0)`` raises ``KafkaTimeoutError``, an
         infrastructure error), so the caller records none of them and its micro-batch fails uncommitted, re-run
