@@ -257,6 +257,10 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     tm = getattr(producer, "_transaction_manager", None)
     if tm is None or tm.is_transactional():
         return
+    # the bound of the producer-id retry (_retry_init_producer_id_on_retriable_errors, fail_if_producer_id_overdue):
+    # this producer's own delivery timeout, counted from the moment it is without an id (made, or reset below)
+    tm._pid_retry_bound_s = producer.config["delivery_timeout_ms"] / 1000
+    tm._pid_lost_at = time.monotonic()
     reset = tm.reset_producer_id
 
     def reset_and_reinit() -> None:
@@ -267,6 +271,7 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
                             "producer id (the records still buffered are sent under it)",
                             producer.config.get("client_id"))
                 tm._current_state = TransactionState.UNINITIALIZED   # the sender's next loop: InitProducerId
+                tm._pid_lost_at = time.monotonic()
 
     tm.reset_producer_id = reset_and_reinit
 
@@ -285,7 +290,16 @@ def _retry_init_producer_id_on_retriable_errors() -> None:
     client treats a timed-out request as a disconnection and retries it. Here ``InitProducerIdHandler.on_complete``
     hands such an error of a non-transactional producer to kafka-python's ``on_complete`` as a
     ``KafkaConnectionError`` (the original named in it); a transactional producer's requests keep kafka-python's
-    behaviour. Until the review of 2026-12-07 this was installed on each producer's transaction manager after
+    behaviour. The retry is bounded: once the producer's ``delivery_timeout_ms`` (set on its transaction manager by
+    :func:`reinit_after_producer_id_reset`; kafka-python's default, :data:`PRODUCER_DEFAULTS`, before that) has
+    passed since the first failure not followed by an answer, the error is left to kafka-python, which makes the
+    producer fatal: its sender then fails every buffered record with it (counted by their errbacks) and
+    :func:`renew_if_fatal` replaces it at the next record. Without that bound (until the review of 2026-12-07) a
+    broker whose ``InitProducerId`` always timed out held the records for good, neither delivered nor failed
+    (kafka-python expires batches only in the sender's data path, which does not run without a producer id), and
+    ``flush()`` without a timeout never returned (``tests/test_producers.py::
+    test_a_producer_id_request_that_keeps_timing_out_fails_the_producer_after_delivery_timeout_ms``).
+    Until the review of 2026-12-07 this was installed on each producer's transaction manager after
     ``KafkaProducer()`` returned, when its sender thread had already taken the first request (10 of 10 producers
     checked): a first request that timed out still made the producer fatal (``tests/test_producers.py::
     test_a_new_producers_first_producer_id_request_retries_a_timeout_instead_of_failing_for_good``). Idempotent: a
@@ -298,11 +312,24 @@ def _retry_init_producer_id_on_retriable_errors() -> None:
         return
 
     def on_complete(self, correlation_id, response_or_exc):
-        if (isinstance(response_or_exc, Errors.RetriableError)
+        tm = self.transaction_manager
+        if not isinstance(response_or_exc, BaseException):
+            tm._pid_failing_since = None   # an answer: a later failure starts a new bound
+        elif (isinstance(response_or_exc, Errors.RetriableError)
                 and not isinstance(response_or_exc, Errors.KafkaConnectionError)
-                and not self.transaction_manager.is_transactional()):
-            log.warning("kafka producer id request failed with %r: retried", response_or_exc)
-            response_or_exc = Errors.KafkaConnectionError(f"InitProducerId: {response_or_exc!r} (retried)")
+                and not tm.is_transactional()):
+            now = time.monotonic()
+            since = getattr(tm, "_pid_failing_since", None)
+            if since is None:
+                since = tm._pid_failing_since = now
+            bound_s = getattr(tm, "_pid_retry_bound_s", PRODUCER_DEFAULTS["delivery_timeout_ms"] / 1000)
+            if now - since < bound_s:
+                log.warning("kafka producer id request failed with %r: retried", response_or_exc)
+                response_or_exc = Errors.KafkaConnectionError(f"InitProducerId: {response_or_exc!r} (retried)")
+            else:
+                log.error("kafka producer id request failed with %r, %.1f s after its first failure (past "
+                          "delivery_timeout_ms, %.1f s): not retried, the producer is failed (its records fail, "
+                          "core.kafka.renew_if_fatal replaces it)", response_or_exc, now - since, bound_s)
         return complete(self, correlation_id, response_or_exc)
 
     on_complete._retries_retriable = True
@@ -311,6 +338,40 @@ def _retry_init_producer_id_on_retriable_errors() -> None:
 
 
 _retry_init_producer_id_on_retriable_errors()
+
+
+def fail_if_producer_id_overdue(producer: KafkaProducer) -> bool:
+    """Put ``producer`` (kafka-python, idempotent, made by :func:`make_producer`) in its fatal state when it has been
+    without a producer id for longer than its ``delivery_timeout_ms`` (since it was made, or since its id was
+    reset after a sent batch expired); True when it is (now or already) fatal. The complement of the bounded retry
+    of :func:`_retry_init_producer_id_on_retriable_errors` for a request that cannot even be sent: kafka-python's
+    sender holds the request in a loop of its own while the broker's node is not ready (a frozen broker after a
+    reconnect: the connection's handshake is never answered), where no error reaches the handler and no batch
+    expires. Review of 2026-12-07: records handed over then were neither delivered nor failed while the broker
+    stayed frozen, and ``flush()`` without a timeout never returned (``tests/test_producers_kafka.py::
+    test_a_broker_answering_no_producer_id_fails_the_records_and_a_close_that_raises_still_logs``). The caller then
+    aborts it (:func:`abort_producer`, which fails its records) or replaces it (:func:`renew_if_fatal`).
+
+    Args:
+        producer: a kafka-python producer (without a transaction manager, or a transactional one: False).
+    """
+    tm = getattr(producer, "_transaction_manager", None)
+    if tm is None or tm.is_transactional():
+        return False
+    if tm.has_fatal_error():
+        return True
+    lost_at, bound_s = getattr(tm, "_pid_lost_at", None), getattr(tm, "_pid_retry_bound_s", None)
+    if lost_at is None or bound_s is None or tm.has_producer_id():
+        return False
+    waited = time.monotonic() - lost_at
+    if waited < bound_s:
+        return False
+    exc = KafkaTimeoutError(f"no producer id from the broker within delivery_timeout_ms ({bound_s:.1f} s): "
+                            f"waited {waited:.1f} s")
+    log.error("kafka producer %s: %s; the producer is failed (its records fail)", producer.config.get("client_id"),
+              exc)
+    tm.transition_to_fatal_error(exc)
+    return True
 
 
 def producer_fatal_error(producer: KafkaProducer) -> BaseException | None:
@@ -365,6 +426,29 @@ def abort_producer(producer: KafkaProducer, timeout: float = 5.0) -> None:
         producer.close(timeout=0)
     except KafkaError as exc:   # the records' fates are settled above; only the client's resources are at stake
         log.warning("closing Kafka producer %s: %s", getattr(producer, "config", {}).get("client_id"), exc)
+
+
+def flush_after_sender(producer: KafkaProducer, error_log: RepeatedLog) -> None:
+    """Flush ``error_log`` (:class:`core.logs.RepeatedLog`) once ``producer``'s sender thread has ended, so that
+    failures whose errbacks run after the caller's own flush (a sender that outlived :func:`abort_producer`'s join,
+    e.g. waiting up to ``request_timeout_ms`` for a frozen broker's producer-id answer; the old producer of
+    :func:`renew_if_fatal`, aborted without a join) are logged, not only counted (review of 2026-12-07: they were
+    never logged). A daemon thread joins the sender and flushes; nothing is started when the sender has already
+    ended. At the interpreter's exit ``core.logs`` flushes every live log anyway.
+
+    Args:
+        producer: a kafka-python ``KafkaProducer`` (its private ``_sender`` thread; absent: nothing done).
+        error_log: the log its errbacks write to.
+    """
+    sender = getattr(producer, "_sender", None)
+    if sender is None or not sender.is_alive():
+        return
+
+    def join_then_flush() -> None:
+        sender.join()
+        error_log.flush()
+
+    threading.Thread(target=join_then_flush, name="kafka-error-log-flush", daemon=True).start()
 
 
 def event_key(event_type: str, record: dict[str, Any]) -> str | None:
@@ -453,6 +537,7 @@ class EventPublisher:
 
     def _send(self, topic: str, key: str | None, value: dict[str, Any], timestamp_ms: int | None) -> None:
         hook, tag = self.on_result, self.tag
+        self.error_log.tick()   # the failures' due summary lines (one per 10 s per type), also after a burst ended
         if self.stalled is not None:
             with self._lock:
                 self.failed += 1
@@ -460,7 +545,8 @@ class EventPublisher:
             if hook is not None:
                 hook(tag, False)
             return
-        if self._tm is not None and self._tm.has_fatal_error():   # failed for good: a new one (renew_if_fatal)
+        if self._tm is not None and fail_if_producer_id_overdue(self._producer):   # failed: a new one (renew_if_fatal)
+            old = self._producer
             try:
                 self._producer = renew_if_fatal(self._producer, self._make)
             except KafkaError as exc:
@@ -474,6 +560,7 @@ class EventPublisher:
                     hook(tag, False)
                 return
             self._tm = getattr(self._producer, "_transaction_manager", None)
+            flush_after_sender(old, self.error_log)
         try:
             fut = self._producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
         except KafkaTimeoutError as exc:
@@ -547,13 +634,31 @@ class EventPublisher:
         """Block until every buffered record is acknowledged or failed (callbacks have run), then log the delivery
         failures not logged yet (:attr:`error_log`: one line per exception type with its count).
 
+        Waits in steps of at most 1 s; between two, a producer without a producer id for longer than its
+        ``delivery_timeout_ms`` is failed and aborted (:func:`fail_if_producer_id_overdue`: its records fail,
+        counted; the next send gets a new producer) and the due summary lines are written
+        (:meth:`core.logs.RepeatedLog.tick`).
+
         Args:
-            timeout: seconds; None waits without limit. kafka-python applies it to each pending batch in turn,
-                so the whole flush can take longer.
+            timeout: seconds in all; None waits until everything is settled (each record is, within its
+                ``delivery_timeout_ms`` or the producer-id bound above, + up to 1 s).
         Raises:
             kafka.errors.KafkaTimeoutError: a batch was not completed within ``timeout``.
         """
-        self._producer.flush(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:   # in steps of at most 1 s: a producer waiting for a producer id past its bound is failed
+            step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            try:
+                self._producer.flush(timeout=step)
+                break
+            except KafkaTimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if fail_if_producer_id_overdue(self._producer):   # its records fail; the next send: a new one
+                    abort_producer(self._producer, 0)
+                    flush_after_sender(self._producer, self.error_log)
+            finally:
+                self.error_log.tick()   # a flush that timed out (polled every 0.5 s): the due 10 s lines only
         # everything settled: the delivery failures not logged yet, one line per exception type (not after a flush
         # that timed out: producers.cli.flush_until_signal polls every 0.5 s, and the 10 s lines cover the wait)
         self.error_log.flush()
@@ -584,6 +689,7 @@ class EventPublisher:
         abort_producer(self._producer, timeout)
         self._closed = True
         self.error_log.flush()
+        flush_after_sender(self._producer, self.error_log)
 
     def close(self, timeout: float | None = 60) -> None:
         """Flush, then close the producer (idempotent: a closed publisher returns at once).
@@ -601,9 +707,11 @@ class EventPublisher:
         try:
             self.flush(timeout=timeout)
         finally:
-            self._producer.close(timeout=timeout)
-            self._closed = True
-            self.error_log.flush()
+            try:
+                self._producer.close(timeout=timeout)
+                self._closed = True
+            finally:   # also when kafka-python's close raises (its flush timed out): the failures counted so far
+                self.error_log.flush()
 
     def __enter__(self) -> "EventPublisher":
         return self

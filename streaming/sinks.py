@@ -447,10 +447,10 @@ class StreamSinks:
         self.lake = lake or Lake(settings)
         self._ch_lock = threading.RLock()  # the two queries' batches run in different threads
         self._log_lock = threading.Lock()
-        #: the rows ClickHouse refuses, logged bounded per table (core.logs.RepeatedLog: 5 in full, then a count per
-        #: 10 s and at each micro-batch's end); until 2026-12-07 one ERROR line per row (a batch of a million
-        #: refused rows: a million lines). Every row is still in quarantine_events with its reason.
-        self.refused_log = RepeatedLog(log, "rows refused by ClickHouse")
+        #: seconds between two summary lines of a table's refused rows within one micro-batch attempt
+        #: (:attr:`refused_log`)
+        self.refused_log_interval_s = 10.0
+        self._refused_logs: dict[int, RepeatedLog] = {}   # thread id -> its running attempt's refused_log
         self.retries = 0
         #: set by :meth:`streaming.job.StreamingJob.stop`: retries give up at once (:func:`retrying_call`)
         self.stopping = threading.Event()
@@ -534,26 +534,61 @@ class StreamSinks:
         if self.stopping.is_set() and self._ch_failing:
             raise NotSentStopping(f"{what}: the streaming job is stopping and ClickHouse's last request failed")
 
-    def _begin_attempt(self) -> None:
-        """Start counting the rows set aside by this thread's micro-batch attempt (a retried attempt counts again)."""
+    @property
+    def refused_log(self) -> RepeatedLog:
+        """The rows ClickHouse refused, logged bounded (:class:`core.logs.RepeatedLog`) for this thread's running
+        micro-batch attempt (:meth:`_begin_attempt`): per table the first 5 rows set aside in full, then one line
+        per :attr:`refused_log_interval_s` (10 s) with the count since the last, and one at the attempt's end
+        (:meth:`_end_attempt`); a row is logged once its quarantine row is written, once per attempt per table and
+        key, so each table's last line states the count the attempt adds to ``rows_set_aside``. Until the review of
+        2026-12-07 one log lived for the stream: only its first 5 rows in full, a row counted before its
+        quarantine insert (again when the batch was retried: 80 for 40 rows set aside) and twice when refused by
+        both ``inventory_levels`` writes. Outside an attempt: a log of its own for the thread."""
+        rl = self._refused_logs.get(threading.get_ident())
+        if rl is None:
+            rl = self._new_refused_log("rows refused by ClickHouse")
+        return rl
+
+    def _new_refused_log(self, what: str) -> RepeatedLog:
+        rl = RepeatedLog(log, what, interval_s=self.refused_log_interval_s)
+        with self._log_lock:
+            self._refused_logs[threading.get_ident()] = rl
+        return rl
+
+    def _begin_attempt(self, batch_id: int | None = None) -> None:
+        """Start counting the rows set aside by this thread's micro-batch attempt (a retried attempt counts again),
+        with a new :attr:`refused_log` (the previous attempt's, if it failed, flushed first)."""
+        self._end_attempt()
         self._tls.set_aside = 0
         self._tls.set_aside_keys = set()
+        self._new_refused_log("rows refused by ClickHouse" if batch_id is None else
+                              f"micro-batch {int(batch_id)}: rows refused by ClickHouse")
+
+    def _end_attempt(self) -> None:
+        """Write this thread's :attr:`refused_log` lines not written yet (one per table with its count)."""
+        rl = self._refused_logs.get(threading.get_ident())
+        if rl is not None:
+            rl.flush()
 
     def _count_set_aside(self, n: int, keys: list[int] | None = None) -> None:
         """Add ``n`` rows to the attempt's ``rows_set_aside``; with ``keys`` (quarantine offsets of refused sink
         rows), only those not counted yet in this attempt (``inventory_levels`` is written twice per batch)."""
-        if keys is not None:
-            seen = getattr(self._tls, "set_aside_keys", None)
-            if seen is None:
-                seen = self._tls.set_aside_keys = set()
-            n = len(set(keys) - seen)
-            seen.update(keys)
+        n = n if keys is None else len(self._new_keys(keys))
         self._tls.set_aside = getattr(self._tls, "set_aside", 0) + int(n)
+
+    def _new_keys(self, keys: list[int]) -> set[int]:
+        """Of ``keys`` (quarantine offsets), those not counted yet in this thread's attempt; marks them counted."""
+        seen = getattr(self._tls, "set_aside_keys", None)
+        if seen is None:
+            seen = self._tls.set_aside_keys = set()
+        new = set(keys) - seen
+        seen.update(new)
+        return new
 
     def _set_aside(self, table: str, df: pd.DataFrame, refused: list[tuple[int, BaseException]]) -> None:
         """Quarantine the rows of ``df`` ClickHouse refused for ``table`` (positions and errors from
-        :func:`insert_isolating_refused`), logged bounded (:attr:`refused_log`: the first 5 per table in full, then
-        counts): ``quarantine_events`` rows with ``event_type`` =
+        :func:`insert_isolating_refused`), logged bounded once their quarantine rows are written (:attr:`refused_log`:
+        per attempt the first 5 per table in full, then counts): ``quarantine_events`` rows with ``event_type`` =
         the table, ``topic`` = ``refused:<table>``, ``partition`` = -1, ``offset`` = a 63-bit hash of (table, the
         row's natural key :data:`SINK_KEYS`), so the latest refusal of a row replaces the earlier ones (a re-run
         batch, a window re-emitted by later micro-batches in update mode: one quarantine row per table and key;
@@ -563,13 +598,12 @@ class StreamSinks:
         (:func:`row_payload`). Counted once per attempt per (table, key) in ``rows_set_aside``."""
         now = pd.Timestamp(time.time(), unit="s", tz="UTC").floor("ms")
         key = SINK_KEYS.get(table) or [c for c in df.columns if c not in ("version", "updated_at", "ingested_at")]
-        rows = []
+        rows, lines = [], []
         for pos, exc in refused:
             r = df.iloc[pos].to_dict()
             batch = int(r["batch_id"]) if "batch_id" in r and not pd.isna(r["batch_id"]) else -1
             reason = f"ClickHouse refused the {table} row: {error_text(exc)}"
-            self.refused_log.log(table, "micro-batch %d: %s; row set aside in quarantine_events (topic refused:%s): "
-                                 "%s", batch, reason, table, row_payload({k: r.get(k) for k in key}))
+            lines.append((batch, reason, row_payload({k: r.get(k) for k in key})))
             rows.append({"event_type": table, "topic": f"refused:{table}", "partition": -1,
                          "offset": refused_row_offset(table, [r.get(k) for k in key]),
                          "topic_id": "", "kafka_timestamp": pd.NaT, "reason": reason, "raw_payload": row_payload(r),
@@ -578,8 +612,15 @@ class StreamSinks:
         q["partition"] = q["partition"].astype("int32")
         q["kafka_timestamp"] = pd.to_datetime(q["kafka_timestamp"], utc=True)
         self._insert_quarantine(q, count=False)
-        self._count_set_aside(len(rows), keys=q["offset"].tolist())
-        self.refused_log.flush()   # the batch's rows not logged in full: one line per table with their count
+        # set aside: counted and logged once per attempt per key (inventory_levels is written twice per batch)
+        new = self._new_keys(q["offset"].tolist())
+        self._count_set_aside(len(new))
+        rl = self.refused_log
+        for offset, (batch, reason, shown) in zip(q["offset"].tolist(), lines):
+            if offset in new:
+                new.discard(offset)
+                rl.log(table, "micro-batch %d: %s; row set aside in quarantine_events (topic refused:%s): %s",
+                       batch, reason, table, shown)
 
     def _insert_quarantine(self, q: pd.DataFrame, count: bool = True) -> list[int]:
         """Insert ``quarantine_events`` rows; a row ClickHouse refuses is inserted again with its payload JSON-escaped
@@ -631,7 +672,6 @@ class StreamSinks:
             self.refused_log.log("quarantine_events, sent to the dead-letter topic", "quarantine row %s refused by "
                                  "ClickHouse 3 times (%s): sent to the dead-letter topic %s", where, " / ".join(errors),
                                  self.dead_letter_topic)
-        self.refused_log.flush()
         if count:
             self._count_set_aside(len(refused))
         return [pos for pos, _ in refused]
@@ -658,6 +698,7 @@ class StreamSinks:
                "duplicates_dropped": 0, "records_expired": 0,
                "end_offsets": self.checkpoint_end_offsets(query, batch_id), "late_rows_dropped": 0,
                "rows_set_aside": getattr(self._tls, "set_aside", 0)}
+        self._end_attempt()   # the batch's end: each table's refused rows not logged in full, with their count
         if rec["rows_set_aside"]:
             log.error("query %s micro-batch %d: %d row(s) refused by ClickHouse set aside (quarantine_events topic "
                       "refused:<table>, or the dead-letter topic); the rest of the batch is written", query, batch_id,
@@ -929,7 +970,11 @@ class StreamSinks:
         """Wait until Kafka has answered every future of ``futures`` (acknowledged or failed; the producer's
         ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down; not while a frozen broker
         leaves the producer waiting for a new producer id after an expiry: then until it answers or the job stops,
-        since 2026-12-07, :func:`core.kafka.make_producer`), checking :attr:`stopping`
+        since 2026-12-07, :func:`core.kafka.make_producer`; since the review of 2026-12-07 a sent id request that
+        keeps timing out makes the producer fatal after ``delivery_timeout_ms`` from its first timeout, which fails
+        the futures, but a request kafka-python's sender holds for a connection whose handshake is never answered
+        is not bounded here: :func:`core.kafka.fail_if_producer_id_overdue` is checked by the publishers only),
+        checking :attr:`stopping`
         every :data:`ACK_POLL_SECONDS`. Once the job stops it waits at most :data:`STOP_ACK_WAIT_SECONDS` (10 s) more,
         then returns with the futures still unanswered (their ``get(timeout=0)`` raises ``KafkaTimeoutError``, an
         infrastructure error), so the caller records none of them and its micro-batch fails uncommitted, re-run
@@ -965,6 +1010,10 @@ class StreamSinks:
         ``delivery_timeout_ms``, 2 min, while Kafka was down) held :meth:`streaming.job.StreamingJob.stop`."""
         from core.kafka import abort_producer
 
+        with self._log_lock:
+            refused_logs = list(self._refused_logs.values())
+        for rl in refused_logs:   # an attempt the stop cut short: its refused rows not logged yet, with their count
+            rl.flush()
         if self._producer is not None:
             abort_producer(self._producer, timeout)
             self._producer = None
@@ -1047,7 +1096,7 @@ class StreamSinks:
         self.retrying(f"raw micro-batch {batch_id}", self._raw_writes, whole, batch_id, started, spark_s)
 
     def _raw_writes(self, whole: pa.Table, batch_id: int, started: float, spark_s: float) -> None:
-        self._begin_attempt()
+        self._begin_attempt(batch_id)
         now_ms = int(started * 1000)
         n_in = n_valid = 0
         quarantine: list[pd.DataFrame] = []
@@ -1133,7 +1182,7 @@ class StreamSinks:
         self.retrying(f"windows micro-batch {batch_id}", self._windows_writes, batch, batch_id, started, spark_s)
 
     def _windows_writes(self, batch: pd.DataFrame, batch_id: int, started: float, spark_s: float) -> None:
-        self._begin_attempt()
+        self._begin_attempt(batch_id)
         ph = {"spark": spark_s}
         now_ms = int(started * 1000)
         version = now_ms

@@ -1697,6 +1697,29 @@ def test_a_repeated_log_writes_the_first_few_in_full_then_counts_per_interval_an
         RepeatedLog(logging.getLogger("test.repeated"), "x", interval_s=0)
 
 
+def _first_producer_id_handler(tm):
+    """The one ``InitProducerIdHandler`` of transaction manager ``tm`` once the producer's sender holds it (taken
+    from the queue; it waits for the node to be ready), as a list of one. Read under ``tm._lock`` (kafka-python's
+    ``_enqueue_request`` runs under it): until the review of 2026-12-07 the queue was read without the lock, and a
+    handler built but not yet enqueued (``init_producer_id`` builds it, then enqueues it) looked taken."""
+    import gc
+    import time
+
+    from kafka.producer.transaction_manager import InitProducerIdHandler
+
+    deadline = time.monotonic() + 30
+    while True:
+        with tm._lock:
+            first = [o for o in gc.get_objects()
+                     if isinstance(o, InitProducerIdHandler) and o.transaction_manager is tm]
+            held = bool(first) and not tm._pending_requests
+        if held or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert held and len(first) == 1, (first, tm._pending_requests)
+    return first
+
+
 def test_a_new_producers_first_producer_id_request_retries_a_timeout_instead_of_failing_for_good():
     """A producer made by :func:`core.kafka.make_producer` whose very first ``InitProducerId`` request times out
     (a broker frozen or slower than ``request_timeout_ms`` just after the connection's handshake) must retry it, as
@@ -1728,14 +1751,7 @@ def test_a_new_producers_first_producer_id_request_retries_a_timeout_instead_of_
         prod = make_producer(s, client_id="pid-first-test", api_version=(3, 9), request_timeout_ms=2_000)
         try:
             tm = prod._transaction_manager
-            deadline = time.monotonic() + 30
-            while True:   # the sender's first request, taken from the queue (it waits for the node to be ready)
-                first = [o for o in gc.get_objects()
-                         if isinstance(o, InitProducerIdHandler) and o.transaction_manager is tm]
-                if first and not tm._pending_requests or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            assert len(first) == 1 and not tm._pending_requests, (first, tm._pending_requests)
+            first = _first_producer_id_handler(tm)
             first[0].on_complete(tm._in_flight_request_correlation_id,
                                  Errors.RequestTimedOutError("Request timed out after 1999 ms"))
             fatal, requeued = tm.has_fatal_error(), [h for *_, h in tm._pending_requests]
@@ -1743,3 +1759,112 @@ def test_a_new_producers_first_producer_id_request_retries_a_timeout_instead_of_
             abort_producer(prod, 0)
     assert not fatal, tm.last_error   # old code: fatal, RequestTimedOutError
     assert requeued == first   # sent again once the broker answers
+
+
+def test_a_repeated_logs_due_summary_is_written_by_tick_after_a_burst_ends_and_all_at_exit(caplog, tmp_path):
+    """:class:`core.logs.RepeatedLog`'s 10 s summary line must not wait for the next occurrence: 1,000 failures in
+    2 s of its clock, then none. Until the review of 2026-12-07 only ``log()`` wrote a due summary: 5 lines, and
+    995 failures unlogged until the owner's flush (for a realtime simulator's publisher: days). Now
+    :meth:`~core.logs.RepeatedLog.tick` writes it once due (not before: 5 s after the last line nothing), and
+    :class:`core.kafka.EventPublisher` ticks at every send: here a send 12 s later (against a bootstrap server that
+    accepts connections and answers nothing, ``max_block_ms`` 200: the send is refused and counted, the case of a
+    run that goes on). And what is still unlogged when the interpreter exits is flushed then (a child process logs
+    20 occurrences and exits without a flush: its summary line is written; old code: none)."""
+    import logging
+    import socket
+    import subprocess
+    import sys
+
+    from core.kafka import EventPublisher, abort_producer
+    from core.logs import RepeatedLog
+    from core.settings import get_settings
+    from kafka.errors import KafkaTimeoutError
+
+    now = [0.0]
+    rl = RepeatedLog(logging.getLogger("test.repeated.tick"), "thing failed", clock=lambda: now[0])
+    caplog.set_level(logging.ERROR, logger="test.repeated.tick")
+    for i in range(1_000):
+        now[0] = i * 0.002
+        rl.log("ValueError", "thing failed: %r", ValueError(i))
+    now[0] = 5.0
+    rl.tick()
+    assert len(caplog.records) == 5   # not due yet
+    now[0] = 12.0
+    rl.tick()
+    rl.tick()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 6 and "[ValueError]: 995 more since the last line (1000 in all)" in lines[-1], lines
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        s = get_settings().model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{silent.getsockname()[1]}"})
+        pub = EventPublisher(s, client_id="tick-test", api_version=(3, 9), max_block_ms=200)
+        try:
+            pub.error_log._clock = lambda: now[0]
+            caplog.set_level(logging.ERROR, logger="core.kafka")
+            now[0] = 100.0
+            for i in range(1_000):
+                pub._on_error(KafkaTimeoutError(f"Expired {i}"))
+            now[0] = 112.0
+            pub.dead_letter("sales_transaction", {"x": 1}, "a send 12 s after the burst")
+            summary = [r.getMessage() for r in caplog.records if r.name == "core.kafka"
+                       and "kafka delivery failed [KafkaTimeoutError]: 995 more" in r.getMessage()]
+        finally:
+            abort_producer(pub._producer, 0)
+    assert summary, "no summary line at the send after the burst"   # old code: none until the close
+
+    script = ("import logging, sys; logging.basicConfig(stream=sys.stderr, level=logging.ERROR)\n"
+              "from core.logs import RepeatedLog\n"
+              "rl = RepeatedLog(logging.getLogger('child'), 'child failed')\n"
+              "for i in range(20): rl.log('E', 'child failed: %d', i)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert "child failed [E]: 15 more since the last line (20 in all)" in out.stderr, out.stderr   # old code: none
+
+
+def test_a_producer_id_request_that_keeps_timing_out_fails_the_producer_after_delivery_timeout_ms():
+    """The producer-id retry (``core.kafka._retry_init_producer_id_on_retriable_errors``) is bounded by the
+    producer's ``delivery_timeout_ms``: a broker whose ``InitProducerId`` always times out must not hold the
+    producer's records for ever (kafka-python expires batches only in the sender's data path, which does not run
+    without a producer id: until the review of 2026-12-07 the records were neither delivered nor failed and
+    ``flush()`` without a timeout never returned). Here (a bootstrap server that accepts connections and answers
+    nothing, as in the first-producer-id test; ``delivery_timeout_ms`` 1.5 s) the first request's future completed
+    with the timeout error: retried, not fatal; once more after the bound has passed since that first failure:
+    not retried, the producer fatal (its sender then fails its records with that error) and
+    :func:`core.kafka.renew_if_fatal` builds a new one. Old code: retried again, never fatal."""
+    import socket
+    import time
+
+    import kafka.errors as Errors
+
+    from core.kafka import abort_producer, make_producer, producer_fatal_error, renew_if_fatal
+    from core.settings import get_settings
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        s = get_settings().model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{silent.getsockname()[1]}"})
+        make = lambda: make_producer(s, client_id="pid-bound-test", api_version=(3, 9), request_timeout_ms=1_000,
+                                     delivery_timeout_ms=1_500, linger_ms=0)
+        prod = make()
+        renewed = None
+        try:
+            tm = prod._transaction_manager
+            first = _first_producer_id_handler(tm)[0]
+            first.on_complete(tm._in_flight_request_correlation_id,
+                              Errors.RequestTimedOutError("Request timed out after 1000 ms"))
+            fatal_within_bound = tm.has_fatal_error()
+            time.sleep(1.6)   # past delivery_timeout_ms since the first failure (a wait, not a measurement)
+            first.on_complete(tm._in_flight_request_correlation_id,
+                              Errors.RequestTimedOutError("Request timed out after 1000 ms"))
+            fatal = producer_fatal_error(prod)
+            renewed = renew_if_fatal(prod, make)
+        finally:
+            abort_producer(prod, 0)
+            if renewed is not None and renewed is not prod:
+                abort_producer(renewed, 0)
+    assert not fatal_within_bound, tm.last_error
+    assert fatal is not None and "RequestTimedOutError" in repr(fatal), fatal   # old code: None (retried for ever)
+    assert renewed is not prod

@@ -1591,3 +1591,78 @@ def test_a_frozen_broker_failing_every_record_in_flight_logs_a_bounded_number_of
         last = [ln for ln in lines if f"[{kind}]" in ln]
         assert last and re.search(rf"\({total} in all\)", last[-1]), (kind, total, last[-3:])
 
+
+
+@pytest.mark.timeout(300)
+def test_a_broker_answering_no_producer_id_fails_the_records_and_a_close_that_raises_still_logs(kafka_settings,
+                                                                                                 caplog):
+    """The broker frozen (SIGSTOP) under a publisher with a 4 s delivery timeout (request timeout 2 s): of 20
+    records handed over, the batches in flight expire (failed, 7 in the first run), the producer resets its id and
+    asks for a new one, which the frozen broker never gives (after the expiry the sender reconnects and waits for
+    the connection's handshake, holding the request: no error, no expiry).
+
+    1. :meth:`EventPublisher.close` while the rest and 10 more records wait for that id: kafka-python's
+       ``close()`` raises ``KafkaTimeoutError`` (its flush timed out), and the failures' log is still flushed: each
+       exception type's last line names its total. Until the review of 2026-12-07 the flush came after
+       kafka-python's close in the same block: never run (the failures past the first 5 unlogged).
+    2. The wait for a producer id is bounded by ``delivery_timeout_ms`` (:func:`core.kafka.
+       fail_if_producer_id_overdue`, checked by the publisher's flush every second and at each send): then the
+       producer is failed and aborted, its waiting records fail (counted, 30 failed in all), the flush returns, and
+       after the thaw the next record gets a new producer (``renew_if_fatal``) and is delivered. Until the review
+       of 2026-12-07 the wait had no bound: the records were neither delivered nor failed while the broker stayed
+       frozen, and the flush (30 s here) raised ``KafkaTimeoutError`` (without a timeout: never returned)."""
+    import logging
+    import re
+    import uuid
+
+    from kafka.errors import KafkaTimeoutError
+
+    from core.kafka import EventPublisher
+    from core.kafka_admin import ensure_topics
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"pidb-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    pub = EventPublisher(s, client_id="pid-bound-test", request_timeout_ms=2_000, delivery_timeout_ms=4_000,
+                         linger_ms=0)
+
+    def send(ids) -> None:
+        for i in ids:
+            pub.publish("sales_transaction", sale_event(f"PIDB-{i}", f"SKU{i % 3}"))
+
+    caplog.set_level(logging.ERROR, logger="core.kafka")
+    try:
+        send(range(10))
+        pub.flush(timeout=30)
+        assert pub.counts["delivered"] == 10, pub.counts
+        with broker_frozen(s):
+            send(range(10, 30))
+            deadline = time.monotonic() + 60
+            while pub.counts["failed"] < 6 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            tm = pub._producer._transaction_manager
+            if tm.has_producer_id():   # what the sender does after a sent batch expired (if it has not yet)
+                tm.reset_producer_id()
+                pub._producer._sender.wakeup()
+            send(range(30, 40))   # held: no producer id
+            with pytest.raises(KafkaTimeoutError):
+                pub.close(timeout=1)
+            totals = pub.error_log.totals
+            lines = [r.getMessage() for r in caplog.records if "kafka delivery failed" in r.getMessage()]
+            try:
+                pub.flush(timeout=30)   # new: the producer-id retry gives up after 4 s, the 10 records fail
+                flushed = True
+            except KafkaTimeoutError:   # old: still waiting for the producer id
+                flushed = False
+            held = pub.counts
+        send(range(40, 45))   # the thawed broker: a new producer
+        pub.flush(timeout=60)
+        c = pub.counts
+    finally:
+        pub.abort(5)
+    print(f"at the close: totals {totals}, {len(lines)} lines; after the flush {held}; at the end {c}")
+    assert sum(totals.values()) >= 6, totals   # the case under test: more failures than the 5 logged in full
+    for kind, total in totals.items():   # old code: the last line of each type is one of its first 5, in full
+        last = [ln for ln in lines if f"[{kind}]" in ln or f"failed: {kind}" in ln]
+        assert last and re.search(rf"\({total} in all\)", last[-1]), (kind, total, last[-3:])
+    assert flushed and held["pending"] == 0 and held["failed"] == 30, held   # old: flush raised, 7 failed, 23 pending
+    assert c["delivered"] == 15 and c["failed"] == 30 and c["pending"] == 0, c
