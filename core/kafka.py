@@ -264,6 +264,10 @@ def reinit_after_producer_id_reset(producer: KafkaProducer) -> None:
     reset = tm.reset_producer_id
 
     def reset_and_reinit() -> None:
+        # stamped before the id is cleared: a publishing thread's fail_if_producer_id_overdue between the two would
+        # otherwise read the id gone and the stamp of the producer's making, long past the bound, and fail it
+        # (second review of 2026-12-07)
+        tm._pid_lost_at = time.monotonic()
         reset()
         with tm._lock:
             if not tm.has_producer_id() and tm._current_state == TransactionState.READY:
@@ -363,14 +367,17 @@ def fail_if_producer_id_overdue(producer: KafkaProducer) -> bool:
     lost_at, bound_s = getattr(tm, "_pid_lost_at", None), getattr(tm, "_pid_retry_bound_s", None)
     if lost_at is None or bound_s is None or tm.has_producer_id():
         return False
-    waited = time.monotonic() - lost_at
-    if waited < bound_s:
+    if time.monotonic() - tm._pid_lost_at < bound_s:
         return False
-    exc = KafkaTimeoutError(f"no producer id from the broker within delivery_timeout_ms ({bound_s:.1f} s): "
-                            f"waited {waited:.1f} s")
+    with tm._lock:   # re-read under the lock the reset's state change takes (an RLock: the transition takes it too)
+        waited = time.monotonic() - tm._pid_lost_at
+        if tm.has_producer_id() or waited < bound_s:
+            return False
+        exc = KafkaTimeoutError(f"no producer id from the broker within delivery_timeout_ms ({bound_s:.1f} s): "
+                                f"waited {waited:.1f} s")
+        tm.transition_to_fatal_error(exc)
     log.error("kafka producer %s: %s; the producer is failed (its records fail)", producer.config.get("client_id"),
               exc)
-    tm.transition_to_fatal_error(exc)
     return True
 
 
@@ -493,6 +500,7 @@ class EventPublisher:
         self._make = lambda: make_producer(self.settings, client_id=client_id, **producer_overrides)
         self._producer = self._make()
         self._tm = getattr(self._producer, "_transaction_manager", None)
+        self._aborted_producer: KafkaProducer | None = None   # the producer a flush aborted (once per producer)
         self._lock = threading.Lock()
         self.sent = 0
         self.dead_lettered = 0
@@ -652,16 +660,28 @@ class EventPublisher:
                 self._producer.flush(timeout=step)
                 break
             except KafkaTimeoutError:
+                # checked on every timed-out step, also of a flush of <= 1 s (producers.cli.flush_until_signal polls
+                # flush(0.5): until the second review of 2026-12-07 the check came after this raise and never ran)
+                self._abort_if_producer_id_overdue()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
-                if fail_if_producer_id_overdue(self._producer):   # its records fail; the next send: a new one
-                    abort_producer(self._producer, 0)
-                    flush_after_sender(self._producer, self.error_log)
             finally:
                 self.error_log.tick()   # a flush that timed out (polled every 0.5 s): the due 10 s lines only
         # everything settled: the delivery failures not logged yet, one line per exception type (not after a flush
         # that timed out: producers.cli.flush_until_signal polls every 0.5 s, and the 10 s lines cover the wait)
         self.error_log.flush()
+
+    def _abort_if_producer_id_overdue(self) -> None:
+        """Abort the current producer once (its records fail, counted; the next send gets a new one) when it has been
+        without a producer id past its bound or is fatal (:func:`fail_if_producer_id_overdue`). Once per producer:
+        a fatal producer stays fatal, and each later step of a flush aborted it again, with a WARNING and a new
+        flush thread each time (second review of 2026-12-07)."""
+        producer = self._producer
+        if producer is self._aborted_producer or not fail_if_producer_id_overdue(producer):
+            return
+        self._aborted_producer = producer
+        abort_producer(producer, 0)
+        flush_after_sender(producer, self.error_log)
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -712,6 +732,7 @@ class EventPublisher:
                 self._closed = True
             finally:   # also when kafka-python's close raises (its flush timed out): the failures counted so far
                 self.error_log.flush()
+                flush_after_sender(self._producer, self.error_log)   # a sender outliving close's join: its later ones
 
     def __enter__(self) -> "EventPublisher":
         return self

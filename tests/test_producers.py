@@ -1868,3 +1868,65 @@ def test_a_producer_id_request_that_keeps_timing_out_fails_the_producer_after_de
     assert not fatal_within_bound, tm.last_error
     assert fatal is not None and "RequestTimedOutError" in repr(fatal), fatal   # old code: None (retried for ever)
     assert renewed is not prod
+
+
+def test_a_producer_id_reset_while_a_thread_publishes_does_not_fail_the_producer():
+    """The sender's reset of an expired producer id (``core.kafka.reinit_after_producer_id_reset``) against a
+    publishing thread's check (``fail_if_producer_id_overdue``, run at every send): until the second review of
+    2026-12-07 the reset cleared the id, logged its WARNING (the GIL released) and only then stamped the time the id
+    was lost, so a check in between read the id gone and the stamp of the producer's making, 5 min back, past the
+    bound: the producer was failed, its records with it. The log write is slowed to 1 ms so the window is wide.
+    No broker: kafka-python's transaction manager alone."""
+    import logging
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from kafka.producer.transaction_manager import ProducerIdAndEpoch, TransactionManager, TransactionState
+
+    import core.kafka as ck
+
+    tm = TransactionManager(transactional_id=None, transaction_timeout_ms=60_000, retry_backoff_ms=100,
+                            api_version=(3, 9), metadata=None)
+    producer = SimpleNamespace(_transaction_manager=tm, config={"delivery_timeout_ms": 120_000, "client_id": "x"})
+    ck.reinit_after_producer_id_reset(producer)
+    tm.set_producer_id_and_epoch(ProducerIdAndEpoch(7, 0))
+    tm._current_state = TransactionState.READY
+    tm._pid_lost_at -= 300   # made 5 min ago
+
+    class SlowWrite(logging.Handler):
+        def emit(self, record):
+            time.sleep(0.001)
+
+    logger, handler, stop = logging.getLogger("core.kafka"), SlowWrite(), threading.Event()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+    def publisher() -> None:
+        while not stop.is_set():
+            ck.fail_if_producer_id_overdue(producer)
+
+    t, errors = threading.Thread(target=publisher), []
+    try:
+        t.start()
+        time.sleep(0.05)
+        for _ in range(5):   # five expiries, each reset by the sender's thread while the publisher checks
+            tm.set_producer_id_and_epoch(ProducerIdAndEpoch(7, 0))
+            tm._current_state = TransactionState.READY
+            sender = threading.Thread(target=tm.reset_producer_id)
+            sender.start()
+            sender.join()
+            time.sleep(0.02)
+            if tm.has_fatal_error():
+                errors.append(tm.last_error)
+                break
+            assert tm._current_state == TransactionState.UNINITIALIZED   # asking for a new id
+    finally:
+        stop.set()
+        t.join()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    assert errors == []   # old code: fatal at the first reset, "waited 300.x s"
