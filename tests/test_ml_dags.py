@@ -373,6 +373,18 @@ def _write_forecast(native_stack, origin: dt.date, yhat: float = 10.0) -> None:
                      "predictions", "latest.parquet")
 
 
+def _store_and_product(client, db: str, store_key: int, store_id: str, product_key: int, sku: str) -> None:
+    """One store and one product (unit cost 2, price 4, shelf life 365 days, reorder point 10, capacity 300) in the
+    dimensions, for the on-order tests."""
+    client.insert(f"{db}.dim_store", [[store_key, store_id, store_id, "City", "United Kingdom", "GB", "EU", 1]],
+                  column_names=["store_key", "store_id", "store_name", "city", "country", "country_code", "region",
+                                "is_known"])
+    client.insert(f"{db}.dim_product", [[product_key, sku, sku, "food", "dry", "b", "sup", 2.0, 4.0, 365, 10, 300, 1]],
+                  column_names=["product_key", "sku", "product_name", "category", "sub_category", "brand", "supplier",
+                                "unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity",
+                                "is_known"])
+
+
 @pytest.mark.integration
 def test_optimise_stock_counts_what_is_on_order(native_stack):
     """Night 1 recommends Q; night 2, nothing received, counts Q on order and recommends nothing (it recommended
@@ -384,13 +396,7 @@ def test_optimise_stock_counts_what_is_on_order(native_stack):
 
     client, db = get_client(native_stack), native_stack.clickhouse_database
     assert native_stack.lead_time_days == 3 and native_stack.order_count_open_recommendations
-    client.insert(f"{db}.dim_store", [[21, "OO-1", "OO-1", "City", "United Kingdom", "GB", "EU", 1]],
-                  column_names=["store_key", "store_id", "store_name", "city", "country", "country_code", "region",
-                                "is_known"])
-    client.insert(f"{db}.dim_product", [[201, "OO-A", "OO-A", "food", "dry", "b", "sup", 2.0, 4.0, 365, 10, 300, 1]],
-                  column_names=["product_key", "sku", "product_name", "category", "sub_category", "brand", "supplier",
-                                "unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity",
-                                "is_known"])
+    _store_and_product(client, db, 21, "OO-1", 201, "OO-A")
 
     def night(day: dt.date, stock: int, received: int, settings=native_stack) -> pd.Series:
         client.command(f"ALTER TABLE {db}.fact_inventory DELETE WHERE date_key = {int(day.strftime('%Y%m%d'))} "
@@ -450,13 +456,7 @@ def test_open_orders_net_receipts_over_twice_the_lead_time_and_only_placed_order
 
     client, db = get_client(native_stack), native_stack.clickhouse_database
     d = [OO_DAY + dt.timedelta(days=30 + i) for i in range(6)]   # nights 0..5, after the other test's nights
-    client.insert(f"{db}.dim_store", [[22, "OO-2", "OO-2", "City", "United Kingdom", "GB", "EU", 1]],
-                  column_names=["store_key", "store_id", "store_name", "city", "country", "country_code", "region",
-                                "is_known"])
-    client.insert(f"{db}.dim_product", [[202, "OO-B", "OO-B", "food", "dry", "b", "sup", 2.0, 4.0, 365, 10, 300, 1]],
-                  column_names=["product_key", "sku", "product_name", "category", "sub_category", "brand", "supplier",
-                                "unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity",
-                                "is_known"])
+    _store_and_product(client, db, 22, "OO-2", 202, "OO-B")
     rows = [[d[0], 90.0, 0], [d[1], 100.0, 1], [d[2], 70.0, 0], [d[3], 50.0, 1]]
     client.insert(f"{db}.reorder_recommendations",
                   [[day, "OO-2", "OO-B", qty, 1, counts, "capacity"] for day, qty, counts in rows],
