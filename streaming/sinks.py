@@ -968,12 +968,12 @@ class StreamSinks:
 
     def _await_acknowledgements(self, prod, futures: list, what: str) -> None:
         """Wait until Kafka has answered every future of ``futures`` (acknowledged or failed; the producer's
-        ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down; not while a frozen broker
-        leaves the producer waiting for a new producer id after an expiry: then until it answers or the job stops,
-        since 2026-12-07, :func:`core.kafka.make_producer`; since the review of 2026-12-07 a sent id request that
-        keeps timing out makes the producer fatal after ``delivery_timeout_ms`` from its first timeout, which fails
-        the futures, but a request kafka-python's sender holds for a connection whose handshake is never answered
-        is not bounded here: :func:`core.kafka.fail_if_producer_id_overdue` is checked by the publishers only),
+        ``delivery_timeout_ms``, 2 min, bounds it while the broker is up but slow or down, and also while a frozen
+        broker leaves the producer without a producer id after an expiry: after each poll that timed out a producer
+        without an id for longer than its ``delivery_timeout_ms`` is failed and aborted once
+        (:func:`core.kafka.fail_if_producer_id_overdue`, :func:`core.kafka.abort_producer`: the futures fail, the
+        micro-batch fails uncommitted and is re-run, :meth:`producer` builds a new one; since the second review of
+        2026-12-07, before which such a wait lasted until the broker answered or the job stopped),
         checking :attr:`stopping`
         every :data:`ACK_POLL_SECONDS`. Once the job stops it waits at most :data:`STOP_ACK_WAIT_SECONDS` (10 s) more,
         then returns with the futures still unanswered (their ``get(timeout=0)`` raises ``KafkaTimeoutError``, an
@@ -985,6 +985,9 @@ class StreamSinks:
         supervisor's ``stopwaitsecs`` (60 s): SIGKILL. ``what`` names the records in the warning logged at a stop."""
         from kafka.errors import KafkaTimeoutError
 
+        from core.kafka import abort_producer, fail_if_producer_id_overdue
+
+        aborted = None   # the producer aborted here, once
         stop_seen: float | None = None   # monotonic s when the stop was first seen here
         while not all(f.is_done for f in futures):
             if self.stopping.is_set():
@@ -998,7 +1001,9 @@ class StreamSinks:
             try:
                 prod.flush(timeout=ACK_POLL_SECONDS)
             except KafkaTimeoutError:
-                pass
+                if prod is not aborted and fail_if_producer_id_overdue(prod):   # no producer id past its bound
+                    aborted = prod
+                    abort_producer(prod, 0)   # its records fail (the futures: done); the next producer() is new
 
     def close(self, timeout: float = CLOSE_FLUSH_SECONDS) -> None:
         """Close the alert producer within about ``timeout`` seconds (at most ~twice that: a flush, then the sender's

@@ -1672,3 +1672,49 @@ def test_a_broker_answering_no_producer_id_fails_the_records_and_a_close_that_ra
         assert last and re.search(rf"\({total} in all\)", last[-1]), (kind, total, last[-3:])
     assert flushed and held["pending"] == 0 and held["failed"] == 30, held   # old: flush raised (20 failed, 10 pending: a flush(0.5) never checked the bound)
     assert c["delivered"] == 15 and c["failed"] == 30 and c["pending"] == 0, c
+
+
+@pytest.mark.integration
+def test_the_streams_alert_producer_fails_its_alerts_when_no_producer_id_comes_within_its_bound(kafka_settings):
+    """The stream's restock-alert producer (``streaming.sinks.StreamSinks.producer``) behind a frozen broker after
+    an expiry reset its producer id: the sender holds the id request (no error, no expiry), and
+    ``_await_acknowledgements`` polled until the broker answered or the job stopped (until the second review of
+    2026-12-07: here, still waiting after 20 s). Now a producer without an id past its bound
+    (``delivery_timeout_ms``; shortened to 3 s on its transaction manager here, 2 min by default) is failed and
+    aborted once: the alerts' futures fail (the micro-batch fails uncommitted and is re-run) and the next
+    ``producer()`` is a new one, which delivers after the thaw."""
+    import threading
+    import uuid
+
+    from core.kafka_admin import ensure_topics
+    from streaming.sinks import StreamSinks
+
+    s = kafka_settings.model_copy(update={"kafka_topic_prefix": f"apid-{uuid.uuid4().hex[:6]}-"})
+    ensure_topics(s)
+    topic = s.topic("restock-alerts")
+    sinks = StreamSinks(s)
+    renewed = None
+    try:
+        prod = sinks.producer()
+        prod.send(topic, key="S1|A", value={"alert_id": "warm-up"}).get(timeout=60)   # a producer id
+        tm = prod._transaction_manager
+        tm._pid_retry_bound_s = 3.0
+        with broker_frozen(s):
+            tm.reset_producer_id()   # what the sender does after a sent batch expired
+            prod._sender.wakeup()
+            futures = [prod.send(topic, key=f"S1|A{i}", value={"alert_id": f"A{i}"}) for i in range(3)]
+            waiter = threading.Thread(target=sinks._await_acknowledgements, args=(prod, futures, "restock alerts"))
+            waiter.start()
+            waiter.join(20)
+            stuck = waiter.is_alive()
+            sinks.stopping.set()   # releases the old code's wait (10 s after the stop)
+            waiter.join(30)
+            sinks.stopping.clear()
+            failed = [f.is_done and f.failed() for f in futures]
+        renewed = sinks.producer()
+        renewed.send(topic, key="S1|B", value={"alert_id": "after-thaw"}).get(timeout=60)
+    finally:
+        sinks.close()
+    assert not stuck   # old code: still polling for acknowledgements after 20 s
+    assert failed == [True, True, True]
+    assert renewed is not prod
