@@ -1710,8 +1710,11 @@ def _first_producer_id_handler(tm):
     deadline = time.monotonic() + 30
     while True:
         with tm._lock:
+            # type(), not isinstance(): isinstance falls back to an object's __class__, which a lazy proxy of
+            # Airflow's task context (left by the in-process DAG tests) computes by calling its Task SDK, and fails
+            # (the full suite of 2026-12-07: AttributeError SUPERVISOR_COMMS)
             first = [o for o in gc.get_objects()
-                     if isinstance(o, InitProducerIdHandler) and o.transaction_manager is tm]
+                     if type(o) is InitProducerIdHandler and o.transaction_manager is tm]
             held = bool(first) and not tm._pending_requests
         if held or time.monotonic() > deadline:
             break
@@ -1734,12 +1737,9 @@ def test_a_new_producers_first_producer_id_request_retries_a_timeout_instead_of_
     again and the producer is not fatal. Old code: fatal, ``RequestTimedOutError``. (With the session's broker the
     first request could not be held deterministically: after the bootstrap the sender talks to the broker's
     advertised address, past any gate, and answers come in milliseconds.)"""
-    import gc
     import socket
-    import time
 
     import kafka.errors as Errors
-    from kafka.producer.transaction_manager import InitProducerIdHandler
 
     from core.kafka import abort_producer, make_producer
     from core.settings import get_settings
