@@ -570,10 +570,9 @@ class StreamSinks:
         if rl is not None:
             rl.flush()
 
-    def _count_set_aside(self, n: int, keys: list[int] | None = None) -> None:
-        """Add ``n`` rows to the attempt's ``rows_set_aside``; with ``keys`` (quarantine offsets of refused sink
-        rows), only those not counted yet in this attempt (``inventory_levels`` is written twice per batch)."""
-        n = n if keys is None else len(self._new_keys(keys))
+    def _count_set_aside(self, n: int) -> None:
+        """Add ``n`` rows to the attempt's ``rows_set_aside`` (refused sink rows: only those :meth:`_new_keys` found
+        not counted yet in this attempt, ``inventory_levels`` being written twice per batch)."""
         self._tls.set_aside = getattr(self._tls, "set_aside", 0) + int(n)
 
     def _new_keys(self, keys: list[int]) -> set[int]:
