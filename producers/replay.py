@@ -65,8 +65,9 @@ other invoice, quantity < 0 (all have price 0)         stock write-off, not a sa
                                                        ``ADJUSTMENT`` (missing, ?, sold elsewhere); capped at
                                                        the stock on hand
 other invoice, quantity > 0, price 0, and the          stock found: inventory ``ADJUSTMENT`` +q, not a sale
-description is empty or a note (:func:`is_note`:       ("POLYESTER FILLER PAD 45x45cm" at price 0 names a
-"found", "Found", "damaged?"; not a product name)      product: a sale, below)
+description names no product (:func:`names_product`:  ("POLYESTER FILLER PAD 45x45cm" at price 0 names a
+empty, a note such as "found", "Found", "damaged?",    product: a sale, below)
+or no word of 4 letters: "FBA", "22719")
 other invoice, quantity > 0                            sale (price 0 allowed: free samples)
 =====================================================  ======================================================
 
@@ -801,13 +802,28 @@ def is_note(descriptions: pd.Series) -> pd.Series:
     log's one upper-case note, "FOUND", 8 units on 2011-06-27; no product name holds it). A product name is upper
     case, units aside ("POLYESTER FILLER PAD 45x45cm", "BAG 250g SWIRLY MARBLES", "FRENCH BLUE METAL DOOR SIGN No"),
     so it is no note.
-    An empty description is not a note here (callers decide). Used for the row decisions (:func:`classify_rows`:
-    a price-0 line with a note is stock found) and the product names (:class:`Replay`).
+    An empty description is not a note here (callers decide). Used through :func:`names_product` for the row
+    decisions (:func:`classify_rows`: a price-0 line with a note is stock found) and the product names
+    (:class:`Replay`).
 
     Args: descriptions: str Series (no NaN). Returns: a bool Series on the same index."""
     lower, upper = descriptions.str.count(r"[a-z]"), descriptions.str.count(r"[A-Z]")
     return (descriptions.str.contains("?", regex=False) | (lower > upper)
             | descriptions.str.contains(r"\bfound\b", case=False, regex=True))
+
+
+def names_product(descriptions: pd.Series) -> pd.Series:
+    """Per description (str, stripped): True when it names a product: not empty, no note (:func:`is_note`) and a
+    word of at least 4 letters, as every description the development log gives a line sold at a price has (4,985
+    of 4,985 distinct; the shortest: "CAT BOWL", "SOMBRERO"). A stock code written as the description ("22719"
+    on a line of 22467: the log's code corrections, stock moved between two codes) or a channel's abbreviation
+    ("FBA", Fulfilled by Amazon, 160 units of 82583 on 2011-07-19; its other channel lines say "amazon", a note)
+    names none. Used for the row decisions (:func:`classify_rows`: a price-0 line that names no product is stock
+    found, one that does a free sale) and the product names (:class:`Replay`: a description that names none never
+    becomes a product's name).
+
+    Args: descriptions: str Series (no NaN). Returns: a bool Series on the same index."""
+    return (descriptions != "") & ~is_note(descriptions) & descriptions.str.contains(r"[A-Za-z]{4}", regex=True)
 
 
 def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -835,9 +851,11 @@ def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[n
     kind = np.full(len(df), "sale", dtype=object)
     key = np.full(len(df), None, dtype=object)
     is_c = inv.str.startswith("C").to_numpy()
-    # empty or a note (:func:`is_note`; until 2026-12-07 any lower-case letter: 29 price-0 lines of the development
-    # log named as products, e.g. 380 units of "POLYESTER FILLER PAD 45x45cm" on 2011-08-11, were stock found)
-    note = ((desc == "") | is_note(desc)).to_numpy()
+    # names no product (:func:`names_product`: empty, a note, or no word of 4 letters; until 2026-12-07 any
+    # lower-case letter: 29 price-0 lines of the development log named as products, e.g. 380 units of "POLYESTER
+    # FILLER PAD 45x45cm" on 2011-08-11, were stock found; until the review of 2026-12-07 a code or abbreviation
+    # such as "FBA" (160 units) or "22719" was a free sale)
+    note = (~names_product(desc)).to_numpy()
     q, p = qty.to_numpy(), price.to_numpy()
     kind[(q < 0) & ~is_c] = "writeoff"
     kind[(q > 0) & ~is_c & (p == 0) & note] = "found"
@@ -1106,9 +1124,9 @@ class Replay:
         desc = df["description"].fillna("").str.strip()
         # a note ("found", "damaged?", "Dotcom sales") has a "?" or more lower- than upper-case letters; a product
         # name is upper case, units aside ("BAG 250g SWIRLY MARBLES", "POLYESTER FILLER PAD 45x45cm": 16 products of
-        # the development log were named by their code while any lower-case letter excluded a description)
-        note = is_note(desc)
-        named = pd.DataFrame({"sku": codes, "desc": desc})[desc.str.len().gt(0) & ~note]
+        # the development log were named by their code while any lower-case letter excluded a description), with a
+        # word of 4 letters (:func:`names_product`: "FBA" or another code, "22719", names no product)
+        named = pd.DataFrame({"sku": codes, "desc": desc})[names_product(desc)]
         name = named.groupby("sku")["desc"].agg(lambda s: s.value_counts().index[0])
         sale = (self.kind[self.kind != "skip"] == "sale")
         price = pd.to_numeric(df["unit_price"], errors="coerce")

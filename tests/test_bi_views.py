@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 VIEWS_SQL = REPO / "clickhouse" / "migrations" / "030_bi_views.sql"
 #: every migration that defines BI views: 030's, the stream health views of 080, 091's order_velocity views
-#: every migration defining a BI view (v_*): 030, 080, 084, 086, 091
+#: every migration defining a BI view (v_*): 030, 080, 084, 086, 091, 094, 097
 VIEW_FILES = [f for f in sorted((REPO / "clickhouse" / "migrations").glob("*.sql"))
               if "CREATE OR REPLACE VIEW {db}.v_" in f.read_text()]
 DATASET_MD = REPO / "powerbi" / "dataset.md"
@@ -217,6 +217,28 @@ def test_days_of_cover_matches_a_trailing_28_day_mean(bi):
     np.testing.assert_allclose(got["days_of_cover"].to_numpy(float), expected, atol=1e-9)
     assert got["is_stockout"].tolist() == [int(s <= 0) for s in stock]
 
+
+
+def test_fact_inventory_shows_the_units_received(bi):
+    """Review of 093 (2026-12-07): fact_inventory.units_received (the day's RESTOCK units, which the reorder plan
+    nets against its open orders) was not in v_fact_inventory, so Power BI could not show receipts beside closing
+    stock. Since migration 097 the view carries it, read here through the real endpoint; a row inserted without the
+    column (as a day loaded before 093) reads 0."""
+    client, db = bi
+    cols = ["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward", "units_sold",
+            "units_returned", "reorder_point", "safety_stock", "safety_stock_method", "below_reorder_point"]
+    rows = [[20260301 + i, 6, 13, 40 - 3 * i + received, 0, 3, 0, 20.0, 5.0, "sigma", 0]
+            for i, received in enumerate([0, 24, 0, 7])]
+    client.insert("fact_inventory", [r + [rec] for r, rec in zip(rows[1:], [24, 0, 7])],
+                  column_names=cols + ["units_received"], database=db)
+    client.insert("fact_inventory", rows[:1], column_names=cols, database=db)
+    got = q(client, f"SELECT date_key, units_received, closing_stock FROM {db}.v_fact_inventory "
+                    f"WHERE store_key = 6 AND product_key = 13 ORDER BY date_key")
+    assert got["date_key"].tolist() == [20260301, 20260302, 20260303, 20260304]
+    assert got["units_received"].astype(int).tolist() == [0, 24, 0, 7]
+    assert dict(q(client, f"SELECT name, type FROM system.columns WHERE database = '{db}' "
+                          f"AND table = 'v_fact_inventory' AND name = 'units_received'").values) == {
+        "units_received": "Int64"}
 
 def _metrics_row(store, sku, start, units, velocity, cover, risk, z, version):
     ws = start

@@ -22,7 +22,7 @@ from producers.invalid import CORRUPTIONS, corrupt, inject_invalid
 from core.kafka import dead_letter_record, event_key, serialize_value
 from producers.replay import (
     Replay, ReplayConfig, categorize, classify_code, classify_rows, cut_sample, is_note, load_transactions,
-    london_to_utc_ms, parse_invoice_ts, store_for_country,
+    london_to_utc_ms, names_product, parse_invoice_ts, store_for_country,
 )
 from producers.simulator import SimConfig, Simulator, seasonality
 
@@ -380,6 +380,40 @@ def test_a_free_line_named_as_a_product_is_a_sale_and_a_note_is_stock_found():
     assert list(is_note(pd.Series(["Found", "FOUND", "Dotcom sales", "damaged?", "BAG 250g SWIRLY MARBLES", ""]))) == [
         True, True, True, True, False, False]
 
+
+
+def test_a_free_line_whose_description_names_no_product_is_stock_found():
+    """Price-0 lines of the real log whose description is neither a note nor a product name (review of 2026-12-07):
+    "FBA" (Fulfilled by Amazon: 160 units of 82583 on 2011-07-19, invoice 560565 of that one line; the SKU's other
+    channel lines say "amazon", a note, and are stock found) and "22719" (a line of 22467 named by another code: the
+    log's code correction, stock moved from 22719, written off at the same minute, to 22467) were free sales, and
+    "22719" named product 22467 when no other description did. A product name has a word of at least 4 letters
+    (every description of a line sold at a price in the development log has one; "CAT BOWL" the shortest): those
+    two lines are now stock found (inventory ADJUSTMENT +q) and name no product; a free line that names a product
+    is still a sale."""
+    text = SMALL.splitlines()[0] + "\n" + "\n".join([
+        "560565,1,82583,FBA,160,0.0,2011-07-19 13:44:00,,United Kingdom,x",
+        "516016,1,22467,22719,2,0.0,2011-07-19 14:11:00,,United Kingdom,x",
+        "516017,1,22719,22467,-2,0.0,2011-07-19 14:11:00,,United Kingdom,x",
+        "564651,1,21786,POLKADOT RAIN HAT,144,0.0,2011-07-19 14:19:00,14646,United Kingdom,x",
+        "564652,1,82583,HOT BATHS METAL SIGN,3,1.25,2011-07-19 15:00:00,14646,United Kingdom,x",
+        "564653,1,22719,GUMBALL MONOCHROME COAT RACK,1,1.25,2011-07-19 15:01:00,14646,United Kingdom,x"]) + "\n"
+    rep = Replay(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), ReplayConfig(keep_dates=True))
+    kind, _ = classify_rows(rep.df)
+    assert list(kind) == ["found", "found", "writeoff", "sale", "sale", "sale"]
+    events = list(rep.events())
+    for et, r in events:
+        validate_event(et, r)
+    sales = [(r["transaction_id"], r["quantity"]) for et, r in events if et == "sales_transaction"]
+    assert sales == [("564651-1", 144), ("564652-1", 3), ("564653-1", 1)]
+    found = [(r["product_id"], r["quantity_change"]) for et, r in events
+             if et == "inventory_update" and r["reason"] == "ADJUSTMENT"]
+    assert found == [("82583", 160), ("22467", 2), ("22719", -2)]
+    names = dict(zip(rep.products["product_id"], rep.products["product_name"]))
+    assert names == {"82583": "HOT BATHS METAL SIGN", "22467": "22467", "22719": "GUMBALL MONOCHROME COAT RACK",
+                     "21786": "POLKADOT RAIN HAT"}
+    assert list(names_product(pd.Series(["FBA", "22719", "CAT BOWL", "SOMBRERO", "Found", "", "BAG 250g SWIRLY"]))) == [
+        False, False, True, True, False, False, True]
 
 def test_a_stock_code_written_in_either_case_is_one_product():
     """The log writes some codes in both cases (85123A / 85123a: one product): one product_id, one catalogue row,

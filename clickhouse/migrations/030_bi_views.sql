@@ -56,17 +56,8 @@ SELECT toInt64(d.date_key) AS date_key, reinterpretAsInt64(d.store_key) AS store
        profit, revenue_with_cost, pos_lines, return_lines
 FROM {db}.fact_sales_daily AS d;
 
--- daily closing stock per store x SKU with days of cover (closing stock / mean daily units sold over the
--- trailing 28 snapshots) and a stock-out flag
-CREATE OR REPLACE VIEW {db}.v_fact_inventory AS
-SELECT toInt64(i.date_key) AS date_key, reinterpretAsInt64(i.store_key) AS store_key,
-       reinterpretAsInt64(i.product_key) AS product_key, closing_stock, is_carried_forward, units_sold, units_returned,
-       reorder_point, safety_stock, below_reorder_point,
-       toUInt8(closing_stock <= 0)                                                   AS is_stockout,
-       avg(i.units_sold) OVER (PARTITION BY i.store_key, i.product_key ORDER BY i.date_key
-                               ROWS BETWEEN 27 PRECEDING AND CURRENT ROW)             AS avg_daily_units_28d,
-       if(avg_daily_units_28d > 0, closing_stock / avg_daily_units_28d, NULL)         AS days_of_cover
-FROM {db}.fact_inventory AS i;
+-- v_fact_inventory: defined in 097_fact_inventory_units_received_bi_view.sql only (since 2026-12-07, with
+-- units_received; 030 cannot name that column: it runs before 093 adds it on a fresh database).
 
 -- --------------------------------------------------------------------------- streaming (near real time) --
 -- v_live_sku_metrics: defined in 091_order_velocity_bi_views.sql only (since 2026-12-07; this file re-created it
