@@ -29,8 +29,9 @@ Models (each forecasts h = 1..H days ahead of an origin t, H = ``ForecastConfig.
   Stat. 35(1); Friedman 2001, Ann. Stat. 29(5), "M-regression" boosting) that MLlib's GBTRegressor (squared
   or absolute loss only) lacks. The cap alone lowers the total forecast (a capped fit tracks a winsorised
   mean), which the reorder point would inherit, so the model's last stage multiplies its forecasts by the mass
-  the cap removed from the training labels (:func:`cap_correction`); the served forecast is level * prediction,
-  then shrunk. Chosen with the MLlib GBT on the 6 M5 tuning origins 2013-12-01..2014-10-02 (28 days, shrink_k
+  the cap removed from the training labels (:func:`cap_correction`; since 2026-12-07 at most ``restore_cap`` = 2
+  times a series' own capped mass per series, so one bulk order cannot scale every series); the served forecast
+  is level * prediction, then shrunk. Chosen with the MLlib GBT on the 6 M5 tuning origins 2013-12-01..2014-10-02 (28 days, shrink_k
   0.5; WAPE / RMSSE; trailing mean 0.4480 / 0.7845): uncapped 0.4250 / 0.7603; without the correction cap 1.5
   0.4091 / 0.7630, **2 0.4067 / 0.7561**, 3 0.4098 / 0.7563, 5 0.4131 / 0.7564; with it cap 2 0.4114 / 0.7560, 3
   0.4109 / 0.7560 (total forecast vs demand with the proxy below: -4.0 % uncapped, -8.9 % capped at 2, -3.2 %
