@@ -164,6 +164,38 @@ def events_of_day(events: pd.DataFrame, day: dt.date, ts_column: str = "timestam
     return events.loc[mask].reset_index(drop=True), int((~mask).sum())
 
 
+#: product master columns that must be numbers >= 0 when given (null = unknown): money per unit, days, units
+PRODUCT_NUMBERS = ("unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity")
+
+
+def check_product_master(products: pd.DataFrame) -> None:
+    """Refuse a product master (``raw-data/reference/products``) whose numeric attributes are not numbers >= 0.
+
+    Each of :data:`PRODUCT_NUMBERS` present must be null (unknown) or a finite number >= 0 (unit_cost and
+    unit_price in currency per unit, shelf_life_days in days, reorder_point and storage_capacity in units; 0 is
+    allowed). A value that is text, negative or infinite would otherwise become NULL unseen (text) or a negative
+    cost, margin, reorder point or capacity in the star schema and the reorder plan.
+
+    Raises:
+        EtlError: naming each bad column, its count of bad rows and up to 3 of their product ids and values
+            (the Spark job exits 3: bad data, no retry).
+    """
+    bad = []
+    ids = products["product_id"] if "product_id" in products.columns else pd.Series(products.index, index=products.index)
+    for col in PRODUCT_NUMBERS:
+        if col not in products.columns:
+            continue
+        raw = products[col]
+        num = pd.to_numeric(raw, errors="coerce").astype("float64")
+        wrong = (raw.notna() & num.isna()) | (num < 0) | np.isinf(num)
+        if wrong.any():
+            eg = ", ".join(f"{ids[i]!r}: {raw[i]!r}" for i in wrong[wrong].index[:3])
+            bad.append(f"{col} in {int(wrong.sum())} row(s) (e.g. {eg})")
+    if bad:
+        raise EtlError("the product master (raw-data/reference/products) has values that are not numbers >= 0: "
+                       + "; ".join(bad) + ". Correct the reference file and re-run the date.")
+
+
 def build_dim_product(products: pd.DataFrame | None, skus_seen: pd.Series) -> pd.DataFrame:
     """dim_product rows: every reference product (is_known=1) plus a placeholder (is_known=0, unknown
     attributes, NULL unit_cost) for each SKU seen in events but absent from the reference data.
@@ -174,8 +206,11 @@ def build_dim_product(products: pd.DataFrame | None, skus_seen: pd.Series) -> pd
         skus_seen: SKUs (product_id) of the day's events.
 
     Returns: frame with :data:`PRODUCT_COLUMNS`, one row per SKU.
+    Raises:
+        EtlError: a numeric attribute is text, negative or infinite (:func:`check_product_master`).
     """
     if products is not None and not products.empty:
+        check_product_master(products)
         p = products.drop_duplicates("product_id", keep="last").rename(columns={"product_id": "sku"}).copy()
         p["is_known"] = 1
     else:

@@ -197,3 +197,25 @@ def test_recheck_window_setting_and_changed_days(tmp_path, monkeypatch):
         assert etl.days_to_recheck(lake, DAY, 2) == []   # outside the window
         with pytest.raises(ValueError, match=">= 0"):
             etl.days_to_recheck(lake, DAY, -1)
+
+
+def test_a_product_master_with_text_negative_or_infinite_numbers_is_refused_by_name():
+    """Until 2026-12-07 build_dim_product coerced the product master's numbers: a capacity written "n/a" became NULL
+    (no capacity bound) and a cost of -1.5 a negative cost, margin and holding cost, both unseen. Now each bad column
+    is named with its count and product ids; null (unknown) and 0 stay allowed."""
+    good = pd.DataFrame({"product_id": ["P1", "P2", "P3"], "product_name": "x", "unit_cost": [1.0, None, 0.0],
+                         "unit_price": [2.0, 3.0, 0.0], "shelf_life_days": [30, None, 0],
+                         "reorder_point": [5, 0, None], "storage_capacity": [100, 0, None]})
+    dim = etl.build_dim_product(good, pd.Series(["P1", "P9"]))
+    assert dim.set_index("sku").loc["P3", ["unit_cost", "unit_price", "shelf_life_days"]].tolist() == [0.0, 0.0, 0]
+    assert pd.isna(dim.set_index("sku").loc["P2", "unit_cost"]) and len(dim) == 4   # unknown kept; P9 a placeholder
+    bad = good.astype({"storage_capacity": object, "unit_cost": object})
+    bad.loc[0, "unit_cost"] = -1.5
+    bad.loc[2, "unit_cost"] = float("inf")
+    bad.loc[1, "storage_capacity"] = "n/a"
+    with pytest.raises(etl.EtlError) as e:
+        etl.build_dim_product(bad, pd.Series(["P1"]))
+    msg = str(e.value)
+    assert "unit_cost in 2 row(s)" in msg and "'P1': -1.5" in msg and "'P3': inf" in msg
+    assert "storage_capacity in 1 row(s)" in msg and "'P2': 'n/a'" in msg
+    assert "unit_price" not in msg and "reference/products" in msg

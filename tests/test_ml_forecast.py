@@ -204,7 +204,9 @@ def test_label_cap_bounds_what_the_gbt_learns_and_the_mass_is_restored(spark, tr
     """ForecastConfig.label_cap reaches the MLlib fit: with the scaled label capped at 0.5 the GBT stage's scaled
     forecasts stay near 0.5 (boosting may overshoot a little), while the default model (cap 2) forecasts over
     twice that on the busy days this M5 subset has. The model's last stage multiplies by the mass ratio of
-    :func:`cap_correction`, recomputed here from the rows: in sample the total forecast meets the total demand."""
+    :func:`cap_correction`, recomputed here from the rows: in sample the total forecast meets the total demand. (With
+    ForecastConfig.restore_cap 0: at cap 0.5 the default per-series bound, 2 x a series' capped mass, would bite and
+    restore less; the bound has its own test below.)"""
     from dataclasses import replace
 
     from ml.forecast import fit_gbt, predict_gbt, training_table
@@ -217,7 +219,7 @@ def test_label_cap_bounds_what_the_gbt_learns_and_the_mass_is_restored(spark, tr
     assert (y / level).max() > 3  # the cap bites on this data
     factor = y.sum() / np.minimum(y, 0.5 * level).sum()  # independent of cap_correction
     assert factor > 1.5
-    capped_model = fit_gbt(spark, rows, replace(cfg, label_cap=0.5), res["cols"])
+    capped_model = fit_gbt(spark, rows, replace(cfg, label_cap=0.5, restore_cap=0.0), res["cols"])
     sdf = spark.createDataFrame(rows[res["cols"]].astype("float64"))
     out = capped_model.transform(sdf).select("yhat_capped", "yhat").toPandas()
     assert out["yhat_capped"].max() <= 0.5 * 1.1
@@ -334,3 +336,61 @@ def test_latest_features_pointer_only_moves_forward(tmp_path):
     assert lake.read_json(bucket, "daily", "latest.json")["run_date"] == "2026-12-04"
     _point_latest(lake, dt.date(2026, 12, 5))
     assert lake.read_json(bucket, "daily", "latest.json")["run_date"] == "2026-12-05"
+
+
+def _small_chain(bulk: float | None) -> pd.DataFrame:
+    """A 12-series chain (2 stores x 6 SKUs, Poisson 0.5-8 units a day, 120 days to 2012-03-25, the Europe/London
+    DST day, across 2012-02-29) and, with ``bulk``, one order of that many units on 2012-03-22 for ST-1 x BULK, a
+    SKU selling about 1 a day."""
+    rng = np.random.default_rng(3)
+    dates = pd.date_range("2011-11-27", "2012-03-25", freq="D")
+    rows = []
+    for st in ("ST-1", "ST-2"):
+        for sku, lam in (("A", 8.0), ("B", 3.0), ("C", 0.5), ("D", 5.0), ("E", 2.0), ("BULK", 1.0)):
+            rows.append(pd.DataFrame({"date": dates, "store_id": st, "product_id": sku,
+                                      "units": rng.poisson(lam, len(dates)).astype(float), "price": 2.0}))
+    d = pd.concat(rows, ignore_index=True)
+    if bulk is not None:
+        d.loc[(d["store_id"] == "ST-1") & (d["product_id"] == "BULK") & (d["date"] == "2012-03-22"), "units"] = bulk
+    return d
+
+
+def test_one_bulk_order_no_longer_scales_every_series_forecast(spark):
+    """The label cap's mass correction is one factor for every series. Unbounded (before 2026-12-07) the real log's
+    largest line, 80,995 units (had it not been cancelled), on one day of a SKU selling ~1 a day made the final
+    model's factor 34.6 on this 12-series chain (1.08 without the order): every series' GBT forecast ~30 times its
+    demand. Each series now restores at most ForecastConfig.restore_cap (2) times its own capped mass; the
+    factor is recomputed here per series in plain numpy, and the other series' forecasts barely move."""
+    import re
+    from dataclasses import replace
+
+    from ml.features import build_daily_features
+    from ml.forecast import ForecastConfig, forecast, train_final, training_table
+
+    cfg = ForecastConfig(horizon=H, rows_per_target=H, max_iter=5, max_depth=3, min_instances_per_node=20,
+                         train_window_days=90)
+    out = {}
+    for bulk in (None, 80995.0):
+        feats = build_daily_features(_small_chain(bulk), default_country="GB", extend_days=H)
+        T = feats.loc[feats["units"].notna(), "date"].max()
+        rows = training_table(feats, T, T, cfg)
+        model, cols, n = train_final(spark, spark.createDataFrame(feats), cfg)
+        assert n == len(rows)
+        factor = float(re.search(r"CAST\('([0-9.e+-]+)'", model.stages[-1].getStatement()).group(1))
+        y = rows["y"].to_numpy()
+        c = np.minimum(y, 2.0 * rows["level"].to_numpy())
+        g = pd.DataFrame({"s": rows["store_id"] + "|" + rows["product_id"], "y": y, "c": c}).groupby("s").sum()
+        want = (g["c"] + np.minimum(g["y"] - g["c"], 2.0 * g["c"])).sum() / g["c"].sum()
+        unbounded = y.sum() / c.sum()   # the factor before 2026-12-07
+        q = pd.DataFrame({"model": "gbt", "h": range(1, H + 1), "level_bucket": 0, "lower95": 0.0, "lower80": 0.0,
+                          "upper80": 0.0, "upper95": 0.0})
+        f = forecast(spark, model, feats, q, [], cols, H, "gbt")
+        out[bulk] = (factor, unbounded, f[f["product_id"] != "BULK"]["yhat"].sum(), want)
+    (f0, u0, y0, w0), (f1, u1, y1, w1) = out[None], out[80995.0]
+    assert (f0, f1) == (pytest.approx(w0, rel=1e-9), pytest.approx(w1, rel=1e-9))
+    assert u1 > 20 * u0            # what the unbounded factor would have been
+    assert f1 < 1.1 * f0           # one series moves the chain's factor by at most 2 x its own capped share
+    assert y1 < 1.2 * y0           # the other SKUs' forecasts barely move (another GBT fit)
+    assert replace(cfg, restore_cap=0.0).restore_cap == 0.0
+    with pytest.raises(ValueError, match="restore_cap"):
+        ForecastConfig(restore_cap=float("nan"))

@@ -223,6 +223,12 @@ def test_scaled_label_is_capped_and_weighted_by_level():
     assert cap_correction(rows, ForecastConfig(label_cap=0.0)) == 1.0
     assert cap_correction(rows, ForecastConfig(target="raw", label_cap=3.0)) == 1.0
     assert cap_correction(rows.assign(y=0.0), ForecastConfig(label_cap=3.0)) == 1.0  # no demand: nothing to restore
+    # per series (store_id x product_id), each restores at most restore_cap (2) x its own capped mass: a bulk day
+    # of one series (y 1,000 on a level of 1) no longer scales the chain's factor; 0 = unbounded (before 2026-12-07)
+    per = pd.DataFrame({"store_id": "S", "product_id": ["a", "a", "b", "b"], "y": [1000.0, 1.0, 2.0, 4.0],
+                        "level": [1.0, 1.0, 1.0, 1.0]})   # capped at 3: a 3 + 1, b 2 + 3 (excess 997 and 1)
+    assert cap_correction(per, ForecastConfig(label_cap=3.0)) == pytest.approx((4 + 2 * 4 + 5 + 1) / 9)
+    assert cap_correction(per, ForecastConfig(label_cap=3.0, restore_cap=0.0)) == pytest.approx(1007 / 9)
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="label_cap"):
             ForecastConfig(label_cap=bad)
