@@ -1308,6 +1308,13 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     raw partitions changed since they were loaded (:func:`rebuilt_days`) are loaded again, oldest first, then
     ``day``; their dates are returned in ``rechecked_days`` for the quality check.
 
+    Before each day's load a row with status :data:`BEGUN` (stage ``load``) is appended to ``etl_runs``, so until the
+    quality check records its success the day is not loaded for :func:`loaded_days` (the training and prediction
+    DAGs' sensor, ``check_gaps``, ``ml.pipeline.loaded_through``): a re-load stopped half-way (ClickHouse stopped
+    after the day's ``fact_sales`` was replaced, when the failed row cannot be written either; the worker killed)
+    used to leave the day's earlier success as its latest row over a partly replaced star schema. ClickHouse
+    unreachable at the start: that row fails first, before any write.
+
     Raises:
         Exception: whatever :func:`load` raises (e.g. :class:`EtlError` for a missing staged file, ClickHouse or
             lake errors), unchanged, after a row with status ``failed``, stage ``load`` and ``repr`` of the
@@ -1322,13 +1329,19 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     if again:
         log.warning("raw partitions of %s changed since they were loaded: loading them again",
                     [d.isoformat() for d in again])
+    from core.clickhouse import migrate as run_migrations
+
     d = day
     try:
-        for d in again:
-            load(d, migrate=False, allow_missing_raw=allow_missing_raw)
-        d = day
-        return {**load(day, allow_missing_raw=allow_missing_raw), "started_at": started.isoformat(),
-                "rechecked_days": [x.isoformat() for x in again]}
+        run_migrations(get_settings())   # etl_runs exists before the first "begun" row
+        client, db = _client(), _db()
+        out = {}
+        for d in [*again, day]:
+            # before the day's first write: a load that stops half-way (ClickHouse gone, so the failed row below
+            # cannot be written either; the worker killed) leaves the day not loaded, not its earlier success
+            record_run(client, db, d, BEGUN, "load", started, message="load started", dag_run_id=dag_run_id)
+            out = load(d, migrate=False, allow_missing_raw=allow_missing_raw)
+        return {**out, "started_at": started.isoformat(), "rechecked_days": [x.isoformat() for x in again]}
     except Exception as exc:  # record the failed load in etl_runs, then let the caller fail
         with contextlib.suppress(Exception):
             record_run(_client(), _db(), d, "failed", "load", started, message=repr(exc), dag_run_id=dag_run_id)
@@ -1426,6 +1439,13 @@ def reconcile(expected: LakeTotals, actual: dict[str, Any]) -> list[str]:
     if actual["dim_date_rows"] == 0:
         fails.append("dim_date has no row for the date")
     return fails
+
+
+#: ``etl_runs.status`` of the row :func:`load_recorded` appends before a day's first write ("success" / "failed" end
+#: a run): a load stopped half-way leaves it the day's latest row, so the day is not loaded (:func:`loaded_days`)
+#: until a run reconciles it. Sorts below "failed" and "success" (the Power BI 'Last ETL Status' takes the MAX of the
+#: rows sharing the latest started_at).
+BEGUN = "begun"
 
 
 def record_run(client, db: str, day: dt.date, status: str, stage: str, started_at: dt.datetime,
