@@ -445,13 +445,15 @@ def metrics_rows(metrics: pd.DataFrame, version: int, run_date: dt.date, dataset
 
 
 def current_champion(client, db: str) -> dict | None:
-    """The registry's champion row (latest state): version, model, backtest_wape, backtest_rmsse, path; or None."""
-    df = client.query_df(f"SELECT version, model, backtest_wape, backtest_rmsse, path FROM {db}.model_registry FINAL "
+    """The registry's champion row (latest state): version, model, run_date (datetime.date), backtest_wape,
+    backtest_rmsse, path; or None."""
+    df = client.query_df(f"SELECT version, model, run_date, backtest_wape, backtest_rmsse, path FROM {db}.model_registry FINAL "
                          f"WHERE model_name = '{MODEL_NAME}' AND is_champion = 1 ORDER BY version DESC LIMIT 1")
     return None if df.empty else df.iloc[0].to_dict()
 
 
-def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None, horizon: int | None = None) -> dict:
+def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None, horizon: int | None = None,
+                     run_date: dt.date | None = None) -> dict:
     """Champion / challenger rule (pure): which model of run ``version`` serves, and is it promoted?
 
     The run's challenger is :func:`ml.forecast.select_champion` of its backtest: the GBT when its pooled
@@ -460,6 +462,10 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
     * no champion yet: the challenger is promoted (so the first champion is the best baseline unless
       the GBT beats it);
     * the champion is this version (re-run): it stays champion with the challenger's model;
+    * the champion was trained for a later run date than ``run_date`` (a re-run or backfill of an older date after
+      newer runs; ``champion["run_date"]``): not promoted, whatever its scores (its model has seen less history and
+      its backtest other origins; until 2026-12-07 such a re-run replaced the newer champion whenever its older
+      backtest scored better, or the champion's horizon differed, or it was the same baseline "re-calibrated");
     * the champion was trained for another horizon (``champion["horizon"]`` != ``horizon``, e.g. after
       FORECAST_HORIZON changed): its backtest is not comparable and it cannot serve the horizon, so the
       challenger is promoted;
@@ -483,6 +489,11 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
     cv, cm = int(champion["version"]), str(champion.get("model") or "gbt")
     if cv == int(version):
         return {**out, "promote": True, "reason": "already champion (re-run)"}
+    crd = champion.get("run_date")
+    if run_date is not None and crd is not None and pd.notna(crd) and pd.Timestamp(crd).date() > run_date:
+        return {**out, "promote": False, "reason": f"champion v{cv} was trained for a later date "
+                                                   f"({pd.Timestamp(crd).date()}): this run for {run_date} stays "
+                                                   "challenger"}
     ch = champion.get("horizon")
     if horizon is not None and ch is not None and int(ch) != int(horizon):
         return {**out, "promote": True, "reason": f"champion v{cv} forecasts {int(ch)} days, this run {int(horizon)}: "
@@ -530,7 +541,7 @@ def register_model(run_date: dt.date, settings=None) -> dict:
             champ["horizon"] = int(read_meta(lake, int(champ["version"])).get("horizon", 7))
         except (FileNotFoundError, OSError):
             champ["horizon"] = None
-    d = decide_promotion(metrics, v, champ, horizon=int(meta.get("horizon", 7)))
+    d = decide_promotion(metrics, v, champ, horizon=int(meta.get("horizon", 7)), run_date=run_date)
     promote, reason, model = d["promote"], d["reason"], d["model"]
     now = _now()
     base = {"model_name": MODEL_NAME, "run_date": run_date, "metrics": json_text({
