@@ -910,6 +910,92 @@ def test_a_reload_stopped_by_a_clickhouse_outage_leaves_the_day_not_loaded(nativ
         assert etl.check_load_gaps(D3) == []
 
 
+def test_a_reload_stopped_by_a_minio_outage_fails_naming_the_object_and_the_rerun_is_exact(native_stack, monkeypatch):
+    """MinIO stopped in the middle of a re-load of D1 (after D1's partitions, while the later days' inventory is
+    rebuilt from their staged files), then back: the load fails with the lake's error naming the staged object it
+    could not read (an outage, retried by Airflow, not bad data), D1 is not loaded (its failed row), D2 and D3 are
+    unchanged, and the re-run completes with exact counts."""
+    from ops import local
+
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2, D3):
+            nightly_pandas(lake, s, d)
+        before = star_tables(client, db)
+        build_inventory = etl.build_inventory
+
+        def stop_then_build(*args, **kwargs):   # D1's own inventory: the later days' staged files are read next
+            monkeypatch.setattr(etl, "build_inventory", build_inventory)
+            local.rpc(native_stack).supervisor.stopProcess("minio", True)
+            return build_inventory(*args, **kwargs)
+
+        monkeypatch.setattr(etl, "build_inventory", stop_then_build)
+        try:
+            with pytest.raises(OSError, match=r"staging/daily_etl/date=2024-03-30/"):
+                etl.load_recorded(D1, dag_run_id="manual__reload")
+        finally:
+            monkeypatch.undo()
+            local.start("minio", native_stack)
+        ok, why = etl.etl_load_status(D1, client, db)
+        assert not ok and "failed at load" in why
+        assert star_tables(client, db) == before
+        assert nightly_pandas(lake, s, D1)["qc"]["rows"] == 3 and etl.etl_load_status(D1, client, db)[0]
+        assert star_tables(client, db) == before
+
+
+def test_two_loads_of_a_day_at_once_do_not_double_it(native_stack):
+    """Two loads of the same day at once (`make nightly DATE=...` while the scheduler's run loads it, or a backfill
+    with its default max_active_runs rebuilding a later day's inventory that day's own run also writes). Both went
+    through one shared `<table>_staging` table: B's staging insert between A's "drop the staging partition" and A's
+    REPLACE PARTITION doubled D1's fact_sales (3 lines -> 6; B's drop between A's insert and replace made A's replace
+    fail, code 36). Each replacement now has its own staging table: 3 lines. The interleaving is forced: when A
+    inserts, B has dropped and inserted and not yet replaced (it is stopped there)."""
+    from core.clickhouse import get_client
+
+    from etl import star_schema as etl
+
+    class Stopped(Exception):
+        pass
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        run_pandas(D1)
+        lines = client.query_df(f"SELECT * FROM {db}.fact_sales WHERE date_key = 20240329")
+        assert len(lines) == 3
+        other = get_client(s)   # the other load's own connection
+
+        class LoadB:   # stops before its REPLACE PARTITION
+            def __getattr__(self, name):
+                return getattr(other, name)
+
+            def command(self, sql, *a, **kw):
+                if "REPLACE PARTITION" in sql:
+                    raise Stopped(sql)
+                return other.command(sql, *a, **kw)
+
+        class LoadA:   # B runs up to its REPLACE PARTITION just before A's staging insert
+            def __getattr__(self, name):
+                return getattr(client, name)
+
+            def insert_df(self, table, df, **kw):
+                with pytest.raises(Stopped):
+                    etl._replace_partition(LoadB(), db, "fact_sales", 20240329, lines)
+                return client.insert_df(table, df, **kw)
+
+        etl._replace_partition(LoadA(), db, "fact_sales", 20240329, lines)
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240329").result_rows[0][0] == 3
+        etl._replace_partition(other, db, "fact_sales", 20240329, lines)   # B's replace, when it goes on
+        assert run_pandas(D1)["qc"]["rows"] == 3
+        left = client.query(f"SELECT name FROM system.tables WHERE database = '{db}' AND name LIKE '%staging%' "
+                            "AND name NOT IN ('fact_sales_staging', 'fact_sales_daily_staging', "
+                            "'fact_inventory_staging')").result_rows
+        assert left == []   # each call drops its own staging table
+
+
 def test_gap_commands_are_one_per_range(native_stack):
     """The backfill command spanned the oldest to the newest named day (gaps D2 and D4 around loaded D3: BACKFILL=2,
     redoing D3; a late change a year back plus a gap last week: BACKFILL=~360). Now one command per range."""
