@@ -462,6 +462,10 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
     * no champion yet: the challenger is promoted (so the first champion is the best baseline unless
       the GBT beats it);
     * the champion is this version (re-run): it stays champion with the challenger's model;
+    * the champion's model is gone from the lake (``champion["missing"]``: its ``meta.json`` not found, e.g. the
+      model store lost or emptied): it cannot serve, so the challenger is promoted (until 2026-12-07 it was compared
+      with the lost model's recorded figures and, when not better, nothing was promoted: no ``champion.json``, and
+      every predict job failed "no champion model" until a version beat the lost one);
     * the champion was trained for a later run date than ``run_date`` (a re-run or backfill of an older date after
       newer runs; ``champion["run_date"]``): not promoted, whatever its scores (its model has seen less history and
       its backtest other origins; until 2026-12-07 such a re-run replaced the newer champion whenever its older
@@ -489,6 +493,8 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
     cv, cm = int(champion["version"]), str(champion.get("model") or "gbt")
     if cv == int(version):
         return {**out, "promote": True, "reason": "already champion (re-run)"}
+    if champion.get("missing"):
+        return {**out, "promote": True, "reason": f"champion v{cv}'s model is gone from the lake: {model} replaces it"}
     crd = champion.get("run_date")
     if run_date is not None and crd is not None and pd.notna(crd) and pd.Timestamp(crd).date() > run_date:
         return {**out, "promote": False, "reason": f"champion v{cv} was trained for a later date "
@@ -539,7 +545,9 @@ def register_model(run_date: dt.date, settings=None) -> dict:
     if champ is not None:  # the champion's horizon (models before issue 11 forecast 7 days)
         try:
             champ["horizon"] = int(read_meta(lake, int(champ["version"])).get("horizon", 7))
-        except (FileNotFoundError, OSError):
+        except FileNotFoundError:   # its model is gone from the lake: it cannot serve
+            champ["horizon"], champ["missing"] = None, int(champ["version"]) != v
+        except OSError:
             champ["horizon"] = None
     d = decide_promotion(metrics, v, champ, horizon=int(meta.get("horizon", 7)), run_date=run_date)
     promote, reason, model = d["promote"], d["reason"], d["model"]

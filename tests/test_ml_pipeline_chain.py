@@ -114,46 +114,87 @@ def test_classes_and_reorders_of_a_chain_without_inventory_rows(native_stack, ch
     assert c["days_since_last_sale"].tolist() == [0, (LAST_SALE - dt.date(2024, 3, 30)).days]
 
 
-def test_a_rerun_of_an_older_training_date_does_not_take_the_champion_back(native_stack):
+@pytest.fixture
+def models(native_stack):
+    """A models bucket of its own on the module's database: (settings, lake, client, db)."""
+    import uuid
+
+    from core.clickhouse import get_client
+    from core.lake import Lake
+
+    s = native_stack.model_copy(update={"lake_models_bucket": f"models-{uuid.uuid4().hex[:8]}"})
+    lake = Lake(s)
+    lake.ensure_buckets()
+    client = get_client(s)
+    client.command(f"TRUNCATE TABLE {s.clickhouse_database}.model_registry")
+    return s, lake, client, s.clickhouse_database
+
+
+def trained(models, v: int, day: dt.date, gbt_wape: float, gbt_rmsse: float) -> None:
+    """What the train job saves for version ``v`` of run date ``day`` (meta.json, the backtest's metrics.parquet;
+    no Spark model: register_model reads neither it nor the intervals)."""
+    import pyarrow as pa
+
+    from ml.forecast import MODEL_PREFIX
+
+    s, lake = models[0], models[1]
+    w = {"gbt": gbt_wape, "seasonal_naive": 0.50, "trailing_mean_28": 0.42, "statsforecast": 0.43}
+    r = {"gbt": gbt_rmsse, "seasonal_naive": 1.0, "trailing_mean_28": 0.80, "statsforecast": 0.79}
+    m = pd.DataFrame([{"model": k, "h": h, "wape": w[k], "rmsse": r[k]} for k in w for h in (0, 1)])
+    lake.write_table(pa.Table.from_pandas(m, preserve_index=False), s.lake_models_bucket, MODEL_PREFIX,
+                     f"v{v}", "metrics.parquet")
+    lake.write_json({"run_date": day.isoformat(), "trained_at": f"{day}T10:00:00+00:00", "horizon": 14,
+                     "path": f"{s.lake_models_bucket}/{MODEL_PREFIX}/v{v}"},
+                    s.lake_models_bucket, MODEL_PREFIX, f"v{v}", "meta.json")
+
+
+def champion(models) -> tuple:
+    """(champion.json's version or None, the registry's champion versions)."""
+    from ml.forecast import MODEL_PREFIX
+
+    s, lake, client, db = models
+    reg = client.query(f"SELECT version FROM {db}.model_registry FINAL WHERE is_champion = 1").result_rows
+    champ = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    return (champ or {}).get("version"), sorted(r[0] for r in reg)
+
+
+def test_a_rerun_of_an_older_training_date_does_not_take_the_champion_back(models):
     """Training for D1 then D2 (the GBT of D2, v2, promoted), then D1 re-run (a manual clear or a backfill): its
     version v1, re-trained, scores better on its own, older backtest. Until 2026-12-07 register_model promoted it over
     v2 (WAPE 0.30 < v2's recorded 0.36): champion.json and the registry went back to the model trained on less
     history, and batch_predictions forecast with it. Now a run older than the champion's run date stays challenger."""
-    import uuid
+    from ml.pipeline import register_model
 
-    import pyarrow as pa
+    s, lake, client, db = models
+    d1, d2 = dt.date(2024, 4, 1), dt.date(2024, 4, 2)
+    trained(models, 1, d1, 0.45, 0.90)
+    assert register_model(d1, s)["promoted"]                 # the first champion: the best baseline
+    trained(models, 2, d2, 0.36, 0.70)
+    assert register_model(d2, s)["promoted"] and champion(models) == (2, [2])
+    trained(models, 1, d1, 0.30, 0.60)                       # D1 re-run: the train job overwrites v1
+    out = register_model(d1, s)
+    assert not out["promoted"] and "trained for a later date (2024-04-02)" in out["reason"]
+    assert champion(models) == (2, [2])                      # old code: (1, [1])
+    assert client.query(f"SELECT count() FROM {db}.model_registry FINAL").result_rows[0][0] == 2
+    assert register_model(d2, s)["promoted"] and champion(models) == (2, [2])   # the newer date re-run: still v2
 
-    from core.clickhouse import get_client
-    from core.lake import Lake
+
+def test_a_lost_model_store_does_not_leave_the_predictions_without_a_champion(models):
+    """The model store emptied (MinIO's volume re-created, the bucket deleted) after v2 became champion: the next
+    training saves v1 again (the train job numbers versions from the lake) with a backtest (WAPE 0.40) worse than the
+    lost champion's recorded 0.36. Until 2026-12-07 nothing was promoted: no champion.json, so every predict job
+    failed "no champion model" until a version beat the lost one. Now a champion whose model is gone is replaced."""
     from ml.forecast import MODEL_PREFIX
     from ml.pipeline import register_model
 
-    s = native_stack.model_copy(update={"lake_models_bucket": f"models-{uuid.uuid4().hex[:8]}"})
-    lake, client, db = Lake(s), get_client(s), s.clickhouse_database
-    lake.ensure_buckets()
-    d1, d2 = dt.date(2024, 4, 1), dt.date(2024, 4, 2)
-
-    def trained(v: int, day: dt.date, gbt_wape: float, gbt_rmsse: float) -> None:   # what the train job saves
-        w = {"gbt": gbt_wape, "seasonal_naive": 0.50, "trailing_mean_28": 0.42, "statsforecast": 0.43}
-        r = {"gbt": gbt_rmsse, "seasonal_naive": 1.0, "trailing_mean_28": 0.80, "statsforecast": 0.79}
-        m = pd.DataFrame([{"model": k, "h": h, "wape": w[k], "rmsse": r[k]} for k in w for h in (0, 1)])
-        lake.write_table(pa.Table.from_pandas(m, preserve_index=False), s.lake_models_bucket, MODEL_PREFIX,
-                         f"v{v}", "metrics.parquet")
-        lake.write_json({"run_date": day.isoformat(), "trained_at": f"{day}T10:00:00+00:00", "horizon": 14,
-                         "path": f"{s.lake_models_bucket}/{MODEL_PREFIX}/v{v}"},
-                        s.lake_models_bucket, MODEL_PREFIX, f"v{v}", "meta.json")
-
-    def champion() -> tuple:
-        reg = client.query(f"SELECT version FROM {db}.model_registry FINAL WHERE is_champion = 1").result_rows
-        return lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")["version"], sorted(reg)
-
-    trained(1, d1, 0.45, 0.90)
-    assert register_model(d1, s)["promoted"]                 # the first champion: the best baseline
-    trained(2, d2, 0.36, 0.70)
-    assert register_model(d2, s)["promoted"] and champion() == (2, [(2,)])
-    trained(1, d1, 0.30, 0.60)                               # D1 re-run: the train job overwrites v1
-    out = register_model(d1, s)
-    assert not out["promoted"] and "trained for a later date (2024-04-02)" in out["reason"]
-    assert champion() == (2, [(2,)])                         # old code: (1, [(1,)])
-    assert client.query(f"SELECT count() FROM {db}.model_registry FINAL").result_rows[0][0] == 2
-    assert register_model(d2, s)["promoted"] and champion() == (2, [(2,)])   # the newer date re-run: still v2
+    s, lake, client, db = models
+    d1, d2, d3 = dt.date(2024, 4, 1), dt.date(2024, 4, 2), dt.date(2024, 4, 3)
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    trained(models, 2, d2, 0.36, 0.70)
+    assert register_model(d2, s)["promoted"] and champion(models) == (2, [2])
+    lake.delete_dir(s.lake_models_bucket, MODEL_PREFIX)      # the store lost
+    trained(models, 1, d3, 0.40, 0.75)
+    out = register_model(d3, s)
+    assert out["promoted"] and "v2's model is gone from the lake" in out["reason"]   # old code: not promoted
+    assert champion(models) == (1, [1])
