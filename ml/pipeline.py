@@ -427,9 +427,19 @@ def collect_series(features, keys: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def version_for_run(lake, run_date: str) -> int | None:
-    """The model version whose meta.json has this run_date, if any."""
+    """The model version whose meta.json has this run_date (ISO date), if any; a version whose meta.json is not JSON
+    (cut short, overwritten) is skipped with a warning naming it (until 2026-12-07 it failed the train job and
+    register_model of every later run: one corrupt file stopped the training for good).
+
+    Raises: OSError: the lake cannot be reached.
+    """
     for v in reversed(list_versions(lake)):
-        if read_meta(lake, v).get("run_date") == run_date:
+        try:
+            meta = read_meta(lake, v)
+        except ValueError as exc:   # json.JSONDecodeError naming the file (core.lake.Lake.read_json)
+            log.warning("model version v%s skipped: %s", v, exc)
+            continue
+        if meta.get("run_date") == run_date:
             return v
     return None
 
@@ -463,7 +473,7 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
       the GBT beats it);
     * the champion is this version (re-run): it stays champion with the challenger's model;
     * the champion's model is gone from the lake (``champion["missing"]``: its ``meta.json`` not found, e.g. the
-      model store lost or emptied): it cannot serve, so the challenger is promoted (until 2026-12-07 it was compared
+      model store lost or emptied, or not JSON): it cannot serve, so the challenger is promoted (until 2026-12-07 it was compared
       with the lost model's recorded figures and, when not better, nothing was promoted: no ``champion.json``, and
       every predict job failed "no champion model" until a version beat the lost one);
     * the champion was trained for a later run date than ``run_date`` (a re-run or backfill of an older date after
@@ -494,7 +504,8 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
     if cv == int(version):
         return {**out, "promote": True, "reason": "already champion (re-run)"}
     if champion.get("missing"):
-        return {**out, "promote": True, "reason": f"champion v{cv}'s model is gone from the lake: {model} replaces it"}
+        return {**out, "promote": True,
+                "reason": f"champion v{cv}'s model is gone from the lake or unreadable: {model} replaces it"}
     crd = champion.get("run_date")
     if run_date is not None and crd is not None and pd.notna(crd) and pd.Timestamp(crd).date() > run_date:
         return {**out, "promote": False, "reason": f"champion v{cv} was trained for a later date "
@@ -545,8 +556,8 @@ def register_model(run_date: dt.date, settings=None) -> dict:
     if champ is not None:  # the champion's horizon (models before issue 11 forecast 7 days)
         try:
             champ["horizon"] = int(read_meta(lake, int(champ["version"])).get("horizon", 7))
-        except FileNotFoundError:   # its model is gone from the lake: it cannot serve
-            champ["horizon"], champ["missing"] = None, int(champ["version"]) != v
+        except (FileNotFoundError, ValueError):   # its model is gone from the lake, or its meta.json is not JSON:
+            champ["horizon"], champ["missing"] = None, int(champ["version"]) != v   # it cannot serve
         except OSError:
             champ["horizon"] = None
     d = decide_promotion(metrics, v, champ, horizon=int(meta.get("horizon", 7)), run_date=run_date)

@@ -198,3 +198,25 @@ def test_a_lost_model_store_does_not_leave_the_predictions_without_a_champion(mo
     out = register_model(d3, s)
     assert out["promoted"] and "v2's model is gone from the lake" in out["reason"]   # old code: not promoted
     assert champion(models) == (1, [1])
+
+
+def test_a_corrupt_model_meta_neither_stops_the_training_nor_keeps_its_champion(models):
+    """v1's meta.json cut short (0 bytes: a folder lake's write killed half-way, an operator's edit) while v1 is
+    champion: until 2026-12-07 the next run's register_model (and the train job's version choice,
+    ml.pipeline.version_for_run, reading every version's meta.json) failed with JSONDecodeError, every night, naming
+    no file. Now the corrupt version is skipped (a warning names it), the run's v2 is registered and, v1 unable to
+    serve, promoted."""
+    from ml.forecast import MODEL_PREFIX
+    from ml.pipeline import register_model, version_for_run
+
+    s, lake, client, db = models
+    d1, d2 = dt.date(2024, 4, 1), dt.date(2024, 4, 2)
+    trained(models, 1, d1, 0.45, 0.90)
+    assert register_model(d1, s)["promoted"] and champion(models) == (1, [1])
+    with lake.fs.open_output_stream(lake.path(s.lake_models_bucket, MODEL_PREFIX, "v1", "meta.json")) as f:
+        f.write(b"")
+    trained(models, 2, d2, 0.50, 1.00)                       # worse than v1's recorded figures
+    assert version_for_run(lake, d2.isoformat()) == 2 and version_for_run(lake, d1.isoformat()) is None
+    out = register_model(d2, s)
+    assert out["promoted"] and "v1's model is gone from the lake" in out["reason"]
+    assert champion(models) == (2, [2])
