@@ -456,8 +456,9 @@ def metrics_rows(metrics: pd.DataFrame, version: int, run_date: dt.date, dataset
 
 def current_champion(client, db: str) -> dict | None:
     """The registry's champion row (latest state): version, model, run_date (datetime.date), backtest_wape,
-    backtest_rmsse, path; or None."""
-    df = client.query_df(f"SELECT version, model, run_date, backtest_wape, backtest_rmsse, path FROM {db}.model_registry FINAL "
+    backtest_rmsse, path, promoted_at; or None."""
+    df = client.query_df(f"SELECT version, model, run_date, backtest_wape, backtest_rmsse, path, promoted_at "
+                         f"FROM {db}.model_registry FINAL "
                          f"WHERE model_name = '{MODEL_NAME}' AND is_champion = 1 ORDER BY version DESC LIMIT 1")
     return None if df.empty else df.iloc[0].to_dict()
 
@@ -533,11 +534,40 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
                       f"{cw:.4f} / {cr:.4f}"}
 
 
+def _heal_champion_file(lake, champ: dict) -> bool:
+    """Rewrite ``models/demand-forecast/champion.json`` from the registry's champion row ``champ``
+    (:func:`current_champion`) when the file names another version, is missing or is not JSON: the state a
+    ``register_model`` leaves when it stopped between its registry insert and that write (MinIO down through every
+    retry). The predict job follows the file, so until 2026-12-07 it served the old champion for good while the
+    registry (and the BI) named the new one. Returns True when the file was rewritten.
+
+    Raises: OSError: the lake cannot be reached.
+    """
+    bucket = lake.settings.lake_models_bucket
+    try:
+        cur = lake.read_json(bucket, MODEL_PREFIX, "champion.json")
+    except ValueError:   # not JSON
+        cur = None
+    if cur is not None and int(cur.get("version", -1)) == int(champ["version"]):
+        return False
+    log.warning("champion.json names %s, the registry's champion is v%s: rewritten",
+                "nothing readable" if cur is None else f"v{cur.get('version')}", champ["version"])
+    promoted = champ.get("promoted_at")
+    lake.write_json({"version": int(champ["version"]), "model": str(champ.get("model") or "gbt"),
+                     "path": champ["path"],
+                     "promoted_at": None if promoted is None or pd.isna(promoted) else pd.Timestamp(promoted).isoformat(),
+                     "backtest_wape": float(champ["backtest_wape"]), "backtest_rmsse": float(champ["backtest_rmsse"])},
+                    bucket, MODEL_PREFIX, "champion.json")
+    return True
+
+
 def register_model(run_date: dt.date, settings=None) -> dict:
     """Task ``register_model``: load the run's backtest metrics (GBT and every baseline) into
     ml_model_metrics, add the version to model_registry with the model it would serve, and promote it per
     :func:`decide_promotion` (champion / challenger). Writes ``models/demand-forecast/champion.json``
-    ({version, model}): the predict job forecasts with that model (the GBT, or a baseline).
+    ({version, model}): the predict job forecasts with that model (the GBT, or a baseline). A run that promotes
+    nothing rewrites that file from the registry's champion when it names another version or cannot be read
+    (:func:`_heal_champion_file`).
 
     Raises:
         FileNotFoundError: the training job wrote no model for this run date.
@@ -583,6 +613,8 @@ def register_model(run_date: dt.date, settings=None) -> dict:
         lake.write_json({"version": v, "model": model, "path": meta["path"], "promoted_at": now.isoformat(),
                            "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"]},
                     s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    elif champ is not None:
+        _heal_champion_file(lake, champ)
     log.info("model v%s (%s): %s -> %s", v, model, reason, "promoted" if promote else "kept challenger")
     return {"version": v, "model": model, "promoted": promote, "reason": reason, "wape": d["wape"],
             "rmsse": d["rmsse"], "seasonal_naive_wape": naive}

@@ -220,3 +220,31 @@ def test_a_corrupt_model_meta_neither_stops_the_training_nor_keeps_its_champion(
     out = register_model(d2, s)
     assert out["promoted"] and "v1's model is gone from the lake" in out["reason"]
     assert champion(models) == (2, [2])
+
+
+def test_a_champion_file_left_behind_by_a_stopped_registration_is_rewritten(models):
+    """register_model of D2 stopped between its registry insert (v2 champion) and its champion.json write (MinIO
+    down through every retry): the file still names v1. Until 2026-12-07 the next night, promoting nothing (D3's
+    v3 worse than v2), left it so: the predict job served v1 for good while the registry named v2. Now a run that
+    promotes nothing rewrites the file from the registry's champion; so too a file that is not JSON."""
+    from ml.forecast import MODEL_PREFIX
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2, d3, d4 = (dt.date(2024, 4, d) for d in (1, 2, 3, 4))
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    left = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    trained(models, 2, d2, 0.36, 0.70)
+    assert register_model(d2, s)["promoted"]
+    lake.write_json(left, s.lake_models_bucket, MODEL_PREFIX, "champion.json")   # the write that did not happen
+    assert champion(models) == (1, [2])
+    trained(models, 3, d3, 0.40, 0.75)
+    assert not register_model(d3, s)["promoted"]
+    assert champion(models) == (2, [2])                      # old code: (1, [2])
+    champ = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    assert champ["model"] == "gbt" and champ["backtest_wape"] == pytest.approx(0.36)
+    with lake.fs.open_output_stream(lake.path(s.lake_models_bucket, MODEL_PREFIX, "champion.json")) as f:
+        f.write(b'{"version": 2, "mo')
+    trained(models, 4, d4, 0.40, 0.75)
+    assert not register_model(d4, s)["promoted"] and champion(models) == (2, [2])
