@@ -5,6 +5,10 @@ The last day of known demand the tasks use (``history_end`` / ``loaded_through``
 the UCI log has 121 of them in 639 days) is zero demand, a day it has not loaded (or whose latest load failed)
 is not. Until 2026-12-06 the history ended on the last day with sales: a run on a closed day left the known zero
 days out and forecast days already past.
+
+Also ``register_model``'s champion under operational accidents (since 2026-12-07), on versions saved as the train
+job saves them (meta.json, metrics.parquet) in a models bucket of their own: an older date re-run, the model store
+lost, a corrupt meta.json, a champion.json left behind by a stopped registration.
 """
 
 from __future__ import annotations
