@@ -751,8 +751,10 @@ def own_staging(client, db: str, table: str, dk: int):
     """
     name = f"{table}_staging_{int(dk)}_{uuid.uuid4().hex[:8]}"
     with contextlib.suppress(Exception):   # orphans of killed loads; never one of a load still running
-        old = client.query(f"SELECT name FROM system.tables WHERE database = '{db}' AND startsWith(name, '{table}_staging_') "
-                           f"AND metadata_modification_time < now() - INTERVAL {STAGING_ORPHAN_HOURS} HOUR").result_rows
+        old = client.query(f"SELECT name FROM system.tables WHERE database = '{db}' "
+                           f"AND startsWith(name, '{table}_staging_') "
+                           f"AND metadata_modification_time < now() - INTERVAL {STAGING_ORPHAN_HOURS} HOUR"
+                           ).result_rows
         for (n,) in old:
             client.command(f"DROP TABLE IF EXISTS {db}.`{n}`")
     client.command(f"CREATE TABLE {db}.{name} AS {db}.{table}")

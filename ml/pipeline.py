@@ -474,9 +474,9 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
       the GBT beats it);
     * the champion is this version (re-run): it stays champion with the challenger's model;
     * the champion's model is gone from the lake (``champion["missing"]``: its ``meta.json`` not found, e.g. the
-      model store lost or emptied, or not JSON): it cannot serve, so the challenger is promoted (until 2026-12-07 it was compared
-      with the lost model's recorded figures and, when not better, nothing was promoted: no ``champion.json``, and
-      every predict job failed "no champion model" until a version beat the lost one);
+      model store lost or emptied, or not JSON): it cannot serve, so the challenger is promoted (until 2026-12-07
+      it was compared with the lost model's recorded figures and, when not better, nothing was promoted: no
+      ``champion.json``, and every predict job failed "no champion model" until a version beat the lost one);
     * the champion was trained for a later run date than ``run_date`` (a re-run or backfill of an older date after
       newer runs; ``champion["run_date"]``): not promoted, whatever its scores (its model has seen less history and
       its backtest other origins; until 2026-12-07 such a re-run replaced the newer champion whenever its older
@@ -555,7 +555,8 @@ def _heal_champion_file(lake, champ: dict) -> bool:
     promoted = champ.get("promoted_at")
     lake.write_json({"version": int(champ["version"]), "model": str(champ.get("model") or "gbt"),
                      "path": champ["path"],
-                     "promoted_at": None if promoted is None or pd.isna(promoted) else pd.Timestamp(promoted).isoformat(),
+                     "promoted_at": (None if promoted is None or pd.isna(promoted)
+                                     else pd.Timestamp(promoted).isoformat()),
                      "backtest_wape": float(champ["backtest_wape"]), "backtest_rmsse": float(champ["backtest_rmsse"])},
                     bucket, MODEL_PREFIX, "champion.json")
     return True
