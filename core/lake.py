@@ -173,14 +173,25 @@ class Lake:
 
         Raises:
             FileNotFoundError: ``required`` and the file does not exist (the message names the lake path).
-            json.JSONDecodeError (a ValueError): the file is not JSON. OSError: the storage cannot be reached.
+            json.JSONDecodeError (a ValueError): the file is not JSON (empty, cut short, overwritten with something
+                else, not UTF-8); the message names the lake path and its size (until 2026-12-07 it did not: a
+                corrupt ``champion.json`` failed the predict job with "Expecting value: line 1 column 1 (char 0)").
+            OSError: the storage cannot be reached.
         """
         if not self.exists(*parts):
             if required:
                 raise FileNotFoundError(f"lake file {'/'.join(parts)} not found")
             return None
         with self.fs.open_input_stream(self.path(*parts)) as f:
-            return json.loads(f.read().decode())
+            raw = f.read()
+        try:
+            return json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = raw.decode(errors="replace")
+            why, pos = ((exc.msg, exc.pos) if isinstance(exc, json.JSONDecodeError)
+                        else (f"not UTF-8 ({exc.reason})", min(exc.start, len(doc))))
+            raise json.JSONDecodeError(f"lake file {'/'.join(parts)} ({len(raw)} bytes) is not JSON: {why}",
+                                       doc, pos) from exc
 
     def delete_file(self, *parts: str) -> bool:
         """Remove the file at lake path ``parts``; nothing when it does not exist. Returns True when a file was

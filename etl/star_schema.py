@@ -13,8 +13,8 @@ output to the lake or ClickHouse, so tasks exchange only small XComs (paths and 
 2. :func:`load` (the only task besides 3 that opens ClickHouse) upserts the dimensions
    (ReplacingMergeTree), replaces the date's ``fact_sales`` / ``fact_sales_daily`` / ``fact_inventory``
    partition atomically
-   (``ALTER TABLE ... REPLACE PARTITION ... FROM <table>_staging``; ``DROP PARTITION`` when the day is
-   empty) and computes safety stock from the trailing fact_sales.
+   (``ALTER TABLE ... REPLACE PARTITION ... FROM`` a staging table of the call's own, :func:`own_staging`;
+   ``DROP PARTITION`` when the day is empty) and computes safety stock from the trailing fact_sales.
 3. :func:`quality_check` re-reads the raw lake partition independently and requires fact_sales to
    reconcile *exactly* (rows, units, revenue) plus referential integrity; it records the run in
    ``etl_runs`` and raises :class:`DataQualityError` on any mismatch.
@@ -766,20 +766,54 @@ def _db() -> str:
     return get_settings().clickhouse_database
 
 
+#: a staging table older than this (hours) is a replacement's left by a killed load: dropped by the next one
+STAGING_ORPHAN_HOURS = 6
+
+
+@contextlib.contextmanager
+def own_staging(client, db: str, table: str, dk: int):
+    """A staging table of this call's own for a partition replacement of ``db.table``: ``<table>_staging_<dk>_<8
+    hex>``, created ``AS`` the table (same columns, engine and partitioning), dropped on exit (best effort: a
+    ClickHouse outage leaves it, and the next call drops such tables of ``table`` older than
+    :data:`STAGING_ORPHAN_HOURS`). Yields its name (without the database).
+
+    Why not one shared ``<table>_staging``: two loads writing a partition at once (a manual run while the
+    scheduler's loads it, a backfill's runs side by side rebuilding the same later day's inventory) dropped and
+    filled each other's staging partition: one's rows were replaced twice into the table (doubled), or its
+    ``REPLACE PARTITION`` found nothing and failed (ClickHouse code 36).
+
+    Raises: the client's errors (ClickHouse unreachable, the table missing) from the ``CREATE TABLE``.
+    """
+    name = f"{table}_staging_{int(dk)}_{uuid.uuid4().hex[:8]}"
+    with contextlib.suppress(Exception):   # orphans of killed loads; never one of a load still running
+        old = client.query(f"SELECT name FROM system.tables WHERE database = '{db}' "
+                           f"AND startsWith(name, '{table}_staging_') "
+                           f"AND metadata_modification_time < now() - INTERVAL {STAGING_ORPHAN_HOURS} HOUR"
+                           ).result_rows
+        for (n,) in old:
+            client.command(f"DROP TABLE IF EXISTS {db}.`{n}`")
+    client.command(f"CREATE TABLE {db}.{name} AS {db}.{table}")
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            client.command(f"DROP TABLE IF EXISTS {db}.{name}")
+
+
 def _replace_partition(client, db: str, table: str, dk: int, df: pd.DataFrame) -> None:
-    """Atomically replace partition ``dk`` of ``table`` with ``df`` via ``<table>_staging``."""
-    client.command(f"ALTER TABLE {db}.{table}_staging DROP PARTITION {dk}")
+    """Atomically replace partition ``dk`` of ``table`` with ``df`` (``REPLACE PARTITION`` from a staging table of
+    this call's own: :func:`own_staging`; ``DROP PARTITION`` when ``df`` is empty)."""
     if df.empty:
         client.command(f"ALTER TABLE {db}.{table} DROP PARTITION {dk}")
         return
-    client.insert_df(f"{db}.{table}_staging", df)
-    client.command(f"ALTER TABLE {db}.{table} REPLACE PARTITION {dk} FROM {db}.{table}_staging")
-    client.command(f"ALTER TABLE {db}.{table}_staging DROP PARTITION {dk}")
+    with own_staging(client, db, table, dk) as stg:
+        client.insert_df(f"{db}.{stg}", df)
+        client.command(f"ALTER TABLE {db}.{table} REPLACE PARTITION {dk} FROM {db}.{stg}")
 
 
 #: fact_sales_daily (daily grain per store x SKU, read by the dashboards) from one fact_sales partition
 _DAILY_SQL = """
-INSERT INTO {db}.fact_sales_daily_staging
+INSERT INTO {db}.{staging}
 SELECT s.date_key, s.store_key, s.product_key,
        sum(if(s.quantity > 0, s.quantity, 0)), sum(if(s.quantity < 0, -s.quantity, 0)), sum(s.quantity),
        sum(toFloat64(s.revenue)), sum(ifNull(toFloat64(s.cost), 0)), sum(ifNull(toFloat64(s.profit), 0)),
@@ -790,14 +824,14 @@ GROUP BY s.date_key, s.store_key, s.product_key"""
 
 def rebuild_sales_daily(client, db: str, dk: int) -> None:
     """Replace partition ``dk`` (YYYYMMDD) of ``fact_sales_daily`` with the aggregate of the same
-    ``fact_sales`` partition (staging + REPLACE PARTITION: a re-run replaces, never adds)."""
-    client.command(f"ALTER TABLE {db}.fact_sales_daily_staging DROP PARTITION {dk}")
-    client.command(_DAILY_SQL.format(db=db, dk=dk))
-    if not client.query(f"SELECT count() FROM {db}.fact_sales_daily_staging WHERE date_key = {dk}").result_rows[0][0]:
-        client.command(f"ALTER TABLE {db}.fact_sales_daily DROP PARTITION {dk}")
-        return
-    client.command(f"ALTER TABLE {db}.fact_sales_daily REPLACE PARTITION {dk} FROM {db}.fact_sales_daily_staging")
-    client.command(f"ALTER TABLE {db}.fact_sales_daily_staging DROP PARTITION {dk}")
+    ``fact_sales`` partition (a staging table of its own, :func:`own_staging`, + REPLACE PARTITION: a re-run
+    replaces, never adds)."""
+    with own_staging(client, db, "fact_sales_daily", dk) as stg:
+        client.command(_DAILY_SQL.format(db=db, staging=stg, dk=dk))
+        if not client.query(f"SELECT count() FROM {db}.{stg}").result_rows[0][0]:
+            client.command(f"ALTER TABLE {db}.fact_sales_daily DROP PARTITION {dk}")
+            return
+        client.command(f"ALTER TABLE {db}.fact_sales_daily REPLACE PARTITION {dk} FROM {db}.{stg}")
 
 
 def _nullable(df: pd.DataFrame) -> pd.DataFrame:
@@ -1343,6 +1377,13 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     raw partitions changed since they were loaded (:func:`rebuilt_days`) are loaded again, oldest first, then
     ``day``; their dates are returned in ``rechecked_days`` for the quality check.
 
+    Before each day's load a row with status :data:`BEGUN` (stage ``load``) is appended to ``etl_runs``, so until the
+    quality check records its success the day is not loaded for :func:`loaded_days` (the training and prediction
+    DAGs' sensor, ``check_gaps``, ``ml.pipeline.loaded_through``): a re-load stopped half-way (ClickHouse stopped
+    after the day's ``fact_sales`` was replaced, when the failed row cannot be written either; the worker killed)
+    used to leave the day's earlier success as its latest row over a partly replaced star schema. ClickHouse
+    unreachable at the start: that row fails first, before any write.
+
     Raises:
         Exception: whatever :func:`load` raises (e.g. :class:`EtlError` for a missing staged file, ClickHouse or
             lake errors), unchanged, after a row with status ``failed``, stage ``load`` and ``repr`` of the
@@ -1357,13 +1398,19 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     if again:
         log.warning("raw partitions of %s changed since they were loaded: loading them again",
                     [d.isoformat() for d in again])
+    from core.clickhouse import migrate as run_migrations
+
     d = day
     try:
-        for d in again:
-            load(d, migrate=False, allow_missing_raw=allow_missing_raw)
-        d = day
-        return {**load(day, allow_missing_raw=allow_missing_raw), "started_at": started.isoformat(),
-                "rechecked_days": [x.isoformat() for x in again]}
+        run_migrations(get_settings())   # etl_runs exists before the first "begun" row
+        client, db = _client(), _db()
+        out = {}
+        for d in [*again, day]:
+            # before the day's first write: a load that stops half-way (ClickHouse gone, so the failed row below
+            # cannot be written either; the worker killed) leaves the day not loaded, not its earlier success
+            record_run(client, db, d, BEGUN, "load", started, message="load started", dag_run_id=dag_run_id)
+            out = load(d, migrate=False, allow_missing_raw=allow_missing_raw)
+        return {**out, "started_at": started.isoformat(), "rechecked_days": [x.isoformat() for x in again]}
     except Exception as exc:  # record the failed load in etl_runs, then let the caller fail
         with contextlib.suppress(Exception):
             record_run(_client(), _db(), d, "failed", "load", started, message=repr(exc), dag_run_id=dag_run_id)
@@ -1461,6 +1508,13 @@ def reconcile(expected: LakeTotals, actual: dict[str, Any]) -> list[str]:
     if actual["dim_date_rows"] == 0:
         fails.append("dim_date has no row for the date")
     return fails
+
+
+#: ``etl_runs.status`` of the row :func:`load_recorded` appends before a day's first write ("success" / "failed" end
+#: a run): a load stopped half-way leaves it the day's latest row, so the day is not loaded (:func:`loaded_days`)
+#: until a run reconciles it. Sorts below "failed" and "success" (the Power BI 'Last ETL Status' takes the MAX of the
+#: rows sharing the latest started_at).
+BEGUN = "begun"
 
 
 def record_run(client, db: str, day: dt.date, status: str, stage: str, started_at: dt.datetime,

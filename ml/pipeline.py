@@ -427,9 +427,19 @@ def collect_series(features, keys: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def version_for_run(lake, run_date: str) -> int | None:
-    """The model version whose meta.json has this run_date, if any."""
+    """The model version whose meta.json has this run_date (ISO date), if any; a version whose meta.json is not JSON
+    (cut short, overwritten) is skipped with a warning naming it (until 2026-12-07 it failed the train job and
+    register_model of every later run: one corrupt file stopped the training for good).
+
+    Raises: OSError: the lake cannot be reached.
+    """
     for v in reversed(list_versions(lake)):
-        if read_meta(lake, v).get("run_date") == run_date:
+        try:
+            meta = read_meta(lake, v)
+        except ValueError as exc:   # json.JSONDecodeError naming the file (core.lake.Lake.read_json)
+            log.warning("model version v%s skipped: %s", v, exc)
+            continue
+        if meta.get("run_date") == run_date:
             return v
     return None
 
@@ -445,13 +455,16 @@ def metrics_rows(metrics: pd.DataFrame, version: int, run_date: dt.date, dataset
 
 
 def current_champion(client, db: str) -> dict | None:
-    """The registry's champion row (latest state): version, model, backtest_wape, backtest_rmsse, path; or None."""
-    df = client.query_df(f"SELECT version, model, backtest_wape, backtest_rmsse, path FROM {db}.model_registry FINAL "
+    """The registry's champion row (latest state): version, model, run_date (datetime.date), backtest_wape,
+    backtest_rmsse, path, promoted_at; or None."""
+    df = client.query_df(f"SELECT version, model, run_date, backtest_wape, backtest_rmsse, path, promoted_at "
+                         f"FROM {db}.model_registry FINAL "
                          f"WHERE model_name = '{MODEL_NAME}' AND is_champion = 1 ORDER BY version DESC LIMIT 1")
     return None if df.empty else df.iloc[0].to_dict()
 
 
-def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None, horizon: int | None = None) -> dict:
+def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None, horizon: int | None = None,
+                     run_date: dt.date | None = None) -> dict:
     """Champion / challenger rule (pure): which model of run ``version`` serves, and is it promoted?
 
     The run's challenger is :func:`ml.forecast.select_champion` of its backtest: the GBT when its pooled
@@ -460,6 +473,14 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
     * no champion yet: the challenger is promoted (so the first champion is the best baseline unless
       the GBT beats it);
     * the champion is this version (re-run): it stays champion with the challenger's model;
+    * the champion's model is gone from the lake (``champion["missing"]``: its ``meta.json`` not found, e.g. the
+      model store lost or emptied, or not JSON): it cannot serve, so the challenger is promoted (until 2026-12-07
+      it was compared with the lost model's recorded figures and, when not better, nothing was promoted: no
+      ``champion.json``, and every predict job failed "no champion model" until a version beat the lost one);
+    * the champion was trained for a later run date than ``run_date`` (a re-run or backfill of an older date after
+      newer runs; ``champion["run_date"]``): not promoted, whatever its scores (its model has seen less history and
+      its backtest other origins; until 2026-12-07 such a re-run replaced the newer champion whenever its older
+      backtest scored better, or the champion's horizon differed, or it was the same baseline "re-calibrated");
     * the champion was trained for another horizon (``champion["horizon"]`` != ``horizon``, e.g. after
       FORECAST_HORIZON changed): its backtest is not comparable and it cannot serve the horizon, so the
       challenger is promoted;
@@ -483,6 +504,14 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
     cv, cm = int(champion["version"]), str(champion.get("model") or "gbt")
     if cv == int(version):
         return {**out, "promote": True, "reason": "already champion (re-run)"}
+    if champion.get("missing"):
+        return {**out, "promote": True,
+                "reason": f"champion v{cv}'s model is gone from the lake or unreadable: {model} replaces it"}
+    crd = champion.get("run_date")
+    if run_date is not None and crd is not None and pd.notna(crd) and pd.Timestamp(crd).date() > run_date:
+        return {**out, "promote": False, "reason": f"champion v{cv} was trained for a later date "
+                                                   f"({pd.Timestamp(crd).date()}): this run for {run_date} stays "
+                                                   "challenger"}
     ch = champion.get("horizon")
     if horizon is not None and ch is not None and int(ch) != int(horizon):
         return {**out, "promote": True, "reason": f"champion v{cv} forecasts {int(ch)} days, this run {int(horizon)}: "
@@ -505,11 +534,41 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
                       f"{cw:.4f} / {cr:.4f}"}
 
 
+def _heal_champion_file(lake, champ: dict) -> bool:
+    """Rewrite ``models/demand-forecast/champion.json`` from the registry's champion row ``champ``
+    (:func:`current_champion`) when the file names another version, is missing or is not JSON: the state a
+    ``register_model`` leaves when it stopped between its registry insert and that write (MinIO down through every
+    retry). The predict job follows the file, so until 2026-12-07 it served the old champion for good while the
+    registry (and the BI) named the new one. Returns True when the file was rewritten.
+
+    Raises: OSError: the lake cannot be reached.
+    """
+    bucket = lake.settings.lake_models_bucket
+    try:
+        cur = lake.read_json(bucket, MODEL_PREFIX, "champion.json")
+    except ValueError:   # not JSON
+        cur = None
+    if cur is not None and int(cur.get("version", -1)) == int(champ["version"]):
+        return False
+    log.warning("champion.json names %s, the registry's champion is v%s: rewritten",
+                "nothing readable" if cur is None else f"v{cur.get('version')}", champ["version"])
+    promoted = champ.get("promoted_at")
+    lake.write_json({"version": int(champ["version"]), "model": str(champ.get("model") or "gbt"),
+                     "path": champ["path"],
+                     "promoted_at": (None if promoted is None or pd.isna(promoted)
+                                     else pd.Timestamp(promoted).isoformat()),
+                     "backtest_wape": float(champ["backtest_wape"]), "backtest_rmsse": float(champ["backtest_rmsse"])},
+                    bucket, MODEL_PREFIX, "champion.json")
+    return True
+
+
 def register_model(run_date: dt.date, settings=None) -> dict:
     """Task ``register_model``: load the run's backtest metrics (GBT and every baseline) into
     ml_model_metrics, add the version to model_registry with the model it would serve, and promote it per
     :func:`decide_promotion` (champion / challenger). Writes ``models/demand-forecast/champion.json``
-    ({version, model}): the predict job forecasts with that model (the GBT, or a baseline).
+    ({version, model}): the predict job forecasts with that model (the GBT, or a baseline). A run that promotes
+    nothing rewrites that file from the registry's champion when it names another version or cannot be read
+    (:func:`_heal_champion_file`).
 
     Raises:
         FileNotFoundError: the training job wrote no model for this run date.
@@ -528,9 +587,11 @@ def register_model(run_date: dt.date, settings=None) -> dict:
     if champ is not None:  # the champion's horizon (models before issue 11 forecast 7 days)
         try:
             champ["horizon"] = int(read_meta(lake, int(champ["version"])).get("horizon", 7))
-        except (FileNotFoundError, OSError):
+        except (FileNotFoundError, ValueError):   # its model is gone from the lake, or its meta.json is not JSON:
+            champ["horizon"], champ["missing"] = None, int(champ["version"]) != v   # it cannot serve
+        except OSError:
             champ["horizon"] = None
-    d = decide_promotion(metrics, v, champ, horizon=int(meta.get("horizon", 7)))
+    d = decide_promotion(metrics, v, champ, horizon=int(meta.get("horizon", 7)), run_date=run_date)
     promote, reason, model = d["promote"], d["reason"], d["model"]
     now = _now()
     base = {"model_name": MODEL_NAME, "run_date": run_date, "metrics": json_text({
@@ -553,6 +614,8 @@ def register_model(run_date: dt.date, settings=None) -> dict:
         lake.write_json({"version": v, "model": model, "path": meta["path"], "promoted_at": now.isoformat(),
                            "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"]},
                     s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    elif champ is not None:
+        _heal_champion_file(lake, champ)
     log.info("model v%s (%s): %s -> %s", v, model, reason, "promoted" if promote else "kept challenger")
     return {"version": v, "model": model, "promoted": promote, "reason": reason, "wape": d["wape"],
             "rmsse": d["rmsse"], "seasonal_naive_wape": naive}

@@ -163,3 +163,40 @@ def test_train_too_little_history_is_bad_data_and_a_rerun_clears_it(local_lake):
     res = local_lake.read_json(*train_records.staging(local_lake, day, train_records.RESULT_NAME))
     assert res["version"] == max(before, default=0) + 1 and res["series"] == 6
     assert list_versions(local_lake) == sorted([*before, res["version"]])
+
+
+def test_a_corrupt_champion_file_fails_the_predict_job_naming_it(local_lake):
+    """The model store's champion.json cut short (a folder lake's write killed half-way, an operator's edit): the
+    predict job forecast nothing and failed with "Expecting value: line 1 column 1 (char 0)", naming no file
+    (JSONDecodeError of json.loads). Now the error names the lake file and its size; no prediction is written."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    from ml.forecast import MODEL_PREFIX
+    from ml.jobs.predict import main
+
+    bucket = local_lake.settings.lake_models_bucket
+    path = local_lake.path(bucket, MODEL_PREFIX, "champion.json")
+    had = local_lake.read_json(bucket, MODEL_PREFIX, "champion.json")
+    predictions = local_lake.path(bucket, MODEL_PREFIX, "predictions")
+
+    def written() -> dict:   # the predictions' files (an earlier test of the module may have written some)
+        sel = pafs.FileSelector(predictions, allow_not_found=True, recursive=True)
+        return {i.path: i.mtime for i in local_lake.fs.get_file_info(sel)}
+
+    before = written()
+    local_lake.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    try:
+        for raw in (b"", b'{"version": 3, "mod'):
+            with local_lake.fs.open_output_stream(path) as f:
+                f.write(raw)
+            with pytest.raises(json.JSONDecodeError,
+                               match=rf"lake file {bucket}/{MODEL_PREFIX}/champion\.json \({len(raw)} bytes\) is not JSON"):
+                main(["--features", "latest"])
+        assert written() == before
+    finally:
+        if had is None:
+            local_lake.delete_file(bucket, MODEL_PREFIX, "champion.json")
+        else:
+            local_lake.write_json(had, bucket, MODEL_PREFIX, "champion.json")

@@ -5,6 +5,10 @@ The last day of known demand the tasks use (``history_end`` / ``loaded_through``
 the UCI log has 121 of them in 639 days) is zero demand, a day it has not loaded (or whose latest load failed)
 is not. Until 2026-12-06 the history ended on the last day with sales: a run on a closed day left the known zero
 days out and forecast days already past.
+
+Also ``register_model``'s champion under operational accidents (since 2026-12-07), on versions saved as the train
+job saves them (meta.json, metrics.parquet) in a models bucket of their own: an older date re-run, the model store
+lost, a corrupt meta.json, a champion.json left behind by a stopped registration.
 """
 
 from __future__ import annotations
@@ -112,3 +116,139 @@ def test_classes_and_reorders_of_a_chain_without_inventory_rows(native_stack, ch
                         f"WHERE run_date = '{LAST_SALE}' ORDER BY product_id")
     assert out["rows"] == 2 and c["product_id"].tolist() == ["SKU-11", "SKU-12"]
     assert c["days_since_last_sale"].tolist() == [0, (LAST_SALE - dt.date(2024, 3, 30)).days]
+
+
+@pytest.fixture
+def models(native_stack):
+    """A models bucket of its own on the module's database: (settings, lake, client, db)."""
+    import uuid
+
+    from core.clickhouse import get_client
+    from core.lake import Lake
+
+    s = native_stack.model_copy(update={"lake_models_bucket": f"models-{uuid.uuid4().hex[:8]}"})
+    lake = Lake(s)
+    lake.ensure_buckets()
+    client = get_client(s)
+    client.command(f"TRUNCATE TABLE {s.clickhouse_database}.model_registry")
+    return s, lake, client, s.clickhouse_database
+
+
+def trained(models, v: int, day: dt.date, gbt_wape: float, gbt_rmsse: float) -> None:
+    """What the train job saves for version ``v`` of run date ``day`` (meta.json, the backtest's metrics.parquet;
+    no Spark model: register_model reads neither it nor the intervals)."""
+    import pyarrow as pa
+
+    from ml.forecast import MODEL_PREFIX
+
+    s, lake = models[0], models[1]
+    w = {"gbt": gbt_wape, "seasonal_naive": 0.50, "trailing_mean_28": 0.42, "statsforecast": 0.43}
+    r = {"gbt": gbt_rmsse, "seasonal_naive": 1.0, "trailing_mean_28": 0.80, "statsforecast": 0.79}
+    m = pd.DataFrame([{"model": k, "h": h, "wape": w[k], "rmsse": r[k]} for k in w for h in (0, 1)])
+    lake.write_table(pa.Table.from_pandas(m, preserve_index=False), s.lake_models_bucket, MODEL_PREFIX,
+                     f"v{v}", "metrics.parquet")
+    lake.write_json({"run_date": day.isoformat(), "trained_at": f"{day}T10:00:00+00:00", "horizon": 14,
+                     "path": f"{s.lake_models_bucket}/{MODEL_PREFIX}/v{v}"},
+                    s.lake_models_bucket, MODEL_PREFIX, f"v{v}", "meta.json")
+
+
+def champion(models) -> tuple:
+    """(champion.json's version or None, the registry's champion versions)."""
+    from ml.forecast import MODEL_PREFIX
+
+    s, lake, client, db = models
+    reg = client.query(f"SELECT version FROM {db}.model_registry FINAL WHERE is_champion = 1").result_rows
+    champ = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    return (champ or {}).get("version"), sorted(r[0] for r in reg)
+
+
+def test_a_rerun_of_an_older_training_date_does_not_take_the_champion_back(models):
+    """Training for D1 then D2 (the GBT of D2, v2, promoted), then D1 re-run (a manual clear or a backfill): its
+    version v1, re-trained, scores better on its own, older backtest. Until 2026-12-07 register_model promoted it over
+    v2 (WAPE 0.30 < v2's recorded 0.36): champion.json and the registry went back to the model trained on less
+    history, and batch_predictions forecast with it. Now a run older than the champion's run date stays challenger."""
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2 = dt.date(2024, 4, 1), dt.date(2024, 4, 2)
+    trained(models, 1, d1, 0.45, 0.90)
+    assert register_model(d1, s)["promoted"]                 # the first champion: the best baseline
+    trained(models, 2, d2, 0.36, 0.70)
+    assert register_model(d2, s)["promoted"] and champion(models) == (2, [2])
+    trained(models, 1, d1, 0.30, 0.60)                       # D1 re-run: the train job overwrites v1
+    out = register_model(d1, s)
+    assert not out["promoted"] and "trained for a later date (2024-04-02)" in out["reason"]
+    assert champion(models) == (2, [2])                      # old code: (1, [1])
+    assert client.query(f"SELECT count() FROM {db}.model_registry FINAL").result_rows[0][0] == 2
+    assert register_model(d2, s)["promoted"] and champion(models) == (2, [2])   # the newer date re-run: still v2
+
+
+def test_a_lost_model_store_does_not_leave_the_predictions_without_a_champion(models):
+    """The model store emptied (MinIO's volume re-created, the bucket deleted) after v2 became champion: the next
+    training saves v1 again (the train job numbers versions from the lake) with a backtest (WAPE 0.40) worse than the
+    lost champion's recorded 0.36. Until 2026-12-07 nothing was promoted: no champion.json, so every predict job
+    failed "no champion model" until a version beat the lost one. Now a champion whose model is gone is replaced."""
+    from ml.forecast import MODEL_PREFIX
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2, d3 = dt.date(2024, 4, 1), dt.date(2024, 4, 2), dt.date(2024, 4, 3)
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    trained(models, 2, d2, 0.36, 0.70)
+    assert register_model(d2, s)["promoted"] and champion(models) == (2, [2])
+    lake.delete_dir(s.lake_models_bucket, MODEL_PREFIX)      # the store lost
+    trained(models, 1, d3, 0.40, 0.75)
+    out = register_model(d3, s)
+    assert out["promoted"] and "v2's model is gone from the lake" in out["reason"]   # old code: not promoted
+    assert champion(models) == (1, [1])
+
+
+def test_a_corrupt_model_meta_neither_stops_the_training_nor_keeps_its_champion(models):
+    """v1's meta.json cut short (0 bytes: a folder lake's write killed half-way, an operator's edit) while v1 is
+    champion: until 2026-12-07 the next run's register_model (and the train job's version choice,
+    ml.pipeline.version_for_run, reading every version's meta.json) failed with JSONDecodeError, every night, naming
+    no file. Now the corrupt version is skipped (a warning names it), the run's v2 is registered and, v1 unable to
+    serve, promoted."""
+    from ml.forecast import MODEL_PREFIX
+    from ml.pipeline import register_model, version_for_run
+
+    s, lake, client, db = models
+    d1, d2 = dt.date(2024, 4, 1), dt.date(2024, 4, 2)
+    trained(models, 1, d1, 0.45, 0.90)
+    assert register_model(d1, s)["promoted"] and champion(models) == (1, [1])
+    with lake.fs.open_output_stream(lake.path(s.lake_models_bucket, MODEL_PREFIX, "v1", "meta.json")) as f:
+        f.write(b"")
+    trained(models, 2, d2, 0.50, 1.00)                       # worse than v1's recorded figures
+    assert version_for_run(lake, d2.isoformat()) == 2 and version_for_run(lake, d1.isoformat()) is None
+    out = register_model(d2, s)
+    assert out["promoted"] and "v1's model is gone from the lake" in out["reason"]
+    assert champion(models) == (2, [2])
+
+
+def test_a_champion_file_left_behind_by_a_stopped_registration_is_rewritten(models):
+    """register_model of D2 stopped between its registry insert (v2 champion) and its champion.json write (MinIO
+    down through every retry): the file still names v1. Until 2026-12-07 the next night, promoting nothing (D3's
+    v3 worse than v2), left it so: the predict job served v1 for good while the registry named v2. Now a run that
+    promotes nothing rewrites the file from the registry's champion; so too a file that is not JSON."""
+    from ml.forecast import MODEL_PREFIX
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2, d3, d4 = (dt.date(2024, 4, d) for d in (1, 2, 3, 4))
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    left = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    trained(models, 2, d2, 0.36, 0.70)
+    assert register_model(d2, s)["promoted"]
+    lake.write_json(left, s.lake_models_bucket, MODEL_PREFIX, "champion.json")   # the write that did not happen
+    assert champion(models) == (1, [2])
+    trained(models, 3, d3, 0.40, 0.75)
+    assert not register_model(d3, s)["promoted"]
+    assert champion(models) == (2, [2])                      # old code: (1, [2])
+    champ = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    assert champ["model"] == "gbt" and champ["backtest_wape"] == pytest.approx(0.36)
+    with lake.fs.open_output_stream(lake.path(s.lake_models_bucket, MODEL_PREFIX, "champion.json")) as f:
+        f.write(b'{"version": 2, "mo')
+    trained(models, 4, d4, 0.40, 0.75)
+    assert not register_model(d4, s)["promoted"] and champion(models) == (2, [2])

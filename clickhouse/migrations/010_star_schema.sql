@@ -5,7 +5,9 @@
 -- date_key = YYYYMMDD (UTC event date).
 -- Money: Decimal(18,4); a line amount is round(quantity * price, 4), so sums reconcile exactly.
 -- Facts are PARTITION BY date_key: a run replaces the date's partition atomically
--- (ALTER TABLE ... REPLACE PARTITION ... FROM <fact>_staging), so re-running a date is idempotent.
+-- (ALTER TABLE ... REPLACE PARTITION ... FROM a staging table of the load's own, created AS the fact table and
+-- dropped after: etl.star_schema.own_staging; the <fact>_staging tables below are no longer written since
+-- 2026-12-07), so re-running a date is idempotent.
 -- Dimensions are ReplacingMergeTree (upserts; read them with FINAL).
 
 CREATE TABLE IF NOT EXISTS {db}.dim_date (
