@@ -30,7 +30,8 @@ FORECAST_TRAIN_WINDOW_DAYS, FORECAST_HORIZON); ``--origins`` / ``--trees`` set t
 records them. The JSON report (``reports/bench-nightly.json``) has per size and stage seconds and rows, the
 night's total against the goal (<= 600 s at 10,000 series on 2 cores; judged on the largest size run, in the
 shared goal block of :mod:`ops.goals`: ``goals``, ``verdict``, ``goals_missed``, exit 1 after the report and chart
-when missed), the bounding stage, the machine's cores and load average; an HTML chart beside it shows seconds per
+when missed), the bounding stage, the machine's cores and load average (the report's start at its top level, each
+size's start in its run: :func:`merge_report`); an HTML chart beside it shows seconds per
 stage and size.
 """
 
@@ -291,11 +292,19 @@ def _tick(progress, stages: dict) -> None:
 
 
 def run_size(series: int, end_day: dt.date, days: int, progress=None) -> dict[str, Any]:
-    """A fresh platform (MinIO + ClickHouse endpoint on free ports), the chain, the night. Stops the platform."""
+    """A fresh platform (MinIO + ClickHouse endpoint on free ports), the chain, the night. Stops the platform.
+
+    Returns the size's run: ``series``, ``data``, ``stages`` (seconds and rows per stage), ``night_seconds``,
+    ``bounding_stage`` / ``bounding_share``, ``started_at`` (ISO UTC, seconds, when this size began) and
+    ``load_average_at_start`` (1 / 5 / 15-minute load then, before the platform comes up; since 2026-12-07: an
+    ``--append`` run's own, no longer only the report's top level), ``load_average_before_after`` (the load after
+    the platform came up and after the night)."""
     from core.clickhouse import migrate
     from core.lake import Lake
     from ops import local
 
+    start = {"started_at": dt.datetime.now(UTC).isoformat(timespec="seconds"),
+             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory(prefix="bench-nightly-") as tmp, \
             local.platform_up(Path(tmp), ["minio", "clickhouse"], CLICKHOUSE_DATABASE="bench_nightly") as s:
         try:
@@ -305,15 +314,35 @@ def run_size(series: int, end_day: dt.date, days: int, progress=None) -> dict[st
             data = generate(s, series, end_day, days)
             print(f"  data: {data['rows']} in {data['seconds']} s", flush=True)
             stages = night(s, end_day, (lambda st: progress({"series": data["series"], "data": data, "stages": st,
-                                                             "partial": True})) if progress else None)
+                                                             **start, "partial": True})) if progress else None)
             load2 = os.getloadavg()
         finally:
             local.down(s)
     total = round(sum(v["seconds"] for v in stages.values()), 1)
     bound = max(stages, key=lambda k: stages[k]["seconds"])
     return {"series": data["series"], "data": data, "stages": stages, "night_seconds": total,
-            "bounding_stage": bound, "bounding_share": round(stages[bound]["seconds"] / total, 3),
+            "bounding_stage": bound, "bounding_share": round(stages[bound]["seconds"] / total, 3), **start,
             "load_average_before_after": [round(x, 2) for x in (*load1, *load2)]}
+
+
+def merge_report(report: dict[str, Any], previous: dict[str, Any] | None, series: list[int]) -> dict[str, Any]:
+    """The report an ``--append`` invocation starts from: ``report`` (this invocation's top level, ``runs`` empty)
+    with the ``previous`` report's complete runs of the sizes not in ``series`` (a partial run, cut by a failure,
+    is dropped). When runs are kept, the top level's ``date`` and ``load_average_at_start`` stay the previous
+    report's (the invocation that measured them first); until 2026-12-07 the appended invocation overwrote them,
+    so the report named the 10,000 size's start, 13:44 UTC at load 9.2, as the start of a report whose 1,000 size
+    ran from 13:03. Each run holds its own ``started_at`` / ``load_average_at_start`` (:func:`run_size`).
+
+    Args: report: the new report's dict; previous: the JSON of the existing report, or None (no file, or no
+    ``--append``); series: the sizes this invocation runs. Returns: a new dict (the inputs are not changed)."""
+    if previous is None:
+        return {**report, "runs": []}
+    kept = [r for r in previous.get("runs", []) if r["series"] not in series and not r.get("partial")]
+    if not kept:
+        return {**report, "runs": []}
+    return {**report, "date": previous.get("date", report["date"]),
+            "load_average_at_start": previous.get("load_average_at_start", report["load_average_at_start"]),
+            "runs": kept}
 
 
 def chart(report: dict[str, Any], path: Path) -> None:
@@ -369,9 +398,7 @@ def main(out: Path = typer.Option(Path("reports/bench-nightly.json"), help="JSON
                               "origin_step_days": st.forecast_origin_step_days, "trees": st.forecast_gbt_max_iter,
                               "depth": st.forecast_gbt_max_depth, "train_window_days": st.forecast_train_window_days},
         "runs": []}
-    if append and out.exists():
-        report["runs"] = [r for r in json.loads(out.read_text()).get("runs", []) if r["series"] not in series
-                          and not r.get("partial")]
+    report = merge_report(report, json.loads(out.read_text()) if append and out.exists() else None, series)
     out.parent.mkdir(parents=True, exist_ok=True)
     for n in series:
         typer.echo(f"bench-nightly: {n:,} series ...")

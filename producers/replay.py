@@ -66,8 +66,8 @@ other invoice, quantity < 0 (all have price 0)         stock write-off, not a sa
                                                        the stock on hand
 other invoice, quantity > 0, price 0, and the          stock found: inventory ``ADJUSTMENT`` +q, not a sale
 description names no product (:func:`names_product`:  ("POLYESTER FILLER PAD 45x45cm" at price 0 names a
-empty, a note such as "found", "Found", "damaged?",    product: a sale, below)
-or no word of 4 letters: "FBA", "22719")
+empty, a note such as "found", "Found", "damaged?",    product: a sale, below; so does any description of the
+"MISSING", or no word of 4 letters: "FBA", "22719")    SKU's lines sold at a price, "Next Day Carriage")
 other invoice, quantity > 0                            sale (price 0 allowed: free samples)
 =====================================================  ======================================================
 
@@ -133,6 +133,13 @@ NON_PRODUCT_PREFIXES = ("ADJUST", "TEST", "gift_0001_", "DCGS")
 PRODUCT_CODE = re.compile(r"^\d{5}[A-Za-z]{0,3}$")
 WASTE_NOTE = re.compile(r"damag|broken|smash|crush|wet|rust|thrown|mould|mold|crack|faulty|dirty|rotten|"
                         r"smudg|unsaleable|destroyed|water", re.I)
+#: the clerks' stock vocabulary (:func:`is_note`): a description with one of these words, in any case, is a note when
+#: no line of its stock code sold at a price under it. The waste words of :data:`WASTE_NOTE` at a word's start
+#: (not "HOT WATER BOTTLE", "RUSTIC", "BAKING MOULD", "CRACKED GLAZE": product names), and the adjustment ones
+NOTE_WORDS = re.compile(r"\b(?:damag|broken|smash|crush|wet\b|rust(?:y|ed)\b|thrown|throw away|mouldy|faulty|dirty|"
+                        r"rott|smudg|unsaleable|unsellable|destroyed|missing|found\b|lost\b|adjust|amend|credit|"
+                        r"error|dotcom\b|amazon\b|ebay\b|mailout|sold as|wrong|mix(?:ed)? up|given away|donated|"
+                        r"stock ?take)", re.I)
 
 #: country as written in the UCI data -> (ISO-3166 alpha-2 or user-assigned code, region)
 COUNTRIES: dict[str, tuple[str, str]] = {
@@ -798,10 +805,13 @@ def transaction_ids(df: pd.DataFrame) -> pd.Series:
 
 def is_note(descriptions: pd.Series) -> pd.Series:
     """Per description (str, stripped): True for a clerk's note ("found", "Found", "Adjustment", "damaged?",
-    "Dotcom sales"): it has a "?" or more lower- than upper-case letters, or the word "found" in any case (the
-    log's one upper-case note, "FOUND", 8 units on 2011-06-27; no product name holds it). A product name is upper
-    case, units aside ("POLYESTER FILLER PAD 45x45cm", "BAG 250g SWIRLY MARBLES", "FRENCH BLUE METAL DOOR SIGN No"),
-    so it is no note.
+    "Dotcom sales", "MISSING", "DAMAGED", "DOTCOM SETS"): it has a "?", more lower- than upper-case letters, or a
+    word of the clerks' stock vocabulary in any case (:data:`NOTE_WORDS`: damage, broken, wet, missing, found,
+    lost, adjust, credit, error, dotcom, amazon, sold as, ...; until 2026-12-07 only "found" was recognised in upper
+    case, so "MISSING", "DAMAGED", "DOTCOM SETS" and "MERCHANT CHANDLER CREDIT ERROR, STO" counted as product
+    names). A product name is mostly upper case, units aside ("POLYESTER FILLER PAD 45x45cm", "BAG 250g SWIRLY
+    MARBLES"), so it is no note; a product named in mixed case ("Dad's Cab Electronic Meter") is, by this rule
+    alone: :func:`names_product` takes the descriptions of lines sold at a price first.
     An empty description is not a note here (callers decide). Used through :func:`names_product` for the row
     decisions (:func:`classify_rows`: a price-0 line with a note is stock found) and the product names
     (:class:`Replay`).
@@ -809,21 +819,37 @@ def is_note(descriptions: pd.Series) -> pd.Series:
     Args: descriptions: str Series (no NaN). Returns: a bool Series on the same index."""
     lower, upper = descriptions.str.count(r"[a-z]"), descriptions.str.count(r"[A-Z]")
     return (descriptions.str.contains("?", regex=False) | (lower > upper)
-            | descriptions.str.contains(r"\bfound\b", case=False, regex=True))
+            | descriptions.str.contains(NOTE_WORDS, regex=True))
 
 
-def names_product(descriptions: pd.Series) -> pd.Series:
-    """Per description (str, stripped): True when it names a product: not empty, no note (:func:`is_note`) and a
-    word of at least 4 letters, as every description the development log gives a line sold at a price has (4,985
-    of 4,985 distinct; the shortest: "CAT BOWL", "SOMBRERO"). A stock code written as the description ("22719"
-    on a line of 22467: the log's code corrections, stock moved between two codes) or a channel's abbreviation
-    ("FBA", Fulfilled by Amazon, 160 units of 82583 on 2011-07-19; its other channel lines say "amazon", a note)
-    names none. Used for the row decisions (:func:`classify_rows`: a price-0 line that names no product is stock
-    found, one that does a free sale) and the product names (:class:`Replay`: a description that names none never
+def names_product(descriptions: pd.Series, stock_codes: pd.Series | None = None,
+                  priced: pd.Series | np.ndarray | None = None) -> pd.Series:
+    """Per description (str, stripped): True when it names a product. A description that the data gives a line of
+    the same stock code sold at a price (``priced``: quantity > 0, price > 0, not a ``C`` / ``A`` invoice) names
+    it, whatever its case ("Dad's Cab Electronic Meter", "Next Day Carriage": 10 of the development log's 4,985
+    descriptions of priced sales, 67 lines, were taken for notes until 2026-12-07). Any other description names a
+    product when it is not empty, no note (:func:`is_note`, upper-case notes included: "MISSING", "DAMAGED") and
+    has a word of at least 4 letters (the shortest product names: "CAT BOWL", "SOMBRERO"). A stock code written as
+    the description ("22719" on a line of 22467: the log's code corrections) or a channel's abbreviation ("FBA",
+    Fulfilled by Amazon, 160 units of 82583 on 2011-07-19; its other channel lines say "amazon", a note) names
+    none. Used for the row decisions (:func:`classify_rows`: a price-0 line that names no product is stock found,
+    one that does a free sale) and the product names (:class:`Replay`: a description that names none never
     becomes a product's name).
 
-    Args: descriptions: str Series (no NaN). Returns: a bool Series on the same index."""
-    return (descriptions != "") & ~is_note(descriptions) & descriptions.str.contains(r"[A-Za-z]{4}", regex=True)
+    Args: descriptions: str Series (no NaN). stock_codes: the rows' product ids (:func:`product_ids`), same
+    index, and priced: bool per row (Series on that index or array of its length), True for a line sold at a
+    price; both or neither (without them only the word rule applies). Returns: a bool Series on the same index.
+    Raises: ValueError when only one of stock_codes / priced is given or their length differs."""
+    words = (descriptions != "") & ~is_note(descriptions) & descriptions.str.contains(r"[A-Za-z]{4}", regex=True)
+    if stock_codes is None and priced is None:
+        return words
+    if stock_codes is None or priced is None or len(stock_codes) != len(descriptions) or len(priced) != len(
+            descriptions):
+        raise ValueError("names_product: stock_codes and priced go together, one per description")
+    key = stock_codes.to_numpy().astype(str).astype(object) + "\x00" + descriptions.to_numpy().astype(object)
+    sold = np.asarray(priced, dtype=bool)
+    seen = pd.Series(key).isin(set(key[sold & (descriptions != "").to_numpy()])).to_numpy()
+    return words | pd.Series(seen, index=descriptions.index)
 
 
 def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -854,9 +880,12 @@ def classify_rows(df: pd.DataFrame, missing: pd.Series | None = None) -> tuple[n
     # names no product (:func:`names_product`: empty, a note, or no word of 4 letters; until 2026-12-07 any
     # lower-case letter: 29 price-0 lines of the development log named as products, e.g. 380 units of "POLYESTER
     # FILLER PAD 45x45cm" on 2011-08-11, were stock found; until the review of 2026-12-07 a code or abbreviation
-    # such as "FBA" (160 units) or "22719" was a free sale)
-    note = (~names_product(desc)).to_numpy()
+    # such as "FBA" (160 units) or "22719" was a free sale; until 2026-12-07 a product named in mixed case, "Dad's
+    # Cab Electronic Meter", was a note though lines of its code sold at a price under it)
     q, p = qty.to_numpy(), price.to_numpy()
+    with np.errstate(invalid="ignore"):
+        priced = (q > 0) & (p > 0) & (p <= PRICE_MAX) & ~inv.str.match(r"[CA]").to_numpy() & code_skip.isna().to_numpy()
+    note = (~names_product(desc, product_ids(code.fillna("")), priced)).to_numpy()
     kind[(q < 0) & ~is_c] = "writeoff"
     kind[(q > 0) & ~is_c & (p == 0) & note] = "found"
     kind[(q < 0) & is_c] = "return"
@@ -1125,11 +1154,13 @@ class Replay:
         # a note ("found", "damaged?", "Dotcom sales") has a "?" or more lower- than upper-case letters; a product
         # name is upper case, units aside ("BAG 250g SWIRLY MARBLES", "POLYESTER FILLER PAD 45x45cm": 16 products of
         # the development log were named by their code while any lower-case letter excluded a description), with a
-        # word of 4 letters (:func:`names_product`: "FBA" or another code, "22719", names no product)
-        named = pd.DataFrame({"sku": codes, "desc": desc})[names_product(desc)]
-        name = named.groupby("sku")["desc"].agg(lambda s: s.value_counts().index[0])
+        # word of 4 letters (:func:`names_product`: "FBA" or another code, "22719", names no product); a description
+        # of the SKU's lines sold at a price names it in any case ("Dad's Cab Electronic Meter"), an upper-case note
+        # never ("MISSING", "DAMAGED": until 2026-12-07 March 2010 named 17027A "MISSING")
         sale = (self.kind[self.kind != "skip"] == "sale")
         price = pd.to_numeric(df["unit_price"], errors="coerce")
+        named = pd.DataFrame({"sku": codes, "desc": desc})[names_product(desc, codes, sale & (price > 0).to_numpy())]
+        name = named.groupby("sku")["desc"].agg(lambda s: s.value_counts().index[0])
         med = price[sale & (price > 0).to_numpy()].groupby(codes[sale & (price > 0).to_numpy()]).median()
         size = sizing.groupby("sku").agg(rop=("rop", "max"), cap=("cap", "max"))
         brands = company_pool(self.config.seed, 40, salt=11)

@@ -88,3 +88,23 @@ def test_nightly_goal_is_the_largest_size_against_600_s():
     (g,) = nightly_goals({"runs": runs[1:], "goal_seconds": 600.0})
     assert (g["measured"], g["met"]) == (250.0, True) and "1,000 series" in g["goal"]
     assert nightly_goals({"runs": [], "goal_seconds": 600.0}) == []
+
+
+def test_an_appended_size_keeps_the_reports_start_and_records_its_own():
+    """bench-nightly --append (review of 2026-12-07): the appended invocation's date and load average overwrote the
+    report's top level (reports/bench-nightly.json said 13:44 UTC, load 9.19, for a report whose 1,000 size ran from
+    13:03). Now the top level stays the previous report's while it keeps runs; each run carries its own start."""
+    from ops.bench_nightly import merge_report
+
+    previous = {"date": "2026-12-07T13:03:00+00:00", "load_average_at_start": [1.0, 1.2, 1.3],
+                "runs": [{"series": 1000, "night_seconds": 1757.3, "started_at": "2026-12-07T13:03:05+00:00",
+                          "load_average_at_start": [1.0, 1.2, 1.3]},
+                         {"series": 10000, "partial": True, "stages": {}}]}
+    new = {"date": "2026-12-07T13:44:12+00:00", "load_average_at_start": [9.19, 14.52, 16.2], "runs": []}
+    merged = merge_report(new, previous, [10000])
+    assert merged["date"] == "2026-12-07T13:03:00+00:00" and merged["load_average_at_start"] == [1.0, 1.2, 1.3]
+    assert merged["runs"] == previous["runs"][:1]          # the partial 10,000 run dropped, the 1,000 kept
+    assert new["runs"] == [] and new["date"] == "2026-12-07T13:44:12+00:00"   # inputs unchanged
+    # replacing every size, or no previous report: this invocation's own start
+    assert merge_report(new, previous, [1000, 10000]) == new
+    assert merge_report(new, None, [1000]) == new

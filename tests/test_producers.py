@@ -415,6 +415,70 @@ def test_a_free_line_whose_description_names_no_product_is_stock_found():
     assert list(names_product(pd.Series(["FBA", "22719", "CAT BOWL", "SOMBRERO", "Found", "", "BAG 250g SWIRLY"]))) == [
         False, False, True, True, False, False, True]
 
+def test_a_product_sold_at_a_price_is_named_in_any_case_and_an_upper_case_note_never():
+    """Review of 2026-12-07: a description the log gives a line of the same SKU sold at a price names that product,
+    whatever its case: 10 of the development log's 4,985 descriptions of priced sales (67 lines) are mixed case
+    ("Dad's Cab Electronic Meter", 20739) and were taken for notes, the SKU named by its code and a price-0 line of
+    it stock found. A note in upper case ("MISSING", "DAMAGED", "DOTCOM SETS") names no product: March 2010 named
+    17027A "MISSING", the week of 2011-04-11 named 85167B "DAMAGED", and a price-0 "DOTCOM SETS" line with a
+    positive quantity was a free sale. Without a priced line of its code, a mixed-case description is still a note
+    (the word rule)."""
+    text = SMALL.splitlines()[0] + "\n" + "\n".join([
+        "570001,1,20739,Dad's Cab Electronic Meter,2,3.95,2010-03-01 10:00:00,17850,United Kingdom,x",
+        "570002,1,20739,Dad's Cab Electronic Meter,1,0.0,2010-03-01 11:00:00,17850,United Kingdom,x",
+        "570003,1,17027A,MISSING,-4,0.0,2010-03-01 12:00:00,,United Kingdom,x",
+        "570004,1,17027A,MISSING,-2,0.0,2010-03-01 12:10:00,,United Kingdom,x",
+        "570005,1,85167B,DAMAGED,-3,0.0,2010-03-01 12:20:00,,United Kingdom,x",
+        "570006,1,85167B,DOTCOM SETS,5,0.0,2010-03-01 12:30:00,,United Kingdom,x",
+        "570007,1,21119,Next Day Carriage,1,0.0,2010-03-01 12:40:00,,United Kingdom,x"]) + "\n"
+    rep = Replay(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), ReplayConfig(keep_dates=True))
+    kind, _ = classify_rows(rep.df)
+    assert list(kind) == ["sale", "sale", "writeoff", "writeoff", "writeoff", "found", "found"]
+    events = list(rep.events())
+    for et, r in events:
+        validate_event(et, r)
+    sales = [(r["transaction_id"], r["quantity"], r["unit_price"]) for et, r in events if et == "sales_transaction"]
+    assert sales == [("570001-1", 2, 3.95), ("570002-1", 1, 0.0)]
+    reasons = [(r["product_id"], r["reason"], r["quantity_change"]) for et, r in events
+               if et == "inventory_update" and r["reason"] in ("WASTE", "ADJUSTMENT")]
+    assert reasons == [("17027A", "ADJUSTMENT", -4), ("17027A", "ADJUSTMENT", -2), ("85167B", "WASTE", -3),
+                       ("85167B", "ADJUSTMENT", 5), ("21119", "ADJUSTMENT", 1)]
+    names = dict(zip(rep.products["product_id"], rep.products["product_name"]))
+    assert names == {"20739": "Dad's Cab Electronic Meter", "17027A": "17027A", "85167B": "85167B",
+                     "21119": "21119"}
+    assert list(is_note(pd.Series(["MISSING", "DAMAGED", "DOTCOM SETS", "MERCHANT CHANDLER CREDIT ERROR, STO",
+                                   "HOT WATER BOTTLE", "CRACKED GLAZE EARRINGS RED", "6 RIBBONS RUSTIC CHARM",
+                                   "TRAVEL CARD WALLET DOTCOMGIFTSHOP"]))) == [True] * 4 + [False] * 4
+    with pytest.raises(ValueError, match="stock_codes and priced"):
+        names_product(pd.Series(["CAT BOWL"]), stock_codes=pd.Series(["22467"]))
+
+
+def test_every_description_of_the_samples_priced_sales_names_its_product():
+    """Over the shipped sample (what make demo replays): every description of a line sold at a price names its
+    product (3,126 distinct; before 2026-12-07 "Next Day Carriage" and "Dotcomgiftshop Gift Voucher £100.00", 31
+    lines, did not), so a price-0 line under it is a free sale; every product name is one of its SKU's descriptions
+    that names a product, or its code, never a note."""
+    from producers.cli import DEFAULT_SAMPLE
+
+    rep = Replay(load_transactions(DEFAULT_SAMPLE), ReplayConfig(keep_dates=True))
+    df = rep.df
+    desc = df["description"].fillna("").str.strip()
+    codes = df["stock_code"].str.strip().str.upper()
+    priced = (rep.kind == "sale") & (pd.to_numeric(df["unit_price"], errors="coerce") > 0).to_numpy()
+    names = names_product(desc, codes, priced)
+    assert desc[priced].nunique() > 3000 and bool(names[priced].all())
+    free = df[priced].drop_duplicates(["stock_code", "description"]).assign(unit_price="0", line_no="1")
+    free["invoice"] = [f"99{i:06d}" for i in range(len(free))]
+    kind, _ = classify_rows(pd.concat([df, free], ignore_index=True))
+    assert set(kind[len(df):]) == {"sale"}   # a price-0 line under each of them is a free sale
+    named = {(c, d) for c, d, n in zip(codes, desc, names) if n}
+    sold = set(zip(codes[priced], desc[priced]))
+    products = rep.products
+    for sku, name, note in zip(products["product_id"], products["product_name"], is_note(products["product_name"])):
+        assert name == sku or (sku, name) in named, (sku, name)
+        assert name == sku or not note or (sku, name) in sold, (sku, name)   # a note never names a product
+
+
 def test_a_stock_code_written_in_either_case_is_one_product():
     """The log writes some codes in both cases (85123A / 85123a: one product): one product_id, one catalogue row,
     one stock per store (one OPENING, the second sale drawn from the first's stock)."""
