@@ -1075,6 +1075,39 @@ def test_a_load_begun_after_another_loads_start_is_the_days_latest_run(native_st
         assert etl.etl_load_status(D1, client, db)[0] and etl.check_load_gaps(D3) == []
 
 
+def test_orphan_staging_tables_older_than_the_bound_are_dropped_and_fresh_ones_kept(native_stack):
+    """A load killed between creating its own staging table and dropping it leaves the table behind; the next
+    replacement of the same table drops such tables older than STAGING_ORPHAN_HOURS (6 h) and never a younger one
+    (a load still running). The orphan is aged by setting its metadata file's time 7 h back (system.tables'
+    metadata_modification_time, which the sweep reads); the other table is 1 s old."""
+    import os
+    import time
+
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        run_pandas(D1)
+        old, fresh = "fact_sales_staging_20240329_0rphan00", "fact_sales_staging_20240329_runn1ng0"
+        for n in (old, fresh):
+            client.command(f"CREATE TABLE {db}.{n} AS {db}.fact_sales")
+        path = client.query(f"SELECT metadata_path FROM system.tables WHERE database = '{db}' AND name = '{old}'"
+                            ).result_rows[0][0]
+        path = os.path.join(native_stack.clickhouse_chdb_path, path)   # relative to the server's data path
+        back = time.time() - (etl.STAGING_ORPHAN_HOURS + 1) * 3600
+        os.utime(path, (back, back))
+        ages = dict(client.query(f"SELECT name, dateDiff('hour', metadata_modification_time, now()) FROM "
+                                 f"system.tables WHERE database = '{db}' AND name IN ('{old}', '{fresh}')").result_rows)
+        assert ages[old] >= etl.STAGING_ORPHAN_HOURS + 1 and ages[fresh] == 0   # the scenario holds
+        lines = client.query_df(f"SELECT * FROM {db}.fact_sales WHERE date_key = 20240329")
+        etl._replace_partition(client, db, "fact_sales", 20240329, lines)
+        left = {r[0] for r in client.query(f"SELECT name FROM system.tables WHERE database = '{db}' "
+                                           "AND startsWith(name, 'fact_sales_staging_')").result_rows}
+        assert left == {fresh}   # the orphan dropped, the running load's kept, the call's own dropped after
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240329").result_rows[0][0] == 3
+
+
 def test_gap_commands_are_one_per_range(native_stack):
     """The backfill command spanned the oldest to the newest named day (gaps D2 and D4 around loaded D3: BACKFILL=2,
     redoing D3; a late change a year back plus a gap last week: BACKFILL=~360). Now one command per range."""
