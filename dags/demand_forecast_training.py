@@ -74,7 +74,9 @@ def demand_forecast_training():
 
     train_gbt = TrainSubmitOperator(   # writes the model to the lake from Spark; too little history fails at once
         task_id="train_gbt",
-        application_args=["--features", "{{ ti.xcom_pull(task_ids='load_features')['lake_path'] }}"],
+        application_args=["--features", "{{ ti.xcom_pull(task_ids='load_features')['lake_path'] }}",
+                          "--registry-max-version",   # a lost model store reuses no registered version number
+                          "{{ ti.xcom_pull(task_ids='load_features').get('registry_max_version', 0) }}"],
         conf={"spark.sql.shuffle.partitions": "2", "spark.driver.memory": _s.spark_driver_memory,
               "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
               "spark.ui.enabled": "false"},

@@ -1150,20 +1150,36 @@ def _date_of(key: int) -> dt.date:
     return dt.date(key // 10000, key // 100 % 100, key % 100)
 
 
-def loaded_days(client, db: str, first: dt.date, last: dt.date) -> set[dt.date]:
-    """The dates in ``[first, last]`` that daily_etl loaded and reconciled: the latest ``etl_runs`` row of the date
-    (by ``finished_at``) has status ``success`` (a day loaded, then re-run and failed, is not loaded). The one rule
-    of :func:`etl_load_status`, :func:`unloaded_days`, :func:`late_changed_days` and ``ml.pipeline.loaded_through``.
+def latest_status_days(client, db: str, first: dt.date, last: dt.date, status: str) -> set[dt.date]:
+    """The dates in ``[first, last]`` whose latest ``etl_runs`` row has ``status`` ('success', 'failed' or
+    :data:`BEGUN`). Latest = greatest ``(started_at, finished_at)``: the row of the run that started last, and of
+    that run the row written last (a quality check, retried or not, records the load's ``started_at``). Until
+    2026-12-07 it was the greatest ``finished_at``: load A of D started 08:00, load B wrote its 'begun' at 08:05, A's
+    quality check wrote 'success' at 08:10 and B was killed at 08:12 half-way (fact_sales replaced, fact_inventory
+    not): A's success was latest, so D counted as loaded over B's partial state.
 
-    Args: client / db: ClickHouse (``etl_runs``); first / last: UTC dates, inclusive (empty set when first > last).
+    Args: client / db: ClickHouse (``etl_runs``); first / last: UTC dates, inclusive (empty set when first > last);
+        status: the status wanted.
     Returns: a set of dates (one ClickHouse query).
     """
     if first > last:
         return set()
     rows = client.query(f"SELECT date_key FROM {db}.etl_runs WHERE date_key BETWEEN {date_key(first)} AND "
-                        f"{date_key(last)} GROUP BY date_key HAVING argMax(status, finished_at) = 'success'"
-                        ).result_rows
+                        f"{date_key(last)} GROUP BY date_key HAVING argMax(status, (started_at, finished_at)) = "
+                        f"'{status}'").result_rows
     return {_date_of(int(r[0])) for r in rows}
+
+
+def loaded_days(client, db: str, first: dt.date, last: dt.date) -> set[dt.date]:
+    """The dates in ``[first, last]`` that daily_etl loaded and reconciled: the latest ``etl_runs`` row of the date
+    (by ``(started_at, finished_at)``, :func:`latest_status_days`) has status ``success`` (a day loaded, then re-run
+    and failed or begun again, is not loaded). The one rule of :func:`etl_load_status`, :func:`unloaded_days`,
+    :func:`late_changed_days` and ``ml.pipeline.loaded_through``.
+
+    Args: client / db: ClickHouse (``etl_runs``); first / last: UTC dates, inclusive (empty set when first > last).
+    Returns: a set of dates (one ClickHouse query).
+    """
+    return latest_status_days(client, db, first, last, "success")
 
 
 def _first_loaded_day(client, db: str, before: dt.date) -> dt.date | None:
@@ -1261,7 +1277,9 @@ def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None)
         parts.append(f"{len(late)} loaded day(s) older than the ETL_RECHECK_DAYS={s.etl_recheck_days} re-check "
                      f"window have raw files added, changed or removed since they were loaded (events that arrived "
                      f"late): {_ranges(late)}")
-    late_set = set(late)
+    # a day whose latest row is 'begun' (a load stopped; its own Airflow run may have succeeded earlier) is redone
+    # only with --reprocess-behavior completed, as a late-changed one (until 2026-12-07 'failed': skipped)
+    late_set = set(late) | (latest_status_days(client, db, gap[0], gap[-1], BEGUN) if gap else set())
     make = "; ".join(f"`make nightly DATE={r[-1].isoformat()} BACKFILL={(r[-1] - r[0]).days}`" for r in runs)
     # Airflow 3 runs one backfill per DAG at a time (AlreadyRunningBackfill) and a backfill's own max_active_runs
     # (default 10) overrides the DAG's 1: each day's inventory carries the day before forward, so days in order
@@ -1375,7 +1393,11 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
         :func:`load`'s counts plus ``started_at`` (ISO 8601, UTC: when this call started).
     First the days of the re-check window (ETL_RECHECK_DAYS before ``day``) that the build rebuilt because their
     raw partitions changed since they were loaded (:func:`rebuilt_days`) are loaded again, oldest first, then
-    ``day``; their dates are returned in ``rechecked_days`` for the quality check.
+    ``day``; their dates are returned in ``rechecked_days`` for the quality check. So are the days of that window
+    whose latest ``etl_runs`` row is :data:`BEGUN` (:func:`latest_status_days`): until 2026-12-07 a re-checked day
+    loaded by a run whose load of ``day`` then failed kept its 'begun' for good (its ``loaded_manifest`` written,
+    so the retry's :func:`rebuilt_days` no longer named it and no quality check reconciled it: not loaded, a gap
+    named every night).
 
     Before each day's load a row with status :data:`BEGUN` (stage ``load``) is appended to ``etl_runs``, so until the
     quality check records its success the day is not loaded for :func:`loaded_days` (the training and prediction
@@ -1394,7 +1416,8 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     from core.settings import get_settings
 
     started = dt.datetime.now(dt.timezone.utc)
-    again = rebuilt_days(open_lake(), day, get_settings().etl_recheck_days)
+    window = get_settings().etl_recheck_days
+    again = rebuilt_days(open_lake(), day, window)
     if again:
         log.warning("raw partitions of %s changed since they were loaded: loading them again",
                     [d.isoformat() for d in again])
@@ -1404,6 +1427,12 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     try:
         run_migrations(get_settings())   # etl_runs exists before the first "begun" row
         client, db = _client(), _db()
+        stuck = latest_status_days(client, db, day - dt.timedelta(days=window), day - dt.timedelta(days=1), BEGUN)
+        if stuck - set(again):
+            log.warning("%s of the re-check window were begun and never reconciled (a load stopped, or a re-check "
+                        "whose run's load of the day failed): loading them again",
+                        sorted(x.isoformat() for x in stuck - set(again)))
+        again = sorted(set(again) | stuck)
         out = {}
         for d in [*again, day]:
             # before the day's first write: a load that stops half-way (ClickHouse gone, so the failed row below
@@ -1583,7 +1612,7 @@ def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_i
 
 def etl_load_status(day: dt.date, client=None, db: str | None = None) -> tuple[bool, str]:
     """Whether daily_etl's load of ``day`` is complete: the latest ``etl_runs`` row of the date (by
-    ``finished_at``) has status ``success`` (a reconciled quality check; a later failed load or check, e.g. a retry
+    ``(started_at, finished_at)``, the rule of :func:`latest_status_days`) has status ``success`` (a reconciled quality check; a later failed load or check, e.g. a retry
     under way, makes it incomplete again). Read by the training and prediction DAGs before they use the day.
 
     Returns:
@@ -1591,7 +1620,8 @@ def etl_load_status(day: dt.date, client=None, db: str | None = None) -> tuple[b
     """
     client, db = client or _client(), db or _db()
     rows = client.query(f"SELECT status, stage, finished_at, substring(message, 1, 300) FROM {db}.etl_runs "
-                        f"WHERE date_key = {date_key(day)} ORDER BY finished_at DESC LIMIT 1").result_rows
+                        f"WHERE date_key = {date_key(day)} ORDER BY started_at DESC, finished_at DESC LIMIT 1"
+                        ).result_rows
     if not rows:
         return False, f"etl_runs has no daily_etl run for {day.isoformat()} (not loaded yet)"
     status, stage, at, msg = rows[0]

@@ -1300,6 +1300,17 @@ def list_versions(lake) -> list[int]:
     return sorted(out)
 
 
+def new_version(lake, registry_max: int = 0) -> int:
+    """The number of a new model version: 1 + the greater of the lake's highest version (:func:`list_versions`) and
+    ``registry_max``, the highest version model_registry holds (``ml.pipeline.registry_max_version``; 0 = none).
+    Until 2026-12-07 the lake's alone: after a lost model store the train job numbered v1 again, reusing a registry
+    version (ml_model_metrics and the dashboard's backtest, max(model_version), mixed the lost model's figures in).
+
+    Raises: OSError: the lake cannot be reached.
+    """
+    return max(max(list_versions(lake), default=0), int(registry_max)) + 1
+
+
 def save_model_version(lake, model, version: int, meta: dict, quantiles: pd.DataFrame,
                        metrics: pd.DataFrame) -> str:
     """Save the Spark model, interval quantiles, metrics and meta.json to ``models/demand-forecast/v<N>/``.

@@ -126,7 +126,7 @@ FEATURE_INSERT_ROWS = 500_000
 # ----------------------------------------------------------------------------------- training ------
 def loaded_through(client, db: str, last_sale, run_date: dt.date) -> dt.date | None:
     """The last day d <= ``run_date`` such that daily_etl loaded and reconciled every day after ``last_sale`` up to d
-    (the latest ``etl_runs`` row of each such day, by ``finished_at``, is a success: the rule of
+    (the latest ``etl_runs`` row of each such day, by ``(started_at, finished_at)``, is a success: the rule of
     :func:`etl.star_schema.loaded_days`); None when the day after ``last_sale`` is not loaded (or
     ``last_sale`` is None). A loaded day without sales is known zero demand: a day the chain was closed (the UCI
     log has 121 such days in its 639, 90 of them Saturdays, 2010-12-24 .. 2011-01-03 in a row).
@@ -331,7 +331,8 @@ def load_features(run_date: dt.date, settings=None) -> dict:
     same ``computed_at``. The record's series and last_date are returned.
 
     Returns:
-        dict rows, series, last_date, lake_path, run_date (``lake_path`` is the train job's ``--features``).
+        dict rows, series, last_date, lake_path, run_date (``lake_path`` is the train job's ``--features``),
+        registry_max_version (:func:`registry_max_version`: the train job's ``--registry-max-version``).
 
     Raises:
         FileNotFoundError: the Spark job wrote no feature table or no result record for the date.
@@ -355,7 +356,8 @@ def load_features(run_date: dt.date, settings=None) -> dict:
         if batch.num_rows:
             n += insert_features(client, db, pa.Table.from_batches([batch]), run_date, computed_at=at)
     return {"rows": n, "series": int(record["series"]), "last_date": record["last_date"],
-            "lake_path": _point_latest(lake, run_date), "run_date": run_date.isoformat()}
+            "lake_path": _point_latest(lake, run_date), "run_date": run_date.isoformat(),
+            "registry_max_version": registry_max_version(client, db)}
 
 
 def read_features(lake, path: str) -> pd.DataFrame:
@@ -454,6 +456,16 @@ def metrics_rows(metrics: pd.DataFrame, version: int, run_date: dt.date, dataset
                          "value": long["value"].astype("float64"), "dataset": dataset, "computed_at": _now()})
 
 
+def registry_max_version(client, db: str) -> int:
+    """The highest version model_registry holds for the model (0 when none): the train job numbers new versions
+    above it (``ml.forecast.new_version``), so a lost model store does not reuse a registered number.
+
+    Raises: ClickHouse's errors (unreachable, model_registry missing).
+    """
+    return int(client.query(f"SELECT max(version) FROM {db}.model_registry WHERE model_name = '{MODEL_NAME}'"
+                            ).result_rows[0][0] or 0)
+
+
 def current_champion(client, db: str) -> dict | None:
     """The registry's champion row (latest state): version, model, run_date (datetime.date), backtest_wape,
     backtest_rmsse, path, promoted_at; or None."""
@@ -534,15 +546,23 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
                       f"{cw:.4f} / {cr:.4f}"}
 
 
-def _heal_champion_file(lake, champ: dict) -> bool:
-    """Rewrite ``models/demand-forecast/champion.json`` from the registry's champion row ``champ``
-    (:func:`current_champion`) when the file names another version, is missing or is not JSON: the state a
+def _heal_champion_file(lake, client, db: str) -> bool:
+    """Rewrite ``models/demand-forecast/champion.json`` from the registry's champion row, read afresh
+    (:func:`current_champion`), when the file names another version, is missing or is not JSON: the state a
     ``register_model`` leaves when it stopped between its registry insert and that write (MinIO down through every
     retry). The predict job follows the file, so until 2026-12-07 it served the old champion for good while the
-    registry (and the BI) named the new one. Returns True when the file was rewritten.
+    registry (and the BI) named the new one. Returns True when the file was rewritten; False when it already names
+    the registry's champion or the registry has none.
 
-    Raises: OSError: the lake cannot be reached.
+    Read afresh, not the champion the caller read at its start: until 2026-12-07 a registration that promoted
+    nothing healed the file to the champion it had read (v5) after a concurrent registration had promoted v6 and
+    written the file, rewinding it to v5 (predictions from v5 while the registry said v6).
+
+    Raises: OSError: the lake cannot be reached; ClickHouse's errors from the registry read.
     """
+    champ = current_champion(client, db)
+    if champ is None:
+        return False
     bucket = lake.settings.lake_models_bucket
     try:
         cur = lake.read_json(bucket, MODEL_PREFIX, "champion.json")
@@ -615,7 +635,7 @@ def register_model(run_date: dt.date, settings=None) -> dict:
                            "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"]},
                     s.lake_models_bucket, MODEL_PREFIX, "champion.json")
     elif champ is not None:
-        _heal_champion_file(lake, champ)
+        _heal_champion_file(lake, client, db)
     log.info("model v%s (%s): %s -> %s", v, model, reason, "promoted" if promote else "kept challenger")
     return {"version": v, "model": model, "promoted": promote, "reason": reason, "wape": d["wape"],
             "rmsse": d["rmsse"], "seasonal_naive_wape": naive}

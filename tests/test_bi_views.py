@@ -591,3 +591,29 @@ def test_stream_health_views_count_each_batch_once_and_match_pandas(bi):
     assert quar["events"].sum() == len(recent) == 30
     assert Q.run(client, db, "health_quarantine_total")["events"].tolist() == [30]   # the card's total
     client.command(f"SYSTEM START MERGES {db}.stream_batches")
+
+
+def test_etl_run_lists_show_a_begun_row_only_when_it_is_the_days_latest(bi):
+    """Every load appends a 'begun' row (zero counts) before its first write (2026-12-07): v_etl_runs listed them all,
+    so they took half of the dashboard's 30-row ETL run list (dq_etl: ~15 nights instead of 30) and Power BI's
+    reconciliation table showed a zero-count row per night. Since migration 098 a 'begun' row is listed only when it
+    is its day's latest row (a load running or stopped half-way: the day not loaded), which Power BI's 'Last ETL
+    Status' still sees; the ended runs are all listed."""
+    from dashboard import queries as Q
+    from etl.star_schema import BEGUN, record_run
+
+    client, db = bi
+    d1, d2 = dt.date(2031, 1, 1), dt.date(2031, 1, 2)
+    t = dt.datetime(2031, 1, 3, 8, 0, tzinfo=UTC)
+    record_run(client, db, d1, BEGUN, "load", t, dag_run_id="night_1")           # the night's load of d1, then its
+    record_run(client, db, d1, "success", "quality_check", t, dag_run_id="night_1")   # reconciliation
+    record_run(client, db, d2, "success", "quality_check", t - dt.timedelta(days=1), dag_run_id="night_2")
+    record_run(client, db, d2, BEGUN, "load", t, dag_run_id="reload_2")            # a reload stopped half-way
+    rows = q(client, f"SELECT date_key, status, dag_run_id FROM {db}.v_etl_runs WHERE date_key IN (20310101, 20310102) "
+                     "ORDER BY date_key, status")
+    assert list(rows.itertuples(index=False, name=None)) == [
+        (20310101, "success", "night_1"), (20310102, "begun", "reload_2"), (20310102, "success", "night_2")]
+    listed = Q.run(client, db, "dq_etl", Q.Filters())
+    listed = listed[listed["date_key"].isin([20310101, 20310102])]
+    assert sorted(zip(listed["date_key"], listed["status"])) == [
+        (20310101, "success"), (20310102, "begun"), (20310102, "success")]   # old view: d1's 'begun' listed too

@@ -996,6 +996,118 @@ def test_two_loads_of_a_day_at_once_do_not_double_it(native_stack):
         assert left == []   # each call drops its own staging table
 
 
+def test_a_rechecked_day_of_a_run_whose_load_failed_is_reconciled_by_the_retry(native_stack, monkeypatch):
+    """Night D4 re-checks D1 (a late line landed): D1's 'begun' row, D1 reloaded (its loaded_manifest written), then
+    D4's 'begun' and a ClickHouse outage in D4's load (the failed row unwritable). Airflow's retry of the load task
+    found D1's loaded_manifest equal to its raw_manifest, so rechecked_days was [] and no quality check reconciled D1:
+    its latest row stayed 'begun' for good (not loaded; check_gaps named it every night with a backfill command whose
+    --reprocess-behavior failed skipped it). Now the retry loads the window's 'begun' days again and returns them as
+    re-checked: D1 reconciled (4 lines, 8 units) and loaded."""
+    from ops import local
+
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2, D3):
+            nightly_pandas(lake, s, d)
+        late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+        lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                         *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
+        for d in etl.days_to_recheck(lake, D4, s.etl_recheck_days) + [D4]:   # build_facts: D1 rebuilt, then D4
+            etl.extract(d), etl.transform(d)
+        build_inventory = etl.build_inventory
+
+        def stop_in_d4(client_, db_, day, *args, **kwargs):   # D1's load done; D4's own inventory
+            if day == D4:
+                local.rpc(native_stack).supervisor.stopProcess("clickhouse", True)
+            return build_inventory(client_, db_, day, *args, **kwargs)
+
+        monkeypatch.setattr(etl, "build_inventory", stop_in_d4)
+        try:
+            with pytest.raises(Exception):
+                etl.load_recorded(D4, dag_run_id="scheduled__d4")
+        finally:
+            monkeypatch.undo()
+            local.start("clickhouse", native_stack)
+        assert etl.rebuilt_days(lake, D4, s.etl_recheck_days) == []   # D1's loaded_manifest was written
+        assert not etl.etl_load_status(D1, client, db)[0]              # D1: begun
+        # Airflow's retry of the load task (build_facts is not re-run), then quality_check as the DAG runs it
+        loaded = etl.load_recorded(D4, dag_run_id="scheduled__d4")
+        assert loaded["rechecked_days"] == ["2024-03-29"]   # old code: []
+        started = dt.datetime.fromisoformat(loaded["started_at"])
+        assert etl.quality_check(D1, started)["rows"] == 4
+        etl.quality_check(D4, started)
+        assert etl.loaded_days(client, db, D1, D4) == {D1, D2, D3, D4}
+        assert etl.check_load_gaps(D4) == []
+        assert int(client.query(f"SELECT sum(units_sold) FROM {db}.fact_inventory WHERE date_key = 20240329"
+                                ).result_rows[0][0]) == 8
+
+
+def test_a_load_begun_after_another_loads_start_is_the_days_latest_run(native_stack):
+    """Two overlapping loads of D1: A starts at 08:00, B writes its 'begun' at 08:05, A's quality check writes
+    'success' at 08:10 (finished last), B is killed at 08:12 after replacing fact_sales, before fact_inventory. The
+    latest row was taken by finished_at: A's success, so D1 counted as loaded over B's partial state (training, the
+    sensors, check_gaps). Now the latest is the row of the run that started last (B's 'begun'): not loaded, named by
+    check_gaps with a backfill command that redoes it (--reprocess-behavior completed: D1's own run succeeded)."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2):
+            nightly_pandas(lake, s, d)
+        a = dt.datetime.now(dt.timezone.utc)
+        b = a + dt.timedelta(minutes=5)
+        etl.record_run(client, db, D1, etl.BEGUN, "load", a, dag_run_id="manual__a")
+        etl.record_run(client, db, D1, etl.BEGUN, "load", b, dag_run_id="manual__b")
+        qc = etl.quality_check(D1, a, dag_run_id="manual__a")   # A's check: 'success', written after B's 'begun'
+        assert qc["rows"] == 3
+        ok, why = etl.etl_load_status(D1, client, db)
+        assert not ok and "begun at load" in why   # old code: True (A's success finished last)
+        assert etl.loaded_days(client, db, D1, D2) == {D2}
+        with pytest.raises(etl.LoadGapError, match=r"--from-date 2024-03-29 .*--reprocess-behavior completed") as gap:
+            etl.check_load_gaps(D3)
+        assert gap.value.days == [D1]
+        # B's retry (its own started_at) reconciles the day again
+        etl.quality_check(D1, b, dag_run_id="manual__b")
+        assert etl.etl_load_status(D1, client, db)[0] and etl.check_load_gaps(D3) == []
+
+
+def test_orphan_staging_tables_older_than_the_bound_are_dropped_and_fresh_ones_kept(native_stack):
+    """A load killed between creating its own staging table and dropping it leaves the table behind; the next
+    replacement of the same table drops such tables older than STAGING_ORPHAN_HOURS (6 h) and never a younger one
+    (a load still running). The orphan is aged by setting its metadata file's time 7 h back (system.tables'
+    metadata_modification_time, which the sweep reads); the other table is 1 s old."""
+    import os
+    import time
+
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        run_pandas(D1)
+        old, fresh = "fact_sales_staging_20240329_0rphan00", "fact_sales_staging_20240329_runn1ng0"
+        for n in (old, fresh):
+            client.command(f"CREATE TABLE {db}.{n} AS {db}.fact_sales")
+        path = client.query(f"SELECT metadata_path FROM system.tables WHERE database = '{db}' AND name = '{old}'"
+                            ).result_rows[0][0]
+        path = os.path.join(native_stack.clickhouse_chdb_path, path)   # relative to the server's data path
+        back = time.time() - (etl.STAGING_ORPHAN_HOURS + 1) * 3600
+        os.utime(path, (back, back))
+        ages = dict(client.query(f"SELECT name, dateDiff('hour', metadata_modification_time, now()) FROM "
+                                 f"system.tables WHERE database = '{db}' AND name IN ('{old}', '{fresh}')").result_rows)
+        assert ages[old] >= etl.STAGING_ORPHAN_HOURS + 1 and ages[fresh] == 0   # the scenario holds
+        lines = client.query_df(f"SELECT * FROM {db}.fact_sales WHERE date_key = 20240329")
+        etl._replace_partition(client, db, "fact_sales", 20240329, lines)
+        left = {r[0] for r in client.query(f"SELECT name FROM system.tables WHERE database = '{db}' "
+                                           "AND startsWith(name, 'fact_sales_staging_')").result_rows}
+        assert left == {fresh}   # the orphan dropped, the running load's kept, the call's own dropped after
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240329").result_rows[0][0] == 3
+
+
 def test_gap_commands_are_one_per_range(native_stack):
     """The backfill command spanned the oldest to the newest named day (gaps D2 and D4 around loaded D3: BACKFILL=2,
     redoing D3; a late change a year back plus a gap last week: BACKFILL=~360). Now one command per range."""

@@ -252,3 +252,53 @@ def test_a_champion_file_left_behind_by_a_stopped_registration_is_rewritten(mode
         f.write(b'{"version": 2, "mo')
     trained(models, 4, d4, 0.40, 0.75)
     assert not register_model(d4, s)["promoted"] and champion(models) == (2, [2])
+
+
+def test_a_registration_promoting_nothing_does_not_rewind_a_concurrent_promotion(models, monkeypatch):
+    """Registration A (D2's v2, worse than the champion v1) read the champion (v1); registration B (D3's v3, better)
+    then promoted v3 and wrote champion.json; A, promoting nothing, healed the file from the v1 it had read: the
+    predict job served v1 while the registry named v3. Now the heal reads the registry's champion afresh: v3 stays.
+    The interleaving is forced: B runs in full between A's champion read and A's decision."""
+    from ml import pipeline
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2, d3 = (dt.date(2024, 4, d) for d in (1, 2, 3))
+    trained(models, 1, d1, 0.36, 0.70)                       # the GBT of v1 champion
+    register_model(d1, s)
+    trained(models, 2, d2, 0.60, 1.10)
+    trained(models, 3, d3, 0.30, 0.60)
+    decide = pipeline.decide_promotion
+
+    def b_between(metrics, version, champion_, **kw):   # A has read the champion (v1): B registers now
+        if kw.get("run_date") == d2:
+            assert register_model(d3, s)["promoted"]
+        return decide(metrics, version, champion_, **kw)
+
+    monkeypatch.setattr(pipeline, "decide_promotion", b_between)
+    assert not register_model(d2, s)["promoted"]
+    assert champion(models) == (3, [3])                      # old code: (1, [3])
+
+
+def test_a_lost_model_store_does_not_reuse_a_registered_version_number(models):
+    """v1 and v2 registered, then the model store lost: the train job numbered the next version from the lake alone,
+    v1 again (a registry version reused: the dashboard's backtest, max(model_version), and ml_model_metrics mixed
+    the lost model's figures in). Now it numbers above the registry's highest too (the DAG passes load_features'
+    registry_max_version as --registry-max-version): v3, registered as a version of its own."""
+    from ml.forecast import MODEL_PREFIX, new_version
+    from ml.pipeline import register_model, registry_max_version
+
+    s, lake, client, db = models
+    d1, d2, d3 = (dt.date(2024, 4, d) for d in (1, 2, 3))
+    assert registry_max_version(client, db) == 0 and new_version(lake, 0) == 1
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    trained(models, 2, d2, 0.36, 0.70)
+    register_model(d2, s)
+    lake.delete_dir(s.lake_models_bucket, MODEL_PREFIX)      # the store lost
+    v = new_version(lake, registry_max_version(client, db))
+    assert v == 3                                            # old code (the lake's versions alone): 1
+    trained(models, v, d3, 0.40, 0.75)
+    assert register_model(d3, s)["promoted"] and champion(models) == (3, [3])
+    assert sorted(r[0] for r in client.query(f"SELECT version FROM {db}.model_registry FINAL").result_rows) == [1, 2, 3]
+

@@ -110,8 +110,9 @@ CREATE TABLE IF NOT EXISTS {db}.etl_runs (
     date_key            UInt32,
     started_at          DateTime64(3, 'UTC'),
     finished_at         DateTime64(3, 'UTC'),
-    status              LowCardinality(String),   -- 'success' | 'failed'
-    stage               LowCardinality(String),   -- stage that finished or failed
+    status              LowCardinality(String),   -- 'success' | 'failed' | 'begun' (a load's first row, since 2026-12-07;
+                                                  -- a day's latest row = greatest (started_at, finished_at))
+    stage               LowCardinality(String),   -- stage that finished, failed or began
     raw_sales_rows      UInt64,
     duplicate_sales_rows UInt64,
     fact_sales_rows     UInt64,

@@ -95,13 +95,8 @@ LEFT JOIN (SELECT * FROM {db}.sku_window_latest FINAL) AS m
 -- v_quarantine_summary: defined in 084_quarantine_refused_rows_apart.sql only (since 2026-12-07: every
 -- migrate() re-runs every file, so until the later file ran again a query read this file's older definition)
 
-CREATE OR REPLACE VIEW {db}.v_etl_runs AS
-SELECT run_id, dag_run_id, toInt64(e.date_key) AS date_key, started_at, finished_at,
-       dateDiff('second', started_at, finished_at) AS duration_s,
-       status, stage, toInt64(e.raw_sales_rows) AS raw_sales_rows, toInt64(e.duplicate_sales_rows) AS duplicate_sales_rows,
-       toInt64(e.fact_sales_rows) AS fact_sales_rows, toInt64(e.fact_inventory_rows) AS fact_inventory_rows,
-       units_net, toFloat64(e.revenue) AS revenue, message
-FROM {db}.etl_runs AS e;
+-- v_etl_runs: defined in 098_etl_runs_bi_view_hides_begun.sql only (since 2026-12-07: it hides the 'begun' rows
+-- that are not a day's latest)
 
 -- -------------------------------------------------------------------------------------------- ML --
 -- forecasts of the latest origin (FORECAST_HORIZON horizons per store x SKU, 14 by default) with 80 % / 95 % intervals

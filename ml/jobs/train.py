@@ -12,7 +12,8 @@ saves the model with its backtest metrics and interval bounds of every model (GB
 28-day mean, statsforecast) to ``models/demand-forecast/v<N>/``; horizon FORECAST_HORIZON. meta.json records
 what the predict job must reuse: ``horizon``, ``target``, ``shrink_k`` (the GBT's credibility shrinkage the
 backtest scored and the intervals were calibrated with), ``feature_columns``, ``bucket_edges``.
-N = the version already holding this run date (a re-run overwrites it: idempotent) or the highest + 1.
+N = the version already holding this run date (a re-run overwrites it: idempotent) or 1 + the highest of the
+lake's and model_registry's (``--registry-max-version``, which the DAG passes: a lost model store reuses no number).
 Never opens ClickHouse; ``register_model`` in the DAG loads the metrics and promotes.
 Exit 0 after staging ``train_result.json`` (:mod:`ml.train_records`); exit 3 after staging ``train_error.json``
 when no backtest origin has enough history (the DAG's operator fails the task without retries); any other error
@@ -109,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shrink-k", type=float, default=None,
                     help="credibility shrinkage toward the trailing mean, units/day (default ml.forecast.SHRINK_K); "
                          "stored in meta.json, the predict job uses the same")
+    ap.add_argument("--registry-max-version", type=int, default=0,
+                    help="the highest version model_registry holds (the DAG passes load_features' figure): a new "
+                         "version is numbered above it and above the lake's (a lost model store reuses no number)")
     a = ap.parse_args(argv)
+    if a.registry_max_version < 0:
+        ap.error(f"--registry-max-version must be >= 0, got {a.registry_max_version}")
 
     import pandas as pd
     from ml.features import KEYS
     from ml import train_records
-    from ml.forecast import (ForecastConfig, InsufficientHistory, backtest_sample_size, get_spark, list_versions,
+    from ml.forecast import (ForecastConfig, InsufficientHistory, backtest_sample_size, get_spark, new_version,
                              sample_keys, save_model_version, train_and_evaluate)
     from ml.pipeline import collect_series, read_features_frame, version_for_run
     from ml.spark_supervised import series_summary
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             train_records.write_error(lake, day, exc)
             return bad_data("train", a.run_date, exc)
         bt = res["backtest"]
-        version = version_for_run(lake, a.run_date) or (max(list_versions(lake), default=0) + 1)
+        version = version_for_run(lake, a.run_date) or new_version(lake, a.registry_max_version)
         meta = {
             "run_date": a.run_date, "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "features_path": a.features, "config": json.loads(cfg.to_json()), "feature_columns": res["cols"],
