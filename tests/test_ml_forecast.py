@@ -394,3 +394,72 @@ def test_one_bulk_order_no_longer_scales_every_series_forecast(spark):
     assert replace(cfg, restore_cap=0.0).restore_cap == 0.0
     with pytest.raises(ValueError, match="restore_cap"):
         ForecastConfig(restore_cap=float("nan"))
+
+
+def _gbt_factor(model) -> float:
+    """The cap correction's factor a fitted pipeline carries (its last SQLTransformer stage; 1.0 without one)."""
+    import re
+
+    m = re.search(r"CAST\('([0-9.e+-]+)'", model.stages[-1].getStatement()) if hasattr(model.stages[-1],
+                                                                                         "getStatement") else None
+    return float(m.group(1)) if m else 1.0
+
+
+def _bounded_factor(rows: pd.DataFrame, cap: float = 2.0, restore: float = 2.0) -> float:
+    """The per-series bounded cap correction recomputed in plain numpy from supervised rows (y, level, keys)."""
+    y = rows["y"].to_numpy(dtype="float64")
+    c = np.minimum(y, cap * rows["level"].to_numpy(dtype="float64"))
+    g = pd.DataFrame({"s": rows["store_id"].astype(str) + "|" + rows["product_id"].astype(str), "y": y, "c": c}) \
+        .groupby("s").sum()
+    return float((g["c"] + np.minimum(g["y"] - g["c"], restore * g["c"])).sum() / g["c"].sum())
+
+
+def test_the_cap_correction_is_computed_before_the_row_sample(spark, monkeypatch):
+    """The per-series bound of the cap correction is not the same on a row sample: a one-row spike's restored
+    excess shrinks with the sampled fraction f (kept with probability f, and then bounded by f x the series'
+    capped mass). Until 2026-12-07 both paths computed it on the sample: the backtest's series sample (all its
+    rows) and the final fit (~27 % of a chain's rows at max_train_rows) then carried different factors, so the
+    scored model was not the served one. Now both compute it on the whole training window: with one bulk order
+    (one row per target day) and max_train_rows ~27 % of the rows, each fit's factor equals the factor of all the
+    window's rows (recomputed here in numpy), which the sample's is not."""
+    from dataclasses import replace
+
+    import ml.forecast as mf
+    from ml.features import build_daily_features
+    from ml.spark_supervised import supervised_frame, table_span
+
+    chain = _small_chain(80995.0)   # and three within the backtest's window (its origin is T - 14 days)
+    for st, sku, day in (("ST-2", "BULK", "2012-02-20"), ("ST-1", "C", "2012-01-15"), ("ST-2", "E", "2012-02-01")):
+        chain.loc[(chain["store_id"] == st) & (chain["product_id"] == sku) & (chain["date"] == day), "units"] = 80995.0
+    feats = build_daily_features(chain, default_country="GB", extend_days=H)
+    cfg = mf.ForecastConfig(horizon=H, rows_per_target=1, max_iter=3, max_depth=3, min_instances_per_node=20,
+                            train_window_days=90, n_origins=1, baselines=("trailing_mean_28",))
+    # the final fit (Spark): the whole window's rows, as the train job draws them before the sample
+    sdf = spark.createDataFrame(feats)
+    start, T = table_span(sdf)
+    T = pd.Timestamp(T)
+    full = supervised_frame(sdf, range(1, H + 1), min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1),
+                            max_target_date=T, sample_per_target=1, seed=cfg.seed, known_only=True,
+                            data_start=start).select("store_id", "product_id", "y", "level").toPandas()
+    sampled = replace(cfg, max_train_rows=int(0.27 * len(full)))
+    model, _, n = mf.train_final(spark, sdf, sampled)
+    assert n == sampled.max_train_rows < len(full)
+    assert _gbt_factor(model) == pytest.approx(_bounded_factor(full), rel=1e-9)
+    # the backtest (pandas rows, fit_gbt): the factor of the origin's whole window, not of cap_training_rows' sample
+    fits, real = [], mf.fit_gbt
+
+    def recording(spark_, train, cfg_, cols, **kw):
+        fits.append((train, real(spark_, train, cfg_, cols, **kw)))
+        return fits[-1][1]
+
+    monkeypatch.setattr(mf, "fit_gbt", recording)
+    mf.backtest(spark, feats, sampled, log=lambda *_: None)
+    (o,) = mf.backtest_origins(feats, sampled)
+    window = mf.training_rows(mf.training_table(feats, o, o, sampled), o, sampled)
+    (train, bt_model), = fits
+    assert len(train) == sampled.max_train_rows < len(window)
+    assert _gbt_factor(bt_model) == pytest.approx(_bounded_factor(window), rel=1e-9)
+    assert abs(_bounded_factor(train) - _bounded_factor(window)) > 0.01   # the sample's own factor differs
+    for bad in (float("inf"), -1.0, float("nan")):
+        with pytest.raises(ValueError, match="restore_cap must be a finite number"):
+            mf.ForecastConfig(restore_cap=bad)
