@@ -202,8 +202,9 @@ def bad_product_numbers(products: pd.DataFrame) -> dict[str, pd.Series]:
                 or pd.api.types.is_timedelta64_dtype(raw):
             wrong = raw.notna()
         else:
-            kind = raw.map(_not_a_number) if raw.dtype == object else pd.Series(False, index=raw.index)
-            blank = raw.map(lambda v: isinstance(v, str) and not v.strip()) if raw.dtype == object else kind
+            textual = raw.dtype == object or pd.api.types.is_string_dtype(raw)   # object or pandas' string dtype
+            kind = raw.map(_not_a_number).astype(bool) if textual else pd.Series(False, index=raw.index)
+            blank = raw.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool) if textual else kind
             num = pd.to_numeric(raw.mask(blank | kind), errors="coerce").astype("float64")
             size = num.round() if col in _PRODUCT_INTEGERS else num
             wrong = kind | (raw.notna() & ~blank & num.isna()) | (num < 0) | np.isinf(num) \
