@@ -403,7 +403,8 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
     dim_product = etl.build_dim_product(products if products is not None and not products.empty else None, skus)
     # the facts' unit cost: the product master version valid on the day (a later change does not rewrite it)
     asof = etl.reference_as_of(etl.reference_history(lake, "products"), day)
-    cost = etl.build_dim_product(asof if asof is not None and not asof.empty else None, skus)
+    cost = etl.build_dim_product(asof if asof is not None and not asof.empty else None, skus,
+                                 history=etl.history_file("products"))
     cost = dim_product[["sku"]].merge(cost[["sku", "unit_cost"]], on="sku", how="left")["unit_cost"]
     dim_store = etl.build_dim_store(stores_ref if stores_ref is not None and not stores_ref.empty else None,
                                     store_ids, s.store_country_default)

@@ -166,37 +166,108 @@ def events_of_day(events: pd.DataFrame, day: dt.date, ts_column: str = "timestam
 
 #: product master columns that must be numbers >= 0 when given (null = unknown): money per unit, days, units
 PRODUCT_NUMBERS = ("unit_cost", "unit_price", "shelf_life_days", "reorder_point", "storage_capacity")
+#: largest value of UInt32 (dim_product / dim_product_history's shelf_life_days, reorder_point, storage_capacity)
+UINT32_MAX = 4_294_967_295
+#: largest amount of Decimal(18, 4) (fact_sales' revenue and cost): one unit's price or cost must fit
+DECIMAL_18_4_MAX = 99_999_999_999_999.9999
+#: upper bound of each of :data:`PRODUCT_NUMBERS`, from the ClickHouse columns it is loaded into
+#: (clickhouse/migrations/010_star_schema.sql, 070_dim_history.sql): a larger value failed later, and retried
+#: (1e30: TypeError in build_dim_product; 5e9: clickhouse_connect DataError for UInt32 in ``load``)
+PRODUCT_NUMBER_MAX = {"unit_cost": DECIMAL_18_4_MAX, "unit_price": DECIMAL_18_4_MAX,
+                      "shelf_life_days": UINT32_MAX, "reorder_point": UINT32_MAX, "storage_capacity": UINT32_MAX}
+#: the integer columns among them (rounded before they are stored; the bound applies to the rounded value)
+_PRODUCT_INTEGERS = ("shelf_life_days", "reorder_point", "storage_capacity")
+
+
+def _not_a_number(v) -> bool:
+    """True for a value that pandas would turn into a number but is none: a boolean, a date/time or a duration."""
+    return isinstance(v, (bool, np.bool_, dt.date, dt.time, dt.timedelta, np.datetime64, np.timedelta64))
+
+
+def bad_product_numbers(products: pd.DataFrame) -> dict[str, pd.Series]:
+    """The bad cells of a product master's :data:`PRODUCT_NUMBERS`, per column present.
+
+    A cell is good when null or blank text (a blank CSV cell: unknown) or a finite number in
+    [0, :data:`PRODUCT_NUMBER_MAX`] (integer columns: after rounding); bad when text that is no number, a boolean,
+    a date/time or duration, negative, infinite or above the column's bound.
+
+    Returns: {column: boolean Series aligned with ``products`` (True = bad)}, only columns with a bad cell.
+    """
+    out = {}
+    for col in PRODUCT_NUMBERS:
+        if col not in products.columns:
+            continue
+        raw = products[col]
+        if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_datetime64_any_dtype(raw) \
+                or pd.api.types.is_timedelta64_dtype(raw):
+            wrong = raw.notna()
+        else:
+            textual = raw.dtype == object or pd.api.types.is_string_dtype(raw)   # object or pandas' string dtype
+            kind = raw.map(_not_a_number).astype(bool) if textual else pd.Series(False, index=raw.index)
+            blank = raw.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool) if textual else kind
+            num = pd.to_numeric(raw.mask(blank | kind), errors="coerce").astype("float64")
+            size = num.round() if col in _PRODUCT_INTEGERS else num
+            wrong = kind | (raw.notna() & ~blank & num.isna()) | (num < 0) | np.isinf(num) \
+                | (size > PRODUCT_NUMBER_MAX[col])
+        if wrong.any():
+            out[col] = wrong.astype(bool)
+    return out
+
+
+def _examples(products: pd.DataFrame, col: str, wrong: pd.Series) -> str:
+    ids = products["product_id"] if "product_id" in products.columns else pd.Series(products.index, index=products.index)
+    def plain(v):   # numpy scalars as Python values: 'P1': -1.5, not np.float64(-1.5)
+        return v.item() if isinstance(v, np.generic) else v
+
+    return ", ".join(f"{plain(ids[i])!r}: {plain(products[col][i])!r}" for i in wrong[wrong].index[:3])
 
 
 def check_product_master(products: pd.DataFrame) -> None:
-    """Refuse a product master (``raw-data/reference/products``) whose numeric attributes are not numbers >= 0.
+    """Refuse a product master (``raw-data/reference/products``) whose numeric attributes are not numbers >= 0
+    that fit their ClickHouse columns.
 
-    Each of :data:`PRODUCT_NUMBERS` present must be null (unknown) or a finite number >= 0 (unit_cost and
-    unit_price in currency per unit, shelf_life_days in days, reorder_point and storage_capacity in units; 0 is
-    allowed). A value that is text, negative or infinite would otherwise become NULL unseen (text) or a negative
-    cost, margin, reorder point or capacity in the star schema and the reorder plan.
+    Only the rows kept by the de-duplication (the last row of each product_id, as :func:`build_dim_product` and
+    :func:`reference_history` keep) are checked. Each of :data:`PRODUCT_NUMBERS` present must be null or blank
+    (unknown) or a finite number in [0, :data:`PRODUCT_NUMBER_MAX`] (unit_cost and unit_price in currency per unit,
+    at most 99,999,999,999,999.9999, Decimal(18, 4); shelf_life_days in days, reorder_point and storage_capacity in
+    units, at most 4,294,967,295 after rounding, UInt32; 0 is allowed) (:func:`bad_product_numbers`). A value that
+    is text, a boolean, a date, negative or infinite would otherwise become NULL unseen (text) or a wrong cost,
+    margin, reorder point or capacity in the star schema and the reorder plan; one too large failed later and
+    retried (TypeError, or a DataError in ``load``).
 
     Raises:
         EtlError: naming each bad column, its count of bad rows and up to 3 of their product ids and values
             (the Spark job exits 3: bad data, no retry).
     """
-    bad = []
-    ids = products["product_id"] if "product_id" in products.columns else pd.Series(products.index, index=products.index)
-    for col in PRODUCT_NUMBERS:
-        if col not in products.columns:
-            continue
-        raw = products[col]
-        num = pd.to_numeric(raw, errors="coerce").astype("float64")
-        wrong = (raw.notna() & num.isna()) | (num < 0) | np.isinf(num)
-        if wrong.any():
-            eg = ", ".join(f"{ids[i]!r}: {raw[i]!r}" for i in wrong[wrong].index[:3])
-            bad.append(f"{col} in {int(wrong.sum())} row(s) (e.g. {eg})")
+    if "product_id" in products.columns:
+        products = products.drop_duplicates("product_id", keep="last")
+    bad = [f"{col} in {int(wrong.sum())} row(s) (e.g. {_examples(products, col, wrong)})"
+           for col, wrong in bad_product_numbers(products).items()]
     if bad:
-        raise EtlError("the product master (raw-data/reference/products) has values that are not numbers >= 0: "
+        raise EtlError("the product master (raw-data/reference/products) has values that are not numbers >= 0 "
+                       "within their column's bound (UInt32 4,294,967,295; money 99,999,999,999,999.9999): "
                        + "; ".join(bad) + ". Correct the reference file and re-run the date.")
 
 
-def build_dim_product(products: pd.DataFrame | None, skus_seen: pd.Series) -> pd.DataFrame:
+def coerce_product_numbers(products: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``products`` with the bad cells of :func:`bad_product_numbers` set to null (unknown), logging a warning that
+    names ``where`` (the history file), the columns and their product ids.
+
+    For the stored version history (:func:`reference_history`): versions written before the check existed held
+    such values (coerced unseen then); the operator cannot edit them through the reference file, so they must
+    never block a night. Returns a copy (the input when nothing is bad)."""
+    bad = bad_product_numbers(products)
+    if not bad:
+        return products
+    out = products.copy()
+    for col, wrong in bad.items():
+        log.warning("%s: %s of %d version(s) is not a number >= 0 within its bound, read as unknown (NULL): %s",
+                    where, col, int(wrong.sum()), _examples(products, col, wrong))
+        out[col] = out[col].astype(object).where(~wrong, None)
+    return out
+
+
+def build_dim_product(products: pd.DataFrame | None, skus_seen: pd.Series, history: str | None = None) -> pd.DataFrame:
     """dim_product rows: every reference product (is_known=1) plus a placeholder (is_known=0, unknown
     attributes, NULL unit_cost) for each SKU seen in events but absent from the reference data.
 
@@ -204,13 +275,20 @@ def build_dim_product(products: pd.DataFrame | None, skus_seen: pd.Series) -> pd
         products: ``raw-data/reference/products`` (product_id, product_name, category, sub_category,
             brand, supplier, unit_cost, unit_price, shelf_life_days, reorder_point, storage_capacity) or None.
         skus_seen: SKUs (product_id) of the day's events.
+        history: None for the reference file (refused when bad); the history file's path for versions read from
+            the stored history (:func:`reference_as_of`, :func:`history_rows`): bad numbers become null with a
+            warning naming it (:func:`coerce_product_numbers`), never an error.
 
     Returns: frame with :data:`PRODUCT_COLUMNS`, one row per SKU.
     Raises:
-        EtlError: a numeric attribute is text, negative or infinite (:func:`check_product_master`).
+        EtlError: (``history`` None) a numeric attribute is text, negative, infinite or too large for its column
+            (:func:`check_product_master`).
     """
     if products is not None and not products.empty:
-        check_product_master(products)
+        if history is None:
+            check_product_master(products)
+        else:
+            products = coerce_product_numbers(products, history)
         p = products.drop_duplicates("product_id", keep="last").rename(columns={"product_id": "sku"}).copy()
         p["is_known"] = 1
     else:
@@ -519,6 +597,14 @@ HISTORY_PREFIX = "staging/daily_etl/reference_history"
 FIRST_VALID, OPEN_VALID = dt.date(1970, 1, 1), dt.date(2149, 6, 6)   # ClickHouse Date's first and last day
 
 
+def history_file(name: str = "products") -> str:
+    """``<LAKE_FEATURES_BUCKET>/staging/daily_etl/reference_history/<name>.parquet``: the path of a reference
+    table's version history (:func:`reference_history`), for messages."""
+    from core.settings import get_settings
+
+    return f"{get_settings().lake_features_bucket}/{HISTORY_PREFIX}/{name}.parquet"
+
+
 def _fingerprint(df: pd.DataFrame) -> pd.Series:
     """One string per row: its values as JSON, columns sorted by name (nulls and NaN as null)."""
     cols = sorted(df.columns)
@@ -537,12 +623,15 @@ def reference_history(lake, name: str = "products", today: dt.date | None = None
     second change on the same day replaces that day's version). A key's first version is valid from 1970-01-01 (no
     older one known); a key gone from the reference keeps its open version. Idempotent: an unchanged reference
     writes nothing. Deleting the file makes the current reference valid for every day (a correction meant for the
-    past).
+    past). The product master is checked (:func:`check_product_master`) before anything is written: a bad
+    reference file never becomes a version.
 
     Returns:
         DataFrame: the reference columns plus ``valid_from`` / ``valid_to`` (dates, inclusive; 2149-06-06 = open)
         and ``_fp`` (the row's fingerprint), one row per key and version; None when there is neither a reference
         nor a history.
+    Raises:
+        EtlError: (``products``) the reference file's numbers are bad (:func:`check_product_master`).
     """
     import pyarrow.parquet as pq
 
@@ -555,6 +644,8 @@ def reference_history(lake, name: str = "products", today: dt.date | None = None
     cur = read_reference(lake, name)
     if cur is None or cur.empty:
         return hist
+    if name == "products":
+        check_product_master(cur)   # before the history is written (a bad version would then be read every night)
     cur = cur.drop_duplicates(key, keep="last").reset_index(drop=True)
     cur[key] = cur[key].astype(str)
     cur["_fp"] = _fingerprint(cur.drop(columns=["_fp"], errors="ignore"))
@@ -585,7 +676,9 @@ def reference_history(lake, name: str = "products", today: dt.date | None = None
 
 def reference_as_of(history: pd.DataFrame | None, day: dt.date) -> pd.DataFrame | None:
     """The rows of a :func:`reference_history` valid on ``day`` (``valid_from <= day <= valid_to``), in the reference
-    data's own columns (history columns dropped); None when ``history`` is None."""
+    data's own columns (history columns dropped); None when ``history`` is None. Its rows may hold numbers the
+    product master check refuses (versions written before it): build them with ``build_dim_product(...,
+    history=history_file())``, which reads those as unknown with a warning."""
     if history is None:
         return None
     rows = history[(history["valid_from"] <= day) & (history["valid_to"] >= day)]
@@ -615,7 +708,7 @@ def history_rows(hist: pd.DataFrame | None, name: str) -> pd.DataFrame:
     for _, rows in hist.groupby(hist.groupby(key).cumcount(), sort=True):   # one row per key in each rank
         ref = rows.drop(columns=["valid_from", "valid_to", "_fp"])
         if name == "products":
-            d = build_dim_product(ref, pd.Series(dtype=object)).drop(columns=["is_known"])
+            d = build_dim_product(ref, pd.Series(dtype=object), history=history_file(name)).drop(columns=["is_known"])
         else:
             d = build_dim_store(ref, pd.Series(dtype=object), get_settings().store_country_default) \
                 .drop(columns=["is_known"])
@@ -734,7 +827,8 @@ def transform(day: dt.date) -> dict[str, Any]:
     dim_store = build_dim_store(stores if not stores.empty else None, seen_stores, s.store_country_default)
     dim_date = build_dim_date(calendar_days(day), dim_store["country_code"].tolist(), s.store_country_default)
     asof = _read(lake, day, "ref_products_asof") if lake.exists(*_staging(day, "ref_products_asof")) else products
-    fact = build_fact_sales(sales, build_dim_product(asof if not asof.empty else None, seen_skus), day)
+    fact = build_fact_sales(sales, build_dim_product(asof if not asof.empty else None, seen_skus,
+                                                     history=history_file("products")), day)
     closing = closing_stock(inv)
     if not closing.empty:
         closing["store_key"] = _keys(closing["store_id"].astype(str))

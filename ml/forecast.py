@@ -30,7 +30,8 @@ Models (each forecasts h = 1..H days ahead of an origin t, H = ``ForecastConfig.
   or absolute loss only) lacks. The cap alone lowers the total forecast (a capped fit tracks a winsorised
   mean), which the reorder point would inherit, so the model's last stage multiplies its forecasts by the mass
   the cap removed from the training labels (:func:`cap_correction`; since 2026-12-07 at most ``restore_cap`` = 2
-  times a series' own capped mass per series, so one bulk order cannot scale every series); the served forecast
+  times a series' own capped mass per series, taken on the whole training window before any row sample: a bulk
+  order of a series with a share p of the capped mass still lifts every series by up to 2 x p); the served forecast
   is level * prediction, then shrunk. Chosen with the MLlib GBT on the 6 M5 tuning origins 2013-12-01..2014-10-02 (28 days, shrink_k
   0.5; WAPE / RMSSE; trailing mean 0.4480 / 0.7845): uncapped 0.4250 / 0.7603; without the correction cap 1.5
   0.4091 / 0.7630, **2 0.4067 / 0.7561**, 3 0.4098 / 0.7563, 5 0.4131 / 0.7564; with it cap 2 0.4114 / 0.7560, 3
@@ -134,7 +135,8 @@ SHRINK_K = 0.5
 #: cap of the scaled training label y / level (see the module docstring); 0 = uncapped
 LABEL_CAP = 2.0
 #: at most this many times a series' own capped training mass is restored for it by the cap correction
-#: (:func:`cap_correction`): one bulk order no longer scales every series' forecast
+#: (:func:`cap_correction`): one bulk order of a series with a share p of the capped mass lifts every series'
+#: forecast by at most RESTORE_CAP x p (not by the order's size)
 RESTORE_CAP = 2.0
 
 
@@ -210,8 +212,8 @@ class ForecastConfig:
             raise ValueError(f"shrink_k must be >= 0, got {self.shrink_k}")
         if not self.label_cap >= 0:  # also refuses NaN
             raise ValueError(f"label_cap must be >= 0 (0 = uncapped), got {self.label_cap}")
-        if not self.restore_cap >= 0:  # also refuses NaN
-            raise ValueError(f"restore_cap must be >= 0 (0 = unbounded), got {self.restore_cap}")
+        if not (self.restore_cap >= 0 and math.isfinite(self.restore_cap)):  # NaN; inf gave NaN (inf x 0)
+            raise ValueError(f"restore_cap must be a finite number >= 0 (0 = unbounded), got {self.restore_cap}")
         if self.backtest_series < 0:
             raise ValueError(f"backtest_series must be >= 0 (0 = all series), got {self.backtest_series}")
         if self.max_train_rows < 0:
@@ -290,8 +292,12 @@ def cap_correction(rows: pd.DataFrame, cfg: ForecastConfig) -> float:
     correction, -4.0 % uncapped. The factor is one number for every series, so each series restores at most
     ``restore_cap`` times its own capped mass: unbounded, one bulk order (80,995 units on one day of a series
     selling 1 a day, in a 12-series chain) made the factor 25.06 (1.026 without it) and the other SKUs' forecast
-    22 times their demand; bounded 1.069 (``tests/test_ml_forecast.py``).
-    1.0 when nothing is capped, for the raw target, or with no demand.
+    22 times their demand; bounded 1.069 (``tests/test_ml_forecast.py``). The factor stays chain-wide: a series
+    holding a share p of the capped mass lifts it by up to restore_cap x p (the same order on a SKU with 20 % of
+    the mass: 1.432, every forecast +43 %; a one-series chain: 1 + restore_cap). On a row sample the bound is not
+    the same (a one-row spike's restored excess shrinks with the sampled fraction): callers that sample rows
+    (:func:`cap_training_rows`, ``max_train_rows``) compute it on the rows before sampling (:func:`backtest`,
+    :func:`train_final`). 1.0 when nothing is capped, for the raw target, or with no demand.
     """
     if cfg.target != "scaled" or cfg.label_cap <= 0:
         return 1.0
@@ -316,7 +322,7 @@ def restored_mass(y: np.ndarray, capped: np.ndarray, restore_cap: float) -> floa
     return float((total + excess.sum()) / total)
 
 
-def fit_gbt(spark, train: pd.DataFrame, cfg: ForecastConfig, cols: list[str]):
+def fit_gbt(spark, train: pd.DataFrame, cfg: ForecastConfig, cols: list[str], factor: float | None = None):
     """Fit the VectorAssembler -> GBTRegressor (-> cap correction) pipeline on ``train``.
 
     With a label cap (:attr:`ForecastConfig.label_cap`) the GBT predicts into ``yhat_capped`` and a last
@@ -325,6 +331,9 @@ def fit_gbt(spark, train: pd.DataFrame, cfg: ForecastConfig, cols: list[str]):
     Args:
         train: supervised rows (:func:`ml.features.make_supervised`) with target ``y`` (units) and ``level``.
         cols: feature columns.
+        factor: the cap correction's factor (>= 1) when ``train`` is a row sample (:func:`cap_training_rows`):
+            :func:`cap_correction` of the rows before sampling, since the per-series bound is not the same on a
+            sample (a one-row spike's restored excess shrinks with the sampled fraction); None = of ``train``.
     Returns:
         pyspark.ml.PipelineModel predicting the label of ``cfg.target`` into ``yhat`` (see :func:`predict_gbt`).
     Raises:
@@ -334,7 +343,7 @@ def fit_gbt(spark, train: pd.DataFrame, cfg: ForecastConfig, cols: list[str]):
         raise ValueError("no training rows (series too short for the training window?)")
     data = train[cols].astype("float64").copy()
     data["label"], data["weight"] = _label(train, cfg)
-    factor = cap_correction(train, cfg)
+    factor = cap_correction(train, cfg) if factor is None else float(factor)
     return _fit_pipeline(spark.createDataFrame(data), cfg, cols, factor)
 
 
@@ -373,10 +382,35 @@ def _zero_filled(c: str):
     return F.when(x.isNull() | F.isnan(x), F.lit(0.0)).otherwise(x).alias(c)
 
 
-def fit_gbt_frame(rows, cfg: ForecastConfig, cols: list[str]):
+def cap_correction_frame(rows, cfg: ForecastConfig, y: str = "y", level: str = "level") -> tuple[int, float]:
+    """:func:`cap_correction` of supervised rows as a Spark DataFrame (columns store_id, product_id and the
+    target ``y`` and ``level``, units a day):
+    the per-series sums of y and min(y, label_cap * level) in one Spark aggregate, bounded per series as
+    :func:`restored_mass` does.
+
+    Returns:
+        (rows counted, factor >= 1; 1.0 for the raw target, label_cap 0 or no capped mass).
+    """
+    from pyspark.sql import functions as F
+
+    y, level = F.col(y), F.col(level)
+    capped = F.least(y, F.lit(float(cfg.label_cap)) * level) if cfg.label_cap > 0 else y
+    per = rows.groupBy(*KEYS).agg(F.count("*").alias("n"), F.sum(y).alias("y"), F.sum(capped).alias("c"))
+    excess = F.col("y") - F.col("c")
+    if cfg.restore_cap > 0:
+        excess = F.least(excess, F.lit(float(cfg.restore_cap)) * F.col("c"))
+    n, total, extra = per.agg(F.sum("n"), F.sum("c"), F.sum(excess)).first()
+    factor = 1.0
+    if cfg.target == "scaled" and cfg.label_cap > 0 and total and total > 0:
+        factor = float((total + extra) / total)
+    return int(n or 0), factor
+
+
+def fit_gbt_frame(rows, cfg: ForecastConfig, cols: list[str], factor: float | None = None):
     """:func:`fit_gbt` on supervised rows as a Spark DataFrame (:func:`ml.spark_supervised.supervised_frame`),
-    never collected: the label, weight (:func:`_label`) and cap correction (:func:`cap_correction`) as Spark
-    expressions, feature columns' null / NaN as 0 (as :func:`training_table` fills them).
+    never collected: the label, weight (:func:`_label`) and cap correction (:func:`cap_correction_frame`) as
+    Spark expressions, feature columns' null / NaN as 0 (as :func:`training_table` fills them). ``factor``: the
+    cap correction of the rows before a row sample (``max_rows``), as in :func:`fit_gbt`; None = of ``rows``.
 
     Returns:
         (PipelineModel, rows fitted on).
@@ -394,21 +428,13 @@ def fit_gbt_frame(rows, cfg: ForecastConfig, cols: list[str]):
     else:
         label, weight = y, F.lit(1.0)
     data = rows.select(*KEYS, *[zero(c) for c in cols], label.alias("label"), weight.alias("weight"),
-                       (F.least(y, F.lit(float(cfg.label_cap)) * level) if cfg.label_cap > 0 else y).alias("_capped"),
-                       y.alias("_y")).repartition(cfg.shuffle_partitions).cache()
+                       y.alias("_y"), level.alias("_level")).repartition(cfg.shuffle_partitions).cache()
     try:
-        # restored_mass's sums per series, in Spark: the capped mass and the excess, bounded per series
-        per = data.groupBy(*KEYS).agg(F.count("*").alias("n"), F.sum("_y").alias("y"), F.sum("_capped").alias("c"))
-        excess = F.col("y") - F.col("c")
-        if cfg.restore_cap > 0:
-            excess = F.least(excess, F.lit(float(cfg.restore_cap)) * F.col("c"))
-        n, capped, extra = per.agg(F.sum("n"), F.sum("c"), F.sum(excess)).first()
+        n, own = cap_correction_frame(data, cfg, "_y", "_level")
         if not n:
             raise ValueError("no training rows (series too short for the training window?)")
-        factor = 1.0
-        if cfg.target == "scaled" and cfg.label_cap > 0 and capped and capped > 0:
-            factor = float((capped + extra) / capped)
-        return _fit_pipeline(data.drop(*KEYS), cfg, cols, factor, prepared=True), int(n)
+        return _fit_pipeline(data.drop(*KEYS, "_y", "_level"), cfg, cols, own if factor is None else float(factor),
+                             prepared=True), n
     finally:
         data.unpersist()
 
@@ -1132,9 +1158,10 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
             if len(tr) < MIN_TRAIN_ROWS or te.empty:
                 log(f"backtest origin {o.date()} skipped: {len(tr)} training rows < {MIN_TRAIN_ROWS} (history too short)")
                 continue
+            factor = cap_correction(tr, cfg)   # of the whole window: the per-series bound differs on a sample
             tr = cap_training_rows(tr, cfg.max_train_rows, cfg.seed)
             t0 = time.perf_counter()
-            model = fit_gbt(spark, tr, cfg, cols)
+            model = fit_gbt(spark, tr, cfg, cols, factor=factor)
             fit_s.append(time.perf_counter() - t0)
             n_train.append(len(tr))
             te["gbt"] = predict_gbt(spark, model, te, cols, cfg.target, cfg.shrink_k)
@@ -1188,11 +1215,17 @@ def train_final(spark, features, cfg: ForecastConfig, span=None):
     cols = feature_columns(sdf)
     # not cached: each use of the table's window columns reads only the columns it needs (caching the whole wide
     # table cost more at 10,000 series: 73.6 s against 47.3 s for the sample and the rows)
-    rows = supervised_frame(sdf, range(1, cfg.horizon + 1),
-                            min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1), max_target_date=T,
-                            sample_per_target=cfg.rows_per_target, seed=cfg.seed, known_only=True,
-                            max_rows=cfg.max_train_rows, data_start=start, prices_known_ahead=cfg.prices_known_ahead)
-    model, n = fit_gbt_frame(rows, cfg, cols)
+    def window(max_rows: int):
+        return supervised_frame(sdf, range(1, cfg.horizon + 1),
+                                min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1), max_target_date=T,
+                                sample_per_target=cfg.rows_per_target, seed=cfg.seed, known_only=True,
+                                max_rows=max_rows, data_start=start, prices_known_ahead=cfg.prices_known_ahead)
+
+    # the cap correction of the whole window, before the row sample (the per-series bound differs on a sample:
+    # the backtest fits its series sample on all its rows); one more pass over the window's rows when sampling
+    factor = cap_correction_frame(window(0), cfg)[1] if cfg.max_train_rows > 0 and cfg.target == "scaled" \
+        and cfg.label_cap > 0 else None
+    model, n = fit_gbt_frame(window(cfg.max_train_rows), cfg, cols, factor=factor)
     return model, cols, n
 
 

@@ -219,3 +219,52 @@ def test_a_product_master_with_text_negative_or_infinite_numbers_is_refused_by_n
     assert "unit_cost in 2 row(s)" in msg and "'P1': -1.5" in msg and "'P3': inf" in msg
     assert "storage_capacity in 1 row(s)" in msg and "'P2': 'n/a'" in msg
     assert "unit_price" not in msg and "reference/products" in msg
+
+
+def test_product_master_bounds_blanks_kinds_and_duplicates(caplog):
+    """Until 2026-12-07 (after the check above) numbers too large for their ClickHouse column passed the check and
+    failed later, retried: storage_capacity 1e30 a TypeError in build_dim_product, 5e9 a DataError for UInt32 in
+    ``load``; a blank cell (a CSV's empty field) was refused though null is accepted; True and a date were taken as
+    numbers (1 and nanoseconds); a superseded duplicate row (the de-duplication keeps the last) refused the file.
+    Versions read from the stored history are never refused: their bad numbers are read as unknown, with a
+    warning naming the history file, the column and the product id."""
+    import logging
+
+    base = {"product_id": ["P1", "P2"], "product_name": "x", "unit_cost": [1.0, 2.0], "unit_price": [2.0, 3.0],
+            "shelf_life_days": [30, 20], "reorder_point": [5, 6], "storage_capacity": [100, 200]}
+
+    def refused(col: str, value) -> str:
+        bad = pd.DataFrame(base).astype({col: object})
+        bad.loc[1, col] = value
+        with pytest.raises(etl.EtlError) as e:
+            etl.build_dim_product(bad, pd.Series(dtype=object))
+        return str(e.value)
+
+    for value in (1e30, 5e9, 4_294_967_295.6):   # above UInt32 (the last after rounding)
+        assert f"storage_capacity in 1 row(s) (e.g. 'P2': {value!r})" in refused("storage_capacity", value)
+    assert "unit_cost in 1 row(s)" in refused("unit_cost", 1e15)        # above Decimal(18, 4)
+    assert "reorder_point in 1 row(s) (e.g. 'P2': True)" in refused("reorder_point", True)
+    assert "shelf_life_days in 1 row(s)" in refused("shelf_life_days", pd.Timestamp("2026-01-01"))
+    bool_col = pd.DataFrame(base).assign(reorder_point=[True, False])   # a whole boolean column
+    with pytest.raises(etl.EtlError, match="reorder_point in 2 row"):
+        etl.build_dim_product(bool_col, pd.Series(dtype=object))
+    edge = pd.DataFrame(base).astype({"storage_capacity": object, "unit_price": object})
+    edge.loc[0, "storage_capacity"], edge.loc[1, "storage_capacity"] = 4_294_967_295, ""    # the max; blank = null
+    edge.loc[0, "unit_price"] = " "
+    dim = etl.build_dim_product(edge, pd.Series(dtype=object)).set_index("sku")
+    assert dim.loc["P1", "storage_capacity"] == 4_294_967_295 and pd.isna(dim.loc["P2", "storage_capacity"])
+    assert pd.isna(dim.loc["P1", "unit_price"])
+    dup = pd.concat([pd.DataFrame(base).assign(unit_cost=[-1.0, 2.0]), pd.DataFrame(base)], ignore_index=True)
+    assert etl.build_dim_product(dup, pd.Series(dtype=object)).set_index("sku").loc["P1", "unit_cost"] == 1.0
+    with pytest.raises(etl.EtlError, match=r"unit_cost in 1 row\(s\) \(e.g. 'P1': -1.0\)"):
+        etl.build_dim_product(dup.iloc[::-1].reset_index(drop=True), pd.Series(dtype=object))   # the last is bad
+    hist = pd.DataFrame(base).astype({"storage_capacity": object})
+    hist.loc[0, "unit_cost"], hist.loc[1, "storage_capacity"] = -1.5, "n/a"
+    with caplog.at_level(logging.WARNING, logger=etl.log.name):
+        dim = etl.build_dim_product(hist, pd.Series(dtype=object), history="features/h/products.parquet")
+    dim = dim.set_index("sku")
+    assert pd.isna(dim.loc["P1", "unit_cost"]) and pd.isna(dim.loc["P2", "storage_capacity"])
+    assert dim.loc["P2", "unit_cost"] == 2.0 and dim.loc["P1", "storage_capacity"] == 100
+    warned = " | ".join(r.getMessage() for r in caplog.records)
+    assert "features/h/products.parquet: unit_cost of 1 version(s)" in warned and "'P1': -1.5" in warned
+    assert "storage_capacity of 1 version(s)" in warned and "'P2': 'n/a'" in warned

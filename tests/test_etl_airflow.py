@@ -1361,6 +1361,49 @@ def test_dim_history_mirrors_the_lake_history_and_inserts_only_changes(native_st
         assert as_of_rows() == n_lines
 
 
+def test_a_bad_version_in_the_history_does_not_block_the_night_once_the_master_is_corrected(native_stack, caplog):
+    """Until 2026-12-07 the product master check also ran on the stored version history: a version written before
+    the check (P2's unit_cost -1.5, coerced unseen then) made every run whose day it covers fail (transform's cost
+    as of the day, then ``load``'s dim_product_history) even after the operator corrected the reference file as
+    the error says; and extract wrote a bad reference file into the history before transform refused it. Now the
+    reference file is checked before the history is written (refused by name, nothing written), and a history
+    version's bad numbers are read as unknown (NULL cost) with a warning naming the history file, column and id."""
+    import logging
+
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        etl.reference_history(lake, "products", today=D1 - dt.timedelta(days=30))   # P1, P2 from 1970
+        path = (s.lake_features_bucket, "staging/daily_etl/reference_history/products.parquet")
+        hist = pq.read_table(lake.path(*path), filesystem=lake.fs).to_pandas(date_as_object=True)
+        hist.loc[hist["product_id"] == "P2", "unit_cost"] = -1.5   # the version an older run stored unchecked
+        hist["_fp"] = etl._fingerprint(hist.drop(columns=["_fp", "valid_from", "valid_to"]))
+        lake.write_table(pa.Table.from_pandas(hist, preserve_index=False), *path)
+        # the reference file says 2.0 (corrected): a new version from today; the bad one still covers D1
+        with caplog.at_level(logging.WARNING, logger=etl.log.name):
+            out = run_pandas(D1)
+        assert out["qc"]   # the quality check raises on any mismatch
+        warned = " | ".join(r.getMessage() for r in caplog.records)
+        assert f"{s.lake_features_bucket}/staging/daily_etl/reference_history/products.parquet: unit_cost of 1 " \
+               "version(s)" in warned and "'P2': -1.5" in warned
+        costs = client.query(f"SELECT p.sku, f.cost FROM {db}.fact_sales f JOIN {db}.dim_product p USING product_key "
+                             "WHERE f.date_key = 20240329 ORDER BY f.cost").result_rows
+        assert sorted(c is None for _, c in costs) == [False, True, True]   # P2's 2 lines: cost unknown on D1
+        versions = client.query(f"SELECT sku, valid_to, unit_cost FROM {db}.dim_product_history FINAL "
+                                "WHERE sku = 'P2' ORDER BY valid_from").result_rows
+        assert [v[2] for v in versions] == [None, 2.0] and versions[0][1] < etl.OPEN_VALID
+        assert client.query(f"SELECT unit_cost FROM {db}.dim_product FINAL WHERE sku = 'P2'").result_rows == [(2.0,)]
+        # a bad reference file is refused before the history is written: no version holds it
+        before = _lake_versions(lake, "products")
+        _set_master_cost(lake, "P1", -3.0)
+        with pytest.raises(etl.EtlError, match=r"unit_cost in 1 row\(s\) \(e.g. 'P1': -3.0\)"):
+            etl.extract(D2)
+        assert _lake_versions(lake, "products") == before
+        assert -3.0 not in pq.read_table(lake.path(*path), filesystem=lake.fs).column("unit_cost").to_pylist()
+
+
 def test_a_raw_file_without_a_column_is_named_by_the_quality_check(native_stack):
     """A sales file written without ``unit_price`` landing in D1 during its run (after the load) crashed the quality
     check with ``ValueError: cannot convert float NaN to integer`` (neither the file nor the column named, and not

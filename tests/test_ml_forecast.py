@@ -338,10 +338,10 @@ def test_latest_features_pointer_only_moves_forward(tmp_path):
     assert lake.read_json(bucket, "daily", "latest.json")["run_date"] == "2026-12-05"
 
 
-def _small_chain(bulk: float | None) -> pd.DataFrame:
+def _small_chain(bulk: float | None, bulk_sku: str = "BULK") -> pd.DataFrame:
     """A 12-series chain (2 stores x 6 SKUs, Poisson 0.5-8 units a day, 120 days to 2012-03-25, the Europe/London
-    DST day, across 2012-02-29) and, with ``bulk``, one order of that many units on 2012-03-22 for ST-1 x BULK, a
-    SKU selling about 1 a day."""
+    DST day, across 2012-02-29) and, with ``bulk``, one order of that many units on 2012-03-22 for ST-1 x ``bulk_sku``
+    (BULK sells about 1 a day, ~2.4 % of the chain's capped mass; A 8 a day, ~20 %)."""
     rng = np.random.default_rng(3)
     dates = pd.date_range("2011-11-27", "2012-03-25", freq="D")
     rows = []
@@ -351,27 +351,31 @@ def _small_chain(bulk: float | None) -> pd.DataFrame:
                                       "units": rng.poisson(lam, len(dates)).astype(float), "price": 2.0}))
     d = pd.concat(rows, ignore_index=True)
     if bulk is not None:
-        d.loc[(d["store_id"] == "ST-1") & (d["product_id"] == "BULK") & (d["date"] == "2012-03-22"), "units"] = bulk
+        d.loc[(d["store_id"] == "ST-1") & (d["product_id"] == bulk_sku) & (d["date"] == "2012-03-22"), "units"] = bulk
     return d
 
 
 def test_one_bulk_order_no_longer_scales_every_series_forecast(spark):
     """The label cap's mass correction is one factor for every series. Unbounded (before 2026-12-07) the real log's
     largest line, 80,995 units (had it not been cancelled), on one day of a SKU selling ~1 a day made the final
-    model's factor 34.6 on this 12-series chain (1.08 without the order): every series' GBT forecast ~30 times its
-    demand. Each series now restores at most ForecastConfig.restore_cap (2) times its own capped mass; the
-    factor is recomputed here per series in plain numpy, and the other series' forecasts barely move."""
+    model's factor 25.06 on this 12-series chain (1.026 without the order): every series' GBT forecast ~20 times
+    its demand. Each series now restores at most ForecastConfig.restore_cap (2) times its own capped mass (factor
+    1.069); the factor is recomputed here per series in plain numpy, and the other series' forecasts barely move.
+
+    What the bound does not do: a series holding a share p of the chain's capped mass still lifts every series'
+    factor by up to restore_cap x p. The same order on ST-1 x A (~20 % of the capped mass) makes the factor ~1.43
+    (every SKU's forecast +43 %); the assertion is that bound, p measured on the rows."""
     import re
     from dataclasses import replace
 
     from ml.features import build_daily_features
-    from ml.forecast import ForecastConfig, forecast, train_final, training_table
+    from ml.forecast import ForecastConfig, cap_correction, forecast, train_final, training_table
 
     cfg = ForecastConfig(horizon=H, rows_per_target=H, max_iter=5, max_depth=3, min_instances_per_node=20,
                          train_window_days=90)
     out = {}
-    for bulk in (None, 80995.0):
-        feats = build_daily_features(_small_chain(bulk), default_country="GB", extend_days=H)
+    for bulk, sku in ((None, "BULK"), (80995.0, "BULK"), (80995.0, "A")):
+        feats = build_daily_features(_small_chain(bulk, sku), default_country="GB", extend_days=H)
         T = feats.loc[feats["units"].notna(), "date"].max()
         rows = training_table(feats, T, T, cfg)
         model, cols, n = train_final(spark, spark.createDataFrame(feats), cfg)
@@ -382,15 +386,96 @@ def test_one_bulk_order_no_longer_scales_every_series_forecast(spark):
         g = pd.DataFrame({"s": rows["store_id"] + "|" + rows["product_id"], "y": y, "c": c}).groupby("s").sum()
         want = (g["c"] + np.minimum(g["y"] - g["c"], 2.0 * g["c"])).sum() / g["c"].sum()
         unbounded = y.sum() / c.sum()   # the factor before 2026-12-07
+        assert cap_correction(rows, replace(cfg, restore_cap=0.0)) == pytest.approx(unbounded, rel=1e-9)
+        s1a = g.loc["ST-1|" + sku]
+        share, rest = s1a["c"] / g["c"].sum(), 1 + (np.minimum(g["y"] - g["c"], 2.0 * g["c"]).sum()
+                                                    - min(s1a["y"] - s1a["c"], 2.0 * s1a["c"])) / g["c"].sum()
+        if sku == "A":   # the order on a big SKU: only the bound restore_cap x its share holds
+            out[sku] = (factor, rest, share, want)
+            print(f"bulk {bulk} on {sku}: factor {factor:.4f}, unbounded {unbounded:.4f}, share {share:.4f}")
+            continue
         q = pd.DataFrame({"model": "gbt", "h": range(1, H + 1), "level_bucket": 0, "lower95": 0.0, "lower80": 0.0,
                           "upper80": 0.0, "upper95": 0.0})
         f = forecast(spark, model, feats, q, [], cols, H, "gbt")
         out[bulk] = (factor, unbounded, f[f["product_id"] != "BULK"]["yhat"].sum(), want)
+        print(f"bulk {bulk} on {sku}: factor {factor:.4f}, unbounded {unbounded:.4f}")
     (f0, u0, y0, w0), (f1, u1, y1, w1) = out[None], out[80995.0]
+    fa, rest_a, p_a, wa = out["A"]
+    assert fa == pytest.approx(wa, rel=1e-9)
+    assert 0.15 < p_a < 0.25 and fa > 1.3               # every series' forecast lifted by over 30 %
+    assert fa - rest_a <= 2.0 * p_a + 1e-12             # ... but by at most restore_cap x the SKU's share
     assert (f0, f1) == (pytest.approx(w0, rel=1e-9), pytest.approx(w1, rel=1e-9))
     assert u1 > 20 * u0            # what the unbounded factor would have been
     assert f1 < 1.1 * f0           # one series moves the chain's factor by at most 2 x its own capped share
     assert y1 < 1.2 * y0           # the other SKUs' forecasts barely move (another GBT fit)
-    assert replace(cfg, restore_cap=0.0).restore_cap == 0.0
     with pytest.raises(ValueError, match="restore_cap"):
         ForecastConfig(restore_cap=float("nan"))
+
+
+def _gbt_factor(model) -> float:
+    """The cap correction's factor a fitted pipeline carries (its last SQLTransformer stage; 1.0 without one)."""
+    import re
+
+    m = re.search(r"CAST\('([0-9.e+-]+)'", model.stages[-1].getStatement()) if hasattr(model.stages[-1],
+                                                                                         "getStatement") else None
+    return float(m.group(1)) if m else 1.0
+
+
+def _bounded_factor(rows: pd.DataFrame, cap: float = 2.0, restore: float = 2.0) -> float:
+    """The per-series bounded cap correction recomputed in plain numpy from supervised rows (y, level, keys)."""
+    y = rows["y"].to_numpy(dtype="float64")
+    c = np.minimum(y, cap * rows["level"].to_numpy(dtype="float64"))
+    g = pd.DataFrame({"s": rows["store_id"].astype(str) + "|" + rows["product_id"].astype(str), "y": y, "c": c}) \
+        .groupby("s").sum()
+    return float((g["c"] + np.minimum(g["y"] - g["c"], restore * g["c"])).sum() / g["c"].sum())
+
+
+def test_the_cap_correction_is_computed_before_the_row_sample(spark, monkeypatch):
+    """The per-series bound of the cap correction is not the same on a row sample: a one-row spike's restored
+    excess shrinks with the sampled fraction f (kept with probability f, and then bounded by f x the series'
+    capped mass). Until 2026-12-07 both paths computed it on the sample: the backtest's series sample (all its
+    rows) and the final fit (~27 % of a chain's rows at max_train_rows) then carried different factors, so the
+    scored model was not the served one. Now both compute it on the whole training window: with one bulk order
+    (one row per target day) and max_train_rows ~27 % of the rows, each fit's factor equals the factor of all the
+    window's rows (recomputed here in numpy), which the sample's is not."""
+    from dataclasses import replace
+
+    import ml.forecast as mf
+    from ml.features import build_daily_features
+    from ml.spark_supervised import supervised_frame, table_span
+
+    chain = _small_chain(80995.0)   # and three within the backtest's window (its origin is T - 14 days)
+    for st, sku, day in (("ST-2", "BULK", "2012-02-20"), ("ST-1", "C", "2012-01-15"), ("ST-2", "E", "2012-02-01")):
+        chain.loc[(chain["store_id"] == st) & (chain["product_id"] == sku) & (chain["date"] == day), "units"] = 80995.0
+    feats = build_daily_features(chain, default_country="GB", extend_days=H)
+    cfg = mf.ForecastConfig(horizon=H, rows_per_target=1, max_iter=3, max_depth=3, min_instances_per_node=20,
+                            train_window_days=90, n_origins=1, baselines=("trailing_mean_28",))
+    # the final fit (Spark): the whole window's rows, as the train job draws them before the sample
+    sdf = spark.createDataFrame(feats)
+    start, T = table_span(sdf)
+    T = pd.Timestamp(T)
+    full = supervised_frame(sdf, range(1, H + 1), min_target_date=T - pd.Timedelta(days=cfg.train_window_days - 1),
+                            max_target_date=T, sample_per_target=1, seed=cfg.seed, known_only=True,
+                            data_start=start).select("store_id", "product_id", "y", "level").toPandas()
+    sampled = replace(cfg, max_train_rows=int(0.27 * len(full)))
+    model, _, n = mf.train_final(spark, sdf, sampled)
+    assert n == sampled.max_train_rows < len(full)
+    assert _gbt_factor(model) == pytest.approx(_bounded_factor(full), rel=1e-9)
+    # the backtest (pandas rows, fit_gbt): the factor of the origin's whole window, not of cap_training_rows' sample
+    fits, real = [], mf.fit_gbt
+
+    def recording(spark_, train, cfg_, cols, **kw):
+        fits.append((train, real(spark_, train, cfg_, cols, **kw)))
+        return fits[-1][1]
+
+    monkeypatch.setattr(mf, "fit_gbt", recording)
+    mf.backtest(spark, feats, sampled, log=lambda *_: None)
+    (o,) = mf.backtest_origins(feats, sampled)
+    window = mf.training_rows(mf.training_table(feats, o, o, sampled), o, sampled)
+    (train, bt_model), = fits
+    assert len(train) == sampled.max_train_rows < len(window)
+    assert _gbt_factor(bt_model) == pytest.approx(_bounded_factor(window), rel=1e-9)
+    assert abs(_bounded_factor(train) - _bounded_factor(window)) > 0.01   # the sample's own factor differs
+    for bad in (float("inf"), -1.0, float("nan")):
+        with pytest.raises(ValueError, match="restore_cap must be a finite number"):
+            mf.ForecastConfig(restore_cap=bad)

@@ -229,6 +229,11 @@ def test_scaled_label_is_capped_and_weighted_by_level():
                         "level": [1.0, 1.0, 1.0, 1.0]})   # capped at 3: a 3 + 1, b 2 + 3 (excess 997 and 1)
     assert cap_correction(per, ForecastConfig(label_cap=3.0)) == pytest.approx((4 + 2 * 4 + 5 + 1) / 9)
     assert cap_correction(per, ForecastConfig(label_cap=3.0, restore_cap=0.0)) == pytest.approx(1007 / 9)
+    # the bound is per series, the factor chain-wide: a one-series chain's bulk day lifts it to 1 + restore_cap
+    assert cap_correction(per[per["product_id"] == "a"], ForecastConfig(label_cap=3.0)) == pytest.approx(3.0)
+    for bad in (float("inf"), -1.0):   # inf gave NaN (inf x 0 for a series without excess)
+        with pytest.raises(ValueError, match="restore_cap must be a finite number"):
+            ForecastConfig(restore_cap=bad)
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="label_cap"):
             ForecastConfig(label_cap=bad)
