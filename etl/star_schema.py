@@ -1659,6 +1659,27 @@ def record_run(client, db: str, day: dt.date, status: str, stage: str, started_a
     return run_id
 
 
+def own_latest_begun(client, db: str, day: dt.date, dag_run_id: str) -> dt.datetime | None:
+    """The latest ``started_at`` (UTC) of the ``begun`` rows that the Airflow run ``dag_run_id`` wrote for ``day``,
+    None when it wrote none (or ``dag_run_id`` is empty).
+
+    A quality check records its result under the load's ``started_at`` (passed through XCom); a retry of the check
+    that loaded the day again (its lake changed) wrote ``begun`` rows at a later time, and a later attempt that
+    found nothing stale gets only the first load's time: recorded there, its ``success`` would sort below its own
+    run's ``begun`` and the day would stay not loaded (:func:`latest_status_days`). Only the same run's rows count:
+    another run's ``begun`` (a load of the day running now) must stay the latest.
+    """
+    if not dag_run_id:
+        return None
+    rows = client.query(f"SELECT max(started_at), count() FROM {db}.etl_runs WHERE date_key = {date_key(day)} "
+                        f"AND status = '{BEGUN}' AND dag_run_id = {{r:String}}", parameters={"r": dag_run_id}
+                        ).result_rows
+    if not rows or not rows[0][1]:
+        return None
+    ts = rows[0][0]
+    return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)
+
+
 def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_id: str = "") -> dict[str, Any]:
     """Reconcile the loaded star schema with the raw lake for ``day`` and record the run in etl_runs.
 
@@ -1675,6 +1696,7 @@ def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_i
     """
     started_at = started_at or dt.datetime.now(dt.timezone.utc)
     client, db, lake = _client(), _db(), open_lake()
+    started_at = max(started_at, own_latest_begun(client, db, day, dag_run_id) or started_at)
     loaded, now = read_manifest(lake, day, LOADED_MANIFEST), raw_manifest(lake, day)
     actual = star_sales_totals(client, db, day)
     try:

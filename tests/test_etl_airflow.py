@@ -1075,6 +1075,33 @@ def test_a_load_begun_after_another_loads_start_is_the_days_latest_run(native_st
         assert etl.etl_load_status(D1, client, db)[0] and etl.check_load_gaps(D3) == []
 
 
+def test_a_check_retried_after_its_own_reload_records_under_that_reloads_start(native_stack):
+    """A quality check retry that loaded the day again (its lake changed) writes 'begun' at S2, then fails before
+    recording; the next attempt finds nothing stale and has only the load task's S1 (XCom). Its 'success' was
+    recorded at S1, below its own run's 'begun' at S2: the day stayed not loaded (check_gaps, the training sensor).
+    Now it is recorded at its own run's latest 'begun'; another run's later 'begun' (a load running now) still wins."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2):
+            nightly_pandas(lake, s, d)
+        s1 = dt.datetime.now(dt.timezone.utc)
+        s2 = s1 + dt.timedelta(minutes=5)
+        etl.record_run(client, db, D1, etl.BEGUN, "load", s1, dag_run_id="scheduled__r")
+        etl.record_run(client, db, D1, etl.BEGUN, "load", s2, dag_run_id="scheduled__r")   # attempt 2's reload
+        assert etl.own_latest_begun(client, db, D1, "scheduled__r") == s2.replace(microsecond=s2.microsecond // 1000 * 1000)
+        assert etl.own_latest_begun(client, db, D1, "other") is None and etl.own_latest_begun(client, db, D1, "") is None
+        etl.quality_check(D1, s1, dag_run_id="scheduled__r")   # attempt 3, with the load task's S1
+        ok, why = etl.etl_load_status(D1, client, db)
+        assert ok, why   # old code: False, 'begun at load' (the success sorted at S1 < S2)
+        assert etl.loaded_days(client, db, D1, D2) == {D1, D2}
+        etl.record_run(client, db, D1, etl.BEGUN, "load", s2 + dt.timedelta(minutes=5), dag_run_id="manual__b")
+        etl.quality_check(D1, s1, dag_run_id="scheduled__r")   # another run's load under way stays the latest
+        assert not etl.etl_load_status(D1, client, db)[0]
+
+
 def test_orphan_staging_tables_older_than_the_bound_are_dropped_and_fresh_ones_kept(native_stack):
     """A load killed between creating its own staging table and dropping it leaves the table behind; the next
     replacement of the same table drops such tables older than STAGING_ORPHAN_HOURS (6 h) and never a younger one
