@@ -546,7 +546,7 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
                       f"{cw:.4f} / {cr:.4f}"}
 
 
-def _heal_champion_file(lake, client, db: str) -> bool:
+def _heal_champion_file(lake, client, db: str, rounds: int = 5) -> bool:
     """Rewrite ``models/demand-forecast/champion.json`` from the registry's champion row, read afresh
     (:func:`current_champion`), when the file names another version, is missing or is not JSON: the state a
     ``register_model`` leaves when it stopped between its registry insert and that write (MinIO down through every
@@ -558,28 +558,43 @@ def _heal_champion_file(lake, client, db: str) -> bool:
     nothing healed the file to the champion it had read (v5) after a concurrent registration had promoted v6 and
     written the file, rewinding it to v5 (predictions from v5 while the registry said v6).
 
+    Read again after each write, until a registry read finds the file naming its champion (at most ``rounds``
+    writes; more is logged as a warning): a promotion whose registry insert landed between this heal's registry read
+    and its write (v3 promoted and its file written after the heal read v2) is put back (v3) by the next round, and
+    a promotion inserted after the last read writes the file itself after it. Until 2026-12-07 the heal wrote once:
+    that promotion's file was rewound to v2 while the registry named v3. The lake has no conditional write (pyarrow's
+    S3 filesystem sends no If-Match), hence the re-read.
+
     Raises: OSError: the lake cannot be reached; ClickHouse's errors from the registry read.
     """
-    champ = current_champion(client, db)
-    if champ is None:
-        return False
     bucket = lake.settings.lake_models_bucket
-    try:
-        cur = lake.read_json(bucket, MODEL_PREFIX, "champion.json")
-    except ValueError:   # not JSON
-        cur = None
-    if cur is not None and int(cur.get("version", -1)) == int(champ["version"]):
-        return False
-    log.warning("champion.json names %s, the registry's champion is v%s: rewritten",
-                "nothing readable" if cur is None else f"v{cur.get('version')}", champ["version"])
-    promoted = champ.get("promoted_at")
-    lake.write_json({"version": int(champ["version"]), "model": str(champ.get("model") or "gbt"),
-                     "path": champ["path"],
-                     "promoted_at": (None if promoted is None or pd.isna(promoted)
-                                     else pd.Timestamp(promoted).isoformat()),
-                     "backtest_wape": float(champ["backtest_wape"]), "backtest_rmsse": float(champ["backtest_rmsse"])},
-                    bucket, MODEL_PREFIX, "champion.json")
-    return True
+    wrote = False
+    for attempt in range(rounds + 1):   # the last attempt only checks
+        champ = current_champion(client, db)
+        if champ is None:
+            return wrote
+        try:
+            cur = lake.read_json(bucket, MODEL_PREFIX, "champion.json")
+        except ValueError:   # not JSON
+            cur = None
+        if cur is not None and int(cur.get("version", -1)) == int(champ["version"]):
+            return wrote
+        if attempt == rounds:
+            break
+        log.warning("champion.json names %s, the registry's champion is v%s: rewritten",
+                    "nothing readable" if cur is None else f"v{cur.get('version')}", champ["version"])
+        promoted = champ.get("promoted_at")
+        lake.write_json({"version": int(champ["version"]), "model": str(champ.get("model") or "gbt"),
+                         "path": champ["path"],
+                         "promoted_at": (None if promoted is None or pd.isna(promoted)
+                                         else pd.Timestamp(promoted).isoformat()),
+                         "backtest_wape": float(champ["backtest_wape"]),
+                         "backtest_rmsse": float(champ["backtest_rmsse"])},
+                        bucket, MODEL_PREFIX, "champion.json")
+        wrote = True
+    log.warning("champion.json still differs from the registry's champion after %d rewrites (registrations racing)",
+                rounds)
+    return wrote
 
 
 def register_model(run_date: dt.date, settings=None) -> dict:
