@@ -788,7 +788,8 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     On order (ORDER_COUNT_OPEN_RECOMMENDATIONS true, the default): the platform's own recommendations of the
     LEAD_TIME_DAYS nights before are taken as placed orders, less the RESTOCK receipts since
     (:func:`load_open_orders`); the inventory position is stock + on_order. Each row stores on_order and
-    order_bound (the rule that set reorder_qty, :func:`ml.optimize.order_terms`).
+    order_bound (the rule that set reorder_qty, :func:`ml.optimize.order_terms`; ``inactive``: the forecasts flag the
+    series as stopped selling, :func:`ml.forecast.inactive_series`, and nothing is ordered).
     Series without an inventory record are skipped (counted in the result; their forecasts stay in
     forecast_predictions). A missing unit cost falls back to the list unit price for the holding cost.
     """
@@ -833,7 +834,8 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     return {"rows": int(len(out)), "skipped_no_inventory": int(skipped), "skipped_no_cost": int(no_cost.sum()),
             "risk": out["stockout_risk"].value_counts().to_dict(), "reorders": int(out["reorder_needed"].sum()),
             "on_order_units": float(out["on_order"].sum()),
-            "order_bound": out["order_bound"].value_counts().to_dict()}
+            "order_bound": out["order_bound"].value_counts().to_dict(),
+            "inactive": int((out["order_bound"] == "inactive").sum())}
 
 
 def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> dict:
