@@ -603,7 +603,9 @@ def register_model(run_date: dt.date, settings=None) -> dict:
     :func:`decide_promotion` (champion / challenger). Writes ``models/demand-forecast/champion.json``
     ({version, model}): the predict job forecasts with that model (the GBT, or a baseline). A run that promotes
     nothing rewrites that file from the registry's champion when it names another version or cannot be read
-    (:func:`_heal_champion_file`).
+    (:func:`_heal_champion_file`); so does a run that promoted, after its own write: a concurrent registration
+    that promoted a later version between this one's registry insert and its file write (registry v4, file v4)
+    was rewound by that write to this version until 2026-12-07.
 
     Raises:
         FileNotFoundError: the training job wrote no model for this run date.
@@ -649,7 +651,7 @@ def register_model(run_date: dt.date, settings=None) -> dict:
         lake.write_json({"version": v, "model": model, "path": meta["path"], "promoted_at": now.isoformat(),
                            "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"]},
                     s.lake_models_bucket, MODEL_PREFIX, "champion.json")
-    elif champ is not None:
+    if promote or champ is not None:   # after a promotion too: a concurrent one may have landed before this write
         _heal_champion_file(lake, client, db)
     log.info("model v%s (%s): %s -> %s", v, model, reason, "promoted" if promote else "kept challenger")
     return {"version": v, "model": model, "promoted": promote, "reason": reason, "wape": d["wape"],

@@ -321,6 +321,36 @@ def test_the_heal_does_not_rewind_a_promotion_landing_between_its_registry_read_
     assert champion(models) == (4, [4])                      # old code: (2, [4])
 
 
+def test_a_promotion_does_not_rewind_a_later_promotion_landing_before_its_file_write(models, monkeypatch):
+    """Registration A (D2's v2, better than v1) inserted v2 as champion; registration B (D3's v3, better still) then
+    ran in full: it read v2 as champion, promoted v3 and wrote champion.json = v3; A then wrote its file, v2. Until
+    2026-12-07 the file stayed at v2 while the registry named v3. Now a registration that promoted checks the
+    registry after its write (the heal) and puts v3 back. The interleaving is forced: B runs inside A's file
+    write, before it."""
+    from core.lake import Lake
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2, d3 = (dt.date(2024, 4, d) for d in (1, 2, 3))
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    trained(models, 2, d2, 0.36, 0.70)
+    trained(models, 3, d3, 0.30, 0.60)
+    write = Lake.write_json
+    state = {"b": None}
+
+    def b_before_as_write(self, obj, *parts):
+        if parts[-1] == "champion.json" and obj.get("version") == 2 and state["b"] is None:
+            state["b"] = register_model(d3, s)            # B: v3 promoted over v2, its file written
+            assert champion(models) == (3, [3])
+        return write(self, obj, *parts)
+
+    monkeypatch.setattr(Lake, "write_json", b_before_as_write)
+    assert register_model(d2, s)["promoted"]
+    assert state["b"]["promoted"] and state["b"]["version"] == 3
+    assert champion(models) == (3, [3])                      # old code: (2, [3])
+
+
 def test_a_lost_model_store_does_not_reuse_a_registered_version_number(models):
     """v1 and v2 registered, then the model store lost: the train job numbered the next version from the lake alone,
     v1 again (a registry version reused: the dashboard's backtest, max(model_version), and ml_model_metrics mixed
