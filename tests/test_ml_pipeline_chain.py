@@ -226,6 +226,22 @@ def test_a_corrupt_model_meta_neither_stops_the_training_nor_keeps_its_champion(
     assert champion(models) == (2, [2])
 
 
+def file_left_at_v1(models, d1: dt.date, d2: dt.date) -> None:
+    """v1 (run date d1) registered, then v2 (d2, better) promoted, and champion.json put back to v1: a registration
+    of v2 stopped between its registry insert and its file write (champion() == (1, [2]))."""
+    from ml.forecast import MODEL_PREFIX
+    from ml.pipeline import register_model
+
+    s, lake = models[0], models[1]
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    left = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    trained(models, 2, d2, 0.36, 0.70)
+    assert register_model(d2, s)["promoted"]
+    lake.write_json(left, s.lake_models_bucket, MODEL_PREFIX, "champion.json")   # the write that did not happen
+    assert champion(models) == (1, [2])
+
+
 def test_a_champion_file_left_behind_by_a_stopped_registration_is_rewritten(models):
     """register_model of D2 stopped between its registry insert (v2 champion) and its champion.json write (MinIO
     down through every retry): the file still names v1. Until 2026-12-07 the next night, promoting nothing (D3's
@@ -236,13 +252,7 @@ def test_a_champion_file_left_behind_by_a_stopped_registration_is_rewritten(mode
 
     s, lake, client, db = models
     d1, d2, d3, d4 = (dt.date(2024, 4, d) for d in (1, 2, 3, 4))
-    trained(models, 1, d1, 0.45, 0.90)
-    register_model(d1, s)
-    left = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
-    trained(models, 2, d2, 0.36, 0.70)
-    assert register_model(d2, s)["promoted"]
-    lake.write_json(left, s.lake_models_bucket, MODEL_PREFIX, "champion.json")   # the write that did not happen
-    assert champion(models) == (1, [2])
+    file_left_at_v1(models, d1, d2)
     trained(models, 3, d3, 0.40, 0.75)
     assert not register_model(d3, s)["promoted"]
     assert champion(models) == (2, [2])                      # old code: (1, [2])
@@ -288,18 +298,11 @@ def test_the_heal_does_not_rewind_a_promotion_landing_between_its_registry_read_
     registry again after its write and puts v4 back. The interleaving is forced: B runs inside A's heal, right after
     its registry read."""
     from ml import pipeline
-    from ml.forecast import MODEL_PREFIX
     from ml.pipeline import register_model
 
     s, lake, client, db = models
     d1, d2, d3, d4 = (dt.date(2024, 4, d) for d in (1, 2, 3, 4))
-    trained(models, 1, d1, 0.45, 0.90)
-    register_model(d1, s)
-    left = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
-    trained(models, 2, d2, 0.36, 0.70)
-    assert register_model(d2, s)["promoted"]
-    lake.write_json(left, s.lake_models_bucket, MODEL_PREFIX, "champion.json")   # the write that did not happen
-    assert champion(models) == (1, [2])
+    file_left_at_v1(models, d1, d2)
     trained(models, 3, d3, 0.40, 0.75)
     trained(models, 4, d4, 0.30, 0.60)
     read = pipeline.current_champion
