@@ -55,6 +55,9 @@ Models (each forecasts h = 1..H days ahead of an origin t, H = ``ForecastConfig.
   Each series is fitted from the table's first day (zero demand before its first sale) and needs
   :data:`MIN_DEMAND_DAYS` demand days in the window, else it gets the trailing mean (see
   :func:`statsforecast_baseline`: without these rules Croston forecast a single order every day).
+* every model: a series with no sale for more than max(``inactive_days`` = 56, ``inactive_intervals`` = 3 x its mean
+  inter-demand interval) days before the origin is inactive and forecast 0, in the backtest and the predictions
+  alike (:func:`inactive_series`: Croston forecast such a series' last demand rate).
 
 Rolling-origin backtest (never a random split)
 ----------------------------------------------
@@ -138,6 +141,11 @@ LABEL_CAP = 2.0
 #: (:func:`cap_correction`): one bulk order of a series with a share p of the capped mass lifts every series'
 #: forecast by at most RESTORE_CAP x p (not by the order's size)
 RESTORE_CAP = 2.0
+#: a series whose last sale lies more than max(INACTIVE_DAYS, INACTIVE_INTERVALS x its mean inter-demand interval)
+#: days before the origin is *inactive*: every model forecasts 0 for it, in the backtest and in the predictions
+#: alike, and the reorder plan orders nothing for it (:func:`inactive_series`)
+INACTIVE_DAYS = 56
+INACTIVE_INTERVALS = 3.0
 
 
 #: series per driver chunk of a statsforecast champion fitted from a Spark table (:func:`statsforecast_chunked`)
@@ -161,6 +169,20 @@ def check_ets_model(spec: str) -> str:
         raise ValueError(f"ets_model must be 3 letters: error Z/A/M, trend Z/N/A/M, season Z/N/A/M "
                          f"(e.g. 'ZNZ'), got {spec!r}")
     return spec
+
+
+def check_inactive_rule(days, intervals) -> tuple[int, float]:
+    """(days, intervals) of the inactive-series rule (:func:`inactive_series`) as (int, float) when days is a whole
+    number >= 0 (0 = the rule off) and intervals a finite number >= 0.
+
+    Raises:
+        ValueError: anything else (the message names ``inactive_days`` / ``inactive_intervals``).
+    """
+    if isinstance(days, bool) or not float(days) == int(days) or int(days) < 0:
+        raise ValueError(f"inactive_days must be a whole number of days >= 0 (0 = off), got {days!r}")
+    if not (math.isfinite(float(intervals)) and float(intervals) >= 0):
+        raise ValueError(f"inactive_intervals must be a finite number >= 0, got {intervals!r}")
+    return int(days), float(intervals)
 
 
 class InsufficientHistory(ValueError):
@@ -204,6 +226,10 @@ class ForecastConfig:
     #: the price covariates of the target day (a price list published for the horizon, e.g. M5's sell prices)
     #: instead of the origin's; False for the platform, whose price is the price paid (ml.features.PRICE_COLUMNS)
     prices_known_ahead: bool = False
+    #: inactive-series rule (:func:`inactive_series`): no sale for more than max(inactive_days, inactive_intervals x
+    #: the mean inter-demand interval) days before the origin -> every model forecasts 0; inactive_days 0 = off
+    inactive_days: int = INACTIVE_DAYS
+    inactive_intervals: float = INACTIVE_INTERVALS
 
     def __post_init__(self):
         if not 1 <= self.horizon <= MAX_HORIZON:
@@ -221,6 +247,7 @@ class ForecastConfig:
         if self.stats_jobs == 0 or self.stats_jobs < -1:
             raise ValueError(f"stats_jobs must be -1 (all cores) or >= 1, got {self.stats_jobs}")
         check_ets_model(self.ets_model)
+        check_inactive_rule(self.inactive_days, self.inactive_intervals)
         if self.target not in ("scaled", "raw"):
             raise ValueError(f"target must be 'scaled' or 'raw', got {self.target!r}")
         self.baselines = tuple(self.baselines)
@@ -664,6 +691,83 @@ def statsforecast_chunked(features, origin, horizon: int, window_days: int = 365
         if len(fc):  # a hash chunk may hold no series
             parts.append(fc)
     return pd.concat(parts, ignore_index=True) if parts else _no_forecasts()
+
+
+def sale_summary(features, origin) -> pd.DataFrame:
+    """Per series, its sales up to ``origin`` (inclusive): DataFrame store_id, product_id, first_sale, last_sale
+    (datetime64[ns]: the first and last days with units > 0) and demand_days (days with units > 0); series without
+    a sale up to then are absent. ``features``: a pandas feature table or a Spark one (aggregated in Spark: one row
+    per series reaches the driver)."""
+    o = pd.Timestamp(origin)
+    if isinstance(features, pd.DataFrame):
+        f = features.loc[(features["date"] <= o) & (features["units"] > 0), [*KEYS, "date"]]
+        g = f.groupby(KEYS, sort=False, observed=True)["date"].agg(["min", "max", "size"]).reset_index()
+        out = g.rename(columns={"min": "first_sale", "max": "last_sale", "size": "demand_days"})
+    else:
+        from pyspark.sql import functions as F
+
+        out = (features.where((F.col("units") > 0) & (F.col("date") <= F.lit(o.date())))
+               .groupBy(*KEYS).agg(F.min("date").alias("first_sale"), F.max("date").alias("last_sale"),
+                                   F.count(F.lit(1)).alias("demand_days")).toPandas())
+    for c in ("first_sale", "last_sale"):
+        out[c] = pd.to_datetime(out[c]).astype("datetime64[ns]")
+    out["demand_days"] = out["demand_days"].astype("int64")
+    return out[[*KEYS, "first_sale", "last_sale", "demand_days"]]
+
+
+def inactive_series(summary: pd.DataFrame, origin, days: int = INACTIVE_DAYS,
+                    intervals: float = INACTIVE_INTERVALS) -> pd.DataFrame:
+    """The inactive-series rule at ``origin`` (pure): a series whose last sale lies more than
+    max(``days``, ``intervals`` x its mean inter-demand interval) days before the origin has stopped selling
+    (delisted, discontinued, lost its facing): every model forecasts 0 for it and the reorder plan orders nothing.
+
+    The mean inter-demand interval is (origin - first sale + 1) / demand days (days per demand day since its first
+    sale, the ADI of Syntetos & Boylan 2005 over the series' life): a series that sells once a month is not
+    inactive after 56 days without a sale, only after 3 of its intervals. Why: statsforecast's Croston (and
+    AutoETS) forecast the last demand rate whatever the time since the last demand, e.g. 2.00/day 110 days after
+    the last sale, an order of the EOQ (242 units at stock 0) when it is champion; on the M5 benchmark's 6 origins
+    its 28-day forecasts of the series with no sale in 56+ days summed 9,022 units against 152 sold (FOODS_2_360,
+    delisted, 300-1,148 units each). The trailing 28-day mean and the seasonal naive are 0 there already, the GBT nearly (its
+    credibility weight on a 90-day mean of about 0).
+
+    Args:
+        summary: :func:`sale_summary` at ``origin``; days: >= 0 (0 = the rule off: nothing inactive);
+            intervals: >= 0.
+    Returns:
+        DataFrame store_id, product_id, days_since_sale (days), interval (days), inactive (bool), one row per
+        series of ``summary``; a series never sold is not in it (not inactive: nothing says it stopped).
+    Raises:
+        ValueError: days or intervals invalid (:func:`check_inactive_rule`).
+    """
+    days, intervals = check_inactive_rule(days, intervals)
+    o = pd.Timestamp(origin)
+    since = (o - summary["last_sale"]).dt.days.to_numpy("float64")
+    interval = ((o - summary["first_sale"]).dt.days.to_numpy("float64") + 1) / summary["demand_days"].to_numpy(
+        "float64")
+    inactive = (since > np.maximum(days, intervals * interval)) if days > 0 else np.zeros(len(summary), bool)
+    return pd.DataFrame({"store_id": summary["store_id"].to_numpy(), "product_id": summary["product_id"].to_numpy(),
+                         "days_since_sale": since, "interval": interval, "inactive": inactive})
+
+
+def zero_inactive(rows: pd.DataFrame, features, models, days: int = INACTIVE_DAYS,
+                  intervals: float = INACTIVE_INTERVALS) -> pd.DataFrame:
+    """``rows`` (store_id, product_id, origin and a point-forecast column per model of ``models``, units) with an
+    ``inactive`` column (bool, :func:`inactive_series` at each row's origin from ``features``, pandas or Spark)
+    and every model's forecast set to 0 on the inactive rows. The backtest (:func:`backtest`) and the predictions
+    (:func:`forecast`) both go through it, so the champion is chosen on what is served."""
+    out = rows.drop(columns=["inactive"], errors="ignore")
+    flags = [inactive_series(sale_summary(features, o), o, days, intervals).assign(origin=pd.Timestamp(o))
+             for o in pd.unique(out["origin"])]
+    flags = pd.concat(flags, ignore_index=True)[[*KEYS, "origin", "inactive"]] if flags else None
+    if flags is None or flags.empty:
+        out["inactive"] = False
+        return out
+    out = out.merge(flags, on=[*KEYS, "origin"], how="left")
+    out["inactive"] = out["inactive"].fillna(False).astype(bool)
+    for m in models:
+        if m in out.columns:
+            out[m] = out[m].where(~out["inactive"], 0.0)
+    return out
 
 
 def add_baselines(rows: pd.DataFrame, features: pd.DataFrame, origins, cfg: ForecastConfig,
@@ -1181,6 +1285,7 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
     timings: dict = {}
     pred = add_baselines(pred, features, used, cfg, timings)
     models = (["gbt"] if with_gbt else []) + list(cfg.baselines)
+    pred = zero_inactive(pred, features, models, cfg.inactive_days, cfg.inactive_intervals)
     edges = [float(x) for x in np.quantile(pred["rmean_30"], [0.25, 0.5, 0.75])]
     pred["level_bucket"] = level_bucket(pred["rmean_30"], edges)
     metrics = metrics_table(pred, pd.concat(scales, ignore_index=True), models)
@@ -1232,7 +1337,8 @@ def train_final(spark, features, cfg: ForecastConfig, span=None):
 def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list[float],
              cols: list[str], horizon: int = DEFAULT_HORIZON, model_name: str = "gbt",
              target: str = "scaled", stats_window_days: int = 365, shrink_k: float = SHRINK_K,
-             stats_jobs: int = 1, ets_model: str = ETS_MODEL, prices_known_ahead: bool = False) -> pd.DataFrame:
+             stats_jobs: int = 1, ets_model: str = ETS_MODEL, prices_known_ahead: bool = False,
+             inactive_days: int = INACTIVE_DAYS, inactive_intervals: float = INACTIVE_INTERVALS) -> pd.DataFrame:
     """Forecasts h = 1..horizon from the last known day T, with conformal intervals, for every active series.
 
     A series is *active* when it has a row at T (it is on sale). Requires the feature table to be
@@ -1249,9 +1355,11 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
         stats_jobs: processes for the statsforecast champion (:func:`statsforecast_baseline`'s ``n_jobs``).
         ets_model: its AutoETS model space (the one it was backtested with).
         prices_known_ahead: as the model was trained (:func:`model_prices_known_ahead`).
+        inactive_days, inactive_intervals: the inactive-series rule the model was backtested with
+            (:func:`model_inactive_rule`): an inactive series' yhat is 0 (:func:`zero_inactive`).
     Returns:
         DataFrame store_id, product_id, origin (T), date (target day), h, yhat, lower95, lower80,
-        upper80, upper95 (units), and lead_sigma and lead_q500 .. lead_q999 (units: the backtest's error spread
+        upper80, upper95 (units), inactive (bool: :func:`inactive_series`; its yhat is 0), and lead_sigma and lead_q500 .. lead_q999 (units: the backtest's error spread
         and error quantiles of the demand total over days 1..h for the series' level bucket,
         :func:`lead_time_sigma`, :func:`lead_time_quantiles`) when ``quantiles`` has them.
     Raises:
@@ -1281,12 +1389,13 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
         rows["yhat"] = rows["statsforecast"]
     else:
         rows["yhat"] = rows[model_name]
+    rows = zero_inactive(rows, features, ["yhat"], inactive_days, inactive_intervals)
     rows["level_bucket"] = level_bucket(rows["rmean_30"], bucket_edges)
     q = quantiles[quantiles["model"] == model_name] if "model" in quantiles.columns else quantiles
     out = apply_intervals(rows, q)
     # models saved before them have none
     lead = [c for c in ("lead_sigma", *LEAD_QUANTILE_COLUMNS) if c in out.columns]
-    return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES, *lead]].sort_values(
+    return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES, "inactive", *lead]].sort_values(
         ["store_id", "product_id", "h"]).reset_index(drop=True)
 
 
@@ -1408,6 +1517,20 @@ def model_ets_model(meta: dict) -> str:
         ValueError: the stored value is not an AutoETS model string (the message names ``ets_model``).
     """
     return check_ets_model((meta.get("config") or {}).get("ets_model", LEGACY_ETS_MODEL))
+
+
+def model_inactive_rule(meta: dict) -> tuple[int, float]:
+    """(inactive_days, inactive_intervals) of a model's meta.json ``config`` (the rule its backtest applied,
+    :func:`inactive_series`); models saved before the rule existed (2026-12-07) get the defaults INACTIVE_DAYS /
+    INACTIVE_INTERVALS: their backtest did not apply it, but a forecast of a stopped series' last demand rate is
+    not served.
+
+    Raises:
+        ValueError: a stored value is invalid (:func:`check_inactive_rule`).
+    """
+    cfg = meta.get("config") or {}
+    return check_inactive_rule(cfg.get("inactive_days", INACTIVE_DAYS), cfg.get("inactive_intervals",
+                                                                                INACTIVE_INTERVALS))
 
 
 def model_prices_known_ahead(meta: dict) -> bool:

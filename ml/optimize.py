@@ -24,7 +24,12 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   earlier recommendations within the lead time as placed orders, less the RESTOCK receipts since, first in first
   out (:func:`open_orders`, ml.pipeline.load_open_orders; ORDER_COUNT_OPEN_RECOMMENDATIONS).
 * Order bound:                       which of these rules set Q (:func:`order_terms`): none, eoq, rop_gap,
-  cover_cap, capacity, shelf_life.
+  cover_cap, capacity, shelf_life; ``inactive`` when the series stopped selling (:func:`recommend`).
+* Inactive series:                   no sale for more than max(56 days, 3 x its mean inter-demand interval)
+  (:func:`ml.forecast.inactive_series`): its forecast is 0 and Q = 0, order_bound ``inactive`` (without the rule
+  the safety stock of its level bucket alone made an order, and a statsforecast champion's Croston forecast the
+  last demand rate, 2.00/day 110 days after the last sale: an EOQ order of 242 units at stock 0). Its stock-out
+  risk stays as computed (HIGH when out of stock: the silence may be the empty shelf's; a manager's call).
 * Reorder needed:                    Q > 0 (IP <= ROP but a bound leaves no room, or ROP = 0 with d_bar = 0,
   orders nothing and needs no reorder).
 * Days until stock-out:              stock / d_bar (capped at 999); 0 when stock <= 0; 999 when d_bar = 0.
@@ -124,7 +129,7 @@ def stockout_risk(stock, mean_demand, lead_time_days, rop):
 
 
 #: order_bound values: which rule set reorder_qty (:func:`order_terms`)
-ORDER_BOUNDS = ("none", "eoq", "rop_gap", "cover_cap", "capacity", "shelf_life")
+ORDER_BOUNDS = ("none", "eoq", "rop_gap", "cover_cap", "capacity", "shelf_life", "inactive")
 
 
 def order_terms(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,
@@ -270,7 +275,8 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
     Args:
         inputs: columns store_id, product_id, stock (units on hand), mean_demand (forecast units/day),
             sigma_d (forecast-error sigma, units/day), unit_cost; optional on_order, storage_capacity,
-            shelf_life_days, lead_time_days (per row; overrides the argument).
+            shelf_life_days, lead_time_days (per row; overrides the argument), inactive (bool: the series stopped
+            selling, :func:`ml.forecast.inactive_series`: reorder_qty 0, order_bound ``inactive``).
         lead_time_days: supplier lead time L (days); service_level: cycle service level;
         order_cost: S per order; holding_cost_rate: yearly holding cost as a fraction of unit cost.
         max_cover_days: no order beyond this many days of forecast demand (inventory position included) unless
@@ -303,6 +309,10 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
         df["storage_capacity"].to_numpy(float) if "storage_capacity" in df.columns else None,
         df["shelf_life_days"].to_numpy(float) if "shelf_life_days" in df.columns else None,
         max_cover_days=max_cover_days)
+    if "inactive" in df.columns:   # stopped selling: nothing ordered, whatever the safety stock says
+        off = df["inactive"].fillna(False).astype(bool).to_numpy()
+        df["reorder_qty"] = np.where(off, 0.0, df["reorder_qty"])
+        df["order_bound"] = np.where(off, "inactive", df["order_bound"]).astype(object)
     df["reorder_needed"] = (df["reorder_qty"] > 0).astype("uint8")
     df["days_until_stockout"] = days_until_stockout(df["stock"].to_numpy(float), d.to_numpy())
     df["stockout_risk"] = stockout_risk(df["stock"].to_numpy(float), d.to_numpy(), L.to_numpy(),
@@ -340,13 +350,18 @@ def inputs_from_forecast(pred: pd.DataFrame, lead_time_days: float | None = None
         service_level: the cycle service level the safety stock is for (0.5 <= a < 1), as given to
             :func:`recommend`.
     Returns:
-        DataFrame store_id, product_id, mean_demand, sigma_d, one row per series.
+        DataFrame store_id, product_id, mean_demand, sigma_d, one row per series; and inactive (bool, any of the
+        series' rows) when ``pred`` has that column (:func:`ml.forecast.forecast`).
     """
     from ml.forecast import LEAD_LEVELS, LEAD_QUANTILE_COLUMNS
 
     p = pred.assign(sigma=sigma_from_interval(pred["lower80"], pred["upper80"]))
     keys = ["store_id", "product_id"]
-    g = p.groupby(keys, as_index=False).agg(mean_demand=("yhat", "mean"), sigma_d=("sigma", "mean"))
+    agg = {"mean_demand": ("yhat", "mean"), "sigma_d": ("sigma", "mean")}
+    if "inactive" in p.columns:
+        p["inactive"] = p["inactive"].fillna(False).astype(bool)
+        agg["inactive"] = ("inactive", "any")
+    g = p.groupby(keys, as_index=False).agg(**agg)
     hcol = "h" if "h" in p.columns else "horizon"
     if not lead_time_days or lead_time_days <= 0 or "lead_sigma" not in p.columns or hcol not in p.columns:
         return g

@@ -546,7 +546,7 @@ def decide_promotion(metrics: pd.DataFrame, version: int, champion: dict | None,
                       f"{cw:.4f} / {cr:.4f}"}
 
 
-def _heal_champion_file(lake, client, db: str) -> bool:
+def _heal_champion_file(lake, client, db: str, rounds: int = 5) -> bool:
     """Rewrite ``models/demand-forecast/champion.json`` from the registry's champion row, read afresh
     (:func:`current_champion`), when the file names another version, is missing or is not JSON: the state a
     ``register_model`` leaves when it stopped between its registry insert and that write (MinIO down through every
@@ -558,28 +558,43 @@ def _heal_champion_file(lake, client, db: str) -> bool:
     nothing healed the file to the champion it had read (v5) after a concurrent registration had promoted v6 and
     written the file, rewinding it to v5 (predictions from v5 while the registry said v6).
 
+    Read again after each write, until a registry read finds the file naming its champion (at most ``rounds``
+    writes; more is logged as a warning): a promotion whose registry insert landed between this heal's registry read
+    and its write (v3 promoted and its file written after the heal read v2) is put back (v3) by the next round, and
+    a promotion inserted after the last read writes the file itself after it. Until 2026-12-07 the heal wrote once:
+    that promotion's file was rewound to v2 while the registry named v3. The lake has no conditional write (pyarrow's
+    S3 filesystem sends no If-Match), hence the re-read.
+
     Raises: OSError: the lake cannot be reached; ClickHouse's errors from the registry read.
     """
-    champ = current_champion(client, db)
-    if champ is None:
-        return False
     bucket = lake.settings.lake_models_bucket
-    try:
-        cur = lake.read_json(bucket, MODEL_PREFIX, "champion.json")
-    except ValueError:   # not JSON
-        cur = None
-    if cur is not None and int(cur.get("version", -1)) == int(champ["version"]):
-        return False
-    log.warning("champion.json names %s, the registry's champion is v%s: rewritten",
-                "nothing readable" if cur is None else f"v{cur.get('version')}", champ["version"])
-    promoted = champ.get("promoted_at")
-    lake.write_json({"version": int(champ["version"]), "model": str(champ.get("model") or "gbt"),
-                     "path": champ["path"],
-                     "promoted_at": (None if promoted is None or pd.isna(promoted)
-                                     else pd.Timestamp(promoted).isoformat()),
-                     "backtest_wape": float(champ["backtest_wape"]), "backtest_rmsse": float(champ["backtest_rmsse"])},
-                    bucket, MODEL_PREFIX, "champion.json")
-    return True
+    wrote = False
+    for attempt in range(rounds + 1):   # the last attempt only checks
+        champ = current_champion(client, db)
+        if champ is None:
+            return wrote
+        try:
+            cur = lake.read_json(bucket, MODEL_PREFIX, "champion.json")
+        except ValueError:   # not JSON
+            cur = None
+        if cur is not None and int(cur.get("version", -1)) == int(champ["version"]):
+            return wrote
+        if attempt == rounds:
+            break
+        log.warning("champion.json names %s, the registry's champion is v%s: rewritten",
+                    "nothing readable" if cur is None else f"v{cur.get('version')}", champ["version"])
+        promoted = champ.get("promoted_at")
+        lake.write_json({"version": int(champ["version"]), "model": str(champ.get("model") or "gbt"),
+                         "path": champ["path"],
+                         "promoted_at": (None if promoted is None or pd.isna(promoted)
+                                         else pd.Timestamp(promoted).isoformat()),
+                         "backtest_wape": float(champ["backtest_wape"]),
+                         "backtest_rmsse": float(champ["backtest_rmsse"])},
+                        bucket, MODEL_PREFIX, "champion.json")
+        wrote = True
+    log.warning("champion.json still differs from the registry's champion after %d rewrites (registrations racing)",
+                rounds)
+    return wrote
 
 
 def register_model(run_date: dt.date, settings=None) -> dict:
@@ -588,7 +603,9 @@ def register_model(run_date: dt.date, settings=None) -> dict:
     :func:`decide_promotion` (champion / challenger). Writes ``models/demand-forecast/champion.json``
     ({version, model}): the predict job forecasts with that model (the GBT, or a baseline). A run that promotes
     nothing rewrites that file from the registry's champion when it names another version or cannot be read
-    (:func:`_heal_champion_file`).
+    (:func:`_heal_champion_file`); so does a run that promoted, after its own write: a concurrent registration
+    that promoted a later version between this one's registry insert and its file write (registry v4, file v4)
+    was rewound by that write to this version until 2026-12-07.
 
     Raises:
         FileNotFoundError: the training job wrote no model for this run date.
@@ -634,7 +651,7 @@ def register_model(run_date: dt.date, settings=None) -> dict:
         lake.write_json({"version": v, "model": model, "path": meta["path"], "promoted_at": now.isoformat(),
                            "backtest_wape": d["wape"], "backtest_rmsse": d["rmsse"]},
                     s.lake_models_bucket, MODEL_PREFIX, "champion.json")
-    elif champ is not None:
+    if promote or champ is not None:   # after a promotion too: a concurrent one may have landed before this write
         _heal_champion_file(lake, client, db)
     log.info("model v%s (%s): %s -> %s", v, model, reason, "promoted" if promote else "kept challenger")
     return {"version": v, "model": model, "promoted": promote, "reason": reason, "wape": d["wape"],
@@ -773,7 +790,8 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     On order (ORDER_COUNT_OPEN_RECOMMENDATIONS true, the default): the platform's own recommendations of the
     LEAD_TIME_DAYS nights before are taken as placed orders, less the RESTOCK receipts since
     (:func:`load_open_orders`); the inventory position is stock + on_order. Each row stores on_order and
-    order_bound (the rule that set reorder_qty, :func:`ml.optimize.order_terms`).
+    order_bound (the rule that set reorder_qty, :func:`ml.optimize.order_terms`; ``inactive``: the forecasts flag the
+    series as stopped selling, :func:`ml.forecast.inactive_series`, and nothing is ordered).
     Series without an inventory record are skipped (counted in the result; their forecasts stay in
     forecast_predictions). A missing unit cost falls back to the list unit price for the holding cost.
     """
@@ -818,7 +836,8 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     return {"rows": int(len(out)), "skipped_no_inventory": int(skipped), "skipped_no_cost": int(no_cost.sum()),
             "risk": out["stockout_risk"].value_counts().to_dict(), "reorders": int(out["reorder_needed"].sum()),
             "on_order_units": float(out["on_order"].sum()),
-            "order_bound": out["order_bound"].value_counts().to_dict()}
+            "order_bound": out["order_bound"].value_counts().to_dict(),
+            "inactive": int((out["order_bound"] == "inactive").sum())}
 
 
 def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> dict:

@@ -245,7 +245,9 @@ def night(s, day: dt.date, progress=None) -> dict[str, dict[str, Any]]:
     _tick(progress, out)
 
     t0 = time.perf_counter()
-    train_s = spark_submit("ml/jobs/train.py", ["--features", feats["lake_path"], "--run-date", day.isoformat()], s, lake=True)
+    train_s = spark_submit("ml/jobs/train.py", ["--features", feats["lake_path"], "--run-date", day.isoformat(),
+                                                "--registry-max-version", str(feats["registry_max_version"])],
+                           s, lake=True)   # as the DAG passes load_features' figure
     t1 = time.perf_counter()
     reg = pipeline.register_model(day)
     from core.lake import Lake

@@ -267,6 +267,8 @@ def test_forecasts_from_a_spark_feature_table_equal_the_pandas_path(spark, train
             got = forecast(spark, res["model"], sdf, bt.quantiles, bt.bucket_edges, res["cols"], **kw)
             assert len(got) == len(want) == want.groupby(["store_id", "product_id"]).ngroups * H, name
             pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-9, atol=1e-9, obj=name)
+            # the inactive-series rule on both paths (FOODS_2_360 was delisted in 2014): flagged, forecast 0
+            assert want["inactive"].any() and (want.loc[want["inactive"], "yhat"] == 0).all(), name
     finally:
         sdf.unpersist()
 
@@ -479,3 +481,66 @@ def test_the_cap_correction_is_computed_before_the_row_sample(spark, monkeypatch
     for bad in (float("inf"), -1.0, float("nan")):
         with pytest.raises(ValueError, match="restore_cap must be a finite number"):
             mf.ForecastConfig(restore_cap=bad)
+
+
+def stopped_seller() -> pd.DataFrame:
+    """Two series over 400 days from 2024-01-01: "STOP" sold 2 units every day for 290 days, then nothing for 110
+    days (delisted); "RUN" sells Poisson(5) every day (seeded)."""
+    dates = pd.date_range("2024-01-01", periods=400, freq="D")
+    stop = np.where(np.arange(400) < 290, 2.0, 0.0)
+    run = np.random.default_rng(7).poisson(5.0, 400).astype(float)
+    return pd.concat([pd.DataFrame({"date": dates, "store_id": "S1", "product_id": sku, "units": u, "price": 3.0})
+                      for sku, u in (("STOP", stop), ("RUN", run))], ignore_index=True)
+
+
+def test_a_series_that_stopped_selling_is_forecast_zero_and_not_reordered():
+    """statsforecast's Croston (the STOP series: 255 of its last 365 days with a sale, ADI 1.43: intermittent)
+    forecast the last demand rate, 2.00/day, 110 days after the last sale; as champion that made an order of the
+    EOQ (242 units, stock 0). Now a series with no sale for more than
+    max(56 days, 3 x its mean inter-demand interval) is inactive: every model forecasts 0 for it, in the backtest
+    (so the champion is chosen on what is served) and in the predictions; the reorder plan orders nothing for it
+    (order_bound 'inactive'). The RUN series is untouched."""
+    from ml.features import build_daily_features
+    from ml.forecast import ForecastConfig, backtest, forecast
+    from ml.optimize import inputs_from_forecast, recommend
+
+    feats = build_daily_features(stopped_seller(), default_country=None, extend_days=H)
+    cfg = ForecastConfig(horizon=H, n_origins=2, origin_step_days=30)
+    bt = backtest(None, feats, cfg, with_gbt=False, log=print)
+    p = bt.predictions
+    stop, run = p[p["product_id"] == "STOP"], p[p["product_id"] == "RUN"]
+    assert len(stop) == 2 * H and (stop[list(cfg.baselines)] == 0).all().all()   # old code: statsforecast 2.00
+    assert run["statsforecast"].mean() > 3 and run["trailing_mean_28"].mean() > 3
+
+    pred = forecast(None, None, feats, bt.quantiles, bt.bucket_edges, [], horizon=H, model_name="statsforecast")
+    s = pred[pred["product_id"] == "STOP"]
+    assert len(s) == H and s["yhat"].max() == 0.0           # old code: 2.00 every day
+    assert s["inactive"].all() and not pred.loc[pred["product_id"] == "RUN", "inactive"].any()
+    assert pred.loc[pred["product_id"] == "RUN", "yhat"].mean() > 3
+
+    inp = inputs_from_forecast(pred, lead_time_days=7, service_level=0.95).assign(stock=0.0, unit_cost=1.0)
+    rec = recommend(inp, lead_time_days=7, service_level=0.95, order_cost=10.0, holding_cost_rate=0.25,
+                    max_cover_days=180).set_index("product_id")
+    assert rec.loc["STOP", "reorder_qty"] == 0 and rec.loc["STOP", "order_bound"] == "inactive"   # old code: 360
+    assert rec.loc["STOP", "reorder_needed"] == 0 and rec.loc["STOP", "stockout_risk"] == "HIGH"   # out of stock
+    assert rec.loc["RUN", "reorder_qty"] > 0 and rec.loc["RUN", "order_bound"] != "inactive"
+
+
+def test_inactive_rule_scales_with_the_series_own_interval():
+    """The rule of ml.forecast.inactive_series: a daily seller is inactive after 56 days without a sale, a series
+    selling every 30.5 days only after 3 x 30.5 (91.5); 0 days turns the rule off; bad settings are refused naming them."""
+    from ml.forecast import ForecastConfig, inactive_series
+
+    o = pd.Timestamp("2024-12-31")
+    summary = pd.DataFrame({"store_id": ["S"] * 4, "product_id": ["daily57", "daily56", "monthly80", "monthly92"],
+                            "first_sale": pd.to_datetime(["2024-01-01"] * 4),
+                            "last_sale": [o - pd.Timedelta(days=d) for d in (57, 56, 80, 92)],
+                            "demand_days": [300, 300, 12, 12]})
+    got = inactive_series(summary, o).set_index("product_id")
+    assert got["inactive"].to_dict() == {"daily57": True, "daily56": False, "monthly80": False, "monthly92": True}
+    assert got.loc["monthly80", "interval"] == pytest.approx(366 / 12)
+    assert got.loc["daily57", "days_since_sale"] == 57
+    assert not inactive_series(summary, o, days=0)["inactive"].any()
+    for bad in (dict(inactive_days=-1), dict(inactive_days=1.5), dict(inactive_intervals=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ForecastConfig(**bad)

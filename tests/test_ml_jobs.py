@@ -1,5 +1,5 @@
 """The ML spark-submit jobs (ml/jobs/train.py, ml/jobs/predict.py) on a lake in a local folder (no MinIO, no
-ClickHouse: the jobs never open it): the credibility shrinkage ``shrink_k`` a model is trained with is stored in
+ClickHouse: the train job is given ``--registry-max-version 0``, so neither job opens it): the credibility shrinkage ``shrink_k`` a model is trained with is stored in
 its meta.json and the predict job forecasts with it, not with the module default.
 
 Data: 6 store x SKU series of 100 days of seeded Poisson demand with a weekend uplift (one slow mover, so the
@@ -49,6 +49,10 @@ def demand() -> pd.DataFrame:
 
 
 def submit(app: str, args: list[str]) -> subprocess.CompletedProcess:
+    """spark-submit ``app`` with ``args``; the train job gets ``--registry-max-version 0`` (no ClickHouse here: without
+    the option it reads model_registry itself, or exits 2 naming the option)."""
+    if app.endswith("train.py") and "--registry-max-version" not in args:
+        args = [*args, "--registry-max-version", "0"]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     exe = str(Path(sys.executable).parent / "spark-submit")
     return subprocess.run([exe, "--master", "local[2]", "--conf", "spark.ui.enabled=false", str(REPO / app), *args],

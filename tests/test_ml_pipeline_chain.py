@@ -226,6 +226,22 @@ def test_a_corrupt_model_meta_neither_stops_the_training_nor_keeps_its_champion(
     assert champion(models) == (2, [2])
 
 
+def file_left_at_v1(models, d1: dt.date, d2: dt.date) -> None:
+    """v1 (run date d1) registered, then v2 (d2, better) promoted, and champion.json put back to v1: a registration
+    of v2 stopped between its registry insert and its file write (champion() == (1, [2]))."""
+    from ml.forecast import MODEL_PREFIX
+    from ml.pipeline import register_model
+
+    s, lake = models[0], models[1]
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    left = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
+    trained(models, 2, d2, 0.36, 0.70)
+    assert register_model(d2, s)["promoted"]
+    lake.write_json(left, s.lake_models_bucket, MODEL_PREFIX, "champion.json")   # the write that did not happen
+    assert champion(models) == (1, [2])
+
+
 def test_a_champion_file_left_behind_by_a_stopped_registration_is_rewritten(models):
     """register_model of D2 stopped between its registry insert (v2 champion) and its champion.json write (MinIO
     down through every retry): the file still names v1. Until 2026-12-07 the next night, promoting nothing (D3's
@@ -236,13 +252,7 @@ def test_a_champion_file_left_behind_by_a_stopped_registration_is_rewritten(mode
 
     s, lake, client, db = models
     d1, d2, d3, d4 = (dt.date(2024, 4, d) for d in (1, 2, 3, 4))
-    trained(models, 1, d1, 0.45, 0.90)
-    register_model(d1, s)
-    left = lake.read_json(s.lake_models_bucket, MODEL_PREFIX, "champion.json")
-    trained(models, 2, d2, 0.36, 0.70)
-    assert register_model(d2, s)["promoted"]
-    lake.write_json(left, s.lake_models_bucket, MODEL_PREFIX, "champion.json")   # the write that did not happen
-    assert champion(models) == (1, [2])
+    file_left_at_v1(models, d1, d2)
     trained(models, 3, d3, 0.40, 0.75)
     assert not register_model(d3, s)["promoted"]
     assert champion(models) == (2, [2])                      # old code: (1, [2])
@@ -280,6 +290,70 @@ def test_a_registration_promoting_nothing_does_not_rewind_a_concurrent_promotion
     assert champion(models) == (3, [3])                      # old code: (1, [3])
 
 
+def test_the_heal_does_not_rewind_a_promotion_landing_between_its_registry_read_and_its_write(models, monkeypatch):
+    """champion.json left at v1 by a stopped registration of v2 (the registry's champion). Registration A (D3's v3,
+    worse) promotes nothing and heals the file: it reads the registry's champion (v2); registration B (D4's v4,
+    better) then runs in full, inserting v4 as champion and writing champion.json = v4; A then wrote v2. Until
+    2026-12-07 the file stayed at v2 (the predict job served v2 while the registry named v4). Now the heal reads the
+    registry again after its write and puts v4 back. The interleaving is forced: B runs inside A's heal, right after
+    its registry read."""
+    from ml import pipeline
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2, d3, d4 = (dt.date(2024, 4, d) for d in (1, 2, 3, 4))
+    file_left_at_v1(models, d1, d2)
+    trained(models, 3, d3, 0.40, 0.75)
+    trained(models, 4, d4, 0.30, 0.60)
+    read = pipeline.current_champion
+    state = {"calls": 0, "b": None}
+
+    def b_after_the_heals_read(client_, db_):   # A's 1st read: its decision; its 2nd: the heal's
+        champ = read(client_, db_)
+        if state["b"] is None:
+            state["calls"] += 1
+            if state["calls"] == 2:
+                assert int(champ["version"]) == 2
+                state["b"] = register_model(d4, s)          # B: v4 promoted, champion.json written
+                assert champion(models) == (4, [4])
+        return champ
+
+    monkeypatch.setattr(pipeline, "current_champion", b_after_the_heals_read)
+    assert not register_model(d3, s)["promoted"]
+    assert state["b"]["promoted"] and state["b"]["version"] == 4
+    assert champion(models) == (4, [4])                      # old code: (2, [4])
+
+
+def test_a_promotion_does_not_rewind_a_later_promotion_landing_before_its_file_write(models, monkeypatch):
+    """Registration A (D2's v2, better than v1) inserted v2 as champion; registration B (D3's v3, better still) then
+    ran in full: it read v2 as champion, promoted v3 and wrote champion.json = v3; A then wrote its file, v2. Until
+    2026-12-07 the file stayed at v2 while the registry named v3. Now a registration that promoted checks the
+    registry after its write (the heal) and puts v3 back. The interleaving is forced: B runs inside A's file
+    write, before it."""
+    from core.lake import Lake
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2, d3 = (dt.date(2024, 4, d) for d in (1, 2, 3))
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    trained(models, 2, d2, 0.36, 0.70)
+    trained(models, 3, d3, 0.30, 0.60)
+    write = Lake.write_json
+    state = {"b": None}
+
+    def b_before_as_write(self, obj, *parts):
+        if parts[-1] == "champion.json" and obj.get("version") == 2 and state["b"] is None:
+            state["b"] = register_model(d3, s)            # B: v3 promoted over v2, its file written
+            assert champion(models) == (3, [3])
+        return write(self, obj, *parts)
+
+    monkeypatch.setattr(Lake, "write_json", b_before_as_write)
+    assert register_model(d2, s)["promoted"]
+    assert state["b"]["promoted"] and state["b"]["version"] == 3
+    assert champion(models) == (3, [3])                      # old code: (2, [3])
+
+
 def test_a_lost_model_store_does_not_reuse_a_registered_version_number(models):
     """v1 and v2 registered, then the model store lost: the train job numbered the next version from the lake alone,
     v1 again (a registry version reused: the dashboard's backtest, max(model_version), and ml_model_metrics mixed
@@ -302,3 +376,70 @@ def test_a_lost_model_store_does_not_reuse_a_registered_version_number(models):
     assert register_model(d3, s)["promoted"] and champion(models) == (3, [3])
     assert sorted(r[0] for r in client.query(f"SELECT version FROM {db}.model_registry FINAL").result_rows) == [1, 2, 3]
 
+
+
+def train_job(args: list[str], **env: str) -> "subprocess.CompletedProcess":
+    """``spark-submit ml/jobs/train.py args`` run by hand (as an operator would, outside the DAG) in this process's
+    environment plus ``env``; a small GBT and backtest (horizon 7, 2 origins, 5 trees)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from core.spark import connector_jars
+
+    repo = Path(__file__).resolve().parent.parent
+    full = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, **env}
+    jars = connector_jars(lake=True)   # the S3A connector, as the DAG's operator passes it
+    return subprocess.run([str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--conf",
+                           "spark.ui.enabled=false", *(["--jars", ",".join(jars)] if jars else []),
+                           str(repo / "ml" / "jobs" / "train.py"), *args,
+                           "--horizon", "7", "--n-origins", "2", "--max-iter", "5", "--max-depth", "3",
+                           "--train-window-days", "60", "--stats-jobs", "1"],
+                          env=full, capture_output=True, text=True, timeout=900)
+
+
+def test_a_hand_run_of_the_train_job_after_a_lost_store_numbers_above_the_registry(models):
+    """v1 and v2 registered, then the model store lost; an operator runs the train job by hand (spark-submit, no
+    --registry-max-version: only the DAG passes it). Until 2026-12-07 the option defaulted to 0 and the job saved
+    v1 again, a version model_registry already holds. Now the job reads model_registry's highest version itself
+    (v3 saved); with ClickHouse unreachable it fails at once (exit 2) naming the option, and saves nothing."""
+    import numpy as np
+    import pyarrow as pa
+
+    from conftest import settings_env
+    from ml import train_records
+    from ml.features import build_daily_features
+    from ml.forecast import MODEL_PREFIX, list_versions, read_meta
+    from ml.pipeline import register_model
+
+    s, lake, client, db = models
+    d1, d2, day = dt.date(2024, 4, 1), dt.date(2024, 4, 2), dt.date(2024, 6, 30)
+    trained(models, 1, d1, 0.45, 0.90)
+    register_model(d1, s)
+    trained(models, 2, d2, 0.36, 0.70)
+    register_model(d2, s)
+    lake.delete_dir(s.lake_models_bucket, MODEL_PREFIX)      # the store lost
+    rng = np.random.default_rng(3)
+    dates = pd.date_range(day - dt.timedelta(days=89), day, freq="D")
+    demand = pd.concat([pd.DataFrame({"date": dates, "store_id": "S1", "product_id": sku, "price": 2.0,
+                                      "units": rng.poisson(rate, len(dates)).astype(float)})
+                        for sku, rate in (("A", 6.0), ("B", 1.5))], ignore_index=True)
+    key = f"hand-{s.lake_models_bucket}"
+    lake.write_table(pa.Table.from_pandas(build_daily_features(demand, default_country=None, extend_days=7),
+                                          preserve_index=False), s.lake_features_bucket, key, "features.parquet")
+    features = f"{s.lake_features_bucket}/{key}/features.parquet"
+    with settings_env(LAKE_MODELS_BUCKET=s.lake_models_bucket):
+        r = train_job(["--features", features, "--run-date", day.isoformat()])
+        assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+        assert list_versions(lake) == [3]                    # old code: [1]
+        assert "model_registry's highest version: 2" in r.stdout
+        assert read_meta(lake, 3)["run_date"] == day.isoformat()
+        assert lake.read_json(*train_records.staging(lake, day, train_records.RESULT_NAME))["version"] == 3
+        # the registry out of reach: no silent 0, the option named, nothing saved, before Spark starts
+        r = train_job(["--features", features, "--run-date", "2024-07-01"],
+                      CLICKHOUSE_URL="http://writer:pw@127.0.0.1:9")
+    assert r.returncode == 2, (r.returncode, r.stdout[-3000:], r.stderr[-3000:])
+    out = r.stdout + r.stderr
+    assert "--registry-max-version not given and model_registry could not be read" in out, out[-3000:]
+    assert list_versions(lake) == [3]

@@ -311,6 +311,27 @@ def test_recommend_reports_the_order_bound():
     assert opt.recommend(inp.assign(on_order=159.0), **kw)["order_bound"].tolist() == ["none"]
 
 
+def test_an_inactive_series_orders_nothing_and_says_why():
+    """A series the forecasts flag inactive (ml.forecast.inactive_series: no sale for more than max(56 days, 3 x its
+    mean inter-demand interval)) forecasts 0, but the safety stock of its level bucket alone still made an order
+    (sigma_d 0.2: ROP 0.66, 1 unit, rop_gap). Now nothing is ordered and order_bound says 'inactive'; the risk
+    stays HIGH when it is out of stock. A series not flagged (False or missing) is planned as before."""
+    inp = pd.DataFrame([{"store_id": "S", "product_id": p, "stock": 0.0, "mean_demand": 0.0, "sigma_d": 0.2,
+                         "unit_cost": 1.0, "inactive": flag} for p, flag in (("gone", True), ("kept", False),
+                                                                            ("unknown", None))])
+    kw = dict(lead_time_days=L, service_level=SL, order_cost=50.0, holding_cost_rate=0.25, max_cover_days=180)
+    rec = opt.recommend(inp, **kw).set_index("product_id")
+    assert rec.loc["gone", ["reorder_qty", "reorder_needed", "order_bound"]].tolist() == [0.0, 0, "inactive"]
+    assert rec.loc["gone", "stockout_risk"] == "HIGH" and rec.loc["gone", "reorder_point"] > 0
+    for p in ("kept", "unknown"):   # without the flag: the safety stock's order
+        assert rec.loc[p, ["reorder_qty", "order_bound"]].tolist() == [1.0, "rop_gap"], p
+    assert "inactive" in opt.ORDER_BOUNDS
+    # the flag of any of a series' forecast rows reaches the plan's input
+    pred = pd.DataFrame({"store_id": "S", "product_id": ["a", "a", "b"], "yhat": 0.0, "lower80": 0.0,
+                         "upper80": 0.5, "inactive": [True, True, False]})
+    assert opt.inputs_from_forecast(pred).set_index("product_id")["inactive"].to_dict() == {"a": True, "b": False}
+
+
 def test_open_orders_fifo_by_hand():
     day = pd.Timestamp
     orders = pd.DataFrame({"store_id": ["S", "S", "S", "T"], "product_id": ["A", "A", "A", "B"],

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     Reads champion.json (without ``--version``), the feature table (Spark) and version N's ``meta.json``,
     ``spark_model/`` and ``intervals.parquet`` under ``models/demand-forecast/v<N>/``. Writes (overwriting) the
     forecasts (``store_id``, ``product_id``, ``forecast_origin``, ``target_date``, ``horizon`` 1..H, ``yhat``,
-    ``lower80``/``upper80``, ``lower95``/``upper95`` in units, ``model_version``) to
+    ``lower80``/``upper80``, ``lower95``/``upper95`` in units, ``inactive``: the series stopped selling, its yhat 0
+    and no reorder, :func:`ml.forecast.inactive_series`; ``model_version``) to
     ``models/demand-forecast/predictions/origin=YYYY-MM-DD/predictions.parquet`` and
     ``.../predictions/latest.parquet`` (bucket LAKE_MODELS_BUCKET), after the SparkSession is stopped. Prints a
     summary line on stdout; shrinkage warnings go to stderr.
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ml.features import STORED_COLUMNS
     from ml.forecast import (MODEL_PREFIX, forecast, get_spark, load_model_version, model_ets_model,
-                             model_prices_known_ahead, model_shrink_k)
+                             model_inactive_rule, model_prices_known_ahead, model_shrink_k)
     from ml.pipeline import read_features_frame
     from core.lake import Lake
     from core.settings import get_settings
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                         model_name=model_name, target=meta.get("target", "raw"),
                         stats_window_days=int(cfg.get("stats_window_days", 365)), shrink_k=shrink_k,
                         stats_jobs=s.forecast_stats_jobs, ets_model=model_ets_model(meta),
-                        prices_known_ahead=model_prices_known_ahead(meta))
+                        prices_known_ahead=model_prices_known_ahead(meta),
+                        **dict(zip(("inactive_days", "inactive_intervals"), model_inactive_rule(meta))))
     finally:
         spark.stop()
     out = pred.rename(columns={"origin": "forecast_origin", "date": "target_date", "h": "horizon"})

@@ -14,7 +14,11 @@ what the predict job must reuse: ``horizon``, ``target``, ``shrink_k`` (the GBT'
 backtest scored and the intervals were calibrated with), ``feature_columns``, ``bucket_edges``.
 N = the version already holding this run date (a re-run overwrites it: idempotent) or 1 + the highest of the
 lake's and model_registry's (``--registry-max-version``, which the DAG passes: a lost model store reuses no number).
-Never opens ClickHouse; ``register_model`` in the DAG loads the metrics and promotes.
+Run by hand without ``--registry-max-version``, the job reads that figure itself from model_registry over
+CLICKHOUSE_URL's HTTP interface before Spark starts (:func:`registry_max_from_clickhouse`), or fails at once (exit 2)
+naming the option when it cannot (until 2026-12-07 it took 0: a hand run after a lost model store numbered v1 again,
+reusing a registered version). Otherwise it never opens ClickHouse; ``register_model`` in the DAG loads the
+metrics and promotes.
 Exit 0 after staging ``train_result.json`` (:mod:`ml.train_records`); exit 3 after staging ``train_error.json``
 when no backtest origin has enough history (the DAG's operator fails the task without retries); any other error
 exits non-zero and is retried.
@@ -34,7 +38,7 @@ if __package__ in (None, ""):  # launched as a file by spark-submit: make the re
 
 from core.jobs import EXIT_BAD_DATA, bad_data  # noqa: E402  (after the bootstrap)
 
-__all__ = ["EXIT_BAD_DATA", "main"]
+__all__ = ["EXIT_BAD_DATA", "main", "registry_max_from_clickhouse"]
 
 
 def _iso_date(value: str) -> str:
@@ -50,6 +54,31 @@ def _iso_date(value: str) -> str:
     return value
 
 
+def registry_max_from_clickhouse(settings) -> int:
+    """The highest version model_registry holds for the forecaster (0 when none;
+    :func:`ml.pipeline.registry_max_version`), read over CLICKHOUSE_URL's HTTP interface with a client of its own
+    (30 s timeout): the figure a run without ``--registry-max-version`` numbers its version above.
+
+    Raises:
+        ConfigError: CLICKHOUSE_URL is a ``chdb://`` path (the embedded engine locks its data path; the job must not
+            take it from the endpoint that owns it) or names no credentials.
+        Exception: ClickHouse unreachable or model_registry missing (clickhouse-connect's errors).
+    """
+    from urllib.parse import urlparse
+
+    from core.clickhouse import new_client
+    from core.settings import ConfigError
+    from ml.pipeline import registry_max_version
+
+    if urlparse(settings.clickhouse_url).scheme == "chdb":
+        raise ConfigError("CLICKHOUSE_URL is an embedded chdb:// path, which the job must not open")
+    client = new_client(settings, timeout=30)
+    try:
+        return registry_max_version(client, settings.clickhouse_database)
+    finally:
+        client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Backtest and train the forecaster on one feature table and save it as a model version (the module
     docstring's job).
@@ -61,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             of the settings' defaults: ``--horizon`` (days, FORECAST_HORIZON), ``--n-origins``,
             ``--origin-step-days``, ``--train-window-days`` (days), ``--max-iter``, ``--max-depth`` (GBT),
             ``--backtest-series`` (0 = all), ``--max-train-rows`` (0 = all), ``--stats-jobs`` (-1 = all cores),
-            ``--shrink-k`` (units/day; default :data:`ml.forecast.SHRINK_K`). The settings are read before the
-            arguments are parsed, so even ``--help`` needs valid settings.
+            ``--shrink-k`` (units/day; default :data:`ml.forecast.SHRINK_K`), ``--registry-max-version`` (the
+            highest version model_registry holds, >= 0; default: read from model_registry,
+            :func:`registry_max_from_clickhouse`). The settings are read before the arguments are parsed, so even
+            ``--help`` needs valid settings.
 
     Reads the feature table with Spark (``latest``: the table ``features/daily/latest.json`` points at) and the
     existing versions' meta.json. Writes version N (:func:`ml.forecast.save_model_version`: its folder
@@ -79,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         with it: ``sys.exit(main())``.
 
     Raises:
-        SystemExit: status 2 (argparse) when ``--run-date`` is missing or not an ISO date, or an option is
-            malformed.
+        SystemExit: status 2 (argparse) when ``--run-date`` is missing or not an ISO date, an option is
+            malformed, or ``--registry-max-version`` is not given and model_registry cannot be read (the message
+            names the option and the reason), before Spark starts.
         FileNotFoundError: no feature table at ``--features`` (or no ``latest.json``).
         ValueError: an invalid setting of :class:`ml.forecast.ForecastConfig` (e.g. horizon outside
             1..MAX_HORIZON, negative ``--shrink-k``), a table without a day of known units, or no training rows
@@ -110,10 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shrink-k", type=float, default=None,
                     help="credibility shrinkage toward the trailing mean, units/day (default ml.forecast.SHRINK_K); "
                          "stored in meta.json, the predict job uses the same")
-    ap.add_argument("--registry-max-version", type=int, default=0,
+    ap.add_argument("--registry-max-version", type=int, default=None,
                     help="the highest version model_registry holds (the DAG passes load_features' figure): a new "
-                         "version is numbered above it and above the lake's (a lost model store reuses no number)")
+                         "version is numbered above it and above the lake's (a lost model store reuses no number); "
+                         "default: read from model_registry over CLICKHOUSE_URL")
     a = ap.parse_args(argv)
+    if a.registry_max_version is None:   # a hand run: the registry's figure, never 0 by default
+        try:
+            a.registry_max_version = registry_max_from_clickhouse(s)
+        except Exception as exc:   # noqa: BLE001  (any reason the registry cannot be read: say which option to give)
+            ap.error(f"--registry-max-version not given and model_registry could not be read "
+                     f"({type(exc).__name__}: {exc}); pass the highest version model_registry holds")
+        print(f"model_registry's highest version: {a.registry_max_version}", flush=True)
     if a.registry_max_version < 0:
         ap.error(f"--registry-max-version must be >= 0, got {a.registry_max_version}")
 
