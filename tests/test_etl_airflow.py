@@ -882,8 +882,10 @@ def test_a_loaded_day_whose_last_run_failed_is_a_gap(native_stack):
         etl.record_run(client, db, D2, "failed", "quality_check", dt.datetime.now(dt.timezone.utc), message="x")
         assert etl.etl_load_status(D2, client, db)[0] is False   # the training / prediction DAGs' rule
         assert loaded_through(client, db, D1 - dt.timedelta(days=1), D3) == D1   # stops before D2
-        with pytest.raises(etl.LoadGapError, match=r"1 day\(s\) with raw events .*: 2024-03-30\. Load") as err:
-            etl.check_load_gaps(D4)
+        with pytest.raises(etl.LoadGapError, match=r"1 day\(s\) with raw events .*: 2024-03-30; 1 day\(s\) are not "
+                                                   r"loaded because their latest run failed: 2024-03-30 at "
+                                                   r"quality_check .*: x\. Load") as err:
+            etl.check_load_gaps(D4)   # with its failure's stage and message (since 2026-12-07)
         assert err.value.days == [D2]
         assert etl.loaded_days(client, db, D1, D3) == {D1, D3}
         run_pandas(D2)
@@ -1341,8 +1343,9 @@ def test_gap_commands_are_one_per_range(native_stack):
         assert re.findall(r"--from-date (\S+) --to-date (\S+?)T", msg) == [("2024-03-30", "2024-03-30"),
                                                                           ("2024-04-01", "2024-04-01")]
         # Airflow 3 runs one backfill per DAG at a time, its own max_active_runs (10) overrides the DAG's 1, and
-        # "none" (its default) would not re-run a day whose last run failed: days in order, failed ones again
-        assert re.findall(r"T23:59:59 --max-active-runs (\d+) --reprocess-behavior (\w+)`", msg) == [("1", "failed")] * 2
+        # "none" (its default) would not re-run a day whose last run failed, "failed" one whose run succeeded (until
+        # 2026-12-07 printed here): days in order, every named day again
+        assert re.findall(r"T23:59:59 --max-active-runs (\d+) --reprocess-behavior (\w+)`", msg) == [("1", "completed")] * 2
 
 
 def test_a_misfiled_line_without_price_does_not_fail_the_quality_check(native_stack):
