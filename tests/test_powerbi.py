@@ -1446,9 +1446,9 @@ TWINS: dict[str, str] = {
     "Median Days Until Stock-out": agg("v_reorder_latest", "quantileExactInclusiveOrNull(0.5)(days_until_stockout)"),
     "Slow-moving SKU Share": DIV(agg("v_sku_classification_latest", "sumOrNull(is_slow_moving)"),
                                  agg("v_sku_classification_latest", "nullIf(count(), 0)")),
-    # the latest run (run_key of the latest started_at row), each day's current row of it, the worst status
+    # the latest run (run_label of the latest started_at row), each day's current row of it, the worst status
     "Last ETL Status": agg("v_etl_runs", "argMaxOrNull(status, status_rank)",
-                           "is_day_latest = 1 AND run_key = (SELECT argMax(run_key, started_at) FROM v_etl_runs "
+                           "is_day_latest = 1 AND run_label = (SELECT argMax(run_label, started_at) FROM v_etl_runs "
                            "WHERE <<v_etl_runs>>)"),
     "Failed ETL Runs": agg("v_etl_runs", "nullIf(countIf(status = 'failed'), 0)"),
 }
@@ -1696,7 +1696,7 @@ def test_last_etl_status_is_the_worst_current_status_of_the_latest_night(model, 
         dag_run_id), is_day_latest recomputed in pandas over the listed rows (a hidden 'begun' is never the latest)."""
         cols = ["date_key", "started_at", "finished_at", "status", "dag_run_id"]
         add = pd.DataFrame(rows, columns=cols, dtype=object)
-        add["run_key"] = add["dag_run_id"]
+        add["run_label"] = add["dag_run_id"]
         add["status_rank"] = add["status"].map({"success": 0, "begun": 1, "failed": 2})
         runs = pd.concat([model_data["v_etl_runs"], add], ignore_index=True)
         order = runs.sort_values(["started_at", "finished_at"], kind="stable")

@@ -1,5 +1,5 @@
 -- 099_etl_runs_bi_view_last_night.sql (2026-12-07): v_etl_runs gains what Power BI's 'Last ETL Status' needs to say
--- whether the latest night loaded everything: run_key (the run a row belongs to: its Airflow dag_run_id, else its
+-- whether the latest night loaded everything: run_label (the run a row belongs to: its Airflow dag_run_id, else its
 -- started_at as text for a run outside Airflow), is_day_latest (1 = the row is its day's latest etl_runs row,
 -- greatest (started_at, finished_at), the rule of etl.star_schema.latest_status_days, counted over every row,
 -- hidden 'begun' ones too) and status_rank (success 0, begun 1 = loading or stopped half-way, failed 2). The measure
@@ -14,7 +14,7 @@ SELECT run_id, dag_run_id, toInt64(e.date_key) AS date_key, started_at, finished
        status, stage, toInt64(e.raw_sales_rows) AS raw_sales_rows, toInt64(e.duplicate_sales_rows) AS duplicate_sales_rows,
        toInt64(e.fact_sales_rows) AS fact_sales_rows, toInt64(e.fact_inventory_rows) AS fact_inventory_rows,
        units_net, toFloat64(e.revenue) AS revenue, message,
-       if(e.dag_run_id = '', toString(e.started_at), e.dag_run_id) AS run_key,
+       if(e.dag_run_id = '', toString(e.started_at), e.dag_run_id) AS run_label,
        toInt64(e.run_id IN (SELECT argMax(run_id, (started_at, finished_at)) FROM {db}.etl_runs GROUP BY date_key))
            AS is_day_latest,
        toInt64(multiIf(e.status = 'failed', 2, e.status = 'success', 0, 1)) AS status_rank
