@@ -33,12 +33,17 @@ reconciles them too (``rechecked_days``), so events that land after a day's run 
 that changed *during* the run (after the build) makes the quality check raise ``LakeChangedError``: not bad
 data, so the task is retried per default_args, and the retry builds the day again (the same spark-submit as
 ``build_facts``, :meth:`etl.operators.StagedSparkSubmitOperator.resubmit`, while holding its ClickHouse pool slot),
-loads it and reconciles it.
+loads it and reconciles it. A re-checked day that cannot be built, loaded or reconciled (e.g. a raw file that is
+not Parquet, its raw partition gone) is recorded 'failed' with the reason and skipped: the run's own date is still
+loaded and reconciled (training goes on), and ``check_gaps`` names the day and fails the run, every night until it
+is loaded. A retry of ``load`` does not load again a re-checked day the first attempt loaded (its 'begun' row of
+stage ``load_done``): it is only reconciled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
@@ -51,6 +56,7 @@ from core.settings import get_settings
 from etl.operators import DailyFactsSubmitOperator
 
 _s = get_settings()
+log = logging.getLogger(__name__)
 _start = etl_catchup_start(_s)   # ETL_START_DATE, else ETL_CATCHUP_DAYS before today (UTC)
 
 
@@ -110,7 +116,9 @@ def daily_etl():
     def quality_check(loaded: dict | None) -> dict:
         """Reconcile fact_sales with the raw lake exactly, for the days re-checked by this run (oldest first), then
         the run's date; record each in etl_runs. LakeChangedError (the lake changed during the run) is retried, and
-        the retry first builds (build_facts' Spark job) and loads the day again, then reconciles."""
+        the retry first builds (build_facts' Spark job) and loads the day again, then reconciles. A re-checked day
+        that fails (DataQualityError; or that the load could not load: ``failed_rechecks``) is recorded 'failed' and
+        left to check_gaps, which names it and fails the run; the run's date is reconciled all the same."""
         import datetime as dt
 
         from etl import star_schema as etl
@@ -125,8 +133,15 @@ def daily_etl():
                                            allow_missing_raw=bool(ctx["params"].get("allow_missing_raw", False)))
                 days = sorted(set(days) | set(loaded["rechecked_days"]))
             started = dt.datetime.fromisoformat(loaded["started_at"]) if loaded else None  # None: load not run here
-            rechecked = {d: etl.quality_check(dt.date.fromisoformat(d), started, dag_run_id=run_id) for d in days}
-            return {**etl.quality_check(day, started, dag_run_id=run_id), "rechecked": rechecked}
+            rechecked, failed = {}, dict((loaded or {}).get("failed_rechecks", {}))
+            for d in days:   # a re-checked day that fails is recorded 'failed' (check_gaps names it): the date goes on
+                try:
+                    rechecked[d] = etl.quality_check(dt.date.fromisoformat(d), started, dag_run_id=run_id)
+                except etl.EtlError as exc:
+                    failed[d] = f"{type(exc).__name__}: {exc}"
+                    log.error("re-checked day %s failed its quality check (recorded failed): %s", d, exc)
+            return {**etl.quality_check(day, started, dag_run_id=run_id), "rechecked": rechecked,
+                    "failed_rechecks": failed}
 
     @task(pool=CLICKHOUSE_POOL)
     def check_gaps() -> None:

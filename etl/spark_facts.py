@@ -346,11 +346,14 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
     With ``recheck_days`` > 0 (the job passes ETL_RECHECK_DAYS) the loaded days among the ``recheck_days`` days
     before ``day`` whose raw partitions changed since they were loaded (:func:`etl.star_schema.days_to_recheck`,
     a listing per partition) are built again first; the load then loads them again
-    (:func:`etl.star_schema.rebuilt_days`).
+    (:func:`etl.star_schema.rebuilt_days`). A re-checked day whose build raises ``EtlError`` (bad or unreadable raw
+    data) is left out and staged as :data:`etl.star_schema.RECHECK_ERROR` for the load to record 'failed': until
+    2026-12-07 it failed the job (exit 3), so the night's own day was never built, every night while the day stayed
+    in the window.
 
     Returns: counts {"raw_sales_rows", "sales_lines", "duplicate_sales", "misfiled_sales", "raw_inventory_rows",
     "inventory_rows", "duplicate_inventory", "misfiled_inventory", "daily_rows", "products", "stores",
-    "seconds", "rechecked_days" (ISO dates rebuilt)}.
+    "seconds", "rechecked_days" (ISO dates rebuilt; a day whose build failed is not among them)}.
 
     Raises:
         EtlError: contract violations (quantity 0 or null, price < 0 or null, null event time) or null event
@@ -362,10 +365,17 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
 
     s = settings or get_settings()
     lake = lake or etl.open_lake()
-    rechecked = etl.days_to_recheck(lake, day, recheck_days)
-    for d in rechecked:
+    rechecked = []
+    for d in etl.days_to_recheck(lake, day, recheck_days):
         log.warning("raw partitions of %s changed since it was loaded: building it again", d)
-        build_day(spark, d, lake, s)
+        try:
+            build_day(spark, d, lake, s)
+        except etl.EtlError as exc:   # a stuck re-checked day: the load records it 'failed', the night goes on
+            log.error("re-checked day %s cannot be built, left out (recorded by the load): %s", d, exc)
+            etl.write_recheck_error(lake, d, day, exc)
+            continue
+        etl.clear_recheck_error(lake, d)
+        rechecked.append(d)
     t0 = time.perf_counter()
     dk = etl.date_key(day)
     manifest = etl.raw_manifest(lake, day)   # listed before reading: a file landing meanwhile makes it differ later

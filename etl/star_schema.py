@@ -1166,6 +1166,43 @@ def rebuilt_days(lake, day: dt.date, window_days: int) -> list[dt.date]:
     return out
 
 
+#: staged record (``features/staging/daily_etl/date=<re-checked day>/recheck_error.parquet``) of a re-checked day
+#: whose build failed with an :class:`EtlError` (e.g. a raw file that is not readable Parquet): written by the Spark
+#: job (:func:`etl.spark_facts.build_day`), read by :func:`load_recorded` of the same night
+RECHECK_ERROR = "recheck_error"
+
+
+def write_recheck_error(lake, day: dt.date, night: dt.date, exc: BaseException) -> None:
+    """Stage the build failure of the re-checked ``day`` during the run of ``night``: one row, a string column
+    ``json`` = ``{"date", "night", "error" (class name), "message"}``. Overwrites."""
+    import pyarrow as pa
+
+    rec = {"date": day.isoformat(), "night": night.isoformat(), "error": type(exc).__name__, "message": str(exc)}
+    lake.write_table(pa.table({"json": [json.dumps(rec)]}), *_staging(day, RECHECK_ERROR))
+
+
+def clear_recheck_error(lake, day: dt.date) -> None:
+    """Remove ``day``'s staged :data:`RECHECK_ERROR` record (a later build of the day succeeded); no-op when none."""
+    lake.delete_file(*_staging(day, RECHECK_ERROR))
+
+
+def recheck_build_errors(lake, night: dt.date, window_days: int) -> dict[dt.date, str]:
+    """The re-checked days of the ``window_days`` before ``night`` whose build failed during the build of ``night``
+    (:data:`RECHECK_ERROR` records staged for that night; an older night's record is ignored): {day: "<error
+    class>: <message>"}. One existence check per day of the window."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for i in range(window_days, 0, -1):
+        d = night - dt.timedelta(days=i)
+        if not lake.exists(*_staging(d, RECHECK_ERROR)):
+            continue
+        rec = json.loads(pq.read_table(lake.path(*_staging(d, RECHECK_ERROR)), filesystem=lake.fs)["json"][0].as_py())
+        if rec.get("night") == night.isoformat():
+            out[d] = f"{rec.get('error')}: {rec.get('message')}"
+    return out
+
+
 def refuse_missing_raw(client, db: str, lake, day: dt.date) -> None:
     """Refuse to load ``day`` when a raw partition (sales or inventory updates) has no Parquet file while ClickHouse
     still holds that day's rows from it (``fact_sales`` lines; ``fact_inventory`` rows not carried forward): the
@@ -1264,6 +1301,34 @@ def latest_status_days(client, db: str, first: dt.date, last: dt.date, status: s
     return {_date_of(int(r[0])) for r in rows}
 
 
+@dataclass(frozen=True)
+class LatestRun:
+    """A date's latest ``etl_runs`` row (the rule of :func:`latest_status_days`): status, stage, started_at (UTC),
+    dag_run_id and the first 300 characters of its message."""
+
+    status: str
+    stage: str
+    started_at: dt.datetime
+    dag_run_id: str
+    message: str
+
+
+def latest_runs(client, db: str, first: dt.date, last: dt.date) -> dict[dt.date, LatestRun]:
+    """Each date's latest ``etl_runs`` row (greatest ``(started_at, finished_at)``) in ``[first, last]`` (UTC dates,
+    inclusive): {date: :class:`LatestRun`}; dates without a row are absent. One ClickHouse query."""
+    if first > last:
+        return {}
+    rows = client.query(
+        f"SELECT date_key, argMax((status, stage, started_at, dag_run_id, substring(message, 1, 300)), "
+        f"(started_at, finished_at)) FROM {db}.etl_runs WHERE date_key BETWEEN {date_key(first)} AND "
+        f"{date_key(last)} GROUP BY date_key").result_rows
+    out = {}
+    for k, (status, stage, started, run, msg) in rows:
+        started = started if started.tzinfo else started.replace(tzinfo=dt.timezone.utc)
+        out[_date_of(int(k))] = LatestRun(status, stage, started, run, msg)
+    return out
+
+
 def loaded_days(client, db: str, first: dt.date, last: dt.date) -> set[dt.date]:
     """The dates in ``[first, last]`` that daily_etl loaded and reconciled: the latest ``etl_runs`` row of the date
     (by ``(started_at, finished_at)``, :func:`latest_status_days`) has status ``success`` (a day loaded, then re-run
@@ -1337,16 +1402,18 @@ def late_changed_days(client, db: str, lake, day: dt.date, window_days: int,
 
 def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None) -> list[dt.date]:
     """Fail loudly when days before ``day`` are missing from the star schema: days with raw events that were never
-    loaded (:func:`unloaded_days`) or loaded days older than the re-check window whose raw partitions changed since
-    (:func:`late_changed_days`). Run by daily_etl's ``check_gaps`` task after the day is loaded and reconciled;
-    loads nothing itself.
+    loaded (:func:`unloaded_days`), days whose latest run failed (with or without raw events, each with its stage,
+    run and reason: e.g. a re-checked day :func:`load_recorded` could not load), or loaded days older than the
+    re-check window whose raw partitions changed since (:func:`late_changed_days`). Run by daily_etl's
+    ``check_gaps`` task after the day is loaded and reconciled; loads nothing itself.
 
     Returns:
         [] when there is no gap.
     Raises:
         LoadGapError: an :class:`EtlError` naming the dates (ranges) and the commands that load them, one per range
             of consecutive days (``make nightly DATE=<last> BACKFILL=<n>`` or ``airflow backfill create --dag-id
-            daily_etl``), so no loaded day between two ranges is redone.
+            daily_etl ... --reprocess-behavior completed``: every named day is re-run, also one whose own Airflow run
+            succeeded), so no loaded day between two ranges is redone.
     Only the ETL_GAP_CHECK_DAYS days before ``day`` are looked at (a gap is named every night until it lies
     further back; a late change only from ETL_RECHECK_DAYS + 1 days back, and a missed night only once the
     scheduler's catch-up passed it): ~4 lake requests per day checked (1,095 loaded days: 7,716 calls before the bound, 411 at 62 days).
@@ -1357,30 +1424,39 @@ def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None)
     client, db, lake = client or _client(), db or _db(), lake or open_lake()
     n = s.etl_gap_check_days
     gap = unloaded_days(client, db, lake, day, n)
+    # days whose latest run failed, raw events or not (a re-checked day whose reload was refused: its raw partition
+    # gone; or whose build failed), with the reason; until 2026-12-07 only days with raw events were named
+    first = _first_loaded_day(client, db, day)
+    failed = {} if first is None else {
+        d: r for d, r in latest_runs(client, db, max(first, day - dt.timedelta(days=n)),
+                                     day - dt.timedelta(days=1)).items() if r.status == "failed"}
     late = late_changed_days(client, db, lake, day, s.etl_recheck_days, n)
-    if not gap and not late:
+    if not gap and not late and not failed:
         return []
-    days = sorted(set(gap) | set(late))
+    days = sorted(set(gap) | set(late) | set(failed))
     runs = _runs(days)
     parts = []
     if gap:
         parts.append(f"{len(gap)} day(s) with raw events before {day.isoformat()} were never loaded (their latest "
                      f"run in etl_runs is not a success; the scheduler catches up only ETL_CATCHUP_DAYS={s.etl_catchup_days} days, so "
                      f"an outage longer than that leaves its oldest nights behind): {_ranges(gap)}")
+    if failed:
+        parts.append(f"{len(failed)} day(s) are not loaded because their latest run failed: " + "; ".join(
+            f"{d.isoformat()} at {r.stage} ({r.started_at:%Y-%m-%d %H:%M} UTC, run {r.dag_run_id!r}): {r.message[:200]}"
+            for d, r in sorted(failed.items())[:5]) + (" ..." if len(failed) > 5 else ""))
     if late:
         parts.append(f"{len(late)} loaded day(s) older than the ETL_RECHECK_DAYS={s.etl_recheck_days} re-check "
                      f"window have raw files added, changed or removed since they were loaded (events that arrived "
                      f"late): {_ranges(late)}")
-    # a day whose latest row is 'begun' (a load stopped; its own Airflow run may have succeeded earlier) is redone
-    # only with --reprocess-behavior completed, as a late-changed one (until 2026-12-07 'failed': skipped)
-    late_set = set(late) | (latest_status_days(client, db, gap[0], gap[-1], BEGUN) if gap else set())
     make = "; ".join(f"`make nightly DATE={r[-1].isoformat()} BACKFILL={(r[-1] - r[0]).days}`" for r in runs)
     # Airflow 3 runs one backfill per DAG at a time (AlreadyRunningBackfill) and a backfill's own max_active_runs
-    # (default 10) overrides the DAG's 1: each day's inventory carries the day before forward, so days in order
+    # (default 10) overrides the DAG's 1: each day's inventory carries the day before forward, so days in order.
+    # --reprocess-behavior completed: every day of a range is not loaded, and its own Airflow run may have
+    # succeeded (a 'begun' left by a stopped reload, a re-check that failed, a late change); 'failed' (until
+    # 2026-12-07 for ranges without a late-changed or 'begun' day) skipped those, and "none" skips every day with a run
     backfill = "; ".join(
         f"`airflow backfill create --dag-id daily_etl --from-date {r[0].isoformat()} --to-date "
-        f"{r[-1].isoformat()}T23:59:59 --max-active-runs 1 --reprocess-behavior "
-        f"{'completed' if late_set.intersection(r) else 'failed'}`" for r in runs)
+        f"{r[-1].isoformat()}T23:59:59 --max-active-runs 1 --reprocess-behavior completed`" for r in runs)
     raise LoadGapError(
         "; ".join(parts) + f". Load them (one command per range, so no loaded day between is redone; in this "
         f"order, each after the previous finished) with {make}, or with {backfill}. Only the last "
@@ -1481,37 +1557,50 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
 
     Args:
         day: the UTC date to load.
-        dag_run_id: the Airflow run id stored with a failed run ("" outside Airflow).
+        dag_run_id: the Airflow run id stored with every row written ("" outside Airflow).
         allow_missing_raw: passed to :func:`load` (empty a loaded day whose raw partition is gone, on purpose).
     Returns:
-        :func:`load`'s counts plus ``started_at`` (ISO 8601, UTC: when this call started).
-    First the days of the re-check window (ETL_RECHECK_DAYS before ``day``) that the build rebuilt because their
-    raw partitions changed since they were loaded (:func:`rebuilt_days`) are loaded again, oldest first, then
-    ``day``; their dates are returned in ``rechecked_days`` for the quality check. So are the days of that window
-    whose latest ``etl_runs`` row is :data:`BEGUN` (:func:`latest_status_days`): until 2026-12-07 a re-checked day
-    loaded by a run whose load of ``day`` then failed kept its 'begun' for good (its ``loaded_manifest`` written,
-    so the retry's :func:`rebuilt_days` no longer named it and no quality check reconciled it: not loaded, a gap
-    named every night).
+        :func:`load`'s counts of ``day`` plus ``started_at`` (ISO 8601, UTC: when this call started),
+        ``rechecked_days`` (ISO dates the quality check must reconcile, ascending) and ``failed_rechecks``
+        ({ISO date: reason} of the re-checked days that could not be loaded, recorded 'failed').
+
+    Re-check window (ETL_RECHECK_DAYS before ``day``), oldest first, then ``day``:
+
+    * days the build rebuilt because their raw partitions changed since they were loaded (:func:`rebuilt_days`)
+      are loaded again;
+    * days whose latest ``etl_runs`` row is :data:`BEGUN` (:func:`latest_runs`) are loaded again, unless that row
+      is the :data:`LOAD_DONE` mark of a load that finished and their listing did not change since: those are only
+      returned for the quality check. Until 2026-12-07 every retry of the load task loaded all the window's 'begun'
+      days again: a retry after ``day``'s load failed reloaded each re-checked day the first attempt had loaded (1
+      reload per re-checked day and retry);
+    * a re-checked day that cannot be loaded (its load raises :class:`EtlError`, e.g. :func:`refuse_missing_raw`,
+      or the Spark build of it failed: :func:`recheck_build_errors`) is recorded 'failed' (stage ``load``, the
+      reason as message), logged and left out; ``day`` is still loaded. Until 2026-12-07 such a stuck day failed
+      the whole night, every night while it stayed in the window (7 by default): ``day`` was never loaded, training
+      and predictions waited. The 'failed' row keeps it not loaded: :func:`check_load_gaps` (the ``check_gaps``
+      task) names it with its reason and fails the run, every night until it is loaded.
 
     Before each day's load a row with status :data:`BEGUN` (stage ``load``) is appended to ``etl_runs``, so until the
     quality check records its success the day is not loaded for :func:`loaded_days` (the training and prediction
     DAGs' sensor, ``check_gaps``, ``ml.pipeline.loaded_through``): a re-load stopped half-way (ClickHouse stopped
     after the day's ``fact_sales`` was replaced, when the failed row cannot be written either; the worker killed)
-    used to leave the day's earlier success as its latest row over a partly replaced star schema. ClickHouse
-    unreachable at the start: that row fails first, before any write.
+    used to leave the day's earlier success as its latest row over a partly replaced star schema. After the load
+    finished, a second :data:`BEGUN` row with stage :data:`LOAD_DONE` (same ``started_at``) marks it complete but
+    not reconciled. ClickHouse unreachable at the start: that row fails first, before any write.
 
     Raises:
-        Exception: whatever :func:`load` raises (e.g. :class:`EtlError` for a missing staged file, ClickHouse or
-            lake errors), unchanged, after a row with status ``failed``, stage ``load`` and ``repr`` of the
-            error as message was appended to ``etl_runs`` (:func:`record_run`) for the day that failed.
-            Recording is best effort: an error while recording (e.g. ClickHouse down) is suppressed, so the
-            load's error is the one raised.
+        Exception: whatever :func:`load` of ``day`` raises (e.g. :class:`EtlError` for a missing staged file,
+            ClickHouse or lake errors), and any error but an :class:`EtlError` of a re-checked day's load,
+            unchanged, after a row with status ``failed``, stage ``load`` and ``repr`` of the error as message was
+            appended to ``etl_runs`` (:func:`record_run`) for the day that failed. Recording is best effort: an
+            error while recording (e.g. ClickHouse down) is suppressed, so the load's error is the one raised.
     """
     from core.settings import get_settings
 
     started = dt.datetime.now(dt.timezone.utc)
     window = get_settings().etl_recheck_days
-    again = rebuilt_days(open_lake(), day, window)
+    lake = open_lake()
+    again, broken = rebuilt_days(lake, day, window), recheck_build_errors(lake, day, window)
     if again:
         log.warning("raw partitions of %s changed since they were loaded: loading them again",
                     [d.isoformat() for d in again])
@@ -1521,19 +1610,43 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     try:
         run_migrations(get_settings())   # etl_runs exists before the first "begun" row
         client, db = _client(), _db()
-        stuck = latest_status_days(client, db, day - dt.timedelta(days=window), day - dt.timedelta(days=1), BEGUN)
-        if stuck - set(again):
+        latest = latest_runs(client, db, day - dt.timedelta(days=window), day - dt.timedelta(days=1))
+        begun = {x for x, r in latest.items() if r.status == BEGUN} - set(again)
+        done = {x for x in begun if latest[x].stage == LOAD_DONE} - set(broken)   # loaded, unchanged: reconcile
+        if begun - done:
             log.warning("%s of the re-check window were begun and never reconciled (a load stopped, or a re-check "
                         "whose run's load of the day failed): loading them again",
-                        sorted(x.isoformat() for x in stuck - set(again)))
-        again = sorted(set(again) | stuck)
-        out = {}
-        for d in [*again, day]:
-            # before the day's first write: a load that stops half-way (ClickHouse gone, so the failed row below
-            # cannot be written either; the worker killed) leaves the day not loaded, not its earlier success
+                        sorted(x.isoformat() for x in begun - done))
+        failed: dict[str, str] = {}
+        for x, why in sorted(broken.items()):   # the Spark build of the re-checked day failed
+            log.error("re-checked day %s could not be built, recorded failed: %s", x, why)
+            record_run(client, db, x, "failed", "load", started, message=f"re-check build failed: {why}",
+                       dag_run_id=dag_run_id)
+            failed[x.isoformat()] = why
+        again = sorted((set(again) | begun) - done - set(broken))
+        loaded_again = []
+        for d in again:
             record_run(client, db, d, BEGUN, "load", started, message="load started", dag_run_id=dag_run_id)
-            out = load(d, migrate=False, allow_missing_raw=allow_missing_raw)
-        return {**out, "started_at": started.isoformat(), "rechecked_days": [x.isoformat() for x in again]}
+            try:
+                load(d, migrate=False, allow_missing_raw=allow_missing_raw)
+            except EtlError as exc:   # a stuck re-checked day: recorded, named by check_gaps; the night goes on
+                why = f"{type(exc).__name__}: {exc}"
+                log.error("re-checked day %s could not be loaded, recorded failed: %s", d, why)
+                record_run(client, db, d, "failed", "load", started, message=f"re-check load failed: {why}",
+                           dag_run_id=dag_run_id)
+                failed[d.isoformat()] = why
+                continue
+            record_run(client, db, d, BEGUN, LOAD_DONE, started, message="loaded, not reconciled yet",
+                       dag_run_id=dag_run_id)
+            loaded_again.append(d)
+        d = day
+        record_run(client, db, d, BEGUN, "load", started, message="load started", dag_run_id=dag_run_id)
+        out = load(d, migrate=False, allow_missing_raw=allow_missing_raw)
+        record_run(client, db, d, BEGUN, LOAD_DONE, started, message="loaded, not reconciled yet",
+                   dag_run_id=dag_run_id)
+        return {**out, "started_at": started.isoformat(),
+                "rechecked_days": [x.isoformat() for x in sorted(set(loaded_again) | done)],
+                "failed_rechecks": failed}
     except Exception as exc:  # record the failed load in etl_runs, then let the caller fail
         with contextlib.suppress(Exception):
             record_run(_client(), _db(), d, "failed", "load", started, message=repr(exc), dag_run_id=dag_run_id)
@@ -1635,9 +1748,13 @@ def reconcile(expected: LakeTotals, actual: dict[str, Any]) -> list[str]:
 
 #: ``etl_runs.status`` of the row :func:`load_recorded` appends before a day's first write ("success" / "failed" end
 #: a run): a load stopped half-way leaves it the day's latest row, so the day is not loaded (:func:`loaded_days`)
-#: until a run reconciles it. Sorts below "failed" and "success" (the Power BI 'Last ETL Status' takes the MAX of the
-#: rows sharing the latest started_at).
+#: until a run reconciles it. Power BI's 'Last ETL Status' ranks it between "success" and "failed" (v_etl_runs
+#: status_rank, migration 099).
 BEGUN = "begun"
+#: ``etl_runs.stage`` of the second :data:`BEGUN` row :func:`load_recorded` appends once a day's load finished (same
+#: ``started_at``): loaded, not reconciled yet. A retry reconciles such a day without loading it again, and a quality
+#: check run by hand records under its ``started_at`` (:func:`quality_check`).
+LOAD_DONE = "load_done"
 
 
 def record_run(client, db: str, day: dt.date, status: str, stage: str, started_at: dt.datetime,
@@ -1680,6 +1797,28 @@ def own_latest_begun(client, db: str, day: dt.date, dag_run_id: str) -> dt.datet
     return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)
 
 
+def unattended_start(client, db: str, day: dt.date) -> dt.datetime:
+    """The ``started_at`` a quality check of ``day`` without the load's start records under: the day's latest
+    ``etl_runs`` row's (:func:`latest_runs`; the load that row belongs to is the one the star schema holds), now
+    (UTC) when the day has no row (a load outside :func:`load_recorded`, e.g. ``ops.bench_nightly``).
+
+    Raises:
+        EtlError: the latest row is a load that did not finish: a :data:`BEGUN` row of stage ``load`` (a load running,
+            or stopped half-way) or a 'failed' load; the message names the row, its run and what to do.
+    """
+    latest = latest_runs(client, db, day, day).get(day)
+    if latest is None:
+        return dt.datetime.now(dt.timezone.utc)
+    if (latest.status == BEGUN and latest.stage != LOAD_DONE) or (latest.status == "failed" and latest.stage == "load"):
+        what = "began and never finished (running now, or stopped half-way)" if latest.status == BEGUN else "failed"
+        raise EtlError(f"quality check of {day.isoformat()} refused: no started_at (the start of the load it checks) "
+                       f"was given, and the day's latest etl_runs row is a load that {what}, started "
+                       f"{latest.started_at.isoformat()} by run {latest.dag_run_id!r} ({latest.message[:200]}): the "
+                       f"star schema may hold a partly replaced day. Load the day again (make nightly "
+                       f"DATE={day.isoformat()}, or clear the run's load task), which the check then reconciles")
+    return latest.started_at
+
+
 def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_id: str = "") -> dict[str, Any]:
     """Reconcile the loaded star schema with the raw lake for ``day`` and record the run in etl_runs.
 
@@ -1687,15 +1826,24 @@ def quality_check(day: dt.date, started_at: dt.datetime | None = None, dag_run_i
     when there is one): a file that landed, changed or went away since the build means the load is stale, not
     that the data is bad.
 
+    The result is recorded under ``started_at`` (the start of the load it checks: the load task's XCom), or a later
+    ``begun`` of the same Airflow run (:func:`own_latest_begun`). Without ``started_at`` (a check run by hand, or
+    the DAG's task without the load's XCom) it is recorded under the ``started_at`` of the day's latest row
+    (:func:`unattended_start`), and refused when that row is a load that did not finish. Until 2026-12-07 it was
+    recorded under "now": after a reload stopped half-way (its 'begun' the latest row; fact_sales replaced,
+    fact_inventory not), the check passed on fact_sales and its 'success' at "now" made the day loaded again.
+
     Returns: the actual totals (revenue as a string) when every check passes.
 
     Raises:
         LakeChangedError: the raw partitions changed since the build that was loaded (recorded 'failed' with the
             files and any failed check; retryable: not an EtlError).
         DataQualityError: listing every failed check (the run is recorded with status 'failed').
+        EtlError: no ``started_at`` and the day's latest load did not finish (:func:`unattended_start`); nothing
+            is recorded.
     """
-    started_at = started_at or dt.datetime.now(dt.timezone.utc)
     client, db, lake = _client(), _db(), open_lake()
+    started_at = started_at or unattended_start(client, db, day)
     started_at = max(started_at, own_latest_begun(client, db, day, dag_run_id) or started_at)
     loaded, now = read_manifest(lake, day, LOADED_MANIFEST), raw_manifest(lake, day)
     actual = star_sales_totals(client, db, day)

@@ -617,3 +617,11 @@ def test_etl_run_lists_show_a_begun_row_only_when_it_is_the_days_latest(bi):
     listed = listed[listed["date_key"].isin([20310101, 20310102])]
     assert sorted(zip(listed["date_key"], listed["status"])) == [
         (20310101, "success"), (20310102, "begun"), (20310102, "success")]   # old view: d1's 'begun' listed too
+    # Power BI's 'Last ETL Status' (migration 099): the run a row belongs to, whether it is its day's latest row, and
+    # the rank of its status (success 0, begun 1, failed 2); a run outside Airflow is keyed by its started_at
+    record_run(client, db, dt.date(2031, 1, 3), "failed", "load", t, dag_run_id="")
+    rows = q(client, f"SELECT date_key, status, run_label, is_day_latest, status_rank FROM {db}.v_etl_runs "
+                     "WHERE date_key IN (20310101, 20310102, 20310103) ORDER BY date_key, status")
+    assert list(rows.itertuples(index=False, name=None)) == [
+        (20310101, "success", "night_1", 1, 0), (20310102, "begun", "reload_2", 1, 1),
+        (20310102, "success", "night_2", 0, 0), (20310103, "failed", "2031-01-03 08:00:00.000", 1, 2)]

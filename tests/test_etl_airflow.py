@@ -444,6 +444,44 @@ def test_rerun_with_a_late_inventory_update_rebuilds_the_later_days(etl_dag, lan
     assert stock() == {20110824: (old, 0, received), 20110825: (old, 1, 0), 20110826: (old, 1, 0)}
 
 
+def test_a_rechecked_day_whose_build_fails_does_not_stop_the_night(etl_dag, landed, native_stack):
+    """A raw file of 0 bytes lands in DAY1's sales partition after DAY1 was loaded: the re-check of night DAY2 builds
+    DAY1 again and the Spark job raised EtlError ("raw file(s) of 0 bytes") for it, exit 3, build_facts failed without
+    retry (old code): DAY2 was never built nor loaded, and so every night while DAY1 stayed in the 7-day window. Now
+    DAY1 is left out and recorded 'failed' ("re-check build failed: ..."), DAY2 is built, loaded and reconciled, and
+    check_gaps fails the run naming DAY1 and the reason; removing the file and a backfill of DAY1 load it."""
+    from airflow.utils.state import TaskInstanceState
+
+    from core.clickhouse import get_client
+    from etl import star_schema as etl
+
+    client, db, lake = get_client(native_stack), native_stack.clickhouse_database, landed
+    assert run(etl_dag, DAY1)[1]
+    path = (lake.settings.lake_raw_bucket, "sales_transaction/year=2011/month=08/day=24/batch-bad.parquet")
+    with lake.fs.open_output_stream(lake.path(*path)):
+        pass   # 0 bytes
+    try:
+        assert etl.days_to_recheck(lake, DAY2, native_stack.etl_recheck_days) == [DAY1]
+        dr, ok = run(etl_dag, DAY2)
+        states = {t.task_id: t.state for t in dr.get_task_instances()}
+        assert states == {"build_facts": TaskInstanceState.SUCCESS, "load": TaskInstanceState.SUCCESS,   # old code:
+                          "quality_check": TaskInstanceState.SUCCESS,                   # build_facts FAILED, the
+                          "check_gaps": TaskInstanceState.FAILED}                       # rest upstream_failed
+        assert not ok   # the run's outcome shows it
+        ok2, why = etl.etl_load_status(DAY2, client, db)
+        assert ok2, why   # the night's own day loaded and reconciled: training goes on
+        ok1, why = etl.etl_load_status(DAY1, client, db)
+        assert not ok1 and "re-check build failed: EtlError: raw file(s) of 0 bytes" in why
+        with pytest.raises(etl.LoadGapError, match=r"2011-08-24 at load .*re-check build failed") as gap:
+            etl.check_load_gaps(DAY2)
+        assert gap.value.days == [DAY1]
+    finally:
+        lake.delete_file(*path)
+    assert run(etl_dag, DAY1)[1]   # the backfill check_gaps prints, once the file is gone
+    assert etl.loaded_days(client, db, DAY1, DAY2) == {DAY1, DAY2}
+    assert etl.check_load_gaps(DAY2) == []
+
+
 # ------------------------------------------------------------- small scenarios in a fresh database --
 D1, D2, D3, D4 = dt.date(2024, 3, 29), dt.date(2024, 3, 30), dt.date(2024, 3, 31), dt.date(2024, 4, 1)
 
@@ -844,8 +882,10 @@ def test_a_loaded_day_whose_last_run_failed_is_a_gap(native_stack):
         etl.record_run(client, db, D2, "failed", "quality_check", dt.datetime.now(dt.timezone.utc), message="x")
         assert etl.etl_load_status(D2, client, db)[0] is False   # the training / prediction DAGs' rule
         assert loaded_through(client, db, D1 - dt.timedelta(days=1), D3) == D1   # stops before D2
-        with pytest.raises(etl.LoadGapError, match=r"1 day\(s\) with raw events .*: 2024-03-30\. Load") as err:
-            etl.check_load_gaps(D4)
+        with pytest.raises(etl.LoadGapError, match=r"1 day\(s\) with raw events .*: 2024-03-30; 1 day\(s\) are not "
+                                                   r"loaded because their latest run failed: 2024-03-30 at "
+                                                   r"quality_check .*: x\. Load") as err:
+            etl.check_load_gaps(D4)   # with its failure's stage and message (since 2026-12-07)
         assert err.value.days == [D2]
         assert etl.loaded_days(client, db, D1, D3) == {D1, D3}
         run_pandas(D2)
@@ -1102,6 +1142,156 @@ def test_a_check_retried_after_its_own_reload_records_under_that_reloads_start(n
         assert not etl.etl_load_status(D1, client, db)[0]
 
 
+def _land_late_line_of_d1(lake) -> None:
+    """A sales line of D1 landing after D1 was loaded (its raw listing changes: the re-check rebuilds D1)."""
+    from etl import star_schema as etl
+
+    late = small_sales([["t10", "S1", "P2", 2, 3.5, _ts(D1, 22), "c9", "CARD", "i10", 1, 50]])
+    lake.write_table(pa.Table.from_pandas(late[SALES_SCHEMA.names], schema=SALES_SCHEMA, preserve_index=False),
+                     *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
+
+
+def test_a_retry_of_the_load_does_not_reload_the_rechecked_days_the_first_attempt_loaded(native_stack, monkeypatch):
+    """Night D4 re-checks D1 (a late line): attempt 1 loads D1, then D4's load fails (ClickHouse unreachable: not
+    bad data, retried). The retry loaded every 'begun' day of the window again: D1 a second time (loads
+    [D1, D4, D1, D4], one extra reload per re-checked day and retry). Now a day whose load finished (its 'begun' row
+    of stage load_done) is only reconciled: loads [D1, D4, D4]; D1 still reconciled (4 lines) and loaded."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2, D3):
+            nightly_pandas(lake, s, d)
+        _land_late_line_of_d1(lake)
+        for d in etl.days_to_recheck(lake, D4, s.etl_recheck_days) + [D4]:   # build_facts: D1 rebuilt, then D4
+            etl.extract(d), etl.transform(d)
+        calls, real_load = [], etl.load
+
+        def counting_load(day, *args, **kwargs):
+            calls.append(day)
+            if day == D4 and calls.count(D4) == 1:
+                raise ConnectionError("ClickHouse unreachable")   # attempt 1's load of D4
+            return real_load(day, *args, **kwargs)
+
+        monkeypatch.setattr(etl, "load", counting_load)
+        with pytest.raises(ConnectionError):
+            etl.load_recorded(D4, dag_run_id="scheduled__d4")
+        loaded = etl.load_recorded(D4, dag_run_id="scheduled__d4")   # Airflow's retry of the load task
+        monkeypatch.undo()
+        assert calls == [D1, D4, D4]   # old code: [D1, D4, D1, D4]
+        assert loaded["rechecked_days"] == ["2024-03-29"] and loaded["failed_rechecks"] == {}
+        started = dt.datetime.fromisoformat(loaded["started_at"])
+        assert etl.quality_check(D1, started, dag_run_id="scheduled__d4")["rows"] == 4   # the late line is in
+        etl.quality_check(D4, started, dag_run_id="scheduled__d4")
+        assert etl.loaded_days(client, db, D1, D4) == {D1, D2, D3, D4}
+        assert int(client.query(f"SELECT sum(units_sold) FROM {db}.fact_inventory WHERE date_key = 20240329"
+                                ).result_rows[0][0]) == 8
+
+
+def test_a_stuck_rechecked_day_is_recorded_failed_and_the_night_still_loads_its_own_day(native_stack):
+    """D1's raw sales partition disappears after D1 was loaded (its listing changed: re-checked every night of the
+    window) and its reload is refused every time (refuse_missing_raw: fact_sales holds 3 lines of it). That
+    EtlError failed the whole night D4 (old code: load_recorded raised 'refusing to load 2024-03-29'), and D5, ...
+    while D1 stayed in the 7-day window: D4 never loaded, training and predictions waited. Now D1 is recorded
+    'failed' with the reason, D4 and D5 are loaded and reconciled, and check_gaps names D1 with the reason and a
+    backfill command that re-runs it (--reprocess-behavior completed: D1's own run succeeded)."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2, D3):
+            nightly_pandas(lake, s, d)
+        lake.delete_dir(lake.settings.lake_raw_bucket, "sales_transaction/year=2024/month=03/day=29")
+        assert etl.days_to_recheck(lake, D4, s.etl_recheck_days) == [D1]
+        for night in (D4, D4 + dt.timedelta(days=1)):
+            out = nightly_pandas(lake, s, night)   # old code: EtlError refusing to load 2024-03-29
+            assert list(out["failed_rechecks"]) == ["2024-03-29"]
+            assert "has no Parquet file but fact_sales holds 3 row" in out["failed_rechecks"]["2024-03-29"]
+            assert out["rechecked_days"] == []
+            ok, why = etl.etl_load_status(night, client, db)
+            assert ok, why   # the night's own day is loaded and reconciled
+            ok, why = etl.etl_load_status(D1, client, db)
+            assert not ok and "failed at load" in why and "re-check load failed: EtlError: refusing" in why
+            with pytest.raises(etl.LoadGapError, match=r"1 day\(s\) are not loaded because their latest run failed: "
+                                                       r"2024-03-29 at load .*refusing to load 2024-03-29") as gap:
+                etl.check_load_gaps(night)
+            assert gap.value.days == [D1]
+            assert "--from-date 2024-03-29 --to-date 2024-03-29T23:59:59 --max-active-runs 1 --reprocess-behavior " \
+                   "completed" in str(gap.value)
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240329").result_rows[0][0] == 3
+        assert etl.loaded_days(client, db, D1, D4 + dt.timedelta(days=1)) == {D2, D3, D4, D4 + dt.timedelta(days=1)}
+
+
+def test_the_backfill_command_reruns_a_day_whose_own_run_succeeded(native_stack):
+    """D3 was loaded by its own run (scheduled__d3, succeeded); night D4's re-check of D3 then failed its quality
+    check (a fact_sales line of D3 lost: DataQualityError, recorded 'failed'). check_gaps named D3 with
+    `airflow backfill create ... --reprocess-behavior failed` (old code): Airflow's backfill re-runs only failed
+    runs, so it skipped D3, whose run succeeded, and D3 stayed not loaded. Now every range is printed with
+    --reprocess-behavior completed (every day named is not loaded, whatever its Airflow run's state)."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2, D3):
+            etl.extract(d), etl.transform(d)
+            loaded = etl.load_recorded(d, dag_run_id=f"scheduled__{d}")
+            etl.quality_check(d, dt.datetime.fromisoformat(loaded["started_at"]), dag_run_id=f"scheduled__{d}")
+        client.command(f"ALTER TABLE {db}.fact_sales DELETE WHERE date_key = 20240331 AND quantity < 0 "
+                       "SETTINGS mutations_sync = 2")
+        with pytest.raises(etl.DataQualityError):
+            etl.quality_check(D3, dt.datetime.now(dt.timezone.utc), dag_run_id="scheduled__d4")
+        assert etl.loaded_days(client, db, D1, D3) == {D1, D2}
+        with pytest.raises(etl.LoadGapError) as gap:
+            etl.check_load_gaps(D4)
+        assert gap.value.days == [D3]
+        assert re.findall(r"--from-date (\S+) .*?--reprocess-behavior (\w+)`", str(gap.value)) == [
+            ("2024-03-31", "completed")]   # old code: [('2024-03-31', 'failed')]
+
+
+def test_a_quality_check_by_hand_after_a_reload_stopped_half_way_is_refused(native_stack, monkeypatch):
+    """A reload of D1 (a re-run with the lake unchanged, e.g. after an ETL fix) killed after fact_sales was replaced,
+    before fact_inventory: its 'begun' row is D1's latest (not loaded). A quality check run by hand (no started_at: no
+    load task's XCom) reconciled fact_sales with the lake and recorded 'success' stamped now, after the 'begun': D1
+    counted as loaded over the unfinished load (old code: loaded_days {D1, D2}, no error). Now it is refused with an
+    EtlError naming the unfinished load and nothing is recorded; once a load finished, a check by hand records under
+    that load's started_at (the day's latest row's)."""
+    from etl import star_schema as etl
+
+    class Killed(BaseException):   # the worker killed: no 'failed' row can be written
+        pass
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2):
+            nightly_pandas(lake, s, d)
+        etl.extract(D1), etl.transform(D1)
+        build_inventory = etl.build_inventory
+
+        def killed(client_, db_, day, *args, **kwargs):
+            raise Killed()
+
+        monkeypatch.setattr(etl, "build_inventory", killed)
+        with pytest.raises(Killed):
+            etl.load_recorded(D1, dag_run_id="manual__reload")
+        monkeypatch.setattr(etl, "build_inventory", build_inventory)
+        assert not etl.etl_load_status(D1, client, db)[0]   # the unfinished load's 'begun' is the latest row
+        rows_before = client.query(f"SELECT count() FROM {db}.etl_runs").result_rows[0][0]
+        with pytest.raises(etl.EtlError, match=r"quality check of 2024-03-29 refused: no started_at .* a load that "
+                                               r"began and never finished .* by run 'manual__reload'"):
+            etl.quality_check(D1)   # old code: passed, 'success' recorded at now
+        assert etl.loaded_days(client, db, D1, D2) == {D2}   # old code: {D1, D2}
+        assert client.query(f"SELECT count() FROM {db}.etl_runs").result_rows[0][0] == rows_before
+        loaded = etl.load_recorded(D1, dag_run_id="manual__reload2")   # the load again, finished (load_done)
+        qc = etl.quality_check(D1)   # by hand: recorded under that load's started_at, after its rows
+        assert qc["rows"] == 3 and etl.loaded_days(client, db, D1, D2) == {D1, D2}
+        latest = etl.latest_runs(client, db, D1, D1)[D1]
+        assert latest.status == "success"
+        assert abs(latest.started_at - dt.datetime.fromisoformat(loaded["started_at"])) < dt.timedelta(milliseconds=1)
+
 def test_orphan_staging_tables_older_than_the_bound_are_dropped_and_fresh_ones_kept(native_stack):
     """A load killed between creating its own staging table and dropping it leaves the table behind; the next
     replacement of the same table drops such tables older than STAGING_ORPHAN_HOURS (6 h) and never a younger one
@@ -1153,8 +1343,9 @@ def test_gap_commands_are_one_per_range(native_stack):
         assert re.findall(r"--from-date (\S+) --to-date (\S+?)T", msg) == [("2024-03-30", "2024-03-30"),
                                                                           ("2024-04-01", "2024-04-01")]
         # Airflow 3 runs one backfill per DAG at a time, its own max_active_runs (10) overrides the DAG's 1, and
-        # "none" (its default) would not re-run a day whose last run failed: days in order, failed ones again
-        assert re.findall(r"T23:59:59 --max-active-runs (\d+) --reprocess-behavior (\w+)`", msg) == [("1", "failed")] * 2
+        # "none" (its default) would not re-run a day whose last run failed, "failed" one whose run succeeded (until
+        # 2026-12-07 printed here): days in order, every named day again
+        assert re.findall(r"T23:59:59 --max-active-runs (\d+) --reprocess-behavior (\w+)`", msg) == [("1", "completed")] * 2
 
 
 def test_a_misfiled_line_without_price_does_not_fail_the_quality_check(native_stack):

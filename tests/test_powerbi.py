@@ -882,6 +882,16 @@ def known_data(engine, writer):
              status, "done" if status == "success" else "load", 100, 0, 90, 48, 200, Decimal("512.5"), ""]
             for i, (d, status) in enumerate([(dt.date(2026, 1, 12), "success"), (dt.date(2026, 1, 13), "failed"),
                                              (dt.date(2026, 1, 13), "success"), (dt.date(2026, 1, 19), "failed")])]
+    # the latest night (run n4, every row at its load's started_at 01-21 08:00): 01-13 re-checked, begun and reconciled;
+    # its own day 01-20 begun and failed. MAX(status) at the latest started_at said 'success' (until 2026-12-07)
+    night = ts(2026, 1, 21, 8, 0)
+    for i, (d, status, stage, end) in enumerate([(dt.date(2026, 1, 13), "begun", "load", 1),
+                                                 (dt.date(2026, 1, 13), "begun", "load_done", 2),
+                                                 (dt.date(2026, 1, 13), "success", "quality_check", 9),
+                                                 (dt.date(2026, 1, 20), "begun", "load", 3),
+                                                 (dt.date(2026, 1, 20), "failed", "load", 4)]):
+        runs.append([f"n4-{i}", "scheduled__2026-01-20", dkey(d), night, night + dt.timedelta(minutes=end), status,
+                     stage, 0 if status == "begun" else 100, 0, 0 if status == "begun" else 90, 0, 0, Decimal(0), ""])
     w.insert("etl_runs", runs, column_names=["run_id", "dag_run_id", "date_key", "started_at", "finished_at",
                                              "status", "stage", "raw_sales_rows", "duplicate_sales_rows",
                                              "fact_sales_rows", "fact_inventory_rows", "units_net", "revenue",
@@ -1436,8 +1446,10 @@ TWINS: dict[str, str] = {
     "Median Days Until Stock-out": agg("v_reorder_latest", "quantileExactInclusiveOrNull(0.5)(days_until_stockout)"),
     "Slow-moving SKU Share": DIV(agg("v_sku_classification_latest", "sumOrNull(is_slow_moving)"),
                                  agg("v_sku_classification_latest", "nullIf(count(), 0)")),
-    "Last ETL Status": agg("v_etl_runs", "maxOrNull(status)",
-                           "started_at = (SELECT max(started_at) FROM v_etl_runs WHERE <<v_etl_runs>>)"),
+    # the latest run (run_label of the latest started_at row), each day's current row of it, the worst status
+    "Last ETL Status": agg("v_etl_runs", "argMaxOrNull(status, status_rank)",
+                           "is_day_latest = 1 AND run_label = (SELECT argMax(run_label, started_at) FROM v_etl_runs "
+                           "WHERE <<v_etl_runs>>)"),
     "Failed ETL Runs": agg("v_etl_runs", "nullIf(countIf(status = 'failed'), 0)"),
 }
 
@@ -1666,6 +1678,39 @@ def test_last_day_measures_use_the_last_day_with_inventory(model, model_data):
         assert engine.measure("SKUs Out of Stock", ctx) == float(on_last["is_stockout"].sum())
         assert same(engine.measure("Days of Cover", ctx), closing / (sold28 / 28))
     assert engine.measure("Closing Stock", {}) is not None and last == 20260121
+
+
+@pytest.mark.integration
+def test_last_etl_status_is_the_worst_current_status_of_the_latest_night(model, model_data, reader):
+    """Every row of a night carries its load's started_at; 'Last ETL Status' took MAX ( status ) of the rows at the
+    latest started_at, and 'success' > 'failed' > 'begun' as text: the latest night (n4: 01-13 re-checked and
+    reconciled, its own day 01-20 failed) showed 'success' (old DAX and twin). Now the worst current status
+    (failed > begun > success) of the days the latest run wrote: 'failed'. A night whose first attempt failed and whose
+    retry succeeded is 'success' (the failed row is no longer its day's latest); a reload stopped half-way is 'begun'."""
+    engine = Dax(model, model_data)
+    assert engine.measure("Last ETL Status", {}) == "failed"   # old code: 'success'
+    assert reader.query(Twin(model, model_data, {}).render("Last ETL Status")).result_rows[0][0] == "failed"
+
+    def status_with(rows: list[tuple]) -> str:
+        """The measure over the imported v_etl_runs plus ``rows`` (date_key, started_at, finished_at, status,
+        dag_run_id), is_day_latest recomputed in pandas over the listed rows (a hidden 'begun' is never the latest)."""
+        cols = ["date_key", "started_at", "finished_at", "status", "dag_run_id"]
+        add = pd.DataFrame(rows, columns=cols, dtype=object)
+        add["run_label"] = add["dag_run_id"]
+        add["status_rank"] = add["status"].map({"success": 0, "begun": 1, "failed": 2})
+        runs = pd.concat([model_data["v_etl_runs"], add], ignore_index=True)
+        order = runs.sort_values(["started_at", "finished_at"], kind="stable")
+        latest = set(order.groupby("date_key").tail(1).index)
+        runs["is_day_latest"] = [int(i in latest) for i in runs.index]
+        return Dax(model, {**model_data, "v_etl_runs": runs}).measure("Last ETL Status", {})
+
+    s1, s2 = pd.Timestamp(2026, 1, 22, 8, 0), pd.Timestamp(2026, 1, 22, 8, 30)
+    retried = [(20260121, s1, s1 + pd.Timedelta(minutes=3), "failed", "n5"),   # attempt 1's load failed
+               (20260121, s2, s2 + pd.Timedelta(minutes=9), "success", "n5")]  # the retry reconciled it
+    assert status_with(retried) == "success"
+    stopped = retried + [(20260121, pd.Timestamp(2026, 1, 22, 10, 0), pd.Timestamp(2026, 1, 22, 10, 1), "begun",
+                          "manual__reload")]
+    assert status_with(stopped) == "begun"
 
 
 @pytest.mark.integration
