@@ -457,11 +457,11 @@ def test_optimise_stock_restocks_an_inactive_series_that_is_out_of_stock(native_
 
     client, db = get_client(native_stack), native_stack.clickhouse_database
     assert native_stack.lead_time_days == 3
-    _store_and_product(client, db, 22, "IN-1", 202, "IN-A")
-    day0 = OO_DAY + dt.timedelta(days=30)
+    _store_and_product(client, db, 23, "IN-1", 203, "IN-A")
+    day0 = OO_DAY + dt.timedelta(days=90)   # after the on-order tests' nights (their loaders see none of these rows)
 
     def night(day: dt.date, stock: int) -> tuple[pd.Series, dict]:
-        client.insert(f"{db}.fact_inventory", [[int(day.strftime("%Y%m%d")), 22, 202, stock, 0, 0, 0, 0]],
+        client.insert(f"{db}.fact_inventory", [[int(day.strftime("%Y%m%d")), 23, 203, stock, 0, 0, 0, 0]],
                       column_names=["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward",
                                     "units_sold", "units_returned", "units_received"])
         f = pd.DataFrame({"forecast_origin": day, "target_date": [day + dt.timedelta(days=h) for h in range(1, H + 1)],
