@@ -438,7 +438,9 @@ def inventory_analyst() -> None:
     if reorder is not None and not reorder.empty:
         st.markdown(f"**Reorder recommendations** (reorder point = lead-time demand + safety stock; an order when stock "
                     "+ on order (earlier nights' orders not yet received) is at or below it; order_bound: the rule that "
-                    f"set the quantity: eoq, rop_gap, cover_cap, capacity, shelf_life or none; the {len(reorder)} most "
+                    "set the quantity: eoq, rop_gap, cover_cap, capacity, shelf_life, none, inactive (stopped selling, "
+                    "nothing ordered) or inactive_out_of_stock (stopped selling but out of stock: restocked); the "
+                    f"{len(reorder)} most "
                     "urgent)")
         st.dataframe(reorder, hide_index=True, use_container_width=True, height=300)
     slow = fetch("slow_movers")

@@ -176,13 +176,25 @@ def check_inactive_rule(days, intervals) -> tuple[int, float]:
     number >= 0 (0 = the rule off) and intervals a finite number >= 0.
 
     Raises:
-        ValueError: anything else (the message names ``inactive_days`` / ``inactive_intervals``).
+        ValueError: anything else, also inf, NaN, None, a bool or a string (the message names ``inactive_days`` /
+            ``inactive_intervals``; until 2026-12-07 inf raised OverflowError, NaN and 'x' a ValueError naming
+            neither, None a TypeError).
     """
-    if isinstance(days, bool) or not float(days) == int(days) or int(days) < 0:
+    def number(value, name: str, rule: str) -> float:
+        try:
+            if isinstance(value, (bool, str, bytes)) or value is None:
+                raise TypeError
+            v = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{name} must be {rule}, got {value!r}") from None
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be {rule}, got {value!r}")
+        return v
+
+    d = number(days, "inactive_days", "a whole number of days >= 0 (0 = off)")
+    if d != int(d):
         raise ValueError(f"inactive_days must be a whole number of days >= 0 (0 = off), got {days!r}")
-    if not (math.isfinite(float(intervals)) and float(intervals) >= 0):
-        raise ValueError(f"inactive_intervals must be a finite number >= 0, got {intervals!r}")
-    return int(days), float(intervals)
+    return int(d), number(intervals, "inactive_intervals", "a finite number >= 0")
 
 
 class InsufficientHistory(ValueError):
@@ -265,7 +277,9 @@ class BacktestResult:
     """Backtest output.
 
     predictions: one row per (series, origin, h): store_id, product_id, origin, date, h, y,
-        level_bucket, rmean_30 and one point-forecast column (units) per model.
+        level_bucket, rmean_30, inactive (bool, :func:`zero_inactive`: every model's forecast is 0 on those rows;
+        kept so the benchmark's safety-stock check plans no stock for them, as the reorder step) and one
+        point-forecast column (units) per model.
     metrics: model, h (0 = pooled), wape, mae, rmse, rmsse, n, sum_y, coverage80, coverage95.
     quantiles: model, h, level_bucket, lower95, lower80, upper80, upper95 (additive residual bounds, units),
         lead_sigma (units: :func:`lead_time_sigma`, the error spread of the demand total over days 1..h),
@@ -695,75 +709,99 @@ def statsforecast_chunked(features, origin, horizon: int, window_days: int = 365
 
 def sale_summary(features, origin) -> pd.DataFrame:
     """Per series, its sales up to ``origin`` (inclusive): DataFrame store_id, product_id, first_sale, last_sale
-    (datetime64[ns]: the first and last days with units > 0) and demand_days (days with units > 0); series without
-    a sale up to then are absent. ``features``: a pandas feature table or a Spark one (aggregated in Spark: one row
-    per series reaches the driver)."""
+    (datetime64[ns]: the first and last days with units > 0), demand_days (days with units > 0) and units_sold
+    (units, float64: their total); series without a sale up to then are absent. ``features``: a pandas feature
+    table or a Spark one (aggregated in Spark: one row per series reaches the driver; both paths give the same
+    columns, and :func:`inactive_series` derives the interval from them alone)."""
     o = pd.Timestamp(origin)
     if isinstance(features, pd.DataFrame):
-        f = features.loc[(features["date"] <= o) & (features["units"] > 0), [*KEYS, "date"]]
-        g = f.groupby(KEYS, sort=False, observed=True)["date"].agg(["min", "max", "size"]).reset_index()
-        out = g.rename(columns={"min": "first_sale", "max": "last_sale", "size": "demand_days"})
+        f = features.loc[(features["date"] <= o) & (features["units"] > 0), [*KEYS, "date", "units"]]
+        g = f.groupby(KEYS, sort=False, observed=True).agg(first_sale=("date", "min"), last_sale=("date", "max"),
+                                                           demand_days=("date", "size"),
+                                                           units_sold=("units", "sum")).reset_index()
+        out = g
     else:
         from pyspark.sql import functions as F
 
         out = (features.where((F.col("units") > 0) & (F.col("date") <= F.lit(o.date())))
                .groupBy(*KEYS).agg(F.min("date").alias("first_sale"), F.max("date").alias("last_sale"),
-                                   F.count(F.lit(1)).alias("demand_days")).toPandas())
+                                   F.count(F.lit(1)).alias("demand_days"),
+                                   F.sum(F.col("units").cast("double")).alias("units_sold")).toPandas())
     for c in ("first_sale", "last_sale"):
         out[c] = pd.to_datetime(out[c]).astype("datetime64[ns]")
     out["demand_days"] = out["demand_days"].astype("int64")
-    return out[[*KEYS, "first_sale", "last_sale", "demand_days"]]
+    out["units_sold"] = out["units_sold"].astype("float64")
+    return out[[*KEYS, "first_sale", "last_sale", "demand_days", "units_sold"]]
 
 
 def inactive_series(summary: pd.DataFrame, origin, days: int = INACTIVE_DAYS,
                     intervals: float = INACTIVE_INTERVALS) -> pd.DataFrame:
     """The inactive-series rule at ``origin`` (pure): a series whose last sale lies more than
     max(``days``, ``intervals`` x its mean inter-demand interval) days before the origin has stopped selling
-    (delisted, discontinued, lost its facing): every model forecasts 0 for it and the reorder plan orders nothing.
+    (delisted, discontinued, lost its facing): every model forecasts 0 for it; the reorder plan orders nothing for
+    it while it has stock on hand (:func:`ml.optimize.recommend`: out of stock, its silence may be the empty
+    shelf's, and it is planned on its selling rate, order_bound ``inactive_out_of_stock``).
 
-    The mean inter-demand interval is (origin - first sale + 1) / demand days (days per demand day since its first
-    sale, the ADI of Syntetos & Boylan 2005 over the series' life): a series that sells once a month is not
-    inactive after 56 days without a sale, only after 3 of its intervals. Why: statsforecast's Croston (and
-    AutoETS) forecast the last demand rate whatever the time since the last demand, e.g. 2.00/day 110 days after
-    the last sale, an order of the EOQ (242 units at stock 0) when it is champion; on the M5 benchmark's 6 origins
-    its 28-day forecasts of the series with no sale in 56+ days summed 9,022 units against 152 sold (FOODS_2_360,
-    delisted, 300-1,148 units each). The trailing 28-day mean and the seasonal naive are 0 there already, the GBT nearly (its
-    credibility weight on a 90-day mean of about 0).
+    The mean inter-demand interval is the mean gap between its demand days up to the last sale,
+    (last sale - first sale) / (demand days - 1) (the ADI of Syntetos & Boylan 2005 over the series' selling
+    span); a series with a single demand day has none (NaN) and the ``days`` floor alone applies. A series that
+    sells once a month is not inactive after 56 days without a sale, only after 3 of its intervals. Until
+    2026-12-07 the interval was (origin - first sale + 1) / demand days, which counts the trailing silence itself:
+    with k demand days the silence had to exceed 3 x span / (k - 3), so a series with 3 or fewer demand days was
+    never inactive (three 40-unit orders on consecutive days, then 297 silent days: interval 100, statsforecast
+    1.22/day) and 10 sales 30 days apart became inactive after 129 silent days instead of 3 x 30 = 90.
+    Why the rule: statsforecast's Croston (and AutoETS) forecast the last demand rate whatever the time since the
+    last demand, e.g. 2.00/day 110 days after the last sale, an order of the EOQ (242 units at stock 0) when it is
+    champion; on the M5 benchmark's 6 origins its 28-day forecasts of the series with no sale in 56+ days summed
+    9,022 units against 152 sold (FOODS_2_360, delisted, 300-1,148 units each). The trailing 28-day mean and the
+    seasonal naive are 0 there already, the GBT nearly (its credibility weight on a 90-day mean of about 0).
 
     Args:
         summary: :func:`sale_summary` at ``origin``; days: >= 0 (0 = the rule off: nothing inactive);
             intervals: >= 0.
     Returns:
-        DataFrame store_id, product_id, days_since_sale (days), interval (days), inactive (bool), one row per
-        series of ``summary``; a series never sold is not in it (not inactive: nothing says it stopped).
+        DataFrame store_id, product_id, days_since_sale (days), interval (days; NaN with one demand day),
+        selling_rate (units/day over the selling span: units sold / (last sale - first sale + 1), a demand
+        estimate the silence after the last sale does not censor; NaN when ``summary`` has no units_sold),
+        inactive (bool), one row per series of ``summary``; a series never sold is not in it (not inactive:
+        nothing says it stopped).
     Raises:
         ValueError: days or intervals invalid (:func:`check_inactive_rule`).
     """
     days, intervals = check_inactive_rule(days, intervals)
     o = pd.Timestamp(origin)
     since = (o - summary["last_sale"]).dt.days.to_numpy("float64")
-    interval = ((o - summary["first_sale"]).dt.days.to_numpy("float64") + 1) / summary["demand_days"].to_numpy(
-        "float64")
-    inactive = (since > np.maximum(days, intervals * interval)) if days > 0 else np.zeros(len(summary), bool)
+    span = (summary["last_sale"] - summary["first_sale"]).dt.days.to_numpy("float64")
+    k = summary["demand_days"].to_numpy("float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        interval = np.where(k > 1, span / np.maximum(k - 1, 1), np.nan)
+    bound = np.fmax(float(days), intervals * interval)    # NaN interval (one demand day): the days floor alone
+    inactive = (since > bound) if days > 0 else np.zeros(len(summary), bool)
+    sold = (summary["units_sold"].to_numpy("float64") if "units_sold" in summary.columns
+            else np.full(len(summary), np.nan))
     return pd.DataFrame({"store_id": summary["store_id"].to_numpy(), "product_id": summary["product_id"].to_numpy(),
-                         "days_since_sale": since, "interval": interval, "inactive": inactive})
+                         "days_since_sale": since, "interval": interval, "selling_rate": sold / (span + 1),
+                         "inactive": inactive})
 
 
 def zero_inactive(rows: pd.DataFrame, features, models, days: int = INACTIVE_DAYS,
                   intervals: float = INACTIVE_INTERVALS) -> pd.DataFrame:
     """``rows`` (store_id, product_id, origin and a point-forecast column per model of ``models``, units) with an
-    ``inactive`` column (bool, :func:`inactive_series` at each row's origin from ``features``, pandas or Spark)
-    and every model's forecast set to 0 on the inactive rows. The backtest (:func:`backtest`) and the predictions
-    (:func:`forecast`) both go through it, so the champion is chosen on what is served."""
-    out = rows.drop(columns=["inactive"], errors="ignore")
+    ``inactive`` column (bool, :func:`inactive_series` at each row's origin from ``features``, pandas or Spark),
+    a ``selling_rate`` column (units/day over the series' selling span, :func:`inactive_series`; NaN for a series
+    never sold) and every model's forecast set to 0 on the inactive rows. The backtest (:func:`backtest`) and the
+    predictions (:func:`forecast`) both go through it, so the champion is chosen on what is served."""
+    out = rows.drop(columns=["inactive", "selling_rate"], errors="ignore")
     flags = [inactive_series(sale_summary(features, o), o, days, intervals).assign(origin=pd.Timestamp(o))
              for o in pd.unique(out["origin"])]
-    flags = pd.concat(flags, ignore_index=True)[[*KEYS, "origin", "inactive"]] if flags else None
+    flags = pd.concat(flags, ignore_index=True)[[*KEYS, "origin", "inactive", "selling_rate"]] if flags else None
     if flags is None or flags.empty:
         out["inactive"] = False
+        out["selling_rate"] = np.nan
         return out
     out = out.merge(flags, on=[*KEYS, "origin"], how="left")
     out["inactive"] = out["inactive"].fillna(False).astype(bool)
+    out["selling_rate"] = out["selling_rate"].astype("float64")
     for m in models:
         if m in out.columns:
             out[m] = out[m].where(~out["inactive"], 0.0)
@@ -1291,7 +1329,7 @@ def backtest(spark, features: pd.DataFrame, cfg: ForecastConfig, log=print, with
     metrics = metrics_table(pred, pd.concat(scales, ignore_index=True), models)
     metrics = add_coverage(metrics, pred, models)
     quantiles = pd.concat([interval_table(pred, m).assign(model=m) for m in models], ignore_index=True)
-    keep = ["store_id", "product_id", "origin", "date", "h", "y", *models, "level_bucket", "rmean_30"]
+    keep = ["store_id", "product_id", "origin", "date", "h", "y", *models, "level_bucket", "rmean_30", "inactive"]
     qcols = ["model", "h", "level_bucket", *QUANTILES, "lead_sigma", *LEAD_QUANTILE_COLUMNS]
     return BacktestResult(pred[keep], metrics, quantiles[qcols],
                           edges, used, fit_s, n_train, timings, models)
@@ -1359,7 +1397,9 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
             (:func:`model_inactive_rule`): an inactive series' yhat is 0 (:func:`zero_inactive`).
     Returns:
         DataFrame store_id, product_id, origin (T), date (target day), h, yhat, lower95, lower80,
-        upper80, upper95 (units), inactive (bool: :func:`inactive_series`; its yhat is 0), and lead_sigma and lead_q500 .. lead_q999 (units: the backtest's error spread
+        upper80, upper95 (units), inactive (bool: :func:`inactive_series`; its yhat is 0), selling_rate (units/day
+        over the series' selling span, :func:`inactive_series`: what the reorder plan orders on for an inactive
+        series out of stock), and lead_sigma and lead_q500 .. lead_q999 (units: the backtest's error spread
         and error quantiles of the demand total over days 1..h for the series' level bucket,
         :func:`lead_time_sigma`, :func:`lead_time_quantiles`) when ``quantiles`` has them.
     Raises:
@@ -1395,7 +1435,8 @@ def forecast(spark, model, features, quantiles: pd.DataFrame, bucket_edges: list
     out = apply_intervals(rows, q)
     # models saved before them have none
     lead = [c for c in ("lead_sigma", *LEAD_QUANTILE_COLUMNS) if c in out.columns]
-    return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES, "inactive", *lead]].sort_values(
+    return out[["store_id", "product_id", "origin", "date", "h", "yhat", *QUANTILES, "inactive", "selling_rate",
+                *lead]].sort_values(
         ["store_id", "product_id", "h"]).reset_index(drop=True)
 
 

@@ -24,12 +24,20 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   earlier recommendations within the lead time as placed orders, less the RESTOCK receipts since, first in first
   out (:func:`open_orders`, ml.pipeline.load_open_orders; ORDER_COUNT_OPEN_RECOMMENDATIONS).
 * Order bound:                       which of these rules set Q (:func:`order_terms`): none, eoq, rop_gap,
-  cover_cap, capacity, shelf_life; ``inactive`` when the series stopped selling (:func:`recommend`).
+  cover_cap, capacity, shelf_life; ``inactive`` / ``inactive_out_of_stock`` for a series that stopped selling
+  (:func:`recommend`).
 * Inactive series:                   no sale for more than max(56 days, 3 x its mean inter-demand interval)
-  (:func:`ml.forecast.inactive_series`): its forecast is 0 and Q = 0, order_bound ``inactive`` (without the rule
-  the safety stock of its level bucket alone made an order, and a statsforecast champion's Croston forecast the
-  last demand rate, 2.00/day 110 days after the last sale: an EOQ order of 242 units at stock 0). Its stock-out
-  risk stays as computed (HIGH when out of stock: the silence may be the empty shelf's; a manager's call).
+  (:func:`ml.forecast.inactive_series`): its forecast is 0. With stock on hand (stock > 0) Q = 0, order_bound
+  ``inactive`` (without the rule the safety stock of its level bucket alone made an order, and a statsforecast
+  champion's Croston forecast the last demand rate, 2.00/day 110 days after the last sale: an EOQ order of 242
+  units at stock 0). Out of stock (stock <= 0) its silence may be the empty shelf's (censored demand: no stock,
+  no sale, so it would stay inactive and never be reordered; until 2026-12-07 a SKU selling 3/day out of stock
+  for 57 days got 0 units): it is planned on its selling rate d_s (units sold / days from its first to its last
+  sale, ``selling_rate``; the forecast when unknown), restocked to the reorder point without an EOQ:
+  ROP_s = d_s * L + SS, Q = ceil(ROP_s - IP) (then the capacity / shelf-life bounds), order_bound
+  ``inactive_out_of_stock`` (also when Q = 0, e.g. an order is already on the way); safety_stock and
+  reorder_point report ROP_s's terms, mean_demand stays the forecast (0). One lead time's demand at the old
+  rate: a sale can happen and the series recover; a delisted SKU is a manager's call. The stock-out risk is HIGH.
 * Reorder needed:                    Q > 0 (IP <= ROP but a bound leaves no room, or ROP = 0 with d_bar = 0,
   orders nothing and needs no reorder).
 * Days until stock-out:              stock / d_bar (capped at 999); 0 when stock <= 0; 999 when d_bar = 0.
@@ -129,7 +137,8 @@ def stockout_risk(stock, mean_demand, lead_time_days, rop):
 
 
 #: order_bound values: which rule set reorder_qty (:func:`order_terms`)
-ORDER_BOUNDS = ("none", "eoq", "rop_gap", "cover_cap", "capacity", "shelf_life", "inactive")
+ORDER_BOUNDS = ("none", "eoq", "rop_gap", "cover_cap", "capacity", "shelf_life", "inactive",
+                "inactive_out_of_stock")
 
 
 def order_terms(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,
@@ -276,7 +285,10 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
         inputs: columns store_id, product_id, stock (units on hand), mean_demand (forecast units/day),
             sigma_d (forecast-error sigma, units/day), unit_cost; optional on_order, storage_capacity,
             shelf_life_days, lead_time_days (per row; overrides the argument), inactive (bool: the series stopped
-            selling, :func:`ml.forecast.inactive_series`: reorder_qty 0, order_bound ``inactive``).
+            selling, :func:`ml.forecast.inactive_series`: with stock > 0, reorder_qty 0 and order_bound
+            ``inactive``; with stock <= 0 see the module docstring's inactive line, order_bound
+            ``inactive_out_of_stock``), selling_rate (units/day over the series' selling span, the demand an
+            out-of-stock inactive series is planned on; missing/NaN/0: its forecast mean_demand).
         lead_time_days: supplier lead time L (days); service_level: cycle service level;
         order_cost: S per order; holding_cost_rate: yearly holding cost as a fraction of unit cost.
         max_cover_days: no order beyond this many days of forecast demand (inventory position included) unless
@@ -309,10 +321,27 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
         df["storage_capacity"].to_numpy(float) if "storage_capacity" in df.columns else None,
         df["shelf_life_days"].to_numpy(float) if "shelf_life_days" in df.columns else None,
         max_cover_days=max_cover_days)
-    if "inactive" in df.columns:   # stopped selling: nothing ordered, whatever the safety stock says
-        off = df["inactive"].fillna(False).astype(bool).to_numpy()
-        df["reorder_qty"] = np.where(off, 0.0, df["reorder_qty"])
-        df["order_bound"] = np.where(off, "inactive", df["order_bound"]).astype(object)
+    if "inactive" in df.columns:   # stopped selling: nothing ordered while stock is on hand
+        off = df["inactive"].astype("boolean").fillna(False).to_numpy(bool)
+        empty = off & (df["stock"].to_numpy(float) <= 0)   # the silence may be the empty shelf's: censored demand
+        df["reorder_qty"] = np.where(off & ~empty, 0.0, df["reorder_qty"])
+        df["order_bound"] = np.where(off & ~empty, "inactive", df["order_bound"]).astype(object)
+        if empty.any():
+            rate = (df["selling_rate"].to_numpy(float) if "selling_rate" in df.columns
+                    else np.full(len(df), np.nan))
+            du = np.where(np.isfinite(rate) & (rate > 0), rate, d.to_numpy())[empty]
+            Le = L.to_numpy(float)[empty]
+            ss = safety_stock(df["sigma_d"].clip(lower=0).to_numpy(float)[empty], Le, service_level, du,
+                              sigma_lead_time)
+            rop = reorder_point(du, Le, ss)
+            cap = df["storage_capacity"].to_numpy(float)[empty] if "storage_capacity" in df.columns else None
+            life = df["shelf_life_days"].to_numpy(float)[empty] if "shelf_life_days" in df.columns else None
+            q, _ = order_terms(df["stock"].to_numpy(float)[empty],
+                               np.broadcast_to(np.asarray(on_order, dtype=float), len(df))[empty], rop,
+                               np.zeros(int(empty.sum())), du, cap, life, max_cover_days=max_cover_days)
+            for col, v in (("safety_stock", ss), ("reorder_point", rop), ("reorder_qty", q)):
+                df.loc[empty, col] = v
+            df.loc[empty, "order_bound"] = "inactive_out_of_stock"
     df["reorder_needed"] = (df["reorder_qty"] > 0).astype("uint8")
     df["days_until_stockout"] = days_until_stockout(df["stock"].to_numpy(float), d.to_numpy())
     df["stockout_risk"] = stockout_risk(df["stock"].to_numpy(float), d.to_numpy(), L.to_numpy(),
@@ -351,7 +380,8 @@ def inputs_from_forecast(pred: pd.DataFrame, lead_time_days: float | None = None
             :func:`recommend`.
     Returns:
         DataFrame store_id, product_id, mean_demand, sigma_d, one row per series; and inactive (bool, any of the
-        series' rows) when ``pred`` has that column (:func:`ml.forecast.forecast`).
+        series' rows) and selling_rate (units/day, the largest of its rows; NaN when unknown) when ``pred`` has
+        those columns (:func:`ml.forecast.forecast`).
     """
     from ml.forecast import LEAD_LEVELS, LEAD_QUANTILE_COLUMNS
 
@@ -361,6 +391,8 @@ def inputs_from_forecast(pred: pd.DataFrame, lead_time_days: float | None = None
     if "inactive" in p.columns:
         p["inactive"] = p["inactive"].fillna(False).astype(bool)
         agg["inactive"] = ("inactive", "any")
+    if "selling_rate" in p.columns:
+        agg["selling_rate"] = ("selling_rate", "max")
     g = p.groupby(keys, as_index=False).agg(**agg)
     hcol = "h" if "h" in p.columns else "horizon"
     if not lead_time_days or lead_time_days <= 0 or "lead_sigma" not in p.columns or hcol not in p.columns:

@@ -791,7 +791,10 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     LEAD_TIME_DAYS nights before are taken as placed orders, less the RESTOCK receipts since
     (:func:`load_open_orders`); the inventory position is stock + on_order. Each row stores on_order and
     order_bound (the rule that set reorder_qty, :func:`ml.optimize.order_terms`; ``inactive``: the forecasts flag the
-    series as stopped selling, :func:`ml.forecast.inactive_series`, and nothing is ordered).
+    series as stopped selling, :func:`ml.forecast.inactive_series`, and nothing is ordered while stock is on hand;
+    ``inactive_out_of_stock``: flagged but its closing stock is <= 0, so its silence may be the empty shelf's and
+    it is restocked to the reorder point of its selling rate, :func:`ml.optimize.recommend`). The result counts
+    both (``inactive``, ``inactive_out_of_stock`` and the latter's units, ``inactive_out_of_stock_units``).
     Series without an inventory record are skipped (counted in the result; their forecasts stay in
     forecast_predictions). A missing unit cost falls back to the list unit price for the holding cost.
     """
@@ -837,7 +840,10 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
             "risk": out["stockout_risk"].value_counts().to_dict(), "reorders": int(out["reorder_needed"].sum()),
             "on_order_units": float(out["on_order"].sum()),
             "order_bound": out["order_bound"].value_counts().to_dict(),
-            "inactive": int((out["order_bound"] == "inactive").sum())}
+            "inactive": int((out["order_bound"] == "inactive").sum()),
+            "inactive_out_of_stock": int((out["order_bound"] == "inactive_out_of_stock").sum()),
+            "inactive_out_of_stock_units": float(out.loc[out["order_bound"] == "inactive_out_of_stock",
+                                                         "reorder_qty"].sum())}
 
 
 def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> dict:

@@ -202,7 +202,10 @@ def safety_stock_service(bt, lead_times=(3, 7), service_level: float = 0.95) -> 
     without lead_sigma: the mean daily (upper80 - lower80) / 2.563) or from the lead-time total's error spread
     (``lead_time``: lead_sigma(L) / sqrt(L), :func:`ml.forecast.lead_time_sigma`) or from that total's empirical
     error quantile at the service level (``empirical``: the reorder step's choice, SS = q(E_L),
-    :func:`ml.forecast.lead_time_quantiles`). A cycle is served when the demand over days 1..L is <= ROP.
+    :func:`ml.forecast.lead_time_quantiles`). A cycle is served when the demand over days 1..L is <= ROP. An
+    inactive series (``inactive``, :func:`ml.forecast.inactive_series`) gets no safety stock and ROP 0, as the
+    reorder step orders nothing for it with stock on hand (the backtest has no stock: the out-of-stock restock,
+    order_bound ``inactive_out_of_stock``, is not modelled); until 2026-12-07 the bench planned their safety stock.
 
     Returns:
         {model: {"L=<days>": {method: {"service_level": share of cycles served, "mean_safety_stock": units}},
@@ -234,6 +237,9 @@ def safety_stock_service(bt, lead_times=(3, 7), service_level: float = 0.95) -> 
                     per = per[per["days"] == L]
                     safety = safety_stock(per["sigma_d"].to_numpy(float), L, service_level)
                     rop = reorder_point(per["mean_demand"].to_numpy(float), L, safety)
+                    if "inactive" in per.columns:   # production orders nothing for them (stock on hand assumed)
+                        off = per["inactive"].astype("boolean").fillna(False).to_numpy(bool)
+                        safety, rop = np.where(off, 0.0, safety), np.where(off, 0.0, rop)
                     hits[method] += (per["demand"].to_numpy() <= rop).tolist()
                     ss[method] += np.asarray(safety).tolist()
             res[f"L={L}"] = {k: {"service_level": round(float(np.mean(v)), 4) if v else None,

@@ -443,6 +443,73 @@ def test_optimise_stock_counts_what_is_on_order(native_stack):
 
 
 @pytest.mark.integration
+def test_optimise_stock_restocks_an_inactive_series_that_is_out_of_stock(native_stack):
+    """A series the forecasts flag inactive (no sale for more than max(56 days, 3 x its mean inter-demand
+    interval)) orders nothing while it has stock on hand (order_bound 'inactive'). Out of stock its silence may be
+    the empty shelf's (no stock, no sale): until 2026-12-07 it was ordered 0 units ('inactive') night after night
+    and never sold again. Now it is restocked to the reorder point of its selling rate (3/day over its selling
+    span): L 3, sigma_d 1 / 2.5631 = 0.3902, SS = 1.6449 x 0.3902 x sqrt(3) = 1.1116, ROP 9 + 1.11 = 10.11 -> 11
+    units, order_bound 'inactive_out_of_stock', counted apart in the task's result."""
+    from core.clickhouse import get_client
+    from core.lake import Lake
+    from ml.forecast import MODEL_PREFIX
+    from ml.pipeline import optimise_stock
+
+    client, db = get_client(native_stack), native_stack.clickhouse_database
+    assert native_stack.lead_time_days == 3
+    _store_and_product(client, db, 23, "IN-1", 203, "IN-A")
+    day0 = OO_DAY + dt.timedelta(days=90)   # after the on-order tests' nights (their loaders see none of these rows)
+
+    def night(day: dt.date, stock: int) -> tuple[pd.Series, dict]:
+        client.insert(f"{db}.fact_inventory", [[int(day.strftime("%Y%m%d")), 23, 203, stock, 0, 0, 0, 0]],
+                      column_names=["date_key", "store_key", "product_key", "closing_stock", "is_carried_forward",
+                                    "units_sold", "units_returned", "units_received"])
+        f = pd.DataFrame({"forecast_origin": day, "target_date": [day + dt.timedelta(days=h) for h in range(1, H + 1)],
+                          "horizon": range(1, H + 1), "store_id": "IN-1", "product_id": "IN-A", "yhat": 0.0,
+                          "lower80": 0.0, "upper80": 1.0, "lower95": 0.0, "upper95": 1.5, "inactive": True,
+                          "selling_rate": 3.0, "model_version": 1})
+        Lake(native_stack).write_table(pa.Table.from_pandas(f, preserve_index=False), native_stack.lake_models_bucket,
+                                       MODEL_PREFIX, "predictions", "latest.parquet")
+        res = optimise_stock(day, native_stack)
+        r = client.query_df(f"SELECT * FROM {db}.reorder_recommendations FINAL WHERE store_id = 'IN-1' "
+                            f"AND as_of_date = '{day}'")
+        assert len(r) == 1
+        return r.iloc[0], res
+
+    stocked, res1 = night(day0, stock=5)      # stock on hand: nothing ordered
+    assert (stocked["reorder_qty"], stocked["order_bound"]) == (0.0, "inactive")
+    empty, res2 = night(day0 + dt.timedelta(days=1), stock=0)    # out of stock: restocked
+    assert (empty["reorder_qty"], empty["reorder_needed"], empty["order_bound"]) == (11.0, 1, "inactive_out_of_stock")
+    assert empty["reorder_point"] == pytest.approx(10.1116, abs=1e-3)              # old code: 0 units, 'inactive'
+    assert empty["stockout_risk"] == "HIGH" and empty["mean_daily_demand"] == 0.0
+    assert (res1["inactive"], res1.get("inactive_out_of_stock")) == (1, 0)
+    assert (res2["inactive"], res2["inactive_out_of_stock"], res2["inactive_out_of_stock_units"]) == (0, 1, 11.0)
+    v = client.query_df(f"SELECT order_bound, reorder_qty FROM {db}.v_reorder_latest WHERE store_id = 'IN-1'")
+    assert v.iloc[0].tolist() == ["inactive_out_of_stock", 11.0]
+
+
+@pytest.mark.integration
+def test_the_train_jobs_registry_read_creates_no_database(native_stack):
+    """A hand run of the train job reads model_registry's highest version itself (ml.jobs.train.
+    registry_max_from_clickhouse). With a mistyped CLICKHOUSE_DATABASE it fails (the job then exits 2 naming
+    --registry-max-version); until 2026-12-07 its writer client first ran CREATE DATABASE IF NOT EXISTS and left
+    an empty database of the mistyped name behind. The right name reads the registry (0: nothing registered)."""
+    from core.clickhouse import get_client
+    from ml.jobs.train import registry_max_from_clickhouse
+
+    client, typo = get_client(native_stack), native_stack.clickhouse_database + "_typo"
+    assert native_stack.clickhouse_bi_password
+    client.command(f"DROP DATABASE IF EXISTS {typo}")
+    with pytest.raises(Exception, match="(?i)database"):
+        registry_max_from_clickhouse(native_stack.model_copy(update={"clickhouse_database": typo}))
+    names = set(client.query_df("SELECT name FROM system.databases")["name"])
+    assert typo not in names and native_stack.clickhouse_database in names     # old code: typo created
+    n = registry_max_from_clickhouse(native_stack)
+    assert n == int(client.query_df(f"SELECT max(version) AS v FROM {native_stack.clickhouse_database}"
+                                    ".model_registry")["v"].fillna(0).iloc[0])
+
+
+@pytest.mark.integration
 def test_open_orders_net_receipts_over_twice_the_lead_time_and_only_placed_orders(native_stack):
     """load_open_orders through the endpoint on rows written as the nightly task writes them (LEAD_TIME_DAYS 3).
     Orders of store OO-2 x OO-B: night 1 100 units, night 3 50 (both written with ORDER_COUNT_OPEN_RECOMMENDATIONS

@@ -518,29 +518,94 @@ def test_a_series_that_stopped_selling_is_forecast_zero_and_not_reordered():
     assert s["inactive"].all() and not pred.loc[pred["product_id"] == "RUN", "inactive"].any()
     assert pred.loc[pred["product_id"] == "RUN", "yhat"].mean() > 3
 
-    inp = inputs_from_forecast(pred, lead_time_days=7, service_level=0.95).assign(stock=0.0, unit_cost=1.0)
-    rec = recommend(inp, lead_time_days=7, service_level=0.95, order_cost=10.0, holding_cost_rate=0.25,
-                    max_cover_days=180).set_index("product_id")
-    assert rec.loc["STOP", "reorder_qty"] == 0 and rec.loc["STOP", "order_bound"] == "inactive"   # old code: 360
-    assert rec.loc["STOP", "reorder_needed"] == 0 and rec.loc["STOP", "stockout_risk"] == "HIGH"   # out of stock
+    assert s["selling_rate"].eq(2.0).all()       # 580 units over its 290 selling days
+    inp = inputs_from_forecast(pred, lead_time_days=7, service_level=0.95).assign(stock=3.0, unit_cost=1.0)
+    kw = dict(lead_time_days=7, service_level=0.95, order_cost=10.0, holding_cost_rate=0.25, max_cover_days=180)
+    rec = recommend(inp, **kw).set_index("product_id")
+    # stock on hand: nothing ordered (before the rule: the EOQ, 242 units)
+    assert rec.loc["STOP", "reorder_qty"] == 0 and rec.loc["STOP", "order_bound"] == "inactive"
+    assert rec.loc["STOP", "reorder_needed"] == 0
     assert rec.loc["RUN", "reorder_qty"] > 0 and rec.loc["RUN", "order_bound"] != "inactive"
+    # out of stock, its silence may be the empty shelf's: restocked to the reorder point of its selling rate
+    # (2/day x 7 days + the safety stock), not the EOQ; until 2026-12-07 (review of the rule) 0 units, 'inactive'
+    rec0 = recommend(inp.assign(stock=0.0), **kw).set_index("product_id")
+    assert rec0.loc["STOP", "order_bound"] == "inactive_out_of_stock" and rec0.loc["STOP", "stockout_risk"] == "HIGH"
+    assert 14 <= rec0.loc["STOP", "reorder_qty"] == np.ceil(rec0.loc["STOP", "reorder_point"] - 1e-9) < 242
 
 
 def test_inactive_rule_scales_with_the_series_own_interval():
     """The rule of ml.forecast.inactive_series: a daily seller is inactive after 56 days without a sale, a series
-    selling every 30.5 days only after 3 x 30.5 (91.5); 0 days turns the rule off; bad settings are refused naming them."""
+    selling every 30 days only after 3 x 30 (90); 0 days turns the rule off; bad settings are refused naming them."""
     from ml.forecast import ForecastConfig, inactive_series
 
     o = pd.Timestamp("2024-12-31")
+    last = [o - pd.Timedelta(days=d) for d in (57, 56, 80, 92)]
     summary = pd.DataFrame({"store_id": ["S"] * 4, "product_id": ["daily57", "daily56", "monthly80", "monthly92"],
-                            "first_sale": pd.to_datetime(["2024-01-01"] * 4),
-                            "last_sale": [o - pd.Timedelta(days=d) for d in (57, 56, 80, 92)],
-                            "demand_days": [300, 300, 12, 12]})
+                            "first_sale": [last[0] - pd.Timedelta(days=299), last[1] - pd.Timedelta(days=299),
+                                           last[2] - pd.Timedelta(days=330), last[3] - pd.Timedelta(days=330)],
+                            "last_sale": last, "demand_days": [300, 300, 12, 12]})
     got = inactive_series(summary, o).set_index("product_id")
     assert got["inactive"].to_dict() == {"daily57": True, "daily56": False, "monthly80": False, "monthly92": True}
-    assert got.loc["monthly80", "interval"] == pytest.approx(366 / 12)
+    assert got.loc["monthly80", "interval"] == pytest.approx(30.0)
     assert got.loc["daily57", "days_since_sale"] == 57
     assert not inactive_series(summary, o, days=0)["inactive"].any()
     for bad in (dict(inactive_days=-1), dict(inactive_days=1.5), dict(inactive_intervals=float("nan"))):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ForecastConfig(**bad)
+
+
+def few_sales_table(o: pd.Timestamp) -> pd.DataFrame:
+    """Daily rows 2023-06-01 .. ``o`` + 5 of five series (store S1), units 0 except on their sale days: "k1_57" and
+    "k1_56" sold once, 57 / 56 days before ``o``; "k3" sold 40 units on 3 consecutive days, the last 297 days
+    before ``o``; "k10_91" and "k10_90" sold 5 units every 30 days, 10 times, the last 91 / 90 days before ``o``.
+    A sale 5 days after ``o`` (k1_57) lies beyond the origin."""
+    dates = pd.date_range("2023-06-01", o + pd.Timedelta(days=5), freq="D")
+    sales = {"k1_57": {57: 1.0}, "k1_56": {56: 1.0}, "k3": {297: 40.0, 298: 40.0, 299: 40.0},
+             "k10_91": {91 + 30 * j: 5.0 for j in range(10)}, "k10_90": {90 + 30 * j: 5.0 for j in range(10)}}
+    parts = []
+    for sku, by_ago in sales.items():
+        ago = (o - dates).days
+        units = np.array([by_ago.get(int(a), 0.0) for a in ago])
+        if sku == "k1_57":
+            units[ago == -5] = 9.0
+        parts.append(pd.DataFrame({"date": dates, "store_id": "S1", "product_id": sku, "units": units}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_inactive_rule_uses_the_interval_up_to_the_last_sale(spark):
+    """The mean inter-demand interval is (last sale - first sale) / (demand days - 1), the silence after the last
+    sale excluded; with one demand day there is none and the 56-day floor alone applies. Until 2026-12-07 it was
+    (origin - first sale + 1) / demand days: three 40-unit orders on consecutive days then 297 silent days gave
+    interval 100 and were never inactive (3 x 100 > 297; statsforecast went on forecasting 1.22/day), and 10 sales
+    30 days apart became inactive only after ~129 silent days, not 90. The pandas and Spark summaries agree."""
+    from ml.forecast import inactive_series, sale_summary
+
+    o = pd.Timestamp("2024-12-31")
+    t = few_sales_table(o)
+    summ = sale_summary(t, o)
+    got = inactive_series(summ, o).set_index("product_id").sort_index()
+    assert got["inactive"].to_dict() == {"k1_56": False, "k1_57": True, "k10_90": False, "k10_91": True,
+                                         "k3": True}                      # old code: k3 and k10_91 False
+    assert got.loc["k3", "interval"] == 1.0                               # old code: 100.0
+    assert got.loc["k10_91", "interval"] == 30.0                          # old code: 36.2
+    assert np.isnan(got.loc["k1_57", "interval"]) and got.loc["k1_57", "days_since_sale"] == 57
+    assert got.loc["k3", "selling_rate"] == 40.0 and got.loc["k10_91", "selling_rate"] == pytest.approx(50 / 271)
+    sdf = spark.createDataFrame(t.assign(date=t["date"].dt.date))
+    from_spark = sale_summary(sdf, o)
+    key = ["store_id", "product_id"]
+    pd.testing.assert_frame_equal(from_spark.sort_values(key).reset_index(drop=True),
+                                  summ.sort_values(key).reset_index(drop=True), check_dtype=True)
+
+
+@pytest.mark.parametrize("option", ["inactive_days", "inactive_intervals"])
+def test_inactive_rule_settings_are_refused_naming_the_option(option):
+    """check_inactive_rule promises a ValueError naming the option; until 2026-12-07 inf raised OverflowError
+    (inactive_days), NaN and 'x' a ValueError naming neither (float('x') / int(nan)), None a TypeError."""
+    from ml.forecast import ForecastConfig, check_inactive_rule, model_inactive_rule
+
+    for bad in (float("inf"), float("-inf"), float("nan"), "x", None, True, -1, [3]):
+        with pytest.raises(ValueError, match=option):
+            ForecastConfig(**{option: bad})
+        with pytest.raises(ValueError, match=option):
+            model_inactive_rule({"config": {option: bad}})
+    assert check_inactive_rule(56.0, 3) == (56, 3.0) and check_inactive_rule(np.int64(0), np.float32(2.5)) == (0, 2.5)

@@ -314,15 +314,16 @@ def test_recommend_reports_the_order_bound():
 def test_an_inactive_series_orders_nothing_and_says_why():
     """A series the forecasts flag inactive (ml.forecast.inactive_series: no sale for more than max(56 days, 3 x its
     mean inter-demand interval)) forecasts 0, but the safety stock of its level bucket alone still made an order
-    (sigma_d 0.2: ROP 0.66, 1 unit, rop_gap). Now nothing is ordered and order_bound says 'inactive'; the risk
-    stays HIGH when it is out of stock. A series not flagged (False or missing) is planned as before."""
-    inp = pd.DataFrame([{"store_id": "S", "product_id": p, "stock": 0.0, "mean_demand": 0.0, "sigma_d": 0.2,
+    (sigma_d 0.2: ROP 0.66 above 0.5 units on hand, 1 unit, rop_gap). Now nothing is ordered while stock is on
+    hand and order_bound says 'inactive' (out of stock: the next test); the risk stays as computed (MEDIUM: stock
+    <= ROP). A series not flagged (False or missing) is planned as before."""
+    inp = pd.DataFrame([{"store_id": "S", "product_id": p, "stock": 0.5, "mean_demand": 0.0, "sigma_d": 0.2,
                          "unit_cost": 1.0, "inactive": flag} for p, flag in (("gone", True), ("kept", False),
                                                                             ("unknown", None))])
     kw = dict(lead_time_days=L, service_level=SL, order_cost=50.0, holding_cost_rate=0.25, max_cover_days=180)
     rec = opt.recommend(inp, **kw).set_index("product_id")
     assert rec.loc["gone", ["reorder_qty", "reorder_needed", "order_bound"]].tolist() == [0.0, 0, "inactive"]
-    assert rec.loc["gone", "stockout_risk"] == "HIGH" and rec.loc["gone", "reorder_point"] > 0
+    assert rec.loc["gone", "stockout_risk"] == "MEDIUM" and rec.loc["gone", "reorder_point"] > 0
     for p in ("kept", "unknown"):   # without the flag: the safety stock's order
         assert rec.loc[p, ["reorder_qty", "order_bound"]].tolist() == [1.0, "rop_gap"], p
     assert "inactive" in opt.ORDER_BOUNDS
@@ -330,6 +331,39 @@ def test_an_inactive_series_orders_nothing_and_says_why():
     pred = pd.DataFrame({"store_id": "S", "product_id": ["a", "a", "b"], "yhat": 0.0, "lower80": 0.0,
                          "upper80": 0.5, "inactive": [True, True, False]})
     assert opt.inputs_from_forecast(pred).set_index("product_id")["inactive"].to_dict() == {"a": True, "b": False}
+
+
+def test_an_inactive_series_out_of_stock_is_restocked_on_its_selling_rate():
+    """The inactive rule reads only sales, and an empty shelf has none: a SKU selling ~3/day for 300 days whose stock
+    then stays 0 for 57 days (a supplier shortage) is flagged inactive; until 2026-12-07 the plan ordered it 0
+    units ('inactive', stock 0, forecast 0, sigma_d 0.5) night after night, so it never sold again (the same row
+    without the flag: 3 units, rop_gap). Now an inactive series with stock <= 0 is restocked to the reorder point
+    of its selling rate (3/day): L 7, SS = 1.6449 x 0.5 x sqrt(7) = 2.176, ROP 21 + 2.18 = 23.18 -> 24 units,
+    order_bound 'inactive_out_of_stock'; without a selling rate it is planned on its forecast as an active series
+    (3 units); with stock on hand it still orders nothing ('inactive'); an order on the way counts."""
+    rows = [("empty", 0.0, 0.0, True, 3.0), ("stocked", 5.0, 0.0, True, 3.0), ("active", 0.0, 0.0, False, 3.0),
+            ("no_rate", 0.0, 0.0, True, float("nan")), ("on_way", 0.0, 30.0, True, 3.0),
+            ("negative", -2.0, 0.0, True, 3.0)]
+    inp = pd.DataFrame([{"store_id": "S", "product_id": p, "stock": st, "on_order": oo, "mean_demand": 0.0,
+                         "sigma_d": 0.5, "unit_cost": 1.0, "inactive": f, "selling_rate": r}
+                        for p, st, oo, f, r in rows])
+    kw = dict(lead_time_days=7, service_level=0.95, order_cost=50.0, holding_cost_rate=0.25, max_cover_days=180)
+    rec = opt.recommend(inp, **kw).set_index("product_id")
+    cols = ["reorder_qty", "reorder_needed", "order_bound"]
+    assert rec.loc["empty", cols].tolist() == [24.0, 1, "inactive_out_of_stock"]   # old code: 0, 'inactive'
+    assert rec.loc["empty", "reorder_point"] == pytest.approx(23.176, abs=1e-3)
+    assert rec.loc["empty", "stockout_risk"] == "HIGH" and rec.loc["empty", "mean_demand"] == 0.0
+    assert rec.loc["stocked", cols].tolist() == [0.0, 0, "inactive"]
+    assert rec.loc["active", cols].tolist() == [3.0, 1, "rop_gap"]
+    assert rec.loc["no_rate", cols].tolist() == [3.0, 1, "inactive_out_of_stock"]
+    assert rec.loc["on_way", cols].tolist() == [0.0, 0, "inactive_out_of_stock"]   # 30 on order > ROP 23.18
+    assert rec.loc["negative", cols].tolist() == [26.0, 1, "inactive_out_of_stock"]
+    assert "inactive_out_of_stock" in opt.ORDER_BOUNDS
+    # the forecasts' selling rate reaches the plan's input
+    pred = pd.DataFrame({"store_id": "S", "product_id": ["a", "a", "b"], "yhat": 0.0, "lower80": 0.0,
+                         "upper80": 0.5, "inactive": [True, True, False], "selling_rate": [3.0, 3.0, float("nan")]})
+    got = opt.inputs_from_forecast(pred).set_index("product_id")
+    assert got.loc["a", "selling_rate"] == 3.0 and np.isnan(got.loc["b", "selling_rate"])
 
 
 def test_open_orders_fifo_by_hand():
