@@ -1589,9 +1589,9 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
       is the :data:`LOAD_DONE` mark of a load that finished and the build did not rebuild them since (not named by
       :func:`rebuilt_days`, which compares the staged ``raw_manifest`` with the ``loaded_manifest``, not the current
       raw listing: a file landing after the build makes the quality check raise :class:`LakeChangedError`, and the
-      retry builds and loads the day again): those are only returned for the quality check. Until 2026-12-07 every retry of the load task loaded all the window's 'begun'
-      days again: a retry after ``day``'s load failed reloaded each re-checked day the first attempt had loaded (1
-      reload per re-checked day and retry);
+      retry builds and loads the day again): those are only returned for the quality check. Until 2026-12-07 every
+      retry of the load task loaded all the window's 'begun' days again: a retry after ``day``'s load failed
+      reloaded each re-checked day the first attempt had loaded (1 reload per re-checked day and retry);
     * a re-checked day that cannot be loaded (its load raises :class:`EtlError`, e.g. :func:`refuse_missing_raw`,
       or the Spark build of it failed: :func:`recheck_build_errors`) is recorded 'failed' (stage ``load``, the
       reason as message), logged and left out; ``day`` is still loaded. Until 2026-12-07 such a stuck day failed
