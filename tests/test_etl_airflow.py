@@ -1161,6 +1161,18 @@ def _land_late_line_of_d1(lake) -> None:
                      *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
 
 
+def _built_night_d4_rechecking_d1(lake, s) -> None:
+    """D1..D3 loaded and reconciled, then a late line of D1, and night D4's build: D1 rebuilt, then D4 (not loaded)."""
+    from etl import star_schema as etl
+
+    land_small(lake)
+    for d in (D1, D2, D3):
+        nightly_pandas(lake, s, d)
+    _land_late_line_of_d1(lake)
+    for d in etl.days_to_recheck(lake, D4, s.etl_recheck_days) + [D4]:   # build_facts: D1 rebuilt, then D4
+        etl.extract(d), etl.transform(d)
+
+
 def test_a_retry_of_the_load_does_not_reload_the_rechecked_days_the_first_attempt_loaded(native_stack, monkeypatch):
     """Night D4 re-checks D1 (a late line): attempt 1 loads D1, then D4's load fails (ClickHouse unreachable: not
     bad data, retried). The retry loaded every 'begun' day of the window again: D1 a second time (loads
@@ -1170,12 +1182,7 @@ def test_a_retry_of_the_load_does_not_reload_the_rechecked_days_the_first_attemp
 
     with fresh_database() as (s, lake, client):
         db = s.clickhouse_database
-        land_small(lake)
-        for d in (D1, D2, D3):
-            nightly_pandas(lake, s, d)
-        _land_late_line_of_d1(lake)
-        for d in etl.days_to_recheck(lake, D4, s.etl_recheck_days) + [D4]:   # build_facts: D1 rebuilt, then D4
-            etl.extract(d), etl.transform(d)
+        _built_night_d4_rechecking_d1(lake, s)
         calls, real_load = [], etl.load
 
         def counting_load(day, *args, **kwargs):
@@ -1209,12 +1216,7 @@ def test_a_rechecked_day_whose_load_done_row_failed_is_reloaded_by_the_retry(nat
 
     with fresh_database() as (s, lake, client):
         db = s.clickhouse_database
-        land_small(lake)
-        for d in (D1, D2, D3):
-            nightly_pandas(lake, s, d)
-        _land_late_line_of_d1(lake)
-        for d in etl.days_to_recheck(lake, D4, s.etl_recheck_days) + [D4]:   # build_facts: D1 rebuilt, then D4
-            etl.extract(d), etl.transform(d)
+        _built_night_d4_rechecking_d1(lake, s)
         real_record = etl.record_run
         blips = []
 
