@@ -374,8 +374,7 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
             log.error("re-checked day %s cannot be built, left out (recorded by the load): %s", d, exc)
             etl.write_recheck_error(lake, d, day, exc)
             continue
-        etl.clear_recheck_error(lake, d)
-        rechecked.append(d)
+        rechecked.append(d)   # its build cleared its record (below)
     t0 = time.perf_counter()
     dk = etl.date_key(day)
     manifest = etl.raw_manifest(lake, day)   # listed before reading: a file landing meanwhile makes it differ later
@@ -444,6 +443,10 @@ def build_day(spark, day: dt.date, lake=None, settings=None, recheck_days: int =
                       ("dim_product", dim_product), ("dim_store", dim_store), ("dim_date", dim_date)):
         _stage(lake, day, name, tab)
     etl.write_manifest(lake, day, etl.RAW_MANIFEST, manifest)
+    # the day built (as a re-checked day, or as its own day: a backfill): a failed re-check build's record of it is
+    # stale. Until 2026-12-07 only a later night's re-check removed it, so after a backfill of the day, a re-run of
+    # the night that wrote the record (whose build no longer re-checked the day) recorded the repaired day 'failed'
+    etl.clear_recheck_error(lake, day)
     out.update(inventory_rows=len(closing_t), daily_rows=len(daily_t), products=len(dim_product),
                stores=len(dim_store), seconds=round(time.perf_counter() - t0, 2),
                rechecked_days=[d.isoformat() for d in rechecked])

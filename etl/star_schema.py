@@ -1231,6 +1231,10 @@ def refuse_missing_raw(client, db: str, lake, day: dt.date) -> None:
                        "(daily_etl param allow_missing_raw)")
 
 
+#: the words of :func:`refuse_missing_raw`'s error that :func:`check_load_gaps` recognises in a failed run's message
+MISSING_RAW_MARK = "has no Parquet file but"
+
+
 class LoadGapError(EtlError):
     """Days with raw events between the first loaded day and a run's date were never loaded (``days``)."""
 
@@ -1413,7 +1417,9 @@ def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None)
         LoadGapError: an :class:`EtlError` naming the dates (ranges) and the commands that load them, one per range
             of consecutive days (``make nightly DATE=<last> BACKFILL=<n>`` or ``airflow backfill create --dag-id
             daily_etl ... --reprocess-behavior completed``: every named day is re-run, also one whose own Airflow run
-            succeeded), so no loaded day between two ranges is redone.
+            succeeded), so no loaded day between two ranges is redone. A day refused because its raw partition is
+            gone (:func:`refuse_missing_raw`, :data:`MISSING_RAW_MARK` in its message) is named first with a one-day
+            backfill command carrying ``--dag-run-conf '{"allow_missing_raw": true}'`` (to empty it on purpose).
     Only the ETL_GAP_CHECK_DAYS days before ``day`` are looked at (a gap is named every night until it lies
     further back; a late change only from ETL_RECHECK_DAYS + 1 days back, and a missed night only once the
     scheduler's catch-up passed it): ~4 lake requests per day checked (1,095 loaded days: 7,716 calls before the bound, 411 at 62 days).
@@ -1448,6 +1454,17 @@ def check_load_gaps(day: dt.date, client=None, db: str | None = None, lake=None)
         parts.append(f"{len(late)} loaded day(s) older than the ETL_RECHECK_DAYS={s.etl_recheck_days} re-check "
                      f"window have raw files added, changed or removed since they were loaded (events that arrived "
                      f"late): {_ranges(late)}")
+    # a day refused because its raw partition is gone (refuse_missing_raw): the remedy first, a command with the param
+    # (until 2026-12-07 only the reason, cut at 200 characters before its remedy, and commands without the param,
+    # which re-ran the day into the same refusal: a day emptied on purpose failed check_gaps every night)
+    refused = sorted(d for d, r in failed.items() if MISSING_RAW_MARK in r.message)
+    if refused:
+        parts.insert(0, f"{len(refused)} day(s) were refused because a raw partition is gone while ClickHouse holds "
+                     "its rows: restore the raw files and load them with the commands below, or, if the day is meant "
+                     "to be empty, load it with the daily_etl param allow_missing_raw: " + "; ".join(
+                         f"`airflow backfill create --dag-id daily_etl --from-date {d.isoformat()} --to-date "
+                         f"{d.isoformat()}T23:59:59 --max-active-runs 1 --reprocess-behavior completed "
+                         f"--dag-run-conf '{{\"allow_missing_raw\": true}}'`" for d in refused))
     make = "; ".join(f"`make nightly DATE={r[-1].isoformat()} BACKFILL={(r[-1] - r[0]).days}`" for r in runs)
     # Airflow 3 runs one backfill per DAG at a time (AlreadyRunningBackfill) and a backfill's own max_active_runs
     # (default 10) overrides the DAG's 1: each day's inventory carries the day before forward, so days in order.
@@ -1569,10 +1586,12 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
     * days the build rebuilt because their raw partitions changed since they were loaded (:func:`rebuilt_days`)
       are loaded again;
     * days whose latest ``etl_runs`` row is :data:`BEGUN` (:func:`latest_runs`) are loaded again, unless that row
-      is the :data:`LOAD_DONE` mark of a load that finished and their listing did not change since: those are only
-      returned for the quality check. Until 2026-12-07 every retry of the load task loaded all the window's 'begun'
-      days again: a retry after ``day``'s load failed reloaded each re-checked day the first attempt had loaded (1
-      reload per re-checked day and retry);
+      is the :data:`LOAD_DONE` mark of a load that finished and the build did not rebuild them since (not named by
+      :func:`rebuilt_days`, which compares the staged ``raw_manifest`` with the ``loaded_manifest``, not the current
+      raw listing: a file landing after the build makes the quality check raise :class:`LakeChangedError`, and the
+      retry builds and loads the day again): those are only returned for the quality check. Until 2026-12-07 every
+      retry of the load task loaded all the window's 'begun' days again: a retry after ``day``'s load failed
+      reloaded each re-checked day the first attempt had loaded (1 reload per re-checked day and retry);
     * a re-checked day that cannot be loaded (its load raises :class:`EtlError`, e.g. :func:`refuse_missing_raw`,
       or the Spark build of it failed: :func:`recheck_build_errors`) is recorded 'failed' (stage ``load``, the
       reason as message), logged and left out; ``day`` is still loaded. Until 2026-12-07 such a stuck day failed
@@ -1594,6 +1613,13 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
             unchanged, after a row with status ``failed``, stage ``load`` and ``repr`` of the error as message was
             appended to ``etl_runs`` (:func:`record_run`) for the day that failed. Recording is best effort: an
             error while recording (e.g. ClickHouse down) is suppressed, so the load's error is the one raised.
+            An error after a day's :func:`load` returned (writing its :data:`LOAD_DONE` row, clearing its
+            :data:`RECHECK_ERROR` record) records nothing: the day's 'begun' row of stage ``load`` stays its latest,
+            so the retry loads it again. Until 2026-12-07 it was recorded 'failed' at ``load`` with its
+            ``loaded_manifest`` written: a retry neither reloaded nor reconciled a re-checked day left so.
+
+    A day's :data:`RECHECK_ERROR` record is removed once the day is loaded (and by every successful build of it:
+    :func:`etl.spark_facts.build_day`).
     """
     from core.settings import get_settings
 
@@ -1606,7 +1632,7 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
                     [d.isoformat() for d in again])
     from core.clickhouse import migrate as run_migrations
 
-    d = day
+    d, loaded_day = day, None   # loaded_day: the day whose load(...) returned last (its bookkeeping follows)
     try:
         run_migrations(get_settings())   # etl_runs exists before the first "begun" row
         client, db = _client(), _db()
@@ -1636,19 +1662,25 @@ def load_recorded(day: dt.date, dag_run_id: str = "", allow_missing_raw: bool = 
                            dag_run_id=dag_run_id)
                 failed[d.isoformat()] = why
                 continue
+            loaded_day = d
             record_run(client, db, d, BEGUN, LOAD_DONE, started, message="loaded, not reconciled yet",
                        dag_run_id=dag_run_id)
+            clear_recheck_error(lake, d)   # loaded: a failed re-check build's record of it is stale
             loaded_again.append(d)
         d = day
         record_run(client, db, d, BEGUN, "load", started, message="load started", dag_run_id=dag_run_id)
         out = load(d, migrate=False, allow_missing_raw=allow_missing_raw)
+        loaded_day = d
         record_run(client, db, d, BEGUN, LOAD_DONE, started, message="loaded, not reconciled yet",
                    dag_run_id=dag_run_id)
+        clear_recheck_error(lake, d)
         return {**out, "started_at": started.isoformat(),
                 "rechecked_days": [x.isoformat() for x in sorted(set(loaded_again) | done)],
                 "failed_rechecks": failed}
     except Exception as exc:  # record the failed load in etl_runs, then let the caller fail
-        with contextlib.suppress(Exception):
+        if d == loaded_day:   # the load of d finished, its bookkeeping failed: its 'begun' row stays its latest
+            raise             # (reloaded by the retry); a 'failed' row at load would leave it neither reloaded nor
+        with contextlib.suppress(Exception):   # reconciled (rebuilt_days no longer names it: loaded_manifest written)
             record_run(_client(), _db(), d, "failed", "load", started, message=repr(exc), dag_run_id=dag_run_id)
         raise
 
@@ -1897,11 +1929,30 @@ def etl_load_status(day: dt.date, client=None, db: str | None = None) -> tuple[b
 def run_day(day: dt.date, recheck_days: int = 0) -> dict[str, Any]:
     """extract -> transform -> load -> quality_check in this process (for scripts; the DAG runs the same steps).
     With ``recheck_days`` > 0 the loaded days of that window whose raw partitions changed since they were loaded
-    (:func:`days_to_recheck`) are rebuilt, reloaded and checked first, as the DAG does (``rechecked``)."""
+    (:func:`days_to_recheck`) are rebuilt, reloaded and checked first, as the DAG does (``rechecked``).
+
+    Returns: {"extract", "transform", "load", "quality_check" (each step's result for ``day``), "rechecked" ({ISO
+    date: the same for each re-checked day that passed}), "failed_rechecks" ({ISO date: "<error class>: <message>"})}.
+
+    A re-checked day whose build, load or quality check raises :class:`EtlError` (bad raw data, its raw partition
+    gone: :func:`refuse_missing_raw`) is recorded 'failed' (stage ``load``, message ``re-check failed: ...``; a
+    failed quality check records itself), logged and left out, as the DAG does; ``day`` is still loaded. Until
+    2026-12-07 the error ended the call: ``day`` was not loaded.
+
+    Raises:
+        EtlError: from ``day``'s own steps; LakeChangedError (retryable) from any day's quality check.
+    """
     started = dt.datetime.now(dt.timezone.utc)
-    rechecked = {}
+    rechecked, failed = {}, {}
     for d in days_to_recheck(open_lake(), day, recheck_days):
-        rechecked[d.isoformat()] = {"extract": extract(d), "transform": transform(d), "load": load(d),
-                                    "quality_check": quality_check(d, started)}
+        try:
+            rechecked[d.isoformat()] = {"extract": extract(d), "transform": transform(d), "load": load(d),
+                                        "quality_check": quality_check(d, started)}
+        except EtlError as exc:   # a stuck re-checked day: recorded 'failed', named by check_gaps; the day goes on
+            why = f"{type(exc).__name__}: {exc}"
+            log.error("re-checked day %s failed, recorded failed: %s", d, why)
+            if not isinstance(exc, DataQualityError):   # quality_check recorded its own failure
+                record_run(_client(), _db(), d, "failed", "load", started, message=f"re-check failed: {why}")
+            failed[d.isoformat()] = why
     return {"extract": extract(day), "transform": transform(day), "load": load(day),
-            "quality_check": quality_check(day, started), "rechecked": rechecked}
+            "quality_check": quality_check(day, started), "rechecked": rechecked, "failed_rechecks": failed}

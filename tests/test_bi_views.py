@@ -625,3 +625,11 @@ def test_etl_run_lists_show_a_begun_row_only_when_it_is_the_days_latest(bi):
     assert list(rows.itertuples(index=False, name=None)) == [
         (20310101, "success", "night_1", 1, 0), (20310102, "begun", "reload_2", 1, 1),
         (20310102, "success", "night_2", 0, 0), (20310103, "failed", "2031-01-03 08:00:00.000", 1, 2)]
+    # a quality check run by hand (dag_run_id '') records under the day's latest row's started_at (unattended_start):
+    # since migration 104 it belongs to the run of the load it checks; 099 labelled it with its started_at as text,
+    # which tied with 'night_1' at the latest started_at and left Power BI's 'Last ETL Status' BLANK
+    record_run(client, db, d1, "success", "quality_check", t, dag_run_id="")
+    rows = q(client, f"SELECT dag_run_id, run_label, is_day_latest FROM {db}.v_etl_runs WHERE date_key = 20310101 "
+                     "ORDER BY finished_at")
+    assert list(rows.itertuples(index=False, name=None)) == [
+        ("night_1", "night_1", 0), ("", "night_1", 1)]   # 099: ("", "2031-01-03 08:00:00.000", 1)

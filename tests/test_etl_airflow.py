@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import re
 import uuid
@@ -480,6 +481,15 @@ def test_a_rechecked_day_whose_build_fails_does_not_stop_the_night(etl_dag, land
     assert run(etl_dag, DAY1)[1]   # the backfill check_gaps prints, once the file is gone
     assert etl.loaded_days(client, db, DAY1, DAY2) == {DAY1, DAY2}
     assert etl.check_load_gaps(DAY2) == []
+    # the night DAY2 run again (check_gaps failed it: a backfill of DAY2, make nightly DATE=DAY2 BACKFILL=1, a cleared
+    # load task): DAY1's listing equals its loaded_manifest, so the build does not re-check it. The record of its
+    # failed re-check build (written by night DAY2) stayed (old code: removed only by a later re-check of DAY1), and
+    # this load recorded DAY1 'failed' again with the stale reason: DAY1 not loaded, check_gaps failed the run
+    dr, ok = run(etl_dag, DAY2)
+    states = {t.task_id: t.state for t in dr.get_task_instances()}
+    assert ok, states
+    assert etl.loaded_days(client, db, DAY1, DAY2) == {DAY1, DAY2}
+    assert not lake.exists(*etl._staging(DAY1, etl.RECHECK_ERROR))   # removed by the backfill's build of DAY1
 
 
 # ------------------------------------------------------------- small scenarios in a fresh database --
@@ -1151,6 +1161,18 @@ def _land_late_line_of_d1(lake) -> None:
                      *etl.raw_partition(lake, etl.SALES, D1), "batch-3.parquet")
 
 
+def _built_night_d4_rechecking_d1(lake, s) -> None:
+    """D1..D3 loaded and reconciled, then a late line of D1, and night D4's build: D1 rebuilt, then D4 (not loaded)."""
+    from etl import star_schema as etl
+
+    land_small(lake)
+    for d in (D1, D2, D3):
+        nightly_pandas(lake, s, d)
+    _land_late_line_of_d1(lake)
+    for d in etl.days_to_recheck(lake, D4, s.etl_recheck_days) + [D4]:   # build_facts: D1 rebuilt, then D4
+        etl.extract(d), etl.transform(d)
+
+
 def test_a_retry_of_the_load_does_not_reload_the_rechecked_days_the_first_attempt_loaded(native_stack, monkeypatch):
     """Night D4 re-checks D1 (a late line): attempt 1 loads D1, then D4's load fails (ClickHouse unreachable: not
     bad data, retried). The retry loaded every 'begun' day of the window again: D1 a second time (loads
@@ -1160,12 +1182,7 @@ def test_a_retry_of_the_load_does_not_reload_the_rechecked_days_the_first_attemp
 
     with fresh_database() as (s, lake, client):
         db = s.clickhouse_database
-        land_small(lake)
-        for d in (D1, D2, D3):
-            nightly_pandas(lake, s, d)
-        _land_late_line_of_d1(lake)
-        for d in etl.days_to_recheck(lake, D4, s.etl_recheck_days) + [D4]:   # build_facts: D1 rebuilt, then D4
-            etl.extract(d), etl.transform(d)
+        _built_night_d4_rechecking_d1(lake, s)
         calls, real_load = [], etl.load
 
         def counting_load(day, *args, **kwargs):
@@ -1187,6 +1204,41 @@ def test_a_retry_of_the_load_does_not_reload_the_rechecked_days_the_first_attemp
         assert etl.loaded_days(client, db, D1, D4) == {D1, D2, D3, D4}
         assert int(client.query(f"SELECT sum(units_sold) FROM {db}.fact_inventory WHERE date_key = 20240329"
                                 ).result_rows[0][0]) == 8
+
+
+def test_a_rechecked_day_whose_load_done_row_failed_is_reloaded_by_the_retry(native_stack, monkeypatch):
+    """Night D4 re-checks D1 (a late line): D1's load finishes (its loaded_manifest written), then the insert of its
+    load_done row fails (a ClickHouse blip) while the best-effort 'failed' row goes in: D1's latest row was 'failed'
+    at load (old code), so the retry neither reloaded it (rebuilt_days: listing = loaded_manifest; not 'begun') nor
+    reconciled it: D1 stayed not loaded. Now nothing is recorded for a day whose load returned: its 'begun' row stays
+    its latest, and the retry loads and reconciles it."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        _built_night_d4_rechecking_d1(lake, s)
+        real_record = etl.record_run
+        blips = []
+
+        def flaky_record(client_, db_, day, status, stage, *args, **kwargs):
+            if stage == etl.LOAD_DONE and day == D1 and not blips:
+                blips.append(day)
+                raise ConnectionError("ClickHouse blip")   # the load_done insert of D1, once
+            return real_record(client_, db_, day, status, stage, *args, **kwargs)
+
+        monkeypatch.setattr(etl, "record_run", flaky_record)
+        with pytest.raises(ConnectionError):
+            etl.load_recorded(D4, dag_run_id="scheduled__d4")
+        assert blips == [D1]
+        latest = etl.latest_runs(client, db, D1, D1)[D1]
+        assert (latest.status, latest.stage) == (etl.BEGUN, "load")   # old code: ('failed', 'load')
+        loaded = etl.load_recorded(D4, dag_run_id="scheduled__d4")   # Airflow's retry of the load task
+        monkeypatch.undo()
+        assert loaded["rechecked_days"] == ["2024-03-29"]   # old code: []
+        started = dt.datetime.fromisoformat(loaded["started_at"])
+        assert etl.quality_check(D1, started, dag_run_id="scheduled__d4")["rows"] == 4   # the late line is in
+        etl.quality_check(D4, started, dag_run_id="scheduled__d4")
+        assert etl.loaded_days(client, db, D1, D4) == {D1, D2, D3, D4}   # old code: {D2, D3, D4}
 
 
 def test_a_stuck_rechecked_day_is_recorded_failed_and_the_night_still_loads_its_own_day(native_stack):
@@ -1222,6 +1274,43 @@ def test_a_stuck_rechecked_day_is_recorded_failed_and_the_night_still_loads_its_
                    "completed" in str(gap.value)
         assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240329").result_rows[0][0] == 3
         assert etl.loaded_days(client, db, D1, D4 + dt.timedelta(days=1)) == {D2, D3, D4, D4 + dt.timedelta(days=1)}
+        # the remedy of a day emptied on purpose: check_gaps quoted the reason cut at 200 characters, before its
+        # remedy, and printed commands without the param, which re-ran D1 into the same refusal (old code: no
+        # command with --dag-run-conf, "allow_missing_raw" nowhere in the message). Now named first, with the param
+        msg = str(gap.value)
+        assert "allow_missing_raw" in msg and msg.index("allow_missing_raw") < msg.index("refusing to load")
+        cmd = re.search(r"`airflow backfill create --dag-id daily_etl --from-date 2024-03-29 --to-date "
+                        r"2024-03-29T23:59:59 [^`]*--dag-run-conf '([^']*)'`", msg)
+        assert cmd is not None, msg   # old code: None
+        conf = json.loads(cmd.group(1))
+        assert conf == {"allow_missing_raw": True}
+        assert '"allow_missing_raw": Param(' in (Path(__file__).parents[1] / "dags" / "daily_etl.py").read_text()
+        etl.extract(D1), etl.transform(D1)   # the backfill's run of D1 with that conf: D1 emptied, reconciled
+        loaded = etl.load_recorded(D1, dag_run_id="backfill__d1", **conf)
+        etl.quality_check(D1, dt.datetime.fromisoformat(loaded["started_at"]), dag_run_id="backfill__d1")
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240329").result_rows[0][0] == 0
+        assert etl.check_load_gaps(D4 + dt.timedelta(days=2)) == []
+
+
+def test_run_day_records_a_stuck_rechecked_day_failed_and_loads_its_own_day(native_stack):
+    """The script path (etl.star_schema.run_day) as the DAG: D1's raw sales partition gone after it was loaded, its
+    re-check reload refused. run_day(D4) raised that EtlError (old code): D4 never loaded. Now D1 is recorded
+    'failed' with the reason and left out (its 3 lines kept), D4 is loaded and reconciled."""
+    from etl import star_schema as etl
+
+    with fresh_database() as (s, lake, client):
+        db = s.clickhouse_database
+        land_small(lake)
+        for d in (D1, D2, D3):
+            etl.run_day(d, recheck_days=s.etl_recheck_days)
+        lake.delete_dir(lake.settings.lake_raw_bucket, "sales_transaction/year=2024/month=03/day=29")
+        out = etl.run_day(D4, recheck_days=s.etl_recheck_days)   # old code: EtlError refusing to load 2024-03-29
+        assert list(out["failed_rechecks"]) == ["2024-03-29"] and out["rechecked"] == {}
+        assert "refusing to load 2024-03-29" in out["failed_rechecks"]["2024-03-29"]
+        ok, why = etl.etl_load_status(D1, client, db)
+        assert not ok and "re-check failed: EtlError: refusing to load 2024-03-29" in why
+        assert etl.loaded_days(client, db, D1, D4) == {D2, D3, D4}
+        assert client.query(f"SELECT count() FROM {db}.fact_sales WHERE date_key = 20240329").result_rows[0][0] == 3
 
 
 def test_the_backfill_command_reruns_a_day_whose_own_run_succeeded(native_stack):

@@ -1446,10 +1446,11 @@ TWINS: dict[str, str] = {
     "Median Days Until Stock-out": agg("v_reorder_latest", "quantileExactInclusiveOrNull(0.5)(days_until_stockout)"),
     "Slow-moving SKU Share": DIV(agg("v_sku_classification_latest", "sumOrNull(is_slow_moving)"),
                                  agg("v_sku_classification_latest", "nullIf(count(), 0)")),
-    # the latest run (run_label of the latest started_at row), each day's current row of it, the worst status
+    # the latest run (run_label of the latest row by (started_at, finished_at): argMax(run_label, started_at) picked
+    # any label of a tie), each day's current row of it, the worst status
     "Last ETL Status": agg("v_etl_runs", "argMaxOrNull(status, status_rank)",
-                           "is_day_latest = 1 AND run_label = (SELECT argMax(run_label, started_at) FROM v_etl_runs "
-                           "WHERE <<v_etl_runs>>)"),
+                           "is_day_latest = 1 AND run_label = (SELECT argMax(run_label, (started_at, finished_at)) "
+                           "FROM v_etl_runs WHERE <<v_etl_runs>>)"),
     "Failed ETL Runs": agg("v_etl_runs", "nullIf(countIf(status = 'failed'), 0)"),
 }
 
@@ -1693,10 +1694,10 @@ def test_last_etl_status_is_the_worst_current_status_of_the_latest_night(model, 
 
     def status_with(rows: list[tuple]) -> str:
         """The measure over the imported v_etl_runs plus ``rows`` (date_key, started_at, finished_at, status,
-        dag_run_id), is_day_latest recomputed in pandas over the listed rows (a hidden 'begun' is never the latest)."""
-        cols = ["date_key", "started_at", "finished_at", "status", "dag_run_id"]
-        add = pd.DataFrame(rows, columns=cols, dtype=object)
-        add["run_label"] = add["dag_run_id"]
+        dag_run_id[, run_label: default dag_run_id]), is_day_latest recomputed in pandas over the listed rows (a
+        hidden 'begun' is never the latest)."""
+        cols = ["date_key", "started_at", "finished_at", "status", "dag_run_id", "run_label"]
+        add = pd.DataFrame([r if len(r) == 6 else (*r, r[4]) for r in rows], columns=cols, dtype=object)
         add["status_rank"] = add["status"].map({"success": 0, "begun": 1, "failed": 2})
         runs = pd.concat([model_data["v_etl_runs"], add], ignore_index=True)
         order = runs.sort_values(["started_at", "finished_at"], kind="stable")
@@ -1711,6 +1712,16 @@ def test_last_etl_status_is_the_worst_current_status_of_the_latest_night(model, 
     stopped = retried + [(20260121, pd.Timestamp(2026, 1, 22, 10, 0), pd.Timestamp(2026, 1, 22, 10, 1), "begun",
                           "manual__reload")]
     assert status_with(stopped) == "begun"
+    # night n6 wrote only its own day 01-22: its check failed, then a quality check by hand (dag_run_id '') passed,
+    # recorded under the load's started_at (unattended_start) and finished later: the day's current row. Migration
+    # 099 labelled it with its started_at as text; the old DAX took MAX ( run_label ) at the latest started_at,
+    # 'n6' > '2026-01-23 ...', and no row of 'n6' was its day's latest: BLANK. Now the label of the latest row by
+    # (started_at, finished_at): 'success'; and 104 labels the by-hand row 'n6' (the load it checks): 'success'
+    s6 = pd.Timestamp(2026, 1, 23, 8, 0)
+    n6 = [(20260122, s6, s6 + pd.Timedelta(minutes=3), "failed", "n6")]
+    assert status_with([*n6, (20260122, s6, s6 + pd.Timedelta(hours=2), "success", "", "2026-01-23 08:00:00.000")]
+                       ) == "success"   # old code: None
+    assert status_with([*n6, (20260122, s6, s6 + pd.Timedelta(hours=2), "success", "", "n6")]) == "success"
 
 
 @pytest.mark.integration
