@@ -33,8 +33,8 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   units at stock 0). Out of stock (stock <= 0) its silence may be the empty shelf's (censored demand: no stock,
   no sale, so it would stay inactive and never be reordered; until 2026-12-07 a SKU selling 3/day out of stock
   for 57 days got 0 units): it is planned on its selling rate d_s (units sold / days from its first to its last
-  sale, ``selling_rate``; the forecast when unknown), restocked to the reorder point without an EOQ:
-  ROP_s = d_s * L + SS, Q = ceil(ROP_s - IP) (then the capacity / shelf-life bounds), order_bound
+  sale, at least the rule's 56 days, ``selling_rate``; the forecast when unknown), restocked to the reorder point
+  without an EOQ: ROP_s = d_s * L + SS, Q = ceil(ROP_s - IP) (then the capacity / shelf-life bounds), order_bound
   ``inactive_out_of_stock`` (also when Q = 0, e.g. an order is already on the way); safety_stock and
   reorder_point report ROP_s's terms, mean_demand stays the forecast (0). One lead time's demand at the old
   rate: a sale can happen and the series recover; a delisted SKU is a manager's call. The stock-out risk is HIGH.

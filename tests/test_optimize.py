@@ -364,6 +364,23 @@ def test_an_inactive_series_out_of_stock_is_restocked_on_its_selling_rate():
                          "upper80": 0.5, "inactive": [True, True, False], "selling_rate": [3.0, 3.0, float("nan")]})
     got = opt.inputs_from_forecast(pred).set_index("product_id")
     assert got.loc["a", "selling_rate"] == 3.0 and np.isnan(got.loc["b", "selling_rate"])
+    # the selling rate of a SKU with few sale days is floored at the rule's 56-day span (ml.forecast.inactive_series):
+    # one 200-unit sale 60 days ago, three 40-unit days then 297 silent days, 3/day for 300 days then 57 silent days
+    from ml.forecast import inactive_series
+
+    o = pd.Timestamp("2024-12-31")
+    day = lambda ago: o - pd.Timedelta(days=ago)   # noqa: E731
+    summ = pd.DataFrame({"store_id": "S", "product_id": ["one_sale", "three_days", "steady"],
+                         "first_sale": [day(60), day(299), day(356)], "last_sale": [day(60), day(297), day(57)],
+                         "demand_days": [1, 3, 300], "units_sold": [200.0, 120.0, 900.0]})
+    flags = inactive_series(summ, o)
+    assert flags["inactive"].all()
+    few = flags.assign(stock=0.0, on_order=0.0, mean_demand=0.0, sigma_d=0.5, unit_cost=1.0)
+    rec = opt.recommend(few, **kw).set_index("product_id")
+    # old code: 200/day -> ROP 1,402.2, 1,403 units (7 x its lifetime sales); 40/day -> 283 units (120 sold)
+    assert rec.loc["one_sale", "reorder_qty"] == 28.0 and rec.loc["three_days", "reorder_qty"] == 18.0
+    assert rec.loc["one_sale", "reorder_point"] == pytest.approx(200 / 56 * 7 + 2.176, abs=1e-3)
+    assert rec.loc["steady", "reorder_qty"] == 24.0          # 900 units over 300 days: 3/day, unchanged
 
 
 def test_open_orders_fifo_by_hand():
