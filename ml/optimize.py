@@ -25,7 +25,8 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   out (:func:`open_orders`, ml.pipeline.load_open_orders; ORDER_COUNT_OPEN_RECOMMENDATIONS).
 * Order bound:                       which of these rules set Q (:func:`order_terms`): none, eoq, rop_gap,
   cover_cap, capacity, shelf_life; ``inactive`` / ``inactive_out_of_stock`` for a series that stopped selling
-  (:func:`recommend`).
+  (:func:`recommend`); ``inactive_restock_sent`` (Q = 0: the restock was already recommended in this silence,
+  set by ml.pipeline.optimise_stock).
 * Inactive series:                   no sale for more than max(56 days, 3 x its mean inter-demand interval)
   (:func:`ml.forecast.inactive_series`): its forecast is 0. With stock on hand (stock > 0) Q = 0, order_bound
   ``inactive`` (without the rule the safety stock of its level bucket alone made an order, and a statsforecast
@@ -138,7 +139,7 @@ def stockout_risk(stock, mean_demand, lead_time_days, rop):
 
 #: order_bound values: which rule set reorder_qty (:func:`order_terms`)
 ORDER_BOUNDS = ("none", "eoq", "rop_gap", "cover_cap", "capacity", "shelf_life", "inactive",
-                "inactive_out_of_stock")
+                "inactive_out_of_stock", "inactive_restock_sent")
 
 
 def order_terms(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,

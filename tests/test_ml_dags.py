@@ -486,6 +486,15 @@ def test_optimise_stock_restocks_an_inactive_series_that_is_out_of_stock(native_
     assert (res2["inactive"], res2["inactive_out_of_stock"], res2["inactive_out_of_stock_units"]) == (0, 1, 11.0)
     v = client.query_df(f"SELECT order_bound, reorder_qty FROM {db}.v_reorder_latest WHERE store_id = 'IN-1'")
     assert v.iloc[0].tolist() == ["inactive_out_of_stock", 11.0]
+    # L + 2 nights later the top-up has left the open-order window ([as_of - L, as_of)) with no receipt: still at
+    # stock 0, it is not recommended again (restocked once per silence; old code: 11 units every L + 1 nights)
+    again, res3 = night(day0 + dt.timedelta(days=1 + 3 + 2), stock=0)
+    assert again["on_order"] == 0.0
+    assert (again["reorder_qty"], again["reorder_needed"], again["order_bound"]) == (0.0, 0, "inactive_restock_sent")
+    assert again["stockout_risk"] == "HIGH"
+    assert (res3["inactive_out_of_stock"], res3["inactive_restock_sent"]) == (0, 1)
+    again2, _ = night(day0 + dt.timedelta(days=1 + 3 + 2), stock=0)        # a re-run of that night: the same
+    assert (again2["reorder_qty"], again2["order_bound"]) == (0.0, "inactive_restock_sent")
 
 
 @pytest.mark.integration
