@@ -503,7 +503,8 @@ def test_the_train_jobs_registry_read_creates_no_database(native_stack):
     """A hand run of the train job reads model_registry's highest version itself (ml.jobs.train.
     registry_max_from_clickhouse). With a mistyped CLICKHOUSE_DATABASE it fails (the job then exits 2 naming
     --registry-max-version); until 2026-12-07 its writer client first ran CREATE DATABASE IF NOT EXISTS and left
-    an empty database of the mistyped name behind. The right name reads the registry (0: nothing registered)."""
+    an empty database of the mistyped name behind. The right name reads the registry (0: nothing registered),
+    without CLICKHOUSE_BI_PASSWORD (the read's first version used bi_reader, which compose's airflow services lack)."""
     from core.clickhouse import get_client
     from ml.jobs.train import registry_max_from_clickhouse
 
@@ -514,7 +515,8 @@ def test_the_train_jobs_registry_read_creates_no_database(native_stack):
         registry_max_from_clickhouse(native_stack.model_copy(update={"clickhouse_database": typo}))
     names = set(client.query_df("SELECT name FROM system.databases")["name"])
     assert typo not in names and native_stack.clickhouse_database in names     # old code: typo created
-    n = registry_max_from_clickhouse(native_stack)
+    # no CLICKHOUSE_BI_PASSWORD needed (compose's airflow services have none); old code: ConfigError naming it
+    n = registry_max_from_clickhouse(native_stack.model_copy(update={"clickhouse_bi_password": None}))
     assert n == int(client.query_df(f"SELECT max(version) AS v FROM {native_stack.clickhouse_database}"
                                     ".model_registry")["v"].fillna(0).iloc[0])
 
