@@ -176,13 +176,13 @@ def check_inactive_rule(days, intervals) -> tuple[int, float]:
     number >= 0 (0 = the rule off) and intervals a finite number >= 0.
 
     Raises:
-        ValueError: anything else, also inf, NaN, None, a bool or a string (the message names ``inactive_days`` /
+        ValueError: anything else, also inf, NaN, None, a bool (numpy's too) or a string (the message names ``inactive_days`` /
             ``inactive_intervals``; until 2026-12-07 inf raised OverflowError, NaN and 'x' a ValueError naming
             neither, None a TypeError).
     """
     def number(value, name: str, rule: str) -> float:
         try:
-            if isinstance(value, (bool, str, bytes)) or value is None:
+            if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
                 raise TypeError
             v = float(value)
         except (TypeError, ValueError, OverflowError):

@@ -606,7 +606,8 @@ def test_inactive_rule_settings_are_refused_naming_the_option(option):
     (inactive_days), NaN and 'x' a ValueError naming neither (float('x') / int(nan)), None a TypeError."""
     from ml.forecast import ForecastConfig, check_inactive_rule, model_inactive_rule
 
-    for bad in (float("inf"), float("-inf"), float("nan"), "x", None, True, -1, [3]):
+    for bad in (float("inf"), float("-inf"), float("nan"), "x", None, True, np.bool_(True), -1, [3]):   # np.bool_:
+        # old code took it as 1 (numpy's bool is no Python bool)
         with pytest.raises(ValueError, match=option):
             ForecastConfig(**{option: bad})
         with pytest.raises(ValueError, match=option):
