@@ -35,7 +35,7 @@ def get_client(settings: Settings | None = None, database: str | None = None, *,
 
 
 def new_client(settings: Settings | None = None, database: str | None = None, *, readonly: bool = False,
-               timeout: float | None = None) -> Client:
+               timeout: float | None = None, create_database: bool = True) -> Client:
     """A new clickhouse-connect client for CLICKHOUSE_URL (for a thread of its own; :func:`get_client` shares one).
 
     ``http(s)://user:pw@host:port`` talks to a ClickHouse HTTP interface: the native stack's endpoint
@@ -51,6 +51,8 @@ def new_client(settings: Settings | None = None, database: str | None = None, *,
             clickhouse-connect's ``OperationalError`` (``Read timed out``); None: clickhouse-connect's 300 s. HTTP
             URLs only (the streaming sinks pass STREAM_CLICKHOUSE_TIMEOUT_SECONDS, the dashboard
             DASHBOARD_CLICKHOUSE_TIMEOUT_SECONDS).
+        create_database: False: a writer client runs no ``CREATE DATABASE IF NOT EXISTS`` (HTTP URLs only; a
+            missing database then fails with UNKNOWN_DATABASE, creating nothing: ml.jobs.train's registry read).
     Raises:
         ConfigError: CLICKHOUSE_URL names no password, or ``readonly`` without CLICKHOUSE_BI_PASSWORD.
         clickhouse_connect.driver.exceptions.DatabaseError: the server refused (e.g. code 516, wrong password).
@@ -78,7 +80,7 @@ def new_client(settings: Settings | None = None, database: str | None = None, *,
                   username=user, password=password, secure=u.scheme == "https", autogenerate_session_id=False)
     if timeout is not None:
         server["send_receive_timeout"] = max(1, math.ceil(timeout))  # whole seconds: clickhouse-connect truncates
-    if not readonly:
+    if not readonly and create_database:
         with clickhouse_connect.get_client(**server) as bootstrap:  # the database may not exist yet
             bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     return clickhouse_connect.get_client(**server, database=db)

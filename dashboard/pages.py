@@ -439,7 +439,8 @@ def inventory_analyst() -> None:
         st.markdown(f"**Reorder recommendations** (reorder point = lead-time demand + safety stock; an order when stock "
                     "+ on order (earlier nights' orders not yet received) is at or below it; order_bound: the rule that "
                     "set the quantity: eoq, rop_gap, cover_cap, capacity, shelf_life, none, inactive (stopped selling, "
-                    "nothing ordered) or inactive_out_of_stock (stopped selling but out of stock: restocked); the "
+                    "nothing ordered), inactive_out_of_stock (stopped selling but out of stock: restocked) or "
+                    "inactive_restock_sent (restocked once already since its last sale: nothing more); the "
                     f"{len(reorder)} most "
                     "urgent)")
         st.dataframe(reorder, hide_index=True, use_container_width=True, height=300)

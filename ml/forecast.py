@@ -176,13 +176,13 @@ def check_inactive_rule(days, intervals) -> tuple[int, float]:
     number >= 0 (0 = the rule off) and intervals a finite number >= 0.
 
     Raises:
-        ValueError: anything else, also inf, NaN, None, a bool or a string (the message names ``inactive_days`` /
+        ValueError: anything else, also inf, NaN, None, a bool (numpy's too) or a string (the message names ``inactive_days`` /
             ``inactive_intervals``; until 2026-12-07 inf raised OverflowError, NaN and 'x' a ValueError naming
             neither, None a TypeError).
     """
     def number(value, name: str, rule: str) -> float:
         try:
-            if isinstance(value, (bool, str, bytes)) or value is None:
+            if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
                 raise TypeError
             v = float(value)
         except (TypeError, ValueError, OverflowError):
@@ -761,7 +761,9 @@ def inactive_series(summary: pd.DataFrame, origin, days: int = INACTIVE_DAYS,
             intervals: >= 0.
     Returns:
         DataFrame store_id, product_id, days_since_sale (days), interval (days; NaN with one demand day),
-        selling_rate (units/day over the selling span: units sold / (last sale - first sale + 1), a demand
+        selling_rate (units/day: units sold / max(last sale - first sale + 1, ``days``), the selling span floored
+        at the rule's ``days`` (56) so that a few sale days do not make a rate: until 2026-12-07 one 200-unit sale
+        gave 200/day, a 1,403-unit restock, three 40-unit days 40/day, 283 units; now 3.57 and 2.14/day; a demand
         estimate the silence after the last sale does not censor; NaN when ``summary`` has no units_sold),
         inactive (bool), one row per series of ``summary``; a series never sold is not in it (not inactive:
         nothing says it stopped).
@@ -779,8 +781,9 @@ def inactive_series(summary: pd.DataFrame, origin, days: int = INACTIVE_DAYS,
     inactive = (since > bound) if days > 0 else np.zeros(len(summary), bool)
     sold = (summary["units_sold"].to_numpy("float64") if "units_sold" in summary.columns
             else np.full(len(summary), np.nan))
+    rate = sold / np.maximum(span + 1, float(days))     # the span floored at the rule's days: no rate from one sale
     return pd.DataFrame({"store_id": summary["store_id"].to_numpy(), "product_id": summary["product_id"].to_numpy(),
-                         "days_since_sale": since, "interval": interval, "selling_rate": sold / (span + 1),
+                         "days_since_sale": since, "interval": interval, "selling_rate": rate,
                          "inactive": inactive})
 
 

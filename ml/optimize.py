@@ -25,7 +25,8 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   out (:func:`open_orders`, ml.pipeline.load_open_orders; ORDER_COUNT_OPEN_RECOMMENDATIONS).
 * Order bound:                       which of these rules set Q (:func:`order_terms`): none, eoq, rop_gap,
   cover_cap, capacity, shelf_life; ``inactive`` / ``inactive_out_of_stock`` for a series that stopped selling
-  (:func:`recommend`).
+  (:func:`recommend`); ``inactive_restock_sent`` (Q = 0: the restock was already recommended in this silence,
+  set by ml.pipeline.optimise_stock).
 * Inactive series:                   no sale for more than max(56 days, 3 x its mean inter-demand interval)
   (:func:`ml.forecast.inactive_series`): its forecast is 0. With stock on hand (stock > 0) Q = 0, order_bound
   ``inactive`` (without the rule the safety stock of its level bucket alone made an order, and a statsforecast
@@ -33,8 +34,11 @@ ed., Pearson 2016, ch. 12). Units: demand in units/day, lead time in days, costs
   units at stock 0). Out of stock (stock <= 0) its silence may be the empty shelf's (censored demand: no stock,
   no sale, so it would stay inactive and never be reordered; until 2026-12-07 a SKU selling 3/day out of stock
   for 57 days got 0 units): it is planned on its selling rate d_s (units sold / days from its first to its last
-  sale, ``selling_rate``; the forecast when unknown), restocked to the reorder point without an EOQ:
-  ROP_s = d_s * L + SS, Q = ceil(ROP_s - IP) (then the capacity / shelf-life bounds), order_bound
+  sale, at least the rule's 56 days, ``selling_rate``; the forecast when unknown), restocked to the reorder point
+  without an EOQ: ROP_s = d_s * L + SS with SS on sigma_s = max(sigma_d, sqrt(d_s)) (the Poisson floor: Poisson
+  counts have variance = mean, Silver, Pyke & Thomas 2017 ch. 6; the level bucket's sigma_d is the near-zero
+  sellers', e.g. 0.5/day, and a NaN sigma_d takes the floor: until 2026-12-07 NaN gave a NaN ROP and 0 units;
+  reported as sigma_d), Q = ceil(ROP_s - IP) (then the capacity / shelf-life bounds), order_bound
   ``inactive_out_of_stock`` (also when Q = 0, e.g. an order is already on the way); safety_stock and
   reorder_point report ROP_s's terms, mean_demand stays the forecast (0). One lead time's demand at the old
   rate: a sale can happen and the series recover; a delisted SKU is a manager's call. The stock-out risk is HIGH.
@@ -138,7 +142,7 @@ def stockout_risk(stock, mean_demand, lead_time_days, rop):
 
 #: order_bound values: which rule set reorder_qty (:func:`order_terms`)
 ORDER_BOUNDS = ("none", "eoq", "rop_gap", "cover_cap", "capacity", "shelf_life", "inactive",
-                "inactive_out_of_stock")
+                "inactive_out_of_stock", "inactive_restock_sent")
 
 
 def order_terms(stock, on_order, rop, eoq_units, mean_demand, storage_capacity=None, shelf_life_days=None,
@@ -331,8 +335,11 @@ def recommend(inputs: pd.DataFrame, *, lead_time_days: float, service_level: flo
                     else np.full(len(df), np.nan))
             du = np.where(np.isfinite(rate) & (rate > 0), rate, d.to_numpy())[empty]
             Le = L.to_numpy(float)[empty]
-            ss = safety_stock(df["sigma_d"].clip(lower=0).to_numpy(float)[empty], Le, service_level, du,
-                              sigma_lead_time)
+            # the top-up covers demand at rate d_s, not the near-zero bucket's: sigma at least the Poisson
+            # sigma sqrt(d_s) (variance = mean); a NaN sigma takes it (until 2026-12-07: NaN ROP, 0 units)
+            sig = np.fmax(df["sigma_d"].clip(lower=0).to_numpy(float)[empty], np.sqrt(du))
+            df.loc[empty, "sigma_d"] = sig
+            ss = safety_stock(sig, Le, service_level, du, sigma_lead_time)
             rop = reorder_point(du, Le, ss)
             cap = df["storage_capacity"].to_numpy(float)[empty] if "storage_capacity" in df.columns else None
             life = df["shelf_life_days"].to_numpy(float)[empty] if "shelf_life_days" in df.columns else None

@@ -782,6 +782,39 @@ def load_open_orders(client, db: str, as_of: dt.date, lead_time_days: int) -> pd
     return open_orders(orders, receipts, lead_time_days=lt, as_of=as_of)
 
 
+def load_inactive_restocks(client, db: str, as_of: dt.date) -> pd.DataFrame:
+    """The store x SKUs already restocked once in their current silence at night ``as_of``: those with a
+    reorder_recommendations row (FINAL) of order_bound ``inactive_out_of_stock`` and reorder_qty > 0 dated after
+    the series' last sale (the last day with units > 0 in the ``demand_daily`` view up to ``as_of``, the forecasts'
+    demand source; none: every such row counts) and strictly before ``as_of`` (a re-run of the night gives the same
+    result). One query for all series.
+
+    Returns:
+        DataFrame store_id, product_id, restock_date (the latest such as_of_date), one row per store x SKU.
+    """
+    t, k = as_of.isoformat(), int(as_of.strftime("%Y%m%d"))
+    df = client.query_df(f"""
+        SELECT r.store_id AS store_id, r.product_id AS product_id, r.sent AS restock_date
+        FROM (SELECT store_id, product_id, max(as_of_date) AS sent
+              FROM {db}.reorder_recommendations FINAL
+              WHERE order_bound = 'inactive_out_of_stock' AND reorder_qty > 0 AND as_of_date < toDate('{t}')
+              GROUP BY store_id, product_id) AS r
+        LEFT JOIN (SELECT s.store_id AS store_id, p.sku AS product_id,
+                          toDate(toString(max(d.date_key))) AS last_sale
+                   FROM {db}.demand_daily AS d
+                   INNER JOIN (SELECT store_key, store_id FROM {db}.dim_store FINAL) AS s
+                       ON d.store_key = s.store_key
+                   INNER JOIN (SELECT product_key, sku FROM {db}.dim_product FINAL) AS p
+                       ON d.product_key = p.product_key
+                   WHERE d.units > 0 AND d.date_key <= {k}
+                   GROUP BY store_id, product_id) AS l
+            ON r.store_id = l.store_id AND r.product_id = l.product_id
+        WHERE l.last_sale IS NULL OR l.last_sale < toDate('1971-01-01') OR r.sent > l.last_sale""")
+    if df.empty:
+        return pd.DataFrame(columns=["store_id", "product_id", "restock_date"])
+    return df
+
+
 def optimise_stock(run_date: dt.date, settings=None) -> dict:
     """Task ``optimise_stock``: forecasts + closing stock + what is on order + product master ->
     reorder_recommendations (:func:`ml.optimize.recommend`, settings SERVICE_LEVEL, LEAD_TIME_DAYS, ORDER_COST,
@@ -793,8 +826,11 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
     order_bound (the rule that set reorder_qty, :func:`ml.optimize.order_terms`; ``inactive``: the forecasts flag the
     series as stopped selling, :func:`ml.forecast.inactive_series`, and nothing is ordered while stock is on hand;
     ``inactive_out_of_stock``: flagged but its closing stock is <= 0, so its silence may be the empty shelf's and
-    it is restocked to the reorder point of its selling rate, :func:`ml.optimize.recommend`). The result counts
-    both (``inactive``, ``inactive_out_of_stock`` and the latter's units, ``inactive_out_of_stock_units``).
+    it is restocked to the reorder point of its selling rate, :func:`ml.optimize.recommend`; ``inactive_restock_sent``:
+    such a restock was already recommended after its last sale, :func:`load_inactive_restocks`, so 0 is ordered:
+    once per silence; until 2026-12-07 the top-up dropped out of the open-order window and was recommended again
+    every LEAD_TIME_DAYS + 1 nights, ~46 a year at L 7). The result counts them (``inactive``,
+    ``inactive_out_of_stock`` and the latter's units, ``inactive_out_of_stock_units``, ``inactive_restock_sent``).
     Series without an inventory record are skipped (counted in the result; their forecasts stay in
     forecast_predictions). A missing unit cost falls back to the list unit price for the holding cost.
     """
@@ -821,6 +857,15 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
         m[c] = pd.to_numeric(m[c], errors="coerce").astype("float64")
     rec = recommend(m, lead_time_days=s.lead_time_days, service_level=s.service_level, order_cost=s.order_cost,
                     holding_cost_rate=s.holding_cost_rate, max_cover_days=s.order_max_cover_days)
+    # restocked once per silence: a delisted SKU that stays at 0 is not topped up again every L + 1 nights
+    top = rec["order_bound"].eq("inactive_out_of_stock").to_numpy()
+    if top.any():
+        sent = load_inactive_restocks(client, db, origin)
+        keys = set(zip(sent["store_id"], sent["product_id"]))
+        again = top & np.array([k in keys for k in zip(rec["store_id"], rec["product_id"])], dtype=bool)
+        rec.loc[again, "reorder_qty"] = 0.0
+        rec.loc[again, "reorder_needed"] = 0
+        rec.loc[again, "order_bound"] = "inactive_restock_sent"
     k = rec["stock_date_key"].astype(int)
     rec["stock_date"] = [dt.date(x // 10000, x // 100 % 100, x % 100) for x in k]
     out = pd.DataFrame({
@@ -843,7 +888,8 @@ def optimise_stock(run_date: dt.date, settings=None) -> dict:
             "inactive": int((out["order_bound"] == "inactive").sum()),
             "inactive_out_of_stock": int((out["order_bound"] == "inactive_out_of_stock").sum()),
             "inactive_out_of_stock_units": float(out.loc[out["order_bound"] == "inactive_out_of_stock",
-                                                         "reorder_qty"].sum())}
+                                                         "reorder_qty"].sum()),
+            "inactive_restock_sent": int((out["order_bound"] == "inactive_restock_sent").sum())}
 
 
 def classify_skus(run_date: dt.date, settings=None, window_days: int = 365) -> dict:

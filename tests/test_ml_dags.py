@@ -448,8 +448,9 @@ def test_optimise_stock_restocks_an_inactive_series_that_is_out_of_stock(native_
     interval)) orders nothing while it has stock on hand (order_bound 'inactive'). Out of stock its silence may be
     the empty shelf's (no stock, no sale): until 2026-12-07 it was ordered 0 units ('inactive') night after night
     and never sold again. Now it is restocked to the reorder point of its selling rate (3/day over its selling
-    span): L 3, sigma_d 1 / 2.5631 = 0.3902, SS = 1.6449 x 0.3902 x sqrt(3) = 1.1116, ROP 9 + 1.11 = 10.11 -> 11
-    units, order_bound 'inactive_out_of_stock', counted apart in the task's result."""
+    span): L 3, sigma max(1 / 2.5631 = 0.3902, sqrt(3)) = 1.732 (the Poisson floor), SS = 1.6449 x 1.732 x sqrt(3)
+    = 4.935, ROP 9 + 4.93 = 13.93 -> 14 units, order_bound 'inactive_out_of_stock', counted apart in the task's
+    result; and only once per silence: L + 2 nights later, still at 0 with no receipt, 0 ('inactive_restock_sent')."""
     from core.clickhouse import get_client
     from core.lake import Lake
     from ml.forecast import MODEL_PREFIX
@@ -479,13 +480,22 @@ def test_optimise_stock_restocks_an_inactive_series_that_is_out_of_stock(native_
     stocked, res1 = night(day0, stock=5)      # stock on hand: nothing ordered
     assert (stocked["reorder_qty"], stocked["order_bound"]) == (0.0, "inactive")
     empty, res2 = night(day0 + dt.timedelta(days=1), stock=0)    # out of stock: restocked
-    assert (empty["reorder_qty"], empty["reorder_needed"], empty["order_bound"]) == (11.0, 1, "inactive_out_of_stock")
-    assert empty["reorder_point"] == pytest.approx(10.1116, abs=1e-3)              # old code: 0 units, 'inactive'
+    assert (empty["reorder_qty"], empty["reorder_needed"], empty["order_bound"]) == (14.0, 1, "inactive_out_of_stock")
+    assert empty["reorder_point"] == pytest.approx(13.9346, abs=1e-3)              # old code: 0 units, 'inactive'
     assert empty["stockout_risk"] == "HIGH" and empty["mean_daily_demand"] == 0.0
     assert (res1["inactive"], res1.get("inactive_out_of_stock")) == (1, 0)
-    assert (res2["inactive"], res2["inactive_out_of_stock"], res2["inactive_out_of_stock_units"]) == (0, 1, 11.0)
+    assert (res2["inactive"], res2["inactive_out_of_stock"], res2["inactive_out_of_stock_units"]) == (0, 1, 14.0)
     v = client.query_df(f"SELECT order_bound, reorder_qty FROM {db}.v_reorder_latest WHERE store_id = 'IN-1'")
-    assert v.iloc[0].tolist() == ["inactive_out_of_stock", 11.0]
+    assert v.iloc[0].tolist() == ["inactive_out_of_stock", 14.0]
+    # L + 2 nights later the top-up has left the open-order window ([as_of - L, as_of)) with no receipt: still at
+    # stock 0, it is not recommended again (restocked once per silence; old code: the top-up again every L + 1 nights)
+    again, res3 = night(day0 + dt.timedelta(days=1 + 3 + 2), stock=0)
+    assert again["on_order"] == 0.0
+    assert (again["reorder_qty"], again["reorder_needed"], again["order_bound"]) == (0.0, 0, "inactive_restock_sent")
+    assert again["stockout_risk"] == "HIGH"
+    assert (res3["inactive_out_of_stock"], res3["inactive_restock_sent"]) == (0, 1)
+    again2, _ = night(day0 + dt.timedelta(days=1 + 3 + 2), stock=0)        # a re-run of that night: the same
+    assert (again2["reorder_qty"], again2["order_bound"]) == (0.0, "inactive_restock_sent")
 
 
 @pytest.mark.integration
@@ -493,7 +503,8 @@ def test_the_train_jobs_registry_read_creates_no_database(native_stack):
     """A hand run of the train job reads model_registry's highest version itself (ml.jobs.train.
     registry_max_from_clickhouse). With a mistyped CLICKHOUSE_DATABASE it fails (the job then exits 2 naming
     --registry-max-version); until 2026-12-07 its writer client first ran CREATE DATABASE IF NOT EXISTS and left
-    an empty database of the mistyped name behind. The right name reads the registry (0: nothing registered)."""
+    an empty database of the mistyped name behind. The right name reads the registry (0: nothing registered),
+    without CLICKHOUSE_BI_PASSWORD (the read's first version used bi_reader, which compose's airflow services lack)."""
     from core.clickhouse import get_client
     from ml.jobs.train import registry_max_from_clickhouse
 
@@ -504,7 +515,8 @@ def test_the_train_jobs_registry_read_creates_no_database(native_stack):
         registry_max_from_clickhouse(native_stack.model_copy(update={"clickhouse_database": typo}))
     names = set(client.query_df("SELECT name FROM system.databases")["name"])
     assert typo not in names and native_stack.clickhouse_database in names     # old code: typo created
-    n = registry_max_from_clickhouse(native_stack)
+    # no CLICKHOUSE_BI_PASSWORD needed (compose's airflow services have none); old code: ConfigError naming it
+    n = registry_max_from_clickhouse(native_stack.model_copy(update={"clickhouse_bi_password": None}))
     assert n == int(client.query_df(f"SELECT max(version) AS v FROM {native_stack.clickhouse_database}"
                                     ".model_registry")["v"].fillna(0).iloc[0])
 

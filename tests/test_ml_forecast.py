@@ -589,7 +589,10 @@ def test_inactive_rule_uses_the_interval_up_to_the_last_sale(spark):
     assert got.loc["k3", "interval"] == 1.0                               # old code: 100.0
     assert got.loc["k10_91", "interval"] == 30.0                          # old code: 36.2
     assert np.isnan(got.loc["k1_57", "interval"]) and got.loc["k1_57", "days_since_sale"] == 57
-    assert got.loc["k3", "selling_rate"] == 40.0 and got.loc["k10_91", "selling_rate"] == pytest.approx(50 / 271)
+    # the selling span is floored at the rule's 56 days: 120 units over 3 days is no rate of 40/day
+    assert got.loc["k3", "selling_rate"] == pytest.approx(120 / 56)       # old code: 40.0
+    assert got.loc["k1_57", "selling_rate"] == pytest.approx(1 / 56)      # old code: 1.0
+    assert got.loc["k10_91", "selling_rate"] == pytest.approx(50 / 271)   # a span over 56 days: unchanged
     sdf = spark.createDataFrame(t.assign(date=t["date"].dt.date))
     from_spark = sale_summary(sdf, o)
     key = ["store_id", "product_id"]
@@ -603,7 +606,8 @@ def test_inactive_rule_settings_are_refused_naming_the_option(option):
     (inactive_days), NaN and 'x' a ValueError naming neither (float('x') / int(nan)), None a TypeError."""
     from ml.forecast import ForecastConfig, check_inactive_rule, model_inactive_rule
 
-    for bad in (float("inf"), float("-inf"), float("nan"), "x", None, True, -1, [3]):
+    for bad in (float("inf"), float("-inf"), float("nan"), "x", None, True, np.bool_(True), -1, [3]):   # np.bool_:
+        # old code took it as 1 (numpy's bool is no Python bool)
         with pytest.raises(ValueError, match=option):
             ForecastConfig(**{option: bad})
         with pytest.raises(ValueError, match=option):

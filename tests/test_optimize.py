@@ -338,7 +338,8 @@ def test_an_inactive_series_out_of_stock_is_restocked_on_its_selling_rate():
     then stays 0 for 57 days (a supplier shortage) is flagged inactive; until 2026-12-07 the plan ordered it 0
     units ('inactive', stock 0, forecast 0, sigma_d 0.5) night after night, so it never sold again (the same row
     without the flag: 3 units, rop_gap). Now an inactive series with stock <= 0 is restocked to the reorder point
-    of its selling rate (3/day): L 7, SS = 1.6449 x 0.5 x sqrt(7) = 2.176, ROP 21 + 2.18 = 23.18 -> 24 units,
+    of its selling rate (3/day): L 7, sigma max(0.5, sqrt(3)) = 1.732 (the Poisson floor; the bucket's 0.5 gave
+    SS 2.18, 24 units), SS = 1.6449 x 1.732 x sqrt(7) = 7.538, ROP 21 + 7.54 = 28.54 -> 29 units,
     order_bound 'inactive_out_of_stock'; without a selling rate it is planned on its forecast as an active series
     (3 units); with stock on hand it still orders nothing ('inactive'); an order on the way counts."""
     rows = [("empty", 0.0, 0.0, True, 3.0), ("stocked", 5.0, 0.0, True, 3.0), ("active", 0.0, 0.0, False, 3.0),
@@ -350,20 +351,43 @@ def test_an_inactive_series_out_of_stock_is_restocked_on_its_selling_rate():
     kw = dict(lead_time_days=7, service_level=0.95, order_cost=50.0, holding_cost_rate=0.25, max_cover_days=180)
     rec = opt.recommend(inp, **kw).set_index("product_id")
     cols = ["reorder_qty", "reorder_needed", "order_bound"]
-    assert rec.loc["empty", cols].tolist() == [24.0, 1, "inactive_out_of_stock"]   # old code: 0, 'inactive'
-    assert rec.loc["empty", "reorder_point"] == pytest.approx(23.176, abs=1e-3)
+    assert rec.loc["empty", cols].tolist() == [29.0, 1, "inactive_out_of_stock"]   # old code: 0, 'inactive'
+    assert rec.loc["empty", "reorder_point"] == pytest.approx(28.538, abs=1e-3)
+    assert rec.loc["empty", "sigma_d"] == pytest.approx(3 ** 0.5)                  # the Poisson floor
     assert rec.loc["empty", "stockout_risk"] == "HIGH" and rec.loc["empty", "mean_demand"] == 0.0
     assert rec.loc["stocked", cols].tolist() == [0.0, 0, "inactive"]
     assert rec.loc["active", cols].tolist() == [3.0, 1, "rop_gap"]
     assert rec.loc["no_rate", cols].tolist() == [3.0, 1, "inactive_out_of_stock"]
-    assert rec.loc["on_way", cols].tolist() == [0.0, 0, "inactive_out_of_stock"]   # 30 on order > ROP 23.18
-    assert rec.loc["negative", cols].tolist() == [26.0, 1, "inactive_out_of_stock"]
+    assert rec.loc["on_way", cols].tolist() == [0.0, 0, "inactive_out_of_stock"]   # 30 on order > ROP 28.54
+    assert rec.loc["negative", cols].tolist() == [31.0, 1, "inactive_out_of_stock"]
+    # a NaN sigma_d (no backtest error for its bucket) takes the Poisson floor; old code: NaN ROP, 0 units
+    nan_sigma = opt.recommend(inp.iloc[:1].assign(sigma_d=float("nan")), **kw).iloc[0]
+    assert (nan_sigma["reorder_qty"], nan_sigma["order_bound"]) == (29.0, "inactive_out_of_stock")
+    assert nan_sigma["reorder_point"] == pytest.approx(28.538, abs=1e-3)
     assert "inactive_out_of_stock" in opt.ORDER_BOUNDS
     # the forecasts' selling rate reaches the plan's input
     pred = pd.DataFrame({"store_id": "S", "product_id": ["a", "a", "b"], "yhat": 0.0, "lower80": 0.0,
                          "upper80": 0.5, "inactive": [True, True, False], "selling_rate": [3.0, 3.0, float("nan")]})
     got = opt.inputs_from_forecast(pred).set_index("product_id")
     assert got.loc["a", "selling_rate"] == 3.0 and np.isnan(got.loc["b", "selling_rate"])
+    # the selling rate of a SKU with few sale days is floored at the rule's 56-day span (ml.forecast.inactive_series):
+    # one 200-unit sale 60 days ago, three 40-unit days then 297 silent days, 3/day for 300 days then 57 silent days
+    from ml.forecast import inactive_series
+
+    o = pd.Timestamp("2024-12-31")
+    day = lambda ago: o - pd.Timedelta(days=ago)   # noqa: E731
+    summ = pd.DataFrame({"store_id": "S", "product_id": ["one_sale", "three_days", "steady"],
+                         "first_sale": [day(60), day(299), day(356)], "last_sale": [day(60), day(297), day(57)],
+                         "demand_days": [1, 3, 300], "units_sold": [200.0, 120.0, 900.0]})
+    flags = inactive_series(summ, o)
+    assert flags["inactive"].all()
+    few = flags.assign(stock=0.0, on_order=0.0, mean_demand=0.0, sigma_d=0.5, unit_cost=1.0)
+    rec = opt.recommend(few, **kw).set_index("product_id")
+    # old code: 200/day -> ROP 1,402.2, 1,403 units (7 x its lifetime sales); 40/day -> 283 units (120 sold)
+    # (sigma: the Poisson floor sqrt(rate)) 200/56 = 3.57/day: ROP 25 + 8.22 = 33.22 -> 34; 120/56: 15 + 6.37 -> 22
+    assert rec.loc["one_sale", "reorder_qty"] == 34.0 and rec.loc["three_days", "reorder_qty"] == 22.0
+    assert rec.loc["one_sale", "reorder_point"] == pytest.approx(33.224, abs=1e-3)
+    assert rec.loc["steady", "reorder_qty"] == 29.0          # 900 units over 300 days: 3/day, as "empty"
 
 
 def test_open_orders_fifo_by_hand():

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ``spark_model/`` and ``intervals.parquet`` under ``models/demand-forecast/v<N>/``. Writes (overwriting) the
     forecasts (``store_id``, ``product_id``, ``forecast_origin``, ``target_date``, ``horizon`` 1..H, ``yhat``,
     ``lower80``/``upper80``, ``lower95``/``upper95`` in units, ``inactive``: the series stopped selling, its yhat 0
-    and no reorder, :func:`ml.forecast.inactive_series`; ``model_version``) to
+    and no reorder unless out of stock, :func:`ml.forecast.inactive_series`; ``selling_rate``: units/day over its
+    selling span, what an inactive series out of stock is restocked on; ``model_version``) to
     ``models/demand-forecast/predictions/origin=YYYY-MM-DD/predictions.parquet`` and
     ``.../predictions/latest.parquet`` (bucket LAKE_MODELS_BUCKET), after the SparkSession is stopped. Prints a
     summary line on stdout; shrinkage warnings go to stderr.

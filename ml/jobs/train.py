@@ -57,13 +57,15 @@ def _iso_date(value: str) -> str:
 def registry_max_from_clickhouse(settings) -> int:
     """The highest version model_registry holds for the forecaster (0 when none;
     :func:`ml.pipeline.registry_max_version`), read over CLICKHOUSE_URL's HTTP interface with a client of its own
-    (30 s timeout) as the read-only user ``bi_reader`` (CLICKHOUSE_BI_PASSWORD; it runs no DDL, so a mistyped
+    (30 s timeout) as CLICKHOUSE_URL's user without DDL (``create_database=False``: a mistyped
     CLICKHOUSE_DATABASE fails with UNKNOWN_DATABASE instead of being created): the figure a run without
-    ``--registry-max-version`` numbers its version above.
+    ``--registry-max-version`` numbers its version above. It needs no CLICKHOUSE_BI_PASSWORD (compose's airflow
+    services have none, and compose's bi_reader may only SELECT ON retail.*: the bi_reader client of 2026-12-07's
+    first version made a hand run in the airflow-scheduler container exit 2).
 
     Raises:
         ConfigError: CLICKHOUSE_URL is a ``chdb://`` path (the embedded engine locks its data path; the job must not
-            take it from the endpoint that owns it), or CLICKHOUSE_BI_PASSWORD is not set.
+            take it from the endpoint that owns it) or names no credentials.
         Exception: ClickHouse unreachable or model_registry missing (clickhouse-connect's errors).
     """
     from urllib.parse import urlparse
@@ -74,9 +76,10 @@ def registry_max_from_clickhouse(settings) -> int:
 
     if urlparse(settings.clickhouse_url).scheme == "chdb":
         raise ConfigError("CLICKHOUSE_URL is an embedded chdb:// path, which the job must not open")
-    # the read-only user (bi_reader): no DDL; a writer client runs CREATE DATABASE IF NOT EXISTS first, so until
-    # 2026-12-07 a mistyped CLICKHOUSE_DATABASE left an empty database of that name behind
-    client = new_client(settings, readonly=True, timeout=30)
+    # no DDL: a writer client runs CREATE DATABASE IF NOT EXISTS first, so until 2026-12-07 a mistyped
+    # CLICKHOUSE_DATABASE left an empty database of that name behind; not bi_reader (CLICKHOUSE_BI_PASSWORD is not
+    # in compose's airflow services, and compose's bi_reader reads retail.* only)
+    client = new_client(settings, timeout=30, create_database=False)
     try:
         return registry_max_version(client, settings.clickhouse_database)
     finally:
