@@ -33,6 +33,9 @@ time.tzset()
 # streaming benchmark's steady state gained nothing from it: docs/benchmarks.md); SPARK_SUBMIT_OPTS="" keeps the
 # default JIT. Measured 2026-12-07: docs/tests.md.
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
+#: driver heap of the session's one SparkSession (the ``spark`` fixture); the jobs it spark-submits keep
+#: SPARK_DRIVER_MEMORY
+TEST_SPARK_DRIVER_MEMORY = "4g"
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RETAIL_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
@@ -165,9 +168,14 @@ def spark():
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from core.settings import get_settings
     from core.spark import build_spark
 
-    session = build_spark("retail-tests", kafka=True, master="local[2]", shuffle_partitions=2)
+    # 4g, not SPARK_DRIVER_MEMORY's 2g: this one JVM runs every in-process Spark test of the session, and its live
+    # heap grows from ~0.8 GB (test 440 of 994) to ~1.6 GB (test 920, test_streaming_guarantees' live re-created
+    # topic tests) on 2026-12-07; CI's run of 4b86f75 lost its SparkContext there (every Spark test after it failed).
+    settings = get_settings().model_copy(update={"spark_driver_memory": TEST_SPARK_DRIVER_MEMORY})
+    session = build_spark("retail-tests", kafka=True, settings=settings, master="local[2]", shuffle_partitions=2)
     yield session
     session.stop()
 
