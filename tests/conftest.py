@@ -180,6 +180,15 @@ def spark():
     session.stop()
 
 
+def url_on_port(url: str, port: int) -> str:
+    """``url`` (``scheme://[user:pw@]host:port/...``) with its port replaced by ``port``, credentials and path kept
+    (e.g. a gate's port, or a port nothing listens on)."""
+    from urllib.parse import urlparse, urlunparse
+
+    u = urlparse(url)
+    return urlunparse(u._replace(netloc=u.netloc.rsplit(":", 1)[0] + f":{port}"))
+
+
 class TcpGate:
     """A TCP forwarder on a free port to ``target`` (127.0.0.1) that can be opened and closed: a service outage as a
     client sees it (connection refused), without stopping the session's service."""
@@ -201,10 +210,7 @@ class TcpGate:
     def url(self, url: str) -> str:
         """``url`` (a service URL whose port is ``target``, credentials kept) routed through this gate: its port
         replaced by :attr:`port`."""
-        from urllib.parse import urlparse, urlunparse
-
-        u = urlparse(url)
-        return urlunparse(u._replace(netloc=u.netloc.rsplit(":", 1)[0] + f":{self.port}"))
+        return url_on_port(url, self.port)
 
     def wedge_next(self, marker: bytes) -> None:
         """Wedge the next connection whose request contains ``marker`` (e.g. ``b"INSERT"``): its request reaches the

@@ -404,12 +404,10 @@ def test_a_hand_run_of_the_train_job_after_a_lost_store_numbers_above_the_regist
     --registry-max-version: only the DAG passes it). Until 2026-12-07 the option defaulted to 0 and the job saved
     v1 again, a version model_registry already holds. Now the job reads model_registry's highest version itself
     (v3 saved); with ClickHouse unreachable it fails at once (exit 2) naming the option, and saves nothing."""
-    from urllib.parse import urlsplit
-
     import numpy as np
     import pyarrow as pa
 
-    from conftest import settings_env
+    from conftest import settings_env, url_on_port
     from ml import train_records
     from ml.features import build_daily_features
     from ml.forecast import MODEL_PREFIX, list_versions, read_meta
@@ -439,9 +437,8 @@ def test_a_hand_run_of_the_train_job_after_a_lost_store_numbers_above_the_regist
         assert read_meta(lake, 3)["run_date"] == day.isoformat()
         assert lake.read_json(*train_records.staging(lake, day, train_records.RESULT_NAME))["version"] == 3
         # the registry out of reach: no silent 0, the option named, nothing saved, before Spark starts
-        dead = urlsplit(s.clickhouse_url)        # the same user and password, a port nothing listens on
-        r = train_job(["--features", features, "--run-date", "2024-07-01"],
-                      CLICKHOUSE_URL=dead._replace(netloc=dead.netloc.rsplit(":", 1)[0] + ":9").geturl())
+        r = train_job(["--features", features, "--run-date", "2024-07-01"],   # the same credentials, a dead port
+                      CLICKHOUSE_URL=url_on_port(s.clickhouse_url, 9))
     assert r.returncode == 2, (r.returncode, r.stdout[-3000:], r.stderr[-3000:])
     out = r.stdout + r.stderr
     assert "--registry-max-version not given and model_registry could not be read" in out, out[-3000:]
