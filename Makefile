@@ -30,6 +30,10 @@ EVENTS ?= $(if $(filter backlog,$(MODE)),1000000,1500000)
 # make bench-stream MODE=backlog EVENTS=1000000 PROFILE=1: pre-load, then time the drain; PROFILE=1 samples CPU per process
 MODE ?= sustained
 PROFILE ?=
+# make test: pytest-xdist workers (each with its own native stack and Spark JVM; whole modules per worker);
+# TEST_WORKERS=0 runs in this process, PYTEST_ARGS="..." adds pytest options (e.g. --junitxml=run.xml)
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 # make chaos CHAOS=short (the CI version) | full
 CHAOS ?= full
 COMPOSE := docker compose
@@ -56,7 +60,7 @@ demo: setup ## Main job: native stack, replay real POS data + simulated events -
 
 test: setup ## Run the whole test suite (unit + integration against real Kafka, Spark, MinIO, chDB, headless Chromium)
 	$(PY) -m ops.cli setup --browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-unit: setup ## Unit tests only
 	$(PY) -m pytest -q -m "not integration"

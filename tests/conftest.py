@@ -53,6 +53,23 @@ INV_SCHEMA = pa.schema([
     ("ingested_at", pa.timestamp("ms", tz="UTC")), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``: a worker per core, whole modules per worker, ``--dist loadfile
+    --no-loadscope-reorder``) the modules go out longest first (``tests/module_seconds.json``), so the longest
+    ones do not start last and leave one worker alone at the end; the tests inside a module keep their order.
+    A plain ``pytest`` run keeps the collection order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import json
+
+    seconds = json.loads((Path(__file__).parent / "module_seconds.json").read_text())
+    rank = {}
+    for item in items:
+        name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        rank.setdefault(name, (-float(seconds.get(name, 20)), len(rank)))
+    items.sort(key=lambda it: rank[it.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")])
+
+
 def cancelled_units(lines, keys: list[str], time: str = "event_time"):
     """Units of orders cancelled the same day per ``keys`` (which include the day), the independent oracle of the
     ``demand_daily`` view: within keys x customer x |quantity| the lines in time order (a sale before a return at
@@ -159,25 +176,119 @@ def native_stack(native_services):
         yield s
 
 
-@pytest.fixture(scope="session")
-def spark():
-    """The pytest process's one SparkSession, with the Kafka connector (core.spark.build_spark(kafka=True)):
-    the first session of a process fixes the driver classpath, so streaming tests and MLlib tests share it
-    (MLlib code's own builder, kafka=False, then returns this session). Stopped at the end of the session."""
+#: live heap (MB, after a full GC) above which the ``spark`` fixture starts a fresh driver JVM before the next module
+TEST_SPARK_RECYCLE_MB = 1536
+
+
+def _spark_jvm_answers(session) -> bool:
+    """True when ``session``'s driver JVM answers a Py4J call (False: the process is gone, e.g. killed)."""
+    try:
+        session.sparkContext._jvm.java.lang.System.nanoTime()
+        return True
+    except Exception:
+        return False
+
+
+def _spark_live_heap_mb(session) -> float:
+    """The driver JVM's used heap in MB right after a full GC (``System.gc()``)."""
+    jvm = session.sparkContext._jvm
+    jvm.java.lang.System.gc()
+    rt = jvm.java.lang.Runtime.getRuntime()
+    return (rt.totalMemory() - rt.freeMemory()) / 2**20
+
+
+def _spark_jvm_shutdown() -> int | None:
+    """Stops this process's SparkSession (if any) and ends its driver JVM, so the next ``build_spark`` launches a
+    new one (PySpark keeps one gateway per process in ``SparkContext._gateway``; its JVM exits when its stdin, a
+    pipe from this process, closes). Works on a JVM already gone. Returns the JVM's exit code (None: no JVM)."""
+    import subprocess
+
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    session = SparkSession._instantiatedSession
+    if session is not None:
+        with contextlib.suppress(Exception):
+            session.stop()
+    SparkSession._instantiatedSession = SparkSession._activeSession = None
+    SparkContext._active_spark_context = None
+    gateway, SparkContext._gateway, SparkContext._jvm = SparkContext._gateway, None, None
+    if gateway is None:
+        return None
+    with contextlib.suppress(Exception):
+        gateway.shutdown()
+    proc = getattr(gateway, "proc", None)
+    if proc is None:
+        return None
+    with contextlib.suppress(Exception):
+        proc.stdin.close()
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(30)
+
+
+def _spark_session(reason_if_new: list[str]):
+    """This process's SparkSession with the Kafka connector, started when there is none, when its JVM no longer
+    answers, or when it was created without the connector (by code building its own session first: the first
+    session fixes the JVM's classpath). Appends to ``reason_if_new`` why a JVM was replaced."""
     import sys
+
+    from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from core.settings import get_settings
+    from core.settings import ConfigError, get_settings
     from core.spark import build_spark
 
-    # 4g, not SPARK_DRIVER_MEMORY's 2g: this one JVM runs every in-process Spark test of the session, and its live
-    # heap grows from ~0.8 GB (test 440 of 994) to ~1.6 GB (test 920, test_streaming_guarantees' live re-created
-    # topic tests) on 2026-12-07; CI's run of 4b86f75 lost its SparkContext there (every Spark test after it failed).
+    current = SparkSession._instantiatedSession
+    if current is not None and not _spark_jvm_answers(current):
+        code = _spark_jvm_shutdown()
+        reason_if_new.append(f"the Spark driver JVM had exited (code {code}) before this module")
     settings = get_settings().model_copy(update={"spark_driver_memory": TEST_SPARK_DRIVER_MEMORY})
-    session = build_spark("retail-tests", kafka=True, settings=settings, master="local[2]", shuffle_partitions=2)
+    try:
+        return build_spark("retail-tests", kafka=True, settings=settings, master="local[2]", shuffle_partitions=2)
+    except ConfigError:   # a session without the Kafka connector came first in this process
+        _spark_jvm_shutdown()
+        reason_if_new.append("the process's Spark session had no Kafka connector")
+        return build_spark("retail-tests", kafka=True, settings=settings, master="local[2]", shuffle_partitions=2)
+
+
+@pytest.fixture(scope="module")
+def spark(request):
+    """This pytest process's SparkSession with the Kafka connector (core.spark.build_spark(kafka=True), local[2],
+    a 4g driver heap): streaming and MLlib tests share it (MLlib code's own builder, kafka=False, returns it).
+
+    One driver JVM serves the process's modules, but it is replaced (a warning says why, in the run's summary)
+    when it no longer answers at a module's start, or when its live heap after a full GC exceeds
+    TEST_SPARK_RECYCLE_MB at a module's end: one module's leak or crash cannot fail the modules after it. CI's runs
+    of 4b86f75 and 98db077 lost the one session-long JVM in test_streaming_guarantees (Py4J: connection refused)
+    and every Spark test after it failed. Ended at the session's end (``_spark_jvm_at_exit``)."""
+    import warnings
+
+    replaced: list[str] = []
+    session = _spark_session(replaced)
+    for why in replaced:
+        warnings.warn(f"{request.module.__name__}: new Spark driver JVM: {why}", stacklevel=1)
     yield session
-    session.stop()
+    if not _spark_jvm_answers(session):
+        return   # replaced at the next module's start, which says so
+    heap = _spark_live_heap_mb(session)
+    if heap > TEST_SPARK_RECYCLE_MB:
+        _spark_jvm_shutdown()
+        warnings.warn(f"{request.module.__name__}: Spark driver JVM replaced after the module: live heap "
+                      f"{heap:.0f} MB > TEST_SPARK_RECYCLE_MB {TEST_SPARK_RECYCLE_MB}", stacklevel=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _spark_jvm_at_exit():
+    """Stops this process's SparkSession and its driver JVM (if a test started one) at the session's end."""
+    yield
+    import sys
+
+    if "pyspark" in sys.modules:
+        _spark_jvm_shutdown()
 
 
 def url_on_port(url: str, port: int) -> str:
