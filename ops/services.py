@@ -270,11 +270,14 @@ def kafka_healthy(s: Settings) -> bool:
 
 
 def minio_healthy(s: Settings) -> bool:
-    """True when MinIO's liveness endpoint answers 200."""
+    """True when MinIO's liveness endpoint answers 200 and its console (MINIO_CONSOLE_PORT) accepts connections.
+    The console opens after the API: on loaded cores (two test workers) it was still closed 0.5 s after the API
+    answered, so an ``up`` that waited for the API alone returned before the console (test_native_ops, 2026-12-08)."""
     try:
-        return httpx.get(f"http://localhost:{s.minio_port}/minio/health/live", timeout=1).status_code == 200
+        live = httpx.get(f"http://localhost:{s.minio_port}/minio/health/live", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+    return live and (port_open("localhost", s.minio_console_port) or port_open("127.0.0.1", s.minio_console_port))
 
 
 def clickhouse_healthy(s: Settings) -> bool:
