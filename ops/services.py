@@ -277,7 +277,7 @@ def minio_healthy(s: Settings) -> bool:
         live = httpx.get(f"http://localhost:{s.minio_port}/minio/health/live", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
-    return live and (port_open("localhost", s.minio_console_port) or port_open("127.0.0.1", s.minio_console_port))
+    return live and port_open("localhost", s.minio_console_port)   # its --console-address (below)
 
 
 def clickhouse_healthy(s: Settings) -> bool:

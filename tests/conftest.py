@@ -63,11 +63,10 @@ def pytest_collection_modifyitems(config, items):
     import json
 
     seconds = json.loads((Path(__file__).parent / "module_seconds.json").read_text())
-    rank = {}
+    first = {}   # module -> its position in the collection (the tie-break: modules of equal time keep their order)
     for item in items:
-        name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-        rank.setdefault(name, (-float(seconds.get(name, 20)), len(rank)))
-    items.sort(key=lambda it: rank[it.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")])
+        first.setdefault(item.path.stem, len(first))
+    items.sort(key=lambda it: (-float(seconds.get(it.path.stem, 20)), first[it.path.stem]))
 
 
 def cancelled_units(lines, keys: list[str], time: str = "event_time"):
@@ -247,12 +246,16 @@ def _spark_session(reason_if_new: list[str]):
         code = _spark_jvm_shutdown()
         reason_if_new.append(f"the Spark driver JVM had exited (code {code}) before this module")
     settings = get_settings().model_copy(update={"spark_driver_memory": TEST_SPARK_DRIVER_MEMORY})
-    try:
+
+    def build():
         return build_spark("retail-tests", kafka=True, settings=settings, master="local[2]", shuffle_partitions=2)
+
+    try:
+        return build()
     except ConfigError:   # a session without the Kafka connector came first in this process
         _spark_jvm_shutdown()
         reason_if_new.append("the process's Spark session had no Kafka connector")
-        return build_spark("retail-tests", kafka=True, settings=settings, master="local[2]", shuffle_partitions=2)
+        return build()
 
 
 @pytest.fixture(scope="module")
